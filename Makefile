@@ -1,0 +1,43 @@
+# Two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SYSTEM_PACKAGES := mosquitto mosquitto-clients socat
+
+.PHONY: demo test system-packages bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Installs what the tests and the demo need from Debian when run as root;
+# otherwise says exactly what to install.
+system-packages:
+	@missing=""; \
+	for cmd in mosquitto mosquitto_sub socat; do \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing $(SYSTEM_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "missing:$$missing. Install them with: sudo apt-get install -y $(SYSTEM_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+demo: system-packages $(STAMP)
+	$(BIN)/jcm demo $(DEMO_ARGS)
+
+test: system-packages $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: system-packages $(STAMP)
+	$(BIN)/python bench/polling_throughput.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,6 @@
+"""What every stage of jcm-telemetry agrees on.
+
+The reading message and its topics, and the configuration models (sites, devices,
+register-map profiles). Gateway, collector, processing and the live view import
+these from here and never from each other.
+"""

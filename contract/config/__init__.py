@@ -1,0 +1,17 @@
+"""Configuration models, validated once at load time."""
+
+from contract.config.loader import ConfigError, load_profile, load_site
+from contract.config.profile import Point, Profile
+from contract.config.site import Device, RtuConnection, Site, TcpConnection
+
+__all__ = [
+    "ConfigError",
+    "Device",
+    "Point",
+    "Profile",
+    "RtuConnection",
+    "Site",
+    "TcpConnection",
+    "load_profile",
+    "load_site",
+]

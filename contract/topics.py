@@ -1,0 +1,30 @@
+"""MQTT topic names: ``jcm/v1/<site>/<gateway>/...``.
+
+``.../<device>/reading``  one message per device poll (QoS 1, not retained)
+``.../status``            the gateway's retained online/offline status (birth and last will)
+"""
+
+from __future__ import annotations
+
+ROOT = "jcm/v1"
+
+
+def reading(site: str, gateway: str, device: str) -> str:
+    return f"{ROOT}/{site}/{gateway}/{device}/reading"
+
+
+def gateway_status(site: str, gateway: str) -> str:
+    return f"{ROOT}/{site}/{gateway}/status"
+
+
+#: every reading of every site, for subscribers
+ALL_READINGS = f"{ROOT}/+/+/+/reading"
+ALL_STATUS = f"{ROOT}/+/+/status"
+
+
+def parse_reading(topic: str) -> tuple[str, str, str]:
+    """Return (site, gateway, device) of a reading topic, or raise ValueError."""
+    parts = topic.split("/")
+    if len(parts) != 6 or "/".join(parts[:2]) != ROOT or parts[5] != "reading":
+        raise ValueError(f"not a reading topic: '{topic}'")
+    return parts[2], parts[3], parts[4]

@@ -1,0 +1,90 @@
+"""One Modbus client per endpoint: a TCP host:port or an RS-485 serial port.
+
+pymodbus serialises requests per client, so every device behind one endpoint shares
+its client and its lock, while different endpoints are polled in parallel. Errors
+come back as two exceptions the poller can act on: the device answered with an
+exception code (``DeviceRejected``) or it did not answer at all (``LinkDown``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from pymodbus.client import ModbusSerialClient, ModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from contract.config.site import RtuConnection, TcpConnection
+from contract.message import Quality
+
+log = logging.getLogger(__name__)
+
+ILLEGAL_ADDRESS_CODES = {2, 3}  # illegal data address, illegal data value
+
+
+class DeviceRejected(Exception):
+    """The device answered a request with a Modbus exception response."""
+
+    def __init__(self, code: int):
+        super().__init__(f"exception response code {code}")
+        self.code = code
+
+    @property
+    def quality(self) -> Quality:
+        return Quality.illegal_address if self.code in ILLEGAL_ADDRESS_CODES else Quality.device_error
+
+
+class LinkDown(Exception):
+    """No answer: timeout, refused connection or a dropped link."""
+
+    def __init__(self, quality: Quality, detail: str):
+        super().__init__(detail)
+        self.quality = quality
+
+
+class ModbusLink:
+    def __init__(self, connection: TcpConnection | RtuConnection):
+        self.endpoint = connection.endpoint
+        self.lock = threading.Lock()
+        if isinstance(connection, TcpConnection):
+            self.client = ModbusTcpClient(
+                connection.host, port=connection.port, timeout=connection.timeout, retries=0
+            )
+        else:
+            self.client = ModbusSerialClient(
+                connection.port, baudrate=connection.baudrate, parity=connection.parity,
+                stopbits=connection.stopbits, bytesize=connection.bytesize,
+                timeout=connection.timeout, retries=0,
+            )
+
+    def read(self, table: str, address: int, count: int, unit_id: int) -> list[int] | list[bool]:
+        """One read request; raise ``DeviceRejected`` or ``LinkDown``."""
+        with self.lock:
+            if not self.client.connected and not self.client.connect():
+                raise LinkDown(Quality.disconnected, f"cannot connect to {self.endpoint}")
+            try:
+                if table == "holding":
+                    rr = self.client.read_holding_registers(address, count=count, device_id=unit_id)
+                elif table == "input":
+                    rr = self.client.read_input_registers(address, count=count, device_id=unit_id)
+                elif table == "coil":
+                    rr = self.client.read_coils(address, count=count, device_id=unit_id)
+                else:
+                    rr = self.client.read_discrete_inputs(address, count=count, device_id=unit_id)
+            except ConnectionException as exc:
+                self.client.close()
+                raise LinkDown(Quality.disconnected, f"{self.endpoint}: {exc}") from None
+            except ModbusIOException as exc:
+                # a late answer could be taken for the next request's: start afresh
+                self.client.close()
+                raise LinkDown(Quality.timeout, f"{self.endpoint} unit {unit_id}: {exc}") from None
+            except ModbusException as exc:
+                self.client.close()
+                raise LinkDown(Quality.disconnected, f"{self.endpoint} unit {unit_id}: {exc}") from None
+            if rr.isError():
+                raise DeviceRejected(getattr(rr, "exception_code", 4))
+            return rr.bits[:count] if table in ("coil", "discrete") else rr.registers
+
+    def close(self) -> None:
+        with self.lock:
+            self.client.close()

@@ -1,0 +1,73 @@
+"""Turn the registers of one read into engineering values with quality flags.
+
+value = (raw x gain + offset) x 10**sf, where sf comes from the scale-factor register
+of the *same* read. Sentinels ("not implemented") become null; values outside the
+point's valid range are kept and flagged.
+"""
+
+from __future__ import annotations
+
+import math
+
+from contract.config.profile import SUNSPEC_NOT_IMPLEMENTED, Kind, Point, Profile
+from contract.message import Quality
+from contract.register_codec import registers_to_raw
+
+Value = float | int | str | bool | None
+
+
+def _is_sentinel(raw: int | float, point: Point, profile: Profile) -> bool:
+    if isinstance(raw, float) and math.isnan(raw):
+        return True
+    if point.not_implemented is not None:
+        return raw in point.not_implemented
+    if profile.sunspec:
+        if point.kind is Kind.counter and point.type in ("uint16", "uint32", "uint64"):
+            return raw == 0  # SunSpec acc16/32/64: 0 means not implemented
+        return raw == SUNSPEC_NOT_IMPLEMENTED.get(point.type)
+    return False
+
+
+def decode_point(
+    point: Point, profile: Profile, block_start: int, block: list[int] | list[bool]
+) -> tuple[Value, Quality | None]:
+    """Decode ``point`` from ``block``, the registers (or bits) read from ``block_start``."""
+    i = point.address - block_start
+    if point.type == "bool":
+        return bool(block[i]), None
+    words = [int(w) for w in block[i : i + point.registers]]
+    order = point.order or profile.order
+    if point.type == "string":
+        try:
+            return registers_to_raw(words, "string", order), None
+        except (UnicodeDecodeError, ValueError):
+            return None, Quality.decode_error
+    raw = registers_to_raw(words, point.type, order)
+    if _is_sentinel(raw, point, profile):
+        return None, Quality.not_implemented
+    if isinstance(raw, float) and math.isinf(raw):
+        return None, Quality.decode_error
+    exponent = 0
+    if point.scale_factor is not None:
+        sf = registers_to_raw([int(block[point.scale_factor.address - block_start])], "int16")
+        if sf == point.scale_factor.not_implemented:
+            return None, Quality.not_implemented
+        if not -10 <= sf <= 10:
+            return None, Quality.decode_error
+        exponent = sf
+    if point.gain == 1.0 and point.offset == 0.0 and exponent == 0 and isinstance(raw, int):
+        value: float | int = raw
+    else:
+        value = _scale(_scale(raw, point.gain) + point.offset, 10.0**exponent)
+    if point.range is not None and not point.range[0] <= value <= point.range[1]:
+        return value, Quality.out_of_range
+    return value, None
+
+
+def _scale(x: float, factor: float) -> float:
+    """x x factor, dividing where factor is 1/n so that 12345 x 0.1 gives 1234.5 exactly."""
+    if 0 < abs(factor) < 1:
+        inverse = 1 / factor
+        if abs(inverse - round(inverse)) < 1e-9:
+            return x / round(inverse)
+    return x * factor

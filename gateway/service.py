@@ -1,0 +1,84 @@
+"""The gateway process: schedule every device at its interval and feed the outbox.
+
+One APScheduler job per device, each with its own interval and a staggered first
+run so that devices on one interval do not fire together. Jobs run on a thread
+pool; devices behind one endpoint share its client (and wait for each other, as
+they must on a shared bus), devices behind different endpoints run in parallel.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import replace
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from contract import topics
+from contract.config.site import Site
+from gateway.device_poller import DevicePoller
+from gateway.modbus_link import ModbusLink
+from gateway.outbox import Outbox
+from gateway.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, site: Site, broker_url: str | None = None, outbox_path: str | None = None):
+        self.site = site
+        self.links: dict[str, ModbusLink] = {}
+        for d in site.devices:
+            self.links.setdefault(d.connection.endpoint, ModbusLink(d.connection))
+        self.pollers = [DevicePoller(site, d, self.links[d.connection.endpoint]) for d in site.devices]
+        path = outbox_path or site.outbox.path.format(gateway=site.gateway, site=site.site)
+        self.outbox = Outbox(path, site.outbox.max_rows)
+        self.publisher = Publisher(site, self.outbox, broker_url=broker_url)
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=len(self.links) + 2)},
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone=dt.UTC,
+        )
+        self.polls = 0
+        self._count_lock = threading.Lock()
+
+    def poll_device(self, poller: DevicePoller) -> None:
+        try:
+            reading = poller.poll()
+            if reading is None:
+                return
+            topic = topics.reading(reading.site, reading.gateway, reading.device)
+            self.outbox.append(topic, lambda seq: replace(reading, seq=seq).to_json())
+            with self._count_lock:
+                self.polls += 1
+            self.publisher.notify()
+        except Exception:  # a job must never take the scheduler down
+            log.exception("%s/%s: poll failed", self.site.site, poller.device.id)
+
+    def start(self) -> None:
+        self.publisher.start()
+        now = dt.datetime.now(dt.UTC)
+        by_interval: dict[float, list[DevicePoller]] = {}
+        for p in self.pollers:
+            by_interval.setdefault(p.device.poll_interval, []).append(p)
+        for interval, group in by_interval.items():
+            for i, poller in enumerate(group):
+                stagger = dt.timedelta(seconds=interval * i / len(group))
+                self.scheduler.add_job(
+                    self.poll_device, IntervalTrigger(seconds=interval, start_date=now + stagger, timezone=dt.UTC),
+                    args=[poller], id=poller.device.id, name=f"poll {poller.device.id}",
+                    misfire_grace_time=max(1, int(interval)), next_run_time=now + stagger,
+                )
+        self.scheduler.start()
+        log.info("gateway %s: polling %d devices on %d endpoints", self.site.gateway, len(self.pollers), len(self.links))
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=True)
+        self.publisher.stop()
+        for link in self.links.values():
+            link.close()
+        self.outbox.close()
+

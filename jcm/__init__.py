@@ -1,0 +1,1 @@
+"""The ``jcm`` command: one entry point with a subcommand per job."""

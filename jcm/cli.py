@@ -1,0 +1,159 @@
+"""``jcm``: one command line for every job of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from contract.config import ConfigError, load_profile, load_site
+
+log = logging.getLogger("jcm")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _wait_for_signal(seconds: float | None = None) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait(timeout=seconds)
+
+
+def cmd_check_config(args) -> int:
+    bad = 0
+    for f in args.files:
+        try:
+            is_profile = Path(f).parent.name == "profiles"
+            obj = load_profile(f) if is_profile else load_site(f, args.profiles)
+            what = f"profile {obj.profile}, {len(obj.points)} points" if is_profile else \
+                f"site {obj.site}, {len(obj.devices)} devices, gateway {obj.gateway}"
+            print(f"{f}: OK ({what})")
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            bad += 1
+    return 1 if bad else 0
+
+
+def _parse_serial(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        name, sep, pty = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--serial expects PORT=PTY, got '{pair}'")
+        out[name] = pty
+    return out
+
+
+def cmd_simulate(args) -> int:
+    from simulators.control import serve_control
+    from simulators.modbus_server import SiteSimulator
+
+    site = load_site(args.site)
+    sim = SiteSimulator(site, serial_ports=_parse_serial(args.serial))
+    for spec in args.fault or []:
+        device, _, rest = spec.partition(":")
+        kind, _, seconds = rest.partition(":")
+        sim.inject(device, kind, float(seconds) if seconds else None)
+
+    async def main():
+        await sim.start()
+        if args.control_port:
+            serve_control(sim, args.control_port)
+            log.info("fault control on http://127.0.0.1:%d/faults", args.control_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if args.duration:
+            loop.call_later(args.duration, stop.set)
+        await stop.wait()
+        await sim.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_gateway(args) -> int:
+    from gateway.service import Gateway
+
+    site = load_site(args.site)
+    gw = Gateway(site, broker_url=args.broker, outbox_path=args.outbox)
+    gw.start()
+    _wait_for_signal(args.duration)
+    gw.stop()
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from jcm.watch import watch
+
+    return watch(args.broker, args.topic, args.count, args.duration)
+
+
+def cmd_demo(args) -> int:
+    from jcm.demo import run_demo
+
+    return run_demo(Path(args.config), args.duration, Path(args.workdir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jcm", description="JCM remote monitoring and MRV pipeline")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("check-config", help="validate site and profile files without running anything")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--profiles", help="profiles directory (default: ../profiles beside the site file)")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("simulate", help="serve a site's devices as Modbus servers with plant physics")
+    s.add_argument("--site", required=True)
+    s.add_argument("--serial", action="append", metavar="PORT=PTY", help="serve the RTU bus PORT on PTY")
+    s.add_argument("--control-port", type=int, help="HTTP port for fault injection")
+    s.add_argument("--fault", action="append", metavar="DEVICE:KIND[:SECONDS]", help="inject a fault at start")
+    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("gateway", help="poll a site's devices and publish readings over MQTT")
+    s.add_argument("--site", required=True)
+    s.add_argument("--broker", help="override the site's MQTT URL, e.g. mqtt://127.0.0.1:1883")
+    s.add_argument("--outbox", help="override the outbox file")
+    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s.set_defaults(func=cmd_gateway)
+
+    s = sub.add_parser("watch", help="print the readings arriving at a broker")
+    s.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    s.add_argument("--topic", default="jcm/v1/#")
+    s.add_argument("--count", type=int, help="exit after this many messages")
+    s.add_argument("--duration", type=float, help="exit after this many seconds")
+    s.set_defaults(func=cmd_watch)
+
+    s = sub.add_parser("demo", help="run the five reference sites end to end on this machine")
+    s.add_argument("--config", default="config", help="config directory (sites/ and profiles/)")
+    s.add_argument("--duration", type=float, help="run for this many seconds, then exit 0 if readings flowed")
+    s.add_argument("--workdir", default="var/demo")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

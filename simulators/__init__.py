@@ -1,0 +1,1 @@
+"""Simulated plants: each reference site's meters served as real Modbus TCP servers."""

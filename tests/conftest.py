@@ -1,0 +1,135 @@
+"""Real parts for the tests: a Mosquitto per test on a free port, simulators serving
+real Modbus sockets in a background event loop, and an independent MQTT subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from contract.config import load_site
+from contract.message import Reading
+from jcm.broker import Mosquitto, free_port
+from simulators.modbus_server import SiteSimulator
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = REPO / "config" / "profiles"
+
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+def write_site(tmp_path: Path, devices: list[dict], name: str = "test-site", **fields) -> Path:
+    """Write a site config using the shipped profiles; returns its path."""
+    site = {
+        "site": name, "name": "Test site", "country": "MN", "timezone": "Asia/Ulaanbaatar",
+        "latitude": 47.9, "longitude": 106.9, "commissioned": "2024-01-01",
+        "jcm_project": "test", "methodology": "MN_AM003", "methodology_version": "2.0",
+        "gateway": "gw-test", "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+        "devices": devices,
+    }
+    site.update(fields)
+    sites = tmp_path / "sites"
+    sites.mkdir(parents=True, exist_ok=True)
+    path = sites / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(site, sort_keys=False))
+    profiles = tmp_path / "profiles"
+    if not profiles.exists():
+        profiles.symlink_to(PROFILES)
+    return path
+
+
+def tcp_device(device_id: str, profile: str, port: int, kind: str = "power_meter", unit_id: int = 1,
+               interval: float = 0.5, **extra) -> dict:
+    return {"id": device_id, "kind": kind, "profile": profile, "poll_interval": interval,
+            "connection": {"type": "tcp", "host": "127.0.0.1", "port": port, "unit_id": unit_id, "timeout": 0.5},
+            **extra}
+
+
+class RunningSimulator:
+    """A SiteSimulator on its own event loop thread."""
+
+    def __init__(self, site, serial_ports=None):
+        self.sim = SiteSimulator(site, serial_ports=serial_ports)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> SiteSimulator:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop).result(10)
+        return self.sim
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def simulate():
+    with contextlib.ExitStack() as stack:
+        yield lambda site, serial_ports=None: stack.enter_context(RunningSimulator(site, serial_ports))
+
+
+class Subscriber:
+    """An independent QoS 1 subscriber with a persistent session: survives broker restarts."""
+
+    def __init__(self, broker: Mosquitto, topic: str = "jcm/v1/+/+/+/reading"):
+        self.readings: list[Reading] = []
+        self.status: list[dict] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{broker.port}",
+                                  clean_session=False)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(topic, 1), ("jcm/v1/+/+/status", 1)])
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect_async("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg):
+        with self.lock:
+            if msg.topic.endswith("/status"):
+                self.status.append(json.loads(msg.payload))
+            else:
+                self.readings.append(Reading.from_json(msg.payload))
+
+    def seqs(self, gateway: str) -> list[int]:
+        with self.lock:
+            return [r.seq for r in self.readings if r.gateway == gateway]
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return predicate()
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def subscriber(mosquitto):
+    sub = Subscriber(mosquitto)
+    assert sub.wait_for(lambda: sub.client.is_connected(), 10)
+    yield sub
+    sub.close()
+
+
+__all__ = ["write_site", "tcp_device", "free_port", "load_site", "Subscriber", "RunningSimulator"]

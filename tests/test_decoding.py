@@ -1,0 +1,87 @@
+"""Decoding registers into values: byte/word orders, scale factors, sentinels, ranges."""
+
+import math
+
+import pytest
+
+from contract.config.profile import Point, Profile
+from contract.message import Quality
+from contract.register_codec import raw_to_registers, registers_to_raw
+from gateway.register_map import decode_point
+
+# float32 1.0 is 0x3F800000: bytes A=3F B=80 C=00 D=00
+@pytest.mark.parametrize("order,registers", [
+    ("ABCD", [0x3F80, 0x0000]), ("CDAB", [0x0000, 0x3F80]),
+    ("BADC", [0x803F, 0x0000]), ("DCBA", [0x0000, 0x803F]),
+])
+def test_float32_in_every_order(order, registers):
+    assert registers_to_raw(registers, "float32", order) == 1.0
+    assert raw_to_registers(1.0, "float32", order) == registers
+
+
+@pytest.mark.parametrize("order,registers", [
+    ("ABCD", [0x0102, 0x0304]), ("CDAB", [0x0304, 0x0102]),
+    ("BADC", [0x0201, 0x0403]), ("DCBA", [0x0403, 0x0201]),
+])
+def test_uint32_in_every_order(order, registers):
+    assert registers_to_raw(registers, "uint32", order) == 0x01020304
+
+
+def test_int64_and_float64_round_trip():
+    for order in ("ABCD", "CDAB", "BADC", "DCBA"):
+        assert registers_to_raw(raw_to_registers(-123456789012, "int64", order), "int64", order) == -123456789012
+        assert registers_to_raw(raw_to_registers(2.5e-7, "float64", order), "float64", order) == 2.5e-7
+
+
+def test_string_sunspec_marker():
+    assert registers_to_raw([0x5375, 0x6E53], "string") == "SunS"
+
+
+def _profile(*points, sunspec=False):
+    return Profile(profile="t", sunspec=sunspec, points=list(points))
+
+
+def test_scale_factor_from_the_same_block():
+    w = Point(channel="ac_power", address=10, type="int16", scale_factor={"address": 11})
+    prof = _profile(w, sunspec=True)
+    block = [0] * 10 + [12345, 0xFFFF]  # W=12345, W_SF=-1
+    assert decode_point(w, prof, 0, block) == (1234.5, None)
+    block[11] = 2  # the inverter changed its scale factor: the same raw value means 1,234,500 W
+    assert decode_point(w, prof, 0, block) == (1234500.0, None)
+
+
+@pytest.mark.parametrize("type_,raw_regs", [
+    ("int16", [0x8000]), ("uint16", [0xFFFF]), ("int32", [0x8000, 0x0000]), ("uint32", [0xFFFF, 0xFFFF]),
+])
+def test_sunspec_not_implemented_is_null(type_, raw_regs):
+    p = Point(channel="x", address=0, type=type_)
+    assert decode_point(p, _profile(p, sunspec=True), 0, raw_regs) == (None, Quality.not_implemented)
+
+
+def test_sunspec_accumulator_zero_and_sf_sentinel_are_null():
+    acc = Point(channel="wh", address=0, type="uint32", kind="counter", rollover=4294967296)
+    assert decode_point(acc, _profile(acc, sunspec=True), 0, [0, 0]) == (None, Quality.not_implemented)
+    w = Point(channel="w", address=0, type="int16", scale_factor={"address": 1})
+    assert decode_point(w, _profile(w, sunspec=True), 0, [100, 0x8000]) == (None, Quality.not_implemented)
+
+
+def test_float_nan_is_null_even_outside_sunspec():
+    p = Point(channel="x", address=0, type="float32")
+    assert decode_point(p, _profile(p), 0, raw_to_registers(math.nan, "float32")) == (None, Quality.not_implemented)
+
+
+def test_plain_device_keeps_0x8000_as_a_number():
+    p = Point(channel="x", address=0, type="int16")
+    assert decode_point(p, _profile(p), 0, [0x8000]) == (-32768, None)
+
+
+def test_gain_offset_and_range():
+    p = Point(channel="t", address=0, type="uint16", gain=0.1, offset=-40, range=(-40, 150))
+    assert decode_point(p, _profile(p), 0, [655]) == (25.5, None)
+    value, q = decode_point(p, _profile(p), 0, [2000])
+    assert value == 160.0 and q is Quality.out_of_range  # kept, flagged
+
+
+def test_bits_decode_as_bool():
+    p = Point(channel="flame", table="discrete", address=3, type="bool")
+    assert decode_point(p, _profile(p), 0, [False, False, False, True]) == (True, None)
