@@ -80,7 +80,7 @@ class DevicePoller:
                     quality[point.channel] = q
         self.plan = new_plan
         status = self._status(values, quality, link_down)
-        self._update_backoff(status, link_down, now)
+        self._update_backoff(status, link_down, self._clock())
         return Reading(
             site=self.site.site, gateway=self.site.gateway, device=self.device.id, ts=ts,
             values=values, quality=quality, units=self.units, status=status,

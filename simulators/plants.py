@@ -56,7 +56,7 @@ class Plant:
         self.state = self.model(t)
         self.last = max(self.last, t)
         for device in self.site.devices:
-            for channel, rate in self.rates(device).items():
+            for channel, rate in self.step_rates(device).items():
                 key = (device.id, channel)
                 if key not in self.counters:
                     # a meter that has been running for a while: a deterministic start value
@@ -71,19 +71,73 @@ class Plant:
     def values(self, device: Device, t: dt.datetime) -> dict[str, float]:
         if t > self.last:
             self.step(t)
-        out = dict(_electrical_defaults(device, self.state.get("_load_" + device.id, 0.0)))
-        out.update(self.instant(device))
-        for channel in self.rates(device):
+        out = self.instant(device)
+        _complete(device, out)
+        for channel in self.step_rates(device):
             out[channel] = self.counters[(device.id, channel)]
         return out
 
+    def step_rates(self, device: Device) -> dict[str, float]:
+        return {**_secondary_rates(device, self.instant(device)), **self.rates(device)}
 
-def _electrical_defaults(device: Device, kw: float) -> dict[str, float]:
-    v = 230.0
-    amps = abs(kw) * 1000 / (3 * v * 0.95) if kw else 0.0
-    return {"voltage_l1": v + 1.2, "voltage_l2": v - 0.8, "voltage_l3": v + 0.3,
-            "current_l1": amps, "current_l2": amps * 0.98, "current_l3": amps * 1.01,
-            "frequency": 50.0, "power_factor": 0.95 if kw else 1.0, "reactive_power": abs(kw) * 0.33}
+
+def _channels(device: Device) -> set[str]:
+    return {p.channel for p in device.register_map.points}
+
+
+def _complete(device: Device, out: dict) -> None:
+    """Fill the secondary channels of a device from its main ones (voltages, phases, temperatures)."""
+    if device.kind == "power_meter":
+        kw = out.get("active_power", 0.0)
+        vrange = device.register_map.point("voltage_l1").range if "voltage_l1" in _channels(device) else None
+        # a site that narrows the voltage range to a medium-voltage band has a meter reading primary values
+        v = vrange[1] / 1.2 if vrange and 1000 < vrange[1] < 50000 else 230.0
+        amps = abs(kw) * 1000 / (3 * v * 0.95)
+        out.setdefault("reactive_power", kw * 0.33)
+        out.update({k: out.get(k, d) for k, d in {
+            "voltage_l1": v + 1.2, "voltage_l2": v - 0.8, "voltage_l3": v + 0.3,
+            "voltage_l1_l2": v * 1.7402, "voltage_l2_l3": v * 1.7353, "voltage_l3_l1": v * 1.7418,
+            "current_l1": amps, "current_l2": amps * 0.98, "current_l3": amps * 1.01, "current_n": amps * 0.03,
+            "active_power_l1": kw / 3, "active_power_l2": kw / 3, "active_power_l3": kw / 3,
+            "apparent_power": abs(kw) / 0.95, "power_factor": 0.95 if kw else 1.0, "frequency": 50.0}.items()})
+    elif device.kind == "genset":
+        running = bool(out.get("engine_running"))
+        kw = out.get("active_power", 0.0)
+        amps = kw * 1000 / (1.732 * 400 * 0.9) if running else 0.0
+        out.update({"gen_voltage_l1": 400.0 * running, "gen_voltage_l2": 399.0 * running, "gen_voltage_l3": 401.0 * running,
+                    "gen_current_l1": amps, "gen_current_l2": amps, "gen_current_l3": amps,
+                    "engine_speed": 1500.0 * running, "coolant_temperature": 85.0 if running else 35.0,
+                    "oil_pressure": 4.5 * running, "breaker_closed": running, "common_alarm": False,
+                    "reactive_power": kw * 0.3, "power_factor": 0.95 if running else 1.0, "frequency": 50.0 * running})
+    elif device.kind == "steam_meter":
+        out.update({"steam_heat_rate": out.get("steam_flow", 0.0) * 2.78, "feedwater_temperature": 105.0,
+                    "fuel_oil_temperature": 90.0})
+    elif device.kind in ("flow_meter", "gas_analyser"):
+        out.setdefault("biogas_to_gensets_rate", 0.0)
+        out.setdefault("biogas_to_boilers_rate", 0.0)
+        out.update({"co2_fraction": 100 - out.get("ch4_fraction", 60.0) - 1.0, "h2s_concentration": 150.0,
+                    "flare_valve_open": out.get("flare_flame", False)})
+    elif device.kind == "transformer_monitor":
+        kva = out.get("load_kva", 0.0)
+        out.update({"lv_current_l1": kva * 1000 / (3 * 230), "lv_current_l2": kva * 1000 / (3 * 231),
+                    "lv_current_l3": kva * 1000 / (3 * 229), "active_power": kva * 0.92,
+                    "frequency": 50.0 if out.get("voltage_present") else 0.0})
+    elif device.kind == "microgrid_controller":
+        out.setdefault("pv_setpoint", 1600.0)
+    elif device.kind == "fuel_meter":
+        out.setdefault("fuel_temperature", 30.0)
+
+
+def _secondary_rates(device: Device, inst: dict) -> dict[str, float]:
+    """Counters that follow from instant values every plant shares."""
+    if device.kind == "power_meter":
+        q = inst.get("reactive_power", inst.get("active_power", 0.0) * 0.33)
+        return {"reactive_energy_import": max(0.0, q), "reactive_energy_export": max(0.0, -q)}
+    if device.kind == "genset":
+        return {"start_count": 0.0}
+    if device.kind == "microgrid_controller":
+        return {"load_energy": inst.get("load_power", 0.0)}
+    return {}
 
 
 def _meter(export_kw: float, import_kw: float) -> tuple[dict[str, float], dict[str, float]]:
@@ -241,7 +295,9 @@ class BiogasPlant(Plant):
             return {"steam_flow": st["steam_tph"], "steam_pressure": 10.5, "steam_temperature": 184.0,
                     "fuel_oil_flow": st["fuel_oil_kgph"]}
         if device.kind in ("flow_meter", "gas_analyser"):
-            return {"biogas_to_flare_rate": st["to_flare"], "ch4_fraction": st["ch4"], "gas_temperature": 35.0,
+            gensets = sum(v for k, v in st.items() if k.startswith("gas_"))
+            return {"biogas_to_flare_rate": st["to_flare"], "biogas_to_boilers_rate": st["to_boilers"],
+                    "biogas_to_gensets_rate": gensets, "ch4_fraction": st["ch4"], "gas_temperature": 35.0,
                     "gas_pressure": 4.2, "flare_flame": st["to_flare"] > 1}
         if device.kind == "power_meter" and "aux" in device.id:
             return _meter(0.0, st["aux"])[0]
