@@ -42,6 +42,18 @@ def _errors(source: Path | str, exc: ValidationError, prefix: tuple = ()) -> lis
     return lines
 
 
+def _override_errors(path: Path, exc: ValidationError, device_index: int, merged: dict) -> list[str]:
+    """Errors of an overridden profile, named by the channel the override touched."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        if len(loc) >= 2 and loc[0] == "points" and isinstance(loc[1], int):
+            loc = [merged["points"][loc[1]].get("channel", loc[1])] + loc[2:]
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {_key_path(('devices', device_index, 'overrides', *loc))}: {msg}")
+    return lines
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -109,7 +121,7 @@ def load_site(path: Path | str, profiles_dir: Path | str | None = None) -> Site:
         except TypeError as exc:
             problems.append(f"{path}: devices.{i}.overrides.{exc.args[0]}: expected a mapping of point fields")
         except ValidationError as exc:
-            problems.extend(_errors(path, exc, prefix=("devices", i, "overrides")))
+            problems.extend(_override_errors(path, exc, i, merged))
     if problems:
         raise ConfigError("\n".join(problems))
     try:
