@@ -7,6 +7,7 @@ window so that a collector acknowledging in batches is not held at 20.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -32,7 +33,7 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, extra_config: str = ""):
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if exe is None:
             raise FileNotFoundError("mosquitto is not installed (Debian/Ubuntu: apt-get install -y mosquitto)")
@@ -52,6 +53,9 @@ class Mosquitto:
             "max_inflight_messages 1000\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
+            # as root Mosquitto drops to user 'mosquitto', who cannot read our private temp files
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + extra_config
         )
         self.proc: subprocess.Popen | None = None
 

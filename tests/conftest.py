@@ -88,12 +88,15 @@ def simulate():
 class Subscriber:
     """An independent QoS 1 subscriber with a persistent session: survives broker restarts."""
 
-    def __init__(self, broker: Mosquitto, topic: str = "jcm/v1/+/+/+/reading"):
+    def __init__(self, broker: Mosquitto, topic: str = "jcm/v1/+/+/+/reading", username: str | None = None,
+                 password: str | None = None):
         self.readings: list[Reading] = []
         self.status: list[dict] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{broker.port}",
                                   clean_session=False)
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(topic, 1), ("jcm/v1/+/+/status", 1)])
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
