@@ -23,15 +23,12 @@ import datetime as dt
 import paho.mqtt.client as mqtt
 
 from contract import topics
+from contract.config import ConfigError
 from contract.config.site import Site
 from contract.message import format_ts
 from gateway.outbox import Outbox
 
 log = logging.getLogger(__name__)
-
-
-class ConfigurationError(RuntimeError):
-    pass
 
 
 def status_payload(site: Site, state: str, **extra) -> str:
@@ -77,10 +74,10 @@ class Publisher:
         if mq.username_env:
             user = os.environ.get(mq.username_env)
             if user is None:
-                raise ConfigurationError(f"mqtt.username_env: environment variable {mq.username_env} is not set")
+                raise ConfigError(f"site {self.site.site}: mqtt.username_env: environment variable {mq.username_env} is not set")
             password = os.environ.get(mq.password_env) if mq.password_env else None
             if mq.password_env and password is None:
-                raise ConfigurationError(f"mqtt.password_env: environment variable {mq.password_env} is not set")
+                raise ConfigError(f"site {self.site.site}: mqtt.password_env: environment variable {mq.password_env} is not set")
             self.client.username_pw_set(user, password)
         if mq.tls:
             self.client.tls_set(ca_certs=mq.ca_file, certfile=mq.cert_file, keyfile=mq.key_file,

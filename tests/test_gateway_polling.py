@@ -151,3 +151,63 @@ def test_dead_device_does_not_stop_its_neighbour(site, simulate):
     dead, alive = poller(site, "inv-01"), poller(site, "meter")
     assert dead.poll().status is DeviceStatus.offline
     assert alive.poll().status is DeviceStatus.ok
+
+
+def test_acc32_energy_wraps_at_2_to_the_32(site, simulate):
+    sim = simulate(site)
+    p = poller(site, "inv-01")
+    point = site.device("inv-01").register_map.point("ac_energy")
+    assert point.rollover == 2**32
+    sim.plant.counters[("inv-01", "ac_energy")] = 2**32 - 5  # Wh, just below the wrap
+    sim.overrides["inv-01"] = {}
+    before = p.poll().values["ac_energy"]
+    sim.plant.counters[("inv-01", "ac_energy")] = 2**32 + 7
+    after = p.poll().values["ac_energy"]
+    assert before == pytest.approx(2**32 - 5, abs=1)
+    assert after == pytest.approx(7, abs=1)  # the register wrapped; the profile's rollover lets processing add 2**32
+
+
+def test_fault_injection_over_the_control_port(site, simulate):
+    import json
+    import urllib.request
+
+    from simulators.control import serve_control
+
+    sim = simulate(site)
+    port = free_port()
+    server = serve_control(sim, port)
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/faults", method="POST",
+                                     data=json.dumps({"device": "meter", "kind": "exception", "code": 6}).encode())
+        assert json.load(urllib.request.urlopen(req)) == {"ok": True}
+        assert json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/faults"))["meter"] == ["exception"]
+        r = poller(site, "meter").poll()
+        assert set(r.quality.values()) == {Quality.device_error}
+        bad = urllib.request.Request(f"http://127.0.0.1:{port}/faults", method="POST",
+                                     data=json.dumps({"device": "meter", "kind": "meltdown"}).encode())
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(bad)
+        assert exc.value.code == 400 and "unknown fault 'meltdown'" in exc.value.read().decode()
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/faults", method="DELETE"))
+        assert poller(site, "meter").poll().status is DeviceStatus.ok
+    finally:
+        server.shutdown()
+
+
+def test_dead_tcp_endpoint_does_not_slow_another_endpoint(tmp_path, simulate, mosquitto):
+    from gateway.service import Gateway
+
+    path = write_site(tmp_path, [
+        tcp_device("dead", "power_meter_3ph", free_port(), interval=0.2),
+        tcp_device("alive", "power_meter_3ph", free_port(), interval=0.2),
+    ])
+    site = load_site(path)
+    sim = simulate(site)
+    sim.inject("dead", "timeout")
+    gw = Gateway(site, broker_url=mosquitto.url, outbox_path=str(tmp_path / "o.sqlite"))
+    gw.start()
+    time.sleep(3)
+    gw.stop()
+    alive = next(p for p in gw.pollers if p.device.id == "alive")
+    # 3 s at 0.2 s is 15 polls; the dead endpoint's 0.5 s timeouts run on their own client and thread
+    assert sim.devices["alive"].requests >= 12 * alive.requests_per_poll

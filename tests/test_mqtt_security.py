@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.publisher import ConfigurationError
+from contract.config import ConfigError
 from gateway.service import Gateway
 from jcm.broker import Mosquitto, free_port
 from tests.conftest import Subscriber, load_site, tcp_device, write_site
@@ -87,5 +87,5 @@ def test_wrong_password_delivers_nothing_and_keeps_the_outbox(tmp_path, pki, tls
 def test_missing_credential_variable_is_a_clear_error(tmp_path, pki, monkeypatch):
     monkeypatch.delenv("JCM_TEST_MQTT_USER", raising=False)
     site = tls_site(tmp_path, pki, 8883)
-    with pytest.raises(ConfigurationError, match="environment variable JCM_TEST_MQTT_USER is not set"):
+    with pytest.raises(ConfigError, match="environment variable JCM_TEST_MQTT_USER is not set"):
         Gateway(site, outbox_path=str(tmp_path / "outbox.sqlite"))

@@ -37,7 +37,7 @@ def assert_every_seq_once(subscriber, gateway_id, n):
 
 
 def test_broker_down_for_a_while_loses_nothing(tmp_path, mosquitto, subscriber, simulate):
-    site = load_site(fast_site(tmp_path))
+    site = load_site(fast_site(tmp_path, backlog_rate=50.0))
     simulate(site)
     gw = Gateway(site, broker_url=mosquitto.url)
     gw.start()
@@ -47,11 +47,16 @@ def test_broker_down_for_a_while_loses_nothing(tmp_path, mosquitto, subscriber, 
         depth_before = gw.outbox.depth
         time.sleep(4)  # ~160 readings pile up in the outbox
         assert gw.outbox.depth > depth_before + 100
+        boundary = gw.outbox.last_seq()
         mosquitto.start()
-        # live readings keep flowing while the backlog drains
         assert subscriber.wait_for(lambda: gw.outbox.depth < 20, timeout=30), gw.outbox.depth
     finally:
         gw.stop()
+    # live readings kept flowing while the backlog drained at its bounded rate
+    arrival = subscriber.seqs("gw-test")
+    first_live = next(i for i, s in enumerate(arrival) if s > boundary + 5)
+    last_backlog = max(i for i, s in enumerate(arrival) if s <= boundary)
+    assert first_live < last_backlog
     n = last_seq(site.outbox.path)
     assert n > 250
     assert subscriber.wait_for(lambda: set(subscriber.seqs("gw-test")) >= set(range(1, n + 1)), 15)
@@ -73,6 +78,8 @@ def test_sigkill_mid_publish_and_during_backlog_loses_nothing(tmp_path, mosquitt
     assert subscriber.wait_for(lambda: len(subscriber.seqs("gw-test")) >= 30, 20)
     gw.send_signal(signal.SIGKILL)  # mid-publish: 40 readings/s are flowing
     gw.wait()
+    # the broker announces the death with the gateway's retained last will
+    assert subscriber.wait_for(lambda: subscriber.status and subscriber.status[-1]["state"] == "offline", 10)
     # a backlog builds up with the broker away, then the gateway dies again while draining it
     mosquitto.stop()
     gw = _gateway_process(site_path, mosquitto.url)
