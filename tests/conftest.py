@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ import yaml
 
 from contract.config import load_site
 from contract.message import Reading
-from jcm.broker import Mosquitto, free_port
+from jcm.broker import Mosquitto, free_port, wait_for_port
 from simulators.modbus_server import SiteSimulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,3 +138,71 @@ def subscriber(mosquitto):
 
 
 __all__ = ["write_site", "tcp_device", "free_port", "load_site", "Subscriber", "RunningSimulator"]
+
+
+class ServerProcess:
+    """A real database server started from a temporary config on free loopback ports."""
+
+    def __init__(self, argv: list[str], port: int, workdir: Path):
+        self.argv, self.port, self.workdir = argv, port, workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProcess":
+        log = open(self.workdir / "server.log", "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log)
+        wait_for_port(self.port, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def influxdb(tmp_path):
+    """Debian's InfluxDB 1.6.7: /write and /query (InfluxQL), the store's api=v1 mode."""
+    exe = shutil.which("influxd")
+    assert exe, "influxd is not installed (apt-get install -y influxdb)"
+    d = tmp_path / "influxdb"
+    d.mkdir()
+    port, rpc = free_port(), free_port()
+    conf = d / "influxdb.conf"
+    conf.write_text(
+        f'reporting-disabled = true\nbind-address = "127.0.0.1:{rpc}"\n'
+        f'[meta]\n  dir = "{d}/meta"\n'
+        f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
+        f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
+        '[monitor]\n  store-enabled = false\n'
+        '[continuous_queries]\n  enabled = false\n'
+    )
+    server = ServerProcess([exe, "-config", str(conf)], port, d).start()
+    _http("POST", f"http://127.0.0.1:{port}/query", {"q": "CREATE DATABASE jcm"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def victoriametrics(tmp_path):
+    """VictoriaMetrics: a real server of InfluxDB's /api/v2/write endpoint."""
+    exe = shutil.which("victoria-metrics")
+    assert exe, "victoria-metrics is not installed (apt-get install -y victoria-metrics)"
+    d = tmp_path / "vm"
+    d.mkdir()
+    port = free_port()
+    server = ServerProcess([exe, f"-storageDataPath={d}/data", f"-httpListenAddr=127.0.0.1:{port}",
+                            "-retentionPeriod=100y", "-loggerLevel=ERROR"], port, d).start()
+    yield server
+    server.stop()
+
+
+def _http(method: str, url: str, fields: dict | None = None) -> bytes:
+    import urllib3
+
+    resp = urllib3.PoolManager().request(method, url, fields=fields, encode_multipart=False)
+    assert resp.status < 300, resp.data
+    return resp.data

@@ -1,0 +1,67 @@
+"""The store interface: the collector writes readings through it, processing and the
+live view read through it. Two implementations live in ``store/``: SQLite (embedded
+default) and InfluxDB.
+
+A stored point is identified by (site, device, channel, ts): writing it again
+replaces it, so redeliveries and gateway replays never count twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Protocol
+
+import pandas as pd
+
+from contract.message import Reading
+
+#: columns of ``ReadingStore.read``; one row per (device, channel, ts)
+READ_COLUMNS = ["ts", "site", "gateway", "device", "channel", "value", "quality"]
+
+
+class StoreUnavailable(RuntimeError):
+    """The store is down or overloaded: nothing was written; retry later."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message the collector could not accept, kept with why."""
+
+    received: dt.datetime
+    topic: str
+    payload: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeviceSeen:
+    site: str
+    gateway: str
+    device: str
+    last_seen: dt.datetime
+
+
+class ReadingStore(Protocol):
+    def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = ()) -> list[tuple[Reading, str]]:
+        """Store durably before returning (then the caller may acknowledge).
+
+        Returns the readings the store refused for what they are (e.g. a field type
+        conflict), each with the store's reason, so the caller keeps them as dead
+        letters; everything else is stored. Raises ``StoreUnavailable`` when nothing
+        could be written and the same write should be retried later."""
+
+    def read(self, site: str, start: dt.datetime, end: dt.datetime, channels: list[str] | None = None,
+             devices: list[str] | None = None) -> pd.DataFrame:
+        """Readings with start <= ts < end as a long DataFrame of ``READ_COLUMNS``, sorted by ts."""
+
+    def latest(self, site: str) -> pd.DataFrame:
+        """The last value of each (device, channel) of a site, ``READ_COLUMNS``."""
+
+    def devices(self, site: str | None = None) -> list[DeviceSeen]:
+        """Every device seen, with its last reading's time."""
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,244 @@
+"""InfluxDB store: line protocol in, InfluxQL out, the one pair every version serves.
+
+Writes go to ``/api/v2/write`` through influxdb-client with SYNCHRONOUS writes
+(served by InfluxDB 1.8+, 2.x and 3.x), or with ``api=v1`` the same lines to
+``/write`` for InfluxDB 1.x before 1.8. Reads are InfluxQL on ``/query``
+(1.x; 2.x through its v1 compatibility API with token auth; 3.x), in chunks of
+``chunk_hours`` because InfluxDB 3 Core limits a query's time range.
+
+Schema: measurement ``reading``, tags site, gateway, device; one field per channel
+(numbers and booleans as floats, text as strings), plus ``quality`` (JSON of the
+flagged channels), ``status`` and ``seq``; one point per device poll at its
+millisecond timestamp, so a replay overwrites the same point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from urllib.parse import SplitResult, urlencode
+
+import pandas as pd
+import urllib3
+from influxdb_client import InfluxDBClient, Point, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
+
+from contract.message import Reading
+from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable
+
+MEASUREMENT = "reading"
+DEAD = "dead_letter"
+_META = {"quality", "status", "seq"}
+
+
+def _env(name: str | None) -> str | None:
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if value is None:
+        raise ValueError(f"store URL names environment variable {name}, which is not set")
+    return value
+
+
+def _q(ident: str) -> str:
+    return '"' + ident.replace('"', '\\"') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def to_point(r: Reading) -> Point:
+    p = Point(MEASUREMENT).tag("site", r.site).tag("gateway", r.gateway).tag("device", r.device)
+    for channel, v in r.values.items():
+        if v is None:
+            continue
+        p.field(channel, v if isinstance(v, str) else float(v))
+    p.field("quality", json.dumps({k: q.value for k, q in sorted(r.quality.items())}, separators=(",", ":")))
+    p.field("status", r.status.value)
+    p.field("seq", int(r.seq or 0))
+    return p.time(r.ts, WritePrecision.MS)
+
+
+class InfluxStore:
+    def __init__(self, base_url: str, api: str = "v2", db: str = "jcm", bucket: str | None = None,
+                 org: str = "jcm", token: str | None = None, username: str | None = None,
+                 password: str | None = None, chunk_hours: float = 24.0, timeout_s: float = 10.0):
+        if api not in ("v1", "v2"):
+            raise ValueError(f"store URL: api must be v1 or v2, not '{api}'")
+        self.base_url, self.api, self.db = base_url.rstrip("/"), api, db
+        self.bucket, self.org = bucket or db, org
+        self.chunk = dt.timedelta(hours=chunk_hours)
+        self.http = urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout_s), retries=False)
+        self.headers = {}
+        self.auth = {}
+        if token:
+            self.headers["Authorization"] = f"Token {token}"
+        elif username:
+            self.auth = {"u": username, "p": password or ""}
+        self.client = None
+        if api == "v2":
+            # InfluxDB 1.8+ takes "user:password" as the token of its v2 write endpoint
+            v2_token = token if token or not username else f"{username}:{password or ''}"
+            self.client = InfluxDBClient(url=self.base_url, token=v2_token, org=org, timeout=int(timeout_s * 1000))
+            self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
+
+    @classmethod
+    def from_url(cls, parts: SplitResult, query: dict[str, str]) -> InfluxStore:
+        scheme = "https" if parts.scheme == "influxdbs" else "http"
+        known = {"api", "db", "bucket", "org", "token_env", "username_env", "password_env", "chunk_hours", "timeout"}
+        unknown = set(query) - known
+        if unknown:
+            raise ValueError(f"store URL: unknown parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        return cls(
+            f"{scheme}://{parts.hostname}:{parts.port or 8086}", api=query.get("api", "v2"),
+            db=query.get("db", "jcm"), bucket=query.get("bucket"), org=query.get("org", "jcm"),
+            token=_env(query.get("token_env")), username=_env(query.get("username_env")),
+            password=_env(query.get("password_env")), chunk_hours=float(query.get("chunk_hours", 24)),
+            timeout_s=float(query.get("timeout", 10)),
+        )
+
+    # -- writing --------------------------------------------------------------------
+    def _post_lines(self, lines: list[str], precision: str) -> None:
+        """Write line protocol; raise StoreUnavailable (retry) or ValueError (the data is refused)."""
+        body = "\n".join(lines).encode()
+        try:
+            if self.api == "v2":
+                self.write_api.write(self.bucket, self.org, body, write_precision=precision)
+                return
+            params = urlencode({"db": self.db, "precision": precision, **self.auth})
+            resp = self.http.request("POST", f"{self.base_url}/write?{params}", body=body, headers=self.headers)
+        except ApiException as exc:
+            if 400 <= exc.status < 500 and exc.status not in (401, 403, 404, 408, 429):
+                raise ValueError(f"InfluxDB refused the write ({exc.status}): {exc.body}") from None
+            raise StoreUnavailable(f"InfluxDB {self.base_url}: {exc.status} {exc.reason}") from exc
+        except Exception as exc:  # connection refused, timeouts, DNS: all retryable
+            raise StoreUnavailable(f"InfluxDB {self.base_url}: {exc}") from exc
+        if resp.status in (200, 204):
+            return
+        text = resp.data.decode(errors="replace")[:300]
+        if 400 <= resp.status < 500 and resp.status not in (401, 403, 404, 408, 429):
+            raise ValueError(f"InfluxDB refused the write ({resp.status}): {text}")
+        raise StoreUnavailable(f"InfluxDB {self.base_url}: HTTP {resp.status}: {text}")
+
+    def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = ()) -> list[tuple[Reading, str]]:
+        refused: list[tuple[Reading, str]] = []
+        if readings:
+            try:
+                self._post_lines([to_point(r).to_line_protocol() for r in readings], WritePrecision.MS)
+            except ValueError:
+                for r in readings:  # find the offending points; the others land
+                    try:
+                        self._post_lines([to_point(r).to_line_protocol()], WritePrecision.MS)
+                    except ValueError as exc:
+                        refused.append((r, str(exc)))
+        if dead_letters:
+            lines = []
+            for i, d in enumerate(dead_letters):
+                p = (Point(DEAD).field("topic", d.topic).field("reason", d.reason)
+                     .field("payload", d.payload.decode("utf-8", "backslashreplace")))
+                ns = int(d.received.timestamp()) * 1_000_000_000 + d.received.microsecond * 1000 + i
+                lines.append(p.time(ns, WritePrecision.NS).to_line_protocol())
+            try:
+                self._post_lines(lines, WritePrecision.NS)
+            except ValueError as exc:
+                raise StoreUnavailable(f"InfluxDB refused dead letters: {exc}") from exc
+        return refused
+
+    # -- reading --------------------------------------------------------------------
+    def query(self, influxql: str) -> list[dict]:
+        """Run InfluxQL on /query; return the series of the first statement."""
+        params = {"q": influxql, "db": self.db, "epoch": "ms", **self.auth}
+        try:
+            resp = self.http.request("POST", f"{self.base_url}/query", fields=params, headers=self.headers,
+                                     encode_multipart=False)
+        except Exception as exc:
+            raise StoreUnavailable(f"InfluxDB {self.base_url}: {exc}") from exc
+        if resp.status != 200:
+            raise StoreUnavailable(f"InfluxDB query failed: HTTP {resp.status}: {resp.data[:300]!r}")
+        result = json.loads(resp.data)["results"][0]
+        if "error" in result:
+            raise StoreUnavailable(f"InfluxDB query error: {result['error']}")
+        return result.get("series", [])
+
+    def _where_site(self, site: str, devices: list[str] | None) -> str:
+        where = f'"site" = {_lit(site)}'
+        if devices:
+            where += " AND (" + " OR ".join(f'"device" = {_lit(d)}' for d in devices) + ")"
+        return where
+
+    def read(self, site, start, end, channels=None, devices=None) -> pd.DataFrame:
+        select = "*" if not channels else ", ".join(_q(c) for c in [*channels, "quality"])
+        rows: list[tuple] = []
+        t = start
+        while t < end:
+            stop = min(end, t + self.chunk)
+            q = (f"SELECT {select} FROM {_q(MEASUREMENT)} WHERE {self._where_site(site, devices)} "
+                 f"AND time >= {to_ns(t)} AND time < {to_ns(stop)} GROUP BY \"device\", \"gateway\"")
+            for series in self.query(q):
+                rows += _series_rows(series, site, channels, numeric_only=True)
+            t = stop
+        return _frame(rows)
+
+    def latest(self, site) -> pd.DataFrame:
+        q = (f"SELECT * FROM {_q(MEASUREMENT)} WHERE \"site\" = {_lit(site)} "
+             f"GROUP BY \"device\", \"gateway\" ORDER BY time DESC LIMIT 1")
+        rows = []
+        for series in self.query(q):
+            rows += _series_rows(series, site, None, numeric_only=False)
+        return _frame(rows).sort_values(["device", "channel"], ignore_index=True)
+
+    def devices(self, site=None) -> list[DeviceSeen]:
+        where = f" WHERE \"site\" = {_lit(site)}" if site else ""
+        series = self.query(f'SELECT LAST("status") FROM {_q(MEASUREMENT)}{where} GROUP BY "site", "gateway", "device"')
+        seen = [DeviceSeen(s["tags"]["site"], s["tags"]["gateway"], s["tags"]["device"],
+                           dt.datetime.fromtimestamp(s["values"][0][0] / 1000, dt.UTC)) for s in series]
+        return sorted(seen, key=lambda d: (d.site, d.device))
+
+    def dead_letters(self, limit=100) -> list[DeadLetter]:
+        params = {"q": f"SELECT topic, payload, reason FROM {_q(DEAD)} ORDER BY time DESC LIMIT {int(limit)}",
+                  "db": self.db, "epoch": "ns", **self.auth}
+        resp = self.http.request("POST", f"{self.base_url}/query", fields=params, headers=self.headers,
+                                 encode_multipart=False)
+        series = json.loads(resp.data)["results"][0].get("series", [])
+        out = []
+        for s in series:
+            for ns, topic, payload, reason in s["values"]:
+                out.append(DeadLetter(dt.datetime.fromtimestamp(ns / 1e9, dt.UTC), topic,
+                                      payload.encode("utf-8", "surrogateescape"), reason))
+        return out
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.http.clear()
+
+
+def to_ns(t: dt.datetime) -> str:
+    return f"{int(t.timestamp() * 1000) * 1_000_000}"
+
+
+def _series_rows(series: dict, site: str, channels, numeric_only: bool) -> list[tuple]:
+    tags = series.get("tags", {})
+    cols = series["columns"]
+    rows = []
+    for values in series["values"]:
+        point = dict(zip(cols, values))
+        quality = json.loads(point.get("quality") or "{}")
+        names = channels or [c for c in cols if c != "time" and c not in _META]
+        for channel in sorted(set(names) | (set(quality) if not channels else set())):
+            v = point.get(channel)
+            if numeric_only and isinstance(v, str):
+                continue
+            if v is None and channel not in quality:
+                continue  # the channel was not part of this poll
+            rows.append((point["time"], site, tags.get("gateway"), tags.get("device"), channel, v, quality.get(channel)))
+    return rows
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=READ_COLUMNS)
+    df["ts"] = pd.to_datetime(df["ts"], unit="ms", utc=True)
+    return df.sort_values(["ts", "device", "channel"], ignore_index=True)

@@ -1,0 +1,150 @@
+"""Embedded store: one SQLite file in WAL mode, for the demo and one-box sites.
+
+One row per (site, device, channel, ts), upserted, so a redelivered or replayed
+reading overwrites itself. Numbers and booleans go to ``value``; text channels
+(serial numbers, model names) to ``text_value`` and are served by ``latest`` only.
+Timestamps are integer milliseconds since the epoch, UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+from pathlib import Path
+
+import pandas as pd
+
+from contract.message import Reading
+from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    site TEXT NOT NULL, device TEXT NOT NULL, channel TEXT NOT NULL, ts INTEGER NOT NULL,
+    gateway TEXT NOT NULL, value REAL, text_value TEXT, quality TEXT, seq INTEGER,
+    PRIMARY KEY (site, device, channel, ts)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_site_ts ON readings (site, ts);
+CREATE TABLE IF NOT EXISTS devices (
+    site TEXT NOT NULL, device TEXT NOT NULL, gateway TEXT NOT NULL, last_seen INTEGER NOT NULL,
+    status TEXT, PRIMARY KEY (site, device)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, received TEXT NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, reason TEXT NOT NULL
+);
+"""
+
+UPSERT = """
+INSERT INTO readings (site, device, channel, ts, gateway, value, text_value, quality, seq)
+VALUES (?,?,?,?,?,?,?,?,?)
+ON CONFLICT (site, device, channel, ts) DO UPDATE SET
+    gateway = excluded.gateway, value = excluded.value, text_value = excluded.text_value,
+    quality = excluded.quality, seq = excluded.seq
+"""
+
+SEEN = """
+INSERT INTO devices (site, device, gateway, last_seen, status) VALUES (?,?,?,?,?)
+ON CONFLICT (site, device) DO UPDATE SET gateway = excluded.gateway, last_seen = excluded.last_seen,
+    status = excluded.status WHERE excluded.last_seen >= devices.last_seen
+"""
+
+
+def to_ms(ts: dt.datetime) -> int:
+    return int(ts.timestamp() * 1000 + (0.5 if ts.timestamp() >= 0 else -0.5))
+
+
+def from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def reading_rows(r: Reading) -> list[tuple]:
+    ms = to_ms(r.ts)
+    rows = []
+    for channel, v in r.values.items():
+        q = r.quality.get(channel)
+        number = float(v) if isinstance(v, (int, float, bool)) else None
+        text = v if isinstance(v, str) else None
+        rows.append((r.site, r.device, channel, ms, r.gateway, number, text, q.value if q else None, r.seq))
+    return rows
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # acknowledged upstream means on disk
+        self._db.executescript(SCHEMA)
+
+    def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = ()) -> list[tuple[Reading, str]]:
+        rows = [row for r in readings for row in reading_rows(r)]
+        seen: dict[tuple, tuple] = {}
+        for r in readings:
+            key = (r.site, r.device)
+            ms = to_ms(r.ts)
+            if key not in seen or seen[key][3] <= ms:
+                seen[key] = (r.site, r.device, r.gateway, ms, r.status.value)
+        letters = [(d.received.isoformat(), d.topic, d.payload, d.reason) for d in dead_letters]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(UPSERT, rows)
+                self._db.executemany(SEEN, list(seen.values()))
+                self._db.executemany("INSERT INTO dead_letters (received, topic, payload, reason) VALUES (?,?,?,?)", letters)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+        return []
+
+    def _query(self, sql: str, params: tuple) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+    def read(self, site, start, end, channels=None, devices=None) -> pd.DataFrame:
+        sql = ("SELECT ts, site, gateway, device, channel, value, quality FROM readings "
+               "WHERE site = ? AND ts >= ? AND ts < ? AND text_value IS NULL")
+        params: list = [site, to_ms(start), to_ms(end)]
+        for column, wanted in (("channel", channels), ("device", devices)):
+            if wanted:
+                sql += f" AND {column} IN ({','.join('?' * len(wanted))})"
+                params += list(wanted)
+        rows = self._query(sql + " ORDER BY ts, device, channel", tuple(params))
+        return _frame(rows)
+
+    def latest(self, site) -> pd.DataFrame:
+        rows = self._query(
+            "SELECT r.ts, r.site, r.gateway, r.device, r.channel, COALESCE(r.value, r.text_value), r.quality "
+            "FROM readings r JOIN (SELECT device, channel, MAX(ts) AS ts FROM readings WHERE site = ? "
+            "GROUP BY device, channel) m ON r.device = m.device AND r.channel = m.channel AND r.ts = m.ts "
+            "WHERE r.site = ? ORDER BY r.device, r.channel", (site, site))
+        return _frame(rows)
+
+    def devices(self, site=None) -> list[DeviceSeen]:
+        sql = "SELECT site, gateway, device, last_seen FROM devices"
+        rows = self._query(sql + (" WHERE site = ?" if site else "") + " ORDER BY site, device", (site,) if site else ())
+        return [DeviceSeen(s, g, d, from_ms(ms)) for s, g, d, ms in rows]
+
+    def dead_letters(self, limit=100) -> list[DeadLetter]:
+        rows = self._query("SELECT received, topic, payload, reason FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,))
+        return [DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why) for r, t, p, why in rows]
+
+    def count(self) -> int:
+        return self._query("SELECT COUNT(*) FROM readings", ())[0][0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=READ_COLUMNS)
+    df["ts"] = pd.to_datetime(df["ts"], unit="ms", utc=True)
+    return df

@@ -1,0 +1,118 @@
+"""Both store implementations behind one interface: idempotent writes, reads as
+DataFrames (chunked), latest values, devices seen, dead letters. SQLite on disk,
+InfluxDB 1.6.7 (Debian) in api=v1 mode, and the /api/v2/write path through
+influxdb-client against VictoriaMetrics, read back through its export API."""
+
+import datetime as dt
+import json
+import math
+
+import pandas as pd
+import pytest
+import urllib3
+
+from contract.message import DeviceStatus, Quality, Reading
+from contract.store import DeadLetter
+from store import open_store
+
+T0 = dt.datetime(2026, 10, 1, 0, 0, tzinfo=dt.UTC)
+
+
+def reading(device="m1", minutes=0, seq=1, **values):
+    values = values or {"energy": 100.0 + minutes, "power": 5.5}
+    quality = {k: Quality.not_implemented for k, v in values.items() if v is None}
+    return Reading(site="s1", gateway="gw1", device=device, ts=T0 + dt.timedelta(minutes=minutes),
+                   values=values, quality=quality, units={}, status=DeviceStatus.ok, seq=seq)
+
+
+@pytest.fixture(params=["sqlite", "influx_v1"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path}/jcm.db")
+    else:
+        server = request.getfixturevalue("influxdb")
+        s = open_store(f"influxdb://127.0.0.1:{server.port}?api=v1&db=jcm&chunk_hours=1")
+    yield s
+    s.close()
+
+
+def test_write_then_read_back_as_a_frame(store):
+    store.write([reading(minutes=m, seq=m) for m in range(0, 180, 10)])  # 3 hours: three 1-hour chunks on Influx
+    df = store.read("s1", T0, T0 + dt.timedelta(hours=3), channels=["energy"])
+    assert list(df.columns) == ["ts", "site", "gateway", "device", "channel", "value", "quality"]
+    assert len(df) == 18
+    assert df["value"].tolist() == [100.0 + m for m in range(0, 180, 10)]
+    assert df["ts"].iloc[1] == T0 + dt.timedelta(minutes=10)
+    assert str(df["ts"].dt.tz) == "UTC"
+
+
+def test_redelivery_and_replay_overwrite_the_same_point(store):
+    store.write([reading(seq=1)])
+    store.write([reading(seq=1)])  # QoS 1 redelivery
+    store.write([reading(seq=1, energy=100.0, power=6.0)])  # replay with a corrected value
+    df = store.read("s1", T0, T0 + dt.timedelta(minutes=1))
+    assert len(df) == 2
+    assert df.set_index("channel")["value"]["power"] == 6.0
+
+
+def test_null_values_keep_their_quality(store):
+    store.write([reading(energy=100.0, power=None)])
+    df = store.read("s1", T0, T0 + dt.timedelta(minutes=1)).set_index("channel")
+    assert math.isnan(df["value"]["power"]) and df["quality"]["power"] == "not_implemented"
+    assert pd.isna(df["quality"]["energy"])
+
+
+def test_read_filters_by_device_and_window(store):
+    store.write([reading("m1", 0), reading("m2", 0), reading("m1", 60)])
+    df = store.read("s1", T0, T0 + dt.timedelta(minutes=30), devices=["m2"])
+    assert set(df["device"]) == {"m2"} and len(df) == 2
+
+
+def test_latest_and_devices_seen(store):
+    store.write([reading("m1", 0), reading("m1", 5, energy=105.0, serial="SN-1"), reading("m2", 3)])
+    latest = store.latest("s1")
+    m1 = latest[latest.device == "m1"].set_index("channel")["value"]
+    assert m1["energy"] == 105.0 and m1["serial"] == "SN-1"
+    seen = {d.device: d.last_seen for d in store.devices("s1")}
+    assert seen == {"m1": T0 + dt.timedelta(minutes=5), "m2": T0 + dt.timedelta(minutes=3)}
+
+
+def test_dead_letters_keep_payload_topic_reason(store):
+    letter = DeadLetter(T0, "jcm/v1/s1/gw1/m1/reading", b'{"schema": 9}', "schema 9 is not 1")
+    store.write([], [letter])
+    (got,) = store.dead_letters()
+    assert (got.topic, got.payload, got.reason) == (letter.topic, letter.payload, letter.reason)
+    assert abs((got.received - T0).total_seconds()) < 0.001
+
+
+def test_v2_write_path_lands_tags_fields_and_timestamps(victoriametrics):
+    store = open_store(f"influxdb://127.0.0.1:{victoriametrics.port}?api=v2&bucket=jcm&org=jcm")
+    store.write([reading(minutes=0, seq=1), reading(minutes=10, seq=2, energy=110.0, power=7.25)])
+    base = f"http://127.0.0.1:{victoriametrics.port}"
+    urllib3.request("GET", f"{base}/internal/force_flush")
+    resp = urllib3.request("GET", f"{base}/api/v1/export", fields={"match[]": '{__name__=~"reading_.*"}'})
+    series = {(s["metric"]["__name__"], s["metric"]["device"]): s for s in map(json.loads, resp.data.splitlines())}
+    energy = series[("reading_energy", "m1")]
+    assert energy["metric"]["site"] == "s1" and energy["metric"]["gateway"] == "gw1"
+    assert energy["values"] == [100.0, 110.0]
+    assert energy["timestamps"] == [int(T0.timestamp() * 1000), int(T0.timestamp() * 1000) + 600_000]
+    assert series[("reading_power", "m1")]["values"] == [5.5, 7.25]
+    store.close()
+
+
+def test_unreachable_influx_is_a_retryable_error():
+    from contract.store import StoreUnavailable
+    from jcm.broker import free_port
+
+    store = open_store(f"influxdb://127.0.0.1:{free_port()}?api=v1&timeout=1")
+    with pytest.raises(StoreUnavailable, match="InfluxDB http://127.0.0.1"):
+        store.write([reading()])
+
+
+def test_store_urls_are_checked():
+    with pytest.raises(ValueError, match="unknown scheme 'postgres'"):
+        open_store("postgres://x")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        open_store("influxdb://h:8086?bukket=x")
+    with pytest.raises(ValueError, match="environment variable JCM_NO_SUCH_TOKEN"):
+        open_store("influxdb://h:8086?token_env=JCM_NO_SUCH_TOKEN")
