@@ -93,6 +93,44 @@ def cmd_gateway(args) -> int:
     return 0
 
 
+def _collector_config(args):
+    from contract.config import load_collector
+
+    config = load_collector(args.config)
+    update = {}
+    if getattr(args, "store", None):
+        update["store"] = args.store
+    if getattr(args, "broker", None):
+        update["broker"] = config.broker.model_copy(update={"url": args.broker})
+    if getattr(args, "client_id", None):
+        update["client_id"] = args.client_id
+    return config.model_copy(update=update) if update else config
+
+
+def cmd_collector(args) -> int:
+    from collector.service import Collector
+
+    collector = Collector(_collector_config(args))
+    collector.start()
+    _wait_for_signal(args.duration)
+    collector.stop()
+    log.info("collector stopped: %d readings stored, %d dead letters", collector.stored, collector.dead)
+    return 0
+
+
+def cmd_deadletters(args) -> int:
+    from store import open_store
+
+    store = open_store(args.store or _collector_config(args).store)
+    letters = store.dead_letters(args.limit)
+    for d in letters:
+        payload = d.payload[:200].decode("utf-8", "replace")
+        print(f"{d.received.isoformat(timespec='seconds')}  {d.topic}\n    reason:  {d.reason}\n    payload: {payload}")
+    print(f"{len(letters)} dead letter(s) shown (newest first)")
+    store.close()
+    return 0
+
+
 def cmd_watch(args) -> int:
     from jcm.watch import watch
 
@@ -129,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outbox", help="override the outbox file")
     s.add_argument("--duration", type=float, help="stop after this many seconds")
     s.set_defaults(func=cmd_gateway)
+
+    s = sub.add_parser("collector", help="subscribe to every site's readings and write them to the store")
+    s.add_argument("--config", default="config/collector.yaml")
+    s.add_argument("--store", help="override the store URL, e.g. sqlite:///var/jcm.db")
+    s.add_argument("--broker", help="override the broker URL")
+    s.add_argument("--client-id", help="override the MQTT client id (one per collector of a share group)")
+    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s.set_defaults(func=cmd_collector)
+
+    s = sub.add_parser("deadletters", help="list the messages the collector kept aside, with why")
+    s.add_argument("--config", default="config/collector.yaml")
+    s.add_argument("--store", help="store URL (default: the collector config's)")
+    s.add_argument("--limit", type=int, default=50)
+    s.set_defaults(func=cmd_deadletters)
 
     s = sub.add_parser("watch", help="print the readings arriving at a broker")
     s.add_argument("--broker", default="mqtt://127.0.0.1:1883")

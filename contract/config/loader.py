@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from contract.config.collector import CollectorConfig
 from contract.config.profile import Profile
 from contract.config.site import Site
 
@@ -126,5 +127,14 @@ def load_site(path: Path | str, profiles_dir: Path | str | None = None) -> Site:
         raise ConfigError("\n".join(problems))
     try:
         return Site.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_errors(path, exc))) from None
+
+
+def load_collector(path: Path | str) -> CollectorConfig:
+    path = Path(path)
+    data = _read_yaml(path)
+    try:
+        return CollectorConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError("\n".join(_errors(path, exc))) from None

@@ -1,0 +1,176 @@
+"""The collector process: MQTT in, store out, acknowledgement last.
+
+paho delivers messages with ``manual_ack=True``; a worker gathers them into batches
+(``batch_size`` messages or ``batch_timeout`` seconds, whichever comes first, since
+the broker stops sending at its in-flight window), validates each, writes the batch
+(readings and dead letters together) and only then sends the PUBACKs. Killed at any
+point, the collector loses nothing: the broker redelivers every message it has not
+acknowledged, and stored points are idempotent. When the store is down the worker
+keeps the batch, retries with backoff and acknowledges nothing meanwhile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import logging
+import os
+import queue
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from collector.validation import Rejected, SiteRules, rules_for, validate
+from contract import topics
+from contract.config import CollectorConfig, ConfigError, load_site
+from contract.store import DeadLetter, ReadingStore, StoreUnavailable
+from store import open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    generation: int  # which connection delivered it: a mid is only valid on its own connection
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received: dt.datetime
+
+
+class Collector:
+    def __init__(self, config: CollectorConfig, store: ReadingStore | None = None, base_dir: Path = Path(".")):
+        self.config = config
+        self.store = store or open_store(config.store)
+        sites_dir = base_dir / config.sites_dir
+        site_files = sorted(glob.glob(str(sites_dir / "*.yaml")))
+        self.rules: dict[str, SiteRules] = rules_for([load_site(f) for f in site_files])
+        if not self.rules:
+            log.warning("no site files in %s: accepting readings of any site", sites_dir)
+        self.topic = topics.ALL_READINGS
+        if config.share_group:
+            self.topic = f"$share/{config.share_group}/{topics.ALL_READINGS}"
+        self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        self._generation = 0
+        self._stop = threading.Event()
+        self.stored = 0
+        self.dead = 0
+        self.client = self._client()
+        self._worker = threading.Thread(target=self._run, name="collector", daemon=True)
+
+    def _client(self) -> mqtt.Client:
+        b = self.config.broker
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        if b.username_env:
+            user = os.environ.get(b.username_env)
+            if user is None:
+                raise ConfigError(f"collector: broker.username_env: environment variable {b.username_env} is not set")
+            client.username_pw_set(user, os.environ.get(b.password_env) if b.password_env else None)
+        if b.tls:
+            client.tls_set(ca_certs=b.ca_file, certfile=b.cert_file, keyfile=b.key_file, cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # paho callbacks: tiny, never raising
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error("broker %s refused the collector: %s", self.config.broker.url, reason_code)
+            return
+        self._generation += 1
+        log.info("connected to %s (session %s); subscribing to %s", self.config.broker.url,
+                 "resumed" if flags.session_present else "new", self.topic)
+        client.subscribe(self.topic, qos=1)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        log.warning("disconnected from the broker (%s); unacknowledged messages will be redelivered", reason_code)
+
+    def _on_message(self, client, userdata, msg):
+        self._queue.put(Incoming(self._generation, msg.mid, msg.qos, msg.topic, msg.payload, dt.datetime.now(dt.UTC)))
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry
+        props.ReceiveMaximum = self.config.receive_maximum
+        b = self.config.broker
+        self.client.connect_async(b.host, b.port, keepalive=b.keepalive, clean_start=False, properties=props)
+        self.client.loop_start()
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._worker.join(timeout=30)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.store.close()
+
+    # -- the worker ---------------------------------------------------------------
+    def _next_batch(self) -> list[Incoming]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.config.batch_timeout
+        while len(batch) < self.config.batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=left))
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._next_batch()
+            if batch:
+                self._store(batch)
+
+    def _store(self, batch: list[Incoming]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        future = dt.timedelta(seconds=self.config.max_future_s)
+        readings, letters, source = [], [], {}
+        for m in batch:
+            try:
+                r = validate(m.topic, m.payload, self.rules, now, self.config.max_payload_bytes, future)
+            except Rejected as exc:
+                letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
+                continue
+            readings.append(r)
+            source[id(r)] = m
+        pause = 0.5
+        while True:
+            try:
+                refused = self.store.write(readings, letters)
+                if refused:  # the store took the rest; keep these aside with its reason
+                    self.store.write([], [DeadLetter(source[id(r)].received, source[id(r)].topic,
+                                                     source[id(r)].payload, f"store refused it: {why}")
+                                          for r, why in refused])
+                break
+            except StoreUnavailable as exc:
+                if self._stop.is_set():
+                    log.error("stopping with %d messages unstored: the broker will redeliver them", len(batch))
+                    return
+                log.error("store unavailable (%s); holding %d messages unacknowledged, retrying in %.1f s",
+                          exc, len(batch), pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 30.0)
+        for letter in letters:
+            log.warning("dead letter from %s: %s", letter.topic, letter.reason)
+        self.stored += len(readings) - len(refused)
+        self.dead += len(letters) + len(refused)
+        for m in batch:
+            if m.generation == self._generation and m.qos > 0:
+                self.client.ack(m.mid, m.qos)

@@ -1,0 +1,65 @@
+"""Decide whether a message is a reading we can store, and if not, say why.
+
+Every rejection reason names what was wrong so that the dead-letter list is a to-do
+list for whoever fixes the sender.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from contract import topics
+from contract.config.site import Site
+from contract.message import Reading
+
+
+@dataclass(frozen=True)
+class SiteRules:
+    gateway: str
+    devices: frozenset[str]
+    #: readings before the site's commissioning day (local midnight) are rejected
+    earliest: dt.datetime
+
+
+def rules_for(sites: list[Site]) -> dict[str, SiteRules]:
+    out = {}
+    for s in sites:
+        start = dt.datetime.combine(s.commissioned, dt.time(), tzinfo=s.zone).astimezone(dt.UTC)
+        out[s.site] = SiteRules(s.gateway, frozenset(d.id for d in s.devices), start)
+    return out
+
+
+class Rejected(ValueError):
+    """The message cannot be stored; ``str()`` is the reason."""
+
+
+def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.datetime,
+             max_bytes: int, max_future: dt.timedelta) -> Reading:
+    if len(payload) > max_bytes:
+        raise Rejected(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    try:
+        site, gateway, device = topics.parse_reading(topic)
+    except ValueError as exc:
+        raise Rejected(str(exc)) from None
+    try:
+        reading = Reading.from_json(payload)
+    except ValueError as exc:
+        raise Rejected(f"malformed reading: {exc}") from None
+    for name, from_topic, from_payload in (("site", site, reading.site), ("gateway", gateway, reading.gateway),
+                                           ("device", device, reading.device)):
+        if from_topic != from_payload:
+            raise Rejected(f"topic says {name} '{from_topic}' but the payload says '{from_payload}'")
+    if rules:
+        rule = rules.get(site)
+        if rule is None:
+            raise Rejected(f"unknown site '{site}'")
+        if gateway != rule.gateway:
+            raise Rejected(f"site '{site}' is served by gateway '{rule.gateway}', not '{gateway}'")
+        if device not in rule.devices:
+            raise Rejected(f"site '{site}' has no device '{device}'")
+        if reading.ts < rule.earliest:
+            raise Rejected(f"timestamp {reading.ts.isoformat()} is before site '{site}' was commissioned")
+    if reading.ts > now + max_future:
+        raise Rejected(f"timestamp {reading.ts.isoformat()} is in the future (received {now.isoformat(timespec='seconds')})")
+    return reading

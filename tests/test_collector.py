@@ -1,0 +1,196 @@
+"""The collector against a real Mosquitto and real stores: batches acknowledged only
+after the store has them, bad messages kept aside with a reason, nothing lost when
+the collector is SIGKILLed or the store goes away, and two collectors sharing one
+stream through a shared subscription."""
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from collector.service import Collector
+from contract import topics
+from contract.config import CollectorConfig
+from contract.message import Reading
+from store import open_store
+from tests.conftest import REPO, tcp_device, write_site
+
+DEVICES = [f"m{i}" for i in range(1, 5)]
+T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def sites_dir(tmp_path):
+    path = write_site(tmp_path, [tcp_device(d, "power_meter_3ph", 1502, unit_id=i + 1) for i, d in enumerate(DEVICES)])
+    return path.parent
+
+
+def payload(i: int, site="test-site", gateway="gw-test", device=None) -> tuple[str, bytes]:
+    device = device or DEVICES[i % len(DEVICES)]
+    r = Reading(site=site, gateway=gateway, device=device, ts=T0 + dt.timedelta(seconds=i),
+                values={"energy_import": 1000.0 + i, "active_power": 5.0}, units={"energy_import": "kWh"}, seq=i + 1)
+    return topics.reading(site, gateway, device), r.to_json().encode()
+
+
+class Publisher:
+    """A gateway stand-in: QoS 1 publishes, waiting for every PUBACK."""
+
+    def __init__(self, broker):
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{time.monotonic_ns()}")
+        self.client.max_inflight_messages_set(200)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def send(self, messages, rate: float | None = None):
+        infos = []
+        for topic, body in messages:
+            infos.append(self.client.publish(topic, body, qos=1))
+            if rate:
+                time.sleep(1 / rate)
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+        assert all(i.is_published() for i in infos)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def config(broker, store_url, sites_dir, **extra) -> CollectorConfig:
+    return CollectorConfig(broker={"url": broker.url}, store=store_url, sites_dir=str(sites_dir), **extra)
+
+
+def wait_until(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_valid_readings_land_and_bad_messages_become_dead_letters(tmp_path, mosquitto, sites_dir):
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    c = Collector(config(mosquitto, store_url, sites_dir))
+    c.start()
+    pub = Publisher(mosquitto)
+    good = [payload(i) for i in range(200)]
+    topic, body = payload(0)
+    future = Reading.from_json(body)
+    bad = {
+        "not JSON": (topic, b"{garbage"),
+        "schema": (topic, json.dumps({**json.loads(body), "schema": 2}).encode()),
+        "not finite": (topic, body.replace(b'"active_power":5.0', b'"active_power":1e999')),
+        "topic says device 'm2'": (topics.reading("test-site", "gw-test", "m2"), body),
+        "unknown site 'nowhere'": payload(1, site="nowhere"),
+        "is served by gateway 'gw-test', not 'gw-evil'": payload(2, gateway="gw-evil"),
+        "has no device 'm9'": payload(3, device="m9"),
+        "is in the future": (topic, body.replace(b'"2026-11-01T', b'"2036-11-01T')),
+        "before site 'test-site' was commissioned": (topic, body.replace(b'"2026-11-01T', b'"2016-11-01T')),
+        "exceeds the limit": (topic, body[:-1] + b', "pad": "' + b"x" * 70000 + b'"}'),
+    }
+    pub.send(good + list(bad.values()))
+    assert wait_until(lambda: c.stored + c.dead == 210), (c.stored, c.dead)
+    c.stop()
+    pub.close()
+    store = open_store(store_url)
+    assert store.count() == 200 * 2
+    letters = store.dead_letters(100)
+    assert len(letters) == len(bad)
+    for expected in bad:
+        assert any(expected in d.reason for d in letters), expected
+    assert any(d.payload == b"{garbage" for d in letters)
+    assert future.seq == 1
+
+
+def _collector_process(tmp_path, broker, store_url, sites_dir):
+    cfg = tmp_path / "collector.yaml"
+    cfg.write_text(yaml.safe_dump({"broker": {"url": broker.url}, "store": store_url, "sites_dir": str(sites_dir),
+                                   "client_id": "jcm-collector-test", "batch_size": 500, "batch_timeout": 0.1}))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "jcm.cli", "collector", "--config", str(cfg)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stream_loses_nothing(tmp_path, mosquitto, sites_dir):
+    n = 10_000
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    store = open_store(store_url)
+    proc = _collector_process(tmp_path, mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    # once a probe lands, the collector's persistent session exists at the broker
+    assert wait_until(lambda: pub.send([payload(0)]) or store.count() == 2, 30)
+    sender = threading.Thread(target=pub.send, args=([payload(i) for i in range(1, n)],))
+    sender.start()
+    assert wait_until(lambda: store.count() >= 2 * 2000, 60), store.count()
+    proc.send_signal(signal.SIGKILL)  # mid-stream: messages are in flight and unacknowledged
+    proc.wait()
+    killed_at = store.count()
+    sender.join(120)  # the broker queues the rest in the collector's persistent session
+    assert killed_at < 2 * n
+    proc = _collector_process(tmp_path, mosquitto, store_url, sites_dir)
+    try:
+        assert wait_until(lambda: store.count() >= 2 * n, 120), store.count()
+        time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        pub.close()
+    assert store.count() == 2 * n  # every reading once: nothing lost, redeliveries overwrote themselves
+    seqs = {r[0] for r in store._query("SELECT DISTINCT seq FROM readings", ())}
+    assert seqs == set(range(1, n + 1))
+
+
+@pytest.mark.slow
+def test_store_going_away_and_back_loses_nothing(tmp_path, mosquitto, sites_dir, influxdb):
+    n = 3000
+    store_url = f"influxdb://127.0.0.1:{influxdb.port}?api=v1&db=jcm&timeout=2"
+    c = Collector(config(mosquitto, store_url, sites_dir))
+    c.start()
+    pub = Publisher(mosquitto)
+    sender = threading.Thread(target=pub.send, args=([payload(i) for i in range(n)], 1500.0))
+    sender.start()
+    assert wait_until(lambda: c.stored >= 500, 30)
+    influxdb.stop()
+    stored_while_down = c.stored
+    time.sleep(3)
+    assert c.stored - stored_while_down <= 500  # at most the batch in flight when it went down
+    influxdb.start()
+    sender.join(120)
+    assert wait_until(lambda: c.stored >= n, 120), c.stored
+    c.stop()
+    pub.close()
+    reader = open_store(store_url)
+    counts = reader.query('SELECT COUNT("energy_import") FROM "reading"')
+    assert counts[0]["values"][0][1] == n
+
+
+@pytest.mark.slow
+def test_two_collectors_share_one_stream(tmp_path, mosquitto, sites_dir):
+    n = 4000
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    collectors = [Collector(config(mosquitto, store_url, sites_dir, share_group="collectors", client_id=f"jcm-collector-{i}"))
+                  for i in (1, 2)]
+    for c in collectors:
+        c.start()
+    time.sleep(1)  # both subscribed before the stream starts
+    pub = Publisher(mosquitto)
+    pub.send([payload(i) for i in range(n)])
+    assert wait_until(lambda: sum(c.stored for c in collectors) >= n, 60)
+    time.sleep(0.5)
+    for c in collectors:
+        c.stop()
+    pub.close()
+    shares = [c.stored for c in collectors]
+    assert sum(shares) == n  # no message went to both
+    assert min(shares) > n // 10, shares  # and both did part of the work
+    assert open_store(store_url).count() == 2 * n
