@@ -1,0 +1,14 @@
+# Image for the server-side jobs (collector now; processor and live view later).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY contract contract
+COPY gateway gateway
+COPY collector collector
+COPY processing processing
+COPY store store
+COPY simulators simulators
+COPY jcm jcm
+COPY config config
+RUN pip install --no-cache-dir .
+ENTRYPOINT ["jcm"]
