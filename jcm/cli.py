@@ -131,6 +131,43 @@ def cmd_deadletters(args) -> int:
     return 0
 
 
+def cmd_calc(args) -> int:
+    import json
+
+    import yaml
+
+    from processing.methodologies import InputError, calculate
+
+    try:
+        data = yaml.safe_load(Path(args.input).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"{args.input}: cannot read: {exc}", file=sys.stderr)
+        return 2
+    if data.get("methodology", args.methodology) != args.methodology:
+        print(f"{args.input}: methodology {data['methodology']} does not match {args.methodology}", file=sys.stderr)
+        return 2
+    try:
+        calc = calculate(args.methodology, data.get("parameters") or {}, data.get("units") or [],
+                         version=str(data["version"]) if "version" in data else None)
+    except InputError as exc:
+        print(f"{args.input}: {exc}", file=sys.stderr)
+        return 2
+    if args.explain:
+        print(f"{calc.methodology} Ver{calc.version}" + (" [provisional]" if calc.provisional else ""))
+        if "period" in data:
+            print(f"period: {data['period'].get('start')} .. {data['period'].get('end')}")
+        for name, d in calc.defaults_used.items():
+            print(f"default {name} = {d['value']} {d['unit']} ({d['status']}; {d['source']})")
+        for line in calc.explanation:
+            print(line)
+        return 0
+    out = calc.to_dict()
+    if "period" in data:
+        out["period"] = {k: str(v) for k, v in data["period"].items()}
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
 def cmd_watch(args) -> int:
     from jcm.watch import watch
 
@@ -181,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="store URL (default: the collector config's)")
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(func=cmd_deadletters)
+
+    s = sub.add_parser("calc", help="compute one monitoring period from given monitored values (JSON)")
+    s.add_argument("methodology", help="e.g. MN_AM003")
+    s.add_argument("--input", required=True, help="YAML with period, units and parameters")
+    s.add_argument("--explain", action="store_true", help="print each equation with the numbers substituted")
+    s.set_defaults(func=cmd_calc)
 
     s = sub.add_parser("watch", help="print the readings arriving at a broker")
     s.add_argument("--broker", default="mqtt://127.0.0.1:1883")

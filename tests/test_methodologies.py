@@ -1,0 +1,101 @@
+"""Methodology equations against the spec's worked example and hand calculations."""
+
+import subprocess
+import sys
+
+import pytest
+
+from processing.methodologies import InputError, calculate
+from processing.methodologies.common import round_period_er
+from processing.methodologies.ph_prov_biogas import flare_emissions
+from tests.conftest import REPO
+
+
+def test_mn_am003_worked_example():
+    calc = calculate("MN_AM003", {}, [{"id": "MN006", "EG": 23134.0}])
+    assert calc.RE == pytest.approx(18437.798, abs=1e-9)
+    assert calc.ER == 18437  # ROUNDDOWN
+    assert round_period_er(calc.ER_unrounded, "nearest") == 18438  # the ex-ante page's figure
+    assert calc.defaults_used["EF_RE"]["value"] == 0.797 and not calc.provisional
+
+
+def test_rounding_happens_once_on_the_period_not_per_month():
+    months = [calculate("MN_AM003", {}, [{"EG": eg}]) for eg in (1000.9, 1000.9, 1000.9)]
+    period = calculate("MN_AM003", {}, [{"EG": 1000.9 * 3}])
+    assert sum(m.ER for m in months) == 3 * 797  # 797.7173 each, rounded down per month: loses a tonne
+    assert period.ER == 2393  # 2393.1519 from the period's summed EG
+
+
+def test_mv_am002_battery_losses_are_deducted_and_it_is_provisional():
+    calc = calculate("MV_AM002", {"EG_PV": 2000.0, "EC_BESS": 150.0, "EG_BESS": 135.0})
+    assert calc.RE == pytest.approx((2000.0 - 15.0) * 0.533)
+    assert calc.ER == 1058  # 1058.005
+    assert calc.provisional
+    more_out_than_in = calculate("MV_AM002", {"EG_PV": 2000.0, "EC_BESS": 100.0, "EG_BESS": 120.0})
+    assert more_out_than_in.RE == pytest.approx(2000.0 * 0.533)  # max(0, ·): no credit for a battery gain
+
+
+def test_vn_am005_only_no_load_losses_count():
+    units = [{"id": "TX-01", "NLL_RE": 0.75, "NLL_PJ": 0.21, "OH": 720.0},
+             {"id": "TX-02", "NLL_RE": 0.53, "NLL_PJ": 0.16, "OH": 700.0}]
+    calc = calculate("VN_AM005", {"EF_grid": 0.6592}, units)
+    assert calc.RE == pytest.approx((0.75 * 720 + 0.53 * 700) * 1e-3 * 0.6592)
+    assert calc.PE == pytest.approx((0.21 * 720 + 0.16 * 700) * 1e-3 * 0.6592)
+    assert calc.ER == 0  # 0.427 t: a month of two transformers is well under a tonne
+
+
+def test_ph_biogas_reference_and_project_emissions():
+    p = {"EG_BG": 1800.0, "HG": 3000.0, "EC_aux": 100.0, "FC_fossil": 2.0, "PE_flare": 12.5}
+    calc = calculate("PH_PROV_BIOGAS", p)
+    re = 1800 * 0.7921 + 3000 / 1.0 * 0.0755
+    pe = 100 * 0.7921 + 2.0 * 41.7 * 0.0774 + 12.5
+    assert (calc.RE, calc.PE) == (pytest.approx(re), pytest.approx(pe))
+    assert calc.ER == int(re - pe) and calc.provisional
+
+
+def test_flare_efficiency_counts_only_while_the_flame_burns():
+    burning = flare_emissions(1000.0, 0.6, True, 28)
+    out = flare_emissions(1000.0, 0.6, False, 28)
+    assert out == pytest.approx(1000 * 0.6 * 0.716 * 28e-3)
+    assert burning == pytest.approx(out / 2)
+
+
+def test_id_biomass():
+    calc = calculate("ID_PROV_BIOMASS", {"EG_net": 6000.0, "EC_import": 40.0, "FC_diesel": 3.0})
+    assert calc.PE == pytest.approx(3.0 * 36.12 * 0.0748 + 40.0 * 0.80)
+    assert calc.RE == pytest.approx(6000 * 0.80)
+
+
+def test_given_value_overrides_the_default():
+    calc = calculate("MN_AM003", {}, [{"EG": 100.0, "EF_RE": 0.533}])
+    assert calc.RE == pytest.approx(53.3) and "EF_RE" not in calc.defaults_used
+
+
+@pytest.mark.parametrize("period,units,message", [
+    ({"EG_XX": 1.0}, [{"EG": 1.0}], "parameters.EG_XX: MN_AM003 has no parameter 'EG_XX'"),
+    ({}, [{"EG": 1.0, "OH": 3}], "units.0.OH: MN_AM003 has no per-unit parameter 'OH'"),
+    ({}, [], "units: MN_AM003 sums over units"),
+    ({}, [{"EF_RE": 0.797}], "units.0.EG: missing"),
+])
+def test_unknown_or_missing_parameters_are_named(period, units, message):
+    with pytest.raises(InputError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        calculate("MN_AM003", period, units)
+
+
+def test_calc_command_json_and_explain(tmp_path):
+    f = tmp_path / "in.yaml"
+    f.write_text('methodology: MN_AM003\nversion: "2.0"\nperiod: {start: 2021-01-01, end: 2021-12-31}\n'
+                 "units:\n  - {id: PV-1, EG: 7000.0, EF_RE: 0.797}\n  - {id: PV-2, EG: 4210.25, EF_RE: 0.797}\nparameters: {}\n")
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "jcm.cli", "calc", "MN_AM003", "--input", str(f)],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout
+    result = json.loads(out)
+    assert result["ER"] == 8934 and result["ER_unrounded"] == pytest.approx(8934.56925) and result["provisional"] is False
+    explain = subprocess.run([sys.executable, "-m", "jcm.cli", "calc", "MN_AM003", "--input", str(f), "--explain"],
+                             capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert "RE_PV-2 = EG × EF_RE = 4210.25 × 0.797 = 3355.56925" in explain
+    f.write_text("units: [{EG: 1, FOO: 2}]\n")
+    bad = subprocess.run([sys.executable, "-m", "jcm.cli", "calc", "MN_AM003", "--input", str(f)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "units.0.FOO" in bad.stderr
