@@ -129,7 +129,9 @@ class Outbox(Strict):
 
 
 class MonitoringPoint(Strict):
-    """A methodology parameter and the device channels that feed it."""
+    """A methodology parameter and the device channels that feed it.
+
+    A parameter named ``<P>_check`` is the check meter of ``<P>``."""
 
     parameter: str
     number: str = Field(description="monitoring point number shown in the export")
@@ -137,7 +139,34 @@ class MonitoringPoint(Strict):
     sources: list[str] = Field(min_length=1)
     #: the Σ_i unit this parameter belongs to, where the methodology sums over units
     unit_id: str | None = None
+    #: largest physically possible increase of a counter source per hour, in its own unit
+    max_rate_per_h: float | None = Field(default=None, gt=0)
     description: str = ""
+
+
+class FixedParameter(Strict):
+    """A value fixed ex ante for this site (e.g. a transformer's factory-tested no-load
+    loss), or a site's own choice among a methodology's default values."""
+
+    parameter: str
+    unit_id: str | None = None
+    value: float
+    unit: str
+    source: str
+    status: Literal["confirmed", "unconfirmed"] = "confirmed"
+
+
+class Quality(Strict):
+    """Thresholds of the monthly quality checks."""
+
+    #: month-to-date or monthly completeness below this needs review [fraction]
+    completeness_review: float = Field(default=0.95, gt=0, le=1)
+    #: below this there is not enough data for a conservative claim [fraction]
+    completeness_fail: float = Field(default=0.5, ge=0, le=1)
+    #: main and check meter may disagree by this much [fraction]
+    check_meter_tolerance: float = Field(default=0.02, gt=0)
+    #: the monitoring plan's recording interval: completeness counts these slots [s]
+    recording_interval_s: float = Field(default=900.0, gt=0)
 
 
 class Site(Strict):
@@ -156,6 +185,8 @@ class Site(Strict):
     outbox: Outbox = Outbox()
     devices: list[Device] = Field(min_length=1)
     monitoring: list[MonitoringPoint] = Field(default_factory=list)
+    fixed_parameters: list[FixedParameter] = Field(default_factory=list)
+    quality: Quality = Quality()
 
     @field_validator("timezone")
     @classmethod

@@ -1,0 +1,342 @@
+"""From stored readings to a period's verified (or not) emission reductions.
+
+A period is any span of whole local days; a month is one. The steps follow the
+monitoring rules of ../shared/methodologies.md section 1:
+
+1. read the channels each monitored parameter needs, and hash them (the input's identity);
+2. reduce each channel to daily values (counters: increments; signals: hours on);
+3. quality checks per channel: completeness, gaps, flagged and out-of-range readings,
+   counters that went backwards or jumped, calibration overdue;
+4. conservative treatment, each change an adjustment row: late calibration, check
+   meters, missing days (0 for what raises reductions, an upper bound for what lowers them);
+5. the methodology's equations on the period's summed parameters, then the status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from contract.config import ConfigError
+from contract.config.site import Site
+from contract.store import ReadingStore
+from processing.calibration import correction_factor, uncovered_periods
+from processing.daily_values import Finding, counter_daily, energised_hours_daily, gaps, local_days, mean_daily
+from processing.derived import flare_daily
+from processing.methodologies import Calculation, calculate, load_spec
+from processing.units import factor
+
+#: readings with these gateway flags carry no usable value
+BAD = {"timeout", "disconnected", "illegal_address", "device_error", "decode_error", "not_implemented"}
+STATUSES = ("verified", "provisional", "needs_review", "failed")
+
+
+@dataclass
+class PeriodResult:
+    site: str
+    first: dt.date
+    last: dt.date
+    methodology: str
+    version: str
+    status: str
+    reasons: list[str]
+    calc: Calculation | None
+    parameters: dict[str, float]  # period totals by parameter (per unit as "P[unit]")
+    daily: pd.DataFrame  # day, parameter, unit_id, source, raw, value
+    findings: list[Finding]
+    adjustments: list[dict]
+    completeness: dict[str, float]
+    input_hash: str
+    simulated: bool = False
+    figures: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        c = self.calc
+        return {
+            "site": self.site, "first": self.first.isoformat(), "last": self.last.isoformat(),
+            "methodology": self.methodology, "version": self.version, "status": self.status, "reasons": self.reasons,
+            "RE": c.RE if c else None, "PE": c.PE if c else None, "ER_unrounded": c.ER_unrounded if c else None,
+            "ER": c.ER if c else None, "provisional": c.provisional if c else None,
+            "parameters": self.parameters, "completeness": self.completeness, "input_hash": self.input_hash,
+            "simulated": self.simulated,
+        }
+
+
+def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
+    return pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=site.zone)).tz_convert("UTC")
+
+
+def input_hash(raw: pd.DataFrame) -> str:
+    """SHA-256 of the readings used, in a canonical text form: same readings, same hash."""
+    h = hashlib.sha256()
+    frame = raw.sort_values(["device", "channel", "ts"])
+    ms = (frame["ts"].astype("int64") // 1_000_000).astype(str)
+    values = frame["value"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v)))
+    quality = frame["quality"].fillna("").astype(str)
+    for row in zip(frame["device"], frame["channel"], ms, values, quality):
+        h.update(("\t".join(row) + "\n").encode())
+    return h.hexdigest()
+
+
+class PeriodProcessor:
+    """Holds one site's configuration; ``process(store, first, last)`` does the work."""
+
+    def __init__(self, site: Site):
+        self.site = site
+        self.spec = load_spec(site.methodology)
+        if self.spec.version != site.methodology_version:
+            raise ConfigError(f"site {site.site}: registered under {site.methodology} {site.methodology_version}, "
+                              f"but config/methodologies has version {self.spec.version}")
+
+    def process(self, store: ReadingStore, first: dt.date, last: dt.date) -> PeriodResult:
+        site, spec = self.site, self.spec
+        days = local_days(first, last)
+        start, end = _utc_midnight(first, site), _utc_midnight(last + dt.timedelta(days=1), site)
+        sources = sorted({src for m in site.monitoring for src in m.sources})
+        devices = sorted({s.split(".")[0] for s in sources})
+        channels = sorted({s.split(".")[1] for s in sources})
+        raw = store.read(site.site, (start - pd.Timedelta(hours=6)).to_pydatetime(), end.to_pydatetime(),
+                         channels=channels, devices=devices)
+        raw = raw[raw["device"].astype(str).str.cat(raw["channel"].astype(str), sep=".").isin(sources)]
+        findings: list[Finding] = []
+        adjustments: list[dict] = []
+        completeness: dict[str, float] = {}
+        series: dict[str, pd.Series] = {}
+        for src in sources:
+            series[src] = self._source_series(raw, src, start, end, findings, completeness)
+
+        daily_rows: list[dict] = []
+        totals: dict[str, pd.Series] = {}  # key: (parameter, unit_id) as "P" or "P[unit]"
+        kinds: dict[str, str] = {}  # "total" (counters, hours) or "mean" (instantaneous values)
+        spanned: dict[str, set] = {}  # days whose split is unknown because a counter spans a gap
+        units_of: dict[str, str] = {}
+        for m in site.monitoring:
+            key = m.parameter if m.unit_id is None else f"{m.parameter}[{m.unit_id}]"
+            target_unit = self._parameter_unit(m.parameter)
+            effect = self._effect(m.parameter)
+            per_source = []
+            for src in m.sources:
+                d = self._reduce(src, series[src], days, m.max_rate_per_h, findings, spanned.setdefault(key, set()))
+                point = self._point(src)
+                unit = "h" if point.type == "bool" else point.unit
+                if target_unit and (point.kind.value == "counter" or point.type == "bool"):
+                    d, unit = d * factor(unit, target_unit), target_unit
+                d = self._calibrate(src, d, effect, adjustments, findings, m.parameter)
+                for day, v in d.items():
+                    daily_rows.append({"day": day, "parameter": m.parameter, "unit_id": m.unit_id, "source": src,
+                                       "value": v, "unit": unit})
+                per_source.append(d)
+                kinds[key] = "mean" if point.kind.value != "counter" and point.type != "bool" else "total"
+                units_of[key] = unit
+            totals[key] = pd.concat(per_source, axis=1).sum(axis=1, min_count=len(per_source))
+
+        self._check_meters(totals, spanned, findings, adjustments)
+        status_fail: list[str] = []
+        if spec.methodology == "PH_PROV_BIOGAS":
+            totals["PE_flare"] = self._flare(series, days)
+        period_values: dict[str, float] = {}
+        for key, values in totals.items():
+            name = key.split("[")[0]
+            if name not in spec.parameters or spec.parameters[name].kind != "monitored":
+                reduce = values.mean if kinds.get(key) == "mean" else values.sum
+                period_values[key] = float(reduce()) if values.notna().any() else float("nan")
+                continue
+            filled = self._fill_missing(key, values, self._effect(name), adjustments, status_fail)
+            totals[key] = filled
+            period_values[key] = float(filled.sum())
+
+        calc, reasons = None, []
+        try:
+            calc = self._calculate(period_values)
+        except ValueError as exc:
+            status_fail.append(f"cannot compute: {exc}")
+        reasons += status_fail
+        for src, frac in completeness.items():
+            if frac < site.quality.completeness_fail and self._point(src).kind.value != "counter":
+                reasons.append(f"{src}: {frac:.1%} of expected readings, below {site.quality.completeness_fail:.0%}")
+                status_fail.append(src)
+        review = [f"{f.source}: {f.check}: {f.detail}" for f in findings if f.severity == "review"]
+        review += [f"{src}: completeness {frac:.1%} below {site.quality.completeness_review:.0%}"
+                   for src, frac in completeness.items() if frac < site.quality.completeness_review]
+        if status_fail:
+            status = "failed"
+        elif review:
+            status, reasons = "needs_review", reasons + review
+        elif calc is not None and calc.provisional:
+            status = "provisional"
+            reasons.append("methodology or default values provisional/unconfirmed: "
+                           + ", ".join([spec.methodology] * spec.provisional
+                                       + [n for n, d in calc.defaults_used.items() if d["status"] != "confirmed"]
+                                       + [f"{p.parameter}[{p.unit_id}]" for p in site.fixed_parameters if p.status != "confirmed"]))
+        else:
+            status = "verified"
+        daily = pd.DataFrame(daily_rows, columns=["day", "parameter", "unit_id", "source", "value", "unit"])
+        return PeriodResult(
+            site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,
+            status=status, reasons=reasons, calc=calc, parameters=period_values, daily=daily, findings=findings,
+            adjustments=adjustments, completeness=completeness, input_hash=input_hash(raw),
+            figures={"daily_totals": totals, "units": units_of},
+        )
+
+    # -- steps ----------------------------------------------------------------------
+    def _point(self, src: str):
+        dev, channel = src.split(".")
+        return self.site.device(dev).register_map.point(channel)
+
+    def _parameter_unit(self, parameter: str) -> str | None:
+        base = parameter.removesuffix("_check")
+        return self.spec.parameters[base].unit if base in self.spec.parameters else None
+
+    def _effect(self, parameter: str) -> str:
+        base = parameter.removesuffix("_check")
+        return self.spec.parameters[base].effect if base in self.spec.parameters else "raises"
+
+    def _gap_s(self, src: str) -> float:
+        """Longer than this without a reading is a gap: three polls, and never less than
+        one and a half recording intervals of the monitoring plan."""
+        poll = self.site.device(src.split(".")[0]).poll_interval
+        return max(3 * poll, 1.5 * self.site.quality.recording_interval_s)
+
+    def _source_series(self, raw, src, start, end, findings, completeness) -> pd.Series:
+        dev, channel = src.split(".")
+        rows = raw[(raw["device"] == dev) & (raw["channel"] == channel)]
+        q = rows["quality"].fillna("")
+        good = ~q.isin(BAD) & rows["value"].notna()
+        point = self._point(src)
+        oor = q == "out_of_range"
+        if point.kind.value == "counter":
+            good &= ~oor  # a counter out of its range is not trusted
+        in_period = (rows["ts"] >= start) & (rows["ts"] < end)
+        # completeness: the share of the monitoring plan's recording intervals holding a valid reading
+        slot = pd.Timedelta(seconds=self.site.quality.recording_interval_s)
+        slots = max(1, int((end - start) / slot))
+        filled = ((rows.loc[good & in_period, "ts"] - start) // slot).nunique()
+        completeness[src] = min(1.0, filled / slots)
+        flagged = q[in_period & q.isin(BAD)].value_counts()
+        for flag, n in flagged.items():
+            findings.append(Finding("gateway_flag", src, "info", f"{n} readings flagged {flag}", amount=float(n)))
+        if int((oor & in_period).sum()):
+            findings.append(Finding("out_of_range", src, "review",
+                                    f"{int((oor & in_period).sum())} readings outside the valid range {point.range}",
+                                    amount=float((oor & in_period).sum())))
+        for a, b, secs in gaps(pd.DatetimeIndex(rows.loc[good, "ts"]), start, end, self._gap_s(src)):
+            findings.append(Finding("gap", src, "info", f"{secs / 3600:.2f} h without a valid reading", str(a), str(b),
+                                    secs / 3600))
+        values = rows.loc[good, "value"].astype(float)
+        values.index = pd.DatetimeIndex(rows.loc[good, "ts"])
+        return values
+
+    def _reduce(self, src, values, days, max_rate, findings, spanned: set) -> pd.Series:
+        point = self._point(src)
+        zone = self.site.zone
+        if point.kind.value == "counter":
+            r = counter_daily(values, zone, days, src, point.rollover, max_rate, self._gap_s(src))
+        elif point.type == "bool":
+            r = energised_hours_daily(values, zone, days, self._gap_s(src))
+        else:
+            r = mean_daily(values, zone, days)
+        findings.extend(r.findings)
+        spanned |= r.spanned_days
+        return r.values
+
+    def _calibrate(self, src, d: pd.Series, effect, adjustments, findings, parameter) -> pd.Series:
+        dev = self.site.device(src.split(".")[0])
+        if not dev.calibrations:
+            return d
+        d = d.copy()
+        last = d.index.max()
+        for u in uncovered_periods(dev.calibrations, last):
+            mask = (d.index >= u.start) & (d.index <= u.end) & d.notna().to_numpy()
+            if not mask.any():
+                continue
+            f = correction_factor(u.error_pct, effect)
+            before = float(d[mask].sum())
+            d[mask] = d[mask] * f
+            findings.append(Finding("calibration_overdue", src, "review", u.reason, str(u.start), str(u.end), u.error_pct))
+            adjustments.append({
+                "kind": "late_calibration", "parameter": parameter, "source": src, "meter": dev.id,
+                "days": f"{min(d.index[mask])}..{max(d.index[mask])} ({int(mask.sum())} days)",
+                "before": before, "factor": f, "after": float(d[mask].sum()), "reason": u.reason,
+            })
+        return d
+
+    def _check_meters(self, totals: dict[str, pd.Series], spanned: dict[str, set], findings, adjustments) -> None:
+        """Main against check meter, day by day; days around a gap that a counter spans are
+        not compared (their split across days is unknown, the total is exact)."""
+        tol = self.site.quality.check_meter_tolerance
+        for key in list(totals):
+            if not key.split("[")[0].endswith("_check"):
+                continue
+            main_key = key.replace("_check", "", 1)
+            if main_key not in totals:
+                continue
+            main, check = totals[main_key], totals[key]
+            effect = self._effect(main_key.split("[")[0])
+            unknown_split = spanned.get(main_key, set()) | spanned.get(key, set())
+            both = main.notna() & check.notna() & (main.abs() > 0) & ~main.index.isin(list(unknown_split))
+            rel = ((check - main).abs() / main.abs()).where(both)
+            bad = rel > tol
+            if not bad.any():
+                continue
+            pick = np.minimum(main, check) if effect == "raises" else np.maximum(main, check)
+            for day in main.index[bad.to_numpy()]:
+                findings.append(Finding("check_meter", main_key, "review",
+                                        f"{day}: main {main[day]:.6g} vs check {check[day]:.6g} ({rel[day]:.1%} > {tol:.0%}); "
+                                        "the conservative one is used", str(day), str(day), float(rel[day])))
+                if pick[day] != main[day]:
+                    adjustments.append({"kind": "check_meter", "parameter": main_key, "source": key, "meter": "",
+                                        "days": str(day), "before": float(main[day]), "factor": float(pick[day] / main[day]),
+                                        "after": float(pick[day]), "reason": "main and check meter disagree beyond tolerance"})
+            totals[main_key] = main.where(~bad, pick)
+
+    def _fill_missing(self, key, values: pd.Series, effect, adjustments, fail: list[str]) -> pd.Series:
+        missing = values.isna()
+        if not missing.any():
+            return values
+        if missing.all():
+            fail.append(f"{key}: no data in the period")
+            return values.fillna(0.0)
+        if effect == "raises":
+            fill, reason = 0.0, "no data: a quantity that raises reductions counts 0"
+        else:
+            fill, reason = float(values.max()), "no data: filled with the highest daily value of the period (upper bound)"
+        for day in values.index[missing.to_numpy()]:
+            adjustments.append({"kind": "missing_data", "parameter": key, "source": "", "meter": "", "days": str(day),
+                                "before": None, "factor": None, "after": fill, "reason": reason})
+        return values.fillna(fill)
+
+    def _flare(self, series, days) -> pd.Series:
+        by_param = {m.parameter: m.sources[0] for m in self.site.monitoring}
+        c = self.spec.constants
+        d = self.spec.defaults
+        fixed = {p.parameter: p.value for p in self.site.fixed_parameters if p.unit_id is None}
+        return flare_daily(series[by_param["BG_flare"]], series[by_param["w_CH4"]], series[by_param["flame"]],
+                           self.site.zone, days, fixed.get("GWP_CH4", d["GWP_CH4"].value),
+                           c["CH4_density"].value, c["eta_flare_burning"].value)
+
+    def _calculate(self, values: dict[str, float]) -> Calculation:
+        spec = self.spec
+        period: dict[str, float] = {}
+        units: dict[str, dict] = {}
+        for key, v in values.items():
+            name = key.split("[")[0]
+            if name not in spec.parameters or spec.parameters[name].kind != "monitored":
+                continue
+            if spec.parameters[name].per_unit:
+                uid = key[len(name) + 1:-1] if "[" in key else "unit-1"
+                units.setdefault(uid, {"id": uid})[name] = v
+            else:
+                period[name] = v
+        for p in self.site.fixed_parameters:
+            if p.parameter not in spec.parameters:
+                raise ValueError(f"fixed parameter '{p.parameter}' is not a parameter of {spec.methodology}")
+            if spec.parameters[p.parameter].per_unit:
+                units.setdefault(p.unit_id or "unit-1", {"id": p.unit_id or "unit-1"})[p.parameter] = p.value
+            else:
+                period[p.parameter] = p.value
+        return calculate(spec.methodology, period, list(units.values()), spec=spec)

@@ -1,0 +1,166 @@
+"""From stored readings to a period's result: exact counter totals, conservative
+treatment of gaps, late calibration and check meters, statuses, reproducibility.
+The readings are a simulated month of the reference sites written to a real SQLite store."""
+
+import datetime as dt
+import shutil
+
+import pandas as pd
+import pytest
+
+from contract.config import load_site
+from processing.methodologies import calculate
+from processing.period import PeriodProcessor
+from simulators.history import history
+from store.sqlite_store import SqliteStore, to_ms
+from tests.conftest import REPO
+
+OCT = (dt.date(2026, 10, 1), dt.date(2026, 10, 31))
+
+
+def site(name):
+    return load_site(REPO / "config" / "sites" / f"{name}.yaml")
+
+
+def fill(store, s, first, last):
+    channels = {src.split(".")[1] for m in s.monitoring for src in m.sources}
+    for batch in history(s, first, last, channels=channels):
+        store.write(batch)
+
+
+@pytest.fixture(scope="module")
+def mn_october(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mn") / "jcm.db"
+    store = SqliteStore(path)
+    fill(store, site("mn-solar"), dt.date(2026, 9, 30), dt.date(2026, 11, 1))
+    store.close()
+    return path
+
+
+@pytest.fixture
+def mn_store(mn_october, tmp_path):
+    path = tmp_path / "jcm.db"
+    shutil.copy(mn_october, path)
+    store = SqliteStore(path)
+    yield store
+    store.close()
+
+
+def counter_between(store, s, device, channel, first, last):
+    """Independent check: the counter's value at the last reading before the period's end
+    minus the one before its start (no rollover in these figures)."""
+    start = dt.datetime.combine(first, dt.time(), tzinfo=s.zone)
+    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=s.zone)
+    q = "SELECT value FROM readings WHERE site=? AND device=? AND channel=? AND ts < ? ORDER BY ts DESC LIMIT 1"
+    a = store._query(q, (s.site, device, channel, to_ms(start)))[0][0]
+    b = store._query(q, (s.site, device, channel, to_ms(end)))[0][0]
+    return b - a
+
+
+def test_solar_month_is_verified_with_the_exact_counter_total(mn_store):
+    s = site("mn-solar")
+    r = PeriodProcessor(s).process(mn_store, *OCT)
+    expected_mwh = counter_between(mn_store, s, "poc-meter", "energy_export", *OCT) / 1000
+    assert r.parameters["EG[PV-1]"] == pytest.approx(expected_mwh, rel=1e-12)
+    assert r.status == "verified", r.reasons
+    assert r.calc.ER == calculate("MN_AM003", {}, [{"EG": expected_mwh}]).ER
+    assert r.completeness["poc-meter.energy_export"] == 1.0
+    assert not r.adjustments
+
+
+def test_same_inputs_same_result_and_hash(mn_store):
+    s = site("mn-solar")
+    a, b = PeriodProcessor(s).process(mn_store, *OCT), PeriodProcessor(s).process(mn_store, *OCT)
+    assert a.summary() == b.summary()
+    assert len(a.input_hash) == 64
+
+
+def _delete(store, s, device, start_local, end_local):
+    start = to_ms(dt.datetime.fromisoformat(start_local).replace(tzinfo=s.zone))
+    end = to_ms(dt.datetime.fromisoformat(end_local).replace(tzinfo=s.zone))
+    with store._lock:
+        store._db.execute("DELETE FROM readings WHERE site=? AND device=? AND ts >= ? AND ts < ?", (s.site, device, start, end))
+
+
+def test_gap_spanned_by_the_counter_keeps_the_exact_total(mn_store):
+    s = site("mn-solar")
+    before = PeriodProcessor(s).process(mn_store, *OCT).parameters["EG[PV-1]"]
+    _delete(mn_store, s, "poc-meter", "2026-10-10T06:00", "2026-10-11T18:00")
+    r = PeriodProcessor(s).process(mn_store, *OCT)
+    assert r.parameters["EG[PV-1]"] == pytest.approx(before, rel=1e-12)
+    spans = [f for f in r.findings if f.check == "gap_spanned_by_counter" and f.source == "poc-meter.energy_export"]
+    assert len(spans) == 1 and "assigned to the day the gap ends" in spans[0].detail
+    daily = r.daily[(r.daily.parameter == "EG")].set_index("day")["value"]
+    assert daily[dt.date(2026, 10, 10)] == 0.0 and daily[dt.date(2026, 10, 11)] > daily[dt.date(2026, 10, 12)]
+    assert any(f.check == "gap" for f in r.findings)
+
+
+def test_missing_end_of_month_counts_zero_for_generation_and_needs_review(mn_store):
+    s = site("mn-solar")
+    full = PeriodProcessor(s).process(mn_store, *OCT)
+    _delete(mn_store, s, "poc-meter", "2026-10-25T00:00", "2026-11-02T00:00")
+    r = PeriodProcessor(s).process(mn_store, *OCT)
+    kept = full.daily[(full.daily.parameter == "EG") & (full.daily.day < dt.date(2026, 10, 25))]["value"].sum()
+    assert r.parameters["EG[PV-1]"] == pytest.approx(kept, rel=1e-12)  # nothing invented for the last 7 days
+    zeros = [a for a in r.adjustments if a["kind"] == "missing_data"]
+    assert len(zeros) == 7 and all(a["after"] == 0.0 for a in zeros)
+    assert r.status == "needs_review"
+    assert any("completeness" in reason for reason in r.reasons)
+
+
+def test_delayed_calibration_reduces_generation_by_the_larger_error(tmp_path):
+    s = site("mn-solar")  # calibration due 2025-09-30, done 2025-10-09 finding +0.31 % (MPE 0.2 %)
+    store = SqliteStore(tmp_path / "jcm.db")
+    fill(store, s, dt.date(2025, 10, 1), dt.date(2025, 10, 12))
+    r = PeriodProcessor(s).process(store, dt.date(2025, 10, 2), dt.date(2025, 10, 12))
+    (adj,) = [a for a in r.adjustments if a["kind"] == "late_calibration"]
+    assert adj["factor"] == pytest.approx(1 - 0.0031)
+    assert adj["days"].startswith("2025-10-02..2025-10-08")
+    assert adj["after"] == pytest.approx(adj["before"] * (1 - 0.0031))
+    assert r.status == "needs_review"
+    assert any(f.check == "calibration_overdue" for f in r.findings)
+
+
+def test_biogas_aux_import_is_raised_and_missing_days_take_the_upper_bound(tmp_path):
+    s = site("ph-biogas")  # aux-meter due 2026-09-30, not recalibrated: +0.5 % on imports
+    store = SqliteStore(tmp_path / "jcm.db")
+    fill(store, s, dt.date(2026, 10, 1), dt.date(2026, 10, 10))
+    _delete(store, s, "aux-meter", "2026-10-08T00:00", "2026-10-11T00:00")
+    r = PeriodProcessor(s).process(store, dt.date(2026, 10, 2), dt.date(2026, 10, 10))
+    cal = [a for a in r.adjustments if a["kind"] == "late_calibration"]
+    assert cal and cal[0]["factor"] == pytest.approx(1.005)
+    filled = [a for a in r.adjustments if a["kind"] == "missing_data" and a["parameter"] == "EC_aux"]
+    daily = r.daily[r.daily.parameter == "EC_aux"].set_index("day")["value"]
+    assert len(filled) == 3 and filled[0]["after"] == pytest.approx(daily.max())
+    assert r.parameters["EC_aux"] == pytest.approx(daily.sum() + 3 * daily.max())
+    assert r.parameters["PE_flare"] > 0
+    assert r.status == "needs_review"
+
+
+def test_no_data_at_all_fails(tmp_path):
+    r = PeriodProcessor(site("mn-solar")).process(SqliteStore(tmp_path / "empty.db"), *OCT)
+    assert r.status == "failed" and any("no data" in x for x in r.reasons)
+
+
+def test_transformer_energised_hours_from_voltage_present(tmp_path):
+    s = site("vn-transformers")
+    store = SqliteStore(tmp_path / "jcm.db")
+    fill(store, s, dt.date(2026, 10, 1), dt.date(2026, 10, 3))
+    r = PeriodProcessor(s).process(store, dt.date(2026, 10, 2), dt.date(2026, 10, 2))
+    assert 23.0 <= r.parameters["OH[TX-01]"] <= 24.0
+    assert r.calc.units[0]["NLL_PJ"] == 0.230
+    assert r.status == "provisional"
+
+
+def test_check_meter_disagreement_uses_the_conservative_meter(mn_store):
+    s = site("mn-solar")
+    noon = to_ms(dt.datetime(2026, 10, 15, 12, tzinfo=s.zone))
+    with mn_store._lock:  # the main meter over-reads by 50 MWh from noon on the 15th
+        mn_store._db.execute("UPDATE readings SET value = value + 50000 WHERE site=? AND device='poc-meter' "
+                             "AND channel='energy_export' AND ts >= ?", (s.site, noon))
+    r = PeriodProcessor(s).process(mn_store, *OCT)
+    (adj,) = [a for a in r.adjustments if a["kind"] == "check_meter"]
+    assert adj["days"] == "2026-10-15" and adj["before"] - adj["after"] > 49.0
+    check_day = r.daily[(r.daily.parameter == "EG_check") & (r.daily.day == dt.date(2026, 10, 15))]["value"].sum()
+    assert adj["after"] == pytest.approx(check_day)
+    assert r.status == "needs_review" and any(f.check == "check_meter" for f in r.findings)
