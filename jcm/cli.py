@@ -168,6 +168,60 @@ def cmd_calc(args) -> int:
     return 0
 
 
+def _site_by_id(sites_dir: str, site_id: str):
+    path = Path(sites_dir) / f"{site_id}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in Path(sites_dir).glob("*.yaml")))
+        raise ConfigError(f"no site '{site_id}' in {sites_dir} (known: {known})")
+    return load_site(path)
+
+
+def cmd_process(args) -> int:
+    import json
+
+    from processing.ledger import Ledger
+    from processing.monthly import process_month
+    from store import open_store
+
+    site = _site_by_id(args.sites, args.site)
+    store, ledger = open_store(args.store), Ledger(args.ledger)
+    result, revision = process_month(site, store, ledger, args.month)
+    out = result.summary()
+    out["revision"] = revision.revision if revision else None
+    out["new_revision"] = bool(revision and revision.new)
+    if revision is None:
+        out["note"] = "month signed off: this result was not recorded"
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_signoff(args) -> int:
+    from processing.ledger import Ledger, SignedOff
+
+    try:
+        rev = Ledger(args.ledger).sign_off(args.site, args.month, args.by, args.revision)
+    except (ValueError, SignedOff) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.site} {args.month}: revision {rev} signed off by {args.by}")
+    return 0
+
+
+def cmd_processor(args) -> int:
+    import glob
+
+    from processing.ledger import Ledger
+    from processing.scheduler import Processor
+    from store import open_store
+
+    sites = [load_site(f) for f in sorted(glob.glob(str(Path(args.sites) / "*.yaml")))]
+    proc = Processor(sites, open_store(args.store), Ledger(args.ledger))
+    proc.start()
+    _wait_for_signal(args.duration)
+    proc.stop()
+    return 0
+
+
 def cmd_watch(args) -> int:
     from jcm.watch import watch
 
@@ -224,6 +278,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="YAML with period, units and parameters")
     s.add_argument("--explain", action="store_true", help="print each equation with the numbers substituted")
     s.set_defaults(func=cmd_calc)
+
+    def processing_args(s):
+        s.add_argument("--sites", default="config/sites", help="site config directory")
+        s.add_argument("--store", default="sqlite:///var/jcm.db")
+        s.add_argument("--ledger", default="var/ledger.sqlite")
+
+    s = sub.add_parser("process", help="compute one month of one site now and record it in the ledger")
+    s.add_argument("--site", required=True)
+    s.add_argument("--month", required=True, help="YYYY-MM")
+    processing_args(s)
+    s.set_defaults(func=cmd_process)
+
+    s = sub.add_parser("signoff", help="sign off a month: no later revision will change it")
+    s.add_argument("--site", required=True)
+    s.add_argument("--month", required=True)
+    s.add_argument("--by", required=True, help="name of the MRV staff member")
+    s.add_argument("--revision", type=int, help="default: the latest")
+    s.add_argument("--ledger", default="var/ledger.sqlite")
+    s.set_defaults(func=cmd_signoff)
+
+    s = sub.add_parser("processor", help="run the monthly processing on its schedule (with start-up catch-up)")
+    processing_args(s)
+    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s.set_defaults(func=cmd_processor)
 
     s = sub.add_parser("watch", help="print the readings arriving at a broker")
     s.add_argument("--broker", default="mqtt://127.0.0.1:1883")

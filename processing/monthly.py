@@ -1,0 +1,92 @@
+"""Run a month (or month-to-date) for a site: compute, record in the ledger, and
+publish the figures to the time-series store for the dashboards."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import json
+import logging
+
+from contract.config.site import Site
+from contract.message import Reading
+from contract.store import ReadingStore
+from processing.ledger import Ledger, Revision, SignedOff, code_version, sha256_text
+from processing.methodologies.spec import SPEC_DIR
+from processing.period import PeriodProcessor, PeriodResult
+
+log = logging.getLogger(__name__)
+
+#: monthly figures appear in the store as readings of this pseudo-device
+RESULT_DEVICE = "monthly-result"
+
+
+def month_bounds(month: str) -> tuple[dt.date, dt.date]:
+    try:
+        year, mon = (int(x) for x in month.split("-"))
+        first = dt.date(year, mon, 1)
+    except ValueError:
+        raise ValueError(f"month '{month}' is not YYYY-MM") from None
+    return first, dt.date(year, mon, calendar.monthrange(year, mon)[1])
+
+
+def versions(site: Site) -> dict:
+    config = {"monitoring": [m.model_dump() for m in site.monitoring],
+              "fixed": [p.model_dump() for p in site.fixed_parameters],
+              "calibrations": {d.id: [c.model_dump(mode="json") for c in d.calibrations] for d in site.devices},
+              "quality": site.quality.model_dump()}
+    return {
+        "defaults_hash": sha256_text((SPEC_DIR / f"{site.methodology}.yaml").read_text()),
+        "config_hash": sha256_text(json.dumps(config, sort_keys=True, default=str)),
+        "code_version": code_version(),
+    }
+
+
+def details(result: PeriodResult) -> dict:
+    return {
+        "reasons": result.reasons,
+        "calculation": result.calc.to_dict() if result.calc else None,
+        "explanation": result.calc.explanation if result.calc else [],
+        "findings": [f.to_dict() for f in result.findings],
+        "adjustments": result.adjustments,
+        "daily": [{**r, "day": r["day"].isoformat()} for r in result.daily.to_dict("records")],
+    }
+
+
+def process_month(site: Site, store: ReadingStore, ledger: Ledger, month: str) -> tuple[PeriodResult, Revision | None]:
+    """Compute a whole month and record it; returns the result and its ledger revision
+    (``None`` when the month is signed off and the data changed since)."""
+    first, last = month_bounds(month)
+    result = PeriodProcessor(site).process(store, first, last)
+    try:
+        revision = ledger.record(site.site, month, result.summary(), details(result), versions(site))
+    except SignedOff as exc:
+        log.warning("%s", exc)
+        return result, None
+    if revision.new:
+        log.info("%s %s: revision %d, %s, ER %s tCO2", site.site, month, revision.revision, revision.status, revision.ER)
+        publish_figures(store, site, first, result, revision.revision)
+    return result, revision
+
+
+def process_month_to_date(site: Site, store: ReadingStore, ledger: Ledger, today: dt.date) -> PeriodResult | None:
+    """Provisional figures of the current month through yesterday (nothing on the 1st)."""
+    first = today.replace(day=1)
+    last = today - dt.timedelta(days=1)
+    if last < first:
+        return None
+    result = PeriodProcessor(site).process(store, first, last)
+    summary = {**result.summary(), "status": "provisional" if result.status != "failed" else "failed",
+               "month_to_date": True}
+    ledger.save_month_to_date(site.site, first.strftime("%Y-%m"), last.isoformat(), summary)
+    return result
+
+
+def publish_figures(store: ReadingStore, site: Site, first: dt.date, result: PeriodResult, revision: int) -> None:
+    c = result.calc
+    values = {"RE": c.RE if c else None, "PE": c.PE if c else None, "ER_unrounded": c.ER_unrounded if c else None,
+              "ER": float(c.ER) if c else None, "revision": float(revision), "status": result.status,
+              "verified": 1.0 if result.status == "verified" else 0.0}
+    ts = dt.datetime.combine(first, dt.time(), tzinfo=site.zone).astimezone(dt.UTC)
+    store.write([Reading(site=site.site, gateway="processor", device=RESULT_DEVICE, ts=ts, values=values,
+                         units={"RE": "tCO2", "PE": "tCO2", "ER": "tCO2", "ER_unrounded": "tCO2"})])

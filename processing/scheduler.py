@@ -1,0 +1,106 @@
+"""The processor's schedule (APScheduler 3.11), per site in its own time zone:
+
+- the previous month on day 1 at 03:00 site time;
+- a provisional month-to-date every night at 02:30;
+- at start-up, a catch-up of every past month without a result (not relying on
+  misfires, which APScheduler drops after ``misfire_grace_time``).
+
+Jobs get a misfire grace of days, coalesce, and one instance at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from contract.config.site import Site
+from contract.store import ReadingStore
+from processing.ledger import Ledger
+from processing.monthly import RESULT_DEVICE, process_month, process_month_to_date
+
+log = logging.getLogger(__name__)
+
+MISFIRE_GRACE_S = 3 * 86400
+
+
+def previous_month(today: dt.date) -> str:
+    return (today.replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+
+
+def months_to_catch_up(site: Site, store: ReadingStore, ledger: Ledger, today: dt.date) -> list[str]:
+    """Past whole months since the site's first reading (or commissioning) with no ledger entry."""
+    seen = [d for d in store.devices(site.site) if d.device != RESULT_DEVICE]
+    if not seen:
+        return []
+    first = _first_reading_month(site, store) or site.commissioned.replace(day=1)
+    months = []
+    m = max(first, site.commissioned.replace(day=1))
+    this_month = today.replace(day=1)
+    while m < this_month:
+        key = m.strftime("%Y-%m")
+        if ledger.latest(site.site, key) is None:
+            months.append(key)
+        m = (m + dt.timedelta(days=32)).replace(day=1)
+    return months
+
+
+def _first_reading_month(site: Site, store: ReadingStore) -> dt.date | None:
+    """The earliest of the last 24 months from which readings run without an empty month."""
+    today = dt.datetime.now(site.zone).date().replace(day=1)
+    first = None
+    m = today
+    for _ in range(24):
+        m = (m - dt.timedelta(days=1)).replace(day=1)
+        if m < site.commissioned.replace(day=1):
+            break
+        start = dt.datetime.combine(m, dt.time(), tzinfo=site.zone)
+        probe = store.read(site.site, start, start + dt.timedelta(days=31),
+                           channels=[site.monitoring[0].sources[0].split(".")[1]] if site.monitoring else None)
+        if probe.empty:
+            break
+        first = m
+    return first
+
+
+class Processor:
+    def __init__(self, sites: list[Site], store: ReadingStore, ledger: Ledger):
+        self.sites, self.store, self.ledger = sites, store, ledger
+        self.scheduler = BackgroundScheduler(job_defaults={"misfire_grace_time": MISFIRE_GRACE_S, "coalesce": True,
+                                                           "max_instances": 1})
+
+    def run_month(self, site: Site, month: str | None = None) -> None:
+        month = month or previous_month(dt.datetime.now(site.zone).date())
+        try:
+            process_month(site, self.store, self.ledger, month)
+        except Exception:
+            log.exception("%s %s: processing failed", site.site, month)
+
+    def run_month_to_date(self, site: Site) -> None:
+        try:
+            process_month_to_date(site, self.store, self.ledger, dt.datetime.now(site.zone).date())
+        except Exception:
+            log.exception("%s: month-to-date failed", site.site)
+
+    def catch_up(self) -> int:
+        done = 0
+        for site in self.sites:
+            for month in months_to_catch_up(site, self.store, self.ledger, dt.datetime.now(site.zone).date()):
+                self.run_month(site, month)
+                done += 1
+            self.run_month_to_date(site)
+        return done
+
+    def start(self) -> None:
+        for site in self.sites:
+            self.scheduler.add_job(self.run_month, CronTrigger(day=1, hour=3, minute=0, timezone=site.zone),
+                                   args=[site], id=f"month-{site.site}", name=f"previous month of {site.site}")
+            self.scheduler.add_job(self.run_month_to_date, CronTrigger(hour=2, minute=30, timezone=site.zone),
+                                   args=[site], id=f"mtd-{site.site}", name=f"month to date of {site.site}")
+        self.scheduler.start()
+        log.info("processor: %d month(s) caught up at start-up", self.catch_up())
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=True)
