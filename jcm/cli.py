@@ -222,6 +222,22 @@ def cmd_processor(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import datetime as dt
+
+    from processing.export import export_period
+    from processing.ledger import Ledger
+    from store import open_store
+
+    site = _site_by_id(args.sites, args.site)
+    first, last = dt.date.fromisoformat(args.date_from), dt.date.fromisoformat(args.date_to)
+    if last < first:
+        raise ConfigError(f"--to {last} is before --from {first}")
+    folder = export_period(site, open_store(args.store), Ledger(args.ledger), first, last, Path(args.out))
+    print(f"monitoring period {first}..{last} of {site.site} exported to {folder}")
+    return 0
+
+
 def cmd_watch(args) -> int:
     from jcm.watch import watch
 
@@ -297,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", type=int, help="default: the latest")
     s.add_argument("--ledger", default="var/ledger.sqlite")
     s.set_defaults(func=cmd_signoff)
+
+    s = sub.add_parser("export", help="write a monitoring period's workbook, CSVs, charts, summary and manifest")
+    s.add_argument("--site", required=True)
+    s.add_argument("--from", dest="date_from", required=True, help="first day, YYYY-MM-DD (site local)")
+    s.add_argument("--to", dest="date_to", required=True, help="last day, inclusive")
+    s.add_argument("--out", required=True, help="folder to write the export into")
+    processing_args(s)
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("processor", help="run the monthly processing on its schedule (with start-up catch-up)")
     processing_args(s)

@@ -50,6 +50,11 @@ def details(result: PeriodResult) -> dict:
         "findings": [f.to_dict() for f in result.findings],
         "adjustments": result.adjustments,
         "daily": [{**r, "day": r["day"].isoformat()} for r in result.daily.to_dict("records")],
+        # final daily value of each parameter (after check meters and missing-data treatment)
+        "daily_parameters": [
+            {"day": day.isoformat(), "parameter": key, "value": float(v), "unit": result.figures["units"].get(key, "")}
+            for key, series in sorted(result.figures["daily_totals"].items()) for day, v in series.items()
+        ],
     }
 
 

@@ -139,6 +139,7 @@ class PeriodProcessor:
         status_fail: list[str] = []
         if spec.methodology == "PH_PROV_BIOGAS":
             totals["PE_flare"] = self._flare(series, days)
+            units_of["PE_flare"] = "tCO2e"
         period_values: dict[str, float] = {}
         for key, values in totals.items():
             name = key.split("[")[0]
