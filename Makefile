@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-SYSTEM_PACKAGES := mosquitto mosquitto-clients socat openssl influxdb victoria-metrics
+SYSTEM_PACKAGES := mosquitto mosquitto-clients socat openssl influxdb victoria-metrics chromium chromium-driver
 
 .PHONY: demo test system-packages bench clean
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # otherwise says exactly what to install.
 system-packages:
 	@missing=""; \
-	for cmd in mosquitto mosquitto_sub mosquitto_passwd socat openssl influxd victoria-metrics; do \
+	for cmd in mosquitto mosquitto_sub mosquitto_passwd socat openssl influxd victoria-metrics chromium chromedriver; do \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -30,7 +30,8 @@ system-packages:
 	  fi; \
 	fi
 
-demo: system-packages $(STAMP)
+# The demo needs nothing but Python: without Mosquitto it uses an embedded broker.
+demo: $(STAMP)
 	$(BIN)/jcm demo $(DEMO_ARGS)
 
 test: system-packages $(STAMP)

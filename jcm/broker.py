@@ -74,3 +74,56 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+class EmbeddedBroker:
+    """amqtt, a pure-Python MQTT broker, for machines without Mosquitto (demo only:
+    it keeps nothing on disk, so the no-loss guarantees need Mosquitto)."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self._thread = None
+        self._loop = None
+        self._broker = None
+
+    def start(self) -> "EmbeddedBroker":
+        import asyncio
+        import threading
+
+        from amqtt.broker import Broker
+
+        config = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+                  "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="amqtt")
+        self._thread.start()
+
+        async def boot():
+            self._broker = Broker(config)
+            await self._broker.start()
+
+        asyncio.run_coroutine_threadsafe(boot(), self._loop).result(15)
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        import asyncio
+
+        if self._broker is not None:
+            asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(15)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._broker = None
+
+
+def start_broker(workdir: Path, log) -> Mosquitto | EmbeddedBroker:
+    """Mosquitto when it is installed, else the embedded amqtt broker; says which."""
+    try:
+        broker = Mosquitto(workdir / "mosquitto").start()
+        log.info("broker: Mosquitto %s at %s", broker.exe, broker.url)
+    except FileNotFoundError:
+        broker = EmbeddedBroker().start()
+        log.warning("broker: Mosquitto is not installed; using the embedded Python broker (amqtt) at %s. "
+                    "It keeps nothing on disk: install mosquitto for the no-loss guarantees.", broker.url)
+    return broker

@@ -247,7 +247,31 @@ def cmd_watch(args) -> int:
 def cmd_demo(args) -> int:
     from jcm.demo import run_demo
 
-    return run_demo(Path(args.config), args.duration, Path(args.workdir))
+    only = args.sites.split(",") if args.sites else None
+    return run_demo(Path(args.config), args.duration, Path(args.workdir), only, args.port, args.control_port)
+
+
+def cmd_dashboard(args) -> int:
+    import glob
+    import os
+
+    import uvicorn
+
+    from liveview.app import LiveView, create_app
+    from processing.ledger import Ledger
+    from store import open_store
+
+    sites = [load_site(f) for f in sorted(glob.glob(str(Path(args.sites) / "*.yaml")))]
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        raise ConfigError(f"--token-env: environment variable {args.token_env} is not set")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        log.warning("the live view is exposed on %s without a token (use --token-env)", args.host)
+    view = LiveView(sites, args.broker, open_store(args.store), args.alarms,
+                    ledger=Ledger(args.ledger) if Path(args.ledger).exists() else None, token=token,
+                    simulated=args.simulated)
+    uvicorn.run(create_app(view), host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,7 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="config", help="config directory (sites/ and profiles/)")
     s.add_argument("--duration", type=float, help="run for this many seconds, then exit 0 if readings flowed")
     s.add_argument("--workdir", default="var/demo")
+    s.add_argument("--sites", help="comma-separated site ids (default: all)")
+    s.add_argument("--port", type=int, default=8080, help="live view port (a free one if taken)")
+    s.add_argument("--control-port", type=int, default=8502, help="first simulator fault-control port")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("dashboard", help="the operators' live view (FastAPI)")
+    s.add_argument("--sites", default="config/sites")
+    s.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    s.add_argument("--store", default="sqlite:///var/jcm.db")
+    s.add_argument("--ledger", default="var/ledger.sqlite")
+    s.add_argument("--alarms", default="var/alarms.sqlite", help="where alarm transitions are kept")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--token-env", help="environment variable holding the access token")
+    s.add_argument("--simulated", action="store_true", help="label every page as simulated data")
+    s.set_defaults(func=cmd_dashboard)
     return p
 
 

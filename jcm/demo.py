@@ -1,91 +1,200 @@
 """``jcm demo``: the five reference sites end to end on one machine.
 
-For now: a private Mosquitto, each site's simulator, one gateway per site and a
-subscriber printing what arrives. The collector, processor and live view join as
-they are built.
+A broker (Mosquitto, or the embedded amqtt when Mosquitto is missing), simulated
+history written through the store interface (so the processor has whole past months),
+the simulators carrying on from that history, one gateway per site, the collector
+into the embedded SQLite store, the processor (catch-up now, then its schedule), a
+monitoring-period export, and the live view. Everything here is simulated and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import glob
 import logging
 import os
 import signal
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
-from contract import topics
-from contract.config import load_site
-from contract.message import Reading
+from collector.service import Collector
+from contract.config import CollectorConfig, load_site
+from contract.config.site import Site
 from gateway.service import Gateway
-from jcm.broker import Mosquitto
-from jcm.watch import format_reading
+from jcm.broker import free_port, start_broker
+from liveview.main_channels import POWER_CHANNEL
+from processing.ledger import Ledger
+from processing.scheduler import Processor
+from simulators.history import history
 from simulators.modbus_server import SiteSimulator
+from simulators.plants import plant_for
+from store.sqlite_store import SqliteStore, to_ms
 
 log = logging.getLogger("jcm.demo")
 
 
-def run_demo(config_dir: Path, duration: float | None, workdir: Path) -> int:
-    sites = [load_site(f) for f in sorted(glob.glob(str(config_dir / "sites" / "*.yaml")))]
+def history_start(today: dt.date) -> dt.date:
+    """The first day of the month two months back: two whole past months, then this one."""
+    first = today.replace(day=1)
+    for _ in range(2):
+        first = (first - dt.timedelta(days=1)).replace(day=1)
+    return first
+
+
+def fill_history(site: Site, store: SqliteStore, now: dt.datetime):
+    """Write simulated history up to ``now`` unless the store has it; return the plant to carry on with."""
+    first = history_start(now.astimezone(site.zone).date())
+    start = dt.datetime.combine(first, dt.time(), tzinfo=site.zone)
+    plant = plant_for(site, start.astimezone(dt.UTC))
+    have = store._query("SELECT COUNT(*) FROM readings WHERE site=? AND ts < ?",
+                        (site.site, to_ms(start + dt.timedelta(hours=1))))[0][0]
+    # what the processor needs, what the live view charts, and the mark of simulated data
+    channels = {src.split(".")[1] for m in site.monitoring for src in m.sources} | {"simulated"}
+    channels |= {POWER_CHANNEL[d.kind] for d in site.devices if d.kind in POWER_CHANNEL}
+    pending: list = []
+    for batch in history(site, first, until=now, channels=channels, plant=plant):
+        if not have:
+            pending += batch
+        if len(pending) >= 2000:  # one transaction per chunk, not per time step
+            store.write(pending)
+            pending = []
+    if pending:
+        store.write(pending)
+    return plant
+
+
+class Dashboard:
+    """The live view's uvicorn server on a thread of its own."""
+
+    def __init__(self, app, host: str, port: int):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="liveview")
+
+    def start(self):
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list[str] | None = None,
+             port: int = 8080, control_port: int = 8502) -> int:
+    t_start = time.monotonic()
+    files = sorted(glob.glob(str(config_dir / "sites" / "*.yaml")))
+    sites = [load_site(f) for f in files]
+    sites = [s for s in sites if not only or s.site in only]
     if not sites:
-        log.error("no site files in %s/sites", config_dir)
+        log.error("no sites to run in %s/sites", config_dir)
         return 2
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = Mosquitto(workdir / "mosquitto").start()
-    log.info("broker: Mosquitto at %s", broker.url)
+    for name in ("amqtt", "transitions", "apscheduler", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    broker = start_broker(workdir, log)
     for site in sites:  # the demo broker is anonymous; the gateways still want their variables set
         for var in (site.mqtt.username_env, site.mqtt.password_env):
             if var:
                 os.environ.setdefault(var, "demo")
+    store_url = f"sqlite:///{(workdir / 'jcm.db').resolve()}"
+    store = SqliteStore(workdir / "jcm.db")
+    now = dt.datetime.now(dt.UTC)
+    log.info("writing simulated history from %s (marked simulated) ...", history_start(now.date()))
+    plants = {s.site: fill_history(s, store, now) for s in sites}
+    log.info("history ready in %.0f s", time.monotonic() - t_start)
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True, name="simulators").start()
-    simulators = [SiteSimulator(s) for s in sites]
-    for sim in simulators:
+    simulators = [SiteSimulator(s, plant=plants[s.site]) for s in sites]
+    from simulators.control import serve_control
+
+    controls = []
+    for i, sim in enumerate(simulators):
         asyncio.run_coroutine_threadsafe(sim.start(), loop).result(10)
+        controls.append(serve_control(sim, control_port + i))
 
-    received: Counter[str] = Counter()
-
-    def on_message(client, userdata, msg):
-        try:
-            reading = Reading.from_json(msg.payload)
-        except ValueError as exc:
-            print(f"{msg.topic}: malformed: {exc}", flush=True)
-            return
-        received[reading.site] += 1
-        print(format_reading(reading), flush=True)
-
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="jcm-demo-watch")
-    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(topics.ALL_READINGS, qos=1)
-    watcher.on_message = on_message
-    watcher.connect("127.0.0.1", broker.port)
-    watcher.loop_start()
-
+    collector = Collector(CollectorConfig(broker={"url": broker.url}, store=store_url, sites_dir=str(config_dir / "sites"),
+                                          client_id="jcm-demo-collector"))
+    collector.start()
     gateways = [Gateway(s, broker_url=broker.url, outbox_path=str(workdir / f"outbox-{s.site}.sqlite")) for s in sites]
     for gw in gateways:
         gw.start()
-    print(f"\njcm demo: {len(sites)} sites running; broker {broker.url}; "
-          f"{'stopping after %.0f s' % duration if duration else 'Ctrl-C to stop'}\n", flush=True)
+
+    ledger = Ledger(workdir / "ledger.sqlite")
+    processor = Processor(sites, store, ledger)
+    processor.start()  # catches up every past month now
+    t_verified = time.monotonic() - t_start
+    verified = {s.site: [r.month for r in ledger.revisions(s.site) if r.status == "verified"] for s in sites}
+    exports = export_last_months(sites, store, ledger, workdir / "exports", now)
+
+    from liveview.app import LiveView, create_app
+
+    if _port_busy(port):
+        port = free_port()
+    view = LiveView(sites, broker.url, store, str(workdir / "alarms.sqlite"), ledger=ledger, simulated=True)
+    dashboard = Dashboard(create_app(view), "127.0.0.1", port)
+    dashboard.start()
+
+    print(f"\n  jcm demo: {len(sites)} sites running (SIMULATED DATA)"
+          f"\n  live view:      http://127.0.0.1:{port}/"
+          f"\n  exports:        {(workdir / 'exports').resolve()}"
+          f"\n  first results:  {t_verified:.0f} s after start; verified months: "
+          + ", ".join(f"{k} {' '.join(v) or '-'}" for k, v in verified.items())
+          + f"\n  fault control:  http://127.0.0.1:{control_port}/faults (first site; +1 for each next)"
+          f"\n  {'stopping after %.0f s' % duration if duration else 'Ctrl-C to stop'}\n", flush=True)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait(timeout=duration)
 
+    print("stopping ...", flush=True)
+    dashboard.stop()
+    processor.stop()
     for gw in gateways:
         gw.stop()
     time.sleep(0.5)
-    watcher.disconnect()
-    watcher.loop_stop()
+    collector.stop()
+    for c in controls:
+        c.shutdown()
     for sim in simulators:
         asyncio.run_coroutine_threadsafe(sim.stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     broker.stop()
-    summary = ", ".join(f"{s.site}: {received[s.site]}" for s in sites)
-    print(f"\nreadings received: {summary}", flush=True)
-    return 0 if all(received[s.site] for s in sites) else 1
+    delivered = {s.site: sum(1 for d in store.devices(s.site) if d.last_seen > now) for s in sites}
+    store.close()
+    flowed = all(delivered.values()) and collector.stored > 0
+    any_verified = any(verified.values())
+    print(f"readings stored live: {collector.stored}; devices heard per site: {delivered}; "
+          f"verified months: {sum(len(v) for v in verified.values())}; exports: {len(exports)}", flush=True)
+    return 0 if flowed and any_verified else 1
+
+
+def export_last_months(sites, store, ledger, out: Path, now: dt.datetime) -> list[Path]:
+    """A monitoring-period export of each site's last whole month."""
+    try:
+        from processing.export import export_period
+    except ImportError:
+        log.warning("monitoring-period export not available yet")
+        return []
+    folders = []
+    for site in sites:
+        last = now.astimezone(site.zone).date().replace(day=1) - dt.timedelta(days=1)
+        try:
+            folders.append(export_period(site, store, ledger, last.replace(day=1), last, out))
+        except Exception:
+            log.exception("%s: export failed", site.site)
+    return folders
+
+
+def _port_busy(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

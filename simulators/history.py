@@ -10,18 +10,24 @@ from collections.abc import Iterator
 
 from contract.config.site import Site
 from contract.message import Reading
-from simulators.plants import plant_for
+from simulators.plants import Plant, plant_for
 
 SIMULATED_CHANNEL = "simulated"
 
 
-def history(site: Site, first: dt.date, last: dt.date, step_s: float = 900.0,
-            channels: set[str] | None = None) -> Iterator[list[Reading]]:
-    """Readings of every device from local midnight of ``first`` to the end of ``last``,
-    one batch per time step. ``channels`` limits what is kept (default: all)."""
+def history(site: Site, first: dt.date, last: dt.date | None = None, step_s: float = 900.0,
+            channels: set[str] | None = None, until: dt.datetime | None = None,
+            plant: Plant | None = None) -> Iterator[list[Reading]]:
+    """Readings of every device from local midnight of ``first`` to the end of ``last``
+    (or to ``until``), one batch per time step. ``channels`` limits what is kept
+    (default: all). Pass ``plant`` to keep using its counters afterwards (the demo hands
+    it to the live simulator, so that history and live readings join up)."""
     start = dt.datetime.combine(first, dt.time(), tzinfo=site.zone).astimezone(dt.UTC)
-    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=site.zone).astimezone(dt.UTC)
-    plant = plant_for(site, start)
+    if until is not None:
+        end = until
+    else:
+        end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=site.zone).astimezone(dt.UTC)
+    plant = plant or plant_for(site, start)
     t = start
     step = dt.timedelta(seconds=step_s)
     while t < end:
@@ -29,6 +35,8 @@ def history(site: Site, first: dt.date, last: dt.date, step_s: float = 900.0,
         for device in site.devices:
             values = plant.values(device, t)
             wanted = {p.channel for p in device.register_map.points if channels is None or p.channel in channels}
+            if not wanted:
+                continue
             kept = {k: (float(v) if isinstance(v, (int, float, bool)) else v) for k, v in values.items() if k in wanted}
             for p in device.register_map.points:
                 if p.kind.value == "counter" and p.channel in kept and p.rollover:

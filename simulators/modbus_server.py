@@ -133,11 +133,12 @@ def render(profile: Profile, table: str, values: dict, block_start: int, registe
 class SiteSimulator:
     """All servers of one site, sharing one plant model."""
 
-    def __init__(self, site: Site, serial_ports: dict[str, str] | None = None, host: str | None = None):
+    def __init__(self, site: Site, serial_ports: dict[str, str] | None = None, host: str | None = None,
+                 plant: Plant | None = None):
         self.site = site
         self.serial_ports = serial_ports or {}
         self.host = host
-        self.plant: Plant = plant_for(site, dt.datetime.now(dt.UTC))
+        self.plant: Plant = plant or plant_for(site, dt.datetime.now(dt.UTC))
         self.devices = {d.id: SimulatedDevice(d) for d in site.devices}
         self.servers: list = []
         self.overrides: dict[str, dict] = {}  # device -> channel -> value, for tests

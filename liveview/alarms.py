@@ -1,0 +1,122 @@
+"""Alarms: when each started and ended, kept in SQLite because they are MRV evidence too.
+
+The rules are pure functions of what the live view knows (latest readings, gateway
+status, site config, month-to-date completeness); ``AlarmBook.update`` turns the set
+of currently true conditions into start and end transitions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract.config.site import Site
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL, subject TEXT NOT NULL, kind TEXT NOT NULL,
+    detail TEXT NOT NULL, started TEXT NOT NULL, ended TEXT
+);
+CREATE INDEX IF NOT EXISTS alarms_open ON alarms (site, ended);
+"""
+
+#: alarm kinds and their meaning, for the page's legend and the API
+KINDS = {
+    "device_stale": "no reading for 3 poll intervals",
+    "device_faulted": "the gateway reports the device offline or degraded",
+    "gateway_offline": "the gateway's last will said offline",
+    "counter_backwards": "a cumulative counter went backwards",
+    "counter_jump": "a cumulative counter rose faster than physically possible",
+    "out_of_range": "a value outside its valid range",
+    "calibration_due": "meter calibration due within 30 days",
+    "calibration_overdue": "meter calibration overdue",
+    "completeness_low": "month-to-date completeness below the site's threshold",
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    site: str
+    subject: str  # device, gateway or device.channel
+    kind: str
+    detail: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.site, self.subject, self.kind
+
+
+def calibration_conditions(site: Site, today: dt.date) -> list[Condition]:
+    out = []
+    for d in site.devices:
+        if not d.calibrations:
+            continue
+        last = max(d.calibrations, key=lambda c: c.date)
+        if last.next_due < today:
+            out.append(Condition(site.site, d.id, "calibration_overdue", f"calibration was due {last.next_due}"))
+        elif (last.next_due - today).days <= 30:
+            out.append(Condition(site.site, d.id, "calibration_due", f"calibration due {last.next_due}"))
+    return out
+
+
+def completeness_conditions(site: Site, month_to_date: dict | None) -> list[Condition]:
+    if not month_to_date:
+        return []
+    threshold = site.quality.completeness_review
+    return [Condition(site.site, src, "completeness_low", f"{frac:.1%} month to date, below {threshold:.0%}")
+            for src, frac in sorted(month_to_date.get("completeness", {}).items()) if frac < threshold]
+
+
+class AlarmBook:
+    def __init__(self, path: str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def active(self, site: str | None = None) -> list[dict]:
+        return self._rows("ended IS NULL", site)
+
+    def recent(self, site: str | None = None, limit: int = 50) -> list[dict]:
+        return self._rows("1=1", site, limit)
+
+    def _rows(self, where: str, site: str | None, limit: int = 1000) -> list[dict]:
+        q = f"SELECT id, site, subject, kind, detail, started, ended FROM alarms WHERE {where}"
+        args: list = []
+        if site:
+            q += " AND site = ?"
+            args.append(site)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [dict(zip(("id", "site", "subject", "kind", "detail", "started", "ended"), r)) for r in rows]
+
+    def update(self, scope: tuple[str, set[str]], conditions: list[Condition], now: dt.datetime) -> list[dict]:
+        """Make the open alarms of ``scope`` (site, kinds) match ``conditions``; return the transitions."""
+        site, kinds = scope
+        ts = now.isoformat(timespec="seconds")
+        changes = []
+        with self._lock:
+            open_rows = self._db.execute(
+                f"SELECT id, subject, kind, detail FROM alarms WHERE ended IS NULL AND site = ? AND kind IN "
+                f"({','.join('?' * len(kinds))})", (site, *kinds)).fetchall()
+            open_keys = {(site, subj, kind): (id_, detail) for id_, subj, kind, detail in open_rows}
+            wanted = {c.key: c for c in conditions}
+            for key, (id_, detail) in open_keys.items():
+                if key not in wanted:
+                    self._db.execute("UPDATE alarms SET ended = ? WHERE id = ?", (ts, id_))
+                    changes.append({"id": id_, "site": site, "subject": key[1], "kind": key[2], "detail": detail,
+                                    "started": None, "ended": ts})
+            for key, c in wanted.items():
+                if key not in open_keys:
+                    cur = self._db.execute("INSERT INTO alarms (site, subject, kind, detail, started) VALUES (?,?,?,?,?)",
+                                           (c.site, c.subject, c.kind, c.detail, ts))
+                    changes.append({"id": cur.lastrowid, "site": c.site, "subject": c.subject, "kind": c.kind,
+                                    "detail": c.detail, "started": ts, "ended": None})
+        return changes
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,258 @@
+"""The live view's server: pages, a JSON API for everything they show, and a stream of
+server-sent events fed from MQTT (so live values keep coming while the database is
+down). Binds to 127.0.0.1 unless told otherwise; an optional token protects it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from contract import topics
+from contract.config.site import Site
+from contract.store import ReadingStore, StoreUnavailable
+from liveview.alarms import KINDS, AlarmBook
+from liveview.main_channels import POWER_CHANNEL
+from liveview.state import LiveState
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+class LiveView:
+    def __init__(self, sites: list[Site], broker_url: str, store: ReadingStore, alarms_path: str,
+                 ledger=None, token: str | None = None, simulated: bool = False):
+        self.sites = {s.site: s for s in sites}
+        self.state = LiveState(sites)
+        self.store, self.ledger, self.token = store, ledger, token
+        self.alarms = AlarmBook(alarms_path)
+        self.simulated = simulated
+        self.broker = urlsplit(broker_url)
+        self.clients: set[asyncio.Queue] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.mqtt = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"jcm-liveview-{secrets.token_hex(3)}")
+        self.mqtt.on_connect = lambda c, u, f, rc, p: c.subscribe([(topics.ALL_READINGS, 0), (topics.ALL_STATUS, 1)])
+        self.mqtt.on_message = self._on_mqtt
+        self.mqtt.reconnect_delay_set(1, 10)
+
+    # -- feeds ----------------------------------------------------------------------
+    def _on_mqtt(self, client, userdata, msg):
+        try:
+            event = self.state.on_message(msg.topic, msg.payload)
+        except Exception:  # never let paho's thread die
+            log.exception("live view: message on %s", msg.topic)
+            return
+        if event is not None:
+            self.publish(event)
+
+    def publish(self, event: dict) -> None:
+        if self.loop is None:
+            return
+        for q in list(self.clients):
+            self.loop.call_soon_threadsafe(q.put_nowait, event)
+
+    def month_to_date(self, site: str) -> dict | None:
+        try:
+            return self.ledger.month_to_date(site) if self.ledger else None
+        except Exception:
+            return None
+
+    def evaluate_alarms(self, now: dt.datetime | None = None) -> list[dict]:
+        now = now or dt.datetime.now(dt.UTC)
+        changes = []
+        for site in self.sites:
+            conditions = self.state.conditions(site, now, self.month_to_date(site))
+            changes += self.alarms.update((site, set(KINDS)), conditions, now)
+        for c in changes:
+            self.publish({"type": "alarm", **c})
+        return changes
+
+    async def _alarm_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.evaluate_alarms)
+            except Exception:
+                log.exception("alarm evaluation failed")
+            await asyncio.sleep(1.0)
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.mqtt.connect_async(self.broker.hostname, self.broker.port or 1883)
+        self.mqtt.loop_start()
+        self._alarm_task = asyncio.create_task(self._alarm_loop())
+
+    async def stop(self) -> None:
+        self._alarm_task.cancel()
+        self.mqtt.disconnect()
+        self.mqtt.loop_stop()
+
+    # -- data for the API -------------------------------------------------------------
+    def site_summary(self, site_id: str) -> dict:
+        site = self.sites[site_id]
+        now = dt.datetime.now(dt.UTC)
+        snap = self.state.snapshot(site_id, now)
+        states = [d["state"] for d in snap["devices"]]
+        return {"site": site_id, "name": site.name, "country": site.country, "timezone": site.timezone,
+                "methodology": f"{site.methodology} {site.methodology_version}", "gateway": site.gateway,
+                "gateway_state": snap["gateways"].get(site.gateway, {}).get("state", "unknown"),
+                "devices": {s: states.count(s) for s in ("online", "stale", "offline", "faulted")},
+                "active_alarms": len(self.alarms.active(site_id)), "simulated": self.simulated or snap["simulated"]}
+
+    def site_detail(self, site_id: str) -> dict:
+        site = self.sites[site_id]
+        now = dt.datetime.now(dt.UTC)
+        out = {**self.site_summary(site_id), **self.state.snapshot(site_id, now)}
+        out["simulated"] = self.simulated or out["simulated"]
+        out["alarms"] = {"active": self.alarms.active(site_id), "recent": self.alarms.recent(site_id, 30)}
+        out["energy_today"] = self._energy_today(site, now)
+        out["month_to_date"] = self.month_to_date(site_id)
+        out["last_verified"], out["months"] = self._months(site_id)
+        return out
+
+    def _energy_today(self, site: Site, now: dt.datetime) -> dict:
+        """Today's increase of each monitored energy/volume counter (display only, not MRV)."""
+        midnight = dt.datetime.combine(now.astimezone(site.zone).date(), dt.time(), tzinfo=site.zone)
+        out = {}
+        try:
+            for m in site.monitoring:
+                total, unit = 0.0, ""
+                for src in m.sources:
+                    dev, ch = src.split(".")
+                    point = site.device(dev).register_map.point(ch)
+                    if point.kind.value != "counter":
+                        break
+                    df = self.store.read(site.site, midnight, now, channels=[ch], devices=[dev]).dropna(subset=["value"])
+                    if len(df) >= 2:
+                        total += float(df["value"].iloc[-1] - df["value"].iloc[0])
+                    unit = point.unit
+                else:
+                    key = m.parameter if m.unit_id is None else f"{m.parameter}[{m.unit_id}]"
+                    out[key] = {"value": total, "unit": unit}
+        except StoreUnavailable as exc:
+            out["error"] = str(exc)
+        return out
+
+    def _months(self, site_id: str) -> tuple[dict | None, list[dict]]:
+        if self.ledger is None:
+            return None, []
+        months = {}
+        for rev in self.ledger.revisions(site_id):
+            months[rev.month] = {"month": rev.month, "revision": rev.revision, "status": rev.status, "ER": rev.ER,
+                                 "ER_unrounded": rev.ER_unrounded, "provisional": rev.provisional,
+                                 "signed_off": self.ledger.signoff(site_id, rev.month) is not None}
+        rows = [months[k] for k in sorted(months)]
+        verified = [r for r in rows if r["status"] == "verified"]
+        return (verified[-1] if verified else None), rows
+
+    def history(self, site_id: str, hours: float) -> dict:
+        site = self.sites[site_id]
+        end = dt.datetime.now(dt.UTC)
+        start = end - dt.timedelta(hours=hours)
+        series = {}
+        for d in site.devices:
+            ch = POWER_CHANNEL.get(d.kind)
+            if not ch:
+                continue
+            df = self.store.read(site_id, start, end, channels=[ch], devices=[d.id]).dropna(subset=["value"])
+            if len(df) > 400:  # thin for the browser
+                df = df.iloc[:: len(df) // 400 + 1]
+            series[d.id] = {"channel": ch, "unit": site.device(d.id).register_map.point(ch).unit,
+                            "t": [t.isoformat() for t in df["ts"]], "v": [float(v) for v in df["value"]]}
+        return {"site": site_id, "from": start.isoformat(), "to": end.isoformat(), "series": series}
+
+
+def create_app(view: LiveView) -> FastAPI:
+    app = FastAPI(title="jcm live view", docs_url="/api/docs", openapi_url="/api/openapi.json")
+
+    @app.on_event("startup")
+    async def _start():
+        await view.start()
+
+    @app.on_event("shutdown")
+    async def _stop():
+        await view.stop()
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if view.token and not request.url.path.startswith("/static"):
+            given = (request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                     or request.query_params.get("token") or request.cookies.get("jcm_token"))
+            if not given or not secrets.compare_digest(given, view.token):
+                return JSONResponse({"error": "a valid token is required (Authorization: Bearer ... or ?token=)"},
+                                    status_code=401)
+            response = await call_next(request)
+            if request.query_params.get("token"):
+                response.set_cookie("jcm_token", view.token, httponly=True, samesite="strict")
+            return response
+        return await call_next(request)
+
+    def site_or_404(site: str) -> str:
+        if site not in view.sites:
+            raise HTTPException(404, f"no site '{site}'")
+        return site
+
+    @app.get("/")
+    def deployment_page():
+        return FileResponse(STATIC / "deployment.html")
+
+    @app.get("/sites/{site}")
+    def site_page(site: str):
+        site_or_404(site)
+        return FileResponse(STATIC / "site.html")
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        path = (STATIC / name).resolve()
+        if path.parent != STATIC.resolve() or not path.exists():
+            raise HTTPException(404)
+        return FileResponse(path)
+
+    @app.get("/api/sites")
+    def api_sites():
+        return {"simulated": view.simulated, "sites": [view.site_summary(s) for s in view.sites], "alarm_kinds": KINDS}
+
+    @app.get("/api/sites/{site}")
+    def api_site(site: str):
+        return view.site_detail(site_or_404(site))
+
+    @app.get("/api/sites/{site}/history")
+    def api_history(site: str, hours: float = 6.0):
+        try:
+            return view.history(site_or_404(site), min(hours, 72.0))
+        except StoreUnavailable as exc:
+            raise HTTPException(503, f"store unavailable: {exc}") from None
+
+    @app.get("/api/alarms")
+    def api_alarms(site: str | None = None, active: bool = False):
+        return view.alarms.active(site) if active else view.alarms.recent(site, 200)
+
+    @app.get("/api/stream")
+    async def api_stream(request: Request, site: str | None = None):
+        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        view.clients.add(q)
+
+        async def events():
+            try:
+                yield "retry: 2000\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        event = await asyncio.wait_for(q.get(), timeout=15)
+                    except asyncio.TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    if site is None or event.get("site") == site:
+                        yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+            finally:
+                view.clients.discard(q)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app

@@ -1,0 +1,161 @@
+"""What the live view knows right now, fed by MQTT: gateway status, each device's last
+reading, and the conditions that raise alarms. Works without the database, so the
+page stays live while the store is down."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from dataclasses import dataclass, field
+
+from contract import topics
+from contract.config.site import Site
+from contract.message import DeviceStatus, Quality, Reading
+from liveview.alarms import Condition, calibration_conditions, completeness_conditions
+from liveview.main_channels import MAIN_CHANNELS
+
+STALE_POLLS = 3
+
+
+@dataclass
+class DeviceView:
+    id: str
+    kind: str
+    gateway: str
+    poll_interval: float
+    last_seen: dt.datetime | None = None
+    status: str | None = None
+    values: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)  # channel -> (ts, value) for counter checks
+    conditions: dict = field(default_factory=dict)  # (subject, kind) -> Condition from readings
+
+    def state(self, now: dt.datetime, gateway_online: bool) -> str:
+        if self.last_seen is None or not gateway_online:
+            return "offline"
+        if (now - self.last_seen).total_seconds() > STALE_POLLS * self.poll_interval:
+            return "stale"
+        if self.status == DeviceStatus.offline.value:
+            return "offline"
+        if self.status == DeviceStatus.degraded.value or any(
+                q in (Quality.out_of_range.value, Quality.device_error.value) for q in self.quality.values()):
+            return "faulted"
+        return "online"
+
+
+class LiveState:
+    def __init__(self, sites: list[Site]):
+        self.sites = {s.site: s for s in sites}
+        self.lock = threading.Lock()
+        self.gateways: dict[str, dict] = {s.site: {s.gateway: {"state": "unknown", "ts": None}} for s in sites}
+        self.devices: dict[str, dict[str, DeviceView]] = {
+            s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, d.poll_interval) for d in s.devices} for s in sites}
+        self.max_rates = {(s.site, src): m.max_rate_per_h for s in sites for m in s.monitoring
+                          for src in m.sources if m.max_rate_per_h}
+        self.simulated: dict[str, bool] = {s.site: False for s in sites}
+
+    # -- MQTT input -----------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes) -> dict | None:
+        """Apply one message; return the event to broadcast, or None."""
+        if topic.endswith("/status"):
+            try:
+                body = json.loads(payload)
+                site, gateway = body["site"], body["gateway"]
+            except (ValueError, KeyError, TypeError):
+                return None
+            with self.lock:
+                if site not in self.gateways:
+                    return None
+                self.gateways[site][gateway] = {"state": body.get("state", "unknown"), "ts": body.get("ts"),
+                                                "outbox_depth": body.get("outbox_depth")}
+            return {"type": "gateway", "site": site, "gateway": gateway, "state": body.get("state")}
+        try:
+            site, _, device = topics.parse_reading(topic)
+            reading = Reading.from_json(payload)
+        except ValueError:
+            return None
+        return self.on_reading(reading) if site == reading.site else None
+
+    def on_reading(self, r: Reading) -> dict | None:
+        site = self.sites.get(r.site)
+        with self.lock:
+            view = self.devices.get(r.site, {}).get(r.device)
+            if site is None or view is None:
+                return None
+            if view.last_seen is not None and r.ts <= view.last_seen:
+                return None  # a redelivery or replay: the live view shows the newest only
+            self._counter_checks(site, view, r)
+            view.last_seen, view.status = r.ts, r.status.value
+            view.quality = {k: q.value for k, q in r.quality.items()}
+            main = MAIN_CHANNELS.get(view.kind, [])
+            view.values = {k: r.values.get(k) for k in main if k in r.values}
+            if r.values.get("simulated"):
+                self.simulated[r.site] = True
+            for key in [k for k in view.conditions if k[1] in ("out_of_range", "device_faulted")]:
+                del view.conditions[key]
+            for ch, q in r.quality.items():
+                if q is Quality.out_of_range:
+                    subject = f"{r.device}.{ch}"
+                    view.conditions[(subject, "out_of_range")] = Condition(
+                        r.site, subject, "out_of_range", f"{ch} = {r.values.get(ch)} outside its valid range")
+            if r.status is not DeviceStatus.ok and any(q is not Quality.out_of_range for q in r.quality.values()):
+                flags = sorted({q.value for q in r.quality.values() if q is not Quality.out_of_range})
+                view.conditions[(r.device, "device_faulted")] = Condition(
+                    r.site, r.device, "device_faulted", f"gateway reports {r.status.value}: {', '.join(flags)}")
+            return {"type": "reading", "site": r.site, "device": r.device, "ts": r.ts.isoformat(),
+                    "status": r.status.value, "values": view.values, "quality": view.quality}
+
+    def _counter_checks(self, site: Site, view: DeviceView, r: Reading) -> None:
+        points = {p.channel: p for p in site.device(view.id).register_map.points if p.kind.value == "counter"}
+        for ch, p in points.items():
+            v = r.values.get(ch)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            subject = f"{view.id}.{ch}"
+            prev = view.counters.get(ch)
+            view.conditions.pop((subject, "counter_backwards"), None)
+            view.conditions.pop((subject, "counter_jump"), None)
+            if prev is not None:
+                t0, v0 = prev
+                wrapped = p.rollover and v0 > 0.5 * p.rollover and v < 0.5 * p.rollover
+                if v < v0 and not wrapped:
+                    view.conditions[(subject, "counter_backwards")] = Condition(
+                        site.site, subject, "counter_backwards", f"{ch} went from {v0:g} to {v:g}")
+                rate = self.max_rates.get((site.site, subject))
+                hours = max((r.ts - t0).total_seconds() / 3600, 1 / 3600)
+                if rate and v - v0 > rate * hours:
+                    view.conditions[(subject, "counter_jump")] = Condition(
+                        site.site, subject, "counter_jump", f"{ch} rose {v - v0:g} in {hours * 3600:.0f} s")
+            view.counters[ch] = (r.ts, v)
+
+    # -- evaluation -----------------------------------------------------------------
+    def conditions(self, site_id: str, now: dt.datetime, month_to_date: dict | None) -> list[Condition]:
+        site = self.sites[site_id]
+        out: list[Condition] = []
+        with self.lock:
+            gateways = self.gateways[site_id]
+            for gw, g in gateways.items():
+                if g["state"] == "offline":
+                    out.append(Condition(site_id, gw, "gateway_offline", "last will: the gateway is offline"))
+            online = gateways.get(site.gateway, {}).get("state") != "offline"
+            for view in self.devices[site_id].values():
+                if view.last_seen is not None and view.state(now, True) == "stale":
+                    age = (now - view.last_seen).total_seconds()
+                    out.append(Condition(site_id, view.id, "device_stale", f"no reading for {age:.0f} s"))
+                if online:
+                    out.extend(view.conditions.values())
+        out += calibration_conditions(site, now.astimezone(site.zone).date())
+        out += completeness_conditions(site, month_to_date)
+        return out
+
+    def snapshot(self, site_id: str, now: dt.datetime) -> dict:
+        with self.lock:
+            gateways = {k: dict(v) for k, v in self.gateways[site_id].items()}
+            online = gateways.get(self.sites[site_id].gateway, {}).get("state") != "offline"
+            devices = [{
+                "id": v.id, "kind": v.kind, "gateway": v.gateway, "state": v.state(now, online),
+                "last_seen": v.last_seen.isoformat() if v.last_seen else None, "status": v.status,
+                "values": v.values, "quality": v.quality,
+            } for v in self.devices[site_id].values()]
+        return {"gateways": gateways, "devices": devices, "simulated": self.simulated[site_id]}

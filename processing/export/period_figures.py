@@ -1,0 +1,215 @@
+"""A monitoring period's figures, assembled from the ledger's monthly revisions.
+
+The ledger holds whole months; a monitoring period is any span of whole local days
+(methodologies.md section 1). So the period is built from the days of each month's
+revision that fall inside it: the final daily parameter values are summed over the
+period, and the methodology's equations run once on those sums, with the ER rounded
+once, for the period. Summing monthly ERs would round per month and is never done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from contract.config import ConfigError
+from contract.config.site import Site
+from contract.store import ReadingStore
+from processing.ledger import Ledger, Revision
+from processing.methodologies import Calculation
+from processing.methodologies.spec import MethodologySpec
+from processing.monthly import month_bounds, process_month
+from processing.period import STATUSES, PeriodProcessor
+
+#: channel every simulated reading carries (see ``simulators.history``)
+SIMULATED_CHANNEL = "simulated"
+
+
+@dataclass(frozen=True)
+class UsedRevision:
+    """The ledger revision a month of the period was taken from."""
+
+    site: str
+    month: str
+    revision: int
+    created: str
+    input_hash: str
+    code_version: str
+    status: str
+    RE: float | None
+    PE: float | None
+    ER_unrounded: float | None
+    ER: int | None
+    provisional: bool
+    signed_off: bool
+    signed_by: str | None
+    signed_at: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PeriodFigures:
+    """Everything the export writes, computed once.
+
+    Attributes
+    ----------
+    daily : DataFrame
+        ``day, key, parameter, unit_id, unit, value``: the revisions' final daily value of
+        every parameter key (``"EG[PV-1]"``, ``"EC_aux"``) on the days of the period.
+    parameters : dict
+        Period totals of the methodology's monitored parameters, by key.
+    findings, adjustments : list of dict
+        The revisions' QA findings and adjustments, each with its ``month`` and
+        ``revision``; they cover the revisions' whole months.
+    completeness : dict
+        ``{month: {source: fraction}}`` from the revisions' summaries.
+    readings : DataFrame
+        The monitored sources' readings between the period's local-day bounds.
+    """
+
+    site: Site
+    spec: MethodologySpec
+    first: dt.date
+    last: dt.date
+    status: str
+    reasons: list[str]
+    parameters: dict[str, float]
+    calc: Calculation
+    revisions: list[UsedRevision]
+    daily: pd.DataFrame
+    findings: list[dict]
+    adjustments: list[dict]
+    completeness: dict[str, dict[str, float]]
+    readings: pd.DataFrame
+    simulated: bool
+
+    @property
+    def stamp(self) -> dt.datetime:
+        """A timestamp derived from the inputs (the period's last day), for file metadata
+        that must not change from one export of the same inputs to the next."""
+        return dt.datetime.combine(self.last, dt.time())
+
+    @property
+    def name(self) -> str:
+        return f"{self.site.site}_{self.first.isoformat()}_{self.last.isoformat()}"
+
+
+def months_between(first: dt.date, last: dt.date) -> list[str]:
+    """Calendar months (``YYYY-MM``) overlapping the days ``first..last``."""
+    months, day = [], first.replace(day=1)
+    while day <= last:
+        months.append(day.strftime("%Y-%m"))
+        day = (day + dt.timedelta(days=32)).replace(day=1)
+    return months
+
+
+def local_bounds(site: Site, first: dt.date, last: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """UTC start and end (exclusive) of the local days ``first..last``."""
+    start = dt.datetime.combine(first, dt.time(), tzinfo=site.zone).astimezone(dt.UTC)
+    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=site.zone).astimezone(dt.UTC)
+    return start, end
+
+
+def _month_revision(site: Site, store: ReadingStore, ledger: Ledger, month: str) -> tuple[Revision, tuple | None]:
+    """The signed-off revision of a month if MRV staff signed one off, else the latest;
+    a month without any is processed now."""
+    signed = ledger.signoff(site.site, month)
+    if signed is not None:
+        revision = next(r for r in ledger.revisions(site.site, month) if r.revision == signed[0])
+    else:
+        revision = ledger.latest(site.site, month) or process_month(site, store, ledger, month)[1]
+    summary = revision.result["summary"]
+    if (summary["methodology"], summary["version"]) != (site.methodology, site.methodology_version):
+        raise ConfigError(f"{site.site} {month}: revision {revision.revision} was computed with "
+                          f"{summary['methodology']} {summary['version']}, the site is registered under "
+                          f"{site.methodology} {site.methodology_version}; reprocess the month")
+    return revision, signed
+
+
+def _used(revision: Revision, signed: tuple | None) -> UsedRevision:
+    s = revision.result["summary"]
+    return UsedRevision(
+        site=revision.site, month=revision.month, revision=revision.revision, created=revision.created,
+        input_hash=revision.input_hash, code_version=revision.code_version, status=revision.status,
+        RE=s["RE"], PE=s["PE"], ER_unrounded=s["ER_unrounded"], ER=s["ER"], provisional=bool(s["provisional"]),
+        signed_off=signed is not None, signed_by=signed[1] if signed else None, signed_at=signed[2] if signed else None,
+    )
+
+
+def _daily(revisions: list[Revision], first: dt.date, last: dt.date) -> pd.DataFrame:
+    rows = []
+    for revision in revisions:
+        for r in revision.result["daily_parameters"]:
+            day = dt.date.fromisoformat(r["day"])
+            if first <= day <= last:
+                key = r["parameter"]
+                name, _, unit_id = key.partition("[")
+                rows.append({"day": day, "key": key, "parameter": name, "unit_id": unit_id.removesuffix("]") or None,
+                             "unit": r["unit"], "value": float(r["value"])})
+    frame = pd.DataFrame(rows, columns=["day", "key", "parameter", "unit_id", "unit", "value"])
+    return frame.sort_values(["day", "key"], kind="stable").reset_index(drop=True)
+
+
+def period_totals(daily: pd.DataFrame, spec: MethodologySpec) -> dict[str, float]:
+    """Sum each monitored methodology parameter's daily values over the period.
+
+    QA-only keys (check meters, gas flows, CH4 fraction) are not methodology inputs and
+    are left out; some of them are daily means, which do not add up.
+    """
+    totals = {}
+    for key, group in daily.groupby("key", sort=True):
+        p = spec.parameters.get(key.split("[")[0])
+        if p is not None and p.kind == "monitored":
+            totals[key] = math.fsum(group.sort_values("day")["value"])
+    return totals
+
+
+def _tagged(revision: Revision, rows: list[dict]) -> list[dict]:
+    return [{"month": revision.month, "revision": revision.revision, **row} for row in rows]
+
+
+def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, last: dt.date) -> PeriodFigures:
+    """Assemble the period ``first..last`` (inclusive local days) of a site.
+
+    Parameters
+    ----------
+    site : Site
+    store : ReadingStore
+        Read for the raw readings and the simulated flag, and by ``process_month`` for a
+        month the ledger has no revision of yet.
+    ledger : Ledger
+    first, last : date
+        The monitoring period's first and last local day.
+
+    Returns
+    -------
+    PeriodFigures
+    """
+    processor = PeriodProcessor(site)
+    picked = [_month_revision(site, store, ledger, m) for m in months_between(first, last)]
+    revisions = [r for r, _ in picked]
+    daily = _daily(revisions, first, last)
+    parameters = period_totals(daily, processor.spec)
+    calc = processor._calculate(parameters)
+    status = max((r.status for r in revisions), key=STATUSES.index)
+    reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]
+    start, end = local_bounds(site, first, last)
+    sources = sorted({src for m in site.monitoring for src in m.sources})
+    readings = store.read(site.site, start, end, channels=sorted({s.split(".")[1] for s in sources}),
+                          devices=sorted({s.split(".")[0] for s in sources}))
+    readings = readings[(readings["device"] + "." + readings["channel"]).isin(sources)]
+    readings = readings.sort_values(["device", "channel", "ts"], kind="stable").reset_index(drop=True)
+    simulated = not store.read(site.site, start, end, channels=[SIMULATED_CHANNEL]).empty
+    return PeriodFigures(
+        site=site, spec=processor.spec, first=first, last=last, status=status, reasons=reasons,
+        parameters=parameters, calc=calc, revisions=[_used(r, s) for r, s in picked], daily=daily,
+        findings=[f for r in revisions for f in _tagged(r, r.result["findings"])],
+        adjustments=[a for r in revisions for a in _tagged(r, r.result["adjustments"])],
+        completeness={r.month: r.result["summary"]["completeness"] for r in revisions},
+        readings=readings, simulated=simulated,
+    )

@@ -1,0 +1,161 @@
+"""The live view: alarm rules and their stored transitions (pure), and the whole page
+in headless Chromium against a running demo: a live value changes, an injected fault
+raises an alarm, and a screenshot is kept as a test artefact."""
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from contract.config import load_site
+from contract.message import DeviceStatus, Quality, Reading
+from jcm.broker import free_port
+from liveview.alarms import AlarmBook, calibration_conditions
+from liveview.state import LiveState
+from tests.conftest import REPO
+
+SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
+T0 = dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC)
+ARTEFACTS = REPO / "var" / "test-artifacts"
+
+
+def reading(device="poc-meter", seconds=0, status=DeviceStatus.ok, quality=None, **values):
+    values = values or {"active_power": -1500.0, "energy_export": 1000.0 + seconds, "energy_import": 5.0}
+    return Reading(site=SITE.site, gateway=SITE.gateway, device=device, ts=T0 + dt.timedelta(seconds=seconds),
+                   values=values, quality=quality or {}, status=status, seq=seconds + 1)
+
+
+def kinds(state, now):
+    return sorted((c.subject, c.kind) for c in state.conditions(SITE.site, now, None) if not c.kind.startswith("calib"))
+
+
+def test_stale_faulted_out_of_range_counter_and_gateway_conditions():
+    state = LiveState([SITE])
+    state.on_reading(reading(seconds=0))
+    assert kinds(state, T0 + dt.timedelta(seconds=5)) == []
+    assert kinds(state, T0 + dt.timedelta(seconds=31)) == [("poc-meter", "device_stale")]  # 3 × 10 s polls
+    state.on_reading(reading(seconds=40, active_power=99999.0, energy_export=900.0, energy_import=5.0,
+                             quality={"active_power": Quality.out_of_range}))
+    assert kinds(state, T0 + dt.timedelta(seconds=41)) == [
+        ("poc-meter.active_power", "out_of_range"), ("poc-meter.energy_export", "counter_backwards")]
+    state.on_reading(reading(seconds=50, status=DeviceStatus.offline, quality={"active_power": Quality.timeout},
+                             active_power=None, energy_export=None, energy_import=None))
+    assert ("poc-meter", "device_faulted") in kinds(state, T0 + dt.timedelta(seconds=51))
+    state.on_message(f"jcm/v1/{SITE.site}/{SITE.gateway}/status",
+                     json.dumps({"site": SITE.site, "gateway": SITE.gateway, "state": "offline"}).encode())
+    assert (SITE.gateway, "gateway_offline") in kinds(state, T0 + dt.timedelta(seconds=52))
+
+
+def test_redelivered_old_reading_does_not_move_the_live_view_back():
+    state = LiveState([SITE])
+    assert state.on_reading(reading(seconds=10)) is not None
+    assert state.on_reading(reading(seconds=5)) is None
+
+
+def test_calibration_due_and_overdue():
+    ph = load_site(REPO / "config" / "sites" / "ph-biogas.yaml")
+    conds = {(c.subject, c.kind) for c in calibration_conditions(ph, dt.date(2026, 11, 29))}
+    assert ("aux-meter", "calibration_overdue") in conds
+    assert ("boiler-meter", "calibration_due") not in conds
+    soon = {(c.subject, c.kind) for c in calibration_conditions(ph, dt.date(2026, 12, 15))}
+    assert ("genset-meter", "calibration_due") in soon  # due 2027-01-09: within 30 days
+
+
+def test_alarm_transitions_are_stored_with_start_and_end(tmp_path):
+    book = AlarmBook(tmp_path / "alarms.sqlite")
+    state = LiveState([SITE])
+    state.on_reading(reading(seconds=0))
+    scope = (SITE.site, {"device_stale"})
+    started = book.update(scope, [c for c in state.conditions(SITE.site, T0 + dt.timedelta(seconds=60), None)
+                                  if c.kind == "device_stale"], T0 + dt.timedelta(seconds=60))
+    assert [(c["kind"], c["ended"]) for c in started] == [("device_stale", None)]
+    assert book.update(scope, [c for c in state.conditions(SITE.site, T0 + dt.timedelta(seconds=61), None)
+                               if c.kind == "device_stale"], T0 + dt.timedelta(seconds=61)) == []  # still open
+    state.on_reading(reading(seconds=70))
+    ended = book.update(scope, [], T0 + dt.timedelta(seconds=71))
+    assert ended[0]["ended"] == (T0 + dt.timedelta(seconds=71)).isoformat(timespec="seconds")
+    (row,) = book.recent(SITE.site)
+    assert row["started"] and row["ended"] and not book.active(SITE.site)
+
+
+def chrome():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert shutil.which("chromium") and shutil.which("chromedriver"), \
+        "chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,1700"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+@pytest.fixture
+def running_demo(tmp_path):
+    port, control = free_port(), free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "jcm.cli", "demo", "--sites", "mn-solar", "--duration", "300",
+                             "--port", str(port), "--control-port", str(control), "--workdir", str(tmp_path / "demo")],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        lines.append(line)
+        if "live view:" in line or time.monotonic() > deadline:
+            break
+    url = re.search(r"http://127\.0\.0\.1:\d+/", "".join(lines))
+    assert url, "".join(lines[-30:])
+    yield url.group(0), control
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+@pytest.mark.slow
+def test_site_page_updates_live_and_shows_an_injected_fault(running_demo):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, control = running_demo
+    driver = chrome()
+    try:
+        driver.get(url + "sites/mn-solar")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_element(By.ID, "title").text.startswith("Ulaanbaatar"))
+        assert driver.find_element(By.ID, "sim").is_displayed()  # every page says the data are simulated
+        cell = lambda: driver.find_element(By.CSS_SELECTOR, "#dev-inv-01 .seen").text  # noqa: E731
+        wait.until(lambda d: cell() != "never")
+        first = cell()
+        WebDriverWait(driver, 15).until(lambda d: cell() != first)  # pushed over server-sent events
+        req = urllib.request.Request(f"http://127.0.0.1:{control}/faults", method="POST", data=json.dumps(
+            {"device": "inv-01", "kind": "out_of_range", "channel": "ac_power", "seconds": 120}).encode())
+        assert json.load(urllib.request.urlopen(req))["ok"]
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#alarms tr.alarm-active[data-kind='out_of_range']"))
+        row = driver.find_element(By.CSS_SELECTOR, "#alarms tr.alarm-active[data-kind='out_of_range']")
+        assert "inv-01.ac_power" in row.text
+        assert "faulted" in driver.find_element(By.CSS_SELECTOR, "#dev-inv-01 .state").text
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTEFACTS / "liveview-site.png"))
+        api = json.load(urllib.request.urlopen(url + "api/sites/mn-solar"))
+        assert api["last_verified"]["status"] == "verified" and api["months"]
+        assert any(a["kind"] == "out_of_range" for a in api["alarms"]["active"])
+        driver.get(url)
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sites .card"))
+        driver.save_screenshot(str(ARTEFACTS / "liveview-deployment.png"))
+    finally:
+        driver.quit()
