@@ -67,8 +67,13 @@ class Collector:
 
     def _client(self) -> mqtt.Client:
         b = self.config.broker
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config.client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+        self.v5 = self.config.protocol == "5"
+        if self.v5:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config.client_id,
+                                 protocol=mqtt.MQTTv5, manual_ack=True)
+        else:  # MQTT 3.1.1 keeps the session with clean_session=False
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config.client_id,
+                                 protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
         if b.username_env:
             user = os.environ.get(b.username_env)
             if user is None:
@@ -99,11 +104,14 @@ class Collector:
         self._queue.put(Incoming(self._generation, msg.mid, msg.qos, msg.topic, msg.payload, dt.datetime.now(dt.UTC)))
 
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.config.session_expiry
-        props.ReceiveMaximum = self.config.receive_maximum
         b = self.config.broker
-        self.client.connect_async(b.host, b.port, keepalive=b.keepalive, clean_start=False, properties=props)
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.config.session_expiry
+            props.ReceiveMaximum = self.config.receive_maximum
+            self.client.connect_async(b.host, b.port, keepalive=b.keepalive, clean_start=False, properties=props)
+        else:
+            self.client.connect_async(b.host, b.port, keepalive=b.keepalive)
         self.client.loop_start()
         self._worker.start()
 

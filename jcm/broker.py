@@ -117,12 +117,16 @@ class EmbeddedBroker:
             self._broker = None
 
 
-def start_broker(workdir: Path, log) -> Mosquitto | EmbeddedBroker:
-    """Mosquitto when it is installed, else the embedded amqtt broker; says which."""
+def start_broker(workdir: Path, log, choice: str = "auto") -> Mosquitto | EmbeddedBroker:
+    """Mosquitto when it is installed (or asked for), else the embedded amqtt broker; says which."""
     try:
+        if choice == "embedded":
+            raise FileNotFoundError("the embedded broker was asked for")
         broker = Mosquitto(workdir / "mosquitto").start()
         log.info("broker: Mosquitto %s at %s", broker.exe, broker.url)
     except FileNotFoundError:
+        if choice == "mosquitto":
+            raise
         broker = EmbeddedBroker().start()
         log.warning("broker: Mosquitto is not installed; using the embedded Python broker (amqtt) at %s. "
                     "It keeps nothing on disk: install mosquitto for the no-loss guarantees.", broker.url)

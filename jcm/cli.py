@@ -248,7 +248,8 @@ def cmd_demo(args) -> int:
     from jcm.demo import run_demo
 
     only = args.sites.split(",") if args.sites else None
-    return run_demo(Path(args.config), args.duration, Path(args.workdir), only, args.port, args.control_port)
+    return run_demo(Path(args.config), args.duration, Path(args.workdir), only, args.port, args.control_port,
+                    args.broker)
 
 
 def cmd_dashboard(args) -> int:
@@ -365,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sites", help="comma-separated site ids (default: all)")
     s.add_argument("--port", type=int, default=8080, help="live view port (a free one if taken)")
     s.add_argument("--control-port", type=int, default=8502, help="first simulator fault-control port")
+    s.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
+                   help="auto: Mosquitto if installed, else the embedded Python broker")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("dashboard", help="the operators' live view (FastAPI)")

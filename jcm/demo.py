@@ -23,7 +23,7 @@ from collector.service import Collector
 from contract.config import CollectorConfig, load_site
 from contract.config.site import Site
 from gateway.service import Gateway
-from jcm.broker import free_port, start_broker
+from jcm.broker import Mosquitto, free_port, start_broker
 from liveview.main_channels import POWER_CHANNEL
 from processing.ledger import Ledger
 from processing.scheduler import Processor
@@ -86,7 +86,7 @@ class Dashboard:
 
 
 def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list[str] | None = None,
-             port: int = 8080, control_port: int = 8502) -> int:
+             port: int = 8080, control_port: int = 8502, broker_choice: str = "auto") -> int:
     t_start = time.monotonic()
     files = sorted(glob.glob(str(config_dir / "sites" / "*.yaml")))
     sites = [load_site(f) for f in files]
@@ -97,7 +97,7 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
     workdir.mkdir(parents=True, exist_ok=True)
     for name in ("amqtt", "transitions", "apscheduler", "uvicorn.error"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    broker = start_broker(workdir, log)
+    broker = start_broker(workdir, log, broker_choice)
     for site in sites:  # the demo broker is anonymous; the gateways still want their variables set
         for var in (site.mqtt.username_env, site.mqtt.password_env):
             if var:
@@ -120,7 +120,8 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
         controls.append(serve_control(sim, control_port + i))
 
     collector = Collector(CollectorConfig(broker={"url": broker.url}, store=store_url, sites_dir=str(config_dir / "sites"),
-                                          client_id="jcm-demo-collector"))
+                                          client_id="jcm-demo-collector",
+                                          protocol="5" if isinstance(broker, Mosquitto) else "3.1.1"))
     collector.start()
     gateways = [Gateway(s, broker_url=broker.url, outbox_path=str(workdir / f"outbox-{s.site}.sqlite")) for s in sites]
     for gw in gateways:

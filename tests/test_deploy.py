@@ -49,12 +49,23 @@ def test_collector_config_of_the_stack_loads_and_points_at_influxdb():
     assert cfg.broker.host == "mosquitto"
 
 
-def test_grafana_provisioning_matches_its_dashboard():
+def test_grafana_provisioning_matches_its_dashboards():
     ds = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/influxdb.yaml").read_text())["datasources"][0]
-    dash = json.loads((REPO / "deploy/grafana/dashboards/site-overview.json").read_text())
-    assert dash["uid"] == "jcm-site-overview"
-    assert {p["datasource"]["uid"] for p in dash["panels"]} == {ds["uid"]}
+    uids = set()
+    for path in sorted((REPO / "deploy/grafana/dashboards").glob("*.json")):
+        dash = json.loads(path.read_text())
+        uids.add(dash["uid"])
+        assert {p["datasource"]["uid"] for p in dash["panels"]} == {ds["uid"]}, path.name
+        for panel in dash["panels"]:
+            assert '"reading"' in panel["targets"][0]["query"]  # the measurement the stores write
+    assert uids == {"jcm-site-overview", "jcm-deployment"}
     assert ds["jsonData"]["version"] == "InfluxQL"
+
+
+def test_systemd_unit_restarts_and_keeps_the_outbox_on_persistent_storage():
+    unit = (REPO / "deploy/systemd/jcm-gateway@.service").read_text()
+    assert "Restart=on-failure" in unit
+    assert "--outbox /var/lib/jcm/" in unit and "StateDirectory=jcm" in unit
 
 
 def test_shipped_broker_config_keeps_messages():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from contract.config.profile import Strict
@@ -10,6 +12,8 @@ from contract.config.site import Mqtt
 
 class CollectorConfig(Strict):
     broker: Mqtt
+    #: MQTT protocol: 5 (session expiry, Receive Maximum) or 3.1.1 (clean_session=False) for brokers without 5
+    protocol: Literal["5", "3.1.1"] = "5"
     #: fixed, so that the broker keeps this collector's session (and its unacknowledged messages)
     client_id: str = "jcm-collector-1"
     #: several collectors with one group share the stream (``$share/<group>/...``)

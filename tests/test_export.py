@@ -1,0 +1,276 @@
+"""The monitoring-period export: every file written, the workbook's live formulas give
+the processor's figures for all five methodologies (evaluated by the ``formulas``
+package, an independent Excel formula engine), the CSVs agree with the daily values,
+the period's ER comes from the period's summed parameters, and the same inputs give
+byte-identical files that the manifest vouches for.
+
+Two sites run on simulated history in a real SQLite store; all five also run on
+hand-made ledger revisions (an empty store), which pins the figures exactly."""
+
+import datetime as dt
+import hashlib
+import json
+import math
+import random
+import shutil
+
+import formulas
+import openpyxl
+import pytest
+
+from contract.config import load_site
+from processing.export import export_period
+from processing.export.period_figures import months_between
+from processing.ledger import Ledger
+from processing.methodologies import calculate, load_spec
+from processing.monthly import month_bounds
+from simulators.history import history
+from store.sqlite_store import SqliteStore
+from tests.conftest import REPO
+
+FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
+SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
+FILES = {"daily_values.csv", "raw_readings.csv", "daily_values.png", "completeness.png", "summary.html",
+         "manifest.json"}
+
+
+def site(name):
+    return load_site(REPO / "config" / "sites" / f"{name}.yaml")
+
+
+@pytest.fixture(scope="module")
+def history_db(tmp_path_factory):
+    """mn-solar and ph-biogas readings for the period, every 900 s."""
+    path = tmp_path_factory.mktemp("export") / "jcm.db"
+    store = SqliteStore(path)
+    for name in ("mn-solar", "ph-biogas"):
+        s = site(name)
+        channels = {src.split(".")[1] for m in s.monitoring for src in m.sources}
+        for batch in history(s, FIRST, LAST, step_s=900, channels=channels):
+            store.write(batch)
+    store.close()
+    return path
+
+
+@pytest.fixture
+def store(history_db, tmp_path):
+    path = tmp_path / "jcm.db"
+    shutil.copy(history_db, path)
+    s = SqliteStore(path)
+    yield s
+    s.close()
+
+
+def evaluate(path) -> dict[str, float]:
+    """Evaluate the Monitoring report's calculation cells with the ``formulas`` engine:
+    ``{symbol: value}`` for RE, PE, ER_unrounded and ER."""
+    ws = openpyxl.load_workbook(path)["Monitoring report"]
+    rows = {ws.cell(row=r, column=1).value: r for r in range(1, ws.max_row + 1)}
+    solution = formulas.ExcelModel().loads(str(path)).finish().calculate()
+    by_cell = {k.rsplit("]", 1)[1].upper(): v for k, v in solution.items()}
+    out = {}
+    for symbol in ("RE", "PE", "ER_unrounded", "ER"):
+        assert str(ws.cell(row=rows[symbol], column=3).value).startswith("="), f"{symbol} is not a formula"
+        out[symbol] = float(by_cell[f"MONITORING REPORT'!C{rows[symbol]}"].value[0][0])
+    return out
+
+
+def expected_calculation(s, sums: dict[str, float]):
+    """``calculate`` on the period sums, inputs built here from the site config."""
+    spec = load_spec(s.methodology)
+    period, units = {}, {}
+    for key, value in sums.items():
+        name, _, uid = key.partition("[")
+        if spec.parameters[name].per_unit:
+            units.setdefault(uid[:-1], {"id": uid[:-1]})[name] = value
+        else:
+            period[name] = value
+    for p in s.fixed_parameters:
+        if spec.parameters[p.parameter].per_unit:
+            units.setdefault(p.unit_id, {"id": p.unit_id})[p.parameter] = p.value
+        else:
+            period[p.parameter] = p.value
+    return calculate(s.methodology, period, list(units.values()))
+
+
+def manifest_of(folder):
+    return json.loads((folder / "manifest.json").read_text())
+
+
+# -- hand-made ledger revisions ------------------------------------------------------
+
+def methodology_keys(s) -> list[str]:
+    spec = load_spec(s.methodology)
+    keys = [m.parameter if m.unit_id is None else f"{m.parameter}[{m.unit_id}]" for m in s.monitoring
+            if m.parameter in spec.parameters]
+    keys += [n for n, p in spec.parameters.items() if p.kind == "monitored" and n not in {m.parameter for m in s.monitoring}]
+    return sorted(keys)
+
+
+def record_months(ledger, s, months, daily_value, status="provisional"):
+    """Record one revision per month whose daily parameters are ``daily_value(key, day)``,
+    with its own whole-month figures, a QA-only key holding a missing day, a finding and
+    an adjustment; returns ``{key: {day: value}}``."""
+    values = {}
+    for i, month in enumerate(months):
+        first, last = month_bounds(month)
+        days = [first + dt.timedelta(days=d) for d in range((last - first).days + 1)]
+        daily = {k: {d: daily_value(k, d) for d in days} for k in methodology_keys(s)}
+        for k, by_day in daily.items():
+            values.setdefault(k, {}).update(by_day)
+        calc = expected_calculation(s, {k: math.fsum(v.values()) for k, v in daily.items()})
+        qa = {d: (float("nan") if d.day == 2 else 1.5) for d in days}
+        summary = {"site": s.site, "first": first.isoformat(), "last": last.isoformat(), "methodology": s.methodology,
+                   "version": s.methodology_version, "status": status if i else "verified", "reasons": [],
+                   "RE": calc.RE, "PE": calc.PE, "ER_unrounded": calc.ER_unrounded, "ER": calc.ER,
+                   "provisional": calc.provisional, "parameters": {}, "input_hash": f"{s.site}-{month}",
+                   "completeness": {"dev.a": 1.0 - 0.1 * i, "dev.b": 0.97}, "simulated": False}
+        details = {
+            "reasons": [f"made by hand for {month}"], "calculation": calc.to_dict(), "explanation": [],
+            "findings": [{"check": "gap", "source": "dev.a", "severity": "info", "detail": "1.00 h without a valid reading",
+                          "start": f"{month}-03 00:00:00+00:00", "end": f"{month}-03 01:00:00+00:00", "amount": 1.0}],
+            "adjustments": [{"kind": "missing_data", "parameter": methodology_keys(s)[0], "source": "", "meter": "",
+                             "days": f"{month}-02", "before": None, "factor": None, "after": 0.0, "reason": "by hand"}],
+            "daily": [],
+            "daily_parameters": [{"day": d.isoformat(), "parameter": k, "value": v, "unit": "u"}
+                                 for k, by_day in [*daily.items(), ("QA_only", qa)] for d, v in by_day.items()],
+        }
+        ledger.record(s.site, month, summary, details, {"defaults_hash": "d", "config_hash": "c", "code_version": "t"})
+    return values
+
+
+def seeded(s):
+    """Reproducible daily values: larger for what raises ER than for what lowers it, so
+    that every site's ER is positive."""
+    spec = load_spec(s.methodology)
+
+    def value(key, day):
+        low, high = (5.0, 50.0) if spec.parameters[key.split("[")[0]].effect == "raises" else (0.01, 1.0)
+        return random.Random(f"{key}{day}").uniform(low, high)
+    return value
+
+
+@pytest.mark.parametrize("name", SITES)
+def test_formulas_give_the_calculated_figures_for_every_methodology(name, tmp_path):
+    s = site(name)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    values = record_months(ledger, s, months_between(FIRST, LAST), seeded(s), status="needs_review")
+    store = SqliteStore(tmp_path / "empty.db")
+    folder = export_period(s, store, ledger, FIRST, LAST, tmp_path / "out")
+
+    sums = {k: math.fsum(v for d, v in by_day.items() if FIRST <= d <= LAST) for k, by_day in values.items()}
+    expected = expected_calculation(s, sums)
+    m = manifest_of(folder)
+    assert m["figures"]["ER"] == expected.ER and m["figures"]["ER_unrounded"] == pytest.approx(expected.ER_unrounded)
+    assert m["status"] == "needs_review" and m["simulated"] is False
+    got = evaluate(folder / f"monitoring_{folder.name}.xlsx")
+    assert got["ER"] == expected.ER
+    assert got["RE"] == pytest.approx(expected.RE, rel=1e-12)
+    assert got["PE"] == pytest.approx(expected.PE, rel=1e-12, abs=1e-12)
+    assert got["ER_unrounded"] == pytest.approx(expected.ER_unrounded, rel=1e-12)
+    assert "SIMULATED DATA" not in (folder / "summary.html").read_text()
+
+
+def test_period_er_comes_from_summed_parameters_not_from_monthly_rounded_ers(tmp_path):
+    """Each month's ER ends in .6: added up, the months give 200; the period gives 201."""
+    s = site("mn-solar")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    months = ["2026-09", "2026-10"]
+    per_day = {m: 100.6 / 0.797 / (month_bounds(m)[1].day) for m in months}
+    values = record_months(ledger, s, months, lambda k, d: per_day[d.strftime("%Y-%m")])
+    folder = export_period(s, SqliteStore(tmp_path / "empty.db"), ledger, dt.date(2026, 9, 1), dt.date(2026, 10, 31),
+                           tmp_path / "out")
+    m = manifest_of(folder)
+    assert sum(r["ER"] for r in m["revisions"]) == 200
+    total_eg = math.fsum(values["EG[PV-1]"].values())
+    assert m["parameters"]["EG[PV-1]"] == pytest.approx(total_eg, rel=1e-15)
+    assert m["figures"]["ER"] == math.floor(total_eg * 0.797) == 201
+    assert evaluate(folder / f"monitoring_{folder.name}.xlsx")["ER"] == 201
+
+
+def test_signed_off_revision_is_used_and_reported(tmp_path):
+    s = site("vn-transformers")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    record_months(ledger, s, ["2026-09", "2026-10"], seeded(s))
+    ledger.sign_off(s.site, "2026-09", "A. Verifier")
+    folder = export_period(s, SqliteStore(tmp_path / "empty.db"), ledger, FIRST, LAST, tmp_path / "out")
+    revisions = {r["month"]: r for r in manifest_of(folder)["revisions"]}
+    assert revisions["2026-09"]["signed_off"] and revisions["2026-09"]["signed_by"] == "A. Verifier"
+    assert not revisions["2026-10"]["signed_off"]
+    assert "by A. Verifier" in (folder / "summary.html").read_text()
+
+
+# -- simulated history in a real store ----------------------------------------------
+
+@pytest.mark.parametrize("name", ["mn-solar", "ph-biogas"])
+def test_export_of_simulated_history(name, store, tmp_path):
+    s = site(name)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, tmp_path / "out")
+
+    assert folder.name == f"{name}_2026-09-25_2026-10-04"
+    workbook = folder / f"monitoring_{folder.name}.xlsx"
+    assert {p.name for p in folder.iterdir()} == FILES | {workbook.name}
+    # months without a revision were processed and recorded first
+    assert [r.month for r in ledger.revisions(s.site)] == ["2026-09", "2026-10"]
+    m = manifest_of(folder)
+    assert [(r["month"], r["revision"]) for r in m["revisions"]] == [("2026-09", 1), ("2026-10", 1)]
+
+    # the figures: summed daily parameters of the period's days, one calculation
+    daily = [r for rev in ledger.revisions(s.site) for r in rev.result["daily_parameters"]
+             if FIRST.isoformat() <= r["day"] <= LAST.isoformat()]
+    spec = load_spec(s.methodology)
+    sums = {}
+    for r in daily:
+        if spec.parameters.get(r["parameter"].split("[")[0], None) and spec.parameters[r["parameter"].split("[")[0]].kind == "monitored":
+            sums[r["parameter"]] = sums.get(r["parameter"], 0.0) + r["value"]
+    expected = expected_calculation(s, sums)
+    assert m["figures"]["ER"] == expected.ER > 0
+    assert evaluate(workbook)["ER"] == expected.ER
+    statuses = [r["status"] for r in m["revisions"]]
+    order = ["verified", "provisional", "needs_review", "failed"]
+    assert m["status"] == max(statuses, key=order.index)
+
+    # daily_values.csv holds exactly the revisions' daily values of the period's days
+    lines = (folder / "daily_values.csv").read_bytes().decode().split("\n")
+    assert lines[0] == "day,parameter,unit_id,unit,value" and lines[-1] == "" and "\r" not in "".join(lines)
+    rows = [line.split(",") for line in lines[1:-1]]
+    assert len(rows) == len(daily) and rows == sorted(rows, key=lambda r: (r[0], r[1], r[2]))
+    by_key = {(r["day"], r["parameter"]): r["value"] for r in daily}
+    for day, parameter, unit_id, unit, value in rows:
+        key = f"{parameter}[{unit_id}]" if unit_id else parameter
+        assert (float(value) if value else float("nan")) == pytest.approx(by_key[(day, key)], nan_ok=True)
+    for key, total in m["parameters"].items():
+        assert math.fsum(float(r[4]) for r in rows if (f"{r[1]}[{r[2]}]" if r[2] else r[1]) == key) == pytest.approx(total)
+
+    # raw_readings.csv: the monitored sources' readings between the local-day bounds
+    raw = (folder / "raw_readings.csv").read_text().splitlines()
+    assert raw[0] == "ts,device,channel,value,quality"
+    sources = {src for p in s.monitoring for src in p.sources}
+    body = [r.split(",") for r in raw[1:]]
+    assert {f"{r[1]}.{r[2]}" for r in body} == sources
+    assert body == sorted(body, key=lambda r: (r[1], r[2], r[0]))
+    start = dt.datetime.combine(FIRST, dt.time(), tzinfo=s.zone).astimezone(dt.UTC)
+    assert min(r[0] for r in body) == start.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert len(body) == len(sources) * 10 * 96
+
+    # simulated history says so
+    assert "SIMULATED DATA" in (folder / "summary.html").read_text()
+    assert "SIMULATED DATA" in openpyxl.load_workbook(workbook)["Monitoring report"]["A2"].value
+    assert m["simulated"] is True
+
+
+def test_same_inputs_give_byte_identical_files_and_the_manifest_vouches_for_them(store, tmp_path):
+    s = site("mn-solar")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    a = export_period(s, store, ledger, FIRST, LAST, tmp_path / "a")  # processes the months
+    b = export_period(s, store, ledger, FIRST, LAST, tmp_path / "b")  # reads them from the ledger
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+    files = manifest_of(a)["files"]
+    assert set(files) == {n for n in names if n != "manifest.json"}
+    for n, entry in files.items():
+        data = (a / n).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
