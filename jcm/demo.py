@@ -51,7 +51,7 @@ def fill_history(site: Site, store: SqliteStore, now: dt.datetime):
     have = store._query("SELECT COUNT(*) FROM readings WHERE site=? AND ts < ?",
                         (site.site, to_ms(start + dt.timedelta(hours=1))))[0][0]
     # what the processor needs, what the live view charts, and the mark of simulated data
-    channels = {src.split(".")[1] for m in site.monitoring for src in m.sources} | {"simulated"}
+    channels = {src.split(".")[1] for src in site.monitoring_sources} | {"simulated"}
     channels |= {POWER_CHANNEL[d.kind] for d in site.devices if d.kind in POWER_CHANNEL}
     pending: list = []
     for batch in history(site, first, until=now, channels=channels, plant=plant):

@@ -157,3 +157,22 @@ def gaps(index: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp, gap_s:
         if secs > gap_s:
             out.append((a, b, secs))
     return out
+
+
+def integrated_daily(power: pd.Series, zone: ZoneInfo, days: pd.Index, gap_s: float) -> tuple[pd.Series, set]:
+    """Energy per local day from samples of a power, by the trapezoid rule [power unit × h].
+
+    Intervals longer than ``gap_s`` are not integrated; their days are returned as
+    incomplete, so that a cross-check skips them.
+    """
+    s = power.dropna().sort_index().astype(float)
+    if len(s) < 2:
+        return pd.Series(np.nan, index=days, dtype=float), set(days)
+    secs = (s.index[1:] - s.index[:-1]).total_seconds().to_numpy()
+    v = s.to_numpy()
+    energy = np.where(secs <= gap_s, 0.5 * (v[:-1] + v[1:]) * secs / 3600, 0.0)
+    ends = _local_date(s.index[1:], zone)
+    incomplete = {d for d, gap in zip(ends, secs > gap_s) if gap}
+    covered = set(ends)
+    incomplete |= {d for d in days if d not in covered}
+    return pd.Series(energy, index=ends).groupby(level=0).sum().reindex(days), incomplete

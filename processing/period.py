@@ -26,7 +26,8 @@ from contract.config import ConfigError
 from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.calibration import correction_factor, uncovered_periods
-from processing.daily_values import Finding, counter_daily, energised_hours_daily, gaps, local_days, mean_daily
+from processing.daily_values import (Finding, counter_daily, energised_hours_daily, gaps, integrated_daily,
+                                     local_days, mean_daily)
 from processing.derived import flare_daily
 from processing.methodologies import Calculation, calculate, load_spec
 from processing.units import factor
@@ -97,7 +98,7 @@ class PeriodProcessor:
         site, spec = self.site, self.spec
         days = local_days(first, last)
         start, end = _utc_midnight(first, site), _utc_midnight(last + dt.timedelta(days=1), site)
-        sources = sorted({src for m in site.monitoring for src in m.sources})
+        sources = site.monitoring_sources
         devices = sorted({s.split(".")[0] for s in sources})
         channels = sorted({s.split(".")[1] for s in sources})
         raw = store.read(site.site, (start - pd.Timedelta(hours=6)).to_pydatetime(), end.to_pydatetime(),
@@ -134,6 +135,8 @@ class PeriodProcessor:
                 kinds[key] = "mean" if point.kind.value != "counter" and point.type != "bool" else "total"
                 units_of[key] = unit
             totals[key] = pd.concat(per_source, axis=1).sum(axis=1, min_count=len(per_source))
+            if m.power_source:
+                self._power_cross_check(m, key, totals[key], units_of[key], series, days, spanned, findings)
 
         self._check_meters(totals, spanned, findings, adjustments)
         status_fail: list[str] = []
@@ -265,6 +268,24 @@ class PeriodProcessor:
                 "before": before, "factor": f, "after": float(d[mask].sum()), "reason": u.reason,
             })
         return d
+
+    def _power_cross_check(self, m, key, counted: pd.Series, unit: str, series, days, spanned, findings) -> None:
+        """Integrated power against the counters, day by day, on days the power covers fully."""
+        point = self._point(m.power_source)
+        energy, incomplete = integrated_daily(series[m.power_source] * m.power_sign, self.site.zone, days,
+                                              self._gap_s(m.power_source))
+        energy = energy * factor(f"{point.unit}h", unit)
+        tol = self.site.quality.power_integration_tolerance
+        skip = incomplete | spanned.get(key, set())
+        for day in days:
+            c, e = counted.get(day), energy.get(day)
+            if day in skip or c is None or e is None or np.isnan(c) or np.isnan(e) or max(abs(c), abs(e)) == 0:
+                continue
+            rel = abs(c - e) / max(abs(c), abs(e))
+            if rel > tol:
+                findings.append(Finding("power_integration", key, "review",
+                                        f"{day}: counters {c:.6g} {unit} vs integrated {m.power_source} {e:.6g} {unit} "
+                                        f"({rel:.1%} > {tol:.0%})", str(day), str(day), rel))
 
     def _check_meters(self, totals: dict[str, pd.Series], spanned: dict[str, set], findings, adjustments) -> None:
         """Main against check meter, day by day; days around a gap that a counter spans are

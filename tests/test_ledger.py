@@ -23,7 +23,7 @@ SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
 @pytest.fixture
 def store(tmp_path):
     s = SqliteStore(tmp_path / "jcm.db")
-    channels = {src.split(".")[1] for m in SITE.monitoring for src in m.sources}
+    channels = {src.split(".")[1] for src in SITE.monitoring_sources}
     for batch in history(SITE, dt.date(2026, 9, 30), dt.date(2026, 10, 31), channels=channels):
         s.write(batch)
     yield s

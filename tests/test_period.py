@@ -23,7 +23,7 @@ def site(name):
 
 
 def fill(store, s, first, last):
-    channels = {src.split(".")[1] for m in s.monitoring for src in m.sources}
+    channels = {src.split(".")[1] for src in s.monitoring_sources}
     for batch in history(s, first, last, channels=channels):
         store.write(batch)
 
@@ -164,3 +164,16 @@ def test_check_meter_disagreement_uses_the_conservative_meter(mn_store):
     check_day = r.daily[(r.daily.parameter == "EG_check") & (r.daily.day == dt.date(2026, 10, 15))]["value"].sum()
     assert adj["after"] == pytest.approx(check_day)
     assert r.status == "needs_review" and any(f.check == "check_meter" for f in r.findings)
+
+
+def test_integrated_power_cross_checks_the_counter(mn_store):
+    s = site("mn-solar")
+    assert not [f for f in PeriodProcessor(s).process(mn_store, *OCT).findings if f.check == "power_integration"]
+    day = dt.datetime(2026, 10, 20, tzinfo=s.zone)
+    with mn_store._lock:  # the power readings of the 20th are halved: the counter and the power disagree
+        mn_store._db.execute("UPDATE readings SET value = value / 2 WHERE site=? AND device='poc-meter' AND "
+                             "channel='active_power' AND ts >= ? AND ts < ?",
+                             (s.site, to_ms(day), to_ms(day + dt.timedelta(days=1))))
+    r = PeriodProcessor(s).process(mn_store, *OCT)
+    (f,) = [f for f in r.findings if f.check == "power_integration"]
+    assert f.start == "2026-10-20" and f.severity == "review" and 0.4 < f.amount < 0.6

@@ -141,6 +141,10 @@ class MonitoringPoint(Strict):
     unit_id: str | None = None
     #: largest physically possible increase of a counter source per hour, in its own unit
     max_rate_per_h: float | None = Field(default=None, gt=0)
+    #: ``device.channel`` of a power whose integral cross-checks the counters (e.g. kW for kWh)
+    power_source: str | None = None
+    #: sign that turns that power into the counted direction (-1 where export reads negative)
+    power_sign: float = 1.0
     description: str = ""
 
 
@@ -165,6 +169,8 @@ class Quality(Strict):
     completeness_fail: float = Field(default=0.5, ge=0, le=1)
     #: main and check meter may disagree by this much [fraction]
     check_meter_tolerance: float = Field(default=0.02, gt=0)
+    #: counters and their integrated power may disagree by this much per day [fraction]
+    power_integration_tolerance: float = Field(default=0.05, gt=0)
     #: the monitoring plan's recording interval: completeness counts these slots [s]
     recording_interval_s: float = Field(default=900.0, gt=0)
 
@@ -217,7 +223,7 @@ class Site(Strict):
                 if any(getattr(first, k) != getattr(c, k) for k in line):
                     raise ValueError(f"devices on serial port {c.port} disagree on its line settings (baudrate/parity/stopbits/bytesize)")
         for m in self.monitoring:
-            for src in m.sources:
+            for src in m.sources + ([m.power_source] if m.power_source else []):
                 dev_id, _, channel = src.partition(".")
                 dev = next((d for d in self.devices if d.id == dev_id), None)
                 if dev is None:
@@ -229,6 +235,11 @@ class Site(Strict):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def monitoring_sources(self) -> list[str]:
+        """Every ``device.channel`` the monitoring plan reads (parameters and cross-checks)."""
+        return sorted({src for m in self.monitoring for src in m.sources + ([m.power_source] if m.power_source else [])})
 
     def device(self, device_id: str) -> Device:
         for d in self.devices:

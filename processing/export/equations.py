@@ -80,7 +80,8 @@ STEPS: dict[str, Callable[[Calculation, Ref, Put], tuple[str, str]]] = {
 #: the period's rounding as a formula over the unrounded ER cell; 1E-9 absorbs binary
 #: floating-point noise exactly as ``round_period_er`` does (18437.999999999996 is 18438)
 ROUNDING = {
-    "down": ("=ROUNDDOWN({cell}+1E-9,0)", "ER_p rounded down to whole tCO2 (ROUNDDOWN), once, for the period"),
+    "down": ("=ROUNDDOWN({cell}+1E-9,0)", "ER_p rounded down to whole tCO2 (ROUNDDOWN), once, for the period; "
+             "+1E-9 absorbs floating-point noise as the processor does"),
     "nearest": ("=ROUND({cell},0)", "ER_p rounded to the nearest whole tCO2, once, for the period"),
 }
 

@@ -21,7 +21,7 @@ from contract.store import ReadingStore
 from processing.ledger import Ledger, Revision
 from processing.methodologies import Calculation
 from processing.methodologies.spec import MethodologySpec
-from processing.monthly import month_bounds, process_month
+from processing.monthly import process_month
 from processing.period import STATUSES, PeriodProcessor
 
 #: channel every simulated reading carries (see ``simulators.history``)

@@ -1,0 +1,76 @@
+"""The export's two charts: the monitored parameters day by day, and how complete
+each source channel's readings were in each month.
+
+Drawn on a bare ``Figure`` with the Agg renderer (no pyplot, no display, no global
+backend switch), at a fixed size and resolution, and saved without the PNG
+``Software`` entry, so the same figures give the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.dates import DateFormatter
+from matplotlib.figure import Figure
+
+from processing.export.period_figures import PeriodFigures
+
+DPI = 100
+WIDTH_IN = 10.0
+BAR = "#2f6f9f"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def _title(figures: PeriodFigures, what: str) -> str:
+    flag = "  [SIMULATED DATA]" if figures.simulated else ""
+    return f"{figures.site.site}: {what}, {figures.first}..{figures.last}{flag}"
+
+
+def daily_values_chart(figures: PeriodFigures, path: Path) -> Path:
+    """One bar panel per monitored methodology parameter (per unit), one bar per day."""
+    keys = sorted(figures.parameters)
+    daily = figures.daily[figures.daily["key"].isin(keys)]
+    fig = Figure(figsize=(WIDTH_IN, 1.0 + 1.9 * len(keys)), dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, key in zip(axes, keys):
+        rows = daily[daily["key"] == key].sort_values("day")
+        ax.bar(list(rows["day"]), rows["value"], width=0.8, color=BAR)
+        ax.set_title(f"{key}: period total {figures.parameters[key]:,.3f} {rows['unit'].iloc[0]}", loc="left",
+                     fontsize=9)
+        ax.set_ylabel(rows["unit"].iloc[0])
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].xaxis.set_major_formatter(DateFormatter("%m-%d"))
+    fig.suptitle(_title(figures, "daily values of the monitored parameters"), fontsize=11)
+    return _save(fig, path)
+
+
+def completeness_chart(figures: PeriodFigures, path: Path) -> Path:
+    """Horizontal bars: per source channel, one bar per month, with the review and fail
+    thresholds of the site's quality settings."""
+    months = sorted(figures.completeness)
+    sources = sorted({s for by_source in figures.completeness.values() for s in by_source})
+    height = 0.8 / max(1, len(months))
+    fig = Figure(figsize=(WIDTH_IN, 1.6 + 0.45 * len(sources) * max(1, len(months)) ** 0.5), dpi=DPI,
+                 layout="constrained")
+    ax = fig.subplots()
+    for i, month in enumerate(months):
+        values = [100 * figures.completeness[month].get(s, 0.0) for s in sources]
+        positions = [j - 0.4 + height * (i + 0.5) for j in range(len(sources))]
+        ax.barh(positions, values, height=height, label=month)
+    quality = figures.site.quality
+    ax.axvline(100 * quality.completeness_review, color="#d08000", linestyle="--", linewidth=1,
+               label=f"review below {quality.completeness_review:.0%}")
+    ax.axvline(100 * quality.completeness_fail, color="#c00000", linestyle="--", linewidth=1,
+               label=f"fails below {quality.completeness_fail:.0%}")
+    ax.set_yticks(range(len(sources)), sources, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("readings present, % of the recording intervals of the whole month")
+    ax.legend(loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(_title(figures, "completeness per source channel and month"), fontsize=11)
+    return _save(fig, path)

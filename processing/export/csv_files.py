@@ -1,0 +1,48 @@
+"""Plain-text copies of the period's data for any tool: the daily parameter values
+the figures were computed from, and the raw readings behind them.
+
+Rows are sorted, lines end in LF, and numbers are written with ``repr`` (the
+shortest text that reads back as the same float), so the same inputs give the same
+bytes and a reader recovers the exact values.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from processing.export.period_figures import PeriodFigures
+
+
+def _number(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return repr(float(value))
+
+
+def _write(path: Path, header: list[str], rows) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_daily_values(figures: PeriodFigures, path: Path) -> Path:
+    """``day, parameter, unit_id, unit, value``: every parameter's final daily value
+    (after check meters and missing-data treatment) on the period's days."""
+    daily = figures.daily.sort_values(["day", "parameter", "unit_id"], kind="stable", na_position="first")
+    rows = ([d.isoformat(), p, u or "", unit, _number(v)]
+            for d, p, u, unit, v in daily[["day", "parameter", "unit_id", "unit", "value"]].itertuples(index=False))
+    return _write(path, ["day", "parameter", "unit_id", "unit", "value"], rows)
+
+
+def write_raw_readings(figures: PeriodFigures, path: Path) -> Path:
+    """``ts, device, channel, value, quality``: the monitored sources' readings between the
+    period's local-day bounds, ``ts`` in UTC ISO 8601 with milliseconds."""
+    r = figures.readings
+    ts = r["ts"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
+    quality = r["quality"].astype(object).where(r["quality"].notna(), "")
+    rows = zip(ts, r["device"], r["channel"], map(_number, r["value"]), quality)
+    return _write(path, ["ts", "device", "channel", "value", "quality"], rows)
