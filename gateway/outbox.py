@@ -26,44 +26,73 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
+class _Entry:
+    __slots__ = ("seq", "topic", "payload", "done")
+
+    def __init__(self, seq: int, topic: str, payload: str):
+        self.seq, self.topic, self.payload, self.done = seq, topic, payload, False
+
+
 class Outbox:
+    """Group commit: polling threads that append at the same moment share one
+    transaction (one disk flush), and ``append`` returns only once its row is committed."""
+
     def __init__(self, path: str | Path, max_rows: int, durable: bool = True):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
         self.max_rows = max_rows
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection
+        self._pending_lock = threading.Lock()  # sequence numbers and rows not yet written
+        self._pending: list[_Entry] = []
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed reading survives a power cut too, not only a killed process
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(SCHEMA)
         self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        self._seq = row[0] if row else 0
 
     def append(self, topic: str, payload_for: Callable[[int], str]) -> int:
-        """Store one message; ``payload_for(seq)`` renders it with its sequence number."""
+        """Store one message durably; ``payload_for(seq)`` renders it with its sequence number."""
+        # numbered and queued in one step, so rows are committed in sequence order and the
+        # publisher's cursor can never pass a row that is not yet in the table
+        with self._pending_lock:
+            self._seq += 1
+            entry = _Entry(self._seq, topic, payload_for(self._seq))
+            self._pending.append(entry)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
-                seq = (row[0] if row else 0) + 1
-                self._db.execute("INSERT INTO outbox(seq, topic, payload) VALUES (?,?,?)", (seq, topic, payload_for(seq)))
-                dropped = 0
-                if self._depth + 1 > self.max_rows:
-                    dropped = self._depth + 1 - self.max_rows
-                    self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (dropped,))
-                    self._db.execute(
-                        "INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-                        (dropped, dropped),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._depth += 1 - dropped
+            if not entry.done:  # else a thread before us committed it with its own batch
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit(batch)
+        return entry.seq
+
+    def _commit(self, batch: list[_Entry]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("INSERT INTO outbox(seq, topic, payload) VALUES (?,?,?)",
+                                 [(e.seq, e.topic, e.payload) for e in batch])
+            dropped = max(0, self._depth + len(batch) - self.max_rows)
+            if dropped:
+                self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (dropped,))
+                self._db.execute(
+                    "INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                    (dropped, dropped),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            with self._pending_lock:  # back in line for the next committer
+                self._pending[:0] = batch
+            raise
+        for e in batch:
+            e.done = True
+        self._depth += len(batch) - dropped
         if dropped:
+            total = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()[0]
             log.critical("OUTBOX FULL (%d rows): dropped the %d oldest reading(s); %d dropped in all. "
-                         "Raise outbox.max_rows or restore the link to the broker.", self.max_rows, dropped, self.dropped)
-        return seq
+                         "Raise outbox.max_rows or restore the link to the broker.", self.max_rows, dropped, total)
 
     def after(self, seq: int, limit: int, upto: int | None = None) -> list[tuple[int, str, str]]:
         """Rows with seq > ``seq`` (and <= ``upto``), oldest first."""
@@ -79,10 +108,13 @@ class Outbox:
         if not seqs:
             return
         with self._lock:
+            self._db.execute("BEGIN")  # one transaction (one flush) for the whole batch of PUBACKs
             cur = self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            self._db.execute("COMMIT")
             self._depth -= cur.rowcount
 
     def last_seq(self) -> int:
+        """The highest sequence number committed."""
         with self._lock:
             row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
             return row[0] if row else 0

@@ -392,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except ValueError as exc:  # bad arguments (a month, a period, a URL) explained by the code that refused them
+        print(f"jcm {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

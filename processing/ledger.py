@@ -48,10 +48,11 @@ def sha256_text(text: str) -> str:
 
 
 def code_version() -> str:
-    """Hash of the processing code itself: a change of any equation changes it."""
+    """Hash of the code that computes the figures: a change of any equation changes it
+    (the exporter only presents figures, so it is left out)."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(p for p in root.rglob("*.py") if "export" not in p.relative_to(root).parts):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return "processing-" + h.hexdigest()[:16]
 

@@ -62,6 +62,8 @@ def process_month(site: Site, store: ReadingStore, ledger: Ledger, month: str) -
     """Compute a whole month and record it; returns the result and its ledger revision
     (``None`` when the month is signed off and the data changed since)."""
     first, last = month_bounds(month)
+    if last >= dt.datetime.now(site.zone).date():
+        raise ValueError(f"{site.site} {month} is not over yet: its figures are month-to-date, not a ledger revision")
     result = PeriodProcessor(site).process(store, first, last)
     try:
         revision = ledger.record(site.site, month, result.summary(), details(result), versions(site))

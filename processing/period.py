@@ -32,6 +32,8 @@ from processing.derived import flare_daily
 from processing.methodologies import Calculation, calculate, load_spec
 from processing.units import factor
 
+#: parameters the processor derives interval by interval from monitored ones
+DERIVED_FROM = {"PH_PROV_BIOGAS": {"PE_flare": ("BG_flare", "w_CH4", "flame")}}
 #: readings with these gateway flags carry no usable value
 BAD = {"timeout", "disconnected", "illegal_address", "device_error", "decode_error", "not_implemented"}
 STATUSES = ("verified", "provisional", "needs_review", "failed")
@@ -156,17 +158,20 @@ class PeriodProcessor:
 
         calc, reasons = None, []
         try:
-            calc = self._calculate(period_values)
+            calc = self.calculate_period(period_values)
         except ValueError as exc:
             status_fail.append(f"cannot compute: {exc}")
         reasons += status_fail
+        # completeness grades the sources of the methodology's parameters; cross-check and QA-only
+        # channels are reported but do not decide the month
+        graded = {src for m in site.monitoring if self._feeds_methodology(m.parameter) for src in m.sources}
         for src, frac in completeness.items():
-            if frac < site.quality.completeness_fail and self._point(src).kind.value != "counter":
+            if src in graded and frac < site.quality.completeness_fail and self._point(src).kind.value != "counter":
                 reasons.append(f"{src}: {frac:.1%} of expected readings, below {site.quality.completeness_fail:.0%}")
                 status_fail.append(src)
         review = [f"{f.source}: {f.check}: {f.detail}" for f in findings if f.severity == "review"]
         review += [f"{src}: completeness {frac:.1%} below {site.quality.completeness_review:.0%}"
-                   for src, frac in completeness.items() if frac < site.quality.completeness_review]
+                   for src, frac in completeness.items() if src in graded and frac < site.quality.completeness_review]
         if status_fail:
             status = "failed"
         elif review:
@@ -180,7 +185,10 @@ class PeriodProcessor:
         else:
             status = "verified"
         daily = pd.DataFrame(daily_rows, columns=["day", "parameter", "unit_id", "source", "value", "unit"])
+        simulated = not store.read(site.site, start.to_pydatetime(), end.to_pydatetime(), channels=["simulated"],
+                                   devices=devices).empty
         return PeriodResult(
+            simulated=simulated,
             site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,
             status=status, reasons=reasons, calc=calc, parameters=period_values, daily=daily, findings=findings,
             adjustments=adjustments, completeness=completeness, input_hash=input_hash(raw),
@@ -191,6 +199,10 @@ class PeriodProcessor:
     def _point(self, src: str):
         dev, channel = src.split(".")
         return self.site.device(dev).register_map.point(channel)
+
+    def _feeds_methodology(self, parameter: str) -> bool:
+        derived_inputs = {p for inputs in DERIVED_FROM.get(self.spec.methodology, {}).values() for p in inputs}
+        return parameter in self.spec.parameters or parameter in derived_inputs
 
     def _parameter_unit(self, parameter: str) -> str | None:
         base = parameter.removesuffix("_check")
@@ -334,14 +346,16 @@ class PeriodProcessor:
 
     def _flare(self, series, days) -> pd.Series:
         by_param = {m.parameter: m.sources[0] for m in self.site.monitoring}
+        bg, ch4, flame = (by_param[p] for p in DERIVED_FROM["PH_PROV_BIOGAS"]["PE_flare"])
         c = self.spec.constants
         d = self.spec.defaults
         fixed = {p.parameter: p.value for p in self.site.fixed_parameters if p.unit_id is None}
-        return flare_daily(series[by_param["BG_flare"]], series[by_param["w_CH4"]], series[by_param["flame"]],
+        return flare_daily(series[bg], series[ch4], series[flame],
                            self.site.zone, days, fixed.get("GWP_CH4", d["GWP_CH4"].value),
                            c["CH4_density"].value, c["eta_flare_burning"].value)
 
-    def _calculate(self, values: dict[str, float]) -> Calculation:
+    def calculate_period(self, values: dict[str, float]) -> Calculation:
+        """The methodology's equations on period totals (``P`` or ``P[unit]`` keys), with the site's fixed values."""
         spec = self.spec
         period: dict[str, float] = {}
         units: dict[str, dict] = {}

@@ -45,7 +45,7 @@ def history_db(tmp_path_factory):
     store = SqliteStore(path)
     for name in ("mn-solar", "ph-biogas"):
         s = site(name)
-        channels = {src.split(".")[1] for m in s.monitoring for src in m.sources}
+        channels = {src.split(".")[1] for src in s.monitoring_sources}
         for batch in history(s, FIRST, LAST, step_s=900, channels=channels):
             store.write(batch)
     store.close()
@@ -219,11 +219,12 @@ def test_export_of_simulated_history(name, store, tmp_path):
     # the figures: summed daily parameters of the period's days, one calculation
     daily = [r for rev in ledger.revisions(s.site) for r in rev.result["daily_parameters"]
              if FIRST.isoformat() <= r["day"] <= LAST.isoformat()]
-    spec = load_spec(s.methodology)
+    keys = set(methodology_keys(s))
     sums = {}
     for r in daily:
-        if spec.parameters.get(r["parameter"].split("[")[0], None) and spec.parameters[r["parameter"].split("[")[0]].kind == "monitored":
+        if r["parameter"] in keys:
             sums[r["parameter"]] = sums.get(r["parameter"], 0.0) + r["value"]
+    assert set(sums) == keys
     expected = expected_calculation(s, sums)
     assert m["figures"]["ER"] == expected.ER > 0
     assert evaluate(workbook)["ER"] == expected.ER
@@ -243,10 +244,10 @@ def test_export_of_simulated_history(name, store, tmp_path):
     for key, total in m["parameters"].items():
         assert math.fsum(float(r[4]) for r in rows if (f"{r[1]}[{r[2]}]" if r[2] else r[1]) == key) == pytest.approx(total)
 
-    # raw_readings.csv: the monitored sources' readings between the local-day bounds
+    # raw_readings.csv: the monitoring plan's sources' readings between the local-day bounds
     raw = (folder / "raw_readings.csv").read_text().splitlines()
     assert raw[0] == "ts,device,channel,value,quality"
-    sources = {src for p in s.monitoring for src in p.sources}
+    sources = set(s.monitoring_sources)
     body = [r.split(",") for r in raw[1:]]
     assert {f"{r[1]}.{r[2]}" for r in body} == sources
     assert body == sorted(body, key=lambda r: (r[1], r[2], r[0]))

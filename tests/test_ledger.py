@@ -97,3 +97,9 @@ def test_process_and_signoff_commands(store, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jcm.cli", "process", "--site", "nowhere", "--month", "2026-10", *args],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "no site 'nowhere'" in bad.stderr
+
+
+def test_a_month_not_over_yet_is_not_a_ledger_revision(store, tmp_path):
+    this_month = dt.datetime.now(SITE.zone).strftime("%Y-%m")
+    with pytest.raises(ValueError, match="not over yet"):
+        process_month(SITE, store, Ledger(tmp_path / "l.sqlite"), this_month)

@@ -99,3 +99,9 @@ def test_calc_command_json_and_explain(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jcm.cli", "calc", "MN_AM003", "--input", str(f)],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "units.0.FOO" in bad.stderr
+
+
+def test_rounddown_goes_toward_zero_like_excel():
+    assert round_period_er(-3.5) == -3
+    assert round_period_er(18437.999999999996) == 18438  # a float sum meaning 18438 keeps its tonne
+    assert round_period_er(0.97) == 0

@@ -39,3 +39,27 @@ def test_cap_drops_oldest_loudly_and_counts(tmp_path, caplog):
     assert box.dropped == 3
     assert [r[0] for r in box.after(0, 1)] == [4]
     assert sum("OUTBOX FULL" in r.message for r in caplog.records) == 3
+
+
+def test_concurrent_appends_share_commits_and_keep_sequence_order(tmp_path):
+    import threading
+
+    box = Outbox(tmp_path / "o.sqlite", max_rows=100_000)
+    seen_max = []
+
+    def writer():
+        for _ in range(200):
+            seq = box.append("t", lambda s: f"m{s}")
+            # once append returns, every lower sequence number is committed too
+            rows = box.after(0, 100_000)
+            assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+            assert rows[-1][0] >= seq
+            seen_max.append(seq)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen_max) == list(range(1, 1601))
+    assert box.depth == 1600 and box.last_seq() == 1600

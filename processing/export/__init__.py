@@ -44,6 +44,10 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     """
     if last < first:
         raise ValueError(f"period end {last} is before its start {first}")
+    today = dt.datetime.now(site.zone).date()
+    if last >= today:
+        raise ValueError(f"period end {last} is not over yet at {site.site} (today is {today} there): "
+                         "a monitoring period is made of whole past days")
     figures = collect(site, store, ledger, first, last)
     folder = Path(out) / figures.name
     folder.mkdir(parents=True, exist_ok=True)

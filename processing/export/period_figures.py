@@ -69,7 +69,8 @@ class PeriodFigures:
     completeness : dict
         ``{month: {source: fraction}}`` from the revisions' summaries.
     readings : DataFrame
-        The monitored sources' readings between the period's local-day bounds.
+        The readings of every source of the monitoring plan (cross-checks included)
+        between the period's local-day bounds.
     """
 
     site: Site
@@ -195,11 +196,11 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     revisions = [r for r, _ in picked]
     daily = _daily(revisions, first, last)
     parameters = period_totals(daily, processor.spec)
-    calc = processor._calculate(parameters)
+    calc = processor.calculate_period(parameters)
     status = max((r.status for r in revisions), key=STATUSES.index)
     reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]
     start, end = local_bounds(site, first, last)
-    sources = sorted({src for m in site.monitoring for src in m.sources})
+    sources = site.monitoring_sources
     readings = store.read(site.site, start, end, channels=sorted({s.split(".")[1] for s in sources}),
                           devices=sorted({s.split(".")[0] for s in sources}))
     readings = readings[(readings["device"] + "." + readings["channel"]).isin(sources)]

@@ -23,15 +23,16 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 from openpyxl.writer.excel import ExcelWriter
 
+from contract.config.site import MonitoringPoint
 from processing.export.equations import write_calculation
 from processing.export.period_figures import PeriodFigures
+from processing.period import DERIVED_FROM
 
 BOLD = Font(bold=True)
 TITLE = Font(bold=True, size=14)
 BANNER = Font(bold=True, color="C00000", size=12)
 NUMBER = "#,##0.000000"
 #: parameters the processor derives from several monitoring points (``PeriodProcessor._flare``)
-DERIVED_FROM = {"PE_flare": ("BG_flare", "w_CH4", "flame")}
 FINDING_COLUMNS = ["month", "revision", "check", "source", "severity", "detail", "start", "end", "amount"]
 ADJUSTMENT_COLUMNS = ["month", "revision", "kind", "parameter", "source", "meter", "days", "before", "factor", "after",
                       "reason"]
@@ -79,13 +80,20 @@ def _widths(ws: Worksheet, widths: list[int]) -> None:
         ws.column_dimensions[get_column_letter(col)].width = width
 
 
+def _sources(m: MonitoringPoint) -> str:
+    """A monitoring point's sources, and the power that cross-checks them if any."""
+    check = f"; cross-check: {m.power_source} × {m.power_sign:g}, integrated" if m.power_source else ""
+    return ", ".join(m.sources) + check
+
+
 def _point_label(figures: PeriodFigures, parameter: str, unit_id: str | None) -> tuple[str, str]:
     """Monitoring point number(s) and sources of a monitored parameter (of one unit)."""
     site = figures.site
     points = [m for m in site.monitoring if m.parameter == parameter and m.unit_id in (unit_id, None)]
     if points:
-        return ", ".join(m.number for m in points), ", ".join(s for m in points for s in m.sources)
-    inputs = [m for m in site.monitoring if m.parameter in DERIVED_FROM.get(parameter, ())]
+        return ", ".join(m.number for m in points), "; ".join(_sources(m) for m in points)
+    derived = DERIVED_FROM.get(figures.spec.methodology, {}).get(parameter, ())
+    inputs = [m for m in site.monitoring if m.parameter in derived]
     return (", ".join(m.number for m in inputs),
             "derived by the processor from " + ", ".join(f"{m.number} {m.parameter}" for m in inputs))
 
@@ -108,7 +116,7 @@ def _plan(ws: Worksheet, figures: PeriodFigures) -> None:
             number, sources = _point_label(figures, name, None)
             points_cols = [[number, None, sources]]
         else:
-            points_cols = [[m.number, m.unit_id, ", ".join(m.sources)] for m in points] or [[None, None, None]]
+            points_cols = [[m.number, m.unit_id, _sources(m)] for m in points] or [[None, None, None]]
         for cols in points_cols:
             rows.append([name, p.description, p.unit, p.kind, "yes" if p.per_unit else "no", p.effect, p.option,
                          *cols, *default_cols])
@@ -121,7 +129,7 @@ def _plan(ws: Worksheet, figures: PeriodFigures) -> None:
                  [[p.parameter, p.unit_id, p.value, p.unit, p.source, p.status] for p in site.fixed_parameters])
     ws.cell(row=row, column=1, value="Other monitoring points (QA only, not methodology inputs)").font = BOLD
     row = _table(ws, row + 1, ["Monitoring point", "Parameter", "Unit id", "Sources (device.channel)", "Description"],
-                 [[m.number, m.parameter, m.unit_id, ", ".join(m.sources), m.description]
+                 [[m.number, m.parameter, m.unit_id, _sources(m), m.description]
                   for m in site.monitoring if m.parameter not in spec.parameters])
     if spec.constants:
         ws.cell(row=row, column=1, value="Constants").font = BOLD

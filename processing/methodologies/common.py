@@ -37,7 +37,9 @@ def round_period_er(ER: float, mode: str = "down") -> int:
     """Round a monitoring period's final ER to whole tonnes: ROUNDDOWN unless the
     methodology says nearest (ex-ante estimates). Only ever applied to the final figure."""
     if mode == "down":
-        return math.floor(ER + 1e-9)  # 18437.999999999996 from float sums is 18437.999..., not 18438
+        # toward zero, as Excel's ROUNDDOWN; the 1e-9 keeps a float sum such as
+        # 18437.999999999996 (meaning 18438) from losing a tonne
+        return math.trunc(ER + 1e-9)
     if mode == "nearest":
         return math.floor(ER + 0.5)
     raise ValueError(f"unknown rounding mode '{mode}'")
