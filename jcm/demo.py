@@ -30,7 +30,7 @@ from processing.scheduler import Processor
 from simulators.history import history
 from simulators.modbus_server import SiteSimulator
 from simulators.plants import plant_for
-from store.sqlite_store import SqliteStore, to_ms
+from store.sqlite_store import SqliteStore
 
 log = logging.getLogger("jcm.demo")
 
@@ -48,8 +48,7 @@ def fill_history(site: Site, store: SqliteStore, now: dt.datetime):
     first = history_start(now.astimezone(site.zone).date())
     start = dt.datetime.combine(first, dt.time(), tzinfo=site.zone)
     plant = plant_for(site, start.astimezone(dt.UTC))
-    have = store._query("SELECT COUNT(*) FROM readings WHERE site=? AND ts < ?",
-                        (site.site, to_ms(start + dt.timedelta(hours=1))))[0][0]
+    have = not store.read(site.site, start, start + dt.timedelta(hours=1), channels=["simulated"]).empty
     # what the processor needs, what the live view charts, and the mark of simulated data
     channels = {src.split(".")[1] for src in site.monitoring_sources} | {"simulated"}
     channels |= {POWER_CHANNEL[d.kind] for d in site.devices if d.kind in POWER_CHANNEL}

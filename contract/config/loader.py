@@ -71,13 +71,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_profile(path: Path | str) -> Profile:
-    path = Path(path)
-    data = _read_yaml(path)
+def _validate(model, data: dict, path: Path):
     try:
-        return Profile.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError("\n".join(_errors(path, exc))) from None
+
+
+def load_profile(path: Path | str) -> Profile:
+    return _validate(Profile, _read_yaml(Path(path)), Path(path))
 
 
 def _apply_overrides(profile: dict, overrides: dict) -> dict:
@@ -125,16 +127,8 @@ def load_site(path: Path | str, profiles_dir: Path | str | None = None) -> Site:
             problems.extend(_override_errors(path, exc, i, merged))
     if problems:
         raise ConfigError("\n".join(problems))
-    try:
-        return Site.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_errors(path, exc))) from None
+    return _validate(Site, data, path)
 
 
 def load_collector(path: Path | str) -> CollectorConfig:
-    path = Path(path)
-    data = _read_yaml(path)
-    try:
-        return CollectorConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_errors(path, exc))) from None
+    return _validate(CollectorConfig, _read_yaml(Path(path)), Path(path))
