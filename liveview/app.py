@@ -5,6 +5,7 @@ down). Binds to 127.0.0.1 unless told otherwise; an optional token protects it."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -170,15 +171,13 @@ class LiveView:
 
 
 def create_app(view: LiveView) -> FastAPI:
-    app = FastAPI(title="jcm live view", docs_url="/api/docs", openapi_url="/api/openapi.json")
-
-    @app.on_event("startup")
-    async def _start():
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
         await view.start()
-
-    @app.on_event("shutdown")
-    async def _stop():
+        yield
         await view.stop()
+
+    app = FastAPI(title="jcm live view", docs_url="/api/docs", openapi_url="/api/openapi.json", lifespan=lifespan)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):

@@ -109,6 +109,10 @@ def test_valid_readings_land_and_bad_messages_become_dead_letters(tmp_path, mosq
         assert any(expected in d.reason for d in letters), expected
     assert any(d.payload == b"{garbage" for d in letters)
     assert future.seq == 1
+    listing = subprocess.run([sys.executable, "-m", "jcm.cli", "deadletters", "--store", store_url, "--limit", "100"],
+                             capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert "has no device 'm9'" in listing and "payload: {garbage" in listing
+    assert f"{len(bad)} dead letter(s) shown" in listing
 
 
 def _collector_process(tmp_path, broker, store_url, sites_dir):
