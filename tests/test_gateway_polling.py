@@ -211,3 +211,17 @@ def test_dead_tcp_endpoint_does_not_slow_another_endpoint(tmp_path, simulate, mo
     alive = next(p for p in gw.pollers if p.device.id == "alive")
     # 3 s at 0.2 s is 15 polls; the dead endpoint's 0.5 s timeouts run on their own client and thread
     assert sim.devices["alive"].requests >= 12 * alive.requests_per_poll
+
+
+def test_polls_of_one_interval_are_staggered(tmp_path, mosquitto):
+    from gateway.service import Gateway
+
+    path = write_site(tmp_path, [tcp_device(f"m{i}", "power_meter_3ph", free_port(), interval=8.0) for i in range(4)])
+    gw = Gateway(load_site(path), broker_url=mosquitto.url, outbox_path=str(tmp_path / "o.sqlite"))
+    gw.start()
+    try:
+        starts = sorted(job.next_run_time for job in gw.scheduler.get_jobs())
+        offsets = [(t - starts[0]).total_seconds() for t in starts]
+        assert offsets == pytest.approx([0.0, 2.0, 4.0, 6.0], abs=0.05)  # spread over the 8 s interval
+    finally:
+        gw.stop()
