@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt

@@ -9,7 +9,6 @@ exactly (byte/word order, gain, SunSpec scale factors chosen at run time).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import math

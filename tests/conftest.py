@@ -206,3 +206,17 @@ def _http(method: str, url: str, fields: dict | None = None) -> bytes:
     resp = urllib3.PoolManager().request(method, url, fields=fields, encode_multipart=False)
     assert resp.status < 300, resp.data
     return resp.data
+
+
+def reference_site(name: str):
+    """One of the five shipped site configs."""
+    return load_site(REPO / "config" / "sites" / f"{name}.yaml")
+
+
+def fill_history(store, site, first, last, step_s: float = 900.0) -> None:
+    """Simulated readings of the channels the site's monitoring plan reads, first..last."""
+    from simulators.history import history
+
+    channels = {src.split(".")[1] for src in site.monitoring_sources}
+    for batch in history(site, first, last, step_s=step_s, channels=channels):
+        store.write(batch)

@@ -8,7 +8,7 @@ import time
 
 import yaml
 
-from jcm.broker import Mosquitto, free_port
+from jcm.broker import Mosquitto
 from tests.conftest import REPO, Subscriber
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

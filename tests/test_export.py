@@ -18,15 +18,13 @@ import formulas
 import openpyxl
 import pytest
 
-from contract.config import load_site
 from processing.export import export_period
 from processing.export.period_figures import months_between
 from processing.ledger import Ledger
 from processing.methodologies import calculate, load_spec
 from processing.monthly import month_bounds
-from simulators.history import history
 from store.sqlite_store import SqliteStore
-from tests.conftest import REPO
+from tests.conftest import fill_history, reference_site
 
 FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
 SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
@@ -34,8 +32,7 @@ FILES = {"daily_values.csv", "raw_readings.csv", "daily_values.png", "completene
          "manifest.json"}
 
 
-def site(name):
-    return load_site(REPO / "config" / "sites" / f"{name}.yaml")
+site = reference_site
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +41,7 @@ def history_db(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "jcm.db"
     store = SqliteStore(path)
     for name in ("mn-solar", "ph-biogas"):
-        s = site(name)
-        channels = {src.split(".")[1] for src in s.monitoring_sources}
-        for batch in history(s, FIRST, LAST, step_s=900, channels=channels):
-            store.write(batch)
+        fill_history(store, site(name), FIRST, LAST)
     store.close()
     return path
 

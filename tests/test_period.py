@@ -5,27 +5,18 @@ The readings are a simulated month of the reference sites written to a real SQLi
 import datetime as dt
 import shutil
 
-import pandas as pd
 import pytest
 
-from contract.config import load_site
 from processing.methodologies import calculate
 from processing.period import PeriodProcessor
-from simulators.history import history
 from store.sqlite_store import SqliteStore, to_ms
-from tests.conftest import REPO
+from tests.conftest import fill_history, reference_site
 
 OCT = (dt.date(2026, 10, 1), dt.date(2026, 10, 31))
 
 
-def site(name):
-    return load_site(REPO / "config" / "sites" / f"{name}.yaml")
-
-
-def fill(store, s, first, last):
-    channels = {src.split(".")[1] for src in s.monitoring_sources}
-    for batch in history(s, first, last, channels=channels):
-        store.write(batch)
+site = reference_site
+fill = fill_history
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ class Mqtt(Strict):
             raise ValueError(f"'{v}': the scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
             raise ValueError(f"'{v}' names no host")
-        parts.port  # raises ValueError on a bad port
+        _ = parts.port  # raises ValueError on a bad port
         return v
 
     @property
