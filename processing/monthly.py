@@ -92,7 +92,7 @@ def process_month_to_date(site: Site, store: ReadingStore, ledger: Ledger, today
 def publish_figures(store: ReadingStore, site: Site, first: dt.date, result: PeriodResult, revision: int) -> None:
     c = result.calc
     values = {"RE": c.RE if c else None, "PE": c.PE if c else None, "ER_unrounded": c.ER_unrounded if c else None,
-              "ER": float(c.ER) if c else None, "revision": float(revision), "status": result.status,
+              "ER": float(c.ER) if c else None, "revision": float(revision), "result_status": result.status,
               "verified": 1.0 if result.status == "verified" else 0.0}
     ts = dt.datetime.combine(first, dt.time(), tzinfo=site.zone).astimezone(dt.UTC)
     store.write([Reading(site=site.site, gateway="processor", device=RESULT_DEVICE, ts=ts, values=values,

@@ -91,3 +91,11 @@ def test_check_config_command_says_the_same_without_running(tmp_path):
     res = subprocess.run([sys.executable, "-m", "jcm.cli", "check-config", str(bad)], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 1
     assert f"{bad}: devices.0.connection.port: Input should be greater than or equal to 1" in res.stderr
+
+
+def test_reserved_channel_name_is_refused(tmp_path):
+    path = write_site(tmp_path, [tcp_device("m1", "odd", 15999)])
+    (tmp_path / "profiles").unlink()
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "odd.yaml").write_text("profile: odd\npoints:\n  - {channel: status, address: 0}\n")
+    assert "channel name 'status' is reserved" in error_of(path)

@@ -42,7 +42,7 @@ def test_rerun_on_unchanged_data_records_nothing_and_late_data_makes_a_revision(
     assert r3.new and r3.revision == 2 and r3.input_hash != r1.input_hash
     assert [r.revision for r in ledger.revisions(SITE.site, "2026-10")] == [1, 2]
     figures = store.latest(SITE.site)
-    assert set(figures[figures.device == RESULT_DEVICE].channel) >= {"ER", "RE", "status", "revision"}
+    assert set(figures[figures.device == RESULT_DEVICE].channel) >= {"ER", "RE", "result_status", "revision"}
 
 
 def test_signed_off_month_is_never_changed(store, tmp_path):

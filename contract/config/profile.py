@@ -33,6 +33,11 @@ SUNSPEC_NOT_IMPLEMENTED: dict[str, int] = {
 }
 
 
+#: names the stores use beside the channels: InfluxDB tags and per-point metadata fields,
+#: and the mark of simulated history
+RESERVED_CHANNELS = {"site", "gateway", "device", "time", "quality", "status", "seq", "simulated"}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -118,6 +123,8 @@ class Profile(Strict):
         for p in self.points:
             if p.channel in seen:
                 raise ValueError(f"channel '{p.channel}' appears twice")
+            if p.channel in RESERVED_CHANNELS:
+                raise ValueError(f"channel name '{p.channel}' is reserved (the stores use it for tags and metadata)")
             seen.add(p.channel)
         return self
 
