@@ -25,6 +25,11 @@ def _wave(t: dt.datetime, period_s: float, seed: int) -> float:
     return math.sin(2 * math.pi * t.timestamp() / period_s + seed)
 
 
+def _day_factor(t: dt.datetime, seed: int, amplitude: float = 0.08) -> float:
+    """A slow multi-day swing (feedstock, demand, weather), so that days differ."""
+    return 1 + amplitude * math.sin(2 * math.pi * t.timestamp() / (9.3 * 86400) + seed)
+
+
 def _local_hour(t: dt.datetime, site: Site) -> float:
     lt = t.astimezone(site.zone)
     return lt.hour + lt.minute / 60
@@ -195,7 +200,8 @@ class MicroGrid(Plant):
     def model(self, t):
         s = self.site
         h = _local_hour(t, s)
-        load = 2600 + 900 * math.exp(-((h - 20) ** 2) / 6) + 500 * math.exp(-((h - 13) ** 2) / 8) + 60 * _wave(t, 900, 1)
+        load = (2600 + 900 * math.exp(-((h - 20) ** 2) / 6) + 500 * math.exp(-((h - 13) ** 2) / 8)
+                + 60 * _wave(t, 900, 1)) * _day_factor(t, 1)
         pv = 1600 * pv_fraction(t, s.latitude, s.longitude, seed=1)
         soc = self.state.get("soc", 60.0)
         # battery smooths PV: charge at midday surplus ramp, discharge in the evening peak
@@ -245,7 +251,8 @@ class Transformers(Plant):
         st = {}
         for d in self.site.devices:
             sd = _seed(d.id)
-            load = 160 * (0.35 + 0.45 * math.exp(-((h - 19) ** 2) / 10) + 0.2 * math.exp(-((h - 11) ** 2) / 6))
+            load = 160 * (0.35 + 0.45 * math.exp(-((h - 19) ** 2) / 10) + 0.2 * math.exp(-((h - 11) ** 2) / 6)) \
+                * _day_factor(t, sd)
             energised = 0.0 if (t.timestamp() // 60 + sd) % 997 < 3 else 1.0  # ~3 min outage every ~16 h
             st[d.id] = load * energised * (1 + 0.05 * _wave(t, 600, sd))
             st["on_" + d.id] = energised
@@ -268,11 +275,11 @@ class BiogasPlant(Plant):
         h = _local_hour(t, self.site)
         gensets = [d for d in self.site.devices if d.kind == "genset"]
         st: dict[str, float] = {}
-        biogas_made = 1100 + 150 * _wave(t, 5400, 2)  # Nm3/h
+        biogas_made = (1100 + 150 * _wave(t, 5400, 2)) * _day_factor(t, 2)  # Nm3/h
         to_gensets = 0.0
         for i, d in enumerate(gensets):
             running = not (i == 1 and 2 <= h < 6)  # the second genset rests at night
-            kw = (1300 + 80 * _wave(t, 1200, i)) if running else 0.0
+            kw = (1300 + 80 * _wave(t, 1200, i)) * _day_factor(t, i, 0.05) if running else 0.0
             st[d.id] = kw
             st["gas_" + d.id] = kw * 0.55  # Nm3/h at ~0.55 Nm3/kWh
             to_gensets += st["gas_" + d.id]
@@ -328,7 +335,7 @@ class BiomassPlant(Plant):
 
     def model(self, t):
         tripped = (t.timestamp() // 60) % 1440 < 20  # a 20-minute trip each day
-        gross = 0.0 if tripped else 11200 + 400 * _wave(t, 2400, 5)
+        gross = 0.0 if tripped else (11200 + 400 * _wave(t, 2400, 5)) * _day_factor(t, 5, 0.05)
         aux = 250.0 if tripped else 0.095 * gross
         return {"gross": gross, "aux": aux, "net": gross - aux, "diesel_lph": 180.0 if tripped else 0.0}
 
