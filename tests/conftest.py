@@ -19,7 +19,7 @@ import yaml
 
 from contract.config import load_site
 from contract.message import Reading
-from jcm.broker import Mosquitto, free_port, wait_for_port
+from jcm.broker import Mosquitto, free_port, stop_process, wait_for_port
 from simulators.modbus_server import SiteSimulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,13 +154,7 @@ class ServerProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=15)
 
 
 @pytest.fixture

@@ -48,24 +48,20 @@ def calculate(methodology: str, period: dict, units: list[dict] | None = None, v
     if per_unit and not units:
         raise InputError(f"units: {methodology} sums over units; give at least one unit with {', '.join(sorted(per_unit))}")
     used_defaults: dict[str, dict] = {}
-    unconfirmed: list[str] = []
-    for name in per_period:
-        if name not in period:
+
+    def fill(values: dict, names: set[str], where: str) -> None:
+        """Take the methodology version's default for every parameter the inputs do not give."""
+        for name in sorted(names - set(values)):
             if name not in spec.defaults:
-                raise InputError(f"parameters.{name}: missing, and {methodology} {spec.version} has no default value for it")
-            period[name] = spec.defaults[name].value
+                raise InputError(f"{where}{name}: missing, and {methodology} {spec.version} has no default value for it")
+            values[name] = spec.defaults[name].value
             used_defaults[name] = spec.defaults[name].model_dump()
+
+    fill(period, per_period, "parameters.")
     for i, u in enumerate(units):
         u.setdefault("id", f"unit-{i + 1}")
-        for name in per_unit:
-            if name not in u:
-                if name not in spec.defaults:
-                    raise InputError(f"units.{i}.{name}: missing, and {methodology} {spec.version} has no default value for it")
-                u[name] = spec.defaults[name].value
-                used_defaults[name] = spec.defaults[name].model_dump()
-    for name, d in used_defaults.items():
-        if d["status"] != "confirmed":
-            unconfirmed.append(name)
+        fill(u, per_unit, f"units.{i}.")
+    unconfirmed = any(d["status"] != "confirmed" for d in used_defaults.values())
     RE, PE, lines = MODULES[methodology].compute(period, units)
     ER_unrounded = float(emission_reductions(RE, PE))
     ER = round_period_er(ER_unrounded, spec.rounding)
@@ -73,7 +69,7 @@ def calculate(methodology: str, period: dict, units: list[dict] | None = None, v
     lines.append(f"ER (period, rounded {spec.rounding} to whole tCO2) = {ER}")
     return Calculation(
         methodology=methodology, version=spec.version, RE=float(RE), PE=float(PE), ER_unrounded=ER_unrounded, ER=ER,
-        provisional=spec.provisional or bool(unconfirmed), parameters=period, units=units,
+        provisional=spec.provisional or unconfirmed, parameters=period, units=units,
         defaults_used=used_defaults, explanation=lines,
     )
 
