@@ -116,7 +116,10 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
     controls = []
     for i, sim in enumerate(simulators):
         asyncio.run_coroutine_threadsafe(sim.start(), loop).result(10)
-        controls.append(serve_control(sim, control_port + i))
+        try:
+            controls.append(serve_control(sim, control_port + i))
+        except OSError:  # taken (the broker may sit on it): any free port, printed below
+            controls.append(serve_control(sim, 0))
 
     collector = Collector(CollectorConfig(broker={"url": broker.url}, store=store_url, sites_dir=str(config_dir / "sites"),
                                           client_id="jcm-demo-collector",
@@ -146,8 +149,9 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
           f"\n  exports:        {(workdir / 'exports').resolve()}"
           f"\n  first results:  {t_verified:.0f} s after start; verified months: "
           + ", ".join(f"{k} {' '.join(v) or '-'}" for k, v in verified.items())
-          + f"\n  fault control:  http://127.0.0.1:{control_port}/faults (first site; +1 for each next)"
-          f"\n  {'stopping after %.0f s' % duration if duration else 'Ctrl-C to stop'}\n", flush=True)
+          + "\n  fault control:  " + ", ".join(f"{sim.site.site} http://127.0.0.1:{c.server_address[1]}/faults"
+                                            for sim, c in zip(simulators, controls))
+          + f"\n  {'stopping after %.0f s' % duration if duration else 'Ctrl-C to stop'}\n", flush=True)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

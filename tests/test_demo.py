@@ -30,7 +30,7 @@ def listening(port):
 
 
 def test_demo_runs_all_five_sites_and_exits_zero(tmp_path):
-    res, port, control = run_demo(tmp_path, "--duration", "60")
+    res, port, _ = run_demo(tmp_path, "--duration", "60")
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "5 sites running (SIMULATED DATA)" in out
@@ -40,11 +40,21 @@ def test_demo_runs_all_five_sites_and_exits_zero(tmp_path):
     first = float(re.search(r"first results:\s+(\d+) s after start", out).group(1))
     assert first < 60  # verified monthly figures within a minute of starting
     assert re.search(r"verified months: .*mn-solar \d{4}-\d{2}", out)
-    assert not listening(port) and not any(listening(control + i) for i in range(5))
+    controls = [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)/faults", out)]
+    assert len(controls) == 5
+    assert not listening(port) and not any(listening(p) for p in controls)
 
 
 def test_demo_without_mosquitto_uses_the_embedded_broker(tmp_path):
-    res, port, _ = run_demo(tmp_path, "--broker", "embedded", "--sites", "mn-solar", "--duration", "15")
+    taken = socket.create_server(("127.0.0.1", 0))  # the control port asked for is busy: the demo moves on
+    busy = taken.getsockname()[1]
+    try:
+        res, port, _ = run_demo(tmp_path, "--broker", "embedded", "--sites", "mn-solar", "--duration", "15",
+                                "--control-port", str(busy))
+    finally:
+        taken.close()
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "using the embedded Python broker (amqtt)" in out
+    moved = re.search(r"mn-solar http://127\.0\.0\.1:(\d+)/faults", out).group(1)
+    assert int(moved) != busy
