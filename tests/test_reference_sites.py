@@ -1,6 +1,7 @@
 """The five shipped sites: their configs load, their simulators serve every device,
 and the gateway reads every channel within its valid range."""
 
+import datetime as dt
 import glob
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 from contract.message import DeviceStatus
 from gateway.device_poller import DevicePoller
 from gateway.modbus_link import ModbusLink
+from simulators.plants import plant_for
 from tests.conftest import REPO, free_port, load_site
 
 SITES = sorted(glob.glob(str(REPO / "config" / "sites" / "*.yaml")))
@@ -43,6 +45,25 @@ def test_every_device_reads_clean(site_file, tmp_path, simulate):
         assert r.status is DeviceStatus.ok, (device.id, r.quality)
         assert r.quality == {}, (device.id, r.quality)
         assert set(r.values) == {p.channel for p in device.register_map.points}
+
+
+@pytest.mark.parametrize("site_file", SITES, ids=lambda s: s.rsplit("/", 1)[-1])
+def test_simulated_plant_stays_in_range_all_year(site_file):
+    """The test above reads at one wall-clock moment; noon sun, a stopped genset or a
+    de-energised transformer must not trip a plausibility range at any other."""
+    site = load_site(site_file)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    plant = plant_for(site, start)
+    outside = {}
+    for step in range(0, 366 * 24 * 60, 53):  # every 53 min: every time of day, every season
+        t = start + dt.timedelta(minutes=step)
+        for device in site.devices:
+            values = plant.values(device, t)
+            for p in device.register_map.points:
+                v = values.get(p.channel)
+                if p.range and isinstance(v, float | int) and not p.range[0] <= v <= p.range[1]:
+                    outside.setdefault(f"{device.id}.{p.channel} {list(p.range)}", (t.isoformat(), v))
+    assert outside == {}
 
 
 @pytest.mark.parametrize("site_file", SITES, ids=lambda s: s.rsplit("/", 1)[-1])
