@@ -103,20 +103,22 @@ def chrome():
 
 @pytest.fixture
 def running_demo(tmp_path):
-    port, control = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "jcm.cli", "demo", "--sites", "mn-solar", "--duration", "300",
-                             "--port", str(port), "--control-port", str(control), "--workdir", str(tmp_path / "demo")],
+                             "--port", str(free_port()), "--control-port", str(free_port()),
+                             "--workdir", str(tmp_path / "demo")],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     deadline = time.monotonic() + 120
     for line in proc.stdout:
         lines.append(line)
-        if "live view:" in line or time.monotonic() > deadline:
+        if "fault control:" in line or time.monotonic() > deadline:
             break
-    url = re.search(r"http://127\.0\.0\.1:\d+/", "".join(lines))
-    assert url, "".join(lines[-30:])
-    yield url.group(0), control
+    out = "".join(lines)
+    url = re.search(r"live view: +(http://127\.0\.0\.1:\d+/)", out)
+    faults = re.search(r"mn-solar (http://127\.0\.0\.1:\d+/faults)", out)
+    assert url and faults, "".join(lines[-30:])
+    yield url.group(1), faults.group(1)
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(30)
@@ -130,7 +132,7 @@ def test_site_page_updates_live_and_shows_an_injected_fault(running_demo):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, control = running_demo
+    url, faults = running_demo
     driver = chrome()
     try:
         driver.get(url + "sites/mn-solar")
@@ -141,7 +143,7 @@ def test_site_page_updates_live_and_shows_an_injected_fault(running_demo):
         wait.until(lambda d: cell() != "never")
         first = cell()
         WebDriverWait(driver, 15).until(lambda d: cell() != first)  # pushed over server-sent events
-        req = urllib.request.Request(f"http://127.0.0.1:{control}/faults", method="POST", data=json.dumps(
+        req = urllib.request.Request(faults, method="POST", data=json.dumps(
             {"device": "inv-01", "kind": "out_of_range", "channel": "ac_power", "seconds": 120}).encode())
         assert json.load(urllib.request.urlopen(req))["ok"]
         WebDriverWait(driver, 30).until(
