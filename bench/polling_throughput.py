@@ -312,7 +312,7 @@ def role_breakdown(spec: dict) -> None:
     from pymodbus.client import ModbusTcpClient
 
     from gateway.outbox import Outbox
-    from gateway.register_map import decode_point
+    from gateway.register_map import decode_points
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     gw = _load_gateway(spec)
@@ -341,8 +341,8 @@ def role_breakdown(spec: dict) -> None:
     stage("gateway: ModbusLink.read (1 request, 40 registers)",
           lambda: poller.link.read(request.table, request.start, request.count, unit), n)
     block = poller.link.read(request.table, request.start, request.count, unit)
-    stage(f"gateway: decode_point x{len(request.points)}",
-          lambda: [decode_point(p, poller.profile, request.start, block) for p in request.points], n)
+    stage(f"gateway: decode_points ({len(request.points)} points)",
+          lambda: decode_points(request.points, poller.profile, request.start, block), n)
     stage("gateway: DevicePoller.poll (read + decode + Reading)", poller.poll, n)
     reading = poller.poll()
     stage("gateway: replace(reading, seq).to_json()", lambda: replace(reading, seq=1).to_json(), n)

@@ -26,12 +26,20 @@ def _swap_bytes(registers: list[int]) -> list[int]:
 
 def registers_to_raw(registers: list[int], data_type: str, order: str = "ABCD") -> int | float | str:
     """Decode one value from its registers, e.g. ``[0x3F80, 0]`` as float32 ABCD -> 1.0."""
-    word_order, swap = _ORDERS[order]
-    regs = _swap_bytes(registers) if swap else list(registers)
     if data_type == "string":
+        regs = _swap_bytes(registers) if _ORDERS[order][1] else list(registers)
         # strings are byte sequences: word order does not apply
         return ModbusClientMixin.convert_from_registers(regs, _DT.STRING).rstrip("\x00 ")
-    return ModbusClientMixin.convert_from_registers(regs, DATATYPES[data_type], word_order=word_order)
+    (raw,) = registers_to_raws(registers, data_type, order)
+    return raw
+
+
+def registers_to_raws(registers: list[int], data_type: str, order: str = "ABCD") -> list[int | float]:
+    """Decode back-to-back values of one numeric type in one pymodbus call, e.g. a block of float32s."""
+    word_order, swap = _ORDERS[order]
+    regs = _swap_bytes(registers) if swap else list(registers)
+    raws = ModbusClientMixin.convert_from_registers(regs, DATATYPES[data_type], word_order=word_order)
+    return raws if isinstance(raws, list) else [raws]
 
 
 def raw_to_registers(value: int | float | str, data_type: str, order: str = "ABCD", length: int | None = None) -> list[int]:

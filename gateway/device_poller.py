@@ -15,7 +15,7 @@ from contract.config.site import Device, Site
 from contract.message import DeviceStatus, Quality, Reading
 from gateway.modbus_link import DeviceRejected, LinkDown, ModbusLink
 from gateway.read_plan import Request, plan_requests, split
-from gateway.register_map import decode_point
+from gateway.register_map import decode_points
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class DevicePoller:
                 new_plan.append(request)
                 continue
             new_plan.append(request)
-            for point in request.points:
-                value, q = decode_point(point, self.profile, request.start, block)
+            points = request.points
+            for point, (value, q) in zip(points, decode_points(points, self.profile, request.start, block)):
                 values[point.channel] = value
                 if q is not None:
                     quality[point.channel] = q

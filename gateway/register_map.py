@@ -11,7 +11,7 @@ import math
 
 from contract.config.profile import SUNSPEC_NOT_IMPLEMENTED, Kind, Point, Profile
 from contract.message import Quality
-from contract.register_codec import registers_to_raw
+from contract.register_codec import registers_to_raw, registers_to_raws
 
 Value = float | int | str | bool | None
 
@@ -28,28 +28,62 @@ def _is_sentinel(raw: int | float, point: Point, profile: Profile) -> bool:
     return False
 
 
+def decode_points(
+    points: list[Point], profile: Profile, block_start: int, block: list[int] | list[bool]
+) -> list[tuple[Value, Quality | None]]:
+    """Decode ``points`` from ``block``, the registers (or bits) read from ``block_start``.
+
+    Back-to-back points of one numeric type and order are converted in one pymodbus call
+    (a meter's 20 float32s in one), then each is checked and scaled on its own.
+    """
+    out: list[tuple[Value, Quality | None]] = []
+    i = 0
+    while i < len(points):
+        first = points[i]
+        if first.type in ("bool", "string"):
+            out.append(decode_point(first, profile, block_start, block))
+            i += 1
+            continue
+        order = first.order or profile.order
+        j, end = i + 1, first.address + first.registers
+        while (j < len(points) and points[j].address == end and points[j].type == first.type
+               and (points[j].order or profile.order) == order):
+            end += points[j].registers
+            j += 1
+        raws = registers_to_raws(block[first.address - block_start : end - block_start], first.type, order)
+        out.extend(_engineering(p, profile, raw, block_start, block) for p, raw in zip(points[i:j], raws))
+        i = j
+    return out
+
+
 def decode_point(
     point: Point, profile: Profile, block_start: int, block: list[int] | list[bool]
 ) -> tuple[Value, Quality | None]:
-    """Decode ``point`` from ``block``, the registers (or bits) read from ``block_start``."""
+    """Decode one ``point`` from ``block``, the registers (or bits) read from ``block_start``."""
     i = point.address - block_start
     if point.type == "bool":
         return bool(block[i]), None
-    words = [int(w) for w in block[i : i + point.registers]]
+    words = block[i : i + point.registers]
     order = point.order or profile.order
     if point.type == "string":
         try:
             return registers_to_raw(words, "string", order), None
         except (UnicodeDecodeError, ValueError):
             return None, Quality.decode_error
-    raw = registers_to_raw(words, point.type, order)
+    return _engineering(point, profile, registers_to_raw(words, point.type, order), block_start, block)
+
+
+def _engineering(
+    point: Point, profile: Profile, raw: int | float, block_start: int, block: list[int]
+) -> tuple[Value, Quality | None]:
+    """A raw number -> its value in engineering units, or null with the reason."""
     if _is_sentinel(raw, point, profile):
         return None, Quality.not_implemented
     if isinstance(raw, float) and math.isinf(raw):
         return None, Quality.decode_error
     exponent = 0
     if point.scale_factor is not None:
-        sf = registers_to_raw([int(block[point.scale_factor.address - block_start])], "int16")
+        sf = registers_to_raw([block[point.scale_factor.address - block_start]], "int16")
         if sf == point.scale_factor.not_implemented:
             return None, Quality.not_implemented
         if not -10 <= sf <= 10:

@@ -7,7 +7,7 @@ import pytest
 from contract.config.profile import Point, Profile
 from contract.message import Quality
 from contract.register_codec import raw_to_registers, registers_to_raw
-from gateway.register_map import decode_point
+from gateway.register_map import decode_point, decode_points
 
 # float32 1.0 is 0x3F800000: bytes A=3F B=80 C=00 D=00
 @pytest.mark.parametrize("order,registers", [
@@ -85,3 +85,28 @@ def test_gain_offset_and_range():
 def test_bits_decode_as_bool():
     p = Point(channel="flame", table="discrete", address=3, type="bool")
     assert decode_point(p, _profile(p), 0, [False, False, False, True]) == (True, None)
+
+
+def test_a_block_decodes_run_by_run_as_each_point_alone():
+    """Back-to-back points of one type share one conversion; type, order or a gap ends the run."""
+    layout = [  # (point, raw value), back to back from address 0 unless noted
+        (Point(channel="a", address=0, type="float32", unit="kW"), 1.5),
+        (Point(channel="b", address=2, type="float32", unit="kW", range=[0, 10]), 12.25),  # out of range
+        (Point(channel="c", address=4, type="float32", order="CDAB"), -3.0),  # same type, other order
+        (Point(channel="d", address=6, type="float32", order="CDAB"), math.nan),  # sentinel
+        (Point(channel="e", address=8, type="uint32", gain=0.1), 123456),
+        (Point(channel="f", address=10, type="int16", scale_factor={"address": 12}), -250),
+        (Point(channel="sf", address=12, type="int16"), -1),
+        (Point(channel="name", address=13, type="string", length=2), "SunS"),
+        (Point(channel="g", address=20, type="float32"), 7.0),  # after a gap
+    ]
+    block = [0] * 22
+    for point, raw in layout:
+        regs = raw_to_registers(raw, point.type, point.order or "ABCD", point.length)
+        block[point.address : point.address + len(regs)] = regs
+    points = [p for p, _ in layout]
+    prof = _profile(*points)
+    together = decode_points(points, prof, 0, block)
+    assert together == [decode_point(p, prof, 0, block) for p in points]
+    assert together == [(1.5, None), (12.25, Quality.out_of_range), (-3.0, None), (None, Quality.not_implemented),
+                        (12345.6, None), (-25.0, None), (-1, None), ("SunS", None), (7.0, None)]
