@@ -244,7 +244,7 @@ def test_export_of_simulated_history(name, store, tmp_path):
     sources = set(s.monitoring_sources)
     body = [r.split(",") for r in raw[1:]]
     assert {f"{r[1]}.{r[2]}" for r in body} == sources
-    assert body == sorted(body, key=lambda r: (r[1], r[2], r[0]))
+    assert body == sorted(body, key=lambda r: (r[0], r[1], r[2]))  # time order
     start = dt.datetime.combine(FIRST, dt.time(), tzinfo=s.zone).astimezone(dt.UTC)
     assert min(r[0] for r in body) == start.strftime("%Y-%m-%dT%H:%M:%S.000Z")
     assert len(body) == len(sources) * 10 * 96

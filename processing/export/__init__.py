@@ -29,7 +29,7 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     ----------
     site : Site
     store : ReadingStore
-        The readings (raw CSV, simulated flag, and months not yet in the ledger).
+        The readings (the raw CSV, and months not yet in the ledger).
     ledger : Ledger
         Monthly revisions; a month without one is processed and recorded first.
     first, last : date
@@ -58,7 +58,7 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     files = [
         write_workbook(figures, folder / names["workbook"]),
         write_daily_values(figures, folder / names["daily_csv"]),
-        write_raw_readings(figures, folder / names["raw_csv"]),
+        write_raw_readings(figures, store, folder / names["raw_csv"]),
         daily_values_chart(figures, folder / names["daily_chart"]),
         completeness_chart(figures, folder / names["completeness_chart"]),
     ]

@@ -1,5 +1,6 @@
 """Plain-text copies of the period's data for any tool: the daily parameter values
-the figures were computed from, and the raw readings behind them.
+the figures were computed from, and the raw readings behind them (streamed from the
+store a week at a time: a year of 1-minute readings is millions of rows).
 
 Rows are sorted, lines end in LF, and numbers are written with ``repr`` (the
 shortest text that reads back as the same float), so the same inputs give the same
@@ -9,10 +10,14 @@ bytes and a reader recovers the exact values.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import math
 from pathlib import Path
 
-from processing.export.period_figures import PeriodFigures
+from contract.store import ReadingStore
+from processing.export.period_figures import PeriodFigures, local_bounds
+
+CHUNK = dt.timedelta(days=7)
 
 
 def _number(value) -> str:
@@ -38,11 +43,21 @@ def write_daily_values(figures: PeriodFigures, path: Path) -> Path:
     return _write(path, ["day", "parameter", "unit_id", "unit", "value"], rows)
 
 
-def write_raw_readings(figures: PeriodFigures, path: Path) -> Path:
+def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path) -> Path:
     """``ts, device, channel, value, quality``: the monitored sources' readings between the
-    period's local-day bounds, ``ts`` in UTC ISO 8601 with milliseconds."""
-    r = figures.readings
-    ts = r["ts"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
-    quality = r["quality"].astype(object).where(r["quality"].notna(), "")
-    rows = zip(ts, r["device"], r["channel"], map(_number, r["value"]), quality)
-    return _write(path, ["ts", "device", "channel", "value", "quality"], rows)
+    period's local-day bounds in time order, ``ts`` in UTC ISO 8601 with milliseconds."""
+    return _write(path, ["ts", "device", "channel", "value", "quality"], _raw_rows(figures, store))
+
+
+def _raw_rows(figures: PeriodFigures, store: ReadingStore):
+    site = figures.site
+    sources = site.monitoring_sources
+    channels, devices = sorted({s.split(".")[1] for s in sources}), sorted({s.split(".")[0] for s in sources})
+    start, end = local_bounds(site, figures.first, figures.last)
+    while start < end:
+        r = store.read(site.site, start, min(start + CHUNK, end), channels=channels, devices=devices)
+        r = r[(r["device"] + "." + r["channel"]).isin(sources)].sort_values(["ts", "device", "channel"], kind="stable")
+        ts = r["ts"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
+        quality = r["quality"].astype(object).where(r["quality"].notna(), "")
+        yield from zip(ts, r["device"], r["channel"], map(_number, r["value"]), quality)
+        start += CHUNK

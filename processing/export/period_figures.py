@@ -24,10 +24,6 @@ from processing.methodologies.spec import MethodologySpec
 from processing.monthly import process_month
 from processing.period import STATUSES, PeriodProcessor
 
-#: channel every simulated reading carries (see ``simulators.history``)
-SIMULATED_CHANNEL = "simulated"
-
-
 @dataclass(frozen=True)
 class UsedRevision:
     """The ledger revision a month of the period was taken from."""
@@ -68,9 +64,8 @@ class PeriodFigures:
         ``revision``; they cover the revisions' whole months.
     completeness : dict
         ``{month: {source: fraction}}`` from the revisions' summaries.
-    readings : DataFrame
-        The readings of every source of the monitoring plan (cross-checks included)
-        between the period's local-day bounds.
+    simulated : bool
+        Some month of the period was computed from simulated readings.
     """
 
     site: Site
@@ -86,7 +81,6 @@ class PeriodFigures:
     findings: list[dict]
     adjustments: list[dict]
     completeness: dict[str, dict[str, float]]
-    readings: pd.DataFrame
     simulated: bool
 
     @property
@@ -181,8 +175,7 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     ----------
     site : Site
     store : ReadingStore
-        Read for the raw readings and the simulated flag, and by ``process_month`` for a
-        month the ledger has no revision of yet.
+        Read by ``process_month`` for a month the ledger has no revision of yet.
     ledger : Ledger
     first, last : date
         The monitoring period's first and last local day.
@@ -199,18 +192,11 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     calc = processor.calculate_period(parameters)
     status = max((r.status for r in revisions), key=STATUSES.index)
     reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]
-    start, end = local_bounds(site, first, last)
-    sources = site.monitoring_sources
-    readings = store.read(site.site, start, end, channels=sorted({s.split(".")[1] for s in sources}),
-                          devices=sorted({s.split(".")[0] for s in sources}))
-    readings = readings[(readings["device"] + "." + readings["channel"]).isin(sources)]
-    readings = readings.sort_values(["device", "channel", "ts"], kind="stable").reset_index(drop=True)
-    simulated = not store.read(site.site, start, end, channels=[SIMULATED_CHANNEL]).empty
     return PeriodFigures(
         site=site, spec=processor.spec, first=first, last=last, status=status, reasons=reasons,
         parameters=parameters, calc=calc, revisions=[_used(r, s) for r, s in picked], daily=daily,
         findings=[f for r in revisions for f in _tagged(r, r.result["findings"])],
         adjustments=[a for r in revisions for a in _tagged(r, r.result["adjustments"])],
         completeness={r.month: r.result["summary"]["completeness"] for r in revisions},
-        readings=readings, simulated=simulated,
+        simulated=any(r.result["summary"].get("simulated") for r in revisions),
     )
