@@ -54,7 +54,7 @@ def fill(site_file: str, year: int, step: int) -> dict:
         return {"site": site.site, "filled_before": True, **json.loads(done.read_text())}
     path.unlink(missing_ok=True)
     store = SqliteStore(path)
-    channels = {src.split(".")[1] for src in site.monitoring_sources} | {SIMULATED_CHANNEL}
+    channels = {*site.monitoring_channels, SIMULATED_CHANNEL}
     t0, readings, rows, pending = time.monotonic(), 0, 0, []
     for batch in history(site, dt.date(year, 1, 1), dt.date(year, 12, 31), step_s=step, channels=channels):
         pending += batch

@@ -50,7 +50,7 @@ def fill_history(site: Site, store: SqliteStore, now: dt.datetime):
     plant = plant_for(site, start.astimezone(dt.UTC))
     have = not store.read(site.site, start, start + dt.timedelta(hours=1), channels=["simulated"]).empty
     # what the processor needs, what the live view charts, and the mark of simulated data
-    channels = {src.split(".")[1] for src in site.monitoring_sources} | {"simulated"}
+    channels = {*site.monitoring_channels, "simulated"}
     channels |= {POWER_CHANNEL[d.kind] for d in site.devices if d.kind in POWER_CHANNEL}
     pending: list = []
     for batch in history(site, first, until=now, channels=channels, plant=plant):

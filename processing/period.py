@@ -70,6 +70,12 @@ class PeriodResult:
         }
 
 
+def read_monitored(store: ReadingStore, site: Site, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """The readings of exactly the monitoring plan's ``device.channel`` sources in [start, end)."""
+    raw = store.read(site.site, start, end, channels=site.monitoring_channels, devices=site.monitoring_devices)
+    return raw[raw["device"].astype(str).str.cat(raw["channel"].astype(str), sep=".").isin(site.monitoring_sources)]
+
+
 def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
     return pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=site.zone)).tz_convert("UTC")
 
@@ -100,17 +106,12 @@ class PeriodProcessor:
         site, spec = self.site, self.spec
         days = local_days(first, last)
         start, end = _utc_midnight(first, site), _utc_midnight(last + dt.timedelta(days=1), site)
-        sources = site.monitoring_sources
-        devices = sorted({s.split(".")[0] for s in sources})
-        channels = sorted({s.split(".")[1] for s in sources})
-        raw = store.read(site.site, (start - pd.Timedelta(hours=6)).to_pydatetime(), end.to_pydatetime(),
-                         channels=channels, devices=devices)
-        raw = raw[raw["device"].astype(str).str.cat(raw["channel"].astype(str), sep=".").isin(sources)]
+        raw = read_monitored(store, site, (start - pd.Timedelta(hours=6)).to_pydatetime(), end.to_pydatetime())
         findings: list[Finding] = []
         adjustments: list[dict] = []
         completeness: dict[str, float] = {}
         series: dict[str, pd.Series] = {}
-        for src in sources:
+        for src in site.monitoring_sources:
             series[src] = self._source_series(raw, src, start, end, findings, completeness)
 
         daily_rows: list[dict] = []
@@ -186,7 +187,7 @@ class PeriodProcessor:
             status = "verified"
         daily = pd.DataFrame(daily_rows, columns=["day", "parameter", "unit_id", "source", "value", "unit"])
         simulated = not store.read(site.site, start.to_pydatetime(), end.to_pydatetime(), channels=["simulated"],
-                                   devices=devices).empty
+                                   devices=site.monitoring_devices).empty
         return PeriodResult(
             simulated=simulated,
             site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,

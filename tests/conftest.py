@@ -207,10 +207,18 @@ def reference_site(name: str):
     return load_site(REPO / "config" / "sites" / f"{name}.yaml")
 
 
+def store_copy(db, tmp_path):
+    """A test's own copy of a store prepared once per module (history is slow to write)."""
+    from store.sqlite_store import SqliteStore
+
+    path = tmp_path / "jcm.db"
+    shutil.copy(db, path)
+    return SqliteStore(path)
+
+
 def fill_history(store, site, first, last, step_s: float = 900.0) -> None:
     """Simulated readings of the channels the site's monitoring plan reads, first..last."""
     from simulators.history import history
 
-    channels = {src.split(".")[1] for src in site.monitoring_sources}
-    for batch in history(site, first, last, step_s=step_s, channels=channels):
+    for batch in history(site, first, last, step_s=step_s, channels=set(site.monitoring_channels)):
         store.write(batch)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 
 import formulas
 import openpyxl
@@ -24,7 +23,7 @@ from processing.ledger import Ledger
 from processing.methodologies import calculate, load_spec
 from processing.monthly import month_bounds
 from store.sqlite_store import SqliteStore
-from tests.conftest import fill_history, reference_site
+from tests.conftest import fill_history, reference_site, store_copy
 
 FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
 SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
@@ -48,9 +47,7 @@ def history_db(tmp_path_factory):
 
 @pytest.fixture
 def store(history_db, tmp_path):
-    path = tmp_path / "jcm.db"
-    shutil.copy(history_db, path)
-    s = SqliteStore(path)
+    s = store_copy(history_db, tmp_path)
     yield s
     s.close()
 

@@ -15,7 +15,7 @@ from processing.monthly import RESULT_DEVICE, process_month
 from processing.scheduler import Processor, months_to_catch_up
 from simulators.history import history
 from store.sqlite_store import SqliteStore
-from tests.conftest import REPO
+from tests.conftest import REPO, fill_history
 
 SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
 
@@ -23,9 +23,7 @@ SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
 @pytest.fixture
 def store(tmp_path):
     s = SqliteStore(tmp_path / "jcm.db")
-    channels = {src.split(".")[1] for src in SITE.monitoring_sources}
-    for batch in history(SITE, dt.date(2026, 9, 30), dt.date(2026, 10, 31), channels=channels):
-        s.write(batch)
+    fill_history(s, SITE, dt.date(2026, 9, 30), dt.date(2026, 10, 31))
     yield s
     s.close()
 

@@ -3,36 +3,32 @@ treatment of gaps, late calibration and check meters, statuses, reproducibility.
 The readings are a simulated month of the reference sites written to a real SQLite store."""
 
 import datetime as dt
-import shutil
 
 import pytest
 
 from processing.methodologies import calculate
 from processing.period import PeriodProcessor
 from store.sqlite_store import SqliteStore, to_ms
-from tests.conftest import fill_history, reference_site
+from tests.conftest import fill_history, reference_site, store_copy
 
 OCT = (dt.date(2026, 10, 1), dt.date(2026, 10, 31))
 
 
 site = reference_site
-fill = fill_history
 
 
 @pytest.fixture(scope="module")
 def mn_october(tmp_path_factory):
     path = tmp_path_factory.mktemp("mn") / "jcm.db"
     store = SqliteStore(path)
-    fill(store, site("mn-solar"), dt.date(2026, 9, 30), dt.date(2026, 11, 1))
+    fill_history(store, site("mn-solar"), dt.date(2026, 9, 30), dt.date(2026, 11, 1))
     store.close()
     return path
 
 
 @pytest.fixture
 def mn_store(mn_october, tmp_path):
-    path = tmp_path / "jcm.db"
-    shutil.copy(mn_october, path)
-    store = SqliteStore(path)
+    store = store_copy(mn_october, tmp_path)
     yield store
     store.close()
 
@@ -102,7 +98,7 @@ def test_missing_end_of_month_counts_zero_for_generation_and_needs_review(mn_sto
 def test_delayed_calibration_reduces_generation_by_the_larger_error(tmp_path):
     s = site("mn-solar")  # calibration due 2025-09-30, done 2025-10-09 finding +0.31 % (MPE 0.2 %)
     store = SqliteStore(tmp_path / "jcm.db")
-    fill(store, s, dt.date(2025, 10, 1), dt.date(2025, 10, 12))
+    fill_history(store, s, dt.date(2025, 10, 1), dt.date(2025, 10, 12))
     r = PeriodProcessor(s).process(store, dt.date(2025, 10, 2), dt.date(2025, 10, 12))
     (adj,) = [a for a in r.adjustments if a["kind"] == "late_calibration"]
     assert adj["factor"] == pytest.approx(1 - 0.0031)
@@ -115,7 +111,7 @@ def test_delayed_calibration_reduces_generation_by_the_larger_error(tmp_path):
 def test_biogas_aux_import_is_raised_and_missing_days_take_the_upper_bound(tmp_path):
     s = site("ph-biogas")  # aux-meter due 2026-09-30, not recalibrated: +0.5 % on imports
     store = SqliteStore(tmp_path / "jcm.db")
-    fill(store, s, dt.date(2026, 10, 1), dt.date(2026, 10, 10))
+    fill_history(store, s, dt.date(2026, 10, 1), dt.date(2026, 10, 10))
     _delete(store, s, "aux-meter", "2026-10-08T00:00", "2026-10-11T00:00")
     r = PeriodProcessor(s).process(store, dt.date(2026, 10, 2), dt.date(2026, 10, 10))
     cal = [a for a in r.adjustments if a["kind"] == "late_calibration"]
@@ -136,7 +132,7 @@ def test_no_data_at_all_fails(tmp_path):
 def test_transformer_energised_hours_from_voltage_present(tmp_path):
     s = site("vn-transformers")
     store = SqliteStore(tmp_path / "jcm.db")
-    fill(store, s, dt.date(2026, 10, 1), dt.date(2026, 10, 3))
+    fill_history(store, s, dt.date(2026, 10, 1), dt.date(2026, 10, 3))
     r = PeriodProcessor(s).process(store, dt.date(2026, 10, 2), dt.date(2026, 10, 2))
     assert 23.0 <= r.parameters["OH[TX-01]"] <= 24.0
     assert r.calc.units[0]["NLL_PJ"] == 0.230

@@ -241,6 +241,14 @@ class Site(Strict):
         """Every ``device.channel`` the monitoring plan reads (parameters and cross-checks)."""
         return sorted({src for m in self.monitoring for src in m.sources + ([m.power_source] if m.power_source else [])})
 
+    @property
+    def monitoring_devices(self) -> list[str]:
+        return sorted({src.split(".")[0] for src in self.monitoring_sources})
+
+    @property
+    def monitoring_channels(self) -> list[str]:
+        return sorted({src.split(".")[1] for src in self.monitoring_sources})
+
     def device(self, device_id: str) -> Device:
         for d in self.devices:
             if d.id == device_id:

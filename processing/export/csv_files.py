@@ -16,6 +16,7 @@ from pathlib import Path
 
 from contract.store import ReadingStore
 from processing.export.period_figures import PeriodFigures, local_bounds
+from processing.period import read_monitored
 
 CHUNK = dt.timedelta(days=7)
 
@@ -50,13 +51,10 @@ def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path) 
 
 
 def _raw_rows(figures: PeriodFigures, store: ReadingStore):
-    site = figures.site
-    sources = site.monitoring_sources
-    channels, devices = sorted({s.split(".")[1] for s in sources}), sorted({s.split(".")[0] for s in sources})
-    start, end = local_bounds(site, figures.first, figures.last)
+    start, end = local_bounds(figures.site, figures.first, figures.last)
     while start < end:
-        r = store.read(site.site, start, min(start + CHUNK, end), channels=channels, devices=devices)
-        r = r[(r["device"] + "." + r["channel"]).isin(sources)].sort_values(["ts", "device", "channel"], kind="stable")
+        r = read_monitored(store, figures.site, start, min(start + CHUNK, end))
+        r = r.sort_values(["ts", "device", "channel"], kind="stable")
         ts = r["ts"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
         quality = r["quality"].astype(object).where(r["quality"].notna(), "")
         yield from zip(ts, r["device"], r["channel"], map(_number, r["value"]), quality)
