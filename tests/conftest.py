@@ -222,3 +222,10 @@ def fill_history(store, site, first, last, step_s: float = 900.0) -> None:
 
     for batch in history(site, first, last, step_s=step_s, channels=set(site.monitoring_channels)):
         store.write(batch)
+
+
+def fuzz_examples(default: int) -> int:
+    """How many examples a property-based or fuzz test runs: ``default`` in `make test`,
+    ``JCM_FUZZ_EXAMPLES`` for a long run (e.g. ``JCM_FUZZ_EXAMPLES=5000 make test PYTEST_ARGS='-m fuzz'``)."""
+    import os
+    return int(os.environ.get("JCM_FUZZ_EXAMPLES", default))
