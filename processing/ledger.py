@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS signoffs (
 );
 CREATE TRIGGER IF NOT EXISTS signoffs_no_update BEFORE UPDATE ON signoffs
     BEGIN SELECT RAISE(ABORT, 'a sign-off is final'); END;
+CREATE TRIGGER IF NOT EXISTS signoffs_no_delete BEFORE DELETE ON signoffs
+    BEGIN SELECT RAISE(ABORT, 'a sign-off is final'); END;
+-- INSERT OR REPLACE deletes the old row without firing delete triggers
+CREATE TRIGGER IF NOT EXISTS signoffs_no_replace BEFORE INSERT ON signoffs
+    WHEN EXISTS (SELECT 1 FROM signoffs WHERE site = NEW.site AND month = NEW.month)
+    BEGIN SELECT RAISE(ABORT, 'a sign-off is final'); END;
 CREATE TABLE IF NOT EXISTS month_to_date (
     site TEXT NOT NULL, month TEXT NOT NULL, computed TEXT NOT NULL, through TEXT NOT NULL,
     result_json TEXT NOT NULL, PRIMARY KEY (site, month)
