@@ -1,12 +1,15 @@
 """Load and validate configuration files, once, with errors that name file and key.
 
 Every problem in a file is reported in one ``ConfigError`` whose message reads
-``<file>: <key.path>: <what is wrong>``, one line per problem.
+``<file>: <key.path>: <what is wrong>``, one line per problem. Items of a list are named
+by their id where they have one (``devices[inv-01].poll_interval``), else by position.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +17,67 @@ import yaml
 from pydantic import ValidationError
 
 from contract.config.collector import CollectorConfig
+from contract.config.problems import KeyProblems
 from contract.config.profile import Profile
 from contract.config.site import Site
 
 _SECRET_KEYS = {"password", "username", "token", "secret"}
+#: keys that name a list's item, per list (the first of them that the item has and that is unique)
+_ITEM_NAMES = {"devices": ("id",), "points": ("channel",), "monitoring": ("parameter", "unit_id"),
+               "fixed_parameters": ("parameter", "unit_id"), "calibrations": ("date",)}
+_PROFILE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_POINT_PREFIX = re.compile(r"^points\[([^]]+)\]")
+#: discriminator tags pydantic puts in the location of a tagged union's member
+_UNION_TAGS = ("tcp", "rtu")
 
 
 class ConfigError(ValueError):
     """A configuration file is unreadable or invalid."""
 
 
-def _key_path(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+def _item_label(list_key: str | int | None, items: list, index: int) -> str:
+    """``inv-01`` for ``devices[1]`` if that id is unique in the list, else ``1``."""
+    keys = _ITEM_NAMES.get(list_key, ())
+
+    def name(item: Any) -> str:
+        if not isinstance(item, dict) or not keys or item.get(keys[0]) is None:
+            return ""
+        parts = [item[k] for k in keys if item.get(k) is not None]
+        if not all(isinstance(p, str | int | float | dt.date) for p in parts):
+            return ""
+        return ", ".join(str(p) for p in parts)
+
+    label = name(items[index])
+    if label and label.isprintable() and sum(name(other) == label for other in items) == 1:
+        return label
+    return str(index)
 
 
-def _errors(source: Path | str, exc: ValidationError, prefix: tuple = ()) -> list[str]:
+def _key_path(loc: tuple, data: Any) -> str:
+    """Dotted key path of ``loc`` in ``data``, list items by name: ``devices[inv-01].connection.port``."""
+    out, node, parent_key = "", data, None
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+            out += f"[{_item_label(parent_key, node, part)}]"
+            node = node[part]
+        elif isinstance(part, int):
+            out += f"[{part}]"
+            node = None
+        else:
+            out += f"{'.' if out else ''}{part}"
+            node = node.get(part) if isinstance(node, dict) else None
+        parent_key = part
+    return out or "(top level)"
+
+
+def _errors(source: Path | str, exc: ValidationError, data: Any, prefix: tuple = ()) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
-        loc = prefix + tuple(p for p in err["loc"] if p not in ("tcp", "rtu"))
+        loc = prefix + tuple(p for p in err["loc"] if p not in _UNION_TAGS)
+        problem = (err.get("ctx") or {}).get("error")
+        if isinstance(problem, KeyProblems):
+            lines += [f"{source}: {_key_path(loc + sub, data)}: {msg}" for sub, msg in problem.problems]
+            continue
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key '{loc[-1]}'"
@@ -39,20 +85,31 @@ def _errors(source: Path | str, exc: ValidationError, prefix: tuple = ()) -> lis
                 msg += " (secrets are never stored in a file: name an environment variable in username_env/password_env)"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"{source}: {_key_path(loc)}: {msg}")
+        lines.append(f"{source}: {_key_path(loc, data)}: {msg}")
     return lines
 
 
-def _override_errors(path: Path, exc: ValidationError, device_index: int, merged: dict) -> list[str]:
-    """Errors of an overridden profile, named by the channel the override touched."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = list(err["loc"])
-        if len(loc) >= 2 and loc[0] == "points" and isinstance(loc[1], int):
-            loc = [merged["points"][loc[1]].get("channel", loc[1])] + loc[2:]
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {_key_path(('devices', device_index, 'overrides', *loc))}: {msg}")
-    return lines
+def _duplicate_keys(root: yaml.Node) -> list[tuple[tuple, str, int, int]]:
+    """Keys given twice in one mapping (YAML would keep the last one silently):
+    (location, key, first line, second line)."""
+    found, seen, stack = [], set(), [(root, ())]
+    while stack:
+        node, loc = stack.pop()
+        if id(node) in seen:  # an alias: its anchor was walked already
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and name != "<<":
+                    if name in first_line:
+                        found.append((loc + (name,), name, first_line[name], key.start_mark.line + 1))
+                    first_line.setdefault(name, key.start_mark.line + 1)
+                stack.append((value, loc + (name,)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, loc + (i,)) for i, item in enumerate(node.value)]
+    return sorted(found, key=lambda f: f[3])
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -60,12 +117,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte {exc.start}: not UTF-8 text") from None
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+        duplicates = _duplicate_keys(node) if node is not None else []
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(f"{path}: {where}not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: (top level): nested too deeply to be a configuration file") from None
+    finally:
+        loader.dispose()
+    if duplicates:
+        raise ConfigError("\n".join(f"{path}: {_key_path(loc, data)}: key '{key}' is given twice (lines {a} and {b})"
+                                     for loc, key, a, b in duplicates))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: (top level): expected a mapping of keys, got {type(data).__name__}")
     return data
@@ -75,7 +144,9 @@ def _validate(model, data: dict, path: Path):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_errors(path, exc))) from None
+        raise ConfigError("\n".join(_errors(path, exc, data))) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: (top level): nested too deeply to be a configuration file") from None
 
 
 def load_profile(path: Path | str) -> Profile:
@@ -94,37 +165,68 @@ def _apply_overrides(profile: dict, overrides: dict) -> dict:
     return merged
 
 
+def _resolve_profiles(path: Path, data: dict, profiles_dir: Path) -> list[str]:
+    """Give each device its ``register_map`` (profile + overrides); a problem of a profile
+    is reported once, in the profile's file, however many devices use it."""
+    problems: list[str] = []
+    devices = data.get("devices")
+    if not isinstance(devices, list):
+        return problems  # the model reports it
+    raw_profiles: dict[str, dict | None] = {}  # None: missing or invalid, reported
+    users: dict[str, list[str]] = {}
+    for i, device in enumerate(devices):
+        if not isinstance(device, dict) or not isinstance(device.get("profile"), str) \
+                or not _PROFILE_NAME.fullmatch(device["profile"]):
+            continue  # the model reports it
+        where = _key_path(("devices", i), data)
+        if "register_map" in device:
+            problems.append(f"{path}: {where}.register_map: unknown key 'register_map' (it comes from the profile: "
+                            "change single points with overrides)")
+            continue
+        name = device["profile"]
+        users.setdefault(name, []).append(where)
+        if name not in raw_profiles:
+            raw_profiles[name] = None
+            ppath = profiles_dir / f"{name}.yaml"
+            if not ppath.exists():
+                continue
+            try:
+                raw = _read_yaml(ppath)
+                Profile.model_validate(raw)
+                raw_profiles[name] = raw
+            except ConfigError as exc:
+                problems.append(str(exc))
+            except ValidationError as exc:
+                problems.extend(_errors(ppath, exc, raw))
+        if raw_profiles[name] is None:
+            continue
+        overrides = device.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            continue  # the model reports it
+        try:
+            merged = _apply_overrides(raw_profiles[name], overrides)
+            device["register_map"] = Profile.model_validate(merged)
+        except KeyError as exc:
+            problems.append(f"{path}: {where}.overrides.{exc.args[0]}: profile '{name}' has no such channel")
+        except TypeError as exc:
+            problems.append(f"{path}: {where}.overrides.{exc.args[0]}: expected a mapping of point fields")
+        except ValidationError as exc:
+            # named by the channel the override touched: devices[m1].overrides.frequency.type
+            for line in _errors(path, exc, merged):
+                rest = _POINT_PREFIX.sub(r"\1", line.removeprefix(f"{path}: "))
+                problems.append(f"{path}: {where}.overrides.{rest}")
+    for name, where in users.items():
+        if raw_profiles.get(name) is None and not (profiles_dir / f"{name}.yaml").exists():
+            also = f" (also used by {', '.join(where[1:])})" if len(where) > 1 else ""
+            problems.append(f"{path}: {where[0]}.profile: no profile '{name}' in {profiles_dir}{also}")
+    return problems
+
+
 def load_site(path: Path | str, profiles_dir: Path | str | None = None) -> Site:
     """Load a site file and resolve each device's profile (default: ``../profiles``)."""
     path = Path(path)
     data = _read_yaml(path)
-    profiles_dir = Path(profiles_dir) if profiles_dir else path.parent.parent / "profiles"
-    problems: list[str] = []
-    raw_profiles: dict[str, dict] = {}
-    for i, device in enumerate(data.get("devices") or []):
-        if not isinstance(device, dict) or not isinstance(device.get("profile"), str):
-            continue  # the model reports it
-        name = device["profile"]
-        if name not in raw_profiles:
-            ppath = profiles_dir / f"{name}.yaml"
-            if not ppath.exists():
-                problems.append(f"{path}: devices.{i}.profile: no profile '{name}' in {profiles_dir}")
-                continue
-            raw_profiles[name] = _read_yaml(ppath)
-            try:
-                Profile.model_validate(raw_profiles[name])
-            except ValidationError as exc:
-                problems.extend(_errors(ppath, exc))
-                continue
-        try:
-            merged = _apply_overrides(raw_profiles[name], device.get("overrides") or {})
-            device["register_map"] = Profile.model_validate(merged)
-        except KeyError as exc:
-            problems.append(f"{path}: devices.{i}.overrides.{exc.args[0]}: profile '{name}' has no such channel")
-        except TypeError as exc:
-            problems.append(f"{path}: devices.{i}.overrides.{exc.args[0]}: expected a mapping of point fields")
-        except ValidationError as exc:
-            problems.extend(_override_errors(path, exc, i, merged))
+    problems = _resolve_profiles(path, data, Path(profiles_dir) if profiles_dir else path.parent.parent / "profiles")
     if problems:
         raise ConfigError("\n".join(problems))
     return _validate(Site, data, path)

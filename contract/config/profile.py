@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.config.problems import Loc, raise_problems
+
 Table = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal[
     "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
@@ -38,8 +40,13 @@ SUNSPEC_NOT_IMPLEMENTED: dict[str, int] = {
 RESERVED_CHANNELS = {"site", "gateway", "device", "time", "quality", "status", "seq", "simulated"}
 
 
+#: last protocol address of a Modbus table
+LAST_ADDRESS = 65535
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity pass every bound check (or fail it silently): no setting is either
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Kind(str, Enum):
@@ -95,12 +102,33 @@ class Point(Strict):
             raise ValueError("a scale factor applies to register tables only")
         if not math.isfinite(self.gain) or self.gain == 0:
             raise ValueError("gain must be a finite non-zero number")
+        last = self.address + self.registers - 1
+        if last > LAST_ADDRESS:
+            raise_problems([(("address",), f"a {self.type} at {self.address} needs registers {self.address}-{last}, "
+                                           f"past the table's last address {LAST_ADDRESS}")])
         return self
 
     @property
     def registers(self) -> int:
         """Number of registers (or bits) the value occupies."""
         return self.length if self.type == "string" else REGISTERS_PER_TYPE[self.type]
+
+
+def _overlaps(points: list[Point]) -> list[tuple[Loc, str]]:
+    """Points of one table that share a register: one of them decodes the other's bytes."""
+    problems = []
+    reach: dict[str, tuple[int, Point]] = {}  # per table: the furthest last register so far, and whose
+    for i in sorted(range(len(points)), key=lambda i: (points[i].table, points[i].address)):
+        p = points[i]
+        last = p.address + p.registers - 1
+        if p.table in reach and p.address <= reach[p.table][0]:
+            other = reach[p.table][1]
+            problems.append((("points", i, "address"),
+                             f"{p.table} registers {p.address}-{last} of '{p.channel}' overlap '{other.channel}' "
+                             f"({other.address}-{other.address + other.registers - 1})"))
+        if p.table not in reach or last > reach[p.table][0]:
+            reach[p.table] = (last, p)
+    return problems
 
 
 class Profile(Strict):
@@ -118,14 +146,18 @@ class Profile(Strict):
     points: list[Point] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_channels(self) -> Profile:
+    def _coherent(self) -> Profile:
+        problems: list[tuple[Loc, str]] = []
         seen: set[str] = set()
-        for p in self.points:
+        for i, p in enumerate(self.points):
             if p.channel in seen:
-                raise ValueError(f"channel '{p.channel}' appears twice")
+                problems.append((("points", i, "channel"), f"channel '{p.channel}' appears twice"))
             if p.channel in RESERVED_CHANNELS:
-                raise ValueError(f"channel name '{p.channel}' is reserved (the stores use it for tags and metadata)")
+                problems.append((("points", i, "channel"),
+                                 f"channel name '{p.channel}' is reserved (the stores use it for tags and metadata)"))
             seen.add(p.channel)
+        problems += _overlaps(self.points)
+        raise_problems(problems)
         return self
 
     def point(self, channel: str) -> Point:

@@ -13,9 +13,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
+from contract.config.problems import Loc, raise_problems
 from contract.config.profile import Profile, Strict
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+#: the name of an environment variable (a value with other characters is likely the secret itself)
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
 
 class TcpConnection(Strict):
@@ -23,7 +26,7 @@ class TcpConnection(Strict):
     host: str
     port: int = Field(default=502, ge=1, le=65535)
     unit_id: int = Field(default=1, ge=0, le=255)
-    timeout: float = Field(default=1.0, gt=0, le=60, description="[s] per request")
+    timeout: float = Field(default=1.0, ge=0.05, le=60, description="[s] per request")
 
     @property
     def endpoint(self) -> str:
@@ -40,7 +43,7 @@ class RtuConnection(Strict):
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
     unit_id: int = Field(default=1, ge=1, le=247)
-    timeout: float = Field(default=1.0, gt=0, le=60, description="[s] per request")
+    timeout: float = Field(default=1.0, ge=0.05, le=60, description="[s] per request")
 
     @property
     def endpoint(self) -> str:
@@ -55,10 +58,12 @@ class Calibration(Strict):
 
     date: dt.date
     next_due: dt.date
-    #: error found by this calibration, before adjustment [%]
-    error_found_pct: float = 0.0
+    #: error found by this calibration, before adjustment [%]; signed (negative: the meter read low).
+    #: A meter further off than 20 % is failed and replaced, not calibrated: a larger figure is
+    #: a typing or unit mistake, and it would cut the readings it corrects by that much.
+    error_found_pct: float = Field(default=0.0, ge=-20, le=20)
     #: maximum permissible error of the meter's accuracy class [%]
-    mpe_pct: float = Field(gt=0)
+    mpe_pct: float = Field(gt=0, le=20)
     certificate: str = ""
 
     @model_validator(mode="after")
@@ -78,19 +83,26 @@ class Device(Strict):
     connection: Connection
     poll_interval: float = Field(default=10.0, ge=0.1, le=86400, description="[s]")
     #: name of a profile in ``config/profiles/``
-    profile: str
+    profile: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     #: per-channel field overrides of the profile, e.g. ``{ac_energy: {gain: 0.1}}``
     overrides: dict[str, dict] = Field(default_factory=dict)
     calibrations: list[Calibration] = Field(default_factory=list)
     #: the resolved register map (profile with overrides applied), filled by the loader
     register_map: Profile
 
+    @model_validator(mode="after")
+    def _calibrations_distinct(self) -> Device:
+        dates = [c.date for c in self.calibrations]
+        raise_problems([(("calibrations", i, "date"), f"a second calibration dated {d}")
+                        for i, d in enumerate(dates) if d in dates[:i]])
+        return self
+
 
 class Mqtt(Strict):
     url: str
     #: names of the environment variables holding the credentials (never the values)
-    username_env: str | None = None
-    password_env: str | None = None
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -104,8 +116,29 @@ class Mqtt(Strict):
             raise ValueError(f"'{v}': the scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
             raise ValueError(f"'{v}' names no host")
+        if parts.password is not None:
+            # never echo the URL: it holds the secret
+            raise ValueError("the URL holds a password: remove it and name an environment variable in password_env")
+        if parts.username is not None:
+            raise ValueError(f"'{v}': the URL holds a user name, which is not used: put it in the variable named by username_env")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"'{v}': a broker URL is scheme://host[:port] only")
         _ = parts.port  # raises ValueError on a bad port
         return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Mqtt:
+        problems: list[tuple[Loc, str]] = []
+        if not self.tls:
+            problems += [((k,), f"{k} is set but the URL is mqtt://, which does not use TLS: use mqtts://")
+                         for k in ("ca_file", "cert_file", "key_file") if getattr(self, k)]
+        if bool(self.cert_file) != bool(self.key_file):
+            missing = "key_file" if self.cert_file else "cert_file"
+            problems.append(((missing,), "a client certificate needs both cert_file and key_file"))
+        if self.password_env and not self.username_env:
+            problems.append((("username_env",), "password_env is set: name the user name's variable too"))
+        raise_problems(problems)
+        return self
 
     @property
     def tls(self) -> bool:
@@ -125,7 +158,7 @@ class Outbox(Strict):
     #: rows kept while the broker is unreachable; beyond it the oldest are dropped, loudly
     max_rows: int = Field(default=5_000_000, ge=100)
     #: backlog delivered at most this fast [messages/s], beside live readings
-    backlog_rate: float = Field(default=200.0, gt=0)
+    backlog_rate: float = Field(default=200.0, ge=1, le=100_000)
 
 
 class MonitoringPoint(Strict):
@@ -145,6 +178,13 @@ class MonitoringPoint(Strict):
     power_source: str | None = None
     #: sign that turns that power into the counted direction (-1 where export reads negative)
     power_sign: float = 1.0
+
+    @field_validator("power_sign")
+    @classmethod
+    def _sign(cls, v: float) -> float:
+        if v not in (1, -1):
+            raise ValueError(f"{v:g} is not a sign: use 1 or -1")
+        return v
     description: str = ""
 
 
@@ -168,11 +208,18 @@ class Quality(Strict):
     #: below this there is not enough data for a conservative claim [fraction]
     completeness_fail: float = Field(default=0.5, ge=0, le=1)
     #: main and check meter may disagree by this much [fraction]
-    check_meter_tolerance: float = Field(default=0.02, gt=0)
+    check_meter_tolerance: float = Field(default=0.02, gt=0, le=1)
     #: counters and their integrated power may disagree by this much per day [fraction]
-    power_integration_tolerance: float = Field(default=0.05, gt=0)
+    power_integration_tolerance: float = Field(default=0.05, gt=0, le=1)
     #: the monitoring plan's recording interval: completeness counts these slots [s]
-    recording_interval_s: float = Field(default=900.0, gt=0)
+    recording_interval_s: float = Field(default=900.0, ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Quality:
+        if self.completeness_fail > self.completeness_review:
+            raise_problems([(("completeness_fail",), f"{self.completeness_fail:g} is above completeness_review "
+                                                     f"{self.completeness_review:g}: failing must need less data than review")])
+        return self
 
 
 class Site(Strict):
@@ -205,31 +252,55 @@ class Site(Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> Site:
-        ids = [d.id for d in self.devices]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"device ids must be unique: {', '.join(dupes)} repeated")
+        problems: list[tuple[Loc, str]] = []
+        first_of: dict[str, int] = {}
         addresses: dict[tuple, str] = {}
-        buses: dict[str, RtuConnection] = {}
-        for d in self.devices:
+        buses: dict[str, tuple[str, RtuConnection]] = {}
+        for i, d in enumerate(self.devices):
+            if d.id in first_of:
+                problems.append((("devices", i, "id"), f"device ids must be unique: {d.id} repeated"))
+                continue
+            first_of[d.id] = i
             c = d.connection
             key = (c.endpoint, c.unit_id)
             if key in addresses:
-                raise ValueError(f"devices '{addresses[key]}' and '{d.id}' share {c.endpoint} unit {c.unit_id}")
-            addresses[key] = d.id
+                problems.append((("devices", i, "connection"),
+                                 f"devices '{addresses[key]}' and '{d.id}' share {c.endpoint} unit {c.unit_id}"))
+            addresses.setdefault(key, d.id)
             if isinstance(c, RtuConnection):
-                first = buses.setdefault(c.port, c)
+                first_id, first = buses.setdefault(c.port, (d.id, c))
                 line = ("baudrate", "parity", "stopbits", "bytesize")
-                if any(getattr(first, k) != getattr(c, k) for k in line):
-                    raise ValueError(f"devices on serial port {c.port} disagree on its line settings (baudrate/parity/stopbits/bytesize)")
-        for m in self.monitoring:
+                if first is not None and any(getattr(first, k) != getattr(c, k) for k in line):
+                    problems.append((("devices", i, "connection"),
+                                     f"devices on serial port {c.port} disagree on its line settings "
+                                     f"(baudrate/parity/stopbits/bytesize): '{d.id}' differs from '{first_id}'"))
+                    buses[c.port] = (first_id, None)  # one report per port
+        seen: set[tuple] = set()
+        for i, m in enumerate(self.monitoring):
+            if (m.parameter, m.unit_id) in seen:
+                problems.append((("monitoring", i, "parameter"),
+                                 f"{m.parameter}{f' of unit {m.unit_id}' if m.unit_id else ''} is monitored twice"))
+            seen.add((m.parameter, m.unit_id))
             for src in m.sources + ([m.power_source] if m.power_source else []):
                 dev_id, _, channel = src.partition(".")
-                dev = next((d for d in self.devices if d.id == dev_id), None)
+                dev = self.devices[first_of[dev_id]] if dev_id in first_of else None
                 if dev is None:
-                    raise ValueError(f"monitoring {m.parameter}: source '{src}' names no device of this site")
-                if channel not in {p.channel for p in dev.register_map.points}:
-                    raise ValueError(f"monitoring {m.parameter}: device '{dev_id}' has no channel '{channel}'")
+                    problems.append((("monitoring", i), f"monitoring {m.parameter}: source '{src}' names no device of this site"))
+                elif channel not in {p.channel for p in dev.register_map.points}:
+                    problems.append((("monitoring", i), f"monitoring {m.parameter}: device '{dev_id}' has no channel '{channel}'"))
+        fixed: set[tuple] = set()
+        for i, f in enumerate(self.fixed_parameters):
+            if (f.parameter, f.unit_id) in fixed:
+                problems.append((("fixed_parameters", i, "parameter"),
+                                 f"{f.parameter}{f' of unit {f.unit_id}' if f.unit_id else ''} is fixed twice"))
+            fixed.add((f.parameter, f.unit_id))
+        slow = sorted(d for d in {src.partition(".")[0] for m in self.monitoring for src in m.sources}
+                      if d in first_of and self.devices[first_of[d]].poll_interval > self.quality.recording_interval_s)
+        if slow:
+            problems.append((("quality", "recording_interval_s"),
+                             f"{self.quality.recording_interval_s:g} s is shorter than the poll interval of {', '.join(slow)}: "
+                             "completeness could never reach 100 %"))
+        raise_problems(problems)
         return self
 
     @property
