@@ -35,6 +35,16 @@ class ConfigError(ValueError):
     """A configuration file is unreadable or invalid."""
 
 
+def _printable(line: str) -> str:
+    """The line with control characters escaped: a value from the file cannot forge a line
+    of the report or send escape sequences to the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line)
+
+
+def _fail(lines: list[str]) -> ConfigError:
+    return ConfigError("\n".join(_printable(line) for line in lines))
+
+
 def _item_label(list_key: str | int | None, items: list, index: int) -> str:
     """``inv-01`` for ``devices[1]`` if that id is unique in the list, else ``1``."""
     keys = _ITEM_NAMES.get(list_key, ())
@@ -116,27 +126,30 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise _fail([f"{path}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: byte {exc.start}: not UTF-8 text") from None
-    loader = yaml.SafeLoader(text)
+        raise _fail([f"{path}: byte {exc.start}: not UTF-8 text"]) from None
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
         duplicates = _duplicate_keys(node) if node is not None else []
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{path}: {where}not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        why = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+        raise _fail([f"{path}: {where}not valid YAML: {why}"]) from None
     except RecursionError:
-        raise ConfigError(f"{path}: (top level): nested too deeply to be a configuration file") from None
+        raise _fail([f"{path}: (top level): nested too deeply to be a configuration file"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if duplicates:
-        raise ConfigError("\n".join(f"{path}: {_key_path(loc, data)}: key '{key}' is given twice (lines {a} and {b})"
-                                     for loc, key, a, b in duplicates))
+        raise _fail([f"{path}: {_key_path(loc, data)}: key '{key}' is given twice (lines {a} and {b})"
+                     for loc, key, a, b in duplicates])
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: (top level): expected a mapping of keys, got {type(data).__name__}")
+        raise _fail([f"{path}: (top level): expected a mapping of keys, got {type(data).__name__}"])
     return data
 
 
@@ -144,9 +157,9 @@ def _validate(model, data: dict, path: Path):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_errors(path, exc, data))) from None
+        raise _fail(_errors(path, exc, data)) from None
     except RecursionError:
-        raise ConfigError(f"{path}: (top level): nested too deeply to be a configuration file") from None
+        raise _fail([f"{path}: (top level): nested too deeply to be a configuration file"]) from None
 
 
 def load_profile(path: Path | str) -> Profile:
@@ -195,7 +208,7 @@ def _resolve_profiles(path: Path, data: dict, profiles_dir: Path) -> list[str]:
                 Profile.model_validate(raw)
                 raw_profiles[name] = raw
             except ConfigError as exc:
-                problems.append(str(exc))
+                problems.extend(str(exc).splitlines())
             except ValidationError as exc:
                 problems.extend(_errors(ppath, exc, raw))
         if raw_profiles[name] is None:
@@ -228,7 +241,7 @@ def load_site(path: Path | str, profiles_dir: Path | str | None = None) -> Site:
     data = _read_yaml(path)
     problems = _resolve_profiles(path, data, Path(profiles_dir) if profiles_dir else path.parent.parent / "profiles")
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise _fail(problems)
     return _validate(Site, data, path)
 
 
