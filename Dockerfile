@@ -10,5 +10,8 @@ COPY store store
 COPY simulators simulators
 COPY jcm jcm
 COPY config config
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin jcm
+# the code and config stay root-owned and read-only to the service
+USER 10001:10001
 ENTRYPOINT ["jcm"]

@@ -1,0 +1,198 @@
+"""The shipped Mosquitto config and ACL on a real Mosquitto, with certificates made by the
+shipped script: who may publish what, oversized messages, TLS with client certificates."""
+
+import json
+import os
+import ssl
+import subprocess
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from jcm.broker import Mosquitto, free_port, wait_for_port
+from tests.conftest import REPO
+
+USERS = {"mn-solar": "pw-mn", "vn-transformers": "pw-vn", "collector": "pw-col", "liveview": "pw-lv"}
+MN_READING = "jcm/v1/mn-solar/gw-mn-01/inv-01/reading"
+VN_READING = "jcm/v1/vn-transformers/gw-vn-01/tx-01/reading"
+BODY = json.dumps({"v": 1, "note": "the broker does not look inside"}).encode()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tls")
+    res = subprocess.run([str(REPO / "deploy/tls/make-certs.sh"), "localhost", "mn-solar"], capture_output=True,
+                         text=True, env={**os.environ, "JCM_TLS_DIR": str(out)})
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.fixture
+def broker(tmp_path, certs):
+    """Mosquitto with the shipped mosquitto.conf and acl, paths and ports moved to the test's."""
+    passwd = tmp_path / "passwd"
+    for i, (user, password) in enumerate(USERS.items()):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwd), user, password], check=True)
+    plain, tls = free_port(), free_port()
+    conf = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
+    for shipped, here in (("/mosquitto/config/passwd", str(passwd)), ("/mosquitto/config/acl", str(REPO / "deploy/mosquitto/acl")),
+                          ("/mosquitto/data/", f"{tmp_path}/"), ("/mosquitto/certs/", f"{certs}/broker/"),
+                          ("listener 1883\n", f"listener {plain} 127.0.0.1\n"), ("listener 8883\n", f"listener {tls} 127.0.0.1\n")):
+        assert shipped in conf
+        conf = conf.replace(shipped, here)
+    b = Mosquitto(tmp_path / "mq", port=plain)
+    b.conf.write_text(conf + ("user root\n" if os.geteuid() == 0 else ""))
+    b.start()
+    wait_for_port(tls)
+    b.tls_port = tls
+    yield b
+    b.stop()
+
+
+class Client:
+    """A paho MQTT 5 client that records what it receives and the broker's answer to each publish."""
+
+    def __init__(self, port: int, user: str | None, tls: dict | None = None, subscribe: str | None = None,
+                 protocol=mqtt.MQTTv5, wait: float = 5.0):
+        self.connack: dict = {}
+        self.received: list[mqtt.MQTTMessage] = []
+        self.acks: dict[int, int] = {}
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.result: list = []
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-{time.monotonic_ns()}",
+                             protocol=protocol)
+        if user:
+            self.c.username_pw_set(user, USERS[user])
+        if tls:
+            self.c.tls_set(**tls)
+        self.c.on_connect = self._on_connect
+        self.c.on_message = lambda c, u, m: self.received.append(m)
+        self.c.on_disconnect = lambda *args: self.disconnected.set()
+        self.c.on_publish = lambda c, u, mid, rc, p: self.acks.__setitem__(mid, rc.value)
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: (self.result.extend(r.value for r in rcs), self.subscribed.set())
+        self.topic = subscribe
+        try:
+            self.c.connect("localhost", port)
+        except (OSError, ssl.SSLError) as exc:
+            self.result.append(exc)
+            return
+        self.c.loop_start()
+        self.connected.wait(wait)
+        if subscribe:
+            self.subscribed.wait(wait)
+
+    def _on_connect(self, c, u, flags, rc, p):
+        self.result.append(rc.value)
+        self.connack = p.json() if p else {}
+        if rc.value == 0:
+            if self.topic:
+                c.subscribe(self.topic, qos=1)
+            self.connected.set()
+
+    def publish(self, topic: str, payload: bytes = BODY, retain: bool = False) -> int:
+        info = self.c.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
+        return info.mid
+
+    def topics(self) -> list[str]:
+        return [m.topic for m in self.received]
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def settle(observer: Client, last_topic: str, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while last_topic not in observer.topics() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # anything published before the last one has arrived by now
+
+
+def test_a_site_writes_only_its_own_gateway_topics_and_readers_cannot_publish(broker):
+    observer = Client(broker.port, "liveview", subscribe="jcm/v1/#")
+    mn, vn = Client(broker.port, "mn-solar"), Client(broker.port, "vn-transformers")
+    collector, liveview = Client(broker.port, "collector"), Client(broker.port, "liveview")
+    forbidden = [
+        (mn, VN_READING),  # another site's readings
+        (mn, "jcm/v1/vn-transformers/gw-vn-01/status"),  # marking another site offline
+        (mn, "jcm/v1/mn-solar/gw-other/inv-01/reading"),  # a gateway that is not the site's
+        (mn, "jcm/v1/mn-solar/gw-mn-01/status/extra"),
+        (collector, MN_READING),
+        (collector, "jcm/v1/collector/gw/dev/reading"),  # what 'pattern write jcm/v1/%u/#' let it do
+        (liveview, MN_READING),
+        (liveview, "jcm/v1/liveview/gw/dev/reading"),
+        (liveview, "jcm/v1/mn-solar/gw-mn-01/status"),
+    ]
+    refused = {(c.c._username.decode(), t): c.acks.get(c.publish(t)) for c, t in forbidden}
+    allowed = [(mn, "jcm/v1/mn-solar/gw-mn-01/status"), (vn, VN_READING), (mn, MN_READING)]
+    for c, t in allowed:
+        c.publish(t)
+    settle(observer, MN_READING)
+    assert sorted(observer.topics()) == sorted(t for _, t in allowed)
+    assert set(refused.values()) == {0x87}, refused  # MQTT 5 "not authorized" to the publisher
+    for c in (observer, mn, vn, collector, liveview):
+        c.close()
+
+
+def test_the_collector_reads_readings_only_also_in_a_share_group(broker):
+    plain = Client(broker.port, "collector", subscribe="jcm/v1/+/+/+/reading")
+    shared = Client(broker.port, "collector", subscribe="$share/collectors/jcm/v1/+/+/+/reading")
+    everything = Client(broker.port, "collector", subscribe="jcm/v1/#")
+    mn = Client(broker.port, "mn-solar")
+    mn.publish("jcm/v1/mn-solar/gw-mn-01/status")
+    mn.publish(MN_READING)
+    settle(plain, MN_READING)
+    settle(shared, MN_READING)
+    assert plain.topics() == [MN_READING] and shared.topics() == [MN_READING]
+    assert "jcm/v1/mn-solar/gw-mn-01/status" not in everything.topics()
+    for c in (plain, shared, everything, mn):
+        c.close()
+
+
+def test_oversized_messages_are_refused(broker):
+    observer = Client(broker.port, "liveview", subscribe="jcm/v1/#")
+    assert observer.connack["MaximumPacketSize"] == 65536  # MQTT 5 clients are told the limit
+    mn = Client(broker.port, "mn-solar", protocol=mqtt.MQTTv311)  # a 3.1.1 client is not told: it is cut off
+    mn.publish(MN_READING, b"y" * 60_000)
+    settle(observer, MN_READING)
+    big = mn.c.publish(MN_READING, b"z" * 70_000, qos=1)
+    assert mn.disconnected.wait(5) and not big.is_published()
+    time.sleep(0.3)
+    assert [len(m.payload) for m in observer.received] == [60_000]
+    observer.close()
+    mn.c.loop_stop()
+
+
+def test_a_retained_reading_reaches_new_subscribers_marked_retained(broker):
+    """Mosquitto 2.0 cannot refuse the retain flag per topic: a site may leave a retained
+    reading on its own topics. What consumers can rely on is that it arrives marked."""
+    mn = Client(broker.port, "mn-solar")
+    mn.publish(MN_READING, retain=True)
+    late = Client(broker.port, "collector", subscribe="jcm/v1/+/+/+/reading")
+    settle(late, MN_READING)
+    assert [(m.topic, m.retain) for m in late.received] == [(MN_READING, True)]
+    for c in (mn, late):
+        c.close()
+
+
+def test_tls_listener_with_the_scripts_certificates(broker, certs):
+    site = certs / "sites" / "mn-solar"
+    good = {"ca_certs": str(site / "ca.crt"), "certfile": str(site / "client.crt"), "keyfile": str(site / "client.key")}
+    observer = Client(broker.port, "liveview", subscribe="jcm/v1/#")
+    mn = Client(broker.tls_port, "mn-solar", tls=good)
+    assert mn.result == [0]
+    mn.publish(MN_READING)
+    settle(observer, MN_READING)
+    assert observer.topics() == [MN_READING]
+    mn.close()
+    no_client_cert = Client(broker.tls_port, "mn-solar", tls={"ca_certs": str(site / "ca.crt")}, wait=1)
+    plaintext = Client(broker.tls_port, "mn-solar", wait=1)
+    assert 0 not in no_client_cert.result and not no_client_cert.connected.is_set()
+    assert 0 not in plaintext.result and not plaintext.connected.is_set()
+    for c in (observer, no_client_cert, plaintext):
+        c.c.loop_stop()
