@@ -168,15 +168,21 @@ def test_oversized_messages_are_refused(broker):
     mn.c.loop_stop()
 
 
-def test_a_retained_reading_reaches_new_subscribers_marked_retained(broker):
+def test_a_retained_reading_arrives_marked_and_mqtt5_subscribers_can_decline_it(broker):
     """Mosquitto 2.0 cannot refuse the retain flag per topic: a site may leave a retained
-    reading on its own topics. What consumers can rely on is that it arrives marked."""
+    reading on its own topics. It arrives marked retained, and an MQTT 5 subscription with
+    Retain Handling 2 never receives it (our gateways retain only their status)."""
     mn = Client(broker.port, "mn-solar")
     mn.publish(MN_READING, retain=True)
     late = Client(broker.port, "collector", subscribe="jcm/v1/+/+/+/reading")
+    declining = Client(broker.port, "collector")
+    declining.c.subscribe("jcm/v1/+/+/+/reading", options=mqtt.SubscribeOptions(qos=1, retainHandling=2))
     settle(late, MN_READING)
     assert [(m.topic, m.retain) for m in late.received] == [(MN_READING, True)]
-    for c in (mn, late):
+    mn.publish(MN_READING)  # a live one reaches both, not marked
+    settle(declining, MN_READING)
+    assert [m.retain for m in declining.received] == [False]
+    for c in (mn, late, declining):
         c.close()
 
 

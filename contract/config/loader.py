@@ -22,7 +22,8 @@ from contract.config.profile import Profile
 from contract.config.site import Site
 
 _SECRET_KEYS = {"password", "username", "token", "secret"}
-#: keys that name a list's item, per list (the first of them that the item has and that is unique)
+#: per list, the keys whose values (joined) name its items in errors; an item without the
+#: first of them, or whose name is not unique, is named by its position
 _ITEM_NAMES = {"devices": ("id",), "points": ("channel",), "monitoring": ("parameter", "unit_id"),
                "fixed_parameters": ("parameter", "unit_id"), "calibrations": ("date",)}
 _PROFILE_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -80,10 +81,10 @@ def _key_path(loc: tuple, data: Any) -> str:
     return out or "(top level)"
 
 
-def _errors(source: Path | str, exc: ValidationError, data: Any, prefix: tuple = ()) -> list[str]:
+def _errors(source: Path | str, exc: ValidationError, data: Any) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
-        loc = prefix + tuple(p for p in err["loc"] if p not in _UNION_TAGS)
+        loc = tuple(p for p in err["loc"] if p not in _UNION_TAGS)
         problem = (err.get("ctx") or {}).get("error")
         if isinstance(problem, KeyProblems):
             lines += [f"{source}: {_key_path(loc + sub, data)}: {msg}" for sub, msg in problem.problems]
@@ -226,8 +227,8 @@ def _resolve_profiles(path: Path, data: dict, profiles_dir: Path) -> list[str]:
         except ValidationError as exc:
             # named by the channel the override touched: devices[m1].overrides.frequency.type
             for line in _errors(path, exc, merged):
-                rest = _POINT_PREFIX.sub(r"\1", line.removeprefix(f"{path}: "))
-                problems.append(f"{path}: {where}.overrides.{rest}")
+                rest = _POINT_PREFIX.sub(r"\1", line.removeprefix(f"{path}: ").removeprefix("(top level)"))
+                problems.append(f"{path}: {where}.overrides{'' if rest.startswith(':') else '.'}{rest}")
     for name, where in users.items():
         if raw_profiles.get(name) is None and not (profiles_dir / f"{name}.yaml").exists():
             also = f" (also used by {', '.join(where[1:])})" if len(where) > 1 else ""

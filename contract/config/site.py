@@ -222,6 +222,17 @@ class Quality(Strict):
         return self
 
 
+def _repeated_parameters(key: str, items: list[MonitoringPoint] | list[FixedParameter], verb: str) -> list[tuple[Loc, str]]:
+    """A parameter (of one unit) given twice: which of them counts would be an accident of order."""
+    problems, seen = [], set()
+    for i, item in enumerate(items):
+        if (item.parameter, item.unit_id) in seen:
+            unit = f" of unit {item.unit_id}" if item.unit_id else ""
+            problems.append(((key, i, "parameter"), f"{item.parameter}{unit} is {verb} twice"))
+        seen.add((item.parameter, item.unit_id))
+    return problems
+
+
 class Site(Strict):
     site: Identifier
     name: str
@@ -275,12 +286,9 @@ class Site(Strict):
                                      f"devices on serial port {c.port} disagree on its line settings "
                                      f"(baudrate/parity/stopbits/bytesize): '{d.id}' differs from '{first_id}'"))
                     buses[c.port] = (first_id, None)  # one report per port
-        seen: set[tuple] = set()
+        problems += _repeated_parameters("monitoring", self.monitoring, "monitored")
+        problems += _repeated_parameters("fixed_parameters", self.fixed_parameters, "fixed")
         for i, m in enumerate(self.monitoring):
-            if (m.parameter, m.unit_id) in seen:
-                problems.append((("monitoring", i, "parameter"),
-                                 f"{m.parameter}{f' of unit {m.unit_id}' if m.unit_id else ''} is monitored twice"))
-            seen.add((m.parameter, m.unit_id))
             for src in m.sources + ([m.power_source] if m.power_source else []):
                 dev_id, _, channel = src.partition(".")
                 dev = self.devices[first_of[dev_id]] if dev_id in first_of else None
@@ -288,12 +296,6 @@ class Site(Strict):
                     problems.append((("monitoring", i), f"monitoring {m.parameter}: source '{src}' names no device of this site"))
                 elif channel not in {p.channel for p in dev.register_map.points}:
                     problems.append((("monitoring", i), f"monitoring {m.parameter}: device '{dev_id}' has no channel '{channel}'"))
-        fixed: set[tuple] = set()
-        for i, f in enumerate(self.fixed_parameters):
-            if (f.parameter, f.unit_id) in fixed:
-                problems.append((("fixed_parameters", i, "parameter"),
-                                 f"{f.parameter}{f' of unit {f.unit_id}' if f.unit_id else ''} is fixed twice"))
-            fixed.add((f.parameter, f.unit_id))
         slow = sorted(d for d in {src.partition(".")[0] for m in self.monitoring for src in m.sources}
                       if d in first_of and self.devices[first_of[d]].poll_interval > self.quality.recording_interval_s)
         if slow:
