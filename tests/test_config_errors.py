@@ -96,6 +96,9 @@ ACCEPTED_BUT_WRONG = [
      "devices[m1].overrides.frequency.address: a float32 at 65535 needs registers 65535-65536, past the table's last"),
     ("overlapping registers", device_field(overrides={"frequency": {"address": 3001}}),
      "devices[m1].overrides.frequency.address: holding registers 3001-3002 of 'frequency' overlap 'current_l1' (3000-3001)"),
+    ("rollover of an instantaneous value", device_field(overrides={"frequency": {"rollover": 100}}),
+     "devices[m1].overrides.frequency.rollover: only a counter wraps: set kind: counter or remove rollover"),
+    ("broker port 0", lambda d: d["mqtt"].update(url="mqtt://broker:0"), "mqtt.url: 'mqtt://broker:0': port 0 is not a port"),
     ("power_sign NaN", monitor(power_source="m1.active_power", power_sign=NAN),
      "monitoring[EG].power_sign: Input should be a finite number"),
     ("power_sign not a sign", monitor(power_source="m1.active_power", power_sign=0.5),
@@ -199,6 +202,7 @@ COLLECTOR_WRONG = [
     ({"batch_timeout": 1e-9}, "batch_timeout: Input should be greater than or equal to 0.01"),
     ({"client_id": ""}, "client_id: String should match pattern"),
     ({"broker": {"url": "mqtt://collector:pw@mosquitto"}}, "broker.url: the URL holds a password"),
+    ({"store": "influxdb://admin:s3cret@influxdb:8086?api=v2"}, "store: the store URL holds credentials"),
 ]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
 
 from contract.config.profile import Strict
 from contract.config.site import Mqtt
@@ -31,3 +33,12 @@ class CollectorConfig(Strict):
     max_payload_bytes: int = Field(default=65536, ge=256, le=268_435_455)  # MQTT's largest
     #: readings stamped further than this in the future are rejected [s]
     max_future_s: float = Field(default=300.0, ge=0, le=86400)
+
+    @field_validator("store")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        if urlsplit(v).username is not None:
+            # never echo the URL: it may hold the secret
+            raise ValueError("the store URL holds credentials: name environment variables in token_env "
+                             "or username_env/password_env instead")
+        return v

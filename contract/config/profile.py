@@ -98,6 +98,8 @@ class Point(Strict):
             raise ValueError(f"range {list(self.range)}: min is above max")
         if self.kind is Kind.counter and self.type in ("string", "bool"):
             raise ValueError(f"a counter cannot be of type {self.type}")
+        if self.rollover is not None and self.kind is not Kind.counter:
+            raise_problems([(("rollover",), "only a counter wraps: set kind: counter or remove rollover")])
         if self.scale_factor is not None and self.table not in ("holding", "input"):
             raise ValueError("a scale factor applies to register tables only")
         if not math.isfinite(self.gain) or self.gain == 0:

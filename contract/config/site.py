@@ -123,7 +123,8 @@ class Mqtt(Strict):
             raise ValueError(f"'{v}': the URL holds a user name, which is not used: put it in the variable named by username_env")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(f"'{v}': a broker URL is scheme://host[:port] only")
-        _ = parts.port  # raises ValueError on a bad port
+        if parts.port == 0:  # urlsplit refuses ports above 65535 itself
+            raise ValueError(f"'{v}': port 0 is not a port")
         return v
 
     @model_validator(mode="after")
