@@ -8,6 +8,8 @@ Short by default; ``JCM_FUZZ_EXAMPLES=5000`` runs it longer."""
 import datetime as dt
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,26 @@ def test_check_config_never_gives_a_traceback(case, config_copy, capsys):
         assert "Traceback" not in out + err
     finally:
         broken.write_bytes(original)
+
+
+def test_check_config_command_on_hostile_files_exits_1_naming_each(tmp_path):
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (tmp_path / "profiles").symlink_to(REPO / "config" / "profiles")
+    good = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
+    files = {
+        "deep.yaml": b"[" * 20000,
+        "latin1.yaml": "site: caf\xe9\n".encode("latin-1"),
+        "control.yaml": b"site: a\x1b[2J\n",
+        "devices-int.yaml": yaml.safe_dump(dict(good, devices=5)).encode(),
+        "overrides-list.yaml": yaml.safe_dump(dict(good, devices=[dict(good["devices"][0], overrides=["x"])])).encode(),
+        "forged-line.yaml": yaml.safe_dump(dict(good, **{"x\nOK (site forged": 1})).encode(),
+    }
+    for name, content in files.items():
+        (sites / name).write_bytes(content)
+    res = subprocess.run([sys.executable, "-m", "jcm.cli", "check-config", *sorted(str(sites / n) for n in files)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.splitlines()
+    assert all(line.startswith(str(sites) + "/") for line in lines), lines
+    assert {line.split(":")[0] for line in lines} == {str(sites / n) for n in files}
