@@ -56,6 +56,7 @@ class Client:
 
     def __init__(self, port: int, user: str | None, tls: dict | None = None, subscribe: str | None = None,
                  protocol=mqtt.MQTTv5, wait: float = 5.0):
+        self.user = user
         self.connack: dict = {}
         self.received: list[mqtt.MQTTMessage] = []
         self.acks: dict[int, int] = {}
@@ -128,7 +129,7 @@ def test_a_site_writes_only_its_own_gateway_topics_and_readers_cannot_publish(br
         (liveview, "jcm/v1/liveview/gw/dev/reading"),
         (liveview, "jcm/v1/mn-solar/gw-mn-01/status"),
     ]
-    refused = {(c.c._username.decode(), t): c.acks.get(c.publish(t)) for c, t in forbidden}
+    refused = {(c.user, t): c.acks.get(c.publish(t)) for c, t in forbidden}
     allowed = [(mn, "jcm/v1/mn-solar/gw-mn-01/status"), (vn, VN_READING), (mn, MN_READING)]
     for c, t in allowed:
         c.publish(t)

@@ -179,6 +179,7 @@ class MonitoringPoint(Strict):
     power_source: str | None = None
     #: sign that turns that power into the counted direction (-1 where export reads negative)
     power_sign: float = 1.0
+    description: str = ""
 
     @field_validator("power_sign")
     @classmethod
@@ -186,7 +187,6 @@ class MonitoringPoint(Strict):
         if v not in (1, -1):
             raise ValueError(f"{v:g} is not a sign: use 1 or -1")
         return v
-    description: str = ""
 
 
 class FixedParameter(Strict):
