@@ -11,7 +11,8 @@ COPY simulators simulators
 COPY jcm jcm
 COPY config config
 RUN pip install --no-cache-dir . \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin jcm
+    && groupadd --system --gid 10001 jcm \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin jcm
 # the code and config stay root-owned and read-only to the service
 USER 10001:10001
 ENTRYPOINT ["jcm"]
