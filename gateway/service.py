@@ -35,7 +35,7 @@ class Gateway:
             self.links.setdefault(d.connection.endpoint, ModbusLink(d.connection))
         self.pollers = [DevicePoller(site, d, self.links[d.connection.endpoint]) for d in site.devices]
         path = outbox_path or site.outbox.path.format(gateway=site.gateway, site=site.site)
-        self.outbox = Outbox(path, site.outbox.max_rows)
+        self.outbox = Outbox(path, site.outbox.max_rows, memory_rows=site.outbox.memory_rows)
         self.publisher = Publisher(site, self.outbox, broker_url=broker_url)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=len(self.links) + 2)},
