@@ -8,11 +8,15 @@ never reuses an id, so the sequence survives restarts and deletions.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from contract.sqlite_file import open_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,6 @@ class Outbox:
     deleted by the next transaction that succeeds, and never handed out again."""
 
     def __init__(self, path: str | Path, max_rows: int, durable: bool = True, memory_rows: int = 10_000):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
         self.max_rows = max_rows
         self.memory_rows = memory_rows
@@ -54,7 +57,10 @@ class Outbox:
         self._acked: set[int] = set()  # acknowledged by the broker, delete not yet committed
         self._unsaved_drops = 0  # dropped from memory, not yet added to the stored counter
         self.error: str | None = None  # why the last write failed; None once one succeeds
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = open_sqlite(
+            path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
+            damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
+                         f"{Path(path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed reading survives a power cut too, not only a killed process
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -194,3 +200,24 @@ class Outbox:
                              "(seq %d..%d)", self.path, len(self._pending), self.error, self._pending[0].seq,
                              self._pending[-1].seq)
             self._db.close()
+
+
+def move_aside(path: str | Path) -> Path | None:
+    """Rename an outbox that cannot be used (with its -wal and -shm files) to
+    ``<name>.corrupt-<UTC time>`` beside it, so that a new one can start; never delete it.
+
+    Returns the new name, or None when there was nothing at ``path``."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm", "-journal")):
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    os.rename(path, aside)
+    for suffix in ("-wal", "-shm", "-journal"):  # the WAL may hold committed rows: keep it with its file
+        if Path(f"{path}{suffix}").exists():
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    return aside
