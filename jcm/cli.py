@@ -411,7 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as exc:
         print(f"jcm {args.command}: the store cannot be used now: {exc}", file=sys.stderr)
         return 1
-    except sqlite3.DatabaseError as exc:  # e.g. damage found past the checks made when the file was opened
+    except sqlite3.OperationalError as exc:  # a full disk, a lock, an I/O error: may pass, so a restart may help
+        print(f"jcm {args.command}: SQLite cannot write or read now: {exc} (in the store, ledger or outbox it uses)",
+              file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:  # damage found past the checks made when the file was opened
         print(f"jcm {args.command}: SQLite error: {exc} (in the store, ledger or outbox it uses; a file said to be "
               "malformed must be restored from a backup)", file=sys.stderr)
         return 2
