@@ -13,6 +13,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -57,6 +58,9 @@ class Outbox:
         self._acked: set[int] = set()  # acknowledged by the broker, delete not yet committed
         self._unsaved_drops = 0  # dropped from memory, not yet added to the stored counter
         self.error: str | None = None  # why the last write failed; None once one succeeds
+        self._episode_drops = 0  # dropped from memory since the disk began refusing writes
+        self._drops_unlogged = 0  # of which not yet logged: once a minute, not once a reading
+        self._next_drop_log = 0.0
         self._db = open_sqlite(
             path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
             damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
@@ -122,9 +126,11 @@ class Outbox:
         self._unsaved_drops = 0
         self._depth += len(batch) - deleted - capped
         if self.error is not None:
-            log.warning("outbox %s: writing again (%s is over); %d held reading(s) saved",
-                        self.path, self.error, len(batch))
+            log.log(logging.CRITICAL if self._episode_drops else logging.WARNING,
+                    "outbox %s: writing again (%s is over); %d held reading(s) saved, %d dropped meanwhile",
+                    self.path, self.error, len(batch), self._episode_drops)
             self.error = None
+            self._episode_drops = self._drops_unlogged = 0
         if capped:
             log.critical("OUTBOX FULL (%d rows): dropped the %d oldest reading(s); %d dropped in all. "
                          "Raise outbox.max_rows or restore the link to the broker.", self.max_rows, capped,
@@ -141,9 +147,15 @@ class Outbox:
                     e.done = True  # its append must not wait for it
         if over > 0:
             self._unsaved_drops += over
-            log.critical("OUTBOX CANNOT WRITE %s (%s) and holds %d reading(s) in memory, its limit: dropped "
-                         "%d reading(s) (seq %d..%d). Free space on that disk.", self.path, exc, self.memory_rows,
-                         over, lost[0].seq, lost[-1].seq)
+            self._episode_drops += over
+            self._drops_unlogged += over
+            if time.monotonic() >= self._next_drop_log:
+                log.critical("OUTBOX CANNOT WRITE %s (%s) and holds %d reading(s) in memory, its limit: dropped "
+                             "%d more of the oldest (up to seq %d), %d since the disk refused writes. Free space "
+                             "on that disk.", self.path, exc, self.memory_rows, self._drops_unlogged, lost[-1].seq,
+                             self._episode_drops)
+                self._drops_unlogged = 0
+                self._next_drop_log = time.monotonic() + 60
         if self.error is None:
             log.error("outbox %s: cannot write (%s): readings are held in memory, not saved, until it can "
                       "(at most %d)", self.path, exc, self.memory_rows)

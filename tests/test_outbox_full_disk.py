@@ -77,9 +77,12 @@ def test_memory_bound_drops_the_oldest_counted_and_critical(tmp_path, caplog):
                 box.append("t", lambda s: f"m{s}" + "x" * 8000)
         assert box.unsaved == 5
         assert box.dropped == 3  # known in memory before it can be written
-        assert sum("dropped" in r.message for r in caplog.records if r.levelno == logging.CRITICAL) == 3
+        critical = [r.message for r in caplog.records if r.levelno == logging.CRITICAL]
+        assert len(critical) == 1 and "dropped 1 more" in critical[0]  # once a minute, not once a reading
         filler.unlink()
-        box.append("t", str)
+        with caplog.at_level(logging.CRITICAL):
+            box.append("t", str)
+        assert "6 held reading(s) saved, 3 dropped meanwhile" in caplog.records[-1].message
         assert [r[0] for r in box.after(0, 100)] == [1, 5, 6, 7, 8, 9, 10]
         box.close()
         assert Outbox(disk / "o.sqlite", max_rows=1000).dropped == 3  # and then saved
@@ -142,3 +145,34 @@ def test_gateway_on_a_disk_that_fills_and_frees_delivers_every_seq_once(tmp_path
     assert full_polls > 40  # polling went on, each poll stored
     # the retained status said that readings were held in memory while the disk was full
     assert any(s.get("outbox_unsaved") for s in subscriber.status)
+
+
+@needs_root
+@pytest.mark.slow
+def test_gateway_that_must_drop_counts_it_in_its_retained_status(tmp_path, mosquitto, subscriber, simulate):
+    """Memory for 10 readings only: what the full disk costs is exactly the count the status shows."""
+    with tiny_disk(tmp_path / "disk", "8m") as disk:
+        port = free_port()
+        devices = [tcp_device(f"m{i}", "power_meter_3ph", port, unit_id=i + 1, interval=0.1) for i in range(4)]
+        site = load_site(write_site(tmp_path, devices, outbox={"path": str(disk / "outbox.sqlite"), "memory_rows": 10}))
+        simulate(site)
+        gw = Gateway(site, broker_url=mosquitto.url)
+        gw.start()
+        try:
+            assert subscriber.wait_for(lambda: len(subscriber.seqs("gw-test")) >= 20)
+            filler = fill(disk)
+            assert subscriber.wait_for(lambda: any(s.get("outbox_dropped", 0) > 20 for s in subscriber.status), 10)
+            assert any(s.get("outbox_unsaved") == 10 and "full" in (s.get("outbox_error") or "")
+                       for s in subscriber.status)
+            filler.unlink()
+            assert subscriber.wait_for(lambda: gw.outbox.unsaved == 0 and gw.outbox.depth < 20, 20)
+        finally:
+            gw.stop()
+        with sqlite3.connect(disk / "outbox.sqlite") as db:
+            n = db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()[0]
+            dropped = db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()[0]
+    subscriber.wait_for(lambda: len(set(subscriber.seqs("gw-test"))) >= n - dropped, 15)
+    delivered = set(subscriber.seqs("gw-test"))
+    assert dropped > 20 and delivered <= set(range(1, n + 1))
+    assert len(delivered) == n - dropped  # every reading not counted as dropped arrived
+    assert [s for s in subscriber.status if s["state"] == "online"][-1]["outbox_dropped"] == dropped
