@@ -8,6 +8,7 @@ never reuses an id, so the sequence survives restarts and deletions.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -114,7 +115,8 @@ class Outbox:
         except BaseException as exc:
             # SQLite may have rolled back by itself (a COMMIT that hit a full disk does)
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # a failed rollback must not lose the batch
+                    self._db.execute("ROLLBACK")
             self._hold(batch, exc)
             if not isinstance(exc, sqlite3.Error):
                 raise
