@@ -8,11 +8,17 @@ never reuses an id, so the sequence survives restarts and deletions.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from contract.sqlite_file import open_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +41,31 @@ class _Entry:
 
 class Outbox:
     """Group commit: polling threads that append at the same moment share one
-    transaction (one disk flush), and ``append`` returns only once its row is committed."""
+    transaction (one disk flush), and ``append`` returns once its row is committed, or,
+    when the disk refuses the commit (full, I/O error), once the row is held in memory
+    for the next commit to take along.
 
-    def __init__(self, path: str | Path, max_rows: int, durable: bool = True):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Rows held in memory are bounded by ``memory_rows``; beyond it the oldest are dropped,
+    counted and logged CRITICAL. Acknowledged rows whose delete fails are remembered and
+    deleted by the next transaction that succeeds, and never handed out again."""
+
+    def __init__(self, path: str | Path, max_rows: int, durable: bool = True, memory_rows: int = 10_000):
         self.path = str(path)
         self.max_rows = max_rows
-        self._lock = threading.Lock()  # the connection
+        self.memory_rows = memory_rows
+        self._lock = threading.Lock()  # the connection, _acked, _unsaved_drops, error
         self._pending_lock = threading.Lock()  # sequence numbers and rows not yet written
         self._pending: list[_Entry] = []
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._acked: set[int] = set()  # acknowledged by the broker, delete not yet committed
+        self._unsaved_drops = 0  # dropped from memory, not yet added to the stored counter
+        self.error: str | None = None  # why the last write failed; None once one succeeds
+        self._episode_drops = 0  # dropped from memory since the disk began refusing writes
+        self._drops_unlogged = 0  # of which not yet logged: once a minute, not once a reading
+        self._next_drop_log = 0.0
+        self._db = open_sqlite(
+            path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
+            damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
+                         f"{Path(path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed reading survives a power cut too, not only a killed process
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -52,66 +73,116 @@ class Outbox:
         self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         self._seq = row[0] if row else 0
+        row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
+        self._stored_drops = row[0] if row else 0
 
     def append(self, topic: str, payload_for: Callable[[int], str]) -> int:
-        """Store one message durably; ``payload_for(seq)`` renders it with its sequence number."""
+        """Store one message; ``payload_for(seq)`` renders it with its sequence number."""
         # numbered and queued in one step, so rows are committed in sequence order and the
         # publisher's cursor can never pass a row that is not yet in the table
         with self._pending_lock:
-            self._seq += 1
-            entry = _Entry(self._seq, topic, payload_for(self._seq))
+            seq = self._seq + 1
+            payload = payload_for(seq)
+            payload.encode()  # a text SQLite cannot store fails this reading here, not every later commit
+            self._seq = seq
+            entry = _Entry(seq, topic, payload)
             self._pending.append(entry)
         with self._lock:
             if not entry.done:  # else a thread before us committed it with its own batch
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                self._commit(batch)
+                self._commit()
         return entry.seq
 
-    def _commit(self, batch: list[_Entry]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _commit(self) -> None:
+        """Write every pending row and forget every acknowledged one, in one transaction."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        acked = sorted(self._acked)
         try:
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT INTO outbox(seq, topic, payload) VALUES (?,?,?)",
                                  [(e.seq, e.topic, e.payload) for e in batch])
-            dropped = max(0, self._depth + len(batch) - self.max_rows)
-            if dropped:
-                self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (dropped,))
+            cur = self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
+            deleted = cur.rowcount if acked else 0
+            capped = max(0, self._depth - deleted + len(batch) - self.max_rows)
+            if capped:
+                self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (capped,))
+            if capped + self._unsaved_drops:
                 self._db.execute(
                     "INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-                    (dropped, dropped),
+                    (capped + self._unsaved_drops, capped + self._unsaved_drops),
                 )
             self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            with self._pending_lock:  # back in line for the next committer
-                self._pending[:0] = batch
-            raise
+        except BaseException as exc:
+            # SQLite may have rolled back by itself (a COMMIT that hit a full disk does)
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # a failed rollback must not lose the batch
+                    self._db.execute("ROLLBACK")
+            self._hold(batch, exc)
+            if not isinstance(exc, sqlite3.Error):
+                raise
+            return
         for e in batch:
             e.done = True
-        self._depth += len(batch) - dropped
-        if dropped:
-            total = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()[0]
+        self._acked.difference_update(acked)
+        self._stored_drops += capped + self._unsaved_drops
+        self._unsaved_drops = 0
+        self._depth += len(batch) - deleted - capped
+        if self.error is not None:
+            log.log(logging.CRITICAL if self._episode_drops else logging.WARNING,
+                    "outbox %s: writing again (%s is over); %d held reading(s) saved, %d dropped meanwhile",
+                    self.path, self.error, len(batch), self._episode_drops)
+            self.error = None
+            self._episode_drops = self._drops_unlogged = 0
+        if capped:
             log.critical("OUTBOX FULL (%d rows): dropped the %d oldest reading(s); %d dropped in all. "
-                         "Raise outbox.max_rows or restore the link to the broker.", self.max_rows, dropped, total)
+                         "Raise outbox.max_rows or restore the link to the broker.", self.max_rows, capped,
+                         self._stored_drops)
+
+    def _hold(self, batch: list[_Entry], exc: BaseException) -> None:
+        """Keep the rows of a failed commit in memory, in sequence order, for the next commit."""
+        with self._pending_lock:
+            self._pending[:0] = batch
+            over = len(self._pending) - self.memory_rows
+            if over > 0:
+                lost, self._pending = self._pending[:over], self._pending[over:]
+                for e in lost:
+                    e.done = True  # its append must not wait for it
+        if over > 0:
+            self._unsaved_drops += over
+            self._episode_drops += over
+            self._drops_unlogged += over
+            if time.monotonic() >= self._next_drop_log:
+                log.critical("OUTBOX CANNOT WRITE %s (%s) and holds %d reading(s) in memory, its limit: dropped "
+                             "%d more of the oldest (up to seq %d), %d since the disk refused writes. Free space "
+                             "on that disk.", self.path, exc, self.memory_rows, self._drops_unlogged, lost[-1].seq,
+                             self._episode_drops)
+                self._drops_unlogged = 0
+                self._next_drop_log = time.monotonic() + 60
+        if self.error is None:
+            log.error("outbox %s: cannot write (%s): readings are held in memory, not saved, until it can "
+                      "(at most %d)", self.path, exc, self.memory_rows)
+        self.error = str(exc)
 
     def after(self, seq: int, limit: int, upto: int | None = None) -> list[tuple[int, str, str]]:
         """Rows with seq > ``seq`` (and <= ``upto``), oldest first."""
         with self._lock:
+            acked = self._acked
             if upto is None:
                 q = "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
-                return self._db.execute(q, (seq, limit)).fetchall()
-            q = "SELECT seq, topic, payload FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
-            return self._db.execute(q, (seq, upto, limit)).fetchall()
+                rows = self._db.execute(q, (seq, limit + len(acked))).fetchall()
+            else:
+                q = "SELECT seq, topic, payload FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+                rows = self._db.execute(q, (seq, upto, limit + len(acked))).fetchall()
+            return [r for r in rows if r[0] not in acked][:limit]
 
     def delete(self, seqs: Iterable[int]) -> None:
-        seqs = list(seqs)
+        """Forget rows the broker has acknowledged (one transaction, one flush, per batch of PUBACKs)."""
+        seqs = set(seqs)
         if not seqs:
             return
         with self._lock:
-            self._db.execute("BEGIN")  # one transaction (one flush) for the whole batch of PUBACKs
-            cur = self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-            self._db.execute("COMMIT")
-            self._depth -= cur.rowcount
+            self._acked |= seqs
+            self._commit()
 
     def last_seq(self) -> int:
         """The highest sequence number committed."""
@@ -121,14 +192,46 @@ class Outbox:
 
     @property
     def depth(self) -> int:
-        return self._depth
+        """Rows stored and not yet acknowledged."""
+        return self._depth - len(self._acked)
+
+    @property
+    def unsaved(self) -> int:
+        """Readings held in memory because the disk refused them."""
+        return len(self._pending) if self.error is not None else 0
 
     @property
     def dropped(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
-            return row[0] if row else 0
+        """Readings dropped in all: by the ``max_rows`` cap and by the memory bound."""
+        return self._stored_drops + self._unsaved_drops
 
     def close(self) -> None:
         with self._lock:
+            if self._pending or self._acked:
+                self._commit()  # a last try for what the disk refused so far
+            if self._pending:
+                log.critical("outbox %s: %d reading(s) held in memory could not be saved (%s) and are lost "
+                             "(seq %d..%d)", self.path, len(self._pending), self.error, self._pending[0].seq,
+                             self._pending[-1].seq)
             self._db.close()
+
+
+def move_aside(path: str | Path) -> Path | None:
+    """Rename an outbox that cannot be used (with its -wal and -shm files) to
+    ``<name>.corrupt-<UTC time>`` beside it, so that a new one can start; never delete it.
+
+    Returns the new name, or None when there was nothing at ``path``."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm", "-journal")):
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    os.rename(path, aside)
+    for suffix in ("-wal", "-shm", "-journal"):  # the WAL may hold committed rows: keep it with its file
+        if Path(f"{path}{suffix}").exists():
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    return aside

@@ -69,6 +69,7 @@ class Publisher:
         self._backlog_cursor = 0
         self.published = 0
         self.acknowledged = 0
+        self._said: tuple[int, int, str | None] = (0, 0, None)  # outbox health in the last status
 
     def _credentials(self, mq) -> None:
         if mq.username_env:
@@ -151,7 +152,7 @@ class Publisher:
                 last = now
                 self._send_live()
                 tokens -= self._send_backlog(int(tokens))
-                if now >= next_status:
+                if now >= next_status or self._status_changed():
                     self._publish_status()
                     next_status = now + self.status_every
             except Exception:  # never let the delivery thread die
@@ -206,7 +207,17 @@ class Publisher:
             self.outbox.delete(done)
             self.acknowledged += len(done)
 
+    def _outbox_health(self) -> tuple[int, int, str | None]:
+        return self.outbox.unsaved, self.outbox.dropped, self.outbox.error
+
+    def _status_changed(self) -> bool:
+        """Readings held unsaved or dropped, or the disk writing again: say so at once, not at the next period."""
+        unsaved, dropped, _ = self._outbox_health()
+        return (unsaved > 0, dropped) != (self._said[0] > 0, self._said[1])
+
     def _publish_status(self) -> None:
-        body = status_payload(self.site, "online", outbox_depth=self.outbox.depth,
-                              outbox_dropped=self.outbox.dropped)
+        self._said = self._outbox_health()
+        unsaved, dropped, error = self._said
+        body = status_payload(self.site, "online", outbox_depth=self.outbox.depth, outbox_dropped=dropped,
+                              outbox_unsaved=unsaved, outbox_error=error)
         self.client.publish(self.status_topic, body, qos=1, retain=True)

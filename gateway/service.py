@@ -21,21 +21,27 @@ from contract import topics
 from contract.config.site import Site
 from gateway.device_poller import DevicePoller
 from gateway.modbus_link import ModbusLink
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, move_aside
 from gateway.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
 
 class Gateway:
-    def __init__(self, site: Site, broker_url: str | None = None, outbox_path: str | None = None):
+    def __init__(self, site: Site, broker_url: str | None = None, outbox_path: str | None = None,
+                 new_outbox: bool = False):
         self.site = site
         self.links: dict[str, ModbusLink] = {}
         for d in site.devices:
             self.links.setdefault(d.connection.endpoint, ModbusLink(d.connection))
         self.pollers = [DevicePoller(site, d, self.links[d.connection.endpoint]) for d in site.devices]
         path = outbox_path or site.outbox.path.format(gateway=site.gateway, site=site.site)
-        self.outbox = Outbox(path, site.outbox.max_rows)
+        if new_outbox:
+            aside = move_aside(path)
+            log.warning("gateway %s: %s; a new outbox starts and its sequence starts again at 1", site.gateway,
+                        f"moved the outbox {path} aside to {aside} (kept, not deleted)" if aside
+                        else f"there was no outbox at {path}")
+        self.outbox = Outbox(path, site.outbox.max_rows, memory_rows=site.outbox.memory_rows)
         self.publisher = Publisher(site, self.outbox, broker_url=broker_url)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=len(self.links) + 2)},

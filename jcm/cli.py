@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
 
 from contract.config import ConfigError, load_profile, load_site
+from contract.sqlite_file import UnusableFile
+from contract.store import StoreUnavailable
 
 log = logging.getLogger("jcm")
 
@@ -86,7 +89,7 @@ def cmd_gateway(args) -> int:
     from gateway.service import Gateway
 
     site = load_site(args.site)
-    gw = Gateway(site, broker_url=args.broker, outbox_path=args.outbox)
+    gw = Gateway(site, broker_url=args.broker, outbox_path=args.outbox, new_outbox=args.new_outbox)
     gw.start()
     _wait_for_signal(args.duration)
     gw.stop()
@@ -121,7 +124,7 @@ def cmd_collector(args) -> int:
 def cmd_deadletters(args) -> int:
     from store import open_store
 
-    store = open_store(args.store or _collector_config(args).store)
+    store = open_store(args.store or _collector_config(args).store, create=False)
     letters = store.dead_letters(args.limit)
     for d in letters:
         payload = d.payload[:200].decode("utf-8", "replace")
@@ -184,7 +187,7 @@ def cmd_process(args) -> int:
     from store import open_store
 
     site = _site_by_id(args.sites, args.site)
-    store, ledger = open_store(args.store), Ledger(args.ledger)
+    store, ledger = open_store(args.store, create=False), Ledger(args.ledger, create=args.create_ledger)
     result, revision = process_month(site, store, ledger, args.month)
     out = result.summary()
     out["revision"] = revision.revision if revision else None
@@ -199,7 +202,7 @@ def cmd_signoff(args) -> int:
     from processing.ledger import Ledger, SignedOff
 
     try:
-        rev = Ledger(args.ledger).sign_off(args.site, args.month, args.by, args.revision)
+        rev = Ledger(args.ledger, create=False).sign_off(args.site, args.month, args.by, args.revision)
     except (ValueError, SignedOff) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -215,7 +218,8 @@ def cmd_processor(args) -> int:
     from store import open_store
 
     sites = [load_site(f) for f in sorted(glob.glob(str(Path(args.sites) / "*.yaml")))]
-    proc = Processor(sites, open_store(args.store), Ledger(args.ledger))
+    # the collector makes the store; the processor's first run makes its ledger
+    proc = Processor(sites, open_store(args.store, create=False), Ledger(args.ledger, create=True))
     proc.start()
     _wait_for_signal(args.duration)
     proc.stop()
@@ -233,7 +237,8 @@ def cmd_export(args) -> int:
     first, last = dt.date.fromisoformat(args.date_from), dt.date.fromisoformat(args.date_to)
     if last < first:
         raise ConfigError(f"--to {last} is before --from {first}")
-    folder = export_period(site, open_store(args.store), Ledger(args.ledger), first, last, Path(args.out))
+    folder = export_period(site, open_store(args.store, create=False), Ledger(args.ledger, create=False), first, last,
+                           Path(args.out))
     print(f"monitoring period {first}..{last} of {site.site} exported to {folder}")
     return 0
 
@@ -268,8 +273,8 @@ def cmd_dashboard(args) -> int:
         raise ConfigError(f"--token-env: environment variable {args.token_env} is not set")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("the live view is exposed on %s without a token (use --token-env)", args.host)
-    view = LiveView(sites, args.broker, open_store(args.store), args.alarms,
-                    ledger=Ledger(args.ledger) if Path(args.ledger).exists() else None, token=token,
+    view = LiveView(sites, args.broker, open_store(args.store, create=False), args.alarms,
+                    ledger=Ledger(args.ledger, create=False), token=token,
                     simulated=args.simulated)
     uvicorn.run(create_app(view), host=args.host, port=args.port, log_level="warning")
     return 0
@@ -297,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--site", required=True)
     s.add_argument("--broker", help="override the site's MQTT URL, e.g. mqtt://127.0.0.1:1883")
     s.add_argument("--outbox", help="override the outbox file")
+    s.add_argument("--new-outbox", action="store_true",
+                   help="once, for an outbox that cannot be used: move it aside to <name>.corrupt-<UTC time> "
+                        "(never deleted) and start a new outbox, whose sequence starts again at 1")
     s.add_argument("--duration", type=float, help="stop after this many seconds")
     s.set_defaults(func=cmd_gateway)
 
@@ -329,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--site", required=True)
     s.add_argument("--month", required=True, help="YYYY-MM")
     processing_args(s)
+    s.add_argument("--create-ledger", action="store_true",
+                   help="create the ledger if it does not exist (else a missing ledger is an error)")
     s.set_defaults(func=cmd_process)
 
     s = sub.add_parser("signoff", help="sign off a month: no later revision will change it")
@@ -392,8 +402,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except UnusableFile as exc:  # names the file and what to do; nothing was changed
+        print(f"jcm {args.command}: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:  # bad arguments (a month, a period, a URL) explained by the code that refused them
         print(f"jcm {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"jcm {args.command}: the store cannot be used now: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.OperationalError as exc:  # a full disk, a lock, an I/O error: may pass, so a restart may help
+        print(f"jcm {args.command}: SQLite cannot write or read now: {exc} (in the store, ledger or outbox it uses)",
+              file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:  # damage found past the checks made when the file was opened
+        print(f"jcm {args.command}: SQLite error: {exc} (in the store, ledger or outbox it uses; a file said to be "
+              "malformed must be restored from a backup)", file=sys.stderr)
         return 2
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+
+from contract.sqlite_file import open_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -85,10 +86,18 @@ class SignedOff(Exception):
 
 
 class Ledger:
-    def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """``create``: whether a missing ledger may be created (the processor's and the demo's
+    first run); commands that use an existing ledger refuse a missing one rather than
+    start an empty record beside the real one."""
+
+    def __init__(self, path: str | Path, *, create: bool = True):
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        self._db = open_sqlite(
+            path, "ledger", {"revisions"}, create=create, isolation_level=None, check_same_thread=False, timeout=10,
+            damaged_hint="restore it from a backup (it is the record of every result and sign-off: never start "
+                         "an empty one in its place)",
+            missing_hint="check --ledger (`jcm processor` creates the ledger on its first run; "
+                         "`jcm process --create-ledger` creates it on purpose)")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)

@@ -26,6 +26,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from contract.message import Reading
+from contract.sqlite_file import UnusableFile
 from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable
 
 MEASUREMENT = "reading"
@@ -99,6 +100,17 @@ class InfluxStore:
             password=_env(query.get("password_env")), chunk_hours=float(query.get("chunk_hours", 24)),
             timeout_s=float(query.get("timeout", 10)),
         )
+
+    def check_database(self) -> None:
+        """Refuse a database that does not exist; a server that cannot be reached is left to
+        the first read (the live view keeps running while the database is down)."""
+        try:
+            # a data query, which every version answers with "database not found" (SHOW queries need not)
+            self.query(f"SELECT * FROM {_q(MEASUREMENT)} WHERE time > now() - 1m LIMIT 1")
+        except StoreUnavailable as exc:
+            if "database not found" in str(exc):
+                raise UnusableFile(f"store {self.base_url}: database '{self.db}' does not exist: check the store "
+                                   "URL's db= (the collector writes to it)") from None
 
     # -- writing --------------------------------------------------------------------
     def _post_lines(self, lines: list[str], precision: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from contract.message import Reading
+from contract.sqlite_file import open_sqlite
 from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable
 
 SCHEMA = """
@@ -70,11 +71,16 @@ def reading_rows(r: Reading) -> list[tuple]:
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """``create``: whether a missing file may be created (the collector's first run)."""
+
+    def __init__(self, path: str | Path, *, create: bool = True):
         self.path = str(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        self._db = open_sqlite(
+            path, "store", {"readings"}, create=create, check_same_thread=False, isolation_level=None, timeout=5.0,
+            damaged_hint="restore it from a backup, or check the store URL",
+            missing_hint="check the store URL (sqlite:///relative/path.db, sqlite:////absolute/path.db); "
+                         "the collector creates the store on its first run")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # acknowledged upstream means on disk
         self._db.executescript(SCHEMA)

@@ -85,8 +85,8 @@ def test_schedule_uses_site_time_zone_and_generous_misfire_grace(store, tmp_path
 def test_process_and_signoff_commands(store, tmp_path):
     store.close()
     args = ["--store", f"sqlite:///{tmp_path}/jcm.db", "--ledger", str(tmp_path / "l.sqlite")]
-    out = subprocess.run([sys.executable, "-m", "jcm.cli", "process", "--site", "mn-solar", "--month", "2026-10", *args],
-                         capture_output=True, text=True, cwd=REPO, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "jcm.cli", "process", "--site", "mn-solar", "--month", "2026-10", *args,
+                          "--create-ledger"], capture_output=True, text=True, cwd=REPO, check=True).stdout
     res = json.loads(out)
     assert res["status"] == "verified" and res["revision"] == 1 and res["new_revision"] and res["ER"] > 0
     ok = subprocess.run([sys.executable, "-m", "jcm.cli", "signoff", "--site", "mn-solar", "--month", "2026-10",

@@ -158,6 +158,8 @@ class Outbox(Strict):
     path: str = "var/outbox-{gateway}.sqlite"
     #: rows kept while the broker is unreachable; beyond it the oldest are dropped, loudly
     max_rows: int = Field(default=5_000_000, ge=100)
+    #: readings held in memory while the disk refuses writes (full); beyond it the oldest are dropped, loudly
+    memory_rows: int = Field(default=10_000, ge=10)
     #: backlog delivered at most this fast [messages/s], beside live readings
     backlog_rate: float = Field(default=200.0, ge=1, le=100_000)
 

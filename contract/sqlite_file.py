@@ -1,0 +1,121 @@
+"""Opening the pipeline's SQLite files (gateway outbox, embedded store, ledger) safely.
+
+Whoever opens one says whether it may create it. Before SQLite touches an existing
+file, it is checked read-only: a directory where the file should be, a file that is
+not a SQLite database (garbage, another format), one truncated or damaged, a SQLite
+database of another kind (a store given as ``--ledger``), or a directory that is not
+writable each give one ``UnusableFile`` line naming the file and what to do, and
+nothing is created or modified. A missing file is created, with its directories,
+only by an opener that may create it; any other gets an error naming it.
+
+The integrity check (``PRAGMA quick_check``, about 0.5 GB/s) runs on files up to
+``DEEP_CHECK_MAX``; larger ones get the cheap checks only (header, whole pages, schema),
+and damage found later surfaces as a ``sqlite3.DatabaseError`` when the page is read.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+#: files up to this size get a full integrity check when opened [bytes]
+DEEP_CHECK_MAX = 512 * 1024 * 1024
+MAGIC = b"SQLite format 3\x00"
+
+
+class UnusableFile(Exception):
+    """A data file cannot be used as it is; the message names it and what to do."""
+
+
+def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, damaged_hint: str,
+                missing_hint: str = "", **connect_args) -> sqlite3.Connection:
+    """Check and open one of the pipeline's SQLite files.
+
+    Parameters
+    ----------
+    path : file path
+    what : what the file is, for messages ("outbox", "store", "ledger")
+    tables : tables that make a SQLite file this kind of file (any one suffices)
+    create : whether a missing file (and its directories) may be created
+    damaged_hint : what to do about a damaged file, appended to the message
+    missing_hint : what to do about a missing file when ``create`` is false
+    connect_args : passed on to ``sqlite3.connect``
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise UnusableFile(f"{what} {p} is a directory, not a SQLite file: nothing was changed; {damaged_hint}")
+    if not p.exists():
+        if not create:
+            raise UnusableFile(f"{what} {p} does not exist" + (f": {missing_hint}" if missing_hint else ""))
+        _check_can_create(p, what)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite3.connect(_uri(p, "rwc"), uri=True, **connect_args)
+    _check_existing(p, what, tables, create, damaged_hint)
+    return sqlite3.connect(_uri(p, "rw"), uri=True, **connect_args)
+
+
+def _uri(p: Path, mode: str, immutable: bool = False) -> str:
+    return p.absolute().as_uri() + f"?mode={mode}" + ("&immutable=1" if immutable else "")
+
+
+def _check_can_create(p: Path, what: str) -> None:
+    existing = p.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UnusableFile(f"cannot create {what} {p}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UnusableFile(f"cannot create {what} {p}: directory {existing} is not writable by this user "
+                           f"(uid {os.geteuid()}) or is on a read-only filesystem")
+
+
+def _check_existing(p: Path, what: str, tables: set[str], may_be_empty: bool, hint: str) -> None:
+    damaged = f"{what} {p} is damaged or not a {what}"
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            header = f.read(100)
+    except OSError as exc:
+        raise UnusableFile(f"cannot read {what} {p}: {exc.strerror}") from None
+    if size == 0:
+        if may_be_empty:  # what sqlite3.connect leaves when stopped before its first write
+            return _check_writable(p, what)
+        raise UnusableFile(f"{what} {p} is empty (0 bytes): nothing was changed; {hint}")
+    if not header.startswith(MAGIC):
+        raise UnusableFile(f"{damaged} (not a SQLite database): nothing was changed; {hint}")
+    page = int.from_bytes(header[16:18], "big")
+    page = 65536 if page == 1 else page
+    if len(header) < 100 or page < 512 or page & (page - 1) or size % page:
+        raise UnusableFile(f"{damaged} (truncated: {size} bytes is not a whole number of {page}-byte pages): "
+                           f"nothing was changed; {hint}")
+    # read-only; immutable when no -wal file exists, so that not even -wal/-shm files appear
+    wal = Path(f"{p}-wal").exists()
+    try:
+        db = sqlite3.connect(_uri(p, "ro", immutable=not wal), uri=True)
+    except sqlite3.Error as exc:
+        raise UnusableFile(f"cannot open {what} {p}: {exc}") from None
+    try:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if size <= DEEP_CHECK_MAX:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise UnusableFile(f"{damaged} ({'; '.join(problems)}): nothing was changed; {hint}")
+    except sqlite3.DatabaseError as exc:
+        raise UnusableFile(f"{damaged} ({exc}): nothing was changed; {hint}") from None
+    finally:
+        db.close()
+    if names and not names & tables:
+        raise UnusableFile(f"{what} {p} is a SQLite database but not a {what} (its tables: "
+                           f"{', '.join(sorted(names))}): nothing was changed; check the path")
+    if not names and not may_be_empty:
+        raise UnusableFile(f"{what} {p} is an empty SQLite database, not a {what}: nothing was changed; check the path")
+    _check_writable(p, what)
+
+
+def _check_writable(p: Path, what: str) -> None:
+    # SQLite writes the file and, in WAL mode, creates -wal and -shm files beside it
+    for target, name in ((p, f"{what} {p}"), (p.parent, f"the directory of {what} {p}")):
+        if not os.access(target, os.W_OK):
+            raise UnusableFile(f"{name} is not writable by this user (uid {os.geteuid()}) or is on a read-only "
+                               "filesystem: nothing was changed")
