@@ -16,6 +16,10 @@ from pydantic import ValidationError
 from contract.config.collector import CollectorConfig
 from contract.config.profile import Profile
 from contract.config.site import Site
+from contract.units import factor
+
+#: each methodology version's parameters (with their units) and default values
+METHODOLOGIES_DIR = Path(__file__).resolve().parents[2] / "config" / "methodologies"
 
 _SECRET_KEYS = {"password", "username", "token", "secret"}
 
@@ -127,7 +131,37 @@ def load_site(path: Path | str, profiles_dir: Path | str | None = None) -> Site:
             problems.extend(_override_errors(path, exc, i, merged))
     if problems:
         raise ConfigError("\n".join(problems))
-    return _validate(Site, data, path)
+    site = _validate(Site, data, path)
+    problems = _fixed_parameter_problems(site, path)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return site
+
+
+def _fixed_parameter_problems(site: Site, path: Path) -> list[str]:
+    """Each fixed value names a parameter of the site's methodology, once, in a unit that
+    converts to the methodology's (797 kgCO2/MWh is 0.797 tCO2/MWh; kg is no emission factor)."""
+    spec_path = METHODOLOGIES_DIR / f"{site.methodology}.yaml"
+    if not spec_path.exists():
+        known = ", ".join(sorted(p.stem for p in METHODOLOGIES_DIR.glob("*.yaml")))
+        return [f"{path}: methodology: unknown methodology '{site.methodology}' (known: {known})"]
+    parameters = _read_yaml(spec_path).get("parameters") or {}
+    problems, seen = [], set()
+    for i, p in enumerate(site.fixed_parameters):
+        where = f"{path}: fixed_parameters.{i}"
+        if p.parameter not in parameters:
+            problems.append(f"{where}.parameter: {site.methodology} has no parameter '{p.parameter}' "
+                            f"(known: {', '.join(parameters)})")
+            continue
+        if (p.parameter, p.unit_id) in seen:
+            problems.append(f"{where}: {p.parameter}{f'[{p.unit_id}]' if p.unit_id else ''} is given twice")
+        seen.add((p.parameter, p.unit_id))
+        unit = parameters[p.parameter]["unit"]
+        try:
+            factor(p.unit, unit)
+        except ValueError as exc:
+            problems.append(f"{where}.unit: {exc}; {site.methodology} gives {p.parameter} in {unit}")
+    return problems
 
 
 def load_collector(path: Path | str) -> CollectorConfig:
