@@ -96,3 +96,39 @@ def test_an_incompatible_or_unknown_unit_is_refused_at_load(tmp_path, entry, mes
     assert f"{path}: {message}" in str(exc.value)
     assert main(["check-config", str(path)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_export_of_a_signed_off_month_keeps_its_recorded_values_and_reports_the_change(store, tmp_path, capsys):
+    """Before: signed off at ER x with EF_RE 0.797, EF_RE changed to 0.533, the export said
+    ER 2/3 x with no warning while its Monthly sheet still said x."""
+    from tests.test_export import evaluate
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    _, revision = process_month(load_site(mn_solar(tmp_path / "then")), store, ledger, "2026-09")
+    assert revision.result["fixed_parameters"][0]["value"] == 0.797  # recorded with the revision
+    ledger.sign_off("mn-solar", "2026-09", "A. Verifier")
+    path = mn_solar(tmp_path / "now", [{**EF_KG, "value": 0.533, "unit": "tCO2/MWh"}])
+
+    assert main(["export", "--site", "mn-solar", "--from", "2026-09-01", "--to", "2026-09-30",
+                 "--out", str(tmp_path / "out"), "--sites", str(path.parent), "--store", f"sqlite:///{store.path}",
+                 "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: fixed value EF_RE[PV-1]: the revisions used 0.797 tCO2/MWh" in err and "now gives 0.533" in err
+    folder = tmp_path / "out" / "mn-solar_2026-09-01_2026-09-30"
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["figures"]["ER"] == m["revisions"][0]["ER"] == revision.ER > 0
+    assert [f["value"] for f in m["fixed_parameters"]] == [0.797]
+    assert any("EF_RE[PV-1]" in line for line in m["config_changes"])
+    assert "Configuration changed since the revisions used" in (folder / "summary.html").read_text()
+    assert evaluate(folder / f"monitoring_{folder.name}.xlsx")["ER"] == revision.ER
+    assert len(ledger.revisions("mn-solar", "2026-09")) == 1  # a new figure needs a new revision
+
+
+def test_a_period_over_months_computed_with_different_fixed_values_is_refused(store, tmp_path):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    process_month(load_site(mn_solar(tmp_path / "then")), store, ledger, "2026-09")
+    s = load_site(mn_solar(tmp_path / "now", [{**EF_KG, "value": 0.533, "unit": "tCO2/MWh"}]))
+    with pytest.raises(ValueError, match=r"2026-10 \(revision 1\) and 2026-09 \(revision 1\) were computed with "
+                                         r"different fixed values \(EF_RE\[PV-1\]\)"):
+        export_period(s, store, ledger, dt.date(2026, 9, 1), dt.date(2026, 10, 3), tmp_path / "out")
+    assert not (tmp_path / "out" / "mn-solar_2026-09-01_2026-10-03").exists()

@@ -180,22 +180,22 @@ def _report(ws: Worksheet, figures: PeriodFigures) -> None:
         _row(ws, row, [name, uid, float(value), p.unit, p.option, number, sources, p.description])
         cells[(name, uid)] = f"{VALUE}{row}"
 
-    fixed = {(p.parameter, p.unit_id or ("unit-1" if spec.parameters[p.parameter].per_unit else None)): p
-             for p in site.fixed_parameters}
+    fixed = {(f.parameter, f.unit_id): f for f in figures.fixed}
     row += 2
-    ws.cell(row=row, column=1, value="Fixed parameters (ex ante)").font = BOLD
+    ws.cell(row=row, column=1, value="Fixed parameters (ex ante), as recorded in the ledger revisions used").font = BOLD
     row += 1
-    _row(ws, row, ["Symbol", "Unit id", "Value", "Unit", "Origin", "Source", "Status"], BOLD)
+    _row(ws, row, ["Symbol", "Unit id", "Value", "Unit", "Origin", "Source", "Status", "As configured"], BOLD)
     for name, uid, value in inputs("fixed"):
         row += 1
-        if (name, uid) in fixed:
-            f = fixed[(name, uid)]
-            origin = ["site configuration", f.source, f.status]
-        else:
-            d = spec.defaults[name]
-            origin = [f"default of {spec.methodology} Ver{spec.version}", d.source, d.status]
-        _row(ws, row, [name, uid, float(value), spec.parameters[name].unit, *origin])
+        f = fixed[(name, uid)]
+        _row(ws, row, [name, uid, float(value), spec.parameters[name].unit, f.origin, f.source, f.status, f.configured])
         cells[(name, uid)] = f"{VALUE}{row}"
+    if figures.config_changes:
+        row += 2
+        ws.cell(row=row, column=1, value="Configuration changed since the revisions used (not applied here)").font = BOLD
+        for line in figures.config_changes:
+            row += 1
+            ws.cell(row=row, column=1, value=line)
 
     row += 2
     ws.cell(row=row, column=1, value="Calculation (live formulas; column E is the processor's figure)").font = BOLD
