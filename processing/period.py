@@ -28,7 +28,7 @@ from contract.store import ReadingStore
 from processing.calibration import correction_factor, uncovered_periods
 from processing.daily_values import (Finding, counter_daily, energised_hours_daily, gaps, integrated_daily,
                                      local_days, mean_daily)
-from processing.derived import flare_daily
+from processing.derived import FlareResult, flare_daily
 from processing.fixed_values import DEFAULT, FixedValue, from_config
 from processing.methodologies import Calculation, calculate, load_spec
 from contract.units import factor
@@ -148,8 +148,10 @@ class PeriodProcessor:
         status_fail: list[str] = []
         fixed = from_config(site, spec)
         if spec.methodology == "PH_PROV_BIOGAS":
-            totals["PE_flare"] = self._flare(series, days, fixed)
-            units_of["PE_flare"] = "tCO2e"
+            flare = self._flare(series, days, fixed)
+            totals["PE_flare"], totals["CH4_flare"], totals["CH4_flare_burning"] = flare.values, flare.ch4, flare.ch4_burning
+            units_of.update({"PE_flare": "tCO2e", "CH4_flare": "Nm3", "CH4_flare_burning": "Nm3"})
+            adjustments += flare.adjustments
         period_values: dict[str, float] = {}
         for key, values in totals.items():
             name = key.split("[")[0]
@@ -348,14 +350,16 @@ class PeriodProcessor:
                                 "before": None, "factor": None, "after": fill, "reason": reason})
         return values.fillna(fill)
 
-    def _flare(self, series, days, fixed: list[FixedValue]) -> pd.Series:
+    def _flare(self, series, days, fixed: list[FixedValue]) -> FlareResult:
         by_param = {m.parameter: m.sources[0] for m in self.site.monitoring}
         bg, ch4, flame = (by_param[p] for p in DERIVED_FROM["PH_PROV_BIOGAS"]["PE_flare"])
         c = self.spec.constants
         gwp = next(f.value for f in fixed if f.parameter == "GWP_CH4")
+        # a flame or methane reading stands for its channel as long as a poll may be missed
         return flare_daily(series[bg], series[ch4], series[flame],
                            self.site.zone, days, gwp,
-                           c["CH4_density"].value, c["eta_flare_burning"].value)
+                           c["CH4_density"].value, c["eta_flare_burning"].value, self._point(bg).rollover,
+                           min(self._gap_s(flame), self._gap_s(ch4)), (bg, ch4, flame))
 
     def calculate_period(self, values: dict[str, float], fixed: list[FixedValue] | None = None) -> Calculation:
         """The methodology's equations on period totals (``P`` or ``P[unit]`` keys) with ``fixed``
