@@ -92,7 +92,7 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path) -> None:
     ]
     files.append(write_summary(figures, names, folder / "summary.html"))
     files.append(write_manifest(figures, files, folder / "manifest.json"))
-    write_sha256sums(files, folder / "SHA256SUMS")
+    write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
 
 
 __all__ = ["PeriodFigures", "collect", "export_period"]

@@ -9,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from processing.export.csv_files import SIMULATED_NOTE
 from processing.export.period_figures import PeriodFigures
 
 
@@ -49,8 +50,10 @@ def write_manifest(figures: PeriodFigures, files: list[Path], path: Path) -> Pat
     return path
 
 
-def write_sha256sums(files: list[Path], path: Path) -> Path:
-    """``<sha256>  <name>`` per file, sorted by name (GNU coreutils text format)."""
-    lines = [f"{file_entry(f)['sha256']}  {f.name}\n" for f in sorted(files, key=lambda f: f.name)]
+def write_sha256sums(files: list[Path], path: Path, simulated: bool) -> Path:
+    """``<sha256>  <name>`` per file, sorted by name (GNU coreutils text format, which
+    skips the ``#`` line of a simulated export)."""
+    lines = [SIMULATED_NOTE] * simulated
+    lines += [f"{file_entry(f)['sha256']}  {f.name}\n" for f in sorted(files, key=lambda f: f.name)]
     path.write_bytes("".join(lines).encode("utf-8"))
     return path
