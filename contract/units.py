@@ -15,8 +15,9 @@ from fractions import Fraction
 #: symbol -> (dimension, scale to the dimension's base unit), scales exact
 SYMBOLS: dict[str, tuple[str, Fraction]] = {k: (d, Fraction(s)) for k, (d, s) in {
     # energy, base J (1 Wh = 3600 J)
-    "J": ("energy", 1), "kJ": ("energy", 10**3), "MJ": ("energy", 10**6), "GJ": ("energy", 10**9), "TJ": ("energy", 10**12),
-    "Wh": ("energy", 3600), "kWh": ("energy", 3600 * 10**3), "MWh": ("energy", 3600 * 10**6), "GWh": ("energy", 3600 * 10**9),
+    "J": ("energy", 1), "kJ": ("energy", 10**3), "MJ": ("energy", 10**6), "GJ": ("energy", 10**9),
+    "TJ": ("energy", 10**12), "Wh": ("energy", 3600), "kWh": ("energy", 3600 * 10**3),
+    "MWh": ("energy", 3600 * 10**6), "GWh": ("energy", 3600 * 10**9),
     # power, base W
     "W": ("power", 1), "kW": ("power", 10**3), "MW": ("power", 10**6), "VA": ("power", 1), "kVA": ("power", 10**3),
     # mass of anything but CO2, base g

@@ -43,7 +43,8 @@ def _bracket(times: np.ndarray, a0: np.ndarray, a1: np.ndarray, max_age: np.time
 
 def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone: ZoneInfo, days: pd.Index,
                 GWP_CH4: float, CH4_density: float, eta_flare_burning: float, rollover: float | None = None,
-                max_age_s: float = 900.0, sources: tuple[str, str, str] = ("BG_flare", "w_CH4", "flame")) -> FlareResult:
+                max_age_s: float = 900.0,
+                sources: tuple[str, str, str] = ("BG_flare", "w_CH4", "flame")) -> FlareResult:
     """PE_flare per local day [tCO2e] from the flare gas counter [Nm3], the methane
     fraction [%] and the flame detector, interval by interval of the counter.
 

@@ -149,7 +149,7 @@ class PeriodProcessor:
         fixed = from_config(site, spec)
         if spec.methodology == "PH_PROV_BIOGAS":
             flare = self._flare(series, days, fixed)
-            totals["PE_flare"], totals["CH4_flare"], totals["CH4_flare_burning"] = flare.values, flare.ch4, flare.ch4_burning
+            totals.update({"PE_flare": flare.values, "CH4_flare": flare.ch4, "CH4_flare_burning": flare.ch4_burning})
             units_of.update({"PE_flare": "tCO2e", "CH4_flare": "Nm3", "CH4_flare_burning": "Nm3"})
             adjustments += flare.adjustments
         period_values: dict[str, float] = {}

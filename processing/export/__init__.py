@@ -70,7 +70,10 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
             old = Path(out) / f".{figures.name}.replaced-{os.getpid()}"
             final.rename(old)
             folder.rename(final)
-            shutil.rmtree(old)
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:  # --out/<name> was a file
+                old.unlink()
         else:
             folder.rename(final)
     finally:

@@ -237,7 +237,8 @@ def _report(ws: Worksheet, figures: PeriodFigures) -> None:
         row = _flare_inputs(ws, row + 2, figures, refs, cells[("GWP_CH4", None)])
     if figures.config_changes:
         row += 2
-        ws.cell(row=row, column=1, value="Configuration changed since the revisions used (not applied here)").font = BOLD
+        ws.cell(row=row, column=1,
+                value="Configuration changed since the revisions used (not applied here)").font = BOLD
         for line in figures.config_changes:
             row += 1
             ws.cell(row=row, column=1, value=line)
@@ -270,7 +271,7 @@ def _flare_inputs(ws: Worksheet, row: int, figures: PeriodFigures, refs: dict[st
     flame burned, and the constants, recombined by a live formula; returns the last row."""
     constants = figures.spec.constants
     _, sources = _point_label(figures, "PE_flare", None)
-    ws.cell(row=row, column=1, value=f"Derived parameter PE_flare: {sources}, interval by interval").font = BOLD
+    ws.cell(row=row, column=1, value=f"PE_flare, a derived parameter: {sources}, interval by interval").font = BOLD
     row += 1
     _row(ws, row, ["Symbol", "Unit id", "Value", "Unit", "Check (Python)", "Equation"], BOLD)
     sums = {k: math.fsum(figures.daily.loc[figures.daily["key"] == k, "value"].dropna())
