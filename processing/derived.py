@@ -55,9 +55,9 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
       within ``max_age_s``, with no "out" and no silence longer than ``max_age_s``
       between; a missing flame status means not burning (η = 0), never the last value
       carried forward;
-    - the methane fraction is the higher of the first and last reading within the
-      interval; an interval without one takes the highest fraction measured in the
-      period (100 % if none was), never the last reading carried forward;
+    - the methane fraction is the highest reading within the interval; an interval
+      without one takes the highest fraction measured in the period (100 % if none
+      was), never the last reading carried forward;
     - a totaliser that wrapped at ``rollover`` counts its exact increment (as the QA's
       counter reduction does), never 0.
 
@@ -101,12 +101,14 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
     measured = np.zeros(len(volume), dtype=bool)
     if len(ch4):
         ct, cv = _utc(ch4.index), ch4.to_numpy() / 100
-        first = np.searchsorted(ct, a0, side="left")  # first reading in the interval, if any
-        last = np.searchsorted(ct, a1, side="right") - 1  # last reading at or before its end
-        measured = (last >= 0) & (first <= last)
-        both = np.maximum(cv[np.minimum(first, len(cv) - 1)], cv[np.maximum(last, 0)])
-        w = np.where(measured, both, w_max)
-        carried = np.where(last >= 0, cv[np.maximum(last, 0)], np.nan)
+        first = np.searchsorted(ct, a0, side="left")  # readings first..end-1 lie within the interval
+        end = np.searchsorted(ct, a1, side="right")
+        measured = first < end
+        # the highest reading of each interval: reduceat over the pairs (first, end) of one index array
+        bounds = np.column_stack([np.minimum(first, len(cv)), end]).ravel()
+        highest = np.maximum.reduceat(np.append(cv, -np.inf), bounds)[::2]
+        w = np.where(measured, highest, w_max)
+        carried = np.where(end > 0, cv[np.maximum(end - 1, 0)], np.nan)
     ch4_missing = ~measured & (volume > 0)
 
     fl = flame.dropna().sort_index()

@@ -3,6 +3,7 @@ burning, a CH4 analyser gap takes the period's highest fraction, a totaliser wra
 its exact increment; each is an adjustment row with its figures."""
 
 import datetime as dt
+import math
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -66,3 +67,34 @@ def test_a_totaliser_wrap_counts_the_exact_increment():
     [row] = r.adjustments
     assert row["kind"] == "flare_counter_rollover" and row["before"] == 0.0
     assert row["after"] == pytest.approx(150 * 0.5 * K) and "150.0 Nm3 counted" in row["reason"]
+
+
+@pytest.mark.fuzz
+def test_losing_flame_readings_never_lowers_pe_flare():
+    """Whatever flame readings go missing, PE_flare never falls below the figure of the
+    complete data; whatever CH4 readings go missing too, it never exceeds the figure of a
+    flare that never burned at the period's highest CH4 fraction."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tests.conftest import fuzz_examples
+
+    n = 24  # intervals of 15 min, the recording interval: a lost reading is a silence beyond max_age_s
+    readings = st.lists(st.booleans(), min_size=n + 1, max_size=n + 1)
+
+    @settings(max_examples=fuzz_examples(40), deadline=None)
+    @given(flows=st.lists(st.floats(0, 500), min_size=n, max_size=n), flame=readings,
+           ch4=st.lists(st.floats(30, 75), min_size=n + 1, max_size=n + 1),
+           lost_flame=readings, lost_ch4=readings)
+    def check(flows, flame, ch4, lost_flame, lost_ch4):
+        bg = series([0.0] + list(pd.Series(flows).cumsum()))
+        f, c = series(flame), series(ch4)
+        kept_f = f[~pd.Series(lost_flame, index=f.index)]
+        kept_c = c[~pd.Series(lost_ch4, index=c.index) | (c == c.max())]  # the period maximum stays known
+        full, partial = run(bg, c, f), run(bg, c, kept_f)
+        assert full.adjustments == []
+        assert partial.values.iloc[0] >= full.values.iloc[0] - 1e-9
+        assert all(a["after"] >= a["before"] - 1e-9 for a in partial.adjustments)
+        assert run(bg, kept_c, kept_f).values.iloc[0] <= math.fsum(flows) * c.max() / 100 * K + 1e-9
+
+    check()

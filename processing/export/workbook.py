@@ -280,7 +280,7 @@ def _flare_inputs(ws: Worksheet, row: int, figures: PeriodFigures, refs: dict[st
     gwp = next(f.value for f in figures.fixed if f.key == "GWP_CH4")
     steps = [
         ("CH4_flare", f"=SUM({refs['CH4_flare']})", "Nm3", sums["CH4_flare"],
-         "Σ_i BG_flare,i × w_CH4,i: methane sent to the flare (w_CH4 the higher reading of interval i, "
+         "Σ_i BG_flare,i × w_CH4,i: methane sent to the flare (w_CH4 the highest reading of interval i, "
          "the period's highest where there is none)"),
         ("CH4_flare_burning", f"=SUM({refs['CH4_flare_burning']})", "Nm3", sums["CH4_flare_burning"],
          "the part of it sent while the flame detector reported burning throughout the interval (missing status: "
