@@ -25,13 +25,13 @@ import pandas as pd
 from contract.config import ConfigError
 from contract.config.site import Site
 from contract.store import ReadingStore
+from contract.units import factor
 from processing.calibration import correction_factor, uncovered_periods
 from processing.daily_values import (Finding, counter_daily, energised_hours_daily, gaps, integrated_daily,
                                      local_days, mean_daily)
 from processing.derived import FlareResult, flare_daily
 from processing.fixed_values import DEFAULT, FixedValue, from_config
 from processing.methodologies import Calculation, calculate, load_spec
-from contract.units import factor
 
 #: parameters the processor derives interval by interval from monitored ones
 DERIVED_FROM = {"PH_PROV_BIOGAS": {"PE_flare": ("BG_flare", "w_CH4", "flame")}}
