@@ -21,7 +21,7 @@ from contract.store import ReadingStore
 from processing.export.charts import completeness_chart, daily_values_chart
 from processing.export.csv_files import write_daily_values, write_raw_readings
 from processing.export.manifest import write_manifest, write_sha256sums
-from processing.export.period_figures import PeriodFigures, collect
+from processing.export.period_figures import PeriodFigures, collect, export_name
 from processing.export.summary_html import write_summary
 from processing.export.workbook import write_workbook
 from processing.ledger import Ledger
@@ -56,7 +56,7 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     if last >= today:
         raise ValueError(f"period end {last} is not over yet at {site.site} (today is {today} there): "
                          "a monitoring period is made of whole past days")
-    final = Path(out) / f"{site.site}_{first.isoformat()}_{last.isoformat()}"
+    final = Path(out) / export_name(site, first, last)
     if final.exists() and not force:
         raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
     figures = collect(site, store, ledger, first, last)

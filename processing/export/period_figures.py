@@ -98,7 +98,12 @@ class PeriodFigures:
 
     @property
     def name(self) -> str:
-        return f"{self.site.site}_{self.first.isoformat()}_{self.last.isoformat()}"
+        return export_name(self.site, self.first, self.last)
+
+
+def export_name(site: Site, first: dt.date, last: dt.date) -> str:
+    """The export folder's name: ``<site>_<first>_<last>``."""
+    return f"{site.site}_{first.isoformat()}_{last.isoformat()}"
 
 
 def months_between(first: dt.date, last: dt.date) -> list[str]:
