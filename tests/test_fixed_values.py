@@ -130,3 +130,20 @@ def test_a_period_over_months_computed_with_different_fixed_values_is_refused(st
                                          r"different fixed values \(EF_RE\[PV-1\]\)"):
         export_period(s, store, ledger, dt.date(2026, 9, 1), dt.date(2026, 10, 3), tmp_path / "out")
     assert not (tmp_path / "out" / "mn-solar_2026-09-01_2026-10-03").exists()
+
+
+def test_a_revision_recorded_before_fixed_values_were_recorded_keeps_its_values(store, tmp_path):
+    """A revision with only its calculation's values: those values are used; one that
+    today's configuration does not describe counts as unconfirmed."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    s = load_site(mn_solar(tmp_path / "then", [{**EF_KG, "value": 0.6, "unit": "tCO2/MWh"}]))
+    result, revision = process_month(s, store, ledger, "2026-09")
+    old = Ledger(tmp_path / "old.sqlite")
+    details = {k: v for k, v in revision.result.items() if k not in ("summary", "fixed_parameters")}
+    old.record("mn-solar", "2026-09", revision.result["summary"], details,
+               {"defaults_hash": "d", "config_hash": "c", "code_version": "t"})
+    folder = export_period(load_site(mn_solar(tmp_path / "now")), store, old, *SEPT, tmp_path / "out")
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["figures"]["ER"] == revision.ER and m["fixed_parameters"][0]["value"] == 0.6
+    assert m["status"] == "provisional" and m["figures"]["provisional"]
+    assert any("EF_RE[PV-1]" in line and "0.797" in line for line in m["config_changes"])

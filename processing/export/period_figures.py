@@ -256,6 +256,10 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     signed = {r.month for r, s in picked if s is not None}
     status = max((r.status for r in revisions), key=STATUSES.index)
     reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]
+    if calc.provisional and status == "verified":  # a value recorded without its status counts as unconfirmed
+        status = "provisional"
+        reasons.append("fixed values unconfirmed: " + ", ".join(f"{f.key} ({f.source})" for f in fixed
+                                                                 if f.status != "confirmed"))
     return PeriodFigures(
         site=site, spec=processor.spec, first=first, last=last, status=status, reasons=reasons,
         parameters=parameters, calc=calc, revisions=[_used(r, s) for r, s in picked], daily=daily,
