@@ -228,6 +228,7 @@ def cmd_processor(args) -> int:
 
 def cmd_export(args) -> int:
     import datetime as dt
+    import json
 
     from processing.export import export_period
     from processing.ledger import Ledger
@@ -238,7 +239,9 @@ def cmd_export(args) -> int:
     if last < first:
         raise ConfigError(f"--to {last} is before --from {first}")
     folder = export_period(site, open_store(args.store, create=False), Ledger(args.ledger, create=False), first, last,
-                           Path(args.out))
+                           Path(args.out), force=args.force)
+    for line in json.loads((folder / "manifest.json").read_text())["config_changes"]:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"monitoring period {first}..{last} of {site.site} exported to {folder}")
     return 0
 
@@ -354,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="date_from", required=True, help="first day, YYYY-MM-DD (site local)")
     s.add_argument("--to", dest="date_to", required=True, help="last day, inclusive")
     s.add_argument("--out", required=True, help="folder to write the export into")
+    s.add_argument("--force", action="store_true", help="replace an existing export of the same period")
     processing_args(s)
     s.set_defaults(func=cmd_export)
 

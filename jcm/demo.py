@@ -191,7 +191,7 @@ def export_last_months(sites, store, ledger, out: Path, now: dt.datetime) -> lis
     for site in sites:
         last = now.astimezone(site.zone).date().replace(day=1) - dt.timedelta(days=1)
         try:
-            folders.append(export_period(site, store, ledger, last.replace(day=1), last, out))
+            folders.append(export_period(site, store, ledger, last.replace(day=1), last, out, force=True))
         except Exception:
             log.exception("%s: export failed", site.site)
     return folders

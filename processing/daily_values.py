@@ -47,6 +47,19 @@ def _local_date(index: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
     return index.tz_convert(zone).date
 
 
+def backwards_step(prev: float, cur: float, rollover: float | None) -> tuple[float, bool]:
+    """What a counter that went down from ``prev`` to ``cur`` counts for the interval, and
+    whether it wrapped.
+
+    Past half its ``rollover`` to below half of it, the register wrapped and the increment
+    is exact; otherwise it was reset (or the meter replaced): what accrued since the reset
+    is known when it restarted near zero, the rest is not.
+    """
+    if rollover and prev > 0.5 * rollover and cur < 0.5 * rollover:
+        return cur - prev + rollover, True
+    return (cur if cur < prev * 0.01 else 0.0), False
+
+
 def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str, rollover: float | None = None,
                   max_rate_per_h: float | None = None, gap_s: float = 60.0) -> DailyResult:
     """Daily totals of a cumulative counter: the sum of its increments, each counted on
@@ -85,13 +98,11 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
     hours = (t1 - t0).total_seconds().to_numpy() / 3600
     delta = step.copy()
     for i in np.flatnonzero(step < 0):
-        if rollover and prev[i] > 0.5 * rollover and cur[i] < 0.5 * rollover:
-            delta[i] = step[i] + rollover
+        delta[i], wrapped = backwards_step(prev[i], cur[i], rollover)
+        if wrapped:
             findings.append(Finding("counter_rollover", source, "info", f"wrapped at {rollover:g}",
                                     str(t0[i]), str(t1[i]), float(delta[i])))
         else:
-            # reset (or replaced meter): what accrued since the reset is known, the rest is not
-            delta[i] = cur[i] if cur[i] < prev[i] * 0.01 else 0.0
             findings.append(Finding("counter_backwards", source, "review",
                                     f"went from {prev[i]:g} to {cur[i]:g}; counted {delta[i]:g} for the interval",
                                     str(t0[i]), str(t1[i]), float(delta[i])))

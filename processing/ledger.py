@@ -79,6 +79,8 @@ class Revision:
     code_version: str
     result: dict
     new: bool = False  # recorded by this call
+    defaults_hash: str = ""
+    config_hash: str = ""
 
 
 class SignedOff(Exception):
@@ -103,10 +105,10 @@ class Ledger:
         self._db.executescript(SCHEMA)
 
     def _row(self, row, new=False) -> Revision:
-        (id_, site, month, rev, created, _fp, input_hash, _m, _v, _d, _c, code, status, _re, _pe, er_u, er, prov,
-         result) = row
+        (id_, site, month, rev, created, _fp, input_hash, _m, _v, defaults_hash, config_hash, code, status, _re, _pe,
+         er_u, er, prov, result) = row
         return Revision(id_, site, month, rev, created, status, er, er_u, bool(prov), input_hash, code,
-                        json.loads(result), new)
+                        json.loads(result), new, defaults_hash, config_hash)
 
     def latest(self, site: str, month: str) -> Revision | None:
         row = self._db.execute("SELECT * FROM revisions WHERE site=? AND month=? ORDER BY revision DESC LIMIT 1",

@@ -49,6 +49,8 @@ def details(result: PeriodResult) -> dict:
         "explanation": result.calc.explanation if result.calc else [],
         "findings": [f.to_dict() for f in result.findings],
         "adjustments": result.adjustments,
+        # what each fixed value was, so that an export of this month computes with it
+        "fixed_parameters": [f.to_dict() for f in result.fixed],
         "daily": [{**r, "day": r["day"].isoformat()} for r in result.daily.to_dict("records")],
         # final daily value of each parameter (after check meters and missing-data treatment)
         "daily_parameters": [

@@ -25,12 +25,13 @@ import pandas as pd
 from contract.config import ConfigError
 from contract.config.site import Site
 from contract.store import ReadingStore
+from contract.units import factor
 from processing.calibration import correction_factor, uncovered_periods
 from processing.daily_values import (Finding, counter_daily, energised_hours_daily, gaps, integrated_daily,
                                      local_days, mean_daily)
-from processing.derived import flare_daily
+from processing.derived import FlareResult, flare_daily
+from processing.fixed_values import DEFAULT, FixedValue, from_config
 from processing.methodologies import Calculation, calculate, load_spec
-from processing.units import factor
 
 #: parameters the processor derives interval by interval from monitored ones
 DERIVED_FROM = {"PH_PROV_BIOGAS": {"PE_flare": ("BG_flare", "w_CH4", "flame")}}
@@ -57,6 +58,8 @@ class PeriodResult:
     input_hash: str
     simulated: bool = False
     figures: dict = field(default_factory=dict)
+    #: the fixed values the calculation used, with their origin and status
+    fixed: list[FixedValue] = field(default_factory=list)
 
     def summary(self) -> dict:
         c = self.calc
@@ -143,9 +146,12 @@ class PeriodProcessor:
 
         self._check_meters(totals, spanned, findings, adjustments)
         status_fail: list[str] = []
+        fixed = from_config(site, spec)
         if spec.methodology == "PH_PROV_BIOGAS":
-            totals["PE_flare"] = self._flare(series, days)
-            units_of["PE_flare"] = "tCO2e"
+            flare = self._flare(series, days, fixed)
+            totals.update({"PE_flare": flare.values, "CH4_flare": flare.ch4, "CH4_flare_burning": flare.ch4_burning})
+            units_of.update({"PE_flare": "tCO2e", "CH4_flare": "Nm3", "CH4_flare_burning": "Nm3"})
+            adjustments += flare.adjustments
         period_values: dict[str, float] = {}
         for key, values in totals.items():
             name = key.split("[")[0]
@@ -159,7 +165,7 @@ class PeriodProcessor:
 
         calc, reasons = None, []
         try:
-            calc = self.calculate_period(period_values)
+            calc = self.calculate_period(period_values, fixed)
         except ValueError as exc:
             status_fail.append(f"cannot compute: {exc}")
         reasons += status_fail
@@ -179,10 +185,9 @@ class PeriodProcessor:
             status, reasons = "needs_review", reasons + review
         elif calc is not None and calc.provisional:
             status = "provisional"
-            reasons.append("methodology or default values provisional/unconfirmed: "
-                           + ", ".join([spec.methodology] * spec.provisional
-                                       + [n for n, d in calc.defaults_used.items() if d["status"] != "confirmed"]
-                                       + [f"{p.parameter}[{p.unit_id}]" for p in site.fixed_parameters if p.status != "confirmed"]))
+            reasons.append("methodology or fixed values provisional/unconfirmed: "
+                           + ", ".join([f"{spec.methodology} {spec.version}"] * spec.provisional
+                                       + [f"{f.key} ({f.origin})" for f in fixed if f.status != "confirmed"]))
         else:
             status = "verified"
         daily = pd.DataFrame(daily_rows, columns=["day", "parameter", "unit_id", "source", "value", "unit"])
@@ -193,7 +198,7 @@ class PeriodProcessor:
             site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,
             status=status, reasons=reasons, calc=calc, parameters=period_values, daily=daily, findings=findings,
             adjustments=adjustments, completeness=completeness, input_hash=input_hash(raw),
-            figures={"daily_totals": totals, "units": units_of},
+            figures={"daily_totals": totals, "units": units_of}, fixed=fixed,
         )
 
     # -- steps ----------------------------------------------------------------------
@@ -345,19 +350,22 @@ class PeriodProcessor:
                                 "before": None, "factor": None, "after": fill, "reason": reason})
         return values.fillna(fill)
 
-    def _flare(self, series, days) -> pd.Series:
+    def _flare(self, series, days, fixed: list[FixedValue]) -> FlareResult:
         by_param = {m.parameter: m.sources[0] for m in self.site.monitoring}
         bg, ch4, flame = (by_param[p] for p in DERIVED_FROM["PH_PROV_BIOGAS"]["PE_flare"])
         c = self.spec.constants
-        d = self.spec.defaults
-        fixed = {p.parameter: p.value for p in self.site.fixed_parameters if p.unit_id is None}
+        gwp = next(f.value for f in fixed if f.parameter == "GWP_CH4")
+        # a flame or methane reading stands for its channel as long as a poll may be missed
         return flare_daily(series[bg], series[ch4], series[flame],
-                           self.site.zone, days, fixed.get("GWP_CH4", d["GWP_CH4"].value),
-                           c["CH4_density"].value, c["eta_flare_burning"].value)
+                           self.site.zone, days, gwp,
+                           c["CH4_density"].value, c["eta_flare_burning"].value, self._point(bg).rollover,
+                           min(self._gap_s(flame), self._gap_s(ch4)), (bg, ch4, flame))
 
-    def calculate_period(self, values: dict[str, float]) -> Calculation:
-        """The methodology's equations on period totals (``P`` or ``P[unit]`` keys), with the site's fixed values."""
+    def calculate_period(self, values: dict[str, float], fixed: list[FixedValue] | None = None) -> Calculation:
+        """The methodology's equations on period totals (``P`` or ``P[unit]`` keys) with ``fixed``
+        values (default: today's configuration); any unconfirmed one makes the figure provisional."""
         spec = self.spec
+        fixed = from_config(self.site, spec) if fixed is None else fixed
         period: dict[str, float] = {}
         units: dict[str, dict] = {}
         for key, v in values.items():
@@ -369,11 +377,13 @@ class PeriodProcessor:
                 units.setdefault(uid, {"id": uid})[name] = v
             else:
                 period[name] = v
-        for p in self.site.fixed_parameters:
-            if p.parameter not in spec.parameters:
-                raise ValueError(f"fixed parameter '{p.parameter}' is not a parameter of {spec.methodology}")
-            if spec.parameters[p.parameter].per_unit:
-                units.setdefault(p.unit_id or "unit-1", {"id": p.unit_id or "unit-1"})[p.parameter] = p.value
+        for f in fixed:
+            if f.unit_id is not None:
+                units.setdefault(f.unit_id, {"id": f.unit_id})[f.parameter] = f.value
             else:
-                period[p.parameter] = p.value
-        return calculate(spec.methodology, period, list(units.values()), spec=spec)
+                period[f.parameter] = f.value
+        calc = calculate(spec.methodology, period, list(units.values()), spec=spec)
+        calc.provisional = calc.provisional or any(f.status != "confirmed" for f in fixed)
+        calc.defaults_used = {f.parameter: {"value": f.value, "unit": f.unit, "status": f.status, "source": f.source}
+                              for f in fixed if f.origin == DEFAULT}
+        return calc

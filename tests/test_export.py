@@ -28,7 +28,8 @@ from tests.conftest import fill_history, reference_site, store_copy
 FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
 SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
 FILES = {"daily_values.csv", "raw_readings.csv", "daily_values.png", "completeness.png", "summary.html",
-         "manifest.json"}
+         "manifest.json", "SHA256SUMS"}
+SIMULATED_NOTE = "# SIMULATED DATA: readings from the simulator, not from the plant's meters; not for verification"
 
 
 site = reference_site
@@ -225,6 +226,7 @@ def test_export_of_simulated_history(name, store, tmp_path):
 
     # daily_values.csv holds exactly the revisions' daily values of the period's days
     lines = (folder / "daily_values.csv").read_bytes().decode().split("\n")
+    assert lines.pop(0) == SIMULATED_NOTE
     assert lines[0] == "day,parameter,unit_id,unit,value" and lines[-1] == "" and "\r" not in "".join(lines)
     rows = [line.split(",") for line in lines[1:-1]]
     assert len(rows) == len(daily) and rows == sorted(rows, key=lambda r: (r[0], r[1], r[2]))
@@ -237,6 +239,7 @@ def test_export_of_simulated_history(name, store, tmp_path):
 
     # raw_readings.csv: the monitoring plan's sources' readings between the local-day bounds
     raw = (folder / "raw_readings.csv").read_text().splitlines()
+    assert raw.pop(0) == SIMULATED_NOTE
     assert raw[0] == "ts,device,channel,value,quality"
     sources = set(s.monitoring_sources)
     body = [r.split(",") for r in raw[1:]]
@@ -246,9 +249,13 @@ def test_export_of_simulated_history(name, store, tmp_path):
     assert min(r[0] for r in body) == start.strftime("%Y-%m-%dT%H:%M:%S.000Z")
     assert len(body) == len(sources) * 10 * 96
 
-    # simulated history says so
+    # simulated history says so, in every file that can hold text and on every sheet
     assert "SIMULATED DATA" in (folder / "summary.html").read_text()
-    assert "SIMULATED DATA" in openpyxl.load_workbook(workbook)["Monitoring report"]["A2"].value
+    assert (folder / "SHA256SUMS").read_text().startswith(SIMULATED_NOTE)
+    wb = openpyxl.load_workbook(workbook)
+    assert "SIMULATED DATA" in wb["Monitoring report"]["A2"].value
+    for ws in wb.worksheets:
+        assert any("SIMULATED DATA" in str(ws.cell(row=r, column=1).value) for r in (1, 2)), ws.title
     assert m["simulated"] is True
 
 
@@ -262,7 +269,84 @@ def test_same_inputs_give_byte_identical_files_and_the_manifest_vouches_for_them
     for n in names:
         assert (a / n).read_bytes() == (b / n).read_bytes(), n
     files = manifest_of(a)["files"]
-    assert set(files) == {n for n in names if n != "manifest.json"}
+    assert set(files) == {n for n in names if n not in ("manifest.json", "SHA256SUMS")}
     for n, entry in files.items():
         data = (a / n).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+# -- export hygiene -------------------------------------------------------------------
+
+def test_sha256sums_checks_with_the_real_sha256sum(store, tmp_path):
+    import subprocess
+
+    folder = export_period(site("mn-solar"), store, Ledger(tmp_path / "ledger.sqlite"), FIRST, LAST, tmp_path / "out")
+    sums = (folder / "SHA256SUMS").read_text().splitlines()
+    assert sorted(line.split("  ")[1] for line in sums if not line.startswith("#")) == sorted(FILES - {"SHA256SUMS"}
+                                                                                            | {f"monitoring_{folder.name}.xlsx"})
+    done = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (folder / "daily_values.csv").write_text("tampered\n")
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=folder, capture_output=True).returncode == 1
+
+
+def test_an_existing_export_is_refused_unless_forced_and_replaced_byte_identical(store, tmp_path, capsys):
+    from jcm.cli import main
+
+    s = site("mn-solar")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (folder / "notes.txt").write_text("a verifier's notes")
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently .use --force"):
+        export_period(s, store, ledger, FIRST, LAST, tmp_path / "out")
+    assert (folder / "notes.txt").exists()
+    argv = ["export", "--site", "mn-solar", "--from", FIRST.isoformat(), "--to", LAST.isoformat(),
+            "--out", str(tmp_path / "out"), "--store", f"sqlite:///{store.path}", "--ledger", str(tmp_path / "ledger.sqlite")]
+    assert main(argv) == 2 and "use --force" in capsys.readouterr().err
+    assert main(argv + ["--force"]) == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # replaced whole, same bytes
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [folder.name]  # nothing half-written left
+
+
+def test_period_totals_are_live_sums_of_the_daily_sheet_and_columns_fit(tmp_path):
+    s = site("mv-addu")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    record_months(ledger, s, months_between(FIRST, LAST), seeded(s))
+    folder = export_period(s, SqliteStore(tmp_path / "empty.db"), ledger, FIRST, LAST, tmp_path / "out")
+    path = folder / f"monitoring_{folder.name}.xlsx"
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Monitoring report"]
+    rows = {ws.cell(row=r, column=1).value: r for r in range(1, ws.max_row + 1)}
+    solution = formulas.ExcelModel().loads(str(path)).finish().calculate()
+    by_cell = {k.rsplit("]", 1)[1].upper(): v for k, v in solution.items()}
+    daily_header = [c.value for c in wb["Daily"][1]]
+    for symbol in ("EG_PV", "EC_BESS", "EG_BESS"):
+        r = rows[symbol]
+        col = openpyxl.utils.get_column_letter(daily_header.index(symbol) + 1)
+        assert ws.cell(row=r, column=3).value == f"=SUM(Daily!{col}3:{col}12)"
+        got = float(by_cell[f"MONITORING REPORT'!C{r}"].value[0][0])
+        assert got == pytest.approx(manifest_of(folder)["parameters"][symbol], rel=1e-12)
+        assert ws.cell(row=r, column=5).value == pytest.approx(got, rel=1e-12)
+    for sheet in wb.worksheets:  # every column as wide as its widest cell in a table row
+        for cells in sheet.iter_rows():
+            filled = [c for c in cells if c.value is not None]
+            for c in filled if len(filled) > 1 else []:
+                text = c.value if isinstance(c.value, str) and not c.value.startswith("=") else ""
+                width = sheet.column_dimensions[c.column_letter].width
+                assert width >= min(80, len(text)), (sheet.title, c.coordinate, width, text)
+
+
+def test_pe_flare_is_shown_with_its_inputs(store, tmp_path):
+    folder = export_period(site("ph-biogas"), store, Ledger(tmp_path / "ledger.sqlite"), FIRST, LAST, tmp_path / "out")
+    path = folder / f"monitoring_{folder.name}.xlsx"
+    ws = openpyxl.load_workbook(path)["Monitoring report"]
+    rows = {ws.cell(row=r, column=1).value: r for r in range(1, ws.max_row + 1)}
+    assert {"CH4_flare", "CH4_flare_burning", "rho_CH4", "eta_flare", "GWP_CH4", "PE_flare (from inputs)"} <= set(rows)
+    solution = formulas.ExcelModel().loads(str(path)).finish().calculate()
+    by_cell = {k.rsplit("]", 1)[1].upper(): v for k, v in solution.items()}
+    r = rows["PE_flare (from inputs)"]
+    got = float(by_cell[f"MONITORING REPORT'!C{r}"].value[0][0])
+    assert got == pytest.approx(ws.cell(row=r, column=5).value, rel=1e-9) and got > 0
+    # no day was filled, so the PE_flare the calculation used is the one its inputs give
+    assert got == pytest.approx(manifest_of(folder)["parameters"]["PE_flare"], rel=1e-9)

@@ -20,6 +20,10 @@ from contract.config.collector import CollectorConfig
 from contract.config.problems import KeyProblems
 from contract.config.profile import Profile
 from contract.config.site import Site
+from contract.units import factor
+
+#: each methodology version's parameters (with their units) and default values
+METHODOLOGIES_DIR = Path(__file__).resolve().parents[2] / "config" / "methodologies"
 
 _SECRET_KEYS = {"password", "username", "token", "secret"}
 #: per list, the keys whose values (joined) name its items in errors; an item without the
@@ -243,7 +247,33 @@ def load_site(path: Path | str, profiles_dir: Path | str | None = None) -> Site:
     problems = _resolve_profiles(path, data, Path(profiles_dir) if profiles_dir else path.parent.parent / "profiles")
     if problems:
         raise _fail(problems)
-    return _validate(Site, data, path)
+    site = _validate(Site, data, path)
+    problems = _fixed_parameter_problems(site, path, data)
+    if problems:
+        raise _fail(problems)
+    return site
+
+
+def _fixed_parameter_problems(site: Site, path: Path, data: dict) -> list[str]:
+    """Each fixed value names a parameter of the site's methodology in a unit that converts
+    to the methodology's (797 kgCO2/MWh is 0.797 tCO2/MWh; kg is no emission factor)."""
+    spec_path = METHODOLOGIES_DIR / f"{site.methodology}.yaml"
+    if not spec_path.exists():  # an unknown methodology, or a gateway installed without them: processing refuses it
+        return []
+    parameters = _read_yaml(spec_path).get("parameters") or {}
+    problems = []
+    for i, p in enumerate(site.fixed_parameters):
+        where = f"{path}: {_key_path(('fixed_parameters', i), data)}"
+        if p.parameter not in parameters:
+            problems.append(f"{where}.parameter: {site.methodology} has no parameter '{p.parameter}' "
+                            f"(known: {', '.join(parameters)})")
+            continue
+        unit = parameters[p.parameter]["unit"]
+        try:
+            factor(p.unit, unit)
+        except ValueError as exc:
+            problems.append(f"{where}.unit: {exc}; {site.methodology} gives {p.parameter} in {unit}")
+    return problems
 
 
 def load_collector(path: Path | str) -> CollectorConfig:

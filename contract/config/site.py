@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
+from contract import units
 from contract.config.problems import Loc, raise_problems
 from contract.config.profile import Profile, Strict
 
@@ -197,10 +198,18 @@ class FixedParameter(Strict):
 
     parameter: str
     unit_id: str | None = None
-    value: float
+    value: float = Field(allow_inf_nan=False)
+    #: converted to the methodology's unit for the parameter where compatible (``contract.units``)
     unit: str
     source: str
+    #: an unconfirmed value makes every figure computed with it provisional
     status: Literal["confirmed", "unconfirmed"] = "confirmed"
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, v: str) -> str:
+        units.parse(v)
+        return v
 
 
 class Quality(Strict):

@@ -3,26 +3,32 @@
 ``export_period`` writes ``<out>/<site>_<first>_<last>/``: the monitoring workbook
 (plan, report with live formulas, monthly revisions, daily values, QA findings,
 adjustments), the daily values and raw readings as CSV, two charts, an HTML summary,
-and a manifest with every file's SHA-256. The same inputs give byte-identical files.
+a manifest with every file's SHA-256 and ``SHA256SUMS`` for ``sha256sum -c``. The same
+inputs give byte-identical files. The folder is written beside its final place and
+moved there whole, so a failed export leaves nothing half-written and an earlier
+export is replaced only when asked to.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from pathlib import Path
 
 from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.export.charts import completeness_chart, daily_values_chart
 from processing.export.csv_files import write_daily_values, write_raw_readings
-from processing.export.manifest import write_manifest
-from processing.export.period_figures import PeriodFigures, collect
+from processing.export.manifest import write_manifest, write_sha256sums
+from processing.export.period_figures import PeriodFigures, collect, export_name
 from processing.export.summary_html import write_summary
 from processing.export.workbook import write_workbook
 from processing.ledger import Ledger
 
 
-def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, last: dt.date, out: Path) -> Path:
+def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, last: dt.date, out: Path,
+                  force: bool = False) -> Path:
     """Export the monitoring period ``first..last`` (inclusive local days) of ``site``.
 
     Parameters
@@ -36,6 +42,8 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
         First and last local day of the period.
     out : Path
         Parent folder of the export folder.
+    force : bool
+        Replace an existing export folder of the same period (else refused).
 
     Returns
     -------
@@ -48,9 +56,32 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     if last >= today:
         raise ValueError(f"period end {last} is not over yet at {site.site} (today is {today} there): "
                          "a monitoring period is made of whole past days")
+    final = Path(out) / export_name(site, first, last)
+    if final.exists() and not force:
+        raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
     figures = collect(site, store, ledger, first, last)
-    folder = Path(out) / figures.name
-    folder.mkdir(parents=True, exist_ok=True)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    folder = Path(out) / f".{figures.name}.partial-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    try:
+        _write(figures, store, folder)
+        if final.exists():
+            old = Path(out) / f".{figures.name}.replaced-{os.getpid()}"
+            final.rename(old)
+            folder.rename(final)
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:  # --out/<name> was a file
+                old.unlink()
+        else:
+            folder.rename(final)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return final
+
+
+def _write(figures: PeriodFigures, store: ReadingStore, folder: Path) -> None:
     names = {
         "workbook": f"monitoring_{figures.name}.xlsx", "daily_csv": "daily_values.csv",
         "raw_csv": "raw_readings.csv", "daily_chart": "daily_values.png", "completeness_chart": "completeness.png",
@@ -63,8 +94,8 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
         completeness_chart(figures, folder / names["completeness_chart"]),
     ]
     files.append(write_summary(figures, names, folder / "summary.html"))
-    write_manifest(figures, files, folder / "manifest.json")
-    return folder
+    files.append(write_manifest(figures, files, folder / "manifest.json"))
+    write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
 
 
 __all__ = ["PeriodFigures", "collect", "export_period"]

@@ -4,7 +4,8 @@ store a week at a time: a year of 1-minute readings is millions of rows).
 
 Rows are sorted, lines end in LF, and numbers are written with ``repr`` (the
 shortest text that reads back as the same float), so the same inputs give the same
-bytes and a reader recovers the exact values.
+bytes and a reader recovers the exact values. A file of simulated readings says so in
+its first line, a ``#`` comment (``pandas.read_csv(..., comment="#")`` skips it).
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ def _number(value) -> str:
     return repr(float(value))
 
 
-def _write(path: Path, header: list[str], rows) -> Path:
+#: first line of every text file of a simulated export
+SIMULATED_NOTE = "# SIMULATED DATA: readings from the simulator, not from the plant's meters; not for verification\n"
+
+
+def _write(path: Path, header: list[str], rows, simulated: bool) -> Path:
     with path.open("w", newline="", encoding="utf-8") as f:
+        if simulated:
+            f.write(SIMULATED_NOTE)
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
@@ -41,13 +48,13 @@ def write_daily_values(figures: PeriodFigures, path: Path) -> Path:
     daily = figures.daily.sort_values(["day", "parameter", "unit_id"], kind="stable", na_position="first")
     rows = ([d.isoformat(), p, u or "", unit, _number(v)]
             for d, p, u, unit, v in daily[["day", "parameter", "unit_id", "unit", "value"]].itertuples(index=False))
-    return _write(path, ["day", "parameter", "unit_id", "unit", "value"], rows)
+    return _write(path, ["day", "parameter", "unit_id", "unit", "value"], rows, figures.simulated)
 
 
 def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path) -> Path:
     """``ts, device, channel, value, quality``: the monitored sources' readings between the
     period's local-day bounds in time order, ``ts`` in UTC ISO 8601 with milliseconds."""
-    return _write(path, ["ts", "device", "channel", "value", "quality"], _raw_rows(figures, store))
+    return _write(path, ["ts", "device", "channel", "value", "quality"], _raw_rows(figures, store), figures.simulated)
 
 
 def _raw_rows(figures: PeriodFigures, store: ReadingStore):

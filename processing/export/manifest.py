@@ -1,6 +1,7 @@
 """The export's manifest: each file's SHA-256 and size, the figures, and the ledger
-revisions they came from. Written last, so it can vouch for every other file; anyone
-can re-hash the folder and compare."""
+revisions they came from. Written after every other file, so it can vouch for them;
+``SHA256SUMS`` beside it lists every file and the manifest in the format of
+``sha256sum``, so that ``sha256sum -c SHA256SUMS`` in the folder checks the export."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from processing.export.csv_files import SIMULATED_NOTE
 from processing.export.period_figures import PeriodFigures
 
 
@@ -39,8 +41,19 @@ def write_manifest(figures: PeriodFigures, files: list[Path], path: Path) -> Pat
         "figures": {"RE": calc.RE, "PE": calc.PE, "ER_unrounded": calc.ER_unrounded, "ER": calc.ER,
                     "provisional": calc.provisional, "unit": "tCO2"},
         "parameters": figures.parameters,
+        "fixed_parameters": [f.to_dict() for f in figures.fixed],
+        "config_changes": figures.config_changes,
         "revisions": [r.to_dict() for r in figures.revisions],
         "files": {f.name: file_entry(f) for f in sorted(files)},
     }
     path.write_bytes((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return path
+
+
+def write_sha256sums(files: list[Path], path: Path, simulated: bool) -> Path:
+    """``<sha256>  <name>`` per file, sorted by name (GNU coreutils text format, which
+    skips the ``#`` line of a simulated export)."""
+    lines = [SIMULATED_NOTE] * simulated
+    lines += [f"{file_entry(f)['sha256']}  {f.name}\n" for f in sorted(files, key=lambda f: f.name)]
+    path.write_bytes("".join(lines).encode("utf-8"))
     return path

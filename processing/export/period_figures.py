@@ -18,10 +18,11 @@ import pandas as pd
 from contract.config import ConfigError
 from contract.config.site import Site
 from contract.store import ReadingStore
+from processing.fixed_values import FixedValue, changes, from_calculation, from_config, from_record
 from processing.ledger import Ledger, Revision
 from processing.methodologies import Calculation
 from processing.methodologies.spec import MethodologySpec
-from processing.monthly import process_month
+from processing.monthly import process_month, versions
 from processing.period import STATUSES, PeriodProcessor
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class PeriodFigures:
         ``{month: {source: fraction}}`` from the revisions' summaries.
     simulated : bool
         Some month of the period was computed from simulated readings.
+    fixed : list of FixedValue
+        The fixed values the revisions recorded, which the period's calculation uses.
+    config_changes : list of str
+        How today's configuration differs from what the revisions were computed with.
     """
 
     site: Site
@@ -82,6 +87,8 @@ class PeriodFigures:
     adjustments: list[dict]
     completeness: dict[str, dict[str, float]]
     simulated: bool
+    fixed: list[FixedValue]
+    config_changes: list[str]
 
     @property
     def stamp(self) -> dt.datetime:
@@ -91,7 +98,12 @@ class PeriodFigures:
 
     @property
     def name(self) -> str:
-        return f"{self.site.site}_{self.first.isoformat()}_{self.last.isoformat()}"
+        return export_name(self.site, self.first, self.last)
+
+
+def export_name(site: Site, first: dt.date, last: dt.date) -> str:
+    """The export folder's name: ``<site>_<first>_<last>``."""
+    return f"{site.site}_{first.isoformat()}_{last.isoformat()}"
 
 
 def months_between(first: dt.date, last: dt.date) -> list[str]:
@@ -164,6 +176,55 @@ def period_totals(daily: pd.DataFrame, spec: MethodologySpec) -> dict[str, float
     return totals
 
 
+def recorded_fixed(revisions: list[Revision], spec: MethodologySpec, current: list[FixedValue]) -> list[FixedValue]:
+    """The fixed values the revisions were computed with, which must agree: one period
+    figure cannot use two emission factors. Where only the status differs, unconfirmed wins."""
+    recorded = []
+    for r in revisions:
+        if "fixed_parameters" in r.result:
+            recorded.append((r, from_record(r.result["fixed_parameters"])))
+        elif r.result.get("calculation"):
+            recorded.append((r, from_calculation(r.result["calculation"], spec, current)))
+    if not recorded:  # no month could be computed: nothing was recorded to keep to
+        return current
+    first, reference = recorded[0]
+    ref_values = {f.key: (f.value, f.unit) for f in reference}
+    used: dict[str, FixedValue] = {}
+    for r, fixed in recorded:
+        values = {f.key: (f.value, f.unit) for f in fixed}
+        differ = sorted(k for k in set(values) | set(ref_values) if values.get(k) != ref_values.get(k))
+        if differ:
+            raise ValueError(
+                f"{r.month} (revision {r.revision}) and {first.month} (revision {first.revision}) were computed with "
+                f"different fixed values ({', '.join(differ)}): one period figure cannot use both; reprocess the "
+                "unsigned months with one configuration (jcm process), or end the monitoring period where it changed")
+        for f in fixed:
+            if f.key not in used or f.status != "confirmed":
+                used[f.key] = f
+    return sorted(used.values(), key=lambda f: f.key)
+
+
+def config_changes(site: Site, revisions: list[Revision], used: list[FixedValue], current: list[FixedValue],
+                   signed: set[str]) -> list[str]:
+    """What changed since the revisions were computed, one line each: fixed values, the
+    site configuration, the methodology's defaults, the processing code."""
+    lines = [f"fixed value {line}" for line in changes(used, current)]
+    now = versions(site)
+    for r in revisions:
+        what = [label for label, was, is_ in (
+            ("the site configuration (monitoring plan, fixed values, calibrations, quality)", r.config_hash,
+             now["config_hash"]),
+            (f"the {site.methodology} default values", r.defaults_hash, now["defaults_hash"]),
+            ("the processing code", r.code_version, now["code_version"])) if was != is_]
+        if what:
+            lines.append(f"{r.month} (revision {r.revision}): {' and '.join(what)} changed since it was computed; "
+                         "this export keeps its recorded figures and values. "
+                         + (f"Reprocess the month (jcm process --site {site.site} --month {r.month}) for a new "
+                            "revision with today's configuration" if r.month not in signed else
+                            "It is signed off and cannot change"))
+    return lines
+
+
 def _tagged(revision: Revision, rows: list[dict]) -> list[dict]:
     return [{"month": revision.month, "revision": revision.revision, **row} for row in rows]
 
@@ -189,9 +250,16 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     revisions = [r for r, _ in picked]
     daily = _daily(revisions, first, last)
     parameters = period_totals(daily, processor.spec)
-    calc = processor.calculate_period(parameters)
+    current = from_config(site, processor.spec)
+    fixed = recorded_fixed(revisions, processor.spec, current)
+    calc = processor.calculate_period(parameters, fixed)
+    signed = {r.month for r, s in picked if s is not None}
     status = max((r.status for r in revisions), key=STATUSES.index)
     reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]
+    if calc.provisional and status == "verified":  # a value recorded without its status counts as unconfirmed
+        status = "provisional"
+        reasons.append("fixed values unconfirmed: " + ", ".join(f"{f.key} ({f.source})" for f in fixed
+                                                                 if f.status != "confirmed"))
     return PeriodFigures(
         site=site, spec=processor.spec, first=first, last=last, status=status, reasons=reasons,
         parameters=parameters, calc=calc, revisions=[_used(r, s) for r, s in picked], daily=daily,
@@ -199,4 +267,5 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
         adjustments=[a for r in revisions for a in _tagged(r, r.result["adjustments"])],
         completeness={r.month: r.result["summary"]["completeness"] for r in revisions},
         simulated=any(r.result["summary"].get("simulated") for r in revisions),
+        fixed=fixed, config_changes=config_changes(site, revisions, fixed, current, signed),
     )

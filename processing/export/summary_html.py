@@ -55,6 +55,11 @@ def render(figures: PeriodFigures, files: dict[str, str]) -> str:
         f"<td class=n><b>{calc.ER:,} tCO2</b></td></tr>",
         "</table>",
     ]
+    if figures.config_changes:
+        parts.append("<h3>Configuration changed since the revisions used</h3><p>The figures above are computed "
+                     "with the values the ledger revisions recorded, not with today's configuration:</p><ul>")
+        parts += [f"<li>{e(line)}</li>" for line in figures.config_changes]
+        parts.append("</ul>")
     if figures.reasons:
         parts.append("<h3>Why this status</h3><ul>")
         parts += [f"<li>{e(r)}</li>" for r in figures.reasons]

@@ -1,9 +1,11 @@
 """The monitoring workbook, laid out like a JCM Monitoring Spreadsheet.
 
 Sheets: the monitoring plan (what is monitored, how, from which meters, with which
-default values), the monitoring report (the period's values and the RE/PE/ER
-calculation as live formulas, the Python figures beside them), then the monthly
-revisions used, the daily values, the QA findings and the adjustments.
+default values), the monitoring report (the period's totals as live ``=SUM(Daily!...)``
+formulas, derived parameters with their inputs, and the RE/PE/ER calculation as live
+formulas, the Python figures beside them), then the monthly revisions used, the daily
+values, the QA findings and the adjustments. Every sheet of a simulated export says so
+in its first rows; column widths follow their content.
 
 The file is byte-identical for the same inputs: its document properties carry a date
 derived from the period, and the zip is rewritten with fixed entry dates and order.
@@ -38,6 +40,11 @@ ADJUSTMENT_COLUMNS = ["month", "revision", "kind", "parameter", "source", "meter
                       "reason"]
 #: Monitoring report: the column holding every value the formulas read, and the formulas
 VALUE = "C"
+SIMULATED = "SIMULATED DATA: these readings come from the simulator, not from the plant's meters"
+#: Daily sheet: header row, units row, then one row per day, below the banner rows if any
+DAILY = "Daily"
+#: widest column [characters]; a longer text overflows or wraps
+MAX_WIDTH = 80
 
 
 def _clean(value):
@@ -75,9 +82,42 @@ def _facts(ws: Worksheet, row: int, facts: list[tuple[str, object]]) -> int:
     return row + len(facts) + 1
 
 
-def _widths(ws: Worksheet, widths: list[int]) -> None:
-    for col, width in enumerate(widths, start=1):
-        ws.column_dimensions[get_column_letter(col)].width = width
+def _banner(ws: Worksheet, figures: PeriodFigures, row: int = 1) -> int:
+    """The simulated-data banner at ``row`` of a simulated export; returns the first row
+    free for the sheet's content."""
+    if not figures.simulated:
+        return row
+    ws.cell(row=row, column=1, value=SIMULATED).font = BANNER
+    ws.sheet_properties.tabColor = "C00000"
+    return row + 2
+
+
+def _shown(value) -> str:
+    """The text a cell shows, as long as it is displayed."""
+    if isinstance(value, str) and value.startswith("="):
+        return "0" * 16  # a computed figure: as wide as a large number with 6 decimals
+    if isinstance(value, float):
+        return f"{value:,.6f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dt.date):
+        return "yyyy-mm-dd"
+    return "" if value is None else str(value)
+
+
+def _fit_columns(ws: Worksheet) -> None:
+    """Each column as wide as its widest cell, counting only rows of more than one cell:
+    titles, banners and notes stand alone in their row and overflow into empty neighbours."""
+    widths: dict[int, int] = {}
+    for cells in ws.iter_rows():
+        filled = [c for c in cells if c.value is not None]
+        if len(filled) < 2:
+            continue
+        for c in filled:
+            lines = _shown(c.value).split("\n")
+            widths[c.column] = max(widths.get(c.column, 0), max(len(line) for line in lines))
+    for col, width in widths.items():
+        ws.column_dimensions[get_column_letter(col)].width = min(MAX_WIDTH, width + 2)
 
 
 def _sources(m: MonitoringPoint) -> str:
@@ -102,7 +142,8 @@ def _plan(ws: Worksheet, figures: PeriodFigures) -> None:
     spec, site = figures.spec, figures.site
     ws["A1"] = f"Monitoring plan: {spec.methodology} Ver{spec.version}"
     ws["A1"].font = TITLE
-    row = _facts(ws, 3, [
+    _banner(ws, figures, 2)
+    row = _facts(ws, 4 if figures.simulated else 3, [
         ("Methodology", spec.methodology), ("Version", spec.version), ("Title", spec.title),
         ("Methodology status", spec.status), ("Source", spec.source),
         ("Rounding of the period's ER", spec.rounding), ("Project", site.jcm_project), ("Site", site.site),
@@ -135,7 +176,6 @@ def _plan(ws: Worksheet, figures: PeriodFigures) -> None:
         ws.cell(row=row, column=1, value="Constants").font = BOLD
         _table(ws, row + 1, ["Name", "Value", "Unit", "Source"],
                [[n, c.value, c.unit, c.source] for n, c in spec.constants.items()])
-    _widths(ws, [26, 60, 12, 11, 9, 12, 10, 16, 10, 44, 13, 13, 13, 60])
 
 
 def _report(ws: Worksheet, figures: PeriodFigures) -> None:
@@ -143,9 +183,7 @@ def _report(ws: Worksheet, figures: PeriodFigures) -> None:
     spec, site, calc = figures.spec, figures.site, figures.calc
     ws["A1"] = f"Monitoring report: {site.jcm_project}"
     ws["A1"].font = TITLE
-    if figures.simulated:
-        ws["A2"] = "SIMULATED DATA: these readings come from the simulator, not from the plant's meters"
-        ws["A2"].font = BANNER
+    _banner(ws, figures, 2)
     row = _facts(ws, 4, [
         ("Project", site.jcm_project), ("Site", f"{site.site}: {site.name}"), ("Country", site.country),
         ("Methodology", f"{spec.methodology} Ver{spec.version}: {spec.title}"), ("Methodology status", spec.status),
@@ -169,33 +207,41 @@ def _report(ws: Worksheet, figures: PeriodFigures) -> None:
                 out.append((name, None, calc.parameters[name]))
         return out
 
-    ws.cell(row=row, column=1, value="Monitored parameters: period totals").font = BOLD
+    refs = _daily_refs(figures)
+    ws.cell(row=row, column=1, value="Monitored parameters: period totals (live sums of sheet Daily; column E is "
+                                     "the processor's figure)").font = BOLD
     row += 1
-    _row(ws, row, ["Symbol", "Unit id", "Value", "Unit", "Monitoring option", "Monitoring point",
+    _row(ws, row, ["Symbol", "Unit id", "Value", "Unit", "Check (Python)", "Monitoring option", "Monitoring point",
                    "Sources (device.channel)", "Description"], BOLD)
     for name, uid, value in inputs("monitored"):
         row += 1
         p = spec.parameters[name]
         number, sources = _point_label(figures, name, uid)
-        _row(ws, row, [name, uid, float(value), p.unit, p.option, number, sources, p.description])
+        key = f"{name}[{uid}]" if f"{name}[{uid}]" in refs else name
+        _row(ws, row, [name, uid, float(value), p.unit, float(value), p.option, number, sources, p.description])
+        if key in refs:
+            ws[f"{VALUE}{row}"] = f"=SUM({refs[key]})"
         cells[(name, uid)] = f"{VALUE}{row}"
 
-    fixed = {(p.parameter, p.unit_id or ("unit-1" if spec.parameters[p.parameter].per_unit else None)): p
-             for p in site.fixed_parameters}
+    fixed = {(f.parameter, f.unit_id): f for f in figures.fixed}
     row += 2
-    ws.cell(row=row, column=1, value="Fixed parameters (ex ante)").font = BOLD
+    ws.cell(row=row, column=1, value="Fixed parameters (ex ante), as recorded in the ledger revisions used").font = BOLD
     row += 1
-    _row(ws, row, ["Symbol", "Unit id", "Value", "Unit", "Origin", "Source", "Status"], BOLD)
+    _row(ws, row, ["Symbol", "Unit id", "Value", "Unit", "Origin", "Source", "Status", "As configured"], BOLD)
     for name, uid, value in inputs("fixed"):
         row += 1
-        if (name, uid) in fixed:
-            f = fixed[(name, uid)]
-            origin = ["site configuration", f.source, f.status]
-        else:
-            d = spec.defaults[name]
-            origin = [f"default of {spec.methodology} Ver{spec.version}", d.source, d.status]
-        _row(ws, row, [name, uid, float(value), spec.parameters[name].unit, *origin])
+        f = fixed[(name, uid)]
+        _row(ws, row, [name, uid, float(value), spec.parameters[name].unit, f.origin, f.source, f.status, f.configured])
         cells[(name, uid)] = f"{VALUE}{row}"
+    if {"CH4_flare", "CH4_flare_burning"} <= set(refs) and ("GWP_CH4", None) in cells:
+        row = _flare_inputs(ws, row + 2, figures, refs, cells[("GWP_CH4", None)])
+    if figures.config_changes:
+        row += 2
+        ws.cell(row=row, column=1,
+                value="Configuration changed since the revisions used (not applied here)").font = BOLD
+        for line in figures.config_changes:
+            row += 1
+            ws.cell(row=row, column=1, value=line)
 
     row += 2
     ws.cell(row=row, column=1, value="Calculation (live formulas; column E is the processor's figure)").font = BOLD
@@ -218,36 +264,94 @@ def _report(ws: Worksheet, figures: PeriodFigures) -> None:
     ws.cell(row=cursor[0] + 2, column=1,
             value="The period's ER is computed from the period's summed parameters and rounded once; "
                   "monthly figures (sheet Monthly) are never added up.")
-    _widths(ws, [26, 44, 20, 12, 20, 60, 44, 60])
+
+
+def _flare_inputs(ws: Worksheet, row: int, figures: PeriodFigures, refs: dict[str, str], gwp_cell: str) -> int:
+    """PE_flare with its inputs: the methane sent to the flare, the part sent while the
+    flame burned, and the constants, recombined by a live formula; returns the last row."""
+    constants = figures.spec.constants
+    _, sources = _point_label(figures, "PE_flare", None)
+    ws.cell(row=row, column=1, value=f"PE_flare, a derived parameter: {sources}, interval by interval").font = BOLD
+    row += 1
+    _row(ws, row, ["Symbol", "Unit id", "Value", "Unit", "Check (Python)", "Equation"], BOLD)
+    sums = {k: math.fsum(figures.daily.loc[figures.daily["key"] == k, "value"].dropna())
+            for k in ("CH4_flare", "CH4_flare_burning")}
+    rho, eta = constants["CH4_density"].value, constants["eta_flare_burning"].value
+    gwp = next(f.value for f in figures.fixed if f.key == "GWP_CH4")
+    steps = [
+        ("CH4_flare", f"=SUM({refs['CH4_flare']})", "Nm3", sums["CH4_flare"],
+         "Σ_i BG_flare,i × w_CH4,i: methane sent to the flare (w_CH4 the highest reading of interval i, "
+         "the period's highest where there is none)"),
+        ("CH4_flare_burning", f"=SUM({refs['CH4_flare_burning']})", "Nm3", sums["CH4_flare_burning"],
+         "the part of it sent while the flame detector reported burning throughout the interval (missing status: "
+         "not burning)"),
+        ("rho_CH4", rho, constants["CH4_density"].unit, rho, constants["CH4_density"].source),
+        ("eta_flare", eta, constants["eta_flare_burning"].unit, eta, constants["eta_flare_burning"].source),
+        ("GWP_CH4", f"={gwp_cell}", "-", gwp, "the fixed parameter above"),
+    ]
+    at = {}
+    for symbol, value, unit, check, equation in steps:
+        row += 1
+        _row(ws, row, [symbol, None, value, unit, float(check), equation])
+        at[symbol] = f"{VALUE}{row}"
+    row += 1
+    _row(ws, row, ["PE_flare (from inputs)", None,
+                   f"=({at['CH4_flare']}-{at['eta_flare']}*{at['CH4_flare_burning']})*{at['rho_CH4']}"
+                   f"*{at['GWP_CH4']}*0.001", "tCO2e",
+                   (sums["CH4_flare"] - eta * sums["CH4_flare_burning"]) * rho * gwp * 1e-3,
+                   "PE_flare = (CH4_flare − η_flare × CH4_flare_burning) × ρ_CH4 × GWP_CH4 × 10⁻³; the PE_flare used "
+                   "above is the same unless days without flare data were filled (sheet Adjustments)"])
+    ws[f"{VALUE}{row}"].number_format = NUMBER
+    return row
 
 
 def _monthly(ws: Worksheet, figures: PeriodFigures) -> None:
+    top = _banner(ws, figures)
     rows = [[r.month, r.revision, r.created, r.status, "yes" if r.signed_off else "no", r.signed_by, r.signed_at,
              r.RE, r.PE, r.ER_unrounded, r.ER, "yes" if r.provisional else "no", r.input_hash, r.code_version]
             for r in figures.revisions]
-    row = _table(ws, 1, ["Month", "Revision", "Created", "Status", "Signed off", "Signed by", "Signed at", "RE", "PE",
+    row = _table(ws, top, ["Month", "Revision", "Created", "Status", "Signed off", "Signed by", "Signed at", "RE", "PE",
                          "ER_unrounded", "ER", "Provisional", "Input hash", "Code version"], rows)
     ws.cell(row=row, column=1, value="Whole-month figures of each revision used, for reference. The period's ER "
                                      "(sheet Monitoring report) is computed from the period's days, not from these.")
-    _widths(ws, [9, 9, 26, 13, 10, 18, 26, 16, 16, 16, 10, 11, 66, 28])
+
+
+def _daily_table(figures: PeriodFigures):
+    """Days by key, keys sorted: the Daily sheet's body."""
+    table = figures.daily.pivot(index="day", columns="key", values="value").sort_index()
+    return table[sorted(table.columns)]
+
+
+def _daily_top(figures: PeriodFigures) -> int:
+    """The Daily sheet's header row (below the banner of a simulated export)."""
+    return 3 if figures.simulated else 1
+
+
+def _daily_refs(figures: PeriodFigures) -> dict[str, str]:
+    """``{key: "Daily!B5:B14"}``: the cells of each key's daily values."""
+    table = _daily_table(figures)
+    first = _daily_top(figures) + 2
+    last = first + len(table) - 1
+    return {k: f"{DAILY}!{get_column_letter(c)}{first}:{get_column_letter(c)}{last}"
+            for c, k in enumerate(table.columns, start=2)}
 
 
 def _daily(ws: Worksheet, figures: PeriodFigures) -> None:
-    table = figures.daily.pivot(index="day", columns="key", values="value").sort_index()
-    keys = sorted(table.columns)
+    table = _daily_table(figures)
+    keys = list(table.columns)
     units = figures.daily.drop_duplicates("key").set_index("key")["unit"]
-    _row(ws, 1, ["Day", *keys], BOLD)
-    _row(ws, 2, ["unit", *[units[k] for k in keys]], BOLD)
-    for i, (day, values) in enumerate(table[keys].iterrows(), start=3):
+    _banner(ws, figures)
+    top = _daily_top(figures)
+    _row(ws, top, ["Day", *keys], BOLD)
+    _row(ws, top + 1, ["unit", *[units[k] for k in keys]], BOLD)
+    for i, (day, values) in enumerate(table.iterrows(), start=top + 2):
         _row(ws, i, [day, *[float(v) for v in values]])
-    ws.freeze_panes = "B3"
-    _widths(ws, [12] + [18] * len(keys))
+    ws.freeze_panes = f"B{top + 2}"
 
 
-def _records(ws: Worksheet, rows: list[dict], known: list[str]) -> None:
+def _records(ws: Worksheet, figures: PeriodFigures, rows: list[dict], known: list[str]) -> None:
     columns = known + sorted({k for r in rows for k in r} - set(known))
-    _table(ws, 1, columns, [[r.get(c) for c in columns] for r in rows])
-    _widths(ws, [9, 9] + [18] * (len(columns) - 2))
+    _table(ws, _banner(ws, figures), columns, [[r.get(c) for c in columns] for r in rows])
 
 
 def build(figures: PeriodFigures) -> Workbook:
@@ -257,9 +361,11 @@ def build(figures: PeriodFigures) -> Workbook:
     wb.active.title = "Monitoring plan"
     _report(wb.create_sheet("Monitoring report"), figures)
     _monthly(wb.create_sheet("Monthly"), figures)
-    _daily(wb.create_sheet("Daily"), figures)
-    _records(wb.create_sheet("QA findings"), figures.findings, FINDING_COLUMNS)
-    _records(wb.create_sheet("Adjustments"), figures.adjustments, ADJUSTMENT_COLUMNS)
+    _daily(wb.create_sheet(DAILY), figures)
+    _records(wb.create_sheet("QA findings"), figures, figures.findings, FINDING_COLUMNS)
+    _records(wb.create_sheet("Adjustments"), figures, figures.adjustments, ADJUSTMENT_COLUMNS)
+    for ws in wb.worksheets:
+        _fit_columns(ws)
     return wb
 
 

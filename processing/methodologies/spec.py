@@ -13,8 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.config import ConfigError
+from contract.config.loader import METHODOLOGIES_DIR
 
-SPEC_DIR = Path(__file__).resolve().parents[2] / "config" / "methodologies"
+SPEC_DIR = METHODOLOGIES_DIR
 
 
 class _Strict(BaseModel):

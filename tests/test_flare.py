@@ -1,0 +1,100 @@
+"""PE_flare is conservative where data are missing: a silent flame detector means not
+burning, a CH4 analyser gap takes the period's highest fraction, a totaliser wrap counts
+its exact increment; each is an adjustment row with its figures."""
+
+import datetime as dt
+import math
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pytest
+
+from processing.derived import flare_daily
+
+UTC = ZoneInfo("UTC")
+DAY = pd.Index([dt.date(2026, 10, 1)], name="day")
+K = 0.716 * 28 * 1e-3  # ρ_CH4 × GWP_CH4 × 10⁻³ [tCO2e per Nm3 CH4]
+
+
+def series(values, step_min=15, start="2026-10-01 00:00"):
+    return pd.Series(values, index=pd.date_range(start, periods=len(values), freq=f"{step_min}min", tz="UTC"),
+                     dtype=float)
+
+
+def run(bg, ch4, flame, rollover=None):
+    return flare_daily(bg, ch4, flame, UTC, DAY, 28, 0.716, 0.5, rollover=rollover, max_age_s=1350,
+                       sources=("gas.flare", "gas.ch4", "gas.flame"))
+
+
+def test_a_silent_flame_detector_means_not_burning():
+    """Before: the last 'burning' was carried over the 2 h outage: PE 0.5 × the figure."""
+    bg = series([i * 100.0 for i in range(13)])  # 12 intervals of 100 Nm3 over 3 h
+    ch4 = series([50.0] * 13)
+    flame = series([1.0] * 5)  # burning for the first hour, then the detector is silent
+    r = run(bg, ch4, flame)
+    burning, silent = 4 * 100 * 0.5, 8 * 100 * 0.5  # Nm3 of CH4
+    assert r.values.iloc[0] == pytest.approx((burning * 0.5 + silent) * K)
+    assert r.ch4_burning.iloc[0] == pytest.approx(burning) and r.ch4.iloc[0] == pytest.approx(burning + silent)
+    [row] = [a for a in r.adjustments if a["kind"] == "flare_flame_missing"]
+    assert row["source"] == "gas.flame" and row["after"] == pytest.approx(silent * K)
+    assert row["before"] == pytest.approx(silent * 0.5 * K) and "800.0 Nm3" in row["reason"]
+
+
+def test_a_flame_out_between_two_burning_readings_is_not_burning():
+    bg = series([0.0, 100.0])
+    flame = series([1.0, 0.0, 1.0, 1.0], step_min=5)  # out for a moment inside the interval
+    r = run(bg, series([50.0, 50.0]), flame)
+    assert r.values.iloc[0] == pytest.approx(100 * 0.5 * K) and not r.adjustments
+
+
+def test_a_ch4_gap_takes_the_period_maximum_not_the_last_reading():
+    """Before: the gap took the last reading, 40 %, where 70 % was measured in the period."""
+    bg = series([i * 100.0 for i in range(9)])
+    ch4 = series([70.0, 70.0, 40.0, 40.0, 40.0])  # then silent for 1 h
+    r = run(bg, ch4, series([0.0] * 9))
+    assert r.values.iloc[0] == pytest.approx((100 * (0.7 + 0.7 + 0.4 + 0.4 + 0.4) + 300 * 0.7) * K)
+    [row] = r.adjustments
+    assert row["kind"] == "flare_ch4_missing" and row["source"] == "gas.ch4"
+    assert row["before"] == pytest.approx(300 * 0.4 * K) and row["after"] == pytest.approx(300 * 0.7 * K)
+    assert "70.00%" in row["reason"]
+
+
+def test_a_totaliser_wrap_counts_the_exact_increment():
+    """Before: the wrap was clipped to 0 Nm3."""
+    bg = series([999_900.0, 50.0, 150.0])  # wraps at 1,000,000
+    r = run(bg, series([50.0] * 3), series([0.0] * 3), rollover=1_000_000)
+    assert r.values.iloc[0] == pytest.approx(250 * 0.5 * K)
+    [row] = r.adjustments
+    assert row["kind"] == "flare_counter_rollover" and row["before"] == 0.0
+    assert row["after"] == pytest.approx(150 * 0.5 * K) and "150.0 Nm3 counted" in row["reason"]
+
+
+@pytest.mark.fuzz
+def test_losing_flame_readings_never_lowers_pe_flare():
+    """Whatever flame readings go missing, PE_flare never falls below the figure of the
+    complete data; whatever CH4 readings go missing too, it never exceeds the figure of a
+    flare that never burned at the period's highest CH4 fraction."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tests.conftest import fuzz_examples
+
+    n = 24  # intervals of 15 min, the recording interval: a lost reading is a silence beyond max_age_s
+    readings = st.lists(st.booleans(), min_size=n + 1, max_size=n + 1)
+
+    @settings(max_examples=fuzz_examples(40), deadline=None)
+    @given(flows=st.lists(st.floats(0, 500), min_size=n, max_size=n), flame=readings,
+           ch4=st.lists(st.floats(30, 75), min_size=n + 1, max_size=n + 1),
+           lost_flame=readings, lost_ch4=readings)
+    def check(flows, flame, ch4, lost_flame, lost_ch4):
+        bg = series([0.0] + list(pd.Series(flows).cumsum()))
+        f, c = series(flame), series(ch4)
+        kept_f = f[~pd.Series(lost_flame, index=f.index)]
+        kept_c = c[~pd.Series(lost_ch4, index=c.index) | (c == c.max())]  # the period maximum stays known
+        full, partial = run(bg, c, f), run(bg, c, kept_f)
+        assert full.adjustments == []
+        assert partial.values.iloc[0] >= full.values.iloc[0] - 1e-9
+        assert all(a["after"] >= a["before"] - 1e-9 for a in partial.adjustments)
+        assert run(bg, kept_c, kept_f).values.iloc[0] <= math.fsum(flows) * c.max() / 100 * K + 1e-9
+
+    check()
