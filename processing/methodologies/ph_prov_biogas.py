@@ -112,4 +112,4 @@ def compute(period: dict, units: list[dict]) -> tuple[float, float, list[str]]:
         f"PE = EC_aux × EF_grid + FC_fossil × NCV_fossil × EF_fossil + PE_flare = {p['EC_aux']} × {p['EF_grid']} + "
         f"{p['FC_fossil']} × {p['NCV_fossil']} × {p['EF_fossil']} + {p['PE_flare']} = {PE}",
     ]
-    return float(RE), float(PE), lines
+    return RE, PE, lines

@@ -33,7 +33,7 @@ def no_load_emissions(NLL, OH, EF_grid):
     float or Series
         [tCO2/p]
     """
-    return NLL * OH * 1e-3 * EF_grid
+    return NLL * OH / 1000 * EF_grid
 
 
 def compute(period: dict, units: list[dict]) -> tuple[float, float, list[str]]:
