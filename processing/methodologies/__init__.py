@@ -30,7 +30,7 @@ def calculate(methodology: str, period: dict, units: list[dict] | None = None, v
 
     References
     ----------
-    docs/methodologies.md, sections 1 (rounding) and 8 (``jcm calc``).
+    docs/methodologies.md, sections 1.7 (rounding) and 8 (``jcm calc``).
     """
     if methodology not in MODULES:
         raise InputError(f"unknown methodology '{methodology}' (known: {', '.join(MODULES)})")

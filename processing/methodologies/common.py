@@ -2,7 +2,7 @@
 
 References
 ----------
-docs/methodologies.md, section 1: ER_p = RE_p - PE_p, leakage not counted; issued
+docs/methodologies.md, sections 1.1 and 1.7: ER_p = RE_p - PE_p, leakage not counted; issued
 credits are whole tonnes, so the period's ER is rounded down (ROUNDDOWN) once, at the
 very end, and every value before it keeps full precision.
 """

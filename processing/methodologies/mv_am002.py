@@ -5,7 +5,7 @@ MN_AM004) until the Ver1.0 text is supplied [provisional].
 
 References
 ----------
-JCM MV_AM002 Ver1.0 (project MV002, Addu City); MV_AM001, ID_AM017, MN_AM004.
+docs/methodologies.md, section 3. JCM MV_AM002 Ver1.0 (project MV002, Addu City); MV_AM001, ID_AM017, MN_AM004.
 """
 
 from __future__ import annotations

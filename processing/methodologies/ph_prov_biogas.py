@@ -5,7 +5,7 @@ from organic waste) and the CDM AMS-I.D / fuel-switch patterns.
 
 References
 ----------
-PH_PROV_BIOGAS version 0.1 (this project's provisional methodology), after JCM
+docs/methodologies.md, section 5. PH_PROV_BIOGAS version 0.1 (this project's provisional methodology), after JCM
 VN_AM004 and CDM AMS-I.D:
 RE_p = EG_BG,p × EF_grid + HG_p / η_BL × EF_fuel
 PE_p = EC_aux,p × EF_grid + FC_fossil,p × NCV_fossil × EF_fossil + PE_flare,p

@@ -1,7 +1,12 @@
 """A methodology's parameters and default values, as data (``config/methodologies/``).
 
 Default values are fixed ex ante by each methodology version; they live in config,
-each with its unit, source and status (confirmed / unconfirmed), never in code.
+each with its unit, source and status (confirmed / unconfirmed), never in code; so do
+the physical range of every parameter.
+
+References
+----------
+docs/methodologies.md, sections 1.5 (default values) and 1.6 (physical ranges).
 """
 
 from __future__ import annotations
