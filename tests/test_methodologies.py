@@ -139,3 +139,12 @@ def test_rounddown_semantics(er):
     assert isinstance(r, int)
     assert abs(r) <= abs(exact) < abs(r) + 1
     assert r == 0 or (r > 0) == (exact > 0)
+
+
+def test_the_processor_entry_refuses_values_outside_the_physical_range_too():
+    """``calculate`` is what the processor calls with a site's fixed parameters: EF_RE 797
+    (kgCO2/MWh written as tCO2/MWh) is refused there as in ``jcm calc``, not turned into ER."""
+    with pytest.raises(InputError, match=r"^units\.0\.EF_RE: 797 tCO2/MWh is outside the physical range"):
+        calculate("MN_AM003", {}, [{"id": "unit-1", "EG": 1000.0, "EF_RE": 797.0}])
+    with pytest.raises(InputError, match=r"^parameters\.EG_net: expected a finite number, got nan"):
+        calculate("ID_PROV_BIOMASS", {"EG_net": float("nan"), "EC_import": 0.0, "FC_diesel": 0.0})

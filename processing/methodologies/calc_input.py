@@ -154,16 +154,14 @@ def input_model(spec: MethodologySpec, period_required: bool = False) -> type[Ba
                 if u.id in seen:
                     problems.append(f"units.{i}.id: {u.id!r} is already the id of units.{seen[u.id]}")
                 seen.setdefault(u.id, i)
-                if self.period is not None:
-                    for name, p in per_unit.items():
-                        v = getattr(u, name)
-                        if v is not None and (problem := p.range_problem(v, self.period.hours)):
-                            problems.append(f"units.{i}.{name}: {problem}; period {self.period.start} to {self.period.end}")
-            if self.period is not None:
-                for name, p in per_period.items():
-                    v = getattr(self.parameters, name)
+            # totals bounded by the period's length (hours energised)
+            groups = [(f"units.{i}", u, per_unit) for i, u in enumerate(self.units)] + [
+                ("parameters", self.parameters, per_period)]
+            for where, values, params in groups if self.period is not None else []:
+                for name, p in params.items():
+                    v = getattr(values, name)
                     if v is not None and (problem := p.range_problem(v, self.period.hours)):
-                        problems.append(f"parameters.{name}: {problem}; period {self.period.start} to {self.period.end}")
+                        problems.append(f"{where}.{name}: {problem}; period {self.period.start} to {self.period.end}")
             if problems:
                 raise ValueError("\n".join(problems))
             return self
