@@ -125,6 +125,9 @@ def test_period_figures_are_exact_decimal_arithmetic():
     below = calculate("MN_AM003", {}, [{"EG": 1999.999999999, "EF_RE": 0.5}])
     assert below.ER_exact == "999.9999999995" and below.ER == 999
     assert below.ER_unrounded == 999.9999999995  # the float shown beside it is the same decimal
+    # period totals summed exactly may come as Decimals: taken as they are
+    summed = calculate("MN_AM003", {}, [{"EG": sum([Decimal("0.3")] * 10), "EF_RE": 0.5}])
+    assert summed.ER_exact == "1.50" and summed.units[0]["EG"] == 3.0
 
 
 @pytest.mark.fuzz

@@ -10,7 +10,8 @@ from types import ModuleType
 
 from processing.methodologies import id_prov_biomass, mn_am003, mv_am002, ph_prov_biogas, vn_am005
 from processing.methodologies.calc_input import InputError, validate_input
-from processing.methodologies.common import Calculation, emission_reductions, exact, exact_arithmetic, round_period_er
+from processing.methodologies.common import (Calculation, emission_reductions, exact, exact_arithmetic,
+                                              round_period_er, shown)
 from processing.methodologies.spec import MethodologySpec, load_spec
 
 MODULES: dict[str, ModuleType] = {m.METHODOLOGY: m for m in (mn_am003, mv_am002, vn_am005, ph_prov_biogas, id_prov_biomass)}
@@ -25,8 +26,9 @@ def calculate(methodology: str, period: dict, units: list[dict] | None = None, v
     methodology's input model (``calc_input``): unknown or missing names, values that are
     not finite numbers or lie outside the parameter's physical range raise ``InputError``.
     Default values of the methodology version fill what the inputs do not give; a given
-    value overrides one. The arithmetic is exact decimal on the values as written (the
-    repr of each float), so the period's ER is rounded as the report's decimal figure is.
+    value overrides one. Values are ints, floats or Decimals (period totals summed
+    exactly). The arithmetic is exact decimal on the values as written (the repr of each
+    float), so the period's ER is rounded as the report's decimal figure is.
 
     References
     ----------
@@ -52,17 +54,22 @@ def calculate(methodology: str, period: dict, units: list[dict] | None = None, v
         RE, PE, lines = MODULES[methodology].compute(
             {k: exact(v) for k, v in period.items()},
             [{k: v if k == "id" else exact(v) for k, v in u.items()} for u in units])
-        ER = Decimal(emission_reductions(exact(RE), exact(PE)))
+        ER = emission_reductions(exact(RE), exact(PE))
     if not all(math.isfinite(float(x)) for x in (RE, PE, ER)):
         raise InputError(f"RE {float(RE)}, PE {float(PE)}: the inputs are too large for any figure to mean something")
     rounded = round_period_er(ER, spec.rounding)
-    lines.append(f"ER = RE − PE = {RE} − {PE} = {ER}")
+    lines.append(f"ER = RE − PE = {shown(RE)} − {shown(PE)} = {shown(ER)}")
     lines.append(f"ER (period, rounded {spec.rounding} to whole tCO2) = {rounded}")
     return Calculation(
         methodology=methodology, version=spec.version, RE=float(RE), PE=float(PE), ER_unrounded=float(ER), ER=rounded,
-        ER_exact=str(ER), provisional=spec.provisional or unconfirmed, parameters=period, units=units,
-        defaults_used=used_defaults, explanation=lines,
+        ER_exact=str(ER), provisional=spec.provisional or unconfirmed, parameters=_as_float(period),
+        units=[_as_float(u) for u in units], defaults_used=used_defaults, explanation=lines,
     )
+
+
+def _as_float(values: dict) -> dict:
+    # the record of the values used holds plain numbers (ledger JSON, workbook cells); ER_exact keeps exactness
+    return {k: float(v) if isinstance(v, Decimal) else v for k, v in values.items()}
 
 
 __all__ = ["MODULES", "Calculation", "InputError", "calculate", "load_spec"]

@@ -15,18 +15,19 @@ docs/methodologies.md, section 8 (``jcm calc`` input and output).
 from __future__ import annotations
 
 import datetime as dt
+import math
+import numbers
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict, ValidationError,
                       create_model, field_validator, model_validator)
 
-from processing.methodologies.spec import MethodologySpec
+from processing.methodologies.spec import MethodologySpec, ParameterSpec
 
-#: a finite number: YAML's booleans (yes/no/on/off/true/false) and text are refused, not coerced
-Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 
 class InputError(ValueError):
@@ -92,6 +93,35 @@ class Period(_Strict):
         return ((self.end - self.start).days + 1) * 24.0
 
 
+_NUMBER_WITH_UNIT = re.compile(r"^\s*[-+]?(\d[\d_,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*\S+")
+
+
+def _value_of(p: ParameterSpec):
+    """The check of one parameter's value: a finite number (an int, a float, or a Decimal
+    from exact period totals; never a boolean or text), inside the physical range."""
+
+    def check(v: Any) -> float | Decimal:
+        if isinstance(v, bool):
+            raise ValueError(f"expected a number in {p.unit}, got a boolean ({str(v).lower()}: YAML reads "
+                             "yes/no/on/off/true/false as booleans)")
+        if isinstance(v, str):
+            hint = f": give the number alone, in {p.unit}" if _NUMBER_WITH_UNIT.match(v) else ""
+            raise ValueError(f"expected a number in {p.unit}, got the text {v!r}{hint}")
+        if not isinstance(v, (numbers.Real, Decimal)):
+            raise ValueError(f"expected a number in {p.unit}, got {_got(v)}")
+        try:
+            as_float = float(v)
+        except OverflowError:
+            raise ValueError(f"{len(str(abs(int(v))))}-digit integer is too large for a number in {p.unit}") from None
+        if not math.isfinite(as_float):
+            raise ValueError(f"expected a finite number, got {v}")
+        if problem := p.range_problem(as_float):
+            raise ValueError(problem)
+        return v if isinstance(v, Decimal) else as_float
+
+    return check
+
+
 def _version_text(v: Any) -> Any:
     # an unquoted version (2.0) is a float to YAML; the version it means is its text
     return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
@@ -116,15 +146,9 @@ def input_model(spec: MethodologySpec, period_required: bool = False) -> type[Ba
     per_period = {n: p for n, p in spec.parameters.items() if not p.per_unit}
 
     def fields(params: dict) -> dict:
-        out = {}
-        for name, p in params.items():
-            def in_range(v: float, p=p) -> float:
-                if problem := p.range_problem(v):
-                    raise ValueError(problem)
-                return v
-            # a parameter with a default may be left out (None until the default fills it); null is not a value
-            out[name] = (Annotated[Number, AfterValidator(in_range)], ... if name not in spec.defaults else None)
-        return out
+        # a parameter with a default may be left out (None until the default fills it); null is not a value
+        return {name: (Annotated[float | Decimal, PlainValidator(_value_of(p))], ... if name not in spec.defaults else None)
+                for name, p in params.items()}
 
     unit_model = create_model(f"{spec.methodology}Unit", __base__=_Strict, id=(Annotated[str, Strict()] | None, None),
                               **fields(per_unit))
@@ -225,9 +249,6 @@ def _key(part: Any) -> str:
     return text if isinstance(part, int) or re.fullmatch(r"[\w-]+", text) else repr(part)
 
 
-_NUMBER_WITH_UNIT = re.compile(r"^\s*[-+]?(\d[\d_,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*\S+")
-
-
 def _explain(spec: MethodologySpec, err: dict) -> str:
     """One pydantic error as ``key.path: problem`` in the terms of the methodology."""
     m, loc, kind, value = spec.methodology, tuple(err["loc"]), err["type"], err.get("input")
@@ -238,22 +259,8 @@ def _explain(spec: MethodologySpec, err: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:  # the model's own consistency checks: lines that already name their key path
         return msg
-    if kind == "float_type" and param is not None:
-        if isinstance(value, bool):
-            msg = (f"expected a number in {param.unit}, got a boolean ({str(value).lower()}: YAML reads "
-                   "yes/no/on/off/true/false as booleans)")
-        elif isinstance(value, int):
-            msg = f"{len(str(abs(value)))}-digit integer is too large for a number in {param.unit}"
-        elif isinstance(value, str):
-            msg = f"expected a number in {param.unit}, got the text {value!r}"
-            if _NUMBER_WITH_UNIT.match(value):
-                msg += f": give the number alone, in {param.unit}"
-        else:
-            msg = f"expected a number in {param.unit}, got {_got(value)}"
-    elif kind.startswith("date_") and loc[0] == "period":
+    if kind.startswith("date_") and loc[0] == "period":
         msg = f"expected a date YYYY-MM-DD, got {value!r} ({msg.split(', ', 1)[-1]})"
-    elif kind == "finite_number":
-        msg = f"expected a finite number, got {value}"
     elif kind == "missing" and param is not None:
         msg = f"missing, and {m} {spec.version} has no default value for it"
     elif kind == "missing":

@@ -60,6 +60,14 @@ def exact(x) -> Decimal:
     return Decimal(repr(float(x)))
 
 
+def shown(x) -> str:
+    """A figure for an explanation line: exact, unless a division made it run on (then
+    20 significant digits and an ellipsis; the rounding still uses every digit)."""
+    if isinstance(x, Decimal) and len(x.as_tuple().digits) > 20:
+        return f"{x:.20g}…"
+    return str(x)
+
+
 def exact_arithmetic() -> decimal.localcontext:
     """A decimal context for a period's figures: ``PRECISION`` digits, and an error
     (never a silent NaN or infinity) for an invalid operation or a division by zero."""
