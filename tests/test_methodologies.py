@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processing.methodologies import InputError, calculate
+from processing.methodologies import InputError, calculate, load_spec
 from processing.methodologies.common import round_period_er
 from processing.methodologies.ph_prov_biogas import flare_emissions
 from tests.conftest import REPO, fuzz_examples
@@ -151,3 +151,27 @@ def test_the_processor_entry_refuses_values_outside_the_physical_range_too():
         calculate("MN_AM003", {}, [{"id": "unit-1", "EG": 1000.0, "EF_RE": 797.0}])
     with pytest.raises(InputError, match=r"^parameters\.EG_net: expected a finite number, got nan"):
         calculate("ID_PROV_BIOMASS", {"EG_net": float("nan"), "EC_import": 0.0, "FC_diesel": 0.0})
+
+
+def test_the_spec_in_docs_agrees_with_config_methodologies():
+    """docs/methodologies.md states each parameter's unit, effect, range, default value and
+    status; config/methodologies/ is what the code uses. They must say the same."""
+    import re
+
+    doc = (REPO / "docs" / "methodologies.md").read_text()
+    for methodology in ("MN_AM003", "MV_AM002", "VN_AM005", "PH_PROV_BIOGAS", "ID_PROV_BIOMASS"):
+        spec = load_spec(methodology)
+        section = re.search(rf"\n## \d\. {methodology}.*?(?=\n## )", doc, re.S).group(0)
+        for name, p in spec.parameters.items():
+            row = re.search(rf"^\| [^|]*\(`{name}`[^|]*\|(.*)$", section, re.M)
+            assert row, f"{methodology}: no row for {name}"
+            unit, kind, effect, rng, value = (c.strip() for c in row.group(1).split("|")[:5])
+            assert unit.replace("–", "-").startswith(p.unit), (name, unit, p.unit)
+            assert kind.startswith(p.kind) and effect == p.effect, (name, kind, effect)
+            expected = f"≥ {p.min:g}" if p.max is None and p.max_per_hour is None else \
+                f"{p.min:g} to {p.max:g}" if p.max is not None else f"{p.min:g} to the period's hours"
+            assert rng.startswith(expected), (name, rng, expected)
+            if name in spec.defaults:
+                d = spec.defaults[name]
+                assert d.value in [float(x) for x in re.findall(r"\*\*([\d.]+)\*\*", value)], (name, value)
+                assert ("**unconfirmed**" in value) == (d.status == "unconfirmed"), (name, value)
