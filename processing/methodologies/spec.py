@@ -71,10 +71,12 @@ class ParameterSpec(_Strict):
             span = f"{q(self.min)} to {q(self.max)}" if self.max is not None else f"at least {q(self.min)}"
             problem = f"{q(value)} is outside the physical range ({span})"
             if self.max is not None and value > self.max and self.min <= value / 1000 <= self.max:
-                problem += f"; {value / 1000:.15g} would be in range: is it in a unit 1000 times smaller (kg for t, kWh for MWh)?"
+                problem += (f"; {value / 1000:.15g} would be in range: is it in a unit 1000 times smaller "
+                            "(kg for t, kWh for MWh)?")
             return problem
         if self.max_per_hour is not None and period_hours is not None and value > self.max_per_hour * period_hours:
-            return f"{q(value)} is more than the period allows ({q(self.max_per_hour)} per hour of its {period_hours:g} h)"
+            return (f"{q(value)} is more than the period allows "
+                    f"({q(self.max_per_hour)} per hour of its {period_hours:g} h)")
         return None
 
 
