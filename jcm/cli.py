@@ -137,37 +137,30 @@ def cmd_deadletters(args) -> int:
 def cmd_calc(args) -> int:
     import json
 
-    import yaml
+    from processing.methodologies import MODULES, InputError, calculate, load_spec
+    from processing.methodologies.calc_input import read_yaml, validate_input
 
-    from processing.methodologies import InputError, calculate
-
+    path = Path(args.input)
     try:
-        data = yaml.safe_load(Path(args.input).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        print(f"{args.input}: cannot read: {exc}", file=sys.stderr)
-        return 2
-    if data.get("methodology", args.methodology) != args.methodology:
-        print(f"{args.input}: methodology {data['methodology']} does not match {args.methodology}", file=sys.stderr)
-        return 2
-    try:
-        calc = calculate(args.methodology, data.get("parameters") or {}, data.get("units") or [],
-                         version=str(data["version"]) if "version" in data else None)
+        if args.methodology not in MODULES:
+            raise InputError(f"jcm calc: unknown methodology '{args.methodology}' (known: {', '.join(MODULES)})")
+        spec = load_spec(args.methodology)
+        given = validate_input(spec, read_yaml(path), str(path), period_required=True)
+        calc = calculate(args.methodology, given.parameters.model_dump(exclude_none=True),
+                         [u.model_dump(exclude_none=True) for u in given.units], spec=spec)
     except InputError as exc:
-        print(f"{args.input}: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         return 2
+    period = {"start": given.period.start.isoformat(), "end": given.period.end.isoformat()}
     if args.explain:
         print(f"{calc.methodology} Ver{calc.version}" + (" [provisional]" if calc.provisional else ""))
-        if "period" in data:
-            print(f"period: {data['period'].get('start')} .. {data['period'].get('end')}")
+        print(f"period: {period['start']} .. {period['end']}")
         for name, d in calc.defaults_used.items():
             print(f"default {name} = {d['value']} {d['unit']} ({d['status']}; {d['source']})")
         for line in calc.explanation:
             print(line)
         return 0
-    out = calc.to_dict()
-    if "period" in data:
-        out["period"] = {k: str(v) for k, v in data["period"].items()}
-    print(json.dumps(out, indent=2, default=str))
+    print(json.dumps({**calc.to_dict(), "period": period}, indent=2, default=str))
     return 0
 
 

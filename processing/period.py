@@ -1,7 +1,7 @@
 """From stored readings to a period's verified (or not) emission reductions.
 
 A period is any span of whole local days; a month is one. The steps follow the
-monitoring rules of ../shared/methodologies.md section 1:
+monitoring rules of docs/methodologies.md, sections 1.3 and 1.8:
 
 1. read the channels each monitored parameter needs, and hash them (the input's identity);
 2. reduce each channel to daily values (counters: increments; signals: hours on);

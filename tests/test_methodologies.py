@@ -3,12 +3,16 @@
 import subprocess
 import sys
 
-import pytest
+from decimal import Decimal
 
-from processing.methodologies import InputError, calculate
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processing.methodologies import InputError, calculate, load_spec
 from processing.methodologies.common import round_period_er
 from processing.methodologies.ph_prov_biogas import flare_emissions
-from tests.conftest import REPO
+from tests.conftest import REPO, fuzz_examples
 
 
 def test_mn_am003_worked_example():
@@ -103,5 +107,71 @@ def test_calc_command_json_and_explain(tmp_path):
 
 def test_rounddown_goes_toward_zero_like_excel():
     assert round_period_er(-3.5) == -3
-    assert round_period_er(18437.999999999996) == 18438  # a float sum meaning 18438 keeps its tonne
     assert round_period_er(0.97) == 0
+    assert round_period_er(-5.0) == -5  # trunc(ER + 1e-9) made it -4
+    assert round_period_er(999.9999999995) == 999  # trunc(ER + 1e-9) made it 1000
+    assert round_period_er(18437.999999999996) == 18437  # the decimal the report shows is below 18438
+    assert round_period_er(Decimal("-0.5")) == 0
+    assert (round_period_er(2.5, "nearest"), round_period_er(-2.5, "nearest")) == (3, -3)  # Excel ROUND: halves away from 0
+
+
+def test_period_figures_are_exact_decimal_arithmetic():
+    # ten units of 0.2 MWh × 0.5 tCO2/MWh: 0.1 each, 1 exactly; in binary floats the sum is 0.9999999999999999
+    calc = calculate("MN_AM003", {}, [{"id": f"PV-{i}", "EG": 0.2, "EF_RE": 0.5} for i in range(10)])
+    assert (calc.ER, Decimal(calc.ER_exact)) == (1, 1)
+    # ER exactly -5: 33.75 MWh exported × 0.8 = 27 t of reference emissions, 40 MWh imported × 0.8 = 32 t of project ones
+    negative = calculate("ID_PROV_BIOMASS", {"EG_net": 33.75, "EC_import": 40.0, "FC_diesel": 0.0, "EF_grid": 0.8})
+    assert Decimal(negative.ER_exact) == Decimal("-5") and negative.ER == -5
+    below = calculate("MN_AM003", {}, [{"EG": 1999.999999999, "EF_RE": 0.5}])
+    assert below.ER_exact == "999.9999999995" and below.ER == 999
+    assert below.ER_unrounded == 999.9999999995  # the float shown beside it is the same decimal
+    # period totals summed exactly may come as Decimals: taken as they are
+    summed = calculate("MN_AM003", {}, [{"EG": sum([Decimal("0.3")] * 10), "EF_RE": 0.5}])
+    assert summed.ER_exact == "1.50" and summed.units[0]["EG"] == 3.0
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(300), deadline=None)
+@given(er=st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15),
+                    st.decimals(allow_nan=False, allow_infinity=False, min_value=-10**15, max_value=10**15, places=12),
+                    st.integers(min_value=-10**15, max_value=10**15)))
+def test_rounddown_semantics(er):
+    """ROUNDDOWN on the decimal the report writes: toward zero, whole, and within one tonne."""
+    exact = er if isinstance(er, Decimal) else Decimal(repr(er)) if isinstance(er, float) else Decimal(er)
+    r = round_period_er(er)
+    assert isinstance(r, int)
+    assert abs(r) <= abs(exact) < abs(r) + 1
+    assert r == 0 or (r > 0) == (exact > 0)
+
+
+def test_the_processor_entry_refuses_values_outside_the_physical_range_too():
+    """``calculate`` is what the processor calls with a site's fixed parameters: EF_RE 797
+    (kgCO2/MWh written as tCO2/MWh) is refused there as in ``jcm calc``, not turned into ER."""
+    with pytest.raises(InputError, match=r"^units\.0\.EF_RE: 797 tCO2/MWh is outside the physical range"):
+        calculate("MN_AM003", {}, [{"id": "unit-1", "EG": 1000.0, "EF_RE": 797.0}])
+    with pytest.raises(InputError, match=r"^parameters\.EG_net: expected a finite number, got nan"):
+        calculate("ID_PROV_BIOMASS", {"EG_net": float("nan"), "EC_import": 0.0, "FC_diesel": 0.0})
+
+
+def test_the_spec_in_docs_agrees_with_config_methodologies():
+    """docs/methodologies.md states each parameter's unit, effect, range, default value and
+    status; config/methodologies/ is what the code uses. They must say the same."""
+    import re
+
+    doc = (REPO / "docs" / "methodologies.md").read_text()
+    for methodology in ("MN_AM003", "MV_AM002", "VN_AM005", "PH_PROV_BIOGAS", "ID_PROV_BIOMASS"):
+        spec = load_spec(methodology)
+        section = re.search(rf"\n## \d\. {methodology}.*?(?=\n## )", doc, re.S).group(0)
+        for name, p in spec.parameters.items():
+            row = re.search(rf"^\| [^|]*\(`{name}`[^|]*\|(.*)$", section, re.M)
+            assert row, f"{methodology}: no row for {name}"
+            unit, kind, effect, rng, value = (c.strip() for c in row.group(1).split("|")[:5])
+            assert unit.replace("–", "-").startswith(p.unit), (name, unit, p.unit)
+            assert kind.startswith(p.kind) and effect == p.effect, (name, kind, effect)
+            expected = f"≥ {p.min:g}" if p.max is None and p.max_per_hour is None else \
+                f"{p.min:g} to {p.max:g}" if p.max is not None else f"{p.min:g} to the period's hours"
+            assert rng.startswith(expected), (name, rng, expected)
+            if name in spec.defaults:
+                d = spec.defaults[name]
+                assert d.value in [float(x) for x in re.findall(r"\*\*([\d.]+)\*\*", value)], (name, value)
+                assert ("**unconfirmed**" in value) == (d.status == "unconfirmed"), (name, value)

@@ -79,7 +79,7 @@ def test_monitoring_parameters_are_fed_by_counters_or_signals(site_file):
             assert point.kind.value == "counter" or point.type == "bool" or point.unit == "%", (m.parameter, src)
 
 
-#: the "monitored, option C" parameters of each methodology (../shared/methodologies.md, sections 2-6)
+#: the "monitored, option C" parameters of each methodology (docs/methodologies.md, sections 2-6)
 REQUIRED = {
     "MN_AM003": {"EG"},
     "MV_AM002": {"EG_PV", "EC_BESS", "EG_BESS"},

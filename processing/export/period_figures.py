@@ -1,7 +1,7 @@
 """A monitoring period's figures, assembled from the ledger's monthly revisions.
 
 The ledger holds whole months; a monitoring period is any span of whole local days
-(methodologies.md section 1). So the period is built from the days of each month's
+(docs/methodologies.md, section 1.2). So the period is built from the days of each month's
 revision that fall inside it: the final daily parameter values are summed over the
 period, and the methodology's equations run once on those sums, with the ER rounded
 once, for the period. Summing monthly ERs would round per month and is never done.

@@ -4,18 +4,17 @@ overrides, unknown and missing names), then RE, PE, ER and the rounding rule."""
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal
 from types import ModuleType
 
-from contract.config import ConfigError
 from processing.methodologies import id_prov_biomass, mn_am003, mv_am002, ph_prov_biogas, vn_am005
-from processing.methodologies.common import Calculation, emission_reductions, round_period_er
+from processing.methodologies.calc_input import InputError, validate_input
+from processing.methodologies.common import (Calculation, emission_reductions, exact, exact_arithmetic,
+                                              round_period_er, shown)
 from processing.methodologies.spec import MethodologySpec, load_spec
 
 MODULES: dict[str, ModuleType] = {m.METHODOLOGY: m for m in (mn_am003, mv_am002, vn_am005, ph_prov_biogas, id_prov_biomass)}
-
-
-class InputError(ValueError):
-    """A calculation input names an unknown parameter or lacks a required one."""
 
 
 def calculate(methodology: str, period: dict, units: list[dict] | None = None, version: str | None = None,
@@ -23,55 +22,54 @@ def calculate(methodology: str, period: dict, units: list[dict] | None = None, v
     """Compute one monitoring period from its monitored values.
 
     ``period`` holds period-level parameters, ``units`` one dict per unit i (with ``id``)
-    for the parameters the methodology sums over units. Default values of the
-    methodology version fill what the inputs do not give; a given value overrides one.
+    for the parameters the methodology sums over units. Both are validated by the
+    methodology's input model (``calc_input``): unknown or missing names, values that are
+    not finite numbers or lie outside the parameter's physical range raise ``InputError``.
+    Default values of the methodology version fill what the inputs do not give; a given
+    value overrides one. Values are ints, floats or Decimals (period totals summed
+    exactly). The arithmetic is exact decimal on the values as written (the repr of each
+    float), so the period's ER is rounded as the report's decimal figure is.
+
+    References
+    ----------
+    docs/methodologies.md, sections 1.7 (rounding) and 8 (``jcm calc``).
     """
     if methodology not in MODULES:
         raise InputError(f"unknown methodology '{methodology}' (known: {', '.join(MODULES)})")
     spec = spec or load_spec(methodology)
-    if version is not None and version != spec.version:
-        raise ConfigError(f"{methodology}: inputs are for version {version}, the configured defaults are version {spec.version}")
-    units = [dict(u) for u in units or []]
-    period = dict(period)
-    per_unit = {n for n, p in spec.parameters.items() if p.per_unit}
-    per_period = set(spec.parameters) - per_unit
-    for name in period:
-        if name not in spec.parameters:
-            raise InputError(f"parameters.{name}: {methodology} has no parameter '{name}' (known: {', '.join(spec.parameters)})")
-        if name in per_unit:
-            raise InputError(f"parameters.{name}: '{name}' is given per unit in {methodology} (under units)")
-    for i, u in enumerate(units):
-        for name in u:
-            if name != "id" and name not in per_unit:
-                raise InputError(f"units.{i}.{name}: {methodology} has no per-unit parameter '{name}'"
-                                 + (f" ({name} is a period parameter)" if name in per_period else ""))
-    if per_unit and not units:
-        raise InputError(f"units: {methodology} sums over units; give at least one unit with {', '.join(sorted(per_unit))}")
+    data: dict = {"parameters": period, "units": units or []}
+    if version is not None:
+        data["version"] = version
+    given = validate_input(spec, data)
+    period = given.parameters.model_dump(exclude_none=True)
+    units = [u.model_dump(exclude_none=True) for u in given.units]
     used_defaults: dict[str, dict] = {}
-
-    def fill(values: dict, names: set[str], where: str) -> None:
-        """Take the methodology version's default for every parameter the inputs do not give."""
+    for values, names in [(period, {n for n, p in spec.parameters.items() if not p.per_unit})] + \
+            [(u, {n for n, p in spec.parameters.items() if p.per_unit}) for u in units]:
         for name in sorted(names - set(values)):
-            if name not in spec.defaults:
-                raise InputError(f"{where}{name}: missing, and {methodology} {spec.version} has no default value for it")
             values[name] = spec.defaults[name].value
             used_defaults[name] = spec.defaults[name].model_dump()
-
-    fill(period, per_period, "parameters.")
-    for i, u in enumerate(units):
-        u.setdefault("id", f"unit-{i + 1}")
-        fill(u, per_unit, f"units.{i}.")
     unconfirmed = any(d["status"] != "confirmed" for d in used_defaults.values())
-    RE, PE, lines = MODULES[methodology].compute(period, units)
-    ER_unrounded = float(emission_reductions(RE, PE))
-    ER = round_period_er(ER_unrounded, spec.rounding)
-    lines.append(f"ER = RE − PE = {RE} − {PE} = {ER_unrounded}")
-    lines.append(f"ER (period, rounded {spec.rounding} to whole tCO2) = {ER}")
+    with exact_arithmetic():
+        RE, PE, lines = MODULES[methodology].compute(
+            {k: exact(v) for k, v in period.items()},
+            [{k: v if k == "id" else exact(v) for k, v in u.items()} for u in units])
+        ER = emission_reductions(exact(RE), exact(PE))
+    if not all(math.isfinite(float(x)) for x in (RE, PE, ER)):
+        raise InputError(f"RE {float(RE)}, PE {float(PE)}: the inputs are too large for any figure to mean something")
+    rounded = round_period_er(ER, spec.rounding)
+    lines.append(f"ER = RE − PE = {shown(RE)} − {shown(PE)} = {shown(ER)}")
+    lines.append(f"ER (period, rounded {spec.rounding} to whole tCO2) = {rounded}")
     return Calculation(
-        methodology=methodology, version=spec.version, RE=float(RE), PE=float(PE), ER_unrounded=ER_unrounded, ER=ER,
-        provisional=spec.provisional or unconfirmed, parameters=period, units=units,
-        defaults_used=used_defaults, explanation=lines,
+        methodology=methodology, version=spec.version, RE=float(RE), PE=float(PE), ER_unrounded=float(ER), ER=rounded,
+        ER_exact=str(ER), provisional=spec.provisional or unconfirmed, parameters=_as_float(period),
+        units=[_as_float(u) for u in units], defaults_used=used_defaults, explanation=lines,
     )
+
+
+def _as_float(values: dict) -> dict:
+    # the record of the values used holds plain numbers (ledger JSON, workbook cells); ER_exact keeps exactness
+    return {k: float(v) if isinstance(v, Decimal) else v for k, v in values.items()}
 
 
 __all__ = ["MODULES", "Calculation", "InputError", "calculate", "load_spec"]

@@ -6,7 +6,7 @@ emissions from the non-fossil plant itself.
 
 References
 ----------
-ID_PROV_BIOMASS version 0.1 (this project's provisional methodology), after JCM ID_AM001:
+docs/methodologies.md, section 6. ID_PROV_BIOMASS version 0.1 (this project's provisional methodology), after JCM ID_AM001:
 RE_p = EG_net,p × EF_grid ; PE_p = FC_diesel,p × NCV_diesel × EF_diesel + EC_import,p × EF_grid.
 """
 

@@ -2,7 +2,7 @@
 
 References
 ----------
-JCM MN_AM003 Ver2.0, section on calculation of emission reductions:
+docs/methodologies.md, section 2. JCM MN_AM003 Ver2.0, section on calculation of emission reductions:
 RE_p = Σ_i EG_i,p × EF_RE,i ; PE_p = 0 ; ER_p = RE_p − PE_p.
 """
 
@@ -30,7 +30,7 @@ def reference_emissions_unit(EG, EF_RE):
 
     References
     ----------
-    MN_AM003 Ver2.0, equation of reference emissions.
+    docs/methodologies.md, section 2; MN_AM003 Ver2.0, equation of reference emissions.
     """
     return EG * EF_RE
 

@@ -5,7 +5,7 @@ MN_AM004) until the Ver1.0 text is supplied [provisional].
 
 References
 ----------
-JCM MV_AM002 Ver1.0 (project MV002, Addu City); MV_AM001, ID_AM017, MN_AM004.
+docs/methodologies.md, section 3. JCM MV_AM002 Ver1.0 (project MV002, Addu City); MV_AM001, ID_AM017, MN_AM004.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def displaced_generation(EG_PV, EC_BESS, EG_BESS):
     float or Series
         [MWh/p]
     """
-    return EG_PV - np.maximum(0.0, EC_BESS - EG_BESS)
+    return EG_PV - np.maximum(EC_BESS - EG_BESS, 0)
 
 
 def reference_emissions(EG_disp, EF_diesel):
@@ -49,7 +49,7 @@ def project_emissions():
 
 def compute(period: dict, units: list[dict]) -> tuple[float, float, list[str]]:
     p = period
-    disp = float(displaced_generation(p["EG_PV"], p["EC_BESS"], p["EG_BESS"]))
+    disp = displaced_generation(p["EG_PV"], p["EC_BESS"], p["EG_BESS"])
     RE = reference_emissions(disp, p["EF_diesel"])
     lines = [
         f"EG_disp = EG_PV − max(0, EC_BESS − EG_BESS) = {p['EG_PV']} − max(0, {p['EC_BESS']} − {p['EG_BESS']}) = {disp}",

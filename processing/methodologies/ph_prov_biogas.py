@@ -5,7 +5,7 @@ from organic waste) and the CDM AMS-I.D / fuel-switch patterns.
 
 References
 ----------
-PH_PROV_BIOGAS version 0.1 (this project's provisional methodology), after JCM
+docs/methodologies.md, section 5. PH_PROV_BIOGAS version 0.1 (this project's provisional methodology), after JCM
 VN_AM004 and CDM AMS-I.D:
 RE_p = EG_BG,p × EF_grid + HG_p / η_BL × EF_fuel
 PE_p = EC_aux,p × EF_grid + FC_fossil,p × NCV_fossil × EF_fossil + PE_flare,p
@@ -14,6 +14,8 @@ PE_p = EC_aux,p × EF_grid + FC_fossil,p × NCV_fossil × EF_fossil + PE_flare,p
 from __future__ import annotations
 
 import numpy as np
+
+from processing.methodologies.common import shown
 
 METHODOLOGY = "PH_PROV_BIOGAS"
 
@@ -108,8 +110,8 @@ def compute(period: dict, units: list[dict]) -> tuple[float, float, list[str]]:
     RE = reference_emissions(p["EG_BG"], p["EF_grid"], p["HG"], p["eta_BL"], p["EF_fuel"])
     PE = project_emissions(p["EC_aux"], p["EF_grid"], p["FC_fossil"], p["NCV_fossil"], p["EF_fossil"], p["PE_flare"])
     lines = [
-        f"RE = EG_BG × EF_grid + HG / eta_BL × EF_fuel = {p['EG_BG']} × {p['EF_grid']} + {p['HG']} / {p['eta_BL']} × {p['EF_fuel']} = {RE}",
+        f"RE = EG_BG × EF_grid + HG / eta_BL × EF_fuel = {p['EG_BG']} × {p['EF_grid']} + {p['HG']} / {p['eta_BL']} × {p['EF_fuel']} = {shown(RE)}",
         f"PE = EC_aux × EF_grid + FC_fossil × NCV_fossil × EF_fossil + PE_flare = {p['EC_aux']} × {p['EF_grid']} + "
         f"{p['FC_fossil']} × {p['NCV_fossil']} × {p['EF_fossil']} + {p['PE_flare']} = {PE}",
     ]
-    return float(RE), float(PE), lines
+    return RE, PE, lines

@@ -1,7 +1,12 @@
 """A methodology's parameters and default values, as data (``config/methodologies/``).
 
 Default values are fixed ex ante by each methodology version; they live in config,
-each with its unit, source and status (confirmed / unconfirmed), never in code.
+each with its unit, source and status (confirmed / unconfirmed), never in code; so do
+the physical range of every parameter.
+
+References
+----------
+docs/methodologies.md, sections 1.5 (default values) and 1.6 (physical ranges).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contract.config import ConfigError
 from contract.config.loader import METHODOLOGIES_DIR
@@ -31,6 +36,49 @@ class ParameterSpec(_Strict):
     #: whether a larger value raises or lowers the emission reductions (drives conservative treatment)
     effect: Literal["raises", "lowers"]
     description: str = ""
+    #: the physical range of a value in ``unit``, bounds included: what any real plant,
+    #: meter or published factor can give. A value outside it is a unit or typing mistake
+    #: (an emission factor of 797 is kgCO2/MWh, not tCO2/MWh) and is refused, never used.
+    min: float
+    max: float | None = None
+    #: for period totals bounded by the period's length (hours energised): at most this much per hour
+    max_per_hour: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ParameterSpec":
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max {self.max:g} is below min {self.min:g}")
+        return self
+
+    def range_problem(self, value: float, period_hours: float | None = None) -> str | None:
+        """Why ``value`` [unit] cannot be this parameter, or None if it is within the physical range.
+
+        Parameters
+        ----------
+        value : float
+            The value given [unit].
+        period_hours : float, optional
+            Length of the monitoring period [h], for parameters bounded per hour.
+
+        Returns
+        -------
+        str or None
+            The problem, naming the value, the range and the unit.
+        """
+        def q(v: float) -> str:
+            return f"{v:.15g}" + ("" if self.unit == "-" else f" {self.unit}")
+
+        if value < self.min or (self.max is not None and value > self.max):
+            span = f"{q(self.min)} to {q(self.max)}" if self.max is not None else f"at least {q(self.min)}"
+            problem = f"{q(value)} is outside the physical range ({span})"
+            if self.max is not None and value > self.max and self.min <= value / 1000 <= self.max:
+                problem += (f"; {value / 1000:.15g} would be in range: is it in a unit 1000 times smaller "
+                            "(kg for t, kWh for MWh)?")
+            return problem
+        if self.max_per_hour is not None and period_hours is not None and value > self.max_per_hour * period_hours:
+            return (f"{q(value)} is more than the period allows "
+                    f"({q(self.max_per_hour)} per hour of its {period_hours:g} h)")
+        return None
 
 
 class DefaultValue(_Strict):
@@ -57,6 +105,18 @@ class MethodologySpec(_Strict):
     parameters: dict[str, ParameterSpec]
     defaults: dict[str, DefaultValue] = Field(default_factory=dict)
     constants: dict[str, Constant] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _defaults_fit(self) -> "MethodologySpec":
+        for name, d in self.defaults.items():
+            p = self.parameters.get(name)
+            if p is None:
+                raise ValueError(f"defaults.{name}: not a parameter of {self.methodology}")
+            if d.unit != p.unit:
+                raise ValueError(f"defaults.{name}: unit {d.unit} differs from the parameter's {p.unit}")
+            if problem := p.range_problem(d.value):
+                raise ValueError(f"defaults.{name}: {problem}")
+        return self
 
     @property
     def provisional(self) -> bool:

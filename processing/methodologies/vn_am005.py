@@ -5,8 +5,8 @@ eligibility condition [provisional].
 
 References
 ----------
-JCM VN_AM005 Ver1.0 (projects VN004, VN008, VN013):
-RE_p = Σ_i NLL_RE,i × OH_i,p × 10⁻³ × EF_grid ; PE_p = Σ_i NLL_PJ,i × OH_i,p × 10⁻³ × EF_grid.
+docs/methodologies.md, section 4. JCM VN_AM005 Ver1.0 (projects VN004, VN008, VN013):
+RE_p = Σ_i NLL_RE,i × OH_i,p / 1000 × EF_grid ; PE_p = Σ_i NLL_PJ,i × OH_i,p / 1000 × EF_grid.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def no_load_emissions(NLL, OH, EF_grid):
     float or Series
         [tCO2/p]
     """
-    return NLL * OH * 1e-3 * EF_grid
+    return NLL * OH / 1000 * EF_grid
 
 
 def compute(period: dict, units: list[dict]) -> tuple[float, float, list[str]]:
