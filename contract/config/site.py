@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
+from contract.config.nameplate import Nameplate
 from contract.config.profile import Profile, Strict
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
@@ -193,6 +194,7 @@ class Site(Strict):
     monitoring: list[MonitoringPoint] = Field(default_factory=list)
     fixed_parameters: list[FixedParameter] = Field(default_factory=list)
     quality: Quality = Quality()
+    nameplate: Nameplate = Nameplate()
 
     @field_validator("timezone")
     @classmethod
@@ -230,7 +232,43 @@ class Site(Strict):
                     raise ValueError(f"monitoring {m.parameter}: source '{src}' names no device of this site")
                 if channel not in {p.channel for p in dev.register_map.points}:
                     raise ValueError(f"monitoring {m.parameter}: device '{dev_id}' has no channel '{channel}'")
+        self._check_nameplate()
         return self
+
+    def _check_nameplate(self) -> None:
+        bounded: dict[str, int] = {}
+        for i, r in enumerate(self.nameplate.ratings):
+            where = f"nameplate.ratings[{i}]"
+            dev = next((d for d in self.devices if d.id == r.device), None)
+            if dev is None:
+                raise ValueError(f"{where}: device '{r.device}' is not a device of this site")
+            counters = {p.channel: p for p in dev.register_map.points if p.kind.value == "counter"}
+            for channel in r.channels or []:
+                if channel not in counters:
+                    raise ValueError(f"{where}: device '{r.device}' has no counter channel '{channel}'")
+                if r.per_hour(counters[channel].unit) is None:
+                    raise ValueError(f"{where}: a rating in {r.unit} cannot bound '{r.device}.{channel}' "
+                                     f"counted in '{counters[channel].unit}'")
+            channels = r.channels or [c for c, p in counters.items() if r.per_hour(p.unit) is not None]
+            if not channels:
+                raise ValueError(f"{where}: a rating in {r.unit} bounds no counter channel of '{r.device}'")
+            for channel in channels:
+                src = f"{r.device}.{channel}"
+                if src in bounded:
+                    raise ValueError(f"{where}: '{src}' is already rated by nameplate.ratings[{bounded[src]}]")
+                bounded[src] = i
+
+    def rating_per_h(self, source: str) -> float | None:
+        """The nameplate bound of counter ``device.channel`` [counter unit/h], without the margin;
+        ``None`` when no rating covers it."""
+        dev_id, _, channel = source.partition(".")
+        unit = self.device(dev_id).register_map.point(channel).unit
+        for r in self.nameplate.ratings:
+            if r.device == dev_id and (r.channels is None or channel in r.channels):
+                rate = r.per_hour(unit)
+                if rate is not None:
+                    return rate
+        return None
 
     @property
     def zone(self) -> ZoneInfo:
