@@ -278,7 +278,8 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
     inc = counter_increments(values, source, rollover, max_rate_per_h, effect, unit, zone)
     # what happened in intervals of a neighbouring period is that period's to report
     findings = [f for f in inc.findings if period_start < pd.Timestamp(f.end) <= period_end]
-    adjustments = [a for a in inc.adjustments if period_start < pd.Timestamp(a["end"]) <= period_end]
+    adjustments = [{**a, "days": str(interval_day(pd.DatetimeIndex([pd.Timestamp(a["end"])]), zone)[0])}
+                   for a in inc.adjustments if period_start < pd.Timestamp(a["end"]) <= period_end]
     if len(inc.value) == 0:
         return DailyResult(pd.Series(np.nan, index=days, dtype=float), findings, set(), adjustments)
     ends = interval_day(inc.end, zone)
@@ -322,8 +323,6 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
                 per_day.iloc[k] = after
                 adjustments.append({"kind": "theoretical_maximum", "source": source, "days": str(day), "before": before,
                                     "factor": after / before, "after": after, "reason": detail})
-    for a in adjustments:
-        a.setdefault("days", str(interval_day(pd.DatetimeIndex([pd.Timestamp(a["end"])]), zone)[0]))
     return DailyResult(per_day, findings, spanned, adjustments, spanned_gaps)
 
 
