@@ -107,6 +107,10 @@ class PeriodProcessor:
                               f"but config/methodologies has version {self.spec.version}")
 
     def process(self, store: ReadingStore, first: dt.date, last: dt.date) -> PeriodResult:
+        """The period of whole local days ``first``..``last``: every interval that ends after
+        local midnight starting ``first`` up to and including local midnight ending ``last``
+        (a reading stamped 00:00:00 closes the previous day; ``daily_values.interval_day``).
+        Readings just outside the period settle the intervals that cross its boundaries."""
         site, spec = self.site, self.spec
         days = local_days(first, last)
         start, end = _utc_midnight(first, site), _utc_midnight(last + dt.timedelta(days=1), site)
@@ -249,14 +253,16 @@ class PeriodProcessor:
         period (or after it), the readings out to the nearest valid one: a counter read on
         both sides of a gap across the period's boundary knows the gap's exact total."""
         extra = []
+        q = raw["quality"].fillna("")
+        usable = raw[~q.isin(BAD) & (q != "out_of_range") & raw["value"].notna()]
+        span = usable.groupby(["device", "channel"], observed=True)["ts"].agg(["min", "max"])
         for src in self.site.monitoring_sources:
             if self._point(src).kind.value != "counter":
                 continue
             dev, channel = src.split(".")
-            rows = raw[(raw["device"] == dev) & (raw["channel"] == channel)]
-            ok = self._valid(rows, src)
+            known = span.loc[(dev, channel)] if (dev, channel) in span.index else None
             for before in (True, False):
-                if (ok & ((rows["ts"] < start) if before else (rows["ts"] >= end))).any():
+                if known is not None and (known["min"] < start if before else known["max"] >= end):
                     continue
                 near = EDGE
                 for far in NEIGHBOUR_WINDOWS:
