@@ -145,10 +145,13 @@ class PeriodProcessor:
                 d = r.values * scale
                 for a in r.adjustments:  # in the parameter's unit, like every other row
                     adjustments.append({**a, "parameter": m.parameter, "meter": src.split(".")[0],
-                                        "before": None if a["before"] is None else a["before"] * scale,
-                                        "after": a["after"] * scale})
+                                        "before": a["before"] * scale, "after": a["after"] * scale})
                 gap_totals = [(a, b, total * scale) for a, b, total in r.spanned_gaps]
                 rating = self.site.rating_per_h(src) if point.kind.value == "counter" else None
+                if point.kind.value == "counter" and rating is None and m.max_rate_per_h is None:
+                    findings.append(Finding("no_nameplate", src, "info",
+                                            "no nameplate rating in the site file: its increments are not bounded by "
+                                            "what the equipment can physically deliver"))
                 d = self._calibrate(src, d, effect, adjustments, findings, m.parameter, gap_totals,
                                     rating * scale if rating else None)
                 for day, v in d.items():

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contract.config import ConfigError, load_site
+from contract.config.nameplate import Nameplate
 from processing.daily_values import counter_daily, counter_increments, interval_day, local_days
 from processing.period import PeriodProcessor
 from store.sqlite_store import SqliteStore, to_ms
@@ -225,6 +226,16 @@ def test_aceh_october_glitch_reading_is_an_outlier_not_the_meters_total(aceh):
     assert r.calc.ER == clean.calc.ER
     (f,) = [f for f in r.findings if f.check == "counter_outlier"]
     assert f.source == "ic-meter.energy_export" and f.detail.startswith("reading of 0 at 2025-10-15 12:00 between 25,")
+
+
+def test_without_a_nameplate_the_glitch_is_still_an_outlier_and_the_missing_rating_is_said(aceh):
+    s = reference_site("id-aceh-biomass")
+    unrated = s.model_copy(update={"nameplate": Nameplate()})
+    clean = PeriodProcessor(unrated).process(aceh, *OCT25)
+    _set(aceh, s, "ic-meter", "energy_export", "2025-10-15T12:00", "0")
+    r = PeriodProcessor(unrated).process(aceh, *OCT25)
+    assert r.parameters["EG_net"] == pytest.approx(clean.parameters["EG_net"], rel=1e-12)
+    assert "ic-meter.energy_export" in {f.source for f in r.findings if f.check == "no_nameplate"}
 
 
 def test_aceh_a_jump_beyond_the_plants_capacity_is_not_credited(aceh):
