@@ -80,6 +80,13 @@ def read_monitored(store: ReadingStore, site: Site, start: dt.datetime, end: dt.
     return raw[raw["device"].astype(str).str.cat(raw["channel"].astype(str), sep=".").isin(site.monitoring_sources)]
 
 
+def _usable(rows: pd.DataFrame, counter: bool) -> pd.Series:
+    """Readings with a usable value; a counter out of its range is not trusted."""
+    q = rows["quality"].fillna("")
+    good = ~q.isin(BAD) & rows["value"].notna()
+    return good & (q != "out_of_range") if counter else good
+
+
 def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
     return pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=site.zone)).tz_convert("UTC")
 
@@ -243,12 +250,7 @@ class PeriodProcessor:
         return max(3 * poll, 1.5 * self.site.quality.recording_interval_s)
 
     def _valid(self, rows: pd.DataFrame, src: str) -> pd.Series:
-        """Readings with a usable value; a counter out of its range is not trusted."""
-        q = rows["quality"].fillna("")
-        good = ~q.isin(BAD) & rows["value"].notna()
-        if self._point(src).kind.value == "counter":
-            good &= q != "out_of_range"
-        return good
+        return _usable(rows, self._point(src).kind.value == "counter")
 
     def _with_counter_neighbours(self, store: ReadingStore, raw: pd.DataFrame, start: pd.Timestamp,
                                  end: pd.Timestamp) -> pd.DataFrame:
@@ -256,9 +258,7 @@ class PeriodProcessor:
         period (or after it), the readings out to the nearest valid one: a counter read on
         both sides of a gap across the period's boundary knows the gap's exact total."""
         extra = []
-        q = raw["quality"].fillna("")
-        usable = raw[~q.isin(BAD) & (q != "out_of_range") & raw["value"].notna()]
-        span = usable.groupby(["device", "channel"], observed=True)["ts"].agg(["min", "max"])
+        span = raw[_usable(raw, counter=True)].groupby(["device", "channel"], observed=True)["ts"].agg(["min", "max"])
         for src in self.site.monitoring_sources:
             if self._point(src).kind.value != "counter":
                 continue
