@@ -64,11 +64,10 @@ def interval_day(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
     return (ends.tz_convert(zone) - pd.Timedelta(1, "ns")).date
 
 
-def day_hours(days: pd.Index, zone: ZoneInfo) -> np.ndarray:
-    """Length of each local day [h] (23 or 25 on a daylight-saving change)."""
-    start = pd.DatetimeIndex([dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in days]).tz_convert("UTC")
-    nxt = pd.DatetimeIndex([dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), tzinfo=zone) for d in days])
-    return (nxt.tz_convert("UTC") - start).total_seconds().to_numpy() / 3600
+def midnights(days: pd.Index, zone: ZoneInfo) -> pd.DatetimeIndex:
+    """The local midnights that start each of ``days`` and end the last one, in UTC [ns]."""
+    edges = [*days, days[-1] + dt.timedelta(days=1)]
+    return pd.DatetimeIndex([dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in edges]).tz_convert("UTC").as_unit("ns")
 
 
 #: an outlier is one or a few readings: a longer run off the counter's course is a reset or a new level
@@ -273,8 +272,8 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
         Daily increments [counter unit] (NaN for a day with no interval ending in it),
         findings, adjustment rows, the days and intervals of gaps the counter spans.
     """
-    period_start = pd.Timestamp(dt.datetime.combine(days[0], dt.time(), tzinfo=zone)).tz_convert("UTC")
-    period_end = pd.Timestamp(dt.datetime.combine(days[-1] + dt.timedelta(days=1), dt.time(), tzinfo=zone)).tz_convert("UTC")
+    bounds = midnights(days, zone)
+    period_start, period_end = bounds[0], bounds[-1]
     inc = counter_increments(values, source, rollover, max_rate_per_h, effect, unit, zone)
     # what happened in intervals of a neighbouring period is that period's to report
     findings = [f for f in inc.findings if period_start < pd.Timestamp(f.end) <= period_end]
@@ -282,13 +281,18 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
                    for a in inc.adjustments if period_start < pd.Timestamp(a["end"]) <= period_end]
     if len(inc.value) == 0:
         return DailyResult(pd.Series(np.nan, index=days, dtype=float), findings, set(), adjustments)
-    ends = interval_day(inc.end, zone)
     hours = (inc.end - inc.start).total_seconds().to_numpy() / 3600
-    per_day = pd.Series(inc.value, index=ends).groupby(level=0).sum().reindex(days)
+    # day k holds the intervals ending in (midnight k, midnight k+1]: interval_day, vectorised
+    k = np.searchsorted(bounds.asi8, inc.end.as_unit("ns").asi8, side="left") - 1
+    inside = (k >= 0) & (k < len(days))
+    k = k[inside]
+    counted = np.bincount(k, minlength=len(days)) > 0
+    per_day = pd.Series(np.where(counted, np.bincount(k, inc.value[inside], len(days)), np.nan), index=days)
     spanned, spanned_gaps = set(), []
     overlaps = (inc.end > period_start) & (inc.start < period_end)
     for i in np.flatnonzero((hours * 3600 > gap_s) & overlaps):
-        a, b, total, day = inc.start[i], inc.end[i], float(inc.value[i]), ends[i]
+        a, b, total = inc.start[i], inc.end[i], float(inc.value[i])
+        day = interval_day(pd.DatetimeIndex([b]), zone)[0]
         findings.append(Finding("gap_spanned_by_counter", source, "info",
                                 f"{hours[i]:.2f} h without readings; the counter gives the exact total {_fmt(total)} {unit}, "
                                 f"assigned to the day the gap ends ({day})", str(a), str(b), total))
@@ -311,8 +315,8 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
                                 "reason": f"the counter's total {_fmt(total)} {unit} over {span}, which began in the "
                                           f"previous period, is counted on {day}, the day the gap ends"})
     if rating_per_h:
-        covered = pd.Series(hours, index=ends).groupby(level=0).sum().reindex(days, fill_value=0.0)
-        cap = rating_per_h * np.maximum(covered.to_numpy(), day_hours(days, zone))
+        covered = np.bincount(k, hours[inside], len(days))
+        cap = rating_per_h * np.maximum(covered, np.diff(bounds.asi8) / 3.6e12)
         for k in np.flatnonzero(per_day.to_numpy() > cap * (1 + 1e-9)):
             day, before = days[k], float(per_day.iloc[k])
             after = float(cap[k]) if effect == "raises" else before
