@@ -238,7 +238,7 @@ class Site(Strict):
     def _check_nameplate(self) -> None:
         bounded: dict[str, int] = {}
         for i, r in enumerate(self.nameplate.ratings):
-            where = f"nameplate.ratings[{i}]"
+            where = f"nameplate.ratings.{i}"
             dev = next((d for d in self.devices if d.id == r.device), None)
             if dev is None:
                 raise ValueError(f"{where}: device '{r.device}' is not a device of this site")
@@ -255,7 +255,7 @@ class Site(Strict):
             for channel in channels:
                 src = f"{r.device}.{channel}"
                 if src in bounded:
-                    raise ValueError(f"{where}: '{src}' is already rated by nameplate.ratings[{bounded[src]}]")
+                    raise ValueError(f"{where}: '{src}' is already rated by nameplate.ratings.{bounded[src]}")
                 bounded[src] = i
 
     def rating_per_h(self, source: str) -> float | None:
