@@ -37,6 +37,11 @@ class DailyResult:
     findings: list[Finding] = field(default_factory=list)
     #: days whose value includes (or lost to a neighbour) the total of a gap the counter spans
     spanned_days: set = field(default_factory=set)
+    #: changes to what the plain counter differences would give, as adjustment rows (kind, source,
+    #: days, before, factor, after, reason; the caller adds parameter and meter)
+    adjustments: list[dict] = field(default_factory=list)
+    #: intervals longer than the gap threshold the counter spans: (start, end, credited total)
+    spanned_gaps: list[tuple[pd.Timestamp, pd.Timestamp, float]] = field(default_factory=list)
 
 
 def local_days(start: dt.date, end: dt.date) -> pd.Index:
@@ -60,71 +65,282 @@ def backwards_step(prev: float, cur: float, rollover: float | None) -> tuple[flo
     return (cur if cur < prev * 0.01 else 0.0), False
 
 
-def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str, rollover: float | None = None,
-                  max_rate_per_h: float | None = None, gap_s: float = 60.0) -> DailyResult:
-    """Daily totals of a cumulative counter: the sum of its increments, each counted on
-    the local day its interval ends (last-minus-first per day, without losing the
-    interval that crosses midnight).
+def interval_day(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
+    """The local day an interval belongs to, from its end time.
+
+    An interval (t0, t1] belongs to the local day of t1, except that one ending exactly
+    at local midnight closes the day before: the reading stamped 00:00:00 is the last of
+    the previous day and the first of the next. So a crediting period of whole local days
+    [first 00:00, last + 1 00:00) gets every interval that ends after its first midnight up
+    to and including the midnight that ends it.
+    """
+    return (ends.tz_convert(zone) - pd.Timedelta(1, "ns")).date
+
+
+def midnights(days: pd.Index, zone: ZoneInfo) -> pd.DatetimeIndex:
+    """The local midnights that start each of ``days`` and end the last one, in UTC [ns]."""
+    edges = [*days, days[-1] + dt.timedelta(days=1)]
+    return pd.DatetimeIndex([dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in edges]).tz_convert("UTC").as_unit("ns")
+
+
+#: an outlier is one or a few readings: a longer run off the counter's course is a reset or a new level
+OUTLIER_READINGS = 5
+#: the bound of a shorter interval is a minute's worth: register resolution and clock jitter [h]
+MIN_BOUND_H = 1 / 60
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.3f}".rstrip("0").rstrip(".")
+
+
+@dataclass
+class Increments:
+    """What a counter registered, interval by interval, after outliers, resets and jumps."""
+
+    start: pd.DatetimeIndex  # the kept reading each interval starts from
+    end: pd.DatetimeIndex
+    value: np.ndarray  # credited increase [counter unit]
+    findings: list[Finding] = field(default_factory=list)
+    adjustments: list[dict] = field(default_factory=list)
+
+
+def counter_increments(values: pd.Series, source: str, rollover: float | None = None,
+                       max_rate_per_h: float | None = None, effect: str = "raises", unit: str = "",
+                       zone: ZoneInfo | None = None) -> Increments:
+    """Increments of a cumulative counter with glitches, resets, rollovers and jumps resolved.
+
+    A step is suspect when the counter falls (other than a wrap at ``rollover``) or rises
+    faster than ``max_rate_per_h``. A suspect step is, in this order of preference:
+
+    1. an outlier: one to ``OUTLIER_READINGS`` readings off the counter's course, after
+       (or before) which it continues where it was; those readings are dropped and the
+       interval across them counts the exact difference of the readings around them;
+    2. a reset: the counter fell to near zero (no more than the interval can physically
+       register, or below 1 % of its last value when no bound is known) and the next
+       reading continues from there; the interval counts what was registered since the
+       reset for a quantity that raises reductions, the interval's physical bound for one
+       that lowers them (what was registered before the reset is unknown);
+    3. otherwise a new level (meter replaced, register preset, an unconfirmed drop at the
+       end of the data, or a rise beyond the physical bound): the interval counts 0 for a
+       quantity that raises reductions, its physical bound (if known) for one that lowers them.
 
     Parameters
     ----------
     values : Series
         Counter readings [counter unit], UTC DatetimeIndex; NaN for readings flagged bad.
-    zone : ZoneInfo
-        The site's time zone: days are local calendar days.
-    days : Index of date
-        The days wanted.
+    source : str
+        ``device.channel``, for the findings.
     rollover : float, optional
         Value at which the register wraps to 0 [counter unit].
     max_rate_per_h : float, optional
-        Largest physically possible increase per hour; a larger step is a jump, not counted.
+        Largest physically possible rise [counter unit/h] (nameplate × margin); an interval
+        shorter than ``MIN_BOUND_H`` is allowed a minute's worth.
+    effect : {"raises", "lowers"}
+        Whether the quantity raises or lowers emission reductions: the conservative direction.
+    unit : str
+        Counter unit, for the findings.
+    zone : ZoneInfo, optional
+        Time zone the findings state times in (UTC if not given).
+
+    Returns
+    -------
+    Increments
+        Interval starts and ends, credited increase [counter unit] per interval, findings,
+        and an adjustment row for every interval that does not count the plain difference.
+    """
+    s = values.dropna().sort_index()
+    s = s[~s.index.duplicated(keep="last")]
+    t, v = s.index, s.to_numpy(dtype=float)
+    n = len(v)
+    if n < 2:
+        return Increments(t[:0], t[:0], np.zeros(0))
+    ns = t.as_unit("ns").asi8
+    hours = np.diff(ns) / 3.6e12
+    raw = np.diff(v)
+    wrapped = (raw < 0) & (v[:-1] > 0.5 * rollover) & (v[1:] < 0.5 * rollover) if rollover else np.zeros(n - 1, bool)
+    credited = np.where(wrapped, raw + (rollover or 0.0), raw)
+    limit = max_rate_per_h * np.maximum(hours, MIN_BOUND_H) if max_rate_per_h else np.full(n - 1, np.inf)
+    first = np.arange(n - 1)  # the reading each interval starts from
+    valid = np.ones(n - 1, dtype=bool)
+    findings: list[Finding] = []
+    adjustments: list[dict] = []
+    local = t.tz_convert(zone) if zone else t
+
+    def when(i: int) -> str:
+        return local[i].strftime("%Y-%m-%d %H:%M:%S").removesuffix(":00")
+
+    def rise(a: int, b: int) -> float:
+        d = v[b] - v[a]
+        if d < 0 and rollover and v[a] > 0.5 * rollover and v[b] < 0.5 * rollover:
+            d += rollover
+        return d
+
+    def fits(a: int, b: int) -> bool:
+        """Reading b continues the course of reading a (a wrap only where a bound makes it plausible)."""
+        if not max_rate_per_h:
+            return v[b] >= v[a]
+        d = rise(a, b)
+        return 0 <= d <= max_rate_per_h * max((ns[b] - ns[a]) / 3.6e12, MIN_BOUND_H)
+
+    def drop(a: int, b: int) -> None:
+        """Readings a+1..b-1 are outliers: one interval from a to b."""
+        valid[a:b - 1] = False
+        first[b - 1], credited[b - 1] = a, rise(a, b)
+        off = ", ".join(_fmt(x) for x in v[a + 1:b])
+        what = (f"reading of {off} at {when(a + 1)}" if b - a == 2 else
+                f"{b - a - 1} readings ({off}) from {when(a + 1)} to {when(b - 1)}")
+        findings.append(Finding("counter_outlier", source, "info",
+                                f"{what} between {_fmt(v[a])} and {_fmt(v[b])} {unit} ignored as "
+                                f"{'an outlier' if b - a == 2 else 'outliers'}; the interval counts the difference "
+                                f"{_fmt(credited[b - 1])} {unit}", str(t[a]), str(t[b]), float(credited[b - 1])))
+
+    def adjust(i: int, kind: str, after: float, detail: str) -> None:
+        before = float(rise(i, i + 1))
+        credited[i] = after
+        findings.append(Finding(kind, source, "review", detail, str(t[i]), str(t[i + 1]), float(after)))
+        adjustments.append({"kind": kind, "source": source, "start": str(t[i]), "end": str(t[i + 1]),
+                            "before": before, "factor": None, "after": float(after), "reason": detail})
+
+    resume = 0  # intervals before this one are settled
+    for i in np.flatnonzero((credited < 0) | (credited > limit)):
+        if i < resume:
+            continue
+        ret = next((j for j in range(i + 2, min(n, i + 2 + OUTLIER_READINGS)) if fits(i, j)), None)
+        if ret is not None:
+            drop(i, ret)
+            resume = ret
+            continue
+        fell = raw[i] < 0
+        if fell:  # readings before the fall may be the outliers (a spike the missing bound let through)
+            back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1) if fits(k - 1, i + 1)),
+                        None)
+            if back is not None:
+                drop(back - 1, i + 1)
+                resume = i + 1
+                continue
+        resume = i + 1
+        bound = float(limit[i]) if max_rate_per_h else None
+        fallback = bound if effect == "lowers" and bound is not None else 0.0
+        near_zero = 0 <= v[i + 1] <= (bound if bound is not None else 0.01 * v[i])
+        if fell and near_zero and i + 2 < n and fits(i + 1, i + 2):
+            after = v[i + 1] if effect == "raises" or bound is None else bound
+            adjust(i, "counter_reset", after,
+                   f"fell from {_fmt(v[i])} to {_fmt(v[i + 1])} {unit} at {when(i + 1)}, a reset confirmed by the next "
+                   f"reading {_fmt(v[i + 2])}; counted {_fmt(after)} for the interval")
+        elif fell:
+            why = ("not confirmed by a later reading" if i + 2 >= n else
+                   "neither a confirmed reset nor an outlier")
+            adjust(i, "counter_backwards", fallback,
+                   f"went from {_fmt(v[i])} to {_fmt(v[i + 1])} {unit} at {when(i + 1)}, {why}; counted {_fmt(fallback)} "
+                   "for the interval and continued from the new level")
+        else:
+            adjust(i, "counter_jump", fallback,
+                   f"rose {_fmt(credited[i])} {unit} in {hours[i] * 3600:.0f} s to {when(i + 1)}, above the physical limit "
+                   f"{_fmt(limit[i])} {unit}; counted {_fmt(fallback)} for the interval")
+    return Increments(t[first[valid]], t[1:][valid], credited[valid], findings, adjustments)
+
+
+def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str, rollover: float | None = None,
+                  max_rate_per_h: float | None = None, gap_s: float = 60.0, effect: str = "raises",
+                  rating_per_h: float | None = None, unit: str = "") -> DailyResult:
+    """Daily totals of a cumulative counter: the sum of its increments, each counted on
+    the local day its interval ends (see ``interval_day``), with outliers, resets, jumps
+    and rollovers resolved by ``counter_increments``.
+
+    A counter read on both sides of a gap gives the exact total over it, counted on the
+    day the gap ends; the days inside the gap are known (0). Where the gap crosses the
+    start or the end of the days wanted, its total belongs to the period in which it ends,
+    and each of the two periods gets an adjustment row saying so. With a nameplate rating,
+    a day above the theoretical maximum (rating × the hours its intervals cover, at least
+    the day's length) is a finding, and a quantity that raises reductions is bounded to it.
+
+    Parameters
+    ----------
+    values : Series
+        Counter readings [counter unit], UTC DatetimeIndex; NaN for readings flagged bad.
+        Readings before the first day and after the last one let the boundary intervals
+        and gaps be known.
+    zone : ZoneInfo
+        The site's time zone: days are local calendar days.
+    days : Index of date
+        The days wanted (consecutive).
+    source : str
+        ``device.channel``.
+    rollover : float, optional
+        Value at which the register wraps to 0 [counter unit].
+    max_rate_per_h : float, optional
+        Largest physically possible rise per interval hour [counter unit/h] (nameplate × margin).
     gap_s : float
-        An interval longer than this is a gap; a counter read on both sides of it still
-        gives the exact total, assigned to the day the gap ends.
+        An interval longer than this is a gap [s].
+    effect : {"raises", "lowers"}
+        The conservative direction of the quantity.
+    rating_per_h : float, optional
+        Nameplate rating [counter unit/h], without margin: the daily plausibility bound.
+    unit : str
+        Counter unit, for the findings.
 
     Returns
     -------
     DailyResult
-        Daily increments [counter unit] (NaN for a day with no interval ending in it) and findings.
+        Daily increments [counter unit] (NaN for a day with no interval ending in it),
+        findings, adjustment rows, the days and intervals of gaps the counter spans.
     """
-    s = values.dropna().sort_index()
-    s = s[~s.index.duplicated(keep="last")]
-    findings: list[Finding] = []
-    if len(s) < 2:
-        return DailyResult(pd.Series(np.nan, index=days, dtype=float), findings)
-    prev, cur = s.to_numpy()[:-1], s.to_numpy()[1:]
-    t0, t1 = s.index[:-1], s.index[1:]
-    step = cur - prev
-    hours = (t1 - t0).total_seconds().to_numpy() / 3600
-    delta = step.copy()
-    for i in np.flatnonzero(step < 0):
-        delta[i], wrapped = backwards_step(prev[i], cur[i], rollover)
-        if wrapped:
-            findings.append(Finding("counter_rollover", source, "info", f"wrapped at {rollover:g}",
-                                    str(t0[i]), str(t1[i]), float(delta[i])))
-        else:
-            findings.append(Finding("counter_backwards", source, "review",
-                                    f"went from {prev[i]:g} to {cur[i]:g}; counted {delta[i]:g} for the interval",
-                                    str(t0[i]), str(t1[i]), float(delta[i])))
-    if max_rate_per_h:
-        for i in np.flatnonzero(delta > max_rate_per_h * np.maximum(hours, 1 / 3600)):
-            findings.append(Finding("counter_jump", source, "review",
-                                    f"rose {delta[i]:g} in {hours[i] * 3600:.0f} s, above the physical limit "
-                                    f"{max_rate_per_h:g}/h; not counted", str(t0[i]), str(t1[i]), float(delta[i])))
-            delta[i] = 0.0
-    for i in np.flatnonzero(hours * 3600 > gap_s):
+    bounds = midnights(days, zone)
+    period_start, period_end = bounds[0], bounds[-1]
+    inc = counter_increments(values, source, rollover, max_rate_per_h, effect, unit, zone)
+    # what happened in intervals of a neighbouring period is that period's to report
+    findings = [f for f in inc.findings if period_start < pd.Timestamp(f.end) <= period_end]
+    adjustments = [{**a, "days": str(interval_day(pd.DatetimeIndex([pd.Timestamp(a["end"])]), zone)[0])}
+                   for a in inc.adjustments if period_start < pd.Timestamp(a["end"]) <= period_end]
+    if len(inc.value) == 0:
+        return DailyResult(pd.Series(np.nan, index=days, dtype=float), findings, set(), adjustments)
+    hours = (inc.end - inc.start).total_seconds().to_numpy() / 3600
+    # day k holds the intervals ending in (midnight k, midnight k+1]: interval_day, vectorised
+    k = np.searchsorted(bounds.asi8, inc.end.as_unit("ns").asi8, side="left") - 1
+    inside = (k >= 0) & (k < len(days))
+    k = k[inside]
+    counted = np.bincount(k, minlength=len(days)) > 0
+    per_day = pd.Series(np.where(counted, np.bincount(k, inc.value[inside], len(days)), np.nan), index=days)
+    spanned, spanned_gaps = set(), []
+    overlaps = (inc.end > period_start) & (inc.start < period_end)
+    for i in np.flatnonzero((hours * 3600 > gap_s) & overlaps):
+        a, b, total = inc.start[i], inc.end[i], float(inc.value[i])
+        day = interval_day(pd.DatetimeIndex([b]), zone)[0]
         findings.append(Finding("gap_spanned_by_counter", source, "info",
-                                f"{hours[i]:.2f} h without readings; the counter gives the exact total {delta[i]:g}, "
-                                "assigned to the day the gap ends", str(t0[i]), str(t1[i]), float(delta[i])))
-    per_day = pd.Series(delta, index=_local_date(t1, zone)).groupby(level=0).sum().reindex(days)
-    # days inside a gap the counter spans are known: their share sits on the day the gap ends
-    spanned = set()
-    for i in np.flatnonzero(hours * 3600 > gap_s):
-        for day in pd.date_range(t0[i].tz_convert(zone).date(), t1[i].tz_convert(zone).date(), freq="D").date:
-            spanned.add(day)
-            if day in per_day.index and np.isnan(per_day[day]):
-                per_day[day] = 0.0
-    return DailyResult(per_day, findings, spanned)
+                                f"{hours[i]:.2f} h without readings; the counter gives the exact total {_fmt(total)} {unit}, "
+                                f"assigned to the day the gap ends ({day})", str(a), str(b), total))
+        spanned_gaps.append((a, b, total))
+        for d in pd.date_range(a.tz_convert(zone).date(), day, freq="D").date:
+            spanned.add(d)
+            if d in per_day.index and np.isnan(per_day[d]):
+                per_day[d] = 0.0
+        # the total belongs to the period the gap ends in: a row in each of the two periods
+        span = f"the gap from {a.tz_convert(zone):%Y-%m-%d %H:%M} to {b.tz_convert(zone):%Y-%m-%d %H:%M}"
+        if a < period_end < b:
+            adjustments.append({"kind": "gap_across_periods", "source": source, "start": str(a), "end": str(b),
+                                "days": f"{max(a.tz_convert(zone).date(), days[0])}..{days[-1]}", "before": total,
+                                "factor": None, "after": 0.0,
+                                "reason": f"the counter's total {_fmt(total)} {unit} over {span} is counted on {day}, "
+                                          "the day the gap ends, in the next period; 0 here"})
+        elif a < period_start < b:
+            adjustments.append({"kind": "gap_across_periods", "source": source, "start": str(a), "end": str(b),
+                                "days": str(day), "before": 0.0, "factor": None, "after": total,
+                                "reason": f"the counter's total {_fmt(total)} {unit} over {span}, which began in the "
+                                          f"previous period, is counted on {day}, the day the gap ends"})
+    if rating_per_h:
+        covered = np.bincount(k, hours[inside], len(days))
+        cap = rating_per_h * np.maximum(covered, np.diff(bounds.asi8) / 3.6e12)
+        for k in np.flatnonzero(per_day.to_numpy() > cap * (1 + 1e-9)):
+            day, before = days[k], float(per_day.iloc[k])
+            after = float(cap[k]) if effect == "raises" else before
+            detail = (f"{day}: {_fmt(before)} {unit} is above the theoretical maximum {_fmt(cap[k])} {unit} "
+                      f"(nameplate {_fmt(rating_per_h)} {unit}/h over {cap[k] / rating_per_h:.2f} h); counted {_fmt(after)}")
+            findings.append(Finding("theoretical_maximum", source, "review", detail, str(day), str(day), before))
+            if after != before:
+                per_day.iloc[k] = after
+                adjustments.append({"kind": "theoretical_maximum", "source": source, "days": str(day), "before": before,
+                                    "factor": after / before, "after": after, "reason": detail})
+    return DailyResult(per_day, findings, spanned, adjustments, spanned_gaps)
 
 
 def mean_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index) -> DailyResult:
@@ -153,7 +369,7 @@ def energised_hours_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, gap
     on = (s.to_numpy()[:-1] > 0.5) & (s.to_numpy()[1:] > 0.5)
     secs = (s.index[1:] - s.index[:-1]).total_seconds().to_numpy()
     counted = np.where(on & (secs <= gap_s), secs, 0.0) / 3600
-    per_day = pd.Series(counted, index=_local_date(s.index[1:], zone)).groupby(level=0).sum()
+    per_day = pd.Series(counted, index=interval_day(s.index[1:], zone)).groupby(level=0).sum()
     return DailyResult(per_day.reindex(days, fill_value=0.0), [])
 
 
@@ -182,7 +398,7 @@ def integrated_daily(power: pd.Series, zone: ZoneInfo, days: pd.Index, gap_s: fl
     secs = (s.index[1:] - s.index[:-1]).total_seconds().to_numpy()
     v = s.to_numpy()
     energy = np.where(secs <= gap_s, 0.5 * (v[:-1] + v[1:]) * secs / 3600, 0.0)
-    ends = _local_date(s.index[1:], zone)
+    ends = interval_day(s.index[1:], zone)
     incomplete = {d for d, gap in zip(ends, secs > gap_s) if gap}
     covered = set(ends)
     incomplete |= {d for d in days if d not in covered}

@@ -34,7 +34,9 @@ def versions(site: Site) -> dict:
     config = {"monitoring": [m.model_dump() for m in site.monitoring],
               "fixed": [p.model_dump() for p in site.fixed_parameters],
               "calibrations": {d.id: [c.model_dump(mode="json") for c in d.calibrations] for d in site.devices},
-              "quality": site.quality.model_dump()}
+              "quality": site.quality.model_dump(),
+              # ratings bound what a counter may credit: a changed rating may change a figure
+              "nameplate": site.nameplate.model_dump(mode="json")}
     return {
         "defaults_hash": sha256_text((SPEC_DIR / f"{site.methodology}.yaml").read_text()),
         "config_hash": sha256_text(json.dumps(config, sort_keys=True, default=str)),

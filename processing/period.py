@@ -27,8 +27,8 @@ from contract.config.site import Site
 from contract.store import ReadingStore
 from contract.units import factor
 from processing.calibration import correction_factor, uncovered_periods
-from processing.daily_values import (Finding, counter_daily, energised_hours_daily, gaps, integrated_daily,
-                                     local_days, mean_daily)
+from processing.daily_values import (DailyResult, Finding, counter_daily, energised_hours_daily, gaps,
+                                     integrated_daily, interval_day, local_days, mean_daily)
 from processing.derived import FlareResult, flare_daily
 from processing.fixed_values import DEFAULT, FixedValue, from_config
 from processing.methodologies import Calculation, calculate, load_spec
@@ -38,6 +38,10 @@ DERIVED_FROM = {"PH_PROV_BIOGAS": {"PE_flare": ("BG_flare", "w_CH4", "flame")}}
 #: readings with these gateway flags carry no usable value
 BAD = {"timeout", "disconnected", "illegal_address", "device_error", "decode_error", "not_implemented"}
 STATUSES = ("verified", "provisional", "needs_review", "failed")
+#: readings this far either side of a period settle its boundary intervals and outliers next to them
+EDGE = pd.Timedelta(hours=6)
+#: how far out a counter's last reading before a period (first after it) is looked for, widening
+NEIGHBOUR_WINDOWS = tuple(pd.Timedelta(days=n) for n in (2, 14, 62, 400))
 
 
 @dataclass
@@ -79,6 +83,13 @@ def read_monitored(store: ReadingStore, site: Site, start: dt.datetime, end: dt.
     return raw[raw["device"].astype(str).str.cat(raw["channel"].astype(str), sep=".").isin(site.monitoring_sources)]
 
 
+def _usable(rows: pd.DataFrame, counter: bool) -> pd.Series:
+    """Readings with a usable value; a counter out of its range is not trusted."""
+    q = rows["quality"].fillna("")
+    good = ~q.isin(BAD) & rows["value"].notna()
+    return good & (q != "out_of_range") if counter else good
+
+
 def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
     return pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=site.zone)).tz_convert("UTC")
 
@@ -106,10 +117,15 @@ class PeriodProcessor:
                               f"but config/methodologies has version {self.spec.version}")
 
     def process(self, store: ReadingStore, first: dt.date, last: dt.date) -> PeriodResult:
+        """The period of whole local days ``first``..``last``: every interval that ends after
+        local midnight starting ``first`` up to and including local midnight ending ``last``
+        (a reading stamped 00:00:00 closes the previous day; ``daily_values.interval_day``).
+        Readings just outside the period settle the intervals that cross its boundaries."""
         site, spec = self.site, self.spec
         days = local_days(first, last)
         start, end = _utc_midnight(first, site), _utc_midnight(last + dt.timedelta(days=1), site)
-        raw = read_monitored(store, site, (start - pd.Timedelta(hours=6)).to_pydatetime(), end.to_pydatetime())
+        raw = read_monitored(store, site, (start - EDGE).to_pydatetime(), (end + EDGE).to_pydatetime())
+        raw = self._with_counter_neighbours(store, raw, start, end)
         findings: list[Finding] = []
         adjustments: list[dict] = []
         completeness: dict[str, float] = {}
@@ -128,12 +144,26 @@ class PeriodProcessor:
             effect = self._effect(m.parameter)
             per_source = []
             for src in m.sources:
-                d = self._reduce(src, series[src], days, m.max_rate_per_h, findings, spanned.setdefault(key, set()))
+                r = self._reduce(src, series[src], days, m.max_rate_per_h, effect)
+                findings.extend(r.findings)
+                spanned.setdefault(key, set()).update(r.spanned_days)
                 point = self._point(src)
                 unit = "h" if point.type == "bool" else point.unit
+                scale = 1.0
                 if target_unit and (point.kind.value == "counter" or point.type == "bool"):
-                    d, unit = d * factor(unit, target_unit), target_unit
-                d = self._calibrate(src, d, effect, adjustments, findings, m.parameter)
+                    scale, unit = factor(unit, target_unit), target_unit
+                d = r.values * scale
+                for a in r.adjustments:  # in the parameter's unit, like every other row
+                    adjustments.append({**a, "parameter": m.parameter, "meter": src.split(".")[0],
+                                        "before": a["before"] * scale, "after": a["after"] * scale})
+                gap_totals = [(a, b, total * scale) for a, b, total in r.spanned_gaps]
+                rating = self.site.rating_per_h(src) if point.kind.value == "counter" else None
+                if point.kind.value == "counter" and rating is None and m.max_rate_per_h is None:
+                    findings.append(Finding("no_nameplate", src, "info",
+                                            "no nameplate rating in the site file: its increments are not bounded by "
+                                            "what the equipment can physically deliver"))
+                d = self._calibrate(src, d, effect, adjustments, findings, m.parameter, gap_totals,
+                                    rating * scale if rating else None)
                 for day, v in d.items():
                     daily_rows.append({"day": day, "parameter": m.parameter, "unit_id": m.unit_id, "source": src,
                                        "value": v, "unit": unit})
@@ -224,15 +254,43 @@ class PeriodProcessor:
         poll = self.site.device(src.split(".")[0]).poll_interval
         return max(3 * poll, 1.5 * self.site.quality.recording_interval_s)
 
+    def _valid(self, rows: pd.DataFrame, src: str) -> pd.Series:
+        return _usable(rows, self._point(src).kind.value == "counter")
+
+    def _with_counter_neighbours(self, store: ReadingStore, raw: pd.DataFrame, start: pd.Timestamp,
+                                 end: pd.Timestamp) -> pd.DataFrame:
+        """``raw`` with, for each counter lacking a valid reading within ``EDGE`` before the
+        period (or after it), the readings out to the nearest valid one: a counter read on
+        both sides of a gap across the period's boundary knows the gap's exact total."""
+        extra = []
+        span = raw[_usable(raw, counter=True)].groupby(["device", "channel"], observed=True)["ts"].agg(["min", "max"])
+        for src in self.site.monitoring_sources:
+            if self._point(src).kind.value != "counter":
+                continue
+            dev, channel = src.split(".")
+            known = span.loc[(dev, channel)] if (dev, channel) in span.index else None
+            for before in (True, False):
+                if known is not None and (known["min"] < start if before else known["max"] >= end):
+                    continue
+                near = EDGE
+                for far in NEIGHBOUR_WINDOWS:
+                    a, b = (start - far, start - near) if before else (end + near, end + far)
+                    more = store.read(self.site.site, a.to_pydatetime(), b.to_pydatetime(), channels=[channel],
+                                      devices=[dev])
+                    extra.append(more)
+                    if self._valid(more, src).any():
+                        break
+                    near = far
+        extra = [x for x in extra if not x.empty]
+        return pd.concat([raw, *extra], ignore_index=True) if extra else raw
+
     def _source_series(self, raw, src, start, end, findings, completeness) -> pd.Series:
         dev, channel = src.split(".")
         rows = raw[(raw["device"] == dev) & (raw["channel"] == channel)]
         q = rows["quality"].fillna("")
-        good = ~q.isin(BAD) & rows["value"].notna()
+        good = self._valid(rows, src)
         point = self._point(src)
         oor = q == "out_of_range"
-        if point.kind.value == "counter":
-            good &= ~oor  # a counter out of its range is not trusted
         in_period = (rows["ts"] >= start) & (rows["ts"] < end)
         # completeness: the share of the monitoring plan's recording intervals holding a valid reading
         slot = pd.Timedelta(seconds=self.site.quality.recording_interval_s)
@@ -253,38 +311,62 @@ class PeriodProcessor:
         values.index = pd.DatetimeIndex(rows.loc[good, "ts"])
         return values
 
-    def _reduce(self, src, values, days, max_rate, findings, spanned: set) -> pd.Series:
+    def _reduce(self, src, values, days, max_rate, effect) -> DailyResult:
         point = self._point(src)
         zone = self.site.zone
         if point.kind.value == "counter":
-            r = counter_daily(values, zone, days, src, point.rollover, max_rate, self._gap_s(src))
-        elif point.type == "bool":
-            r = energised_hours_daily(values, zone, days, self._gap_s(src))
-        else:
-            r = mean_daily(values, zone, days)
-        findings.extend(r.findings)
-        spanned |= r.spanned_days
-        return r.values
+            # the physical bound of an interval: the monitoring point's own limit or the nameplate's, the lower
+            rating = self.site.rating_per_h(src)
+            limits = [x for x in (max_rate, rating * self.site.nameplate.margin if rating else None) if x]
+            return counter_daily(values, zone, days, src, point.rollover, min(limits) if limits else None,
+                                 self._gap_s(src), effect, rating, point.unit)
+        if point.type == "bool":
+            return energised_hours_daily(values, zone, days, self._gap_s(src))
+        return mean_daily(values, zone, days)
 
-    def _calibrate(self, src, d: pd.Series, effect, adjustments, findings, parameter) -> pd.Series:
+    def _calibrate(self, src, d: pd.Series, effect, adjustments, findings, parameter, gap_totals=(),
+                   rating_per_h: float | None = None) -> pd.Series:
+        """Late-calibration corrections of one source's daily values [parameter unit].
+
+        A counter's total over a gap sits on the day the gap ends; when that day is past
+        the overdue days but the gap covers some of them, the part of the total the meter
+        may have registered in them (all of it, or the nameplate rating × the overlap if
+        less) is corrected too, so that a gap cannot carry energy out of the correction.
+        """
         dev = self.site.device(src.split(".")[0])
         if not dev.calibrations:
             return d
         d = d.copy()
         last = d.index.max()
         for u in uncovered_periods(dev.calibrations, last):
-            mask = (d.index >= u.start) & (d.index <= u.end) & d.notna().to_numpy()
-            if not mask.any():
-                continue
             f = correction_factor(u.error_pct, effect)
-            before = float(d[mask].sum())
-            d[mask] = d[mask] * f
-            findings.append(Finding("calibration_overdue", src, "review", u.reason, str(u.start), str(u.end), u.error_pct))
-            adjustments.append({
-                "kind": "late_calibration", "parameter": parameter, "source": src, "meter": dev.id,
-                "days": f"{min(d.index[mask])}..{max(d.index[mask])} ({int(mask.sum())} days)",
-                "before": before, "factor": f, "after": float(d[mask].sum()), "reason": u.reason,
-            })
+            mask = (d.index >= u.start) & (d.index <= u.end) & d.notna().to_numpy()
+            if mask.any():
+                before = float(d[mask].sum())
+                d[mask] = d[mask] * f
+                adjustments.append({
+                    "kind": "late_calibration", "parameter": parameter, "source": src, "meter": dev.id,
+                    "days": f"{min(d.index[mask])}..{max(d.index[mask])} ({int(mask.sum())} days)",
+                    "before": before, "factor": f, "after": float(d[mask].sum()), "reason": u.reason,
+                })
+            lo, hi = _utc_midnight(u.start, self.site), _utc_midnight(u.end + dt.timedelta(days=1), self.site)
+            for a, b, total in gap_totals:
+                day = interval_day(pd.DatetimeIndex([b]), self.site.zone)[0]
+                if day <= u.end or day not in d.index or not (a < hi and b > lo) or total <= 0:
+                    continue
+                overlap_h = (min(b, hi) - max(a, lo)).total_seconds() / 3600
+                share = min(total, rating_per_h * overlap_h) if rating_per_h else total
+                d[day] += share * (f - 1)
+                mask = mask | (d.index == day)
+                adjustments.append({
+                    "kind": "late_calibration", "parameter": parameter, "source": src, "meter": dev.id,
+                    "days": str(day), "before": share, "factor": f, "after": share * f,
+                    "reason": f"{u.reason}; the gap from {a} to {b} overlaps the overdue days: its total is counted on "
+                              f"{day}, and the part of it the meter may have registered in them is corrected",
+                })
+            if mask.any():
+                findings.append(Finding("calibration_overdue", src, "review", u.reason, str(u.start), str(u.end),
+                                        u.error_pct))
         return d
 
     def _power_cross_check(self, m, key, counted: pd.Series, unit: str, series, days, spanned, findings) -> None:

@@ -32,12 +32,14 @@ def test_counter_increments_go_to_the_local_day_their_interval_ends():
 
 def test_rollover_is_added_back_and_a_reset_counts_only_what_is_known():
     s = series([("2026-10-01T00:00Z", 4294967000.0), ("2026-10-01T00:15Z", 200.0), ("2026-10-01T00:30Z", 300.0),
-                ("2026-10-01T00:45Z", 2.0)])
+                ("2026-10-01T00:45Z", 2.0), ("2026-10-01T01:00Z", 5.0)])
     r = counter_daily(s, UB, DAYS, "inv.wh", rollover=4294967296.0, gap_s=3600)
-    assert r.values[dt.date(2026, 10, 1)] == (296 + 200) + 100 + 2  # reset to 0: the 2 since then are known
-    kinds = [f.check for f in r.findings]
-    assert kinds == ["counter_rollover", "counter_backwards"]
-    assert r.findings[1].severity == "review"
+    # reset to 0, confirmed by the next reading: the 2 since then are known
+    assert r.values[dt.date(2026, 10, 1)] == (296 + 200) + 100 + 2 + 3
+    assert [f.check for f in r.findings] == ["counter_reset"]
+    assert r.findings[0].severity == "review"
+    (adj,) = r.adjustments
+    assert (adj["kind"], adj["before"], adj["after"]) == ("counter_reset", -298.0, 2.0)
 
 
 def test_jump_beyond_physical_rate_is_not_counted():

@@ -142,12 +142,13 @@ def test_transformer_energised_hours_from_voltage_present(tmp_path):
 def test_check_meter_disagreement_uses_the_conservative_meter(mn_store):
     s = site("mn-solar")
     noon = to_ms(dt.datetime(2026, 10, 15, 12, tzinfo=s.zone))
-    with mn_store._lock:  # the main meter over-reads by 50 MWh from noon on the 15th
-        mn_store._db.execute("UPDATE readings SET value = value + 50000 WHERE site=? AND device='poc-meter' "
-                             "AND channel='energy_export' AND ts >= ?", (s.site, noon))
+    with mn_store._lock:  # the main meter over-reads, 20 MWh more by midnight of the 15th (within its nameplate)
+        mn_store._db.execute("UPDATE readings SET value = value + 20000 * MIN(1.0, (ts - ?) / 43200000.0) "
+                             "WHERE site=? AND device='poc-meter' AND channel='energy_export' AND ts >= ?",
+                             (noon, s.site, noon))
     r = PeriodProcessor(s).process(mn_store, *OCT)
     (adj,) = [a for a in r.adjustments if a["kind"] == "check_meter"]
-    assert adj["days"] == "2026-10-15" and adj["before"] - adj["after"] > 49.0
+    assert adj["days"] == "2026-10-15" and adj["before"] - adj["after"] > 19.0
     check_day = r.daily[(r.daily.parameter == "EG_check") & (r.daily.day == dt.date(2026, 10, 15))]["value"].sum()
     assert adj["after"] == pytest.approx(check_day)
     assert r.status == "needs_review" and any(f.check == "check_meter" for f in r.findings)

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from contract import units
+from contract.config.nameplate import Nameplate
 from contract.config.problems import Loc, raise_problems
 from contract.config.profile import Profile, Strict
 
@@ -263,6 +264,7 @@ class Site(Strict):
     monitoring: list[MonitoringPoint] = Field(default_factory=list)
     fixed_parameters: list[FixedParameter] = Field(default_factory=list)
     quality: Quality = Quality()
+    nameplate: Nameplate = Nameplate()
 
     @field_validator("timezone")
     @classmethod
@@ -314,8 +316,47 @@ class Site(Strict):
             problems.append((("quality", "recording_interval_s"),
                              f"{self.quality.recording_interval_s:g} s is shorter than the poll interval of {', '.join(slow)}: "
                              "completeness could never reach 100 %"))
+        problems += self._nameplate_problems()
         raise_problems(problems)
         return self
+
+    def _nameplate_problems(self) -> list[tuple[Loc, str]]:
+        problems: list[tuple[Loc, str]] = []
+        bounded: dict[str, int] = {}
+        for i, r in enumerate(self.nameplate.ratings):
+            where = ("nameplate", "ratings", i)
+            dev = next((d for d in self.devices if d.id == r.device), None)
+            if dev is None:
+                problems.append((where + ("device",), f"device '{r.device}' is not a device of this site"))
+                continue
+            counters = {p.channel: p for p in dev.register_map.points if p.kind.value == "counter"}
+            for channel in r.channels or []:
+                if channel not in counters:
+                    problems.append((where + ("channels",), f"device '{r.device}' has no counter channel '{channel}'"))
+                elif r.per_hour(counters[channel].unit) is None:
+                    problems.append((where + ("unit",), f"a rating in {r.unit} cannot bound '{r.device}.{channel}' "
+                                                        f"counted in '{counters[channel].unit}'"))
+            channels = r.channels or [c for c, p in counters.items() if r.per_hour(p.unit) is not None]
+            if not channels:
+                problems.append((where + ("unit",), f"a rating in {r.unit} bounds no counter channel of '{r.device}'"))
+            for channel in channels:
+                src = f"{r.device}.{channel}"
+                if src in bounded:
+                    problems.append((where, f"'{src}' is already rated by nameplate.ratings[{bounded[src]}]"))
+                bounded.setdefault(src, i)
+        return problems
+
+    def rating_per_h(self, source: str) -> float | None:
+        """The nameplate bound of counter ``device.channel`` [counter unit/h], without the margin;
+        ``None`` when no rating covers it."""
+        dev_id, _, channel = source.partition(".")
+        unit = self.device(dev_id).register_map.point(channel).unit
+        for r in self.nameplate.ratings:
+            if r.device == dev_id and (r.channels is None or channel in r.channels):
+                rate = r.per_hour(unit)
+                if rate is not None:
+                    return rate
+        return None
 
     @property
     def zone(self) -> ZoneInfo:
