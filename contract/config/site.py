@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from contract.config.profile import Profile, Strict
+from contract.message import ID_PATTERN
 
-Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
 class TcpConnection(Strict):
