@@ -68,3 +68,225 @@ def test_one_hostile_message_does_not_stop_ingestion(trigger, tmp_path, mosquitt
     assert reason in letter.reason
     assert letter.reason.isprintable()
     store.close()
+
+
+def test_every_trigger_with_influxdb(tmp_path, mosquitto, sites_dir, influxdb):
+    store_url = f"influxdb://127.0.0.1:{influxdb.port}?api=v1&db=jcm&timeout=5"
+    c = Collector(config(mosquitto, store_url, sites_dir, batch_timeout=0.05))
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        probes = running(c, pub)
+        pub.send([(topic, body) for topic, body, _ in TRIGGERS.values()] + [payload(i) for i in range(1, 201)])
+        assert wait_until(lambda: c.stored - probes >= 200 and c.dead == len(TRIGGERS), 20), (c.stored, c.dead)
+        assert c._worker.is_alive()
+    finally:
+        c.stop()
+        pub.close()
+    store = open_store(store_url)
+    assert store.query('SELECT COUNT("energy_import") FROM "reading"')[0]["values"][0][1] == 201
+    letters = store.dead_letters()
+    assert len(letters) == len(TRIGGERS)
+    for _, body, reason in TRIGGERS.values():
+        assert any(reason in d.reason and d.payload == body[:1024] for d in letters), reason
+    store.close()
+
+
+def _sqlite_with(tmp_path, trigger_sql: str) -> str:
+    """A SQLite store with a trigger: a real store refusing some writes for what they hold."""
+    from store.sqlite_store import SqliteStore
+
+    s = SqliteStore(tmp_path / "jcm.db")
+    s._db.execute(trigger_sql)
+    s.close()
+    return f"sqlite:///{tmp_path}/jcm.db"
+
+
+def test_a_reading_the_store_refuses_is_a_dead_letter_and_the_batch_goes_on(tmp_path, mosquitto, sites_dir):
+    store_url = _sqlite_with(tmp_path, "CREATE TRIGGER no_666 BEFORE INSERT ON readings WHEN NEW.value = 666 "
+                                       "BEGIN SELECT RAISE(ABORT, 'the value 666 is not allowed'); END")
+    c = Collector(config(mosquitto, store_url, sites_dir, batch_timeout=0.2))
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        probes = running(c, pub)
+        topic, body = payload(100)
+        poisoned = (topic, body.replace(b'"active_power":5.0', b'"active_power":666'))
+        pub.send([payload(i) for i in range(1, 50)] + [poisoned] + [payload(i) for i in range(50, 100)])
+        assert wait_until(lambda: c.stored - probes >= 99 and c.dead == 1, 20), (c.stored, c.dead)
+    finally:
+        c.stop()
+        pub.close()
+    store = open_store(store_url)
+    assert store.count() == 100 * 2
+    (letter,) = store.dead_letters()
+    assert "the value 666 is not allowed" in letter.reason and letter.payload == poisoned[1]
+    store.close()
+
+
+def test_a_dead_letter_the_store_refuses_is_kept_as_size_and_hash(tmp_path, mosquitto, sites_dir):
+    store_url = _sqlite_with(tmp_path, "CREATE TRIGGER no_payloads BEFORE INSERT ON dead_letters WHEN NEW.topic != '' "
+                                       "BEGIN SELECT RAISE(ABORT, 'dead letters need an empty topic'); END")
+    c = Collector(config(mosquitto, store_url, sites_dir))
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        probes = running(c, pub)
+        pub.send([(TOPIC, b"{garbage")] + [payload(i) for i in range(1, 20)])
+        assert wait_until(lambda: c.stored - probes >= 19 and c.dead == 1, 20), (c.stored, c.dead)
+        assert c._worker.is_alive()
+    finally:
+        c.stop()
+        pub.close()
+    store = open_store(store_url)
+    (letter,) = store.dead_letters()
+    assert letter.size == len(b"{garbage") and "not JSON" in letter.reason and "empty topic" in letter.reason
+    store.close()
+
+
+def test_channels_outside_the_register_map_and_reserved_names_are_dead_letters(tmp_path, mosquitto, sites_dir):
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    c = Collector(config(mosquitto, store_url, sites_dir))
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        probes = running(c, pub)
+        odd = {name: (TOPIC, _with_value(name, "1.0")) for name in ("quality", "status", "seq", "time", "not_in_profile")}
+        pub.send(list(odd.values()) + [payload(i) for i in range(1, 10)])
+        assert wait_until(lambda: c.stored - probes >= 9 and c.dead == len(odd), 20), (c.stored, c.dead)
+    finally:
+        c.stop()
+        pub.close()
+    store = open_store(store_url)
+    reasons = [d.reason for d in store.dead_letters()]
+    for name in odd:
+        assert any(f"'{name}' is reserved" in r or f"no channel(s) {name}" in r for r in reasons), (name, reasons)
+    assert store.count() == 10 * 2
+    store.close()
+
+
+def test_oversized_messages_keep_only_head_size_and_hash(tmp_path, mosquitto, sites_dir):
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    c = Collector(config(mosquitto, store_url, sites_dir))
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        running(c, pub)
+        pub.send([(TOPIC, bytes([i]) * 2_000_000) for i in range(10)])  # 20 MB
+        assert wait_until(lambda: c.dead == 10, 30), c.dead
+    finally:
+        c.stop()
+        pub.close()
+    store = open_store(store_url)
+    letters = store.dead_letters()
+    assert {(d.size, len(d.payload)) for d in letters} == {(2_000_000, 1024)}
+    assert len({d.sha256 for d in letters}) == 10
+    store.close()
+    assert sum(f.stat().st_size for f in tmp_path.glob("jcm.db*")) < 2_000_000
+
+
+def test_payload_and_reason_text_cannot_forge_log_lines_or_terminal_output(tmp_path, mosquitto, sites_dir, caplog):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    c = Collector(config(mosquitto, store_url, sites_dir))
+    c.start()
+    pub = Publisher(mosquitto)
+    # Mosquitto refuses control characters in topics, not bidirectional overrides or line separators
+    forged = "m1\u202eFORGED\u2028line"
+    try:
+        running(c, pub)
+        with caplog.at_level("WARNING", logger="collector.service"):
+            pub.send([(topics.reading("test-site", "gw-test", forged), payload(0)[1]),
+                      (TOPIC, b'{"a": "\x1b]0;owned\x07\r\nFORGED 2026-11-29 ERROR all is well"}')])
+            assert wait_until(lambda: c.dead == 2, 20)
+    finally:
+        c.stop()
+        pub.close()
+    lines = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
+    assert lines and all(line.isprintable() for line in lines), lines
+    listing = subprocess.run([sys.executable, "-m", "jcm.cli", "deadletters", "--store", store_url],
+                             capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert listing.isascii() and all(line.isprintable() for line in listing.splitlines()), listing
+    assert not any(line.startswith("FORGED") for line in listing.splitlines()), listing
+    assert "\\x07\\x0d\\x0aFORGED" in listing and "m1\\u202eFORGED\\u2028line" in listing
+
+
+def test_no_site_files_means_the_collector_refuses_to_start(tmp_path, mosquitto):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from contract.config import ConfigError
+    from tests.conftest import REPO
+
+    empty = tmp_path / "sites"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=f"no site files .* in {empty}"):
+        Collector(config(mosquitto, f"sqlite:///{tmp_path}/jcm.db", empty))
+    cfg = tmp_path / "collector.yaml"
+    cfg.write_text(yaml.safe_dump({"broker": {"url": mosquitto.url}, "store": f"sqlite:///{tmp_path}/jcm.db",
+                                   "sites_dir": str(empty)}))
+    done = subprocess.run([sys.executable, "-m", "jcm.cli", "collector", "--config", str(cfg), "--duration", "3"],
+                          capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert done.returncode != 0 and str(empty) in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "jcm.db").exists()
+
+
+def _collector_process(tmp_path, broker, store_url, sites_dir):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    cfg = tmp_path / "collector.yaml"
+    cfg.write_text(yaml.safe_dump({"broker": {"url": broker.url}, "store": store_url, "sites_dir": str(sites_dir),
+                                   "client_id": "jcm-collector-exit", "batch_timeout": 0.05}))
+    return subprocess.Popen([sys.executable, "-m", "jcm.cli", "collector", "--config", str(cfg)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_process_exits_non_zero_when_its_worker_dies(tmp_path, mosquitto, sites_dir):
+    import subprocess
+
+    store_url = _sqlite_with(tmp_path, "CREATE TRIGGER no_letters BEFORE INSERT ON dead_letters "
+                                       "BEGIN SELECT RAISE(ABORT, 'no dead letters at all'); END")
+    store = open_store(store_url)
+    proc = _collector_process(tmp_path, mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    try:
+        assert wait_until(lambda: pub.send([payload(0)]) or store.count() == 2, 20)
+        pub.send([(TOPIC, b"{garbage")])  # a dead letter that cannot be kept anywhere: the worker cannot go on
+        try:
+            code = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            code = proc.wait(15)
+    finally:
+        pub.close()
+        store.close()
+    err = proc.stderr.read()
+    assert code == 1, err
+    assert "worker died" in err
+
+
+def test_sigterm_exits_zero_when_healthy(tmp_path, mosquitto, sites_dir):
+    import signal
+
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    store = open_store(store_url)
+    proc = _collector_process(tmp_path, mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    try:
+        assert wait_until(lambda: pub.send([payload(0)]) or store.count() == 2, 20)
+    finally:
+        pub.close()
+        store.close()
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
