@@ -4,6 +4,7 @@ stored, the trigger is a dead letter with its reason, and the worker keeps runni
 
 import datetime as dt
 import json
+import time
 
 import pytest
 
@@ -20,8 +21,10 @@ def _valid_body() -> dict:
 
 
 def running(c: Collector, pub: Publisher) -> int:
-    """Wait until the collector's subscription is in place (a probe reading lands); return stored."""
+    """Wait until the collector's subscription is in place (a probe reading lands) and the
+    probes still in flight have landed too; return how many readings it stored."""
     assert wait_until(lambda: pub.send([payload(0)]) or c.stored >= 1, 10)
+    time.sleep(0.5)
     return c.stored
 
 
