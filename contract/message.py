@@ -135,14 +135,17 @@ class Reading:
             raise ValueError("'values', 'quality' and 'units' must be objects")
         if len(values) > MAX_CHANNELS:
             raise ValueError(f"{len(values)} channels: at most {MAX_CHANNELS}")
-        for k in (*values, *quality, *units):
+        names = values.keys() | quality.keys() | units.keys()
+        for k in names:
             if not _CHANNEL.fullmatch(k):
                 raise ValueError(f"channel name {_short(k)} is not a channel name ({CHANNEL_PATTERN})")
-            if k in RESERVED_CHANNELS:
-                raise ValueError(f"channel name '{k}' is reserved (the stores use it for tags and metadata)")
+        reserved = sorted(names & RESERVED_CHANNELS)
+        if reserved:
+            raise ValueError(f"channel name '{reserved[0]}' is reserved (the stores use it for tags and metadata)")
         for k, v in values.items():
-            _check_value(k, v)
-        extra = sorted((set(quality) | set(units)) - set(values))
+            if type(v) is not float or not math.isfinite(v):  # a finite float, the usual value, is fine
+                _check_value(k, v)
+        extra = sorted(names - values.keys())
         if extra:
             raise ValueError(f"'quality' or 'units' names channel(s) with no value: {', '.join(extra)}")
         for k, u in units.items():
