@@ -1,23 +1,29 @@
 """Hostile messages against a real Mosquitto and the real collector: one message never
 stops ingestion. Each trigger is followed by valid readings; every valid reading is
-stored, the trigger is a dead letter with its reason, and the worker keeps running."""
+stored, the trigger is a dead letter with its reason, and the worker keeps running.
+Also: a store refusing what a message holds, oversized messages, text crafted to forge
+log lines or terminal output, no site files, and the process's exit code."""
 
-import datetime as dt
+import contextlib
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
+import yaml
 
 from collector.service import Collector
 from contract import topics
+from contract.config import ConfigError
 from store import open_store
-from tests.test_collector import DEVICES, Publisher, config, payload, sites_dir, wait_until  # noqa: F401
+from store.sqlite_store import SqliteStore
+from tests.conftest import REPO
+from tests.test_collector import (DEVICES, Publisher, _collector_process, config, payload, sites_dir,  # noqa: F401
+                                  wait_until)
 
 TOPIC = topics.reading("test-site", "gw-test", DEVICES[0])
-
-
-def _valid_body() -> dict:
-    return json.loads(payload(0)[1])
 
 
 def running(c: Collector, pub: Publisher) -> int:
@@ -28,13 +34,26 @@ def running(c: Collector, pub: Publisher) -> int:
     return c.stored
 
 
+@contextlib.contextmanager
+def collecting(broker, store_url, sites, **extra):
+    """A running collector and a publisher; yields (collector, publisher, probes stored)."""
+    c = Collector(config(broker, store_url, sites, **extra))
+    c.start()
+    pub = Publisher(broker)
+    try:
+        yield c, pub, running(c, pub)
+        assert c.failure is None and c._worker.is_alive()
+    finally:
+        c.stop()
+        pub.close()
+
+
 def _with(**fields) -> bytes:
-    return json.dumps({**_valid_body(), **fields}).encode()
+    return json.dumps({**json.loads(payload(0)[1]), **fields}).encode()
 
 
 def _with_value(name: str, raw: str) -> bytes:
-    """A valid reading with one more value, spliced in as raw JSON text (numbers JSON
-    allows but Python would not dump, and lone surrogates)."""
+    """A valid reading with one more value, spliced in as raw JSON text."""
     return payload(0)[1].replace(b'"values":{', b'"values":{' + json.dumps(name).encode() + b":" + raw.encode() + b",")
 
 
@@ -54,17 +73,9 @@ TRIGGERS = {
 def test_one_hostile_message_does_not_stop_ingestion(trigger, tmp_path, mosquitto, sites_dir):
     topic, body, reason = TRIGGERS[trigger]
     store_url = f"sqlite:///{tmp_path}/jcm.db"
-    c = Collector(config(mosquitto, store_url, sites_dir, batch_timeout=0.05))
-    c.start()
-    pub = Publisher(mosquitto)
-    try:
-        probes = running(c, pub)
+    with collecting(mosquitto, store_url, sites_dir, batch_timeout=0.05) as (c, pub, probes):
         pub.send([(topic, body)] + [payload(i) for i in range(1, 201)])
         assert wait_until(lambda: c.stored - probes >= 200 and c.dead == 1, 20), (c.stored, c.dead)
-        assert c._worker.is_alive()
-    finally:
-        c.stop()
-        pub.close()
     store = open_store(store_url)
     assert store.count() == 201 * 2
     (letter,) = store.dead_letters()
@@ -75,17 +86,9 @@ def test_one_hostile_message_does_not_stop_ingestion(trigger, tmp_path, mosquitt
 
 def test_every_trigger_with_influxdb(tmp_path, mosquitto, sites_dir, influxdb):
     store_url = f"influxdb://127.0.0.1:{influxdb.port}?api=v1&db=jcm&timeout=5"
-    c = Collector(config(mosquitto, store_url, sites_dir, batch_timeout=0.05))
-    c.start()
-    pub = Publisher(mosquitto)
-    try:
-        probes = running(c, pub)
+    with collecting(mosquitto, store_url, sites_dir, batch_timeout=0.05) as (c, pub, probes):
         pub.send([(topic, body) for topic, body, _ in TRIGGERS.values()] + [payload(i) for i in range(1, 201)])
         assert wait_until(lambda: c.stored - probes >= 200 and c.dead == len(TRIGGERS), 20), (c.stored, c.dead)
-        assert c._worker.is_alive()
-    finally:
-        c.stop()
-        pub.close()
     store = open_store(store_url)
     assert store.query('SELECT COUNT("energy_import") FROM "reading"')[0]["values"][0][1] == 201
     letters = store.dead_letters()
@@ -97,8 +100,6 @@ def test_every_trigger_with_influxdb(tmp_path, mosquitto, sites_dir, influxdb):
 
 def _sqlite_with(tmp_path, trigger_sql: str) -> str:
     """A SQLite store with a trigger: a real store refusing some writes for what they hold."""
-    from store.sqlite_store import SqliteStore
-
     s = SqliteStore(tmp_path / "jcm.db")
     s._db.execute(trigger_sql)
     s.close()
@@ -108,18 +109,11 @@ def _sqlite_with(tmp_path, trigger_sql: str) -> str:
 def test_a_reading_the_store_refuses_is_a_dead_letter_and_the_batch_goes_on(tmp_path, mosquitto, sites_dir):
     store_url = _sqlite_with(tmp_path, "CREATE TRIGGER no_666 BEFORE INSERT ON readings WHEN NEW.value = 666 "
                                        "BEGIN SELECT RAISE(ABORT, 'the value 666 is not allowed'); END")
-    c = Collector(config(mosquitto, store_url, sites_dir, batch_timeout=0.2))
-    c.start()
-    pub = Publisher(mosquitto)
-    try:
-        probes = running(c, pub)
-        topic, body = payload(100)
-        poisoned = (topic, body.replace(b'"active_power":5.0', b'"active_power":666'))
+    topic, body = payload(100)
+    poisoned = (topic, body.replace(b'"active_power":5.0', b'"active_power":666'))
+    with collecting(mosquitto, store_url, sites_dir) as (c, pub, probes):
         pub.send([payload(i) for i in range(1, 50)] + [poisoned] + [payload(i) for i in range(50, 100)])
         assert wait_until(lambda: c.stored - probes >= 99 and c.dead == 1, 20), (c.stored, c.dead)
-    finally:
-        c.stop()
-        pub.close()
     store = open_store(store_url)
     assert store.count() == 100 * 2
     (letter,) = store.dead_letters()
@@ -130,17 +124,9 @@ def test_a_reading_the_store_refuses_is_a_dead_letter_and_the_batch_goes_on(tmp_
 def test_a_dead_letter_the_store_refuses_is_kept_as_size_and_hash(tmp_path, mosquitto, sites_dir):
     store_url = _sqlite_with(tmp_path, "CREATE TRIGGER no_payloads BEFORE INSERT ON dead_letters WHEN NEW.topic != '' "
                                        "BEGIN SELECT RAISE(ABORT, 'dead letters need an empty topic'); END")
-    c = Collector(config(mosquitto, store_url, sites_dir))
-    c.start()
-    pub = Publisher(mosquitto)
-    try:
-        probes = running(c, pub)
+    with collecting(mosquitto, store_url, sites_dir) as (c, pub, probes):
         pub.send([(TOPIC, b"{garbage")] + [payload(i) for i in range(1, 20)])
         assert wait_until(lambda: c.stored - probes >= 19 and c.dead == 1, 20), (c.stored, c.dead)
-        assert c._worker.is_alive()
-    finally:
-        c.stop()
-        pub.close()
     store = open_store(store_url)
     (letter,) = store.dead_letters()
     assert letter.size == len(b"{garbage") and "not JSON" in letter.reason and "empty topic" in letter.reason
@@ -149,17 +135,10 @@ def test_a_dead_letter_the_store_refuses_is_kept_as_size_and_hash(tmp_path, mosq
 
 def test_channels_outside_the_register_map_and_reserved_names_are_dead_letters(tmp_path, mosquitto, sites_dir):
     store_url = f"sqlite:///{tmp_path}/jcm.db"
-    c = Collector(config(mosquitto, store_url, sites_dir))
-    c.start()
-    pub = Publisher(mosquitto)
-    try:
-        probes = running(c, pub)
-        odd = {name: (TOPIC, _with_value(name, "1.0")) for name in ("quality", "status", "seq", "time", "not_in_profile")}
+    odd = {name: (TOPIC, _with_value(name, "1.0")) for name in ("quality", "status", "seq", "time", "not_in_profile")}
+    with collecting(mosquitto, store_url, sites_dir) as (c, pub, probes):
         pub.send(list(odd.values()) + [payload(i) for i in range(1, 10)])
         assert wait_until(lambda: c.stored - probes >= 9 and c.dead == len(odd), 20), (c.stored, c.dead)
-    finally:
-        c.stop()
-        pub.close()
     store = open_store(store_url)
     reasons = [d.reason for d in store.dead_letters()]
     for name in odd:
@@ -170,16 +149,9 @@ def test_channels_outside_the_register_map_and_reserved_names_are_dead_letters(t
 
 def test_oversized_messages_keep_only_head_size_and_hash(tmp_path, mosquitto, sites_dir):
     store_url = f"sqlite:///{tmp_path}/jcm.db"
-    c = Collector(config(mosquitto, store_url, sites_dir))
-    c.start()
-    pub = Publisher(mosquitto)
-    try:
-        running(c, pub)
+    with collecting(mosquitto, store_url, sites_dir) as (c, pub, _):
         pub.send([(TOPIC, bytes([i]) * 2_000_000) for i in range(10)])  # 20 MB
         assert wait_until(lambda: c.dead == 10, 30), c.dead
-    finally:
-        c.stop()
-        pub.close()
     store = open_store(store_url)
     letters = store.dead_letters()
     assert {(d.size, len(d.payload)) for d in letters} == {(2_000_000, 1024)}
@@ -189,26 +161,14 @@ def test_oversized_messages_keep_only_head_size_and_hash(tmp_path, mosquitto, si
 
 
 def test_payload_and_reason_text_cannot_forge_log_lines_or_terminal_output(tmp_path, mosquitto, sites_dir, caplog):
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     store_url = f"sqlite:///{tmp_path}/jcm.db"
-    c = Collector(config(mosquitto, store_url, sites_dir))
-    c.start()
-    pub = Publisher(mosquitto)
     # Mosquitto refuses control characters in topics, not bidirectional overrides or line separators
     forged = "m1\u202eFORGED\u2028line"
-    try:
-        running(c, pub)
+    with collecting(mosquitto, store_url, sites_dir) as (c, pub, _):
         with caplog.at_level("WARNING", logger="collector.service"):
             pub.send([(topics.reading("test-site", "gw-test", forged), payload(0)[1]),
                       (TOPIC, b'{"a": "\x1b]0;owned\x07\r\nFORGED 2026-11-29 ERROR all is well"}')])
             assert wait_until(lambda: c.dead == 2, 20)
-    finally:
-        c.stop()
-        pub.close()
     lines = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
     assert lines and all(line.isprintable() for line in lines), lines
     listing = subprocess.run([sys.executable, "-m", "jcm.cli", "deadletters", "--store", store_url],
@@ -219,14 +179,6 @@ def test_payload_and_reason_text_cannot_forge_log_lines_or_terminal_output(tmp_p
 
 
 def test_no_site_files_means_the_collector_refuses_to_start(tmp_path, mosquitto):
-    import subprocess
-    import sys
-
-    import yaml
-
-    from contract.config import ConfigError
-    from tests.conftest import REPO
-
     empty = tmp_path / "sites"
     empty.mkdir()
     with pytest.raises(ConfigError, match=f"no site files .* in {empty}"):
@@ -240,24 +192,7 @@ def test_no_site_files_means_the_collector_refuses_to_start(tmp_path, mosquitto)
     assert not (tmp_path / "jcm.db").exists()
 
 
-def _collector_process(tmp_path, broker, store_url, sites_dir):
-    import subprocess
-    import sys
-
-    import yaml
-
-    from tests.conftest import REPO
-
-    cfg = tmp_path / "collector.yaml"
-    cfg.write_text(yaml.safe_dump({"broker": {"url": broker.url}, "store": store_url, "sites_dir": str(sites_dir),
-                                   "client_id": "jcm-collector-exit", "batch_timeout": 0.05}))
-    return subprocess.Popen([sys.executable, "-m", "jcm.cli", "collector", "--config", str(cfg)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def test_the_process_exits_non_zero_when_its_worker_dies(tmp_path, mosquitto, sites_dir):
-    import subprocess
-
     store_url = _sqlite_with(tmp_path, "CREATE TRIGGER no_letters BEFORE INSERT ON dead_letters "
                                        "BEGIN SELECT RAISE(ABORT, 'no dead letters at all'); END")
     store = open_store(store_url)
@@ -274,14 +209,12 @@ def test_the_process_exits_non_zero_when_its_worker_dies(tmp_path, mosquitto, si
     finally:
         pub.close()
         store.close()
-    err = proc.stderr.read()
+    err = proc.stderr.read().decode()
     assert code == 1, err
     assert "worker died" in err
 
 
 def test_sigterm_exits_zero_when_healthy(tmp_path, mosquitto, sites_dir):
-    import signal
-
     store_url = f"sqlite:///{tmp_path}/jcm.db"
     store = open_store(store_url)
     proc = _collector_process(tmp_path, mosquitto, store_url, sites_dir)
