@@ -54,6 +54,7 @@ TS_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 _ID = re.compile(ID_PATTERN)
 _CHANNEL = re.compile(CHANNEL_PATTERN)
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -111,7 +112,7 @@ class Reading:
             text = payload.decode("utf-8") if isinstance(payload, (bytes, bytearray)) else payload
         except UnicodeDecodeError as exc:
             raise ValueError(f"not UTF-8: {exc}") from None
-        if _nesting(text) > MAX_DEPTH:
+        if _too_deep(text):
             raise ValueError(f"arrays and objects nested deeper than {MAX_DEPTH}")
         try:
             body = json.loads(text)
@@ -163,18 +164,17 @@ class Reading:
         )
 
 
-def _nesting(text: str) -> int:
-    """How deep arrays and objects nest in JSON text, found without recursing."""
+def _too_deep(text: str) -> bool:
+    """Whether arrays and objects nest deeper than ``MAX_DEPTH`` in JSON text, found
+    without recursing (brackets inside strings do not count)."""
     if text.count("[") + text.count("{") <= MAX_DEPTH:
-        return 0  # too few brackets to matter: the common case costs two counts
-    depth = deepest = 0
-    for c in _JSON_STRING.sub("", text):
-        if c in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in "]}":
-            depth -= 1
-    return deepest
+        return False  # too few brackets to matter: the common case costs two counts
+    depth = 0
+    for c in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if c in "[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
 
 
 def _check_value(name: str, v) -> None:
