@@ -146,9 +146,9 @@ class Reading:
         for k, v in values.items():
             if type(v) is not float or not math.isfinite(v):  # a finite float, the usual value, is fine
                 _check_value(k, v)
-        extra = sorted(names - values.keys())
-        if extra:
-            raise ValueError(f"'quality' or 'units' names channel(s) with no value: {', '.join(extra)}")
+        extra = sorted(quality.keys() - values.keys())
+        if extra:  # a stored quality would show as a reading of a channel that was not read
+            raise ValueError(f"'quality' names channel(s) with no value: {', '.join(extra)}")
         for k, u in units.items():
             if not isinstance(u, str) or len(u) > MAX_TEXT or not u.isprintable():
                 raise ValueError(f"unit of '{k}' is not printable text of at most {MAX_TEXT} characters")

@@ -57,7 +57,7 @@ REFUSED = {
     "too many channels": (body(values={f"c{i}": 1.0 for i in range(513)}, quality={}, units={}), "at most 512"),
     "text value too long": (body(values={"serial": "x" * 257}, quality={}, units={}), "at most 256"),
     "nested value": (body(values={"energy": [1]}, quality={}, units={}), "is a list"),
-    "quality of a channel with no value": (body(quality={"other": "timeout"}), "no value: other"),
+    "quality of a channel with no value": (body(quality={"other": "timeout"}), "'quality' names channel(s) with no value: other"),
     "unit with a newline": (body(units={"energy": "kWh\nFORGED"}), "unit of 'energy'"),
     "quality a list": (body(quality={"gone": ["timeout"]}), "unknown quality"),
 }
