@@ -182,13 +182,15 @@ def _check_value(name: str, v) -> None:
         return
     if isinstance(v, int):
         if abs(v) > MAX_INT:
-            raise ValueError(f"value of '{name}' is an integer beyond +-2**53, which a 64-bit float does not hold exactly")
+            raise ValueError(f"value of '{name}' is an integer beyond +-2**53, "
+                             "which a 64-bit float does not hold exactly")
     elif isinstance(v, float):
         if not math.isfinite(v):
             raise ValueError(f"value of '{name}' is not finite")
     elif isinstance(v, str):
         if len(v) > MAX_TEXT or _SURROGATE.search(v):
-            raise ValueError(f"value of '{name}' is not text of at most {MAX_TEXT} characters (or holds a lone surrogate)")
+            raise ValueError(f"value of '{name}' is not text of at most {MAX_TEXT} characters "
+                             "(or holds a lone surrogate)")
     else:
         raise ValueError(f"value of '{name}' is a {type(v).__name__}")
 

@@ -131,8 +131,9 @@ def cmd_deadletters(args) -> int:
     for d in letters:
         # what a sender put in a message is shown escaped: it cannot forge lines or drive the terminal
         payload = printable(d.payload[:200].decode("utf-8", "backslashreplace"))
+        size = f"\n    size:    {d.size} bytes, sha256 {d.sha256}" if d.size is not None else ""
         print(f"{d.received.isoformat(timespec='seconds')}  {printable(d.topic)}\n    reason:  {printable(d.reason)}\n"
-              f"    payload: {payload}" + (f"\n    size:    {d.size} bytes, sha256 {d.sha256}" if d.size is not None else ""))
+              f"    payload: {payload}{size}")
     print(f"{len(letters)} dead letter(s) shown (newest first)")
     store.close()
     return 0

@@ -22,8 +22,8 @@ from contract import topics
 from jcm.broker import Mosquitto
 from store import open_store
 from tests.conftest import fuzz_examples, tcp_device, write_site
-from tests.test_collector import DEVICES, T0, Publisher, config, wait_until
-from tests.test_collector_hostile import TRIGGERS, running
+from tests.test_collector import DEVICES, T0, Publisher, config, running, wait_until
+from tests.test_collector_hostile import TRIGGERS
 
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
 json_tree = st.recursive(json_leaf, lambda kids: st.lists(kids, max_size=4)
@@ -101,8 +101,8 @@ def test_no_message_stops_ingestion_or_is_lost(tmp_path, store_url):
             assert all(d.reason for d in letters)
             kept = Counter(d.sha256 for d in letters)
             for kind, i, body in sent:
-                ts = T0 + dt.timedelta(seconds=i)
-                frame = store.read("test-site", ts, ts + dt.timedelta(milliseconds=1), devices=[DEVICES[i % len(DEVICES)]])
+                ts, device = T0 + dt.timedelta(seconds=i), DEVICES[i % len(DEVICES)]
+                frame = store.read("test-site", ts, ts + dt.timedelta(milliseconds=1), devices=[device])
                 sha = hashlib.sha256(body).hexdigest()
                 if kind[0] == "valid":
                     assert sorted(frame.channel) == ["active_power", "energy_import"], frame

@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -20,18 +19,10 @@ from contract.config import ConfigError
 from store import open_store
 from store.sqlite_store import SqliteStore
 from tests.conftest import REPO
-from tests.test_collector import (DEVICES, Publisher, _collector_process, config, payload, sites_dir,  # noqa: F401
-                                  wait_until)
+from tests.test_collector import (DEVICES, Publisher, _collector_process, config, payload, running,  # noqa: F401
+                                  sites_dir, wait_until)
 
 TOPIC = topics.reading("test-site", "gw-test", DEVICES[0])
-
-
-def running(c: Collector, pub: Publisher) -> int:
-    """Wait until the collector's subscription is in place (a probe reading lands) and the
-    probes still in flight have landed too; return how many readings it stored."""
-    assert wait_until(lambda: pub.send([payload(0)]) or c.stored >= 1, 10)
-    time.sleep(0.5)
-    return c.stored
 
 
 @contextlib.contextmanager
