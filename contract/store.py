@@ -75,9 +75,12 @@ class ReadingStore(Protocol):
         """Store durably before returning (then the caller may acknowledge).
 
         Returns the readings the store refused for what they are (e.g. a field type
-        conflict), each with the store's reason, so the caller keeps them as dead
-        letters; everything else is stored. Raises ``StoreUnavailable`` when nothing
-        could be written and the same write should be retried later."""
+        conflict, a value it cannot hold), each with the store's reason, so the caller
+        keeps them as dead letters; everything else is stored. Raises
+        ``StoreUnavailable`` when nothing could be written and the same write should be
+        retried later. Any other exception is about what the batch holds (a dead letter
+        it cannot keep): retrying the same batch would fail again, so the caller splits
+        it (rewriting a point is harmless)."""
 
     def read(self, site: str, start: dt.datetime, end: dt.datetime, channels: list[str] | None = None,
              devices: list[str] | None = None) -> pd.DataFrame:
