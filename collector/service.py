@@ -25,6 +25,7 @@ import queue
 import ssl
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,11 @@ from contract.text import printable
 from store import open_store
 
 log = logging.getLogger(__name__)
+
+
+def _traceback(exc: BaseException) -> str:
+    """The traceback on one escaped line: its messages may quote what a sender wrote."""
+    return printable("".join(traceback.format_exception(exc)))
 
 
 class _Stopping(Exception):
@@ -164,8 +170,8 @@ class Collector:
                     self._store(batch)
         except BaseException as exc:
             self.failure = exc
-            log.critical("the collector's worker died; nothing more is stored until it is restarted",
-                         exc_info=True)
+            log.critical("the collector's worker died; nothing more is stored until it is restarted: %s",
+                         _traceback(exc))
         finally:
             self.done.set()
 
@@ -180,7 +186,7 @@ class Collector:
                 letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
                 continue
             except Exception as exc:  # a fault of ours on this input must cost this message only
-                log.error("could not validate a message from %s", printable(m.topic), exc_info=True)
+                log.error("could not validate a message from %s: %s", printable(m.topic), _traceback(exc))
                 letters.append(DeadLetter(m.received, m.topic, m.payload,
                                           f"could not be validated: {type(exc).__name__}: {exc}"))
                 continue
