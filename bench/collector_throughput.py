@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt  # noqa: E402
@@ -45,13 +47,29 @@ def messages(n: int) -> list[tuple[str, bytes]]:
     return out
 
 
+def write_site(workdir: Path) -> Path:
+    """The bench site: ten meters of twenty channels (the collector accepts known sites only)."""
+    profile = {"profile": "bench_meter", "points": [{"channel": f"ch{k}", "address": k} for k in range(20)]}
+    (workdir / "profiles").mkdir()
+    (workdir / "profiles" / "bench_meter.yaml").write_text(yaml.safe_dump(profile))
+    site = {"site": "bench", "name": "Bench", "country": "MN", "timezone": "UTC", "latitude": 0, "longitude": 0,
+            "commissioned": "2026-01-01", "jcm_project": "bench", "methodology": "MN_AM003",
+            "methodology_version": "2.0", "gateway": "gw-bench", "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+            "devices": [{"id": f"m{i}", "kind": "power_meter", "profile": "bench_meter",
+                         "connection": {"type": "tcp", "host": "127.0.0.1", "port": 1502, "unit_id": i + 1}}
+                        for i in range(10)]}
+    (workdir / "sites").mkdir()
+    (workdir / "sites" / "bench.yaml").write_text(yaml.safe_dump(site))
+    return workdir / "sites"
+
+
 def run(window: int, receive_maximum: int, batch_size: int, batch_timeout: float, n: int, workdir: Path) -> dict:
     broker = Mosquitto(workdir / f"mq-{window}-{batch_size}")
     broker.conf.write_text(broker.conf.read_text().replace("max_inflight_messages 1000", f"max_inflight_messages {window}"))
     broker.start()
     try:
         cfg = CollectorConfig(broker={"url": broker.url}, store=f"sqlite:///{workdir}/bench-{window}-{batch_size}.db",
-                              sites_dir=str(workdir / "no-sites"), batch_size=batch_size, batch_timeout=batch_timeout,
+                              sites_dir=str(workdir / "sites"), batch_size=batch_size, batch_timeout=batch_timeout,
                               receive_maximum=receive_maximum, client_id=f"bench-{window}")
         collector = Collector(cfg)
         collector.start()
@@ -87,7 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        (workdir / "no-sites").mkdir()
+        write_site(workdir)
         cases = [(20, 20, 500, 0.2), (20, 20, 500, 0.02), (1000, 1000, 500, 0.2)]
         results = [run(*case, n=args.readings if case[0] > 20 else min(args.readings, 4000), workdir=workdir) for case in cases]
     print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}")

@@ -7,6 +7,12 @@ the broker stops sending at its in-flight window), validates each, writes the ba
 point, the collector loses nothing: the broker redelivers every message it has not
 acknowledged, and stored points are idempotent. When the store is down the worker
 keeps the batch, retries with backoff and acknowledges nothing meanwhile.
+
+One message never stops ingestion: whatever goes wrong with one message (parsing,
+validation, rendering, binding, the store refusing it) makes that message a dead
+letter with the reason, and the rest of its batch is stored. Should the worker die
+anyway, ``failure`` holds why and ``done`` is set, so the process can exit non-zero
+and be restarted.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import queue
 import ssl
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +36,21 @@ from paho.mqtt.properties import Properties
 from collector.validation import Rejected, SiteRules, rules_for, validate
 from contract import topics
 from contract.config import CollectorConfig, ConfigError, load_site
+from contract.message import Reading
 from contract.store import DeadLetter, ReadingStore, StoreUnavailable
+from contract.text import printable
 from store import open_store
 
 log = logging.getLogger(__name__)
+
+
+def _traceback(exc: BaseException) -> str:
+    """The traceback on one escaped line: its messages may quote what a sender wrote."""
+    return printable("".join(traceback.format_exception(exc)))
+
+
+class _Stopping(Exception):
+    """Asked to stop while the store is unavailable: the batch stays unacknowledged."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +66,13 @@ class Incoming:
 class Collector:
     def __init__(self, config: CollectorConfig, store: ReadingStore | None = None, base_dir: Path = Path(".")):
         self.config = config
-        self.store = store or open_store(config.store)
         sites_dir = base_dir / config.sites_dir
         site_files = sorted(glob.glob(str(sites_dir / "*.yaml")))
+        if not site_files:  # fail closed: with no sites known, nothing can be checked
+            raise ConfigError(f"collector: sites_dir: no site files (*.yaml) in {sites_dir}; "
+                              "the collector accepts readings of the sites described there only")
         self.rules: dict[str, SiteRules] = rules_for([load_site(f) for f in site_files])
-        if not self.rules:
-            log.warning("no site files in %s: accepting readings of any site", sites_dir)
+        self.store = store or open_store(config.store)
         self.topic = topics.ALL_READINGS
         if config.share_group:
             self.topic = f"$share/{config.share_group}/{topics.ALL_READINGS}"
@@ -62,6 +81,9 @@ class Collector:
         self._stop = threading.Event()
         self.stored = 0
         self.dead = 0
+        #: why the worker died, if it did; ``done`` is set whenever it ends
+        self.failure: BaseException | None = None
+        self.done = threading.Event()
         self.client = self._client()
         self._worker = threading.Thread(target=self._run, name="collector", daemon=True)
 
@@ -141,10 +163,17 @@ class Collector:
         return batch
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            batch = self._next_batch()
-            if batch:
-                self._store(batch)
+        try:
+            while not self._stop.is_set():
+                batch = self._next_batch()
+                if batch:
+                    self._store(batch)
+        except BaseException as exc:
+            self.failure = exc
+            log.critical("the collector's worker died; nothing more is stored until it is restarted: %s",
+                         _traceback(exc))
+        finally:
+            self.done.set()
 
     def _store(self, batch: list[Incoming]) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -156,29 +185,67 @@ class Collector:
             except Rejected as exc:
                 letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
                 continue
+            except Exception as exc:  # a fault of ours on this input must cost this message only
+                log.error("could not validate a message from %s: %s", printable(m.topic), _traceback(exc))
+                letters.append(DeadLetter(m.received, m.topic, m.payload,
+                                          f"could not be validated: {type(exc).__name__}: {exc}"))
+                continue
             readings.append(r)
             source[id(r)] = m
-        pause = 0.5
-        while True:
-            try:
-                refused = self.store.write(readings, letters)
-                if refused:  # the store took the rest; keep these aside with its reason
-                    self.store.write([], [DeadLetter(source[id(r)].received, source[id(r)].topic,
-                                                     source[id(r)].payload, f"store refused it: {why}")
-                                          for r, why in refused])
-                break
-            except StoreUnavailable as exc:
-                if self._stop.is_set():
-                    log.error("stopping with %d messages unstored: the broker will redeliver them", len(batch))
-                    return
-                log.error("store unavailable (%s); holding %d messages unacknowledged, retrying in %.1f s",
-                          exc, len(batch), pause)
-                time.sleep(pause)
-                pause = min(pause * 2, 30.0)
+        try:
+            refused = self._write(readings, letters)
+            if refused:  # the store took the rest; keep these aside with its reason
+                self._write([], [DeadLetter(source[id(r)].received, source[id(r)].topic, source[id(r)].payload,
+                                            f"store refused it: {why}") for r, why in refused])
+        except _Stopping:
+            log.error("stopping with %d messages unstored: the broker will redeliver them", len(batch))
+            return
         for letter in letters:
             log.warning("dead letter from %s: %s", letter.topic, letter.reason)
+        for r, why in refused:
+            log.warning("dead letter from %s: store refused it: %s", printable(source[id(r)].topic), printable(why))
         self.stored += len(readings) - len(refused)
         self.dead += len(letters) + len(refused)
         for m in batch:
             if m.generation == self._generation and m.qos > 0:
                 self.client.ack(m.mid, m.qos)
+
+    def _write(self, readings: list[Reading], letters: list[DeadLetter]) -> list[tuple[Reading, str]]:
+        """Write; return the readings refused, with why. If the store raises for what is
+        in the batch rather than being unavailable, halve the batch until the guilty
+        message is alone, so that the others are stored and it is not retried forever."""
+        try:
+            return self._write_retrying(readings, letters)
+        except _Stopping:
+            raise
+        except Exception as exc:
+            items: list[Reading | DeadLetter] = [*readings, *letters]
+            if len(items) > 1:
+                half = len(items) // 2
+                return [refused for part in (items[:half], items[half:])
+                        for refused in self._write([i for i in part if isinstance(i, Reading)],
+                                                   [i for i in part if isinstance(i, DeadLetter)])]
+            why = f"{type(exc).__name__}: {exc}"
+            if readings:
+                return [(readings[0], why)]
+            letter = letters[0]
+            log.error("the store refused a dead letter from %s (%s); keeping its size and hash only",
+                      letter.topic, printable(why))
+            self._write_retrying([], [DeadLetter(letter.received, "", b"", f"the store refused this dead letter "
+                                                 f"({why}); it came from {letter.topic}: {letter.reason}",
+                                                 letter.size, letter.sha256)])
+            return []
+
+    def _write_retrying(self, readings: list[Reading], letters: list[DeadLetter]) -> list[tuple[Reading, str]]:
+        """Write, retrying with backoff while the store is unavailable."""
+        pause = 0.5
+        while True:
+            try:
+                return self.store.write(readings, letters)
+            except StoreUnavailable as exc:
+                if self._stop.is_set():
+                    raise _Stopping() from exc
+                log.error("store unavailable (%s); holding %d messages unacknowledged, retrying in %.1f s",
+                          printable(str(exc)), len(readings) + len(letters), pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 30.0)

@@ -17,7 +17,8 @@ from contract.message import Reading
 @dataclass(frozen=True)
 class SiteRules:
     gateway: str
-    devices: frozenset[str]
+    #: device id -> the channels of its register map (profile with overrides)
+    channels: dict[str, frozenset[str]]
     #: readings before the site's commissioning day (local midnight) are rejected
     earliest: dt.datetime
 
@@ -26,7 +27,8 @@ def rules_for(sites: list[Site]) -> dict[str, SiteRules]:
     out = {}
     for s in sites:
         start = dt.datetime.combine(s.commissioned, dt.time(), tzinfo=s.zone).astimezone(dt.UTC)
-        out[s.site] = SiteRules(s.gateway, frozenset(d.id for d in s.devices), start)
+        channels = {d.id: frozenset(p.channel for p in d.register_map.points) for d in s.devices}
+        out[s.site] = SiteRules(s.gateway, channels, start)
     return out
 
 
@@ -50,16 +52,18 @@ def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.da
                                            ("device", device, reading.device)):
         if from_topic != from_payload:
             raise Rejected(f"topic says {name} '{from_topic}' but the payload says '{from_payload}'")
-    if rules:
-        rule = rules.get(site)
-        if rule is None:
-            raise Rejected(f"unknown site '{site}'")
-        if gateway != rule.gateway:
-            raise Rejected(f"site '{site}' is served by gateway '{rule.gateway}', not '{gateway}'")
-        if device not in rule.devices:
-            raise Rejected(f"site '{site}' has no device '{device}'")
-        if reading.ts < rule.earliest:
-            raise Rejected(f"timestamp {reading.ts.isoformat()} is before site '{site}' was commissioned")
+    rule = rules.get(site)
+    if rule is None:
+        raise Rejected(f"unknown site '{site}'")
+    if gateway != rule.gateway:
+        raise Rejected(f"site '{site}' is served by gateway '{rule.gateway}', not '{gateway}'")
+    if device not in rule.channels:
+        raise Rejected(f"site '{site}' has no device '{device}'")
+    unknown = sorted(set(reading.values) - rule.channels[device])
+    if unknown:
+        raise Rejected(f"device '{device}' of site '{site}' has no channel(s) {', '.join(unknown)} in its register map")
+    if reading.ts < rule.earliest:
+        raise Rejected(f"timestamp {reading.ts.isoformat()} is before site '{site}' was commissioned")
     if reading.ts > now + max_future:
         raise Rejected(f"timestamp {reading.ts.isoformat()} is in the future (received {now.isoformat(timespec='seconds')})")
     return reading

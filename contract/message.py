@@ -13,6 +13,10 @@ Version 1, JSON::
 subscriber drops redeliveries by (gateway, seq). ``ts`` is the gateway's UTC clock at
 the poll. A channel absent from ``quality`` is good; any other value is listed there
 and a null value always has a quality saying why.
+
+``Reading.from_json`` is the contract's gate for every subscriber: a message outside
+the bounds below is refused with one reason, whatever it contains, so one message can
+never crash a stage or be stored in a form the stores cannot hold.
 """
 
 from __future__ import annotations
@@ -20,10 +24,38 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
 SCHEMA_VERSION = 1
+
+#: site, gateway and device ids (the same rule as the site files)
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+#: channel names (the same rule as the register-map profiles)
+CHANNEL_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+#: names the stores use beside the channels: InfluxDB tags, per-point metadata fields and
+#: InfluxQL's time column, and the mark of simulated history (never sent by a gateway)
+RESERVED_CHANNELS = frozenset({"site", "gateway", "device", "time", "quality", "status", "seq", "simulated"})
+#: largest ``seq``: the stores keep it as a signed 64-bit integer
+MAX_SEQ = 2**63 - 1
+#: largest integer value: values are stored as 64-bit floats, exact up to 2**53
+MAX_INT = 2**53
+#: channels per message (the largest profile has a few dozen)
+MAX_CHANNELS = 512
+#: characters of a text value (a string point is at most 125 registers) or a unit
+MAX_TEXT = 256
+#: nesting of arrays and objects; a reading needs 2, the margin is for later schemas
+MAX_DEPTH = 8
+#: readings are stamped within [TS_MIN, TS_MAX)
+TS_MIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+TS_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+
+_ID = re.compile(ID_PATTERN)
+_CHANNEL = re.compile(CHANNEL_PATTERN)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Quality(str, Enum):
@@ -77,37 +109,96 @@ class Reading:
     def from_json(cls, payload: bytes | str) -> Reading:
         """Parse a message; raise ``ValueError`` naming the first thing wrong."""
         try:
-            body = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            text = payload.decode("utf-8") if isinstance(payload, (bytes, bytearray)) else payload
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8: {exc}") from None
+        if _too_deep(text):
+            raise ValueError(f"arrays and objects nested deeper than {MAX_DEPTH}")
+        try:
+            body = json.loads(text)
+        except ValueError as exc:  # JSONDecodeError, or an integer of more digits than Python converts
             raise ValueError(f"not JSON: {exc}") from None
         if not isinstance(body, dict):
             raise ValueError("not a JSON object")
-        if body.get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"schema {body.get('schema')!r} is not {SCHEMA_VERSION}")
-        for key in ("site", "gateway", "device", "ts"):
-            if not isinstance(body.get(key), str):
-                raise ValueError(f"'{key}' missing or not a string")
+        schema = body.get("schema")
+        if type(schema) is not int or schema != SCHEMA_VERSION:
+            raise ValueError(f"schema {_short(schema)} is not {SCHEMA_VERSION}")
+        for key in ("site", "gateway", "device"):
+            if not isinstance(body.get(key), str) or not _ID.fullmatch(body[key]):
+                raise ValueError(f"'{key}' missing or not an id ({ID_PATTERN}): {_short(body.get(key))}")
+        if not isinstance(body.get("ts"), str):
+            raise ValueError("'ts' missing or not a string")
         seq = body.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise ValueError("'seq' missing or not a non-negative integer")
+        if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+            raise ValueError(f"'seq' missing or not an integer in 0..{MAX_SEQ}: {_short(seq)}")
         values, quality, units = body.get("values"), body.get("quality", {}), body.get("units", {})
         if not isinstance(values, dict) or not isinstance(quality, dict) or not isinstance(units, dict):
             raise ValueError("'values', 'quality' and 'units' must be objects")
+        if len(values) > MAX_CHANNELS:
+            raise ValueError(f"{len(values)} channels: at most {MAX_CHANNELS}")
+        names = values.keys() | quality.keys() | units.keys()
+        for k in names:
+            if not _CHANNEL.fullmatch(k):
+                raise ValueError(f"channel name {_short(k)} is not a channel name ({CHANNEL_PATTERN})")
+        reserved = sorted(names & RESERVED_CHANNELS)
+        if reserved:
+            raise ValueError(f"channel name '{reserved[0]}' is reserved (the stores use it for tags and metadata)")
         for k, v in values.items():
-            if not (v is None or isinstance(v, (int, float, str, bool))):
-                raise ValueError(f"value of '{k}' is a {type(v).__name__}")
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"value of '{k}' is not finite")
+            if type(v) is not float or not math.isfinite(v):  # a finite float, the usual value, is fine
+                _check_value(k, v)
+        extra = sorted(quality.keys() - values.keys())
+        if extra:  # a stored quality would show as a reading of a channel that was not read
+            raise ValueError(f"'quality' names channel(s) with no value: {', '.join(extra)}")
+        for k, u in units.items():
+            if not isinstance(u, str) or len(u) > MAX_TEXT or not u.isprintable():
+                raise ValueError(f"unit of '{k}' is not printable text of at most {MAX_TEXT} characters")
         try:
             q = {k: Quality(v) for k, v in quality.items()}
             status = DeviceStatus(body.get("status", "ok"))
-        except ValueError as exc:
-            raise ValueError(f"unknown quality or status: {exc}") from None
+        except (ValueError, TypeError):  # TypeError: an unhashable value such as a list
+            raise ValueError("unknown quality or status") from None
         return cls(
             site=body["site"], gateway=body["gateway"], device=body["device"],
             ts=parse_ts(body["ts"]), values=values, quality=q, units=units,
             status=status, seq=seq,
         )
+
+
+def _too_deep(text: str) -> bool:
+    """Whether arrays and objects nest deeper than ``MAX_DEPTH`` in JSON text, found
+    without recursing (brackets inside strings do not count)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False  # too few brackets to matter: the common case costs two counts
+    depth = 0
+    for c in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if c in "[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
+def _check_value(name: str, v) -> None:
+    if v is None or isinstance(v, bool):
+        return
+    if isinstance(v, int):
+        if abs(v) > MAX_INT:
+            raise ValueError(f"value of '{name}' is an integer beyond +-2**53, "
+                             "which a 64-bit float does not hold exactly")
+    elif isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"value of '{name}' is not finite")
+    elif isinstance(v, str):
+        if len(v) > MAX_TEXT or _SURROGATE.search(v):
+            raise ValueError(f"value of '{name}' is not text of at most {MAX_TEXT} characters "
+                             "(or holds a lone surrogate)")
+    else:
+        raise ValueError(f"value of '{name}' is a {type(v).__name__}")
+
+
+def _short(v) -> str:
+    """A bounded representation of a refused value for the reason text."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def format_ts(ts: dt.datetime) -> str:
@@ -120,10 +211,16 @@ def parse_ts(text: str) -> dt.datetime:
     try:
         ts = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"'ts' is not an ISO 8601 time: {text!r}") from None
+        raise ValueError(f"'ts' is not an ISO 8601 time: {_short(text)}") from None
     if ts.tzinfo is None:
-        raise ValueError(f"'ts' has no time zone: {text!r}")
-    return ts.astimezone(dt.UTC)
+        raise ValueError(f"'ts' has no time zone: {_short(text)}")
+    try:
+        ts = ts.astimezone(dt.UTC)
+    except OverflowError:  # e.g. year 1 at +14:00 falls before year 1 in UTC
+        raise ValueError(f"'ts' is outside {TS_MIN.year}..{TS_MAX.year}: {_short(text)}") from None
+    if not TS_MIN <= ts < TS_MAX:
+        raise ValueError(f"'ts' is outside {TS_MIN.year}..{TS_MAX.year}: {_short(text)}")
+    return ts
 
 
 def _finite_or_none(v):

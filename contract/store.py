@@ -9,12 +9,14 @@ replaces it, so redeliveries and gateway replays never count twice.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
 import pandas as pd
 
 from contract.message import Reading
+from contract.text import printable
 
 #: columns of ``ReadingStore.read``; one row per (device, channel, ts)
 READ_COLUMNS = ["ts", "site", "gateway", "device", "channel", "value", "quality"]
@@ -24,14 +26,40 @@ class StoreUnavailable(RuntimeError):
     """The store is down or overloaded: nothing was written; retry later."""
 
 
+#: bytes of a refused payload kept in its dead letter (beside its size and SHA-256)
+KEPT_PAYLOAD = 1024
+#: characters of a dead letter's topic or reason kept
+KEPT_TEXT = 1024
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """A message the collector could not accept, kept with why."""
+    """A message the collector could not accept, kept with why.
+
+    Made from a whole payload, it keeps the first ``KEPT_PAYLOAD`` bytes, the size and
+    the SHA-256 (a flood of large messages cannot fill the store, and the hash still
+    identifies each one); made with ``sha256`` given, as a store reads one back, it is
+    taken as it is. Topic and reason are always made printable and bounded, so they
+    encode in every store and cannot forge log lines or terminal output."""
 
     received: dt.datetime
     topic: str
     payload: bytes
     reason: str
+    size: int | None = None  #: of the whole payload [bytes]
+    sha256: str | None = None  #: of the whole payload, hex
+
+    def __post_init__(self):
+        if self.sha256 is None:
+            object.__setattr__(self, "size", len(self.payload))
+            object.__setattr__(self, "sha256", hashlib.sha256(self.payload).hexdigest())
+            object.__setattr__(self, "payload", bytes(self.payload[:KEPT_PAYLOAD]))
+        object.__setattr__(self, "topic", _bounded(printable(self.topic)))
+        object.__setattr__(self, "reason", _bounded(printable(self.reason)))
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= KEPT_TEXT else text[:KEPT_TEXT] + "..."
 
 
 @dataclass(frozen=True)
@@ -47,9 +75,12 @@ class ReadingStore(Protocol):
         """Store durably before returning (then the caller may acknowledge).
 
         Returns the readings the store refused for what they are (e.g. a field type
-        conflict), each with the store's reason, so the caller keeps them as dead
-        letters; everything else is stored. Raises ``StoreUnavailable`` when nothing
-        could be written and the same write should be retried later."""
+        conflict, a value it cannot hold), each with the store's reason, so the caller
+        keeps them as dead letters; everything else is stored. Raises
+        ``StoreUnavailable`` when nothing could be written and the same write should be
+        retried later. Any other exception is about what the batch holds (a dead letter
+        it cannot keep): retrying the same batch would fail again, so the caller splits
+        it (rewriting a point is harmless)."""
 
     def read(self, site: str, start: dt.datetime, end: dt.datetime, channels: list[str] | None = None,
              devices: list[str] | None = None) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from pathlib import Path
 from contract.config import ConfigError, load_profile, load_site
 from contract.sqlite_file import UnusableFile
 from contract.store import StoreUnavailable
+from contract.text import printable
 
 log = logging.getLogger("jcm")
 
@@ -24,8 +25,9 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-def _wait_for_signal(seconds: float | None = None) -> None:
-    stop = threading.Event()
+def _wait_for_signal(seconds: float | None = None, stop: threading.Event | None = None) -> None:
+    """Wait for SIGINT or SIGTERM, ``seconds``, or ``stop`` being set elsewhere."""
+    stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait(timeout=seconds)
@@ -115,9 +117,12 @@ def cmd_collector(args) -> int:
 
     collector = Collector(_collector_config(args))
     collector.start()
-    _wait_for_signal(args.duration)
+    _wait_for_signal(args.duration, collector.done)  # done: the worker died
     collector.stop()
     log.info("collector stopped: %d readings stored, %d dead letters", collector.stored, collector.dead)
+    if collector.failure is not None:  # non-zero, so that systemd or compose restarts it
+        log.critical("collector failed: %s", printable(repr(collector.failure)))
+        return 1
     return 0
 
 
@@ -127,8 +132,11 @@ def cmd_deadletters(args) -> int:
     store = open_store(args.store or _collector_config(args).store, create=False)
     letters = store.dead_letters(args.limit)
     for d in letters:
-        payload = d.payload[:200].decode("utf-8", "replace")
-        print(f"{d.received.isoformat(timespec='seconds')}  {d.topic}\n    reason:  {d.reason}\n    payload: {payload}")
+        # what a sender put in a message is shown escaped: it cannot forge lines or drive the terminal
+        payload = printable(d.payload[:200].decode("utf-8", "backslashreplace"))
+        size = f"\n    size:    {d.size} bytes, sha256 {d.sha256}" if d.size is not None else ""
+        print(f"{d.received.isoformat(timespec='seconds')}  {printable(d.topic)}\n    reason:  {printable(d.reason)}\n"
+              f"    payload: {payload}{size}")
     print(f"{len(letters)} dead letter(s) shown (newest first)")
     store.close()
     return 0

@@ -9,11 +9,17 @@ Writes go to ``/api/v2/write`` through influxdb-client with SYNCHRONOUS writes
 Schema: measurement ``reading``, tags site, gateway, device; one field per channel
 (numbers and booleans as floats, text as strings), plus ``quality`` (JSON of the
 flagged channels), ``status`` and ``seq``; one point per device poll at its
-millisecond timestamp, so a replay overwrites the same point.
+millisecond timestamp, so a replay overwrites the same point. A channel named like a
+tag or one of those fields would overwrite it, so such a reading is refused.
+
+A reading that cannot be written as it is (it does not render as line protocol, or
+InfluxDB answers 4xx about the data) is refused on its own: the batch is halved until
+the guilty points are alone, and the rest is stored.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -32,6 +38,8 @@ from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailabl
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
 _META = {"quality", "status", "seq"}
+#: names a channel may not have: the tags, the metadata fields and InfluxQL's time column
+_NOT_CHANNELS = _META | {"site", "gateway", "device", "time"}
 
 
 def _env(name: str | None) -> str | None:
@@ -54,6 +62,8 @@ def _lit(text: str) -> str:
 def to_point(r: Reading) -> Point:
     p = Point(MEASUREMENT).tag("site", r.site).tag("gateway", r.gateway).tag("device", r.device)
     for channel, v in r.values.items():
+        if channel in _NOT_CHANNELS:
+            raise ValueError(f"channel '{channel}' would overwrite the point's own '{channel}'")
         if v is None:
             continue
         p.field(channel, v if isinstance(v, str) else float(v))
@@ -113,9 +123,9 @@ class InfluxStore:
                                    "URL's db= (the collector writes to it)") from None
 
     # -- writing --------------------------------------------------------------------
-    def _post_lines(self, lines: list[str], precision: str) -> None:
+    def _post_lines(self, lines: list[bytes], precision: str) -> None:
         """Write line protocol; raise StoreUnavailable (retry) or ValueError (the data is refused)."""
-        body = "\n".join(lines).encode()
+        body = b"\n".join(lines)
         try:
             if self.api == "v2":
                 self.write_api.write(self.bucket, self.org, body, write_precision=precision)
@@ -135,28 +145,41 @@ class InfluxStore:
             raise ValueError(f"InfluxDB refused the write ({resp.status}): {text}")
         raise StoreUnavailable(f"InfluxDB {self.base_url}: HTTP {resp.status}: {text}")
 
+    def _post_isolating(self, items: list, lines: list[bytes], precision: str) -> list[tuple[object, str]]:
+        """Post lines; if InfluxDB refuses them for their data, halve until each refused
+        line is alone. Return the items of the refused lines, with InfluxDB's reason."""
+        try:
+            self._post_lines(lines, precision)
+            return []
+        except ValueError as exc:
+            if len(lines) == 1:
+                return [(items[0], str(exc))]
+        half = len(lines) // 2
+        return (self._post_isolating(items[:half], lines[:half], precision)
+                + self._post_isolating(items[half:], lines[half:], precision))
+
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = ()) -> list[tuple[Reading, str]]:
         refused: list[tuple[Reading, str]] = []
-        if readings:
+        rendered, lines = [], []
+        for r in readings:
             try:
-                self._post_lines([to_point(r).to_line_protocol() for r in readings], WritePrecision.MS)
-            except ValueError:
-                for r in readings:  # find the offending points; the others land
-                    try:
-                        self._post_lines([to_point(r).to_line_protocol()], WritePrecision.MS)
-                    except ValueError as exc:
-                        refused.append((r, str(exc)))
+                lines.append(to_point(r).to_line_protocol().encode())
+                rendered.append(r)
+            except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: an int beyond a float
+                refused.append((r, f"not writable as InfluxDB line protocol: {type(exc).__name__}: {exc}"))
+        if lines:
+            refused += self._post_isolating(rendered, lines, WritePrecision.MS)
         if dead_letters:
             lines = []
             for i, d in enumerate(dead_letters):
                 p = (Point(DEAD).field("topic", d.topic).field("reason", d.reason)
-                     .field("payload", d.payload.decode("utf-8", "backslashreplace")))
+                     .field("payload", base64.b64encode(d.payload).decode()).field("size", d.size)
+                     .field("sha256", d.sha256))
                 ns = int(d.received.timestamp()) * 1_000_000_000 + d.received.microsecond * 1000 + i
-                lines.append(p.time(ns, WritePrecision.NS).to_line_protocol())
-            try:
-                self._post_lines(lines, WritePrecision.NS)
-            except ValueError as exc:
-                raise StoreUnavailable(f"InfluxDB refused dead letters: {exc}") from exc
+                lines.append(p.time(ns, WritePrecision.NS).to_line_protocol().encode())
+            # a dead letter is printable text and base64 by construction: if InfluxDB refuses
+            # one, the ValueError goes to the caller, which isolates it
+            self._post_lines(lines, WritePrecision.NS)
         return refused
 
     # -- reading --------------------------------------------------------------------
@@ -210,16 +233,20 @@ class InfluxStore:
         return sorted(seen, key=lambda d: (d.site, d.device))
 
     def dead_letters(self, limit=100) -> list[DeadLetter]:
-        params = {"q": f"SELECT topic, payload, reason FROM {_q(DEAD)} ORDER BY time DESC LIMIT {int(limit)}",
+        params = {"q": f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} ORDER BY time DESC "
+                       f"LIMIT {int(limit)}",
                   "db": self.db, "epoch": "ns", **self.auth}
         resp = self.http.request("POST", f"{self.base_url}/query", fields=params, headers=self.headers,
                                  encode_multipart=False)
         series = json.loads(resp.data)["results"][0].get("series", [])
         out = []
         for s in series:
-            for ns, topic, payload, reason in s["values"]:
-                out.append(DeadLetter(dt.datetime.fromtimestamp(ns / 1e9, dt.UTC), topic,
-                                      payload.encode("utf-8", "surrogateescape"), reason))
+            for ns, topic, payload, reason, size, sha256 in s["values"]:
+                received = dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+                if sha256 is None:  # kept whole, as text, before sizes were kept
+                    out.append(DeadLetter(received, topic, payload.encode("utf-8", "surrogateescape"), reason))
+                else:
+                    out.append(DeadLetter(received, topic, base64.b64decode(payload), reason, int(size), sha256))
         return out
 
     def close(self) -> None:

@@ -4,6 +4,11 @@ One row per (site, device, channel, ts), upserted, so a redelivered or replayed
 reading overwrites itself. Numbers and booleans go to ``value``; text channels
 (serial numbers, model names) to ``text_value`` and are served by ``latest`` only.
 Timestamps are integer milliseconds since the epoch, UTC.
+
+A write is one transaction that always ends (committed, or rolled back on any
+exception). A reading SQLite cannot hold as it is (a bind or constraint error) is
+refused on its own and the rest of the batch is stored; a database that is locked,
+full, read-only or damaged is "unavailable" and nothing is written.
 """
 
 from __future__ import annotations
@@ -32,9 +37,19 @@ CREATE TABLE IF NOT EXISTS devices (
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received TEXT NOT NULL, topic TEXT NOT NULL,
-    payload BLOB NOT NULL, reason TEXT NOT NULL
+    payload BLOB NOT NULL, reason TEXT NOT NULL, size INTEGER, sha256 TEXT
 );
 """
+
+#: columns added to dead_letters after its first release: (name, type)
+DEAD_LETTER_COLUMNS_SINCE = (("size", "INTEGER"), ("sha256", "TEXT"))
+
+INSERT_LETTER = "INSERT INTO dead_letters (received, topic, payload, reason, size, sha256) VALUES (?,?,?,?,?,?)"
+
+#: errors that are about what is written (a value SQLite cannot bind, text that does not
+#: encode, a constraint or trigger), not about the database
+DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+               ValueError, TypeError, OverflowError)
 
 UPSERT = """
 INSERT INTO readings (site, device, channel, ts, gateway, value, text_value, quality, seq)
@@ -84,28 +99,56 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # acknowledged upstream means on disk
         self._db.executescript(SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(dead_letters)")}
+        for name, kind in DEAD_LETTER_COLUMNS_SINCE:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
 
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = ()) -> list[tuple[Reading, str]]:
-        rows = [row for r in readings for row in reading_rows(r)]
+        letters = [(d.received.isoformat(), d.topic, d.payload, d.reason, d.size, d.sha256) for d in dead_letters]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._upsert(readings)
+                    refused = []
+                except DATA_ERRORS:
+                    self._db.execute("ROLLBACK")
+                    self._db.execute("BEGIN IMMEDIATE")
+                    refused = self._upsert_each(readings)
+                self._db.executemany(INSERT_LETTER, letters)
+                self._db.execute("COMMIT")
+            except DATA_ERRORS:
+                raise  # a dead letter it cannot hold: the caller decides
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+        return refused
+
+    def _upsert(self, readings: list[Reading]) -> None:
         seen: dict[tuple, tuple] = {}
         for r in readings:
             key = (r.site, r.device)
             ms = to_ms(r.ts)
             if key not in seen or seen[key][3] <= ms:
                 seen[key] = (r.site, r.device, r.gateway, ms, r.status.value)
-        letters = [(d.received.isoformat(), d.topic, d.payload, d.reason) for d in dead_letters]
-        with self._lock:
+        self._db.executemany(UPSERT, [row for r in readings for row in reading_rows(r)])
+        self._db.executemany(SEEN, list(seen.values()))
+
+    def _upsert_each(self, readings: list[Reading]) -> list[tuple[Reading, str]]:
+        """Upsert reading by reading, each under a savepoint; return those refused, with why."""
+        refused = []
+        for r in readings:
+            self._db.execute("SAVEPOINT one")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(UPSERT, rows)
-                self._db.executemany(SEEN, list(seen.values()))
-                self._db.executemany("INSERT INTO dead_letters (received, topic, payload, reason) VALUES (?,?,?,?)", letters)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
-        return []
+                self._upsert([r])
+            except DATA_ERRORS as exc:
+                self._db.execute("ROLLBACK TO one")
+                refused.append((r, f"SQLite cannot store it: {type(exc).__name__}: {exc}"))
+            self._db.execute("RELEASE one")
+        return refused
 
     def _query(self, sql: str, params: tuple) -> list[tuple]:
         with self._lock:
@@ -139,8 +182,11 @@ class SqliteStore:
         return [DeviceSeen(s, g, d, from_ms(ms)) for s, g, d, ms in rows]
 
     def dead_letters(self, limit=100) -> list[DeadLetter]:
-        rows = self._query("SELECT received, topic, payload, reason FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,))
-        return [DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why) for r, t, p, why in rows]
+        rows = self._query("SELECT received, topic, payload, reason, size, sha256 FROM dead_letters "
+                           "ORDER BY id DESC LIMIT ?", (limit,))
+        return [DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why, size, sha) if sha else
+                DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why)  # kept whole before sizes were kept
+                for r, t, p, why, size, sha in rows]
 
     def count(self) -> int:
         return self._query("SELECT COUNT(*) FROM readings", ())[0][0]

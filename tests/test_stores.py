@@ -116,3 +116,39 @@ def test_store_urls_are_checked():
         open_store("influxdb://h:8086?bukket=x")
     with pytest.raises(ValueError, match="environment variable JCM_NO_SUCH_TOKEN"):
         open_store("influxdb://h:8086?token_env=JCM_NO_SUCH_TOKEN")
+
+
+def test_readings_the_store_cannot_hold_are_refused_alone_and_the_rest_stored(store):
+    good = [reading("m1", m, seq=m + 1) for m in range(4)]
+    bad = [reading("m2", 0, seq=1, energy=10**400),  # beyond a float
+           reading("m2", 1, seq=2, **{"\ud800": 1.0}),  # does not encode
+           reading("m2", 2, seq=10**30)]  # beyond a 64-bit integer
+    refused = store.write(good[:2] + bad + good[2:])
+    assert [r for r, _ in refused] == bad
+    assert all(why for _, why in refused)
+    frame = store.read("s1", T0, T0 + dt.timedelta(hours=1))
+    assert set(frame.device) == {"m1"} and len(frame) == 4 * 2
+    assert not getattr(store, "_db", None) or not store._db.in_transaction
+    assert store.write([reading("m1", 10, seq=11)]) == []  # and the store still takes the next batch
+    assert len(store.read("s1", T0, T0 + dt.timedelta(hours=1))) == 5 * 2
+
+
+def test_dead_letters_keep_head_size_and_hash_and_printable_text(store):
+    import hashlib
+
+    big = b'{"x": "' + b"\x1b[2J" * 2_500_000 + b'"}'  # 10 MB
+    letter = DeadLetter(T0, "jcm/v1/s1/gw1/m\x1b[31m1/reading", big, "device '\ud800'\nFORGED log line")
+    store.write([], [letter])
+    (got,) = store.dead_letters()
+    assert got.payload == big[:1024] and got.size == len(big) and got.sha256 == hashlib.sha256(big).hexdigest()
+    assert got.reason == "device '\\ud800'\\x0aFORGED log line" and got.topic == "jcm/v1/s1/gw1/m\\x1b[31m1/reading"
+
+
+def test_influx_refuses_a_channel_that_would_overwrite_its_metadata(influxdb):
+    s = open_store(f"influxdb://127.0.0.1:{influxdb.port}?api=v1&db=jcm")
+    spoofed = reading("m1", 0, seq=1, energy=1.0, status=5.0)
+    refused = s.write([spoofed, reading("m1", 1, seq=2)])
+    assert [r for r, _ in refused] == [spoofed]
+    assert "status" in refused[0][1]
+    assert [d.device for d in s.devices("s1")] == ["m1"]
+    s.close()

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from contract.config.collector import CollectorConfig
 from contract.config.problems import KeyProblems
+from contract.text import printable
 from contract.config.profile import Profile
 from contract.config.site import Site
 from contract.units import factor
@@ -40,14 +41,8 @@ class ConfigError(ValueError):
     """A configuration file is unreadable or invalid."""
 
 
-def _printable(line: str) -> str:
-    """The line with control characters escaped: a value from the file cannot forge a line
-    of the report or send escape sequences to the terminal."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line)
-
-
 def _fail(lines: list[str]) -> ConfigError:
-    return ConfigError("\n".join(_printable(line) for line in lines))
+    return ConfigError("\n".join(printable(line) for line in lines))
 
 
 def _item_label(list_key: str | int | None, items: list, index: int) -> str:

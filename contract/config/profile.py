@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contract.config.problems import Loc, raise_problems
+from contract.message import CHANNEL_PATTERN, RESERVED_CHANNELS
 
 Table = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal[
@@ -33,11 +34,6 @@ SUNSPEC_NOT_IMPLEMENTED: dict[str, int] = {
     "int16": -0x8000, "uint16": 0xFFFF, "int32": -0x80000000, "uint32": 0xFFFFFFFF,
     "int64": -0x8000000000000000, "uint64": 0xFFFFFFFFFFFFFFFF,
 }
-
-
-#: names the stores use beside the channels: InfluxDB tags and per-point metadata fields,
-#: and the mark of simulated history
-RESERVED_CHANNELS = {"site", "gateway", "device", "time", "quality", "status", "seq", "simulated"}
 
 
 #: last protocol address of a Modbus table
@@ -65,7 +61,7 @@ class ScaleFactor(Strict):
 class Point(Strict):
     """One value of a meter: where it is, how to decode it, what it means."""
 
-    channel: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    channel: str = Field(pattern=CHANNEL_PATTERN)
     table: Table = "holding"
     address: int = Field(ge=0, le=65535)
     type: DataType = "uint16"

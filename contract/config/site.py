@@ -17,8 +17,9 @@ from contract import units
 from contract.config.nameplate import Nameplate
 from contract.config.problems import Loc, raise_problems
 from contract.config.profile import Profile, Strict
+from contract.message import ID_PATTERN
 
-Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
 #: the name of an environment variable (a value with other characters is likely the secret itself)
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
