@@ -8,6 +8,7 @@ from pydantic import Field
 
 from contract.config.profile import Strict
 from contract.config.site import Mqtt
+from contract.future_limit import MAX_FUTURE_S
 
 
 class CollectorConfig(Strict):
@@ -30,4 +31,4 @@ class CollectorConfig(Strict):
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     max_payload_bytes: int = Field(default=65536, ge=256)
     #: readings stamped further than this in the future are rejected [s]
-    max_future_s: float = Field(default=300.0, ge=0)
+    max_future_s: float = Field(default=MAX_FUTURE_S, ge=0)
