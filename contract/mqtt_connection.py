@@ -203,10 +203,10 @@ class BrokerConnection:
                  "resumed" if flags.session_present else "new")
         self.refusal, self._problem, self._failures = None, None, 0
         self.connected.set()
+        self._call(self._hooks[0], bool(flags.session_present))
         if self.subscriptions:
             _, mid = client.subscribe(self.subscriptions)
             self._pending_subs[mid] = [t for t, _ in self.subscriptions]
-        self._call(self._hooks[0], bool(flags.session_present))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         topics = self._pending_subs.pop(mid, [])
