@@ -54,10 +54,13 @@ def live(tmp_path_factory):
     port = free_port()
     dash = Dashboard(create_app(view), "127.0.0.1", port)
     dash.start()
-    assert view.broker.connected.wait(15)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
+    deadline = time.monotonic() + 15
+    while shown_power(port) is None and time.monotonic() < deadline:  # until the view is subscribed
+        publish_valid(pub, 0)
+        time.sleep(0.1)
     yield pub, port
     pub.disconnect()
     pub.loop_stop()
@@ -96,6 +99,14 @@ def shown_power(port: int):
 COUNTER = itertools.count(1)
 
 
+def publish_valid(pub, n: int) -> None:
+    """A valid reading showing active_power -n - 0.5, newer than any near-valid one sent before it."""
+    ts = dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=n)
+    valid = Reading(site=SITE.site, gateway=SITE.gateway, device="poc-meter", ts=ts,
+                    values={"active_power": -n - 0.5, "energy_export": float(n), "energy_import": 0.0}, seq=n)
+    pub.publish(READING_TOPIC, valid.to_json(), qos=1)
+
+
 @pytest.mark.fuzz
 @settings(max_examples=fuzz_examples(40), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -106,11 +117,7 @@ def test_hostile_messages_never_break_the_live_view(live, messages):
         data = body_of(topic, payload) if isinstance(payload, list) else payload
         pub.publish(topic, data, qos=1)
     n = next(COUNTER)
-    # newer than any near-valid reading just sent (the live view shows the newest only)
-    ts = dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=n)
-    valid = Reading(site=SITE.site, gateway=SITE.gateway, device="poc-meter", ts=ts,
-                    values={"active_power": -n - 0.5, "energy_export": float(n), "energy_import": 0.0}, seq=n)
-    pub.publish(READING_TOPIC, valid.to_json(), qos=1)
+    publish_valid(pub, n)
     deadline = time.monotonic() + 10
     while shown_power(port) != -n - 0.5 and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -36,8 +36,8 @@ def reading(site=SOLAR, device="poc-meter", ts=None, gateway=None, seq=1, **valu
                    values=values or {"active_power": -1500.0, "energy_export": 1000.0, "energy_import": 5.0}, seq=seq)
 
 
-def on_topic(state, r, site=SOLAR, device="poc-meter", now=None):
-    return state.on_message(f"jcm/v1/{site.site}/{site.gateway}/{device}/reading", r.to_json().encode(), now=now)
+def on_topic(state, r, site=SOLAR, device="poc-meter"):
+    return state.on_message(f"jcm/v1/{site.site}/{site.gateway}/{device}/reading", r.to_json().encode())
 
 
 def gateway_state(state, site):

@@ -3,6 +3,7 @@
 that requires a client certificate; refusals and TLS failures are logged with the
 reason; mqtts:// never becomes plaintext; credentials in a URL are an error."""
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -121,31 +122,34 @@ def test_live_view_logs_in_over_tls_with_certificate_and_password(tmp_path, pki,
         dash.stop()
 
 
+@contextlib.contextmanager
+def serving(view):
+    """The live view's server (and so its MQTT connection) running; yields its port."""
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    try:
+        yield port
+    finally:
+        dash.stop()
+
+
 def test_live_view_logs_a_wrong_password_with_the_reason(tmp_path, pki, secured, monkeypatch, caplog):
     _, tls_port = secured
     monkeypatch.setenv("JCM_TEST_LV_USER", "liveview")
     monkeypatch.setenv("JCM_TEST_LV_PASS", "wrong")
     view = LiveView([SITE], tls_settings(pki, tls_port), SqliteStore(tmp_path / "jcm.db"),
                     str(tmp_path / "alarms.sqlite"))
-    with caplog.at_level(logging.ERROR, logger="contract.mqtt_connection"):
-        view.broker.start()
-        try:
-            assert wait(lambda: "refused the connection" in caplog.text, 10)
-        finally:
-            view.broker.stop()
+    with caplog.at_level(logging.ERROR), serving(view):
+        assert wait(lambda: "refused the connection" in caplog.text, 10), caplog.text
     assert "Not authorized" in caplog.text and "$JCM_TEST_LV_USER" in caplog.text
-    assert not view.broker.connected.is_set()
 
 
 def test_live_view_without_credentials_says_so(tmp_path, secured, caplog):
     broker, _ = secured
     view = LiveView([SITE], broker.url, SqliteStore(tmp_path / "jcm.db"), str(tmp_path / "alarms.sqlite"))
-    with caplog.at_level(logging.ERROR, logger="contract.mqtt_connection"):
-        view.broker.start()
-        try:
-            assert wait(lambda: "refused the connection" in caplog.text, 10)
-        finally:
-            view.broker.stop()
+    with caplog.at_level(logging.ERROR), serving(view):
+        assert wait(lambda: "refused the connection" in caplog.text, 10), caplog.text
     assert "no credentials given" in caplog.text
 
 
@@ -153,14 +157,20 @@ def test_mqtts_never_falls_back_to_plaintext(tmp_path, mosquitto, caplog):
     """mqtts:// aimed at a plaintext listener fails the TLS handshake, logged; nothing is read."""
     view = LiveView([SITE], f"mqtts://localhost:{mosquitto.port}", SqliteStore(tmp_path / "jcm.db"),
                     str(tmp_path / "alarms.sqlite"))
-    with caplog.at_level(logging.ERROR, logger="contract.mqtt_connection"):
-        view.broker.start()
-        try:
-            assert wait(lambda: "cannot connect" in caplog.text, 10)
-            time.sleep(1)
-            assert not view.broker.connected.is_set()
-        finally:
-            view.broker.stop()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    try:
+        with caplog.at_level(logging.ERROR), serving(view) as port:
+            for seq in range(1, 15):
+                publish(pub, seq, -5.0)
+                time.sleep(0.1)
+            assert poc_meter(port)["values"] == {}
+            assert wait(lambda: "cannot connect" in caplog.text, 10), caplog.text
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+    assert "SSL" in caplog.text or "Connection reset" in caplog.text
     assert LiveView([SITE], "mqtts://broker.example", SqliteStore(tmp_path / "jcm.db"),
                     str(tmp_path / "alarms.sqlite")).broker.url == "mqtts://broker.example:8883"
 
