@@ -85,11 +85,15 @@ def test_a_reading_from_2099_does_not_freeze_the_device(caplog):
 
 
 def test_a_counter_beyond_float_range_does_not_stop_later_readings():
-    state = LiveState([SOLAR])
-    on_topic(state, reading(energy_export=10 ** 400 // 10 ** 90, energy_import=5.0, active_power=1.0))
-    on_topic(state, reading(ts=NOW + dt.timedelta(seconds=1), seq=2, active_power=-7.0, energy_export=5.0,
-                            energy_import=6.0))
-    assert poc(state)["values"]["active_power"] == -7.0
+    rated = SOLAR.model_copy(update={"monitoring": [
+        m.model_copy(update={"max_rate_per_h": 1e6}) if "poc-meter.energy_export" in m.sources else m
+        for m in SOLAR.monitoring]})
+    state = LiveState([rated])
+    on_topic(state, reading(energy_export=-(10 ** 310), energy_import=5.0, active_power=1.0))
+    for i in (1, 2):
+        on_topic(state, reading(ts=NOW + dt.timedelta(seconds=i), seq=i + 1, active_power=-7.0 - i,
+                                energy_export=5.0, energy_import=6.0))
+    assert poc(state)["values"]["active_power"] == -9.0
 
 
 # -- the HTTP server -------------------------------------------------------------------
