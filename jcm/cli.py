@@ -248,7 +248,7 @@ def _broker_arguments(s) -> None:
                    help="mqtt://host[:1883] plaintext, or mqtts://host[:8883] TLS; no credentials in the URL")
     s.add_argument("--username-env", help="environment variable holding the MQTT username")
     s.add_argument("--password-env", help="environment variable holding the MQTT password")
-    s.add_argument("--ca-file", help="CA certificate of the broker's (mqtts://; default: the system's CAs)")
+    s.add_argument("--ca-file", help="CA certificate that signed the broker's (mqtts://; default: the system's CAs)")
     s.add_argument("--cert-file", help="client certificate (mqtts://)")
     s.add_argument("--key-file", help="key of the client certificate")
 
