@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hmac
 import json
 import logging
-import hmac
 import secrets
 from pathlib import Path
 from urllib.parse import urlsplit

@@ -80,7 +80,7 @@ class LiveState:
             return None
         claimed = (reading.site, reading.gateway, reading.device)
         if claimed != (site, gateway, device) or gateway != known.gateway:
-            log.warning("live view: ignored reading on %r: the payload says site %r, gateway %r, device %r "
+            log.warning("live view: ignored reading on %r: the payload says site %.80r, gateway %.80r, device %.80r "
                         "(site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
             return None
         if too_far_ahead(reading.ts, now or dt.datetime.now(dt.UTC)):
@@ -104,11 +104,11 @@ class LiveState:
             return None
         if not isinstance(body, dict) or body.get("site") != site or body.get("gateway") != gateway:
             named = (body.get("site"), body.get("gateway")) if isinstance(body, dict) else (None, None)
-            log.warning("live view: ignored status on %r: the payload says site %r, gateway %r", topic, *named)
+            log.warning("live view: ignored status on %r: the payload says site %.80r, gateway %.80r", topic, *named)
             return None
         state, ts, depth = body.get("state"), body.get("ts"), body.get("outbox_depth")
         if state not in GATEWAY_STATES:
-            log.warning("live view: ignored status on %r: unknown state %r", topic, state)
+            log.warning("live view: ignored status on %r: unknown state %.80r", topic, state)
             return None
         with self.lock:
             self.gateways[site][gateway] = {
