@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +34,9 @@ MAX_HISTORY_HOURS = 72.0
 
 
 class LiveView:
+    #: a connection that brings no message in this long is logged [s]
+    silence_warning_s = 60.0
+
     def __init__(self, sites: list[Site], broker: Mqtt | str, store: ReadingStore, alarms_path: str,
                  ledger=None, token: str | None = None, simulated: bool = False,
                  allowed_hosts: list[str] | None = None, broker_names: dict[str, str] | None = None):
@@ -47,13 +51,30 @@ class LiveView:
         self.loop: asyncio.AbstractEventLoop | None = None
         settings = broker if isinstance(broker, Mqtt) else Mqtt(url=broker)
         self.broker = BrokerConnection(settings, f"jcm-liveview-{secrets.token_hex(3)}", "live view: broker",
-                                       names=broker_names, reconnect_delay=(1, 10),
+                                       names=broker_names, reconnect_delay=(1, 10), on_connect=self._on_connect,
                                        subscriptions=[(topics.ALL_READINGS, 0), (topics.ALL_STATUS, 1)])
         self.mqtt = self.broker.client
         self.mqtt.on_message = self._on_mqtt
+        self._connected_at: float | None = None  # while nothing has arrived on this connection
 
     # -- feeds ----------------------------------------------------------------------
+    def _on_connect(self, session_present: bool) -> None:
+        self._connected_at = time.monotonic()
+
+    def check_silence(self) -> None:
+        """Say so when a connection brings nothing at all: every gateway's status is retained,
+        so silence means none has ever published, or the ACL hides the topics from us
+        (Mosquitto grants the subscription and then delivers nothing)."""
+        since = self._connected_at
+        if since is not None and time.monotonic() - since > self.silence_warning_s:
+            self._connected_at = None  # once per connection
+            user = self.broker.settings.username_env
+            log.warning("live view: no message from %s in %.0f s since connecting: no gateway has published, or the "
+                        "broker's ACL does not let %s read %s", self.broker.url, self.silence_warning_s,
+                        f"the user in ${user}" if user else "anonymous clients", f"{topics.ROOT}/#")
+
     def _on_mqtt(self, client, userdata, msg):
+        self._connected_at = None
         try:
             event = self.state.on_message(msg.topic, msg.payload)
         except Exception:  # never let paho's thread die
@@ -90,6 +111,7 @@ class LiveView:
                 await asyncio.to_thread(self.evaluate_alarms)
             except Exception:
                 log.exception("alarm evaluation failed")
+            self.check_silence()
             await asyncio.sleep(1.0)
 
     async def start(self) -> None:

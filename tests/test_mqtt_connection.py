@@ -43,6 +43,7 @@ def secured(tmp_path, pki):
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "liveview", "lv-pw"], check=True)
     subprocess.run(["mosquitto_passwd", "-b", str(passwd), SITE.site, "site-pw"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "no-reader", "nr-pw"], check=True)  # no ACL entry
     passwd.chmod(0o600)
     acl = tmp_path / "acl"
     acl.write_text(ACL)
@@ -151,6 +152,30 @@ def test_live_view_without_credentials_says_so(tmp_path, secured, caplog):
     with caplog.at_level(logging.ERROR), serving(view):
         assert wait(lambda: "refused the connection" in caplog.text, 10), caplog.text
     assert "no credentials given" in caplog.text
+
+
+def test_live_view_says_when_the_acl_hides_every_topic(tmp_path, secured, site_publisher, monkeypatch, caplog):
+    """Mosquitto grants a subscription its ACL forbids, then delivers nothing: the log says so."""
+    broker, _ = secured
+    site_publisher.publish(topics.gateway_status(SITE.site, SITE.gateway),
+                           json.dumps({"site": SITE.site, "gateway": SITE.gateway, "state": "online"}),
+                           qos=1, retain=True).wait_for_publish(5)
+    views = {}
+    for user, password in (("no-reader", "nr-pw"), ("liveview", "lv-pw")):
+        var = f"JCM_TEST_{user.upper().replace('-', '_')}"
+        monkeypatch.setenv(f"{var}_USER", user)
+        monkeypatch.setenv(f"{var}_PASS", password)
+        views[user] = LiveView([SITE], Mqtt(url=broker.url, username_env=f"{var}_USER", password_env=f"{var}_PASS"),
+                               SqliteStore(tmp_path / f"{user}.db"), str(tmp_path / f"{user}-alarms.sqlite"))
+        views[user].silence_warning_s = 1.0
+    with caplog.at_level(logging.WARNING, logger="liveview.app"), serving(views["no-reader"]), \
+            serving(views["liveview"]) as port:
+        assert wait(lambda: "ACL does not let" in caplog.text, 10), caplog.text
+        assert wait(lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sites/mn-solar"))
+                    ["gateway_state"] == "online", 10)
+        time.sleep(1.5)
+    warnings = [r.getMessage() for r in caplog.records if "ACL does not let" in r.getMessage()]
+    assert len(warnings) == 1 and "$JCM_TEST_NO_READER_USER" in warnings[0]
 
 
 def test_mqtts_never_falls_back_to_plaintext(tmp_path, mosquitto, caplog):
