@@ -89,7 +89,8 @@ def tls_context(settings: Mqtt, where: str, names: dict[str, str] | None = None)
     for key in _TLS_FILES:
         path = getattr(settings, key)
         if path and not os.access(path, os.R_OK):
-            raise ConfigError(f"{_label(where, names, key)}: cannot read '{path}'" + ("" if Path(path).exists() else " (no such file)"))
+            missing = "" if Path(path).exists() else " (no such file)"
+            raise ConfigError(f"{_label(where, names, key)}: cannot read '{path}'{missing}")
     try:
         context = ssl.create_default_context(cafile=settings.ca_file)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
