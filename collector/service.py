@@ -20,9 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import logging
-import os
 import queue
-import ssl
 import threading
 import time
 import traceback
@@ -30,13 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from collector.validation import Rejected, SiteRules, rules_for, validate
 from contract import topics
 from contract.config import CollectorConfig, ConfigError, load_site
 from contract.message import Reading
+from contract.mqtt_connection import BrokerConnection
 from contract.store import DeadLetter, ReadingStore, StoreUnavailable
 from contract.text import printable
 from store import open_store
@@ -88,53 +85,26 @@ class Collector:
         self._worker = threading.Thread(target=self._run, name="collector", daemon=True)
 
     def _client(self) -> mqtt.Client:
-        b = self.config.broker
         self.v5 = self.config.protocol == "5"
-        if self.v5:
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config.client_id,
-                                 protocol=mqtt.MQTTv5, manual_ack=True)
-        else:  # MQTT 3.1.1 keeps the session with clean_session=False
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config.client_id,
-                                 protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
-        if b.username_env:
-            user = os.environ.get(b.username_env)
-            if user is None:
-                raise ConfigError(f"collector: broker.username_env: environment variable {b.username_env} is not set")
-            client.username_pw_set(user, os.environ.get(b.password_env) if b.password_env else None)
-        if b.tls:
-            client.tls_set(ca_certs=b.ca_file, certfile=b.cert_file, keyfile=b.key_file, cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(1, 30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
+        # a fixed client id and a kept session: the broker holds what we have not acknowledged
+        self.connection = BrokerConnection(
+            self.config.broker, self.config.client_id, "collector: broker", mqtt5=self.v5, persistent=True,
+            session_expiry=self.config.session_expiry, receive_maximum=self.config.receive_maximum,
+            manual_ack=True, subscriptions=[(self.topic, 1)], reconnect_delay=(1, 30), on_connect=self._on_connect)
+        self.connection.client.on_message = self._on_message
+        return self.connection.client
 
     # paho callbacks: tiny, never raising
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            log.error("broker %s refused the collector: %s", self.config.broker.url, reason_code)
-            return
+    def _on_connect(self, session_present: bool) -> None:
         self._generation += 1
-        log.info("connected to %s (session %s); subscribing to %s", self.config.broker.url,
-                 "resumed" if flags.session_present else "new", self.topic)
-        client.subscribe(self.topic, qos=1)
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        log.warning("disconnected from the broker (%s); unacknowledged messages will be redelivered", reason_code)
 
     def _on_message(self, client, userdata, msg):
-        self._queue.put(Incoming(self._generation, msg.mid, msg.qos, msg.topic, msg.payload, dt.datetime.now(dt.UTC)))
+        # msg.topic raises on a topic that is not UTF-8; the replacement fails validation as a dead letter
+        topic = msg._topic.decode("utf-8", "replace")
+        self._queue.put(Incoming(self._generation, msg.mid, msg.qos, topic, msg.payload, dt.datetime.now(dt.UTC)))
 
     def start(self) -> None:
-        b = self.config.broker
-        if self.v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.config.session_expiry
-            props.ReceiveMaximum = self.config.receive_maximum
-            self.client.connect_async(b.host, b.port, keepalive=b.keepalive, clean_start=False, properties=props)
-        else:
-            self.client.connect_async(b.host, b.port, keepalive=b.keepalive)
-        self.client.loop_start()
+        self.connection.start()
         self._worker.start()
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from contract import topics
 from contract.config.site import Site
+from contract.future_limit import too_far_ahead
 from contract.message import Reading
 
 
@@ -64,6 +65,6 @@ def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.da
         raise Rejected(f"device '{device}' of site '{site}' has no channel(s) {', '.join(unknown)} in its register map")
     if reading.ts < rule.earliest:
         raise Rejected(f"timestamp {reading.ts.isoformat()} is before site '{site}' was commissioned")
-    if reading.ts > now + max_future:
+    if too_far_ahead(reading.ts, now, max_future.total_seconds()):
         raise Rejected(f"timestamp {reading.ts.isoformat()} is in the future (received {now.isoformat(timespec='seconds')})")
     return reading

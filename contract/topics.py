@@ -28,3 +28,11 @@ def parse_reading(topic: str) -> tuple[str, str, str]:
     if len(parts) != 6 or "/".join(parts[:2]) != ROOT or parts[5] != "reading":
         raise ValueError(f"not a reading topic: '{topic}'")
     return parts[2], parts[3], parts[4]
+
+
+def parse_status(topic: str) -> tuple[str, str]:
+    """Return (site, gateway) of a gateway status topic, or raise ValueError."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:2]) != ROOT or parts[4] != "status":
+        raise ValueError(f"not a status topic: '{topic}'")
+    return parts[2], parts[3]

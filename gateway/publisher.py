@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
-import ssl
 import threading
 import time
 import datetime as dt
 
-import paho.mqtt.client as mqtt
-
 from contract import topics
-from contract.config import ConfigError
 from contract.config.site import Site
 from contract.message import format_ts
+from contract.mqtt_connection import BrokerConnection
 from gateway.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -49,14 +45,12 @@ class Publisher:
             mq = mq.model_copy(update={"url": broker_url})
             type(mq).model_validate(mq.model_dump())  # same validation as the file
         self.mqtt_config = mq
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"jcm-{site.gateway}",
-                                  protocol=mqtt.MQTTv311, clean_session=True)
+        self.connection = BrokerConnection(mq, f"jcm-{site.gateway}", f"site {site.site}: mqtt",
+                                           reconnect_delay=(1, 60), on_connect=self._on_connect,
+                                           on_disconnect=self._on_disconnect)
+        self.client = self.connection.client
         self.client.max_inflight_messages_set(window)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=60)
         self.client.will_set(self.status_topic, status_payload(site, "offline"), qos=1, retain=True)
-        self._credentials(mq)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # mid -> seq
@@ -71,28 +65,12 @@ class Publisher:
         self.acknowledged = 0
         self._said: tuple[int, int, str | None] = (0, 0, None)  # outbox health in the last status
 
-    def _credentials(self, mq) -> None:
-        if mq.username_env:
-            user = os.environ.get(mq.username_env)
-            if user is None:
-                raise ConfigError(f"site {self.site.site}: mqtt.username_env: environment variable {mq.username_env} is not set")
-            password = os.environ.get(mq.password_env) if mq.password_env else None
-            if mq.password_env and password is None:
-                raise ConfigError(f"site {self.site.site}: mqtt.password_env: environment variable {mq.password_env} is not set")
-            self.client.username_pw_set(user, password)
-        if mq.tls:
-            self.client.tls_set(ca_certs=mq.ca_file, certfile=mq.cert_file, keyfile=mq.key_file,
-                                cert_reqs=ssl.CERT_REQUIRED)
-
     # paho callbacks: tiny and never raising (an exception stops paho's network thread)
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            log.error("broker %s refused the connection: %s", self.mqtt_config.url, reason_code)
-            return
+    def _on_connect(self, session_present: bool) -> None:
         self._connected.set()
         self._wake.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+    def _on_disconnect(self) -> None:
         self._connected.clear()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
@@ -100,9 +78,7 @@ class Publisher:
         self._wake.set()
 
     def start(self) -> None:
-        log.info("gateway %s: connecting to %s", self.site.gateway, self.mqtt_config.url)
-        self.client.connect_async(self.mqtt_config.host, self.mqtt_config.port, keepalive=self.mqtt_config.keepalive)
-        self.client.loop_start()
+        self.connection.start()
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._thread.start()
 

@@ -247,10 +247,34 @@ def cmd_export(args) -> int:
     return 0
 
 
+#: the Mqtt setting behind each broker option of the live view and ``jcm watch``
+BROKER_OPTIONS = {"url": "--broker", "username_env": "--username-env", "password_env": "--password-env",
+                  "ca_file": "--ca-file", "cert_file": "--cert-file", "key_file": "--key-file"}
+
+
+def _broker_arguments(s) -> None:
+    s.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                   help="mqtt://host[:1883] plaintext, or mqtts://host[:8883] TLS; no credentials in the URL")
+    s.add_argument("--username-env", help="environment variable holding the MQTT username")
+    s.add_argument("--password-env", help="environment variable holding the MQTT password")
+    s.add_argument("--ca-file", help="CA certificate that signed the broker's (mqtts://; default: the system's CAs)")
+    s.add_argument("--cert-file", help="client certificate (mqtts://)")
+    s.add_argument("--key-file", help="key of the client certificate")
+
+
+def _broker_settings(args):
+    """The broker options as the same settings model a site file's ``mqtt:`` block gives."""
+    from contract.config.site import Mqtt
+    from contract.mqtt_connection import checked
+
+    return checked(Mqtt.model_construct(**{key: getattr(args, option[2:].replace("-", "_"))
+                                           for key, option in BROKER_OPTIONS.items()}), "--broker", BROKER_OPTIONS)
+
+
 def cmd_watch(args) -> int:
     from jcm.watch import watch
 
-    return watch(args.broker, args.topic, args.count, args.duration)
+    return watch(_broker_settings(args), args.topic, args.count, args.duration, names=BROKER_OPTIONS)
 
 
 def cmd_demo(args) -> int:
@@ -277,9 +301,10 @@ def cmd_dashboard(args) -> int:
         raise ConfigError(f"--token-env: environment variable {args.token_env} is not set")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("the live view is exposed on %s without a token (use --token-env)", args.host)
-    view = LiveView(sites, args.broker, open_store(args.store, create=False), args.alarms,
+    view = LiveView(sites, _broker_settings(args), open_store(args.store, create=False), args.alarms,
                     ledger=Ledger(args.ledger, create=False), token=token,
-                    simulated=args.simulated)
+                    simulated=args.simulated, allowed_hosts=[args.host, *(args.allow_host or [])],
+                    broker_names=BROKER_OPTIONS)
     uvicorn.run(create_app(view), host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -368,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_processor)
 
     s = sub.add_parser("watch", help="print the readings arriving at a broker")
-    s.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    _broker_arguments(s)
     s.add_argument("--topic", default="jcm/v1/#")
     s.add_argument("--count", type=int, help="exit after this many messages")
     s.add_argument("--duration", type=float, help="exit after this many seconds")
@@ -387,13 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("dashboard", help="the operators' live view (FastAPI)")
     s.add_argument("--sites", default="config/sites")
-    s.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    _broker_arguments(s)
     s.add_argument("--store", default="sqlite:///var/jcm.db")
     s.add_argument("--ledger", default="var/ledger.sqlite")
     s.add_argument("--alarms", default="var/alarms.sqlite", help="where alarm transitions are kept")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--token-env", help="environment variable holding the access token")
+    s.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="a host name the pages are reached by without a token, besides --host and loopback")
     s.add_argument("--simulated", action="store_true", help="label every page as simulated data")
     s.set_defaults(func=cmd_dashboard)
     return p

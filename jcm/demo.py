@@ -21,7 +21,7 @@ from pathlib import Path
 
 from collector.service import Collector
 from contract.config import CollectorConfig, load_site
-from contract.config.site import Site
+from contract.config.site import Mqtt, Site
 from gateway.service import Gateway
 from jcm.broker import Mosquitto, free_port, start_broker
 from liveview.main_channels import POWER_CHANNEL
@@ -121,7 +121,8 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
         except OSError:  # taken (the broker may sit on it): any free port, printed below
             controls.append(serve_control(sim, 0))
 
-    collector = Collector(CollectorConfig(broker={"url": broker.url}, store=store_url, sites_dir=str(config_dir / "sites"),
+    broker_settings = Mqtt(url=broker.url)  # what every client of the demo connects with
+    collector = Collector(CollectorConfig(broker=broker_settings, store=store_url, sites_dir=str(config_dir / "sites"),
                                           client_id="jcm-demo-collector",
                                           protocol="5" if isinstance(broker, Mosquitto) else "3.1.1"))
     collector.start()
@@ -140,7 +141,7 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
 
     if _port_busy(port):
         port = free_port()
-    view = LiveView(sites, broker.url, store, str(workdir / "alarms.sqlite"), ledger=ledger, simulated=True)
+    view = LiveView(sites, broker_settings, store, str(workdir / "alarms.sqlite"), ledger=ledger, simulated=True)
     dashboard = Dashboard(create_app(view), "127.0.0.1", port)
     dashboard.start()
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 import threading
-from urllib.parse import urlsplit
+import time
 
-import paho.mqtt.client as mqtt
-
+from contract.config.site import Mqtt
 from contract.message import Reading
+from contract.mqtt_connection import BrokerConnection
+from contract.text import printable
 
 
 def format_reading(reading: Reading) -> str:
@@ -22,35 +24,42 @@ def format_reading(reading: Reading) -> str:
             + " ".join(shown) + (f" (+{more} more)" if more > 0 else ""))
 
 
-def watch(broker_url: str, topic: str, count: int | None = None, duration: float | None = None) -> int:
-    url = urlsplit(broker_url)
+def watch(broker: Mqtt | str, topic: str, count: int | None = None, duration: float | None = None,
+          names: dict[str, str] | None = None) -> int:
+    """Print until ``count`` messages or ``duration`` seconds; 2 if the broker refuses us (reason logged)."""
     done = threading.Event()
     seen = 0
 
-    def on_connect(client, userdata, flags, reason_code, properties):
-        client.subscribe(topic, qos=1)
-
     def on_message(client, userdata, msg):
+        # a callback that raises stops paho's network thread; what a sender wrote is escaped
         nonlocal seen
+        topic = printable(msg._topic.decode("utf-8", "backslashreplace"))
         try:
-            if msg.topic.endswith("/reading"):
-                print(format_reading(Reading.from_json(msg.payload)), flush=True)
+            if topic.endswith("/reading"):
+                line = format_reading(Reading.from_json(msg.payload))
             else:
-                print(f"{msg.topic} {json.loads(msg.payload)}", flush=True)
-        except ValueError as exc:
-            print(f"{msg.topic}: malformed message: {exc}", flush=True)
+                line = f"{topic} {json.loads(msg.payload)}"
+        except (ValueError, RecursionError, OverflowError) as exc:
+            line = f"{topic}: malformed message: {exc}"
+        print(printable(line), flush=True)
         seen += 1
         if count and seen >= count:
             done.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    client.on_connect, client.on_message = on_connect, on_message
-    client.connect_async(url.hostname, url.port or 1883)
-    client.loop_start()
+    connection = BrokerConnection(broker, f"jcm-watch-{secrets.token_hex(3)}", "jcm watch: broker", names=names,
+                                  reconnect_delay=(1, 10), subscriptions=[(topic, 1)])
+    connection.client.on_message = on_message
+    connection.start()
+    deadline = None if duration is None else time.monotonic() + duration
+    refused = False
     try:
-        done.wait(timeout=duration)
+        while not done.wait(timeout=0.2):
+            refused = connection.refusal is not None
+            if refused or (deadline is not None and time.monotonic() >= deadline):
+                break
     except KeyboardInterrupt:
         pass
-    client.disconnect()
-    client.loop_stop()
+    connection.stop()
+    if refused:
+        return 2
     return 0 if (count is None or seen >= count) else 1

@@ -7,18 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hmac
 import json
 import logging
 import secrets
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import paho.mqtt.client as mqtt
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from contract import topics
-from contract.config.site import Site
+from contract.config.site import Mqtt, Site
+from contract.mqtt_connection import BrokerConnection
 from contract.store import ReadingStore, StoreUnavailable
 from liveview.alarms import KINDS, AlarmBook
 from liveview.main_channels import POWER_CHANNEL
@@ -26,30 +28,57 @@ from liveview.state import LiveState
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: longest chart window [h]
+MAX_HISTORY_HOURS = 72.0
 
 
 class LiveView:
-    def __init__(self, sites: list[Site], broker_url: str, store: ReadingStore, alarms_path: str,
-                 ledger=None, token: str | None = None, simulated: bool = False):
+    #: a connection that brings no message in this long is logged [s]
+    silence_warning_s = 60.0
+
+    def __init__(self, sites: list[Site], broker: Mqtt | str, store: ReadingStore, alarms_path: str,
+                 ledger=None, token: str | None = None, simulated: bool = False,
+                 allowed_hosts: list[str] | None = None, broker_names: dict[str, str] | None = None):
         self.sites = {s.site: s for s in sites}
         self.state = LiveState(sites)
         self.store, self.ledger, self.token = store, ledger, token
         self.alarms = AlarmBook(alarms_path)
         self.simulated = simulated
-        self.broker = urlsplit(broker_url)
+        #: Host header names accepted without a token (DNS rebinding): loopback and these
+        self.allowed_hosts = {*LOOPBACK_HOSTS, *(h.lower().strip("[]") for h in allowed_hosts or [])}
         self.clients: set[asyncio.Queue] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.mqtt = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"jcm-liveview-{secrets.token_hex(3)}")
-        self.mqtt.on_connect = lambda c, u, f, rc, p: c.subscribe([(topics.ALL_READINGS, 0), (topics.ALL_STATUS, 1)])
+        self.broker = BrokerConnection(broker, f"jcm-liveview-{secrets.token_hex(3)}", "live view: broker",
+                                       names=broker_names, reconnect_delay=(1, 10), on_connect=self._on_connect,
+                                       subscriptions=[(topics.ALL_READINGS, 0), (topics.ALL_STATUS, 1)])
+        self.mqtt = self.broker.client
         self.mqtt.on_message = self._on_mqtt
-        self.mqtt.reconnect_delay_set(1, 10)
+        self._connected_at: float | None = None  # while nothing has arrived on this connection
 
     # -- feeds ----------------------------------------------------------------------
+    def _on_connect(self, session_present: bool) -> None:
+        self._connected_at = time.monotonic()
+
+    def check_silence(self) -> None:
+        """Say so when a connection brings nothing at all: every gateway's status is retained,
+        so silence means none has ever published, or the ACL hides the topics from us
+        (Mosquitto grants the subscription and then delivers nothing)."""
+        since = self._connected_at
+        if since is not None and time.monotonic() - since > self.silence_warning_s:
+            self._connected_at = None  # once per connection
+            user = self.broker.settings.username_env
+            log.warning("live view: no message from %s in %.0f s since connecting: no gateway has published, or the "
+                        "broker's ACL does not let %s read %s", self.broker.url, self.silence_warning_s,
+                        f"the user in ${user}" if user else "anonymous clients", f"{topics.ROOT}/#")
+
     def _on_mqtt(self, client, userdata, msg):
+        self._connected_at = None
+        topic = msg._topic.decode("utf-8", "replace")  # msg.topic raises on a topic that is not UTF-8
         try:
-            event = self.state.on_message(msg.topic, msg.payload)
+            event = self.state.on_message(topic, msg.payload)
         except Exception:  # never let paho's thread die
-            log.exception("live view: message on %s", msg.topic)
+            log.exception("live view: message on %r", topic)
             return
         if event is not None:
             self.publish(event)
@@ -58,7 +87,7 @@ class LiveView:
         if self.loop is None:
             return
         for q in list(self.clients):
-            self.loop.call_soon_threadsafe(q.put_nowait, event)
+            self.loop.call_soon_threadsafe(_offer, q, event)
 
     def month_to_date(self, site: str) -> dict | None:
         try:
@@ -82,18 +111,17 @@ class LiveView:
                 await asyncio.to_thread(self.evaluate_alarms)
             except Exception:
                 log.exception("alarm evaluation failed")
+            self.check_silence()
             await asyncio.sleep(1.0)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.mqtt.connect_async(self.broker.hostname, self.broker.port or 1883)
-        self.mqtt.loop_start()
+        self.broker.start()
         self._alarm_task = asyncio.create_task(self._alarm_loop())
 
     async def stop(self) -> None:
         self._alarm_task.cancel()
-        self.mqtt.disconnect()
-        self.mqtt.loop_stop()
+        self.broker.stop()
 
     # -- data for the API -------------------------------------------------------------
     def site_summary(self, site_id: str) -> dict:
@@ -170,6 +198,33 @@ class LiveView:
         return {"site": site_id, "from": start.isoformat(), "to": end.isoformat(), "series": series}
 
 
+def _offer(q: asyncio.Queue, event: dict) -> None:
+    """Queue an event for one stream; a client too slow to keep up misses it rather than growing the queue."""
+    with contextlib.suppress(asyncio.QueueFull):
+        q.put_nowait(event)
+
+
+def token_matches(given: str, token: str) -> bool:
+    """Constant-time comparison of bytes: any text a client sends is comparable, none raises."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
+
+
+def request_host(request: Request) -> str:
+    """The host name the client asked for (Host header without port or IPv6 brackets), lower case."""
+    try:
+        return urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    except ValueError:  # not a host at all
+        return ""
+
+
+def served_over_https(request: Request) -> bool:
+    """Whether the browser talks https to us, directly or to a proxy that says so.
+
+    Believing a forged X-Forwarded-Proto only makes the cookie stricter (Secure)."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
 def create_app(view: LiveView) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -181,17 +236,26 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if view.token and not request.url.path.startswith("/static"):
-            given = (request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                     or request.query_params.get("token") or request.cookies.get("jcm_token"))
-            if not given or not secrets.compare_digest(given, view.token):
-                return JSONResponse({"error": "a valid token is required (Authorization: Bearer ... or ?token=)"},
-                                    status_code=401)
-            response = await call_next(request)
-            if request.query_params.get("token"):
-                response.set_cookie("jcm_token", view.token, httponly=True, samesite="strict")
-            return response
-        return await call_next(request)
+        if not view.token:
+            # without a token only this machine's names reach the pages: a site whose DNS
+            # name is re-pointed at 127.0.0.1 (DNS rebinding) is refused by its Host header
+            host = request_host(request)
+            if host not in view.allowed_hosts:
+                return JSONResponse({"error": f"host {host!r} is not served here "
+                                              "(dashboard --allow-host, or use --token-env)"}, status_code=400)
+            return await call_next(request)
+        if request.url.path.startswith("/static"):
+            return await call_next(request)
+        given = (request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                 or request.query_params.get("token") or request.cookies.get("jcm_token"))
+        if not given or not token_matches(given, view.token):
+            return JSONResponse({"error": "a valid token is required (Authorization: Bearer ... or ?token=)"},
+                                status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie("jcm_token", view.token, httponly=True, samesite="strict",
+                                secure=served_over_https(request))
+        return response
 
     def site_or_404(site: str) -> str:
         if site not in view.sites:
@@ -223,9 +287,10 @@ def create_app(view: LiveView) -> FastAPI:
         return view.site_detail(site_or_404(site))
 
     @app.get("/api/sites/{site}/history")
-    def api_history(site: str, hours: float = 6.0):
+    def api_history(site: str, hours: float = Query(6.0, gt=0, le=MAX_HISTORY_HOURS, allow_inf_nan=False,
+                                                     description="window ending now [h]")):
         try:
-            return view.history(site_or_404(site), min(hours, 72.0))
+            return view.history(site_or_404(site), hours)
         except StoreUnavailable as exc:
             raise HTTPException(503, f"store unavailable: {exc}") from None
 

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 
 from contract import topics
 from contract.config.site import Site
+from contract.future_limit import MAX_FUTURE_S, too_far_ahead
 from contract.message import DeviceStatus, Quality, Reading
 from liveview.alarms import Condition, calibration_conditions, completeness_conditions
 from liveview.main_channels import MAIN_CHANNELS
 
+log = logging.getLogger(__name__)
 STALE_POLLS = 3
+#: what a gateway's retained status message may say
+GATEWAY_STATES = ("online", "offline")
 
 
 @dataclass
@@ -56,26 +61,60 @@ class LiveState:
         self.simulated: dict[str, bool] = {s.site: False for s in sites}
 
     # -- MQTT input -----------------------------------------------------------------
-    def on_message(self, topic: str, payload: bytes) -> dict | None:
-        """Apply one message; return the event to broadcast, or None."""
+    def on_message(self, topic: str, payload: bytes, now: dt.datetime | None = None) -> dict | None:
+        """Apply one message; return the event to broadcast, or None.
+
+        The topic is the sender's identity (the broker's ACL lets a gateway write only
+        under its own site): a message whose payload names another site, gateway or
+        device, or is stamped too far ahead of our clock, is ignored and logged."""
         if topic.endswith("/status"):
-            try:
-                body = json.loads(payload)
-                site, gateway = body["site"], body["gateway"]
-            except (ValueError, KeyError, TypeError):
-                return None
-            with self.lock:
-                if site not in self.gateways:
-                    return None
-                self.gateways[site][gateway] = {"state": body.get("state", "unknown"), "ts": body.get("ts"),
-                                                "outbox_depth": body.get("outbox_depth")}
-            return {"type": "gateway", "site": site, "gateway": gateway, "state": body.get("state")}
+            return self._on_status(topic, payload)
         try:
-            site, _, device = topics.parse_reading(topic)
+            site, gateway, device = topics.parse_reading(topic)
             reading = Reading.from_json(payload)
+        except (ValueError, RecursionError, OverflowError) as exc:  # the collector dead-letters these
+            log.debug("live view: ignored message on %r: %s", topic, exc)
+            return None
+        known = self.sites.get(site)
+        if known is None:
+            return None
+        claimed = (reading.site, reading.gateway, reading.device)
+        if claimed != (site, gateway, device) or gateway != known.gateway:
+            log.warning("live view: ignored reading on %r: the payload says site %.80r, gateway %.80r, device %.80r "
+                        "(site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
+            return None
+        if too_far_ahead(reading.ts, now or dt.datetime.now(dt.UTC)):
+            log.warning("live view: ignored reading on %r stamped %s, ahead of this clock by more than %.0f s",
+                        topic, reading.ts.isoformat(), MAX_FUTURE_S)
+            return None
+        return self.on_reading(reading)
+
+    def _on_status(self, topic: str, payload: bytes) -> dict | None:
+        try:
+            site, gateway = topics.parse_status(topic)
         except ValueError:
             return None
-        return self.on_reading(reading) if site == reading.site else None
+        known = self.sites.get(site)
+        if known is None or gateway != known.gateway:
+            return None
+        try:
+            body = json.loads(payload)
+        except (ValueError, RecursionError) as exc:
+            log.warning("live view: ignored status on %r: not JSON (%s)", topic, exc)
+            return None
+        if not isinstance(body, dict) or body.get("site") != site or body.get("gateway") != gateway:
+            named = (body.get("site"), body.get("gateway")) if isinstance(body, dict) else (None, None)
+            log.warning("live view: ignored status on %r: the payload says site %.80r, gateway %.80r", topic, *named)
+            return None
+        state, ts, depth = body.get("state"), body.get("ts"), body.get("outbox_depth")
+        if state not in GATEWAY_STATES:
+            log.warning("live view: ignored status on %r: unknown state %.80r", topic, state)
+            return None
+        with self.lock:
+            self.gateways[site][gateway] = {
+                "state": state, "ts": ts if isinstance(ts, str) and len(ts) <= 40 else None,
+                "outbox_depth": depth if isinstance(depth, int) and not isinstance(depth, bool) else None}
+        return {"type": "gateway", "site": site, "gateway": gateway, "state": state}
 
     def on_reading(self, r: Reading) -> dict | None:
         site = self.sites.get(r.site)
@@ -111,6 +150,10 @@ class LiveState:
         for ch, p in points.items():
             v = r.values.get(ch)
             if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            try:
+                v = float(v)  # an integer beyond float range is no counter value
+            except OverflowError:
                 continue
             subject = f"{view.id}.{ch}"
             prev = view.counters.get(ch)

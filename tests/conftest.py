@@ -62,6 +62,27 @@ def tcp_device(device_id: str, profile: str, port: int, kind: str = "power_meter
             **extra}
 
 
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A test CA and, signed by it, a server certificate for localhost and a client certificate."""
+    d = tmp_path / "pki"
+    d.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=jcm test CA", cwd=d)
+    for name, cn in (("server", "localhost"), ("client", "gw-test")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={cn}", cwd=d)
+        ext = d / f"{name}.ext"
+        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "2", "-extfile", str(ext), cwd=d)
+    return d
+
+
 class RunningSimulator:
     """A SiteSimulator on its own event loop thread."""
 

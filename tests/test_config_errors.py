@@ -149,7 +149,7 @@ def test_config_that_was_accepted_but_wrong_is_refused(tmp_path, name, mutate, e
 def test_a_password_in_the_broker_url_is_refused_without_repeating_it(tmp_path):
     path = site_with(tmp_path, lambda d: d["mqtt"].update(url="mqtts://gw-test:hunter2@broker.example:8883"))
     message = error_of(path)
-    assert f"{path}: mqtt.url: the URL holds a password: remove it and name an environment variable in password_env" \
+    assert f"{path}: mqtt.url: the URL holds a password: remove it and name environment variables in username_env and password_env" \
         in message
     assert "hunter2" not in message
 

@@ -12,26 +12,6 @@ from jcm.broker import Mosquitto, free_port
 from tests.conftest import Subscriber, load_site, tcp_device, write_site
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture
-def pki(tmp_path):
-    d = tmp_path / "pki"
-    d.mkdir()
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "2", "-subj", "/CN=jcm test CA", cwd=d)
-    for name, cn in (("server", "localhost"), ("client", "gw-test")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={cn}", cwd=d)
-        ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.crt", "-days", "2", "-extfile", str(ext), cwd=d)
-    return d
-
-
 @pytest.fixture
 def tls_broker(tmp_path, pki):
     passwd = tmp_path / "passwd"

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from contract.config.profile import Strict
 from contract.config.site import Mqtt
+from contract.future_limit import MAX_FUTURE_S
 
 
 class CollectorConfig(Strict):
@@ -32,7 +33,7 @@ class CollectorConfig(Strict):
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     max_payload_bytes: int = Field(default=65536, ge=256, le=268_435_455)  # MQTT's largest
     #: readings stamped further than this in the future are rejected [s]
-    max_future_s: float = Field(default=300.0, ge=0, le=86400)
+    max_future_s: float = Field(default=MAX_FUTURE_S, ge=0, le=86400)
 
     @field_validator("store")
     @classmethod

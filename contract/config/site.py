@@ -121,7 +121,7 @@ class Mqtt(Strict):
             raise ValueError(f"'{v}' names no host")
         if parts.password is not None:
             # never echo the URL: it holds the secret
-            raise ValueError("the URL holds a password: remove it and name an environment variable in password_env")
+            raise ValueError("the URL holds a password: remove it and name environment variables in username_env and password_env")
         if parts.username is not None:
             raise ValueError(f"'{v}': the URL holds a user name, which is not used: put it in the variable named by username_env")
         if parts.path not in ("", "/") or parts.query or parts.fragment:

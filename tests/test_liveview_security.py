@@ -1,0 +1,169 @@
+"""The live view's trust boundaries: what MQTT messages may change (the topic is the
+sender's identity, the clock bounds timestamps) and what the HTTP server accepts
+(token bytes, query values, cookie flags, Host header), against the real server."""
+
+import datetime as dt
+import http.client
+import json
+import logging
+
+import pytest
+
+from contract.config import load_site
+from contract.message import Reading
+from jcm.broker import free_port
+from jcm.demo import Dashboard
+from liveview.app import LiveView, create_app
+from liveview.state import LiveState
+from store.sqlite_store import SqliteStore
+from tests.conftest import REPO
+
+SOLAR = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
+BIOGAS = load_site(REPO / "config" / "sites" / "ph-biogas.yaml")
+NOW = dt.datetime.now(dt.UTC)
+
+
+def status_topic(site, gateway):
+    return f"jcm/v1/{site}/{gateway}/status"
+
+
+def status(site, gateway, state):
+    return json.dumps({"schema": 1, "site": site, "gateway": gateway, "state": state}).encode()
+
+
+def reading(site=SOLAR, device="poc-meter", ts=None, gateway=None, seq=1, **values):
+    return Reading(site=site.site, gateway=gateway or site.gateway, device=device, ts=ts or NOW,
+                   values=values or {"active_power": -1500.0, "energy_export": 1000.0, "energy_import": 5.0}, seq=seq)
+
+
+def on_topic(state, r, site=SOLAR, device="poc-meter"):
+    return state.on_message(f"jcm/v1/{site.site}/{site.gateway}/{device}/reading", r.to_json().encode())
+
+
+def gateway_state(state, site):
+    return state.snapshot(site.site, NOW)["gateways"][site.gateway]["state"]
+
+
+def poc(state):
+    return next(d for d in state.snapshot(SOLAR.site, NOW)["devices"] if d["id"] == "poc-meter")
+
+
+def test_a_status_is_believed_only_for_the_gateway_its_topic_names(caplog):
+    state = LiveState([SOLAR, BIOGAS])
+    state.on_message(status_topic(SOLAR.site, SOLAR.gateway), status(SOLAR.site, SOLAR.gateway, "online"))
+    # ph-biogas (allowed by the ACL to write under its own site) claims mn-solar is offline
+    with caplog.at_level(logging.WARNING, logger="liveview.state"):
+        assert state.on_message(status_topic(BIOGAS.site, BIOGAS.gateway),
+                                status(SOLAR.site, SOLAR.gateway, "offline")) is None
+    assert gateway_state(state, SOLAR) == "online" and gateway_state(state, BIOGAS) == "unknown"
+    assert "the payload says site 'mn-solar'" in caplog.text
+    # nor can a site invent gateways, or states the page does not know
+    state.on_message(status_topic(BIOGAS.site, "gw-fake"), status(BIOGAS.site, "gw-fake", "offline"))
+    state.on_message(status_topic(BIOGAS.site, BIOGAS.gateway), status(BIOGAS.site, BIOGAS.gateway, "<b>"))
+    assert state.snapshot(BIOGAS.site, NOW)["gateways"] == {BIOGAS.gateway: {"state": "unknown", "ts": None}}
+
+
+@pytest.mark.parametrize("claim", [{"device": "inv-01"}, {"gateway": "gw-other"}, {"site": BIOGAS}])
+def test_a_reading_whose_payload_disagrees_with_its_topic_is_ignored(claim, caplog):
+    state = LiveState([SOLAR, BIOGAS])
+    fields = {"site": SOLAR, "device": "poc-meter", **claim}
+    with caplog.at_level(logging.WARNING, logger="liveview.state"):
+        assert on_topic(state, reading(**fields)) is None
+    assert "ignored reading" in caplog.text
+    assert all(d["last_seen"] is None for d in state.snapshot(SOLAR.site, NOW)["devices"])
+
+
+def test_a_reading_from_2099_does_not_freeze_the_device(caplog):
+    state = LiveState([SOLAR])
+    with caplog.at_level(logging.WARNING, logger="liveview.state"):
+        assert on_topic(state, reading(ts=dt.datetime(2099, 1, 1, tzinfo=dt.UTC), active_power=1.0)) is None
+    assert "ahead of this clock" in caplog.text
+    assert on_topic(state, reading(active_power=-42.0, seq=2)) is not None
+    assert poc(state)["values"]["active_power"] == -42.0
+    # the collector's own limit is the shared one: a few seconds of drift are fine
+    assert on_topic(state, reading(ts=NOW + dt.timedelta(seconds=60), active_power=-43.0, seq=3)) is not None
+
+
+def test_a_counter_beyond_float_range_does_not_stop_later_readings():
+    rated = SOLAR.model_copy(update={"monitoring": [
+        m.model_copy(update={"max_rate_per_h": 1e6}) if "poc-meter.energy_export" in m.sources else m
+        for m in SOLAR.monitoring]})
+    state = LiveState([rated])
+    on_topic(state, reading(energy_export=-(10 ** 310), energy_import=5.0, active_power=1.0))
+    for i in (1, 2):
+        on_topic(state, reading(ts=NOW + dt.timedelta(seconds=i), seq=i + 1, active_power=-7.0 - i,
+                                energy_export=5.0, energy_import=6.0))
+    assert poc(state)["values"]["active_power"] == -9.0
+
+
+# -- the HTTP server -------------------------------------------------------------------
+@pytest.fixture
+def serve(tmp_path):
+    """Start a live view (no broker needed for these requests); returns its port."""
+    servers = []
+
+    def start(**kwargs):
+        view = LiveView([SOLAR], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "jcm.db"),
+                        str(tmp_path / "alarms.sqlite"), **kwargs)
+        port = free_port()
+        dash = Dashboard(create_app(view), "127.0.0.1", port)
+        dash.start()
+        servers.append(dash)
+        return port
+
+    yield start
+    for dash in servers:
+        dash.stop()
+
+
+def request(port, path, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp, body
+
+
+def test_any_token_text_is_refused_with_401_not_500(serve):
+    port = serve(token="s3cret")
+    for headers, path in (({"Authorization": "Bearer s3crét"}, "/api/sites"),
+                          ({"Authorization": "Bearer \u00ff\u00fe"}, "/api/sites"),
+                          ({}, "/api/sites?token=%C3%A9%E2%82%AC"),
+                          ({}, "/api/sites?token=%ED%A0%80"),  # an encoded lone surrogate
+                          ({"Cookie": "jcm_token=s3cr\u00e9t"}, "/api/sites")):
+        resp, _ = request(port, path, headers)
+        assert resp.status == 401, (headers, path, resp.status)
+    assert request(port, "/api/sites", {"Authorization": "Bearer s3cret"})[0].status == 200
+
+
+@pytest.mark.parametrize("hours", ["nan", "inf", "-inf", "-1", "0", "1e308", "1e400", "73", "x"])
+def test_history_hours_outside_0_to_72_is_a_422(serve, hours):
+    port = serve(token="s3cret")
+    resp, body = request(port, f"/api/sites/mn-solar/history?hours={hours}", {"Authorization": "Bearer s3cret"})
+    assert resp.status == 422, (hours, resp.status, body)
+
+
+def test_history_within_the_window_answers(serve):
+    port = serve(token="s3cret")
+    resp, body = request(port, "/api/sites/mn-solar/history?hours=72", {"Authorization": "Bearer s3cret"})
+    assert resp.status == 200 and json.loads(body)["site"] == "mn-solar"
+
+
+def test_the_token_cookie_is_httponly_strict_and_secure_over_https(serve):
+    port = serve(token="s3cret")
+    resp, _ = request(port, "/?token=s3cret", {"X-Forwarded-Proto": "https"})
+    flags = {p.strip() for p in resp.getheader("set-cookie").lower().split(";")}
+    assert resp.status == 200 and {"jcm_token=s3cret", "httponly", "samesite=strict", "secure"} <= flags
+    plain = {p.strip() for p in request(port, "/?token=s3cret")[0].getheader("set-cookie").lower().split(";")}
+    assert {"httponly", "samesite=strict"} <= plain and "secure" not in plain  # a browser on http would drop it
+
+
+def test_without_a_token_only_the_bound_and_allowed_host_names_are_served(serve):
+    port = serve(allowed_hosts=["liveview.example.org"])
+    for host in ("127.0.0.1", f"127.0.0.1:{port}", f"localhost:{port}", "[::1]:8080", "LiveView.Example.org"):
+        assert request(port, "/api/sites", {"Host": host})[0].status == 200, host
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example", "",
+                 "127.0.0.1@attacker.example", "[::1"):
+        resp, body = request(port, "/api/sites", {"Host": host})
+        assert resp.status == 400 and b"not served here" in body, host

@@ -1,0 +1,259 @@
+"""Every MQTT client connects through contract.mqtt_connection: the live view and
+`jcm watch` against a real Mosquitto with a password file, an ACL and a TLS listener
+that requires a client certificate; refusals and TLS failures are logged with the
+reason; mqtts:// never becomes plaintext; credentials in a URL are an error."""
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from contract import topics
+from contract.config import ConfigError, load_site
+from contract.config.site import Mqtt
+from contract.message import Reading
+from gateway.service import Gateway
+from jcm.broker import Mosquitto, free_port
+from jcm.demo import Dashboard
+from liveview.app import LiveView, create_app
+from store.sqlite_store import SqliteStore
+from tests.conftest import REPO, tcp_device, write_site
+
+SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
+ACL = """\
+user liveview
+topic read jcm/v1/#
+
+pattern write jcm/v1/%u/#
+"""
+
+
+@pytest.fixture
+def secured(tmp_path, pki):
+    """Mosquitto with passwords and an ACL on its loopback listener and on a TLS listener
+    that also requires a client certificate; yields (broker, tls_port)."""
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "liveview", "lv-pw"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), SITE.site, "site-pw"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "no-reader", "nr-pw"], check=True)  # no ACL entry
+    passwd.chmod(0o600)
+    acl = tmp_path / "acl"
+    acl.write_text(ACL)
+    tls_port = free_port()
+    broker = Mosquitto(tmp_path / "mq", extra_config=(
+        f"password_file {passwd}\nacl_file {acl}\nallow_anonymous false\n"
+        f"listener {tls_port} 127.0.0.1\ncafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n"
+        "require_certificate true\n")).start()
+    yield broker, tls_port
+    broker.stop()
+
+
+def tls_settings(pki, tls_port, **fields):
+    return Mqtt(url=f"mqtts://localhost:{tls_port}", username_env="JCM_TEST_LV_USER",
+                password_env="JCM_TEST_LV_PASS", ca_file=str(pki / "ca.crt"), cert_file=str(pki / "client.crt"),
+                key_file=str(pki / "client.key"), **fields)
+
+
+@pytest.fixture
+def site_publisher(secured):
+    """The site's own gateway login on the plaintext loopback listener."""
+    broker, _ = secured
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.username_pw_set(SITE.site, "site-pw")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    yield pub
+    pub.disconnect()
+    pub.loop_stop()
+
+
+def publish(pub, seq, power):
+    r = Reading(site=SITE.site, gateway=SITE.gateway, device="poc-meter", ts=dt.datetime.now(dt.UTC),
+                values={"active_power": power, "energy_export": 1000.0 + seq, "energy_import": 5.0}, seq=seq)
+    info = pub.publish(topics.reading(r.site, r.gateway, r.device), r.to_json(), qos=1)
+    info.wait_for_publish(5)
+    assert info.is_published()
+
+
+def poc_meter(port):
+    body = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sites/mn-solar", timeout=10))
+    return next(d for d in body["devices"] if d["id"] == "poc-meter")
+
+
+def wait(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_live_view_logs_in_over_tls_with_certificate_and_password(tmp_path, pki, secured, site_publisher,
+                                                                  monkeypatch):
+    _, tls_port = secured
+    monkeypatch.setenv("JCM_TEST_LV_USER", "liveview")
+    monkeypatch.setenv("JCM_TEST_LV_PASS", "lv-pw")
+    view = LiveView([SITE], tls_settings(pki, tls_port), SqliteStore(tmp_path / "jcm.db"),
+                    str(tmp_path / "alarms.sqlite"))
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    try:
+        assert view.broker.connected.wait(15)
+        seq = 0
+
+        def shows_the_reading():
+            nonlocal seq
+            seq += 1
+            publish(site_publisher, seq, -321.0)
+            return poc_meter(port)["values"].get("active_power") == -321.0
+
+        assert wait(shows_the_reading)
+        assert poc_meter(port)["state"] == "online"
+    finally:
+        dash.stop()
+
+
+@contextlib.contextmanager
+def serving(view):
+    """The live view's server (and so its MQTT connection) running; yields its port."""
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    try:
+        yield port
+    finally:
+        dash.stop()
+
+
+def test_live_view_logs_a_wrong_password_with_the_reason(tmp_path, pki, secured, monkeypatch, caplog):
+    _, tls_port = secured
+    monkeypatch.setenv("JCM_TEST_LV_USER", "liveview")
+    monkeypatch.setenv("JCM_TEST_LV_PASS", "wrong")
+    view = LiveView([SITE], tls_settings(pki, tls_port), SqliteStore(tmp_path / "jcm.db"),
+                    str(tmp_path / "alarms.sqlite"))
+    with caplog.at_level(logging.ERROR), serving(view):
+        assert wait(lambda: "refused the connection" in caplog.text, 10), caplog.text
+    assert "Not authorized" in caplog.text and "$JCM_TEST_LV_USER" in caplog.text
+
+
+def test_live_view_without_credentials_says_so(tmp_path, secured, caplog):
+    broker, _ = secured
+    view = LiveView([SITE], broker.url, SqliteStore(tmp_path / "jcm.db"), str(tmp_path / "alarms.sqlite"))
+    with caplog.at_level(logging.ERROR), serving(view):
+        assert wait(lambda: "refused the connection" in caplog.text, 10), caplog.text
+    assert "no credentials given" in caplog.text
+
+
+def test_live_view_says_when_the_acl_hides_every_topic(tmp_path, secured, site_publisher, monkeypatch, caplog):
+    """Mosquitto grants a subscription its ACL forbids, then delivers nothing: the log says so."""
+    broker, _ = secured
+    site_publisher.publish(topics.gateway_status(SITE.site, SITE.gateway),
+                           json.dumps({"site": SITE.site, "gateway": SITE.gateway, "state": "online"}),
+                           qos=1, retain=True).wait_for_publish(5)
+    views = {}
+    for user, password in (("no-reader", "nr-pw"), ("liveview", "lv-pw")):
+        var = f"JCM_TEST_{user.upper().replace('-', '_')}"
+        monkeypatch.setenv(f"{var}_USER", user)
+        monkeypatch.setenv(f"{var}_PASS", password)
+        views[user] = LiveView([SITE], Mqtt(url=broker.url, username_env=f"{var}_USER", password_env=f"{var}_PASS"),
+                               SqliteStore(tmp_path / f"{user}.db"), str(tmp_path / f"{user}-alarms.sqlite"))
+        views[user].silence_warning_s = 1.0
+    with caplog.at_level(logging.WARNING, logger="liveview.app"), serving(views["no-reader"]), \
+            serving(views["liveview"]) as port:
+        assert wait(lambda: "ACL does not let" in caplog.text, 10), caplog.text
+        assert wait(lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sites/mn-solar"))
+                    ["gateway_state"] == "online", 10)
+        time.sleep(1.5)
+    warnings = [r.getMessage() for r in caplog.records if "ACL does not let" in r.getMessage()]
+    assert len(warnings) == 1 and "$JCM_TEST_NO_READER_USER" in warnings[0]
+
+
+def test_mqtts_never_falls_back_to_plaintext(tmp_path, mosquitto, caplog):
+    """mqtts:// aimed at a plaintext listener fails the TLS handshake, logged; nothing is read."""
+    view = LiveView([SITE], f"mqtts://localhost:{mosquitto.port}", SqliteStore(tmp_path / "jcm.db"),
+                    str(tmp_path / "alarms.sqlite"))
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    try:
+        with caplog.at_level(logging.ERROR), serving(view) as port:
+            for seq in range(1, 15):
+                publish(pub, seq, -5.0)
+                time.sleep(0.1)
+            assert poc_meter(port)["values"] == {}
+            assert wait(lambda: "cannot connect" in caplog.text, 10), caplog.text
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+    assert "SSL" in caplog.text or "Connection reset" in caplog.text
+    assert LiveView([SITE], "mqtts://broker.example", SqliteStore(tmp_path / "jcm.db"),
+                    str(tmp_path / "alarms.sqlite")).broker.url == "mqtts://broker.example:8883"
+
+
+def test_credentials_in_a_url_are_an_error_naming_the_env_settings(tmp_path):
+    with pytest.raises(ConfigError, match="broker.url: the URL holds a password.*password_env"):
+        LiveView([SITE], "mqtt://liveview:pw@127.0.0.1:1883", SqliteStore(tmp_path / "jcm.db"),
+                 str(tmp_path / "alarms.sqlite"))
+    path = write_site(tmp_path, [tcp_device("m1", "power_meter_3ph", free_port())],
+                      mqtt={"url": "mqtts://gw:secret@broker.example"})
+    with pytest.raises(ConfigError, match="mqtt.url: .*holds a password"):
+        Gateway(load_site(path), outbox_path=str(tmp_path / "outbox.sqlite"))
+
+
+def test_tls_files_with_a_plaintext_url_are_an_error(tmp_path, pki):
+    with pytest.raises(ConfigError, match="broker.ca_file: ca_file is set but the URL is mqtt://"):
+        # settings that skipped validation (built in code) are checked when they connect
+        LiveView([SITE], Mqtt.model_construct(url="mqtt://127.0.0.1:1883", ca_file=str(pki / "ca.crt")),
+                 SqliteStore(tmp_path / "jcm.db"), str(tmp_path / "alarms.sqlite"))
+
+
+def jcm(*args, **env):
+    return subprocess.Popen([sys.executable, "-m", "jcm.cli", *args], cwd=REPO, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def tls_options(pki, tls_port):
+    return ["--broker", f"mqtts://localhost:{tls_port}", "--username-env", "JCM_TEST_LV_USER",
+            "--password-env", "JCM_TEST_LV_PASS", "--ca-file", str(pki / "ca.crt"),
+            "--cert-file", str(pki / "client.crt"), "--key-file", str(pki / "client.key")]
+
+
+def test_watch_reads_over_tls_with_certificate_and_password(pki, secured, site_publisher):
+    _, tls_port = secured
+    proc = jcm("watch", *tls_options(pki, tls_port), "--topic", "jcm/v1/+/+/+/reading", "--count", "1",
+               "--duration", "30", JCM_TEST_LV_USER="liveview", JCM_TEST_LV_PASS="lv-pw")
+    seq = 0
+    while proc.poll() is None and seq < 200:  # until its subscription is in place and it has one
+        seq += 1
+        publish(site_publisher, seq, -99.5)
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "mn-solar/poc-meter #" in out and "active_power=-99.5 " in out
+
+
+def test_watch_with_a_wrong_password_exits_2_with_the_reason(pki, secured):
+    _, tls_port = secured
+    proc = jcm("watch", *tls_options(pki, tls_port), "--count", "1", "--duration", "30",
+               JCM_TEST_LV_USER="liveview", JCM_TEST_LV_PASS="wrong")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, (out, err)
+    assert "refused the connection: Not authorized" in err
+
+
+def test_watch_refuses_credentials_in_the_url():
+    proc = jcm("watch", "--broker", "mqtt://liveview:lv-pw@127.0.0.1:1", "--count", "1")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--broker" in err and "--username-env" in err
+    assert "Traceback" not in err
