@@ -10,7 +10,10 @@ Version 1, JSON::
      "status": "ok"}
 
 ``seq`` increases by one per message of a gateway and survives restarts, so a
-subscriber drops redeliveries by (gateway, seq). ``ts`` is the gateway's UTC clock at
+subscriber drops redeliveries by (gateway, epoch, seq). ``epoch`` (16 lower-case hex
+digits, optional for senders before it existed) names the gateway's sequence: a random
+id made when its outbox is created, so a new or emptied outbox, which restarts ``seq``
+at 1, starts a new epoch and its seqs are never confused with the old ones. ``ts`` is the gateway's UTC clock at
 the poll. A channel absent from ``quality`` is good; any other value is listed there
 and a null value always has a quality saying why.
 
@@ -36,7 +39,10 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 CHANNEL_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 #: names the stores use beside the channels: InfluxDB tags, per-point metadata fields and
 #: InfluxQL's time column, and the mark of simulated history (never sent by a gateway)
-RESERVED_CHANNELS = frozenset({"site", "gateway", "device", "time", "quality", "status", "seq", "simulated"})
+RESERVED_CHANNELS = frozenset({"site", "gateway", "device", "time", "quality", "status", "seq", "epoch",
+                               "simulated"})
+#: a gateway's sequence epoch: 64 random bits
+EPOCH_PATTERN = r"^[0-9a-f]{16}$"
 #: largest ``seq``: the stores keep it as a signed 64-bit integer
 MAX_SEQ = 2**63 - 1
 #: largest integer value: values are stored as 64-bit floats, exact up to 2**53
@@ -53,6 +59,7 @@ TS_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 
 _ID = re.compile(ID_PATTERN)
 _CHANNEL = re.compile(CHANNEL_PATTERN)
+_EPOCH = re.compile(EPOCH_PATTERN)
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -87,6 +94,7 @@ class Reading:
     units: dict[str, str] = field(default_factory=dict)
     status: DeviceStatus = DeviceStatus.ok
     seq: int | None = None  # assigned by the gateway's outbox
+    epoch: str | None = None  # the outbox's sequence epoch
 
     def to_json(self) -> str:
         if self.seq is None:
@@ -97,6 +105,7 @@ class Reading:
             "gateway": self.gateway,
             "device": self.device,
             "seq": self.seq,
+            **({"epoch": self.epoch} if self.epoch is not None else {}),
             "ts": format_ts(self.ts),
             "values": {k: _finite_or_none(v) for k, v in self.values.items()},
             "quality": {k: q.value for k, q in self.quality.items()},
@@ -131,6 +140,9 @@ class Reading:
         seq = body.get("seq")
         if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
             raise ValueError(f"'seq' missing or not an integer in 0..{MAX_SEQ}: {_short(seq)}")
+        epoch = body.get("epoch")
+        if epoch is not None and (not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch)):
+            raise ValueError(f"'epoch' is not 16 lower-case hex digits: {_short(epoch)}")
         values, quality, units = body.get("values"), body.get("quality", {}), body.get("units", {})
         if not isinstance(values, dict) or not isinstance(quality, dict) or not isinstance(units, dict):
             raise ValueError("'values', 'quality' and 'units' must be objects")
@@ -160,7 +172,7 @@ class Reading:
         return cls(
             site=body["site"], gateway=body["gateway"], device=body["device"],
             ts=parse_ts(body["ts"]), values=values, quality=q, units=units,
-            status=status, seq=seq,
+            status=status, seq=seq, epoch=epoch,
         )
 
 

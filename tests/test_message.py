@@ -2,6 +2,8 @@
 message the stores could not hold or that could crash a stage, and accepts the extremes
 inside the bounds."""
 
+import dataclasses
+import datetime as dt
 import json
 
 import pytest
@@ -77,3 +79,13 @@ def test_printable_escapes_what_could_forge_a_line_or_drive_a_terminal():
     assert out == "ok \\x1b[2J\\x0d\\x0aFORGED \\x9b\\u202e\\u2028\\ud800 日本 é"
     assert out.isprintable() and printable(out) == out
     out.encode("utf-8")
+
+
+def test_epoch_round_trips_and_is_checked():
+    r = Reading("s", "gw", "d", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), {"p": 1.0}, seq=7, epoch="0123456789abcdef")
+    assert Reading.from_json(r.to_json()).epoch == "0123456789abcdef"
+    assert Reading.from_json(dataclasses.replace(r, epoch=None).to_json()).epoch is None  # senders before epochs
+    for bad in ("0123456789ABCDEF", "12", 5, ["x"]):
+        body = json.loads(r.to_json()) | {"epoch": bad}
+        with pytest.raises(ValueError, match="'epoch'"):
+            Reading.from_json(json.dumps(body))
