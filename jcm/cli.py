@@ -304,9 +304,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from jcm.doctor import doctor
+    from jcm.doctor import FIX, Check, print_table, run_checks
 
-    return doctor(_load_site(args), broker_url=args.broker, outbox_path=args.outbox, timeout=args.timeout)
+    try:
+        path = site_file(args.site, args.sites_dir)
+        site = load_site(path, args.profiles)
+    except ConfigError as exc:  # nothing else can be checked without the site
+        lines = str(exc).splitlines()
+        return print_table([Check("config", FIX, line) for line in lines])
+    return print_table(run_checks(site, path, broker_url=args.broker, outbox_path=args.outbox, timeout=args.timeout))
 
 
 def cmd_watch(args) -> int:

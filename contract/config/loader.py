@@ -257,9 +257,8 @@ def _resolve_profiles(path: Path, data: dict, dirs: list[Path]) -> list[str]:
         where = users[name]
         also = f" (also used by {', '.join(where[1:])})" if len(where) > 1 else ""
         looked = ", ".join(f"{d}" + ("" if d.is_dir() else " (no such directory)") for d in dirs)
-        problems.append(f"{path}: {where[0]}.profile: no profile '{name}'{also}; looked for {name}.yaml in: {looked} "
-                        "(add it to one of them, name a directory with --profiles or profiles_dir, "
-                        "or correct the name)")
+        problems.append(f"{path}: {where[0]}.profile: no profile '{name}'{also}; looked for {name}.yaml in {looked} "
+                        "(a site's own profiles go in a directory named by --profiles or profiles_dir)")
     return problems
 
 
