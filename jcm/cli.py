@@ -241,7 +241,7 @@ def cmd_process(args) -> int:
     with Progress(f"process {site.site}", unit="month") as progress:
         for done, month in enumerate(wanted, 1):
             result, revision = process_month(site, store, ledger, month)
-            out = result.summary()
+            out = {"site": site.site, "month": month, **result.summary()}
             out["revision"] = revision.revision if revision else None
             out["new_revision"] = bool(revision and revision.new)
             if revision is None:

@@ -67,8 +67,12 @@ class Progress:
     def _bar(self, done: int, total: int, label: str) -> None:
         if self.bar is None:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
-            self.bar = tqdm(total=total, desc=self.what, unit=f" {self.unit}", file=self.stream, dynamic_ncols=True,
+            # log lines go above the bar instead of through it
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
+            self.bar = tqdm(total=total, desc=self.what, unit=f" {self.unit}s", file=self.stream,
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{unit} "
                                        "[{elapsed} elapsed, {remaining} left{postfix}]")
         self.bar.total = total
@@ -82,6 +86,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+            self._redirect.__exit__(None, None, None)
 
     def __enter__(self) -> Progress:
         return self
