@@ -80,8 +80,8 @@ def check_device(site: Site, device: Device) -> Check:
         return Check(f"device {device.id}", WARN, f"{where}: answers, but not for {listed}")
     kinds = set(failed.values())
     if Quality.disconnected in kinds:
-        why = ("cannot connect: is the device on, its address and port right, and the network or RS-485 line "
-               "up?" if not isinstance(c, RtuConnection) else "the serial port cannot be opened")
+        why = ("the serial port cannot be opened" if isinstance(c, RtuConnection) else
+               "cannot connect: is the device on, its host and port right, and the network up?")
     elif Quality.timeout in kinds:
         why = (f"no answer within {c.timeout:g} s: check unit_id {c.unit_id}, the wiring "
                + ("and the bus settings (baud rate, parity)" if isinstance(c, RtuConnection) else "and the gateway "
@@ -294,7 +294,7 @@ def check_clock(newest: dt.datetime | None, now: dt.datetime | None = None) -> C
 def run_checks(site: Site, site_file: str | Path, broker_url: str | None = None, outbox_path: str | None = None,
                timeout: float = 5.0) -> list[Check]:
     checks = [Check("config", OK, f"{site_file}: site {site.site}, gateway {site.gateway}, "
-                                  f"{len(site.devices)} devices, profiles found")]
+                                  f"{len(site.devices)} device(s), profiles found")]
     checks += [check_device(site, d) for d in site.devices]
     checks.append(check_broker(site, broker_url, timeout))
     outbox, newest = check_outbox(site, outbox_path or site.outbox.path.format(gateway=site.gateway,
