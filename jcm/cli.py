@@ -193,8 +193,8 @@ def site_file(site: str, sites_dir: str) -> Path:
     path = Path(sites_dir) / f"{site}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in Path(sites_dir).glob("*.yaml"))) or "none"
-        raise ConfigError(f"--site {site}: no site file {path} (site ids in {sites_dir}: {known}); "
-                          "give a site id of --sites-dir or the path of a site file")
+        raise ConfigError(f"--site {site}: no site '{site}' in {sites_dir} (no file {path.name}; site ids there: "
+                          f"{known}): give a site id of --sites-dir or the path of a site file")
     return path
 
 
@@ -364,8 +364,9 @@ EXPORT_HELP = """\
 From a site to the files a verifier receives (site: an id in --sites-dir or a site file):
 
   1. process the months:  jcm process --site mn-solar --month 2026-09..2026-10
-       each month becomes a revision in the ledger (--ledger); its status, ER and QA
-       findings are printed (JSON). Months the processor caught up are there already.
+       each month becomes a revision in the ledger (--ledger); its status, ER and the
+       reasons for any status but verified are printed (JSON). Months the processor
+       caught up are there already.
   2. review them: the printed findings, the live view's monthly results, or a draft
        export (step 4) whose workbook lists the QA findings and adjustments.
   3. sign off each month:  jcm signoff --site mn-solar --month 2026-09 --by "A. Tanaka"

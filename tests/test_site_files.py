@@ -144,5 +144,5 @@ def test_every_command_takes_a_site_id_or_a_site_file(tmp_path):
         assert res.returncode == 2 and "ledger" in res.stderr and "does not exist" in res.stderr, res.stderr
     res = jcm("gateway", "--site", "no-such-site", "--sites-dir", sites, cwd=tmp_path)
     assert res.returncode == 2
-    assert res.stderr.strip() == (f"--site no-such-site: no site file {sites / 'no-such-site.yaml'} (site ids in "
-                                  f"{sites}: test-site); give a site id of --sites-dir or the path of a site file")
+    assert res.stderr.strip() == (f"--site no-such-site: no site 'no-such-site' in {sites} (no file no-such-site.yaml; "
+                                  "site ids there: test-site): give a site id of --sites-dir or the path of a site file")
