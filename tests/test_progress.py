@@ -93,3 +93,21 @@ def test_history_reports_every_step():
     batches = sum(1 for _ in history(site, FIRST, FIRST, step_s=3600, channels={"ac_energy"},
                                      progress=lambda done, total: seen.append((done, total))))
     assert batches == 24 and seen == [(i, 24) for i in range(1, 25)]
+
+
+def test_the_processors_catch_up_reports_each_month(tmp_path):
+    from processing.ledger import Ledger
+    from processing.scheduler import Processor
+
+    site = reference_site("mn-solar")
+    this_month = dt.datetime.now(site.zone).date().replace(day=1)
+    first = (this_month - dt.timedelta(days=40)).replace(day=1)  # two whole past months
+    store = SqliteStore(tmp_path / "jcm.db")
+    fill_history(store, site, first, this_month - dt.timedelta(days=1), step_s=3600)
+    seen = []
+    processor = Processor([site], store, Ledger(tmp_path / "ledger.sqlite"),
+                          progress=lambda done, total, label: seen.append((done, total, label)))
+    assert processor.catch_up() == 2
+    months = [first.strftime("%Y-%m"), (first + dt.timedelta(days=32)).strftime("%Y-%m")]
+    assert seen == [(1, 2, f"mn-solar {months[0]}"), (2, 2, f"mn-solar {months[1]}")]
+    store.close()
