@@ -110,3 +110,14 @@ def test_doctor_checks_tls_as_the_gateway_connects(tmp_path, pki, tls_broker, mo
     monkeypatch.setenv("JCM_TEST_MQTT_PASS", "wrong")
     check = check_broker(site, timeout=3)
     assert check.status == FIX and "refused the login of user 'gw-test'" in check.detail, check
+
+
+def test_a_missing_serial_port_is_named(tmp_path):
+    from jcm.doctor import check_device
+
+    port = tmp_path / "ttyUSB7"
+    site = load_site(write_site(tmp_path, [{"id": "rtu-meter", "kind": "power_meter", "profile": "power_meter_3ph",
+                                            "connection": {"type": "rtu", "port": str(port), "unit_id": 3}}]))
+    check = check_device(site, site.devices[0])
+    assert check == Check("device rtu-meter", FIX, f"rtu://{port} unit 3: serial port {port} does not exist (adapter "
+                                                   "plugged in? its name under /dev/serial/by-id/ stays the same)")
