@@ -24,6 +24,7 @@ from contract.config import CollectorConfig, load_site
 from contract.config.site import Mqtt, Site
 from gateway.service import Gateway
 from jcm.broker import Mosquitto, free_port, start_broker
+from jcm.progress import Progress
 from liveview.main_channels import POWER_CHANNEL
 from processing.ledger import Ledger
 from processing.scheduler import Processor
@@ -53,12 +54,14 @@ def fill_history(site: Site, store: SqliteStore, now: dt.datetime):
     channels = {*site.monitoring_channels, "simulated"}
     channels |= {POWER_CHANNEL[d.kind] for d in site.devices if d.kind in POWER_CHANNEL}
     pending: list = []
-    for batch in history(site, first, until=now, channels=channels, plant=plant):
-        if not have:
-            pending += batch
-        if len(pending) >= 2000:  # one transaction per chunk, not per time step
-            store.write(pending)
-            pending = []
+    with Progress(f"history {site.site}", unit="step") as progress:
+        for batch in history(site, first, until=now, channels=channels, plant=plant,
+                             progress=progress):
+            if not have:
+                pending += batch
+            if len(pending) >= 2000:  # one transaction per chunk, not per time step
+                store.write(pending)
+                pending = []
     if pending:
         store.write(pending)
     return plant
@@ -94,8 +97,6 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
         log.error("no sites to run in %s/sites", config_dir)
         return 2
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("amqtt", "transitions", "apscheduler", "uvicorn.error"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     broker = start_broker(workdir, log, broker_choice)
     for site in sites:  # the demo broker is anonymous; the gateways still want their variables set
         for var in (site.mqtt.username_env, site.mqtt.password_env):
@@ -131,8 +132,9 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
         gw.start()
 
     ledger = Ledger(workdir / "ledger.sqlite")
-    processor = Processor(sites, store, ledger)
-    processor.start()  # catches up every past month now
+    with Progress("processor catch-up", unit="month") as catch_up:
+        processor = Processor(sites, store, ledger, progress=catch_up)
+        processor.start()  # catches up every past month now
     t_verified = time.monotonic() - t_start
     verified = {s.site: [r.month for r in ledger.revisions(s.site) if r.status == "verified"] for s in sites}
     exports = export_last_months(sites, store, ledger, workdir / "exports", now)

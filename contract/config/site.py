@@ -85,7 +85,7 @@ class Device(Strict):
     description: str = ""
     connection: Connection
     poll_interval: float = Field(default=10.0, ge=0.1, le=86400, description="[s]")
-    #: name of a profile in ``config/profiles/``
+    #: name of a register-map profile: shipped with the package, or the site's own (``Site.profiles_dir``)
     profile: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     #: per-channel field overrides of the profile, e.g. ``{ac_energy: {gain: 0.1}}``
     overrides: dict[str, dict] = Field(default_factory=dict)
@@ -261,6 +261,8 @@ class Site(Strict):
     gateway: Identifier
     mqtt: Mqtt
     outbox: Outbox = Outbox()
+    #: a directory of the site's own profiles (relative to the site file), searched before the shipped ones
+    profiles_dir: str | None = None
     devices: list[Device] = Field(min_length=1)
     monitoring: list[MonitoringPoint] = Field(default_factory=list)
     fixed_parameters: list[FixedParameter] = Field(default_factory=list)
