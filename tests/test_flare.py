@@ -98,3 +98,22 @@ def test_losing_flame_readings_never_lowers_pe_flare():
         assert run(bg, kept_c, kept_f).values.iloc[0] <= math.fsum(flows) * c.max() / 100 * K + 1e-9
 
     check()
+
+
+def test_a_glitch_of_the_flare_totaliser_is_an_outlier_not_its_whole_register():
+    """Before (the flare's own reset rule): a reading of 0 counted 0, then the next interval
+    counted the whole register, 500,400 Nm3, as gas sent to the flare in 15 minutes."""
+    bg = series([500_000.0, 500_100.0, 0.0, 500_300.0, 500_400.0])
+    r = run(bg, series([50.0] * 5), series([0.0] * 5))
+    assert r.values.iloc[0] == pytest.approx(400 * 0.5 * K)
+    assert not [a for a in r.adjustments if a["kind"] == "flare_counter_rollover"]
+
+
+def test_the_flare_interval_ending_at_midnight_belongs_to_the_day_before():
+    """Before: the flare took the day of the interval's end, so the interval ending at
+    00:00 went to the next day, unlike every counter."""
+    days = pd.Index([dt.date(2026, 10, 1), dt.date(2026, 10, 2)], name="day")
+    bg = series([0.0, 100.0, 300.0], start="2026-10-01 23:30")  # 23:30, 23:45, 00:00
+    r = flare_daily(bg, series([50.0] * 3, start="2026-10-01 23:30"), series([0.0] * 3, start="2026-10-01 23:30"),
+                    UTC, days, 28, 0.716, 0.5, max_age_s=1350)
+    assert r.values.iloc[0] == pytest.approx(300 * 0.5 * K) and r.values.iloc[1:].isna().all()
