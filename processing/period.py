@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from processing.daily_values import (DailyResult, Finding, counter_daily, energi
 from processing.derived import FlareResult, flare_daily
 from processing.fixed_values import DEFAULT, FixedValue, from_config
 from processing.methodologies import Calculation, calculate, load_spec
+from processing.methodologies.common import exact_sum
 
 #: parameters the processor derives interval by interval from monitored ones
 DERIVED_FROM = {"PH_PROV_BIOGAS": {"PE_flare": ("BG_flare", "w_CH4", "flame")}}
@@ -183,6 +185,7 @@ class PeriodProcessor:
             units_of.update({"PE_flare": "tCO2e", "CH4_flare": "Nm3", "CH4_flare_burning": "Nm3"})
             adjustments += flare.adjustments
         period_values: dict[str, float] = {}
+        exact_totals: dict[str, Decimal] = {}  # what the calculation uses; period_values records them
         for key, values in totals.items():
             name = key.split("[")[0]
             if name not in spec.parameters or spec.parameters[name].kind != "monitored":
@@ -191,11 +194,12 @@ class PeriodProcessor:
                 continue
             filled = self._fill_missing(key, values, self._effect(name), adjustments, status_fail)
             totals[key] = filled
-            period_values[key] = float(filled.sum())
+            exact_totals[key] = exact_sum(filled)
+            period_values[key] = float(exact_totals[key])
 
         calc, reasons = None, []
         try:
-            calc = self.calculate_period(period_values, fixed)
+            calc = self.calculate_period({**period_values, **exact_totals}, fixed)
         except ValueError as exc:
             status_fail.append(f"cannot compute: {exc}")
         reasons += status_fail
@@ -451,7 +455,7 @@ class PeriodProcessor:
                            min(self._gap_s(flame), self._gap_s(ch4)), (bg, ch4, flame),
                            self._counter_limit(bg, by_param["BG_flare"].max_rate_per_h))
 
-    def calculate_period(self, values: dict[str, float], fixed: list[FixedValue] | None = None) -> Calculation:
+    def calculate_period(self, values: dict[str, float | Decimal], fixed: list[FixedValue] | None = None) -> Calculation:
         """The methodology's equations on period totals (``P`` or ``P[unit]`` keys) with ``fixed``
         values (default: today's configuration); any unconfirmed one makes the figure provisional."""
         spec = self.spec
