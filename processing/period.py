@@ -449,11 +449,18 @@ class PeriodProcessor:
         c = self.spec.constants
         gwp = next(f.value for f in fixed if f.parameter == "GWP_CH4")
         # a flame or methane reading stands for its channel as long as a poll may be missed
-        return flare_daily(series[bg], series[ch4], series[flame],
-                           self.site.zone, days, gwp,
-                           c["CH4_density"].value, c["eta_flare_burning"].value, self._point(bg).rollover,
-                           min(self._gap_s(flame), self._gap_s(ch4)), (bg, ch4, flame),
-                           self._counter_limit(bg, by_param["BG_flare"].max_rate_per_h))
+        flare = flare_daily(series[bg], series[ch4], series[flame],
+                            self.site.zone, days, gwp,
+                            c["CH4_density"].value, c["eta_flare_burning"].value, self._point(bg).rollover,
+                            min(self._gap_s(flame), self._gap_s(ch4)), (bg, ch4, flame),
+                            self._counter_limit(bg, by_param["BG_flare"].max_rate_per_h))
+        # PE_flare is proportional to the gas and to its CH4 fraction: the delayed calibration of
+        # either meter reaches it (once per device; the QA rows of BG_flare and w_CH4 do not);
+        # the calibration_overdue findings are the QA reduction's
+        for src in {s.split(".")[0]: s for s in (bg, ch4)}.values():
+            flare.values = self._calibrate(src, flare.values, self._effect("PE_flare"), flare.adjustments, [],
+                                           "PE_flare")
+        return flare
 
     def calculate_period(self, values: dict[str, float | Decimal], fixed: list[FixedValue] | None = None) -> Calculation:
         """The methodology's equations on period totals (``P`` or ``P[unit]`` keys) with ``fixed``

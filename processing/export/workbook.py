@@ -301,7 +301,8 @@ def _flare_inputs(ws: Worksheet, row: int, figures: PeriodFigures, refs: dict[st
                    f"*{at['GWP_CH4']}*0.001", "tCO2e",
                    (sums["CH4_flare"] - eta * sums["CH4_flare_burning"]) * rho * gwp * 1e-3,
                    "PE_flare = (CH4_flare − η_flare × CH4_flare_burning) × ρ_CH4 × GWP_CH4 × 10⁻³; the PE_flare used "
-                   "above is the same unless days without flare data were filled (sheet Adjustments)"])
+                   "above is the same unless days without flare data were filled or a late calibration corrected it (sheet "
+                   "Adjustments)"])
     ws[f"{VALUE}{row}"].number_format = NUMBER
     return row
 
