@@ -52,19 +52,6 @@ def _local_date(index: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
     return index.tz_convert(zone).date
 
 
-def backwards_step(prev: float, cur: float, rollover: float | None) -> tuple[float, bool]:
-    """What a counter that went down from ``prev`` to ``cur`` counts for the interval, and
-    whether it wrapped.
-
-    Past half its ``rollover`` to below half of it, the register wrapped and the increment
-    is exact; otherwise it was reset (or the meter replaced): what accrued since the reset
-    is known when it restarted near zero, the rest is not.
-    """
-    if rollover and prev > 0.5 * rollover and cur < 0.5 * rollover:
-        return cur - prev + rollover, True
-    return (cur if cur < prev * 0.01 else 0.0), False
-
-
 def interval_day(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
     """The local day an interval belongs to, from its end time.
 
