@@ -12,6 +12,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import re
 from functools import cached_property
 from typing import Annotated
 
@@ -57,13 +58,13 @@ def fingerprint(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _utc(v: dt.date | dt.datetime) -> dt.datetime:
-    """A date is its 00:00 UTC; a time must say its zone."""
-    if isinstance(v, dt.datetime):
-        if v.tzinfo is None:
-            raise ValueError(f"{v.isoformat()} has no time zone: add Z (UTC) or an offset")
-        return v.astimezone(dt.UTC)
-    return dt.datetime(v.year, v.month, v.day, tzinfo=dt.UTC)
+def _midnight(v):
+    """A date (or date-only text) is its 00:00 UTC."""
+    if isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v.strip()):
+        v = dt.date.fromisoformat(v.strip())
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return dt.datetime(v.year, v.month, v.day, tzinfo=dt.UTC)
+    return v
 
 
 class CustodyKey(Strict):
@@ -74,14 +75,22 @@ class CustodyKey(Strict):
     public_key: str
     #: SHA-256 of the raw public key (hex): a check that the key was copied whole
     fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
-    valid_from: dt.datetime | dt.date
-    valid_to: dt.datetime | dt.date | None = None
-    revoked: dt.datetime | dt.date | None = None
+    #: a date means 00:00 UTC; a time must say its zone
+    valid_from: dt.datetime
+    valid_to: dt.datetime | None = None
+    revoked: dt.datetime | None = None
+
+    @field_validator("valid_from", "valid_to", "revoked", mode="before")
+    @classmethod
+    def _dates(cls, v):
+        return _midnight(v)
 
     @field_validator("valid_from", "valid_to", "revoked")
     @classmethod
-    def _times(cls, v):
-        return None if v is None else _utc(v)
+    def _utc(cls, v: dt.datetime | None) -> dt.datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError(f"{v.isoformat()} has no time zone: add Z (UTC) or an offset")
+        return None if v is None else v.astimezone(dt.UTC)
 
     @field_validator("public_key")
     @classmethod
