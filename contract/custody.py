@@ -72,8 +72,8 @@ MAX_MESSAGE_BYTES = 1 << 20
 
 _KEY_ID = re.compile(KEY_ID_PATTERN)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
-_SUFFIX = re.compile(rb',"sig":"([A-Za-z0-9+/]{86}==)"}\Z')
-_TAIL = re.compile(rb',"prev":"([0-9a-f]{64})","key":"(' + KEY_ID_PATTERN.strip("^$").encode() + rb')"}\Z')
+_SUFFIX = re.compile(rb',"sig":"([A-Za-z0-9+/]{86}==)"}')
+_TAIL = re.compile(rb',"prev":"([0-9a-f]{64})","key":"(' + KEY_ID_PATTERN.strip("^$").encode() + rb')"}')
 
 
 class CustodyError(ValueError):
@@ -108,9 +108,14 @@ def sign(body: str | bytes, prev: str, key_id: str, key: Ed25519PrivateKey) -> b
 
 def signed_bytes(message: bytes) -> bytes:
     """The bytes the signature covers; ``ValueError`` if the message has no signature suffix."""
-    if _SUFFIX.search(message) is None:
+    if _suffix(message) is None:
         raise ValueError('does not end with a "sig" member of 88 base64 characters')
     return message[:-SIG_SUFFIX_BYTES] + b"}"
+
+
+def _suffix(message: bytes) -> re.Match | None:
+    # anchored at the fixed-length end: no scan of a long message
+    return _SUFFIX.fullmatch(message, max(len(message) - SIG_SUFFIX_BYTES, 0))
 
 
 def chain_hash(message: bytes) -> str:
@@ -156,7 +161,7 @@ def parse(message: bytes) -> Verdict:
         signed = signed_bytes(message)
     except ValueError as exc:
         return Verdict("malformed", f"malformed: {exc}")
-    tail = _TAIL.search(signed)
+    tail = _TAIL.fullmatch(signed, max(signed.rfind(b',"prev":"'), 0))
     if tail is None:
         return Verdict("malformed", 'malformed: the signed bytes do not end with "prev" (64 hex) and "key" (a key id)')
     try:
@@ -185,7 +190,11 @@ def verify(message: bytes, keys: Mapping[str, Sequence[CustodyKey]]) -> Verdict:
     if key is None:
         return Verdict("unknown_key", f"unknown key '{v.key_id}' (not a key of site {v.reading.site})",
                        v.reading, v.key_id)
-    sig = base64.b64decode(_SUFFIX.search(message).group(1))
+    text = _suffix(message).group(1)
+    sig = base64.b64decode(text)
+    if base64.b64encode(sig) != text:
+        # the last character's 4 unused bits: two texts of one signature would be two messages
+        return Verdict("malformed", "malformed: the signature is not in canonical base64", v.reading, v.key_id)
     try:
         key.ed25519.verify(sig, signed_bytes(message))
     except InvalidSignature:

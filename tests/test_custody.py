@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import gzip
 import json
@@ -29,7 +30,6 @@ T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
 def public_key(private: Ed25519PrivateKey, key_id: str, valid_from=dt.date(2026, 1, 1), **more) -> CustodyKey:
     raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    import base64
     return CustodyKey(id=key_id, public_key=base64.b64encode(raw).decode(), fingerprint=fingerprint(raw),
                       valid_from=valid_from, **more)
 
@@ -76,6 +76,16 @@ def test_every_changed_byte_is_refused(k1, keys):
         for flip in (0x01, 0x20):
             tampered = m[:i] + bytes([m[i] ^ flip]) + m[i + 1:]
             assert not verify(tampered, keys).ok, (i, tampered)
+
+
+def test_a_signature_has_one_text(k1, keys):
+    m = chain(1, k1)[0]
+    last = m[-5:-4]  # the signature's 86th character: its low 4 bits carry nothing
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    other = bytes([alphabet[alphabet.index(last) ^ 1]])
+    assert base64.b64decode(m[-90:-2]) == base64.b64decode(m[-90:-5] + other + b"==")
+    v = verify(m[:-5] + other + m[-4:], keys)
+    assert v.kind == "malformed" and "canonical base64" in v.reason
 
 
 def test_a_changed_value_is_named_a_bad_signature(k1, keys):
@@ -383,3 +393,30 @@ def test_the_documented_openssl_check_works(tmp_path, k1, tamper):
     assert "Signature Verified Successfully" in done.stdout
     assert f"{chain_hash(m[4])}  signed.bin" in done.stdout  # what seq 6 carries as prev
     assert chain_hash(m[4]) == json.loads(m[5])["prev"]
+
+
+# -- hostile input ----------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.conftest import fuzz_examples  # noqa: E402
+
+_SIGNER = Ed25519PrivateKey.generate()
+_KEYS = {"mn-solar": [public_key(_SIGNER, "k1")]}
+_GOOD = chain(3, _SIGNER)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(200), deadline=None)
+@given(st.integers(0, 2), st.lists(st.tuples(st.integers(0, 10_000), st.binary(max_size=8)), min_size=1, max_size=4))
+def test_no_edit_of_a_signed_message_verifies_or_crashes(which, edits):
+    """Whatever is spliced into a signed message, verify() gives a verdict, never an
+    exception, and only the untouched message verifies."""
+    m = _GOOD[which]
+    for at, text in edits:
+        at %= len(m) + 1
+        m = m[:at] + text + m[at + len(text) // 2:]
+    v = verify(m, _KEYS)
+    assert v.ok == (m == _GOOD[which]), v
+    chain_breaks([v])
