@@ -60,8 +60,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from contract.config.custody import KEY_ID_PATTERN, CustodyKey
-from contract.message import Reading
+from pydantic import ValidationError
+
+from contract.config.custody import KEY_ID_PATTERN, Custody, CustodyKey, public_key_raw
+from contract.config.problems import KeyProblems
+from contract.message import ID_PATTERN, Reading
 
 #: ``prev`` of the first message of an epoch
 GENESIS = "0" * 64
@@ -71,6 +74,7 @@ SIG_SUFFIX_BYTES = 98
 MAX_MESSAGE_BYTES = 1 << 20
 
 _KEY_ID = re.compile(KEY_ID_PATTERN)
+_SITE = re.compile(ID_PATTERN)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _SUFFIX = re.compile(rb',"sig":"([A-Za-z0-9+/]{86}==)"}')
 _TAIL = re.compile(rb',"prev":"([0-9a-f]{64})","key":"(' + KEY_ID_PATTERN.strip("^$").encode() + rb')"}')
@@ -319,16 +323,7 @@ def read_folder(folder: Path) -> tuple[dict[str, list[CustodyKey]], Iterator[Lin
     root = folder / "custody"
     path = root / "keys.json"
     try:
-        listed = json.loads(path.read_text())
-        if not isinstance(listed, list) or not all(isinstance(k, dict) for k in listed):
-            raise ValueError("not a list of keys")
-        keys: dict[str, list[CustodyKey]] = {}
-        for i, k in enumerate(listed):
-            try:
-                keys.setdefault(str(k.get("site")), []).append(
-                    CustodyKey(**{n: v for n, v in k.items() if n != "site"}))
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"key {i + 1}: {exc}") from None
+        keys = _keys(json.loads(path.read_text()))
     except OSError as exc:
         raise CustodyError(f"{path}: cannot read: {exc.strerror}") from None
     except ValueError as exc:
@@ -337,6 +332,52 @@ def read_folder(folder: Path) -> tuple[dict[str, list[CustodyKey]], Iterator[Lin
     if not files:
         raise CustodyError(f"{root / 'messages'}: no *.jsonl.gz files of signed messages")
     return keys, _lines(files, folder)
+
+
+def _keys(listed) -> dict[str, list[CustodyKey]]:
+    """keys.json's keys by site, checked as a site file's ``custody.keys`` are."""
+    if not isinstance(listed, list) or not all(isinstance(k, dict) for k in listed):
+        raise ValueError("not a list of keys")
+    by_site: dict[str, list[dict]] = {}
+    for i, k in enumerate(listed):
+        if not isinstance(k.get("site"), str) or not _SITE.fullmatch(k["site"]):
+            raise ValueError(f"key {i + 1}: 'site' missing or not a site id")
+        by_site.setdefault(k["site"], []).append({n: v for n, v in k.items() if n != "site"})
+    keys = {}
+    for site, entries in by_site.items():
+        try:
+            keys[site] = list(Custody(keys=entries).keys)
+        except ValidationError as exc:
+            raise ValueError(f"keys of site {site}: " + "; ".join(_problems(exc))) from None
+    return keys
+
+
+def _problems(exc: ValidationError) -> Iterator[str]:
+    """``keys[0].fingerprint: what is wrong`` for each problem, on one line."""
+    for e in exc.errors():
+        error = e.get("ctx", {}).get("error")
+        found = error.problems if isinstance(error, KeyProblems) else [((), e["msg"].removeprefix("Value error, "))]
+        for loc, message in found:
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"] + loc).lstrip(".")
+            yield f"{where}: {message}"
+
+
+def pem_problems(folder: Path, keys: Mapping[str, Sequence[CustodyKey]]) -> list[str]:
+    """Each key whose PEM file (what openssl is given) is missing or is not the key in keys.json."""
+    problems = []
+    for site_keys in keys.values():
+        for k in site_keys:
+            name = Path("custody", "keys", f"{k.id}.pem")
+            try:
+                raw = public_key_raw((folder / name).read_text(errors="replace"))
+            except OSError as exc:
+                problems.append(f"{name}: cannot read: {exc.strerror}")
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+            else:
+                if raw != k.raw:
+                    problems.append(f"{name}: not the key '{k.id}' of keys.json")
+    return problems
 
 
 def _lines(files: list[Path], folder: Path) -> Iterator[Line]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from contract.custody import chain_breaks, read_folder, verify
+from contract.custody import chain_breaks, pem_problems, read_folder, verify
 from contract.text import printable
 
 #: refusals listed one by one; beyond it they are counted
@@ -46,6 +46,8 @@ def verify_folder(folder: Path) -> tuple[bool, list[str]]:
            + ", ".join(f"{k.id} ({site}, fingerprint {k.fingerprint[:16]}...)" for site, ks in sorted(keys.items())
                        for k in ks),
            f"messages: {n}, signatures verified: {n - sum(reasons.values())}, refused: {sum(reasons.values())}"]
+    pems = pem_problems(folder, keys)
+    out += [f"key file {p}" for p in pems]
     out += refused
     if sum(reasons.values()) > len(refused):
         out.append(f"  ... and {sum(reasons.values()) - len(refused)} more: "
@@ -55,8 +57,9 @@ def verify_folder(folder: Path) -> tuple[bool, list[str]]:
         for b in (b for b in breaks if b.chain == chain):
             cause = sorted({r for s, r in refused_seqs.get(chain, {}).items() if b.first_seq <= s <= b.last_seq})
             out.append(f"  {b}" + (f" (refused there: {'; '.join(cause)})" if cause and b.kind == "gap" else ""))
-    ok = not reasons and not breaks and n > 0
-    problems = [f"{sum(reasons.values())} message(s) refused"] if reasons else []
+    ok = not reasons and not breaks and not pems and n > 0
+    problems = [f"{len(pems)} key file(s) not as keys.json"] if pems else []
+    problems += [f"{sum(reasons.values())} message(s) refused"] if reasons else []
     problems += [f"{len(breaks)} chain break(s)"] if breaks else []
     problems += ["no messages"] if n == 0 else []
     out.append("VERDICT: " + ("PASSED: every signature verified, every chain whole" if ok

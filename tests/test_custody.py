@@ -348,7 +348,12 @@ def test_verify_refuses_an_unusable_folder_with_one_line(tmp_path, k1, capsys):
     listed[0]["fingerprint"] = "f" * 64
     keys.write_text(json.dumps(listed))
     rc, out = run_verify(folder, capsys)
-    assert rc == 2 and "keys.json: key 1:" in out and "fingerprint" in out and "Traceback" not in out
+    assert rc == 2 and "Traceback" not in out
+    assert "keys.json: keys of site mn-solar: keys[0].fingerprint: ffff" in out and len(out.splitlines()) == 1
+    listed[0]["fingerprint"] = fingerprint(public_key(k1, "k1").raw)
+    keys.write_text(json.dumps(listed + [dict(listed[0], id="k2")]))
+    rc, out = run_verify(folder, capsys)
+    assert rc == 2 and "keys of site mn-solar: " in out and "the same key as keys[0]" in out
     keys.unlink()
     rc, out = run_verify(folder, capsys)
     assert rc == 2 and "keys.json: cannot read" in out
@@ -356,6 +361,18 @@ def test_verify_refuses_an_unusable_folder_with_one_line(tmp_path, k1, capsys):
     (tmp_path / "export" / "custody" / "messages" / "messages.jsonl.gz").write_bytes(b"not gzip")
     rc, out = run_verify(folder, capsys)
     assert rc == 2 and "messages.jsonl.gz: not a readable gzip file" in out
+
+
+def test_verify_fails_when_a_pem_file_is_not_the_listed_key(tmp_path, k1, capsys):
+    folder = export(tmp_path, k1, chain(2, k1))
+    pem = tmp_path / "export" / "custody" / "keys" / "k1.pem"
+    pem.write_text(public_key(Ed25519PrivateKey.generate(), "k1").pem())
+    rc, out = run_verify(folder, capsys)
+    assert rc == 1 and "key file custody/keys/k1.pem: not the key 'k1' of keys.json" in out
+    assert "VERDICT: FAILED: 1 key file(s) not as keys.json" in out
+    pem.unlink()
+    rc, out = run_verify(folder, capsys)
+    assert rc == 1 and "custody/keys/k1.pem: cannot read" in out
 
 
 def test_verify_bounds_a_line(tmp_path, k1, capsys):
