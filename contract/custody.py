@@ -106,6 +106,8 @@ def sign(body: str | bytes, prev: str, key_id: str, key: Ed25519PrivateKey) -> b
     if not raw.endswith(b"}") or not _HASH.fullmatch(prev) or not _KEY_ID.fullmatch(key_id):
         raise ValueError("sign() takes a JSON object, a 64-hex-digit prev and a key id")
     signed = raw[:-1] + b',"prev":"' + prev.encode() + b'","key":"' + key_id.encode() + b'"}'
+    if len(signed) + SIG_SUFFIX_BYTES - 1 > MAX_MESSAGE_BYTES:
+        raise ValueError(f"a signed message would exceed {MAX_MESSAGE_BYTES} bytes, which no verifier accepts")
     sig = base64.b64encode(key.sign(signed))
     return signed[:-1] + b',"sig":"' + sig + b'"}'
 

@@ -148,6 +148,13 @@ def test_ambiguous_signed_bytes_are_refused(k1, keys):
     assert "epoch" in verify(sign(json.dumps(no_epoch, separators=(",", ":")), GENESIS, "k1", k1), keys).reason
 
 
+def test_sign_refuses_what_no_verifier_would_accept(k1):
+    with pytest.raises(ValueError, match="would exceed"):
+        sign('{"x":"' + "a" * MAX_MESSAGE_BYTES + '"}', GENESIS, "k1", k1)
+    with pytest.raises(ValueError, match="a JSON object"):
+        sign(reading(1).to_json(), "0" * 63, "k1", k1)
+
+
 def verdicts(messages, keys):
     return [verify(m, keys) for m in messages]
 
@@ -409,6 +416,7 @@ def test_the_documented_openssl_check_works(tmp_path, k1, tamper):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Signature Verified Successfully" in done.stdout
     assert f"{chain_hash(m[4])}  signed.bin" in done.stdout  # what seq 6 carries as prev
+    assert f"{public_key(k1, 'k1').fingerprint}  -" in done.stdout
     assert chain_hash(m[4]) == json.loads(m[5])["prev"]
 
 
