@@ -133,7 +133,7 @@ def chain_hash(message: bytes) -> str:
 class Verdict:
     """One message checked. ``kind`` and ``reason`` are ``None`` when the message verified."""
 
-    kind: str | None  # malformed, unverified, unknown_key, bad_signature, key_not_valid, key_revoked
+    kind: str | None  # malformed, unknown_key, bad_signature, key_not_valid, key_revoked
     reason: str | None
     reading: Reading | None = None  # None when the message did not parse
     key_id: str | None = None
@@ -158,7 +158,7 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
-def parse(message: bytes) -> Verdict:
+def _parse(message: bytes) -> Verdict:
     """Split and parse a signed message without checking its signature: a ``Verdict``
     whose reason says why it is malformed, or of kind ``"unverified"``."""
     if len(message) > MAX_MESSAGE_BYTES:
@@ -189,7 +189,7 @@ def verify(message: bytes, keys: Mapping[str, Sequence[CustodyKey]]) -> Verdict:
     Kinds, in the order checked: ``malformed``, ``unknown_key``, ``bad_signature``,
     ``key_not_valid`` (the message's ``ts`` is outside the key's validity), ``key_revoked``.
     """
-    v = parse(message)
+    v = _parse(message)
     if v.reading is None:
         return v
     key = next((k for k in keys.get(v.reading.site, ()) if k.id == v.key_id), None)
@@ -211,8 +211,8 @@ def verify(message: bytes, keys: Mapping[str, Sequence[CustodyKey]]) -> Verdict:
         return Verdict("key_not_valid", f"key '{key.id}' not valid at {ts.isoformat()} "
                                         f"(valid {key.valid_from.isoformat()} .. {until})", v.reading, v.key_id)
     if key.revoked is not None and ts >= key.revoked:
-        return Verdict("key_revoked", f"key '{key.id}' revoked at {key.revoked.isoformat()}, message stamped {ts.isoformat()}",
-                       v.reading, v.key_id)
+        return Verdict("key_revoked", f"key '{key.id}' revoked at {key.revoked.isoformat()}, "
+                                      f"message stamped {ts.isoformat()}", v.reading, v.key_id)
     return Verdict(None, None, v.reading, v.key_id, v.prev, v.hash)
 
 
@@ -232,7 +232,8 @@ class Break:
 
 
 def chain_breaks(verdicts: Iterable[Verdict]) -> list[Break]:
-    """Breaks in the chains of messages in the order they came (only parsed ones count).
+    """Breaks in the chains of messages in the order they came; only verified messages
+    count (a refused one is as good as missing, so it shows as a gap).
 
     - ``replay``: a seq seen before with the same signed bytes;
     - ``conflict``: a seq seen before with other bytes (a forgery or a forked gateway);
@@ -247,7 +248,7 @@ def chain_breaks(verdicts: Iterable[Verdict]) -> list[Break]:
     seen: dict[tuple, dict[int, tuple[str, str]]] = {}  # chain -> seq -> (hash, prev)
     highest: dict[tuple, int] = {}
     for v in verdicts:
-        if v.reading is None or v.hash is None:
+        if not v.ok:
             continue
         chain, seq = v.chain, v.reading.seq
         links = seen.setdefault(chain, {})
