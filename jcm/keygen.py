@@ -34,15 +34,25 @@ def keygen(site: str, out: Path, now: dt.datetime | None = None) -> str:
     key = Ed25519PrivateKey.generate()
     private_pem, public_pem = key_files(key)
     # O_EXCL: a file made between the check above and here is not overwritten either
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    made: list[Path] = []
     try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        os.write(fd, private_pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    with open(public, "xb") as f:
-        f.write(public_pem)
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        made.append(private)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, private_pem)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with open(public, "xb") as f:
+            made.append(public)
+            f.write(public_pem)
+    except OSError as exc:
+        # a half-written pair would block the next attempt and sign nothing; O_EXCL and
+        # "x": only files made here are removed
+        for path in made:
+            path.unlink(missing_ok=True)
+        raise CustodyError(f"{out}: cannot write the key files: {exc.strerror or exc}") from None
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     print_ = fingerprint(raw)
     now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)

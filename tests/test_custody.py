@@ -293,6 +293,22 @@ def test_keygen_never_overwrites_and_names_a_disclosed_key(tmp_path, capsys):
     assert "is not a site id" in capsys.readouterr().err
 
 
+def test_keygen_leaves_no_half_pair(tmp_path, capsys, monkeypatch):
+    """A disk that fills between the two files: the private key written first is removed."""
+    import errno
+
+    def full(*_args, **_kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("jcm.keygen.open", full, raising=False)
+    out = tmp_path / "keys"
+    assert main(["keygen", "--site", "mn-solar", "--out", str(out)]) == 2
+    assert "cannot write the key files: No space left on device" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+    monkeypatch.undo()
+    assert main(["keygen", "--site", "mn-solar", "--out", str(out)]) == 0  # the next attempt is not blocked
+
+
 def test_a_private_key_readable_by_others_is_refused(tmp_path):
     path = tmp_path / "k.key"
     path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
