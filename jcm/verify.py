@@ -9,7 +9,7 @@ from pathlib import Path
 from contract.custody import chain_breaks, pem_problems, read_folder, verify
 from contract.text import printable
 
-#: refusals listed one by one; beyond it they are counted
+#: refusals, and breaks per chain, listed one by one; beyond it they are counted
 MAX_LISTED = 50
 
 
@@ -52,11 +52,18 @@ def verify_folder(folder: Path) -> tuple[bool, list[str]]:
     if sum(reasons.values()) > len(refused):
         out.append(f"  ... and {sum(reasons.values()) - len(refused)} more: "
                    + ", ".join(f"{r}: {c}" for r, c in reasons.most_common()))
+    by_chain: dict[tuple, list] = {}
+    for b in breaks:
+        by_chain.setdefault(b.chain, []).append(b)
     for chain, (count, low, high) in sorted(chains.items()):
         out.append(f"chain {'/'.join(chain)}: seq {low}..{high}, {count} verified message(s)")
-        for b in (b for b in breaks if b.chain == chain):
+        listed = by_chain.get(chain, [])
+        for b in listed[:MAX_LISTED]:
             cause = sorted({r for s, r in refused_seqs.get(chain, {}).items() if b.first_seq <= s <= b.last_seq})
             out.append(f"  {b}" + (f" (refused there: {'; '.join(cause)})" if cause and b.kind == "gap" else ""))
+        if len(listed) > MAX_LISTED:
+            out.append(f"  ... and {len(listed) - MAX_LISTED} more: " + ", ".join(
+                f"{k}: {c}" for k, c in Counter(b.kind for b in listed[MAX_LISTED:]).most_common()))
     ok = not reasons and not breaks and not pems and n > 0
     problems = [f"{len(pems)} key file(s) not as keys.json"] if pems else []
     problems += [f"{sum(reasons.values())} message(s) refused"] if reasons else []

@@ -364,6 +364,13 @@ def test_verify_names_a_dropped_a_replayed_and_a_reordered_message(tmp_path, k1,
     assert "VERDICT: FAILED: 3 chain break(s)" in out
 
 
+def test_verify_lists_a_bounded_number_of_breaks(tmp_path, k1, capsys):
+    m = chain(130, k1)
+    rc, out = run_verify(export(tmp_path, k1, m[::2]), capsys)  # every other message dropped
+    assert rc == 1 and "VERDICT: FAILED: 64 chain break(s)" in out
+    assert out.count(": gap: 1 message(s) missing") == 50 and "... and 14 more: gap: 14" in out
+
+
 def test_verify_refuses_an_unusable_folder_with_one_line(tmp_path, k1, capsys):
     folder = export(tmp_path, k1, chain(2, k1))
     keys = tmp_path / "export" / "custody" / "keys.json"
