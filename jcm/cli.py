@@ -307,6 +307,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_keygen(args) -> int:
+    from jcm.keygen import keygen
+
+    print(keygen(args.site, Path(args.out)))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from jcm.verify import verify_folder
+
+    ok, report = verify_folder(Path(args.folder))
+    print("\n".join(report))
+    return 0 if ok else 1
+
+
 #: the Mqtt setting behind each broker option of the live view and ``jcm watch``
 BROKER_OPTIONS = {"url": "--broker", "username_env": "--username-env", "password_env": "--password-env",
                   "ca_file": "--ca-file", "cert_file": "--cert-file", "key_file": "--key-file"}
@@ -531,6 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
     processing_args(s, site=False)
     s.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     s.set_defaults(func=cmd_processor)
+
+    s = command("keygen", "make a gateway's signing key pair and print the site-file lines for it")
+    s.add_argument("--site", required=True, help="site id: names the key files and the key id")
+    s.add_argument("--out", default="var/keys", help="folder of the key files")
+    s.set_defaults(func=cmd_keygen)
+
+    s = command("verify", "check the signatures and hash chains of an export's signed messages")
+    s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (its custody/ folder is read)")
+    s.set_defaults(func=cmd_verify)
 
     s = command("watch", "print the readings arriving at a broker")
     _broker_arguments(s)

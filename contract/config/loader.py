@@ -30,7 +30,7 @@ _SECRET_KEYS = {"password", "username", "token", "secret"}
 #: per list, the keys whose values (joined) name its items in errors; an item without the
 #: first of them, or whose name is not unique, is named by its position
 _ITEM_NAMES = {"devices": ("id",), "points": ("channel",), "monitoring": ("parameter", "unit_id"),
-               "fixed_parameters": ("parameter", "unit_id"), "calibrations": ("date",)}
+               "fixed_parameters": ("parameter", "unit_id"), "calibrations": ("date",), "keys": ("id",)}
 _PROFILE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _POINT_PREFIX = re.compile(r"^points\[([^]]+)\]")
 #: discriminator tags pydantic puts in the location of a tagged union's member

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from contract import units
+from contract.config.custody import Custody
 from contract.config.nameplate import Nameplate
 from contract.config.problems import Loc, raise_problems
 from contract.config.profile import Profile, Strict
@@ -268,6 +269,8 @@ class Site(Strict):
     fixed_parameters: list[FixedParameter] = Field(default_factory=list)
     quality: Quality = Quality()
     nameplate: Nameplate = Nameplate()
+    #: signing key (edge) and public keys (server) of the chain of custody
+    custody: Custody = Custody()
 
     @field_validator("timezone")
     @classmethod
