@@ -10,6 +10,7 @@ monitoring-period export, and the live view. Everything here is simulated and sa
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime as dt
 import glob
 import logging
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from collector.service import Collector
 from contract.config import CollectorConfig, load_site
-from contract.config.site import Mqtt, Site
+from contract.config.site import Mqtt, Site, TcpConnection
 from gateway.service import Gateway
 from jcm.broker import Mosquitto, free_port, start_broker
 from jcm.progress import Progress
@@ -96,8 +97,10 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
     if not sites:
         log.error("no sites to run in %s/sites", config_dir)
         return 2
+    sites = _free_endpoints(sites)
     workdir.mkdir(parents=True, exist_ok=True)
     broker = start_broker(workdir, log, broker_choice)
+    atexit.register(broker.stop)  # also when a step below fails: no broker left running
     for site in sites:  # the demo broker is anonymous; the gateways still want their variables set
         for var in (site.mqtt.username_env, site.mqtt.password_env):
             if var:
@@ -198,6 +201,28 @@ def export_last_months(sites, store, ledger, out: Path, now: dt.datetime) -> lis
         except Exception:
             log.exception("%s: export failed", site.site)
     return folders
+
+
+def _free_endpoints(sites: list[Site]) -> list[Site]:
+    """The sites with each simulated Modbus TCP endpoint whose port is taken on this machine
+    (by another program, or another demo) moved to a free port; devices sharing an
+    endpoint stay together."""
+    moved: dict[int, int] = {}
+    out = []
+    for site in sites:
+        devices = []
+        for d in site.devices:
+            c = d.connection
+            if isinstance(c, TcpConnection):
+                if c.port not in moved:
+                    moved[c.port] = free_port() if _port_busy(c.port) else c.port
+                    if moved[c.port] != c.port:
+                        log.info("%s: port %d is in use here: simulating %s on port %d instead",
+                                 site.site, c.port, c.endpoint, moved[c.port])
+                d = d.model_copy(update={"connection": c.model_copy(update={"port": moved[c.port]})})
+            devices.append(d)
+        out.append(site.model_copy(update={"devices": devices}))
+    return out
 
 
 def _port_busy(port: int) -> bool:
