@@ -315,11 +315,8 @@ class PeriodProcessor:
         point = self._point(src)
         zone = self.site.zone
         if point.kind.value == "counter":
-            # the physical bound of an interval: the monitoring point's own limit or the nameplate's, the lower
-            rating = self.site.rating_per_h(src)
-            limits = [x for x in (max_rate, rating * self.site.nameplate.margin if rating else None) if x]
-            return counter_daily(values, zone, days, src, point.rollover, min(limits) if limits else None,
-                                 self._gap_s(src), effect, rating, point.unit)
+            return counter_daily(values, zone, days, src, point.rollover, self.site.counter_limit_per_h(src, max_rate),
+                                 self._gap_s(src), effect, self.site.rating_per_h(src), point.unit)
         if point.type == "bool":
             return energised_hours_daily(values, zone, days, self._gap_s(src))
         return mean_daily(values, zone, days)

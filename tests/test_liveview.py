@@ -44,14 +44,45 @@ def test_stale_faulted_out_of_range_counter_and_gateway_conditions():
     assert kinds(state, T0 + dt.timedelta(seconds=31)) == [("poc-meter", "device_stale")]  # 3 × 10 s polls
     state.on_reading(reading(seconds=40, active_power=99999.0, energy_export=900.0, energy_import=5.0,
                              quality={"active_power": Quality.out_of_range}))
-    assert kinds(state, T0 + dt.timedelta(seconds=41)) == [
+    assert kinds(state, T0 + dt.timedelta(seconds=41)) == [("poc-meter", "device_faulted"),
         ("poc-meter.active_power", "out_of_range"), ("poc-meter.energy_export", "counter_backwards")]
     state.on_reading(reading(seconds=50, status=DeviceStatus.offline, quality={"active_power": Quality.timeout},
                              active_power=None, energy_export=None, energy_import=None))
-    assert ("poc-meter", "device_faulted") in kinds(state, T0 + dt.timedelta(seconds=51))
+    assert ("poc-meter", "device_offline") in kinds(state, T0 + dt.timedelta(seconds=51))
     state.on_message(f"jcm/v1/{SITE.site}/{SITE.gateway}/status",
                      json.dumps({"site": SITE.site, "gateway": SITE.gateway, "state": "offline"}).encode())
     assert (SITE.gateway, "gateway_offline") in kinds(state, T0 + dt.timedelta(seconds=52))
+
+
+def timeout_reading(seconds):
+    return reading(seconds=seconds, status=DeviceStatus.offline, active_power=None, energy_export=None,
+                   energy_import=None, quality={c: Quality.timeout for c in ("active_power", "energy_export",
+                                                                             "energy_import")})
+
+
+def test_a_device_the_gateway_backs_off_has_one_state_and_one_alarm(tmp_path):
+    """Timeouts at 10, 20, 40, 80, 160 s apart (the gateway's backoff), then answers again:
+    one state on every view, one device_offline alarm opened once and closed once."""
+    state, book = LiveState([SITE]), AlarmBook(tmp_path / "alarms.sqlite")
+    state.on_reading(reading(seconds=0))
+    polls = [10, 30, 70, 150, 310]
+    answers = [470, 480, 490]
+    events = {s: timeout_reading(s) for s in polls} | {s: reading(seconds=s) for s in answers}
+    seen_states, transitions = set(), []
+    for now_s in range(1, 500):
+        if now_s in events:
+            state.on_reading(events[now_s])
+        now = T0 + dt.timedelta(seconds=now_s)
+        (poc,) = [d for d in state.snapshot(SITE.site, now)["devices"] if d["id"] == "poc-meter"]
+        conds = [c for c in state.conditions(SITE.site, now, None) if c.subject == "poc-meter"]
+        if polls[0] <= now_s < answers[1]:
+            seen_states.add(poc["state"])
+            assert [c.kind for c in conds] == ["device_offline"], now_s
+        transitions += book.update((SITE.site, {"device_stale", "device_offline", "device_faulted"}), conds, now)
+    assert seen_states == {"offline"}  # never "stale" between the backed-off polls
+    assert [(c["kind"], c["ended"] is None) for c in transitions] == [("device_offline", True),
+                                                                         ("device_offline", False)]
+    assert transitions[1]["ended"] == (T0 + dt.timedelta(seconds=answers[1])).isoformat()  # two good readings
 
 
 def test_redelivered_old_reading_does_not_move_the_live_view_back():
