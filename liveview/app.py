@@ -22,7 +22,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
-from contract import topics
+from contract import topics, units
 from contract.config.site import Mqtt, Site
 from contract.mqtt_connection import BrokerConnection
 from contract.store import ReadingStore, StoreUnavailable
@@ -217,10 +217,20 @@ class LiveView:
             df = self.store.read(site_id, start, end, channels=[ch], devices=[d.id]).dropna(subset=["value"])
             if len(df) > CHART_POINTS:  # thin for the browser
                 df = df.iloc[:: len(df) // CHART_POINTS + 1]
-            series[d.id] = {"channel": ch, "unit": site.device(d.id).register_map.point(ch).unit,
-                            "t": [t.isoformat() for t in df["ts"]], "v": [float(v) for v in df["value"]]}
+            unit = site.device(d.id).register_map.point(ch).unit
+            scale = _to_kw(unit)  # one unit for every power on the page
+            series[d.id] = {"channel": ch, "unit": "kW" if scale else unit, "t": [t.isoformat() for t in df["ts"]],
+                            "v": [float(v) * (scale or 1.0) for v in df["value"]]}
         return {"site": site_id, "timezone": site.timezone, "from": start.isoformat(), "to": end.isoformat(),
                 "series": series}
+
+
+def _to_kw(unit: str) -> float | None:
+    """The factor from a power ``unit`` to kW; ``None`` for any other unit (flows, fractions)."""
+    try:
+        return float(units.ratio(unit, "kW"))
+    except ValueError:
+        return None
 
 
 def _reduction(mtd: dict | None) -> dict | None:

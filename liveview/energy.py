@@ -65,7 +65,7 @@ def counted(site: Site, store: ReadingStore, source: str, start: dt.datetime, en
     [counter unit], resolved as the processor resolves them."""
     device, channel = source.split(".")
     point = site.device(device).register_map.point(channel)
-    rows = store.read(site.site, start - LOOKBACK, end + dt.timedelta(microseconds=1), channels=[channel],
+    rows = store.read(site.site, start - LOOKBACK, end + dt.timedelta(milliseconds=1), channels=[channel],
                       devices=[device])
     good = rows["value"].notna() & rows["quality"].fillna("").isin(["", "not_implemented"])
     values = pd.Series(rows.loc[good, "value"].astype(float).to_numpy(), index=pd.DatetimeIndex(rows.loc[good, "ts"]))

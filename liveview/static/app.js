@@ -46,8 +46,9 @@ function liveValue(v) {
   return num(v, Math.abs(v) >= 100 ? 0 : 2);
 }
 
-// the site's local wall time and its UTC offset, e.g. 2026-11-29 14:05 +08 (one format per language)
-function zoned(iso, tz) {
+// the site's local wall time and its UTC offset, e.g. 2026-11-29 14:05 +08 (one format per language);
+// with seconds where a value is live (last seen)
+function zoned(iso, tz, seconds = false) {
   if (!iso) return t("never");
   const d = new Date(iso);
   if (isNaN(d)) return esc(iso);
@@ -55,8 +56,8 @@ function zoned(iso, tz) {
     timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
     second: "2-digit", hourCycle: "h23"}).formatToParts(d).map((p) => [p.type, p.value]));
   const wall = Date.UTC(+parts.year, +parts.month - 1, +parts.day, +parts.hour, +parts.minute, +parts.second);
-  return t("datetime", {y: parts.year, m: parts.month, d: parts.day, H: parts.hour, M: parts.minute,
-                        off: offsetText((wall - Math.floor(d.getTime() / 1000) * 1000) / 60000)});
+  return t(seconds ? "datetime_s" : "datetime", {y: parts.year, m: parts.month, d: parts.day, H: parts.hour,
+                                                M: parts.minute, S: parts.second, off: offsetText((wall - Math.floor(d.getTime() / 1000) * 1000) / 60000)});
 }
 function offsetText(minutes) {
   const a = Math.abs(Math.round(minutes)), sign = minutes < 0 ? "-" : "+";
@@ -122,7 +123,7 @@ function valuesText(values, quality) {
 function renderDevices(devices) {
   $("#devices tbody").innerHTML = devices.map((d) => `<tr id="dev-${esc(d.id)}">
     <td>${esc(d.id)}</td><td>${esc(d.kind)}</td><td class="state-cell">${stateBadge(d.state, d.state_reason)}</td>
-    <td class="seen">${zoned(d.last_seen, ZONE)}</td><td class="values">${valuesText(d.values, d.quality)}</td></tr>`).join("");
+    <td class="seen">${zoned(d.last_seen, ZONE, true)}</td><td class="values">${valuesText(d.values, d.quality)}</td></tr>`).join("");
 }
 
 function renderAlarms(alarms) {
@@ -203,6 +204,7 @@ async function loadCharts(site) {
                {label: unit, size: 70, values: (u, vals) => vals.map((v) => num(v, 1))}],
       };
       charts.push(new uPlot(opts, data, card));
+      card.insertAdjacentHTML("beforeend", `<div class="muted axis-zone">${esc(t("time_axis", {zone: zoneName(h.timezone)}))}</div>`);
     }
   } catch (e) { box.innerHTML = `<div class="muted">${esc(t("charts_unavailable"))}: ${esc(e.message)}</div>`; }
 }
@@ -226,7 +228,7 @@ async function sitePage(site) {
     const r = JSON.parse(ev.data), row = document.getElementById(`dev-${r.device}`);
     if (!row) return;
     row.querySelector(".values").innerHTML = valuesText(r.values, r.quality);
-    row.querySelector(".seen").textContent = zoned(r.ts, ZONE);
+    row.querySelector(".seen").textContent = zoned(r.ts, ZONE, true);
     row.querySelector(".state-cell").innerHTML = stateBadge(r.state);  // the server's state model, not ours
     row.classList.remove("flash"); void row.offsetWidth; row.classList.add("flash");
   });
