@@ -93,7 +93,7 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path) -> None:
         daily_values_chart(figures, folder / names["daily_chart"]),
         completeness_chart(figures, folder / names["completeness_chart"]),
     ]
-    files.append(write_summary(figures, names, folder / "summary.html"))
+    files += write_summary(figures, names, folder)
     files.append(write_manifest(figures, files, folder / "manifest.json"))
     write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
 
