@@ -258,7 +258,7 @@ def test_site_page_and_overview_in_a_browser(running_demo):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#charts .uplot"))
         driver.save_screenshot(str(ARTEFACTS / "liveview-site-ja.png"))
         set_language(driver, "en")
-        wait.until(lambda d: "Devices" in d.find_element(By.TAG_NAME, "main").text)
+        wait.until(lambda d: "last seen" in d.find_element(By.TAG_NAME, "main").text)
 
         driver.get(url + "api/docs")  # Chromium here resolves no name but 127.0.0.1: no CDN
         WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
