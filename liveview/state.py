@@ -29,12 +29,15 @@ class DeviceView:
     kind: str
     gateway: str
     health: DeviceHealth
-    last_seen: dt.datetime | None = None
     status: str | None = None
     values: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)  # channel -> (ts, value) for counter checks
     conditions: dict = field(default_factory=dict)  # (subject, kind) -> Condition from readings
+
+    @property
+    def last_seen(self) -> dt.datetime | None:
+        return self.health.last_seen
 
     def state(self, now: dt.datetime, gateway_online: bool) -> str:
         return self.health.current(now, gateway_online)[0]
@@ -117,9 +120,9 @@ class LiveState:
             if view.last_seen is not None and r.ts <= view.last_seen:
                 return None  # a redelivery or replay: the live view shows the newest only
             self._counter_checks(site, view, r)
-            view.last_seen, view.status = r.ts, r.status.value
+            view.status = r.status.value
             view.quality = {k: q.value for k, q in r.quality.items()}
-            view.health.on_reading(r.ts, view.status, view.quality)
+            view.health.on_reading(r.ts, view.status, view.quality)  # sets last_seen
             main = MAIN_CHANNELS.get(view.kind, [])
             view.values = {k: r.values.get(k) for k in main if k in r.values}
             if r.values.get("simulated"):
