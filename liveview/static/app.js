@@ -175,6 +175,12 @@ let RANGE = "day";
 const charts = [];
 
 function tzDate(tz) { return (ts) => uPlot.tzDate(new Date(ts * 1e3), tz); }
+// uPlot's axis and legend templates are American (11/29/26, 2pm): the page's own date format and 24 h
+function dateTemplate(tpl) {
+  return tpl.replace(/\{M\}\/\{D\}\/\{YY\}/g, t("chart_date_long")).replace(/\{M\}\/\{D\}/g, t("chart_date"))
+    .replace(/\{h\}:\{mm\}\{aa\}/g, "{HH}:{mm}").replace(/\{h\}\{aa\}/g, "{HH}:00").replace(/\{h\}/g, "{HH}")
+    .replace(/\{aa\}/g, "");
+}
 
 async function loadCharts(site) {
   const box = $("#charts");
@@ -195,7 +201,7 @@ async function loadCharts(site) {
       box.appendChild(card);
       const data = uPlot.join(list.map(([, s]) => [s.t.map((x) => Date.parse(x) / 1000), s.v]));
       const opts = {
-        width: 640, height: 240, tzDate: tzDate(h.timezone),
+        width: 640, height: 240, tzDate: tzDate(h.timezone), fmtDate: (tpl) => uPlot.fmtDate(dateTemplate(tpl)),
         title: t("chart_title", {unit}),
         series: [{label: t("time")}, ...list.map(([id, s], i) => ({
           label: `${id}.${s.channel}`, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: false,

@@ -79,7 +79,8 @@ def render(figures: PeriodFigures, files: dict[str, str], lang: str = "en") -> s
         f"<tr><th>{e(m['re'])}</th><td class=n>{_num(calc.RE)} tCO2</td></tr>",
         f"<tr><th>{e(m['pe'])}</th><td class=n>{_num(calc.PE)} tCO2</td></tr>",
         f"<tr><th>{e(m['er_unrounded'])}</th><td class=n>{_num(calc.ER_unrounded)} tCO2</td></tr>",
-        f"<tr><th>{e(m['er_rounded'].format(rounding=spec.rounding))}</th><td class=n><b>{calc.ER:,} tCO2</b></td></tr>",
+        f"<tr><th>{e(m['er_rounded'].format(rounding=spec.rounding))}</th>"
+        f"<td class=n><b>{calc.ER:,} tCO2</b></td></tr>",
         "</table>",
     ]
     if figures.config_changes:
@@ -99,7 +100,8 @@ def render(figures: PeriodFigures, files: dict[str, str], lang: str = "en") -> s
               f"<th>{e(m['status'])}</th><th>{e(m['signed_off'])}</th><th>{e(m['input_hash'])}</th></tr>"]
     for r in figures.revisions:
         signed = e(m["signed_by"].format(by=r.signed_by, at=r.signed_at)) if r.signed_off else e(m["no"])
-        parts.append(f"<tr><td>{e(r.month)}</td><td class=n>{r.revision}</td><td>{status(r.status)}</td><td>{signed}</td>"
+        parts.append(f"<tr><td>{e(r.month)}</td><td class=n>{r.revision}</td><td>{status(r.status)}</td>"
+                     f"<td>{signed}</td>"
                      f"<td><code>{e(r.input_hash)}</code></td></tr>")
     parts += [
         "</table>",
