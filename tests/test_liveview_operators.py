@@ -91,6 +91,20 @@ def test_power_now_against_the_nameplate_and_attention_order():
     assert [r[0] for r in ranked] == ["gw", "dev", "alarms", "ok"]
 
 
+def test_the_site_needing_attention_comes_first(tmp_path, store):
+    biogas = load_site(REPO / "config" / "sites" / "ph-biogas.yaml")
+    view = LiveView([SITE, biogas], "mqtt://127.0.0.1:1", store, str(tmp_path / "alarms.sqlite"))
+
+    def gateway(site, state):
+        body = {"site": site.site, "gateway": site.gateway, "state": state}
+        view.state.on_message(f"jcm/v1/{site.site}/{site.gateway}/status", json.dumps(body).encode())
+
+    gateway(SITE, "online"), gateway(biogas, "offline")
+    assert [r["site"] for r in view.overview()] == ["ph-biogas", "mn-solar"]
+    gateway(SITE, "offline"), gateway(biogas, "online")
+    assert [r["site"] for r in view.overview()] == ["mn-solar", "ph-biogas"]
+
+
 def record(ledger, month, status, er, er_unrounded, reasons=(), findings=()):
     summary = {"input_hash": f"h-{month}", "methodology": "MN_AM003", "version": "2.0", "status": status,
                "RE": er_unrounded, "PE": 0.0, "ER_unrounded": er_unrounded, "ER": er, "provisional": False,
