@@ -190,3 +190,30 @@ def test_fault_injection_for_an_unknown_device_is_a_404_listing_the_devices():
         assert body["devices"] == sorted(d.id for d in SITE.devices)
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_site_page_lists_why_a_month_needs_review_and_a_zero_month_in_a_browser(tmp_path, store):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    record(ledger, "2026-09", "needs_review", 0, 0.734, ["completeness 91.0 % below 95 %"],
+           [{"check": "gap", "source": "poc-meter.energy_export", "severity": "review",
+             "detail": "3.5 h without a valid reading"}])
+    view = LiveView([SITE], f"mqtt://127.0.0.1:{free_port()}", store, str(tmp_path / "alarms.sqlite"), ledger=ledger)
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    driver = chrome()
+    try:
+        driver.get(f"http://127.0.0.1:{port}/sites/mn-solar")
+        row = WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-month='2026-09']"))[0]
+        assert "rounds down to 0 t: the unrounded figure is 0.734 t" in row.text
+        row.find_element(By.TAG_NAME, "summary").click()
+        assert "completeness 91.0 % below 95 %" in row.text and "3.5 h without a valid reading" in row.text
+    finally:
+        driver.quit()
+        dash.stop()
