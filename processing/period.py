@@ -322,18 +322,11 @@ class PeriodProcessor:
         point = self._point(src)
         zone = self.site.zone
         if point.kind.value == "counter":
-            return counter_daily(values, zone, days, src, point.rollover, self._counter_limit(src, max_rate),
+            return counter_daily(values, zone, days, src, point.rollover, self.site.counter_limit_per_h(src, max_rate),
                                  self._gap_s(src), effect, self.site.rating_per_h(src), point.unit)
         if point.type == "bool":
             return energised_hours_daily(values, zone, days, self._gap_s(src))
         return mean_daily(values, zone, days)
-
-    def _counter_limit(self, src: str, max_rate: float | None) -> float | None:
-        """The physical bound of a counter's interval [counter unit/h]: the monitoring point's
-        own limit or the nameplate's with its margin, the lower."""
-        rating = self.site.rating_per_h(src)
-        limits = [x for x in (max_rate, rating * self.site.nameplate.margin if rating else None) if x]
-        return min(limits) if limits else None
 
     def _calibrate(self, src, d: pd.Series, effect, adjustments, findings, parameter, gap_totals=(),
                    rating_per_h: float | None = None) -> pd.Series:
@@ -453,7 +446,7 @@ class PeriodProcessor:
                             self.site.zone, days, gwp,
                             c["CH4_density"].value, c["eta_flare_burning"].value, self._point(bg).rollover,
                             min(self._gap_s(flame), self._gap_s(ch4)), (bg, ch4, flame),
-                            self._counter_limit(bg, by_param["BG_flare"].max_rate_per_h))
+                            self.site.counter_limit_per_h(bg, by_param["BG_flare"].max_rate_per_h))
         # PE_flare is proportional to the gas and to its CH4 fraction: the delayed calibration of
         # either meter reaches it (once per device; the QA rows of BG_flare and w_CH4 do not);
         # the calibration_overdue findings are the QA reduction's

@@ -28,7 +28,7 @@ from tests.conftest import fill_history, reference_site, store_copy
 FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
 SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
 FILES = {"daily_values.csv", "raw_readings.csv", "daily_values.png", "completeness.png", "summary.html",
-         "manifest.json", "SHA256SUMS"}
+         "summary.ja.html", "manifest.json", "SHA256SUMS"}
 SIMULATED_NOTE = "# SIMULATED DATA: readings from the simulator, not from the plant's meters; not for verification"
 
 
@@ -190,6 +190,10 @@ def test_signed_off_revision_is_used_and_reported(tmp_path):
     assert revisions["2026-09"]["signed_off"] and revisions["2026-09"]["signed_by"] == "A. Verifier"
     assert not revisions["2026-10"]["signed_off"]
     assert "by A. Verifier" in (folder / "summary.html").read_text()
+    ja = (folder / "summary.ja.html").read_text()  # the same page in Japanese, each linking to the other
+    assert '<html lang="ja">' in ja and "A. Verifier" in ja
+    assert "モニタリング期間 2026年9月25日～2026年10月4日" in ja
+    assert 'href="summary.html"' in ja and 'href="summary.ja.html"' in (folder / "summary.html").read_text()
 
 
 # -- simulated history in a real store ----------------------------------------------

@@ -364,6 +364,14 @@ class Site(Strict):
                     return rate
         return None
 
+    def counter_limit_per_h(self, source: str, max_rate_per_h: float | None = None) -> float | None:
+        """The physical bound of an interval of counter ``device.channel`` [counter unit/h]: the
+        monitoring point's own ``max_rate_per_h`` or the nameplate rating times its margin,
+        the lower; ``None`` when neither is known."""
+        rating = self.rating_per_h(source)
+        limits = [x for x in (max_rate_per_h, rating * self.nameplate.margin if rating else None) if x]
+        return min(limits) if limits else None
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)

@@ -103,7 +103,7 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
     ], 2):
         files.append(write())
         tell(done, steps, names[name])
-    files.append(write_summary(figures, names, folder / "summary.html"))
+    files += write_summary(figures, names, folder)
     tell(7, steps, "summary.html")
     files.append(write_manifest(figures, files, folder / "manifest.json"))
     write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
