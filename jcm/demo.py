@@ -215,7 +215,7 @@ def _free_endpoints(sites: list[Site]) -> list[Site]:
             c = d.connection
             if isinstance(c, TcpConnection):
                 if c.port not in moved:
-                    moved[c.port] = free_port() if _port_busy(c.port) else c.port
+                    moved[c.port] = c.port if _can_listen(c.port) else free_port()
                     if moved[c.port] != c.port:
                         log.info("%s: port %d is in use here: simulating %s on port %d instead",
                                  site.site, c.port, c.endpoint, moved[c.port])
@@ -223,6 +223,20 @@ def _free_endpoints(sites: list[Site]) -> list[Site]:
             devices.append(d)
         out.append(site.model_copy(update={"devices": devices}))
     return out
+
+
+def _can_listen(port: int) -> bool:
+    """Whether a server can listen on the loopback ``port`` now (bound by another
+    process, even if not listening yet, it cannot)."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _port_busy(port: int) -> bool:
