@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import threading
 import time
 
@@ -25,8 +26,9 @@ def format_reading(reading: Reading) -> str:
 
 
 def watch(broker: Mqtt | str, topic: str, count: int | None = None, duration: float | None = None,
-          names: dict[str, str] | None = None) -> int:
-    """Print until ``count`` messages or ``duration`` seconds; 2 if the broker refuses us (reason logged)."""
+          names: dict[str, str] | None = None, connect_timeout: float = 10.0) -> int:
+    """Print until ``count`` messages or ``duration`` seconds; 2 if the broker refuses us or
+    cannot be reached within ``connect_timeout`` seconds (reason logged)."""
     done = threading.Event()
     seen = 0
 
@@ -51,15 +53,22 @@ def watch(broker: Mqtt | str, topic: str, count: int | None = None, duration: fl
     connection.client.on_message = on_message
     connection.start()
     deadline = None if duration is None else time.monotonic() + duration
-    refused = False
+    give_up = time.monotonic() + connect_timeout  # a broker never reached is an error, not silence
+    reached = refused = False
     try:
         while not done.wait(timeout=0.2):
+            reached = reached or connection.connected.is_set()
             refused = connection.refusal is not None
-            if refused or (deadline is not None and time.monotonic() >= deadline):
+            now = time.monotonic()
+            if refused or (not reached and now >= give_up) or (deadline is not None and now >= deadline):
                 break
     except KeyboardInterrupt:
         pass
+    reached = reached or connection.connected.is_set()
     connection.stop()
     if refused:
+        return 2
+    if not reached:
+        print(f"jcm watch: could not connect to {connection.url} (the log above says why)", file=sys.stderr)
         return 2
     return 0 if (count is None or seen >= count) else 1

@@ -257,3 +257,13 @@ def test_watch_refuses_credentials_in_the_url():
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "--broker" in err and "--username-env" in err
     assert "Traceback" not in err
+
+
+def test_watch_against_an_unreachable_broker_says_so_and_exits_non_zero():
+    """Before: nothing printed and exit 0 after --duration."""
+    port = free_port()  # nothing listens there
+    for args in (["--duration", "3"], []):  # with a duration, and without (gives up after 10 s)
+        proc = jcm("watch", "--broker", f"mqtt://127.0.0.1:{port}", *args)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 2, err
+        assert f"could not connect to mqtt://127.0.0.1:{port}" in err and "Connection refused" in err
