@@ -27,7 +27,8 @@ from influxdb_client.rest import ApiException
 
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable
+from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
+from store.gc_paused import gc_paused
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -181,18 +182,25 @@ class InfluxStore:
             where += " AND (" + " OR ".join(f'"device" = {_lit(d)}' for d in devices) + ")"
         return where
 
-    def read(self, site, start, end, channels=None, devices=None) -> pd.DataFrame:
+    def read(self, site, start, end, channels=None, devices=None, sources=None, limit=None) -> pd.DataFrame:
+        pairs = None if sources is None else set(source_pairs(channels, devices, sources))
+        if pairs is not None:  # the fields and tags that hold them; other pairs are dropped below
+            channels, devices = sorted({c for _, c in pairs}), sorted({d for d, _ in pairs})
+            if not pairs:
+                return _frame([])
         select = "*" if not channels else ", ".join(_q(c) for c in [*channels, "quality"])
         rows: list[tuple] = []
         t = start
-        while t < end:
-            stop = min(end, t + self.chunk)
-            q = (f"SELECT {select} FROM {_q(MEASUREMENT)} WHERE {self._where_site(site, devices)} "
-                 f"AND time >= {to_ns(t)} AND time < {to_ns(stop)} GROUP BY \"device\", \"gateway\"")
-            for series in self.query(q):
-                rows += _series_rows(series, site, channels, numeric_only=True)
-            t = stop
-        return _frame(rows)
+        with gc_paused():
+            while t < end and (limit is None or len(rows) < limit):
+                stop = min(end, t + self.chunk)
+                q = (f"SELECT {select} FROM {_q(MEASUREMENT)} WHERE {self._where_site(site, devices)} "
+                     f"AND time >= {to_ns(t)} AND time < {to_ns(stop)} GROUP BY \"device\", \"gateway\"")
+                for series in self.query(q):
+                    got = _series_rows(series, site, channels, numeric_only=True)
+                    rows += got if pairs is None else [r for r in got if (r[3], r[4]) in pairs]
+                t = stop
+            return _frame(rows).head(limit) if limit is not None else _frame(rows)
 
     def latest(self, site) -> pd.DataFrame:
         q = (f"SELECT * FROM {_q(MEASUREMENT)} WHERE \"site\" = {_lit(site)} "
