@@ -8,6 +8,7 @@ Two sites run on simulated history in a real SQLite store; all five also run on
 hand-made ledger revisions (an empty store), which pins the figures exactly."""
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from tests.conftest import fill_history, reference_site, store_copy
 
 FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
 SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
-FILES = {"daily_values.csv", "raw_readings.csv", "daily_values.png", "completeness.png", "summary.html",
+FILES = {"daily_values.csv", "raw_readings.csv.gz", "daily_values.png", "completeness.png", "summary.html",
          "manifest.json", "SHA256SUMS"}
 SIMULATED_NOTE = "# SIMULATED DATA: readings from the simulator, not from the plant's meters; not for verification"
 
@@ -237,8 +238,10 @@ def test_export_of_simulated_history(name, store, tmp_path):
     for key, total in m["parameters"].items():
         assert math.fsum(float(r[4]) for r in rows if (f"{r[1]}[{r[2]}]" if r[2] else r[1]) == key) == pytest.approx(total)
 
-    # raw_readings.csv: the monitoring plan's sources' readings between the local-day bounds
-    raw = (folder / "raw_readings.csv").read_text().splitlines()
+    # raw_readings.csv.gz: the monitoring plan's sources' readings between the local-day bounds
+    packed = (folder / "raw_readings.csv.gz").read_bytes()
+    assert packed[:2] == b"\x1f\x8b" and packed[4:8] == b"\0\0\0\0"  # gzip, no time in its header
+    raw = gzip.decompress(packed).decode().splitlines()
     assert raw.pop(0) == SIMULATED_NOTE
     assert raw[0] == "ts,device,channel,value,quality"
     sources = set(s.monitoring_sources)
