@@ -27,8 +27,8 @@ from influxdb_client.rest import ApiException
 
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
-from store.gc_paused import gc_paused
+from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs, split_sources
+from contract.gc_paused import gc_paused
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -201,6 +201,9 @@ class InfluxStore:
                     rows += got if pairs is None else [r for r in got if (r[3], r[4]) in pairs]
                 t = stop
             return _frame(rows).head(limit) if limit is not None else _frame(rows)
+
+    def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
+        return split_sources(self.read(site, start, end, sources=sources), sources)
 
     def latest(self, site) -> pd.DataFrame:
         q = (f"SELECT * FROM {_q(MEASUREMENT)} WHERE \"site\" = {_lit(site)} "

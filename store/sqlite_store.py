@@ -19,7 +19,7 @@ import pandas as pd
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
 from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
-from store.gc_paused import gc_paused
+from contract.gc_paused import gc_paused
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -140,6 +140,17 @@ class SqliteStore:
             parts = [(device, channel, self._query(sql, (site, device, channel, lo, hi))) for device, channel in pairs]
             return _pairs_frame(site, parts, limit)
 
+    def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
+        sql = ("SELECT ts, value, quality FROM readings WHERE site = ? AND device = ? AND channel = ? "
+               "AND ts >= ? AND ts < ? AND text_value IS NULL")
+        lo, hi = to_ms(start), to_ms(end)
+        out = {}
+        with gc_paused():
+            for src in sources:
+                device, channel = src.split(".", 1)
+                out[src] = _source_frame(self._query(sql, (site, device, channel, lo, hi)))
+        return out
+
     def latest(self, site) -> pd.DataFrame:
         rows = self._query(
             "SELECT r.ts, r.site, r.gateway, r.device, r.channel, COALESCE(r.value, r.text_value), r.quality "
@@ -186,6 +197,14 @@ def _pairs_frame(site: str, parts: list[tuple[str, str, list[tuple]]], limit: in
         "ts": pd.to_datetime(ts[order], unit="ms", utc=True), "site": np.full(len(order), site, dtype=object),
         "gateway": gateway[order], "device": device[order], "channel": channel[order], "value": value[order],
         "quality": quality[order]}, columns=READ_COLUMNS)
+
+
+def _source_frame(rows: list[tuple]) -> pd.DataFrame:
+    """``SOURCE_COLUMNS`` from rows (ts, value, quality) in ts order."""
+    ts, value, quality = zip(*rows) if rows else ((), (), ())
+    return pd.DataFrame({"ts": pd.to_datetime(np.array(ts, np.int64), unit="ms", utc=True),
+                         "value": np.array(value, float),  # a NULL value becomes NaN
+                         "quality": pd.Series(np.array(quality, object), dtype=object)})
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:
