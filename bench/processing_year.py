@@ -18,7 +18,11 @@ Each is set against its floor, measured in the same process just before it:
 - the export's floor: reading the rows of the raw-readings file the same way, a week at a
   time (``SELECT ts, device, channel, value, quality``), then ``pd.to_datetime``.
 
-Both floors run with the garbage collector paused, as the store's reads do.
+Both floors run with the garbage collector paused, as the store's reads do. Other
+sessions share this machine, so each month's floor and ``process_month`` are run
+``--repeat`` times, alternately, and the ratio is the least time of each (the later runs
+of a month find its ledger revision unchanged and add none); the year's total is the
+first runs'. The export's floor is read before and after the export, its lesser time kept.
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ def export_floor(db: sqlite3.Connection, site: Site, first: dt.date, last: dt.da
     return time.monotonic() - t, n
 
 
-def child(site_name: str, year: int, step: int) -> None:
+def child(site_name: str, year: int, step: int, repeat: int) -> None:
     """The timed part, in a process of its own: a year of months, then the year's export."""
     from processing.export import export_period
     from processing.ledger import Ledger
@@ -148,12 +152,15 @@ def child(site_name: str, year: int, step: int) -> None:
         months, process_s = [], 0.0
         for m in range(1, 13):
             month = f"{year}-{m:02d}"
-            floor = month_floor(db, site, month)
-            t = time.monotonic()
-            result, revision = process_month(site, store, ledger, month)
-            s = time.monotonic() - t
-            process_s += s
-            months.append({"month": month, "s": round(s, 3), "floor_s": round(floor, 3), "ratio": round(s / floor, 2),
+            floors, times = [], []
+            for _ in range(repeat):
+                floors.append(month_floor(db, site, month))
+                t = time.monotonic()
+                result, revision = process_month(site, store, ledger, month)
+                times.append(time.monotonic() - t)
+            process_s += times[0]
+            months.append({"month": month, "s": round(times[0], 3), "best_s": round(min(times), 3),
+                           "floor_s": round(min(floors), 3), "ratio": round(min(times) / min(floors), 2),
                            "status": result.status, "ER": result.calc.ER if result.calc else None,
                            "input_hash": result.input_hash})
         process_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -161,6 +168,7 @@ def child(site_name: str, year: int, step: int) -> None:
         t = time.monotonic()
         folder = export_period(site, store, ledger, dt.date(year, 1, 1), dt.date(year, 12, 31), Path(tmp) / "export")
         export_s = time.monotonic() - t
+        read_s = min(read_s, export_floor(db, site, dt.date(year, 1, 1), dt.date(year, 12, 31))[0])
         export_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
     print(json.dumps({"site": site.site, "process_s": round(process_s, 1), "export_s": round(export_s, 1),
                       "export_read_floor_s": round(read_s, 1), "export_rows": read_rows,
@@ -175,10 +183,11 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=60, help="seconds between readings (60: 1-minute readings)")
     ap.add_argument("--sites", nargs="*", help="site ids (default: all five)")
     ap.add_argument("--jobs", type=int, default=2, help="sites filled in parallel (one store file each)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each month and its floor, alternately")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.year, args.step)
+        child(args.child, args.year, args.step, args.repeat)
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     chosen = sites(args.sites)
@@ -190,7 +199,8 @@ def main() -> None:
     for s in chosen:
         print(f"processing {s.site} ...", flush=True)
         out = subprocess.run([sys.executable, __file__, "--child", s.site, "--year", str(args.year),
-                              "--step", str(args.step)], capture_output=True, text=True, check=True)
+                              "--step", str(args.step), "--repeat", str(args.repeat)],
+                             capture_output=True, text=True, check=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     print(f"\n{'site':<17}{'readings':>11}{'rows':>12}{'12 months s':>13}{'s/month':>9}{'month/floor':>13}"
@@ -207,9 +217,10 @@ def main() -> None:
               f"{str(r['months_peak_rss_mb']) + ' / ' + str(r['peak_rss_mb']):>19}  "
               + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
     total = sum(r["process_s"] + r["export_s"] for r in runs)
-    months = sum(m["s"] for r in runs for m in r["months"])
+    months = sum(m["best_s"] for r in runs for m in r["months"])
     floors = sum(m["floor_s"] for r in runs for m in r["months"])
-    print(f"\nall sites, 12 months + export each: {total:.0f} s; the 60 months {months:.1f} s against their floors' "
+    count = sum(len(r["months"]) for r in runs)
+    print(f"\nall sites, 12 months + export each: {total:.0f} s; the {count} months {months:.1f} s against their floors' "
           f"{floors:.1f} s ({months / floors:.2f}x); largest peak RSS {max(r['peak_rss_mb'] for r in runs)} MB; "
           f"CPU {cpu_model()}, {os.cpu_count()} cores")
     out = RESULTS / f"processing-year-{args.year}-{args.step}s.json"

@@ -77,11 +77,6 @@ class PeriodResult:
         }
 
 
-def read_monitored(store: ReadingStore, site: Site, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """The readings of exactly the monitoring plan's ``device.channel`` sources in [start, end)."""
-    return store.read(site.site, start, end, sources=site.monitoring_sources)
-
-
 def _usable(rows: pd.DataFrame, counter: bool) -> pd.Series:
     """Readings with a usable value; a counter out of its range is not trusted."""
     q = rows["quality"].fillna("")
