@@ -353,3 +353,40 @@ def test_pe_flare_is_shown_with_its_inputs(store, tmp_path):
     assert got == pytest.approx(ws.cell(row=r, column=5).value, rel=1e-9) and got > 0
     # no day was filled, so the PE_flare the calculation used is the one its inputs give
     assert got == pytest.approx(manifest_of(folder)["parameters"]["PE_flare"], rel=1e-9)
+
+
+def test_raw_csv_text_is_what_csv_writer_writes():
+    """The raw CSV is assembled column by column: it must be the bytes ``csv.writer`` gives
+    for the readings in (ts, device, channel) order, quoting and missing values included."""
+    import csv
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from processing.export.csv_files import _raw_text
+
+    t0 = pd.Timestamp("2026-10-01", tz="UTC")
+
+    def frame(minutes, values, quality):
+        return pd.DataFrame({"ts": pd.to_datetime([t0.value // 1000 + m * 60_000_000 + 7_000 for m in minutes],
+                                                   unit="us", utc=True),
+                             "value": np.array(values, dtype=float), "quality": np.array(quality, dtype=object)})
+
+    frames = {  # equal timestamps across sources; "a" sorts before "a-b" as a device, after it as text (".")
+        "a.x": frame([0, 1, 2], [1.5, float("nan"), 1e16], [None, "timeout", None]),
+        "a-b.x": frame([0, 2], [0.1 + 0.2, -0.0], [None, 'odd, "quoted"\nflag']),
+        "b.y": frame([], [], []),
+        "a.w": frame([1], [float("inf")], ["out_of_range"]),
+    }
+    rows = []
+    for src, f in frames.items():
+        dev, ch = src.split(".")
+        for ts, v, q in zip(f["ts"], f["value"], f["quality"]):
+            rows.append((ts, dev, ch, "" if np.isnan(v) else repr(float(v)), "" if pd.isna(q) else q))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(
+        [(ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", *rest) for ts, *rest in rows])
+    assert _raw_text(frames) == buf.getvalue()
+    assert _raw_text({"b.y": frames["b.y"]}) == ""
