@@ -12,7 +12,6 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 import pandas as pd
 
 from contract.message import Reading
@@ -92,21 +91,3 @@ def source_pairs(channels, devices, sources) -> list[tuple[str, str]] | None:
     if channels and devices:
         return sorted({(d, c) for d in devices for c in channels})
     return None
-
-
-def split_sources(raw: pd.DataFrame, sources: list[str]) -> dict[str, pd.DataFrame]:
-    """A long frame of ``READ_COLUMNS`` as ``read_sources`` returns it: each source's rows
-    (``SOURCE_COLUMNS``) in time order, found in one pass rather than a mask per source."""
-    device, devices = pd.factorize(raw["device"], sort=True)
-    channel, channels = pd.factorize(raw["channel"], sort=True)
-    width = max(1, len(channels))
-    code = device.astype(np.int64) * width + channel
-    order = np.lexsort((raw["ts"].array.asi8, code))  # by source, then ts
-    bounds = np.searchsorted(code[order], np.arange(len(devices) * width + 1))
-    columns = raw[SOURCE_COLUMNS]
-    out = {}
-    for src in sources:
-        dev, ch = src.split(".", 1)
-        i = devices.get_loc(dev) * width + channels.get_loc(ch) if dev in devices and ch in channels else None
-        out[src] = columns.take(order[bounds[i]:bounds[i + 1]] if i is not None else order[:0]).reset_index(drop=True)
-    return out

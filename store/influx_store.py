@@ -19,6 +19,7 @@ import json
 import os
 from urllib.parse import SplitResult, urlencode
 
+import numpy as np
 import pandas as pd
 import urllib3
 from influxdb_client import InfluxDBClient, Point, WritePrecision
@@ -27,7 +28,7 @@ from influxdb_client.rest import ApiException
 
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs, split_sources
+from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
 from contract.gc_paused import gc_paused
 
 MEASUREMENT = "reading"
@@ -203,7 +204,29 @@ class InfluxStore:
             return _frame(rows).head(limit) if limit is not None else _frame(rows)
 
     def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
-        return split_sources(self.read(site, start, end, sources=sources), sources)
+        # column by column from each series (one per device and gateway), never a row per
+        # channel value: what ``read`` would keep of them, split by source
+        wanted = source_pairs(None, None, sources)
+        channels, devices = sorted({c for _, c in wanted}), sorted({d for d, _ in wanted})
+        parts: dict[str, list] = {src: [] for src in sources}
+        if not wanted:
+            return {src: _source_frame([]) for src in sources}
+        select = ", ".join(_q(c) for c in [*channels, "quality"])
+        t = start
+        with gc_paused():
+            while t < end:
+                stop = min(end, t + self.chunk)
+                q = (f"SELECT {select} FROM {_q(MEASUREMENT)} WHERE {self._where_site(site, devices)} "
+                     f"AND time >= {to_ns(t)} AND time < {to_ns(stop)} GROUP BY \"device\", \"gateway\"")
+                for series in self.query(q):
+                    device = series.get("tags", {}).get("device")
+                    columns = dict(zip(series["columns"], zip(*series["values"])))
+                    quality = [json.loads(x) if x and x != "{}" else None for x in columns.get("quality", ())]
+                    for channel in channels:
+                        if f"{device}.{channel}" in parts and channel in columns:
+                            parts[f"{device}.{channel}"].append((columns["time"], columns[channel], quality, channel))
+                t = stop
+            return {src: _source_frame(found) for src, found in parts.items()}
 
     def latest(self, site) -> pd.DataFrame:
         q = (f"SELECT * FROM {_q(MEASUREMENT)} WHERE \"site\" = {_lit(site)} "
@@ -259,6 +282,24 @@ def _series_rows(series: dict, site: str, channels, numeric_only: bool) -> list[
                 continue  # the channel was not part of this poll
             rows.append((point["time"], site, tags.get("gateway"), tags.get("device"), channel, v, quality.get(channel)))
     return rows
+
+
+def _source_frame(parts: list[tuple]) -> pd.DataFrame:
+    """``SOURCE_COLUMNS`` of one source from its series' columns (times, values, quality
+    per point, channel): the points ``_series_rows`` keeps, a number or a flagged null."""
+    ts, value, quality = [], [], []
+    for times, values, flags, channel in parts:
+        for i, v in enumerate(values):
+            flag = flags[i].get(channel) if flags and flags[i] else None
+            if isinstance(v, str) or (v is None and flag is None):
+                continue
+            ts.append(times[i])
+            value.append(v)
+            quality.append(flag)
+    order = np.argsort(np.array(ts, np.int64), kind="stable")
+    return pd.DataFrame({"ts": pd.to_datetime(np.array(ts, np.int64)[order], unit="ms", utc=True),
+                         "value": np.array(value, float)[order],  # a null becomes NaN
+                         "quality": pd.Series(np.array(quality, object)[order] if quality else [], dtype=object)})
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:
