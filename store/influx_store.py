@@ -26,10 +26,10 @@ from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
 from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
-from contract.gc_paused import gc_paused
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -207,10 +207,10 @@ class InfluxStore:
         # column by column from each series (one per device and gateway), never a row per
         # channel value: what ``read`` would keep of them, split by source
         wanted = source_pairs(None, None, sources)
-        channels, devices = sorted({c for _, c in wanted}), sorted({d for d, _ in wanted})
         parts: dict[str, list] = {src: [] for src in sources}
         if not wanted:
-            return {src: _source_frame([]) for src in sources}
+            return {}
+        channels, devices = sorted({c for _, c in wanted}), sorted({d for d, _ in wanted})
         select = ", ".join(_q(c) for c in [*channels, "quality"])
         t = start
         with gc_paused():

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
 from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
-from contract.gc_paused import gc_paused
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
