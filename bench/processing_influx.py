@@ -53,9 +53,13 @@ def start_influxd(d: Path) -> tuple[subprocess.Popen, int]:
         f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
         '[monitor]\n  store-enabled = false\n[continuous_queries]\n  enabled = false\n')
     proc = subprocess.Popen([exe, "-config", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, timeout=30)
-    urllib3.PoolManager().request("POST", f"http://127.0.0.1:{port}/query", fields={"q": "CREATE DATABASE jcm"},
-                                  encode_multipart=False)
+    try:
+        wait_for_port(port, timeout=30)
+        urllib3.PoolManager().request("POST", f"http://127.0.0.1:{port}/query", fields={"q": "CREATE DATABASE jcm"},
+                                      encode_multipart=False)
+    except BaseException:
+        stop_process(proc, timeout=15)
+        raise
     return proc, port
 
 
