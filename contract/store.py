@@ -20,6 +20,8 @@ from contract.text import printable
 
 #: columns of ``ReadingStore.read``; one row per (device, channel, ts)
 READ_COLUMNS = ["ts", "site", "gateway", "device", "channel", "value", "quality"]
+#: columns of each source's frame from ``ReadingStore.read_sources``; one row per ts
+SOURCE_COLUMNS = ["ts", "value", "quality"]
 
 
 class StoreUnavailable(RuntimeError):
@@ -83,8 +85,21 @@ class ReadingStore(Protocol):
         it (rewriting a point is harmless)."""
 
     def read(self, site: str, start: dt.datetime, end: dt.datetime, channels: list[str] | None = None,
-             devices: list[str] | None = None) -> pd.DataFrame:
-        """Readings with start <= ts < end as a long DataFrame of ``READ_COLUMNS``, sorted by ts."""
+             devices: list[str] | None = None, sources: list[str] | None = None,
+             limit: int | None = None) -> pd.DataFrame:
+        """Readings with start <= ts < end as a long DataFrame of ``READ_COLUMNS``, sorted by
+        ts, then device, then channel.
+
+        ``channels`` and ``devices`` each narrow the read; ``sources`` (``device.channel``)
+        narrows it to exactly those pairs (see ``source_pairs``), which a monitoring plan
+        needs: the product of its devices and channels can name pairs it does not monitor.
+        ``limit``: only the first rows, e.g. ``limit=1`` to learn whether any exist."""
+
+    def read_sources(self, site: str, start: dt.datetime, end: dt.datetime,
+                     sources: list[str]) -> dict[str, pd.DataFrame]:
+        """Each ``device.channel`` source's readings with start <= ts < end, a frame of
+        ``SOURCE_COLUMNS`` sorted by ts (empty if it has none): what processing reads,
+        without the long frame's per-row device, channel, site and gateway."""
 
     def latest(self, site: str) -> pd.DataFrame:
         """The last value of each (device, channel) of a site, ``READ_COLUMNS``."""
@@ -96,3 +111,14 @@ class ReadingStore(Protocol):
         """The most recent dead letters, newest first."""
 
     def close(self) -> None: ...
+
+
+def source_pairs(channels, devices, sources) -> list[tuple[str, str]] | None:
+    """The (device, channel) pairs a read asks for, sorted; ``None`` when it names no devices
+    or no channels (then any device or channel is wanted)."""
+    if sources is not None:
+        pairs = {tuple(src.split(".", 1)) for src in sources}
+        return sorted((d, c) for d, c in pairs if (not channels or c in channels) and (not devices or d in devices))
+    if channels and devices:
+        return sorted({(d, c) for d in devices for c in channels})
+    return None

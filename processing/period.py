@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -25,6 +24,7 @@ import pandas as pd
 
 from contract.config import ConfigError
 from contract.config.site import Site
+from contract.gc_paused import gc_paused
 from contract.store import ReadingStore
 from contract.units import factor
 from processing.calibration import correction_factor, uncovered_periods
@@ -79,12 +79,6 @@ class PeriodResult:
         }
 
 
-def read_monitored(store: ReadingStore, site: Site, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """The readings of exactly the monitoring plan's ``device.channel`` sources in [start, end)."""
-    raw = store.read(site.site, start, end, channels=site.monitoring_channels, devices=site.monitoring_devices)
-    return raw[raw["device"].astype(str).str.cat(raw["channel"].astype(str), sep=".").isin(site.monitoring_sources)]
-
-
 def _usable(rows: pd.DataFrame, counter: bool) -> pd.Series:
     """Readings with a usable value; a counter out of its range is not trusted."""
     q = rows["quality"].fillna("")
@@ -96,16 +90,45 @@ def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
     return pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=site.zone)).tz_convert("UTC")
 
 
-def input_hash(raw: pd.DataFrame) -> str:
-    """SHA-256 of the readings used, in a canonical text form: same readings, same hash."""
+def input_hash(rows: dict[str, pd.DataFrame]) -> str:
+    """SHA-256 of the readings used, in a canonical text form: same readings, same hash.
+
+    ``rows``: each source's readings (``ReadingStore.read_sources``). The text is one line per reading,
+    sorted by device, channel and ts: ``device TAB channel TAB time TAB value TAB quality``,
+    time in whole seconds since the epoch (floored: what the first ledger revisions hashed,
+    kept so that unchanged months keep their hash), value as ``repr`` of the float (empty
+    when missing), quality empty when none.
+    """
     h = hashlib.sha256()
-    frame = raw.sort_values(["device", "channel", "ts"])
-    ms = (frame["ts"].astype("int64") // 1_000_000).astype(str)
-    values = frame["value"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v)))
-    quality = frame["quality"].fillna("").astype(str)
-    for row in zip(frame["device"], frame["channel"], ms, values, quality):
-        h.update(("\t".join(row) + "\n").encode())
+    with gc_paused():
+        for src in sorted(rows, key=lambda s: tuple(s.split(".", 1))):
+            _hash_source(h, src, rows[src])
     return h.hexdigest()
+
+
+def _hash_source(h, src: str, frame: pd.DataFrame) -> None:
+    """Feed one source's lines to ``h``. The text is assembled column by column and joined
+    once (a Python loop over half a million rows took longer than reading them)."""
+    n = len(frame)
+    if not n:
+        return
+    frame = frame.sort_values("ts")
+    dev, channel = src.split(".", 1)
+    value = frame["value"].to_numpy(dtype=float)
+    values = list(map(repr, value.tolist()))
+    for i in np.flatnonzero(np.isnan(value)):
+        values[i] = ""
+    tails = ["\t\n"] * n  # the quality column, empty but for flagged readings
+    quality = frame["quality"]
+    for i in np.flatnonzero(quality.notna().to_numpy()):
+        tails[i] = f"\t{quality.iat[i]}\n"
+    parts: list = [None] * (5 * n)
+    parts[0::5] = [f"{dev}\t{channel}\t"] * n
+    parts[1::5] = map(str, (frame["ts"].dt.as_unit("us").array.asi8 // 1_000_000).tolist())
+    parts[2::5] = ["\t"] * n
+    parts[3::5] = values
+    parts[4::5] = tails
+    h.update("".join(parts).encode())
 
 
 class PeriodProcessor:
@@ -126,14 +149,15 @@ class PeriodProcessor:
         site, spec = self.site, self.spec
         days = local_days(first, last)
         start, end = _utc_midnight(first, site), _utc_midnight(last + dt.timedelta(days=1), site)
-        raw = read_monitored(store, site, (start - EDGE).to_pydatetime(), (end + EDGE).to_pydatetime())
-        raw = self._with_counter_neighbours(store, raw, start, end)
+        rows = store.read_sources(site.site, (start - EDGE).to_pydatetime(), (end + EDGE).to_pydatetime(),
+                                  site.monitoring_sources)
+        rows = self._with_counter_neighbours(store, rows, start, end)
         findings: list[Finding] = []
         adjustments: list[dict] = []
         completeness: dict[str, float] = {}
         series: dict[str, pd.Series] = {}
         for src in site.monitoring_sources:
-            series[src] = self._source_series(raw, src, start, end, findings, completeness)
+            series[src] = self._source_series(rows[src], src, start, end, findings, completeness)
 
         daily_rows: list[dict] = []
         totals: dict[str, pd.Series] = {}  # key: (parameter, unit_id) as "P" or "P[unit]"
@@ -226,12 +250,12 @@ class PeriodProcessor:
             status = "verified"
         daily = pd.DataFrame(daily_rows, columns=["day", "parameter", "unit_id", "source", "value", "unit"])
         simulated = not store.read(site.site, start.to_pydatetime(), end.to_pydatetime(), channels=["simulated"],
-                                   devices=site.monitoring_devices).empty
+                                   devices=site.monitoring_devices, limit=1).empty
         return PeriodResult(
             simulated=simulated,
             site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,
             status=status, reasons=reasons, calc=calc, parameters=period_values, daily=daily, findings=findings,
-            adjustments=adjustments, completeness=completeness, input_hash=input_hash(raw),
+            adjustments=adjustments, completeness=completeness, input_hash=input_hash(rows),
             figures={"daily_totals": totals, "units": units_of}, fixed=fixed,
         )
 
@@ -264,36 +288,33 @@ class PeriodProcessor:
     def _valid(self, rows: pd.DataFrame, src: str) -> pd.Series:
         return _usable(rows, self._point(src).kind.value == "counter")
 
-    def _with_counter_neighbours(self, store: ReadingStore, raw: pd.DataFrame, start: pd.Timestamp,
-                                 end: pd.Timestamp) -> pd.DataFrame:
-        """``raw`` with, for each counter lacking a valid reading within ``EDGE`` before the
-        period (or after it), the readings out to the nearest valid one: a counter read on
-        both sides of a gap across the period's boundary knows the gap's exact total."""
-        extra = []
-        span = raw[_usable(raw, counter=True)].groupby(["device", "channel"], observed=True)["ts"].agg(["min", "max"])
+    def _with_counter_neighbours(self, store: ReadingStore, rows: dict[str, pd.DataFrame], start: pd.Timestamp,
+                                 end: pd.Timestamp) -> dict[str, pd.DataFrame]:
+        """``rows`` (by source) with, for each counter lacking a valid reading within ``EDGE``
+        before the period (or after it), the readings out to the nearest valid one: a counter
+        read on both sides of a gap across the period's boundary knows the gap's exact total."""
         for src in self.site.monitoring_sources:
             if self._point(src).kind.value != "counter":
                 continue
-            dev, channel = src.split(".")
-            known = span.loc[(dev, channel)] if (dev, channel) in span.index else None
+            valid = rows[src].loc[_usable(rows[src], counter=True), "ts"]
+            extra = []
             for before in (True, False):
-                if known is not None and (known["min"] < start if before else known["max"] >= end):
+                if len(valid) and (valid.min() < start if before else valid.max() >= end):
                     continue
                 near = EDGE
                 for far in NEIGHBOUR_WINDOWS:
                     a, b = (start - far, start - near) if before else (end + near, end + far)
-                    more = store.read(self.site.site, a.to_pydatetime(), b.to_pydatetime(), channels=[channel],
-                                      devices=[dev])
+                    more = store.read_sources(self.site.site, a.to_pydatetime(), b.to_pydatetime(), [src])[src]
                     extra.append(more)
                     if self._valid(more, src).any():
                         break
                     near = far
-        extra = [x for x in extra if not x.empty]
-        return pd.concat([raw, *extra], ignore_index=True) if extra else raw
+            extra = [x for x in extra if not x.empty]
+            if extra:
+                rows[src] = pd.concat([rows[src], *extra], ignore_index=True).sort_values("ts", ignore_index=True)
+        return rows
 
-    def _source_series(self, raw, src, start, end, findings, completeness) -> pd.Series:
-        dev, channel = src.split(".")
-        rows = raw[(raw["device"] == dev) & (raw["channel"] == channel)]
+    def _source_series(self, rows, src, start, end, findings, completeness) -> pd.Series:
         q = rows["quality"].fillna("")
         good = self._valid(rows, src)
         point = self._point(src)

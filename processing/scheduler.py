@@ -59,7 +59,8 @@ def _first_reading_month(site: Site, store: ReadingStore) -> dt.date | None:
             break
         start = dt.datetime.combine(m, dt.time(), tzinfo=site.zone)
         probe = store.read(site.site, start, start + dt.timedelta(days=31),
-                           channels=[site.monitoring[0].sources[0].split(".")[1]] if site.monitoring else None)
+                           channels=[site.monitoring[0].sources[0].split(".")[1]] if site.monitoring else None,
+                           limit=1)
         if probe.empty:
             break
         first = m

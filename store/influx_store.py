@@ -25,15 +25,17 @@ import json
 import os
 from urllib.parse import SplitResult, urlencode
 
+import numpy as np
 import pandas as pd
 import urllib3
 from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable
+from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -204,18 +206,50 @@ class InfluxStore:
             where += " AND (" + " OR ".join(f'"device" = {_lit(d)}' for d in devices) + ")"
         return where
 
-    def read(self, site, start, end, channels=None, devices=None) -> pd.DataFrame:
+    def read(self, site, start, end, channels=None, devices=None, sources=None, limit=None) -> pd.DataFrame:
+        pairs = None if sources is None else set(source_pairs(channels, devices, sources))
+        if pairs is not None:  # the fields and tags that hold them; other pairs are dropped below
+            channels, devices = sorted({c for _, c in pairs}), sorted({d for d, _ in pairs})
+            if not pairs:
+                return _frame([])
         select = "*" if not channels else ", ".join(_q(c) for c in [*channels, "quality"])
         rows: list[tuple] = []
         t = start
-        while t < end:
-            stop = min(end, t + self.chunk)
-            q = (f"SELECT {select} FROM {_q(MEASUREMENT)} WHERE {self._where_site(site, devices)} "
-                 f"AND time >= {to_ns(t)} AND time < {to_ns(stop)} GROUP BY \"device\", \"gateway\"")
-            for series in self.query(q):
-                rows += _series_rows(series, site, channels, numeric_only=True)
-            t = stop
-        return _frame(rows)
+        with gc_paused():
+            while t < end and (limit is None or len(rows) < limit):
+                stop = min(end, t + self.chunk)
+                q = (f"SELECT {select} FROM {_q(MEASUREMENT)} WHERE {self._where_site(site, devices)} "
+                     f"AND time >= {to_ns(t)} AND time < {to_ns(stop)} GROUP BY \"device\", \"gateway\"")
+                for series in self.query(q):
+                    got = _series_rows(series, site, channels, numeric_only=True)
+                    rows += got if pairs is None else [r for r in got if (r[3], r[4]) in pairs]
+                t = stop
+            return _frame(rows).head(limit) if limit is not None else _frame(rows)
+
+    def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
+        # column by column from each series (one per device and gateway), never a row per
+        # channel value: what ``read`` would keep of them, split by source
+        wanted = source_pairs(None, None, sources)
+        parts: dict[str, list] = {src: [] for src in sources}
+        if not wanted:
+            return {}
+        channels, devices = sorted({c for _, c in wanted}), sorted({d for d, _ in wanted})
+        select = ", ".join(_q(c) for c in [*channels, "quality"])
+        t = start
+        with gc_paused():
+            while t < end:
+                stop = min(end, t + self.chunk)
+                q = (f"SELECT {select} FROM {_q(MEASUREMENT)} WHERE {self._where_site(site, devices)} "
+                     f"AND time >= {to_ns(t)} AND time < {to_ns(stop)} GROUP BY \"device\", \"gateway\"")
+                for series in self.query(q):
+                    device = series.get("tags", {}).get("device")
+                    columns = dict(zip(series["columns"], zip(*series["values"])))
+                    quality = [json.loads(x) if x and x != "{}" else None for x in columns.get("quality", ())]
+                    for channel in channels:
+                        if f"{device}.{channel}" in parts and channel in columns:
+                            parts[f"{device}.{channel}"].append((columns["time"], columns[channel], quality, channel))
+                t = stop
+            return {src: _source_frame(found) for src, found in parts.items()}
 
     def latest(self, site) -> pd.DataFrame:
         q = (f"SELECT * FROM {_q(MEASUREMENT)} WHERE \"site\" = {_lit(site)} "
@@ -275,6 +309,24 @@ def _series_rows(series: dict, site: str, channels, numeric_only: bool) -> list[
                 continue  # the channel was not part of this poll
             rows.append((point["time"], site, tags.get("gateway"), tags.get("device"), channel, v, quality.get(channel)))
     return rows
+
+
+def _source_frame(parts: list[tuple]) -> pd.DataFrame:
+    """``SOURCE_COLUMNS`` of one source from its series' columns (times, values, quality
+    per point, channel): the points ``_series_rows`` keeps, a number or a flagged null."""
+    ts, value, quality = [], [], []
+    for times, values, flags, channel in parts:
+        for i, v in enumerate(values):
+            flag = flags[i].get(channel) if flags and flags[i] else None
+            if isinstance(v, str) or (v is None and flag is None):
+                continue
+            ts.append(times[i])
+            value.append(v)
+            quality.append(flag)
+    order = np.argsort(np.array(ts, np.int64), kind="stable")
+    return pd.DataFrame({"ts": pd.to_datetime(np.array(ts, np.int64)[order], unit="ms", utc=True),
+                         "value": np.array(value, float)[order],  # a null becomes NaN
+                         "quality": pd.Series(np.array(quality, object)[order] if quality else [], dtype=object)})
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:

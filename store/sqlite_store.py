@@ -18,11 +18,13 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
-from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable
+from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -157,16 +159,40 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
-    def read(self, site, start, end, channels=None, devices=None) -> pd.DataFrame:
-        sql = ("SELECT ts, site, gateway, device, channel, value, quality FROM readings "
-               "WHERE site = ? AND ts >= ? AND ts < ? AND text_value IS NULL")
-        params: list = [site, to_ms(start), to_ms(end)]
-        for column, wanted in (("channel", channels), ("device", devices)):
-            if wanted:
-                sql += f" AND {column} IN ({','.join('?' * len(wanted))})"
-                params += list(wanted)
-        rows = self._query(sql + " ORDER BY ts, device, channel", tuple(params))
-        return _frame(rows)
+    def read(self, site, start, end, channels=None, devices=None, sources=None, limit=None) -> pd.DataFrame:
+        lo, hi = to_ms(start), to_ms(end)
+        pairs = source_pairs(channels, devices, sources)
+        if pairs is None:
+            sql = ("SELECT ts, site, gateway, device, channel, value, quality FROM readings "
+                   "WHERE site = ? AND ts >= ? AND ts < ? AND text_value IS NULL")
+            params: list = [site, lo, hi]
+            for column, wanted in (("channel", channels), ("device", devices)):
+                if wanted:
+                    sql += f" AND {column} IN ({','.join('?' * len(wanted))})"
+                    params += list(wanted)
+            if limit is not None:
+                sql += f" ORDER BY ts, device, channel LIMIT {int(limit)}"
+            with gc_paused():
+                rows = self._query(sql, tuple(params))
+                return _frame(rows).sort_values(["ts", "device", "channel"], ignore_index=True)
+        # one primary-key range per (device, channel): rows come in ts order, and no row of a pair
+        # that is not wanted is read (a device x channel product may name pairs nobody monitors)
+        sql = ("SELECT ts, gateway, value, quality FROM readings WHERE site = ? AND device = ? AND channel = ? "
+               "AND ts >= ? AND ts < ? AND text_value IS NULL" + (f" LIMIT {int(limit)}" if limit is not None else ""))
+        with gc_paused():
+            parts = [(device, channel, self._query(sql, (site, device, channel, lo, hi))) for device, channel in pairs]
+            return _pairs_frame(site, parts, limit)
+
+    def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
+        sql = ("SELECT ts, value, quality FROM readings WHERE site = ? AND device = ? AND channel = ? "
+               "AND ts >= ? AND ts < ? AND text_value IS NULL")
+        lo, hi = to_ms(start), to_ms(end)
+        out = {}
+        with gc_paused():
+            for src in sources:
+                device, channel = src.split(".", 1)
+                out[src] = _source_frame(self._query(sql, (site, device, channel, lo, hi)))
+        return out
 
     def latest(self, site) -> pd.DataFrame:
         rows = self._query(
@@ -194,6 +220,37 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _pairs_frame(site: str, parts: list[tuple[str, str, list[tuple]]], limit: int | None) -> pd.DataFrame:
+    """``READ_COLUMNS`` from rows (ts, gateway, value, quality) per (device, channel) in pair
+    order, sorted by ts with ties in pair order (that of the SQL ``ORDER BY ts, device, channel``)."""
+    n = sum(len(rows) for *_, rows in parts)
+    ts = np.empty(n, np.int64)
+    value = np.empty(n, float)
+    gateway, device, channel, quality = (np.empty(n, object) for _ in range(4))
+    i = 0
+    for dev, ch, rows in parts:
+        if not rows:
+            continue
+        t, g, v, q = zip(*rows)
+        j = i + len(rows)
+        ts[i:j], gateway[i:j], value[i:j], quality[i:j] = t, g, v, q  # a NULL value becomes NaN
+        device[i:j], channel[i:j] = dev, ch
+        i = j
+    order = np.argsort(ts, kind="stable")[:limit]
+    return pd.DataFrame({
+        "ts": pd.to_datetime(ts[order], unit="ms", utc=True), "site": np.full(len(order), site, dtype=object),
+        "gateway": gateway[order], "device": device[order], "channel": channel[order], "value": value[order],
+        "quality": quality[order]}, columns=READ_COLUMNS)
+
+
+def _source_frame(rows: list[tuple]) -> pd.DataFrame:
+    """``SOURCE_COLUMNS`` from rows (ts, value, quality) in ts order."""
+    ts, value, quality = zip(*rows) if rows else ((), (), ())
+    return pd.DataFrame({"ts": pd.to_datetime(np.array(ts, np.int64), unit="ms", utc=True),
+                         "value": np.array(value, float),  # a NULL value becomes NaN
+                         "quality": pd.Series(np.array(quality, object), dtype=object)})
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:

@@ -8,6 +8,7 @@ Two sites run on simulated history in a real SQLite store; all five also run on
 hand-made ledger revisions (an empty store), which pins the figures exactly."""
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from tests.conftest import fill_history, reference_site, store_copy
 
 FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
 SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
-FILES = {"daily_values.csv", "raw_readings.csv", "daily_values.png", "completeness.png", "summary.html",
+FILES = {"daily_values.csv", "raw_readings.csv.gz", "daily_values.png", "completeness.png", "summary.html",
          "summary.ja.html", "manifest.json", "SHA256SUMS"}
 SIMULATED_NOTE = "# SIMULATED DATA: readings from the simulator, not from the plant's meters; not for verification"
 
@@ -241,8 +242,10 @@ def test_export_of_simulated_history(name, store, tmp_path):
     for key, total in m["parameters"].items():
         assert math.fsum(float(r[4]) for r in rows if (f"{r[1]}[{r[2]}]" if r[2] else r[1]) == key) == pytest.approx(total)
 
-    # raw_readings.csv: the monitoring plan's sources' readings between the local-day bounds
-    raw = (folder / "raw_readings.csv").read_text().splitlines()
+    # raw_readings.csv.gz: the monitoring plan's sources' readings between the local-day bounds
+    packed = (folder / "raw_readings.csv.gz").read_bytes()
+    assert packed[:2] == b"\x1f\x8b" and packed[4:8] == b"\0\0\0\0"  # gzip, no time in its header
+    raw = gzip.decompress(packed).decode().splitlines()
     assert raw.pop(0) == SIMULATED_NOTE
     assert raw[0] == "ts,device,channel,value,quality"
     sources = set(s.monitoring_sources)
@@ -419,3 +422,40 @@ def test_the_workbook_gives_the_exact_whole_tonnes_next_to_a_boundary(tmp_path_f
 
     check()
     assert ran
+
+
+def test_raw_csv_text_is_what_csv_writer_writes():
+    """The raw CSV is assembled column by column: it must be the bytes ``csv.writer`` gives
+    for the readings in (ts, device, channel) order, quoting and missing values included."""
+    import csv
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from processing.export.csv_files import _raw_text
+
+    t0 = pd.Timestamp("2026-10-01", tz="UTC")
+
+    def frame(minutes, values, quality):
+        return pd.DataFrame({"ts": pd.to_datetime([t0.value // 1000 + m * 60_000_000 + 7_000 for m in minutes],
+                                                   unit="us", utc=True),
+                             "value": np.array(values, dtype=float), "quality": np.array(quality, dtype=object)})
+
+    frames = {  # equal timestamps across sources; "a" sorts before "a-b" as a device, after it as text (".")
+        "a.x": frame([0, 1, 2], [1.5, float("nan"), 1e16], [None, "timeout", None]),
+        "a-b.x": frame([0, 2], [0.1 + 0.2, -0.0], [None, 'odd, "quoted"\nflag']),
+        "b.y": frame([], [], []),
+        "a.w": frame([1], [float("inf")], ["out_of_range"]),
+    }
+    rows = []
+    for src, f in frames.items():
+        dev, ch = src.split(".")
+        for ts, v, q in zip(f["ts"], f["value"], f["quality"]):
+            rows.append((ts, dev, ch, "" if np.isnan(v) else repr(float(v)), "" if pd.isna(q) else q))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(
+        [(ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", *rest) for ts, *rest in rows])
+    assert _raw_text(frames) == buf.getvalue()
+    assert _raw_text({"b.y": frames["b.y"]}) == ""

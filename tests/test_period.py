@@ -179,3 +179,50 @@ def test_integrated_power_cross_checks_the_counter(mn_store):
     r = PeriodProcessor(s).process(mn_store, *OCT)
     (f,) = [f for f in r.findings if f.check == "power_integration"]
     assert f.start == "2026-10-20" and f.severity == "review" and 0.4 < f.amount < 0.6
+
+
+def _input_hash_by_rows(frames: dict) -> str:
+    """The input hash as first defined, one reading at a time: the reference the fast
+    implementation must match, so that unchanged months keep their ledger hash."""
+    import hashlib
+    import math
+
+    import pandas as pd
+
+    raw = pd.concat([f.assign(device=src.split(".")[0], channel=src.split(".")[1]) for src, f in frames.items()])
+    frame = raw.sort_values(["device", "channel", "ts"])
+    h = hashlib.sha256()
+    ms = (frame["ts"].astype("int64") // 1_000_000).astype(str)
+    values = frame["value"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v)))
+    quality = frame["quality"].fillna("").astype(str)
+    for row in zip(frame["device"], frame["channel"], ms, values, quality):
+        h.update(("\t".join(row) + "\n").encode())
+    return h.hexdigest()
+
+
+def test_input_hash_is_the_row_by_row_definition():
+    """Sources whose names sort differently as text and as (device, channel), readings out of
+    time order, missing values, flags, extreme floats and an empty source."""
+    import numpy as np
+    import pandas as pd
+
+    from processing.period import input_hash
+
+    t0 = pd.Timestamp("2026-10-01", tz="UTC")
+    rng = np.random.default_rng(7)
+
+    def frame(n, shuffle=False):
+        ts = pd.to_datetime((t0.value // 1000 + np.arange(n) * 60_000_123), unit="us", utc=True)
+        value = rng.normal(1e3, 1e3, n)
+        value[::7] = np.nan
+        for i, v in zip(range(1, n, 11), [1e-300, -0.0, 1e16, 123.0, float("inf"), 0.1 + 0.2]):
+            value[i] = v
+        quality = np.array([None] * n, dtype=object)
+        quality[::7] = "timeout"
+        quality[3::13] = "out_of_range"
+        f = pd.DataFrame({"ts": ts, "value": value, "quality": quality})
+        return f.sample(frac=1, random_state=1) if shuffle else f
+
+    frames = {"a.x": frame(60), "a-b.x": frame(50, shuffle=True), "a.x-y": frame(40), "b.z": frame(0),
+              "m1.energy": frame(200, shuffle=True)}
+    assert input_hash(frames) == _input_hash_by_rows(frames)

@@ -152,3 +152,56 @@ def test_influx_refuses_a_channel_that_would_overwrite_its_metadata(influxdb):
     assert "status" in refused[0][1]
     assert [d.device for d in s.devices("s1")] == ["m1"]
     s.close()
+
+
+def test_read_of_sources_takes_exactly_those_pairs_and_limit_stops_early(store):
+    # m1 has energy and power, m2 energy and power: the product of {m1, m2} x {energy, power}
+    # names four pairs, the plan below two
+    store.write([reading("m1", m, seq=m) for m in range(0, 30, 10)] + [reading("m2", m, seq=m) for m in range(5, 30, 10)])
+    end = T0 + dt.timedelta(hours=1)
+    df = store.read("s1", T0, end, sources=["m1.energy", "m2.power"])
+    assert list(zip(df["device"], df["channel"])) == [("m1", "energy"), ("m2", "power")] * 3
+    assert df["ts"].is_monotonic_increasing and list(df.columns) == ["ts", "site", "gateway", "device", "channel",
+                                                                     "value", "quality"]
+    assert len(store.read("s1", T0, end, sources=["m1.energy", "m2.power"], devices=["m2"])) == 3
+    assert store.read("s1", T0, end, sources=[]).empty
+    first = store.read("s1", T0, end, channels=["power"], limit=1)
+    assert len(first) == 1 and (first["device"].iloc[0], first["ts"].iloc[0]) == ("m1", T0)
+    assert len(store.read("s1", T0, end, sources=["m2.power"], limit=2)) == 2
+    assert store.read("s1", end, end + dt.timedelta(hours=1), channels=["power"], limit=1).empty
+
+    by_source = store.read_sources("s1", T0, end, ["m2.power", "m1.energy", "m9.energy"])
+    assert set(by_source) == {"m2.power", "m1.energy", "m9.energy"} and by_source["m9.energy"].empty
+    assert list(by_source["m1.energy"].columns) == ["ts", "value", "quality"]
+    for src, frame in by_source.items():
+        dev, channel = src.split(".")
+        long = df[(df["device"] == dev) & (df["channel"] == channel)]
+        assert frame["ts"].tolist() == long["ts"].tolist() and frame["value"].tolist() == long["value"].tolist()
+
+
+def test_read_sources_keeps_nulls_and_flags(store):
+    store.write([reading(energy=100.0, power=None)])
+    frame = store.read_sources("s1", T0, T0 + dt.timedelta(minutes=1), ["m1.power", "m1.energy"])
+    assert math.isnan(frame["m1.power"]["value"].iloc[0]) and frame["m1.power"]["quality"].iloc[0] == "not_implemented"
+    assert frame["m1.energy"]["value"].iloc[0] == 100.0 and pd.isna(frame["m1.energy"]["quality"].iloc[0])
+    assert str(frame["m1.energy"]["ts"].dt.tz) == "UTC"
+
+
+def test_gc_paused_nests_and_restores():
+    import gc
+
+    from contract.gc_paused import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()

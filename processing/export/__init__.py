@@ -2,7 +2,7 @@
 
 ``export_period`` writes ``<out>/<site>_<first>_<last>/``: the monitoring workbook
 (plan, report with live formulas, monthly revisions, daily values, QA findings,
-adjustments), the daily values and raw readings as CSV, two charts, an HTML summary,
+adjustments), the daily values and raw readings as CSV (the raw readings gzip-compressed), two charts, an HTML summary,
 a manifest with every file's SHA-256 and ``SHA256SUMS`` for ``sha256sum -c``. The same
 inputs give byte-identical files. The folder is written beside its final place and
 moved there whole, so a failed export leaves nothing half-written and an earlier
@@ -91,7 +91,7 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
            steps: int) -> None:
     names = {
         "workbook": f"monitoring_{figures.name}.xlsx", "daily_csv": "daily_values.csv",
-        "raw_csv": "raw_readings.csv", "daily_chart": "daily_values.png", "completeness_chart": "completeness.png",
+        "raw_csv": "raw_readings.csv.gz", "daily_chart": "daily_values.png", "completeness_chart": "completeness.png",
     }
     files = []
     for done, (name, write) in enumerate([

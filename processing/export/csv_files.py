@@ -1,25 +1,35 @@
 """Plain-text copies of the period's data for any tool: the daily parameter values
 the figures were computed from, and the raw readings behind them (streamed from the
-store a week at a time: a year of 1-minute readings is millions of rows).
+store a week at a time: a year of 1-minute readings is millions of rows, hundreds of
+MB as text, so that file is gzip-compressed: ``raw_readings.csv.gz``).
 
 Rows are sorted, lines end in LF, and numbers are written with ``repr`` (the
 shortest text that reads back as the same float), so the same inputs give the same
-bytes and a reader recovers the exact values. A file of simulated readings says so in
-its first line, a ``#`` comment (``pandas.read_csv(..., comment="#")`` skips it).
+bytes and a reader recovers the exact values; the gzip header holds no time (mtime 0),
+so a re-export is byte-identical too. A file of simulated readings says so in its first
+line, a ``#`` comment (``pandas.read_csv(..., comment="#")`` skips it and reads the
+``.gz`` as it is).
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
+import io
 import math
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from contract.store import ReadingStore
 from processing.export.period_figures import PeriodFigures, local_bounds
-from processing.period import read_monitored
 
 CHUNK = dt.timedelta(days=7)
+#: on 48 MB of readings, level 1 took 0.19 s for 7.5 MB, zlib's default (6) 1.19 s for 6.3 MB:
+#: six times the time, longer than reading the rows, for 16 % fewer bytes
+GZIP_LEVEL = 1
 
 
 def _number(value) -> str:
@@ -53,16 +63,53 @@ def write_daily_values(figures: PeriodFigures, path: Path) -> Path:
 
 def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path) -> Path:
     """``ts, device, channel, value, quality``: the monitored sources' readings between the
-    period's local-day bounds in time order, ``ts`` in UTC ISO 8601 with milliseconds."""
-    return _write(path, ["ts", "device", "channel", "value", "quality"], _raw_rows(figures, store), figures.simulated)
+    period's local-day bounds in time order (then device, channel), ``ts`` in UTC ISO 8601
+    with milliseconds; gzip-compressed (``path`` ends in ``.gz``)."""
+    site = figures.site
+    with path.open("wb") as f, gzip.GzipFile(path.name.removesuffix(".gz"), "wb", GZIP_LEVEL, f, mtime=0) as z:
+        if figures.simulated:
+            z.write(SIMULATED_NOTE.encode())
+        z.write(b"ts,device,channel,value,quality\n")
+        start, end = local_bounds(site, figures.first, figures.last)
+        while start < end:
+            rows = store.read_sources(site.site, start, min(start + CHUNK, end), site.monitoring_sources)
+            z.write(_raw_text(rows).encode())
+            start += CHUNK
+    return path
 
 
-def _raw_rows(figures: PeriodFigures, store: ReadingStore):
-    start, end = local_bounds(figures.site, figures.first, figures.last)
-    while start < end:
-        r = read_monitored(store, figures.site, start, min(start + CHUNK, end))
-        r = r.sort_values(["ts", "device", "channel"], kind="stable")
-        ts = r["ts"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z"
-        quality = r["quality"].astype(object).where(r["quality"].notna(), "")
-        yield from zip(ts, r["device"], r["channel"], map(_number, r["value"]), quality)
-        start += CHUNK
+def _raw_text(rows: dict[str, pd.DataFrame]) -> str:
+    """The CSV lines ``csv.writer`` would write for each source's readings merged in time
+    order, assembled column by column (a writer call per row took as long as the read)."""
+    keys = sorted(rows, key=lambda src: tuple(src.split(".", 1)))
+    frames = [rows[k] for k in keys]
+    n = sum(len(frame) for frame in frames)
+    if not n:
+        return ""
+    ts = np.concatenate([frame["ts"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy() for frame in frames])
+    order = np.argsort(ts, kind="stable")  # ties keep the sources' (device, channel) order
+    source = np.repeat(np.arange(len(frames)), [len(frame) for frame in frames])[order]
+    value = np.concatenate([frame["value"].to_numpy(dtype=float) for frame in frames])[order]
+    quality = np.concatenate([frame["quality"].to_numpy(dtype=object) for frame in frames])[order]
+    middles = np.array([f"Z,{_field(d)},{_field(c)}," for d, c in (k.split(".", 1) for k in keys)], dtype=object)
+    values = list(map(repr, value.tolist()))
+    for i in np.flatnonzero(np.isnan(value)):
+        values[i] = ""
+    tails = [",\n"] * n  # the quality column, empty but for flagged readings
+    for i in np.flatnonzero(pd.notna(quality)):
+        tails[i] = f",{_field(str(quality[i]))}\n"
+    parts: list = [None] * (4 * n)
+    parts[0::4] = np.datetime_as_string(ts[order], unit="ms").tolist()
+    parts[1::4] = middles[source].tolist()
+    parts[2::4] = values
+    parts[3::4] = tails
+    return "".join(parts)
+
+
+def _field(text: str) -> str:
+    """``text`` as one CSV field: quoted as ``csv.writer`` quotes it when it must be."""
+    if not set(text) & set(',"\r\n'):
+        return text
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([text])
+    return buf.getvalue()[:-1]
