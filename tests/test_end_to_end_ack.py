@@ -236,3 +236,73 @@ def test_two_collectors_on_a_shared_subscription_one_sigkilled(tmp_path, mosquit
             victim.kill()
     assert n > 60
     assert_each_stored_once(tmp_path, n)
+
+
+CRAFTED = [
+    b"{not json",
+    b"[" * 20_000,  # nesting, and beyond the size bound
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[5, 1]]}',  # reversed
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 3], [2, 9]]}',  # overlapping
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[0, 9]]}',  # seq 0
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 99999999999999999999999999]]}',  # beyond 64 bits
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1.0, 9]]}',
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[true, 9]]}',
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [' + b",".join(b"[%d,%d]" % (2 * i + 1, 2 * i + 1) for i in range(300)) + b"]}",
+    b'{"schema": 1, "epoch": "EPOCH\\u0000", "ranges": [[1, 9]]}',
+    b'{"schema": 2, "epoch": "EPOCH", "ranges": [[1, 9]]}',
+    b'{"schema": 1, "epoch": "0123456789abcdef", "ranges": [[1, 9223372036854775807]]}',  # another epoch
+]
+
+
+def test_crafted_acknowledgements_delete_nothing_and_a_true_one_only_what_was_sent(tmp_path, mosquitto):
+    import paho.mqtt.client as mqtt
+
+    from contract import topics
+    from gateway.outbox import Outbox
+    from gateway.publisher import Publisher
+
+    site = load_site(e2e_site(tmp_path))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows)
+    for _ in range(10):
+        outbox.append("jcm/v1/test-site/gw-test/m0/reading", str)
+    pub = Publisher(site, outbox, broker_url=mosquitto.url)
+    pub.start()
+    attacker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker")
+    attacker.connect("127.0.0.1", mosquitto.port)
+    attacker.loop_start()
+
+    def ack(body: bytes, collector="c1"):
+        info = attacker.publish(topics.ack("test-site", GATEWAY, collector), body.replace(b"EPOCH", outbox.epoch.encode()),
+                                qos=1, retain=True)
+        info.wait_for_publish(5)
+
+    try:
+        assert wait_until(lambda: pub.acknowledged == 10)  # PUBACKed: awaiting the store, still kept
+        assert outbox.depth == 10
+        for i, body in enumerate(CRAFTED):
+            ack(body, f"c{i}")
+        time.sleep(1)
+        assert outbox.depth == 10 and pub._thread.is_alive()
+        ack(b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 3], [5, 5]]}')
+        assert wait_until(lambda: outbox.depth == 6)
+        # the whole sequence claimed: only what was sent is taken, never a seq polled later
+        ack(b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 9223372036854775807]]}', "c2")
+        assert wait_until(lambda: outbox.depth == 0)
+        for _ in range(5):
+            outbox.append("jcm/v1/test-site/gw-test/m0/reading", str)
+        pub.notify()
+        assert wait_until(lambda: pub.acknowledged == 15)
+        time.sleep(0.5)
+        assert outbox.depth == 5 and pub.confirmed == 10
+    finally:
+        attacker.loop_stop()
+        pub.stop(timeout=0)
+        outbox.close()
+
+
+@pytest.mark.parametrize("body", CRAFTED[:-1])
+def test_ack_parser_refuses_with_a_reason(body):
+    from contract.acknowledgement import Ack
+
+    with pytest.raises(ValueError):
+        Ack.from_json(body.replace(b"EPOCH", b"0123456789abcdef"))
