@@ -94,6 +94,7 @@ class Acknowledgements:
             found = sequence_of(payload, self.max_payload_bytes)
             if found:
                 seqs.setdefault((site, gateway), {}).setdefault(found[0], []).append(found[1])
+        acks = []
         with self._lock:
             for key, by_epoch in seqs.items():
                 g = self._gateways.get(key)
@@ -102,7 +103,12 @@ class Acknowledgements:
                 for epoch, numbers in by_epoch.items():
                     self._add(g, epoch, acknowledgement.from_seqs(numbers))
                 # the epoch the gateway announced; before it has, the one of its latest reading
-                self._publish(key, g, g.current if g.current in g.epochs else epoch)
+                epoch = g.current if g.current in g.epochs else epoch
+                if g.epochs.get(epoch):
+                    acks.append((key, Ack(epoch, tuple(g.epochs[epoch][:MAX_RANGES]))))
+        # outside the lock, which paho's thread takes for incoming acknowledgements
+        for key, ack in acks:
+            self._publish(key, ack)
 
     @staticmethod
     def _add(g: _Gateway, epoch: str, ranges: Ranges) -> None:
@@ -115,11 +121,9 @@ class Acknowledgements:
         g.epochs[epoch] = acknowledgement.clip(merged, g.floor if epoch == g.current else 1,
                                                MAX_SEQ)[:MAX_KEPT_RANGES]
 
-    def _publish(self, key: tuple[str, str], g: _Gateway, epoch: str) -> None:
-        ranges = g.epochs.get(epoch)
-        if not ranges or not self.connection.connected.is_set():
+    def _publish(self, key: tuple[str, str], ack: Ack) -> None:
+        if not self.connection.connected.is_set():
             return  # once connected again, the next batch says it all (the state is cumulative)
-        ack = Ack(epoch, tuple(ranges[:MAX_RANGES]))
         self.client.publish(topics.ack(*key, self.collector_id), ack.to_json(), qos=1, retain=True)
         self.published += 1
 
