@@ -5,6 +5,7 @@ epoch per test, or readings after a new epoch began): every polled reading is st
 exactly once, or the loss is visible as a new epoch."""
 
 import datetime as dt
+import json
 import os
 import signal
 import sqlite3
@@ -13,11 +14,18 @@ import sys
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
+from collector.acknowledgement import Acknowledgements
 from collector.service import Collector
+from contract import topics
+from contract.acknowledgement import Ack
 from contract.config import CollectorConfig
+from contract.message import Reading
+from gateway.outbox import Outbox
+from gateway.publisher import Publisher
 from gateway.service import Gateway
 from jcm.broker import Mosquitto
 from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, write_site
@@ -247,7 +255,8 @@ CRAFTED = [
     b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 99999999999999999999999999]]}',  # beyond 64 bits
     b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1.0, 9]]}',
     b'{"schema": 1, "epoch": "EPOCH", "ranges": [[true, 9]]}',
-    b'{"schema": 1, "epoch": "EPOCH", "ranges": [' + b",".join(b"[%d,%d]" % (2 * i + 1, 2 * i + 1) for i in range(300)) + b"]}",
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [' + b",".join(b"[%d,%d]" % (2 * i + 1, 2 * i + 1)
+                                                 for i in range(300)) + b"]}",  # too many
     b'{"schema": 1, "epoch": "EPOCH\\u0000", "ranges": [[1, 9]]}',
     b'{"schema": 2, "epoch": "EPOCH", "ranges": [[1, 9]]}',
     b'{"schema": 1, "epoch": "0123456789abcdef", "ranges": [[1, 9223372036854775807]]}',  # another epoch
@@ -255,12 +264,6 @@ CRAFTED = [
 
 
 def test_crafted_acknowledgements_delete_nothing_and_a_true_one_only_what_was_sent(tmp_path, mosquitto):
-    import paho.mqtt.client as mqtt
-
-    from contract import topics
-    from gateway.outbox import Outbox
-    from gateway.publisher import Publisher
-
     site = load_site(e2e_site(tmp_path))
     outbox = Outbox(site.outbox.path, site.outbox.max_rows)
     for _ in range(10):
@@ -272,8 +275,8 @@ def test_crafted_acknowledgements_delete_nothing_and_a_true_one_only_what_was_se
     attacker.loop_start()
 
     def ack(body: bytes, collector="c1"):
-        info = attacker.publish(topics.ack("test-site", GATEWAY, collector), body.replace(b"EPOCH", outbox.epoch.encode()),
-                                qos=1, retain=True)
+        info = attacker.publish(topics.ack("test-site", GATEWAY, collector),
+                                body.replace(b"EPOCH", outbox.epoch.encode()), qos=1, retain=True)
         info.wait_for_publish(5)
 
     try:
@@ -302,7 +305,42 @@ def test_crafted_acknowledgements_delete_nothing_and_a_true_one_only_what_was_se
 
 @pytest.mark.parametrize("body", CRAFTED[:-1])
 def test_ack_parser_refuses_with_a_reason(body):
-    from contract.acknowledgement import Ack
-
     with pytest.raises(ValueError):
         Ack.from_json(body.replace(b"EPOCH", b"0123456789abcdef"))
+
+
+def test_collectors_sharing_a_stream_publish_one_merged_range(tmp_path, mosquitto):
+    """The broker deals a gateway's messages out in turn: alone, each collector would hold every
+    other seq (one range per message); merged with the other's acknowledgement, one range."""
+    e2e_site(tmp_path)
+    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
+    a = Acknowledgements(CollectorConfig(client_id="col-a", **cfg), [("test-site", GATEWAY)])
+    b = Acknowledgements(CollectorConfig(client_id="col-b", **cfg), [("test-site", GATEWAY)])
+    seen = {}
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+    epoch = "00112233aabbccdd"
+
+    def readings(seqs):
+        return [Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                        seq=s, epoch=epoch) for s in seqs]
+    try:
+        for ack in (a, b):
+            ack.start()
+        assert wait_until(lambda: a.connection.connected.is_set() and b.connection.connected.is_set(), 10)
+        time.sleep(0.3)
+        a.kept(readings(range(1, 200, 2)), [])
+        assert wait_until(lambda: "col-a" in seen)
+        assert len(seen["col-a"]["ranges"]) == 100  # alone: every other seq
+        time.sleep(0.3)  # b has heard a
+        dead_letter = (topics.reading("test-site", GATEWAY, "m0"), b'{"seq": 201, "epoch": "%s"}' % epoch.encode())
+        b.kept(readings(range(2, 201, 2)), [dead_letter])
+        assert wait_until(lambda: "col-b" in seen)
+        assert seen["col-b"] == {"schema": 1, "epoch": epoch, "ranges": [[1, 201]]}  # dead letter 201 included
+    finally:
+        for ack in (a, b):
+            ack.stop()
+        watcher.loop_stop()
