@@ -344,3 +344,35 @@ def test_collectors_sharing_a_stream_publish_one_merged_range(tmp_path, mosquitt
         for ack in (a, b):
             ack.stop()
         watcher.loop_stop()
+
+
+def test_gateway_sigkilled_twice_keeps_what_the_store_has_not_confirmed(tmp_path, simulate):
+    """What awaits the store is kept in memory only: a killed gateway sends it all again."""
+    broker = broker_without_saves(tmp_path)
+    site_path = e2e_site(tmp_path)
+    site = load_site(site_path)
+    simulate(site)
+    c = collector(broker, tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def gateway():
+        return subprocess.Popen([sys.executable, "-m", "jcm.cli", "gateway", "--site", str(site_path), "--broker",
+                                 broker.url], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for stored in (30, 90):
+            gw = gateway()
+            assert wait_until(lambda: c.stored >= stored)
+            gw.send_signal(signal.SIGKILL)  # mid-stream: rows sending and awaiting the store
+            gw.wait()
+        gw = gateway()
+        assert wait_until(lambda: c.stored >= 150)
+        gw.send_signal(signal.SIGTERM)  # a clean stop waits a moment for the last confirmations
+        assert gw.wait(timeout=20) == 0
+    finally:
+        c.stop()
+        broker.stop()
+    with sqlite3.connect(site.outbox.path) as db:
+        n = db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()[0]
+        left = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    assert n > 100 and left == 0
+    assert_each_stored_once(tmp_path, n)
