@@ -67,7 +67,8 @@ class Outbox:
         self._pending_lock = threading.Lock()  # sequence numbers and rows not yet written
         self._pending: list[_Entry] = []
         self._acked: set[int] = set()  # confirmed, delete not yet committed
-        self._awaiting: dict[int, float] = {}  # seq -> when the broker acknowledged it (monotonic)
+        # seq -> when the broker acknowledged it (monotonic), oldest first
+        self._awaiting: dict[int, float] = {}
         self._unsaved_drops = 0  # dropped from memory, not yet added to the stored counter
         self.error: str | None = None  # why the last write failed; None once one succeeds
         self._episode_drops = 0  # dropped from memory since the disk began refusing writes
@@ -228,13 +229,18 @@ class Outbox:
         now = time.monotonic()
         with self._lock:
             for s in seqs:
+                self._awaiting.pop(s, None)  # to the end: the dict stays in time order
                 self._awaiting[s] = now
 
     def expired(self, timeout: float) -> list[int]:
         """Rows awaiting the store for longer than ``timeout`` [s]: no longer awaiting, to be sent again."""
         limit = time.monotonic() - timeout
+        late = []
         with self._lock:
-            late = [s for s, t in self._awaiting.items() if t < limit]
+            for s, t in self._awaiting.items():  # oldest first: stop at the first in time
+                if t >= limit:
+                    break
+                late.append(s)
             for s in late:
                 del self._awaiting[s]
         return late

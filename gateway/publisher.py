@@ -128,6 +128,7 @@ class Publisher:
         was_connected = False
         tokens, last = 0.0, time.monotonic()
         next_status = 0.0
+        next_expiry_check = 0.0
         while not self._stop.is_set():
             self._wake.wait(timeout=0.2)
             self._wake.clear()
@@ -153,8 +154,9 @@ class Publisher:
                 now = time.monotonic()
                 tokens = min(self.backlog_rate, tokens + (now - last) * self.backlog_rate)
                 last = now
-                if self.by_store:
+                if self.by_store and now >= next_expiry_check:
                     self._send_again_unconfirmed()
+                    next_expiry_check = now + 1
                 self._send_live()
                 tokens -= self._send_backlog(int(tokens))
                 if now >= next_status or self._status_changed():
