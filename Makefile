@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-SYSTEM_PACKAGES := mosquitto mosquitto-clients socat openssl influxdb victoria-metrics chromium chromium-driver
+# fonts-ipafont-gothic: Japanese glyphs for the live view's Japanese screenshots
+SYSTEM_PACKAGES := mosquitto mosquitto-clients socat openssl influxdb victoria-metrics chromium chromium-driver fonts-ipafont-gothic
 
 .PHONY: demo test system-packages bench clean
 
@@ -21,6 +22,7 @@ system-packages:
 	for cmd in mosquitto mosquitto_sub mosquitto_passwd socat openssl influxd victoria-metrics chromium chromedriver; do \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
 	done; \
+	fc-list :lang=ja 2>/dev/null | grep -q . || missing="$$missing a-Japanese-font"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing $(SYSTEM_PACKAGES)"; \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -19,10 +20,20 @@ from contract.text import printable
 log = logging.getLogger("jcm")
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+#: libraries that log routine work (APScheduler: two lines per poll) at INFO: quiet unless -v
+_CHATTY_LIBRARIES = ("apscheduler", "amqtt", "transitions", "uvicorn.error")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    """Default: our INFO lines (start, stop, changes of state), nothing per poll. ``-q``:
+    warnings and errors only. ``-v``: our DEBUG and the libraries' INFO. ``-vv``: everything."""
+    ours = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=ours, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    libraries = logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(libraries, ours))
+    # pymodbus logs every failed read itself; the poller reports them once, with the device
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
 
 
 def _wait_for_signal(seconds: float | None = None, stop: threading.Event | None = None) -> None:
@@ -38,7 +49,7 @@ def cmd_check_config(args) -> int:
     for f in args.files:
         try:
             is_profile = Path(f).parent.name == "profiles"
-            obj = load_profile(f) if is_profile else load_site(f, args.profiles)
+            obj = load_profile(f) if is_profile else load_site(site_file(f, args.sites_dir), args.profiles)
             what = f"profile {obj.profile}, {len(obj.points)} points" if is_profile else \
                 f"site {obj.site}, {len(obj.devices)} devices, gateway {obj.gateway}"
             print(f"{f}: OK ({what})")
@@ -62,7 +73,7 @@ def cmd_simulate(args) -> int:
     from simulators.control import serve_control
     from simulators.modbus_server import SiteSimulator
 
-    site = load_site(args.site)
+    site = _load_site(args)
     sim = SiteSimulator(site, serial_ports=_parse_serial(args.serial))
     for spec in args.fault or []:
         device, _, rest = spec.partition(":")
@@ -90,7 +101,7 @@ def cmd_simulate(args) -> int:
 def cmd_gateway(args) -> int:
     from gateway.service import Gateway
 
-    site = load_site(args.site)
+    site = _load_site(args)
     gw = Gateway(site, broker_url=args.broker, outbox_path=args.outbox, new_outbox=args.new_outbox)
     gw.start()
     _wait_for_signal(args.duration)
@@ -172,56 +183,103 @@ def cmd_calc(args) -> int:
     return 0
 
 
-def _site_by_id(sites_dir: str, site_id: str):
-    path = Path(sites_dir) / f"{site_id}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in Path(sites_dir).glob("*.yaml")))
-        raise ConfigError(f"no site '{site_id}' in {sites_dir} (known: {known})")
-    return load_site(path)
+def _is_site_path(site: str) -> bool:
+    return Path(site).suffix in (".yaml", ".yml") or "/" in site or os.sep in site
+
+
+def site_file(site: str, sites_dir: str) -> Path:
+    """The file of ``--site``: a path to a site file as given, or a site id looked up in ``sites_dir``."""
+    if _is_site_path(site):
+        return Path(site)
+    path = Path(sites_dir) / f"{site}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in Path(sites_dir).glob("*.yaml"))) or "none"
+        raise ConfigError(f"--site {site}: no site '{site}' in {sites_dir} (no file {path.name}; site ids there: "
+                          f"{known}): give a site id of --sites-dir or the path of a site file")
+    return path
+
+
+def _load_site(args):
+    return load_site(site_file(args.site, args.sites_dir), args.profiles)
+
+
+def _load_sites(args) -> list:
+    import glob
+
+    return [load_site(f, args.profiles) for f in sorted(glob.glob(str(Path(args.sites_dir) / "*.yaml")))]
+
+
+def months(spec: str) -> list[str]:
+    """``2026-03`` or an inclusive range ``2026-01..2026-06``, as a list of months."""
+    import datetime as dt
+
+    ends = spec.split("..")
+    try:
+        first, last = (dt.datetime.strptime(e.strip(), "%Y-%m").date() for e in (ends[0], ends[-1]))
+    except ValueError:
+        raise ValueError(f"--month '{spec}': expected YYYY-MM or YYYY-MM..YYYY-MM") from None
+    if len(ends) > 2 or last < first:
+        raise ValueError(f"--month '{spec}': expected YYYY-MM or a range FIRST..LAST with LAST not before FIRST")
+    out = []
+    while first <= last:
+        out.append(first.strftime("%Y-%m"))
+        first = (first + dt.timedelta(days=32)).replace(day=1)
+    return out
 
 
 def cmd_process(args) -> int:
     import json
 
+    from jcm.progress import Progress
     from processing.ledger import Ledger
     from processing.monthly import process_month
     from store import open_store
 
-    site = _site_by_id(args.sites, args.site)
+    site = _load_site(args)
+    wanted = months(args.month)
     store, ledger = open_store(args.store, create=False), Ledger(args.ledger, create=args.create_ledger)
-    result, revision = process_month(site, store, ledger, args.month)
-    out = result.summary()
-    out["revision"] = revision.revision if revision else None
-    out["new_revision"] = bool(revision and revision.new)
-    if revision is None:
-        out["note"] = "month signed off: this result was not recorded"
-    print(json.dumps(out, indent=2, default=str))
+    results = []
+    with Progress(f"process {site.site}", unit="month") as progress:
+        for done, month in enumerate(wanted, 1):
+            result, revision = process_month(site, store, ledger, month)
+            out = {"site": site.site, "month": month, **result.summary()}
+            out["revision"] = revision.revision if revision else None
+            out["new_revision"] = bool(revision and revision.new)
+            if revision is None:
+                out["note"] = "month signed off: this result was not recorded"
+            results.append(out)
+            if len(wanted) > 1:
+                progress(done, len(wanted), month)
+    print(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
     return 0
 
 
 def cmd_signoff(args) -> int:
     from processing.ledger import Ledger, SignedOff
 
+    # the ledger knows sites by id: a site file is read only to learn it
+    site = _load_site(args).site if _is_site_path(args.site) else args.site
     try:
-        rev = Ledger(args.ledger, create=False).sign_off(args.site, args.month, args.by, args.revision)
+        rev = Ledger(args.ledger, create=False).sign_off(site, args.month, args.by, args.revision)
     except (ValueError, SignedOff) as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"{args.site} {args.month}: revision {rev} signed off by {args.by}")
+    print(f"{site} {args.month}: revision {rev} signed off by {args.by}")
     return 0
 
 
 def cmd_processor(args) -> int:
-    import glob
-
+    from jcm.progress import Progress
     from processing.ledger import Ledger
     from processing.scheduler import Processor
     from store import open_store
 
-    sites = [load_site(f) for f in sorted(glob.glob(str(Path(args.sites) / "*.yaml")))]
+    sites = _load_sites(args)
     # the collector makes the store; the processor's first run makes its ledger
-    proc = Processor(sites, open_store(args.store, create=False), Ledger(args.ledger, create=True))
+    catch_up = Progress("processor catch-up", unit="month")
+    proc = Processor(sites, open_store(args.store, create=False), Ledger(args.ledger, create=True), progress=catch_up)
     proc.start()
+    catch_up.close()
     _wait_for_signal(args.duration)
     proc.stop()
     return 0
@@ -231,20 +289,37 @@ def cmd_export(args) -> int:
     import datetime as dt
     import json
 
+    from jcm.progress import Progress
     from processing.export import export_period
     from processing.ledger import Ledger
     from store import open_store
 
-    site = _site_by_id(args.sites, args.site)
+    site = _load_site(args)
     first, last = dt.date.fromisoformat(args.date_from), dt.date.fromisoformat(args.date_to)
     if last < first:
         raise ConfigError(f"--to {last} is before --from {first}")
-    folder = export_period(site, open_store(args.store, create=False), Ledger(args.ledger, create=False), first, last,
-                           Path(args.out), force=args.force)
+    with Progress(f"export {site.site} {first}..{last}", unit="step") as progress:
+        folder = export_period(site, open_store(args.store, create=False), Ledger(args.ledger, create=False), first,
+                               last, Path(args.out), force=args.force, progress=progress)
     for line in json.loads((folder / "manifest.json").read_text())["config_changes"]:
         print(f"warning: {line}", file=sys.stderr)
     print(f"monitoring period {first}..{last} of {site.site} exported to {folder}")
     return 0
+
+
+def cmd_keygen(args) -> int:
+    from jcm.keygen import keygen
+
+    print(keygen(args.site, Path(args.out)))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from jcm.verify import verify_folder
+
+    ok, report = verify_folder(Path(args.folder))
+    print("\n".join(report))
+    return 0 if ok else 1
 
 
 #: the Mqtt setting behind each broker option of the live view and ``jcm watch``
@@ -271,6 +346,18 @@ def _broker_settings(args):
                                            for key, option in BROKER_OPTIONS.items()}), "--broker", BROKER_OPTIONS)
 
 
+def cmd_doctor(args) -> int:
+    from jcm.doctor import FIX, Check, print_table, run_checks
+
+    try:
+        path = site_file(args.site, args.sites_dir)
+        site = load_site(path, args.profiles)
+    except ConfigError as exc:  # nothing else can be checked without the site
+        lines = str(exc).splitlines()
+        return print_table([Check("config", FIX, line) for line in lines])
+    return print_table(run_checks(site, path, broker_url=args.broker, outbox_path=args.outbox, timeout=args.timeout))
+
+
 def cmd_watch(args) -> int:
     from jcm.watch import watch
 
@@ -286,16 +373,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    import glob
-    import os
-
     import uvicorn
 
     from liveview.app import LiveView, create_app
     from processing.ledger import Ledger
     from store import open_store
 
-    sites = [load_site(f) for f in sorted(glob.glob(str(Path(args.sites) / "*.yaml")))]
+    sites = _load_sites(args)
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
         raise ConfigError(f"--token-env: environment variable {args.token_env} is not set")
@@ -309,101 +393,181 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, where it has one; descriptions keep their lines."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text \
+                and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
+EXPORT_HELP = """\
+From a site to the files a verifier receives (site: an id in --sites-dir or a site file):
+
+  1. process the months:  jcm process --site mn-solar --month 2026-09..2026-10
+       each month becomes a revision in the ledger (--ledger); its status, ER and the
+       reasons for any status but verified are printed (JSON). Months the processor
+       caught up are there already.
+  2. review them: the printed findings, the live view's monthly results, or a draft
+       export (step 4) whose workbook lists the QA findings and adjustments.
+  3. sign off each month:  jcm signoff --site mn-solar --month 2026-09 --by "A. Tanaka"
+       recorded in the ledger; no later revision changes a signed-off month.
+  4. export the period:   jcm export --site mn-solar --from 2026-09-01 --to 2026-10-31 --out exports/
+       writes exports/mn-solar_2026-09-01_2026-10-31/: monitoring_<same>.xlsx (the JCM
+       monitoring spreadsheet with live formulas), daily_values.csv, raw_readings.csv,
+       daily_values.png, completeness.png, summary.html and manifest.json (SHA-256 of
+       every file, ledger revisions used, who signed off).
+  5. hand over that folder unchanged (e.g. zipped); the verifier checks it against
+       manifest.json. The same inputs give byte-identical files.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jcm", description="JCM remote monitoring and MRV pipeline")
-    p.add_argument("-v", "--verbose", action="store_true")
+    # -v/-q are accepted before or after the command; after it they must not reset what came before
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                           help="more detail: -v our debug lines and the libraries' routine lines (e.g. every poll), "
+                                "-vv everything (default: start, stop and changes of state only)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                           help="warnings and errors only")
+    p = argparse.ArgumentParser(
+        prog="jcm", parents=[verbosity], formatter_class=_HelpFormatter,
+        description="JCM remote monitoring and MRV pipeline: site gateway, collector, processor, exports, live view.",
+        epilog="A SITE is a site id (its file is <--sites-dir>/<id>.yaml) or the path of a site file.\n"
+               "'jcm COMMAND --help' describes each command and its options.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("check-config", help="validate site and profile files without running anything")
-    s.add_argument("files", nargs="+")
-    s.add_argument("--profiles", help="profiles directory (default: ../profiles beside the site file)")
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help, parents=[verbosity],
+                              formatter_class=_HelpFormatter)
+
+    def site_args(s, site: bool = True):
+        if site:
+            s.add_argument("--site", required=True, metavar="SITE",
+                           help="site id (looked up in --sites-dir) or path of a site file")
+        s.add_argument("--sites-dir", "--sites", dest="sites_dir", default="config/sites",
+                       help="directory of site files <id>.yaml")
+        s.add_argument("--profiles", metavar="DIR",
+                       help="directory of register-map profiles searched first (then the site's profiles_dir, "
+                            "../profiles beside the site's directory, the profiles shipped with jcm)")
+
+    s = command("check-config", "validate site and profile files without running anything")
+    s.add_argument("files", nargs="+", metavar="FILE", help="site files (or site ids) and profile files")
+    site_args(s, site=False)
     s.set_defaults(func=cmd_check_config)
 
-    s = sub.add_parser("simulate", help="serve a site's devices as Modbus servers with plant physics")
-    s.add_argument("--site", required=True)
-    s.add_argument("--serial", action="append", metavar="PORT=PTY", help="serve the RTU bus PORT on PTY")
-    s.add_argument("--control-port", type=int, help="HTTP port for fault injection")
-    s.add_argument("--fault", action="append", metavar="DEVICE:KIND[:SECONDS]", help="inject a fault at start")
-    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s = command("doctor", "check a site on site: config, every device, broker login and TLS, outbox, clock",
+                "Check what a gateway needs, as the gateway would do it: the site file, one Modbus read of "
+                "every device, a login to the broker with the site's credentials (and TLS), the outbox's disk "
+                "space and writability, and the clock. Prints a table of what is fine and what to fix; exits 1 "
+                "if anything must be fixed.")
+    site_args(s)
+    s.add_argument("--broker", help="broker URL to check instead of the site's mqtt.url")
+    s.add_argument("--outbox", help="outbox file to check instead of the site's outbox.path")
+    s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker [s]")
+    s.set_defaults(func=cmd_doctor)
+
+    s = command("simulate", "serve a site's devices as Modbus servers with plant physics")
+    site_args(s)
+    s.add_argument("--serial", action="append", metavar="PORT=PTY", help="serve the RTU bus PORT on PTY (repeatable)")
+    s.add_argument("--control-port", type=int, help="HTTP port for fault injection (default: none)")
+    s.add_argument("--fault", action="append", metavar="DEVICE:KIND[:SECONDS]",
+                   help="inject a fault at start (repeatable)")
+    s.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     s.set_defaults(func=cmd_simulate)
 
-    s = sub.add_parser("gateway", help="poll a site's devices and publish readings over MQTT")
-    s.add_argument("--site", required=True)
+    s = command("gateway", "poll a site's devices and publish readings over MQTT")
+    site_args(s)
     s.add_argument("--broker", help="override the site's MQTT URL, e.g. mqtt://127.0.0.1:1883")
-    s.add_argument("--outbox", help="override the outbox file")
+    s.add_argument("--outbox", help="override the site's outbox file (outbox.path)")
     s.add_argument("--new-outbox", action="store_true",
                    help="once, for an outbox that cannot be used: move it aside to <name>.corrupt-<UTC time> "
                         "(never deleted) and start a new outbox, whose sequence starts again at 1 under a new "
                         "epoch")
-    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     s.set_defaults(func=cmd_gateway)
 
-    s = sub.add_parser("collector", help="subscribe to every site's readings and write them to the store")
-    s.add_argument("--config", default="config/collector.yaml")
+    s = command("collector", "subscribe to every site's readings and write them to the store")
+    s.add_argument("--config", default="config/collector.yaml", help="collector config file")
     s.add_argument("--store", help="override the store URL, e.g. sqlite:///var/jcm.db")
     s.add_argument("--broker", help="override the broker URL")
     s.add_argument("--client-id", help="override the MQTT client id (one per collector of a share group)")
-    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     s.set_defaults(func=cmd_collector)
 
-    s = sub.add_parser("deadletters", help="list the messages the collector kept aside, with why")
-    s.add_argument("--config", default="config/collector.yaml")
+    s = command("deadletters", "list the messages the collector kept aside, with why")
+    s.add_argument("--config", default="config/collector.yaml", help="collector config file (for its store)")
     s.add_argument("--store", help="store URL (default: the collector config's)")
-    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--limit", type=int, default=50, help="show at most this many, newest first")
     s.set_defaults(func=cmd_deadletters)
 
-    s = sub.add_parser("calc", help="compute one monitoring period from given monitored values (JSON)")
-    s.add_argument("methodology", help="e.g. MN_AM003")
-    s.add_argument("--input", required=True, help="YAML with period, units and parameters")
+    s = command("calc", "compute one monitoring period from given monitored values (YAML file)")
+    s.add_argument("methodology", help="methodology id, e.g. MN_AM003")
+    s.add_argument("--input", required=True, metavar="FILE.yaml",
+                   help="YAML with methodology, version, period, units and parameters")
     s.add_argument("--explain", action="store_true", help="print each equation with the numbers substituted")
     s.set_defaults(func=cmd_calc)
 
-    def processing_args(s):
-        s.add_argument("--sites", default="config/sites", help="site config directory")
-        s.add_argument("--store", default="sqlite:///var/jcm.db")
-        s.add_argument("--ledger", default="var/ledger.sqlite")
+    def processing_args(s, site: bool = True):
+        site_args(s, site)
+        s.add_argument("--store", default="sqlite:///var/jcm.db", help="store URL")
+        s.add_argument("--ledger", default="var/ledger.sqlite", help="ledger file (monthly revisions, sign-offs)")
 
-    s = sub.add_parser("process", help="compute one month of one site now and record it in the ledger")
-    s.add_argument("--site", required=True)
-    s.add_argument("--month", required=True, help="YYYY-MM")
+    s = command("process", "compute months of one site now and record them in the ledger")
     processing_args(s)
+    s.add_argument("--month", required=True, metavar="YYYY-MM[..YYYY-MM]",
+                   help="a month, or an inclusive range of months (with progress and time left)")
     s.add_argument("--create-ledger", action="store_true",
                    help="create the ledger if it does not exist (else a missing ledger is an error)")
     s.set_defaults(func=cmd_process)
 
-    s = sub.add_parser("signoff", help="sign off a month: no later revision will change it")
-    s.add_argument("--site", required=True)
-    s.add_argument("--month", required=True)
+    s = command("signoff", "sign off a month: no later revision will change it")
+    site_args(s)
+    s.add_argument("--month", required=True, metavar="YYYY-MM", help="the month to sign off")
     s.add_argument("--by", required=True, help="name of the MRV staff member")
-    s.add_argument("--revision", type=int, help="default: the latest")
-    s.add_argument("--ledger", default="var/ledger.sqlite")
+    s.add_argument("--revision", type=int, help="revision to sign off (default: the latest)")
+    s.add_argument("--ledger", default="var/ledger.sqlite", help="ledger file")
     s.set_defaults(func=cmd_signoff)
 
-    s = sub.add_parser("export", help="write a monitoring period's workbook, CSVs, charts, summary and manifest")
-    s.add_argument("--site", required=True)
-    s.add_argument("--from", dest="date_from", required=True, help="first day, YYYY-MM-DD (site local)")
-    s.add_argument("--to", dest="date_to", required=True, help="last day, inclusive")
-    s.add_argument("--out", required=True, help="folder to write the export into")
+    s = command("export", "write a monitoring period's workbook, CSVs, charts, summary and manifest",
+                "Write one folder with what a JCM verifier receives for a monitoring period.\n\n" + EXPORT_HELP)
     s.add_argument("--force", action="store_true", help="replace an existing export of the same period")
     processing_args(s)
+    s.add_argument("--from", dest="date_from", required=True, metavar="YYYY-MM-DD",
+                   help="first day of the period (site local)")
+    s.add_argument("--to", dest="date_to", required=True, metavar="YYYY-MM-DD", help="last day, inclusive")
+    s.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to write the export into: <out>/<site>_<from>_<to>/")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("processor", help="run the monthly processing on its schedule (with start-up catch-up)")
-    processing_args(s)
-    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s = command("processor", "run the monthly processing on its schedule (with start-up catch-up)")
+    processing_args(s, site=False)
+    s.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     s.set_defaults(func=cmd_processor)
 
-    s = sub.add_parser("watch", help="print the readings arriving at a broker")
+    s = command("keygen", "make a gateway's signing key pair and print the site-file lines for it")
+    s.add_argument("--site", required=True, help="site id: names the key files and the key id")
+    s.add_argument("--out", default="var/keys", help="folder of the key files")
+    s.set_defaults(func=cmd_keygen)
+
+    s = command("verify", "check the signatures and hash chains of an export's signed messages")
+    s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (its custody/ folder is read)")
+    s.set_defaults(func=cmd_verify)
+
+    s = command("watch", "print the readings arriving at a broker")
     _broker_arguments(s)
-    s.add_argument("--topic", default="jcm/v1/#")
+    s.add_argument("--topic", default="jcm/v1/#", help="MQTT topic filter")
     s.add_argument("--count", type=int, help="exit after this many messages")
     s.add_argument("--duration", type=float, help="exit after this many seconds")
     s.set_defaults(func=cmd_watch)
 
-    s = sub.add_parser("demo", help="run the five reference sites end to end on this machine")
-    s.add_argument("--config", default="config", help="config directory (sites/ and profiles/)")
+    s = command("demo", "run the five reference sites end to end on this machine")
+    s.add_argument("--config", default="config", help="config directory (with sites/)")
     s.add_argument("--duration", type=float, help="run for this many seconds, then exit 0 if readings flowed")
-    s.add_argument("--workdir", default="var/demo")
+    s.add_argument("--workdir", default="var/demo", help="where the demo's store, ledger, outboxes and exports go")
     s.add_argument("--sites", help="comma-separated site ids (default: all)")
     s.add_argument("--port", type=int, default=8080, help="live view port (a free one if taken)")
     s.add_argument("--control-port", type=int, default=8502, help="first simulator fault-control port")
@@ -411,15 +575,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: Mosquitto if installed, else the embedded Python broker")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("dashboard", help="the operators' live view (FastAPI)")
-    s.add_argument("--sites", default="config/sites")
+    s = command("dashboard", "the operators' live view (FastAPI)")
+    site_args(s, site=False)
     _broker_arguments(s)
-    s.add_argument("--store", default="sqlite:///var/jcm.db")
-    s.add_argument("--ledger", default="var/ledger.sqlite")
+    s.add_argument("--store", default="sqlite:///var/jcm.db", help="store URL (charts, energy)")
+    s.add_argument("--ledger", default="var/ledger.sqlite", help="ledger file (monthly results)")
     s.add_argument("--alarms", default="var/alarms.sqlite", help="where alarm transitions are kept")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--token-env", help="environment variable holding the access token")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8080, help="port to listen on")
+    s.add_argument("--token-env", help="environment variable holding the access token (default: no token)")
     s.add_argument("--allow-host", action="append", metavar="NAME",
                    help="a host name the pages are reached by without a token, besides --host and loopback")
     s.add_argument("--simulated", action="store_true", help="label every page as simulated data")
@@ -429,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     try:
         return args.func(args) or 0
     except ConfigError as exc:

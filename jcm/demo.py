@@ -10,6 +10,7 @@ monitoring-period export, and the live view. Everything here is simulated and sa
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime as dt
 import glob
 import logging
@@ -21,9 +22,10 @@ from pathlib import Path
 
 from collector.service import Collector
 from contract.config import CollectorConfig, load_site
-from contract.config.site import Mqtt, Site
+from contract.config.site import Mqtt, Site, TcpConnection
 from gateway.service import Gateway
 from jcm.broker import Mosquitto, free_port, start_broker
+from jcm.progress import Progress
 from liveview.main_channels import POWER_CHANNEL
 from processing.ledger import Ledger
 from processing.scheduler import Processor
@@ -53,12 +55,14 @@ def fill_history(site: Site, store: SqliteStore, now: dt.datetime):
     channels = {*site.monitoring_channels, "simulated"}
     channels |= {POWER_CHANNEL[d.kind] for d in site.devices if d.kind in POWER_CHANNEL}
     pending: list = []
-    for batch in history(site, first, until=now, channels=channels, plant=plant):
-        if not have:
-            pending += batch
-        if len(pending) >= 2000:  # one transaction per chunk, not per time step
-            store.write(pending)
-            pending = []
+    with Progress(f"history {site.site}", unit="step") as progress:
+        for batch in history(site, first, until=now, channels=channels, plant=plant,
+                             progress=progress):
+            if not have:
+                pending += batch
+            if len(pending) >= 2000:  # one transaction per chunk, not per time step
+                store.write(pending)
+                pending = []
     if pending:
         store.write(pending)
     return plant
@@ -93,10 +97,10 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
     if not sites:
         log.error("no sites to run in %s/sites", config_dir)
         return 2
+    sites = _free_endpoints(sites)
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("amqtt", "transitions", "apscheduler", "uvicorn.error"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     broker = start_broker(workdir, log, broker_choice)
+    atexit.register(broker.stop)  # also when a step below fails: no broker left running
     for site in sites:  # the demo broker is anonymous; the gateways still want their variables set
         for var in (site.mqtt.username_env, site.mqtt.password_env):
             if var:
@@ -131,8 +135,9 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
         gw.start()
 
     ledger = Ledger(workdir / "ledger.sqlite")
-    processor = Processor(sites, store, ledger)
-    processor.start()  # catches up every past month now
+    with Progress("processor catch-up", unit="month") as catch_up:
+        processor = Processor(sites, store, ledger, progress=catch_up)
+        processor.start()  # catches up every past month now
     t_verified = time.monotonic() - t_start
     verified = {s.site: [r.month for r in ledger.revisions(s.site) if r.status == "verified"] for s in sites}
     exports = export_last_months(sites, store, ledger, workdir / "exports", now)
@@ -196,6 +201,28 @@ def export_last_months(sites, store, ledger, out: Path, now: dt.datetime) -> lis
         except Exception:
             log.exception("%s: export failed", site.site)
     return folders
+
+
+def _free_endpoints(sites: list[Site]) -> list[Site]:
+    """The sites with each simulated Modbus TCP endpoint whose port is taken on this machine
+    (by another program, or another demo) moved to a free port; devices sharing an
+    endpoint stay together."""
+    moved: dict[int, int] = {}
+    out = []
+    for site in sites:
+        devices = []
+        for d in site.devices:
+            c = d.connection
+            if isinstance(c, TcpConnection):
+                if c.port not in moved:
+                    moved[c.port] = free_port() if _port_busy(c.port) else c.port
+                    if moved[c.port] != c.port:
+                        log.info("%s: port %d is in use here: simulating %s on port %d instead",
+                                 site.site, c.port, c.endpoint, moved[c.port])
+                d = d.model_copy(update={"connection": c.model_copy(update={"port": moved[c.port]})})
+            devices.append(d)
+        out.append(site.model_copy(update={"devices": devices}))
+    return out
 
 
 def _port_busy(port: int) -> bool:

@@ -26,7 +26,8 @@ CREATE INDEX IF NOT EXISTS alarms_open ON alarms (site, ended);
 #: alarm kinds and their meaning, for the page's legend and the API
 KINDS = {
     "device_stale": "no reading for 3 poll intervals",
-    "device_faulted": "the gateway reports the device offline or degraded",
+    "device_offline": "the gateway gets no answer from the device (it backs off and retries)",
+    "device_faulted": "some points of the device failed or read out of range",
     "gateway_offline": "the gateway's last will said offline",
     "counter_backwards": "a cumulative counter went backwards",
     "counter_jump": "a cumulative counter rose faster than physically possible",

@@ -15,22 +15,37 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from typing import Literal
+
+import swagger_ui_bundle
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
-from contract import topics
+from contract import topics, units
 from contract.config.site import Mqtt, Site
 from contract.mqtt_connection import BrokerConnection
 from contract.store import ReadingStore, StoreUnavailable
+from liveview import fleet
 from liveview.alarms import KINDS, AlarmBook
+from liveview.device_state import STATES
+from liveview.energy import CounterTotals
 from liveview.main_channels import POWER_CHANNEL
 from liveview.state import LiveState
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+MESSAGES = Path(__file__).parent / "messages"
+SWAGGER = Path(swagger_ui_bundle.swagger_ui_path)
+#: the languages of the pages, one message catalogue each (liveview/messages/<lang>.json)
+LANGUAGES = ("en", "ja")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-#: longest chart window [h]
+#: longest chart window of ?hours= [h]
 MAX_HISTORY_HOURS = 72.0
+#: the chart ranges a page offers [h]
+RANGES = {"day": 24.0, "week": 168.0, "month": 744.0}
+#: points per chart series at most (a month of 10 s readings is thinned to this)
+CHART_POINTS = 600
 
 
 class LiveView:
@@ -43,6 +58,7 @@ class LiveView:
         self.sites = {s.site: s for s in sites}
         self.state = LiveState(sites)
         self.store, self.ledger, self.token = store, ledger, token
+        self.totals = CounterTotals(store)
         self.alarms = AlarmBook(alarms_path)
         self.simulated = simulated
         #: Host header names accepted without a token (DNS rebinding): loopback and these
@@ -124,64 +140,72 @@ class LiveView:
         self.broker.stop()
 
     # -- data for the API -------------------------------------------------------------
-    def site_summary(self, site_id: str) -> dict:
+    def site_summary(self, site_id: str, now: dt.datetime | None = None) -> dict:
+        """A site's row of the fleet overview."""
         site = self.sites[site_id]
-        now = dt.datetime.now(dt.UTC)
+        now = now or dt.datetime.now(dt.UTC)
         snap = self.state.snapshot(site_id, now)
         states = [d["state"] for d in snap["devices"]]
+        counts = {s: states.count(s) for s in STATES}
+        gateway_state = snap["gateways"].get(site.gateway, {}).get("state", "unknown")
+        active = len(self.alarms.active(site_id))
+        mtd = self.month_to_date(site_id)
+        verified, _ = self._months(site_id)
+        try:
+            energy = self.totals.figures(site, now)
+        except StoreUnavailable as exc:
+            energy = {"error": str(exc)}
+        main = site.monitoring[0] if site.monitoring else None
+        main_key = main and (main.parameter if main.unit_id is None else f"{main.parameter}[{main.unit_id}]")
         return {"site": site_id, "name": site.name, "country": site.country, "timezone": site.timezone,
                 "methodology": f"{site.methodology} {site.methodology_version}", "gateway": site.gateway,
-                "gateway_state": snap["gateways"].get(site.gateway, {}).get("state", "unknown"),
-                "devices": {s: states.count(s) for s in ("online", "stale", "offline", "faulted")},
-                "active_alarms": len(self.alarms.active(site_id)), "simulated": self.simulated or snap["simulated"]}
+                "gateway_state": gateway_state, "devices": counts, "active_alarms": active,
+                "attention": fleet.attention(gateway_state, counts, active),
+                "power_kw": fleet.power_now_kw(site, snap["devices"]), "capacity_kw": fleet.capacity_kw(site),
+                "energy_main": energy.get(main_key) if main_key else None, "energy_main_key": main_key,
+                "energy_error": energy.get("error"),
+                "month_to_date": _reduction(mtd), "last_verified": verified,
+                "simulated": self.simulated or snap["simulated"]}
+
+    def overview(self) -> list[dict]:
+        """Every site's row, the one that needs attention most first."""
+        rows = [self.site_summary(s) for s in self.sites]
+        return sorted(rows, key=lambda r: (fleet.ATTENTION.index(r["attention"]), -r["active_alarms"], r["name"]))
 
     def site_detail(self, site_id: str) -> dict:
         site = self.sites[site_id]
         now = dt.datetime.now(dt.UTC)
-        out = {**self.site_summary(site_id), **self.state.snapshot(site_id, now)}
+        out = {**self.site_summary(site_id, now), **self.state.snapshot(site_id, now)}
         out["simulated"] = self.simulated or out["simulated"]
         out["alarms"] = {"active": self.alarms.active(site_id), "recent": self.alarms.recent(site_id, 30)}
-        out["energy_today"] = self._energy_today(site, now)
-        out["month_to_date"] = self.month_to_date(site_id)
+        try:
+            out["energy"] = self.totals.figures(site, now)
+        except StoreUnavailable as exc:
+            out["energy"] = {"error": str(exc)}
         out["last_verified"], out["months"] = self._months(site_id)
         return out
 
-    def _energy_today(self, site: Site, now: dt.datetime) -> dict:
-        """Today's increase of each monitored energy/volume counter (display only, not MRV)."""
-        midnight = dt.datetime.combine(now.astimezone(site.zone).date(), dt.time(), tzinfo=site.zone)
-        out = {}
-        try:
-            for m in site.monitoring:
-                total, unit = 0.0, ""
-                for src in m.sources:
-                    dev, ch = src.split(".")
-                    point = site.device(dev).register_map.point(ch)
-                    if point.kind.value != "counter":
-                        break
-                    df = self.store.read(site.site, midnight, now, channels=[ch], devices=[dev]).dropna(subset=["value"])
-                    if len(df) >= 2:
-                        total += float(df["value"].iloc[-1] - df["value"].iloc[0])
-                    unit = point.unit
-                else:
-                    key = m.parameter if m.unit_id is None else f"{m.parameter}[{m.unit_id}]"
-                    out[key] = {"value": total, "unit": unit}
-        except StoreUnavailable as exc:
-            out["error"] = str(exc)
-        return out
-
     def _months(self, site_id: str) -> tuple[dict | None, list[dict]]:
+        """The latest revision of each month, with why a month is not verified."""
         if self.ledger is None:
             return None, []
         months = {}
         for rev in self.ledger.revisions(site_id):
-            months[rev.month] = {"month": rev.month, "revision": rev.revision, "status": rev.status, "ER": rev.ER,
-                                 "ER_unrounded": rev.ER_unrounded, "provisional": rev.provisional,
-                                 "signed_off": self.ledger.signoff(site_id, rev.month) is not None}
+            summary = rev.result.get("summary", {})
+            findings = [f for f in rev.result.get("findings", []) if f.get("severity") in ("review", "fail")]
+            months[rev.month] = {
+                "month": rev.month, "revision": rev.revision, "status": rev.status, "ER": rev.ER,
+                "ER_unrounded": rev.ER_unrounded, "provisional": rev.provisional,
+                "signed_off": self.ledger.signoff(site_id, rev.month) is not None,
+                "reasons": summary.get("reasons", []) if rev.status in ("needs_review", "failed") else [],
+                "findings": findings if rev.status in ("needs_review", "failed") else [],
+                "rounded_to_zero": rev.ER == 0 and bool(rev.ER_unrounded)}
         rows = [months[k] for k in sorted(months)]
         verified = [r for r in rows if r["status"] == "verified"]
         return (verified[-1] if verified else None), rows
 
     def history(self, site_id: str, hours: float) -> dict:
+        """The power channel of each device over the last ``hours``, at most ``CHART_POINTS`` a series."""
         site = self.sites[site_id]
         end = dt.datetime.now(dt.UTC)
         start = end - dt.timedelta(hours=hours)
@@ -191,11 +215,31 @@ class LiveView:
             if not ch:
                 continue
             df = self.store.read(site_id, start, end, channels=[ch], devices=[d.id]).dropna(subset=["value"])
-            if len(df) > 400:  # thin for the browser
-                df = df.iloc[:: len(df) // 400 + 1]
-            series[d.id] = {"channel": ch, "unit": site.device(d.id).register_map.point(ch).unit,
-                            "t": [t.isoformat() for t in df["ts"]], "v": [float(v) for v in df["value"]]}
-        return {"site": site_id, "from": start.isoformat(), "to": end.isoformat(), "series": series}
+            if len(df) > CHART_POINTS:  # thin for the browser
+                df = df.iloc[:: len(df) // CHART_POINTS + 1]
+            unit = site.device(d.id).register_map.point(ch).unit
+            scale = _to_kw(unit)  # one unit for every power on the page
+            series[d.id] = {"channel": ch, "unit": "kW" if scale else unit, "t": [t.isoformat() for t in df["ts"]],
+                            "v": [float(v) * (scale or 1.0) for v in df["value"]]}
+        return {"site": site_id, "timezone": site.timezone, "from": start.isoformat(), "to": end.isoformat(),
+                "series": series}
+
+
+def _to_kw(unit: str) -> float | None:
+    """The factor from a power ``unit`` to kW; ``None`` for any other unit (flows, fractions)."""
+    try:
+        return float(units.ratio(unit, "kW"))
+    except ValueError:
+        return None
+
+
+def _reduction(mtd: dict | None) -> dict | None:
+    """The processor's month-to-date figures as the pages show them: whole tonnes, provisional."""
+    if not mtd or mtd.get("ER_unrounded") is None:
+        return None
+    return {"ER": mtd.get("ER"), "ER_unrounded": mtd["ER_unrounded"], "first": mtd.get("first"),
+            "last": mtd.get("last"), "status": mtd.get("status"), "provisional": True,
+            "rounded_to_zero": mtd.get("ER") == 0 and bool(mtd["ER_unrounded"])}
 
 
 def _offer(q: asyncio.Queue, event: dict) -> None:
@@ -232,7 +276,8 @@ def create_app(view: LiveView) -> FastAPI:
         yield
         await view.stop()
 
-    app = FastAPI(title="jcm live view", docs_url="/api/docs", openapi_url="/api/openapi.json", lifespan=lifespan)
+    # docs_url=None: FastAPI's own page loads Swagger UI from a CDN; ours serves it from the package
+    app = FastAPI(title="jcm live view", docs_url=None, openapi_url="/api/openapi.json", lifespan=lifespan)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
@@ -271,16 +316,36 @@ def create_app(view: LiveView) -> FastAPI:
         site_or_404(site)
         return FileResponse(STATIC / "site.html")
 
-    @app.get("/static/{name}")
-    def static(name: str):
-        path = (STATIC / name).resolve()
-        if path.parent != STATIC.resolve() or not path.exists():
+    def file_in(folder: Path, name: str) -> FileResponse:
+        path = (folder / name).resolve()
+        if path.parent != folder.resolve() or not path.is_file():
             raise HTTPException(404)
         return FileResponse(path)
 
+    @app.get("/static/{name}")
+    def static(name: str):
+        return file_in(STATIC, name)
+
+    @app.get("/static/swagger/{name}")
+    def swagger_asset(name: str):
+        return file_in(SWAGGER, name)
+
+    @app.get("/static/messages/{lang}")
+    def messages(lang: str):
+        if lang not in LANGUAGES:
+            raise HTTPException(404, f"no language '{lang}' (known: {', '.join(LANGUAGES)})")
+        return file_in(MESSAGES, f"{lang}.json")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs():
+        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="jcm live view: API",
+                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
+
     @app.get("/api/sites")
     def api_sites():
-        return {"simulated": view.simulated, "sites": [view.site_summary(s) for s in view.sites], "alarm_kinds": KINDS}
+        return {"simulated": view.simulated, "sites": view.overview(), "alarm_kinds": KINDS}
 
     @app.get("/api/sites/{site}")
     def api_site(site: str):
@@ -288,9 +353,11 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.get("/api/sites/{site}/history")
     def api_history(site: str, hours: float = Query(6.0, gt=0, le=MAX_HISTORY_HOURS, allow_inf_nan=False,
-                                                     description="window ending now [h]")):
+                                                     description="window ending now [h]"),
+                    span: Literal["day", "week", "month"] | None = Query(
+                        None, alias="range", description="a chart range ending now, instead of hours")):
         try:
-            return view.history(site_or_404(site), hours)
+            return view.history(site_or_404(site), RANGES[span] if span else hours)
         except StoreUnavailable as exc:
             raise HTTPException(503, f"store unavailable: {exc}") from None
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from contract import topics
 from contract.config.site import Site
 from contract.future_limit import MAX_FUTURE_S, too_far_ahead
-from contract.message import DeviceStatus, Quality, Reading
+from contract.message import Quality, Reading
 from liveview.alarms import Condition, calibration_conditions, completeness_conditions
+from liveview.device_state import ALARM_OF_STATE, DeviceHealth
 from liveview.main_channels import MAIN_CHANNELS
 
 log = logging.getLogger(__name__)
-STALE_POLLS = 3
 #: what a gateway's retained status message may say
 GATEWAY_STATES = ("online", "offline")
 
@@ -28,25 +28,19 @@ class DeviceView:
     id: str
     kind: str
     gateway: str
-    poll_interval: float
-    last_seen: dt.datetime | None = None
+    health: DeviceHealth
     status: str | None = None
     values: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)  # channel -> (ts, value) for counter checks
     conditions: dict = field(default_factory=dict)  # (subject, kind) -> Condition from readings
 
+    @property
+    def last_seen(self) -> dt.datetime | None:
+        return self.health.last_seen
+
     def state(self, now: dt.datetime, gateway_online: bool) -> str:
-        if self.last_seen is None or not gateway_online:
-            return "offline"
-        if (now - self.last_seen).total_seconds() > STALE_POLLS * self.poll_interval:
-            return "stale"
-        if self.status == DeviceStatus.offline.value:
-            return "offline"
-        if self.status == DeviceStatus.degraded.value or any(
-                q in (Quality.out_of_range.value, Quality.device_error.value) for q in self.quality.values()):
-            return "faulted"
-        return "online"
+        return self.health.current(now, gateway_online)[0]
 
 
 class LiveState:
@@ -55,7 +49,8 @@ class LiveState:
         self.lock = threading.Lock()
         self.gateways: dict[str, dict] = {s.site: {s.gateway: {"state": "unknown", "ts": None}} for s in sites}
         self.devices: dict[str, dict[str, DeviceView]] = {
-            s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, d.poll_interval) for d in s.devices} for s in sites}
+            s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, DeviceHealth(d.poll_interval)) for d in s.devices}
+            for s in sites}
         self.max_rates = {(s.site, src): m.max_rate_per_h for s in sites for m in s.monitoring
                           for src in m.sources if m.max_rate_per_h}
         self.simulated: dict[str, bool] = {s.site: False for s in sites}
@@ -125,25 +120,24 @@ class LiveState:
             if view.last_seen is not None and r.ts <= view.last_seen:
                 return None  # a redelivery or replay: the live view shows the newest only
             self._counter_checks(site, view, r)
-            view.last_seen, view.status = r.ts, r.status.value
+            view.status = r.status.value
             view.quality = {k: q.value for k, q in r.quality.items()}
+            view.health.on_reading(r.ts, view.status, view.quality)  # sets last_seen
             main = MAIN_CHANNELS.get(view.kind, [])
             view.values = {k: r.values.get(k) for k in main if k in r.values}
             if r.values.get("simulated"):
                 self.simulated[r.site] = True
-            for key in [k for k in view.conditions if k[1] in ("out_of_range", "device_faulted")]:
+            for key in [k for k in view.conditions if k[1] == "out_of_range"]:
                 del view.conditions[key]
             for ch, q in r.quality.items():
                 if q is Quality.out_of_range:
                     subject = f"{r.device}.{ch}"
                     view.conditions[(subject, "out_of_range")] = Condition(
                         r.site, subject, "out_of_range", f"{ch} = {r.values.get(ch)} outside its valid range")
-            if r.status is not DeviceStatus.ok and any(q is not Quality.out_of_range for q in r.quality.values()):
-                flags = sorted({q.value for q in r.quality.values() if q is not Quality.out_of_range})
-                view.conditions[(r.device, "device_faulted")] = Condition(
-                    r.site, r.device, "device_faulted", f"gateway reports {r.status.value}: {', '.join(flags)}")
+            online = self.gateways[r.site].get(site.gateway, {}).get("state") != "offline"
             return {"type": "reading", "site": r.site, "device": r.device, "ts": r.ts.isoformat(),
-                    "status": r.status.value, "values": view.values, "quality": view.quality}
+                    "status": r.status.value, "state": view.state(r.ts, online), "values": view.values,
+                    "quality": view.quality}
 
     def _counter_checks(self, site: Site, view: DeviceView, r: Reading) -> None:
         points = {p.channel: p for p in site.device(view.id).register_map.points if p.kind.value == "counter"}
@@ -183,9 +177,9 @@ class LiveState:
                     out.append(Condition(site_id, gw, "gateway_offline", "last will: the gateway is offline"))
             online = gateways.get(site.gateway, {}).get("state") != "offline"
             for view in self.devices[site_id].values():
-                if view.last_seen is not None and view.state(now, True) == "stale":
-                    age = (now - view.last_seen).total_seconds()
-                    out.append(Condition(site_id, view.id, "device_stale", f"no reading for {age:.0f} s"))
+                state, reason, _ = view.health.current(now, online)
+                if state in ALARM_OF_STATE:
+                    out.append(Condition(site_id, view.id, ALARM_OF_STATE[state], reason))
                 if online:
                     out.extend(view.conditions.values())
         out += calibration_conditions(site, now.astimezone(site.zone).date())
@@ -197,8 +191,13 @@ class LiveState:
             gateways = {k: dict(v) for k, v in self.gateways[site_id].items()}
             online = gateways.get(self.sites[site_id].gateway, {}).get("state") != "offline"
             devices = [{
-                "id": v.id, "kind": v.kind, "gateway": v.gateway, "state": v.state(now, online),
+                "id": v.id, "kind": v.kind, "gateway": v.gateway, **_state_fields(v.health.current(now, online)),
                 "last_seen": v.last_seen.isoformat() if v.last_seen else None, "status": v.status,
                 "values": v.values, "quality": v.quality,
             } for v in self.devices[site_id].values()]
         return {"gateways": gateways, "devices": devices, "simulated": self.simulated[site_id]}
+
+
+def _state_fields(current: tuple[str, str, dt.datetime | None]) -> dict:
+    state, reason, since = current
+    return {"state": state, "state_reason": reason, "state_since": since.isoformat() if since else None}

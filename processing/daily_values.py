@@ -14,21 +14,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-
-@dataclass
-class Finding:
-    """Something a reviewer must see: what, where, when and how much."""
-
-    check: str  # e.g. counter_reset, counter_jump, gap, out_of_range, calibration_overdue
-    source: str  # device.channel or parameter
-    severity: str  # info | review | fail
-    detail: str
-    start: str | None = None
-    end: str | None = None
-    amount: float | None = None
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+from contract.counter import Finding, counter_increments
+from contract.counter import fmt as _fmt
 
 
 @dataclass
@@ -52,19 +39,6 @@ def _local_date(index: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
     return index.tz_convert(zone).date
 
 
-def backwards_step(prev: float, cur: float, rollover: float | None) -> tuple[float, bool]:
-    """What a counter that went down from ``prev`` to ``cur`` counts for the interval, and
-    whether it wrapped.
-
-    Past half its ``rollover`` to below half of it, the register wrapped and the increment
-    is exact; otherwise it was reset (or the meter replaced): what accrued since the reset
-    is known when it restarted near zero, the rest is not.
-    """
-    if rollover and prev > 0.5 * rollover and cur < 0.5 * rollover:
-        return cur - prev + rollover, True
-    return (cur if cur < prev * 0.01 else 0.0), False
-
-
 def interval_day(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
     """The local day an interval belongs to, from its end time.
 
@@ -81,163 +55,6 @@ def midnights(days: pd.Index, zone: ZoneInfo) -> pd.DatetimeIndex:
     """The local midnights that start each of ``days`` and end the last one, in UTC [ns]."""
     edges = [*days, days[-1] + dt.timedelta(days=1)]
     return pd.DatetimeIndex([dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in edges]).tz_convert("UTC").as_unit("ns")
-
-
-#: an outlier is one or a few readings: a longer run off the counter's course is a reset or a new level
-OUTLIER_READINGS = 5
-#: the bound of a shorter interval is a minute's worth: register resolution and clock jitter [h]
-MIN_BOUND_H = 1 / 60
-
-
-def _fmt(x: float) -> str:
-    return f"{x:,.3f}".rstrip("0").rstrip(".")
-
-
-@dataclass
-class Increments:
-    """What a counter registered, interval by interval, after outliers, resets and jumps."""
-
-    start: pd.DatetimeIndex  # the kept reading each interval starts from
-    end: pd.DatetimeIndex
-    value: np.ndarray  # credited increase [counter unit]
-    findings: list[Finding] = field(default_factory=list)
-    adjustments: list[dict] = field(default_factory=list)
-
-
-def counter_increments(values: pd.Series, source: str, rollover: float | None = None,
-                       max_rate_per_h: float | None = None, effect: str = "raises", unit: str = "",
-                       zone: ZoneInfo | None = None) -> Increments:
-    """Increments of a cumulative counter with glitches, resets, rollovers and jumps resolved.
-
-    A step is suspect when the counter falls (other than a wrap at ``rollover``) or rises
-    faster than ``max_rate_per_h``. A suspect step is, in this order of preference:
-
-    1. an outlier: one to ``OUTLIER_READINGS`` readings off the counter's course, after
-       (or before) which it continues where it was; those readings are dropped and the
-       interval across them counts the exact difference of the readings around them;
-    2. a reset: the counter fell to near zero (no more than the interval can physically
-       register, or below 1 % of its last value when no bound is known) and the next
-       reading continues from there; the interval counts what was registered since the
-       reset for a quantity that raises reductions, the interval's physical bound for one
-       that lowers them (what was registered before the reset is unknown);
-    3. otherwise a new level (meter replaced, register preset, an unconfirmed drop at the
-       end of the data, or a rise beyond the physical bound): the interval counts 0 for a
-       quantity that raises reductions, its physical bound (if known) for one that lowers them.
-
-    Parameters
-    ----------
-    values : Series
-        Counter readings [counter unit], UTC DatetimeIndex; NaN for readings flagged bad.
-    source : str
-        ``device.channel``, for the findings.
-    rollover : float, optional
-        Value at which the register wraps to 0 [counter unit].
-    max_rate_per_h : float, optional
-        Largest physically possible rise [counter unit/h] (nameplate × margin); an interval
-        shorter than ``MIN_BOUND_H`` is allowed a minute's worth.
-    effect : {"raises", "lowers"}
-        Whether the quantity raises or lowers emission reductions: the conservative direction.
-    unit : str
-        Counter unit, for the findings.
-    zone : ZoneInfo, optional
-        Time zone the findings state times in (UTC if not given).
-
-    Returns
-    -------
-    Increments
-        Interval starts and ends, credited increase [counter unit] per interval, findings,
-        and an adjustment row for every interval that does not count the plain difference.
-    """
-    s = values.dropna().sort_index()
-    s = s[~s.index.duplicated(keep="last")]
-    t, v = s.index, s.to_numpy(dtype=float)
-    n = len(v)
-    if n < 2:
-        return Increments(t[:0], t[:0], np.zeros(0))
-    ns = t.as_unit("ns").asi8
-    hours = np.diff(ns) / 3.6e12
-    raw = np.diff(v)
-    wrapped = (raw < 0) & (v[:-1] > 0.5 * rollover) & (v[1:] < 0.5 * rollover) if rollover else np.zeros(n - 1, bool)
-    credited = np.where(wrapped, raw + (rollover or 0.0), raw)
-    limit = max_rate_per_h * np.maximum(hours, MIN_BOUND_H) if max_rate_per_h else np.full(n - 1, np.inf)
-    first = np.arange(n - 1)  # the reading each interval starts from
-    valid = np.ones(n - 1, dtype=bool)
-    findings: list[Finding] = []
-    adjustments: list[dict] = []
-    local = t.tz_convert(zone) if zone else t
-
-    def when(i: int) -> str:
-        return local[i].strftime("%Y-%m-%d %H:%M:%S").removesuffix(":00")
-
-    def rise(a: int, b: int) -> float:
-        d = v[b] - v[a]
-        if d < 0 and rollover and v[a] > 0.5 * rollover and v[b] < 0.5 * rollover:
-            d += rollover
-        return d
-
-    def fits(a: int, b: int) -> bool:
-        """Reading b continues the course of reading a (a wrap only where a bound makes it plausible)."""
-        if not max_rate_per_h:
-            return v[b] >= v[a]
-        d = rise(a, b)
-        return 0 <= d <= max_rate_per_h * max((ns[b] - ns[a]) / 3.6e12, MIN_BOUND_H)
-
-    def drop(a: int, b: int) -> None:
-        """Readings a+1..b-1 are outliers: one interval from a to b."""
-        valid[a:b - 1] = False
-        first[b - 1], credited[b - 1] = a, rise(a, b)
-        off = ", ".join(_fmt(x) for x in v[a + 1:b])
-        what = (f"reading of {off} at {when(a + 1)}" if b - a == 2 else
-                f"{b - a - 1} readings ({off}) from {when(a + 1)} to {when(b - 1)}")
-        findings.append(Finding("counter_outlier", source, "info",
-                                f"{what} between {_fmt(v[a])} and {_fmt(v[b])} {unit} ignored as "
-                                f"{'an outlier' if b - a == 2 else 'outliers'}; the interval counts the difference "
-                                f"{_fmt(credited[b - 1])} {unit}", str(t[a]), str(t[b]), float(credited[b - 1])))
-
-    def adjust(i: int, kind: str, after: float, detail: str) -> None:
-        before = float(rise(i, i + 1))
-        credited[i] = after
-        findings.append(Finding(kind, source, "review", detail, str(t[i]), str(t[i + 1]), float(after)))
-        adjustments.append({"kind": kind, "source": source, "start": str(t[i]), "end": str(t[i + 1]),
-                            "before": before, "factor": None, "after": float(after), "reason": detail})
-
-    resume = 0  # intervals before this one are settled
-    for i in np.flatnonzero((credited < 0) | (credited > limit)):
-        if i < resume:
-            continue
-        ret = next((j for j in range(i + 2, min(n, i + 2 + OUTLIER_READINGS)) if fits(i, j)), None)
-        if ret is not None:
-            drop(i, ret)
-            resume = ret
-            continue
-        fell = raw[i] < 0
-        if fell:  # readings before the fall may be the outliers (a spike the missing bound let through)
-            back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1) if fits(k - 1, i + 1)),
-                        None)
-            if back is not None:
-                drop(back - 1, i + 1)
-                resume = i + 1
-                continue
-        resume = i + 1
-        bound = float(limit[i]) if max_rate_per_h else None
-        fallback = bound if effect == "lowers" and bound is not None else 0.0
-        near_zero = 0 <= v[i + 1] <= (bound if bound is not None else 0.01 * v[i])
-        if fell and near_zero and i + 2 < n and fits(i + 1, i + 2):
-            after = v[i + 1] if effect == "raises" or bound is None else bound
-            adjust(i, "counter_reset", after,
-                   f"fell from {_fmt(v[i])} to {_fmt(v[i + 1])} {unit} at {when(i + 1)}, a reset confirmed by the next "
-                   f"reading {_fmt(v[i + 2])}; counted {_fmt(after)} for the interval")
-        elif fell:
-            why = ("not confirmed by a later reading" if i + 2 >= n else
-                   "neither a confirmed reset nor an outlier")
-            adjust(i, "counter_backwards", fallback,
-                   f"went from {_fmt(v[i])} to {_fmt(v[i + 1])} {unit} at {when(i + 1)}, {why}; counted {_fmt(fallback)} "
-                   "for the interval and continued from the new level")
-        else:
-            adjust(i, "counter_jump", fallback,
-                   f"rose {_fmt(credited[i])} {unit} in {hours[i] * 3600:.0f} s to {when(i + 1)}, above the physical limit "
-                   f"{_fmt(limit[i])} {unit}; counted {_fmt(fallback)} for the interval")
-    return Increments(t[first[valid]], t[1:][valid], credited[valid], findings, adjustments)
 
 
 def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str, rollover: float | None = None,

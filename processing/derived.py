@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from processing.daily_values import backwards_step
+from processing.daily_values import counter_increments, interval_day
 from processing.methodologies.ph_prov_biogas import flare_emissions
 
 
@@ -43,8 +43,8 @@ def _bracket(times: np.ndarray, a0: np.ndarray, a1: np.ndarray, max_age: np.time
 
 def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone: ZoneInfo, days: pd.Index,
                 GWP_CH4: float, CH4_density: float, eta_flare_burning: float, rollover: float | None = None,
-                max_age_s: float = 900.0,
-                sources: tuple[str, str, str] = ("BG_flare", "w_CH4", "flame")) -> FlareResult:
+                max_age_s: float = 900.0, sources: tuple[str, str, str] = ("BG_flare", "w_CH4", "flame"),
+                max_rate_per_h: float | None = None) -> FlareResult:
     """PE_flare per local day [tCO2e] from the flare gas counter [Nm3], the methane
     fraction [%] and the flame detector, interval by interval of the counter.
 
@@ -58,8 +58,14 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
     - the methane fraction is the highest reading within the interval; an interval
       without one takes the highest fraction measured in the period (100 % if none
       was), never the last reading carried forward;
-    - a totaliser that wrapped at ``rollover`` counts its exact increment (as the QA's
-      counter reduction does), never 0.
+    - the totaliser's increments are those of every counter (``counter_increments``, with
+      PE_flare's conservative direction): a wrap at ``rollover`` counts its exact increment,
+      never 0; an outlier is dropped, a reset must be confirmed, a rise beyond
+      ``max_rate_per_h`` is bounded. The QA's reduction of the same channel reports those
+      findings and rows in Nm3; here a wrap gets a row in PE_flare's terms.
+
+    Each interval belongs to the local day of its end (``interval_day``: a reading at
+    local midnight closes the day before).
 
     Parameters
     ----------
@@ -79,18 +85,19 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
         Longest a flame or methane reading stands for the state of the channel [s].
     sources : tuple of str
         Names of the three inputs, for the adjustment rows.
+    max_rate_per_h : float, optional
+        Largest physically possible flow [Nm3/h] (nameplate × margin).
     """
     empty = pd.Series(np.nan, index=days, dtype=float)
-    bg = bg_flare.dropna().sort_index()
-    bg = bg[~bg.index.duplicated(keep="last")]
-    if len(bg) < 2:
+    inc = counter_increments(bg_flare, sources[0], rollover, max_rate_per_h, "lowers", "Nm3", zone)
+    if len(inc.value) == 0:
         return FlareResult(empty, empty.copy(), empty.copy())
-    prev, cur = bg.to_numpy()[:-1], bg.to_numpy()[1:]
-    t0, t1 = bg.index[:-1], bg.index[1:]
-    volume = cur - prev
-    wrapped = np.zeros(len(volume), dtype=bool)
-    for i in np.flatnonzero(volume < 0):
-        volume[i], wrapped[i] = backwards_step(prev[i], cur[i], rollover)
+    t0, t1, volume = inc.start, inc.end, inc.value
+    bg = bg_flare.dropna()
+    bg = bg[~bg.index.duplicated(keep="last")]
+    settled = {(a["start"], a["end"]) for a in inc.adjustments}
+    wrapped = (bg[t1].to_numpy() < bg[t0].to_numpy()) & (volume > 0) & np.array(
+        [(str(a), str(b)) not in settled for a, b in zip(t0, t1)], dtype=bool)
     max_age = np.timedelta64(int(max_age_s * 1e9), "ns")
     a0, a1 = _utc(t0), _utc(t1)
 
@@ -128,7 +135,7 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
         return flare_emissions(vol, frac, burning, GWP_CH4, CH4_density, eta_flare_burning)
 
     per_interval = pe(volume, w, on)
-    local = t1.tz_convert(zone).date
+    local = interval_day(t1, zone)
 
     def daily(values) -> pd.Series:
         return pd.Series(values, index=local).groupby(level=0).sum().reindex(days)

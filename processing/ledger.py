@@ -31,6 +31,11 @@ CREATE TRIGGER IF NOT EXISTS revisions_no_update BEFORE UPDATE ON revisions
     BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS revisions_no_delete BEFORE DELETE ON revisions
     BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+-- INSERT OR REPLACE deletes the old row without firing delete triggers
+CREATE TRIGGER IF NOT EXISTS revisions_no_replace BEFORE INSERT ON revisions
+    WHEN EXISTS (SELECT 1 FROM revisions WHERE id = NEW.id
+                 OR (site = NEW.site AND month = NEW.month AND revision = NEW.revision))
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TABLE IF NOT EXISTS signoffs (
     site TEXT NOT NULL, month TEXT NOT NULL, revision INTEGER NOT NULL, signed_by TEXT NOT NULL,
     signed_at TEXT NOT NULL, PRIMARY KEY (site, month)
@@ -39,7 +44,6 @@ CREATE TRIGGER IF NOT EXISTS signoffs_no_update BEFORE UPDATE ON signoffs
     BEGIN SELECT RAISE(ABORT, 'a sign-off is final'); END;
 CREATE TRIGGER IF NOT EXISTS signoffs_no_delete BEFORE DELETE ON signoffs
     BEGIN SELECT RAISE(ABORT, 'a sign-off is final'); END;
--- INSERT OR REPLACE deletes the old row without firing delete triggers
 CREATE TRIGGER IF NOT EXISTS signoffs_no_replace BEFORE INSERT ON signoffs
     WHEN EXISTS (SELECT 1 FROM signoffs WHERE site = NEW.site AND month = NEW.month)
     BEGIN SELECT RAISE(ABORT, 'a sign-off is final'); END;

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -66,8 +67,11 @@ def _first_reading_month(site: Site, store: ReadingStore) -> dt.date | None:
 
 
 class Processor:
-    def __init__(self, sites: list[Site], store: ReadingStore, ledger: Ledger):
+    def __init__(self, sites: list[Site], store: ReadingStore, ledger: Ledger,
+                 progress: Callable[[int, int, str], None] | None = None):
         self.sites, self.store, self.ledger = sites, store, ledger
+        #: told (months done, months to catch up, "site month") after each month of the catch-up
+        self.progress = progress
         self.scheduler = BackgroundScheduler(job_defaults={"misfire_grace_time": MISFIRE_GRACE_S, "coalesce": True,
                                                            "max_instances": 1})
 
@@ -85,13 +89,15 @@ class Processor:
             log.exception("%s: month-to-date failed", site.site)
 
     def catch_up(self) -> int:
-        done = 0
+        todo = [(site, month) for site in self.sites
+                for month in months_to_catch_up(site, self.store, self.ledger, dt.datetime.now(site.zone).date())]
+        for done, (site, month) in enumerate(todo, 1):
+            self.run_month(site, month)
+            if self.progress is not None:
+                self.progress(done, len(todo), f"{site.site} {month}")
         for site in self.sites:
-            for month in months_to_catch_up(site, self.store, self.ledger, dt.datetime.now(site.zone).date()):
-                self.run_month(site, month)
-                done += 1
             self.run_month_to_date(site)
-        return done
+        return len(todo)
 
     def start(self) -> None:
         for site in self.sites:

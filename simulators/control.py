@@ -30,9 +30,19 @@ def serve_control(sim: SiteSimulator, port: int, host: str = "127.0.0.1") -> Thr
         def do_POST(self):  # noqa: N802
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                sim.inject(body["device"], body["kind"], body.get("seconds"), body.get("channel"), body.get("code", 4))
-            except (KeyError, ValueError, TypeError) as exc:
-                self._reply(400, {"error": f"{type(exc).__name__}: {exc}"})
+                if not isinstance(body, dict):
+                    raise ValueError("the body must be a JSON object")
+                missing = [k for k in ("device", "kind") if k not in body]
+                if missing:
+                    raise ValueError(f"missing {', '.join(missing)}")
+                device = body["device"]
+                if not isinstance(device, str) or device not in sim.devices:
+                    self._reply(404, {"error": f"no device {device!r} in this simulator",
+                                      "devices": sorted(sim.devices)})
+                    return
+                sim.inject(device, body["kind"], body.get("seconds"), body.get("channel"), body.get("code", 4))
+            except (ValueError, TypeError) as exc:
+                self._reply(400, {"error": str(exc)})
                 return
             self._reply(200, {"ok": True})
 

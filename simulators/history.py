@@ -6,7 +6,8 @@ months to verify. Every reading it makes carries the channel ``simulated = 1``."
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 
 from contract.config.site import Site
 from contract.message import Reading
@@ -17,11 +18,13 @@ SIMULATED_CHANNEL = "simulated"
 
 def history(site: Site, first: dt.date, last: dt.date | None = None, step_s: float = 900.0,
             channels: set[str] | None = None, until: dt.datetime | None = None,
-            plant: Plant | None = None) -> Iterator[list[Reading]]:
+            plant: Plant | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Iterator[list[Reading]]:
     """Readings of every device from local midnight of ``first`` to the end of ``last``
     (or to ``until``), one batch per time step. ``channels`` limits what is kept
     (default: all). Pass ``plant`` to keep using its counters afterwards (the demo hands
-    it to the live simulator, so that history and live readings join up)."""
+    it to the live simulator, so that history and live readings join up). ``progress``
+    is called with (time steps done, time steps in all) after each batch is consumed."""
     start = dt.datetime.combine(first, dt.time(), tzinfo=site.zone).astimezone(dt.UTC)
     if until is not None:
         end = until
@@ -30,6 +33,7 @@ def history(site: Site, first: dt.date, last: dt.date | None = None, step_s: flo
     plant = plant or plant_for(site, start)
     t = start
     step = dt.timedelta(seconds=step_s)
+    total, done = max(0, math.ceil((end - start) / step)), 0
     while t < end:
         batch = []
         for device in site.devices:
@@ -46,3 +50,6 @@ def history(site: Site, first: dt.date, last: dt.date | None = None, step_s: flo
                                  units={p.channel: p.unit for p in device.register_map.points if p.channel in kept}))
         yield batch
         t += step
+        done += 1
+        if progress is not None:
+            progress(done, total)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from contract.config import ConfigError, load_collector, load_profile, load_site
+from contract.config.loader import SHIPPED_PROFILES
 from tests.conftest import REPO, tcp_device, write_site
 
 NAN, INF = math.nan, math.inf
@@ -178,7 +179,9 @@ def test_a_problem_of_a_profile_shared_by_devices_is_reported_once(tmp_path):
         "profile: broken\npoints:\n  - {channel: a, address: 0, type: float32}\n  - {channel: b, address: 1}\n")
     assert error_of(path).splitlines() == [
         f"{tmp_path / 'profiles' / 'broken.yaml'}: points[b].address: holding registers 1-1 of 'b' overlap 'a' (0-1)",
-        f"{path}: devices[x0].profile: no profile 'missing' in {tmp_path / 'profiles'} (also used by devices[x1], devices[x2])",
+        f"{path}: devices[x0].profile: no profile 'missing' (also used by devices[x1], devices[x2]); looked for "
+        f"missing.yaml in {tmp_path / 'profiles'}, {SHIPPED_PROFILES} (a site's own profiles go in a directory named "
+        "by --profiles or profiles_dir)",
     ]
 
 

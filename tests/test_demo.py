@@ -58,3 +58,26 @@ def test_demo_without_mosquitto_uses_the_embedded_broker(tmp_path):
     assert "using the embedded Python broker (amqtt)" in out
     moved = re.search(r"mn-solar http://127\.0\.0\.1:(\d+)/faults", out).group(1)
     assert int(moved) != busy
+
+
+def test_a_simulated_endpoint_whose_port_is_taken_moves_to_a_free_port():
+    """Before: another program on 15021 (mn-solar's poc-meter) stopped the demo with a traceback."""
+    from contract.config import load_site
+    from jcm.demo import _free_endpoints
+
+    site = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
+    taken = site.devices[0].connection.port
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind(("127.0.0.1", taken))
+        except OSError:
+            pass  # already taken by something else: the point of the test holds
+        holder.listen()
+        moved, = _free_endpoints([site])
+    ports = {d.id: d.connection.port for d in moved.devices}
+    assert ports[site.devices[0].id] != taken and not listening(ports[site.devices[0].id])
+    sharing = [d.id for d in site.devices if d.connection.port == taken]
+    assert len({ports[i] for i in sharing}) == 1  # devices of one endpoint stay together
+    untouched = [d for d in site.devices if d.connection.port != taken and not listening(d.connection.port)]
+    assert all(ports[d.id] == d.connection.port for d in untouched)

@@ -28,7 +28,7 @@ from tests.conftest import fill_history, reference_site, store_copy
 FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
 SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
 FILES = {"daily_values.csv", "raw_readings.csv", "daily_values.png", "completeness.png", "summary.html",
-         "manifest.json", "SHA256SUMS"}
+         "summary.ja.html", "manifest.json", "SHA256SUMS"}
 SIMULATED_NOTE = "# SIMULATED DATA: readings from the simulator, not from the plant's meters; not for verification"
 
 
@@ -190,6 +190,10 @@ def test_signed_off_revision_is_used_and_reported(tmp_path):
     assert revisions["2026-09"]["signed_off"] and revisions["2026-09"]["signed_by"] == "A. Verifier"
     assert not revisions["2026-10"]["signed_off"]
     assert "by A. Verifier" in (folder / "summary.html").read_text()
+    ja = (folder / "summary.ja.html").read_text()  # the same page in Japanese, each linking to the other
+    assert '<html lang="ja">' in ja and "A. Verifier" in ja
+    assert "モニタリング期間 2026年9月25日～2026年10月4日" in ja
+    assert 'href="summary.html"' in ja and 'href="summary.ja.html"' in (folder / "summary.html").read_text()
 
 
 # -- simulated history in a real store ----------------------------------------------
@@ -350,3 +354,68 @@ def test_pe_flare_is_shown_with_its_inputs(store, tmp_path):
     assert got == pytest.approx(ws.cell(row=r, column=5).value, rel=1e-9) and got > 0
     # no day was filled, so the PE_flare the calculation used is the one its inputs give
     assert got == pytest.approx(manifest_of(folder)["parameters"]["PE_flare"], rel=1e-9)
+
+
+# -- exact period totals and rounding: the workbook gives the processor's whole tonnes --
+
+def ef_site(ef: float):
+    """mn-solar with its one unit's EF_RE fixed at ``ef`` (ER = EG × EF_RE)."""
+    from contract.config.site import FixedParameter
+    return site("mn-solar").model_copy(update={"fixed_parameters": [FixedParameter(
+        parameter="EF_RE", unit_id="PV-1", value=ef, unit="tCO2/MWh", source="test")]})
+
+
+def export_days(tmp_path, s, days: list[float]):
+    """Export the period of ``days`` (from 2026-10-01) recorded as EG's daily values (1.0 on
+    the other days of the month); returns the manifest's ER, the workbook's evaluated ER
+    and the exact ER."""
+    first = dt.date(2026, 10, 1)
+    last = first + dt.timedelta(days=len(days) - 1)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    record_months(ledger, s, ["2026-10"], lambda k, d: days[d.day - 1] if d <= last else 1.0)
+    folder = export_period(s, SqliteStore(tmp_path / "empty.db"), ledger, first, last, tmp_path / "out")
+    m = manifest_of(folder)
+    return m["figures"]["ER"], evaluate(folder / f"monitoring_{folder.name}.xlsx")["ER"], m
+
+
+@pytest.mark.parametrize("ef, days, er", [
+    # decimal sum 909, float sum 908.9999999999999: before, the period's ER was 908
+    (1.0, [636.454587, 272.2, 0.345413], 909),
+    # ER 999.9999999995: before, the workbook's ROUNDDOWN(ER+1E-9) made it 1,000
+    (0.5, [200.0] * 9 + [199.999999999], 999),
+])
+def test_period_totals_are_exact_and_the_workbook_rounds_as_the_processor(tmp_path, ef, days, er):
+    python, sheet, m = export_days(tmp_path, ef_site(ef), days)
+    assert (python, sheet) == (er, er)
+
+
+@pytest.mark.fuzz
+def test_the_workbook_gives_the_exact_whole_tonnes_next_to_a_boundary(tmp_path_factory):
+    """Daily values whose exact sum lies on or just below a whole tonne (or half of one):
+    the workbook's binary arithmetic rounds to the exact figure's tonnes."""
+    from decimal import Decimal
+
+    from hypothesis import HealthCheck, Phase, assume, given, settings
+    from hypothesis import strategies as st
+
+    from tests.conftest import fuzz_examples
+
+    ran = []
+
+    @settings(max_examples=fuzz_examples(3), deadline=None, suppress_health_check=list(HealthCheck),
+              phases=[Phase.explicit, Phase.generate])  # an example takes seconds: report it unshrunk
+    @given(st.lists(st.decimals(0, 1000, places=6), min_size=1, max_size=5), st.sampled_from([0.5, 1.0]),
+           st.sampled_from(["0", "5E-10", "1E-9", "3E-7"]))
+    def check(head, ef, below):
+        total = sum(head) + 1
+        last = Decimal(int(total) + 1) / Decimal(repr(ef)) - total + 1 - Decimal(below)
+        assume(0 < last and Decimal(repr(float(last))) == last)
+        days = [float(x) for x in head] + [float(last)]
+        python, sheet, m = export_days(tmp_path_factory.mktemp("e"), ef_site(ef), days)
+        assert sheet == python
+        exact = sum(Decimal(repr(d)) for d in days) * Decimal(repr(ef))
+        assert python == int(exact)
+        ran.append(python)
+
+    check()
+    assert ran

@@ -98,3 +98,45 @@ def test_losing_flame_readings_never_lowers_pe_flare():
         assert run(bg, kept_c, kept_f).values.iloc[0] <= math.fsum(flows) * c.max() / 100 * K + 1e-9
 
     check()
+
+
+def test_a_glitch_of_the_flare_totaliser_is_an_outlier_not_its_whole_register():
+    """Before (the flare's own reset rule): a reading of 0 counted 0, then the next interval
+    counted the whole register, 500,400 Nm3, as gas sent to the flare in 15 minutes."""
+    bg = series([500_000.0, 500_100.0, 0.0, 500_300.0, 500_400.0])
+    r = run(bg, series([50.0] * 5), series([0.0] * 5))
+    assert r.values.iloc[0] == pytest.approx(400 * 0.5 * K)
+    assert not [a for a in r.adjustments if a["kind"] == "flare_counter_rollover"]
+
+
+def test_the_flare_interval_ending_at_midnight_belongs_to_the_day_before():
+    """Before: the flare took the day of the interval's end, so the interval ending at
+    00:00 went to the next day, unlike every counter."""
+    days = pd.Index([dt.date(2026, 10, 1), dt.date(2026, 10, 2)], name="day")
+    bg = series([0.0, 100.0, 300.0], start="2026-10-01 23:30")  # 23:30, 23:45, 00:00
+    r = flare_daily(bg, series([50.0] * 3, start="2026-10-01 23:30"), series([0.0] * 3, start="2026-10-01 23:30"),
+                    UTC, days, 28, 0.716, 0.5, max_age_s=1350)
+    assert r.values.iloc[0] == pytest.approx(300 * 0.5 * K) and r.values.iloc[1:].isna().all()
+
+
+def test_a_late_calibration_of_the_flare_gas_meter_reaches_pe_flare(tmp_path):
+    """Before: the overdue gas train's correction was a row of BG_flare (QA only) and a finding,
+    while PE_flare was computed from the uncorrected gas."""
+    from contract.config.site import Calibration
+    from processing.period import PeriodProcessor
+    from store.sqlite_store import SqliteStore
+    from tests.conftest import fill_history, reference_site
+
+    s = reference_site("ph-biogas")
+    overdue = s.model_copy(update={"devices": [
+        d.model_copy(update={"calibrations": [Calibration(date=dt.date(2025, 1, 10), next_due=dt.date(2026, 1, 10),
+                                                          error_found_pct=0.0, mpe_pct=2.0, certificate="test")]})
+        if d.id == "gas-train" else d for d in s.devices]})
+    store = SqliteStore(tmp_path / "jcm.db")
+    fill_history(store, s, dt.date(2026, 10, 1), dt.date(2026, 10, 3))
+    day = (dt.date(2026, 10, 2), dt.date(2026, 10, 2))
+    clean, late = PeriodProcessor(s).process(store, *day), PeriodProcessor(overdue).process(store, *day)
+    assert clean.parameters["PE_flare"] > 0
+    assert late.parameters["PE_flare"] == pytest.approx(clean.parameters["PE_flare"] * 1.02, rel=1e-12)
+    (row,) = [a for a in late.adjustments if a["parameter"] == "PE_flare" and a["kind"] == "late_calibration"]
+    assert row["factor"] == pytest.approx(1.02) and row["meter"] == "gas-train"

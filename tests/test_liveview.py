@@ -44,14 +44,45 @@ def test_stale_faulted_out_of_range_counter_and_gateway_conditions():
     assert kinds(state, T0 + dt.timedelta(seconds=31)) == [("poc-meter", "device_stale")]  # 3 × 10 s polls
     state.on_reading(reading(seconds=40, active_power=99999.0, energy_export=900.0, energy_import=5.0,
                              quality={"active_power": Quality.out_of_range}))
-    assert kinds(state, T0 + dt.timedelta(seconds=41)) == [
+    assert kinds(state, T0 + dt.timedelta(seconds=41)) == [("poc-meter", "device_faulted"),
         ("poc-meter.active_power", "out_of_range"), ("poc-meter.energy_export", "counter_backwards")]
     state.on_reading(reading(seconds=50, status=DeviceStatus.offline, quality={"active_power": Quality.timeout},
                              active_power=None, energy_export=None, energy_import=None))
-    assert ("poc-meter", "device_faulted") in kinds(state, T0 + dt.timedelta(seconds=51))
+    assert ("poc-meter", "device_offline") in kinds(state, T0 + dt.timedelta(seconds=51))
     state.on_message(f"jcm/v1/{SITE.site}/{SITE.gateway}/status",
                      json.dumps({"site": SITE.site, "gateway": SITE.gateway, "state": "offline"}).encode())
     assert (SITE.gateway, "gateway_offline") in kinds(state, T0 + dt.timedelta(seconds=52))
+
+
+def timeout_reading(seconds):
+    return reading(seconds=seconds, status=DeviceStatus.offline, active_power=None, energy_export=None,
+                   energy_import=None, quality={c: Quality.timeout for c in ("active_power", "energy_export",
+                                                                             "energy_import")})
+
+
+def test_a_device_the_gateway_backs_off_has_one_state_and_one_alarm(tmp_path):
+    """Timeouts at 10, 20, 40, 80, 160 s apart (the gateway's backoff), then answers again:
+    one state on every view, one device_offline alarm opened once and closed once."""
+    state, book = LiveState([SITE]), AlarmBook(tmp_path / "alarms.sqlite")
+    state.on_reading(reading(seconds=0))
+    polls = [10, 30, 70, 150, 310]
+    answers = [470, 480, 490]
+    events = {s: timeout_reading(s) for s in polls} | {s: reading(seconds=s) for s in answers}
+    seen_states, transitions = set(), []
+    for now_s in range(1, 500):
+        if now_s in events:
+            state.on_reading(events[now_s])
+        now = T0 + dt.timedelta(seconds=now_s)
+        (poc,) = [d for d in state.snapshot(SITE.site, now)["devices"] if d["id"] == "poc-meter"]
+        conds = [c for c in state.conditions(SITE.site, now, None) if c.subject == "poc-meter"]
+        if polls[0] <= now_s < answers[1]:
+            seen_states.add(poc["state"])
+            assert [c.kind for c in conds] == ["device_offline"], now_s
+        transitions += book.update((SITE.site, {"device_stale", "device_offline", "device_faulted"}), conds, now)
+    assert seen_states == {"offline"}  # never "stale" between the backed-off polls
+    assert [(c["kind"], c["ended"] is None) for c in transitions] == [("device_offline", True),
+                                                                         ("device_offline", False)]
+    assert transitions[1]["ended"] == (T0 + dt.timedelta(seconds=answers[1])).isoformat()  # two good readings
 
 
 def test_redelivered_old_reading_does_not_move_the_live_view_back():
@@ -96,7 +127,7 @@ def chrome():
     opts.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1400,1700"):
+                "--window-size=1400,1700", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
@@ -127,37 +158,112 @@ def running_demo(tmp_path):
         raise
 
 
+def inject(faults, **fault):
+    req = urllib.request.Request(faults, method="POST", data=json.dumps(fault).encode())
+    assert json.load(urllib.request.urlopen(req))["ok"]
+
+
+def api_get(url):
+    return json.load(urllib.request.urlopen(url, timeout=30))
+
+
+def set_language(driver, lang):
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "lang")).select_by_value(lang)  # reloads the page
+
+
 @pytest.mark.slow
-def test_site_page_updates_live_and_shows_an_injected_fault(running_demo):
+def test_site_page_and_overview_in_a_browser(running_demo):
+    """One demo, offline Chromium: live values, an out-of-range alarm, a counter reset that
+    leaves today's energy right, a device in backoff with one state everywhere, a chart with
+    a time axis, Swagger UI without internet, and the language switch; screenshots of both
+    pages in both languages."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, faults = running_demo
     driver = chrome()
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
     try:
         driver.get(url + "sites/mn-solar")
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: d.find_element(By.ID, "title").text.startswith("Ulaanbaatar"))
         assert driver.find_element(By.ID, "sim").is_displayed()  # every page says the data are simulated
-        cell = lambda: driver.find_element(By.CSS_SELECTOR, "#dev-inv-01 .seen").text  # noqa: E731
-        wait.until(lambda d: cell() != "never")
+        cell = lambda: driver.execute_script(  # noqa: E731 (one read: the row is re-rendered often)
+            "return document.querySelector('#dev-inv-01 .seen')?.textContent ?? ''")
+        wait.until(lambda d: re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+08", cell()))  # local time, zone
         first = cell()
         WebDriverWait(driver, 15).until(lambda d: cell() != first)  # pushed over server-sent events
-        req = urllib.request.Request(faults, method="POST", data=json.dumps(
-            {"device": "inv-01", "kind": "out_of_range", "channel": "ac_power", "seconds": 120}).encode())
-        assert json.load(urllib.request.urlopen(req))["ok"]
+
+        # a counter reset: today's energy stays what it was and keeps rising (no -1.5 GWh)
+        today = lambda: api_get(url + "api/sites/mn-solar")["energy"]["EG[PV-1]"]  # noqa: E731
+        before = today()
+        assert before["today"] >= 0 and before["unit"] in ("kWh", "MWh")
+        inject(faults, device="poc-meter", kind="counter_reset")
+        # and a device in timeout: the gateway backs off (5, 10, 20, 40 s between tries)
+        inject(faults, device="inv-02", kind="timeout", seconds=50)
+        inject(faults, device="inv-01", kind="out_of_range", channel="ac_power", seconds=120)
+        state = lambda: driver.execute_script(  # noqa: E731 (one read: the row is re-rendered often)
+            "return document.querySelector('#dev-inv-02 [data-state]').dataset.state")
+        WebDriverWait(driver, 40).until(lambda d: state() == "offline")
+        seen = set()
+        deadline = time.monotonic() + 40  # past the 20 s pause, where the old model said "stale"
+        while time.monotonic() < deadline:
+            seen.add(state())
+            overview = next(s for s in api_get(url + "api/sites")["sites"] if s["site"] == "mn-solar")
+            seen.add("offline" if overview["devices"]["offline"] >= 1 else "not offline on the overview")
+            time.sleep(2)
+        assert seen == {"offline"}
+        kinds = [a["kind"] for a in api_get(url + "api/alarms?site=mn-solar") if a["subject"] == "inv-02"]
+        assert kinds == ["device_offline"]  # opened once; never device_stale or device_faulted
+        after = today()
+        scale = {"kWh": 1, "MWh": 1e3}
+        assert after["today"] * scale[after["unit"]] >= before["today"] * scale[before["unit"]] - 1e-6
+        assert after["today"] * scale[after["unit"]] < before["today"] * scale[before["unit"]] + 5000  # no jump either
+
         WebDriverWait(driver, 30).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "#alarms tr.alarm-active[data-kind='out_of_range']"))
         row = driver.find_element(By.CSS_SELECTOR, "#alarms tr.alarm-active[data-kind='out_of_range']")
         assert "inv-01.ac_power" in row.text
-        assert "faulted" in driver.find_element(By.CSS_SELECTOR, "#dev-inv-01 .state").text
-        ARTEFACTS.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(ARTEFACTS / "liveview-site.png"))
-        api = json.load(urllib.request.urlopen(url + "api/sites/mn-solar"))
+        assert driver.execute_script("return document.querySelector('#dev-inv-01 [data-state]').dataset.state") \
+            == "faulted"
+
+        # the chart: uPlot, a time axis in the site's zone, units on the value axis, day/week/month
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#charts .uplot"))
+        assert driver.find_element(By.CSS_SELECTOR, "#charts .axis-zone").text == "local time, Asia/Ulaanbaatar (+08)"
+        axes = driver.execute_script("return charts.map((c) => c.axes.map((a) => a.label))")
+        assert axes == [["local time, Asia/Ulaanbaatar (+08)", "kW"]]  # every power in kW: one chart
+        over = driver.find_element(By.CSS_SELECTOR, "#charts .uplot .u-over")
+        ActionChains(driver).move_to_element_with_offset(over, 100, 20).perform()  # hover: the legend shows values
+        WebDriverWait(driver, 5).until(lambda d: any(
+            v.text.endswith(" kW") for v in d.find_elements(By.CSS_SELECTOR, "#charts .u-legend .u-value")))
+        driver.find_element(By.CSS_SELECTOR, "#ranges button[data-range='week']").click()
+        wait.until(lambda d: "on" in d.find_element(By.CSS_SELECTOR, "#ranges button[data-range='week']")
+                   .get_attribute("class") and d.find_elements(By.CSS_SELECTOR, "#charts .uplot"))
+        api = api_get(url + "api/sites/mn-solar")
         assert api["last_verified"]["status"] == "verified" and api["months"]
-        assert any(a["kind"] == "out_of_range" for a in api["alarms"]["active"])
-        driver.get(url)
-        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sites .card"))
-        driver.save_screenshot(str(ARTEFACTS / "liveview-deployment.png"))
+        driver.save_screenshot(str(ARTEFACTS / "liveview-site-en.png"))
+
+        driver.get(url)  # the overview: the site needing attention first
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#fleet tbody tr"))
+        assert "kW" in driver.find_element(By.CSS_SELECTOR, "#fleet tbody tr").text
+        driver.save_screenshot(str(ARTEFACTS / "liveview-overview-en.png"))
+
+        set_language(driver, "ja")
+        WebDriverWait(driver, 20).until(lambda d: "ライブビュー" in d.find_element(By.TAG_NAME, "header").text)
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#fleet tbody tr"))
+        driver.save_screenshot(str(ARTEFACTS / "liveview-overview-ja.png"))
+        driver.get(url + "sites/mn-solar")  # remembered
+        wait.until(lambda d: re.fullmatch(r"\d{4}年\d\d月\d\d日 \d\d:\d\d:\d\d \+08", cell()))
+        assert "機器" in driver.find_element(By.TAG_NAME, "main").text
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#charts .uplot"))
+        driver.save_screenshot(str(ARTEFACTS / "liveview-site-ja.png"))
+        set_language(driver, "en")
+        wait.until(lambda d: "last seen" in d.find_element(By.TAG_NAME, "main").text)
+
+        driver.get(url + "api/docs")  # Chromium here resolves no name but 127.0.0.1: no CDN
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
     finally:
         driver.quit()

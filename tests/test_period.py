@@ -55,6 +55,20 @@ def test_solar_month_is_verified_with_the_exact_counter_total(mn_store):
     assert not r.adjustments
 
 
+def test_the_period_total_is_the_exact_sum_of_the_daily_values(mn_store):
+    """Before: a float sum (its binary rounding, in the order pandas added), whose repr the
+    calculation took as the period total."""
+    from decimal import Decimal
+
+    s = site("mn-solar")
+    r = PeriodProcessor(s).process(mn_store, *OCT)
+    days = r.figures["daily_totals"]["EG[PV-1]"]
+    total = sum(Decimal(repr(float(v))) for v in days)
+    assert r.parameters["EG[PV-1]"] == float(total)
+    ef = Decimal(repr(r.calc.units[0]["EF_RE"]))
+    assert Decimal(r.calc.ER_exact) == total * ef
+
+
 def test_same_inputs_same_result_and_hash(mn_store):
     s = site("mn-solar")
     a, b = PeriodProcessor(s).process(mn_store, *OCT), PeriodProcessor(s).process(mn_store, *OCT)

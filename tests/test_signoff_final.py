@@ -44,3 +44,31 @@ def test_a_ledger_made_before_the_guards_gets_them_when_opened(tmp_path):
     Ledger(path)
     with pytest.raises(sqlite3.IntegrityError, match="a sign-off is final"):
         sqlite3.connect(path, isolation_level=None).execute("DELETE FROM signoffs")
+
+
+REVISION = ("'mn-solar', '2026-10', 1, '2026-11-09', 'f2', 'h2', 'MN_AM003', '1', 'd', 'c', 'v', 'verified', 0, 0, "
+            "99999, 99999, 0, '{}'")
+REVISION_TAMPERING = [
+    f"INSERT OR REPLACE INTO revisions VALUES (1, {REVISION})",  # same id
+    f"REPLACE INTO revisions VALUES (7, {REVISION})",  # same (site, month, revision) under a new id
+    f"INSERT OR REPLACE INTO revisions VALUES (NULL, {REVISION})",
+]
+
+
+@pytest.mark.parametrize("statement", REVISION_TAMPERING)
+def test_a_revision_cannot_be_replaced(tmp_path, statement):
+    """Before: INSERT OR REPLACE deleted the recorded revision (no delete trigger fires) and put
+    ER 99,999 in its place."""
+    path = tmp_path / "ledger.sqlite"
+    signed_ledger(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        other.execute(statement)
+    assert other.execute("SELECT id, revision, input_hash, ER FROM revisions").fetchall() == [(1, 1, "h", None)]
+    assert [r.input_hash for r in Ledger(path).revisions("mn-solar", "2026-10")] == ["h"]
+
+
+def test_a_new_revision_still_goes_in(tmp_path):
+    ledger = signed_ledger(tmp_path / "ledger.sqlite")
+    ledger._db.execute(f"INSERT INTO revisions VALUES (NULL, {REVISION.replace(', 1, ', ', 2, ', 1)})")
+    assert [r.revision for r in ledger.revisions("mn-solar", "2026-10")] == [1, 2]

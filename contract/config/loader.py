@@ -24,17 +24,19 @@ from contract.config.site import Site
 from contract.units import factor
 
 #: each methodology version's parameters (with their units) and default values
-METHODOLOGIES_DIR = Path(__file__).resolve().parents[2] / "config" / "methodologies"
+METHODOLOGIES_DIR = Path(__file__).resolve().parents[2] / "processing" / "methodologies" / "defaults"
 
 _SECRET_KEYS = {"password", "username", "token", "secret"}
 #: per list, the keys whose values (joined) name its items in errors; an item without the
 #: first of them, or whose name is not unique, is named by its position
 _ITEM_NAMES = {"devices": ("id",), "points": ("channel",), "monitoring": ("parameter", "unit_id"),
-               "fixed_parameters": ("parameter", "unit_id"), "calibrations": ("date",)}
+               "fixed_parameters": ("parameter", "unit_id"), "calibrations": ("date",), "keys": ("id",)}
 _PROFILE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _POINT_PREFIX = re.compile(r"^points\[([^]]+)\]")
 #: discriminator tags pydantic puts in the location of a tagged union's member
 _UNION_TAGS = ("tcp", "rtu")
+#: the register-map profiles installed with the package, found whatever the working directory
+SHIPPED_PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 
 
 class ConfigError(ValueError):
@@ -178,7 +180,27 @@ def _apply_overrides(profile: dict, overrides: dict) -> dict:
     return merged
 
 
-def _resolve_profiles(path: Path, data: dict, profiles_dir: Path) -> list[str]:
+def profile_dirs(path: Path, data: dict, profiles_dir: Path | str | None = None) -> list[Path]:
+    """Where the profiles of the site file ``path`` are looked up, first match first: the
+    directory given on the command line, the site's ``profiles_dir`` (relative to its file),
+    ``profiles/`` beside the site's directory, and the profiles shipped with the package.
+    A site adds or overrides profiles by putting them in one of the first three."""
+    named = data.get("profiles_dir")
+    candidates = [Path(profiles_dir) if profiles_dir else None,
+                  path.parent / named if isinstance(named, str) and named else None,
+                  path.parent.parent / "profiles", SHIPPED_PROFILES]
+    dirs: list[Path] = []
+    for d in candidates:  # one place once, however it is reached (config/profiles is a link to the shipped ones)
+        if d is not None and all(d.resolve() != seen.resolve() for seen in dirs):
+            dirs.append(d)
+    return dirs
+
+
+def _find_profile(name: str, dirs: list[Path]) -> Path | None:
+    return next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)
+
+
+def _resolve_profiles(path: Path, data: dict, dirs: list[Path]) -> list[str]:
     """Give each device its ``register_map`` (profile + overrides); a problem of a profile
     is reported once, in the profile's file, however many devices use it."""
     problems: list[str] = []
@@ -186,6 +208,7 @@ def _resolve_profiles(path: Path, data: dict, profiles_dir: Path) -> list[str]:
     if not isinstance(devices, list):
         return problems  # the model reports it
     raw_profiles: dict[str, dict | None] = {}  # None: missing or invalid, reported
+    missing: set[str] = set()
     users: dict[str, list[str]] = {}
     for i, device in enumerate(devices):
         if not isinstance(device, dict) or not isinstance(device.get("profile"), str) \
@@ -200,8 +223,9 @@ def _resolve_profiles(path: Path, data: dict, profiles_dir: Path) -> list[str]:
         users.setdefault(name, []).append(where)
         if name not in raw_profiles:
             raw_profiles[name] = None
-            ppath = profiles_dir / f"{name}.yaml"
-            if not ppath.exists():
+            ppath = _find_profile(name, dirs)
+            if ppath is None:
+                missing.add(name)
                 continue
             try:
                 raw = _read_yaml(ppath)
@@ -228,18 +252,20 @@ def _resolve_profiles(path: Path, data: dict, profiles_dir: Path) -> list[str]:
             for line in _errors(path, exc, merged):
                 rest = _POINT_PREFIX.sub(r"\1", line.removeprefix(f"{path}: ").removeprefix("(top level)"))
                 problems.append(f"{path}: {where}.overrides{'' if rest.startswith(':') else '.'}{rest}")
-    for name, where in users.items():
-        if raw_profiles.get(name) is None and not (profiles_dir / f"{name}.yaml").exists():
-            also = f" (also used by {', '.join(where[1:])})" if len(where) > 1 else ""
-            problems.append(f"{path}: {where[0]}.profile: no profile '{name}' in {profiles_dir}{also}")
+    for name in sorted(missing, key=lambda n: users[n][0]):
+        where = users[name]
+        also = f" (also used by {', '.join(where[1:])})" if len(where) > 1 else ""
+        looked = ", ".join(f"{d}" + ("" if d.is_dir() else " (no such directory)") for d in dirs)
+        problems.append(f"{path}: {where[0]}.profile: no profile '{name}'{also}; looked for {name}.yaml in {looked} "
+                        "(a site's own profiles go in a directory named by --profiles or profiles_dir)")
     return problems
 
 
 def load_site(path: Path | str, profiles_dir: Path | str | None = None) -> Site:
-    """Load a site file and resolve each device's profile (default: ``../profiles``)."""
+    """Load a site file and resolve each device's profile (where: ``profile_dirs``)."""
     path = Path(path)
     data = _read_yaml(path)
-    problems = _resolve_profiles(path, data, Path(profiles_dir) if profiles_dir else path.parent.parent / "profiles")
+    problems = _resolve_profiles(path, data, profile_dirs(path, data, profiles_dir))
     if problems:
         raise _fail(problems)
     site = _validate(Site, data, path)

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from contract import units
+from contract.config.custody import Custody
 from contract.config.nameplate import Nameplate
 from contract.config.problems import Loc, raise_problems
 from contract.config.profile import Profile, Strict
@@ -85,7 +86,7 @@ class Device(Strict):
     description: str = ""
     connection: Connection
     poll_interval: float = Field(default=10.0, ge=0.1, le=86400, description="[s]")
-    #: name of a profile in ``config/profiles/``
+    #: name of a register-map profile: shipped with the package, or the site's own (``Site.profiles_dir``)
     profile: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     #: per-channel field overrides of the profile, e.g. ``{ac_energy: {gain: 0.1}}``
     overrides: dict[str, dict] = Field(default_factory=dict)
@@ -268,11 +269,15 @@ class Site(Strict):
     gateway: Identifier
     mqtt: Mqtt
     outbox: Outbox = Outbox()
+    #: a directory of the site's own profiles (relative to the site file), searched before the shipped ones
+    profiles_dir: str | None = None
     devices: list[Device] = Field(min_length=1)
     monitoring: list[MonitoringPoint] = Field(default_factory=list)
     fixed_parameters: list[FixedParameter] = Field(default_factory=list)
     quality: Quality = Quality()
     nameplate: Nameplate = Nameplate()
+    #: signing key (edge) and public keys (server) of the chain of custody
+    custody: Custody = Custody()
 
     @field_validator("timezone")
     @classmethod
@@ -365,6 +370,14 @@ class Site(Strict):
                 if rate is not None:
                     return rate
         return None
+
+    def counter_limit_per_h(self, source: str, max_rate_per_h: float | None = None) -> float | None:
+        """The physical bound of an interval of counter ``device.channel`` [counter unit/h]: the
+        monitoring point's own ``max_rate_per_h`` or the nameplate rating times its margin,
+        the lower; ``None`` when neither is known."""
+        rating = self.rating_per_h(source)
+        limits = [x for x in (max_rate_per_h, rating * self.nameplate.margin if rating else None) if x]
+        return min(limits) if limits else None
 
     @property
     def zone(self) -> ZoneInfo:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from contract.config.site import Site
@@ -28,7 +29,7 @@ from processing.ledger import Ledger
 
 
 def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, last: dt.date, out: Path,
-                  force: bool = False) -> Path:
+                  force: bool = False, progress: Callable[[int, int, str], None] | None = None) -> Path:
     """Export the monitoring period ``first..last`` (inclusive local days) of ``site``.
 
     Parameters
@@ -44,6 +45,8 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
         Parent folder of the export folder.
     force : bool
         Replace an existing export folder of the same period (else refused).
+    progress : callable, optional
+        Told (steps done, steps in all, the step's name) after each step.
 
     Returns
     -------
@@ -59,13 +62,16 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     final = Path(out) / export_name(site, first, last)
     if final.exists() and not force:
         raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
+    steps = 8
+    tell = progress or (lambda done, total, label: None)
     figures = collect(site, store, ledger, first, last)
+    tell(1, steps, "monthly figures")
     Path(out).mkdir(parents=True, exist_ok=True)
     folder = Path(out) / f".{figures.name}.partial-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     try:
-        _write(figures, store, folder)
+        _write(figures, store, folder, tell, steps)
         if final.exists():
             old = Path(out) / f".{figures.name}.replaced-{os.getpid()}"
             final.rename(old)
@@ -81,21 +87,27 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     return final
 
 
-def _write(figures: PeriodFigures, store: ReadingStore, folder: Path) -> None:
+def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Callable[[int, int, str], None],
+           steps: int) -> None:
     names = {
         "workbook": f"monitoring_{figures.name}.xlsx", "daily_csv": "daily_values.csv",
         "raw_csv": "raw_readings.csv", "daily_chart": "daily_values.png", "completeness_chart": "completeness.png",
     }
-    files = [
-        write_workbook(figures, folder / names["workbook"]),
-        write_daily_values(figures, folder / names["daily_csv"]),
-        write_raw_readings(figures, store, folder / names["raw_csv"]),
-        daily_values_chart(figures, folder / names["daily_chart"]),
-        completeness_chart(figures, folder / names["completeness_chart"]),
-    ]
-    files.append(write_summary(figures, names, folder / "summary.html"))
+    files = []
+    for done, (name, write) in enumerate([
+        ("workbook", lambda: write_workbook(figures, folder / names["workbook"])),
+        ("daily_csv", lambda: write_daily_values(figures, folder / names["daily_csv"])),
+        ("raw_csv", lambda: write_raw_readings(figures, store, folder / names["raw_csv"])),
+        ("daily_chart", lambda: daily_values_chart(figures, folder / names["daily_chart"])),
+        ("completeness_chart", lambda: completeness_chart(figures, folder / names["completeness_chart"])),
+    ], 2):
+        files.append(write())
+        tell(done, steps, names[name])
+    files += write_summary(figures, names, folder)
+    tell(7, steps, "summary.html")
     files.append(write_manifest(figures, files, folder / "manifest.json"))
     write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
+    tell(8, steps, "manifest.json")
 
 
 __all__ = ["PeriodFigures", "collect", "export_period"]

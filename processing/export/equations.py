@@ -10,9 +10,12 @@ from ``calculate``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from decimal import Decimal
 
-from processing.methodologies import Calculation, mn_am003, mv_am002, vn_am005
+from processing.methodologies import Calculation, load_spec, mn_am003, mv_am002, vn_am005
+from processing.methodologies.common import exact
 
 #: ``ref(parameter, unit_id)``: the cell holding an input value
 Ref = Callable[[str, str | None], str]
@@ -77,13 +80,54 @@ STEPS: dict[str, Callable[[Calculation, Ref, Put], tuple[str, str]]] = {
     "ID_PROV_BIOMASS": _id_prov_biomass,
 }
 
-#: the period's rounding as a formula over the unrounded ER cell; 1E-9 absorbs binary
-#: floating-point noise exactly as ``round_period_er`` does (18437.999999999996 is 18438)
+#: the period's rounding as a formula over the unrounded ER cell plus ``noise_guard``
 ROUNDING = {
-    "down": ("=ROUNDDOWN({cell}+1E-9,0)", "ER_p rounded down to whole tCO2 (ROUNDDOWN), once, for the period; "
-             "+1E-9 absorbs floating-point noise as the processor does"),
-    "nearest": ("=ROUND({cell},0)", "ER_p rounded to the nearest whole tCO2, once, for the period"),
+    "down": ("=ROUNDDOWN({cell}{guard},0)", "ER_p rounded down to whole tCO2 (ROUNDDOWN), once, for the period; "
+             "{guard} absorbs the sheet's binary rounding noise (see docs/methodologies.md, section 1.7)"),
+    "nearest": ("=ROUND({cell}{guard},0)", "ER_p rounded to the nearest whole tCO2, once, for the period; "
+                "{guard} absorbs the sheet's binary rounding noise (see docs/methodologies.md, section 1.7)"),
 }
+#: a bound of the relative error of the sheet's binary arithmetic: each SUM of daily values,
+#: product and quotient loses at most one unit roundoff (1.1e-16) of its size; a period's
+#: chain has far fewer than the 9,000 operations this allows
+SHEET_ERROR = 1e-12
+
+
+def noise_guard(calc: Calculation, rounding: str) -> float:
+    """What the rounding formula adds to the sheet's unrounded ER, so that the sheet's
+    binary arithmetic rounds to the tonnes of the exact decimal ER (``calc.ER``).
+
+    The sheet's ER differs from the exact ER by at most ``tol``: ``SHEET_ERROR`` × the sum
+    of the monitored period totals × the largest fixed factor (or inverse of one) squared,
+    raised to a power of ten. An exact ER of 18,438 may come out 18,437.999999999996; one
+    of 999.9999999995 is 999.99999999949995. Moving the sheet's value by ``tol`` toward the
+    middle of the values that round to ``calc.ER`` keeps it among them (``tol`` < 0.25 t),
+    so ROUNDDOWN (ROUND) gives the exact figure's tonnes in every case.
+
+    Parameters
+    ----------
+    calc : Calculation
+        The period's calculation, with its exact ER (``ER_exact``).
+    rounding : {"down", "nearest"}
+        The methodology's rounding rule.
+
+    Returns
+    -------
+    float
+        +tol or -tol [tCO2].
+    """
+    kinds = load_spec(calc.methodology).parameters
+    values = [(k, v) for group in (calc.parameters, *calc.units) for k, v in group.items() if k in kinds]
+    monitored = sum(abs(v) for k, v in values if kinds[k].kind == "monitored")
+    factor = max([1.0] + [max(abs(v), 1 / abs(v)) for k, v in values if kinds[k].kind != "monitored" and v])
+    tol = 10.0 ** math.ceil(math.log10(SHEET_ERROR * max(1.0, monitored) * factor ** 2))
+    if tol >= 0.25:
+        raise ValueError(f"period totals of {monitored:,.0f} are too large for the sheet's binary arithmetic to give "
+                         "the whole tonnes of the exact figure")
+    exact_er = Decimal(calc.ER_exact) if calc.ER_exact else exact(calc.ER_unrounded)
+    # the values that round to calc.ER: [ER, ER+1) (down, ER >= 0), (ER-1, ER] (down, < 0), ER ± 0.5 (nearest)
+    middle = calc.ER + (0 if rounding == "nearest" else Decimal("0.5") if exact_er >= 0 else Decimal("-0.5"))
+    return tol if exact_er < middle else -tol
 
 
 def write_calculation(calc: Calculation, rounding: str, ref: Ref, put: Put) -> str:
@@ -106,4 +150,5 @@ def write_calculation(calc: Calculation, rounding: str, ref: Ref, put: Put) -> s
     RE, PE = STEPS[calc.methodology](calc, ref, put)
     unrounded = put("ER_unrounded", None, f"={RE}-{PE}", "tCO2", calc.ER_unrounded, "ER_p = RE_p − PE_p")
     formula, equation = ROUNDING[rounding]
-    return put("ER", None, formula.format(cell=unrounded), "tCO2", calc.ER, equation)
+    guard = f"{noise_guard(calc, rounding):+.0E}"
+    return put("ER", None, formula.format(cell=unrounded, guard=guard), "tCO2", calc.ER, equation.format(guard=guard))

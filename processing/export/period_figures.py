@@ -10,8 +10,8 @@ once, for the period. Summing monthly ERs would round per month and is never don
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 
 import pandas as pd
 
@@ -21,6 +21,7 @@ from contract.store import ReadingStore
 from processing.fixed_values import FixedValue, changes, from_calculation, from_config, from_record
 from processing.ledger import Ledger, Revision
 from processing.methodologies import Calculation
+from processing.methodologies.common import exact_sum
 from processing.methodologies.spec import MethodologySpec
 from processing.monthly import process_month, versions
 from processing.period import STATUSES, PeriodProcessor
@@ -162,8 +163,9 @@ def _daily(revisions: list[Revision], first: dt.date, last: dt.date) -> pd.DataF
     return frame.sort_values(["day", "key"], kind="stable").reset_index(drop=True)
 
 
-def period_totals(daily: pd.DataFrame, spec: MethodologySpec) -> dict[str, float]:
-    """Sum each monitored methodology parameter's daily values over the period.
+def period_totals(daily: pd.DataFrame, spec: MethodologySpec) -> dict[str, Decimal]:
+    """Sum each monitored methodology parameter's daily values over the period, exactly
+    (``exact_sum``), as the processor sums a month.
 
     QA-only keys (check meters, gas flows, CH4 fraction) are not methodology inputs and
     are left out; some of them are daily means, which do not add up.
@@ -172,7 +174,7 @@ def period_totals(daily: pd.DataFrame, spec: MethodologySpec) -> dict[str, float
     for key, group in daily.groupby("key", sort=True):
         p = spec.parameters.get(key.split("[")[0])
         if p is not None and p.kind == "monitored":
-            totals[key] = math.fsum(group.sort_values("day")["value"])
+            totals[key] = exact_sum(group["value"])
     return totals
 
 
@@ -249,10 +251,11 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     picked = [_month_revision(site, store, ledger, m) for m in months_between(first, last)]
     revisions = [r for r, _ in picked]
     daily = _daily(revisions, first, last)
-    parameters = period_totals(daily, processor.spec)
+    totals = period_totals(daily, processor.spec)
+    parameters = {key: float(total) for key, total in totals.items()}
     current = from_config(site, processor.spec)
     fixed = recorded_fixed(revisions, processor.spec, current)
-    calc = processor.calculate_period(parameters, fixed)
+    calc = processor.calculate_period(totals, fixed)
     signed = {r.month for r, s in picked if s is not None}
     status = max((r.status for r in revisions), key=STATUSES.index)
     reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]

@@ -1,8 +1,13 @@
 """A one-page human summary of the export: what the period's figures are, how sure
-they are, where they came from, with the charts; the workbook has the detail."""
+they are, where they came from, with the charts; the workbook has the detail. In each
+language of ``LANGUAGES``, its labels from ``messages/<lang>.json``, each page linking
+to the other."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+from functools import cache
 from html import escape
 from pathlib import Path
 
@@ -18,11 +23,21 @@ img { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
 """
 
 
+#: language -> the summary's file name; English is the first
+LANGUAGES = {"en": "summary.html", "ja": "summary.ja.html"}
+
+
+@cache
+def messages(lang: str) -> dict[str, str]:
+    """The labels of one language."""
+    return json.loads((Path(__file__).parent / "messages" / f"{lang}.json").read_text(encoding="utf-8"))
+
+
 def _num(value, digits: int = 6) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-def render(figures: PeriodFigures, files: dict[str, str]) -> str:
+def render(figures: PeriodFigures, files: dict[str, str], lang: str = "en") -> str:
     """The page as text.
 
     Parameters
@@ -31,67 +46,81 @@ def render(figures: PeriodFigures, files: dict[str, str]) -> str:
     files : dict
         Names of the export's other files by role: ``workbook``, ``daily_chart``,
         ``completeness_chart``, ``daily_csv``, ``raw_csv``.
+    lang : str
+        One of ``LANGUAGES``.
     """
     site, calc, spec = figures.site, figures.calc, figures.spec
-    e = escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{e(figures.name)}</title><style>{STYLE}</style></head><body>"]
+    e, m = escape, messages(lang)
+
+    def date(d: dt.date) -> str:
+        return m["date"].format(y=d.year, m=d.month, d=d.day)
+
+    def status(s: str) -> str:
+        return e(m.get(f"status.{s}", s))
+
+    def link(name: str) -> str:
+        return f'<a href="{e(name)}">{e(name)}</a>'
+
+    others = " · ".join(f'<a href="{e(name)}" hreflang="{code}">{e(messages(code)["other_language"])}</a>'
+                        for code, name in LANGUAGES.items() if code != lang)
+    parts = ["<!DOCTYPE html>", f'<html lang="{lang}"><head><meta charset="utf-8">',
+             f"<title>{e(figures.name)}</title><style>{STYLE}</style></head><body>", f"<p>{others}</p>"]
     if figures.simulated:
-        parts.append('<p class="banner">SIMULATED DATA: the readings of this period come from the simulator, '
-                     "not from the plant's meters. Not for verification or issuance.</p>")
+        parts.append(f'<p class="banner">{e(m["simulated"])}</p>')
     parts += [
         f"<h1>{e(site.name)}</h1>",
-        f"<p>{e(site.jcm_project)}, {e(site.country)}. Methodology {e(spec.methodology)} Ver{e(spec.version)} "
-        f"({e(spec.status)}): {e(spec.title)}.</p>",
-        f"<h2>Monitoring period {figures.first} to {figures.last} "
-        f"({(figures.last - figures.first).days + 1} days, local time {e(site.timezone)})</h2>",
+        "<p>" + e(m["project"].format(project=site.jcm_project, country=site.country, methodology=spec.methodology,
+                                      version=spec.version, status=spec.status, title=spec.title)) + "</p>",
+        "<h2>" + e(m["period"].format(first=date(figures.first), last=date(figures.last),
+                                      days=(figures.last - figures.first).days + 1, zone=site.timezone)) + "</h2>",
         "<table>",
-        f"<tr><th>Status</th><td>{e(figures.status)}</td></tr>",
-        f"<tr><th>Provisional</th><td>{'yes' if calc.provisional else 'no'}</td></tr>",
-        f"<tr><th>Reference emissions RE</th><td class=n>{_num(calc.RE)} tCO2</td></tr>",
-        f"<tr><th>Project emissions PE</th><td class=n>{_num(calc.PE)} tCO2</td></tr>",
-        f"<tr><th>ER = RE &minus; PE (unrounded)</th><td class=n>{_num(calc.ER_unrounded)} tCO2</td></tr>",
-        f"<tr><th>ER of the period, rounded {e(spec.rounding)} once</th>"
+        f"<tr><th>{e(m['status'])}</th><td>{status(figures.status)}</td></tr>",
+        f"<tr><th>{e(m['provisional'])}</th><td>{e(m['yes'] if calc.provisional else m['no'])}</td></tr>",
+        f"<tr><th>{e(m['re'])}</th><td class=n>{_num(calc.RE)} tCO2</td></tr>",
+        f"<tr><th>{e(m['pe'])}</th><td class=n>{_num(calc.PE)} tCO2</td></tr>",
+        f"<tr><th>{e(m['er_unrounded'])}</th><td class=n>{_num(calc.ER_unrounded)} tCO2</td></tr>",
+        f"<tr><th>{e(m['er_rounded'].format(rounding=spec.rounding))}</th>"
         f"<td class=n><b>{calc.ER:,} tCO2</b></td></tr>",
         "</table>",
     ]
     if figures.config_changes:
-        parts.append("<h3>Configuration changed since the revisions used</h3><p>The figures above are computed "
-                     "with the values the ledger revisions recorded, not with today's configuration:</p><ul>")
+        parts.append(f"<h3>{e(m['config_changed'])}</h3><p>{e(m['config_changed_text'])}</p><ul>")
         parts += [f"<li>{e(line)}</li>" for line in figures.config_changes]
         parts.append("</ul>")
     if figures.reasons:
-        parts.append("<h3>Why this status</h3><ul>")
+        parts.append(f"<h3>{e(m['why'])}</h3><ul>")
         parts += [f"<li>{e(r)}</li>" for r in figures.reasons]
         parts.append("</ul>")
-    parts += ["<h3>Period totals of the monitored parameters</h3><table><tr><th>Parameter</th><th>Total</th>"
-              "<th>Unit</th></tr>"]
+    parts += [f"<h3>{e(m['totals'])}</h3><table><tr><th>{e(m['parameter'])}</th><th>{e(m['total'])}</th>"
+              f"<th>{e(m['unit'])}</th></tr>"]
     units = figures.daily.drop_duplicates("key").set_index("key")["unit"]
     parts += [f"<tr><td>{e(k)}</td><td class=n>{_num(v)}</td><td>{e(units[k])}</td></tr>"
               for k, v in sorted(figures.parameters.items())]
-    parts += ["</table>", "<h3>Ledger revisions used</h3><table><tr><th>Month</th><th>Revision</th><th>Status</th>"
-              "<th>Signed off</th><th>Input hash</th></tr>"]
+    parts += ["</table>", f"<h3>{e(m['revisions'])}</h3><table><tr><th>{e(m['month'])}</th><th>{e(m['revision'])}</th>"
+              f"<th>{e(m['status'])}</th><th>{e(m['signed_off'])}</th><th>{e(m['input_hash'])}</th></tr>"]
     for r in figures.revisions:
-        signed = f"by {e(r.signed_by)} at {e(r.signed_at)}" if r.signed_off else "no"
-        parts.append(f"<tr><td>{e(r.month)}</td><td class=n>{r.revision}</td><td>{e(r.status)}</td><td>{signed}</td>"
+        signed = e(m["signed_by"].format(by=r.signed_by, at=r.signed_at)) if r.signed_off else e(m["no"])
+        parts.append(f"<tr><td>{e(r.month)}</td><td class=n>{r.revision}</td><td>{status(r.status)}</td>"
+                     f"<td>{signed}</td>"
                      f"<td><code>{e(r.input_hash)}</code></td></tr>")
     parts += [
         "</table>",
-        f"<p>QA findings: {len(figures.findings)}; adjustments: {len(figures.adjustments)} "
-        "(over the whole months of the revisions used; listed in the workbook).</p>",
-        f"<p>Files: <a href=\"{e(files['workbook'])}\">{e(files['workbook'])}</a> (monitoring plan, report with live "
-        f"formulas, monthly, daily, QA findings, adjustments), <a href=\"{e(files['daily_csv'])}\">"
-        f"{e(files['daily_csv'])}</a>, <a href=\"{e(files['raw_csv'])}\">{e(files['raw_csv'])}</a>; "
-        "manifest.json holds every file's SHA-256.</p>",
-        f'<h3>Daily values</h3><img src="{e(files["daily_chart"])}" alt="daily values of the monitored parameters">',
-        f'<h3>Completeness</h3><img src="{e(files["completeness_chart"])}" '
-        'alt="completeness per source channel and month">',
+        "<p>" + e(m["qa"].format(findings=len(figures.findings), adjustments=len(figures.adjustments))) + "</p>",
+        # the file names are links: the label is escaped around them
+        "<p>" + e(m["files"]).format(workbook=link(files["workbook"]), daily_csv=link(files["daily_csv"]),
+                                     raw_csv=link(files["raw_csv"])) + "</p>",
+        f'<h3>{e(m["daily"])}</h3><img src="{e(files["daily_chart"])}" alt="{e(m["daily_alt"])}">',
+        f'<h3>{e(m["completeness"])}</h3><img src="{e(files["completeness_chart"])}" alt="{e(m["completeness_alt"])}">',
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
 
 
-def write_summary(figures: PeriodFigures, files: dict[str, str], path: Path) -> Path:
-    """Write ``render(figures, files)`` to ``path`` (UTF-8, LF)."""
-    path.write_bytes(render(figures, files).encode("utf-8"))
-    return path
+def write_summary(figures: PeriodFigures, files: dict[str, str], folder: Path) -> list[Path]:
+    """Write the page in every language of ``LANGUAGES`` into ``folder`` (UTF-8, LF)."""
+    out = []
+    for lang, name in LANGUAGES.items():
+        path = folder / name
+        path.write_bytes(render(figures, files, lang).encode("utf-8"))
+        out.append(path)
+    return out

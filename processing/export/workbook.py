@@ -28,6 +28,7 @@ from openpyxl.writer.excel import ExcelWriter
 from contract.config.site import MonitoringPoint
 from processing.export.equations import write_calculation
 from processing.export.period_figures import PeriodFigures
+from processing.methodologies.common import exact_sum
 from processing.period import DERIVED_FROM
 
 BOLD = Font(bold=True)
@@ -274,7 +275,7 @@ def _flare_inputs(ws: Worksheet, row: int, figures: PeriodFigures, refs: dict[st
     ws.cell(row=row, column=1, value=f"PE_flare, a derived parameter: {sources}, interval by interval").font = BOLD
     row += 1
     _row(ws, row, ["Symbol", "Unit id", "Value", "Unit", "Check (Python)", "Equation"], BOLD)
-    sums = {k: math.fsum(figures.daily.loc[figures.daily["key"] == k, "value"].dropna())
+    sums = {k: float(exact_sum(figures.daily.loc[figures.daily["key"] == k, "value"].dropna()))
             for k in ("CH4_flare", "CH4_flare_burning")}
     rho, eta = constants["CH4_density"].value, constants["eta_flare_burning"].value
     gwp = next(f.value for f in figures.fixed if f.key == "GWP_CH4")
@@ -300,7 +301,8 @@ def _flare_inputs(ws: Worksheet, row: int, figures: PeriodFigures, refs: dict[st
                    f"*{at['GWP_CH4']}*0.001", "tCO2e",
                    (sums["CH4_flare"] - eta * sums["CH4_flare_burning"]) * rho * gwp * 1e-3,
                    "PE_flare = (CH4_flare − η_flare × CH4_flare_burning) × ρ_CH4 × GWP_CH4 × 10⁻³; the PE_flare used "
-                   "above is the same unless days without flare data were filled (sheet Adjustments)"])
+                   "above is the same unless days without flare data were filled or a late calibration corrected it (sheet "
+                   "Adjustments)"])
     ws[f"{VALUE}{row}"].number_format = NUMBER
     return row
 

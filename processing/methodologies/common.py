@@ -60,6 +60,24 @@ def exact(x) -> Decimal:
     return Decimal(repr(float(x)))
 
 
+def exact_sum(values) -> Decimal:
+    """The exact sum of the decimal values ``values`` are written as (``exact`` of each): a
+    period total that does not depend on the order or the binary rounding of a float sum.
+
+    Parameters
+    ----------
+    values : iterable of float, int or Decimal
+        Finite numbers [any unit, the same for all].
+
+    Returns
+    -------
+    Decimal
+        Their sum [the same unit].
+    """
+    with exact_arithmetic():
+        return sum((exact(v) for v in values), Decimal(0))
+
+
 def shown(x) -> str:
     """A figure for an explanation line: exact, unless a division made it run on (then
     20 significant digits and an ellipsis; the rounding still uses every digit)."""

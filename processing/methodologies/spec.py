@@ -1,4 +1,4 @@
-"""A methodology's parameters and default values, as data (``config/methodologies/``).
+"""A methodology's parameters and default values, as data (``defaults/``, installed with the package).
 
 Default values are fixed ex ante by each methodology version; they live in config,
 each with its unit, source and status (confirmed / unconfirmed), never in code; so do

@@ -1,0 +1,410 @@
+"""Chain of custody: reading messages signed at the site and chained along ``seq``.
+
+Signed bytes and signature
+--------------------------
+A signed message is a reading message (``contract.message``) with three more top-level
+members, all appended after the reading's own members::
+
+    {"schema":1,...,"status":"ok","prev":"<64 hex>","key":"<key id>","sig":"<88 base64>"}
+
+The **signed bytes** ``B`` are the message's bytes up to ``"key":"<key id>"`` followed
+by ``}``: the UTF-8 text of a JSON object whose last two members are ``prev`` and
+``key``. The message is ``B`` without its final ``}``, then ``,"sig":"``, the
+signature in standard base64 (88 characters, ending ``==``) and ``"}``. The suffix after
+``B`` minus its ``}`` is therefore always exactly 98 bytes, so a verifier recovers ``B``
+by cutting the last 98 bytes and appending ``}``, without parsing or re-serializing JSON:
+nothing is ever re-encoded, so numbers, escapes and key order are whatever the gateway
+sent and still verify. The signature is Ed25519 (RFC 8032, pure, no pre-hash) over
+``B`` by the key named in ``key``.
+
+Hash chain
+----------
+``prev`` is the SHA-256 (lower-case hex) of the signed bytes ``B`` of the previous
+message of the same site, gateway and ``epoch`` (``seq`` one less). The first message of
+an epoch has ``seq`` 1 and ``prev`` = 64 zeros (``GENESIS``). A signed message must
+carry an ``epoch``. A missing message shows as a gap in ``seq`` whose successor's
+``prev`` has no match; an altered one breaks its signature; a replayed one repeats a
+``seq`` already seen; a reordered one arrives after a higher ``seq``.
+
+Checks
+------
+``verify`` gives one message's verdict against a site's keys (``CustodyKey``): the key
+named must be one of the site's, its signature must hold, and the message's ``ts`` must
+fall in the key's validity and before its revocation. ``chain_breaks`` lists what is
+wrong with the chains of a sequence of messages in the order they came. Both bound every
+field they read: a message is input, from anyone who can reach the broker or the files.
+
+Custody folder
+--------------
+The layout a verifier is given (``write_folder``; ``jcm verify`` reads it)::
+
+    custody/keys.json             [{"site": ..., "id": ..., "public_key": ..., "fingerprint": ...,
+                                    "valid_from": ..., "valid_to": ..., "revoked": ...}, ...]
+    custody/keys/<key id>.pem     the same public keys as PEM, for openssl
+    custody/messages/*.jsonl.gz   the signed messages, one per line, bytes as received
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from pydantic import ValidationError
+
+from contract.config.custody import KEY_ID_PATTERN, Custody, CustodyKey, public_key_raw
+from contract.config.problems import KeyProblems
+from contract.message import ID_PATTERN, Reading
+
+#: ``prev`` of the first message of an epoch
+GENESIS = "0" * 64
+#: bytes after the signed bytes' final ``}`` is removed: ``,"sig":"`` + 88 + ``"}``
+SIG_SUFFIX_BYTES = 98
+#: largest signed message: above the largest reading the contract's bounds allow
+MAX_MESSAGE_BYTES = 1 << 20
+
+_KEY_ID = re.compile(KEY_ID_PATTERN)
+_SITE = re.compile(ID_PATTERN)
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+_SUFFIX = re.compile(rb',"sig":"([A-Za-z0-9+/]{86}==)"}')
+_TAIL = re.compile(rb',"prev":"([0-9a-f]{64})","key":"(' + KEY_ID_PATTERN.strip("^$").encode() + rb')"}')
+
+
+class CustodyError(ValueError):
+    """A key file or custody folder that cannot be used; the message names it."""
+
+
+def sign(body: str | bytes, prev: str, key_id: str, key: Ed25519PrivateKey) -> bytes:
+    """Sign a reading message (``Reading.to_json``) as the link after ``prev``.
+
+    Parameters
+    ----------
+    body : str or bytes
+        The reading's compact JSON object, as published unsigned.
+    prev : str
+        ``chain_hash`` of the previous message of this gateway and epoch, or ``GENESIS``.
+    key_id : str
+        The id of ``key`` in the site's ``custody.keys``.
+    key : Ed25519PrivateKey
+
+    Returns
+    -------
+    bytes
+        The signed message, UTF-8.
+    """
+    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    if not raw.endswith(b"}") or not _HASH.fullmatch(prev) or not _KEY_ID.fullmatch(key_id):
+        raise ValueError("sign() takes a JSON object, a 64-hex-digit prev and a key id")
+    signed = raw[:-1] + b',"prev":"' + prev.encode() + b'","key":"' + key_id.encode() + b'"}'
+    if len(signed) + SIG_SUFFIX_BYTES - 1 > MAX_MESSAGE_BYTES:
+        raise ValueError(f"a signed message would exceed {MAX_MESSAGE_BYTES} bytes, which no verifier accepts")
+    sig = base64.b64encode(key.sign(signed))
+    return signed[:-1] + b',"sig":"' + sig + b'"}'
+
+
+def signed_bytes(message: bytes) -> bytes:
+    """The bytes the signature covers; ``ValueError`` if the message has no signature suffix."""
+    if _suffix(message) is None:
+        raise ValueError('does not end with a "sig" member of 88 base64 characters')
+    return message[:-SIG_SUFFIX_BYTES] + b"}"
+
+
+def _suffix(message: bytes) -> re.Match | None:
+    # anchored at the fixed-length end: no scan of a long message
+    return _SUFFIX.fullmatch(message, max(len(message) - SIG_SUFFIX_BYTES, 0))
+
+
+def chain_hash(message: bytes) -> str:
+    """What the next message of the chain carries as ``prev``: SHA-256 of the signed bytes, hex."""
+    return hashlib.sha256(signed_bytes(message)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One message checked. ``kind`` and ``reason`` are ``None`` when the message verified."""
+
+    kind: str | None  # malformed, unknown_key, bad_signature, key_not_valid, key_revoked
+    reason: str | None
+    reading: Reading | None = None  # None when the message did not parse
+    key_id: str | None = None
+    prev: str | None = None
+    hash: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is None
+
+    @property
+    def chain(self) -> tuple[str, str, str] | None:
+        r = self.reading
+        return None if r is None else (r.site, r.gateway, r.epoch)
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    # two readers of one text must not see two messages: a repeated member is refused
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a member is repeated")
+    return out
+
+
+def _parse(message: bytes) -> Verdict:
+    """Split and parse a signed message without checking its signature: a ``Verdict``
+    whose reason says why it is malformed, or of kind ``"unverified"``."""
+    if len(message) > MAX_MESSAGE_BYTES:
+        return Verdict("malformed", f"malformed: {len(message)} bytes, more than {MAX_MESSAGE_BYTES}")
+    try:
+        signed = signed_bytes(message)
+    except ValueError as exc:
+        return Verdict("malformed", f"malformed: {exc}")
+    tail = _TAIL.fullmatch(signed, max(signed.rfind(b',"prev":"'), 0))
+    if tail is None:
+        return Verdict("malformed", 'malformed: the signed bytes do not end with "prev" (64 hex) and "key" (a key id)')
+    try:
+        reading = Reading.from_json(signed)
+        members = json.loads(signed, object_pairs_hook=_no_duplicates)
+    except ValueError as exc:
+        return Verdict("malformed", f"malformed: {exc}")
+    if "sig" in members:
+        return Verdict("malformed", 'malformed: a "sig" member inside the signed bytes')
+    if reading.epoch is None:
+        return Verdict("malformed", "malformed: a signed message must carry an epoch")
+    prev, key_id = tail.group(1).decode(), tail.group(2).decode()
+    return Verdict("unverified", "unverified", reading, key_id, prev, hashlib.sha256(signed).hexdigest())
+
+
+def verify(message: bytes, keys: Mapping[str, Sequence[CustodyKey]]) -> Verdict:
+    """Check one signed message against the keys of the site it names (``keys`` by site).
+
+    Kinds, in the order checked: ``malformed``, ``unknown_key``, ``bad_signature``,
+    ``key_not_valid`` (the message's ``ts`` is outside the key's validity), ``key_revoked``.
+    """
+    v = _parse(message)
+    if v.reading is None:
+        return v
+    key = next((k for k in keys.get(v.reading.site, ()) if k.id == v.key_id), None)
+    if key is None:
+        return Verdict("unknown_key", f"unknown key '{v.key_id}' (not a key of site {v.reading.site})",
+                       v.reading, v.key_id)
+    text = _suffix(message).group(1)
+    sig = base64.b64decode(text)
+    if base64.b64encode(sig) != text:
+        # the last character's 4 unused bits: two texts of one signature would be two messages
+        return Verdict("malformed", "malformed: the signature is not in canonical base64", v.reading, v.key_id)
+    try:
+        key.ed25519.verify(sig, signed_bytes(message))
+    except InvalidSignature:
+        return Verdict("bad_signature", f"bad signature (key '{key.id}')", v.reading, v.key_id)
+    ts = v.reading.ts
+    if ts < key.valid_from or (key.valid_to is not None and ts >= key.valid_to):
+        until = key.valid_to.isoformat() if key.valid_to else "open"
+        return Verdict("key_not_valid", f"key '{key.id}' not valid at {ts.isoformat()} "
+                                        f"(valid {key.valid_from.isoformat()} .. {until})", v.reading, v.key_id)
+    if key.revoked is not None and ts >= key.revoked:
+        return Verdict("key_revoked", f"key '{key.id}' revoked at {key.revoked.isoformat()}, "
+                                      f"message stamped {ts.isoformat()}", v.reading, v.key_id)
+    return Verdict(None, None, v.reading, v.key_id, v.prev, v.hash)
+
+
+@dataclass(frozen=True)
+class Break:
+    """Something wrong with a chain (site, gateway, epoch)."""
+
+    chain: tuple[str, str, str]
+    kind: str  # gap, wrong_prev, reorder, replay, conflict
+    first_seq: int
+    last_seq: int
+    detail: str
+
+    def __str__(self) -> str:
+        seqs = f"seq {self.first_seq}" + (f"..{self.last_seq}" if self.last_seq != self.first_seq else "")
+        return f"{'/'.join(self.chain)} {seqs}: {self.kind}: {self.detail}"
+
+
+def chain_breaks(verdicts: Iterable[Verdict]) -> list[Break]:
+    """Breaks in the chains of messages in the order they came; only verified messages
+    count (a refused one is as good as missing, so it shows as a gap).
+
+    - ``replay``: a seq seen before with the same signed bytes;
+    - ``conflict``: a seq seen before with other bytes (a forgery or a forked gateway);
+    - ``reorder``: a seq lower than one seen before in its chain;
+    - ``gap``: seqs missing between the lowest and highest seen, never arrived;
+    - ``wrong_prev``: ``prev`` differs from the hash of the message before it (where that
+      one is present), or a seq 1 whose ``prev`` is not ``GENESIS``.
+
+    A chain's first seq above 1 is not a break: a period's messages start mid-chain.
+    """
+    breaks: list[Break] = []
+    seen: dict[tuple, dict[int, tuple[str, str]]] = {}  # chain -> seq -> (hash, prev)
+    highest: dict[tuple, int] = {}
+    for v in verdicts:
+        if not v.ok:
+            continue
+        chain, seq = v.chain, v.reading.seq
+        links = seen.setdefault(chain, {})
+        if seq in links:
+            same = links[seq][0] == v.hash
+            breaks.append(Break(chain, "replay" if same else "conflict", seq, seq,
+                                "the same message again" if same else "another message with this seq"))
+            continue
+        if seq < highest.get(chain, seq):
+            breaks.append(Break(chain, "reorder", seq, seq, f"came after seq {highest[chain]}"))
+        highest[chain] = max(seq, highest.get(chain, seq))
+        links[seq] = (v.hash, v.prev)
+    for chain, links in seen.items():
+        seqs = sorted(links)
+        for a, b in zip(seqs, seqs[1:]):
+            if b > a + 1:
+                breaks.append(Break(chain, "gap", a + 1, b - 1, f"{b - a - 1} message(s) missing"))
+        for seq in seqs:
+            before = links.get(seq - 1)
+            expected = before[0] if before else GENESIS if seq == 1 else None
+            if expected is not None and links[seq][1] != expected:
+                what = "GENESIS" if before is None else f"seq {seq - 1}'s hash"
+                breaks.append(Break(chain, "wrong_prev", seq, seq, f"prev is not {what}"))
+    return breaks
+
+
+def load_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
+    """The gateway's signing key; ``CustodyError`` naming the file if it is missing,
+    readable by others, or not an Ed25519 PEM key."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_bytes() if not mode & 0o077 else b""
+    except OSError as exc:
+        raise CustodyError(f"{path}: cannot read the private key: {exc.strerror}") from None
+    if mode & 0o077:
+        raise CustodyError(f"{path}: private key readable by others (mode {mode & 0o777:o}): "
+                           "chmod 600 it, or make a new key with jcm keygen if others may have read it")
+    try:
+        key = serialization.load_pem_private_key(text, password=None)
+    except (ValueError, TypeError):
+        raise CustodyError(f"{path}: not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise CustodyError(f"{path}: not an Ed25519 key")
+    return key
+
+
+def write_folder(folder: Path, keys: dict[str, Sequence[CustodyKey]], messages: Iterable[bytes],
+                 name: str = "messages") -> Path:
+    """Write the custody folder of an export: ``keys`` by site, ``messages`` as received."""
+    root = folder / "custody"
+    (root / "keys").mkdir(parents=True, exist_ok=True)
+    (root / "messages").mkdir(exist_ok=True)
+    listed = [{"site": site, **k.model_dump(mode="json")} for site, ks in sorted(keys.items()) for k in ks]
+    (root / "keys.json").write_text(json.dumps(listed, indent=1) + "\n")
+    for site_keys in keys.values():
+        for k in site_keys:
+            (root / "keys" / f"{k.id}.pem").write_text(k.pem())
+    # mtime 0: the same messages give the same bytes, so SHA256SUMS of an export is reproducible
+    with gzip.GzipFile(root / "messages" / f"{name}.jsonl.gz", "wb", mtime=0) as out:
+        for m in messages:
+            out.write(m + b"\n")
+    return root
+
+
+@dataclass(frozen=True)
+class Line:
+    where: str  # file and line number
+    message: bytes
+
+
+def read_folder(folder: Path) -> tuple[dict[str, list[CustodyKey]], Iterator[Line]]:
+    """Keys by site and the messages (lazily) of a custody folder; ``CustodyError`` naming
+    the file when the keys do not load."""
+    root = folder / "custody"
+    path = root / "keys.json"
+    try:
+        keys = _keys(json.loads(path.read_text()))
+    except OSError as exc:
+        raise CustodyError(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CustodyError(f"{path}: {exc}") from None
+    files = sorted((root / "messages").glob("*.jsonl.gz"))
+    if not files:
+        raise CustodyError(f"{root / 'messages'}: no *.jsonl.gz files of signed messages")
+    return keys, _lines(files, folder)
+
+
+def _keys(listed) -> dict[str, list[CustodyKey]]:
+    """keys.json's keys by site, checked as a site file's ``custody.keys`` are."""
+    if not isinstance(listed, list) or not all(isinstance(k, dict) for k in listed):
+        raise ValueError("not a list of keys")
+    by_site: dict[str, list[dict]] = {}
+    for i, k in enumerate(listed):
+        if not isinstance(k.get("site"), str) or not _SITE.fullmatch(k["site"]):
+            raise ValueError(f"key {i + 1}: 'site' missing or not a site id")
+        by_site.setdefault(k["site"], []).append({n: v for n, v in k.items() if n != "site"})
+    keys = {}
+    for site, entries in by_site.items():
+        try:
+            keys[site] = list(Custody(keys=entries).keys)
+        except ValidationError as exc:
+            raise ValueError(f"keys of site {site}: " + "; ".join(_problems(exc))) from None
+    return keys
+
+
+def _problems(exc: ValidationError) -> Iterator[str]:
+    """``keys[0].fingerprint: what is wrong`` for each problem, on one line."""
+    for e in exc.errors():
+        error = e.get("ctx", {}).get("error")
+        found = error.problems if isinstance(error, KeyProblems) else [((), e["msg"].removeprefix("Value error, "))]
+        for loc, message in found:
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"] + loc).lstrip(".")
+            yield f"{where}: {message}"
+
+
+def pem_problems(folder: Path, keys: Mapping[str, Sequence[CustodyKey]]) -> list[str]:
+    """Each key whose PEM file (what openssl is given) is missing or is not the key in keys.json."""
+    problems = []
+    for site_keys in keys.values():
+        for k in site_keys:
+            name = Path("custody", "keys", f"{k.id}.pem")
+            try:
+                raw = public_key_raw((folder / name).read_text(errors="replace"))
+            except OSError as exc:
+                problems.append(f"{name}: cannot read: {exc.strerror}")
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+            else:
+                if raw != k.raw:
+                    problems.append(f"{name}: not the key '{k.id}' of keys.json")
+    return problems
+
+
+def _lines(files: list[Path], folder: Path) -> Iterator[Line]:
+    for f in files:
+        name = f.relative_to(folder)
+        try:
+            with gzip.open(f, "rb") as lines:
+                n = 0
+                while line := lines.readline(MAX_MESSAGE_BYTES + 2):
+                    n += 1
+                    if not line.endswith(b"\n"):
+                        # a bound on each line: an overlong one is read to its end in pieces
+                        # and given whole-too-long, so that parse() refuses it
+                        while (rest := lines.readline(MAX_MESSAGE_BYTES)) and not rest.endswith(b"\n"):
+                            pass
+                    yield Line(f"{name}:{n}", line.rstrip(b"\n"))
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise CustodyError(f"{name}: not a readable gzip file: {exc}") from None
+
+
+def key_files(key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
+    """PEM (PKCS#8) of a private key and PEM of its public key, as ``jcm keygen`` writes them."""
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
