@@ -29,6 +29,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from collector.acknowledgement import Acknowledgements
 from collector.validation import Rejected, SiteRules, rules_for, validate
 from contract import topics
 from contract.config import CollectorConfig, ConfigError, load_site
@@ -82,6 +83,8 @@ class Collector:
         self.failure: BaseException | None = None
         self.done = threading.Event()
         self.client = self._client()
+        #: tells each gateway what the store holds, so that it deletes only that
+        self.acknowledgements = Acknowledgements(config, [(s, r.gateway) for s, r in self.rules.items()])
         self._worker = threading.Thread(target=self._run, name="collector", daemon=True)
 
     def _client(self) -> mqtt.Client:
@@ -105,6 +108,7 @@ class Collector:
 
     def start(self) -> None:
         self.connection.start()
+        self.acknowledgements.start()
         self._worker.start()
 
     def stop(self) -> None:
@@ -112,6 +116,7 @@ class Collector:
         self._worker.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
+        self.acknowledgements.stop()
         self.store.close()
 
     # -- the worker ---------------------------------------------------------------
@@ -176,6 +181,8 @@ class Collector:
             log.warning("dead letter from %s: store refused it: %s", printable(source[id(r)].topic), printable(why))
         self.stored += len(readings) - len(refused)
         self.dead += len(letters) + len(refused)
+        taken = {id(m) for m in source.values()}
+        self.acknowledgements.kept(readings, [(m.topic, m.payload) for m in batch if id(m) not in taken])
         for m in batch:
             if m.generation == self._generation and m.qos > 0:
                 self.client.ack(m.mid, m.qos)

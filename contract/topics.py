@@ -2,6 +2,7 @@
 
 ``.../<device>/reading``  one message per device poll (QoS 1, not retained)
 ``.../status``            the gateway's retained online/offline status (birth and last will)
+``.../ack/<collector>``   what the store holds of the gateway's readings (retained; contract/acknowledgement.py)
 """
 
 from __future__ import annotations
@@ -17,9 +18,19 @@ def gateway_status(site: str, gateway: str) -> str:
     return f"{ROOT}/{site}/{gateway}/status"
 
 
+def ack(site: str, gateway: str, collector: str) -> str:
+    return f"{ROOT}/{site}/{gateway}/ack/{collector}"
+
+
+def acks_of(site: str, gateway: str) -> str:
+    """Every collector's acknowledgement of one gateway (what the gateway subscribes to)."""
+    return f"{ROOT}/{site}/{gateway}/ack/+"
+
+
 #: every reading of every site, for subscribers
 ALL_READINGS = f"{ROOT}/+/+/+/reading"
 ALL_STATUS = f"{ROOT}/+/+/status"
+ALL_ACKS = f"{ROOT}/+/+/ack/+"
 
 
 def parse_reading(topic: str) -> tuple[str, str, str]:
@@ -36,3 +47,11 @@ def parse_status(topic: str) -> tuple[str, str]:
     if len(parts) != 5 or "/".join(parts[:2]) != ROOT or parts[4] != "status":
         raise ValueError(f"not a status topic: '{topic}'")
     return parts[2], parts[3]
+
+
+def parse_ack(topic: str) -> tuple[str, str, str]:
+    """Return (site, gateway, collector) of an acknowledgement topic, or raise ValueError."""
+    parts = topic.split("/")
+    if len(parts) != 6 or "/".join(parts[:2]) != ROOT or parts[4] != "ack":
+        raise ValueError(f"not an acknowledgement topic: '{topic}'")
+    return parts[2], parts[3], parts[5]

@@ -1,9 +1,13 @@
 """Durable outbox: every reading is committed to SQLite before anything is sent.
 
-A row is deleted only when the broker has acknowledged its message (PUBACK), so a
-broker down for days, a flapping link or a SIGKILL loses nothing: what is still
-here is sent again. The row id is the gateway's sequence number: AUTOINCREMENT
-never reuses an id, so the sequence survives restarts and deletions.
+A row is deleted only when the store has it (a collector's acknowledgement, see
+contract/acknowledgement.py; or the broker's PUBACK with ``confirmed_by: broker``), so
+a broker down for days or crashing, a flapping link or a SIGKILL loses nothing: what
+is still here is sent again. The row id is the gateway's sequence number:
+AUTOINCREMENT never reuses an id, so the sequence survives restarts and deletions.
+The sequence's epoch, drawn when the sequence starts (a new file, or one whose
+sequence was reset), is stored beside it, so that a restarted sequence is never
+confused with the old one.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -29,6 +34,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sequence_epoch (epoch TEXT NOT NULL);
 """
 
 
@@ -46,8 +52,12 @@ class Outbox:
     for the next commit to take along.
 
     Rows held in memory are bounded by ``memory_rows``; beyond it the oldest are dropped,
-    counted and logged CRITICAL. Acknowledged rows whose delete fails are remembered and
-    deleted by the next transaction that succeeds, and never handed out again."""
+    counted and logged CRITICAL. Confirmed rows whose delete fails are remembered and
+    deleted by the next transaction that succeeds, and never handed out again.
+
+    Rows the broker has acknowledged and the store has not yet confirmed are *awaiting*
+    (kept in memory only: after a restart every row is sent again anyway); the cap drops
+    them last."""
 
     def __init__(self, path: str | Path, max_rows: int, durable: bool = True, memory_rows: int = 10_000):
         self.path = str(path)
@@ -56,7 +66,9 @@ class Outbox:
         self._lock = threading.Lock()  # the connection, _acked, _unsaved_drops, error
         self._pending_lock = threading.Lock()  # sequence numbers and rows not yet written
         self._pending: list[_Entry] = []
-        self._acked: set[int] = set()  # acknowledged by the broker, delete not yet committed
+        self._acked: set[int] = set()  # confirmed, delete not yet committed
+        # seq -> when the broker acknowledged it (monotonic), oldest first
+        self._awaiting: dict[int, float] = {}
         self._unsaved_drops = 0  # dropped from memory, not yet added to the stored counter
         self.error: str | None = None  # why the last write failed; None once one succeeds
         self._episode_drops = 0  # dropped from memory since the disk began refusing writes
@@ -75,6 +87,28 @@ class Outbox:
         self._seq = row[0] if row else 0
         row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
         self._stored_drops = row[0] if row else 0
+        self.epoch = self._epoch()
+
+    def _epoch(self) -> str:
+        """The sequence's epoch; a new one when the sequence starts again at 1."""
+        row = self._db.execute("SELECT epoch FROM sequence_epoch").fetchone()
+        if row and self._seq:
+            return row[0]
+        epoch = secrets.token_hex(8)
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DELETE FROM sequence_epoch")
+        self._db.execute("INSERT INTO sequence_epoch VALUES (?)", (epoch,))
+        if self._seq:  # rows of an outbox from before epochs: they carry it from now on
+            self._db.execute("UPDATE outbox SET payload = json_set(payload, '$.epoch', ?) WHERE json_valid(payload)",
+                             (epoch,))
+        self._db.execute("COMMIT")
+        if row or self._seq:
+            log.warning("outbox %s: new sequence epoch %s%s", self.path, epoch,
+                        " (its sequence was reset: seq starts again at 1)" if row else
+                        f" for the {self._depth} row(s) of an outbox from before epochs")
+        else:
+            log.info("outbox %s: new outbox, sequence epoch %s, seq starts at 1", self.path, epoch)
+        return epoch
 
     def append(self, topic: str, payload_for: Callable[[int], str]) -> int:
         """Store one message; ``payload_for(seq)`` renders it with its sequence number."""
@@ -105,7 +139,8 @@ class Outbox:
             deleted = cur.rowcount if acked else 0
             capped = max(0, self._depth - deleted + len(batch) - self.max_rows)
             if capped:
-                self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (capped,))
+                victims = self._victims(capped)
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(v,) for v in victims])
             if capped + self._unsaved_drops:
                 self._db.execute(
                     "INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
@@ -124,6 +159,9 @@ class Outbox:
         for e in batch:
             e.done = True
         self._acked.difference_update(acked)
+        if capped:
+            for v in victims:
+                self._awaiting.pop(v, None)
         self._stored_drops += capped + self._unsaved_drops
         self._unsaved_drops = 0
         self._depth += len(batch) - deleted - capped
@@ -137,6 +175,13 @@ class Outbox:
             log.critical("OUTBOX FULL (%d rows): dropped the %d oldest reading(s); %d dropped in all. "
                          "Raise outbox.max_rows or restore the link to the broker.", self.max_rows, capped,
                          self._stored_drops)
+
+    def _victims(self, n: int) -> list[int]:
+        """The ``n`` rows the cap drops: the oldest, those awaiting the store last."""
+        oldest = [s for (s,) in self._db.execute("SELECT seq FROM outbox ORDER BY seq LIMIT ?",
+                                                 (n + len(self._awaiting),))]
+        victims = [s for s in oldest if s not in self._awaiting][:n]
+        return victims + [s for s in oldest if s in self._awaiting][:n - len(victims)]
 
     def _hold(self, batch: list[_Entry], exc: BaseException) -> None:
         """Keep the rows of a failed commit in memory, in sequence order, for the next commit."""
@@ -164,7 +209,7 @@ class Outbox:
         self.error = str(exc)
 
     def after(self, seq: int, limit: int, upto: int | None = None) -> list[tuple[int, str, str]]:
-        """Rows with seq > ``seq`` (and <= ``upto``), oldest first."""
+        """Rows with seq > ``seq`` (and <= ``upto``) not confirmed, oldest first."""
         with self._lock:
             acked = self._acked
             if upto is None:
@@ -175,8 +220,61 @@ class Outbox:
                 rows = self._db.execute(q, (seq, upto, limit + len(acked))).fetchall()
             return [r for r in rows if r[0] not in acked][:limit]
 
+    def awaiting(self, seq: int) -> bool:
+        """Whether the broker has the row and the store has not confirmed it yet."""
+        return seq in self._awaiting
+
+    def sent(self, seqs: Iterable[int]) -> None:
+        """The broker has these rows (PUBACK): they await the store's confirmation."""
+        now = time.monotonic()
+        with self._lock:
+            for s in seqs:
+                self._awaiting.pop(s, None)  # to the end: the dict stays in time order
+                self._awaiting[s] = now
+
+    def expired(self, timeout: float) -> list[int]:
+        """Rows awaiting the store for longer than ``timeout`` [s]: no longer awaiting, to be sent again."""
+        limit = time.monotonic() - timeout
+        late = []
+        with self._lock:
+            for s, t in self._awaiting.items():  # oldest first: stop at the first in time
+                if t >= limit:
+                    break
+                late.append(s)
+            for s in late:
+                del self._awaiting[s]
+        return late
+
+    def forget_sent(self) -> int:
+        """Every row awaiting the store is to be sent again (the connection came back); how many."""
+        with self._lock:
+            n = len(self._awaiting)
+            self._awaiting.clear()
+        return n
+
+    def confirm(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """Delete the rows in ``ranges`` (inclusive seqs of this epoch): the store has them. How many."""
+        with self._lock:
+            found = {s for a, b in ranges
+                     for (s,) in self._db.execute("SELECT seq FROM outbox WHERE seq BETWEEN ? AND ?", (a, b))}
+            found -= self._acked
+            if found:
+                for s in found:
+                    self._awaiting.pop(s, None)
+                self._acked |= found
+                self._commit()
+        return len(found)
+
+    def floor(self) -> int:
+        """The lowest seq not confirmed: every seq below it is confirmed (or dropped, counted) and gone."""
+        with self._lock:
+            low = self._db.execute("SELECT MIN(seq) FROM outbox").fetchone()[0]
+        with self._pending_lock:
+            candidates = [s for s in (low, self._pending[0].seq if self._pending else None) if s is not None]
+            return min(candidates) if candidates else self._seq + 1
+
     def delete(self, seqs: Iterable[int]) -> None:
-        """Forget rows the broker has acknowledged (one transaction, one flush, per batch of PUBACKs)."""
+        """Forget confirmed rows (one transaction, one flush, per batch of confirmations)."""
         seqs = set(seqs)
         if not seqs:
             return

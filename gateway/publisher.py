@@ -1,4 +1,4 @@
-"""Deliver the outbox over MQTT, QoS 1, deleting a row only on its PUBACK.
+"""Deliver the outbox over MQTT, QoS 1, deleting a row only when the store has it.
 
 Two lanes share one connection: *live* readings (polled since the connection came
 up) go out at once, the *backlog* (what piled up while the broker was away) oldest
@@ -7,6 +7,12 @@ broker nor delays its live values. Each lane keeps sequence order. At most
 ``window`` messages are unacknowledged at a time; paho re-sends them itself after
 a reconnect, and nothing is handed to paho while disconnected, so its memory stays
 bounded however long the outage.
+
+A PUBACK moves a row from *sending* to *sent, awaiting store*; the collectors'
+acknowledgements (contract/acknowledgement.py) delete it. Rows awaiting the store
+longer than ``outbox.confirm_timeout_s``, and all of them when the connection comes
+back, go round the backlog lane again. With ``outbox.confirmed_by: broker`` the PUBACK
+deletes the row, as before acknowledgements existed.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import threading
 import time
 import datetime as dt
 
-from contract import topics
+from contract import acknowledgement, topics
 from contract.config.site import Site
 from contract.message import format_ts
 from contract.mqtt_connection import BrokerConnection
+from contract.text import printable
 from gateway.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -45,14 +52,22 @@ class Publisher:
             mq = mq.model_copy(update={"url": broker_url})
             type(mq).model_validate(mq.model_dump())  # same validation as the file
         self.mqtt_config = mq
+        self.by_store = site.outbox.confirmed_by == "store"
+        self.confirm_timeout = site.outbox.confirm_timeout_s
+        self.ack_topic = topics.acks_of(site.site, site.gateway)
         self.connection = BrokerConnection(mq, f"jcm-{site.gateway}", f"site {site.site}: mqtt",
                                            reconnect_delay=(1, 60), on_connect=self._on_connect,
-                                           on_disconnect=self._on_disconnect)
+                                           on_disconnect=self._on_disconnect,
+                                           subscriptions=[(self.ack_topic, 1)] if self.by_store else [])
         self.client = self.connection.client
+        self.client.on_message = self._on_message
         self.client.max_inflight_messages_set(window)
         self.client.will_set(self.status_topic, status_payload(site, "offline"), qos=1, retain=True)
         self.client.on_publish = self._on_publish
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._store_acks: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()  # (topic, payload)
+        self._refused_acks = 0  # acknowledgements refused since the last log line about them
+        self._next_refusal_log = 0.0
         self._inflight: dict[int, int] = {}  # mid -> seq
         self._connected = threading.Event()
         self._wake = threading.Event()
@@ -62,7 +77,8 @@ class Publisher:
         self._live_cursor = self._boundary
         self._backlog_cursor = 0
         self.published = 0
-        self.acknowledged = 0
+        self.acknowledged = 0  # PUBACKs
+        self.confirmed = 0  # rows the store confirmed
         self._said: tuple[int, int, str | None] = (0, 0, None)  # outbox health in the last status
 
     # paho callbacks: tiny and never raising (an exception stops paho's network thread)
@@ -75,6 +91,10 @@ class Publisher:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         self._acks.put(mid)
+        self._wake.set()
+
+    def _on_message(self, client, userdata, msg):
+        self._store_acks.put((msg._topic, msg.payload))
         self._wake.set()
 
     def start(self) -> None:
@@ -97,6 +117,7 @@ class Publisher:
         if self._thread:
             self._thread.join(timeout=5)
         self._take_acks()
+        self._take_store_acks()
         if self._connected.is_set():
             info = self.client.publish(self.status_topic, status_payload(self.site, "offline"), qos=1, retain=True)
             info.wait_for_publish(timeout=2)
@@ -107,17 +128,24 @@ class Publisher:
         was_connected = False
         tokens, last = 0.0, time.monotonic()
         next_status = 0.0
+        next_expiry_check = 0.0
         while not self._stop.is_set():
             self._wake.wait(timeout=0.2)
             self._wake.clear()
             try:
                 self._take_acks()
+                self._take_store_acks()
                 if not self._connected.is_set():
                     was_connected = False
                     continue
                 if not was_connected:
                     was_connected = True
-                    # everything stored before this moment and not in paho's hands is backlog
+                    # everything stored before this moment and not in paho's hands is backlog, and
+                    # so is what the broker had acknowledged: it may have died with it
+                    again = self.outbox.forget_sent()
+                    if again:
+                        log.info("gateway %s: %d row(s) the store has not confirmed are sent again",
+                                 self.site.gateway, again)
                     self._boundary = self.outbox.last_seq()
                     self._live_cursor = max(self._live_cursor, self._boundary)
                     self._backlog_cursor = 0
@@ -126,6 +154,9 @@ class Publisher:
                 now = time.monotonic()
                 tokens = min(self.backlog_rate, tokens + (now - last) * self.backlog_rate)
                 last = now
+                if self.by_store and now >= next_expiry_check:
+                    self._send_again_unconfirmed()
+                    next_expiry_check = now + 1
                 self._send_live()
                 tokens -= self._send_backlog(int(tokens))
                 if now >= next_status or self._status_changed():
@@ -160,14 +191,29 @@ class Publisher:
         if room <= 0 or self._backlog_cursor >= self._boundary:
             return 0
         in_paho = set(self._inflight.values())
-        rows = [r for r in self.outbox.after(self._backlog_cursor, room + len(in_paho), upto=self._boundary)
-                if r[0] not in in_paho][:room]
-        if not rows:
-            self._backlog_cursor = self._boundary
-            log.info("gateway %s: backlog delivered", self.site.gateway)
-            return 0
-        self._backlog_cursor = rows[-1][0]
+        rows = []
+        while len(rows) < room:  # page past rows paho has or the store is about to confirm
+            page = self.outbox.after(self._backlog_cursor, room, upto=self._boundary)
+            if not page:
+                self._backlog_cursor = self._boundary
+                log.info("gateway %s: backlog delivered", self.site.gateway)
+                break
+            for r in page:
+                if len(rows) == room:
+                    break
+                self._backlog_cursor = r[0]
+                if r[0] not in in_paho and not self.outbox.awaiting(r[0]):
+                    rows.append(r)
         return self._send(rows)
+
+    def _send_again_unconfirmed(self) -> None:
+        """Rows the store has not confirmed in time go round the backlog lane again."""
+        late = self.outbox.expired(self.confirm_timeout)
+        if late:
+            log.warning("gateway %s: %d row(s) (seq %d..%d) not confirmed by the store after %.0f s: sending "
+                        "them again", self.site.gateway, len(late), min(late), max(late), self.confirm_timeout)
+            self._backlog_cursor = min(self._backlog_cursor, min(late) - 1)
+            self._boundary = max(self._boundary, self._live_cursor)
 
     def _take_acks(self) -> None:
         done = []
@@ -180,8 +226,39 @@ class Publisher:
             if seq is not None:
                 done.append(seq)
         if done:
-            self.outbox.delete(done)
+            if self.by_store:
+                self.outbox.sent(done)
+            else:
+                self.outbox.delete(done)
             self.acknowledged += len(done)
+
+    def _take_store_acks(self) -> None:
+        """Delete the rows the collectors say the store has: acknowledgements of this epoch only,
+        and never a seq not sent yet (a claim about it cannot be true)."""
+        while True:
+            try:
+                topic, payload = self._store_acks.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                site, gateway, _ = topics.parse_ack(topic.decode("utf-8", "replace"))
+                if (site, gateway) != (self.site.site, self.site.gateway):
+                    raise ValueError("not this gateway's acknowledgement topic")
+                ack = acknowledgement.Ack.from_json(payload)
+            except ValueError as exc:
+                self._refused(topic, str(exc))
+                continue
+            if ack.epoch != self.outbox.epoch:
+                continue  # of a sequence this outbox no longer has: nothing to delete
+            self.confirmed += self.outbox.confirm(acknowledgement.clip(ack.ranges, 1, self._live_cursor))
+
+    def _refused(self, topic: bytes, why: str) -> None:
+        self._refused_acks += 1
+        if time.monotonic() >= self._next_refusal_log:
+            log.warning("gateway %s: refused %d acknowledgement(s), the last on %s: %s", self.site.gateway,
+                        self._refused_acks, printable(topic.decode("utf-8", "replace"))[:120], printable(why))
+            self._refused_acks = 0
+            self._next_refusal_log = time.monotonic() + 60
 
     def _outbox_health(self) -> tuple[int, int, str | None]:
         return self.outbox.unsaved, self.outbox.dropped, self.outbox.error
@@ -194,6 +271,7 @@ class Publisher:
     def _publish_status(self) -> None:
         self._said = self._outbox_health()
         unsaved, dropped, error = self._said
-        body = status_payload(self.site, "online", outbox_depth=self.outbox.depth, outbox_dropped=dropped,
-                              outbox_unsaved=unsaved, outbox_error=error)
+        body = status_payload(self.site, "online", epoch=self.outbox.epoch, floor=self.outbox.floor(),
+                              outbox_depth=self.outbox.depth, outbox_dropped=dropped, outbox_unsaved=unsaved,
+                              outbox_error=error)
         self.client.publish(self.status_topic, body, qos=1, retain=True)

@@ -36,12 +36,12 @@ class Gateway:
             self.links.setdefault(d.connection.endpoint, ModbusLink(d.connection))
         self.pollers = [DevicePoller(site, d, self.links[d.connection.endpoint]) for d in site.devices]
         path = outbox_path or site.outbox.path.format(gateway=site.gateway, site=site.site)
-        if new_outbox:
-            aside = move_aside(path)
-            log.warning("gateway %s: %s; a new outbox starts and its sequence starts again at 1", site.gateway,
-                        f"moved the outbox {path} aside to {aside} (kept, not deleted)" if aside
-                        else f"there was no outbox at {path}")
+        aside = move_aside(path) if new_outbox else None
         self.outbox = Outbox(path, site.outbox.max_rows, memory_rows=site.outbox.memory_rows)
+        if new_outbox:
+            log.warning("gateway %s: %s; a new outbox starts sequence epoch %s: its sequence starts again at 1",
+                        site.gateway, f"moved the outbox {path} aside to {aside} (kept, not deleted)" if aside
+                        else f"there was no outbox at {path}", self.outbox.epoch)
         self.publisher = Publisher(site, self.outbox, broker_url=broker_url)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=len(self.links) + 2)},
@@ -57,7 +57,8 @@ class Gateway:
             if reading is None:
                 return
             topic = topics.reading(reading.site, reading.gateway, reading.device)
-            self.outbox.append(topic, lambda seq: replace(reading, seq=seq).to_json())
+            epoch = self.outbox.epoch
+            self.outbox.append(topic, lambda seq: replace(reading, seq=seq, epoch=epoch).to_json())
             with self._count_lock:
                 self.polls += 1
             self.publisher.notify()

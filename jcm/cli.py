@@ -485,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outbox", help="override the site's outbox file (outbox.path)")
     s.add_argument("--new-outbox", action="store_true",
                    help="once, for an outbox that cannot be used: move it aside to <name>.corrupt-<UTC time> "
-                        "(never deleted) and start a new outbox, whose sequence starts again at 1")
+                        "(never deleted) and start a new outbox, whose sequence starts again at 1 under a new "
+                        "epoch")
     s.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     s.set_defaults(func=cmd_gateway)
 

@@ -18,9 +18,12 @@ pytestmark = pytest.mark.slow
 
 
 def fast_site(tmp_path, backlog_rate=200.0):
+    """No collector here: rows are confirmed by the broker's PUBACK (the store's acknowledgement
+    is tested in test_end_to_end_ack.py)."""
     port = free_port()
     devices = [tcp_device(f"m{i}", "power_meter_3ph", port, unit_id=i + 1, interval=0.1) for i in range(4)]
-    return write_site(tmp_path, devices, outbox={"path": str(tmp_path / "outbox.sqlite"), "backlog_rate": backlog_rate})
+    return write_site(tmp_path, devices, outbox={"path": str(tmp_path / "outbox.sqlite"), "backlog_rate": backlog_rate,
+                                                 "confirmed_by": "broker"})
 
 
 def last_seq(outbox_path) -> int:

@@ -1,6 +1,7 @@
 """The durable outbox: sequence numbers that survive restarts, a cap that is loud."""
 
 import logging
+import time
 
 from gateway.outbox import Outbox
 
@@ -63,3 +64,76 @@ def test_concurrent_appends_share_commits_and_keep_sequence_order(tmp_path):
         t.join()
     assert sorted(seen_max) == list(range(1, 1601))
     assert box.depth == 1600 and box.last_seq() == 1600
+
+
+def test_epoch_is_kept_and_a_restarted_sequence_gets_a_new_one(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, max_rows=1000)
+    epoch = box.epoch
+    assert len(epoch) == 16 and int(epoch, 16) >= 0
+    box.append("t", str)
+    box.close()
+    box = Outbox(path, max_rows=1000)
+    assert box.epoch == epoch  # restarts keep it
+    box.close()
+    import sqlite3
+    with sqlite3.connect(path) as db:  # emptied by hand: rows and the sequence
+        db.execute("DELETE FROM outbox")
+        db.execute("DELETE FROM sqlite_sequence")
+    box = Outbox(path, max_rows=1000)
+    assert box.epoch != epoch and box.append("t", str) == 1
+    box.close()
+
+
+def test_rows_of_an_outbox_from_before_epochs_get_the_new_epoch(tmp_path):
+    import sqlite3
+    path = tmp_path / "o.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+                         "payload TEXT NOT NULL); CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+                         "INSERT INTO outbox (topic, payload) VALUES ('t', '{\"seq\":1}'), ('t', 'not json');")
+    box = Outbox(path, max_rows=1000)
+    assert box.after(0, 10) == [(1, "t", f'{{"seq":1,"epoch":"{box.epoch}"}}'), (2, "t", "not json")]
+    assert box.append("t", str) == 3
+
+
+def test_confirmed_ranges_are_deleted_and_the_floor_rises(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", max_rows=1000)
+    for _ in range(10):
+        box.append("t", str)
+    assert box.floor() == 1
+    box.sent(range(1, 8))
+    assert box.confirm([(1, 3), (5, 5), (9, 400)]) == 6
+    assert [r[0] for r in box.after(0, 100)] == [4, 6, 7, 8]
+    assert box.floor() == 4 and box.awaiting(4) and not box.awaiting(5)
+    assert box.confirm([(1, 3)]) == 0  # again: nothing more
+    box.confirm([(4, 4), (6, 8)])
+    assert box.depth == 0 and box.floor() == 11
+
+
+def test_rows_awaiting_the_store_are_dropped_last_and_counted(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", max_rows=100)
+    for _ in range(100):
+        box.append("t", str)
+    box.sent(range(1, 51))  # the broker has the oldest half
+    for _ in range(60):
+        box.append("t", str)
+    left = [r[0] for r in box.after(0, 1000)]
+    assert left[:50] == list(range(1, 51))  # awaiting: kept
+    assert left[50:] == list(range(111, 161)) and box.dropped == 60
+    box.sent(range(111, 161))
+    for _ in range(10):
+        box.append("t", str)  # every older row awaits the store: the new one is the one unsent to drop
+    assert [r[0] for r in box.after(0, 1000)] == [*range(1, 51), *range(111, 161)] and box.dropped == 70
+
+
+def test_rows_awaiting_too_long_are_handed_back_once(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", max_rows=100)
+    for _ in range(3):
+        box.append("t", str)
+    box.sent([1, 2])
+    assert box.expired(60) == []
+    time.sleep(0.05)
+    assert sorted(box.expired(0.01)) == [1, 2] and box.expired(0.01) == []
+    box.sent([3])
+    assert box.forget_sent() == 1 and not box.awaiting(3)

@@ -114,7 +114,8 @@ def test_gateway_on_a_disk_that_fills_and_frees_delivers_every_seq_once(tmp_path
     with tiny_disk(tmp_path / "disk", "8m") as disk:
         port = free_port()
         devices = [tcp_device(f"m{i}", "power_meter_3ph", port, unit_id=i + 1, interval=0.1) for i in range(4)]
-        site = load_site(write_site(tmp_path, devices, outbox={"path": str(disk / "outbox.sqlite")}))
+        site = load_site(write_site(tmp_path, devices, outbox={"path": str(disk / "outbox.sqlite"),
+                                                                 "confirmed_by": "broker"}))  # no collector here
         simulate(site)
         gw = Gateway(site, broker_url=mosquitto.url)
         gw.start()
@@ -154,7 +155,8 @@ def test_gateway_that_must_drop_counts_it_in_its_retained_status(tmp_path, mosqu
     with tiny_disk(tmp_path / "disk", "8m") as disk:
         port = free_port()
         devices = [tcp_device(f"m{i}", "power_meter_3ph", port, unit_id=i + 1, interval=0.1) for i in range(4)]
-        site = load_site(write_site(tmp_path, devices, outbox={"path": str(disk / "outbox.sqlite"), "memory_rows": 10}))
+        site = load_site(write_site(tmp_path, devices, outbox={"path": str(disk / "outbox.sqlite"), "memory_rows": 10,
+                                                                 "confirmed_by": "broker"}))  # no collector here
         simulate(site)
         gw = Gateway(site, broker_url=mosquitto.url)
         gw.start()

@@ -140,7 +140,7 @@ def test_a_site_writes_only_its_own_gateway_topics_and_readers_cannot_publish(br
         c.close()
 
 
-def test_the_collector_reads_readings_only_also_in_a_share_group(broker):
+def test_the_collector_reads_readings_and_status_also_in_a_share_group(broker):
     plain = Client(broker.port, "collector", subscribe="jcm/v1/+/+/+/reading")
     shared = Client(broker.port, "collector", subscribe="$share/collectors/jcm/v1/+/+/+/reading")
     everything = Client(broker.port, "collector", subscribe="jcm/v1/#")
@@ -150,8 +150,38 @@ def test_the_collector_reads_readings_only_also_in_a_share_group(broker):
     settle(plain, MN_READING)
     settle(shared, MN_READING)
     assert plain.topics() == [MN_READING] and shared.topics() == [MN_READING]
-    assert "jcm/v1/mn-solar/gw-mn-01/status" not in everything.topics()
+    # the gateway's status carries its epoch and floor, which the collectors' acknowledgements follow
+    assert sorted(everything.topics()) == sorted(["jcm/v1/mn-solar/gw-mn-01/status", MN_READING])
     for c in (plain, shared, everything, mn):
+        c.close()
+
+
+def test_only_collectors_acknowledge_and_a_site_reads_only_its_own_acknowledgements(broker):
+    mn_ack, vn_ack = "jcm/v1/mn-solar/gw-mn-01/ack/jcm-collector-1", "jcm/v1/vn-transformers/gw-vn-01/ack/jcm-collector-1"
+    collector, mn, vn = Client(broker.port, "collector"), Client(broker.port, "mn-solar"), Client(broker.port, "vn-transformers")
+    observer = Client(broker.port, "liveview", subscribe="jcm/v1/#")
+    refused = {(c.user, t): c.acks.get(c.publish(t, retain=True)) for c, t in [
+        (mn, "jcm/v1/mn-solar/gw-mn-01/ack/forged"),  # a site confirming its own readings
+        (vn, mn_ack),
+        (collector, "jcm/v1/mn-solar/gw-mn-01/status"),  # acknowledgement topics only
+        (collector, "jcm/v1/mn-solar/gw-mn-01/ack/x/y"),
+    ]}
+    assert set(refused.values()) == {0x87}, refused
+    for topic in (vn_ack, mn_ack):
+        assert collector.acks.get(collector.publish(topic, retain=True)) == 0
+    settle(observer, mn_ack)
+    mine = Client(broker.port, "mn-solar", subscribe="jcm/v1/mn-solar/gw-mn-01/ack/+")
+    others = Client(broker.port, "mn-solar", subscribe="jcm/v1/vn-transformers/gw-vn-01/ack/+")
+    everything = Client(broker.port, "mn-solar", subscribe="jcm/v1/+/+/ack/+")
+    peer = Client(broker.port, "collector", subscribe="jcm/v1/+/+/ack/+")  # collectors read each other's
+    settle(mine, mn_ack)
+    settle(peer, mn_ack)
+    assert mine.topics() == [mn_ack] and sorted(peer.topics()) == sorted([mn_ack, vn_ack])
+    # Mosquitto grants the subscription and checks each message, retained ones too, against the ACL
+    settle(everything, mn_ack)
+    assert others.topics() == [] and everything.topics() == [mn_ack]
+    assert sorted(observer.topics()) == sorted([mn_ack, vn_ack])
+    for c in (collector, mn, vn, observer, mine, others, everything, peer):
         c.close()
 
 

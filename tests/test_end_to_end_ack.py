@@ -1,0 +1,378 @@
+"""A reading leaves the site only when the store has it: a real Mosquitto (SIGKILLed,
+with and without saved state), the real gateway polling a simulator, and the real
+collector writing a SQLite store. Each test counts what the store holds by seq (one
+epoch per test, or readings after a new epoch began): every polled reading is stored
+exactly once, or the loss is visible as a new epoch."""
+
+import datetime as dt
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from collector.acknowledgement import Acknowledgements
+from collector.service import Collector
+from contract import topics
+from contract.acknowledgement import Ack
+from contract.config import CollectorConfig
+from contract.message import Reading
+from gateway.outbox import Outbox
+from gateway.publisher import Publisher
+from gateway.service import Gateway
+from jcm.broker import Mosquitto
+from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, write_site
+
+pytestmark = pytest.mark.slow
+
+GATEWAY = "gw-test"
+
+
+def e2e_site(tmp_path, **outbox) -> Path:
+    port = free_port()
+    devices = [tcp_device(f"m{i}", "power_meter_3ph", port, unit_id=i + 1, interval=0.1) for i in range(4)]
+    return write_site(tmp_path, devices, outbox={"path": str(tmp_path / "outbox.sqlite"), "backlog_rate": 500.0,
+                                                 "confirm_timeout_s": 3, **outbox})
+
+
+def broker_without_saves(tmp_path) -> Mosquitto:
+    """Persistence on, but nothing saved before a crash (the shipped config's window, made long)."""
+    return Mosquitto(tmp_path / "mosquitto", extra_config="autosave_interval 3600\n").start()
+
+
+def sigkill(broker: Mosquitto) -> None:
+    broker.proc.send_signal(signal.SIGKILL)
+    broker.proc.wait()
+    broker.proc = None
+
+
+def collector(broker, tmp_path, client_id="jcm-collector-e2e", **extra) -> Collector:
+    c = Collector(CollectorConfig(broker={"url": broker.url}, store=f"sqlite:///{tmp_path}/jcm.db",
+                                  sites_dir=str(tmp_path / "sites"), client_id=client_id, batch_timeout=0.1, **extra))
+    c.start()
+    return c
+
+
+def wait_until(predicate, timeout=20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def finish(gw: Gateway, timeout=20.0) -> int:
+    """Stop polling, wait until the store has confirmed every row, stop; return the last seq."""
+    gw.scheduler.pause()
+    time.sleep(0.3)  # a poll under way ends
+    emptied = wait_until(lambda: gw.outbox.depth == 0, timeout)
+    n = gw.outbox.last_seq()
+    gw.stop()
+    assert emptied, f"{gw.outbox.depth} row(s) never confirmed"
+    return n
+
+
+def stored(tmp_path, since: dt.datetime | None = None) -> dict[int, int]:
+    """seq -> how many different readings (device, ts) the store holds under it."""
+    ms = int(since.timestamp() * 1000) if since else 0
+    with sqlite3.connect(tmp_path / "jcm.db") as db:
+        return dict(db.execute("SELECT seq, COUNT(DISTINCT device || '@' || ts) FROM readings "
+                               "WHERE gateway = ? AND ts >= ? GROUP BY seq", (GATEWAY, ms)))
+
+
+def assert_each_stored_once(tmp_path, n, since=None):
+    counts = stored(tmp_path, since)
+    missing = sorted(set(range(1, n + 1)) - counts.keys())
+    assert not missing, f"{len(missing)} of {n} readings lost: seq {missing[:10]}..."
+    assert set(counts) == set(range(1, n + 1)) and set(counts.values()) == {1}, "a seq stored twice"
+
+
+def test_broker_crash_after_acking_with_the_collector_away_loses_nothing(tmp_path, simulate):
+    broker = broker_without_saves(tmp_path)
+    site = load_site(e2e_site(tmp_path))
+    simulate(site)
+    c = collector(broker, tmp_path)
+    gw = Gateway(site, broker_url=broker.url)
+    gw.start()
+    try:
+        assert wait_until(lambda: c.stored >= 20)
+        c.stop()  # away: the broker queues for its session, acknowledging every reading to the gateway
+        acked = gw.publisher.acknowledged
+        assert wait_until(lambda: gw.publisher.acknowledged >= acked + 60)
+        sigkill(broker)  # before its next save: what it queued is gone
+        broker.start()
+        c = collector(broker, tmp_path)
+        n = finish(gw)
+    finally:
+        c.stop()
+        broker.stop()
+    assert n > 60
+    assert_each_stored_once(tmp_path, n)
+
+
+def test_broker_crash_with_no_saved_state_while_the_collector_is_connected(tmp_path, simulate):
+    broker = broker_without_saves(tmp_path)
+    site = load_site(e2e_site(tmp_path))
+    simulate(site)
+    c = collector(broker, tmp_path)
+    gw = Gateway(site, broker_url=broker.url)
+    gw.start()
+    try:
+        assert wait_until(lambda: c.stored >= 40)
+        # the collector's session dies with the broker, and the gateway comes back first (the race the
+        # issue measured): what it sends before the collector has subscribed again has no subscriber
+        c.connection.client.reconnect_delay_set(4, 4)
+        sigkill(broker)
+        broker.start()
+        assert wait_until(lambda: c.connection.connected.is_set(), 15)
+        n = finish(gw)
+    finally:
+        c.stop()
+        broker.stop()
+    assert n > 60
+    assert_each_stored_once(tmp_path, n)
+
+
+def _outbox_lost_while_down(tmp_path, mosquitto, simulate, lose) -> None:
+    site = load_site(e2e_site(tmp_path))
+    simulate(site)
+    watcher = Subscriber(mosquitto)
+    c = collector(mosquitto, tmp_path)
+    gw = Gateway(site, broker_url=mosquitto.url)
+    gw.start()
+    try:
+        assert wait_until(lambda: c.stored >= 40)
+        c.stop()  # the last readings are kept in the outbox, awaiting the store
+        time.sleep(0.5)
+        gw.stop()
+        old_epoch, kept = gw.outbox.epoch, gw.outbox.depth
+        assert kept > 0
+        lose(Path(site.outbox.path))
+        restart = dt.datetime.now(dt.UTC)
+        c = collector(mosquitto, tmp_path)
+        gw = Gateway(site, broker_url=mosquitto.url)
+        assert gw.outbox.epoch != old_epoch and gw.outbox.last_seq() == 0  # a new sequence, and it says so
+        gw.start()
+        assert wait_until(lambda: c.stored >= 80)
+        n = finish(gw)
+        # the retained status announces the new epoch to every subscriber
+        assert watcher.wait_for(lambda: any(s.get("epoch") == gw.outbox.epoch for s in watcher.status), 10)
+        assert any(s.get("epoch") == old_epoch for s in watcher.status)
+    finally:
+        c.stop()
+        watcher.close()
+    # seqs 1.. again under the new epoch: none of them is taken for a redelivery of the old ones
+    assert_each_stored_once(tmp_path, n, since=restart)
+
+
+def test_outbox_emptied_while_the_gateway_is_down_starts_a_new_epoch(tmp_path, mosquitto, simulate):
+    def empty(path):
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM outbox")
+            db.execute("DELETE FROM sqlite_sequence")
+    _outbox_lost_while_down(tmp_path, mosquitto, simulate, empty)
+
+
+def test_outbox_deleted_while_the_gateway_is_down_starts_a_new_epoch(tmp_path, mosquitto, simulate):
+    def delete(path):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    _outbox_lost_while_down(tmp_path, mosquitto, simulate, delete)
+
+
+def jcm(*args, timeout=60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "jcm.cli", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_half_truncated_outbox_is_refused_and_new_outbox_starts_a_new_epoch(tmp_path, mosquitto):
+    site_path = e2e_site(tmp_path)
+    outbox = tmp_path / "outbox.sqlite"
+    args = ["gateway", "--site", site_path, "--broker", mosquitto.url, "--duration", 1]
+    assert jcm(*args).returncode == 0  # a healthy outbox with its epoch
+    with sqlite3.connect(outbox) as db:
+        old_epoch = db.execute("SELECT epoch FROM sequence_epoch").fetchone()[0]
+    with open(outbox, "ab") as f:
+        f.write(b"\0" * 40_000)
+    os.truncate(outbox, outbox.stat().st_size // 2 + 100)
+    refused = jcm(*args)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(outbox) in lines[0] and "--new-outbox" in lines[0], refused.stderr
+    res = jcm(*args, "--new-outbox")
+    assert res.returncode == 0, res.stderr
+    with sqlite3.connect(outbox) as db:
+        epoch = db.execute("SELECT epoch FROM sequence_epoch").fetchone()[0]
+    assert epoch != old_epoch and f"sequence epoch {epoch}" in res.stderr
+
+
+def _collector_process(tmp_path, broker, client_id):
+    cfg = tmp_path / f"{client_id}.yaml"
+    cfg.write_text(yaml.safe_dump({"broker": {"url": broker.url}, "store": f"sqlite:///{tmp_path}/jcm.db",
+                                   "sites_dir": str(tmp_path / "sites"), "client_id": client_id,
+                                   "share_group": "collectors", "batch_timeout": 0.1}))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "jcm.cli", "collector", "--config", str(cfg)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_two_collectors_on_a_shared_subscription_one_sigkilled(tmp_path, mosquitto, simulate):
+    site = load_site(e2e_site(tmp_path))
+    simulate(site)
+    survivor = collector(mosquitto, tmp_path, client_id="jcm-collector-a", share_group="collectors")
+    victim = _collector_process(tmp_path, mosquitto, "jcm-collector-b")
+    gw = Gateway(site, broker_url=mosquitto.url)
+    gw.start()
+    try:
+        assert wait_until(lambda: survivor.stored >= 40 and gw.publisher.confirmed > survivor.stored + 10), \
+            "the second collector never stored its share"
+        victim.send_signal(signal.SIGKILL)  # mid-stream: what the broker dealt it is stuck in its session
+        victim.wait()
+        n = finish(gw)
+    finally:
+        survivor.stop()
+        if victim.poll() is None:
+            victim.kill()
+    assert n > 60
+    assert_each_stored_once(tmp_path, n)
+
+
+CRAFTED = [
+    b"{not json",
+    b"[" * 20_000,  # nesting, and beyond the size bound
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[5, 1]]}',  # reversed
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 3], [2, 9]]}',  # overlapping
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[0, 9]]}',  # seq 0
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 99999999999999999999999999]]}',  # beyond 64 bits
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1.0, 9]]}',
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [[true, 9]]}',
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [' + b",".join(b"[%d,%d]" % (2 * i + 1, 2 * i + 1)
+                                                 for i in range(300)) + b"]}",  # too many
+    b'{"schema": 1, "epoch": "EPOCH\\u0000", "ranges": [[1, 9]]}',
+    b'{"schema": 2, "epoch": "EPOCH", "ranges": [[1, 9]]}',
+    b'{"schema": 1, "epoch": "0123456789abcdef", "ranges": [[1, 9223372036854775807]]}',  # another epoch
+]
+
+
+def test_crafted_acknowledgements_delete_nothing_and_a_true_one_only_what_was_sent(tmp_path, mosquitto):
+    site = load_site(e2e_site(tmp_path))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows)
+    for _ in range(10):
+        outbox.append("jcm/v1/test-site/gw-test/m0/reading", str)
+    pub = Publisher(site, outbox, broker_url=mosquitto.url)
+    pub.start()
+    attacker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker")
+    attacker.connect("127.0.0.1", mosquitto.port)
+    attacker.loop_start()
+
+    def ack(body: bytes, collector="c1"):
+        info = attacker.publish(topics.ack("test-site", GATEWAY, collector),
+                                body.replace(b"EPOCH", outbox.epoch.encode()), qos=1, retain=True)
+        info.wait_for_publish(5)
+
+    try:
+        assert wait_until(lambda: pub.acknowledged == 10)  # PUBACKed: awaiting the store, still kept
+        assert outbox.depth == 10
+        for i, body in enumerate(CRAFTED):
+            ack(body, f"c{i}")
+        time.sleep(1)
+        assert outbox.depth == 10 and pub._thread.is_alive()
+        ack(b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 3], [5, 5]]}')
+        assert wait_until(lambda: outbox.depth == 6)
+        # the whole sequence claimed: only what was sent is taken, never a seq polled later
+        ack(b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 9223372036854775807]]}', "c2")
+        assert wait_until(lambda: outbox.depth == 0)
+        for _ in range(5):
+            outbox.append("jcm/v1/test-site/gw-test/m0/reading", str)
+        pub.notify()
+        assert wait_until(lambda: pub.acknowledged == 15)
+        time.sleep(0.5)
+        assert outbox.depth == 5 and pub.confirmed == 10
+    finally:
+        attacker.loop_stop()
+        pub.stop(timeout=0)
+        outbox.close()
+
+
+@pytest.mark.parametrize("body", CRAFTED[:-1])
+def test_ack_parser_refuses_with_a_reason(body):
+    with pytest.raises(ValueError):
+        Ack.from_json(body.replace(b"EPOCH", b"0123456789abcdef"))
+
+
+def test_collectors_sharing_a_stream_publish_one_merged_range(tmp_path, mosquitto):
+    """The broker deals a gateway's messages out in turn: alone, each collector would hold every
+    other seq (one range per message); merged with the other's acknowledgement, one range."""
+    e2e_site(tmp_path)
+    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
+    a = Acknowledgements(CollectorConfig(client_id="col-a", **cfg), [("test-site", GATEWAY)])
+    b = Acknowledgements(CollectorConfig(client_id="col-b", **cfg), [("test-site", GATEWAY)])
+    seen = {}
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+    epoch = "00112233aabbccdd"
+
+    def readings(seqs):
+        return [Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                        seq=s, epoch=epoch) for s in seqs]
+    try:
+        for ack in (a, b):
+            ack.start()
+        assert wait_until(lambda: a.connection.connected.is_set() and b.connection.connected.is_set(), 10)
+        time.sleep(0.3)
+        a.kept(readings(range(1, 200, 2)), [])
+        assert wait_until(lambda: "col-a" in seen)
+        assert len(seen["col-a"]["ranges"]) == 100  # alone: every other seq
+        time.sleep(0.3)  # b has heard a
+        dead_letter = (topics.reading("test-site", GATEWAY, "m0"), b'{"seq": 201, "epoch": "%s"}' % epoch.encode())
+        b.kept(readings(range(2, 201, 2)), [dead_letter])
+        assert wait_until(lambda: "col-b" in seen)
+        assert seen["col-b"] == {"schema": 1, "epoch": epoch, "ranges": [[1, 201]]}  # dead letter 201 included
+    finally:
+        for ack in (a, b):
+            ack.stop()
+        watcher.loop_stop()
+
+
+def test_gateway_sigkilled_twice_keeps_what_the_store_has_not_confirmed(tmp_path, simulate):
+    """What awaits the store is kept in memory only: a killed gateway sends it all again."""
+    broker = broker_without_saves(tmp_path)
+    site_path = e2e_site(tmp_path)
+    site = load_site(site_path)
+    simulate(site)
+    c = collector(broker, tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def gateway():
+        return subprocess.Popen([sys.executable, "-m", "jcm.cli", "gateway", "--site", str(site_path), "--broker",
+                                 broker.url], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for stored in (30, 90):
+            gw = gateway()
+            assert wait_until(lambda: c.stored >= stored)
+            gw.send_signal(signal.SIGKILL)  # mid-stream: rows sending and awaiting the store
+            gw.wait()
+        gw = gateway()
+        assert wait_until(lambda: c.stored >= 150)
+        gw.send_signal(signal.SIGTERM)  # a clean stop waits a moment for the last confirmations
+        assert gw.wait(timeout=20) == 0
+    finally:
+        c.stop()
+        broker.stop()
+    with sqlite3.connect(site.outbox.path) as db:
+        n = db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()[0]
+        left = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    assert n > 100 and left == 0
+    assert_each_stored_once(tmp_path, n)
