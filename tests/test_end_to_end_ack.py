@@ -242,7 +242,7 @@ def test_two_collectors_on_a_shared_subscription_one_sigkilled(tmp_path, mosquit
         survivor.stop()
         if victim.poll() is None:
             victim.kill()
-    assert n > 60
+    assert n >= 50  # the wait above saw 40 stored by the survivor and 10 more confirmed
     assert_each_stored_once(tmp_path, n)
 
 
