@@ -1,7 +1,8 @@
 """Counters a verifier can trust: a glitch reading is an outlier, not a meter's whole total;
 a reset is confirmed by the readings after it; nothing is credited beyond what the
 equipment can physically deliver (nameplate); gaps across a period boundary are counted
-once, in the period they end in; late calibration reaches a gap's total; the interval
+once, in the period they end in, for what raises reductions, and charged to each period up
+to its physical bound for what lowers them; late calibration reaches a gap's total; the interval
 ending at local midnight closes the previous day. Pure counter functions, then the
 reference sites' simulated readings through a real SQLite store."""
 
