@@ -47,6 +47,9 @@ class Increments:
     value: np.ndarray  # credited increase [counter unit]
     findings: list[Finding] = field(default_factory=list)
     adjustments: list[dict] = field(default_factory=list)
+    #: longest time between consecutive readings inside each interval, dropped outliers included [h]:
+    #: an interval across dropped outliers is not a gap in the data
+    longest_h: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def counter_increments(values: pd.Series, source: str, rollover: float | None = None,
@@ -91,7 +94,8 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
     -------
     Increments
         Interval starts and ends, credited increase [counter unit] per interval, findings,
-        and an adjustment row for every interval that does not count the plain difference.
+        an adjustment row for every interval that does not count the plain difference,
+        and per interval the longest time between consecutive readings, dropped ones included [h].
     """
     s = values.dropna().sort_index()
     s = s[~s.index.duplicated(keep="last")]
@@ -182,4 +186,7 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
             adjust(i, "counter_jump", fallback,
                    f"rose {fmt(credited[i])} {unit} in {hours[i] * 3600:.0f} s to {when(i + 1)}, above the physical limit "
                    f"{fmt(limit[i])} {unit}; counted {fmt(fallback)} for the interval")
-    return Increments(t[first[valid]], t[1:][valid], credited[valid], findings, adjustments)
+    longest = hours.copy()
+    for j in np.flatnonzero(first != np.arange(n - 1)):
+        longest[j] = hours[first[j]:j + 1].max()
+    return Increments(t[first[valid]], t[1:][valid], credited[valid], findings, adjustments, longest[valid])

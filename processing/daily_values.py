@@ -65,11 +65,21 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
     and rollovers resolved by ``counter_increments``.
 
     A counter read on both sides of a gap gives the exact total over it, counted on the
-    day the gap ends; the days inside the gap are known (0). Where the gap crosses the
-    start or the end of the days wanted, its total belongs to the period in which it ends,
-    and each of the two periods gets an adjustment row saying so. With a nameplate rating,
+    day the gap ends; the days inside the gap are known (0). An interval across readings
+    dropped as outliers is not a gap (no reading is missing). The split of an interval
+    across the start or the end of the days wanted is unknown, and each period must be
+    conservative on its own. For a quantity that raises reductions, a gap's total counts
+    in the period it ends in and 0 in the others, with an adjustment row in each; a shorter
+    interval follows the day convention. For one that lowers them, every interval across
+    a boundary (a gap or not: a reading missing or dropped next to the boundary hides where
+    the split would have been) is charged, in each period it touches, an upper bound of its
+    share there, min(total, ``max_rate_per_h`` × its hours inside the period), or the whole
+    total when no bound is known, on the day it ends or on the period's last day, with an
+    adjustment row in each period. With a nameplate rating,
     a day above the theoretical maximum (rating × the hours its intervals cover, at least
-    the day's length) is a finding, and a quantity that raises reductions is bounded to it.
+    the day's length) is a finding, and a quantity that raises reductions is bounded to it;
+    a bound charged for the share of an interval that ends in a later period is not a
+    measured value and is not compared with it.
 
     Parameters
     ----------
@@ -120,30 +130,64 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
     per_day = pd.Series(np.where(counted, np.bincount(k, inc.value[inside], len(days)), np.nan), index=days)
     spanned, spanned_gaps = set(), []
     overlaps = (inc.end > period_start) & (inc.start < period_end)
-    for i in np.flatnonzero((hours * 3600 > gap_s) & overlaps):
+    is_gap = inc.longest_h * 3600 > gap_s
+    crosses = (inc.start < period_start) | (inc.end > period_end)
+    charged_last_day = 0.0  # bounds charged for intervals that end in a later period
+    # for a quantity that lowers reductions every interval across a boundary is split conservatively,
+    # a gap's or not: readings missing or dropped near the boundary hide where the split would have been
+    for i in np.flatnonzero(overlaps & (is_gap | (crosses & (effect == "lowers")))):
         a, b, total = inc.start[i], inc.end[i], float(inc.value[i])
         day = interval_day(pd.DatetimeIndex([b]), zone)[0]
-        findings.append(Finding("gap_spanned_by_counter", source, "info",
-                                f"{hours[i]:.2f} h without readings; the counter gives the exact total {_fmt(total)} {unit}, "
-                                f"assigned to the day the gap ends ({day})", str(a), str(b), total))
-        spanned_gaps.append((a, b, total))
-        for d in pd.date_range(a.tz_convert(zone).date(), day, freq="D").date:
-            spanned.add(d)
-            if d in per_day.index and np.isnan(per_day[d]):
-                per_day[d] = 0.0
-        # the total belongs to the period the gap ends in: a row in each of the two periods
-        span = f"the gap from {a.tz_convert(zone):%Y-%m-%d %H:%M} to {b.tz_convert(zone):%Y-%m-%d %H:%M}"
-        if a < period_end < b:
-            adjustments.append({"kind": "gap_across_periods", "source": source, "start": str(a), "end": str(b),
-                                "days": f"{max(a.tz_convert(zone).date(), days[0])}..{days[-1]}", "before": total,
-                                "factor": None, "after": 0.0,
-                                "reason": f"the counter's total {_fmt(total)} {unit} over {span} is counted on {day}, "
-                                          "the day the gap ends, in the next period; 0 here"})
-        elif a < period_start < b:
-            adjustments.append({"kind": "gap_across_periods", "source": source, "start": str(a), "end": str(b),
-                                "days": str(day), "before": 0.0, "factor": None, "after": total,
-                                "reason": f"the counter's total {_fmt(total)} {unit} over {span}, which began in the "
-                                          f"previous period, is counted on {day}, the day the gap ends"})
+        ends_here = b <= period_end
+        what = "the gap" if is_gap[i] else "the interval"
+        span = f"{what} from {a.tz_convert(zone):%Y-%m-%d %H:%M} to {b.tz_convert(zone):%Y-%m-%d %H:%M}"
+        if is_gap[i]:
+            for d in pd.date_range(a.tz_convert(zone).date(), day, freq="D").date:
+                spanned.add(d)
+                if d in per_day.index and np.isnan(per_day[d]):
+                    per_day[d] = 0.0
+        if not crosses[i]:
+            findings.append(Finding("gap_spanned_by_counter", source, "info",
+                                    f"{hours[i]:.2f} h without readings; the counter gives the exact total {_fmt(total)} "
+                                    f"{unit}, assigned to the day the gap ends ({day})", str(a), str(b), total))
+            spanned_gaps.append((a, b, total))
+            continue
+        lo, hi = max(a, period_start), min(b, period_end)
+        if effect == "lowers":
+            # the share of the total registered inside this period is unknown: charge an upper bound of it
+            here_h = (hi - lo).total_seconds() / 3600
+            charge = min(total, max_rate_per_h * here_h) if max_rate_per_h else total
+            bound = (f"min(the total {_fmt(total)} {unit}, the physical bound {_fmt(max_rate_per_h)} {unit}/h × "
+                     f"{here_h:.2f} h of it in this period) = {_fmt(charge)} {unit}" if max_rate_per_h else
+                     f"the whole total {_fmt(total)} {unit}, as no physical bound of the meter is known")
+            on = day if ends_here else days[-1]
+            edges = " and ".join(e for e, crossed in (("start", a < period_start), ("end", not ends_here)) if crossed)
+            rule = (f"the counter's total {_fmt(total)} {unit} over {span} crosses the period's {edges}: "
+                    "its split between the periods is unknown, so this period is "
+                    f"charged an upper bound of its share here (a quantity that lowers reductions): {bound}, "
+                    f"counted on {on}")
+            before = total if ends_here else 0.0
+            if ends_here:
+                per_day[day] += charge - total
+            else:
+                charged_last_day += charge
+            if is_gap[i]:
+                spanned_gaps.append((lo, hi, charge))
+        elif ends_here:
+            charge, before = total, 0.0
+            rule = (f"the counter's total {_fmt(total)} {unit} over {span}, which began in the previous period, "
+                    f"is counted on {day}, the day the gap ends")
+            spanned_gaps.append((a, b, total))
+        else:
+            charge, before = 0.0, total
+            rule = (f"the counter's total {_fmt(total)} {unit} over {span} is counted on {day}, the day the gap ends, "
+                    "in a later period; 0 here")
+        if is_gap[i]:
+            findings.append(Finding("gap_spanned_by_counter", source, "info",
+                                    f"{hours[i]:.2f} h without readings; {rule}", str(a), str(b), total))
+        adjustments.append({"kind": "gap_across_periods", "source": source, "start": str(a), "end": str(b),
+                            "days": str(day) if ends_here else f"{lo.tz_convert(zone).date()}..{days[-1]}",
+                            "before": before, "factor": None, "after": charge, "reason": rule})
     if rating_per_h:
         covered = np.bincount(k, hours[inside], len(days))
         cap = rating_per_h * np.maximum(covered, np.diff(bounds.asi8) / 3.6e12)
@@ -157,6 +201,8 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
                 per_day.iloc[k] = after
                 adjustments.append({"kind": "theoretical_maximum", "source": source, "days": str(day), "before": before,
                                     "factor": after / before, "after": after, "reason": detail})
+    if charged_last_day:
+        per_day.iloc[-1] = np.nan_to_num(per_day.iloc[-1]) + charged_last_day
     return DailyResult(per_day, findings, spanned, adjustments, spanned_gaps)
 
 

@@ -1,7 +1,8 @@
 """Counters a verifier can trust: a glitch reading is an outlier, not a meter's whole total;
 a reset is confirmed by the readings after it; nothing is credited beyond what the
 equipment can physically deliver (nameplate); gaps across a period boundary are counted
-once, in the period they end in; late calibration reaches a gap's total; the interval
+once, in the period they end in, for what raises reductions, and charged to each period up
+to its physical bound for what lowers them; late calibration reaches a gap's total; the interval
 ending at local midnight closes the previous day. Pure counter functions, then the
 reference sites' simulated readings through a real SQLite store."""
 
@@ -114,10 +115,62 @@ def test_a_gap_across_the_period_end_is_counted_once_in_the_period_it_ends_in():
     assert (out["before"], out["after"], into["before"], into["after"]) == (480.0, 0.0, 0.0, 480.0)
 
 
+def test_a_gap_across_the_period_end_charges_each_period_an_upper_bound_for_what_lowers_reductions():
+    idx = pd.DatetimeIndex(["2026-10-30T00:00Z", "2026-10-30T12:00Z", "2026-10-31T00:00Z", "2026-11-01T12:00Z",
+                            "2026-11-02T00:00Z"])
+    s = pd.Series([0.0, 10.0, 20.0, 500.0, 510.0], index=idx)  # gap: 31 Oct 08:00 -> 1 Nov 20:00 local (16 h + 20 h)
+    oct_days, nov_days = local_days(dt.date(2026, 10, 30), dt.date(2026, 10, 31)), local_days(dt.date(2026, 11, 1),
+                                                                                               dt.date(2026, 11, 2))
+    october, november = (counter_daily(s, UB, d, "m.e", max_rate_per_h=20.0, gap_s=13 * 3600, effect="lowers",
+                                       unit="kWh") for d in (oct_days, nov_days))
+    # the whole 480 may have been registered in either month, but no more than 20 kWh/h x its hours there
+    assert october.values.sum() == 10 + 10 + 320.0 and october.values[dt.date(2026, 10, 31)] == 330.0
+    assert november.values.sum() == 400.0 + 10
+    (out,) = [a for a in october.adjustments if a["kind"] == "gap_across_periods"]
+    (into,) = [a for a in november.adjustments if a["kind"] == "gap_across_periods"]
+    assert (out["before"], out["after"], into["before"], into["after"]) == (0.0, 320.0, 480.0, 400.0)
+    assert "min(the total 480 kWh, the physical bound 20 kWh/h × 16.00 h of it in this period) = 320 kWh" in out["reason"]
+    (f,) = [f for f in october.findings if f.check == "gap_spanned_by_counter"]
+    assert "upper bound" in f.detail and "320 kWh" in f.detail
+    # without a physical bound each period is charged the whole total, and the finding says why
+    unbounded = counter_daily(s, UB, oct_days, "m.e", gap_s=13 * 3600, effect="lowers", unit="kWh")
+    assert unbounded.values.sum() == 20.0 + 480.0
+    assert "the whole total 480 kWh, as no physical bound of the meter is known" in unbounded.findings[0].detail
+    # a quantity that raises reductions keeps the total in the period the gap ends in, 0 in the other
+    raises = [counter_daily(s, UB, d, "m.e", max_rate_per_h=20.0, gap_s=13 * 3600, unit="kWh") for d in
+              (oct_days, nov_days)]
+    assert [r.values.sum() for r in raises] == [20.0, 490.0]
+
+
+def test_an_outlier_next_to_a_period_boundary_is_split_conservatively_and_is_not_a_gap():
+    # 2026-09-30T16:00Z is 00:00 local on Oct 1 in Ulaanbaatar: the midnight reading is a glitch
+    s = series("2026-09-30T15:30Z", [100.0, 110.0, 0.0, 130.0, 140.0])
+    sep, octo = local_days(dt.date(2026, 9, 30), dt.date(2026, 9, 30)), local_days(dt.date(2026, 10, 1),
+                                                                                    dt.date(2026, 10, 1))
+    for days, clean in ((sep, 20.0), (octo, 20.0)):  # a clean 120 at midnight splits 20 | 20
+        r = counter_daily(s, UB, days, "m.e", max_rate_per_h=100.0, gap_s=1200, effect="lowers", unit="kWh")
+        assert r.values.sum() >= clean  # September alone was 10 (the interval across midnight went to October)
+        assert [f.check for f in r.findings if f.check == "gap_spanned_by_counter"] == []
+        assert [a["kind"] for a in r.adjustments] == ["gap_across_periods"]
+    raises = counter_daily(s, UB, sep, "m.e", max_rate_per_h=100.0, gap_s=1200, unit="kWh")
+    assert raises.values.sum() == 10.0 and not raises.adjustments  # the day convention, as for any interval
+
+
+def test_an_interval_across_a_dropped_outlier_is_not_a_gap():
+    s = series("2025-10-15T04:30Z", [24750600.0, 24750900.0, 0.0, 24751200.0, 24751500.0])
+    days = local_days(dt.date(2025, 10, 15), dt.date(2025, 10, 15))
+    r = counter_daily(s, JAKARTA, days, "ic-meter.energy_export", max_rate_per_h=13200.0, gap_s=1200, unit="kWh")
+    assert [f.check for f in r.findings] == ["counter_outlier"]  # was also "gap_spanned_by_counter 0.50 h"
+    assert r.values.sum() == 900.0 and not r.spanned_days and not r.spanned_gaps
+    missing = counter_daily(s.drop(s.index[2]), JAKARTA, days, "m.e", gap_s=1200)  # a reading really missing
+    assert [f.check for f in missing.findings] == ["gap_spanned_by_counter"]
+
+
 # -- property-based: random counter series with injected faults --------------------
 
 RATE = 100.0  # nameplate [kWh/h]
 MARGIN = 1.1
+MIDNIGHT = pd.Timestamp("2026-10-01T16:00Z")  # 00:00 on 2 Oct in Ulaanbaatar
 
 
 @st.composite
@@ -127,8 +180,7 @@ def faulty_counter(draw):
     fault clear of the others and of the two readings at either end (the period's known ends)."""
     n = draw(st.integers(12, 80))
     step_min = draw(st.sampled_from([1.0, 5.0, 15.0]))
-    t = pd.Timestamp("2026-10-01T00:00Z") + pd.to_timedelta(np.arange(n) * step_min, unit="min")
-    hours = np.diff(t.as_unit("ns").asi8) / 3.6e12
+    hours = np.full(n - 1, step_min / 60)
     load = np.array(draw(st.lists(st.floats(0.0, 1.0), min_size=n - 1, max_size=n - 1)))
     rollover = draw(st.sampled_from([None, 1e7]))
     start = draw(st.floats(1e4, 1e6)) if rollover is None else 1e7 - draw(st.floats(10.0, 3 * RATE * hours.sum()))
@@ -153,17 +205,23 @@ def faulty_counter(draw):
             reading[i:] += 5e5
     if rollover:
         reading = np.mod(reading, rollover)
+    # the readings straddle local midnight 2 Oct (UB), where one period ends and the next begins, with
+    # a poll at midnight: anywhere, or at or just after a fault (where conservative treatment is tested)
+    at = draw(st.one_of(st.integers(1, n - 2),
+                        *([st.tuples(st.sampled_from(spots), st.sampled_from([0, 1, 2])).map(sum)] if spots else [])))
+    t = MIDNIGHT + pd.to_timedelta((np.arange(n) - at) * step_min, unit="min")
     s = pd.Series(reading, index=t)[keep]
+    first_part = float(true[at] - true[0])  # the clean meter's share of the first period
     dupes = s.iloc[draw(st.lists(st.integers(0, len(s) - 1), max_size=3))]
     s = pd.concat([s, dupes]).sample(frac=1.0, random_state=0)  # unordered, with repeated deliveries
-    return s, clean, rollover, float(hours.sum())
+    return s, clean, rollover, float(hours.sum()), (first_part, clean - first_part)
 
 
 @pytest.mark.fuzz
 @settings(max_examples=fuzz_examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=faulty_counter(), effect=st.sampled_from(["raises", "lowers"]))
 def test_faulty_counters_never_credit_more_than_possible_and_every_change_is_a_row(case, effect):
-    s, clean, rollover, span_h = case
+    s, clean, rollover, span_h, clean_parts = case
     r = counter_increments(s, "m.e", rollover=rollover, max_rate_per_h=RATE * MARGIN, effect=effect)
     total = float(r.value.sum())
     tol = 1e-6 * max(1.0, clean)
@@ -178,6 +236,14 @@ def test_faulty_counters_never_credit_more_than_possible_and_every_change_is_a_r
     d = counter_daily(s, UB, days, "m.e", rollover, RATE * MARGIN, 3600.0, effect, RATE)
     assert d.values.sum() == pytest.approx(total, rel=1e-9, abs=1e-6)  # all within the two days
     assert (d.values.fillna(0.0) <= RATE * 24 + tol).all()  # no day above the theoretical maximum
+    # the same readings as two periods, 1 Oct and 2 Oct: each conservative on its own
+    parts = [float(counter_daily(s, UB, local_days(day, day), "m.e", rollover, RATE * MARGIN, 3600.0, effect,
+                                 RATE).values.sum()) for day in (dt.date(2026, 10, 1), dt.date(2026, 10, 2))]
+    if effect == "raises":  # counted once, in the period its interval ends in
+        assert parts[0] <= clean_parts[0] + tol and sum(parts) == pytest.approx(total, rel=1e-9, abs=1e-6)
+    elif rollover is None:  # each period charged at least its own share (near a wrap, zeros read like
+        # the wrap and may move an increment to a neighbouring interval: only the total is sure there)
+        assert parts[0] >= clean_parts[0] - tol and parts[1] >= clean_parts[1] - tol and sum(parts) >= total - tol
 
 
 # -- end to end through the store ----------------------------------------------------
@@ -286,17 +352,28 @@ def test_mn_solar_gap_across_the_month_end_is_credited_once_with_a_row_in_each_m
     assert not [x for x in a.adjustments if x["kind"] == "missing_data" and x["parameter"] == "EG[PV-1]"]
 
 
-def test_mv_addu_battery_gap_across_the_month_end_keeps_its_charge(tmp_path):
-    s = reference_site("mv-addu")  # battery meter out 31 Oct 09:00 to 1 Nov 02:00
+def test_mv_addu_battery_gap_across_the_month_end_keeps_each_month_conservative(tmp_path):
+    s = reference_site("mv-addu")  # battery meter out 30 Oct 14:00 to 1 Nov 10:00
     store = SqliteStore(tmp_path / "jcm.db")
-    fill_history(store, s, dt.date(2026, 10, 30), dt.date(2026, 11, 2))
-    periods = ((dt.date(2026, 10, 30), dt.date(2026, 10, 31)), (dt.date(2026, 11, 1), dt.date(2026, 11, 2)))
-    full = sum(PeriodProcessor(s).process(store, *p).parameters["EC_BESS"] for p in periods)
-    _delete(store, s, "bess-meter", "2026-10-31T09:00", "2026-11-01T02:00")
-    a, b = (PeriodProcessor(s).process(store, *p) for p in periods)
-    assert a.parameters["EC_BESS"] + b.parameters["EC_BESS"] == pytest.approx(full, rel=1e-12)
-    assert [x["kind"] for x in a.adjustments if x["parameter"] == "EC_BESS"] == ["gap_across_periods"]
-    assert [x["kind"] for x in b.adjustments if x["parameter"] == "EC_BESS"] == ["gap_across_periods"]
+    fill_history(store, s, dt.date(2025, 10, 30), dt.date(2025, 11, 2))
+    periods = ((dt.date(2025, 10, 30), dt.date(2025, 10, 31)), (dt.date(2025, 11, 1), dt.date(2025, 11, 2)))
+    clean = [PeriodProcessor(s).process(store, *p).parameters for p in periods]
+    _delete(store, s, "bess-meter", "2025-10-30T14:00", "2025-11-01T10:00")
+    october, november = (PeriodProcessor(s).process(store, *p) for p in periods)
+    # EC_BESS (charged into the battery) lowers reductions: each month alone is charged at least its own
+    # share (October was 0.233 MWh against 0.637 clean: the gap's whole total had gone to November)
+    assert october.parameters["EC_BESS"] >= clean[0]["EC_BESS"]
+    assert november.parameters["EC_BESS"] >= clean[1]["EC_BESS"]
+    (out,) = [x for x in october.adjustments if x["parameter"] == "EC_BESS"]
+    (into,) = [x for x in november.adjustments if x["parameter"] == "EC_BESS"]
+    assert out["kind"] == into["kind"] == "gap_across_periods" and out["before"] == 0.0
+    assert out["after"] == pytest.approx(into["before"]) and "275 kWh/h × 34.00 h" in out["reason"]
+    # EG_BESS (discharged) raises them: counted once, in November, where the gap ends
+    assert october.parameters["EG_BESS"] <= clean[0]["EG_BESS"]
+    assert october.parameters["EG_BESS"] + november.parameters["EG_BESS"] == pytest.approx(
+        clean[0]["EG_BESS"] + clean[1]["EG_BESS"], rel=1e-12)
+    (out,) = [x for x in october.adjustments if x["parameter"] == "EG_BESS"]
+    assert (out["kind"], out["after"]) == ("gap_across_periods", 0.0)
 
 
 def test_a_gap_ending_after_a_late_calibration_is_corrected_too(tmp_path):
