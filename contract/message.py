@@ -124,7 +124,9 @@ class Reading:
         if _too_deep(text):
             raise ValueError(f"arrays and objects nested deeper than {MAX_DEPTH}")
         try:
-            body = json.loads(text)
+            body = json.loads(text, object_pairs_hook=unique_members)
+        except RepeatedMember as exc:
+            raise ValueError(str(exc)) from None
         except ValueError as exc:  # JSONDecodeError, or an integer of more digits than Python converts
             raise ValueError(f"not JSON: {exc}") from None
         if not isinstance(body, dict):
@@ -174,6 +176,22 @@ class Reading:
             ts=parse_ts(body["ts"]), values=values, quality=q, units=units,
             status=status, seq=seq, epoch=epoch,
         )
+
+
+class RepeatedMember(ValueError):
+    """A JSON object names one member twice."""
+
+
+def unique_members(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` for ``json.loads`` that refuses a member given twice: parsers
+    disagree on which one counts (Python keeps the last, others the first), so two
+    readers of one text, a store and a verifier, would see two different messages."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        name = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise RepeatedMember(f"member {_short(name)} is repeated (parsers disagree on which one counts)")
+    return out
 
 
 def _too_deep(text: str) -> bool:

@@ -57,6 +57,7 @@ TRIGGERS = {
     "30-digit seq": (TOPIC, _with(seq=10 ** 30), "'seq'"),
     "lone surrogate in a channel": (TOPIC, _with_value("\ud800", "1.0"), "channel"),
     "lone surrogate in device": (TOPIC, _with(device="\ud800"), "device"),
+    "seq given twice": (TOPIC, payload(0)[1].replace(b'"seq":', b'"seq":999,"seq":'), "repeated"),
 }
 
 

@@ -61,6 +61,10 @@ REFUSED = {
     "quality of a channel with no value": (body(quality={"other": "timeout"}), "with no value: other"),
     "unit with a newline": (body(units={"energy": "kWh\nFORGED"}), "unit of 'energy'"),
     "quality a list": (body(quality={"gone": ["timeout"]}), "unknown quality"),
+    # a store (Python: the last wins) and another reader (often the first wins) must not see two messages
+    "seq given twice": (body().replace(b'"seq": 7', b'"seq": 1, "seq": 2'), "member 'seq' is repeated"),
+    "channel given twice": (body().replace(b'"energy": 1.5', b'"energy": 1.5, "energy": 9e9'),
+                            "member 'energy' is repeated"),
 }
 
 
