@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,8 @@ def profile_dirs(path: Path, data: dict, profiles_dir: Path | str | None = None)
                   path.parent.parent / "profiles", SHIPPED_PROFILES]
     dirs: list[Path] = []
     for d in candidates:  # one place once, however it is reached (config/profiles is a link to the shipped ones)
-        if d is not None and all(d.resolve() != seen.resolve() for seen in dirs):
+        # realpath, not Path.resolve: a symlink loop is a directory that is not there, not a crash
+        if d is not None and all(os.path.realpath(d) != os.path.realpath(seen) for seen in dirs):
             dirs.append(d)
     return dirs
 
