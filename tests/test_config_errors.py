@@ -229,6 +229,17 @@ def test_unreadable_content_is_one_error(tmp_path, content, expected):
     assert f"{path}: " in error_of(path) and expected in error_of(path)
 
 
+def test_a_file_too_large_to_be_configuration_is_refused_unread(tmp_path):
+    """Read up to the limit only: a huge file (or /dev/zero named by mistake) would take
+    minutes and gigabytes to parse, even if it is valid YAML."""
+    path = site_with(tmp_path, lambda d: None)
+    load_site(path)
+    with path.open("a") as f:
+        f.write(("#" + "x" * 99 + "\n") * 6000)  # 600 KB of comments
+    assert error_of(path) == f"{path}: more than 512 KiB: not a configuration file " \
+                             "(the largest site file shipped is a few KiB)"
+
+
 @pytest.mark.parametrize("name,mutate,expected", CASES, ids=[c[0] for c in CASES])
 def test_bad_site_file_names_file_key_and_problem(tmp_path, name, mutate, expected):
     path = site_with(tmp_path, mutate)
