@@ -73,14 +73,14 @@ class LiveState:
             site, gateway, device = topics.parse_reading(topic)
             reading = Reading.from_json(payload)
         except (ValueError, RecursionError, OverflowError) as exc:  # the collector dead-letters these
-            log.debug("live view: ignored message on %r: %s", topic, exc)
+            log.debug("live view: ignored message on %.120r: %s", topic, exc)
             return None
         known = self.sites.get(site)
         if known is None:
             return None
         claimed = (reading.site, reading.gateway, reading.device)
         if claimed != (site, gateway, device) or gateway != known.gateway:
-            log.warning("live view: ignored reading on %r: the payload says site %.80r, gateway %.80r, device %.80r "
+            log.warning("live view: ignored reading on %.120r: the payload says site %.80r, gateway %.80r, device %.80r "
                         "(site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
             return None
         if too_far_ahead(reading.ts, now or dt.datetime.now(dt.UTC)):

@@ -73,6 +73,15 @@ def test_a_reading_whose_payload_disagrees_with_its_topic_is_ignored(claim, capl
     assert all(d["last_seen"] is None for d in state.snapshot(SOLAR.site, NOW)["devices"])
 
 
+def test_a_spoofed_reading_on_a_topic_of_60_kb_logs_a_bounded_line(caplog):
+    """The topic's device level is the sender's text, as long as the broker lets a packet be."""
+    state = LiveState([SOLAR])
+    with caplog.at_level(logging.DEBUG, logger="liveview.state"):
+        assert on_topic(state, reading(), device="d" * 60_000) is None  # payload: poc-meter
+        assert state.on_message(f"jcm/v1/{SOLAR.site}/{SOLAR.gateway}/{'d' * 60_000}/reading", b"{") is None
+    assert len(caplog.records) == 2 and all(len(r.getMessage()) < 500 for r in caplog.records)
+
+
 def test_a_reading_from_2099_does_not_freeze_the_device(caplog):
     state = LiveState([SOLAR])
     with caplog.at_level(logging.WARNING, logger="liveview.state"):
