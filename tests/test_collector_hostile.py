@@ -139,6 +139,26 @@ def test_channels_outside_the_register_map_and_reserved_names_are_dead_letters(t
     store.close()
 
 
+def test_a_value_of_the_wrong_type_cannot_retype_a_field_in_influxdb(tmp_path, mosquitto, sites_dir, influxdb):
+    """InfluxDB types a field by its first value in each shard (a week), for every site's
+    series of the measurement: a text value of a number channel, written first into a new
+    shard, would have every site's numbers of that channel refused for the week."""
+    store_url = f"influxdb://127.0.0.1:{influxdb.port}?api=v1&db=jcm&timeout=5"
+    week_before = [(t, b.replace(b'"2026-11-01T', b'"2026-10-01T')) for t, b in (payload(i) for i in range(1, 51))]
+    poison = (week_before[0][0], week_before[0][1].replace(b'"energy_import":1001.0', b'"energy_import":"poison"'))
+    with collecting(mosquitto, store_url, sites_dir, batch_timeout=0.05) as (c, pub, probes):
+        pub.send([poison])
+        assert wait_until(lambda: c.dead + c.stored - probes >= 1, 10)
+        pub.send(week_before)
+        assert wait_until(lambda: c.stored - probes + c.dead >= 51, 20), (c.stored, c.dead)
+    store = open_store(store_url)
+    assert store.query("SELECT COUNT(\"energy_import\") FROM \"reading\" WHERE time < '2026-10-15T00:00:00Z'"
+                       )[0]["values"][0][1] == 50
+    (letter,) = store.dead_letters()
+    assert "'energy_import' is text" in letter.reason
+    store.close()
+
+
 def test_oversized_messages_keep_only_head_size_and_hash(tmp_path, mosquitto, sites_dir):
     store_url = f"sqlite:///{tmp_path}/jcm.db"
     with collecting(mosquitto, store_url, sites_dir) as (c, pub, _):
