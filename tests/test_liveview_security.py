@@ -6,6 +6,9 @@ import datetime as dt
 import http.client
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +18,7 @@ from jcm.broker import free_port
 from jcm.demo import Dashboard
 from liveview.app import LiveView, create_app
 from liveview.state import LiveState
+from processing.ledger import Ledger
 from store.sqlite_store import SqliteStore
 from tests.conftest import REPO
 
@@ -176,3 +180,17 @@ def test_without_a_token_only_the_bound_and_allowed_host_names_are_served(serve)
                  "127.0.0.1@attacker.example", "[::1"):
         resp, body = request(port, "/api/sites", {"Host": host})
         assert resp.status == 400 and b"not served here" in body, host
+
+
+@pytest.mark.parametrize("token", ["\u20acuro-s3cret", "two words", "tab\there"])
+def test_a_token_a_browser_cannot_send_is_refused_at_start(tmp_path, token):
+    """Headers and cookies carry Latin-1 at most: with a euro sign, every login was a 500."""
+    SqliteStore(tmp_path / "jcm.db").close()
+    Ledger(tmp_path / "ledger.sqlite").close()
+    env = dict(os.environ, JCM_TEST_TOKEN=token)
+    done = subprocess.run([sys.executable, "-m", "jcm.cli", "dashboard", "--port", str(free_port()),
+                           "--store", f"sqlite:///{tmp_path}/jcm.db", "--ledger", str(tmp_path / "ledger.sqlite"),
+                           "--alarms", str(tmp_path / "alarms.sqlite"), "--token-env", "JCM_TEST_TOKEN"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "--token-env: the token in JCM_TEST_TOKEN must be visible ASCII" in done.stderr
