@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 
+import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
 from collector.service import Collector
 from contract import topics
 from contract.config import ConfigError
+from jcm.broker import free_port
 from store import open_store
 from store.sqlite_store import SqliteStore
 from tests.conftest import REPO
@@ -157,6 +159,27 @@ def test_a_value_of_the_wrong_type_cannot_retype_a_field_in_influxdb(tmp_path, m
     (letter,) = store.dead_letters()
     assert "'energy_import' is text" in letter.reason
     store.close()
+
+
+def test_a_flood_at_qos_0_while_the_store_is_down_does_not_fill_memory(tmp_path, mosquitto, sites_dir):
+    """The broker's in-flight window holds back QoS 1 while nothing is acknowledged; QoS 0
+    comes regardless, so the collector bounds what it keeps of it (3,000 x 50 KB were all held)."""
+    store_url = f"influxdb://127.0.0.1:{free_port()}?api=v1&db=jcm&timeout=1"  # nothing listens: unavailable
+    c = Collector(config(mosquitto, store_url, sites_dir, receive_maximum=100))
+    c.start()
+    flood = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    try:
+        flood.connect("127.0.0.1", mosquitto.port)
+        flood.loop_start()
+        assert wait_until(lambda: flood.publish(*payload(0), qos=0) and c._queue.qsize() > 0, 10)
+        infos = [flood.publish(TOPIC, b"x" * 50_000, qos=0) for _ in range(3000)]
+        for info in infos:
+            info.wait_for_publish(30)
+        assert wait_until(lambda: c._queue.qsize() + c.dropped_qos0 >= 3000, 20), (c._queue.qsize(), c.dropped_qos0)
+        assert c._queue.qsize() <= 100 + 1  # the worker may hold one batch besides
+    finally:
+        flood.loop_stop()
+        c.stop()
 
 
 def test_oversized_messages_keep_only_head_size_and_hash(tmp_path, mosquitto, sites_dir):
