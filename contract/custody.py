@@ -323,6 +323,8 @@ def read_folder(folder: Path) -> tuple[dict[str, list[CustodyKey]], Iterator[Lin
         raise CustodyError(f"{path}: cannot read: {exc.strerror}") from None
     except ValueError as exc:
         raise CustodyError(f"{path}: {exc}") from None
+    except RecursionError:  # json recurses per bracket
+        raise CustodyError(f"{path}: nested too deeply to be a list of keys") from None
     files = sorted((root / "messages").glob("*.jsonl.gz"))
     if not files:
         raise CustodyError(f"{root / 'messages'}: no *.jsonl.gz files of signed messages")
