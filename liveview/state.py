@@ -111,9 +111,12 @@ class LiveState:
             log.warning("live view: ignored status on %r: unknown state %.80r", topic, state)
             return None
         with self.lock:
+            before = self.gateways[site][gateway].get("state")
             self.gateways[site][gateway] = {
                 "state": state, "ts": ts if isinstance(ts, str) and len(ts) <= 40 else None,
                 "outbox_depth": depth if isinstance(depth, int) and not isinstance(depth, bool) else None}
+        if state == before:  # each event makes every open page reload the site: a flood must not multiply
+            return None
         return {"type": "gateway", "site": site, "gateway": gateway, "state": state}
 
     def on_reading(self, r: Reading) -> dict | None:

@@ -67,6 +67,16 @@ def test_a_status_is_believed_only_for_the_gateway_its_topic_names(caplog):
     assert state.snapshot(BIOGAS.site, NOW)["gateways"] == {BIOGAS.gateway: {"state": "unknown", "ts": None}}
 
 
+def test_a_flood_of_one_status_is_one_event(caplog):
+    """Each gateway event makes every open page of the site fetch it again: 10,000 repeats of
+    a status a second would have every viewer's browser ask 10,000 times a second."""
+    state = LiveState([SOLAR])
+    topic = status_topic(SOLAR.site, SOLAR.gateway)
+    events = [state.on_message(topic, status(SOLAR.site, SOLAR.gateway, s)) for s in ["online"] * 1000 + ["offline"]]
+    assert [e["state"] for e in events if e is not None] == ["online", "offline"]
+    assert gateway_state(state, SOLAR) == "offline"
+
+
 @pytest.mark.parametrize("claim", [{"device": "inv-01"}, {"gateway": "gw-other"}, {"site": BIOGAS}])
 def test_a_reading_whose_payload_disagrees_with_its_topic_is_ignored(claim, caplog):
     state = LiveState([SOLAR, BIOGAS])
