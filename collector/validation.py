@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from contract import topics
+from contract.config import ConfigError
 from contract.config.site import Site
 from contract.future_limit import too_far_ahead
 from contract.message import Reading
@@ -27,6 +28,21 @@ class SiteRules:
 
 
 def rules_for(sites: list[Site]) -> dict[str, SiteRules]:
+    """Each site's rules; ``ConfigError`` if a channel is text in one device and a number in
+    another: all sites share one InfluxDB measurement, which keeps one type per field."""
+    first: dict[str, tuple[bool, str]] = {}  # channel -> (text, where)
+    clashes = []
+    for s in sites:
+        for d in s.devices:
+            for p in d.register_map.points:
+                text, where = p.type == "string", f"site {s.site}, device {d.id}"
+                seen = first.setdefault(p.channel, (text, where))
+                if seen[0] != text:
+                    clashes.append(f"collector: channel '{p.channel}' is {'text' if seen[0] else 'a number'} in "
+                                   f"{seen[1]} but {'text' if text else 'a number'} in {where}: a store keeps one "
+                                   "type per channel name; rename one of them in its profile")
+    if clashes:
+        raise ConfigError("\n".join(clashes))
     out = {}
     for s in sites:
         start = dt.datetime.combine(s.commissioned, dt.time(), tzinfo=s.zone).astimezone(dt.UTC)

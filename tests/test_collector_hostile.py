@@ -20,7 +20,7 @@ from contract.config import ConfigError
 from jcm.broker import free_port
 from store import open_store
 from store.sqlite_store import SqliteStore
-from tests.conftest import REPO
+from tests.conftest import REPO, tcp_device, write_site
 from tests.test_collector import (DEVICES, Publisher, _collector_process, config, payload, running,  # noqa: F401
                                   sites_dir, wait_until)
 
@@ -180,6 +180,17 @@ def test_a_flood_at_qos_0_while_the_store_is_down_does_not_fill_memory(tmp_path,
     finally:
         flood.loop_stop()
         c.stop()
+
+
+def test_a_channel_that_is_text_at_one_site_and_a_number_at_another_stops_the_start(tmp_path, mosquitto, sites_dir):
+    """Both would be stored in one InfluxDB field, which keeps the type of the first value
+    in each shard: one site's readings of the channel would be refused for the week."""
+    write_site(tmp_path, [tcp_device("t1", "power_meter_3ph", 1502,
+                                     overrides={"active_power": {"type": "string", "length": 4}})], name="other-site")
+    with pytest.raises(ConfigError) as exc:
+        Collector(config(mosquitto, f"sqlite:///{tmp_path}/jcm.db", sites_dir))
+    assert str(exc.value).startswith("collector: channel 'active_power' is text in site other-site, device t1 "
+                                     "but a number in site test-site, device m1")
 
 
 def test_oversized_messages_keep_only_head_size_and_hash(tmp_path, mosquitto, sites_dir):
