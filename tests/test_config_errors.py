@@ -29,6 +29,10 @@ def error_of(path) -> str:
 
 
 CASES = [
+    ("empty host", lambda d: d["devices"][0]["connection"].update(host=""),
+     "devices[m1].connection.host: String should match pattern"),
+    ("host with a space", lambda d: d["devices"][0]["connection"].update(host="10.0.0.1 "),
+     "devices[m1].connection.host: String should match pattern"),
     ("bad port", lambda d: d["devices"][0]["connection"].update(port=70000),
      "devices[m1].connection.port: Input should be less than or equal to 65535"),
     ("unknown connection type", lambda d: d["devices"][0]["connection"].update(type="udp"),
