@@ -79,6 +79,7 @@ class Collector:
         self._stop = threading.Event()
         self.stored = 0
         self.dead = 0
+        self.dropped_qos0 = 0
         #: why the worker died, if it did; ``done`` is set whenever it ends
         self.failure: BaseException | None = None
         self.done = threading.Event()
@@ -102,6 +103,14 @@ class Collector:
         self._generation += 1
 
     def _on_message(self, client, userdata, msg):
+        if msg.qos == 0 and self._queue.qsize() >= self.config.receive_maximum:
+            # QoS 0 bypasses the broker's in-flight window, the bound on everything else we hold: while
+            # the worker waits for the store, a flood of them would fill memory (at-most-once: dropped)
+            self.dropped_qos0 += 1
+            if self.dropped_qos0 % 1000 == 1:
+                log.warning("%d QoS 0 message(s) dropped so far: %d waiting to be stored (readings go at QoS 1)",
+                            self.dropped_qos0, self._queue.qsize())
+            return
         # msg.topic raises on a topic that is not UTF-8; the replacement fails validation as a dead letter
         topic = msg._topic.decode("utf-8", "replace")
         self._queue.put(Incoming(self._generation, msg.mid, msg.qos, topic, msg.payload, dt.datetime.now(dt.UTC)))

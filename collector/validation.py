@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from contract import topics
+from contract.config import ConfigError
 from contract.config.site import Site
 from contract.future_limit import too_far_ahead
 from contract.message import Reading
@@ -20,16 +21,34 @@ class SiteRules:
     gateway: str
     #: device id -> the channels of its register map (profile with overrides)
     channels: dict[str, frozenset[str]]
+    #: device id -> those of its channels whose points are text (type string)
+    text: dict[str, frozenset[str]]
     #: readings before the site's commissioning day (local midnight) are rejected
     earliest: dt.datetime
 
 
 def rules_for(sites: list[Site]) -> dict[str, SiteRules]:
+    """Each site's rules; ``ConfigError`` if a channel is text in one device and a number in
+    another: all sites share one InfluxDB measurement, which keeps one type per field."""
+    first: dict[str, tuple[bool, str]] = {}  # channel -> (text, where)
+    clashes = []
+    for s in sites:
+        for d in s.devices:
+            for p in d.register_map.points:
+                text, where = p.type == "string", f"site {s.site}, device {d.id}"
+                seen = first.setdefault(p.channel, (text, where))
+                if seen[0] != text:
+                    clashes.append(f"collector: channel '{p.channel}' is {'text' if seen[0] else 'a number'} in "
+                                   f"{seen[1]} but {'text' if text else 'a number'} in {where}: a store keeps one "
+                                   "type per channel name; rename one of them in its profile")
+    if clashes:
+        raise ConfigError("\n".join(clashes))
     out = {}
     for s in sites:
         start = dt.datetime.combine(s.commissioned, dt.time(), tzinfo=s.zone).astimezone(dt.UTC)
         channels = {d.id: frozenset(p.channel for p in d.register_map.points) for d in s.devices}
-        out[s.site] = SiteRules(s.gateway, channels, start)
+        text = {d.id: frozenset(p.channel for p in d.register_map.points if p.type == "string") for d in s.devices}
+        out[s.site] = SiteRules(s.gateway, channels, text, start)
     return out
 
 
@@ -63,6 +82,13 @@ def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.da
     unknown = sorted(set(reading.values) - rule.channels[device])
     if unknown:
         raise Rejected(f"device '{device}' of site '{site}' has no channel(s) {', '.join(unknown)} in its register map")
+    # InfluxDB types a field by the first value written to each shard, for every site at once:
+    # one text value of a number channel would have all numbers of that channel refused
+    text = rule.text[device]
+    for channel, v in reading.values.items():
+        if v is not None and isinstance(v, str) != (channel in text):
+            raise Rejected(f"value of '{channel}' is {'text' if isinstance(v, str) else 'a number'}, but its "
+                           f"register map point is {'text' if channel in text else 'a number'}")
     if reading.ts < rule.earliest:
         raise Rejected(f"timestamp {reading.ts.isoformat()} is before site '{site}' was commissioned")
     if too_far_ahead(reading.ts, now, max_future.total_seconds()):

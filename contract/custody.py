@@ -64,7 +64,7 @@ from pydantic import ValidationError
 
 from contract.config.custody import KEY_ID_PATTERN, Custody, CustodyKey, public_key_raw
 from contract.config.problems import KeyProblems
-from contract.message import ID_PATTERN, Reading
+from contract.message import ID_PATTERN, Reading, unique_members
 
 #: ``prev`` of the first message of an epoch
 GENESIS = "0" * 64
@@ -150,14 +150,6 @@ class Verdict:
         return None if r is None else (r.site, r.gateway, r.epoch)
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    # two readers of one text must not see two messages: a repeated member is refused
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("a member is repeated")
-    return out
-
-
 def _parse(message: bytes) -> Verdict:
     """Split and parse a signed message without checking its signature: a ``Verdict``
     whose reason says why it is malformed, or of kind ``"unverified"``."""
@@ -172,7 +164,7 @@ def _parse(message: bytes) -> Verdict:
         return Verdict("malformed", 'malformed: the signed bytes do not end with "prev" (64 hex) and "key" (a key id)')
     try:
         reading = Reading.from_json(signed)
-        members = json.loads(signed, object_pairs_hook=_no_duplicates)
+        members = json.loads(signed, object_pairs_hook=unique_members)
     except ValueError as exc:
         return Verdict("malformed", f"malformed: {exc}")
     if "sig" in members:
@@ -331,6 +323,8 @@ def read_folder(folder: Path) -> tuple[dict[str, list[CustodyKey]], Iterator[Lin
         raise CustodyError(f"{path}: cannot read: {exc.strerror}") from None
     except ValueError as exc:
         raise CustodyError(f"{path}: {exc}") from None
+    except RecursionError:  # json recurses per bracket
+        raise CustodyError(f"{path}: nested too deeply to be a list of keys") from None
     files = sorted((root / "messages").glob("*.jsonl.gz"))
     if not files:
         raise CustodyError(f"{root / 'messages'}: no *.jsonl.gz files of signed messages")

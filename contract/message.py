@@ -60,7 +60,9 @@ TS_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 _ID = re.compile(ID_PATTERN)
 _CHANNEL = re.compile(CHANNEL_PATTERN)
 _EPOCH = re.compile(EPOCH_PATTERN)
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+#: a JSON string; the closing quote is optional so that an unterminated string is one match
+#: to the end of the text: required, every quote of '"\\"\\...' began a scan to the end (64 KB: 9 s)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -124,7 +126,9 @@ class Reading:
         if _too_deep(text):
             raise ValueError(f"arrays and objects nested deeper than {MAX_DEPTH}")
         try:
-            body = json.loads(text)
+            body = json.loads(text, object_pairs_hook=unique_members)
+        except RepeatedMember as exc:
+            raise ValueError(str(exc)) from None
         except ValueError as exc:  # JSONDecodeError, or an integer of more digits than Python converts
             raise ValueError(f"not JSON: {exc}") from None
         if not isinstance(body, dict):
@@ -174,6 +178,22 @@ class Reading:
             ts=parse_ts(body["ts"]), values=values, quality=q, units=units,
             status=status, seq=seq, epoch=epoch,
         )
+
+
+class RepeatedMember(ValueError):
+    """A JSON object names one member twice."""
+
+
+def unique_members(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` for ``json.loads`` that refuses a member given twice: parsers
+    disagree on which one counts (Python keeps the last, others the first), so two
+    readers of one text, a store and a verifier, would see two different messages."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        name = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise RepeatedMember(f"member {_short(name)} is repeated (parsers disagree on which one counts)")
+    return out
 
 
 def _too_deep(text: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from contract.config.profile import SUNSPEC_NOT_IMPLEMENTED, Kind, Point, Profile
-from contract.message import Quality
+from contract.message import MAX_INT, Quality
 from contract.register_codec import registers_to_raw, registers_to_raws
 
 Value = float | int | str | bool | None
@@ -89,7 +89,8 @@ def _engineering(
         if not -10 <= sf <= 10:
             return None, Quality.decode_error
         exponent = sf
-    if point.gain == 1.0 and point.offset == 0.0 and exponent == 0 and isinstance(raw, int):
+    # an integer beyond 2**53 is sent as the float the stores would keep: the contract refuses it as an integer
+    if point.gain == 1.0 and point.offset == 0.0 and exponent == 0 and isinstance(raw, int) and abs(raw) <= MAX_INT:
         value: float | int = raw
     else:
         value = _scale(_scale(raw, point.gain) + point.offset, 10.0**exponent)

@@ -383,6 +383,9 @@ def cmd_dashboard(args) -> int:
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
         raise ConfigError(f"--token-env: environment variable {args.token_env} is not set")
+    if token and not all("!" <= c <= "~" for c in token):  # it travels in a header and a cookie: Latin-1 at most
+        raise ConfigError(f"--token-env: the token in {args.token_env} must be visible ASCII characters only "
+                          "(no spaces, no other letters): a browser could not send it")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("the live view is exposed on %s without a token (use --token-env)", args.host)
     view = LiveView(sites, _broker_settings(args), open_store(args.store, create=False), args.alarms,

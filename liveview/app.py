@@ -94,7 +94,7 @@ class LiveView:
         try:
             event = self.state.on_message(topic, msg.payload)
         except Exception:  # never let paho's thread die
-            log.exception("live view: message on %r", topic)
+            log.exception("live view: message on %.120r", topic)
             return
         if event is not None:
             self.publish(event)

@@ -68,14 +68,14 @@ class LiveState:
             site, gateway, device = topics.parse_reading(topic)
             reading = Reading.from_json(payload)
         except (ValueError, RecursionError, OverflowError) as exc:  # the collector dead-letters these
-            log.debug("live view: ignored message on %r: %s", topic, exc)
+            log.debug("live view: ignored message on %.120r: %s", topic, exc)
             return None
         known = self.sites.get(site)
         if known is None:
             return None
         claimed = (reading.site, reading.gateway, reading.device)
         if claimed != (site, gateway, device) or gateway != known.gateway:
-            log.warning("live view: ignored reading on %r: the payload says site %.80r, gateway %.80r, device %.80r "
+            log.warning("live view: ignored reading on %.120r: the payload says site %.80r, gateway %.80r, device %.80r "
                         "(site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
             return None
         if too_far_ahead(reading.ts, now or dt.datetime.now(dt.UTC)):
@@ -106,9 +106,12 @@ class LiveState:
             log.warning("live view: ignored status on %r: unknown state %.80r", topic, state)
             return None
         with self.lock:
+            before = self.gateways[site][gateway].get("state")
             self.gateways[site][gateway] = {
                 "state": state, "ts": ts if isinstance(ts, str) and len(ts) <= 40 else None,
                 "outbox_depth": depth if isinstance(depth, int) and not isinstance(depth, bool) else None}
+        if state == before:  # each event makes every open page reload the site: a flood must not multiply
+            return None
         return {"type": "gateway", "site": site, "gateway": gateway, "state": state}
 
     def on_reading(self, r: Reading) -> dict | None:

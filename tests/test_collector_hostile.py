@@ -10,15 +10,17 @@ import signal
 import subprocess
 import sys
 
+import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
 from collector.service import Collector
 from contract import topics
 from contract.config import ConfigError
+from jcm.broker import free_port
 from store import open_store
 from store.sqlite_store import SqliteStore
-from tests.conftest import REPO
+from tests.conftest import REPO, tcp_device, write_site
 from tests.test_collector import (DEVICES, Publisher, _collector_process, config, payload, running,  # noqa: F401
                                   sites_dir, wait_until)
 
@@ -57,6 +59,7 @@ TRIGGERS = {
     "30-digit seq": (TOPIC, _with(seq=10 ** 30), "'seq'"),
     "lone surrogate in a channel": (TOPIC, _with_value("\ud800", "1.0"), "channel"),
     "lone surrogate in device": (TOPIC, _with(device="\ud800"), "device"),
+    "seq given twice": (TOPIC, payload(0)[1].replace(b'"seq":', b'"seq":999,"seq":'), "repeated"),
 }
 
 
@@ -136,6 +139,58 @@ def test_channels_outside_the_register_map_and_reserved_names_are_dead_letters(t
         assert any(f"'{name}' is reserved" in r or f"no channel(s) {name}" in r for r in reasons), (name, reasons)
     assert store.count() == 10 * 2
     store.close()
+
+
+def test_a_value_of_the_wrong_type_cannot_retype_a_field_in_influxdb(tmp_path, mosquitto, sites_dir, influxdb):
+    """InfluxDB types a field by its first value in each shard (a week), for every site's
+    series of the measurement: a text value of a number channel, written first into a new
+    shard, would have every site's numbers of that channel refused for the week."""
+    store_url = f"influxdb://127.0.0.1:{influxdb.port}?api=v1&db=jcm&timeout=5"
+    week_before = [(t, b.replace(b'"2026-11-01T', b'"2026-10-01T')) for t, b in (payload(i) for i in range(1, 51))]
+    poison = (week_before[0][0], week_before[0][1].replace(b'"energy_import":1001.0', b'"energy_import":"poison"'))
+    with collecting(mosquitto, store_url, sites_dir, batch_timeout=0.05) as (c, pub, probes):
+        pub.send([poison])
+        assert wait_until(lambda: c.dead + c.stored - probes >= 1, 10)
+        pub.send(week_before)
+        assert wait_until(lambda: c.stored - probes + c.dead >= 51, 20), (c.stored, c.dead)
+    store = open_store(store_url)
+    assert store.query("SELECT COUNT(\"energy_import\") FROM \"reading\" WHERE time < '2026-10-15T00:00:00Z'"
+                       )[0]["values"][0][1] == 50
+    (letter,) = store.dead_letters()
+    assert "'energy_import' is text" in letter.reason
+    store.close()
+
+
+def test_a_flood_at_qos_0_while_the_store_is_down_does_not_fill_memory(tmp_path, mosquitto, sites_dir):
+    """The broker's in-flight window holds back QoS 1 while nothing is acknowledged; QoS 0
+    comes regardless, so the collector bounds what it keeps of it (3,000 x 50 KB were all held)."""
+    store_url = f"influxdb://127.0.0.1:{free_port()}?api=v1&db=jcm&timeout=1"  # nothing listens: unavailable
+    c = Collector(config(mosquitto, store_url, sites_dir, receive_maximum=100))
+    c.start()
+    flood = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    try:
+        flood.connect("127.0.0.1", mosquitto.port)
+        flood.loop_start()
+        assert wait_until(lambda: flood.publish(*payload(0), qos=0) and c._queue.qsize() > 0, 10)
+        infos = [flood.publish(TOPIC, b"x" * 50_000, qos=0) for _ in range(3000)]
+        for info in infos:
+            info.wait_for_publish(30)
+        assert wait_until(lambda: c._queue.qsize() + c.dropped_qos0 >= 3000, 20), (c._queue.qsize(), c.dropped_qos0)
+        assert c._queue.qsize() <= 100 + 1  # the worker may hold one batch besides
+    finally:
+        flood.loop_stop()
+        c.stop()
+
+
+def test_a_channel_that_is_text_at_one_site_and_a_number_at_another_stops_the_start(tmp_path, mosquitto, sites_dir):
+    """Both would be stored in one InfluxDB field, which keeps the type of the first value
+    in each shard: one site's readings of the channel would be refused for the week."""
+    write_site(tmp_path, [tcp_device("t1", "power_meter_3ph", 1502,
+                                     overrides={"active_power": {"type": "string", "length": 4}})], name="other-site")
+    with pytest.raises(ConfigError) as exc:
+        Collector(config(mosquitto, f"sqlite:///{tmp_path}/jcm.db", sites_dir))
+    assert str(exc.value).startswith("collector: channel 'active_power' is text in site other-site, device t1 "
+                                     "but a number in site test-site, device m1")
 
 
 def test_oversized_messages_keep_only_head_size_and_hash(tmp_path, mosquitto, sites_dir):

@@ -29,6 +29,10 @@ def error_of(path) -> str:
 
 
 CASES = [
+    ("empty host", lambda d: d["devices"][0]["connection"].update(host=""),
+     "devices[m1].connection.host: String should match pattern"),
+    ("host with a space", lambda d: d["devices"][0]["connection"].update(host="10.0.0.1 "),
+     "devices[m1].connection.host: String should match pattern"),
     ("bad port", lambda d: d["devices"][0]["connection"].update(port=70000),
      "devices[m1].connection.port: Input should be less than or equal to 65535"),
     ("unknown connection type", lambda d: d["devices"][0]["connection"].update(type="udp"),
@@ -227,6 +231,17 @@ def test_unreadable_content_is_one_error(tmp_path, content, expected):
     path.parent.mkdir()
     path.write_bytes(content)
     assert f"{path}: " in error_of(path) and expected in error_of(path)
+
+
+def test_a_file_too_large_to_be_configuration_is_refused_unread(tmp_path):
+    """Read up to the limit only: a huge file (or /dev/zero named by mistake) would take
+    minutes and gigabytes to parse, even if it is valid YAML."""
+    path = site_with(tmp_path, lambda d: None)
+    load_site(path)
+    with path.open("a") as f:
+        f.write(("#" + "x" * 99 + "\n") * 6000)  # 600 KB of comments
+    assert error_of(path) == f"{path}: more than 512 KiB: not a configuration file " \
+                             "(the largest site file shipped is a few KiB)"
 
 
 @pytest.mark.parametrize("name,mutate,expected", CASES, ids=[c[0] for c in CASES])

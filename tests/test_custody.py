@@ -371,6 +371,16 @@ def test_verify_lists_a_bounded_number_of_breaks(tmp_path, k1, capsys):
     assert out.count(": gap: 1 message(s) missing") == 50 and "... and 14 more: gap: 14" in out
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a": ' * 100_000])
+def test_verify_refuses_keys_nested_too_deeply_with_one_line(tmp_path, k1, capsys, text):
+    """The folder is a verifier's input: Python's JSON parser recurses, and would raise a traceback."""
+    folder = export(tmp_path, k1, chain(2, k1))
+    (tmp_path / "export" / "custody" / "keys.json").write_text(text)
+    rc, out = run_verify(folder, capsys)
+    assert rc == 2 and "Traceback" not in out
+    assert "keys.json: nested too deeply to be a list of keys" in out and len(out.splitlines()) == 1
+
+
 def test_verify_refuses_an_unusable_folder_with_one_line(tmp_path, k1, capsys):
     folder = export(tmp_path, k1, chain(2, k1))
     keys = tmp_path / "export" / "custody" / "keys.json"

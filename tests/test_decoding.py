@@ -1,11 +1,12 @@
 """Decoding registers into values: byte/word orders, scale factors, sentinels, ranges."""
 
+import datetime as dt
 import math
 
 import pytest
 
 from contract.config.profile import Point, Profile
-from contract.message import Quality
+from contract.message import Quality, Reading
 from contract.register_codec import raw_to_registers, registers_to_raw
 from gateway.register_map import decode_point, decode_points
 
@@ -110,3 +111,16 @@ def test_a_block_decodes_run_by_run_as_each_point_alone():
     assert together == [decode_point(p, prof, 0, block) for p in points]
     assert together == [(1.5, None), (12.25, Quality.out_of_range), (-3.0, None), (None, Quality.not_implemented),
                         (12345.6, None), (-25.0, None), (-1, None), ("SunS", None), (7.0, None)]
+
+
+@pytest.mark.parametrize("type_,raw", [("uint64", 2**64 - 1), ("int64", -2**63), ("uint64", 2**53 + 1)])
+def test_a_64_bit_integer_beyond_2_53_is_a_float_every_stage_accepts(type_, raw):
+    """The contract refuses integers a 64-bit float does not hold exactly (every store keeps
+    floats): sent as an integer, one such register had the collector refuse the whole reading."""
+    p = Point(channel="x", address=0, type=type_)
+    value, quality = decode_point(p, _profile(p), 0, raw_to_registers(raw, type_))
+    assert quality is None and type(value) is float and value == float(raw)
+    r = Reading(site="s1", gateway="g1", device="d1", ts=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), values={"x": value},
+                seq=1)
+    assert Reading.from_json(r.to_json()).values["x"] == float(raw)
+    assert decode_point(p, _profile(p), 0, raw_to_registers(2**53, type_)) == (2**53, None)  # exact: kept

@@ -6,6 +6,9 @@ import datetime as dt
 import http.client
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +18,7 @@ from jcm.broker import free_port
 from jcm.demo import Dashboard
 from liveview.app import LiveView, create_app
 from liveview.state import LiveState
+from processing.ledger import Ledger
 from store.sqlite_store import SqliteStore
 from tests.conftest import REPO
 
@@ -63,6 +67,16 @@ def test_a_status_is_believed_only_for_the_gateway_its_topic_names(caplog):
     assert state.snapshot(BIOGAS.site, NOW)["gateways"] == {BIOGAS.gateway: {"state": "unknown", "ts": None}}
 
 
+def test_a_flood_of_one_status_is_one_event(caplog):
+    """Each gateway event makes every open page of the site fetch it again: 10,000 repeats of
+    a status a second would have every viewer's browser ask 10,000 times a second."""
+    state = LiveState([SOLAR])
+    topic = status_topic(SOLAR.site, SOLAR.gateway)
+    events = [state.on_message(topic, status(SOLAR.site, SOLAR.gateway, s)) for s in ["online"] * 1000 + ["offline"]]
+    assert [e["state"] for e in events if e is not None] == ["online", "offline"]
+    assert gateway_state(state, SOLAR) == "offline"
+
+
 @pytest.mark.parametrize("claim", [{"device": "inv-01"}, {"gateway": "gw-other"}, {"site": BIOGAS}])
 def test_a_reading_whose_payload_disagrees_with_its_topic_is_ignored(claim, caplog):
     state = LiveState([SOLAR, BIOGAS])
@@ -71,6 +85,15 @@ def test_a_reading_whose_payload_disagrees_with_its_topic_is_ignored(claim, capl
         assert on_topic(state, reading(**fields)) is None
     assert "ignored reading" in caplog.text
     assert all(d["last_seen"] is None for d in state.snapshot(SOLAR.site, NOW)["devices"])
+
+
+def test_a_spoofed_reading_on_a_topic_of_60_kb_logs_a_bounded_line(caplog):
+    """The topic's device level is the sender's text, as long as the broker lets a packet be."""
+    state = LiveState([SOLAR])
+    with caplog.at_level(logging.DEBUG, logger="liveview.state"):
+        assert on_topic(state, reading(), device="d" * 60_000) is None  # payload: poc-meter
+        assert state.on_message(f"jcm/v1/{SOLAR.site}/{SOLAR.gateway}/{'d' * 60_000}/reading", b"{") is None
+    assert len(caplog.records) == 2 and all(len(r.getMessage()) < 500 for r in caplog.records)
 
 
 def test_a_reading_from_2099_does_not_freeze_the_device(caplog):
@@ -167,3 +190,17 @@ def test_without_a_token_only_the_bound_and_allowed_host_names_are_served(serve)
                  "127.0.0.1@attacker.example", "[::1"):
         resp, body = request(port, "/api/sites", {"Host": host})
         assert resp.status == 400 and b"not served here" in body, host
+
+
+@pytest.mark.parametrize("token", ["\u20acuro-s3cret", "two words", "tab\there"])
+def test_a_token_a_browser_cannot_send_is_refused_at_start(tmp_path, token):
+    """Headers and cookies carry Latin-1 at most: with a euro sign, every login was a 500."""
+    SqliteStore(tmp_path / "jcm.db").close()
+    Ledger(tmp_path / "ledger.sqlite").close()
+    env = dict(os.environ, JCM_TEST_TOKEN=token)
+    done = subprocess.run([sys.executable, "-m", "jcm.cli", "dashboard", "--port", str(free_port()),
+                           "--store", f"sqlite:///{tmp_path}/jcm.db", "--ledger", str(tmp_path / "ledger.sqlite"),
+                           "--alarms", str(tmp_path / "alarms.sqlite"), "--token-env", "JCM_TEST_TOKEN"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "--token-env: the token in JCM_TEST_TOKEN must be visible ASCII" in done.stderr

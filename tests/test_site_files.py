@@ -90,6 +90,24 @@ def test_a_missing_profile_names_every_place_looked(tmp_path):
     assert sorted(places, key=lambda p: looked.find(str(p))) == places  # in the order searched
 
 
+def test_a_profiles_dir_that_is_a_symlink_loop_is_a_missing_directory_not_a_crash(tmp_path):
+    site_file = etc_sites(tmp_path)
+    loop = site_file.parent / "loop"
+    (site_file.parent / "loop2").symlink_to("loop")
+    loop.symlink_to("loop2")
+    data = yaml.safe_load(site_file.read_text())
+    data["profiles_dir"] = "loop"
+    data["devices"][-1]["profile"] = "no_such_meter"
+    site_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    res = jcm("check-config", site_file, "--profiles", loop, cwd=tmp_path)
+    assert res.returncode == 1
+    line, = res.stderr.splitlines()
+    assert f"{loop} (no such directory)" in line and "Traceback" not in res.stderr
+    data["devices"][-1]["profile"] = "power_meter_3ph"  # found among the shipped ones
+    site_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert jcm("check-config", site_file, "--profiles", loop, cwd=tmp_path).returncode == 0
+
+
 @pytest.mark.slow
 def test_an_installed_package_finds_its_profiles_and_methodology_defaults(tmp_path):
     """A wheel (what `pip install .` installs), used from a directory without config/."""

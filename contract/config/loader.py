@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ _PROFILE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _POINT_PREFIX = re.compile(r"^points\[([^]]+)\]")
 #: discriminator tags pydantic puts in the location of a tagged union's member
 _UNION_TAGS = ("tcp", "rtu")
+#: size of a configuration file [bytes]: a hundred times the largest shipped, and the
+#: worst YAML of this size loads in seconds (4 MB took 86 s and 1.8 GB; /dev/zero, forever)
+MAX_FILE_BYTES = 2**19
 #: the register-map profiles installed with the package, found whatever the working directory
 SHIPPED_PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 
@@ -126,7 +130,12 @@ def _duplicate_keys(root: yaml.Node) -> list[tuple[tuple, str, int, int]]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:  # at most the limit: /dev/zero or a log named by mistake must not fill memory
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise _fail([f"{path}: more than {MAX_FILE_BYTES // 2**10} KiB: not a configuration file "
+                         "(the largest site file shipped is a few KiB)"])
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise _fail([f"{path}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
@@ -191,7 +200,8 @@ def profile_dirs(path: Path, data: dict, profiles_dir: Path | str | None = None)
                   path.parent.parent / "profiles", SHIPPED_PROFILES]
     dirs: list[Path] = []
     for d in candidates:  # one place once, however it is reached (config/profiles is a link to the shipped ones)
-        if d is not None and all(d.resolve() != seen.resolve() for seen in dirs):
+        # realpath, not Path.resolve: a symlink loop is a directory that is not there, not a crash
+        if d is not None and all(os.path.realpath(d) != os.path.realpath(seen) for seen in dirs):
             dirs.append(d)
     return dirs
 

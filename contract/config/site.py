@@ -27,7 +27,8 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
 class TcpConnection(Strict):
     type: Literal["tcp"]
-    host: str
+    #: a host name or an IP address (v6 without brackets): an empty or spaced one was accepted, then never reached
+    host: str = Field(pattern=r"^[A-Za-z0-9_.:%-]{1,253}$")
     port: int = Field(default=502, ge=1, le=65535)
     unit_id: int = Field(default=1, ge=0, le=255)
     timeout: float = Field(default=1.0, ge=0.05, le=60, description="[s] per request")
