@@ -24,7 +24,7 @@ import pandas as pd
 
 from contract.config import ConfigError
 from contract.config.site import Site
-from contract.store import ReadingStore
+from contract.store import ReadingStore, SequenceFinding
 from contract.units import factor
 from processing.calibration import correction_factor, uncovered_periods
 from processing.daily_values import (DailyResult, Finding, counter_daily, energised_hours_daily, gaps,
@@ -106,6 +106,33 @@ def input_hash(raw: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd.Timestamp) -> list[Finding]:
+    """The collector's findings along the site's gateway sequence within [start, end) as QA
+    findings: a gap the gateway's outbox cap does not fully explain, or a new epoch (its lost
+    tail is of unknown size), is for review."""
+    out = []
+    for f in found:
+        first, last = pd.Timestamp(f.start or f.noticed), pd.Timestamp(f.end or f.noticed)
+        if last < start or first >= end:
+            continue
+        source = f"{f.gateway}.seq"
+        if f.kind == "gap":
+            severity = "info" if f.explained >= f.missing else "review"
+            meaning = ("readings lost before they reached the store; a counter's total over the gap is still "
+                       "recovered from its readings either side, but a lost reading may hold a counter reset, "
+                       "a flag or a signal value that no other reading shows")
+            after = f"; all arrived later ({f.resolved.isoformat(timespec='seconds')})" if f.resolved else ""
+            out.append(Finding("sequence_gap", source, "info" if f.resolved else severity,
+                               f"{f.cause}. What it means: {meaning}{after}", str(first), str(last),
+                               amount=float(f.missing)))
+        else:
+            out.append(Finding("sequence_epoch", source, "review",
+                               f"{f.cause}. What it means: an unknown number of readings the gateway held were "
+                               "never sent; counter totals are recovered from the readings either side",
+                               str(first), str(last)))
+    return out
+
+
 class PeriodProcessor:
     """Holds one site's configuration; ``process(store, first, last)`` does the work."""
 
@@ -175,6 +202,7 @@ class PeriodProcessor:
                 self._power_cross_check(m, key, totals[key], units_of[key], series, days, spanned, findings)
 
         self._check_meters(totals, spanned, findings, adjustments)
+        findings += sequence_findings(store.sequence_findings(site.site), start, end)
         status_fail: list[str] = []
         fixed = from_config(site, spec)
         if spec.methodology == "PH_PROV_BIOGAS":
