@@ -174,5 +174,5 @@ def test_acl_has_a_section_per_reference_site_writing_its_own_gateway_only():
     for site_id, site in sites.items():
         assert sections[site_id] == [f"topic write jcm/v1/{site_id}/{site.gateway}/+/reading",
                                      f"topic write jcm/v1/{site_id}/{site.gateway}/status"]
-    assert sections["collector"] == ["topic read jcm/v1/+/+/+/reading"]
+    assert sections["collector"] == ["topic read jcm/v1/+/+/+/reading", "topic read jcm/v1/+/+/status"]
     assert sections["liveview"] == ["topic read jcm/v1/#"]
