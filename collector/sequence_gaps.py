@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from contract.message import Reading
+from contract.message import MAX_SEQ, Reading
 from contract.store import ReadingStore, SeqRange, SequenceFinding, StoreUnavailable
 from contract.text import printable
 
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: how often holes are looked at [s]
 CHECK_EVERY_S = 1.0
+#: how often a gateway with holes learns from the store what other collectors stored [s]: on a
+#: shared subscription each collector sees part of the stream, and its own runs would pile up
+REFRESH_S = 5.0
 
 
 @dataclass
@@ -47,6 +50,10 @@ class _Run:
     since: int  # its identity when written to the store [ns]
 
 
+def _first(run: _Run) -> int:
+    return run.first
+
+
 @dataclass
 class _Epoch:
     """What this collector knows of one epoch of a gateway: runs of stored seqs (sorted,
@@ -55,6 +62,7 @@ class _Epoch:
     runs: list[_Run] = field(default_factory=list)
     suspected: dict[int, float] = field(default_factory=dict)  # hole's first seq -> monotonic time
     recorded: dict[int, SequenceFinding] = field(default_factory=dict)  # gap's first seq -> finding
+    _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
     starts_at_one: bool = True  # epochs count from 1; a sender without epochs is followed from where we meet it
 
     def add(self, seq: int, ts: dt.datetime, ids: Iterator[int]) -> _Run | None:
@@ -67,7 +75,7 @@ class _Epoch:
                 return tail
             if tail.first <= seq <= tail.last:
                 return None
-        i = bisect.bisect_right([r.first for r in runs], seq)  # runs[i-1].first <= seq < runs[i].first
+        i = bisect.bisect_right(runs, seq, key=_first)  # runs[i-1].first <= seq < runs[i].first
         before = runs[i - 1] if i else None
         after = runs[i] if i < len(runs) else None
         if before and seq <= before.last:
@@ -95,6 +103,21 @@ class _Epoch:
             out.append((a.last + 1, b.first - 1, a, b))
         return out
 
+    def record(self, f: SequenceFinding) -> None:
+        if f.first not in self.recorded:
+            bisect.insort(self._recorded_spans, (f.first, f.last))
+        self.recorded[f.first] = f
+
+    def recorded_first(self, seq: int) -> int | None:
+        """The first seq of the recorded gap that holds ``seq`` (recorded gaps do not overlap)."""
+        i = bisect.bisect_right(self._recorded_spans, (seq, MAX_SEQ + 1))
+        return self._recorded_spans[i - 1][0] if i > 0 and self._recorded_spans[i - 1][1] >= seq else None
+
+    def is_recorded(self, first: int, last: int) -> bool:
+        """Whether first..last lies inside one recorded gap."""
+        at = self.recorded_first(first)
+        return at is not None and self.recorded[at].last >= last
+
     def highest(self) -> tuple[int, dt.datetime] | None:
         return (self.runs[-1].last, self.runs[-1].last_ts) if self.runs else None
 
@@ -110,6 +133,7 @@ class SequenceGaps:
         self._gateways: dict[tuple[str, str], dict[str, _Epoch]] = {}
         self._unsaved: dict[tuple[str, str, str, int], SeqRange] = {}  # runs to write, by identity
         self._status: dict[tuple[str, str], dict] = {}
+        self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
         self._next_check = 0.0
         #: identities of runs [ns]: unique within this process, distinct from other collectors'
         self._since = itertools.count(time.time_ns())
@@ -139,9 +163,8 @@ class SequenceGaps:
                 if run is not None:
                     self._unsaved[(r.site, r.gateway, epoch, run.since)] = SeqRange(
                         r.site, r.gateway, epoch, run.first, run.last, run.first_ts, run.last_ts, run.since)
-                    if track.recorded and any(f.first <= r.seq <= f.last and f.resolved is None
-                                              for f in track.recorded.values()):
-                        self._resolve(r.site, r.gateway, epoch, track)
+                    if track.recorded and track.is_recorded(r.seq, r.seq):
+                        self._resolve(r.site, r.gateway, epoch, track, r.seq)
             if self._unsaved:
                 self.store.record_seqs(list(self._unsaved.values()))
                 self._unsaved.clear()
@@ -162,15 +185,13 @@ class SequenceGaps:
             track.runs.append(_Run(r.first, r.last, r.first_ts, r.last_ts, next(self._since)))
         for f in self.store.sequence_findings(site):
             if f.gateway == gateway and f.kind == "gap":
-                epochs.setdefault(f.epoch, _Epoch(starts_at_one=bool(f.epoch))).recorded[f.first] = f
+                epochs.setdefault(f.epoch, _Epoch(starts_at_one=bool(f.epoch))).record(f)
         self._gateways[(site, gateway)] = epochs
         return epochs
 
     def _new_epoch(self, r: Reading, epochs: dict[str, _Epoch]) -> _Epoch:
         epoch = r.epoch or ""
-        # another collector on the shared subscription may have met it first
-        for s in self.store.sequence_ranges(r.site, r.gateway):
-            self._merge(epochs.setdefault(s.epoch, _Epoch(starts_at_one=bool(s.epoch))), s, self._since)
+        self._refresh(r.site, r.gateway, epochs)  # another collector on the shared subscription may have met it
         told = any(f.kind == "epoch" and f.gateway == r.gateway and f.epoch == epoch
                    for f in self.store.sequence_findings(r.site))
         track = epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
@@ -190,13 +211,15 @@ class SequenceGaps:
                                                   end=r.ts))
         return track
 
-    def _resolve(self, site: str, gateway: str, epoch: str, track: _Epoch) -> None:
+    def _resolve(self, site: str, gateway: str, epoch: str, track: _Epoch, seq: int) -> None:
         """A seq arrived inside a recorded gap: if the whole gap has now arrived, say so."""
-        for first, f in list(track.recorded.items()):
-            if f.resolved is None and any(run.first <= f.first and f.last <= run.last for run in track.runs):
+        f = track.recorded[track.recorded_first(seq)]
+        if f.resolved is None:
+            i = bisect.bisect_right(track.runs, seq, key=_first) - 1
+            if track.runs[i].first <= f.first and f.last <= track.runs[i].last:
                 done = replace(f, resolved=dt.datetime.now(dt.UTC))
                 self.store.record_finding(done)
-                track.recorded[first] = done
+                track.record(done)
                 log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
                          site, gateway, f.first, f.last, epoch or "(none)")
 
@@ -206,45 +229,60 @@ class SequenceGaps:
         from the store. Raises ``StoreUnavailable``."""
         now = self.clock()
         for (site, gateway), epochs in self._gateways.items():
-            due = False
-            for track in epochs.values():
-                open_ = {h[0] for h in track.holes() if not self._is_recorded(track, h[0], h[1])}
-                track.suspected = {h: track.suspected.get(h, now) for h in open_}
-                due = due or any(now - t >= self.grace_s for t in track.suspected.values())
-            if due:
+            if not self._suspect(epochs, now):
+                continue
+            if now - self._refreshed.get((site, gateway), -REFRESH_S) >= REFRESH_S:
+                self._refresh(site, gateway, epochs)
+                self._refreshed[(site, gateway)] = now
+                self._suspect(epochs, now)
+            if any(now - t >= self.grace_s for track in epochs.values() for t in track.suspected.values()):
                 self._record_gaps(site, gateway, epochs, now)
 
-    @staticmethod
-    def _is_recorded(track: _Epoch, first: int, last: int) -> bool:
-        return any(f.first <= first and last <= f.last for f in track.recorded.values())
+    def _suspect(self, epochs: dict[str, _Epoch], now: float) -> bool:
+        """Note since when each hole not yet recorded is missing; say whether there is one."""
+        for track in epochs.values():
+            open_ = [h[0] for h in track.holes() if not track.is_recorded(h[0], h[1])]
+            track.suspected = {h: track.suspected.get(h, now) for h in open_}
+        return any(track.suspected for track in epochs.values())
+
+    def _refresh(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
+        """Merge in what the store holds: what other collectors (or this one before a restart) stored."""
+        stored: dict[str, list[SeqRange]] = {}
+        for r in self.store.sequence_ranges(site, gateway):
+            stored.setdefault(r.epoch, []).append(r)
+        for epoch, ranges in stored.items():
+            track = epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
+            track.runs[:] = self._merged(track.runs, ranges)
+
+    def _merged(self, runs: list[_Run], ranges: list[SeqRange]) -> list[_Run]:
+        """Our runs and the store's ranges of one epoch, joined where they overlap or touch
+        (a run keeps its identity; one sweep, as both may be long)."""
+        items = sorted([(r.first, 0, r) for r in runs] + [(r.first, 1, r) for r in ranges], key=lambda x: x[:2])
+        out: list[_Run] = []
+        for _, from_store, r in items:
+            p = out[-1] if out else None
+            if p is not None and r.first <= p.last + 1:
+                if r.last > p.last:
+                    p.last, p.last_ts = r.last, r.last_ts
+            else:
+                out.append(_Run(r.first, r.last, r.first_ts, r.last_ts, next(self._since) if from_store else r.since))
+        return out
 
     def _record_gaps(self, site: str, gateway: str, epochs: dict[str, _Epoch], now: float) -> None:
-        # another collector (or this one before a restart) may have stored what we miss
-        for r in self.store.sequence_ranges(site, gateway):
-            track = epochs.setdefault(r.epoch, _Epoch(starts_at_one=bool(r.epoch)))
-            self._merge(track, r, self._since)
+        if self._refreshed.get((site, gateway)) != now:
+            self._refresh(site, gateway, epochs)
         for epoch, track in epochs.items():
             for first, last, before, after in track.holes():
                 noticed = track.suspected.get(first)
-                if noticed is None or now - noticed < self.grace_s or self._is_recorded(track, first, last):
+                if noticed is None or now - noticed < self.grace_s or track.is_recorded(first, last):
                     continue
                 f = SequenceFinding("gap", site, gateway, epoch, first, last, dt.datetime.now(dt.UTC), "",
                                     start=before.last_ts if before else None, end=after.first_ts)
                 f = self._explain(f, track)
                 self.store.record_finding(f)
-                track.recorded[first] = f
+                track.record(f)
                 del track.suspected[first]
                 log.warning("site %s: gateway %s: %s", site, gateway, f.cause)
-
-    @staticmethod
-    def _merge(track: _Epoch, r: SeqRange, ids: Iterator[int]) -> None:
-        runs = [x for x in track.runs if x.last + 1 < r.first or x.first > r.last + 1]
-        near = [x for x in track.runs if not (x.last + 1 < r.first or x.first > r.last + 1)]
-        first, first_ts = min([(r.first, r.first_ts)] + [(x.first, x.first_ts) for x in near])
-        last, last_ts = max([(r.last, r.last_ts)] + [(x.last, x.last_ts) for x in near])
-        since = near[0].since if near else next(ids)
-        bisect.insort(runs, _Run(first, last, first_ts, last_ts, since), key=lambda x: x.first)
-        track.runs[:] = runs
 
     def _explain(self, f: SequenceFinding, track: _Epoch) -> SequenceFinding:
         """Say what the gap is, and how much of it the gateway's outbox cap accounts for."""

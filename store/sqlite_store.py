@@ -88,6 +88,9 @@ ON CONFLICT (site, gateway, epoch, kind, first) DO UPDATE SET last = excluded.la
 """
 
 
+RANGE = "first, last, first_ts, last_ts FROM sequence_ranges WHERE site = ? AND gateway = ? AND epoch = ? AND"
+
+
 def _ms_or_none(ts: dt.datetime | None) -> int | None:
     return None if ts is None else to_ms(ts)
 
@@ -225,10 +228,14 @@ class SqliteStore:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 for r in merge_ranges(ranges):
+                    # stored rows neither overlap nor touch: those to join start inside r (or just after
+                    # it), and at most one starts before it
+                    key = (r.site, r.gateway, r.epoch)
                     near = self._db.execute(
-                        "SELECT first, last, first_ts, last_ts FROM sequence_ranges WHERE site = ? AND gateway = ? "
-                        "AND epoch = ? AND first <= ? AND last >= ?",
-                        (r.site, r.gateway, r.epoch, r.last + 1, r.first - 1)).fetchall()
+                        f"SELECT {RANGE} first >= ? AND first <= ?", (*key, r.first, r.last + 1)).fetchall()
+                    near += [row for row in self._db.execute(
+                        f"SELECT {RANGE} first < ? ORDER BY first DESC LIMIT 1", (*key, r.first))
+                        if row[1] >= r.first - 1]
                     rows = [(r.first, r.last, to_ms(r.first_ts), to_ms(r.last_ts)), *near]
                     first, first_ts = min((f, fts) for f, _, fts, _ in rows)
                     last, last_ts = max((la, lts) for _, la, _, lts in rows)
