@@ -54,13 +54,25 @@ def _first(run: _Run) -> int:
     return run.first
 
 
+def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, now: float) -> float:
+    """Since when seqs first..last are missing: a hole that shrank (some of its seqs arrived)
+    keeps the time of the holes it was part of. ``before``: (first, last, since), sorted."""
+    i = bisect.bisect_right(before, (last, MAX_SEQ + 1))
+    since = now
+    while i > 0 and before[i - 1][1] >= first:  # the earlier holes overlapping first..last
+        since = min(since, before[i - 1][2])
+        i -= 1
+    return since
+
+
 @dataclass
 class _Epoch:
     """What this collector knows of one epoch of a gateway: runs of stored seqs (sorted,
     disjoint, not touching), when each hole was first suspected, the gaps recorded."""
 
     runs: list[_Run] = field(default_factory=list)
-    suspected: dict[int, float] = field(default_factory=dict)  # hole's first seq -> monotonic time
+    #: hole's first seq -> (its last seq, monotonic time since when its seqs are missing)
+    suspected: dict[int, tuple[int, float]] = field(default_factory=dict)
     recorded: dict[int, SequenceFinding] = field(default_factory=dict)  # gap's first seq -> finding
     _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
     starts_at_one: bool = True  # epochs count from 1; a sender without epochs is followed from where we meet it
@@ -235,14 +247,17 @@ class SequenceGaps:
                 self._refresh(site, gateway, epochs)
                 self._refreshed[(site, gateway)] = now
                 self._suspect(epochs, now)
-            if any(now - t >= self.grace_s for track in epochs.values() for t in track.suspected.values()):
+            if any(now - t >= self.grace_s for track in epochs.values() for _, t in track.suspected.values()):
                 self._record_gaps(site, gateway, epochs, now)
 
     def _suspect(self, epochs: dict[str, _Epoch], now: float) -> bool:
         """Note since when each hole not yet recorded is missing; say whether there is one."""
         for track in epochs.values():
-            open_ = [h[0] for h in track.holes() if not track.is_recorded(h[0], h[1])]
-            track.suspected = {h: track.suspected.get(h, now) for h in open_}
+            before = sorted((first, last, t) for first, (last, t) in track.suspected.items())
+            track.suspected = {}
+            for first, last, *_ in track.holes():
+                if not track.is_recorded(first, last):
+                    track.suspected[first] = (last, _missing_since(before, first, last, now))
         return any(track.suspected for track in epochs.values())
 
     def _refresh(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
@@ -273,7 +288,7 @@ class SequenceGaps:
             self._refresh(site, gateway, epochs)
         for epoch, track in epochs.items():
             for first, last, before, after in track.holes():
-                noticed = track.suspected.get(first)
+                noticed = track.suspected.get(first, (0, None))[1]
                 if noticed is None or now - noticed < self.grace_s or track.is_recorded(first, last):
                     continue
                 f = SequenceFinding("gap", site, gateway, epoch, first, last, dt.datetime.now(dt.UTC), "",

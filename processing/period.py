@@ -94,9 +94,13 @@ def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
     return pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=site.zone)).tz_convert("UTC")
 
 
-def input_hash(raw: pd.DataFrame) -> str:
-    """SHA-256 of the readings used, in a canonical text form: same readings, same hash."""
+def input_hash(raw: pd.DataFrame, sequence: list[Finding] = ()) -> str:
+    """SHA-256 of the readings used, in a canonical text form: same readings, same hash. The
+    collector's sequence findings are inputs too: a gap recorded (or resolved) after a month
+    was processed changes its hash, so the month is processed again."""
     h = hashlib.sha256()
+    for f in sequence:
+        h.update(("\t".join(str(v) for v in f.to_dict().values()) + "\n").encode())
     frame = raw.sort_values(["device", "channel", "ts"])
     ms = (frame["ts"].astype("int64") // 1_000_000).astype(str)
     values = frame["value"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v)))
@@ -202,7 +206,8 @@ class PeriodProcessor:
                 self._power_cross_check(m, key, totals[key], units_of[key], series, days, spanned, findings)
 
         self._check_meters(totals, spanned, findings, adjustments)
-        findings += sequence_findings(store.sequence_findings(site.site), start, end)
+        sequence = sequence_findings(store.sequence_findings(site.site), start, end)
+        findings += sequence
         status_fail: list[str] = []
         fixed = from_config(site, spec)
         if spec.methodology == "PH_PROV_BIOGAS":
@@ -255,7 +260,7 @@ class PeriodProcessor:
             simulated=simulated,
             site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,
             status=status, reasons=reasons, calc=calc, parameters=period_values, daily=daily, findings=findings,
-            adjustments=adjustments, completeness=completeness, input_hash=input_hash(raw),
+            adjustments=adjustments, completeness=completeness, input_hash=input_hash(raw, sequence),
             figures={"daily_totals": totals, "units": units_of}, fixed=fixed,
         )
 

@@ -24,7 +24,7 @@ from liveview.app import LiveView
 from processing.period import PeriodProcessor
 from store import open_store
 from store.sqlite_store import SqliteStore
-from tests.conftest import fill_history, load_site, reference_site, tcp_device, write_site
+from tests.conftest import fill_history, fuzz_examples, load_site, reference_site, tcp_device, write_site
 from tests.test_collector import Publisher, config, wait_until
 
 E1, E2 = "0123456789abcdef", "fedcba9876543210"
@@ -251,6 +251,7 @@ def test_the_processor_lists_a_periods_gaps(tmp_path, explained, status):
     first, last = dt.date(2026, 10, 10), dt.date(2026, 10, 12)
     fill_history(store, site, first - dt.timedelta(days=1), last + dt.timedelta(days=1))
     noon = dt.datetime(2026, 10, 11, 4, tzinfo=dt.UTC)
+    before = PeriodProcessor(site).process(store, first, last)
     store.record_finding(SequenceFinding("gap", site.site, site.gateway, E1, 100, 102, noon, "3 lost",
                                          explained=explained, start=noon, end=noon + dt.timedelta(minutes=45)))
     store.record_finding(SequenceFinding("gap", site.site, site.gateway, E1, 900, 901, noon + dt.timedelta(days=9),
@@ -260,3 +261,45 @@ def test_the_processor_lists_a_periods_gaps(tmp_path, explained, status):
     assert (gap.source, gap.amount) == (f"{site.gateway}.seq", 3.0) and "3 lost" in gap.detail
     assert "a lost reading may hold a counter reset" in gap.detail
     assert r.status == status, r.reasons
+    assert before.status == "verified" and before.input_hash != r.input_hash  # so the ledger gets a new revision
+
+
+@pytest.mark.fuzz
+def test_any_order_split_across_collectors_finds_exactly_what_is_missing(tmp_path):
+    """Seqs 1..n, some never sent, the rest shuffled, redelivered and split between two
+    collectors (a shared subscription) in batches: the gaps recorded are exactly the
+    missing stretches, once each, whichever collector records them."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    examples = iter(range(10**9))
+
+    @settings(max_examples=fuzz_examples(30), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.integers(2, 60).flatmap(lambda n: st.tuples(
+        st.just(n), st.sets(st.integers(1, n - 1), max_size=n // 2), st.randoms(use_true_random=False))))
+    def one_example(case):
+        n, missing, rnd = case
+        store = SqliteStore(tmp_path / f"jcm-{next(examples)}.db")
+        clock = [0.0]
+        collectors = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2)]
+        sent = [s for s in range(1, n + 1) if s not in missing]
+        sent += rnd.sample(sent, len(sent) // 4)  # redeliveries
+        rnd.shuffle(sent)
+        while sent:
+            k = rnd.randint(1, 5)
+            batch, sent = sent[:k], sent[k:]
+            c = rnd.choice(collectors)
+            c.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                      for s in batch])
+            c.check()  # as its worker does every second
+        clock[0] = 100.0  # the grace period is over (REFRESH_S too): each learns what the other stored
+        for c in collectors:
+            c.check()
+        expected, run = [], None
+        for s in sorted(missing):
+            run = (run[0], s) if run and run[1] == s - 1 else (s, s)
+            expected = [*expected[:-1], run] if expected and expected[-1][0] == run[0] else [*expected, run]
+        assert [(f.first, f.last) for f in store.sequence_findings("s")] == expected
+        store.close()
+
+    one_example()
