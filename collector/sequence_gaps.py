@@ -34,6 +34,8 @@ from contract.text import printable
 
 log = logging.getLogger(__name__)
 
+#: readings whose seqs wait for the store to take the bookkeeping again
+MAX_PENDING = 100_000
 #: how often holes are looked at [s]
 CHECK_EVERY_S = 1.0
 #: how often a gateway with holes learns from the store what other collectors stored [s]: on a
@@ -147,6 +149,7 @@ class SequenceGaps:
         self._status: dict[tuple[str, str], dict] = {}
         self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
         self._next_check = 0.0
+        self._pending: list[Reading] = []  # stored, but their seqs not yet followed (the store refused)
         #: identities of runs [ns]: unique within this process, distinct from other collectors'
         self._since = itertools.count(time.time_ns())
 
@@ -156,12 +159,15 @@ class SequenceGaps:
         dropped = body.get("outbox_dropped")
         if type(dropped) is int and dropped >= 0:
             epoch = body.get("epoch")
-            self._status[(site, gateway)] = {"dropped": dropped, "epoch": epoch if isinstance(epoch, str) else None,
-                                             "unsaved": body.get("outbox_unsaved")}
+            self._status[(site, gateway)] = {"dropped": dropped, "epoch": epoch if isinstance(epoch, str) else None}
 
     def stored(self, readings: list[Reading]) -> None:
         """Readings the store now has: follow their seqs, report new epochs, write the runs
-        changed. Never raises: what could not be written is written with the next batch."""
+        changed. Never raises: what the store did not take is done again with the next batch
+        (at most ``MAX_PENDING`` readings are held for that)."""
+        readings = self._pending + readings
+        self._pending = []
+        done = 0
         try:
             for r in readings:
                 epochs = self._gateways.get((r.site, r.gateway))
@@ -177,17 +183,23 @@ class SequenceGaps:
                         r.site, r.gateway, epoch, run.first, run.last, run.first_ts, run.last_ts, run.since)
                     if track.recorded and track.is_recorded(r.seq, r.seq):
                         self._resolve(r.site, r.gateway, epoch, track, r.seq)
+                done += 1
             if self._unsaved:
                 self.store.record_seqs(list(self._unsaved.values()))
                 self._unsaved.clear()
             if self.clock() >= self._next_check:
                 self._next_check = self.clock() + CHECK_EVERY_S
                 self.check()
-        except StoreUnavailable as exc:
-            log.error("sequence bookkeeping: store unavailable (%s); trying again with the next batch",
-                      printable(str(exc)))
         except Exception as exc:  # bookkeeping must never stop ingestion
-            log.error("sequence bookkeeping failed: %s", printable(repr(exc)), exc_info=True)
+            if not isinstance(exc, StoreUnavailable):
+                log.error("sequence bookkeeping failed: %s", printable(repr(exc)), exc_info=True)
+            self._pending = readings[done:]
+            if len(self._pending) > MAX_PENDING:
+                log.error("sequence bookkeeping: dropping %d readings' seqs held too long; their seqs may "
+                          "show as false gaps", len(self._pending) - MAX_PENDING)
+                del self._pending[:-MAX_PENDING]
+            log.error("sequence bookkeeping: %s; %d readings' seqs held for the next batch",
+                      printable(str(exc)), len(self._pending))
 
     def _load(self, site: str, gateway: str) -> dict[str, _Epoch]:
         """What the store knows of a gateway, the first time this collector meets it."""
@@ -206,13 +218,12 @@ class SequenceGaps:
         self._refresh(r.site, r.gateway, epochs)  # another collector on the shared subscription may have met it
         told = any(f.kind == "epoch" and f.gateway == r.gateway and f.epoch == epoch
                    for f in self.store.sequence_findings(r.site))
-        track = epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
         before = [(e, t.highest()) for e, t in epochs.items() if e != epoch and t.highest()]
-        if told or track.runs:
-            return track
+        if told or epoch in epochs:  # reported, or already stored by another collector
+            return epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
         if not before:
             log.info("gateway %s of site %s: first sequence epoch %s", r.gateway, r.site, epoch or "(none)")
-            return track
+            return epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
         previous, (seq, ts) = max(before, key=lambda b: b[1][1])  # the epoch it last used
         cause = (f"gateway {r.gateway} started a new sequence epoch {epoch or '(none)'} after "
                  f"{previous or '(none)'} at seq {seq}: readings of {previous or '(none)'} after {seq} not "
@@ -221,7 +232,8 @@ class SequenceGaps:
         self.store.record_finding(SequenceFinding("epoch", r.site, r.gateway, epoch, seq, seq,
                                                   dt.datetime.now(dt.UTC), cause, previous=previous, start=ts,
                                                   end=r.ts))
-        return track
+        # only now: should the store refuse the finding, the next attempt reports the epoch again
+        return epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
 
     def _resolve(self, site: str, gateway: str, epoch: str, track: _Epoch, seq: int) -> None:
         """A seq arrived inside a recorded gap: if the whole gap has now arrived, say so."""

@@ -82,15 +82,11 @@ class SeqRange:
     since: int = 0
 
 
-#: ``SequenceFinding.kind``: seqs that never arrived, or a gateway that started a new epoch
-SEQUENCE_KINDS = ("gap", "epoch")
-
-
 @dataclass(frozen=True)
 class SequenceFinding:
     """A break in a gateway's sequence, as the collector found it.
 
-    ``gap``: seqs ``first``..``last`` of ``epoch`` were not received within the grace
+    ``kind`` ``gap``: seqs ``first``..``last`` of ``epoch`` were not received within the grace
     period and are not in the store. ``epoch``: the gateway started the new sequence epoch
     ``epoch``; ``first`` = ``last`` = the highest seq received of the epoch before it
     (``previous``). ``start``/``end``: the times of the stored readings either side, when

@@ -18,7 +18,7 @@ from collector.sequence_gaps import SequenceGaps
 from collector.service import Collector
 from contract import topics
 from contract.message import Reading
-from contract.store import SeqRange, SequenceFinding
+from contract.store import SeqRange, SequenceFinding, StoreUnavailable
 from liveview.alarms import sequence_conditions
 from liveview.app import LiveView
 from processing.period import PeriodProcessor
@@ -303,3 +303,33 @@ def test_any_order_split_across_collectors_finds_exactly_what_is_missing(tmp_pat
         store.close()
 
     one_example()
+
+
+def test_a_store_that_refuses_the_bookkeeping_for_a_while_costs_no_false_gap_nor_epoch_report(tmp_path):
+    class Flaky(SqliteStore):
+        down = True
+
+        def record_seqs(self, ranges):
+            if self.down:
+                raise StoreUnavailable("down")
+            super().record_seqs(ranges)
+
+        def record_finding(self, finding):
+            if self.down:
+                raise StoreUnavailable("down")
+            super().record_finding(finding)
+
+    store = Flaky(tmp_path / "jcm.db")
+    store.down = False
+    gaps = SequenceGaps(store, grace_s=0)
+    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                 for s in range(1, 4)])
+    store.down = True
+    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E2)
+                 for s in range(1, 4)])
+    store.down = False
+    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E2)
+                 for s in range(4, 6)])
+    gaps.check()
+    assert [(f.kind, f.epoch, f.first) for f in store.sequence_findings("s")] == [("epoch", E2, 3)]
+    assert [(r.epoch, r.first, r.last) for r in store.sequence_ranges("s", "gw")] == [(E1, 1, 3), (E2, 1, 5)]
