@@ -95,7 +95,8 @@ class Collector:
             session_expiry=self.config.session_expiry, receive_maximum=self.config.receive_maximum,
             manual_ack=True,
             # statuses unshared: every collector needs every gateway's drop counter
-            subscriptions=[(self.topic, 1), (topics.ALL_STATUS, 1)], reconnect_delay=(1, 30), on_connect=self._on_connect)
+            subscriptions=[(self.topic, 1), (topics.ALL_STATUS, 1)],
+            reconnect_delay=(1, 30), on_connect=self._on_connect)
         self.connection.client.on_message = self._on_message
         return self.connection.client
 

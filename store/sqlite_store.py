@@ -78,7 +78,8 @@ ON CONFLICT (site, device) DO UPDATE SET gateway = excluded.gateway, last_seen =
 """
 
 
-FINDING_COLUMNS = "kind, site, gateway, epoch, first, last, noticed, cause, explained, previous, start, \"end\", resolved"
+FINDING_COLUMNS = ("kind, site, gateway, epoch, first, last, noticed, cause, explained, previous, start, "
+                   "\"end\", resolved")
 
 #: a finding recorded again keeps when it was first noticed
 UPSERT_FINDING = f"""
