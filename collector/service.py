@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import json
 import logging
 import queue
 import threading
@@ -30,6 +31,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from collector.acknowledgement import Acknowledgements
+from collector.sequence_gaps import SequenceGaps
 from collector.validation import Rejected, SiteRules, rules_for, validate
 from contract import topics
 from contract.config import CollectorConfig, ConfigError, load_site
@@ -71,6 +73,7 @@ class Collector:
                               "the collector accepts readings of the sites described there only")
         self.rules: dict[str, SiteRules] = rules_for([load_site(f) for f in site_files])
         self.store = store or open_store(config.store)
+        self.sequences = SequenceGaps(self.store, config.gap_grace_s)
         self.topic = topics.ALL_READINGS
         if config.share_group:
             self.topic = f"$share/{config.share_group}/{topics.ALL_READINGS}"
@@ -94,7 +97,10 @@ class Collector:
         self.connection = BrokerConnection(
             self.config.broker, self.config.client_id, "collector: broker", mqtt5=self.v5, persistent=True,
             session_expiry=self.config.session_expiry, receive_maximum=self.config.receive_maximum,
-            manual_ack=True, subscriptions=[(self.topic, 1)], reconnect_delay=(1, 30), on_connect=self._on_connect)
+            manual_ack=True,
+            # statuses unshared: every collector needs every gateway's drop counter
+            subscriptions=[(self.topic, 1), (topics.ALL_STATUS, 1)],
+            reconnect_delay=(1, 30), on_connect=self._on_connect)
         self.connection.client.on_message = self._on_message
         return self.connection.client
 
@@ -113,7 +119,25 @@ class Collector:
             return
         # msg.topic raises on a topic that is not UTF-8; the replacement fails validation as a dead letter
         topic = msg._topic.decode("utf-8", "replace")
+        if topic.endswith("/status"):
+            self._on_status(topic, msg.payload)
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            return
         self._queue.put(Incoming(self._generation, msg.mid, msg.qos, topic, msg.payload, dt.datetime.now(dt.UTC)))
+
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        """A gateway's status: what its outbox dropped explains gaps in its sequence."""
+        try:
+            site, gateway = topics.parse_status(topic)
+            rules = self.rules.get(site)
+            if rules is None or rules.gateway != gateway or len(payload) > self.config.max_payload_bytes:
+                return
+            body = json.loads(payload)
+            if isinstance(body, dict):
+                self.sequences.on_status(site, gateway, body)
+        except (ValueError, RecursionError) as exc:
+            log.debug("ignored the status on %s: %s", printable(topic), printable(str(exc)))
 
     def start(self) -> None:
         self.connection.start()
@@ -152,6 +176,8 @@ class Collector:
                 batch = self._next_batch()
                 if batch:
                     self._store(batch)
+                else:
+                    self.sequences.stored([])  # holes age while nothing arrives too
         except BaseException as exc:
             self.failure = exc
             log.critical("the collector's worker died; nothing more is stored until it is restarted: %s",
@@ -188,6 +214,8 @@ class Collector:
             log.warning("dead letter from %s: %s", letter.topic, letter.reason)
         for r, why in refused:
             log.warning("dead letter from %s: store refused it: %s", printable(source[id(r)].topic), printable(why))
+        refused_ids = {id(r) for r, _ in refused}
+        self.sequences.stored([r for r in readings if id(r) not in refused_ids])
         self.stored += len(readings) - len(refused)
         self.dead += len(letters) + len(refused)
         taken = {id(m) for m in source.values()}

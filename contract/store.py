@@ -65,6 +65,72 @@ def _bounded(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class SeqRange:
+    """Seqs ``first``..``last`` of one sequence epoch of a gateway, every one of them stored.
+
+    ``epoch`` is "" for senders without epochs. ``first_ts``/``last_ts`` are the times of
+    the readings at either end, so a gap between two ranges has a place in time.
+    ``since`` names the range for its writer [ns]: a store that merges ranges ignores it; a
+    store that cannot keeps one record per (site, gateway, epoch, since), each write of the
+    same ``since`` replacing the last, and merges when it reads."""
+
+    site: str
+    gateway: str
+    epoch: str
+    first: int
+    last: int
+    first_ts: dt.datetime
+    last_ts: dt.datetime
+    since: int = 0
+
+
+@dataclass(frozen=True)
+class SequenceFinding:
+    """A break in a gateway's sequence, as the collector found it.
+
+    ``kind`` ``gap``: seqs ``first``..``last`` of ``epoch`` were not received within the grace
+    period and are not in the store. ``epoch``: the gateway started the new sequence epoch
+    ``epoch``; ``first`` = ``last`` = the highest seq received of the epoch before it
+    (``previous``). ``start``/``end``: the times of the stored readings either side, when
+    known. ``explained``: readings of the gap the gateway's outbox cap dropped (its
+    ``outbox_dropped`` counter). ``resolved``: when every missing seq arrived after all.
+    Identified by (site, gateway, epoch, kind, first): recording it again replaces it."""
+
+    kind: str
+    site: str
+    gateway: str
+    epoch: str
+    first: int
+    last: int
+    noticed: dt.datetime
+    cause: str
+    explained: int = 0
+    previous: str = ""
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    resolved: dt.datetime | None = None
+
+    @property
+    def missing(self) -> int:
+        """Readings lost: the gap's size, or 0 for an epoch change (how many is unknown)."""
+        return self.last - self.first + 1 if self.kind == "gap" else 0
+
+
+def merge_ranges(ranges: list[SeqRange]) -> list[SeqRange]:
+    """Ranges of the same (site, gateway, epoch) that overlap or touch joined into one,
+    sorted by (epoch, first)."""
+    out: list[SeqRange] = []
+    for r in sorted(ranges, key=lambda r: (r.site, r.gateway, r.epoch, r.first)):
+        p = out[-1] if out else None
+        if p and (p.site, p.gateway, p.epoch) == (r.site, r.gateway, r.epoch) and r.first <= p.last + 1:
+            if r.last > p.last:
+                out[-1] = SeqRange(p.site, p.gateway, p.epoch, p.first, r.last, p.first_ts, r.last_ts, p.since)
+        else:
+            out.append(r)
+    return out
+
+
+@dataclass(frozen=True)
 class DeviceSeen:
     site: str
     gateway: str
@@ -109,6 +175,19 @@ class ReadingStore(Protocol):
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
+
+    def record_seqs(self, ranges: list[SeqRange]) -> None:
+        """Remember that these seqs are stored (after ``write`` stored their readings).
+        Raises ``StoreUnavailable``."""
+
+    def sequence_ranges(self, site: str, gateway: str) -> list[SeqRange]:
+        """The stored seqs of every epoch of a gateway, as ``merge_ranges`` gives them."""
+
+    def record_finding(self, finding: SequenceFinding) -> None:
+        """Keep a sequence finding (replacing one of the same identity). Raises ``StoreUnavailable``."""
+
+    def sequence_findings(self, site: str | None = None) -> list[SequenceFinding]:
+        """Sequence findings, one per identity, oldest noticed first."""
 
     def close(self) -> None: ...
 

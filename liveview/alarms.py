@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.config.site import Site
+from contract.store import SequenceFinding
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alarms (
@@ -35,7 +36,11 @@ KINDS = {
     "calibration_due": "meter calibration due within 30 days",
     "calibration_overdue": "meter calibration overdue",
     "completeness_low": "month-to-date completeness below the site's threshold",
+    "sequence_gap": "readings the gateway sent never arrived (seqs missing), until they arrive after all",
+    "sequence_epoch": "the gateway started a new sequence epoch: its unsent readings were lost (for 7 days)",
 }
+#: how long a new sequence epoch stays an alarm
+EPOCH_ALARM = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,19 @@ def completeness_conditions(site: Site, month_to_date: dict | None) -> list[Cond
     threshold = site.quality.completeness_review
     return [Condition(site.site, src, "completeness_low", f"{frac:.1%} month to date, below {threshold:.0%}")
             for src, frac in sorted(month_to_date.get("completeness", {}).items()) if frac < threshold]
+
+
+def sequence_conditions(findings: list[SequenceFinding], now: dt.datetime) -> list[Condition]:
+    """Open gaps in a gateway's sequence, and recent new epochs, as the collector recorded them."""
+    out = []
+    for f in findings:
+        subject = f"{f.gateway}.{f.epoch or 'no-epoch'}.{f.first}"
+        if f.kind == "gap" and f.resolved is None:
+            out.append(Condition(f.site, subject, "sequence_gap",
+                                 f"{f.missing} reading(s) missing, seqs {f.first}..{f.last}: {f.cause}"))
+        elif f.kind == "epoch" and now - f.noticed < EPOCH_ALARM:
+            out.append(Condition(f.site, subject, "sequence_epoch", f.cause))
+    return out
 
 
 class AlarmBook:

@@ -27,7 +27,7 @@ from contract.config.site import Mqtt, Site
 from contract.mqtt_connection import BrokerConnection
 from contract.store import ReadingStore, StoreUnavailable
 from liveview import fleet
-from liveview.alarms import KINDS, AlarmBook
+from liveview.alarms import KINDS, AlarmBook, sequence_conditions
 from liveview.device_state import STATES
 from liveview.energy import CounterTotals
 from liveview.main_channels import POWER_CHANNEL
@@ -71,6 +71,7 @@ class LiveView:
         self.mqtt = self.broker.client
         self.mqtt.on_message = self._on_mqtt
         self._connected_at: float | None = None  # while nothing has arrived on this connection
+        self._sequence_findings: dict[str, tuple[float, list]] = {}  # site -> (when read, findings)
 
     # -- feeds ----------------------------------------------------------------------
     def _on_connect(self, session_present: bool) -> None:
@@ -111,11 +112,24 @@ class LiveView:
         except Exception:
             return None
 
+    def sequence_findings(self, site: str) -> list:
+        """The collector's sequence findings of a site, read at most every 10 s; the last
+        ones known while the store is down."""
+        at, known = self._sequence_findings.get(site, (0.0, []))
+        if time.monotonic() - at >= 10.0:
+            try:
+                known = self.store.sequence_findings(site)
+            except Exception as exc:  # the page stays live while the store is down
+                log.debug("live view: sequence findings of %s unavailable: %s", site, exc)
+            self._sequence_findings[site] = (time.monotonic(), known)
+        return known
+
     def evaluate_alarms(self, now: dt.datetime | None = None) -> list[dict]:
         now = now or dt.datetime.now(dt.UTC)
         changes = []
         for site in self.sites:
             conditions = self.state.conditions(site, now, self.month_to_date(site))
+            conditions += sequence_conditions(self.sequence_findings(site), now)
             changes += self.alarms.update((site, set(KINDS)), conditions, now)
         for c in changes:
             self.publish({"type": "alarm", **c})

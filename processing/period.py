@@ -25,7 +25,7 @@ import pandas as pd
 from contract.config import ConfigError
 from contract.config.site import Site
 from contract.gc_paused import gc_paused
-from contract.store import ReadingStore
+from contract.store import ReadingStore, SequenceFinding
 from contract.units import factor
 from processing.calibration import correction_factor, uncovered_periods
 from processing.daily_values import (DailyResult, Finding, counter_daily, energised_hours_daily, gaps,
@@ -90,8 +90,11 @@ def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
     return pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=site.zone)).tz_convert("UTC")
 
 
-def input_hash(rows: dict[str, pd.DataFrame]) -> str:
-    """SHA-256 of the readings used, in a canonical text form: same readings, same hash.
+def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = ()) -> str:
+    """SHA-256 of the readings used, in a canonical text form: same readings, same hash. The
+    collector's sequence findings are inputs too (one line each, before the readings): a gap
+    recorded (or resolved) after a month was processed changes its hash, so the month is
+    processed again; a month without them keeps the hash it had.
 
     ``rows``: each source's readings (``ReadingStore.read_sources``). The text is one line per reading,
     sorted by device, channel and ts: ``device TAB channel TAB time TAB value TAB quality``,
@@ -100,6 +103,8 @@ def input_hash(rows: dict[str, pd.DataFrame]) -> str:
     when missing), quality empty when none.
     """
     h = hashlib.sha256()
+    for f in sequence:
+        h.update(("\t".join(str(v) for v in f.to_dict().values()) + "\n").encode())
     with gc_paused():
         for src in sorted(rows, key=lambda s: tuple(s.split(".", 1))):
             _hash_source(h, src, rows[src])
@@ -129,6 +134,33 @@ def _hash_source(h, src: str, frame: pd.DataFrame) -> None:
     parts[3::5] = values
     parts[4::5] = tails
     h.update("".join(parts).encode())
+
+
+def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd.Timestamp) -> list[Finding]:
+    """The collector's findings along the site's gateway sequence within [start, end) as QA
+    findings: a gap the gateway's outbox cap does not fully explain, or a new epoch (its lost
+    tail is of unknown size), is for review."""
+    out = []
+    for f in found:
+        first, last = pd.Timestamp(f.start or f.noticed), pd.Timestamp(f.end or f.noticed)
+        if last < start or first >= end:
+            continue
+        source = f"{f.gateway}.seq"
+        if f.kind == "gap":
+            severity = "info" if f.explained >= f.missing else "review"
+            meaning = ("readings lost before they reached the store; a counter's total over the gap is still "
+                       "recovered from its readings either side, but a lost reading may hold a counter reset, "
+                       "a flag or a signal value that no other reading shows")
+            after = f"; all arrived later ({f.resolved.isoformat(timespec='seconds')})" if f.resolved else ""
+            out.append(Finding("sequence_gap", source, "info" if f.resolved else severity,
+                               f"{f.cause}. What it means: {meaning}{after}", str(first), str(last),
+                               amount=float(f.missing)))
+        else:
+            out.append(Finding("sequence_epoch", source, "review",
+                               f"{f.cause}. What it means: an unknown number of readings the gateway held were "
+                               "never sent; counter totals are recovered from the readings either side",
+                               str(first), str(last)))
+    return out
 
 
 class PeriodProcessor:
@@ -201,6 +233,8 @@ class PeriodProcessor:
                 self._power_cross_check(m, key, totals[key], units_of[key], series, days, spanned, findings)
 
         self._check_meters(totals, spanned, findings, adjustments)
+        sequence = sequence_findings(store.sequence_findings(site.site), start, end)
+        findings += sequence
         status_fail: list[str] = []
         fixed = from_config(site, spec)
         if spec.methodology == "PH_PROV_BIOGAS":
@@ -255,7 +289,7 @@ class PeriodProcessor:
             simulated=simulated,
             site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,
             status=status, reasons=reasons, calc=calc, parameters=period_values, daily=daily, findings=findings,
-            adjustments=adjustments, completeness=completeness, input_hash=input_hash(rows),
+            adjustments=adjustments, completeness=completeness, input_hash=input_hash(rows, sequence),
             figures={"daily_totals": totals, "units": units_of}, fixed=fixed,
         )
 

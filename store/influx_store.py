@@ -23,6 +23,7 @@ import base64
 import datetime as dt
 import json
 import os
+import time
 from urllib.parse import SplitResult, urlencode
 
 import numpy as np
@@ -35,10 +36,15 @@ from influxdb_client.rest import ApiException
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
+from contract.store import (READ_COLUMNS, DeadLetter, DeviceSeen, SeqRange, SequenceFinding, StoreUnavailable,
+                            merge_ranges, source_pairs)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
+#: sequence bookkeeping: ranges of stored seqs (one point per writer's range, at its ``since``)
+#: and the collector's findings (at the time first noticed)
+RANGES = "sequence_range"
+FINDINGS = "sequence_finding"
 _META = {"quality", "status", "seq"}
 #: names a channel may not have: the tags, the metadata fields and InfluxQL's time column
 _NOT_CHANNELS = _META | {"site", "gateway", "device", "time"}
@@ -184,6 +190,60 @@ class InfluxStore:
             self._post_lines(lines, WritePrecision.NS)
         return refused
 
+    def record_seqs(self, ranges: list[SeqRange]) -> None:
+        lines = []
+        for r in ranges:
+            p = (Point(RANGES).tag("site", r.site).tag("gateway", r.gateway).tag("epoch", r.epoch)
+                 .field("first", r.first).field("last", r.last)
+                 .field("first_ts", _ms(r.first_ts)).field("last_ts", _ms(r.last_ts)))
+            lines.append(p.time(r.since or time.time_ns(), WritePrecision.NS).to_line_protocol().encode())
+        if lines:
+            self._post_sequence(lines, WritePrecision.NS)
+
+    def sequence_ranges(self, site, gateway) -> list[SeqRange]:
+        series = self.query(f'SELECT "first", "last", "first_ts", "last_ts" FROM {_q(RANGES)} '
+                            f'WHERE "site" = {_lit(site)} AND "gateway" = {_lit(gateway)} GROUP BY "epoch"')
+        return merge_ranges([SeqRange(site, gateway, s.get("tags", {}).get("epoch", ""), f, la, _from_ms(a),
+                                      _from_ms(b)) for s in series for _, f, la, a, b in s["values"]])
+
+    def record_finding(self, finding: SequenceFinding) -> None:
+        f = finding
+        p = (Point(FINDINGS).tag("site", f.site).tag("gateway", f.gateway).tag("epoch", f.epoch).tag("kind", f.kind)
+             .field("first", f.first).field("last", f.last).field("cause", f.cause).field("explained", f.explained)
+             .field("previous", f.previous))
+        for name, ts in (("start", f.start), ("end", f.end), ("resolved", f.resolved)):
+            if ts is not None:
+                p.field(name, _ms(ts))
+        # at the time first noticed: recording it again (resolved) replaces the point
+        self._post_sequence([p.time(_ms(f.noticed), WritePrecision.MS).to_line_protocol().encode()],
+                            WritePrecision.MS)
+
+    def sequence_findings(self, site=None) -> list[SequenceFinding]:
+        where = f' WHERE "site" = {_lit(site)}' if site else ""
+        series = self.query(f'SELECT * FROM {_q(FINDINGS)}{where} GROUP BY "site", "gateway", "epoch", "kind"')
+        found: dict[tuple, SequenceFinding] = {}
+        for s in series:
+            tags = s.get("tags", {})
+            for values in s["values"]:
+                v = dict(zip(s["columns"], values))
+                f = SequenceFinding(
+                    tags["kind"], tags["site"], tags["gateway"], tags.get("epoch", ""), v["first"], v["last"],
+                    _from_ms(v["time"]), v["cause"], v["explained"], v["previous"] or "", _from_ms(v.get("start")),
+                    _from_ms(v.get("end")), _from_ms(v.get("resolved")))
+                key = (f.site, f.gateway, f.epoch, f.kind, f.first)
+                # two collectors may record one finding at different times: keep the first, resolved if either is
+                kept = found.get(key)
+                if kept is None or (f.resolved and not kept.resolved) or (f.noticed < kept.noticed
+                                                                          and bool(f.resolved) == bool(kept.resolved)):
+                    found[key] = f
+        return sorted(found.values(), key=lambda f: (f.noticed, f.gateway, f.epoch, f.first))
+
+    def _post_sequence(self, lines: list[bytes], precision: str) -> None:
+        try:
+            self._post_lines(lines, precision)
+        except ValueError as exc:  # built from validated ids and integers: a refusal means a broken store
+            raise StoreUnavailable(str(exc)) from exc
+
     # -- reading --------------------------------------------------------------------
     def query(self, influxql: str) -> list[dict]:
         """Run InfluxQL on /query; return the series of the first statement."""
@@ -287,6 +347,14 @@ class InfluxStore:
         if self.client is not None:
             self.client.close()
         self.http.clear()
+
+
+def _ms(ts: dt.datetime) -> int:
+    return round(ts.timestamp() * 1000)
+
+
+def _from_ms(ms: int | None) -> dt.datetime | None:
+    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
 def to_ns(t: dt.datetime) -> str:

@@ -24,7 +24,8 @@ import pandas as pd
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
-from contract.store import READ_COLUMNS, DeadLetter, DeviceSeen, StoreUnavailable, source_pairs
+from contract.store import (READ_COLUMNS, DeadLetter, DeviceSeen, SeqRange, SequenceFinding, StoreUnavailable,
+                            merge_ranges, source_pairs)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -40,6 +41,17 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received TEXT NOT NULL, topic TEXT NOT NULL,
     payload BLOB NOT NULL, reason TEXT NOT NULL, size INTEGER, sha256 TEXT
+);
+CREATE TABLE IF NOT EXISTS sequence_ranges (
+    site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, first INTEGER NOT NULL,
+    last INTEGER NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL,
+    PRIMARY KEY (site, gateway, epoch, first)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sequence_findings (
+    site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, kind TEXT NOT NULL, first INTEGER NOT NULL,
+    last INTEGER NOT NULL, noticed INTEGER NOT NULL, cause TEXT NOT NULL, explained INTEGER NOT NULL,
+    previous TEXT NOT NULL, start INTEGER, "end" INTEGER, resolved INTEGER,
+    PRIMARY KEY (site, gateway, epoch, kind, first)
 );
 """
 
@@ -66,6 +78,28 @@ INSERT INTO devices (site, device, gateway, last_seen, status) VALUES (?,?,?,?,?
 ON CONFLICT (site, device) DO UPDATE SET gateway = excluded.gateway, last_seen = excluded.last_seen,
     status = excluded.status WHERE excluded.last_seen >= devices.last_seen
 """
+
+
+FINDING_COLUMNS = ("kind, site, gateway, epoch, first, last, noticed, cause, explained, previous, start, "
+                   "\"end\", resolved")
+
+#: a finding recorded again keeps when it was first noticed
+UPSERT_FINDING = f"""
+INSERT INTO sequence_findings ({FINDING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT (site, gateway, epoch, kind, first) DO UPDATE SET last = excluded.last, cause = excluded.cause,
+    explained = excluded.explained, start = excluded.start, "end" = excluded."end", resolved = excluded.resolved
+"""
+
+
+RANGE = "first, last, first_ts, last_ts FROM sequence_ranges WHERE site = ? AND gateway = ? AND epoch = ? AND"
+
+
+def _ms_or_none(ts: dt.datetime | None) -> int | None:
+    return None if ts is None else to_ms(ts)
+
+
+def _ts_or_none(ms: int | None) -> dt.datetime | None:
+    return None if ms is None else from_ms(ms)
 
 
 def to_ms(ts: dt.datetime) -> int:
@@ -213,6 +247,57 @@ class SqliteStore:
         return [DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why, size, sha) if sha else
                 DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why)  # kept whole before sizes were kept
                 for r, t, p, why, size, sha in rows]
+
+    def record_seqs(self, ranges: list[SeqRange]) -> None:
+        """Merge each range with the stored ranges it overlaps or touches, so the table holds
+        one row per run of stored seqs: its size is the number of holes, not of readings."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for r in merge_ranges(ranges):
+                    # stored rows neither overlap nor touch: those to join start inside r (or just after
+                    # it), and at most one starts before it
+                    key = (r.site, r.gateway, r.epoch)
+                    near = self._db.execute(
+                        f"SELECT {RANGE} first >= ? AND first <= ?", (*key, r.first, r.last + 1)).fetchall()
+                    near += [row for row in self._db.execute(
+                        f"SELECT {RANGE} first < ? ORDER BY first DESC LIMIT 1", (*key, r.first))
+                        if row[1] >= r.first - 1]
+                    rows = [(r.first, r.last, to_ms(r.first_ts), to_ms(r.last_ts)), *near]
+                    first, first_ts = min((f, fts) for f, _, fts, _ in rows)
+                    last, last_ts = max((la, lts) for _, la, _, lts in rows)
+                    self._db.executemany("DELETE FROM sequence_ranges WHERE site = ? AND gateway = ? AND epoch = ? "
+                                         "AND first = ?", [(r.site, r.gateway, r.epoch, f) for f, *_ in near])
+                    self._db.execute("INSERT INTO sequence_ranges VALUES (?,?,?,?,?,?,?)",
+                                     (r.site, r.gateway, r.epoch, first, last, first_ts, last_ts))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+
+    def sequence_ranges(self, site, gateway) -> list[SeqRange]:
+        rows = self._query("SELECT epoch, first, last, first_ts, last_ts FROM sequence_ranges WHERE site = ? "
+                           "AND gateway = ? ORDER BY epoch, first", (site, gateway))
+        return [SeqRange(site, gateway, e, f, la, from_ms(fts), from_ms(lts)) for e, f, la, fts, lts in rows]
+
+    def record_finding(self, finding: SequenceFinding) -> None:
+        f = finding
+        with self._lock:
+            try:
+                self._db.execute(UPSERT_FINDING, (
+                    f.kind, f.site, f.gateway, f.epoch, f.first, f.last, to_ms(f.noticed), f.cause, f.explained,
+                    f.previous, _ms_or_none(f.start), _ms_or_none(f.end), _ms_or_none(f.resolved)))
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+    def sequence_findings(self, site=None) -> list[SequenceFinding]:
+        rows = self._query(f"SELECT {FINDING_COLUMNS} FROM sequence_findings"
+                           + (" WHERE site = ?" if site else "") + " ORDER BY noticed, gateway, epoch, first",
+                           (site,) if site else ())
+        return [SequenceFinding(k, s, g, e, f, la, from_ms(n), c, x, p, _ts_or_none(a), _ts_or_none(b),
+                                _ts_or_none(res)) for k, s, g, e, f, la, n, c, x, p, a, b, res in rows]
 
     def count(self) -> int:
         return self._query("SELECT COUNT(*) FROM readings", ())[0][0]

@@ -34,6 +34,9 @@ class CollectorConfig(Strict):
     max_payload_bytes: int = Field(default=65536, ge=256, le=268_435_455)  # MQTT's largest
     #: readings stamped further than this in the future are rejected [s]
     max_future_s: float = Field(default=MAX_FUTURE_S, ge=0, le=86400)
+    #: a missing seq is a gap once missing this long [s]: longer than the gateway's backlog
+    #: lane may lag behind its live lane, or the backlog shows as false gaps
+    gap_grace_s: float = Field(default=600, ge=0, le=30 * 86400)
 
     @field_validator("store")
     @classmethod

@@ -1,0 +1,333 @@
+"""Gaps along each gateway's sequence: seqs that never arrive, and new sequence epochs.
+
+Every gateway numbers its messages 1, 2, 3, ... within an epoch (a new or emptied
+outbox starts a new one). Seqs arrive out of order (the live lane overtakes the
+backlog, a shared subscription splits the stream across collectors, the broker
+redelivers), so a missing seq is only suspected at first. A hole still open after
+``grace_s`` is checked against the store, which holds the runs of seqs every collector
+stored (``ReadingStore.record_seqs``): what no collector stored is recorded as a gap
+finding, with the gateway's ``outbox_dropped`` counter as its cause when that accounts
+for it. The store is the source of truth, so a restarted collector, or a second one on
+the shared subscription, neither raises a false gap nor forgets a real one.
+
+A reading of an epoch this gateway never used before, when it used another, is recorded
+at once as an epoch finding and logged as a WARNING: the readings of the old epoch after
+its highest seq that had not arrived are lost.
+
+The work per message is a dictionary look-up and, in order, one comparison; the store
+is asked once per batch (the runs stored) and once per gateway with an old hole.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from contract.message import MAX_SEQ, Reading
+from contract.store import ReadingStore, SeqRange, SequenceFinding, StoreUnavailable
+from contract.text import printable
+
+log = logging.getLogger(__name__)
+
+#: readings whose seqs wait for the store to take the bookkeeping again
+MAX_PENDING = 100_000
+#: how often holes are looked at [s]
+CHECK_EVERY_S = 1.0
+#: how often a gateway with holes learns from the store what other collectors stored [s]: on a
+#: shared subscription each collector sees part of the stream, and its own runs would pile up
+REFRESH_S = 5.0
+
+
+@dataclass
+class _Run:
+    first: int
+    last: int
+    first_ts: dt.datetime
+    last_ts: dt.datetime
+    since: int  # its identity when written to the store [ns]
+
+
+def _first(run: _Run) -> int:
+    return run.first
+
+
+def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, now: float) -> float:
+    """Since when seqs first..last are missing: a hole that shrank (some of its seqs arrived)
+    keeps the time of the holes it was part of. ``before``: (first, last, since), sorted."""
+    i = bisect.bisect_right(before, (last, MAX_SEQ + 1))
+    since = now
+    while i > 0 and before[i - 1][1] >= first:  # the earlier holes overlapping first..last
+        since = min(since, before[i - 1][2])
+        i -= 1
+    return since
+
+
+@dataclass
+class _Epoch:
+    """What this collector knows of one epoch of a gateway: runs of stored seqs (sorted,
+    disjoint, not touching), when each hole was first suspected, the gaps recorded."""
+
+    runs: list[_Run] = field(default_factory=list)
+    #: hole's first seq -> (its last seq, monotonic time since when its seqs are missing)
+    suspected: dict[int, tuple[int, float]] = field(default_factory=dict)
+    recorded: dict[int, SequenceFinding] = field(default_factory=dict)  # gap's first seq -> finding
+    _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
+    starts_at_one: bool = True  # epochs count from 1; a sender without epochs is followed from where we meet it
+
+    def add(self, seq: int, ts: dt.datetime, ids: Iterator[int]) -> _Run | None:
+        """Add a stored seq; return the run it changed, or None for a seq already held."""
+        runs = self.runs
+        if runs:
+            tail = runs[-1]
+            if seq == tail.last + 1:  # the usual case: the next in order
+                tail.last, tail.last_ts = seq, ts
+                return tail
+            if tail.first <= seq <= tail.last:
+                return None
+        i = bisect.bisect_right(runs, seq, key=_first)  # runs[i-1].first <= seq < runs[i].first
+        before = runs[i - 1] if i else None
+        after = runs[i] if i < len(runs) else None
+        if before and seq <= before.last:
+            return None
+        if before and seq == before.last + 1:
+            before.last, before.last_ts = seq, ts
+            if after and after.first == seq + 1:
+                before.last, before.last_ts = after.last, after.last_ts
+                del runs[i]
+            return before
+        if after and after.first == seq + 1:
+            after.first, after.first_ts = seq, ts
+            return after
+        run = _Run(seq, seq, ts, ts, next(ids))
+        runs.insert(i, run)
+        return run
+
+    def holes(self) -> list[tuple[int, int, _Run | None, _Run]]:
+        """(first, last, run before, run after) of every missing stretch below the highest seq."""
+        out = []
+        runs = self.runs
+        if runs and self.starts_at_one and runs[0].first > 1:
+            out.append((1, runs[0].first - 1, None, runs[0]))
+        for a, b in zip(runs, runs[1:]):
+            out.append((a.last + 1, b.first - 1, a, b))
+        return out
+
+    def record(self, f: SequenceFinding) -> None:
+        if f.first not in self.recorded:
+            bisect.insort(self._recorded_spans, (f.first, f.last))
+        self.recorded[f.first] = f
+
+    def recorded_first(self, seq: int) -> int | None:
+        """The first seq of the recorded gap that holds ``seq`` (recorded gaps do not overlap)."""
+        i = bisect.bisect_right(self._recorded_spans, (seq, MAX_SEQ + 1))
+        return self._recorded_spans[i - 1][0] if i > 0 and self._recorded_spans[i - 1][1] >= seq else None
+
+    def is_recorded(self, first: int, last: int) -> bool:
+        """Whether first..last lies inside one recorded gap."""
+        at = self.recorded_first(first)
+        return at is not None and self.recorded[at].last >= last
+
+    def highest(self) -> tuple[int, dt.datetime] | None:
+        return (self.runs[-1].last, self.runs[-1].last_ts) if self.runs else None
+
+
+class SequenceGaps:
+    """Follows the sequences of every gateway; ``stored`` after each batch is stored,
+    ``on_status`` for each gateway status message, ``check`` now and then."""
+
+    def __init__(self, store: ReadingStore, grace_s: float, clock=time.monotonic):
+        self.store = store
+        self.grace_s = grace_s
+        self.clock = clock
+        self._gateways: dict[tuple[str, str], dict[str, _Epoch]] = {}
+        self._unsaved: dict[tuple[str, str, str, int], SeqRange] = {}  # runs to write, by identity
+        self._status: dict[tuple[str, str], dict] = {}
+        self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
+        self._next_check = 0.0
+        self._pending: list[Reading] = []  # stored, but their seqs not yet followed (the store refused)
+        #: identities of runs [ns]: unique within this process, distinct from other collectors'
+        self._since = itertools.count(time.time_ns())
+
+    # -- input ------------------------------------------------------------------------
+    def on_status(self, site: str, gateway: str, body: dict) -> None:
+        """Keep what the gateway's status says of its outbox (what explains a gap)."""
+        dropped = body.get("outbox_dropped")
+        if type(dropped) is int and dropped >= 0:
+            epoch = body.get("epoch")
+            self._status[(site, gateway)] = {"dropped": dropped, "epoch": epoch if isinstance(epoch, str) else None}
+
+    def stored(self, readings: list[Reading]) -> None:
+        """Readings the store now has: follow their seqs, report new epochs, write the runs
+        changed. Never raises: what the store did not take is done again with the next batch
+        (at most ``MAX_PENDING`` readings are held for that)."""
+        readings = self._pending + readings
+        self._pending = []
+        done = 0
+        try:
+            for r in readings:
+                epochs = self._gateways.get((r.site, r.gateway))
+                if epochs is None:
+                    epochs = self._load(r.site, r.gateway)
+                epoch = r.epoch or ""
+                track = epochs.get(epoch)
+                if track is None:
+                    track = self._new_epoch(r, epochs)
+                run = track.add(r.seq, r.ts, self._since)
+                if run is not None:
+                    self._unsaved[(r.site, r.gateway, epoch, run.since)] = SeqRange(
+                        r.site, r.gateway, epoch, run.first, run.last, run.first_ts, run.last_ts, run.since)
+                    if track.recorded and track.is_recorded(r.seq, r.seq):
+                        self._resolve(r.site, r.gateway, epoch, track, r.seq)
+                done += 1
+            if self._unsaved:
+                self.store.record_seqs(list(self._unsaved.values()))
+                self._unsaved.clear()
+            if self.clock() >= self._next_check:
+                self._next_check = self.clock() + CHECK_EVERY_S
+                self.check()
+        except Exception as exc:  # bookkeeping must never stop ingestion
+            if not isinstance(exc, StoreUnavailable):
+                log.error("sequence bookkeeping failed: %s", printable(repr(exc)), exc_info=True)
+            self._pending = readings[done:]
+            if len(self._pending) > MAX_PENDING:
+                log.error("sequence bookkeeping: dropping %d readings' seqs held too long; their seqs may "
+                          "show as false gaps", len(self._pending) - MAX_PENDING)
+                del self._pending[:-MAX_PENDING]
+            log.error("sequence bookkeeping: %s; %d readings' seqs held for the next batch",
+                      printable(str(exc)), len(self._pending))
+
+    def _load(self, site: str, gateway: str) -> dict[str, _Epoch]:
+        """What the store knows of a gateway, the first time this collector meets it."""
+        epochs: dict[str, _Epoch] = {}
+        for r in self.store.sequence_ranges(site, gateway):
+            track = epochs.setdefault(r.epoch, _Epoch(starts_at_one=bool(r.epoch)))
+            track.runs.append(_Run(r.first, r.last, r.first_ts, r.last_ts, next(self._since)))
+        for f in self.store.sequence_findings(site):
+            if f.gateway == gateway and f.kind == "gap":
+                epochs.setdefault(f.epoch, _Epoch(starts_at_one=bool(f.epoch))).record(f)
+        self._gateways[(site, gateway)] = epochs
+        return epochs
+
+    def _new_epoch(self, r: Reading, epochs: dict[str, _Epoch]) -> _Epoch:
+        epoch = r.epoch or ""
+        self._refresh(r.site, r.gateway, epochs)  # another collector on the shared subscription may have met it
+        told = any(f.kind == "epoch" and f.gateway == r.gateway and f.epoch == epoch
+                   for f in self.store.sequence_findings(r.site))
+        before = [(e, t.highest()) for e, t in epochs.items() if e != epoch and t.highest()]
+        if told or epoch in epochs:  # reported, or already stored by another collector
+            return epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
+        if not before:
+            log.info("gateway %s of site %s: first sequence epoch %s", r.gateway, r.site, epoch or "(none)")
+            return epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
+        previous, (seq, ts) = max(before, key=lambda b: b[1][1])  # the epoch it last used
+        cause = (f"gateway {r.gateway} started a new sequence epoch {epoch or '(none)'} after "
+                 f"{previous or '(none)'} at seq {seq}: readings of {previous or '(none)'} after {seq} not "
+                 "received are lost (a new or emptied outbox)")
+        log.warning("site %s: %s", r.site, cause)
+        self.store.record_finding(SequenceFinding("epoch", r.site, r.gateway, epoch, seq, seq,
+                                                  dt.datetime.now(dt.UTC), cause, previous=previous, start=ts,
+                                                  end=r.ts))
+        # only now: should the store refuse the finding, the next attempt reports the epoch again
+        return epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
+
+    def _resolve(self, site: str, gateway: str, epoch: str, track: _Epoch, seq: int) -> None:
+        """A seq arrived inside a recorded gap: if the whole gap has now arrived, say so."""
+        f = track.recorded[track.recorded_first(seq)]
+        if f.resolved is None:
+            i = bisect.bisect_right(track.runs, seq, key=_first) - 1
+            if track.runs[i].first <= f.first and f.last <= track.runs[i].last:
+                done = replace(f, resolved=dt.datetime.now(dt.UTC))
+                self.store.record_finding(done)
+                track.record(done)
+                log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
+                         site, gateway, f.first, f.last, epoch or "(none)")
+
+    # -- holes ------------------------------------------------------------------------
+    def check(self) -> None:
+        """Record as gaps the holes missing for longer than the grace period and absent
+        from the store. Raises ``StoreUnavailable``."""
+        now = self.clock()
+        for (site, gateway), epochs in self._gateways.items():
+            if not self._suspect(epochs, now):
+                continue
+            if now - self._refreshed.get((site, gateway), -REFRESH_S) >= REFRESH_S:
+                self._refresh(site, gateway, epochs)
+                self._refreshed[(site, gateway)] = now
+                self._suspect(epochs, now)
+            if any(now - t >= self.grace_s for track in epochs.values() for _, t in track.suspected.values()):
+                self._record_gaps(site, gateway, epochs, now)
+
+    def _suspect(self, epochs: dict[str, _Epoch], now: float) -> bool:
+        """Note since when each hole not yet recorded is missing; say whether there is one."""
+        for track in epochs.values():
+            before = sorted((first, last, t) for first, (last, t) in track.suspected.items())
+            track.suspected = {}
+            for first, last, *_ in track.holes():
+                if not track.is_recorded(first, last):
+                    track.suspected[first] = (last, _missing_since(before, first, last, now))
+        return any(track.suspected for track in epochs.values())
+
+    def _refresh(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
+        """Merge in what the store holds: what other collectors (or this one before a restart) stored."""
+        stored: dict[str, list[SeqRange]] = {}
+        for r in self.store.sequence_ranges(site, gateway):
+            stored.setdefault(r.epoch, []).append(r)
+        for epoch, ranges in stored.items():
+            track = epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
+            track.runs[:] = self._merged(track.runs, ranges)
+
+    def _merged(self, runs: list[_Run], ranges: list[SeqRange]) -> list[_Run]:
+        """Our runs and the store's ranges of one epoch, joined where they overlap or touch
+        (a run keeps its identity; one sweep, as both may be long)."""
+        items = sorted([(r.first, 0, r) for r in runs] + [(r.first, 1, r) for r in ranges], key=lambda x: x[:2])
+        out: list[_Run] = []
+        for _, from_store, r in items:
+            p = out[-1] if out else None
+            if p is not None and r.first <= p.last + 1:
+                if r.last > p.last:
+                    p.last, p.last_ts = r.last, r.last_ts
+            else:
+                out.append(_Run(r.first, r.last, r.first_ts, r.last_ts, next(self._since) if from_store else r.since))
+        return out
+
+    def _record_gaps(self, site: str, gateway: str, epochs: dict[str, _Epoch], now: float) -> None:
+        if self._refreshed.get((site, gateway)) != now:
+            self._refresh(site, gateway, epochs)
+        for epoch, track in epochs.items():
+            for first, last, before, after in track.holes():
+                noticed = track.suspected.get(first, (0, None))[1]
+                if noticed is None or now - noticed < self.grace_s or track.is_recorded(first, last):
+                    continue
+                f = SequenceFinding("gap", site, gateway, epoch, first, last, dt.datetime.now(dt.UTC), "",
+                                    start=before.last_ts if before else None, end=after.first_ts)
+                f = self._explain(f, track)
+                self.store.record_finding(f)
+                track.record(f)
+                del track.suspected[first]
+                log.warning("site %s: gateway %s: %s", site, gateway, f.cause)
+
+    def _explain(self, f: SequenceFinding, track: _Epoch) -> SequenceFinding:
+        """Say what the gap is, and how much of it the gateway's outbox cap accounts for."""
+        n = f.last - f.first + 1
+        what = (f"seqs {f.first}..{f.last} of epoch {f.epoch or '(none)'} missing ({n} reading(s)), not received "
+                f"within {self.grace_s:g} s and not in the store")
+        status = self._status.get((f.site, f.gateway))
+        dropped = 0
+        if status and status["epoch"] in (None, f.epoch):
+            accounted = sum(g.explained for g in track.recorded.values())
+            dropped = max(0, min(n, status["dropped"] - accounted))
+        if dropped == n:
+            cause = f"{what}: explained by the gateway's outbox cap: {status['dropped']} readings dropped"
+        elif dropped:
+            cause = (f"{what}: {dropped} of them explained by the gateway's outbox cap "
+                     f"({status['dropped']} readings dropped); the rest were lost on the way (broker or network)")
+        else:
+            cause = (f"{what}: not explained by the gateway's outbox counters, so lost on the way (a broker that "
+                     "lost messages it had acknowledged, or a cleared session); a lost reading may be a lost "
+                     "counter value: totals over the gap come from the counters either side")
+        return replace(f, cause=cause, explained=dropped)

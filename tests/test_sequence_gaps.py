@@ -1,0 +1,335 @@
+"""Gaps along each gateway's sequence, found by the real collector behind a real
+Mosquitto: a missing range is one gap with its first and last seq; seqs out of order or
+redelivered are none; a restarted collector and two collectors on a shared subscription
+raise no false gap and forget no real one (the store is the source of truth); a gap the
+gateway's outbox cap explains says so; a new epoch is reported loudly and raises a live
+view alarm; the processor lists a period's gaps in its QA findings."""
+
+import datetime as dt
+import json
+import logging
+import random
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from collector.sequence_gaps import SequenceGaps
+from collector.service import Collector
+from contract import topics
+from contract.message import Reading
+from contract.store import SeqRange, SequenceFinding, StoreUnavailable
+from liveview.alarms import sequence_conditions
+from liveview.app import LiveView
+from processing.period import PeriodProcessor
+from store import open_store
+from store.sqlite_store import SqliteStore
+from tests.conftest import fill_history, fuzz_examples, load_site, reference_site, tcp_device, write_site
+from tests.test_collector import Publisher, config, wait_until
+
+E1, E2 = "0123456789abcdef", "fedcba9876543210"
+T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+GRACE = 1.0
+
+
+@pytest.fixture
+def sites_dir(tmp_path):
+    return write_site(tmp_path, [tcp_device("m1", "power_meter_3ph", 1502)]).parent
+
+
+@pytest.fixture(params=["sqlite", "influxdb"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jcm.db"
+    influx = request.getfixturevalue("influxdb")
+    return f"influxdb://127.0.0.1:{influx.port}?api=v1&db=jcm&timeout=5"
+
+
+def message(seq: int, epoch: str | None = E1) -> tuple[str, bytes]:
+    r = Reading(site="test-site", gateway="gw-test", device="m1", ts=T0 + dt.timedelta(seconds=seq),
+                values={"energy_import": 1000.0 + seq}, seq=seq, epoch=epoch)
+    return topics.reading("test-site", "gw-test", "m1"), r.to_json().encode()
+
+
+def collector(broker, store_url, sites_dir, **extra) -> Collector:
+    c = Collector(config(broker, store_url, sites_dir, gap_grace_s=GRACE, **extra))
+    c.start()
+    return c
+
+
+def subscribed(c: Collector, pub: Publisher, probe: int = 1, epoch: str = E1) -> None:
+    """Wait until the collector's subscription is in place: a probe (a seq it gets anyway) lands."""
+    assert wait_until(lambda: pub.send([message(probe, epoch)]) or c.stored >= 1, 10)
+
+
+def findings(store_url: str, kind: str = "gap") -> list[SequenceFinding]:
+    store = open_store(store_url)
+    try:
+        return [f for f in store.sequence_findings("test-site") if f.kind == kind]
+    finally:
+        store.close()
+
+
+def settled(c: Collector, n: int) -> None:
+    """Wait for ``n`` readings stored, then for the grace period to pass twice over."""
+    assert wait_until(lambda: c.stored >= n, 30), c.stored
+    time.sleep(2.5 * GRACE + 1.2)
+
+
+def test_a_missing_range_is_one_gap_with_first_and_last(mosquitto, sites_dir, store_url):
+    c = collector(mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    subscribed(c, pub)
+    pub.send([message(s) for s in range(1, 31) if not 11 <= s <= 15])
+    assert wait_until(lambda: findings(store_url), 20)
+    settled(c, 25)
+    c.stop()
+    pub.close()
+    [gap] = findings(store_url)
+    assert (gap.epoch, gap.first, gap.last, gap.missing, gap.explained) == (E1, 11, 15, 5, 0)
+    assert (gap.start, gap.end) == (T0 + dt.timedelta(seconds=10), T0 + dt.timedelta(seconds=16))
+    assert "not explained by the gateway's outbox counters" in gap.cause and gap.resolved is None
+
+
+def test_seqs_out_of_order_and_redelivered_are_no_gap(mosquitto, sites_dir, tmp_path):
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    c = collector(mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    subscribed(c, pub)
+    pub.send([message(s) for s in range(40, 61)])  # the live lane overtakes the backlog
+    time.sleep(GRACE / 2)
+    backlog = [message(s) for s in range(1, 40)] + [message(s) for s in (5, 17, 45, 60)]
+    random.Random(1).shuffle(backlog)
+    pub.send(backlog)
+    settled(c, 60)
+    c.stop()
+    pub.close()
+    assert findings(store_url) == []
+    store = open_store(store_url)
+    assert [(r.epoch, r.first, r.last) for r in store.sequence_ranges("test-site", "gw-test")] == [(E1, 1, 60)]
+
+
+def test_a_restarted_collector_raises_no_false_gap_and_forgets_no_real_one(mosquitto, sites_dir, store_url):
+    pub = Publisher(mosquitto)
+    first = collector(mosquitto, store_url, sites_dir)
+    subscribed(first, pub)
+    pub.send([message(s) for s in range(1, 11)])
+    assert wait_until(lambda: first.stored >= 10)
+    first.stop()
+    # a second process: it never saw 1..10, and 11..13 are lost while it starts
+    second = collector(mosquitto, store_url, sites_dir)
+    subscribed(second, pub, probe=14)
+    pub.send([message(s) for s in range(14, 31)])
+    assert wait_until(lambda: findings(store_url), 20)
+    settled(second, 17)
+    second.stop()
+    [gap] = findings(store_url)
+    assert (gap.first, gap.last) == (11, 13)
+    # and a third one meeting the recorded gap again does not record it twice
+    third = collector(mosquitto, store_url, sites_dir)
+    subscribed(third, pub, probe=31)
+    settled(third, 1)
+    third.stop()
+    pub.close()
+    assert [(f.first, f.last) for f in findings(store_url)] == [(11, 13)]
+
+
+def test_two_collectors_on_a_shared_subscription_raise_no_false_gap(mosquitto, sites_dir, store_url):
+    collectors = [collector(mosquitto, store_url, sites_dir, share_group="collectors", client_id=f"jcm-collector-{i}",
+                            batch_size=7) for i in range(2)]
+    pub = Publisher(mosquitto)
+    subscribed(collectors[0], pub)
+    assert wait_until(lambda: pub.send([message(1)]) or collectors[1].stored >= 1, 10)
+    pub.send([message(s) for s in range(2, 301)], rate=500)
+    assert wait_until(lambda: sum(c.stored for c in collectors) >= 300, 30)
+    assert all(c.stored > 20 for c in collectors)  # both had a share, with holes in each one's view
+    time.sleep(2.5 * GRACE + 1.2)
+    for c in collectors:
+        c.stop()
+    pub.close()
+    assert findings(store_url) == []
+    store = open_store(store_url)
+    assert [(r.first, r.last) for r in store.sequence_ranges("test-site", "gw-test")] == [(1, 300)]
+
+
+def test_a_gap_the_outbox_cap_explains_says_so(mosquitto, sites_dir, tmp_path):
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    status = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-status")
+    status.connect("127.0.0.1", mosquitto.port)
+    status.loop_start()
+    body = {"schema": 1, "site": "test-site", "gateway": "gw-test", "state": "online", "outbox_depth": 0,
+            "outbox_dropped": 5, "outbox_unsaved": 0, "outbox_error": None}
+    status.publish(topics.gateway_status("test-site", "gw-test"), json.dumps(body), qos=1,
+                   retain=True).wait_for_publish(10)
+    status.disconnect()
+    status.loop_stop()
+    c = collector(mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    subscribed(c, pub)
+    pub.send([message(s) for s in range(1, 21) if not 6 <= s <= 10])
+    assert wait_until(lambda: findings(store_url), 20)
+    c.stop()
+    pub.close()
+    [gap] = findings(store_url)
+    assert (gap.first, gap.last, gap.explained) == (6, 10, 5)
+    assert "explained by the gateway's outbox cap: 5 readings dropped" in gap.cause
+
+
+def test_a_new_epoch_is_reported_loudly_and_raises_a_live_view_alarm(mosquitto, sites_dir, tmp_path, caplog):
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    c = collector(mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    subscribed(c, pub)
+    pub.send([message(s) for s in range(1, 11)])
+    assert wait_until(lambda: c.stored >= 10)
+    with caplog.at_level(logging.WARNING, logger="collector.sequence_gaps"):
+        pub.send([message(s, E2) for s in range(1, 6)])  # the outbox was emptied: seq starts again
+        assert wait_until(lambda: findings(store_url, "epoch"), 20)
+        settled(c, 15)
+    c.stop()
+    pub.close()
+    [epoch] = findings(store_url, "epoch")
+    said = f"gateway gw-test started a new sequence epoch {E2} after {E1} at seq 10"
+    assert (epoch.epoch, epoch.previous, epoch.first) == (E2, E1, 10) and said in epoch.cause
+    assert any(said in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert findings(store_url) == []  # its seqs 1..5 are not confused with the old epoch's
+    view = LiveView([load_site(sites_dir / "test-site.yaml")], mosquitto.url, SqliteStore(tmp_path / "jcm.db"),
+                    str(tmp_path / "alarms.sqlite"))
+    [alarm] = [a for a in view.evaluate_alarms() if a["kind"] == "sequence_epoch"]
+    assert said in alarm["detail"] and alarm["ended"] is None
+
+
+def test_an_open_gap_is_a_live_view_alarm_with_its_figures_until_it_arrives():
+    gap = SequenceFinding("gap", "s", "gw", E1, 11, 15, T0, "lost on the way")
+    [c] = sequence_conditions([gap], T0)
+    assert (c.kind, c.subject) == ("sequence_gap", f"gw.{E1}.11")
+    assert c.detail.startswith("5 reading(s) missing, seqs 11..15")
+    assert sequence_conditions([SequenceFinding("gap", "s", "gw", E1, 11, 15, T0, "x", resolved=T0)], T0) == []
+
+
+def test_a_gap_that_arrives_after_all_is_marked_resolved(tmp_path):
+    store = SqliteStore(tmp_path / "jcm.db")
+    gaps = SequenceGaps(store, grace_s=0)
+    readings = {s: Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                for s in range(1, 9)}
+    gaps.stored([readings[s] for s in (1, 2, 3, 7, 8)])
+    gaps.check()
+    assert [(f.first, f.last, f.resolved) for f in store.sequence_findings("s")] == [(4, 6, None)]
+    gaps.stored([readings[4], readings[5]])
+    assert store.sequence_findings("s")[0].resolved is None  # one still missing
+    gaps.stored([readings[6]])
+    assert store.sequence_findings("s")[0].resolved is not None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_stores_keep_ranges_and_findings(backend, tmp_path, request):
+    if backend == "sqlite":
+        store = SqliteStore(tmp_path / "jcm.db")
+    else:
+        store = open_store(f"influxdb://127.0.0.1:{request.getfixturevalue('influxdb').port}?api=v1&db=jcm")
+    ts = [T0 + dt.timedelta(seconds=s) for s in range(10)]
+    store.record_seqs([SeqRange("s", "gw", E1, 1, 3, ts[1], ts[3], since=1), SeqRange("s", "gw", E1, 6, 7, ts[6],
+                                                                                       ts[7], since=2)])
+    store.record_seqs([SeqRange("s", "gw", E1, 4, 5, ts[4], ts[5], since=3), SeqRange("s", "gw", "", 9, 9, ts[9],
+                                                                                      ts[9], since=4)])
+    assert [(r.epoch, r.first, r.last, r.first_ts, r.last_ts) for r in store.sequence_ranges("s", "gw")] == [
+        ("", 9, 9, ts[9], ts[9]), (E1, 1, 7, ts[1], ts[7])]
+    gap = SequenceFinding("gap", "s", "gw", E1, 8, 8, T0, "lost", start=ts[7], end=ts[9])
+    store.record_finding(gap)
+    store.record_finding(SequenceFinding("epoch", "s", "gw", E2, 9, 9, T0, "new epoch", previous=E1))
+    store.record_finding(replace_resolved := SequenceFinding(**{**gap.__dict__, "resolved": ts[9]}))
+    assert store.sequence_findings("s") == [replace_resolved, SequenceFinding("epoch", "s", "gw", E2, 9, 9, T0,
+                                                                              "new epoch", previous=E1)]
+    assert store.sequence_findings("elsewhere") == []
+    store.close()
+
+
+@pytest.mark.parametrize("explained, status", [(0, "needs_review"), (3, "verified")])
+def test_the_processor_lists_a_periods_gaps(tmp_path, explained, status):
+    site = reference_site("mn-solar")
+    store = SqliteStore(tmp_path / "jcm.db")
+    first, last = dt.date(2026, 10, 10), dt.date(2026, 10, 12)
+    fill_history(store, site, first - dt.timedelta(days=1), last + dt.timedelta(days=1))
+    noon = dt.datetime(2026, 10, 11, 4, tzinfo=dt.UTC)
+    before = PeriodProcessor(site).process(store, first, last)
+    store.record_finding(SequenceFinding("gap", site.site, site.gateway, E1, 100, 102, noon, "3 lost",
+                                         explained=explained, start=noon, end=noon + dt.timedelta(minutes=45)))
+    store.record_finding(SequenceFinding("gap", site.site, site.gateway, E1, 900, 901, noon + dt.timedelta(days=9),
+                                         "another month", start=noon + dt.timedelta(days=9)))
+    r = PeriodProcessor(site).process(store, first, last)
+    [gap] = [f for f in r.findings if f.check == "sequence_gap"]
+    assert (gap.source, gap.amount) == (f"{site.gateway}.seq", 3.0) and "3 lost" in gap.detail
+    assert "a lost reading may hold a counter reset" in gap.detail
+    assert r.status == status, r.reasons
+    assert before.status == "verified" and before.input_hash != r.input_hash  # so the ledger gets a new revision
+
+
+@pytest.mark.fuzz
+def test_any_order_split_across_collectors_finds_exactly_what_is_missing(tmp_path):
+    """Seqs 1..n, some never sent, the rest shuffled, redelivered and split between two
+    collectors (a shared subscription) in batches: the gaps recorded are exactly the
+    missing stretches, once each, whichever collector records them."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    examples = iter(range(10**9))
+
+    @settings(max_examples=fuzz_examples(30), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.integers(2, 60).flatmap(lambda n: st.tuples(
+        st.just(n), st.sets(st.integers(1, n - 1), max_size=n // 2), st.randoms(use_true_random=False))))
+    def one_example(case):
+        n, missing, rnd = case
+        store = SqliteStore(tmp_path / f"jcm-{next(examples)}.db")
+        clock = [0.0]
+        collectors = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2)]
+        sent = [s for s in range(1, n + 1) if s not in missing]
+        sent += rnd.sample(sent, len(sent) // 4)  # redeliveries
+        rnd.shuffle(sent)
+        while sent:
+            k = rnd.randint(1, 5)
+            batch, sent = sent[:k], sent[k:]
+            c = rnd.choice(collectors)
+            c.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                      for s in batch])
+            c.check()  # as its worker does every second
+        clock[0] = 100.0  # the grace period is over (REFRESH_S too): each learns what the other stored
+        for c in collectors:
+            c.check()
+        expected, run = [], None
+        for s in sorted(missing):
+            run = (run[0], s) if run and run[1] == s - 1 else (s, s)
+            expected = [*expected[:-1], run] if expected and expected[-1][0] == run[0] else [*expected, run]
+        assert [(f.first, f.last) for f in store.sequence_findings("s")] == expected
+        store.close()
+
+    one_example()
+
+
+def test_a_store_that_refuses_the_bookkeeping_for_a_while_costs_no_false_gap_nor_epoch_report(tmp_path):
+    class Flaky(SqliteStore):
+        down = True
+
+        def record_seqs(self, ranges):
+            if self.down:
+                raise StoreUnavailable("down")
+            super().record_seqs(ranges)
+
+        def record_finding(self, finding):
+            if self.down:
+                raise StoreUnavailable("down")
+            super().record_finding(finding)
+
+    store = Flaky(tmp_path / "jcm.db")
+    store.down = False
+    gaps = SequenceGaps(store, grace_s=0)
+    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                 for s in range(1, 4)])
+    store.down = True
+    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E2)
+                 for s in range(1, 4)])
+    store.down = False
+    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E2)
+                 for s in range(4, 6)])
+    gaps.check()
+    assert [(f.kind, f.epoch, f.first) for f in store.sequence_findings("s")] == [("epoch", E2, 3)]
+    assert [(r.epoch, r.first, r.last) for r in store.sequence_ranges("s", "gw")] == [(E1, 1, 3), (E2, 1, 5)]
