@@ -31,6 +31,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from collector.acknowledgement import Acknowledgements
+from collector.dead_letter_budget import DeadLetterBudget
 from collector.sequence_gaps import SequenceGaps
 from collector.validation import Rejected, SiteRules, rules_for, validate
 from contract import topics
@@ -74,6 +75,7 @@ class Collector:
         self.rules: dict[str, SiteRules] = rules_for([load_site(f) for f in site_files])
         self.store = store or open_store(config.store)
         self.sequences = SequenceGaps(self.store, config.gap_grace_s)
+        self.budget = DeadLetterBudget(config.dead_letters_per_window, config.dead_letter_window_s)
         self.topic = topics.ALL_READINGS
         if config.share_group:
             self.topic = f"$share/{config.share_group}/{topics.ALL_READINGS}"
@@ -178,6 +180,9 @@ class Collector:
                     self._store(batch)
                 else:
                     self.sequences.stored([])  # holes age while nothing arrives too
+                    summaries = self.budget.due(dt.datetime.now(dt.UTC))
+                    if summaries:
+                        self._write([], summaries)
         except BaseException as exc:
             self.failure = exc
             log.critical("the collector's worker died; nothing more is stored until it is restarted: %s",
@@ -202,6 +207,8 @@ class Collector:
                 continue
             readings.append(r)
             source[id(r)] = m
+        refused_count = len(letters)
+        letters = self.budget.admit(letters, now)  # what is not kept whole is counted in a summary
         try:
             refused = self._write(readings, letters)
             if refused:  # the store took the rest; keep these aside with its reason
@@ -217,7 +224,7 @@ class Collector:
         refused_ids = {id(r) for r, _ in refused}
         self.sequences.stored([r for r in readings if id(r) not in refused_ids])
         self.stored += len(readings) - len(refused)
-        self.dead += len(letters) + len(refused)
+        self.dead += refused_count + len(refused)
         taken = {id(m) for m in source.values()}
         self.acknowledgements.kept(readings, [(m.topic, m.payload) for m in batch if id(m) not in taken])
         for m in batch:

@@ -80,7 +80,8 @@ def test_no_message_stops_ingestion_or_is_lost(tmp_path, store_url):
     broker = Mosquitto(tmp_path / "mosquitto").start()
     sites = write_site(tmp_path, [tcp_device(d, "power_meter_3ph", 1502, unit_id=n + 1)
                                   for n, d in enumerate(DEVICES)]).parent
-    c = Collector(config(broker, store_url, sites, batch_timeout=0.05))
+    c = Collector(config(broker, store_url, sites, batch_timeout=0.05,
+                         dead_letters_per_window=1_000_000))  # every refused message kept whole, to match each one
     c.start()
     pub = Publisher(broker)
     store = open_store(store_url)

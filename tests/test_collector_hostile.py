@@ -6,6 +6,7 @@ log lines or terminal output, no site files, and the process's exit code."""
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -272,3 +273,24 @@ def test_sigterm_exits_zero_when_healthy(tmp_path, mosquitto, sites_dir):
         store.close()
         proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def test_a_flood_of_garbage_keeps_a_bounded_number_of_dead_letters_and_counts_the_rest(tmp_path, mosquitto, sites_dir):
+    """Before: every one of them was kept (about 2 KB each in SQLite): one site sending
+    garbage at the collector's rate filled the store's disk in a day, for every site."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    with collecting(mosquitto, store_url, sites_dir, batch_timeout=0.05, dead_letters_per_window=20,
+                    dead_letter_window_s=2) as (c, pub, probes):
+        pub.send([(TOPIC, b"garbage %d" % i) for i in range(300)] + [payload(i) for i in range(1, 51)])
+        assert wait_until(lambda: c.stored - probes >= 50 and c.dead == 300, 20), (c.stored, c.dead)
+        store = open_store(store_url)
+        assert wait_until(lambda: any("more dead letter" in d.reason for d in store.dead_letters(1000)), 10)
+    letters = store.dead_letters(1000)
+    whole = [d for d in letters if d.payload.startswith(b"garbage")]
+    summaries = [d for d in letters if "more dead letter" in d.reason]
+    counted = [int(re.match(r"(\d+) more dead letter\(s\) of site 'test-site'", d.reason).group(1)) for d in summaries]
+    assert len(whole) + sum(counted) == 300  # each refused message kept whole or counted
+    assert len(whole) <= 20 * (len(summaries) + 1)  # at most 20 whole in each 2 s window
+    assert all("not JSON" in d.reason for d in summaries)  # the last one's reason
+    assert store.count() == 51 * 2  # the valid readings all stored
+    store.close()

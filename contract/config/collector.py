@@ -37,6 +37,10 @@ class CollectorConfig(Strict):
     #: a missing seq is a gap once missing this long [s]: longer than the gateway's backlog
     #: lane may lag behind its live lane, or the backlog shows as false gaps
     gap_grace_s: float = Field(default=600, ge=0, le=30 * 86400)
+    #: dead letters kept whole per site in each window; the rest are counted in one summary
+    #: letter, so that a site sending garbage cannot fill the store's disk
+    dead_letters_per_window: int = Field(default=120, ge=1, le=1_000_000)
+    dead_letter_window_s: float = Field(default=60, ge=1, le=86400)
 
     @field_validator("store")
     @classmethod
