@@ -285,8 +285,16 @@ def cmd_processor(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
+def _date(option: str, text: str):
     import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: '{text}' is not a date YYYY-MM-DD ({exc})") from None
+
+
+def cmd_export(args) -> int:
     import json
 
     from jcm.progress import Progress
@@ -295,7 +303,7 @@ def cmd_export(args) -> int:
     from store import open_store
 
     site = _load_site(args)
-    first, last = dt.date.fromisoformat(args.date_from), dt.date.fromisoformat(args.date_to)
+    first, last = _date("--from", args.date_from), _date("--to", args.date_to)
     if last < first:
         raise ConfigError(f"--to {last} is before --from {first}")
     with Progress(f"export {site.site} {first}..{last}", unit="step") as progress:

@@ -179,6 +179,7 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
     broker.stop()
     delivered = {s.site: sum(1 for d in store.devices(s.site) if d.last_seen > now) for s in sites}
     store.close()
+    ledger.close()
     flowed = all(delivered.values()) and collector.stored > 0
     any_verified = any(verified.values())
     print(f"readings stored live: {collector.stored}; devices heard per site: {delivered}; "

@@ -56,3 +56,11 @@ def test_export_help_walks_from_a_site_to_the_verifiers_files():
     positions = [text.find(s) for s in steps]
     assert -1 not in positions, [s for s, p in zip(steps, positions) if p < 0]
     assert positions == sorted(positions)
+
+
+def test_a_bad_date_names_its_option():
+    """Before: "month must be in 1..12", without saying which option."""
+    res = subprocess.run([sys.executable, "-m", "jcm.cli", "export", "--site", "mn-solar", "--from", "2026-13-01",
+                          "--to", "2026-10-31", "--out", "unused"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 2 and "--from: '2026-13-01' is not a date YYYY-MM-DD" in res.stderr
+    assert "Traceback" not in res.stderr and not (REPO / "unused").exists()
