@@ -138,12 +138,7 @@ class Subscriber:
             return [r.seq for r in self.readings if r.gateway == gateway]
 
     def wait_for(self, predicate, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return predicate()
+        return wait_until(predicate, timeout)
 
     def close(self):
         self.client.disconnect()
@@ -250,3 +245,13 @@ def fuzz_examples(default: int) -> int:
     ``JCM_FUZZ_EXAMPLES`` for a long run (e.g. ``JCM_FUZZ_EXAMPLES=5000 make test PYTEST_ARGS='-m fuzz'``)."""
     import os
     return int(os.environ.get("JCM_FUZZ_EXAMPLES", default))
+
+
+def wait_until(predicate, timeout: float = 60.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

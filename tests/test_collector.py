@@ -21,7 +21,7 @@ from contract import topics
 from contract.config import CollectorConfig
 from contract.message import Reading
 from store import open_store
-from tests.conftest import REPO, tcp_device, write_site
+from tests.conftest import REPO, tcp_device, wait_until, write_site
 
 DEVICES = [f"m{i}" for i in range(1, 5)]
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -75,15 +75,6 @@ def running(c: Collector, pub: Publisher) -> int:
 
 def config(broker, store_url, sites_dir, **extra) -> CollectorConfig:
     return CollectorConfig(broker={"url": broker.url}, store=store_url, sites_dir=str(sites_dir), **extra)
-
-
-def wait_until(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_valid_readings_land_and_bad_messages_become_dead_letters(tmp_path, mosquitto, sites_dir):

@@ -28,7 +28,7 @@ from gateway.outbox import Outbox
 from gateway.publisher import Publisher
 from gateway.service import Gateway
 from jcm.broker import Mosquitto
-from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, write_site
+from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, wait_until, write_site
 
 pytestmark = pytest.mark.slow
 
@@ -58,15 +58,6 @@ def collector(broker, tmp_path, client_id="jcm-collector-e2e", **extra) -> Colle
                                   sites_dir=str(tmp_path / "sites"), client_id=client_id, batch_timeout=0.1, **extra))
     c.start()
     return c
-
-
-def wait_until(predicate, timeout=20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def finish(gw: Gateway, timeout=20.0) -> int:

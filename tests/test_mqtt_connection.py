@@ -25,7 +25,7 @@ from jcm.broker import Mosquitto, free_port
 from jcm.demo import Dashboard
 from liveview.app import LiveView, create_app
 from store.sqlite_store import SqliteStore
-from tests.conftest import REPO, tcp_device, write_site
+from tests.conftest import REPO, tcp_device, wait_until, write_site
 
 SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
 ACL = """\
@@ -88,15 +88,6 @@ def poc_meter(port):
     return next(d for d in body["devices"] if d["id"] == "poc-meter")
 
 
-def wait(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def test_live_view_logs_in_over_tls_with_certificate_and_password(tmp_path, pki, secured, site_publisher,
                                                                   monkeypatch):
     _, tls_port = secured
@@ -117,7 +108,7 @@ def test_live_view_logs_in_over_tls_with_certificate_and_password(tmp_path, pki,
             publish(site_publisher, seq, -321.0)
             return poc_meter(port)["values"].get("active_power") == -321.0
 
-        assert wait(shows_the_reading)
+        assert wait_until(shows_the_reading)
         assert poc_meter(port)["state"] == "online"
     finally:
         dash.stop()
@@ -142,7 +133,7 @@ def test_live_view_logs_a_wrong_password_with_the_reason(tmp_path, pki, secured,
     view = LiveView([SITE], tls_settings(pki, tls_port), SqliteStore(tmp_path / "jcm.db"),
                     str(tmp_path / "alarms.sqlite"))
     with caplog.at_level(logging.ERROR), serving(view):
-        assert wait(lambda: "refused the connection" in caplog.text, 10), caplog.text
+        assert wait_until(lambda: "refused the connection" in caplog.text, 10), caplog.text
     assert "Not authorized" in caplog.text and "$JCM_TEST_LV_USER" in caplog.text
 
 
@@ -150,7 +141,7 @@ def test_live_view_without_credentials_says_so(tmp_path, secured, caplog):
     broker, _ = secured
     view = LiveView([SITE], broker.url, SqliteStore(tmp_path / "jcm.db"), str(tmp_path / "alarms.sqlite"))
     with caplog.at_level(logging.ERROR), serving(view):
-        assert wait(lambda: "refused the connection" in caplog.text, 10), caplog.text
+        assert wait_until(lambda: "refused the connection" in caplog.text, 10), caplog.text
     assert "no credentials given" in caplog.text
 
 
@@ -170,8 +161,8 @@ def test_live_view_says_when_the_acl_hides_every_topic(tmp_path, secured, site_p
         views[user].silence_warning_s = 1.0
     with caplog.at_level(logging.WARNING, logger="liveview.app"), serving(views["no-reader"]), \
             serving(views["liveview"]) as port:
-        assert wait(lambda: "ACL does not let" in caplog.text, 10), caplog.text
-        assert wait(lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sites/mn-solar"))
+        assert wait_until(lambda: "ACL does not let" in caplog.text, 10), caplog.text
+        assert wait_until(lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sites/mn-solar"))
                     ["gateway_state"] == "online", 10)
         time.sleep(1.5)
     warnings = [r.getMessage() for r in caplog.records if "ACL does not let" in r.getMessage()]
@@ -191,7 +182,7 @@ def test_mqtts_never_falls_back_to_plaintext(tmp_path, mosquitto, caplog):
                 publish(pub, seq, -5.0)
                 time.sleep(0.1)
             assert poc_meter(port)["values"] == {}
-            assert wait(lambda: "cannot connect" in caplog.text, 10), caplog.text
+            assert wait_until(lambda: "cannot connect" in caplog.text, 10), caplog.text
     finally:
         pub.disconnect()
         pub.loop_stop()
