@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable
 
 from collector.validation import Rejected
 from contract.config.site import Site
