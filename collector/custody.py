@@ -31,7 +31,7 @@ import logging
 from collector.validation import Rejected
 from contract.config.site import Site
 from contract.custody import GENESIS, verify
-from contract.message import Reading
+from contract.message import MAX_SEQ, Reading
 from contract.store import CustodyFinding, Link, ReadingStore, SignedMessage
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ class CustodyCheck:
         now = dt.datetime.now(dt.UTC)
         for chain, members in _chains(messages).items():
             seqs = {m.seq for _, m in members}
-            stored = self.store.links(*chain, {n for s in seqs for n in (s - 1, s, s + 1) if n >= 1})
+            # neighbours within the seqs a store holds (a signed 64-bit integer)
+            stored = self.store.links(*chain, {n for s in seqs for n in (s - 1, s, s + 1) if 0 <= n <= MAX_SEQ})
             for _, m in members:
                 if m.seq in stored and stored[m.seq].hash != m.hash:
                     found[(chain, m.seq, "conflict")] = CustodyFinding(

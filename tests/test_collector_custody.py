@@ -21,7 +21,7 @@ from collector.service import Collector
 from contract.config import load_site
 from contract import topics
 from contract.custody import GENESIS, chain_hash, sign, verify
-from contract.message import Reading
+from contract.message import MAX_SEQ, Reading
 from contract.store import SignedMessage
 from store import open_store
 from tests.conftest import tcp_device, wait_until, write_site
@@ -196,3 +196,14 @@ def test_a_conflict_two_collectors_write_at_once_is_found_after_the_write(tmp_pa
     [found] = second.chain_findings([other])
     assert (found.kind, found.seq) == ("conflict", 1) and mine.hash in found.detail and other.hash in found.detail
     store.close()
+
+
+def test_a_signed_message_at_the_highest_seq_costs_that_message_at_most(mosquitto, tmp_path, store_url):
+    last = signed(reading(MAX_SEQ, ts=T0), GENESIS)  # signed by the site's key: a gateway's bug, say
+    c = run(mosquitto, store_url, sites(tmp_path), [last], [chain([1])[1]])
+    assert c.failure is None and c.stored >= 2  # the probe and seq 1, and seq MAX_SEQ where the store holds it
+    store = open_store(store_url)
+    try:
+        assert chain([1])[1][1] in list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
+    finally:
+        store.close()
