@@ -127,12 +127,15 @@ def test_signed_messages_are_checked_on_arrival_and_kept_byte_for_byte(mosquitto
                     f"custody: key 'k2' revoked at {REVOKED.isoformat()}"]
         assert len(reasons) == len(expected) and all(sum(r.startswith(e) for r in reasons) == 1 for e in expected), \
             reasons
-        [(kind, seq, detail)] = [(f.kind, f.seq, f.detail) for f in store.custody_findings("test-site")
-                                 if f.kind == "conflict"]
-        assert seq == 3 and chain_hash(a[3][1]) in detail and chain_hash(conflict[1]) in detail
+        [(seq, ts, detail)] = [(f.seq, f.ts, f.detail) for f in store.custody_findings("test-site")
+                               if f.kind == "conflict"]
+        assert (seq, ts) == (3, T0 + dt.timedelta(seconds=3))
+        assert chain_hash(a[3][1]) in detail and chain_hash(conflict[1]) in detail
         # the stored 10 is not the one 11 was chained to: the link breaks on both sides
         wrong = [f for f in store.custody_findings("test-site") if f.kind == "wrong_prev"]
-        assert [(f.epoch, f.seq) for f in wrong] == [(E1, 10), (E1, 11)] and "ab" * 32 in wrong[0].detail
+        assert [(f.epoch, f.seq, f.ts) for f in wrong] == [(E1, 10, T0 + dt.timedelta(seconds=10)),
+                                                           (E1, 11, T0 + dt.timedelta(seconds=11))]
+        assert "ab" * 32 in wrong[0].detail
         assert len(store.custody_findings()) == 3  # the identical replays are no finding
         gaps = [(f.first, f.last) for f in store.sequence_findings("test-site") if f.kind == "gap" and not f.resolved]
         assert gaps == [(8, 8)]
