@@ -3,6 +3,7 @@ DataFrames (chunked), latest values, devices seen, dead letters. SQLite on disk,
 InfluxDB 1.6.7 (Debian) in api=v1 mode, and the /api/v2/write path through
 influxdb-client against VictoriaMetrics, read back through its export API."""
 
+import base64
 import dataclasses
 import datetime as dt
 import json
@@ -13,9 +14,11 @@ import pandas as pd
 import pytest
 import urllib3
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from contract.custody import GENESIS, _parse, sign
+from contract.config.custody import CustodyKey, fingerprint
+from contract.custody import GENESIS, sign, verify
 from contract.message import DeviceStatus, Quality, Reading
 from contract.store import CustodyFinding, DeadLetter, Link, SignedMessage
 from store import open_store
@@ -214,13 +217,16 @@ def test_gc_paused_nests_and_restores():
 
 def signed_chain(n, key, device="m1", epoch="00000000000000a1", first=1, prev=GENESIS, minutes=0):
     """``n`` signed messages of one chain (seq ``first``..) as (reading, message, raw)."""
+    raw_key = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    keys = {"s1": [CustodyKey(id="k1", public_key=base64.b64encode(raw_key).decode(), fingerprint=fingerprint(raw_key),
+                              valid_from=T0)]}
     out = []
     for i in range(n):
         r = Reading(site="s1", gateway="gw1", device=device, ts=T0 + dt.timedelta(minutes=minutes + i),
                     values={"energy": 100.0 + i, "power": 5.5}, quality={}, units={}, status=DeviceStatus.ok,
                     seq=first + i, epoch=epoch)
         raw = sign(r.to_json(), prev, "k1", key)
-        v = _parse(raw)
+        v = verify(raw, keys)
         out.append((r, SignedMessage.verified(raw, v), raw))
         prev = v.hash
     return out
