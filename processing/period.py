@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -25,7 +26,7 @@ import pandas as pd
 from contract.config import ConfigError
 from contract.config.site import Site
 from contract.gc_paused import gc_paused
-from contract.store import ReadingStore, SequenceFinding
+from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from contract.units import factor
 from processing.calibration import correction_factor, uncovered_periods
 from processing.daily_values import (DailyResult, Finding, counter_daily, energised_hours_daily, gaps,
@@ -94,9 +95,9 @@ def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
 
 def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = ()) -> str:
     """SHA-256 of the readings used, in a canonical text form: same readings, same hash. The
-    collector's sequence findings are inputs too (one line each, before the readings): a gap
-    recorded (or resolved) after a month was processed changes its hash, so the month is
-    processed again; a month without them keeps the hash it had.
+    collector's sequence, clock and custody findings are inputs too (one line each, before the
+    readings): a gap recorded (or resolved) after a month was processed changes its hash, so
+    the month is processed again; a month without them keeps the hash it had.
 
     ``rows``: each source's readings (``ReadingStore.read_sources``). The text is one line per reading,
     sorted by device, channel and ts: ``device TAB channel TAB time TAB value TAB quality``,
@@ -171,6 +172,31 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
                                f"{f.cause}. What it means: an unknown number of readings the gateway held were "
                                "never sent; counter totals are recovered from the readings either side",
                                str(first), str(last)))
+    return out
+
+
+def custody_findings(found: list[CustodyFinding], messages) -> list[Finding]:
+    """The collector's custody findings about the signed messages of a period as QA findings,
+    each for review: a reading whose chain is broken (``wrong_prev``) or that a validly signed
+    message contradicts (``conflict``) is not one a verifier can trace to its gateway.
+    ``messages``: the raw signed messages of the period (``ReadingStore.signed_messages``),
+    read only when there are findings."""
+    if not found:
+        return []
+    wanted = {(f.gateway, f.epoch, f.seq): f for f in found}
+    out = []
+    for raw in messages:
+        try:
+            body = json.loads(raw)
+            key = (body["gateway"], body.get("epoch") or "", body["seq"])
+        except (ValueError, KeyError, TypeError):
+            continue  # the collector verified it before storing it: a fault of the store, found by jcm verify
+        f = wanted.pop(key, None)
+        if f is not None:
+            out.append(Finding(f"custody_{f.kind}", f"{f.gateway}.custody", "review",
+                               f"seq {f.seq} of epoch {f.epoch}: {f.detail}. What it means: this reading's chain of "
+                               "custody is broken, so it cannot be traced to its gateway's signature unbroken",
+                               str(pd.Timestamp(body.get("ts"))) if body.get("ts") else None, amount=1.0))
     return out
 
 
@@ -270,6 +296,9 @@ class PeriodProcessor:
 
         self._check_meters(totals, spanned, findings, adjustments)
         sequence = sequence_findings(found, start, end)
+        custody = store.custody_findings(site.site)
+        sequence += custody_findings(custody, store.signed_messages(site.site, start.to_pydatetime(),
+                                                                    end.to_pydatetime()) if custody else ())
         findings += sequence
         status_fail: list[str] = []
         fixed = from_config(site, spec)

@@ -8,11 +8,13 @@ import logging
 import time
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector.service import Collector
 from contract import topics
+from contract.custody import GENESIS, chain_hash, sign
 from contract.message import Reading
-from contract.store import SequenceFinding
+from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from liveview.alarms import sequence_conditions
 from processing.period import PeriodProcessor, flag_wrong_clock, sequence_findings, wrong_clock_spans
 from store import open_store
@@ -22,6 +24,7 @@ from tests.test_collector import Publisher, config
 
 E1 = "0123456789abcdef"
 WINDOW = 1.5  # the collector's clock_window_s in these tests [s]
+T_NOTICED = dt.datetime(2026, 11, 3, tzinfo=dt.UTC)
 
 
 @pytest.fixture
@@ -227,3 +230,29 @@ def test_influxdb_keeps_each_readings_millisecond(influxdb):
     finally:
         store.close()
     assert list(frame["m1.energy_import"]["ts"]) == stamps
+
+
+def test_a_custody_finding_about_a_periods_reading_makes_it_need_review(tmp_path):
+    site = reference_site("mn-solar")
+    first, last = dt.date(2026, 10, 10), dt.date(2026, 10, 12)
+    store = SqliteStore(tmp_path / "jcm.db")
+    fill_history(store, site, first - dt.timedelta(days=1), last + dt.timedelta(days=1))
+    key = Ed25519PrivateKey.generate()
+    chain, prev = [], GENESIS
+    for seq, ts in ((41, dt.datetime(2026, 10, 11, 4, tzinfo=dt.UTC)), (42, dt.datetime(2026, 11, 2, tzinfo=dt.UTC))):
+        r = Reading(site=site.site, gateway=site.gateway, device="inv-01", ts=ts, values={"ac_power": 1.0}, seq=seq,
+                    epoch=E1)
+        raw = sign(r.to_json(), prev, "k1", key)
+        chain.append(SignedMessage(r.site, r.gateway, E1, seq, ts, chain_hash(raw), prev, "k1", raw))
+        prev = chain_hash(raw)
+    store.write([], [], chain)
+    before = PeriodProcessor(site).process(store, first, last)
+    store.record_custody_finding(CustodyFinding("wrong_prev", site.site, site.gateway, E1, 41, T_NOTICED,
+                                                "its prev is not the hash of seq 40"))
+    store.record_custody_finding(CustodyFinding("conflict", site.site, site.gateway, E1, 42, T_NOTICED,
+                                                "another month's reading"))
+    r = PeriodProcessor(site).process(store, first, last)
+    assert before.status == "verified" and r.status == "needs_review"
+    [reason] = [x for x in r.reasons if "custody" in x]
+    assert "custody_wrong_prev" in reason and "seq 41" in reason and "not the hash of seq 40" in reason
+    assert r.input_hash != before.input_hash and r.parameters == before.parameters
