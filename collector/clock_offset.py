@@ -24,7 +24,9 @@ seqs of an epoch: seqs ``first``..``last`` received while the clock was suspect 
 them, ``resolved`` when the clock was seen right again; the cause names the offset. Every
 reading received meanwhile is covered, a backlog among them too: which of them were
 stamped by the wrong clock is unknown, so all are treated as such. The finding is
-updated after each batch, before the batch is acknowledged. Readings refused for their
+updated after each batch, before the batch is acknowledged; a collector that meets a
+gateway whose episode the store holds open (after a restart, or on a shared subscription)
+carries it on, so that the episode ends when the clock is right. Readings refused for their
 stamps alone (before the site's commissioning, too far ahead) are evidence and covered
 too: a box booted at 2000-01-01 sends only those. Retained or queued gateway
 statuses are not used: their stamps say nothing of when they were sent.
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from dataclasses import dataclass, field
 
 from contract.message import Reading
@@ -60,6 +63,7 @@ class _Cover:
     noticed: dt.datetime
     recorded: bool = False  # ``first`` is the finding's identity once recorded: it never changes after
     dirty: bool = True
+    cause: str = ""  # as an earlier collector recorded it, while this one has seen no offset
 
     def takes(self, r: Reading) -> bool:
         return self.epoch == (r.epoch or "") and (not self.recorded or r.seq >= self.first)
@@ -78,11 +82,11 @@ class _Clock:
     since: dt.datetime | None = None  # receipt of the first reading of the current suspicion window
     first_high: float = 0.0  # highest offset at the start of that window [s]
     high: float = 0.0  # highest offset since [s]
-    offset: float | None = None  # an open episode's offset [s]
+    offset: float | None = None  # an open episode's offset [s]; -inf: found open in the store, not seen yet
     told: bool = False  # the open episode was logged
     covers: list[_Cover] = field(default_factory=list)
-    #: an episode that ended and is not yet marked resolved in the store: (when, offset, its covers)
-    ended: tuple[dt.datetime, float, list[_Cover]] | None = None
+    #: episodes that ended and are not yet marked resolved in the store: (when, offset, their covers)
+    ended: list[tuple[dt.datetime, float, list[_Cover]]] = field(default_factory=list)
 
     def cover(self, r: Reading, received: dt.datetime) -> None:
         c = next((c for c in reversed(self.covers) if c.takes(r)), None)
@@ -93,7 +97,7 @@ class _Clock:
 
     @property
     def idle(self) -> bool:
-        return self.offset is None and self.since is None and not self.covers and self.ended is None
+        return self.offset is None and self.since is None and not self.covers and not self.ended
 
 
 def describe(offset_s: float) -> str:
@@ -118,7 +122,9 @@ class ClockWatch:
         """Judge each reading's offset, then record what changed. Never raises: a finding
         the store did not take is written again after the next batch."""
         for r, at in readings:
-            clock = self._clocks.setdefault((r.site, r.gateway), _Clock())
+            clock = self._clocks.get((r.site, r.gateway))
+            if clock is None:
+                clock = self._clocks[(r.site, r.gateway)] = self._resume(r.site, r.gateway)
             self._judge(clock, r, at, (r.ts - at).total_seconds())
         for (site, gateway), clock in list(self._clocks.items()):
             try:
@@ -131,16 +137,35 @@ class ClockWatch:
             if clock.idle:
                 del self._clocks[(site, gateway)]  # a right clock costs no memory
 
+    def _resume(self, site: str, gateway: str) -> _Clock:
+        """A gateway met for the first time: an episode the store holds open (this collector
+        restarted, or another one saw it) goes on, so that it is ended when the clock is right."""
+        try:
+            found = [f for f in self.store.sequence_findings(site)
+                     if f.kind == "clock" and f.gateway == gateway and f.resolved is None]
+        except Exception as exc:
+            log.error("site %s: gateway %s: open clock findings unreadable (%s): those are not ended by this "
+                      "collector", site, gateway, printable(str(exc)))
+            return _Clock()
+        if not found:
+            return _Clock()
+        return _Clock(offset=-math.inf, told=True, covers=[
+            _Cover(f.epoch, f.first, f.last, f.start or f.noticed, f.end or f.noticed, f.noticed, recorded=True,
+                   dirty=False, cause=f.cause) for f in found[-MAX_COVERS:]])
+
     def _judge(self, clock: _Clock, r: Reading, at: dt.datetime, offset: float) -> None:
         if -self.bound_s <= offset <= self.bound_s:  # not behind: what was suspect was only late
-            if clock.offset is not None and clock.ended is None:
-                clock.ended = (at, clock.offset, clock.covers)
+            if clock.offset is not None:
+                clock.ended.append((at, clock.offset, clock.covers))
                 clock.offset, clock.told = None, False
             clock.since, clock.covers = None, []
             return
         clock.cover(r, at)
         if clock.offset is not None:  # an open episode: everything received meanwhile is covered
             clock.offset = max(clock.offset, offset)
+            return
+        if len(clock.covers) > MAX_COVERS:  # epoch after epoch, all far behind: no right clock does that
+            clock.offset = clock.high
             return
         if offset > self.bound_s:  # no delay makes a stamp later than its receipt
             clock.offset = offset
@@ -158,13 +183,13 @@ class ClockWatch:
 
     def _record(self, site: str, gateway: str, clock: _Clock) -> None:
         """Write what changed of an episode that ended or is open; log its start and end once."""
-        if clock.ended is not None:
-            at, offset, covers = clock.ended
+        while clock.ended:
+            at, offset, covers = clock.ended[0]
             for c in covers:
                 self._write(site, gateway, c, offset, resolved=at)
             log.info("site %s: gateway %s: its clock is right again (%s)", site, gateway,
                      at.isoformat(timespec="seconds"))
-            clock.ended = None
+            del clock.ended[0]
         if clock.offset is None:
             return
         for c in clock.covers:
@@ -177,10 +202,11 @@ class ClockWatch:
             del clock.covers[:-MAX_COVERS]  # in the store already
 
     def _write(self, site: str, gateway: str, c: _Cover, offset: float, resolved: dt.datetime | None = None) -> str:
-        cause = (f"gateway {gateway}'s clock was {describe(offset)} the collector's (offset {offset:+.0f} s, "
-                 f"bound {self.bound_s:g} s): the readings received meanwhile, seqs {c.first}..{c.last} of "
-                 f"epoch {c.epoch or '(none)'} stamped {c.start.isoformat(timespec='seconds')} .. "
-                 f"{c.end.isoformat(timespec='seconds')}, are flagged: their stamps may not be when they were taken")
+        cause = c.cause if not math.isfinite(offset) else (
+            f"gateway {gateway}'s clock was {describe(offset)} the collector's (offset {offset:+.0f} s, "
+            f"bound {self.bound_s:g} s): the readings received meanwhile, seqs {c.first}..{c.last} of "
+            f"epoch {c.epoch or '(none)'} stamped {c.start.isoformat(timespec='seconds')} .. "
+            f"{c.end.isoformat(timespec='seconds')}, are flagged: their stamps may not be when they were taken")
         self.store.record_finding(SequenceFinding("clock", site, gateway, c.epoch, c.first, c.last, c.noticed, cause,
                                                   start=c.start, end=c.end, resolved=resolved))
         c.recorded, c.dirty = True, False

@@ -133,6 +133,32 @@ def test_a_clock_3_h_behind_is_one_finding_its_readings_flagged_until_it_is_righ
     assert values == set(wrong) and len(frame) == c.stored, (set(wrong) - values, values - set(wrong))
 
 
+def test_a_restarted_collector_ends_the_episode_the_store_holds_open(mosquitto, sites_dir, tmp_path, caplog):
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    c = collector(mosquitto, store_url, sites_dir)
+    gw = Gateway(mosquitto)
+    try:
+        started(c, gw)
+        wrong = gw.live(WINDOW + 1.5, offset=-dt.timedelta(hours=3))
+        assert wait_until(lambda: [f.last for f in clock_findings(store_url)] == [wrong[-1]], 10)
+    finally:
+        c.stop()
+    told = len(caplog.records)
+    c = collector(mosquitto, store_url, sites_dir, client_id="jcm-collector-2")
+    try:
+        with caplog.at_level(logging.WARNING, logger="collector.clock_offset"):
+            more = gw.live(0.5, offset=-dt.timedelta(hours=3))  # still wrong: the same finding grows
+            assert wait_until(lambda: [f.last for f in clock_findings(store_url)] == [more[-1]], 10)
+            gw.live(0.3)
+            assert wait_until(lambda: [f.resolved is None for f in clock_findings(store_url)] == [False], 10)
+    finally:
+        c.stop()
+        gw.pub.close()
+    [f] = clock_findings(store_url)
+    assert (f.first, f.last) == (wrong[0], more[-1]) and "3.0 h behind" in f.cause
+    assert not [r for r in caplog.records[told:] if r.levelno >= logging.WARNING]  # told once, by the first
+
+
 @pytest.mark.parametrize("live", [True, False], ids=["beside-live-readings", "queued-alone"])
 def test_a_day_old_backlog_from_a_right_clock_is_no_finding(mosquitto, sites_dir, tmp_path, live):
     store_url = f"sqlite:///{tmp_path}/jcm.db"
