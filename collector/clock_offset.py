@@ -31,7 +31,9 @@ stamps alone (before the site's commissioning, too far ahead) are evidence and c
 too: a box booted at 2000-01-01 sends only those. Retained or queued gateway
 statuses are not used: their stamps say nothing of when they were sent.
 
-Memory: a few numbers per gateway and at most ``MAX_COVERS`` runs per episode.
+Memory: a few numbers per gateway of the site files, and at most ``MAX_COVERS`` runs
+per episode. Work: a subtraction and a few comparisons per reading; the store is asked
+once per gateway met, and written only while a clock is wrong or has just been set right.
 """
 
 from __future__ import annotations
@@ -117,16 +119,23 @@ class ClockWatch:
         self.bound_s = bound_s
         self.window_s = window_s
         self._clocks: dict[tuple[str, str], _Clock] = {}
+        self._unwritten: set[tuple[str, str]] = set()  # gateways whose findings the store did not take
 
     def received(self, readings: list[tuple[Reading, dt.datetime]]) -> None:
         """Judge each reading's offset, then record what changed. Never raises: a finding
         the store did not take is written again after the next batch."""
+        touched = self._unwritten
+        self._unwritten = set()
         for r, at in readings:
             clock = self._clocks.get((r.site, r.gateway))
-            if clock is None:
+            if clock is None:  # the store is asked once per gateway (the sites' gateways, a bounded set)
                 clock = self._clocks[(r.site, r.gateway)] = self._resume(r.site, r.gateway)
             self._judge(clock, r, at, (r.ts - at).total_seconds())
-        for (site, gateway), clock in list(self._clocks.items()):
+            touched.add((r.site, r.gateway))
+        for site, gateway in touched:
+            clock = self._clocks[(site, gateway)]
+            if clock.idle:
+                continue
             try:
                 self._record(site, gateway, clock)
             except Exception as exc:  # bookkeeping must never stop ingestion
@@ -134,8 +143,7 @@ class ClockWatch:
                     log.error("clock bookkeeping failed: %s", printable(repr(exc)), exc_info=True)
                 log.error("site %s: gateway %s: the clock finding is not stored yet (%s); writing it again with "
                           "the next batch", site, gateway, printable(str(exc)))
-            if clock.idle:
-                del self._clocks[(site, gateway)]  # a right clock costs no memory
+                self._unwritten.add((site, gateway))
 
     def _resume(self, site: str, gateway: str) -> _Clock:
         """A gateway met for the first time: an episode the store holds open (this collector
