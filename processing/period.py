@@ -147,7 +147,8 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
     out = []
     for f in found:
         first, last = pd.Timestamp(f.start or f.noticed), pd.Timestamp(f.end or f.noticed)
-        received = (pd.Timestamp(f.noticed), pd.Timestamp(f.resolved or f.noticed))
+        # a clock not yet seen right again touches every period after it was noticed
+        received = (pd.Timestamp(f.noticed), pd.Timestamp(f.resolved) if f.resolved else end)
         if (last < start or first >= end) and (f.kind != "clock" or received[1] < start or received[0] >= end):
             continue
         source = f"{f.gateway}.seq"
