@@ -184,6 +184,26 @@ def test_a_day_old_backlog_from_a_right_clock_is_no_finding(mosquitto, sites_dir
     assert clock_findings(store_url) == []
 
 
+def test_the_brokers_queue_while_the_collector_was_away_is_no_finding(mosquitto, sites_dir, tmp_path):
+    """Readings the broker kept for the collector's session arrive late in a burst, then live ones."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    c = collector(mosquitto, store_url, sites_dir, clock_offset_max_s=1)
+    gw = Gateway(mosquitto)
+    try:
+        started(c, gw)
+        c.stop()
+        gw.live(4)  # queued by the broker: up to 4 s late, beyond the bound of 1 s
+        stored = c.stored
+        c = collector(mosquitto, store_url, sites_dir, clock_offset_max_s=1)
+        assert wait_until(lambda: c.stored >= gw.seq - gw.lost - stored, 20)
+        gw.live(WINDOW + 0.5)
+        assert wait_until(lambda: c.stored >= gw.seq - gw.lost - stored, 20)
+    finally:
+        c.stop()
+        gw.pub.close()
+    assert clock_findings(store_url) == []
+
+
 def test_a_clock_ahead_is_a_finding_at_once(mosquitto, sites_dir, tmp_path):
     store_url = f"sqlite:///{tmp_path}/jcm.db"
     c = collector(mosquitto, store_url, sites_dir, clock_window_s=3600)
