@@ -10,6 +10,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from collector.clock_offset import ClockWatch
 from collector.service import Collector
 from contract import topics
 from contract.custody import GENESIS, chain_hash, sign
@@ -302,3 +303,24 @@ def test_a_custody_finding_about_a_periods_reading_makes_it_need_review(tmp_path
     [reason] = [x for x in r.reasons if "custody" in x]
     assert "custody_wrong_prev" in reason and "seq 41" in reason and "not the hash of seq 40" in reason
     assert r.input_hash != before.input_hash and r.parameters == before.parameters
+
+
+@pytest.mark.parametrize("direction", [-1, 1], ids=["falling-behind", "running-ahead"])
+def test_a_slowly_drifting_clock_is_flagged_once_past_the_bound(tmp_path, direction):
+    """2000 ppm (a bad oscillator) for two days: readings every 10 s, judged with the defaults
+    (bound 120 s, window 300 s). Behind is judged after the window, and covers it."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    watch = ClockWatch(store, bound_s=120, window_s=300)
+    t0, step, ppm = dt.datetime(2026, 11, 1, tzinfo=dt.UTC), 10.0, 2000e-6
+    readings = []
+    for i in range(18_000):
+        at = t0 + dt.timedelta(seconds=i * step)
+        ts = at + dt.timedelta(seconds=direction * ppm * i * step)
+        readings.append((Reading(site="s", gateway="g", device="d", ts=ts, values={"v": 1.0}, seq=i + 1,
+                                 epoch=E1), at))
+    for i in range(0, len(readings), 500):
+        watch.received(readings[i:i + 500])
+    [f] = [f for f in store.sequence_findings("s") if f.kind == "clock"]
+    crossed = next(i for i, (r, at) in enumerate(readings) if abs((r.ts - at).total_seconds()) > 120)
+    assert (f.first, f.last, f.resolved) == (crossed + 1, len(readings), None), (crossed, f)
+    assert ("behind" if direction < 0 else "ahead of") in f.cause
