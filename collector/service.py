@@ -31,10 +31,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from collector.acknowledgement import Acknowledgements
+from collector.clock_offset import ClockWatch
 from collector.custody import CustodyCheck
 from collector.dead_letter_budget import DeadLetterBudget
 from collector.sequence_gaps import SequenceGaps
-from collector.validation import Rejected, SiteRules, rules_for, validate
+from collector.validation import Rejected, SiteRules, WrongStamp, rules_for, validate
 from contract import topics
 from contract.config import CollectorConfig, ConfigError, load_site
 from contract.message import Reading
@@ -78,6 +79,7 @@ class Collector:
         self.store = store or open_store(config.store)
         self.custody = CustodyCheck(sites, self.store)
         self.sequences = SequenceGaps(self.store, config.gap_grace_s)
+        self.clocks = ClockWatch(self.store, config.clock_offset_max_s, config.clock_window_s)
         self.budget = DeadLetterBudget(config.dead_letters_per_window, config.dead_letter_window_s)
         self.topic = topics.ALL_READINGS
         if config.share_group:
@@ -197,12 +199,15 @@ class Collector:
         now = dt.datetime.now(dt.UTC)
         future = dt.timedelta(seconds=self.config.max_future_s)
         readings, letters, source, signed = [], [], {}, {}
+        stamped: list[tuple[Reading, dt.datetime]] = []  # refused for their stamps: the clock's evidence too
         for m in batch:
             try:
                 r = validate(m.topic, m.payload, self.rules, now, self.config.max_payload_bytes, future)
                 message = self.custody.signed(m.payload, r)
             except Rejected as exc:
                 letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
+                if isinstance(exc, WrongStamp) and self._authentic(m.payload, exc.reading):
+                    stamped.append((exc.reading, m.received))
                 continue
             except Exception as exc:  # a fault of ours on this input must cost this message only
                 log.error("could not validate a message from %s: %s", printable(m.topic), _traceback(exc))
@@ -237,7 +242,9 @@ class Collector:
         for r, why in refused:
             log.warning("dead letter from %s: store refused it: %s", printable(source[id(r)].topic), printable(why))
         refused_ids = {id(r) for r, _ in refused}
-        self.sequences.stored([r for r in readings if id(r) not in refused_ids])
+        kept = [r for r in readings if id(r) not in refused_ids]
+        self.sequences.stored(kept)
+        self.clocks.received(sorted([(r, source[id(r)].received) for r in kept] + stamped, key=lambda x: x[1]))
         self.stored += len(readings) - len(refused)
         self.dead += refused_count + len(refused)
         taken = {id(m) for m in source.values()}
@@ -245,6 +252,15 @@ class Collector:
         for m in batch:
             if m.generation == self._generation and m.qos > 0:
                 self.client.ack(m.mid, m.qos)
+
+    def _authentic(self, payload: bytes, reading: Reading) -> bool:
+        """Whether a reading refused for its stamp passes the custody checks: only then is it
+        evidence of its gateway's clock (a forged one must not flag a site's readings)."""
+        try:
+            self.custody.signed(payload, reading)
+        except Rejected:
+            return False
+        return True
 
     def _conflicts(self, readings: list[Reading], letters: list[DeadLetter], source: dict[int, Incoming],
                    signed: dict[int, SignedMessage]) -> list[CustodyFinding]:

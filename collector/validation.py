@@ -56,6 +56,15 @@ class Rejected(ValueError):
     """The message cannot be stored; ``str()`` is the reason."""
 
 
+class WrongStamp(Rejected):
+    """Refused for its stamp alone (before commissioning, or in the future): evidence of the
+    gateway's clock, which ``reading`` (the message as parsed) carries."""
+
+    def __init__(self, reason: str, reading: Reading):
+        super().__init__(reason)
+        self.reading = reading
+
+
 def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.datetime,
              max_bytes: int, max_future: dt.timedelta) -> Reading:
     if len(payload) > max_bytes:
@@ -90,7 +99,8 @@ def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.da
             raise Rejected(f"value of '{channel}' is {'text' if isinstance(v, str) else 'a number'}, but its "
                            f"register map point is {'text' if channel in text else 'a number'}")
     if reading.ts < rule.earliest:
-        raise Rejected(f"timestamp {reading.ts.isoformat()} is before site '{site}' was commissioned")
+        raise WrongStamp(f"timestamp {reading.ts.isoformat()} is before site '{site}' was commissioned", reading)
     if too_far_ahead(reading.ts, now, max_future.total_seconds()):
-        raise Rejected(f"timestamp {reading.ts.isoformat()} is in the future (received {now.isoformat(timespec='seconds')})")
+        raise WrongStamp(f"timestamp {reading.ts.isoformat()} is in the future (received "
+                         f"{now.isoformat(timespec='seconds')})", reading)
     return reading

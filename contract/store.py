@@ -93,9 +93,13 @@ class SequenceFinding:
     ``kind`` ``gap``: seqs ``first``..``last`` of ``epoch`` were not received within the grace
     period and are not in the store. ``epoch``: the gateway started the new sequence epoch
     ``epoch``; ``first`` = ``last`` = the highest seq received of the epoch before it
-    (``previous``). ``start``/``end``: the times of the stored readings either side, when
+    (``previous``). ``clock``: the gateway's clock was off by more than the collector's bound
+    (collector/clock_offset.py): seqs ``first``..``last`` of ``epoch`` were received meanwhile,
+    from ``noticed`` to ``resolved``, stamped ``start``..``end``; they are not credited.
+    ``start``/``end`` (gap, epoch): the times of the stored readings either side, when
     known. ``explained``: readings of the gap the gateway's outbox cap dropped (its
-    ``outbox_dropped`` counter). ``resolved``: when every missing seq arrived after all.
+    ``outbox_dropped`` counter). ``resolved``: when every missing seq arrived after all (a
+    clock: when it was seen right again).
     Identified by (site, gateway, epoch, kind, first): recording it again replaces it."""
 
     kind: str

@@ -38,6 +38,7 @@ KINDS = {
     "completeness_low": "month-to-date completeness below the site's threshold",
     "sequence_gap": "readings the gateway sent never arrived (seqs missing), until they arrive after all",
     "sequence_epoch": "the gateway started a new sequence epoch: its unsent readings were lost (for 7 days)",
+    "clock_offset": "the gateway's clock is off by more than the collector's bound: its readings are flagged",
 }
 #: how long a new sequence epoch stays an alarm
 EPOCH_ALARM = dt.timedelta(days=7)
@@ -77,7 +78,7 @@ def completeness_conditions(site: Site, month_to_date: dict | None) -> list[Cond
 
 
 def sequence_conditions(findings: list[SequenceFinding], now: dt.datetime) -> list[Condition]:
-    """Open gaps in a gateway's sequence, and recent new epochs, as the collector recorded them."""
+    """Open gaps in a gateway's sequence, recent new epochs, and clocks still wrong, as the collector recorded them."""
     out = []
     for f in findings:
         subject = f"{f.gateway}.{f.epoch or 'no-epoch'}.{f.first}"
@@ -86,6 +87,8 @@ def sequence_conditions(findings: list[SequenceFinding], now: dt.datetime) -> li
                                  f"{f.missing} reading(s) missing, seqs {f.first}..{f.last}: {f.cause}"))
         elif f.kind == "epoch" and now - f.noticed < EPOCH_ALARM:
             out.append(Condition(f.site, subject, "sequence_epoch", f.cause))
+        elif f.kind == "clock" and f.resolved is None:
+            out.append(Condition(f.site, subject, "clock_offset", f.cause))
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -25,7 +26,7 @@ import pandas as pd
 from contract.config import ConfigError
 from contract.config.site import Site
 from contract.gc_paused import gc_paused
-from contract.store import ReadingStore, SequenceFinding
+from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from contract.units import factor
 from processing.calibration import correction_factor, uncovered_periods
 from processing.daily_values import (DailyResult, Finding, counter_daily, energised_hours_daily, gaps,
@@ -37,8 +38,10 @@ from processing.methodologies.common import exact_sum
 
 #: parameters the processor derives interval by interval from monitored ones
 DERIVED_FROM = {"PH_PROV_BIOGAS": {"PE_flare": ("BG_flare", "w_CH4", "flame")}}
-#: readings with these gateway flags carry no usable value
-BAD = {"timeout", "disconnected", "illegal_address", "device_error", "decode_error", "not_implemented"}
+#: the quality given to readings a clock finding covers: their stamps may not be when they were taken
+WRONG_CLOCK = "wrong_clock"
+#: readings with these gateway flags (or stamped by a wrong clock) carry no usable value
+BAD = {"timeout", "disconnected", "illegal_address", "device_error", "decode_error", "not_implemented", WRONG_CLOCK}
 STATUSES = ("verified", "provisional", "needs_review", "failed")
 #: readings this far either side of a period settle its boundary intervals and outliers next to them
 EDGE = pd.Timedelta(hours=6)
@@ -92,9 +95,9 @@ def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
 
 def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = ()) -> str:
     """SHA-256 of the readings used, in a canonical text form: same readings, same hash. The
-    collector's sequence findings are inputs too (one line each, before the readings): a gap
-    recorded (or resolved) after a month was processed changes its hash, so the month is
-    processed again; a month without them keeps the hash it had.
+    collector's sequence, clock and custody findings are inputs too (one line each, before the
+    readings): a gap recorded (or resolved) after a month was processed changes its hash, so
+    the month is processed again; a month without them keeps the hash it had.
 
     ``rows``: each source's readings (``ReadingStore.read_sources``). The text is one line per reading,
     sorted by device, channel and ts: ``device TAB channel TAB time TAB value TAB quality``,
@@ -139,11 +142,14 @@ def _hash_source(h, src: str, frame: pd.DataFrame) -> None:
 def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd.Timestamp) -> list[Finding]:
     """The collector's findings along the site's gateway sequence within [start, end) as QA
     findings: a gap the gateway's outbox cap does not fully explain, or a new epoch (its lost
-    tail is of unknown size), is for review."""
+    tail is of unknown size), is for review; so is a wrong clock, in the period its readings
+    were stamped in and in the one they were received in (where they are missing)."""
     out = []
     for f in found:
         first, last = pd.Timestamp(f.start or f.noticed), pd.Timestamp(f.end or f.noticed)
-        if last < start or first >= end:
+        # a clock not yet seen right again touches every period after it was noticed
+        received = (pd.Timestamp(f.noticed), pd.Timestamp(f.resolved) if f.resolved else end)
+        if (last < start or first >= end) and (f.kind != "clock" or received[1] < start or received[0] >= end):
             continue
         source = f"{f.gateway}.seq"
         if f.kind == "gap":
@@ -155,12 +161,66 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
             out.append(Finding("sequence_gap", source, "info" if f.resolved else severity,
                                f"{f.cause}. What it means: {meaning}{after}", str(first), str(last),
                                amount=float(f.missing)))
+        elif f.kind == "clock":
+            until = f.resolved.isoformat(timespec="seconds") if f.resolved else "not yet"
+            out.append(Finding("wrong_clock", f"{f.gateway}.clock", "review",
+                               f"{f.cause}. What it means: the readings stamped {first} .. {last} are not used "
+                               "(treated as missing: a counter's total over them comes from its readings either "
+                               f"side); received {received[0]} .. {until}", str(first), str(last),
+                               amount=float(f.last - f.first + 1)))
         else:
             out.append(Finding("sequence_epoch", source, "review",
                                f"{f.cause}. What it means: an unknown number of readings the gateway held were "
                                "never sent; counter totals are recovered from the readings either side",
                                str(first), str(last)))
     return out
+
+
+def custody_findings(found: list[CustodyFinding], messages) -> list[Finding]:
+    """The collector's custody findings about the signed messages of a period as QA findings,
+    each for review: a reading whose chain is broken (``wrong_prev``) or that a validly signed
+    message contradicts (``conflict``) is not one a verifier can trace to its gateway.
+    ``messages``: the raw signed messages of the period (``ReadingStore.signed_messages``),
+    read only when there are findings."""
+    if not found:
+        return []
+    wanted = {(f.gateway, f.epoch, f.seq): f for f in found}
+    out = []
+    for raw in messages:
+        try:
+            body = json.loads(raw)
+            key = (body["gateway"], body.get("epoch") or "", body["seq"])
+        except (ValueError, KeyError, TypeError):
+            continue  # the collector verified it before storing it: a fault of the store, found by jcm verify
+        f = wanted.pop(key, None)
+        if f is not None:
+            out.append(Finding(f"custody_{f.kind}", f"{f.gateway}.custody", "review",
+                               f"seq {f.seq} of epoch {f.epoch}: {f.detail}. What it means: this reading's chain of "
+                               "custody is broken, so it cannot be traced to its gateway's signature unbroken",
+                               str(pd.Timestamp(body.get("ts"))) if body.get("ts") else None, amount=1.0))
+    return out
+
+
+def wrong_clock_spans(found: list[SequenceFinding]) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """The stamp ranges [start, end] of the clock findings: readings stamped there are not used.
+    Both are whole milliseconds, as the stores keep them (a store's float seconds may miss the last by 1 us)."""
+    return [(pd.Timestamp(f.start).round("ms"), pd.Timestamp(f.end).round("ms")) for f in found
+            if f.kind == "clock" and f.start and f.end]
+
+
+def flag_wrong_clock(frame: pd.DataFrame, spans: list[tuple[pd.Timestamp, pd.Timestamp]]) -> pd.DataFrame:
+    """``frame`` (``SOURCE_COLUMNS``) with the readings stamped within a span flagged ``WRONG_CLOCK``."""
+    if not spans or frame.empty:
+        return frame
+    covered = np.zeros(len(frame), bool)
+    for a, b in spans:
+        covered |= ((frame["ts"] >= a) & (frame["ts"] <= b)).to_numpy()
+    if not covered.any():
+        return frame
+    frame = frame.copy()
+    frame["quality"] = frame["quality"].astype(object)
+    frame.loc[covered, "quality"] = WRONG_CLOCK
+    return frame
 
 
 class PeriodProcessor:
@@ -181,9 +241,12 @@ class PeriodProcessor:
         site, spec = self.site, self.spec
         days = local_days(first, last)
         start, end = _utc_midnight(first, site), _utc_midnight(last + dt.timedelta(days=1), site)
+        found = store.sequence_findings(site.site)
+        spans = wrong_clock_spans(found)
         rows = store.read_sources(site.site, (start - EDGE).to_pydatetime(), (end + EDGE).to_pydatetime(),
                                   site.monitoring_sources)
-        rows = self._with_counter_neighbours(store, rows, start, end)
+        rows = {src: flag_wrong_clock(frame, spans) for src, frame in rows.items()}
+        rows = self._with_counter_neighbours(store, rows, start, end, spans)
         findings: list[Finding] = []
         adjustments: list[dict] = []
         completeness: dict[str, float] = {}
@@ -233,7 +296,10 @@ class PeriodProcessor:
                 self._power_cross_check(m, key, totals[key], units_of[key], series, days, spanned, findings)
 
         self._check_meters(totals, spanned, findings, adjustments)
-        sequence = sequence_findings(store.sequence_findings(site.site), start, end)
+        sequence = sequence_findings(found, start, end)
+        custody = store.custody_findings(site.site)
+        sequence += custody_findings(custody, store.signed_messages(site.site, start.to_pydatetime(),
+                                                                    end.to_pydatetime()) if custody else ())
         findings += sequence
         status_fail: list[str] = []
         fixed = from_config(site, spec)
@@ -323,10 +389,11 @@ class PeriodProcessor:
         return _usable(rows, self._point(src).kind.value == "counter")
 
     def _with_counter_neighbours(self, store: ReadingStore, rows: dict[str, pd.DataFrame], start: pd.Timestamp,
-                                 end: pd.Timestamp) -> dict[str, pd.DataFrame]:
+                                 end: pd.Timestamp, spans=()) -> dict[str, pd.DataFrame]:
         """``rows`` (by source) with, for each counter lacking a valid reading within ``EDGE``
         before the period (or after it), the readings out to the nearest valid one: a counter
-        read on both sides of a gap across the period's boundary knows the gap's exact total."""
+        read on both sides of a gap across the period's boundary knows the gap's exact total.
+        ``spans``: stamp ranges of clock findings (``wrong_clock_spans``), whose readings are not valid."""
         for src in self.site.monitoring_sources:
             if self._point(src).kind.value != "counter":
                 continue
@@ -338,7 +405,8 @@ class PeriodProcessor:
                 near = EDGE
                 for far in NEIGHBOUR_WINDOWS:
                     a, b = (start - far, start - near) if before else (end + near, end + far)
-                    more = store.read_sources(self.site.site, a.to_pydatetime(), b.to_pydatetime(), [src])[src]
+                    more = flag_wrong_clock(store.read_sources(self.site.site, a.to_pydatetime(), b.to_pydatetime(),
+                                                               [src])[src], spans)
                     extra.append(more)
                     if self._valid(more, src).any():
                         break

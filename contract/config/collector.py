@@ -41,6 +41,12 @@ class CollectorConfig(Strict):
     #: letter, so that a site sending garbage cannot fill the store's disk
     dead_letters_per_window: int = Field(default=120, ge=1, le=1_000_000)
     dead_letter_window_s: float = Field(default=60, ge=1, le=86400)
+    #: a gateway whose clock is further than this from the collector's stamps readings that are
+    #: flagged (a clock finding): their stamps may not be when they were taken [s]
+    clock_offset_max_s: float = Field(default=120, gt=0, le=86400)
+    #: how long a clock must look that far behind before it is judged wrong rather than its readings
+    #: late (a backlog drains: its offsets rise) [s]
+    clock_window_s: float = Field(default=300, ge=0, le=86400)
 
     @field_validator("store")
     @classmethod
