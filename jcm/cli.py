@@ -323,9 +323,9 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from jcm.verify import verify_folder
+    from jcm.verify import verify_export
 
-    ok, report = verify_folder(Path(args.folder))
+    ok, report = verify_export(Path(args.folder))
     print("\n".join(report))
     return 0 if ok else 1
 
@@ -564,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="var/keys", help="folder of the key files")
     s.set_defaults(func=cmd_keygen)
 
-    s = command("verify", "check the signatures and hash chains of an export's signed messages")
-    s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (its custody/ folder is read)")
+    s = command("verify", "check an export: its files, the signatures and hash chains of its signed messages, "
+                          "and its figures recomputed from them")
+    s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read)")
     s.set_defaults(func=cmd_verify)
 
     s = command("watch", "print the readings arriving at a broker")

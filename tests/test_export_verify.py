@@ -1,0 +1,219 @@
+"""``jcm verify EXPORT_DIR`` on a real export: the files, the custody folder and the figures
+recomputed from the signed messages alone, and each kind of tampering named.
+
+The export is made the normal way (a real SQLite store, the ledger, ``export_period``)
+from four days of simulated mn-solar readings that were signed, in order, by a test key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import json
+import shutil
+
+import openpyxl
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from contract.config.custody import Custody
+from contract.custody import GENESIS, chain_hash, sign, signed_bytes
+from jcm.cli import main
+from processing.export import export_period
+from processing.ledger import Ledger
+from simulators.history import SIMULATED_CHANNEL, history
+from store.sqlite_store import SqliteStore
+from tests.conftest import reference_site
+from tests.test_custody import public_key
+
+FIRST, LAST = dt.date(2026, 9, 10), dt.date(2026, 9, 12)
+EPOCH = "00000000000000aa"
+MESSAGES = "custody/messages/messages.jsonl.gz"
+
+
+class SigningStore(SqliteStore):
+    """A SQLite store that also keeps the signed messages of its readings (the collector's
+    store does; until its read API is merged here this stands in for it)."""
+
+    messages: list[tuple[dt.datetime, bytes]] = []
+
+    def signed_messages(self, site, start, end):
+        return (m for ts, m in self.messages if start <= ts < end)
+
+
+@pytest.fixture(scope="module")
+def signer():
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, signer):
+    """An export of FIRST..LAST, signed; a fresh copy per test."""
+    tmp = tmp_path_factory.mktemp("verify")
+    site = reference_site("mn-solar")
+    site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
+    store = SigningStore(tmp / "jcm.db")
+    store.messages = []
+    prev, seq = GENESIS, 0
+    for batch in history(site, FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1),
+                         channels=set(site.monitoring_channels)):
+        readings = []
+        for r in batch:
+            seq += 1
+            values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
+            r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
+                        seq=seq, epoch=EPOCH)
+            message = sign(r.to_json(), prev, "k1", signer)
+            prev = chain_hash(message)
+            store.messages.append((r.ts, message))
+            readings.append(r)
+        store.write(readings)
+    folder = export_period(site, store, Ledger(tmp / "ledger.sqlite", create=True), FIRST, LAST, tmp / "out")
+    store.close()
+    return folder
+
+
+@pytest.fixture
+def export(made, tmp_path):
+    return shutil.copytree(made, tmp_path / made.name)
+
+
+def run(folder, capsys) -> tuple[int, str]:
+    rc = main(["verify", str(folder)])
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+def rehash(folder):
+    """Rewrite the manifest's and SHA256SUMS' hashes, as someone covering a change would."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in manifest["files"]:
+        data = (folder / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    names = sorted([*manifest["files"], "manifest.json"])
+    (folder / "SHA256SUMS").write_text("".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+                                               for n in names))
+
+
+def messages(folder) -> list[bytes]:
+    return gzip.decompress((folder / MESSAGES).read_bytes()).splitlines()
+
+
+def put_messages(folder, lines: list[bytes]) -> None:
+    (folder / MESSAGES).write_bytes(gzip.compress(b"".join(m + b"\n" for m in lines), mtime=0))
+    rehash(folder)
+
+
+def energy_line(lines: list[bytes]) -> int:
+    """The index of a message of the main meter's energy counter in mid-period."""
+    return next(i for i, m in enumerate(lines) if b'"ts":"2026-09-11T03:00' in m and b'"device":"inv-01"' in m
+                and b"ac_energy" in m)
+
+
+def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, capsys):
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["custody"]["signed_messages"] == len(messages(export)) > 0
+    assert {"custody/keys.json", "custody/keys/k1.pem", MESSAGES, "custody/findings.json",
+            "site.json"} <= set(manifest["files"])
+    rc, out = run(export, capsys)
+    assert rc == 0, out
+    assert f"site mn-solar, period {FIRST}..{LAST}" in out
+    assert f"k1 (mn-solar, fingerprint {public_key(signer, 'k1').fingerprint})" in out
+    assert "refused: 0" in out and "daily values: " in out and ": all equal" in out
+    assert f"ER: recomputed {manifest['figures']['ER']}, exported {manifest['figures']['ER']}" in out
+    assert "2026-09: input hash equal to revision 1's" in out
+    assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole, "
+                                 "figures recomputed equal")
+
+
+def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
+    lines = messages(export)
+    i = energy_line(lines)
+    seq = json.loads(lines[i])["seq"]
+    body = json.loads(lines[i])
+    changed = lines[i].replace(b'"ac_energy":', b'"ac_energy":1', 1)
+    put_messages(export, lines[:i] + [changed] + lines[i + 1:])
+    rc, out = run(export, capsys)
+    assert rc == 1
+    assert f"{MESSAGES}:{i + 1} mn-solar/{body['gateway']}/{EPOCH} seq {seq}: bad signature (key 'k1')" in out
+    assert f"seq {seq}: gap: 1 message(s) missing (refused there: bad signature (key 'k1'))" in out
+    assert "2026-09: the readings of the signed messages are not those revision 1 was computed from" in out
+    assert "VERDICT: FAILED: custody, 1 figure(s) differ from the recomputation" in out
+
+    other = Ed25519PrivateKey.generate()
+    reading = signed_bytes(changed)
+    resigned = sign(reading[:reading.rindex(b',"prev":"')] + b"}", body["prev"], "k2", other)
+    put_messages(export, lines[:i] + [resigned] + lines[i + 1:])
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"seq {seq}: unknown key 'k2' (not a key of site mn-solar)" in out
+
+
+def test_a_changed_figure_is_named(export, capsys):
+    path = next(export.glob("*.xlsx"))
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Monitoring report"]
+    row = next(r for r in range(1, ws.max_row + 1) if ws.cell(row=r, column=1).value == "RE")
+    ws.cell(row=row, column=5).value = ws.cell(row=row, column=5).value + 1
+    wb.save(path)
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["figures"]["ER_exact"] = manifest["figures"]["ER_exact"] + "1"
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    csv = (export / "daily_values.csv").read_text().splitlines()
+    day, parameter, unit_id, unit, value = csv[1].split(",")
+    csv[1] = ",".join([day, parameter, unit_id, unit, repr(float(value) + 1)])
+    (export / "daily_values.csv").write_text("\n".join(csv) + "\n")
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1
+    assert "workbook Monitoring report RE: exported " in out
+    assert "manifest.json figures.ER_exact: exported " in out
+    key = parameter + (f"[{unit_id}]" if unit_id else "")
+    assert f"daily_values.csv: {key} on {day}: exported {float(value) + 1!r}" in out
+    assert "VERDICT: FAILED: 3 figure(s) differ from the recomputation" in out
+
+
+def test_a_missing_an_extra_and_an_altered_file_are_named(export, capsys):
+    (export / "completeness.png").unlink()
+    (export / "custody" / "notes.txt").write_text("added")
+    with (export / "summary.html").open("a") as f:
+        f.write("<!-- -->")
+    rc, out = run(export, capsys)
+    assert rc == 1
+    assert "completeness.png: missing (listed in manifest.json)" in out
+    assert "custody/notes.txt: not listed in manifest.json nor SHA256SUMS" in out
+    assert "summary.html: SHA-256 " in out and "is not the manifest's" in out
+    assert "VERDICT: FAILED: 4 file problem(s)" in out
+
+
+def test_a_deleted_message_is_a_gap_with_its_cause(export, capsys):
+    lines = messages(export)
+    i = energy_line(lines)
+    seq, gateway, ts = json.loads(lines[i])["seq"], json.loads(lines[i])["gateway"], json.loads(lines[i])["ts"]
+    put_messages(export, lines[:i] + lines[i + 1:])
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"seq {seq}: gap: 1 message(s) missing (no cause recorded" in out
+    finding = {"kind": "gap", "site": "mn-solar", "gateway": gateway, "epoch": EPOCH, "first": seq, "last": seq,
+               "noticed": ts, "cause": "1 reading(s) lost; the outbox dropped 1 (outbox_dropped)", "explained": 1,
+               "previous": "", "start": ts, "end": ts, "resolved": None}
+    (export / "custody" / "findings.json").write_text(json.dumps([finding]))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1
+    assert f"seq {seq}: gap: 1 message(s) missing (collector: seq {seq}..{seq}: 1 reading(s) lost; the outbox " in out
+
+
+def test_an_unsigned_export_says_so_and_a_folder_without_manifest_is_unusable(made, tmp_path, capsys):
+    site = reference_site("mn-solar")
+    store = SqliteStore(tmp_path / "jcm.db")
+    store.write([r for batch in history(site, FIRST, FIRST, channels=set(site.monitoring_channels)) for r in batch])
+    folder = export_period(site, store, Ledger(tmp_path / "ledger.sqlite", create=True), FIRST, FIRST,
+                           tmp_path / "out")
+    store.close()
+    assert json.loads((folder / "manifest.json").read_text())["custody"]["signed_messages"] == 0
+    assert not (folder / "custody").exists()
+    rc, out = run(folder, capsys)
+    assert rc == 1 and "custody: NOT SIGNED" in out and "VERDICT: FAILED: not signed" in out
+    (folder / "manifest.json").unlink()
+    rc, out = run(folder, capsys)
+    assert rc == 2 and "manifest.json: cannot read" in out and len(out.splitlines()) == 1
