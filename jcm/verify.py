@@ -71,7 +71,7 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
 
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            custody_ok, lines, readings = _custody(folder, store)
+            custody_ok, lines, readings = check_custody(folder, store)
             out += lines
             problems += [] if custody_ok else ["custody"]
             fixed = from_record(manifest.get("fixed_parameters", []))
@@ -156,7 +156,7 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
     return problems
 
 
-def _custody(folder: Path, store) -> tuple[bool, list[str], int]:
+def check_custody(folder: Path, store) -> tuple[bool, list[str], int]:
     """Check the custody folder, writing the readings of verified messages and the
     sequence findings to ``store``; whether it is whole, the lines, readings written."""
     keys, lines = read_folder(folder)
