@@ -30,6 +30,7 @@ from pathlib import Path
 
 import openpyxl
 
+from contract.config.site import Site
 from contract.custody import chain_breaks, pem_problems, read_folder, verify
 from contract.message import Reading
 from contract.store import SequenceFinding
@@ -37,6 +38,7 @@ from contract.text import printable
 from processing.export.custody_folder import FINDINGS, read_findings
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, recompute
 from processing.fixed_values import from_record
+from processing.monthly import versions
 
 #: refusals, breaks per chain and mismatches listed one by one; beyond it they are counted
 MAX_LISTED = 50
@@ -74,11 +76,11 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
             custody_ok, lines, readings = check_custody(folder, store)
             out += lines
             problems += [] if custody_ok else ["custody"]
-            fixed = from_record(manifest.get("fixed_parameters", []))
+            fixed = _fixed(manifest)
             result = recompute(site, store, _date(period, "first"), _date(period, "last"), fixed)
         finally:
             store.close()
-    lines, mismatches = _compare(folder, manifest, result)
+    lines, mismatches = _compare(folder, manifest, site, result)
     out.append(f"recomputed from the {readings} reading(s) of the verified messages with {SITE_SETTINGS} and the "
                f"manifest's {len(fixed)} fixed value(s):")
     out += lines
@@ -100,6 +102,13 @@ def _manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ValueError(f"{path}: no 'files' object: not the manifest of an export")
     return manifest
+
+
+def _fixed(manifest: dict) -> list:
+    try:
+        return from_record(manifest.get("fixed_parameters", []))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"manifest.json: fixed_parameters: not the fixed values an export records: {exc}") from None
 
 
 def _date(period: dict, key: str) -> dt.date:
@@ -257,7 +266,7 @@ def _in_workbook(a: float) -> float:
     return a if math.isnan(a) else float("%.16g" % a)
 
 
-def _compare(folder: Path, manifest: dict, r: Recomputed) -> tuple[list[str], int]:
+def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[list[str], int]:
     """The lines comparing recomputed with exported figures, and how many differ."""
     wrong: list[str] = []
     recomputed = {(d.isoformat(), k): float(v) for d, k, v in r.daily[["day", "key", "value"]].itertuples(index=False)}
@@ -288,8 +297,15 @@ def _compare(folder: Path, manifest: dict, r: Recomputed) -> tuple[list[str], in
                                  not isinstance(value, (int, float)) or not _same(held(float(mine)), float(value))):
                 wrong.append(f"  {where}: exported {value!r}, recomputed {mine!r}")
     recorded = {rev.get("month"): rev for rev in manifest.get("revisions", []) if isinstance(rev, dict)}
+    now = versions(site)
     for month, (input_hash, status) in sorted(r.months.items()):
         rev = recorded.get(month, {})
+        differ = [what for what, key in (("site settings (site.json)", "config_hash"),
+                                         (f"{site.methodology} default values", "defaults_hash"),
+                                         ("processing code", "code_version")) if rev.get(key) != now[key]]
+        if differ:  # not a mismatch by itself: it explains one
+            out.append(f"  {month}: note: revision {rev.get('revision')} was computed with other "
+                       f"{' and '.join(differ)} than this recomputation")
         same = rev.get("input_hash") == input_hash
         out.append(f"  {month}: input hash {'equal to' if same else 'NOT'} revision {rev.get('revision')}'s, "
                    f"status {status} (revision: {rev.get('status')})")
@@ -321,6 +337,13 @@ def _daily_csv(path: Path) -> dict[tuple[str, str], float]:
     return out
 
 
+def _sheet(folder: Path, manifest: dict, name: str):
+    try:
+        return _workbook(folder, manifest)[name]
+    except KeyError:
+        raise ValueError(f"workbook: no sheet '{name}'") from None
+
+
 def _workbook(folder: Path, manifest: dict):
     names = [n for n in manifest["files"] if n.endswith(".xlsx") and "/" not in n]
     if len(names) != 1:
@@ -336,7 +359,7 @@ def _workbook(folder: Path, manifest: dict):
 
 def _daily_sheet(folder: Path, manifest: dict) -> dict[tuple[str, str], float]:
     """The Daily sheet's values by (day, key)."""
-    rows = list(_workbook(folder, manifest)["Daily"].iter_rows(values_only=True))
+    rows = list(_sheet(folder, manifest, "Daily").iter_rows(values_only=True))
     top = next((i for i, row in enumerate(rows) if row and row[0] == "Day"), None)
     if top is None:
         raise ValueError("workbook sheet Daily: no header row starting 'Day'")
@@ -354,7 +377,7 @@ def _daily_sheet(folder: Path, manifest: dict) -> dict[tuple[str, str], float]:
 def _report_sheet(folder: Path, manifest: dict) -> dict[str, float]:
     """The Monitoring report's 'Check (Python)' figures (column E) by symbol (``P`` or ``P[unit]``)."""
     out = {}
-    for row in _workbook(folder, manifest)["Monitoring report"].iter_rows(values_only=True):
+    for row in _sheet(folder, manifest, "Monitoring report").iter_rows(values_only=True):
         if len(row) >= 5 and isinstance(row[0], str) and isinstance(row[4], (int, float)):
             out[row[0] + (f"[{row[1]}]" if row[1] else "")] = float(row[4])
     return out

@@ -122,7 +122,7 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
     assert f"k1 (mn-solar, fingerprint {public_key(signer, 'k1').fingerprint})" in out
     assert "refused: 0" in out and "daily values: " in out and ": all equal" in out
     assert f"ER: recomputed {manifest['figures']['ER']}, exported {manifest['figures']['ER']}" in out
-    assert "2026-09: input hash equal to revision 1's" in out
+    assert "2026-09: input hash equal to revision 1's" in out and "note:" not in out
     assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole, "
                                  "figures recomputed equal")
 
@@ -217,3 +217,18 @@ def test_an_unsigned_export_says_so_and_a_folder_without_manifest_is_unusable(ma
     (folder / "manifest.json").unlink()
     rc, out = run(folder, capsys)
     assert rc == 2 and "manifest.json: cannot read" in out and len(out.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("custody/findings.json", '[{"kind": "gap", "first": "1"}]', "findings.json: finding 1: first: not an integer"),
+    ("custody/findings.json", '[{"kind": "gap", "noticed": null}]', "findings.json: finding 1: "),
+    ("custody/findings.json", "[" * 100_000, "findings.json: not JSON"),
+    ("site.json", '{"site": "mn-solar"}', "site.json: name: Field required (11 more)"),
+    ("site.json", "[" * 100_000, "site.json: nested too deeply"),
+    ("manifest.json", '{"files": {}, "site": "mn-solar", "fixed_parameters": [{"x": 1}]}',
+     "manifest.json: fixed_parameters: "),
+])
+def test_unusable_input_is_named_on_one_line(export, capsys, name, text, expected):
+    (export / name).write_text(text)
+    rc, out = run(export, capsys)
+    assert rc == 2 and expected in out and len(out.splitlines()) == 1, out

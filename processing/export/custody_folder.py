@@ -71,12 +71,23 @@ def read_findings(path: Path) -> list[SequenceFinding]:
         raise ValueError(f"{path.name}: not JSON: {exc}") from None
     if not isinstance(listed, list):
         raise ValueError(f"{path.name}: not a list of findings")
-    times = {f.name for f in dataclasses.fields(SequenceFinding) if "datetime" in str(f.type)}
+    types = {f.name: f.type for f in dataclasses.fields(SequenceFinding)}
     out = []
     for i, record in enumerate(listed, 1):
         try:
-            out.append(SequenceFinding(**{k: dt.datetime.fromisoformat(v) if k in times and v is not None else v
-                                          for k, v in record.items()}))
+            fields = {}
+            for k, v in record.items():
+                kind = types[k]
+                if "datetime" in kind and (v is not None or "None" not in kind):
+                    v = dt.datetime.fromisoformat(v)
+                    if v.tzinfo is None:
+                        raise ValueError(f"{k}: a time without its zone")
+                elif (kind == "int" and type(v) is not int) or (kind == "str" and not isinstance(v, str)):
+                    raise ValueError(f"{k}: not a{'n integer' if kind == 'int' else ' text'}")
+                fields[k] = v
+            out.append(SequenceFinding(**fields))
+        except KeyError as exc:
+            raise ValueError(f"{path.name}: finding {i}: unknown field {exc}") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{path.name}: finding {i}: {exc}") from None
     return out

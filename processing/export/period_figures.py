@@ -37,6 +37,9 @@ class UsedRevision:
     created: str
     input_hash: str
     code_version: str
+    #: what ``monthly.versions`` gave: a recomputation with other site settings or defaults says so
+    config_hash: str
+    defaults_hash: str
     status: str
     RE: float | None
     PE: float | None
@@ -144,7 +147,8 @@ def _used(revision: Revision, signed: tuple | None) -> UsedRevision:
     s = revision.result["summary"]
     return UsedRevision(
         site=revision.site, month=revision.month, revision=revision.revision, created=revision.created,
-        input_hash=revision.input_hash, code_version=revision.code_version, status=revision.status,
+        input_hash=revision.input_hash, code_version=revision.code_version, config_hash=revision.config_hash,
+        defaults_hash=revision.defaults_hash, status=revision.status,
         RE=s["RE"], PE=s["PE"], ER_unrounded=s["ER_unrounded"], ER=s["ER"], provisional=bool(s["provisional"]),
         signed_off=signed is not None, signed_by=signed[1] if signed else None, signed_at=signed[2] if signed else None,
     )
