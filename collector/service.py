@@ -31,6 +31,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from collector.acknowledgement import Acknowledgements
+from collector.custody import CustodyCheck
 from collector.dead_letter_budget import DeadLetterBudget
 from collector.sequence_gaps import SequenceGaps
 from collector.validation import Rejected, SiteRules, rules_for, validate
@@ -38,7 +39,7 @@ from contract import topics
 from contract.config import CollectorConfig, ConfigError, load_site
 from contract.message import Reading
 from contract.mqtt_connection import BrokerConnection
-from contract.store import DeadLetter, ReadingStore, StoreUnavailable
+from contract.store import CustodyFinding, DeadLetter, ReadingStore, SignedMessage, StoreUnavailable
 from contract.text import printable
 from store import open_store
 
@@ -72,8 +73,10 @@ class Collector:
         if not site_files:  # fail closed: with no sites known, nothing can be checked
             raise ConfigError(f"collector: sites_dir: no site files (*.yaml) in {sites_dir}; "
                               "the collector accepts readings of the sites described there only")
-        self.rules: dict[str, SiteRules] = rules_for([load_site(f) for f in site_files])
+        sites = [load_site(f) for f in site_files]
+        self.rules: dict[str, SiteRules] = rules_for(sites)
         self.store = store or open_store(config.store)
+        self.custody = CustodyCheck(sites, self.store)
         self.sequences = SequenceGaps(self.store, config.gap_grace_s)
         self.budget = DeadLetterBudget(config.dead_letters_per_window, config.dead_letter_window_s)
         self.topic = topics.ALL_READINGS
@@ -193,10 +196,11 @@ class Collector:
     def _store(self, batch: list[Incoming]) -> None:
         now = dt.datetime.now(dt.UTC)
         future = dt.timedelta(seconds=self.config.max_future_s)
-        readings, letters, source = [], [], {}
+        readings, letters, source, signed = [], [], {}, {}
         for m in batch:
             try:
                 r = validate(m.topic, m.payload, self.rules, now, self.config.max_payload_bytes, future)
+                message = self.custody.signed(m.payload, r)
             except Rejected as exc:
                 letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
                 continue
@@ -207,13 +211,24 @@ class Collector:
                 continue
             readings.append(r)
             source[id(r)] = m
+            if message is not None:
+                signed[id(r)] = message
+        try:
+            findings = self._conflicts(readings, letters, source, signed)
+        except _Stopping:
+            log.error("stopping with %d messages unstored: the broker will redeliver them", len(batch))
+            return
         refused_count = len(letters)
         letters = self.budget.admit(letters, now)  # what is not kept whole is counted in a summary
         try:
-            refused = self._write(readings, letters)
+            refused = self._write(readings, letters, signed)
             if refused:  # the store took the rest; keep these aside with its reason
                 self._write([], [DeadLetter(source[id(r)].received, source[id(r)].topic, source[id(r)].payload,
                                             f"store refused it: {why}") for r, why in refused])
+            refused_ids = {id(r) for r, _ in refused}
+            written = [signed[id(r)] for r in readings if id(r) in signed and id(r) not in refused_ids]
+            # before the acknowledgement: a finding lost in a crash is found again on redelivery
+            self._retrying(lambda: self.custody.record(findings + self.custody.wrong_prevs(written)), len(batch))
         except _Stopping:
             log.error("stopping with %d messages unstored: the broker will redeliver them", len(batch))
             return
@@ -231,12 +246,29 @@ class Collector:
             if m.generation == self._generation and m.qos > 0:
                 self.client.ack(m.mid, m.qos)
 
-    def _write(self, readings: list[Reading], letters: list[DeadLetter]) -> list[tuple[Reading, str]]:
-        """Write; return the readings refused, with why. If the store raises for what is
-        in the batch rather than being unavailable, halve the batch until the guilty
-        message is alone, so that the others are stored and it is not retried forever."""
+    def _conflicts(self, readings: list[Reading], letters: list[DeadLetter], source: dict[int, Incoming],
+                   signed: dict[int, SignedMessage]) -> list[CustodyFinding]:
+        """Move the signed readings whose seq is stored with other bytes from ``readings`` (and
+        ``source``, ``signed``) to ``letters``; return their custody findings."""
+        ids = [id(r) for r in readings if id(r) in signed]
+        conflicts = self._retrying(lambda: self.custody.conflicts([signed[i] for i in ids]), len(readings))
+        findings = []
+        for position, detail in conflicts.items():
+            m = source.pop(ids[position])
+            letters.append(DeadLetter(m.received, m.topic, m.payload, f"custody: conflict: {detail}"))
+            findings.append(self.custody.conflict_finding(signed.pop(ids[position]), detail))
+        readings[:] = [r for r in readings if id(r) in source]
+        return findings
+
+    def _write(self, readings: list[Reading], letters: list[DeadLetter],
+               signed: dict[int, SignedMessage] | None = None) -> list[tuple[Reading, str]]:
+        """Write (with the signed messages of the readings, by reading id); return the readings
+        refused, with why. If the store raises for what is in the batch rather than being
+        unavailable, halve the batch until the guilty message is alone, so that the others
+        are stored and it is not retried forever."""
+        signed = signed or {}
         try:
-            return self._write_retrying(readings, letters)
+            return self._write_retrying(readings, letters, [signed[id(r)] for r in readings if id(r) in signed])
         except _Stopping:
             raise
         except Exception as exc:
@@ -245,7 +277,7 @@ class Collector:
                 half = len(items) // 2
                 return [refused for part in (items[:half], items[half:])
                         for refused in self._write([i for i in part if isinstance(i, Reading)],
-                                                   [i for i in part if isinstance(i, DeadLetter)])]
+                                                   [i for i in part if isinstance(i, DeadLetter)], signed)]
             why = f"{type(exc).__name__}: {exc}"
             if readings:
                 return [(readings[0], why)]
@@ -257,16 +289,21 @@ class Collector:
                                                  letter.size, letter.sha256)])
             return []
 
-    def _write_retrying(self, readings: list[Reading], letters: list[DeadLetter]) -> list[tuple[Reading, str]]:
+    def _write_retrying(self, readings: list[Reading], letters: list[DeadLetter],
+                        messages: list[SignedMessage] = ()) -> list[tuple[Reading, str]]:
         """Write, retrying with backoff while the store is unavailable."""
+        return self._retrying(lambda: self.store.write(readings, letters, messages), len(readings) + len(letters))
+
+    def _retrying(self, call, holding: int):
+        """``call()``, retried with backoff while the store is unavailable (``holding`` messages unacknowledged)."""
         pause = 0.5
         while True:
             try:
-                return self.store.write(readings, letters)
+                return call()
             except StoreUnavailable as exc:
                 if self._stop.is_set():
                     raise _Stopping() from exc
                 log.error("store unavailable (%s); holding %d messages unacknowledged, retrying in %.1f s",
-                          printable(str(exc)), len(readings) + len(letters), pause)
+                          printable(str(exc)), holding, pause)
                 time.sleep(pause)
                 pause = min(pause * 2, 30.0)

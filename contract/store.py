@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import pandas as pd
 
+from contract.custody import Verdict
 from contract.message import Reading
 from contract.text import printable
 
@@ -131,6 +133,59 @@ def merge_ranges(ranges: list[SeqRange]) -> list[SeqRange]:
 
 
 @dataclass(frozen=True)
+class SignedMessage:
+    """A signed reading message as the store keeps it (``contract.custody``): its place in
+    its chain, what a later check needs, and its bytes exactly as received.
+
+    Identified by (site, gateway, epoch, seq). ``hash`` is its ``chain_hash`` (what the
+    next message carries as ``prev``); ``ts`` the reading's time."""
+
+    site: str
+    gateway: str
+    epoch: str
+    seq: int
+    ts: dt.datetime
+    hash: str
+    prev: str
+    key_id: str
+    raw: bytes
+
+    @classmethod
+    def verified(cls, raw: bytes, verdict: Verdict) -> SignedMessage:
+        """The message ``raw`` that ``contract.custody.verify`` found valid (``verdict``)."""
+        r = verdict.reading
+        return cls(r.site, r.gateway, r.epoch, r.seq, r.ts, verdict.hash, verdict.prev, verdict.key_id, bytes(raw))
+
+
+@dataclass(frozen=True)
+class Link:
+    """A stored signed message's ``hash`` and ``prev``: what the chain checks compare."""
+
+    hash: str
+    prev: str
+
+
+@dataclass(frozen=True)
+class CustodyFinding:
+    """A break in a gateway's chain of signed messages, as the collector found it against the store.
+
+    ``kind`` ``wrong_prev``: the stored message ``seq`` does not carry the hash of the
+    stored ``seq - 1`` as its ``prev`` (or is a seq 1 whose ``prev`` is not GENESIS).
+    ``conflict``: a validly signed message of ``seq`` whose bytes differ from the stored
+    one; the stored one is kept, the other is a dead letter. ``detail`` says what differs.
+    Identified by (site, gateway, epoch, kind, seq): recording it again replaces it.
+    Gaps are ``SequenceFinding``s."""
+
+    kind: str
+    site: str
+    gateway: str
+    epoch: str
+    seq: int
+    noticed: dt.datetime
+    detail: str
+
+
+@dataclass(frozen=True)
 class DeviceSeen:
     site: str
     gateway: str
@@ -139,8 +194,14 @@ class DeviceSeen:
 
 
 class ReadingStore(Protocol):
-    def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = ()) -> list[tuple[Reading, str]]:
+    def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
+              messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
         """Store durably before returning (then the caller may acknowledge).
+
+        ``messages``: the signed messages of some of ``readings`` (matched by site, gateway,
+        epoch and seq), kept with them by the same call; that of a refused reading is not
+        kept. A message whose (site, gateway, epoch, seq) is stored already is not
+        rewritten: the caller checks ``links`` first, as InfluxDB cannot refuse a point.
 
         Returns the readings the store refused for what they are (e.g. a field type
         conflict, a value it cannot hold), each with the store's reason, so the caller
@@ -188,6 +249,20 @@ class ReadingStore(Protocol):
 
     def sequence_findings(self, site: str | None = None) -> list[SequenceFinding]:
         """Sequence findings, one per identity, oldest noticed first."""
+
+    def links(self, site: str, gateway: str, epoch: str, seqs: Iterable[int]) -> dict[int, Link]:
+        """The stored signed messages among ``seqs`` of one chain, by seq. Raises ``StoreUnavailable``."""
+
+    def signed_messages(self, site: str, start: dt.datetime, end: dt.datetime) -> Iterator[bytes]:
+        """The raw signed messages of ``site`` whose reading ``ts`` is in [start, end), byte for
+        byte as received, ordered by (gateway, epoch, seq): what an export's custody folder
+        holds. Lazy: a period of any length is read in pages."""
+
+    def record_custody_finding(self, finding: CustodyFinding) -> None:
+        """Keep a custody finding (replacing one of the same identity). Raises ``StoreUnavailable``."""
+
+    def custody_findings(self, site: str | None = None) -> list[CustodyFinding]:
+        """Custody findings, one per identity, oldest noticed first."""
 
     def close(self) -> None: ...
 

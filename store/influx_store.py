@@ -12,6 +12,12 @@ flagged channels), ``status`` and ``seq``; one point per device poll at its
 millisecond timestamp, so a replay overwrites the same point. A channel named like a
 tag or one of those fields would overwrite it, so such a reading is refused.
 
+Signed messages (chain of custody) are measurement ``signed_message``, tags site,
+gateway, epoch, at the time ``seq`` nanoseconds (near 1970: the database's retention
+policy must keep everything, as the default ``autogen`` does), fields ``ts`` [ms],
+``hash``, ``prev``, ``key`` and ``raw`` (the bytes as received, base64): a chain's
+messages are found by seq through the time index, and come in seq order.
+
 A reading that cannot be written as it is (it does not render as line protocol, or
 InfluxDB answers 4xx about the data) is refused on its own: the batch is halved until
 the guilty points are alone, and the rest is stored.
@@ -24,6 +30,7 @@ import datetime as dt
 import json
 import os
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from urllib.parse import SplitResult, urlencode
 
 import numpy as np
@@ -36,8 +43,8 @@ from influxdb_client.rest import ApiException
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import (READ_COLUMNS, DeadLetter, DeviceSeen, SeqRange, SequenceFinding, StoreUnavailable,
-                            merge_ranges, source_pairs)
+from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqRange, SequenceFinding,
+                            SignedMessage, StoreUnavailable, merge_ranges, source_pairs)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -45,6 +52,12 @@ DEAD = "dead_letter"
 #: and the collector's findings (at the time first noticed)
 RANGES = "sequence_range"
 FINDINGS = "sequence_finding"
+#: signed messages: tags site, gateway, epoch; at the time ``seq`` [ns], so that a chain's
+#: messages are found by seq with the time index and read in seq order
+MESSAGES = "signed_message"
+CUSTODY_FINDINGS = "custody_finding"
+#: a chain's seqs read per query
+MESSAGE_PAGE = 1000
 _META = {"quality", "status", "seq"}
 #: names a channel may not have: the tags, the metadata fields and InfluxQL's time column
 _NOT_CHANNELS = _META | {"site", "gateway", "device", "time"}
@@ -79,6 +92,13 @@ def to_point(r: Reading) -> Point:
     p.field("status", r.status.value)
     p.field("seq", int(r.seq or 0))
     return p.time(r.ts, WritePrecision.MS)
+
+
+def message_line(m: SignedMessage) -> bytes:
+    p = (Point(MESSAGES).tag("site", m.site).tag("gateway", m.gateway).tag("epoch", m.epoch)
+         .field("ts", _ms(m.ts)).field("hash", m.hash).field("prev", m.prev).field("key", m.key_id)
+         .field("raw", base64.b64encode(m.raw).decode()))
+    return p.time(m.seq, WritePrecision.NS).to_line_protocol().encode()
 
 
 class InfluxStore:
@@ -166,7 +186,8 @@ class InfluxStore:
         return (self._post_isolating(items[:half], lines[:half], precision)
                 + self._post_isolating(items[half:], lines[half:], precision))
 
-    def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = ()) -> list[tuple[Reading, str]]:
+    def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
+              messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
         refused: list[tuple[Reading, str]] = []
         rendered, lines = [], []
         for r in readings:
@@ -177,6 +198,13 @@ class InfluxStore:
                 refused.append((r, f"not writable as InfluxDB line protocol: {type(exc).__name__}: {exc}"))
         if lines:
             refused += self._post_isolating(rendered, lines, WritePrecision.MS)
+        if messages:
+            gone = {(r.site, r.gateway, r.epoch, r.seq): why for r, why in refused}
+            kept = [m for m in messages if (m.site, m.gateway, m.epoch, m.seq) not in gone]
+            by_key = {(r.site, r.gateway, r.epoch, r.seq): r for r in rendered}
+            # a message InfluxDB refuses makes its reading refused too (a dead letter), though its point is written
+            refused += [(by_key[(m.site, m.gateway, m.epoch, m.seq)], f"its signed message: {why}") for m, why in
+                        self._post_isolating(kept, [message_line(m) for m in kept], WritePrecision.NS)]
         if dead_letters:
             lines = []
             for i, d in enumerate(dead_letters):
@@ -238,6 +266,59 @@ class InfluxStore:
                     found[key] = f
         return sorted(found.values(), key=lambda f: (f.noticed, f.gateway, f.epoch, f.first))
 
+    def links(self, site, gateway, epoch, seqs: Iterable[int]) -> dict[int, Link]:
+        out = {}
+        wanted = set(seqs)
+        for lo, hi in self._seq_spans(sorted(wanted)):
+            for s in self.query(f'SELECT "hash", "prev" FROM {_q(MESSAGES)} WHERE {self._chain(site, gateway, epoch)} '
+                                f"AND time >= {lo} AND time <= {hi}", "ns"):
+                out.update((seq, Link(h, p)) for seq, h, p in s["values"] if seq in wanted)
+        return out
+
+    def signed_messages(self, site, start, end) -> Iterator[bytes]:
+        # the seqs of the period first (one column), then the bytes by seq spans, in seq order
+        where = f'"site" = {_lit(site)} AND "ts" >= {_ms(start)} AND "ts" < {_ms(end)}'
+        series = self.query(f'SELECT "ts" FROM {_q(MESSAGES)} WHERE {where} GROUP BY "gateway", "epoch"', "ns")
+        chains = sorted(((s["tags"]["gateway"], s["tags"]["epoch"]), [seq for seq, _ in s["values"]]) for s in series)
+        for (gateway, epoch), seqs in chains:
+            wanted = set(seqs)
+            for lo, hi in self._seq_spans(sorted(wanted)):
+                q = (f'SELECT "raw" FROM {_q(MESSAGES)} WHERE {self._chain(site, gateway, epoch)} '
+                     f"AND time >= {lo} AND time <= {hi}")
+                for s in self.query(q, "ns"):
+                    yield from (base64.b64decode(raw) for seq, raw in s["values"] if seq in wanted)
+
+    @staticmethod
+    def _seq_spans(seqs: list[int]) -> Iterator[tuple[int, int]]:
+        """(lowest, highest) of runs of at most ``MESSAGE_PAGE`` of the sorted ``seqs``,
+        split where they are far apart, so that a query never reads much that is not wanted."""
+        i = 0
+        while i < len(seqs):
+            j = i + 1
+            while j < len(seqs) and j - i < MESSAGE_PAGE and seqs[j] - seqs[j - 1] <= MESSAGE_PAGE:
+                j += 1
+            yield seqs[i], seqs[j - 1]
+            i = j
+
+    @staticmethod
+    def _chain(site: str, gateway: str, epoch: str) -> str:
+        return f'"site" = {_lit(site)} AND "gateway" = {_lit(gateway)} AND "epoch" = {_lit(epoch)}'
+
+    def record_custody_finding(self, finding: CustodyFinding) -> None:
+        f = finding
+        p = (Point(CUSTODY_FINDINGS).tag("site", f.site).tag("gateway", f.gateway).tag("epoch", f.epoch)
+             .tag("kind", f.kind).field("seq", f.seq).field("detail", f.detail).field("noticed", _ms(f.noticed)))
+        # at the time seq: one point per identity, recording it again replaces it
+        self._post_sequence([p.time(f.seq, WritePrecision.NS).to_line_protocol().encode()], WritePrecision.NS)
+
+    def custody_findings(self, site=None) -> list[CustodyFinding]:
+        where = f' WHERE "site" = {_lit(site)}' if site else ""
+        series = self.query(f'SELECT "seq", "noticed", "detail" FROM {_q(CUSTODY_FINDINGS)}{where} '
+                            'GROUP BY "site", "gateway", "epoch", "kind"')
+        found = [CustodyFinding(s["tags"]["kind"], s["tags"]["site"], s["tags"]["gateway"], s["tags"]["epoch"], seq,
+                                _from_ms(noticed), detail) for s in series for _, seq, noticed, detail in s["values"]]
+        return sorted(found, key=lambda f: (f.noticed, f.gateway, f.epoch, f.seq))
+
     def _post_sequence(self, lines: list[bytes], precision: str) -> None:
         try:
             self._post_lines(lines, precision)
@@ -245,9 +326,9 @@ class InfluxStore:
             raise StoreUnavailable(str(exc)) from exc
 
     # -- reading --------------------------------------------------------------------
-    def query(self, influxql: str) -> list[dict]:
-        """Run InfluxQL on /query; return the series of the first statement."""
-        params = {"q": influxql, "db": self.db, "epoch": "ms", **self.auth}
+    def query(self, influxql: str, precision: str = "ms") -> list[dict]:
+        """Run InfluxQL on /query; return the series of the first statement, times in ``precision``."""
+        params = {"q": influxql, "db": self.db, "epoch": precision, **self.auth}
         try:
             resp = self.http.request("POST", f"{self.base_url}/query", fields=params, headers=self.headers,
                                      encode_multipart=False)

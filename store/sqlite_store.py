@@ -4,6 +4,8 @@ One row per (site, device, channel, ts), upserted, so a redelivered or replayed
 reading overwrites itself. Numbers and booleans go to ``value``; text channels
 (serial numbers, model names) to ``text_value`` and are served by ``latest`` only.
 Timestamps are integer milliseconds since the epoch, UTC.
+Signed messages (chain of custody) go to ``messages``, one row per (site, gateway,
+epoch, seq), the first stored kept, with their bytes as received.
 
 A write is one transaction that always ends (committed, or rolled back on any
 exception). A reading SQLite cannot hold as it is (a bind or constraint error) is
@@ -16,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +27,8 @@ import pandas as pd
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
-from contract.store import (READ_COLUMNS, DeadLetter, DeviceSeen, SeqRange, SequenceFinding, StoreUnavailable,
-                            merge_ranges, source_pairs)
+from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqRange, SequenceFinding,
+                            SignedMessage, StoreUnavailable, merge_ranges, source_pairs)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -52,6 +55,16 @@ CREATE TABLE IF NOT EXISTS sequence_findings (
     last INTEGER NOT NULL, noticed INTEGER NOT NULL, cause TEXT NOT NULL, explained INTEGER NOT NULL,
     previous TEXT NOT NULL, start INTEGER, "end" INTEGER, resolved INTEGER,
     PRIMARY KEY (site, gateway, epoch, kind, first)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+    hash TEXT NOT NULL, prev TEXT NOT NULL, key_id TEXT NOT NULL, raw BLOB NOT NULL,
+    PRIMARY KEY (site, gateway, epoch, seq)
+);
+CREATE INDEX IF NOT EXISTS messages_site_ts ON messages (site, ts);
+CREATE TABLE IF NOT EXISTS custody_findings (
+    site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL,
+    noticed INTEGER NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (site, gateway, epoch, kind, seq)
 );
 """
 
@@ -90,6 +103,19 @@ ON CONFLICT (site, gateway, epoch, kind, first) DO UPDATE SET last = excluded.la
     explained = excluded.explained, start = excluded.start, "end" = excluded."end", resolved = excluded.resolved
 """
 
+
+#: the first message stored of a (site, gateway, epoch, seq) is kept: a second one is a conflict, never a correction
+INSERT_MESSAGE = ("INSERT INTO messages (site, gateway, epoch, seq, ts, hash, prev, key_id, raw) "
+                  "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
+
+#: a finding recorded again keeps when it was first noticed
+UPSERT_CUSTODY_FINDING = """
+INSERT INTO custody_findings (kind, site, gateway, epoch, seq, noticed, detail) VALUES (?,?,?,?,?,?,?)
+ON CONFLICT (site, gateway, epoch, kind, seq) DO UPDATE SET detail = excluded.detail
+"""
+
+#: signed messages read per query by ``signed_messages``
+MESSAGE_PAGE = 1000
 
 RANGE = "first, last, first_ts, last_ts FROM sequence_ranges WHERE site = ? AND gateway = ? AND epoch = ? AND"
 
@@ -140,7 +166,8 @@ class SqliteStore:
             if name not in have:
                 self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
 
-    def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = ()) -> list[tuple[Reading, str]]:
+    def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
+              messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
         letters = [(d.received.isoformat(), d.topic, d.payload, d.reason, d.size, d.sha256) for d in dead_letters]
         with self._lock:
             try:
@@ -152,6 +179,7 @@ class SqliteStore:
                     self._db.execute("ROLLBACK")
                     self._db.execute("BEGIN IMMEDIATE")
                     refused = self._upsert_each(readings)
+                self._db.executemany(INSERT_MESSAGE, _message_rows(messages, refused))
                 self._db.executemany(INSERT_LETTER, letters)
                 self._db.execute("COMMIT")
             except DATA_ERRORS:
@@ -299,12 +327,56 @@ class SqliteStore:
         return [SequenceFinding(k, s, g, e, f, la, from_ms(n), c, x, p, _ts_or_none(a), _ts_or_none(b),
                                 _ts_or_none(res)) for k, s, g, e, f, la, n, c, x, p, a, b, res in rows]
 
+    def links(self, site, gateway, epoch, seqs: Iterable[int]) -> dict[int, Link]:
+        wanted = sorted(set(seqs))
+        out = {}
+        for i in range(0, len(wanted), MESSAGE_PAGE):
+            part = wanted[i:i + MESSAGE_PAGE]
+            rows = self._query(f"SELECT seq, hash, prev FROM messages WHERE site = ? AND gateway = ? AND epoch = ? "
+                               f"AND seq IN ({','.join('?' * len(part))})", (site, gateway, epoch, *part))
+            out.update((seq, Link(h, p)) for seq, h, p in rows)
+        return out
+
+    def signed_messages(self, site, start, end) -> Iterator[bytes]:
+        # the keys of the period first (small), then the bytes a page at a time in key order
+        keys = self._query("SELECT gateway, epoch, seq FROM messages WHERE site = ? AND ts >= ? AND ts < ? "
+                           "ORDER BY gateway, epoch, seq", (site, to_ms(start), to_ms(end)))
+        for i in range(0, len(keys), MESSAGE_PAGE):
+            page = keys[i:i + MESSAGE_PAGE]
+            rows = self._query("SELECT gateway, epoch, seq, raw FROM messages WHERE site = ? AND "
+                               f"(gateway, epoch, seq) IN (VALUES {','.join(['(?,?,?)'] * len(page))})",
+                               (site, *(k for key in page for k in key)))
+            raw = {(g, e, n): bytes(r) for g, e, n, r in rows}
+            yield from (raw[key] for key in page)
+
+    def record_custody_finding(self, finding: CustodyFinding) -> None:
+        f = finding
+        with self._lock:
+            try:
+                self._db.execute(UPSERT_CUSTODY_FINDING, (f.kind, f.site, f.gateway, f.epoch, f.seq,
+                                                          to_ms(f.noticed), f.detail))
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+    def custody_findings(self, site=None) -> list[CustodyFinding]:
+        rows = self._query("SELECT kind, site, gateway, epoch, seq, noticed, detail FROM custody_findings"
+                           + (" WHERE site = ?" if site else "") + " ORDER BY noticed, gateway, epoch, seq",
+                           (site,) if site else ())
+        return [CustodyFinding(k, s, g, e, n, from_ms(t), d) for k, s, g, e, n, t, d in rows]
+
     def count(self) -> int:
         return self._query("SELECT COUNT(*) FROM readings", ())[0][0]
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _message_rows(messages: Sequence[SignedMessage], refused: list[tuple[Reading, str]]) -> list[tuple]:
+    """Rows of the messages whose readings were not refused."""
+    gone = {(r.site, r.gateway, r.epoch, r.seq) for r, _ in refused}
+    return [(m.site, m.gateway, m.epoch, m.seq, to_ms(m.ts), m.hash, m.prev, m.key_id, m.raw) for m in messages
+            if (m.site, m.gateway, m.epoch, m.seq) not in gone]
 
 
 def _pairs_frame(site: str, parts: list[tuple[str, str, list[tuple]]], limit: int | None) -> pd.DataFrame:

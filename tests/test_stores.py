@@ -3,16 +3,21 @@ DataFrames (chunked), latest values, devices seen, dead letters. SQLite on disk,
 InfluxDB 1.6.7 (Debian) in api=v1 mode, and the /api/v2/write path through
 influxdb-client against VictoriaMetrics, read back through its export API."""
 
+import dataclasses
 import datetime as dt
 import json
 import math
+import sys
 
 import pandas as pd
 import pytest
 import urllib3
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from contract.custody import GENESIS, _parse, sign
 from contract.message import DeviceStatus, Quality, Reading
-from contract.store import DeadLetter
+from contract.store import CustodyFinding, DeadLetter, Link, SignedMessage
 from store import open_store
 
 T0 = dt.datetime(2026, 10, 1, 0, 0, tzinfo=dt.UTC)
@@ -205,3 +210,55 @@ def test_gc_paused_nests_and_restores():
         assert not gc.isenabled()  # a caller that had it off keeps it off
     finally:
         gc.enable()
+
+
+def signed_chain(n, key, device="m1", epoch="00000000000000a1", first=1, prev=GENESIS, minutes=0):
+    """``n`` signed messages of one chain (seq ``first``..) as (reading, message, raw)."""
+    out = []
+    for i in range(n):
+        r = Reading(site="s1", gateway="gw1", device=device, ts=T0 + dt.timedelta(minutes=minutes + i),
+                    values={"energy": 100.0 + i, "power": 5.5}, quality={}, units={}, status=DeviceStatus.ok,
+                    seq=first + i, epoch=epoch)
+        raw = sign(r.to_json(), prev, "k1", key)
+        v = _parse(raw)
+        out.append((r, SignedMessage.verified(raw, v), raw))
+        prev = v.hash
+    return out
+
+
+def test_signed_messages_are_kept_byte_for_byte_and_read_back_by_period_in_chain_order(store, monkeypatch):
+    monkeypatch.setattr(sys.modules[type(store).__module__], "MESSAGE_PAGE", 2)  # read in several pages
+    key = Ed25519PrivateKey.generate()
+    a = signed_chain(5, key)
+    b = signed_chain(3, key, device="m2", epoch="00000000000000b2", minutes=1)
+    # stored out of order, in two writes
+    for part in (a[3:] + b, a[:3]):
+        store.write([r for r, _, _ in part], messages=[m for _, m, _ in part])
+    period = list(store.signed_messages("s1", T0 + dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=4)))
+    assert period == [raw for _, _, raw in a[1:4]] + [raw for _, _, raw in b]
+    assert list(store.signed_messages("s2", T0, T0 + dt.timedelta(days=1))) == []
+    links = store.links("s1", "gw1", "00000000000000a1", [0, 2, 3, 9])
+    assert links == {2: Link(a[1][1].hash, a[0][1].hash), 3: Link(a[2][1].hash, a[1][1].hash)}
+
+
+def test_a_stored_signed_message_is_not_replaced_and_one_of_a_refused_reading_not_kept(store):
+    key = Ed25519PrivateKey.generate()
+    (r, m, raw), = signed_chain(1, key)
+    store.write([r], messages=[m])
+    store.write([r], messages=[m])  # redelivered: still one
+    assert list(store.signed_messages("s1", T0, T0 + dt.timedelta(hours=1))) == [raw]
+    (bad, bad_m, _), = signed_chain(1, key, first=2, prev=m.hash)
+    bad = dataclasses.replace(bad, values={"energy": 10**400})  # beyond a float
+    refused = store.write([bad], messages=[bad_m])
+    assert [x for x, _ in refused] == [bad]
+    assert store.links("s1", "gw1", m.epoch, [1, 2]) == {1: Link(m.hash, GENESIS)}
+
+
+def test_custody_findings_are_kept_one_per_identity(store):
+    f = CustodyFinding("wrong_prev", "s1", "gw1", "00000000000000a1", 7, T0, "prev is not seq 6's hash")
+    store.record_custody_finding(f)
+    store.record_custody_finding(f)
+    store.record_custody_finding(CustodyFinding("conflict", "s2", "gw2", "00000000000000b2", 3,
+                                                T0 + dt.timedelta(seconds=1), "another message"))
+    assert store.custody_findings("s1") == [f]
+    assert [x.kind for x in store.custody_findings()] == ["wrong_prev", "conflict"]

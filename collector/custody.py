@@ -1,0 +1,115 @@
+"""The chain of custody on arrival: each signed reading checked, kept with its signed
+bytes, and its chain checked against the store.
+
+A reading message that carries ``prev``, ``key`` or ``sig`` is a signed message and must
+verify (``contract.custody.verify``) against its site's keys, valid at its ``ts``;
+otherwise it is a dead letter with the reason. A site with ``custody.require_signatures``
+has its unsigned readings refused too; another site's unsigned readings are stored as
+they always were.
+
+The chain is checked against the store, not against what this collector happened to
+see: messages come out of order (the live lane overtakes the backlog) and split across
+the collectors of a shared subscription. Before a batch is written, the seqs it holds
+are looked up: one stored with the same hash is a redelivery (written again, harmless:
+the store is idempotent); one with another hash is a ``conflict``, refused, never
+written over the stored one. After the batch is written, each of its messages is
+compared with the stored seq-1 and seq+1: a ``prev`` that is not the hash of the message
+before it is a ``wrong_prev``. Whichever of two neighbours is written last sees the
+other, even on another collector, since each looks after its own write. Gaps are the
+sequence findings of ``collector.sequence_gaps``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable
+
+from collector.validation import Rejected
+from contract.config.site import Site
+from contract.custody import GENESIS, verify
+from contract.message import Reading
+from contract.store import CustodyFinding, Link, ReadingStore, SignedMessage
+
+log = logging.getLogger(__name__)
+
+#: top-level members that make a message a signed one
+SIGNATURE_MEMBERS = ("prev", "key", "sig")
+
+
+class CustodyCheck:
+    def __init__(self, sites: list[Site], store: ReadingStore):
+        self.store = store
+        self.keys = {s.site: list(s.custody.keys) for s in sites}
+        self.required = {s.site for s in sites if s.custody.require_signatures}
+
+    def signed(self, payload: bytes, reading: Reading) -> SignedMessage | None:
+        """The signed message of a valid reading, or ``None`` for an unsigned one its site
+        allows; ``Rejected`` with the reason otherwise."""
+        if not any(f'"{name}"'.encode() in payload for name in SIGNATURE_MEMBERS):
+            return self._unsigned(reading)
+        v = verify(payload, self.keys)
+        if v.ok:
+            return SignedMessage.verified(payload, v)
+        if v.kind == "malformed" and not _signature_members(payload):
+            return self._unsigned(reading)  # the name was a channel's, say
+        raise Rejected(f"custody: {v.reason}")
+
+    def _unsigned(self, reading: Reading) -> None:
+        if reading.site in self.required:
+            raise Rejected(f"custody: site '{reading.site}' requires signed readings; this one is not signed")
+
+    def conflicts(self, messages: list[SignedMessage]) -> dict[int, str]:
+        """The messages (by position) whose seq is stored, or earlier in ``messages``, with
+        other bytes, each with what differs. Raises ``StoreUnavailable``."""
+        out = {}
+        for chain, members in _chains(messages).items():
+            stored = self.store.links(*chain, {m.seq for _, m in members})
+            for i, m in members:
+                held = stored.setdefault(m.seq, Link(m.hash, m.prev))
+                if held.hash != m.hash:
+                    out[i] = (f"seq {m.seq} of epoch {m.epoch} is stored with hash {held.hash}; "
+                              f"this message, validly signed, has hash {m.hash} (a forked gateway or a stolen key): "
+                              "the stored one is kept")
+        return out
+
+    def conflict_finding(self, m: SignedMessage, detail: str) -> CustodyFinding:
+        return CustodyFinding("conflict", m.site, m.gateway, m.epoch, m.seq, dt.datetime.now(dt.UTC), detail)
+
+    def wrong_prevs(self, messages: list[SignedMessage]) -> list[CustodyFinding]:
+        """Links between the stored ``messages`` and their stored neighbours whose ``prev``
+        is not the hash before it. Raises ``StoreUnavailable``."""
+        found = {}
+        now = dt.datetime.now(dt.UTC)
+        for chain, members in _chains(messages).items():
+            seqs = {m.seq for _, m in members}
+            stored = self.store.links(*chain, {n for s in seqs for n in (s - 1, s, s + 1) if n >= 1})
+            for seq in sorted({n for s in seqs for n in (s, s + 1)} & stored.keys()):
+                expected = GENESIS if seq == 1 else stored[seq - 1].hash if seq - 1 in stored else None
+                if expected is not None and stored[seq].prev != expected:
+                    what = "GENESIS (the first of an epoch)" if seq == 1 else f"the hash of seq {seq - 1}, {expected}"
+                    found[(chain, seq)] = CustodyFinding(
+                        "wrong_prev", *chain, seq, now,
+                        f"seq {seq} of epoch {chain[2]} carries prev {stored[seq].prev}, not {what}")
+        return list(found.values())
+
+    def record(self, findings: list[CustodyFinding]) -> None:
+        """Keep findings in the store. Raises ``StoreUnavailable``."""
+        for f in findings:
+            self.store.record_custody_finding(f)
+            log.warning("custody finding: site %s: gateway %s: %s: %s", f.site, f.gateway, f.kind, f.detail)
+
+
+def _chains(messages: list[SignedMessage]) -> dict[tuple[str, str, str], list[tuple[int, SignedMessage]]]:
+    chains: dict[tuple[str, str, str], list[tuple[int, SignedMessage]]] = {}
+    for i, m in enumerate(messages):
+        chains.setdefault((m.site, m.gateway, m.epoch), []).append((i, m))
+    return chains
+
+
+def _signature_members(payload: bytes) -> bool:
+    """Whether a valid reading message names a signature member at its top level (not,
+    say, a channel called ``key``)."""
+    body = json.loads(payload)
+    return any(name in body for name in SIGNATURE_MEMBERS)
