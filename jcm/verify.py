@@ -33,7 +33,7 @@ import openpyxl
 from contract.config.site import Site
 from contract.custody import chain_breaks, pem_problems, read_folder, verify
 from contract.message import Reading
-from contract.store import SequenceFinding
+from contract.store import CustodyFinding, SequenceFinding
 from contract.text import printable
 from processing.export.custody_folder import FINDINGS, read_findings
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, recompute
@@ -169,9 +169,12 @@ def check_custody(folder: Path, store) -> tuple[bool, list[str], int]:
     """Check the custody folder, writing the readings of verified messages and the
     sequence findings to ``store``; whether it is whole, the lines, readings written."""
     keys, lines = read_folder(folder)
-    findings = read_findings(folder / "custody" / FINDINGS) if (folder / "custody" / FINDINGS).exists() else []
+    path = folder / "custody" / FINDINGS
+    findings, custody_findings = read_findings(path) if path.exists() else ([], [])
     for f in findings:
         store.record_finding(f)
+    for f in custody_findings:
+        store.record_custody_finding(f)
     refused: list[str] = []
     reasons: Counter[str] = Counter()
     refused_seqs: dict[tuple, dict[int, str]] = {}  # what a gap may be explained by
@@ -225,10 +228,14 @@ def check_custody(folder: Path, store) -> tuple[bool, list[str], int]:
         out.append(f"chain {'/'.join(chain)}: seq {low}..{high}, {count} verified message(s)")
         listed = by_chain.get(chain, [])
         for b in listed[:MAX_LISTED]:
-            out.append(f"  {b}" + (_gap_cause(b, refused_seqs.get(chain, {}), findings) if b.kind == "gap" else ""))
+            out.append(f"  {b}{_cause(b, refused_seqs.get(chain, {}), findings, custody_findings)}")
         if len(listed) > MAX_LISTED:
             out.append(f"  ... and {len(listed) - MAX_LISTED} more: " + ", ".join(
                 f"{k}: {c}" for k, c in Counter(b.kind for b in listed[MAX_LISTED:]).most_common()))
+    broken = {(*b.chain, s) for b in breaks for s in (b.first_seq, b.last_seq)}
+    for f in custody_findings:
+        if (f.site, f.gateway, f.epoch, f.seq) not in broken:  # found on arrival, not in these messages' chains
+            out.append(f"custody finding {f.site}/{f.gateway}/{f.epoch} seq {f.seq}: {f.kind}: {f.detail}")
     for f in findings:
         if f.kind == "epoch":
             out.append(f"sequence finding {f.site}/{f.gateway}: new epoch {f.epoch} after seq {f.first} of "
@@ -242,15 +249,21 @@ def check_custody(folder: Path, store) -> tuple[bool, list[str], int]:
     return ok, out, written
 
 
-def _gap_cause(b, refused: dict[int, str], findings: list[SequenceFinding]) -> str:
-    """Why seqs are missing: messages refused there, and the collector's findings of the gap."""
-    causes = [f"refused there: {r}" for r in sorted({r for s, r in refused.items() if b.first_seq <= s <= b.last_seq})]
+def _cause(b, refused: dict[int, str], findings: list[SequenceFinding], custody: list[CustodyFinding]) -> str:
+    """Why a chain breaks there: messages refused in a gap, and the collector's findings."""
     site, gateway, epoch = b.chain
-    for f in findings:
-        if (f.kind, f.site, f.gateway, f.epoch) == ("gap", site, gateway, epoch) and \
-                f.first <= b.last_seq and f.last >= b.first_seq:
-            causes.append(f"collector: seq {f.first}..{f.last}: {f.cause}")
-    return f" ({'; '.join(causes)})" if causes else " (no cause recorded: nothing refused there, no collector finding)"
+    causes = []
+    if b.kind == "gap":
+        causes += [f"refused there: {r}"
+                   for r in sorted({r for s, r in refused.items() if b.first_seq <= s <= b.last_seq})]
+        causes += [f"collector: seq {f.first}..{f.last}: {f.cause}" for f in findings
+                   if (f.kind, f.site, f.gateway, f.epoch) == ("gap", site, gateway, epoch)
+                   and f.first <= b.last_seq and f.last >= b.first_seq]
+    causes += [f"collector: seq {f.seq}: {f.kind}: {f.detail}" for f in custody
+               if (f.site, f.gateway, f.epoch) == (site, gateway, epoch) and b.first_seq <= f.seq <= b.last_seq]
+    if causes:
+        return f" ({'; '.join(causes)})"
+    return " (no cause recorded: nothing refused there, no collector finding)" if b.kind == "gap" else ""
 
 
 def _number(text) -> float:

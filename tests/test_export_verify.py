@@ -2,7 +2,8 @@
 recomputed from the signed messages alone, and each kind of tampering named.
 
 The export is made the normal way (a real SQLite store, the ledger, ``export_period``)
-from four days of simulated mn-solar readings that were signed, in order, by a test key."""
+from five days of simulated mn-solar readings that were signed, in order, by a test key,
+and stored with their signed messages as the collector stores them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract.config.custody import Custody
-from contract.custody import GENESIS, chain_hash, sign, signed_bytes
+from contract.custody import GENESIS, chain_hash, sign, signed_bytes, verify
+from contract.store import SignedMessage
 from jcm.cli import main
 from processing.export import export_period
 from processing.ledger import Ledger
@@ -31,16 +33,6 @@ EPOCH = "00000000000000aa"
 MESSAGES = "custody/messages/messages.jsonl.gz"
 
 
-class SigningStore(SqliteStore):
-    """A SQLite store that also keeps the signed messages of its readings (the collector's
-    store does; until its read API is merged here this stands in for it)."""
-
-    messages: list[tuple[dt.datetime, bytes]] = []
-
-    def signed_messages(self, site, start, end):
-        return (m for ts, m in self.messages if start <= ts < end)
-
-
 @pytest.fixture(scope="module")
 def signer():
     return Ed25519PrivateKey.generate()
@@ -52,12 +44,12 @@ def made(tmp_path_factory, signer):
     tmp = tmp_path_factory.mktemp("verify")
     site = reference_site("mn-solar")
     site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
-    store = SigningStore(tmp / "jcm.db")
-    store.messages = []
+    store = SqliteStore(tmp / "jcm.db")
+    keys = {site.site: site.custody.keys}
     prev, seq = GENESIS, 0
     for batch in history(site, FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1),
                          channels=set(site.monitoring_channels)):
-        readings = []
+        readings, signed = [], []
         for r in batch:
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
@@ -65,9 +57,9 @@ def made(tmp_path_factory, signer):
                         seq=seq, epoch=EPOCH)
             message = sign(r.to_json(), prev, "k1", signer)
             prev = chain_hash(message)
-            store.messages.append((r.ts, message))
+            signed.append(SignedMessage.verified(message, verify(message, keys)))
             readings.append(r)
-        store.write(readings)
+        store.write(readings, messages=signed)
     folder = export_period(site, store, Ledger(tmp / "ledger.sqlite", create=True), FIRST, LAST, tmp / "out")
     store.close()
     return folder
@@ -196,7 +188,8 @@ def test_a_deleted_message_is_a_gap_with_its_cause(export, capsys):
     finding = {"kind": "gap", "site": "mn-solar", "gateway": gateway, "epoch": EPOCH, "first": seq, "last": seq,
                "noticed": ts, "cause": "1 reading(s) lost; the outbox dropped 1 (outbox_dropped)", "explained": 1,
                "previous": "", "start": ts, "end": ts, "resolved": None}
-    (export / "custody" / "findings.json").write_text(json.dumps([finding]))
+    (export / "custody" / "findings.json").write_text(json.dumps({"sequence_findings": [finding],
+                                                                  "custody_findings": []}))
     rehash(export)
     rc, out = run(export, capsys)
     assert rc == 1
@@ -220,8 +213,11 @@ def test_an_unsigned_export_says_so_and_a_folder_without_manifest_is_unusable(ma
 
 
 @pytest.mark.parametrize("name, text, expected", [
-    ("custody/findings.json", '[{"kind": "gap", "first": "1"}]', "findings.json: finding 1: first: not an integer"),
-    ("custody/findings.json", '[{"kind": "gap", "noticed": null}]', "findings.json: finding 1: "),
+    ("custody/findings.json", '{"sequence_findings": [{"kind": "gap", "first": "1"}], "custody_findings": []}',
+     "findings.json: sequence_findings 1: first: not an integer"),
+    ("custody/findings.json", '{"sequence_findings": [], "custody_findings": [{"noticed": null}]}',
+     "findings.json: custody_findings 1: "),
+    ("custody/findings.json", '[]', "findings.json: not lists 'sequence_findings' and 'custody_findings'"),
     ("custody/findings.json", "[" * 100_000, "findings.json: not JSON"),
     ("site.json", '{"site": "mn-solar"}', "site.json: name: Field required (11 more)"),
     ("site.json", "[" * 100_000, "site.json: nested too deeply"),

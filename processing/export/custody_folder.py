@@ -1,8 +1,8 @@
 """The export's ``custody/`` folder (layout: ``contract.custody``): the signed messages of
 the readings the figures are computed from (``recompute.message_window``), bytes as
 received, the site's public keys valid in that time, and the collector's sequence
-findings there (``custody/findings.json``), which explain the gaps of the chains and
-which the processor reads too. An export of readings that were not signed has no
+findings and custody findings there (``custody/findings.json``), which explain the breaks
+of the chains and which the processor reads too. An export of readings that were not signed has no
 custody folder, and its manifest says 0 signed messages.
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from contract.custody import write_folder
-from contract.store import ReadingStore, SequenceFinding
+from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from processing.export.period_figures import PeriodFigures
 from processing.export.recompute import message_window
 
@@ -27,8 +28,6 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
     site = figures.site
     start, end = message_window(site, figures.first, figures.last)
     entry = {"signed_messages": 0, "from": start.isoformat(), "to": end.isoformat(), "keys": [], "findings": 0}
-    # the store's read API of signed messages comes with the collector's custody checks
-    signed = getattr(store, "signed_messages", None)
     count = [0]
 
     def counted(messages) -> Iterator[bytes]:
@@ -36,32 +35,28 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
             count[0] += 1
             yield m
 
-    if signed is None:
-        return [], entry
     keys = [k for k in site.custody.keys if k.valid_from < end and (k.valid_to is None or k.valid_to > start)]
-    root = write_folder(folder, {site.site: keys}, counted(signed(site.site, start, end)))
+    root = write_folder(folder, {site.site: keys}, counted(store.signed_messages(site.site, start, end)))
     if not count[0]:
-        for f in sorted(root.rglob("*"), reverse=True):
-            f.rmdir() if f.is_dir() else f.unlink()
-        root.rmdir()
+        shutil.rmtree(root)
         return [], entry
-    findings = [f for f in store.sequence_findings(site.site) if _overlaps(f, start, end)]
-    (root / FINDINGS).write_text(json.dumps([finding_record(f) for f in findings], indent=1) + "\n")
-    entry.update(signed_messages=count[0], findings=len(findings),
+    sequence = [f for f in store.sequence_findings(site.site)
+                if (f.start or f.noticed) < end and (f.end or f.noticed) >= start]
+    # a break is noticed when a message arrives, after its reading was stamped
+    custody = [f for f in store.custody_findings(site.site) if f.noticed >= start]
+    (root / FINDINGS).write_text(json.dumps({"sequence_findings": [_record(f) for f in sequence],
+                                             "custody_findings": [_record(f) for f in custody]}, indent=1) + "\n")
+    entry.update(signed_messages=count[0], findings=len(sequence) + len(custody),
                  keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys])
     return sorted(f for f in root.rglob("*") if f.is_file()), entry
 
 
-def _overlaps(f: SequenceFinding, start: dt.datetime, end: dt.datetime) -> bool:
-    return (f.start or f.noticed) < end and (f.end or f.noticed) >= start
-
-
-def finding_record(f: SequenceFinding) -> dict:
-    """A sequence finding as JSON: its fields, times in ISO 8601."""
+def _record(f: SequenceFinding | CustodyFinding) -> dict:
+    """A finding as JSON: its fields, times in ISO 8601."""
     return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in dataclasses.asdict(f).items()}
 
 
-def read_findings(path: Path) -> list[SequenceFinding]:
+def read_findings(path: Path) -> tuple[list[SequenceFinding], list[CustodyFinding]]:
     """``custody/findings.json``; ``ValueError`` naming the file and the finding."""
     try:
         listed = json.loads(path.read_text(encoding="utf-8"))
@@ -69,11 +64,17 @@ def read_findings(path: Path) -> list[SequenceFinding]:
         raise ValueError(f"{path.name}: cannot read: {exc.strerror}") from None
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"{path.name}: not JSON: {exc}") from None
-    if not isinstance(listed, list):
-        raise ValueError(f"{path.name}: not a list of findings")
-    types = {f.name: f.type for f in dataclasses.fields(SequenceFinding)}
+    if not isinstance(listed, dict) or not all(isinstance(listed.get(k), list)
+                                               for k in ("sequence_findings", "custody_findings")):
+        raise ValueError(f"{path.name}: not lists 'sequence_findings' and 'custody_findings'")
+    return (_findings(path, "sequence_findings", SequenceFinding, listed["sequence_findings"]),
+            _findings(path, "custody_findings", CustodyFinding, listed["custody_findings"]))
+
+
+def _findings(path: Path, name: str, cls, records: list) -> list:
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
     out = []
-    for i, record in enumerate(listed, 1):
+    for i, record in enumerate(records, 1):
         try:
             fields = {}
             for k, v in record.items():
@@ -85,9 +86,9 @@ def read_findings(path: Path) -> list[SequenceFinding]:
                 elif (kind == "int" and type(v) is not int) or (kind == "str" and not isinstance(v, str)):
                     raise ValueError(f"{k}: not a{'n integer' if kind == 'int' else ' text'}")
                 fields[k] = v
-            out.append(SequenceFinding(**fields))
+            out.append(cls(**fields))
         except KeyError as exc:
-            raise ValueError(f"{path.name}: finding {i}: unknown field {exc}") from None
+            raise ValueError(f"{path.name}: {name} {i}: unknown field {exc}") from None
         except (TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"{path.name}: finding {i}: {exc}") from None
+            raise ValueError(f"{path.name}: {name} {i}: {exc}") from None
     return out
