@@ -11,7 +11,9 @@ import datetime as dt
 import gzip
 import hashlib
 import json
+import re
 import shutil
+import subprocess
 
 import openpyxl
 import pytest
@@ -25,7 +27,7 @@ from processing.export import export_period
 from processing.ledger import Ledger
 from simulators.history import SIMULATED_CHANNEL, history
 from store.sqlite_store import SqliteStore
-from tests.conftest import reference_site
+from tests.conftest import REPO, reference_site
 from tests.test_custody import public_key
 
 FIRST, LAST = dt.date(2026, 9, 10), dt.date(2026, 9, 12)
@@ -228,3 +230,32 @@ def test_unusable_input_is_named_on_one_line(export, capsys, name, text, expecte
     (export / name).write_text(text)
     rc, out = run(export, capsys)
     assert rc == 2 and expected in out and len(out.splitlines()) == 1, out
+
+
+def documented_export_check() -> str:
+    """The README's shell block that checks a whole export with standard tools."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("**Checking a whole export with standard tools**"):]
+    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_the_documented_standard_tool_check_works(export, tamper):
+    lines = messages(export)[:12]  # openssl runs once a message: a few show the procedure
+    if tamper:
+        lines[4] = lines[4].replace(b'"values":{', b'"values":{"x":1.0,', 1)
+    put_messages(export, lines)
+    if tamper:
+        with (export / "summary.html").open("a") as f:
+            f.write("<!-- -->")
+        (export / "custody" / "extra.txt").write_text("added")
+    done = subprocess.run(["bash", "-c", documented_export_check()], cwd=export, capture_output=True, text=True,
+                          timeout=60)
+    if not tamper:
+        assert done.stdout == "" and done.stderr == "", done.stdout + done.stderr
+        return
+    chain = f"mn-solar/gw-mn-01/{EPOCH}"
+    seq = json.loads(lines[5])["seq"]
+    assert done.stdout.splitlines() == [
+        "summary.html: FAILED", "custody/extra.txt", "line 5: signature does not verify (key 'k1')",
+        f"line 6: {chain} seq {seq}: prev is not the hash of seq {seq - 1}"], done.stdout + done.stderr
