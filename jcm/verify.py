@@ -33,7 +33,7 @@ import openpyxl
 from contract.config.site import Site
 from contract.custody import chain_breaks, pem_problems, read_folder, verify
 from contract.message import Reading
-from contract.store import CustodyFinding, SequenceFinding
+from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export.custody_folder import FINDINGS, read_findings
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, recompute
@@ -84,7 +84,7 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
     out.append(f"recomputed from the {readings} reading(s) of the verified messages with {SITE_SETTINGS} and the "
                f"manifest's {len(fixed)} fixed value(s):")
     out += lines
-    problems += [f"{mismatches} figure(s) differ from the recomputation"] if mismatches else []
+    problems += [f"{mismatches} difference(s) from the recomputation"] if mismatches else []
     ok = not problems
     out.append("VERDICT: " + ("PASSED: files whole, every signature verified, every chain whole, "
                               "figures recomputed equal" if ok else "FAILED: " + ", ".join(problems)))
@@ -180,13 +180,15 @@ def check_custody(folder: Path, store) -> tuple[bool, list[str], int]:
     refused_seqs: dict[tuple, dict[int, str]] = {}  # what a gap may be explained by
     chains: dict[tuple, list[int]] = {}  # chain -> [messages, lowest seq, highest seq]
     batch: list[Reading] = []
+    signed: list[SignedMessage] = []
     n = written = 0
 
     def flush():
         nonlocal written
-        store.write(batch)
+        store.write(batch, messages=signed)
         written += len(batch)
         batch.clear()
+        signed.clear()
 
     def verified():
         nonlocal n
@@ -198,6 +200,7 @@ def check_custody(folder: Path, store) -> tuple[bool, list[str], int]:
                 c = chains.setdefault(v.chain, [0, seq, seq])
                 c[0], c[1], c[2] = c[0] + 1, min(c[1], seq), max(c[2], seq)
                 batch.append(v.reading)
+                signed.append(SignedMessage.verified(line.message, v))
                 if len(batch) >= BATCH:
                     flush()
                 yield v

@@ -56,6 +56,8 @@ def details(result: PeriodResult) -> dict:
         "daily": [{**r, "day": r["day"].isoformat()} for r in result.daily.to_dict("records")],
         # final daily value of each parameter (after check meters and missing-data treatment)
         "daily_parameters": daily_parameters(result),
+        # the readings read: an export's signed messages cover them, so that a verifier can recompute the month
+        "read_span": result.figures["read"],
     }
 
 

@@ -40,17 +40,16 @@ def signer():
     return Ed25519PrivateKey.generate()
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory, signer):
-    """An export of FIRST..LAST, signed; a fresh copy per test."""
-    tmp = tmp_path_factory.mktemp("verify")
+def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]]):
+    """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order."""
     site = reference_site("mn-solar")
     site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
     store = SqliteStore(tmp / "jcm.db")
     keys = {site.site: site.custody.keys}
     prev, seq = GENESIS, 0
-    for batch in history(site, FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1),
-                         channels=set(site.monitoring_channels)):
+    batches = (batch for first, last in days
+               for batch in history(site, first, last, channels=set(site.monitoring_channels)))
+    for batch in batches:
         readings, signed = [], []
         for r in batch:
             seq += 1
@@ -65,6 +64,12 @@ def made(tmp_path_factory, signer):
     folder = export_period(site, store, Ledger(tmp / "ledger.sqlite", create=True), FIRST, LAST, tmp / "out")
     store.close()
     return folder
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, signer):
+    return make_export(tmp_path_factory.mktemp("verify"), signer, [(FIRST - dt.timedelta(days=1),
+                                                                   LAST + dt.timedelta(days=1))])
 
 
 @pytest.fixture
@@ -133,7 +138,7 @@ def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export,
     assert f"{MESSAGES}:{i + 1} mn-solar/{body['gateway']}/{EPOCH} seq {seq}: bad signature (key 'k1')" in out
     assert f"seq {seq}: gap: 1 message(s) missing (refused there: bad signature (key 'k1'))" in out
     assert "2026-09: the readings of the signed messages are not those revision 1 was computed from" in out
-    assert "VERDICT: FAILED: custody, 1 figure(s) differ from the recomputation" in out
+    assert "VERDICT: FAILED: custody, 1 difference(s) from the recomputation" in out
 
     other = Ed25519PrivateKey.generate()
     reading = signed_bytes(changed)
@@ -164,7 +169,7 @@ def test_a_changed_figure_is_named(export, capsys):
     assert "manifest.json figures.ER_exact: exported " in out
     key = parameter + (f"[{unit_id}]" if unit_id else "")
     assert f"daily_values.csv: {key} on {day}: exported {float(value) + 1!r}" in out
-    assert "VERDICT: FAILED: 3 figure(s) differ from the recomputation" in out
+    assert "VERDICT: FAILED: 3 difference(s) from the recomputation" in out
 
 
 def test_a_missing_an_extra_and_an_altered_file_are_named(export, capsys):
@@ -259,3 +264,15 @@ def test_the_documented_standard_tool_check_works(export, tamper):
     assert done.stdout.splitlines() == [
         "summary.html: FAILED", "custody/extra.txt", "line 5: signature does not verify (key 'k1')",
         f"line 6: {chain} seq {seq}: prev is not the hash of seq {seq - 1}"], done.stdout + done.stderr
+
+
+def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path, signer, capsys):
+    """A counter without readings just before September is settled by its last reading of
+    August: the export's messages must hold it, or the recomputation reads other readings."""
+    folder = make_export(tmp_path, signer, [(dt.date(2026, 8, 29), dt.date(2026, 8, 30)),
+                                            (FIRST, LAST)])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["revisions"][0]["read_span"][0].startswith("2026-08-29")
+    assert manifest["custody"]["from"].startswith("2026-08-29")
+    rc, out = run(folder, capsys)
+    assert rc == 0, out

@@ -26,7 +26,7 @@ FINDINGS = "findings.json"
 def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> tuple[list[Path], dict]:
     """Write ``folder/custody``; its files and the manifest's ``custody`` entry."""
     site = figures.site
-    start, end = message_window(site, figures.first, figures.last)
+    start, end = message_window(figures)
     entry = {"signed_messages": 0, "from": start.isoformat(), "to": end.isoformat(), "keys": [], "findings": 0}
     count = [0]
 
@@ -40,8 +40,10 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
     if not count[0]:
         shutil.rmtree(root)
         return [], entry
+    # stamped in the window, or received in it (a wrong clock's readings are stamped anywhere)
     sequence = [f for f in store.sequence_findings(site.site)
-                if (f.start or f.noticed) < end and (f.end or f.noticed) >= start]
+                if (f.start or f.noticed) < end and (f.end or f.noticed) >= start
+                or f.noticed < end and (f.resolved or f.noticed) >= start]
     # a break is noticed when a message arrives, after its reading was stamped
     custody = [f for f in store.custody_findings(site.site) if f.noticed >= start]
     (root / FINDINGS).write_text(json.dumps({"sequence_findings": [_record(f) for f in sequence],

@@ -40,6 +40,8 @@ class UsedRevision:
     #: what ``monthly.versions`` gave: a recomputation with other site settings or defaults says so
     config_hash: str
     defaults_hash: str
+    #: UTC start and end of the readings the revision read (``period.read_span``; None if not recorded)
+    read_span: tuple[str, str] | None
     status: str
     RE: float | None
     PE: float | None
@@ -148,7 +150,7 @@ def _used(revision: Revision, signed: tuple | None) -> UsedRevision:
     return UsedRevision(
         site=revision.site, month=revision.month, revision=revision.revision, created=revision.created,
         input_hash=revision.input_hash, code_version=revision.code_version, config_hash=revision.config_hash,
-        defaults_hash=revision.defaults_hash, status=revision.status,
+        defaults_hash=revision.defaults_hash, read_span=revision.result.get("read_span"), status=revision.status,
         RE=s["RE"], PE=s["PE"], ER_unrounded=s["ER_unrounded"], ER=s["ER"], provisional=bool(s["provisional"]),
         signed_off=signed is not None, signed_by=signed[1] if signed else None, signed_at=signed[2] if signed else None,
     )

@@ -6,9 +6,9 @@ The figures of an export come from the ledger's monthly revisions; a revision is
 processor's run over a whole month. So the recomputation runs the same processor over
 the same whole months, takes the period's days of their daily parameter values and
 runs the methodology's equations once on the period's sums, as ``collect`` does. The
-signed messages an export holds therefore cover the months the period touches and
-``EDGE`` either side (``message_window``): the readings the processor reads to settle
-the intervals across the months' boundaries.
+signed messages an export holds therefore cover what the months' processing read
+(``message_window``): the whole months, ``EDGE`` either side to settle the intervals
+across their boundaries, and further where a counter's neighbours were read.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from contract.config.site import Site
 from contract.store import ReadingStore
-from processing.export.period_figures import daily_frame, local_bounds, months_between, period_totals
+from processing.export.period_figures import PeriodFigures, daily_frame, local_bounds, months_between, period_totals
 from processing.fixed_values import FixedValue
 from processing.methodologies import Calculation
 from processing.monthly import daily_parameters, month_bounds
@@ -34,13 +34,17 @@ from processing.period import EDGE, PeriodProcessor
 SITE_SETTINGS = "site.json"
 
 
-def message_window(site: Site, first: dt.date, last: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """UTC start and end (exclusive) of the readings a recomputation of ``first..last`` reads:
-    the whole months the period touches, and ``EDGE`` either side."""
-    months = months_between(first, last)
-    start, _ = local_bounds(site, *month_bounds(months[0]))
-    _, end = local_bounds(site, *month_bounds(months[-1]))
-    return start - EDGE.to_pytimedelta(), end + EDGE.to_pytimedelta()
+def message_window(figures: PeriodFigures) -> tuple[dt.datetime, dt.datetime]:
+    """UTC start and end (exclusive) of the readings a recomputation of the period reads: those
+    its revisions read (``read_span``), at least the whole months the period touches and
+    ``EDGE`` either side (all a revision recorded before it recorded its span)."""
+    months = months_between(figures.first, figures.last)
+    start, _ = local_bounds(figures.site, *month_bounds(months[0]))
+    _, end = local_bounds(figures.site, *month_bounds(months[-1]))
+    spans = [(dt.datetime.fromisoformat(a), dt.datetime.fromisoformat(b))
+             for a, b in (r.read_span for r in figures.revisions if r.read_span)]
+    return (min([start - EDGE.to_pytimedelta(), *(a for a, _ in spans)]),
+            max([end + EDGE.to_pytimedelta(), *(b for _, b in spans)]))
 
 
 def write_site_settings(site: Site, path: Path) -> Path:
