@@ -15,8 +15,11 @@ the store is idempotent); one with another hash is a ``conflict``, refused, neve
 written over the stored one. After the batch is written, each of its messages is
 compared with the stored seq-1 and seq+1: a ``prev`` that is not the hash of the message
 before it is a ``wrong_prev``. Whichever of two neighbours is written last sees the
-other, even on another collector, since each looks after its own write. Gaps are the
-sequence findings of ``collector.sequence_gaps``.
+other, even on another collector, since each looks after its own write. The same look
+finds a conflict that two collectors wrote at once (SQLite keeps the first message, so
+the second writer always finds it; InfluxDB the last, so it is found unless the first
+writer looked before the second wrote). Gaps are the sequence findings of
+``collector.sequence_gaps``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable
 
 from collector.validation import Rejected
 from contract.config.site import Site
 from contract.custody import GENESIS, verify
-from contract.message import Reading
+from contract.message import MAX_SEQ, Reading
 from contract.store import CustodyFinding, Link, ReadingStore, SignedMessage
 
 log = logging.getLogger(__name__)
@@ -77,19 +79,27 @@ class CustodyCheck:
     def conflict_finding(self, m: SignedMessage, detail: str) -> CustodyFinding:
         return CustodyFinding("conflict", m.site, m.gateway, m.epoch, m.seq, dt.datetime.now(dt.UTC), detail)
 
-    def wrong_prevs(self, messages: list[SignedMessage]) -> list[CustodyFinding]:
-        """Links between the stored ``messages`` and their stored neighbours whose ``prev``
-        is not the hash before it. Raises ``StoreUnavailable``."""
+    def chain_findings(self, messages: list[SignedMessage]) -> list[CustodyFinding]:
+        """After ``messages`` were written: links between them and their stored neighbours
+        whose ``prev`` is not the hash before it, and those of them that lost a race with
+        another collector writing other bytes of the same seq. Raises ``StoreUnavailable``."""
         found = {}
         now = dt.datetime.now(dt.UTC)
         for chain, members in _chains(messages).items():
             seqs = {m.seq for _, m in members}
-            stored = self.store.links(*chain, {n for s in seqs for n in (s - 1, s, s + 1) if n >= 1})
+            # neighbours within the seqs a store holds (a signed 64-bit integer)
+            stored = self.store.links(*chain, {n for s in seqs for n in (s - 1, s, s + 1) if 0 <= n <= MAX_SEQ})
+            for _, m in members:
+                if m.seq in stored and stored[m.seq].hash != m.hash:
+                    found[(chain, m.seq, "conflict")] = CustodyFinding(
+                        "conflict", *chain, m.seq, now, f"seq {m.seq} of epoch {m.epoch} is stored with hash "
+                        f"{stored[m.seq].hash}; another message, validly signed, with hash {m.hash} was stored at "
+                        "the same time (by another collector): the reading may be either's")
             for seq in sorted({n for s in seqs for n in (s, s + 1)} & stored.keys()):
                 expected = GENESIS if seq == 1 else stored[seq - 1].hash if seq - 1 in stored else None
                 if expected is not None and stored[seq].prev != expected:
                     what = "GENESIS (the first of an epoch)" if seq == 1 else f"the hash of seq {seq - 1}, {expected}"
-                    found[(chain, seq)] = CustodyFinding(
+                    found[(chain, seq, "wrong_prev")] = CustodyFinding(
                         "wrong_prev", *chain, seq, now,
                         f"seq {seq} of epoch {chain[2]} carries prev {stored[seq].prev}, not {what}")
         return list(found.values())

@@ -228,7 +228,7 @@ class Collector:
             refused_ids = {id(r) for r, _ in refused}
             written = [signed[id(r)] for r in readings if id(r) in signed and id(r) not in refused_ids]
             # before the acknowledgement: a finding lost in a crash is found again on redelivery
-            self._retrying(lambda: self.custody.record(findings + self.custody.wrong_prevs(written)), len(batch))
+            self._retrying(lambda: self.custody.record(findings + self.custody.chain_findings(written)), len(batch))
         except _Stopping:
             log.error("stopping with %d messages unstored: the broker will redeliver them", len(batch))
             return

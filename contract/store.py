@@ -185,6 +185,19 @@ class CustodyFinding:
     detail: str
 
 
+def seq_spans(seqs: list[int], most: int) -> Iterator[tuple[int, int]]:
+    """(lowest, highest) of runs of at most ``most`` of the sorted ``seqs``, split also where
+    two are more than ``most`` apart: a store reads a run as one seq range, never much
+    that is not wanted."""
+    i = 0
+    while i < len(seqs):
+        j = i + 1
+        while j < len(seqs) and j - i < most and seqs[j] - seqs[j - 1] <= most:
+            j += 1
+        yield seqs[i], seqs[j - 1]
+        i = j
+
+
 @dataclass(frozen=True)
 class DeviceSeen:
     site: str

@@ -44,7 +44,7 @@ from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
 from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqRange, SequenceFinding,
-                            SignedMessage, StoreUnavailable, merge_ranges, source_pairs)
+                            SignedMessage, StoreUnavailable, merge_ranges, seq_spans, source_pairs)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -269,7 +269,7 @@ class InfluxStore:
     def links(self, site, gateway, epoch, seqs: Iterable[int]) -> dict[int, Link]:
         out = {}
         wanted = set(seqs)
-        for lo, hi in self._seq_spans(sorted(wanted)):
+        for lo, hi in seq_spans(sorted(wanted), MESSAGE_PAGE):
             for s in self.query(f'SELECT "hash", "prev" FROM {_q(MESSAGES)} WHERE {self._chain(site, gateway, epoch)} '
                                 f"AND time >= {lo} AND time <= {hi}", "ns"):
                 out.update((seq, Link(h, p)) for seq, h, p in s["values"] if seq in wanted)
@@ -282,23 +282,11 @@ class InfluxStore:
         chains = sorted(((s["tags"]["gateway"], s["tags"]["epoch"]), [seq for seq, _ in s["values"]]) for s in series)
         for (gateway, epoch), seqs in chains:
             wanted = set(seqs)
-            for lo, hi in self._seq_spans(sorted(wanted)):
+            for lo, hi in seq_spans(sorted(wanted), MESSAGE_PAGE):
                 q = (f'SELECT "raw" FROM {_q(MESSAGES)} WHERE {self._chain(site, gateway, epoch)} '
                      f"AND time >= {lo} AND time <= {hi}")
                 for s in self.query(q, "ns"):
                     yield from (base64.b64decode(raw) for seq, raw in s["values"] if seq in wanted)
-
-    @staticmethod
-    def _seq_spans(seqs: list[int]) -> Iterator[tuple[int, int]]:
-        """(lowest, highest) of runs of at most ``MESSAGE_PAGE`` of the sorted ``seqs``,
-        split where they are far apart, so that a query never reads much that is not wanted."""
-        i = 0
-        while i < len(seqs):
-            j = i + 1
-            while j < len(seqs) and j - i < MESSAGE_PAGE and seqs[j] - seqs[j - 1] <= MESSAGE_PAGE:
-                j += 1
-            yield seqs[i], seqs[j - 1]
-            i = j
 
     @staticmethod
     def _chain(site: str, gateway: str, epoch: str) -> str:

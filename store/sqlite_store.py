@@ -16,6 +16,7 @@ full, read-only or damaged is "unavailable" and nothing is written.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,7 +29,7 @@ from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
 from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqRange, SequenceFinding,
-                            SignedMessage, StoreUnavailable, merge_ranges, source_pairs)
+                            SignedMessage, StoreUnavailable, merge_ranges, seq_spans, source_pairs)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -338,16 +339,16 @@ class SqliteStore:
         return out
 
     def signed_messages(self, site, start, end) -> Iterator[bytes]:
-        # the keys of the period first (small), then the bytes a page at a time in key order
+        # the keys of the period first (small), then the bytes by seq ranges of the primary key
+        lo, hi = to_ms(start), to_ms(end)
         keys = self._query("SELECT gateway, epoch, seq FROM messages WHERE site = ? AND ts >= ? AND ts < ? "
-                           "ORDER BY gateway, epoch, seq", (site, to_ms(start), to_ms(end)))
-        for i in range(0, len(keys), MESSAGE_PAGE):
-            page = keys[i:i + MESSAGE_PAGE]
-            rows = self._query("SELECT gateway, epoch, seq, raw FROM messages WHERE site = ? AND "
-                               f"(gateway, epoch, seq) IN (VALUES {','.join(['(?,?,?)'] * len(page))})",
-                               (site, *(k for key in page for k in key)))
-            raw = {(g, e, n): bytes(r) for g, e, n, r in rows}
-            yield from (raw[key] for key in page)
+                           "ORDER BY gateway, epoch, seq", (site, lo, hi))
+        for (gateway, epoch), chain in itertools.groupby(keys, key=lambda k: k[:2]):
+            for first, last in seq_spans([seq for *_, seq in chain], MESSAGE_PAGE):
+                rows = self._query("SELECT raw FROM messages WHERE site = ? AND gateway = ? AND epoch = ? AND seq >= ? "
+                                   "AND seq <= ? AND ts >= ? AND ts < ? ORDER BY seq",
+                                   (site, gateway, epoch, first, last, lo, hi))
+                yield from (bytes(raw) for raw, in rows)
 
     def record_custody_finding(self, finding: CustodyFinding) -> None:
         f = finding

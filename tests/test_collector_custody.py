@@ -20,8 +20,9 @@ from collector.custody import CustodyCheck
 from collector.service import Collector
 from contract.config import load_site
 from contract import topics
-from contract.custody import GENESIS, chain_hash, sign
-from contract.message import Reading
+from contract.custody import GENESIS, chain_hash, sign, verify
+from contract.message import MAX_SEQ, Reading
+from contract.store import SignedMessage
 from store import open_store
 from tests.conftest import tcp_device, wait_until, write_site
 from tests.test_collector import Publisher, config
@@ -179,3 +180,30 @@ def test_a_channel_named_like_a_signature_member_leaves_a_reading_unsigned(tmp_p
     keyed = reading(1, site="other-site", gateway="gw-other")
     keyed = dataclasses.replace(keyed, values={"key": 2.0, "prev": 1.0})
     assert check.signed(keyed.to_json().encode(), keyed) is None
+
+
+def test_a_conflict_two_collectors_write_at_once_is_found_after_the_write(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path}/jcm.db")
+    site = load_site(sites(tmp_path) / "test-site.yaml")
+    first, second = CustodyCheck([site], store), CustodyCheck([site], store)
+    ours, theirs = (dataclasses.replace(reading(1), values={"energy_import": v}) for v in (1.0, 2.0))
+    mine, other = (SignedMessage.verified(raw, verify(raw, first.keys)) for raw in
+                   (sign(r.to_json(), GENESIS, "k1", K1) for r in (ours, theirs)))
+    assert first.conflicts([mine]) == {} and second.conflicts([other]) == {}  # neither is stored yet
+    store.write([ours], messages=[mine])
+    store.write([theirs], messages=[other])
+    assert first.chain_findings([mine]) == []
+    [found] = second.chain_findings([other])
+    assert (found.kind, found.seq) == ("conflict", 1) and mine.hash in found.detail and other.hash in found.detail
+    store.close()
+
+
+def test_a_signed_message_at_the_highest_seq_costs_that_message_at_most(mosquitto, tmp_path, store_url):
+    last = signed(reading(MAX_SEQ, ts=T0), GENESIS)  # signed by the site's key: a gateway's bug, say
+    c = run(mosquitto, store_url, sites(tmp_path), [last], [chain([1])[1]])
+    assert c.failure is None and c.stored >= 2  # the probe and seq 1, and seq MAX_SEQ where the store holds it
+    store = open_store(store_url)
+    try:
+        assert chain([1])[1][1] in list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
+    finally:
+        store.close()
