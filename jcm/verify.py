@@ -73,9 +73,9 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
 
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            custody_ok, lines, readings = check_custody(folder, store)
+            custody, lines, readings = check_custody(folder, store)
             out += lines
-            problems += [] if custody_ok else ["custody"]
+            problems += custody
             fixed = _fixed(manifest)
             result = recompute(site, store, _date(period, "first"), _date(period, "last"), fixed)
         finally:
@@ -165,9 +165,10 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
     return problems
 
 
-def check_custody(folder: Path, store) -> tuple[bool, list[str], int]:
-    """Check the custody folder, writing the readings of verified messages and the
-    sequence findings to ``store``; whether it is whole, the lines, readings written."""
+def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
+    """Check the custody folder, writing the readings of verified messages, their messages
+    and the findings to ``store``; what is wrong (nothing when it is whole), the lines, and
+    how many readings were written."""
     keys, lines = read_folder(folder)
     path = folder / "custody" / FINDINGS
     findings, custody_findings = read_findings(path) if path.exists() else ([], [])
@@ -249,7 +250,7 @@ def check_custody(folder: Path, store) -> tuple[bool, list[str], int]:
     problems += [f"{len(breaks)} chain break(s)"] if breaks else []
     problems += ["no messages"] if n == 0 else []
     out.append("custody: " + ("every signature verified, every chain whole" if ok else ", ".join(problems)))
-    return ok, out, written
+    return problems, out, written
 
 
 def _cause(b, refused: dict[int, str], findings: list[SequenceFinding], custody: list[CustodyFinding]) -> str:

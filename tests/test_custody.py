@@ -339,12 +339,12 @@ def run_verify(folder, capsys) -> tuple[int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            ok, lines, _ = check_custody(Path(folder), store)
+            problems, lines, _ = check_custody(Path(folder), store)
         except ValueError as exc:
             return 2, f"{exc}\n"
         finally:
             store.close()
-    return (0 if ok else 1), "\n".join(lines) + "\n"
+    return (1 if problems else 0), "\n".join(lines) + "\n"
 
 
 def test_verify_passes_a_whole_folder(tmp_path, k1, capsys):
