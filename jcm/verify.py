@@ -51,7 +51,7 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
     """Whether the export passed, and the verdict's lines."""
     manifest = _manifest(folder)
     site = read_site_settings(folder / SITE_SETTINGS)
-    period = manifest.get("period") or {}
+    period = _section(manifest, "period")
     out = [f"export {folder}",
            f"site {manifest.get('site')}, period {period.get('first')}..{period.get('last')}, "
            f"{manifest.get('methodology')} version {manifest.get('version')}, status {manifest.get('status')}"]
@@ -102,6 +102,12 @@ def _manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ValueError(f"{path}: no 'files' object: not the manifest of an export")
     return manifest
+
+
+def _section(manifest: dict, key: str) -> dict:
+    """A member of the manifest that should be an object; ``{}`` (so: mismatches) when it is not."""
+    value = manifest.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _fixed(manifest: dict) -> list:
@@ -288,8 +294,9 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
     wrong: list[str] = []
     recomputed = {(d.isoformat(), k): float(v) for d, k, v in r.daily[["day", "key", "value"]].itertuples(index=False)}
     exported = _daily_csv(folder / "daily_values.csv")
+    workbook = _workbook(folder, manifest)
     for where, table, held in (("daily_values.csv", exported, float),
-                               ("workbook sheet Daily", _daily_sheet(folder, manifest), _in_workbook)):
+                               ("workbook sheet Daily", _daily_sheet(workbook), _in_workbook)):
         for day_key in sorted(set(recomputed) | set(table)):
             a, b = recomputed.get(day_key, math.nan), table.get(day_key)
             if b is None or not _same(held(a), b):
@@ -297,13 +304,13 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
                              f"{'none' if b is None else repr(b)}, recomputed {a!r}")
     out = [f"  daily values: {len(recomputed)} recomputed, compared with daily_values.csv and the workbook's "
            f"sheet Daily" + ("" if wrong else ": all equal")]
-    report = _report_sheet(folder, manifest)
+    report = _report_sheet(workbook)
     for key, total in sorted(r.totals.items()):
-        for where, value, held in ((f"manifest.json parameters.{key}", manifest.get("parameters", {}).get(key), float),
+        for where, value, held in ((f"manifest.json parameters.{key}", _section(manifest, "parameters").get(key), float),
                                    (f"workbook Monitoring report {key}", report.get(key), _in_workbook)):
             if not isinstance(value, (int, float)) or not _same(held(float(total)), float(value)):
                 wrong.append(f"  {where}: exported {value!r}, recomputed {float(total)!r}")
-    c, figures = r.calc, manifest.get("figures", {})
+    c, figures = r.calc, _section(manifest, "figures")
     for name in (*FIGURES, "ER_exact"):
         mine = getattr(c, name)
         out.append(f"  {name}: recomputed {mine}, exported {figures.get(name)}")
@@ -354,9 +361,9 @@ def _daily_csv(path: Path) -> dict[tuple[str, str], float]:
     return out
 
 
-def _sheet(folder: Path, manifest: dict, name: str):
+def _sheet(workbook, name: str):
     try:
-        return _workbook(folder, manifest)[name]
+        return workbook[name]
     except KeyError:
         raise ValueError(f"workbook: no sheet '{name}'") from None
 
@@ -374,9 +381,9 @@ def _workbook(folder: Path, manifest: dict):
         raise ValueError(f"{names[0]}: not a readable workbook: {exc}") from None
 
 
-def _daily_sheet(folder: Path, manifest: dict) -> dict[tuple[str, str], float]:
-    """The Daily sheet's values by (day, key)."""
-    rows = list(_sheet(folder, manifest, "Daily").iter_rows(values_only=True))
+def _daily_sheet(workbook) -> dict[tuple[str, str], float | None]:
+    """The Daily sheet's values by (day, key); ``None`` for a cell that is not a number."""
+    rows = list(_sheet(workbook, "Daily").iter_rows(values_only=True))
     top = next((i for i, row in enumerate(rows) if row and row[0] == "Day"), None)
     if top is None:
         raise ValueError("workbook sheet Daily: no header row starting 'Day'")
@@ -387,14 +394,14 @@ def _daily_sheet(folder: Path, manifest: dict) -> dict[tuple[str, str], float]:
             continue
         day = row[0].date().isoformat() if hasattr(row[0], "date") else str(row[0])
         for key, value in zip(keys, row[1:]):
-            out[(day, key)] = _number(value) if not isinstance(value, (int, float)) else float(value)
+            out[(day, key)] = float(value) if isinstance(value, (int, float)) else math.nan if value is None else None
     return out
 
 
-def _report_sheet(folder: Path, manifest: dict) -> dict[str, float]:
+def _report_sheet(workbook) -> dict[str, float]:
     """The Monitoring report's 'Check (Python)' figures (column E) by symbol (``P`` or ``P[unit]``)."""
     out = {}
-    for row in _sheet(folder, manifest, "Monitoring report").iter_rows(values_only=True):
+    for row in _sheet(workbook, "Monitoring report").iter_rows(values_only=True):
         if len(row) >= 5 and isinstance(row[0], str) and isinstance(row[4], (int, float)):
             out[row[0] + (f"[{row[1]}]" if row[1] else "")] = float(row[4])
     return out

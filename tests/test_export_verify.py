@@ -328,3 +328,28 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
     assert f"seq {gone}: gap: 1 message(s) missing (collector: seq {gone}..{gone}: " in out
     assert ": all equal" in out and "2026-09: input hash equal to revision 1's" in out
     assert out.rstrip().endswith("VERDICT: FAILED: 1 chain break(s)")
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda m: m.update(figures="x", parameters=[1]), "manifest.json figures.RE: exported None"),
+    (lambda m: m.update(revisions=[{"month": "2026-09", "input_hash": "0" * 64, "revision": 1}]),
+     "2026-09: the readings of the signed messages are not those revision 1 was computed from"),
+])
+def test_a_hostile_manifest_is_a_mismatch_not_a_crash(export, capsys, change, expected):
+    manifest = json.loads((export / "manifest.json").read_text())
+    change(manifest)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and expected in out and "Traceback" not in out, out
+
+
+def test_text_in_a_workbook_number_cell_is_a_mismatch(export, capsys):
+    path = next(export.glob("*.xlsx"))
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Daily"]
+    ws.cell(row=3, column=2).value = "12.5"
+    wb.save(path)
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and "workbook sheet Daily: " in out and ": exported none, recomputed " in out, out
