@@ -244,7 +244,8 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
                 f"{k}: {c}" for k, c in Counter(b.kind for b in listed[MAX_LISTED:]).most_common()))
     broken = {(*b.chain, s) for b in breaks for s in (b.first_seq, b.last_seq)}
     for f in custody_findings:
-        if (f.site, f.gateway, f.epoch, f.seq) not in broken:  # found on arrival, not in these messages' chains
+        # found on arrival, and not a break of these messages (e.g. the conflicting message was refused)
+        if (f.site, f.gateway, f.epoch) in chains and (f.site, f.gateway, f.epoch, f.seq) not in broken:
             out.append(f"custody finding {f.site}/{f.gateway}/{f.epoch} seq {f.seq}: {f.kind}: {f.detail}")
     for f in findings:
         if f.kind == "epoch":
@@ -336,7 +337,8 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
         if not same:
             wrong.append(f"  {month}: the readings of the signed messages are not those revision "
                          f"{rev.get('revision')} was computed from (input hash {input_hash}, "
-                         f"recorded {rev.get('input_hash')})")
+                         f"recorded {rev.get('input_hash')}): readings stored unsigned, or messages or "
+                         "findings missing, altered or refused")
         elif rev.get("status") != status:
             wrong.append(f"  {month}: status recomputed {status}, revision {rev.get('revision')} says {rev.get('status')}")
     out += wrong[:MAX_LISTED]
