@@ -118,6 +118,9 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
     assert manifest["custody"]["signed_messages"] == len(messages(export)) > 0
     assert {"custody/keys.json", "custody/keys/k1.pem", MESSAGES, "custody/findings.json",
             "site.json"} <= set(manifest["files"])
+    n = manifest["custody"]["signed_messages"]
+    assert f"Chain of custody: {n:,} messages signed by the gateway" in (export / "summary.html").read_text()
+    assert f"ゲートウェイが署名したメッセージ {n:,} 件" in (export / "summary.ja.html").read_text()
     rc, out = run(export, capsys)
     assert rc == 0, out
     assert f"site mn-solar, period {FIRST}..{LAST}" in out
@@ -215,6 +218,7 @@ def test_an_unsigned_export_says_so_and_a_folder_without_manifest_is_unusable(ma
     store.close()
     assert json.loads((folder / "manifest.json").read_text())["custody"]["signed_messages"] == 0
     assert not (folder / "custody").exists()
+    assert "<b>NOT SIGNED: these readings carry no gateway signatures" in (folder / "summary.html").read_text()
     rc, out = run(folder, capsys)
     assert rc == 1 and "custody: NOT SIGNED" in out and "VERDICT: FAILED: not signed" in out
     (folder / "manifest.json").unlink()

@@ -107,11 +107,11 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
     ], 2):
         files.append(write())
         tell(done, steps, names[name])
-    files += write_summary(figures, names, folder)
     files.append(write_site_settings(figures.site, folder / SITE_SETTINGS))
     custody_files, custody = write_custody(figures, store, folder)
     files += custody_files
-    tell(7, steps, "summary.html, custody/")
+    files += write_summary(figures, names, custody["signed_messages"], folder)
+    tell(7, steps, "custody/, summary.html")
     files.append(write_manifest(figures, files, folder / "manifest.json", custody))
     write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
     tell(8, steps, "manifest.json")
