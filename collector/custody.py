@@ -69,7 +69,7 @@ class CustodyCheck:
         for chain, members in _chains(messages).items():
             stored = self.store.links(*chain, {m.seq for _, m in members})
             for i, m in members:
-                held = stored.setdefault(m.seq, Link(m.hash, m.prev))
+                held = stored.setdefault(m.seq, Link(m.hash, m.prev, m.ts))
                 if held.hash != m.hash:
                     out[i] = (f"seq {m.seq} of epoch {m.epoch} is stored with hash {held.hash}; "
                               f"this message, validly signed, has hash {m.hash} (a forked gateway or a stolen key): "
@@ -77,7 +77,7 @@ class CustodyCheck:
         return out
 
     def conflict_finding(self, m: SignedMessage, detail: str) -> CustodyFinding:
-        return CustodyFinding("conflict", m.site, m.gateway, m.epoch, m.seq, dt.datetime.now(dt.UTC), detail)
+        return CustodyFinding("conflict", m.site, m.gateway, m.epoch, m.seq, m.ts, dt.datetime.now(dt.UTC), detail)
 
     def chain_findings(self, messages: list[SignedMessage]) -> list[CustodyFinding]:
         """After ``messages`` were written: links between them and their stored neighbours
@@ -92,7 +92,7 @@ class CustodyCheck:
             for _, m in members:
                 if m.seq in stored and stored[m.seq].hash != m.hash:
                     found[(chain, m.seq, "conflict")] = CustodyFinding(
-                        "conflict", *chain, m.seq, now, f"seq {m.seq} of epoch {m.epoch} is stored with hash "
+                        "conflict", *chain, m.seq, stored[m.seq].ts, now, f"seq {m.seq} of epoch {m.epoch} is stored with hash "
                         f"{stored[m.seq].hash}; another message, validly signed, with hash {m.hash} was stored at "
                         "the same time (by another collector): the reading may be either's")
             for seq in sorted({n for s in seqs for n in (s, s + 1)} & stored.keys()):
@@ -100,7 +100,7 @@ class CustodyCheck:
                 if expected is not None and stored[seq].prev != expected:
                     what = "GENESIS (the first of an epoch)" if seq == 1 else f"the hash of seq {seq - 1}, {expected}"
                     found[(chain, seq, "wrong_prev")] = CustodyFinding(
-                        "wrong_prev", *chain, seq, now,
+                        "wrong_prev", *chain, seq, stored[seq].ts, now,
                         f"seq {seq} of epoch {chain[2]} carries prev {stored[seq].prev}, not {what}")
         return list(found.values())
 

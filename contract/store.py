@@ -159,10 +159,12 @@ class SignedMessage:
 
 @dataclass(frozen=True)
 class Link:
-    """A stored signed message's ``hash`` and ``prev``: what the chain checks compare."""
+    """A stored signed message's ``hash`` and ``prev`` (what the chain checks compare) and
+    its reading's ``ts``."""
 
     hash: str
     prev: str
+    ts: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,8 @@ class CustodyFinding:
     ``kind`` ``wrong_prev``: the stored message ``seq`` does not carry the hash of the
     stored ``seq - 1`` as its ``prev`` (or is a seq 1 whose ``prev`` is not GENESIS).
     ``conflict``: a validly signed message of ``seq`` whose bytes differ from the stored
-    one; the stored one is kept, the other is a dead letter. ``detail`` says what differs.
+    one; the stored one is kept, the other is a dead letter. ``ts``: the reading time of
+    the message ``seq``, so that a period knows its findings. ``detail`` says what differs.
     Identified by (site, gateway, epoch, kind, seq): recording it again replaces it.
     Gaps are ``SequenceFinding``s."""
 
@@ -181,6 +184,7 @@ class CustodyFinding:
     gateway: str
     epoch: str
     seq: int
+    ts: dt.datetime
     noticed: dt.datetime
     detail: str
 

@@ -270,9 +270,9 @@ class InfluxStore:
         out = {}
         wanted = set(seqs)
         for lo, hi in seq_spans(sorted(wanted), MESSAGE_PAGE):
-            for s in self.query(f'SELECT "hash", "prev" FROM {_q(MESSAGES)} WHERE {self._chain(site, gateway, epoch)} '
+            for s in self.query(f'SELECT "hash", "prev", "ts" FROM {_q(MESSAGES)} WHERE {self._chain(site, gateway, epoch)} '
                                 f"AND time >= {lo} AND time <= {hi}", "ns"):
-                out.update((seq, Link(h, p)) for seq, h, p in s["values"] if seq in wanted)
+                out.update((seq, Link(h, p, _from_ms(ts))) for seq, h, p, ts in s["values"] if seq in wanted)
         return out
 
     def signed_messages(self, site, start, end) -> Iterator[bytes]:
@@ -295,16 +295,18 @@ class InfluxStore:
     def record_custody_finding(self, finding: CustodyFinding) -> None:
         f = finding
         p = (Point(CUSTODY_FINDINGS).tag("site", f.site).tag("gateway", f.gateway).tag("epoch", f.epoch)
-             .tag("kind", f.kind).field("seq", f.seq).field("detail", f.detail).field("noticed", _ms(f.noticed)))
+             .tag("kind", f.kind).field("seq", f.seq).field("ts", _ms(f.ts)).field("detail", f.detail)
+             .field("noticed", _ms(f.noticed)))
         # at the time seq: one point per identity, recording it again replaces it
         self._post_sequence([p.time(f.seq, WritePrecision.NS).to_line_protocol().encode()], WritePrecision.NS)
 
     def custody_findings(self, site=None) -> list[CustodyFinding]:
         where = f' WHERE "site" = {_lit(site)}' if site else ""
-        series = self.query(f'SELECT "seq", "noticed", "detail" FROM {_q(CUSTODY_FINDINGS)}{where} '
+        series = self.query(f'SELECT "seq", "ts", "noticed", "detail" FROM {_q(CUSTODY_FINDINGS)}{where} '
                             'GROUP BY "site", "gateway", "epoch", "kind"')
         found = [CustodyFinding(s["tags"]["kind"], s["tags"]["site"], s["tags"]["gateway"], s["tags"]["epoch"], seq,
-                                _from_ms(noticed), detail) for s in series for _, seq, noticed, detail in s["values"]]
+                                _from_ms(ts), _from_ms(noticed), detail)
+                 for s in series for _, seq, ts, noticed, detail in s["values"]]
         return sorted(found, key=lambda f: (f.noticed, f.gateway, f.epoch, f.seq))
 
     def _post_sequence(self, lines: list[bytes], precision: str) -> None:

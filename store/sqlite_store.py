@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_site_ts ON messages (site, ts);
 CREATE TABLE IF NOT EXISTS custody_findings (
     site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL,
-    noticed INTEGER NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (site, gateway, epoch, kind, seq)
+    ts INTEGER NOT NULL, noticed INTEGER NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (site, gateway, epoch, kind, seq)
 );
 """
 
@@ -111,8 +111,8 @@ INSERT_MESSAGE = ("INSERT INTO messages (site, gateway, epoch, seq, ts, hash, pr
 
 #: a finding recorded again keeps when it was first noticed
 UPSERT_CUSTODY_FINDING = """
-INSERT INTO custody_findings (kind, site, gateway, epoch, seq, noticed, detail) VALUES (?,?,?,?,?,?,?)
-ON CONFLICT (site, gateway, epoch, kind, seq) DO UPDATE SET detail = excluded.detail
+INSERT INTO custody_findings (kind, site, gateway, epoch, seq, ts, noticed, detail) VALUES (?,?,?,?,?,?,?,?)
+ON CONFLICT (site, gateway, epoch, kind, seq) DO UPDATE SET ts = excluded.ts, detail = excluded.detail
 """
 
 #: signed messages read per query by ``signed_messages``
@@ -333,9 +333,9 @@ class SqliteStore:
         out = {}
         for i in range(0, len(wanted), MESSAGE_PAGE):
             part = wanted[i:i + MESSAGE_PAGE]
-            rows = self._query(f"SELECT seq, hash, prev FROM messages WHERE site = ? AND gateway = ? AND epoch = ? "
+            rows = self._query(f"SELECT seq, hash, prev, ts FROM messages WHERE site = ? AND gateway = ? AND epoch = ? "
                                f"AND seq IN ({','.join('?' * len(part))})", (site, gateway, epoch, *part))
-            out.update((seq, Link(h, p)) for seq, h, p in rows)
+            out.update((seq, Link(h, p, from_ms(ts))) for seq, h, p, ts in rows)
         return out
 
     def signed_messages(self, site, start, end) -> Iterator[bytes]:
@@ -354,16 +354,16 @@ class SqliteStore:
         f = finding
         with self._lock:
             try:
-                self._db.execute(UPSERT_CUSTODY_FINDING, (f.kind, f.site, f.gateway, f.epoch, f.seq,
+                self._db.execute(UPSERT_CUSTODY_FINDING, (f.kind, f.site, f.gateway, f.epoch, f.seq, to_ms(f.ts),
                                                           to_ms(f.noticed), f.detail))
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     def custody_findings(self, site=None) -> list[CustodyFinding]:
-        rows = self._query("SELECT kind, site, gateway, epoch, seq, noticed, detail FROM custody_findings"
+        rows = self._query("SELECT kind, site, gateway, epoch, seq, ts, noticed, detail FROM custody_findings"
                            + (" WHERE site = ?" if site else "") + " ORDER BY noticed, gateway, epoch, seq",
                            (site,) if site else ())
-        return [CustodyFinding(k, s, g, e, n, from_ms(t), d) for k, s, g, e, n, t, d in rows]
+        return [CustodyFinding(k, s, g, e, n, from_ms(ts), from_ms(t), d) for k, s, g, e, n, ts, t, d in rows]
 
     def count(self) -> int:
         return self._query("SELECT COUNT(*) FROM readings", ())[0][0]

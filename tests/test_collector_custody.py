@@ -3,8 +3,9 @@ both stores: signed messages verified against the site's keys (valid at their ts
 kept byte for byte; a forged, altered, unknown-key, rotated-out or revoked-key message is
 a dead letter with the reason; a replay of the same bytes is stored once, one of other
 bytes is a conflict and never replaces the stored one; a wrong prev is a finding even
-when its neighbour arrives later; a dropped message is the existing gap finding; a site
-that requires signatures refuses unsigned readings."""
+when its neighbour arrives later or on another collector of a shared subscription; a
+dropped message is the existing gap finding; a site that requires signatures refuses
+unsigned readings; a message at the highest seq costs that message at most."""
 
 import base64
 import dataclasses
@@ -127,12 +128,15 @@ def test_signed_messages_are_checked_on_arrival_and_kept_byte_for_byte(mosquitto
                     f"custody: key 'k2' revoked at {REVOKED.isoformat()}"]
         assert len(reasons) == len(expected) and all(sum(r.startswith(e) for r in reasons) == 1 for e in expected), \
             reasons
-        [(kind, seq, detail)] = [(f.kind, f.seq, f.detail) for f in store.custody_findings("test-site")
-                                 if f.kind == "conflict"]
-        assert seq == 3 and chain_hash(a[3][1]) in detail and chain_hash(conflict[1]) in detail
+        [(seq, ts, detail)] = [(f.seq, f.ts, f.detail) for f in store.custody_findings("test-site")
+                               if f.kind == "conflict"]
+        assert (seq, ts) == (3, T0 + dt.timedelta(seconds=3))
+        assert chain_hash(a[3][1]) in detail and chain_hash(conflict[1]) in detail
         # the stored 10 is not the one 11 was chained to: the link breaks on both sides
         wrong = [f for f in store.custody_findings("test-site") if f.kind == "wrong_prev"]
-        assert [(f.epoch, f.seq) for f in wrong] == [(E1, 10), (E1, 11)] and "ab" * 32 in wrong[0].detail
+        assert [(f.epoch, f.seq, f.ts) for f in wrong] == [(E1, 10, T0 + dt.timedelta(seconds=10)),
+                                                           (E1, 11, T0 + dt.timedelta(seconds=11))]
+        assert "ab" * 32 in wrong[0].detail
         assert len(store.custody_findings()) == 3  # the identical replays are no finding
         gaps = [(f.first, f.last) for f in store.sequence_findings("test-site") if f.kind == "gap" and not f.resolved]
         assert gaps == [(8, 8)]
@@ -205,5 +209,32 @@ def test_a_signed_message_at_the_highest_seq_costs_that_message_at_most(mosquitt
     store = open_store(store_url)
     try:
         assert chain([1])[1][1] in list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
+    finally:
+        store.close()
+
+
+def test_two_collectors_on_a_shared_subscription_check_the_chain_against_the_store(mosquitto, tmp_path):
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    sites_dir = sites(tmp_path)
+    a = chain(range(1, 201))
+    a[100] = signed(reading(100), "ab" * 32)  # 101 keeps the hash of the real 100
+    collectors = [Collector(config(mosquitto, store_url, sites_dir, share_group="collectors", batch_size=3,
+                                   client_id=f"jcm-collector-{i}")) for i in range(2)]
+    for c in collectors:
+        c.start()
+    pub = Publisher(mosquitto)
+    try:
+        assert wait_until(lambda: pub.send([a[1]]) or all(c.stored >= 1 for c in collectors), 20)
+        pub.send([a[s] for s in range(2, 201)], rate=500)
+        assert wait_until(lambda: sum(c.stored for c in collectors) >= 200, 30)
+        assert all(c.stored > 20 for c in collectors)  # each saw part of the chain
+    finally:
+        pub.close()
+        for c in collectors:
+            c.stop()
+    store = open_store(store_url)
+    try:
+        assert sorted((f.kind, f.seq) for f in store.custody_findings()) == [("wrong_prev", 100), ("wrong_prev", 101)]
+        assert list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1))) == [a[s][1] for s in a]
     finally:
         store.close()

@@ -238,7 +238,7 @@ def test_signed_messages_are_kept_byte_for_byte_and_read_back_by_period_in_chain
     assert period == [raw for _, _, raw in a[1:4]] + [raw for _, _, raw in b]
     assert list(store.signed_messages("s2", T0, T0 + dt.timedelta(days=1))) == []
     links = store.links("s1", "gw1", "00000000000000a1", [0, 2, 3, 9])
-    assert links == {2: Link(a[1][1].hash, a[0][1].hash), 3: Link(a[2][1].hash, a[1][1].hash)}
+    assert links == {2: Link(a[1][1].hash, a[0][1].hash, a[1][1].ts), 3: Link(a[2][1].hash, a[1][1].hash, a[2][1].ts)}
 
 
 def test_a_stored_signed_message_is_not_replaced_and_one_of_a_refused_reading_not_kept(store):
@@ -251,14 +251,15 @@ def test_a_stored_signed_message_is_not_replaced_and_one_of_a_refused_reading_no
     bad = dataclasses.replace(bad, values={"energy": 10**400})  # beyond a float
     refused = store.write([bad], messages=[bad_m])
     assert [x for x, _ in refused] == [bad]
-    assert store.links("s1", "gw1", m.epoch, [1, 2]) == {1: Link(m.hash, GENESIS)}
+    assert store.links("s1", "gw1", m.epoch, [1, 2]) == {1: Link(m.hash, GENESIS, m.ts)}
 
 
 def test_custody_findings_are_kept_one_per_identity(store):
-    f = CustodyFinding("wrong_prev", "s1", "gw1", "00000000000000a1", 7, T0, "prev is not seq 6's hash")
+    f = CustodyFinding("wrong_prev", "s1", "gw1", "00000000000000a1", 7, T0 + dt.timedelta(minutes=7), T0,
+                       "prev is not seq 6's hash")
     store.record_custody_finding(f)
     store.record_custody_finding(f)
-    store.record_custody_finding(CustodyFinding("conflict", "s2", "gw2", "00000000000000b2", 3,
+    store.record_custody_finding(CustodyFinding("conflict", "s2", "gw2", "00000000000000b2", 3, T0,
                                                 T0 + dt.timedelta(seconds=1), "another message"))
     assert store.custody_findings("s1") == [f]
     assert [x.kind for x in store.custody_findings()] == ["wrong_prev", "conflict"]
