@@ -44,8 +44,7 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
     sequence = [f for f in store.sequence_findings(site.site)
                 if (f.start or f.noticed) < end and (f.end or f.noticed) >= start
                 or f.noticed < end and (f.resolved or f.noticed) >= start]
-    # all of them: few, and a wrong clock may have stamped a message after the break it caused was noticed
-    custody = store.custody_findings(site.site)
+    custody = [f for f in store.custody_findings(site.site) if start <= f.ts < end]
     (root / FINDINGS).write_text(json.dumps({"sequence_findings": [_record(f) for f in sequence],
                                              "custody_findings": [_record(f) for f in custody]}, indent=1) + "\n")
     entry.update(signed_messages=count[0], findings=len(sequence) + len(custody),
