@@ -288,7 +288,8 @@ def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path
 def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosquitto, signer, capsys):
     """The real path after the gateway: signed messages over a real Mosquitto into the real
     collector and store, one lost on the way; the export holds the stored bytes and the
-    collector's gap finding, and ``jcm verify`` recomputes equal figures and names the gap."""
+    collector's gap finding and the wrong prev it found, and ``jcm verify`` recomputes equal
+    figures and names both breaks with the collector's finding."""
     from collector.service import Collector
     from contract import topics
     from tests.conftest import wait_until
@@ -306,7 +307,8 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
             r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
                         seq=seq, epoch=EPOCH)
-            sent.append((topics.reading(r.site, r.gateway, r.device), sign(r.to_json(), prev, "k1", signer)))
+            sent.append((topics.reading(r.site, r.gateway, r.device),
+                         sign(r.to_json(), "ab" * 32 if seq == 200 else prev, "k1", signer)))
             prev = chain_hash(sent[-1][1])
     lost = len(sent) // 2
     url = f"sqlite:///{tmp_path}/jcm.db"
@@ -331,7 +333,8 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
     gone = json.loads(sent[lost][1])["seq"]
     assert f"seq {gone}: gap: 1 message(s) missing (collector: seq {gone}..{gone}: " in out
     assert ": all equal" in out and "2026-09: input hash equal to revision 1's" in out
-    assert out.rstrip().endswith("VERDICT: FAILED: 1 chain break(s)")
+    assert "seq 200: wrong_prev: prev is not seq 199's hash (collector: seq 200: wrong_prev: " in out
+    assert out.rstrip().endswith("VERDICT: FAILED: 2 chain break(s)")
 
 
 @pytest.mark.parametrize("change, expected", [
