@@ -39,6 +39,7 @@ from processing.export.custody_folder import FINDINGS, read_findings
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, recompute
 from processing.fixed_values import from_record
 from processing.monthly import versions
+from store.sqlite_store import SqliteStore
 
 #: refusals, breaks per chain and mismatches listed one by one; beyond it they are counted
 MAX_LISTED = 50
@@ -69,8 +70,6 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
         out.append("VERDICT: FAILED: not signed" + "".join(f", {p}" for p in problems))
         return False, [printable(line) for line in out]
     with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
-        from store.sqlite_store import SqliteStore
-
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
             custody, lines, readings = check_custody(folder, store)
