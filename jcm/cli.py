@@ -309,9 +309,15 @@ def cmd_export(args) -> int:
     with Progress(f"export {site.site} {first}..{last}", unit="step") as progress:
         folder = export_period(site, open_store(args.store, create=False), Ledger(args.ledger, create=False), first,
                                last, Path(args.out), force=args.force, progress=progress)
-    for line in json.loads((folder / "manifest.json").read_text())["config_changes"]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for line in manifest["config_changes"]:
         print(f"warning: {line}", file=sys.stderr)
-    print(f"monitoring period {first}..{last} of {site.site} exported to {folder}")
+    signed = manifest["custody"]["signed_messages"]
+    if not signed:
+        print("warning: the period's readings are not signed: the export has no custody folder, so a verifier "
+              "cannot trace them to the meters (jcm verify says: not signed)", file=sys.stderr)
+    print(f"monitoring period {first}..{last} of {site.site} exported to {folder}"
+          + (f" with {signed} signed messages (check: jcm verify {folder})" if signed else ""))
     return 0
 
 

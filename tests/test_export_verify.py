@@ -216,6 +216,10 @@ def test_an_unsigned_export_says_so_and_a_folder_without_manifest_is_unusable(ma
     folder = export_period(site, store, Ledger(tmp_path / "ledger.sqlite", create=True), FIRST, FIRST,
                            tmp_path / "out")
     store.close()
+    assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
+                 str(tmp_path / "out"), "--force", "--sites", str(REPO / "config" / "sites"),
+                 "--store", f"sqlite:///{tmp_path / 'jcm.db'}", "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+    assert "warning: the period's readings are not signed: the export has no custody folder" in capsys.readouterr().err
     assert json.loads((folder / "manifest.json").read_text())["custody"]["signed_messages"] == 0
     assert not (folder / "custody").exists()
     assert "<b>NOT SIGNED: these readings carry no gateway signatures" in (folder / "summary.html").read_text()
@@ -323,10 +327,12 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
     finally:
         pub.close()
         c.stop()
-    store = SqliteStore(tmp_path / "jcm.db")
-    folder = export_period(site, store, Ledger(tmp_path / "ledger.sqlite", create=True), FIRST, FIRST,
-                           tmp_path / "out")
-    store.close()
+    Ledger(tmp_path / "ledger.sqlite", create=True).close()
+    assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
+                 str(tmp_path / "out"), "--sites", str(tmp_path / "sites"), "--store", url,
+                 "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+    folder = tmp_path / "out" / f"mn-solar_{FIRST}_{FIRST}"
+    assert f"with {len(sent) - 1} signed messages (check: jcm verify {folder})" in capsys.readouterr().out
     assert messages(folder) == [m for _, m in sent[:lost] + sent[lost + 1:]]
     rc, out = run(folder, capsys)
     assert rc == 1, out
