@@ -309,9 +309,15 @@ def cmd_export(args) -> int:
     with Progress(f"export {site.site} {first}..{last}", unit="step") as progress:
         folder = export_period(site, open_store(args.store, create=False), Ledger(args.ledger, create=False), first,
                                last, Path(args.out), force=args.force, progress=progress)
-    for line in json.loads((folder / "manifest.json").read_text())["config_changes"]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for line in manifest["config_changes"]:
         print(f"warning: {line}", file=sys.stderr)
-    print(f"monitoring period {first}..{last} of {site.site} exported to {folder}")
+    signed = manifest["custody"]["signed_messages"]
+    if not signed:
+        print("warning: the period's readings are not signed: the export has no custody folder, so a verifier "
+              "cannot trace them to the meters (jcm verify says: not signed)", file=sys.stderr)
+    print(f"monitoring period {first}..{last} of {site.site} exported to {folder}"
+          + (f" with {signed} signed messages (check: jcm verify {folder})" if signed else ""))
     return 0
 
 
@@ -323,9 +329,9 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from jcm.verify import verify_folder
+    from jcm.verify import verify_export
 
-    ok, report = verify_folder(Path(args.folder))
+    ok, report = verify_export(Path(args.folder))
     print("\n".join(report))
     return 0 if ok else 1
 
@@ -564,8 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="var/keys", help="folder of the key files")
     s.set_defaults(func=cmd_keygen)
 
-    s = command("verify", "check the signatures and hash chains of an export's signed messages")
-    s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (its custody/ folder is read)")
+    s = command("verify", "check an export: its files, the signatures and hash chains of its signed messages, "
+                          "and its figures recomputed from them")
+    s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read)")
     s.set_defaults(func=cmd_verify)
 
     s = command("watch", "print the readings arriving at a broker")

@@ -1,26 +1,200 @@
-"""``jcm verify EXPORT_DIR``: check the signed messages of an export's custody folder
-(``contract.custody``) with nothing but the folder, and print a verdict."""
+"""``jcm verify EXPORT_DIR``: check a monitoring-period export with nothing but the folder,
+and print a verdict a verifier can paste into a report.
+
+1. the files: every file of ``manifest.json`` and ``SHA256SUMS`` present with its
+   SHA-256, and no file that neither lists;
+2. the custody folder (``contract.custody``): every message's signature, every chain,
+   each gap with its cause (the collector's sequence findings, refused messages);
+3. the figures: the readings of the verified messages alone, with the site settings
+   (``site.json``) and fixed values the export recorded, go through the processor's own
+   code (``processing.export.recompute``); each day's values, the period's totals, RE,
+   PE and ER (its exact decimal too), and each month's input hash and status must equal
+   the exported ones, in the manifest, ``daily_values.csv`` and the workbook.
+
+Exit 0 only on PASSED; 1 on any mismatch; 2 (``ValueError``) when the folder cannot be
+used at all, naming the file.
+"""
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 
+import openpyxl
+
+from contract.config.site import Site
 from contract.custody import chain_breaks, pem_problems, read_folder, verify
+from contract.message import Reading
+from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
+from processing.export.custody_folder import FINDINGS, read_findings
+from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, recompute
+from processing.fixed_values import from_record
+from processing.monthly import versions
+from store.sqlite_store import SqliteStore
 
-#: refusals, and breaks per chain, listed one by one; beyond it they are counted
+#: refusals, breaks per chain and mismatches listed one by one; beyond it they are counted
 MAX_LISTED = 50
+#: readings written to the recomputation's store at a time
+BATCH = 5000
+FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 
 
-def verify_folder(folder: Path) -> tuple[bool, list[str]]:
-    """Whether every message verified and every chain is whole, and the report's lines."""
+def verify_export(folder: Path) -> tuple[bool, list[str]]:
+    """Whether the export passed, and the verdict's lines."""
+    manifest = _manifest(folder)
+    site = read_site_settings(folder / SITE_SETTINGS)
+    period = _section(manifest, "period")
+    out = [f"export {folder}",
+           f"site {manifest.get('site')}, period {period.get('first')}..{period.get('last')}, "
+           f"{manifest.get('methodology')} version {manifest.get('version')}, status {manifest.get('status')}"]
+    problems: list[str] = []
+    files = _file_problems(folder, manifest)
+    out.append(f"files: {len(manifest.get('files', {})) + 1} in manifest.json and SHA256SUMS"
+               + (", each present with its SHA-256, none unlisted" if not files else ""))
+    out += [f"  {p}" for p in files]
+    problems += [f"{len(files)} file problem(s)"] if files else []
+    if site.site != manifest.get("site"):
+        raise ValueError(f"{SITE_SETTINGS}: settings of site {site.site}, the manifest's are of {manifest.get('site')}")
+    if not (folder / "custody").exists():
+        out.append("custody: NOT SIGNED: the export holds no signed messages (custody/ is absent), "
+                   "so nothing can be checked back to the meters")
+        out.append("VERDICT: FAILED: not signed" + "".join(f", {p}" for p in problems))
+        return False, [printable(line) for line in out]
+    with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
+        store = SqliteStore(Path(tmp) / "readings.db")
+        try:
+            custody, lines, readings = check_custody(folder, store)
+            out += lines
+            problems += custody
+            fixed = _fixed(manifest)
+            result = recompute(site, store, _date(period, "first"), _date(period, "last"), fixed)
+        finally:
+            store.close()
+    lines, mismatches = _compare(folder, manifest, site, result)
+    out.append(f"recomputed from the {readings} reading(s) of the verified messages with {SITE_SETTINGS} and the "
+               f"manifest's {len(fixed)} fixed value(s):")
+    out += lines
+    problems += [f"{mismatches} difference(s) from the recomputation"] if mismatches else []
+    ok = not problems
+    out.append("VERDICT: " + ("PASSED: files whole, every signature verified, every chain whole, "
+                              "figures recomputed equal" if ok else "FAILED: " + ", ".join(problems)))
+    return ok, [printable(line) for line in out]
+
+
+def _manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror}): not an export folder") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError(f"{path}: no 'files' object: not the manifest of an export")
+    return manifest
+
+
+def _section(manifest: dict, key: str) -> dict:
+    """A member of the manifest that should be an object; ``{}`` (so: mismatches) when it is not."""
+    value = manifest.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _fixed(manifest: dict) -> list:
+    try:
+        return from_record(manifest.get("fixed_parameters", []))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"manifest.json: fixed_parameters: not the fixed values an export records: {exc}") from None
+
+
+def _date(period: dict, key: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(period[key])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"manifest.json: period.{key} missing or not a date") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_problems(folder: Path, manifest: dict) -> list[str]:
+    """Files missing, altered or unlisted: against the manifest and against SHA256SUMS."""
+    listed = {name: entry.get("sha256") if isinstance(entry, dict) else None
+              for name, entry in manifest["files"].items()}
+    problems = []
+    sums: dict[str, str] = {}
+    try:
+        text = (folder / "SHA256SUMS").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"SHA256SUMS: cannot read: {getattr(exc, 'strerror', None) or exc}")
+        text = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("#"):
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            problems.append(f"SHA256SUMS line {n}: not '<sha256>  <file>'")
+            continue
+        sums[name] = digest
+    present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    for name in sorted(set(listed) | set(sums) | {"manifest.json"}):
+        path = present.get(name)
+        if path is None:
+            problems.append(f"{name}: missing (listed in {'manifest.json' if name in listed else 'SHA256SUMS'})")
+            continue
+        actual = _sha256(path)
+        if name in listed and listed[name] != actual:
+            problems.append(f"{name}: SHA-256 {actual} is not the manifest's {listed[name]}")
+        if name not in sums:
+            problems.append(f"{name}: not in SHA256SUMS")
+        elif sums[name] != actual:
+            problems.append(f"{name}: SHA-256 {actual} is not SHA256SUMS' {sums[name]}")
+        if name not in listed and name != "manifest.json":
+            problems.append(f"{name}: not in manifest.json")
+    for name in sorted(set(present) - set(listed) - set(sums) - {"manifest.json", "SHA256SUMS"}):
+        problems.append(f"{name}: not listed in manifest.json nor SHA256SUMS (a file added to the export)")
+    return problems
+
+
+def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
+    """Check the custody folder, writing the readings of verified messages, their messages
+    and the findings to ``store``; what is wrong (nothing when it is whole), the lines, and
+    how many readings were written."""
     keys, lines = read_folder(folder)
+    path = folder / "custody" / FINDINGS
+    findings, custody_findings = read_findings(path) if path.exists() else ([], [])
+    for f in findings:
+        store.record_finding(f)
+    for f in custody_findings:
+        store.record_custody_finding(f)
     refused: list[str] = []
     reasons: Counter[str] = Counter()
     refused_seqs: dict[tuple, dict[int, str]] = {}  # what a gap may be explained by
     chains: dict[tuple, list[int]] = {}  # chain -> [messages, lowest seq, highest seq]
-    n = 0
+    batch: list[Reading] = []
+    signed: list[SignedMessage] = []
+    n = written = 0
+
+    def flush():
+        nonlocal written
+        store.write(batch, messages=signed)
+        written += len(batch)
+        batch.clear()
+        signed.clear()
 
     def verified():
         nonlocal n
@@ -31,6 +205,10 @@ def verify_folder(folder: Path) -> tuple[bool, list[str]]:
                 seq = v.reading.seq
                 c = chains.setdefault(v.chain, [0, seq, seq])
                 c[0], c[1], c[2] = c[0] + 1, min(c[1], seq), max(c[2], seq)
+                batch.append(v.reading)
+                signed.append(SignedMessage.verified(line.message, v))
+                if len(batch) >= BATCH:
+                    flush()
                 yield v
                 continue
             reasons[v.kind] += 1
@@ -41,9 +219,9 @@ def verify_folder(folder: Path) -> tuple[bool, list[str]]:
                 refused.append(f"  {where}: {v.reason}")
 
     breaks = chain_breaks(verified())
-    out = [f"custody of {folder}",
-           f"keys: {sum(len(k) for k in keys.values())} of {len(keys)} site(s): "
-           + ", ".join(f"{k.id} ({site}, fingerprint {k.fingerprint[:16]}...)" for site, ks in sorted(keys.items())
+    flush()
+    out = [f"keys: {sum(len(k) for k in keys.values())} of {len(keys)} site(s): "
+           + ", ".join(f"{k.id} ({site}, fingerprint {k.fingerprint})" for site, ks in sorted(keys.items())
                        for k in ks),
            f"messages: {n}, signatures verified: {n - sum(reasons.values())}, refused: {sum(reasons.values())}"]
     pems = pem_problems(folder, keys)
@@ -59,16 +237,172 @@ def verify_folder(folder: Path) -> tuple[bool, list[str]]:
         out.append(f"chain {'/'.join(chain)}: seq {low}..{high}, {count} verified message(s)")
         listed = by_chain.get(chain, [])
         for b in listed[:MAX_LISTED]:
-            cause = sorted({r for s, r in refused_seqs.get(chain, {}).items() if b.first_seq <= s <= b.last_seq})
-            out.append(f"  {b}" + (f" (refused there: {'; '.join(cause)})" if cause and b.kind == "gap" else ""))
+            out.append(f"  {b}{_cause(b, refused_seqs.get(chain, {}), findings, custody_findings)}")
         if len(listed) > MAX_LISTED:
             out.append(f"  ... and {len(listed) - MAX_LISTED} more: " + ", ".join(
                 f"{k}: {c}" for k, c in Counter(b.kind for b in listed[MAX_LISTED:]).most_common()))
+    broken = {(*b.chain, s) for b in breaks for s in (b.first_seq, b.last_seq)}
+    for f in custody_findings:
+        # found on arrival, and not a break of these messages (e.g. the conflicting message was refused)
+        if (f.site, f.gateway, f.epoch) in chains and (f.site, f.gateway, f.epoch, f.seq) not in broken:
+            out.append(f"custody finding {f.site}/{f.gateway}/{f.epoch} seq {f.seq}: {f.kind}: {f.detail}")
+    for f in findings:
+        if f.kind == "epoch":
+            out.append(f"sequence finding {f.site}/{f.gateway}: new epoch {f.epoch} after seq {f.first} of "
+                       f"{f.previous or 'an earlier epoch'}: {f.cause}")
     ok = not reasons and not breaks and not pems and n > 0
     problems = [f"{len(pems)} key file(s) not as keys.json"] if pems else []
     problems += [f"{sum(reasons.values())} message(s) refused"] if reasons else []
     problems += [f"{len(breaks)} chain break(s)"] if breaks else []
     problems += ["no messages"] if n == 0 else []
-    out.append("VERDICT: " + ("PASSED: every signature verified, every chain whole" if ok
-                              else "FAILED: " + ", ".join(problems)))
-    return ok, [printable(line) for line in out]
+    out.append("custody: " + ("every signature verified, every chain whole" if ok else ", ".join(problems)))
+    return problems, out, written
+
+
+def _cause(b, refused: dict[int, str], findings: list[SequenceFinding], custody: list[CustodyFinding]) -> str:
+    """Why a chain breaks there: messages refused in a gap, and the collector's findings."""
+    site, gateway, epoch = b.chain
+    causes = []
+    if b.kind == "gap":
+        causes += [f"refused there: {r}"
+                   for r in sorted({r for s, r in refused.items() if b.first_seq <= s <= b.last_seq})]
+        causes += [f"collector: seq {f.first}..{f.last}: {f.cause}" for f in findings
+                   if (f.kind, f.site, f.gateway, f.epoch) == ("gap", site, gateway, epoch)
+                   and f.first <= b.last_seq and f.last >= b.first_seq]
+    causes += [f"collector: seq {f.seq}: {f.kind}: {f.detail}" for f in custody
+               if (f.site, f.gateway, f.epoch) == (site, gateway, epoch) and b.first_seq <= f.seq <= b.last_seq]
+    if causes:
+        return f" ({'; '.join(causes)})"
+    return " (no cause recorded: nothing refused there, no collector finding)" if b.kind == "gap" else ""
+
+
+def _number(text) -> float:
+    return math.nan if text in (None, "") else float(text)
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def _in_workbook(a: float) -> float:
+    """``a`` as a workbook holds it: 16 significant digits (how openpyxl writes a number)."""
+    return a if math.isnan(a) else float("%.16g" % a)
+
+
+def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[list[str], int]:
+    """The lines comparing recomputed with exported figures, and how many differ."""
+    wrong: list[str] = []
+    recomputed = {(d.isoformat(), k): float(v) for d, k, v in r.daily[["day", "key", "value"]].itertuples(index=False)}
+    exported = _daily_csv(folder / "daily_values.csv")
+    workbook = _workbook(folder, manifest)
+    for where, table, held in (("daily_values.csv", exported, float),
+                               ("workbook sheet Daily", _daily_sheet(workbook), _in_workbook)):
+        for day_key in sorted(set(recomputed) | set(table)):
+            a, b = recomputed.get(day_key, math.nan), table.get(day_key)
+            if b is None or not _same(held(a), b):
+                wrong.append(f"  {where}: {day_key[1]} on {day_key[0]}: exported "
+                             f"{'none' if b is None else repr(b)}, recomputed {a!r}")
+    out = [f"  daily values: {len(recomputed)} recomputed, compared with daily_values.csv and the workbook's "
+           f"sheet Daily" + ("" if wrong else ": all equal")]
+    report = _report_sheet(workbook)
+    for key, total in sorted(r.totals.items()):
+        for where, value, held in ((f"manifest.json parameters.{key}", _section(manifest, "parameters").get(key), float),
+                                   (f"workbook Monitoring report {key}", report.get(key), _in_workbook)):
+            if not isinstance(value, (int, float)) or not _same(held(float(total)), float(value)):
+                wrong.append(f"  {where}: exported {value!r}, recomputed {float(total)!r}")
+    c, figures = r.calc, _section(manifest, "figures")
+    for name in (*FIGURES, "ER_exact"):
+        mine = getattr(c, name)
+        out.append(f"  {name}: recomputed {mine}, exported {figures.get(name)}")
+        places = [(f"manifest.json figures.{name}", figures.get(name), float)]
+        places += [(f"workbook Monitoring report {name}", report.get(name), _in_workbook)] if name in FIGURES else []
+        for where, value, held in places:
+            if value is None or (str(value) != mine if name == "ER_exact" else
+                                 not isinstance(value, (int, float)) or not _same(held(float(mine)), float(value))):
+                wrong.append(f"  {where}: exported {value!r}, recomputed {mine!r}")
+    recorded = {rev.get("month"): rev for rev in manifest.get("revisions", []) if isinstance(rev, dict)}
+    now = versions(site)
+    for month, (input_hash, status) in sorted(r.months.items()):
+        rev = recorded.get(month, {})
+        differ = [what for what, key in (("site settings (site.json)", "config_hash"),
+                                         (f"{site.methodology} default values", "defaults_hash"),
+                                         ("processing code", "code_version")) if rev.get(key) != now[key]]
+        if differ:  # not a mismatch by itself: it explains one
+            out.append(f"  {month}: note: revision {rev.get('revision')} was computed with other "
+                       f"{' and '.join(differ)} than this recomputation")
+        same = rev.get("input_hash") == input_hash
+        out.append(f"  {month}: input hash {'equal to' if same else 'NOT'} revision {rev.get('revision')}'s, "
+                   f"status {status} (revision: {rev.get('status')})")
+        if not same:
+            wrong.append(f"  {month}: the readings of the signed messages are not those revision "
+                         f"{rev.get('revision')} was computed from (input hash {input_hash}, "
+                         f"recorded {rev.get('input_hash')}): readings stored unsigned, or messages or "
+                         "findings missing, altered or refused")
+        elif rev.get("status") != status:
+            wrong.append(f"  {month}: status recomputed {status}, revision {rev.get('revision')} says {rev.get('status')}")
+    out += wrong[:MAX_LISTED]
+    if len(wrong) > MAX_LISTED:
+        out.append(f"  ... and {len(wrong) - MAX_LISTED} more difference(s)")
+    return out, len(wrong)
+
+
+def _daily_csv(path: Path) -> dict[tuple[str, str], float]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path.name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    rows = csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#"))
+    out = {}
+    try:
+        for row in rows:
+            key = row["parameter"] + (f"[{row['unit_id']}]" if row["unit_id"] else "")
+            out[(row["day"], key)] = _number(row["value"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path.name}: line {rows.line_num}: {exc}") from None
+    return out
+
+
+def _sheet(workbook, name: str):
+    try:
+        return workbook[name]
+    except KeyError:
+        raise ValueError(f"workbook: no sheet '{name}'") from None
+
+
+def _workbook(folder: Path, manifest: dict):
+    names = [n for n in manifest["files"] if n.endswith(".xlsx") and "/" not in n]
+    if len(names) != 1:
+        raise ValueError("manifest.json: lists no workbook (.xlsx)" if not names else
+                         f"manifest.json: lists {len(names)} workbooks")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return openpyxl.load_workbook(folder / names[0], read_only=True)
+    except Exception as exc:  # openpyxl raises many kinds on a damaged file
+        raise ValueError(f"{names[0]}: not a readable workbook: {exc}") from None
+
+
+def _daily_sheet(workbook) -> dict[tuple[str, str], float | None]:
+    """The Daily sheet's values by (day, key); ``None`` for a cell that is not a number."""
+    rows = list(_sheet(workbook, "Daily").iter_rows(values_only=True))
+    top = next((i for i, row in enumerate(rows) if row and row[0] == "Day"), None)
+    if top is None:
+        raise ValueError("workbook sheet Daily: no header row starting 'Day'")
+    keys = rows[top][1:]
+    out = {}
+    for row in rows[top + 2:]:
+        if row[0] is None:
+            continue
+        day = row[0].date().isoformat() if hasattr(row[0], "date") else str(row[0])
+        for key, value in zip(keys, row[1:]):
+            out[(day, key)] = float(value) if isinstance(value, (int, float)) else math.nan if value is None else None
+    return out
+
+
+def _report_sheet(workbook) -> dict[str, float]:
+    """The Monitoring report's 'Check (Python)' figures (column E) by symbol (``P`` or ``P[unit]``)."""
+    out = {}
+    for row in _sheet(workbook, "Monitoring report").iter_rows(values_only=True):
+        if len(row) >= 5 and isinstance(row[0], str) and isinstance(row[4], (int, float)):
+            out[row[0] + (f"[{row[1]}]" if row[1] else "")] = float(row[4])
+    return out

@@ -55,11 +55,16 @@ def details(result: PeriodResult) -> dict:
         "fixed_parameters": [f.to_dict() for f in result.fixed],
         "daily": [{**r, "day": r["day"].isoformat()} for r in result.daily.to_dict("records")],
         # final daily value of each parameter (after check meters and missing-data treatment)
-        "daily_parameters": [
-            {"day": day.isoformat(), "parameter": key, "value": float(v), "unit": result.figures["units"].get(key, "")}
-            for key, series in sorted(result.figures["daily_totals"].items()) for day, v in series.items()
-        ],
+        "daily_parameters": daily_parameters(result),
+        # the readings read: an export's signed messages cover them, so that a verifier can recompute the month
+        "read_span": result.figures["read"],
     }
+
+
+def daily_parameters(result: PeriodResult) -> list[dict]:
+    """``{day, parameter, value, unit}`` per day and parameter key, as a revision records them."""
+    return [{"day": day.isoformat(), "parameter": key, "value": float(v), "unit": result.figures["units"].get(key, "")}
+            for key, series in sorted(result.figures["daily_totals"].items()) for day, v in series.items()]
 
 
 def process_month(site: Site, store: ReadingStore, ledger: Ledger, month: str) -> tuple[PeriodResult, Revision | None]:

@@ -139,6 +139,16 @@ def _hash_source(h, src: str, frame: pd.DataFrame) -> None:
     h.update("".join(parts).encode())
 
 
+def read_span(rows: dict[str, pd.DataFrame], start: pd.Timestamp, end: pd.Timestamp) -> tuple[str, str]:
+    """UTC ISO start and end (exclusive) of the readings a period's computation read: ``EDGE``
+    either side of [start, end), wider where a counter's neighbours were read. A recomputation
+    needs these readings and no others (an export's signed messages cover them)."""
+    stamps = [frame["ts"] for frame in rows.values() if len(frame)]
+    lo = min([start - EDGE, *(ts.min() for ts in stamps)])
+    hi = max([end + EDGE, *(ts.max() + pd.Timedelta(milliseconds=1) for ts in stamps)])
+    return lo.isoformat(), hi.isoformat()
+
+
 def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd.Timestamp) -> list[Finding]:
     """The collector's findings along the site's gateway sequence within [start, end) as QA
     findings: a gap the gateway's outbox cap does not fully explain, or a new epoch (its lost
@@ -356,7 +366,7 @@ class PeriodProcessor:
             site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,
             status=status, reasons=reasons, calc=calc, parameters=period_values, daily=daily, findings=findings,
             adjustments=adjustments, completeness=completeness, input_hash=input_hash(rows, sequence),
-            figures={"daily_totals": totals, "units": units_of}, fixed=fixed,
+            figures={"daily_totals": totals, "units": units_of, "read": read_span(rows, start, end)}, fixed=fixed,
         )
 
     # -- steps ----------------------------------------------------------------------

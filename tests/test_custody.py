@@ -10,6 +10,8 @@ import json
 import os
 import re
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,6 +24,8 @@ from contract.message import Reading
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jcm.cli import main
+from jcm.verify import check_custody
+from store.sqlite_store import SqliteStore
 from tests.conftest import REPO, tcp_device, write_site
 
 EPOCH = "0123456789abcdef"
@@ -331,9 +335,16 @@ def export(tmp_path, k1, messages) -> str:
 
 
 def run_verify(folder, capsys) -> tuple[int, str]:
-    rc = main(["verify", folder])
-    captured = capsys.readouterr()
-    return rc, captured.out + captured.err
+    """The custody part of ``jcm verify`` (the rest needs a whole export: test_export_verify.py)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(Path(tmp) / "readings.db")
+        try:
+            problems, lines, _ = check_custody(Path(folder), store)
+        except ValueError as exc:
+            return 2, f"{exc}\n"
+        finally:
+            store.close()
+    return (1 if problems else 0), "\n".join(lines) + "\n"
 
 
 def test_verify_passes_a_whole_folder(tmp_path, k1, capsys):
@@ -341,7 +352,7 @@ def test_verify_passes_a_whole_folder(tmp_path, k1, capsys):
     assert rc == 0, out
     assert "messages: 50, signatures verified: 50, refused: 0" in out
     assert f"chain mn-solar/gw-mn-01/{EPOCH}: seq 1..50, 50 verified message(s)" in out
-    assert out.rstrip().endswith("VERDICT: PASSED: every signature verified, every chain whole")
+    assert out.rstrip().endswith("custody: every signature verified, every chain whole")
 
 
 def test_verify_names_a_changed_reading_and_the_gap_it_leaves(tmp_path, k1, capsys):
@@ -351,7 +362,7 @@ def test_verify_names_a_changed_reading_and_the_gap_it_leaves(tmp_path, k1, caps
     assert rc == 1
     assert f"custody/messages/messages.jsonl.gz:5 mn-solar/gw-mn-01/{EPOCH} seq 5: bad signature (key 'k1')" in out
     assert "seq 5: gap: 1 message(s) missing (refused there: bad signature (key 'k1'))" in out
-    assert "VERDICT: FAILED: 1 message(s) refused, 1 chain break(s)" in out
+    assert "custody: 1 message(s) refused, 1 chain break(s)" in out
 
 
 def test_verify_names_a_dropped_a_replayed_and_a_reordered_message(tmp_path, k1, capsys):
@@ -361,13 +372,13 @@ def test_verify_names_a_dropped_a_replayed_and_a_reordered_message(tmp_path, k1,
     assert "seq 4: gap: 1 message(s) missing" in out
     assert "seq 7: reorder: came after seq 8" in out
     assert "seq 1: replay: the same message again" in out
-    assert "VERDICT: FAILED: 3 chain break(s)" in out
+    assert "custody: 3 chain break(s)" in out
 
 
 def test_verify_lists_a_bounded_number_of_breaks(tmp_path, k1, capsys):
     m = chain(130, k1)
     rc, out = run_verify(export(tmp_path, k1, m[::2]), capsys)  # every other message dropped
-    assert rc == 1 and "VERDICT: FAILED: 64 chain break(s)" in out
+    assert rc == 1 and "custody: 64 chain break(s)" in out
     assert out.count(": gap: 1 message(s) missing") == 50 and "... and 14 more: gap: 14" in out
 
 
@@ -409,7 +420,7 @@ def test_verify_fails_when_a_pem_file_is_not_the_listed_key(tmp_path, k1, capsys
     pem.write_text(public_key(Ed25519PrivateKey.generate(), "k1").pem())
     rc, out = run_verify(folder, capsys)
     assert rc == 1 and "key file custody/keys/k1.pem: not the key 'k1' of keys.json" in out
-    assert "VERDICT: FAILED: 1 key file(s) not as keys.json" in out
+    assert "custody: 1 key file(s) not as keys.json" in out
     pem.unlink()
     rc, out = run_verify(folder, capsys)
     assert rc == 1 and "custody/keys/k1.pem: cannot read" in out

@@ -3,7 +3,9 @@
 ``export_period`` writes ``<out>/<site>_<first>_<last>/``: the monitoring workbook
 (plan, report with live formulas, monthly revisions, daily values, QA findings,
 adjustments), the daily values and raw readings as CSV (the raw readings gzip-compressed), two charts, an HTML summary,
-a manifest with every file's SHA-256 and ``SHA256SUMS`` for ``sha256sum -c``. The same
+the site settings the figures were computed with (``site.json``), the signed messages behind them with the keys
+and sequence findings (``custody/``, when the readings were signed), a manifest with every file's SHA-256 and
+``SHA256SUMS`` for ``sha256sum -c``: ``jcm verify`` recomputes the figures from these alone. The same
 inputs give byte-identical files. The folder is written beside its final place and
 moved there whole, so a failed export leaves nothing half-written and an earlier
 export is replaced only when asked to.
@@ -20,9 +22,11 @@ from pathlib import Path
 from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.export.charts import completeness_chart, daily_values_chart
+from processing.export.custody_folder import write_custody
 from processing.export.csv_files import write_daily_values, write_raw_readings
 from processing.export.manifest import write_manifest, write_sha256sums
 from processing.export.period_figures import PeriodFigures, collect, export_name
+from processing.export.recompute import SITE_SETTINGS, write_site_settings
 from processing.export.summary_html import write_summary
 from processing.export.workbook import write_workbook
 from processing.ledger import Ledger
@@ -103,9 +107,12 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
     ], 2):
         files.append(write())
         tell(done, steps, names[name])
-    files += write_summary(figures, names, folder)
-    tell(7, steps, "summary.html")
-    files.append(write_manifest(figures, files, folder / "manifest.json"))
+    files.append(write_site_settings(figures.site, folder / SITE_SETTINGS))
+    custody_files, custody = write_custody(figures, store, folder)
+    files += custody_files
+    files += write_summary(figures, names, custody["signed_messages"], folder)
+    tell(7, steps, "custody/, summary.html")
+    files.append(write_manifest(figures, files, folder / "manifest.json", custody))
     write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
     tell(8, steps, "manifest.json")
 

@@ -19,16 +19,18 @@ def file_entry(path: Path) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def write_manifest(figures: PeriodFigures, files: list[Path], path: Path) -> Path:
+def write_manifest(figures: PeriodFigures, files: list[Path], path: Path, custody: dict) -> Path:
     """Write ``manifest.json`` describing ``files`` (all in the export folder).
 
     Parameters
     ----------
     figures : PeriodFigures
     files : list of Path
-        The export's files, the manifest excepted.
+        The export's files, the manifest excepted (in the folder of ``path`` or below it).
     path : Path
         Where to write the manifest.
+    custody : dict
+        What the custody folder holds (``custody_folder.write_custody``).
     """
     calc = figures.calc
     manifest = {
@@ -38,13 +40,14 @@ def write_manifest(figures: PeriodFigures, files: list[Path], path: Path) -> Pat
         "version": figures.spec.version,
         "status": figures.status,
         "simulated": figures.simulated,
-        "figures": {"RE": calc.RE, "PE": calc.PE, "ER_unrounded": calc.ER_unrounded, "ER": calc.ER,
-                    "provisional": calc.provisional, "unit": "tCO2"},
+        "figures": {"RE": calc.RE, "PE": calc.PE, "ER_unrounded": calc.ER_unrounded, "ER_exact": calc.ER_exact,
+                    "ER": calc.ER, "provisional": calc.provisional, "unit": "tCO2"},
         "parameters": figures.parameters,
         "fixed_parameters": [f.to_dict() for f in figures.fixed],
         "config_changes": figures.config_changes,
         "revisions": [r.to_dict() for r in figures.revisions],
-        "files": {f.name: file_entry(f) for f in sorted(files)},
+        "custody": custody,
+        "files": {name: file_entry(f) for name, f in sorted(_named(files, path.parent).items())},
     }
     path.write_bytes((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return path
@@ -54,6 +57,11 @@ def write_sha256sums(files: list[Path], path: Path, simulated: bool) -> Path:
     """``<sha256>  <name>`` per file, sorted by name (GNU coreutils text format, which
     skips the ``#`` line of a simulated export)."""
     lines = [SIMULATED_NOTE] * simulated
-    lines += [f"{file_entry(f)['sha256']}  {f.name}\n" for f in sorted(files, key=lambda f: f.name)]
+    lines += [f"{file_entry(f)['sha256']}  {name}\n" for name, f in sorted(_named(files, path.parent).items())]
     path.write_bytes("".join(lines).encode("utf-8"))
     return path
+
+
+def _named(files: list[Path], folder: Path) -> dict[str, Path]:
+    """Each file by its path in the export folder, ``/``-separated (``custody/keys.json``)."""
+    return {f.relative_to(folder).as_posix(): f for f in files}

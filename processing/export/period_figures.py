@@ -10,6 +10,7 @@ once, for the period. Summing monthly ERs would round per month and is never don
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 
@@ -36,6 +37,11 @@ class UsedRevision:
     created: str
     input_hash: str
     code_version: str
+    #: what ``monthly.versions`` gave: a recomputation with other site settings or defaults says so
+    config_hash: str
+    defaults_hash: str
+    #: UTC start and end of the readings the revision read (``period.read_span``; None if not recorded)
+    read_span: tuple[str, str] | None
     status: str
     RE: float | None
     PE: float | None
@@ -143,22 +149,24 @@ def _used(revision: Revision, signed: tuple | None) -> UsedRevision:
     s = revision.result["summary"]
     return UsedRevision(
         site=revision.site, month=revision.month, revision=revision.revision, created=revision.created,
-        input_hash=revision.input_hash, code_version=revision.code_version, status=revision.status,
+        input_hash=revision.input_hash, code_version=revision.code_version, config_hash=revision.config_hash,
+        defaults_hash=revision.defaults_hash, read_span=revision.result.get("read_span"), status=revision.status,
         RE=s["RE"], PE=s["PE"], ER_unrounded=s["ER_unrounded"], ER=s["ER"], provisional=bool(s["provisional"]),
         signed_off=signed is not None, signed_by=signed[1] if signed else None, signed_at=signed[2] if signed else None,
     )
 
 
-def _daily(revisions: list[Revision], first: dt.date, last: dt.date) -> pd.DataFrame:
+def daily_frame(recorded: Iterable[dict], first: dt.date, last: dt.date) -> pd.DataFrame:
+    """The ``daily`` frame of ``PeriodFigures`` from months' recorded daily parameter values
+    (``monthly.daily_parameters``): the days ``first..last`` of them."""
     rows = []
-    for revision in revisions:
-        for r in revision.result["daily_parameters"]:
-            day = dt.date.fromisoformat(r["day"])
-            if first <= day <= last:
-                key = r["parameter"]
-                name, _, unit_id = key.partition("[")
-                rows.append({"day": day, "key": key, "parameter": name, "unit_id": unit_id.removesuffix("]") or None,
-                             "unit": r["unit"], "value": float(r["value"])})
+    for r in recorded:
+        day = dt.date.fromisoformat(r["day"])
+        if first <= day <= last:
+            key = r["parameter"]
+            name, _, unit_id = key.partition("[")
+            rows.append({"day": day, "key": key, "parameter": name, "unit_id": unit_id.removesuffix("]") or None,
+                         "unit": r["unit"], "value": float(r["value"])})
     frame = pd.DataFrame(rows, columns=["day", "key", "parameter", "unit_id", "unit", "value"])
     return frame.sort_values(["day", "key"], kind="stable").reset_index(drop=True)
 
@@ -250,7 +258,7 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     processor = PeriodProcessor(site)
     picked = [_month_revision(site, store, ledger, m) for m in months_between(first, last)]
     revisions = [r for r, _ in picked]
-    daily = _daily(revisions, first, last)
+    daily = daily_frame((r for revision in revisions for r in revision.result["daily_parameters"]), first, last)
     totals = period_totals(daily, processor.spec)
     parameters = {key: float(total) for key, total in totals.items()}
     current = from_config(site, processor.spec)

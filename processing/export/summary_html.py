@@ -37,7 +37,7 @@ def _num(value, digits: int = 6) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-def render(figures: PeriodFigures, files: dict[str, str], lang: str = "en") -> str:
+def render(figures: PeriodFigures, files: dict[str, str], signed: int, lang: str = "en") -> str:
     """The page as text.
 
     Parameters
@@ -46,6 +46,8 @@ def render(figures: PeriodFigures, files: dict[str, str], lang: str = "en") -> s
     files : dict
         Names of the export's other files by role: ``workbook``, ``daily_chart``,
         ``completeness_chart``, ``daily_csv``, ``raw_csv``.
+    signed : int
+        The signed messages in the export's custody folder (0: the readings were not signed).
     lang : str
         One of ``LANGUAGES``.
     """
@@ -82,6 +84,7 @@ def render(figures: PeriodFigures, files: dict[str, str], lang: str = "en") -> s
         f"<tr><th>{e(m['er_rounded'].format(rounding=spec.rounding))}</th>"
         f"<td class=n><b>{calc.ER:,} tCO2</b></td></tr>",
         "</table>",
+        "<p>" + (e(m["custody"].format(n=f"{signed:,}")) if signed else f"<b>{e(m['not_signed'])}</b>") + "</p>",
     ]
     if figures.config_changes:
         parts.append(f"<h3>{e(m['config_changed'])}</h3><p>{e(m['config_changed_text'])}</p><ul>")
@@ -116,11 +119,11 @@ def render(figures: PeriodFigures, files: dict[str, str], lang: str = "en") -> s
     return "\n".join(parts) + "\n"
 
 
-def write_summary(figures: PeriodFigures, files: dict[str, str], folder: Path) -> list[Path]:
+def write_summary(figures: PeriodFigures, files: dict[str, str], signed: int, folder: Path) -> list[Path]:
     """Write the page in every language of ``LANGUAGES`` into ``folder`` (UTF-8, LF)."""
     out = []
     for lang, name in LANGUAGES.items():
         path = folder / name
-        path.write_bytes(render(figures, files, lang).encode("utf-8"))
+        path.write_bytes(render(figures, files, signed, lang).encode("utf-8"))
         out.append(path)
     return out

@@ -1,0 +1,95 @@
+"""The export's ``custody/`` folder (layout: ``contract.custody``): the signed messages of
+the readings the figures are computed from (``recompute.message_window``), bytes as
+received, the site's public keys valid in that time, and the collector's sequence
+findings and custody findings there (``custody/findings.json``), which explain the breaks
+of the chains and which the processor reads too. An export of readings that were not signed has no
+custody folder, and its manifest says 0 signed messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from contract.custody import write_folder
+from contract.store import CustodyFinding, ReadingStore, SequenceFinding
+from processing.export.period_figures import PeriodFigures
+from processing.export.recompute import message_window
+
+FINDINGS = "findings.json"
+
+
+def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> tuple[list[Path], dict]:
+    """Write ``folder/custody``; its files and the manifest's ``custody`` entry."""
+    site = figures.site
+    start, end = message_window(figures)
+    entry = {"signed_messages": 0, "from": start.isoformat(), "to": end.isoformat(), "keys": [], "findings": 0}
+    count = [0]
+
+    def counted(messages) -> Iterator[bytes]:
+        for m in messages:
+            count[0] += 1
+            yield m
+
+    keys = [k for k in site.custody.keys if k.valid_from < end and (k.valid_to is None or k.valid_to > start)]
+    root = write_folder(folder, {site.site: keys}, counted(store.signed_messages(site.site, start, end)))
+    if not count[0]:
+        shutil.rmtree(root)
+        return [], entry
+    # stamped in the window, or received in it (a wrong clock's readings are stamped anywhere)
+    sequence = [f for f in store.sequence_findings(site.site)
+                if (f.start or f.noticed) < end and (f.end or f.noticed) >= start
+                or f.noticed < end and (f.resolved or f.noticed) >= start]
+    custody = [f for f in store.custody_findings(site.site) if start <= f.ts < end]
+    (root / FINDINGS).write_text(json.dumps({"sequence_findings": [_record(f) for f in sequence],
+                                             "custody_findings": [_record(f) for f in custody]}, indent=1) + "\n")
+    entry.update(signed_messages=count[0], findings=len(sequence) + len(custody),
+                 keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys])
+    return sorted(f for f in root.rglob("*") if f.is_file()), entry
+
+
+def _record(f: SequenceFinding | CustodyFinding) -> dict:
+    """A finding as JSON: its fields, times in ISO 8601."""
+    return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in dataclasses.asdict(f).items()}
+
+
+def read_findings(path: Path) -> tuple[list[SequenceFinding], list[CustodyFinding]]:
+    """``custody/findings.json``; ``ValueError`` naming the file and the finding."""
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path.name}: cannot read: {exc.strerror}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path.name}: not JSON: {exc}") from None
+    if not isinstance(listed, dict) or not all(isinstance(listed.get(k), list)
+                                               for k in ("sequence_findings", "custody_findings")):
+        raise ValueError(f"{path.name}: not lists 'sequence_findings' and 'custody_findings'")
+    return (_findings(path, "sequence_findings", SequenceFinding, listed["sequence_findings"]),
+            _findings(path, "custody_findings", CustodyFinding, listed["custody_findings"]))
+
+
+def _findings(path: Path, name: str, cls, records: list) -> list:
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = []
+    for i, record in enumerate(records, 1):
+        try:
+            fields = {}
+            for k, v in record.items():
+                kind = types[k]
+                if "datetime" in kind and (v is not None or "None" not in kind):
+                    v = dt.datetime.fromisoformat(v)
+                    if v.tzinfo is None:
+                        raise ValueError(f"{k}: a time without its zone")
+                elif (kind == "int" and type(v) is not int) or (kind == "str" and not isinstance(v, str)):
+                    raise ValueError(f"{k}: not a{'n integer' if kind == 'int' else ' text'}")
+                fields[k] = v
+            out.append(cls(**fields))
+        except KeyError as exc:
+            raise ValueError(f"{path.name}: {name} {i}: unknown field {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path.name}: {name} {i}: {exc}") from None
+    return out

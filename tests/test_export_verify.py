@@ -1,0 +1,368 @@
+"""``jcm verify EXPORT_DIR`` on a real export: the files, the custody folder and the figures
+recomputed from the signed messages alone, and each kind of tampering named.
+
+The export is made the normal way (a real SQLite store, the ledger, ``export_period``)
+from five days of simulated mn-solar readings that were signed, in order, by a test key,
+and stored with their signed messages as the collector stores them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import openpyxl
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from contract.config import load_site
+from contract.config.custody import Custody
+from contract.custody import GENESIS, chain_hash, sign, signed_bytes, verify
+from contract.store import SignedMessage
+from jcm.cli import main
+from processing.export import export_period
+from processing.ledger import Ledger
+from simulators.history import SIMULATED_CHANNEL, history
+from store.sqlite_store import SqliteStore
+from tests.conftest import REPO, reference_site
+from tests.test_custody import public_key
+
+FIRST, LAST = dt.date(2026, 9, 10), dt.date(2026, 9, 12)
+EPOCH = "00000000000000aa"
+MESSAGES = "custody/messages/messages.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def signer():
+    return Ed25519PrivateKey.generate()
+
+
+def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]]):
+    """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order."""
+    site = reference_site("mn-solar")
+    site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
+    store = SqliteStore(tmp / "jcm.db")
+    keys = {site.site: site.custody.keys}
+    prev, seq = GENESIS, 0
+    batches = (batch for first, last in days
+               for batch in history(site, first, last, channels=set(site.monitoring_channels)))
+    for batch in batches:
+        readings, signed = [], []
+        for r in batch:
+            seq += 1
+            values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
+            r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
+                        seq=seq, epoch=EPOCH)
+            message = sign(r.to_json(), prev, "k1", signer)
+            prev = chain_hash(message)
+            signed.append(SignedMessage.verified(message, verify(message, keys)))
+            readings.append(r)
+        store.write(readings, messages=signed)
+    folder = export_period(site, store, Ledger(tmp / "ledger.sqlite", create=True), FIRST, LAST, tmp / "out")
+    store.close()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, signer):
+    return make_export(tmp_path_factory.mktemp("verify"), signer, [(FIRST - dt.timedelta(days=1),
+                                                                   LAST + dt.timedelta(days=1))])
+
+
+@pytest.fixture
+def export(made, tmp_path):
+    return shutil.copytree(made, tmp_path / made.name)
+
+
+def run(folder, capsys) -> tuple[int, str]:
+    rc = main(["verify", str(folder)])
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+def rehash(folder):
+    """Rewrite the manifest's and SHA256SUMS' hashes, as someone covering a change would."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in manifest["files"]:
+        data = (folder / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    names = sorted([*manifest["files"], "manifest.json"])
+    (folder / "SHA256SUMS").write_text("".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+                                               for n in names))
+
+
+def messages(folder) -> list[bytes]:
+    return gzip.decompress((folder / MESSAGES).read_bytes()).splitlines()
+
+
+def put_messages(folder, lines: list[bytes]) -> None:
+    (folder / MESSAGES).write_bytes(gzip.compress(b"".join(m + b"\n" for m in lines), mtime=0))
+    rehash(folder)
+
+
+def energy_line(lines: list[bytes]) -> int:
+    """The index of a message of the main meter's energy counter in mid-period."""
+    return next(i for i, m in enumerate(lines) if b'"ts":"2026-09-11T03:00' in m and b'"device":"inv-01"' in m
+                and b"ac_energy" in m)
+
+
+def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, capsys):
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["custody"]["signed_messages"] == len(messages(export)) > 0
+    assert {"custody/keys.json", "custody/keys/k1.pem", MESSAGES, "custody/findings.json",
+            "site.json"} <= set(manifest["files"])
+    n = manifest["custody"]["signed_messages"]
+    assert f"Chain of custody: {n:,} messages signed by the gateway" in (export / "summary.html").read_text()
+    assert f"ゲートウェイが署名したメッセージ {n:,} 件" in (export / "summary.ja.html").read_text()
+    rc, out = run(export, capsys)
+    assert rc == 0, out
+    assert f"site mn-solar, period {FIRST}..{LAST}" in out
+    assert f"k1 (mn-solar, fingerprint {public_key(signer, 'k1').fingerprint})" in out
+    assert "refused: 0" in out and "daily values: " in out and ": all equal" in out
+    assert f"ER: recomputed {manifest['figures']['ER']}, exported {manifest['figures']['ER']}" in out
+    assert "2026-09: input hash equal to revision 1's" in out and "note:" not in out
+    assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole, "
+                                 "figures recomputed equal")
+
+
+def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
+    lines = messages(export)
+    i = energy_line(lines)
+    seq = json.loads(lines[i])["seq"]
+    body = json.loads(lines[i])
+    changed = lines[i].replace(b'"ac_energy":', b'"ac_energy":1', 1)
+    put_messages(export, lines[:i] + [changed] + lines[i + 1:])
+    rc, out = run(export, capsys)
+    assert rc == 1
+    assert f"{MESSAGES}:{i + 1} mn-solar/{body['gateway']}/{EPOCH} seq {seq}: bad signature (key 'k1')" in out
+    assert f"seq {seq}: gap: 1 message(s) missing (refused there: bad signature (key 'k1'))" in out
+    assert "2026-09: the readings of the signed messages are not those revision 1 was computed from" in out
+    assert "VERDICT: FAILED: 1 message(s) refused, 1 chain break(s), 1 difference(s) from the recomputation" in out
+
+    other = Ed25519PrivateKey.generate()
+    reading = signed_bytes(changed)
+    resigned = sign(reading[:reading.rindex(b',"prev":"')] + b"}", body["prev"], "k2", other)
+    put_messages(export, lines[:i] + [resigned] + lines[i + 1:])
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"seq {seq}: unknown key 'k2' (not a key of site mn-solar)" in out
+
+
+def test_a_changed_figure_is_named(export, capsys):
+    path = next(export.glob("*.xlsx"))
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Monitoring report"]
+    row = next(r for r in range(1, ws.max_row + 1) if ws.cell(row=r, column=1).value == "RE")
+    ws.cell(row=row, column=5).value = ws.cell(row=row, column=5).value + 1
+    wb.save(path)
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["figures"]["ER_exact"] = manifest["figures"]["ER_exact"] + "1"
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    csv = (export / "daily_values.csv").read_text().splitlines()
+    day, parameter, unit_id, unit, value = csv[1].split(",")
+    csv[1] = ",".join([day, parameter, unit_id, unit, repr(float(value) + 1)])
+    (export / "daily_values.csv").write_text("\n".join(csv) + "\n")
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1
+    assert "workbook Monitoring report RE: exported " in out
+    assert "manifest.json figures.ER_exact: exported " in out
+    key = parameter + (f"[{unit_id}]" if unit_id else "")
+    assert f"daily_values.csv: {key} on {day}: exported {float(value) + 1!r}" in out
+    assert "VERDICT: FAILED: 3 difference(s) from the recomputation" in out
+
+
+def test_a_missing_an_extra_and_an_altered_file_are_named(export, capsys):
+    (export / "completeness.png").unlink()
+    (export / "custody" / "notes.txt").write_text("added")
+    with (export / "summary.html").open("a") as f:
+        f.write("<!-- -->")
+    rc, out = run(export, capsys)
+    assert rc == 1
+    assert "completeness.png: missing (listed in manifest.json)" in out
+    assert "custody/notes.txt: not listed in manifest.json nor SHA256SUMS" in out
+    assert "summary.html: SHA-256 " in out and "is not the manifest's" in out
+    assert "VERDICT: FAILED: 4 file problem(s)" in out
+
+
+def test_a_deleted_message_is_a_gap_with_its_cause(export, capsys):
+    lines = messages(export)
+    i = energy_line(lines)
+    seq, gateway, ts = json.loads(lines[i])["seq"], json.loads(lines[i])["gateway"], json.loads(lines[i])["ts"]
+    put_messages(export, lines[:i] + lines[i + 1:])
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"seq {seq}: gap: 1 message(s) missing (no cause recorded" in out
+    finding = {"kind": "gap", "site": "mn-solar", "gateway": gateway, "epoch": EPOCH, "first": seq, "last": seq,
+               "noticed": ts, "cause": "1 reading(s) lost; the outbox dropped 1 (outbox_dropped)", "explained": 1,
+               "previous": "", "start": ts, "end": ts, "resolved": None}
+    (export / "custody" / "findings.json").write_text(json.dumps({"sequence_findings": [finding],
+                                                                  "custody_findings": []}))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1
+    assert f"seq {seq}: gap: 1 message(s) missing (collector: seq {seq}..{seq}: 1 reading(s) lost; the outbox " in out
+
+
+def test_an_unsigned_export_says_so_and_a_folder_without_manifest_is_unusable(made, tmp_path, capsys):
+    site = reference_site("mn-solar")
+    store = SqliteStore(tmp_path / "jcm.db")
+    store.write([r for batch in history(site, FIRST, FIRST, channels=set(site.monitoring_channels)) for r in batch])
+    folder = export_period(site, store, Ledger(tmp_path / "ledger.sqlite", create=True), FIRST, FIRST,
+                           tmp_path / "out")
+    store.close()
+    assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
+                 str(tmp_path / "out"), "--force", "--sites", str(REPO / "config" / "sites"),
+                 "--store", f"sqlite:///{tmp_path / 'jcm.db'}", "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+    assert "warning: the period's readings are not signed: the export has no custody folder" in capsys.readouterr().err
+    assert json.loads((folder / "manifest.json").read_text())["custody"]["signed_messages"] == 0
+    assert not (folder / "custody").exists()
+    assert "<b>NOT SIGNED: these readings carry no gateway signatures" in (folder / "summary.html").read_text()
+    rc, out = run(folder, capsys)
+    assert rc == 1 and "custody: NOT SIGNED" in out and "VERDICT: FAILED: not signed" in out
+    (folder / "manifest.json").unlink()
+    rc, out = run(folder, capsys)
+    assert rc == 2 and "manifest.json: cannot read" in out and len(out.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("custody/findings.json", '{"sequence_findings": [{"kind": "gap", "first": "1"}], "custody_findings": []}',
+     "findings.json: sequence_findings 1: first: not an integer"),
+    ("custody/findings.json", '{"sequence_findings": [], "custody_findings": [{"noticed": null}]}',
+     "findings.json: custody_findings 1: "),
+    ("custody/findings.json", '[]', "findings.json: not lists 'sequence_findings' and 'custody_findings'"),
+    ("custody/findings.json", "[" * 100_000, "findings.json: not JSON"),
+    ("site.json", '{"site": "mn-solar"}', "site.json: name: Field required (11 more)"),
+    ("site.json", "[" * 100_000, "site.json: nested too deeply"),
+    ("manifest.json", '{"files": {}, "site": "mn-solar", "fixed_parameters": [{"x": 1}]}',
+     "manifest.json: fixed_parameters: "),
+])
+def test_unusable_input_is_named_on_one_line(export, capsys, name, text, expected):
+    (export / name).write_text(text)
+    rc, out = run(export, capsys)
+    assert rc == 2 and expected in out and len(out.splitlines()) == 1, out
+
+
+def documented_export_check() -> str:
+    """The README's shell block that checks a whole export with standard tools."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("**Checking a whole export with standard tools**"):]
+    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_the_documented_standard_tool_check_works(export, tamper):
+    lines = messages(export)[:12]  # openssl runs once a message: a few show the procedure
+    if tamper:
+        lines[4] = lines[4].replace(b'"values":{', b'"values":{"x":1.0,', 1)
+    put_messages(export, lines)
+    if tamper:
+        with (export / "summary.html").open("a") as f:
+            f.write("<!-- -->")
+        (export / "custody" / "extra.txt").write_text("added")
+    done = subprocess.run(["bash", "-c", documented_export_check()], cwd=export, capture_output=True, text=True,
+                          timeout=60)
+    if not tamper:
+        assert done.stdout == "" and done.stderr == "", done.stdout + done.stderr
+        return
+    chain = f"mn-solar/gw-mn-01/{EPOCH}"
+    seq = json.loads(lines[5])["seq"]
+    assert done.stdout.splitlines() == [
+        "summary.html: FAILED", "custody/extra.txt", "line 5: signature does not verify (key 'k1')",
+        f"line 6: {chain} seq {seq}: prev is not the hash of seq {seq - 1}"], done.stdout + done.stderr
+
+
+def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path, signer, capsys):
+    """A counter without readings just before September is settled by its last reading of
+    August: the export's messages must hold it, or the recomputation reads other readings."""
+    folder = make_export(tmp_path, signer, [(dt.date(2026, 8, 29), dt.date(2026, 8, 30)),
+                                            (FIRST, LAST)])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["revisions"][0]["read_span"][0].startswith("2026-08-29")
+    assert manifest["custody"]["from"].startswith("2026-08-29")
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+
+
+def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosquitto, signer, capsys):
+    """The real path after the gateway: signed messages over a real Mosquitto into the real
+    collector and store, one lost on the way; the export holds the stored bytes and the
+    collector's gap finding and the wrong prev it found, and ``jcm verify`` recomputes equal
+    figures and names both breaks with the collector's finding."""
+    from collector.service import Collector
+    from contract import topics
+    from tests.conftest import wait_until
+    from tests.test_collector import Publisher, config
+
+    data = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
+    data["custody"] = {"keys": [public_key(signer, "k1").model_dump(mode="json")]}
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "sites" / "mn-solar.yaml").write_text(yaml.safe_dump(data))
+    site = load_site(tmp_path / "sites" / "mn-solar.yaml")
+    prev, seq, sent = GENESIS, 0, []
+    for batch in history(site, FIRST, FIRST, step_s=1800, channels=set(site.monitoring_channels)):
+        for r in batch:
+            seq += 1
+            values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
+            r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
+                        seq=seq, epoch=EPOCH)
+            sent.append((topics.reading(r.site, r.gateway, r.device),
+                         sign(r.to_json(), "ab" * 32 if seq == 200 else prev, "k1", signer)))
+            prev = chain_hash(sent[-1][1])
+    lost = len(sent) // 2
+    url = f"sqlite:///{tmp_path}/jcm.db"
+    c = Collector(config(mosquitto, url, tmp_path / "sites", gap_grace_s=0.5))
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        assert wait_until(lambda: pub.send(sent[:1]) or c.stored >= 1, 20)
+        pub.send(sent[1:lost] + sent[lost + 1:])
+        assert wait_until(lambda: c.stored >= len(sent) - 1, 30), c.stored
+        time.sleep(2.2)  # the gap check: grace 0.5 s, every second
+    finally:
+        pub.close()
+        c.stop()
+    Ledger(tmp_path / "ledger.sqlite", create=True).close()
+    assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
+                 str(tmp_path / "out"), "--sites", str(tmp_path / "sites"), "--store", url,
+                 "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+    folder = tmp_path / "out" / f"mn-solar_{FIRST}_{FIRST}"
+    assert f"with {len(sent) - 1} signed messages (check: jcm verify {folder})" in capsys.readouterr().out
+    assert messages(folder) == [m for _, m in sent[:lost] + sent[lost + 1:]]
+    rc, out = run(folder, capsys)
+    assert rc == 1, out
+    gone = json.loads(sent[lost][1])["seq"]
+    assert f"seq {gone}: gap: 1 message(s) missing (collector: seq {gone}..{gone}: " in out
+    assert ": all equal" in out and "2026-09: input hash equal to revision 1's" in out
+    assert "seq 200: wrong_prev: prev is not seq 199's hash (collector: seq 200: wrong_prev: " in out
+    assert out.rstrip().endswith("VERDICT: FAILED: 2 chain break(s)")
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda m: m.update(figures="x", parameters=[1]), "manifest.json figures.RE: exported None"),
+    (lambda m: m.update(revisions=[{"month": "2026-09", "input_hash": "0" * 64, "revision": 1}]),
+     "2026-09: the readings of the signed messages are not those revision 1 was computed from"),
+])
+def test_a_hostile_manifest_is_a_mismatch_not_a_crash(export, capsys, change, expected):
+    manifest = json.loads((export / "manifest.json").read_text())
+    change(manifest)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and expected in out and "Traceback" not in out, out
+
+
+def test_text_in_a_workbook_number_cell_is_a_mismatch(export, capsys):
+    path = next(export.glob("*.xlsx"))
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Daily"]
+    ws.cell(row=3, column=2).value = "12.5"
+    wb.save(path)
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and "workbook sheet Daily: " in out and ": exported none, recomputed " in out, out
