@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -186,28 +185,18 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
     return out
 
 
-def custody_findings(found: list[CustodyFinding], messages) -> list[Finding]:
-    """The collector's custody findings about the signed messages of a period as QA findings,
+def custody_findings(found: list[CustodyFinding], start: pd.Timestamp, end: pd.Timestamp) -> list[Finding]:
+    """The collector's custody findings about readings stamped in [start, end) as QA findings,
     each for review: a reading whose chain is broken (``wrong_prev``) or that a validly signed
-    message contradicts (``conflict``) is not one a verifier can trace to its gateway.
-    ``messages``: the raw signed messages of the period (``ReadingStore.signed_messages``),
-    read only when there are findings."""
-    if not found:
-        return []
-    wanted = {(f.gateway, f.epoch, f.seq): f for f in found}
+    message contradicts (``conflict``) is not one a verifier can trace to its gateway."""
     out = []
-    for raw in messages:
-        try:
-            body = json.loads(raw)
-            key = (body["gateway"], body.get("epoch") or "", body["seq"])
-        except (ValueError, KeyError, TypeError):
-            continue  # the collector verified it before storing it: a fault of the store, found by jcm verify
-        f = wanted.pop(key, None)
-        if f is not None:
+    for f in sorted(found, key=lambda f: (f.ts, f.gateway, f.epoch, f.seq, f.kind)):
+        ts = pd.Timestamp(f.ts)
+        if start <= ts < end:
             out.append(Finding(f"custody_{f.kind}", f"{f.gateway}.custody", "review",
                                f"seq {f.seq} of epoch {f.epoch}: {f.detail}. What it means: this reading's chain of "
                                "custody is broken, so it cannot be traced to its gateway's signature unbroken",
-                               str(pd.Timestamp(body.get("ts"))) if body.get("ts") else None, amount=1.0))
+                               str(ts), amount=1.0))
     return out
 
 
@@ -307,9 +296,7 @@ class PeriodProcessor:
 
         self._check_meters(totals, spanned, findings, adjustments)
         sequence = sequence_findings(found, start, end)
-        custody = store.custody_findings(site.site)
-        sequence += custody_findings(custody, store.signed_messages(site.site, start.to_pydatetime(),
-                                                                    end.to_pydatetime()) if custody else ())
+        sequence += custody_findings(store.custody_findings(site.site), start, end)
         findings += sequence
         status_fail: list[str] = []
         fixed = from_config(site, spec)

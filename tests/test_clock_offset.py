@@ -294,9 +294,9 @@ def test_a_custody_finding_about_a_periods_reading_makes_it_need_review(tmp_path
         prev = chain_hash(raw)
     store.write([], [], chain)
     before = PeriodProcessor(site).process(store, first, last)
-    store.record_custody_finding(CustodyFinding("wrong_prev", site.site, site.gateway, E1, 41, T_NOTICED,
+    store.record_custody_finding(CustodyFinding("wrong_prev", site.site, site.gateway, E1, 41, chain[0].ts, T_NOTICED,
                                                 "its prev is not the hash of seq 40"))
-    store.record_custody_finding(CustodyFinding("conflict", site.site, site.gateway, E1, 42, T_NOTICED,
+    store.record_custody_finding(CustodyFinding("conflict", site.site, site.gateway, E1, 42, chain[1].ts, T_NOTICED,
                                                 "another month's reading"))
     r = PeriodProcessor(site).process(store, first, last)
     assert before.status == "verified" and r.status == "needs_review"
