@@ -182,21 +182,19 @@ class Outbox:
                 taken, self._incoming = self._incoming, []
                 if not taken:
                     return
-            numbered = 0
             try:
-                numbered = self._number(taken)
-                if numbered:
+                if self._number(taken):
                     with self._lock:
                         self._commit()
-            except Exception:
+                    if self.on_commit is not None:
+                        self.on_commit()
+            except Exception:  # the committer must outlive any one batch
                 log.exception("outbox %s: commit failed", self.path)
             finally:
                 with self._settled:
                     for e in taken:
                         e.settled = True
                     self._settled.notify_all()
-            if numbered and self.on_commit is not None:
-                self.on_commit()
 
     def _number(self, taken: list[_Entry]) -> int:
         """Give each entry its seq, payload and signature, in order; queue them for the commit."""
