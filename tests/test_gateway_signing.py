@@ -2,8 +2,8 @@
 hands readings to one committer thread (issue 12): real Mosquitto, real Modbus sockets,
 the real gateway."""
 
+import base64
 import datetime as dt
-import os
 import sqlite3
 import threading
 import time
@@ -54,7 +54,6 @@ def make_key(folder, name):
 
 def public(key, key_id, valid_from, valid_to=None) -> CustodyKey:
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    import base64
     return CustodyKey(id=key_id, public_key=base64.b64encode(raw).decode(), fingerprint=fingerprint(raw),
                       valid_from=valid_from, valid_to=valid_to)
 
@@ -198,3 +197,6 @@ def test_a_key_file_that_cannot_be_used_stops_the_gateway_naming_it(tmp_path, ca
                       custody={"private_key_file": str(other_path)})
     assert main(["gateway", "--site", str(site), "--duration", "0.1"]) == 2
     assert "custody.key_id: private_key_file and key_id go together" in capsys.readouterr().err
+    site = bad_site(tmp_path, other_path, key_id="gw-x", keys=[listed])
+    assert main(["gateway", "--site", str(site), "--duration", "0.1"]) == 2
+    assert "custody.key_id: 'gw-x' is not one of the ids in keys" in capsys.readouterr().err
