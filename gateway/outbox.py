@@ -90,6 +90,7 @@ class Outbox:
         self._wake = threading.Condition()  # _incoming, _closing
         self._settled = threading.Condition()  # an entry settled
         self._closing = False
+        self._handed = self._settled_count = 0  # entries handed over, and settled: flush() waits for these
         self._acked: set[int] = set()  # confirmed, delete not yet committed
         # seq -> when the broker acknowledged it (monotonic), oldest first
         self._awaiting: dict[int, float] = {}
@@ -171,7 +172,15 @@ class Outbox:
             if self._closing:
                 raise RuntimeError(f"outbox {self.path} is closed")
             self._incoming.append(entry)
+            self._handed += 1
             self._wake.notify()
+
+    def flush(self) -> None:
+        """Wait until everything handed over so far is committed (or held in memory)."""
+        with self._wake:
+            target = self._handed
+        with self._settled:
+            self._settled.wait_for(lambda: self._settled_count >= target)
 
     def _run(self) -> None:
         """The committer: everything handed over while the last commit was flushing
@@ -194,6 +203,7 @@ class Outbox:
                 with self._settled:
                     for e in taken:
                         e.settled = True
+                    self._settled_count += len(taken)
                     self._settled.notify_all()
 
     def _number(self, taken: list[_Entry]) -> int:

@@ -89,6 +89,7 @@ class Gateway:
 
     def stop(self) -> None:
         self.scheduler.shutdown(wait=True)
+        self.outbox.flush()  # the last polls' rows, for the publisher to deliver before it stops
         self.publisher.stop()
         for link in self.links.values():
             link.close()

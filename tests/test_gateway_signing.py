@@ -200,3 +200,13 @@ def test_a_key_file_that_cannot_be_used_stops_the_gateway_naming_it(tmp_path, ca
     site = bad_site(tmp_path, other_path, key_id="gw-x", keys=[listed])
     assert main(["gateway", "--site", str(site), "--duration", "0.1"]) == 2
     assert "custody.key_id: 'gw-x' is not one of the ids in keys" in capsys.readouterr().err
+
+
+def test_put_returns_at_once_and_flush_waits_for_the_commit_in_sequence_order(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", max_rows=1000)
+    with box._lock:  # the disk is busy: put does not wait for it
+        for _ in range(50):
+            box.put("t", lambda s: f"m{s}")
+    box.flush()
+    assert box.after(0, 100) == [(s, "t", f"m{s}") for s in range(1, 51)]
+    box.close()
