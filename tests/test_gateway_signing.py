@@ -210,3 +210,13 @@ def test_put_returns_at_once_and_flush_waits_for_the_commit_in_sequence_order(tm
     box.flush()
     assert box.after(0, 100) == [(s, "t", f"m{s}") for s in range(1, 51)]
     box.close()
+
+
+def test_doctor_checks_the_signing_key_as_the_gateway_loads_it(tmp_path):
+    from jcm.doctor import FIX, OK, check_signing_key
+
+    _, path = make_key(tmp_path, "a")
+    assert check_signing_key(load_site(bad_site(tmp_path, path))).status == OK
+    path.chmod(0o640)
+    check = check_signing_key(load_site(bad_site(tmp_path, path)))
+    assert check.status == FIX and str(path) in check.detail and "readable by others" in check.detail
