@@ -4,7 +4,11 @@ the real gateway."""
 
 import base64
 import datetime as dt
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -19,7 +23,7 @@ from gateway.outbox import Outbox
 from gateway.service import Gateway
 from gateway.signing_key import SigningKey
 from jcm.cli import main
-from tests.conftest import Subscriber, free_port, load_site, tcp_device, wait_until, write_site
+from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, wait_until, write_site
 
 
 class RawSubscriber(Subscriber):
@@ -220,3 +224,27 @@ def test_doctor_checks_the_signing_key_as_the_gateway_loads_it(tmp_path):
     path.chmod(0o640)
     check = check_signing_key(load_site(bad_site(tmp_path, path)))
     assert check.status == FIX and str(path) in check.detail and "readable by others" in check.detail
+
+
+def test_a_gateway_killed_mid_chain_continues_it_after_its_restart(tmp_path, mosquitto, raw, simulate):
+    key, path = make_key(tmp_path, "a")
+    site = signed_site(tmp_path, free_port(), path, "gw-a")
+    simulate(site)
+
+    def gateway():
+        return subprocess.Popen([sys.executable, "-m", "jcm.cli", "gateway", "--site", str(tmp_path / "sites" /
+                                 "test-site.yaml"), "--broker", mosquitto.url], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    gw = gateway()
+    assert wait_until(lambda: len(raw.raw) >= 10, 20)
+    gw.send_signal(signal.SIGKILL)  # between any two statements, commits included
+    gw.wait()
+    n = len(raw.raw)
+    gw = gateway()
+    assert wait_until(lambda: len(raw.raw) >= n + 10, 20)
+    gw.send_signal(signal.SIGTERM)
+    gw.wait(timeout=30)
+    verdicts = check(raw.raw, [public(key, "gw-a", dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))])
+    seqs = sorted(v.reading.seq for v in verdicts)
+    assert seqs == list(range(1, len(seqs) + 1)) and len({v.reading.epoch for v in verdicts}) == 1
