@@ -13,15 +13,17 @@ import threading
 import time
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from contract.config.custody import CustodyKey, fingerprint
-from contract.custody import GENESIS, chain_breaks, chain_hash, key_files, verify
+from contract.config.custody import Custody, CustodyKey, fingerprint
+from contract.custody import GENESIS, chain_breaks, chain_hash, key_files, sign, verify
+from contract.message import Reading
 from gateway.outbox import Outbox
 from gateway.service import Gateway
-from gateway.signing_key import SigningKey
+from gateway.signing_key import SigningKey, signing_key
 from jcm.cli import main
 from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, wait_until, write_site
 
@@ -248,3 +250,14 @@ def test_a_gateway_killed_mid_chain_continues_it_after_its_restart(tmp_path, mos
     verdicts = check(raw.raw, [public(key, "gw-a", dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))])
     seqs = sorted(v.reading.seq for v in verdicts)
     assert seqs == list(range(1, len(seqs) + 1)) and len({v.reading.epoch for v in verdicts}) == 1
+
+
+def test_keygen_lines_give_an_edge_file_that_signs_as_the_listed_key(tmp_path, capsys):
+    assert main(["keygen", "--site", "mn-solar", "--out", str(tmp_path / "keys")]) == 0
+    edge, server = (yaml.safe_load(part)["custody"] for part in capsys.readouterr().out.split("\n\n"))
+    custody = Custody(**edge, **server)  # one file naming the key and listing it: checked against each other
+    key = signing_key(custody)
+    assert key.id == edge["key_id"] == server["keys"][0]["id"]
+    body = Reading(site="mn-solar", gateway="gw", device="m", ts=dt.datetime.now(dt.UTC), values={"p": 1.0},
+                   seq=1, epoch="0123456789abcdef").to_json()
+    assert verify(sign(body, GENESIS, key.id, key.key), {"mn-solar": custody.keys}).ok
