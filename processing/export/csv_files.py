@@ -25,6 +25,7 @@ import pandas as pd
 
 from contract.store import ReadingStore
 from processing.export.period_figures import PeriodFigures, local_bounds
+from processing.float_text import float_texts
 
 CHUNK = dt.timedelta(days=7)
 #: on 48 MB of readings, level 1 took 0.19 s for 7.5 MB, zlib's default (6) 1.19 s for 6.3 MB:
@@ -92,18 +93,26 @@ def _raw_text(rows: dict[str, pd.DataFrame]) -> str:
     value = np.concatenate([frame["value"].to_numpy(dtype=float) for frame in frames])[order]
     quality = np.concatenate([frame["quality"].to_numpy(dtype=object) for frame in frames])[order]
     middles = np.array([f"Z,{_field(d)},{_field(c)}," for d, c in (k.split(".", 1) for k in keys)], dtype=object)
-    values = list(map(repr, value.tolist()))
-    for i in np.flatnonzero(np.isnan(value)):
-        values[i] = ""
     tails = [",\n"] * n  # the quality column, empty but for flagged readings
     for i in np.flatnonzero(pd.notna(quality)):
         tails[i] = f",{_field(str(quality[i]))}\n"
     parts: list = [None] * (4 * n)
-    parts[0::4] = np.datetime_as_string(ts[order], unit="ms").tolist()
+    parts[0::4] = _ts_texts(ts[order])
     parts[1::4] = middles[source].tolist()
-    parts[2::4] = values
+    parts[2::4] = float_texts(value)
     parts[3::4] = tails
     return "".join(parts)
+
+
+def _ts_texts(ts: np.ndarray) -> list:
+    """ISO 8601 text (milliseconds) of each of the sorted ``ts``: each distinct time is
+    formatted once (every source shares the minute's time; formatting costs ~1 µs a value)."""
+    new = np.empty(len(ts), bool)
+    new[:1] = True
+    np.not_equal(ts[1:], ts[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    texts = np.datetime_as_string(ts[starts], unit="ms").astype(object)
+    return np.repeat(texts, np.diff(starts, append=len(ts))).tolist()
 
 
 def _field(text: str) -> str:
