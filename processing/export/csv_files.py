@@ -18,6 +18,7 @@ import datetime as dt
 import gzip
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +68,23 @@ def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path) 
     period's local-day bounds in time order (then device, channel), ``ts`` in UTC ISO 8601
     with milliseconds; gzip-compressed (``path`` ends in ``.gz``)."""
     site = figures.site
-    with path.open("wb") as f, gzip.GzipFile(path.name.removesuffix(".gz"), "wb", GZIP_LEVEL, f, mtime=0) as z:
+    with (path.open("wb") as f, gzip.GzipFile(path.name.removesuffix(".gz"), "wb", GZIP_LEVEL, f, mtime=0) as z,
+          ThreadPoolExecutor(1, thread_name_prefix="raw-gzip") as compressor):
         if figures.simulated:
             z.write(SIMULATED_NOTE.encode())
         z.write(b"ts,device,channel,value,quality\n")
         start, end = local_bounds(site, figures.first, figures.last)
+        compressing = None
         while start < end:
             rows = store.read_sources(site.site, start, min(start + CHUNK, end), site.monitoring_sources)
-            z.write(_raw_text(rows).encode())
+            text = _raw_text(rows).encode()
+            if compressing is not None:
+                compressing.result()
+            # zlib lets go of the GIL: a week is compressed while the next one is read and formatted
+            compressing = compressor.submit(z.write, text)
             start += CHUNK
+        if compressing is not None:
+            compressing.result()
     return path
 
 
