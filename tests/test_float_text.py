@@ -38,6 +38,16 @@ def test_texts_are_repr_at_every_layout_edge_and_for_random_doubles():
         assert float_texts(values) == _reference(values)
 
 
+def test_without_orjson_s_agreement_every_value_takes_repr(monkeypatch):
+    """Should an orjson release lay floats out differently, the probe at import says so and
+    the texts are ``repr``'s own."""
+    import processing.float_text as float_text
+
+    monkeypatch.setattr(float_text, "_AGREES", False)
+    values = np.concatenate([_edges(), np.random.default_rng(5).normal(0, 1e3, 1000)])
+    assert float_texts(values) == _reference(values)
+
+
 def test_any_array_is_read_as_float64_in_order():
     assert float_texts(np.arange(10.0)[::3]) == ["0.0", "3.0", "6.0", "9.0"]  # not contiguous
     assert float_texts(np.array([1, -2])) == ["1.0", "-2.0"]
@@ -51,7 +61,7 @@ def test_texts_are_repr_for_any_floats():
 
     from tests.conftest import fuzz_examples
 
-    @settings(max_examples=fuzz_examples(50), deadline=None)
+    @settings(max_examples=fuzz_examples(25), deadline=None)
     @given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=50))
     def check(values):
         assert float_texts(np.array(values, dtype=float)) == _reference(values)
