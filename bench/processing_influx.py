@@ -11,7 +11,9 @@ then times, ``--repeat`` times alternately, least time kept:
   day per query, grouped by device), each answer ``json.loads``-ed and made a DataFrame
   per series with ``pd.to_datetime`` of its times: the least any reader of this server pays;
 - ``read_sources`` of the monitored sources;
-- ``PeriodProcessor.process`` of the month (its read included).
+- ``PeriodProcessor.process`` of the month (its read included);
+- ``export_period`` of the month (its revision recorded first): workbook, charts, and the
+  raw readings read back a week at a time, formatted and compressed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ sys.path.insert(0, str(ROOT))
 from contract.config import load_site  # noqa: E402
 from contract.gc_paused import gc_paused  # noqa: E402
 from jcm.broker import free_port, stop_process, wait_for_port  # noqa: E402
-from processing.monthly import month_bounds  # noqa: E402
+from processing.export import export_period  # noqa: E402
+from processing.ledger import Ledger  # noqa: E402
+from processing.monthly import month_bounds, process_month  # noqa: E402
 from processing.period import EDGE, PeriodProcessor  # noqa: E402
 from simulators.history import SIMULATED_CHANNEL, history  # noqa: E402
 from store.influx_store import MEASUREMENT, InfluxStore, _lit, _q, to_ns  # noqa: E402
@@ -107,7 +111,9 @@ def main() -> None:
                     n, pending = n + len(pending), []
             store.write(pending)
             print(f"{args.site}: wrote {n + len(pending):,} readings in {time.monotonic() - t:.0f} s", flush=True)
-            floors, reads, processes = [], [], []
+            floors, reads, processes, exports = [], [], [], []
+            ledger = Ledger(Path(tmp) / "ledger.sqlite")
+            process_month(site, store, ledger, args.month)
             for _ in range(args.repeat):
                 t = time.monotonic()
                 with gc_paused():
@@ -119,11 +125,14 @@ def main() -> None:
                 t = time.monotonic()
                 result = PeriodProcessor(site).process(store, first, last)
                 processes.append(time.monotonic() - t)
+                t = time.monotonic()
+                export_period(site, store, ledger, first, last, Path(tmp) / "export", force=True)
+                exports.append(time.monotonic() - t)
             values = sum(len(f) for f in rows.values())
-            f, r, p = min(floors), min(reads), min(processes)
+            f, r, p, e = min(floors), min(reads), min(processes), min(exports)
             print(f"{args.site} {args.month} on InfluxDB 1.6.7: {points:,} points, {values:,} values; floor {f:.2f} s, "
-                  f"read_sources {r:.2f} s ({r / f:.2f}x), process {p:.2f} s ({p / f:.2f}x); {result.status}, "
-                  f"ER {result.calc.ER if result.calc else None}")
+                  f"read_sources {r:.2f} s ({r / f:.2f}x), process {p:.2f} s ({p / f:.2f}x), export {e:.2f} s "
+                  f"({e / f:.2f}x); {result.status}, ER {result.calc.ER if result.calc else None}")
         finally:
             stop_process(proc, timeout=15)
 

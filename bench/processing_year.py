@@ -111,31 +111,31 @@ def read_floor(db: sqlite3.Connection, site: Site, start: dt.datetime, end: dt.d
     return df
 
 
-def month_floor(db: sqlite3.Connection, site: Site, month: str) -> float:
-    """Seconds to read a month's rows and pivot them (see the module's docstring)."""
+def month_floor(db: sqlite3.Connection, site: Site, month: str) -> tuple[float, float]:
+    """Seconds to read a month's rows and pivot them (see the module's docstring): wall, CPU."""
     from processing.monthly import month_bounds
     from processing.period import EDGE
 
     first, last = month_bounds(month)
     start = dt.datetime.combine(first, dt.time(), tzinfo=site.zone) - EDGE
     end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=site.zone) + EDGE
-    t = time.monotonic()
+    t, c = time.monotonic(), time.process_time()
     with gc_paused():
         df = read_floor(db, site, start, end, quality=False)
         df.pivot(index="ts", columns=["device", "channel"], values="value")
-    return time.monotonic() - t
+    return time.monotonic() - t, time.process_time() - c
 
 
-def export_floor(db: sqlite3.Connection, site: Site, first: dt.date, last: dt.date) -> tuple[float, int]:
-    """Seconds to read the rows of the period's raw-readings file, a week at a time; the rows."""
+def export_floor(db: sqlite3.Connection, site: Site, first: dt.date, last: dt.date) -> tuple[float, int, float]:
+    """Seconds to read the rows of the period's raw-readings file, a week at a time; the rows; CPU seconds."""
     start = dt.datetime.combine(first, dt.time(), tzinfo=site.zone)
     end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=site.zone)
-    t, n = time.monotonic(), 0
+    t, c, n = time.monotonic(), time.process_time(), 0
     with gc_paused():
         while start < end:
             n += len(read_floor(db, site, start, min(end, start + dt.timedelta(days=7)), quality=True))
             start += dt.timedelta(days=7)
-    return time.monotonic() - t, n
+    return time.monotonic() - t, n, time.process_time() - c
 
 
 def child(site_name: str, year: int, step: int, repeat: int) -> None:
@@ -149,29 +149,37 @@ def child(site_name: str, year: int, step: int, repeat: int) -> None:
     db = sqlite3.connect(store_path(site.site, year, step))
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "ledger.sqlite")
-        months, process_s = [], 0.0
+        months, process_s, process_cpu, floors_cpu = [], 0.0, 0.0, 0.0
         for m in range(1, 13):
             month = f"{year}-{m:02d}"
-            floors, times = [], []
+            floors, times, cpu_floors = [], [], []
             for _ in range(repeat):
-                floors.append(month_floor(db, site, month))
-                t = time.monotonic()
+                wall, cpu = month_floor(db, site, month)
+                floors.append(wall)
+                cpu_floors.append(cpu)
+                t, c = time.monotonic(), time.process_time()
                 result, revision = process_month(site, store, ledger, month)
                 times.append(time.monotonic() - t)
+                if len(times) == 1:
+                    process_cpu += time.process_time() - c
             process_s += times[0]
+            floors_cpu += min(cpu_floors)
             months.append({"month": month, "s": round(times[0], 3), "best_s": round(min(times), 3),
                            "floor_s": round(min(floors), 3), "ratio": round(min(times) / min(floors), 2),
                            "status": result.status, "ER": result.calc.ER if result.calc else None,
                            "input_hash": result.input_hash})
         process_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        read_s, read_rows = export_floor(db, site, dt.date(year, 1, 1), dt.date(year, 12, 31))
-        t = time.monotonic()
+        read_s, read_rows, read_cpu = export_floor(db, site, dt.date(year, 1, 1), dt.date(year, 12, 31))
+        t, c = time.monotonic(), time.process_time()
         folder = export_period(site, store, ledger, dt.date(year, 1, 1), dt.date(year, 12, 31), Path(tmp) / "export")
-        export_s = time.monotonic() - t
-        read_s = min(read_s, export_floor(db, site, dt.date(year, 1, 1), dt.date(year, 12, 31))[0])
+        export_s, export_cpu = time.monotonic() - t, time.process_time() - c
+        again = export_floor(db, site, dt.date(year, 1, 1), dt.date(year, 12, 31))
+        read_s, read_cpu = min(read_s, again[0]), min(read_cpu, again[2])
         export_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
     print(json.dumps({"site": site.site, "process_s": round(process_s, 1), "export_s": round(export_s, 1),
                       "export_read_floor_s": round(read_s, 1), "export_rows": read_rows,
+                      "cpu_s": {"process": round(process_cpu, 1), "month_floors": round(floors_cpu, 1),
+                                "export": round(export_cpu, 1), "export_read_floor": round(read_cpu, 1)},
                       "export_mb": round(export_mb, 1), "months_peak_rss_mb": round(process_rss),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                       "months": months}))
@@ -223,6 +231,13 @@ def main() -> None:
     print(f"\nall sites, 12 months + export each: {total:.0f} s; the {count} months {months:.1f} s against their floors' "
           f"{floors:.1f} s ({months / floors:.2f}x); largest peak RSS {max(r['peak_rss_mb'] for r in runs)} MB; "
           f"CPU {cpu_model()}, {os.cpu_count()} cores")
+    cpu = {k: sum(r["cpu_s"][k] for r in runs) for k in runs[0]["cpu_s"]}
+    print(f"CPU seconds (not slowed by other work on the machine; the export's gzip thread included): 12 months "
+          f"+ export each {cpu['process'] + cpu['export']:.1f} s; months {cpu['process']:.1f} s (first runs) against "
+          f"their floors' {cpu['month_floors']:.1f} s; exports {cpu['export']:.1f} s against reading their rows "
+          f"{cpu['export_read_floor']:.1f} s ({cpu['export'] / cpu['export_read_floor']:.2f}x); per site: "
+          + ", ".join(f"{r['site']} {r['cpu_s']['process']:.1f} + {r['cpu_s']['export']:.1f} s "
+                      f"(export {r['cpu_s']['export'] / r['cpu_s']['export_read_floor']:.2f}x)" for r in runs))
     out = RESULTS / f"processing-year-{args.year}-{args.step}s.json"
     out.write_text(json.dumps({"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                "machine": {**platform.uname()._asdict(), "cpu_model": cpu_model(),

@@ -96,8 +96,9 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
     bg = bg_flare.dropna()
     bg = bg[~bg.index.duplicated(keep="last")]
     settled = {(a["start"], a["end"]) for a in inc.adjustments}
-    wrapped = (bg[t1].to_numpy() < bg[t0].to_numpy()) & (volume > 0) & np.array(
-        [(str(a), str(b)) not in settled for a, b in zip(t0, t1)], dtype=bool)
+    wrapped = (bg[t1].to_numpy() < bg[t0].to_numpy()) & (volume > 0)
+    for i in np.flatnonzero(wrapped):  # the few falls, not every interval: a str per Timestamp was a quarter of a month
+        wrapped[i] = (str(t0[i]), str(t1[i])) not in settled
     max_age = np.timedelta64(int(max_age_s * 1e9), "ns")
     a0, a1 = _utc(t0), _utc(t1)
 

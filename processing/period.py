@@ -32,6 +32,7 @@ from processing.daily_values import (DailyResult, Finding, counter_daily, energi
                                      integrated_daily, interval_day, local_days, mean_daily)
 from processing.derived import FlareResult, flare_daily
 from processing.fixed_values import DEFAULT, FixedValue, from_config
+from processing.float_text import float_texts
 from processing.methodologies import Calculation, calculate, load_spec
 from processing.methodologies.common import exact_sum
 
@@ -121,10 +122,6 @@ def _hash_source(h, src: str, frame: pd.DataFrame) -> None:
         return
     frame = frame.sort_values("ts")
     dev, channel = src.split(".", 1)
-    value = frame["value"].to_numpy(dtype=float)
-    values = list(map(repr, value.tolist()))
-    for i in np.flatnonzero(np.isnan(value)):
-        values[i] = ""
     tails = ["\t\n"] * n  # the quality column, empty but for flagged readings
     quality = frame["quality"]
     for i in np.flatnonzero(quality.notna().to_numpy()):
@@ -133,7 +130,7 @@ def _hash_source(h, src: str, frame: pd.DataFrame) -> None:
     parts[0::5] = [f"{dev}\t{channel}\t"] * n
     parts[1::5] = map(str, (frame["ts"].dt.as_unit("us").array.asi8 // 1_000_000).tolist())
     parts[2::5] = ["\t"] * n
-    parts[3::5] = values
+    parts[3::5] = float_texts(frame["value"].to_numpy(dtype=float))
     parts[4::5] = tails
     h.update("".join(parts).encode())
 

@@ -459,3 +459,31 @@ def test_raw_csv_text_is_what_csv_writer_writes():
         [(ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", *rest) for ts, *rest in rows])
     assert _raw_text(frames) == buf.getvalue()
     assert _raw_text({"b.y": frames["b.y"]}) == ""
+
+
+def test_daily_chart_is_the_png_bar_draws(tmp_path, monkeypatch):
+    """The daily bars are drawn as one collection: the PNG must be byte for byte the one
+    ``ax.bar`` gives, with missing days, negative values and a panel with no value at all."""
+    import types
+
+    import numpy as np
+    import pandas as pd
+
+    from processing.export import charts
+
+    rng = np.random.default_rng(3)
+    days = [dt.date(2025, 1, 1) + dt.timedelta(days=i) for i in range(40)]
+    rows = []
+    for key, unit, scale in [("EG[PV-1]", "MWh", 10.0), ("EC_aux", "MWh", -2.0), ("Q_gas[D1]", "Nm3", 1e4)]:
+        values = rng.normal(scale, abs(scale) / 3, len(days))
+        values[[0, 7, 39]] = np.nan
+        if key == "EC_aux":
+            values[:] = np.nan
+        rows += [{"day": d, "key": key, "unit": unit, "value": v} for d, v in zip(days, values)]
+    figures = types.SimpleNamespace(parameters={"EG[PV-1]": 1.0, "EC_aux": 0.0, "Q_gas[D1]": 3.0},
+                                    daily=pd.DataFrame(rows), site=types.SimpleNamespace(site="x"), first=days[0],
+                                    last=days[-1], simulated=True)
+    fast = charts.daily_values_chart(figures, tmp_path / "fast.png").read_bytes()
+    monkeypatch.setattr(charts, "_bars", lambda ax, days, values: ax.bar(list(days), values, width=0.8,
+                                                                          color=charts.BAR))
+    assert fast == charts.daily_values_chart(figures, tmp_path / "bar.png").read_bytes()

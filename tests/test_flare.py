@@ -140,3 +140,14 @@ def test_a_late_calibration_of_the_flare_gas_meter_reaches_pe_flare(tmp_path):
     assert late.parameters["PE_flare"] == pytest.approx(clean.parameters["PE_flare"] * 1.02, rel=1e-12)
     (row,) = [a for a in late.adjustments if a["parameter"] == "PE_flare" and a["kind"] == "late_calibration"]
     assert row["factor"] == pytest.approx(1.02) and row["meter"] == "gas-train"
+
+
+def test_a_confirmed_reset_of_the_totaliser_is_not_reported_as_a_wrap():
+    """The fall is settled by counter_increments (the interval counts its physical bound,
+    PE_flare's direction): no flare_counter_rollover row, with or without a rollover."""
+    bg = series([500_000.0, 500_100.0, 50.0, 150.0, 250.0])
+    for rollover in (None, 1_000_000):
+        r = flare_daily(bg, series([50.0] * 5), series([0.0] * 5), UTC, DAY, 28, 0.716, 0.5, rollover=rollover,
+                        max_rate_per_h=1000, max_age_s=1350, sources=("gas.flare", "gas.ch4", "gas.flame"))
+        assert r.values.iloc[0] == pytest.approx((100 + 250 + 100 + 100) * 0.5 * K)
+        assert not [a for a in r.adjustments if a["kind"] == "flare_counter_rollover"]
