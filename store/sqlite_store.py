@@ -113,14 +113,12 @@ def from_ms(ms: int) -> dt.datetime:
 
 
 def reading_rows(r: Reading) -> list[tuple]:
-    ms = to_ms(r.ts)
-    rows = []
-    for channel, v in r.values.items():
-        q = r.quality.get(channel)
-        number = float(v) if isinstance(v, (int, float, bool)) else None
-        text = v if isinstance(v, str) else None
-        rows.append((r.site, r.device, channel, ms, r.gateway, number, text, q.value if q else None, r.seq))
-    return rows
+    ms, site, device, gateway, seq, quality = to_ms(r.ts), r.site, r.device, r.gateway, r.seq, r.quality
+    # a float, the usual value, is taken as it is: this runs for every value the collector stores
+    return [(site, device, channel, ms, gateway,
+             v if type(v) is float else float(v) if isinstance(v, (int, float, bool)) else None,
+             v if isinstance(v, str) else None, quality[channel].value if channel in quality else None, seq)
+            for channel, v in r.values.items()]
 
 
 class SqliteStore:
