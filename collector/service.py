@@ -220,6 +220,8 @@ class Collector:
                 try:
                     checked = self._checked.get(timeout=0.2)
                 except queue.Empty:
+                    checked = None
+                if checked is None:
                     self.sequences.stored([])  # holes age while nothing arrives too
                     summaries = self.budget.due(dt.datetime.now(dt.UTC))
                     if summaries:
