@@ -1,20 +1,18 @@
 """The collector process: MQTT in, store out, acknowledgement last.
 
-paho delivers messages with ``manual_ack=True``; a checker thread gathers them into
-batches (``batch_size`` messages or ``batch_timeout`` seconds, whichever comes first,
-since the broker stops sending at its in-flight window) and validates each; the worker
-writes each checked batch (readings and dead letters together) and only then sends the
-PUBACKs. The two overlap: while the store takes one batch (SQLite's work, an HTTP round
-trip: neither holds Python's lock), the next one is parsed and checked. Killed at any
+paho delivers messages with ``manual_ack=True``; a worker gathers them into batches
+(``batch_size`` messages or ``batch_timeout`` seconds, whichever comes first, since
+the broker stops sending at its in-flight window), validates each, writes the batch
+(readings and dead letters together) and only then sends the PUBACKs. Killed at any
 point, the collector loses nothing: the broker redelivers every message it has not
 acknowledged, and stored points are idempotent. When the store is down the worker
 keeps the batch, retries with backoff and acknowledges nothing meanwhile.
 
 One message never stops ingestion: whatever goes wrong with one message (parsing,
 validation, rendering, binding, the store refusing it) makes that message a dead
-letter with the reason, and the rest of its batch is stored. Should the worker or
-the checker die anyway, ``failure`` holds why and ``done`` is set, so the process can
-exit non-zero and be restarted.
+letter with the reason, and the rest of its batch is stored. Should the worker die
+anyway, ``failure`` holds why and ``done`` is set, so the process can exit non-zero
+and be restarted.
 """
 
 from __future__ import annotations
@@ -66,16 +64,6 @@ class Incoming:
     received: dt.datetime
 
 
-@dataclass
-class Checked:
-    """A batch the checker has been through: what is a reading, what is a dead letter."""
-
-    batch: list[Incoming]
-    readings: list[Reading]
-    letters: list[DeadLetter]
-    source: dict[int, Incoming]  # id(reading) -> its message
-
-
 class Collector:
     def __init__(self, config: CollectorConfig, store: ReadingStore | None = None, base_dir: Path = Path(".")):
         self.config = config
@@ -92,9 +80,6 @@ class Collector:
         if config.share_group:
             self.topic = f"$share/{config.share_group}/{topics.ALL_READINGS}"
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
-        # one checked batch waits while the worker writes the one before: memory holds at most
-        # the queue's bound plus three batches (being checked, waiting, being written)
-        self._checked: queue.Queue[Checked] = queue.Queue(maxsize=1)
         self._generation = 0
         self._stop = threading.Event()
         self.stored = 0
@@ -107,7 +92,6 @@ class Collector:
         #: tells each gateway what the store holds, so that it deletes only that
         self.acknowledgements = Acknowledgements(config, [(s, r.gateway) for s, r in self.rules.items()])
         self._worker = threading.Thread(target=self._run, name="collector", daemon=True)
-        self._checker = threading.Thread(target=self._check, name="collector-check", daemon=True)
 
     def _client(self) -> mqtt.Client:
         self.v5 = self.config.protocol == "5"
@@ -160,12 +144,10 @@ class Collector:
     def start(self) -> None:
         self.connection.start()
         self.acknowledgements.start()
-        self._checker.start()
         self._worker.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._checker.join(timeout=30)
         self._worker.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
@@ -190,50 +172,25 @@ class Collector:
                 break
         return batch
 
-    def _fail(self, exc: BaseException) -> None:
-        if self.failure is None:
-            self.failure = exc
-            log.critical("the collector's worker died; nothing more is stored until it is restarted: %s",
-                         _traceback(exc))
-        self._stop.set()  # the other thread ends too: the process exits and is restarted
-
-    def _check(self) -> None:
-        """The checker: batches from the queue, validated, handed to the worker."""
-        try:
-            while not self._stop.is_set():
-                batch = self._next_batch()
-                if not batch:
-                    continue
-                checked = self._validate(batch)
-                while not self._stop.is_set():
-                    try:
-                        self._checked.put(checked, timeout=0.2)
-                        break
-                    except queue.Full:
-                        pass
-        except BaseException as exc:
-            self._fail(exc)
-
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                try:
-                    checked = self._checked.get(timeout=0.2)
-                except queue.Empty:
-                    checked = None
-                if checked is None:
+                batch = self._next_batch()
+                if batch:
+                    self._store(batch)
+                else:
                     self.sequences.stored([])  # holes age while nothing arrives too
                     summaries = self.budget.due(dt.datetime.now(dt.UTC))
                     if summaries:
                         self._write([], summaries)
-                    continue
-                self._store(checked)
         except BaseException as exc:
-            self._fail(exc)
+            self.failure = exc
+            log.critical("the collector's worker died; nothing more is stored until it is restarted: %s",
+                         _traceback(exc))
         finally:
             self.done.set()
 
-    def _validate(self, batch: list[Incoming]) -> Checked:
+    def _store(self, batch: list[Incoming]) -> None:
         now = dt.datetime.now(dt.UTC)
         future = dt.timedelta(seconds=self.config.max_future_s)
         readings, letters, source = [], [], {}
@@ -250,11 +207,6 @@ class Collector:
                 continue
             readings.append(r)
             source[id(r)] = m
-        return Checked(batch, readings, letters, source)
-
-    def _store(self, checked: Checked) -> None:
-        batch, readings, letters, source = checked.batch, checked.readings, checked.letters, checked.source
-        now = dt.datetime.now(dt.UTC)
         refused_count = len(letters)
         letters = self.budget.admit(letters, now)  # what is not kept whole is counted in a summary
         try:
