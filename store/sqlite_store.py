@@ -3,8 +3,9 @@
 One row per (site, device, channel, ts), upserted, so a redelivered or replayed
 reading overwrites itself. The primary key is the only index: every read is a range of
 it per (device, channel), and a second index on (site, ts) cost the collector's writes a
-sixth of their time (SQLite keeps every index of every row it inserts). Numbers and booleans go to ``value``; text channels
-(serial numbers, model names) to ``text_value`` and are served by ``latest`` only.
+sixth of their time (SQLite keeps every index of every row it inserts). Numbers and
+booleans go to ``value``; text channels (serial numbers, model names) to ``text_value``
+and are served by ``latest`` only.
 Timestamps are integer milliseconds since the epoch, UTC.
 
 A write is one transaction that always ends (committed, or rolled back on any
