@@ -1,13 +1,23 @@
-"""Collector throughput against the broker's in-flight window.
+"""Collector throughput against what a bare subscriber gets of the same stream, per back-end.
 
-Mosquitto sends a client at most ``max_inflight_messages`` unacknowledged QoS 1
-messages; a collector that acknowledges only after a batch is stored receives at
-most that many per batch. This measures readings stored per second for a stream of
-N readings with the window at Mosquitto's default (20) and raised (1000, as the
-shipped broker config and the collector's Receive Maximum set it), with the batch
-flushed on size or on its short timer.
+A private Mosquitto holds N QoS 1 reading messages (20 channels, ten meters) for each
+contender's persistent session, put there by a publisher in its own process before the
+contender connects; each contender then drains its queue, in its own process(es):
 
-    python bench/collector_throughput.py [--readings 20000]
+- ``mosquitto_sub``: the C client, acknowledging each message (the broker's own limit);
+- ``paho``: a bare paho-mqtt subscriber that counts and acknowledges (Python's limit);
+- ``paho x2``: two of them on a shared subscription (what two Python processes get);
+- ``collector sqlite|influx1|vm`` x1 and x2: the real ``Collector`` (validation, store,
+  acknowledgement after the store has the batch) into SQLite (``synchronous=FULL``),
+  InfluxDB 1.6.7 (``api=v1``) and VictoriaMetrics (``api=v2``, influxdb-client); x2 is
+  two collector processes on one shared subscription (``share_group``).
+
+A drain (``--mode drain``, the default) keeps the publisher's CPU out of the window;
+``--mode live`` publishes while the contenders run, so the publisher competes for the
+same cores as it would on a one-box site. Rate = messages received or stored ÷ (last
+one's time − the moment all of a contender's processes were told to go).
+
+    python bench/collector_throughput.py [--messages 30000] [--mode drain|live|both] [--only paho ...]
 """
 
 from __future__ import annotations
@@ -15,8 +25,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
-import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,96 +39,383 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt  # noqa: E402
+import urllib3  # noqa: E402
 
-from collector.service import Collector  # noqa: E402
 from contract import topics  # noqa: E402
-from contract.config import CollectorConfig  # noqa: E402
 from contract.message import Reading  # noqa: E402
-from jcm.broker import Mosquitto  # noqa: E402
+from jcm.broker import Mosquitto, free_port, stop_process, wait_for_port  # noqa: E402
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+SITE = "bench"
+TOPIC = topics.ALL_READINGS
+#: a contender is done when nothing more arrived for this long [s]: longer than SQLite's
+#: busy timeout (5 s), so that a collector waiting for another's lock is measured, not cut off
+IDLE_S = 6.0
 
 
 def messages(n: int) -> list[tuple[str, bytes]]:
     out = []
     for i in range(n):
         device = f"m{i % 10}"
-        r = Reading(site="bench", gateway="gw-bench", device=device, ts=T0 + dt.timedelta(seconds=i // 10),
-                    values={f"ch{k}": float(i + k) for k in range(20)}, seq=i + 1)
-        out.append((topics.reading("bench", "gw-bench", device), r.to_json().encode()))
+        r = Reading(site=SITE, gateway="gw-bench", device=device, ts=T0 + dt.timedelta(seconds=i // 10),
+                    values={f"ch{k}": float(i + k) + 0.25 for k in range(20)}, seq=i + 1)
+        out.append((topics.reading(SITE, "gw-bench", device), r.to_json().encode()))
     return out
 
 
 def write_site(workdir: Path) -> Path:
     """The bench site: ten meters of twenty channels (the collector accepts known sites only)."""
     profile = {"profile": "bench_meter", "points": [{"channel": f"ch{k}", "address": k} for k in range(20)]}
-    (workdir / "profiles").mkdir()
+    (workdir / "profiles").mkdir(exist_ok=True)
     (workdir / "profiles" / "bench_meter.yaml").write_text(yaml.safe_dump(profile))
-    site = {"site": "bench", "name": "Bench", "country": "MN", "timezone": "UTC", "latitude": 0, "longitude": 0,
+    site = {"site": SITE, "name": "Bench", "country": "MN", "timezone": "UTC", "latitude": 0, "longitude": 0,
             "commissioned": "2026-01-01", "jcm_project": "bench", "methodology": "MN_AM003",
             "methodology_version": "2.0", "gateway": "gw-bench", "mqtt": {"url": "mqtt://127.0.0.1:1883"},
             "devices": [{"id": f"m{i}", "kind": "power_meter", "profile": "bench_meter",
                          "connection": {"type": "tcp", "host": "127.0.0.1", "port": 1502, "unit_id": i + 1}}
                         for i in range(10)]}
-    (workdir / "sites").mkdir()
+    (workdir / "sites").mkdir(exist_ok=True)
     (workdir / "sites" / "bench.yaml").write_text(yaml.safe_dump(site))
     return workdir / "sites"
 
 
-def run(window: int, receive_maximum: int, batch_size: int, batch_timeout: float, n: int, workdir: Path) -> dict:
-    broker = Mosquitto(workdir / f"mq-{window}-{batch_size}")
-    broker.conf.write_text(broker.conf.read_text().replace("max_inflight_messages 1000", f"max_inflight_messages {window}"))
-    broker.start()
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the children (one process each) ---------------------------------------------------
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+#: the process's CPU time when told to go: start-up (imports, opening the store) is not counted
+_CPU_AT_GO = [0.0]
+
+
+def _report(**fields) -> None:
+    print(json.dumps({**fields, "cpu_s": _cpu() - _CPU_AT_GO[0]}), flush=True)
+
+
+def _wait_for_go() -> float:
+    print("ready", flush=True)
+    sys.stdin.readline()
+    _CPU_AT_GO[0] = _cpu()
+    return time.time()
+
+
+def child_publish(port: int, n: int) -> None:
+    """Publish the stream QoS 1 and wait until the broker has acknowledged all of it."""
+    acked = 0
+
+    def on_publish(client, userdata, mid, reason_code, properties):
+        nonlocal acked
+        acked += 1
+
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub")
+    pub.max_inflight_messages_set(1000)
+    pub.max_queued_messages_set(0)
+    pub.on_publish = on_publish
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    msgs = messages(n)
+    go = _wait_for_go()
+    for topic, body in msgs:
+        pub.publish(topic, body, qos=1)
+    while acked < n:
+        time.sleep(0.005)
+    _report(start=go, last=time.time(), count=acked)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+def child_paho(port: int, client_id: str, topic: str, prime: bool) -> None:
+    """A bare paho subscriber: counts and acknowledges (paho acknowledges on return)."""
+    state = {"count": 0}
+
+    def on_message(client, userdata, msg):
+        state["count"] += 1
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.on_message = on_message
+    c.on_connect = lambda client, *a: client.subscribe(topic, qos=1)
+    marks = {"last": 0.0}
+    go = time.time() if prime else _wait_for_go()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    if prime:
+        time.sleep(1.0)  # connected and subscribed: the broker keeps the session from now on
+    else:
+        _drain(lambda: state["count"], marks)
+    c.disconnect()
+    c.loop_stop()
+    _report(start=go, last=marks["last"], count=state["count"])
+
+
+def child_collector(port: int, client_id: str, share: str | None, store: str, sites: str, prime: bool) -> None:
+    from collector.service import Collector
+    from contract.config import CollectorConfig
+
+    cfg = CollectorConfig(broker={"url": f"mqtt://127.0.0.1:{port}"}, store=store, sites_dir=sites,
+                          client_id=client_id, share_group=share)
+    collector = Collector(cfg)
+    marks = {"last": 0.0}
+    go = time.time() if prime else _wait_for_go()
+    collector.start()
+    if prime:
+        time.sleep(1.0)
+    else:
+        _drain(lambda: collector.stored + collector.dead, marks)
+    collector.stop()
+    if collector.failure is not None:
+        raise SystemExit(f"collector failed: {collector.failure}")
+    _report(start=go, last=marks["last"], count=collector.stored, dead=collector.dead)
+
+
+def _drain(count, marks: dict) -> None:
+    """Return once ``count()`` has moved and then stood still for ``IDLE_S``; ``marks['last']``
+    gets when it last moved."""
+    deadline = time.monotonic() + 120
+    while (seen := count()) == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    since, marks["last"] = time.monotonic(), time.time()
+    while time.monotonic() - since < IDLE_S:
+        time.sleep(0.005)
+        now = count()
+        if now != seen:
+            seen, since, marks["last"] = now, time.monotonic(), time.time()
+
+
+# -- the harness ------------------------------------------------------------------------
+def spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--child", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"a bench child failed ({proc.returncode}): {proc.args}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def ready(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"a bench child did not start: {p.args}: {line!r}")
+
+
+def go(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+
+
+class Servers:
+    """InfluxDB 1.6.7 and VictoriaMetrics on free loopback ports, for the bench's life."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.procs, self.http = workdir, {}, urllib3.PoolManager()
+
+    def influx(self) -> int:
+        d = self.workdir / "influxdb"
+        d.mkdir()
+        port, rpc = free_port(), free_port()
+        conf = d / "influxdb.conf"
+        conf.write_text(
+            f'reporting-disabled = true\nbind-address = "127.0.0.1:{rpc}"\n[meta]\n  dir = "{d}/meta"\n'
+            f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
+            f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
+            '[monitor]\n  store-enabled = false\n[continuous_queries]\n  enabled = false\n')
+        self._start("influx1", [shutil.which("influxd"), "-config", str(conf)], port)
+        return port
+
+    def vm(self) -> int:
+        port = free_port()
+        self._start("vm", [shutil.which("victoria-metrics"), f"-storageDataPath={self.workdir}/vm",
+                           f"-httpListenAddr=127.0.0.1:{port}", "-retentionPeriod=100y", "-loggerLevel=ERROR"], port)
+        return port
+
+    def _start(self, name: str, argv: list[str], port: int) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=log)
+        wait_for_port(port, timeout=30)
+
+    def create_db(self, port: int, db: str) -> None:
+        self.http.request("POST", f"http://127.0.0.1:{port}/query", fields={"q": f"CREATE DATABASE {db}"},
+                          encode_multipart=False)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            stop_process(p, timeout=15)
+
+
+def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, servers: Servers,
+        stores: dict[str, int]) -> dict:
+    broker = Mosquitto(workdir / f"mq-{name}-{mode}".replace(" ", "_")).start()
     try:
-        cfg = CollectorConfig(broker={"url": broker.url}, store=f"sqlite:///{workdir}/bench-{window}-{batch_size}.db",
-                              sites_dir=str(workdir / "sites"), batch_size=batch_size, batch_timeout=batch_timeout,
-                              receive_maximum=receive_maximum, client_id=f"bench-{window}")
-        collector = Collector(cfg)
-        collector.start()
-        time.sleep(0.5)
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub")
-        pub.max_inflight_messages_set(1000)
-        pub.connect("127.0.0.1", broker.port)
-        pub.loop_start()
-        msgs = messages(n)
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
-        for topic, body in msgs:
-            pub.publish(topic, body, qos=1)
-        while collector.stored < n and time.perf_counter() - t0 < 300:
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        stored = collector.stored
-        collector.stop()
-        pub.disconnect()
-        pub.loop_stop()
+        ids = [f"bench-{i}" for i in range(copies)]
+        share = "bench" if copies > 1 else None
+        topic = f"$share/bench/{TOPIC}" if share else TOPIC
+        store_url = ""
+        if kind.startswith("collector"):
+            backend = kind.split()[1]
+            db = f"b{int(time.time() * 1000)}"
+            if backend == "sqlite":
+                store_url = f"sqlite:///{workdir}/{db}.db"
+            elif backend == "influx1":
+                servers.create_db(stores["influx1"], db)
+                store_url = f"influxdb://127.0.0.1:{stores['influx1']}?api=v1&db={db}"
+            else:
+                store_url = f"influxdb://127.0.0.1:{stores['vm']}?api=v2&db={db}"
+
+        def child_args(i: int, prime: bool) -> list[str]:
+            base = ["--port", str(broker.port), "--client-id", ids[i]] + (["--prime"] if prime else [])
+            if kind == "paho":
+                return ["paho", *base, "--topic", topic]
+            return ["collector", *base, "--store", store_url, "--sites", str(workdir / "sites")] + (
+                ["--share", share] if share else [])
+
+        def sub_cmd(count: int | None) -> list[str]:
+            return ["mosquitto_sub", "-p", str(broker.port), "-i", ids[0], "-c", "-q", "1", "-t", topic] + (
+                ["-C", str(count)] if count else ["-W", "1"])
+
+        # persistent sessions first, so that the broker queues the stream for them
+        if kind == "mosquitto_sub":
+            subprocess.run(sub_cmd(None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # "Timed out"
+        else:
+            for p in [spawn(*child_args(i, True)) for i in range(copies)]:
+                finish(p)
+        publisher = spawn("publish", "--port", str(broker.port), "--messages", str(n))
+        ready([publisher])
+        broker_cpu0 = proc_cpu(broker.proc.pid)
+        store_cpu0 = {k: proc_cpu(p.pid) for k, p in servers.procs.items()}
+        if mode == "drain":
+            go([publisher])
+            published = finish(publisher)
+        if kind == "mosquitto_sub":
+            t0 = time.time()
+            sub = subprocess.Popen(sub_cmd(n), stdout=subprocess.DEVNULL)
+            if mode == "live":
+                go([publisher])
+            sub.wait(timeout=600)
+            t1 = time.time()
+            results = [{"start": t0, "last": t1, "count": n, "cpu_s": None}]
+        else:
+            procs = [spawn(*child_args(i, False)) for i in range(copies)]
+            ready(procs)
+            go(procs + ([publisher] if mode == "live" else []))
+            results = [finish(p) for p in procs]
+        if mode == "live":
+            published = finish(publisher)
+        broker_cpu = proc_cpu(broker.proc.pid) - broker_cpu0
+        store_cpu = {k: round(proc_cpu(p.pid) - store_cpu0[k], 2) for k, p in servers.procs.items()}
     finally:
         broker.stop()
-    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    return {"broker_window": window, "receive_maximum": receive_maximum, "batch_size": batch_size,
-            "batch_timeout_s": batch_timeout, "readings": stored, "seconds": round(elapsed, 2),
-            "readings_per_s": round(stored / elapsed), "cpu_s_per_1000": round(cpu / stored * 1000, 4)}
+    count = sum(r["count"] for r in results)
+    seconds = max(r["last"] for r in results) - min(r["start"] for r in results)
+    cpu = [r["cpu_s"] for r in results if r["cpu_s"] is not None]
+    return {"contender": name, "mode": mode, "messages": n, "received_or_stored": count, "complete": count == n,
+            "dead": sum(r.get("dead", 0) for r in results), "seconds": round(seconds, 2),
+            "msgs_per_s": round(count / seconds), "per_process": [r["count"] for r in results],
+            "cpu_s_contender": round(sum(cpu), 2) if cpu else None, "cpu_s_broker": round(broker_cpu, 2),
+            "cpu_s_stores": store_cpu, "publisher_s": round(published["last"] - published["start"], 2),
+            "loadavg": os.getloadavg()}
+
+
+CONTENDERS = {  # name: (kind, processes)
+    "mosquitto_sub": ("mosquitto_sub", 1),
+    "paho": ("paho", 1),
+    "paho x2": ("paho", 2),
+    "collector sqlite": ("collector sqlite", 1),
+    "collector sqlite x2": ("collector sqlite", 2),
+    "collector influx1": ("collector influx1", 1),
+    "collector influx1 x2": ("collector influx1", 2),
+    "collector vm": ("collector vm", 1),
+    "collector vm x2": ("collector vm", 2),
+}
+
+
+def report(results: list[dict]) -> None:
+    print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
+    print(f"{'mode':<6} {'contender':<22} {'msgs/s':>8} {'÷ paho':>7} {'x2 ÷ x1':>8} {'s':>7} {'CPU s':>6} "
+          f"{'broker':>7} {'stores':>14} {'per process':>14}")
+    for r in results:
+        same = {x["contender"]: x for x in results if x["mode"] == r["mode"]}
+        paho = same.get("paho")
+        one = same.get(r["contender"].removesuffix(" x2")) if r["contender"].endswith(" x2") else None
+        stores = " ".join(f"{k} {v}" for k, v in r["cpu_s_stores"].items() if v >= 0.05)
+        of_paho = f"{r['msgs_per_s'] / paho['msgs_per_s']:.2f}" if paho else ""
+        of_one = f"{r['msgs_per_s'] / one['msgs_per_s']:.2f}" if one else ""
+        cpu = r["cpu_s_contender"] if r["cpu_s_contender"] is not None else ""
+        per = "/".join(map(str, r["per_process"]))
+        print(f"{r['mode']:<6} {r['contender']:<22} {r['msgs_per_s']:>8} {of_paho:>7} {of_one:>8} {r['seconds']:>7} "
+              f"{cpu:>6} {r['cpu_s_broker']:>7} {stores:>14} {per:>14}"
+              + ("" if r["complete"] else f"  INCOMPLETE: {r['received_or_stored']} of {r['messages']}"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--readings", type=int, default=20000)
+    ap.add_argument("--messages", type=int, default=30000)
+    ap.add_argument("--mode", choices=["drain", "live", "both"], default="drain")
+    ap.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), help="run these contenders only")
     args = ap.parse_args()
+    names = args.only or list(CONTENDERS)
+    modes = ["drain", "live"] if args.mode == "both" else [args.mode]
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         write_site(workdir)
-        cases = [(20, 20, 500, 0.2), (20, 20, 500, 0.02), (1000, 1000, 500, 0.2)]
-        results = [run(*case, n=args.readings if case[0] > 20 else min(args.readings, 4000), workdir=workdir) for case in cases]
-    print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
-    print(f"{'window':>7} {'recv max':>8} {'batch':>6} {'timer s':>8} {'readings/s':>11} {'CPU s/1000':>11}")
-    for r in results:
-        print(f"{r['broker_window']:>7} {r['receive_maximum']:>8} {r['batch_size']:>6} {r['batch_timeout_s']:>8} "
-              f"{r['readings_per_s']:>11} {r['cpu_s_per_1000']:>11}")
+        servers = Servers(workdir)
+        try:
+            stores = {"influx1": servers.influx(), "vm": servers.vm()}
+            for mode in modes:
+                for name in names:
+                    kind, copies = CONTENDERS[name]
+                    results.append(run(name, kind, copies, args.messages, mode, workdir, servers, stores))
+                    print(json.dumps(results[-1]), flush=True)
+        finally:
+            servers.stop()
+    report(results)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "collector.json").write_text(json.dumps(results, indent=2))
+    (out / "collector.json").write_text(json.dumps(
+        {"cpu_model": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "results": results}, indent=2))
+
+
+def child_main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("role", choices=["publish", "paho", "collector"])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--messages", type=int)
+    ap.add_argument("--client-id")
+    ap.add_argument("--topic")
+    ap.add_argument("--share")
+    ap.add_argument("--store")
+    ap.add_argument("--sites")
+    ap.add_argument("--prime", action="store_true")
+    a = ap.parse_args(argv)
+    if a.role == "publish":
+        child_publish(a.port, a.messages)
+    elif a.role == "paho":
+        child_paho(a.port, a.client_id, a.topic, a.prime)
+    else:
+        child_collector(a.port, a.client_id, a.share, a.store, a.sites, a.prime)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--child"]:
+        child_main(sys.argv[2:])
+    else:
+        main()

@@ -269,3 +269,42 @@ def test_custody_findings_are_kept_one_per_identity(store):
                                                 T0 + dt.timedelta(seconds=1), "another message"))
     assert store.custody_findings("s1") == [f]
     assert [x.kind for x in store.custody_findings()] == ["wrong_prev", "conflict"]
+
+
+def test_sqlite_keeps_no_index_besides_its_key_and_reads_a_site_by_its_pairs(tmp_path):
+    """A second index (site, ts) cost every insert a sixth of its time; the reads it served
+    (a site's window, of some channels or devices, or its first rows) go by key ranges, and
+    a store made with the index loses it when opened."""
+    import sqlite3
+
+    path = tmp_path / "jcm.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE readings (site TEXT NOT NULL, device TEXT NOT NULL, channel TEXT NOT NULL, "
+                "ts INTEGER NOT NULL, gateway TEXT NOT NULL, value REAL, text_value TEXT, quality TEXT, seq INTEGER, "
+                "PRIMARY KEY (site, device, channel, ts)) WITHOUT ROWID")
+    old.execute("CREATE INDEX readings_site_ts ON readings (site, ts)")
+    old.close()
+    s = open_store(f"sqlite:///{path}")
+    try:
+        assert [row[1] for row in s._db.execute("PRAGMA index_list(readings)")] == ["sqlite_autoindex_readings_1"]
+        other = Reading(site="s0", gateway="gw0", device="m1", ts=T0, values={"energy": 1.0}, seq=1)
+        late = Reading(site="s2", gateway="gw2", device="m1", ts=T0, values={"energy": 2.0}, seq=1)
+        s.write([other, late, reading("m2", 5, seq=9, energy=7.0, serial="X1", power=None),
+                 *[reading(d, m, seq=m) for d in ("m1", "m3") for m in range(0, 40, 10)]])
+        end = T0 + dt.timedelta(minutes=25)
+        df = s.read("s1", T0, end)
+        assert df["ts"].is_monotonic_increasing and set(df["site"]) == {"s1"} and "serial" not in set(df["channel"])
+        assert list(zip(df["device"], df["channel"]))[:4] == [("m1", "energy"), ("m1", "power"), ("m3", "energy"),
+                                                              ("m3", "power")]
+        m2 = df[df["device"] == "m2"]["quality"]
+        assert len(df) == 3 * 4 + 2 and pd.isna(m2.iloc[0]) and m2.iloc[1] == "not_implemented"
+        assert s.read("s1", T0, end, channels=["power"])["channel"].tolist() == ["power"] * 7
+        assert set(s.read("s1", T0, end, devices=["m3"])["device"]) == {"m3"}
+        first = s.read("s1", T0 + dt.timedelta(minutes=1), end, channels=["energy"], limit=2)
+        assert list(zip(first["device"], first["value"])) == [("m2", 7.0), ("m1", 110.0)]
+        plan = " ".join(str(r) for r in s._db.execute(
+            "EXPLAIN QUERY PLAN SELECT device, channel FROM readings WHERE site = ? AND (device, channel) > (?, ?) "
+            "ORDER BY device, channel LIMIT 1", ("s1", "m1", "energy")))
+        assert "USING PRIMARY KEY" in plan
+    finally:
+        s.close()
