@@ -8,7 +8,9 @@ monitoring-period export, and the live view. Everything here is simulated and sa
 
 Each gateway signs its readings with its own key (``jcm keygen``'s, made once under
 ``<workdir>/keys``): the demo runs on copies of the site files in ``<workdir>/sites``
-that name the key and list its public key, with signatures required.
+that name the key and list its public key, with signatures required. The simulated
+history is signed with the same key, as one chain of its own epoch, so that an export of
+a past month carries its signed messages and ``jcm verify`` can check it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
+import dataclasses
 import datetime as dt
 import glob
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -32,8 +36,11 @@ from collector.service import Collector
 from contract.config import CollectorConfig, load_site
 from contract.config.custody import fingerprint
 from contract.config.site import Mqtt, Site, TcpConnection
-from contract.custody import load_private_key
+from contract.custody import GENESIS, chain_hash, load_private_key, sign
+from contract.message import Reading
+from contract.store import SignedMessage
 from gateway.service import Gateway
+from gateway.signing_key import signing_key
 from jcm.broker import Mosquitto, free_port, start_broker
 from jcm.keygen import keygen
 from jcm.progress import Progress
@@ -65,6 +72,7 @@ def fill_history(site: Site, store: SqliteStore, now: dt.datetime):
     # what the processor needs, what the live view charts, and the mark of simulated data
     channels = {*site.monitoring_channels, "simulated"}
     channels |= {POWER_CHANNEL[d.kind] for d in site.devices if d.kind in POWER_CHANNEL}
+    chain = HistoryChain(site)
     pending: list = []
     with Progress(f"history {site.site}", unit="step") as progress:
         for batch in history(site, first, until=now, channels=channels, plant=plant,
@@ -72,11 +80,36 @@ def fill_history(site: Site, store: SqliteStore, now: dt.datetime):
             if not have:
                 pending += batch
             if len(pending) >= 2000:  # one transaction per chunk, not per time step
-                store.write(pending)
+                store.write(*chain.signed(pending))
                 pending = []
     if pending:
-        store.write(pending)
+        store.write(*chain.signed(pending))
     return plant
+
+
+class HistoryChain:
+    """Signs simulated history as the site's gateway would have signed it when polled: one
+    chain along ``seq`` of an epoch of its own (the live gateway's outbox has another)."""
+
+    def __init__(self, site: Site):
+        self.key = signing_key(site.custody)
+        self.epoch = secrets.token_hex(8)
+        self.seq, self.prev = 0, GENESIS
+
+    def signed(self, readings: list[Reading]) -> tuple[list[Reading], list, list[SignedMessage]]:
+        """``readings`` numbered in this chain and their signed messages (``store.write``'s arguments)."""
+        if self.key is None:
+            return readings, [], []
+        numbered, messages = [], []
+        for r in readings:
+            self.seq += 1
+            r = dataclasses.replace(r, seq=self.seq, epoch=self.epoch)
+            raw = sign(r.to_json(), self.prev, self.key.id, self.key.key)
+            h = chain_hash(raw)
+            messages.append(SignedMessage(r.site, r.gateway, self.epoch, self.seq, r.ts, h, self.prev, self.key.id, raw))
+            numbered.append(r)
+            self.prev = h
+        return numbered, [], messages
 
 
 class Dashboard:
@@ -220,7 +253,7 @@ def signing_site_files(config_dir: Path, workdir: Path, now: dt.datetime) -> Pat
         data["custody"] = {
             "private_key_file": str(private.resolve()), "key_id": key_id, "require_signatures": True,
             "keys": [{"id": key_id, "public_key": base64.b64encode(raw).decode(), "fingerprint": fingerprint(raw),
-                      "valid_from": history_start(now.date()).isoformat()}],
+                      "valid_from": (history_start(now.date()) - dt.timedelta(days=1)).isoformat()}],
         }
         (out / f.name).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return out

@@ -1,6 +1,8 @@
 """`jcm demo --duration N`: all five sites end to end, exit 0 when readings flowed and
 months were verified, and nothing left listening afterwards."""
 
+import gzip
+import json
 import os
 import re
 import socket
@@ -65,6 +67,22 @@ def test_demo_without_mosquitto_uses_the_embedded_broker(tmp_path):
     assert (demo / "keys" / "mn-solar.key").stat().st_mode & 0o777 == 0o600
     with sqlite3.connect(demo / "outbox-mn-solar.sqlite") as db:
         assert db.execute("SELECT seq FROM chain").fetchone()[0] > 0
+    # the history is signed too: its export verifies from the folder alone, and one value
+    # changed in the exported messages is named
+    [export] = [p for p in (demo / "exports").iterdir() if p.is_dir()]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    verify = [sys.executable, "-m", "jcm.cli", "verify", str(export)]
+    ok = subprocess.run(verify, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert ok.returncode == 0 and "PASSED" in ok.stdout, (ok.stdout + ok.stderr)[-3000:]
+    [messages] = (export / "custody" / "messages").glob("*.jsonl.gz")
+    lines = gzip.decompress(messages.read_bytes()).split(b"\n")
+    i = next(i for i, line in enumerate(lines) if b'"energy_export":' in line)
+    changed = re.sub(rb'"energy_export":([0-9.]+)', lambda m: b'"energy_export":' + m.group(1) + b"1", lines[i], count=1)
+    messages.write_bytes(gzip.compress(b"\n".join(lines[:i] + [changed] + lines[i + 1:])))
+    bad = subprocess.run(verify, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    seq = json.loads(lines[i])["seq"]
+    assert bad.returncode == 1 and "FAILED" in bad.stdout, (bad.stdout + bad.stderr)[-3000:]
+    assert re.search(rf"seq {seq}\b.*bad signature", bad.stdout), bad.stdout[-3000:]
 
 
 def test_a_simulated_endpoint_whose_port_is_taken_moves_to_a_free_port():
