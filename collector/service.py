@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -34,7 +34,7 @@ from collector.acknowledgement import Acknowledgements
 from collector.dead_letter_budget import DeadLetterBudget
 from collector.sequence_gaps import SequenceGaps
 from collector.validation import Rejected, SiteRules, rules_for, validate
-from contract import topics
+from contract import batch as batch_form, topics
 from contract.config import CollectorConfig, ConfigError, load_site
 from contract.message import Reading
 from contract.mqtt_connection import BrokerConnection
@@ -77,8 +77,10 @@ class Collector:
         self.sequences = SequenceGaps(self.store, config.gap_grace_s)
         self.budget = DeadLetterBudget(config.dead_letters_per_window, config.dead_letter_window_s)
         self.topic = topics.ALL_READINGS
+        self.batch_topic = topics.ALL_BATCHES
         if config.share_group:
             self.topic = f"$share/{config.share_group}/{topics.ALL_READINGS}"
+            self.batch_topic = f"$share/{config.share_group}/{topics.ALL_BATCHES}"
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self._generation = 0
         self._stop = threading.Event()
@@ -101,7 +103,7 @@ class Collector:
             session_expiry=self.config.session_expiry, receive_maximum=self.config.receive_maximum,
             manual_ack=True,
             # statuses unshared: every collector needs every gateway's drop counter
-            subscriptions=[(self.topic, 1), (topics.ALL_STATUS, 1)],
+            subscriptions=[(self.topic, 1), (self.batch_topic, 1), (topics.ALL_STATUS, 1)],
             reconnect_delay=(1, 30), on_connect=self._on_connect)
         self.connection.client.on_message = self._on_message
         return self.connection.client
@@ -193,8 +195,13 @@ class Collector:
     def _store(self, batch: list[Incoming]) -> None:
         now = dt.datetime.now(dt.UTC)
         future = dt.timedelta(seconds=self.config.max_future_s)
-        readings, letters, source = [], [], {}
+        readings, letters, source, messages = [], [], {}, []
         for m in batch:
+            try:
+                messages += self._lines(m)
+            except Rejected as exc:
+                letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
+        for m in messages:
             try:
                 r = validate(m.topic, m.payload, self.rules, now, self.config.max_payload_bytes, future)
             except Rejected as exc:
@@ -226,10 +233,21 @@ class Collector:
         self.stored += len(readings) - len(refused)
         self.dead += refused_count + len(refused)
         taken = {id(m) for m in source.values()}
-        self.acknowledgements.kept(readings, [(m.topic, m.payload) for m in batch if id(m) not in taken])
-        for m in batch:
+        self.acknowledgements.kept(readings, [(m.topic, m.payload) for m in messages if id(m) not in taken])
+        for m in batch:  # a batch's acknowledgement too comes once every line of it is stored
             if m.generation == self._generation and m.qos > 0:
                 self.client.ack(m.mid, m.qos)
+
+    @staticmethod
+    def _lines(m: Incoming) -> list[Incoming]:
+        """The messages of one delivery: itself, or each line of a batch (contract/batch.py),
+        on the batch's topic; ``Rejected`` for a batch that does not unpack."""
+        if not m.topic.endswith("/batch"):
+            return [m]
+        try:
+            return [replace(m, payload=line) for line in batch_form.unpack(m.payload)]
+        except ValueError as exc:
+            raise Rejected(str(exc)) from None
 
     def _write(self, readings: list[Reading], letters: list[DeadLetter]) -> list[tuple[Reading, str]]:
         """Write; return the readings refused, with why. If the store raises for what is
