@@ -11,8 +11,8 @@ newline byte (0x0A); a newline after the last one is allowed (any other empty li
 line). Each line is **exactly the bytes the message has when sent alone** on
 ``jcm/v1/<site>/<gateway>/<device>/reading``, ``<device>`` being its ``device`` member:
 not re-serialised, so a signed message (``contract/custody.py``) keeps its signed bytes.
-A message holding a newline byte cannot be a line (compact JSON never does); it goes
-alone.
+A message holding a newline byte (compact JSON never does), or empty, cannot be a line;
+it goes alone.
 
 A subscriber treats each line exactly as the same message sent alone, with site and
 gateway taken from the batch topic: one bad line is refused (a dead letter) and the
@@ -58,8 +58,8 @@ def pack(messages: Sequence[bytes], limit: int = MAX_PACKED_BYTES) -> tuple[byte
     Parameters
     ----------
     messages : sequence of bytes
-        Reading messages in sending order, each exactly as it would be sent alone, none
-        holding a newline byte.
+        Reading messages in sending order, each exactly as it would be sent alone; the
+        batch ends before one that is empty or holds a newline byte.
     limit : int
         Largest payload [bytes].
 
@@ -79,7 +79,7 @@ def pack(messages: Sequence[bytes], limit: int = MAX_PACKED_BYTES) -> tuple[byte
         chunk = messages[n:n + step]
         body = (b"\n" if n else b"") + b"\n".join(chunk)
         if (n + len(chunk) > MAX_MESSAGES or raw + len(body) > MAX_UNPACKED_BYTES
-                or any(b"\n" in m for m in chunk)):
+                or any(b"\n" in m or not m for m in chunk)):
             step //= 8
             continue
         before = co.copy()
