@@ -82,6 +82,7 @@ class Collector:
             self.topic = f"$share/{config.share_group}/{topics.ALL_READINGS}"
             self.batch_topic = f"$share/{config.share_group}/{topics.ALL_BATCHES}"
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        self._backlog: queue.SimpleQueue[Incoming] = queue.SimpleQueue()  # batches (contract/batch.py)
         self._generation = 0
         self._stop = threading.Event()
         self.stored = 0
@@ -113,7 +114,7 @@ class Collector:
         self._generation += 1
 
     def _on_message(self, client, userdata, msg):
-        if msg.qos == 0 and self._queue.qsize() >= self.config.receive_maximum:
+        if msg.qos == 0 and self._queue.qsize() + self._backlog.qsize() >= self.config.receive_maximum:
             # QoS 0 bypasses the broker's in-flight window, the bound on everything else we hold: while
             # the worker waits for the store, a flood of them would fill memory (at-most-once: dropped)
             self.dropped_qos0 += 1
@@ -128,7 +129,8 @@ class Collector:
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
             return
-        self._queue.put(Incoming(self._generation, msg.mid, msg.qos, topic, msg.payload, dt.datetime.now(dt.UTC)))
+        incoming = Incoming(self._generation, msg.mid, msg.qos, topic, msg.payload, dt.datetime.now(dt.UTC))
+        (self._backlog if topic.endswith("/batch") else self._queue).put(incoming)
 
     def _on_status(self, topic: str, payload: bytes) -> None:
         """A gateway's status: what its outbox dropped explains gaps in its sequence."""
@@ -158,10 +160,18 @@ class Collector:
 
     # -- the worker ---------------------------------------------------------------
     def _next_batch(self) -> list[Incoming]:
+        """The messages sent alone that are waiting (up to ``batch_size``, within ``batch_timeout``),
+        then at most one batch of a backlog: a live reading never waits behind a backlog's batches
+        (the broker hands over up to its in-flight window of them at once), and one write stays
+        within ``batch_size`` + contract/batch.py's ``MAX_MESSAGES`` readings."""
         try:
-            first = self._queue.get(timeout=0.2)
+            backlog = [self._backlog.get_nowait()]
         except queue.Empty:
-            return []
+            backlog = []
+        try:
+            first = self._queue.get(timeout=0 if backlog else 0.2)
+        except queue.Empty:
+            return backlog
         batch = [first]
         deadline = time.monotonic() + self.config.batch_timeout
         while len(batch) < self.config.batch_size:
@@ -172,7 +182,7 @@ class Collector:
                 batch.append(self._queue.get(timeout=left))
             except queue.Empty:
                 break
-        return batch
+        return batch + backlog
 
     def _run(self) -> None:
         try:

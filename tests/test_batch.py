@@ -114,6 +114,42 @@ def test_collector_stores_each_good_line_and_keeps_a_bad_one_and_a_bomb_aside(tm
     assert any("unpacks to more than" in why for why in letters.values())
 
 
+def test_a_live_reading_is_not_stored_behind_the_backlog_queued_before_it(tmp_path, mosquitto):
+    """The broker hands the collector its whole in-flight window of batches at once."""
+    sites_dir = write_site(tmp_path, [tcp_device(d, "power_meter_3ph", 1502, unit_id=i + 1)
+                                      for i, d in enumerate(DEVICES)]).parent
+    c = Collector(CollectorConfig(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db",
+                                  sites_dir=str(sites_dir)))
+    stored_at: dict[int, float] = {}
+    kept = c.acknowledgements.kept
+
+    def timed(readings, rejected):
+        stored_at.update((r.seq, time.monotonic()) for r in readings)
+        kept(readings, rejected)
+    c.acknowledgements.kept = timed
+    c.start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="batch-pub")
+    pub.max_inflight_messages_set(100)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    live = 100_000
+    try:
+        assert wait_until(lambda: pub.publish(topics.reading("test-site", "gw-test", "m1"), message(1), qos=1)
+                          and 1 in stored_at, 10)
+        backlog = range(2, 8002)
+        infos = [pub.publish(BATCH_TOPIC, batch.pack([message(s) for s in backlog[i:i + 1000]])[0], qos=1)
+                 for i in range(0, len(backlog), 1000)]
+        infos.append(pub.publish(topics.reading("test-site", "gw-test", "m0"), message(live), qos=1))
+        for info in infos:
+            info.wait_for_publish(5)
+        assert wait_until(lambda: live in stored_at and all(s in stored_at for s in backlog), 60)
+    finally:
+        pub.loop_stop()
+        c.stop()
+    before_live = sum(1 for s in backlog if stored_at[s] <= stored_at[live])
+    assert before_live <= len(backlog) / 2, before_live
+
+
 # -- the gateway ------------------------------------------------------------------------
 def gateway_site(tmp_path):
     site = load_site(write_site(tmp_path, [tcp_device(d, "power_meter_3ph", 1502, unit_id=i + 1)
