@@ -3,7 +3,8 @@
 Real parts: Mosquitto (``max_packet_size 65536`` as shipped), the collector (SQLite), the
 gateway's outbox and publisher, and between the gateway and the broker :class:`ThinLink`,
 a TCP proxy in its own process: a token bucket at ``--rate`` bit/s in each direction
-(chunks of one TCP segment, 1,460 bytes), counting the bytes each way.
+(chunks of one TCP segment, 1,460 bytes; 16 KiB deep), counting the bytes each way (TCP
+payload: MQTT's bytes, without TCP/IP or TLS headers).
 
 The readings: one day of mn-solar at its poll intervals (4 inverters every 5 s, the
 meter every 10 s: 77,760), every channel of each register map, values shaped like the
@@ -71,21 +72,24 @@ from jcm.broker import Mosquitto, free_port, wait_for_port  # noqa: E402
 
 DAY = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 SEGMENT = 1460  # bytes the proxy forwards at a time: one TCP segment
+#: the bucket's depth [bytes], about 0.13 s at 1 Mbit/s: the average rate is exact, and the
+#: proxy's process being scheduled late on a busy machine does not cost the link capacity
+BURST = 16 * 1024
 TB_TOPIC = "v1/gateway/telemetry"
 TB_MAX_PAYLOAD = 8196  # ThingsBoard gateway's maxPayloadSizeBytes in its shipped tb_gateway.json
 
 
 # -- the link ---------------------------------------------------------------------------
 class _Bucket:
-    """Token bucket [bytes/s] with a burst of one segment: the link's rate, one way."""
+    """Token bucket [bytes/s]: the link's rate, one way."""
 
     def __init__(self, rate: float):
-        self.rate, self.tokens, self.last = rate, float(SEGMENT), time.monotonic()
+        self.rate, self.tokens, self.last = rate, 0.0, time.monotonic()
 
     async def take(self, n: int) -> None:
         while True:
             now = time.monotonic()
-            self.tokens = min(float(SEGMENT), self.tokens + (now - self.last) * self.rate)
+            self.tokens = min(float(BURST), self.tokens + (now - self.last) * self.rate)
             self.last = now
             if self.tokens >= n:
                 self.tokens -= n
@@ -281,10 +285,41 @@ def _numbered(r: Reading, seq: int, epoch: str) -> Reading:
     return dataclasses.replace(r, seq=seq, epoch=epoch)
 
 
+def _collect(broker_url: str, workdir: str, n: int, all_stored, connected, stop, out: str) -> None:
+    """The collector in its own process (as deployed): when the day's last reading is stored
+    (``all_stored``, CLOCK_MONOTONIC, the same clock in every process) and, written to ``out``
+    at the end, when each later (live) reading was."""
+    c = Collector(CollectorConfig(broker={"url": broker_url}, store=f"sqlite:///{workdir}/jcm.db",
+                                  sites_dir=f"{workdir}/sites", batch_timeout=0.05, client_id="bench-collector"))
+    day: set[int] = set()
+    live: dict[int, float] = {}
+    kept = c.acknowledgements.kept
+
+    def timed(readings, rejected):
+        now = time.monotonic()
+        for r in readings:
+            if r.seq <= n:
+                day.add(r.seq)
+            else:
+                live.setdefault(r.seq, now)
+        if len(day) == n and not all_stored.value:
+            all_stored.value = now
+        kept(readings, rejected)
+    c.acknowledgements.kept = timed
+    c.start()
+    while not c.connection.connected.is_set():
+        time.sleep(0.05)
+    connected.set()
+    stop.wait()
+    c.stop()
+    Path(out).write_text(json.dumps(live))
+
+
 class Day:
     """The day's drain with live readings polled meanwhile."""
 
     def __init__(self, workdir: Path, broker: Mosquitto, link: ThinLink, readings: list[Reading]):
+        self.workdir = workdir
         self.site = load_site(site_copy(workdir, "store", OutboxSettings.model_fields["backlog_rate"].default))
         self.n = len(readings)
         outbox = Outbox(self.site.outbox.path, self.site.outbox.max_rows)
@@ -295,18 +330,11 @@ class Day:
                            [(seq, topics.reading(r.site, r.gateway, r.device),
                              _numbered(r, seq, self.epoch).to_json()) for seq, r in enumerate(readings, 1)])
         self.outbox = Outbox(self.site.outbox.path, self.site.outbox.max_rows)
-        self.collector = Collector(CollectorConfig(broker={"url": broker.url}, store=f"sqlite:///{workdir}/jcm.db",
-                                                   sites_dir=str(workdir / "sites"), batch_timeout=0.05,
-                                                   client_id="bench-collector"))
-        self.stored_at: dict[int, float] = {}
-        kept = self.collector.acknowledgements.kept
-
-        def kept_and_timed(readings, rejected):
-            now = time.monotonic()
-            for r in readings:
-                self.stored_at.setdefault(r.seq, now)
-            kept(readings, rejected)
-        self.collector.acknowledgements.kept = kept_and_timed
+        spawn = mp.get_context("spawn")
+        self.all_stored, self.connected, self.stop_collector = spawn.Value("d", 0.0), spawn.Event(), spawn.Event()
+        self.collector = spawn.Process(target=_collect, args=(broker.url, str(workdir), self.n, self.all_stored,
+                                                              self.connected, self.stop_collector,
+                                                              str(workdir / "live.json")))
         self.publisher = Publisher(self.site, self.outbox, broker_url=link.url)
         self.polled_at: dict[int, float] = {}
         self.shapes = {r.device: r for r in readings[:len(self.site.devices) * 2]}
@@ -331,8 +359,7 @@ class Day:
 
     def run(self, link: ThinLink, live_seconds: float) -> dict:
         self.collector.start()
-        while not self.collector.connection.connected.is_set():
-            time.sleep(0.05)
+        self.connected.wait(30)
         self._poller.start()
         self.publisher.start()  # the link is down: it retries
         time.sleep(3)  # a few live polls pile up with the day
@@ -343,41 +370,50 @@ class Day:
             time.sleep(0.01)
         connected = time.monotonic() - t0
         boundary = self.publisher._boundary
-        while sum(1 for s in self.stored_at if s <= self.n) < self.n and time.monotonic() - t0 < 900:
-            time.sleep(0.05)
-        stored = time.monotonic() - t0
         while self.outbox.floor() <= boundary and time.monotonic() - t0 < 900:
-            time.sleep(0.05)
+            time.sleep(0.1)
         confirmed = time.monotonic() - t0
         up1, down1 = link.bytes()
-        live = [self.stored_at[s] - self.polled_at[s] for s in self.polled_at
-                if s > boundary and s in self.stored_at and self.stored_at[s] <= t0 + confirmed]
+        drained = t0 + confirmed
+        time.sleep(live_seconds)
+        up2, down2 = link.bytes()
+        self._stop.set()
+        self._poller.join()
+        last_polled = max(self.polled_at)
+        self.stop_collector.set()
+        self.collector.join(60)
+        stored_at = {int(k): v for k, v in json.loads((self.workdir / "live.json").read_text()).items()}
+        polled = dict(self.polled_at)
+        during = [stored_at[s] - polled[s] for s in polled if s > boundary and s in stored_at and polled[s] < drained]
+        after = [stored_at[s] - polled[s] for s in polled if polled[s] >= drained and s in stored_at]
+        live_after = sum(1 for s in polled if polled[s] >= drained)
         drain = {"readings": self.n, "live_polled_while_down": boundary - self.n,
-                 "reconnected_s": round(connected, 2), "all_stored_s": round(stored, 1),
+                 "reconnected_s": round(connected, 2), "all_stored_s": round(self.all_stored.value - t0, 1),
                  "outbox_confirmed_s": round(confirmed, 1), "bytes_up": up1 - up0, "bytes_down": down1 - down0,
                  "bytes_per_reading": round((up1 - up0 + down1 - down0) / self.n, 1),
-                 "live_during_drain": {"readings": len(live),
-                                       "latency_p50_s": round(statistics.median(live), 3) if live else None,
-                                       "latency_max_s": round(max(live), 3) if live else None}}
+                 "live_during_drain": _latency(during)}
+        live_only = {"readings": live_after, "seconds": live_seconds, "bytes_up": up2 - up1, "bytes_down": down2 - down1,
+                     "bytes_per_reading": round((up2 - up1 + down2 - down1) / max(1, live_after), 1),
+                     **_latency(after), "last_seq": last_polled}
         print("drain", json.dumps(drain), flush=True)
-        up0, down0 = link.bytes()
-        first = max(self.polled_at)
-        time.sleep(live_seconds)
-        last = max(self.polled_at)
-        up1, down1 = link.bytes()
-        lat = [self.stored_at[s] - self.polled_at[s] for s in range(first + 1, last + 1) if s in self.stored_at]
-        live_only = {"readings": last - first, "seconds": live_seconds, "bytes_up": up1 - up0,
-                     "bytes_down": down1 - down0,
-                     "bytes_per_reading": round((up1 - up0 + down1 - down0) / max(1, last - first), 1),
-                     "latency_p50_s": round(statistics.median(lat), 3) if lat else None}
         print("live", json.dumps(live_only), flush=True)
         return {"drain": drain, "live_only": live_only}
 
     def close(self) -> None:
         self._stop.set()
         self.publisher.stop(timeout=0)
-        self.collector.stop()
+        self.stop_collector.set()
+        self.collector.join(60)
         self.outbox.close()
+
+
+def _latency(seconds: list[float]) -> dict:
+    """Poll-to-store latency of live readings [s]."""
+    if not seconds:
+        return {"readings_stored": 0}
+    seconds = sorted(seconds)
+    return {"readings_stored": len(seconds), "latency_p50_s": round(statistics.median(seconds), 3),
+            "latency_p95_s": round(seconds[int(0.95 * (len(seconds) - 1))], 3), "latency_max_s": round(seconds[-1], 3)}
 
 
 def computed(readings: list[Reading], epoch: str) -> dict:
@@ -408,6 +444,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1_000_000, help="link rate each way [bit/s]")
     ap.add_argument("--sample", type=int, default=3240, help="readings sent in each form in phase 1 (an hour)")
     ap.add_argument("--live-seconds", type=float, default=30.0)
+    ap.add_argument("--skip-forms", action="store_true", help="phase 2 and 3 only (no ratios)")
     args = ap.parse_args()
     results = {"machine": {"cpu_model": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
                "link_bits_per_s": args.rate}
@@ -419,9 +456,10 @@ def main() -> None:
         broker = Mosquitto(Path(tmp) / "mq", extra_config="max_packet_size 65536\n").start()
         link = ThinLink(broker.port, args.rate)
         try:
-            link.up()
-            results["forms"] = forms(link, readings[:args.sample], "0123456789abcdef")
-            link.down()
+            if not args.skip_forms:
+                link.up()
+                results["forms"] = forms(link, readings[:args.sample], "0123456789abcdef")
+                link.down()
             day = Day(Path(tmp) / "day", broker, link, readings)
             try:
                 results.update(day.run(link, args.live_seconds))
@@ -430,6 +468,8 @@ def main() -> None:
         finally:
             link.down()
             broker.stop()
+    if args.skip_forms:
+        return
     f, d = results["forms"], results["drain"]
     results["ratios"] = {
         "backlog_vs_json_single": round(d["bytes_per_reading"] / f["json_single"]["bytes_per_reading"], 3),
