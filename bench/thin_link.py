@@ -60,7 +60,7 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.acknowledgement import MN_SOLAR, site_copy  # noqa: E402
+from bench.acknowledgement import MN_SOLAR, cpu_of, cpu_self, site_copy  # noqa: E402
 from collector.service import Collector  # noqa: E402
 from contract import batch, topics  # noqa: E402
 from contract.config import CollectorConfig, load_site  # noqa: E402
@@ -357,22 +357,30 @@ class Day:
                     due[device] = t + intervals[device]
             time.sleep(0.05)
 
-    def run(self, link: ThinLink, live_seconds: float) -> dict:
+    def run(self, link: ThinLink, broker: Mosquitto, live_seconds: float) -> dict:
         self.collector.start()
         self.connected.wait(30)
         self._poller.start()
         self.publisher.start()  # the link is down: it retries
         time.sleep(3)  # a few live polls pile up with the day
+        procs = (os.getpid(), self.collector.pid, broker.proc.pid)
+        cpu0 = [cpu_self(), *(cpu_of(p) for p in procs[1:])]
         up0, down0 = link.bytes()
         t0 = time.monotonic()
         link.up()
         while not self.publisher.connection.connected.is_set():
             time.sleep(0.01)
         connected = time.monotonic() - t0
+        while self.publisher._boundary == self.n and time.monotonic() - t0 < 10:
+            time.sleep(0.01)  # its thread takes what was polled while the link was down into the backlog
         boundary = self.publisher._boundary
+        sent = None
         while self.outbox.floor() <= boundary and time.monotonic() - t0 < 900:
+            if sent is None and self.publisher._backlog_cursor >= boundary and not self.publisher._batches:
+                sent = time.monotonic() - t0  # the broker has every batch
             time.sleep(0.1)
         confirmed = time.monotonic() - t0
+        cpu1 = [cpu_self(), *(cpu_of(p) for p in procs[1:])]
         up1, down1 = link.bytes()
         drained = t0 + confirmed
         time.sleep(live_seconds)
@@ -388,10 +396,13 @@ class Day:
         after = [stored_at[s] - polled[s] for s in polled if polled[s] >= drained and s in stored_at]
         live_after = sum(1 for s in polled if polled[s] >= drained)
         drain = {"readings": self.n, "live_polled_while_down": boundary - self.n,
-                 "reconnected_s": round(connected, 2), "all_stored_s": round(self.all_stored.value - t0, 1),
+                 "reconnected_s": round(connected, 2), "all_at_broker_s": sent and round(sent, 1),
+                 "all_stored_s": round(self.all_stored.value - t0, 1),
                  "outbox_confirmed_s": round(confirmed, 1), "bytes_up": up1 - up0, "bytes_down": down1 - down0,
                  "bytes_per_reading": round((up1 - up0 + down1 - down0) / self.n, 1),
-                 "live_during_drain": _latency(during)}
+                 "live_during_drain": _latency(during),
+                 "cpu_s": dict(zip(("gateway_and_bench", "collector", "mosquitto"),
+                                   (round(b - a, 1) for a, b in zip(cpu0, cpu1))))}
         live_only = {"readings": live_after, "seconds": live_seconds, "bytes_up": up2 - up1, "bytes_down": down2 - down1,
                      "bytes_per_reading": round((up2 - up1 + down2 - down1) / max(1, live_after), 1),
                      **_latency(after), "last_seq": last_polled}
@@ -462,7 +473,7 @@ def main() -> None:
                 link.down()
             day = Day(Path(tmp) / "day", broker, link, readings)
             try:
-                results.update(day.run(link, args.live_seconds))
+                results.update(day.run(link, broker, args.live_seconds))
             finally:
                 day.close()
         finally:

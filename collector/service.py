@@ -8,6 +8,10 @@ point, the collector loses nothing: the broker redelivers every message it has n
 acknowledged, and stored points are idempotent. When the store is down the worker
 keeps the batch, retries with backoff and acknowledges nothing meanwhile.
 
+A gateway's backlog comes in batches (contract/batch.py): each line is validated and
+stored as the same message sent alone would be, and the batch is acknowledged once all
+of them are stored. Messages sent alone (live readings) are taken before batches.
+
 One message never stops ingestion: whatever goes wrong with one message (parsing,
 validation, rendering, binding, the store refusing it) makes that message a dead
 letter with the reason, and the rest of its batch is stored. Should the worker die

@@ -216,7 +216,7 @@ class Publisher:
         """Send backlog rows in batches while ``budget`` is left; how many went. Each batch is as
         full as it can be (a batch cut to the budget would compress worse), so the budget may be
         overdrawn by one batch: the rate holds on average."""
-        sent = 0
+        sent, behind = 0, self._backlog_cursor < self._boundary
         while (sent < budget and self._room() > 0 and len(self._batches) < BATCHES_IN_FLIGHT
                and self._backlog_cursor < self._boundary):
             rows = self._backlog_rows(min(batch.MAX_MESSAGES, 2 * self._batch_rows))
@@ -226,6 +226,8 @@ class Publisher:
             self._batch_rows = max(n, 64)
             self._backlog_cursor = rows[n - 1][0]  # the rest of ``rows`` goes in the next batch
             sent += n
+        if behind and self._backlog_cursor >= self._boundary:
+            log.info("gateway %s: backlog delivered", self.site.gateway)
         return sent
 
     def _backlog_rows(self, limit: int) -> list:
@@ -237,8 +239,6 @@ class Publisher:
             page = self.outbox.after(self._backlog_cursor, limit, upto=self._boundary)
             if not page:
                 self._backlog_cursor = self._boundary
-                if not rows:
-                    log.info("gateway %s: backlog delivered", self.site.gateway)
                 break
             for r in page:
                 if len(rows) == limit:
