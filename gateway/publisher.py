@@ -82,7 +82,7 @@ class Publisher:
         self._next_refusal_log = 0.0
         self._inflight: dict[int, list[int]] = {}  # mid -> seqs (one, or a batch's)
         self._batches: set[int] = set()  # mids of the backlog batches in flight
-        self._batch_rows = 1000  # rows the last batch held: the next one reads twice as many to fill it
+        self._full_batch = 1000  # rows the last batch cut by the packet limit held
         self._connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -213,17 +213,18 @@ class Publisher:
                 self._send(rows)
 
     def _send_backlog(self, budget: int) -> int:
-        """Send backlog rows in batches while ``budget`` is left; how many went. Each batch is as
-        full as it can be (a batch cut to the budget would compress worse), so the budget may be
-        overdrawn by one batch: the rate holds on average."""
+        """Send up to ``budget`` backlog rows in batches; how many went. A batch waits until the
+        budget fills it (as many rows as the last full one held, at most a second's rate) or
+        covers the rest of the backlog: a small batch compresses worse."""
         sent, behind = 0, self._backlog_cursor < self._boundary
-        while (sent < budget and self._room() > 0 and len(self._batches) < BATCHES_IN_FLIGHT
-               and self._backlog_cursor < self._boundary):
-            rows = self._backlog_rows(min(batch.MAX_MESSAGES, 2 * self._batch_rows))
+        while (self._room() > 0 and len(self._batches) < BATCHES_IN_FLIGHT and self._backlog_cursor < self._boundary
+               and budget - sent >= min(self._full_batch, self.backlog_rate, self._boundary - self._backlog_cursor)):
+            rows = self._backlog_rows(min(batch.MAX_MESSAGES, budget - sent))
             if not rows:
                 break
             n = self._send_batch(rows)
-            self._batch_rows = max(n, 64)
+            if n < len(rows):  # the packet limit cut it: that many fill a batch
+                self._full_batch = n
             self._backlog_cursor = rows[n - 1][0]  # the rest of ``rows`` goes in the next batch
             sent += n
         if behind and self._backlog_cursor >= self._boundary:
