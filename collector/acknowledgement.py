@@ -88,7 +88,7 @@ class Acknowledgements:
                 seqs.setdefault((r.site, r.gateway), {}).setdefault(r.epoch, []).append(r.seq)
         for topic, payload in rejected:
             try:
-                site, gateway, _ = topics.parse_reading(topic)
+                site, gateway = topics.sender(topic)  # a bad line of a batch is on the batch's topic
             except ValueError:
                 continue
             found = sequence_of(payload, self.max_payload_bytes)

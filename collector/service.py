@@ -8,6 +8,10 @@ point, the collector loses nothing: the broker redelivers every message it has n
 acknowledged, and stored points are idempotent. When the store is down the worker
 keeps the batch, retries with backoff and acknowledges nothing meanwhile.
 
+A gateway's backlog comes in batches (contract/batch.py): each line is validated and
+stored as the same message sent alone would be, and the batch is acknowledged once all
+of them are stored. Messages sent alone (live readings) are taken before batches.
+
 One message never stops ingestion: whatever goes wrong with one message (parsing,
 validation, rendering, binding, the store refusing it) makes that message a dead
 letter with the reason, and the rest of its batch is stored. Should the worker die
@@ -25,7 +29,7 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -36,7 +40,7 @@ from collector.custody import CustodyCheck
 from collector.dead_letter_budget import DeadLetterBudget
 from collector.sequence_gaps import SequenceGaps
 from collector.validation import Rejected, SiteRules, WrongStamp, rules_for, validate
-from contract import topics
+from contract import batch as batch_form, topics
 from contract.config import CollectorConfig, ConfigError, load_site
 from contract.message import Reading
 from contract.mqtt_connection import BrokerConnection
@@ -82,9 +86,12 @@ class Collector:
         self.clocks = ClockWatch(self.store, config.clock_offset_max_s, config.clock_window_s)
         self.budget = DeadLetterBudget(config.dead_letters_per_window, config.dead_letter_window_s)
         self.topic = topics.ALL_READINGS
+        self.batch_topic = topics.ALL_BATCHES
         if config.share_group:
             self.topic = f"$share/{config.share_group}/{topics.ALL_READINGS}"
+            self.batch_topic = f"$share/{config.share_group}/{topics.ALL_BATCHES}"
         self._queue: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        self._backlog: queue.SimpleQueue[Incoming] = queue.SimpleQueue()  # batches (contract/batch.py)
         self._generation = 0
         self._stop = threading.Event()
         self.stored = 0
@@ -106,7 +113,7 @@ class Collector:
             session_expiry=self.config.session_expiry, receive_maximum=self.config.receive_maximum,
             manual_ack=True,
             # statuses unshared: every collector needs every gateway's drop counter
-            subscriptions=[(self.topic, 1), (topics.ALL_STATUS, 1)],
+            subscriptions=[(self.topic, 1), (self.batch_topic, 1), (topics.ALL_STATUS, 1)],
             reconnect_delay=(1, 30), on_connect=self._on_connect)
         self.connection.client.on_message = self._on_message
         return self.connection.client
@@ -116,7 +123,7 @@ class Collector:
         self._generation += 1
 
     def _on_message(self, client, userdata, msg):
-        if msg.qos == 0 and self._queue.qsize() >= self.config.receive_maximum:
+        if msg.qos == 0 and self._queue.qsize() + self._backlog.qsize() >= self.config.receive_maximum:
             # QoS 0 bypasses the broker's in-flight window, the bound on everything else we hold: while
             # the worker waits for the store, a flood of them would fill memory (at-most-once: dropped)
             self.dropped_qos0 += 1
@@ -131,7 +138,8 @@ class Collector:
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
             return
-        self._queue.put(Incoming(self._generation, msg.mid, msg.qos, topic, msg.payload, dt.datetime.now(dt.UTC)))
+        incoming = Incoming(self._generation, msg.mid, msg.qos, topic, msg.payload, dt.datetime.now(dt.UTC))
+        (self._backlog if topic.endswith("/batch") else self._queue).put(incoming)
 
     def _on_status(self, topic: str, payload: bytes) -> None:
         """A gateway's status: what its outbox dropped explains gaps in its sequence."""
@@ -161,10 +169,18 @@ class Collector:
 
     # -- the worker ---------------------------------------------------------------
     def _next_batch(self) -> list[Incoming]:
+        """The messages sent alone that are waiting (up to ``batch_size``, within ``batch_timeout``),
+        then at most one batch of a backlog: a live reading never waits behind a backlog's batches
+        (the broker hands over up to its in-flight window of them at once), and one write stays
+        within ``batch_size`` + contract/batch.py's ``MAX_MESSAGES`` readings."""
         try:
-            first = self._queue.get(timeout=0.2)
+            backlog = [self._backlog.get_nowait()]
         except queue.Empty:
-            return []
+            backlog = []
+        try:
+            first = self._queue.get(timeout=0 if backlog else 0.2)
+        except queue.Empty:
+            return backlog
         batch = [first]
         deadline = time.monotonic() + self.config.batch_timeout
         while len(batch) < self.config.batch_size:
@@ -175,7 +191,7 @@ class Collector:
                 batch.append(self._queue.get(timeout=left))
             except queue.Empty:
                 break
-        return batch
+        return batch + backlog
 
     def _run(self) -> None:
         try:
@@ -200,7 +216,13 @@ class Collector:
         future = dt.timedelta(seconds=self.config.max_future_s)
         readings, letters, source, signed = [], [], {}, {}
         stamped: list[tuple[Reading, dt.datetime]] = []  # refused for their stamps: the clock's evidence too
+        deliveries: list[Incoming] = []
         for m in batch:
+            try:
+                deliveries += self._lines(m)
+            except Rejected as exc:
+                letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
+        for m in deliveries:
             try:
                 r = validate(m.topic, m.payload, self.rules, now, self.config.max_payload_bytes, future)
                 message = self.custody.signed(m.payload, r)
@@ -248,10 +270,21 @@ class Collector:
         self.stored += len(readings) - len(refused)
         self.dead += refused_count + len(refused)
         taken = {id(m) for m in source.values()}
-        self.acknowledgements.kept(readings, [(m.topic, m.payload) for m in batch if id(m) not in taken])
-        for m in batch:
+        self.acknowledgements.kept(readings, [(m.topic, m.payload) for m in deliveries if id(m) not in taken])
+        for m in batch:  # a batch's acknowledgement too comes once every line of it is stored
             if m.generation == self._generation and m.qos > 0:
                 self.client.ack(m.mid, m.qos)
+
+    @staticmethod
+    def _lines(m: Incoming) -> list[Incoming]:
+        """The messages of one delivery: itself, or each line of a batch (contract/batch.py),
+        on the batch's topic; ``Rejected`` for a batch that does not unpack."""
+        if not m.topic.endswith("/batch"):
+            return [m]
+        try:
+            return [replace(m, payload=line) for line in batch_form.unpack(m.payload)]
+        except ValueError as exc:
+            raise Rejected(str(exc)) from None
 
     def _authentic(self, payload: bytes, reading: Reading) -> bool:
         """Whether a reading refused for its stamp passes the custody checks: only then is it

@@ -67,16 +67,21 @@ class WrongStamp(Rejected):
 
 def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.datetime,
              max_bytes: int, max_future: dt.timedelta) -> Reading:
+    """The reading of a message on a reading topic, or of a line of a batch on its batch topic."""
     if len(payload) > max_bytes:
         raise Rejected(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
         site, gateway, device = topics.parse_reading(topic)
     except ValueError as exc:
-        raise Rejected(str(exc)) from None
+        try:  # a line of a batch (contract/batch.py): the device is the one it names
+            (site, gateway), device = topics.parse_batch(topic), None
+        except ValueError:
+            raise Rejected(str(exc)) from None
     try:
         reading = Reading.from_json(payload)
     except ValueError as exc:
         raise Rejected(f"malformed reading: {exc}") from None
+    device = reading.device if device is None else device
     for name, from_topic, from_payload in (("site", site, reading.site), ("gateway", gateway, reading.gateway),
                                            ("device", device, reading.device)):
         if from_topic != from_payload:

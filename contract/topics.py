@@ -1,6 +1,7 @@
 """MQTT topic names: ``jcm/v1/<site>/<gateway>/...``.
 
 ``.../<device>/reading``  one message per device poll (QoS 1, not retained)
+``.../batch``             many readings of the backlog in one compressed message (QoS 1; contract/batch.py)
 ``.../status``            the gateway's retained online/offline status (birth and last will)
 ``.../ack/<collector>``   what the store holds of the gateway's readings (retained; contract/acknowledgement.py)
 """
@@ -12,6 +13,10 @@ ROOT = "jcm/v1"
 
 def reading(site: str, gateway: str, device: str) -> str:
     return f"{ROOT}/{site}/{gateway}/{device}/reading"
+
+
+def batch(site: str, gateway: str) -> str:
+    return f"{ROOT}/{site}/{gateway}/batch"
 
 
 def gateway_status(site: str, gateway: str) -> str:
@@ -29,6 +34,7 @@ def acks_of(site: str, gateway: str) -> str:
 
 #: every reading of every site, for subscribers
 ALL_READINGS = f"{ROOT}/+/+/+/reading"
+ALL_BATCHES = f"{ROOT}/+/+/batch"
 ALL_STATUS = f"{ROOT}/+/+/status"
 ALL_ACKS = f"{ROOT}/+/+/ack/+"
 
@@ -39,6 +45,22 @@ def parse_reading(topic: str) -> tuple[str, str, str]:
     if len(parts) != 6 or "/".join(parts[:2]) != ROOT or parts[5] != "reading":
         raise ValueError(f"not a reading topic: '{topic}'")
     return parts[2], parts[3], parts[4]
+
+
+def parse_batch(topic: str) -> tuple[str, str]:
+    """Return (site, gateway) of a batch topic, or raise ValueError."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:2]) != ROOT or parts[4] != "batch":
+        raise ValueError(f"not a batch topic: '{topic}'")
+    return parts[2], parts[3]
+
+
+def sender(topic: str) -> tuple[str, str]:
+    """Return (site, gateway) of a reading or batch topic, or raise ValueError."""
+    try:
+        return parse_reading(topic)[:2]
+    except ValueError:
+        return parse_batch(topic)
 
 
 def parse_status(topic: str) -> tuple[str, str]:

@@ -3,8 +3,12 @@
 Two lanes share one connection: *live* readings (polled since the connection came
 up) go out at once, the *backlog* (what piled up while the broker was away) oldest
 first at a bounded rate, so a site returning after days offline neither floods the
-broker nor delays its live values. Each lane keeps sequence order. At most
-``window`` messages are unacknowledged at a time; paho re-sends them itself after
+broker nor delays its live values. Each lane keeps sequence order. Live readings go
+alone; the backlog goes in compressed batches (contract/batch.py), a few hundred
+readings per MQTT message under the broker's packet limit, at most
+``BATCHES_IN_FLIGHT`` unacknowledged: on a thin link a live reading waits behind at
+most that many batches, and the PUBACKs pace the backlog to what the link carries. At
+most ``window`` messages are unacknowledged at a time; paho re-sends them itself after
 a reconnect, and nothing is handed to paho while disconnected, so its memory stays
 bounded however long the outage.
 
@@ -24,7 +28,7 @@ import threading
 import time
 import datetime as dt
 
-from contract import acknowledgement, topics
+from contract import acknowledgement, batch, topics
 from contract.config.site import Site
 from contract.message import format_ts
 from contract.mqtt_connection import BrokerConnection
@@ -32,6 +36,13 @@ from contract.text import printable
 from gateway.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+#: backlog batches unacknowledged at a time: two keep the link busy during a PUBACK's round
+#: trip, and a live reading waits behind at most two (about 1 s at 1 Mbit/s)
+BATCHES_IN_FLIGHT = 2
+#: paho's reconnect back-off [s]: back within 2 s of the broker's return, at one attempt a
+#: second and a half at most while it is away (a SYN and its refusal, ~120 bytes)
+RECONNECT_DELAY = (0.5, 1.5)
 
 
 def status_payload(site: Site, state: str, **extra) -> str:
@@ -55,8 +66,9 @@ class Publisher:
         self.by_store = site.outbox.confirmed_by == "store"
         self.confirm_timeout = site.outbox.confirm_timeout_s
         self.ack_topic = topics.acks_of(site.site, site.gateway)
+        self.batch_topic = topics.batch(site.site, site.gateway)
         self.connection = BrokerConnection(mq, f"jcm-{site.gateway}", f"site {site.site}: mqtt",
-                                           reconnect_delay=(1, 60), on_connect=self._on_connect,
+                                           reconnect_delay=RECONNECT_DELAY, on_connect=self._on_connect,
                                            on_disconnect=self._on_disconnect,
                                            subscriptions=[(self.ack_topic, 1)] if self.by_store else [])
         self.client = self.connection.client
@@ -68,7 +80,9 @@ class Publisher:
         self._store_acks: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()  # (topic, payload)
         self._refused_acks = 0  # acknowledgements refused since the last log line about them
         self._next_refusal_log = 0.0
-        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._inflight: dict[int, list[int]] = {}  # mid -> seqs (one, or a batch's)
+        self._batches: set[int] = set()  # mids of the backlog batches in flight
+        self._full_batch = 1000  # rows the last batch cut by the packet limit held
         self._connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -174,9 +188,21 @@ class Publisher:
             # if the link just dropped, paho queues the message (MQTT_ERR_NO_CONN) and
             # sends it on reconnect under the same mid: it stays tracked either way
             info = self.client.publish(topic, payload, qos=1)
-            self._inflight[info.mid] = seq
+            self._inflight[info.mid] = [seq]
             self.published += 1
         return len(rows)
+
+    def _send_batch(self, rows) -> int:
+        """Send the longest prefix of ``rows`` that fits in one batch (the first alone if it
+        does not fit in one); how many rows went."""
+        payload, n = batch.pack([p if isinstance(p, bytes) else p.encode() for _, _, p in rows])
+        if not n:
+            return self._send(rows[:1])
+        info = self.client.publish(self.batch_topic, payload, qos=1)
+        self._inflight[info.mid] = [seq for seq, _, _ in rows[:n]]
+        self._batches.add(info.mid)
+        self.published += n
+        return n
 
     def _send_live(self) -> None:
         room = self._room()
@@ -187,24 +213,41 @@ class Publisher:
                 self._send(rows)
 
     def _send_backlog(self, budget: int) -> int:
-        room = min(self._room(), budget)
-        if room <= 0 or self._backlog_cursor >= self._boundary:
-            return 0
-        in_paho = set(self._inflight.values())
+        """Send up to ``budget`` backlog rows in batches; how many went. A batch waits until the
+        budget fills it (as many rows as the last full one held, at most a second's rate) or
+        covers the rest of the backlog: a small batch compresses worse."""
+        sent, behind = 0, self._backlog_cursor < self._boundary
+        while (self._room() > 0 and len(self._batches) < BATCHES_IN_FLIGHT and self._backlog_cursor < self._boundary
+               and budget - sent >= min(self._full_batch, self.backlog_rate, self._boundary - self._backlog_cursor)):
+            rows = self._backlog_rows(min(batch.MAX_MESSAGES, budget - sent))
+            if not rows:
+                break
+            n = self._send_batch(rows)
+            if n < len(rows):  # the packet limit cut it: that many fill a batch
+                self._full_batch = n
+            self._backlog_cursor = rows[n - 1][0]  # the rest of ``rows`` goes in the next batch
+            sent += n
+        if behind and self._backlog_cursor >= self._boundary:
+            log.info("gateway %s: backlog delivered", self.site.gateway)
+        return sent
+
+    def _backlog_rows(self, limit: int) -> list:
+        """Up to ``limit`` backlog rows from the cursor on, oldest first, past rows paho has or
+        the store is about to confirm; the cursor moves to the last row looked at."""
+        in_paho = {s for seqs in self._inflight.values() for s in seqs}
         rows = []
-        while len(rows) < room:  # page past rows paho has or the store is about to confirm
-            page = self.outbox.after(self._backlog_cursor, room, upto=self._boundary)
+        while len(rows) < limit:
+            page = self.outbox.after(self._backlog_cursor, limit, upto=self._boundary)
             if not page:
                 self._backlog_cursor = self._boundary
-                log.info("gateway %s: backlog delivered", self.site.gateway)
                 break
             for r in page:
-                if len(rows) == room:
+                if len(rows) == limit:
                     break
                 self._backlog_cursor = r[0]
                 if r[0] not in in_paho and not self.outbox.awaiting(r[0]):
                     rows.append(r)
-        return self._send(rows)
+        return rows
 
     def _send_again_unconfirmed(self) -> None:
         """Rows the store has not confirmed in time go round the backlog lane again."""
@@ -222,9 +265,8 @@ class Publisher:
                 mid = self._acks.get_nowait()
             except queue.Empty:
                 break
-            seq = self._inflight.pop(mid, None)
-            if seq is not None:
-                done.append(seq)
+            done += self._inflight.pop(mid, ())
+            self._batches.discard(mid)
         if done:
             if self.by_store:
                 self.outbox.sent(done)

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
+from contract import batch
 from contract.config import load_site
 from contract.message import Reading
 from jcm.broker import Mosquitto, free_port, stop_process, wait_for_port
@@ -109,7 +110,8 @@ def simulate():
 
 
 class Subscriber:
-    """An independent QoS 1 subscriber with a persistent session: survives broker restarts."""
+    """An independent QoS 1 subscriber with a persistent session: survives broker restarts.
+    The lines of a backlog's batches (contract/batch.py) count as readings received."""
 
     def __init__(self, broker: Mosquitto, topic: str = "jcm/v1/+/+/+/reading", username: str | None = None,
                  password: str | None = None):
@@ -120,7 +122,8 @@ class Subscriber:
                                   clean_session=False)
         if username:
             self.client.username_pw_set(username, password)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(topic, 1), ("jcm/v1/+/+/status", 1)])
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(topic, 1), ("jcm/v1/+/+/batch", 1),
+                                                                      ("jcm/v1/+/+/status", 1)])
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
         self.client.connect_async("127.0.0.1", broker.port)
@@ -130,6 +133,8 @@ class Subscriber:
         with self.lock:
             if msg.topic.endswith("/status"):
                 self.status.append(json.loads(msg.payload))
+            elif msg.topic.endswith("/batch"):
+                self.readings += [Reading.from_json(line) for line in batch.unpack(msg.payload)]
             else:
                 self.readings.append(Reading.from_json(msg.payload))
 

@@ -173,8 +173,10 @@ def test_acl_has_a_section_per_reference_site_writing_its_own_gateway_only():
     assert set(sections) == set(sites) | {"collector", "liveview"}
     for site_id, site in sites.items():
         assert sections[site_id] == [f"topic write jcm/v1/{site_id}/{site.gateway}/+/reading",
+                                     f"topic write jcm/v1/{site_id}/{site.gateway}/batch",
                                      f"topic write jcm/v1/{site_id}/{site.gateway}/status",
                                      f"topic read jcm/v1/{site_id}/{site.gateway}/ack/+"]
-    assert sections["collector"] == ["topic read jcm/v1/+/+/+/reading", "topic readwrite jcm/v1/+/+/ack/+",
+    assert sections["collector"] == ["topic read jcm/v1/+/+/+/reading", "topic read jcm/v1/+/+/batch",
+                                     "topic readwrite jcm/v1/+/+/ack/+",
                                      "topic read jcm/v1/+/+/status"]
     assert sections["liveview"] == ["topic read jcm/v1/#"]

@@ -17,6 +17,7 @@ from tests.conftest import REPO
 USERS = {"mn-solar": "pw-mn", "vn-transformers": "pw-vn", "collector": "pw-col", "liveview": "pw-lv"}
 MN_READING = "jcm/v1/mn-solar/gw-mn-01/inv-01/reading"
 VN_READING = "jcm/v1/vn-transformers/gw-vn-01/tx-01/reading"
+MN_BATCH = "jcm/v1/mn-solar/gw-mn-01/batch"
 BODY = json.dumps({"v": 1, "note": "the broker does not look inside"}).encode()
 
 
@@ -120,6 +121,9 @@ def test_a_site_writes_only_its_own_gateway_topics_and_readers_cannot_publish(br
     collector, liveview = Client(broker.port, "collector"), Client(broker.port, "liveview")
     forbidden = [
         (mn, VN_READING),  # another site's readings
+        (mn, "jcm/v1/vn-transformers/gw-vn-01/batch"),  # another site's backlog
+        (mn, "jcm/v1/mn-solar/gw-other/batch"),
+        (collector, MN_BATCH),
         (mn, "jcm/v1/vn-transformers/gw-vn-01/status"),  # marking another site offline
         (mn, "jcm/v1/mn-solar/gw-other/inv-01/reading"),  # a gateway that is not the site's
         (mn, "jcm/v1/mn-solar/gw-mn-01/status/extra"),
@@ -130,7 +134,7 @@ def test_a_site_writes_only_its_own_gateway_topics_and_readers_cannot_publish(br
         (liveview, "jcm/v1/mn-solar/gw-mn-01/status"),
     ]
     refused = {(c.user, t): c.acks.get(c.publish(t)) for c, t in forbidden}
-    allowed = [(mn, "jcm/v1/mn-solar/gw-mn-01/status"), (vn, VN_READING), (mn, MN_READING)]
+    allowed = [(mn, "jcm/v1/mn-solar/gw-mn-01/status"), (vn, VN_READING), (mn, MN_BATCH), (mn, MN_READING)]
     for c, t in allowed:
         c.publish(t)
     settle(observer, MN_READING)
@@ -142,19 +146,23 @@ def test_a_site_writes_only_its_own_gateway_topics_and_readers_cannot_publish(br
 
 def test_the_collector_reads_readings_and_status_also_in_a_share_group(broker):
     """Status too: it carries the gateway's epoch and floor, which the acknowledgements follow,
-    and its outbox drop counter, which explains gaps in its sequence."""
+    and its outbox drop counter, which explains gaps in its sequence. Batches of a backlog too."""
     plain = Client(broker.port, "collector", subscribe="jcm/v1/+/+/+/reading")
     shared = Client(broker.port, "collector", subscribe="$share/collectors/jcm/v1/+/+/+/reading")
     status = Client(broker.port, "collector", subscribe="jcm/v1/+/+/status")
+    batches = Client(broker.port, "collector", subscribe="$share/collectors/jcm/v1/+/+/batch")
     mn = Client(broker.port, "mn-solar")
     mn.publish("jcm/v1/mn-solar/gw-mn-01/status")
     mn.publish(MN_READING)
+    mn.publish(MN_BATCH)
     settle(plain, MN_READING)
     settle(shared, MN_READING)
     settle(status, "jcm/v1/mn-solar/gw-mn-01/status")
+    settle(batches, MN_BATCH)
     assert plain.topics() == [MN_READING] and shared.topics() == [MN_READING]
     assert status.topics() == ["jcm/v1/mn-solar/gw-mn-01/status"]
-    for c in (plain, shared, status, mn):
+    assert batches.topics() == [MN_BATCH]
+    for c in (plain, shared, status, batches, mn):
         c.close()
 
 

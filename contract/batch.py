@@ -1,0 +1,122 @@
+"""The batch form of reading messages: a gateway's backlog, many readings per MQTT message.
+
+A gateway back on line after hours away has thousands of readings to send over what may
+be a cellular or satellite link. One MQTT message per reading spends most of the link on
+repeated member names, units and MQTT framing; the batch form sends them compressed.
+
+Topic ``jcm/v1/<site>/<gateway>/batch`` (``contract/topics.py``), QoS 1, not retained.
+The payload is one zlib stream (RFC 1950: deflate with the 2-byte zlib header and the
+Adler-32 check, what ``zlib.compress`` makes) of reading messages separated by one
+newline byte (0x0A); a newline after the last one is allowed (any other empty line is a bad
+line). Each line is **exactly the bytes the message has when sent alone** on
+``jcm/v1/<site>/<gateway>/<device>/reading``, ``<device>`` being its ``device`` member:
+not re-serialised, so a signed message (``contract/custody.py``) keeps its signed bytes.
+A message holding a newline byte (compact JSON never does), or empty, cannot be a line;
+it goes alone.
+
+A subscriber treats each line exactly as the same message sent alone, with site and
+gateway taken from the batch topic: one bad line is refused (a dead letter) and the
+others are stored. The MQTT acknowledgement of a batch, as of any message, comes once
+every line is in the store.
+
+Bounds (a subscriber refuses the whole batch, naming the first one broken):
+
+- the packet: at most the broker's ``max_packet_size`` (65,536 bytes in
+  ``deploy/mosquitto/mosquitto.conf``), so the compressed payload is at most
+  :data:`MAX_PACKED_BYTES`;
+- unpacked, at most :data:`MAX_UNPACKED_BYTES` (decompressed with that bound, so a small
+  payload that inflates to gigabytes costs at most that much memory) and
+  :data:`MAX_MESSAGES` lines;
+- exactly one zlib stream, complete, nothing after it.
+
+The live lane never uses it: a current reading goes alone, at once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+#: the broker's largest packet [bytes]: deploy/mosquitto/mosquitto.conf, max_packet_size
+MAX_PACKET_BYTES = 65_536
+#: largest compressed payload [bytes]: the packet less its fixed header (5), topic (2 + at
+#: most 135 for ids of 63 characters) and packet id (2), rounded down
+MAX_PACKED_BYTES = 65_536 - 256
+#: largest payload once decompressed [bytes]
+MAX_UNPACKED_BYTES = 4 * 1024 * 1024
+#: most messages in one batch
+MAX_MESSAGES = 10_000
+#: zlib level: the link, not the gateway's CPU, is what is scarce
+LEVEL = 9
+#: bytes ``flush()`` may add after a sync flush: an empty final block and the Adler-32 check
+_FINISH_BYTES = 16
+
+
+def pack(messages: Sequence[bytes], limit: int = MAX_PACKED_BYTES) -> tuple[bytes, int]:
+    """Compress the longest prefix of ``messages`` that fits in ``limit`` bytes.
+
+    Parameters
+    ----------
+    messages : sequence of bytes
+        Reading messages in sending order, each exactly as it would be sent alone; the
+        batch ends before one that is empty or holds a newline byte.
+    limit : int
+        Largest payload [bytes].
+
+    Returns
+    -------
+    payload : bytes
+        The batch payload (empty when ``count`` is 0).
+    count : int
+        How many of ``messages``, from the first, it holds: 0 when the first one alone
+        does not fit (send it alone).
+    """
+    co = zlib.compressobj(LEVEL)
+    parts: list[bytes] = []
+    size = n = raw = 0
+    step = 64  # lines per sync flush: a few bytes each, and an exact size after every step
+    while n < len(messages) and step:
+        chunk = messages[n:n + step]
+        body = (b"\n" if n else b"") + b"\n".join(chunk)
+        if (n + len(chunk) > MAX_MESSAGES or raw + len(body) > MAX_UNPACKED_BYTES
+                or any(b"\n" in m or not m for m in chunk)):
+            step //= 8
+            continue
+        before = co.copy()
+        piece = co.compress(body) + co.flush(zlib.Z_SYNC_FLUSH)
+        if size + len(piece) + _FINISH_BYTES > limit:
+            co = before  # that step is too much: try fewer lines
+            step //= 8
+            continue
+        parts.append(piece)
+        size += len(piece)
+        raw += len(body)
+        n += len(chunk)
+    if not n:
+        return b"", 0
+    parts.append(co.flush())
+    return b"".join(parts), n
+
+
+def unpack(payload: bytes) -> list[bytes]:
+    """The messages of a batch payload; ``ValueError`` naming what is wrong with it."""
+    if len(payload) > MAX_PACKED_BYTES:
+        raise ValueError(f"batch of {len(payload)} bytes: at most {MAX_PACKED_BYTES} compressed")
+    d = zlib.decompressobj()
+    try:
+        text = d.decompress(payload, MAX_UNPACKED_BYTES)
+        over = bool(d.unconsumed_tail) or bool(d.decompress(b"", 1))
+    except zlib.error as exc:
+        raise ValueError(f"batch is not a zlib stream: {exc}") from None
+    if over:
+        raise ValueError(f"batch unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+    if not d.eof:
+        raise ValueError("batch is a truncated zlib stream")
+    if d.unused_data:
+        raise ValueError(f"batch has {len(d.unused_data)} byte(s) after its zlib stream")
+    lines = text.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    if len(lines) > MAX_MESSAGES:
+        raise ValueError(f"batch of {len(lines)} messages: at most {MAX_MESSAGES}")
+    return lines
