@@ -47,7 +47,7 @@ from jcm.progress import Progress
 from liveview.main_channels import POWER_CHANNEL
 from processing.ledger import Ledger
 from processing.scheduler import Processor
-from simulators.history import history
+from simulators.history import SIMULATED_CHANNEL, history
 from simulators.modbus_server import SiteSimulator
 from simulators.plants import plant_for
 from store.sqlite_store import SqliteStore
@@ -104,7 +104,9 @@ class HistoryChain:
         for r in readings:
             self.seq += 1
             r = dataclasses.replace(r, seq=self.seq, epoch=self.epoch)
-            raw = sign(r.to_json(), self.prev, self.key.id, self.key.key)
+            # the mark of simulated data is the store's, not a channel a gateway may send
+            sent = dataclasses.replace(r, values={k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL})
+            raw = sign(sent.to_json(), self.prev, self.key.id, self.key.key)
             h = chain_hash(raw)
             messages.append(SignedMessage(r.site, r.gateway, self.epoch, self.seq, r.ts, h, self.prev, self.key.id, raw))
             numbered.append(r)

@@ -43,8 +43,9 @@ def signer():
     return Ed25519PrivateKey.generate()
 
 
-def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]]):
-    """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order."""
+def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None):
+    """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
+    ``tamper(store)`` runs on the store before the export."""
     site = reference_site("mn-solar")
     site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
     store = SqliteStore(tmp / "jcm.db")
@@ -64,6 +65,8 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]]):
             signed.append(SignedMessage.verified(message, verify(message, keys)))
             readings.append(r)
         store.write(readings, messages=signed)
+    if tamper:
+        tamper(store)
     folder = export_period(site, store, Ledger(tmp / "ledger.sqlite", create=True), FIRST, LAST, tmp / "out")
     store.close()
     return folder
@@ -366,3 +369,22 @@ def test_text_in_a_workbook_number_cell_is_a_mismatch(export, capsys):
     rehash(export)
     rc, out = run(export, capsys)
     assert rc == 1 and "workbook sheet Daily: " in out and ": exported none, recomputed " in out, out
+
+
+def test_a_reading_altered_in_the_store_is_found_by_the_recomputation(tmp_path, signer, capsys):
+    """Someone with write access to the store raises one day's energy readings: the export
+    is computed from them and is internally consistent, but not from what was signed."""
+    def raise_a_day(store):
+        day = dt.datetime(2026, 9, 11, tzinfo=dt.UTC)
+        lo, hi = (int(t.timestamp() * 1000) for t in (day, day + dt.timedelta(hours=6)))
+        n = store._db.execute("UPDATE readings SET value = value + 0.25 WHERE device = 'poc-meter' "
+                              "AND channel = 'energy_export' AND ts >= ? AND ts < ?", (lo, hi)).rowcount
+        store._db.commit()
+        assert n > 0
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+                         tamper=raise_a_day)
+    rc, out = run(folder, capsys)
+    assert rc == 1, out
+    assert "every signature verified" in out or "signatures verified" in out
+    assert re.search(r"input hash NOT", out), out
+    assert "VERDICT: FAILED" in out

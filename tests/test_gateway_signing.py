@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from contract import batch
 from contract.config.custody import Custody, CustodyKey, fingerprint
 from contract.custody import GENESIS, chain_breaks, chain_hash, key_files, sign, verify
 from contract.message import Reading
@@ -29,7 +30,7 @@ from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, w
 
 
 class RawSubscriber(Subscriber):
-    """The bytes of each reading message as they arrived."""
+    """The bytes of each reading message as they arrived, alone or in a batch."""
 
     def __init__(self, broker):
         self.raw: list[bytes] = []
@@ -37,7 +38,10 @@ class RawSubscriber(Subscriber):
 
     def _on_message(self, client, userdata, msg):
         super()._on_message(client, userdata, msg)  # the contract's parser takes signed messages
-        if not msg.topic.endswith("/status"):
+        if msg.topic.endswith("/batch"):  # a backlog's batch: each line is a message's bytes
+            with self.lock:
+                self.raw += batch.unpack(msg.payload)
+        elif not msg.topic.endswith("/status"):
             with self.lock:
                 self.raw.append(msg.payload)
 
