@@ -76,10 +76,13 @@ def expected_value(device: int, point: int) -> float:
 # --------------------------------------------------------------------------------------
 
 def role_modbus_server(spec: dict) -> None:
-    """Serve every device on its own port from one asyncio loop, with static data.
+    """Serve each of ``spec['ports']`` as one device on its own port from one asyncio loop, with static data.
 
     A plain pymodbus server with no action callback: the cheapest way pymodbus serves,
-    so that the server costs each contender the same and as little as it can.
+    so that the server costs each contender the same and as little as it can. With
+    ``record_polls`` it also notes, per port, when a poll of the device began (a read
+    starting at the first point's register: every contender's first request of a poll),
+    so that the harness can see whether each device was polled on time.
     """
     import asyncio
 
@@ -89,23 +92,35 @@ def role_modbus_server(spec: dict) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
     requests = 0
+    record = spec.get("record_polls", False)
+    poll_starts: dict[int, list[float]] = {port: [] for port in spec["ports"]}
 
-    def count(sending: bool, pdu):
-        """trace_pdu hook (pymodbus calls a no-op one anyway): counts the requests received."""
-        nonlocal requests
-        if not sending:
-            requests += 1
-        return pdu
+    def counter(port: int):
+        starts = poll_starts[port]
+
+        def count(sending: bool, pdu):
+            """trace_pdu hook (pymodbus calls a no-op one anyway): counts the requests received."""
+            nonlocal requests
+            if not sending:
+                requests += 1
+                if record and getattr(pdu, "address", None) == BASE_ADDRESS:
+                    starts.append(time.monotonic())  # CLOCK_MONOTONIC: the same clock in every process
+            return pdu
+        return count
 
     def report() -> None:
-        print(json.dumps({"requests": requests}), flush=True)
+        """Requests so far, and the poll starts since the last report (then forgotten)."""
+        print(json.dumps({"requests": requests, "poll_starts": {str(p): s for p, s in poll_starts.items()}}),
+              flush=True)
+        for starts in poll_starts.values():
+            starts.clear()
 
     async def main() -> None:
         servers = []
-        for d, port in enumerate(spec["ports"]):
+        for d, port in enumerate(spec["ports"], start=spec.get("first_device", 0)):
             values = [expected_value(d, k) for k in range(spec["points"])]
             device = SimDevice(1, simdata=[SimData(BASE_ADDRESS, values=values, datatype=DataType.FLOAT32)])
-            server = ModbusTcpServer(device, address=("127.0.0.1", port), trace_pdu=count)
+            server = ModbusTcpServer(device, address=("127.0.0.1", port), trace_pdu=counter(port))
             await server.serve_forever(background=True)
             servers.append(server)
         print("READY", flush=True)
@@ -399,8 +414,12 @@ def proc_peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def write_configs(workdir: Path, ports: list[int], points: int, broker_url: str) -> Path:
-    """Profile + site YAML for our gateway: one profile of ``points`` contiguous float32."""
+def write_configs(workdir: Path, ports: list[int], points: int, broker_url: str, poll_interval: float = 0.1) -> Path:
+    """Profile + site YAML for our gateway: one profile of ``points`` contiguous float32.
+
+    ``poll_interval`` [s] is what the site file says (0.1, the config floor, unless
+    told); faster runs override it in the child.
+    """
     import yaml
 
     profiles, sites = workdir / "profiles", workdir / "sites"
@@ -420,7 +439,7 @@ def write_configs(workdir: Path, ports: list[int], points: int, broker_url: str)
         "gateway": "gw-bench", "mqtt": {"url": broker_url},
         "outbox": {"path": str(workdir / "outbox.sqlite"), "max_rows": 10_000_000},
         "devices": [{"id": f"dev-{i:02d}", "kind": "power_meter", "profile": "bench_float32",
-                     "poll_interval": 0.1,  # the config floor; faster runs override it in the child
+                     "poll_interval": poll_interval,
                      "connection": {"type": "tcp", "host": "127.0.0.1", "port": port, "unit_id": 1,
                                     "timeout": 1.0}}
                     for i, port in enumerate(ports)],
@@ -461,6 +480,7 @@ class BrokerCounter:
         self.messages = self.entries = self.values = 0
         self.rpc_answered = 0
         self.bad = 0
+        self.last: dict[str, dict] = {}  # the last body per topic kind, for a check of the values
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-counter")
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -479,6 +499,7 @@ class BrokerCounter:
                     client.publish(self.TB_RPC_RESPONSE + request_id, json.dumps(self.NO_LIMITS), qos=1)
                     self.rpc_answered += 1
                 return
+            self.last[msg.topic if msg.topic == self.TB_TELEMETRY else self.READINGS] = body
             if msg.topic == self.TB_TELEMETRY:  # {"device": [{"ts": ..., "values": {...}}, ...], ...}
                 entries = [e for device_entries in body.values() for e in device_entries]
                 n = sum(len(e["values"]) if "values" in e else len(e) for e in entries)
@@ -502,32 +523,54 @@ class BrokerCounter:
 
 
 class Harness:
-    """What every contender shares: the servers, the broker, the counter, the temp dir."""
+    """What every contender shares: the servers, the broker, the counter, the temp dir.
 
-    def __init__(self, args, workdir: Path):
+    The devices are served by processes of at most ``devices_per_server`` devices
+    each (all in one by default), so that at hundreds of devices the servers are not
+    what limits a contender; with ``record_polls`` they note when each device's polls
+    began (``poll_starts``, refreshed by every ``sample``).
+    """
+
+    def __init__(self, args, workdir: Path, devices_per_server: int | None = None, record_polls: bool = False,
+                 poll_interval: float = 0.1):
         self.args = args
         self.workdir = workdir
         self.ports = [free_port() for _ in range(args.devices)]
-        self.server = subprocess.Popen(
+        per = devices_per_server or len(self.ports)
+        self.servers = [subprocess.Popen(
             [sys.executable, __file__, "--role", "modbus-server", "--spec",
-             json.dumps({"ports": self.ports, "points": args.points})],
-            stdout=subprocess.PIPE, text=True)
-        if self.server.stdout.readline().strip() != "READY":
-            raise SystemExit("the Modbus server process did not start")
+             json.dumps({"ports": self.ports[i:i + per], "first_device": i, "points": args.points,
+                         "record_polls": record_polls})],
+            stdout=subprocess.PIPE, text=True) for i in range(0, len(self.ports), per)]
+        for server in self.servers:
+            if server.stdout.readline().strip() != "READY":
+                raise SystemExit("a Modbus server process did not start")
         for port in self.ports:
             wait_for_port(port)
+        self.poll_starts: dict[int, list[float]] = {}
         self.broker = Mosquitto(workdir / "mosquitto").start()
         self.counter = BrokerCounter(self.broker.port)
-        self.site = write_configs(workdir, self.ports, args.points, self.broker.url)
+        self.site = write_configs(workdir, self.ports, args.points, self.broker.url, poll_interval)
 
     def server_requests(self) -> int:
-        """Modbus requests the servers have received so far (they answer SIGUSR1 with a count)."""
-        self.server.send_signal(signal.SIGUSR1)
-        return json.loads(self.server.stdout.readline())["requests"]
+        """Modbus requests the servers have received so far (they answer SIGUSR1 with a count).
+
+        Also replaces ``poll_starts`` with the poll starts recorded since the last call.
+        """
+        total = 0
+        self.poll_starts = {}
+        for server in self.servers:
+            server.send_signal(signal.SIGUSR1)
+        for server in self.servers:
+            report = json.loads(server.stdout.readline())
+            total += report["requests"]
+            self.poll_starts.update({int(p): s for p, s in report["poll_starts"].items()})
+        return total
 
     def sample(self) -> dict:
         """Counters of everything around the contender, to difference over its window."""
-        return {"server_cpu_s": proc_cpu(self.server.pid), "broker_cpu_s": proc_cpu(self.broker.proc.pid),
+        return {"server_cpu_s": sum(proc_cpu(s.pid) for s in self.servers),
+                "broker_cpu_s": proc_cpu(self.broker.proc.pid),
                 "harness_cpu_s": cpu_seconds(), "server_requests": self.server_requests(),
                 **self.counter.snapshot()}
 
@@ -586,11 +629,13 @@ class Harness:
     def close(self) -> None:
         self.counter.close()
         self.broker.stop()
-        self.server.terminate()
-        try:
-            self.server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.server.kill()
+        for server in self.servers:
+            server.terminate()
+        for server in self.servers:
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 # --------------------------------------------------------------------------------------
@@ -611,11 +656,16 @@ def ensure_tb_venv() -> Path:
     return python
 
 
-def write_tb_configs(tb_dir: Path, ports: list[int], points: int, broker_port: int, poll_ms: int) -> Path:
+def write_tb_configs(tb_dir: Path, ports: list[int], points: int, broker_port: int, poll_ms: int,
+                     form: str = "per-point") -> Path:
     """tb_gateway.json + modbus.json + logs.json, from the shipped defaults where they matter.
 
-    The Modbus connector gets one timeseries entry per point, each its own read of two
-    registers: the way its configuration describes points. Storage (memory), packing
+    ``form`` "per-point": the Modbus connector gets one timeseries entry per point, each
+    its own read of two registers, the way its configuration usually describes points.
+    "range": one timeseries entry whose address is the whole block ("100-139", its
+    "wide range" form, ``maxRegistersPerRequest`` raised from 16 to the block), read in
+    one request and decoded into one value per two registers, keys ``ch_<address>``: the
+    same one request per device poll as our gateway. Storage (memory), packing
     (minPackSendDelayMS 50, maxPayloadSizeBytes 8196), QoS 1 and reportStrategy
     (ON_RECEIVED: every reading) stay as shipped; statistics and remote configuration
     are off, and the local rate limits are "0:0," (none).
@@ -649,7 +699,10 @@ def write_tb_configs(tb_dir: Path, ports: list[int], points: int, broker_port: i
         "connectAttemptCount": 5, "waitAfterFailedAttemptsMs": 30000,
         "attributes": [], "attributeUpdates": [], "rpc": [],
         "timeseries": [{"tag": f"ch_{k:02d}", "type": "32float", "functionCode": 3, "objectsCount": 2,
-                        "address": BASE_ADDRESS + 2 * k} for k in range(points)],
+                        "address": BASE_ADDRESS + 2 * k} for k in range(points)] if form == "per-point" else
+                      [{"tag": "ch_${address}", "type": "32float", "functionCode": 3, "objectsCount": 2,
+                        "address": f"{BASE_ADDRESS}-{BASE_ADDRESS + 2 * points - 1}",
+                        "maxRegistersPerRequest": 2 * points}],
     } for i, port in enumerate(ports)]
     logs = {
         "version": 1, "disable_existing_loggers": False,
