@@ -83,7 +83,9 @@ def lateness(poll_starts: dict[int, list[float]], interval: float, wall: float) 
     q = statistics.quantiles(late, n=100) if len(late) >= 2 else [float("nan")] * 99
     return {"devices_seen": sum(1 for c in counts if c), "polls_total": sum(counts), "polls_min": min(counts, default=0),
             "polls_median": statistics.median(counts) if counts else 0, "polls_due": due,
-            "late_p50_s": q[49], "late_p99_s": q[98], "late_max_s": max(late, default=float("nan")),
+            "late_p50_s": q[49], "late_p90_s": q[89], "late_p99_s": q[98],
+            "late_max_s": max(late, default=float("nan")),
+            "late_over_100ms_share": sum(x > 0.1 for x in late) / len(late) if late else float("nan"),
             "devices_short": sum(short), "devices_gapped": sum(gapped),
             "devices_missed": sum(a or b for a, b in zip(short, gapped))}
 

@@ -55,7 +55,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from jcm.broker import Mosquitto, free_port, wait_for_port  # noqa: E402
+from jcm.broker import Mosquitto, wait_for_port  # noqa: E402
 
 BASE_ADDRESS = 100  # not 0: an off-by-one in server or client addressing shows as wrong values
 TB_VENV = BENCH / ".tb-venv"
@@ -414,6 +414,29 @@ def proc_peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def device_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports below the kernel's ephemeral range.
+
+    Ports taken from the ephemeral range (what binding port 0 gives) can be handed to
+    another process's outgoing connection before the server binds them, and at
+    hundreds of devices on a busy machine that happens; below the range only a
+    listener can take them.
+    """
+    import random
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: list[int] = []
+    start = random.randrange(10_000, low - 2 * n - 1)
+    for port in range(start, low):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise SystemExit(f"not {n} free ports between {start} and {low}")
+
+
 def write_configs(workdir: Path, ports: list[int], points: int, broker_url: str, poll_interval: float = 0.1) -> Path:
     """Profile + site YAML for our gateway: one profile of ``points`` contiguous float32.
 
@@ -535,21 +558,26 @@ class Harness:
                  poll_interval: float = 0.1):
         self.args = args
         self.workdir = workdir
-        self.ports = [free_port() for _ in range(args.devices)]
+        self.ports = device_ports(args.devices)
         per = devices_per_server or len(self.ports)
         self.servers = [subprocess.Popen(
             [sys.executable, __file__, "--role", "modbus-server", "--spec",
              json.dumps({"ports": self.ports[i:i + per], "first_device": i, "points": args.points,
                          "record_polls": record_polls})],
             stdout=subprocess.PIPE, text=True) for i in range(0, len(self.ports), per)]
-        for server in self.servers:
-            if server.stdout.readline().strip() != "READY":
-                raise SystemExit("a Modbus server process did not start")
-        for port in self.ports:
-            wait_for_port(port)
+        self.broker = self.counter = None
+        try:
+            for server in self.servers:
+                if server.stdout.readline().strip() != "READY":
+                    raise SystemExit("a Modbus server process did not start")
+            for port in self.ports:
+                wait_for_port(port)
+            self.broker = Mosquitto(workdir / "mosquitto").start()
+            self.counter = BrokerCounter(self.broker.port)
+        except BaseException:
+            self.close()
+            raise
         self.poll_starts: dict[int, list[float]] = {}
-        self.broker = Mosquitto(workdir / "mosquitto").start()
-        self.counter = BrokerCounter(self.broker.port)
         self.site = write_configs(workdir, self.ports, args.points, self.broker.url, poll_interval)
 
     def server_requests(self) -> int:
@@ -627,8 +655,10 @@ class Harness:
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
 
     def close(self) -> None:
-        self.counter.close()
-        self.broker.stop()
+        if self.counter:
+            self.counter.close()
+        if self.broker:
+            self.broker.stop()
         for server in self.servers:
             server.terminate()
         for server in self.servers:
