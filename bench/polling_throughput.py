@@ -13,8 +13,12 @@ CPU time and peak RSS are its own:
                      ``convert_from_registers``: what pymodbus itself allows here.
 * ``gateway-loop``   our gateway's poll path without the scheduler: one thread per
                      endpoint calling ``Gateway.poll_device`` (DevicePoller.poll +
-                     Outbox.append + Publisher.notify) back to back, with the real
-                     Publisher delivering to Mosquitto.
+                     Outbox.put; the outbox's committer numbers, renders and commits)
+                     back to back, with the real Publisher delivering to Mosquitto.
+* ``gateway-loop-signed``, ``gateway-0.1s-signed``  the same, the gateway signing
+                     each reading (a key made for the run): the chain of custody's
+                     cost, in the same run; only with ``--only`` (bench/custody_cost.py
+                     asks for them).
 * ``gateway-sched``  the real ``gateway.service.Gateway`` (APScheduler jobs), with the
                      poll interval forced to ``--interval`` below the config floor of 0.1 s.
 * ``gateway-0.1s``   the real Gateway as a site file can configure it (0.1 s, the floor).
@@ -231,6 +235,16 @@ def _load_gateway(spec: dict):
     from gateway.service import Gateway
 
     site = load_site(spec["site"])
+    if spec.get("signed"):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from contract.custody import key_files
+
+        key_file = Path(spec["outbox"]).with_suffix(".key")
+        key_file.write_bytes(key_files(Ed25519PrivateKey.generate())[0])
+        key_file.chmod(0o600)
+        site = site.model_copy(update={"custody": site.custody.model_copy(
+            update={"private_key_file": str(key_file), "key_id": "bench-key"})})
     if spec.get("interval") is not None:
         site = site.model_copy(update={"devices": [d.model_copy(update={"poll_interval": spec["interval"]})
                                                    for d in site.devices]})
@@ -337,17 +351,17 @@ def role_breakdown(spec: dict) -> None:
     n, n_disk = spec["polls"], spec["disk_ops"]
     stages: dict[str, dict] = {}
 
-    def stage(name: str, fn, reps: int, rounds: int = 5) -> None:
+    def stage(name: str, fn, reps: int, rounds: int = 5, clock=time.thread_time) -> None:
         """Median over ``rounds`` of the mean per call: a noisy neighbour spoils a round, not the figure."""
         for _ in range(min(20, reps)):
             fn()
         per_round = max(1, reps // rounds)
         cpu, wall = [], []
         for _ in range(rounds):
-            c0, w0 = time.thread_time(), time.perf_counter()
+            c0, w0 = clock(), time.perf_counter()
             for _ in range(per_round):
                 fn()
-            cpu.append((time.thread_time() - c0) / per_round * 1e6)
+            cpu.append((clock() - c0) / per_round * 1e6)
             wall.append((time.perf_counter() - w0) / per_round * 1e6)
         stages[name] = {"cpu_us": statistics.median(cpu), "wall_us": statistics.median(wall),
                         "calls": per_round * rounds}
@@ -366,9 +380,12 @@ def role_breakdown(spec: dict) -> None:
     for durable in (True, False):
         label = "synchronous=FULL, the gateway's" if durable else "synchronous=NORMAL"
         box = Outbox(Path(spec["outbox"]).with_suffix(f".{durable}.sqlite"), 10_000_000, durable=durable)
-        stage(f"gateway: Outbox.append ({label})", lambda: box.append(topic, lambda seq: payload), n_disk)
+        # process CPU: the outbox's committer thread does the work
+        stage(f"gateway: Outbox.append ({label})", lambda: box.append(topic, lambda seq: payload), n_disk,
+              clock=time.process_time)
         seqs = iter(range(1, 10**9))
-        stage(f"gateway: Outbox.delete([seq]), one acked row ({label})", lambda: box.delete([next(seqs)]), n_disk)
+        stage(f"gateway: Outbox.delete([seq]), one acked row ({label})", lambda: box.delete([next(seqs)]), n_disk,
+              clock=time.process_time)
         box.close()
     # the ceiling's path
     client = ModbusTcpClient("127.0.0.1", port=spec["ports"][0], timeout=1, retries=0)
@@ -913,13 +930,18 @@ def main() -> None:
     contenders = {
         "ceiling": lambda h: h.run_child("ceiling", "ceiling"),
         "gateway-loop": lambda h: h.run_child("gateway-loop", "gateway-loop"),
+        "gateway-loop-signed": lambda h: h.run_child("gateway-loop-signed", "gateway-loop", signed=True),
         "gateway-sched": lambda h: {**h.run_child("gateway-sched", "gateway-sched", interval=args.interval),
                                     "cap_readings_per_s": n_points / args.interval},
         "gateway-0.1s": lambda h: {**h.run_child("gateway-0.1s", "gateway-sched", interval=None),
                                    "cap_readings_per_s": n_points / 0.1},
+        "gateway-0.1s-signed": lambda h: {**h.run_child("gateway-0.1s-signed", "gateway-sched", interval=None,
+                                                        signed=True), "cap_readings_per_s": n_points / 0.1},
         "thingsboard": run_thingsboard,
     }
-    names = args.only or [n for n in contenders if not (args.skip_tb and n == "thingsboard")]
+    # the signed ones only when asked (bench/custody_cost.py does)
+    names = args.only or [n for n in contenders if not n.endswith("-signed")
+                          and not (args.skip_tb and n == "thingsboard")]
     workdir = Path(tempfile.mkdtemp(prefix="jcm-bench-"))
     results: dict = {}
     stages: dict = {}

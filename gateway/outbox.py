@@ -8,6 +8,11 @@ AUTOINCREMENT never reuses an id, so the sequence survives restarts and deletion
 The sequence's epoch, drawn when the sequence starts (a new file, or one whose
 sequence was reset), is stored beside it, so that a restarted sequence is never
 confused with the old one.
+
+With a signing key, each row is stored signed (``contract.custody.sign``) as it is
+numbered, so a backlog delivered days later carries the signature made at poll time.
+The chain's last hash is stored with the rows, in the same transaction: it survives
+the deletion of the rows it was computed from, and a new epoch starts at ``GENESIS``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from contract.custody import GENESIS, chain_hash, sign
 from contract.sqlite_file import open_sqlite
+from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +42,31 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sequence_epoch (epoch TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chain (seq INTEGER NOT NULL, hash TEXT NOT NULL);
 """
 
 
 class _Entry:
-    __slots__ = ("seq", "topic", "payload", "done")
+    """A reading handed to the outbox; numbered, rendered and signed by the committer."""
 
-    def __init__(self, seq: int, topic: str, payload: str):
-        self.seq, self.topic, self.payload, self.done = seq, topic, payload, False
+    __slots__ = ("topic", "payload_for", "report", "seq", "payload", "hash", "settled", "error")
+
+    def __init__(self, topic: str, payload_for: Callable[[int], str], report: bool):
+        self.topic, self.payload_for, self.report = topic, payload_for, report
+        self.seq: int | None = None
+        self.payload: str | None = None
+        self.hash: str | None = None  # chain hash of a signed payload
+        self.settled = False  # committed, held in memory, dropped or refused: its append returns
+        self.error: Exception | None = None
 
 
 class Outbox:
-    """Group commit: polling threads that append at the same moment share one
-    transaction (one disk flush), and ``append`` returns once its row is committed, or,
-    when the disk refuses the commit (full, I/O error), once the row is held in memory
-    for the next commit to take along.
+    """Group commit by one committer thread: polling threads hand readings over
+    (``put``) and never wait on the disk; the committer numbers, renders and signs them
+    in sequence order and writes what came in meanwhile in one transaction (one disk
+    flush). ``append`` waits until its row is committed, or, when the disk refuses the
+    commit (full, I/O error), until the row is held in memory for the next commit to
+    take along. ``on_commit`` is called after each commit that wrote rows.
 
     Rows held in memory are bounded by ``memory_rows``; beyond it the oldest are dropped,
     counted and logged CRITICAL. Confirmed rows whose delete fails are remembered and
@@ -59,13 +76,21 @@ class Outbox:
     (kept in memory only: after a restart every row is sent again anyway); the cap drops
     them last."""
 
-    def __init__(self, path: str | Path, max_rows: int, durable: bool = True, memory_rows: int = 10_000):
+    def __init__(self, path: str | Path, max_rows: int, durable: bool = True, memory_rows: int = 10_000,
+                 signing: SigningKey | None = None):
         self.path = str(path)
+        self.signing = signing
+        self.on_commit: Callable[[], None] | None = None
         self.max_rows = max_rows
         self.memory_rows = memory_rows
         self._lock = threading.Lock()  # the connection, _acked, _unsaved_drops, error
         self._pending_lock = threading.Lock()  # sequence numbers and rows not yet written
-        self._pending: list[_Entry] = []
+        self._pending: list[_Entry] = []  # numbered, not yet committed
+        self._incoming: list[_Entry] = []  # handed over, not yet numbered
+        self._wake = threading.Condition()  # _incoming, _closing
+        self._settled = threading.Condition()  # an entry settled
+        self._closing = False
+        self._handed = self._settled_count = 0  # entries handed over, and settled: flush() waits for these
         self._acked: set[int] = set()  # confirmed, delete not yet committed
         # seq -> when the broker acknowledged it (monotonic), oldest first
         self._awaiting: dict[int, float] = {}
@@ -88,6 +113,9 @@ class Outbox:
         row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
         self._stored_drops = row[0] if row else 0
         self.epoch = self._epoch()
+        self._prev = self._chain_start()
+        self._committer = threading.Thread(target=self._run, name="outbox-committer", daemon=True)
+        self._committer.start()
 
     def _epoch(self) -> str:
         """The sequence's epoch; a new one when the sequence starts again at 1."""
@@ -97,6 +125,7 @@ class Outbox:
         epoch = secrets.token_hex(8)
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute("DELETE FROM sequence_epoch")
+        self._db.execute("DELETE FROM chain")  # the new epoch's chain starts at GENESIS
         self._db.execute("INSERT INTO sequence_epoch VALUES (?)", (epoch,))
         if self._seq:  # rows of an outbox from before epochs: they carry it from now on
             self._db.execute("UPDATE outbox SET payload = json_set(payload, '$.epoch', ?) WHERE json_valid(payload)",
@@ -110,31 +139,114 @@ class Outbox:
             log.info("outbox %s: new outbox, sequence epoch %s, seq starts at 1", self.path, epoch)
         return epoch
 
+    def _chain_start(self) -> str:
+        """``prev`` of the next signed row: the stored hash of the last committed seq."""
+        row = self._db.execute("SELECT seq, hash FROM chain").fetchone()
+        if row and row[0] == self._seq:
+            return row[1]
+        if self.signing is not None and self._seq:
+            # signing begins (or resumes after rows stored unsigned) mid-epoch: the chain
+            # starts here, and a verifier sees seq > 1 with GENESIS, not a forged link
+            log.warning("outbox %s: the hash chain of epoch %s starts at seq %d (GENESIS): the rows before it "
+                        "were not signed", self.path, self.epoch, self._seq + 1)
+        return GENESIS
+
+    def put(self, topic: str, payload_for: Callable[[int], str]) -> None:
+        """Hand a message to the committer and return at once; ``payload_for(seq)``
+        renders it with its sequence number (on the committer thread: an exception is
+        logged there and the reading is not stored)."""
+        self._hand_over(_Entry(topic, payload_for, report=True))
+
     def append(self, topic: str, payload_for: Callable[[int], str]) -> int:
-        """Store one message; ``payload_for(seq)`` renders it with its sequence number."""
-        # numbered and queued in one step, so rows are committed in sequence order and the
-        # publisher's cursor can never pass a row that is not yet in the table
-        with self._pending_lock:
-            seq = self._seq + 1
-            payload = payload_for(seq)
-            payload.encode()  # a text SQLite cannot store fails this reading here, not every later commit
-            self._seq = seq
-            entry = _Entry(seq, topic, payload)
-            self._pending.append(entry)
-        with self._lock:
-            if not entry.done:  # else a thread before us committed it with its own batch
-                self._commit()
+        """Store one message and return its seq once it is committed (or held in memory)."""
+        entry = _Entry(topic, payload_for, report=False)
+        self._hand_over(entry)
+        with self._settled:
+            self._settled.wait_for(lambda: entry.settled)
+        if entry.error is not None:
+            raise entry.error
         return entry.seq
+
+    def _hand_over(self, entry: _Entry) -> None:
+        with self._wake:
+            if self._closing:
+                raise RuntimeError(f"outbox {self.path} is closed")
+            self._incoming.append(entry)
+            self._handed += 1
+            self._wake.notify()
+
+    def flush(self) -> None:
+        """Wait until everything handed over so far is committed (or held in memory)."""
+        with self._wake:
+            target = self._handed
+        with self._settled:
+            self._settled.wait_for(lambda: self._settled_count >= target)
+
+    def _run(self) -> None:
+        """The committer: everything handed over while the last commit was flushing
+        goes into the next one."""
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._incoming or self._closing)
+                taken, self._incoming = self._incoming, []
+                if not taken:
+                    return
+            try:
+                if self._number(taken):
+                    with self._lock:
+                        self._commit()
+                    if self.on_commit is not None:
+                        self.on_commit()
+            except Exception:  # the committer must outlive any one batch
+                log.exception("outbox %s: commit failed", self.path)
+            finally:
+                with self._settled:
+                    for e in taken:
+                        e.settled = True
+                    self._settled_count += len(taken)
+                    self._settled.notify_all()
+
+    def _number(self, taken: list[_Entry]) -> int:
+        """Give each entry its seq, payload and signature, in order; queue them for the commit."""
+        ready = []
+        seq = self._seq
+        for e in taken:
+            try:
+                payload = e.payload_for(seq + 1)
+                payload.encode()  # a text SQLite cannot store fails this reading here, not every later commit
+                if self.signing is not None:
+                    signed = sign(payload, self._prev, self.signing.id, self.signing.key)
+                    e.hash = chain_hash(signed)
+                    payload = signed.decode()
+            except Exception as exc:
+                e.error = exc
+                if e.report:
+                    log.exception("outbox %s: a reading for %s could not be stored", self.path, e.topic)
+                continue
+            seq += 1
+            e.seq, e.payload = seq, payload
+            if e.hash is not None:
+                self._prev = e.hash
+            ready.append(e)
+        with self._pending_lock:  # together: floor() must never see a seq neither pending nor stored
+            self._pending.extend(ready)
+            self._seq = seq
+        return len(ready)
 
     def _commit(self) -> None:
         """Write every pending row and forget every acknowledged one, in one transaction."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
         acked = sorted(self._acked)
+        if not batch and not acked and not self._unsaved_drops:
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT INTO outbox(seq, topic, payload) VALUES (?,?,?)",
                                  [(e.seq, e.topic, e.payload) for e in batch])
+            if batch and batch[-1].hash is not None:
+                self._db.execute("DELETE FROM chain")
+                self._db.execute("INSERT INTO chain VALUES (?, ?)", (batch[-1].seq, batch[-1].hash))
             cur = self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
             deleted = cur.rowcount if acked else 0
             capped = max(0, self._depth - deleted + len(batch) - self.max_rows)
@@ -156,8 +268,6 @@ class Outbox:
             if not isinstance(exc, sqlite3.Error):
                 raise
             return
-        for e in batch:
-            e.done = True
         self._acked.difference_update(acked)
         if capped:
             for v in victims:
@@ -190,8 +300,6 @@ class Outbox:
             over = len(self._pending) - self.memory_rows
             if over > 0:
                 lost, self._pending = self._pending[:over], self._pending[over:]
-                for e in lost:
-                    e.done = True  # its append must not wait for it
         if over > 0:
             self._unsaved_drops += over
             self._episode_drops += over
@@ -304,6 +412,11 @@ class Outbox:
         return self._stored_drops + self._unsaved_drops
 
     def close(self) -> None:
+        """Commit what was handed over, stop the committer, close the file."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._committer.join()
         with self._lock:
             if self._pending or self._acked:
                 self._commit()  # a last try for what the disk refused so far

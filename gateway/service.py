@@ -23,6 +23,7 @@ from gateway.device_poller import DevicePoller
 from gateway.modbus_link import ModbusLink
 from gateway.outbox import Outbox, move_aside
 from gateway.publisher import Publisher
+from gateway.signing_key import signing_key
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,21 @@ class Gateway:
     def __init__(self, site: Site, broker_url: str | None = None, outbox_path: str | None = None,
                  new_outbox: bool = False):
         self.site = site
+        # first: a key that cannot be used stops the gateway before it touches anything
+        signing = signing_key(site.custody)
         self.links: dict[str, ModbusLink] = {}
         for d in site.devices:
             self.links.setdefault(d.connection.endpoint, ModbusLink(d.connection))
         self.pollers = [DevicePoller(site, d, self.links[d.connection.endpoint]) for d in site.devices]
         path = outbox_path or site.outbox.path.format(gateway=site.gateway, site=site.site)
         aside = move_aside(path) if new_outbox else None
-        self.outbox = Outbox(path, site.outbox.max_rows, memory_rows=site.outbox.memory_rows)
+        self.outbox = Outbox(path, site.outbox.max_rows, memory_rows=site.outbox.memory_rows, signing=signing)
         if new_outbox:
             log.warning("gateway %s: %s; a new outbox starts sequence epoch %s: its sequence starts again at 1",
                         site.gateway, f"moved the outbox {path} aside to {aside} (kept, not deleted)" if aside
                         else f"there was no outbox at {path}", self.outbox.epoch)
         self.publisher = Publisher(site, self.outbox, broker_url=broker_url)
+        self.outbox.on_commit = self.publisher.notify
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=len(self.links) + 2)},
             job_defaults={"coalesce": True, "max_instances": 1},
@@ -58,10 +62,11 @@ class Gateway:
                 return
             topic = topics.reading(reading.site, reading.gateway, reading.device)
             epoch = self.outbox.epoch
-            self.outbox.append(topic, lambda seq: replace(reading, seq=seq, epoch=epoch).to_json())
+            # numbered, rendered, signed and committed by the outbox's committer: the poll
+            # thread never waits on the disk
+            self.outbox.put(topic, lambda seq: replace(reading, seq=seq, epoch=epoch).to_json())
             with self._count_lock:
                 self.polls += 1
-            self.publisher.notify()
         except Exception:  # a job must never take the scheduler down
             log.exception("%s/%s: poll failed", self.site.site, poller.device.id)
 
@@ -84,6 +89,7 @@ class Gateway:
 
     def stop(self) -> None:
         self.scheduler.shutdown(wait=True)
+        self.outbox.flush()  # the last polls' rows, for the publisher to deliver before it stops
         self.publisher.stop()
         for link in self.links.values():
             link.close()

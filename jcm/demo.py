@@ -5,12 +5,17 @@ history written through the store interface (so the processor has whole past mon
 the simulators carrying on from that history, one gateway per site, the collector
 into the embedded SQLite store, the processor (catch-up now, then its schedule), a
 monitoring-period export, and the live view. Everything here is simulated and says so.
+
+Each gateway signs its readings with its own key (``jcm keygen``'s, made once under
+``<workdir>/keys``): the demo runs on copies of the site files in ``<workdir>/sites``
+that name the key and list its public key, with signatures required.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import datetime as dt
 import glob
 import logging
@@ -20,11 +25,17 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+from cryptography.hazmat.primitives import serialization
+
 from collector.service import Collector
 from contract.config import CollectorConfig, load_site
+from contract.config.custody import fingerprint
 from contract.config.site import Mqtt, Site, TcpConnection
+from contract.custody import load_private_key
 from gateway.service import Gateway
 from jcm.broker import Mosquitto, free_port, start_broker
+from jcm.keygen import keygen
 from jcm.progress import Progress
 from liveview.main_channels import POWER_CHANNEL
 from processing.ledger import Ledger
@@ -91,14 +102,15 @@ class Dashboard:
 def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list[str] | None = None,
              port: int = 8080, control_port: int = 8502, broker_choice: str = "auto") -> int:
     t_start = time.monotonic()
-    files = sorted(glob.glob(str(config_dir / "sites" / "*.yaml")))
+    workdir.mkdir(parents=True, exist_ok=True)
+    sites_dir = signing_site_files(config_dir, workdir, dt.datetime.now(dt.UTC))
+    files = sorted(glob.glob(str(sites_dir / "*.yaml")))
     sites = [load_site(f) for f in files]
     sites = [s for s in sites if not only or s.site in only]
     if not sites:
         log.error("no sites to run in %s/sites", config_dir)
         return 2
     sites = _free_endpoints(sites)
-    workdir.mkdir(parents=True, exist_ok=True)
     broker = start_broker(workdir, log, broker_choice)
     atexit.register(broker.stop)  # also when a step below fails: no broker left running
     for site in sites:  # the demo broker is anonymous; the gateways still want their variables set
@@ -126,7 +138,7 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
             controls.append(serve_control(sim, 0))
 
     broker_settings = Mqtt(url=broker.url)  # what every client of the demo connects with
-    collector = Collector(CollectorConfig(broker=broker_settings, store=store_url, sites_dir=str(config_dir / "sites"),
+    collector = Collector(CollectorConfig(broker=broker_settings, store=store_url, sites_dir=str(sites_dir),
                                           client_id="jcm-demo-collector",
                                           protocol="5" if isinstance(broker, Mosquitto) else "3.1.1"))
     collector.start()
@@ -185,6 +197,33 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
     print(f"readings stored live: {collector.stored}; devices heard per site: {delivered}; "
           f"verified months: {sum(len(v) for v in verified.values())}; exports: {len(exports)}", flush=True)
     return 0 if flowed and any_verified else 1
+
+
+def signing_site_files(config_dir: Path, workdir: Path, now: dt.datetime) -> Path:
+    """Copies of the site files in ``<workdir>/sites``, each site's gateway signing with
+    its key in ``<workdir>/keys`` (made by ``jcm keygen`` unless there) and its public key
+    listed, signatures required; config/sites is never edited. Returns the folder."""
+    out, keys = workdir / "sites", workdir / "keys"
+    out.mkdir(parents=True, exist_ok=True)
+    profiles = config_dir / "profiles"
+    if profiles.is_dir() and not (workdir / "profiles").exists():  # where the copies look up their profiles
+        (workdir / "profiles").symlink_to(profiles.resolve())
+    for f in sorted((config_dir / "sites").glob("*.yaml")):
+        data = yaml.safe_load(f.read_text())
+        site = data["site"]
+        if not (keys / f"{site}.key").exists():
+            keygen(site, keys, now)
+        private = keys / f"{site}.key"
+        raw = load_private_key(private).public_key().public_bytes(serialization.Encoding.Raw,
+                                                                  serialization.PublicFormat.Raw)
+        key_id = f"{site}-demo-{fingerprint(raw)[:8]}"
+        data["custody"] = {
+            "private_key_file": str(private.resolve()), "key_id": key_id, "require_signatures": True,
+            "keys": [{"id": key_id, "public_key": base64.b64encode(raw).decode(), "fingerprint": fingerprint(raw),
+                      "valid_from": history_start(now.date()).isoformat()}],
+        }
+        (out / f.name).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return out
 
 
 def export_last_months(sites, store, ledger, out: Path, now: dt.datetime) -> list[Path]:

@@ -56,16 +56,18 @@ def keygen(site: str, out: Path, now: dt.datetime | None = None) -> str:
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     print_ = fingerprint(raw)
     now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    key_id = f"{site}-{now:%Y%m%d}-{print_[:8]}"
     return "\n".join([
         f"# the edge computer's site file ({site}.yaml):",
         "custody:",
         f"  private_key_file: {private.resolve()}",
+        f"  key_id: {key_id}",
         "",
         f"# the server's site file ({site}.yaml); when this key replaces one, set that key's",
         "# valid_to to this valid_from:",
         "custody:",
         "  keys:",
-        f"    - id: {site}-{now:%Y%m%d}-{print_[:8]}",
+        f"    - id: {key_id}",
         f"      public_key: {base64.b64encode(raw).decode()}",
         f"      fingerprint: {print_}",
         f"      valid_from: {now.isoformat().replace('+00:00', 'Z')}",

@@ -4,6 +4,7 @@ months were verified, and nothing left listening afterwards."""
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -58,6 +59,12 @@ def test_demo_without_mosquitto_uses_the_embedded_broker(tmp_path):
     assert "using the embedded Python broker (amqtt)" in out
     moved = re.search(r"mn-solar http://127\.0\.0\.1:(\d+)/faults", out).group(1)
     assert int(moved) != busy
+    # the gateway signed what it stored: its chain's last hash is kept with the rows
+    demo = tmp_path / "demo"
+    assert "require_signatures: true" in (demo / "sites" / "mn-solar.yaml").read_text()
+    assert (demo / "keys" / "mn-solar.key").stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(demo / "outbox-mn-solar.sqlite") as db:
+        assert db.execute("SELECT seq FROM chain").fetchone()[0] > 0
 
 
 def test_a_simulated_endpoint_whose_port_is_taken_moves_to_a_free_port():

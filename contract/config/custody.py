@@ -134,6 +134,9 @@ class CustodyKey(Strict):
 class Custody(Strict):
     #: the gateway's private key (edge computer only): PEM PKCS#8, mode 0600
     private_key_file: str | None = None
+    #: the id the gateway signs as (the ``id`` of this key in the server's ``keys``);
+    #: given with ``private_key_file``
+    key_id: KeyId | None = None
     #: refuse readings of this site that are not signed by one of ``keys``
     require_signatures: bool = False
     keys: list[CustodyKey] = Field(default_factory=list)
@@ -141,6 +144,13 @@ class Custody(Strict):
     @model_validator(mode="after")
     def _coherent(self) -> Custody:
         problems: list[tuple[Loc, str]] = []
+        if (self.private_key_file is None) != (self.key_id is None):
+            problems.append((("key_id",) if self.key_id is None else ("private_key_file",),
+                             "private_key_file and key_id go together: the gateway signs with the file's key "
+                             "as key_id"))
+        if self.key_id is not None and self.keys and self.key_id not in {k.id for k in self.keys}:
+            problems.append((("key_id",), f"'{self.key_id}' is not one of the ids in keys: the collector "
+                                          "would refuse everything signed as it"))
         if self.require_signatures and not self.keys:
             problems.append((("require_signatures",), "signatures are required but no keys are listed"))
         ids: dict[str, int] = {}
