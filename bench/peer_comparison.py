@@ -2,7 +2,7 @@
 
     python bench/peer_comparison.py [--devices 10 100 500 --interval 1 --seconds 30 --rounds 2]
 
-Both gateways run as they ship: ours as ``jcm gateway`` (APScheduler, durable outbox,
+Both gateways run as they ship: ours as ``jcm gateway`` of this repository (APScheduler, durable outbox,
 publisher) from a site file whose devices say ``poll_interval: 1``; ThingsBoard IoT
 Gateway 3.8.5 (bench/.tb-venv, made by polling_throughput.py's ``ensure_tb_venv``)
 with ``pollPeriod: 1000``. They poll the same N simulated devices (``--points`` float32
@@ -171,8 +171,6 @@ class Peer:
         self.args = args
         self.workdir = workdir
         self.tb_python = pt.ensure_tb_venv() if "tb" in args.contenders else None
-        jcm = Path(sys.executable).parent / "jcm"
-        self.jcm = [str(jcm)] if jcm.exists() else [sys.executable, "-c", "from jcm.cli import main; main()"]
         self.runs = 0
 
     def run(self, name: str, devices: int, core: int | None = None) -> dict:
@@ -190,9 +188,10 @@ class Peer:
             os.sched_setaffinity(0, set(range(os.cpu_count())))
         try:
             if name == "ours":
-                cmd = [*self.jcm, "gateway", "--site", str(h.site), "--broker", h.broker.url,
+                # `jcm gateway` of the repository this script is in, whatever the venv has installed
+                cmd = [sys.executable, "-m", "jcm.cli", "gateway", "--site", str(h.site), "--broker", h.broker.url,
                        "--outbox", str(wd / "outbox.sqlite")]
-                env = dict(os.environ)
+                env = {**os.environ, "PYTHONPATH": str(pt.REPO)}
             else:
                 config = pt.write_tb_configs(wd / "tb", h.ports, a.points, h.broker.port, round(a.interval * 1000),
                                              form=a.tb_form)
