@@ -96,7 +96,7 @@ def role_modbus_server(spec: dict) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
     requests = 0
-    record = spec.get("record_polls", False)
+    record = spec.get("poll_file")
     poll_starts: dict[int, list[float]] = {port: [] for port in spec["ports"]}
 
     def counter(port: int):
@@ -113,11 +113,19 @@ def role_modbus_server(spec: dict) -> None:
         return count
 
     def report() -> None:
-        """Requests so far, and the poll starts since the last report (then forgotten)."""
-        print(json.dumps({"requests": requests, "poll_starts": {str(p): s for p, s in poll_starts.items()}}),
-              flush=True)
-        for starts in poll_starts.values():
-            starts.clear()
+        """Requests so far; the poll starts since the last report (then forgotten) go to ``poll_file``.
+
+        To a file, not the pipe: a report of hundreds of devices fills the pipe, and a
+        server blocked on it stops answering until the harness reads it, which would show
+        as a late poll of every device it serves.
+        """
+        if record:
+            tmp = Path(record).with_suffix(".tmp")
+            tmp.write_text(json.dumps({str(p): s for p, s in poll_starts.items()}))
+            tmp.replace(record)
+            for starts in poll_starts.values():
+                starts.clear()
+        print(json.dumps({"requests": requests}), flush=True)
 
     async def main() -> None:
         servers = []
@@ -577,11 +585,13 @@ class Harness:
         self.workdir = workdir
         self.ports = device_ports(args.devices)
         per = devices_per_server or len(self.ports)
+        firsts = range(0, len(self.ports), per)
+        self.poll_files = [workdir / f"poll-starts-{i}.json" if record_polls else None for i in firsts]
         self.servers = [subprocess.Popen(
             [sys.executable, __file__, "--role", "modbus-server", "--spec",
              json.dumps({"ports": self.ports[i:i + per], "first_device": i, "points": args.points,
-                         "record_polls": record_polls})],
-            stdout=subprocess.PIPE, text=True) for i in range(0, len(self.ports), per)]
+                         "poll_file": str(poll_file) if poll_file else None})],
+            stdout=subprocess.PIPE, text=True) for i, poll_file in zip(firsts, self.poll_files)]
         self.broker = self.counter = None
         try:
             for server in self.servers:
@@ -606,10 +616,10 @@ class Harness:
         self.poll_starts = {}
         for server in self.servers:
             server.send_signal(signal.SIGUSR1)
-        for server in self.servers:
-            report = json.loads(server.stdout.readline())
-            total += report["requests"]
-            self.poll_starts.update({int(p): s for p, s in report["poll_starts"].items()})
+        for server, poll_file in zip(self.servers, self.poll_files):
+            total += json.loads(server.stdout.readline())["requests"]  # printed once poll_file is written
+            if poll_file:
+                self.poll_starts.update({int(p): s for p, s in json.loads(poll_file.read_text()).items()})
         return total
 
     def sample(self) -> dict:
