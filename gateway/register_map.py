@@ -90,8 +90,8 @@ def _engineering(
             return None, Quality.decode_error
         exponent = sf
     # an integer beyond 2**53 is sent as the float the stores would keep: the contract refuses it as an integer
-    if point.gain == 1.0 and point.offset == 0.0 and exponent == 0 and isinstance(raw, int) and abs(raw) <= MAX_INT:
-        value: float | int = raw
+    if point.gain == 1.0 and point.offset == 0.0 and exponent == 0 and (isinstance(raw, float) or abs(raw) <= MAX_INT):
+        value: float | int = raw + 0.0 if isinstance(raw, float) else raw  # + 0.0: what scaling by 1 gives (-0.0 -> 0.0)
     else:
         value = _scale(_scale(raw, point.gain) + point.offset, 10.0**exponent)
     if point.range is not None and not point.range[0] <= value <= point.range[1]:

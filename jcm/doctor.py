@@ -8,6 +8,7 @@ what is missing, each checked the way the gateway itself does it.
   id of its own so that a running gateway is not disconnected; nothing is published;
 - the outbox: its directory can be written, the file (if any) is a usable outbox, and
   the disk has room for it;
+- the signing key (when the site file names one): loaded as the gateway loads it;
 - the clock: readings are stamped with this computer's clock, so it must be right. The
   broker does not tell its time over MQTT and a site is often offline, so what is
   measured is the kernel's NTP state (synchronized or not, and its estimated error),
@@ -284,12 +285,25 @@ def check_clock(newest: dt.datetime | None, now: dt.datetime | None = None) -> C
                                 "set-ntp true) and check it against a trusted clock")
 
 
+def check_signing_key(site: Site) -> Check:
+    from contract.custody import CustodyError
+    from gateway.signing_key import signing_key
+
+    try:
+        key = signing_key(site.custody)
+    except CustodyError as exc:
+        return Check("signing key", FIX, str(exc))
+    return Check("signing key", OK, f"{site.custody.private_key_file}: signs as '{key.id}'")
+
+
 def run_checks(site: Site, site_file: str | Path, broker_url: str | None = None, outbox_path: str | None = None,
                timeout: float = 5.0) -> list[Check]:
     checks = [Check("config", OK, f"{site_file}: site {site.site}, gateway {site.gateway}, "
                                   f"{len(site.devices)} device(s), profiles found")]
     checks += [check_device(site, d) for d in site.devices]
     checks.append(check_broker(site, broker_url, timeout))
+    if site.custody.private_key_file is not None:
+        checks.append(check_signing_key(site))
     outbox, newest = check_outbox(site, outbox_path or site.outbox.path.format(gateway=site.gateway,
                                                                                  site=site.site))
     checks += outbox

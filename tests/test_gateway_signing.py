@@ -4,22 +4,28 @@ the real gateway."""
 
 import base64
 import datetime as dt
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from contract.config.custody import CustodyKey, fingerprint
-from contract.custody import GENESIS, chain_breaks, chain_hash, key_files, verify
+from contract.config.custody import Custody, CustodyKey, fingerprint
+from contract.custody import GENESIS, chain_breaks, chain_hash, key_files, sign, verify
+from contract.message import Reading
 from gateway.outbox import Outbox
 from gateway.service import Gateway
-from gateway.signing_key import SigningKey
+from gateway.signing_key import SigningKey, signing_key
 from jcm.cli import main
-from tests.conftest import Subscriber, free_port, load_site, tcp_device, wait_until, write_site
+from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, wait_until, write_site
 
 
 class RawSubscriber(Subscriber):
@@ -210,3 +216,48 @@ def test_put_returns_at_once_and_flush_waits_for_the_commit_in_sequence_order(tm
     box.flush()
     assert box.after(0, 100) == [(s, "t", f"m{s}") for s in range(1, 51)]
     box.close()
+
+
+def test_doctor_checks_the_signing_key_as_the_gateway_loads_it(tmp_path):
+    from jcm.doctor import FIX, OK, check_signing_key
+
+    _, path = make_key(tmp_path, "a")
+    assert check_signing_key(load_site(bad_site(tmp_path, path))).status == OK
+    path.chmod(0o640)
+    check = check_signing_key(load_site(bad_site(tmp_path, path)))
+    assert check.status == FIX and str(path) in check.detail and "readable by others" in check.detail
+
+
+def test_a_gateway_killed_mid_chain_continues_it_after_its_restart(tmp_path, mosquitto, raw, simulate):
+    key, path = make_key(tmp_path, "a")
+    site = signed_site(tmp_path, free_port(), path, "gw-a")
+    simulate(site)
+
+    def gateway():
+        return subprocess.Popen([sys.executable, "-m", "jcm.cli", "gateway", "--site", str(tmp_path / "sites" /
+                                 "test-site.yaml"), "--broker", mosquitto.url], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    gw = gateway()
+    assert wait_until(lambda: len(raw.raw) >= 10, 20)
+    gw.send_signal(signal.SIGKILL)  # between any two statements, commits included
+    gw.wait()
+    n = len(raw.raw)
+    gw = gateway()
+    assert wait_until(lambda: len(raw.raw) >= n + 10, 20)
+    gw.send_signal(signal.SIGTERM)
+    gw.wait(timeout=30)
+    verdicts = check(raw.raw, [public(key, "gw-a", dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))])
+    seqs = sorted(v.reading.seq for v in verdicts)
+    assert seqs == list(range(1, len(seqs) + 1)) and len({v.reading.epoch for v in verdicts}) == 1
+
+
+def test_keygen_lines_give_an_edge_file_that_signs_as_the_listed_key(tmp_path, capsys):
+    assert main(["keygen", "--site", "mn-solar", "--out", str(tmp_path / "keys")]) == 0
+    edge, server = (yaml.safe_load(part)["custody"] for part in capsys.readouterr().out.split("\n\n"))
+    custody = Custody(**edge, **server)  # one file naming the key and listing it: checked against each other
+    key = signing_key(custody)
+    assert key.id == edge["key_id"] == server["keys"][0]["id"]
+    body = Reading(site="mn-solar", gateway="gw", device="m", ts=dt.datetime.now(dt.UTC), values={"p": 1.0},
+                   seq=1, epoch="0123456789abcdef").to_json()
+    assert verify(sign(body, GENESIS, key.id, key.key), {"mn-solar": custody.keys}).ok
