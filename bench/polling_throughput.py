@@ -59,7 +59,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from jcm.broker import Mosquitto, free_port, wait_for_port  # noqa: E402
+from jcm.broker import Mosquitto, wait_for_port  # noqa: E402
 
 BASE_ADDRESS = 100  # not 0: an off-by-one in server or client addressing shows as wrong values
 TB_VENV = BENCH / ".tb-venv"
@@ -80,10 +80,13 @@ def expected_value(device: int, point: int) -> float:
 # --------------------------------------------------------------------------------------
 
 def role_modbus_server(spec: dict) -> None:
-    """Serve every device on its own port from one asyncio loop, with static data.
+    """Serve each of ``spec['ports']`` as one device on its own port from one asyncio loop, with static data.
 
     A plain pymodbus server with no action callback: the cheapest way pymodbus serves,
-    so that the server costs each contender the same and as little as it can.
+    so that the server costs each contender the same and as little as it can. With
+    ``record_polls`` it also notes, per port, when a poll of the device began (a read
+    starting at the first point's register: every contender's first request of a poll),
+    so that the harness can see whether each device was polled on time.
     """
     import asyncio
 
@@ -93,23 +96,43 @@ def role_modbus_server(spec: dict) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
     requests = 0
+    record = spec.get("poll_file")
+    poll_starts: dict[int, list[float]] = {port: [] for port in spec["ports"]}
 
-    def count(sending: bool, pdu):
-        """trace_pdu hook (pymodbus calls a no-op one anyway): counts the requests received."""
-        nonlocal requests
-        if not sending:
-            requests += 1
-        return pdu
+    def counter(port: int):
+        starts = poll_starts[port]
+
+        def count(sending: bool, pdu):
+            """trace_pdu hook (pymodbus calls a no-op one anyway): counts the requests received."""
+            nonlocal requests
+            if not sending:
+                requests += 1
+                if record and getattr(pdu, "address", None) == BASE_ADDRESS:
+                    starts.append(time.monotonic())  # CLOCK_MONOTONIC: the same clock in every process
+            return pdu
+        return count
 
     def report() -> None:
+        """Requests so far; the poll starts since the last report (then forgotten) go to ``poll_file``.
+
+        To a file, not the pipe: a report of hundreds of devices fills the pipe, and a
+        server blocked on it stops answering until the harness reads it, which would show
+        as a late poll of every device it serves.
+        """
+        if record:
+            tmp = Path(record).with_suffix(".tmp")
+            tmp.write_text(json.dumps({str(p): s for p, s in poll_starts.items()}))
+            tmp.replace(record)
+            for starts in poll_starts.values():
+                starts.clear()
         print(json.dumps({"requests": requests}), flush=True)
 
     async def main() -> None:
         servers = []
-        for d, port in enumerate(spec["ports"]):
+        for d, port in enumerate(spec["ports"], start=spec.get("first_device", 0)):
             values = [expected_value(d, k) for k in range(spec["points"])]
             device = SimDevice(1, simdata=[SimData(BASE_ADDRESS, values=values, datatype=DataType.FLOAT32)])
-            server = ModbusTcpServer(device, address=("127.0.0.1", port), trace_pdu=count)
+            server = ModbusTcpServer(device, address=("127.0.0.1", port), trace_pdu=counter(port))
             await server.serve_forever(background=True)
             servers.append(server)
         print("READY", flush=True)
@@ -416,8 +439,35 @@ def proc_peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def write_configs(workdir: Path, ports: list[int], points: int, broker_url: str) -> Path:
-    """Profile + site YAML for our gateway: one profile of ``points`` contiguous float32."""
+def device_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports below the kernel's ephemeral range.
+
+    Ports taken from the ephemeral range (what binding port 0 gives) can be handed to
+    another process's outgoing connection before the server binds them, and at
+    hundreds of devices on a busy machine that happens; below the range only a
+    listener can take them.
+    """
+    import random
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: list[int] = []
+    start = random.randrange(10_000, low - 2 * n - 1)
+    for port in range(start, low):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise SystemExit(f"not {n} free ports between {start} and {low}")
+
+
+def write_configs(workdir: Path, ports: list[int], points: int, broker_url: str, poll_interval: float = 0.1) -> Path:
+    """Profile + site YAML for our gateway: one profile of ``points`` contiguous float32.
+
+    ``poll_interval`` [s] is what the site file says (0.1, the config floor, unless
+    told); faster runs override it in the child.
+    """
     import yaml
 
     profiles, sites = workdir / "profiles", workdir / "sites"
@@ -437,7 +487,7 @@ def write_configs(workdir: Path, ports: list[int], points: int, broker_url: str)
         "gateway": "gw-bench", "mqtt": {"url": broker_url},
         "outbox": {"path": str(workdir / "outbox.sqlite"), "max_rows": 10_000_000},
         "devices": [{"id": f"dev-{i:02d}", "kind": "power_meter", "profile": "bench_float32",
-                     "poll_interval": 0.1,  # the config floor; faster runs override it in the child
+                     "poll_interval": poll_interval,
                      "connection": {"type": "tcp", "host": "127.0.0.1", "port": port, "unit_id": 1,
                                     "timeout": 1.0}}
                     for i, port in enumerate(ports)],
@@ -478,6 +528,7 @@ class BrokerCounter:
         self.messages = self.entries = self.values = 0
         self.rpc_answered = 0
         self.bad = 0
+        self.last: dict[str, dict] = {}  # the last body per topic kind, for a check of the values
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-counter")
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -496,6 +547,7 @@ class BrokerCounter:
                     client.publish(self.TB_RPC_RESPONSE + request_id, json.dumps(self.NO_LIMITS), qos=1)
                     self.rpc_answered += 1
                 return
+            self.last[msg.topic if msg.topic == self.TB_TELEMETRY else self.READINGS] = body
             if msg.topic == self.TB_TELEMETRY:  # {"device": [{"ts": ..., "values": {...}}, ...], ...}
                 entries = [e for device_entries in body.values() for e in device_entries]
                 n = sum(len(e["values"]) if "values" in e else len(e) for e in entries)
@@ -519,32 +571,61 @@ class BrokerCounter:
 
 
 class Harness:
-    """What every contender shares: the servers, the broker, the counter, the temp dir."""
+    """What every contender shares: the servers, the broker, the counter, the temp dir.
 
-    def __init__(self, args, workdir: Path):
+    The devices are served by processes of at most ``devices_per_server`` devices
+    each (all in one by default), so that at hundreds of devices the servers are not
+    what limits a contender; with ``record_polls`` they note when each device's polls
+    began (``poll_starts``, refreshed by every ``sample``).
+    """
+
+    def __init__(self, args, workdir: Path, devices_per_server: int | None = None, record_polls: bool = False,
+                 poll_interval: float = 0.1):
         self.args = args
         self.workdir = workdir
-        self.ports = [free_port() for _ in range(args.devices)]
-        self.server = subprocess.Popen(
+        self.ports = device_ports(args.devices)
+        per = devices_per_server or len(self.ports)
+        firsts = range(0, len(self.ports), per)
+        self.poll_files = [workdir / f"poll-starts-{i}.json" if record_polls else None for i in firsts]
+        self.servers = [subprocess.Popen(
             [sys.executable, __file__, "--role", "modbus-server", "--spec",
-             json.dumps({"ports": self.ports, "points": args.points})],
-            stdout=subprocess.PIPE, text=True)
-        if self.server.stdout.readline().strip() != "READY":
-            raise SystemExit("the Modbus server process did not start")
-        for port in self.ports:
-            wait_for_port(port)
-        self.broker = Mosquitto(workdir / "mosquitto").start()
-        self.counter = BrokerCounter(self.broker.port)
-        self.site = write_configs(workdir, self.ports, args.points, self.broker.url)
+             json.dumps({"ports": self.ports[i:i + per], "first_device": i, "points": args.points,
+                         "poll_file": str(poll_file) if poll_file else None})],
+            stdout=subprocess.PIPE, text=True) for i, poll_file in zip(firsts, self.poll_files)]
+        self.broker = self.counter = None
+        try:
+            for server in self.servers:
+                if server.stdout.readline().strip() != "READY":
+                    raise SystemExit("a Modbus server process did not start")
+            for port in self.ports:
+                wait_for_port(port)
+            self.broker = Mosquitto(workdir / "mosquitto").start()
+            self.counter = BrokerCounter(self.broker.port)
+        except BaseException:
+            self.close()
+            raise
+        self.poll_starts: dict[int, list[float]] = {}
+        self.site = write_configs(workdir, self.ports, args.points, self.broker.url, poll_interval)
 
     def server_requests(self) -> int:
-        """Modbus requests the servers have received so far (they answer SIGUSR1 with a count)."""
-        self.server.send_signal(signal.SIGUSR1)
-        return json.loads(self.server.stdout.readline())["requests"]
+        """Modbus requests the servers have received so far (they answer SIGUSR1 with a count).
+
+        Also replaces ``poll_starts`` with the poll starts recorded since the last call.
+        """
+        total = 0
+        self.poll_starts = {}
+        for server in self.servers:
+            server.send_signal(signal.SIGUSR1)
+        for server, poll_file in zip(self.servers, self.poll_files):
+            total += json.loads(server.stdout.readline())["requests"]  # printed once poll_file is written
+            if poll_file:
+                self.poll_starts.update({int(p): s for p, s in json.loads(poll_file.read_text()).items()})
+        return total
 
     def sample(self) -> dict:
         """Counters of everything around the contender, to difference over its window."""
-        return {"server_cpu_s": proc_cpu(self.server.pid), "broker_cpu_s": proc_cpu(self.broker.proc.pid),
+        return {"server_cpu_s": sum(proc_cpu(s.pid) for s in self.servers),
+                "broker_cpu_s": proc_cpu(self.broker.proc.pid),
                 "harness_cpu_s": cpu_seconds(), "server_requests": self.server_requests(),
                 **self.counter.snapshot()}
 
@@ -601,13 +682,17 @@ class Harness:
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
 
     def close(self) -> None:
-        self.counter.close()
-        self.broker.stop()
-        self.server.terminate()
-        try:
-            self.server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.server.kill()
+        if self.counter:
+            self.counter.close()
+        if self.broker:
+            self.broker.stop()
+        for server in self.servers:
+            server.terminate()
+        for server in self.servers:
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 # --------------------------------------------------------------------------------------
@@ -628,11 +713,16 @@ def ensure_tb_venv() -> Path:
     return python
 
 
-def write_tb_configs(tb_dir: Path, ports: list[int], points: int, broker_port: int, poll_ms: int) -> Path:
+def write_tb_configs(tb_dir: Path, ports: list[int], points: int, broker_port: int, poll_ms: int,
+                     form: str = "per-point") -> Path:
     """tb_gateway.json + modbus.json + logs.json, from the shipped defaults where they matter.
 
-    The Modbus connector gets one timeseries entry per point, each its own read of two
-    registers: the way its configuration describes points. Storage (memory), packing
+    ``form`` "per-point": the Modbus connector gets one timeseries entry per point, each
+    its own read of two registers, the way its configuration usually describes points.
+    "range": one timeseries entry whose address is the whole block ("100-139", its
+    "wide range" form, ``maxRegistersPerRequest`` raised from 16 to the block), read in
+    one request and decoded into one value per two registers, keys ``ch_<address>``: the
+    same one request per device poll as our gateway. Storage (memory), packing
     (minPackSendDelayMS 50, maxPayloadSizeBytes 8196), QoS 1 and reportStrategy
     (ON_RECEIVED: every reading) stay as shipped; statistics and remote configuration
     are off, and the local rate limits are "0:0," (none).
@@ -666,7 +756,10 @@ def write_tb_configs(tb_dir: Path, ports: list[int], points: int, broker_port: i
         "connectAttemptCount": 5, "waitAfterFailedAttemptsMs": 30000,
         "attributes": [], "attributeUpdates": [], "rpc": [],
         "timeseries": [{"tag": f"ch_{k:02d}", "type": "32float", "functionCode": 3, "objectsCount": 2,
-                        "address": BASE_ADDRESS + 2 * k} for k in range(points)],
+                        "address": BASE_ADDRESS + 2 * k} for k in range(points)] if form == "per-point" else
+                      [{"tag": "ch_${address}", "type": "32float", "functionCode": 3, "objectsCount": 2,
+                        "address": f"{BASE_ADDRESS}-{BASE_ADDRESS + 2 * points - 1}",
+                        "maxRegistersPerRequest": 2 * points}],
     } for i, port in enumerate(ports)]
     logs = {
         "version": 1, "disable_existing_loggers": False,
