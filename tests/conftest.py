@@ -241,8 +241,8 @@ def fill_history(store, site, first, last, step_s: float = 900.0) -> None:
     """Simulated readings of the channels the site's monitoring plan reads, first..last."""
     from simulators.history import history
 
-    for batch in history(site, first, last, step_s=step_s, channels=set(site.monitoring_channels)):
-        store.write(batch)
+    for readings in history(site, first, last, step_s=step_s, channels=set(site.monitoring_channels)):
+        store.write(readings)
 
 
 def fuzz_examples(default: int) -> int:
