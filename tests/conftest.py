@@ -201,6 +201,15 @@ def influxdb(tmp_path):
     server.stop()
 
 
+@pytest.fixture(params=["sqlite", "influxdb"])
+def store_url(request, tmp_path):
+    """The URL of an empty store, once SQLite and once InfluxDB 1.6.7 (a test that takes it runs on both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jcm.db"
+    influx = request.getfixturevalue("influxdb")
+    return f"influxdb://127.0.0.1:{influx.port}?api=v1&db=jcm&timeout=5"
+
+
 @pytest.fixture
 def victoriametrics(tmp_path):
     """VictoriaMetrics: a real server of InfluxDB's /api/v2/write endpoint."""

@@ -70,13 +70,6 @@ def chain(seqs, epoch=E1, key_id="k1", key=K1, ts=None):
     return {s: out[s] for s in seqs}
 
 
-@pytest.fixture(params=["sqlite", "influxdb"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jcm.db"
-    influx = request.getfixturevalue("influxdb")
-    return f"influxdb://127.0.0.1:{influx.port}?api=v1&db=jcm&timeout=5"
-
 
 def run(mosquitto, store_url, sites_dir, *groups, settle=False):
     """Publish each group of messages, waiting for the collector to take each before the next;

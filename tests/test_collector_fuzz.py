@@ -67,13 +67,6 @@ def render(kind: tuple, i: int) -> bytes:
     return json.dumps(body).encode("utf-8", "surrogatepass")
 
 
-@pytest.fixture(params=["sqlite", "influxdb"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jcm.db"
-    server = request.getfixturevalue("influxdb")
-    return f"influxdb://127.0.0.1:{server.port}?api=v1&db=jcm&timeout=5"
-
 
 @pytest.mark.fuzz
 def test_no_message_stops_ingestion_or_is_lost(tmp_path, store_url):

@@ -37,13 +37,6 @@ def sites_dir(tmp_path):
     return write_site(tmp_path, [tcp_device("m1", "power_meter_3ph", 1502)]).parent
 
 
-@pytest.fixture(params=["sqlite", "influxdb"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jcm.db"
-    influx = request.getfixturevalue("influxdb")
-    return f"influxdb://127.0.0.1:{influx.port}?api=v1&db=jcm&timeout=5"
-
 
 def message(seq: int, epoch: str | None = E1) -> tuple[str, bytes]:
     r = Reading(site="test-site", gateway="gw-test", device="m1", ts=T0 + dt.timedelta(seconds=seq),
