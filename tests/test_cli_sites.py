@@ -14,7 +14,8 @@ from jcm.broker import wait_for_port
 from tests.conftest import REPO, load_site
 from tests.test_reference_sites import SITES
 
-pytestmark = pytest.mark.slow
+#: the reference sites' fixed Modbus ports: one xdist process runs these one after another
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reference-ports")]
 
 
 @pytest.mark.parametrize("site_file", SITES, ids=lambda s: s.rsplit("/", 1)[-1])

@@ -15,7 +15,8 @@ import pytest
 from jcm.broker import free_port
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+#: the reference sites' fixed Modbus ports: one xdist process runs these one after another
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reference-ports")]
 
 
 def run_demo(tmp_path, *args, timeout=240):
