@@ -30,7 +30,7 @@ import logging
 
 from collector.validation import Rejected
 from contract.config.site import Site
-from contract.custody import GENESIS, verify
+from contract.custody import GENESIS, Verdict, open_batch, verify
 from contract.message import MAX_SEQ, Reading
 from contract.store import CustodyFinding, Link, ReadingStore, SignedMessage
 
@@ -40,15 +40,29 @@ log = logging.getLogger(__name__)
 SIGNATURE_MEMBERS = ("prev", "key", "sig")
 
 
+class BatchRefused(Rejected):
+    """A batch whose chain of custody does not hold together: each of its ``lines`` is a
+    dead letter with the reason."""
+
+    def __init__(self, reason: str, lines: list[bytes]):
+        super().__init__(reason)
+        self.lines = lines
+
+
 class CustodyCheck:
     def __init__(self, sites: list[Site], store: ReadingStore):
         self.store = store
         self.keys = {s.site: list(s.custody.keys) for s in sites}
         self.required = {s.site for s in sites if s.custody.require_signatures}
 
-    def signed(self, payload: bytes, reading: Reading) -> SignedMessage | None:
+    def signed(self, payload: bytes, reading: Reading, verdict: Verdict | None = None) -> SignedMessage | None:
         """The signed message of a valid reading, or ``None`` for an unsigned one its site
-        allows; ``Rejected`` with the reason otherwise."""
+        allows; ``Rejected`` with the reason otherwise. ``verdict``: a batch line's, from
+        ``batch`` (a covered line has no signature of its own to check)."""
+        if verdict is not None:
+            if verdict.ok:
+                return SignedMessage.verified(payload, verdict)
+            raise Rejected(f"custody: {verdict.reason}")
         if not any(f'"{name}"'.encode() in payload for name in SIGNATURE_MEMBERS):
             return self._unsigned(reading)
         v = verify(payload, self.keys)
@@ -57,6 +71,14 @@ class CustodyCheck:
         if v.kind == "malformed" and not _signature_members(payload):
             return self._unsigned(reading)  # the name was a channel's, say
         raise Rejected(f"custody: {v.reason}")
+
+    def batch(self, lines: list[bytes]) -> list[tuple[bytes, Verdict | None]]:
+        """A batch's lines as messages, each with its verdict when the batch checked it
+        (``contract.custody.open_batch``); ``BatchRefused`` when the batch is refused whole."""
+        try:
+            return open_batch(lines, self.keys)
+        except ValueError as exc:
+            raise BatchRefused(f"custody: batch refused whole: {exc}", lines) from None
 
     def _unsigned(self, reading: Reading) -> None:
         if reading.site in self.required:

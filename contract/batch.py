@@ -37,6 +37,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
+from contract import custody
+
 #: the broker's largest packet [bytes]: deploy/mosquitto/mosquitto.conf, max_packet_size
 MAX_PACKET_BYTES = 65_536
 #: largest compressed payload [bytes]: the packet less its fixed header (5), topic (2 + at
@@ -48,12 +50,11 @@ MAX_UNPACKED_BYTES = 4 * 1024 * 1024
 MAX_MESSAGES = 10_000
 #: zlib level: the link, not the gateway's CPU, is what is scarce
 LEVEL = 9
-#: bytes ``flush()`` may add after a sync flush: an empty final block and the Adler-32 check
-_FINISH_BYTES = 16
 
 
 def pack(messages: Sequence[bytes], limit: int = MAX_PACKED_BYTES) -> tuple[bytes, int]:
-    """Compress the longest prefix of ``messages`` that fits in ``limit`` bytes.
+    """Compress the longest prefix of ``messages`` that fits in ``limit`` bytes, each signed
+    message of a chain run written thin (``custody.batch_line``: the module doc).
 
     Parameters
     ----------
@@ -73,18 +74,28 @@ def pack(messages: Sequence[bytes], limit: int = MAX_PACKED_BYTES) -> tuple[byte
     """
     co = zlib.compressobj(LEVEL)
     parts: list[bytes] = []
+    lines: list[custody.BatchLine] = []
     size = n = raw = 0
+    finish = b""  # what ends the payload after the last step: the last line's end, the stream's
     step = 64  # lines per sync flush: a few bytes each, and an exact size after every step
     while n < len(messages) and step:
         chunk = messages[n:n + step]
-        body = (b"\n" if n else b"") + b"\n".join(chunk)
-        if (n + len(chunk) > MAX_MESSAGES or raw + len(body) > MAX_UNPACKED_BYTES
-                or any(b"\n" in m or not m for m in chunk)):
+        if n + len(chunk) > MAX_MESSAGES or any(b"\n" in m or not m for m in chunk):
+            step //= 8
+            continue
+        while len(lines) < n + len(chunk):
+            lines.append(custody.batch_line(messages[len(lines)], lines[-1] if lines else None))
+        # each line's end is written once the line after it is known: the last keeps its signature
+        body = b"".join(_joined(lines, n, n + len(chunk)))
+        last = lines[n + len(chunk) - 1].end
+        if raw + len(body) + len(last) > MAX_UNPACKED_BYTES:
             step //= 8
             continue
         before = co.copy()
         piece = co.compress(body) + co.flush(zlib.Z_SYNC_FLUSH)
-        if size + len(piece) + _FINISH_BYTES > limit:
+        end = co.copy()
+        tail = end.compress(last) + end.flush()
+        if size + len(piece) + len(tail) > limit:
             co = before  # that step is too much: try fewer lines
             step //= 8
             continue
@@ -92,10 +103,20 @@ def pack(messages: Sequence[bytes], limit: int = MAX_PACKED_BYTES) -> tuple[byte
         size += len(piece)
         raw += len(body)
         n += len(chunk)
+        finish = tail
     if not n:
         return b"", 0
-    parts.append(co.flush())
+    parts.append(finish)
     return b"".join(parts), n
+
+
+def _joined(lines: list[custody.BatchLine], first: int, stop: int):
+    """The bytes of lines ``first`` to ``stop`` - 1, the end of the line before ``first``
+    (if any) first, without the last one's end."""
+    for i in range(first, stop):
+        if i:
+            yield (lines[i - 1].end_covered if lines[i].linked else lines[i - 1].end) + b"\n"
+        yield lines[i].head
 
 
 def unpack(payload: bytes) -> list[bytes]:
