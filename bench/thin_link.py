@@ -199,13 +199,14 @@ def _value(point, t: float, sun: float, rnd: random.Random, state: dict):
     return int(x)
 
 
-def day_of_readings(site) -> list[Reading]:
-    """One day of the site's readings at its poll intervals, in time order (seq, epoch unset)."""
+def day_of_readings(site, seconds: int = 86400) -> list[Reading]:
+    """The first ``seconds`` of a day of the site's readings at its poll intervals, in time
+    order (seq, epoch unset)."""
     rnd = random.Random(20261101)
     rows = []
     for d in site.devices:
         state: dict = {}
-        for k in range(int(86400 / d.poll_interval)):
+        for k in range(int(seconds / d.poll_interval)):
             t = k * d.poll_interval
             sun = max(0.0, math.sin(math.pi * ((t / 3600 + 8) % 24 - 6) / 12))  # daylight at UTC+8
             points = d.register_map.points

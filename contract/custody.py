@@ -250,6 +250,14 @@ def is_covered(message: bytes) -> bool:
             and _TAIL.fullmatch(message, max(message.rfind(b',"prev":"'), 0)) is not None)
 
 
+def link(message: bytes) -> tuple[str, str] | None:
+    """``(prev, hash)`` of a signed or covered message, read without parsing it (what links
+    it to its neighbours); ``None`` for any other."""
+    signed = message[:-SIG_SUFFIX_BYTES] + b"}" if _suffix(message) is not None else message
+    tail = _TAIL.fullmatch(signed, max(signed.rfind(b',"prev":"'), 0))
+    return None if tail is None else (tail.group(1).decode(), hashlib.sha256(signed).hexdigest())
+
+
 def verify_chained(items: Iterable[T], keys: Mapping[str, Sequence[CustodyKey]],
                    raw: Callable[[T], bytes] = bytes) -> Iterator[tuple[T, Verdict]]:
     """``verify`` of each of a sequence of messages (``raw(item)``), covered ones among them,
