@@ -9,14 +9,46 @@ The payload is one zlib stream (RFC 1950: deflate with the 2-byte zlib header an
 Adler-32 check, what ``zlib.compress`` makes) of reading messages separated by one
 newline byte (0x0A); a newline after the last one is allowed (any other empty line is a bad
 line). Each line is **exactly the bytes the message has when sent alone** on
-``jcm/v1/<site>/<gateway>/<device>/reading``, ``<device>`` being its ``device`` member:
-not re-serialised, so a signed message (``contract/custody.py``) keeps its signed bytes.
-A message holding a newline byte (compact JSON never does), or empty, cannot be a line;
-it goes alone.
+``jcm/v1/<site>/<gateway>/<device>/reading``, ``<device>`` being its ``device`` member,
+not re-serialised, except that a signed message (``contract/custody.py``) may leave out
+what its chain already covers (below). A message holding a newline byte (compact JSON
+never does), or empty, cannot be a line; it goes alone.
 
-A subscriber treats each line exactly as the same message sent alone, with site and
-gateway taken from the batch topic: one bad line is refused (a dead letter) and the
-others are stored. The MQTT acknowledgement of a batch, as of any message, comes once
+Signed lines
+------------
+A signature and a ``prev`` hash (152 bytes that do not compress) would cost more than
+the rest of a compressed reading; within a batch the chain carries them instead. A
+signed message's ``prev`` is the SHA-256 of the previous message's signed bytes ``B``,
+and its signature is over its own ``B``, which hold that ``prev``: one signature covers
+every message before it in the chain. So, in a batch:
+
+- a line whose message's ``prev`` is the hash of the line before's signed bytes may write
+  it as ``"prev":""`` (the ``,"prev":"`` of its signed bytes followed at once by
+  ``","key":"``); a subscriber puts back the lower-case hex SHA-256 of the line before's
+  signed bytes (as rebuilt, when that line's prev was left out too). The line before
+  must be the message of ``seq`` one less of the same site, gateway and ``epoch``;
+- a line whose next line carries its hash so may leave out its signature: it is then
+  its signed bytes ``B`` exactly (ending ``"key":"<key id>"}``), a **covered** message;
+- the last line of a batch, and any signed line whose next line does not follow it so,
+  keeps its signature. ``pack`` writes every line so (``custody.batch_line``): a run of a
+  chain is one signature, wherever the packet limit cuts it.
+
+A subscriber rebuilds each message (``custody.open_batch``): a covered line is stored as
+its signed bytes (without ``sig``), a signed line as the message sent alone would be. A
+covered message verifies when the lines after it link it to a signature that verifies;
+its own key rules still apply (the key it names is its site's, valid at its ``ts``, not
+revoked), as do the covering message's. The whole batch is refused, each line a dead
+letter with the reason naming the first line that breaks it, when a line's ``prev`` is
+left out but the line before is not ``seq`` - 1 of its chain, when a covered line is not
+followed by its successor carrying its hash (a line removed, reordered, of another site
+or epoch), or when the last line has no signature. A covered line altered changes every
+hash after it, so the covering signature fails: each line it covers is refused with
+that reason (a batch of one run: all of it). Messages sent alone are always signed one by
+one.
+
+A subscriber otherwise treats each line exactly as the same message sent alone, with
+site and gateway taken from the batch topic: one bad line is refused (a dead letter) and
+the others are stored. The MQTT acknowledgement of a batch, as of any message, comes once
 every line is in the store.
 
 Bounds (a subscriber refuses the whole batch, naming the first one broken):

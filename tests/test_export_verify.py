@@ -282,6 +282,25 @@ def test_the_documented_standard_tool_check_works(export, tamper):
         f"line 6: {chain} seq {seq}: prev is not the hash of seq {seq - 1}"], done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("broken", [False, True])
+def test_the_documented_standard_tool_check_follows_covered_messages(export, broken):
+    lines = messages(export)[:12]
+    lines = [m if i in (5, 11) else signed_bytes(m) for i, m in enumerate(lines)]  # covered by lines 6 and 12
+    if broken:  # line 3 altered; line 12 gone, so nothing covers lines 7..11
+        lines[2] = lines[2].replace(b'"values":{', b'"values":{"x":1.0,', 1)
+        lines.pop()
+    put_messages(export, lines)
+    done = subprocess.run(["bash", "-c", documented_export_check()], cwd=export, capture_output=True, text=True,
+                          timeout=60)
+    if not broken:
+        assert done.stdout == "" and done.stderr == "" and len(lines) == 12, done.stdout + done.stderr
+        return
+    chain = f"mn-solar/gw-mn-01/{EPOCH}"
+    seq = json.loads(lines[3])["seq"]
+    assert done.stdout.splitlines() == [f"line 4: {chain} seq {seq}: prev is not the hash of seq {seq - 1}",
+                                        f"line 7: {chain}: no signed message after it covers it"], done.stdout
+
+
 def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path, signer, capsys):
     """A counter without readings just before September is settled by its last reading of
     August: the export's messages must hold it, or the recomputation reads other readings."""
