@@ -5,7 +5,10 @@ A reading message that carries ``prev``, ``key`` or ``sig`` is a signed message 
 verify (``contract.custody.verify``) against its site's keys, valid at its ``ts``;
 otherwise it is a dead letter with the reason. A site with ``custody.require_signatures``
 has its unsigned readings refused too; another site's unsigned readings are stored as
-they always were.
+they always were. A backlog batch's lines are checked together (``batch``,
+``contract.custody.open_batch``): a line left without its signature is stored as its
+signed bytes when the lines after it link it to a signature that verifies; a batch
+that does not hold together is refused whole, each line a dead letter with the reason.
 
 The chain is checked against the store, not against what this collector happened to
 see: messages come out of order (the live lane overtakes the backlog) and split across
