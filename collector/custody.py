@@ -43,15 +43,6 @@ log = logging.getLogger(__name__)
 SIGNATURE_MEMBERS = ("prev", "key", "sig")
 
 
-class BatchRefused(Rejected):
-    """A batch whose chain of custody does not hold together: each of its ``lines`` is a
-    dead letter with the reason."""
-
-    def __init__(self, reason: str, lines: list[bytes]):
-        super().__init__(reason)
-        self.lines = lines
-
-
 class CustodyCheck:
     def __init__(self, sites: list[Site], store: ReadingStore):
         self.store = store
@@ -77,11 +68,13 @@ class CustodyCheck:
 
     def batch(self, lines: list[bytes]) -> list[tuple[bytes, Verdict | None]]:
         """A batch's lines as messages, each with its verdict when the batch checked it
-        (``contract.custody.open_batch``); ``BatchRefused`` when the batch is refused whole."""
+        (``contract.custody.open_batch``); when the batch is refused whole, each line as
+        sent with that refusal (a dead letter, acknowledged as one)."""
         try:
             return open_batch(lines, self.keys)
         except ValueError as exc:
-            raise BatchRefused(f"custody: batch refused whole: {exc}", lines) from None
+            refused = Verdict("batch_refused", f"batch refused whole: {exc}")
+            return [(line, refused) for line in lines]
 
     def _unsigned(self, reading: Reading) -> None:
         if reading.site in self.required:

@@ -223,8 +223,8 @@ class Collector:
         for m in batch:
             try:
                 deliveries += self._lines(m)
-            except Rejected as exc:  # each line of a batch refused whole, or the batch that does not unpack
-                letters += [DeadLetter(m.received, m.topic, p, str(exc)) for p in getattr(exc, "lines", [m.payload])]
+            except Rejected as exc:
+                letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
         for m in deliveries:
             try:
                 r = validate(m.topic, m.payload, self.rules, now, self.config.max_payload_bytes, future)
@@ -281,7 +281,7 @@ class Collector:
     def _lines(self, m: Incoming) -> list[Incoming]:
         """The messages of one delivery: itself, or each line of a batch (contract/batch.py),
         on the batch's topic, with its custody verdict; ``Rejected`` for a batch that does not
-        unpack or is refused whole (then with its ``lines``)."""
+        unpack."""
         if not m.topic.endswith("/batch"):
             return [m]
         try:
