@@ -63,14 +63,16 @@ def with_covering(store: ReadingStore, site: str, messages: Iterable[bytes], end
     the last of each chain, when it is covered (``contract.custody``: kept without its
     signature, the chain links it to a later signed message), the messages of its chain
     stamped from ``end`` up to the first signed one: without them it could not be verified."""
-    last = None
+    last = None  # the message before, when covered, and its hash
     for m in messages:
-        if last is not None and is_covered(last) and (link(m) or ("",))[0] != link(last)[1]:
-            yield from _covering(store, site, last, end)
+        covered = is_covered(m)
+        here = link(m) if covered or last else None  # most messages are signed: no hash of theirs is needed
+        if last and (here is None or here[0] != last[1]):
+            yield from _covering(store, site, last[0], end)
         yield m
-        last = m
-    if last is not None and is_covered(last):
-        yield from _covering(store, site, last, end)
+        last = (m, here[1]) if covered else None
+    if last:
+        yield from _covering(store, site, last[0], end)
 
 
 def _covering(store: ReadingStore, site: str, last: bytes, end: dt.datetime) -> list[bytes]:
