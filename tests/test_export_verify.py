@@ -28,7 +28,7 @@ from contract.config.custody import Custody
 from contract.custody import GENESIS, chain_hash, sign, signed_bytes, verify
 from contract.store import SignedMessage
 from jcm.cli import main
-from processing.export import export_period
+from processing.export import custody_folder, export_period
 from processing.ledger import Ledger
 from simulators.history import SIMULATED_CHANNEL, history
 from store.sqlite_store import SqliteStore
@@ -45,9 +45,11 @@ def signer():
     return Ed25519PrivateKey.generate()
 
 
-def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None):
+def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1):
     """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
-    ``tamper(store)`` runs on the store before the export."""
+    ``tamper(store)`` runs on the store before the export. With ``signature_every`` N, the
+    store keeps only every Nth message whole, the others covered (their signed bytes), as
+    from backlog batches."""
     site = reference_site("mn-solar")
     site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
     store = SqliteStore(tmp / "jcm.db")
@@ -64,7 +66,8 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None):
                         seq=seq, epoch=EPOCH)
             message = sign(r.to_json(), prev, "k1", signer)
             prev = chain_hash(message)
-            signed.append(SignedMessage.verified(message, verify(message, keys)))
+            kept = message if seq % signature_every == 0 else signed_bytes(message)
+            signed.append(SignedMessage.verified(kept, verify(message, keys)))
             readings.append(r)
         store.write(readings, messages=signed)
     if tamper:
@@ -311,6 +314,26 @@ def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path
     assert manifest["custody"]["from"].startswith("2026-08-29")
     rc, out = run(folder, capsys)
     assert rc == 0, out
+
+
+def test_the_messages_covering_the_last_of_the_window_are_exported_too(tmp_path, signer, capsys, monkeypatch):
+    """A backlog's run of covered messages across the end of the export's window: the
+    signature that covers its last messages there is stamped after it."""
+    days = [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1)), (dt.date(2026, 9, 30), dt.date(2026, 10, 1))]
+    folder = make_export(tmp_path, signer, days, signature_every=47)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    end = manifest["custody"]["to"]
+    stamps = [json.loads(m[:-98] + b"}" if m.endswith(b'=="}') else m)["ts"] for m in messages(folder)]
+    after = [ts for ts in stamps if dt.datetime.fromisoformat(ts) >= dt.datetime.fromisoformat(end)]
+    assert 0 < len(after) < 47 and messages(folder)[-1].endswith(b'=="}'), (end, after)
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+    # without them, the window's last messages are not covered
+    monkeypatch.setattr(custody_folder, "with_covering", lambda store, site, messages, end: messages)
+    (tmp_path / "without").mkdir()
+    rc, out = run(make_export(tmp_path / "without", signer, days, signature_every=47), capsys)
+    assert rc == 1 and "not covered: seq" in out and "has no signature and nothing after it" in out, out
+    assert "VERDICT: FAILED: 39 message(s) refused" in out, out  # seqs 2962..3000, after 2961 = 47 × 63
 
 
 def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosquitto, signer, capsys):
