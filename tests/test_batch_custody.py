@@ -46,13 +46,17 @@ def lines(messages_: list[bytes]) -> list[bytes]:
 
 
 def test_a_signed_backlog_goes_within_the_thin_link_budget():
-    """An hour of mn-solar signed in one chain, as the gateway's backlog batches carry it."""
+    """An hour of mn-solar signed in one chain, as the gateway's backlog batches carry it:
+    within the budget (the day's first hour, in daylight, is among its dearest: 94.6 bytes a
+    reading unsigned against 70.1 for the whole day), and at most 3 % above the same
+    readings unsigned (each line carrying its prev and signature: 224 bytes a reading)."""
     site = load_site(MN_SOLAR)
-    readings = day_of_readings(site, 3600)
-    payloads = [dataclasses.replace(r, seq=i, epoch=E1).to_json().encode() for i, r in enumerate(readings, 1)]
-    signed_ = signed_chain(payloads, K1)
-    wire = sum(publish_bytes(topics.batch(site.site, site.gateway), p) for p in batches_of(signed_))
-    assert wire / len(signed_) <= BUDGET, f"{wire / len(signed_):.1f} bytes/reading, budget {BUDGET:.1f}"
+    unsigned = [dataclasses.replace(r, seq=i, epoch=E1).to_json().encode()
+                for i, r in enumerate(day_of_readings(site, 3600), 1)]
+    topic = topics.batch(site.site, site.gateway)
+    per_reading = [sum(publish_bytes(topic, p) for p in batches_of(m)) / len(m)
+                   for m in (unsigned, signed_chain(unsigned, K1))]
+    assert per_reading[1] <= BUDGET and per_reading[1] <= 1.03 * per_reading[0], per_reading
 
 
 def test_a_batch_rebuilds_each_message_byte_for_byte_and_only_the_last_keeps_its_signature():
