@@ -90,7 +90,7 @@ SIG_SUFFIX_BYTES = 98
 #: largest signed message: above the largest reading the contract's bounds allow
 MAX_MESSAGE_BYTES = 1 << 20
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 _KEY_ID = re.compile(KEY_ID_PATTERN)
 _SITE = re.compile(ID_PATTERN)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -258,8 +258,8 @@ def link(message: bytes) -> tuple[str, str] | None:
     return None if tail is None else (tail.group(1).decode(), hashlib.sha256(signed).hexdigest())
 
 
-def verify_chained(items: Iterable[T], keys: Mapping[str, Sequence[CustodyKey]],
-                   raw: Callable[[T], bytes] = bytes) -> Iterator[tuple[T, Verdict]]:
+def verify_chained(items: Iterable[_T], keys: Mapping[str, Sequence[CustodyKey]],
+                   raw: Callable[[_T], bytes] = bytes) -> Iterator[tuple[_T, Verdict]]:
     """``verify`` of each of a sequence of messages (``raw(item)``), covered ones among them,
     in the order given: a covered message verifies when the messages right after it link
     it to one whose signature verifies (the module doc). A covered message's verdict waits
@@ -272,10 +272,10 @@ def verify_chained(items: Iterable[T], keys: Mapping[str, Sequence[CustodyKey]],
     return _chained(((item, raw(item), None) for item in items), keys)
 
 
-def _chained(items: Iterable[tuple[T, bytes, Verdict | None]],
-             keys: Mapping[str, Sequence[CustodyKey]]) -> Iterator[tuple[T, Verdict]]:
+def _chained(items: Iterable[tuple[_T, bytes, Verdict | None]],
+             keys: Mapping[str, Sequence[CustodyKey]]) -> Iterator[tuple[_T, Verdict]]:
     """``verify_chained`` of (item, message, its parse when the caller has it)."""
-    run: list[tuple[T, Verdict, Verdict]] = []  # covered messages waiting: item, parsed, own checks
+    run: list[tuple[_T, Verdict, Verdict]] = []  # covered messages waiting: item, parsed, own checks
     for item, message, parsed in items:
         signed = _suffix(message) is not None
         covered = not signed and (parsed is not None or is_covered(message))
@@ -302,7 +302,7 @@ def _follows(before: Verdict, after: Verdict) -> bool:
             and after.reading.seq == before.reading.seq + 1 and after.prev == before.hash)
 
 
-def _uncovered(run: list[tuple[T, Verdict, Verdict]], after: Verdict | None) -> Iterator[tuple[T, Verdict]]:
+def _uncovered(run: list[tuple[_T, Verdict, Verdict]], after: Verdict | None) -> Iterator[tuple[_T, Verdict]]:
     last = run[-1][1]
     where = f"seq {last.reading.seq} of {'/'.join(last.chain)}"
     reason = (f"not covered: {where} has no signature and nothing after it" if after is None else
