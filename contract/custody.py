@@ -68,6 +68,7 @@ import hashlib
 import json
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,9 @@ GENESIS = "0" * 64
 SIG_SUFFIX_BYTES = 98
 #: largest signed message: above the largest reading the contract's bounds allow
 MAX_MESSAGE_BYTES = 1 << 20
+#: most covered messages in a row a verifier holds while it looks for their signature: a
+#: batch carries at most 10,000 (contract/batch.py), so a run is normally no longer
+MAX_COVERED_RUN = 20_000
 
 _T = TypeVar("_T")
 _KEY_ID = re.compile(KEY_ID_PATTERN)
@@ -275,22 +279,24 @@ def verify_chained(items: Iterable[_T], keys: Mapping[str, Sequence[CustodyKey]]
 def _chained(items: Iterable[tuple[_T, bytes, Verdict | None]],
              keys: Mapping[str, Sequence[CustodyKey]]) -> Iterator[tuple[_T, Verdict]]:
     """``verify_chained`` of (item, message, its parse when the caller has it)."""
-    run: list[tuple[_T, Verdict, Verdict]] = []  # covered messages waiting: item, parsed, own checks
+    run: deque[tuple[_T, Verdict, Verdict]] = deque()  # covered messages waiting: item, parsed, own checks
     for item, message, parsed in items:
         signed = _suffix(message) is not None
         covered = not signed and (parsed is not None or is_covered(message))
         p = parsed or (_parse_signed(message) if covered else _parse(message))
         if run and not _follows(run[-1][1], p):
             yield from _uncovered(run, p)
-            run = []
+            run.clear()
         if covered and p.reading is not None:
+            if len(run) == MAX_COVERED_RUN:  # a bound on what is held: the oldest is not covered
+                yield from _uncovered([run.popleft()], None, f"more than {MAX_COVERED_RUN} covered messages in a row")
             run.append((item, p, _checked(p, keys, None)))
             continue
         v = _checked(p, keys, None if covered else message)
         for waiting, parse, own in run:
             yield waiting, own if v.ok or not own.ok else Verdict(
                 v.kind, f"covered by seq {v.reading.seq}, refused: {v.reason}", parse.reading, parse.key_id)
-        run = []
+        run.clear()
         yield item, v
     if run:
         yield from _uncovered(run, None)
@@ -302,10 +308,12 @@ def _follows(before: Verdict, after: Verdict) -> bool:
             and after.reading.seq == before.reading.seq + 1 and after.prev == before.hash)
 
 
-def _uncovered(run: list[tuple[_T, Verdict, Verdict]], after: Verdict | None) -> Iterator[tuple[_T, Verdict]]:
+def _uncovered(run: Sequence[tuple[_T, Verdict, Verdict]], after: Verdict | None,
+               why: str | None = None) -> Iterator[tuple[_T, Verdict]]:
     last = run[-1][1]
     where = f"seq {last.reading.seq} of {'/'.join(last.chain)}"
-    reason = (f"not covered: {where} has no signature and nothing after it" if after is None else
+    reason = (f"not covered: {why}" if why else
+              f"not covered: {where} has no signature and nothing after it" if after is None else
               f"not covered: {where} has no signature and the message after it is not seq "
               f"{last.reading.seq + 1} of its chain carrying its hash")
     for item, parse, own in run:

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from bench.thin_link import batches_of, day_of_readings, publish_bytes, signed_chain
 from bench.acknowledgement import MN_SOLAR
-from contract import batch, topics
+from contract import batch, custody, topics
 from contract.config import load_site
 from contract.custody import GENESIS, chain_hash, open_batch, signed_bytes, verify, verify_chained
 from contract.store import SignedMessage
@@ -201,3 +201,12 @@ def test_no_altered_line_of_a_batch_is_taken_for_what_the_gateway_signed(n, limi
         return
     # a line the batch verified, or checked alone, is one the gateway signed, byte for byte
     assert all(m in GENUINE for m, v in opened if (v or verify(m, keys())).ok)
+
+
+def test_a_verifier_holds_a_bounded_run_of_covered_messages(monkeypatch):
+    monkeypatch.setattr(custody, "MAX_COVERED_RUN", 3)
+    sent = messages(range(1, 7))
+    kept = [signed_bytes(m) for m in sent[:5]] + [sent[5]]
+    verdicts = [v for _, v in verify_chained(kept, keys())]
+    assert [v.kind for v in verdicts] == ["not_covered"] * 2 + [None] * 4
+    assert verdicts[0].reason == "not covered: more than 3 covered messages in a row"
