@@ -161,15 +161,15 @@ def test_an_export_holds_the_message_after_its_window_that_covers_its_last(tmp_p
     assert [x.kind for _, x in verify_chained(kept[:11], keys())][-3:] == ["not_covered"] * 3
 
 
-def test_the_collector_keeps_a_signed_backlog_batch_and_refuses_a_broken_one_line_by_line(mosquitto, tmp_path):
+def test_the_collector_keeps_a_signed_backlog_batch_and_refuses_a_broken_one_line_by_line(mosquitto, tmp_path,
+                                                                                         store_url):
     sent = messages(range(1, 31))
     topic = topics.batch("test-site", "gw-test")
     broken = lines(sent[20:])
     broken = broken[:3] + broken[4:]  # seq 24 removed on the way
-    url = f"sqlite:///{tmp_path}/jcm.db"
-    run(mosquitto, url, sites(tmp_path, require=True), [(topic, batch.pack(sent[:20])[0])],
+    run(mosquitto, store_url, sites(tmp_path, require=True), [(topic, batch.pack(sent[:20])[0])],
         [(topic, zlib.compress(b"\n".join(broken)))])
-    store = open_store(url)
+    store = open_store(store_url)
     try:
         kept = list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
         letters = store.dead_letters(100)
