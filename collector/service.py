@@ -11,7 +11,8 @@ keeps the batch, retries with backoff and acknowledges nothing meanwhile.
 A gateway's backlog comes in batches (contract/batch.py): each line is validated and
 stored as the same message sent alone would be (a signed line whose signature the batch
 left out, as its signed bytes, once the chain links it to a signature that verifies:
-collector/custody.py), and the batch is acknowledged once all of them are stored. Messages sent alone (live readings) are taken before batches.
+collector/custody.py), and the batch is acknowledged once all of them are stored.
+Messages sent alone (live readings) are taken before batches.
 
 One message never stops ingestion: whatever goes wrong with one message (parsing,
 validation, rendering, binding, the store refusing it) makes that message a dead
