@@ -28,10 +28,14 @@ decimals, counters rising, power following the sun, noise in the last digits).
 
 Also computed, not measured: the whole day's bytes in each form (MQTT framing counted
 exactly), to show the sample is representative, and the batch form with signed messages
-(chain of custody: ``prev``, ``key`` and ``sig`` members, random, as incompressible as
-real ones).
+(chain of custody: each signed with a real key, chained, the batch leaving out what the
+chain covers: contract/batch.py).
 
-    python bench/thin_link.py [--rate 1000000] [--sample 3240] [--live-seconds 30]
+With ``--signed``, phases 2 and 3 run with every reading signed (the day in the outbox
+signed as the outbox signs, the live readings signed by the outbox) and the collector
+requiring signatures.
+
+    python bench/thin_link.py [--rate 1000000] [--sample 3240] [--live-seconds 30] [--signed]
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import asyncio
 import base64
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -57,17 +62,22 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.acknowledgement import MN_SOLAR, cpu_of, cpu_self, site_copy  # noqa: E402
 from collector.service import Collector  # noqa: E402
 from contract import batch, topics  # noqa: E402
+from contract.custody import GENESIS, chain_hash, sign  # noqa: E402
 from contract.config import CollectorConfig, load_site  # noqa: E402
 from contract.config.site import Outbox as OutboxSettings  # noqa: E402
 from contract.message import Reading  # noqa: E402
 from gateway.outbox import Outbox  # noqa: E402
 from gateway.publisher import Publisher  # noqa: E402
+from gateway.signing_key import SigningKey  # noqa: E402
 from jcm.broker import Mosquitto, free_port, wait_for_port  # noqa: E402
 
 DAY = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -75,6 +85,7 @@ SEGMENT = 1460  # bytes the proxy forwards at a time: one TCP segment
 #: the bucket's depth [bytes], about 0.13 s at 1 Mbit/s: the average rate is exact, and the
 #: proxy's process being scheduled late on a busy machine does not cost the link capacity
 BURST = 16 * 1024
+KEY_ID = "gw-mn-01-2026"
 TB_TOPIC = "v1/gateway/telemetry"
 TB_MAX_PAYLOAD = 8196  # ThingsBoard gateway's maxPayloadSizeBytes in its shipped tb_gateway.json
 
@@ -188,13 +199,14 @@ def _value(point, t: float, sun: float, rnd: random.Random, state: dict):
     return int(x)
 
 
-def day_of_readings(site) -> list[Reading]:
-    """One day of the site's readings at its poll intervals, in time order (seq, epoch unset)."""
+def day_of_readings(site, seconds: int = 86400) -> list[Reading]:
+    """The first ``seconds`` of a day of the site's readings at its poll intervals, in time
+    order (seq, epoch unset)."""
     rnd = random.Random(20261101)
     rows = []
     for d in site.devices:
         state: dict = {}
-        for k in range(int(86400 / d.poll_interval)):
+        for k in range(int(seconds / d.poll_interval)):
             t = k * d.poll_interval
             sun = max(0.0, math.sin(math.pi * ((t / 3600 + 8) % 24 - 6) / 12))  # daylight at UTC+8
             points = d.register_map.points
@@ -228,11 +240,13 @@ def publish_bytes(topic: str, payload: bytes) -> int:
     return 1 + length_bytes + remaining + 4
 
 
-def signed(payload: bytes, rnd: random.Random) -> bytes:
-    """The message with chain-of-custody members shaped like real ones (contract/custody.py)."""
-    prev = rnd.randbytes(32).hex()
-    sig = base64.b64encode(rnd.randbytes(64)).decode()
-    return payload[:-1] + f',"prev":"{prev}","key":"gw-mn-01-2026","sig":"{sig}"}}'.encode()
+def signed_chain(payloads: list[bytes], key: Ed25519PrivateKey) -> list[bytes]:
+    """The messages signed in order as the gateway's outbox signs them: one chain (contract/custody.py)."""
+    out, prev = [], GENESIS
+    for p in payloads:
+        out.append(sign(p, prev, KEY_ID, key))
+        prev = chain_hash(out[-1])
+    return out
 
 
 def batches_of(payloads: list[bytes]) -> list[bytes]:
@@ -318,18 +332,30 @@ def _collect(broker_url: str, workdir: str, n: int, all_stored, connected, stop,
 class Day:
     """The day's drain with live readings polled meanwhile."""
 
-    def __init__(self, workdir: Path, broker: Mosquitto, link: ThinLink, readings: list[Reading]):
+    def __init__(self, workdir: Path, broker: Mosquitto, link: ThinLink, readings: list[Reading],
+                 key: Ed25519PrivateKey | None = None):
         self.workdir = workdir
-        self.site = load_site(site_copy(workdir, "store", OutboxSettings.model_fields["backlog_rate"].default))
+        path = site_copy(workdir, "store", OutboxSettings.model_fields["backlog_rate"].default)
+        if key is not None:  # every reading signed, and the collector's site file lists the key
+            body = yaml.safe_load(path.read_text())
+            body["custody"] = {"require_signatures": True, "keys": [_key_entry(key)]}
+            path.write_text(yaml.safe_dump(body, sort_keys=False))
+        self.site = load_site(path)
         self.n = len(readings)
         outbox = Outbox(self.site.outbox.path, self.site.outbox.max_rows)
         self.epoch = outbox.epoch
         outbox.close()
+        payloads = [_numbered(r, seq, self.epoch).to_json().encode() for seq, r in enumerate(readings, 1)]
+        if key is not None:
+            payloads = signed_chain(payloads, key)
         with sqlite3.connect(self.site.outbox.path) as db:  # a day of polls written at once, then reopened
             db.executemany("INSERT INTO outbox (seq, topic, payload) VALUES (?, ?, ?)",
-                           [(seq, topics.reading(r.site, r.gateway, r.device),
-                             _numbered(r, seq, self.epoch).to_json()) for seq, r in enumerate(readings, 1)])
-        self.outbox = Outbox(self.site.outbox.path, self.site.outbox.max_rows)
+                           [(seq, topics.reading(r.site, r.gateway, r.device), p.decode())
+                            for seq, (r, p) in enumerate(zip(readings, payloads), 1)])
+            if key is not None:  # where the live readings' chain goes on
+                db.execute("INSERT INTO chain VALUES (?, ?)", (self.n, chain_hash(payloads[-1])))
+        self.outbox = Outbox(self.site.outbox.path, self.site.outbox.max_rows,
+                             signing=None if key is None else SigningKey(KEY_ID, key))
         spawn = mp.get_context("spawn")
         self.all_stored, self.connected, self.stop_collector = spawn.Value("d", 0.0), spawn.Event(), spawn.Event()
         self.collector = spawn.Process(target=_collect, args=(broker.url, str(workdir), self.n, self.all_stored,
@@ -418,6 +444,13 @@ class Day:
         self.outbox.close()
 
 
+def _key_entry(key: Ed25519PrivateKey) -> dict:
+    """The site file's entry of the bench's public key."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"id": KEY_ID, "public_key": base64.b64encode(raw).decode(), "fingerprint": hashlib.sha256(raw).hexdigest(),
+            "valid_from": "2026-01-01T00:00:00Z"}
+
+
 def _latency(seconds: list[float]) -> dict:
     """Poll-to-store latency of live readings [s]."""
     if not seconds:
@@ -435,8 +468,7 @@ def computed(readings: list[Reading], epoch: str) -> dict:
     tb = sum(publish_bytes(TB_TOPIC, p) for p in thingsboard_packs(readings))
     bt = topics.batch(readings[0].site, readings[0].gateway)
     ours = batches_of(payloads)
-    rnd = random.Random(7)
-    signed_batches = batches_of([signed(p, rnd) for p in payloads])
+    signed_batches = batches_of(signed_chain(payloads, Ed25519PrivateKey.generate()))
     return {"json_single": round(single / n, 1), "thingsboard_packed": round(tb / n, 1),
             "batch": round(sum(publish_bytes(bt, p) for p in ours) / n, 1), "batches": len(ours),
             "batch_signed": round(sum(publish_bytes(bt, p) for p in signed_batches) / n, 1),
@@ -456,9 +488,11 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=3240, help="readings sent in each form in phase 1 (an hour)")
     ap.add_argument("--live-seconds", type=float, default=30.0)
     ap.add_argument("--skip-forms", action="store_true", help="phase 2 and 3 only (no ratios)")
+    ap.add_argument("--signed", action="store_true",
+                    help="phases 2 and 3 with every reading signed (chain of custody), the collector requiring it")
     args = ap.parse_args()
     results = {"machine": {"cpu_model": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
-               "link_bits_per_s": args.rate}
+               "link_bits_per_s": args.rate, "signed": args.signed}
     site = load_site(MN_SOLAR)
     readings = day_of_readings(site)
     results["computed_bytes_per_reading"] = computed(readings, "0123456789abcdef")
@@ -471,7 +505,7 @@ def main() -> None:
                 link.up()
                 results["forms"] = forms(link, readings[:args.sample], "0123456789abcdef")
                 link.down()
-            day = Day(Path(tmp) / "day", broker, link, readings)
+            day = Day(Path(tmp) / "day", broker, link, readings, Ed25519PrivateKey.generate() if args.signed else None)
             try:
                 results.update(day.run(link, broker, args.live_seconds))
             finally:
@@ -490,7 +524,7 @@ def main() -> None:
     print("ratios", json.dumps(results["ratios"]), flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "thin_link.json").write_text(json.dumps(results, indent=2))
+    (out / f"thin_link{'_signed' if args.signed else ''}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ A reading message that carries ``prev``, ``key`` or ``sig`` is a signed message 
 verify (``contract.custody.verify``) against its site's keys, valid at its ``ts``;
 otherwise it is a dead letter with the reason. A site with ``custody.require_signatures``
 has its unsigned readings refused too; another site's unsigned readings are stored as
-they always were.
+they always were. A backlog batch's lines are checked together (``batch``,
+``contract.custody.open_batch``): a line left without its signature is stored as its
+signed bytes when the lines after it link it to a signature that verifies; a batch
+that does not hold together is refused whole, each line a dead letter with the reason.
 
 The chain is checked against the store, not against what this collector happened to
 see: messages come out of order (the live lane overtakes the backlog) and split across
@@ -30,7 +33,7 @@ import logging
 
 from collector.validation import Rejected
 from contract.config.site import Site
-from contract.custody import GENESIS, verify
+from contract.custody import GENESIS, Verdict, open_batch, verify
 from contract.message import MAX_SEQ, Reading
 from contract.store import CustodyFinding, Link, ReadingStore, SignedMessage
 
@@ -46,9 +49,14 @@ class CustodyCheck:
         self.keys = {s.site: list(s.custody.keys) for s in sites}
         self.required = {s.site for s in sites if s.custody.require_signatures}
 
-    def signed(self, payload: bytes, reading: Reading) -> SignedMessage | None:
+    def signed(self, payload: bytes, reading: Reading, verdict: Verdict | None = None) -> SignedMessage | None:
         """The signed message of a valid reading, or ``None`` for an unsigned one its site
-        allows; ``Rejected`` with the reason otherwise."""
+        allows; ``Rejected`` with the reason otherwise. ``verdict``: a batch line's, from
+        ``batch`` (a covered line has no signature of its own to check)."""
+        if verdict is not None:
+            if verdict.ok:
+                return SignedMessage.verified(payload, verdict)
+            raise Rejected(f"custody: {verdict.reason}")
         if not any(f'"{name}"'.encode() in payload for name in SIGNATURE_MEMBERS):
             return self._unsigned(reading)
         v = verify(payload, self.keys)
@@ -57,6 +65,16 @@ class CustodyCheck:
         if v.kind == "malformed" and not _signature_members(payload):
             return self._unsigned(reading)  # the name was a channel's, say
         raise Rejected(f"custody: {v.reason}")
+
+    def batch(self, lines: list[bytes]) -> list[tuple[bytes, Verdict | None]]:
+        """A batch's lines as messages, each with its verdict when the batch checked it
+        (``contract.custody.open_batch``); when the batch is refused whole, each line as
+        sent with that refusal (a dead letter, acknowledged as one)."""
+        try:
+            return open_batch(lines, self.keys)
+        except ValueError as exc:
+            refused = Verdict("batch_refused", f"batch refused whole: {exc}")
+            return [(line, refused) for line in lines]
 
     def _unsigned(self, reading: Reading) -> None:
         if reading.site in self.required:

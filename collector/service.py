@@ -9,8 +9,10 @@ acknowledged, and stored points are idempotent. When the store is down the worke
 keeps the batch, retries with backoff and acknowledges nothing meanwhile.
 
 A gateway's backlog comes in batches (contract/batch.py): each line is validated and
-stored as the same message sent alone would be, and the batch is acknowledged once all
-of them are stored. Messages sent alone (live readings) are taken before batches.
+stored as the same message sent alone would be (a signed line whose signature the batch
+left out, as its signed bytes, once the chain links it to a signature that verifies:
+collector/custody.py), and the batch is acknowledged once all of them are stored.
+Messages sent alone (live readings) are taken before batches.
 
 One message never stops ingestion: whatever goes wrong with one message (parsing,
 validation, rendering, binding, the store refusing it) makes that message a dead
@@ -42,6 +44,7 @@ from collector.sequence_gaps import SequenceGaps
 from collector.validation import Rejected, SiteRules, WrongStamp, rules_for, validate
 from contract import batch as batch_form, topics
 from contract.config import CollectorConfig, ConfigError, load_site
+from contract.custody import Verdict
 from contract.message import Reading
 from contract.mqtt_connection import BrokerConnection
 from contract.store import CustodyFinding, DeadLetter, ReadingStore, SignedMessage, StoreUnavailable
@@ -68,6 +71,7 @@ class Incoming:
     topic: str
     payload: bytes
     received: dt.datetime
+    custody: Verdict | None = None  # a batch line's verdict, found with its batch (contract.custody.open_batch)
 
 
 class Collector:
@@ -225,10 +229,10 @@ class Collector:
         for m in deliveries:
             try:
                 r = validate(m.topic, m.payload, self.rules, now, self.config.max_payload_bytes, future)
-                message = self.custody.signed(m.payload, r)
+                message = self.custody.signed(m.payload, r, m.custody)
             except Rejected as exc:
                 letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
-                if isinstance(exc, WrongStamp) and self._authentic(m.payload, exc.reading):
+                if isinstance(exc, WrongStamp) and self._authentic(m, exc.reading):
                     stamped.append((exc.reading, m.received))
                 continue
             except Exception as exc:  # a fault of ours on this input must cost this message only
@@ -275,22 +279,23 @@ class Collector:
             if m.generation == self._generation and m.qos > 0:
                 self.client.ack(m.mid, m.qos)
 
-    @staticmethod
-    def _lines(m: Incoming) -> list[Incoming]:
+    def _lines(self, m: Incoming) -> list[Incoming]:
         """The messages of one delivery: itself, or each line of a batch (contract/batch.py),
-        on the batch's topic; ``Rejected`` for a batch that does not unpack."""
+        on the batch's topic, with its custody verdict; ``Rejected`` for a batch that does not
+        unpack."""
         if not m.topic.endswith("/batch"):
             return [m]
         try:
-            return [replace(m, payload=line) for line in batch_form.unpack(m.payload)]
+            lines = batch_form.unpack(m.payload)
         except ValueError as exc:
             raise Rejected(str(exc)) from None
+        return [replace(m, payload=line, custody=v) for line, v in self.custody.batch(lines)]
 
-    def _authentic(self, payload: bytes, reading: Reading) -> bool:
+    def _authentic(self, m: Incoming, reading: Reading) -> bool:
         """Whether a reading refused for its stamp passes the custody checks: only then is it
         evidence of its gateway's clock (a forged one must not flag a site's readings)."""
         try:
-            self.custody.signed(payload, reading)
+            self.custody.signed(m.payload, reading, m.custody)
         except Rejected:
             return False
         return True

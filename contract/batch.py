@@ -9,14 +9,46 @@ The payload is one zlib stream (RFC 1950: deflate with the 2-byte zlib header an
 Adler-32 check, what ``zlib.compress`` makes) of reading messages separated by one
 newline byte (0x0A); a newline after the last one is allowed (any other empty line is a bad
 line). Each line is **exactly the bytes the message has when sent alone** on
-``jcm/v1/<site>/<gateway>/<device>/reading``, ``<device>`` being its ``device`` member:
-not re-serialised, so a signed message (``contract/custody.py``) keeps its signed bytes.
-A message holding a newline byte (compact JSON never does), or empty, cannot be a line;
-it goes alone.
+``jcm/v1/<site>/<gateway>/<device>/reading``, ``<device>`` being its ``device`` member,
+not re-serialised, except that a signed message (``contract/custody.py``) may leave out
+what its chain already covers (below). A message holding a newline byte (compact JSON
+never does), or empty, cannot be a line; it goes alone.
 
-A subscriber treats each line exactly as the same message sent alone, with site and
-gateway taken from the batch topic: one bad line is refused (a dead letter) and the
-others are stored. The MQTT acknowledgement of a batch, as of any message, comes once
+Signed lines
+------------
+A signature and a ``prev`` hash (152 bytes that do not compress) would cost more than
+the rest of a compressed reading; within a batch the chain carries them instead. A
+signed message's ``prev`` is the SHA-256 of the previous message's signed bytes ``B``,
+and its signature is over its own ``B``, which hold that ``prev``: one signature covers
+every message before it in the chain. So, in a batch:
+
+- a line whose message's ``prev`` is the hash of the line before's signed bytes may write
+  it as ``"prev":""`` (the ``,"prev":"`` of its signed bytes followed at once by
+  ``","key":"``); a subscriber puts back the lower-case hex SHA-256 of the line before's
+  signed bytes (as rebuilt, when that line's prev was left out too). The line before
+  must be the message of ``seq`` one less of the same site, gateway and ``epoch``;
+- a line whose next line carries its hash so may leave out its signature: it is then
+  its signed bytes ``B`` exactly (ending ``"key":"<key id>"}``), a **covered** message;
+- the last line of a batch, and any signed line whose next line does not follow it so,
+  keeps its signature. ``pack`` writes every line so (``custody.batch_line``): a run of a
+  chain is one signature, wherever the packet limit cuts it.
+
+A subscriber rebuilds each message (``custody.open_batch``): a covered line is stored as
+its signed bytes (without ``sig``), a signed line as the message sent alone would be. A
+covered message verifies when the lines after it link it to a signature that verifies;
+its own key rules still apply (the key it names is its site's, valid at its ``ts``, not
+revoked), as do the covering message's. The whole batch is refused, each line a dead
+letter with the reason naming the first line that breaks it, when a line's ``prev`` is
+left out but the line before is not ``seq`` - 1 of its chain, when a covered line is not
+followed by its successor carrying its hash (a line removed, reordered, of another site
+or epoch), or when the last line has no signature. A covered line altered changes every
+hash after it, so the covering signature fails: each line it covers is refused with
+that reason (a batch of one run: all of it). Messages sent alone are always signed one by
+one.
+
+A subscriber otherwise treats each line exactly as the same message sent alone, with
+site and gateway taken from the batch topic: one bad line is refused (a dead letter) and
+the others are stored. The MQTT acknowledgement of a batch, as of any message, comes once
 every line is in the store.
 
 Bounds (a subscriber refuses the whole batch, naming the first one broken):
@@ -37,6 +69,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
+from contract import custody
+
 #: the broker's largest packet [bytes]: deploy/mosquitto/mosquitto.conf, max_packet_size
 MAX_PACKET_BYTES = 65_536
 #: largest compressed payload [bytes]: the packet less its fixed header (5), topic (2 + at
@@ -48,12 +82,11 @@ MAX_UNPACKED_BYTES = 4 * 1024 * 1024
 MAX_MESSAGES = 10_000
 #: zlib level: the link, not the gateway's CPU, is what is scarce
 LEVEL = 9
-#: bytes ``flush()`` may add after a sync flush: an empty final block and the Adler-32 check
-_FINISH_BYTES = 16
 
 
 def pack(messages: Sequence[bytes], limit: int = MAX_PACKED_BYTES) -> tuple[bytes, int]:
-    """Compress the longest prefix of ``messages`` that fits in ``limit`` bytes.
+    """Compress the longest prefix of ``messages`` that fits in ``limit`` bytes, each signed
+    message of a chain run written thin (``custody.batch_line``: the module doc).
 
     Parameters
     ----------
@@ -73,18 +106,28 @@ def pack(messages: Sequence[bytes], limit: int = MAX_PACKED_BYTES) -> tuple[byte
     """
     co = zlib.compressobj(LEVEL)
     parts: list[bytes] = []
+    lines: list[custody.BatchLine] = []
     size = n = raw = 0
+    finish = b""  # what ends the payload after the last step: the last line's end, the stream's
     step = 64  # lines per sync flush: a few bytes each, and an exact size after every step
     while n < len(messages) and step:
         chunk = messages[n:n + step]
-        body = (b"\n" if n else b"") + b"\n".join(chunk)
-        if (n + len(chunk) > MAX_MESSAGES or raw + len(body) > MAX_UNPACKED_BYTES
-                or any(b"\n" in m or not m for m in chunk)):
+        if n + len(chunk) > MAX_MESSAGES or any(b"\n" in m or not m for m in chunk):
+            step //= 8
+            continue
+        while len(lines) < n + len(chunk):
+            lines.append(custody.batch_line(messages[len(lines)], lines[-1] if lines else None))
+        # each line's end is written once the line after it is known: the last keeps its signature
+        body = b"".join(_joined(lines, n, n + len(chunk)))
+        last = lines[n + len(chunk) - 1].end
+        if raw + len(body) + len(last) > MAX_UNPACKED_BYTES:
             step //= 8
             continue
         before = co.copy()
         piece = co.compress(body) + co.flush(zlib.Z_SYNC_FLUSH)
-        if size + len(piece) + _FINISH_BYTES > limit:
+        end = co.copy()
+        tail = end.compress(last) + end.flush()
+        if size + len(piece) + len(tail) > limit:
             co = before  # that step is too much: try fewer lines
             step //= 8
             continue
@@ -92,10 +135,20 @@ def pack(messages: Sequence[bytes], limit: int = MAX_PACKED_BYTES) -> tuple[byte
         size += len(piece)
         raw += len(body)
         n += len(chunk)
+        finish = tail
     if not n:
         return b"", 0
-    parts.append(co.flush())
+    parts.append(finish)
     return b"".join(parts), n
+
+
+def _joined(lines: list[custody.BatchLine], first: int, stop: int):
+    """The bytes of lines ``first`` to ``stop`` - 1, the end of the line before ``first``
+    (if any) first, without the last one's end."""
+    for i in range(first, stop):
+        if i:
+            yield (lines[i - 1].end_covered if lines[i].linked else lines[i - 1].end) + b"\n"
+        yield lines[i].head
 
 
 def unpack(payload: bytes) -> list[bytes]:

@@ -26,11 +26,26 @@ carry an ``epoch``. A missing message shows as a gap in ``seq`` whose successor'
 ``prev`` has no match; an altered one breaks its signature; a replayed one repeats a
 ``seq`` already seen; a reordered one arrives after a higher ``seq``.
 
+Covered messages
+----------------
+The signature of a message covers every message before it in its chain: it is over
+``B``, which holds ``prev``, the hash of the signed bytes before, which hold their
+``prev``, and so on. A message may therefore travel and be kept as its signed bytes
+``B`` alone, without ``sig`` (a **covered** message: it ends ``"prev":"<64 hex>","key":"<key id>"}``).
+It verifies exactly when the chain links it to a message whose signature verifies: the
+message after it in the sequence (same site, gateway and epoch, ``seq`` one more)
+carries ``sha256(B)`` as its ``prev`` and is itself signed and verified, or covered and
+linked on in the same way. The key it names must still be one of its site's, valid at
+its ``ts`` and not revoked, as must the covering signature's. ``verify_chained`` checks a
+sequence of messages so; a covered message with nothing signed after it is
+``not_covered``. The batch form (``contract/batch.py``, ``open_batch``) sends a backlog so.
+
 Checks
 ------
 ``verify`` gives one message's verdict against a site's keys (``CustodyKey``): the key
 named must be one of the site's, its signature must hold, and the message's ``ts`` must
-fall in the key's validity and before its revocation. ``chain_breaks`` lists what is
+fall in the key's validity and before its revocation. ``verify_chained`` does the same
+for a sequence of messages, covered ones among them. ``chain_breaks`` lists what is
 wrong with the chains of a sequence of messages in the order they came. Both bound every
 field they read: a message is input, from anyone who can reach the broker or the files.
 
@@ -41,7 +56,8 @@ The layout a verifier is given (``write_folder``; ``jcm verify`` reads it)::
     custody/keys.json             [{"site": ..., "id": ..., "public_key": ..., "fingerprint": ...,
                                     "valid_from": ..., "valid_to": ..., "revoked": ...}, ...]
     custody/keys/<key id>.pem     the same public keys as PEM, for openssl
-    custody/messages/*.jsonl.gz   the signed messages, one per line, bytes as received
+    custody/messages/*.jsonl.gz   the signed messages, one per line, bytes as kept (a covered
+                                  one as its signed bytes), ordered by chain and seq
 """
 
 from __future__ import annotations
@@ -52,9 +68,11 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -72,12 +90,20 @@ GENESIS = "0" * 64
 SIG_SUFFIX_BYTES = 98
 #: largest signed message: above the largest reading the contract's bounds allow
 MAX_MESSAGE_BYTES = 1 << 20
+#: most covered messages in a row a verifier holds while it looks for their signature: a
+#: batch carries at most 10,000 (contract/batch.py), so a run is normally no longer
+MAX_COVERED_RUN = 20_000
 
+_T = TypeVar("_T")
 _KEY_ID = re.compile(KEY_ID_PATTERN)
 _SITE = re.compile(ID_PATTERN)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _SUFFIX = re.compile(rb',"sig":"([A-Za-z0-9+/]{86}==)"}')
 _TAIL = re.compile(rb',"prev":"([0-9a-f]{64})","key":"(' + KEY_ID_PATTERN.strip("^$").encode() + rb')"}')
+#: the end of signed bytes in a batch line, whose ``prev`` may be left out (``ELIDED``)
+_BATCH_TAIL = re.compile(rb',"prev":"((?:[0-9a-f]{64})?)","key":"' + KEY_ID_PATTERN.strip("^$").encode() + rb'"}')
+#: ``prev`` as a batch line leaves it out: the hash of the signed bytes of the line before
+ELIDED = ""
 
 
 class CustodyError(ValueError):
@@ -159,6 +185,13 @@ def _parse(message: bytes) -> Verdict:
         signed = signed_bytes(message)
     except ValueError as exc:
         return Verdict("malformed", f"malformed: {exc}")
+    return _parse_signed(signed)
+
+
+def _parse_signed(signed: bytes) -> Verdict:
+    """``_parse`` of the signed bytes alone."""
+    if len(signed) > MAX_MESSAGE_BYTES:
+        return Verdict("malformed", f"malformed: {len(signed)} bytes, more than {MAX_MESSAGE_BYTES}")
     tail = _TAIL.fullmatch(signed, max(signed.rfind(b',"prev":"'), 0))
     if tail is None:
         return Verdict("malformed", 'malformed: the signed bytes do not end with "prev" (64 hex) and "key" (a key id)')
@@ -181,22 +214,28 @@ def verify(message: bytes, keys: Mapping[str, Sequence[CustodyKey]]) -> Verdict:
     Kinds, in the order checked: ``malformed``, ``unknown_key``, ``bad_signature``,
     ``key_not_valid`` (the message's ``ts`` is outside the key's validity), ``key_revoked``.
     """
-    v = _parse(message)
+    return _checked(_parse(message), keys, message)
+
+
+def _checked(v: Verdict, keys: Mapping[str, Sequence[CustodyKey]], message: bytes | None) -> Verdict:
+    """The checks of ``verify`` on a parsed message (``_parse``); ``message`` ``None`` for a
+    covered one, whose signature is another message's."""
     if v.reading is None:
         return v
     key = next((k for k in keys.get(v.reading.site, ()) if k.id == v.key_id), None)
     if key is None:
         return Verdict("unknown_key", f"unknown key '{v.key_id}' (not a key of site {v.reading.site})",
                        v.reading, v.key_id)
-    text = _suffix(message).group(1)
-    sig = base64.b64decode(text)
-    if base64.b64encode(sig) != text:
-        # the last character's 4 unused bits: two texts of one signature would be two messages
-        return Verdict("malformed", "malformed: the signature is not in canonical base64", v.reading, v.key_id)
-    try:
-        key.ed25519.verify(sig, signed_bytes(message))
-    except InvalidSignature:
-        return Verdict("bad_signature", f"bad signature (key '{key.id}')", v.reading, v.key_id)
+    if message is not None:
+        text = _suffix(message).group(1)
+        sig = base64.b64decode(text)
+        if base64.b64encode(sig) != text:
+            # the last character's 4 unused bits: two texts of one signature would be two messages
+            return Verdict("malformed", "malformed: the signature is not in canonical base64", v.reading, v.key_id)
+        try:
+            key.ed25519.verify(sig, signed_bytes(message))
+        except InvalidSignature:
+            return Verdict("bad_signature", f"bad signature (key '{key.id}')", v.reading, v.key_id)
     ts = v.reading.ts
     if ts < key.valid_from or (key.valid_to is not None and ts >= key.valid_to):
         until = key.valid_to.isoformat() if key.valid_to else "open"
@@ -206,6 +245,151 @@ def verify(message: bytes, keys: Mapping[str, Sequence[CustodyKey]]) -> Verdict:
         return Verdict("key_revoked", f"key '{key.id}' revoked at {key.revoked.isoformat()}, "
                                       f"message stamped {ts.isoformat()}", v.reading, v.key_id)
     return Verdict(None, None, v.reading, v.key_id, v.prev, v.hash)
+
+
+def is_covered(message: bytes) -> bool:
+    """Whether ``message`` is the signed bytes of a message alone, without its ``sig`` (a
+    covered message: the module doc)."""
+    return (_suffix(message) is None
+            and _TAIL.fullmatch(message, max(message.rfind(b',"prev":"'), 0)) is not None)
+
+
+def link(message: bytes) -> tuple[str, str] | None:
+    """``(prev, hash)`` of a signed or covered message, read without parsing it (what links
+    it to its neighbours); ``None`` for any other."""
+    signed = message[:-SIG_SUFFIX_BYTES] + b"}" if _suffix(message) is not None else message
+    tail = _TAIL.fullmatch(signed, max(signed.rfind(b',"prev":"'), 0))
+    return None if tail is None else (tail.group(1).decode(), hashlib.sha256(signed).hexdigest())
+
+
+def verify_chained(items: Iterable[_T], keys: Mapping[str, Sequence[CustodyKey]],
+                   raw: Callable[[_T], bytes] = bytes) -> Iterator[tuple[_T, Verdict]]:
+    """``verify`` of each of a sequence of messages (``raw(item)``), covered ones among them,
+    in the order given: a covered message verifies when the messages right after it link
+    it to one whose signature verifies (the module doc). A covered message's verdict waits
+    for the messages after it, up to its covering one.
+
+    Kinds: those of ``verify``; ``not_covered`` (no signed message follows it linked); a
+    covered message whose covering message is refused takes that message's kind, its
+    reason naming it.
+    """
+    return _chained(((item, raw(item), None) for item in items), keys)
+
+
+def _chained(items: Iterable[tuple[_T, bytes, Verdict | None]],
+             keys: Mapping[str, Sequence[CustodyKey]]) -> Iterator[tuple[_T, Verdict]]:
+    """``verify_chained`` of (item, message, its parse when the caller has it)."""
+    run: deque[tuple[_T, Verdict, Verdict]] = deque()  # covered messages waiting: item, parsed, own checks
+    for item, message, parsed in items:
+        signed = _suffix(message) is not None
+        covered = not signed and (parsed is not None or is_covered(message))
+        p = parsed or (_parse_signed(message) if covered else _parse(message))
+        if run and not _follows(run[-1][1], p):
+            yield from _uncovered(run, p)
+            run.clear()
+        if covered and p.reading is not None:
+            if len(run) == MAX_COVERED_RUN:  # a bound on what is held: the oldest is not covered
+                yield from _uncovered([run.popleft()], None, f"more than {MAX_COVERED_RUN} covered messages in a row")
+            run.append((item, p, _checked(p, keys, None)))
+            continue
+        v = _checked(p, keys, None if covered else message)
+        for waiting, parse, own in run:
+            yield waiting, own if v.ok or not own.ok else Verdict(
+                v.kind, f"covered by seq {v.reading.seq}, refused: {v.reason}", parse.reading, parse.key_id)
+        run.clear()
+        yield item, v
+    if run:
+        yield from _uncovered(run, None)
+
+
+def _follows(before: Verdict, after: Verdict) -> bool:
+    """Whether ``after`` is the message after ``before`` in its chain, carrying its hash."""
+    return (after.reading is not None and after.chain == before.chain
+            and after.reading.seq == before.reading.seq + 1 and after.prev == before.hash)
+
+
+def _uncovered(run: Sequence[tuple[_T, Verdict, Verdict]], after: Verdict | None,
+               why: str | None = None) -> Iterator[tuple[_T, Verdict]]:
+    last = run[-1][1]
+    where = f"seq {last.reading.seq} of {'/'.join(last.chain)}"
+    reason = (f"not covered: {why}" if why else
+              f"not covered: {where} has no signature and nothing after it" if after is None else
+              f"not covered: {where} has no signature and the message after it is not seq "
+              f"{last.reading.seq + 1} of its chain carrying its hash")
+    for item, parse, own in run:
+        yield item, own if not own.ok else Verdict("not_covered", reason, parse.reading, parse.key_id)
+
+
+def open_batch(lines: Sequence[bytes], keys: Mapping[str, Sequence[CustodyKey]]) -> list[tuple[bytes, Verdict | None]]:
+    """The messages of a batch's lines (``contract/batch.py``): a line whose ``prev`` is left
+    out gets it back, byte for byte; with the verdict of each covered line and of each signed
+    one that verified (``None``: check the line as a message sent alone).
+
+    ``ValueError`` naming the first line that breaks the batch form, for which the whole
+    batch is refused: a ``prev`` left out on a line that does not follow its chain's
+    seq - 1, a covered line not followed by its successor, a last line without its
+    signature.
+    """
+    items = []
+    before: Verdict | None = None  # the line before, when signed or covered
+    for i, line in enumerate(lines, 1):
+        signed = _suffix(line) is not None
+        body = line[:-SIG_SUFFIX_BYTES] + b"}" if signed else line
+        tail = _BATCH_TAIL.fullmatch(body, max(body.rfind(b',"prev":"'), 0))
+        if tail is None:  # unsigned, or a signed message too malformed to be part of a chain
+            items.append((i, line, None))
+            before = None
+            continue
+        elided = tail.group(1) == ELIDED.encode()
+        if elided:
+            if before is None:
+                raise ValueError(f'line {i}: "prev" left out, but '
+                                 + ("it is the first line" if i == 1 else f"line {i - 1} is not a signed message"))
+            body = body[:tail.start(1)] + before.hash.encode() + body[tail.end(1):]
+        p = _parse_signed(body)
+        if elided and (p.reading is None or p.chain != before.chain or p.reading.seq != before.reading.seq + 1):
+            what = p.reason if p.reading is None else (f"line {i - 1} is not seq {p.reading.seq - 1} "
+                                                       f"of {'/'.join(p.chain)}")
+            raise ValueError(f'line {i}: "prev" left out, but {what}')
+        items.append((i, body[:-1] + line[-SIG_SUFFIX_BYTES:] if signed else body, p))
+        before = p if p.reading is not None else None
+    verdicts = {}
+    for i, v in _chained(items, keys):
+        if v.kind == "not_covered":
+            raise ValueError(f"line {i}: {v.reason}")
+        verdicts[i] = v
+    return [(message, v if (p is not None and (v.ok or not _suffix(message))) else None)
+            for (i, message, p), v in ((item, verdicts[item[0]]) for item in items)]
+
+
+def batch_line(message: bytes, before: BatchLine | None) -> BatchLine:
+    """How ``message`` is written as a line of a batch (``contract/batch.py``), ``before``
+    being the line before it in the batch (``None`` for the first): its ``prev`` left out
+    when it is the hash of the message before, and its signature left out (``end_covered``)
+    when the line after it is linked so in turn."""
+    if _suffix(message) is not None:
+        signed = message[:-SIG_SUFFIX_BYTES] + b"}"
+        tail = _TAIL.fullmatch(signed, max(signed.rfind(b',"prev":"'), 0))
+        if tail is not None:
+            linked = before is not None and before.hash == tail.group(1).decode()
+            head = signed[:tail.start(1)] + signed[tail.end(1):-1] if linked else signed[:-1]
+            return BatchLine(head, message[-SIG_SUFFIX_BYTES:], hashlib.sha256(signed).hexdigest(), linked)
+    return BatchLine(message, b"", None, False)
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """A message as a batch line: ``head``, then ``end`` (its signature) when it is the last
+    line or the next line does not follow it, or ``end_covered`` when it does."""
+
+    head: bytes
+    end: bytes
+    hash: str | None  # chain_hash, when signed
+    linked: bool  # its prev left out
+
+    @property
+    def end_covered(self) -> bytes:
+        return b"}" if self.end else b""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ up) go out at once, the *backlog* (what piled up while the broker was away) olde
 first at a bounded rate, so a site returning after days offline neither floods the
 broker nor delays its live values. Each lane keeps sequence order. Live readings go
 alone; the backlog goes in compressed batches (contract/batch.py), a few hundred
-readings per MQTT message under the broker's packet limit, at most
+readings per MQTT message under the broker's packet limit (signed readings with one
+signature per run of their chain, the last line's, which covers the rest), at most
 ``BATCHES_IN_FLIGHT`` unacknowledged: on a thin link a live reading waits behind at
 most that many batches, and the PUBACKs pace the backlog to what the link carries. At
 most ``window`` messages are unacknowledged at a time; paho re-sends them itself after

@@ -3,7 +3,8 @@ and print a verdict a verifier can paste into a report.
 
 1. the files: every file of ``manifest.json`` and ``SHA256SUMS`` present with its
    SHA-256, and no file that neither lists;
-2. the custody folder (``contract.custody``): every message's signature, every chain,
+2. the custody folder (``contract.custody``): every message's signature (a covered one's
+   by the later message that covers it), every chain,
    each gap with its cause (the collector's sequence findings, refused messages);
 3. the figures: the readings of the verified messages alone, with the site settings
    (``site.json``) and fixed values the export recorded, go through the processor's own
@@ -31,7 +32,7 @@ from pathlib import Path
 import openpyxl
 
 from contract.config.site import Site
-from contract.custody import chain_breaks, pem_problems, read_folder, verify
+from contract.custody import chain_breaks, is_covered, pem_problems, read_folder, verify_chained
 from contract.message import Reading
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
@@ -187,7 +188,7 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
     chains: dict[tuple, list[int]] = {}  # chain -> [messages, lowest seq, highest seq]
     batch: list[Reading] = []
     signed: list[SignedMessage] = []
-    n = written = 0
+    n = written = covered = 0
 
     def flush():
         nonlocal written
@@ -197,11 +198,11 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
         signed.clear()
 
     def verified():
-        nonlocal n
-        for line in lines:
+        nonlocal n, covered
+        for line, v in verify_chained(lines, keys, raw=lambda line: line.message):
             n += 1
-            v = verify(line.message, keys)
             if v.ok:
+                covered += is_covered(line.message)
                 seq = v.reading.seq
                 c = chains.setdefault(v.chain, [0, seq, seq])
                 c[0], c[1], c[2] = c[0] + 1, min(c[1], seq), max(c[2], seq)
@@ -223,7 +224,9 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
     out = [f"keys: {sum(len(k) for k in keys.values())} of {len(keys)} site(s): "
            + ", ".join(f"{k.id} ({site}, fingerprint {k.fingerprint})" for site, ks in sorted(keys.items())
                        for k in ks),
-           f"messages: {n}, signatures verified: {n - sum(reasons.values())}, refused: {sum(reasons.values())}"]
+           f"messages: {n}, signatures verified: {n - sum(reasons.values())}"
+           + (f" ({covered} by the signature of a later message of their chain)" if covered else "")
+           + f", refused: {sum(reasons.values())}"]
     pems = pem_problems(folder, keys)
     out += [f"key file {p}" for p in pems]
     out += refused

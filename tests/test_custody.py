@@ -464,6 +464,34 @@ def test_the_documented_openssl_check_works(tmp_path, k1, tamper):
     assert chain_hash(m[4]) == json.loads(m[5])["prev"]
 
 
+def documented_covered_check() -> str:
+    """The README's shell block that follows a covered message to the signature covering it."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("**A covered message**"):]
+    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_the_documented_check_of_a_covered_message_works(tmp_path, k1, tamper, capsys):
+    m = chain(6, k1)
+    kept = [signed_bytes(x) for x in m[:5]] + [m[5]]  # 1..5 as a signed backlog batch leaves them: covered by 6
+    if tamper:
+        kept[3] = kept[3].replace(b'"ac_power":0.30000000000000004', b'"ac_power":0.30000000000000005')
+    folder = export(tmp_path, k1, kept)
+    done = subprocess.run(["bash", "-c", documented_covered_check()], cwd=folder, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0 and done.stdout == (
+        "linked: no: line 5 does not carry the hash of line 4; the signature that covers it: line 5\n" if tamper
+        else "linked: yes; the signature that covers it: line 6\n"), done.stdout + done.stderr
+    rc, out = run_verify(folder, capsys)
+    if not tamper:
+        assert rc == 0 and "messages: 6, signatures verified: 6 (5 by the signature of a later message" in out, out
+        return
+    assert rc == 1 and "messages: 6, signatures verified: 2 (1 by the signature of a later message" in out, out
+    assert ("seq 1: not covered: seq 4 of mn-solar/gw-mn-01/0123456789abcdef has no signature and the message "
+            "after it is not seq 5 of its chain carrying its hash") in out, out
+
+
 # -- hostile input ----------------------------------------------------------------------------
 
 from hypothesis import given, settings  # noqa: E402

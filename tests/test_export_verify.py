@@ -7,12 +7,14 @@ and stored with their signed messages as the collector stores them."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import hashlib
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
 
@@ -26,7 +28,7 @@ from contract.config.custody import Custody
 from contract.custody import GENESIS, chain_hash, sign, signed_bytes, verify
 from contract.store import SignedMessage
 from jcm.cli import main
-from processing.export import export_period
+from processing.export import custody_folder, export_period
 from processing.ledger import Ledger
 from simulators.history import SIMULATED_CHANNEL, history
 from store.sqlite_store import SqliteStore
@@ -43,9 +45,11 @@ def signer():
     return Ed25519PrivateKey.generate()
 
 
-def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None):
+def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1):
     """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
-    ``tamper(store)`` runs on the store before the export."""
+    ``tamper(store)`` runs on the store before the export. With ``signature_every`` N, the
+    store keeps only every Nth message whole, the others covered (their signed bytes), as
+    from backlog batches."""
     site = reference_site("mn-solar")
     site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
     store = SqliteStore(tmp / "jcm.db")
@@ -62,7 +66,8 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None):
                         seq=seq, epoch=EPOCH)
             message = sign(r.to_json(), prev, "k1", signer)
             prev = chain_hash(message)
-            signed.append(SignedMessage.verified(message, verify(message, keys)))
+            kept = message if seq % signature_every == 0 else signed_bytes(message)
+            signed.append(SignedMessage.verified(kept, verify(message, keys)))
             readings.append(r)
         store.write(readings, messages=signed)
     if tamper:
@@ -280,6 +285,25 @@ def test_the_documented_standard_tool_check_works(export, tamper):
         f"line 6: {chain} seq {seq}: prev is not the hash of seq {seq - 1}"], done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("broken", [False, True])
+def test_the_documented_standard_tool_check_follows_covered_messages(export, broken):
+    lines = messages(export)[:12]
+    lines = [m if i in (5, 11) else signed_bytes(m) for i, m in enumerate(lines)]  # covered by lines 6 and 12
+    if broken:  # line 3 altered; line 12 gone, so nothing covers lines 7..11
+        lines[2] = lines[2].replace(b'"values":{', b'"values":{"x":1.0,', 1)
+        lines.pop()
+    put_messages(export, lines)
+    done = subprocess.run(["bash", "-c", documented_export_check()], cwd=export, capture_output=True, text=True,
+                          timeout=60)
+    if not broken:
+        assert done.stdout == "" and done.stderr == "" and len(lines) == 12, done.stdout + done.stderr
+        return
+    chain = f"mn-solar/gw-mn-01/{EPOCH}"
+    seq = json.loads(lines[3])["seq"]
+    assert done.stdout.splitlines() == [f"line 4: {chain} seq {seq}: prev is not the hash of seq {seq - 1}",
+                                        f"line 7: {chain}: no signed message after it covers it"], done.stdout
+
+
 def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path, signer, capsys):
     """A counter without readings just before September is settled by its last reading of
     August: the export's messages must hold it, or the recomputation reads other readings."""
@@ -290,6 +314,26 @@ def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path
     assert manifest["custody"]["from"].startswith("2026-08-29")
     rc, out = run(folder, capsys)
     assert rc == 0, out
+
+
+def test_the_messages_covering_the_last_of_the_window_are_exported_too(tmp_path, signer, capsys, monkeypatch):
+    """A backlog's run of covered messages across the end of the export's window: the
+    signature that covers its last messages there is stamped after it."""
+    days = [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1)), (dt.date(2026, 9, 30), dt.date(2026, 10, 1))]
+    folder = make_export(tmp_path, signer, days, signature_every=47)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    end = manifest["custody"]["to"]
+    stamps = [json.loads(m[:-98] + b"}" if m.endswith(b'=="}') else m)["ts"] for m in messages(folder)]
+    after = [ts for ts in stamps if dt.datetime.fromisoformat(ts) >= dt.datetime.fromisoformat(end)]
+    assert 0 < len(after) < 47 and messages(folder)[-1].endswith(b'=="}'), (end, after)
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+    # without them, the window's last messages are not covered
+    monkeypatch.setattr(custody_folder, "with_covering", lambda store, site, messages, end: messages)
+    (tmp_path / "without").mkdir()
+    rc, out = run(make_export(tmp_path / "without", signer, days, signature_every=47), capsys)
+    assert rc == 1 and "not covered: seq" in out and "has no signature and nothing after it" in out, out
+    assert "VERDICT: FAILED: 39 message(s) refused" in out, out  # seqs 2962..3000, after 2961 = 47 × 63
 
 
 def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosquitto, signer, capsys):
@@ -344,6 +388,62 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
     assert ": all equal" in out and "2026-09: input hash equal to revision 1's" in out
     assert "seq 200: wrong_prev: prev is not seq 199's hash (collector: seq 200: wrong_prev: " in out
     assert out.rstrip().endswith("VERDICT: FAILED: 2 chain break(s)")
+
+
+def test_a_signed_backlog_in_batches_through_the_collector_is_exported_and_verified(tmp_path, mosquitto, signer,
+                                                                                       capsys):
+    """The gateway's backlog as it crosses a thin link: batches that leave out what each
+    chain's last signature covers; the collector keeps those messages as their signed bytes,
+    the export holds them, and ``jcm verify`` verifies each through the chain."""
+    from collector.service import Collector
+    from contract import batch, topics
+    from tests.conftest import wait_until
+    from tests.test_collector import Publisher, config
+
+    data = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
+    data["custody"] = {"require_signatures": True, "keys": [public_key(signer, "k1").model_dump(mode="json")]}
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "sites" / "mn-solar.yaml").write_text(yaml.safe_dump(data))
+    site = load_site(tmp_path / "sites" / "mn-solar.yaml")
+    prev, seq, sent = GENESIS, 0, []
+    for part in history(site, FIRST, FIRST, step_s=1800, channels=set(site.monitoring_channels)):
+        for r in part:
+            seq += 1
+            values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
+            r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
+                        seq=seq, epoch=EPOCH)
+            sent.append(sign(r.to_json(), prev, "k1", signer))
+            prev = chain_hash(sent[-1])
+    packed, i, last = [], 0, set()
+    while i < len(sent):
+        payload, n = batch.pack(sent[i:], 1200)  # small batches: several chain runs
+        packed.append((topics.batch(site.site, site.gateway), payload))
+        i += n
+        last.add(i - 1)
+    url = f"sqlite:///{tmp_path}/jcm.db"
+    c = Collector(config(mosquitto, url, tmp_path / "sites"))
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        assert wait_until(lambda: pub.send(packed[:1]) or c.stored >= 1, 20)
+        pub.send(packed[1:])
+        def stored() -> int:  # c.stored counts the first batch each time it is sent until one is taken
+            with contextlib.closing(sqlite3.connect(tmp_path / "jcm.db")) as db:
+                return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        assert wait_until(lambda: stored() >= len(sent), 30), stored()
+    finally:
+        pub.close()
+        c.stop()
+    Ledger(tmp_path / "ledger.sqlite", create=True).close()
+    assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
+                 str(tmp_path / "out"), "--sites", str(tmp_path / "sites"), "--store", url,
+                 "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+    folder = tmp_path / "out" / f"mn-solar_{FIRST}_{FIRST}"
+    kept = messages(folder)
+    assert len(packed) > 3 and kept == [m if i in last else signed_bytes(m) for i, m in enumerate(sent)]
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+    assert f"({len(sent) - len(packed)} by the signature of a later message of their chain)" in out
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -1,6 +1,8 @@
 """The export's ``custody/`` folder (layout: ``contract.custody``): the signed messages of
 the readings the figures are computed from (``recompute.message_window``), bytes as
-received, the site's public keys valid in that time, and the collector's sequence
+received, the site's public keys valid in that time (a chain's last message there kept
+without its signature, covered by a later one, is followed by the messages of its chain
+up to that one: ``with_covering``), and the collector's sequence
 findings and custody findings there (``custody/findings.json``), which explain the breaks
 of the chains and which the processor reads too. An export of readings that were not signed has no
 custody folder, and its manifest says 0 signed messages.
@@ -12,15 +14,18 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from contract.custody import write_folder
+from contract.custody import is_covered, link, write_folder
 from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from processing.export.period_figures import PeriodFigures
 from processing.export.recompute import message_window
 
 FINDINGS = "findings.json"
+#: how far after the window the messages covering its last ones are first looked for, and at most
+COVER_SEARCH = dt.timedelta(hours=1)
+COVER_SEARCH_MAX = dt.timedelta(days=64)
 
 
 def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> tuple[list[Path], dict]:
@@ -36,7 +41,8 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
             yield m
 
     keys = [k for k in site.custody.keys if k.valid_from < end and (k.valid_to is None or k.valid_to > start)]
-    root = write_folder(folder, {site.site: keys}, counted(store.signed_messages(site.site, start, end)))
+    messages = with_covering(store, site.site, store.signed_messages(site.site, start, end), end)
+    root = write_folder(folder, {site.site: keys}, counted(messages))
     if not count[0]:
         shutil.rmtree(root)
         return [], entry
@@ -50,6 +56,44 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
     entry.update(signed_messages=count[0], findings=len(sequence) + len(custody),
                  keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys])
     return sorted(f for f in root.rglob("*") if f.is_file()), entry
+
+
+def with_covering(store: ReadingStore, site: str, messages: Iterable[bytes], end: dt.datetime) -> Iterator[bytes]:
+    """``messages`` (a window's, ordered by chain and seq, stamped before ``end``) and after
+    the last of each chain, when it is covered (``contract.custody``: kept without its
+    signature, the chain links it to a later signed message), the messages of its chain
+    stamped from ``end`` up to the first signed one: without them it could not be verified."""
+    last = None  # the message before, when covered, and its hash
+    for m in messages:
+        covered = is_covered(m)
+        here = link(m) if covered or last else None  # most messages are signed: no hash of theirs is needed
+        if last and (here is None or here[0] != last[1]):
+            yield from _covering(store, site, last[0], end)
+        yield m
+        last = (m, here[1]) if covered else None
+    if last:
+        yield from _covering(store, site, last[0], end)
+
+
+def _covering(store: ReadingStore, site: str, last: bytes, end: dt.datetime) -> list[bytes]:
+    """The messages after ``last`` in its chain, from ``end``, up to and with the first signed
+    one; none when they are not all there (the verifier then reports ``last`` not covered)."""
+    known = json.loads(last)
+    chain, seq = (known["gateway"], known["epoch"]), known["seq"]
+    span = COVER_SEARCH
+    while span <= COVER_SEARCH_MAX:  # a batch's run spans minutes to hours: look a little further each time
+        out = []
+        for raw in store.signed_messages(site, end, end + span):
+            m = json.loads(raw)
+            if (m["gateway"], m["epoch"]) != chain or m["seq"] <= seq:
+                continue
+            if m["seq"] != seq + len(out) + 1:
+                return []
+            out.append(raw)
+            if not is_covered(raw):
+                return out
+        span *= 4
+    return []
 
 
 def _record(f: SequenceFinding | CustodyFinding) -> dict:
