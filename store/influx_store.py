@@ -42,6 +42,7 @@ from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from contract.float_text import finite_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
@@ -175,8 +176,8 @@ def _float_fields(values: dict) -> tuple[list[str], list[str]] | None:
         prefixes = [_FIELD_PREFIX.get(k) or _key(k) + "=" for k in keys]
         if len(_FIELD_PREFIX) < 4096:  # bounded: channel names come from senders
             _FIELD_PREFIX.update(zip(keys, prefixes))
-    # float reprs hold no NUL: one join, one replace (5.0 as 5, as _float renders it), one split
-    texts = ("\0".join(map(repr, floats)) + "\0").replace(".0\0", "\0").split("\0")[:-1]
+    # one join, one replace (5.0 as 5, as _float renders it) and one split: a float's text holds no comma
+    texts = (",".join(finite_float_texts(floats)) + ",").replace(".0,", ",").split(",")[:-1]
     return keys, list(map(str.__add__, prefixes, texts))
 
 
@@ -187,7 +188,8 @@ def reading_line(r: Reading) -> str:
     if not _NOT_CHANNELS.isdisjoint(r.values):
         channel = min(_NOT_CHANNELS.intersection(r.values))
         raise ValueError(f"channel '{channel}' would overwrite the point's own '{channel}'")
-    quality = json.dumps({k: q.value for k, q in sorted(r.quality.items())}, separators=(",", ":"))
+    quality = (json.dumps({k: q.value for k, q in sorted(r.quality.items())}, separators=(",", ":"))
+               if r.quality else "{}")
     ts = r.ts if r.ts.tzinfo is not None else r.ts.replace(tzinfo=dt.UTC)  # naive means UTC, as Point reads it
     stamp = (ts - _EPOCH) // _ONE_MS
     tags = (r.site, r.gateway, r.device)
