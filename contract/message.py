@@ -59,13 +59,14 @@ MAX_DEPTH = 8
 TS_MIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 TS_MAX = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 
-#: well-formed channel names remembered, so that a known one is not matched again; bounded:
-#: names come from senders
-MAX_KNOWN_CHANNELS = 4096
+#: well-formed channel names and units remembered, so that a known one is not checked again;
+#: bounded: they come from senders
+MAX_REMEMBERED = 4096
 #: floats from here on may be integers orjson read beyond 64 bits (it keeps up to 2**64 - 1 exact)
 _WIDENED = 2.0**63
 
 _CHANNEL_NAMES: set[str] = set()
+_UNITS: set[str] = set()
 _ID = re.compile(ID_PATTERN)
 _CHANNEL = re.compile(CHANNEL_PATTERN)
 _EPOCH = re.compile(EPOCH_PATTERN)
@@ -176,7 +177,7 @@ class Reading:
         for k in names - _CHANNEL_NAMES:
             if not _CHANNEL.fullmatch(k):
                 raise ValueError(f"channel name {_short(k)} is not a channel name ({CHANNEL_PATTERN})")
-            if len(_CHANNEL_NAMES) < MAX_KNOWN_CHANNELS:
+            if len(_CHANNEL_NAMES) < MAX_REMEMBERED:
                 _CHANNEL_NAMES.add(k)
         reserved = sorted(names & RESERVED_CHANNELS)
         if reserved:
@@ -189,9 +190,16 @@ class Reading:
         extra = sorted(quality.keys() - values.keys())
         if extra:  # a stored quality would show as a reading of a channel that was not read
             raise ValueError(f"'quality' names channel(s) with no value: {', '.join(extra)}")
-        for k, u in units.items():
-            if not isinstance(u, str) or len(u) > MAX_TEXT or not u.isprintable():
-                raise ValueError(f"unit of '{k}' is not printable text of at most {MAX_TEXT} characters")
+        try:
+            known = _UNITS.issuperset(units.values())
+        except TypeError:  # an unhashable unit, such as a list
+            known = False
+        if not known:
+            for k, u in units.items():
+                if not isinstance(u, str) or len(u) > MAX_TEXT or not u.isprintable():
+                    raise ValueError(f"unit of '{k}' is not printable text of at most {MAX_TEXT} characters")
+            if len(_UNITS) + len(units) <= MAX_REMEMBERED:
+                _UNITS.update(units.values())
         try:
             q = {k: Quality(v) for k, v in quality.items()}
             status = DeviceStatus(body.get("status", "ok"))

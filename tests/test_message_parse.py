@@ -87,3 +87,11 @@ def test_orjson_and_json_agree(extra, spaced):
     parts = members(BASE) + [f"{json.dumps(k)}:{json.dumps(v, ensure_ascii=False)}" for k, v in extra]
     text = ("{ " + " , ".join(parts) + " }") if spaced else "{" + ",".join(parts) + "}"
     assert outcome(text) == reference(text)
+
+
+@pytest.mark.parametrize("unit", [["kWh"], "k\x00Wh", "x" * 300, 5, None, {"a": 1}])
+def test_a_malformed_unit_is_refused_after_well_formed_ones_were_remembered(unit):
+    ok = json.dumps(dict(BASE, units={"ch0": "kWh", "ch1": "V"}))
+    assert not outcome(ok).startswith("refused")
+    bad = json.dumps(dict(BASE, units={"ch0": "kWh", "ch1": unit}))
+    assert outcome(bad) == "refused: unit of 'ch1' is not printable text of at most 256 characters"
