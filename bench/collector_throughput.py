@@ -6,6 +6,8 @@ contender connects; each contender then drains its queue, in its own process(es)
 
 - ``mosquitto_sub``: the C client, acknowledging each message (the broker's own limit);
 - ``paho``: a bare paho-mqtt subscriber that counts and acknowledges (Python's limit);
+- ``paho5``: the same connected as the collector is (MQTT 5, ``manual_ack``, acknowledging
+  each message in its callback): the like-for-like reference;
 - ``paho x2``: two of them on a shared subscription (what two Python processes get);
 - ``collector sqlite|influx1|vm`` x1 and x2: the real ``Collector`` (validation, store,
   acknowledgement after the store has the batch) into SQLite (``synchronous=FULL``),
@@ -39,6 +41,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
 import urllib3  # noqa: E402
 
 from contract import topics  # noqa: E402
@@ -138,19 +142,30 @@ def child_publish(port: int, n: int) -> None:
     pub.loop_stop()
 
 
-def child_paho(port: int, client_id: str, topic: str, prime: bool) -> None:
-    """A bare paho subscriber: counts and acknowledges (paho acknowledges on return)."""
+def child_paho(port: int, client_id: str, topic: str, prime: bool, mqtt5: bool = False) -> None:
+    """A bare paho subscriber: counts and acknowledges (paho acknowledges on return). ``mqtt5``:
+    as the collector connects (MQTT 5, a session that expires in a week, Receive Maximum
+    1000, ``manual_ack``), acknowledging each message in the callback."""
     state = {"count": 0}
 
     def on_message(client, userdata, msg):
         state["count"] += 1
+        if mqtt5:
+            client.ack(msg.mid, msg.qos)
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    if mqtt5:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval, props.ReceiveMaximum = 7 * 86400, 1000
+        options = {"clean_start": False, "properties": props}
+    else:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        options = {}
     c.on_message = on_message
     c.on_connect = lambda client, *a: client.subscribe(topic, qos=1)
     marks = {"last": 0.0}
     go = time.time() if prime else _wait_for_go()
-    c.connect("127.0.0.1", port)
+    c.connect("127.0.0.1", port, **options)
     c.loop_start()
     if prime:
         time.sleep(1.0)  # connected and subscribed: the broker keeps the session from now on
@@ -281,8 +296,8 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
 
         def child_args(i: int, prime: bool) -> list[str]:
             base = ["--port", str(broker.port), "--client-id", ids[i]] + (["--prime"] if prime else [])
-            if kind == "paho":
-                return ["paho", *base, "--topic", topic]
+            if kind.startswith("paho"):
+                return ["paho", *base, "--topic", topic] + (["--mqtt5"] if kind == "paho5" else [])
             return ["collector", *base, "--store", store_url, "--sites", str(workdir / "sites")] + (
                 ["--share", share] if share else [])
 
@@ -337,6 +352,7 @@ CONTENDERS = {  # name: (kind, processes)
     "mosquitto_sub": ("mosquitto_sub", 1),
     "paho": ("paho", 1),
     "paho x2": ("paho", 2),
+    "paho5": ("paho5", 1),
     "collector sqlite": ("collector sqlite", 1),
     "collector sqlite x2": ("collector sqlite", 2),
     "collector influx1": ("collector influx1", 1),
@@ -348,19 +364,23 @@ CONTENDERS = {  # name: (kind, processes)
 
 def report(results: list[dict]) -> None:
     print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
-    print(f"{'mode':<6} {'contender':<22} {'msgs/s':>8} {'÷ paho':>7} {'x2 ÷ x1':>8} {'s':>7} {'CPU s':>6} "
+    print(f"{'mode':<6} {'contender':<22} {'msgs/s':>8} {'÷ paho':>7} {'÷ paho5':>8} {'x2 ÷ x1':>8} {'s':>7} {'CPU s':>6} "
+          f"{'µs/msg':>7} "
           f"{'broker':>7} {'stores':>14} {'per process':>14}")
     for r in results:
         same = {x["contender"]: x for x in results if x["mode"] == r["mode"]}
         paho = same.get("paho")
+        paho5 = same.get("paho5")
         one = same.get(r["contender"].removesuffix(" x2")) if r["contender"].endswith(" x2") else None
         stores = " ".join(f"{k} {v}" for k, v in r["cpu_s_stores"].items() if v >= 0.05)
         of_paho = f"{r['msgs_per_s'] / paho['msgs_per_s']:.2f}" if paho else ""
+        of_paho5 = f"{r['msgs_per_s'] / paho5['msgs_per_s']:.2f}" if paho5 else ""
+        per_msg = f"{r['cpu_s_contender'] / r['received_or_stored'] * 1e6:.0f}" if r["cpu_s_contender"] else ""
         of_one = f"{r['msgs_per_s'] / one['msgs_per_s']:.2f}" if one else ""
         cpu = r["cpu_s_contender"] if r["cpu_s_contender"] is not None else ""
         per = "/".join(map(str, r["per_process"]))
-        print(f"{r['mode']:<6} {r['contender']:<22} {r['msgs_per_s']:>8} {of_paho:>7} {of_one:>8} {r['seconds']:>7} "
-              f"{cpu:>6} {r['cpu_s_broker']:>7} {stores:>14} {per:>14}"
+        print(f"{r['mode']:<6} {r['contender']:<22} {r['msgs_per_s']:>8} {of_paho:>7} {of_paho5:>8} {of_one:>8} "
+              f"{r['seconds']:>7} {cpu:>6} {per_msg:>7} {r['cpu_s_broker']:>7} {stores:>14} {per:>14}"
               + ("" if r["complete"] else f"  INCOMPLETE: {r['received_or_stored']} of {r['messages']}"))
 
 
@@ -405,11 +425,12 @@ def child_main(argv: list[str]) -> None:
     ap.add_argument("--store")
     ap.add_argument("--sites")
     ap.add_argument("--prime", action="store_true")
+    ap.add_argument("--mqtt5", action="store_true")
     a = ap.parse_args(argv)
     if a.role == "publish":
         child_publish(a.port, a.messages)
     elif a.role == "paho":
-        child_paho(a.port, a.client_id, a.topic, a.prime)
+        child_paho(a.port, a.client_id, a.topic, a.prime, a.mqtt5)
     else:
         child_collector(a.port, a.client_id, a.share, a.store, a.sites, a.prime)
 

@@ -63,7 +63,7 @@ class _Stopping(Exception):
     """Asked to stop while the store is unavailable: the batch stays unacknowledged."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: that costs 0.7 us more a message, on paho's thread
 class Incoming:
     generation: int  # which connection delivered it: a mid is only valid on its own connection
     mid: int

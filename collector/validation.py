@@ -82,10 +82,11 @@ def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.da
     except ValueError as exc:
         raise Rejected(f"malformed reading: {exc}") from None
     device = reading.device if device is None else device
-    for name, from_topic, from_payload in (("site", site, reading.site), ("gateway", gateway, reading.gateway),
-                                           ("device", device, reading.device)):
-        if from_topic != from_payload:
-            raise Rejected(f"topic says {name} '{from_topic}' but the payload says '{from_payload}'")
+    if (site, gateway, device) != (reading.site, reading.gateway, reading.device):
+        for name, from_topic, from_payload in (("site", site, reading.site), ("gateway", gateway, reading.gateway),
+                                               ("device", device, reading.device)):
+            if from_topic != from_payload:
+                raise Rejected(f"topic says {name} '{from_topic}' but the payload says '{from_payload}'")
     rule = rules.get(site)
     if rule is None:
         raise Rejected(f"unknown site '{site}'")
@@ -93,16 +94,17 @@ def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.da
         raise Rejected(f"site '{site}' is served by gateway '{rule.gateway}', not '{gateway}'")
     if device not in rule.channels:
         raise Rejected(f"site '{site}' has no device '{device}'")
-    unknown = sorted(set(reading.values) - rule.channels[device])
-    if unknown:
+    if not rule.channels[device].issuperset(reading.values):
+        unknown = sorted(set(reading.values) - rule.channels[device])
         raise Rejected(f"device '{device}' of site '{site}' has no channel(s) {', '.join(unknown)} in its register map")
     # InfluxDB types a field by the first value written to each shard, for every site at once:
     # one text value of a number channel would have all numbers of that channel refused
     text = rule.text[device]
-    for channel, v in reading.values.items():
-        if v is not None and isinstance(v, str) != (channel in text):
-            raise Rejected(f"value of '{channel}' is {'text' if isinstance(v, str) else 'a number'}, but its "
-                           f"register map point is {'text' if channel in text else 'a number'}")
+    if text or str in set(map(type, reading.values.values())):  # else all numbers (or nulls) of number channels
+        for channel, v in reading.values.items():
+            if v is not None and isinstance(v, str) != (channel in text):
+                raise Rejected(f"value of '{channel}' is {'text' if isinstance(v, str) else 'a number'}, but its "
+                               f"register map point is {'text' if channel in text else 'a number'}")
     if reading.ts < rule.earliest:
         raise WrongStamp(f"timestamp {reading.ts.isoformat()} is before site '{site}' was commissioned", reading)
     if too_far_ahead(reading.ts, now, max_future.total_seconds()):

@@ -32,7 +32,7 @@ from processing.daily_values import (DailyResult, Finding, counter_daily, energi
                                      integrated_daily, interval_day, local_days, mean_daily)
 from processing.derived import FlareResult, flare_daily
 from processing.fixed_values import DEFAULT, FixedValue, from_config
-from processing.float_text import float_texts
+from contract.float_text import float_texts
 from processing.methodologies import Calculation, calculate, load_spec
 from processing.methodologies.common import exact_sum
 

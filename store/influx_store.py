@@ -26,6 +26,7 @@ the guilty points are alone, and the rest is stored.
 from __future__ import annotations
 
 import base64
+import bisect
 import datetime as dt
 import json
 import math
@@ -41,6 +42,7 @@ from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from contract.float_text import finite_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
@@ -131,12 +133,17 @@ def _key(name: str) -> str:
     return text
 
 
+def _series(measurement: str, tags: dict[str, str]) -> str:
+    """The measurement and tag set of a point (empty tags left out)."""
+    tag_set = "".join(f",{_key(k)}={_tag_value(v)}" for k, v in sorted(tags.items()) if k and v)
+    return f"{measurement.translate(_ESCAPE_MEASUREMENT)}{tag_set}"
+
+
 def line_protocol(measurement: str, tags: dict[str, str], fields: dict, stamp: int) -> str:
     """One point in line protocol at ``stamp`` [since the epoch, in the write's precision:
     ms for readings]: what ``influxdb_client.Point(...).to_line_protocol()`` renders (tags
     and fields sorted by key, empty tags, null and non-finite fields left out) in two
     thirds of its time (16 against 24 us for a 20-channel reading)."""
-    tag_set = "".join(f",{_key(k)}={_tag_value(v)}" for k, v in sorted(tags.items()) if k and v)
     out = []
     for k, v in sorted(fields.items()):
         text = _float(v) if type(v) is float else _field_value(v)  # a float is the usual value
@@ -144,7 +151,34 @@ def line_protocol(measurement: str, tags: dict[str, str], fields: dict, stamp: i
             out.append(f"{_key(k)}={text}")
     if not out:
         raise ValueError("a point needs at least one field")
-    return f"{measurement.translate(_ESCAPE_MEASUREMENT)}{tag_set} {','.join(out)} {stamp}"
+    return f"{_series(measurement, tags)} {','.join(out)} {stamp}"
+
+
+#: a reading's series (measurement and tags) by (site, gateway, device); bounded: ids come from senders
+_SERIES: dict[tuple[str, str, str], str] = {}
+#: "key=" of the field keys met
+_FIELD_PREFIX: dict[str, str] = {}
+#: a reading's fields beside its channels, in key order
+_META_FIELDS = ("quality", "seq", "status")
+
+
+def _float_fields(values: dict) -> tuple[list[str], list[str]] | None:
+    """The channels in key order and their ``key=value``, when every value is a finite float
+    (the usual reading), as ``line_protocol`` renders them but with the loops in C (~8
+    against 15 us for 20 channels); ``None`` for any other reading."""
+    keys = sorted(values)
+    floats = list(map(values.__getitem__, keys))
+    # a sum of finite floats that is finite proves each finite (inf and nan propagate)
+    if not floats or set(map(type, floats)) != {float} or not math.isfinite(sum(floats)):
+        return None
+    prefixes = list(map(_FIELD_PREFIX.get, keys))
+    if None in prefixes:
+        prefixes = [_FIELD_PREFIX.get(k) or _key(k) + "=" for k in keys]
+        if len(_FIELD_PREFIX) < 4096:  # bounded: channel names come from senders
+            _FIELD_PREFIX.update(zip(keys, prefixes))
+    # one join, one replace (5.0 as 5, as _float renders it) and one split: a float's text holds no comma
+    texts = (",".join(finite_float_texts(floats)) + ",").replace(".0,", ",").split(",")[:-1]
+    return keys, list(map(str.__add__, prefixes, texts))
 
 
 def reading_line(r: Reading) -> str:
@@ -154,15 +188,28 @@ def reading_line(r: Reading) -> str:
     if not _NOT_CHANNELS.isdisjoint(r.values):
         channel = min(_NOT_CHANNELS.intersection(r.values))
         raise ValueError(f"channel '{channel}' would overwrite the point's own '{channel}'")
-    fields: dict[str, float | int | str] = {
-        channel: v if type(v) is float or isinstance(v, str) else float(v)
-        for channel, v in r.values.items() if v is not None}
-    fields["quality"] = json.dumps({k: q.value for k, q in sorted(r.quality.items())}, separators=(",", ":"))
-    fields["status"] = r.status.value
-    fields["seq"] = int(r.seq or 0)
+    quality = (json.dumps({k: q.value for k, q in sorted(r.quality.items())}, separators=(",", ":"))
+               if r.quality else "{}")
     ts = r.ts if r.ts.tzinfo is not None else r.ts.replace(tzinfo=dt.UTC)  # naive means UTC, as Point reads it
-    return line_protocol(MEASUREMENT, {"site": r.site, "gateway": r.gateway, "device": r.device}, fields,
-                         (ts - _EPOCH) // _ONE_MS)
+    stamp = (ts - _EPOCH) // _ONE_MS
+    tags = (r.site, r.gateway, r.device)
+    floats = _float_fields(r.values)
+    if floats is None:
+        fields: dict[str, float | int | str] = {
+            channel: v if type(v) is float or isinstance(v, str) else float(v)
+            for channel, v in r.values.items() if v is not None}
+        fields.update(quality=quality, status=r.status.value, seq=int(r.seq or 0))
+        return line_protocol(MEASUREMENT, dict(zip(("site", "gateway", "device"), tags)), fields, stamp)
+    keys, parts = floats
+    meta = {"quality": _field_value(quality), "seq": f"{int(r.seq or 0)}i", "status": _field_value(r.status.value)}
+    for name in reversed(_META_FIELDS):  # each at its place in key order, the last first: the others stay put
+        parts.insert(bisect.bisect_left(keys, name), f"{name}={meta[name]}")
+    series = _SERIES.get(tags)
+    if series is None:
+        series = _series(MEASUREMENT, dict(zip(("site", "gateway", "device"), tags)))
+        if len(_SERIES) < 4096:  # bounded: ids come from senders
+            _SERIES[tags] = series
+    return f"{series} {','.join(parts)} {stamp}"
 
 
 def message_line(m: SignedMessage) -> bytes:

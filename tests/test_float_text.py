@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from processing.float_text import float_texts
+from contract.float_text import float_texts
 
 
 def _reference(values) -> list[str]:
@@ -41,7 +41,7 @@ def test_texts_are_repr_at_every_layout_edge_and_for_random_doubles():
 def test_without_orjson_s_agreement_every_value_takes_repr(monkeypatch):
     """Should an orjson release lay floats out differently, the probe at import says so and
     the texts are ``repr``'s own."""
-    import processing.float_text as float_text
+    import contract.float_text as float_text
 
     monkeypatch.setattr(float_text, "_AGREES", False)
     values = np.concatenate([_edges(), np.random.default_rng(5).normal(0, 1e3, 1000)])
@@ -67,3 +67,14 @@ def test_texts_are_repr_for_any_floats():
         assert float_texts(np.array(values, dtype=float)) == _reference(values)
 
     check()
+
+
+def test_texts_of_a_list_of_finite_floats_are_repr():
+    """A reading's values (a list of Python floats) take the same texts without numpy."""
+    from contract.float_text import finite_float_texts
+
+    edges = [v for v in _edges().tolist() if math.isfinite(v)]
+    rng = np.random.default_rng(7)
+    for values in (edges, [0.0, 1e-5, 2.5], [0.0, -0.0, 5.0], [3e-5], [], rng.normal(0, 1e4, 500).tolist(),
+                   (np.sign(rng.normal(size=500)) * 10 ** rng.uniform(-8, 20, 500)).tolist()):
+        assert finite_float_texts(values) == list(map(repr, values))

@@ -1,5 +1,6 @@
 """The text of a reading's value wherever it is written down or hashed: ``repr`` of the
 float, the shortest text that reads back as the same float (an empty field when missing).
+Processing writes its exports and input hashes with it, the InfluxDB store its line protocol.
 
 The input hash of every month and the raw-readings export are defined on that text, so it
 must stay ``repr`` to the byte. Python's ``repr`` costs ~0.3 - 2 µs a float (more for
@@ -30,6 +31,8 @@ def _orjson_texts(values: np.ndarray) -> list[str]:
 
 
 _AGREES = _orjson_texts(np.array(_PROBE)) == list(map(repr, _PROBE))
+#: the same of a list of Python floats, as a reading holds its values
+_AGREES_LIST = orjson.dumps(_PROBE)[1:-1].decode("ascii").split(",") == list(map(repr, _PROBE))
 
 
 def float_texts(values: np.ndarray) -> list[str]:
@@ -59,3 +62,24 @@ def float_texts(values: np.ndarray) -> list[str]:
         v = values[i]
         texts[i] = "" if np.isnan(v) else repr(float(v))
     return texts
+
+
+def finite_float_texts(values: list[float]) -> list[str]:
+    """``repr`` of each of a few finite floats (a reading's values, say), as ``float_texts``
+    renders them but without numpy's fixed cost: 2 against 3.5 us for 20 values.
+
+    Parameters
+    ----------
+    values : list of float
+        Finite floats (orjson writes ``null`` for the others).
+
+    Returns
+    -------
+    list of str
+        One text per value, in order.
+    """
+    if not values:
+        return []
+    if _AGREES_LIST and (min(map(abs, values)) >= SMALL or not any(0 < abs(v) < SMALL for v in values)):
+        return orjson.dumps(values)[1:-1].decode("ascii").split(",")
+    return list(map(repr, values))
