@@ -171,6 +171,8 @@ class Reading:
         values, quality, units = body.get("values"), body.get("quality", {}), body.get("units", {})
         if not isinstance(values, dict) or not isinstance(quality, dict) or not isinstance(units, dict):
             raise ValueError("'values', 'quality' and 'units' must be objects")
+        if not values:  # a poll reports every channel of its register map, null when unread: nothing to store
+            raise ValueError("'values' is empty: a reading carries at least one channel")
         if len(values) > MAX_CHANNELS:
             raise ValueError(f"{len(values)} channels: at most {MAX_CHANNELS}")
         names = values.keys() | quality.keys() | units.keys()

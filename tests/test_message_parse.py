@@ -95,3 +95,10 @@ def test_a_malformed_unit_is_refused_after_well_formed_ones_were_remembered(unit
     assert not outcome(ok).startswith("refused")
     bad = json.dumps(dict(BASE, units={"ch0": "kWh", "ch1": unit}))
     assert outcome(bad) == "refused: unit of 'ch1' is not printable text of at most 256 characters"
+
+
+def test_a_reading_without_values_is_refused():
+    """Before: accepted and acknowledged, and nothing was stored (found by the collector's fuzz
+    test): a poll reports every channel of its register map, null when unread."""
+    with pytest.raises(ValueError, match="'values' is empty"):
+        Reading.from_json(json.dumps({**BASE, "values": {}, "quality": {}, "units": {}}).encode())
