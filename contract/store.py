@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import pandas as pd
@@ -70,11 +70,10 @@ def _bounded(text: str) -> str:
 class SeqRange:
     """Seqs ``first``..``last`` of one sequence epoch of a gateway, every one of them stored.
 
-    ``epoch`` is "" for senders without epochs. ``first_ts``/``last_ts`` are the times of
-    the readings at either end, so a gap between two ranges has a place in time.
-    ``since`` names the range for its writer [ns]: a store that merges ranges ignores it; a
-    store that cannot keeps one record per (site, gateway, epoch, since), each write of the
-    same ``since`` replacing the last, and merges when it reads."""
+    ``epoch`` is "" for senders without epochs. ``first_ts``/``last_ts`` place the range in
+    time: the times of the readings at either end when known, else bounds from their block
+    (``SeqBlock``): ``first_ts`` at or after, ``last_ts`` at or before the true time, so that
+    a gap between two ranges lies within ``last_ts``..``first_ts`` of its neighbours."""
 
     site: str
     gateway: str
@@ -83,7 +82,100 @@ class SeqRange:
     last: int
     first_ts: dt.datetime
     last_ts: dt.datetime
-    since: int = 0
+
+
+#: seqs per ``SeqBlock``
+BLOCK_SEQS = 4096
+_ALL = (1 << BLOCK_SEQS) - 1
+
+
+@dataclass(frozen=True)
+class SeqBlock:
+    """Which seqs of block ``block`` (seqs ``block * BLOCK_SEQS`` .. ``+ BLOCK_SEQS - 1``) of one
+    sequence epoch of a gateway are stored: bit ``i`` of ``bits`` is seq ``block * BLOCK_SEQS + i``.
+
+    The sequence bookkeeping's record: its size is bounded by the seqs a gateway sent, not by
+    how a shared subscription interleaved them. ``lo_ts``/``hi_ts`` are the times of the
+    readings of the lowest and highest seq set. ``writer`` names the collector process that
+    wrote it: a store that cannot merge on write keeps one record per (block, writer), each
+    write replacing the last, and joins them (``union_blocks``) when it reads."""
+
+    site: str
+    gateway: str
+    epoch: str
+    block: int
+    bits: int
+    lo_ts: dt.datetime
+    hi_ts: dt.datetime
+    writer: str = ""
+
+    @property
+    def lo(self) -> int:
+        """The lowest seq set."""
+        return self.block * BLOCK_SEQS + (self.bits & -self.bits).bit_length() - 1
+
+    @property
+    def hi(self) -> int:
+        """The highest seq set."""
+        return self.block * BLOCK_SEQS + self.bits.bit_length() - 1
+
+    @property
+    def full(self) -> bool:
+        return self.bits == _ALL
+
+    def to_bytes(self) -> bytes:
+        """``bits`` as ``BLOCK_SEQS / 8`` bytes, little-endian (what a store keeps)."""
+        return self.bits.to_bytes(BLOCK_SEQS // 8, "little")
+
+
+def union_blocks(blocks: Iterable[SeqBlock]) -> list[SeqBlock]:
+    """Records of the same (site, gateway, epoch, block) joined into one (bits OR-ed, the
+    times of the lowest and highest seq kept), sorted by (site, gateway, epoch, block)."""
+    out: dict[tuple[str, str, str, int], SeqBlock] = {}
+    for b in blocks:
+        key = (b.site, b.gateway, b.epoch, b.block)
+        p = out.get(key)
+        if p is None:
+            out[key] = replace(b, writer="")
+            continue
+        lo_ts = p.lo_ts if (p.lo, p.lo_ts) <= (b.lo, b.lo_ts) else b.lo_ts
+        hi_ts = p.hi_ts if (p.hi, p.hi_ts) >= (b.hi, b.hi_ts) else b.hi_ts
+        out[key] = replace(p, bits=p.bits | b.bits, lo_ts=lo_ts, hi_ts=hi_ts)
+    return [out[k] for k in sorted(out)]
+
+
+def block_ranges(blocks: Iterable[SeqBlock]) -> list[SeqRange]:
+    """The runs of stored seqs that ``blocks`` hold, joined across adjacent blocks, sorted
+    by (site, gateway, epoch, first).
+
+    A run's end that is the lowest or highest seq of its block has that reading's time; an
+    end inside a block takes the bound its block gives (``SeqRange``)."""
+    runs: list[SeqRange] = []
+    for b in union_blocks(blocks):
+        base, bits, i = b.block * BLOCK_SEQS, b.bits, 0
+        while bits >> i:
+            x = bits >> i
+            i += (x & -x).bit_length() - 1  # to the next set bit
+            x = bits >> i
+            n = (~x & (x + 1)).bit_length() - 1  # the set bits from there
+            first, last = base + i, base + i + n - 1
+            runs.append(SeqRange(b.site, b.gateway, b.epoch, first, last,
+                                 b.lo_ts if first == b.lo else b.hi_ts, b.hi_ts if last == b.hi else b.lo_ts))
+            i += n
+    return merge_ranges(runs)
+
+
+def range_blocks(ranges: Iterable[SeqRange], writer: str = "") -> list[SeqBlock]:
+    """The blocks of ``ranges`` (as ``union_blocks`` joins them): how runs kept before blocks
+    become blocks. A block inside a range takes the range's end times as its bounds."""
+    out = []
+    for r in ranges:
+        for block in range(r.first // BLOCK_SEQS, r.last // BLOCK_SEQS + 1):
+            base = block * BLOCK_SEQS
+            lo, hi = max(r.first, base), min(r.last, base + BLOCK_SEQS - 1)
+            bits = ((1 << (hi - lo + 1)) - 1) << (lo - base)
+            out.append(SeqBlock(r.site, r.gateway, r.epoch, block, bits, r.first_ts, r.last_ts, writer))
+    return union_blocks(out)
 
 
 @dataclass(frozen=True)
@@ -130,7 +222,7 @@ def merge_ranges(ranges: list[SeqRange]) -> list[SeqRange]:
         p = out[-1] if out else None
         if p and (p.site, p.gateway, p.epoch) == (r.site, r.gateway, r.epoch) and r.first <= p.last + 1:
             if r.last > p.last:
-                out[-1] = SeqRange(p.site, p.gateway, p.epoch, p.first, r.last, p.first_ts, r.last_ts, p.since)
+                out[-1] = SeqRange(p.site, p.gateway, p.epoch, p.first, r.last, p.first_ts, r.last_ts)
         else:
             out.append(r)
     return out
@@ -258,12 +350,18 @@ class ReadingStore(Protocol):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
 
-    def record_seqs(self, ranges: list[SeqRange]) -> None:
-        """Remember that these seqs are stored (after ``write`` stored their readings).
-        Raises ``StoreUnavailable``."""
+    def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
+        """Remember that these seqs are stored (after ``write`` stored their readings): each
+        block holds every seq of it its writer stored so far (a later record of the same
+        block and writer replaces it). Raises ``StoreUnavailable``."""
 
-    def sequence_ranges(self, site: str, gateway: str) -> list[SeqRange]:
-        """The stored seqs of every epoch of a gateway, as ``merge_ranges`` gives them."""
+    def seq_tops(self, site: str, gateway: str) -> dict[str, int]:
+        """The highest block of each epoch of a gateway that holds a stored seq. Raises
+        ``StoreUnavailable``."""
+
+    def seq_blocks(self, site: str, gateway: str, epoch: str, first: int, last: int) -> list[SeqBlock]:
+        """Blocks ``first``..``last`` of one epoch of a gateway, as ``union_blocks`` gives them
+        (a block with no stored seq is absent). Raises ``StoreUnavailable``."""
 
     def record_finding(self, finding: SequenceFinding) -> None:
         """Keep a sequence finding (replacing one of the same identity). Raises ``StoreUnavailable``."""

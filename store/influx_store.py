@@ -32,6 +32,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from urllib.parse import SplitResult, urlencode
 
 import numpy as np
@@ -44,15 +45,19 @@ from influxdb_client.rest import ApiException
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqRange, SequenceFinding,
-                            SignedMessage, StoreUnavailable, merge_ranges, seq_spans, source_pairs)
+from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock, SeqRange,
+                            SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans, source_pairs,
+                            union_blocks)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
-#: sequence bookkeeping: ranges of stored seqs (one point per writer's range, at its ``since``)
-#: and the collector's findings (at the time first noticed)
-RANGES = "sequence_range"
+#: sequence bookkeeping: blocks of stored seqs (tags site, gateway, epoch, writer; one point per
+#: writer's block at the time ``block`` [ns], which a later write of it replaces) and the
+#: collector's findings (at the time first noticed)
+BLOCKS = "sequence_block"
 FINDINGS = "sequence_finding"
+#: what stores written before blocks kept: one point per writer's run of seqs
+OLD_RANGES = "sequence_range"
 #: signed messages: tags site, gateway, epoch; at the time ``seq`` [ns], so that a chain's
 #: messages are found by seq with the time index and read in seq order
 MESSAGES = "signed_message"
@@ -189,6 +194,7 @@ class InfluxStore:
         elif username:
             self.auth = {"u": username, "p": password or ""}
         self.client = None
+        self._ranges_moved = False
         if api == "v2":
             # InfluxDB 1.8+ takes "user:password" as the token of its v2 write endpoint
             v2_token = token if token or not username else f"{username}:{password or ''}"
@@ -289,21 +295,46 @@ class InfluxStore:
             self._post_lines(lines, WritePrecision.NS)
         return refused
 
-    def record_seqs(self, ranges: list[SeqRange]) -> None:
+    def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
         lines = []
-        for r in ranges:
-            p = (Point(RANGES).tag("site", r.site).tag("gateway", r.gateway).tag("epoch", r.epoch)
-                 .field("first", r.first).field("last", r.last)
-                 .field("first_ts", _ms(r.first_ts)).field("last_ts", _ms(r.last_ts)))
-            lines.append(p.time(r.since or time.time_ns(), WritePrecision.NS).to_line_protocol().encode())
+        for b in blocks:  # line protocol has no empty tag: a sender without epochs has none
+            tags = "".join(f",{k}={_tag_value(v)}" for k, v in (("site", b.site), ("gateway", b.gateway),
+                                                                  ("epoch", b.epoch), ("writer", b.writer)) if v)
+            lines.append(f'{BLOCKS}{tags} bits="{base64.b64encode(b.to_bytes()).decode()}",lo_ts={_ms(b.lo_ts)}i,'
+                         f"hi_ts={_ms(b.hi_ts)}i {b.block}".encode())
         if lines:
             self._post_sequence(lines, WritePrecision.NS)
 
-    def sequence_ranges(self, site, gateway) -> list[SeqRange]:
-        series = self.query(f'SELECT "first", "last", "first_ts", "last_ts" FROM {_q(RANGES)} '
-                            f'WHERE "site" = {_lit(site)} AND "gateway" = {_lit(gateway)} GROUP BY "epoch"')
-        return merge_ranges([SeqRange(site, gateway, s.get("tags", {}).get("epoch", ""), f, la, _from_ms(a),
-                                      _from_ms(b)) for s in series for _, f, la, a, b in s["values"]])
+    def seq_tops(self, site, gateway) -> dict[str, int]:
+        self._blocks_from_ranges()
+        series = self.query(f'SELECT last("hi_ts") FROM {_q(BLOCKS)} WHERE "site" = {_lit(site)} AND '
+                            f'"gateway" = {_lit(gateway)} GROUP BY "epoch"', "ns")
+        return {s.get("tags", {}).get("epoch", ""): s["values"][0][0] for s in series}
+
+    def seq_blocks(self, site, gateway, epoch, first, last) -> list[SeqBlock]:
+        self._blocks_from_ranges()
+        series = self.query(f'SELECT "bits", "lo_ts", "hi_ts" FROM {_q(BLOCKS)} WHERE {self._chain(site, gateway, epoch)} '
+                            f"AND time >= {first} AND time <= {last} GROUP BY \"writer\"", "ns")
+        return union_blocks(SeqBlock(site, gateway, epoch, n, int.from_bytes(base64.b64decode(bits), "little"),
+                                     _from_ms(lo), _from_ms(hi)) for s in series for n, bits, lo, hi in s["values"])
+
+    def _blocks_from_ranges(self) -> None:
+        """A store written before blocks kept runs of seqs (measurement ``sequence_range``): the
+        first read of the bookkeeping writes them as blocks (a writer of their own, so that two
+        collectors doing it at once do not overwrite each other's) and drops them."""
+        if self._ranges_moved:
+            return
+        series = self.query(f'SELECT "first", "last", "first_ts", "last_ts" FROM {_q(OLD_RANGES)} '
+                            'GROUP BY "site", "gateway", "epoch"')
+        ranges = [SeqRange(t["site"], t["gateway"], t.get("epoch", ""), f, la, _from_ms(a), _from_ms(b))
+                  for s in series for t in [s.get("tags", {})] for _, f, la, a, b in s["values"]]
+        if ranges:
+            writer = f"migrated-{time.time_ns()}-{os.getpid()}"
+            blocks = range_blocks(ranges)
+            for i in range(0, len(blocks), 1000):
+                self.record_seq_blocks([replace(b, writer=writer) for b in blocks[i:i + 1000]])
+            self.query(f"DROP MEASUREMENT {_q(OLD_RANGES)}")
+        self._ranges_moved = True
 
     def record_finding(self, finding: SequenceFinding) -> None:
         f = finding

@@ -18,7 +18,7 @@ from collector.sequence_gaps import SequenceGaps
 from collector.service import Collector
 from contract import topics
 from contract.message import Reading
-from contract.store import SeqRange, SequenceFinding, StoreUnavailable
+from contract.store import BLOCK_SEQS, SeqBlock, SeqRange, SequenceFinding, StoreUnavailable, block_ranges, range_blocks
 from liveview.alarms import sequence_conditions
 from liveview.app import LiveView
 from processing.period import PeriodProcessor
@@ -63,6 +63,12 @@ def findings(store_url: str, kind: str = "gap") -> list[SequenceFinding]:
         store.close()
 
 
+def stored_ranges(store, site: str = "test-site", gateway: str = "gw-test") -> list[tuple[str, int, int]]:
+    """(epoch, first, last) of every run of seqs the store's bookkeeping holds."""
+    return [(r.epoch, r.first, r.last) for epoch, top in sorted(store.seq_tops(site, gateway).items())
+            for r in block_ranges(store.seq_blocks(site, gateway, epoch, 0, top))]
+
+
 def settled(c: Collector, n: int) -> None:
     """Wait for ``n`` readings stored, then for the grace period to pass twice over."""
     assert wait_until(lambda: c.stored >= n, 30), c.stored
@@ -99,7 +105,7 @@ def test_seqs_out_of_order_and_redelivered_are_no_gap(mosquitto, sites_dir, tmp_
     pub.close()
     assert findings(store_url) == []
     store = open_store(store_url)
-    assert [(r.epoch, r.first, r.last) for r in store.sequence_ranges("test-site", "gw-test")] == [(E1, 1, 60)]
+    assert stored_ranges(store) == [(E1, 1, 60)]
 
 
 def test_a_restarted_collector_raises_no_false_gap_and_forgets_no_real_one(mosquitto, sites_dir, store_url):
@@ -142,7 +148,7 @@ def test_two_collectors_on_a_shared_subscription_raise_no_false_gap(mosquitto, s
     pub.close()
     assert findings(store_url) == []
     store = open_store(store_url)
-    assert [(r.first, r.last) for r in store.sequence_ranges("test-site", "gw-test")] == [(1, 300)]
+    assert stored_ranges(store) == [(E1, 1, 300)]
 
 
 def test_a_gap_the_outbox_cap_explains_says_so(mosquitto, sites_dir, tmp_path):
@@ -221,12 +227,18 @@ def test_stores_keep_ranges_and_findings(backend, tmp_path, request):
     else:
         store = open_store(f"influxdb://127.0.0.1:{request.getfixturevalue('influxdb').port}?api=v1&db=jcm")
     ts = [T0 + dt.timedelta(seconds=s) for s in range(10)]
-    store.record_seqs([SeqRange("s", "gw", E1, 1, 3, ts[1], ts[3], since=1), SeqRange("s", "gw", E1, 6, 7, ts[6],
-                                                                                       ts[7], since=2)])
-    store.record_seqs([SeqRange("s", "gw", E1, 4, 5, ts[4], ts[5], since=3), SeqRange("s", "gw", "", 9, 9, ts[9],
-                                                                                      ts[9], since=4)])
-    assert [(r.epoch, r.first, r.last, r.first_ts, r.last_ts) for r in store.sequence_ranges("s", "gw")] == [
-        ("", 9, 9, ts[9], ts[9]), (E1, 1, 7, ts[1], ts[7])]
+
+    def block(epoch, seqs, writer):
+        return SeqBlock("s", "gw", epoch, 0, sum(1 << s for s in seqs), ts[min(seqs)], ts[max(seqs)], writer)
+
+    store.record_seq_blocks([block(E1, [1, 2, 3, 6, 7], "a"), block("", [9], "a")])
+    store.record_seq_blocks([block(E1, [4, 5], "b")])
+    store.record_seq_blocks([block(E1, [1, 2, 3, 6, 7], "a")])  # a writer's block again: the other's stays
+    assert store.seq_tops("s", "gw") == {"": 0, E1: 0}
+    assert [(r.epoch, r.first, r.last, r.first_ts, r.last_ts) for e in ("", E1)
+            for r in block_ranges(store.seq_blocks("s", "gw", e, 0, 0))] == [("", 9, 9, ts[9], ts[9]),
+                                                                             (E1, 1, 7, ts[1], ts[7])]
+    assert store.seq_blocks("s", "gw", E1, 1, 5) == []
     gap = SequenceFinding("gap", "s", "gw", E1, 8, 8, T0, "lost", start=ts[7], end=ts[9])
     store.record_finding(gap)
     store.record_finding(SequenceFinding("epoch", "s", "gw", E2, 9, 9, T0, "new epoch", previous=E1))
@@ -302,10 +314,10 @@ def test_a_store_that_refuses_the_bookkeeping_for_a_while_costs_no_false_gap_nor
     class Flaky(SqliteStore):
         down = True
 
-        def record_seqs(self, ranges):
+        def record_seq_blocks(self, blocks):
             if self.down:
                 raise StoreUnavailable("down")
-            super().record_seqs(ranges)
+            super().record_seq_blocks(blocks)
 
         def record_finding(self, finding):
             if self.down:
@@ -325,4 +337,4 @@ def test_a_store_that_refuses_the_bookkeeping_for_a_while_costs_no_false_gap_nor
                  for s in range(4, 6)])
     gaps.check()
     assert [(f.kind, f.epoch, f.first) for f in store.sequence_findings("s")] == [("epoch", E2, 3)]
-    assert [(r.epoch, r.first, r.last) for r in store.sequence_ranges("s", "gw")] == [(E1, 1, 3), (E2, 1, 5)]
+    assert stored_ranges(store, "s", "gw") == [(E1, 1, 3), (E2, 1, 5)]
