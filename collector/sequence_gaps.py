@@ -36,7 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from contract.message import MAX_SEQ, Reading
-from contract.store import BLOCK_SEQS, ReadingStore, SeqBlock, SeqRange, SequenceFinding, StoreUnavailable, block_ranges
+from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, SeqBlock, SeqRange, SequenceFinding,
+                            StoreUnavailable, block_ranges, to_ms)
 from contract.text import printable
 
 log = logging.getLogger(__name__)
@@ -65,21 +66,30 @@ def _first(run: _Run) -> int:
 
 
 class _Own:
-    """The seqs of one block this collector stored (what it writes as its ``SeqBlock``)."""
+    """The seqs of one block this collector stored, and per word the lowest and highest
+    with their readings' times (what it writes as its ``SeqBlock``)."""
 
-    __slots__ = ("bits", "lo", "lo_ts", "hi", "hi_ts")
+    __slots__ = ("bits", "ends")
 
-    def __init__(self, seq: int, ts: dt.datetime):
+    def __init__(self):
         self.bits = bytearray(BLOCK_SEQS // 8)
-        self.lo, self.lo_ts, self.hi, self.hi_ts = seq, ts, seq, ts
+        self.ends: list[tuple[int, int, int, int] | None] = [None] * WORDS  # (lo, its ms, hi, its ms)
 
     def add(self, seq: int, ts: dt.datetime) -> None:
         i = seq % BLOCK_SEQS
         self.bits[i >> 3] |= 1 << (i & 7)
-        if seq < self.lo:
-            self.lo, self.lo_ts = seq, ts
-        elif seq > self.hi:
-            self.hi, self.hi_ts = seq, ts
+        w = i // WORD_SEQS
+        e = self.ends[w]
+        if e is None:
+            ms = to_ms(ts)
+            self.ends[w] = (i, ms, i, ms)
+        elif i < e[0]:
+            self.ends[w] = (i, to_ms(ts), e[2], e[3])
+        elif i > e[2]:
+            self.ends[w] = (e[0], e[1], i, to_ms(ts))
+
+    def times(self) -> tuple[int, ...]:
+        return tuple(t for e in self.ends for t in ((e[1], e[3]) if e else (0, 0)))
 
 
 def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, now: float) -> float:
@@ -139,7 +149,7 @@ class _Epoch:
         block = seq // BLOCK_SEQS
         own = self.own.get(block)
         if own is None:
-            own = self.own[block] = _Own(seq, ts)
+            own = self.own[block] = _Own()
         own.add(seq, ts)
         return block
 
@@ -251,8 +261,8 @@ class SequenceGaps:
         blocks = []
         for site, gateway, epoch, block in sorted(self._unsaved):
             own = self._gateways[(site, gateway)][epoch].own[block]
-            blocks.append(SeqBlock(site, gateway, epoch, block, int.from_bytes(own.bits, "little"), own.lo_ts,
-                                   own.hi_ts, self._writer))
+            blocks.append(SeqBlock(site, gateway, epoch, block, int.from_bytes(own.bits, "little"), own.times(),
+                                   self._writer))
         self.store.record_seq_blocks(blocks)
         written = {(site, gateway, epoch) for site, gateway, epoch, _ in self._unsaved}
         self._unsaved.clear()

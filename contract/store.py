@@ -86,7 +86,10 @@ class SeqRange:
 
 #: seqs per ``SeqBlock``
 BLOCK_SEQS = 4096
-_ALL = (1 << BLOCK_SEQS) - 1
+#: seqs per word of a block, the unit its times are kept in
+WORD_SEQS = 64
+WORDS = BLOCK_SEQS // WORD_SEQS
+_WORD = (1 << WORD_SEQS) - 1
 
 
 @dataclass(frozen=True)
@@ -95,86 +98,120 @@ class SeqBlock:
     sequence epoch of a gateway are stored: bit ``i`` of ``bits`` is seq ``block * BLOCK_SEQS + i``.
 
     The sequence bookkeeping's record: its size is bounded by the seqs a gateway sent, not by
-    how a shared subscription interleaved them. ``lo_ts``/``hi_ts`` are the times of the
-    readings of the lowest and highest seq set. ``writer`` names the collector process that
-    wrote it: a store that cannot merge on write keeps one record per (block, writer), each
-    write replacing the last, and joins them (``union_blocks``) when it reads."""
+    how a shared subscription interleaved them. ``times``: for each word of ``WORD_SEQS``
+    seqs, the times [ms since the epoch] of the readings of its lowest and highest seq set
+    (``2 * WORDS`` numbers; 0 for a word with none), so that a gap is placed in time to
+    within a word. ``writer`` names the collector process that wrote it: a store that
+    cannot merge on write keeps one record per (block, writer), each write replacing the
+    last, and joins them (``union_blocks``) when it reads."""
 
     site: str
     gateway: str
     epoch: str
     block: int
     bits: int
-    lo_ts: dt.datetime
-    hi_ts: dt.datetime
+    times: tuple[int, ...]
     writer: str = ""
 
-    @property
-    def lo(self) -> int:
-        """The lowest seq set."""
-        return self.block * BLOCK_SEQS + (self.bits & -self.bits).bit_length() - 1
+    def times_bytes(self) -> bytes:
+        """``times`` as little-endian 8-byte integers (what a store keeps)."""
+        return b"".join(t.to_bytes(8, "little", signed=True) for t in self.times)
 
-    @property
-    def hi(self) -> int:
-        """The highest seq set."""
-        return self.block * BLOCK_SEQS + self.bits.bit_length() - 1
-
-    @property
-    def full(self) -> bool:
-        return self.bits == _ALL
-
-    def to_bytes(self) -> bytes:
+    def bits_bytes(self) -> bytes:
         """``bits`` as ``BLOCK_SEQS / 8`` bytes, little-endian (what a store keeps)."""
         return self.bits.to_bytes(BLOCK_SEQS // 8, "little")
 
+    @classmethod
+    def from_bytes(cls, site: str, gateway: str, epoch: str, block: int, bits: bytes, times: bytes,
+                   writer: str = "") -> SeqBlock:
+        """The block a store kept as ``bits_bytes`` and ``times_bytes``."""
+        return cls(site, gateway, epoch, block, int.from_bytes(bits, "little"),
+                   tuple(int.from_bytes(times[i:i + 8], "little", signed=True) for i in range(0, len(times), 8)),
+                   writer)
+
+
+def _low(word: int) -> int:
+    return (word & -word).bit_length() - 1
+
 
 def union_blocks(blocks: Iterable[SeqBlock]) -> list[SeqBlock]:
-    """Records of the same (site, gateway, epoch, block) joined into one (bits OR-ed, the
-    times of the lowest and highest seq kept), sorted by (site, gateway, epoch, block)."""
-    out: dict[tuple[str, str, str, int], SeqBlock] = {}
+    """Records of the same (site, gateway, epoch, block) joined into one (bits OR-ed, each
+    word's times those of the lowest and highest seq any of them holds), sorted by (site,
+    gateway, epoch, block)."""
+    by_key: dict[tuple[str, str, str, int], list[SeqBlock]] = {}
     for b in blocks:
-        key = (b.site, b.gateway, b.epoch, b.block)
-        p = out.get(key)
-        if p is None:
-            out[key] = replace(b, writer="")
+        by_key.setdefault((b.site, b.gateway, b.epoch, b.block), []).append(b)
+    out = []
+    for key in sorted(by_key):
+        group = by_key[key]
+        if len(group) == 1:
+            out.append(replace(group[0], writer=""))
             continue
-        lo_ts = p.lo_ts if (p.lo, p.lo_ts) <= (b.lo, b.lo_ts) else b.lo_ts
-        hi_ts = p.hi_ts if (p.hi, p.hi_ts) >= (b.hi, b.hi_ts) else b.hi_ts
-        out[key] = replace(p, bits=p.bits | b.bits, lo_ts=lo_ts, hi_ts=hi_ts)
-    return [out[k] for k in sorted(out)]
+        bits, times = 0, [0] * (2 * WORDS)
+        for w in range(WORDS):
+            # (seq, time) of the lowest and highest seq of the word among the records that hold one
+            held = [(word, b.times[2 * w], b.times[2 * w + 1]) for b in group
+                    for word in [(b.bits >> (w * WORD_SEQS)) & _WORD] if word]
+            if held:
+                times[2 * w] = min((_low(word), lo) for word, lo, _ in held)[1]
+                times[2 * w + 1] = max((word.bit_length(), hi) for word, _, hi in held)[1]
+        for b in group:
+            bits |= b.bits
+        out.append(SeqBlock(*key, bits, tuple(times)))
+    return out
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
 def block_ranges(blocks: Iterable[SeqBlock]) -> list[SeqRange]:
     """The runs of stored seqs that ``blocks`` hold, joined across adjacent blocks, sorted
     by (site, gateway, epoch, first).
 
-    A run's end that is the lowest or highest seq of its block has that reading's time; an
-    end inside a block takes the bound its block gives (``SeqRange``)."""
+    A run's end that is the lowest or highest seq of its word has that reading's time; an
+    end inside a word takes the bound its word gives (``SeqRange``)."""
     runs: list[SeqRange] = []
     for b in union_blocks(blocks):
         base, bits, i = b.block * BLOCK_SEQS, b.bits, 0
         while bits >> i:
             x = bits >> i
-            i += (x & -x).bit_length() - 1  # to the next set bit
+            i += _low(x)  # to the next set bit
             x = bits >> i
-            n = (~x & (x + 1)).bit_length() - 1  # the set bits from there
-            first, last = base + i, base + i + n - 1
-            runs.append(SeqRange(b.site, b.gateway, b.epoch, first, last,
-                                 b.lo_ts if first == b.lo else b.hi_ts, b.hi_ts if last == b.hi else b.lo_ts))
+            n = _low(~x & (x + 1))  # the set bits from there
+            first, last = i, i + n - 1
+            wf, wl = first // WORD_SEQS, last // WORD_SEQS
+            lowest = first == wf * WORD_SEQS + _low((bits >> (wf * WORD_SEQS)) & _WORD)
+            highest = last == wl * WORD_SEQS + ((bits >> (wl * WORD_SEQS)) & _WORD).bit_length() - 1
+            runs.append(SeqRange(b.site, b.gateway, b.epoch, base + first, base + last,
+                                 _from_ms(b.times[2 * wf] if lowest else b.times[2 * wf + 1]),
+                                 _from_ms(b.times[2 * wl + 1] if highest else b.times[2 * wl])))
             i += n
     return merge_ranges(runs)
 
 
+def to_ms(ts: dt.datetime) -> int:
+    """``ts`` in whole milliseconds since the epoch, rounded half away from zero [ms]."""
+    t = ts.timestamp()
+    return int(t * 1000 + (0.5 if t >= 0 else -0.5))
+
+
 def range_blocks(ranges: Iterable[SeqRange], writer: str = "") -> list[SeqBlock]:
     """The blocks of ``ranges`` (as ``union_blocks`` joins them): how runs kept before blocks
-    become blocks. A block inside a range takes the range's end times as its bounds."""
+    become blocks. A seq inside a range takes the range's end times as its bounds."""
     out = []
     for r in ranges:
+        at = {r.first: to_ms(r.first_ts), r.last: to_ms(r.last_ts)}
         for block in range(r.first // BLOCK_SEQS, r.last // BLOCK_SEQS + 1):
             base = block * BLOCK_SEQS
-            lo, hi = max(r.first, base), min(r.last, base + BLOCK_SEQS - 1)
-            bits = ((1 << (hi - lo + 1)) - 1) << (lo - base)
-            out.append(SeqBlock(r.site, r.gateway, r.epoch, block, bits, r.first_ts, r.last_ts, writer))
+            lo, hi = max(r.first, base) - base, min(r.last, base + BLOCK_SEQS - 1) - base
+            times = [0] * (2 * WORDS)
+            for w in range(lo // WORD_SEQS, hi // WORD_SEQS + 1):
+                first = base + max(lo, w * WORD_SEQS)
+                last = base + min(hi, w * WORD_SEQS + WORD_SEQS - 1)
+                times[2 * w:2 * w + 2] = at.get(first, at[r.first]), at.get(last, at[r.last])
+            out.append(SeqBlock(r.site, r.gateway, r.epoch, block, ((1 << (hi - lo + 1)) - 1) << lo, tuple(times),
+                                writer))
     return union_blocks(out)
 
 

@@ -300,23 +300,23 @@ class InfluxStore:
         for b in blocks:  # line protocol has no empty tag: a sender without epochs has none
             tags = "".join(f",{k}={_tag_value(v)}" for k, v in (("site", b.site), ("gateway", b.gateway),
                                                                   ("epoch", b.epoch), ("writer", b.writer)) if v)
-            lines.append(f'{BLOCKS}{tags} bits="{base64.b64encode(b.to_bytes()).decode()}",lo_ts={_ms(b.lo_ts)}i,'
-                         f"hi_ts={_ms(b.hi_ts)}i {b.block}".encode())
+            lines.append(f'{BLOCKS}{tags} bits="{base64.b64encode(b.bits_bytes()).decode()}",'
+                         f'times="{base64.b64encode(b.times_bytes()).decode()}" {b.block}'.encode())
         if lines:
             self._post_sequence(lines, WritePrecision.NS)
 
     def seq_tops(self, site, gateway) -> dict[str, int]:
         self._blocks_from_ranges()
-        series = self.query(f'SELECT last("hi_ts") FROM {_q(BLOCKS)} WHERE "site" = {_lit(site)} AND '
+        series = self.query(f'SELECT last("bits") FROM {_q(BLOCKS)} WHERE "site" = {_lit(site)} AND '
                             f'"gateway" = {_lit(gateway)} GROUP BY "epoch"', "ns")
         return {s.get("tags", {}).get("epoch", ""): s["values"][0][0] for s in series}
 
     def seq_blocks(self, site, gateway, epoch, first, last) -> list[SeqBlock]:
         self._blocks_from_ranges()
-        series = self.query(f'SELECT "bits", "lo_ts", "hi_ts" FROM {_q(BLOCKS)} WHERE {self._chain(site, gateway, epoch)} '
+        series = self.query(f'SELECT "bits", "times" FROM {_q(BLOCKS)} WHERE {self._chain(site, gateway, epoch)} '
                             f"AND time >= {first} AND time <= {last} GROUP BY \"writer\"", "ns")
-        return union_blocks(SeqBlock(site, gateway, epoch, n, int.from_bytes(base64.b64decode(bits), "little"),
-                                     _from_ms(lo), _from_ms(hi)) for s in series for n, bits, lo, hi in s["values"])
+        return union_blocks(SeqBlock.from_bytes(site, gateway, epoch, n, base64.b64decode(bits), base64.b64decode(times))
+                            for s in series for n, bits, times in s["values"])
 
     def _blocks_from_ranges(self) -> None:
         """A store written before blocks kept runs of seqs (measurement ``sequence_range``): the

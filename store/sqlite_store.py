@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE TABLE IF NOT EXISTS sequence_blocks (
     site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, block INTEGER NOT NULL, bits BLOB NOT NULL,
-    lo_ts INTEGER NOT NULL, hi_ts INTEGER NOT NULL, PRIMARY KEY (site, gateway, epoch, block)
+    times BLOB NOT NULL, PRIMARY KEY (site, gateway, epoch, block)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sequence_findings (
     site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, kind TEXT NOT NULL, first INTEGER NOT NULL,
@@ -121,8 +121,8 @@ ON CONFLICT (site, gateway, epoch, kind, seq) DO UPDATE SET ts = excluded.ts, de
 #: signed messages read per query by ``signed_messages``
 MESSAGE_PAGE = 1000
 
-BLOCK = "SELECT block, bits, lo_ts, hi_ts FROM sequence_blocks WHERE site = ? AND gateway = ? AND epoch = ? AND block"
-UPSERT_BLOCK = "INSERT OR REPLACE INTO sequence_blocks VALUES (?,?,?,?,?,?,?)"
+BLOCK = "SELECT block, bits, times FROM sequence_blocks WHERE site = ? AND gateway = ? AND epoch = ? AND block"
+UPSERT_BLOCK = "INSERT OR REPLACE INTO sequence_blocks VALUES (?,?,?,?,?,?)"
 
 
 def _ms_or_none(ts: dt.datetime | None) -> int | None:
@@ -299,10 +299,9 @@ class SqliteStore:
     def _merge_blocks(self, blocks: list[SeqBlock]) -> None:
         for b in union_blocks(blocks):
             key = (b.site, b.gateway, b.epoch)
-            held = [SeqBlock(*key, n, int.from_bytes(bits, "little"), from_ms(lo), from_ms(hi))
-                    for n, bits, lo, hi in self._db.execute(f"{BLOCK} = ?", (*key, b.block))]
+            held = [SeqBlock.from_bytes(*key, *row) for row in self._db.execute(f"{BLOCK} = ?", (*key, b.block))]
             [m] = union_blocks([b, *held])
-            self._db.execute(UPSERT_BLOCK, (*key, m.block, m.to_bytes(), to_ms(m.lo_ts), to_ms(m.hi_ts)))
+            self._db.execute(UPSERT_BLOCK, (*key, m.block, m.bits_bytes(), m.times_bytes()))
 
     def _blocks_from_ranges(self) -> None:
         """A store written before blocks kept runs of seqs (table ``sequence_ranges``): they
@@ -326,8 +325,7 @@ class SqliteStore:
 
     def seq_blocks(self, site, gateway, epoch, first, last) -> list[SeqBlock]:
         rows = self._query(f"{BLOCK} >= ? AND block <= ? ORDER BY block", (site, gateway, epoch, first, last))
-        return [SeqBlock(site, gateway, epoch, n, int.from_bytes(bits, "little"), from_ms(lo), from_ms(hi))
-                for n, bits, lo, hi in rows]
+        return [SeqBlock.from_bytes(site, gateway, epoch, *row) for row in rows]
 
     def record_finding(self, finding: SequenceFinding) -> None:
         f = finding

@@ -18,7 +18,8 @@ from collector.sequence_gaps import SequenceGaps
 from collector.service import Collector
 from contract import topics
 from contract.message import Reading
-from contract.store import BLOCK_SEQS, SeqBlock, SeqRange, SequenceFinding, StoreUnavailable, block_ranges, range_blocks
+from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, SeqBlock, SeqRange, SequenceFinding, StoreUnavailable,
+                            block_ranges, range_blocks, to_ms)
 from liveview.alarms import sequence_conditions
 from liveview.app import LiveView
 from processing.period import PeriodProcessor
@@ -229,7 +230,8 @@ def test_stores_keep_ranges_and_findings(backend, tmp_path, request):
     ts = [T0 + dt.timedelta(seconds=s) for s in range(10)]
 
     def block(epoch, seqs, writer):
-        return SeqBlock("s", "gw", epoch, 0, sum(1 << s for s in seqs), ts[min(seqs)], ts[max(seqs)], writer)
+        return SeqBlock("s", "gw", epoch, 0, sum(1 << s for s in seqs),
+                        (to_ms(ts[min(seqs)]), to_ms(ts[max(seqs)])) + (0,) * (2 * WORDS - 2), writer)
 
     store.record_seq_blocks([block(E1, [1, 2, 3, 6, 7], "a"), block("", [9], "a")])
     store.record_seq_blocks([block(E1, [4, 5], "b")])
@@ -338,3 +340,192 @@ def test_a_store_that_refuses_the_bookkeeping_for_a_while_costs_no_false_gap_nor
     gaps.check()
     assert [(f.kind, f.epoch, f.first) for f in store.sequence_findings("s")] == [("epoch", E2, 3)]
     assert stored_ranges(store, "s", "gw") == [(E1, 1, 3), (E2, 1, 5)]
+
+
+def _counting(store_url: str):
+    """A store of ``store_url`` that counts the readings batches written and the sequence
+    bookkeeping's records written (SQL statements that change its table; InfluxDB points)."""
+    from store.influx_store import InfluxStore
+
+    counts = {"batches": 0, "records": 0}
+    base = open_store(store_url)
+    if isinstance(base, SqliteStore):
+        base.close()
+
+        class Counting(SqliteStore):
+            def write(self, *args, **kwargs):
+                counts["batches"] += 1
+                return super().write(*args, **kwargs)
+
+        store = Counting(store_url.removeprefix("sqlite:///"))
+        store._db.set_trace_callback(lambda sql: counts.__setitem__(
+            "records", counts["records"] + (sql.lstrip().split()[0].upper() in ("INSERT", "DELETE", "REPLACE")
+                                            and "sequence_" in sql and "sequence_findings" not in sql)))
+        return store, counts
+
+    class CountingInflux(InfluxStore):
+        def write(self, *args, **kwargs):
+            counts["batches"] += 1
+            return super().write(*args, **kwargs)
+
+        def _post_sequence(self, lines, precision):
+            counts["records"] += sum(not line.startswith(b"sequence_finding") for line in lines)
+            return super()._post_sequence(lines, precision)
+
+    return CountingInflux(base.base_url, api=base.api, db=base.db), counts
+
+
+def test_two_collectors_write_one_bookkeeping_record_per_batch_however_the_stream_interleaves(
+        mosquitto, sites_dir, store_url):
+    """A shared subscription deals alternate seqs to each collector: each batch is hundreds of
+    one-seq runs, yet a batch writes one record per block of seqs it touched, and no false gap."""
+    stores = [_counting(store_url) for _ in range(2)]
+    collectors = []
+    for i, (store, _) in enumerate(stores):
+        c = Collector(config(mosquitto, store_url, sites_dir, gap_grace_s=GRACE, share_group="collectors",
+                             client_id=f"jcm-collector-{i}", batch_size=50), store=store)
+        c.start()
+        collectors.append(c)
+    pub = Publisher(mosquitto)
+    subscribed(collectors[0], pub)
+    assert wait_until(lambda: pub.send([message(1)]) or collectors[1].stored >= 1, 10)
+    n = 2000
+    pub.send([message(s) for s in range(2, n + 1)])
+    assert wait_until(lambda: sum(c.stored for c in collectors) >= n, 60)
+    assert all(c.stored > n // 4 for c in collectors)
+    time.sleep(2.5 * GRACE + 1.2)
+    for c in collectors:
+        c.stop()
+    pub.close()
+    assert findings(store_url) == []
+    for _, counts in stores:
+        assert counts["records"] <= counts["batches"] + 2, counts  # seqs 1..2000: one block
+    store = open_store(store_url)
+    assert stored_ranges(store) == [(E1, 1, n)]
+    store.close()
+
+
+def test_a_refresh_reads_the_blocks_of_the_holes_not_the_history(tmp_path):
+    """A long history with many old recorded gaps: checking a new hole reads about its block
+    from the store, not every run the gateway ever had."""
+    read = []
+
+    class Counting(SqliteStore):
+        def _query(self, sql, params):
+            rows = super()._query(sql, params)
+            if "sequence_" in sql and "sequence_findings" not in sql:
+                read.append(len(rows))
+            return rows
+
+    store = Counting(tmp_path / "jcm.db")
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    n = 3 * BLOCK_SEQS
+
+    def readings(seqs):
+        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
+
+    sent = [s for s in range(1, n + 1) if s % 50]  # 245 old gaps
+    for i in range(0, len(sent), 500):
+        gaps.stored(readings(sent[i:i + 500]))
+    for clock[0] in (100.0, 200.0):  # holes are suspected when first checked, recorded a grace period on
+        gaps.check()
+    assert len(store.sequence_findings("s")) == n // 50
+    read.clear()
+    gaps.stored(readings(s for s in range(n + 1, n + 101) if s != n + 50))
+    for clock[0] in (300.0, 400.0):
+        gaps.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s")][-1] == (n + 50, n + 50)
+    assert sum(read) <= 2, read  # the hole's block
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_a_store_written_before_blocks_keeps_what_it_knew(backend, tmp_path, request):
+    """The runs of seqs a store kept before blocks (one row or point per run) are known after
+    the upgrade: no false gap below them, a real one between them, and they are kept once."""
+    old = [(E1, 1, 10), (E1, 12, 20), ("", 5, 7)]
+    if backend == "sqlite":
+        SqliteStore(tmp_path / "jcm.db").close()
+        import sqlite3
+        db = sqlite3.connect(tmp_path / "jcm.db")
+        db.executescript("DROP TABLE sequence_blocks; CREATE TABLE sequence_ranges (site TEXT NOT NULL, gateway "
+                         "TEXT NOT NULL, epoch TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, first_ts "
+                         "INTEGER NOT NULL, last_ts INTEGER NOT NULL, PRIMARY KEY (site, gateway, epoch, first)) "
+                         "WITHOUT ROWID")
+        db.executemany("INSERT INTO sequence_ranges VALUES ('s', 'gw', ?, ?, ?, ?, ?)",
+                       [(e, f, la, int((T0 + dt.timedelta(seconds=f)).timestamp() * 1000),
+                         int((T0 + dt.timedelta(seconds=la)).timestamp() * 1000)) for e, f, la in old])
+        db.commit()
+        db.close()
+        url = f"sqlite:///{tmp_path}/jcm.db"
+    else:
+        from tests.conftest import _http
+        port = request.getfixturevalue("influxdb").port
+        # as the store wrote them: one point per writer's run, at its identity [ns]
+        lines = [f"sequence_range,gateway=gw,site=s{',epoch=' + e if e else ''} first={f}i,"
+                 f"first_ts={int((T0 + dt.timedelta(seconds=f)).timestamp() * 1000)}i,last={la}i,"
+                 f"last_ts={int((T0 + dt.timedelta(seconds=la)).timestamp() * 1000)}i {1_000_000 + i}"
+                 for i, (e, f, la) in enumerate(old + [(E1, 3, 8)])]
+        import urllib3
+        assert urllib3.PoolManager().request("POST", f"http://127.0.0.1:{port}/write?db=jcm&precision=ns",
+                                             body="\n".join(lines).encode()).status == 204
+        url = f"influxdb://127.0.0.1:{port}?api=v1&db=jcm"
+    store = open_store(url)
+    gaps = SequenceGaps(store, grace_s=0)
+    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                 for s in range(21, 26)])
+    gaps.check()
+    [gap] = store.sequence_findings("s")
+    assert (gap.epoch, gap.first, gap.last) == (E1, 11, 11)
+    # runs inside one word of seqs: the gap is placed within it (the times of its lowest and highest seq)
+    assert (gap.start, gap.end) == (T0 + dt.timedelta(seconds=1), T0 + dt.timedelta(seconds=20))
+    assert stored_ranges(store, "s", "gw") == [("", 5, 7), (E1, 1, 10), (E1, 12, 25)]
+    store.close()
+    store = open_store(url)  # opened again: nothing left to move, nothing moved twice
+    assert stored_ranges(store, "s", "gw") == [("", 5, 7), (E1, 1, 10), (E1, 12, 25)]
+    if backend == "sqlite":
+        assert not store._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sequence_ranges'").fetchall()
+    else:
+        assert store.query('SELECT * FROM "sequence_range"') == []
+    store.close()
+
+
+@pytest.mark.fuzz
+def test_blocks_hold_exactly_the_seqs_any_writers_stored():
+    """Seqs in runs across block edges, dealt at random among writers (a shared
+    subscription), each writer's blocks written: their union holds exactly those seqs,
+    as runs with the readings' times at every block's lowest and highest seq; runs made
+    blocks and back are the same runs."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=fuzz_examples(50), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.integers(0, 3 * BLOCK_SEQS), st.integers(1, BLOCK_SEQS + 2)), max_size=6),
+           st.integers(1, 3), st.randoms(use_true_random=False))
+    def one_example(spans, writers, rnd):
+        seqs = sorted({s for a, k in spans for s in range(max(a, 1), a + k)})
+        ts = {s: T0 + dt.timedelta(seconds=s) for s in range(-WORD_SEQS, 4 * BLOCK_SEQS + 2 * WORD_SEQS)}
+        own: dict[tuple[int, int], list[int]] = {}
+        for s in seqs:
+            own.setdefault((rnd.randrange(writers), s // BLOCK_SEQS), []).append(s)
+        blocks = [SeqBlock("s", "gw", E1, b, sum(1 << (s % BLOCK_SEQS) for s in mine), tuple(
+            to_ms(ts[f(word)]) if word else 0 for w in range(WORDS)
+            for word in [[s for s in mine if s % BLOCK_SEQS // WORD_SEQS == w]] for f in (min, max)), str(wr))
+            for (wr, b), mine in own.items()]
+        rnd.shuffle(blocks)
+        runs = []
+        for s in seqs:
+            runs = [*runs[:-1], (runs[-1][0], s)] if runs and runs[-1][1] == s - 1 else [*runs, (s, s)]
+        got = block_ranges(blocks)
+        assert [(r.first, r.last) for r in got] == runs
+        for r in got:  # exact where a run ends at its word's lowest or highest seq, within the word else
+            assert ts[r.first] <= r.first_ts <= ts[r.first + WORD_SEQS] and ts[r.last - WORD_SEQS] <= r.last_ts <= ts[r.last]
+            if r.first == min(s for s in seqs if s // WORD_SEQS == r.first // WORD_SEQS):
+                assert r.first_ts == ts[r.first]
+            if r.last == max(s for s in seqs if s // WORD_SEQS == r.last // WORD_SEQS):
+                assert r.last_ts == ts[r.last]
+        back = block_ranges(range_blocks(got))  # runs kept before blocks, made blocks
+        assert [(r.first, r.last) for r in back] == runs
+        assert all(ts[r.first] <= r.first_ts and r.last_ts <= ts[r.last] for r in back)
+
+    one_example()
