@@ -36,8 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from contract.message import MAX_SEQ, Reading
-from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, SeqBlock, SeqRange, SequenceFinding,
-                            StoreUnavailable, block_ranges, to_ms)
+from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, ReadUnsupported, SeqBlock, SeqRange,
+                            SequenceFinding, StoreUnavailable, block_ranges, to_ms)
 from contract.text import printable
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,7 @@ class SequenceGaps:
         self._status: dict[tuple[str, str], dict] = {}
         self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
         self._next_check = 0.0
+        self.off = False  # the store cannot read the bookkeeping back (see ``stored``)
         self._pending: list[Reading] = []  # stored, but their seqs not yet followed (the store refused)
         #: names this process's blocks in the store: a restarted collector must not replace what it
         #: wrote before (it no longer holds those seqs), nor another collector's
@@ -221,7 +222,10 @@ class SequenceGaps:
     def stored(self, readings: list[Reading]) -> None:
         """Readings the store now has: follow their seqs, report new epochs, write the runs
         changed. Never raises: what the store did not take is done again with the next batch
-        (at most ``MAX_PENDING`` readings are held for that)."""
+        (at most ``MAX_PENDING`` readings are held for that); a store that cannot be read
+        back at all turns the bookkeeping off, with one WARNING."""
+        if self.off:
+            return
         readings = self._pending + readings
         self._pending = []
         done = 0
@@ -245,6 +249,10 @@ class SequenceGaps:
             if self.clock() >= self._next_check:
                 self._next_check = self.clock() + CHECK_EVERY_S
                 self.check()
+        except ReadUnsupported as exc:
+            log.warning("sequence gaps are not followed: the store cannot read its bookkeeping back: %s",
+                        printable(str(exc)))
+            self.off, self._pending = True, []
         except Exception as exc:  # bookkeeping must never stop ingestion
             if not isinstance(exc, StoreUnavailable):
                 log.error("sequence bookkeeping failed: %s", printable(repr(exc)), exc_info=True)

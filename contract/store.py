@@ -30,6 +30,11 @@ class StoreUnavailable(RuntimeError):
     """The store is down or overloaded: nothing was written; retry later."""
 
 
+class ReadUnsupported(StoreUnavailable):
+    """The store takes writes but cannot answer this kind of read at all (a server that
+    speaks InfluxDB's write protocol without InfluxQL): retrying will not help."""
+
+
 #: bytes of a refused payload kept in its dead letter (beside its size and SHA-256)
 KEPT_PAYLOAD = 1024
 #: characters of a dead letter's topic or reason kept

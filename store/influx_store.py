@@ -45,9 +45,9 @@ from influxdb_client.rest import ApiException
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock, SeqRange,
-                            SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans, source_pairs,
-                            union_blocks)
+from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported, SeqBlock,
+                            SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans,
+                            source_pairs, union_blocks)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -431,7 +431,12 @@ class InfluxStore:
         result = json.loads(resp.data)["results"][0]
         if "error" in result:
             raise StoreUnavailable(f"InfluxDB query error: {result['error']}")
-        return result.get("series", [])
+        series = result.get("series", [])
+        if any(s.get("name") == "databases" for s in series) and not influxql.upper().startswith("SHOW DATABASES"):
+            # VictoriaMetrics answers every InfluxQL query with its list of databases
+            raise ReadUnsupported(f"{self.base_url} answers InfluxQL queries with its list of databases: it takes "
+                                  "InfluxDB's writes but not its queries (VictoriaMetrics?)")
+        return series
 
     def _where_site(self, site: str, devices: list[str] | None) -> str:
         where = f'"site" = {_lit(site)}'

@@ -529,3 +529,18 @@ def test_blocks_hold_exactly_the_seqs_any_writers_stored():
         assert all(ts[r.first] <= r.first_ts and r.last_ts <= ts[r.last] for r in back)
 
     one_example()
+
+
+def test_a_store_that_takes_writes_but_no_influxql_turns_the_bookkeeping_off_with_one_warning(victoriametrics,
+                                                                                            caplog):
+    """VictoriaMetrics takes InfluxDB's writes and answers every InfluxQL query with its list
+    of databases: one clear WARNING, then nothing per batch (no error, no traceback)."""
+    store = open_store(f"influxdb://127.0.0.1:{victoriametrics.port}?api=v2&bucket=jcm&org=jcm")
+    gaps = SequenceGaps(store, grace_s=0)
+    with caplog.at_level(logging.INFO, logger="collector.sequence_gaps"):
+        for first in range(1, 40, 10):
+            gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                         for s in range(first, first + 5)])
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and said[0][0] == "WARNING" and "list of databases" in said[0][1], said
+    store.close()
