@@ -73,7 +73,7 @@ class _Own:
 
     def __init__(self):
         self.bits = bytearray(BLOCK_SEQS // 8)
-        self.ends: list[tuple[int, int, int, int] | None] = [None] * WORDS  # (lo, its ms, hi, its ms)
+        self.ends: list[tuple[int, dt.datetime, int, dt.datetime] | None] = [None] * WORDS  # (lo, its ts, hi, its ts)
 
     def add(self, seq: int, ts: dt.datetime) -> None:
         i = seq % BLOCK_SEQS
@@ -81,15 +81,14 @@ class _Own:
         w = i // WORD_SEQS
         e = self.ends[w]
         if e is None:
-            ms = to_ms(ts)
-            self.ends[w] = (i, ms, i, ms)
+            self.ends[w] = (i, ts, i, ts)
         elif i < e[0]:
-            self.ends[w] = (i, to_ms(ts), e[2], e[3])
+            self.ends[w] = (i, ts, e[2], e[3])
         elif i > e[2]:
-            self.ends[w] = (e[0], e[1], i, to_ms(ts))
+            self.ends[w] = (e[0], e[1], i, ts)
 
     def times(self) -> tuple[int, ...]:
-        return tuple(t for e in self.ends for t in ((e[1], e[3]) if e else (0, 0)))
+        return tuple(t for e in self.ends for t in ((to_ms(e[1]), to_ms(e[3])) if e else (0, 0)))
 
 
 def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, now: float) -> float:
@@ -359,7 +358,7 @@ class SequenceGaps:
             before = sorted((first, last, t) for first, (last, t) in track.suspected.items())
             track.suspected = {}
             for first, last, *_ in track.holes():
-                if not track.is_recorded(first, last):
+                if not (track.recorded and track.is_recorded(first, last)):
                     track.suspected[first] = (last, _missing_since(before, first, last, now))
         return any(track.suspected for track in epochs.values())
 
