@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -58,6 +59,8 @@ BLOCKS = "sequence_block"
 FINDINGS = "sequence_finding"
 #: what stores written before blocks kept: one point per writer's run of seqs
 OLD_RANGES = "sequence_range"
+#: of those, read per query when they become blocks
+MIGRATION_PAGE = 50_000
 #: signed messages: tags site, gateway, epoch; at the time ``seq`` [ns], so that a chain's
 #: messages are found by seq with the time index and read in seq order
 MESSAGES = "signed_message"
@@ -324,13 +327,17 @@ class InfluxStore:
         collectors doing it at once do not overwrite each other's) and drops them."""
         if self._ranges_moved:
             return
-        series = self.query(f'SELECT "first", "last", "first_ts", "last_ts" FROM {_q(OLD_RANGES)} '
-                            'GROUP BY "site", "gateway", "epoch"')
-        ranges = [SeqRange(t["site"], t["gateway"], t.get("epoch", ""), f, la, _from_ms(a), _from_ms(b))
-                  for s in series for t in [s.get("tags", {})] for _, f, la, a, b in s["values"]]
-        if ranges:
+        blocks: list[SeqBlock] = []
+        for offset in itertools.count(0, MIGRATION_PAGE):  # they were kept forever: in pages
+            series = self.query(f'SELECT "first", "last", "first_ts", "last_ts" FROM {_q(OLD_RANGES)} GROUP BY '
+                                f'"site", "gateway", "epoch" LIMIT {MIGRATION_PAGE} OFFSET {offset}')
+            ranges = [SeqRange(t["site"], t["gateway"], t.get("epoch", ""), f, la, _from_ms(a), _from_ms(b))
+                      for s in series for t in [s.get("tags", {})] for _, f, la, a, b in s["values"]]
+            if not ranges:
+                break
+            blocks = union_blocks([*blocks, *range_blocks(ranges)])
+        if blocks:
             writer = f"migrated-{time.time_ns()}-{os.getpid()}"
-            blocks = range_blocks(ranges)
             for i in range(0, len(blocks), 1000):
                 self.record_seq_blocks([replace(b, writer=writer) for b in blocks[i:i + 1000]])
             self.query(f"DROP MEASUREMENT {_q(OLD_RANGES)}")

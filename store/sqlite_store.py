@@ -306,10 +306,13 @@ class SqliteStore:
     def _blocks_from_ranges(self) -> None:
         """A store written before blocks kept runs of seqs (table ``sequence_ranges``): they
         become blocks, once, in one transaction."""
-        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sequence_ranges'").fetchall():
+        old = "SELECT 1 FROM sqlite_master WHERE name = 'sequence_ranges'"
+        if not self._db.execute(old).fetchall():
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            if not self._db.execute(old).fetchall():
+                return  # another process moved them meanwhile
             rows = self._db.execute("SELECT site, gateway, epoch, first, last, first_ts, last_ts FROM sequence_ranges")
             self._merge_blocks(range_blocks(SeqRange(s, g, e, f, la, from_ms(a), from_ms(b))
                                             for s, g, e, f, la, a, b in rows))

@@ -440,9 +440,11 @@ def test_a_refresh_reads_the_blocks_of_the_holes_not_the_history(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
-def test_a_store_written_before_blocks_keeps_what_it_knew(backend, tmp_path, request):
+def test_a_store_written_before_blocks_keeps_what_it_knew(backend, tmp_path, request, monkeypatch):
     """The runs of seqs a store kept before blocks (one row or point per run) are known after
     the upgrade: no false gap below them, a real one between them, and they are kept once."""
+    from store import influx_store
+    monkeypatch.setattr(influx_store, "MIGRATION_PAGE", 2)  # read in pages
     old = [(E1, 1, 10), (E1, 12, 20), ("", 5, 7)]
     if backend == "sqlite":
         SqliteStore(tmp_path / "jcm.db").close()
