@@ -49,8 +49,10 @@ CHECK_EVERY_S = 1.0
 #: how often a gateway with holes learns from the store what other collectors stored [s]: on a
 #: shared subscription each collector sees part of the stream, and its own runs would pile up
 REFRESH_S = 5.0
-#: blocks of each epoch a collector learns when it meets a gateway (the newest)
-LOAD_BLOCKS = 2
+#: blocks of each epoch a collector learns when it meets a gateway (the newest; 65,536 seqs): a
+#: hole further back when it starts was older than the grace period of the collector that saw
+#: it unless that gateway sent over 100 seqs a second
+LOAD_BLOCKS = 16
 
 
 @dataclass

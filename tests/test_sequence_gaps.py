@@ -546,3 +546,24 @@ def test_a_store_that_takes_writes_but_no_influxql_turns_the_bookkeeping_off_wit
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and said[0][0] == "WARNING" and "list of databases" in said[0][1], said
     store.close()
+
+
+def test_a_collector_restarted_blocks_after_an_open_hole_still_records_it(tmp_path):
+    """A hole suspected, then the collector stopped before its grace period ended: the next
+    one, meeting the gateway thousands of seqs (several blocks) later, records it."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+
+    def readings(seqs):
+        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
+
+    first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    sent = [s for s in range(1, 3 * BLOCK_SEQS) if s != 100]
+    for i in range(0, len(sent), 500):
+        first.stored(readings(sent[i:i + 500]))
+    assert store.sequence_findings("s") == []  # stopped within the grace period
+    second = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    second.stored(readings(range(3 * BLOCK_SEQS, 3 * BLOCK_SEQS + 10)))
+    for clock[0] in (100.0, 200.0):
+        second.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(100, 100)]
