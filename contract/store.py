@@ -140,9 +140,19 @@ def _low(word: int) -> int:
 
 
 def union_blocks(blocks: Iterable[SeqBlock]) -> list[SeqBlock]:
-    """Records of the same (site, gateway, epoch, block) joined into one (bits OR-ed, each
-    word's times those of the lowest and highest seq any of them holds), sorted by (site,
-    gateway, epoch, block)."""
+    """Records of the same (site, gateway, epoch, block) joined into one.
+
+    Parameters
+    ----------
+    blocks : iterable of SeqBlock
+        Records of any writers, in any order.
+
+    Returns
+    -------
+    list of SeqBlock
+        One per (site, gateway, epoch, block), sorted by those, ``writer`` "": ``bits`` OR-ed,
+        each word's times [ms] those of the lowest and highest seq any record holds.
+    """
     by_key: dict[tuple[str, str, str, int], list[SeqBlock]] = {}
     for b in blocks:
         by_key.setdefault((b.site, b.gateway, b.epoch, b.block), []).append(b)
@@ -171,11 +181,21 @@ def _from_ms(ms: int) -> dt.datetime:
 
 
 def block_ranges(blocks: Iterable[SeqBlock]) -> list[SeqRange]:
-    """The runs of stored seqs that ``blocks`` hold, joined across adjacent blocks, sorted
-    by (site, gateway, epoch, first).
+    """The runs of stored seqs that blocks hold.
 
-    A run's end that is the lowest or highest seq of its word has that reading's time; an
-    end inside a word takes the bound its word gives (``SeqRange``)."""
+    Parameters
+    ----------
+    blocks : iterable of SeqBlock
+        Records of any writers, in any order (joined by ``union_blocks``).
+
+    Returns
+    -------
+    list of SeqRange
+        Runs joined across adjacent blocks, sorted by (site, gateway, epoch, first). A run's
+        end that is the lowest or highest seq of its word has that reading's time; an end
+        inside a word the bound its word gives (``first_ts`` the time of the word's highest
+        seq, ``last_ts`` of its lowest: see ``SeqRange``).
+    """
     runs: list[SeqRange] = []
     for b in union_blocks(blocks):
         base, bits, i = b.block * BLOCK_SEQS, b.bits, 0
@@ -202,8 +222,21 @@ def to_ms(ts: dt.datetime) -> int:
 
 
 def range_blocks(ranges: Iterable[SeqRange], writer: str = "") -> list[SeqBlock]:
-    """The blocks of ``ranges`` (as ``union_blocks`` joins them): how runs kept before blocks
-    become blocks. A seq inside a range takes the range's end times as its bounds."""
+    """Runs of stored seqs as blocks: how the runs kept before blocks become blocks.
+
+    Parameters
+    ----------
+    ranges : iterable of SeqRange
+        Runs, in any order, overlapping or not.
+    writer : str
+        The writer the blocks are recorded for.
+
+    Returns
+    -------
+    list of SeqBlock
+        As ``union_blocks`` joins them. A word's lowest or highest seq that is a range's end
+        has its time [ms]; one inside a range the range's end times as bounds.
+    """
     out = []
     for r in ranges:
         at = {r.first: to_ms(r.first_ts), r.last: to_ms(r.last_ts)}

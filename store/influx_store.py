@@ -318,8 +318,8 @@ class InfluxStore:
         self._blocks_from_ranges()
         series = self.query(f'SELECT "bits", "times" FROM {_q(BLOCKS)} WHERE {self._chain(site, gateway, epoch)} '
                             f"AND time >= {first} AND time <= {last} GROUP BY \"writer\"", "ns")
-        return union_blocks(SeqBlock.from_bytes(site, gateway, epoch, n, base64.b64decode(bits), base64.b64decode(times))
-                            for s in series for n, bits, times in s["values"])
+        return union_blocks(SeqBlock.from_bytes(site, gateway, epoch, n, base64.b64decode(bits),
+                                                base64.b64decode(times)) for s in series for n, bits, times in s["values"])
 
     def _blocks_from_ranges(self) -> None:
         """A store written before blocks kept runs of seqs (measurement ``sequence_range``): the

@@ -18,8 +18,8 @@ from collector.sequence_gaps import SequenceGaps
 from collector.service import Collector
 from contract import topics
 from contract.message import Reading
-from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, SeqBlock, SeqRange, SequenceFinding, StoreUnavailable,
-                            block_ranges, range_blocks, to_ms)
+from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, SeqBlock, SequenceFinding, StoreUnavailable, block_ranges,
+                            range_blocks, to_ms)
 from liveview.alarms import sequence_conditions
 from liveview.app import LiveView
 from processing.period import PeriodProcessor
@@ -461,7 +461,6 @@ def test_a_store_written_before_blocks_keeps_what_it_knew(backend, tmp_path, req
         db.close()
         url = f"sqlite:///{tmp_path}/jcm.db"
     else:
-        from tests.conftest import _http
         port = request.getfixturevalue("influxdb").port
         # as the store wrote them: one point per writer's run, at its identity [ns]
         lines = [f"sequence_range,gateway=gw,site=s{',epoch=' + e if e else ''} first={f}i,"
@@ -521,7 +520,8 @@ def test_blocks_hold_exactly_the_seqs_any_writers_stored():
         got = block_ranges(blocks)
         assert [(r.first, r.last) for r in got] == runs
         for r in got:  # exact where a run ends at its word's lowest or highest seq, within the word else
-            assert ts[r.first] <= r.first_ts <= ts[r.first + WORD_SEQS] and ts[r.last - WORD_SEQS] <= r.last_ts <= ts[r.last]
+            assert ts[r.first] <= r.first_ts <= ts[r.first + WORD_SEQS]
+            assert ts[r.last - WORD_SEQS] <= r.last_ts <= ts[r.last]
             if r.first == min(s for s in seqs if s // WORD_SEQS == r.first // WORD_SEQS):
                 assert r.first_ts == ts[r.first]
             if r.last == max(s for s in seqs if s // WORD_SEQS == r.last // WORD_SEQS):
