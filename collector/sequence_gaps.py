@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import itertools
 import logging
 import secrets
 import time
@@ -368,12 +367,14 @@ class SequenceGaps:
         """Merge in what the store holds of the blocks of the holes suspected: what other
         collectors (or this one before a restart) stored."""
         for epoch, track in epochs.items():
-            blocks = sorted({b for first, (last, _) in track.suspected.items()
-                             for b in range(first // BLOCK_SEQS, last // BLOCK_SEQS + 1)})
-            stored = []
-            for _, span in itertools.groupby(enumerate(blocks), key=lambda ib: ib[1] - ib[0]):  # consecutive blocks
-                span = [b for _, b in span]
-                stored += self.store.seq_blocks(site, gateway, epoch, span[0], span[-1])
+            spans: list[list[int]] = []  # of blocks, joined where they touch (a hole may span 2**51 blocks)
+            for first, (last, _) in sorted(track.suspected.items()):
+                lo, hi = first // BLOCK_SEQS, last // BLOCK_SEQS
+                if spans and lo <= spans[-1][1] + 1:
+                    spans[-1][1] = max(spans[-1][1], hi)
+                else:
+                    spans.append([lo, hi])
+            stored = [b for lo, hi in spans for b in self.store.seq_blocks(site, gateway, epoch, lo, hi)]
             if stored:
                 track.runs[:] = self._merged(track.runs, block_ranges(stored))
                 track.forget_covered(b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch))
