@@ -4,32 +4,39 @@ Every gateway numbers its messages 1, 2, 3, ... within an epoch (a new or emptie
 outbox starts a new one). Seqs arrive out of order (the live lane overtakes the
 backlog, a shared subscription splits the stream across collectors, the broker
 redelivers), so a missing seq is only suspected at first. A hole still open after
-``grace_s`` is checked against the store, which holds the runs of seqs every collector
-stored (``ReadingStore.record_seqs``): what no collector stored is recorded as a gap
-finding, with the gateway's ``outbox_dropped`` counter as its cause when that accounts
-for it. The store is the source of truth, so a restarted collector, or a second one on
-the shared subscription, neither raises a false gap nor forgets a real one.
+``grace_s`` is checked against the store, which holds, per block of ``BLOCK_SEQS`` seqs,
+a bitmap of the seqs each collector stored (``ReadingStore.record_seq_blocks``): what no
+collector stored is recorded as a gap finding, with the gateway's ``outbox_dropped``
+counter as its cause when that accounts for it. The store is the source of truth, so a
+restarted collector, or a second one on the shared subscription, neither raises a false
+gap nor forgets a real one.
+
+Bounded on purpose: a batch writes one record per block it touched (however a shared
+subscription interleaved its seqs), and the store is read only for the blocks of the
+holes being checked. A collector that meets a gateway learns the last ``LOAD_BLOCKS``
+blocks of each epoch: holes further back were judged by the collectors that saw them.
 
 A reading of an epoch this gateway never used before, when it used another, is recorded
 at once as an epoch finding and logged as a WARNING: the readings of the old epoch after
 its highest seq that had not arrived are lost.
 
-The work per message is a dictionary look-up and, in order, one comparison; the store
-is asked once per batch (the runs stored) and once per gateway with an old hole.
+The work per message is a dictionary look-up and, in order, one comparison and a bit set;
+the store is asked once per batch (the blocks touched) and once per gateway with an old hole.
 """
 
 from __future__ import annotations
 
 import bisect
 import datetime as dt
-import itertools
 import logging
+import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from contract.message import MAX_SEQ, Reading
-from contract.store import ReadingStore, SeqRange, SequenceFinding, StoreUnavailable
+from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, ReadUnsupported, SeqBlock, SeqRange,
+                            SequenceFinding, StoreUnavailable, block_ranges, to_ms)
 from contract.text import printable
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,10 @@ CHECK_EVERY_S = 1.0
 #: how often a gateway with holes learns from the store what other collectors stored [s]: on a
 #: shared subscription each collector sees part of the stream, and its own runs would pile up
 REFRESH_S = 5.0
+#: blocks of each epoch a collector learns when it meets a gateway (the newest; 65,536 seqs): a
+#: hole further back when it starts was older than the grace period of the collector that saw
+#: it unless that gateway sent over 100 seqs a second
+LOAD_BLOCKS = 16
 
 
 @dataclass
@@ -49,11 +60,36 @@ class _Run:
     last: int
     first_ts: dt.datetime
     last_ts: dt.datetime
-    since: int  # its identity when written to the store [ns]
 
 
 def _first(run: _Run) -> int:
     return run.first
+
+
+class _Own:
+    """The seqs of one block this collector stored, and per word the lowest and highest
+    with their readings' times (what it writes as its ``SeqBlock``)."""
+
+    __slots__ = ("bits", "ends")
+
+    def __init__(self):
+        self.bits = bytearray(BLOCK_SEQS // 8)
+        self.ends: list[tuple[int, dt.datetime, int, dt.datetime] | None] = [None] * WORDS  # (lo, its ts, hi, its ts)
+
+    def add(self, seq: int, ts: dt.datetime) -> None:
+        i = seq % BLOCK_SEQS
+        self.bits[i >> 3] |= 1 << (i & 7)
+        w = i // WORD_SEQS
+        e = self.ends[w]
+        if e is None:
+            self.ends[w] = (i, ts, i, ts)
+        elif i < e[0]:
+            self.ends[w] = (i, ts, e[2], e[3])
+        elif i > e[2]:
+            self.ends[w] = (e[0], e[1], i, ts)
+
+    def times(self) -> tuple[int, ...]:
+        return tuple(t for e in self.ends for t in ((to_ms(e[1]), to_ms(e[3])) if e else (0, 0)))
 
 
 def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, now: float) -> float:
@@ -70,23 +106,27 @@ def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, 
 @dataclass
 class _Epoch:
     """What this collector knows of one epoch of a gateway: runs of stored seqs (sorted,
-    disjoint, not touching), when each hole was first suspected, the gaps recorded."""
+    disjoint, not touching), when each hole was first suspected, the gaps recorded, and the
+    seqs it stored itself, by block, until the store's union covers their block."""
 
     runs: list[_Run] = field(default_factory=list)
+    own: dict[int, _Own] = field(default_factory=dict)
     #: hole's first seq -> (its last seq, monotonic time since when its seqs are missing)
     suspected: dict[int, tuple[int, float]] = field(default_factory=dict)
     recorded: dict[int, SequenceFinding] = field(default_factory=dict)  # gap's first seq -> finding
     _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
-    starts_at_one: bool = True  # epochs count from 1; a sender without epochs is followed from where we meet it
+    #: the lowest seq looked at: epochs count from 1 (seqs below the blocks learnt from the store
+    #: were judged before); a sender without epochs is followed from where we meet it (None)
+    floor: int | None = 1
 
-    def add(self, seq: int, ts: dt.datetime, ids: Iterator[int]) -> _Run | None:
-        """Add a stored seq; return the run it changed, or None for a seq already held."""
+    def add(self, seq: int, ts: dt.datetime) -> int | None:
+        """Add a stored seq; return its block, or None for a seq already held."""
         runs = self.runs
         if runs:
             tail = runs[-1]
             if seq == tail.last + 1:  # the usual case: the next in order
                 tail.last, tail.last_ts = seq, ts
-                return tail
+                return self._own(seq, ts)
             if tail.first <= seq <= tail.last:
                 return None
         i = bisect.bisect_right(runs, seq, key=_first)  # runs[i-1].first <= seq < runs[i].first
@@ -99,20 +139,36 @@ class _Epoch:
             if after and after.first == seq + 1:
                 before.last, before.last_ts = after.last, after.last_ts
                 del runs[i]
-            return before
-        if after and after.first == seq + 1:
+        elif after and after.first == seq + 1:
             after.first, after.first_ts = seq, ts
-            return after
-        run = _Run(seq, seq, ts, ts, next(ids))
-        runs.insert(i, run)
-        return run
+        else:
+            runs.insert(i, _Run(seq, seq, ts, ts))
+        return self._own(seq, ts)
+
+    def _own(self, seq: int, ts: dt.datetime) -> int:
+        block = seq // BLOCK_SEQS
+        own = self.own.get(block)
+        if own is None:
+            own = self.own[block] = _Own()
+        own.add(seq, ts)
+        return block
+
+    def forget_covered(self, keep: Iterable[int]) -> None:
+        """Drop the own seqs of blocks the runs cover whole (no seq of them can be added
+        again), but those of ``keep`` (not yet written)."""
+        keep = set(keep)
+        for block in [b for b in self.own if b not in keep]:
+            first, last = max(block * BLOCK_SEQS, 1), block * BLOCK_SEQS + BLOCK_SEQS - 1
+            i = bisect.bisect_right(self.runs, first, key=_first) - 1
+            if i >= 0 and self.runs[i].last >= last:
+                del self.own[block]
 
     def holes(self) -> list[tuple[int, int, _Run | None, _Run]]:
         """(first, last, run before, run after) of every missing stretch below the highest seq."""
         out = []
         runs = self.runs
-        if runs and self.starts_at_one and runs[0].first > 1:
-            out.append((1, runs[0].first - 1, None, runs[0]))
+        if runs and self.floor is not None and runs[0].first > self.floor:
+            out.append((self.floor, runs[0].first - 1, None, runs[0]))
         for a, b in zip(runs, runs[1:]):
             out.append((a.last + 1, b.first - 1, a, b))
         return out
@@ -145,13 +201,15 @@ class SequenceGaps:
         self.grace_s = grace_s
         self.clock = clock
         self._gateways: dict[tuple[str, str], dict[str, _Epoch]] = {}
-        self._unsaved: dict[tuple[str, str, str, int], SeqRange] = {}  # runs to write, by identity
+        self._unsaved: set[tuple[str, str, str, int]] = set()  # (site, gateway, epoch, block) to write
         self._status: dict[tuple[str, str], dict] = {}
         self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
         self._next_check = 0.0
+        self.off = False  # the store cannot read the bookkeeping back (see ``stored``)
         self._pending: list[Reading] = []  # stored, but their seqs not yet followed (the store refused)
-        #: identities of runs [ns]: unique within this process, distinct from other collectors'
-        self._since = itertools.count(time.time_ns())
+        #: names this process's blocks in the store: a restarted collector must not replace what it
+        #: wrote before (it no longer holds those seqs), nor another collector's
+        self._writer = f"{time.time_ns():x}-{secrets.token_hex(4)}"
 
     # -- input ------------------------------------------------------------------------
     def on_status(self, site: str, gateway: str, body: dict) -> None:
@@ -164,7 +222,10 @@ class SequenceGaps:
     def stored(self, readings: list[Reading]) -> None:
         """Readings the store now has: follow their seqs, report new epochs, write the runs
         changed. Never raises: what the store did not take is done again with the next batch
-        (at most ``MAX_PENDING`` readings are held for that)."""
+        (at most ``MAX_PENDING`` readings are held for that); a store that cannot be read
+        back at all turns the bookkeeping off, with one WARNING."""
+        if self.off:
+            return
         readings = self._pending + readings
         self._pending = []
         done = 0
@@ -177,19 +238,21 @@ class SequenceGaps:
                 track = epochs.get(epoch)
                 if track is None:
                     track = self._new_epoch(r, epochs)
-                run = track.add(r.seq, r.ts, self._since)
-                if run is not None:
-                    self._unsaved[(r.site, r.gateway, epoch, run.since)] = SeqRange(
-                        r.site, r.gateway, epoch, run.first, run.last, run.first_ts, run.last_ts, run.since)
+                block = track.add(r.seq, r.ts)
+                if block is not None:
+                    self._unsaved.add((r.site, r.gateway, epoch, block))
                     if track.recorded and track.is_recorded(r.seq, r.seq):
                         self._resolve(r.site, r.gateway, epoch, track, r.seq)
                 done += 1
             if self._unsaved:
-                self.store.record_seqs(list(self._unsaved.values()))
-                self._unsaved.clear()
+                self._write_blocks()
             if self.clock() >= self._next_check:
                 self._next_check = self.clock() + CHECK_EVERY_S
                 self.check()
+        except ReadUnsupported as exc:
+            log.warning("sequence gaps are not followed: the store cannot read its bookkeeping back: %s",
+                        printable(str(exc)))
+            self.off, self._pending = True, []
         except Exception as exc:  # bookkeeping must never stop ingestion
             if not isinstance(exc, StoreUnavailable):
                 log.error("sequence bookkeeping failed: %s", printable(repr(exc)), exc_info=True)
@@ -201,29 +264,57 @@ class SequenceGaps:
             log.error("sequence bookkeeping: %s; %d readings' seqs held for the next batch",
                       printable(str(exc)), len(self._pending))
 
+    def _write_blocks(self) -> None:
+        """Write the blocks changed: each with every seq of it this process stored."""
+        blocks = []
+        for site, gateway, epoch, block in sorted(self._unsaved):
+            own = self._gateways[(site, gateway)][epoch].own[block]
+            blocks.append(SeqBlock(site, gateway, epoch, block, int.from_bytes(own.bits, "little"), own.times(),
+                                   self._writer))
+        self.store.record_seq_blocks(blocks)
+        written = {(site, gateway, epoch) for site, gateway, epoch, _ in self._unsaved}
+        self._unsaved.clear()
+        for site, gateway, epoch in written:
+            self._gateways[(site, gateway)][epoch].forget_covered(())
+
     def _load(self, site: str, gateway: str) -> dict[str, _Epoch]:
         """What the store knows of a gateway, the first time this collector meets it."""
         epochs: dict[str, _Epoch] = {}
-        for r in self.store.sequence_ranges(site, gateway):
-            track = epochs.setdefault(r.epoch, _Epoch(starts_at_one=bool(r.epoch)))
-            track.runs.append(_Run(r.first, r.last, r.first_ts, r.last_ts, next(self._since)))
+        self._learn(site, gateway, epochs)
         for f in self.store.sequence_findings(site):
             if f.gateway == gateway and f.kind == "gap":
-                epochs.setdefault(f.epoch, _Epoch(starts_at_one=bool(f.epoch))).record(f)
+                epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
         self._gateways[(site, gateway)] = epochs
         return epochs
 
+    def _learn(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
+        """Learn the newest blocks of each epoch of the gateway (at most ``LOAD_BLOCKS``, from
+        the highest seq this collector knows of it): of an epoch it meets for the first
+        time, seqs below them are not looked at."""
+        for epoch, top in self.store.seq_tops(site, gateway).items():
+            first = max(0, top - LOAD_BLOCKS + 1)
+            track = epochs.get(epoch)
+            if track is not None and track.runs:
+                first = max(first, track.runs[-1].last // BLOCK_SEQS)
+            else:
+                track = epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
+                if epoch and first:
+                    track.floor = first * BLOCK_SEQS
+            if first <= top:
+                track.runs[:] = self._merged(track.runs, block_ranges(
+                    self.store.seq_blocks(site, gateway, epoch, first, top)))
+
     def _new_epoch(self, r: Reading, epochs: dict[str, _Epoch]) -> _Epoch:
         epoch = r.epoch or ""
-        self._refresh(r.site, r.gateway, epochs)  # another collector on the shared subscription may have met it
+        self._learn(r.site, r.gateway, epochs)  # another collector on the shared subscription may have met it
         told = any(f.kind == "epoch" and f.gateway == r.gateway and f.epoch == epoch
                    for f in self.store.sequence_findings(r.site))
         before = [(e, t.highest()) for e, t in epochs.items() if e != epoch and t.highest()]
         if told or epoch in epochs:  # reported, or already stored by another collector
-            return epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
+            return epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
         if not before:
             log.info("gateway %s of site %s: first sequence epoch %s", r.gateway, r.site, epoch or "(none)")
-            return epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
+            return epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
         previous, (seq, ts) = max(before, key=lambda b: b[1][1])  # the epoch it last used
         cause = (f"gateway {r.gateway} started a new sequence epoch {epoch or '(none)'} after "
                  f"{previous or '(none)'} at seq {seq}: readings of {previous or '(none)'} after {seq} not "
@@ -233,7 +324,7 @@ class SequenceGaps:
                                                   dt.datetime.now(dt.UTC), cause, previous=previous, start=ts,
                                                   end=r.ts))
         # only now: should the store refuse the finding, the next attempt reports the epoch again
-        return epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
+        return epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
 
     def _resolve(self, site: str, gateway: str, epoch: str, track: _Epoch, seq: int) -> None:
         """A seq arrived inside a recorded gap: if the whole gap has now arrived, say so."""
@@ -268,31 +359,40 @@ class SequenceGaps:
             before = sorted((first, last, t) for first, (last, t) in track.suspected.items())
             track.suspected = {}
             for first, last, *_ in track.holes():
-                if not track.is_recorded(first, last):
+                if not (track.recorded and track.is_recorded(first, last)):
                     track.suspected[first] = (last, _missing_since(before, first, last, now))
         return any(track.suspected for track in epochs.values())
 
     def _refresh(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
-        """Merge in what the store holds: what other collectors (or this one before a restart) stored."""
-        stored: dict[str, list[SeqRange]] = {}
-        for r in self.store.sequence_ranges(site, gateway):
-            stored.setdefault(r.epoch, []).append(r)
-        for epoch, ranges in stored.items():
-            track = epochs.setdefault(epoch, _Epoch(starts_at_one=bool(epoch)))
-            track.runs[:] = self._merged(track.runs, ranges)
+        """Merge in what the store holds of the blocks of the holes suspected: what other
+        collectors (or this one before a restart) stored."""
+        for epoch, track in epochs.items():
+            spans: list[list[int]] = []  # of blocks, joined where they touch (a hole may span 2**51 blocks)
+            for first, (last, _) in sorted(track.suspected.items()):
+                lo, hi = first // BLOCK_SEQS, last // BLOCK_SEQS
+                if spans and lo <= spans[-1][1] + 1:
+                    spans[-1][1] = max(spans[-1][1], hi)
+                else:
+                    spans.append([lo, hi])
+            stored = [b for lo, hi in spans for b in self.store.seq_blocks(site, gateway, epoch, lo, hi)]
+            if stored:
+                track.runs[:] = self._merged(track.runs, block_ranges(stored))
+                track.forget_covered(b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch))
 
-    def _merged(self, runs: list[_Run], ranges: list[SeqRange]) -> list[_Run]:
+    @staticmethod
+    def _merged(runs: list[_Run], ranges: list[SeqRange]) -> list[_Run]:
         """Our runs and the store's ranges of one epoch, joined where they overlap or touch
-        (a run keeps its identity; one sweep, as both may be long)."""
+        (one sweep, as both may be long). Ours come first where both start alike: their
+        times are the readings', the store's may be bounds."""
         items = sorted([(r.first, 0, r) for r in runs] + [(r.first, 1, r) for r in ranges], key=lambda x: x[:2])
         out: list[_Run] = []
-        for _, from_store, r in items:
+        for _, _, r in items:
             p = out[-1] if out else None
             if p is not None and r.first <= p.last + 1:
                 if r.last > p.last:
                     p.last, p.last_ts = r.last, r.last_ts
             else:
-                out.append(_Run(r.first, r.last, r.first_ts, r.last_ts, next(self._since) if from_store else r.since))
+                out.append(_Run(r.first, r.last, r.first_ts, r.last_ts))
         return out
 
     def _record_gaps(self, site: str, gateway: str, epochs: dict[str, _Epoch], now: float) -> None:

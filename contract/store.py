@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import pandas as pd
@@ -28,6 +28,11 @@ SOURCE_COLUMNS = ["ts", "value", "quality"]
 
 class StoreUnavailable(RuntimeError):
     """The store is down or overloaded: nothing was written; retry later."""
+
+
+class ReadUnsupported(StoreUnavailable):
+    """The store takes writes but cannot answer this kind of read at all (a server that
+    speaks InfluxDB's write protocol without InfluxQL): retrying will not help."""
 
 
 #: bytes of a refused payload kept in its dead letter (beside its size and SHA-256)
@@ -70,11 +75,10 @@ def _bounded(text: str) -> str:
 class SeqRange:
     """Seqs ``first``..``last`` of one sequence epoch of a gateway, every one of them stored.
 
-    ``epoch`` is "" for senders without epochs. ``first_ts``/``last_ts`` are the times of
-    the readings at either end, so a gap between two ranges has a place in time.
-    ``since`` names the range for its writer [ns]: a store that merges ranges ignores it; a
-    store that cannot keeps one record per (site, gateway, epoch, since), each write of the
-    same ``since`` replacing the last, and merges when it reads."""
+    ``epoch`` is "" for senders without epochs. ``first_ts``/``last_ts`` place the range in
+    time: the times of the readings at either end when known, else bounds from their block
+    (``SeqBlock``): ``first_ts`` at or after, ``last_ts`` at or before the true time, so that
+    a gap between two ranges lies within ``last_ts``..``first_ts`` of its neighbours."""
 
     site: str
     gateway: str
@@ -83,7 +87,170 @@ class SeqRange:
     last: int
     first_ts: dt.datetime
     last_ts: dt.datetime
-    since: int = 0
+
+
+#: seqs per ``SeqBlock``
+BLOCK_SEQS = 4096
+#: seqs per word of a block, the unit its times are kept in
+WORD_SEQS = 64
+WORDS = BLOCK_SEQS // WORD_SEQS
+_WORD = (1 << WORD_SEQS) - 1
+
+
+@dataclass(frozen=True)
+class SeqBlock:
+    """Which seqs of block ``block`` (seqs ``block * BLOCK_SEQS`` .. ``+ BLOCK_SEQS - 1``) of one
+    sequence epoch of a gateway are stored: bit ``i`` of ``bits`` is seq ``block * BLOCK_SEQS + i``.
+
+    The sequence bookkeeping's record: its size is bounded by the seqs a gateway sent, not by
+    how a shared subscription interleaved them. ``times``: for each word of ``WORD_SEQS``
+    seqs, the times [ms since the epoch] of the readings of its lowest and highest seq set
+    (``2 * WORDS`` numbers; 0 for a word with none), so that a gap is placed in time to
+    within a word. ``writer`` names the collector process that wrote it: a store that
+    cannot merge on write keeps one record per (block, writer), each write replacing the
+    last, and joins them (``union_blocks``) when it reads."""
+
+    site: str
+    gateway: str
+    epoch: str
+    block: int
+    bits: int
+    times: tuple[int, ...]
+    writer: str = ""
+
+    def times_bytes(self) -> bytes:
+        """``times`` as little-endian 8-byte integers (what a store keeps)."""
+        return b"".join(t.to_bytes(8, "little", signed=True) for t in self.times)
+
+    def bits_bytes(self) -> bytes:
+        """``bits`` as ``BLOCK_SEQS / 8`` bytes, little-endian (what a store keeps)."""
+        return self.bits.to_bytes(BLOCK_SEQS // 8, "little")
+
+    @classmethod
+    def from_bytes(cls, site: str, gateway: str, epoch: str, block: int, bits: bytes, times: bytes,
+                   writer: str = "") -> SeqBlock:
+        """The block a store kept as ``bits_bytes`` and ``times_bytes``."""
+        return cls(site, gateway, epoch, block, int.from_bytes(bits, "little"),
+                   tuple(int.from_bytes(times[i:i + 8], "little", signed=True) for i in range(0, len(times), 8)),
+                   writer)
+
+
+def _low(word: int) -> int:
+    return (word & -word).bit_length() - 1
+
+
+def union_blocks(blocks: Iterable[SeqBlock]) -> list[SeqBlock]:
+    """Records of the same (site, gateway, epoch, block) joined into one.
+
+    Parameters
+    ----------
+    blocks : iterable of SeqBlock
+        Records of any writers, in any order.
+
+    Returns
+    -------
+    list of SeqBlock
+        One per (site, gateway, epoch, block), sorted by those, ``writer`` "": ``bits`` OR-ed,
+        each word's times [ms] those of the lowest and highest seq any record holds.
+    """
+    by_key: dict[tuple[str, str, str, int], list[SeqBlock]] = {}
+    for b in blocks:
+        by_key.setdefault((b.site, b.gateway, b.epoch, b.block), []).append(b)
+    out = []
+    for key in sorted(by_key):
+        group = by_key[key]
+        if len(group) == 1:
+            out.append(replace(group[0], writer=""))
+            continue
+        bits, times = 0, [0] * (2 * WORDS)
+        for w in range(WORDS):
+            # (seq, time) of the lowest and highest seq of the word among the records that hold one
+            held = [(word, b.times[2 * w], b.times[2 * w + 1]) for b in group
+                    for word in [(b.bits >> (w * WORD_SEQS)) & _WORD] if word]
+            if held:
+                times[2 * w] = min((_low(word), lo) for word, lo, _ in held)[1]
+                times[2 * w + 1] = max((word.bit_length(), hi) for word, _, hi in held)[1]
+        for b in group:
+            bits |= b.bits
+        out.append(SeqBlock(*key, bits, tuple(times)))
+    return out
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def block_ranges(blocks: Iterable[SeqBlock]) -> list[SeqRange]:
+    """The runs of stored seqs that blocks hold.
+
+    Parameters
+    ----------
+    blocks : iterable of SeqBlock
+        Records of any writers, in any order (joined by ``union_blocks``).
+
+    Returns
+    -------
+    list of SeqRange
+        Runs joined across adjacent blocks, sorted by (site, gateway, epoch, first). A run's
+        end that is the lowest or highest seq of its word has that reading's time; an end
+        inside a word the bound its word gives (``first_ts`` the time of the word's highest
+        seq, ``last_ts`` of its lowest: see ``SeqRange``).
+    """
+    runs: list[SeqRange] = []
+    for b in union_blocks(blocks):
+        base, bits, i = b.block * BLOCK_SEQS, b.bits, 0
+        while bits >> i:
+            x = bits >> i
+            i += _low(x)  # to the next set bit
+            x = bits >> i
+            n = _low(~x & (x + 1))  # the set bits from there
+            first, last = i, i + n - 1
+            wf, wl = first // WORD_SEQS, last // WORD_SEQS
+            lowest = first == wf * WORD_SEQS + _low((bits >> (wf * WORD_SEQS)) & _WORD)
+            highest = last == wl * WORD_SEQS + ((bits >> (wl * WORD_SEQS)) & _WORD).bit_length() - 1
+            runs.append(SeqRange(b.site, b.gateway, b.epoch, base + first, base + last,
+                                 _from_ms(b.times[2 * wf] if lowest else b.times[2 * wf + 1]),
+                                 _from_ms(b.times[2 * wl + 1] if highest else b.times[2 * wl])))
+            i += n
+    return merge_ranges(runs)
+
+
+def to_ms(ts: dt.datetime) -> int:
+    """``ts`` in whole milliseconds since the epoch, rounded half away from zero [ms]."""
+    t = ts.timestamp()
+    return int(t * 1000 + (0.5 if t >= 0 else -0.5))
+
+
+def range_blocks(ranges: Iterable[SeqRange], writer: str = "") -> list[SeqBlock]:
+    """Runs of stored seqs as blocks: how the runs kept before blocks become blocks.
+
+    Parameters
+    ----------
+    ranges : iterable of SeqRange
+        Runs, in any order, overlapping or not.
+    writer : str
+        The writer the blocks are recorded for.
+
+    Returns
+    -------
+    list of SeqBlock
+        As ``union_blocks`` joins them. A word's lowest or highest seq that is a range's end
+        has its time [ms]; one inside a range the range's end times as bounds.
+    """
+    out = []
+    for r in ranges:
+        at = {r.first: to_ms(r.first_ts), r.last: to_ms(r.last_ts)}
+        for block in range(r.first // BLOCK_SEQS, r.last // BLOCK_SEQS + 1):
+            base = block * BLOCK_SEQS
+            lo, hi = max(r.first, base) - base, min(r.last, base + BLOCK_SEQS - 1) - base
+            times = [0] * (2 * WORDS)
+            for w in range(lo // WORD_SEQS, hi // WORD_SEQS + 1):
+                first = base + max(lo, w * WORD_SEQS)
+                last = base + min(hi, w * WORD_SEQS + WORD_SEQS - 1)
+                times[2 * w:2 * w + 2] = at.get(first, at[r.first]), at.get(last, at[r.last])
+            out.append(SeqBlock(r.site, r.gateway, r.epoch, block, ((1 << (hi - lo + 1)) - 1) << lo, tuple(times),
+                                writer))
+    return union_blocks(out)
 
 
 @dataclass(frozen=True)
@@ -130,7 +297,7 @@ def merge_ranges(ranges: list[SeqRange]) -> list[SeqRange]:
         p = out[-1] if out else None
         if p and (p.site, p.gateway, p.epoch) == (r.site, r.gateway, r.epoch) and r.first <= p.last + 1:
             if r.last > p.last:
-                out[-1] = SeqRange(p.site, p.gateway, p.epoch, p.first, r.last, p.first_ts, r.last_ts, p.since)
+                out[-1] = SeqRange(p.site, p.gateway, p.epoch, p.first, r.last, p.first_ts, r.last_ts)
         else:
             out.append(r)
     return out
@@ -258,12 +425,18 @@ class ReadingStore(Protocol):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
 
-    def record_seqs(self, ranges: list[SeqRange]) -> None:
-        """Remember that these seqs are stored (after ``write`` stored their readings).
-        Raises ``StoreUnavailable``."""
+    def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
+        """Remember that these seqs are stored (after ``write`` stored their readings): each
+        block holds every seq of it its writer stored so far (a later record of the same
+        block and writer replaces it). Raises ``StoreUnavailable``."""
 
-    def sequence_ranges(self, site: str, gateway: str) -> list[SeqRange]:
-        """The stored seqs of every epoch of a gateway, as ``merge_ranges`` gives them."""
+    def seq_tops(self, site: str, gateway: str) -> dict[str, int]:
+        """The highest block of each epoch of a gateway that holds a stored seq. Raises
+        ``StoreUnavailable``."""
+
+    def seq_blocks(self, site: str, gateway: str, epoch: str, first: int, last: int) -> list[SeqBlock]:
+        """Blocks ``first``..``last`` of one epoch of a gateway, as ``union_blocks`` gives them
+        (a block with no stored seq is absent). Raises ``StoreUnavailable``."""
 
     def record_finding(self, finding: SequenceFinding) -> None:
         """Keep a sequence finding (replacing one of the same identity). Raises ``StoreUnavailable``."""

@@ -28,11 +28,13 @@ from __future__ import annotations
 import base64
 import bisect
 import datetime as dt
+import itertools
 import json
 import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from urllib.parse import SplitResult, urlencode
 
 import numpy as np
@@ -46,15 +48,21 @@ from contract.float_text import finite_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqRange, SequenceFinding,
-                            SignedMessage, StoreUnavailable, merge_ranges, seq_spans, source_pairs)
+from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported, SeqBlock,
+                            SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans,
+                            source_pairs, union_blocks)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
-#: sequence bookkeeping: ranges of stored seqs (one point per writer's range, at its ``since``)
-#: and the collector's findings (at the time first noticed)
-RANGES = "sequence_range"
+#: sequence bookkeeping: blocks of stored seqs (tags site, gateway, epoch, writer; one point per
+#: writer's block at the time ``block`` [ns], which a later write of it replaces) and the
+#: collector's findings (at the time first noticed)
+BLOCKS = "sequence_block"
 FINDINGS = "sequence_finding"
+#: what stores written before blocks kept: one point per writer's run of seqs
+OLD_RANGES = "sequence_range"
+#: of those, read per query when they become blocks
+MIGRATION_PAGE = 50_000
 #: signed messages: tags site, gateway, epoch; at the time ``seq`` [ns], so that a chain's
 #: messages are found by seq with the time index and read in seq order
 MESSAGES = "signed_message"
@@ -236,6 +244,7 @@ class InfluxStore:
         elif username:
             self.auth = {"u": username, "p": password or ""}
         self.client = None
+        self._ranges_moved = False
         if api == "v2":
             # InfluxDB 1.8+ takes "user:password" as the token of its v2 write endpoint
             v2_token = token if token or not username else f"{username}:{password or ''}"
@@ -336,21 +345,50 @@ class InfluxStore:
             self._post_lines(lines, WritePrecision.NS)
         return refused
 
-    def record_seqs(self, ranges: list[SeqRange]) -> None:
+    def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
         lines = []
-        for r in ranges:
-            p = (Point(RANGES).tag("site", r.site).tag("gateway", r.gateway).tag("epoch", r.epoch)
-                 .field("first", r.first).field("last", r.last)
-                 .field("first_ts", _ms(r.first_ts)).field("last_ts", _ms(r.last_ts)))
-            lines.append(p.time(r.since or time.time_ns(), WritePrecision.NS).to_line_protocol().encode())
+        for b in blocks:  # line protocol has no empty tag: a sender without epochs has none
+            tags = "".join(f",{k}={_tag_value(v)}" for k, v in (("site", b.site), ("gateway", b.gateway),
+                                                                  ("epoch", b.epoch), ("writer", b.writer)) if v)
+            lines.append(f'{BLOCKS}{tags} bits="{base64.b64encode(b.bits_bytes()).decode()}",'
+                         f'times="{base64.b64encode(b.times_bytes()).decode()}" {b.block}'.encode())
         if lines:
             self._post_sequence(lines, WritePrecision.NS)
 
-    def sequence_ranges(self, site, gateway) -> list[SeqRange]:
-        series = self.query(f'SELECT "first", "last", "first_ts", "last_ts" FROM {_q(RANGES)} '
-                            f'WHERE "site" = {_lit(site)} AND "gateway" = {_lit(gateway)} GROUP BY "epoch"')
-        return merge_ranges([SeqRange(site, gateway, s.get("tags", {}).get("epoch", ""), f, la, _from_ms(a),
-                                      _from_ms(b)) for s in series for _, f, la, a, b in s["values"]])
+    def seq_tops(self, site, gateway) -> dict[str, int]:
+        self._blocks_from_ranges()
+        series = self.query(f'SELECT last("bits") FROM {_q(BLOCKS)} WHERE "site" = {_lit(site)} AND '
+                            f'"gateway" = {_lit(gateway)} GROUP BY "epoch"', "ns")
+        return {s.get("tags", {}).get("epoch", ""): s["values"][0][0] for s in series}
+
+    def seq_blocks(self, site, gateway, epoch, first, last) -> list[SeqBlock]:
+        self._blocks_from_ranges()
+        series = self.query(f'SELECT "bits", "times" FROM {_q(BLOCKS)} WHERE {self._chain(site, gateway, epoch)} '
+                            f"AND time >= {first} AND time <= {last} GROUP BY \"writer\"", "ns")
+        return union_blocks(SeqBlock.from_bytes(site, gateway, epoch, n, base64.b64decode(bits),
+                                                base64.b64decode(times)) for s in series for n, bits, times in s["values"])
+
+    def _blocks_from_ranges(self) -> None:
+        """A store written before blocks kept runs of seqs (measurement ``sequence_range``): the
+        first read of the bookkeeping writes them as blocks (a writer of their own, so that two
+        collectors doing it at once do not overwrite each other's) and drops them."""
+        if self._ranges_moved:
+            return
+        blocks: list[SeqBlock] = []
+        for offset in itertools.count(0, MIGRATION_PAGE):  # they were kept forever: in pages
+            series = self.query(f'SELECT "first", "last", "first_ts", "last_ts" FROM {_q(OLD_RANGES)} GROUP BY '
+                                f'"site", "gateway", "epoch" LIMIT {MIGRATION_PAGE} OFFSET {offset}')
+            ranges = [SeqRange(t["site"], t["gateway"], t.get("epoch", ""), f, la, _from_ms(a), _from_ms(b))
+                      for s in series for t in [s.get("tags", {})] for _, f, la, a, b in s["values"]]
+            if not ranges:
+                break
+            blocks = union_blocks([*blocks, *range_blocks(ranges)])
+        if blocks:
+            writer = f"migrated-{time.time_ns()}-{os.getpid()}"
+            for i in range(0, len(blocks), 1000):
+                self.record_seq_blocks([replace(b, writer=writer) for b in blocks[i:i + 1000]])
+            self.query(f"DROP MEASUREMENT {_q(OLD_RANGES)}")
+        self._ranges_moved = True
 
     def record_finding(self, finding: SequenceFinding) -> None:
         f = finding
@@ -447,7 +485,12 @@ class InfluxStore:
         result = json.loads(resp.data)["results"][0]
         if "error" in result:
             raise StoreUnavailable(f"InfluxDB query error: {result['error']}")
-        return result.get("series", [])
+        series = result.get("series", [])
+        if any(s.get("name") == "databases" for s in series) and not influxql.upper().startswith("SHOW DATABASES"):
+            # VictoriaMetrics answers every InfluxQL query with its list of databases
+            raise ReadUnsupported(f"{self.base_url} answers InfluxQL queries with its list of databases: it takes "
+                                  "InfluxDB's writes but not its queries (VictoriaMetrics?)")
+        return series
 
     def _where_site(self, site: str, devices: list[str] | None) -> str:
         where = f'"site" = {_lit(site)}'

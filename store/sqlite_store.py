@@ -31,8 +31,9 @@ import pandas as pd
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
-from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqRange, SequenceFinding,
-                            SignedMessage, StoreUnavailable, merge_ranges, seq_spans, source_pairs)
+from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock, SeqRange,
+                            SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans, source_pairs,
+                            union_blocks)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -49,10 +50,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received TEXT NOT NULL, topic TEXT NOT NULL,
     payload BLOB NOT NULL, reason TEXT NOT NULL, size INTEGER, sha256 TEXT
 );
-CREATE TABLE IF NOT EXISTS sequence_ranges (
-    site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, first INTEGER NOT NULL,
-    last INTEGER NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL,
-    PRIMARY KEY (site, gateway, epoch, first)
+CREATE TABLE IF NOT EXISTS sequence_blocks (
+    site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, block INTEGER NOT NULL, bits BLOB NOT NULL,
+    times BLOB NOT NULL, PRIMARY KEY (site, gateway, epoch, block)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sequence_findings (
     site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, kind TEXT NOT NULL, first INTEGER NOT NULL,
@@ -121,7 +121,8 @@ ON CONFLICT (site, gateway, epoch, kind, seq) DO UPDATE SET ts = excluded.ts, de
 #: signed messages read per query by ``signed_messages``
 MESSAGE_PAGE = 1000
 
-RANGE = "first, last, first_ts, last_ts FROM sequence_ranges WHERE site = ? AND gateway = ? AND epoch = ? AND"
+BLOCK = "SELECT block, bits, times FROM sequence_blocks WHERE site = ? AND gateway = ? AND epoch = ? AND block"
+UPSERT_BLOCK = "INSERT OR REPLACE INTO sequence_blocks VALUES (?,?,?,?,?,?)"
 
 
 def _ms_or_none(ts: dt.datetime | None) -> int | None:
@@ -167,6 +168,7 @@ class SqliteStore:
         for name, kind in DEAD_LETTER_COLUMNS_SINCE:
             if name not in have:
                 self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
+        self._blocks_from_ranges()
 
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
               messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
@@ -281,28 +283,12 @@ class SqliteStore:
                 DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why)  # kept whole before sizes were kept
                 for r, t, p, why, size, sha in rows]
 
-    def record_seqs(self, ranges: list[SeqRange]) -> None:
-        """Merge each range with the stored ranges it overlaps or touches, so the table holds
-        one row per run of stored seqs: its size is the number of holes, not of readings."""
+    def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
+        """OR each block into the stored one: one row per block, whoever wrote it."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                for r in merge_ranges(ranges):
-                    # stored rows neither overlap nor touch: those to join start inside r (or just after
-                    # it), and at most one starts before it
-                    key = (r.site, r.gateway, r.epoch)
-                    near = self._db.execute(
-                        f"SELECT {RANGE} first >= ? AND first <= ?", (*key, r.first, r.last + 1)).fetchall()
-                    near += [row for row in self._db.execute(
-                        f"SELECT {RANGE} first < ? ORDER BY first DESC LIMIT 1", (*key, r.first))
-                        if row[1] >= r.first - 1]
-                    rows = [(r.first, r.last, to_ms(r.first_ts), to_ms(r.last_ts)), *near]
-                    first, first_ts = min((f, fts) for f, _, fts, _ in rows)
-                    last, last_ts = max((la, lts) for _, la, _, lts in rows)
-                    self._db.executemany("DELETE FROM sequence_ranges WHERE site = ? AND gateway = ? AND epoch = ? "
-                                         "AND first = ?", [(r.site, r.gateway, r.epoch, f) for f, *_ in near])
-                    self._db.execute("INSERT INTO sequence_ranges VALUES (?,?,?,?,?,?,?)",
-                                     (r.site, r.gateway, r.epoch, first, last, first_ts, last_ts))
+                self._merge_blocks(blocks)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
@@ -310,10 +296,39 @@ class SqliteStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
 
-    def sequence_ranges(self, site, gateway) -> list[SeqRange]:
-        rows = self._query("SELECT epoch, first, last, first_ts, last_ts FROM sequence_ranges WHERE site = ? "
-                           "AND gateway = ? ORDER BY epoch, first", (site, gateway))
-        return [SeqRange(site, gateway, e, f, la, from_ms(fts), from_ms(lts)) for e, f, la, fts, lts in rows]
+    def _merge_blocks(self, blocks: list[SeqBlock]) -> None:
+        for b in union_blocks(blocks):
+            key = (b.site, b.gateway, b.epoch)
+            held = [SeqBlock.from_bytes(*key, *row) for row in self._db.execute(f"{BLOCK} = ?", (*key, b.block))]
+            [m] = union_blocks([b, *held])
+            self._db.execute(UPSERT_BLOCK, (*key, m.block, m.bits_bytes(), m.times_bytes()))
+
+    def _blocks_from_ranges(self) -> None:
+        """A store written before blocks kept runs of seqs (table ``sequence_ranges``): they
+        become blocks, once, in one transaction."""
+        old = "SELECT 1 FROM sqlite_master WHERE name = 'sequence_ranges'"
+        if not self._db.execute(old).fetchall():
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._db.execute(old).fetchall():
+                return  # another process moved them meanwhile
+            rows = self._db.execute("SELECT site, gateway, epoch, first, last, first_ts, last_ts FROM sequence_ranges")
+            self._merge_blocks(range_blocks(SeqRange(s, g, e, f, la, from_ms(a), from_ms(b))
+                                            for s, g, e, f, la, a, b in rows))
+            self._db.execute("DROP TABLE sequence_ranges")
+            self._db.execute("COMMIT")
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    def seq_tops(self, site, gateway) -> dict[str, int]:
+        return dict(self._query("SELECT epoch, MAX(block) FROM sequence_blocks WHERE site = ? AND gateway = ? "
+                                "GROUP BY epoch", (site, gateway)))
+
+    def seq_blocks(self, site, gateway, epoch, first, last) -> list[SeqBlock]:
+        rows = self._query(f"{BLOCK} >= ? AND block <= ? ORDER BY block", (site, gateway, epoch, first, last))
+        return [SeqBlock.from_bytes(site, gateway, epoch, *row) for row in rows]
 
     def record_finding(self, finding: SequenceFinding) -> None:
         f = finding

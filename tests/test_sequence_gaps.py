@@ -18,7 +18,8 @@ from collector.sequence_gaps import SequenceGaps
 from collector.service import Collector
 from contract import topics
 from contract.message import Reading
-from contract.store import SeqRange, SequenceFinding, StoreUnavailable
+from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, SeqBlock, SequenceFinding, StoreUnavailable, block_ranges,
+                            range_blocks, to_ms)
 from liveview.alarms import sequence_conditions
 from liveview.app import LiveView
 from processing.period import PeriodProcessor
@@ -63,6 +64,12 @@ def findings(store_url: str, kind: str = "gap") -> list[SequenceFinding]:
         store.close()
 
 
+def stored_ranges(store, site: str = "test-site", gateway: str = "gw-test") -> list[tuple[str, int, int]]:
+    """(epoch, first, last) of every run of seqs the store's bookkeeping holds."""
+    return [(r.epoch, r.first, r.last) for epoch, top in sorted(store.seq_tops(site, gateway).items())
+            for r in block_ranges(store.seq_blocks(site, gateway, epoch, 0, top))]
+
+
 def settled(c: Collector, n: int) -> None:
     """Wait for ``n`` readings stored, then for the grace period to pass twice over."""
     assert wait_until(lambda: c.stored >= n, 30), c.stored
@@ -99,7 +106,7 @@ def test_seqs_out_of_order_and_redelivered_are_no_gap(mosquitto, sites_dir, tmp_
     pub.close()
     assert findings(store_url) == []
     store = open_store(store_url)
-    assert [(r.epoch, r.first, r.last) for r in store.sequence_ranges("test-site", "gw-test")] == [(E1, 1, 60)]
+    assert stored_ranges(store) == [(E1, 1, 60)]
 
 
 def test_a_restarted_collector_raises_no_false_gap_and_forgets_no_real_one(mosquitto, sites_dir, store_url):
@@ -127,9 +134,17 @@ def test_a_restarted_collector_raises_no_false_gap_and_forgets_no_real_one(mosqu
     assert [(f.first, f.last) for f in findings(store_url)] == [(11, 13)]
 
 
-def test_two_collectors_on_a_shared_subscription_raise_no_false_gap(mosquitto, sites_dir, store_url):
-    collectors = [collector(mosquitto, store_url, sites_dir, share_group="collectors", client_id=f"jcm-collector-{i}",
-                            batch_size=7) for i in range(2)]
+def test_two_collectors_on_a_shared_subscription_raise_no_false_gap_and_write_a_record_per_batch(
+        mosquitto, sites_dir, store_url):
+    """The broker deals alternate seqs to each collector: each batch is one-seq runs, yet it
+    writes one bookkeeping record per block of seqs it touched, and no gap is raised."""
+    stores = [_counting(store_url) for _ in range(2)]
+    collectors = []
+    for i, (store, _) in enumerate(stores):
+        c = Collector(config(mosquitto, store_url, sites_dir, gap_grace_s=GRACE, share_group="collectors",
+                             client_id=f"jcm-collector-{i}", batch_size=7), store=store)
+        c.start()
+        collectors.append(c)
     pub = Publisher(mosquitto)
     subscribed(collectors[0], pub)
     assert wait_until(lambda: pub.send([message(1)]) or collectors[1].stored >= 1, 10)
@@ -141,8 +156,10 @@ def test_two_collectors_on_a_shared_subscription_raise_no_false_gap(mosquitto, s
         c.stop()
     pub.close()
     assert findings(store_url) == []
+    for _, counts in stores:
+        assert counts["records"] <= counts["batches"] + 2, counts  # seqs 1..300: one block
     store = open_store(store_url)
-    assert [(r.first, r.last) for r in store.sequence_ranges("test-site", "gw-test")] == [(1, 300)]
+    assert stored_ranges(store) == [(E1, 1, 300)]
 
 
 def test_a_gap_the_outbox_cap_explains_says_so(mosquitto, sites_dir, tmp_path):
@@ -221,12 +238,19 @@ def test_stores_keep_ranges_and_findings(backend, tmp_path, request):
     else:
         store = open_store(f"influxdb://127.0.0.1:{request.getfixturevalue('influxdb').port}?api=v1&db=jcm")
     ts = [T0 + dt.timedelta(seconds=s) for s in range(10)]
-    store.record_seqs([SeqRange("s", "gw", E1, 1, 3, ts[1], ts[3], since=1), SeqRange("s", "gw", E1, 6, 7, ts[6],
-                                                                                       ts[7], since=2)])
-    store.record_seqs([SeqRange("s", "gw", E1, 4, 5, ts[4], ts[5], since=3), SeqRange("s", "gw", "", 9, 9, ts[9],
-                                                                                      ts[9], since=4)])
-    assert [(r.epoch, r.first, r.last, r.first_ts, r.last_ts) for r in store.sequence_ranges("s", "gw")] == [
-        ("", 9, 9, ts[9], ts[9]), (E1, 1, 7, ts[1], ts[7])]
+
+    def block(epoch, seqs, writer):
+        return SeqBlock("s", "gw", epoch, 0, sum(1 << s for s in seqs),
+                        (to_ms(ts[min(seqs)]), to_ms(ts[max(seqs)])) + (0,) * (2 * WORDS - 2), writer)
+
+    store.record_seq_blocks([block(E1, [1, 2, 3, 6, 7], "a"), block("", [9], "a")])
+    store.record_seq_blocks([block(E1, [4, 5], "b")])
+    store.record_seq_blocks([block(E1, [1, 2, 3, 6, 7], "a")])  # a writer's block again: the other's stays
+    assert store.seq_tops("s", "gw") == {"": 0, E1: 0}
+    assert [(r.epoch, r.first, r.last, r.first_ts, r.last_ts) for e in ("", E1)
+            for r in block_ranges(store.seq_blocks("s", "gw", e, 0, 0))] == [("", 9, 9, ts[9], ts[9]),
+                                                                             (E1, 1, 7, ts[1], ts[7])]
+    assert store.seq_blocks("s", "gw", E1, 1, 5) == []
     gap = SequenceFinding("gap", "s", "gw", E1, 8, 8, T0, "lost", start=ts[7], end=ts[9])
     store.record_finding(gap)
     store.record_finding(SequenceFinding("epoch", "s", "gw", E2, 9, 9, T0, "new epoch", previous=E1))
@@ -302,10 +326,10 @@ def test_a_store_that_refuses_the_bookkeeping_for_a_while_costs_no_false_gap_nor
     class Flaky(SqliteStore):
         down = True
 
-        def record_seqs(self, ranges):
+        def record_seq_blocks(self, blocks):
             if self.down:
                 raise StoreUnavailable("down")
-            super().record_seqs(ranges)
+            super().record_seq_blocks(blocks)
 
         def record_finding(self, finding):
             if self.down:
@@ -325,4 +349,221 @@ def test_a_store_that_refuses_the_bookkeeping_for_a_while_costs_no_false_gap_nor
                  for s in range(4, 6)])
     gaps.check()
     assert [(f.kind, f.epoch, f.first) for f in store.sequence_findings("s")] == [("epoch", E2, 3)]
-    assert [(r.epoch, r.first, r.last) for r in store.sequence_ranges("s", "gw")] == [(E1, 1, 3), (E2, 1, 5)]
+    assert stored_ranges(store, "s", "gw") == [(E1, 1, 3), (E2, 1, 5)]
+
+
+def _counting(store_url: str):
+    """A store of ``store_url`` that counts the readings batches written and the sequence
+    bookkeeping's records written (SQL statements that change its table; InfluxDB points)."""
+    from store.influx_store import InfluxStore
+
+    counts = {"batches": 0, "records": 0}
+    base = open_store(store_url)
+    if isinstance(base, SqliteStore):
+        base.close()
+
+        class Counting(SqliteStore):
+            def write(self, *args, **kwargs):
+                counts["batches"] += 1
+                return super().write(*args, **kwargs)
+
+        store = Counting(store_url.removeprefix("sqlite:///"))
+        store._db.set_trace_callback(lambda sql: counts.__setitem__(
+            "records", counts["records"] + (sql.lstrip().split()[0].upper() in ("INSERT", "DELETE", "REPLACE")
+                                            and "sequence_" in sql and "sequence_findings" not in sql)))
+        return store, counts
+
+    class CountingInflux(InfluxStore):
+        def write(self, *args, **kwargs):
+            counts["batches"] += 1
+            return super().write(*args, **kwargs)
+
+        def _post_sequence(self, lines, precision):
+            counts["records"] += sum(not line.startswith(b"sequence_finding") for line in lines)
+            return super()._post_sequence(lines, precision)
+
+    return CountingInflux(base.base_url, api=base.api, db=base.db), counts
+
+
+def test_a_refresh_reads_the_blocks_of_the_holes_not_the_history(tmp_path):
+    """A long history with many old recorded gaps: checking a new hole reads about its block
+    from the store, not every run the gateway ever had."""
+    read = []
+
+    class Counting(SqliteStore):
+        def _query(self, sql, params):
+            rows = super()._query(sql, params)
+            if "sequence_" in sql and "sequence_findings" not in sql:
+                read.append(len(rows))
+            return rows
+
+    store = Counting(tmp_path / "jcm.db")
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    n = 3 * BLOCK_SEQS
+
+    def readings(seqs):
+        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
+
+    sent = [s for s in range(1, n + 1) if s % 50]  # 245 old gaps
+    for i in range(0, len(sent), 500):
+        gaps.stored(readings(sent[i:i + 500]))
+    for clock[0] in (100.0, 200.0):  # holes are suspected when first checked, recorded a grace period on
+        gaps.check()
+    assert len(store.sequence_findings("s")) == n // 50
+    read.clear()
+    gaps.stored(readings(s for s in range(n + 1, n + 101) if s != n + 50))
+    for clock[0] in (300.0, 400.0):
+        gaps.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s")][-1] == (n + 50, n + 50)
+    assert sum(read) <= 2, read  # the hole's block
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_a_store_written_before_blocks_keeps_what_it_knew(backend, tmp_path, request, monkeypatch):
+    """The runs of seqs a store kept before blocks (one row or point per run) are known after
+    the upgrade: no false gap below them, a real one between them, and they are kept once."""
+    from store import influx_store
+    monkeypatch.setattr(influx_store, "MIGRATION_PAGE", 2)  # read in pages
+    old = [(E1, 1, 10), (E1, 12, 20), ("", 5, 7)]
+    if backend == "sqlite":
+        SqliteStore(tmp_path / "jcm.db").close()
+        import sqlite3
+        db = sqlite3.connect(tmp_path / "jcm.db")
+        db.executescript("DROP TABLE sequence_blocks; CREATE TABLE sequence_ranges (site TEXT NOT NULL, gateway "
+                         "TEXT NOT NULL, epoch TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, first_ts "
+                         "INTEGER NOT NULL, last_ts INTEGER NOT NULL, PRIMARY KEY (site, gateway, epoch, first)) "
+                         "WITHOUT ROWID")
+        db.executemany("INSERT INTO sequence_ranges VALUES ('s', 'gw', ?, ?, ?, ?, ?)",
+                       [(e, f, la, int((T0 + dt.timedelta(seconds=f)).timestamp() * 1000),
+                         int((T0 + dt.timedelta(seconds=la)).timestamp() * 1000)) for e, f, la in old])
+        db.commit()
+        db.close()
+        url = f"sqlite:///{tmp_path}/jcm.db"
+    else:
+        port = request.getfixturevalue("influxdb").port
+        # as the store wrote them: one point per writer's run, at its identity [ns]
+        lines = [f"sequence_range,gateway=gw,site=s{',epoch=' + e if e else ''} first={f}i,"
+                 f"first_ts={int((T0 + dt.timedelta(seconds=f)).timestamp() * 1000)}i,last={la}i,"
+                 f"last_ts={int((T0 + dt.timedelta(seconds=la)).timestamp() * 1000)}i {1_000_000 + i}"
+                 for i, (e, f, la) in enumerate(old + [(E1, 3, 8)])]
+        import urllib3
+        assert urllib3.PoolManager().request("POST", f"http://127.0.0.1:{port}/write?db=jcm&precision=ns",
+                                             body="\n".join(lines).encode()).status == 204
+        url = f"influxdb://127.0.0.1:{port}?api=v1&db=jcm"
+    store = open_store(url)
+    gaps = SequenceGaps(store, grace_s=0)
+    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                 for s in range(21, 26)])
+    gaps.check()
+    [gap] = store.sequence_findings("s")
+    assert (gap.epoch, gap.first, gap.last) == (E1, 11, 11)
+    # runs inside one word of seqs: the gap is placed within it (the times of its lowest and highest seq)
+    assert (gap.start, gap.end) == (T0 + dt.timedelta(seconds=1), T0 + dt.timedelta(seconds=20))
+    assert stored_ranges(store, "s", "gw") == [("", 5, 7), (E1, 1, 10), (E1, 12, 25)]
+    store.close()
+    store = open_store(url)  # opened again: nothing left to move, nothing moved twice
+    assert stored_ranges(store, "s", "gw") == [("", 5, 7), (E1, 1, 10), (E1, 12, 25)]
+    if backend == "sqlite":
+        assert not store._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sequence_ranges'").fetchall()
+    else:
+        assert store.query('SELECT * FROM "sequence_range"') == []
+    store.close()
+
+
+@pytest.mark.fuzz
+def test_blocks_hold_exactly_the_seqs_any_writers_stored():
+    """Seqs in runs across block edges, dealt at random among writers (a shared
+    subscription), each writer's blocks written: their union holds exactly those seqs,
+    as runs with the readings' times at every block's lowest and highest seq; runs made
+    blocks and back are the same runs."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=fuzz_examples(50), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.integers(0, 3 * BLOCK_SEQS), st.integers(1, BLOCK_SEQS + 2)), max_size=6),
+           st.integers(1, 3), st.randoms(use_true_random=False))
+    def one_example(spans, writers, rnd):
+        seqs = sorted({s for a, k in spans for s in range(max(a, 1), a + k)})
+        ts = {s: T0 + dt.timedelta(seconds=s) for s in range(-WORD_SEQS, 4 * BLOCK_SEQS + 2 * WORD_SEQS)}
+        own: dict[tuple[int, int], list[int]] = {}
+        for s in seqs:
+            own.setdefault((rnd.randrange(writers), s // BLOCK_SEQS), []).append(s)
+        blocks = [SeqBlock("s", "gw", E1, b, sum(1 << (s % BLOCK_SEQS) for s in mine), tuple(
+            to_ms(ts[f(word)]) if word else 0 for w in range(WORDS)
+            for word in [[s for s in mine if s % BLOCK_SEQS // WORD_SEQS == w]] for f in (min, max)), str(wr))
+            for (wr, b), mine in own.items()]
+        rnd.shuffle(blocks)
+        runs = []
+        for s in seqs:
+            runs = [*runs[:-1], (runs[-1][0], s)] if runs and runs[-1][1] == s - 1 else [*runs, (s, s)]
+        got = block_ranges(blocks)
+        assert [(r.first, r.last) for r in got] == runs
+        for r in got:  # exact where a run ends at its word's lowest or highest seq, within the word else
+            assert ts[r.first] <= r.first_ts <= ts[r.first + WORD_SEQS]
+            assert ts[r.last - WORD_SEQS] <= r.last_ts <= ts[r.last]
+            if r.first == min(s for s in seqs if s // WORD_SEQS == r.first // WORD_SEQS):
+                assert r.first_ts == ts[r.first]
+            if r.last == max(s for s in seqs if s // WORD_SEQS == r.last // WORD_SEQS):
+                assert r.last_ts == ts[r.last]
+        back = block_ranges(range_blocks(got))  # runs kept before blocks, made blocks
+        assert [(r.first, r.last) for r in back] == runs
+        assert all(ts[r.first] <= r.first_ts and r.last_ts <= ts[r.last] for r in back)
+
+    one_example()
+
+
+def test_a_store_that_takes_writes_but_no_influxql_turns_the_bookkeeping_off_with_one_warning(victoriametrics,
+                                                                                            caplog):
+    """VictoriaMetrics takes InfluxDB's writes and answers every InfluxQL query with its list
+    of databases: one clear WARNING, then nothing per batch (no error, no traceback)."""
+    store = open_store(f"influxdb://127.0.0.1:{victoriametrics.port}?api=v2&bucket=jcm&org=jcm")
+    gaps = SequenceGaps(store, grace_s=0)
+    with caplog.at_level(logging.INFO, logger="collector.sequence_gaps"):
+        for first in range(1, 40, 10):
+            gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                         for s in range(first, first + 5)])
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and said[0][0] == "WARNING" and "list of databases" in said[0][1], said
+    store.close()
+
+
+def test_a_collector_restarted_blocks_after_an_open_hole_still_records_it(tmp_path):
+    """A hole suspected, then the collector stopped before its grace period ended: the next
+    one, meeting the gateway thousands of seqs (several blocks) later, records it."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+
+    def readings(seqs):
+        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
+
+    first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    sent = [s for s in range(1, 3 * BLOCK_SEQS) if s != 100]
+    for i in range(0, len(sent), 500):
+        first.stored(readings(sent[i:i + 500]))
+    assert store.sequence_findings("s") == []  # stopped within the grace period
+    second = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    second.stored(readings(range(3 * BLOCK_SEQS, 3 * BLOCK_SEQS + 10)))
+    for clock[0] in (100.0, 200.0):
+        second.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(100, 100)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_a_hole_up_to_the_highest_seq_is_one_gap_read_in_one_span(backend, tmp_path, request):
+    """A sender jumping to the highest seq there is leaves a hole of 2**51 blocks: it is read
+    as one span of blocks (not block by block) and recorded as one gap."""
+    from contract.message import MAX_SEQ
+    if backend == "sqlite":
+        store = SqliteStore(tmp_path / "jcm.db")
+    else:
+        store = open_store(f"influxdb://127.0.0.1:{request.getfixturevalue('influxdb').port}?api=v1&db=jcm")
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s % 1000), {"x": 1.0}, seq=s, epoch=E1)
+                 for s in (1, 2, 3, MAX_SEQ)])
+    for clock[0] in (100.0, 200.0):
+        gaps.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(4, MAX_SEQ - 1)]
+    assert stored_ranges(store, "s", "gw") == [(E1, 1, 3), (E1, MAX_SEQ, MAX_SEQ)]
+    store.close()
