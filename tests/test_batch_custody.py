@@ -6,6 +6,7 @@ together, naming why; an export of what was stored so verifies."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import datetime as dt
 import zlib
 
@@ -210,3 +211,31 @@ def test_a_verifier_holds_a_bounded_run_of_covered_messages(monkeypatch):
     verdicts = [v for _, v in verify_chained(kept, keys())]
     assert [v.kind for v in verdicts] == ["not_covered"] * 2 + [None] * 4
     assert verdicts[0].reason == "not covered: more than 3 covered messages in a row"
+
+
+def test_a_signature_covers_only_messages_naming_its_own_key():
+    """Someone holding k1 after its rotation (an old gateway's disk) cannot vouch, by a
+    covering signature k1 makes within its validity, for a reading stamped in k2's time
+    that names k2; a genuine chain across the rotation still verifies in a batch."""
+    after = reading(1, E2, ts=ROTATED + dt.timedelta(minutes=30))
+    forged = signed_bytes(custody.sign(after.to_json(), GENESIS, "k2", K1))  # k2's name, no k2 signature
+    covering = custody.sign(reading(2, E2, ts=ROTATED - dt.timedelta(minutes=1)).to_json(),
+                            hashlib.sha256(forged).hexdigest(), "k1", K1)
+    assert not any(v.ok for m, v in verify_chained([forged, covering], keys()) if m == forged)
+    elided = covering.replace(hashlib.sha256(forged).hexdigest().encode(), b"")
+    for attempt in ([forged, covering], [forged, elided]):
+        try:
+            opened = open_batch(attempt, keys())
+        except ValueError:
+            continue
+        assert not (opened[0][1] or verify(opened[0][0], keys())).ok
+    # the gateway's own chain across the rotation: k1's last message keeps its signature
+    sent, prev = [], GENESIS
+    for seq in range(1, 9):
+        k1 = seq <= 4
+        ts = ROTATED + dt.timedelta(seconds=seq - 5 if k1 else seq)
+        sent.append(signed(reading(seq, ts=ts), prev, "k1" if k1 else "k2", K1 if k1 else K2)[1])
+        prev = chain_hash(sent[-1])
+    opened = open_batch(lines(sent), keys())
+    assert all(v.ok for _, v in opened)
+    assert [m for m, _ in opened] == [signed_bytes(m) if seq not in (4, 8) else m for seq, m in enumerate(sent, 1)]
