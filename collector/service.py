@@ -303,9 +303,12 @@ class Collector:
     def _conflicts(self, readings: list[Reading], letters: list[DeadLetter], source: dict[int, Incoming],
                    signed: dict[int, SignedMessage]) -> list[CustodyFinding]:
         """Move the signed readings whose seq is stored with other bytes from ``readings`` (and
-        ``source``, ``signed``) to ``letters``; return their custody findings."""
+        ``source``, ``signed``) to ``letters``, and from ``signed`` the covered messages stored
+        already (their readings are written again); return their custody findings."""
         ids = [id(r) for r in readings if id(r) in signed]
-        conflicts = self._retrying(lambda: self.custody.conflicts([signed[i] for i in ids]), len(readings))
+        conflicts, kept = self._retrying(lambda: self.custody.conflicts([signed[i] for i in ids]), len(readings))
+        for position in kept:
+            del signed[ids[position]]
         findings = []
         for position, detail in conflicts.items():
             m = source.pop(ids[position])

@@ -239,3 +239,21 @@ def test_a_signature_covers_only_messages_naming_its_own_key():
     opened = open_batch(lines(sent), keys())
     assert all(v.ok for _, v in opened)
     assert [m for m, _ in opened] == [signed_bytes(m) if seq not in (4, 8) else m for seq, m in enumerate(sent, 1)]
+
+
+def test_a_stored_signed_message_keeps_its_signature_when_its_covered_form_comes_again(mosquitto, tmp_path,
+                                                                                      store_url):
+    """Whoever can publish can strip the signatures of messages seen on the broker and send
+    them again as a batch: valid covered messages, already stored. The store keeps the
+    signed form (InfluxDB keeps the last write of a point): otherwise batches that chain on
+    one another would leave any length of covered run, beyond what a verifier holds."""
+    sent = messages(range(1, 6))
+    alone = [(topics.reading("test-site", "gw-test", "m1"), m) for m in sent]
+    run(mosquitto, store_url, sites(tmp_path, require=True), alone,
+        [(topics.batch("test-site", "gw-test"), batch.pack(sent)[0])])
+    store = open_store(store_url)
+    try:
+        kept = list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
+    finally:
+        store.close()
+    assert kept == sent
