@@ -257,3 +257,30 @@ def test_a_stored_signed_message_keeps_its_signature_when_its_covered_form_comes
     finally:
         store.close()
     assert kept == sent
+
+
+def test_what_a_refused_line_covers_is_not_stored_without_it(mosquitto, tmp_path, store_url):
+    """The line that carries a run's signature refused after the batch held together (here
+    a channel the server's register map no longer has): the lines it covers are refused
+    with it, naming it, rather than stored as covered messages nothing in the store covers
+    (an export of them could not be verified)."""
+    sent, prev = [], GENESIS
+    for seq in range(1, 6):
+        r = reading(seq)
+        sent.append(signed(dataclasses.replace(r, values={"gone": 1.0}) if seq == 5 else r, prev)[1])
+        prev = chain_hash(sent[-1])
+    topic = topics.batch("test-site", "gw-test")
+    run(mosquitto, store_url, sites(tmp_path, require=True), [(topic, batch.pack(sent[:3])[0])],
+        [(topic, batch.pack(sent[2:])[0])])
+    store = open_store(store_url)
+    try:
+        kept = list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
+        letters = store.dead_letters(100)
+    finally:
+        store.close()
+    assert kept == [signed_bytes(m) for m in sent[:2]] + [sent[2]]  # 3 is stored signed by the first batch
+    assert all(x.ok for _, x in verify_chained(kept, keys()))
+    reasons = {d.payload: d.reason for d in letters}
+    gone = "device 'm1' of site 'test-site' has no channel(s) gone in its register map"
+    assert reasons[sent[4]] == gone
+    assert reasons[signed_bytes(sent[3])] == f"custody: covered by seq 5, which was refused: {gone}"
