@@ -155,7 +155,7 @@ def test_an_export_holds_the_message_after_its_window_that_covers_its_last(tmp_p
     v = [x for _, x in verify_chained(kept, keys())]
     store.write([x.reading for x in v], messages=[SignedMessage.verified(m, x) for m, x in zip(kept, v)])
     end = T0 + dt.timedelta(seconds=12)  # seqs 1..11 in the window: 9..11 covered by 16
-    folder = list(with_covering(store, "test-site", store.signed_messages("test-site", T0, end), end))
+    folder = list(with_covering(store, "test-site", store.signed_messages("test-site", T0, end)))
     store.close()
     assert folder == kept[:16]
     assert all(x.ok for _, x in verify_chained(folder, keys()))
@@ -284,3 +284,26 @@ def test_what_a_refused_line_covers_is_not_stored_without_it(mosquitto, tmp_path
     gone = "device 'm1' of site 'test-site' has no channel(s) gone in its register map"
     assert reasons[sent[4]] == gone
     assert reasons[signed_bytes(sent[3])] == f"custody: covered by seq 5, which was refused: {gone}"
+
+
+def test_an_export_finds_the_covering_message_however_long_after_its_window(store_url):
+    """A backlog of sparse readings: one batch's run may span months (a gateway away for
+    weeks, reading hourly); the message covering a window's last is exported however far
+    after the window it is stamped."""
+    open_ended = {"test-site": [public_key(K1, "k1", valid_from=dt.datetime(2024, 1, 1, tzinfo=dt.UTC))]}
+    sent, prev = [], GENESIS
+    for seq in range(1, 8):
+        ts = T0 + (dt.timedelta(days=90) if seq == 7 else dt.timedelta(hours=seq))
+        sent.append(signed(reading(seq, ts=ts), prev)[1])
+        prev = chain_hash(sent[-1])
+    kept = [signed_bytes(m) for m in sent[:-1]] + [sent[-1]]
+    v = [x for _, x in verify_chained(kept, open_ended)]
+    assert all(x.ok for x in v)
+    store = open_store(store_url)
+    try:
+        store.write([x.reading for x in v], messages=[SignedMessage.verified(m, x) for m, x in zip(kept, v)])
+        end = T0 + dt.timedelta(days=1)
+        folder = list(with_covering(store, "test-site", store.signed_messages("test-site", T0, end)))
+    finally:
+        store.close()
+    assert folder == kept
