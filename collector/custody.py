@@ -14,7 +14,9 @@ The chain is checked against the store, not against what this collector happened
 see: messages come out of order (the live lane overtakes the backlog) and split across
 the collectors of a shared subscription. Before a batch is written, the seqs it holds
 are looked up: one stored with the same hash is a redelivery (written again, harmless:
-the store is idempotent); one with another hash is a ``conflict``, refused, never
+the store is idempotent; but a covered message's record is not written again, so that
+whoever strips the signatures of stored messages and sends them as a batch does not
+replace their signed form); one with another hash is a ``conflict``, refused, never
 written over the stored one. After the batch is written, each of its messages is
 compared with the stored seq-1 and seq+1: a ``prev`` that is not the hash of the message
 before it is a ``wrong_prev``. Whichever of two neighbours is written last sees the
@@ -33,7 +35,7 @@ import logging
 
 from collector.validation import Rejected
 from contract.config.site import Site
-from contract.custody import GENESIS, Verdict, open_batch, verify
+from contract.custody import GENESIS, Verdict, is_covered, open_batch, verify
 from contract.message import MAX_SEQ, Reading
 from contract.store import CustodyFinding, Link, ReadingStore, SignedMessage
 
@@ -80,19 +82,24 @@ class CustodyCheck:
         if reading.site in self.required:
             raise Rejected(f"custody: site '{reading.site}' requires signed readings; this one is not signed")
 
-    def conflicts(self, messages: list[SignedMessage]) -> dict[int, str]:
+    def conflicts(self, messages: list[SignedMessage]) -> tuple[dict[int, str], set[int]]:
         """The messages (by position) whose seq is stored, or earlier in ``messages``, with
-        other bytes, each with what differs. Raises ``StoreUnavailable``."""
-        out = {}
+        other bytes, each with what differs; and the covered ones whose seq is stored with
+        their hash, not to be written again: the stored one is the same message or its
+        signed form, which a covered form written over it (InfluxDB keeps the last write)
+        would lose. Raises ``StoreUnavailable``."""
+        out, kept = {}, set()
         for chain, members in _chains(messages).items():
             stored = self.store.links(*chain, {m.seq for _, m in members})
             for i, m in members:
+                if m.seq in stored and stored[m.seq].hash == m.hash and is_covered(m.raw):
+                    kept.add(i)
                 held = stored.setdefault(m.seq, Link(m.hash, m.prev, m.ts))
                 if held.hash != m.hash:
                     out[i] = (f"seq {m.seq} of epoch {m.epoch} is stored with hash {held.hash}; "
                               f"this message, validly signed, has hash {m.hash} (a forked gateway or a stolen key): "
                               "the stored one is kept")
-        return out
+        return out, kept
 
     def conflict_finding(self, m: SignedMessage, detail: str) -> CustodyFinding:
         return CustodyFinding("conflict", m.site, m.gateway, m.epoch, m.seq, m.ts, dt.datetime.now(dt.UTC), detail)

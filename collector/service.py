@@ -11,7 +11,9 @@ keeps the batch, retries with backoff and acknowledges nothing meanwhile.
 A gateway's backlog comes in batches (contract/batch.py): each line is validated and
 stored as the same message sent alone would be (a signed line whose signature the batch
 left out, as its signed bytes, once the chain links it to a signature that verifies:
-collector/custody.py), and the batch is acknowledged once all of them are stored.
+collector/custody.py; refused with the line that carries that signature when that one is
+refused, so that no stored covered message lacks what covers it), and the batch is
+acknowledged once all of them are stored.
 Messages sent alone (live readings) are taken before batches.
 
 One message never stops ingestion: whatever goes wrong with one message (parsing,
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import hashlib
 import json
 import logging
 import queue
@@ -44,7 +47,7 @@ from collector.sequence_gaps import SequenceGaps
 from collector.validation import Rejected, SiteRules, WrongStamp, rules_for, validate
 from contract import batch as batch_form, topics
 from contract.config import CollectorConfig, ConfigError, load_site
-from contract.custody import Verdict
+from contract.custody import Verdict, is_covered
 from contract.message import Reading
 from contract.mqtt_connection import BrokerConnection
 from contract.store import CustodyFinding, DeadLetter, ReadingStore, SignedMessage, StoreUnavailable
@@ -249,6 +252,7 @@ class Collector:
         except _Stopping:
             log.error("stopping with %d messages unstored: the broker will redeliver them", len(batch))
             return
+        self._uncovered(deliveries, readings, letters, source, signed)
         refused_count = len(letters)
         letters = self.budget.admit(letters, now)  # what is not kept whole is counted in a summary
         try:
@@ -303,9 +307,12 @@ class Collector:
     def _conflicts(self, readings: list[Reading], letters: list[DeadLetter], source: dict[int, Incoming],
                    signed: dict[int, SignedMessage]) -> list[CustodyFinding]:
         """Move the signed readings whose seq is stored with other bytes from ``readings`` (and
-        ``source``, ``signed``) to ``letters``; return their custody findings."""
+        ``source``, ``signed``) to ``letters``, and from ``signed`` the covered messages stored
+        already (their readings are written again); return their custody findings."""
         ids = [id(r) for r in readings if id(r) in signed]
-        conflicts = self._retrying(lambda: self.custody.conflicts([signed[i] for i in ids]), len(readings))
+        conflicts, kept = self._retrying(lambda: self.custody.conflicts([signed[i] for i in ids]), len(readings))
+        for position in kept:
+            del signed[ids[position]]
         findings = []
         for position, detail in conflicts.items():
             m = source.pop(ids[position])
@@ -313,6 +320,35 @@ class Collector:
             findings.append(self.custody.conflict_finding(signed.pop(ids[position]), detail))
         readings[:] = [r for r in readings if id(r) in source]
         return findings
+
+    @staticmethod
+    def _uncovered(deliveries: list[Incoming], readings: list[Reading], letters: list[DeadLetter],
+                   source: dict[int, Incoming], signed: dict[int, SignedMessage]) -> None:
+        """Move from ``readings`` (and ``source``, ``signed``) to ``letters`` each covered line
+        of a batch whose covering line was refused after the batch held together (its
+        validation, a conflict): stored, it would be a covered message that nothing in the
+        store covers, and no export of it would verify."""
+        if not letters:  # nothing refused: the common case costs nothing per message
+            return
+        taken = {id(m): rid for rid, m in source.items()}
+        why = {d.sha256: d.reason for d in letters}  # a letter keeps only the start of its payload
+        cascaded: dict[int, str] = {}  # the lines refused here, with the reason of the line that covered them
+        after = None  # the line after in the batch: a covered line is never a batch's last
+        for m in reversed(deliveries):
+            v = m.custody
+            if (after is not None and id(after) not in taken and id(m) in taken and v is not None and v.ok
+                    and is_covered(m.payload)):
+                refused = why.get(hashlib.sha256(after.payload).hexdigest(), "see its dead letter")
+                reason = cascaded.get(id(after)) or (f"custody: covered by seq {after.custody.reading.seq}, "
+                                                     f"which was refused: {refused}")
+                rid = taken.pop(id(m))
+                del source[rid]
+                signed.pop(rid, None)
+                letters.append(DeadLetter(m.received, m.topic, m.payload, reason))
+                cascaded[id(m)] = reason
+            after = m
+        if len(taken) < len(readings):
+            readings[:] = [r for r in readings if id(r) in source]
 
     def _write(self, readings: list[Reading], letters: list[DeadLetter],
                signed: dict[int, SignedMessage] | None = None) -> list[tuple[Reading, str]]:

@@ -26,8 +26,10 @@ every message before it in the chain. So, in a batch:
   it as ``"prev":""`` (the ``,"prev":"`` of its signed bytes followed at once by
   ``","key":"``); a subscriber puts back the lower-case hex SHA-256 of the line before's
   signed bytes (as rebuilt, when that line's prev was left out too). The line before
-  must be the message of ``seq`` one less of the same site, gateway and ``epoch``;
-- a line whose next line carries its hash so may leave out its signature: it is then
+  must be the message of ``seq`` one less of the same site, gateway and ``epoch``, and
+  ``pack`` leaves it out only when both lines name the same key;
+- a line whose next line carries its hash so and names the same key (a signature vouches
+  only for messages under its own key) may leave out its signature: it is then
   its signed bytes ``B`` exactly (ending ``"key":"<key id>"}``), a **covered** message;
 - the last line of a batch, and any signed line whose next line does not follow it so,
   keeps its signature. ``pack`` writes every line so (``custody.batch_line``): a run of a
@@ -40,8 +42,9 @@ its own key rules still apply (the key it names is its site's, valid at its ``ts
 revoked), as do the covering message's. The whole batch is refused, each line a dead
 letter with the reason naming the first line that breaks it, when a line's ``prev`` is
 left out but the line before is not ``seq`` - 1 of its chain, when a covered line is not
-followed by its successor carrying its hash (a line removed, reordered, of another site
-or epoch), or when the last line has no signature. A covered line altered changes every
+followed by its successor carrying its hash under the same key (a line removed,
+reordered, of another site or epoch, or signed by another key), or when the last line has
+no signature. A covered line altered changes every
 hash after it, so the covering signature fails: each line it covers is refused with
 that reason (a batch of one run: all of it). Messages sent alone are always signed one by
 one.

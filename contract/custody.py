@@ -34,9 +34,11 @@ The signature of a message covers every message before it in its chain: it is ov
 ``B`` alone, without ``sig`` (a **covered** message: it ends ``"prev":"<64 hex>","key":"<key id>"}``).
 It verifies exactly when the chain links it to a message whose signature verifies: the
 message after it in the sequence (same site, gateway and epoch, ``seq`` one more)
-carries ``sha256(B)`` as its ``prev`` and is itself signed and verified, or covered and
-linked on in the same way. The key it names must still be one of its site's, valid at
-its ``ts`` and not revoked, as must the covering signature's. ``verify_chained`` checks a
+carries ``sha256(B)`` as its ``prev``, names the same key and is itself signed and
+verified, or covered and linked on in the same way. The key it names must still be one
+of its site's, valid at its ``ts`` and not revoked, as must the covering signature's
+(the same key: a signature vouches only for messages naming its key, else a retired or
+revoked key would vouch for a message stamped in its successor's time). ``verify_chained`` checks a
 sequence of messages so; a covered message with nothing signed after it is
 ``not_covered``. The batch form (``contract/batch.py``, ``open_batch``) sends a backlog so.
 
@@ -303,17 +305,23 @@ def _chained(items: Iterable[tuple[_T, bytes, Verdict | None]],
 
 
 def _follows(before: Verdict, after: Verdict) -> bool:
-    """Whether ``after`` is the message after ``before`` in its chain, carrying its hash."""
+    """Whether ``after`` is the message after ``before`` in its chain, carrying its hash,
+    under the same key: a signature vouches only for messages that name its key, or a key
+    out of its rules (retired, revoked) would vouch for messages stamped in another's time."""
     return (after.reading is not None and after.chain == before.chain
-            and after.reading.seq == before.reading.seq + 1 and after.prev == before.hash)
+            and after.reading.seq == before.reading.seq + 1 and after.prev == before.hash
+            and after.key_id == before.key_id)
 
 
 def _uncovered(run: Sequence[tuple[_T, Verdict, Verdict]], after: Verdict | None,
                why: str | None = None) -> Iterator[tuple[_T, Verdict]]:
     last = run[-1][1]
     where = f"seq {last.reading.seq} of {'/'.join(last.chain)}"
+    other_key = after is not None and after.reading is not None and after.key_id != last.key_id
     reason = (f"not covered: {why}" if why else
               f"not covered: {where} has no signature and nothing after it" if after is None else
+              f"not covered: {where} has no signature and the message after it is under key "
+              f"'{after.key_id}', not '{last.key_id}'" if other_key else
               f"not covered: {where} has no signature and the message after it is not seq "
               f"{last.reading.seq + 1} of its chain carrying its hash")
     for item, parse, own in run:
@@ -365,15 +373,16 @@ def open_batch(lines: Sequence[bytes], keys: Mapping[str, Sequence[CustodyKey]])
 def batch_line(message: bytes, before: BatchLine | None) -> BatchLine:
     """How ``message`` is written as a line of a batch (``contract/batch.py``), ``before``
     being the line before it in the batch (``None`` for the first): its ``prev`` left out
-    when it is the hash of the message before, and its signature left out (``end_covered``)
-    when the line after it is linked so in turn."""
+    when it is the hash of the message before and both name one key, and its signature left
+    out (``end_covered``) when the line after it is linked so in turn."""
     if _suffix(message) is not None:
         signed = message[:-SIG_SUFFIX_BYTES] + b"}"
         tail = _TAIL.fullmatch(signed, max(signed.rfind(b',"prev":"'), 0))
         if tail is not None:
-            linked = before is not None and before.hash == tail.group(1).decode()
+            key_id = tail.group(2).decode()
+            linked = before is not None and before.hash == tail.group(1).decode() and before.key_id == key_id
             head = signed[:tail.start(1)] + signed[tail.end(1):-1] if linked else signed[:-1]
-            return BatchLine(head, message[-SIG_SUFFIX_BYTES:], hashlib.sha256(signed).hexdigest(), linked)
+            return BatchLine(head, message[-SIG_SUFFIX_BYTES:], hashlib.sha256(signed).hexdigest(), linked, key_id)
     return BatchLine(message, b"", None, False)
 
 
@@ -386,6 +395,7 @@ class BatchLine:
     end: bytes
     hash: str | None  # chain_hash, when signed
     linked: bool  # its prev left out
+    key_id: str | None = None  # when signed: a line under another key keeps its signature
 
     @property
     def end_covered(self) -> bytes:

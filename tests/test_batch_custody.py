@@ -6,6 +6,7 @@ together, naming why; an export of what was stored so verifies."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import datetime as dt
 import zlib
 
@@ -154,7 +155,7 @@ def test_an_export_holds_the_message_after_its_window_that_covers_its_last(tmp_p
     v = [x for _, x in verify_chained(kept, keys())]
     store.write([x.reading for x in v], messages=[SignedMessage.verified(m, x) for m, x in zip(kept, v)])
     end = T0 + dt.timedelta(seconds=12)  # seqs 1..11 in the window: 9..11 covered by 16
-    folder = list(with_covering(store, "test-site", store.signed_messages("test-site", T0, end), end))
+    folder = list(with_covering(store, "test-site", store.signed_messages("test-site", T0, end)))
     store.close()
     assert folder == kept[:16]
     assert all(x.ok for _, x in verify_chained(folder, keys()))
@@ -210,3 +211,99 @@ def test_a_verifier_holds_a_bounded_run_of_covered_messages(monkeypatch):
     verdicts = [v for _, v in verify_chained(kept, keys())]
     assert [v.kind for v in verdicts] == ["not_covered"] * 2 + [None] * 4
     assert verdicts[0].reason == "not covered: more than 3 covered messages in a row"
+
+
+def test_a_signature_covers_only_messages_naming_its_own_key():
+    """Someone holding k1 after its rotation (an old gateway's disk) cannot vouch, by a
+    covering signature k1 makes within its validity, for a reading stamped in k2's time
+    that names k2; a genuine chain across the rotation still verifies in a batch."""
+    after = reading(1, E2, ts=ROTATED + dt.timedelta(minutes=30))
+    forged = signed_bytes(custody.sign(after.to_json(), GENESIS, "k2", K1))  # k2's name, no k2 signature
+    covering = custody.sign(reading(2, E2, ts=ROTATED - dt.timedelta(minutes=1)).to_json(),
+                            hashlib.sha256(forged).hexdigest(), "k1", K1)
+    assert not any(v.ok for m, v in verify_chained([forged, covering], keys()) if m == forged)
+    elided = covering.replace(hashlib.sha256(forged).hexdigest().encode(), b"")
+    for attempt in ([forged, covering], [forged, elided]):
+        try:
+            opened = open_batch(attempt, keys())
+        except ValueError:
+            continue
+        assert not (opened[0][1] or verify(opened[0][0], keys())).ok
+    # the gateway's own chain across the rotation: k1's last message keeps its signature
+    sent, prev = [], GENESIS
+    for seq in range(1, 9):
+        k1 = seq <= 4
+        ts = ROTATED + dt.timedelta(seconds=seq - 5 if k1 else seq)
+        sent.append(signed(reading(seq, ts=ts), prev, "k1" if k1 else "k2", K1 if k1 else K2)[1])
+        prev = chain_hash(sent[-1])
+    opened = open_batch(lines(sent), keys())
+    assert all(v.ok for _, v in opened)
+    assert [m for m, _ in opened] == [signed_bytes(m) if seq not in (4, 8) else m for seq, m in enumerate(sent, 1)]
+
+
+def test_a_stored_signed_message_keeps_its_signature_when_its_covered_form_comes_again(mosquitto, tmp_path,
+                                                                                      store_url):
+    """Whoever can publish can strip the signatures of messages seen on the broker and send
+    them again as a batch: valid covered messages, already stored. The store keeps the
+    signed form (InfluxDB keeps the last write of a point): otherwise batches that chain on
+    one another would leave any length of covered run, beyond what a verifier holds."""
+    sent = messages(range(1, 6))
+    alone = [(topics.reading("test-site", "gw-test", "m1"), m) for m in sent]
+    run(mosquitto, store_url, sites(tmp_path, require=True), alone,
+        [(topics.batch("test-site", "gw-test"), batch.pack(sent)[0])])
+    store = open_store(store_url)
+    try:
+        kept = list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
+    finally:
+        store.close()
+    assert kept == sent
+
+
+def test_what_a_refused_line_covers_is_not_stored_without_it(mosquitto, tmp_path, store_url):
+    """The line that carries a run's signature refused after the batch held together (here
+    a channel the server's register map no longer has): the lines it covers are refused
+    with it, naming it, rather than stored as covered messages nothing in the store covers
+    (an export of them could not be verified)."""
+    sent, prev = [], GENESIS
+    for seq in range(1, 6):
+        r = reading(seq)
+        sent.append(signed(dataclasses.replace(r, values={"gone": 1.0}) if seq == 5 else r, prev)[1])
+        prev = chain_hash(sent[-1])
+    topic = topics.batch("test-site", "gw-test")
+    run(mosquitto, store_url, sites(tmp_path, require=True), [(topic, batch.pack(sent[:3])[0])],
+        [(topic, batch.pack(sent[2:])[0])])
+    store = open_store(store_url)
+    try:
+        kept = list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
+        letters = store.dead_letters(100)
+    finally:
+        store.close()
+    assert kept == [signed_bytes(m) for m in sent[:2]] + [sent[2]]  # 3 is stored signed by the first batch
+    assert all(x.ok for _, x in verify_chained(kept, keys()))
+    reasons = {d.payload: d.reason for d in letters}
+    gone = "device 'm1' of site 'test-site' has no channel(s) gone in its register map"
+    assert reasons[sent[4]] == gone
+    assert reasons[signed_bytes(sent[3])] == f"custody: covered by seq 5, which was refused: {gone}"
+
+
+def test_an_export_finds_the_covering_message_however_long_after_its_window(store_url):
+    """A backlog of sparse readings: one batch's run may span months (a gateway away for
+    weeks, reading hourly); the message covering a window's last is exported however far
+    after the window it is stamped."""
+    open_ended = {"test-site": [public_key(K1, "k1", valid_from=dt.datetime(2024, 1, 1, tzinfo=dt.UTC))]}
+    sent, prev = [], GENESIS
+    for seq in range(1, 8):
+        ts = T0 + (dt.timedelta(days=90) if seq == 7 else dt.timedelta(hours=seq))
+        sent.append(signed(reading(seq, ts=ts), prev)[1])
+        prev = chain_hash(sent[-1])
+    kept = [signed_bytes(m) for m in sent[:-1]] + [sent[-1]]
+    v = [x for _, x in verify_chained(kept, open_ended)]
+    assert all(x.ok for x in v)
+    store = open_store(store_url)
+    try:
+        store.write([x.reading for x in v], messages=[SignedMessage.verified(m, x) for m, x in zip(kept, v)])
+        end = T0 + dt.timedelta(days=1)
+        folder = list(with_covering(store, "test-site", store.signed_messages("test-site", T0, end)))
+    finally:
+        store.close()
+    assert folder == kept

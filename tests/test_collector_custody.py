@@ -188,7 +188,7 @@ def test_a_conflict_two_collectors_write_at_once_is_found_after_the_write(tmp_pa
     ours, theirs = (dataclasses.replace(reading(1), values={"energy_import": v}) for v in (1.0, 2.0))
     mine, other = (SignedMessage.verified(raw, verify(raw, first.keys)) for raw in
                    (sign(r.to_json(), GENESIS, "k1", K1) for r in (ours, theirs)))
-    assert first.conflicts([mine]) == {} and second.conflicts([other]) == {}  # neither is stored yet
+    assert first.conflicts([mine]) == ({}, set()) and second.conflicts([other]) == ({}, set())  # neither is stored yet
     store.write([ours], messages=[mine])
     store.write([theirs], messages=[other])
     assert first.chain_findings([mine]) == []

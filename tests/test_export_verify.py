@@ -329,7 +329,7 @@ def test_the_messages_covering_the_last_of_the_window_are_exported_too(tmp_path,
     rc, out = run(folder, capsys)
     assert rc == 0, out
     # without them, the window's last messages are not covered
-    monkeypatch.setattr(custody_folder, "with_covering", lambda store, site, messages, end: messages)
+    monkeypatch.setattr(custody_folder, "with_covering", lambda store, site, messages: messages)
     (tmp_path / "without").mkdir()
     rc, out = run(make_export(tmp_path / "without", signer, days, signature_every=47), capsys)
     assert rc == 1 and "not covered: seq" in out and "has no signature and nothing after it" in out, out

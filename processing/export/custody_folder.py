@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from contract.custody import is_covered, link, write_folder
+from contract.custody import MAX_COVERED_RUN, is_covered, link, write_folder
 from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from processing.export.period_figures import PeriodFigures
 from processing.export.recompute import message_window
 
 FINDINGS = "findings.json"
-#: how far after the window the messages covering its last ones are first looked for, and at most
-COVER_SEARCH = dt.timedelta(hours=1)
-COVER_SEARCH_MAX = dt.timedelta(days=64)
+#: successors of a window's last covered message looked up at a time, by seq
+COVER_PAGE = 256
+#: successors stamped closer than this are read back in one query
+COVER_SPAN = dt.timedelta(hours=1)
 
 
 def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> tuple[list[Path], dict]:
@@ -41,7 +43,7 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
             yield m
 
     keys = [k for k in site.custody.keys if k.valid_from < end and (k.valid_to is None or k.valid_to > start)]
-    messages = with_covering(store, site.site, store.signed_messages(site.site, start, end), end)
+    messages = with_covering(store, site.site, store.signed_messages(site.site, start, end))
     root = write_folder(folder, {site.site: keys}, counted(messages))
     if not count[0]:
         shutil.rmtree(root)
@@ -58,42 +60,69 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
     return sorted(f for f in root.rglob("*") if f.is_file()), entry
 
 
-def with_covering(store: ReadingStore, site: str, messages: Iterable[bytes], end: dt.datetime) -> Iterator[bytes]:
-    """``messages`` (a window's, ordered by chain and seq, stamped before ``end``) and after
-    the last of each chain, when it is covered (``contract.custody``: kept without its
-    signature, the chain links it to a later signed message), the messages of its chain
-    stamped from ``end`` up to the first signed one: without them it could not be verified."""
+def with_covering(store: ReadingStore, site: str, messages: Iterable[bytes]) -> Iterator[bytes]:
+    """``messages`` (a window's, ordered by chain and seq) and after the last of each chain,
+    when it is covered (``contract.custody``: kept without its signature, the chain links
+    it to a later signed message), the messages of its chain after it, however long after
+    the window, up to the first signed one: without them it could not be verified."""
     last = None  # the message before, when covered, and its hash
     for m in messages:
         covered = is_covered(m)
         here = link(m) if covered or last else None  # most messages are signed: no hash of theirs is needed
         if last and (here is None or here[0] != last[1]):
-            yield from _covering(store, site, last[0], end)
+            yield from _covering(store, site, last[0])
         yield m
         last = (m, here[1]) if covered else None
     if last:
-        yield from _covering(store, site, last[0], end)
+        yield from _covering(store, site, last[0])
 
 
-def _covering(store: ReadingStore, site: str, last: bytes, end: dt.datetime) -> list[bytes]:
-    """The messages after ``last`` in its chain, from ``end``, up to and with the first signed
-    one; none when they are not all there (the verifier then reports ``last`` not covered)."""
+def _covering(store: ReadingStore, site: str, last: bytes) -> list[bytes]:
+    """The messages after ``last`` in its chain, up to and with the first signed one, found by
+    seq however long after the window they are stamped (a batch's run of sparse readings may
+    span months); none when they are not all there (the verifier then reports ``last`` not
+    covered)."""
     known = json.loads(last)
-    chain, seq = (known["gateway"], known["epoch"]), known["seq"]
-    span = COVER_SEARCH
-    while span <= COVER_SEARCH_MAX:  # a batch's run spans minutes to hours: look a little further each time
-        out = []
-        for raw in store.signed_messages(site, end, end + span):
-            m = json.loads(raw)
-            if (m["gateway"], m["epoch"]) != chain or m["seq"] <= seq:
-                continue
-            if m["seq"] != seq + len(out) + 1:
+    gateway, epoch, seq = known["gateway"], known["epoch"], known["seq"]
+    out: list[bytes] = []
+    while len(out) < MAX_COVERED_RUN:
+        first = seq + len(out) + 1
+        links = store.links(site, gateway, epoch, range(first, first + COVER_PAGE))
+        run = list(itertools.takewhile(links.__contains__, range(first, first + COVER_PAGE)))
+        found = {}
+        for start, stop in _spans(sorted(links[s].ts for s in run)):
+            for raw in store.signed_messages(site, start, stop):
+                m = json.loads(raw)
+                if (m["gateway"], m["epoch"]) == (gateway, epoch) and first <= m["seq"] < first + len(run):
+                    found[m["seq"]] = raw
+        for s in run:
+            if s not in found:
                 return []
-            out.append(raw)
-            if not is_covered(raw):
+            out.append(found[s])
+            if not is_covered(found[s]):
                 return out
-        span *= 4
+        if len(run) < COVER_PAGE:  # the chain stops before a signed message
+            return []
     return []
+
+
+def _spans(stamps: list[dt.datetime]) -> Iterator[tuple[dt.datetime, dt.datetime]]:
+    """[start, stop) spans holding ``stamps`` (sorted), one per cluster: a run spread over
+    months is not read back with everything stamped between."""
+    start = before = None
+    for ts in stamps:
+        if start is None:
+            start = ts
+        elif ts - before > COVER_SPAN:
+            yield start, before + _MS
+            start = ts
+        before = ts
+    if start is not None:
+        yield start, before + _MS
+
+
+#: the stores keep ``ts`` to the millisecond
+_MS = dt.timedelta(milliseconds=1)
 
 
 def _record(f: SequenceFinding | CustodyFinding) -> dict:
