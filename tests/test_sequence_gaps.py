@@ -567,3 +567,39 @@ def test_a_hole_up_to_the_highest_seq_is_one_gap_read_in_one_span(backend, tmp_p
     assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(4, MAX_SEQ - 1)]
     assert stored_ranges(store, "s", "gw") == [(E1, 1, 3), (E1, MAX_SEQ, MAX_SEQ)]
     store.close()
+
+
+def test_a_check_looks_only_at_new_holes_while_none_changed(tmp_path, monkeypatch):
+    """On a shared subscription each collector holds a hole for every seq the other took until
+    it next refreshes from the store, and a check ran over all of them every CHECK_EVERY_S (the
+    main cost of sharing): while no hole changed, it looks only at those above. The real gap is
+    still found a grace period on, and no false one."""
+    from collector import sequence_gaps
+    walked = []
+    holes = sequence_gaps._Epoch.holes
+    monkeypatch.setattr(sequence_gaps._Epoch, "holes", lambda self: walked.append(1) or holes(self))
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+
+    def readings(seqs):
+        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
+
+    lost = 777
+    for i in range(1, 4001, 200):  # the broker deals the seqs out in turn
+        seqs = [s for s in range(i, i + 200) if s != lost]
+        a.stored(readings(s for s in seqs if s % 2))
+        b.stored(readings(s for s in seqs if not s % 2))
+    clock[0] += 1
+    a.check()  # a full look (a refresh is due), then the holes are as they were
+    walked.clear()
+    for clock[0] in (2.0, 3.0, 4.0):
+        a.stored(readings(range(4001 + int(clock[0]) * 10, 4011 + int(clock[0]) * 10, 2)))
+        a.check()
+    assert walked == []
+    for clock[0] in (20.0, 40.0):
+        for gaps in (a, b):
+            gaps.stored(readings([]))
+            gaps.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s") if f.kind == "gap" and f.first <= 4000] == [
+        (lost, lost)]
