@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import logging
+import operator
 import secrets
 import time
 from collections.abc import Iterable
@@ -449,7 +450,7 @@ class SequenceGaps:
         """Our runs and the store's ranges of one epoch, joined where they overlap or touch
         (one sweep, as both may be long). Ours come first where both start alike: their
         times are the readings', the store's may be bounds."""
-        items = sorted([(r.first, 0, r) for r in runs] + [(r.first, 1, r) for r in ranges], key=lambda x: x[:2])
+        items = sorted([(r.first, 0, r) for r in runs] + [(r.first, 1, r) for r in ranges], key=operator.itemgetter(0, 1))
         out: list[_Run] = []
         for _, _, r in items:
             p = out[-1] if out else None
