@@ -120,8 +120,10 @@ class Acknowledgements:
         if epoch not in g.epochs and len(g.epochs) >= MAX_EPOCHS:
             del g.epochs[next(iter(g.epochs))]
         merged = acknowledgement.merge([*g.epochs.get(epoch, []), *ranges])
-        g.epochs[epoch] = acknowledgement.clip(merged, g.floor if epoch == g.current else 1,
-                                               MAX_SEQ)[:MAX_KEPT_RANGES]
+        floor = g.floor if epoch == g.current else 1
+        if merged and merged[0][0] < floor:  # else nothing to prune (up to a thousand ranges, twice a batch)
+            merged = acknowledgement.clip(merged, floor, MAX_SEQ)
+        g.epochs[epoch] = merged[:MAX_KEPT_RANGES]
 
     def _publish(self, key: tuple[str, str], ack: Ack) -> None:
         if not self.connection.connected.is_set():
