@@ -52,6 +52,9 @@ from jcm.broker import Mosquitto, free_port, stop_process, wait_for_port  # noqa
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 SITE = "bench"
 TOPIC = topics.ALL_READINGS
+#: the readings' sequence epoch: a gateway's readings carry one, and the store's acknowledgements
+#: (collector/acknowledgement.py) are published for an epoch only
+EPOCH = "0123456789abcdef"
 #: a contender is done when nothing more arrived for this long [s]: longer than SQLite's
 #: busy timeout (5 s), so that a collector waiting for another's lock is measured, not cut off
 IDLE_S = 6.0
@@ -62,7 +65,7 @@ def messages(n: int) -> list[tuple[str, bytes]]:
     for i in range(n):
         device = f"m{i % 10}"
         r = Reading(site=SITE, gateway="gw-bench", device=device, ts=T0 + dt.timedelta(seconds=i // 10),
-                    values={f"ch{k}": float(i + k) + 0.25 for k in range(20)}, seq=i + 1)
+                    values={f"ch{k}": float(i + k) + 0.25 for k in range(20)}, seq=i + 1, epoch=EPOCH)
         out.append((topics.reading(SITE, "gw-bench", device), r.to_json().encode()))
     return out
 

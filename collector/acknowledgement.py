@@ -73,6 +73,8 @@ class Acknowledgements:
         self.client = self.connection.client
         self.client.on_message = self._on_message
         self.published = 0
+        #: topic -> the payload last published there: its echo from the broker tells us nothing new
+        self._sent: dict[str, bytes] = {}
 
     def start(self) -> None:
         self.connection.start()
@@ -118,13 +120,17 @@ class Acknowledgements:
         if epoch not in g.epochs and len(g.epochs) >= MAX_EPOCHS:
             del g.epochs[next(iter(g.epochs))]
         merged = acknowledgement.merge([*g.epochs.get(epoch, []), *ranges])
-        g.epochs[epoch] = acknowledgement.clip(merged, g.floor if epoch == g.current else 1,
-                                               MAX_SEQ)[:MAX_KEPT_RANGES]
+        floor = g.floor if epoch == g.current else 1
+        if merged and merged[0][0] < floor:  # else nothing to prune (up to a thousand ranges, twice a batch)
+            merged = acknowledgement.clip(merged, floor, MAX_SEQ)
+        g.epochs[epoch] = merged[:MAX_KEPT_RANGES]
 
     def _publish(self, key: tuple[str, str], ack: Ack) -> None:
         if not self.connection.connected.is_set():
             return  # once connected again, the next batch says it all (the state is cumulative)
-        self.client.publish(topics.ack(*key, self.collector_id), ack.to_json(), qos=1, retain=True)
+        topic, payload = topics.ack(*key, self.collector_id), ack.to_json().encode()
+        self._sent[topic] = payload
+        self.client.publish(topic, payload, qos=1, retain=True)
         self.published += 1
 
     # paho's thread: tiny and never raising
@@ -133,6 +139,8 @@ class Acknowledgements:
             topic = msg._topic.decode("utf-8", "replace")
             if topic.endswith("/status"):
                 self._status(topics.parse_status(topic), msg.payload)
+            elif self._sent.get(topic) == msg.payload:
+                return  # ours, made from what we hold: nothing to fold in (one a batch)
             else:
                 site, gateway, _ = topics.parse_ack(topic)
                 ack = Ack.from_json(msg.payload)

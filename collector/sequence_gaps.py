@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import logging
+import operator
 import secrets
 import time
 from collections.abc import Iterable
@@ -118,6 +119,13 @@ class _Epoch:
     #: the lowest seq looked at: epochs count from 1 (seqs below the blocks learnt from the store
     #: were judged before); a sender without epochs is followed from where we meet it (None)
     floor: int | None = 1
+    #: whether a hole may have shrunk or split since ``suspected`` was built (a seq arrived below
+    #: the highest, the store's runs were merged in, a gap was recorded); if not, only holes above
+    #: those looked at can be new (above ``looked``, the first seq of the highest run then), and
+    #: ``oldest`` is still the earliest time in ``suspected``
+    reshaped: bool = True
+    looked: int = 0
+    oldest: float | None = None
 
     def add(self, seq: int, ts: dt.datetime) -> int | None:
         """Add a stored seq; return its block, or None for a seq already held."""
@@ -127,8 +135,12 @@ class _Epoch:
             if seq == tail.last + 1:  # the usual case: the next in order
                 tail.last, tail.last_ts = seq, ts
                 return self._own(seq, ts)
+            if seq > tail.last + 1:  # above every run: on a shared subscription, every other seq
+                runs.append(_Run(seq, seq, ts, ts))
+                return self._own(seq, ts)
             if tail.first <= seq <= tail.last:
                 return None
+        self.reshaped = True
         i = bisect.bisect_right(runs, seq, key=_first)  # runs[i-1].first <= seq < runs[i].first
         before = runs[i - 1] if i else None
         after = runs[i] if i < len(runs) else None
@@ -301,6 +313,7 @@ class SequenceGaps:
                 if epoch and first:
                     track.floor = first * BLOCK_SEQS
             if first <= top:
+                track.reshaped = True
                 track.runs[:] = self._merged(track.runs, block_ranges(
                     self.store.seq_blocks(site, gateway, epoch, first, top)))
 
@@ -344,24 +357,76 @@ class SequenceGaps:
         from the store. Raises ``StoreUnavailable``."""
         now = self.clock()
         for (site, gateway), epochs in self._gateways.items():
-            if not self._suspect(epochs, now):
+            oldest = self._suspect(epochs, now)
+            if oldest is None:
                 continue
             if now - self._refreshed.get((site, gateway), -REFRESH_S) >= REFRESH_S:
                 self._refresh(site, gateway, epochs)
                 self._refreshed[(site, gateway)] = now
-                self._suspect(epochs, now)
-            if any(now - t >= self.grace_s for track in epochs.values() for _, t in track.suspected.values()):
+                oldest = self._suspect(epochs, now)
+            if oldest is not None and now - oldest >= self.grace_s:
                 self._record_gaps(site, gateway, epochs, now)
 
-    def _suspect(self, epochs: dict[str, _Epoch], now: float) -> bool:
-        """Note since when each hole not yet recorded is missing; say whether there is one."""
+    def _suspect(self, epochs: dict[str, _Epoch], now: float) -> float | None:
+        """Note since when each hole not yet recorded is missing; return the earliest such
+        time (None: no hole). Called every ``CHECK_EVERY_S``, and on a shared subscription
+        there is a hole for every seq the other collector took since the last refresh: so
+        while no hole changed, only the holes above those suspected are looked at (new ones),
+        and otherwise each hole costs a dictionary look-up in the usual cases."""
+        oldest = None
         for track in epochs.values():
-            before = sorted((first, last, t) for first, (last, t) in track.suspected.items())
-            track.suspected = {}
-            for first, last, *_ in track.holes():
-                if not (track.recorded and track.is_recorded(first, last)):
-                    track.suspected[first] = (last, _missing_since(before, first, last, now))
-        return any(track.suspected for track in epochs.values())
+            if track.reshaped:
+                self._suspect_all(track, now)
+            else:
+                self._suspect_new(track, now)
+            if track.oldest is not None and (oldest is None or track.oldest < oldest):
+                oldest = track.oldest
+        return oldest
+
+    @staticmethod
+    def _suspect_all(track: _Epoch, now: float) -> None:
+        """Every hole: one seen before keeps its time, and so does what is left of its start
+        (seqs only ever arrive, so a hole only shrinks or splits); one above all those seen
+        before is new."""
+        before = track.suspected  # ascending by first seq: built here, from ``holes()``, in order
+        top = before[next(reversed(before))][0] if before else 0
+        ordered = None
+        track.suspected = suspected = {}
+        track.oldest = None
+        for first, last, *_ in track.holes():
+            if track.recorded and track.is_recorded(first, last):
+                continue
+            seen = before.get(first)
+            if seen is not None and seen[0] >= last:  # inside the hole seen before, which no other overlaps
+                since = seen[1]
+            elif first > top:
+                since = now
+            else:
+                if ordered is None:
+                    ordered = [(f, last_, t) for f, (last_, t) in before.items()]
+                since = _missing_since(ordered, first, last, now)
+            suspected[first] = (last, since)
+            if track.oldest is None or since < track.oldest:
+                track.oldest = since
+        track.reshaped = False
+        track.looked = track.runs[-1].first if track.runs else 0
+
+    @staticmethod
+    def _suspect_new(track: _Epoch, now: float) -> None:
+        """The holes above those looked at, while no hole changed: new, below the runs
+        appended above the highest."""
+        runs, new = track.runs, []
+        i = len(runs) - 1
+        while i > 0 and runs[i - 1].last + 1 > track.looked:
+            first, last = runs[i - 1].last + 1, runs[i].first - 1
+            if not (track.recorded and track.is_recorded(first, last)):
+                new.append((first, last))
+            i -= 1
+        for first, last in reversed(new):
+            track.suspected[first] = (last, now)
+        if new and track.oldest is None:
+            track.oldest = now
+        track.looked = runs[-1].first if runs else 0
 
     def _refresh(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
         """Merge in what the store holds of the blocks of the holes suspected: what other
@@ -376,6 +441,7 @@ class SequenceGaps:
                     spans.append([lo, hi])
             stored = [b for lo, hi in spans for b in self.store.seq_blocks(site, gateway, epoch, lo, hi)]
             if stored:
+                track.reshaped = True
                 track.runs[:] = self._merged(track.runs, block_ranges(stored))
                 track.forget_covered(b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch))
 
@@ -384,7 +450,7 @@ class SequenceGaps:
         """Our runs and the store's ranges of one epoch, joined where they overlap or touch
         (one sweep, as both may be long). Ours come first where both start alike: their
         times are the readings', the store's may be bounds."""
-        items = sorted([(r.first, 0, r) for r in runs] + [(r.first, 1, r) for r in ranges], key=lambda x: x[:2])
+        items = sorted([(r.first, 0, r) for r in runs] + [(r.first, 1, r) for r in ranges], key=operator.itemgetter(0, 1))
         out: list[_Run] = []
         for _, _, r in items:
             p = out[-1] if out else None
@@ -408,6 +474,7 @@ class SequenceGaps:
                 f = self._explain(f, track)
                 self.store.record_finding(f)
                 track.record(f)
+                track.reshaped = True
                 del track.suspected[first]
                 log.warning("site %s: gateway %s: %s", site, gateway, f.cause)
 

@@ -98,12 +98,14 @@ class Ack:
         if not isinstance(ranges, list) or len(ranges) > MAX_RANGES:
             raise ValueError(f"'ranges' is not a list of at most {MAX_RANGES} ranges")
         last = 0
-        for r in ranges:
-            if (not isinstance(r, list) or len(r) != 2 or any(type(s) is not int for s in r)
-                    or not last < r[0] <= r[1] <= MAX_SEQ):
+        out = []
+        for r in ranges:  # a collector reads every other's after each batch: no call per seq
+            if not (isinstance(r, list) and len(r) == 2 and type(r[0]) is int and type(r[1]) is int
+                    and last < r[0] <= r[1] <= MAX_SEQ):
                 raise ValueError(f"'ranges' are not ascending disjoint [first, last] pairs in 1..{MAX_SEQ}")
             last = r[1]
-        return cls(epoch, tuple((a, b) for a, b in ranges))
+            out.append((r[0], last))
+        return cls(epoch, tuple(out))
 
 
 def merge(ranges: Iterable[tuple[int, int]]) -> Ranges:

@@ -337,6 +337,39 @@ def test_collectors_sharing_a_stream_publish_one_merged_range(tmp_path, mosquitt
         watcher.loop_stop()
 
 
+def test_a_collector_reads_back_its_own_acknowledgement_only_after_a_restart(tmp_path, mosquitto, monkeypatch):
+    """Every acknowledgement comes back from the broker to the collector that published it (it
+    listens to all of them): parsing and merging its own, a batch's worth of one-seq ranges on a
+    shared subscription, after every batch told it nothing. Once restarted, it takes it back."""
+    e2e_site(tmp_path)
+    cfg = CollectorConfig(client_id="col-a", broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db",
+                          sites_dir=str(tmp_path / "sites"))
+    parsed = []
+    from_json = Ack.from_json
+    monkeypatch.setattr(Ack, "from_json", lambda payload: parsed.append(payload) or from_json(payload))
+    epoch = "00112233aabbccdd"
+    key = ("test-site", GATEWAY)
+    readings = [Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                        seq=s, epoch=epoch) for s in range(1, 200, 2)]
+    a = Acknowledgements(cfg, [key])
+    try:
+        a.start()
+        assert wait_until(a.connection.connected.is_set, 10)
+        time.sleep(0.3)
+        a.kept(readings, [])
+        time.sleep(0.5)  # its echo is back
+        assert parsed == []
+    finally:
+        a.stop()
+    again = Acknowledgements(cfg, [key])
+    try:
+        again.start()
+        assert wait_until(lambda: again._gateways[key].epochs.get(epoch), 10)  # its retained one from before
+        assert again._gateways[key].epochs[epoch] == [(s, s) for s in range(1, 200, 2)]
+    finally:
+        again.stop()
+
+
 def test_gateway_sigkilled_twice_keeps_what_the_store_has_not_confirmed(tmp_path, simulate):
     """What awaits the store is kept in memory only: a killed gateway sends it all again."""
     broker = broker_without_saves(tmp_path)

@@ -567,3 +567,90 @@ def test_a_hole_up_to_the_highest_seq_is_one_gap_read_in_one_span(backend, tmp_p
     assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(4, MAX_SEQ - 1)]
     assert stored_ranges(store, "s", "gw") == [(E1, 1, 3), (E1, MAX_SEQ, MAX_SEQ)]
     store.close()
+
+
+def test_a_check_looks_only_at_new_holes_while_none_changed(tmp_path, monkeypatch):
+    """On a shared subscription each collector holds a hole for every seq the other took until
+    it next refreshes from the store, and a check ran over all of them every CHECK_EVERY_S (the
+    main cost of sharing): while no hole changed, it looks only at those above. The real gap is
+    still found a grace period on, and no false one."""
+    from collector import sequence_gaps
+    walked = []
+    holes = sequence_gaps._Epoch.holes
+    monkeypatch.setattr(sequence_gaps._Epoch, "holes", lambda self: walked.append(1) or holes(self))
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+
+    def readings(seqs):
+        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
+
+    lost = 777
+    for i in range(1, 4001, 200):  # the broker deals the seqs out in turn
+        seqs = [s for s in range(i, i + 200) if s != lost]
+        a.stored(readings(s for s in seqs if s % 2))
+        b.stored(readings(s for s in seqs if not s % 2))
+    clock[0] += 1
+    a.check()  # a full look (a refresh is due), then the holes are as they were
+    walked.clear()
+    for clock[0] in (2.0, 3.0, 4.0):
+        a.stored(readings(range(4001 + int(clock[0]) * 10, 4011 + int(clock[0]) * 10, 2)))
+        a.check()
+    assert walked == []
+    for clock[0] in (20.0, 40.0):
+        for gaps in (a, b):
+            gaps.stored(readings([]))
+            gaps.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s") if f.kind == "gap" and f.first <= 4000] == [
+        (lost, lost)]
+
+
+@pytest.mark.fuzz
+def test_the_times_of_holes_are_those_of_a_full_look_at_every_check(tmp_path, monkeypatch):
+    """Seqs in any order, split between two collectors, the clock moving on: at every check
+    each hole suspected carries the time a full look over every hole would give it (that of
+    the hole it was part of, or now for a new one), though a check looks at new holes only
+    while none changed."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from collector import sequence_gaps
+
+    suspect = SequenceGaps._suspect
+
+    def checked(self, epochs, now):
+        before = {e: sorted((f, last, t) for f, (last, t) in track.suspected.items()) for e, track in epochs.items()}
+        oldest = suspect(self, epochs, now)
+        times = []
+        for e, track in epochs.items():
+            full = {f: (last, sequence_gaps._missing_since(before[e], f, last, now))
+                    for f, last, *_ in track.holes() if not track.is_recorded(f, last)}
+            assert track.suspected == full
+            times += [t for _, t in full.values()]
+        assert oldest == min(times, default=None)
+        return oldest
+
+    monkeypatch.setattr(SequenceGaps, "_suspect", checked)
+    examples = iter(range(10**9))
+
+    @settings(max_examples=fuzz_examples(30), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.integers(2, 80).flatmap(lambda n: st.tuples(
+        st.just(n), st.sets(st.integers(1, n - 1), max_size=n // 3), st.randoms(use_true_random=False))))
+    def one_example(case):
+        n, missing, rnd = case
+        store = SqliteStore(tmp_path / f"jcm-{next(examples)}.db")
+        clock = [0.0]
+        collectors = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2)]
+        sent = [s for s in range(1, n + 1) if s not in missing]
+        sent = sorted(sent, key=lambda s: s + rnd.randint(0, 10))  # mostly in order, as a live stream
+        while sent:
+            k = rnd.randint(1, 5)
+            batch, sent = sent[:k], sent[k:]
+            c = collectors[rnd.randint(0, 1)]
+            c.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                      for s in batch])
+            clock[0] += rnd.choice([0.0, 0.5, 1.0, 3.0])
+            c.check()
+        store.close()
+
+    one_example()
