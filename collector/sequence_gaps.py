@@ -276,6 +276,16 @@ class SequenceGaps:
             log.error("sequence bookkeeping: %s; %d readings' seqs held for the next batch",
                       printable(str(exc)), len(self._pending))
 
+    def save(self) -> None:
+        """Write the bookkeeping ``stored`` could not write yet: called before the readings are
+        acknowledged, as a gateway deletes what is acknowledged and a broker no longer redelivers
+        it, so seqs the bookkeeping never learnt would be a false gap after a restart. Raises
+        ``StoreUnavailable`` while the store refuses it."""
+        if self._pending or self._unsaved:
+            self.stored([])
+        if not self.off and (self._pending or self._unsaved):
+            raise StoreUnavailable("the sequence bookkeeping of stored readings is not written yet")
+
     def _write_blocks(self) -> None:
         """Write the blocks changed: each with every seq of it this process stored."""
         blocks = []

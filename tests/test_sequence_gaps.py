@@ -654,3 +654,33 @@ def test_the_times_of_holes_are_those_of_a_full_look_at_every_check(tmp_path, mo
         store.close()
 
     one_example()
+
+
+def test_seqs_are_acknowledged_only_once_the_bookkeeping_has_them(mosquitto, sites_dir, tmp_path, monkeypatch):
+    """The store takes the readings but not, for a while, their seqs' bookkeeping, and the
+    collector is stopped meanwhile: it acknowledged none of them (the broker redelivers them,
+    the gateway keeps them), so the next collector raises no false gap for seqs the store holds."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    pub = Publisher(mosquitto)
+    first = collector(mosquitto, store_url, sites_dir)
+    subscribed(first, pub)
+    pub.send([message(s) for s in range(1, 4)])
+    assert wait_until(lambda: first.stored >= 3)
+    time.sleep(0.3)  # their bookkeeping written too
+
+    def down(self, blocks):
+        raise StoreUnavailable("down for the bookkeeping")
+
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "record_seq_blocks", down)
+        pub.send([message(s) for s in range(4, 7)])
+        assert wait_until(lambda: first.stored >= 6)
+        time.sleep(0.3)
+        first.stop()
+    second = collector(mosquitto, store_url, sites_dir)
+    subscribed(second, pub, probe=7)
+    pub.send([message(s) for s in range(8, 11)])
+    settled(second, 4)
+    second.stop()
+    pub.close()
+    assert [(f.first, f.last) for f in findings(store_url)] == []
