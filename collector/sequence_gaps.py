@@ -53,6 +53,9 @@ REFRESH_S = 5.0
 #: hole further back when it starts was older than the grace period of the collector that saw
 #: it unless that gateway sent over 100 seqs a second
 LOAD_BLOCKS = 16
+#: gaps this process recorded that it looks for in the store until they arrive (the newest of
+#: each epoch): on a shared subscription their late seqs may reach the other collector only
+OPEN_GAPS = 16
 
 
 @dataclass
@@ -116,6 +119,8 @@ class _Epoch:
     suspected: dict[int, tuple[int, float]] = field(default_factory=dict)
     recorded: dict[int, SequenceFinding] = field(default_factory=dict)  # gap's first seq -> finding
     _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
+    #: first -> last seq of the gaps this process recorded, not yet resolved (at most ``OPEN_GAPS``)
+    open: dict[int, int] = field(default_factory=dict)
     #: the lowest seq looked at: epochs count from 1 (seqs below the blocks learnt from the store
     #: were judged before); a sender without epochs is followed from where we meet it (None)
     floor: int | None = 1
@@ -354,10 +359,11 @@ class SequenceGaps:
         f = track.recorded[track.recorded_first(seq)]
         if f.resolved is None:
             i = bisect.bisect_right(track.runs, seq, key=_first) - 1
-            if track.runs[i].first <= f.first and f.last <= track.runs[i].last:
+            if i >= 0 and track.runs[i].first <= f.first and f.last <= track.runs[i].last:
                 done = replace(f, resolved=dt.datetime.now(dt.UTC))
                 self.store.record_finding(done)
                 track.record(done)
+                track.open.pop(f.first, None)
                 log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
                          site, gateway, f.first, f.last, epoch or "(none)")
 
@@ -368,7 +374,7 @@ class SequenceGaps:
         now = self.clock()
         for (site, gateway), epochs in self._gateways.items():
             oldest = self._suspect(epochs, now)
-            if oldest is None:
+            if oldest is None and not any(track.open for track in epochs.values()):
                 continue
             if now - self._refreshed.get((site, gateway), -REFRESH_S) >= REFRESH_S:
                 self._refresh(site, gateway, epochs)
@@ -439,11 +445,11 @@ class SequenceGaps:
         track.looked = runs[-1].first if runs else 0
 
     def _refresh(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
-        """Merge in what the store holds of the blocks of the holes suspected: what other
-        collectors (or this one before a restart) stored."""
+        """Merge in what the store holds of the blocks of the holes suspected and of the gaps
+        recorded still open: what other collectors (or this one before a restart) stored."""
         for epoch, track in epochs.items():
             spans: list[list[int]] = []  # of blocks, joined where they touch (a hole may span 2**51 blocks)
-            for first, (last, _) in sorted(track.suspected.items()):
+            for first, last in sorted([(f, la) for f, (la, _) in track.suspected.items()] + list(track.open.items())):
                 lo, hi = first // BLOCK_SEQS, last // BLOCK_SEQS
                 if spans and lo <= spans[-1][1] + 1:
                     spans[-1][1] = max(spans[-1][1], hi)
@@ -454,6 +460,8 @@ class SequenceGaps:
                 track.reshaped = True
                 track.runs[:] = self._merged(track.runs, block_ranges(stored))
                 track.forget_covered(b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch))
+                for first in list(track.open):
+                    self._resolve(site, gateway, epoch, track, first)
 
     @staticmethod
     def _merged(runs: list[_Run], ranges: list[SeqRange]) -> list[_Run]:
@@ -484,6 +492,9 @@ class SequenceGaps:
                 f = self._explain(f, track)
                 self.store.record_finding(f)
                 track.record(f)
+                track.open[first] = last
+                if len(track.open) > OPEN_GAPS:
+                    del track.open[min(track.open)]
                 track.reshaped = True
                 del track.suspected[first]
                 log.warning("site %s: gateway %s: %s", site, gateway, f.cause)

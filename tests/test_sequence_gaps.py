@@ -684,3 +684,49 @@ def test_seqs_are_acknowledged_only_once_the_bookkeeping_has_them(mosquitto, sit
     second.stop()
     pub.close()
     assert [(f.first, f.last) for f in findings(store_url)] == []
+
+
+def test_a_late_seq_resolves_a_gap_the_other_collector_recorded(tmp_path):
+    """Two collectors on a shared subscription: one records a gap, the late seq reaches the
+    other, which never looked at that hole: the gap is marked resolved all the same."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+
+    def reading(s):
+        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+
+    a.stored([reading(s) for s in (1, 2, 3)])
+    b.stored([reading(5)])  # learns 1..3 from the store: 4 is missing
+    clock[0] = 20.0
+    b.check()
+    assert [(f.first, f.last, f.resolved) for f in store.sequence_findings("s")] == [(4, 4, None)]
+    a.stored([reading(4)])
+    clock[0] = 40.0
+    for c in (a, b):
+        c.check()
+    [f] = store.sequence_findings("s")
+    assert f.resolved is not None
+
+
+def test_a_recorded_gap_whose_late_seqs_are_split_across_collectors_is_resolved(tmp_path):
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+
+    def reading(s):
+        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+
+    a.stored([reading(s) for s in (1, 2, 3, 10)])
+    b.stored([reading(s) for s in (11, 12)])
+    clock[0] = 20.0
+    for c in (a, b):
+        c.check()
+    assert [(f.first, f.last, f.resolved) for f in store.sequence_findings("s")] == [(4, 9, None)]
+    a.stored([reading(s) for s in (4, 6, 8)])
+    b.stored([reading(s) for s in (5, 7, 9)])
+    clock[0] = 40.0
+    for c in (a, b):
+        c.check()
+    [f] = store.sequence_findings("s")
+    assert f.resolved is not None
