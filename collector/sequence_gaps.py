@@ -223,6 +223,7 @@ class SequenceGaps:
         self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
         self._next_check = 0.0
         self.off = False  # the store cannot read the bookkeeping back (see ``stored``)
+        self._refused = False  # the store refused the last ``stored`` (not a fault of ours)
         self._pending: list[Reading] = []  # stored, but their seqs not yet followed (the store refused)
         #: names this process's blocks in the store: a restarted collector must not replace what it
         #: wrote before (it no longer holds those seqs), nor another collector's
@@ -245,6 +246,7 @@ class SequenceGaps:
             return
         readings = self._pending + readings
         self._pending = []
+        self._refused = False
         done = 0
         try:
             for r in readings:
@@ -274,6 +276,7 @@ class SequenceGaps:
             if not isinstance(exc, StoreUnavailable):
                 log.error("sequence bookkeeping failed: %s", printable(repr(exc)), exc_info=True)
             self._pending = readings[done:]
+            self._refused = isinstance(exc, StoreUnavailable)
             if len(self._pending) > MAX_PENDING:
                 log.error("sequence bookkeeping: dropping %d readings' seqs held too long; their seqs may "
                           "show as false gaps", len(self._pending) - MAX_PENDING)
@@ -285,11 +288,11 @@ class SequenceGaps:
         """Write the bookkeeping ``stored`` could not write yet: called before the readings are
         acknowledged, as a gateway deletes what is acknowledged and a broker no longer redelivers
         it, so seqs the bookkeeping never learnt would be a false gap after a restart. Raises
-        ``StoreUnavailable`` while the store refuses it."""
+        ``StoreUnavailable`` while the store refuses it (a fault of ours holds nothing up)."""
         if self._pending or self._unsaved:
             self.stored([])
-        if not self.off and (self._pending or self._unsaved):
-            raise StoreUnavailable("the sequence bookkeeping of stored readings is not written yet")
+            if self._refused and (self._pending or self._unsaved):
+                raise StoreUnavailable("the sequence bookkeeping of stored readings is not written yet")
 
     def _write_blocks(self) -> None:
         """Write the blocks changed: each with every seq of it this process stored."""
