@@ -416,7 +416,7 @@ def test_a_refresh_reads_the_blocks_of_the_holes_not_the_history(tmp_path):
     for clock[0] in (300.0, 400.0):
         gaps.check()
     assert [(f.first, f.last) for f in store.sequence_findings("s")][-1] == (n + 50, n + 50)
-    assert sum(read) <= 2, read  # the hole's block
+    assert sum(read) <= 4, read  # the hole's block and the one before (the newest gaps still open), twice
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
