@@ -6,6 +6,7 @@ gateway's outbox cap explains says so; a new epoch is reported loudly and raises
 view alarm; the processor lists a period's gaps in its QA findings."""
 
 import datetime as dt
+from dataclasses import replace
 import json
 import logging
 import random
@@ -752,3 +753,20 @@ def test_a_collector_restarted_within_the_grace_period_of_a_hole_below_its_newes
     for clock[0] in (100.0, 200.0):
         second.check()
     assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(11, 20)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_gaps_noticed_in_the_same_millisecond_are_all_kept(backend, tmp_path, request):
+    """A check records every hole past the grace period at once: InfluxDB keeps one point per
+    series and time, so findings of one gateway and epoch noticed alike must not be one point."""
+    if backend == "sqlite":
+        store = SqliteStore(tmp_path / "jcm.db")
+    else:
+        store = open_store(f"influxdb://127.0.0.1:{request.getfixturevalue('influxdb').port}?api=v1&db=jcm")
+    gaps = [SequenceFinding("gap", "s", "gw", E1, first, first + 1, T0, "lost") for first in (4, 1004, 2000)]
+    for f in gaps:
+        store.record_finding(f)
+    store.record_finding(replace(gaps[1], resolved=T0 + dt.timedelta(seconds=5)))
+    assert [(f.first, f.resolved) for f in store.sequence_findings("s")] == [
+        (4, None), (1004, T0 + dt.timedelta(seconds=5)), (2000, None)]
+    store.close()
