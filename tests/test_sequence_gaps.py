@@ -770,3 +770,50 @@ def test_gaps_noticed_in_the_same_millisecond_are_all_kept(backend, tmp_path, re
     assert [(f.first, f.resolved) for f in store.sequence_findings("s")] == [
         (4, None), (1004, T0 + dt.timedelta(seconds=5)), (2000, None)]
     store.close()
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_seqs_about_block_edges_split_across_restarted_collectors_give_every_lost_seq_one_gap(
+        backend, tmp_path, request):
+    """Seqs about the edges of blocks and words (4095/4096/4097, 8191/8192), some lost, the
+    rest redelivered, shuffled and split between two collectors that restart now and then:
+    every lost seq lies in exactly one gap recorded and no stored seq in any, in either store."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    if backend == "sqlite":
+        store = SqliteStore(tmp_path / "jcm.db")
+    else:
+        store = open_store(f"influxdb://127.0.0.1:{request.getfixturevalue('influxdb').port}?api=v1&db=jcm")
+    domain = [*range(1, 6), *range(60, 70), *range(4090, 4102), *range(8188, 8198), 12287]
+    examples = iter(range(10**9))
+
+    @settings(max_examples=fuzz_examples(4), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sets(st.sampled_from(domain[:-1]), min_size=1, max_size=6), st.randoms(use_true_random=False))
+    def one_example(lost, rnd):
+        site = f"s{next(examples)}"  # one store for every example
+        clock = [0.0]
+        collectors = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2)]
+        sent = [s for s in domain if s not in lost]
+        sent += rnd.sample(sent, 5)
+        rnd.shuffle(sent)
+        while sent:
+            k = rnd.randint(1, 4)
+            batch, sent = sent[:k], sent[k:]
+            i = rnd.randrange(2)
+            if rnd.random() < 0.15:
+                collectors[i] = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])  # restarted
+            collectors[i].stored([Reading(site, "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+                                  for s in batch])
+            clock[0] += rnd.choice([0.05, 0.2, 0.3])  # all within the grace period: none is late
+            collectors[i].check()
+        for clock[0] in (clock[0] + 100, clock[0] + 200, clock[0] + 300):
+            for c in collectors:
+                c.check()
+        gaps = [(f.first, f.last) for f in store.sequence_findings(site) if f.kind == "gap"]
+        assert not [s for s in domain if s not in lost and any(a <= s <= b for a, b in gaps)], gaps
+        assert all(sum(a <= s <= b for a, b in gaps) == 1 for s in lost), (gaps, lost)
+
+    one_example()
+    store.close()
