@@ -817,3 +817,19 @@ def test_seqs_about_block_edges_split_across_restarted_collectors_give_every_los
 
     one_example()
     store.close()
+
+
+def test_an_influxdb_finding_kept_at_its_time_noticed_is_still_read_and_resolved(influxdb):
+    """Stores written before kept a finding at the time noticed: it reads as before, and its
+    resolution (now a point at its first seq) replaces it."""
+    from influxdb_client import WritePrecision
+
+    store = open_store(f"influxdb://127.0.0.1:{influxdb.port}?api=v1&db=jcm")
+    store._post_sequence([f'sequence_finding,epoch={E1},gateway=gw,kind=gap,site=s cause="lost",explained=0i,'
+                          f'first=4i,last=5i,previous="" {to_ms(T0)}'.encode()], WritePrecision.MS)
+    [old] = store.sequence_findings("s")
+    assert (old.first, old.last, old.noticed, old.resolved) == (4, 5, T0, None)
+    store.record_finding(replace(old, resolved=T0 + dt.timedelta(seconds=5)))
+    assert [(f.first, f.noticed, f.resolved) for f in store.sequence_findings("s")] == [
+        (4, T0, T0 + dt.timedelta(seconds=5))]
+    store.close()
