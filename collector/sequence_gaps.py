@@ -53,6 +53,9 @@ REFRESH_S = 5.0
 #: hole further back when it starts was older than the grace period of the collector that saw
 #: it unless that gateway sent over 100 seqs a second
 LOAD_BLOCKS = 16
+#: gaps this process recorded that it looks for in the store until they arrive (the newest of
+#: each epoch): on a shared subscription their late seqs may reach the other collector only
+OPEN_GAPS = 16
 
 
 @dataclass
@@ -116,6 +119,8 @@ class _Epoch:
     suspected: dict[int, tuple[int, float]] = field(default_factory=dict)
     recorded: dict[int, SequenceFinding] = field(default_factory=dict)  # gap's first seq -> finding
     _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
+    #: first -> last seq of the gaps this process recorded, not yet resolved (at most ``OPEN_GAPS``)
+    open: dict[int, int] = field(default_factory=dict)
     #: the lowest seq looked at: epochs count from 1 (seqs below the blocks learnt from the store
     #: were judged before); a sender without epochs is followed from where we meet it (None)
     floor: int | None = 1
@@ -218,6 +223,7 @@ class SequenceGaps:
         self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
         self._next_check = 0.0
         self.off = False  # the store cannot read the bookkeeping back (see ``stored``)
+        self._refused = False  # the store refused the last ``stored`` (not a fault of ours)
         self._pending: list[Reading] = []  # stored, but their seqs not yet followed (the store refused)
         #: names this process's blocks in the store: a restarted collector must not replace what it
         #: wrote before (it no longer holds those seqs), nor another collector's
@@ -240,6 +246,7 @@ class SequenceGaps:
             return
         readings = self._pending + readings
         self._pending = []
+        self._refused = False
         done = 0
         try:
             for r in readings:
@@ -269,12 +276,23 @@ class SequenceGaps:
             if not isinstance(exc, StoreUnavailable):
                 log.error("sequence bookkeeping failed: %s", printable(repr(exc)), exc_info=True)
             self._pending = readings[done:]
+            self._refused = isinstance(exc, StoreUnavailable)
             if len(self._pending) > MAX_PENDING:
                 log.error("sequence bookkeeping: dropping %d readings' seqs held too long; their seqs may "
                           "show as false gaps", len(self._pending) - MAX_PENDING)
                 del self._pending[:-MAX_PENDING]
             log.error("sequence bookkeeping: %s; %d readings' seqs held for the next batch",
                       printable(str(exc)), len(self._pending))
+
+    def save(self) -> None:
+        """Write the bookkeeping ``stored`` could not write yet: called before the readings are
+        acknowledged, as a gateway deletes what is acknowledged and a broker no longer redelivers
+        it, so seqs the bookkeeping never learnt would be a false gap after a restart. Raises
+        ``StoreUnavailable`` while the store refuses it (a fault of ours holds nothing up)."""
+        if self._pending or self._unsaved:
+            self.stored([])
+            if self._refused and (self._pending or self._unsaved):
+                raise StoreUnavailable("the sequence bookkeeping of stored readings is not written yet")
 
     def _write_blocks(self) -> None:
         """Write the blocks changed: each with every seq of it this process stored."""
@@ -344,10 +362,11 @@ class SequenceGaps:
         f = track.recorded[track.recorded_first(seq)]
         if f.resolved is None:
             i = bisect.bisect_right(track.runs, seq, key=_first) - 1
-            if track.runs[i].first <= f.first and f.last <= track.runs[i].last:
+            if i >= 0 and track.runs[i].first <= f.first and f.last <= track.runs[i].last:
                 done = replace(f, resolved=dt.datetime.now(dt.UTC))
                 self.store.record_finding(done)
                 track.record(done)
+                track.open.pop(f.first, None)
                 log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
                          site, gateway, f.first, f.last, epoch or "(none)")
 
@@ -358,7 +377,7 @@ class SequenceGaps:
         now = self.clock()
         for (site, gateway), epochs in self._gateways.items():
             oldest = self._suspect(epochs, now)
-            if oldest is None:
+            if oldest is None and not any(track.open for track in epochs.values()):
                 continue
             if now - self._refreshed.get((site, gateway), -REFRESH_S) >= REFRESH_S:
                 self._refresh(site, gateway, epochs)
@@ -429,11 +448,11 @@ class SequenceGaps:
         track.looked = runs[-1].first if runs else 0
 
     def _refresh(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
-        """Merge in what the store holds of the blocks of the holes suspected: what other
-        collectors (or this one before a restart) stored."""
+        """Merge in what the store holds of the blocks of the holes suspected and of the gaps
+        recorded still open: what other collectors (or this one before a restart) stored."""
         for epoch, track in epochs.items():
             spans: list[list[int]] = []  # of blocks, joined where they touch (a hole may span 2**51 blocks)
-            for first, (last, _) in sorted(track.suspected.items()):
+            for first, last in sorted([(f, la) for f, (la, _) in track.suspected.items()] + list(track.open.items())):
                 lo, hi = first // BLOCK_SEQS, last // BLOCK_SEQS
                 if spans and lo <= spans[-1][1] + 1:
                     spans[-1][1] = max(spans[-1][1], hi)
@@ -444,6 +463,8 @@ class SequenceGaps:
                 track.reshaped = True
                 track.runs[:] = self._merged(track.runs, block_ranges(stored))
                 track.forget_covered(b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch))
+                for first in list(track.open):
+                    self._resolve(site, gateway, epoch, track, first)
 
     @staticmethod
     def _merged(runs: list[_Run], ranges: list[SeqRange]) -> list[_Run]:
@@ -474,6 +495,9 @@ class SequenceGaps:
                 f = self._explain(f, track)
                 self.store.record_finding(f)
                 track.record(f)
+                track.open[first] = last
+                if len(track.open) > OPEN_GAPS:
+                    del track.open[min(track.open)]
                 track.reshaped = True
                 del track.suspected[first]
                 log.warning("site %s: gateway %s: %s", site, gateway, f.cause)

@@ -274,6 +274,11 @@ class Collector:
         refused_ids = {id(r) for r, _ in refused}
         kept = [r for r in readings if id(r) not in refused_ids]
         self.sequences.stored(kept)
+        try:
+            self._retrying(self.sequences.save, len(batch))
+        except _Stopping:
+            log.error("stopping with %d messages' seqs unrecorded: the broker will redeliver them", len(batch))
+            return
         self.clocks.received(sorted([(r, source[id(r)].received) for r in kept] + stamped, key=lambda x: x[1]))
         self.stored += len(readings) - len(refused)
         self.dead += refused_count + len(refused)

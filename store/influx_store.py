@@ -394,13 +394,14 @@ class InfluxStore:
         f = finding
         p = (Point(FINDINGS).tag("site", f.site).tag("gateway", f.gateway).tag("epoch", f.epoch).tag("kind", f.kind)
              .field("first", f.first).field("last", f.last).field("cause", f.cause).field("explained", f.explained)
-             .field("previous", f.previous))
+             .field("previous", f.previous).field("noticed", _ms(f.noticed)))
         for name, ts in (("start", f.start), ("end", f.end), ("resolved", f.resolved)):
             if ts is not None:
                 p.field(name, _ms(ts))
-        # at the time first noticed: recording it again (resolved) replaces the point
-        self._post_sequence([p.time(_ms(f.noticed), WritePrecision.MS).to_line_protocol().encode()],
-                            WritePrecision.MS)
+        # at the time first - 1 [ns] (MAX_SEQ is past InfluxDB's last time): one point per identity,
+        # recording it again (resolved) replaces it. Stores written before kept it at the time
+        # noticed, where a check's gaps noticed within one millisecond were one point: all but one lost
+        self._post_sequence([p.time(f.first - 1, WritePrecision.NS).to_line_protocol().encode()], WritePrecision.NS)
 
     def sequence_findings(self, site=None) -> list[SequenceFinding]:
         where = f' WHERE "site" = {_lit(site)}' if site else ""
@@ -412,7 +413,7 @@ class InfluxStore:
                 v = dict(zip(s["columns"], values))
                 f = SequenceFinding(
                     tags["kind"], tags["site"], tags["gateway"], tags.get("epoch", ""), v["first"], v["last"],
-                    _from_ms(v["time"]), v["cause"], v["explained"], v["previous"] or "", _from_ms(v.get("start")),
+                    _from_ms(v["time"] if v.get("noticed") is None else v["noticed"]), v["cause"], v["explained"], v["previous"] or "", _from_ms(v.get("start")),
                     _from_ms(v.get("end")), _from_ms(v.get("resolved")))
                 key = (f.site, f.gateway, f.epoch, f.kind, f.first)
                 # two collectors may record one finding at different times: keep the first, resolved if either is
