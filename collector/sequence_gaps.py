@@ -49,10 +49,12 @@ CHECK_EVERY_S = 1.0
 #: how often a gateway with holes learns from the store what other collectors stored [s]: on a
 #: shared subscription each collector sees part of the stream, and its own runs would pile up
 REFRESH_S = 5.0
-#: blocks of each epoch a collector learns when it meets a gateway (the newest; 65,536 seqs): a
-#: hole further back when it starts was older than the grace period of the collector that saw
-#: it unless that gateway sent over 100 seqs a second
-LOAD_BLOCKS = 16
+#: blocks of each epoch a collector learns when it meets a gateway (the newest; 4,194,304 seqs,
+#: 34 ms on SQLite): a hole further back when it starts was older than the grace period of the
+#: collector that saw it unless the gateway sent over 6,990 seqs a second for all of the default
+#: 600 s (a backlog drains in batches at ~1,500 a second over 1 Mbit/s, faster on a LAN: a hole
+#: beyond that, left unjudged by a collector that stopped, is not found; tests/test_sequence_gaps.py)
+LOAD_BLOCKS = 1024
 #: gaps this process recorded that it looks for in the store until they arrive (the newest of
 #: each epoch): on a shared subscription their late seqs may reach the other collector only
 OPEN_GAPS = 16
