@@ -48,6 +48,7 @@ import urllib3  # noqa: E402
 from contract import topics  # noqa: E402
 from contract.message import Reading  # noqa: E402
 from jcm.broker import Mosquitto, free_port, stop_process, wait_for_port  # noqa: E402
+from jcm.influxd import influxd_config  # noqa: E402
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 SITE = "bench"
@@ -248,13 +249,7 @@ class Servers:
     def influx(self) -> int:
         d = self.workdir / "influxdb"
         d.mkdir()
-        port, rpc = free_port(), free_port()
-        conf = d / "influxdb.conf"
-        conf.write_text(
-            f'reporting-disabled = true\nbind-address = "127.0.0.1:{rpc}"\n[meta]\n  dir = "{d}/meta"\n'
-            f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
-            f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
-            '[monitor]\n  store-enabled = false\n[continuous_queries]\n  enabled = false\n')
+        conf, port = influxd_config(d)
         self._start("influx1", [shutil.which("influxd"), "-config", str(conf)], port)
         return port
 

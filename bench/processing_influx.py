@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from contract.config import load_site  # noqa: E402
 from contract.gc_paused import gc_paused  # noqa: E402
-from jcm.broker import free_port, stop_process, wait_for_port  # noqa: E402
+from jcm.broker import stop_process, wait_for_port  # noqa: E402
+from jcm.influxd import influxd_config  # noqa: E402
 from processing.export import export_period  # noqa: E402
 from processing.ledger import Ledger  # noqa: E402
 from processing.monthly import month_bounds, process_month  # noqa: E402
@@ -49,13 +50,7 @@ def start_influxd(d: Path) -> tuple[subprocess.Popen, int]:
     exe = shutil.which("influxd")
     if not exe:
         sys.exit("influxd is not installed (apt-get install -y influxdb)")
-    port, rpc = free_port(), free_port()
-    conf = d / "influxdb.conf"
-    conf.write_text(
-        f'reporting-disabled = true\nbind-address = "127.0.0.1:{rpc}"\n[meta]\n  dir = "{d}/meta"\n'
-        f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
-        f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
-        '[monitor]\n  store-enabled = false\n[continuous_queries]\n  enabled = false\n')
+    conf, port = influxd_config(d)
     proc = subprocess.Popen([exe, "-config", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, timeout=30)

@@ -22,7 +22,6 @@ import csv
 import datetime as dt
 import hashlib
 import io
-import json
 import math
 import tempfile
 import warnings
@@ -37,6 +36,7 @@ from contract.message import Reading
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export.custody_folder import FINDINGS, read_findings
+from processing.export.json_file import read_json
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, recompute
 from processing.fixed_values import from_record
 from processing.monthly import versions
@@ -93,12 +93,7 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
 
 def _manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror}): not an export folder") from None
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"{path}: not JSON: {exc}") from None
+    manifest = read_json(path, str(path))
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ValueError(f"{path}: no 'files' object: not the manifest of an export")
     return manifest

@@ -21,6 +21,7 @@ from contract import batch
 from contract.config import load_site
 from contract.message import Reading
 from jcm.broker import Mosquitto, free_port, stop_process, wait_for_port
+from jcm.influxd import influxd_config
 from simulators.modbus_server import SiteSimulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,16 +186,7 @@ def influxdb(tmp_path):
     assert exe, "influxd is not installed (apt-get install -y influxdb)"
     d = tmp_path / "influxdb"
     d.mkdir()
-    port, rpc = free_port(), free_port()
-    conf = d / "influxdb.conf"
-    conf.write_text(
-        f'reporting-disabled = true\nbind-address = "127.0.0.1:{rpc}"\n'
-        f'[meta]\n  dir = "{d}/meta"\n'
-        f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
-        f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
-        '[monitor]\n  store-enabled = false\n'
-        '[continuous_queries]\n  enabled = false\n'
-    )
+    conf, port = influxd_config(d)
     server = ServerProcess([exe, "-config", str(conf)], port, d).start()
     _http("POST", f"http://127.0.0.1:{port}/query", {"q": "CREATE DATABASE jcm"})
     yield server

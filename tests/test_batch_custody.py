@@ -162,6 +162,15 @@ def test_an_export_holds_the_message_after_its_window_that_covers_its_last(tmp_p
     assert [x.kind for _, x in verify_chained(kept[:11], keys())][-3:] == ["not_covered"] * 3
 
 
+def stored(store_url: str) -> tuple[list[bytes], list]:
+    """The signed messages of the day the store holds, and its dead letters."""
+    store = open_store(store_url)
+    try:
+        return list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1))), store.dead_letters(100)
+    finally:
+        store.close()
+
+
 def test_the_collector_keeps_a_signed_backlog_batch_and_refuses_a_broken_one_line_by_line(mosquitto, tmp_path,
                                                                                          store_url):
     sent = messages(range(1, 31))
@@ -170,12 +179,7 @@ def test_the_collector_keeps_a_signed_backlog_batch_and_refuses_a_broken_one_lin
     broken = broken[:3] + broken[4:]  # seq 24 removed on the way
     run(mosquitto, store_url, sites(tmp_path, require=True), [(topic, batch.pack(sent[:20])[0])],
         [(topic, zlib.compress(b"\n".join(broken)))])
-    store = open_store(store_url)
-    try:
-        kept = list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
-        letters = store.dead_letters(100)
-    finally:
-        store.close()
+    kept, letters = stored(store_url)
     assert kept == [signed_bytes(m) for m in sent[:19]] + [sent[19]]
     assert sorted(d.payload for d in letters) == sorted(broken)
     assert {d.reason for d in letters} == {'custody: batch refused whole: line 4: "prev" left out, but line 3 is '
@@ -251,11 +255,7 @@ def test_a_stored_signed_message_keeps_its_signature_when_its_covered_form_comes
     alone = [(topics.reading("test-site", "gw-test", "m1"), m) for m in sent]
     run(mosquitto, store_url, sites(tmp_path, require=True), alone,
         [(topics.batch("test-site", "gw-test"), batch.pack(sent)[0])])
-    store = open_store(store_url)
-    try:
-        kept = list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
-    finally:
-        store.close()
+    kept, _ = stored(store_url)
     assert kept == sent
 
 
@@ -272,12 +272,7 @@ def test_what_a_refused_line_covers_is_not_stored_without_it(mosquitto, tmp_path
     topic = topics.batch("test-site", "gw-test")
     run(mosquitto, store_url, sites(tmp_path, require=True), [(topic, batch.pack(sent[:3])[0])],
         [(topic, batch.pack(sent[2:])[0])])
-    store = open_store(store_url)
-    try:
-        kept = list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1)))
-        letters = store.dead_letters(100)
-    finally:
-        store.close()
+    kept, letters = stored(store_url)
     assert kept == [signed_bytes(m) for m in sent[:2]] + [sent[2]]  # 3 is stored signed by the first batch
     assert all(x.ok for _, x in verify_chained(kept, keys()))
     reasons = {d.payload: d.reason for d in letters}

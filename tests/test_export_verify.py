@@ -346,21 +346,8 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
     from tests.conftest import wait_until
     from tests.test_collector import Publisher, config
 
-    data = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
-    data["custody"] = {"keys": [public_key(signer, "k1").model_dump(mode="json")]}
-    (tmp_path / "sites").mkdir()
-    (tmp_path / "sites" / "mn-solar.yaml").write_text(yaml.safe_dump(data))
-    site = load_site(tmp_path / "sites" / "mn-solar.yaml")
-    prev, seq, sent = GENESIS, 0, []
-    for batch in history(site, FIRST, FIRST, step_s=1800, channels=set(site.monitoring_channels)):
-        for r in batch:
-            seq += 1
-            values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
-            r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
-                        seq=seq, epoch=EPOCH)
-            sent.append((topics.reading(r.site, r.gateway, r.device),
-                         sign(r.to_json(), "ab" * 32 if seq == 200 else prev, "k1", signer)))
-            prev = chain_hash(sent[-1][1])
+    _, signed = signed_history(tmp_path, signer, {}, wrong_prev_at=200)
+    sent = [(topics.reading(r.site, r.gateway, r.device), m) for r, m in signed]
     lost = len(sent) // 2
     url = f"sqlite:///{tmp_path}/jcm.db"
     c = Collector(config(mosquitto, url, tmp_path / "sites", gap_grace_s=0.5))
@@ -390,6 +377,27 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
     assert out.rstrip().endswith("VERDICT: FAILED: 2 chain break(s)")
 
 
+def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = None):
+    """mn-solar's site file with ``signer`` as key k1 (and ``custody``) in ``tmp_path/sites``,
+    and its first day's readings signed as one chain: (site, [(reading, signed message)]);
+    ``wrong_prev_at``: that seq carries a wrong ``prev``."""
+    data = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
+    data["custody"] = {**custody, "keys": [public_key(signer, "k1").model_dump(mode="json")]}
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "sites" / "mn-solar.yaml").write_text(yaml.safe_dump(data))
+    site = load_site(tmp_path / "sites" / "mn-solar.yaml")
+    prev, seq, signed = GENESIS, 0, []
+    for part in history(site, FIRST, FIRST, step_s=1800, channels=set(site.monitoring_channels)):
+        for r in part:
+            seq += 1
+            values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
+            r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
+                        seq=seq, epoch=EPOCH)
+            signed.append((r, sign(r.to_json(), "ab" * 32 if seq == wrong_prev_at else prev, "k1", signer)))
+            prev = chain_hash(signed[-1][1])
+    return site, signed
+
+
 def test_a_signed_backlog_in_batches_through_the_collector_is_exported_and_verified(tmp_path, mosquitto, signer,
                                                                                        capsys):
     """The gateway's backlog as it crosses a thin link: batches that leave out what each
@@ -400,20 +408,8 @@ def test_a_signed_backlog_in_batches_through_the_collector_is_exported_and_verif
     from tests.conftest import wait_until
     from tests.test_collector import Publisher, config
 
-    data = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
-    data["custody"] = {"require_signatures": True, "keys": [public_key(signer, "k1").model_dump(mode="json")]}
-    (tmp_path / "sites").mkdir()
-    (tmp_path / "sites" / "mn-solar.yaml").write_text(yaml.safe_dump(data))
-    site = load_site(tmp_path / "sites" / "mn-solar.yaml")
-    prev, seq, sent = GENESIS, 0, []
-    for part in history(site, FIRST, FIRST, step_s=1800, channels=set(site.monitoring_channels)):
-        for r in part:
-            seq += 1
-            values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
-            r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
-                        seq=seq, epoch=EPOCH)
-            sent.append(sign(r.to_json(), prev, "k1", signer))
-            prev = chain_hash(sent[-1])
+    site, signed = signed_history(tmp_path, signer, {"require_signatures": True})
+    sent = [m for _, m in signed]
     packed, i, last = [], 0, set()
     while i < len(sent):
         payload, n = batch.pack(sent[i:], 1200)  # small batches: several chain runs

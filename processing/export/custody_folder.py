@@ -20,6 +20,7 @@ from pathlib import Path
 
 from contract.custody import MAX_COVERED_RUN, is_covered, link, write_folder
 from contract.store import CustodyFinding, ReadingStore, SequenceFinding
+from processing.export.json_file import read_json
 from processing.export.period_figures import PeriodFigures
 from processing.export.recompute import message_window
 
@@ -132,12 +133,7 @@ def _record(f: SequenceFinding | CustodyFinding) -> dict:
 
 def read_findings(path: Path) -> tuple[list[SequenceFinding], list[CustodyFinding]]:
     """``custody/findings.json``; ``ValueError`` naming the file and the finding."""
-    try:
-        listed = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"{path.name}: cannot read: {exc.strerror}") from None
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"{path.name}: not JSON: {exc}") from None
+    listed = read_json(path, path.name)
     if not isinstance(listed, dict) or not all(isinstance(listed.get(k), list)
                                                for k in ("sequence_findings", "custody_findings")):
         raise ValueError(f"{path.name}: not lists 'sequence_findings' and 'custody_findings'")
