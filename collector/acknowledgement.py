@@ -37,9 +37,11 @@ MAX_EPOCHS = 4
 
 
 class _Gateway:
-    __slots__ = ("current", "floor", "epochs")
+    __slots__ = ("name", "current", "floor", "epochs", "forgetting")
 
-    def __init__(self):
+    def __init__(self, name: str):
+        self.name = name
+        self.forgetting = False  # whether it holds more than MAX_KEPT_RANGES ranges (logged once)
         self.current: str | None = None  # the epoch the gateway last announced in its status
         self.floor = 1  # of the current epoch
         self.epochs: dict[str, Ranges] = {}  # epoch -> seq ranges the store holds
@@ -65,7 +67,7 @@ class Acknowledgements:
     def __init__(self, config: CollectorConfig, gateways: Iterable[tuple[str, str]]):
         self.collector_id = config.client_id
         self.max_payload_bytes = config.max_payload_bytes
-        self._gateways = {g: _Gateway() for g in gateways}  # (site, gateway): only those of the site files
+        self._gateways = {g: _Gateway(g[1]) for g in gateways}  # (site, gateway): only those of the site files
         self._lock = threading.Lock()
         self.connection = BrokerConnection(
             config.broker, f"{config.client_id}-ack", "collector: acknowledgements", mqtt5=config.protocol == "5",
@@ -123,6 +125,12 @@ class Acknowledgements:
         floor = g.floor if epoch == g.current else 1
         if merged and merged[0][0] < floor:  # else nothing to prune (up to a thousand ranges, twice a batch)
             merged = acknowledgement.clip(merged, floor, MAX_SEQ)
+        if len(merged) > MAX_KEPT_RANGES and not g.forgetting:
+            log.warning("acknowledgements: gateway %s epoch %s holds %d seq ranges above its floor %d; it forgets "
+                        "those above seq %d (the gateway resends them after its confirm timeout: a gateway with "
+                        "that many holes is broken or hostile)", g.name, epoch, len(merged), floor,
+                        merged[MAX_KEPT_RANGES - 1][1])
+        g.forgetting = len(merged) > MAX_KEPT_RANGES  # logged once until it holds few enough again
         g.epochs[epoch] = merged[:MAX_KEPT_RANGES]
 
     def _publish(self, key: tuple[str, str], ack: Ack) -> None:

@@ -20,6 +20,14 @@ A reading of an epoch this gateway never used before, when it used another, is r
 at once as an epoch finding and logged as a WARNING: the readings of the old epoch after
 its highest seq that had not arrived are lost.
 
+Bounded against a broken or hostile gateway too: a seq more than ``MAX_AHEAD`` beyond what
+its epoch's seqs so far make plausible (``_Epoch.limit``) is stored and acknowledged like any
+other, but not followed: it is held (at most ``FAR_HELD`` per epoch) until the epoch's seqs
+reach it, and a ``jump`` finding names the gateway, epoch and seqs (logged as a WARNING).
+Each epoch keeps the seqs it stored itself for at most ``OWN_BLOCKS`` blocks (its sparse
+ones are written under a writer of their own when touched again). So a seq of 2**62, or
+seqs 4,096 apart, cost neither a false gap of millions of seqs nor a block each.
+
 The work per message is a dictionary look-up and, in order, one comparison and a bit set;
 the store is asked once per batch (the blocks touched) and once per gateway with an old hole.
 """
@@ -55,6 +63,15 @@ REFRESH_S = 5.0
 #: 600 s (a backlog drains in batches at ~1,500 a second over 1 Mbit/s, faster on a LAN: a hole
 #: beyond that, left unjudged by a collector that stopped, is not found; tests/test_sequence_gaps.py)
 LOAD_BLOCKS = 1024
+#: seqs an epoch's highest may be beyond its floor and twice the seqs followed of it (4,194,304):
+#: a gateway's live lane overtakes its backlog by at most what its outbox held (an epoch long under
+#: way has followed far more seqs than that); beyond it a seq is taken as broken or hostile
+MAX_AHEAD = 1 << 22
+#: seqs beyond ``MAX_AHEAD`` held per epoch (the lowest) until the epoch's seqs reach them
+FAR_HELD = 1024
+#: blocks per epoch whose own seqs a collector holds after writing them (a block with a hole is
+#: never covered whole, and sparse seqs touch a block each)
+OWN_BLOCKS = 64
 #: gaps this process recorded that it looks for in the store until they arrive (the newest of
 #: each epoch): on a shared subscription their late seqs may reach the other collector only
 OPEN_GAPS = 16
@@ -76,9 +93,12 @@ class _Own:
     """The seqs of one block this collector stored, and per word the lowest and highest
     with their readings' times (what it writes as its ``SeqBlock``)."""
 
-    __slots__ = ("bits", "ends")
+    __slots__ = ("bits", "ends", "generation")
 
-    def __init__(self):
+    def __init__(self, generation: int = 0):
+        #: of its epoch's evictions when made: an evicted block touched again is written under
+        #: another writer, as this record no longer holds the seqs written before
+        self.generation = generation
         self.bits = bytearray(BLOCK_SEQS // 8)
         self.ends: list[tuple[int, dt.datetime, int, dt.datetime] | None] = [None] * WORDS  # (lo, its ts, hi, its ts)
 
@@ -133,6 +153,24 @@ class _Epoch:
     reshaped: bool = True
     looked: int = 0
     oldest: float | None = None
+    known: int = 0  # seqs the runs hold
+    #: (seq, ts) of the lowest seqs beyond ``limit`` (at most ``FAR_HELD``), sorted
+    far: list[tuple[int, dt.datetime]] = field(default_factory=list)
+    far_count: int = 0  # readings beyond ``limit`` this process met (held or not)
+    far_dropped: int = 0  # of those, not held
+    jump: SequenceFinding | None = None  # this process's finding about them
+    jump_logged: int = 0  # ``far_count`` when it was last logged
+    evictions: int = 0  # of ``own`` blocks (``OWN_BLOCKS``)
+
+    def limit(self) -> int:
+        """The highest seq followed: ``MAX_AHEAD`` beyond the floor and twice the seqs held (a
+        sender without epochs is followed from its first seq)."""
+        base = self.floor if self.floor is not None else self.runs[0].first if self.runs else None
+        return MAX_SEQ if base is None else base + 2 * self.known + MAX_AHEAD
+
+    def set_runs(self, runs: list[_Run]) -> None:
+        self.runs[:] = runs
+        self.known = sum(r.last - r.first + 1 for r in runs)
 
     def add(self, seq: int, ts: dt.datetime) -> int | None:
         """Add a stored seq; return its block, or None for a seq already held."""
@@ -165,12 +203,20 @@ class _Epoch:
         return self._own(seq, ts)
 
     def _own(self, seq: int, ts: dt.datetime) -> int:
+        self.known += 1
         block = seq // BLOCK_SEQS
         own = self.own.get(block)
         if own is None:
-            own = self.own[block] = _Own()
+            own = self.own[block] = _Own(self.evictions)
         own.add(seq, ts)
         return block
+
+    def evict(self) -> None:
+        """Drop the own seqs of the lowest blocks beyond ``OWN_BLOCKS`` (all written)."""
+        if len(self.own) > OWN_BLOCKS:
+            for block in sorted(self.own)[:len(self.own) - OWN_BLOCKS]:
+                del self.own[block]
+            self.evictions += 1
 
     def forget_covered(self, keep: Iterable[int]) -> None:
         """Drop the own seqs of blocks the runs cover whole (no seq of them can be added
@@ -221,6 +267,7 @@ class SequenceGaps:
         self.clock = clock
         self._gateways: dict[tuple[str, str], dict[str, _Epoch]] = {}
         self._unsaved: set[tuple[str, str, str, int]] = set()  # (site, gateway, epoch, block) to write
+        self._jumps: set[tuple[str, str, str]] = set()  # (site, gateway, epoch) whose jump finding to write
         self._status: dict[tuple[str, str], dict] = {}
         self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
         self._next_check = 0.0
@@ -259,14 +306,20 @@ class SequenceGaps:
                 track = epochs.get(epoch)
                 if track is None:
                     track = self._new_epoch(r, epochs)
-                block = track.add(r.seq, r.ts)
-                if block is not None:
-                    self._unsaved.add((r.site, r.gateway, epoch, block))
-                    if track.recorded and track.is_recorded(r.seq, r.seq):
-                        self._resolve(r.site, r.gateway, epoch, track, r.seq)
+                if r.seq > track.limit():
+                    self._far(r, epoch, track)
+                else:
+                    self._follow(r.site, r.gateway, epoch, track, r.seq, r.ts)
+                    while track.far and track.far[0][0] <= track.limit():  # the epoch's seqs reached them
+                        self._follow(r.site, r.gateway, epoch, track, *track.far.pop(0))
+                        if not track.far and not track.far_dropped:
+                            track.jump = replace(track.jump, resolved=dt.datetime.now(dt.UTC))
+                            self._jumps.add((r.site, r.gateway, epoch))
                 done += 1
             if self._unsaved:
                 self._write_blocks()
+            while self._jumps:
+                self._write_jump(*next(iter(self._jumps)))
             if self.clock() >= self._next_check:
                 self._next_check = self.clock() + CHECK_EVERY_S
                 self.check()
@@ -286,14 +339,58 @@ class SequenceGaps:
             log.error("sequence bookkeeping: %s; %d readings' seqs held for the next batch",
                       printable(str(exc)), len(self._pending))
 
+    def _follow(self, site: str, gateway: str, epoch: str, track: _Epoch, seq: int, ts: dt.datetime) -> None:
+        block = track.add(seq, ts)
+        if block is not None:
+            self._unsaved.add((site, gateway, epoch, block))
+            if track.recorded and track.is_recorded(seq, seq):
+                self._resolve(site, gateway, epoch, track, seq)
+
+    def _far(self, r: Reading, epoch: str, track: _Epoch) -> None:
+        """A stored reading whose seq is beyond what its epoch makes plausible: held, and named."""
+        j = track.jump
+        if j is None or j.resolved:
+            j = SequenceFinding("jump", r.site, r.gateway, epoch, r.seq, r.seq, dt.datetime.now(dt.UTC), "",
+                                start=r.ts, end=r.ts)
+            track.far_count = track.jump_logged = 0
+        track.far_count += 1
+        bisect.insort(track.far, (r.seq, r.ts))
+        if len(track.far) > FAR_HELD:
+            track.far.pop()
+            track.far_dropped += 1
+        j = replace(j, last=max(j.last, r.seq), start=min(j.start, r.ts), end=max(j.end, r.ts))
+        highest = track.highest()
+        cause = (f"{track.far_count} reading(s) of epoch {epoch or '(none)'} with seqs {j.first} (the first) up to "
+                 f"{j.last}, beyond seq {track.limit()} (the epoch's floor, twice the {track.known} seqs followed "
+                 f"and {MAX_AHEAD}; highest followed {highest[0] if highest else 'none'}): stored and "
+                 "acknowledged, but their seqs are not followed until the epoch's seqs reach them (a broken or "
+                 "hostile gateway, or a store that never saw the start of this epoch); the seqs between are not "
+                 "judged as gaps")
+        if track.far_dropped:
+            cause += (f"; {track.far_dropped} of them not held (only the lowest {FAR_HELD} are): should the "
+                      "epoch's seqs reach them, a gap over them may hold stored readings")
+        track.jump = replace(j, cause=cause)
+        self._jumps.add((r.site, r.gateway, epoch))
+
+    def _write_jump(self, site: str, gateway: str, epoch: str) -> None:
+        """Write an epoch's jump finding; log it when new, resolved, and each time its count grew tenfold."""
+        track = self._gateways[(site, gateway)][epoch]
+        j = track.jump
+        self.store.record_finding(j)
+        self._jumps.discard((site, gateway, epoch))
+        if j.resolved or track.far_count >= 10 * track.jump_logged:
+            track.jump_logged = track.far_count
+            log.warning("site %s: gateway %s: %s%s", site, gateway, j.cause,
+                        "; all of them followed now" if j.resolved else "")
+
     def save(self) -> None:
         """Write the bookkeeping ``stored`` could not write yet: called before the readings are
         acknowledged, as a gateway deletes what is acknowledged and a broker no longer redelivers
         it, so seqs the bookkeeping never learnt would be a false gap after a restart. Raises
         ``StoreUnavailable`` while the store refuses it (a fault of ours holds nothing up)."""
-        if self._pending or self._unsaved:
+        if self._pending or self._unsaved or self._jumps:
             self.stored([])
-            if self._refused and (self._pending or self._unsaved):
+            if self._refused and (self._pending or self._unsaved or self._jumps):
                 raise StoreUnavailable("the sequence bookkeeping of stored readings is not written yet")
 
     def _write_blocks(self) -> None:
@@ -302,12 +399,14 @@ class SequenceGaps:
         for site, gateway, epoch, block in sorted(self._unsaved):
             own = self._gateways[(site, gateway)][epoch].own[block]
             blocks.append(SeqBlock(site, gateway, epoch, block, int.from_bytes(own.bits, "little"), own.times(),
-                                   self._writer))
+                                   f"{self._writer}.{own.generation}" if own.generation else self._writer))
         self.store.record_seq_blocks(blocks)
         written = {(site, gateway, epoch) for site, gateway, epoch, _ in self._unsaved}
         self._unsaved.clear()
         for site, gateway, epoch in written:
-            self._gateways[(site, gateway)][epoch].forget_covered(())
+            track = self._gateways[(site, gateway)][epoch]
+            track.forget_covered(())
+            track.evict()
 
     def _load(self, site: str, gateway: str) -> dict[str, _Epoch]:
         """What the store knows of a gateway, the first time this collector meets it."""
@@ -334,8 +433,8 @@ class SequenceGaps:
                     track.floor = first * BLOCK_SEQS
             if first <= top:
                 track.reshaped = True
-                track.runs[:] = self._merged(track.runs, block_ranges(
-                    self.store.seq_blocks(site, gateway, epoch, first, top)))
+                track.set_runs(self._merged(track.runs, block_ranges(
+                    self.store.seq_blocks(site, gateway, epoch, first, top))))
 
     def _new_epoch(self, r: Reading, epochs: dict[str, _Epoch]) -> _Epoch:
         epoch = r.epoch or ""
@@ -463,7 +562,7 @@ class SequenceGaps:
             stored = [b for lo, hi in spans for b in self.store.seq_blocks(site, gateway, epoch, lo, hi)]
             if stored:
                 track.reshaped = True
-                track.runs[:] = self._merged(track.runs, block_ranges(stored))
+                track.set_runs(self._merged(track.runs, block_ranges(stored)))
                 track.forget_covered(b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch))
                 for first in list(track.open):
                     self._resolve(site, gateway, epoch, track, first)

@@ -38,6 +38,7 @@ KINDS = {
     "completeness_low": "month-to-date completeness below the site's threshold",
     "sequence_gap": "readings the gateway sent never arrived (seqs missing), until they arrive after all",
     "sequence_epoch": "the gateway started a new sequence epoch: its unsent readings were lost (for 7 days)",
+    "sequence_jump": "the gateway sent seqs far beyond its sequence: stored, not followed, until its seqs reach them",
     "clock_offset": "the gateway's clock is off by more than the collector's bound: its readings are flagged",
 }
 #: how long a new sequence epoch stays an alarm
@@ -89,6 +90,8 @@ def sequence_conditions(findings: list[SequenceFinding], now: dt.datetime) -> li
             out.append(Condition(f.site, subject, "sequence_epoch", f.cause))
         elif f.kind == "clock" and f.resolved is None:
             out.append(Condition(f.site, subject, "clock_offset", f.cause))
+        elif f.kind == "jump" and f.resolved is None:
+            out.append(Condition(f.site, subject, "sequence_jump", f.cause))
     return out
 
 

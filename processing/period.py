@@ -174,6 +174,12 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
                                "(treated as missing: a counter's total over them comes from its readings either "
                                f"side); received {received[0]} .. {until}", str(first), str(last),
                                amount=float(f.last - f.first + 1)))
+        elif f.kind == "jump":
+            out.append(Finding("sequence_jump", source, "info" if f.resolved else "review",
+                               f"{f.cause}. What it means: the gateway sent seqs it cannot have reached (a broken or "
+                               "hostile gateway, or a store that missed the start of its epoch); their readings are "
+                               "stored, but whether readings around them were lost is not known",
+                               str(first), str(last)))
         else:
             out.append(Finding("sequence_epoch", source, "review",
                                f"{f.cause}. What it means: an unknown number of readings the gateway held were "

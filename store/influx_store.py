@@ -46,7 +46,7 @@ from influxdb_client.rest import ApiException
 
 from contract.float_text import finite_float_texts
 from contract.gc_paused import gc_paused
-from contract.message import Reading
+from contract.message import MAX_SEQ, Reading
 from contract.sqlite_file import UnusableFile
 from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported, SeqBlock,
                             SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans,
@@ -454,8 +454,10 @@ class InfluxStore:
         p = (Point(CUSTODY_FINDINGS).tag("site", f.site).tag("gateway", f.gateway).tag("epoch", f.epoch)
              .tag("kind", f.kind).field("seq", f.seq).field("ts", _ms(f.ts)).field("detail", f.detail)
              .field("noticed", _ms(f.noticed)))
-        # at the time seq: one point per identity, recording it again replaces it
-        self._post_sequence([p.time(f.seq, WritePrecision.NS).to_line_protocol().encode()], WritePrecision.NS)
+        # at the time seq: one point per identity, recording it again replaces it; MAX_SEQ is one past
+        # InfluxDB's last time (2262-04-11), and refused it would stop the collector: it is at -1, no seq's time
+        at = -1 if f.seq == MAX_SEQ else f.seq
+        self._post_sequence([p.time(at, WritePrecision.NS).to_line_protocol().encode()], WritePrecision.NS)
 
     def custody_findings(self, site=None) -> list[CustodyFinding]:
         where = f' WHERE "site" = {_lit(site)}' if site else ""

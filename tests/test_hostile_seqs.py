@@ -1,0 +1,195 @@
+"""Hostile sequence numbers (a gateway's password in the wrong hands, or a broken gateway):
+what crafted seqs and epochs can cost the collector is bounded, none stops or blinds it,
+every reading is still stored and acknowledged, and the anomaly is named."""
+
+import datetime as dt
+import json
+import logging
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from collector import acknowledgement as ack_module
+from collector import sequence_gaps
+from collector.acknowledgement import Acknowledgements
+from collector.sequence_gaps import FAR_HELD, MAX_AHEAD, OWN_BLOCKS, SequenceGaps
+from contract.acknowledgement import MAX_RANGES
+from contract.message import MAX_SEQ, Reading
+from contract.store import BLOCK_SEQS, CustodyFinding, SequenceFinding
+from store import open_store
+from store.sqlite_store import SqliteStore
+from tests.conftest import fuzz_examples
+from tests.test_collector import Publisher, config, wait_until
+from tests.test_sequence_gaps import E1, T0, collector, message, sites_dir, stored_ranges, subscribed  # noqa: F401
+
+GW = ("s", "gw")
+
+
+def _store(backend: str, tmp_path, request):
+    if backend == "sqlite":
+        return SqliteStore(tmp_path / "jcm.db")
+    return open_store(f"influxdb://127.0.0.1:{request.getfixturevalue('influxdb').port}?api=v1&db=jcm&timeout=5")
+
+
+def _readings(seqs, epoch=E1, gateway="gw"):
+    return [Reading("s", gateway, "d", T0 + dt.timedelta(seconds=s % 10**6), {"x": 1.0}, seq=s, epoch=epoch)
+            for s in seqs]
+
+
+def _judged(gaps: SequenceGaps, clock: list[float]) -> None:
+    """Let every hole outlive the grace period (10 s) and be judged."""
+    for clock[0] in (clock[0] + 100.0, clock[0] + 200.0):
+        gaps.check()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_seqs_far_beyond_the_epoch_are_named_not_followed_and_cost_no_block(backend, tmp_path, request, caplog):
+    """Seqs of 2**62, MAX_SEQ and k * 8 Mi among an honest stream: before, a block each in the store
+    and the collector, and one gap of up to 2**63 seqs that no later seq could ever resolve."""
+    store = _store(backend, tmp_path, request)
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    hostile = [k * 2 * MAX_AHEAD for k in range(1, 301)] + [2**62, MAX_SEQ]
+    with caplog.at_level(logging.WARNING, logger="collector.sequence_gaps"):
+        gaps.stored(_readings(range(1, 101)))
+        for i in range(0, len(hostile), 50):
+            gaps.stored(_readings(hostile[i:i + 50]))
+        gaps.stored(_readings(s for s in range(101, 201) if s != 150))  # an honest reading lost: still found
+        _judged(gaps, clock)
+    found = store.sequence_findings("s")
+    assert [(f.first, f.last) for f in found if f.kind == "gap"] == [(150, 150)]
+    [jump] = [f for f in found if f.kind == "jump"]
+    assert (jump.gateway, jump.epoch, jump.first, jump.last, jump.resolved) == ("gw", E1, hostile[0], MAX_SEQ, None)
+    assert f"{len(hostile)} reading(s) of epoch {E1}" in jump.cause
+    assert store.seq_tops(*GW) == {E1: 0}  # no block beyond the honest one
+    assert stored_ranges(store, *GW) == [(E1, 1, 149), (E1, 151, 200)]
+    track = gaps._gateways[GW][E1]
+    assert len(track.far) == len(hostile) and len(track.own) <= 1
+    warnings = [r.getMessage() for r in caplog.records if "beyond seq" in r.getMessage()]
+    assert len(warnings) == 1 and f"site s: gateway gw: 50 reading(s) of epoch {E1} with seqs {hostile[0]}" in warnings[0]
+    store.close()
+
+
+def test_far_seqs_held_beyond_the_bound_are_counted_and_the_rest_followed(tmp_path):
+    """More far seqs than are held: the lowest ``FAR_HELD`` are held, the finding says how many were not."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: 0.0)
+    gaps.stored(_readings([1]))
+    far = [MAX_AHEAD * 4 + k for k in range(FAR_HELD + 10, 0, -1)]
+    gaps.stored(_readings(far))
+    track = gaps._gateways[GW][E1]
+    assert [s for s, _ in track.far] == sorted(far)[:FAR_HELD]
+    [jump] = store.sequence_findings("s")
+    assert "10 of them not held" in jump.cause and jump.last == max(far)
+
+
+def test_a_backlog_the_live_lane_overtook_is_followed_once_the_epoch_reaches_it(tmp_path):
+    """A young epoch whose live lane runs more than ``MAX_AHEAD`` ahead of its backlog (a gateway
+    offline from its start): the live seqs are held, followed as the backlog drains, the finding
+    resolved, and no gap is recorded."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    live = MAX_AHEAD + 20_000
+    gaps.stored(_readings(range(live, live + 100)))  # first the live lane
+    assert gaps._gateways[GW][E1].known == 0
+    for i in range(1, live, 100_000):  # then the backlog, in batches
+        gaps.stored(_readings(range(i, min(i + 100_000, live))))
+    _judged(gaps, clock)
+    [jump] = store.sequence_findings("s")
+    assert jump.kind == "jump" and jump.resolved is not None
+    assert stored_ranges(store, *GW) == [(E1, 1, live + 99)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_sparse_seqs_hold_a_bounded_number_of_blocks_and_lose_no_seq(backend, tmp_path, request):
+    """Seqs 4,096 apart (each in a block of its own, never covered whole): before, the collector kept
+    every block (5 KB each) for ever. Now at most ``OWN_BLOCKS`` per epoch, and a block dropped and
+    touched again is written beside what was written of it (no seq forgotten)."""
+    store = _store(backend, tmp_path, request)
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: 0.0)
+    sparse = [k * BLOCK_SEQS for k in range(1, 4 * OWN_BLOCKS)]
+    for i in range(0, len(sparse), 32):
+        gaps.stored(_readings(sparse[i:i + 32]))
+        assert len(gaps._gateways[GW][E1].own) <= OWN_BLOCKS
+    gaps.stored(_readings([s + 1 for s in sparse[:3]]))  # blocks dropped long ago
+    assert stored_ranges(store, *GW) == sorted([(E1, s, s + 1) for s in sparse[:3]] + [(E1, s, s) for s in sparse[3:]])
+    store.close()
+
+
+def test_a_custody_finding_at_the_highest_seq_is_kept_by_influxdb(influxdb):
+    """InfluxDB's last time is 2**63 - 2 ns (2262-04-11): before, a custody finding at seq MAX_SEQ was
+    refused, the collector retried it for ever and stored nothing more."""
+    store = open_store(f"influxdb://127.0.0.1:{influxdb.port}?api=v1&db=jcm&timeout=5")
+    for seq in (MAX_SEQ, MAX_SEQ - 1, 0, 1):
+        store.record_custody_finding(CustodyFinding("conflict", "s", "gw", E1, seq, T0, T0, f"at {seq}"))
+        store.record_finding(SequenceFinding("jump", "s", "gw", E1, seq, MAX_SEQ, T0, f"at {seq}"))
+    assert sorted((f.seq, f.detail) for f in store.custody_findings("s")) == [
+        (s, f"at {s}") for s in (0, 1, MAX_SEQ - 1, MAX_SEQ)]
+    assert sorted(f.first for f in store.sequence_findings("s")) == [0, 1, MAX_SEQ - 1, MAX_SEQ]
+    store.close()
+
+
+def test_hostile_sparse_seqs_of_one_gateway_leave_the_others_ranges_and_forgetting_is_logged(tmp_path, sites_dir,
+                                                                                              caplog):
+    """Ranges are kept per gateway and epoch: a gateway sending seqs 2 apart fills only its own, and
+    the ranges it forgets (resent by the gateway after its confirm timeout) are logged once."""
+    broker = type("Broker", (), {"url": "mqtt://127.0.0.1:1"})  # never connected: nothing is published
+    acks = Acknowledgements(config(broker, f"sqlite:///{tmp_path}/jcm.db", sites_dir),
+                            [("s", "gw"), ("s", "honest")])
+    with caplog.at_level(logging.WARNING, logger="collector.acknowledgement"):
+        acks.kept(_readings(range(1, 50), gateway="honest"), [])
+        for i in range(0, 12 * MAX_RANGES, 2000):
+            acks.kept(_readings(range(10**6 + i, 10**6 + i + 2000, 2)), [])
+        acks.kept(_readings(range(50, 60), gateway="honest"), [])
+    assert acks._gateways[("s", "honest")].epochs[E1] == [(1, 59)]
+    assert len(acks._gateways[GW].epochs[E1]) == ack_module.MAX_KEPT_RANGES
+    forgot = [r.getMessage() for r in caplog.records if "forgets" in r.getMessage()]
+    assert len(forgot) == 1 and "gateway gw" in forgot[0] and E1 in forgot[0], forgot
+
+
+@pytest.mark.fuzz
+def test_hostile_seqs_and_epochs_never_stop_the_collector_nor_lose_a_reading(mosquitto, sites_dir, tmp_path):
+    """Any seq (negative, 0, bool, float, text, huge, MAX_SEQ, far apart) and any epoch, then honest
+    readings: each valid reading is stored, each invalid one a dead letter, and the collector runs on."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    c = collector(mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    subscribed(c, pub)
+    seqs = st.one_of(st.integers(-2**64, 2**64), st.sampled_from([0, 1, MAX_SEQ, MAX_SEQ - 1, 2**62, True, False]),
+                     st.floats(allow_nan=False), st.text(max_size=5), st.none())
+    epochs = st.one_of(st.just(E1), st.text("0123456789abcdef", min_size=16, max_size=16), st.text(max_size=20),
+                       st.integers())
+    assert wait_until(lambda: c.stored >= 1, 10)
+    time.sleep(0.5)  # the probes sent until one landed
+    sent = {"valid": c.stored, "dead": c.dead}
+    honest = [1000]
+
+    @settings(max_examples=fuzz_examples(15), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(seqs, epochs), min_size=1, max_size=20))
+    def run(pairs):
+        topic, body = message(1)
+        out = []
+        for seq, epoch in pairs:
+            fields = {**json.loads(body), "seq": seq, "epoch": epoch}
+            valid = (type(seq) is int and 0 <= seq <= MAX_SEQ and isinstance(epoch, str)
+                     and len(epoch) == 16 and all(ch in "0123456789abcdef" for ch in epoch))
+            fields["ts"] = (T0 + dt.timedelta(seconds=len(out) + 10 * honest[0])).isoformat().replace("+00:00", "Z")
+            out.append((topic, json.dumps(fields).encode()))
+            sent["valid" if valid else "dead"] += 1
+        for _ in range(5):  # the honest stream goes on
+            honest[0] += 1
+            out.append(message(honest[0]))
+            sent["valid"] += 1
+        pub.send(out)
+        assert wait_until(lambda: c.stored + c.dead >= sent["valid"] + sent["dead"], 20), (c.stored, c.dead, sent)
+        assert c.failure is None and c._worker.is_alive()
+
+    try:
+        run()
+        assert (c.stored, c.dead) == (sent["valid"], sent["dead"])
+    finally:
+        c.stop()
+        pub.close()
