@@ -72,6 +72,14 @@ FAR_HELD = 1024
 #: blocks per epoch whose own seqs a collector holds after writing them (a block with a hole is
 #: never covered whole, and sparse seqs touch a block each)
 OWN_BLOCKS = 64
+#: epochs of a gateway followed at once: a gateway starts a new epoch only with a new or emptied
+#: outbox (a few a year); one more is followed when another had no reading for ``EPOCH_IDLE_S``
+#: (and twice the grace period): the gateway left it, and its holes were judged
+MAX_EPOCHS = 16
+EPOCH_IDLE_S = 3600.0
+#: epochs not followed (beyond ``MAX_EPOCHS``) a gateway's ``churn`` finding remembers: one of them
+#: followed later is followed from the seq it is met at, as its seqs before were not followed
+CHURNED_KEPT = 1024
 #: gaps this process recorded that it looks for in the store until they arrive (the newest of
 #: each epoch): on a shared subscription their late seqs may reach the other collector only
 OPEN_GAPS = 16
@@ -161,6 +169,7 @@ class _Epoch:
     jump: SequenceFinding | None = None  # this process's finding about them
     jump_logged: int = 0  # ``far_count`` when it was last logged
     evictions: int = 0  # of ``own`` blocks (``OWN_BLOCKS``)
+    seen: float = 0.0  # monotonic time of its last reading (or of when this process learnt it)
 
     def limit(self) -> int:
         """The highest seq followed: ``MAX_AHEAD`` beyond the floor and twice the seqs held (a
@@ -257,6 +266,45 @@ class _Epoch:
         return (self.runs[-1].last, self.runs[-1].last_ts) if self.runs else None
 
 
+class _Churn:
+    """A gateway's readings of epochs beyond ``MAX_EPOCHS``: what its churn finding says."""
+
+    def __init__(self):
+        self.finding: SequenceFinding | None = None
+        self.count = 0  # readings
+        self.distinct = 0  # epochs (as far as ``epochs`` remembers them)
+        self.epochs: dict[str, None] = {}  # the last ``CHURNED_KEPT`` of them, oldest first
+        self.resume: dict[str, int] = {}  # epoch -> the seq it is followed from, once there is room for it
+        self.dirty = False
+        self.logged = 0  # ``count`` when last logged
+
+    def add(self, r: Reading) -> None:
+        epoch = r.epoch or ""
+        self.count += 1
+        if self.epochs.pop(epoch, 0) is not None:
+            self.distinct += 1
+        self.epochs[epoch] = None
+        if len(self.epochs) > CHURNED_KEPT:
+            del self.epochs[next(iter(self.epochs))]
+        f = self.finding or SequenceFinding("churn", r.site, r.gateway, epoch, r.seq, r.seq, dt.datetime.now(dt.UTC),
+                                            "", start=r.ts, end=r.ts)
+        self.finding = replace(f, start=min(f.start, r.ts), end=max(f.end, r.ts), cause=(
+            f"{self.count} reading(s) of {self.distinct} epoch(s) new to the collector while it followed "
+            f"{MAX_EPOCHS} others of this gateway, each with a reading within the last {EPOCH_IDLE_S:.0f} s (or two "
+            f"grace periods); the first: seq {f.first} of epoch {f.epoch or '(none)'}: stored and acknowledged, but "
+            "their seqs are not followed (a gateway starts an epoch only with a new or emptied outbox: this one is "
+            "broken or hostile); one of them followed later is followed from the seq it is met at"))
+        self.dirty = True
+
+    def write(self, store: ReadingStore) -> None:
+        f = self.finding
+        store.record_finding(f)
+        self.dirty = False
+        if self.count >= 10 * self.logged:
+            self.logged = self.count
+            log.warning("site %s: gateway %s: %s", f.site, f.gateway, f.cause)
+
+
 class SequenceGaps:
     """Follows the sequences of every gateway; ``stored`` after each batch is stored,
     ``on_status`` for each gateway status message, ``check`` now and then."""
@@ -268,6 +316,7 @@ class SequenceGaps:
         self._gateways: dict[tuple[str, str], dict[str, _Epoch]] = {}
         self._unsaved: set[tuple[str, str, str, int]] = set()  # (site, gateway, epoch, block) to write
         self._jumps: set[tuple[str, str, str]] = set()  # (site, gateway, epoch) whose jump finding to write
+        self._churn: dict[tuple[str, str], _Churn] = {}  # gateways with epochs beyond ``MAX_EPOCHS``
         self._status: dict[tuple[str, str], dict] = {}
         self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
         self._next_check = 0.0
@@ -297,15 +346,20 @@ class SequenceGaps:
         self._pending = []
         self._refused = False
         done = 0
+        now = self.clock()
         try:
             for r in readings:
                 epochs = self._gateways.get((r.site, r.gateway))
                 if epochs is None:
-                    epochs = self._load(r.site, r.gateway)
+                    epochs = self._load(r.site, r.gateway, now)
                 epoch = r.epoch or ""
                 track = epochs.get(epoch)
                 if track is None:
-                    track = self._new_epoch(r, epochs)
+                    if not self._room(r, epochs, now):
+                        done += 1
+                        continue
+                    track = self._new_epoch(r, epochs, now)
+                track.seen = now
                 if r.seq > track.limit():
                     self._far(r, epoch, track)
                 else:
@@ -320,6 +374,9 @@ class SequenceGaps:
                 self._write_blocks()
             while self._jumps:
                 self._write_jump(*next(iter(self._jumps)))
+            for churn in self._churn.values():
+                if churn.dirty:
+                    churn.write(self.store)
             if self.clock() >= self._next_check:
                 self._next_check = self.clock() + CHECK_EVERY_S
                 self.check()
@@ -388,9 +445,10 @@ class SequenceGaps:
         acknowledged, as a gateway deletes what is acknowledged and a broker no longer redelivers
         it, so seqs the bookkeeping never learnt would be a false gap after a restart. Raises
         ``StoreUnavailable`` while the store refuses it (a fault of ours holds nothing up)."""
-        if self._pending or self._unsaved or self._jumps:
+        if self._pending or self._unsaved or self._jumps or any(c.dirty for c in self._churn.values()):
             self.stored([])
-            if self._refused and (self._pending or self._unsaved or self._jumps):
+            if self._refused and (self._pending or self._unsaved or self._jumps
+                                  or any(c.dirty for c in self._churn.values())):
                 raise StoreUnavailable("the sequence bookkeeping of stored readings is not written yet")
 
     def _write_blocks(self) -> None:
@@ -408,21 +466,25 @@ class SequenceGaps:
             track.forget_covered(())
             track.evict()
 
-    def _load(self, site: str, gateway: str) -> dict[str, _Epoch]:
+    def _load(self, site: str, gateway: str, now: float) -> dict[str, _Epoch]:
         """What the store knows of a gateway, the first time this collector meets it."""
         epochs: dict[str, _Epoch] = {}
         self._learn(site, gateway, epochs)
+        for track in epochs.values():
+            track.seen = now
         for f in self.store.sequence_findings(site):
             if f.gateway == gateway and f.kind == "gap":
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
         self._gateways[(site, gateway)] = epochs
         return epochs
 
-    def _learn(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
-        """Learn the newest blocks of each epoch of the gateway (at most ``LOAD_BLOCKS``, from
-        the highest seq this collector knows of it): of an epoch it meets for the first
-        time, seqs below them are not looked at."""
+    def _learn(self, site: str, gateway: str, epochs: dict[str, _Epoch], only: set[str | None] | None = None) -> None:
+        """Learn the newest blocks of each epoch of the gateway, or of those ``only`` (at most
+        ``LOAD_BLOCKS``, from the highest seq this collector knows of it): of an epoch it meets
+        for the first time, seqs below them are not looked at."""
         for epoch, top in self.store.seq_tops(site, gateway).items():
+            if only is not None and epoch not in only:
+                continue
             first = max(0, top - LOAD_BLOCKS + 1)
             track = epochs.get(epoch)
             if track is not None and track.runs:
@@ -436,9 +498,41 @@ class SequenceGaps:
                 track.set_runs(self._merged(track.runs, block_ranges(
                     self.store.seq_blocks(site, gateway, epoch, first, top))))
 
-    def _new_epoch(self, r: Reading, epochs: dict[str, _Epoch]) -> _Epoch:
+    def _room(self, r: Reading, epochs: dict[str, _Epoch], now: float) -> bool:
+        """Whether an epoch not followed yet can be: a gateway's epochs beyond ``MAX_EPOCHS`` (its
+        idle ones given up) are stored and acknowledged, not followed, and named in its churn finding."""
         epoch = r.epoch or ""
-        self._learn(r.site, r.gateway, epochs)  # another collector on the shared subscription may have met it
+        if len(epochs) >= MAX_EPOCHS:
+            idle = min(epochs, key=lambda e: epochs[e].seen)
+            if (now - epochs[idle].seen < max(EPOCH_IDLE_S, 2 * self.grace_s)
+                    or any(k[:3] == (r.site, r.gateway, idle) for k in (*self._unsaved, *self._jumps))):
+                churn = self._churn.get((r.site, r.gateway))
+                if churn is None:
+                    churn = self._churn[(r.site, r.gateway)] = _Churn()
+                churn.add(r)
+                return False
+            log.info("site %s: gateway %s: epoch %s, without a reading for %.0f s, is no longer followed (%d epochs "
+                     "at most)", r.site, r.gateway, idle or "(none)", now - epochs[idle].seen, MAX_EPOCHS)
+            del epochs[idle]
+        churn = self._churn.get((r.site, r.gateway))
+        if churn is not None and epoch in churn.epochs:
+            churn.resume[epoch] = r.seq
+        return True
+
+    def _new_epoch(self, r: Reading, epochs: dict[str, _Epoch], now: float) -> _Epoch:
+        track = self._epoch(r, epochs)
+        track.seen = now
+        churn = self._churn.get((r.site, r.gateway))
+        resume = churn.resume.pop(r.epoch or "", None) if churn else None
+        if resume is not None and track.floor is not None:  # its seqs met before were not followed
+            track.floor = max(track.floor, resume)
+        return track
+
+    def _epoch(self, r: Reading, epochs: dict[str, _Epoch]) -> _Epoch:
+        epoch = r.epoch or ""
+        # another collector on the shared subscription may have met it, or stored more of the one before
+        latest = max(((t.highest()[1], e) for e, t in epochs.items() if t.highest()), default=(None, None))[1]
+        self._learn(r.site, r.gateway, epochs, only={epoch, latest})
         told = any(f.kind == "epoch" and f.gateway == r.gateway and f.epoch == epoch
                    for f in self.store.sequence_findings(r.site))
         before = [(e, t.highest()) for e, t in epochs.items() if e != epoch and t.highest()]

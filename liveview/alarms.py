@@ -39,6 +39,7 @@ KINDS = {
     "sequence_gap": "readings the gateway sent never arrived (seqs missing), until they arrive after all",
     "sequence_epoch": "the gateway started a new sequence epoch: its unsent readings were lost (for 7 days)",
     "sequence_jump": "the gateway sent seqs far beyond its sequence: stored, not followed, until its seqs reach them",
+    "sequence_churn": "the gateway sent readings under more new epochs than a real one starts (for 7 days)",
     "clock_offset": "the gateway's clock is off by more than the collector's bound: its readings are flagged",
 }
 #: how long a new sequence epoch stays an alarm
@@ -92,6 +93,8 @@ def sequence_conditions(findings: list[SequenceFinding], now: dt.datetime) -> li
             out.append(Condition(f.site, subject, "clock_offset", f.cause))
         elif f.kind == "jump" and f.resolved is None:
             out.append(Condition(f.site, subject, "sequence_jump", f.cause))
+        elif f.kind == "churn" and now - f.noticed < EPOCH_ALARM:
+            out.append(Condition(f.site, subject, "sequence_churn", f.cause))
     return out
 
 

@@ -174,6 +174,11 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
                                "(treated as missing: a counter's total over them comes from its readings either "
                                f"side); received {received[0]} .. {until}", str(first), str(last),
                                amount=float(f.last - f.first + 1)))
+        elif f.kind == "churn":
+            out.append(Finding("sequence_churn", source, "review",
+                               f"{f.cause}. What it means: the gateway sent readings under more new sequence epochs "
+                               "than a real one starts; they are stored, but whether readings of those epochs were "
+                               "lost is not known", str(first), str(last)))
         elif f.kind == "jump":
             out.append(Finding("sequence_jump", source, "info" if f.resolved else "review",
                                f"{f.cause}. What it means: the gateway sent seqs it cannot have reached (a broken or "

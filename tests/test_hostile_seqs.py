@@ -193,3 +193,41 @@ def test_hostile_seqs_and_epochs_never_stop_the_collector_nor_lose_a_reading(mos
     finally:
         c.stop()
         pub.close()
+
+
+def test_epoch_churn_follows_a_bounded_number_of_epochs_and_names_the_rest(tmp_path, caplog):
+    """A reading under a new random epoch each: before, each new epoch re-read a block of every epoch
+    met so far and was kept for ever (1,000 epochs: 143 s, quadratic). Now at most ``MAX_EPOCHS`` are
+    followed, the others are stored and named in one churn finding, the honest epoch is still followed,
+    and a churned epoch followed later (once another is idle) is followed from where it is met."""
+    class Counting(SqliteStore):
+        reads = 0
+
+        def seq_blocks(self, *args):
+            Counting.reads += 1
+            return super().seq_blocks(*args)
+
+    store = Counting(tmp_path / "jcm.db")
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    churned = [f"{k:016x}" for k in range(1, 501)]
+    with caplog.at_level(logging.WARNING, logger="collector.sequence_gaps"):
+        gaps.stored(_readings(range(1, 11)))
+        for i in range(0, len(churned), 50):
+            gaps.stored([r for e in churned[i:i + 50] for r in _readings([1, 2], epoch=e)])
+        gaps.stored(_readings(s for s in range(11, 21) if s != 15))
+        _judged(gaps, clock)
+    assert len(gaps._gateways[GW]) <= sequence_gaps.MAX_EPOCHS and Counting.reads < 100
+    found = store.sequence_findings("s")
+    assert [(f.epoch, f.first, f.last) for f in found if f.kind == "gap"] == [(E1, 15, 15)]
+    assert len([f for f in found if f.kind == "epoch"]) == sequence_gaps.MAX_EPOCHS - 1
+    [churn] = [f for f in found if f.kind == "churn"]
+    n = len(churned) - (sequence_gaps.MAX_EPOCHS - 1)
+    assert churn.epoch == churned[sequence_gaps.MAX_EPOCHS - 1] and f"{2 * n} reading(s) of {n} epoch(s)" in churn.cause
+    assert sum("epoch(s) new to the collector" in r.getMessage() for r in caplog.records) <= 4
+    clock[0] += 2 * sequence_gaps.EPOCH_IDLE_S  # every epoch but E1 idle: a churned one comes back
+    gaps.stored(_readings(range(21, 23)))
+    gaps.stored(_readings([9, 10, 12], epoch=churned[-1]))
+    _judged(gaps, clock)
+    assert [(f.epoch, f.first, f.last) for f in store.sequence_findings("s") if f.kind == "gap"] == [
+        (E1, 15, 15), (churned[-1], 11, 11)]  # not 3..8: its seqs met before were not followed
