@@ -172,8 +172,8 @@ class _Epoch:
     seen: float = 0.0  # monotonic time of its last reading (or of when this process learnt it)
 
     def limit(self) -> int:
-        """The highest seq followed: ``MAX_AHEAD`` beyond the floor and twice the seqs held (a
-        sender without epochs is followed from its first seq)."""
+        """The highest seq followed (but for what the outbox dropped): ``MAX_AHEAD`` beyond the
+        floor and twice the seqs held (a sender without epochs is followed from its first seq)."""
         base = self.floor if self.floor is not None else self.runs[0].first if self.runs else None
         return MAX_SEQ if base is None else base + 2 * self.known + MAX_AHEAD
 
@@ -360,11 +360,11 @@ class SequenceGaps:
                         continue
                     track = self._new_epoch(r, epochs, now)
                 track.seen = now
-                if r.seq > track.limit():
+                if r.seq > self._limit(r.site, r.gateway, epoch, track):
                     self._far(r, epoch, track)
                 else:
                     self._follow(r.site, r.gateway, epoch, track, r.seq, r.ts)
-                    while track.far and track.far[0][0] <= track.limit():  # the epoch's seqs reached them
+                    while track.far and track.far[0][0] <= self._limit(r.site, r.gateway, epoch, track):
                         self._follow(r.site, r.gateway, epoch, track, *track.far.pop(0))
                         if not track.far and not track.far_dropped:
                             track.jump = replace(track.jump, resolved=dt.datetime.now(dt.UTC))
@@ -403,6 +403,12 @@ class SequenceGaps:
             if track.recorded and track.is_recorded(seq, seq):
                 self._resolve(site, gateway, epoch, track, seq)
 
+    def _limit(self, site: str, gateway: str, epoch: str, track: _Epoch) -> int:
+        """The highest seq of an epoch followed: its ``limit``, and beyond it the readings the
+        gateway's status says its outbox cap dropped (they never come)."""
+        status = self._status.get((site, gateway))
+        return track.limit() + (status["dropped"] if status and status["epoch"] in (None, epoch) else 0)
+
     def _far(self, r: Reading, epoch: str, track: _Epoch) -> None:
         """A stored reading whose seq is beyond what its epoch makes plausible: held, and named."""
         j = track.jump
@@ -418,8 +424,8 @@ class SequenceGaps:
         j = replace(j, last=max(j.last, r.seq), start=min(j.start, r.ts), end=max(j.end, r.ts))
         highest = track.highest()
         cause = (f"{track.far_count} reading(s) of epoch {epoch or '(none)'} with seqs {j.first} (the first) up to "
-                 f"{j.last}, beyond seq {track.limit()} (the epoch's floor, twice the {track.known} seqs followed "
-                 f"and {MAX_AHEAD}; highest followed {highest[0] if highest else 'none'}): stored and "
+                 f"{j.last}, beyond seq {self._limit(r.site, r.gateway, epoch, track)} (the epoch's floor, twice the "
+                 f"{track.known} seqs followed, {MAX_AHEAD} and the readings its outbox dropped; highest followed {highest[0] if highest else 'none'}): stored and "
                  "acknowledged, but their seqs are not followed until the epoch's seqs reach them (a broken or "
                  "hostile gateway, or a store that never saw the start of this epoch); the seqs between are not "
                  "judged as gaps")

@@ -231,3 +231,18 @@ def test_epoch_churn_follows_a_bounded_number_of_epochs_and_names_the_rest(tmp_p
     _judged(gaps, clock)
     assert [(f.epoch, f.first, f.last) for f in store.sequence_findings("s") if f.kind == "gap"] == [
         (E1, 15, 15), (churned[-1], 11, 11)]  # not 3..8: its seqs met before were not followed
+
+
+def test_seqs_beyond_the_bound_that_the_outbox_cap_dropped_are_followed(tmp_path):
+    """A young epoch whose outbox cap dropped more than ``MAX_AHEAD`` readings (its status says so):
+    the seqs after them are followed, and the gap is the cap's, not a jump."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    dropped = 2 * MAX_AHEAD
+    gaps.on_status("s", "gw", {"outbox_dropped": dropped, "epoch": E1})
+    gaps.stored(_readings(range(1, 11)))
+    gaps.stored(_readings(range(dropped + 11, dropped + 21)))
+    _judged(gaps, clock)
+    [gap] = store.sequence_findings("s")
+    assert (gap.kind, gap.first, gap.last, gap.explained) == ("gap", 11, dropped + 10, dropped)
