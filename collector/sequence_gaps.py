@@ -425,10 +425,10 @@ class SequenceGaps:
         highest = track.highest()
         cause = (f"{track.far_count} reading(s) of epoch {epoch or '(none)'} with seqs {j.first} (the first) up to "
                  f"{j.last}, beyond seq {self._limit(r.site, r.gateway, epoch, track)} (the epoch's floor, twice the "
-                 f"{track.known} seqs followed, {MAX_AHEAD} and the readings its outbox dropped; highest followed {highest[0] if highest else 'none'}): stored and "
-                 "acknowledged, but their seqs are not followed until the epoch's seqs reach them (a broken or "
-                 "hostile gateway, or a store that never saw the start of this epoch); the seqs between are not "
-                 "judged as gaps")
+                 f"{track.known} seqs followed, {MAX_AHEAD} and the readings its outbox dropped; highest followed "
+                 f"{highest[0] if highest else 'none'}): stored and acknowledged, but their seqs are not followed "
+                 "until the epoch's seqs reach them (a broken or hostile gateway, or a store that never saw the start "
+                 "of this epoch); the seqs between are not judged as gaps")
         if track.far_dropped:
             cause += (f"; {track.far_dropped} of them not held (only the lowest {FAR_HELD} are): should the "
                       "epoch's seqs reach them, a gap over them may hold stored readings")

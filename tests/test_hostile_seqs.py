@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import time
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +18,7 @@ from collector.acknowledgement import Acknowledgements
 from collector.sequence_gaps import FAR_HELD, MAX_AHEAD, OWN_BLOCKS, SequenceGaps
 from contract.acknowledgement import MAX_RANGES
 from contract.message import MAX_SEQ, Reading
-from contract.store import BLOCK_SEQS, CustodyFinding, SequenceFinding
+from contract.store import BLOCK_SEQS, CustodyFinding, SequenceFinding, SignedMessage
 from store import open_store
 from store.sqlite_store import SqliteStore
 from tests.conftest import fuzz_examples
@@ -68,7 +69,8 @@ def test_seqs_far_beyond_the_epoch_are_named_not_followed_and_cost_no_block(back
     track = gaps._gateways[GW][E1]
     assert len(track.far) == len(hostile) and len(track.own) <= 1
     warnings = [r.getMessage() for r in caplog.records if "beyond seq" in r.getMessage()]
-    assert len(warnings) == 1 and f"site s: gateway gw: 50 reading(s) of epoch {E1} with seqs {hostile[0]}" in warnings[0]
+    assert len(warnings) == 1
+    assert f"site s: gateway gw: 50 reading(s) of epoch {E1} with seqs {hostile[0]}" in warnings[0]
     store.close()
 
 
@@ -85,18 +87,19 @@ def test_far_seqs_held_beyond_the_bound_are_counted_and_the_rest_followed(tmp_pa
     assert "10 of them not held" in jump.cause and jump.last == max(far)
 
 
-def test_a_backlog_the_live_lane_overtook_is_followed_once_the_epoch_reaches_it(tmp_path):
+def test_a_backlog_the_live_lane_overtook_is_followed_once_the_epoch_reaches_it(tmp_path, monkeypatch):
     """A young epoch whose live lane runs more than ``MAX_AHEAD`` ahead of its backlog (a gateway
-    offline from its start): the live seqs are held, followed as the backlog drains, the finding
-    resolved, and no gap is recorded."""
+    offline from its start; the bound made small): the live seqs are held, followed as the backlog
+    drains, the finding resolved, and no gap is recorded."""
+    monkeypatch.setattr(sequence_gaps, "MAX_AHEAD", 8 * BLOCK_SEQS)
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
     gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
-    live = MAX_AHEAD + 20_000
+    live = sequence_gaps.MAX_AHEAD + 20_000
     gaps.stored(_readings(range(live, live + 100)))  # first the live lane
     assert gaps._gateways[GW][E1].known == 0
-    for i in range(1, live, 100_000):  # then the backlog, in batches
-        gaps.stored(_readings(range(i, min(i + 100_000, live))))
+    for i in range(1, live, 1000):  # then the backlog, in batches
+        gaps.stored(_readings(range(i, min(i + 1000, live))))
     _judged(gaps, clock)
     [jump] = store.sequence_findings("s")
     assert jump.kind == "jump" and jump.resolved is not None
@@ -129,6 +132,10 @@ def test_a_custody_finding_at_the_highest_seq_is_kept_by_influxdb(influxdb):
     assert sorted((f.seq, f.detail) for f in store.custody_findings("s")) == [
         (s, f"at {s}") for s in (0, 1, MAX_SEQ - 1, MAX_SEQ)]
     assert sorted(f.first for f in store.sequence_findings("s")) == [0, 1, MAX_SEQ - 1, MAX_SEQ]
+    # a signed message of MAX_SEQ has no time in InfluxDB: its reading is refused (a dead letter), not lost
+    [r] = _readings([MAX_SEQ])
+    [(refused, why)] = store.write([r], messages=[SignedMessage("s", "gw", E1, MAX_SEQ, r.ts, "h", "p", "k", b"{}")])
+    assert refused is r and "its signed message" in why and "time outside range" in why
     store.close()
 
 
@@ -246,3 +253,19 @@ def test_seqs_beyond_the_bound_that_the_outbox_cap_dropped_are_followed(tmp_path
     _judged(gaps, clock)
     [gap] = store.sequence_findings("s")
     assert (gap.kind, gap.first, gap.last, gap.explained) == ("gap", 11, dropped + 10, dropped)
+
+
+def test_jump_and_churn_findings_are_for_review_and_live_view_alarms():
+    """What a verifier and an operator see of them (before: shown as a new epoch, no alarm)."""
+    import pandas as pd
+
+    from liveview.alarms import sequence_conditions
+    from processing.period import sequence_findings
+    jump = SequenceFinding("jump", "s", "gw", E1, 2**62, MAX_SEQ, T0, "2 reading(s) ...", start=T0, end=T0)
+    churn = SequenceFinding("churn", "s", "gw", E1, 1, 1, T0, "500 reading(s) ...", start=T0, end=T0)
+    qa = sequence_findings([jump, churn], pd.Timestamp(T0), pd.Timestamp(T0 + dt.timedelta(days=30)))
+    assert [(f.check, f.severity) for f in qa] == [("sequence_jump", "review"), ("sequence_churn", "review")]
+    qa = sequence_findings([replace(jump, resolved=T0)], pd.Timestamp(T0), pd.Timestamp(T0 + dt.timedelta(days=30)))
+    assert [(f.check, f.severity) for f in qa] == [("sequence_jump", "info")]
+    assert [c.kind for c in sequence_conditions([jump, churn], T0 + dt.timedelta(days=1))] == [
+        "sequence_jump", "sequence_churn"]
