@@ -269,3 +269,56 @@ def test_jump_and_churn_findings_are_for_review_and_live_view_alarms():
     assert [(f.check, f.severity) for f in qa] == [("sequence_jump", "info")]
     assert [c.kind for c in sequence_conditions([jump, churn], T0 + dt.timedelta(days=1))] == [
         "sequence_jump", "sequence_churn"]
+
+
+@pytest.mark.fuzz
+def test_hostile_seqs_among_an_honest_stream_split_across_restarted_collectors_cost_no_honest_seq(
+        tmp_path, monkeypatch):
+    """An honest stream with losses, and hostile seqs (sparse within the bound, far beyond it, MAX_SEQ)
+    shuffled in, split between two collectors that restart now and then (the bounds made small): every
+    honest lost seq lies in exactly one gap and no stored seq in any, each collector holds at most
+    ``OWN_BLOCKS`` blocks after a batch beyond those it touched, and the store no block beyond the bound."""
+    monkeypatch.setattr(sequence_gaps, "MAX_AHEAD", 16 * BLOCK_SEQS)
+    monkeypatch.setattr(sequence_gaps, "OWN_BLOCKS", 4)
+    monkeypatch.setattr(sequence_gaps, "FAR_HELD", 8)
+    store = SqliteStore(tmp_path / "jcm.db")
+    examples = iter(range(10**9))
+    honest = range(1, 301)
+
+    @settings(max_examples=fuzz_examples(10), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sets(st.sampled_from(honest[:-1]), max_size=8),
+           st.lists(st.one_of(st.integers(1, 40).map(lambda k: k * BLOCK_SEQS + k),
+                              st.integers(300, 2**62), st.just(MAX_SEQ)), max_size=30, unique=True),
+           st.randoms(use_true_random=False))
+    def one_example(lost, hostile, rnd):
+        site = f"s{next(examples)}"  # one store for every example
+        clock = [0.0]
+        collectors = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2)]
+        sent = [s for s in honest if s not in lost] + [s for s in hostile if s not in honest]
+        rnd.shuffle(sent)
+        while sent:
+            k = rnd.randint(1, 20)
+            batch, sent = sent[:k], sent[k:]
+            i = rnd.randrange(2)
+            if rnd.random() < 0.1:
+                collectors[i] = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])  # restarted
+            collectors[i].stored([Reading(site, "gw", "d", T0 + dt.timedelta(seconds=s % 10**6), {"x": 1.0}, seq=s,
+                                          epoch=E1) for s in batch])
+            own = collectors[i]._gateways[(site, "gw")][E1].own
+            assert len(own) <= sequence_gaps.OWN_BLOCKS + len({s // BLOCK_SEQS for s in batch})
+            clock[0] += rnd.choice([0.05, 0.2, 0.3])
+            collectors[i].check()
+        for clock[0] in (clock[0] + 100, clock[0] + 200, clock[0] + 300):
+            for c in collectors:
+                c.check()
+        found = store.sequence_findings(site)
+        gaps = [(f.first, f.last) for f in found if f.kind == "gap"]
+        unheld = any("not held" in f.cause for f in found if f.kind == "jump")
+        stored = [s for s in (*honest, *hostile) if s not in lost and (s in honest or not unheld)]
+        assert not [s for s in stored if any(a <= s <= b for a, b in gaps)], gaps
+        assert all(sum(a <= s <= b for a, b in gaps) == 1 for s in lost), (gaps, lost)
+        bound = len(honest) + 2 * (len(honest) + len(hostile)) + sequence_gaps.MAX_AHEAD
+        assert max(store.seq_tops(site, "gw").values()) <= bound // BLOCK_SEQS
+
+    one_example()
+    store.close()
