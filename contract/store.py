@@ -263,7 +263,10 @@ class SequenceFinding:
     (``previous``). ``clock``: the gateway's clock was off by more than the collector's bound
     (collector/clock_offset.py): seqs ``first``..``last`` of ``epoch`` were received meanwhile,
     from ``noticed`` to ``resolved``, stamped ``start``..``end``; they are not credited.
-    ``start``/``end`` (gap, epoch): the times of the stored readings either side, when
+    ``jump``: readings of ``epoch`` with seqs ``first`` (the first met) up to ``last``, beyond what
+    the epoch's seqs made plausible, stored but not followed (``resolved`` once all were).
+    ``churn``: readings of epochs beyond those the collector follows per gateway (``epoch``,
+    ``first``: the first of them), stored but not followed. ``start``/``end`` (gap, epoch): the times of the stored readings either side, when
     known. ``explained``: readings of the gap the gateway's outbox cap dropped (its
     ``outbox_dropped`` counter). ``resolved``: when every missing seq arrived after all (a
     clock: when it was seen right again).

@@ -248,6 +248,8 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
         if f.kind == "epoch":
             out.append(f"sequence finding {f.site}/{f.gateway}: new epoch {f.epoch} after seq {f.first} of "
                        f"{f.previous or 'an earlier epoch'}: {f.cause}")
+        elif f.kind in ("jump", "churn"):  # seqs the collector stored but did not follow
+            out.append(f"sequence finding {f.site}/{f.gateway}: {f.kind} at seq {f.first} of epoch {f.epoch}: {f.cause}")
     ok = not reasons and not breaks and not pems and n > 0
     problems = [f"{len(pems)} key file(s) not as keys.json"] if pems else []
     problems += [f"{sum(reasons.values())} message(s) refused"] if reasons else []
@@ -267,6 +269,10 @@ def _cause(b, refused: dict[int, str], findings: list[SequenceFinding], custody:
         causes += [f"collector: seq {f.first}..{f.last}: {f.cause}" for f in findings
                    if (f.kind, f.site, f.gateway, f.epoch) == ("gap", site, gateway, epoch)
                    and f.first <= b.last_seq and f.last >= b.first_seq]
+        # seqs beyond the gap the collector did not follow (a broken or hostile gateway)
+        causes += [f"collector: seqs {f.first}..{f.last} not followed: {f.cause}" for f in findings
+                   if (f.kind, f.site, f.gateway, f.epoch) == ("jump", site, gateway, epoch)
+                   and f.first <= b.last_seq + 1 and f.last >= b.first_seq]
     causes += [f"collector: seq {f.seq}: {f.kind}: {f.detail}" for f in custody
                if (f.site, f.gateway, f.epoch) == (site, gateway, epoch) and b.first_seq <= f.seq <= b.last_seq]
     if causes:

@@ -484,3 +484,22 @@ def test_a_reading_altered_in_the_store_is_found_by_the_recomputation(tmp_path, 
     assert "every signature verified" in out or "signatures verified" in out
     assert re.search(r"input hash NOT", out), out
     assert "VERDICT: FAILED" in out
+
+
+def test_a_gap_before_seqs_the_collector_did_not_follow_names_its_jump_finding(export, capsys):
+    """Messages after a deleted one whose seqs the collector found implausible (a jump finding, see
+    tests/test_hostile_seqs.py): the break names it, and the finding is listed (before: neither)."""
+    lines = messages(export)
+    i = energy_line(lines)
+    seq, gateway, ts = json.loads(lines[i])["seq"], json.loads(lines[i])["gateway"], json.loads(lines[i])["ts"]
+    put_messages(export, lines[:i] + lines[i + 1:])
+    jump = {"kind": "jump", "site": "mn-solar", "gateway": gateway, "epoch": EPOCH, "first": seq + 1,
+            "last": seq + 5, "noticed": ts, "cause": "5 reading(s) beyond the bound", "explained": 0, "previous": "",
+            "start": ts, "end": ts, "resolved": None}
+    (export / "custody" / "findings.json").write_text(json.dumps({"sequence_findings": [jump],
+                                                                  "custody_findings": []}))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1
+    assert f"seq {seq}: gap: 1 message(s) missing (collector: seqs {seq + 1}..{seq + 5} not followed: 5 " in out
+    assert f"sequence finding mn-solar/{gateway}: jump at seq {seq + 1} of epoch {EPOCH}: 5 reading(s)" in out
