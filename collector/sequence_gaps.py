@@ -63,10 +63,11 @@ REFRESH_S = 5.0
 #: 600 s (a backlog drains in batches at ~1,500 a second over 1 Mbit/s, faster on a LAN: a hole
 #: beyond that, left unjudged by a collector that stopped, is not found; tests/test_sequence_gaps.py)
 LOAD_BLOCKS = 1024
-#: seqs an epoch's highest may be beyond its floor and twice the seqs followed of it (4,194,304):
-#: a gateway's live lane overtakes its backlog by at most what its outbox held (an epoch long under
-#: way has followed far more seqs than that); beyond it a seq is taken as broken or hostile
-MAX_AHEAD = 1 << 22
+#: seqs an epoch's highest may be beyond its floor and twice the seqs followed of it (8,388,608):
+#: a gateway's live lane overtakes its backlog by at most what its outbox holds (``outbox.max_rows``,
+#: 5,000,000 by default; an epoch long under way has followed far more seqs than that); beyond it a
+#: seq is taken as broken or hostile. A hostile gateway can make an epoch touch 2,048 blocks at most
+MAX_AHEAD = 1 << 23
 #: seqs beyond ``MAX_AHEAD`` held per epoch (the lowest) until the epoch's seqs reach them
 FAR_HELD = 1024
 #: blocks per epoch whose own seqs a collector holds after writing them (a block with a hole is

@@ -553,7 +553,7 @@ def test_a_collector_restarted_blocks_after_an_open_hole_still_records_it(tmp_pa
 @pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
 def test_a_hole_up_to_the_highest_seq_allowed_is_one_gap_read_in_one_span(backend, tmp_path, request):
     """A sender jumping as far as its epoch allows (``MAX_AHEAD``; beyond, see tests/test_hostile_seqs.py)
-    leaves a hole of a thousand blocks: it is read as one span of blocks (not block by block) and
+    leaves a hole of 2,048 blocks: it is read as one span of blocks (not block by block) and
     recorded as one gap."""
     from collector.sequence_gaps import MAX_AHEAD
     if backend == "sqlite":
