@@ -361,7 +361,8 @@ class SequenceGaps:
                         continue
                     track = self._new_epoch(r, epochs, now)
                 track.seen = now
-                if r.seq > self._limit(r.site, r.gateway, epoch, track):
+                runs = track.runs  # up to the highest seq followed and one more, nothing to weigh
+                if (not runs or r.seq > runs[-1].last + 1) and r.seq > self._limit(r.site, r.gateway, epoch, track):
                     self._far(r, epoch, track)
                 else:
                     self._follow(r.site, r.gateway, epoch, track, r.seq, r.ts)
