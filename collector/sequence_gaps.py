@@ -26,7 +26,9 @@ other, but not followed: it is held (at most ``FAR_HELD`` per epoch) until the e
 reach it, and a ``jump`` finding names the gateway, epoch and seqs (logged as a WARNING).
 Each epoch keeps the seqs it stored itself for at most ``OWN_BLOCKS`` blocks (its sparse
 ones are written under a writer of their own when touched again). So a seq of 2**62, or
-seqs 4,096 apart, cost neither a false gap of millions of seqs nor a block each.
+seqs 4,096 apart, cost neither a false gap of millions of seqs nor a block each. At most
+``MAX_EPOCHS`` epochs of a gateway are followed: readings of more new ones while the others
+are in use are stored and acknowledged, and named in one ``churn`` finding per gateway.
 
 The work per message is a dictionary look-up and, in order, one comparison and a bit set;
 the store is asked once per batch (the blocks touched) and once per gateway with an old hole.
@@ -338,7 +340,7 @@ class SequenceGaps:
 
     def stored(self, readings: list[Reading]) -> None:
         """Readings the store now has: follow their seqs, report new epochs, write the runs
-        changed. Never raises: what the store did not take is done again with the next batch
+        changed, name the seqs and epochs not followed (``_far``, ``_room``). Never raises: what the store did not take is done again with the next batch
         (at most ``MAX_PENDING`` readings are held for that); a store that cannot be read
         back at all turns the bookkeeping off, with one WARNING."""
         if self.off:
