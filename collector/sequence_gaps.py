@@ -189,13 +189,14 @@ class _Epoch:
                 del self.own[block]
 
     def holes(self) -> list[tuple[int, int, _Run | None, _Run]]:
-        """(first, last, run before, run after) of every missing stretch below the highest seq."""
+        """(first, last, run before, run after) of every missing stretch from the floor up to the
+        highest seq."""
         out = []
         runs, floor = self.runs, self.floor or 0
         if runs and self.floor is not None and runs[0].first > self.floor:
             out.append((self.floor, runs[0].first - 1, None, runs[0]))
         for a, b in zip(runs, runs[1:]):
-            if a.last >= floor:
+            if a.last + 1 >= floor:
                 out.append((a.last + 1, b.first - 1, a, b))
             elif b.first > floor:  # the hole crosses the floor: only its part above is looked at
                 out.append((floor, b.first - 1, None, b))

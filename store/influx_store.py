@@ -49,8 +49,8 @@ from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
 from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported, SeqBlock,
-                            SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans,
-                            source_pairs, union_blocks)
+                            SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks,
+                            seq_spans, source_pairs, union_blocks)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"

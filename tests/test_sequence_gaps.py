@@ -19,8 +19,8 @@ from collector.sequence_gaps import SequenceGaps
 from collector.service import Collector
 from contract import topics
 from contract.message import Reading
-from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadUnsupported, SeqBlock, SeqMark, SequenceFinding,
-                            StoreUnavailable, block_ranges, range_blocks, to_ms)
+from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadUnsupported, SeqBlock, SeqMark, SeqRange,
+                            SequenceFinding, StoreUnavailable, block_ranges, range_blocks, to_ms)
 from liveview.alarms import sequence_conditions
 from liveview.app import LiveView
 from processing.period import PeriodProcessor
@@ -884,6 +884,25 @@ def test_stores_keep_the_highest_mark_and_give_blocks_in_pages(backend, tmp_path
             paged += page
             first = page[-1].block + 1
         assert paged == whole[1:], limit
+    store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_a_store_without_marks_is_judged_from_its_lowest_block(backend, tmp_path, request, monkeypatch):
+    """A store a version before marks wrote, a hole left unjudged in its first block and five
+    blocks above it (one block read a query): a collector meeting the gateway records the hole,
+    then marks the epoch judged up to its highest seq."""
+    monkeypatch.setattr("collector.sequence_gaps.LOAD_BLOCKS", 1)
+    store = open_backend(backend, tmp_path, request)
+    top = 6 * BLOCK_SEQS - 1
+    store.record_seq_blocks(range_blocks([SeqRange("s", "gw", E1, a, b, T0, T0) for a, b in ((1, 10), (21, top))]))
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    gaps.stored([Reading("s", "gw", "d", T0, {"x": 1.0}, seq=top + 1, epoch=E1)])
+    for clock[0] in (100.0, 200.0):
+        gaps.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(11, 20)]
+    assert store.seq_marks("s", "gw") == {E1: top + 1}
     store.close()
 
 
