@@ -348,13 +348,13 @@ class SequenceGaps:
                 if mark:
                     track.floor, track.mark = mark + 1, mark
                 first = mark // BLOCK_SEQS
-            while first <= top:
-                page = self.store.seq_blocks(site, gateway, epoch, first, top, LOAD_BLOCKS)
-                if not page:
-                    break
-                track.reshaped = True
-                track.runs[:] = self._merged(track.runs, block_ranges(page))
+            ranges: list[SeqRange] = []
+            while first <= top and (page := self.store.seq_blocks(site, gateway, epoch, first, top, LOAD_BLOCKS)):
+                ranges += block_ranges(page)
                 first = page[-1].block + 1
+            if ranges:  # joined once: each page's only touch the last one's
+                track.reshaped = True
+                track.runs[:] = self._merged(track.runs, ranges)
 
     def _new_epoch(self, r: Reading, epochs: dict[str, _Epoch]) -> _Epoch:
         epoch = r.epoch or ""
