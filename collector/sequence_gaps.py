@@ -348,13 +348,22 @@ class SequenceGaps:
                 if mark:
                     track.floor, track.mark = mark + 1, mark
                 first = mark // BLOCK_SEQS
-            ranges: list[SeqRange] = []
-            while first <= top and (page := self.store.seq_blocks(site, gateway, epoch, first, top, LOAD_BLOCKS)):
-                ranges += block_ranges(page)
-                first = page[-1].block + 1
-            if ranges:  # joined once: each page's only touch the last one's
+            ranges = self._read_ranges(site, gateway, epoch, first, top)
+            if ranges:
                 track.reshaped = True
                 track.runs[:] = self._merged(track.runs, ranges)
+
+    def _read_ranges(self, site: str, gateway: str, epoch: str, first: int, last: int) -> list[SeqRange]:
+        """The runs of stored seqs of blocks ``first``..``last``, read ``LOAD_BLOCKS`` blocks a
+        query: what is held is the runs, not the blocks."""
+        ranges: list[SeqRange] = []
+        while first <= last:
+            page = self.store.seq_blocks(site, gateway, epoch, first, last, LOAD_BLOCKS)
+            ranges += block_ranges(page)
+            if len(page) < LOAD_BLOCKS:
+                return ranges
+            first = page[-1].block + 1
+        return ranges
 
     def _new_epoch(self, r: Reading, epochs: dict[str, _Epoch]) -> _Epoch:
         epoch = r.epoch or ""
@@ -504,10 +513,10 @@ class SequenceGaps:
                     spans[-1][1] = max(spans[-1][1], hi)
                 else:
                     spans.append([lo, hi])
-            stored = [b for lo, hi in spans for b in self.store.seq_blocks(site, gateway, epoch, lo, hi)]
+            stored = [r for lo, hi in spans for r in self._read_ranges(site, gateway, epoch, lo, hi)]
             if stored:
                 track.reshaped = True
-                track.runs[:] = self._merged(track.runs, block_ranges(stored))
+                track.runs[:] = self._merged(track.runs, stored)
                 track.forget_covered(b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch))
                 for first in list(track.open):
                     self._resolve(site, gateway, epoch, track, first)

@@ -455,7 +455,8 @@ class ReadingStore(Protocol):
                    limit: int | None = None) -> list[SeqBlock]:
         """Blocks ``first``..``last`` of one epoch of a gateway, as ``union_blocks`` gives them
         (a block with no stored seq is absent); ``limit``: only the lowest ``limit`` of them
-        (a page: the next starts after the last one given). Raises ``StoreUnavailable``."""
+        (a page: the next starts after the last one given; fewer than ``limit``, the last
+        page). Raises ``StoreUnavailable``."""
 
     def record_seq_marks(self, marks: list[SeqMark]) -> None:
         """Remember how far each epoch is judged (``SeqMark``), keeping for each epoch the
