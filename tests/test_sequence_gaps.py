@@ -910,6 +910,34 @@ def test_a_store_without_marks_is_judged_from_its_lowest_block(backend, tmp_path
     store.close()
 
 
+def test_the_mark_never_passes_seqs_whose_blocks_the_store_refused(tmp_path):
+    """Seqs followed whose block the store has not taken yet are no fact about the store: a
+    check meanwhile moves the mark only up to the block before theirs."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+
+    def readings(seqs):
+        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
+
+    gaps.stored(readings(range(1, BLOCK_SEQS + 10)))
+    assert store.seq_marks("s", "gw") == {E1: BLOCK_SEQS + 9}
+
+    def down(blocks):
+        raise StoreUnavailable("down for the bookkeeping")
+
+    store.record_seq_blocks = down
+    gaps.stored(readings(range(BLOCK_SEQS + 10, 3 * BLOCK_SEQS)))
+    clock[0] = 10.0
+    gaps.check()
+    assert store.seq_marks("s", "gw") == {E1: BLOCK_SEQS + 9}
+    del store.record_seq_blocks
+    gaps.stored([])
+    clock[0] = 20.0
+    gaps.check()
+    assert store.seq_marks("s", "gw") == {E1: 3 * BLOCK_SEQS - 1}
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
 def test_the_mark_never_passes_a_hole_whose_gap_the_store_refused(backend, tmp_path, request, monkeypatch):
     """The store refuses the finding of a hole whenever its grace period is over: the mark
