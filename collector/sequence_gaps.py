@@ -431,8 +431,8 @@ class SequenceGaps:
         it dropped the hole), so the mark is a fact about the store."""
         out = []
         for epoch, track in epochs.items():
-            if not track.runs:
-                continue
+            if not track.runs or (track.floor is not None and track.floor > track.mark + 1):
+                continue  # the mark moves only over seqs looked at: from the floor up
             judged = next(iter(track.suspected)) - 1 if track.suspected else track.runs[-1].last
             unsaved = min((b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch)), default=None)
             if unsaved is not None:
