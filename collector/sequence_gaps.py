@@ -24,7 +24,8 @@ at once as an epoch finding and logged as a WARNING: the readings of the old epo
 its highest seq that had not arrived are lost.
 
 The work per message is a dictionary look-up and, in order, one comparison and a bit set;
-the store is asked once per batch (the blocks touched) and once per gateway with an old hole.
+the store is asked once per batch (the blocks touched) and once per gateway with an old hole,
+and takes the marks moved at most every ``MARK_EVERY_S``.
 """
 
 from __future__ import annotations
@@ -403,7 +404,7 @@ class SequenceGaps:
     # -- holes ------------------------------------------------------------------------
     def check(self) -> None:
         """Record as gaps the holes missing for longer than the grace period and absent
-        from the store. Raises ``StoreUnavailable``."""
+        from the store, and move the marks over what is judged. Raises ``StoreUnavailable``."""
         now = self.clock()
         marks = []
         for (site, gateway), epochs in self._gateways.items():
