@@ -31,7 +31,7 @@ import pandas as pd
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
-from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock, SeqRange,
+from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock, SeqMark, SeqRange,
                             SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans, source_pairs,
                             union_blocks)
 
@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS sequence_blocks (
     site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, block INTEGER NOT NULL, bits BLOB NOT NULL,
     times BLOB NOT NULL, PRIMARY KEY (site, gateway, epoch, block)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sequence_marks (
+    site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (site, gateway, epoch)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sequence_findings (
     site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, kind TEXT NOT NULL, first INTEGER NOT NULL,
@@ -123,6 +127,9 @@ MESSAGE_PAGE = 1000
 
 BLOCK = "SELECT block, bits, times FROM sequence_blocks WHERE site = ? AND gateway = ? AND epoch = ? AND block"
 UPSERT_BLOCK = "INSERT OR REPLACE INTO sequence_blocks VALUES (?,?,?,?,?,?)"
+#: each mark is a fact about the store, so the highest of them is too
+UPSERT_MARK = ("INSERT INTO sequence_marks VALUES (?,?,?,?) ON CONFLICT (site, gateway, epoch) "
+               "DO UPDATE SET seq = MAX(seq, excluded.seq)")
 
 
 def _ms_or_none(ts: dt.datetime | None) -> int | None:
@@ -285,10 +292,14 @@ class SqliteStore:
 
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
         """OR each block into the stored one: one row per block, whoever wrote it."""
+        self._transaction(lambda: self._merge_blocks(blocks))
+
+    def _transaction(self, work) -> None:
+        """Run ``work`` in one write transaction: all of it is written or none."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._merge_blocks(blocks)
+                work()
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
@@ -326,9 +337,18 @@ class SqliteStore:
         return dict(self._query("SELECT epoch, MAX(block) FROM sequence_blocks WHERE site = ? AND gateway = ? "
                                 "GROUP BY epoch", (site, gateway)))
 
-    def seq_blocks(self, site, gateway, epoch, first, last) -> list[SeqBlock]:
-        rows = self._query(f"{BLOCK} >= ? AND block <= ? ORDER BY block", (site, gateway, epoch, first, last))
+    def seq_blocks(self, site, gateway, epoch, first, last, limit=None) -> list[SeqBlock]:
+        rows = self._query(f"{BLOCK} >= ? AND block <= ? ORDER BY block LIMIT ?",
+                           (site, gateway, epoch, first, last, -1 if limit is None else limit))
         return [SeqBlock.from_bytes(site, gateway, epoch, *row) for row in rows]
+
+    def record_seq_marks(self, marks: list[SeqMark]) -> None:
+        rows = [(m.site, m.gateway, m.epoch, m.seq) for m in marks]
+        self._transaction(lambda: self._db.executemany(UPSERT_MARK, rows))
+
+    def seq_marks(self, site, gateway) -> dict[str, int]:
+        return dict(self._query("SELECT epoch, seq FROM sequence_marks WHERE site = ? AND gateway = ?",
+                                (site, gateway)))
 
     def record_finding(self, finding: SequenceFinding) -> None:
         f = finding
