@@ -442,6 +442,11 @@ class ReadingStore(Protocol):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
 
+    def site_dead_letters(self, site: str, start: dt.datetime, end: dt.datetime) -> list[DeadLetter]:
+        """The dead letters received on a topic of ``site`` (``jcm/v1/<site>/...``: the broker's
+        ACL gives each site's login its own topics) with start <= received < end, oldest first
+        (then by SHA-256). Raises ``StoreUnavailable``."""
+
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
         """Remember that these seqs are stored (after ``write`` stored their readings): each
         block holds every seq of it its writer stored so far (a later record of the same

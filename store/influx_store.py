@@ -44,6 +44,7 @@ from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from contract import topics
 from contract.float_text import finite_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import Reading
@@ -579,16 +580,13 @@ class InfluxStore:
                   "db": self.db, "epoch": "ns", **self.auth}
         resp = self.http.request("POST", f"{self.base_url}/query", fields=params, headers=self.headers,
                                  encode_multipart=False)
-        series = json.loads(resp.data)["results"][0].get("series", [])
-        out = []
-        for s in series:
-            for ns, topic, payload, reason, size, sha256 in s["values"]:
-                received = dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
-                if sha256 is None:  # kept whole, as text, before sizes were kept
-                    out.append(DeadLetter(received, topic, payload.encode("utf-8", "surrogateescape"), reason))
-                else:
-                    out.append(DeadLetter(received, topic, base64.b64decode(payload), reason, int(size), sha256))
-        return out
+        return _letters(json.loads(resp.data)["results"][0].get("series", []))
+
+    def site_dead_letters(self, site, start, end) -> list[DeadLetter]:
+        prefix = f"{topics.ROOT}/{site}/"
+        series = self.query(f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} "
+                            f"WHERE time >= {to_ns(start)} AND time < {to_ns(end)}", "ns")
+        return sorted((d for d in _letters(series) if d.topic.startswith(prefix)), key=lambda d: (d.received, d.sha256))
 
     def close(self) -> None:
         if self.client is not None:
@@ -601,6 +599,21 @@ def _epoch_tags(r: SeqBlock | SeqMark) -> str:
     without epochs has none (InfluxQL groups it as epoch "")."""
     return "".join(f",{k}={_tag_value(v)}" for k, v in (("site", r.site), ("gateway", r.gateway), ("epoch", r.epoch),
                                                         ("writer", r.writer)) if v)
+
+
+def _letters(series: list[dict]) -> list[DeadLetter]:
+    """The dead letters of a query's series of topic, payload, reason, size, sha256 (times in ns)."""
+    out = []
+    for s in series:
+        for ns, topic, payload, reason, size, sha256 in s["values"]:
+            # to the microsecond, as written (the nanoseconds below keep letters of one microsecond apart)
+            received = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC) + dt.timedelta(
+                microseconds=ns % 1_000_000_000 // 1000)
+            if sha256 is None:  # kept whole, as text, before sizes were kept
+                out.append(DeadLetter(received, topic, payload.encode("utf-8", "surrogateescape"), reason))
+            else:
+                out.append(DeadLetter(received, topic, base64.b64decode(payload), reason, int(size), sha256))
+    return out
 
 
 def _ms(ts: dt.datetime) -> int:

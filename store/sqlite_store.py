@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received TEXT NOT NULL, topic TEXT NOT NULL,
     payload BLOB NOT NULL, reason TEXT NOT NULL, size INTEGER, sha256 TEXT
 );
+CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received);
 CREATE TABLE IF NOT EXISTS sequence_blocks (
     site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, block INTEGER NOT NULL, bits BLOB NOT NULL,
     times BLOB NOT NULL, PRIMARY KEY (site, gateway, epoch, block)
@@ -286,9 +288,17 @@ class SqliteStore:
     def dead_letters(self, limit=100) -> list[DeadLetter]:
         rows = self._query("SELECT received, topic, payload, reason, size, sha256 FROM dead_letters "
                            "ORDER BY id DESC LIMIT ?", (limit,))
-        return [DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why, size, sha) if sha else
-                DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why)  # kept whole before sizes were kept
-                for r, t, p, why, size, sha in rows]
+        return _letters(rows)
+
+    def site_dead_letters(self, site, start, end) -> list[DeadLetter]:
+        # ``received`` is ISO 8601 text in UTC: its order is time order but for how a whole
+        # second is written, so the text range is widened by a second and the times compared
+        prefix = f"{topics.ROOT}/{site}/"
+        lo, hi = ((t - dt.timedelta(seconds=1)).astimezone(dt.UTC).isoformat() for t in (start, end + dt.timedelta(seconds=2)))
+        rows = self._query("SELECT received, topic, payload, reason, size, sha256 FROM dead_letters "
+                           "WHERE received >= ? AND received < ? AND substr(topic, 1, ?) = ?",
+                           (lo, hi, len(prefix), prefix))
+        return sorted((d for d in _letters(rows) if start <= d.received < end), key=lambda d: (d.received, d.sha256))
 
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
         """OR each block into the stored one: one row per block, whoever wrote it."""
@@ -454,3 +464,10 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=READ_COLUMNS)
     df["ts"] = pd.to_datetime(df["ts"], unit="ms", utc=True)
     return df
+
+
+def _letters(rows: Iterable[tuple]) -> list[DeadLetter]:
+    """Dead letters of rows (received, topic, payload, reason, size, sha256)."""
+    return [DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why, size, sha) if sha else
+            DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why)  # kept whole before sizes were kept
+            for r, t, p, why, size, sha in rows]
