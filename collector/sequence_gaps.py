@@ -13,8 +13,11 @@ gap nor forgets a real one.
 
 Bounded on purpose: a batch writes one record per block it touched (however a shared
 subscription interleaved its seqs), and the store is read only for the blocks of the
-holes being checked. A collector that meets a gateway learns the last ``LOAD_BLOCKS``
-blocks of each epoch: holes further back were judged by the collectors that saw them.
+holes being checked. How far each epoch is judged (every seq up to there stored or inside
+a gap recorded) is kept in the store as its mark (``SeqMark``), advanced only over what the
+store holds: a collector that meets a gateway reads every block from the mark up, in pages
+of ``LOAD_BLOCKS``, so a hole its predecessor saw but had not yet judged when it stopped is
+judged now, however far back.
 
 A reading of an epoch this gateway never used before, when it used another, is recorded
 at once as an epoch finding and logged as a WARNING: the readings of the old epoch after
@@ -31,7 +34,8 @@ seqs 4,096 apart, cost neither a false gap of millions of seqs nor a block each.
 are in use are stored and acknowledged, and named in one ``churn`` finding per gateway.
 
 The work per message is a dictionary look-up and, in order, one comparison and a bit set;
-the store is asked once per batch (the blocks touched) and once per gateway with an old hole.
+the store is asked once per batch (the blocks touched) and once per gateway with an old hole,
+and takes the marks moved at most every ``MARK_EVERY_S``.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from contract.message import MAX_SEQ, Reading
-from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, ReadUnsupported, SeqBlock, SeqRange,
-                            SequenceFinding, StoreUnavailable, block_ranges, to_ms)
+from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, ReadUnsupported, SeqBlock, SeqMark,
+                            SeqRange, SequenceFinding, StoreUnavailable, block_ranges, to_ms)
 from contract.text import printable
 
 log = logging.getLogger(__name__)
@@ -59,11 +63,8 @@ CHECK_EVERY_S = 1.0
 #: how often a gateway with holes learns from the store what other collectors stored [s]: on a
 #: shared subscription each collector sees part of the stream, and its own runs would pile up
 REFRESH_S = 5.0
-#: blocks of each epoch a collector learns when it meets a gateway (the newest; 4,194,304 seqs,
-#: 34 ms on SQLite): a hole further back when it starts was older than the grace period of the
-#: collector that saw it unless the gateway sent over 6,990 seqs a second for all of the default
-#: 600 s (a backlog drains in batches at ~1,500 a second over 1 Mbit/s, faster on a LAN: a hole
-#: beyond that, left unjudged by a collector that stopped, is not found; tests/test_sequence_gaps.py)
+#: blocks read per query when a collector meets a gateway and reads every block of an epoch
+#: from its mark up (4,194,304 seqs, 34 ms on SQLite): what one read holds in memory
 LOAD_BLOCKS = 1024
 #: seqs an epoch's highest may be beyond its floor and twice the seqs followed of it (8,388,608):
 #: a gateway's live lane overtakes its backlog by at most what its outbox holds (``outbox.max_rows``,
@@ -83,6 +84,9 @@ EPOCH_IDLE_S = 3600.0
 #: epochs not followed (beyond ``MAX_EPOCHS``) a gateway's ``churn`` finding remembers: one of them
 #: followed later is followed from the seq it is met at, as its seqs before were not followed
 CHURNED_KEPT = 1024
+#: how often the marks are written [s]: a mark a little behind costs a restarted collector a few
+#: more blocks to read, one written every check a store write a second
+MARK_EVERY_S = 5.0
 #: gaps this process recorded that it looks for in the store until they arrive (the newest of
 #: each epoch): on a shared subscription their late seqs may reach the other collector only
 OPEN_GAPS = 16
@@ -154,9 +158,12 @@ class _Epoch:
     _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
     #: first -> last seq of the gaps this process recorded, not yet resolved (at most ``OPEN_GAPS``)
     open: dict[int, int] = field(default_factory=dict)
-    #: the lowest seq looked at: epochs count from 1 (seqs below the blocks learnt from the store
-    #: were judged before); a sender without epochs is followed from where we meet it (None)
+    #: the lowest seq looked at: epochs count from 1, or from above the epoch's mark in the store
+    #: (seqs up to it were judged before); a sender without epochs is followed from where we meet
+    #: it (None), or from above its mark
     floor: int | None = 1
+    #: the highest mark this collector knows the store holds (0: none)
+    mark: int = 0
     #: whether a hole may have shrunk or split since ``suspected`` was built (a seq arrived below
     #: the highest, the store's runs were merged in, a gap was recorded); if not, only holes above
     #: those looked at can be new (above ``looked``, the first seq of the highest run then), and
@@ -241,13 +248,17 @@ class _Epoch:
                 del self.own[block]
 
     def holes(self) -> list[tuple[int, int, _Run | None, _Run]]:
-        """(first, last, run before, run after) of every missing stretch below the highest seq."""
+        """(first, last, run before, run after) of every missing stretch from the floor up to the
+        highest seq."""
         out = []
-        runs = self.runs
+        runs, floor = self.runs, self.floor or 0
         if runs and self.floor is not None and runs[0].first > self.floor:
             out.append((self.floor, runs[0].first - 1, None, runs[0]))
         for a, b in zip(runs, runs[1:]):
-            out.append((a.last + 1, b.first - 1, a, b))
+            if a.last + 1 >= floor:
+                out.append((a.last + 1, b.first - 1, a, b))
+            elif b.first > floor:  # the hole crosses the floor: only its part above is looked at
+                out.append((floor, b.first - 1, None, b))
         return out
 
     def record(self, f: SequenceFinding) -> None:
@@ -323,6 +334,7 @@ class SequenceGaps:
         self._status: dict[tuple[str, str], dict] = {}
         self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
         self._next_check = 0.0
+        self._next_mark = 0.0
         self.off = False  # the store cannot read the bookkeeping back (see ``stored``)
         self._refused = False  # the store refused the last ``stored`` (not a fault of ours)
         self._pending: list[Reading] = []  # stored, but their seqs not yet followed (the store refused)
@@ -480,33 +492,50 @@ class SequenceGaps:
         """What the store knows of a gateway, the first time this collector meets it."""
         epochs: dict[str, _Epoch] = {}
         self._learn(site, gateway, epochs)
-        for track in epochs.values():
-            track.seen = now
         for f in self.store.sequence_findings(site):
             if f.gateway == gateway and f.kind == "gap":
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
+        for track in epochs.values():
+            track.seen = now
         self._gateways[(site, gateway)] = epochs
         return epochs
 
     def _learn(self, site: str, gateway: str, epochs: dict[str, _Epoch], only: set[str | None] | None = None) -> None:
-        """Learn the newest blocks of each epoch of the gateway, or of those ``only`` (at most
-        ``LOAD_BLOCKS``, from the highest seq this collector knows of it): of an epoch it meets
-        for the first time, seqs below them are not looked at."""
-        for epoch, top in self.store.seq_tops(site, gateway).items():
+        """Learn the blocks of each epoch of the gateway (or of those ``only``) above what is
+        judged: of an epoch it meets for the first time, from the store's mark up (seqs up to it
+        are not looked at), or from its lowest block when it has no mark (a store of a version
+        before marks: a hole left unjudged then is judged now); of one it knows, above the
+        highest seq it knows. In pages of ``LOAD_BLOCKS``: held in memory as runs, not seqs."""
+        tops = self.store.seq_tops(site, gateway)
+        marks = self.store.seq_marks(site, gateway) if tops else {}
+        for epoch, top in tops.items():
             if only is not None and epoch not in only:
                 continue
-            first = max(0, top - LOAD_BLOCKS + 1)
             track = epochs.get(epoch)
             if track is not None and track.runs:
-                first = max(first, track.runs[-1].last // BLOCK_SEQS)
+                first = track.runs[-1].last // BLOCK_SEQS
             else:
                 track = epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
-                if epoch and first:
-                    track.floor = first * BLOCK_SEQS
-            if first <= top:
+                mark = marks.get(epoch, 0)
+                if mark:
+                    track.floor, track.mark = mark + 1, mark
+                first = mark // BLOCK_SEQS
+            ranges = self._read_ranges(site, gateway, epoch, first, top)
+            if ranges:
                 track.reshaped = True
-                track.set_runs(self._merged(track.runs, block_ranges(
-                    self.store.seq_blocks(site, gateway, epoch, first, top))))
+                track.set_runs(self._merged(track.runs, ranges))
+
+    def _read_ranges(self, site: str, gateway: str, epoch: str, first: int, last: int) -> list[SeqRange]:
+        """The runs of stored seqs of blocks ``first``..``last``, read ``LOAD_BLOCKS`` blocks a
+        query: what is held is the runs, not the blocks."""
+        ranges: list[SeqRange] = []
+        while first <= last:
+            page = self.store.seq_blocks(site, gateway, epoch, first, last, LOAD_BLOCKS)
+            ranges += block_ranges(page)
+            if len(page) < LOAD_BLOCKS:
+                return ranges
+            first = page[-1].block + 1
+        return ranges
 
     def _room(self, r: Reading, epochs: dict[str, _Epoch], now: float) -> bool:
         """Whether an epoch not followed yet can be: a gateway's epochs beyond ``MAX_EPOCHS`` (its
@@ -578,10 +607,12 @@ class SequenceGaps:
     # -- holes ------------------------------------------------------------------------
     def check(self) -> None:
         """Record as gaps the holes missing for longer than the grace period and absent
-        from the store. Raises ``StoreUnavailable``."""
+        from the store, and move the marks over what is judged. Raises ``StoreUnavailable``."""
         now = self.clock()
+        marks = []
         for (site, gateway), epochs in self._gateways.items():
             oldest = self._suspect(epochs, now)
+            marks += self._judged(site, gateway, epochs)
             if oldest is None and not any(track.open for track in epochs.values()):
                 continue
             if now - self._refreshed.get((site, gateway), -REFRESH_S) >= REFRESH_S:
@@ -590,6 +621,29 @@ class SequenceGaps:
                 oldest = self._suspect(epochs, now)
             if oldest is not None and now - oldest >= self.grace_s:
                 self._record_gaps(site, gateway, epochs, now)
+        if marks and now >= self._next_mark:
+            self.store.record_seq_marks(marks)
+            self._next_mark = now + MARK_EVERY_S
+            for m in marks:
+                self._gateways[(m.site, m.gateway)][m.epoch].mark = m.seq
+
+    def _judged(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> list[SeqMark]:
+        """The marks of the epochs judged further than their mark: up to below the lowest
+        hole suspected (right after ``_suspect``: every hole not inside a recorded gap, lowest
+        first), else the highest seq; never past a block not yet written. Every run this
+        collector holds is in the store, and every gap it knows recorded there (durably, before
+        it dropped the hole), so the mark is a fact about the store."""
+        out = []
+        for epoch, track in epochs.items():
+            if not track.runs or (track.floor is not None and track.floor > track.mark + 1):
+                continue  # the mark moves only over seqs looked at: from the floor up
+            judged = next(iter(track.suspected)) - 1 if track.suspected else track.runs[-1].last
+            unsaved = min((b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch)), default=None)
+            if unsaved is not None:
+                judged = min(judged, unsaved * BLOCK_SEQS - 1)
+            if judged > track.mark:
+                out.append(SeqMark(site, gateway, epoch, judged, self._writer))
+        return out
 
     def _suspect(self, epochs: dict[str, _Epoch], now: float) -> float | None:
         """Note since when each hole not yet recorded is missing; return the earliest such
@@ -642,8 +696,8 @@ class SequenceGaps:
         runs, new = track.runs, []
         i = len(runs) - 1
         while i > 0 and runs[i - 1].last + 1 > track.looked:
-            first, last = runs[i - 1].last + 1, runs[i].first - 1
-            if not (track.recorded and track.is_recorded(first, last)):
+            first, last = max(runs[i - 1].last + 1, track.floor or 0), runs[i].first - 1
+            if first <= last and not (track.recorded and track.is_recorded(first, last)):
                 new.append((first, last))
             i -= 1
         for first, last in reversed(new):
@@ -663,10 +717,10 @@ class SequenceGaps:
                     spans[-1][1] = max(spans[-1][1], hi)
                 else:
                     spans.append([lo, hi])
-            stored = [b for lo, hi in spans for b in self.store.seq_blocks(site, gateway, epoch, lo, hi)]
+            stored = [r for lo, hi in spans for r in self._read_ranges(site, gateway, epoch, lo, hi)]
             if stored:
                 track.reshaped = True
-                track.set_runs(self._merged(track.runs, block_ranges(stored)))
+                track.set_runs(self._merged(track.runs, stored))
                 track.forget_covered(b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch))
                 for first in list(track.open):
                     self._resolve(site, gateway, epoch, track, first)

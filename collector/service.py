@@ -284,8 +284,10 @@ class Collector:
         self.dead += refused_count + len(refused)
         taken = {id(m) for m in source.values()}
         self.acknowledgements.kept(readings, [(m.topic, m.payload) for m in deliveries if id(m) not in taken])
-        for m in batch:  # a batch's acknowledgement too comes once every line of it is stored
-            if m.generation == self._generation and m.qos > 0:
+        # a batch's acknowledgement too comes once every line of it is stored
+        self.client.ack_all([m.mid for m in batch if m.generation == self._generation and m.qos == 1])
+        for m in batch:
+            if m.generation == self._generation and m.qos == 2:
                 self.client.ack(m.mid, m.qos)
 
     def _lines(self, m: Incoming) -> list[Incoming]:

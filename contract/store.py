@@ -135,6 +135,23 @@ class SeqBlock:
                    writer)
 
 
+@dataclass(frozen=True)
+class SeqMark:
+    """Every seq 1..``seq`` of one sequence epoch of a gateway is judged: stored, or inside a
+    gap finding recorded (a sender without epochs: from the first seq the collectors met).
+
+    The collector that writes it has seen this in the store (blocks written, findings
+    durable), so it is a fact about the store, which only ever gains seqs and findings:
+    the highest mark any collector wrote holds too, and a collector meeting the gateway
+    looks at seqs above it only. ``writer`` names the collector process (as ``SeqBlock``)."""
+
+    site: str
+    gateway: str
+    epoch: str
+    seq: int
+    writer: str = ""
+
+
 def _low(word: int) -> int:
     return (word & -word).bit_length() - 1
 
@@ -428,6 +445,11 @@ class ReadingStore(Protocol):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
 
+    def site_dead_letters(self, site: str, start: dt.datetime, end: dt.datetime) -> list[DeadLetter]:
+        """The dead letters received on a topic of ``site`` (``jcm/v1/<site>/...``: the broker's
+        ACL gives each site's login its own topics) with start <= received < end, oldest first
+        (then by SHA-256). Raises ``StoreUnavailable``."""
+
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
         """Remember that these seqs are stored (after ``write`` stored their readings): each
         block holds every seq of it its writer stored so far (a later record of the same
@@ -437,9 +459,19 @@ class ReadingStore(Protocol):
         """The highest block of each epoch of a gateway that holds a stored seq. Raises
         ``StoreUnavailable``."""
 
-    def seq_blocks(self, site: str, gateway: str, epoch: str, first: int, last: int) -> list[SeqBlock]:
+    def seq_blocks(self, site: str, gateway: str, epoch: str, first: int, last: int,
+                   limit: int | None = None) -> list[SeqBlock]:
         """Blocks ``first``..``last`` of one epoch of a gateway, as ``union_blocks`` gives them
-        (a block with no stored seq is absent). Raises ``StoreUnavailable``."""
+        (a block with no stored seq is absent); ``limit``: only the lowest ``limit`` of them
+        (a page: the next starts after the last one given; fewer than ``limit``, the last
+        page). Raises ``StoreUnavailable``."""
+
+    def record_seq_marks(self, marks: list[SeqMark]) -> None:
+        """Remember how far each epoch is judged (``SeqMark``), keeping for each epoch the
+        highest mark any writer recorded. Raises ``StoreUnavailable``."""
+
+    def seq_marks(self, site: str, gateway: str) -> dict[str, int]:
+        """The highest mark of each epoch of a gateway that has one. Raises ``StoreUnavailable``."""
 
     def record_finding(self, finding: SequenceFinding) -> None:
         """Keep a sequence finding (replacing one of the same identity). Raises ``StoreUnavailable``."""

@@ -2,7 +2,8 @@
 and print a verdict a verifier can paste into a report.
 
 1. the files: every file of ``manifest.json`` and ``SHA256SUMS`` present with its
-   SHA-256, and no file that neither lists;
+   SHA-256, and no file that neither lists; the messages the collector refused in the
+   period (``dead_letters.csv.gz``) as many as the manifest says;
 2. the custody folder (``contract.custody``): every message's signature (a covered one's
    by the later message that covers it), every chain,
    each gap with its cause (the collector's sequence findings, refused messages);
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
 import hashlib
 import io
 import math
@@ -63,6 +65,9 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
                + (", each present with its SHA-256, none unlisted" if not files else ""))
     out += [f"  {p}" for p in files]
     problems += [f"{len(files)} file problem(s)"] if files else []
+    letters, problem = _dead_letters(folder, manifest)
+    out.append(letters)
+    problems += [problem] if problem else []
     if site.site != manifest.get("site"):
         raise ValueError(f"{SITE_SETTINGS}: settings of site {site.site}, the manifest's are of {manifest.get('site')}")
     if not (folder / "custody").exists():
@@ -89,6 +94,25 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
     out.append("VERDICT: " + ("PASSED: files whole, every signature verified, every chain whole, "
                               "figures recomputed equal" if ok else "FAILED: " + ", ".join(problems)))
     return ok, [printable(line) for line in out]
+
+
+def _dead_letters(folder: Path, manifest: dict) -> tuple[str, str | None]:
+    """The line on the refused messages of the period, and a problem if their file does not
+    hold as many as the manifest says (the file's bytes are checked with the others)."""
+    entry = manifest.get("dead_letters")
+    if not isinstance(entry, dict):
+        return "dead letters: not in this export (made before exports listed them)", None
+    name, count = entry.get("file"), entry.get("count")
+    try:
+        with gzip.open(folder / str(name), "rt", encoding="utf-8", newline="") as f:
+            rows = sum(1 for row in csv.reader(line for line in f if not line.startswith("#"))) - 1
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, TypeError) as exc:
+        return f"dead letters: {name}: cannot read: {exc}", f"{name} unreadable"
+    line = (f"dead letters: {rows} message(s) on the site's topics refused by the collector in the period, "
+            f"each with why in {name}")
+    if rows != count:
+        return line + f"; the manifest says {count}", f"{name} lists {rows} dead letter(s), the manifest {count}"
+    return line, None
 
 
 def _manifest(folder: Path) -> dict:

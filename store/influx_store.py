@@ -44,13 +44,14 @@ from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from contract import topics
 from contract.float_text import finite_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import MAX_SEQ, Reading
 from contract.sqlite_file import UnusableFile
 from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported, SeqBlock,
-                            SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans,
-                            source_pairs, union_blocks)
+                            SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks,
+                            seq_spans, source_pairs, union_blocks)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -59,6 +60,9 @@ DEAD = "dead_letter"
 #: collector's findings (at the time first noticed)
 BLOCKS = "sequence_block"
 FINDINGS = "sequence_finding"
+#: how far each epoch is judged (``SeqMark``): tags site, gateway, epoch, writer; field ``seq``;
+#: one point per writer at the time 0, which its later writes replace; the reader takes the highest
+MARKS = "sequence_mark"
 #: what stores written before blocks kept: one point per writer's run of seqs
 OLD_RANGES = "sequence_range"
 #: of those, read per query when they become blocks
@@ -346,14 +350,20 @@ class InfluxStore:
         return refused
 
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
-        lines = []
-        for b in blocks:  # line protocol has no empty tag: a sender without epochs has none
-            tags = "".join(f",{k}={_tag_value(v)}" for k, v in (("site", b.site), ("gateway", b.gateway),
-                                                                  ("epoch", b.epoch), ("writer", b.writer)) if v)
-            lines.append(f'{BLOCKS}{tags} bits="{base64.b64encode(b.bits_bytes()).decode()}",'
-                         f'times="{base64.b64encode(b.times_bytes()).decode()}" {b.block}'.encode())
+        lines = [f'{BLOCKS}{_epoch_tags(b)} bits="{base64.b64encode(b.bits_bytes()).decode()}",'
+                 f'times="{base64.b64encode(b.times_bytes()).decode()}" {b.block}'.encode() for b in blocks]
         if lines:
             self._post_sequence(lines, WritePrecision.NS)
+
+    def record_seq_marks(self, marks: list[SeqMark]) -> None:
+        lines = [f"{MARKS}{_epoch_tags(m)} seq={m.seq}i 0".encode() for m in marks]
+        if lines:
+            self._post_sequence(lines, WritePrecision.NS)
+
+    def seq_marks(self, site, gateway) -> dict[str, int]:
+        series = self.query(f'SELECT max("seq") FROM {_q(MARKS)} WHERE "site" = {_lit(site)} AND '
+                            f'"gateway" = {_lit(gateway)} GROUP BY "epoch"', "ns")
+        return {s.get("tags", {}).get("epoch", ""): s["values"][0][1] for s in series}
 
     def seq_tops(self, site, gateway) -> dict[str, int]:
         self._blocks_from_ranges()
@@ -361,12 +371,17 @@ class InfluxStore:
                             f'"gateway" = {_lit(gateway)} GROUP BY "epoch"', "ns")
         return {s.get("tags", {}).get("epoch", ""): s["values"][0][0] for s in series}
 
-    def seq_blocks(self, site, gateway, epoch, first, last) -> list[SeqBlock]:
+    def seq_blocks(self, site, gateway, epoch, first, last, limit=None) -> list[SeqBlock]:
         self._blocks_from_ranges()
         series = self.query(f'SELECT "bits", "times" FROM {_q(BLOCKS)} WHERE {self._chain(site, gateway, epoch)} '
-                            f"AND time >= {first} AND time <= {last} GROUP BY \"writer\"", "ns")
-        return union_blocks(SeqBlock.from_bytes(site, gateway, epoch, n, base64.b64decode(bits),
-                                                base64.b64decode(times)) for s in series for n, bits, times in s["values"])
+                            f"AND time >= {first} AND time <= {last} GROUP BY \"writer\""
+                            + (f" LIMIT {limit}" if limit is not None else ""), "ns")
+        if limit is not None:  # the limit is each writer's: a writer cut short holds blocks past its last unread
+            last = min([s["values"][-1][0] for s in series if len(s["values"]) >= limit], default=last)
+        blocks = union_blocks(SeqBlock.from_bytes(site, gateway, epoch, n, base64.b64decode(bits),
+                                                  base64.b64decode(times))
+                              for s in series for n, bits, times in s["values"] if n <= last)
+        return blocks[:limit]
 
     def _blocks_from_ranges(self) -> None:
         """A store written before blocks kept runs of seqs (measurement ``sequence_range``): the
@@ -567,21 +582,40 @@ class InfluxStore:
                   "db": self.db, "epoch": "ns", **self.auth}
         resp = self.http.request("POST", f"{self.base_url}/query", fields=params, headers=self.headers,
                                  encode_multipart=False)
-        series = json.loads(resp.data)["results"][0].get("series", [])
-        out = []
-        for s in series:
-            for ns, topic, payload, reason, size, sha256 in s["values"]:
-                received = dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
-                if sha256 is None:  # kept whole, as text, before sizes were kept
-                    out.append(DeadLetter(received, topic, payload.encode("utf-8", "surrogateescape"), reason))
-                else:
-                    out.append(DeadLetter(received, topic, base64.b64decode(payload), reason, int(size), sha256))
-        return out
+        return _letters(json.loads(resp.data)["results"][0].get("series", []))
+
+    def site_dead_letters(self, site, start, end) -> list[DeadLetter]:
+        prefix = f"{topics.ROOT}/{site}/"
+        series = self.query(f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} "
+                            f"WHERE time >= {to_ns(start)} AND time < {to_ns(end)}", "ns")
+        return sorted((d for d in _letters(series) if d.topic.startswith(prefix)), key=lambda d: (d.received, d.sha256))
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
         self.http.clear()
+
+
+def _epoch_tags(r: SeqBlock | SeqMark) -> str:
+    """The tags of a sequence bookkeeping record. Line protocol has no empty tag: a sender
+    without epochs has none (InfluxQL groups it as epoch "")."""
+    return "".join(f",{k}={_tag_value(v)}" for k, v in (("site", r.site), ("gateway", r.gateway), ("epoch", r.epoch),
+                                                        ("writer", r.writer)) if v)
+
+
+def _letters(series: list[dict]) -> list[DeadLetter]:
+    """The dead letters of a query's series of topic, payload, reason, size, sha256 (times in ns)."""
+    out = []
+    for s in series:
+        for ns, topic, payload, reason, size, sha256 in s["values"]:
+            # to the microsecond, as written (the nanoseconds below keep letters of one microsecond apart)
+            received = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC) + dt.timedelta(
+                microseconds=ns % 1_000_000_000 // 1000)
+            if sha256 is None:  # kept whole, as text, before sizes were kept
+                out.append(DeadLetter(received, topic, payload.encode("utf-8", "surrogateescape"), reason))
+            else:
+                out.append(DeadLetter(received, topic, base64.b64decode(payload), reason, int(size), sha256))
+    return out
 
 
 def _ms(ts: dt.datetime) -> int:

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
-from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock, SeqRange,
+from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock, SeqMark, SeqRange,
                             SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans, source_pairs,
                             union_blocks)
 
@@ -50,9 +51,14 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received TEXT NOT NULL, topic TEXT NOT NULL,
     payload BLOB NOT NULL, reason TEXT NOT NULL, size INTEGER, sha256 TEXT
 );
+CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received);
 CREATE TABLE IF NOT EXISTS sequence_blocks (
     site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, block INTEGER NOT NULL, bits BLOB NOT NULL,
     times BLOB NOT NULL, PRIMARY KEY (site, gateway, epoch, block)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sequence_marks (
+    site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (site, gateway, epoch)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sequence_findings (
     site TEXT NOT NULL, gateway TEXT NOT NULL, epoch TEXT NOT NULL, kind TEXT NOT NULL, first INTEGER NOT NULL,
@@ -123,6 +129,9 @@ MESSAGE_PAGE = 1000
 
 BLOCK = "SELECT block, bits, times FROM sequence_blocks WHERE site = ? AND gateway = ? AND epoch = ? AND block"
 UPSERT_BLOCK = "INSERT OR REPLACE INTO sequence_blocks VALUES (?,?,?,?,?,?)"
+#: each mark is a fact about the store, so the highest of them is too
+UPSERT_MARK = ("INSERT INTO sequence_marks VALUES (?,?,?,?) ON CONFLICT (site, gateway, epoch) "
+               "DO UPDATE SET seq = MAX(seq, excluded.seq)")
 
 
 def _ms_or_none(ts: dt.datetime | None) -> int | None:
@@ -279,16 +288,28 @@ class SqliteStore:
     def dead_letters(self, limit=100) -> list[DeadLetter]:
         rows = self._query("SELECT received, topic, payload, reason, size, sha256 FROM dead_letters "
                            "ORDER BY id DESC LIMIT ?", (limit,))
-        return [DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why, size, sha) if sha else
-                DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why)  # kept whole before sizes were kept
-                for r, t, p, why, size, sha in rows]
+        return _letters(rows)
+
+    def site_dead_letters(self, site, start, end) -> list[DeadLetter]:
+        # ``received`` is ISO 8601 text in UTC: its order is time order but for how a whole
+        # second is written, so the text range is widened by a second and the times compared
+        prefix = f"{topics.ROOT}/{site}/"
+        lo, hi = ((t - dt.timedelta(seconds=1)).astimezone(dt.UTC).isoformat() for t in (start, end + dt.timedelta(seconds=2)))
+        rows = self._query("SELECT received, topic, payload, reason, size, sha256 FROM dead_letters "
+                           "WHERE received >= ? AND received < ? AND substr(topic, 1, ?) = ?",
+                           (lo, hi, len(prefix), prefix))
+        return sorted((d for d in _letters(rows) if start <= d.received < end), key=lambda d: (d.received, d.sha256))
 
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
         """OR each block into the stored one: one row per block, whoever wrote it."""
+        self._transaction(lambda: self._merge_blocks(blocks))
+
+    def _transaction(self, work) -> None:
+        """Run ``work`` in one write transaction: all of it is written or none."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._merge_blocks(blocks)
+                work()
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
@@ -326,9 +347,18 @@ class SqliteStore:
         return dict(self._query("SELECT epoch, MAX(block) FROM sequence_blocks WHERE site = ? AND gateway = ? "
                                 "GROUP BY epoch", (site, gateway)))
 
-    def seq_blocks(self, site, gateway, epoch, first, last) -> list[SeqBlock]:
-        rows = self._query(f"{BLOCK} >= ? AND block <= ? ORDER BY block", (site, gateway, epoch, first, last))
+    def seq_blocks(self, site, gateway, epoch, first, last, limit=None) -> list[SeqBlock]:
+        rows = self._query(f"{BLOCK} >= ? AND block <= ? ORDER BY block LIMIT ?",
+                           (site, gateway, epoch, first, last, -1 if limit is None else limit))
         return [SeqBlock.from_bytes(site, gateway, epoch, *row) for row in rows]
+
+    def record_seq_marks(self, marks: list[SeqMark]) -> None:
+        rows = [(m.site, m.gateway, m.epoch, m.seq) for m in marks]
+        self._transaction(lambda: self._db.executemany(UPSERT_MARK, rows))
+
+    def seq_marks(self, site, gateway) -> dict[str, int]:
+        return dict(self._query("SELECT epoch, seq FROM sequence_marks WHERE site = ? AND gateway = ?",
+                                (site, gateway)))
 
     def record_finding(self, finding: SequenceFinding) -> None:
         f = finding
@@ -434,3 +464,10 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=READ_COLUMNS)
     df["ts"] = pd.to_datetime(df["ts"], unit="ms", utc=True)
     return df
+
+
+def _letters(rows: Iterable[tuple]) -> list[DeadLetter]:
+    """Dead letters of rows (received, topic, payload, reason, size, sha256)."""
+    return [DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why, size, sha) if sha else
+            DeadLetter(dt.datetime.fromisoformat(r), t, bytes(p), why)  # kept whole before sizes were kept
+            for r, t, p, why, size, sha in rows]

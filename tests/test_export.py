@@ -7,6 +7,7 @@ byte-identical files that the manifest vouches for.
 Two sites run on simulated history in a real SQLite store; all five also run on
 hand-made ledger revisions (an empty store), which pins the figures exactly."""
 
+import base64
 import datetime as dt
 import gzip
 import hashlib
@@ -28,7 +29,7 @@ from tests.conftest import fill_history, reference_site, store_copy
 
 FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
 SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
-FILES = {"daily_values.csv", "raw_readings.csv.gz", "daily_values.png", "completeness.png", "summary.html", "site.json",
+FILES = {"daily_values.csv", "raw_readings.csv.gz", "dead_letters.csv.gz", "daily_values.png", "completeness.png", "summary.html", "site.json",
          "summary.ja.html", "manifest.json", "SHA256SUMS"}
 SIMULATED_NOTE = "# SIMULATED DATA: readings from the simulator, not from the plant's meters; not for verification"
 
@@ -280,6 +281,45 @@ def test_same_inputs_give_byte_identical_files_and_the_manifest_vouches_for_them
     for n, entry in files.items():
         data = (a / n).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def test_the_messages_refused_in_the_period_are_exported_and_verify_counts_them(store, tmp_path):
+    """A verifier sees what the collector refused of the site during the period, with why:
+    the letters on its topics received between the period's local-day bounds, no others."""
+    import csv
+
+    from contract.store import DeadLetter
+    from jcm.verify import verify_export
+
+    s = site("mn-solar")
+    start = dt.datetime.combine(FIRST, dt.time(), tzinfo=s.zone).astimezone(dt.UTC)
+    end = dt.datetime.combine(LAST + dt.timedelta(days=1), dt.time(), tzinfo=s.zone).astimezone(dt.UTC)
+    topic = f"jcm/v1/{s.site}/{s.gateway}/m1/reading"
+    store.write([], [DeadLetter(start - dt.timedelta(seconds=1), topic, b"before", "too early"),
+                     DeadLetter(start, topic, b'{"a": 1, "b": "x,\\"y\\""}', "custody: bad signature"),
+                     DeadLetter(start + dt.timedelta(days=3), f"jcm/v1/ph-biogas/gw/m1/reading", b"other", "no"),
+                     DeadLetter(end - dt.timedelta(microseconds=1), topic, b"\xff\x00", "not UTF-8, line 1\nforged"),
+                     DeadLetter(end, topic, b"after", "too late")])
+    folder = export_period(s, store, Ledger(tmp_path / "ledger.sqlite"), FIRST, LAST, tmp_path / "out")
+    lines = gzip.decompress((folder / "dead_letters.csv.gz").read_bytes()).decode().splitlines(keepends=True)
+    assert lines.pop(0) == SIMULATED_NOTE + "\n"
+    rows = list(csv.reader(lines))
+    assert rows[0] == ["received", "topic", "size", "sha256", "reason", "payload_start_base64"]
+    assert [(r[0], r[1], r[4], base64.b64decode(r[5])) for r in rows[1:]] == [
+        (start.isoformat(timespec="microseconds").replace("+00:00", "Z"), topic, "custody: bad signature",
+         b'{"a": 1, "b": "x,\\"y\\""}'),
+        ((end - dt.timedelta(microseconds=1)).isoformat(timespec="microseconds").replace("+00:00", "Z"), topic,
+         "not UTF-8, line 1\\x0aforged", b"\xff\x00")]
+    assert rows[2][2:4] == ["2", hashlib.sha256(b"\xff\x00").hexdigest()]
+    assert manifest_of(folder)["dead_letters"] == {"file": "dead_letters.csv.gz", "count": 2}
+    ok, verdict = verify_export(folder)
+    assert not ok  # unsigned history: the verdict fails for that, and still lists the letters
+    assert any(line.startswith("dead letters: 2 message(s)") for line in verdict), verdict
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["dead_letters"]["count"] = 1  # a manifest that hides one
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    ok, verdict = verify_export(folder)
+    assert any("dead_letters.csv.gz lists 2 dead letter(s), the manifest 1" in line for line in verdict), verdict
 
 
 # -- export hygiene -------------------------------------------------------------------

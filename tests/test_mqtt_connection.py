@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -19,6 +20,7 @@ import pytest
 from contract import topics
 from contract.config import ConfigError, load_site
 from contract.config.site import Mqtt
+from contract.mqtt_connection import RECV_CHUNK, BrokerConnection
 from contract.message import Reading
 from gateway.service import Gateway
 from jcm.broker import Mosquitto, free_port
@@ -258,3 +260,82 @@ def test_watch_against_an_unreachable_broker_says_so_and_exits_non_zero():
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 2, err
         assert f"could not connect to mqtt://127.0.0.1:{port}" in err and "Connection refused" in err
+
+
+def _burst(settings: Mqtt, pub, topic: str, sizes: list[int], manual_ack: bool = False, client_id: str = "burst"):
+    """Connect a BrokerConnection (persistent, MQTT 5) to ``topic``, publish one message of each
+    size at once, and return (the connection, the payloads it got, when the last arrived);
+    ``connection.mids`` are the messages' ids, in the order of the payloads."""
+    got: list[bytes] = []
+    last = [0.0]
+    mids: list[int] = []
+
+    def on_message(client, userdata, msg):
+        got.append(msg.payload)
+        mids.append(msg.mid)
+        last[0] = time.monotonic()
+
+    conn = BrokerConnection(settings, client_id, "test", mqtt5=True, persistent=True, session_expiry=600,
+                            manual_ack=manual_ack, subscriptions=[(topic, 1)])
+    conn.client.on_message = on_message
+    conn.mids = mids
+    subscribed = threading.Event()
+    conn.client.on_subscribe = lambda *a: (conn._on_subscribe(*a), subscribed.set())
+    conn.start()
+    assert subscribed.wait(10)
+    for i, size in enumerate(sizes):
+        pub.publish(topic, (f"{i:06d}" + "x" * size)[:max(size, 6)].encode(), qos=1)
+    return conn, got, last
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_a_burst_read_in_chunks_arrives_whole_in_order_without_waiting_for_more(tls, tmp_path, pki, secured,
+                                                                                  site_publisher, monkeypatch):
+    """The client reads the socket in chunks of many packets: a packet split across chunks,
+    one larger than a chunk, and the packets left in the last chunk once the socket has no
+    more to tell ``select`` all arrive byte for byte, in order, at once."""
+    broker, tls_port = secured
+    monkeypatch.setenv("JCM_TEST_LV_USER", "liveview")
+    monkeypatch.setenv("JCM_TEST_LV_PASS", "lv-pw")
+    settings = tls_settings(pki, tls_port) if tls else Mqtt(
+        url=f"mqtt://127.0.0.1:{broker.port}", username_env="JCM_TEST_LV_USER", password_env="JCM_TEST_LV_PASS")
+    sizes = [7, 700, RECV_CHUNK - 5, 3, RECV_CHUNK * 3 + 17, 127, 128, 16383, 16384] + [300] * 2000
+    topic = f"jcm/v1/{SITE.site}/burst"
+    conn, got, last = _burst(settings, site_publisher, topic, sizes)
+    try:
+        wait_until(lambda: len(got) == len(sizes), timeout=30)
+        sent_at = time.monotonic()
+        assert [len(p) for p in got] == [max(s, 6) for s in sizes]
+        assert [int(p[:6]) for p in got] == list(range(len(sizes)))
+        time.sleep(0.5)
+        assert len(got) == len(sizes)
+        assert last[0] <= sent_at  # nothing was held back until more came
+    finally:
+        conn.stop()
+
+
+def test_acks_sent_together_acknowledge_exactly_those_messages(tmp_path, mosquitto):
+    """``ack_all`` sends the PUBACKs of many messages as one write: after a reconnect the broker
+    redelivers exactly the messages left unacknowledged, no more, no fewer."""
+    settings = Mqtt(url=f"mqtt://127.0.0.1:{mosquitto.port}")
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    try:
+        conn, got, _ = _burst(settings, pub, "t/acks", [40] * 300, manual_ack=True, client_id="acker")
+        wait_until(lambda: len(got) == 300, timeout=20)
+        # the messages and their mids, in the order paho delivered them
+        acked = {int(p[:6]) for p in got if int(p[:6]) % 3}
+        conn.client.ack_all([m for m, p in zip(conn.mids, got) if int(p[:6]) in acked])
+        time.sleep(0.5)
+        conn.stop()
+        again, got2, _ = _burst(settings, pub, "t/acks", [], manual_ack=True, client_id="acker")
+        try:
+            wait_until(lambda: len(got2) >= 100, timeout=20)
+            time.sleep(0.5)
+            assert sorted(int(p[:6]) for p in got2) == [i for i in range(300) if i % 3 == 0]
+        finally:
+            again.stop()
+    finally:
+        pub.disconnect()
+        pub.loop_stop()

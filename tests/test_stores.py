@@ -93,6 +93,26 @@ def test_dead_letters_keep_payload_topic_reason(store):
     assert abs((got.received - T0).total_seconds()) < 0.001
 
 
+def test_a_sites_dead_letters_of_a_window_are_exactly_those_oldest_first(store):
+    """What an export lists: the letters on the site's own topics (not a site whose name it
+    begins, nor a topic that is not a site's), received start <= t < end, to the microsecond."""
+    at = [T0 - dt.timedelta(microseconds=1), T0, T0 + dt.timedelta(hours=5, microseconds=7),
+          T0 + dt.timedelta(days=1) - dt.timedelta(microseconds=1), T0 + dt.timedelta(days=1)]
+    letters = [DeadLetter(t, f"jcm/v1/{site}/gw1/m1/reading", f"{i}".encode(), f"why {i}")
+               for i, t in enumerate(at) for site in ("s1", "s10")]
+    letters += [DeadLetter(T0 + dt.timedelta(hours=1), "jcm/v1/s1", b"x", "no site's topic"),
+                DeadLetter(T0 + dt.timedelta(hours=2), "jcm/v1/s1/gw1/batch", b"b" * 2000, "batch refused")]
+    store.write([], letters[::-1])
+    got = store.site_dead_letters("s1", T0, T0 + dt.timedelta(days=1))
+    assert [(d.received, d.topic, d.payload) for d in got] == [
+        (T0, "jcm/v1/s1/gw1/m1/reading", b"1"),
+        (T0 + dt.timedelta(hours=2), "jcm/v1/s1/gw1/batch", b"b" * 1024),
+        (T0 + dt.timedelta(hours=5, microseconds=7), "jcm/v1/s1/gw1/m1/reading", b"2"),
+        (T0 + dt.timedelta(days=1) - dt.timedelta(microseconds=1), "jcm/v1/s1/gw1/m1/reading", b"3")]
+    assert got[1].size == 2000 and got[1].reason == "batch refused"
+    assert store.site_dead_letters("s2", T0, T0 + dt.timedelta(days=1)) == []
+
+
 def test_v2_write_path_lands_tags_fields_and_timestamps(victoriametrics):
     store = open_store(f"influxdb://127.0.0.1:{victoriametrics.port}?api=v2&bucket=jcm&org=jcm")
     store.write([reading(minutes=0, seq=1), reading(minutes=10, seq=2, energy=110.0, power=7.25)])

@@ -2,7 +2,8 @@
 
 ``export_period`` writes ``<out>/<site>_<first>_<last>/``: the monitoring workbook
 (plan, report with live formulas, monthly revisions, daily values, QA findings,
-adjustments), the daily values and raw readings as CSV (the raw readings gzip-compressed), two charts, an HTML summary,
+adjustments), the daily values and raw readings as CSV (the raw readings gzip-compressed), the messages of the
+site the collector refused in the period (``dead_letters.csv.gz``), two charts, an HTML summary,
 the site settings the figures were computed with (``site.json``), the signed messages behind them with the keys
 and sequence findings (``custody/``, when the readings were signed), a manifest with every file's SHA-256 and
 ``SHA256SUMS`` for ``sha256sum -c``: ``jcm verify`` recomputes the figures from these alone. The same
@@ -23,13 +24,17 @@ from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.export.charts import completeness_chart, daily_values_chart
 from processing.export.custody_folder import write_custody
-from processing.export.csv_files import write_daily_values, write_raw_readings
+from processing.export.csv_files import write_daily_values, write_dead_letters, write_raw_readings
 from processing.export.manifest import write_manifest, write_sha256sums
 from processing.export.period_figures import PeriodFigures, collect, export_name
 from processing.export.recompute import SITE_SETTINGS, write_site_settings
 from processing.export.summary_html import write_summary
 from processing.export.workbook import write_workbook
 from processing.ledger import Ledger
+
+
+#: the messages of the site the collector refused during the period (csv_files.write_dead_letters)
+DEAD_LETTERS = "dead_letters.csv.gz"
 
 
 def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, last: dt.date, out: Path,
@@ -107,12 +112,14 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
     ], 2):
         files.append(write())
         tell(done, steps, names[name])
-    files.append(write_site_settings(figures.site, folder / SITE_SETTINGS))
+    letters, refused = write_dead_letters(figures, store, folder / DEAD_LETTERS)
+    files += [letters, write_site_settings(figures.site, folder / SITE_SETTINGS)]
     custody_files, custody = write_custody(figures, store, folder)
     files += custody_files
     files += write_summary(figures, names, custody["signed_messages"], folder)
     tell(7, steps, "custody/, summary.html")
-    files.append(write_manifest(figures, files, folder / "manifest.json", custody))
+    files.append(write_manifest(figures, files, folder / "manifest.json", custody, {"file": DEAD_LETTERS,
+                                                                                   "count": refused}))
     write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
     tell(8, steps, "manifest.json")
 

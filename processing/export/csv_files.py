@@ -6,13 +6,15 @@ MB as text, so that file is gzip-compressed: ``raw_readings.csv.gz``).
 Rows are sorted, lines end in LF, and numbers are written with ``repr`` (the
 shortest text that reads back as the same float), so the same inputs give the same
 bytes and a reader recovers the exact values; the gzip header holds no time (mtime 0),
-so a re-export is byte-identical too. A file of simulated readings says so in its first
+so a re-export is byte-identical too. The messages of the site the collector refused during the
+period go beside them (``dead_letters.csv.gz``): what was not counted, and why. A file of simulated readings says so in its first
 line, a ``#`` comment (``pandas.read_csv(..., comment="#")`` skips it and reads the
 ``.gz`` as it is).
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import gzip
@@ -80,6 +82,35 @@ def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path) 
         if compressing is not None:
             compressing.result()
     return path
+
+
+#: columns of dead_letters.csv.gz
+DEAD_LETTER_COLUMNS = ["received", "topic", "size", "sha256", "reason", "payload_start_base64"]
+
+
+def write_dead_letters(figures: PeriodFigures, store: ReadingStore, path: Path) -> tuple[Path, int]:
+    """``received, topic, size, sha256, reason, payload_start_base64``: the messages on the
+    site's topics that the collector refused (dead letters) received within the period's
+    local-day bounds, oldest first, ``received`` in UTC ISO 8601 with microseconds; the
+    payload's first KiB as the store keeps it, base64 (a payload is bytes, not always text),
+    its whole size [bytes] and SHA-256. Returns the path and how many letters it lists."""
+    site = figures.site
+    count = 0
+    with (path.open("wb") as f, gzip.GzipFile(path.name.removesuffix(".gz"), "wb", GZIP_LEVEL, f, mtime=0) as z,
+          io.TextIOWrapper(z, encoding="utf-8", newline="") as text):
+        if figures.simulated:
+            text.write(SIMULATED_NOTE)
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(DEAD_LETTER_COLUMNS)
+        start, end = local_bounds(site, figures.first, figures.last)
+        while start < end:
+            letters = store.site_dead_letters(site.site, start, min(start + CHUNK, end))
+            writer.writerows([d.received.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+                              d.topic, d.size, d.sha256, d.reason, base64.b64encode(d.payload).decode()]
+                             for d in letters)
+            count += len(letters)
+            start += CHUNK
+    return path, count
 
 
 def _raw_text(rows: dict[str, pd.DataFrame]) -> str:

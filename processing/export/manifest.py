@@ -19,7 +19,7 @@ def file_entry(path: Path) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def write_manifest(figures: PeriodFigures, files: list[Path], path: Path, custody: dict) -> Path:
+def write_manifest(figures: PeriodFigures, files: list[Path], path: Path, custody: dict, dead_letters: dict) -> Path:
     """Write ``manifest.json`` describing ``files`` (all in the export folder).
 
     Parameters
@@ -31,6 +31,8 @@ def write_manifest(figures: PeriodFigures, files: list[Path], path: Path, custod
         Where to write the manifest.
     custody : dict
         What the custody folder holds (``custody_folder.write_custody``).
+    dead_letters : dict
+        ``{"file": ..., "count": ...}``: the refused messages of the period and how many.
     """
     calc = figures.calc
     manifest = {
@@ -47,6 +49,7 @@ def write_manifest(figures: PeriodFigures, files: list[Path], path: Path, custod
         "config_changes": figures.config_changes,
         "revisions": [r.to_dict() for r in figures.revisions],
         "custody": custody,
+        "dead_letters": dead_letters,
         "files": {name: file_entry(f) for name, f in sorted(_named(files, path.parent).items())},
     }
     path.write_bytes((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
