@@ -322,3 +322,43 @@ def test_hostile_seqs_among_an_honest_stream_split_across_restarted_collectors_c
 
     one_example()
     store.close()
+
+
+def test_a_far_seq_and_epoch_churn_are_acknowledged_only_once_named_in_the_store(mosquitto, sites_dir, tmp_path,
+                                                                                  monkeypatch):
+    """Through the real broker and collector: readings with a far seq and under churned epochs are
+    stored, but while the store refuses their findings the collector acknowledges none of them
+    (stopped meanwhile, the broker redelivers them), so the next collector names them all the same."""
+    from contract.store import StoreUnavailable
+
+    monkeypatch.setattr(sequence_gaps, "MAX_EPOCHS", 1)
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    pub = Publisher(mosquitto)
+    first = collector(mosquitto, store_url, sites_dir)
+    subscribed(first, pub)
+    pub.send([message(s) for s in range(2, 5)])
+    assert wait_until(lambda: first.stored >= 4)
+    time.sleep(0.3)
+
+    def down(self, finding):
+        raise StoreUnavailable("down for the findings")
+
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "record_finding", down)
+        far = Reading("test-site", "gw-test", "m1", T0 + dt.timedelta(seconds=5), {"energy_import": 1.0}, seq=2**62,
+                      epoch=E1)
+        pub.send([(message(1)[0], far.to_json().encode()), message(1, "00000000000000b2")])
+        assert wait_until(lambda: first.stored >= 6)
+        time.sleep(0.5)
+        first.stop()
+    second = collector(mosquitto, store_url, sites_dir)
+    try:
+        assert wait_until(lambda: {f.kind for f in SqliteStore(tmp_path / "jcm.db").sequence_findings("test-site")}
+                          >= {"jump", "churn"}, 10)
+    finally:
+        second.stop()
+        pub.close()
+    found = SqliteStore(tmp_path / "jcm.db").sequence_findings("test-site")
+    [jump] = [f for f in found if f.kind == "jump"]
+    [churn] = [f for f in found if f.kind == "churn"]
+    assert (jump.first, churn.epoch) == (2**62, "00000000000000b2")
