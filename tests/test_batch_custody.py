@@ -162,6 +162,30 @@ def test_an_export_holds_the_message_after_its_window_that_covers_its_last(tmp_p
     assert [x.kind for _, x in verify_chained(kept[:11], keys())][-3:] == ["not_covered"] * 3
 
 
+def test_a_covering_run_stamped_before_the_window_lists_each_message_once(tmp_path):
+    """A clock stepped back inside a covered run: seq 3 is stamped before the window, 2 and 4
+    in it. The export adds 3 to cover 2 and must not list 4 a second time (``jcm verify``
+    would call that a replay)."""
+    from contract.custody import sign
+
+    store = SqliteStore(tmp_path / "jcm.db")
+    stamps = {1: 10, 2: 11, 3: -30, 4: 12, 5: 13, 6: 14}  # seconds after T0
+    sent, prev = [], GENESIS
+    for seq, at in stamps.items():
+        sent.append(sign(reading(seq, ts=T0 + dt.timedelta(seconds=at)).to_json(), prev, "k1", K1))
+        prev = chain_hash(sent[-1])
+    kept = [signed_bytes(m) if seq in (2, 3, 5) else m for seq, m in enumerate(sent, 1)]
+    v = [x for _, x in verify_chained(kept, keys())]
+    assert all(x.ok for x in v)
+    store.write([x.reading for x in v], messages=[SignedMessage.verified(m, x) for m, x in zip(kept, v)])
+    window = list(store.signed_messages("test-site", T0, T0 + dt.timedelta(minutes=1)))
+    assert window == [kept[i] for i in (0, 1, 3, 4, 5)]  # seq 3 is not in it
+    folder = list(with_covering(store, "test-site", window))
+    store.close()
+    assert folder == kept
+    assert all(x.ok for _, x in verify_chained(folder, keys()))
+
+
 def stored(store_url: str) -> tuple[list[bytes], list]:
     """The signed messages of the day the store holds, and its dead letters."""
     store = open_store(store_url)
