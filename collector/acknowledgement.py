@@ -71,7 +71,7 @@ class Acknowledgements:
         self._lock = threading.Lock()
         self.connection = BrokerConnection(
             config.broker, f"{config.client_id}-ack", "collector: acknowledgements", mqtt5=config.protocol == "5",
-            subscriptions=[(topics.ALL_ACKS, 1), (topics.ALL_STATUS, 1)], reconnect_delay=(1, 30))
+            subscriptions=[(topics.ALL_ACKS, 1), (topics.ALL_STATUS, 1)])
         self.client = self.connection.client
         self.client.on_message = self._on_message
         self.published = 0

@@ -121,7 +121,7 @@ class Collector:
             manual_ack=True,
             # statuses unshared: every collector needs every gateway's drop counter
             subscriptions=[(self.topic, 1), (self.batch_topic, 1), (topics.ALL_STATUS, 1)],
-            reconnect_delay=(1, 30), on_connect=self._on_connect)
+            on_connect=self._on_connect)
         self.connection.client.on_message = self._on_message
         return self.connection.client
 

@@ -103,6 +103,10 @@ def tls_context(settings: Mqtt, where: str, names: dict[str, str] | None = None)
 
 
 _PUBACK = struct.Struct("!BBH")
+#: paho's reconnect back-off [s] of the stages that carry readings (gateway, collector): back
+#: within 2 s of the broker's return, at one attempt a second and a half at most while it is
+#: away (a SYN and its refusal, ~120 bytes)
+RECONNECT_DELAY = (0.5, 1.5)
 #: how much of the socket one read takes [bytes]
 RECV_CHUNK = 65536
 
@@ -164,7 +168,7 @@ class BrokerConnection:
     def __init__(self, settings: Mqtt | str, client_id: str, where: str, *, names: dict[str, str] | None = None,
                  mqtt5: bool = False, persistent: bool = False, session_expiry: int | None = None,
                  receive_maximum: int | None = None, manual_ack: bool = False,
-                 subscriptions: Iterable[tuple[str, int]] = (), reconnect_delay: tuple[float, float] = (1, 60),
+                 subscriptions: Iterable[tuple[str, int]] = (), reconnect_delay: tuple[float, float] = RECONNECT_DELAY,
                  on_connect: Callable[[bool], None] | None = None, on_disconnect: Callable[[], None] | None = None):
         settings = checked(settings, where, names)
         self.settings, self.where, self.names = settings, where, names

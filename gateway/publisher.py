@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 #: backlog batches unacknowledged at a time: two keep the link busy during a PUBACK's round
 #: trip, and a live reading waits behind at most two (about 1 s at 1 Mbit/s)
 BATCHES_IN_FLIGHT = 2
-#: paho's reconnect back-off [s]: back within 2 s of the broker's return, at one attempt a
-#: second and a half at most while it is away (a SYN and its refusal, ~120 bytes)
-RECONNECT_DELAY = (0.5, 1.5)
 
 
 def status_payload(site: Site, state: str, **extra) -> str:
@@ -69,7 +66,7 @@ class Publisher:
         self.ack_topic = topics.acks_of(site.site, site.gateway)
         self.batch_topic = topics.batch(site.site, site.gateway)
         self.connection = BrokerConnection(mq, f"jcm-{site.gateway}", f"site {site.site}: mqtt",
-                                           reconnect_delay=RECONNECT_DELAY, on_connect=self._on_connect,
+                                           on_connect=self._on_connect,
                                            on_disconnect=self._on_disconnect,
                                            subscriptions=[(self.ack_topic, 1)] if self.by_store else [])
         self.client = self.connection.client

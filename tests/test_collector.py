@@ -199,3 +199,26 @@ def test_two_collectors_share_one_stream(tmp_path, mosquitto, sites_dir):
     assert sum(shares) == n  # no message went to both
     assert min(shares) > n // 10, shares  # and both did part of the work
     assert open_store(store_url).count() == 2 * n
+
+
+def test_collector_is_back_within_2_s_of_the_broker_returning(tmp_path, sites_dir):
+    """Stopped for 3 s, restarted on the same port: both of the collector's connections (the
+    readings' and the store acknowledgements') must not have backed off past 2 s."""
+    from jcm.broker import Mosquitto
+
+    broker = Mosquitto(tmp_path / "mq").start()
+    c = Collector(config(broker, f"sqlite:///{tmp_path}/jcm.db", sites_dir))
+    connections = [c.connection, c.acknowledgements.connection]
+    try:
+        c.start()
+        assert wait_until(lambda: all(x.connected.is_set() for x in connections), 10)
+        broker.stop()
+        assert wait_until(lambda: not any(x.connected.is_set() for x in connections), 5)
+        time.sleep(3)  # doubling from 1 s, the next attempt would be at 7 s
+        broker = Mosquitto(tmp_path / "mq", port=broker.port).start()  # returns once the port listens
+        back = time.monotonic()
+        assert wait_until(lambda: all(x.connected.is_set() for x in connections), 10)
+        assert time.monotonic() - back <= 2.0
+    finally:
+        c.stop()
+        broker.stop()
