@@ -49,7 +49,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from contract.message import MAX_SEQ, Reading
+from contract.message import MAX_AHEAD, MAX_SEQ, Reading
 from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, ReadUnsupported, SeqBlock, SeqMark,
                             SeqRange, SequenceFinding, StoreUnavailable, block_ranges, to_ms)
 from contract.text import printable
@@ -66,11 +66,6 @@ REFRESH_S = 5.0
 #: blocks read per query when a collector meets a gateway and reads every block of an epoch
 #: from its mark up (4,194,304 seqs, 34 ms on SQLite): what one read holds in memory
 LOAD_BLOCKS = 1024
-#: seqs an epoch's highest may be beyond its floor and twice the seqs followed of it (8,388,608):
-#: a gateway's live lane overtakes its backlog by at most what its outbox holds (``outbox.max_rows``,
-#: 5,000,000 by default; an epoch long under way has followed far more seqs than that); beyond it a
-#: seq is taken as broken or hostile. A hostile gateway can make an epoch touch 2,048 blocks at most
-MAX_AHEAD = 1 << 23
 #: seqs beyond ``MAX_AHEAD`` held per epoch (the lowest) until the epoch's seqs reach them
 FAR_HELD = 1024
 #: blocks per epoch whose own seqs a collector holds after writing them (a block with a hole is

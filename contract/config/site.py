@@ -18,7 +18,7 @@ from contract.config.custody import Custody
 from contract.config.nameplate import Nameplate
 from contract.config.problems import Loc, raise_problems
 from contract.config.profile import Profile, Strict
-from contract.message import ID_PATTERN
+from contract.message import ID_PATTERN, MAX_AHEAD
 
 Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
 #: the name of an environment variable (a value with other characters is likely the secret itself)
@@ -161,8 +161,9 @@ class Mqtt(Strict):
 
 class Outbox(Strict):
     path: str = "var/outbox-{gateway}.sqlite"
-    #: rows kept while the broker is unreachable; beyond it the oldest are dropped, loudly
-    max_rows: int = Field(default=5_000_000, ge=100)
+    #: rows kept while the broker is unreachable; beyond it the oldest are dropped, loudly; at most
+    #: ``MAX_AHEAD``: a live lane further ahead of its backlog is not followed by the collector
+    max_rows: int = Field(default=5_000_000, ge=100, le=MAX_AHEAD)
     #: readings held in memory while the disk refuses writes (full); beyond it the oldest are dropped, loudly
     memory_rows: int = Field(default=10_000, ge=10)
     #: backlog delivered at most this fast [messages/s], beside live readings; 2,000 replays a day of
