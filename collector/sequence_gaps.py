@@ -25,11 +25,13 @@ its highest seq that had not arrived are lost.
 
 Bounded against a broken or hostile gateway too: a seq more than ``MAX_AHEAD`` beyond what
 its epoch's seqs so far make plausible (``_Epoch.limit``) is stored and acknowledged like any
-other, but not followed: it is held (at most ``FAR_HELD`` per epoch) until the epoch's seqs
-reach it, and a ``jump`` finding names the gateway, epoch and seqs (logged as a WARNING).
+other, but not followed: it is held (the first ``FAR_HELD`` per epoch, each written as a block
+of its own, so that a restarted collector holds them again) until the epoch's bound reaches
+it, and a ``jump`` finding names the gateway, epoch and seqs (logged as a WARNING).
 Each epoch keeps the seqs it stored itself for at most ``OWN_BLOCKS`` blocks (its sparse
 ones are written under a writer of their own when touched again). So a seq of 2**62, or
-seqs 4,096 apart, cost neither a false gap of millions of seqs nor a block each. At most
+seqs 4,096 apart, cost neither a false gap of millions of seqs nor a block each (but the
+``FAR_HELD`` held). At most
 ``MAX_EPOCHS`` epochs of a gateway are followed: readings of more new ones while the others
 are in use are stored and acknowledged, and named in one ``churn`` finding per gateway.
 
@@ -66,7 +68,8 @@ REFRESH_S = 5.0
 #: blocks read per query when a collector meets a gateway and reads every block of an epoch
 #: from its mark up (4,194,304 seqs, 34 ms on SQLite): what one read holds in memory
 LOAD_BLOCKS = 1024
-#: seqs beyond ``MAX_AHEAD`` held per epoch (the lowest) until the epoch's seqs reach them
+#: seqs beyond ``MAX_AHEAD`` held per epoch (the first met) until the epoch's bound reaches them; each
+#: is written to the store as a block of its own, so a restarted collector holds them again
 FAR_HELD = 1024
 #: blocks per epoch whose own seqs a collector holds after writing them (a block with a hole is
 #: never covered whole, and sparse seqs touch a block each)
@@ -167,7 +170,7 @@ class _Epoch:
     looked: int = 0
     oldest: float | None = None
     known: int = 0  # seqs the runs hold
-    #: (seq, ts) of the lowest seqs beyond ``limit`` (at most ``FAR_HELD``), sorted
+    #: (seq, ts) of the first seqs beyond ``limit`` met (at most ``FAR_HELD``), sorted
     far: list[tuple[int, dt.datetime]] = field(default_factory=list)
     far_count: int = 0  # readings beyond ``limit`` this process met (held or not)
     far_dropped: int = 0  # of those, not held
@@ -325,6 +328,7 @@ class SequenceGaps:
         self._gateways: dict[tuple[str, str], dict[str, _Epoch]] = {}
         self._unsaved: set[tuple[str, str, str, int]] = set()  # (site, gateway, epoch, block) to write
         self._jumps: set[tuple[str, str, str]] = set()  # (site, gateway, epoch) whose jump finding to write
+        self._far_blocks: list[SeqBlock] = []  # of the seqs held since the blocks were last written
         self._churn: dict[tuple[str, str], _Churn] = {}  # gateways with epochs beyond ``MAX_EPOCHS``
         self._status: dict[tuple[str, str], dict] = {}
         self._refreshed: dict[tuple[str, str], float] = {}  # (site, gateway) -> when last refreshed
@@ -372,7 +376,8 @@ class SequenceGaps:
                 track.seen = now
                 runs = track.runs  # up to the highest seq followed and one more, nothing to weigh
                 if (not runs or r.seq > runs[-1].last + 1) and r.seq > self._limit(r.site, r.gateway, epoch, track):
-                    self._far(r, epoch, track)
+                    if self._far(r.site, r.gateway, epoch, track, r.seq, r.ts):
+                        self._far_blocks.append(self._far_block(r.site, r.gateway, epoch, r.seq, r.ts))
                 else:
                     self._follow(r.site, r.gateway, epoch, track, r.seq, r.ts)
                     while track.far and track.far[0][0] <= self._limit(r.site, r.gateway, epoch, track):
@@ -381,7 +386,7 @@ class SequenceGaps:
                             track.jump = replace(track.jump, resolved=dt.datetime.now(dt.UTC))
                             self._jumps.add((r.site, r.gateway, epoch))
                 done += 1
-            if self._unsaved:
+            if self._unsaved or self._far_blocks:
                 self._write_blocks()
             while self._jumps:
                 self._write_jump(*next(iter(self._jumps)))
@@ -420,31 +425,68 @@ class SequenceGaps:
         status = self._status.get((site, gateway))
         return track.limit() + (status["dropped"] if status and status["epoch"] in (None, epoch) else 0)
 
-    def _far(self, r: Reading, epoch: str, track: _Epoch) -> None:
-        """A stored reading whose seq is beyond what its epoch makes plausible: held, and named."""
+    def _far(self, site: str, gateway: str, epoch: str, track: _Epoch, seq: int, ts: dt.datetime) -> bool:
+        """A stored reading whose seq is beyond what its epoch makes plausible: held (unless
+        ``FAR_HELD`` were), and named. Whether it is newly held (its block to be written)."""
         j = track.jump
         if j is None or j.resolved:
-            j = SequenceFinding("jump", r.site, r.gateway, epoch, r.seq, r.seq, dt.datetime.now(dt.UTC), "",
-                                start=r.ts, end=r.ts)
+            j = SequenceFinding("jump", site, gateway, epoch, seq, seq, dt.datetime.now(dt.UTC), "", start=ts, end=ts)
             track.far_count = track.jump_logged = 0
+        i = bisect.bisect_left(track.far, (seq,))
+        if i < len(track.far) and track.far[i][0] == seq:
+            return False  # held already (a redelivery, or read back from the store)
         track.far_count += 1
-        bisect.insort(track.far, (r.seq, r.ts))
-        if len(track.far) > FAR_HELD:
-            track.far.pop()
+        held = len(track.far) < FAR_HELD  # the first met: the lowest would cost a block write a reading
+        if held:
+            track.far.insert(i, (seq, ts))
+        else:
             track.far_dropped += 1
-        j = replace(j, last=max(j.last, r.seq), start=min(j.start, r.ts), end=max(j.end, r.ts))
+        j = replace(j, last=max(j.last, seq), start=min(j.start, ts), end=max(j.end, ts))
         highest = track.highest()
         cause = (f"{track.far_count} reading(s) of epoch {epoch or '(none)'} with seqs {j.first} (the first) up to "
-                 f"{j.last}, beyond seq {self._limit(r.site, r.gateway, epoch, track)} (the epoch's floor, twice the "
+                 f"{j.last}, beyond seq {self._limit(site, gateway, epoch, track)} (the epoch's floor, twice the "
                  f"{track.known} seqs followed, {MAX_AHEAD} and the readings its outbox dropped; highest followed "
                  f"{highest[0] if highest else 'none'}): stored and acknowledged, but their seqs are not followed "
                  "until the epoch's seqs reach them (a broken or hostile gateway, or a store that never saw the start "
                  "of this epoch); the seqs between are not judged as gaps")
         if track.far_dropped:
-            cause += (f"; {track.far_dropped} of them not held (only the lowest {FAR_HELD} are): should the "
+            cause += (f"; {track.far_dropped} of them not held (only the first {FAR_HELD} are): should the "
                       "epoch's seqs reach them, a gap over them may hold stored readings")
-        track.jump = replace(j, cause=cause)
-        self._jumps.add((r.site, r.gateway, epoch))
+        # ``explained``: the readings not held, read back by a restarted collector (the finding stays open)
+        track.jump = replace(j, cause=cause, explained=track.far_dropped)
+        self._jumps.add((site, gateway, epoch))
+        return held
+
+    def _far_block(self, site: str, gateway: str, epoch: str, seq: int, ts: dt.datetime) -> SeqBlock:
+        """The block of a held seq, under a writer of its own (a store that cannot merge on write
+        keeps each), so that a restarted collector finds it and holds it again (``_hold_beyond``)."""
+        own = _Own()
+        own.add(seq, ts)
+        return SeqBlock(site, gateway, epoch, seq // BLOCK_SEQS, int.from_bytes(own.bits, "little"), own.times(),
+                        f"{self._writer}.far{seq}")
+
+    def _hold_beyond(self, site: str, gateway: str, epoch: str, track: _Epoch) -> None:
+        """Hold again the seqs read from the store beyond the epoch's bound (held by a collector
+        before, ``_far_block``), and its open jump finding: they are followed once the epoch's
+        seqs reach them, as if this collector had met them."""
+        runs, beyond = track.runs, []
+        while runs and runs[-1].first > self._limit(site, gateway, epoch, track):
+            beyond.append(runs.pop())
+            track.known -= beyond[-1].last - beyond[-1].first + 1
+        if not beyond:
+            return
+        if track.jump is None:
+            track.jump = max((f for f in self.store.sequence_findings(site) if (f.kind, f.gateway, f.epoch, f.resolved)
+                              == ("jump", gateway, epoch, None)), key=lambda f: f.noticed, default=None)
+            track.far_dropped = track.jump.explained if track.jump else 0
+        for run in reversed(beyond):
+            last = min(run.last, run.first + FAR_HELD)  # the rest of a longer run cannot be held
+            for seq in range(run.first, last + 1):
+                self._far(site, gateway, epoch, track, seq, run.first_ts if seq == run.first else run.last_ts)
+            track.far_count += run.last - last
+            track.far_dropped += run.last - last
+            track.jump = replace(track.jump, explained=track.far_dropped)
+        track.reshaped = True
 
     def _write_jump(self, site: str, gateway: str, epoch: str) -> None:
         """Write an epoch's jump finding; log it when new, resolved, and each time its count grew tenfold."""
@@ -462,9 +504,10 @@ class SequenceGaps:
         acknowledged, as a gateway deletes what is acknowledged and a broker no longer redelivers
         it, so seqs the bookkeeping never learnt would be a false gap after a restart. Raises
         ``StoreUnavailable`` while the store refuses it (a fault of ours holds nothing up)."""
-        if self._pending or self._unsaved or self._jumps or any(c.dirty for c in self._churn.values()):
+        if (self._pending or self._unsaved or self._far_blocks or self._jumps
+                or any(c.dirty for c in self._churn.values())):
             self.stored([])
-            if self._refused and (self._pending or self._unsaved or self._jumps
+            if self._refused and (self._pending or self._unsaved or self._far_blocks or self._jumps
                                   or any(c.dirty for c in self._churn.values())):
                 raise StoreUnavailable("the sequence bookkeeping of stored readings is not written yet")
 
@@ -475,9 +518,10 @@ class SequenceGaps:
             own = self._gateways[(site, gateway)][epoch].own[block]
             blocks.append(SeqBlock(site, gateway, epoch, block, int.from_bytes(own.bits, "little"), own.times(),
                                    f"{self._writer}.{own.generation}" if own.generation else self._writer))
-        self.store.record_seq_blocks(blocks)
+        self.store.record_seq_blocks(blocks + self._far_blocks)
         written = {(site, gateway, epoch) for site, gateway, epoch, _ in self._unsaved}
         self._unsaved.clear()
+        self._far_blocks = []
         for site, gateway, epoch in written:
             track = self._gateways[(site, gateway)][epoch]
             track.forget_covered(())
@@ -519,6 +563,7 @@ class SequenceGaps:
             if ranges:
                 track.reshaped = True
                 track.set_runs(self._merged(track.runs, ranges))
+                self._hold_beyond(site, gateway, epoch, track)
 
     def _read_ranges(self, site: str, gateway: str, epoch: str, first: int, last: int) -> list[SeqRange]:
         """The runs of stored seqs of blocks ``first``..``last``, read ``LOAD_BLOCKS`` blocks a

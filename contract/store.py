@@ -281,7 +281,8 @@ class SequenceFinding:
     (collector/clock_offset.py): seqs ``first``..``last`` of ``epoch`` were received meanwhile,
     from ``noticed`` to ``resolved``, stamped ``start``..``end``; they are not credited.
     ``jump``: readings of ``epoch`` with seqs ``first`` (the first met) up to ``last``, beyond what
-    the epoch's seqs made plausible, stored but not followed (``resolved`` once all were).
+    the epoch's seqs made plausible, stored but not followed (``resolved`` once all were;
+    ``explained``: how many were not even held, so it stays open).
     ``churn``: readings of epochs beyond those the collector follows per gateway (``epoch``,
     ``first``: the first of them), stored but not followed. ``start``/``end`` (gap, epoch): the times of the stored readings either side, when
     known. ``explained``: readings of the gap the gateway's outbox cap dropped (its
