@@ -535,7 +535,10 @@ class SequenceGaps:
             if f.gateway == gateway and f.kind == "gap":
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
         for track in epochs.values():
-            track.seen = now
+            # not met by this process yet: as idle as an epoch given up (``_room``) once its holes had two
+            # grace periods to be judged; one in use is met again with its next reading. (Seen now, a gateway
+            # with ``MAX_EPOCHS`` epochs in the store had its next new epoch taken for churn for an hour.)
+            track.seen = now - max(EPOCH_IDLE_S, 2 * self.grace_s) + (2 * self.grace_s if track.holes() else 0)
         self._gateways[(site, gateway)] = epochs
         return epochs
 
@@ -590,8 +593,8 @@ class SequenceGaps:
                     churn = self._churn[(r.site, r.gateway)] = _Churn()
                 churn.add(r)
                 return False
-            log.info("site %s: gateway %s: epoch %s, without a reading for %.0f s, is no longer followed (%d epochs "
-                     "at most)", r.site, r.gateway, idle or "(none)", now - epochs[idle].seen, MAX_EPOCHS)
+            log.info("site %s: gateway %s: epoch %s, without a reading for %.0f s (or since the collector started), "
+                     "is no longer followed (%d epochs at most)", r.site, r.gateway, idle or "(none)", now - epochs[idle].seen, MAX_EPOCHS)
             del epochs[idle]
         churn = self._churn.get((r.site, r.gateway))
         if churn is not None and epoch in churn.epochs:

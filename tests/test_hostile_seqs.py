@@ -393,3 +393,28 @@ def test_seqs_held_are_followed_after_the_collector_restarts(backend, tmp_path, 
     assert jump.resolved is not None
     assert stored_ranges(store, *GW) == [(E1, 1, live + 9)]
     store.close()
+
+
+def test_a_new_epoch_after_the_collector_restarts_is_followed_however_many_epochs_the_gateway_had(tmp_path):
+    """An honest gateway whose outbox was replaced more than ``MAX_EPOCHS`` times over the years, and
+    a collector restarted: before, the restarted collector took every epoch in the store as in use
+    (seen at its start), so the gateway's next new epoch within the hour was churn: not followed, its
+    lost readings never a gap."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    old = [f"{k:016x}" for k in range(1, sequence_gaps.MAX_EPOCHS + 5)]
+    for epoch in old:  # one after the other, each left long before the next
+        gaps.stored(_readings(range(1, 6), epoch=epoch))
+        _judged(gaps, clock)
+        clock[0] += 2 * sequence_gaps.EPOCH_IDLE_S
+    assert not [f for f in store.sequence_findings("s") if f.kind == "churn"]
+    restarted = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    restarted.stored(_readings(range(1, 6), epoch=old[-1]))  # redelivered
+    restarted.stored(_readings([s for s in range(1, 11) if s != 5]))  # the new outbox
+    _judged(restarted, clock)
+    found = store.sequence_findings("s")
+    assert not [f for f in found if f.kind == "churn"]
+    assert [(f.epoch, f.first, f.last) for f in found if f.kind == "gap"] == [(E1, 5, 5)]
+    assert len([f for f in found if f.kind == "epoch" and f.epoch == E1]) == 1
+    store.close()
