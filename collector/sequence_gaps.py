@@ -594,7 +594,8 @@ class SequenceGaps:
                 churn.add(r)
                 return False
             log.info("site %s: gateway %s: epoch %s, without a reading for %.0f s (or since the collector started), "
-                     "is no longer followed (%d epochs at most)", r.site, r.gateway, idle or "(none)", now - epochs[idle].seen, MAX_EPOCHS)
+                     "is no longer followed (%d epochs at most)", r.site, r.gateway, idle or "(none)",
+                     now - epochs[idle].seen, MAX_EPOCHS)
             del epochs[idle]
         churn = self._churn.get((r.site, r.gateway))
         if churn is not None and epoch in churn.epochs:

@@ -46,7 +46,8 @@ def _judged(gaps: SequenceGaps, clock: list[float]) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
-def test_seqs_far_beyond_the_epoch_are_named_not_followed_and_cost_a_block_at_most_each(backend, tmp_path, request, caplog):
+def test_seqs_far_beyond_the_epoch_are_named_not_followed_and_cost_a_block_at_most_each(backend, tmp_path, request,
+                                                                                       caplog):
     """Seqs of 2**62, MAX_SEQ and k * 8 Mi among an honest stream: before, a block each in the store
     and the collector, and one gap of up to 2**63 seqs that no later seq could ever resolve."""
     store = _store(backend, tmp_path, request)
