@@ -419,3 +419,20 @@ def test_a_new_epoch_after_the_collector_restarts_is_followed_however_many_epoch
     assert [(f.epoch, f.first, f.last) for f in found if f.kind == "gap"] == [(E1, 5, 5)]
     assert len([f for f in found if f.kind == "epoch" and f.epoch == E1]) == 1
     store.close()
+
+
+@pytest.mark.xfail(strict=True, reason="open (review-hostile): a gateway sending every other seq costs a run, a gap "
+                                       "finding and a WARNING per reading, and each check walks every run")
+def test_every_other_seq_costs_a_bounded_number_of_runs_and_gap_findings(tmp_path):
+    """A hostile gateway sending seqs 1, 3, 5, ... within the bound: each missing seq is a hole of its
+    own. Measured (100,000 readings, SQLite): 90,000 gap findings and WARNING lines, 81,000 runs held
+    (75 MB), a check taking 1.9 s and growing with every reading."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    for i in range(1, 8001, 1000):
+        gaps.stored(_readings(range(i, i + 1000, 2)))
+        clock[0] += 20.0
+        gaps.check()
+    assert len(gaps._gateways[GW][E1].runs) <= 1024
+    assert len([f for f in store.sequence_findings("s") if f.kind == "gap"]) <= 1024
