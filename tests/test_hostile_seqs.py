@@ -421,6 +421,26 @@ def test_a_new_epoch_after_the_collector_restarts_is_followed_however_many_epoch
     store.close()
 
 
+def test_a_jump_with_seqs_not_held_stays_open_after_the_collector_restarts(tmp_path, monkeypatch):
+    """Held seqs are held again by a restarted collector, but those not held (beyond ``FAR_HELD``) are
+    not: once the held are followed the finding is not resolved, and says how many were not held."""
+    monkeypatch.setattr(sequence_gaps, "MAX_AHEAD", 8 * BLOCK_SEQS)
+    monkeypatch.setattr(sequence_gaps, "FAR_HELD", 4)
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    live = sequence_gaps.MAX_AHEAD + 20_000
+    first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    first.stored(_readings(range(1, 11)))
+    first.stored(_readings(range(live, live + 6)))  # 4 held, 2 not
+    second = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    for i in range(11, live, 4000):
+        second.stored(_readings(range(i, min(i + 4000, live))))
+    assert not second._gateways[GW][E1].far  # the held, followed
+    [jump] = [f for f in store.sequence_findings("s") if f.kind == "jump"]
+    assert jump.resolved is None and jump.explained == 2 and "2 of them not held" in jump.cause
+    store.close()
+
+
 @pytest.mark.xfail(strict=True, reason="open (review-hostile): a gateway sending every other seq costs a run, a gap "
                                        "finding and a WARNING per reading, and each check walks every run")
 def test_every_other_seq_costs_a_bounded_number_of_runs_and_gap_findings(tmp_path):
