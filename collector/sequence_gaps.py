@@ -400,6 +400,12 @@ class SequenceGaps:
                 track.open.pop(f.first, None)
                 log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
                          site, gateway, f.first, f.last, epoch or "(none)")
+            elif track.floor is not None and f.first < track.floor and f.first not in track.open:
+                # a gap below the mark this process met the gateway at: the seqs of it that
+                # arrived before are in the store, not in our runs (read from the mark up)
+                track.open[f.first] = f.last
+                if len(track.open) > OPEN_GAPS:
+                    del track.open[min(track.open)]
 
     # -- holes ------------------------------------------------------------------------
     def check(self) -> None:
