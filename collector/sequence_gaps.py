@@ -154,7 +154,8 @@ class _Epoch:
     suspected: dict[int, tuple[int, float]] = field(default_factory=dict)
     recorded: dict[int, SequenceFinding] = field(default_factory=dict)  # gap's first seq -> finding
     _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
-    #: first -> last seq of the gaps this process recorded, not yet resolved (at most ``OPEN_GAPS``)
+    #: first -> last seq of the gaps this process recorded, or met below its floor as late seqs arrived,
+    #: not yet resolved (at most ``OPEN_GAPS``)
     open: dict[int, int] = field(default_factory=dict)
     #: the lowest seq looked at: epochs count from 1, or from above the epoch's mark in the store
     #: (seqs up to it were judged before); a sender without epochs is followed from where we meet
@@ -647,6 +648,12 @@ class SequenceGaps:
                 track.open.pop(f.first, None)
                 log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
                          site, gateway, f.first, f.last, epoch or "(none)")
+            elif track.floor is not None and f.first < track.floor and f.first not in track.open:
+                # a gap below the mark this process met the gateway at: the seqs of it that
+                # arrived before are in the store, not in our runs (read from the mark up)
+                track.open[f.first] = f.last
+                if len(track.open) > OPEN_GAPS:
+                    del track.open[min(track.open)]
 
     # -- holes ------------------------------------------------------------------------
     def check(self) -> None:

@@ -119,11 +119,15 @@ class _Client(mqtt.Client):
     each byte of its length, then its body (four system calls a reading), which was a
     third of the collector's receive path. What a chunk holds beyond the packet waits in
     ``_rbuf`` and is handed out before the socket is read again; ``loop_read`` goes on
-    while any is left, as ``select`` cannot see it."""
+    while any is left, as ``select`` cannot see it, and meanwhile reads the socket only for
+    the packet the chunk ends in: a sender faster than we read would otherwise keep us
+    reading (a chunk seldom ends on a packet's end), and the PUBACKs and pings waiting to be
+    written would wait with it."""
 
     last_error: BaseException | None = None
     _rbuf: bytes = b""
     _rpos: int = 0
+    _draining = False
 
     def reconnect(self):
         self._rbuf, self._rpos = b"", 0  # what the last connection left is not this one's
@@ -136,7 +140,7 @@ class _Client(mqtt.Client):
     def _sock_recv(self, bufsize: int) -> bytes:
         pos = self._rpos
         if pos >= len(self._rbuf):
-            data = super()._sock_recv(max(bufsize, RECV_CHUNK))
+            data = super()._sock_recv(bufsize if self._draining else max(bufsize, RECV_CHUNK))
             if len(data) <= bufsize:
                 return data
             self._rbuf, pos = data, 0
@@ -153,8 +157,12 @@ class _Client(mqtt.Client):
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         rc = super().loop_read(max_packets)
-        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._rpos < len(self._rbuf):
-            rc = super().loop_read(max_packets)
+        self._draining = True
+        try:
+            while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._rpos < len(self._rbuf):
+                rc = super().loop_read(max_packets)
+        finally:
+            self._draining = False
         return rc
 
 

@@ -152,7 +152,10 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
     were stamped in and in the one they were received in (where they are missing)."""
     out = []
     for f in found:
-        first, last = pd.Timestamp(f.start or f.noticed), pd.Timestamp(f.end or f.noticed)
+        # a gap with no stored reading before it (an epoch's first seqs) lies before its end,
+        # by how much unknown: it is for the period of its end (noticed later, it would be in none)
+        last = pd.Timestamp(f.end or f.noticed)
+        first = pd.Timestamp(f.start) if f.start else min(last, pd.Timestamp(f.noticed))
         # a clock not yet seen right again touches every period after it was noticed
         received = (pd.Timestamp(f.noticed), pd.Timestamp(f.resolved) if f.resolved else end)
         if (last < start or first >= end) and (f.kind != "clock" or received[1] < start or received[0] >= end):

@@ -504,6 +504,12 @@ class InfluxStore:
         if "error" in result:
             raise StoreUnavailable(f"InfluxDB query error: {result['error']}")
         series = result.get("series", [])
+        if result.get("partial") or any(s.get("partial") for s in series):
+            # the server's [http] max-row-limit cut the answer: a read that lacks rows silently
+            # would make figures wrong, a gap false or a chain look broken
+            raise StoreUnavailable(f"InfluxDB {self.base_url} cut a query's answer short (partial: its [http] "
+                                   "max-row-limit is below the rows one chunk reads): set max-row-limit = 0 "
+                                   "(no limit) on the server, or a smaller chunk_hours in the store URL")
         if any(s.get("name") == "databases" for s in series) and not influxql.upper().startswith("SHOW DATABASES"):
             # VictoriaMetrics answers every InfluxQL query with its list of databases
             raise ReadUnsupported(f"{self.base_url} answers InfluxQL queries with its list of databases: it takes "
@@ -577,12 +583,8 @@ class InfluxStore:
         return sorted(seen, key=lambda d: (d.site, d.device))
 
     def dead_letters(self, limit=100) -> list[DeadLetter]:
-        params = {"q": f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} ORDER BY time DESC "
-                       f"LIMIT {int(limit)}",
-                  "db": self.db, "epoch": "ns", **self.auth}
-        resp = self.http.request("POST", f"{self.base_url}/query", fields=params, headers=self.headers,
-                                 encode_multipart=False)
-        return _letters(json.loads(resp.data)["results"][0].get("series", []))
+        return _letters(self.query(f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} ORDER BY time DESC "
+                                   f"LIMIT {int(limit)}", "ns"))
 
     def site_dead_letters(self, site, start, end) -> list[DeadLetter]:
         prefix = f"{topics.ROOT}/{site}/"

@@ -8,6 +8,8 @@ import datetime as dt
 import json
 import logging
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -339,3 +341,45 @@ def test_acks_sent_together_acknowledge_exactly_those_messages(tmp_path, mosquit
     finally:
         pub.disconnect()
         pub.loop_stop()
+
+
+def _flood(port: int, until: float, size: int) -> None:
+    """Publish QoS 0 messages of ``size`` bytes to topic ``flood`` as fast as the broker takes
+    them (whole buffers of packets, one system call each), until ``until`` (monotonic)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"\x10\x13\x00\x04MQTT\x04\x02\x00\x3c\x00\x07flooder")  # CONNECT, clean, 60 s
+        s.recv(4)
+        body = b"\x00\x05flood" + b"x" * size
+        packet = bytes([0x30, len(body) & 127 | 128, len(body) >> 7]) + body  # PUBLISH, QoS 0
+        burst = packet * ((4 << 20) // len(packet))
+        while time.monotonic() < until:
+            s.sendall(burst)
+
+
+def test_writes_wait_no_longer_than_a_chunk_while_a_sender_outpaces_the_reader(mosquitto):
+    """A sender faster than the client reads keeps its socket full. Reading in chunks must
+    still leave paho's thread to write between chunks: what the client publishes (and the
+    PUBACKs, the pings) goes out within a chunk's reading, not once the sender pauses
+    (before: a chunk seldom ends on a packet's end and the client went on reading, each
+    write waiting about a second here, and longer for longer packets)."""
+    conn = BrokerConnection(Mqtt(url=f"mqtt://127.0.0.1:{mosquitto.port}"), "reader", "test",
+                            subscriptions=[("flood", 0)])
+    got = [0]
+    conn.client.on_message = lambda *a: got.__setitem__(0, got[0] + 1)
+    subscribed = threading.Event()
+    conn.client.on_subscribe = lambda *a: subscribed.set()
+    conn.start()
+    try:
+        assert subscribed.wait(10)
+        flood = threading.Thread(target=_flood, args=(mosquitto.port, time.monotonic() + 3.0, 291), daemon=True)
+        flood.start()
+        assert wait_until(lambda: got[0] > 10_000, timeout=10)
+        waits = []
+        while flood.is_alive() and len(waits) < 200:
+            t = time.monotonic()
+            conn.client.publish("probe", b"x").wait_for_publish(5)
+            waits.append(time.monotonic() - t)
+        flood.join()
+        assert max(waits) < 0.25, (max(waits), len(waits), got[0])
+    finally:
+        conn.stop()

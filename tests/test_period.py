@@ -226,3 +226,20 @@ def test_input_hash_is_the_row_by_row_definition():
     frames = {"a.x": frame(60), "a-b.x": frame(50, shuffle=True), "a.x-y": frame(40), "b.z": frame(0),
               "m1.energy": frame(200, shuffle=True)}
     assert input_hash(frames) == _input_hash_by_rows(frames)
+
+
+def test_a_gap_with_no_reading_before_it_is_for_review_in_the_period_of_its_end():
+    """An epoch's leading seqs lost: no stored reading before the gap gives it a start time,
+    and it is noticed after its end (the grace period). It must show in the period of its
+    end (the readings were stamped before it), not in none."""
+    from contract.store import SequenceFinding
+    from processing.period import sequence_findings
+
+    end = dt.datetime(2026, 10, 31, 23, 58, tzinfo=dt.UTC)
+    gap = SequenceFinding("gap", "s", "gw", "00000000000000e1", 1, 40, end + dt.timedelta(minutes=10), "lost",
+                          end=end)
+    october = (dt.datetime(2026, 10, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    november = (october[1], dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    [finding] = sequence_findings([gap], *october)
+    assert (finding.check, finding.severity, finding.amount) == ("sequence_gap", "review", 40.0)
+    assert sequence_findings([gap], *november) == []

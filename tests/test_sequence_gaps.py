@@ -991,3 +991,28 @@ def test_an_influxdb_finding_kept_at_its_time_noticed_is_still_read_and_resolved
     assert [(f.first, f.noticed, f.resolved) for f in store.sequence_findings("s")] == [
         (4, T0, T0 + dt.timedelta(seconds=5))]
     store.close()
+
+
+def test_a_gap_below_the_mark_whose_late_seqs_straddle_a_restart_is_resolved(tmp_path):
+    """A gap recorded and the mark moved blocks past it; part of the gap arrives, the collector
+    restarts (it reads the blocks from the mark up only) and the rest arrives: every seq of
+    the gap is stored, so it is resolved (before: it stayed open, a month for review)."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+
+    def readings(seqs):
+        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
+
+    first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    first.stored(readings([s for s in range(1, 3 * BLOCK_SEQS) if not 4 <= s <= 9]))
+    for clock[0] in (20.0, 40.0):
+        first.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(4, 9)]
+    assert store.seq_marks("s", "gw")[E1] >= 2 * BLOCK_SEQS
+    first.stored(readings([4, 5, 6]))
+    second = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    second.stored(readings([7, 8, 9]))
+    for clock[0] in (60.0, 80.0):
+        second.check()
+    [f] = store.sequence_findings("s")
+    assert f.resolved is not None

@@ -328,3 +328,32 @@ def test_sqlite_keeps_no_index_besides_its_key_and_reads_a_site_by_its_pairs(tmp
         assert "USING PRIMARY KEY" in plan
     finally:
         s.close()
+
+
+def test_an_influxdb_answer_cut_short_by_its_row_limit_is_an_error_not_fewer_rows(tmp_path):
+    """A server with ``[http] max-row-limit`` below what a chunk reads answers with the first
+    rows and ``"partial": true``: read as it is, readings would be missing from the figures
+    in silence. The store refuses the answer, naming the setting."""
+    import shutil
+
+    from contract.store import StoreUnavailable
+    from jcm.influxd import influxd_config
+    from tests.conftest import ServerProcess, _http
+
+    d = tmp_path / "influxdb"
+    d.mkdir()
+    conf, port = influxd_config(d)
+    conf.write_text(conf.read_text().replace("  log-enabled = false\n", "  log-enabled = false\n  max-row-limit = 10\n"))
+    server = ServerProcess([shutil.which("influxd"), "-config", str(conf)], port, d).start()
+    try:
+        _http("POST", f"http://127.0.0.1:{port}/query", {"q": "CREATE DATABASE jcm"})
+        s = open_store(f"influxdb://127.0.0.1:{port}?api=v1&db=jcm")
+        s.write([reading(minutes=m, seq=m + 1) for m in range(50)])
+        assert len(s.read("s1", T0, T0 + dt.timedelta(minutes=5))) == 10  # within the limit: whole
+        with pytest.raises(StoreUnavailable, match="max-row-limit"):
+            s.read("s1", T0, T0 + dt.timedelta(hours=2))
+        with pytest.raises(StoreUnavailable, match="max-row-limit"):
+            s.read_sources("s1", T0, T0 + dt.timedelta(hours=2), ["m1.energy"])
+        s.close()
+    finally:
+        server.stop()
