@@ -145,6 +145,15 @@ def read_span(rows: dict[str, pd.DataFrame], start: pd.Timestamp, end: pd.Timest
     return lo.isoformat(), hi.isoformat()
 
 
+def stamped(f: SequenceFinding) -> tuple[dt.datetime, dt.datetime]:
+    """The first and last stamp of the readings a sequence finding is about, as the periods
+    (and an export's custody findings) place it: without a start or an end, when it was noticed;
+    a gap with no stored reading before it (an epoch's first seqs) lies before its end, by how
+    much unknown: it is for the period of its end (noticed later, it would be in none)."""
+    last = f.end or f.noticed
+    return (f.start or min(last, f.noticed)), last
+
+
 def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd.Timestamp) -> list[Finding]:
     """The collector's findings along the site's gateway sequence within [start, end) as QA
     findings: a gap the gateway's outbox cap does not fully explain, or a new epoch (its lost
@@ -152,10 +161,7 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
     were stamped in and in the one they were received in (where they are missing)."""
     out = []
     for f in found:
-        # a gap with no stored reading before it (an epoch's first seqs) lies before its end,
-        # by how much unknown: it is for the period of its end (noticed later, it would be in none)
-        last = pd.Timestamp(f.end or f.noticed)
-        first = pd.Timestamp(f.start) if f.start else min(last, pd.Timestamp(f.noticed))
+        first, last = (pd.Timestamp(t) for t in stamped(f))
         # a clock not yet seen right again touches every period after it was noticed
         received = (pd.Timestamp(f.noticed), pd.Timestamp(f.resolved) if f.resolved else end)
         if (last < start or first >= end) and (f.kind != "clock" or received[1] < start or received[0] >= end):

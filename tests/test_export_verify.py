@@ -503,3 +503,18 @@ def test_a_gap_before_seqs_the_collector_did_not_follow_names_its_jump_finding(e
     assert rc == 1
     assert f"seq {seq}: gap: 1 message(s) missing (collector: seqs {seq + 1}..{seq + 5} not followed: 5 " in out
     assert f"sequence finding mn-solar/{gateway}: jump at seq {seq + 1} of epoch {EPOCH}: 5 reading(s)" in out
+
+
+def test_a_gap_with_no_start_noticed_after_the_window_is_in_the_export_findings(tmp_path, signer):
+    """An epoch's first seqs lost (no start), noticed long after the window (the collector was
+    down): the period's QA puts the gap in the month of its end, so the export must carry it
+    in custody/findings.json, or ``jcm verify`` recomputes the month without it (another status)."""
+    from contract.store import SequenceFinding
+
+    end = dt.datetime.combine(FIRST, dt.time(12), dt.UTC)
+    gap = SequenceFinding("gap", "mn-solar", "gw-late", "00000000000000e1", 1, 40, end + dt.timedelta(days=40),
+                          "lost before the epoch's first stored reading", end=end)
+    folder = make_export(tmp_path, signer, [(FIRST, LAST)], tamper=lambda store: store.record_finding(gap))
+    listed = json.loads((folder / "custody" / "findings.json").read_text())["sequence_findings"]
+    # without it, ``jcm verify`` of this untouched export said "2026-09: input hash NOT revision 1's"
+    assert [f["gateway"] for f in listed] == ["gw-late"]

@@ -23,6 +23,7 @@ from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from processing.export.json_file import read_json
 from processing.export.period_figures import PeriodFigures
 from processing.export.recompute import message_window
+from processing.period import stamped
 
 FINDINGS = "findings.json"
 #: successors of a window's last covered message looked up at a time, by seq
@@ -51,7 +52,7 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
         return [], entry
     # stamped in the window, or received in it (a wrong clock's readings are stamped anywhere)
     sequence = [f for f in store.sequence_findings(site.site)
-                if (f.start or f.noticed) < end and (f.end or f.noticed) >= start
+                if (when := stamped(f))[0] < end and when[1] >= start
                 or f.noticed < end and (f.resolved or f.noticed) >= start]
     custody = [f for f in store.custody_findings(site.site) if start <= f.ts < end]
     (root / FINDINGS).write_text(json.dumps({"sequence_findings": [_record(f) for f in sequence],
