@@ -39,6 +39,8 @@ class ReadUnsupported(StoreUnavailable):
 KEPT_PAYLOAD = 1024
 #: characters of a dead letter's topic or reason kept
 KEPT_TEXT = 1024
+#: dead letters a store reads back at a time (``site_dead_letters``): about 10 MB of them
+LETTER_PAGE = 5000
 
 
 @dataclass(frozen=True)
@@ -446,10 +448,12 @@ class ReadingStore(Protocol):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
 
-    def site_dead_letters(self, site: str, start: dt.datetime, end: dt.datetime) -> list[DeadLetter]:
+    def site_dead_letters(self, site: str, start: dt.datetime, end: dt.datetime) -> Iterator[DeadLetter]:
         """The dead letters received on a topic of ``site`` (``jcm/v1/<site>/...``: the broker's
         ACL gives each site's login its own topics) with start <= received < end, oldest first
-        (then by SHA-256). Raises ``StoreUnavailable``."""
+        (then by SHA-256). Lazy: read in pages of about ``LETTER_PAGE`` letters, each ending
+        with all the letters of an instant (a site that sent garbage for weeks has millions of
+        letters within its dead-letter budget). Raises ``StoreUnavailable``."""
 
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
         """Remember that these seqs are stored (after ``write`` stored their readings): each

@@ -49,8 +49,8 @@ from contract.float_text import finite_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import MAX_SEQ, Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import (READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported, SeqBlock,
-                            SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks,
+from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported,
+                            SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks,
                             seq_spans, source_pairs, union_blocks)
 
 MEASUREMENT = "reading"
@@ -342,7 +342,7 @@ class InfluxStore:
                 p = (Point(DEAD).field("topic", d.topic).field("reason", d.reason)
                      .field("payload", base64.b64encode(d.payload).decode()).field("size", d.size)
                      .field("sha256", d.sha256))
-                ns = int(d.received.timestamp()) * 1_000_000_000 + d.received.microsecond * 1000 + i
+                ns = _letter_ns(d.received) + i
                 lines.append(p.time(ns, WritePrecision.NS).to_line_protocol().encode())
             # a dead letter is printable text and base64 by construction: if InfluxDB refuses
             # one, the ValueError goes to the caller, which isolates it
@@ -586,11 +586,23 @@ class InfluxStore:
         return _letters(self.query(f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} ORDER BY time DESC "
                                    f"LIMIT {int(limit)}", "ns"))
 
-    def site_dead_letters(self, site, start, end) -> list[DeadLetter]:
+    def site_dead_letters(self, site, start, end) -> Iterator[DeadLetter]:
         prefix = f"{topics.ROOT}/{site}/"
-        series = self.query(f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} "
-                            f"WHERE time >= {to_ns(start)} AND time < {to_ns(end)}", "ns")
-        return sorted((d for d in _letters(series) if d.topic.startswith(prefix)), key=lambda d: (d.received, d.sha256))
+        lo, hi = _letter_ns(start), _letter_ns(end)
+        select = f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} WHERE time >= {{}} AND time < {{}}"
+        while True:
+            rows = [row for s in self.query(select.format(lo, hi) + f" ORDER BY time LIMIT {LETTER_PAGE}", "ns")
+                    for row in s["values"]]
+            full = len(rows) == LETTER_PAGE
+            if full:  # a page ends with every letter of its last microsecond: the next one begins there
+                us = rows[-1][0] // 1000
+                rows = [r for r in rows if r[0] // 1000 != us] or [row for s in self.query(
+                    select.format(us * 1000, (us + 1) * 1000), "ns") for row in s["values"]]
+                lo = us * 1000 if rows[-1][0] // 1000 != us else (us + 1) * 1000
+            yield from sorted((d for d in _letters([{"values": rows}]) if d.topic.startswith(prefix)
+                               and start <= d.received < end), key=lambda d: (d.received, d.sha256))
+            if not full:
+                return
 
     def close(self) -> None:
         if self.client is not None:
@@ -603,6 +615,11 @@ def _epoch_tags(r: SeqBlock | SeqMark) -> str:
     without epochs has none (InfluxQL groups it as epoch "")."""
     return "".join(f",{k}={_tag_value(v)}" for k, v in (("site", r.site), ("gateway", r.gateway), ("epoch", r.epoch),
                                                         ("writer", r.writer)) if v)
+
+
+def _letter_ns(t: dt.datetime) -> int:
+    """A dead letter's time [ns] (the microseconds of ``received``, as written)."""
+    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
 def _letters(series: list[dict]) -> list[DeadLetter]:

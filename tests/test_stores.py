@@ -103,14 +103,59 @@ def test_a_sites_dead_letters_of_a_window_are_exactly_those_oldest_first(store):
     letters += [DeadLetter(T0 + dt.timedelta(hours=1), "jcm/v1/s1", b"x", "no site's topic"),
                 DeadLetter(T0 + dt.timedelta(hours=2), "jcm/v1/s1/gw1/batch", b"b" * 2000, "batch refused")]
     store.write([], letters[::-1])
-    got = store.site_dead_letters("s1", T0, T0 + dt.timedelta(days=1))
+    got = list(store.site_dead_letters("s1", T0, T0 + dt.timedelta(days=1)))
     assert [(d.received, d.topic, d.payload) for d in got] == [
         (T0, "jcm/v1/s1/gw1/m1/reading", b"1"),
         (T0 + dt.timedelta(hours=2), "jcm/v1/s1/gw1/batch", b"b" * 1024),
         (T0 + dt.timedelta(hours=5, microseconds=7), "jcm/v1/s1/gw1/m1/reading", b"2"),
         (T0 + dt.timedelta(days=1) - dt.timedelta(microseconds=1), "jcm/v1/s1/gw1/m1/reading", b"3")]
     assert got[1].size == 2000 and got[1].reason == "batch refused"
-    assert store.site_dead_letters("s2", T0, T0 + dt.timedelta(days=1)) == []
+    assert list(store.site_dead_letters("s2", T0, T0 + dt.timedelta(days=1))) == []
+
+
+def small_letter_pages(monkeypatch, page: int) -> None:
+    import store.influx_store
+    import store.sqlite_store
+
+    for module in (store.sqlite_store, store.influx_store):
+        monkeypatch.setattr(module, "LETTER_PAGE", page, raising=False)
+
+
+def test_a_sites_dead_letters_are_read_in_pages_each_letter_once_in_order(store, monkeypatch):
+    """Pages of 3: instants with several letters (a batch's budget summaries, the same
+    microsecond), one with more letters than a page, another site's letters between."""
+    small_letter_pages(monkeypatch, 3)
+    at = [T0 + dt.timedelta(seconds=s, microseconds=u) for s, u in
+          [(0, 0), (0, 0), (1, 5), (1, 5), (1, 5), (1, 5), (1, 5), (2, 0), (3, 9), (3, 9), (3, 10), (4, 0)]]
+    letters = [DeadLetter(t, f"jcm/v1/{site}/gw1/m1/reading", f"{site} {i}".encode(), "why")
+               for i, t in enumerate(at) for site in ("s1", "s10")]
+    store.write([], letters[:4])  # the letters of an instant in one write (InfluxDB tells them apart by index)
+    store.write([], letters[4:])
+    want = sorted((d for d in letters if d.topic.startswith("jcm/v1/s1/")), key=lambda d: (d.received, d.sha256))
+    got = list(store.site_dead_letters("s1", T0, T0 + dt.timedelta(seconds=4)))
+    assert [(d.received, d.payload) for d in got] == [(d.received, d.payload) for d in want[:-1]]
+
+
+def test_a_site_with_weeks_of_garbage_is_exported_in_bounded_memory(store, monkeypatch):
+    """A gateway sending malformed messages at its site's dead-letter budget (120 a minute)
+    for a month leaves 5 million letters of up to 1 KiB: reading them back at once took
+    gigabytes. Here 6,000 letters of 1 KiB are read in pages of 300 (before: 10 MB held in
+    SQLite, 29 MB from InfluxDB; now about 1 and 2 MB)."""
+    import tracemalloc
+
+    small_letter_pages(monkeypatch, 300)
+    n = 6000
+    for i in range(0, n, 1000):
+        store.write([], [DeadLetter(T0 + dt.timedelta(seconds=j), "jcm/v1/s1/gw1/m1/reading",
+                                    j.to_bytes(4, "big") * 256, "not JSON") for j in range(i, i + 1000)])
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in store.site_dead_letters("s1", T0, T0 + dt.timedelta(days=1)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == n
+    assert peak < n * 1024 / 2, f"{peak / 1e6:.1f} MB held to read {n * 1024 / 1e6:.1f} MB of letters"
 
 
 def test_v2_write_path_lands_tags_fields_and_timestamps(victoriametrics):

@@ -102,14 +102,10 @@ def write_dead_letters(figures: PeriodFigures, store: ReadingStore, path: Path) 
             text.write(SIMULATED_NOTE)
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(DEAD_LETTER_COLUMNS)
-        start, end = local_bounds(site, figures.first, figures.last)
-        while start < end:
-            letters = store.site_dead_letters(site.site, start, min(start + CHUNK, end))
-            writer.writerows([d.received.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-                              d.topic, d.size, d.sha256, d.reason, base64.b64encode(d.payload).decode()]
-                             for d in letters)
-            count += len(letters)
-            start += CHUNK
+        for d in store.site_dead_letters(site.site, *local_bounds(site, figures.first, figures.last)):
+            writer.writerow([d.received.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+                             d.topic, d.size, d.sha256, d.reason, base64.b64encode(d.payload).decode()])
+            count += 1
     return path, count
 
 
