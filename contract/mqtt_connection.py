@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import ssl
 import struct
@@ -196,6 +197,7 @@ class BrokerConnection:
         if settings.tls:
             self.client.tls_set_context(tls_context(settings, where, names))
         self.client.reconnect_delay_set(*reconnect_delay)
+        self._reconnect_delay = reconnect_delay
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -238,7 +240,15 @@ class BrokerConnection:
             log.error("%s: %s%s; retrying", self.where, text, repeats)
             self._problem = (text, now)
 
+    def _next_wait(self) -> None:
+        """Draw paho's next reconnect wait from the back-off's range: paho has no jitter, so the
+        clients that lost a broker at the same moment (every gateway, when it restarts) would try
+        again at the same moments and all come back in the same millisecond."""
+        wait = random.uniform(*self._reconnect_delay)
+        self.client.reconnect_delay_set(wait, wait)
+
     def _on_connect_fail(self, client, userdata):
+        self._next_wait()
         exc = self.client.last_error
         self._problem_seen(f"cannot connect to {self.url}: {exc or 'connection failed'}")
 
@@ -267,6 +277,7 @@ class BrokerConnection:
                           self.where, self.url, topic, rc)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self._next_wait()
         if not self.connected.is_set():
             return  # a refused connection, already logged
         self.connected.clear()

@@ -383,3 +383,32 @@ def test_writes_wait_no_longer_than_a_chunk_while_a_sender_outpaces_the_reader(m
         assert max(waits) < 0.25, (max(waits), len(waits), got[0])
     finally:
         conn.stop()
+
+
+def test_clients_that_lost_the_broker_together_do_not_come_back_in_the_same_instant():
+    """Eight gateways' connections wait for a broker that is down; when its port opens, their
+    attempts arrive spread over the back-off's range, not in one burst (paho's back-off has
+    no jitter: before, all eight came within a few milliseconds)."""
+    port = free_port()
+    connections = [BrokerConnection(f"mqtt://127.0.0.1:{port}", f"gw{i}", "test") for i in range(8)]
+    for c in connections:
+        c.start()
+    arrived: list[float] = []
+    try:
+        time.sleep(1.0)  # attempts refused
+        with socket.create_server(("127.0.0.1", port), backlog=16) as server:
+            server.settimeout(3.0)
+            accepted = []
+            with contextlib.suppress(TimeoutError):
+                while len(arrived) < len(connections):
+                    accepted.append(server.accept()[0])
+                    arrived.append(time.monotonic())
+            for conn in accepted:
+                conn.close()
+    finally:
+        for c in connections:  # all told first: each stop waits up to a second for its thread
+            c.client.disconnect()
+        for c in connections:
+            c.client.loop_stop()
+    assert len(arrived) == len(connections)
+    assert max(arrived) - min(arrived) > 0.2, [round(t - min(arrived), 3) for t in arrived]
