@@ -197,7 +197,7 @@ class BrokerConnection:
         if settings.tls:
             self.client.tls_set_context(tls_context(settings, where, names))
         self.client.reconnect_delay_set(*reconnect_delay)
-        self._reconnect_delay = reconnect_delay
+        self.reconnect_delay = reconnect_delay  # [s], each wait drawn from it
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -244,7 +244,7 @@ class BrokerConnection:
         """Draw paho's next reconnect wait from the back-off's range: paho has no jitter, so the
         clients that lost a broker at the same moment (every gateway, when it restarts) would try
         again at the same moments and all come back in the same millisecond."""
-        wait = random.uniform(*self._reconnect_delay)
+        wait = random.uniform(*self.reconnect_delay)
         self.client.reconnect_delay_set(wait, wait)
 
     def _on_connect_fail(self, client, userdata):

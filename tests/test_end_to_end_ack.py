@@ -120,7 +120,7 @@ def test_broker_crash_with_no_saved_state_while_the_collector_is_connected(tmp_p
         assert wait_until(lambda: c.stored >= 40)
         # the collector's session dies with the broker, and the gateway comes back first (the race the
         # issue measured): what it sends before the collector has subscribed again has no subscriber
-        c.connection.client.reconnect_delay_set(4, 4)
+        c.connection.reconnect_delay = (4, 4)
         sigkill(broker)
         broker.start()
         assert wait_until(lambda: c.connection.connected.is_set(), 15)
