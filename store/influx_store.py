@@ -248,6 +248,9 @@ class InfluxStore:
         elif username:
             self.auth = {"u": username, "p": password or ""}
         self.client = None
+        #: a dead letter's nanoseconds below its microsecond: letters of one instant (the lines of
+        #: a batch message) written in several writes must not replace each other
+        self._letter_n = itertools.count()
         self._ranges_moved = False
         if api == "v2":
             # InfluxDB 1.8+ takes "user:password" as the token of its v2 write endpoint
@@ -338,11 +341,11 @@ class InfluxStore:
                         self._post_isolating(kept, [message_line(m) for m in kept], WritePrecision.NS)]
         if dead_letters:
             lines = []
-            for i, d in enumerate(dead_letters):
+            for d in dead_letters:
                 p = (Point(DEAD).field("topic", d.topic).field("reason", d.reason)
                      .field("payload", base64.b64encode(d.payload).decode()).field("size", d.size)
                      .field("sha256", d.sha256))
-                ns = _letter_ns(d.received) + i
+                ns = _letter_ns(d.received) + next(self._letter_n) % 1000
                 lines.append(p.time(ns, WritePrecision.NS).to_line_protocol().encode())
             # a dead letter is printable text and base64 by construction: if InfluxDB refuses
             # one, the ValueError goes to the caller, which isolates it

@@ -113,6 +113,17 @@ def test_a_sites_dead_letters_of_a_window_are_exactly_those_oldest_first(store):
     assert list(store.site_dead_letters("s2", T0, T0 + dt.timedelta(days=1))) == []
 
 
+def test_letters_of_one_instant_written_apart_are_all_kept(store):
+    """A backlog batch is one message, received once: a line refused by validation and a line
+    the store refused are written as letters in two writes. InfluxDB told a write's letters
+    apart by their index in it, so the second write's first letter replaced the first one's."""
+    letters = [DeadLetter(T0, "jcm/v1/s1/gw1/batch", f"line {i}".encode(), f"why {i}") for i in range(3)]
+    store.write([], letters[:2])
+    store.write([], letters[2:])
+    got = store.site_dead_letters("s1", T0, T0 + dt.timedelta(seconds=1))
+    assert sorted(d.payload for d in got) == [b"line 0", b"line 1", b"line 2"]
+
+
 def small_letter_pages(monkeypatch, page: int) -> None:
     import store.influx_store
     import store.sqlite_store
@@ -129,8 +140,8 @@ def test_a_sites_dead_letters_are_read_in_pages_each_letter_once_in_order(store,
           [(0, 0), (0, 0), (1, 5), (1, 5), (1, 5), (1, 5), (1, 5), (2, 0), (3, 9), (3, 9), (3, 10), (4, 0)]]
     letters = [DeadLetter(t, f"jcm/v1/{site}/gw1/m1/reading", f"{site} {i}".encode(), "why")
                for i, t in enumerate(at) for site in ("s1", "s10")]
-    store.write([], letters[:4])  # the letters of an instant in one write (InfluxDB tells them apart by index)
-    store.write([], letters[4:])
+    for i in range(0, len(letters), 5):
+        store.write([], letters[i:i + 5])
     want = sorted((d for d in letters if d.topic.startswith("jcm/v1/s1/")), key=lambda d: (d.received, d.sha256))
     got = list(store.site_dead_letters("s1", T0, T0 + dt.timedelta(seconds=4)))
     assert [(d.received, d.payload) for d in got] == [(d.received, d.payload) for d in want[:-1]]
