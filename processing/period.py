@@ -149,9 +149,11 @@ def stamped(f: SequenceFinding) -> tuple[dt.datetime, dt.datetime]:
     """The first and last stamp of the readings a sequence finding is about, as the periods
     (and an export's custody findings) place it: without a start or an end, when it was noticed;
     a gap with no stored reading before it (an epoch's first seqs) lies before its end, by how
-    much unknown: it is for the period of its end (noticed later, it would be in none)."""
-    last = f.end or f.noticed
-    return (f.start or min(last, f.noticed)), last
+    much unknown: it is for the period of its end (noticed later, it would be in none). A clock
+    stepped back stamps the end before the start: the span is between the two either way."""
+    end = f.end or f.noticed
+    start = f.start or min(end, f.noticed)
+    return min(start, end), max(start, end)
 
 
 def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd.Timestamp) -> list[Finding]:

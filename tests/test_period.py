@@ -243,3 +243,19 @@ def test_a_gap_with_no_reading_before_it_is_for_review_in_the_period_of_its_end(
     [finding] = sequence_findings([gap], *october)
     assert (finding.check, finding.severity, finding.amount) == ("sequence_gap", "review", 40.0)
     assert sequence_findings([gap], *november) == []
+
+
+def test_a_gap_stamped_backwards_across_months_is_for_review_in_both():
+    """The gateway's clock stepped back during a gap: the reading after it is stamped before
+    the one before it, across a month's end. Taken as (start, end), the gap lay in neither month."""
+    from contract.store import SequenceFinding
+    from processing.period import sequence_findings
+
+    start, end = dt.datetime(2026, 11, 1, 0, 5, tzinfo=dt.UTC), dt.datetime(2026, 10, 31, 23, 58, tzinfo=dt.UTC)
+    gap = SequenceFinding("gap", "s", "gw", "00000000000000e1", 10, 40, start + dt.timedelta(minutes=10), "lost",
+                          start=start, end=end)
+    october = (dt.datetime(2026, 10, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    november = (october[1], dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    for month in (october, november):
+        [finding] = sequence_findings([gap], *month)
+        assert (finding.check, finding.severity) == ("sequence_gap", "review")
