@@ -32,6 +32,7 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -592,7 +593,10 @@ class InfluxStore:
     def site_dead_letters(self, site, start, end) -> Iterator[DeadLetter]:
         prefix = f"{topics.ROOT}/{site}/"
         lo, hi = _letter_ns(start), _letter_ns(end)
-        select = f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} WHERE time >= {{}} AND time < {{}}"
+        # the topic is a field: filtered by the server (another site's flood is not sent), and again here
+        mine = "/^" + re.escape(prefix).replace("/", r"\/") + "/"
+        select = (f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} WHERE time >= {{}} AND time < {{}} "
+                  f"AND topic =~ {mine}")
         while True:
             rows = [row for s in self.query(select.format(lo, hi) + f" ORDER BY time LIMIT {LETTER_PAGE}", "ns")
                     for row in s["values"]]
