@@ -512,8 +512,9 @@ class InfluxStore:
             # the server's [http] max-row-limit cut the answer: a read that lacks rows silently
             # would make figures wrong, a gap false or a chain look broken
             raise StoreUnavailable(f"InfluxDB {self.base_url} cut a query's answer short (partial: its [http] "
-                                   "max-row-limit is below the rows one chunk reads): set max-row-limit = 0 "
-                                   "(no limit) on the server, or a smaller chunk_hours in the store URL")
+                                   "max-row-limit is below the rows one query reads): set max-row-limit = 0 "
+                                   "(no limit) on the server (a smaller chunk_hours in the store URL helps reads "
+                                   "of readings only, not the collector's bookkeeping nor dead letters)")
         if any(s.get("name") == "databases" for s in series) and not influxql.upper().startswith("SHOW DATABASES"):
             # VictoriaMetrics answers every InfluxQL query with its list of databases
             raise ReadUnsupported(f"{self.base_url} answers InfluxQL queries with its list of databases: it takes "
