@@ -153,6 +153,17 @@ def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, 
 
 
 @dataclass
+class _Holes:
+    """A ``holes`` finding this process writes, and what its cause counts."""
+
+    finding: SequenceFinding
+    count: int = 0  # holes taken in
+    missing: int = 0  # their seqs
+    logged: int = 0  # ``count`` when last logged
+    at: float = 0.0  # monotonic time it was last extended
+
+
+@dataclass
 class _Epoch:
     """What this collector knows of one epoch of a gateway: runs of stored seqs (sorted,
     disjoint, not touching), when each hole was first suspected, the gaps recorded, and the
@@ -193,10 +204,7 @@ class _Epoch:
     #: held as a run, no hole inside is suspected, a late seq inside is only written
     swamps: list[tuple[int, int]] = field(default_factory=list)
     swamped: int = 0  # seqs of the runs dropped inside them (still counted in ``known``)
-    swamp: SequenceFinding | None = None  # the ``holes`` finding being extended
-    swamp_holes: int = 0  # the holes it names
-    swamp_at: float = 0.0  # monotonic time it was last extended
-    swamp_logged: int = 0  # ``swamp_holes`` when it was last logged
+    swamp: _Holes | None = None  # the ``holes`` finding being extended
     log_until: float = 0.0  # end of the current ``LOG_EVERY_S`` of gap WARNING lines
     log_lines: int = 0  # lines logged in it
     unlogged: int = 0  # gaps recorded and not logged since the last line
@@ -239,8 +247,9 @@ class _Epoch:
         self.runs[:] = out
         return dropped
 
-    def swallow(self, first: int, last: int) -> None:
-        """Take seqs first..last into ``swamps``: drop the runs and suspected holes inside."""
+    def swallow(self, first: int, last: int) -> tuple[int, int]:
+        """Take seqs first..last into ``swamps``: drop the runs and suspected holes inside; return
+        how many holes, and seqs in them, were dropped."""
         spans = sorted([*self.swamps, (first, last)])
         self.swamps = [spans[0]]
         for a, b in spans[1:]:
@@ -249,9 +258,10 @@ class _Epoch:
             else:
                 self.swamps.append((a, b))
         self.swamped += self._clip()
-        for s in [s for s in self.suspected if first <= s <= last]:
-            del self.suspected[s]
+        inside = [s for s in self.suspected if first <= s <= last]
+        missing = sum(self.suspected.pop(s)[0] - s + 1 for s in inside)
         self.reshaped = True
+        return len(inside), missing
 
     def covered(self, first: int, last: int) -> bool:
         """Whether first..last lies inside one recorded gap or ``holes`` finding."""
@@ -911,32 +921,45 @@ class SequenceGaps:
     def _record_holes(self, site: str, gateway: str, epoch: str, track: _Epoch,
                       holes: list[tuple[int, int, _Run | None, _Run]], now: float) -> None:
         """Name the holes due of an epoch that has ``MAX_GAPS`` gaps recorded in its ``holes``
-        finding (one a burst, ``HOLES_QUIET_S``), and stop holding the runs between them: each
-        hole costs a finding and a run no more, and the mark moves over them."""
-        first, last = holes[0][0], holes[-1][1]
-        f = track.swamp
-        if f is None or now - track.swamp_at >= HOLES_QUIET_S:
-            f = SequenceFinding("holes", site, gateway, epoch, first, last, dt.datetime.now(dt.UTC), "",
-                                start=holes[0][2].last_ts if holes[0][2] else None, end=holes[-1][3].first_ts)
-            track.swamp_holes = track.swamp_logged = 0
-        else:  # the holes within the finding's range and those due now: what lies between is taken in too
-            first, last = min(first, f.first), max(last, f.last)
-        track.swamp_holes += len(holes)
-        missing = sum(b - a + 1 for a, b, *_ in holes)
-        f = replace(f, first=first, last=last, start=min((t for t in (f.start, holes[0][2] and holes[0][2].last_ts)
-                                                          if t is not None), default=None),
-                    end=max(f.end, holes[-1][3].first_ts), cause=(
-            f"too many holes: {track.swamp_holes} hole(s) over seqs {first}..{last} of epoch {epoch or '(none)'} "
-            f"(the last {len(holes)}: {missing} seq(s) missing), not followed one by one: the epoch had "
-            f"{MAX_GAPS} gaps recorded already (a broken or hostile gateway, e.g. one sending every other seq); "
-            "the readings of that range that arrived are stored, the rest were lost, and which seqs are which "
-            "is in the store's sequence blocks only"))
+        finding (one a burst: a new one after ``HOLES_QUIET_S``), and stop holding the runs between
+        them: each hole costs a finding and a run no more, and the mark moves over them."""
+        key = (site, gateway, epoch)
+        burst = track.swamp if track.swamp is not None and now - track.swamp.at < HOLES_QUIET_S else None
+        if burst is not None:
+            # a finding keeps its first seq (its identity in the store): holes below it (not due when it
+            # began) are named in one of their own; the holes between it and those above are taken in
+            lower = [h for h in holes if h[1] < burst.finding.first]
+            if lower:
+                self._write_holes(track, _Holes(self._new_holes(key, lower)), lower)
+            holes = [h for h in holes if h[0] > burst.finding.last]
+        if holes:
+            track.swamp = self._write_holes(track, burst or _Holes(self._new_holes(key, holes)), holes)
+            track.swamp.at = now
+
+    @staticmethod
+    def _new_holes(key: tuple[str, str, str], holes: list[tuple[int, int, _Run | None, _Run]]) -> SequenceFinding:
+        first, _, before, _ = holes[0]
+        return SequenceFinding("holes", *key, first, first, dt.datetime.now(dt.UTC), "",
+                               start=before.last_ts if before else None)
+
+    def _write_holes(self, track: _Epoch, burst: _Holes, holes: list[tuple[int, int, _Run | None, _Run]]) -> _Holes:
+        """Write ``burst``'s finding taking in ``holes`` and every hole between; log it when new and
+        each time its count of holes grew tenfold."""
+        f = burst.finding
+        n, missing = track.swallow(f.first, holes[-1][1])
+        burst.count += n
+        burst.missing += missing
+        f = burst.finding = replace(f, last=holes[-1][1], end=holes[-1][3].first_ts, cause=(
+            f"too many holes: {burst.count} hole(s) ({burst.missing} seq(s) missing) over seqs {f.first}.."
+            f"{holes[-1][1]} of epoch {f.epoch or '(none)'}, not followed one by one: the epoch had {MAX_GAPS} gaps "
+            "recorded already (a broken or hostile gateway, e.g. one sending every other seq); the readings of "
+            "that range that arrived are stored, the rest were lost, and only the store's sequence blocks say "
+            "which seqs are which"))
         self.store.record_finding(f)
-        track.swamp, track.swamp_at = f, now
-        track.swallow(first, last)
-        if track.swamp_holes >= 10 * track.swamp_logged:
-            track.swamp_logged = track.swamp_holes
-            log.warning("site %s: gateway %s: %s", site, gateway, f.cause)
+        if burst.count >= 10 * burst.logged:
+            burst.logged = burst.count
+            log.warning("site %s: gateway %s: %s", f.site, f.gateway, f.cause)
+        return burst
 
     def _explain(self, f: SequenceFinding, track: _Epoch) -> SequenceFinding:
         """Say what the gap is, and how much of it the gateway's outbox cap accounts for."""

@@ -468,7 +468,8 @@ def test_every_other_seq_costs_a_bounded_number_of_runs_and_gap_findings(tmp_pat
     [holes] = [f for f in found if f.kind == "holes"]
     top = recorded[-1].last
     assert (holes.first, holes.last) == (top + 2, 7998)
-    assert f"too many holes: {(7998 - top) // 2} hole(s) over seqs {top + 2}..7998" in holes.cause
+    n = (7998 - top) // 2
+    assert f"too many holes: {n} hole(s) ({n} seq(s) missing) over seqs {top + 2}..7998" in holes.cause
     gaps._next_mark = 0.0
     gaps.check()
     assert store.seq_marks("s", "gw")[E1] == 7999
@@ -497,4 +498,63 @@ def test_an_honest_stream_split_across_two_collectors_records_no_gap_however_low
     assert store.sequence_findings("s") == []
     assert max(held) >= 2500 and min(held) <= 500  # measured: 3,000 at most, 500 just after a refresh
     assert [len(c._gateways[GW][E1].runs) for c in collectors] == [1, 1]
+    store.close()
+
+
+@pytest.mark.fuzz
+def test_beyond_the_cap_every_lost_seq_is_still_named_and_no_stored_seq_is_a_gap(tmp_path, monkeypatch):
+    """Seqs 1..n, many lost, the rest shuffled, redelivered and split between two collectors that
+    restart now and then, judged in stretches, with a cap of 2 gaps an epoch: every lost seq lies in
+    a gap or a ``holes`` finding (a collector that has not met the other's ``holes`` finding may name
+    a seq in both), no stored seq in a gap, and every seq up to the mark is stored or named."""
+    monkeypatch.setattr(sequence_gaps, "MAX_GAPS", 2)
+    store = SqliteStore(tmp_path / "jcm.db")
+    examples = iter(range(10**9))
+
+    @settings(max_examples=fuzz_examples(20), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.integers(10, 80).flatmap(lambda n: st.tuples(
+        st.just(n), st.sets(st.integers(1, n - 1), max_size=n // 2), st.randoms(use_true_random=False))),
+        st.sampled_from([0.0, 30.0, 3600.0]))
+    def one_example(case, quiet):
+        n, lost, rnd = case
+        monkeypatch.setattr(sequence_gaps, "HOLES_QUIET_S", quiet)
+        site = f"s{next(examples)}"
+        clock = [0.0]
+
+        def restarted():
+            return SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+
+        collectors = [restarted(), restarted()]
+        kept = [s for s in range(1, n + 1) if s not in lost]
+        for stretch in range(0, n + 1, 20):
+            sent = [s for s in kept if stretch <= s < stretch + 20]
+            sent += rnd.sample(sent, len(sent) // 4)  # redeliveries
+            rnd.shuffle(sent)
+            while sent:
+                k = rnd.randint(1, 6)
+                batch, sent = sent[:k], sent[k:]
+                i = rnd.randrange(2)
+                if rnd.random() < 0.05:
+                    collectors[i] = restarted()
+                collectors[i].stored([Reading(site, "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s,
+                                              epoch=E1) for s in batch])
+                clock[0] += rnd.choice([0.05, 0.3, 1.0])  # within the grace period: none is late
+                collectors[i].check()
+            if rnd.random() < 0.5:  # all of the stretch is in: its holes are judged
+                for clock[0] in (clock[0] + 20, clock[0] + 40):
+                    for c in collectors:
+                        c.check()
+        for clock[0] in (clock[0] + 100, clock[0] + 200):
+            for c in collectors:
+                c.check()
+        found = store.sequence_findings(site)
+        gaps = [(f.first, f.last) for f in found if f.kind == "gap"]
+        named = gaps + [(f.first, f.last) for f in found if f.kind == "holes"]
+        assert not [s for s in kept if any(a <= s <= b for a, b in gaps)], gaps
+        assert all(any(a <= s <= b for a, b in named) for s in lost), (named, lost)
+        assert len(gaps) <= 2 * 2  # the cap, for each collector
+        mark = store.seq_marks(site, "gw")[E1]
+        assert mark == n and all(s in kept or any(a <= s <= b for a, b in named) for s in range(1, mark + 1))
+
+    one_example()
     store.close()
