@@ -565,3 +565,34 @@ def test_beyond_the_cap_every_lost_seq_is_still_named_and_no_stored_seq_is_a_gap
 
     one_example()
     store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "influxdb"])
+def test_holes_beyond_the_cap_are_named_once_across_a_restart_and_a_late_seq_still_resolves_its_gap(
+        backend, tmp_path, request, monkeypatch):
+    """Every other seq, with a cap of 8 gaps, in either store: the holes beyond are one ``holes``
+    finding, which a restarted collector reads back (it suspects no hole inside it again) before
+    naming the holes it judges in one of its own; every even seq is named once, no odd one in a gap,
+    and a late seq resolves its gap."""
+    store = _store(backend, tmp_path, request)
+    clock = [0.0]
+    first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    cap = 8
+    monkeypatch.setattr(sequence_gaps, "MAX_GAPS", cap)
+    first.stored(_readings(range(1, 401, 2)))
+    _judged(first, clock)
+    second = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    second.stored(_readings(range(201, 401, 2)))  # redelivered: below the mark, inside the holes finding
+    second.stored(_readings(range(401, 801, 2)))
+    second.stored(_readings([2]))  # late
+    _judged(second, clock)
+    found = store.sequence_findings("s")
+    gaps = [(f.first, f.last, f.resolved is not None) for f in found if f.kind == "gap"]
+    assert gaps == [(s, s, s == 2) for s in range(2, 2 * cap + 1, 2)]
+    holes = sorted((f.first, f.last) for f in found if f.kind == "holes")
+    assert holes == [(2 * cap + 2, 398), (400, 798)]
+    named = [(a, b) for a, b, _ in gaps] + holes
+    assert all(sum(a <= s <= b for a, b in named) == 1 for s in range(2, 800, 2))
+    assert not [s for s in range(1, 800, 2) if any(a <= s <= b for a, b, _ in gaps)]
+    assert len(second._gateways[GW][E1].runs) <= cap + 2  # about the gaps recorded one by one, and the highest
+    store.close()
