@@ -247,9 +247,13 @@ class _Epoch:
         self.runs[:] = out
         return dropped
 
-    def swallow(self, first: int, last: int) -> tuple[int, int]:
-        """Take seqs first..last into ``swamps``: drop the runs and suspected holes inside; return
-        how many holes, and seqs in them, were dropped."""
+    def suspected_in(self, first: int, last: int) -> tuple[int, int]:
+        """How many holes suspected lie inside first..last, and their seqs."""
+        inside = [(s, la) for s, (la, _) in self.suspected.items() if first <= s <= last]
+        return len(inside), sum(la - s + 1 for s, la in inside)
+
+    def swallow(self, first: int, last: int) -> None:
+        """Take seqs first..last into ``swamps``: drop the runs and suspected holes inside."""
         spans = sorted([*self.swamps, (first, last)])
         self.swamps = [spans[0]]
         for a, b in spans[1:]:
@@ -258,10 +262,9 @@ class _Epoch:
             else:
                 self.swamps.append((a, b))
         self.swamped += self._clip()
-        inside = [s for s in self.suspected if first <= s <= last]
-        missing = sum(self.suspected.pop(s)[0] - s + 1 for s in inside)
+        for s in [s for s in self.suspected if first <= s <= last]:
+            del self.suspected[s]
         self.reshaped = True
-        return len(inside), missing
 
     def covered(self, first: int, last: int) -> bool:
         """Whether first..last lies inside one recorded gap or ``holes`` finding."""
@@ -946,16 +949,17 @@ class SequenceGaps:
         """Write ``burst``'s finding taking in ``holes`` and every hole between; log it when new and
         each time its count of holes grew tenfold."""
         f = burst.finding
-        n, missing = track.swallow(f.first, holes[-1][1])
-        burst.count += n
-        burst.missing += missing
-        f = burst.finding = replace(f, last=holes[-1][1], end=holes[-1][3].first_ts, cause=(
-            f"too many holes: {burst.count} hole(s) ({burst.missing} seq(s) missing) over seqs {f.first}.."
-            f"{holes[-1][1]} of epoch {f.epoch or '(none)'}, not followed one by one: the epoch had {MAX_GAPS} gaps "
-            "recorded already (a broken or hostile gateway, e.g. one sending every other seq); the readings of "
-            "that range that arrived are stored, the rest were lost, and only the store's sequence blocks say "
-            "which seqs are which"))
+        n, missing = track.suspected_in(f.first, holes[-1][1])
+        f = replace(f, last=holes[-1][1], end=holes[-1][3].first_ts, cause=(
+            f"too many holes: {burst.count + n} hole(s) ({burst.missing + missing} seq(s) missing) over seqs "
+            f"{f.first}..{holes[-1][1]} of epoch {f.epoch or '(none)'}, not followed one by one: the epoch had "
+            f"{MAX_GAPS} gaps recorded already (a broken or hostile gateway, e.g. one sending every other seq); the "
+            "readings of that range that arrived are stored, the rest were lost, and only the store's sequence "
+            "blocks say which seqs are which"))
         self.store.record_finding(f)
+        # only now: should the store refuse the finding, the holes stay suspected and the mark below them
+        track.swallow(f.first, f.last)
+        burst.finding, burst.count, burst.missing = f, burst.count + n, burst.missing + missing
         if burst.count >= 10 * burst.logged:
             burst.logged = burst.count
             log.warning("site %s: gateway %s: %s", f.site, f.gateway, f.cause)

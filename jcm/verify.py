@@ -272,7 +272,7 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
         if f.kind == "epoch":
             out.append(f"sequence finding {f.site}/{f.gateway}: new epoch {f.epoch} after seq {f.first} of "
                        f"{f.previous or 'an earlier epoch'}: {f.cause}")
-        elif f.kind in ("jump", "churn", "holes"):  # seqs the collector stored but did not follow one by one
+        elif f.kind in ("jump", "churn", "holes"):  # seqs the collector did not follow one by one
             out.append(f"sequence finding {f.site}/{f.gateway}: {f.kind} at seq {f.first} of epoch {f.epoch}: {f.cause}")
     ok = not reasons and not breaks and not pems and n > 0
     problems = [f"{len(pems)} key file(s) not as keys.json"] if pems else []
