@@ -596,3 +596,33 @@ def test_holes_beyond_the_cap_are_named_once_across_a_restart_and_a_late_seq_sti
     assert not [s for s in range(1, 800, 2) if any(a <= s <= b for a, b, _ in gaps)]
     assert len(second._gateways[GW][E1].runs) <= cap + 2  # about the gaps recorded one by one, and the highest
     store.close()
+
+
+def test_the_mark_never_passes_holes_whose_holes_finding_the_store_refused(tmp_path, monkeypatch):
+    """Beyond the cap, the store refuses the ``holes`` finding: its holes stay suspected, the mark
+    stays below them, and once the store takes it the holes are named and the mark moves on."""
+    from contract.store import StoreUnavailable
+    monkeypatch.setattr(sequence_gaps, "MAX_GAPS", 2)
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+
+    def refuse(f):
+        if f.kind == "holes":
+            raise StoreUnavailable("down for that one")
+        type(store).record_finding(store, f)
+
+    store.record_finding = refuse
+    gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    gaps.stored(_readings(range(1, 41, 2)))
+    for clock[0] in (20.0, 40.0):
+        with pytest.raises(StoreUnavailable):
+            gaps.check()
+    assert store.seq_marks("s", "gw")[E1] < 6  # below the third hole, the first not recorded
+    assert len(gaps._gateways[GW][E1].runs) == 20
+    del store.record_finding
+    for clock[0] in (60.0, 80.0):
+        gaps.check()
+    assert [(f.kind, f.first, f.last) for f in store.sequence_findings("s")] == [
+        ("gap", 2, 2), ("gap", 4, 4), ("holes", 6, 38)]
+    assert store.seq_marks("s", "gw") == {E1: 39}
+    store.close()
