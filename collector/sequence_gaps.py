@@ -95,7 +95,7 @@ MAX_GAPS = 1024
 #: a ``holes`` finding takes in the holes judged while it was extended within this long [s];
 #: after a quiet spell a new one starts, so a finding spans the months of one burst only
 HOLES_QUIET_S = 3600.0
-#: WARNING lines about an epoch's gaps per ``LOG_EVERY_S`` [s]; the next line counts those not logged
+#: WARNING lines about an epoch's gaps per ``LOG_EVERY_S`` [s]; then one line counts those not logged
 LOG_LINES = 10
 LOG_EVERY_S = 60.0
 
@@ -207,7 +207,7 @@ class _Epoch:
     swamp: _Holes | None = None  # the ``holes`` finding being extended
     log_until: float = 0.0  # end of the current ``LOG_EVERY_S`` of gap WARNING lines
     log_lines: int = 0  # lines logged in it
-    unlogged: int = 0  # gaps recorded and not logged since the last line
+    unlogged: int = 0  # gaps recorded in it and not logged
 
     def limit(self) -> int:
         """The highest seq followed (but for what the outbox dropped): ``MAX_AHEAD`` beyond the
@@ -753,6 +753,12 @@ class SequenceGaps:
         for (site, gateway), epochs in self._gateways.items():
             oldest = self._suspect(epochs, now)
             marks += self._judged(site, gateway, epochs)
+            for epoch, track in epochs.items():
+                if track.unlogged and now >= track.log_until:
+                    log.warning("site %s: gateway %s: %d more gap(s) of epoch %s recorded and not logged (at most %d "
+                                "lines every %g s): see the sequence findings", site, gateway, track.unlogged,
+                                epoch or "(none)", LOG_LINES, LOG_EVERY_S)
+                    track.unlogged = 0
             if oldest is None and not any(track.open for track in epochs.values()):
                 continue
             if now - self._refreshed.get((site, gateway), -REFRESH_S) >= REFRESH_S:
@@ -903,23 +909,21 @@ class SequenceGaps:
                     del track.open[min(track.open)]
                 track.reshaped = True
                 del track.suspected[first]
-                self._log_gap(site, gateway, epoch, track, f.cause, now)
+                self._log_gap(site, gateway, track, f.cause, now)
             if swamped:
                 self._record_holes(site, gateway, epoch, track, swamped, now)
 
-    def _log_gap(self, site: str, gateway: str, epoch: str, track: _Epoch, cause: str, now: float) -> None:
-        """Log a gap as a WARNING: at most ``LOG_LINES`` an epoch every ``LOG_EVERY_S``, the next
-        line counting those not logged (a gateway losing every other seq is one line a few seconds)."""
+    @staticmethod
+    def _log_gap(site: str, gateway: str, track: _Epoch, cause: str, now: float) -> None:
+        """Log a gap as a WARNING: at most ``LOG_LINES`` an epoch every ``LOG_EVERY_S``; ``check``
+        then logs how many were not (a gateway losing every other seq: 11 lines a minute)."""
         if now >= track.log_until:
             track.log_until, track.log_lines = now + LOG_EVERY_S, 0
         if track.log_lines >= LOG_LINES:
             track.unlogged += 1
             return
         track.log_lines += 1
-        more = (f" ({track.unlogged} more gap(s) of epoch {epoch or '(none)'} recorded before it and not logged: "
-                "see the sequence findings)" if track.unlogged else "")
-        track.unlogged = 0
-        log.warning("site %s: gateway %s: %s%s", site, gateway, cause, more)
+        log.warning("site %s: gateway %s: %s", site, gateway, cause)
 
     def _record_holes(self, site: str, gateway: str, epoch: str, track: _Epoch,
                       holes: list[tuple[int, int, _Run | None, _Run]], now: float) -> None:
