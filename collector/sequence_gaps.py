@@ -34,6 +34,10 @@ seqs 4,096 apart, cost neither a false gap of millions of seqs nor a block each 
 ``FAR_HELD`` held). At most
 ``MAX_EPOCHS`` epochs of a gateway are followed: readings of more new ones while the others
 are in use are stored and acknowledged, and named in one ``churn`` finding per gateway.
+At most ``MAX_GAPS`` gaps per epoch are recorded one by one: beyond, the holes judged are
+named together in a ``holes`` finding (one a burst), and the runs inside it are no longer
+held, so a gateway sending every other seq costs neither a finding, a run nor a WARNING
+line a reading.
 
 The work per message is a dictionary look-up and, in order, one comparison and a bit set;
 the store is asked once per batch (the blocks touched) and once per gateway with an old hole,
