@@ -34,6 +34,10 @@ seqs 4,096 apart, cost neither a false gap of millions of seqs nor a block each 
 ``FAR_HELD`` held). At most
 ``MAX_EPOCHS`` epochs of a gateway are followed: readings of more new ones while the others
 are in use are stored and acknowledged, and named in one ``churn`` finding per gateway.
+At most ``MAX_GAPS`` gaps per epoch are recorded one by one: beyond, the holes judged are
+named together in a ``holes`` finding (one a burst), and the runs inside it are no longer
+held, so a gateway sending every other seq costs neither a finding, a run nor a WARNING
+line a reading.
 
 The work per message is a dictionary look-up and, in order, one comparison and a bit set;
 the store is asked once per batch (the blocks touched) and once per gateway with an old hole,
@@ -88,6 +92,16 @@ MARK_EVERY_S = 5.0
 #: gaps this process recorded that it looks for in the store until they arrive (the newest of
 #: each epoch): on a shared subscription their late seqs may reach the other collector only
 OPEN_GAPS = 16
+#: gaps of an epoch recorded one by one (with those found in the store): an honest epoch loses
+#: readings a few times a year (its outbox is durable); beyond, its holes are named together in
+#: ``holes`` findings, and the seqs between them are no longer held
+MAX_GAPS = 1024
+#: a ``holes`` finding takes in the holes judged while it was extended within this long [s];
+#: after a quiet spell a new one starts, so a finding spans the months of one burst only
+HOLES_QUIET_S = 3600.0
+#: WARNING lines about an epoch's gaps per ``LOG_EVERY_S`` [s]; then one line counts those not logged
+LOG_LINES = 10
+LOG_EVERY_S = 60.0
 
 
 @dataclass
@@ -143,6 +157,17 @@ def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, 
 
 
 @dataclass
+class _Holes:
+    """A ``holes`` finding this process writes, and what its cause counts."""
+
+    finding: SequenceFinding
+    count: int = 0  # holes taken in
+    missing: int = 0  # their seqs
+    logged: int = 0  # ``count`` when last logged
+    at: float = 0.0  # monotonic time it was last extended
+
+
+@dataclass
 class _Epoch:
     """What this collector knows of one epoch of a gateway: runs of stored seqs (sorted,
     disjoint, not touching), when each hole was first suspected, the gaps recorded, and the
@@ -179,6 +204,14 @@ class _Epoch:
     jump_logged: int = 0  # ``far_count`` when it was last logged
     evictions: int = 0  # of ``own`` blocks (``OWN_BLOCKS``)
     seen: float = 0.0  # monotonic time of its last reading (or of when this process learnt it)
+    #: (first, last) of the ``holes`` findings (sorted, joined where they overlap): no seq inside is
+    #: held as a run, no hole inside is suspected, a late seq inside is only written
+    swamps: list[tuple[int, int]] = field(default_factory=list)
+    swamped: int = 0  # seqs of the runs dropped inside them (still counted in ``known``)
+    swamp: _Holes | None = None  # the ``holes`` finding being extended
+    log_until: float = 0.0  # end of the current ``LOG_EVERY_S`` of gap WARNING lines
+    log_lines: int = 0  # lines logged in it
+    unlogged: int = 0  # gaps recorded in it and not logged
 
     def limit(self) -> int:
         """The highest seq followed (but for what the outbox dropped): ``MAX_AHEAD`` beyond the
@@ -187,12 +220,70 @@ class _Epoch:
         return MAX_SEQ if base is None else base + 2 * self.known + MAX_AHEAD
 
     def set_runs(self, runs: list[_Run]) -> None:
+        """Take ``runs`` (ours merged with the store's): what the store holds inside a ``holes``
+        finding is not held again (its seqs were counted when its runs were dropped)."""
         self.runs[:] = runs
-        self.known = sum(r.last - r.first + 1 for r in runs)
+        if self.swamps:
+            self._clip()
+        self.known = sum(r.last - r.first + 1 for r in self.runs) + self.swamped
+
+    def in_swamp(self, seq: int) -> bool:
+        i = bisect.bisect_right(self.swamps, (seq, MAX_SEQ + 1))
+        return i > 0 and self.swamps[i - 1][1] >= seq
+
+    def _clip(self) -> int:
+        """Drop the runs, and the parts of runs, inside ``swamps`` (one sweep of both); return
+        the seqs dropped."""
+        out, dropped, j, swamps = [], 0, 0, self.swamps
+        for r in self.runs:
+            while j < len(swamps) and swamps[j][1] < r.first:
+                j += 1
+            k = j
+            while r is not None and k < len(swamps) and swamps[k][0] <= r.last:
+                a, b = swamps[k]
+                dropped += min(r.last, b) - max(r.first, a) + 1
+                if r.first < a:
+                    out.append(_Run(r.first, a - 1, r.first_ts, r.first_ts))
+                r = _Run(b + 1, r.last, r.last_ts, r.last_ts) if r.last > b else None
+                k += 1
+            if r is not None:
+                out.append(r)
+        self.runs[:] = out
+        return dropped
+
+    def suspected_in(self, first: int, last: int) -> tuple[int, int]:
+        """How many holes suspected lie inside first..last, and their seqs."""
+        inside = [(s, la) for s, (la, _) in self.suspected.items() if first <= s <= last]
+        return len(inside), sum(la - s + 1 for s, la in inside)
+
+    def swallow(self, first: int, last: int) -> None:
+        """Take seqs first..last into ``swamps``: drop the runs and suspected holes inside."""
+        spans = sorted([*self.swamps, (first, last)])
+        self.swamps = [spans[0]]
+        for a, b in spans[1:]:
+            if a <= self.swamps[-1][1] + 1:
+                self.swamps[-1] = (self.swamps[-1][0], max(b, self.swamps[-1][1]))
+            else:
+                self.swamps.append((a, b))
+        self.swamped += self._clip()
+        for s in [s for s in self.suspected if first <= s <= last]:
+            del self.suspected[s]
+        self.reshaped = True
+
+    def covered(self, first: int, last: int) -> bool:
+        """Whether first..last lies inside one recorded gap or ``holes`` finding."""
+        if self.recorded and self.is_recorded(first, last):
+            return True
+        if not self.swamps:
+            return False
+        i = bisect.bisect_right(self.swamps, (first, MAX_SEQ + 1))
+        return i > 0 and self.swamps[i - 1][1] >= last
 
     def add(self, seq: int, ts: dt.datetime) -> int | None:
         """Add a stored seq; return its block, or None for a seq already held."""
         runs = self.runs
+        if self.swamps and (not runs or seq <= runs[-1].last) and self.in_swamp(seq):
+            return self._own(seq, ts, count=False)  # written for the store's sake, not held (``swallow``)
         if runs:
             tail = runs[-1]
             if seq == tail.last + 1:  # the usual case: the next in order
@@ -220,8 +311,8 @@ class _Epoch:
             runs.insert(i, _Run(seq, seq, ts, ts))
         return self._own(seq, ts)
 
-    def _own(self, seq: int, ts: dt.datetime) -> int:
-        self.known += 1
+    def _own(self, seq: int, ts: dt.datetime, count: bool = True) -> int:
+        self.known += count
         block = seq // BLOCK_SEQS
         own = self.own.get(block)
         if own is None:
@@ -535,6 +626,8 @@ class SequenceGaps:
         for f in self.store.sequence_findings(site):
             if f.gateway == gateway and f.kind == "gap":
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
+            elif f.gateway == gateway and f.kind == "holes":
+                epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).swallow(f.first, f.last)
         for track in epochs.values():
             # not met by this process yet: as idle as an epoch given up (``_room``) once its holes had two
             # grace periods to be judged; one in use is met again with its next reading. (Seen now, a gateway
@@ -664,6 +757,12 @@ class SequenceGaps:
         for (site, gateway), epochs in self._gateways.items():
             oldest = self._suspect(epochs, now)
             marks += self._judged(site, gateway, epochs)
+            for epoch, track in epochs.items():
+                if track.unlogged and now >= track.log_until:
+                    log.warning("site %s: gateway %s: %d more gap(s) of epoch %s recorded and not logged (at most %d "
+                                "lines every %g s): see the sequence findings", site, gateway, track.unlogged,
+                                epoch or "(none)", LOG_LINES, LOG_EVERY_S)
+                    track.unlogged = 0
             if oldest is None and not any(track.open for track in epochs.values()):
                 continue
             if now - self._refreshed.get((site, gateway), -REFRESH_S) >= REFRESH_S:
@@ -723,7 +822,7 @@ class SequenceGaps:
         track.suspected = suspected = {}
         track.oldest = None
         for first, last, *_ in track.holes():
-            if track.recorded and track.is_recorded(first, last):
+            if track.covered(first, last):
                 continue
             seen = before.get(first)
             if seen is not None and seen[0] >= last:  # inside the hole seen before, which no other overlaps
@@ -748,7 +847,7 @@ class SequenceGaps:
         i = len(runs) - 1
         while i > 0 and runs[i - 1].last + 1 > track.looked:
             first, last = max(runs[i - 1].last + 1, track.floor or 0), runs[i].first - 1
-            if first <= last and not (track.recorded and track.is_recorded(first, last)):
+            if first <= last and not track.covered(first, last):
                 new.append((first, last))
             i -= 1
         for first, last in reversed(new):
@@ -796,9 +895,13 @@ class SequenceGaps:
         if self._refreshed.get((site, gateway)) != now:
             self._refresh(site, gateway, epochs)
         for epoch, track in epochs.items():
+            swamped: list[tuple[int, int, _Run | None, _Run]] = []  # holes due beyond ``MAX_GAPS``
             for first, last, before, after in track.holes():
                 noticed = track.suspected.get(first, (0, None))[1]
-                if noticed is None or now - noticed < self.grace_s or track.is_recorded(first, last):
+                if noticed is None or now - noticed < self.grace_s or track.covered(first, last):
+                    continue
+                if len(track.recorded) >= MAX_GAPS:
+                    swamped.append((first, last, before, after))
                     continue
                 f = SequenceFinding("gap", site, gateway, epoch, first, last, dt.datetime.now(dt.UTC), "",
                                     start=before.last_ts if before else None, end=after.first_ts)
@@ -810,7 +913,65 @@ class SequenceGaps:
                     del track.open[min(track.open)]
                 track.reshaped = True
                 del track.suspected[first]
-                log.warning("site %s: gateway %s: %s", site, gateway, f.cause)
+                self._log_gap(site, gateway, track, f.cause, now)
+            if swamped:
+                self._record_holes(site, gateway, epoch, track, swamped, now)
+
+    @staticmethod
+    def _log_gap(site: str, gateway: str, track: _Epoch, cause: str, now: float) -> None:
+        """Log a gap as a WARNING: at most ``LOG_LINES`` an epoch every ``LOG_EVERY_S``; ``check``
+        then logs how many were not (a gateway losing every other seq: 11 lines a minute)."""
+        if now >= track.log_until:
+            track.log_until, track.log_lines = now + LOG_EVERY_S, 0
+        if track.log_lines >= LOG_LINES:
+            track.unlogged += 1
+            return
+        track.log_lines += 1
+        log.warning("site %s: gateway %s: %s", site, gateway, cause)
+
+    def _record_holes(self, site: str, gateway: str, epoch: str, track: _Epoch,
+                      holes: list[tuple[int, int, _Run | None, _Run]], now: float) -> None:
+        """Name the holes due of an epoch that has ``MAX_GAPS`` gaps recorded in its ``holes``
+        finding (one a burst: a new one after ``HOLES_QUIET_S``), and stop holding the runs between
+        them: each hole costs a finding and a run no more, and the mark moves over them."""
+        key = (site, gateway, epoch)
+        burst = track.swamp if track.swamp is not None and now - track.swamp.at < HOLES_QUIET_S else None
+        if burst is not None:
+            # a finding keeps its first seq (its identity in the store): holes below it (not due when it
+            # began) are named in one of their own; the holes between it and those above are taken in
+            lower = [h for h in holes if h[1] < burst.finding.first]
+            if lower:
+                self._write_holes(track, _Holes(self._new_holes(key, lower)), lower)
+            holes = [h for h in holes if h[0] > burst.finding.last]
+        if holes:
+            track.swamp = self._write_holes(track, burst or _Holes(self._new_holes(key, holes)), holes)
+            track.swamp.at = now
+
+    @staticmethod
+    def _new_holes(key: tuple[str, str, str], holes: list[tuple[int, int, _Run | None, _Run]]) -> SequenceFinding:
+        first, _, before, _ = holes[0]
+        return SequenceFinding("holes", *key, first, first, dt.datetime.now(dt.UTC), "",
+                               start=before.last_ts if before else None)
+
+    def _write_holes(self, track: _Epoch, burst: _Holes, holes: list[tuple[int, int, _Run | None, _Run]]) -> _Holes:
+        """Write ``burst``'s finding taking in ``holes`` and every hole between; log it when new and
+        each time its count of holes grew tenfold."""
+        f = burst.finding
+        n, missing = track.suspected_in(f.first, holes[-1][1])
+        f = replace(f, last=holes[-1][1], end=holes[-1][3].first_ts, cause=(
+            f"too many holes: {burst.count + n} hole(s) ({burst.missing + missing} seq(s) missing) over seqs "
+            f"{f.first}..{holes[-1][1]} of epoch {f.epoch or '(none)'}, not followed one by one: the epoch had "
+            f"{MAX_GAPS} gaps recorded already (a broken or hostile gateway, e.g. one sending every other seq); the "
+            "readings of that range that arrived are stored, the rest were lost, and only the store's sequence "
+            "blocks say which seqs are which"))
+        self.store.record_finding(f)
+        # only now: should the store refuse the finding, the holes stay suspected and the mark below them
+        track.swallow(f.first, f.last)
+        burst.finding, burst.count, burst.missing = f, burst.count + n, burst.missing + missing
+        if burst.count >= 10 * burst.logged:
+            burst.logged = burst.count
+            log.warning("site %s: gateway %s: %s", f.site, f.gateway, f.cause)
+        return burst
 
     def _explain(self, f: SequenceFinding, track: _Epoch) -> SequenceFinding:
         """Say what the gap is, and how much of it the gateway's outbox cap accounts for."""

@@ -286,8 +286,11 @@ class SequenceFinding:
     the epoch's seqs made plausible, stored but not followed (``resolved`` once all were;
     ``explained``: how many were not even held, so it stays open).
     ``churn``: readings of epochs beyond those the collector follows per gateway (``epoch``,
-    ``first``: the first of them), stored but not followed. ``start``/``end`` (gap, epoch): the times of the stored readings either side, when
-    known. ``explained``: readings of the gap the gateway's outbox cap dropped (its
+    ``first``: the first of them), stored but not followed. ``holes``: seqs ``first``..``last`` of
+    ``epoch`` hold more holes than the collector records one by one (``cause`` counts them); the
+    seqs of it that arrived are stored.
+    ``start``/``end`` (gap, epoch): the times of the stored readings either side, when known.
+    ``explained``: readings of the gap the gateway's outbox cap dropped (its
     ``outbox_dropped`` counter). ``resolved``: when every missing seq arrived after all (a
     clock: when it was seen right again).
     Identified by (site, gateway, epoch, kind, first): recording it again replaces it."""

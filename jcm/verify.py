@@ -272,7 +272,7 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
         if f.kind == "epoch":
             out.append(f"sequence finding {f.site}/{f.gateway}: new epoch {f.epoch} after seq {f.first} of "
                        f"{f.previous or 'an earlier epoch'}: {f.cause}")
-        elif f.kind in ("jump", "churn"):  # seqs the collector stored but did not follow
+        elif f.kind in ("jump", "churn", "holes"):  # seqs the collector did not follow one by one
             out.append(f"sequence finding {f.site}/{f.gateway}: {f.kind} at seq {f.first} of epoch {f.epoch}: {f.cause}")
     ok = not reasons and not breaks and not pems and n > 0
     problems = [f"{len(pems)} key file(s) not as keys.json"] if pems else []
@@ -291,7 +291,7 @@ def _cause(b, refused: dict[int, str], findings: list[SequenceFinding], custody:
         causes += [f"refused there: {r}"
                    for r in sorted({r for s, r in refused.items() if b.first_seq <= s <= b.last_seq})]
         causes += [f"collector: seq {f.first}..{f.last}: {f.cause}" for f in findings
-                   if (f.kind, f.site, f.gateway, f.epoch) == ("gap", site, gateway, epoch)
+                   if f.kind in ("gap", "holes") and (f.site, f.gateway, f.epoch) == (site, gateway, epoch)
                    and f.first <= b.last_seq and f.last >= b.first_seq]
         # seqs beyond the gap the collector did not follow (a broken or hostile gateway)
         causes += [f"collector: seqs {f.first}..{f.last} not followed: {f.cause}" for f in findings

@@ -40,6 +40,7 @@ KINDS = {
     "sequence_epoch": "the gateway started a new sequence epoch: its unsent readings were lost (for 7 days)",
     "sequence_jump": "the gateway sent seqs far beyond its sequence: stored, not followed, until its seqs reach them",
     "sequence_churn": "the gateway sent readings under more new epochs than a real one starts (for 7 days)",
+    "sequence_holes": "readings missing at too many places of a gateway's sequence to name one by one",
     "clock_offset": "the gateway's clock is off by more than the collector's bound: its readings are flagged",
 }
 #: how long a new sequence epoch stays an alarm
@@ -95,6 +96,8 @@ def sequence_conditions(findings: list[SequenceFinding], now: dt.datetime) -> li
             out.append(Condition(f.site, subject, "sequence_jump", f.cause))
         elif f.kind == "churn" and now - f.noticed < EPOCH_ALARM:
             out.append(Condition(f.site, subject, "sequence_churn", f.cause))
+        elif f.kind == "holes" and f.resolved is None:
+            out.append(Condition(f.site, subject, "sequence_holes", f.cause))
     return out
 
 

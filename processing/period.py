@@ -190,6 +190,12 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
                                f"{f.cause}. What it means: the gateway sent readings under more new sequence epochs "
                                "than a real one starts; they are stored, but whether readings of those epochs were "
                                "lost is not known", str(first), str(last)))
+        elif f.kind == "holes":
+            out.append(Finding("sequence_holes", source, "review",
+                               f"{f.cause}. What it means: readings of this stretch were lost at so many places that "
+                               "the collector named them together; which ones is in the store's sequence blocks, "
+                               "and a counter's total over each hole comes from its readings either side",
+                               str(first), str(last)))
         elif f.kind == "jump":
             out.append(Finding("sequence_jump", source, "info" if f.resolved else "review",
                                f"{f.cause}. What it means: the gateway sent seqs it cannot have reached (a broken or "
