@@ -37,6 +37,7 @@ from contract.custody import chain_breaks, is_covered, pem_problems, read_folder
 from contract.message import Reading
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
+from processing.export import DEAD_LETTERS
 from processing.export.custody_folder import FINDINGS, read_findings
 from processing.export.json_file import read_json
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, recompute
@@ -103,8 +104,10 @@ def _dead_letters(folder: Path, manifest: dict) -> tuple[str, str | None]:
     if not isinstance(entry, dict):
         return "dead letters: not in this export (made before exports listed them)", None
     name, count = entry.get("file"), entry.get("count")
+    if name != DEAD_LETTERS:  # the export writes that name: any other could lead outside the folder
+        return f"dead letters: the manifest names {name!r}, not {DEAD_LETTERS}", f"dead letters file {name!r}"
     try:
-        with gzip.open(folder / str(name), "rt", encoding="utf-8", newline="") as f:
+        with gzip.open(folder / name, "rt", encoding="utf-8", newline="") as f:
             rows = sum(1 for row in csv.reader(line for line in f if not line.startswith("#"))) - 1
     except (OSError, EOFError, UnicodeDecodeError, csv.Error, TypeError) as exc:
         return f"dead letters: {name}: cannot read: {exc}", f"{name} unreadable"

@@ -320,6 +320,10 @@ def test_the_messages_refused_in_the_period_are_exported_and_verify_counts_them(
     (folder / "manifest.json").write_text(json.dumps(manifest))
     ok, verdict = verify_export(folder)
     assert any("dead_letters.csv.gz lists 2 dead letter(s), the manifest 1" in line for line in verdict), verdict
+    manifest["dead_letters"]["file"] = "../elsewhere.csv.gz"  # a file outside the export is never read
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    ok, verdict = verify_export(folder)
+    assert any("the manifest names '../elsewhere.csv.gz', not dead_letters.csv.gz" in line for line in verdict)
 
 
 # -- export hygiene -------------------------------------------------------------------
