@@ -18,7 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from contract.config.site import Site
-from contract.store import ReadingStore
+from contract.store import ReadingStore, StoreUnavailable
 from processing.ledger import Ledger
 from processing.monthly import RESULT_DEVICE, process_month, process_month_to_date
 
@@ -80,12 +80,16 @@ class Processor:
         month = month or previous_month(dt.datetime.now(site.zone).date())
         try:
             process_month(site, self.store, self.ledger, month)
+        except StoreUnavailable as exc:  # says why and what to do: no traceback; the next run tries again
+            log.error("%s %s: not processed now: the store cannot be used: %s", site.site, month, exc)
         except Exception:
             log.exception("%s %s: processing failed", site.site, month)
 
     def run_month_to_date(self, site: Site) -> None:
         try:
             process_month_to_date(site, self.store, self.ledger, dt.datetime.now(site.zone).date())
+        except StoreUnavailable as exc:
+            log.error("%s: month to date not processed now: the store cannot be used: %s", site.site, exc)
         except Exception:
             log.exception("%s: month-to-date failed", site.site)
 

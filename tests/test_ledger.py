@@ -101,3 +101,22 @@ def test_a_month_not_over_yet_is_not_a_ledger_revision(store, tmp_path):
     this_month = dt.datetime.now(SITE.zone).strftime("%Y-%m")
     with pytest.raises(ValueError, match="not over yet"):
         process_month(SITE, store, Ledger(tmp_path / "l.sqlite"), this_month)
+
+
+def test_a_store_that_cannot_be_read_now_is_one_error_line_not_a_traceback(tmp_path, caplog):
+    """The daemon's scheduled run meets a store it cannot use (down, or refusing a query):
+    one ERROR naming the site, month and reason, nothing recorded, and it carries on."""
+    import logging
+
+    from jcm.broker import free_port
+    from store import open_store
+
+    store = open_store(f"influxdb://127.0.0.1:{free_port()}?api=v1&db=jcm&timeout=1")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    with caplog.at_level(logging.ERROR):
+        Processor([SITE], store, ledger).run_month(SITE, "2026-10")
+        Processor([SITE], store, ledger).run_month_to_date(SITE)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and all(r.exc_info is None for r in errors), [r.getMessage() for r in errors]
+    assert errors[0].getMessage().startswith("mn-solar 2026-10: not processed now: the store cannot be used")
+    assert "InfluxDB" in errors[0].getMessage() and ledger.latest(SITE.site, "2026-10") is None
