@@ -160,7 +160,10 @@ def sequence_findings(found: list[SequenceFinding], start: pd.Timestamp, end: pd
     """The collector's findings along the site's gateway sequence within [start, end) as QA
     findings: a gap the gateway's outbox cap does not fully explain, or a new epoch (its lost
     tail is of unknown size), is for review; so is a wrong clock, in the period its readings
-    were stamped in and in the one they were received in (where they are missing)."""
+    were stamped in and in the one they were received in (where they are missing); so are
+    seqs the collector did not follow (``jump`` until all were followed, ``churn``) and holes
+    named together rather than one by one (``holes``). A gap whose seqs all arrived later is
+    for information."""
     out = []
     for f in found:
         first, last = (pd.Timestamp(t) for t in stamped(f))
