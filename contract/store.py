@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -41,6 +41,40 @@ KEPT_PAYLOAD = 1024
 KEPT_TEXT = 1024
 #: dead letters a store reads back at a time (``site_dead_letters``): about 10 MB of them
 LETTER_PAGE = 5000
+
+
+def pages_by_instant(read: Callable[[object, bool], list], at: Callable[[object], list],
+                     instant: Callable[[object], object], page: int = LETTER_PAGE) -> Iterator[list]:
+    """Rows in time order, a page at a time, each page ending with every row of its last
+    instant, so that rows sorted within each page are sorted as a whole (how a store reads a
+    site's dead letters: ``site_dead_letters``).
+
+    Parameters
+    ----------
+    read : callable
+        ``read(t, inclusive)``: up to ``page`` rows in time order from instant ``t`` on
+        (after it, unless ``inclusive``; from the start when ``t`` is None).
+    at : callable
+        ``at(t)``: every row of instant ``t``.
+    instant : callable
+        A row's instant.
+    page : int
+        The rows ``read`` gives at most.
+    """
+    after, inclusive = None, True
+    while True:
+        rows = read(after, inclusive)
+        if len(rows) < page:
+            yield rows
+            return
+        last = instant(rows[-1])
+        before = [r for r in rows if instant(r) != last]
+        if before:  # the next page begins with the last instant, whole
+            yield before
+            after, inclusive = last, True
+        else:  # one instant fills a page: read it whole
+            yield at(last)
+            after, inclusive = last, False
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ from contract.gc_paused import gc_paused
 from contract.message import MAX_SEQ, Reading
 from contract.sqlite_file import UnusableFile
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported,
-                            SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks,
-                            seq_spans, source_pairs, union_blocks)
+                            SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable,
+                            pages_by_instant, range_blocks, seq_spans, source_pairs, union_blocks)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -598,19 +598,20 @@ class InfluxStore:
         mine = "/^" + re.escape(prefix).replace("/", r"\/") + "/"
         select = (f"SELECT topic, payload, reason, size, sha256 FROM {_q(DEAD)} WHERE time >= {{}} AND time < {{}} "
                   f"AND topic =~ {mine}")
-        while True:
-            rows = [row for s in self.query(select.format(lo, hi) + f" ORDER BY time LIMIT {LETTER_PAGE}", "ns")
-                    for row in s["values"]]
-            full = len(rows) == LETTER_PAGE
-            if full:  # a page ends with every letter of its last microsecond: the next one begins there
-                us = rows[-1][0] // 1000
-                rows = [r for r in rows if r[0] // 1000 != us] or [row for s in self.query(
-                    select.format(us * 1000, (us + 1) * 1000), "ns") for row in s["values"]]
-                lo = us * 1000 if rows[-1][0] // 1000 != us else (us + 1) * 1000
-            yield from sorted((d for d in _letters([{"values": rows}]) if d.topic.startswith(prefix)
+
+        def rows(query: str) -> list:
+            return [row for s in self.query(query, "ns") for row in s["values"]]
+
+        def read(after, inclusive):  # instants are microseconds: a letter's nanoseconds below keep it apart
+            first = lo if after is None else (after if inclusive else after + 1) * 1000
+            return rows(select.format(first, hi) + f" ORDER BY time LIMIT {LETTER_PAGE}")
+
+        def at(us):
+            return rows(select.format(us * 1000, (us + 1) * 1000))
+
+        for page in pages_by_instant(read, at, lambda row: row[0] // 1000, LETTER_PAGE):
+            yield from sorted((d for d in _letters([{"values": page}]) if d.topic.startswith(prefix)
                                and start <= d.received < end), key=lambda d: (d.received, d.sha256))
-            if not full:
-                return
 
     def close(self) -> None:
         if self.client is not None:

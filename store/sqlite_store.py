@@ -33,8 +33,8 @@ from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
-                            SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, range_blocks, seq_spans, source_pairs,
-                            union_blocks)
+                            SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, pages_by_instant,
+                            range_blocks, seq_spans, source_pairs, union_blocks)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -294,22 +294,21 @@ class SqliteStore:
         # ``received`` is ISO 8601 text in UTC: its order is time order but for how a whole
         # second is written, so the text range is widened by a second and the times compared
         prefix = f"{topics.ROOT}/{site}/"
-        lo, hi = ((t - dt.timedelta(seconds=1)).astimezone(dt.UTC).isoformat() for t in (start, end + dt.timedelta(seconds=2)))
+        lo, hi = ((t - dt.timedelta(seconds=1)).astimezone(dt.UTC).isoformat()
+                  for t in (start, end + dt.timedelta(seconds=2)))
         select = ("SELECT received, topic, payload, reason, size, sha256 FROM dead_letters WHERE received {} ? "
                   "AND received < ? AND substr(topic, 1, ?) = ? ORDER BY received")
-        after = ">="
-        while True:
-            rows = self._query(select.format(after) + " LIMIT ?", (lo, hi, len(prefix), prefix, LETTER_PAGE))
-            full = len(rows) == LETTER_PAGE
-            if full:  # a page ends with every letter of its last instant: the next one begins there
-                lo = rows[-1][0]
-                before = [r for r in rows if r[0] != lo]
-                rows, after = (before, ">=") if before else (self._query(select.format("="), (lo, hi, len(prefix),
-                                                                                              prefix)), ">")
+
+        def read(after, inclusive):
+            return self._query(select.format(">=" if inclusive else ">") + " LIMIT ?",
+                               (after or lo, hi, len(prefix), prefix, LETTER_PAGE))
+
+        def at(t):
+            return self._query(select.format("="), (t, hi, len(prefix), prefix))
+
+        for rows in pages_by_instant(read, at, lambda row: row[0], LETTER_PAGE):
             yield from sorted((d for d in _letters(rows) if start <= d.received < end),
                               key=lambda d: (d.received, d.sha256))
-            if not full:
-                return
 
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
         """OR each block into the stored one: one row per block, whoever wrote it."""

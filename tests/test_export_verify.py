@@ -336,6 +336,16 @@ def test_the_messages_covering_the_last_of_the_window_are_exported_too(tmp_path,
     assert "VERDICT: FAILED: 39 message(s) refused" in out, out  # seqs 2962..3000, after 2961 = 47 × 63
 
 
+def export_first_day(tmp_path, url: str):
+    """``jcm export`` of mn-solar's day FIRST from the store at ``url`` (sites in tmp_path/sites,
+    a new ledger); the export folder."""
+    Ledger(tmp_path / "ledger.sqlite", create=True).close()
+    assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
+                 str(tmp_path / "out"), "--sites", str(tmp_path / "sites"), "--store", url,
+                 "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+    return tmp_path / "out" / f"mn-solar_{FIRST}_{FIRST}"
+
+
 def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosquitto, signer, capsys):
     """The real path after the gateway: signed messages over a real Mosquitto into the real
     collector and store, one lost on the way; the export holds the stored bytes and the
@@ -361,11 +371,7 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
     finally:
         pub.close()
         c.stop()
-    Ledger(tmp_path / "ledger.sqlite", create=True).close()
-    assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
-                 str(tmp_path / "out"), "--sites", str(tmp_path / "sites"), "--store", url,
-                 "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
-    folder = tmp_path / "out" / f"mn-solar_{FIRST}_{FIRST}"
+    folder = export_first_day(tmp_path, url)
     assert f"with {len(sent) - 1} signed messages (check: jcm verify {folder})" in capsys.readouterr().out
     assert messages(folder) == [m for _, m in sent[:lost] + sent[lost + 1:]]
     rc, out = run(folder, capsys)
@@ -430,11 +436,7 @@ def test_a_signed_backlog_in_batches_through_the_collector_is_exported_and_verif
     finally:
         pub.close()
         c.stop()
-    Ledger(tmp_path / "ledger.sqlite", create=True).close()
-    assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
-                 str(tmp_path / "out"), "--sites", str(tmp_path / "sites"), "--store", url,
-                 "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
-    folder = tmp_path / "out" / f"mn-solar_{FIRST}_{FIRST}"
+    folder = export_first_day(tmp_path, url)
     kept = messages(folder)
     assert len(packed) > 3 and kept == [m if i in last else signed_bytes(m) for i, m in enumerate(sent)]
     rc, out = run(folder, capsys)

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
