@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector import acknowledgement as ack_module
-from collector import sequence_gaps
+from collector.sequence_gaps import gaps as sequence_gaps
 from collector.acknowledgement import Acknowledgements
-from collector.sequence_gaps import FAR_HELD, MAX_AHEAD, OWN_BLOCKS, SequenceGaps
+from collector.sequence_gaps import SequenceGaps
+from collector.sequence_gaps.gaps import FAR_HELD, MAX_AHEAD, OWN_BLOCKS
 from contract.acknowledgement import MAX_RANGES
 from contract.message import MAX_SEQ, Reading
 from contract.store import BLOCK_SEQS, CustodyFinding, SequenceFinding, SignedMessage

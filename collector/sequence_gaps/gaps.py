@@ -60,7 +60,8 @@ from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, ReadUnsu
                             SeqRange, SequenceFinding, StoreUnavailable, block_ranges, to_ms)
 from contract.text import printable
 
-log = logging.getLogger(__name__)
+#: the package's one logger: its lines keep the name they had before it was split in files
+log = logging.getLogger(__package__)
 
 #: readings whose seqs wait for the store to take the bookkeeping again
 MAX_PENDING = 100_000
