@@ -55,6 +55,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from collector.sequence_gaps.runs import _first, _Run
 from contract.message import MAX_AHEAD, MAX_SEQ, Reading
 from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, ReadUnsupported, SeqBlock, SeqMark,
                             SeqRange, SequenceFinding, StoreUnavailable, block_ranges, to_ms)
@@ -103,18 +104,6 @@ HOLES_QUIET_S = 3600.0
 #: WARNING lines about an epoch's gaps per ``LOG_EVERY_S`` [s]; then one line counts those not logged
 LOG_LINES = 10
 LOG_EVERY_S = 60.0
-
-
-@dataclass
-class _Run:
-    first: int
-    last: int
-    first_ts: dt.datetime
-    last_ts: dt.datetime
-
-
-def _first(run: _Run) -> int:
-    return run.first
 
 
 class _Own:
