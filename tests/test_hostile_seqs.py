@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from collector import acknowledgement as ack_module
 from collector.sequence_gaps import gaps as sequence_gaps
 from collector.acknowledgement import Acknowledgements
-from collector.sequence_gaps import SequenceGaps
-from collector.sequence_gaps.gaps import FAR_HELD, MAX_AHEAD, OWN_BLOCKS
+from collector.sequence_gaps import SequenceGaps, own_blocks
+from collector.sequence_gaps.gaps import FAR_HELD, MAX_AHEAD
+from collector.sequence_gaps.own_blocks import OWN_BLOCKS
 from contract.acknowledgement import MAX_RANGES
 from contract.message import MAX_SEQ, Reading
 from contract.store import BLOCK_SEQS, CustodyFinding, SequenceFinding, SignedMessage
@@ -289,7 +290,7 @@ def test_hostile_seqs_among_an_honest_stream_split_across_restarted_collectors_c
     honest lost seq lies in exactly one gap and no stored seq in any, each collector holds at most
     ``OWN_BLOCKS`` blocks after a batch beyond those it touched, and the store no block beyond the bound."""
     monkeypatch.setattr(sequence_gaps, "MAX_AHEAD", 16 * BLOCK_SEQS)
-    monkeypatch.setattr(sequence_gaps, "OWN_BLOCKS", 4)
+    monkeypatch.setattr(own_blocks, "OWN_BLOCKS", 4)
     monkeypatch.setattr(sequence_gaps, "FAR_HELD", 8)
     store = SqliteStore(tmp_path / "jcm.db")
     examples = iter(range(10**9))
@@ -315,7 +316,7 @@ def test_hostile_seqs_among_an_honest_stream_split_across_restarted_collectors_c
             collectors[i].stored([Reading(site, "gw", "d", T0 + dt.timedelta(seconds=s % 10**6), {"x": 1.0}, seq=s,
                                           epoch=E1) for s in batch])
             own = collectors[i]._gateways[(site, "gw")][E1].own
-            assert len(own) <= sequence_gaps.OWN_BLOCKS + len({s // BLOCK_SEQS for s in batch})
+            assert len(own) <= own_blocks.OWN_BLOCKS + len({s // BLOCK_SEQS for s in batch})
             clock[0] += rnd.choice([0.05, 0.2, 0.3])
             collectors[i].check()
         for clock[0] in (clock[0] + 100, clock[0] + 200, clock[0] + 300):

@@ -52,13 +52,13 @@ import logging
 import operator
 import secrets
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from collector.sequence_gaps.own_blocks import _Own, _OwnBlocks, _OwnEpoch
 from collector.sequence_gaps.runs import _first, _Run
 from contract.message import MAX_AHEAD, MAX_SEQ, Reading
-from contract.store import (BLOCK_SEQS, WORD_SEQS, WORDS, ReadingStore, ReadUnsupported, SeqBlock, SeqMark,
-                            SeqRange, SequenceFinding, StoreUnavailable, block_ranges, to_ms)
+from contract.store import (BLOCK_SEQS, ReadingStore, ReadUnsupported, SeqBlock, SeqMark, SeqRange, SequenceFinding,
+                            StoreUnavailable, block_ranges)
 from contract.text import printable
 
 #: the package's one logger: its lines keep the name they had before it was split in files
@@ -77,9 +77,6 @@ LOAD_BLOCKS = 1024
 #: seqs beyond ``MAX_AHEAD`` held per epoch (the first met) until the epoch's bound reaches them; each
 #: is written to the store as a block of its own, so a restarted collector holds them again
 FAR_HELD = 1024
-#: blocks per epoch whose own seqs a collector holds after writing them (a block with a hole is
-#: never covered whole, and sparse seqs touch a block each)
-OWN_BLOCKS = 64
 #: epochs of a gateway followed at once: a gateway starts a new epoch only with a new or emptied
 #: outbox (a few a year); one more is followed when another had no reading for ``EPOCH_IDLE_S``
 #: (and twice the grace period): the gateway left it, and its holes were judged
@@ -106,35 +103,6 @@ LOG_LINES = 10
 LOG_EVERY_S = 60.0
 
 
-class _Own:
-    """The seqs of one block this collector stored, and per word the lowest and highest
-    with their readings' times (what it writes as its ``SeqBlock``)."""
-
-    __slots__ = ("bits", "ends", "generation")
-
-    def __init__(self, generation: int = 0):
-        #: of its epoch's evictions when made: an evicted block touched again is written under
-        #: another writer, as this record no longer holds the seqs written before
-        self.generation = generation
-        self.bits = bytearray(BLOCK_SEQS // 8)
-        self.ends: list[tuple[int, dt.datetime, int, dt.datetime] | None] = [None] * WORDS  # (lo, its ts, hi, its ts)
-
-    def add(self, seq: int, ts: dt.datetime) -> None:
-        i = seq % BLOCK_SEQS
-        self.bits[i >> 3] |= 1 << (i & 7)
-        w = i // WORD_SEQS
-        e = self.ends[w]
-        if e is None:
-            self.ends[w] = (i, ts, i, ts)
-        elif i < e[0]:
-            self.ends[w] = (i, ts, e[2], e[3])
-        elif i > e[2]:
-            self.ends[w] = (e[0], e[1], i, ts)
-
-    def times(self) -> tuple[int, ...]:
-        return tuple(t for e in self.ends for t in ((to_ms(e[1]), to_ms(e[3])) if e else (0, 0)))
-
-
 def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, now: float) -> float:
     """Since when seqs first..last are missing: a hole that shrank (some of its seqs arrived)
     keeps the time of the holes it was part of. ``before``: (first, last, since), sorted."""
@@ -158,7 +126,7 @@ class _Holes:
 
 
 @dataclass
-class _Epoch:
+class _Epoch(_OwnEpoch):
     """What this collector knows of one epoch of a gateway: runs of stored seqs (sorted,
     disjoint, not touching), when each hole was first suspected, the gaps recorded, and the
     seqs it stored itself, by block, until the store's union covers their block."""
@@ -301,32 +269,6 @@ class _Epoch:
             runs.insert(i, _Run(seq, seq, ts, ts))
         return self._own(seq, ts)
 
-    def _own(self, seq: int, ts: dt.datetime, count: bool = True) -> int:
-        self.known += count
-        block = seq // BLOCK_SEQS
-        own = self.own.get(block)
-        if own is None:
-            own = self.own[block] = _Own(self.evictions)
-        own.add(seq, ts)
-        return block
-
-    def evict(self) -> None:
-        """Drop the own seqs of the lowest blocks beyond ``OWN_BLOCKS`` (all written)."""
-        if len(self.own) > OWN_BLOCKS:
-            for block in sorted(self.own)[:len(self.own) - OWN_BLOCKS]:
-                del self.own[block]
-            self.evictions += 1
-
-    def forget_covered(self, keep: Iterable[int]) -> None:
-        """Drop the own seqs of blocks the runs cover whole (no seq of them can be added
-        again), but those of ``keep`` (not yet written)."""
-        keep = set(keep)
-        for block in [b for b in self.own if b not in keep]:
-            first, last = max(block * BLOCK_SEQS, 1), block * BLOCK_SEQS + BLOCK_SEQS - 1
-            i = bisect.bisect_right(self.runs, first, key=_first) - 1
-            if i >= 0 and self.runs[i].last >= last:
-                del self.own[block]
-
     def holes(self) -> list[tuple[int, int, _Run | None, _Run]]:
         """(first, last, run before, run after) of every missing stretch from the floor up to the
         highest seq."""
@@ -399,7 +341,7 @@ class _Churn:
             log.warning("site %s: gateway %s: %s", f.site, f.gateway, f.cause)
 
 
-class SequenceGaps:
+class SequenceGaps(_OwnBlocks):
     """Follows the sequences of every gateway; ``stored`` after each batch is stored,
     ``on_status`` for each gateway status message, ``check`` now and then."""
 
@@ -592,22 +534,6 @@ class SequenceGaps:
             if self._refused and (self._pending or self._unsaved or self._far_blocks or self._jumps
                                   or any(c.dirty for c in self._churn.values())):
                 raise StoreUnavailable("the sequence bookkeeping of stored readings is not written yet")
-
-    def _write_blocks(self) -> None:
-        """Write the blocks changed: each with every seq of it this process stored."""
-        blocks = []
-        for site, gateway, epoch, block in sorted(self._unsaved):
-            own = self._gateways[(site, gateway)][epoch].own[block]
-            blocks.append(SeqBlock(site, gateway, epoch, block, int.from_bytes(own.bits, "little"), own.times(),
-                                   f"{self._writer}.{own.generation}" if own.generation else self._writer))
-        self.store.record_seq_blocks(blocks + self._far_blocks)
-        written = {(site, gateway, epoch) for site, gateway, epoch, _ in self._unsaved}
-        self._unsaved.clear()
-        self._far_blocks = []
-        for site, gateway, epoch in written:
-            track = self._gateways[(site, gateway)][epoch]
-            track.forget_covered(())
-            track.evict()
 
     def _load(self, site: str, gateway: str, now: float) -> dict[str, _Epoch]:
         """What the store knows of a gateway, the first time this collector meets it."""
