@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from collector import acknowledgement as ack_module
 from collector.sequence_gaps import gaps as sequence_gaps
 from collector.acknowledgement import Acknowledgements
-from collector.sequence_gaps import SequenceGaps, own_blocks
-from collector.sequence_gaps.gaps import FAR_HELD, MAX_AHEAD
+from collector.sequence_gaps import SequenceGaps, far_seqs, own_blocks
+from collector.sequence_gaps.far_seqs import FAR_HELD
 from collector.sequence_gaps.own_blocks import OWN_BLOCKS
 from contract.acknowledgement import MAX_RANGES
-from contract.message import MAX_SEQ, Reading
+from contract.message import MAX_AHEAD, MAX_SEQ, Reading
 from contract.store import BLOCK_SEQS, CustodyFinding, SequenceFinding, SignedMessage
 from store import open_store
 from store.sqlite_store import SqliteStore
@@ -96,11 +96,11 @@ def test_a_backlog_the_live_lane_overtook_is_followed_once_the_epoch_reaches_it(
     """A young epoch whose live lane runs more than ``MAX_AHEAD`` ahead of its backlog (a gateway
     offline from its start; the bound made small): the live seqs are held, followed as the backlog
     drains, the finding resolved, and no gap is recorded."""
-    monkeypatch.setattr(sequence_gaps, "MAX_AHEAD", 8 * BLOCK_SEQS)
+    monkeypatch.setattr(far_seqs, "MAX_AHEAD", 8 * BLOCK_SEQS)
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
     gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
-    live = sequence_gaps.MAX_AHEAD + 20_000
+    live = far_seqs.MAX_AHEAD + 20_000
     gaps.stored(_readings(range(live, live + 100)))  # first the live lane
     assert gaps._gateways[GW][E1].known == 0
     for i in range(1, live, 1000):  # then the backlog, in batches
@@ -289,9 +289,9 @@ def test_hostile_seqs_among_an_honest_stream_split_across_restarted_collectors_c
     shuffled in, split between two collectors that restart now and then (the bounds made small): every
     honest lost seq lies in exactly one gap and no stored seq in any, each collector holds at most
     ``OWN_BLOCKS`` blocks after a batch beyond those it touched, and the store no block beyond the bound."""
-    monkeypatch.setattr(sequence_gaps, "MAX_AHEAD", 16 * BLOCK_SEQS)
+    monkeypatch.setattr(far_seqs, "MAX_AHEAD", 16 * BLOCK_SEQS)
     monkeypatch.setattr(own_blocks, "OWN_BLOCKS", 4)
-    monkeypatch.setattr(sequence_gaps, "FAR_HELD", 8)
+    monkeypatch.setattr(far_seqs, "FAR_HELD", 8)
     store = SqliteStore(tmp_path / "jcm.db")
     examples = iter(range(10**9))
     honest = range(1, 301)
@@ -328,7 +328,7 @@ def test_hostile_seqs_among_an_honest_stream_split_across_restarted_collectors_c
         stored = [s for s in (*honest, *hostile) if s not in lost and (s in honest or not unheld)]
         assert not [s for s in stored if any(a <= s <= b for a, b in gaps)], gaps
         assert all(sum(a <= s <= b for a, b in gaps) == 1 for s in lost), (gaps, lost)
-        bound = len(honest) + 2 * (len(honest) + len(hostile)) + sequence_gaps.MAX_AHEAD
+        bound = len(honest) + 2 * (len(honest) + len(hostile)) + far_seqs.MAX_AHEAD
         beyond = store.seq_blocks(site, "gw", E1, bound // BLOCK_SEQS + 1, MAX_SEQ // BLOCK_SEQS)
         assert len(beyond) <= len(hostile)  # a block for each seq held, none else
 
@@ -382,10 +382,10 @@ def test_seqs_held_are_followed_after_the_collector_restarts(backend, tmp_path, 
     collector restarts before the backlog reaches it: before, the held seqs lived only in memory, so
     the next collector judged them a gap although their readings were stored, and the jump finding
     stayed open for ever (the month in review, an alarm)."""
-    monkeypatch.setattr(sequence_gaps, "MAX_AHEAD", 8 * BLOCK_SEQS)
+    monkeypatch.setattr(far_seqs, "MAX_AHEAD", 8 * BLOCK_SEQS)
     store = _store(backend, tmp_path, request)
     clock = [0.0]
-    live = sequence_gaps.MAX_AHEAD + 20_000
+    live = far_seqs.MAX_AHEAD + 20_000
     first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
     first.stored(_readings(range(1, 11)))
     first.stored(_readings(range(live, live + 5)))  # held, not followed
@@ -432,11 +432,11 @@ def test_a_new_epoch_after_the_collector_restarts_is_followed_however_many_epoch
 def test_a_jump_with_seqs_not_held_stays_open_after_the_collector_restarts(tmp_path, monkeypatch):
     """Held seqs are held again by a restarted collector, but those not held (beyond ``FAR_HELD``) are
     not: once the held are followed the finding is not resolved, and says how many were not held."""
-    monkeypatch.setattr(sequence_gaps, "MAX_AHEAD", 8 * BLOCK_SEQS)
-    monkeypatch.setattr(sequence_gaps, "FAR_HELD", 4)
+    monkeypatch.setattr(far_seqs, "MAX_AHEAD", 8 * BLOCK_SEQS)
+    monkeypatch.setattr(far_seqs, "FAR_HELD", 4)
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
-    live = sequence_gaps.MAX_AHEAD + 20_000
+    live = far_seqs.MAX_AHEAD + 20_000
     first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
     first.stored(_readings(range(1, 11)))
     first.stored(_readings(range(live, live + 6)))  # 4 held, 2 not

@@ -557,7 +557,7 @@ def test_a_hole_up_to_the_highest_seq_allowed_is_one_gap_read_in_one_span(backen
     """A sender jumping as far as its epoch allows (``MAX_AHEAD``; beyond, see tests/test_hostile_seqs.py)
     leaves a hole of 2,048 blocks: it is read as one span of blocks (not block by block) and
     recorded as one gap."""
-    from collector.sequence_gaps.gaps import MAX_AHEAD
+    from contract.message import MAX_AHEAD
     if backend == "sqlite":
         store = SqliteStore(tmp_path / "jcm.db")
     else:

@@ -54,9 +54,10 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 
+from collector.sequence_gaps.far_seqs import _FarEpoch, _FarSeqs
 from collector.sequence_gaps.own_blocks import _Own, _OwnBlocks, _OwnEpoch
 from collector.sequence_gaps.runs import _first, _Run
-from contract.message import MAX_AHEAD, MAX_SEQ, Reading
+from contract.message import MAX_SEQ, Reading
 from contract.store import (BLOCK_SEQS, ReadingStore, ReadUnsupported, SeqBlock, SeqMark, SeqRange, SequenceFinding,
                             StoreUnavailable, block_ranges)
 from contract.text import printable
@@ -74,9 +75,6 @@ REFRESH_S = 5.0
 #: blocks read per query when a collector meets a gateway and reads every block of an epoch
 #: from its mark up (4,194,304 seqs, 34 ms on SQLite): what one read holds in memory
 LOAD_BLOCKS = 1024
-#: seqs beyond ``MAX_AHEAD`` held per epoch (the first met) until the epoch's bound reaches them; each
-#: is written to the store as a block of its own, so a restarted collector holds them again
-FAR_HELD = 1024
 #: epochs of a gateway followed at once: a gateway starts a new epoch only with a new or emptied
 #: outbox (a few a year); one more is followed when another had no reading for ``EPOCH_IDLE_S``
 #: (and twice the grace period): the gateway left it, and its holes were judged
@@ -126,7 +124,7 @@ class _Holes:
 
 
 @dataclass
-class _Epoch(_OwnEpoch):
+class _Epoch(_FarEpoch, _OwnEpoch):
     """What this collector knows of one epoch of a gateway: runs of stored seqs (sorted,
     disjoint, not touching), when each hole was first suspected, the gaps recorded, and the
     seqs it stored itself, by block, until the store's union covers their block."""
@@ -170,12 +168,6 @@ class _Epoch(_OwnEpoch):
     log_until: float = 0.0  # end of the current ``LOG_EVERY_S`` of gap WARNING lines
     log_lines: int = 0  # lines logged in it
     unlogged: int = 0  # gaps recorded in it and not logged
-
-    def limit(self) -> int:
-        """The highest seq followed (but for what the outbox dropped): ``MAX_AHEAD`` beyond the
-        floor and twice the seqs held (a sender without epochs is followed from its first seq)."""
-        base = self.floor if self.floor is not None else self.runs[0].first if self.runs else None
-        return MAX_SEQ if base is None else base + 2 * self.known + MAX_AHEAD
 
     def set_runs(self, runs: list[_Run]) -> None:
         """Take ``runs`` (ours merged with the store's): what the store holds inside a ``holes``
@@ -341,7 +333,7 @@ class _Churn:
             log.warning("site %s: gateway %s: %s", f.site, f.gateway, f.cause)
 
 
-class SequenceGaps(_OwnBlocks):
+class SequenceGaps(_FarSeqs, _OwnBlocks):
     """Follows the sequences of every gateway; ``stored`` after each batch is stored,
     ``on_status`` for each gateway status message, ``check`` now and then."""
 
@@ -442,86 +434,6 @@ class SequenceGaps(_OwnBlocks):
             self._unsaved.add((site, gateway, epoch, block))
             if track.recorded and track.is_recorded(seq, seq):
                 self._resolve(site, gateway, epoch, track, seq)
-
-    def _limit(self, site: str, gateway: str, epoch: str, track: _Epoch) -> int:
-        """The highest seq of an epoch followed: its ``limit``, and beyond it the readings the
-        gateway's status says its outbox cap dropped (they never come)."""
-        status = self._status.get((site, gateway))
-        return track.limit() + (status["dropped"] if status and status["epoch"] in (None, epoch) else 0)
-
-    def _far(self, site: str, gateway: str, epoch: str, track: _Epoch, seq: int, ts: dt.datetime) -> bool:
-        """A stored reading whose seq is beyond what its epoch makes plausible: held (unless
-        ``FAR_HELD`` were), and named. Whether it is newly held (its block to be written)."""
-        j = track.jump
-        if j is None or j.resolved:
-            j = SequenceFinding("jump", site, gateway, epoch, seq, seq, dt.datetime.now(dt.UTC), "", start=ts, end=ts)
-            track.far_count = track.jump_logged = 0
-        i = bisect.bisect_left(track.far, (seq,))
-        if i < len(track.far) and track.far[i][0] == seq:
-            return False  # held already (a redelivery, or read back from the store)
-        track.far_count += 1
-        held = len(track.far) < FAR_HELD  # the first met: the lowest would cost a block write a reading
-        if held:
-            track.far.insert(i, (seq, ts))
-        else:
-            track.far_dropped += 1
-        j = replace(j, last=max(j.last, seq), start=min(j.start, ts), end=max(j.end, ts))
-        highest = track.highest()
-        cause = (f"{track.far_count} reading(s) of epoch {epoch or '(none)'} with seqs {j.first} (the first) up to "
-                 f"{j.last}, beyond seq {self._limit(site, gateway, epoch, track)} (the epoch's floor, twice the "
-                 f"{track.known} seqs followed, {MAX_AHEAD} and the readings its outbox dropped; highest followed "
-                 f"{highest[0] if highest else 'none'}): stored and acknowledged, but their seqs are not followed "
-                 "until the epoch's seqs reach them (a broken or hostile gateway, or a store that never saw the start "
-                 "of this epoch); the seqs between are not judged as gaps")
-        if track.far_dropped:
-            cause += (f"; {track.far_dropped} of them not held (only the first {FAR_HELD} are): should the "
-                      "epoch's seqs reach them, a gap over them may hold stored readings")
-        # ``explained``: the readings not held, read back by a restarted collector (the finding stays open)
-        track.jump = replace(j, cause=cause, explained=track.far_dropped)
-        self._jumps.add((site, gateway, epoch))
-        return held
-
-    def _far_block(self, site: str, gateway: str, epoch: str, seq: int, ts: dt.datetime) -> SeqBlock:
-        """The block of a held seq, under a writer of its own (a store that cannot merge on write
-        keeps each), so that a restarted collector finds it and holds it again (``_hold_beyond``)."""
-        own = _Own()
-        own.add(seq, ts)
-        return SeqBlock(site, gateway, epoch, seq // BLOCK_SEQS, int.from_bytes(own.bits, "little"), own.times(),
-                        f"{self._writer}.far{seq}")
-
-    def _hold_beyond(self, site: str, gateway: str, epoch: str, track: _Epoch) -> None:
-        """Hold again the seqs read from the store beyond the epoch's bound (held by a collector
-        before, ``_far_block``), and its open jump finding: they are followed once the epoch's
-        seqs reach them, as if this collector had met them."""
-        runs, beyond = track.runs, []
-        while runs and runs[-1].first > self._limit(site, gateway, epoch, track):
-            beyond.append(runs.pop())
-            track.known -= beyond[-1].last - beyond[-1].first + 1
-        if not beyond:
-            return
-        if track.jump is None:
-            track.jump = max((f for f in self.store.sequence_findings(site) if (f.kind, f.gateway, f.epoch, f.resolved)
-                              == ("jump", gateway, epoch, None)), key=lambda f: f.noticed, default=None)
-            track.far_dropped = track.jump.explained if track.jump else 0
-        for run in reversed(beyond):
-            last = min(run.last, run.first + FAR_HELD)  # the rest of a longer run cannot be held
-            for seq in range(run.first, last + 1):
-                self._far(site, gateway, epoch, track, seq, run.first_ts if seq == run.first else run.last_ts)
-            track.far_count += run.last - last
-            track.far_dropped += run.last - last
-            track.jump = replace(track.jump, explained=track.far_dropped)
-        track.reshaped = True
-
-    def _write_jump(self, site: str, gateway: str, epoch: str) -> None:
-        """Write an epoch's jump finding; log it when new, resolved, and each time its count grew tenfold."""
-        track = self._gateways[(site, gateway)][epoch]
-        j = track.jump
-        self.store.record_finding(j)
-        self._jumps.discard((site, gateway, epoch))
-        if j.resolved or track.far_count >= 10 * track.jump_logged:
-            track.jump_logged = track.far_count
-            log.warning("site %s: gateway %s: %s%s", site, gateway, j.cause,
-                        "; all of them followed now" if j.resolved else "")
 
     def save(self) -> None:
         """Write the bookkeeping ``stored`` could not write yet: called before the readings are
