@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from collector import acknowledgement as ack_module
 from collector.sequence_gaps import gaps as sequence_gaps
 from collector.acknowledgement import Acknowledgements
-from collector.sequence_gaps import SequenceGaps, far_seqs, own_blocks
+from collector.sequence_gaps import SequenceGaps, far_seqs, holes_cap, own_blocks
 from collector.sequence_gaps.far_seqs import FAR_HELD
 from collector.sequence_gaps.own_blocks import OWN_BLOCKS
 from contract.acknowledgement import MAX_RANGES
@@ -468,10 +468,10 @@ def test_every_other_seq_costs_a_bounded_number_of_runs_and_gap_findings(tmp_pat
         gaps.check()
     track = gaps._gateways[GW][E1]
     # one run either side of each gap recorded one by one, and the highest
-    assert len(track.runs) <= sequence_gaps.MAX_GAPS + 2
+    assert len(track.runs) <= holes_cap.MAX_GAPS + 2
     found = store.sequence_findings("s")
     recorded = [f for f in found if f.kind == "gap"]
-    assert len(recorded) == sequence_gaps.MAX_GAPS
+    assert len(recorded) == holes_cap.MAX_GAPS
     assert [(f.first, f.last, f.resolved is not None) for f in recorded[:2]] == [(2, 2, True), (4, 4, False)]
     [holes] = [f for f in found if f.kind == "holes"]
     top = recorded[-1].last
@@ -482,8 +482,8 @@ def test_every_other_seq_costs_a_bounded_number_of_runs_and_gap_findings(tmp_pat
     gaps.check()
     assert store.seq_marks("s", "gw")[E1] == 7999
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) <= 2 * sequence_gaps.LOG_LINES
-    more = f"site s: gateway gw: {sequence_gaps.MAX_GAPS - sequence_gaps.LOG_LINES} more gap(s) of epoch {E1} recorded"
+    assert len(lines) <= 2 * holes_cap.LOG_LINES
+    more = f"site s: gateway gw: {holes_cap.MAX_GAPS - holes_cap.LOG_LINES} more gap(s) of epoch {E1} recorded"
     assert [line for line in lines if line.startswith(more)]
     store.close()
 
@@ -492,7 +492,7 @@ def test_an_honest_stream_split_across_two_collectors_records_no_gap_however_low
     """A shared subscription: each collector gets every other seq, and holds a run for each until it
     learns (every ``REFRESH_S``) what the other stored: thousands of holes at once, none a gap, so the
     cap on gaps is never reached, and the runs held fall back to one after each refresh."""
-    monkeypatch.setattr(sequence_gaps, "MAX_GAPS", 2)
+    monkeypatch.setattr(holes_cap, "MAX_GAPS", 2)
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
     collectors = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2)]
@@ -519,7 +519,7 @@ def test_beyond_the_cap_every_lost_seq_is_still_named_and_no_stored_seq_is_a_gap
     restart now and then, judged in stretches, with a cap of 2 gaps an epoch: every lost seq lies in
     a gap or a ``holes`` finding (a collector that has not met the other's ``holes`` finding may name
     a seq in both), no stored seq in a gap, and every seq up to the mark is stored or named."""
-    monkeypatch.setattr(sequence_gaps, "MAX_GAPS", 2)
+    monkeypatch.setattr(holes_cap, "MAX_GAPS", 2)
     store = SqliteStore(tmp_path / "jcm.db")
     examples = iter(range(10**9))
 
@@ -529,7 +529,7 @@ def test_beyond_the_cap_every_lost_seq_is_still_named_and_no_stored_seq_is_a_gap
         st.sampled_from([0.0, 30.0, 3600.0]))
     def one_example(case, quiet):
         n, lost, rnd = case
-        monkeypatch.setattr(sequence_gaps, "HOLES_QUIET_S", quiet)
+        monkeypatch.setattr(holes_cap, "HOLES_QUIET_S", quiet)
         site = f"s{next(examples)}"
         clock = [0.0]
 
@@ -583,7 +583,7 @@ def test_holes_beyond_the_cap_are_named_once_across_a_restart_and_a_late_seq_sti
     clock = [0.0]
     first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
     cap = 8
-    monkeypatch.setattr(sequence_gaps, "MAX_GAPS", cap)
+    monkeypatch.setattr(holes_cap, "MAX_GAPS", cap)
     first.stored(_readings(range(1, 401, 2)))
     _judged(first, clock)
     second = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
@@ -607,7 +607,7 @@ def test_the_mark_never_passes_holes_whose_holes_finding_the_store_refused(tmp_p
     """Beyond the cap, the store refuses the ``holes`` finding: its holes stay suspected, the mark
     stays below them, and once the store takes it the holes are named and the mark moves on."""
     from contract.store import StoreUnavailable
-    monkeypatch.setattr(sequence_gaps, "MAX_GAPS", 2)
+    monkeypatch.setattr(holes_cap, "MAX_GAPS", 2)
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
 
