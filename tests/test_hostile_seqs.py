@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector import acknowledgement as ack_module
-from collector.sequence_gaps import gaps as sequence_gaps
 from collector.acknowledgement import Acknowledgements
-from collector.sequence_gaps import SequenceGaps, far_seqs, holes_cap, own_blocks
+from collector.sequence_gaps import SequenceGaps, epoch_churn, far_seqs, holes_cap, own_blocks
 from collector.sequence_gaps.far_seqs import FAR_HELD
 from collector.sequence_gaps.own_blocks import OWN_BLOCKS
 from contract.acknowledgement import MAX_RANGES
@@ -229,15 +228,15 @@ def test_epoch_churn_follows_a_bounded_number_of_epochs_and_names_the_rest(tmp_p
             gaps.stored([r for e in churned[i:i + 50] for r in _readings([1, 2], epoch=e)])
         gaps.stored(_readings(s for s in range(11, 21) if s != 15))
         _judged(gaps, clock)
-    assert len(gaps._gateways[GW]) <= sequence_gaps.MAX_EPOCHS and Counting.reads < 100
+    assert len(gaps._gateways[GW]) <= epoch_churn.MAX_EPOCHS and Counting.reads < 100
     found = store.sequence_findings("s")
     assert [(f.epoch, f.first, f.last) for f in found if f.kind == "gap"] == [(E1, 15, 15)]
-    assert len([f for f in found if f.kind == "epoch"]) == sequence_gaps.MAX_EPOCHS - 1
+    assert len([f for f in found if f.kind == "epoch"]) == epoch_churn.MAX_EPOCHS - 1
     [churn] = [f for f in found if f.kind == "churn"]
-    n = len(churned) - (sequence_gaps.MAX_EPOCHS - 1)
-    assert churn.epoch == churned[sequence_gaps.MAX_EPOCHS - 1] and f"{2 * n} reading(s) of {n} epoch(s)" in churn.cause
+    n = len(churned) - (epoch_churn.MAX_EPOCHS - 1)
+    assert churn.epoch == churned[epoch_churn.MAX_EPOCHS - 1] and f"{2 * n} reading(s) of {n} epoch(s)" in churn.cause
     assert sum("epoch(s) new to the collector" in r.getMessage() for r in caplog.records) <= 4
-    clock[0] += 2 * sequence_gaps.EPOCH_IDLE_S  # every epoch but E1 idle: a churned one comes back
+    clock[0] += 2 * epoch_churn.EPOCH_IDLE_S  # every epoch but E1 idle: a churned one comes back
     gaps.stored(_readings(range(21, 23)))
     gaps.stored(_readings([9, 10, 12], epoch=churned[-1]))
     _judged(gaps, clock)
@@ -343,7 +342,7 @@ def test_a_far_seq_and_epoch_churn_are_acknowledged_only_once_named_in_the_store
     (stopped meanwhile, the broker redelivers them), so the next collector names them all the same."""
     from contract.store import StoreUnavailable
 
-    monkeypatch.setattr(sequence_gaps, "MAX_EPOCHS", 1)
+    monkeypatch.setattr(epoch_churn, "MAX_EPOCHS", 1)
     store_url = f"sqlite:///{tmp_path}/jcm.db"
     pub = Publisher(mosquitto)
     first = collector(mosquitto, store_url, sites_dir)
@@ -412,11 +411,11 @@ def test_a_new_epoch_after_the_collector_restarts_is_followed_however_many_epoch
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
     gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
-    old = [f"{k:016x}" for k in range(1, sequence_gaps.MAX_EPOCHS + 5)]
+    old = [f"{k:016x}" for k in range(1, epoch_churn.MAX_EPOCHS + 5)]
     for epoch in old:  # one after the other, each left long before the next
         gaps.stored(_readings(range(1, 6), epoch=epoch))
         _judged(gaps, clock)
-        clock[0] += 2 * sequence_gaps.EPOCH_IDLE_S
+        clock[0] += 2 * epoch_churn.EPOCH_IDLE_S
     assert not [f for f in store.sequence_findings("s") if f.kind == "churn"]
     restarted = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
     restarted.stored(_readings(range(1, 6), epoch=old[-1]))  # redelivered
