@@ -578,10 +578,10 @@ def test_a_check_looks_only_at_new_holes_while_none_changed(tmp_path, monkeypatc
     it next refreshes from the store, and a check ran over all of them every CHECK_EVERY_S (the
     main cost of sharing): while no hole changed, it looks only at those above. The real gap is
     still found a grace period on, and no false one."""
-    from collector.sequence_gaps import gaps as sequence_gaps
+    from collector.sequence_gaps.epoch import _Epoch
     walked = []
-    holes = sequence_gaps._Epoch.holes
-    monkeypatch.setattr(sequence_gaps._Epoch, "holes", lambda self: walked.append(1) or holes(self))
+    holes = _Epoch.holes
+    monkeypatch.setattr(_Epoch, "holes", lambda self: walked.append(1) or holes(self))
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
     a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))

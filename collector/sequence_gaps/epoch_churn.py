@@ -15,13 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from collector.sequence_gaps.epoch import _Epoch
 from contract.message import Reading
 from contract.store import ReadingStore, SequenceFinding
-
-if TYPE_CHECKING:  # only named in annotations: the epoch is made of these mixins
-    from collector.sequence_gaps.gaps import _Epoch
 
 log = logging.getLogger(__package__)
 

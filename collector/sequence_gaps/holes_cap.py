@@ -25,8 +25,8 @@ from collector.sequence_gaps.runs import _Run
 from contract.message import MAX_SEQ
 from contract.store import SequenceFinding
 
-if TYPE_CHECKING:  # only named in annotations: the epoch is made of these mixins
-    from collector.sequence_gaps.gaps import _Epoch
+if TYPE_CHECKING:  # annotations only: epoch.py imports this module
+    from collector.sequence_gaps.epoch import _Epoch
 
 log = logging.getLogger(__package__)
 
