@@ -764,7 +764,7 @@ def test_a_collector_restarted_within_the_grace_period_of_a_hole_below_its_newes
         tmp_path, monkeypatch):
     """Before (the newest LOAD_BLOCKS blocks learnt, made small here): a hole below them that
     the stopped collector had not yet judged was never looked at again, a silent loss."""
-    monkeypatch.setattr("collector.sequence_gaps.gaps.LOAD_BLOCKS", 4)
+    monkeypatch.setattr("collector.sequence_gaps.marks.LOAD_BLOCKS", 4)
     assert _restart_within_grace(tmp_path, 6) == [(11, 20)]
 
 
@@ -806,7 +806,7 @@ def test_seqs_about_block_edges_split_across_restarted_collectors_give_every_los
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    monkeypatch.setattr("collector.sequence_gaps.gaps.LOAD_BLOCKS", 1)
+    monkeypatch.setattr("collector.sequence_gaps.marks.LOAD_BLOCKS", 1)
     store = open_backend(backend, tmp_path, request)
     domain = [*range(1, 6), *range(60, 70), *range(4090, 4102), *range(8188, 8198), 12287]
     examples = iter(range(10**9))
@@ -897,7 +897,7 @@ def test_a_store_without_marks_is_judged_from_its_lowest_block(backend, tmp_path
     """A store a version before marks wrote, a hole left unjudged in its first block and five
     blocks above it (one block read a query): a collector meeting the gateway records the hole,
     then marks the epoch judged up to its highest seq."""
-    monkeypatch.setattr("collector.sequence_gaps.gaps.LOAD_BLOCKS", 1)
+    monkeypatch.setattr("collector.sequence_gaps.marks.LOAD_BLOCKS", 1)
     store = open_backend(backend, tmp_path, request)
     top = 6 * BLOCK_SEQS - 1
     store.record_seq_blocks(range_blocks([SeqRange("s", "gw", E1, a, b, T0, T0) for a, b in ((1, 10), (21, top))]))
@@ -945,7 +945,7 @@ def test_the_mark_never_passes_a_hole_whose_gap_the_store_refused(backend, tmp_p
     stays below the hole while the collector goes on, and the
     collector that takes over after a restart, with the hole far below its newest blocks (one
     block read a query), records it."""
-    monkeypatch.setattr("collector.sequence_gaps.gaps.LOAD_BLOCKS", 1)
+    monkeypatch.setattr("collector.sequence_gaps.marks.LOAD_BLOCKS", 1)
     store = open_backend(backend, tmp_path, request)
     clock = [0.0]
 

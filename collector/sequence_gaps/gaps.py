@@ -54,16 +54,17 @@ import secrets
 import time
 from dataclasses import replace
 
-from collector.sequence_gaps import epoch_churn, holes_cap
+from collector.sequence_gaps import holes_cap
 from collector.sequence_gaps.epoch import _Epoch
 from collector.sequence_gaps.epoch_churn import _Churn, _EpochChurn
 from collector.sequence_gaps.far_seqs import _FarSeqs
 from collector.sequence_gaps.holes_cap import _HolesCap
+from collector.sequence_gaps.marks import _Marks
 from collector.sequence_gaps.own_blocks import _OwnBlocks
 from collector.sequence_gaps.runs import _first, _Run
 from contract.message import MAX_SEQ, Reading
-from contract.store import (BLOCK_SEQS, ReadingStore, ReadUnsupported, SeqBlock, SeqMark, SeqRange, SequenceFinding,
-                            StoreUnavailable, block_ranges)
+from contract.store import (BLOCK_SEQS, ReadingStore, ReadUnsupported, SeqBlock, SeqRange, SequenceFinding,
+                            StoreUnavailable)
 from contract.text import printable
 
 #: the package's one logger: its lines keep the name they had before it was split in files
@@ -76,12 +77,6 @@ CHECK_EVERY_S = 1.0
 #: how often a gateway with holes learns from the store what other collectors stored [s]: on a
 #: shared subscription each collector sees part of the stream, and its own runs would pile up
 REFRESH_S = 5.0
-#: blocks read per query when a collector meets a gateway and reads every block of an epoch
-#: from its mark up (4,194,304 seqs, 34 ms on SQLite): what one read holds in memory
-LOAD_BLOCKS = 1024
-#: how often the marks are written [s]: a mark a little behind costs a restarted collector a few
-#: more blocks to read, one written every check a store write a second
-MARK_EVERY_S = 5.0
 #: gaps this process recorded that it looks for in the store until they arrive (the newest of
 #: each epoch): on a shared subscription their late seqs may reach the other collector only
 OPEN_GAPS = 16
@@ -96,7 +91,7 @@ def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, 
     return since
 
 
-class SequenceGaps(_EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
+class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
     """Follows the sequences of every gateway; ``stored`` after each batch is stored,
     ``on_status`` for each gateway status message, ``check`` now and then."""
 
@@ -210,62 +205,6 @@ class SequenceGaps(_EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                                   or any(c.dirty for c in self._churn.values())):
                 raise StoreUnavailable("the sequence bookkeeping of stored readings is not written yet")
 
-    def _load(self, site: str, gateway: str, now: float) -> dict[str, _Epoch]:
-        """What the store knows of a gateway, the first time this collector meets it."""
-        epochs: dict[str, _Epoch] = {}
-        self._learn(site, gateway, epochs)
-        for f in self.store.sequence_findings(site):
-            if f.gateway == gateway and f.kind == "gap":
-                epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
-            elif f.gateway == gateway and f.kind == "holes":
-                epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).swallow(f.first, f.last)
-        for track in epochs.values():
-            # not met by this process yet: as idle as an epoch given up (``_room``) once its holes had two
-            # grace periods to be judged; one in use is met again with its next reading. (Seen now, a gateway
-            # with ``MAX_EPOCHS`` epochs in the store had its next new epoch taken for churn for an hour.)
-            track.seen = (now - max(epoch_churn.EPOCH_IDLE_S, 2 * self.grace_s)
-                          + (2 * self.grace_s if track.holes() else 0))
-        self._gateways[(site, gateway)] = epochs
-        return epochs
-
-    def _learn(self, site: str, gateway: str, epochs: dict[str, _Epoch], only: set[str | None] | None = None) -> None:
-        """Learn the blocks of each epoch of the gateway (or of those ``only``) above what is
-        judged: of an epoch it meets for the first time, from the store's mark up (seqs up to it
-        are not looked at), or from its lowest block when it has no mark (a store of a version
-        before marks: a hole left unjudged then is judged now); of one it knows, above the
-        highest seq it knows. In pages of ``LOAD_BLOCKS``: held in memory as runs, not seqs."""
-        tops = self.store.seq_tops(site, gateway)
-        marks = self.store.seq_marks(site, gateway) if tops else {}
-        for epoch, top in tops.items():
-            if only is not None and epoch not in only:
-                continue
-            track = epochs.get(epoch)
-            if track is not None and track.runs:
-                first = track.runs[-1].last // BLOCK_SEQS
-            else:
-                track = epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
-                mark = marks.get(epoch, 0)
-                if mark:
-                    track.floor, track.mark = mark + 1, mark
-                first = mark // BLOCK_SEQS
-            ranges = self._read_ranges(site, gateway, epoch, first, top)
-            if ranges:
-                track.reshaped = True
-                track.set_runs(self._merged(track.runs, ranges))
-                self._hold_beyond(site, gateway, epoch, track)
-
-    def _read_ranges(self, site: str, gateway: str, epoch: str, first: int, last: int) -> list[SeqRange]:
-        """The runs of stored seqs of blocks ``first``..``last``, read ``LOAD_BLOCKS`` blocks a
-        query: what is held is the runs, not the blocks."""
-        ranges: list[SeqRange] = []
-        while first <= last:
-            page = self.store.seq_blocks(site, gateway, epoch, first, last, LOAD_BLOCKS)
-            ranges += block_ranges(page)
-            if len(page) < LOAD_BLOCKS:
-                return ranges
-            first = page[-1].block + 1
-        return ranges
-
     def _epoch(self, r: Reading, epochs: dict[str, _Epoch]) -> _Epoch:
         epoch = r.epoch or ""
         # another collector on the shared subscription may have met it, or stored more of the one before
@@ -327,29 +266,7 @@ class SequenceGaps(_EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                 oldest = self._suspect(epochs, now)
             if oldest is not None and now - oldest >= self.grace_s:
                 self._record_gaps(site, gateway, epochs, now)
-        if marks and now >= self._next_mark:
-            self.store.record_seq_marks(marks)
-            self._next_mark = now + MARK_EVERY_S
-            for m in marks:
-                self._gateways[(m.site, m.gateway)][m.epoch].mark = m.seq
-
-    def _judged(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> list[SeqMark]:
-        """The marks of the epochs judged further than their mark: up to below the lowest
-        hole suspected (right after ``_suspect``: every hole not inside a recorded gap, lowest
-        first), else the highest seq; never past a block not yet written. Every run this
-        collector holds is in the store, and every gap it knows recorded there (durably, before
-        it dropped the hole), so the mark is a fact about the store."""
-        out = []
-        for epoch, track in epochs.items():
-            if not track.runs or (track.floor is not None and track.floor > track.mark + 1):
-                continue  # the mark moves only over seqs looked at: from the floor up
-            judged = next(iter(track.suspected)) - 1 if track.suspected else track.runs[-1].last
-            unsaved = min((b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch)), default=None)
-            if unsaved is not None:
-                judged = min(judged, unsaved * BLOCK_SEQS - 1)
-            if judged > track.mark:
-                out.append(SeqMark(site, gateway, epoch, judged, self._writer))
-        return out
+        self._write_marks(marks, now)
 
     def _suspect(self, epochs: dict[str, _Epoch], now: float) -> float | None:
         """Note since when each hole not yet recorded is missing; return the earliest such
