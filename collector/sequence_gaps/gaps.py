@@ -11,33 +11,14 @@ counter as its cause when that accounts for it. The store is the source of truth
 restarted collector, or a second one on the shared subscription, neither raises a false
 gap nor forgets a real one.
 
-Bounded on purpose: a batch writes one record per block it touched (however a shared
-subscription interleaved its seqs), and the store is read only for the blocks of the
-holes being checked. How far each epoch is judged (every seq up to there stored or inside
-a gap recorded) is kept in the store as its mark (``SeqMark``), advanced only over what the
-store holds: a collector that meets a gateway reads every block from the mark up, in pages
-of ``LOAD_BLOCKS``, so a hole its predecessor saw but had not yet judged when it stopped is
-judged now, however far back.
-
 A reading of an epoch this gateway never used before, when it used another, is recorded
 at once as an epoch finding and logged as a WARNING: the readings of the old epoch after
 its highest seq that had not arrived are lost.
 
-Bounded against a broken or hostile gateway too: a seq more than ``MAX_AHEAD`` beyond what
-its epoch's seqs so far make plausible (``_Epoch.limit``) is stored and acknowledged like any
-other, but not followed: it is held (the first ``FAR_HELD`` per epoch, each written as a block
-of its own, so that a restarted collector holds them again) until the epoch's bound reaches
-it, and a ``jump`` finding names the gateway, epoch and seqs (logged as a WARNING).
-Each epoch keeps the seqs it stored itself for at most ``OWN_BLOCKS`` blocks (its sparse
-ones are written under a writer of their own when touched again). So a seq of 2**62, or
-seqs 4,096 apart, cost neither a false gap of millions of seqs nor a block each (but the
-``FAR_HELD`` held). At most
-``MAX_EPOCHS`` epochs of a gateway are followed: readings of more new ones while the others
-are in use are stored and acknowledged, and named in one ``churn`` finding per gateway.
-At most ``MAX_GAPS`` gaps per epoch are recorded one by one: beyond, the holes judged are
-named together in a ``holes`` finding (one a burst), and the runs inside it are no longer
-held, so a gateway sending every other seq costs neither a finding, a run nor a WARNING
-line a reading.
+Bounded on purpose: the store is read only for the blocks of the holes being checked, and
+what a seq may cost is bounded against a broken or hostile gateway too; each bound is a part
+of ``SequenceGaps`` in a file of its own (``marks``, ``own_blocks``, ``far_seqs``,
+``epoch_churn``, ``holes_cap``: see the package's ``__init__``).
 
 The work per message is a dictionary look-up and, in order, one comparison and a bit set;
 the store is asked once per batch (the blocks touched) and once per gateway with an old hole,
@@ -67,7 +48,7 @@ from contract.store import (BLOCK_SEQS, ReadingStore, ReadUnsupported, SeqBlock,
                             StoreUnavailable)
 from contract.text import printable
 
-#: the package's one logger: its lines keep the name they had before it was split in files
+#: every module of the package logs as ``collector.sequence_gaps``: one name for operators to filter on
 log = logging.getLogger(__package__)
 
 #: readings whose seqs wait for the store to take the bookkeeping again
@@ -80,6 +61,8 @@ REFRESH_S = 5.0
 #: gaps this process recorded that it looks for in the store until they arrive (the newest of
 #: each epoch): on a shared subscription their late seqs may reach the other collector only
 OPEN_GAPS = 16
+
+
 def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, now: float) -> float:
     """Since when seqs first..last are missing: a hole that shrank (some of its seqs arrived)
     keeps the time of the holes it was part of. ``before``: (first, last, since), sorted."""
