@@ -50,7 +50,7 @@ MAX_SEQ = 2**63 - 1
 #: seqs an epoch's highest may be beyond its floor and twice the seqs followed of it (8,388,608,
 #: 2,048 blocks): a gateway's live lane overtakes its backlog by at most what its outbox holds
 #: (``outbox.max_rows``, which the site config keeps at most this); beyond it the collector takes
-#: a seq as broken or hostile and does not follow it (collector/sequence_gaps.py)
+#: a seq as broken or hostile and does not follow it (collector/sequence_gaps/far_seqs.py)
 MAX_AHEAD = 1 << 23
 #: largest integer value: values are stored as 64-bit floats, exact up to 2**53
 MAX_INT = 2**53
