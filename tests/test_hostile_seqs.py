@@ -24,7 +24,8 @@ from store import open_store
 from store.sqlite_store import SqliteStore
 from tests.conftest import fuzz_examples
 from tests.test_collector import Publisher, config, wait_until
-from tests.test_sequence_gaps import E1, T0, collector, message, sites_dir, stored_ranges, subscribed  # noqa: F401
+from tests.test_sequence_gaps import (E1, T0, SharedSubscription, collector, message, sites_dir,  # noqa: F401
+                                      stored_ranges, subscribed)
 
 GW = ("s", "gw")
 
@@ -302,25 +303,16 @@ def test_hostile_seqs_among_an_honest_stream_split_across_restarted_collectors_c
            st.randoms(use_true_random=False))
     def one_example(lost, hostile, rnd):
         site = f"s{next(examples)}"  # one store for every example
-        clock = [0.0]
-        collectors = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2)]
+        shared = SharedSubscription(store, site)
         sent = [s for s in honest if s not in lost] + [s for s in hostile if s not in honest]
         rnd.shuffle(sent)
-        while sent:
-            k = rnd.randint(1, 20)
-            batch, sent = sent[:k], sent[k:]
-            i = rnd.randrange(2)
-            if rnd.random() < 0.1:
-                collectors[i] = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])  # restarted
-            collectors[i].stored([Reading(site, "gw", "d", T0 + dt.timedelta(seconds=s % 10**6), {"x": 1.0}, seq=s,
-                                          epoch=E1) for s in batch])
-            own = collectors[i]._gateways[(site, "gw")][E1].own
+
+        def own_bounded(c: SequenceGaps, batch: list[int]) -> None:
+            own = c._gateways[(site, "gw")][E1].own
             assert len(own) <= own_blocks.OWN_BLOCKS + len({s // BLOCK_SEQS for s in batch})
-            clock[0] += rnd.choice([0.05, 0.2, 0.3])
-            collectors[i].check()
-        for clock[0] in (clock[0] + 100, clock[0] + 200, clock[0] + 300):
-            for c in collectors:
-                c.check()
+
+        shared.feed(sent, rnd, batch=20, restart=0.1, steps=(0.05, 0.2, 0.3), each=own_bounded)
+        shared.judge(100, 200, 300)
         found = store.sequence_findings(site)
         gaps = [(f.first, f.last) for f in found if f.kind == "gap"]
         unheld = any("not held" in f.cause for f in found if f.kind == "jump")
@@ -530,34 +522,17 @@ def test_beyond_the_cap_every_lost_seq_is_still_named_and_no_stored_seq_is_a_gap
         n, lost, rnd = case
         monkeypatch.setattr(holes_cap, "HOLES_QUIET_S", quiet)
         site = f"s{next(examples)}"
-        clock = [0.0]
-
-        def restarted():
-            return SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
-
-        collectors = [restarted(), restarted()]
+        shared = SharedSubscription(store, site)
         kept = [s for s in range(1, n + 1) if s not in lost]
         for stretch in range(0, n + 1, 20):
             sent = [s for s in kept if stretch <= s < stretch + 20]
             sent += rnd.sample(sent, len(sent) // 4)  # redeliveries
             rnd.shuffle(sent)
-            while sent:
-                k = rnd.randint(1, 6)
-                batch, sent = sent[:k], sent[k:]
-                i = rnd.randrange(2)
-                if rnd.random() < 0.05:
-                    collectors[i] = restarted()
-                collectors[i].stored([Reading(site, "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s,
-                                              epoch=E1) for s in batch])
-                clock[0] += rnd.choice([0.05, 0.3, 1.0])  # within the grace period: none is late
-                collectors[i].check()
+            # within the grace period: none is late
+            shared.feed(sent, rnd, batch=6, restart=0.05, steps=(0.05, 0.3, 1.0))
             if rnd.random() < 0.5:  # all of the stretch is in: its holes are judged
-                for clock[0] in (clock[0] + 20, clock[0] + 40):
-                    for c in collectors:
-                        c.check()
-        for clock[0] in (clock[0] + 100, clock[0] + 200):
-            for c in collectors:
-                c.check()
+                shared.judge(20, 40)
+        shared.judge(100, 200)
         found = store.sequence_findings(site)
         gaps = [(f.first, f.last) for f in found if f.kind == "gap"]
         named = gaps + [(f.first, f.last) for f in found if f.kind == "holes"]

@@ -77,6 +77,47 @@ def settled(c: Collector, n: int) -> None:
     time.sleep(2.5 * GRACE + 1.2)
 
 
+class SharedSubscription:
+    """Two collectors' bookkeeping on one store, fed as a shared subscription feeds them, with the
+    clock they share (grace period 10 s): what the fuzz tests here and in test_hostile_seqs.py drive."""
+
+    def __init__(self, store, site: str):
+        self.store, self.site, self.clock = store, site, [0.0]
+        self.collectors = [self.restarted(), self.restarted()]
+
+    def restarted(self) -> SequenceGaps:
+        return SequenceGaps(self.store, grace_s=10, clock=lambda: self.clock[0])
+
+    def readings(self, seqs) -> list[Reading]:
+        return [Reading(self.site, "gw", "d", T0 + dt.timedelta(seconds=s % 10**6), {"x": 1.0}, seq=s, epoch=E1)
+                for s in seqs]
+
+    def feed(self, sent: list[int], rnd, batch: int, restart: float = 0.0, steps: tuple[float, ...] = (),
+             each=None) -> None:
+        """Seqs ``sent``, in that order, in batches of 1..``batch``, each to one collector at random,
+        restarted first with chance ``restart``; ``each(collector, seqs)`` after a batch is stored;
+        then the clock moves on by one of ``steps`` (none: it stays) and that collector checks, as
+        its worker does every second."""
+        while sent:
+            k = rnd.randint(1, batch)
+            seqs, sent = sent[:k], sent[k:]
+            i = rnd.randrange(len(self.collectors))
+            if restart and rnd.random() < restart:
+                self.collectors[i] = self.restarted()
+            self.collectors[i].stored(self.readings(seqs))
+            if each is not None:
+                each(self.collectors[i], seqs)
+            if steps:
+                self.clock[0] += rnd.choice(steps)
+            self.collectors[i].check()
+
+    def judge(self, *after: float) -> None:
+        """Set the clock to each of ``after`` seconds from now in turn, and let every collector check."""
+        for self.clock[0] in [self.clock[0] + a for a in after]:
+            for c in self.collectors:
+                c.check()
+
+
 def test_a_missing_range_is_one_gap_with_first_and_last(mosquitto, sites_dir, store_url):
     c = collector(mosquitto, store_url, sites_dir)
     pub = Publisher(mosquitto)
@@ -298,21 +339,12 @@ def test_any_order_split_across_collectors_finds_exactly_what_is_missing(tmp_pat
     def one_example(case):
         n, missing, rnd = case
         store = SqliteStore(tmp_path / f"jcm-{next(examples)}.db")
-        clock = [0.0]
-        collectors = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2)]
+        shared = SharedSubscription(store, "s")
         sent = [s for s in range(1, n + 1) if s not in missing]
         sent += rnd.sample(sent, len(sent) // 4)  # redeliveries
         rnd.shuffle(sent)
-        while sent:
-            k = rnd.randint(1, 5)
-            batch, sent = sent[:k], sent[k:]
-            c = rnd.choice(collectors)
-            c.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
-                      for s in batch])
-            c.check()  # as its worker does every second
-        clock[0] = 100.0  # the grace period is over (REFRESH_S too): each learns what the other stored
-        for c in collectors:
-            c.check()
+        shared.feed(sent, rnd, batch=5)
+        shared.judge(100)  # the grace period is over (REFRESH_S too): each learns what the other stored
         expected, run = [], None
         for s in sorted(missing):
             run = (run[0], s) if run and run[1] == s - 1 else (s, s)
@@ -618,7 +650,7 @@ def test_the_times_of_holes_are_those_of_a_full_look_at_every_check(tmp_path, mo
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from collector.sequence_gaps import gaps as sequence_gaps
+    from collector.sequence_gaps.gaps import _missing_since
 
     suspect = SequenceGaps._suspect
 
@@ -627,7 +659,7 @@ def test_the_times_of_holes_are_those_of_a_full_look_at_every_check(tmp_path, mo
         oldest = suspect(self, epochs, now)
         times = []
         for e, track in epochs.items():
-            full = {f: (last, sequence_gaps._missing_since(before[e], f, last, now))
+            full = {f: (last, _missing_since(before[e], f, last, now))
                     for f, last, *_ in track.holes() if not track.is_recorded(f, last)}
             assert track.suspected == full
             times += [t for _, t in full.values()]
@@ -643,18 +675,9 @@ def test_the_times_of_holes_are_those_of_a_full_look_at_every_check(tmp_path, mo
     def one_example(case):
         n, missing, rnd = case
         store = SqliteStore(tmp_path / f"jcm-{next(examples)}.db")
-        clock = [0.0]
-        collectors = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2)]
         sent = [s for s in range(1, n + 1) if s not in missing]
         sent = sorted(sent, key=lambda s: s + rnd.randint(0, 10))  # mostly in order, as a live stream
-        while sent:
-            k = rnd.randint(1, 5)
-            batch, sent = sent[:k], sent[k:]
-            c = collectors[rnd.randint(0, 1)]
-            c.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
-                      for s in batch])
-            clock[0] += rnd.choice([0.0, 0.5, 1.0, 3.0])
-            c.check()
+        SharedSubscription(store, "s").feed(sent, rnd, batch=5, steps=(0.0, 0.5, 1.0, 3.0))
         store.close()
 
     one_example()
@@ -816,38 +839,19 @@ def test_seqs_about_block_edges_split_across_restarted_collectors_give_every_los
            st.sets(st.integers(1, len(domain) - 2), max_size=3), st.randoms(use_true_random=False))
     def one_example(lost, cuts, rnd):
         site = f"s{next(examples)}"  # one store for every example
-        clock = [0.0]
-
-        def reading(s):
-            return Reading(site, "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
-
-        def restarted():
-            return SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
-
-        collectors = [restarted(), restarted()]
+        shared = SharedSubscription(store, site)
         kept = [s for s in domain[:-1] if s not in lost]
         edges = [0, *sorted(c for c in cuts if c < len(kept)), len(kept)]
         for a, b in zip(edges, edges[1:]):
             sent = kept[a:b] + rnd.sample(kept[:b], min(b, 3))  # redeliveries
             rnd.shuffle(sent)
-            while sent:
-                k = rnd.randint(1, 4)
-                batch, sent = sent[:k], sent[k:]
-                i = rnd.randrange(2)
-                if rnd.random() < 0.15:
-                    collectors[i] = restarted()
-                collectors[i].stored([reading(s) for s in batch])
-                clock[0] += rnd.choice([0.05, 0.2, 0.3])  # within the grace period: none is late
-                collectors[i].check()
+            # within the grace period: none is late
+            shared.feed(sent, rnd, batch=4, restart=0.15, steps=(0.05, 0.2, 0.3))
             if b < len(kept) and rnd.random() < 0.5:  # all of the stretch is in: its holes are judged
-                for clock[0] in (clock[0] + 20, clock[0] + 40):
-                    for c in collectors:
-                        c.check()
-        collectors = [restarted(), restarted()]
-        collectors[rnd.randrange(2)].stored([reading(domain[-1])])
-        for clock[0] in (clock[0] + 100, clock[0] + 200, clock[0] + 300):
-            for c in collectors:
-                c.check()
+                shared.judge(20, 40)
+        shared.collectors = [shared.restarted(), shared.restarted()]
+        shared.collectors[rnd.randrange(2)].stored(shared.readings([domain[-1]]))
+        shared.judge(100, 200, 300)
         gaps = [(f.first, f.last) for f in store.sequence_findings(site) if f.kind == "gap"]
         stored = {*kept, domain[-1]}
         assert not [s for s in stored if any(a <= s <= b for a, b in gaps)], gaps
