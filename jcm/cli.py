@@ -331,9 +331,9 @@ def cmd_keygen(args) -> int:
 def cmd_verify(args) -> int:
     from jcm.verify import verify_export
 
-    ok, report = verify_export(Path(args.folder))
+    code, report = verify_export(Path(args.folder))
     print("\n".join(report))
-    return 0 if ok else 1
+    return code
 
 
 #: the Mqtt setting behind each broker option of the live view and ``jcm watch``
@@ -571,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_keygen)
 
     s = command("verify", "check an export: its files, the signatures and hash chains of its signed messages, "
-                          "and its figures recomputed from them")
+                          "that no chain was cut short before the period's end, and its figures recomputed from "
+                          "them (exit 0 passed, 1 failed, 3 a chain's tail not witnessed, 2 unusable)")
     s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read)")
     s.set_defaults(func=cmd_verify)
 

@@ -6,15 +6,25 @@ and print a verdict a verifier can paste into a report.
    period (``dead_letters.csv.gz``) as many as the manifest says;
 2. the custody folder (``contract.custody``): every message's signature (a covered one's
    by the later message that covers it), every chain,
-   each gap with its cause (the collector's sequence findings, refused messages);
-3. the figures: the readings of the verified messages alone, with the site settings
+   each gap with its cause (the collector's sequence findings, refused messages), and
+   each chain's tail: its last verified message must be stamped at or after the period's
+   end (the export's witness, ``processing.export.custody_folder``), else the chain is
+   named with its last seq, that message's time and how long before the end it is, and
+   the reason the manifest gives (unsigned: it explains, it proves nothing);
+3. the figures: the readings of the verified messages stamped in the window the
+   recomputation reads (``recompute.reading_window``; witnesses and covering messages
+   after it are not readings of the figures) alone, with the site settings
    (``site.json``) and fixed values the export recorded, go through the processor's own
    code (``processing.export.recompute``); each day's values, the period's totals, RE,
    PE and ER (its exact decimal too), and each month's input hash and status must equal
    the exported ones, in the manifest, ``daily_values.csv`` and the workbook.
 
-Exit 0 only on PASSED; 1 on any mismatch; 2 (``ValueError``) when the folder cannot be
-used at all, naming the file.
+Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
+chain's tail is not witnessed (TAILS NOT WITNESSED: the readings after its last message
+cannot be shown complete, which a gateway that stopped and an export made before its later
+messages arrived cannot help, and a forger who cut the chain short cannot avoid: not a pass,
+for a verifier to judge with the figures shown); 2 (``ValueError``) when the folder cannot
+be used at all, naming the file.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ from contract.text import printable
 from processing.export import DEAD_LETTERS
 from processing.export.custody_folder import FINDINGS, read_findings
 from processing.export.json_file import read_json
-from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, recompute
+from processing.export.period_figures import local_bounds
+from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.fixed_values import from_record
 from processing.monthly import versions
 from store.sqlite_store import SqliteStore
@@ -50,10 +61,12 @@ MAX_LISTED = 50
 #: readings written to the recomputation's store at a time
 BATCH = 5000
 FIGURES = ("RE", "PE", "ER_unrounded", "ER")
+#: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
+PASSED, FAILED, TAILS_NOT_WITNESSED = 0, 1, 3
 
 
-def verify_export(folder: Path) -> tuple[bool, list[str]]:
-    """Whether the export passed, and the verdict's lines."""
+def verify_export(folder: Path) -> tuple[int, list[str]]:
+    """The verdict (``PASSED``, ``FAILED`` or ``TAILS_NOT_WITNESSED``) and its lines."""
     manifest = _manifest(folder)
     site = read_site_settings(folder / SITE_SETTINGS)
     period = _section(manifest, "period")
@@ -75,15 +88,18 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
         out.append("custody: NOT SIGNED: the export holds no signed messages (custody/ is absent), "
                    "so nothing can be checked back to the meters")
         out.append("VERDICT: FAILED: not signed" + "".join(f", {p}" for p in problems))
-        return False, [printable(line) for line in out]
+        return FAILED, [printable(line) for line in out]
+    fixed = _fixed(manifest)
+    first, last = _date(period, "first"), _date(period, "last")
+    window = reading_window(site, first, last, _read_spans(manifest))
     with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            custody, lines, readings = check_custody(folder, store)
+            custody, lines, readings, unwitnessed = check_custody(
+                folder, store, window, local_bounds(site, first, last)[1], _tail_claims(manifest))
             out += lines
             problems += custody
-            fixed = _fixed(manifest)
-            result = recompute(site, store, _date(period, "first"), _date(period, "last"), fixed)
+            result = recompute(site, store, first, last, fixed)
         finally:
             store.close()
     lines, mismatches = _compare(folder, manifest, site, result)
@@ -91,10 +107,19 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
                f"manifest's {len(fixed)} fixed value(s):")
     out += lines
     problems += [f"{mismatches} difference(s) from the recomputation"] if mismatches else []
-    ok = not problems
-    out.append("VERDICT: " + ("PASSED: files whole, every signature verified, every chain whole, "
-                              "figures recomputed equal" if ok else "FAILED: " + ", ".join(problems)))
-    return ok, [printable(line) for line in out]
+    whole = "files whole, every signature verified, every chain whole"
+    if problems:
+        code = FAILED
+        out.append("VERDICT: FAILED: " + ", ".join(
+            problems + ([f"{len(unwitnessed)} chain tail(s) not witnessed"] if unwitnessed else [])))
+    elif unwitnessed:
+        code = TAILS_NOT_WITNESSED
+        out.append(f"VERDICT: TAILS NOT WITNESSED: {'; '.join(unwitnessed)}: the readings after each one's last "
+                   f"message cannot be shown complete; otherwise {whole}, figures recomputed equal")
+    else:
+        code = PASSED
+        out.append(f"VERDICT: PASSED: {whole} and witnessed to the period's end, figures recomputed equal")
+    return code, [printable(line) for line in out]
 
 
 def _dead_letters(folder: Path, manifest: dict) -> tuple[str, str | None]:
@@ -130,6 +155,35 @@ def _section(manifest: dict, key: str) -> dict:
     """A member of the manifest that should be an object; ``{}`` (so: mismatches) when it is not."""
     value = manifest.get(key)
     return value if isinstance(value, dict) else {}
+
+
+def _read_spans(manifest: dict) -> list[tuple[str, str]]:
+    """The revisions' ``read_span``s (they widen the window of readings recomputed)."""
+    revisions = manifest.get("revisions")
+    spans = []
+    for i, rev in enumerate(revisions if isinstance(revisions, list) else []):
+        span = rev.get("read_span") if isinstance(rev, dict) else None
+        if span is None:
+            continue
+        try:
+            if len(span) != 2 or any(dt.datetime.fromisoformat(t).tzinfo is None for t in span):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"manifest.json: revisions[{i}].read_span: not two ISO 8601 times with their "
+                             "zone") from None
+        spans.append(tuple(span))
+    return spans
+
+
+def _tail_claims(manifest: dict) -> dict[tuple, str] | None:
+    """Why the export found no witness, by (gateway, epoch), as its manifest says; ``None``
+    when the manifest says nothing of witnesses (an export made before it looked for them)."""
+    tails = _section(manifest, "custody").get("tails")
+    if tails is None:
+        return None
+    listed = tails.get("not_witnessed") if isinstance(tails, dict) else None
+    return {(c.get("gateway"), c.get("epoch")): str(c.get("why")) for c in listed if isinstance(c, dict)} \
+        if isinstance(listed, list) else {}
 
 
 def _fixed(manifest: dict) -> list:
@@ -193,10 +247,14 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
     return problems
 
 
-def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
-    """Check the custody folder, writing the readings of verified messages, their messages
-    and the findings to ``store``; what is wrong (nothing when it is whole), the lines, and
-    how many readings were written."""
+def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] | None = None,
+                  period_end: dt.datetime | None = None,
+                  claims: dict[tuple, str] | None = None) -> tuple[list[str], list[str], int, list[str]]:
+    """Check the custody folder, writing the readings of verified messages (those stamped in
+    ``window``, when given), their messages and the findings to ``store``; what is wrong
+    (nothing when it is whole), the lines, how many readings were written, and each chain
+    whose tail is not witnessed (its last verified message stamped before ``period_end``,
+    when given; ``claims``: the manifest's reasons, ``_tail_claims``)."""
     keys, lines = read_folder(folder)
     path = folder / "custody" / FINDINGS
     findings, custody_findings = read_findings(path) if path.exists() else ([], [])
@@ -207,10 +265,10 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
     refused: list[str] = []
     reasons: Counter[str] = Counter()
     refused_seqs: dict[tuple, dict[int, str]] = {}  # what a gap may be explained by
-    chains: dict[tuple, list[int]] = {}  # chain -> [messages, lowest seq, highest seq]
+    chains: dict[tuple, list] = {}  # chain -> [messages, lowest seq, highest seq, the highest's ts]
     batch: list[Reading] = []
     signed: list[SignedMessage] = []
-    n = written = covered = 0
+    n = written = covered = outside = 0
 
     def flush():
         nonlocal written
@@ -220,19 +278,24 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
         signed.clear()
 
     def verified():
-        nonlocal n, covered
+        nonlocal n, covered, outside
         for line, v in verify_chained(lines, keys, raw=lambda line: line.message):
             n += 1
             if v.ok:
                 covered += is_covered(line.message)
-                seq = v.reading.seq
-                c = chains.setdefault(v.chain, [0, seq, seq])
-                c[0], c[1], c[2] = c[0] + 1, min(c[1], seq), max(c[2], seq)
+                seq, ts = v.reading.seq, v.reading.ts
+                c = chains.setdefault(v.chain, [0, seq, seq, ts])
+                c[0], c[1] = c[0] + 1, min(c[1], seq)
+                if seq >= c[2]:
+                    c[2], c[3] = seq, ts
+                yield v
+                if window is not None and not window[0] <= ts < window[1]:
+                    outside += 1
+                    continue
                 batch.append(v.reading)
                 signed.append(SignedMessage.verified(line.message, v))
                 if len(batch) >= BATCH:
                     flush()
-                yield v
                 continue
             reasons[v.kind] += 1
             where = f"{line.where}" + (f" {'/'.join(v.chain)} seq {v.reading.seq}" if v.reading else "")
@@ -258,14 +321,31 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
     by_chain: dict[tuple, list] = {}
     for b in breaks:
         by_chain.setdefault(b.chain, []).append(b)
-    for chain, (count, low, high) in sorted(chains.items()):
+    unwitnessed: list[str] = []
+    before: list[dt.timedelta] = []
+    for chain, (count, low, high, high_ts) in sorted(chains.items()):
         out.append(f"chain {'/'.join(chain)}: seq {low}..{high}, {count} verified message(s)")
+        if period_end is not None and high_ts < period_end:
+            before.append(period_end - high_ts)
+            unwitnessed.append(f"{'/'.join(chain)} after seq {high}, {_span(before[-1])} before the period's end")
+            out.append(f"  tail not witnessed: its last message, seq {high}, is stamped {high_ts.isoformat()}, "
+                       f"{_span(before[-1])} before the period's end, and no later message of the chain is in the "
+                       "export: its readings after that time cannot be shown complete")
+            out.append(f"  {_claim(chain, claims)}")
         listed = by_chain.get(chain, [])
         for b in listed[:MAX_LISTED]:
             out.append(f"  {b}{_cause(b, refused_seqs.get(chain, {}), findings, custody_findings)}")
         if len(listed) > MAX_LISTED:
             out.append(f"  ... and {len(listed) - MAX_LISTED} more: " + ", ".join(
                 f"{k}: {c}" for k, c in Counter(b.kind for b in listed[MAX_LISTED:]).most_common()))
+    if period_end is not None:
+        out.append(f"tails: {len(chains) - len(unwitnessed)} of {len(chains)} chain(s) witnessed: each one's last "
+                   f"verified message is stamped at or after the period's end ({period_end.isoformat()})"
+                   + (f"; {len(unwitnessed)} not (longest {_span(max(before))} before it)" if unwitnessed else ""))
+    if outside:
+        out.append(f"readings: {outside} verified message(s) stamped outside the window the recomputation reads "
+                   f"({window[0].isoformat()} .. {window[1].isoformat()}: witnesses and covering messages) "
+                   "are not readings of the figures")
     broken = {(*b.chain, s) for b in breaks for s in (b.first_seq, b.last_seq)}
     for f in custody_findings:
         # found on arrival, and not a break of these messages (e.g. the conflicting message was refused)
@@ -283,7 +363,24 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
     problems += [f"{len(breaks)} chain break(s)"] if breaks else []
     problems += ["no messages"] if n == 0 else []
     out.append("custody: " + ("every signature verified, every chain whole" if ok else ", ".join(problems)))
-    return problems, out, written
+    return problems, out, written, unwitnessed
+
+
+def _span(d: dt.timedelta) -> str:
+    """``3 d 04:05``: days, hours and minutes (rounded down)."""
+    minutes = int(d.total_seconds() // 60)
+    return f"{minutes // 1440} d {minutes % 1440 // 60:02}:{minutes % 60:02}"
+
+
+def _claim(chain: tuple, claims: dict[tuple, str] | None) -> str:
+    """What the manifest says of a chain without a witness: unsigned, so never a proof."""
+    if claims is None:
+        return "the manifest says nothing of witnesses (an export made before exports carried them)"
+    why = claims.get(chain[1:])
+    if why is None:
+        return ("the manifest does not list it as not witnessed, as the export would have: its later messages "
+                "were removed from the export after it was made, or the manifest was edited")
+    return f"the manifest's reason (unsigned: it explains, it proves nothing): {why}"
 
 
 def _cause(b, refused: dict[int, str], findings: list[SequenceFinding], custody: list[CustodyFinding]) -> str:

@@ -464,6 +464,12 @@ class InfluxStore:
                 for s in self.query(q, "ns"):
                     yield from (base64.b64decode(raw) for seq, raw in s["values"] if seq in wanted)
 
+    def next_signed(self, site, gateway, epoch, after, at) -> bytes | None:
+        # a chain's points are at their seq [ns]: the first after ``after`` in time order
+        series = self.query(f'SELECT "raw" FROM {_q(MESSAGES)} WHERE {self._chain(site, gateway, epoch)} '
+                            f'AND time > {after} AND "ts" >= {_ms(at)} LIMIT 1', "ns")
+        return next((base64.b64decode(raw) for s in series for _, raw in s["values"]), None)
+
     @staticmethod
     def _chain(site: str, gateway: str, epoch: str) -> str:
         return f'"site" = {_lit(site)} AND "gateway" = {_lit(gateway)} AND "epoch" = {_lit(epoch)}'

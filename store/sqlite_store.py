@@ -409,6 +409,11 @@ class SqliteStore:
                                    (site, gateway, epoch, first, last, lo, hi))
                 yield from (bytes(raw) for raw, in rows)
 
+    def next_signed(self, site, gateway, epoch, after, at) -> bytes | None:
+        rows = self._query("SELECT raw FROM messages WHERE site = ? AND gateway = ? AND epoch = ? AND seq > ? "
+                           "AND ts >= ? ORDER BY seq LIMIT 1", (site, gateway, epoch, after, to_ms(at)))
+        return bytes(rows[0][0]) if rows else None
+
     def record_custody_finding(self, finding: CustodyFinding) -> None:
         f = finding
         with self._lock:

@@ -339,7 +339,7 @@ def run_verify(folder, capsys) -> tuple[int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            problems, lines, _ = check_custody(Path(folder), store)
+            problems, lines, _, _ = check_custody(Path(folder), store)
         except ValueError as exc:
             return 2, f"{exc}\n"
         finally:

@@ -136,8 +136,10 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
     assert "refused: 0" in out and "daily values: " in out and ": all equal" in out
     assert f"ER: recomputed {manifest['figures']['ER']}, exported {manifest['figures']['ER']}" in out
     assert "2026-09: input hash equal to revision 1's" in out and "note:" not in out
-    assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole, "
-                                 "figures recomputed equal")
+    assert "tails: 1 of 1 chain(s) witnessed: each one's last verified message is stamped at or after the " \
+           "period's end (2026-09-12T16:00:00+00:00)" in out
+    assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
+                                 "witnessed to the period's end, figures recomputed equal")
 
 
 def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
@@ -308,7 +310,7 @@ def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path
     """A counter without readings just before September is settled by its last reading of
     August: the export's messages must hold it, or the recomputation reads other readings."""
     folder = make_export(tmp_path, signer, [(dt.date(2026, 8, 29), dt.date(2026, 8, 30)),
-                                            (FIRST, LAST)])
+                                            (FIRST, LAST + dt.timedelta(days=1))])
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["revisions"][0]["read_span"][0].startswith("2026-08-29")
     assert manifest["custody"]["from"].startswith("2026-08-29")
@@ -385,7 +387,8 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
 
 def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = None):
     """mn-solar's site file with ``signer`` as key k1 (and ``custody``) in ``tmp_path/sites``,
-    and its first day's readings signed as one chain: (site, [(reading, signed message)]);
+    and the readings of its first day and the next (the gateway went on after the period:
+    its chain is witnessed) signed as one chain: (site, [(reading, signed message)]);
     ``wrong_prev_at``: that seq carries a wrong ``prev``."""
     data = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
     data["custody"] = {**custody, "keys": [public_key(signer, "k1").model_dump(mode="json")]}
@@ -393,7 +396,8 @@ def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = 
     (tmp_path / "sites" / "mn-solar.yaml").write_text(yaml.safe_dump(data))
     site = load_site(tmp_path / "sites" / "mn-solar.yaml")
     prev, seq, signed = GENESIS, 0, []
-    for part in history(site, FIRST, FIRST, step_s=1800, channels=set(site.monitoring_channels)):
+    for part in history(site, FIRST, FIRST + dt.timedelta(days=1), step_s=1800,
+                        channels=set(site.monitoring_channels)):
         for r in part:
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}

@@ -2,10 +2,21 @@
 the readings the figures are computed from (``recompute.message_window``), bytes as
 received, the site's public keys valid in that time (a chain's last message there kept
 without its signature, covered by a later one, is followed by the messages of its chain
-up to that one: ``with_covering``), and the collector's sequence
-findings and custody findings there (``custody/findings.json``), which explain the breaks
-of the chains and which the processor reads too. An export of readings that were not signed has no
-custody folder, and its manifest says 0 signed messages.
+up to that one: ``with_covering``), each chain's witness (``with_witnesses``), and the
+collector's sequence findings and custody findings there (``custody/findings.json``),
+which explain the breaks of the chains and which the processor reads too. An export of
+readings that were not signed has no custody folder, and its manifest says 0 signed messages.
+
+Witness: a chain whose last message there is stamped before the period's end is followed
+by its first message stamped at or after that end (found by seq, however long after; when
+it is covered, with the messages after it up to its signature). Signed by the gateway and
+linked along the chain, it shows that nothing of the chain before the period's end was
+left out of the export after its last message there: removing the chain's last messages
+(and everything after) from the export removes the witness too, and ``jcm verify`` names
+the chain. A chain for which the store holds no such message (the gateway stopped, its
+epoch ended, or its later messages had not arrived when the export was made) is listed in
+the manifest (``custody.tails.not_witnessed``, with the reason the export knows): an
+unsigned statement, which explains a missing witness and proves nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,6 +34,7 @@ from contract.custody import MAX_COVERED_RUN, is_covered, link, write_folder
 from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from processing.export.json_file import read_json
 from processing.export.period_figures import PeriodFigures
+from processing.export.period_figures import local_bounds
 from processing.export.recompute import message_window
 from processing.period import stamped
 
@@ -30,6 +43,9 @@ FINDINGS = "findings.json"
 COVER_PAGE = 256
 #: successors stamped closer than this are read back in one query
 COVER_SPAN = dt.timedelta(hours=1)
+#: a message's gateway and epoch, found without parsing it (most messages are not a chain's
+#: last): a reading message has them before its values (``Reading.to_json``)
+_CHAIN = re.compile(rb'"gateway":"([^"\\]*)".*?"epoch":"([^"\\]*)"')
 
 
 def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> tuple[list[Path], dict]:
@@ -45,21 +61,71 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
             yield m
 
     keys = [k for k in site.custody.keys if k.valid_from < end and (k.valid_to is None or k.valid_to > start)]
-    messages = with_covering(store, site.site, store.signed_messages(site.site, start, end))
+    period_end = local_bounds(site, figures.first, figures.last)[1]
+    all_findings = store.sequence_findings(site.site)
+    tails = {"period_end": period_end.isoformat(), "chains": 0, "not_witnessed": []}
+    messages = with_witnesses(store, site.site, period_end, with_covering(
+        store, site.site, store.signed_messages(site.site, start, end)), tails, all_findings)
     root = write_folder(folder, {site.site: keys}, counted(messages))
     if not count[0]:
         shutil.rmtree(root)
         return [], entry
     # stamped in the window, or received in it (a wrong clock's readings are stamped anywhere)
-    sequence = [f for f in store.sequence_findings(site.site)
+    sequence = [f for f in all_findings
                 if (when := stamped(f))[0] < end and when[1] >= start
                 or f.noticed < end and (f.resolved or f.noticed) >= start]
     custody = [f for f in store.custody_findings(site.site) if start <= f.ts < end]
     (root / FINDINGS).write_text(json.dumps({"sequence_findings": [_record(f) for f in sequence],
                                              "custody_findings": [_record(f) for f in custody]}, indent=1) + "\n")
     entry.update(signed_messages=count[0], findings=len(sequence) + len(custody),
-                 keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys])
+                 keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys], tails=tails)
     return sorted(f for f in root.rglob("*") if f.is_file()), entry
+
+
+def with_witnesses(store: ReadingStore, site: str, end: dt.datetime, messages: Iterable[bytes], tails: dict,
+                   findings: list[SequenceFinding]) -> Iterator[bytes]:
+    """``messages`` (ordered by chain and seq, covering runs in place: ``with_covering``) and
+    after the last of each chain, when it is stamped before ``end`` (the period's end), the
+    chain's witness (the module doc): one store query per such chain. Counts the chains in
+    ``tails["chains"]`` and lists in ``tails["not_witnessed"]`` each one the store has no
+    witness for, with why (``findings``: the site's sequence findings, a new epoch's among them)."""
+    chain = last = None
+    for m in messages:
+        found = _CHAIN.search(m)
+        here = found.groups() if found else None
+        if last is not None and here != chain:
+            yield from _witness(store, site, end, last, tails, findings)
+        chain, last = here, m
+        yield m
+    if last is not None:
+        yield from _witness(store, site, end, last, tails, findings)
+
+
+def _witness(store: ReadingStore, site: str, end: dt.datetime, last: bytes, tails: dict,
+             findings: list[SequenceFinding]) -> list[bytes]:
+    """The witness of the chain whose last message is ``last`` (with its covering run), or
+    none (``last`` stamped at or after ``end`` is its own; else the chain is listed)."""
+    tails["chains"] += 1
+    known = json.loads(last)
+    gateway, epoch, seq = known["gateway"], known["epoch"], known["seq"]
+    if dt.datetime.fromisoformat(known["ts"]) >= end:
+        return []
+    found = store.next_signed(site, gateway, epoch, seq, end)
+    run = [] if found is None or not is_covered(found) else _covering(store, site, found)
+    if found is not None and (run or not is_covered(found)):
+        return [found, *run]
+    if found is not None:
+        why = (f"its first message stamped at or after the period's end, seq {_place(found)[2]}, is kept without "
+               "its signature and the message that covers it is not in the store")
+    else:
+        why = next((f"the collector found the gateway's new epoch {f.epoch} after seq {f.first} of this one: {f.cause}"
+                    for f in findings if (f.kind, f.gateway, f.previous) == ("epoch", gateway, epoch)),
+                   "the store holds no later message of this chain stamped at or after the period's end: the "
+                   "gateway stopped or its epoch ended, or its later messages had not arrived when the export "
+                   "was made")
+    tails["not_witnessed"].append({"gateway": gateway, "epoch": epoch, "last_seq": seq, "last_ts": known["ts"],
+                                   "why": why})
+    return []
 
 
 def with_covering(store: ReadingStore, site: str, messages: Iterable[bytes]) -> Iterator[bytes]:
