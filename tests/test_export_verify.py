@@ -37,6 +37,7 @@ from tests.test_custody import public_key
 
 FIRST, LAST = dt.date(2026, 9, 10), dt.date(2026, 9, 12)
 EPOCH = "00000000000000aa"
+EPOCH2 = "00000000000000bb"
 MESSAGES = "custody/messages/messages.jsonl.gz"
 
 
@@ -45,34 +46,46 @@ def signer():
     return Ed25519PrivateKey.generate()
 
 
-def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1):
+def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1,
+                new_epoch_from: dt.datetime | None = None, late_from: dt.datetime | None = None):
     """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
     ``tamper(store)`` runs on the store before the export. With ``signature_every`` N, the
     store keeps only every Nth message whole, the others covered (their signed bytes), as
-    from backlog batches."""
+    from backlog batches. From ``new_epoch_from`` on, the readings are of the epoch EPOCH2
+    (from seq 1: the chain of EPOCH ends there). Those stamped from ``late_from`` on reach
+    the store only after the period's months were processed (a backlog that arrived after
+    the ledger's revisions)."""
     site = reference_site("mn-solar")
     site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
     store = SqliteStore(tmp / "jcm.db")
+    ledger = Ledger(tmp / "ledger.sqlite", create=True)
     keys = {site.site: site.custody.keys}
-    prev, seq = GENESIS, 0
+    prev, seq, epoch = GENESIS, 0, EPOCH
     batches = (batch for first, last in days
                for batch in history(site, first, last, channels=set(site.monitoring_channels)))
+    late: tuple[list, list] = ([], [])
     for batch in batches:
         readings, signed = [], []
         for r in batch:
+            if new_epoch_from is not None and r.ts >= new_epoch_from and epoch == EPOCH:
+                prev, seq, epoch = GENESIS, 0, EPOCH2
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
             r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
-                        seq=seq, epoch=EPOCH)
+                        seq=seq, epoch=epoch)
             message = sign(r.to_json(), prev, "k1", signer)
             prev = chain_hash(message)
             kept = message if seq % signature_every == 0 else signed_bytes(message)
-            signed.append(SignedMessage.verified(kept, verify(message, keys)))
-            readings.append(r)
+            now = late if late_from is not None and r.ts >= late_from else (readings, signed)
+            now[1].append(SignedMessage.verified(kept, verify(message, keys)))
+            now[0].append(r)
         store.write(readings, messages=signed)
+    if late_from is not None:
+        export_period(site, store, ledger, FIRST, LAST, tmp / "before")  # records the months' revisions
+        store.write(late[0], messages=late[1])
     if tamper:
         tamper(store)
-    folder = export_period(site, store, Ledger(tmp / "ledger.sqlite", create=True), FIRST, LAST, tmp / "out")
+    folder = export_period(site, store, ledger, FIRST, LAST, tmp / "out")
     store.close()
     return folder
 
@@ -524,3 +537,118 @@ def test_a_gap_with_no_start_noticed_after_the_window_is_in_the_export_findings(
     listed = json.loads((folder / "custody" / "findings.json").read_text())["sequence_findings"]
     # without it, ``jcm verify`` of this untouched export said "2026-09: input hash NOT revision 1's"
     assert [f["gateway"] for f in listed] == ["gw-late"]
+
+
+# -- witnesses: no chain cut short before the period's end --------------------------------------
+
+#: the end of the period FIRST..LAST at mn-solar (UTC+8)
+PERIOD_END = dt.datetime(2026, 9, 12, 16, tzinfo=dt.UTC)
+CHAIN = f"mn-solar/gw-mn-01/{EPOCH}"
+
+
+def cut_from(ts: dt.datetime):
+    """A tamper deleting every reading and signed message stamped from ``ts`` on."""
+    def cut(store):
+        for table in ("readings", "messages"):
+            store._db.execute(f"DELETE FROM {table} WHERE ts >= ?", (int(ts.timestamp() * 1000),))
+        store._db.commit()
+    return cut
+
+
+def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_path, signer, capsys):
+    """The hole: the chain's last messages of the period and everything after taken out of
+    the store (or of the export, its figures recomputed): every signature, link and figure
+    holds, and ``jcm verify`` PASSED it (before: exit 0). Now the chain is named, with its
+    last seq and time and how long before the period's end; the manifest's reason (the
+    exporter's, or a forger's) is shown as what it is, and so is its absence."""
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+                         tamper=cut_from(dt.datetime(2026, 9, 12, tzinfo=dt.UTC)))
+    seq = json.loads(messages(folder)[-1])["seq"]
+    rc, out = run(folder, capsys)
+    assert rc == 3, out
+    assert (f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45:00+00:00, 0 d 16:15 "
+            "before the period's end, and no later message of the chain is in the export: its readings after that "
+            "time cannot be shown complete") in out
+    assert ("  the manifest's reason (unsigned: it explains, it proves nothing): the store holds no later message of "
+            "this chain stamped at or after the period's end") in out
+    assert "tails: 0 of 1 chain(s) witnessed" in out and "; 1 not (longest 0 d 16:15 before it)" in out
+    assert ": all equal" in out and "custody: every signature verified, every chain whole" in out
+    assert out.rstrip().endswith(
+        f"VERDICT: TAILS NOT WITNESSED: {CHAIN} after seq {seq}, 0 d 16:15 before the period's end: the readings "
+        "after each one's last message cannot be shown complete; otherwise files whole, every signature verified, "
+        "every chain whole, figures recomputed equal"), out
+    # a forger who also takes the chain out of the manifest's list
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [(t["epoch"], t["last_seq"]) for t in manifest["custody"]["tails"]["not_witnessed"]] == [(EPOCH, seq)]
+    manifest["custody"]["tails"]["not_witnessed"] = []
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rehash(folder)
+    rc, out = run(folder, capsys)
+    assert rc == 3 and "  the manifest does not list it as not witnessed, as the export would have" in out, out
+
+
+def test_the_last_messages_taken_out_of_an_export_are_named_with_its_other_failures(export, capsys):
+    lines = messages(export)
+    cut = next(i for i, m in enumerate(lines) if b'"ts":"2026-09-12T' in m)
+    put_messages(export, lines[:cut - 3])
+    rc, out = run(export, capsys)
+    seq = json.loads(lines[cut - 4])["seq"]
+    assert rc == 1 and f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45" in out, out
+    assert "  the manifest does not list it as not witnessed" in out
+    assert out.rstrip().endswith("difference(s) from the recomputation, 1 chain tail(s) not witnessed"), out
+
+
+def test_a_chain_that_ends_in_the_period_is_named_with_what_the_export_knows(tmp_path, signer, capsys):
+    """A new epoch (the gateway's outbox was emptied) ends the chain before the period's end:
+    nothing signed can witness the old chain's tail, so it is named, with the collector's
+    finding as the manifest's reason; the new epoch's chain is witnessed."""
+    from contract.store import SequenceFinding
+
+    new = dt.datetime(2026, 9, 11, 4, tzinfo=dt.UTC)
+
+    def epoch_finding(store):
+        last = store._db.execute("SELECT MAX(seq) FROM messages WHERE epoch = ?", (EPOCH,)).fetchone()[0]
+        store.record_finding(SequenceFinding("epoch", "mn-solar", "gw-mn-01", EPOCH2, last, last, new,
+                                             "the gateway's outbox was new", previous=EPOCH))
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+                         new_epoch_from=new, tamper=epoch_finding)
+    tails = json.loads((folder / "manifest.json").read_text())["custody"]["tails"]
+    [old] = tails["not_witnessed"]
+    why = f"the collector found the gateway's new epoch {EPOCH2} after seq {old['last_seq']} of this one: the " \
+          "gateway's outbox was new"
+    assert tails == {"period_end": PERIOD_END.isoformat(), "chains": 2, "not_witnessed": [
+        {"gateway": "gw-mn-01", "epoch": EPOCH, "last_seq": old["last_seq"], "last_ts": "2026-09-11T03:45:00.000Z",
+         "why": why}]}
+    rc, out = run(folder, capsys)
+    assert rc == 3, out
+    assert (f"chain {CHAIN}: seq 1..{old['last_seq']}, {old['last_seq']} verified message(s)\n  tail not witnessed: "
+            f"its last message, seq {old['last_seq']}, is stamped 2026-09-11T03:45:00+00:00, 1 d 12:15 before") in out
+    assert f"  the manifest's reason (unsigned: it explains, it proves nothing): {why}" in out
+    assert "tails: 1 of 2 chain(s) witnessed" in out and f"mn-solar/gw-mn-01/{EPOCH2} after" not in out
+
+
+def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures(tmp_path, signer, capsys,
+                                                                                   monkeypatch):
+    """The gateway was cut off from the period's last day to 2 October, and its backlog
+    arrived after September's revision: the chain's witness, found by seq, is stamped after
+    the window of readings the figures were computed from. ``jcm verify`` checks it and
+    leaves its reading out of the recomputation, which would otherwise settle the counters'
+    gap across the month's end with it (the revision could not: another input hash)."""
+    october = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST - dt.timedelta(days=1)),
+                                            (dt.date(2026, 10, 2), dt.date(2026, 10, 2))], late_from=october)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["custody"]["tails"] == {"period_end": PERIOD_END.isoformat(), "chains": 1, "not_witnessed": []}
+    lines = messages(folder)
+    witness = json.loads(lines[-1])
+    assert witness["ts"].startswith("2026-10-01T16:00") and witness["seq"] == json.loads(lines[-2])["seq"] + 1
+    assert b"2026-10-0" not in gzip.decompress((folder / "raw_readings.csv.gz").read_bytes())
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+    assert "tails: 1 of 1 chain(s) witnessed" in out and "readings: 1 verified message(s) stamped outside" in out
+    assert "2026-09: input hash equal to revision 1's" in out
+    # with the witness's reading recomputed too
+    import jcm.verify
+    monkeypatch.setattr(jcm.verify, "reading_window", lambda *a: (october - dt.timedelta(days=99), october + dt.timedelta(days=99)))
+    rc, out = run(folder, capsys)
+    assert rc == 1 and "2026-09: input hash NOT revision 1's" in out, out
