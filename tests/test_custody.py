@@ -517,3 +517,46 @@ def test_no_edit_of_a_signed_message_verifies_or_crashes(which, edits):
     v = verify(m, _KEYS)
     assert v.ok == (m == _GOOD[which]), v
     chain_breaks([v])
+
+
+_EPOCHS = ("00000000000000e0", "00000000000000e1", "00000000000000e2")
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(25), deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 90), st.booleans()), min_size=1, max_size=10),
+                          st.integers(1, 10)), min_size=1, max_size=3),
+       st.integers(0, 600))
+def test_a_chain_cut_short_before_the_periods_end_is_never_witnessed(chains, end_minute):
+    """Random chains (clocks that never step back, some messages kept covered), each cut at a
+    random point (the messages after it removed, as whoever makes or edits an export could):
+    ``jcm verify`` names every chain the cut took a message stamped before the period's end
+    from, and a chain is witnessed exactly when its last message is stamped at or after it."""
+    end = T0 + dt.timedelta(minutes=end_minute)
+    kept, cut_in_period, last_ts = [], {}, {}
+    for (steps, cut), epoch in zip(chains, _EPOCHS):
+        ts, prev, made = T0, GENESIS, []
+        for seq, (step, covered) in enumerate(steps, 1):
+            ts += dt.timedelta(minutes=step)
+            r = Reading(site="mn-solar", gateway="gw-mn-01", device="inv-01", ts=ts, values={"ac_energy": seq},
+                        seq=seq, epoch=epoch)
+            m = sign(r.to_json(), prev, "k1", _SIGNER)
+            prev = chain_hash(m)
+            made.append((ts, m, covered))
+        cut = min(cut, len(made))
+        # a covered message needs the next one kept: the last kept carries its signature
+        kept += [signed_bytes(m) if covered and i < cut - 1 else m for i, (_, m, covered) in enumerate(made[:cut])]
+        cut_in_period[epoch] = any(t < end for t, _, _ in made[cut:])
+        last_ts[epoch] = made[cut - 1][0]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_folder(Path(tmp), _KEYS, kept)
+        store = SqliteStore(Path(tmp) / "readings.db")
+        try:
+            problems, lines, _, unwitnessed = check_custody(Path(tmp), store, None, end, {})
+        finally:
+            store.close()
+    assert not problems, lines
+    named = {u.split()[0].rsplit("/", 1)[1] for u in unwitnessed}
+    for epoch, cut_short in cut_in_period.items():
+        assert not cut_short or epoch in named, lines
+        assert (epoch in named) == (last_ts[epoch] < end), lines

@@ -351,13 +351,13 @@ def test_the_messages_covering_the_last_of_the_window_are_exported_too(tmp_path,
     assert "VERDICT: FAILED: 39 message(s) refused" in out, out  # seqs 2962..3000, after 2961 = 47 × 63
 
 
-def export_first_day(tmp_path, url: str):
+def export_first_day(tmp_path, url: str, *more: str):
     """``jcm export`` of mn-solar's day FIRST from the store at ``url`` (sites in tmp_path/sites,
-    a new ledger); the export folder."""
+    the ledger tmp_path/ledger.sqlite, made if new; ``more`` arguments); the export folder."""
     Ledger(tmp_path / "ledger.sqlite", create=True).close()
     assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
                  str(tmp_path / "out"), "--sites", str(tmp_path / "sites"), "--store", url,
-                 "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+                 "--ledger", str(tmp_path / "ledger.sqlite"), *more]) == 0
     return tmp_path / "out" / f"mn-solar_{FIRST}_{FIRST}"
 
 
@@ -398,19 +398,20 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
     assert out.rstrip().endswith("VERDICT: FAILED: 2 chain break(s)")
 
 
-def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = None):
+def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = None,
+                   days: tuple[tuple[dt.date, dt.date], ...] = ((FIRST, FIRST + dt.timedelta(days=1)),)):
     """mn-solar's site file with ``signer`` as key k1 (and ``custody``) in ``tmp_path/sites``,
-    and the readings of its first day and the next (the gateway went on after the period:
-    its chain is witnessed) signed as one chain: (site, [(reading, signed message)]);
-    ``wrong_prev_at``: that seq carries a wrong ``prev``."""
+    and the readings of ``days`` (first, last; by default its first day and the next: the
+    gateway went on after the period, its chain is witnessed) signed as one chain: (site,
+    [(reading, signed message)]); ``wrong_prev_at``: that seq carries a wrong ``prev``."""
     data = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
     data["custody"] = {**custody, "keys": [public_key(signer, "k1").model_dump(mode="json")]}
     (tmp_path / "sites").mkdir()
     (tmp_path / "sites" / "mn-solar.yaml").write_text(yaml.safe_dump(data))
     site = load_site(tmp_path / "sites" / "mn-solar.yaml")
     prev, seq, signed = GENESIS, 0, []
-    for part in history(site, FIRST, FIRST + dt.timedelta(days=1), step_s=1800,
-                        channels=set(site.monitoring_channels)):
+    for part in (part for first, last in days
+                 for part in history(site, first, last, step_s=1800, channels=set(site.monitoring_channels))):
         for r in part:
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
@@ -652,3 +653,28 @@ def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures
     monkeypatch.setattr(jcm.verify, "reading_window", lambda *a: (october - dt.timedelta(days=99), october + dt.timedelta(days=99)))
     rc, out = run(folder, capsys)
     assert rc == 1 and "2026-09: input hash NOT revision 1's" in out, out
+
+
+def test_either_store_gives_the_witness_after_the_window_or_the_export_names_the_chain(tmp_path, signer, store_url,
+                                                                                        capsys):
+    """The witness query on SQLite and on InfluxDB: the period FIRST, its gateway silent
+    from its end to 2 October. Exported before October's messages are stored, the chain is
+    named; after, its first message of October witnesses it."""
+    from store import open_store
+
+    site, signed = signed_history(tmp_path, signer, {}, days=((FIRST, FIRST), (dt.date(2026, 10, 2),) * 2))
+    keys = {site.site: site.custody.keys}
+    later = next(i for i, (r, _) in enumerate(signed) if r.ts.month == 10)
+    store = open_store(store_url)
+    try:
+        for part in (signed[:later], signed[later:]):
+            store.write([r for r, _ in part], messages=[SignedMessage.verified(m, verify(m, keys)) for _, m in part])
+            folder = export_first_day(tmp_path, store_url, "--force")
+            capsys.readouterr()
+            rc, out = run(folder, capsys)
+            if part[0][0].ts.month == 9:
+                assert rc == 3 and f"{CHAIN} after seq {later}, 0 d 00:30 before the period's end" in out, out
+    finally:
+        store.close()
+    assert messages(folder) == [m for _, m in signed[:later + 1]]
+    assert rc == 0 and "tails: 1 of 1 chain(s) witnessed" in out and "readings: 1 verified message(s)" in out, out
