@@ -7,10 +7,11 @@ and print a verdict a verifier can paste into a report.
 2. the custody folder (``contract.custody``): every message's signature (a covered one's
    by the later message that covers it), every chain,
    each gap with its cause (the collector's sequence findings, refused messages), and
-   each chain's tail: its last verified message must be stamped at or after the period's
-   end (the export's witness, ``processing.export.custody_folder``), else the chain is
-   named with its last seq, that message's time and how long before the end it is, and
-   the reason the manifest gives (unsigned: it explains, it proves nothing);
+   each chain's ends: its last verified message must be stamped at or after the period's
+   end, and its first before the period's start or begin its chain (``prev`` GENESIS):
+   the export's witnesses (``processing.export.custody_folder``). Else the chain is named
+   with that message's seq and time and how far inside the period it is, and the reason the
+   manifest gives (unsigned: it explains, it proves nothing);
 3. the figures: the readings of the verified messages stamped in the window the
    recomputation reads (``recompute.reading_window``; witnesses and covering messages
    after it are not readings of the figures) alone, with the site settings
@@ -20,11 +21,11 @@ and print a verdict a verifier can paste into a report.
    the exported ones, in the manifest, ``daily_values.csv`` and the workbook.
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
-chain's tail is not witnessed (TAILS NOT WITNESSED: the readings after its last message
-cannot be shown complete, which a gateway that stopped and an export made before its later
-messages arrived cannot help, and a forger who cut the chain short cannot avoid: not a pass,
-for a verifier to judge with the figures shown); 2 (``ValueError``) when the folder cannot
-be used at all, naming the file.
+chain's end is not witnessed (NOT WITNESSED: the readings of the period after its last
+message, or before its first, cannot be shown complete; a gateway that stopped, and an
+export made before its later messages arrived, cannot help that, and a forger who cut the
+chain short cannot avoid it: not a pass, for a verifier to judge with the figures shown);
+2 (``ValueError``) when the folder cannot be used at all, naming the file.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from pathlib import Path
 import openpyxl
 
 from contract.config.site import Site
-from contract.custody import chain_breaks, is_covered, pem_problems, read_folder, verify_chained
+from contract.custody import GENESIS, chain_breaks, is_covered, pem_problems, read_folder, verify_chained
 from contract.message import Reading
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
@@ -62,11 +63,11 @@ MAX_LISTED = 50
 BATCH = 5000
 FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 #: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
-PASSED, FAILED, TAILS_NOT_WITNESSED = 0, 1, 3
+PASSED, FAILED, NOT_WITNESSED = 0, 1, 3
 
 
 def verify_export(folder: Path) -> tuple[int, list[str]]:
-    """The verdict (``PASSED``, ``FAILED`` or ``TAILS_NOT_WITNESSED``) and its lines."""
+    """The verdict (``PASSED``, ``FAILED`` or ``NOT_WITNESSED``) and its lines."""
     manifest = _manifest(folder)
     site = read_site_settings(folder / SITE_SETTINGS)
     period = _section(manifest, "period")
@@ -96,7 +97,7 @@ def verify_export(folder: Path) -> tuple[int, list[str]]:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
             custody, lines, readings, unwitnessed = check_custody(
-                folder, store, window, local_bounds(site, first, last)[1], _tail_claims(manifest))
+                folder, store, window, local_bounds(site, first, last), _witness_claims(manifest))
             out += lines
             problems += custody
             result = recompute(site, store, first, last, fixed)
@@ -111,14 +112,14 @@ def verify_export(folder: Path) -> tuple[int, list[str]]:
     if problems:
         code = FAILED
         out.append("VERDICT: FAILED: " + ", ".join(
-            problems + ([f"{len(unwitnessed)} chain tail(s) not witnessed"] if unwitnessed else [])))
+            problems + ([f"{len(unwitnessed)} chain end(s) not witnessed"] if unwitnessed else [])))
     elif unwitnessed:
-        code = TAILS_NOT_WITNESSED
-        out.append(f"VERDICT: TAILS NOT WITNESSED: {'; '.join(unwitnessed)}: the readings after each one's last "
-                   f"message cannot be shown complete; otherwise {whole}, figures recomputed equal")
+        code = NOT_WITNESSED
+        out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the period beyond each "
+                   f"cannot be shown complete; otherwise {whole}, figures recomputed equal")
     else:
         code = PASSED
-        out.append(f"VERDICT: PASSED: {whole} and witnessed to the period's end, figures recomputed equal")
+        out.append(f"VERDICT: PASSED: {whole} and witnessed across the period, figures recomputed equal")
     return code, [printable(line) for line in out]
 
 
@@ -175,15 +176,16 @@ def _read_spans(manifest: dict) -> list[tuple[str, str]]:
     return spans
 
 
-def _tail_claims(manifest: dict) -> dict[tuple, str] | None:
-    """Why the export found no witness, by (gateway, epoch), as its manifest says; ``None``
-    when the manifest says nothing of witnesses (an export made before it looked for them)."""
-    tails = _section(manifest, "custody").get("tails")
-    if tails is None:
+def _witness_claims(manifest: dict) -> dict[tuple, str] | None:
+    """Why the export found no witness, by (head or tail, gateway, epoch), as its manifest
+    says; ``None`` when the manifest says nothing of witnesses (an export made before it
+    looked for them)."""
+    witnesses = _section(manifest, "custody").get("witnesses")
+    if witnesses is None:
         return None
-    listed = tails.get("not_witnessed") if isinstance(tails, dict) else None
-    return {(c.get("gateway"), c.get("epoch")): str(c.get("why")) for c in listed if isinstance(c, dict)} \
-        if isinstance(listed, list) else {}
+    listed = witnesses.get("not_witnessed") if isinstance(witnesses, dict) else None
+    return {(c.get("end"), c.get("gateway"), c.get("epoch")): str(c.get("why")) for c in listed
+            if isinstance(c, dict)} if isinstance(listed, list) else {}
 
 
 def _fixed(manifest: dict) -> list:
@@ -248,13 +250,14 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
 
 
 def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] | None = None,
-                  period_end: dt.datetime | None = None,
+                  period: tuple[dt.datetime, dt.datetime] | None = None,
                   claims: dict[tuple, str] | None = None) -> tuple[list[str], list[str], int, list[str]]:
     """Check the custody folder, writing the readings of verified messages (those stamped in
     ``window``, when given), their messages and the findings to ``store``; what is wrong
     (nothing when it is whole), the lines, how many readings were written, and each chain
-    whose tail is not witnessed (its last verified message stamped before ``period_end``,
-    when given; ``claims``: the manifest's reasons, ``_tail_claims``)."""
+    end not witnessed (``period``, UTC start and end, when given: its last verified message
+    stamped before the end, or its first at or after the start without beginning its chain;
+    ``claims``: the manifest's reasons, ``_witness_claims``)."""
     keys, lines = read_folder(folder)
     path = folder / "custody" / FINDINGS
     findings, custody_findings = read_findings(path) if path.exists() else ([], [])
@@ -265,7 +268,7 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
     refused: list[str] = []
     reasons: Counter[str] = Counter()
     refused_seqs: dict[tuple, dict[int, str]] = {}  # what a gap may be explained by
-    chains: dict[tuple, list] = {}  # chain -> [messages, lowest seq, highest seq, the highest's ts]
+    chains: dict[tuple, list] = {}  # chain -> [messages, lowest seq, highest seq, the lowest's verdict, the highest's]
     batch: list[Reading] = []
     signed: list[SignedMessage] = []
     n = written = covered = outside = 0
@@ -284,10 +287,12 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
             if v.ok:
                 covered += is_covered(line.message)
                 seq, ts = v.reading.seq, v.reading.ts
-                c = chains.setdefault(v.chain, [0, seq, seq, ts])
-                c[0], c[1] = c[0] + 1, min(c[1], seq)
+                c = chains.setdefault(v.chain, [0, seq, seq, v, v])
+                c[0] += 1
+                if seq < c[1]:
+                    c[1], c[3] = seq, v
                 if seq >= c[2]:
-                    c[2], c[3] = seq, ts
+                    c[2], c[4] = seq, v
                 yield v
                 if window is not None and not window[0] <= ts < window[1]:
                     outside += 1
@@ -322,26 +327,41 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
     for b in breaks:
         by_chain.setdefault(b.chain, []).append(b)
     unwitnessed: list[str] = []
-    before: list[dt.timedelta] = []
-    for chain, (count, low, high, high_ts) in sorted(chains.items()):
-        out.append(f"chain {'/'.join(chain)}: seq {low}..{high}, {count} verified message(s)")
-        if period_end is not None and high_ts < period_end:
-            before.append(period_end - high_ts)
-            unwitnessed.append(f"{'/'.join(chain)} after seq {high}, {_span(before[-1])} before the period's end")
-            out.append(f"  tail not witnessed: its last message, seq {high}, is stamped {high_ts.isoformat()}, "
-                       f"{_span(before[-1])} before the period's end, and no later message of the chain is in the "
-                       "export: its readings after that time cannot be shown complete")
-            out.append(f"  {_claim(chain, claims)}")
+    inside: dict[str, list[dt.timedelta]] = {"head": [], "tail": []}  # how far into the period each is
+    for chain, (count, low, high, first, last) in sorted(chains.items()):
+        name = "/".join(chain)
+        out.append(f"chain {name}: seq {low}..{high}, {count} verified message(s)")
+        if period is None:
+            continue
+        if first.reading.ts >= period[0] and first.prev != GENESIS:
+            inside["head"].append(first.reading.ts - period[0])
+            unwitnessed.append(f"{name} before seq {low}, {_span(inside['head'][-1])} after the period's start")
+            out.append(f"  head not witnessed: its first message, seq {low}, is stamped {first.reading.ts.isoformat()}, "
+                       f"{_span(inside['head'][-1])} after the period's start, does not begin its chain, and no "
+                       "earlier message of the chain is in the export: its readings before that time cannot be "
+                       "shown complete")
+            out.append(f"  {_claim(('head', *chain[1:]), claims)}")
+        if last.reading.ts < period[1]:
+            inside["tail"].append(period[1] - last.reading.ts)
+            unwitnessed.append(f"{name} after seq {high}, {_span(inside['tail'][-1])} before the period's end")
+            out.append(f"  tail not witnessed: its last message, seq {high}, is stamped {last.reading.ts.isoformat()}, "
+                       f"{_span(inside['tail'][-1])} before the period's end, and no later message of the chain is "
+                       "in the export: its readings after that time cannot be shown complete")
+            out.append(f"  {_claim(('tail', *chain[1:]), claims)}")
         listed = by_chain.get(chain, [])
         for b in listed[:MAX_LISTED]:
             out.append(f"  {b}{_cause(b, refused_seqs.get(chain, {}), findings, custody_findings)}")
         if len(listed) > MAX_LISTED:
             out.append(f"  ... and {len(listed) - MAX_LISTED} more: " + ", ".join(
                 f"{k}: {c}" for k, c in Counter(b.kind for b in listed[MAX_LISTED:]).most_common()))
-    if period_end is not None:
-        out.append(f"tails: {len(chains) - len(unwitnessed)} of {len(chains)} chain(s) witnessed: each one's last "
-                   f"verified message is stamped at or after the period's end ({period_end.isoformat()})"
-                   + (f"; {len(unwitnessed)} not (longest {_span(max(before))} before it)" if unwitnessed else ""))
+    if period is not None:
+        heads, tails = inside["head"], inside["tail"]
+        out.append(f"witnesses: {len(chains) - len(heads)} of {len(chains)} chain(s) witnessed before the period's "
+                   f"start ({period[0].isoformat()}; or begun in it), {len(chains) - len(tails)} after its end "
+                   f"({period[1].isoformat()}): a chain's first verified message stamped before the start or "
+                   "beginning its chain, its last at or after the end"
+                   + (f"; {len(heads)} head(s) not (longest {_span(max(heads))} after the start)" if heads else "")
+                   + (f"; {len(tails)} tail(s) not (longest {_span(max(tails))} before the end)" if tails else ""))
     if outside:
         out.append(f"readings: {outside} verified message(s) stamped outside the window the recomputation reads "
                    f"({window[0].isoformat()} .. {window[1].isoformat()}: witnesses and covering messages) "
@@ -372,14 +392,16 @@ def _span(d: dt.timedelta) -> str:
     return f"{minutes // 1440} d {minutes % 1440 // 60:02}:{minutes % 60:02}"
 
 
-def _claim(chain: tuple, claims: dict[tuple, str] | None) -> str:
-    """What the manifest says of a chain without a witness: unsigned, so never a proof."""
+def _claim(end: tuple, claims: dict[tuple, str] | None) -> str:
+    """What the manifest says of a chain end (head or tail, gateway, epoch) without a
+    witness: unsigned, so never a proof."""
     if claims is None:
         return "the manifest says nothing of witnesses (an export made before exports carried them)"
-    why = claims.get(chain[1:])
+    why = claims.get(end)
     if why is None:
-        return ("the manifest does not list it as not witnessed, as the export would have: its later messages "
-                "were removed from the export after it was made, or the manifest was edited")
+        return ("the manifest does not list it as not witnessed, as the export would have: its "
+                + ("earlier" if end[0] == "head" else "later")
+                + " messages were removed from the export after it was made, or the manifest was edited")
     return f"the manifest's reason (unsigned: it explains, it proves nothing): {why}"
 
 

@@ -149,10 +149,10 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
     assert "refused: 0" in out and "daily values: " in out and ": all equal" in out
     assert f"ER: recomputed {manifest['figures']['ER']}, exported {manifest['figures']['ER']}" in out
     assert "2026-09: input hash equal to revision 1's" in out and "note:" not in out
-    assert "tails: 1 of 1 chain(s) witnessed: each one's last verified message is stamped at or after the " \
-           "period's end (2026-09-12T16:00:00+00:00)" in out
+    assert ("witnesses: 1 of 1 chain(s) witnessed before the period's start (2026-09-09T16:00:00+00:00; or begun "
+            "in it), 1 after its end (2026-09-12T16:00:00+00:00): ") in out
     assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
-                                 "witnessed to the period's end, figures recomputed equal")
+                                 "witnessed across the period, figures recomputed equal")
 
 
 def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
@@ -542,8 +542,8 @@ def test_a_gap_with_no_start_noticed_after_the_window_is_in_the_export_findings(
 
 # -- witnesses: no chain cut short before the period's end --------------------------------------
 
-#: the end of the period FIRST..LAST at mn-solar (UTC+8)
-PERIOD_END = dt.datetime(2026, 9, 12, 16, tzinfo=dt.UTC)
+#: the start and end of the period FIRST..LAST at mn-solar (UTC+8)
+PERIOD_START, PERIOD_END = dt.datetime(2026, 9, 9, 16, tzinfo=dt.UTC), dt.datetime(2026, 9, 12, 16, tzinfo=dt.UTC)
 CHAIN = f"mn-solar/gw-mn-01/{EPOCH}"
 
 
@@ -572,16 +572,18 @@ def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_pat
             "time cannot be shown complete") in out
     assert ("  the manifest's reason (unsigned: it explains, it proves nothing): the store holds no later message of "
             "this chain stamped at or after the period's end") in out
-    assert "tails: 0 of 1 chain(s) witnessed" in out and "; 1 not (longest 0 d 16:15 before it)" in out
+    assert "witnesses: 1 of 1 chain(s) witnessed before the period's start" in out and ", 0 after its end" in out
+    assert out.count("not witnessed") == 1 and "; 1 tail(s) not (longest 0 d 16:15 before the end)" in out
     assert ": all equal" in out and "custody: every signature verified, every chain whole" in out
     assert out.rstrip().endswith(
-        f"VERDICT: TAILS NOT WITNESSED: {CHAIN} after seq {seq}, 0 d 16:15 before the period's end: the readings "
-        "after each one's last message cannot be shown complete; otherwise files whole, every signature verified, "
-        "every chain whole, figures recomputed equal"), out
+        f"VERDICT: NOT WITNESSED: {CHAIN} after seq {seq}, 0 d 16:15 before the period's end: the readings of "
+        "the period beyond each cannot be shown complete; otherwise files whole, every signature verified, every "
+        "chain whole, figures recomputed equal"), out
     # a forger who also takes the chain out of the manifest's list
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert [(t["epoch"], t["last_seq"]) for t in manifest["custody"]["tails"]["not_witnessed"]] == [(EPOCH, seq)]
-    manifest["custody"]["tails"]["not_witnessed"] = []
+    listed = manifest["custody"]["witnesses"]["not_witnessed"]
+    assert [(t["end"], t["epoch"], t["seq"]) for t in listed] == [("tail", EPOCH, seq)]
+    manifest["custody"]["witnesses"]["not_witnessed"] = []
     (folder / "manifest.json").write_text(json.dumps(manifest))
     rehash(folder)
     rc, out = run(folder, capsys)
@@ -596,7 +598,7 @@ def test_the_last_messages_taken_out_of_an_export_are_named_with_its_other_failu
     seq = json.loads(lines[cut - 4])["seq"]
     assert rc == 1 and f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45" in out, out
     assert "  the manifest does not list it as not witnessed" in out
-    assert out.rstrip().endswith("difference(s) from the recomputation, 1 chain tail(s) not witnessed"), out
+    assert out.rstrip().endswith("difference(s) from the recomputation, 1 chain end(s) not witnessed"), out
 
 
 def test_a_chain_that_ends_in_the_period_is_named_with_what_the_export_knows(tmp_path, signer, capsys):
@@ -613,19 +615,20 @@ def test_a_chain_that_ends_in_the_period_is_named_with_what_the_export_knows(tmp
                                              "the gateway's outbox was new", previous=EPOCH))
     folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
                          new_epoch_from=new, tamper=epoch_finding)
-    tails = json.loads((folder / "manifest.json").read_text())["custody"]["tails"]
-    [old] = tails["not_witnessed"]
-    why = f"the collector found the gateway's new epoch {EPOCH2} after seq {old['last_seq']} of this one: the " \
+    witnesses = json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]
+    [old] = witnesses["not_witnessed"]
+    why = f"the collector found the gateway's new epoch {EPOCH2} after seq {old['seq']} of this one: the " \
           "gateway's outbox was new"
-    assert tails == {"period_end": PERIOD_END.isoformat(), "chains": 2, "not_witnessed": [
-        {"gateway": "gw-mn-01", "epoch": EPOCH, "last_seq": old["last_seq"], "last_ts": "2026-09-11T03:45:00.000Z",
-         "why": why}]}
+    assert witnesses == {"start": PERIOD_START.isoformat(), "end": PERIOD_END.isoformat(), "chains": 2,
+                         "not_witnessed": [{"end": "tail", "gateway": "gw-mn-01", "epoch": EPOCH, "seq": old["seq"],
+                                            "ts": "2026-09-11T03:45:00.000Z", "why": why}]}
     rc, out = run(folder, capsys)
     assert rc == 3, out
-    assert (f"chain {CHAIN}: seq 1..{old['last_seq']}, {old['last_seq']} verified message(s)\n  tail not witnessed: "
-            f"its last message, seq {old['last_seq']}, is stamped 2026-09-11T03:45:00+00:00, 1 d 12:15 before") in out
+    assert (f"chain {CHAIN}: seq 1..{old['seq']}, {old['seq']} verified message(s)\n  tail not witnessed: "
+            f"its last message, seq {old['seq']}, is stamped 2026-09-11T03:45:00+00:00, 1 d 12:15 before") in out
     assert f"  the manifest's reason (unsigned: it explains, it proves nothing): {why}" in out
-    assert "tails: 1 of 2 chain(s) witnessed" in out and f"mn-solar/gw-mn-01/{EPOCH2} after" not in out
+    assert "witnesses: 2 of 2 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
+    assert out.count("not witnessed: ") == 1  # the new epoch's chain begins in the period: its head needs none
 
 
 def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures(tmp_path, signer, capsys,
@@ -639,18 +642,21 @@ def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures
     folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST - dt.timedelta(days=1)),
                                             (dt.date(2026, 10, 2), dt.date(2026, 10, 2))], late_from=october)
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["custody"]["tails"] == {"period_end": PERIOD_END.isoformat(), "chains": 1, "not_witnessed": []}
+    assert manifest["custody"]["witnesses"] == {"start": PERIOD_START.isoformat(), "end": PERIOD_END.isoformat(),
+                                                "chains": 1, "not_witnessed": []}
     lines = messages(folder)
     witness = json.loads(lines[-1])
     assert witness["ts"].startswith("2026-10-01T16:00") and witness["seq"] == json.loads(lines[-2])["seq"] + 1
     assert b"2026-10-0" not in gzip.decompress((folder / "raw_readings.csv.gz").read_bytes())
     rc, out = run(folder, capsys)
     assert rc == 0, out
-    assert "tails: 1 of 1 chain(s) witnessed" in out and "readings: 1 verified message(s) stamped outside" in out
+    assert "witnesses: 1 of 1 chain(s) witnessed" in out and ", 1 after its end" in out
+    assert "readings: 1 verified message(s) stamped outside" in out
     assert "2026-09: input hash equal to revision 1's" in out
     # with the witness's reading recomputed too
     import jcm.verify
-    monkeypatch.setattr(jcm.verify, "reading_window", lambda *a: (october - dt.timedelta(days=99), october + dt.timedelta(days=99)))
+    far = dt.timedelta(days=99)
+    monkeypatch.setattr(jcm.verify, "reading_window", lambda *a: (october - far, october + far))
     rc, out = run(folder, capsys)
     assert rc == 1 and "2026-09: input hash NOT revision 1's" in out, out
 
@@ -677,4 +683,4 @@ def test_either_store_gives_the_witness_after_the_window_or_the_export_names_the
     finally:
         store.close()
     assert messages(folder) == [m for _, m in signed[:later + 1]]
-    assert rc == 0 and "tails: 1 of 1 chain(s) witnessed" in out and "readings: 1 verified message(s)" in out, out
+    assert rc == 0 and ", 1 after its end" in out and "readings: 1 verified message(s)" in out, out

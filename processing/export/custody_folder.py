@@ -7,15 +7,18 @@ collector's sequence findings and custody findings there (``custody/findings.jso
 which explain the breaks of the chains and which the processor reads too. An export of
 readings that were not signed has no custody folder, and its manifest says 0 signed messages.
 
-Witness: a chain whose last message there is stamped before the period's end is followed
-by its first message stamped at or after that end (found by seq, however long after; when
-it is covered, with the messages after it up to its signature). Signed by the gateway and
-linked along the chain, it shows that nothing of the chain before the period's end was
-left out of the export after its last message there: removing the chain's last messages
-(and everything after) from the export removes the witness too, and ``jcm verify`` names
-the chain. A chain for which the store holds no such message (the gateway stopped, its
-epoch ended, or its later messages had not arrived when the export was made) is listed in
-the manifest (``custody.tails.not_witnessed``, with the reason the export knows): an
+Witnesses: a chain whose last message there is stamped before the period's end is
+followed by its first message stamped at or after that end (found by seq, however long
+after; when it is covered, with the messages after it up to its signature); a chain whose
+first message there is stamped at or after the period's start, and does not begin its
+chain (``prev`` GENESIS), is preceded by its last message stamped before that start.
+Signed by the gateway and linked along the chain, they show that nothing of the chain in
+the period was left out of the export before its first message there or after its last:
+removing a chain's last messages (and everything after), or its first, from the export
+removes the witness too, and ``jcm verify`` names the chain. A chain end for which the
+store holds no such message (the gateway stopped, its epoch ended, or its later messages
+had not arrived when the export was made; its earlier messages lost) is listed in the
+manifest (``custody.witnesses.not_witnessed``, with the reason the export knows): an
 unsigned statement, which explains a missing witness and proves nothing.
 """
 
@@ -30,7 +33,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from contract.custody import MAX_COVERED_RUN, is_covered, link, write_folder
+from contract.custody import GENESIS, MAX_COVERED_RUN, is_covered, link, write_folder
 from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from processing.export.json_file import read_json
 from processing.export.period_figures import PeriodFigures
@@ -61,11 +64,11 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
             yield m
 
     keys = [k for k in site.custody.keys if k.valid_from < end and (k.valid_to is None or k.valid_to > start)]
-    period_end = local_bounds(site, figures.first, figures.last)[1]
+    period = local_bounds(site, figures.first, figures.last)
     all_findings = store.sequence_findings(site.site)
-    tails = {"period_end": period_end.isoformat(), "chains": 0, "not_witnessed": []}
-    messages = with_witnesses(store, site.site, period_end, with_covering(
-        store, site.site, store.signed_messages(site.site, start, end)), tails, all_findings)
+    witnesses = {"start": period[0].isoformat(), "end": period[1].isoformat(), "chains": 0, "not_witnessed": []}
+    messages = with_witnesses(store, site.site, period, with_covering(
+        store, site.site, store.signed_messages(site.site, start, end)), witnesses, all_findings)
     root = write_folder(folder, {site.site: keys}, counted(messages))
     if not count[0]:
         shutil.rmtree(root)
@@ -78,39 +81,63 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
     (root / FINDINGS).write_text(json.dumps({"sequence_findings": [_record(f) for f in sequence],
                                              "custody_findings": [_record(f) for f in custody]}, indent=1) + "\n")
     entry.update(signed_messages=count[0], findings=len(sequence) + len(custody),
-                 keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys], tails=tails)
+                 keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys], witnesses=witnesses)
     return sorted(f for f in root.rglob("*") if f.is_file()), entry
 
 
-def with_witnesses(store: ReadingStore, site: str, end: dt.datetime, messages: Iterable[bytes], tails: dict,
-                   findings: list[SequenceFinding]) -> Iterator[bytes]:
-    """``messages`` (ordered by chain and seq, covering runs in place: ``with_covering``) and
-    after the last of each chain, when it is stamped before ``end`` (the period's end), the
-    chain's witness (the module doc): one store query per such chain. Counts the chains in
-    ``tails["chains"]`` and lists in ``tails["not_witnessed"]`` each one the store has no
-    witness for, with why (``findings``: the site's sequence findings, a new epoch's among them)."""
+def with_witnesses(store: ReadingStore, site: str, period: tuple[dt.datetime, dt.datetime],
+                   messages: Iterable[bytes], witnesses: dict, findings: list[SequenceFinding]) -> Iterator[bytes]:
+    """``messages`` (ordered by chain and seq, covering runs in place: ``with_covering``) with
+    each chain's witnesses (the module doc) before its first message and after its last,
+    where those are stamped in the ``period`` (UTC start and end): one store query per such
+    chain end, nothing per message but finding its chain. Counts the chains in
+    ``witnesses["chains"]`` and lists in ``witnesses["not_witnessed"]`` each chain end the
+    store has no witness for, with why (``findings``: the site's sequence findings, a new
+    epoch's among them)."""
     chain = last = None
     for m in messages:
         found = _CHAIN.search(m)
         here = found.groups() if found else None
-        if last is not None and here != chain:
-            yield from _witness(store, site, end, last, tails, findings)
+        if last is None or here != chain:
+            if last is not None:
+                yield from _tail(store, site, period[1], last, witnesses, findings)
+            witnesses["chains"] += 1
+            yield from _head(store, site, period[0], m, witnesses)
         chain, last = here, m
         yield m
     if last is not None:
-        yield from _witness(store, site, end, last, tails, findings)
+        yield from _tail(store, site, period[1], last, witnesses, findings)
 
 
-def _witness(store: ReadingStore, site: str, end: dt.datetime, last: bytes, tails: dict,
-             findings: list[SequenceFinding]) -> list[bytes]:
-    """The witness of the chain whose last message is ``last`` (with its covering run), or
-    none (``last`` stamped at or after ``end`` is its own; else the chain is listed)."""
-    tails["chains"] += 1
+def _head(store: ReadingStore, site: str, start: dt.datetime, first: bytes, witnesses: dict) -> list[bytes]:
+    """The witness before a chain's ``first`` message, or none (``first`` stamped before
+    ``start`` or beginning its chain needs none; else the chain's head is listed)."""
+    known = json.loads(first)
+    gateway, epoch, seq = known["gateway"], known["epoch"], known["seq"]
+    if dt.datetime.fromisoformat(known["ts"]) < start or link(first)[0] == GENESIS:
+        return []
+    found = store.chain_witness(site, gateway, epoch, seq, start, later=False)
+    # a covered witness is covered by ``first`` and the messages after it: only when it is seq - 1
+    if found is not None and (not is_covered(found) or _place(found)[2] == seq - 1):
+        return [found]
+    why = ("the store holds no earlier message of this chain stamped before the period's start: its earlier "
+           "messages were lost, or the store had not kept them" if found is None else
+           f"its last message stamped before the period's start, seq {_place(found)[2]}, is kept without its "
+           "signature and the message after it is not in the store")
+    witnesses["not_witnessed"].append({"end": "head", "gateway": gateway, "epoch": epoch, "seq": seq,
+                                       "ts": known["ts"], "why": why})
+    return []
+
+
+def _tail(store: ReadingStore, site: str, end: dt.datetime, last: bytes, witnesses: dict,
+          findings: list[SequenceFinding]) -> list[bytes]:
+    """The witness after a chain's ``last`` message (with its covering run), or none
+    (``last`` stamped at or after ``end`` is its own; else the chain's tail is listed)."""
     known = json.loads(last)
     gateway, epoch, seq = known["gateway"], known["epoch"], known["seq"]
     if dt.datetime.fromisoformat(known["ts"]) >= end:
         return []
-    found = store.next_signed(site, gateway, epoch, seq, end)
+    found = store.chain_witness(site, gateway, epoch, seq, end)
     run = [] if found is None or not is_covered(found) else _covering(store, site, found)
     if found is not None and (run or not is_covered(found)):
         return [found, *run]
@@ -123,8 +150,8 @@ def _witness(store: ReadingStore, site: str, end: dt.datetime, last: bytes, tail
                    "the store holds no later message of this chain stamped at or after the period's end: the "
                    "gateway stopped or its epoch ended, or its later messages had not arrived when the export "
                    "was made")
-    tails["not_witnessed"].append({"gateway": gateway, "epoch": epoch, "last_seq": seq, "last_ts": known["ts"],
-                                   "why": why})
+    witnesses["not_witnessed"].append({"end": "tail", "gateway": gateway, "epoch": epoch, "seq": seq,
+                                       "ts": known["ts"], "why": why})
     return []
 
 
