@@ -525,16 +525,18 @@ _EPOCHS = ("00000000000000e0", "00000000000000e1", "00000000000000e2")
 @pytest.mark.fuzz
 @settings(max_examples=fuzz_examples(25), deadline=None)
 @given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 90), st.booleans()), min_size=1, max_size=10),
-                          st.integers(1, 10)), min_size=1, max_size=3),
-       st.integers(0, 600))
-def test_a_chain_cut_short_before_the_periods_end_is_never_witnessed(chains, end_minute):
+                          st.integers(0, 9), st.integers(1, 10)), min_size=1, max_size=3),
+       st.integers(0, 600), st.integers(0, 600))
+def test_a_chain_cut_short_in_the_period_is_never_witnessed(chains, start_minute, length):
     """Random chains (clocks that never step back, some messages kept covered), each cut at a
-    random point (the messages after it removed, as whoever makes or edits an export could):
-    ``jcm verify`` names every chain the cut took a message stamped before the period's end
-    from, and a chain is witnessed exactly when its last message is stamped at or after it."""
-    end = T0 + dt.timedelta(minutes=end_minute)
-    kept, cut_in_period, last_ts = [], {}, {}
-    for (steps, cut), epoch in zip(chains, _EPOCHS):
+    random point at either end (the messages before or after it removed, as whoever makes or
+    edits an export could): ``jcm verify`` names every chain end the cut took a message of
+    the period from, and a chain's end is witnessed exactly when its last message is stamped
+    at or after the period's end (its first before the start, or it begins its chain)."""
+    start = T0 + dt.timedelta(minutes=start_minute)
+    end = start + dt.timedelta(minutes=length)
+    kept, named = [], set()
+    for (steps, head, tail), epoch in zip(chains, _EPOCHS):
         ts, prev, made = T0, GENESIS, []
         for seq, (step, covered) in enumerate(steps, 1):
             ts += dt.timedelta(minutes=step)
@@ -543,20 +545,24 @@ def test_a_chain_cut_short_before_the_periods_end_is_never_witnessed(chains, end
             m = sign(r.to_json(), prev, "k1", _SIGNER)
             prev = chain_hash(m)
             made.append((ts, m, covered))
-        cut = min(cut, len(made))
+        tail = min(tail, len(made))
+        head = min(head, tail - 1)
         # a covered message needs the next one kept: the last kept carries its signature
-        kept += [signed_bytes(m) if covered and i < cut - 1 else m for i, (_, m, covered) in enumerate(made[:cut])]
-        cut_in_period[epoch] = any(t < end for t, _, _ in made[cut:])
-        last_ts[epoch] = made[cut - 1][0]
+        kept += [signed_bytes(m) if covered and i < tail - 1 else m for i, (_, m, covered) in enumerate(made)][head:tail]
+        # what the verdict must be, from what was made and what was kept
+        if any(start <= t for t, _, _ in made[:head]):
+            named.add(("head", epoch))  # the cut took a message of the period
+        if head and made[head][0] >= start:
+            named.add(("head", epoch))
+        if any(t < end for t, _, _ in made[tail:]) or made[tail - 1][0] < end:
+            named.add(("tail", epoch))
     with tempfile.TemporaryDirectory() as tmp:
         write_folder(Path(tmp), _KEYS, kept)
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            problems, lines, _, unwitnessed = check_custody(Path(tmp), store, None, end, {})
+            problems, lines, _, unwitnessed = check_custody(Path(tmp), store, None, (start, end), {})
         finally:
             store.close()
     assert not problems, lines
-    named = {u.split()[0].rsplit("/", 1)[1] for u in unwitnessed}
-    for epoch, cut_short in cut_in_period.items():
-        assert not cut_short or epoch in named, lines
-        assert (epoch in named) == (last_ts[epoch] < end), lines
+    found = {("head" if " before seq " in u else "tail", u.split()[0].rsplit("/", 1)[1]) for u in unwitnessed}
+    assert found == named, lines

@@ -47,12 +47,12 @@ def signer():
 
 
 def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1,
-                new_epoch_from: dt.datetime | None = None, late_from: dt.datetime | None = None):
+                new_epoch_from: dt.datetime | None = None, late=None):
     """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
     ``tamper(store)`` runs on the store before the export. With ``signature_every`` N, the
     store keeps only every Nth message whole, the others covered (their signed bytes), as
     from backlog batches. From ``new_epoch_from`` on, the readings are of the epoch EPOCH2
-    (from seq 1: the chain of EPOCH ends there). Those stamped from ``late_from`` on reach
+    (from seq 1: the chain of EPOCH ends there). Those whose time ``late(ts)`` holds for reach
     the store only after the period's months were processed (a backlog that arrived after
     the ledger's revisions)."""
     site = reference_site("mn-solar")
@@ -63,7 +63,7 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
     prev, seq, epoch = GENESIS, 0, EPOCH
     batches = (batch for first, last in days
                for batch in history(site, first, last, channels=set(site.monitoring_channels)))
-    late: tuple[list, list] = ([], [])
+    backlog: tuple[list, list] = ([], [])
     for batch in batches:
         readings, signed = [], []
         for r in batch:
@@ -76,13 +76,13 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
             message = sign(r.to_json(), prev, "k1", signer)
             prev = chain_hash(message)
             kept = message if seq % signature_every == 0 else signed_bytes(message)
-            now = late if late_from is not None and r.ts >= late_from else (readings, signed)
+            now = backlog if late is not None and late(r.ts) else (readings, signed)
             now[1].append(SignedMessage.verified(kept, verify(message, keys)))
             now[0].append(r)
         store.write(readings, messages=signed)
-    if late_from is not None:
+    if late is not None:
         export_period(site, store, ledger, FIRST, LAST, tmp / "before")  # records the months' revisions
-        store.write(late[0], messages=late[1])
+        store.write(backlog[0], messages=backlog[1])
     if tamper:
         tamper(store)
     folder = export_period(site, store, ledger, FIRST, LAST, tmp / "out")
@@ -547,13 +547,13 @@ PERIOD_START, PERIOD_END = dt.datetime(2026, 9, 9, 16, tzinfo=dt.UTC), dt.dateti
 CHAIN = f"mn-solar/gw-mn-01/{EPOCH}"
 
 
-def cut_from(ts: dt.datetime):
-    """A tamper deleting every reading and signed message stamped from ``ts`` on."""
-    def cut(store):
+def cut(at: dt.datetime, before: bool = False):
+    """A tamper deleting every reading and signed message stamped from ``at`` on (or before it)."""
+    def tamper(store):
         for table in ("readings", "messages"):
-            store._db.execute(f"DELETE FROM {table} WHERE ts >= ?", (int(ts.timestamp() * 1000),))
+            store._db.execute(f"DELETE FROM {table} WHERE ts {'<' if before else '>='} ?", (int(at.timestamp() * 1000),))
         store._db.commit()
-    return cut
+    return tamper
 
 
 def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_path, signer, capsys):
@@ -563,7 +563,7 @@ def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_pat
     last seq and time and how long before the period's end; the manifest's reason (the
     exporter's, or a forger's) is shown as what it is, and so is its absence."""
     folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
-                         tamper=cut_from(dt.datetime(2026, 9, 12, tzinfo=dt.UTC)))
+                         tamper=cut(dt.datetime(2026, 9, 12, tzinfo=dt.UTC)))
     seq = json.loads(messages(folder)[-1])["seq"]
     rc, out = run(folder, capsys)
     assert rc == 3, out
@@ -640,7 +640,8 @@ def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures
     gap across the month's end with it (the revision could not: another input hash)."""
     october = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
     folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST - dt.timedelta(days=1)),
-                                            (dt.date(2026, 10, 2), dt.date(2026, 10, 2))], late_from=october)
+                                            (dt.date(2026, 10, 2), dt.date(2026, 10, 2))],
+                         late=lambda ts: ts >= october)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["custody"]["witnesses"] == {"start": PERIOD_START.isoformat(), "end": PERIOD_END.isoformat(),
                                                 "chains": 1, "not_witnessed": []}
@@ -684,3 +685,37 @@ def test_either_store_gives_the_witness_after_the_window_or_the_export_names_the
         store.close()
     assert messages(folder) == [m for _, m in signed[:later + 1]]
     assert rc == 0 and ", 1 after its end" in out and "readings: 1 verified message(s)" in out, out
+
+
+def test_a_chain_whose_first_messages_of_the_period_were_cut_is_named(tmp_path, signer, capsys):
+    """The same at the period's start: the chain's messages before 10 September 00:00 UTC
+    taken out of the store (before: exit 0, PASSED). Its first message there does not begin
+    its chain, and nothing before it is left to witness that nothing was taken."""
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+                         tamper=cut(dt.datetime(2026, 9, 10, tzinfo=dt.UTC), before=True))
+    seq = json.loads(messages(folder)[0])["seq"]
+    rc, out = run(folder, capsys)
+    assert rc == 3, out
+    assert (f"  head not witnessed: its first message, seq {seq}, is stamped 2026-09-10T00:00:00+00:00, 0 d 08:00 "
+            "after the period's start, does not begin its chain") in out
+    assert ("  the manifest's reason (unsigned: it explains, it proves nothing): the store holds no earlier message "
+            "of this chain stamped before the period's start") in out
+    assert "witnesses: 0 of 1 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
+    assert f"VERDICT: NOT WITNESSED: {CHAIN} before seq {seq}, 0 d 08:00 after the period's start: " in out
+
+
+def test_a_witness_before_the_window_is_found_by_seq(tmp_path, signer, capsys):
+    """A chain silent from 20 August to 11 September (local), its August messages arriving
+    after September's revision: its last message of August precedes the export's first and
+    witnesses its head; the reading is checked, not recomputed."""
+    folder = make_export(tmp_path, signer, [(dt.date(2026, 8, 20),) * 2, (FIRST + dt.timedelta(days=1),
+                                                                          LAST + dt.timedelta(days=1))],
+                         late=lambda ts: ts.month == 8)
+    lines = messages(folder)
+    witness, first = json.loads(lines[0]), json.loads(lines[1])
+    assert witness["ts"] == "2026-08-20T15:45:00.000Z" and witness["seq"] == first["seq"] - 1 > 0
+    assert json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]["not_witnessed"] == []
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+    assert "witnesses: 1 of 1 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
+    assert "readings: 1 verified message(s) stamped outside" in out
