@@ -60,6 +60,10 @@ The layout a verifier is given (``write_folder``; ``jcm verify`` reads it)::
     custody/keys/<key id>.pem     the same public keys as PEM, for openssl
     custody/messages/*.jsonl.gz   the signed messages, one per line, bytes as kept (a covered
                                   one as its signed bytes), ordered by chain and seq
+
+An export puts each chain's witnesses there too (``processing.export.custody_folder``): its
+last message before the period and its first after it, signed and linked, which show that
+the chain was not cut short inside the period; ``jcm verify`` names a chain end without one.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ the same whole months, takes the period's days of their daily parameter values a
 runs the methodology's equations once on the period's sums, as ``collect`` does. The
 signed messages an export holds therefore cover what the months' processing read
 (``message_window``): the whole months, ``EDGE`` either side to settle the intervals
-across their boundaries, and further where a counter's neighbours were read.
+across their boundaries, and further where a counter's neighbours were read. Those it
+holds stamped outside that window (witnesses, covering messages) are no readings of the
+figures: ``jcm verify`` leaves them out (``reading_window``), as the revisions never read them.
 """
 
 from __future__ import annotations
