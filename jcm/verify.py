@@ -331,17 +331,15 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
     for chain, (count, low, high, first, last) in sorted(chains.items()):
         name = "/".join(chain)
         out.append(f"chain {name}: seq {low}..{high}, {count} verified message(s)")
-        if period is None:
-            continue
-        if first.reading.ts >= period[0] and first.prev != GENESIS:
+        if period is not None and first.reading.ts >= period[0] and first.prev != GENESIS:
             inside["head"].append(first.reading.ts - period[0])
             unwitnessed.append(f"{name} before seq {low}, {_span(inside['head'][-1])} after the period's start")
-            out.append(f"  head not witnessed: its first message, seq {low}, is stamped {first.reading.ts.isoformat()}, "
-                       f"{_span(inside['head'][-1])} after the period's start, does not begin its chain, and no "
-                       "earlier message of the chain is in the export: its readings before that time cannot be "
-                       "shown complete")
+            out.append(f"  head not witnessed: its first message, seq {low}, is stamped "
+                       f"{first.reading.ts.isoformat()}, {_span(inside['head'][-1])} after the period's start, does "
+                       "not begin its chain, and no earlier message of the chain is in the export: its readings "
+                       "before that time cannot be shown complete")
             out.append(f"  {_claim(('head', *chain[1:]), claims)}")
-        if last.reading.ts < period[1]:
+        if period is not None and last.reading.ts < period[1]:
             inside["tail"].append(period[1] - last.reading.ts)
             unwitnessed.append(f"{name} after seq {high}, {_span(inside['tail'][-1])} before the period's end")
             out.append(f"  tail not witnessed: its last message, seq {high}, is stamped {last.reading.ts.isoformat()}, "
