@@ -621,7 +621,7 @@ def test_a_chain_that_ends_in_the_period_is_named_with_what_the_export_knows(tmp
           "gateway's outbox was new"
     assert witnesses == {"start": PERIOD_START.isoformat(), "end": PERIOD_END.isoformat(), "chains": 2,
                          "not_witnessed": [{"end": "tail", "gateway": "gw-mn-01", "epoch": EPOCH, "seq": old["seq"],
-                                            "ts": "2026-09-11T03:45:00.000Z", "why": why}]}
+                                            "ts": "2026-09-11T03:45:00+00:00", "why": why}]}
     rc, out = run(folder, capsys)
     assert rc == 3, out
     assert (f"chain {CHAIN}: seq 1..{old['seq']}, {old['seq']} verified message(s)\n  tail not witnessed: "

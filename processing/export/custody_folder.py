@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from contract.custody import GENESIS, MAX_COVERED_RUN, is_covered, link, write_folder
+from contract.message import Reading
 from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from processing.export.json_file import read_json
 from processing.export.period_figures import PeriodFigures
@@ -112,10 +113,10 @@ def with_witnesses(store: ReadingStore, site: str, period: tuple[dt.datetime, dt
 def _head(store: ReadingStore, site: str, start: dt.datetime, first: bytes, witnesses: dict) -> list[bytes]:
     """The witness before a chain's ``first`` message, or none (``first`` stamped before
     ``start`` or beginning its chain needs none; else the chain's head is listed)."""
-    known = json.loads(first)
-    gateway, epoch, seq = known["gateway"], known["epoch"], known["seq"]
-    if dt.datetime.fromisoformat(known["ts"]) < start or link(first)[0] == GENESIS:
+    r = _reading(first)
+    if r is None or r.ts < start or link(first)[0] == GENESIS:
         return []
+    gateway, epoch, seq = r.gateway, r.epoch, r.seq
     found = store.chain_witness(site, gateway, epoch, seq, start, later=False)
     # a covered witness is covered by ``first`` and the messages after it: only when it is seq - 1
     if found is not None and (not is_covered(found) or _place(found)[2] == seq - 1):
@@ -125,7 +126,7 @@ def _head(store: ReadingStore, site: str, start: dt.datetime, first: bytes, witn
            f"its last message stamped before the period's start, seq {_place(found)[2]}, is kept without its "
            "signature and the message after it is not in the store")
     witnesses["not_witnessed"].append({"end": "head", "gateway": gateway, "epoch": epoch, "seq": seq,
-                                       "ts": known["ts"], "why": why})
+                                       "ts": r.ts.isoformat(), "why": why})
     return []
 
 
@@ -133,10 +134,10 @@ def _tail(store: ReadingStore, site: str, end: dt.datetime, last: bytes, witness
           findings: list[SequenceFinding]) -> list[bytes]:
     """The witness after a chain's ``last`` message (with its covering run), or none
     (``last`` stamped at or after ``end`` is its own; else the chain's tail is listed)."""
-    known = json.loads(last)
-    gateway, epoch, seq = known["gateway"], known["epoch"], known["seq"]
-    if dt.datetime.fromisoformat(known["ts"]) >= end:
+    r = _reading(last)
+    if r is None or r.ts >= end:
         return []
+    gateway, epoch, seq = r.gateway, r.epoch, r.seq
     found = store.chain_witness(site, gateway, epoch, seq, end)
     run = [] if found is None or not is_covered(found) else _covering(store, site, found)
     if found is not None and (run or not is_covered(found)):
@@ -151,8 +152,18 @@ def _tail(store: ReadingStore, site: str, end: dt.datetime, last: bytes, witness
                    "gateway stopped or its epoch ended, or its later messages had not arrived when the export "
                    "was made")
     witnesses["not_witnessed"].append({"end": "tail", "gateway": gateway, "epoch": epoch, "seq": seq,
-                                       "ts": known["ts"], "why": why})
+                                       "ts": r.ts.isoformat(), "why": why})
     return []
+
+
+def _reading(message: bytes) -> Reading | None:
+    """The reading of a stored signed or covered message; ``None`` when it is not one of a
+    chain (``jcm verify`` refuses it: no witness can help)."""
+    try:
+        r = Reading.from_json(message)
+    except ValueError:
+        return None
+    return r if r.epoch is not None and link(message) is not None else None
 
 
 def with_covering(store: ReadingStore, site: str, messages: Iterable[bytes]) -> Iterator[bytes]:
