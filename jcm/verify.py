@@ -268,7 +268,7 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
     refused: list[str] = []
     reasons: Counter[str] = Counter()
     refused_seqs: dict[tuple, dict[int, str]] = {}  # what a gap may be explained by
-    chains: dict[tuple, list] = {}  # chain -> [messages, lowest seq, highest seq, the lowest's verdict, the highest's]
+    chains: dict[tuple, list] = {}  # chain -> [messages, lowest seq, highest seq, their verdicts]
     batch: list[Reading] = []
     signed: list[SignedMessage] = []
     n = written = covered = outside = 0

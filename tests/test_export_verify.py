@@ -47,16 +47,19 @@ def signer():
 
 
 def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1,
-                new_epoch_from: dt.datetime | None = None, late=None):
+                new_epoch_from: dt.datetime | None = None, late=None, rotated: tuple | None = None):
     """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
     ``tamper(store)`` runs on the store before the export. With ``signature_every`` N, the
     store keeps only every Nth message whole, the others covered (their signed bytes), as
     from backlog batches. From ``new_epoch_from`` on, the readings are of the epoch EPOCH2
     (from seq 1: the chain of EPOCH ends there). Those whose time ``late(ts)`` holds for reach
     the store only after the period's months were processed (a backlog that arrived after
-    the ledger's revisions)."""
+    the ledger's revisions). ``rotated`` (time, key): from then on the gateway signs with
+    ``key`` (k2), k1 retired then."""
     site = reference_site("mn-solar")
-    site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
+    listed = [public_key(signer, "k1")] if rotated is None else [
+        public_key(signer, "k1", valid_to=rotated[0]), public_key(rotated[1], "k2", valid_from=rotated[0])]
+    site = site.model_copy(update={"custody": Custody(keys=listed)})
     store = SqliteStore(tmp / "jcm.db")
     ledger = Ledger(tmp / "ledger.sqlite", create=True)
     keys = {site.site: site.custody.keys}
@@ -73,7 +76,8 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
             r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
                         seq=seq, epoch=epoch)
-            message = sign(r.to_json(), prev, "k1", signer)
+            message = (sign(r.to_json(), prev, "k1", signer) if rotated is None or r.ts < rotated[0] else
+                       sign(r.to_json(), prev, "k2", rotated[1]))
             prev = chain_hash(message)
             kept = message if seq % signature_every == 0 else signed_bytes(message)
             now = backlog if late is not None and late(r.ts) else (readings, signed)
@@ -639,15 +643,20 @@ def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures
     leaves its reading out of the recomputation, which would otherwise settle the counters'
     gap across the month's end with it (the revision could not: another input hash)."""
     october = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    k2 = Ed25519PrivateKey.generate()  # and the gateway's key was rotated on 1 October
     folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST - dt.timedelta(days=1)),
                                             (dt.date(2026, 10, 2), dt.date(2026, 10, 2))],
-                         late=lambda ts: ts >= october)
+                         late=lambda ts: ts >= october, rotated=(october, k2))
     manifest = json.loads((folder / "manifest.json").read_text())
+    # the witness's key, valid only after the window, is in the folder (before: "unknown key 'k2'")
+    assert [k["id"] for k in manifest["custody"]["keys"]] == ["k1", "k2"]
+    assert (folder / "custody/keys/k2.pem").exists()
     assert manifest["custody"]["witnesses"] == {"start": PERIOD_START.isoformat(), "end": PERIOD_END.isoformat(),
                                                 "chains": 1, "not_witnessed": []}
     lines = messages(folder)
     witness = json.loads(lines[-1])
     assert witness["ts"].startswith("2026-10-01T16:00") and witness["seq"] == json.loads(lines[-2])["seq"] + 1
+    assert witness["key"] == "k2"
     assert b"2026-10-0" not in gzip.decompress((folder / "raw_readings.csv.gz").read_bytes())
     rc, out = run(folder, capsys)
     assert rc == 0, out
