@@ -686,10 +686,14 @@ def test_either_store_gives_the_witness_after_the_window_or_the_export_names_the
         for part in (signed[:later], signed[later:]):
             store.write([r for r, _ in part], messages=[SignedMessage.verified(m, verify(m, keys)) for _, m in part])
             folder = export_first_day(tmp_path, store_url, "--force")
-            capsys.readouterr()
+            told = capsys.readouterr().err
             rc, out = run(folder, capsys)
             if part[0][0].ts.month == 9:
                 assert rc == 3 and f"{CHAIN} after seq {later}, 0 d 00:30 before the period's end" in out, out
+                assert (f"warning: the tail of chain gw-mn-01/{EPOCH} (seq {later}, 2026-09-10T15:30:00+00:00) is not "
+                        "witnessed: the store holds no later message") in told, told
+            else:
+                assert "witnessed" not in told, told
     finally:
         store.close()
     assert messages(folder) == [m for _, m in signed[:later + 1]]
