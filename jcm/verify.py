@@ -184,8 +184,9 @@ def _witness_claims(manifest: dict) -> dict[tuple, str] | None:
     if witnesses is None:
         return None
     listed = witnesses.get("not_witnessed") if isinstance(witnesses, dict) else None
-    return {(c.get("end"), c.get("gateway"), c.get("epoch")): str(c.get("why")) for c in listed
-            if isinstance(c, dict)} if isinstance(listed, list) else {}
+    return {(c["end"], c["gateway"], c["epoch"]): str(c.get("why")) for c in listed
+            if isinstance(c, dict) and all(isinstance(c.get(k), str) for k in ("end", "gateway", "epoch"))} \
+        if isinstance(listed, list) else {}
 
 
 def _fixed(manifest: dict) -> list:

@@ -268,6 +268,9 @@ def test_an_unsigned_export_says_so_and_a_folder_without_manifest_is_unusable(ma
     ("site.json", "[" * 100_000, "site.json: nested too deeply"),
     ("manifest.json", '{"files": {}, "site": "mn-solar", "fixed_parameters": [{"x": 1}]}',
      "manifest.json: fixed_parameters: "),
+    ("manifest.json", '{"files": {}, "site": "mn-solar", "period": {"first": "2026-09-10", "last": "2026-09-12"}, '
+                      '"revisions": [{}, {"read_span": ["2026-09-01T00:00:00", "2026-10-01T00:00:00+00:00"]}]}',
+     "manifest.json: revisions[1].read_span: not two ISO 8601 times with their zone"),
 ])
 def test_unusable_input_is_named_on_one_line(export, capsys, name, text, expected):
     (export / name).write_text(text)
@@ -588,6 +591,11 @@ def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_pat
     listed = manifest["custody"]["witnesses"]["not_witnessed"]
     assert [(t["end"], t["epoch"], t["seq"]) for t in listed] == [("tail", EPOCH, seq)]
     manifest["custody"]["witnesses"]["not_witnessed"] = []
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rehash(folder)
+    rc, out = run(folder, capsys)
+    assert rc == 3 and "  the manifest does not list it as not witnessed, as the export would have" in out, out
+    manifest["custody"]["witnesses"] = {"not_witnessed": [1, {"end": ["tail"], "gateway": {}}]}  # not a crash
     (folder / "manifest.json").write_text(json.dumps(manifest))
     rehash(folder)
     rc, out = run(folder, capsys)
