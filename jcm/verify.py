@@ -92,6 +92,8 @@ def verify_export(folder: Path) -> tuple[int, list[str]]:
         return FAILED, [printable(line) for line in out]
     fixed = _fixed(manifest)
     first, last = _date(period, "first"), _date(period, "last")
+    if last < first:
+        raise ValueError(f"manifest.json: period.last {last} is before period.first {first}")
     window = reading_window(site, first, last, _read_spans(manifest))
     with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
         store = SqliteStore(Path(tmp) / "readings.db")

@@ -271,6 +271,8 @@ def test_an_unsigned_export_says_so_and_a_folder_without_manifest_is_unusable(ma
     ("manifest.json", '{"files": {}, "site": "mn-solar", "period": {"first": "2026-09-10", "last": "2026-09-12"}, '
                       '"revisions": [{}, {"read_span": ["2026-09-01T00:00:00", "2026-10-01T00:00:00+00:00"]}]}',
      "manifest.json: revisions[1].read_span: not two ISO 8601 times with their zone"),
+    ("manifest.json", '{"files": {}, "site": "mn-solar", "period": {"first": "2026-09-12", "last": "2026-09-10"}}',
+     "manifest.json: period.last 2026-09-10 is before period.first 2026-09-12"),
 ])
 def test_unusable_input_is_named_on_one_line(export, capsys, name, text, expected):
     (export / name).write_text(text)
