@@ -60,6 +60,10 @@ The layout a verifier is given (``write_folder``; ``jcm verify`` reads it)::
     custody/keys/<key id>.pem     the same public keys as PEM, for openssl
     custody/messages/*.jsonl.gz   the signed messages, one per line, bytes as kept (a covered
                                   one as its signed bytes), ordered by chain and seq
+
+An export puts each chain's witnesses there too (``processing.export.custody_folder``): its
+last message before the period and its first after it, signed and linked, which show that
+the chain was not cut short inside the period; ``jcm verify`` names a chain end without one.
 """
 
 from __future__ import annotations
@@ -486,18 +490,23 @@ def write_folder(folder: Path, keys: dict[str, Sequence[CustodyKey]], messages: 
                  name: str = "messages") -> Path:
     """Write the custody folder of an export: ``keys`` by site, ``messages`` as received."""
     root = folder / "custody"
-    (root / "keys").mkdir(parents=True, exist_ok=True)
-    (root / "messages").mkdir(exist_ok=True)
-    listed = [{"site": site, **k.model_dump(mode="json")} for site, ks in sorted(keys.items()) for k in ks]
-    (root / "keys.json").write_text(json.dumps(listed, indent=1) + "\n")
-    for site_keys in keys.values():
-        for k in site_keys:
-            (root / "keys" / f"{k.id}.pem").write_text(k.pem())
+    (root / "messages").mkdir(parents=True, exist_ok=True)
+    write_keys(root, keys)
     # mtime 0: the same messages give the same bytes, so SHA256SUMS of an export is reproducible
     with gzip.GzipFile(root / "messages" / f"{name}.jsonl.gz", "wb", mtime=0) as out:
         for m in messages:
             out.write(m + b"\n")
     return root
+
+
+def write_keys(root: Path, keys: dict[str, Sequence[CustodyKey]]) -> None:
+    """(Re)write the keys of the custody folder ``root``: ``keys.json`` and a PEM file each."""
+    (root / "keys").mkdir(exist_ok=True)
+    listed = [{"site": site, **k.model_dump(mode="json")} for site, ks in sorted(keys.items()) for k in ks]
+    (root / "keys.json").write_text(json.dumps(listed, indent=1) + "\n")
+    for site_keys in keys.values():
+        for k in site_keys:
+            (root / "keys" / f"{k.id}.pem").write_text(k.pem())
 
 
 @dataclass(frozen=True)

@@ -529,6 +529,14 @@ class ReadingStore(Protocol):
         byte as received, ordered by (gateway, epoch, seq): what an export's custody folder
         holds. Lazy: a period of any length is read in pages."""
 
+    def chain_witness(self, site: str, gateway: str, epoch: str, seq: int, at: dt.datetime,
+                      later: bool = True) -> bytes | None:
+        """The raw signed message of one chain with the lowest seq above ``seq`` whose reading
+        ``ts`` is at or after ``at`` (``later``; else the highest seq below ``seq`` stamped
+        before ``at``), byte for byte as received; ``None`` when none is stored. What shows
+        that a chain went on past a period's end (or began before its start): an export's
+        witness. Raises ``StoreUnavailable``."""
+
     def record_custody_finding(self, finding: CustodyFinding) -> None:
         """Keep a custody finding (replacing one of the same identity). Raises ``StoreUnavailable``."""
 

@@ -316,6 +316,10 @@ def cmd_export(args) -> int:
     if not signed:
         print("warning: the period's readings are not signed: the export has no custody folder, so a verifier "
               "cannot trace them to the meters (jcm verify says: not signed)", file=sys.stderr)
+    for end in manifest["custody"].get("witnesses", {}).get("not_witnessed", []):
+        print(f"warning: the {end['end']} of chain {end['gateway']}/{end['epoch']} (seq {end['seq']}, {end['ts']}) is "
+              f"not witnessed: {end['why']} (jcm verify says: NOT WITNESSED; export again once the store has the "
+              "gateway's messages beyond the period)", file=sys.stderr)
     print(f"monitoring period {first}..{last} of {site.site} exported to {folder}"
           + (f" with {signed} signed messages (check: jcm verify {folder})" if signed else ""))
     return 0
@@ -331,9 +335,9 @@ def cmd_keygen(args) -> int:
 def cmd_verify(args) -> int:
     from jcm.verify import verify_export
 
-    ok, report = verify_export(Path(args.folder))
+    code, report = verify_export(Path(args.folder))
     print("\n".join(report))
-    return 0 if ok else 1
+    return code
 
 
 #: the Mqtt setting behind each broker option of the live view and ``jcm watch``
@@ -571,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_keygen)
 
     s = command("verify", "check an export: its files, the signatures and hash chains of its signed messages, "
-                          "and its figures recomputed from them")
+                          "that no chain was cut short inside the period, and its figures recomputed from "
+                          "them (exit 0 passed, 1 failed, 3 a chain end not witnessed, 2 unusable)")
     s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read)")
     s.set_defaults(func=cmd_verify)
 

@@ -6,15 +6,26 @@ and print a verdict a verifier can paste into a report.
    period (``dead_letters.csv.gz``) as many as the manifest says;
 2. the custody folder (``contract.custody``): every message's signature (a covered one's
    by the later message that covers it), every chain,
-   each gap with its cause (the collector's sequence findings, refused messages);
-3. the figures: the readings of the verified messages alone, with the site settings
+   each gap with its cause (the collector's sequence findings, refused messages), and
+   each chain's ends: its last verified message must be stamped at or after the period's
+   end, and its first before the period's start or begin its chain (``prev`` GENESIS):
+   the export's witnesses (``processing.export.custody_folder``). Else the chain is named
+   with that message's seq and time and how far inside the period it is, and the reason the
+   manifest gives (unsigned: it explains, it proves nothing);
+3. the figures: the readings of the verified messages stamped in the window the
+   recomputation reads (``recompute.reading_window``; witnesses and covering messages
+   after it are not readings of the figures) alone, with the site settings
    (``site.json``) and fixed values the export recorded, go through the processor's own
    code (``processing.export.recompute``); each day's values, the period's totals, RE,
    PE and ER (its exact decimal too), and each month's input hash and status must equal
    the exported ones, in the manifest, ``daily_values.csv`` and the workbook.
 
-Exit 0 only on PASSED; 1 on any mismatch; 2 (``ValueError``) when the folder cannot be
-used at all, naming the file.
+Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
+chain's end is not witnessed (NOT WITNESSED: the readings of the period after its last
+message, or before its first, cannot be shown complete; a gateway that stopped, and an
+export made before its later messages arrived, cannot help that, and a forger who cut the
+chain short cannot avoid it: not a pass, for a verifier to judge with the figures shown);
+2 (``ValueError``) when the folder cannot be used at all, naming the file.
 """
 
 from __future__ import annotations
@@ -33,14 +44,15 @@ from pathlib import Path
 import openpyxl
 
 from contract.config.site import Site
-from contract.custody import chain_breaks, is_covered, pem_problems, read_folder, verify_chained
+from contract.custody import GENESIS, chain_breaks, is_covered, pem_problems, read_folder, verify_chained
 from contract.message import Reading
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export import DEAD_LETTERS
 from processing.export.custody_folder import FINDINGS, read_findings
 from processing.export.json_file import read_json
-from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, recompute
+from processing.export.period_figures import local_bounds
+from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.fixed_values import from_record
 from processing.monthly import versions
 from store.sqlite_store import SqliteStore
@@ -50,10 +62,12 @@ MAX_LISTED = 50
 #: readings written to the recomputation's store at a time
 BATCH = 5000
 FIGURES = ("RE", "PE", "ER_unrounded", "ER")
+#: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
+PASSED, FAILED, NOT_WITNESSED = 0, 1, 3
 
 
-def verify_export(folder: Path) -> tuple[bool, list[str]]:
-    """Whether the export passed, and the verdict's lines."""
+def verify_export(folder: Path) -> tuple[int, list[str]]:
+    """The verdict (``PASSED``, ``FAILED`` or ``NOT_WITNESSED``) and its lines."""
     manifest = _manifest(folder)
     site = read_site_settings(folder / SITE_SETTINGS)
     period = _section(manifest, "period")
@@ -75,15 +89,20 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
         out.append("custody: NOT SIGNED: the export holds no signed messages (custody/ is absent), "
                    "so nothing can be checked back to the meters")
         out.append("VERDICT: FAILED: not signed" + "".join(f", {p}" for p in problems))
-        return False, [printable(line) for line in out]
+        return FAILED, [printable(line) for line in out]
+    fixed = _fixed(manifest)
+    first, last = _date(period, "first"), _date(period, "last")
+    if last < first:
+        raise ValueError(f"manifest.json: period.last {last} is before period.first {first}")
+    window = reading_window(site, first, last, _read_spans(manifest))
     with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            custody, lines, readings = check_custody(folder, store)
+            custody, lines, readings, unwitnessed = check_custody(
+                folder, store, window, local_bounds(site, first, last), _witness_claims(manifest))
             out += lines
             problems += custody
-            fixed = _fixed(manifest)
-            result = recompute(site, store, _date(period, "first"), _date(period, "last"), fixed)
+            result = recompute(site, store, first, last, fixed)
         finally:
             store.close()
     lines, mismatches = _compare(folder, manifest, site, result)
@@ -91,10 +110,19 @@ def verify_export(folder: Path) -> tuple[bool, list[str]]:
                f"manifest's {len(fixed)} fixed value(s):")
     out += lines
     problems += [f"{mismatches} difference(s) from the recomputation"] if mismatches else []
-    ok = not problems
-    out.append("VERDICT: " + ("PASSED: files whole, every signature verified, every chain whole, "
-                              "figures recomputed equal" if ok else "FAILED: " + ", ".join(problems)))
-    return ok, [printable(line) for line in out]
+    whole = "files whole, every signature verified, every chain whole"
+    if problems:
+        code = FAILED
+        out.append("VERDICT: FAILED: " + ", ".join(
+            problems + ([f"{len(unwitnessed)} chain end(s) not witnessed"] if unwitnessed else [])))
+    elif unwitnessed:
+        code = NOT_WITNESSED
+        out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the period beyond each "
+                   f"cannot be shown complete; otherwise {whole}, figures recomputed equal")
+    else:
+        code = PASSED
+        out.append(f"VERDICT: PASSED: {whole} and witnessed across the period, figures recomputed equal")
+    return code, [printable(line) for line in out]
 
 
 def _dead_letters(folder: Path, manifest: dict) -> tuple[str, str | None]:
@@ -130,6 +158,37 @@ def _section(manifest: dict, key: str) -> dict:
     """A member of the manifest that should be an object; ``{}`` (so: mismatches) when it is not."""
     value = manifest.get(key)
     return value if isinstance(value, dict) else {}
+
+
+def _read_spans(manifest: dict) -> list[tuple[str, str]]:
+    """The revisions' ``read_span``s (they widen the window of readings recomputed)."""
+    revisions = manifest.get("revisions")
+    spans = []
+    for i, rev in enumerate(revisions if isinstance(revisions, list) else []):
+        span = rev.get("read_span") if isinstance(rev, dict) else None
+        if span is None:
+            continue
+        try:
+            if len(span) != 2 or any(dt.datetime.fromisoformat(t).tzinfo is None for t in span):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"manifest.json: revisions[{i}].read_span: not two ISO 8601 times with their "
+                             "zone") from None
+        spans.append(tuple(span))
+    return spans
+
+
+def _witness_claims(manifest: dict) -> dict[tuple, str] | None:
+    """Why the export found no witness, by (head or tail, gateway, epoch), as its manifest
+    says; ``None`` when the manifest says nothing of witnesses (an export made before it
+    looked for them)."""
+    witnesses = _section(manifest, "custody").get("witnesses")
+    if witnesses is None:
+        return None
+    listed = witnesses.get("not_witnessed") if isinstance(witnesses, dict) else None
+    return {(c["end"], c["gateway"], c["epoch"]): str(c.get("why")) for c in listed
+            if isinstance(c, dict) and all(isinstance(c.get(k), str) for k in ("end", "gateway", "epoch"))} \
+        if isinstance(listed, list) else {}
 
 
 def _fixed(manifest: dict) -> list:
@@ -193,10 +252,15 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
     return problems
 
 
-def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
-    """Check the custody folder, writing the readings of verified messages, their messages
-    and the findings to ``store``; what is wrong (nothing when it is whole), the lines, and
-    how many readings were written."""
+def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] | None = None,
+                  period: tuple[dt.datetime, dt.datetime] | None = None,
+                  claims: dict[tuple, str] | None = None) -> tuple[list[str], list[str], int, list[str]]:
+    """Check the custody folder, writing the readings of verified messages (those stamped in
+    ``window``, when given), their messages and the findings to ``store``; what is wrong
+    (nothing when it is whole), the lines, how many readings were written, and each chain
+    end not witnessed (``period``, UTC start and end, when given: its last verified message
+    stamped before the end, or its first at or after the start without beginning its chain;
+    ``claims``: the manifest's reasons, ``_witness_claims``)."""
     keys, lines = read_folder(folder)
     path = folder / "custody" / FINDINGS
     findings, custody_findings = read_findings(path) if path.exists() else ([], [])
@@ -207,10 +271,10 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
     refused: list[str] = []
     reasons: Counter[str] = Counter()
     refused_seqs: dict[tuple, dict[int, str]] = {}  # what a gap may be explained by
-    chains: dict[tuple, list[int]] = {}  # chain -> [messages, lowest seq, highest seq]
+    chains: dict[tuple, list] = {}  # chain -> [messages, lowest seq, highest seq, their verdicts]
     batch: list[Reading] = []
     signed: list[SignedMessage] = []
-    n = written = covered = 0
+    n = written = covered = outside = 0
 
     def flush():
         nonlocal written
@@ -220,19 +284,26 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
         signed.clear()
 
     def verified():
-        nonlocal n, covered
+        nonlocal n, covered, outside
         for line, v in verify_chained(lines, keys, raw=lambda line: line.message):
             n += 1
             if v.ok:
                 covered += is_covered(line.message)
-                seq = v.reading.seq
-                c = chains.setdefault(v.chain, [0, seq, seq])
-                c[0], c[1], c[2] = c[0] + 1, min(c[1], seq), max(c[2], seq)
+                seq, ts = v.reading.seq, v.reading.ts
+                c = chains.setdefault(v.chain, [0, seq, seq, v, v])
+                c[0] += 1
+                if seq < c[1]:
+                    c[1], c[3] = seq, v
+                if seq >= c[2]:
+                    c[2], c[4] = seq, v
+                yield v
+                if window is not None and not window[0] <= ts < window[1]:
+                    outside += 1
+                    continue
                 batch.append(v.reading)
                 signed.append(SignedMessage.verified(line.message, v))
                 if len(batch) >= BATCH:
                     flush()
-                yield v
                 continue
             reasons[v.kind] += 1
             where = f"{line.where}" + (f" {'/'.join(v.chain)} seq {v.reading.seq}" if v.reading else "")
@@ -258,14 +329,44 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
     by_chain: dict[tuple, list] = {}
     for b in breaks:
         by_chain.setdefault(b.chain, []).append(b)
-    for chain, (count, low, high) in sorted(chains.items()):
-        out.append(f"chain {'/'.join(chain)}: seq {low}..{high}, {count} verified message(s)")
+    unwitnessed: list[str] = []
+    inside: dict[str, list[dt.timedelta]] = {"head": [], "tail": []}  # how far into the period each is
+    for chain, (count, low, high, first, last) in sorted(chains.items()):
+        name = "/".join(chain)
+        out.append(f"chain {name}: seq {low}..{high}, {count} verified message(s)")
+        if period is not None and first.reading.ts >= period[0] and first.prev != GENESIS:
+            inside["head"].append(first.reading.ts - period[0])
+            unwitnessed.append(f"{name} before seq {low}, {_span(inside['head'][-1])} after the period's start")
+            out.append(f"  head not witnessed: its first message, seq {low}, is stamped "
+                       f"{first.reading.ts.isoformat()}, {_span(inside['head'][-1])} after the period's start, does "
+                       "not begin its chain, and no earlier message of the chain is in the export: its readings "
+                       "before that time cannot be shown complete")
+            out.append(f"  {_claim(('head', *chain[1:]), claims)}")
+        if period is not None and last.reading.ts < period[1]:
+            inside["tail"].append(period[1] - last.reading.ts)
+            unwitnessed.append(f"{name} after seq {high}, {_span(inside['tail'][-1])} before the period's end")
+            out.append(f"  tail not witnessed: its last message, seq {high}, is stamped {last.reading.ts.isoformat()}, "
+                       f"{_span(inside['tail'][-1])} before the period's end, and no later message of the chain is "
+                       "in the export: its readings after that time cannot be shown complete")
+            out.append(f"  {_claim(('tail', *chain[1:]), claims)}")
         listed = by_chain.get(chain, [])
         for b in listed[:MAX_LISTED]:
             out.append(f"  {b}{_cause(b, refused_seqs.get(chain, {}), findings, custody_findings)}")
         if len(listed) > MAX_LISTED:
             out.append(f"  ... and {len(listed) - MAX_LISTED} more: " + ", ".join(
                 f"{k}: {c}" for k, c in Counter(b.kind for b in listed[MAX_LISTED:]).most_common()))
+    if period is not None:
+        heads, tails = inside["head"], inside["tail"]
+        out.append(f"witnesses: {len(chains) - len(heads)} of {len(chains)} chain(s) witnessed before the period's "
+                   f"start ({period[0].isoformat()}; or begun in it), {len(chains) - len(tails)} after its end "
+                   f"({period[1].isoformat()}): a chain's first verified message stamped before the start or "
+                   "beginning its chain, its last at or after the end"
+                   + (f"; {len(heads)} head(s) not (longest {_span(max(heads))} after the start)" if heads else "")
+                   + (f"; {len(tails)} tail(s) not (longest {_span(max(tails))} before the end)" if tails else ""))
+    if outside:
+        out.append(f"readings: {outside} verified message(s) stamped outside the window the recomputation reads "
+                   f"({window[0].isoformat()} .. {window[1].isoformat()}: witnesses and covering messages) "
+                   "are not readings of the figures")
     broken = {(*b.chain, s) for b in breaks for s in (b.first_seq, b.last_seq)}
     for f in custody_findings:
         # found on arrival, and not a break of these messages (e.g. the conflicting message was refused)
@@ -283,7 +384,26 @@ def check_custody(folder: Path, store) -> tuple[list[str], list[str], int]:
     problems += [f"{len(breaks)} chain break(s)"] if breaks else []
     problems += ["no messages"] if n == 0 else []
     out.append("custody: " + ("every signature verified, every chain whole" if ok else ", ".join(problems)))
-    return problems, out, written
+    return problems, out, written, unwitnessed
+
+
+def _span(d: dt.timedelta) -> str:
+    """``3 d 04:05``: days, hours and minutes (rounded down)."""
+    minutes = int(d.total_seconds() // 60)
+    return f"{minutes // 1440} d {minutes % 1440 // 60:02}:{minutes % 60:02}"
+
+
+def _claim(end: tuple, claims: dict[tuple, str] | None) -> str:
+    """What the manifest says of a chain end (head or tail, gateway, epoch) without a
+    witness: unsigned, so never a proof."""
+    if claims is None:
+        return "the manifest says nothing of witnesses (an export made before exports carried them)"
+    why = claims.get(end)
+    if why is None:
+        return ("the manifest does not list it as not witnessed, as the export would have: its "
+                + ("earlier" if end[0] == "head" else "later")
+                + " messages were removed from the export after it was made, or the manifest was edited")
+    return f"the manifest's reason (unsigned: it explains, it proves nothing): {why}"
 
 
 def _cause(b, refused: dict[int, str], findings: list[SequenceFinding], custody: list[CustodyFinding]) -> str:

@@ -464,6 +464,14 @@ class InfluxStore:
                 for s in self.query(q, "ns"):
                     yield from (base64.b64decode(raw) for seq, raw in s["values"] if seq in wanted)
 
+    def chain_witness(self, site, gateway, epoch, seq, at, later=True) -> bytes | None:
+        # a chain's points are at their seq [ns]: the first beyond ``seq`` in time order, or the last before it
+        where = (f'time > {seq} AND "ts" >= {_ms(at)}' if later
+                 else f'time < {seq} AND "ts" < {_ms(at)} ORDER BY time DESC')
+        series = self.query(f'SELECT "raw" FROM {_q(MESSAGES)} WHERE {self._chain(site, gateway, epoch)} '
+                            f'AND {where} LIMIT 1', "ns")
+        return next((base64.b64decode(raw) for s in series for _, raw in s["values"]), None)
+
     @staticmethod
     def _chain(site: str, gateway: str, epoch: str) -> str:
         return f'"site" = {_lit(site)} AND "gateway" = {_lit(gateway)} AND "epoch" = {_lit(epoch)}'

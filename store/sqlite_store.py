@@ -409,6 +409,12 @@ class SqliteStore:
                                    (site, gateway, epoch, first, last, lo, hi))
                 yield from (bytes(raw) for raw, in rows)
 
+    def chain_witness(self, site, gateway, epoch, seq, at, later=True) -> bytes | None:
+        where = "seq > ? AND ts >= ? ORDER BY seq" if later else "seq < ? AND ts < ? ORDER BY seq DESC"
+        rows = self._query(f"SELECT raw FROM messages WHERE site = ? AND gateway = ? AND epoch = ? AND {where} LIMIT 1",
+                           (site, gateway, epoch, seq, to_ms(at)))
+        return bytes(rows[0][0]) if rows else None
+
     def record_custody_finding(self, finding: CustodyFinding) -> None:
         f = finding
         with self._lock:

@@ -339,7 +339,7 @@ def run_verify(folder, capsys) -> tuple[int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            problems, lines, _ = check_custody(Path(folder), store)
+            problems, lines, _, _ = check_custody(Path(folder), store)
         except ValueError as exc:
             return 2, f"{exc}\n"
         finally:
@@ -517,3 +517,52 @@ def test_no_edit_of_a_signed_message_verifies_or_crashes(which, edits):
     v = verify(m, _KEYS)
     assert v.ok == (m == _GOOD[which]), v
     chain_breaks([v])
+
+
+_EPOCHS = ("00000000000000e0", "00000000000000e1", "00000000000000e2")
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(25), deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 90), st.booleans()), min_size=1, max_size=10),
+                          st.integers(0, 9), st.integers(1, 10)), min_size=1, max_size=3),
+       st.integers(0, 600), st.integers(0, 600))
+def test_a_chain_cut_short_in_the_period_is_never_witnessed(chains, start_minute, length):
+    """Random chains (clocks that never step back, some messages kept covered), each cut at a
+    random point at either end (the messages before or after it removed, as whoever makes or
+    edits an export could): ``jcm verify`` names every chain end the cut took a message of
+    the period from, and a chain's end is witnessed exactly when its last message is stamped
+    at or after the period's end (its first before the start, or it begins its chain)."""
+    start = T0 + dt.timedelta(minutes=start_minute)
+    end = start + dt.timedelta(minutes=length)
+    kept, named = [], set()
+    for (steps, head, tail), epoch in zip(chains, _EPOCHS):
+        ts, prev, made = T0, GENESIS, []
+        for seq, (step, covered) in enumerate(steps, 1):
+            ts += dt.timedelta(minutes=step)
+            r = Reading(site="mn-solar", gateway="gw-mn-01", device="inv-01", ts=ts, values={"ac_energy": seq},
+                        seq=seq, epoch=epoch)
+            m = sign(r.to_json(), prev, "k1", _SIGNER)
+            prev = chain_hash(m)
+            made.append((ts, m, covered))
+        tail = min(tail, len(made))
+        head = min(head, tail - 1)
+        # a covered message needs the next one kept: the last kept carries its signature
+        kept += [signed_bytes(m) if covered and i < tail - 1 else m for i, (_, m, covered) in enumerate(made)][head:tail]
+        # what the verdict must be, from what was made and what was kept
+        if any(start <= t for t, _, _ in made[:head]):
+            named.add(("head", epoch))  # the cut took a message of the period
+        if head and made[head][0] >= start:
+            named.add(("head", epoch))
+        if any(t < end for t, _, _ in made[tail:]) or made[tail - 1][0] < end:
+            named.add(("tail", epoch))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_folder(Path(tmp), _KEYS, kept)
+        store = SqliteStore(Path(tmp) / "readings.db")
+        try:
+            problems, lines, _, unwitnessed = check_custody(Path(tmp), store, None, (start, end), {})
+        finally:
+            store.close()
+    assert not problems, lines
+    found = {("head" if " before seq " in u else "tail", u.split()[0].rsplit("/", 1)[1]) for u in unwitnessed}
+    assert found == named, lines

@@ -312,17 +312,17 @@ def test_the_messages_refused_in_the_period_are_exported_and_verify_counts_them(
          "not UTF-8, line 1\\x0aforged", b"\xff\x00")]
     assert rows[2][2:4] == ["2", hashlib.sha256(b"\xff\x00").hexdigest()]
     assert manifest_of(folder)["dead_letters"] == {"file": "dead_letters.csv.gz", "count": 2}
-    ok, verdict = verify_export(folder)
-    assert not ok  # unsigned history: the verdict fails for that, and still lists the letters
+    code, verdict = verify_export(folder)
+    assert code == 1  # unsigned history: the verdict fails for that, and still lists the letters
     assert any(line.startswith("dead letters: 2 message(s)") for line in verdict), verdict
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["dead_letters"]["count"] = 1  # a manifest that hides one
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    ok, verdict = verify_export(folder)
+    _, verdict = verify_export(folder)
     assert any("dead_letters.csv.gz lists 2 dead letter(s), the manifest 1" in line for line in verdict), verdict
     manifest["dead_letters"]["file"] = "../elsewhere.csv.gz"  # a file outside the export is never read
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    ok, verdict = verify_export(folder)
+    _, verdict = verify_export(folder)
     assert any("the manifest names '../elsewhere.csv.gz', not dead_letters.csv.gz" in line for line in verdict)
 
 

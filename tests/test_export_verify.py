@@ -37,6 +37,7 @@ from tests.test_custody import public_key
 
 FIRST, LAST = dt.date(2026, 9, 10), dt.date(2026, 9, 12)
 EPOCH = "00000000000000aa"
+EPOCH2 = "00000000000000bb"
 MESSAGES = "custody/messages/messages.jsonl.gz"
 
 
@@ -45,34 +46,50 @@ def signer():
     return Ed25519PrivateKey.generate()
 
 
-def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1):
+def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1,
+                new_epoch_from: dt.datetime | None = None, late=None, rotated: tuple | None = None):
     """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
     ``tamper(store)`` runs on the store before the export. With ``signature_every`` N, the
     store keeps only every Nth message whole, the others covered (their signed bytes), as
-    from backlog batches."""
+    from backlog batches. From ``new_epoch_from`` on, the readings are of the epoch EPOCH2
+    (from seq 1: the chain of EPOCH ends there). Those whose time ``late(ts)`` holds for reach
+    the store only after the period's months were processed (a backlog that arrived after
+    the ledger's revisions). ``rotated`` (time, key): from then on the gateway signs with
+    ``key`` (k2), k1 retired then."""
     site = reference_site("mn-solar")
-    site = site.model_copy(update={"custody": Custody(keys=[public_key(signer, "k1")])})
+    listed = [public_key(signer, "k1")] if rotated is None else [
+        public_key(signer, "k1", valid_to=rotated[0]), public_key(rotated[1], "k2", valid_from=rotated[0])]
+    site = site.model_copy(update={"custody": Custody(keys=listed)})
     store = SqliteStore(tmp / "jcm.db")
+    ledger = Ledger(tmp / "ledger.sqlite", create=True)
     keys = {site.site: site.custody.keys}
-    prev, seq = GENESIS, 0
+    prev, seq, epoch = GENESIS, 0, EPOCH
     batches = (batch for first, last in days
                for batch in history(site, first, last, channels=set(site.monitoring_channels)))
+    backlog: tuple[list, list] = ([], [])
     for batch in batches:
         readings, signed = [], []
         for r in batch:
+            if new_epoch_from is not None and r.ts >= new_epoch_from and epoch == EPOCH:
+                prev, seq, epoch = GENESIS, 0, EPOCH2
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
             r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
-                        seq=seq, epoch=EPOCH)
-            message = sign(r.to_json(), prev, "k1", signer)
+                        seq=seq, epoch=epoch)
+            message = (sign(r.to_json(), prev, "k1", signer) if rotated is None or r.ts < rotated[0] else
+                       sign(r.to_json(), prev, "k2", rotated[1]))
             prev = chain_hash(message)
             kept = message if seq % signature_every == 0 else signed_bytes(message)
-            signed.append(SignedMessage.verified(kept, verify(message, keys)))
-            readings.append(r)
+            now = backlog if late is not None and late(r.ts) else (readings, signed)
+            now[1].append(SignedMessage.verified(kept, verify(message, keys)))
+            now[0].append(r)
         store.write(readings, messages=signed)
+    if late is not None:
+        export_period(site, store, ledger, FIRST, LAST, tmp / "before")  # records the months' revisions
+        store.write(backlog[0], messages=backlog[1])
     if tamper:
         tamper(store)
-    folder = export_period(site, store, Ledger(tmp / "ledger.sqlite", create=True), FIRST, LAST, tmp / "out")
+    folder = export_period(site, store, ledger, FIRST, LAST, tmp / "out")
     store.close()
     return folder
 
@@ -136,8 +153,10 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
     assert "refused: 0" in out and "daily values: " in out and ": all equal" in out
     assert f"ER: recomputed {manifest['figures']['ER']}, exported {manifest['figures']['ER']}" in out
     assert "2026-09: input hash equal to revision 1's" in out and "note:" not in out
-    assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole, "
-                                 "figures recomputed equal")
+    assert ("witnesses: 1 of 1 chain(s) witnessed before the period's start (2026-09-09T16:00:00+00:00; or begun "
+            "in it), 1 after its end (2026-09-12T16:00:00+00:00): ") in out
+    assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
+                                 "witnessed across the period, figures recomputed equal")
 
 
 def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
@@ -249,6 +268,11 @@ def test_an_unsigned_export_says_so_and_a_folder_without_manifest_is_unusable(ma
     ("site.json", "[" * 100_000, "site.json: nested too deeply"),
     ("manifest.json", '{"files": {}, "site": "mn-solar", "fixed_parameters": [{"x": 1}]}',
      "manifest.json: fixed_parameters: "),
+    ("manifest.json", '{"files": {}, "site": "mn-solar", "period": {"first": "2026-09-10", "last": "2026-09-12"}, '
+                      '"revisions": [{}, {"read_span": ["2026-09-01T00:00:00", "2026-10-01T00:00:00+00:00"]}]}',
+     "manifest.json: revisions[1].read_span: not two ISO 8601 times with their zone"),
+    ("manifest.json", '{"files": {}, "site": "mn-solar", "period": {"first": "2026-09-12", "last": "2026-09-10"}}',
+     "manifest.json: period.last 2026-09-10 is before period.first 2026-09-12"),
 ])
 def test_unusable_input_is_named_on_one_line(export, capsys, name, text, expected):
     (export / name).write_text(text)
@@ -308,7 +332,7 @@ def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path
     """A counter without readings just before September is settled by its last reading of
     August: the export's messages must hold it, or the recomputation reads other readings."""
     folder = make_export(tmp_path, signer, [(dt.date(2026, 8, 29), dt.date(2026, 8, 30)),
-                                            (FIRST, LAST)])
+                                            (FIRST, LAST + dt.timedelta(days=1))])
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["revisions"][0]["read_span"][0].startswith("2026-08-29")
     assert manifest["custody"]["from"].startswith("2026-08-29")
@@ -336,13 +360,13 @@ def test_the_messages_covering_the_last_of_the_window_are_exported_too(tmp_path,
     assert "VERDICT: FAILED: 39 message(s) refused" in out, out  # seqs 2962..3000, after 2961 = 47 × 63
 
 
-def export_first_day(tmp_path, url: str):
+def export_first_day(tmp_path, url: str, *more: str):
     """``jcm export`` of mn-solar's day FIRST from the store at ``url`` (sites in tmp_path/sites,
-    a new ledger); the export folder."""
+    the ledger tmp_path/ledger.sqlite, made if new; ``more`` arguments); the export folder."""
     Ledger(tmp_path / "ledger.sqlite", create=True).close()
     assert main(["export", "--site", "mn-solar", "--from", str(FIRST), "--to", str(FIRST), "--out",
                  str(tmp_path / "out"), "--sites", str(tmp_path / "sites"), "--store", url,
-                 "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+                 "--ledger", str(tmp_path / "ledger.sqlite"), *more]) == 0
     return tmp_path / "out" / f"mn-solar_{FIRST}_{FIRST}"
 
 
@@ -383,17 +407,20 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
     assert out.rstrip().endswith("VERDICT: FAILED: 2 chain break(s)")
 
 
-def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = None):
+def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = None,
+                   days: tuple[tuple[dt.date, dt.date], ...] = ((FIRST, FIRST + dt.timedelta(days=1)),)):
     """mn-solar's site file with ``signer`` as key k1 (and ``custody``) in ``tmp_path/sites``,
-    and its first day's readings signed as one chain: (site, [(reading, signed message)]);
-    ``wrong_prev_at``: that seq carries a wrong ``prev``."""
+    and the readings of ``days`` (first, last; by default its first day and the next: the
+    gateway went on after the period, its chain is witnessed) signed as one chain: (site,
+    [(reading, signed message)]); ``wrong_prev_at``: that seq carries a wrong ``prev``."""
     data = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
     data["custody"] = {**custody, "keys": [public_key(signer, "k1").model_dump(mode="json")]}
     (tmp_path / "sites").mkdir()
     (tmp_path / "sites" / "mn-solar.yaml").write_text(yaml.safe_dump(data))
     site = load_site(tmp_path / "sites" / "mn-solar.yaml")
     prev, seq, signed = GENESIS, 0, []
-    for part in history(site, FIRST, FIRST, step_s=1800, channels=set(site.monitoring_channels)):
+    for part in (part for first, last in days
+                 for part in history(site, first, last, step_s=1800, channels=set(site.monitoring_channels))):
         for r in part:
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
@@ -520,3 +547,198 @@ def test_a_gap_with_no_start_noticed_after_the_window_is_in_the_export_findings(
     listed = json.loads((folder / "custody" / "findings.json").read_text())["sequence_findings"]
     # without it, ``jcm verify`` of this untouched export said "2026-09: input hash NOT revision 1's"
     assert [f["gateway"] for f in listed] == ["gw-late"]
+
+
+# -- witnesses: no chain cut short before the period's end --------------------------------------
+
+#: the start and end of the period FIRST..LAST at mn-solar (UTC+8)
+PERIOD_START, PERIOD_END = dt.datetime(2026, 9, 9, 16, tzinfo=dt.UTC), dt.datetime(2026, 9, 12, 16, tzinfo=dt.UTC)
+CHAIN = f"mn-solar/gw-mn-01/{EPOCH}"
+
+
+def cut(at: dt.datetime, before: bool = False):
+    """A tamper deleting every reading and signed message stamped from ``at`` on (or before it)."""
+    def tamper(store):
+        for table in ("readings", "messages"):
+            store._db.execute(f"DELETE FROM {table} WHERE ts {'<' if before else '>='} ?", (int(at.timestamp() * 1000),))
+        store._db.commit()
+    return tamper
+
+
+def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_path, signer, capsys):
+    """The hole: the chain's last messages of the period and everything after taken out of
+    the store (or of the export, its figures recomputed): every signature, link and figure
+    holds, and ``jcm verify`` PASSED it (before: exit 0). Now the chain is named, with its
+    last seq and time and how long before the period's end; the manifest's reason (the
+    exporter's, or a forger's) is shown as what it is, and so is its absence."""
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+                         tamper=cut(dt.datetime(2026, 9, 12, tzinfo=dt.UTC)))
+    seq = json.loads(messages(folder)[-1])["seq"]
+    rc, out = run(folder, capsys)
+    assert rc == 3, out
+    assert (f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45:00+00:00, 0 d 16:15 "
+            "before the period's end, and no later message of the chain is in the export: its readings after that "
+            "time cannot be shown complete") in out
+    assert ("  the manifest's reason (unsigned: it explains, it proves nothing): the store holds no later message of "
+            "this chain stamped at or after the period's end") in out
+    assert "witnesses: 1 of 1 chain(s) witnessed before the period's start" in out and ", 0 after its end" in out
+    assert out.count("not witnessed") == 1 and "; 1 tail(s) not (longest 0 d 16:15 before the end)" in out
+    assert ": all equal" in out and "custody: every signature verified, every chain whole" in out
+    assert out.rstrip().endswith(
+        f"VERDICT: NOT WITNESSED: {CHAIN} after seq {seq}, 0 d 16:15 before the period's end: the readings of "
+        "the period beyond each cannot be shown complete; otherwise files whole, every signature verified, every "
+        "chain whole, figures recomputed equal"), out
+    # a forger who also takes the chain out of the manifest's list
+    manifest = json.loads((folder / "manifest.json").read_text())
+    listed = manifest["custody"]["witnesses"]["not_witnessed"]
+    assert [(t["end"], t["epoch"], t["seq"]) for t in listed] == [("tail", EPOCH, seq)]
+    manifest["custody"]["witnesses"]["not_witnessed"] = []
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rehash(folder)
+    rc, out = run(folder, capsys)
+    assert rc == 3 and "  the manifest does not list it as not witnessed, as the export would have" in out, out
+    manifest["custody"]["witnesses"] = {"not_witnessed": [1, {"end": ["tail"], "gateway": {}}]}  # not a crash
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rehash(folder)
+    rc, out = run(folder, capsys)
+    assert rc == 3 and "  the manifest does not list it as not witnessed, as the export would have" in out, out
+
+
+def test_the_last_messages_taken_out_of_an_export_are_named_with_its_other_failures(export, capsys):
+    lines = messages(export)
+    cut = next(i for i, m in enumerate(lines) if b'"ts":"2026-09-12T' in m)
+    put_messages(export, lines[:cut - 3])
+    rc, out = run(export, capsys)
+    seq = json.loads(lines[cut - 4])["seq"]
+    assert rc == 1 and f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45" in out, out
+    assert "  the manifest does not list it as not witnessed" in out
+    assert out.rstrip().endswith("difference(s) from the recomputation, 1 chain end(s) not witnessed"), out
+
+
+def test_a_chain_that_ends_in_the_period_is_named_with_what_the_export_knows(tmp_path, signer, capsys):
+    """A new epoch (the gateway's outbox was emptied) ends the chain before the period's end:
+    nothing signed can witness the old chain's tail, so it is named, with the collector's
+    finding as the manifest's reason; the new epoch's chain is witnessed."""
+    from contract.store import SequenceFinding
+
+    new = dt.datetime(2026, 9, 11, 4, tzinfo=dt.UTC)
+
+    def epoch_finding(store):
+        last = store._db.execute("SELECT MAX(seq) FROM messages WHERE epoch = ?", (EPOCH,)).fetchone()[0]
+        store.record_finding(SequenceFinding("epoch", "mn-solar", "gw-mn-01", EPOCH2, last, last, new,
+                                             "the gateway's outbox was new", previous=EPOCH))
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+                         new_epoch_from=new, tamper=epoch_finding)
+    witnesses = json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]
+    [old] = witnesses["not_witnessed"]
+    why = f"the collector found the gateway's new epoch {EPOCH2} after seq {old['seq']} of this one: the " \
+          "gateway's outbox was new"
+    assert witnesses == {"start": PERIOD_START.isoformat(), "end": PERIOD_END.isoformat(), "chains": 2,
+                         "not_witnessed": [{"end": "tail", "gateway": "gw-mn-01", "epoch": EPOCH, "seq": old["seq"],
+                                            "ts": "2026-09-11T03:45:00+00:00", "why": why}]}
+    rc, out = run(folder, capsys)
+    assert rc == 3, out
+    assert (f"chain {CHAIN}: seq 1..{old['seq']}, {old['seq']} verified message(s)\n  tail not witnessed: "
+            f"its last message, seq {old['seq']}, is stamped 2026-09-11T03:45:00+00:00, 1 d 12:15 before") in out
+    assert f"  the manifest's reason (unsigned: it explains, it proves nothing): {why}" in out
+    assert "witnesses: 2 of 2 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
+    assert out.count("not witnessed: ") == 1  # the new epoch's chain begins in the period: its head needs none
+
+
+def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures(tmp_path, signer, capsys,
+                                                                                   monkeypatch):
+    """The gateway was cut off from the period's last day to 2 October, and its backlog
+    arrived after September's revision: the chain's witness, found by seq, is stamped after
+    the window of readings the figures were computed from. ``jcm verify`` checks it and
+    leaves its reading out of the recomputation, which would otherwise settle the counters'
+    gap across the month's end with it (the revision could not: another input hash)."""
+    october = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    k2 = Ed25519PrivateKey.generate()  # and the gateway's key was rotated on 1 October
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST - dt.timedelta(days=1)),
+                                            (dt.date(2026, 10, 2), dt.date(2026, 10, 2))],
+                         late=lambda ts: ts >= october, rotated=(october, k2))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    # the witness's key, valid only after the window, is in the folder (before: "unknown key 'k2'")
+    assert [k["id"] for k in manifest["custody"]["keys"]] == ["k1", "k2"]
+    assert (folder / "custody/keys/k2.pem").exists()
+    assert manifest["custody"]["witnesses"] == {"start": PERIOD_START.isoformat(), "end": PERIOD_END.isoformat(),
+                                                "chains": 1, "not_witnessed": []}
+    lines = messages(folder)
+    witness = json.loads(lines[-1])
+    assert witness["ts"].startswith("2026-10-01T16:00") and witness["seq"] == json.loads(lines[-2])["seq"] + 1
+    assert witness["key"] == "k2"
+    assert b"2026-10-0" not in gzip.decompress((folder / "raw_readings.csv.gz").read_bytes())
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+    assert "witnesses: 1 of 1 chain(s) witnessed" in out and ", 1 after its end" in out
+    assert "readings: 1 verified message(s) stamped outside" in out
+    assert "2026-09: input hash equal to revision 1's" in out
+    # with the witness's reading recomputed too
+    import jcm.verify
+    far = dt.timedelta(days=99)
+    monkeypatch.setattr(jcm.verify, "reading_window", lambda *a: (october - far, october + far))
+    rc, out = run(folder, capsys)
+    assert rc == 1 and "2026-09: input hash NOT revision 1's" in out, out
+
+
+def test_either_store_gives_the_witness_after_the_window_or_the_export_names_the_chain(tmp_path, signer, store_url,
+                                                                                        capsys):
+    """The witness query on SQLite and on InfluxDB: the period FIRST, its gateway silent
+    from its end to 2 October. Exported before October's messages are stored, the chain is
+    named; after, its first message of October witnesses it."""
+    from store import open_store
+
+    site, signed = signed_history(tmp_path, signer, {}, days=((FIRST, FIRST), (dt.date(2026, 10, 2),) * 2))
+    keys = {site.site: site.custody.keys}
+    later = next(i for i, (r, _) in enumerate(signed) if r.ts.month == 10)
+    store = open_store(store_url)
+    try:
+        for part in (signed[:later], signed[later:]):
+            store.write([r for r, _ in part], messages=[SignedMessage.verified(m, verify(m, keys)) for _, m in part])
+            folder = export_first_day(tmp_path, store_url, "--force")
+            told = capsys.readouterr().err
+            rc, out = run(folder, capsys)
+            if part[0][0].ts.month == 9:
+                assert rc == 3 and f"{CHAIN} after seq {later}, 0 d 00:30 before the period's end" in out, out
+                assert (f"warning: the tail of chain gw-mn-01/{EPOCH} (seq {later}, 2026-09-10T15:30:00+00:00) is not "
+                        "witnessed: the store holds no later message") in told, told
+            else:
+                assert "witnessed" not in told, told
+    finally:
+        store.close()
+    assert messages(folder) == [m for _, m in signed[:later + 1]]
+    assert rc == 0 and ", 1 after its end" in out and "readings: 1 verified message(s)" in out, out
+
+
+def test_a_chain_whose_first_messages_of_the_period_were_cut_is_named(tmp_path, signer, capsys):
+    """The same at the period's start: the chain's messages before 10 September 00:00 UTC
+    taken out of the store (before: exit 0, PASSED). Its first message there does not begin
+    its chain, and nothing before it is left to witness that nothing was taken."""
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+                         tamper=cut(dt.datetime(2026, 9, 10, tzinfo=dt.UTC), before=True))
+    seq = json.loads(messages(folder)[0])["seq"]
+    rc, out = run(folder, capsys)
+    assert rc == 3, out
+    assert (f"  head not witnessed: its first message, seq {seq}, is stamped 2026-09-10T00:00:00+00:00, 0 d 08:00 "
+            "after the period's start, does not begin its chain") in out
+    assert ("  the manifest's reason (unsigned: it explains, it proves nothing): the store holds no earlier message "
+            "of this chain stamped before the period's start") in out
+    assert "witnesses: 0 of 1 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
+    assert f"VERDICT: NOT WITNESSED: {CHAIN} before seq {seq}, 0 d 08:00 after the period's start: " in out
+
+
+def test_a_witness_before_the_window_is_found_by_seq(tmp_path, signer, capsys):
+    """A chain silent from 20 August to 11 September (local), its August messages arriving
+    after September's revision: its last message of August precedes the export's first and
+    witnesses its head; the reading is checked, not recomputed."""
+    folder = make_export(tmp_path, signer, [(dt.date(2026, 8, 20),) * 2, (FIRST + dt.timedelta(days=1),
+                                                                          LAST + dt.timedelta(days=1))],
+                         late=lambda ts: ts.month == 8)
+    lines = messages(folder)
+    witness, first = json.loads(lines[0]), json.loads(lines[1])
+    assert witness["ts"] == "2026-08-20T15:45:00.000Z" and witness["seq"] == first["seq"] - 1 > 0
+    assert json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]["not_witnessed"] == []
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+    assert "witnesses: 1 of 1 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
+    assert "readings: 1 verified message(s) stamped outside" in out

@@ -323,6 +323,32 @@ def test_signed_messages_are_kept_byte_for_byte_and_read_back_by_period_in_chain
     assert links == {2: Link(a[1][1].hash, a[0][1].hash, a[1][1].ts), 3: Link(a[2][1].hash, a[1][1].hash, a[2][1].ts)}
 
 
+def test_a_chains_witness_beyond_a_time_is_found_by_seq(store):
+    """What an export's witnesses are: a chain's first message above a seq stamped at or after
+    a time, or its last below a seq stamped before one, however far off (a chain silent for
+    weeks, another chain and other epochs around it)."""
+    key = Ed25519PrivateKey.generate()
+    a = signed_chain(6, key)  # minutes 0..5
+    later = signed_chain(2, key, first=7, prev=a[-1][1].hash, minutes=60 * 24 * 40)  # 40 days on
+    other = signed_chain(3, key, device="m2", epoch="00000000000000b2", minutes=3)
+    store.write([r for r, _, _ in a + later + other], messages=[m for _, m, _ in a + later + other])
+    at, chain = T0 + dt.timedelta(minutes=3), ("s1", "gw1", "00000000000000a1")
+    assert store.chain_witness(*chain, 2, at) == a[3][2]  # seq 4, at minute 3
+    assert store.chain_witness(*chain, 4, at) == a[4][2]
+    assert store.chain_witness(*chain, 6, at) == later[0][2]
+    assert store.chain_witness(*chain, 1, T0 + dt.timedelta(days=39)) == later[0][2]
+    assert store.chain_witness(*chain, 8, at) is None
+    assert store.chain_witness(*chain, 1, T0 + dt.timedelta(days=41)) is None
+    assert store.chain_witness(*chain, 8, T0 + dt.timedelta(days=39), later=False) == a[5][2]
+    assert store.chain_witness(*chain, 5, at, later=False) == a[2][2]  # seq 3, at minute 2
+    assert store.chain_witness(*chain, 3, at, later=False) == a[1][2]
+    assert store.chain_witness(*chain, 1, at, later=False) is None
+    assert store.chain_witness(*chain, 8, T0, later=False) is None
+    assert store.chain_witness("s1", "gw1", "00000000000000b2", 0, at) == other[0][2]
+    assert store.chain_witness("s1", "gw1", "00000000000000b2", 9, at, later=False) is None
+    assert store.chain_witness("s1", "gw1", "00000000000000c3", 0, at) is None
+
+
 def test_a_stored_signed_message_is_not_replaced_and_one_of_a_refused_reading_not_kept(store):
     key = Ed25519PrivateKey.generate()
     (r, m, raw), = signed_chain(1, key)

@@ -2,10 +2,24 @@
 the readings the figures are computed from (``recompute.message_window``), bytes as
 received, the site's public keys valid in that time (a chain's last message there kept
 without its signature, covered by a later one, is followed by the messages of its chain
-up to that one: ``with_covering``), and the collector's sequence
-findings and custody findings there (``custody/findings.json``), which explain the breaks
-of the chains and which the processor reads too. An export of readings that were not signed has no
-custody folder, and its manifest says 0 signed messages.
+up to that one: ``with_covering``), each chain's witness (``with_witnesses``), and the
+collector's sequence findings and custody findings there (``custody/findings.json``),
+which explain the breaks of the chains and which the processor reads too. An export of
+readings that were not signed has no custody folder, and its manifest says 0 signed messages.
+
+Witnesses: a chain whose last message there is stamped before the period's end is
+followed by its first message stamped at or after that end (found by seq, however long
+after; when it is covered, with the messages after it up to its signature); a chain whose
+first message there is stamped at or after the period's start, and does not begin its
+chain (``prev`` GENESIS), is preceded by its last message stamped before that start.
+Signed by the gateway and linked along the chain, they show that nothing of the chain in
+the period was left out of the export before its first message there or after its last:
+removing a chain's last messages (and everything after), or its first, from the export
+removes the witness too, and ``jcm verify`` names the chain. A chain end for which the
+store holds no such message (the gateway stopped, its epoch ended, or its later messages
+had not arrived when the export was made; its earlier messages lost) is listed in the
+manifest (``custody.witnesses.not_witnessed``, with the reason the export knows): an
+unsigned statement, which explains a missing witness and proves nothing.
 """
 
 from __future__ import annotations
@@ -14,14 +28,16 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from contract.custody import MAX_COVERED_RUN, is_covered, link, write_folder
+from contract.custody import GENESIS, MAX_COVERED_RUN, is_covered, link, write_folder, write_keys
+from contract.message import Reading
 from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from processing.export.json_file import read_json
-from processing.export.period_figures import PeriodFigures
+from processing.export.period_figures import PeriodFigures, local_bounds
 from processing.export.recompute import message_window
 from processing.period import stamped
 
@@ -30,6 +46,9 @@ FINDINGS = "findings.json"
 COVER_PAGE = 256
 #: successors stamped closer than this are read back in one query
 COVER_SPAN = dt.timedelta(hours=1)
+#: a message's gateway and epoch, found without parsing it (most messages are not a chain's
+#: last): a reading message has them before its values (``Reading.to_json``)
+_CHAIN = re.compile(rb'"gateway":"([^"\\]*)".*?"epoch":"([^"\\]*)"')
 
 
 def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> tuple[list[Path], dict]:
@@ -45,21 +64,130 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
             yield m
 
     keys = [k for k in site.custody.keys if k.valid_from < end and (k.valid_to is None or k.valid_to > start)]
-    messages = with_covering(store, site.site, store.signed_messages(site.site, start, end))
+    found = Witnesses(*local_bounds(site, figures.first, figures.last), store.sequence_findings(site.site))
+    messages = with_witnesses(store, site.site, with_covering(
+        store, site.site, store.signed_messages(site.site, start, end)), found)
     root = write_folder(folder, {site.site: keys}, counted(messages))
     if not count[0]:
         shutil.rmtree(root)
         return [], entry
+    # a witness beyond the window may be signed by a key of its own time (rotated since, or before)
+    more = [k for k in site.custody.keys if k not in keys and any(
+        k.valid_from <= ts and (k.valid_to is None or ts < k.valid_to) for ts in found.stamps)]
+    if more:
+        keys = [k for k in site.custody.keys if k in keys or k in more]
+        write_keys(root, {site.site: keys})
     # stamped in the window, or received in it (a wrong clock's readings are stamped anywhere)
-    sequence = [f for f in store.sequence_findings(site.site)
+    sequence = [f for f in found.findings
                 if (when := stamped(f))[0] < end and when[1] >= start
                 or f.noticed < end and (f.resolved or f.noticed) >= start]
     custody = [f for f in store.custody_findings(site.site) if start <= f.ts < end]
     (root / FINDINGS).write_text(json.dumps({"sequence_findings": [_record(f) for f in sequence],
                                              "custody_findings": [_record(f) for f in custody]}, indent=1) + "\n")
     entry.update(signed_messages=count[0], findings=len(sequence) + len(custody),
-                 keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys])
+                 keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys], witnesses=found.entry())
     return sorted(f for f in root.rglob("*") if f.is_file()), entry
+
+
+@dataclasses.dataclass
+class Witnesses:
+    """The witnesses of a period's chains (the module doc) as ``with_witnesses`` finds them."""
+
+    #: UTC start and end of the period
+    start: dt.datetime
+    end: dt.datetime
+    #: the site's sequence findings (a chain's end may be explained by a new epoch's)
+    findings: list[SequenceFinding]
+    chains: int = 0
+    #: each chain end without a witness: head or tail, gateway, epoch, its message's seq and ts, why
+    not_witnessed: list[dict] = dataclasses.field(default_factory=list)
+    #: the times of the witnesses' messages (the keys that sign them must be in the folder)
+    stamps: list[dt.datetime] = dataclasses.field(default_factory=list)
+
+    def entry(self) -> dict:
+        """The manifest's ``custody.witnesses``."""
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "chains": self.chains,
+                "not_witnessed": self.not_witnessed}
+
+    def added(self, messages: list[bytes]) -> list[bytes]:
+        """``messages``, a chain end's witness, noted."""
+        self.stamps += [r.ts for r in map(_reading, messages) if r is not None]
+        return messages
+
+    def missing(self, end: str, r: Reading, why: str) -> list[bytes]:
+        """No witness for the ``end`` (head or tail) at ``r``, the chain's message there, for ``why``."""
+        self.not_witnessed.append({"end": end, "gateway": r.gateway, "epoch": r.epoch, "seq": r.seq,
+                                   "ts": r.ts.isoformat(), "why": why})
+        return []
+
+
+def with_witnesses(store: ReadingStore, site: str, messages: Iterable[bytes], found: Witnesses) -> Iterator[bytes]:
+    """``messages`` (ordered by chain and seq, covering runs in place: ``with_covering``) with
+    each chain's witnesses (the module doc) before its first message and after its last,
+    where those are stamped in the period: one store query per such chain end, nothing per
+    message but finding its chain. What it finds, and each chain end the store has no
+    witness for, with why, is told to ``found``."""
+    chain = last = None
+    for m in messages:
+        match = _CHAIN.search(m)
+        here = match.groups() if match else None
+        if last is None or here != chain:
+            if last is not None:
+                yield from _tail(store, site, last, found)
+            found.chains += 1
+            yield from _head(store, site, m, found)
+        chain, last = here, m
+        yield m
+    if last is not None:
+        yield from _tail(store, site, last, found)
+
+
+def _head(store: ReadingStore, site: str, first: bytes, found: Witnesses) -> list[bytes]:
+    """The witness before a chain's ``first`` message, or none (``first`` stamped before the
+    period's start or beginning its chain needs none; else the chain's head is listed)."""
+    r = _reading(first)
+    if r is None or r.ts < found.start or link(first)[0] == GENESIS:
+        return []
+    witness = store.chain_witness(site, r.gateway, r.epoch, r.seq, found.start, later=False)
+    # a covered witness is covered by ``first`` and the messages after it: only when it is seq - 1
+    if witness is not None and (not is_covered(witness) or _place(witness)[2] == r.seq - 1):
+        return found.added([witness])
+    return found.missing("head", r, "the store holds no earlier message of this chain stamped before the period's "
+                                    "start: its earlier messages were lost, or the store had not kept them"
+                         if witness is None else
+                         f"its last message stamped before the period's start, seq {_place(witness)[2]}, is kept "
+                         "without its signature and the message after it is not in the store")
+
+
+def _tail(store: ReadingStore, site: str, last: bytes, found: Witnesses) -> list[bytes]:
+    """The witness after a chain's ``last`` message (with its covering run), or none
+    (``last`` stamped at or after the period's end is its own; else the chain's tail is listed)."""
+    r = _reading(last)
+    if r is None or r.ts >= found.end:
+        return []
+    witness = store.chain_witness(site, r.gateway, r.epoch, r.seq, found.end)
+    run = [] if witness is None or not is_covered(witness) else _covering(store, site, witness)
+    if witness is not None and (run or not is_covered(witness)):
+        return found.added([witness, *run])
+    if witness is not None:
+        return found.missing("tail", r, f"its first message stamped at or after the period's end, seq "
+                                        f"{_place(witness)[2]}, is kept without its signature and the message "
+                                        "that covers it is not in the store")
+    return found.missing("tail", r, next(
+        (f"the collector found the gateway's new epoch {f.epoch} after seq {f.first} of this one: {f.cause}"
+         for f in found.findings if (f.kind, f.gateway, f.previous) == ("epoch", r.gateway, r.epoch)),
+        "the store holds no later message of this chain stamped at or after the period's end: the gateway "
+        "stopped or its epoch ended, or its later messages had not arrived when the export was made"))
+
+
+def _reading(message: bytes) -> Reading | None:
+    """The reading of a stored signed or covered message; ``None`` when it is not one of a
+    chain (``jcm verify`` refuses it: no witness can help)."""
+    try:
+        r = Reading.from_json(message)
+    except ValueError:
+        return None
+    return r if r.epoch is not None and link(message) is not None else None
 
 
 def with_covering(store: ReadingStore, site: str, messages: Iterable[bytes]) -> Iterator[bytes]:

@@ -8,7 +8,9 @@ the same whole months, takes the period's days of their daily parameter values a
 runs the methodology's equations once on the period's sums, as ``collect`` does. The
 signed messages an export holds therefore cover what the months' processing read
 (``message_window``): the whole months, ``EDGE`` either side to settle the intervals
-across their boundaries, and further where a counter's neighbours were read.
+across their boundaries, and further where a counter's neighbours were read. Those it
+holds stamped outside that window (witnesses, covering messages) are no readings of the
+figures: ``jcm verify`` leaves them out (``reading_window``), as the revisions never read them.
 """
 
 from __future__ import annotations
@@ -35,14 +37,21 @@ SITE_SETTINGS = "site.json"
 
 
 def message_window(figures: PeriodFigures) -> tuple[dt.datetime, dt.datetime]:
-    """UTC start and end (exclusive) of the readings a recomputation of the period reads: those
-    its revisions read (``read_span``), at least the whole months the period touches and
-    ``EDGE`` either side (all a revision recorded before it recorded its span)."""
-    months = months_between(figures.first, figures.last)
-    start, _ = local_bounds(figures.site, *month_bounds(months[0]))
-    _, end = local_bounds(figures.site, *month_bounds(months[-1]))
-    spans = [(dt.datetime.fromisoformat(a), dt.datetime.fromisoformat(b))
-             for a, b in (r.read_span for r in figures.revisions if r.read_span)]
+    """UTC start and end (exclusive) of the readings a recomputation of the period reads
+    (``reading_window`` of its revisions' read spans)."""
+    return reading_window(figures.site, figures.first, figures.last, [r.read_span for r in figures.revisions])
+
+
+def reading_window(site: Site, first: dt.date, last: dt.date,
+                   spans: list[tuple[str, str] | None]) -> tuple[dt.datetime, dt.datetime]:
+    """UTC start and end (exclusive) of the readings a recomputation of the days ``first..last``
+    reads: those its revisions read (``spans``, ``read_span``: UTC ISO start and end, ``None``
+    when not recorded), at least the whole months the days touch and ``EDGE`` either side
+    (all a revision recorded before it recorded its span)."""
+    months = months_between(first, last)
+    start, _ = local_bounds(site, *month_bounds(months[0]))
+    _, end = local_bounds(site, *month_bounds(months[-1]))
+    spans = [(dt.datetime.fromisoformat(a), dt.datetime.fromisoformat(b)) for a, b in (s for s in spans if s)]
     return (min([start - EDGE.to_pytimedelta(), *(a for a, _ in spans)]),
             max([end + EDGE.to_pytimedelta(), *(b for _, b in spans)]))
 
