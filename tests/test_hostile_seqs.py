@@ -440,6 +440,40 @@ def test_a_jump_with_seqs_not_held_stays_open_after_the_collector_restarts(tmp_p
     store.close()
 
 
+@pytest.mark.parametrize("backend, restart", [("sqlite", "before"), ("sqlite", "after"), ("sqlite", "never"),
+                                              ("influxdb", "before")])
+def test_jump_findings_of_two_collectors_are_all_resolved_once_the_backlog_is_stored(backend, restart, tmp_path,
+                                                                                    request, monkeypatch):
+    """A young epoch on a shared subscription: B meets it, A meets a far seq L (a jump finding from L),
+    then B one below L (B never learnt A's: a second finding); the backlog, all to B, fills every seq,
+    and both collectors restart before it arrives, after it, or never. Before: a restarted collector
+    continued only the open finding noticed last (or none, when the backlog was in), and A never
+    learnt what B stored: a finding stayed open for ever (a ``sequence_jump`` alarm, months in review)
+    although no seq is missing."""
+    monkeypatch.setattr(far_seqs, "MAX_AHEAD", 8 * BLOCK_SEQS)
+    store = _store(backend, tmp_path, request)
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+    live = far_seqs.MAX_AHEAD + 20_000
+    b.stored(_readings(range(1, 11)))
+    a.stored(_readings([live + 5]))
+    b.stored(_readings([live]))
+    assert sorted(f.first for f in store.sequence_findings("s") if f.kind == "jump") == [live, live + 5]
+    if restart == "before":
+        a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+    for i in range(11, live + 11, 4000):
+        b.stored(_readings(s for s in range(i, min(i + 4000, live + 11)) if s not in (live, live + 5)))
+    if restart == "after":
+        a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+    for c in (a, b):
+        _judged(c, clock)
+    found = store.sequence_findings("s")
+    assert [(f.first, f.last) for f in found if f.kind == "gap"] == []
+    assert [(f.first, f.resolved is not None) for f in found if f.kind == "jump"] == [(live + 5, True), (live, True)]
+    assert stored_ranges(store, *GW) == [(E1, 1, live + 10)]
+    store.close()
+
+
 def test_every_other_seq_costs_a_bounded_number_of_runs_and_gap_findings(tmp_path, caplog):
     """A hostile gateway sending seqs 1, 3, 5, ... within the bound: each missing seq is a hole of its
     own. Measured before (100,000 readings, SQLite): 90,000 gap findings and WARNING lines, 81,000 runs
