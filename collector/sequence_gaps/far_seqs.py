@@ -10,6 +10,13 @@ lane overtook a longer backlog), and a ``jump`` finding names the gateway, epoch
 as a WARNING when new, resolved, and each time its count grew tenfold; it is resolved once every
 held seq has been followed. So a seq of 2**62 costs no false gap of 2**62 seqs, and seqs 4,096
 apart cost a block each only within that bound and for the ``FAR_HELD`` held.
+
+Across collectors (a shared subscription, restarts) an epoch may have several open jump findings,
+each of the collector that met its seqs first. A collector holding seqs learns at each refresh what
+the store holds up to the bound (``_catch_up``: the other may have stored the whole backlog), and
+one that meets a gateway resolves the open findings it does not continue too, as the store holds
+them then, once its bound reaches their highest seq (``_resolve_others``): every seq one names was
+held, so is stored; one with readings not held stays open.
 """
 
 from __future__ import annotations
