@@ -447,10 +447,10 @@ def test_jump_findings_of_two_collectors_are_all_resolved_once_the_backlog_is_st
                                                                                     request, monkeypatch):
     """A young epoch on a shared subscription: B meets it, A meets a far seq L (a jump finding from L),
     then B one below L (B never learnt A's: a second finding); the backlog, all to B, fills every seq,
-    and both collectors restart before it arrives, after it, or never; then the live lane goes on. Before: a restarted collector
-    continued only the open finding noticed last (or none, when the backlog was in), and A never
-    learnt what B stored: a finding stayed open for ever (a ``sequence_jump`` alarm, months in review)
-    although no seq is missing."""
+    and both collectors restart before it arrives, after it, or never; then the live lane goes on.
+    Before: a restarted collector continued only the open finding noticed last (or none, when the
+    backlog was in), and A never learnt what B stored: a finding stayed open for ever (a
+    ``sequence_jump`` alarm, months in review) although no seq is missing."""
     monkeypatch.setattr(far_seqs, "MAX_AHEAD", 8 * BLOCK_SEQS)
     store = _store(backend, tmp_path, request)
     clock = [0.0]
