@@ -5,6 +5,7 @@ every reading is still stored and acknowledged, and the anomaly is named."""
 import datetime as dt
 import json
 import logging
+import random
 import time
 from dataclasses import replace
 
@@ -437,6 +438,80 @@ def test_a_jump_with_seqs_not_held_stays_open_after_the_collector_restarts(tmp_p
     assert not second._gateways[GW][E1].far  # the held, followed
     [jump] = [f for f in store.sequence_findings("s") if f.kind == "jump"]
     assert jump.resolved is None and jump.explained == 2 and "2 of them not held" in jump.cause
+    store.close()
+
+
+@pytest.mark.parametrize("backend, restart", [("sqlite", "before"), ("sqlite", "after"), ("sqlite", "never"),
+                                              ("influxdb", "before")])
+def test_jump_findings_of_two_collectors_are_all_resolved_once_the_backlog_is_stored(backend, restart, tmp_path,
+                                                                                    request, monkeypatch):
+    """A young epoch on a shared subscription: B meets it, A meets a far seq L (a jump finding from L),
+    then B one below L (B never learnt A's: a second finding); the backlog, all to B, fills every seq,
+    and both collectors restart before it arrives, after it, or never; then the live lane goes on.
+    Before: a restarted collector continued only the open finding noticed last (or none, when the
+    backlog was in), and A never learnt what B stored: a finding stayed open for ever (a
+    ``sequence_jump`` alarm, months in review) although no seq is missing."""
+    monkeypatch.setattr(far_seqs, "MAX_AHEAD", 8 * BLOCK_SEQS)
+    store = _store(backend, tmp_path, request)
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+    live = far_seqs.MAX_AHEAD + 20_000
+    b.stored(_readings(range(1, 11)))
+    a.stored(_readings([live + 5]))
+    b.stored(_readings([live]))
+    assert sorted(f.first for f in store.sequence_findings("s") if f.kind == "jump") == [live, live + 5]
+    if restart == "before":
+        a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+    for i in range(11, live + 11, 4000):
+        b.stored(_readings(s for s in range(i, min(i + 4000, live + 11)) if s not in (live, live + 5)))
+    if restart == "after":
+        a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+    for c, seq in ((a, live + 11), (b, live + 12)):  # the live lane goes on
+        c.stored(_readings([seq]))
+    for c in (a, b):
+        _judged(c, clock)
+    found = store.sequence_findings("s")
+    assert [(f.first, f.last) for f in found if f.kind == "gap"] == []
+    assert sorted((f.first, f.resolved is not None) for f in found if f.kind == "jump") == [(live, True),
+                                                                                           (live + 5, True)]
+    assert stored_ranges(store, *GW) == [(E1, 1, live + 12)]
+    store.close()
+
+
+@pytest.mark.fuzz
+def test_jump_findings_on_a_shared_subscription_are_all_resolved_once_the_whole_stream_is_stored(tmp_path,
+                                                                                                 monkeypatch):
+    """A young epoch whose live lane runs ahead of its backlog, up to beyond the bound (made small), on a
+    shared subscription of two collectors that restart now and then: the head of the backlog, the live
+    lane (some of it redelivered later), then the rest of the backlog with the live lane's late seqs
+    strewn in, all within the grace period. Once the whole stream is stored and the live lane goes on,
+    no jump finding is open and no seq is a gap."""
+    monkeypatch.setattr(far_seqs, "MAX_AHEAD", 2 * BLOCK_SEQS)
+    store = SqliteStore(tmp_path / "jcm.db")
+    examples = iter(range(10**9))
+
+    @settings(max_examples=fuzz_examples(8), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.integers(1, 60), st.integers(-100, 2 * BLOCK_SEQS), st.integers(1, 30), st.integers(0, 2**32))
+    def one_example(head, beyond, n_live, seed):
+        rnd = random.Random(seed)  # thousands of draws: more than hypothesis's own randoms take
+        site = f"s{next(examples)}"  # one store for every example
+        shared = SharedSubscription(store, site)
+        start = far_seqs.MAX_AHEAD + head + beyond
+        live = list(range(start, start + n_live))
+        early = [s for s in live if rnd.random() < 0.7] + rnd.sample(live, n_live // 3)
+        rest = [s for s in live if s not in early] + rnd.sample(live, n_live // 3)
+        backlog = sorted(range(head + 1, start), key=lambda s: s + rnd.randint(0, 50))
+        for s in rest:
+            backlog.insert(rnd.randrange(len(backlog) + 1), s)
+        shared.feed([*range(1, head + 1), *early, *backlog], rnd, batch=500, restart=0.15, steps=(0.0, 0.01))
+        shared.go_on([start + n_live, start + n_live + 1])
+        shared.judge(100, 200, 300)
+        found = store.sequence_findings(site)
+        assert [(f.first, f.last) for f in found if f.kind == "gap"] == []
+        assert [(f.first, f.last, f.cause) for f in found if f.kind == "jump" and f.resolved is None] == []
+        assert stored_ranges(store, site, "gw") == [(E1, 1, start + n_live + 1)]
+
+    one_example()
     store.close()
 
 

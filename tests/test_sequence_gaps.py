@@ -111,6 +111,12 @@ class SharedSubscription:
                 self.clock[0] += rnd.choice(steps)
             self.collectors[i].check()
 
+    def go_on(self, seqs: list[int]) -> None:
+        """The live lane goes on: one of ``seqs`` to each collector in turn (so a collector restarted
+        meets the gateway again, and reads back what its predecessor left open)."""
+        for c, seq in zip(self.collectors, seqs):
+            c.stored(self.readings([seq]))
+
     def judge(self, *after: float) -> None:
         """Set the clock to each of ``after`` seconds from now in turn, and let every collector check."""
         for self.clock[0] in [self.clock[0] + a for a in after]:

@@ -55,6 +55,10 @@ class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
     far_count: int = 0  # readings beyond ``limit`` this process met (held or not)
     far_dropped: int = 0  # of those, not held
     jump: SequenceFinding | None = None  # this process's finding about them
+    #: first -> last seq of the open jump findings of this epoch in the store but ``jump`` (another
+    #: collector's, or a predecessor's), learnt when this collector met the gateway: resolved by it
+    #: once its bound reaches their last seq (``_reach``)
+    others: dict[int, int] = field(default_factory=dict)
     jump_logged: int = 0  # ``far_count`` when it was last logged
     evictions: int = 0  # of ``own`` blocks (``OWN_BLOCKS``)
     seen: float = 0.0  # monotonic time of its last reading (or of when this process learnt it)

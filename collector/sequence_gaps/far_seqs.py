@@ -10,6 +10,13 @@ lane overtook a longer backlog), and a ``jump`` finding names the gateway, epoch
 as a WARNING when new, resolved, and each time its count grew tenfold; it is resolved once every
 held seq has been followed. So a seq of 2**62 costs no false gap of 2**62 seqs, and seqs 4,096
 apart cost a block each only within that bound and for the ``FAR_HELD`` held.
+
+Across collectors (a shared subscription, restarts) an epoch may have several open jump findings,
+each of the collector that met its seqs first. A collector holding seqs learns at each refresh what
+the store holds up to the bound (``_catch_up``: the other may have stored the whole backlog), and
+one that meets a gateway resolves the open findings it does not continue too, as the store holds
+them then, once its bound reaches their highest seq (``_resolve_others``): every seq one names was
+held, so is stored; one with readings not held stays open.
 """
 
 from __future__ import annotations
@@ -84,6 +91,51 @@ class _FarSeqs:
         track.jump = replace(j, cause=cause, explained=track.far_dropped)
         self._jumps.add((site, gateway, epoch))
         return held
+
+    def _reach(self, site: str, gateway: str, epoch: str, track: _Epoch) -> None:
+        """Follow the held seqs the epoch's bound now reaches: its jump finding is resolved once every
+        seq it named is followed, and the others' (``_Epoch.others``) once the bound reaches their last."""
+        while track.far and track.far[0][0] <= self._limit(site, gateway, epoch, track):
+            self._follow(site, gateway, epoch, track, *track.far.pop(0))
+            if not track.far and not track.far_dropped:
+                track.jump = replace(track.jump, resolved=dt.datetime.now(dt.UTC))
+                self._jumps.add((site, gateway, epoch))
+        if track.others and min(track.others.values()) <= self._limit(site, gateway, epoch, track):
+            self._resolve_others(site, gateway, epoch, track)
+
+    def _resolve_others(self, site: str, gateway: str, epoch: str, track: _Epoch) -> None:
+        """Resolve the others' jump findings whose last seq the epoch's bound reaches, as the store holds
+        them now (their collector may have named more seqs in one since, or resolved it). Every seq one
+        names is stored, as each was held (``explained`` 0) and a held seq's block is written before its
+        finding; and every one is within the bound now: followed, or read from the store as a hole is."""
+        limit, others = self._limit(site, gateway, epoch, track), {}
+        for f in self.store.sequence_findings(site):
+            if (f.kind, f.gateway, f.epoch, f.resolved, f.explained) != ("jump", gateway, epoch, None, 0) \
+                    or f.first not in track.others:
+                continue
+            if f.last > limit:
+                others[f.first] = f.last
+                continue
+            self.store.record_finding(replace(f, resolved=dt.datetime.now(dt.UTC)))
+            log.warning("site %s: gateway %s: %s; all of them followed now", site, gateway, f.cause)
+        track.others = others
+
+    def _catch_up(self, site: str, gateway: str, epoch: str, track: _Epoch) -> None:
+        """Of an epoch with seqs held or others' jump findings open: learn what the store holds above
+        the highest seq followed up to the bound, and follow what that brings within it. On a shared
+        subscription the other collector may store the whole backlog below them, and this one meet no
+        other seq of the epoch. A read a refresh, and one more each time what it read raised the bound."""
+        while True:
+            limit = self._limit(site, gateway, epoch, track)
+            top = track.runs[-1].last if track.runs else track.floor or 0
+            ranges = [r for r in self._read_ranges(site, gateway, epoch, top // BLOCK_SEQS, limit // BLOCK_SEQS)
+                      if r.first <= limit]  # beyond: another's held seqs, not followed yet
+            if ranges:
+                track.reshaped = True
+                track.set_runs(self._merged(track.runs, ranges))
+            self._reach(site, gateway, epoch, track)
+            if not track.runs or track.runs[-1].last <= top or not (track.far or track.others):
+                return
 
     def _far_block(self, site: str, gateway: str, epoch: str, seq: int, ts: dt.datetime) -> SeqBlock:
         """The block of a held seq, under a writer of its own (a store that cannot merge on write

@@ -137,11 +137,7 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                         self._far_blocks.append(self._far_block(r.site, r.gateway, epoch, r.seq, r.ts))
                 else:
                     self._follow(r.site, r.gateway, epoch, track, r.seq, r.ts)
-                    while track.far and track.far[0][0] <= self._limit(r.site, r.gateway, epoch, track):
-                        self._follow(r.site, r.gateway, epoch, track, *track.far.pop(0))
-                        if not track.far and not track.far_dropped:
-                            track.jump = replace(track.jump, resolved=dt.datetime.now(dt.UTC))
-                            self._jumps.add((r.site, r.gateway, epoch))
+                    self._reach(r.site, r.gateway, epoch, track)
                 done += 1
             if self._unsaved or self._far_blocks:
                 self._write_blocks()
@@ -241,7 +237,7 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
             oldest = self._suspect(epochs, now)
             marks += self._judged(site, gateway, epochs)
             self._log_unlogged(site, gateway, epochs, now)
-            if oldest is None and not any(track.open for track in epochs.values()):
+            if oldest is None and not any(track.open or track.far or track.others for track in epochs.values()):
                 continue
             if now - self._refreshed.get((site, gateway), -REFRESH_S) >= REFRESH_S:
                 self._refresh(site, gateway, epochs)
@@ -249,6 +245,8 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                 oldest = self._suspect(epochs, now)
             if oldest is not None and now - oldest >= self.grace_s:
                 self._record_gaps(site, gateway, epochs, now)
+        while self._jumps:  # resolved by what ``_refresh`` learnt
+            self._write_jump(*next(iter(self._jumps)))
         self._write_marks(marks, now)
 
     def _suspect(self, epochs: dict[str, _Epoch], now: float) -> float | None:
@@ -314,7 +312,8 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
 
     def _refresh(self, site: str, gateway: str, epochs: dict[str, _Epoch]) -> None:
         """Merge in what the store holds of the blocks of the holes suspected and of the gaps
-        recorded still open: what other collectors (or this one before a restart) stored."""
+        recorded still open: what other collectors (or this one before a restart) stored; and
+        of an epoch with seqs held or jump findings open, up to its bound (``_catch_up``)."""
         for epoch, track in epochs.items():
             spans: list[list[int]] = []  # of blocks, joined where they touch (a hole may span 2**51 blocks)
             for first, last in sorted([(f, la) for f, (la, _) in track.suspected.items()] + list(track.open.items())):
@@ -330,6 +329,8 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                 track.forget_covered(b for s, g, e, b in self._unsaved if (s, g, e) == (site, gateway, epoch))
                 for first in list(track.open):
                     self._resolve(site, gateway, epoch, track, first)
+            if track.far or track.others:
+                self._catch_up(site, gateway, epoch, track)
 
     @staticmethod
     def _merged(runs: list[_Run], ranges: list[SeqRange]) -> list[_Run]:
