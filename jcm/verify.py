@@ -49,7 +49,7 @@ from contract.message import Reading
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export import DEAD_LETTERS
-from processing.export.custody_folder import FINDINGS, read_findings
+from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import read_json
 from processing.export.period_figures import local_bounds
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
@@ -336,17 +336,17 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
         out.append(f"chain {name}: seq {low}..{high}, {count} verified message(s)")
         if period is not None and first.reading.ts >= period[0] and first.prev != GENESIS:
             inside["head"].append(first.reading.ts - period[0])
-            unwitnessed.append(f"{name} before seq {low}, {_span(inside['head'][-1])} after the period's start")
+            unwitnessed.append(f"{name} before seq {low}, {span(inside['head'][-1])} after the period's start")
             out.append(f"  head not witnessed: its first message, seq {low}, is stamped "
-                       f"{first.reading.ts.isoformat()}, {_span(inside['head'][-1])} after the period's start, does "
+                       f"{first.reading.ts.isoformat()}, {span(inside['head'][-1])} after the period's start, does "
                        "not begin its chain, and no earlier message of the chain is in the export: its readings "
                        "before that time cannot be shown complete")
             out.append(f"  {_claim(('head', *chain[1:]), claims)}")
         if period is not None and last.reading.ts < period[1]:
             inside["tail"].append(period[1] - last.reading.ts)
-            unwitnessed.append(f"{name} after seq {high}, {_span(inside['tail'][-1])} before the period's end")
+            unwitnessed.append(f"{name} after seq {high}, {span(inside['tail'][-1])} before the period's end")
             out.append(f"  tail not witnessed: its last message, seq {high}, is stamped {last.reading.ts.isoformat()}, "
-                       f"{_span(inside['tail'][-1])} before the period's end, and no later message of the chain is "
+                       f"{span(inside['tail'][-1])} before the period's end, and no later message of the chain is "
                        "in the export: its readings after that time cannot be shown complete")
             out.append(f"  {_claim(('tail', *chain[1:]), claims)}")
         listed = by_chain.get(chain, [])
@@ -361,8 +361,8 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
                    f"start ({period[0].isoformat()}; or begun in it), {len(chains) - len(tails)} after its end "
                    f"({period[1].isoformat()}): a chain's first verified message stamped before the start or "
                    "beginning its chain, its last at or after the end"
-                   + (f"; {len(heads)} head(s) not (longest {_span(max(heads))} after the start)" if heads else "")
-                   + (f"; {len(tails)} tail(s) not (longest {_span(max(tails))} before the end)" if tails else ""))
+                   + (f"; {len(heads)} head(s) not (longest {span(max(heads))} after the start)" if heads else "")
+                   + (f"; {len(tails)} tail(s) not (longest {span(max(tails))} before the end)" if tails else ""))
     if outside:
         out.append(f"readings: {outside} verified message(s) stamped outside the window the recomputation reads "
                    f"({window[0].isoformat()} .. {window[1].isoformat()}: witnesses and covering messages) "
@@ -385,12 +385,6 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
     problems += ["no messages"] if n == 0 else []
     out.append("custody: " + ("every signature verified, every chain whole" if ok else ", ".join(problems)))
     return problems, out, written, unwitnessed
-
-
-def _span(d: dt.timedelta) -> str:
-    """``3 d 04:05``: days, hours and minutes (rounded down)."""
-    minutes = int(d.total_seconds() // 60)
-    return f"{minutes // 1440} d {minutes % 1440 // 60:02}:{minutes % 60:02}"
 
 
 def _claim(end: tuple, claims: dict[tuple, str] | None) -> str:

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import gzip
 import hashlib
+import html
 import json
 import re
 import shutil
@@ -146,6 +147,10 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
     n = manifest["custody"]["signed_messages"]
     assert f"Chain of custody: {n:,} messages signed by the gateway" in (export / "summary.html").read_text()
     assert f"ゲートウェイが署名したメッセージ {n:,} 件" in (export / "summary.ja.html").read_text()
+    summary = html.unescape((export / "summary.html").read_text())
+    assert ("<p>Witnesses: all 1 chain(s) witnessed at the period's start (or begun in it) and at its end: "
+            in summary and "not witnessed" not in summary)
+    assert "全 1 チェーンが期間の開始時" in (export / "summary.ja.html").read_text()
     rc, out = run(export, capsys)
     assert rc == 0, out
     assert f"site mn-solar, period {FIRST}..{LAST}" in out
@@ -583,6 +588,15 @@ def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_pat
             "this chain stamped at or after the period's end") in out
     assert "witnesses: 1 of 1 chain(s) witnessed before the period's start" in out and ", 0 after its end" in out
     assert out.count("not witnessed") == 1 and "; 1 tail(s) not (longest 0 d 16:15 before the end)" in out
+    summary = html.unescape((folder / "summary.html").read_text())
+    assert ("<p><b>Witnesses: 1 of 1 chain(s) witnessed at the period's start (or begun in it), 0 of 1 at its end. "
+            "NOT WITNESSED") in summary
+    assert (f"<tr><td>end: its last message</td><td>mn-solar / gw-mn-01 / <code>{EPOCH}</code></td>"
+            f"<td class=n>{seq}</td><td>2026-09-11T23:45:00+00:00</td><td>0 d 16:15 before the period's end</td>"
+            "<td>the store holds no later message of this chain stamped at or after the period's end") in summary
+    assert "Reason given by the export (unsigned: it explains, it proves nothing)" in summary
+    assert "jcm verify <folder> checks each chain end" in summary
+    assert "期間終了の 0 d 16:15 前" in (folder / "summary.ja.html").read_text()
     assert ": all equal" in out and "custody: every signature verified, every chain whole" in out
     assert out.rstrip().endswith(
         f"VERDICT: NOT WITNESSED: {CHAIN} after seq {seq}, 0 d 16:15 before the period's end: the readings of "
@@ -643,6 +657,30 @@ def test_a_chain_that_ends_in_the_period_is_named_with_what_the_export_knows(tmp
     assert f"  the manifest's reason (unsigned: it explains, it proves nothing): {why}" in out
     assert "witnesses: 2 of 2 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
     assert out.count("not witnessed: ") == 1  # the new epoch's chain begins in the period: its head needs none
+
+
+def test_a_hostile_reason_is_shown_on_the_summary_as_text(tmp_path, signer):
+    """The manifest's reason may quote what the collector found (a finding's cause): on the
+    summary it is text, never markup, and cannot reorder the line it is on."""
+    from contract.store import SequenceFinding
+
+    new = dt.datetime(2026, 9, 11, 4, tzinfo=dt.UTC)
+    cause = "</td><script>alert(1)</script><img src=x onerror=alert(2)> \u202egnp.exe {span}"
+
+    def epoch_finding(store):
+        last = store._db.execute("SELECT MAX(seq) FROM messages WHERE epoch = ?", (EPOCH,)).fetchone()[0]
+        store.record_finding(SequenceFinding("epoch", "mn-solar", "gw-mn-01", EPOCH2, last, last, new, cause,
+                                             previous=EPOCH))
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+                         new_epoch_from=new, tamper=epoch_finding)
+    [old] = json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]["not_witnessed"]
+    assert old["why"].endswith(cause)
+    for name in ("summary.html", "summary.ja.html"):
+        page = (folder / name).read_text()
+        assert "<script" not in page and "<img src=x" not in page and "\u202e" not in page, name
+        assert ("&lt;/td&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt; \\u202egnp.exe "
+                "{span}</td></tr>") in page, name
+        assert "1 d 12:15" in page, name
 
 
 def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures(tmp_path, signer, capsys,
@@ -724,6 +762,11 @@ def test_a_chain_whose_first_messages_of_the_period_were_cut_is_named(tmp_path, 
     assert ("  the manifest's reason (unsigned: it explains, it proves nothing): the store holds no earlier message "
             "of this chain stamped before the period's start") in out
     assert "witnesses: 0 of 1 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
+    summary = html.unescape((folder / "summary.html").read_text())
+    assert "Witnesses: 0 of 1 chain(s) witnessed at the period's start (or begun in it), 1 of 1 at its end." in summary
+    assert (f"<tr><td>start: its first message</td><td>mn-solar / gw-mn-01 / <code>{EPOCH}</code></td>"
+            f"<td class=n>{seq}</td><td>2026-09-10T00:00:00+00:00</td><td>0 d 08:00 after the period's start</td>"
+            "<td>the store holds no earlier message") in summary
     assert f"VERDICT: NOT WITNESSED: {CHAIN} before seq {seq}, 0 d 08:00 after the period's start: " in out
 
 

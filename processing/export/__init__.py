@@ -116,7 +116,7 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
     files += [letters, write_site_settings(figures.site, folder / SITE_SETTINGS)]
     custody_files, custody = write_custody(figures, store, folder)
     files += custody_files
-    files += write_summary(figures, names, custody["signed_messages"], folder)
+    files += write_summary(figures, names, custody, folder)
     tell(7, steps, "custody/, summary.html")
     files.append(write_manifest(figures, files, folder / "manifest.json", custody, {"file": DEAD_LETTERS,
                                                                                    "count": refused}))

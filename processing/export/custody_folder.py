@@ -121,6 +121,13 @@ class Witnesses:
         return []
 
 
+def span(d: dt.timedelta) -> str:
+    """How far inside the period a chain end not witnessed is, as ``3 d 04:05`` (days, hours
+    and minutes, rounded down): the summary page and ``jcm verify`` write it alike."""
+    minutes = int(d.total_seconds() // 60)
+    return f"{minutes // 1440} d {minutes % 1440 // 60:02}:{minutes % 60:02}"
+
+
 def with_witnesses(store: ReadingStore, site: str, messages: Iterable[bytes], found: Witnesses) -> Iterator[bytes]:
     """``messages`` (ordered by chain and seq, covering runs in place: ``with_covering``) with
     each chain's witnesses (the module doc) before its first message and after its last,

@@ -1,7 +1,8 @@
 """A one-page human summary of the export: what the period's figures are, how sure
-they are, where they came from, with the charts; the workbook has the detail. In each
-language of ``LANGUAGES``, its labels from ``messages/<lang>.json``, each page linking
-to the other."""
+they are, where they came from (with how many of the custody chains are witnessed at
+each end of the period, and each chain end that is not), with the charts; the workbook
+has the detail. In each language of ``LANGUAGES``, its labels from
+``messages/<lang>.json``, each page linking to the other."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from functools import cache
 from html import escape
 from pathlib import Path
 
+from contract.text import printable
+from processing.export.custody_folder import span
 from processing.export.period_figures import PeriodFigures
 
 STYLE = """
@@ -37,7 +40,7 @@ def _num(value, digits: int = 6) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-def render(figures: PeriodFigures, files: dict[str, str], signed: int, lang: str = "en") -> str:
+def render(figures: PeriodFigures, files: dict[str, str], custody: dict, lang: str = "en") -> str:
     """The page as text.
 
     Parameters
@@ -46,12 +49,14 @@ def render(figures: PeriodFigures, files: dict[str, str], signed: int, lang: str
     files : dict
         Names of the export's other files by role: ``workbook``, ``daily_chart``,
         ``completeness_chart``, ``daily_csv``, ``raw_csv``.
-    signed : int
-        The signed messages in the export's custody folder (0: the readings were not signed).
+    custody : dict
+        The manifest's ``custody`` entry (``custody_folder.write_custody``): its signed
+        messages (0: the readings were not signed) and their chains' witnesses.
     lang : str
         One of ``LANGUAGES``.
     """
     site, calc, spec = figures.site, figures.calc, figures.spec
+    signed = custody["signed_messages"]
     e, m = escape, messages(lang)
 
     def date(d: dt.date) -> str:
@@ -86,13 +91,15 @@ def render(figures: PeriodFigures, files: dict[str, str], signed: int, lang: str
         "</table>",
         "<p>" + (e(m["custody"].format(n=f"{signed:,}")) if signed else f"<b>{e(m['not_signed'])}</b>") + "</p>",
     ]
+    if "witnesses" in custody:
+        parts += _witnesses(custody["witnesses"], site.site, m)
     if figures.config_changes:
         parts.append(f"<h3>{e(m['config_changed'])}</h3><p>{e(m['config_changed_text'])}</p><ul>")
         parts += [f"<li>{e(line)}</li>" for line in figures.config_changes]
         parts.append("</ul>")
     if figures.reasons:
         parts.append(f"<h3>{e(m['why'])}</h3><ul>")
-        parts += [f"<li>{e(r)}</li>" for r in figures.reasons]
+        parts += [f"<li>{e(printable(r))}</li>" for r in figures.reasons]  # they quote the collector's findings
         parts.append("</ul>")
     parts += [f"<h3>{e(m['totals'])}</h3><table><tr><th>{e(m['parameter'])}</th><th>{e(m['total'])}</th>"
               f"<th>{e(m['unit'])}</th></tr>"]
@@ -119,11 +126,39 @@ def render(figures: PeriodFigures, files: dict[str, str], signed: int, lang: str
     return "\n".join(parts) + "\n"
 
 
-def write_summary(figures: PeriodFigures, files: dict[str, str], signed: int, folder: Path) -> list[Path]:
-    """Write the page in every language of ``LANGUAGES`` into ``folder`` (UTF-8, LF)."""
+def _witnesses(witnesses: dict, site: str, m: dict[str, str]) -> list[str]:
+    """The custody section's witness line and, when a chain end is not witnessed, the list of
+    them as the manifest has them (``custody.witnesses``), its reasons marked unsigned."""
+    chains, listed = witnesses["chains"], witnesses["not_witnessed"]
+    heads, tails = (chains - sum(w["end"] == end for w in listed) for end in ("head", "tail"))
+    if not listed:
+        return ["<p>" + escape(m["witnessed_all"].format(chains=f"{chains:,}")) + "</p>"]
+    start, end = (dt.datetime.fromisoformat(witnesses[k]) for k in ("start", "end"))
+
+    def text(value) -> str:  # from the store and the gateways: no markup, nothing reordering the line
+        return escape(printable(str(value)))
+
+    parts = ["<p><b>" + escape(m["witnessed_some"].format(heads=f"{heads:,}", tails=f"{tails:,}",
+                                                           chains=f"{chains:,}")) + "</b></p>",
+             f"<h3>{escape(m['not_witnessed'])}</h3><p>{escape(m['not_witnessed_text'])}</p>",
+             "<table><tr>" + "".join(f"<th>{escape(m[k])}</th>" for k in (
+                 "nw_end", "nw_chain", "nw_seq", "nw_time", "nw_inside", "nw_why")) + "</tr>"]
+    for w in listed:
+        ts = dt.datetime.fromisoformat(w["ts"])
+        inside = span(ts - start if w["end"] == "head" else end - ts)
+        parts.append(f"<tr><td>{escape(m['nw_end.' + w['end']])}</td><td>{text(site)} / {text(w['gateway'])} / "
+                     f"<code>{text(w['epoch'])}</code></td><td class=n>{text(w['seq'])}</td><td>{text(w['ts'])}</td>"
+                     f"<td>{escape(m['nw_inside.' + w['end']].format(span=inside))}</td><td>{text(w['why'])}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def write_summary(figures: PeriodFigures, files: dict[str, str], custody: dict, folder: Path) -> list[Path]:
+    """Write the page in every language of ``LANGUAGES`` into ``folder`` (UTF-8, LF);
+    ``custody`` as ``render`` takes it."""
     out = []
     for lang, name in LANGUAGES.items():
         path = folder / name
-        path.write_bytes(render(figures, files, signed, lang).encode("utf-8"))
+        path.write_bytes(render(figures, files, custody, lang).encode("utf-8"))
         out.append(path)
     return out
