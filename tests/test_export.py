@@ -196,6 +196,9 @@ def test_signed_off_revision_is_used_and_reported(tmp_path):
     assert '<html lang="ja">' in ja and "A. Verifier" in ja
     assert "モニタリング期間 2026年9月25日～2026年10月4日" in ja
     assert 'href="summary.html"' in ja and 'href="summary.ja.html"' in (folder / "summary.html").read_text()
+    # each link names its language in that language
+    assert '<a href="summary.html" hreflang="en">English</a>' in ja
+    assert '<a href="summary.ja.html" hreflang="ja">日本語</a>' in (folder / "summary.html").read_text()
 
 
 # -- simulated history in a real store ----------------------------------------------

@@ -68,7 +68,7 @@ def render(figures: PeriodFigures, files: dict[str, str], custody: dict, lang: s
     def link(name: str) -> str:
         return f'<a href="{e(name)}">{e(name)}</a>'
 
-    others = " · ".join(f'<a href="{e(name)}" hreflang="{code}">{e(messages(code)["other_language"])}</a>'
+    others = " · ".join(f'<a href="{e(name)}" hreflang="{code}">{e(messages(code)["language"])}</a>'
                         for code, name in LANGUAGES.items() if code != lang)
     parts = ["<!DOCTYPE html>", f'<html lang="{lang}"><head><meta charset="utf-8">',
              f"<title>{e(figures.name)}</title><style>{STYLE}</style></head><body>", f"<p>{others}</p>"]
