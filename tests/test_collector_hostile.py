@@ -37,7 +37,7 @@ def collecting(broker, store_url, sites, **extra):
     pub = Publisher(broker)
     try:
         yield c, pub, running(c, pub)
-        assert c.failure is None and c._worker.is_alive()
+        assert c.failure is None and c.alive()
     finally:
         c.stop()
         pub.close()
