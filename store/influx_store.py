@@ -46,7 +46,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from contract import topics
-from contract.float_text import finite_float_texts
+from contract.float_text import joined_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import MAX_SEQ, Reading
 from contract.sqlite_file import UnusableFile
@@ -201,7 +201,7 @@ def _float_fields(values: dict, quality: str, seq: str, status: str) -> str | No
     if set(map(type, floats)) != {float} or not math.isfinite(sum(floats)):
         return None
     # one join, one replace (5.0 as 5, as _float renders it) and one split: a float's text holds no comma
-    texts = (",".join(finite_float_texts(floats)) + ",").replace(".0,", ",").split(",")
+    texts = (joined_float_texts(floats) + ",").replace(".0,", ",").split(",")
     texts[-1:] = quality, seq, status
     return template.format(*texts)
 
