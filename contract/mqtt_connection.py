@@ -115,27 +115,22 @@ RECV_CHUNK = 65536
 
 class _Received(mqtt.MQTTMessage):
     """A PUBLISH received whole in a chunk (``_Client._publish``): paho's message, but its
-    ``info`` (a lock, which only messages sent need) and its MQTT 5 ``properties`` (which no
-    stage reads) made only when asked for. Both were a fifth of paho's work a message."""
+    ``info`` (a lock, which only messages sent need) and its MQTT 5 ``properties`` (none:
+    a PUBLISH with some is paho's) made only when asked for. Both were a fifth of paho's
+    work a message."""
 
-    __slots__ = ("_raw_properties",)
+    __slots__ = ("_v5",)
 
-    def __init__(self, mid: int, topic: bytes, qos: int, dup: bool, retain: bool, payload: bytes,
-                 raw_properties: bytes | None):
+    def __init__(self, mid: int, topic: bytes, qos: int, dup: bool, retain: bool, payload: bytes, v5: bool):
         self.timestamp = mqtt.time_func()
         self.state = mqtt.mqtt_ms_invalid
         self.mid, self._topic, self.qos, self.dup, self.retain = mid, topic, qos, dup, retain
         self.payload = payload
-        self._raw_properties = raw_properties
+        self._v5 = v5
 
     @property
     def properties(self) -> Properties | None:
-        raw = self._raw_properties
-        if raw is None:  # MQTT 3.1.1
-            return None
-        props = Properties(PacketTypes.PUBLISH)
-        props.unpack(raw)
-        return props
+        return Properties(PacketTypes.PUBLISH) if self._v5 else None  # MQTT 3.1.1 has none
 
     @property
     def info(self) -> mqtt.MQTTMessageInfo:
@@ -231,10 +226,12 @@ class _Client(mqtt.Client):
 
     def _publish(self, header: int, body: bytes) -> mqtt.MQTTErrorCode | None:
         """A PUBLISH of QoS 0 or 1 handed to ``on_message`` as paho's ``_handle_publish`` would;
-        None for what paho must handle: QoS 2 (its state), a packet paho would call malformed,
-        and topic filters' own callbacks (``message_callback_add``, matched by paho)."""
+        None for what paho must handle: QoS 2 (its state), a packet paho would call malformed
+        (a QoS of 3 too), MQTT 5 properties (paho refuses the connection for ones it cannot
+        read; none of our senders sets any) and topic filters' own callbacks
+        (``message_callback_add``, matched by paho)."""
         qos = (header >> 1) & 3
-        if qos == 2 or self._on_message_filtered._root._children or len(body) < 2:
+        if qos > 1 or self._on_message_filtered._root._children or len(body) < 2:
             return None
         pos = 2 + (body[0] << 8 | body[1])
         topic = body[2:pos]
@@ -242,18 +239,16 @@ class _Client(mqtt.Client):
         if qos:
             mid = body[pos] << 8 | body[pos + 1] if pos + 2 <= len(body) else 0
             pos += 2
-        raw = None
-        if self._protocol == mqtt.MQTTv5:
-            props = _var_int(body, pos) if pos < len(body) else None
-            if props is None:
+        v5 = self._protocol == mqtt.MQTTv5
+        if v5:
+            if pos >= len(body) or body[pos]:  # MQTT 5 properties, or none where their length should be
                 return None
-            raw = body[pos:props[1] + props[0]]
-            pos = props[1] + props[0]
+            pos += 1
         elif not topic:  # paho: "topic can't be empty in MQTTv3"
             return None
         if pos > len(body) or (qos and not mid):
             return None
-        message = _Received(mid, topic, qos, bool(header & 8), bool(header & 1), body[pos:], raw)
+        message = _Received(mid, topic, qos, bool(header & 8), bool(header & 1), body[pos:], v5)
         on_message = self.on_message
         if on_message is not None:
             with self._in_callback_mutex:

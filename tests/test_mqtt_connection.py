@@ -500,3 +500,60 @@ def test_messages_read_from_chunks_are_those_paho_reads(v5, mosquitto):
         for c in (reference, pub):
             c.disconnect()
             c.loop_stop()
+
+
+def _publish_packet(header: int, topic: bytes, mid: int | None = None, properties: bytes | None = None,
+                    payload: bytes = b"x") -> bytes:
+    body = (len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if mid is not None else b"")
+            + (properties or b"") + payload)
+    assert len(body) < 128
+    return bytes([header, len(body)]) + body
+
+
+def _fed(client: mqtt.Client, packets: bytes) -> tuple[list, bytes, bool]:
+    """What ``client`` makes of a broker that accepts its CONNECT and then sends ``packets``
+    in one write: the messages it delivers, the bytes it sends back, whether it dropped the
+    connection (a protocol error) rather than the broker."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        got: list = []
+        client.on_message = lambda c, userdata, msg: got.append((msg._topic, msg.payload, msg.qos, msg.mid))
+        client.connect("127.0.0.1", server.getsockname()[1], keepalive=60)
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            conn.recv(4096)  # CONNECT
+            v5 = client._protocol == mqtt.MQTTv5
+            conn.sendall((b"\x20\x03\x00\x00\x00" if v5 else b"\x20\x02\x00\x00") + packets)  # CONNACK, then them
+            deadline = time.monotonic() + 3
+            while client._sock is not None and time.monotonic() < deadline:
+                client.loop(0.05)
+            dropped = client._sock is None
+            conn.settimeout(0.2)
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(4096):
+                    answer += chunk
+    with contextlib.suppress(Exception):
+        client._sock_close()
+    return got, answer, dropped
+
+
+@pytest.mark.parametrize("v5, packet", [
+    (False, _publish_packet(0x36, b"t/q3", 7)),  # QoS 3: no such QoS
+    (True, _publish_packet(0x36, b"t/q3", 7, b"\x00")),
+    (True, _publish_packet(0x32, b"t/p", 7, b"\x02\xff\x00")),  # a property of no known id
+    (True, _publish_packet(0x30, b"t/p", None, b"\x03\x01\x05\x00")),  # payload format indicator 5, truncated
+], ids=["qos3-mqtt311", "qos3-mqtt5", "unknown-property", "bad-property"])
+def test_a_malformed_publish_after_a_good_one_in_a_chunk_is_refused_as_paho_refuses_it(v5, packet):
+    """A PUBLISH cut from the read-ahead chunk is judged as paho judges it: one paho calls
+    malformed (a QoS of 3, MQTT 5 properties it cannot read) is not delivered nor acknowledged,
+    and the connection is dropped as a protocol error, as paho's own client does."""
+    good = _publish_packet(0x30, b"t/good", None, b"\x00" if v5 else None)
+    protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+    ours = BrokerConnection("mqtt://127.0.0.1:1", "ours", "test", mqtt5=v5).client
+    reference = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ours", protocol=protocol)
+    expected = _fed(reference, good + packet)
+    assert expected == ([(b"t/good", b"x", 0, 0)], b"", True)  # the bad one refused: paho's word
+    assert _fed(ours, good + packet) == expected
