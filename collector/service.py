@@ -234,8 +234,8 @@ class Collector:
                 step()
         except BaseException as exc:
             self.failure = exc
-            log.critical("the collector's worker died; nothing more is stored until it is restarted: %s",
-                         _traceback(exc))
+            log.critical("the collector's worker died (thread %s); nothing more is stored until it is restarted: %s",
+                         threading.current_thread().name, _traceback(exc))
         finally:
             self.done.set()
 
@@ -255,8 +255,12 @@ class Collector:
         except queue.Empty:
             self.sequences.stored([])  # holes age while nothing arrives too
             summaries = self.budget.due(dt.datetime.now(dt.UTC))
-            if summaries:
-                self._write([], summaries)
+            try:
+                if summaries:
+                    self._write([], summaries)
+            except _Stopping:  # stopped while the store is down: nothing is held that the broker would resend
+                log.error("stopping with %d dead-letter summary(ies) unwritten, the store being unavailable: "
+                          "%s", len(summaries), "; ".join(printable(d.reason) for d in summaries))
             return
         self._keep(checked)
 
