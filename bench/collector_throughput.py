@@ -194,10 +194,28 @@ def child_collector(port: int, client_id: str, share: str | None, store: str, si
         time.sleep(1.0)
     else:
         _drain(lambda: collector.stored + collector.dead, marks)
+    threads = _thread_cpu()  # before stop: a stopped thread's time is gone from /proc
     collector.stop()
     if collector.failure is not None:
         raise SystemExit(f"collector failed: {collector.failure}")
-    _report(start=go, last=marks["last"], count=collector.stored, dead=collector.dead)
+    _report(start=go, last=marks["last"], count=collector.stored, dead=collector.dead, threads=threads)
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU time [s] of each of the process's threads but the main one (started after go), by name
+    (paho's network threads as ``paho`` and ``paho ack``)."""
+    import threading
+    out = {}
+    for t in threading.enumerate():
+        if t is threading.main_thread():
+            continue
+        try:
+            stat = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = "paho ack" if t.name.endswith("-ack") else "paho" if t.name.startswith("paho-mqtt") else t.name
+        out[name] = out.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 def _drain(count, marks: dict) -> None:
@@ -343,7 +361,15 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
             "msgs_per_s": round(count / seconds), "per_process": [r["count"] for r in results],
             "cpu_s_contender": round(sum(cpu), 2) if cpu else None, "cpu_s_broker": round(broker_cpu, 2),
             "cpu_s_stores": store_cpu, "publisher_s": round(published["last"] - published["start"], 2),
-            "loadavg": os.getloadavg()}
+            "threads_s": _summed([r.get("threads", {}) for r in results]), "loadavg": os.getloadavg()}
+
+
+def _summed(parts: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = round(out.get(k, 0.0) + v, 2)
+    return out
 
 
 CONTENDERS = {  # name: (kind, processes)
@@ -380,6 +406,10 @@ def report(results: list[dict]) -> None:
         print(f"{r['mode']:<6} {r['contender']:<22} {r['msgs_per_s']:>8} {of_paho:>7} {of_paho5:>8} {of_one:>8} "
               f"{r['seconds']:>7} {cpu:>6} {per_msg:>7} {r['cpu_s_broker']:>7} {stores:>14} {per:>14}"
               + ("" if r["complete"] else f"  INCOMPLETE: {r['received_or_stored']} of {r['messages']}"))
+    for r in results:
+        if r.get("threads_s"):
+            each = ", ".join(f"{k} {v / r['received_or_stored'] * 1e6:.0f}" for k, v in r["threads_s"].items())
+            print(f"{r['mode']:<6} {r['contender']:<22} µs CPU / msg by thread: {each}")
 
 
 def main() -> None:

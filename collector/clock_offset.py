@@ -91,7 +91,8 @@ class _Clock:
     ended: list[tuple[dt.datetime, float, list[_Cover]]] = field(default_factory=list)
 
     def cover(self, r: Reading, received: dt.datetime) -> None:
-        c = next((c for c in reversed(self.covers) if c.takes(r)), None)
+        last = self.covers[-1] if self.covers else None  # the one a run of readings goes on taking
+        c = last if last is not None and last.takes(r) else next((c for c in reversed(self.covers) if c.takes(r)), None)
         if c is None:
             c = _Cover(r.epoch or "", r.seq, r.seq, r.ts, r.ts, received)
             self.covers.append(c)

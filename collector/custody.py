@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: top-level members that make a message a signed one
 SIGNATURE_MEMBERS = ("prev", "key", "sig")
+#: how each is named in a message's text
+_MEMBER_NAMES = tuple(f'"{name}"'.encode() for name in SIGNATURE_MEMBERS)
 
 
 class CustodyCheck:
@@ -59,7 +61,7 @@ class CustodyCheck:
             if verdict.ok:
                 return SignedMessage.verified(payload, verdict)
             raise Rejected(f"custody: {verdict.reason}")
-        if not any(f'"{name}"'.encode() in payload for name in SIGNATURE_MEMBERS):
+        if not any(map(payload.__contains__, _MEMBER_NAMES)):
             return self._unsigned(reading)
         v = verify(payload, self.keys)
         if v.ok:

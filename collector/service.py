@@ -1,12 +1,15 @@
 """The collector process: MQTT in, store out, acknowledgement last.
 
-paho delivers messages with ``manual_ack=True``; a worker gathers them into batches
-(``batch_size`` messages or ``batch_timeout`` seconds, whichever comes first, since
-the broker stops sending at its in-flight window), validates each, writes the batch
-(readings and dead letters together) and only then sends the PUBACKs. Killed at any
-point, the collector loses nothing: the broker redelivers every message it has not
-acknowledged, and stored points are idempotent. When the store is down the worker
-keeps the batch, retries with backoff and acknowledges nothing meanwhile.
+paho delivers messages with ``manual_ack=True``; a checker thread gathers them into
+batches (``batch_size`` messages or ``batch_timeout`` seconds, whichever comes first,
+since the broker stops sending at its in-flight window) and validates each (contract,
+site rules, signatures: nothing that reads the store); the worker then writes the batch
+(readings and dead letters together), keeps its books and only then sends the PUBACKs.
+The checker works on the next batch while the worker waits for the store, so the
+store's time is not added to ours; batches reach the store one by one, in the order
+they came. Killed at any point, the collector loses nothing: the broker redelivers every
+message it has not acknowledged, and stored points are idempotent. When the store is
+down the worker keeps the batch, retries with backoff and acknowledges nothing meanwhile.
 
 A gateway's backlog comes in batches (contract/batch.py): each line is validated and
 stored as the same message sent alone would be (a signed line whose signature the batch
@@ -18,9 +21,9 @@ Messages sent alone (live readings) are taken before batches.
 
 One message never stops ingestion: whatever goes wrong with one message (parsing,
 validation, rendering, binding, the store refusing it) makes that message a dead
-letter with the reason, and the rest of its batch is stored. Should the worker die
-anyway, ``failure`` holds why and ``done`` is set, so the process can exit non-zero
-and be restarted.
+letter with the reason, and the rest of its batch is stored. Should the checker or the
+worker die anyway, ``failure`` holds why and ``done`` is set, so the process can exit
+non-zero and be restarted.
 """
 
 from __future__ import annotations
@@ -77,6 +80,20 @@ class Incoming:
     custody: Verdict | None = None  # a batch line's verdict, found with its batch (contract.custody.open_batch)
 
 
+@dataclass(slots=True)
+class _Checked:
+    """A batch as the checker leaves it to the worker: the messages it came as, what they
+    hold, and what was found of each."""
+    batch: list[Incoming]
+    now: dt.datetime
+    deliveries: list[Incoming]  # the messages of the batch, a backlog's lines each on its own
+    readings: list[Reading]  # the valid ones
+    letters: list[DeadLetter]  # the refused ones, with why
+    source: dict[int, Incoming]  # each valid reading's message, by the reading's id
+    signed: dict[int, SignedMessage]  # each signed reading's message, by the reading's id
+    stamped: list[tuple[Reading, dt.datetime]]  # refused for their stamps alone: the clock's evidence too
+
+
 class Collector:
     def __init__(self, config: CollectorConfig, store: ReadingStore | None = None, base_dir: Path = Path(".")):
         self.config = config
@@ -110,7 +127,11 @@ class Collector:
         self.client = self._client()
         #: tells each gateway what the store holds, so that it deletes only that
         self.acknowledgements = Acknowledgements(config, [(s, r.gateway) for s, r in self.rules.items()])
-        self._worker = threading.Thread(target=self._run, name="collector", daemon=True)
+        #: the batches checked and waiting for the worker: one, so that the checker is at most one ahead
+        self._checked: queue.Queue[_Checked] = queue.Queue(maxsize=1)
+        self._checker = threading.Thread(target=self._stage, args=(self._check_next,), name="collector-check",
+                                         daemon=True)
+        self._worker = threading.Thread(target=self._stage, args=(self._keep_next,), name="collector", daemon=True)
 
     def _client(self) -> mqtt.Client:
         self.v5 = self.config.protocol == "5"
@@ -164,10 +185,12 @@ class Collector:
     def start(self) -> None:
         self.connection.start()
         self.acknowledgements.start()
+        self._checker.start()
         self._worker.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._checker.join(timeout=30)
         self._worker.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
@@ -200,25 +223,49 @@ class Collector:
                 break
         return batch + backlog
 
-    def _run(self) -> None:
+    def alive(self) -> bool:
+        """Whether both threads are at work."""
+        return self._checker.is_alive() and self._worker.is_alive()
+
+    def _stage(self, step) -> None:
+        """Run ``step`` until asked to stop; a stage that dies stops the collector (``failure``, ``done``)."""
         try:
-            while not self._stop.is_set():
-                batch = self._next_batch()
-                if batch:
-                    self._store(batch)
-                else:
-                    self.sequences.stored([])  # holes age while nothing arrives too
-                    summaries = self.budget.due(dt.datetime.now(dt.UTC))
-                    if summaries:
-                        self._write([], summaries)
+            while not self._stop.is_set() and not self.done.is_set():
+                step()
         except BaseException as exc:
             self.failure = exc
-            log.critical("the collector's worker died; nothing more is stored until it is restarted: %s",
-                         _traceback(exc))
+            log.critical("the collector's worker died (thread %s); nothing more is stored until it is restarted: %s",
+                         threading.current_thread().name, _traceback(exc))
         finally:
             self.done.set()
 
-    def _store(self, batch: list[Incoming]) -> None:
+    def _check_next(self) -> None:
+        batch = self._next_batch()
+        if batch:
+            checked = self._check(batch)
+            while not self._stop.is_set() and not self.done.is_set():  # else the worker will not take it
+                try:
+                    return self._checked.put(checked, timeout=0.2)
+                except queue.Full:
+                    pass
+
+    def _keep_next(self) -> None:
+        try:
+            checked = self._checked.get(timeout=0.2)
+        except queue.Empty:
+            self.sequences.stored([])  # holes age while nothing arrives too
+            summaries = self.budget.due(dt.datetime.now(dt.UTC))
+            try:
+                if summaries:
+                    self._write([], summaries)
+            except _Stopping:  # stopped while the store is down: nothing is held that the broker would resend
+                log.error("stopping with %d dead-letter summary(ies) unwritten, the store being unavailable: "
+                          "%s", len(summaries), "; ".join(printable(d.reason) for d in summaries))
+            return
+        self._keep(checked)
+
+    def _check(self, batch: list[Incoming]) -> _Checked:
+        """The batch's messages validated: what the worker needs to keep it. Reads nothing of the store."""
         now = dt.datetime.now(dt.UTC)
         future = dt.timedelta(seconds=self.config.max_future_s)
         readings, letters, source, signed = [], [], {}, {}
@@ -247,6 +294,12 @@ class Collector:
             source[id(r)] = m
             if message is not None:
                 signed[id(r)] = message
+        return _Checked(batch, now, deliveries, readings, letters, source, signed, stamped)
+
+    def _keep(self, checked: _Checked) -> None:
+        """Write a checked batch, keep the books of what it held, then acknowledge it."""
+        batch, now, deliveries, readings = checked.batch, checked.now, checked.deliveries, checked.readings
+        letters, source, signed, stamped = checked.letters, checked.source, checked.signed, checked.stamped
         try:
             findings = self._conflicts(readings, letters, source, signed)
         except _Stopping:

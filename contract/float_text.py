@@ -64,22 +64,21 @@ def float_texts(values: np.ndarray) -> list[str]:
     return texts
 
 
-def finite_float_texts(values: list[float]) -> list[str]:
-    """``repr`` of each of a few finite floats (a reading's values, say), as ``float_texts``
-    renders them but without numpy's fixed cost: 2 against 3.5 us for 20 values.
+def joined_float_texts(values: list[float] | tuple[float, ...]) -> str:
+    """``repr`` of each of a few finite floats (a reading's values, say), joined by commas,
+    as ``float_texts`` renders them but without numpy's fixed cost: 2 against 3.5 us for 20
+    values (a float's text holds no comma, so ``split(",")`` gives each).
 
     Parameters
     ----------
-    values : list of float
+    values : list or tuple of float
         Finite floats (orjson writes ``null`` for the others).
 
     Returns
     -------
-    list of str
-        One text per value, in order.
+    str
+        The text of each value, in order, joined by ``,``.
     """
-    if not values:
-        return []
-    if _AGREES_LIST and (min(map(abs, values)) >= SMALL or not any(0 < abs(v) < SMALL for v in values)):
-        return orjson.dumps(values)[1:-1].decode("ascii").split(",")
-    return list(map(repr, values))
+    if _AGREES_LIST and values and (min(map(abs, values)) >= SMALL or not any(0 < abs(v) < SMALL for v in values)):
+        return orjson.dumps(values)[1:-1].decode("ascii")
+    return ",".join(map(repr, values))

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
@@ -112,6 +113,43 @@ RECONNECT_DELAY = (0.5, 1.5)
 RECV_CHUNK = 65536
 
 
+class _Received(mqtt.MQTTMessage):
+    """A PUBLISH received whole in a chunk (``_Client._publish``): paho's message, but its
+    ``info`` (a lock, which only messages sent need) and its MQTT 5 ``properties`` (none:
+    a PUBLISH with some is paho's) made only when asked for. Both were a fifth of paho's
+    work a message."""
+
+    __slots__ = ("_v5",)
+
+    def __init__(self, mid: int, topic: bytes, qos: int, dup: bool, retain: bool, payload: bytes, v5: bool):
+        self.timestamp = mqtt.time_func()
+        self.state = mqtt.mqtt_ms_invalid
+        self.mid, self._topic, self.qos, self.dup, self.retain = mid, topic, qos, dup, retain
+        self.payload = payload
+        self._v5 = v5
+
+    @property
+    def properties(self) -> Properties | None:
+        return Properties(PacketTypes.PUBLISH) if self._v5 else None  # MQTT 3.1.1 has none
+
+    @property
+    def info(self) -> mqtt.MQTTMessageInfo:
+        return mqtt.MQTTMessageInfo(self.mid)
+
+
+def _var_int(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """MQTT's variable byte integer at ``pos`` (at most 4 bytes): (value, position after it),
+    or None when ``buf`` ends first or it runs longer."""
+    value = shift = 0
+    for i in range(pos, min(pos + 4, len(buf))):
+        byte = buf[i]
+        value |= (byte & 127) << shift
+        if not byte & 128:
+            return value, i + 1
+        shift += 7
+    return None
+
+
 class _Client(mqtt.Client):
     """paho's client, keeping the exception of the last failed connection attempt:
     paho swallows it in its reconnect loop and tells ``on_connect_fail`` nothing.
@@ -123,7 +161,13 @@ class _Client(mqtt.Client):
     while any is left, as ``select`` cannot see it, and meanwhile reads the socket only for
     the packet the chunk ends in: a sender faster than we read would otherwise keep us
     reading (a chunk seldom ends on a packet's end), and the PUBACKs and pings waiting to be
-    written would wait with it."""
+    written would wait with it.
+
+    A packet wholly in the chunk is cut from it at once (``_packet_read``) rather than fed
+    to paho a byte at a time, and a QoS 0 or 1 PUBLISH among them goes to ``on_message``
+    without paho's decoding (``_publish``): paho's work a message was most of the
+    collector's network thread. Anything else, and a packet the chunk holds only part of,
+    is paho's."""
 
     last_error: BaseException | None = None
     _rbuf: bytes = b""
@@ -155,6 +199,68 @@ class _Client(mqtt.Client):
         if mids:
             joined = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids)  # PUBACK, length 2, mid
             self._packet_queue(0x40, joined, 0, 1)
+
+    def _packet_read(self) -> mqtt.MQTTErrorCode:
+        buf, pos = self._rbuf, self._rpos
+        if self._in_packet["command"] or pos >= len(buf):  # paho has begun a packet, or nothing is read ahead
+            return super()._packet_read()
+        length = _var_int(buf, pos + 1)
+        if length is None or length[1] + length[0] > len(buf):  # not all here (or malformed: paho's to say)
+            return super()._packet_read()
+        header, (size, start) = buf[pos], length
+        self._rpos = end = start + size
+        body = buf[start:end]
+        rc = self._publish(header, body) if header & 0xF0 == 0x30 else None
+        if rc is None:  # as paho's _packet_read hands a whole packet on
+            self._in_packet.update(command=header, have_remaining=1, remaining_length=size, packet=body)
+            try:
+                rc = self._packet_handle()
+            except MalformedPacket as exc:
+                self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+                rc = mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
+            self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                               "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        return rc
+
+    def _publish(self, header: int, body: bytes) -> mqtt.MQTTErrorCode | None:
+        """A PUBLISH of QoS 0 or 1 handed to ``on_message`` as paho's ``_handle_publish`` would;
+        None for what paho must handle: QoS 2 (its state), a packet paho would call malformed
+        (a QoS of 3 too), MQTT 5 properties (paho refuses the connection for ones it cannot
+        read; none of our senders sets any) and topic filters' own callbacks
+        (``message_callback_add``, matched by paho)."""
+        qos = (header >> 1) & 3
+        if qos > 1 or self._on_message_filtered._root._children or len(body) < 2:
+            return None
+        pos = 2 + (body[0] << 8 | body[1])
+        topic = body[2:pos]
+        mid = 0
+        if qos:
+            mid = body[pos] << 8 | body[pos + 1] if pos + 2 <= len(body) else 0
+            pos += 2
+        v5 = self._protocol == mqtt.MQTTv5
+        if v5:
+            if pos >= len(body) or body[pos]:  # MQTT 5 properties, or none where their length should be
+                return None
+            pos += 1
+        elif not topic:  # paho: "topic can't be empty in MQTTv3"
+            return None
+        if pos > len(body) or (qos and not mid):
+            return None
+        message = _Received(mid, topic, qos, bool(header & 8), bool(header & 1), body[pos:], v5)
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                try:
+                    on_message(self, self._userdata, message)
+                except Exception as err:
+                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+        if qos and not self._manual_ack:
+            return self._send_puback(mid)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         rc = super().loop_read(max_packets)

@@ -41,10 +41,13 @@ ALL_ACKS = f"{ROOT}/+/+/ack/+"
 
 def parse_reading(topic: str) -> tuple[str, str, str]:
     """Return (site, gateway, device) of a reading topic, or raise ValueError."""
-    parts = topic.split("/")
-    if len(parts) != 6 or "/".join(parts[:2]) != ROOT or parts[5] != "reading":
+    parts = topic[len(_READING_HEAD):-len(_READING_TAIL)].split("/")
+    if len(parts) != 3 or not topic.startswith(_READING_HEAD) or not topic.endswith(_READING_TAIL):
         raise ValueError(f"not a reading topic: '{topic}'")
-    return parts[2], parts[3], parts[4]
+    return parts[0], parts[1], parts[2]
+
+
+_READING_HEAD, _READING_TAIL = f"{ROOT}/", "/reading"
 
 
 def parse_batch(topic: str) -> tuple[str, str]:

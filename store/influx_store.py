@@ -26,15 +26,15 @@ the guilty points are alone, and the rest is stored.
 from __future__ import annotations
 
 import base64
-import bisect
 import datetime as dt
 import itertools
 import json
 import math
+import operator
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from urllib.parse import SplitResult, urlencode
 
@@ -46,7 +46,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from contract import topics
-from contract.float_text import finite_float_texts
+from contract.float_text import joined_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import MAX_SEQ, Reading
 from contract.sqlite_file import UnusableFile
@@ -169,29 +169,41 @@ def line_protocol(measurement: str, tags: dict[str, str], fields: dict, stamp: i
 
 #: a reading's series (measurement and tags) by (site, gateway, device); bounded: ids come from senders
 _SERIES: dict[tuple[str, str, str], str] = {}
-#: "key=" of the field keys met
-_FIELD_PREFIX: dict[str, str] = {}
-#: a reading's fields beside its channels, in key order
+#: a reading's fields beside its channels
 _META_FIELDS = ("quality", "seq", "status")
+#: per layout of a reading's channels (their names in the message's order): what renders
+#: their values in key order and the template of the field set, the fields above in their
+#: places; bounded: layouts come from senders (a site has one per register map)
+_LAYOUTS: dict[tuple[str, ...], tuple[Callable[[dict], tuple], str]] = {}
 
 
-def _float_fields(values: dict) -> tuple[list[str], list[str]] | None:
-    """The channels in key order and their ``key=value``, when every value is a finite float
-    (the usual reading), as ``line_protocol`` renders them but with the loops in C (~8
-    against 15 us for 20 channels); ``None`` for any other reading."""
-    keys = sorted(values)
-    floats = list(map(values.__getitem__, keys))
+def _layout(names: tuple[str, ...]) -> tuple[Callable[[dict], tuple], str]:
+    layout = _LAYOUTS.get(names)
+    if layout is None:
+        keys = sorted(names)
+        slot = {k: i for i, k in enumerate(keys)} | {k: len(keys) + i for i, k in enumerate(_META_FIELDS)}
+        template = ",".join(f"{_key(k).replace('{', '{{').replace('}', '}}')}={{{slot[k]}}}"
+                            for k in sorted(slot))
+        getter = operator.itemgetter(*keys) if len(keys) > 1 else (lambda values, k=keys[0]: (values[k],))
+        layout = getter, template
+        if len(_LAYOUTS) < 4096:
+            _LAYOUTS[names] = layout
+    return layout
+
+
+def _float_fields(values: dict, quality: str, seq: str, status: str) -> str | None:
+    """The field set of a reading whose values are all finite floats (the usual reading), as
+    ``line_protocol`` renders it but with the loops in C and the layout of its channels
+    worked out once (~4 against 15 us for 20 channels); ``None`` for any other reading."""
+    getter, template = _layout(tuple(values))
+    floats = getter(values)
     # a sum of finite floats that is finite proves each finite (inf and nan propagate)
-    if not floats or set(map(type, floats)) != {float} or not math.isfinite(sum(floats)):
+    if set(map(type, floats)) != {float} or not math.isfinite(sum(floats)):
         return None
-    prefixes = list(map(_FIELD_PREFIX.get, keys))
-    if None in prefixes:
-        prefixes = [_FIELD_PREFIX.get(k) or _key(k) + "=" for k in keys]
-        if len(_FIELD_PREFIX) < 4096:  # bounded: channel names come from senders
-            _FIELD_PREFIX.update(zip(keys, prefixes))
     # one join, one replace (5.0 as 5, as _float renders it) and one split: a float's text holds no comma
-    texts = (",".join(finite_float_texts(floats)) + ",").replace(".0,", ",").split(",")[:-1]
-    return keys, list(map(str.__add__, prefixes, texts))
+    texts = (joined_float_texts(floats) + ",").replace(".0,", ",").split(",")
+    texts[-1:] = quality, seq, status
+    return template.format(*texts)
 
 
 def reading_line(r: Reading) -> str:
@@ -206,23 +218,20 @@ def reading_line(r: Reading) -> str:
     ts = r.ts if r.ts.tzinfo is not None else r.ts.replace(tzinfo=dt.UTC)  # naive means UTC, as Point reads it
     stamp = (ts - _EPOCH) // _ONE_MS
     tags = (r.site, r.gateway, r.device)
-    floats = _float_fields(r.values)
-    if floats is None:
-        fields: dict[str, float | int | str] = {
+    fields = _float_fields(r.values, _field_value(quality), f"{int(r.seq or 0)}i", _field_value(r.status.value)
+                           ) if r.values else None
+    if fields is None:
+        values: dict[str, float | int | str] = {
             channel: v if type(v) is float or isinstance(v, str) else float(v)
             for channel, v in r.values.items() if v is not None}
-        fields.update(quality=quality, status=r.status.value, seq=int(r.seq or 0))
-        return line_protocol(MEASUREMENT, dict(zip(("site", "gateway", "device"), tags)), fields, stamp)
-    keys, parts = floats
-    meta = {"quality": _field_value(quality), "seq": f"{int(r.seq or 0)}i", "status": _field_value(r.status.value)}
-    for name in reversed(_META_FIELDS):  # each at its place in key order, the last first: the others stay put
-        parts.insert(bisect.bisect_left(keys, name), f"{name}={meta[name]}")
+        values.update(quality=quality, status=r.status.value, seq=int(r.seq or 0))
+        return line_protocol(MEASUREMENT, dict(zip(("site", "gateway", "device"), tags)), values, stamp)
     series = _SERIES.get(tags)
     if series is None:
         series = _series(MEASUREMENT, dict(zip(("site", "gateway", "device"), tags)))
         if len(_SERIES) < 4096:  # bounded: ids come from senders
             _SERIES[tags] = series
-    return f"{series} {','.join(parts)} {stamp}"
+    return f"{series} {fields} {stamp}"
 
 
 def message_line(m: SignedMessage) -> bytes:

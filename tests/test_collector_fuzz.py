@@ -89,7 +89,7 @@ def test_no_message_stops_ingestion_or_is_lost(tmp_path, store_url):
             stored, dead = c.stored, c.dead
             pub.send([(topics.reading("test-site", "gw-test", DEVICES[i % len(DEVICES)]), body) for _, i, body in sent])
             assert wait_until(lambda: c.stored + c.dead - stored - dead >= len(sent), 20), "messages unaccounted for"
-            assert c.failure is None and c._worker.is_alive()
+            assert c.failure is None and c.alive()
             assert c.stored + c.dead - stored - dead == len(sent)  # each message once: stored or a dead letter
             letters = store.dead_letters(c.dead - dead) if c.dead > dead else []
             assert all(d.reason for d in letters)

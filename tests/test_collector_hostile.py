@@ -5,11 +5,14 @@ Also: a store refusing what a message holds, oversized messages, text crafted to
 log lines or terminal output, no site files, and the process's exit code."""
 
 import contextlib
+import datetime as dt
 import json
+import logging
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -19,6 +22,7 @@ import yaml
 from collector.service import Collector
 from contract import topics
 from contract.config import ConfigError
+from contract.store import DeadLetter
 from jcm.broker import free_port
 from store import open_store
 from store.sqlite_store import SqliteStore
@@ -37,7 +41,7 @@ def collecting(broker, store_url, sites, **extra):
     pub = Publisher(broker)
     try:
         yield c, pub, running(c, pub)
-        assert c.failure is None and c._worker.is_alive()
+        assert c.failure is None and c.alive()
     finally:
         c.stop()
         pub.close()
@@ -303,3 +307,22 @@ def test_a_flood_of_garbage_keeps_a_bounded_number_of_dead_letters_and_counts_th
     assert all("not JSON" in d.reason for d in summaries)  # the last one's reason
     assert store.count() == 51 * 2  # the valid readings all stored
     store.close()
+
+
+def test_stopping_while_the_store_is_down_with_summaries_due_is_no_failure(tmp_path, mosquitto, sites_dir, caplog):
+    """The idle path writes the dead-letter budget's summaries; stopped while the store is down,
+    the write gives up: that is a stop, not the worker's death (before: ``failure`` set, exit 1),
+    and the counts it could not write are named in the log rather than lost in silence."""
+    store_url = f"influxdb://127.0.0.1:{free_port()}?api=v1&db=jcm&timeout=1"  # nothing listens: unavailable
+    c = Collector(config(mosquitto, store_url, sites_dir, dead_letters_per_window=1, dead_letter_window_s=1))
+    then = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    c.budget.admit([DeadLetter(then, TOPIC, b"x", "not JSON") for _ in range(3)], then)  # 2 over the budget
+    stopper = threading.Timer(1.0, c._stop.set)
+    stopper.start()
+    with caplog.at_level(logging.ERROR, logger="collector.service"):
+        c._stage(c._keep_next)  # the worker's loop, until stopped
+    stopper.join()
+    c.store.close()
+    assert c.failure is None and c.done.is_set()
+    assert any("2 more dead letter(s) of site 'test-site'" in r.getMessage() and "unwritten" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]

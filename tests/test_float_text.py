@@ -70,11 +70,12 @@ def test_texts_are_repr_for_any_floats():
 
 
 def test_texts_of_a_list_of_finite_floats_are_repr():
-    """A reading's values (a list of Python floats) take the same texts without numpy."""
-    from contract.float_text import finite_float_texts
+    """A reading's values (Python floats, in a list or tuple) take the same texts without numpy."""
+    from contract.float_text import joined_float_texts
 
     edges = [v for v in _edges().tolist() if math.isfinite(v)]
     rng = np.random.default_rng(7)
     for values in (edges, [0.0, 1e-5, 2.5], [0.0, -0.0, 5.0], [3e-5], [], rng.normal(0, 1e4, 500).tolist(),
                    (np.sign(rng.normal(size=500)) * 10 ** rng.uniform(-8, 20, 500)).tolist()):
-        assert finite_float_texts(values) == list(map(repr, values))
+        assert joined_float_texts(values) == ",".join(map(repr, values))
+        assert joined_float_texts(tuple(values)) == ",".join(map(repr, values))

@@ -198,7 +198,7 @@ def test_hostile_seqs_and_epochs_never_stop_the_collector_nor_lose_a_reading(mos
             sent["valid"] += 1
         pub.send(out)
         assert wait_until(lambda: c.stored + c.dead >= sent["valid"] + sent["dead"], 20), (c.stored, c.dead, sent)
-        assert c.failure is None and c._worker.is_alive()
+        assert c.failure is None and c.alive()
 
     try:
         run()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from contract.message import MAX_DEPTH, MAX_INT, MAX_SEQ, Reading
+from contract.message import MAX_DEPTH, MAX_INT, MAX_SEQ, DeviceStatus, Quality, Reading
 from contract.text import printable
 
 VALID = {"schema": 1, "site": "s1", "gateway": "gw1", "device": "m1", "seq": 7, "ts": "2026-11-01T00:00:00.000Z",
@@ -104,3 +104,16 @@ def test_epoch_round_trips_and_is_checked():
         body = json.loads(r.to_json()) | {"epoch": bad}
         with pytest.raises(ValueError, match="'epoch'"):
             Reading.from_json(json.dumps(body))
+
+
+def test_a_parsed_reading_is_the_reading_that_was_sent():
+    """``from_json`` builds its Reading without the dataclass's __init__: it must still be that
+    Reading, field for field (a field added to the class and not to the parser fails here)."""
+    r = Reading(site="s1", gateway="gw-1", device="m1", ts=dt.datetime(2026, 11, 1, 0, 0, 0, 125000, tzinfo=dt.UTC),
+                values={"a": 1.5, "b": None, "c": "text", "d": True}, quality={"b": Quality.timeout},
+                units={"a": "kWh"}, status=DeviceStatus.degraded, seq=42, epoch="0123456789abcdef")
+    parsed = Reading.from_json(r.to_json())
+    assert parsed == r and hash(repr(parsed)) == hash(repr(r))
+    assert vars(parsed).keys() == {f.name for f in dataclasses.fields(Reading)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.seq = 1

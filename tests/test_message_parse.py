@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from contract import message
@@ -102,3 +102,59 @@ def test_a_reading_without_values_is_refused():
     test): a poll reports every channel of its register map, null when unread."""
     with pytest.raises(ValueError, match="'values' is empty"):
         Reading.from_json(json.dumps({**BASE, "values": {}, "quality": {}, "units": {}}).encode())
+
+
+def _refusal(v) -> str | None:
+    """What the contract says of one value (module docstring bounds), independent of how it is checked."""
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, float):
+        return None if v == v and abs(v) != float("inf") else "is not finite"
+    if isinstance(v, int):
+        return None if abs(v) <= 2**53 else "is an integer beyond"
+    if isinstance(v, str):
+        return None if len(v) <= 256 else "is not text"
+    return "is a"
+
+
+_EDGES = [0.0, -0.0, 2.0**63, -2.0**63, 1e308, -1e308, 2.0**53 + 2, float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(200), deadline=None)
+@given(st.one_of(
+    st.lists(st.floats() | st.sampled_from(_EDGES), min_size=1, max_size=25),  # floats only: the usual kind
+    st.lists(st.one_of(st.floats(), st.sampled_from(_EDGES), st.integers(-2**60, 2**60), st.booleans(), st.none(),
+                       st.text(max_size=3), st.just("x" * 300), st.lists(st.none(), max_size=1)),
+             min_size=1, max_size=25)))
+@example([1.0, float("nan")])  # nan compares false to all: min and max pass it by
+@example([2.5, float("inf"), -float("inf")])
+def test_each_value_is_judged_as_the_contract_says(values):
+    """Values are checked all at once in C for the usual reading (finite floats of usual size)
+    and one by one otherwise: either way a message is refused exactly when one of its values
+    breaks the contract, naming the first that does."""
+    body = dict(BASE, values={f"ch{i}": v for i, v in enumerate(values)}, quality={}, units={})
+    text = json.dumps(body)  # NaN and Infinity as Python writes them: json reads them back
+    wrong = [(i, why) for i, v in enumerate(values) if (why := _refusal(v))]
+    got = outcome(text)
+    if not wrong:
+        assert not got.startswith("refused"), got
+    else:
+        i, why = wrong[0]
+        assert got.startswith(f"refused: value of 'ch{i}' {why}"), (got, wrong)
+
+
+def test_ids_status_and_quality_are_checked_after_a_good_message_was_seen():
+    """What was found good once is remembered (ids, channel names, units, the enums' texts):
+    a message that differs from it in one place is still refused for that place."""
+    assert not outcome(json.dumps(BASE)).startswith("refused")
+    for key, value, why in [("gateway", "GW 1", "'gateway' missing or not an id"),
+                            ("device", ["m1"], "'device' missing or not an id"),
+                            ("site", None, "'site' missing or not an id"),
+                            ("status", "fine", "unknown quality or status"),
+                            ("status", None, "unknown quality or status"),
+                            ("status", ["ok"], "unknown quality or status"),
+                            ("quality", {"ch1": "late"}, "unknown quality or status"),
+                            ("quality", {"ch1": ["timeout"]}, "unknown quality or status")]:
+        assert outcome(json.dumps(dict(BASE, **{key: value}))).startswith(f"refused: {why}"), (key, value)
+    assert not outcome(json.dumps(BASE)).startswith("refused")

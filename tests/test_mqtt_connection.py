@@ -28,7 +28,7 @@ from jcm.broker import Mosquitto, free_port
 from jcm.demo import Dashboard
 from liveview.app import LiveView, create_app
 from store.sqlite_store import SqliteStore
-from tests.conftest import REPO, tcp_device, wait_until, write_site
+from tests.conftest import REPO, fuzz_examples, tcp_device, wait_until, write_site
 
 SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
 ACL = """\
@@ -411,3 +411,149 @@ def test_clients_that_lost_the_broker_together_do_not_come_back_in_the_same_inst
             c.client.loop_stop()
     assert len(arrived) == len(connections)
     assert max(arrived) - min(arrived) > 0.2, [round(t - min(arrived), 3) for t in arrived]
+
+
+def _received(client: mqtt.Client, got: list) -> None:
+    """Have ``client`` put what it receives in ``got``, as plain values to compare."""
+    def on_message(c, userdata, msg):
+        props = msg.properties
+        got.append((msg._topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.mid > 0 if msg.qos else msg.mid,
+                    sorted(props.json().items()) if props is not None else None))
+    client.on_message = on_message
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("v5", [True, False], ids=["mqtt5", "mqtt311"])
+def test_messages_read_from_chunks_are_those_paho_reads(v5, mosquitto):
+    """The client cuts the packets it has read ahead from its chunk and hands QoS 0 and 1
+    PUBLISHes to ``on_message`` without paho's decoding: what it delivers (topic bytes,
+    payload, QoS, retain, dup, id, MQTT 5 properties) is what paho's own client delivers
+    of the same messages, for topics, payloads of every size across chunk edges, QoS 0,
+    1 and 2, retained and live, with and without properties; and it acknowledges the QoS 1
+    ones itself when not ``manual_ack`` (else the broker stops at its in-flight window)."""
+    from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    reference = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="reference", protocol=protocol)
+    ours = BrokerConnection(f"mqtt://127.0.0.1:{mosquitto.port}", "ours", "test", mqtt5=v5)
+    got_ref: list = []
+    got_ours: list = []
+    _received(reference, got_ref)
+    _received(ours.client, got_ours)
+    for n, retained in enumerate((b"", b"r" * 70_000, "é".encode())):  # waiting for the subscribers
+        pub.publish(f"eq/retained/{n}", b"kept" + retained, qos=n % 3, retain=True).wait_for_publish(5)
+    reference.connect("127.0.0.1", mosquitto.port)
+    reference.loop_start()
+    ours.start()
+    try:
+        assert ours.connected.wait(10)
+        for c in (reference, ours.client):
+            c.subscribe("eq/#", qos=2)
+        assert wait_until(lambda: len(got_ref) == len(got_ours) == 3, timeout=10)
+        assert sorted(got_ours) == sorted(got_ref) and all(m[3] for m in got_ours)  # retained, as delivered
+
+        # Mosquitto refuses control characters and non-characters in its strings (it drops the publisher)
+        text = st.characters(blacklist_categories=["Cs", "Cc", "Cn"])
+        topic = st.text(st.characters(blacklist_categories=["Cs", "Cc", "Cn"], blacklist_characters="+#"), max_size=40)
+        payload = st.one_of(st.binary(max_size=300), st.integers(0, 3 * RECV_CHUNK).map(lambda n: b"p" * n))
+        props = st.none() | st.builds(
+            lambda user, ctype, cdata: (user, ctype, cdata),
+            st.lists(st.tuples(st.text(text, max_size=20), st.text(text, max_size=20)), max_size=3),
+            st.none() | st.text(text, max_size=30), st.none() | st.binary(max_size=30))
+        message = st.tuples(topic, payload, st.integers(0, 2), props)
+
+        @settings(max_examples=fuzz_examples(6), deadline=None, suppress_health_check=list(HealthCheck),
+                  phases=[Phase.generate])  # shrinking waits on the broker for each try
+        @given(st.lists(message, min_size=1, max_size=200))
+        def check(messages):
+            got_ref.clear()
+            got_ours.clear()
+            for i, (t, body, qos, p) in enumerate(messages):
+                properties = None
+                if p is not None:
+                    properties = Properties(PacketTypes.PUBLISH)
+                    user, ctype, cdata = p
+                    if user:
+                        properties.UserProperty = user
+                    if ctype is not None:
+                        properties.ContentType = ctype
+                    if cdata is not None:
+                        properties.CorrelationData = cdata
+                pub.publish(f"eq/{i}/{t}", body, qos=qos, properties=properties)
+            wait_until(lambda: len(got_ref) >= len(messages) and len(got_ours) >= len(messages), timeout=30)
+            time.sleep(0.2)
+            assert len(got_ours) == len(got_ref) == len(messages), (len(got_ours), len(got_ref), len(messages))
+            assert sorted(got_ours) == sorted(got_ref)
+
+        check()
+        got_ours.clear()
+        for i in range(1500):  # beyond the broker's in-flight window (1,000): flows only if each is acknowledged
+            pub.publish("eq/acked", b"%d" % i, qos=1)
+        assert wait_until(lambda: len(got_ours) == 1500, timeout=10), len(got_ours)
+    finally:
+        ours.stop()
+        for c in (reference, pub):
+            c.disconnect()
+            c.loop_stop()
+
+
+def _publish_packet(header: int, topic: bytes, mid: int | None = None, properties: bytes | None = None,
+                    payload: bytes = b"x") -> bytes:
+    body = (len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if mid is not None else b"")
+            + (properties or b"") + payload)
+    assert len(body) < 128
+    return bytes([header, len(body)]) + body
+
+
+def _fed(client: mqtt.Client, packets: bytes) -> tuple[list, bytes, bool]:
+    """What ``client`` makes of a broker that accepts its CONNECT and then sends ``packets``
+    in one write: the messages it delivers, the bytes it sends back, whether it dropped the
+    connection (a protocol error) rather than the broker."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        got: list = []
+        client.on_message = lambda c, userdata, msg: got.append((msg._topic, msg.payload, msg.qos, msg.mid))
+        client.connect("127.0.0.1", server.getsockname()[1], keepalive=60)
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            conn.recv(4096)  # CONNECT
+            v5 = client._protocol == mqtt.MQTTv5
+            conn.sendall((b"\x20\x03\x00\x00\x00" if v5 else b"\x20\x02\x00\x00") + packets)  # CONNACK, then them
+            deadline = time.monotonic() + 3
+            while client._sock is not None and time.monotonic() < deadline:
+                client.loop(0.05)
+            dropped = client._sock is None
+            conn.settimeout(0.2)
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(4096):
+                    answer += chunk
+    with contextlib.suppress(Exception):
+        client._sock_close()
+    return got, answer, dropped
+
+
+@pytest.mark.parametrize("v5, packet", [
+    (False, _publish_packet(0x36, b"t/q3", 7)),  # QoS 3: no such QoS
+    (True, _publish_packet(0x36, b"t/q3", 7, b"\x00")),
+    (True, _publish_packet(0x32, b"t/p", 7, b"\x02\xff\x00")),  # a property of no known id
+    (True, _publish_packet(0x30, b"t/p", None, b"\x03\x01\x05\x00")),  # payload format indicator 5, truncated
+], ids=["qos3-mqtt311", "qos3-mqtt5", "unknown-property", "bad-property"])
+def test_a_malformed_publish_after_a_good_one_in_a_chunk_is_refused_as_paho_refuses_it(v5, packet):
+    """A PUBLISH cut from the read-ahead chunk is judged as paho judges it: one paho calls
+    malformed (a QoS of 3, MQTT 5 properties it cannot read) is not delivered nor acknowledged,
+    and the connection is dropped as a protocol error, as paho's own client does."""
+    good = _publish_packet(0x30, b"t/good", None, b"\x00" if v5 else None)
+    protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+    ours = BrokerConnection("mqtt://127.0.0.1:1", "ours", "test", mqtt5=v5).client
+    reference = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ours", protocol=protocol)
+    expected = _fed(reference, good + packet)
+    assert expected == ([(b"t/good", b"x", 0, 0)], b"", True)  # the bad one refused: paho's word
+    assert _fed(ours, good + packet) == expected
