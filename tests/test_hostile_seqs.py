@@ -547,15 +547,18 @@ def test_jump_findings_on_a_shared_subscription_are_all_resolved_once_the_whole_
     """A young epoch whose live lane runs ahead of its backlog, up to beyond the bound (made small), on a
     shared subscription of two collectors that restart now and then: the head of the backlog, the live
     lane (some of it redelivered later), then the rest of the backlog with the live lane's late seqs
-    strewn in, all within the grace period. Once the whole stream is stored and the live lane goes on,
-    no jump finding is open and no seq is a gap."""
+    strewn in, all within the grace period; and maybe hostile seqs from 2**62 among them (never followed).
+    Once the whole stream is stored and the live lane goes on, no seq is a gap and no jump finding is open
+    but one naming the hostile seqs; and after every batch, while a collector holds a hostile seq a
+    finding naming it is open, and none naming one is resolved."""
     monkeypatch.setattr(far_seqs, "MAX_AHEAD", 2 * BLOCK_SEQS)
     store = SqliteStore(tmp_path / "jcm.db")
     examples = iter(range(10**9))
 
     @settings(max_examples=fuzz_examples(8), deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.integers(1, 60), st.integers(-100, 2 * BLOCK_SEQS), st.integers(1, 30), st.integers(0, 2**32))
-    def one_example(head, beyond, n_live, seed):
+    @given(st.integers(1, 60), st.integers(-100, 2 * BLOCK_SEQS), st.integers(1, 30), st.integers(0, 8),
+           st.integers(0, 2**32))
+    def one_example(head, beyond, n_live, hostile, seed):
         rnd = random.Random(seed)  # thousands of draws: more than hypothesis's own randoms take
         site = f"s{next(examples)}"  # one store for every example
         shared = SharedSubscription(store, site)
@@ -566,13 +569,30 @@ def test_jump_findings_on_a_shared_subscription_are_all_resolved_once_the_whole_
         backlog = sorted(range(head + 1, start), key=lambda s: s + rnd.randint(0, 50))
         for s in rest:
             backlog.insert(rnd.randrange(len(backlog) + 1), s)
-        shared.feed([*range(1, head + 1), *early, *backlog], rnd, batch=500, restart=0.15, steps=(0.0, 0.01))
+        sent = [*range(1, head + 1), *early, *backlog]
+        for seq in range(2**62, 2**62 + hostile):
+            sent.insert(rnd.randrange(len(sent) + 1), seq)
+
+        def held(c: SequenceGaps) -> list[int]:
+            track = c._gateways.get((site, "gw"), {}).get(E1)
+            return [seq for seq, _ in track.far] if track else []
+
+        def never_resolved_naming_the_hostile(*_):
+            jumps = [f for f in store.sequence_findings(site) if f.kind == "jump"]
+            assert [f for f in jumps if f.resolved and f.last >= 2**62] == []
+            for seq in {s for c in shared.collectors for s in held(c) if s >= 2**62}:
+                assert [f for f in jumps if not f.resolved and f.last >= seq], seq
+
+        shared.feed(sent, rnd, batch=500, restart=0.15, steps=(0.0, 0.01), each=never_resolved_naming_the_hostile)
         shared.go_on([start + n_live, start + n_live + 1])
         shared.judge(100, 200, 300)
+        never_resolved_naming_the_hostile()
         found = store.sequence_findings(site)
         assert [(f.first, f.last) for f in found if f.kind == "gap"] == []
-        assert [(f.first, f.last, f.cause) for f in found if f.kind == "jump" and f.resolved is None] == []
-        assert stored_ranges(store, site, "gw") == [(E1, 1, start + n_live + 1)]
+        still = [(f.first, f.last, f.cause) for f in found if f.kind == "jump" and f.resolved is None]
+        assert [f for f in still if f[1] < 2**62] == [] and bool(still) == bool(hostile)
+        assert stored_ranges(store, site, "gw") == ([(E1, 1, start + n_live + 1)]
+                                                    + [(E1, 2**62, 2**62 + hostile - 1)] * bool(hostile))
 
     one_example()
     store.close()

@@ -190,7 +190,7 @@ class _FarSeqs:
         j = track.jump
         s = next((f for f in self.store.sequence_findings(site)
                   if (f.kind, f.gateway, f.epoch, f.first) == ("jump", gateway, epoch, j.first)), None)
-        if s is None or s == j:
+        if s is None or s.resolved is not None or s == j:  # resolved: every seq its copy named is followed
             return j, s
         ours = (j.last, j.explained) >= (s.last, s.explained)
         j = replace(j, last=max(j.last, s.last), noticed=s.noticed, start=_span(j.start, s.start, min),
