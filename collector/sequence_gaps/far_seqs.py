@@ -14,9 +14,12 @@ apart cost a block each only within that bound and for the ``FAR_HELD`` held.
 Across collectors (a shared subscription, restarts) an epoch may have several open jump findings,
 each of the collector that met its seqs first. A collector holding seqs learns at each refresh what
 the store holds up to the bound (``_catch_up``: the other may have stored the whole backlog), and
-one that meets a gateway resolves the open findings it does not continue too, as the store holds
-them then, once its bound reaches their highest seq (``_resolve_others``): every seq one names was
-held, so is stored; one with readings not held stays open.
+one that meets a gateway (or, later, a new epoch of it) resolves the open findings it does not
+continue too, as the store holds them then, once its bound reaches their highest seq
+(``_resolve_others``): every seq one names was held, so is stored; one with readings not held stays
+open. Two collectors may continue one finding (both restarted): each writes it merged with the
+store's version (``_current``), so neither drops the seqs the other named in it, nor resolves it
+while the other holds a seq beyond its bound.
 """
 
 from __future__ import annotations
