@@ -53,6 +53,7 @@ def other_jump(f: SequenceFinding, gateway: str, epoch: str, track: _Epoch) -> b
 
 
 def _span(a: dt.datetime | None, b: dt.datetime | None, pick) -> dt.datetime | None:
+    """The earlier (``pick`` ``min``) or later (``max``) of two times, either of which may be unknown."""
     return pick(a, b) if a is not None and b is not None else a or b
 
 
