@@ -478,21 +478,87 @@ def test_jump_findings_of_two_collectors_are_all_resolved_once_the_backlog_is_st
     store.close()
 
 
+@pytest.mark.parametrize("backend, extended", [("sqlite", "by the other"), ("sqlite", "by both"),
+                                               ("influxdb", "by both")])
+def test_a_jump_finding_two_restarted_collectors_continue_stays_open_while_a_seq_it_names_is_held(
+        backend, extended, tmp_path, request, monkeypatch):
+    """A holds a far seq L (a jump finding from L); both collectors restart and hold L again, both
+    continuing that one finding; A then holds 2**62 (and B, by both, L + 3), and the backlog up to L
+    reaches B. Before: B resolved the finding with its own copy (or had already written its copy over
+    A's, naming L + 3 as the last), so the alarm went although 2**62 is held and never followed."""
+    monkeypatch.setattr(far_seqs, "MAX_AHEAD", 8 * BLOCK_SEQS)
+    store = _store(backend, tmp_path, request)
+    clock = [0.0]
+    live = far_seqs.MAX_AHEAD + 20_000
+    a = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    a.stored(_readings(range(1, 11)))
+    a.stored(_readings([live]))
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))  # both restarted
+    a.stored(_readings([11]))
+    b.stored(_readings([12]))
+    assert a._gateways[GW][E1].jump.first == b._gateways[GW][E1].jump.first == live  # both continue it
+    a.stored(_readings([2**62]))
+    held = (live, live + 3) if extended == "by both" else (live,)
+    if extended == "by both":
+        b.stored(_readings([live + 3]))
+    for i in range(13, live + 11, 4000):
+        b.stored(_readings(s for s in range(i, min(i + 4000, live + 11)) if s not in held))
+    for c in (a, b):
+        _judged(c, clock)
+    found = store.sequence_findings("s")
+    assert [(f.first, f.last) for f in found if f.kind == "gap"] == []
+    assert [(f.first, f.last, f.resolved) for f in found if f.kind == "jump"] == [(live, 2**62, None)]
+    store.close()
+
+
+def test_a_jump_finding_of_an_epoch_met_after_loading_the_gateway_is_resolved_by_the_collector_that_meets_it(
+        tmp_path, monkeypatch):
+    """B met the gateway in epoch E0; a new epoch E1 is met by A and by C, which each hold a far seq
+    (two jump findings) and stop. B meets E1 only then (after loading the gateway), holds both seqs
+    again, continuing C's finding (the newer), and the backlog reaches them. Before: B learnt the
+    open findings it does not continue only when it loaded the gateway, so A's stayed open for ever
+    although every seq is stored."""
+    monkeypatch.setattr(far_seqs, "MAX_AHEAD", 8 * BLOCK_SEQS)
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    a, b, c = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(3))
+    live = far_seqs.MAX_AHEAD + 20_000
+    b.stored(_readings(range(1, 11), epoch="00000000000000e0"))
+    clock[0] += 100.0
+    a.stored(_readings(range(1, 11)))
+    c.stored(_readings([11]))
+    a.stored(_readings([live]))
+    c.stored(_readings([live + 5]))
+    assert sorted(f.first for f in store.sequence_findings("s") if f.kind == "jump") == [live, live + 5]
+    for i in range(12, live + 11, 4000):  # a and c stopped: all to b
+        b.stored(_readings(s for s in range(i, min(i + 4000, live + 11)) if s not in (live, live + 5)))
+    _judged(b, clock)
+    found = store.sequence_findings("s")
+    assert [(f.first, f.last) for f in found if f.kind == "gap"] == []
+    assert sorted((f.first, f.resolved is not None) for f in found if f.kind == "jump") == [(live, True),
+                                                                                           (live + 5, True)]
+    assert stored_ranges(store, *GW) == [("00000000000000e0", 1, 10), (E1, 1, live + 10)]
+    store.close()
+
+
 @pytest.mark.fuzz
 def test_jump_findings_on_a_shared_subscription_are_all_resolved_once_the_whole_stream_is_stored(tmp_path,
                                                                                                  monkeypatch):
     """A young epoch whose live lane runs ahead of its backlog, up to beyond the bound (made small), on a
     shared subscription of two collectors that restart now and then: the head of the backlog, the live
     lane (some of it redelivered later), then the rest of the backlog with the live lane's late seqs
-    strewn in, all within the grace period. Once the whole stream is stored and the live lane goes on,
-    no jump finding is open and no seq is a gap."""
+    strewn in, all within the grace period; and maybe hostile seqs from 2**62 among them (never followed).
+    Once the whole stream is stored and the live lane goes on, no seq is a gap and no jump finding is open
+    but one naming the hostile seqs; and after every batch, while a collector holds a hostile seq a
+    finding naming it is open, and none naming one is resolved."""
     monkeypatch.setattr(far_seqs, "MAX_AHEAD", 2 * BLOCK_SEQS)
     store = SqliteStore(tmp_path / "jcm.db")
     examples = iter(range(10**9))
 
     @settings(max_examples=fuzz_examples(8), deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.integers(1, 60), st.integers(-100, 2 * BLOCK_SEQS), st.integers(1, 30), st.integers(0, 2**32))
-    def one_example(head, beyond, n_live, seed):
+    @given(st.integers(1, 60), st.integers(-100, 2 * BLOCK_SEQS), st.integers(1, 30), st.integers(0, 8),
+           st.integers(0, 2**32))
+    def one_example(head, beyond, n_live, hostile, seed):
         rnd = random.Random(seed)  # thousands of draws: more than hypothesis's own randoms take
         site = f"s{next(examples)}"  # one store for every example
         shared = SharedSubscription(store, site)
@@ -503,13 +569,30 @@ def test_jump_findings_on_a_shared_subscription_are_all_resolved_once_the_whole_
         backlog = sorted(range(head + 1, start), key=lambda s: s + rnd.randint(0, 50))
         for s in rest:
             backlog.insert(rnd.randrange(len(backlog) + 1), s)
-        shared.feed([*range(1, head + 1), *early, *backlog], rnd, batch=500, restart=0.15, steps=(0.0, 0.01))
+        sent = [*range(1, head + 1), *early, *backlog]
+        for seq in range(2**62, 2**62 + hostile):
+            sent.insert(rnd.randrange(len(sent) + 1), seq)
+
+        def held(c: SequenceGaps) -> list[int]:
+            track = c._gateways.get((site, "gw"), {}).get(E1)
+            return [seq for seq, _ in track.far] if track else []
+
+        def never_resolved_naming_the_hostile(*_):
+            jumps = [f for f in store.sequence_findings(site) if f.kind == "jump"]
+            assert [f for f in jumps if f.resolved and f.last >= 2**62] == []
+            for seq in {s for c in shared.collectors for s in held(c) if s >= 2**62}:
+                assert [f for f in jumps if not f.resolved and f.last >= seq], seq
+
+        shared.feed(sent, rnd, batch=500, restart=0.15, steps=(0.0, 0.01), each=never_resolved_naming_the_hostile)
         shared.go_on([start + n_live, start + n_live + 1])
         shared.judge(100, 200, 300)
+        never_resolved_naming_the_hostile()
         found = store.sequence_findings(site)
         assert [(f.first, f.last) for f in found if f.kind == "gap"] == []
-        assert [(f.first, f.last, f.cause) for f in found if f.kind == "jump" and f.resolved is None] == []
-        assert stored_ranges(store, site, "gw") == [(E1, 1, start + n_live + 1)]
+        still = [(f.first, f.last, f.cause) for f in found if f.kind == "jump" and f.resolved is None]
+        assert [f for f in still if f[1] < 2**62] == [] and bool(still) == bool(hostile)
+        assert stored_ranges(store, site, "gw") == ([(E1, 1, start + n_live + 1)]
+                                                    + [(E1, 2**62, 2**62 + hostile - 1)] * bool(hostile))
 
     one_example()
     store.close()

@@ -56,8 +56,9 @@ class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
     far_dropped: int = 0  # of those, not held
     jump: SequenceFinding | None = None  # this process's finding about them
     #: first -> last seq of the open jump findings of this epoch in the store but ``jump`` (another
-    #: collector's, or a predecessor's), learnt when this collector met the gateway: resolved by it
-    #: once its bound reaches their last seq (``_reach``)
+    #: collector's, or a predecessor's), learnt when this collector met the gateway or the epoch, or
+    #: its own ``jump`` once another named seqs in it beyond the bound: resolved by it once its bound
+    #: reaches their last seq (``_reach``)
     others: dict[int, int] = field(default_factory=dict)
     jump_logged: int = 0  # ``far_count`` when it was last logged
     evictions: int = 0  # of ``own`` blocks (``OWN_BLOCKS``)

@@ -14,9 +14,12 @@ apart cost a block each only within that bound and for the ``FAR_HELD`` held.
 Across collectors (a shared subscription, restarts) an epoch may have several open jump findings,
 each of the collector that met its seqs first. A collector holding seqs learns at each refresh what
 the store holds up to the bound (``_catch_up``: the other may have stored the whole backlog), and
-one that meets a gateway resolves the open findings it does not continue too, as the store holds
-them then, once its bound reaches their highest seq (``_resolve_others``): every seq one names was
-held, so is stored; one with readings not held stays open.
+one that meets a gateway (or, later, a new epoch of it) resolves the open findings it does not
+continue too, as the store holds them then, once its bound reaches their highest seq
+(``_resolve_others``): every seq one names was held, so is stored; one with readings not held stays
+open. Two collectors may continue one finding (both restarted): each writes it merged with the
+store's version (``_current``), so neither drops the seqs the other named in it, nor resolves it
+while the other holds a seq beyond its bound.
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ log = logging.getLogger(__package__)
 #: seqs beyond ``MAX_AHEAD`` held per epoch (the first met) until the epoch's bound reaches them; each
 #: is written to the store as a block of its own, so a restarted collector holds them again
 FAR_HELD = 1024
+
+
+def other_jump(f: SequenceFinding, gateway: str, epoch: str, track: _Epoch) -> bool:
+    """Whether ``f`` is an open jump finding of the epoch that ``track`` does not continue, which a
+    collector meeting the epoch resolves once its bound reaches its last seq (``_Epoch.others``); one
+    with readings not held is never resolved."""
+    return ((f.kind, f.gateway, f.epoch, f.resolved, f.explained) == ("jump", gateway, epoch, None, 0)
+            and (track.jump is None or track.jump.first != f.first))
+
+
+def _span(a: dt.datetime | None, b: dt.datetime | None, pick) -> dt.datetime | None:
+    """The earlier (``pick`` ``min``) or later (``max``) of two times, either of which may be unknown."""
+    return pick(a, b) if a is not None and b is not None else a or b
 
 
 class _FarEpoch:
@@ -168,13 +184,41 @@ class _FarSeqs:
             track.jump = replace(track.jump, explained=track.far_dropped)
         track.reshaped = True
 
-    def _write_jump(self, site: str, gateway: str, epoch: str) -> None:
-        """Write an epoch's jump finding; log it when new, resolved, and each time its count grew tenfold."""
-        track = self._gateways[(site, gateway)][epoch]
+    def _current(self, site: str, gateway: str, epoch: str,
+                 track: _Epoch) -> tuple[SequenceFinding, SequenceFinding | None]:
+        """An epoch's jump finding as the store is to hold it now, and as it holds it. Two collectors may
+        continue one finding (both restarted, ``_hold_beyond``), each with a copy of its own, and the
+        other may have named more seqs in it (or readings not held) since this one read it: so it is read
+        again and the two merged (the highest last, the most readings not held). This collector resolves
+        it only if its bound reaches that last and every reading was held; else it stays open."""
         j = track.jump
-        self.store.record_finding(j)
+        s = next((f for f in self.store.sequence_findings(site)
+                  if (f.kind, f.gateway, f.epoch, f.first) == ("jump", gateway, epoch, j.first)), None)
+        if s is None or s.resolved is not None or s == j:  # resolved: every seq its copy named is followed
+            return j, s
+        ours = (j.last, j.explained) >= (s.last, s.explained)
+        j = replace(j, last=max(j.last, s.last), noticed=s.noticed, start=_span(j.start, s.start, min),
+                    end=_span(j.end, s.end, max), explained=max(j.explained, s.explained),
+                    cause=j.cause if ours else s.cause)
+        if j.resolved is not None and (j.explained or j.last > self._limit(site, gateway, epoch, track)):
+            j = replace(j, resolved=None)
+        return j, s
+
+    def _write_jump(self, site: str, gateway: str, epoch: str) -> None:
+        """Write an epoch's jump finding (``_current``); log it when new, resolved, and each time its
+        count grew tenfold. One another collector named seqs in beyond the bound stays open: this
+        collector, which follows all it held, resolves it as another's (``others``) once the bound
+        reaches its last (never, with readings not held)."""
+        track = self._gateways[(site, gateway)][epoch]
+        j, stored = self._current(site, gateway, epoch, track)
+        if j != stored:
+            self.store.record_finding(j)
         self._jumps.discard((site, gateway, epoch))
-        if j.resolved or track.far_count >= 10 * track.jump_logged:
+        if track.jump.resolved and not j.resolved:
+            track.jump = None
+            if not j.explained:
+                track.others[j.first] = j.last
+        elif j.resolved or track.far_count >= 10 * track.jump_logged:
             track.jump_logged = track.far_count
             log.warning("site %s: gateway %s: %s%s", site, gateway, j.cause,
                         "; all of them followed now" if j.resolved else "")

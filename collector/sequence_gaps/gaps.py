@@ -38,7 +38,7 @@ from dataclasses import replace
 from collector.sequence_gaps import holes_cap
 from collector.sequence_gaps.epoch import _Epoch
 from collector.sequence_gaps.epoch_churn import _Churn, _EpochChurn
-from collector.sequence_gaps.far_seqs import _FarSeqs
+from collector.sequence_gaps.far_seqs import _FarSeqs, other_jump
 from collector.sequence_gaps.holes_cap import _HolesCap
 from collector.sequence_gaps.marks import _Marks
 from collector.sequence_gaps.own_blocks import _OwnBlocks
@@ -189,24 +189,27 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         # another collector on the shared subscription may have met it, or stored more of the one before
         latest = max(((t.highest()[1], e) for e, t in epochs.items() if t.highest()), default=(None, None))[1]
         self._learn(r.site, r.gateway, epochs, only={epoch, latest})
-        told = any(f.kind == "epoch" and f.gateway == r.gateway and f.epoch == epoch
-                   for f in self.store.sequence_findings(r.site))
+        found = [f for f in self.store.sequence_findings(r.site) if f.gateway == r.gateway and f.epoch == epoch]
+        told = any(f.kind == "epoch" for f in found)
         before = [(e, t.highest()) for e, t in epochs.items() if e != epoch and t.highest()]
-        if told or epoch in epochs:  # reported, or already stored by another collector
-            return epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
-        if not before:
+        if told or epoch in epochs:
+            pass  # reported, or already stored by another collector
+        elif not before:
             log.info("gateway %s of site %s: first sequence epoch %s", r.gateway, r.site, epoch or "(none)")
-            return epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
-        previous, (seq, ts) = max(before, key=lambda b: b[1][1])  # the epoch it last used
-        cause = (f"gateway {r.gateway} started a new sequence epoch {epoch or '(none)'} after "
-                 f"{previous or '(none)'} at seq {seq}: readings of {previous or '(none)'} after {seq} not "
-                 "received are lost (a new or emptied outbox)")
-        log.warning("site %s: %s", r.site, cause)
-        self.store.record_finding(SequenceFinding("epoch", r.site, r.gateway, epoch, seq, seq,
-                                                  dt.datetime.now(dt.UTC), cause, previous=previous, start=ts,
-                                                  end=r.ts))
+        else:
+            previous, (seq, ts) = max(before, key=lambda b: b[1][1])  # the epoch it last used
+            cause = (f"gateway {r.gateway} started a new sequence epoch {epoch or '(none)'} after "
+                     f"{previous or '(none)'} at seq {seq}: readings of {previous or '(none)'} after {seq} not "
+                     "received are lost (a new or emptied outbox)")
+            log.warning("site %s: %s", r.site, cause)
+            self.store.record_finding(SequenceFinding("epoch", r.site, r.gateway, epoch, seq, seq,
+                                                      dt.datetime.now(dt.UTC), cause, previous=previous, start=ts,
+                                                      end=r.ts))
         # only now: should the store refuse the finding, the next attempt reports the epoch again
-        return epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
+        track = epochs.setdefault(epoch, _Epoch(floor=1 if epoch else None))
+        # met after the gateway was loaded: the others' open jump findings of it, as ``_load`` learns them
+        track.others.update((f.first, f.last) for f in found if other_jump(f, r.gateway, epoch, track))
+        return track
 
     def _resolve(self, site: str, gateway: str, epoch: str, track: _Epoch, seq: int) -> None:
         """A seq arrived inside a recorded gap: if the whole gap has now arrived, say so."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collector.sequence_gaps import epoch_churn
 from collector.sequence_gaps.epoch import _Epoch
+from collector.sequence_gaps.far_seqs import other_jump
 from contract.store import BLOCK_SEQS, SeqMark, SeqRange, block_ranges
 
 #: blocks read per query when a collector meets a gateway and reads every block of an epoch
@@ -36,10 +37,8 @@ class _Marks:
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
             elif f.gateway == gateway and f.kind == "holes":
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).swallow(f.first, f.last)
-            elif (f.gateway == gateway and f.kind == "jump" and f.resolved is None and not f.explained
-                  and f.epoch in epochs and (epochs[f.epoch].jump is None or epochs[f.epoch].jump.first != f.first)):
-                # not continued (``_hold_beyond``); one with readings not held is never resolved
-                epochs[f.epoch].others[f.first] = f.last
+            elif f.epoch in epochs and other_jump(f, gateway, f.epoch, epochs[f.epoch]):
+                epochs[f.epoch].others[f.first] = f.last  # not continued (``_hold_beyond``)
         for track in epochs.values():
             # not met by this process yet: as idle as an epoch given up (``_room``) once its holes had two
             # grace periods to be judged; one in use is met again with its next reading. (Seen now, a gateway
