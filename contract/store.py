@@ -518,8 +518,11 @@ class ReadingStore(Protocol):
     def record_finding(self, finding: SequenceFinding) -> None:
         """Keep a sequence finding (replacing one of the same identity). Raises ``StoreUnavailable``."""
 
-    def sequence_findings(self, site: str | None = None) -> list[SequenceFinding]:
-        """Sequence findings, one per identity, oldest noticed first."""
+    def sequence_findings(self, site: str | None = None, *, gateway: str | None = None, epoch: str | None = None,
+                          kind: str | None = None) -> list[SequenceFinding]:
+        """Sequence findings, one per identity, oldest noticed first; only those of ``gateway``,
+        ``epoch`` (``""``: none) and ``kind`` when named: the collector reads one gateway's few
+        where a site may hold thousands."""
 
     def links(self, site: str, gateway: str, epoch: str, seqs: Iterable[int]) -> dict[int, Link]:
         """The stored signed messages among ``seqs`` of one chain, by seq. Raises ``StoreUnavailable``."""

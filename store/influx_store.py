@@ -431,8 +431,10 @@ class InfluxStore:
         # noticed, where a check's gaps noticed within one millisecond were one point: all but one lost
         self._post_sequence([p.time(f.first - 1, WritePrecision.NS).to_line_protocol().encode()], WritePrecision.NS)
 
-    def sequence_findings(self, site=None) -> list[SequenceFinding]:
-        where = f' WHERE "site" = {_lit(site)}' if site else ""
+    def sequence_findings(self, site=None, *, gateway=None, epoch=None, kind=None) -> list[SequenceFinding]:
+        named = [(k, v) for k, v in (("site", site), ("gateway", gateway), ("epoch", epoch), ("kind", kind))
+                 if v is not None and (v or k == "epoch")]  # a tag = '' matches the points without it
+        where = " WHERE " + " AND ".join(f'"{k}" = {_lit(v)}' for k, v in named) if named else ""
         series = self.query(f'SELECT * FROM {_q(FINDINGS)}{where} GROUP BY "site", "gateway", "epoch", "kind"')
         found: dict[tuple, SequenceFinding] = {}
         for s in series:

@@ -380,10 +380,12 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
-    def sequence_findings(self, site=None) -> list[SequenceFinding]:
-        rows = self._query(f"SELECT {FINDING_COLUMNS} FROM sequence_findings"
-                           + (" WHERE site = ?" if site else "") + " ORDER BY noticed, gateway, epoch, first",
-                           (site,) if site else ())
+    def sequence_findings(self, site=None, *, gateway=None, epoch=None, kind=None) -> list[SequenceFinding]:
+        named = [(k, v) for k, v in (("site", site), ("gateway", gateway), ("epoch", epoch), ("kind", kind))
+                 if v is not None and (v or k == "epoch")]
+        where = " WHERE " + " AND ".join(f"{k} = ?" for k, _ in named) if named else ""
+        rows = self._query(f"SELECT {FINDING_COLUMNS} FROM sequence_findings{where} ORDER BY noticed, gateway, epoch, first",
+                           tuple(v for _, v in named))
         return [SequenceFinding(k, s, g, e, f, la, from_ms(n), c, x, p, _ts_or_none(a), _ts_or_none(b),
                                 _ts_or_none(res)) for k, s, g, e, f, la, n, c, x, p, a, b, res in rows]
 

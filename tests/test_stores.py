@@ -439,3 +439,27 @@ def test_an_influxdb_answer_cut_short_by_its_row_limit_is_an_error_not_fewer_row
         s.close()
     finally:
         server.stop()
+
+
+def test_sequence_findings_of_one_gateway_epoch_and_kind(store):
+    """The collector reads only the findings of the gateway, epoch and kind it is about (a site may
+    hold thousands of another's): each choice of filters gives exactly those of the whole list,
+    an epoch of ``""`` those with none."""
+    from contract.store import SequenceFinding
+    t = T0
+    found = [SequenceFinding(kind, "s1", gw, epoch, first, first + 2, t + dt.timedelta(seconds=first), "why", 0, "")
+             for first, (kind, gw, epoch) in enumerate(
+                 [(k, g, e) for k in ("gap", "jump", "clock") for g in ("gw1", "gw2") for e in ("", "0123456789abcdef")],
+                 start=1)]
+    found.append(SequenceFinding("gap", "s2", "gw1", "", 99, 99, t, "other site", 0, ""))
+    for f in found:
+        store.record_finding(f)
+    everything = store.sequence_findings("s1")
+    assert len(everything) == 12
+    for gateway in (None, "gw1", "gw2"):
+        for epoch in (None, "", "0123456789abcdef"):
+            for kind in (None, "gap", "jump", "clock"):
+                expected = [f for f in everything if gateway in (None, f.gateway) and epoch in (None, f.epoch)
+                            and kind in (None, f.kind)]
+                assert store.sequence_findings("s1", gateway=gateway, epoch=epoch, kind=kind) == expected, \
+                    (gateway, epoch, kind)

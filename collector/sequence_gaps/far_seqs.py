@@ -125,7 +125,7 @@ class _FarSeqs:
         names is stored, as each was held (``explained`` 0) and a held seq's block is written before its
         finding; and every one is within the bound now: followed, or read from the store as a hole is."""
         limit, others = self._limit(site, gateway, epoch, track), {}
-        for f in self.store.sequence_findings(site):
+        for f in self.store.sequence_findings(site, gateway=gateway, epoch=epoch, kind="jump"):
             if (f.kind, f.gateway, f.epoch, f.resolved, f.explained) != ("jump", gateway, epoch, None, 0) \
                     or f.first not in track.others:
                 continue
@@ -172,7 +172,8 @@ class _FarSeqs:
         if not beyond:
             return
         if track.jump is None:
-            track.jump = max((f for f in self.store.sequence_findings(site) if (f.kind, f.gateway, f.epoch, f.resolved)
+            track.jump = max((f for f in self.store.sequence_findings(site, gateway=gateway, epoch=epoch, kind="jump")
+                              if (f.kind, f.gateway, f.epoch, f.resolved)
                               == ("jump", gateway, epoch, None)), key=lambda f: f.noticed, default=None)
             track.far_dropped = track.jump.explained if track.jump else 0
         for run in reversed(beyond):
@@ -192,7 +193,7 @@ class _FarSeqs:
         again and the two merged (the highest last, the most readings not held). This collector resolves
         it only if its bound reaches that last and every reading was held; else it stays open."""
         j = track.jump
-        s = next((f for f in self.store.sequence_findings(site)
+        s = next((f for f in self.store.sequence_findings(site, gateway=gateway, epoch=epoch, kind="jump")
                   if (f.kind, f.gateway, f.epoch, f.first) == ("jump", gateway, epoch, j.first)), None)
         if s is None or s.resolved is not None or s == j:  # resolved: every seq its copy named is followed
             return j, s

@@ -32,7 +32,7 @@ class _Marks:
         """What the store knows of a gateway, the first time this collector meets it."""
         epochs: dict[str, _Epoch] = {}
         self._learn(site, gateway, epochs)
-        for f in self.store.sequence_findings(site):
+        for f in self.store.sequence_findings(site, gateway=gateway):
             if f.gateway == gateway and f.kind == "gap":
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
             elif f.gateway == gateway and f.kind == "holes":
