@@ -61,14 +61,13 @@ CREATE TABLE messages (site TEXT NOT NULL, device TEXT NOT NULL, ts INTEGER NOT 
                        "values" TEXT NOT NULL, quality TEXT, PRIMARY KEY (site, device, ts)) WITHOUT ROWID
 """
 
-PACKED = """
-CREATE TABLE IF NOT EXISTS layouts (site TEXT NOT NULL, device TEXT NOT NULL, layout INTEGER NOT NULL,
+PACKED = """CREATE TABLE IF NOT EXISTS layouts (site TEXT NOT NULL, device TEXT NOT NULL, layout INTEGER NOT NULL,
                                     channels TEXT NOT NULL, PRIMARY KEY (site, device, layout)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS packed (site TEXT NOT NULL, device TEXT NOT NULL, ts INTEGER NOT NULL,
                                    gateway TEXT NOT NULL, layout INTEGER NOT NULL, seq INTEGER, "values" BLOB NOT NULL,
                                    quality TEXT, PRIMARY KEY (site, device, ts)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (site TEXT NOT NULL, device TEXT NOT NULL, gateway TEXT NOT NULL,
-                                    last_seen INTEGER NOT NULL, status TEXT, PRIMARY KEY (site, device));
+                                    last_seen INTEGER NOT NULL, status TEXT, PRIMARY KEY (site, device))
 """
 
 UPSERT_PACKED = """
@@ -87,16 +86,33 @@ class PackedStore:
     it)."""
 
     def __init__(self, path: Path):
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(PACKED)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        self.attach(db)
+
+    def attach(self, db: sqlite3.Connection) -> None:
+        """Keep the packed tables in ``db`` (an open connection, outside a transaction)."""
+        self._db = db
+        for table in PACKED.split(";"):
+            db.execute(table)
         self._layouts: dict[tuple, int] = {(s, d, tuple(json.loads(c))): n for s, d, n, c in
-                                           self._db.execute("SELECT site, device, layout, channels FROM layouts")}
+                                           db.execute("SELECT site, device, layout, channels FROM layouts")}
         self._channels: dict[tuple, list[str]] = {}
 
     def write(self, readings: list[Reading]) -> None:
-        new: dict[tuple, int] = {}  # layouts made in this transaction: known once it commits
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            new = self.upsert(readings)
+            self._db.execute("COMMIT")
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        self._layouts.update(new)
+
+    def upsert(self, readings: list[Reading]) -> dict[tuple, int]:
+        """Upsert in the open transaction; return the layouts it made (known once it commits)."""
+        new: dict[tuple, int] = {}
         seen: dict[tuple, tuple] = {}
         rows = []
         for r in readings:
@@ -119,17 +135,11 @@ class PackedStore:
                          json.dumps({c: q.value for c, q in r.quality.items()}) if r.quality else None))
             if (site, device) not in seen or seen[site, device][3] <= ms:
                 seen[site, device] = (site, device, r.gateway, ms, r.status.value)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany("INSERT INTO layouts VALUES (?,?,?,?)",
-                                 [(s, d, n, json.dumps(c)) for (s, d, c), n in new.items()])
-            self._db.executemany(UPSERT_PACKED, rows)
-            self._db.executemany(SEEN, list(seen.values()))
-            self._db.execute("COMMIT")
-        finally:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-        self._layouts.update(new)
+        self._db.executemany("INSERT INTO layouts VALUES (?,?,?,?)",
+                             [(s, d, n, json.dumps(c)) for (s, d, c), n in new.items()])
+        self._db.executemany(UPSERT_PACKED, rows)
+        self._db.executemany(SEEN, list(seen.values()))
+        return new
 
     def read_sources(self, site: str, lo: int, hi: int, sources: list[str]) -> dict[str, pd.DataFrame]:
         """The frames ``SqliteStore.read_sources`` returns: per device one primary-key range,
@@ -141,8 +151,8 @@ class PackedStore:
         out = {}
         with gc_paused():
             for dev, channels in wanted.items():
-                rows = self._db.execute('SELECT ts, layout, "values", quality FROM packed WHERE site = ? AND device = ? '
-                                        'AND ts >= ? AND ts < ?', (site, dev, lo, hi)).fetchall()
+                rows = self._db.execute('SELECT ts, layout, "values", quality FROM packed WHERE site = ? '
+                                        'AND device = ? AND ts >= ? AND ts < ?', (site, dev, lo, hi)).fetchall()
                 ts, layout, blobs, quality = zip(*rows) if rows else ((),) * 4
                 ts = np.array(ts, np.int64)
                 # qualities are JSON on the rows that have any only: most months have none
@@ -229,8 +239,8 @@ def copy_as_packed(msgs: dict[tuple, list], dst: Path, site: str, width: int) ->
     readings = []
     for (device, ts), (gateway, seq, values, quality) in msgs.items():
         values = values | {f"pad{k}": 0.0 for k in range(width - len(values))}
-        readings.append(Reading(site=site, gateway=gateway, device=device, ts=dt.datetime.fromtimestamp(ts / 1000, dt.UTC),
-                                values=values, quality=quality, seq=seq))
+        readings.append(Reading(site=site, gateway=gateway, device=device, values=values, quality=quality, seq=seq,
+                                ts=dt.datetime.fromtimestamp(ts / 1000, dt.UTC)))
         if len(readings) == 50_000:
             store.write(readings)
             readings = []
@@ -260,9 +270,10 @@ def bench_write(n: int, repeat: int) -> None:
     batches = [readings[i:i + BATCH] for i in range(0, n, BATCH)]
     cpu: dict[str, list[float]] = {"row per value": [], "packed": []}
     wall: dict[str, list[float]] = {"row per value": [], "packed": []}
+    size: dict[str, int] = {}  # the file's bytes once closed
     for _ in range(repeat):
         for name in cpu:
-            with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "results") as tmp:
+            with tempfile.TemporaryDirectory() as tmp:
                 store = (SqliteStore(Path(tmp) / "store.sqlite") if name == "row per value"
                          else PackedStore(Path(tmp) / "store.sqlite"))
                 w, c = time.monotonic(), time.process_time()
@@ -273,11 +284,12 @@ def bench_write(n: int, repeat: int) -> None:
                 store.write(batches[0])  # written twice: overwrites itself
                 assert store.count() == n * (20 if name == "row per value" else 1), (name, store.count())
                 store.close()
+                size[name] = sum(f.stat().st_size for f in Path(tmp).iterdir())
     us = {name: min(v) / n * 1e6 for name, v in cpu.items()}
     print(f"write {n:,} messages of 20 values, {BATCH} a transaction: " + "; ".join(
         f"{name} {us[name]:.1f} us CPU a message ({', '.join(f'{t / n * 1e6:.1f}' for t in cpu[name])}; "
-        f"wall {min(wall[name]):.2f} s)" for name in cpu) + f": packed / row per value "
-        f"{us['packed'] / us['row per value']:.3f}", flush=True)
+        f"wall {min(wall[name]):.2f} s; {size[name] / n:.0f} bytes a message on disk)" for name in cpu)
+          + f": packed / row per value {us['packed'] / us['row per value']:.3f}", flush=True)
 
 
 def bench_read(name: str, args) -> None:
