@@ -585,7 +585,7 @@ def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_pat
             "before the period's end, and no later message of the chain is in the export: its readings after that "
             "time cannot be shown complete") in out
     assert ("  the manifest's reason (unsigned: it explains, it proves nothing): the store holds no later message of "
-            "this chain stamped at or after the period's end") in out
+            "this chain stamped after the period's end") in out
     assert "witnesses: 1 of 1 chain(s) witnessed before the period's start" in out and ", 0 after its end" in out
     assert out.count("not witnessed") == 1 and "; 1 tail(s) not (longest 0 d 16:15 before the end)" in out
     summary = html.unescape((folder / "summary.html").read_text())
@@ -593,7 +593,7 @@ def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_pat
             "NOT WITNESSED") in summary
     assert (f"<tr><td>end: its last message</td><td>mn-solar / gw-mn-01 / <code>{EPOCH}</code></td>"
             f"<td class=n>{seq}</td><td>2026-09-11T23:45:00+00:00</td><td>0 d 16:15 before the period's end</td>"
-            "<td>the store holds no later message of this chain stamped at or after the period's end") in summary
+            "<td>the store holds no later message of this chain stamped after the period's end") in summary
     assert "Reason given by the export (unsigned: it explains, it proves nothing)" in summary
     assert "jcm verify <folder> checks each chain end" in summary
     assert "期間終了の 0 d 16:15 前" in (folder / "summary.ja.html").read_text()
@@ -785,3 +785,28 @@ def test_a_witness_before_the_window_is_found_by_seq(tmp_path, signer, capsys):
     assert rc == 0, out
     assert "witnesses: 1 of 1 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
     assert "readings: 1 verified message(s) stamped outside" in out
+
+
+def test_a_message_stamped_at_the_periods_end_is_no_witness(tmp_path, signer, capsys):
+    """A reading stamped exactly at the period's end closes its last day (``interval_day``):
+    it is one of the period's readings, not a witness that none of them was left out. Cut
+    right after the first message stamped at the end, the other meters' readings there
+    (their last intervals of the period) were gone and ``jcm verify`` PASSED (before: exit 0,
+    and an export of id-aceh-biomass cut so had its last day's EG_gross 1 % short). Now
+    the witness must be stamped after the end, and the chain is named."""
+    def after_first_at_end(store):
+        seq = store._db.execute("SELECT MIN(seq) FROM messages WHERE ts >= ?",
+                                (int(PERIOD_END.timestamp() * 1000),)).fetchone()[0]
+        for table in ("readings", "messages"):
+            store._db.execute(f"DELETE FROM {table} WHERE seq > ?", (seq,))
+        store._db.commit()
+    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+                         tamper=after_first_at_end)
+    last = json.loads(messages(folder)[-1])
+    assert last["ts"] == "2026-09-12T16:00:00.000Z" and last["device"] == "inv-01"
+    rc, out = run(folder, capsys)
+    assert rc == 3, out
+    assert (f"  tail not witnessed: its last message, seq {last['seq']}, is stamped 2026-09-12T16:00:00+00:00, "
+            "0 d 00:00 before the period's end") in out
+    [listed] = json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]["not_witnessed"]
+    assert (listed["end"], listed["seq"]) == ("tail", last["seq"])
