@@ -7,7 +7,7 @@ collector's sequence findings and custody findings there (``custody/findings.jso
 which explain the breaks of the chains and which the processor reads too. An export of
 readings that were not signed has no custody folder, and its manifest says 0 signed messages.
 
-Witnesses: a chain whose last message there is stamped before the period's end is
+Witnesses: a chain whose last message there is stamped at or before the period's end is
 followed by its first message stamped after that end (found by seq, however long after;
 when it is covered, with the messages after it up to its signature: a reading stamped at
 the end itself closes the period's last day, ``interval_day``, and is one of the period's
