@@ -7,10 +7,11 @@ and print a verdict a verifier can paste into a report.
 2. the custody folder (``contract.custody``): every message's signature (a covered one's
    by the later message that covers it), every chain,
    each gap with its cause (the collector's sequence findings, refused messages), and
-   each chain's ends: its last verified message must be stamped at or after the period's
-   end, and its first before the period's start or begin its chain (``prev`` GENESIS):
-   the export's witnesses (``processing.export.custody_folder``). Else the chain is named
-   with that message's seq and time and how far inside the period it is, and the reason the
+   each chain's ends: its last verified message must be stamped after the period's end
+   (one stamped at the end is a reading of its last day, ``interval_day``), and its first
+   before the period's start or begin its chain (``prev`` GENESIS): the export's
+   witnesses (``processing.export.custody_folder``). Else the chain is named with that
+   message's seq and time and how far inside the period it is, and the reason the
    manifest gives (unsigned: it explains, it proves nothing);
 3. the figures: the readings of the verified messages stamped in the window the
    recomputation reads (``recompute.reading_window``; witnesses and covering messages
@@ -259,7 +260,7 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
     ``window``, when given), their messages and the findings to ``store``; what is wrong
     (nothing when it is whole), the lines, how many readings were written, and each chain
     end not witnessed (``period``, UTC start and end, when given: its last verified message
-    stamped before the end, or its first at or after the start without beginning its chain;
+    stamped at or before the end, or its first at or after the start without beginning its chain;
     ``claims``: the manifest's reasons, ``_witness_claims``)."""
     keys, lines = read_folder(folder)
     path = folder / "custody" / FINDINGS
@@ -342,7 +343,7 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
                        "not begin its chain, and no earlier message of the chain is in the export: its readings "
                        "before that time cannot be shown complete")
             out.append(f"  {_claim(('head', *chain[1:]), claims)}")
-        if period is not None and last.reading.ts < period[1]:
+        if period is not None and last.reading.ts <= period[1]:
             inside["tail"].append(period[1] - last.reading.ts)
             unwitnessed.append(f"{name} after seq {high}, {span(inside['tail'][-1])} before the period's end")
             out.append(f"  tail not witnessed: its last message, seq {high}, is stamped {last.reading.ts.isoformat()}, "
@@ -360,7 +361,7 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
         out.append(f"witnesses: {len(chains) - len(heads)} of {len(chains)} chain(s) witnessed before the period's "
                    f"start ({period[0].isoformat()}; or begun in it), {len(chains) - len(tails)} after its end "
                    f"({period[1].isoformat()}): a chain's first verified message stamped before the start or "
-                   "beginning its chain, its last at or after the end"
+                   "beginning its chain, its last after the end"
                    + (f"; {len(heads)} head(s) not (longest {span(max(heads))} after the start)" if heads else "")
                    + (f"; {len(tails)} tail(s) not (longest {span(max(tails))} before the end)" if tails else ""))
     if outside:

@@ -532,7 +532,8 @@ def test_a_chain_cut_short_in_the_period_is_never_witnessed(chains, start_minute
     random point at either end (the messages before or after it removed, as whoever makes or
     edits an export could): ``jcm verify`` names every chain end the cut took a message of
     the period from, and a chain's end is witnessed exactly when its last message is stamped
-    at or after the period's end (its first before the start, or it begins its chain)."""
+    after the period's end (one stamped at the end is a reading of the period's last day; its
+    first before the start, or it begins its chain)."""
     start = T0 + dt.timedelta(minutes=start_minute)
     end = start + dt.timedelta(minutes=length)
     kept, named = [], set()
@@ -554,7 +555,7 @@ def test_a_chain_cut_short_in_the_period_is_never_witnessed(chains, start_minute
             named.add(("head", epoch))  # the cut took a message of the period
         if head and made[head][0] >= start:
             named.add(("head", epoch))
-        if any(t < end for t, _, _ in made[tail:]) or made[tail - 1][0] < end:
+        if any(t <= end for t, _, _ in made[tail:]) or made[tail - 1][0] <= end:
             named.add(("tail", epoch))
     with tempfile.TemporaryDirectory() as tmp:
         write_folder(Path(tmp), _KEYS, kept)

@@ -7,9 +7,11 @@ collector's sequence findings and custody findings there (``custody/findings.jso
 which explain the breaks of the chains and which the processor reads too. An export of
 readings that were not signed has no custody folder, and its manifest says 0 signed messages.
 
-Witnesses: a chain whose last message there is stamped before the period's end is
-followed by its first message stamped at or after that end (found by seq, however long
-after; when it is covered, with the messages after it up to its signature); a chain whose
+Witnesses: a chain whose last message there is stamped at or before the period's end is
+followed by its first message stamped after that end (found by seq, however long after;
+when it is covered, with the messages after it up to its signature: a reading stamped at
+the end itself closes the period's last day, ``interval_day``, and is one of the period's
+readings, so it witnesses nothing of the others stamped there); a chain whose
 first message there is stamped at or after the period's start, and does not begin its
 chain (``prev`` GENESIS), is preceded by its last message stamped before that start.
 Signed by the gateway and linked along the chain, they show that nothing of the chain in
@@ -168,22 +170,22 @@ def _head(store: ReadingStore, site: str, first: bytes, found: Witnesses) -> lis
 
 def _tail(store: ReadingStore, site: str, last: bytes, found: Witnesses) -> list[bytes]:
     """The witness after a chain's ``last`` message (with its covering run), or none
-    (``last`` stamped at or after the period's end is its own; else the chain's tail is listed)."""
+    (``last`` stamped after the period's end is its own; else the chain's tail is listed)."""
     r = _reading(last)
-    if r is None or r.ts >= found.end:
+    if r is None or r.ts > found.end:
         return []
-    witness = store.chain_witness(site, r.gateway, r.epoch, r.seq, found.end)
+    witness = store.chain_witness(site, r.gateway, r.epoch, r.seq, found.end + _MS)
     run = [] if witness is None or not is_covered(witness) else _covering(store, site, witness)
     if witness is not None and (run or not is_covered(witness)):
         return found.added([witness, *run])
     if witness is not None:
-        return found.missing("tail", r, f"its first message stamped at or after the period's end, seq "
+        return found.missing("tail", r, f"its first message stamped after the period's end, seq "
                                         f"{_place(witness)[2]}, is kept without its signature and the message "
                                         "that covers it is not in the store")
     return found.missing("tail", r, next(
         (f"the collector found the gateway's new epoch {f.epoch} after seq {f.first} of this one: {f.cause}"
          for f in found.findings if (f.kind, f.gateway, f.previous) == ("epoch", r.gateway, r.epoch)),
-        "the store holds no later message of this chain stamped at or after the period's end: the gateway "
+        "the store holds no later message of this chain stamped after the period's end: the gateway "
         "stopped or its epoch ended, or its later messages had not arrived when the export was made"))
 
 
