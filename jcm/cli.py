@@ -345,7 +345,7 @@ def cmd_verify(args) -> int:
     from jcm.verify import verify_export
 
     jobs = args.jobs
-    if not jobs.isdigit() or not 1 <= int(jobs) <= MAX_JOBS:
+    if not (jobs.isascii() and jobs.isdigit()) or not 1 <= int(jobs) <= MAX_JOBS:
         raise ValueError(f"--jobs {jobs!r}: not a number of processes from 1 to {MAX_JOBS}")
     code, report = verify_export(Path(args.folder), int(jobs))
     print("\n".join(report))
