@@ -110,6 +110,7 @@ def export(made, tmp_path):
 def run(folder, capsys) -> tuple[int, str]:
     """``jcm verify`` of ``folder`` in one process and with two workers checking the signatures
     (in chunks small enough that these exports use them): both say the same, byte for byte."""
+    earlier = capsys.readouterr()  # what the test printed before (e.g. jcm export's lines)
     said = []
     for jobs in ("1", "2"):
         with pytest.MonkeyPatch.context() as patch:
@@ -119,7 +120,7 @@ def run(folder, capsys) -> tuple[int, str]:
         captured = capsys.readouterr()
         said.append((rc, captured.out + captured.err))
     assert said[0] == said[1]
-    return said[0]
+    return said[0][0], earlier.out + earlier.err + said[0][1]
 
 
 def rehash(folder):
