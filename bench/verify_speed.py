@@ -7,7 +7,10 @@ collector stores them), then runs ``jcm verify`` on it: the ``--before`` commit
 (``git archive`` into a scratch folder) with one process, and this checkout with each
 ``--jobs`` given, ``--rounds`` times each, alternating, so that the machine's load falls
 on all alike. Each run's output must be byte-identical to the first's (the verdict does
-not depend on the code version nor on the number of processes).
+not depend on the code version nor on the number of processes). Besides the wall time it
+gives the CPU time of ``jcm verify``'s own process and of its workers: on a shared machine
+the wall time shows the load of others, the longer of the two (a worker's share) what it
+would be on idle cores.
 
     python bench/verify_speed.py [--days 30] [--before main] [--jobs 1 2] [--rounds 2]
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import io
 import json
 import os
 import statistics
@@ -80,25 +84,36 @@ def checkout(ref: str, into: Path) -> Path:
     """The tree of ``ref`` (a commit of this repository) in ``into``."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
     into.mkdir(parents=True)
-    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
+    found = subprocess.run([sys.executable, "-c", "import jcm.verify; print(jcm.verify.__file__)"], cwd=into,
+                           env={**os.environ, "PYTHONPATH": str(into)}, check=True, capture_output=True, text=True)
+    if not Path(found.stdout.strip()).is_relative_to(into):  # else "before" would time this checkout
+        raise SystemExit(f"the code of {ref} does not come first on the path: {found.stdout}")
     return into
 
 
-def run_verify(code: Path, folder: Path, jobs: int | None) -> tuple[float, float, bytes]:
-    """Wall and CPU seconds (the process and its children) of ``jcm verify`` with the code in
-    ``code``, and its output."""
-    args = [sys.executable, "-c", "import sys; from jcm.cli import main; sys.exit(main(sys.argv[1:]))", "verify",
-            str(folder)] + ([] if jobs is None else ["--jobs", str(jobs)])
-    before = os.times()
+#: runs ``jcm verify`` and writes, as the last line of stderr, its own CPU seconds and its workers'
+CHILD = """import json, resource, sys
+from jcm.cli import main
+rc = main(sys.argv[1:])
+me, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps([me.ru_utime + me.ru_stime, workers.ru_utime + workers.ru_stime]), file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def run_verify(code: Path, folder: Path, jobs: int | None) -> tuple[float, float, float, bytes]:
+    """Wall seconds of ``jcm verify`` with the code in ``code``, the CPU seconds of its own
+    process and of its workers, and its output."""
+    args = [sys.executable, "-c", CHILD, "verify", str(folder)] + ([] if jobs is None else ["--jobs", str(jobs)])
     t = time.perf_counter()
     done = subprocess.run(args, cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True)
     wall = time.perf_counter() - t
-    after = os.times()
     if done.returncode not in (0, 3):
         raise SystemExit(f"jcm verify ({code}) exited {done.returncode}: {done.stderr.decode()[-2000:]}")
-    return wall, (after.children_user + after.children_system) - (before.children_user + before.children_system), \
-        done.stdout
+    main_cpu, workers_cpu = json.loads(done.stderr.decode().splitlines()[-1])
+    return wall, main_cpu, workers_cpu, done.stdout
 
 
 def main() -> None:
@@ -118,23 +133,31 @@ def main() -> None:
         print(f"export of {first}..{last}: {n} signed messages, made in {time.perf_counter() - t:.0f} s", flush=True)
         before = checkout(args.before, tmp / "before")
         contenders = [(f"before ({args.before})", before, None)] + [(f"after, --jobs {j}", ROOT, j) for j in args.jobs]
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in contenders}
+        times: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in contenders}
         reference = None
         for _ in range(args.rounds):
             for name, code, jobs in contenders:
-                wall, cpu, out = run_verify(code, folder, jobs)
+                wall, main_cpu, workers_cpu, out = run_verify(code, folder, jobs)
                 reference = out if reference is None else reference
                 if out != reference:
                     raise SystemExit(f"{name}: output differs from the first run's")
-                times[name].append((wall, cpu))
-                print(f"  {name:24s} {wall:7.1f} s wall, {cpu:7.1f} s CPU", flush=True)
-    results = {name: {"wall_s": statistics.median(w for w, _ in ts), "cpu_s": statistics.median(c for _, c in ts),
-                      "runs": ts} for name, ts in times.items()}
-    base = results[contenders[0][0]]["wall_s"]
-    print(f"median of {args.rounds} round(s), {n} messages ({args.days} days; output identical in every run):")
+                times[name].append((wall, main_cpu, workers_cpu))
+                print(f"  {name:24s} {wall:7.1f} s wall, CPU {main_cpu:7.1f} s its own, {workers_cpu:7.1f} s its "
+                      "workers'", flush=True)
+    results = {}
+    for (name, _, jobs), runs in zip(contenders, times.values()):
+        wall, main_cpu, workers_cpu = (statistics.median(r[i] for r in runs) for i in range(3))
+        # what the wall time would be on idle cores: the longer of the main process and a worker
+        results[name] = {"wall_s": wall, "main_cpu_s": main_cpu, "workers_cpu_s": workers_cpu,
+                         "idle_cores_s": max(main_cpu, workers_cpu / (jobs or 1)), "runs": runs}
+    base = results[contenders[0][0]]
+    print(f"median of {args.rounds} round(s), {n} messages ({args.days} days; output identical in every run); "
+          "µs a message; 'idle cores': the longer of the main process's CPU and a worker's (its share):")
     for name, r in results.items():
-        print(f"  {name:24s} {r['wall_s']:7.1f} s wall ({r['wall_s'] / n * 1e6:6.0f} µs a message), "
-              f"{r['cpu_s']:7.1f} s CPU ({r['cpu_s'] / n * 1e6:6.0f} µs); before ÷ this: {base / r['wall_s']:.2f} ×")
+        print(f"  {name:24s} wall {r['wall_s'] / n * 1e6:4.0f} µs ({r['wall_s']:5.1f} s; before ÷ this "
+              f"{base['wall_s'] / r['wall_s']:.2f} ×), CPU {(r['main_cpu_s'] + r['workers_cpu_s']) / n * 1e6:4.0f} µs "
+              f"(own {r['main_cpu_s'] / n * 1e6:3.0f}, workers {r['workers_cpu_s'] / n * 1e6:3.0f}), idle cores "
+              f"{r['idle_cores_s'] / n * 1e6:4.0f} µs (before ÷ this {base['idle_cores_s'] / r['idle_cores_s']:.2f} ×)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "days": args.days,
                                      "messages": n, "before": args.before, "results": results}, indent=2))

@@ -72,8 +72,8 @@ import base64
 import gzip
 import hashlib
 import json
-import os
 import multiprocessing
+import os
 import re
 import sys
 from collections import deque
@@ -305,13 +305,14 @@ def verify_chained(items: Iterable[_T], keys: Mapping[str, Sequence[CustodyKey]]
     covered message whose covering message is refused takes that message's kind, its
     reason naming it.
 
-    With ``jobs`` above 1 and at least ``PARALLEL_CHUNKS`` chunks of messages, the Ed25519
-    checks (most of the time) are made ahead by that many worker processes, a chunk
+    With ``jobs`` above 1, at least ``PARALLEL_CHUNKS`` chunks of messages and a system that
+    forks, the Ed25519 checks (most of the time) are made ahead by that many worker processes, a chunk
     (``CHUNK``) at a time; all else, and the order, stay in this process, so the verdicts
     are the same whatever ``jobs`` is.
     """
     entries = ((item, raw(item), None, None) for item in items)
-    return _chained(_signed_ahead(entries, keys, jobs) if jobs > 1 else entries, keys)
+    parallel = jobs > 1 and "fork" in multiprocessing.get_all_start_methods()
+    return _chained(_signed_ahead(entries, keys, jobs) if parallel else entries, keys)
 
 
 def _chained(items: Iterable[tuple[_T, bytes, Verdict | None, Mapping[bytes, bool] | None]],
