@@ -242,6 +242,14 @@ def test_a_forged_signature_in_the_last_chunk_is_found(export, capsys):
     assert "VERDICT: FAILED" in out and "1 message(s) refused" in out
 
 
+def test_a_messages_file_cut_short_is_named_on_one_line_with_workers_too(export, capsys):
+    data = (export / MESSAGES).read_bytes()
+    (export / MESSAGES).write_bytes(data[:len(data) * 2 // 3])  # past the chunks the workers take first
+    rc, out = run(export, capsys)
+    assert (rc, out) == (2, f"jcm verify: {MESSAGES}: not a readable gzip file: Compressed file ended before the "
+                            "end-of-stream marker was reached\n")
+
+
 @pytest.mark.parametrize("jobs", ["0", "-1", "x", "2.5", "", "\u0663", "257", "9" * 30])
 def test_a_bad_number_of_jobs_is_named_on_one_line(export, capsys, jobs):
     assert main(["verify", str(export), "--jobs", jobs]) == 2
