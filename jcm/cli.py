@@ -591,8 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "them (exit 0 passed, 1 failed, 3 a chain end not witnessed, 2 unusable)")
     s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read)")
     s.add_argument("--jobs", default=str(_cores()), metavar="N",
-                   help="processes checking signatures (default: the cores this process may use); the output is "
-                        "the same whatever N")
+                   help="processes checking signatures, the output the same whatever N; the default is the cores "
+                        "this process may use")
     s.set_defaults(func=cmd_verify)
 
     s = command("watch", "print the readings arriving at a broker")
