@@ -76,6 +76,8 @@ import multiprocessing
 import os
 import re
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -359,7 +361,7 @@ def _signed_ahead(entries: Iterator[tuple], keys: Mapping[str, Sequence[CustodyK
     chunks = chain(head, chunks)
     # fork: a worker needs only this module and the keys, already here (the verifier runs no threads)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
-                             initargs=(by_id,)) as pool:
+                             initargs=(by_id, os.getpid())) as pool:
         pending: deque = deque()
         while True:
             while len(pending) < 2 * jobs and (chunk := next(chunks, None)):
@@ -388,9 +390,18 @@ def _chunks(entries: Iterable[tuple]) -> Iterator[list[tuple]]:
 _WORKER_KEYS: dict[str, list[tuple[bytes, Ed25519PublicKey]]] = {}
 
 
-def _start_worker(by_id: dict[str, list[bytes]]) -> None:
+def _start_worker(by_id: dict[str, list[bytes]], parent: int) -> None:
     _WORKER_KEYS.update({key_id: [(raw, Ed25519PublicKey.from_public_bytes(raw)) for raw in raws]
                          for key_id, raws in by_id.items()})
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+
+
+def _exit_without(parent: int) -> None:
+    """End this worker once ``parent`` is gone: a parent killed (``kill``, a timeout) leaves
+    its workers waiting for work that never comes, for ever."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 def _signatures(messages: list[bytes]) -> list[dict[bytes, bool] | None]:

@@ -10,7 +10,9 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -252,6 +254,41 @@ def test_signatures_checked_in_worker_processes_give_the_same_verdicts_in_order(
     assert one[-1] == (messages[-1], verify(messages[-1], keys))
     submitted.clear()
     assert list(verify_chained(messages[:4], keys, jobs=2)) == one[:4] and not submitted  # one chunk: one process
+
+
+ORPHANS = """
+import multiprocessing, sys, time
+import contract.custody as c
+c.CHUNK, c.PARALLEL_CHUNKS = 4, 2
+def messages():
+    yield from [b"{}"] * 64
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    time.sleep(60)  # killed meanwhile
+for _ in c.verify_chained(messages(), {}, jobs=2):
+    pass
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_when_the_verifier_is_killed():
+    verifier = subprocess.Popen([sys.executable, "-c", ORPHANS], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in verifier.stdout.readline().split()]
+        assert len(workers) == 2 and all(running(pid) for pid in workers)
+    finally:
+        verifier.kill()
+        verifier.wait()
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(running(pid) for pid in workers)
 
 
 def test_a_sig_member_is_found_however_it_is_written(k1, keys):
