@@ -72,17 +72,23 @@ import base64
 import gzip
 import hashlib
 import json
+import multiprocessing
 import os
 import re
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
 from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pydantic import ValidationError
 
@@ -99,6 +105,11 @@ MAX_MESSAGE_BYTES = 1 << 20
 #: most covered messages in a row a verifier holds while it looks for their signature: a
 #: batch carries at most 10,000 (contract/batch.py), so a run is normally no longer
 MAX_COVERED_RUN = 20_000
+#: most messages, and bytes of them, whose signatures a worker process checks at a time
+#: (``verify_chained`` with ``jobs``); a bound on what is held, with two chunks per worker ahead
+CHUNK, CHUNK_BYTES = 1024, 1 << 20
+#: fewer chunks than this are checked in one process: starting workers would cost more
+PARALLEL_CHUNKS = 8
 
 _T = TypeVar("_T")
 _KEY_ID = re.compile(KEY_ID_PATTERN)
@@ -203,7 +214,7 @@ def _parse_signed(signed: bytes) -> Verdict:
         return Verdict("malformed", 'malformed: the signed bytes do not end with "prev" (64 hex) and "key" (a key id)')
     try:
         reading = Reading.from_json(signed)
-        members = json.loads(signed, object_pairs_hook=unique_members)
+        members = json.loads(signed, object_pairs_hook=unique_members) if _may_hold_sig(signed) else {}
     except ValueError as exc:
         return Verdict("malformed", f"malformed: {exc}")
     if "sig" in members:
@@ -212,6 +223,15 @@ def _parse_signed(signed: bytes) -> Verdict:
         return Verdict("malformed", "malformed: a signed message must carry an epoch")
     prev, key_id = tail.group(1).decode(), tail.group(2).decode()
     return Verdict("unverified", "unverified", reading, key_id, prev, hashlib.sha256(signed).hexdigest())
+
+
+def _may_hold_sig(signed: bytes) -> bool:
+    """Whether ``json.loads`` of signed bytes that ``Reading.from_json`` read could find a
+    ``sig`` member or refuse them: a member's name is ``sig`` only if its text is, or holds an
+    escape, and ``json`` refuses only an integer of more digits than Python converts, which a
+    text shorter than that limit cannot hold. Saves parsing every message twice."""
+    limit = sys.get_int_max_str_digits()
+    return b"sig" in signed or b"\\" in signed or (limit != 0 and len(signed) > limit)
 
 
 def verify(message: bytes, keys: Mapping[str, Sequence[CustodyKey]]) -> Verdict:
@@ -223,9 +243,12 @@ def verify(message: bytes, keys: Mapping[str, Sequence[CustodyKey]]) -> Verdict:
     return _checked(_parse(message), keys, message)
 
 
-def _checked(v: Verdict, keys: Mapping[str, Sequence[CustodyKey]], message: bytes | None) -> Verdict:
+def _checked(v: Verdict, keys: Mapping[str, Sequence[CustodyKey]], message: bytes | None,
+             checked: Mapping[bytes, bool] | None = None) -> Verdict:
     """The checks of ``verify`` on a parsed message (``_parse``); ``message`` ``None`` for a
-    covered one, whose signature is another message's."""
+    covered one, whose signature is another message's. ``checked``: its Ed25519 check by
+    each key of the id it names (by the key's raw bytes), when a worker made it
+    (``_signatures``)."""
     if v.reading is None:
         return v
     key = next((k for k in keys.get(v.reading.site, ()) if k.id == v.key_id), None)
@@ -238,9 +261,14 @@ def _checked(v: Verdict, keys: Mapping[str, Sequence[CustodyKey]], message: byte
         if base64.b64encode(sig) != text:
             # the last character's 4 unused bits: two texts of one signature would be two messages
             return Verdict("malformed", "malformed: the signature is not in canonical base64", v.reading, v.key_id)
-        try:
-            key.ed25519.verify(sig, signed_bytes(message))
-        except InvalidSignature:
+        ok = checked.get(key.raw) if checked else None
+        if ok is None:
+            try:
+                key.ed25519.verify(sig, signed_bytes(message))
+                ok = True
+            except InvalidSignature:
+                ok = False
+        if not ok:
             return Verdict("bad_signature", f"bad signature (key '{key.id}')", v.reading, v.key_id)
     ts = v.reading.ts
     if ts < key.valid_from or (key.valid_to is not None and ts >= key.valid_to):
@@ -269,7 +297,7 @@ def link(message: bytes) -> tuple[str, str] | None:
 
 
 def verify_chained(items: Iterable[_T], keys: Mapping[str, Sequence[CustodyKey]],
-                   raw: Callable[[_T], bytes] = bytes) -> Iterator[tuple[_T, Verdict]]:
+                   raw: Callable[[_T], bytes] = bytes, jobs: int = 1) -> Iterator[tuple[_T, Verdict]]:
     """``verify`` of each of a sequence of messages (``raw(item)``), covered ones among them,
     in the order given: a covered message verifies when the messages right after it link
     it to one whose signature verifies (the module doc). A covered message's verdict waits
@@ -278,15 +306,23 @@ def verify_chained(items: Iterable[_T], keys: Mapping[str, Sequence[CustodyKey]]
     Kinds: those of ``verify``; ``not_covered`` (no signed message follows it linked); a
     covered message whose covering message is refused takes that message's kind, its
     reason naming it.
+
+    With ``jobs`` above 1, at least ``PARALLEL_CHUNKS`` chunks of messages and a system that
+    forks, the Ed25519 checks (most of the time) are made ahead by that many worker processes, a chunk
+    (``CHUNK``) at a time; all else, and the order, stay in this process, so the verdicts
+    are the same whatever ``jobs`` is.
     """
-    return _chained(((item, raw(item), None) for item in items), keys)
+    entries = ((item, raw(item), None, None) for item in items)
+    parallel = jobs > 1 and "fork" in multiprocessing.get_all_start_methods()
+    return _chained(_signed_ahead(entries, keys, jobs) if parallel else entries, keys)
 
 
-def _chained(items: Iterable[tuple[_T, bytes, Verdict | None]],
+def _chained(items: Iterable[tuple[_T, bytes, Verdict | None, Mapping[bytes, bool] | None]],
              keys: Mapping[str, Sequence[CustodyKey]]) -> Iterator[tuple[_T, Verdict]]:
-    """``verify_chained`` of (item, message, its parse when the caller has it)."""
+    """``verify_chained`` of (item, message, its parse when the caller has it, its signature
+    checks when a worker made them)."""
     run: deque[tuple[_T, Verdict, Verdict]] = deque()  # covered messages waiting: item, parsed, own checks
-    for item, message, parsed in items:
+    for item, message, parsed, checked in items:
         signed = _suffix(message) is not None
         covered = not signed and (parsed is not None or is_covered(message))
         p = parsed or (_parse_signed(message) if covered else _parse(message))
@@ -298,7 +334,7 @@ def _chained(items: Iterable[tuple[_T, bytes, Verdict | None]],
                 yield from _uncovered([run.popleft()], None, f"more than {MAX_COVERED_RUN} covered messages in a row")
             run.append((item, p, _checked(p, keys, None)))
             continue
-        v = _checked(p, keys, None if covered else message)
+        v = _checked(p, keys, None if covered else message, checked)
         for waiting, parse, own in run:
             yield waiting, own if v.ok or not own.ok else Verdict(
                 v.kind, f"covered by seq {v.reading.seq}, refused: {v.reason}", parse.reading, parse.key_id)
@@ -306,6 +342,90 @@ def _chained(items: Iterable[tuple[_T, bytes, Verdict | None]],
         yield item, v
     if run:
         yield from _uncovered(run, None)
+
+
+def _signed_ahead(entries: Iterator[tuple], keys: Mapping[str, Sequence[CustodyKey]],
+                  jobs: int) -> Iterator[tuple]:
+    """``entries`` of ``_chained``, in order, each with its signature checks made by ``jobs``
+    worker processes; unchanged when they are fewer than ``PARALLEL_CHUNKS`` chunks."""
+    chunks = _chunks(entries)
+    head = list(islice(chunks, PARALLEL_CHUNKS))
+    if len(head) < PARALLEL_CHUNKS:
+        for chunk in head:
+            yield from chunk
+        return
+    by_id: dict[str, list[bytes]] = {}
+    for site_keys in keys.values():
+        for k in site_keys:
+            by_id.setdefault(k.id, []).append(k.raw)
+    chunks = chain(head, chunks)
+    # fork: a worker needs only this module and the keys, already here (the verifier runs no threads)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                             initargs=(by_id, os.getpid())) as pool:
+        pending: deque = deque()
+        while True:
+            while len(pending) < 2 * jobs and (chunk := next(chunks, None)):
+                pending.append((chunk, pool.submit(_signatures, [message for _, message, _, _ in chunk])))
+            if not pending:
+                return
+            chunk, done = pending.popleft()
+            for (item, message, parsed, _), checked in zip(chunk, done.result(), strict=True):
+                yield item, message, parsed, checked
+
+
+def _chunks(entries: Iterable[tuple]) -> Iterator[list[tuple]]:
+    """``entries`` in lists of ``CHUNK``, or fewer once their messages reach ``CHUNK_BYTES``."""
+    chunk, held = [], 0
+    for entry in entries:
+        chunk.append(entry)
+        held += len(entry[1])
+        if len(chunk) >= CHUNK or held >= CHUNK_BYTES:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk
+
+
+#: a worker's keys: the public keys of each key id (``_start_worker``)
+_WORKER_KEYS: dict[str, list[tuple[bytes, Ed25519PublicKey]]] = {}
+
+
+def _start_worker(by_id: dict[str, list[bytes]], parent: int) -> None:
+    _WORKER_KEYS.update({key_id: [(raw, Ed25519PublicKey.from_public_bytes(raw)) for raw in raws]
+                         for key_id, raws in by_id.items()})
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+
+
+def _exit_without(parent: int) -> None:
+    """End this worker once ``parent`` is gone: a parent killed (``kill``, a timeout) leaves
+    its workers waiting for work that never comes, for ever."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
+def _signatures(messages: list[bytes]) -> list[dict[bytes, bool] | None]:
+    """In a worker: the Ed25519 check of each signed message by each key of the id it names,
+    by the key's raw bytes; ``None`` for a message without a signature or key id to check
+    (its verdict says why). Which key applies (the site's) and all other checks are the
+    caller's (``_checked``)."""
+    out: list[dict[bytes, bool] | None] = []
+    for message in messages:
+        suffix = _suffix(message) if len(message) <= MAX_MESSAGE_BYTES else None
+        signed = message[:-SIG_SUFFIX_BYTES] + b"}"
+        tail = suffix and _TAIL.fullmatch(signed, max(signed.rfind(b',"prev":"'), 0))
+        if not tail:
+            out.append(None)
+            continue
+        sig, checked = base64.b64decode(suffix.group(1)), {}
+        for raw, key in _WORKER_KEYS.get(tail.group(2).decode(), ()):
+            try:
+                key.verify(sig, signed)
+                checked[raw] = True
+            except InvalidSignature:
+                checked[raw] = False
+        out.append(checked)
+    return out
 
 
 def _follows(before: Verdict, after: Verdict) -> bool:
@@ -349,7 +469,7 @@ def open_batch(lines: Sequence[bytes], keys: Mapping[str, Sequence[CustodyKey]])
         body = line[:-SIG_SUFFIX_BYTES] + b"}" if signed else line
         tail = _BATCH_TAIL.fullmatch(body, max(body.rfind(b',"prev":"'), 0))
         if tail is None:  # unsigned, or a signed message too malformed to be part of a chain
-            items.append((i, line, None))
+            items.append((i, line, None, None))
             before = None
             continue
         elided = tail.group(1) == ELIDED.encode()
@@ -363,7 +483,7 @@ def open_batch(lines: Sequence[bytes], keys: Mapping[str, Sequence[CustodyKey]])
             what = p.reason if p.reading is None else (f"line {i - 1} is not seq {p.reading.seq - 1} "
                                                        f"of {'/'.join(p.chain)}")
             raise ValueError(f'line {i}: "prev" left out, but {what}')
-        items.append((i, body[:-1] + line[-SIG_SUFFIX_BYTES:] if signed else body, p))
+        items.append((i, body[:-1] + line[-SIG_SUFFIX_BYTES:] if signed else body, p, None))
         before = p if p.reading is not None else None
     verdicts = {}
     for i, v in _chained(items, keys):
@@ -371,7 +491,7 @@ def open_batch(lines: Sequence[bytes], keys: Mapping[str, Sequence[CustodyKey]])
             raise ValueError(f"line {i}: {v.reason}")
         verdicts[i] = v
     return [(message, v if (p is not None and (v.ok or not _suffix(message))) else None)
-            for (i, message, p), v in ((item, verdicts[item[0]]) for item in items)]
+            for (i, message, p, _), v in ((item, verdicts[item[0]]) for item in items)]
 
 
 def batch_line(message: bytes, before: BatchLine | None) -> BatchLine:

@@ -332,10 +332,22 @@ def cmd_keygen(args) -> int:
     return 0
 
 
+#: most processes ``jcm verify --jobs`` starts (a typo should not start thousands)
+MAX_JOBS = 256
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity, where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cmd_verify(args) -> int:
     from jcm.verify import verify_export
 
-    code, report = verify_export(Path(args.folder))
+    jobs = args.jobs
+    if not (jobs.isascii() and jobs.isdigit()) or not 1 <= int(jobs) <= MAX_JOBS:
+        raise ValueError(f"--jobs {jobs!r}: not a number of processes from 1 to {MAX_JOBS}")
+    code, report = verify_export(Path(args.folder), int(jobs))
     print("\n".join(report))
     return code
 
@@ -578,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "that no chain was cut short inside the period, and its figures recomputed from "
                           "them (exit 0 passed, 1 failed, 3 a chain end not witnessed, 2 unusable)")
     s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read)")
+    s.add_argument("--jobs", default=str(_cores()), metavar="N",
+                   help="processes checking signatures, the output the same whatever N; the default is the cores "
+                        "this process may use")
     s.set_defaults(func=cmd_verify)
 
     s = command("watch", "print the readings arriving at a broker")

@@ -27,6 +27,9 @@ message, or before its first, cannot be shown complete; a gateway that stopped, 
 export made before its later messages arrived, cannot help that, and a forger who cut the
 chain short cannot avoid it: not a pass, for a verifier to judge with the figures shown);
 2 (``ValueError``) when the folder cannot be used at all, naming the file.
+
+The Ed25519 checks, most of the time on a long period, are spread over ``jobs`` processes
+(``contract.custody.verify_chained``); the output is the same whatever their number.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 PASSED, FAILED, NOT_WITNESSED = 0, 1, 3
 
 
-def verify_export(folder: Path) -> tuple[int, list[str]]:
-    """The verdict (``PASSED``, ``FAILED`` or ``NOT_WITNESSED``) and its lines."""
+def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
+    """The verdict (``PASSED``, ``FAILED`` or ``NOT_WITNESSED``) and its lines; ``jobs``: the
+    processes that check signatures."""
     manifest = _manifest(folder)
     site = read_site_settings(folder / SITE_SETTINGS)
     period = _section(manifest, "period")
@@ -100,7 +104,7 @@ def verify_export(folder: Path) -> tuple[int, list[str]]:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
             custody, lines, readings, unwitnessed = check_custody(
-                folder, store, window, local_bounds(site, first, last), _witness_claims(manifest))
+                folder, store, window, local_bounds(site, first, last), _witness_claims(manifest), jobs)
             out += lines
             problems += custody
             result = recompute(site, store, first, last, fixed)
@@ -255,13 +259,14 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
 
 def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] | None = None,
                   period: tuple[dt.datetime, dt.datetime] | None = None,
-                  claims: dict[tuple, str] | None = None) -> tuple[list[str], list[str], int, list[str]]:
+                  claims: dict[tuple, str] | None = None, jobs: int = 1) -> tuple[list[str], list[str], int, list[str]]:
     """Check the custody folder, writing the readings of verified messages (those stamped in
     ``window``, when given), their messages and the findings to ``store``; what is wrong
     (nothing when it is whole), the lines, how many readings were written, and each chain
     end not witnessed (``period``, UTC start and end, when given: its last verified message
     stamped at or before the end, or its first at or after the start without beginning its chain;
-    ``claims``: the manifest's reasons, ``_witness_claims``)."""
+    ``claims``: the manifest's reasons, ``_witness_claims``; ``jobs``: the processes that
+    check signatures)."""
     keys, lines = read_folder(folder)
     path = folder / "custody" / FINDINGS
     findings, custody_findings = read_findings(path) if path.exists() else ([], [])
@@ -286,7 +291,7 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
 
     def verified():
         nonlocal n, covered, outside
-        for line, v in verify_chained(lines, keys, raw=lambda line: line.message):
+        for line, v in verify_chained(lines, keys, raw=lambda line: line.message, jobs=jobs):
             n += 1
             if v.ok:
                 covered += is_covered(line.message)

@@ -10,7 +10,9 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,9 @@ import yaml
 
 from contract.config import ConfigError, load_site
 from contract.config.custody import CustodyKey, fingerprint
+import contract.custody
 from contract.custody import (GENESIS, MAX_MESSAGE_BYTES, CustodyError, chain_breaks, chain_hash, load_private_key,
-                              sign, signed_bytes, verify, write_folder)
+                              sign, signed_bytes, verify, verify_chained, write_folder)
 from contract.message import Reading
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -211,6 +214,91 @@ def test_chains_are_per_gateway_and_epoch(k1, keys):
         resigned.append(sign(signed_bytes(m)[:m.index(b',"prev"')] + b"}", prev, "k1", k1))
         prev = chain_hash(resigned[-1])
     assert kinds([a[0], resigned[0], a[1], resigned[1], a[2], resigned[2]], keys) == []
+
+
+def forged(message: bytes) -> bytes:
+    """``message`` with the first character of its signature changed (still canonical base64)."""
+    at = len(message) - 90  # after ',"sig":"', 88 characters and '"}' from the end
+    return message[:at] + (b"B" if message[at:at + 1] != b"B" else b"C") + message[at + 1:]
+
+
+def test_signatures_checked_in_worker_processes_give_the_same_verdicts_in_order(k1, monkeypatch):
+    """``verify_chained`` with ``jobs``: the Ed25519 checks made ahead in worker processes,
+    chunk by chunk, all else here in order: the verdicts of one process, a forged signature
+    in the last chunk, a key id two sites share and covered messages among them."""
+    other = Ed25519PrivateKey.generate()
+    keys = {"mn-solar": [public_key(k1, "k1")], "ph-biogas": [public_key(other, "k1")]}
+    a = chain(30, k1)
+    a[9:12] = [signed_bytes(m) for m in a[9:12]]  # covered by seq 13
+    a[20] = sign(reading(21, value=5.0).to_json(), chain_hash(a[19]), "k1", other)  # the other site's key
+    b = chain(6, other, site="ph-biogas")
+    b[2] = chain(6, k1, site="ph-biogas")[2]  # the id of ph-biogas's key, mn-solar's key
+    messages = (a[:15] + b[:3] + [b"{}", b"x" * (MAX_MESSAGE_BYTES + 1)] + a[15:] + b[3:]
+                + [signed_bytes(m) for m in chain(3, k1, first=40)]  # covered, nothing after them
+                + [forged(a[-1])])
+    submitted = []
+
+    class Pool(contract.custody.ProcessPoolExecutor):
+        def submit(self, fn, *args):
+            submitted.append(len(args[0]))
+            return super().submit(fn, *args)
+
+    monkeypatch.setattr(contract.custody, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(contract.custody, "CHUNK", 4)
+    monkeypatch.setattr(contract.custody, "PARALLEL_CHUNKS", 2)
+    one = list(verify_chained(messages, keys))
+    assert list(verify_chained(messages, keys, jobs=2)) == one
+    assert sum(submitted) == len(messages) and max(submitted) == 4
+    assert [v.kind for _, v in one if not v.ok] == ["bad_signature", "malformed", "malformed", "bad_signature",
+                                                    "not_covered", "not_covered", "not_covered", "bad_signature"]
+    assert one[-1] == (messages[-1], verify(messages[-1], keys))
+    submitted.clear()
+    assert list(verify_chained(messages[:4], keys, jobs=2)) == one[:4] and not submitted  # one chunk: one process
+
+
+ORPHANS = """
+import multiprocessing, sys, time
+import contract.custody as c
+c.CHUNK, c.PARALLEL_CHUNKS = 4, 2
+def messages():
+    yield from [b"{}"] * 64
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    time.sleep(60)  # killed meanwhile
+for _ in c.verify_chained(messages(), {}, jobs=2):
+    pass
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_when_the_verifier_is_killed():
+    verifier = subprocess.Popen([sys.executable, "-c", ORPHANS], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in verifier.stdout.readline().split()]
+        assert len(workers) == 2 and all(running(pid) for pid in workers)
+    finally:
+        verifier.kill()
+        verifier.wait()
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(running(pid) for pid in workers)
+
+
+def test_a_sig_member_is_found_however_it_is_written(k1, keys):
+    """The signed bytes are parsed a second time only where a ``sig`` member could be: its
+    name escaped, or a number too long for ``json``, is refused as before."""
+    body = reading(1).to_json()
+    escaped = body[:-1] + ',"s\\u0069g":"x"}'
+    assert '"sig" member inside' in verify(sign(escaped, GENESIS, "k1", k1), keys).reason
+    long = body[:-1] + ',"n":' + "9" * 5000 + "}"
+    assert verify(sign(long, GENESIS, "k1", k1), keys).kind == "malformed"
 
 
 # -- site files -------------------------------------------------------------------------------

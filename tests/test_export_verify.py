@@ -24,6 +24,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import contract.custody
 from contract.config import load_site
 from contract.config.custody import Custody
 from contract.custody import GENESIS, chain_hash, sign, signed_bytes, verify
@@ -34,7 +35,7 @@ from processing.ledger import Ledger
 from simulators.history import SIMULATED_CHANNEL, history
 from store.sqlite_store import SqliteStore
 from tests.conftest import REPO, reference_site
-from tests.test_custody import public_key
+from tests.test_custody import forged, public_key
 
 FIRST, LAST = dt.date(2026, 9, 10), dt.date(2026, 9, 12)
 EPOCH = "00000000000000aa"
@@ -107,9 +108,19 @@ def export(made, tmp_path):
 
 
 def run(folder, capsys) -> tuple[int, str]:
-    rc = main(["verify", str(folder)])
-    captured = capsys.readouterr()
-    return rc, captured.out + captured.err
+    """``jcm verify`` of ``folder`` in one process and with two workers checking the signatures
+    (in chunks small enough that these exports use them): both say the same, byte for byte."""
+    earlier = capsys.readouterr()  # what the test printed before (e.g. jcm export's lines)
+    said = []
+    for jobs in ("1", "2"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(contract.custody, "CHUNK", 64)
+            patch.setattr(contract.custody, "PARALLEL_CHUNKS", 2)
+            rc = main(["verify", str(folder), "--jobs", jobs])
+        captured = capsys.readouterr()
+        said.append((rc, captured.out + captured.err))
+    assert said[0] == said[1]
+    return said[0][0], earlier.out + earlier.err + said[0][1]
 
 
 def rehash(folder):
@@ -221,6 +232,30 @@ def test_a_missing_an_extra_and_an_altered_file_are_named(export, capsys):
     assert "custody/notes.txt: not listed in manifest.json nor SHA256SUMS" in out
     assert "summary.html: SHA-256 " in out and "is not the manifest's" in out
     assert "VERDICT: FAILED: 4 file problem(s)" in out
+
+
+def test_a_forged_signature_in_the_last_chunk_is_found(export, capsys):
+    lines = messages(export)
+    put_messages(export, lines[:-1] + [forged(lines[-1])])
+    rc, out = run(export, capsys)  # with workers too, the last of whose chunks holds it
+    assert rc == 1 and f"{MESSAGES}:{len(lines)} mn-solar/gw-mn-01/{EPOCH} seq {len(lines)}: bad signature" in out
+    assert "VERDICT: FAILED" in out and "1 message(s) refused" in out
+
+
+def test_a_messages_file_cut_short_is_named_on_one_line_with_workers_too(export, capsys):
+    data = (export / MESSAGES).read_bytes()
+    (export / MESSAGES).write_bytes(data[:len(data) * 2 // 3])  # past the chunks the workers take first
+    rc, out = run(export, capsys)
+    assert (rc, out) == (2, f"jcm verify: {MESSAGES}: not a readable gzip file: Compressed file ended before the "
+                            "end-of-stream marker was reached\n")
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "x", "2.5", "", "\u0663", "257", "9" * 30])
+def test_a_bad_number_of_jobs_is_named_on_one_line(export, capsys, jobs):
+    assert main(["verify", str(export), "--jobs", jobs]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"jcm verify: --jobs {jobs!r}: not a number of processes from 1 to 256\n"
 
 
 def test_a_deleted_message_is_a_gap_with_its_cause(export, capsys):
