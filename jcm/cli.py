@@ -319,7 +319,7 @@ def cmd_export(args) -> int:
     for end in manifest["custody"].get("witnesses", {}).get("not_witnessed", []):
         print(f"warning: the {end['end']} of chain {end['gateway']}/{end['epoch']} (seq {end['seq']}, {end['ts']}) is "
               f"not witnessed: {end['why']} (jcm verify says: NOT WITNESSED; export again once the store has the "
-              "gateway's messages beyond the period)", file=sys.stderr)
+              "gateway's messages beyond the reading window)", file=sys.stderr)
     print(f"monitoring period {first}..{last} of {site.site} exported to {folder}"
           + (f" with {signed} signed messages (check: jcm verify {folder})" if signed else ""))
     return 0
