@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_keygen)
 
     s = command("verify", "check an export: its files, the signatures and hash chains of its signed messages, "
-                          "that no chain was cut short inside the period, and its figures recomputed from "
+                          "that no chain was cut short inside the reading window, and its figures recomputed from "
                           "them (exit 0 passed, 1 failed, 3 a chain end not witnessed, 2 unusable)")
     s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read)")
     s.set_defaults(func=cmd_verify)

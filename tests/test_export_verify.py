@@ -2,8 +2,8 @@
 recomputed from the signed messages alone, and each kind of tampering named.
 
 The export is made the normal way (a real SQLite store, the ledger, ``export_period``)
-from five days of simulated mn-solar readings that were signed, in order, by a test key,
-and stored with their signed messages as the collector stores them."""
+from five days (and 1 October) of simulated mn-solar readings that were signed, in order,
+by a test key, and stored with their signed messages as the collector stores them."""
 
 from __future__ import annotations
 
@@ -567,7 +567,7 @@ def test_a_gap_with_no_start_noticed_after_the_window_is_in_the_export_findings(
     assert [f["gateway"] for f in listed] == ["gw-late"]
 
 
-# -- witnesses: no chain cut short before the period's end --------------------------------------
+# -- witnesses: no chain cut short before the reading window's end ------------------------------
 
 CHAIN = f"mn-solar/gw-mn-01/{EPOCH}"
 
@@ -585,7 +585,7 @@ def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_pat
     """The hole: the chain's last messages of the period and everything after taken out of
     the store (or of the export, its figures recomputed): every signature, link and figure
     holds, and ``jcm verify`` PASSED it (before: exit 0). Now the chain is named, with its
-    last seq and time and how long before the period's end; the manifest's reason (the
+    last seq and time and how long before the reading window's end; the manifest's reason (the
     exporter's, or a forger's) is shown as what it is, and so is its absence."""
     folder = make_export(tmp_path, signer, DAYS,
                          tamper=cut(dt.datetime(2026, 9, 12, tzinfo=dt.UTC)))
@@ -811,7 +811,7 @@ def test_a_message_stamped_at_the_periods_end_is_no_witness(tmp_path, signer, ca
     right after the first message stamped at the end, the other meters' readings there
     (their last intervals of the period) were gone and ``jcm verify`` PASSED (before: exit 0,
     and an export of id-aceh-biomass cut so had its last day's EG_gross 1 % short). Now
-    the witness must be stamped after the end, and the chain is named."""
+    the witness must be stamped at or after the reading window's end, and the chain is named."""
     def after_first_at_end(store):
         seq = store._db.execute("SELECT MIN(seq) FROM messages WHERE ts >= ?",
                                 (int(PERIOD_END.timestamp() * 1000),)).fetchone()[0]
