@@ -158,6 +158,9 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
             "end: "
             in summary and "not witnessed" not in summary)
     assert "全 1 チェーンが読み取り範囲の開始時" in (export / "summary.ja.html").read_text()
+    # the tail's witness: the chain's first message stamped at the reading window's end (exclusive: not read)
+    assert [json.loads(m)["ts"] for m in messages(export)[-2:]] == ["2026-09-30T21:45:00.000Z",
+                                                                    "2026-09-30T22:00:00.000Z"]
     rc, out = run(export, capsys)
     assert rc == 0, out
     assert f"site mn-solar, period {FIRST}..{LAST}" in out
