@@ -62,8 +62,9 @@ The layout a verifier is given (``write_folder``; ``jcm verify`` reads it)::
                                   one as its signed bytes), ordered by chain and seq
 
 An export puts each chain's witnesses there too (``processing.export.custody_folder``): its
-last message before the period and its first after it, signed and linked, which show that
-the chain was not cut short inside the period; ``jcm verify`` names a chain end without one.
+last message before the window of readings the figures are computed from and its first
+after it, signed and linked, which show that the chain was not cut short inside that
+window; ``jcm verify`` names a chain end without one.
 """
 
 from __future__ import annotations

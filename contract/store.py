@@ -537,7 +537,7 @@ class ReadingStore(Protocol):
         """The raw signed message of one chain with the lowest seq above ``seq`` whose reading
         ``ts`` is at or after ``at`` (``later``; else the highest seq below ``seq`` stamped
         before ``at``), byte for byte as received; ``None`` when none is stored. What shows
-        that a chain went on past a period's end (or began before its start): an export's
+        that a chain went on past an export's reading window (or began before it): an export's
         witness. Raises ``StoreUnavailable``."""
 
     def record_custody_finding(self, finding: CustodyFinding) -> None:

@@ -319,7 +319,7 @@ def cmd_export(args) -> int:
     for end in manifest["custody"].get("witnesses", {}).get("not_witnessed", []):
         print(f"warning: the {end['end']} of chain {end['gateway']}/{end['epoch']} (seq {end['seq']}, {end['ts']}) is "
               f"not witnessed: {end['why']} (jcm verify says: NOT WITNESSED; export again once the store has the "
-              "gateway's messages beyond the period)", file=sys.stderr)
+              "gateway's messages beyond the reading window)", file=sys.stderr)
     print(f"monitoring period {first}..{last} of {site.site} exported to {folder}"
           + (f" with {signed} signed messages (check: jcm verify {folder})" if signed else ""))
     return 0
@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_keygen)
 
     s = command("verify", "check an export: its files, the signatures and hash chains of its signed messages, "
-                          "that no chain was cut short inside the period, and its figures recomputed from "
+                          "that no chain was cut short inside the reading window, and its figures recomputed from "
                           "them (exit 0 passed, 1 failed, 3 a chain end not witnessed, 2 unusable)")
     s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read)")
     s.add_argument("--jobs", default=str(_cores()), metavar="N",

@@ -7,12 +7,12 @@ and print a verdict a verifier can paste into a report.
 2. the custody folder (``contract.custody``): every message's signature (a covered one's
    by the later message that covers it), every chain,
    each gap with its cause (the collector's sequence findings, refused messages), and
-   each chain's ends: its last verified message must be stamped after the period's end
-   (one stamped at the end is a reading of its last day, ``interval_day``), and its first
-   before the period's start or begin its chain (``prev`` GENESIS): the export's
-   witnesses (``processing.export.custody_folder``). Else the chain is named with that
-   message's seq and time and how far inside the period it is, and the reason the
-   manifest gives (unsigned: it explains, it proves nothing);
+   each chain's ends: its last verified message must be stamped at or after the end of
+   the reading window (the window of step 3: every reading there may count in the
+   figures), and its first before the window's start or begin its chain (``prev``
+   GENESIS): the export's witnesses (``processing.export.custody_folder``). Else the
+   chain is named with that message's seq and time and how far inside the window it is,
+   and the reason the manifest gives (unsigned: it explains, it proves nothing);
 3. the figures: the readings of the verified messages stamped in the window the
    recomputation reads (``recompute.reading_window``; witnesses and covering messages
    after it are not readings of the figures) alone, with the site settings
@@ -22,7 +22,7 @@ and print a verdict a verifier can paste into a report.
    the exported ones, in the manifest, ``daily_values.csv`` and the workbook.
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
-chain's end is not witnessed (NOT WITNESSED: the readings of the period after its last
+chain's end is not witnessed (NOT WITNESSED: the readings of the window after its last
 message, or before its first, cannot be shown complete; a gateway that stopped, and an
 export made before its later messages arrived, cannot help that, and a forger who cut the
 chain short cannot avoid it: not a pass, for a verifier to judge with the figures shown);
@@ -55,7 +55,6 @@ from contract.text import printable
 from processing.export import DEAD_LETTERS
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import read_json
-from processing.export.period_figures import local_bounds
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.fixed_values import from_record
 from processing.monthly import versions
@@ -104,7 +103,7 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
             custody, lines, readings, unwitnessed = check_custody(
-                folder, store, window, local_bounds(site, first, last), _witness_claims(manifest), jobs)
+                folder, store, window, _witness_claims(manifest), witnessed=True, jobs=jobs)
             out += lines
             problems += custody
             result = recompute(site, store, first, last, fixed)
@@ -122,11 +121,11 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
             problems + ([f"{len(unwitnessed)} chain end(s) not witnessed"] if unwitnessed else [])))
     elif unwitnessed:
         code = NOT_WITNESSED
-        out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the period beyond each "
+        out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the reading window beyond each "
                    f"cannot be shown complete; otherwise {whole}, figures recomputed equal")
     else:
         code = PASSED
-        out.append(f"VERDICT: PASSED: {whole} and witnessed across the period, figures recomputed equal")
+        out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, figures recomputed equal")
     return code, [printable(line) for line in out]
 
 
@@ -258,13 +257,13 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
 
 
 def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] | None = None,
-                  period: tuple[dt.datetime, dt.datetime] | None = None,
-                  claims: dict[tuple, str] | None = None, jobs: int = 1) -> tuple[list[str], list[str], int, list[str]]:
+                  claims: dict[tuple, str] | None = None, witnessed: bool = False,
+                  jobs: int = 1) -> tuple[list[str], list[str], int, list[str]]:
     """Check the custody folder, writing the readings of verified messages (those stamped in
     ``window``, when given), their messages and the findings to ``store``; what is wrong
     (nothing when it is whole), the lines, how many readings were written, and each chain
-    end not witnessed (``period``, UTC start and end, when given: its last verified message
-    stamped at or before the end, or its first at or after the start without beginning its chain;
+    end not witnessed (``witnessed``, with ``window``: its last verified message stamped
+    before the window's end, or its first at or after its start without beginning its chain;
     ``claims``: the manifest's reasons, ``_witness_claims``; ``jobs``: the processes that
     check signatures)."""
     keys, lines = read_folder(folder)
@@ -336,24 +335,25 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
     for b in breaks:
         by_chain.setdefault(b.chain, []).append(b)
     unwitnessed: list[str] = []
-    inside: dict[str, list[dt.timedelta]] = {"head": [], "tail": []}  # how far into the period each is
+    inside: dict[str, list[dt.timedelta]] = {"head": [], "tail": []}  # how far into the window each is
+    bounds = window if witnessed else None
     for chain, (count, low, high, first, last) in sorted(chains.items()):
         name = "/".join(chain)
         out.append(f"chain {name}: seq {low}..{high}, {count} verified message(s)")
-        if period is not None and first.reading.ts >= period[0] and first.prev != GENESIS:
-            inside["head"].append(first.reading.ts - period[0])
-            unwitnessed.append(f"{name} before seq {low}, {span(inside['head'][-1])} after the period's start")
+        if bounds is not None and first.reading.ts >= bounds[0] and first.prev != GENESIS:
+            inside["head"].append(first.reading.ts - bounds[0])
+            unwitnessed.append(f"{name} before seq {low}, {span(inside['head'][-1])} after the reading window's start")
             out.append(f"  head not witnessed: its first message, seq {low}, is stamped "
-                       f"{first.reading.ts.isoformat()}, {span(inside['head'][-1])} after the period's start, does "
-                       "not begin its chain, and no earlier message of the chain is in the export: its readings "
+                       f"{first.reading.ts.isoformat()}, {span(inside['head'][-1])} after the reading window's start, "
+                       "does not begin its chain, and no earlier message of the chain is in the export: its readings "
                        "before that time cannot be shown complete")
             out.append(f"  {_claim(('head', *chain[1:]), claims)}")
-        if period is not None and last.reading.ts <= period[1]:
-            inside["tail"].append(period[1] - last.reading.ts)
-            unwitnessed.append(f"{name} after seq {high}, {span(inside['tail'][-1])} before the period's end")
+        if bounds is not None and last.reading.ts < bounds[1]:
+            inside["tail"].append(bounds[1] - last.reading.ts)
+            unwitnessed.append(f"{name} after seq {high}, {span(inside['tail'][-1])} before the reading window's end")
             out.append(f"  tail not witnessed: its last message, seq {high}, is stamped {last.reading.ts.isoformat()}, "
-                       f"{span(inside['tail'][-1])} before the period's end, and no later message of the chain is "
-                       "in the export: its readings after that time cannot be shown complete")
+                       f"{span(inside['tail'][-1])} before the reading window's end, and no later message of the chain "
+                       "is in the export: its readings after that time cannot be shown complete")
             out.append(f"  {_claim(('tail', *chain[1:]), claims)}")
         listed = by_chain.get(chain, [])
         for b in listed[:MAX_LISTED]:
@@ -361,12 +361,12 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
         if len(listed) > MAX_LISTED:
             out.append(f"  ... and {len(listed) - MAX_LISTED} more: " + ", ".join(
                 f"{k}: {c}" for k, c in Counter(b.kind for b in listed[MAX_LISTED:]).most_common()))
-    if period is not None:
+    if bounds is not None:
         heads, tails = inside["head"], inside["tail"]
-        out.append(f"witnesses: {len(chains) - len(heads)} of {len(chains)} chain(s) witnessed before the period's "
-                   f"start ({period[0].isoformat()}; or begun in it), {len(chains) - len(tails)} after its end "
-                   f"({period[1].isoformat()}): a chain's first verified message stamped before the start or "
-                   "beginning its chain, its last after the end"
+        out.append(f"witnesses: {len(chains) - len(heads)} of {len(chains)} chain(s) witnessed before the reading "
+                   f"window's start ({bounds[0].isoformat()}; or begun in it), {len(chains) - len(tails)} after its "
+                   f"end ({bounds[1].isoformat()}): a chain's first verified message stamped before the start or "
+                   "beginning its chain, its last at or after the end"
                    + (f"; {len(heads)} head(s) not (longest {span(max(heads))} after the start)" if heads else "")
                    + (f"; {len(tails)} tail(s) not (longest {span(max(tails))} before the end)" if tails else ""))
     if outside:

@@ -615,13 +615,13 @@ _EPOCHS = ("00000000000000e0", "00000000000000e1", "00000000000000e2")
 @given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 90), st.booleans()), min_size=1, max_size=10),
                           st.integers(0, 9), st.integers(1, 10)), min_size=1, max_size=3),
        st.integers(0, 600), st.integers(0, 600))
-def test_a_chain_cut_short_in_the_period_is_never_witnessed(chains, start_minute, length):
+def test_a_chain_cut_short_in_the_reading_window_is_never_witnessed(chains, start_minute, length):
     """Random chains (clocks that never step back, some messages kept covered), each cut at a
     random point at either end (the messages before or after it removed, as whoever makes or
     edits an export could): ``jcm verify`` names every chain end the cut took a message of
-    the period from, and a chain's end is witnessed exactly when its last message is stamped
-    after the period's end (one stamped at the end is a reading of the period's last day; its
-    first before the start, or it begins its chain)."""
+    the reading window from, and a chain's end is witnessed exactly when its last message is
+    stamped at or after the window's end (exclusive: the recomputation reads nothing stamped
+    there); its first before the start, or it begins its chain."""
     start = T0 + dt.timedelta(minutes=start_minute)
     end = start + dt.timedelta(minutes=length)
     kept, named = [], set()
@@ -640,16 +640,16 @@ def test_a_chain_cut_short_in_the_period_is_never_witnessed(chains, start_minute
         kept += [signed_bytes(m) if covered and i < tail - 1 else m for i, (_, m, covered) in enumerate(made)][head:tail]
         # what the verdict must be, from what was made and what was kept
         if any(start <= t for t, _, _ in made[:head]):
-            named.add(("head", epoch))  # the cut took a message of the period
+            named.add(("head", epoch))  # the cut took a message of the window
         if head and made[head][0] >= start:
             named.add(("head", epoch))
-        if any(t <= end for t, _, _ in made[tail:]) or made[tail - 1][0] <= end:
+        if any(t < end for t, _, _ in made[tail:]) or made[tail - 1][0] < end:
             named.add(("tail", epoch))
     with tempfile.TemporaryDirectory() as tmp:
         write_folder(Path(tmp), _KEYS, kept)
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            problems, lines, _, unwitnessed = check_custody(Path(tmp), store, None, (start, end), {})
+            problems, lines, _, unwitnessed = check_custody(Path(tmp), store, (start, end), {}, witnessed=True)
         finally:
             store.close()
     assert not problems, lines

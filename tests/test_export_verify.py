@@ -2,8 +2,8 @@
 recomputed from the signed messages alone, and each kind of tampering named.
 
 The export is made the normal way (a real SQLite store, the ledger, ``export_period``)
-from five days of simulated mn-solar readings that were signed, in order, by a test key,
-and stored with their signed messages as the collector stores them."""
+from five days (and 1 October) of simulated mn-solar readings that were signed, in order,
+by a test key, and stored with their signed messages as the collector stores them."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ FIRST, LAST = dt.date(2026, 9, 10), dt.date(2026, 9, 12)
 EPOCH = "00000000000000aa"
 EPOCH2 = "00000000000000bb"
 MESSAGES = "custody/messages/messages.jsonl.gz"
+#: the readings of an export: the period with a day either side, and 1 October (local) so that
+#: the chain goes on past the window of readings September's recomputation reads (its witness)
+DAYS = [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1)), (dt.date(2026, 10, 1),) * 2]
+#: the start and end of the period FIRST..LAST at mn-solar (UTC+8)
+PERIOD_START, PERIOD_END = dt.datetime(2026, 9, 9, 16, tzinfo=dt.UTC), dt.datetime(2026, 9, 12, 16, tzinfo=dt.UTC)
+#: the start and end of its reading window: September (local), 6 h either side (its witnesses' bounds)
+WINDOW_START, WINDOW_END = dt.datetime(2026, 8, 31, 10, tzinfo=dt.UTC), dt.datetime(2026, 9, 30, 22, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +105,7 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, signer):
-    return make_export(tmp_path_factory.mktemp("verify"), signer, [(FIRST - dt.timedelta(days=1),
-                                                                   LAST + dt.timedelta(days=1))])
+    return make_export(tmp_path_factory.mktemp("verify"), signer, DAYS)
 
 
 @pytest.fixture
@@ -159,9 +165,13 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
     assert f"Chain of custody: {n:,} messages signed by the gateway" in (export / "summary.html").read_text()
     assert f"ゲートウェイが署名したメッセージ {n:,} 件" in (export / "summary.ja.html").read_text()
     summary = html.unescape((export / "summary.html").read_text())
-    assert ("<p>Witnesses: all 1 chain(s) witnessed at the period's start (or begun in it) and at its end: "
+    assert ("<p>Witnesses: all 1 chain(s) witnessed at the start of the reading window (or begun in it) and at its "
+            "end: "
             in summary and "not witnessed" not in summary)
-    assert "全 1 チェーンが期間の開始時" in (export / "summary.ja.html").read_text()
+    assert "全 1 チェーンが読み取り範囲の開始時" in (export / "summary.ja.html").read_text()
+    # the tail's witness: the chain's first message stamped at the reading window's end (exclusive: not read)
+    assert [json.loads(m)["ts"] for m in messages(export)[-2:]] == ["2026-09-30T21:45:00.000Z",
+                                                                    "2026-09-30T22:00:00.000Z"]
     rc, out = run(export, capsys)
     assert rc == 0, out
     assert f"site mn-solar, period {FIRST}..{LAST}" in out
@@ -169,10 +179,10 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
     assert "refused: 0" in out and "daily values: " in out and ": all equal" in out
     assert f"ER: recomputed {manifest['figures']['ER']}, exported {manifest['figures']['ER']}" in out
     assert "2026-09: input hash equal to revision 1's" in out and "note:" not in out
-    assert ("witnesses: 1 of 1 chain(s) witnessed before the period's start (2026-09-09T16:00:00+00:00; or begun "
-            "in it), 1 after its end (2026-09-12T16:00:00+00:00): ") in out
+    assert ("witnesses: 1 of 1 chain(s) witnessed before the reading window's start (2026-08-31T10:00:00+00:00; "
+            "or begun in it), 1 after its end (2026-09-30T22:00:00+00:00): ") in out
     assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
-                                 "witnessed across the period, figures recomputed equal")
+                                 "witnessed across the reading window, figures recomputed equal")
 
 
 def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
@@ -372,7 +382,7 @@ def test_the_messages_cover_the_counter_readings_read_beyond_the_months(tmp_path
     """A counter without readings just before September is settled by its last reading of
     August: the export's messages must hold it, or the recomputation reads other readings."""
     folder = make_export(tmp_path, signer, [(dt.date(2026, 8, 29), dt.date(2026, 8, 30)),
-                                            (FIRST, LAST + dt.timedelta(days=1))])
+                                            (FIRST, LAST + dt.timedelta(days=1)), DAYS[-1]])
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["revisions"][0]["read_span"][0].startswith("2026-08-29")
     assert manifest["custody"]["from"].startswith("2026-08-29")
@@ -392,8 +402,10 @@ def test_the_messages_covering_the_last_of_the_window_are_exported_too(tmp_path,
     assert 0 < len(after) < 47 and messages(folder)[-1].endswith(b'=="}'), (end, after)
     rc, out = run(folder, capsys)
     assert rc == 0, out
-    # without them, the window's last messages are not covered
+    # without them (nor the tail's witness, whose covering run they are too), the window's last messages
+    # are not covered
     monkeypatch.setattr(custody_folder, "with_covering", lambda store, site, messages: messages)
+    monkeypatch.setattr(custody_folder, "with_witnesses", lambda store, site, messages, found: messages)
     (tmp_path / "without").mkdir()
     rc, out = run(make_export(tmp_path / "without", signer, days, signature_every=47), capsys)
     assert rc == 1 and "not covered: seq" in out and "has no signature and nothing after it" in out, out
@@ -436,8 +448,9 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
         pub.close()
         c.stop()
     folder = export_first_day(tmp_path, url)
-    assert f"with {len(sent) - 1} signed messages (check: jcm verify {folder})" in capsys.readouterr().out
-    assert messages(folder) == [m for _, m in sent[:lost] + sent[lost + 1:]]
+    witness = next(i for i, (r, _) in enumerate(signed) if r.ts >= WINDOW_END)  # the first of October's
+    assert f"with {witness} signed messages (check: jcm verify {folder})" in capsys.readouterr().out
+    assert messages(folder) == [m for _, m in sent[:lost] + sent[lost + 1:witness + 1]]
     rc, out = run(folder, capsys)
     assert rc == 1, out
     gone = json.loads(sent[lost][1])["seq"]
@@ -448,10 +461,10 @@ def test_messages_through_the_collector_are_exported_and_verified(tmp_path, mosq
 
 
 def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = None,
-                   days: tuple[tuple[dt.date, dt.date], ...] = ((FIRST, FIRST + dt.timedelta(days=1)),)):
+                   days: tuple[tuple[dt.date, dt.date], ...] = ((FIRST, FIRST + dt.timedelta(days=1)), DAYS[-1])):
     """mn-solar's site file with ``signer`` as key k1 (and ``custody``) in ``tmp_path/sites``,
-    and the readings of ``days`` (first, last; by default its first day and the next: the
-    gateway went on after the period, its chain is witnessed) signed as one chain: (site,
+    and the readings of ``days`` (first, last; by default its first day and the next, and
+    1 October: the gateway went on after the reading window, its chain is witnessed) signed as one chain: (site,
     [(reading, signed message)]); ``wrong_prev_at``: that seq carries a wrong ``prev``."""
     data = yaml.safe_load((REPO / "config" / "sites" / "mn-solar.yaml").read_text())
     data["custody"] = {**custody, "keys": [public_key(signer, "k1").model_dump(mode="json")]}
@@ -505,10 +518,13 @@ def test_a_signed_backlog_in_batches_through_the_collector_is_exported_and_verif
         c.stop()
     folder = export_first_day(tmp_path, url)
     kept = messages(folder)
-    assert len(packed) > 3 and kept == [m if i in last else signed_bytes(m) for i, m in enumerate(sent)]
+    # up to the tail's witness, the first message stamped after the reading window, and its signature
+    signature = min(i for i in last if signed[i][0].ts >= WINDOW_END)
+    assert len(packed) > 3 and kept == [m if i in last else signed_bytes(m) for i, m in enumerate(sent[:signature + 1])]
     rc, out = run(folder, capsys)
     assert rc == 0, out
-    assert f"({len(sent) - len(packed)} by the signature of a later message of their chain)" in out
+    covered = len(kept) - len(last & set(range(signature + 1)))
+    assert f"({covered} by the signature of a later message of their chain)" in out
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -546,7 +562,7 @@ def test_a_reading_altered_in_the_store_is_found_by_the_recomputation(tmp_path, 
                               "AND channel = 'energy_export' AND ts >= ? AND ts < ?", (lo, hi)).rowcount
         store._db.commit()
         assert n > 0
-    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+    folder = make_export(tmp_path, signer, DAYS,
                          tamper=raise_a_day)
     rc, out = run(folder, capsys)
     assert rc == 1, out
@@ -589,10 +605,8 @@ def test_a_gap_with_no_start_noticed_after_the_window_is_in_the_export_findings(
     assert [f["gateway"] for f in listed] == ["gw-late"]
 
 
-# -- witnesses: no chain cut short before the period's end --------------------------------------
+# -- witnesses: no chain cut short before the reading window's end ------------------------------
 
-#: the start and end of the period FIRST..LAST at mn-solar (UTC+8)
-PERIOD_START, PERIOD_END = dt.datetime(2026, 9, 9, 16, tzinfo=dt.UTC), dt.datetime(2026, 9, 12, 16, tzinfo=dt.UTC)
 CHAIN = f"mn-solar/gw-mn-01/{EPOCH}"
 
 
@@ -609,34 +623,36 @@ def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_pat
     """The hole: the chain's last messages of the period and everything after taken out of
     the store (or of the export, its figures recomputed): every signature, link and figure
     holds, and ``jcm verify`` PASSED it (before: exit 0). Now the chain is named, with its
-    last seq and time and how long before the period's end; the manifest's reason (the
+    last seq and time and how long before the reading window's end; the manifest's reason (the
     exporter's, or a forger's) is shown as what it is, and so is its absence."""
-    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+    folder = make_export(tmp_path, signer, DAYS,
                          tamper=cut(dt.datetime(2026, 9, 12, tzinfo=dt.UTC)))
     seq = json.loads(messages(folder)[-1])["seq"]
     rc, out = run(folder, capsys)
     assert rc == 3, out
-    assert (f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45:00+00:00, 0 d 16:15 "
-            "before the period's end, and no later message of the chain is in the export: its readings after that "
-            "time cannot be shown complete") in out
+    assert (f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45:00+00:00, 18 d 22:15 "
+            "before the reading window's end, and no later message of the chain is in the export: its readings after "
+            "that time cannot be shown complete") in out
     assert ("  the manifest's reason (unsigned: it explains, it proves nothing): the store holds no later message of "
-            "this chain stamped after the period's end") in out
-    assert "witnesses: 1 of 1 chain(s) witnessed before the period's start" in out and ", 0 after its end" in out
-    assert out.count("not witnessed") == 1 and "; 1 tail(s) not (longest 0 d 16:15 before the end)" in out
+            "this chain stamped at or after the reading window's end") in out
+    assert ("witnesses: 1 of 1 chain(s) witnessed before the reading window's start" in out
+            and ", 0 after its end" in out)
+    assert out.count("not witnessed") == 1 and "; 1 tail(s) not (longest 18 d 22:15 before the end)" in out
     summary = html.unescape((folder / "summary.html").read_text())
-    assert ("<p><b>Witnesses: 1 of 1 chain(s) witnessed at the period's start (or begun in it), 0 of 1 at its end. "
-            "NOT WITNESSED") in summary
+    assert ("<p><b>Witnesses: 1 of 1 chain(s) witnessed at the start of the reading window (or begun in it), 0 of 1 "
+            "at its end. NOT WITNESSED") in summary
     assert (f"<tr><td>end: its last message</td><td>mn-solar / gw-mn-01 / <code>{EPOCH}</code></td>"
-            f"<td class=n>{seq}</td><td>2026-09-11T23:45:00+00:00</td><td>0 d 16:15 before the period's end</td>"
-            "<td>the store holds no later message of this chain stamped after the period's end") in summary
+            f"<td class=n>{seq}</td><td>2026-09-11T23:45:00+00:00</td>"
+            "<td>18 d 22:15 before the reading window's end</td><td>the store holds no later message of this chain "
+            "stamped at or after the reading window's end") in summary
     assert "Reason given by the export (unsigned: it explains, it proves nothing)" in summary
     assert "jcm verify <folder> checks each chain end" in summary
-    assert "期間終了の 0 d 16:15 前" in (folder / "summary.ja.html").read_text()
+    assert "読み取り範囲の終了の 18 d 22:15 前" in (folder / "summary.ja.html").read_text()
     assert ": all equal" in out and "custody: every signature verified, every chain whole" in out
     assert out.rstrip().endswith(
-        f"VERDICT: NOT WITNESSED: {CHAIN} after seq {seq}, 0 d 16:15 before the period's end: the readings of "
-        "the period beyond each cannot be shown complete; otherwise files whole, every signature verified, every "
-        "chain whole, figures recomputed equal"), out
+        f"VERDICT: NOT WITNESSED: {CHAIN} after seq {seq}, 18 d 22:15 before the reading window's end: the readings "
+        "of the reading window beyond each cannot be shown complete; otherwise files whole, every signature verified, "
+        "every chain whole, figures recomputed equal"), out
     # a forger who also takes the chain out of the manifest's list
     manifest = json.loads((folder / "manifest.json").read_text())
     listed = manifest["custody"]["witnesses"]["not_witnessed"]
@@ -676,21 +692,22 @@ def test_a_chain_that_ends_in_the_period_is_named_with_what_the_export_knows(tmp
         last = store._db.execute("SELECT MAX(seq) FROM messages WHERE epoch = ?", (EPOCH,)).fetchone()[0]
         store.record_finding(SequenceFinding("epoch", "mn-solar", "gw-mn-01", EPOCH2, last, last, new,
                                              "the gateway's outbox was new", previous=EPOCH))
-    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+    folder = make_export(tmp_path, signer, DAYS,
                          new_epoch_from=new, tamper=epoch_finding)
     witnesses = json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]
     [old] = witnesses["not_witnessed"]
     why = f"the collector found the gateway's new epoch {EPOCH2} after seq {old['seq']} of this one: the " \
           "gateway's outbox was new"
-    assert witnesses == {"start": PERIOD_START.isoformat(), "end": PERIOD_END.isoformat(), "chains": 2,
+    assert witnesses == {"start": WINDOW_START.isoformat(), "end": WINDOW_END.isoformat(), "chains": 2,
                          "not_witnessed": [{"end": "tail", "gateway": "gw-mn-01", "epoch": EPOCH, "seq": old["seq"],
                                             "ts": "2026-09-11T03:45:00+00:00", "why": why}]}
     rc, out = run(folder, capsys)
     assert rc == 3, out
     assert (f"chain {CHAIN}: seq 1..{old['seq']}, {old['seq']} verified message(s)\n  tail not witnessed: "
-            f"its last message, seq {old['seq']}, is stamped 2026-09-11T03:45:00+00:00, 1 d 12:15 before") in out
+            f"its last message, seq {old['seq']}, is stamped 2026-09-11T03:45:00+00:00, 19 d 18:15 before") in out
     assert f"  the manifest's reason (unsigned: it explains, it proves nothing): {why}" in out
-    assert "witnesses: 2 of 2 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
+    assert ("witnesses: 2 of 2 chain(s) witnessed before the reading window's start" in out
+            and ", 1 after its end" in out)
     assert out.count("not witnessed: ") == 1  # the new epoch's chain begins in the period: its head needs none
 
 
@@ -706,7 +723,7 @@ def test_a_hostile_reason_is_shown_on_the_summary_as_text(tmp_path, signer):
         last = store._db.execute("SELECT MAX(seq) FROM messages WHERE epoch = ?", (EPOCH,)).fetchone()[0]
         store.record_finding(SequenceFinding("epoch", "mn-solar", "gw-mn-01", EPOCH2, last, last, new, cause,
                                              previous=EPOCH))
-    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+    folder = make_export(tmp_path, signer, DAYS,
                          new_epoch_from=new, tamper=epoch_finding)
     [old] = json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]["not_witnessed"]
     assert old["why"].endswith(cause)
@@ -715,7 +732,7 @@ def test_a_hostile_reason_is_shown_on_the_summary_as_text(tmp_path, signer):
         assert "<script" not in page and "<img src=x" not in page and "\u202e" not in page, name
         assert ("&lt;/td&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt; \\u202egnp.exe "
                 "{span}</td></tr>") in page, name
-        assert "1 d 12:15" in page, name
+        assert "19 d 18:15" in page, name
 
 
 def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures(tmp_path, signer, capsys,
@@ -734,7 +751,7 @@ def test_a_witness_after_the_window_is_exported_but_is_no_reading_of_the_figures
     # the witness's key, valid only after the window, is in the folder (before: "unknown key 'k2'")
     assert [k["id"] for k in manifest["custody"]["keys"]] == ["k1", "k2"]
     assert (folder / "custody/keys/k2.pem").exists()
-    assert manifest["custody"]["witnesses"] == {"start": PERIOD_START.isoformat(), "end": PERIOD_END.isoformat(),
+    assert manifest["custody"]["witnesses"] == {"start": WINDOW_START.isoformat(), "end": WINDOW_END.isoformat(),
                                                 "chains": 1, "not_witnessed": []}
     lines = messages(folder)
     witness = json.loads(lines[-1])
@@ -772,7 +789,7 @@ def test_either_store_gives_the_witness_after_the_window_or_the_export_names_the
             told = capsys.readouterr().err
             rc, out = run(folder, capsys)
             if part[0][0].ts.month == 9:
-                assert rc == 3 and f"{CHAIN} after seq {later}, 0 d 00:30 before the period's end" in out, out
+                assert rc == 3 and f"{CHAIN} after seq {later}, 20 d 06:30 before the reading window's end" in out, out
                 assert (f"warning: the tail of chain gw-mn-01/{EPOCH} (seq {later}, 2026-09-10T15:30:00+00:00) is not "
                         "witnessed: the store holds no later message") in told, told
             else:
@@ -787,22 +804,25 @@ def test_a_chain_whose_first_messages_of_the_period_were_cut_is_named(tmp_path, 
     """The same at the period's start: the chain's messages before 10 September 00:00 UTC
     taken out of the store (before: exit 0, PASSED). Its first message there does not begin
     its chain, and nothing before it is left to witness that nothing was taken."""
-    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+    folder = make_export(tmp_path, signer, DAYS,
                          tamper=cut(dt.datetime(2026, 9, 10, tzinfo=dt.UTC), before=True))
     seq = json.loads(messages(folder)[0])["seq"]
     rc, out = run(folder, capsys)
     assert rc == 3, out
-    assert (f"  head not witnessed: its first message, seq {seq}, is stamped 2026-09-10T00:00:00+00:00, 0 d 08:00 "
-            "after the period's start, does not begin its chain") in out
+    assert (f"  head not witnessed: its first message, seq {seq}, is stamped 2026-09-10T00:00:00+00:00, 9 d 14:00 "
+            "after the reading window's start, does not begin its chain") in out
     assert ("  the manifest's reason (unsigned: it explains, it proves nothing): the store holds no earlier message "
-            "of this chain stamped before the period's start") in out
-    assert "witnesses: 0 of 1 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
+            "of this chain stamped before the reading window's start") in out
+    assert ("witnesses: 0 of 1 chain(s) witnessed before the reading window's start" in out
+            and ", 1 after its end" in out)
     summary = html.unescape((folder / "summary.html").read_text())
-    assert "Witnesses: 0 of 1 chain(s) witnessed at the period's start (or begun in it), 1 of 1 at its end." in summary
+    assert ("Witnesses: 0 of 1 chain(s) witnessed at the start of the reading window (or begun in it), 1 of 1 at its "
+            "end.") in summary
     assert (f"<tr><td>start: its first message</td><td>mn-solar / gw-mn-01 / <code>{EPOCH}</code></td>"
-            f"<td class=n>{seq}</td><td>2026-09-10T00:00:00+00:00</td><td>0 d 08:00 after the period's start</td>"
+            f"<td class=n>{seq}</td><td>2026-09-10T00:00:00+00:00</td>"
+            "<td>9 d 14:00 after the reading window's start</td>"
             "<td>the store holds no earlier message") in summary
-    assert f"VERDICT: NOT WITNESSED: {CHAIN} before seq {seq}, 0 d 08:00 after the period's start: " in out
+    assert f"VERDICT: NOT WITNESSED: {CHAIN} before seq {seq}, 9 d 14:00 after the reading window's start: " in out
 
 
 def test_a_witness_before_the_window_is_found_by_seq(tmp_path, signer, capsys):
@@ -810,7 +830,7 @@ def test_a_witness_before_the_window_is_found_by_seq(tmp_path, signer, capsys):
     after September's revision: its last message of August precedes the export's first and
     witnesses its head; the reading is checked, not recomputed."""
     folder = make_export(tmp_path, signer, [(dt.date(2026, 8, 20),) * 2, (FIRST + dt.timedelta(days=1),
-                                                                          LAST + dt.timedelta(days=1))],
+                                                                          LAST + dt.timedelta(days=1)), DAYS[-1]],
                          late=lambda ts: ts.month == 8)
     lines = messages(folder)
     witness, first = json.loads(lines[0]), json.loads(lines[1])
@@ -818,8 +838,9 @@ def test_a_witness_before_the_window_is_found_by_seq(tmp_path, signer, capsys):
     assert json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]["not_witnessed"] == []
     rc, out = run(folder, capsys)
     assert rc == 0, out
-    assert "witnesses: 1 of 1 chain(s) witnessed before the period's start" in out and ", 1 after its end" in out
-    assert "readings: 1 verified message(s) stamped outside" in out
+    assert ("witnesses: 1 of 1 chain(s) witnessed before the reading window's start" in out
+            and ", 1 after its end" in out)
+    assert "readings: 2 verified message(s) stamped outside" in out
 
 
 def test_a_message_stamped_at_the_periods_end_is_no_witness(tmp_path, signer, capsys):
@@ -828,27 +849,25 @@ def test_a_message_stamped_at_the_periods_end_is_no_witness(tmp_path, signer, ca
     right after the first message stamped at the end, the other meters' readings there
     (their last intervals of the period) were gone and ``jcm verify`` PASSED (before: exit 0,
     and an export of id-aceh-biomass cut so had its last day's EG_gross 1 % short). Now
-    the witness must be stamped after the end, and the chain is named."""
+    the witness must be stamped at or after the reading window's end, and the chain is named."""
     def after_first_at_end(store):
         seq = store._db.execute("SELECT MIN(seq) FROM messages WHERE ts >= ?",
                                 (int(PERIOD_END.timestamp() * 1000),)).fetchone()[0]
         for table in ("readings", "messages"):
             store._db.execute(f"DELETE FROM {table} WHERE seq > ?", (seq,))
         store._db.commit()
-    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+    folder = make_export(tmp_path, signer, DAYS,
                          tamper=after_first_at_end)
     last = json.loads(messages(folder)[-1])
     assert last["ts"] == "2026-09-12T16:00:00.000Z" and last["device"] == "inv-01"
     rc, out = run(folder, capsys)
     assert rc == 3, out
     assert (f"  tail not witnessed: its last message, seq {last['seq']}, is stamped 2026-09-12T16:00:00+00:00, "
-            "0 d 00:00 before the period's end") in out
+            "18 d 06:00 before the reading window's end") in out
     [listed] = json.loads((folder / "manifest.json").read_text())["custody"]["witnesses"]["not_witnessed"]
     assert (listed["end"], listed["seq"]) == ("tail", last["seq"])
 
 
-@pytest.mark.xfail(strict=True, reason="open: a chain's head witness is its last message before the period's "
-                                       "start, not each meter's last reading there (see the docstring)")
 def test_a_meters_last_reading_before_the_start_cut_with_the_chain_before_its_witness_is_named(
         tmp_path, signer, capsys, monkeypatch):
     """One gateway's chain carries every meter's readings, and its head witness is its last
@@ -874,9 +893,39 @@ def test_a_meters_last_reading_before_the_start_cut_with_the_chain_before_its_wi
             store._db.execute(f"DELETE FROM {table} WHERE seq < ?", (seq,))
         store._db.commit()
     monkeypatch.setattr(this, "history", inv_02_unread)
-    folder = make_export(tmp_path, signer, [(FIRST - dt.timedelta(days=1), LAST + dt.timedelta(days=1))],
+    folder = make_export(tmp_path, signer, DAYS,
                          tamper=before_the_witness)
     first = [json.loads(m) for m in messages(folder) if b'"device":"inv-02"' in m][0]
     assert first["ts"] == "2026-09-09T18:00:00.000Z"  # its last reading before the start is not in the export
     rc, out = run(folder, capsys)
     assert rc == 3 and "head not witnessed" in out, out
+
+
+def test_a_meters_first_reading_after_the_end_cut_with_the_chain_after_its_witness_is_named(
+        tmp_path, signer, capsys, monkeypatch):
+    """The same at the period's end: inv-02 unread for two hours across the end (its gap's
+    total counts from its first reading after the end, within the reading window), and the
+    chain cut after its first message stamped after the period's end, another meter's: that
+    reading was gone, and ``jcm verify`` PASSED (exit 0: the chain's last message is
+    stamped after the period's end). The tail witness is taken at the reading window's end."""
+    import tests.test_export_verify as this
+
+    made = this.history
+
+    def inv_02_unread(*args, **kwargs):
+        for batch in made(*args, **kwargs):
+            yield [r for r in batch if not (r.device == "inv-02"
+                                            and abs(r.ts - PERIOD_END) < dt.timedelta(hours=2))]
+
+    def after_the_witness(store):
+        seq = store._db.execute("SELECT MIN(seq) FROM messages WHERE ts > ?",
+                                (int(PERIOD_END.timestamp() * 1000),)).fetchone()[0]
+        for table in ("readings", "messages"):
+            store._db.execute(f"DELETE FROM {table} WHERE seq > ?", (seq,))
+        store._db.commit()
+    monkeypatch.setattr(this, "history", inv_02_unread)
+    folder = make_export(tmp_path, signer, DAYS, tamper=after_the_witness)
+    last = [json.loads(m) for m in messages(folder) if b'"device":"inv-02"' in m][-1]
+    assert last["ts"] == "2026-09-12T14:00:00.000Z"  # its first reading after the end is not in the export
+    rc, out = run(folder, capsys)
+    assert rc == 3 and "tail not witnessed" in out, out

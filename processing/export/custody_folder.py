@@ -7,15 +7,18 @@ collector's sequence findings and custody findings there (``custody/findings.jso
 which explain the breaks of the chains and which the processor reads too. An export of
 readings that were not signed has no custody folder, and its manifest says 0 signed messages.
 
-Witnesses: a chain whose last message there is stamped at or before the period's end is
-followed by its first message stamped after that end (found by seq, however long after;
-when it is covered, with the messages after it up to its signature: a reading stamped at
-the end itself closes the period's last day, ``interval_day``, and is one of the period's
-readings, so it witnesses nothing of the others stamped there); a chain whose
-first message there is stamped at or after the period's start, and does not begin its
-chain (``prev`` GENESIS), is preceded by its last message stamped before that start.
+Witnesses are taken at the edges of the reading window (``message_window``: the period's
+whole months with ``EDGE`` either side, widened to the revisions' read spans), not of the
+period: a recomputation reads every reading there (a meter's last reading before the
+period's start closes its interval or gap across the start), so each must lie in a chain
+segment shown unbroken. A chain whose last message there is stamped before the window's
+end (exclusive: the recomputation reads nothing stamped at or after it) is followed by its
+first message stamped at or after that end (found by seq, however long after; when it is
+covered, with the messages after it up to its signature); a chain whose first message
+there is stamped at or after the window's start, and does not begin its chain (``prev``
+GENESIS), is preceded by its last message stamped before that start.
 Signed by the gateway and linked along the chain, they show that nothing of the chain in
-the period was left out of the export before its first message there or after its last:
+the window was left out of the export before its first message there or after its last:
 removing a chain's last messages (and everything after), or its first, from the export
 removes the witness too, and ``jcm verify`` names the chain. A chain end for which the
 store holds no such message (the gateway stopped, its epoch ended, or its later messages
@@ -39,7 +42,7 @@ from contract.custody import GENESIS, MAX_COVERED_RUN, is_covered, link, write_f
 from contract.message import Reading
 from contract.store import CustodyFinding, ReadingStore, SequenceFinding
 from processing.export.json_file import read_json
-from processing.export.period_figures import PeriodFigures, local_bounds
+from processing.export.period_figures import PeriodFigures
 from processing.export.recompute import message_window
 from processing.period import stamped
 
@@ -66,7 +69,7 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
             yield m
 
     keys = [k for k in site.custody.keys if k.valid_from < end and (k.valid_to is None or k.valid_to > start)]
-    found = Witnesses(*local_bounds(site, figures.first, figures.last), store.sequence_findings(site.site))
+    found = Witnesses(start, end, store.sequence_findings(site.site))
     messages = with_witnesses(store, site.site, with_covering(
         store, site.site, store.signed_messages(site.site, start, end)), found)
     root = write_folder(folder, {site.site: keys}, counted(messages))
@@ -93,9 +96,9 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
 
 @dataclasses.dataclass
 class Witnesses:
-    """The witnesses of a period's chains (the module doc) as ``with_witnesses`` finds them."""
+    """The witnesses of a reading window's chains (the module doc) as ``with_witnesses`` finds them."""
 
-    #: UTC start and end of the period
+    #: UTC start and end (exclusive) of the reading window
     start: dt.datetime
     end: dt.datetime
     #: the site's sequence findings (a chain's end may be explained by a new epoch's)
@@ -124,7 +127,7 @@ class Witnesses:
 
 
 def span(d: dt.timedelta) -> str:
-    """How far inside the period a chain end not witnessed is, as ``3 d 04:05`` (days, hours
+    """How far inside the reading window a chain end not witnessed is, as ``3 d 04:05`` (days, hours
     and minutes, rounded down): the summary page and ``jcm verify`` write it alike."""
     minutes = int(d.total_seconds() // 60)
     return f"{minutes // 1440} d {minutes % 1440 // 60:02}:{minutes % 60:02}"
@@ -133,7 +136,7 @@ def span(d: dt.timedelta) -> str:
 def with_witnesses(store: ReadingStore, site: str, messages: Iterable[bytes], found: Witnesses) -> Iterator[bytes]:
     """``messages`` (ordered by chain and seq, covering runs in place: ``with_covering``) with
     each chain's witnesses (the module doc) before its first message and after its last,
-    where those are stamped in the period: one store query per such chain end, nothing per
+    where those are stamped in the reading window: one store query per such chain end, nothing per
     message but finding its chain. What it finds, and each chain end the store has no
     witness for, with why, is told to ``found``."""
     chain = last = None
@@ -153,7 +156,7 @@ def with_witnesses(store: ReadingStore, site: str, messages: Iterable[bytes], fo
 
 def _head(store: ReadingStore, site: str, first: bytes, found: Witnesses) -> list[bytes]:
     """The witness before a chain's ``first`` message, or none (``first`` stamped before the
-    period's start or beginning its chain needs none; else the chain's head is listed)."""
+    reading window's start or beginning its chain needs none; else the chain's head is listed)."""
     r = _reading(first)
     if r is None or r.ts < found.start or link(first)[0] == GENESIS:
         return []
@@ -161,31 +164,31 @@ def _head(store: ReadingStore, site: str, first: bytes, found: Witnesses) -> lis
     # a covered witness is covered by ``first`` and the messages after it: only when it is seq - 1
     if witness is not None and (not is_covered(witness) or _place(witness)[2] == r.seq - 1):
         return found.added([witness])
-    return found.missing("head", r, "the store holds no earlier message of this chain stamped before the period's "
-                                    "start: its earlier messages were lost, or the store had not kept them"
+    return found.missing("head", r, "the store holds no earlier message of this chain stamped before the reading "
+                                    "window's start: its earlier messages were lost, or the store had not kept them"
                          if witness is None else
-                         f"its last message stamped before the period's start, seq {_place(witness)[2]}, is kept "
-                         "without its signature and the message after it is not in the store")
+                         f"its last message stamped before the reading window's start, seq {_place(witness)[2]}, is "
+                         "kept without its signature and the message after it is not in the store")
 
 
 def _tail(store: ReadingStore, site: str, last: bytes, found: Witnesses) -> list[bytes]:
     """The witness after a chain's ``last`` message (with its covering run), or none
-    (``last`` stamped after the period's end is its own; else the chain's tail is listed)."""
+    (``last`` stamped at or after the reading window's end is its own; else the chain's tail is listed)."""
     r = _reading(last)
-    if r is None or r.ts > found.end:
+    if r is None or r.ts >= found.end:
         return []
-    witness = store.chain_witness(site, r.gateway, r.epoch, r.seq, found.end + _MS)
+    witness = store.chain_witness(site, r.gateway, r.epoch, r.seq, found.end)
     run = [] if witness is None or not is_covered(witness) else _covering(store, site, witness)
     if witness is not None and (run or not is_covered(witness)):
         return found.added([witness, *run])
     if witness is not None:
-        return found.missing("tail", r, f"its first message stamped after the period's end, seq "
+        return found.missing("tail", r, f"its first message stamped at or after the reading window's end, seq "
                                         f"{_place(witness)[2]}, is kept without its signature and the message "
                                         "that covers it is not in the store")
     return found.missing("tail", r, next(
         (f"the collector found the gateway's new epoch {f.epoch} after seq {f.first} of this one: {f.cause}"
          for f in found.findings if (f.kind, f.gateway, f.previous) == ("epoch", r.gateway, r.epoch)),
-        "the store holds no later message of this chain stamped after the period's end: the gateway "
+        "the store holds no later message of this chain stamped at or after the reading window's end: the gateway "
         "stopped or its epoch ended, or its later messages had not arrived when the export was made"))
 
 
