@@ -300,7 +300,7 @@ def test_the_messages_refused_in_the_period_are_exported_and_verify_counts_them(
     topic = f"jcm/v1/{s.site}/{s.gateway}/m1/reading"
     store.write([], [DeadLetter(start - dt.timedelta(seconds=1), topic, b"before", "too early"),
                      DeadLetter(start, topic, b'{"a": 1, "b": "x,\\"y\\""}', "custody: bad signature"),
-                     DeadLetter(start + dt.timedelta(days=3), f"jcm/v1/ph-biogas/gw/m1/reading", b"other", "no"),
+                     DeadLetter(start + dt.timedelta(days=3), "jcm/v1/ph-biogas/gw/m1/reading", b"other", "no"),
                      DeadLetter(end - dt.timedelta(microseconds=1), topic, b"\xff\x00", "not UTF-8, line 1\nforged"),
                      DeadLetter(end, topic, b"after", "too late")])
     folder = export_period(s, store, Ledger(tmp_path / "ledger.sqlite"), FIRST, LAST, tmp_path / "out")

@@ -868,6 +868,32 @@ def test_a_message_stamped_at_the_periods_end_is_no_witness(tmp_path, signer, ca
     assert (listed["end"], listed["seq"]) == ("tail", last["seq"])
 
 
+def _inv_02_unread_around(instant: dt.datetime, monkeypatch) -> None:
+    """The export's history with inv-02 unread for two hours either side of ``instant``."""
+    import tests.test_export_verify as this
+
+    made = this.history
+
+    def unread(*args, **kwargs):
+        for batch in made(*args, **kwargs):
+            yield [r for r in batch if not (r.device == "inv-02" and abs(r.ts - instant) < dt.timedelta(hours=2))]
+    monkeypatch.setattr(this, "history", unread)
+
+
+def _cut_beyond_the_period_witness(side: str):
+    """A forger's cut of the store: every message ``before`` the chain's last one stamped before the
+    period's start, or ``after`` its first one stamped after the period's end (the witnesses once
+    taken at the period's edges)."""
+    def cut(store):
+        pick, at, op = (("MAX", PERIOD_START, "<") if side == "before" else ("MIN", PERIOD_END, ">"))
+        seq = store._db.execute(f"SELECT {pick}(seq) FROM messages WHERE ts {op} ?",
+                                (int(at.timestamp() * 1000),)).fetchone()[0]
+        for table in ("readings", "messages"):
+            store._db.execute(f"DELETE FROM {table} WHERE seq {op} ?", (seq,))
+        store._db.commit()
+    return cut
+
+
 def test_a_meters_last_reading_before_the_start_cut_with_the_chain_before_its_witness_is_named(
         tmp_path, signer, capsys, monkeypatch):
     """One gateway's chain carries every meter's readings, and its head witness is its last
@@ -877,24 +903,8 @@ def test_a_meters_last_reading_before_the_start_cut_with_the_chain_before_its_wi
     total with it, and ``jcm verify`` PASSED (exit 0: the chain's first message is stamped
     before the start). An export of id-aceh-biomass so cut (its ic-meter unread 15:00-19:00
     UTC across the start) had ER 570 t for the full data's 604 t, both PASSED."""
-    import tests.test_export_verify as this
-
-    made = this.history
-
-    def inv_02_unread(*args, **kwargs):
-        for batch in made(*args, **kwargs):
-            yield [r for r in batch if not (r.device == "inv-02"
-                                            and abs(r.ts - PERIOD_START) < dt.timedelta(hours=2))]
-
-    def before_the_witness(store):
-        seq = store._db.execute("SELECT MAX(seq) FROM messages WHERE ts < ?",
-                                (int(PERIOD_START.timestamp() * 1000),)).fetchone()[0]
-        for table in ("readings", "messages"):
-            store._db.execute(f"DELETE FROM {table} WHERE seq < ?", (seq,))
-        store._db.commit()
-    monkeypatch.setattr(this, "history", inv_02_unread)
-    folder = make_export(tmp_path, signer, DAYS,
-                         tamper=before_the_witness)
+    _inv_02_unread_around(PERIOD_START, monkeypatch)
+    folder = make_export(tmp_path, signer, DAYS, tamper=_cut_beyond_the_period_witness("before"))
     first = [json.loads(m) for m in messages(folder) if b'"device":"inv-02"' in m][0]
     assert first["ts"] == "2026-09-09T18:00:00.000Z"  # its last reading before the start is not in the export
     rc, out = run(folder, capsys)
@@ -908,23 +918,8 @@ def test_a_meters_first_reading_after_the_end_cut_with_the_chain_after_its_witne
     chain cut after its first message stamped after the period's end, another meter's: that
     reading was gone, and ``jcm verify`` PASSED (exit 0: the chain's last message is
     stamped after the period's end). The tail witness is taken at the reading window's end."""
-    import tests.test_export_verify as this
-
-    made = this.history
-
-    def inv_02_unread(*args, **kwargs):
-        for batch in made(*args, **kwargs):
-            yield [r for r in batch if not (r.device == "inv-02"
-                                            and abs(r.ts - PERIOD_END) < dt.timedelta(hours=2))]
-
-    def after_the_witness(store):
-        seq = store._db.execute("SELECT MIN(seq) FROM messages WHERE ts > ?",
-                                (int(PERIOD_END.timestamp() * 1000),)).fetchone()[0]
-        for table in ("readings", "messages"):
-            store._db.execute(f"DELETE FROM {table} WHERE seq > ?", (seq,))
-        store._db.commit()
-    monkeypatch.setattr(this, "history", inv_02_unread)
-    folder = make_export(tmp_path, signer, DAYS, tamper=after_the_witness)
+    _inv_02_unread_around(PERIOD_END, monkeypatch)
+    folder = make_export(tmp_path, signer, DAYS, tamper=_cut_beyond_the_period_witness("after"))
     last = [json.loads(m) for m in messages(folder) if b'"device":"inv-02"' in m][-1]
     assert last["ts"] == "2026-09-12T14:00:00.000Z"  # its first reading after the end is not in the export
     rc, out = run(folder, capsys)
