@@ -342,12 +342,18 @@ def _cores() -> int:
 
 
 def cmd_verify(args) -> int:
+    from concurrent.futures.process import BrokenProcessPool
+
     from jcm.verify import verify_export
 
     jobs = args.jobs
     if not (jobs.isascii() and jobs.isdigit()) or not 1 <= int(jobs) <= MAX_JOBS:
         raise ValueError(f"--jobs {jobs!r}: not a number of processes from 1 to {MAX_JOBS}")
-    code, report = verify_export(Path(args.folder), int(jobs))
+    try:
+        code, report = verify_export(Path(args.folder), int(jobs))
+    except BrokenProcessPool:  # one killed from outside (the OOM killer, say): its chunk's verdicts are gone
+        raise ValueError(f"a process checking signatures ended before its work was done (killed, or out of "
+                         f"memory?): nothing was verified; run again, or with --jobs 1 (was {jobs})") from None
     print("\n".join(report))
     return code
 

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import html
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -266,6 +267,23 @@ def test_a_bad_number_of_jobs_is_named_on_one_line(export, capsys, jobs):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"jcm verify: --jobs {jobs!r}: not a number of processes from 1 to 256\n"
+
+
+def _worker_killed(messages):
+    """A signature worker killed from outside (the OOM killer, say) while it checks a chunk."""
+    os._exit(9)
+
+
+def test_a_worker_killed_mid_check_is_named_on_one_line(export, capsys, monkeypatch):
+    """Before: a raw traceback (``BrokenProcessPool``) and no verdict."""
+    monkeypatch.setattr(contract.custody, "CHUNK", 4)
+    monkeypatch.setattr(contract.custody, "PARALLEL_CHUNKS", 2)
+    monkeypatch.setattr(contract.custody, "_signatures", _worker_killed)
+    assert main(["verify", str(export), "--jobs", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("jcm verify: a process checking signatures ended before its work was done (killed, or "
+                            "out of memory?): nothing was verified; run again, or with --jobs 1 (was 2)\n")
 
 
 def test_a_deleted_message_is_a_gap_with_its_cause(export, capsys):
