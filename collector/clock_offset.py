@@ -150,8 +150,7 @@ class ClockWatch:
         """A gateway met for the first time: an episode the store holds open (this collector
         restarted, or another one saw it) goes on, so that it is ended when the clock is right."""
         try:
-            found = [f for f in self.store.sequence_findings(site, gateway=gateway, kind="clock")
-                     if f.kind == "clock" and f.gateway == gateway and f.resolved is None]
+            found = [f for f in self.store.sequence_findings(site, gateway=gateway, kind="clock") if f.resolved is None]
         except Exception as exc:
             log.error("site %s: gateway %s: open clock findings unreadable (%s): those are not ended by this "
                       "collector", site, gateway, printable(str(exc)))

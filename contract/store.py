@@ -43,6 +43,14 @@ KEPT_TEXT = 1024
 LETTER_PAGE = 5000
 
 
+def finding_filters(site: str | None, gateway: str | None, epoch: str | None,
+                    kind: str | None) -> list[tuple[str, str]]:
+    """The (column, value) pairs ``ReadingStore.sequence_findings`` filters on: each one named, an
+    ``epoch`` of ``""`` too (the findings of no epoch), a ``site`` of ``""`` not (all sites)."""
+    return [(k, v) for k, v in (("site", site), ("gateway", gateway), ("epoch", epoch), ("kind", kind))
+            if v is not None and (v or k == "epoch")]
+
+
 def pages_by_instant(read: Callable[[object, bool], list], at: Callable[[object], list],
                      instant: Callable[[object], object], page: int = LETTER_PAGE) -> Iterator[list]:
     """Rows in time order, a page at a time, each page ending with every row of its last

@@ -51,7 +51,7 @@ from contract.gc_paused import gc_paused
 from contract.message import MAX_SEQ, Reading
 from contract.sqlite_file import UnusableFile
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported,
-                            SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable,
+                            SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, union_blocks)
 
 MEASUREMENT = "reading"
@@ -432,8 +432,7 @@ class InfluxStore:
         self._post_sequence([p.time(f.first - 1, WritePrecision.NS).to_line_protocol().encode()], WritePrecision.NS)
 
     def sequence_findings(self, site=None, *, gateway=None, epoch=None, kind=None) -> list[SequenceFinding]:
-        named = [(k, v) for k, v in (("site", site), ("gateway", gateway), ("epoch", epoch), ("kind", kind))
-                 if v is not None and (v or k == "epoch")]  # a tag = '' matches the points without it
+        named = finding_filters(site, gateway, epoch, kind)  # a tag = '' matches the points without it
         where = " WHERE " + " AND ".join(f'"{k}" = {_lit(v)}' for k, v in named) if named else ""
         series = self.query(f'SELECT * FROM {_q(FINDINGS)}{where} GROUP BY "site", "gateway", "epoch", "kind"')
         found: dict[tuple, SequenceFinding] = {}

@@ -33,8 +33,8 @@ from contract.gc_paused import gc_paused
 from contract.message import Reading
 from contract.sqlite_file import open_sqlite
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
-                            SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, pages_by_instant,
-                            range_blocks, seq_spans, source_pairs, union_blocks)
+                            SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
+                            pages_by_instant, range_blocks, seq_spans, source_pairs, union_blocks)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -381,8 +381,7 @@ class SqliteStore:
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     def sequence_findings(self, site=None, *, gateway=None, epoch=None, kind=None) -> list[SequenceFinding]:
-        named = [(k, v) for k, v in (("site", site), ("gateway", gateway), ("epoch", epoch), ("kind", kind))
-                 if v is not None and (v or k == "epoch")]
+        named = finding_filters(site, gateway, epoch, kind)
         where = " WHERE " + " AND ".join(f"{k} = ?" for k, _ in named) if named else ""
         rows = self._query(f"SELECT {FINDING_COLUMNS} FROM sequence_findings{where} ORDER BY noticed, gateway, epoch, first",
                            tuple(v for _, v in named))

@@ -173,8 +173,7 @@ class _FarSeqs:
             return
         if track.jump is None:
             track.jump = max((f for f in self.store.sequence_findings(site, gateway=gateway, epoch=epoch, kind="jump")
-                              if (f.kind, f.gateway, f.epoch, f.resolved)
-                              == ("jump", gateway, epoch, None)), key=lambda f: f.noticed, default=None)
+                              if f.resolved is None), key=lambda f: f.noticed, default=None)
             track.far_dropped = track.jump.explained if track.jump else 0
         for run in reversed(beyond):
             last = min(run.last, run.first + FAR_HELD)  # the rest of a longer run cannot be held
@@ -194,7 +193,7 @@ class _FarSeqs:
         it only if its bound reaches that last and every reading was held; else it stays open."""
         j = track.jump
         s = next((f for f in self.store.sequence_findings(site, gateway=gateway, epoch=epoch, kind="jump")
-                  if (f.kind, f.gateway, f.epoch, f.first) == ("jump", gateway, epoch, j.first)), None)
+                  if f.first == j.first), None)
         if s is None or s.resolved is not None or s == j:  # resolved: every seq its copy named is followed
             return j, s
         ours = (j.last, j.explained) >= (s.last, s.explained)

@@ -189,8 +189,7 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         # another collector on the shared subscription may have met it, or stored more of the one before
         latest = max(((t.highest()[1], e) for e, t in epochs.items() if t.highest()), default=(None, None))[1]
         self._learn(r.site, r.gateway, epochs, only={epoch, latest})
-        found = [f for f in self.store.sequence_findings(r.site, gateway=r.gateway, epoch=epoch)
-                 if f.gateway == r.gateway and f.epoch == epoch]
+        found = self.store.sequence_findings(r.site, gateway=r.gateway, epoch=epoch)
         told = any(f.kind == "epoch" for f in found)
         before = [(e, t.highest()) for e, t in epochs.items() if e != epoch and t.highest()]
         if told or epoch in epochs:

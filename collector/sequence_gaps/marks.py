@@ -33,9 +33,9 @@ class _Marks:
         epochs: dict[str, _Epoch] = {}
         self._learn(site, gateway, epochs)
         for f in self.store.sequence_findings(site, gateway=gateway):
-            if f.gateway == gateway and f.kind == "gap":
+            if f.kind == "gap":
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
-            elif f.gateway == gateway and f.kind == "holes":
+            elif f.kind == "holes":
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).swallow(f.first, f.last)
             elif f.epoch in epochs and other_jump(f, gateway, f.epoch, epochs[f.epoch]):
                 epochs[f.epoch].others[f.first] = f.last  # not continued (``_hold_beyond``)
