@@ -1,11 +1,16 @@
 """Embedded store: one SQLite file in WAL mode, for the demo and one-box sites.
 
-One row per (site, device, channel, ts), upserted, so a redelivered or replayed
-reading overwrites itself. The primary key is the only index: every read is a range of
-it per (device, channel), and a second index on (site, ts) cost the collector's writes a
-sixth of their time (SQLite keeps every index of every row it inserts). Numbers and
-booleans go to ``value``; text channels (serial numbers, model names) to ``text_value``
-and are served by ``latest`` only.
+A row per message: ``readings`` has one row per (site, device, ts), upserted, so a
+redelivered or replayed reading overwrites itself, with the message's values packed
+(store/message_rows.py: numbers as one float64 array in the order of a *layout* kept in
+``layouts``, texts and qualities as JSON beside it). Two messages of a device at one
+instant merge channel by channel. ``device_layouts`` says which layouts a device has used,
+so a read knows a site's (device, channel) pairs without scanning its rows. The primary key
+is the only index: every read is a range of it per device. A row per channel value (the
+layout before this one) cost the collector 70 us a message in B-tree upkeep, against ~6
+(bench/README.md "Store layout"); a store in that layout is converted when first opened
+(``_rows_per_message``).
+Text channels (serial numbers, model names) are served by ``latest`` only.
 Timestamps are integer milliseconds since the epoch, UTC.
 Signed messages (chain of custody) go to ``messages``, one row per (site, gateway,
 epoch, seq), the first stored kept, with their bytes as received.
@@ -19,7 +24,10 @@ full, read-only or damaged is "unavailable" and nothing is written.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import itertools
+import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,14 +43,19 @@ from contract.sqlite_file import open_sqlite
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, union_blocks)
+from store.message_rows import NAN, Layout, layout_of_text, layout_text, merged, packed, repacked, unpacked
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
-    site TEXT NOT NULL, device TEXT NOT NULL, channel TEXT NOT NULL, ts INTEGER NOT NULL,
-    gateway TEXT NOT NULL, value REAL, text_value TEXT, quality TEXT, seq INTEGER,
-    PRIMARY KEY (site, device, channel, ts)
+    site TEXT NOT NULL, device TEXT NOT NULL, ts INTEGER NOT NULL, gateway TEXT NOT NULL, seq INTEGER,
+    layout INTEGER NOT NULL, numbers BLOB NOT NULL, texts TEXT, quality TEXT, PRIMARY KEY (site, device, ts)
 ) WITHOUT ROWID;
-DROP INDEX IF EXISTS readings_site_ts;
+CREATE TABLE IF NOT EXISTS layouts (id INTEGER PRIMARY KEY, channels TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS device_layouts (
+    site TEXT NOT NULL, device TEXT NOT NULL, layout INTEGER NOT NULL, PRIMARY KEY (site, device, layout)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (
     site TEXT NOT NULL, device TEXT NOT NULL, gateway TEXT NOT NULL, last_seen INTEGER NOT NULL,
     status TEXT, PRIMARY KEY (site, device)
@@ -88,13 +101,17 @@ INSERT_LETTER = "INSERT INTO dead_letters (received, topic, payload, reason, siz
 DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
                ValueError, TypeError, OverflowError)
 
-UPSERT = """
-INSERT INTO readings (site, device, channel, ts, gateway, value, text_value, quality, seq)
-VALUES (?,?,?,?,?,?,?,?,?)
-ON CONFLICT (site, device, channel, ts) DO UPDATE SET
-    gateway = excluded.gateway, value = excluded.value, text_value = excluded.text_value,
-    quality = excluded.quality, seq = excluded.seq
+ROW_COLUMNS = "site, device, ts, gateway, seq, layout, numbers, texts, quality"
+
+#: a message over one of the same layout (its redelivery, the usual conflict) replaces it; one
+#: of another layout is left alone here, counted short in ``rowcount``, and merged (``_merge_each``)
+UPSERT = f"""
+INSERT INTO readings ({ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)
+ON CONFLICT (site, device, ts) DO UPDATE SET gateway = excluded.gateway, seq = excluded.seq,
+    numbers = excluded.numbers, texts = excluded.texts, quality = excluded.quality
+WHERE readings.layout = excluded.layout
 """
+REPLACE = f"INSERT OR REPLACE INTO readings ({ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
 
 SEEN = """
 INSERT INTO devices (site, device, gateway, last_seen, status) VALUES (?,?,?,?,?)
@@ -124,6 +141,11 @@ INSERT INTO custody_findings (kind, site, gateway, epoch, seq, ts, noticed, deta
 ON CONFLICT (site, gateway, epoch, kind, seq) DO UPDATE SET ts = excluded.ts, detail = excluded.detail
 """
 
+#: ``latest`` reads back from before this [ms]
+LATEST = 2 ** 63 - 1
+#: the columns of a source with no numbers in a window
+EMPTY = (np.empty(0, np.int64), np.empty(0, float), np.empty(0, object))
+
 #: signed messages read per query by ``signed_messages``
 MESSAGE_PAGE = 1000
 
@@ -150,15 +172,6 @@ def from_ms(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
-def reading_rows(r: Reading) -> list[tuple]:
-    ms, site, device, gateway, seq, quality = to_ms(r.ts), r.site, r.device, r.gateway, r.seq, r.quality
-    # a float, the usual value, is taken as it is: this runs for every value the collector stores
-    return [(site, device, channel, ms, gateway,
-             v if type(v) is float else float(v) if isinstance(v, (int, float, bool)) else None,
-             v if isinstance(v, str) else None, quality[channel].value if channel in quality else None, seq)
-            for channel, v in r.values.items()]
-
-
 class SqliteStore:
     """``create``: whether a missing file may be created (the collector's first run)."""
 
@@ -172,6 +185,14 @@ class SqliteStore:
                          "the collector creates the store on its first run")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # acknowledged upstream means on disk
+        # layouts and the devices' use of them, as committed: ids never change once committed
+        self._ids: dict[Layout, int] = {}
+        self._layouts: dict[int, Layout] = {}
+        self._used: set[tuple[str, str, int]] = set()
+        # those made by the open transaction, known only once it commits
+        self._new_ids: dict[Layout, int] = {}
+        self._new_used: set[tuple[str, str, int]] = set()
+        self._rows_per_message()
         self._db.executescript(SCHEMA)
         have = {row[1] for row in self._db.execute("PRAGMA table_info(dead_letters)")}
         for name, kind in DEAD_LETTER_COLUMNS_SINCE:
@@ -183,6 +204,7 @@ class SqliteStore:
               messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
         letters = [(d.received.isoformat(), d.topic, d.payload, d.reason, d.size, d.sha256) for d in dead_letters]
         with self._lock:
+            self._new_ids, self._new_used = {}, set()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -190,11 +212,13 @@ class SqliteStore:
                     refused = []
                 except DATA_ERRORS:
                     self._db.execute("ROLLBACK")
+                    self._new_ids, self._new_used = {}, set()
                     self._db.execute("BEGIN IMMEDIATE")
                     refused = self._upsert_each(readings)
                 self._db.executemany(INSERT_MESSAGE, _message_rows(messages, refused))
                 self._db.executemany(INSERT_LETTER, letters)
                 self._db.execute("COMMIT")
+                self._committed()
             except DATA_ERRORS:
                 raise  # a dead letter it cannot hold: the caller decides
             except sqlite3.Error as exc:
@@ -206,23 +230,73 @@ class SqliteStore:
 
     def _upsert(self, readings: list[Reading]) -> None:
         seen: dict[tuple, tuple] = {}
+        rows = []
         for r in readings:
-            key = (r.site, r.device)
-            ms = to_ms(r.ts)
-            if key not in seen or seen[key][3] <= ms:
-                seen[key] = (r.site, r.device, r.gateway, ms, r.status.value)
-        self._db.executemany(UPSERT, [row for r in readings for row in reading_rows(r)])
+            site, device, ms = r.site, r.device, to_ms(r.ts)
+            layout, numbers, texts, quality = packed(r)
+            rows.append((site, device, ms, r.gateway, r.seq, self._layout_id(site, device, layout), numbers, texts,
+                         quality))
+            if (site, device) not in seen or seen[site, device][3] <= ms:
+                seen[site, device] = (site, device, r.gateway, ms, r.status.value)
+        self._db.execute("SAVEPOINT rows")
+        if self._db.executemany(UPSERT, rows).rowcount != len(rows):  # an instant's messages of two layouts
+            self._db.execute("ROLLBACK TO rows")
+            self._merge_each(rows)
+        self._db.execute("RELEASE rows")
         self._db.executemany(SEEN, list(seen.values()))
+
+    def _committed(self) -> None:
+        """The open transaction's layouts are known for good: it committed."""
+        self._ids.update(self._new_ids)
+        self._layouts.update((n, layout) for layout, n in self._new_ids.items())
+        self._used |= self._new_used
+        self._new_ids, self._new_used = {}, set()
+
+    def _layout_id(self, site: str, device: str, layout: Layout) -> int:
+        """The id of ``layout``, made in the open transaction if it is new; noted as used by the device."""
+        n = self._ids.get(layout) or self._new_ids.get(layout)
+        if n is None:
+            text = layout_text(layout)
+            self._db.execute("INSERT OR IGNORE INTO layouts (channels) VALUES (?)", (text,))
+            [(n,)] = self._db.execute("SELECT id FROM layouts WHERE channels = ?", (text,)).fetchall()
+            self._new_ids[layout] = n
+        if (site, device, n) not in self._used and (site, device, n) not in self._new_used:
+            self._db.execute("INSERT OR IGNORE INTO device_layouts VALUES (?,?,?)", (site, device, n))
+            self._new_used.add((site, device, n))
+        return n
+
+    def _merge_each(self, rows: list[tuple]) -> None:
+        """Upsert row by row, in order, each merged with the row already at its instant."""
+        for site, device, ms, gateway, seq, n, numbers, texts, quality in rows:
+            held = self._db.execute("SELECT layout, numbers, texts, quality FROM readings WHERE site = ? AND "
+                                    "device = ? AND ts = ?", (site, device, ms)).fetchall()
+            if held and held[0][0] != n:
+                (m, *old), = held
+                layout, numbers, texts, quality = repacked(merged(unpacked(self._layout(m), *old),
+                                                                  unpacked(self._layout(n), numbers, texts, quality)))
+                n = self._layout_id(site, device, layout)
+            self._db.execute(REPLACE, (site, device, ms, gateway, seq, n, numbers, texts, quality))
+
+    def _layout(self, n: int) -> Layout:
+        if n in self._layouts:
+            return self._layouts[n]
+        [(text,)] = self._db.execute("SELECT channels FROM layouts WHERE id = ?", (n,)).fetchall()
+        layout = layout_of_text(text)
+        if layout not in self._new_ids:  # one the open transaction made may yet roll back, and its id be reused
+            self._layouts[n] = layout
+        return layout
 
     def _upsert_each(self, readings: list[Reading]) -> list[tuple[Reading, str]]:
         """Upsert reading by reading, each under a savepoint; return those refused, with why."""
         refused = []
         for r in readings:
             self._db.execute("SAVEPOINT one")
+            made = dict(self._new_ids), set(self._new_used)
             try:
                 self._upsert([r])
             except DATA_ERRORS as exc:
                 self._db.execute("ROLLBACK TO one")
+                self._new_ids, self._new_used = made
                 refused.append((r, f"SQLite cannot store it: {type(exc).__name__}: {exc}"))
             self._db.execute("RELEASE one")
         return refused
@@ -240,44 +314,100 @@ class SqliteStore:
         if pairs is None:  # the pairs the site has, of the channels or devices asked for
             pairs = [(d, c) for d, c in self._pairs(site) if (not channels or c in channels)
                      and (not devices or d in devices)]
-        # one primary-key range per (device, channel): rows come in ts order, and no row of a pair
-        # that is not wanted is read (a device x channel product may name pairs nobody monitors)
-        sql = ("SELECT ts, gateway, value, quality FROM readings WHERE site = ? AND device = ? AND channel = ? "
-               "AND ts >= ? AND ts < ? AND text_value IS NULL" + (f" LIMIT {int(limit)}" if limit is not None else ""))
+        parts = []
         with gc_paused():
-            parts = [(device, channel, self._query(sql, (site, device, channel, lo, hi))) for device, channel in pairs]
+            for device, wanted in itertools.groupby(pairs, key=lambda p: p[0]):
+                names = [c for _, c in wanted]
+                got = self._columns(site, device, names, lo, hi, limit, gateways=True)
+                parts += [(device, c, *got[c]) for c in names if c in got]
             return _pairs_frame(site, parts, limit)
 
     def _pairs(self, site: str) -> list[tuple[str, str]]:
-        """The (device, channel) pairs of a site, in key order: one primary-key seek per pair
-        (the next pair after the last found), not a scan of the site's rows."""
-        first = "SELECT device, channel FROM readings WHERE site = ? ORDER BY device, channel LIMIT 1"
-        after = ("SELECT device, channel FROM readings WHERE site = ? AND (device, channel) > (?, ?) "
-                 "ORDER BY device, channel LIMIT 1")
-        pairs = self._query(first, (site,))
-        while True:
-            more = self._query(after, (site, *pairs[-1])) if pairs else []
-            if not more:
-                return pairs
-            pairs += more
+        """The (device, channel) pairs of a site with numbers, sorted: from the layouts its devices used."""
+        return sorted({(d, c) for d, n in self._query("SELECT device, layout FROM device_layouts WHERE site = ?",
+                                                        (site,)) for c in self._layout(n)[0]})
 
-    def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
-        sql = ("SELECT ts, value, quality FROM readings WHERE site = ? AND device = ? AND channel = ? "
-               "AND ts >= ? AND ts < ? AND text_value IS NULL")
-        lo, hi = to_ms(start), to_ms(end)
+    def _device_layouts(self, site: str, device: str) -> dict[int, Layout]:
+        rows = self._query("SELECT layout FROM device_layouts WHERE site = ? AND device = ?", (site, device))
+        return {n: self._layout(n) for n, in rows}
+
+    def _columns(self, site: str, device: str, channels: list[str], lo: int, hi: int, limit: int | None = None,
+                 gateways: bool = False) -> dict[str, tuple[np.ndarray, ...]]:
+        """Each of a device's ``channels`` that has numbers with lo <= ts < hi: (ts [ms], values, qualities),
+        and the gateways after ts if ``gateways``; in ts order. One primary-key range of the device, of
+        the rows whose layouts hold a wanted channel: ``limit`` rows of it hold the device's first
+        ``limit`` values at least, each row having one or more."""
+        layouts = self._device_layouts(site, device)
+        wanted = {n: [(c, layout[0].index(c)) for c in channels if c in layout[0]] for n, layout in layouts.items()}
+        ids = [n for n, cs in wanted.items() if cs]
+        if not ids:
+            return {}
+        sql = ("SELECT ts, gateway, layout, numbers, quality FROM readings WHERE site = ? AND device = ? AND ts >= ? "
+               "AND ts < ?" + (f" AND layout IN ({','.join('?' * len(ids))})" if len(ids) < len(layouts) else "")
+               + " ORDER BY ts" + (" LIMIT ?" if limit is not None else ""))
+        rows = self._query(sql, (site, device, lo, hi, *(ids if len(ids) < len(layouts) else ()),
+                                 *(() if limit is None else (limit,))))
+        if not rows:
+            return {}
+        ts, gateway, layout, numbers, quality = zip(*rows)
+        ts = np.array(ts, np.int64)
+        flags = {i: json.loads(q) for i, q in enumerate(quality) if q is not None}  # most rows have none
+        pieces: dict[str, list[tuple]] = {}
+        kinds = set(layout)
+        for n in sorted(kinds):
+            at = np.flatnonzero(np.array(layout) == n) if len(kinds) > 1 else np.arange(len(rows))
+            matrix = np.frombuffer(b"".join(numbers if len(kinds) == 1 else [numbers[i] for i in at]),
+                                   np.float64).reshape(len(at), -1)
+            for c, j in wanted[n]:
+                pieces.setdefault(c, []).append((at, matrix[:, j]))
         out = {}
-        with gc_paused():
-            for src in sources:
-                device, channel = src.split(".", 1)
-                out[src] = _source_frame(self._query(sql, (site, device, channel, lo, hi)))
+        for c, parts in pieces.items():
+            at = parts[0][0] if len(parts) == 1 else np.concatenate([a for a, _ in parts])
+            value = parts[0][1] if len(parts) == 1 else np.concatenate([v for _, v in parts])
+            order = np.argsort(at, kind="stable")
+            at, value = at[order], value[order] + 0.0  # -0.0 reads as 0.0, as a REAL column gave it
+            flag = np.full(len(at), None, object)
+            if flags:
+                held = np.fromiter(flags, np.int64, len(flags))  # rows with flags, and where they are in ``at``
+                where = np.searchsorted(at, held).clip(max=len(at) - 1)
+                mine = at[where] == held
+                for i, k in zip(held[mine], where[mine]):
+                    flag[k] = flags[i].get(c)
+            out[c] = (ts[at], value, flag) + ((np.array(gateway, object)[at],) if gateways else ())
         return out
 
+    def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
+        lo, hi = to_ms(start), to_ms(end)
+        pairs = [src.split(".", 1) for src in sources]
+        by_device: dict[str, list[str]] = {}
+        for device, channel in pairs:
+            by_device.setdefault(device, []).append(channel)
+        with gc_paused():
+            got = {device: self._columns(site, device, channels, lo, hi) for device, channels in by_device.items()}
+            return {src: _source_frame(*got[device].get(channel, EMPTY)) for src, (device, channel) in
+                    zip(sources, pairs)}
+
     def latest(self, site) -> pd.DataFrame:
-        rows = self._query(
-            "SELECT r.ts, r.site, r.gateway, r.device, r.channel, COALESCE(r.value, r.text_value), r.quality "
-            "FROM readings r JOIN (SELECT device, channel, MAX(ts) AS ts FROM readings WHERE site = ? "
-            "GROUP BY device, channel) m ON r.device = m.device AND r.channel = m.channel AND r.ts = m.ts "
-            "WHERE r.site = ? ORDER BY r.device, r.channel", (site, site))
+        rows = []
+        devices = sorted({d for d, in self._query("SELECT device FROM device_layouts WHERE site = ?", (site,))})
+        for device in devices:
+            want = {c for layout in self._device_layouts(site, device).values() for c in (*layout[0], *layout[1])}
+            found: dict[str, tuple] = {}
+            before, page = None, 1
+            while len(found) < len(want):  # back from the newest row until every channel is found
+                page = min(page * 8, 4096)
+                batch = self._query("SELECT ts, gateway, layout, numbers, texts, quality FROM readings WHERE site = ? "
+                                    "AND device = ? AND ts < ? ORDER BY ts DESC LIMIT ?",
+                                    (site, device, LATEST if before is None else before, page))
+                for ts, gateway, n, numbers, texts, quality in batch:
+                    for c, (v, flag) in unpacked(self._layout(n), numbers, texts, quality).items():
+                        if c not in found:
+                            found[c] = (ts, site, gateway, device, c,
+                                        v if isinstance(v, str) else None if v != v else v + 0.0, flag)
+                if len(batch) < page:
+                    break
+                before = batch[-1][0]
+            rows += [found[c] for c in sorted(found)]
         return _frame(rows)
 
     def devices(self, site=None) -> list[DeviceSeen]:
@@ -333,6 +463,67 @@ class SqliteStore:
             held = [SeqBlock.from_bytes(*key, *row) for row in self._db.execute(f"{BLOCK} = ?", (*key, b.block))]
             [m] = union_blocks([b, *held])
             self._db.execute(UPSERT_BLOCK, (*key, m.block, m.bits_bytes(), m.times_bytes()))
+
+    def _rows_per_message(self) -> None:
+        """A store in the layout of a row per channel value (``readings`` with a ``channel`` column)
+        gets a row per message, once, in one transaction: each (site, device, ts)'s values make one
+        row, with the gateway and seq of its channel of the highest seq."""
+        def by_value():
+            return any(row[1] == "channel" for row in self._db.execute("PRAGMA table_info(readings)"))
+
+        if not by_value():
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if not by_value():
+                return  # another process converted it meanwhile
+            log.warning("store %s: converting its readings to a row per message (once; a year of a site takes "
+                        "minutes)", self.path)
+            self._db.execute("ALTER TABLE readings RENAME TO readings_by_value")
+            for statement in SCHEMA.split(";"):
+                self._db.execute(statement)
+            for site in self._next_keys("readings_by_value", ("site",), ()):
+                for device in self._next_keys("readings_by_value", ("site", "device"), (site,)):
+                    rows = self._device_rows(site, device)
+                    while part := list(itertools.islice(rows, 5000)):
+                        self._db.executemany(REPLACE, part)
+            self._db.execute("DROP TABLE readings_by_value")
+            self._db.execute("COMMIT")
+            self._committed()
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+                self._new_ids, self._new_used = {}, set()
+
+    def _device_rows(self, site: str, device: str) -> Iterator[tuple]:
+        """A device's rows per message from its rows per value (``_rows_per_message``): its channels'
+        key ranges read side by side and merged in ts order, so memory stays that of one instant."""
+        def values(channel):
+            rows = self._db.execute("SELECT ts, gateway, value, text_value, quality, seq FROM readings_by_value "
+                                    "WHERE site = ? AND device = ? AND channel = ? ORDER BY ts", (site, device, channel))
+            return ((ms, channel, *rest) for ms, *rest in rows)
+
+        channels = self._next_keys("readings_by_value", ("site", "device", "channel"), (site, device))
+        for ms, group in itertools.groupby(heapq.merge(*map(values, channels)), key=lambda row: row[0]):
+            group = list(group)
+            *_, gateway, _, _, _, seq = max(group, key=lambda row: -1 if row[6] is None else row[6])
+            layout, numbers, texts, quality = repacked({c: (t if t is not None else NAN if v is None else v, q)
+                                                        for _, c, _, v, t, q, _ in group})
+            yield site, device, ms, gateway, seq, self._layout_id(site, device, layout), numbers, texts, quality
+
+    def _next_keys(self, table: str, key: tuple[str, ...], prefix: tuple) -> list[str]:
+        """The distinct values of ``key``'s last column among rows whose first columns are ``prefix``,
+        sorted: one primary-key seek each (the next after the last found), not a scan."""
+        where = " AND ".join(f"{k} = ?" for k in key[:-1])
+        last = key[-1]
+        sql = f"SELECT {last} FROM {table} WHERE {where or 1} {{}} ORDER BY {last} LIMIT 1"
+        found = [v for v, in self._db.execute(sql.format(""), prefix)]
+        while found:
+            more = [v for v, in self._db.execute(sql.format(f"AND {last} > ?"), (*prefix, found[-1]))]
+            if not more:
+                return found
+            found += more
+        return found
 
     def _blocks_from_ranges(self) -> None:
         """A store written before blocks kept runs of seqs (table ``sequence_ranges``): they
@@ -432,7 +623,9 @@ class SqliteStore:
         return [CustodyFinding(k, s, g, e, n, from_ms(ts), from_ms(t), d) for k, s, g, e, n, ts, t, d in rows]
 
     def count(self) -> int:
-        return self._query("SELECT COUNT(*) FROM readings", ())[0][0]
+        """How many channel values are stored (a reading of two channels is two)."""
+        return sum(k * (len(self._layout(n)[0]) + len(self._layout(n)[1]))
+                   for n, k in self._query("SELECT layout, COUNT(*) FROM readings GROUP BY layout", ()))
 
     def close(self) -> None:
         with self._lock:
@@ -446,22 +639,14 @@ def _message_rows(messages: Sequence[SignedMessage], refused: list[tuple[Reading
             if (m.site, m.gateway, m.epoch, m.seq) not in gone]
 
 
-def _pairs_frame(site: str, parts: list[tuple[str, str, list[tuple]]], limit: int | None) -> pd.DataFrame:
-    """``READ_COLUMNS`` from rows (ts, gateway, value, quality) per (device, channel) in pair
-    order, sorted by ts with ties in pair order (that of the SQL ``ORDER BY ts, device, channel``)."""
-    n = sum(len(rows) for *_, rows in parts)
-    ts = np.empty(n, np.int64)
-    value = np.empty(n, float)
-    gateway, device, channel, quality = (np.empty(n, object) for _ in range(4))
-    i = 0
-    for dev, ch, rows in parts:
-        if not rows:
-            continue
-        t, g, v, q = zip(*rows)
-        j = i + len(rows)
-        ts[i:j], gateway[i:j], value[i:j], quality[i:j] = t, g, v, q  # a NULL value becomes NaN
-        device[i:j], channel[i:j] = dev, ch
-        i = j
+def _pairs_frame(site: str, parts: list[tuple], limit: int | None) -> pd.DataFrame:
+    """``READ_COLUMNS`` from (device, channel, ts, values, qualities, gateways) in pair order, sorted
+    by ts with ties in pair order (that of the SQL ``ORDER BY ts, device, channel``)."""
+    lengths = [len(p[2]) for p in parts]
+    ts, value, quality, gateway = (np.concatenate([p[k] for p in parts]) if parts else np.empty(0, kind)
+                                   for k, kind in ((2, np.int64), (3, float), (4, object), (5, object)))
+    device = np.repeat(np.array([p[0] for p in parts], object), lengths)
+    channel = np.repeat(np.array([p[1] for p in parts], object), lengths)
     order = np.argsort(ts, kind="stable")[:limit]
     return pd.DataFrame({
         "ts": pd.to_datetime(ts[order], unit="ms", utc=True), "site": np.full(len(order), site, dtype=object),
@@ -469,12 +654,10 @@ def _pairs_frame(site: str, parts: list[tuple[str, str, list[tuple]]], limit: in
         "quality": quality[order]}, columns=READ_COLUMNS)
 
 
-def _source_frame(rows: list[tuple]) -> pd.DataFrame:
-    """``SOURCE_COLUMNS`` from rows (ts, value, quality) in ts order."""
-    ts, value, quality = zip(*rows) if rows else ((), (), ())
-    return pd.DataFrame({"ts": pd.to_datetime(np.array(ts, np.int64), unit="ms", utc=True),
-                         "value": np.array(value, float),  # a NULL value becomes NaN
-                         "quality": pd.Series(np.array(quality, object), dtype=object)})
+def _source_frame(ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> pd.DataFrame:
+    """``SOURCE_COLUMNS`` of one source's columns, in ts order."""
+    return pd.DataFrame({"ts": pd.to_datetime(ts, unit="ms", utc=True), "value": value,
+                         "quality": pd.Series(quality, dtype=object)})
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:

@@ -238,6 +238,19 @@ def store_copy(db, tmp_path):
     return SqliteStore(path)
 
 
+def rewrite_channel(store, site: str, device: str, channel: str, start, end, change) -> int:
+    """Change the stored values of one channel with start <= ts < end to ``change(value, ts)``, as
+    someone with write access to the store could: a message of that channel alone at each instant,
+    which the store merges into the one there (the other channels stay). Returns how many changed."""
+    from contract.message import Quality
+
+    rows = store.read(site, start, end, devices=[device], channels=[channel])
+    store.write([Reading(site=site, gateway=g, device=device, ts=t.to_pydatetime(), values={channel: change(v, t)},
+                         quality={channel: Quality(q)} if q else {})
+                 for t, g, v, q in zip(rows["ts"], rows["gateway"], rows["value"], rows["quality"])])
+    return len(rows)
+
+
 def fill_history(store, site, first, last, step_s: float = 900.0) -> None:
     """Simulated readings of the channels the site's monitoring plan reads, first..last."""
     from simulators.history import history

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -107,7 +108,8 @@ def _sqlite_with(tmp_path, trigger_sql: str) -> str:
 
 
 def test_a_reading_the_store_refuses_is_a_dead_letter_and_the_batch_goes_on(tmp_path, mosquitto, sites_dir):
-    store_url = _sqlite_with(tmp_path, "CREATE TRIGGER no_666 BEFORE INSERT ON readings WHEN NEW.value = 666 "
+    store_url = _sqlite_with(tmp_path, "CREATE TRIGGER no_666 BEFORE INSERT ON readings WHEN "
+                                       f"instr(NEW.numbers, X'{struct.pack('<d', 666).hex()}') "
                                        "BEGIN SELECT RAISE(ABORT, 'the value 666 is not allowed'); END")
     topic, body = payload(100)
     poisoned = (topic, body.replace(b'"active_power":5.0', b'"active_power":666'))

@@ -21,7 +21,7 @@ from contract.config.nameplate import Nameplate
 from processing.daily_values import counter_daily, counter_increments, interval_day, local_days
 from processing.period import PeriodProcessor
 from store.sqlite_store import SqliteStore, to_ms
-from tests.conftest import REPO, fill_history, fuzz_examples, reference_site, store_copy
+from tests.conftest import REPO, fill_history, fuzz_examples, reference_site, rewrite_channel, store_copy
 
 JAKARTA = ZoneInfo("Asia/Jakarta")  # UTC+7
 UB = ZoneInfo("Asia/Ulaanbaatar")  # UTC+8
@@ -267,26 +267,23 @@ def aceh(aceh_october, tmp_path):
     store.close()
 
 
-def _set(store, s, device, channel, local: str, sql_value: str, until: str | None = None):
-    """UPDATE the readings of one channel at (or from ``local`` until ``until``) local time."""
-    a = to_ms(dt.datetime.fromisoformat(local).replace(tzinfo=s.zone))
-    b = to_ms(dt.datetime.fromisoformat(until).replace(tzinfo=s.zone)) if until else a + 1
-    with store._lock:
-        store._db.execute(f"UPDATE readings SET value = {sql_value} WHERE site=? AND device=? AND channel=? "
-                          "AND ts >= ? AND ts < ?", (s.site, device, channel, a, b))
+def _set(store, s, device, channel, local: str, change, until: str | None = None):
+    """Rewrite the readings of one channel at (or from ``local`` until ``until``) local time to ``change(value)``."""
+    a = dt.datetime.fromisoformat(local).replace(tzinfo=s.zone)
+    b = dt.datetime.fromisoformat(until).replace(tzinfo=s.zone) if until else a + dt.timedelta(milliseconds=1)
+    assert rewrite_channel(store, s.site, device, channel, a, b, lambda v, _: change(v))
 
 
 def _value_at(store, s, device, channel, day: dt.date) -> float:
-    ms = to_ms(dt.datetime.combine(day, dt.time(), tzinfo=s.zone))
-    (row,) = store._query("SELECT value FROM readings WHERE site=? AND device=? AND channel=? AND ts=?",
-                          (s.site, device, channel, ms))
-    return row[0]
+    at = dt.datetime.combine(day, dt.time(), tzinfo=s.zone)
+    (value,) = store.read(s.site, at, at + dt.timedelta(milliseconds=1), devices=[device], channels=[channel])["value"]
+    return value
 
 
 def test_aceh_october_glitch_reading_is_an_outlier_not_the_meters_total(aceh):
     s = reference_site("id-aceh-biomass")
     clean = PeriodProcessor(s).process(aceh, *OCT25)
-    _set(aceh, s, "ic-meter", "energy_export", "2025-10-15T12:00", "0")
+    _set(aceh, s, "ic-meter", "energy_export", "2025-10-15T12:00", lambda v: 0.0)
     r = PeriodProcessor(s).process(aceh, *OCT25)
     assert r.parameters["EG_net"] == pytest.approx(clean.parameters["EG_net"], rel=1e-12)  # was 7,403 -> 32,541 MWh
     assert r.calc.ER == clean.calc.ER
@@ -298,7 +295,7 @@ def test_without_a_nameplate_the_glitch_is_still_an_outlier_and_the_missing_rati
     s = reference_site("id-aceh-biomass")
     unrated = s.model_copy(update={"nameplate": Nameplate()})
     clean = PeriodProcessor(unrated).process(aceh, *OCT25)
-    _set(aceh, s, "ic-meter", "energy_export", "2025-10-15T12:00", "0")
+    _set(aceh, s, "ic-meter", "energy_export", "2025-10-15T12:00", lambda v: 0.0)
     r = PeriodProcessor(unrated).process(aceh, *OCT25)
     assert r.parameters["EG_net"] == pytest.approx(clean.parameters["EG_net"], rel=1e-12)
     assert "ic-meter.energy_export" in {f.source for f in r.findings if f.check == "no_nameplate"}
@@ -308,7 +305,7 @@ def test_aceh_a_jump_beyond_the_plants_capacity_is_not_credited(aceh):
     s = reference_site("id-aceh-biomass")
     clean = PeriodProcessor(s).process(aceh, *OCT25)
     # the register is preset 1,000 MWh higher at noon on the 20th and continues from there
-    _set(aceh, s, "ic-meter", "energy_export", "2025-10-20T12:00", "value + 1000000", until="2025-11-02T00:00")
+    _set(aceh, s, "ic-meter", "energy_export", "2025-10-20T12:00", lambda v: v + 1000000, until="2025-11-02T00:00")
     r = PeriodProcessor(s).process(aceh, *OCT25)
     (adj,) = [a for a in r.adjustments if a["kind"] == "counter_jump"]
     assert adj["parameter"] == "EG_net" and adj["after"] == 0.0 and adj["before"] > 1000.0  # MWh

@@ -35,7 +35,7 @@ from processing.export import custody_folder, export_period
 from processing.ledger import Ledger
 from simulators.history import SIMULATED_CHANNEL, history
 from store.sqlite_store import SqliteStore
-from tests.conftest import REPO, reference_site
+from tests.conftest import REPO, reference_site, rewrite_channel
 from tests.test_custody import forged, public_key
 
 FIRST, LAST = dt.date(2026, 9, 10), dt.date(2026, 9, 12)
@@ -575,11 +575,8 @@ def test_a_reading_altered_in_the_store_is_found_by_the_recomputation(tmp_path, 
     is computed from them and is internally consistent, but not from what was signed."""
     def raise_a_day(store):
         day = dt.datetime(2026, 9, 11, tzinfo=dt.UTC)
-        lo, hi = (int(t.timestamp() * 1000) for t in (day, day + dt.timedelta(hours=6)))
-        n = store._db.execute("UPDATE readings SET value = value + 0.25 WHERE device = 'poc-meter' "
-                              "AND channel = 'energy_export' AND ts >= ? AND ts < ?", (lo, hi)).rowcount
-        store._db.commit()
-        assert n > 0
+        assert rewrite_channel(store, "mn-solar", "poc-meter", "energy_export", day, day + dt.timedelta(hours=6),
+                               lambda v, _: v + 0.25)
     folder = make_export(tmp_path, signer, DAYS,
                          tamper=raise_a_day)
     rc, out = run(folder, capsys)

@@ -9,7 +9,7 @@ import pytest
 from processing.methodologies import calculate
 from processing.period import PeriodProcessor
 from store.sqlite_store import SqliteStore, to_ms
-from tests.conftest import fill_history, reference_site, store_copy
+from tests.conftest import fill_history, reference_site, rewrite_channel, store_copy
 
 OCT = (dt.date(2026, 10, 1), dt.date(2026, 10, 31))
 
@@ -38,10 +38,10 @@ def counter_between(store, s, device, channel, first, last):
     minus the one before its start (no rollover in these figures)."""
     start = dt.datetime.combine(first, dt.time(), tzinfo=s.zone)
     end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=s.zone)
-    q = "SELECT value FROM readings WHERE site=? AND device=? AND channel=? AND ts < ? ORDER BY ts DESC LIMIT 1"
-    a = store._query(q, (s.site, device, channel, to_ms(start)))[0][0]
-    b = store._query(q, (s.site, device, channel, to_ms(end)))[0][0]
-    return b - a
+    def before(t):
+        return store.read(s.site, t - dt.timedelta(days=1), t, devices=[device], channels=[channel])["value"].iloc[-1]
+
+    return before(end) - before(start)
 
 
 def test_solar_month_is_verified_with_the_exact_counter_total(mn_store):
@@ -155,11 +155,10 @@ def test_transformer_energised_hours_from_voltage_present(tmp_path):
 
 def test_check_meter_disagreement_uses_the_conservative_meter(mn_store):
     s = site("mn-solar")
-    noon = to_ms(dt.datetime(2026, 10, 15, 12, tzinfo=s.zone))
-    with mn_store._lock:  # the main meter over-reads, 20 MWh more by midnight of the 15th (within its nameplate)
-        mn_store._db.execute("UPDATE readings SET value = value + 20000 * MIN(1.0, (ts - ?) / 43200000.0) "
-                             "WHERE site=? AND device='poc-meter' AND channel='energy_export' AND ts >= ?",
-                             (noon, s.site, noon))
+    noon = dt.datetime(2026, 10, 15, 12, tzinfo=s.zone)
+    # the main meter over-reads, 20 MWh more by midnight of the 15th (within its nameplate)
+    rewrite_channel(mn_store, s.site, "poc-meter", "energy_export", noon, noon + dt.timedelta(days=400),
+                    lambda v, t: v + 20000 * min(1.0, (t - noon).total_seconds() / 43200))
     r = PeriodProcessor(s).process(mn_store, *OCT)
     (adj,) = [a for a in r.adjustments if a["kind"] == "check_meter"]
     assert adj["days"] == "2026-10-15" and adj["before"] - adj["after"] > 19.0
@@ -172,10 +171,8 @@ def test_integrated_power_cross_checks_the_counter(mn_store):
     s = site("mn-solar")
     assert not [f for f in PeriodProcessor(s).process(mn_store, *OCT).findings if f.check == "power_integration"]
     day = dt.datetime(2026, 10, 20, tzinfo=s.zone)
-    with mn_store._lock:  # the power readings of the 20th are halved: the counter and the power disagree
-        mn_store._db.execute("UPDATE readings SET value = value / 2 WHERE site=? AND device='poc-meter' AND "
-                             "channel='active_power' AND ts >= ? AND ts < ?",
-                             (s.site, to_ms(day), to_ms(day + dt.timedelta(days=1))))
+    # the power readings of the 20th are halved: the counter and the power disagree
+    rewrite_channel(mn_store, s.site, "poc-meter", "active_power", day, day + dt.timedelta(days=1), lambda v, _: v / 2)
     r = PeriodProcessor(s).process(mn_store, *OCT)
     (f,) = [f for f in r.findings if f.check == "power_integration"]
     assert f.start == "2026-10-20" and f.severity == "review" and 0.4 < f.amount < 0.6
