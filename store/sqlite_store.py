@@ -342,16 +342,21 @@ class SqliteStore:
         ids = [n for n, cs in wanted.items() if cs]
         if not ids:
             return {}
-        sql = ("SELECT ts, gateway, layout, numbers, quality FROM readings WHERE site = ? AND device = ? AND ts >= ? "
-               "AND ts < ?" + (f" AND layout IN ({','.join('?' * len(ids))})" if len(ids) < len(layouts) else "")
+        some = len(ids) < len(layouts)
+        # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
+        sql = (f"SELECT ts, numbers, quality{', layout' if len(layouts) > 1 else ''}{', gateway' if gateways else ''} "
+               "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
+               + (f" AND layout IN ({','.join('?' * len(ids))})" if some else "")
                + " ORDER BY ts" + (" LIMIT ?" if limit is not None else ""))
-        rows = self._query(sql, (site, device, lo, hi, *(ids if len(ids) < len(layouts) else ()),
-                                 *(() if limit is None else (limit,))))
+        rows = self._query(sql, (site, device, lo, hi, *(ids if some else ()), *(() if limit is None else (limit,))))
         if not rows:
             return {}
-        ts, gateway, layout, numbers, quality = zip(*rows)
+        ts, numbers, quality, *more = zip(*rows)
+        layout = more.pop(0) if len(layouts) > 1 else (ids[0],) * len(rows)
+        gateway = more.pop(0) if gateways else None
         ts = np.array(ts, np.int64)
-        flags = {i: json.loads(q) for i, q in enumerate(quality) if q is not None}  # most rows have none
+        # qualities are on few rows, if any
+        flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
         pieces: dict[str, list[tuple]] = {}
         kinds = set(layout)
         for n in sorted(kinds):
@@ -360,12 +365,15 @@ class SqliteStore:
                                    np.float64).reshape(len(at), -1)
             for c, j in wanted[n]:
                 pieces.setdefault(c, []).append((at, matrix[:, j]))
+        gateway = np.array(gateway, object) if gateways else None
         out = {}
         for c, parts in pieces.items():
-            at = parts[0][0] if len(parts) == 1 else np.concatenate([a for a, _ in parts])
-            value = parts[0][1] if len(parts) == 1 else np.concatenate([v for _, v in parts])
-            order = np.argsort(at, kind="stable")
-            at, value = at[order], value[order] + 0.0  # -0.0 reads as 0.0, as a REAL column gave it
+            at, value = parts[0]
+            if len(parts) > 1:  # the channel is in more than one of the device's layouts: back to ts order
+                at, value = np.concatenate([a for a, _ in parts]), np.concatenate([v for _, v in parts])
+                order = np.argsort(at, kind="stable")
+                at, value = at[order], value[order]
+            value = value + 0.0  # -0.0 reads as 0.0, as a REAL column gave it
             flag = np.full(len(at), None, object)
             if flags:
                 held = np.fromiter(flags, np.int64, len(flags))  # rows with flags, and where they are in ``at``
@@ -373,7 +381,7 @@ class SqliteStore:
                 mine = at[where] == held
                 for i, k in zip(held[mine], where[mine]):
                     flag[k] = flags[i].get(c)
-            out[c] = (ts[at], value, flag) + ((np.array(gateway, object)[at],) if gateways else ())
+            out[c] = (ts[at], value, flag) + ((gateway[at],) if gateways else ())
         return out
 
     def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
