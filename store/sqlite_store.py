@@ -141,6 +141,12 @@ INSERT INTO custody_findings (kind, site, gateway, epoch, seq, ts, noticed, deta
 ON CONFLICT (site, gateway, epoch, kind, seq) DO UPDATE SET ts = excluded.ts, detail = excluded.detail
 """
 
+#: layouts (and devices' uses of them) remembered in memory; beyond, each is looked up in the file,
+#: so that a gateway sending ever new sets of channels cannot grow a collector's memory
+LAYOUTS_KEPT = 4096
+#: the most layouts a read names in SQL (SQLite allows 32,766 parameters); a device with more that
+#: hold a wanted channel is read whole and its rows filtered here
+LAYOUTS_NAMED = 500
 #: ``latest`` reads back from before this [ms]
 LATEST = 2 ** 63 - 1
 #: the columns of a source with no numbers in a window
@@ -177,7 +183,7 @@ class SqliteStore:
 
     def __init__(self, path: str | Path, *, create: bool = True):
         self.path = str(path)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered: a write looks layouts up
         self._db = open_sqlite(
             path, "store", {"readings"}, create=create, check_same_thread=False, isolation_level=None, timeout=5.0,
             damaged_hint="restore it from a backup, or check the store URL",
@@ -247,10 +253,14 @@ class SqliteStore:
 
     def _committed(self) -> None:
         """The open transaction's layouts are known for good: it committed."""
-        self._ids.update(self._new_ids)
-        self._layouts.update((n, layout) for layout, n in self._new_ids.items())
-        self._used |= self._new_used
+        for layout, n in self._new_ids.items():
+            self._remember(n, layout)
+        self._used.update(itertools.islice(self._new_used, max(0, LAYOUTS_KEPT - len(self._used))))
         self._new_ids, self._new_used = {}, set()
+
+    def _remember(self, n: int, layout: Layout) -> None:
+        if len(self._ids) < LAYOUTS_KEPT:
+            self._ids[layout], self._layouts[n] = n, layout
 
     def _layout_id(self, site: str, device: str, layout: Layout) -> int:
         """The id of ``layout``, made in the open transaction if it is new; noted as used by the device."""
@@ -277,13 +287,15 @@ class SqliteStore:
                 n = self._layout_id(site, device, layout)
             self._db.execute(REPLACE, (site, device, ms, gateway, seq, n, numbers, texts, quality))
 
-    def _layout(self, n: int) -> Layout:
+    def _layout(self, n: int, text: str | None = None) -> Layout:
+        """Layout ``n`` (its JSON ``text`` if the caller has it)."""
         if n in self._layouts:
             return self._layouts[n]
-        [(text,)] = self._db.execute("SELECT channels FROM layouts WHERE id = ?", (n,)).fetchall()
+        if text is None:
+            [(text,)] = self._query("SELECT channels FROM layouts WHERE id = ?", (n,))
         layout = layout_of_text(text)
         if layout not in self._new_ids:  # one the open transaction made may yet roll back, and its id be reused
-            self._layouts[n] = layout
+            self._remember(n, layout)
         return layout
 
     def _upsert_each(self, readings: list[Reading]) -> list[tuple[Reading, str]]:
@@ -328,8 +340,9 @@ class SqliteStore:
                                                         (site,)) for c in self._layout(n)[0]})
 
     def _device_layouts(self, site: str, device: str) -> dict[int, Layout]:
-        rows = self._query("SELECT layout FROM device_layouts WHERE site = ? AND device = ?", (site, device))
-        return {n: self._layout(n) for n, in rows}
+        rows = self._query("SELECT id, channels FROM device_layouts JOIN layouts ON id = layout WHERE site = ? "
+                           "AND device = ?", (site, device))
+        return {n: self._layout(n, text) for n, text in rows}
 
     def _columns(self, site: str, device: str, channels: list[str], lo: int, hi: int, limit: int | None = None,
                  gateways: bool = False) -> dict[str, tuple[np.ndarray, ...]]:
@@ -342,13 +355,18 @@ class SqliteStore:
         ids = [n for n, cs in wanted.items() if cs]
         if not ids:
             return {}
-        some = len(ids) < len(layouts)
+        some = len(ids) < len(layouts)  # rows of other layouts are left out, in SQL if they can be named
+        named = some and len(ids) <= LAYOUTS_NAMED
         # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
         sql = (f"SELECT ts, numbers, quality{', layout' if len(layouts) > 1 else ''}{', gateway' if gateways else ''} "
                "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
-               + (f" AND layout IN ({','.join('?' * len(ids))})" if some else "")
-               + " ORDER BY ts" + (" LIMIT ?" if limit is not None else ""))
-        rows = self._query(sql, (site, device, lo, hi, *(ids if some else ()), *(() if limit is None else (limit,))))
+               + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
+               + (" LIMIT ?" if limit is not None and named == some else ""))
+        rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
+                                 *((limit,) if limit is not None and named == some else ())))
+        if some and not named:
+            held = set(ids)
+            rows = [row for row in rows if row[3] in held][:limit]
         if not rows:
             return {}
         ts, numbers, quality, *more = zip(*rows)

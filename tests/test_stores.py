@@ -519,3 +519,30 @@ def test_two_writers_of_one_file_agree_on_layouts(tmp_path):
     finally:
         one.close()
         two.close()
+
+
+def test_a_gateway_sending_ever_new_channel_sets_grows_neither_memory_nor_breaks_reads(tmp_path, monkeypatch):
+    """Every subset and order of a device's channels is a layout of its own: a hostile gateway can
+    make one a message. The store remembers a bounded number of them, and a device with more
+    layouts than a query can name is still read exactly (``limit`` included)."""
+    import itertools
+
+    import store.sqlite_store as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "LAYOUTS_KEPT", 4)
+    monkeypatch.setattr(sqlite_store, "LAYOUTS_NAMED", 3)
+    s = open_store(f"sqlite:///{tmp_path}/jcm.db")
+    try:
+        sets = [p for k in (1, 2, 3) for p in itertools.permutations("abcd", k)][:40]
+        s.write([reading("m1", m, seq=m, **{c: float(m * 10 + i) for i, c in enumerate(cs)})
+                 for m, cs in enumerate(sets)])
+        assert len(s._ids) <= 4 and len(s._layouts) <= 4 and len(s._used) <= 4
+        end = T0 + dt.timedelta(minutes=len(sets))
+        expected = [(m, c, float(m * 10 + cs.index(c))) for m, cs in enumerate(sets) for c in sorted(cs)]
+        df = s.read("s1", T0, end)
+        assert list(zip((df["ts"] - pd.Timestamp(T0)) // pd.Timedelta(minutes=1), df["channel"], df["value"])) == expected
+        only_d = s.read("s1", T0, end, channels=["d"], limit=2)  # more than 3 layouts hold d: filtered here
+        assert list(only_d["value"]) == [v for _, c, v in expected if c == "d"][:2]
+        assert s.count() == len(expected)
+    finally:
+        s.close()
