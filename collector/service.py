@@ -234,8 +234,9 @@ class Collector:
                 step()
         except BaseException as exc:
             self.failure = exc
-            log.critical("the collector's worker died (thread %s); nothing more is stored until it is restarted: %s",
-                         threading.current_thread().name, _traceback(exc))
+            log.critical("the collector's %s died (thread %s); nothing more is stored until it is restarted: %s",
+                         "checker" if step == self._check_next else "worker", threading.current_thread().name,
+                         _traceback(exc))
         finally:
             self.done.set()
 

@@ -222,3 +222,24 @@ def test_collector_is_back_within_2_s_of_the_broker_returning(tmp_path, sites_di
     finally:
         c.stop()
         broker.stop()
+
+
+def test_a_checker_that_dies_stops_the_collector_and_is_named(tmp_path, mosquitto, sites_dir, monkeypatch, caplog):
+    """The checker thread's death is named as the checker's (it was logged as the worker's), and
+    stops the collector as the worker's does: nothing is acknowledged that was not stored."""
+    c = Collector(config(mosquitto, f"sqlite:///{tmp_path}/jcm.db", sites_dir))
+
+    def broken(batch):
+        raise RuntimeError("checker broke")
+
+    monkeypatch.setattr(c, "_check", broken)
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        pub.send([payload(0)])
+        assert c.done.wait(20) and isinstance(c.failure, RuntimeError)
+        assert "the collector's checker died (thread collector-check)" in caplog.text
+        assert c.stored == 0
+    finally:
+        c.stop()
+        pub.close()
