@@ -520,6 +520,11 @@ class SqliteStore:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
                 self._new_ids, self._new_used = {}, set()
+        try:  # the old rows' pages, most of the file, are free now: give them back
+            self._db.execute("VACUUM")
+        except sqlite3.OperationalError as exc:  # another process has the file open
+            log.warning("store %s: converted, but its freed space stays inside the file until it is vacuumed "
+                        "(sqlite3 %s VACUUM, with nothing else using it): %s", self.path, self.path, exc)
 
     def _device_rows(self, site: str, device: str) -> Iterator[tuple]:
         """A device's rows per message from its rows per value (``_rows_per_message``): its channels'
