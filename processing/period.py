@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from contract.config import ConfigError
@@ -84,9 +85,20 @@ class PeriodResult:
 
 def _usable(rows: pd.DataFrame, counter: bool) -> pd.Series:
     """Readings with a usable value; a counter out of its range is not trusted."""
-    q = rows["quality"].fillna("")
-    good = ~q.isin(BAD) & rows["value"].notna()
-    return good & (q != "out_of_range") if counter else good
+    good = rows["value"].notna().to_numpy(copy=True)
+    flagged, flags = _flagged(rows)
+    if len(flagged):
+        refused = BAD | {"out_of_range"} if counter else BAD
+        good[flagged[[q in refused for q in flags]]] = False
+    return pd.Series(good, index=rows.index)
+
+
+def _flagged(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the readings with a quality, and their qualities: few, if any, so the
+    checks compare these rather than a whole column of objects."""
+    quality = rows["quality"].to_numpy()
+    flagged = np.flatnonzero(pd.notna(quality))
+    return flagged, quality[flagged]
 
 
 def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
@@ -120,19 +132,26 @@ def _hash_source(h, src: str, frame: pd.DataFrame) -> None:
     n = len(frame)
     if not n:
         return
-    frame = frame.sort_values("ts")
+    if not (np.diff(frame["ts"].array.asi8) > 0).all():  # a store's rows are in time order already
+        frame = frame.sort_values("ts")
     dev, channel = src.split(".", 1)
     tails = ["\t\n"] * n  # the quality column, empty but for flagged readings
-    quality = frame["quality"]
-    for i in np.flatnonzero(quality.notna().to_numpy()):
-        tails[i] = f"\t{quality.iat[i]}\n"
+    flagged, flags = _flagged(frame)
+    for i, q in zip(flagged.tolist(), flags):
+        tails[i] = f"\t{q}\n"
     parts: list = [None] * (5 * n)
     parts[0::5] = [f"{dev}\t{channel}\t"] * n
-    parts[1::5] = map(str, (frame["ts"].dt.as_unit("us").array.asi8 // 1_000_000).tolist())
+    parts[1::5] = _int_texts(frame["ts"].dt.as_unit("us").array.asi8 // 1_000_000)
     parts[2::5] = ["\t"] * n
     parts[3::5] = float_texts(frame["value"].to_numpy(dtype=float))
     parts[4::5] = tails
     h.update("".join(parts).encode())
+
+
+def _int_texts(values: np.ndarray) -> list[str]:
+    """``str`` of each of the int64 ``values`` (orjson writes them in C: a third of the time)."""
+    return orjson.dumps(np.ascontiguousarray(values, np.int64), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode(
+        "ascii").split(",")
 
 
 def read_span(rows: dict[str, pd.DataFrame], start: pd.Timestamp, end: pd.Timestamp) -> tuple[str, str]:
@@ -422,7 +441,7 @@ class PeriodProcessor:
         for src in self.site.monitoring_sources:
             if self._point(src).kind.value != "counter":
                 continue
-            valid = rows[src].loc[_usable(rows[src], counter=True), "ts"]
+            valid = rows[src]["ts"].array[_usable(rows[src], counter=True).to_numpy()]
             extra = []
             for before in (True, False):
                 if len(valid) and (valid.min() < start if before else valid.max() >= end):
@@ -442,29 +461,28 @@ class PeriodProcessor:
         return rows
 
     def _source_series(self, rows, src, start, end, findings, completeness) -> pd.Series:
-        q = rows["quality"].fillna("")
-        good = self._valid(rows, src)
+        good = self._valid(rows, src).to_numpy()
         point = self._point(src)
-        oor = q == "out_of_range"
-        in_period = (rows["ts"] >= start) & (rows["ts"] < end)
+        ts = rows["ts"].array
+        at = ts.as_unit("ns").asi8
+        in_period = (at >= start.value) & (at < end.value)
         # completeness: the share of the monitoring plan's recording intervals holding a valid reading
         slot = pd.Timedelta(seconds=self.site.quality.recording_interval_s)
         slots = max(1, int((end - start) / slot))
-        filled = ((rows.loc[good & in_period, "ts"] - start) // slot).nunique()
+        filled = len(np.unique((at[good & in_period] - start.value) // slot.value))
         completeness[src] = min(1.0, filled / slots)
-        flagged = q[in_period & q.isin(BAD)].value_counts()
-        for flag, n in flagged.items():
+        flagged, flags = _flagged(rows)
+        flags_here = pd.Series(flags[in_period[flagged]], dtype=object)
+        for flag, n in flags_here[flags_here.isin(BAD)].value_counts().items():
             findings.append(Finding("gateway_flag", src, "info", f"{n} readings flagged {flag}", amount=float(n)))
-        if int((oor & in_period).sum()):
-            findings.append(Finding("out_of_range", src, "review",
-                                    f"{int((oor & in_period).sum())} readings outside the valid range {point.range}",
-                                    amount=float((oor & in_period).sum())))
-        for a, b, secs in gaps(pd.DatetimeIndex(rows.loc[good, "ts"]), start, end, self._gap_s(src)):
+        if oor := int((flags_here == "out_of_range").sum()):
+            findings.append(Finding("out_of_range", src, "review", f"{oor} readings outside the valid range {point.range}",
+                                    amount=float(oor)))
+        times = pd.DatetimeIndex(ts[good], name="ts")
+        for a, b, secs in gaps(times, start, end, self._gap_s(src)):
             findings.append(Finding("gap", src, "info", f"{secs / 3600:.2f} h without a valid reading", str(a), str(b),
                                     secs / 3600))
-        values = rows.loc[good, "value"].astype(float)
-        values.index = pd.DatetimeIndex(rows.loc[good, "ts"])
-        return values
+        return pd.Series(rows["value"].to_numpy()[good].astype(float), index=times, name="value")
 
     def _reduce(self, src, values, days, max_rate, effect) -> DailyResult:
         point = self._point(src)
