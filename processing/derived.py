@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from processing.daily_values import counter_increments, interval_day
+from processing.daily_values import by_day, counter_increments, interval_day, interval_day_numbers
 from processing.methodologies.ph_prov_biogas import flare_emissions
 
 
@@ -136,10 +136,11 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
         return flare_emissions(vol, frac, burning, GWP_CH4, CH4_density, eta_flare_burning)
 
     per_interval = pe(volume, w, on)
+    day_numbers = interval_day_numbers(t1, zone)
     local = interval_day(t1, zone)
 
     def daily(values) -> pd.Series:
-        return pd.Series(values, index=local).groupby(level=0).sum().reindex(days)
+        return by_day(values, day_numbers, days, "sum")
 
     adjustments = []
 

@@ -83,10 +83,11 @@ class PeriodResult:
         }
 
 
-def _usable(rows: pd.DataFrame, counter: bool) -> pd.Series:
-    """Readings with a usable value; a counter out of its range is not trusted."""
+def _usable(rows: pd.DataFrame, counter: bool, flagged: tuple[np.ndarray, np.ndarray] | None = None) -> pd.Series:
+    """Readings with a usable value; a counter out of its range is not trusted. ``flagged``:
+    ``_flagged(rows)``, if known."""
     good = rows["value"].notna().to_numpy(copy=True)
-    flagged, flags = _flagged(rows)
+    flagged, flags = _flagged(rows) if flagged is None else flagged
     if len(flagged):
         refused = BAD | {"out_of_range"} if counter else BAD
         good[flagged[[q in refused for q in flags]]] = False
@@ -121,19 +122,25 @@ def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = ()) -> s
     for f in sequence:
         h.update(("\t".join(str(v) for v in f.to_dict().values()) + "\n").encode())
     with gc_paused():
+        times = (np.empty(0, np.int64), [])
         for src in sorted(rows, key=lambda s: tuple(s.split(".", 1))):
-            _hash_source(h, src, rows[src])
+            times = _hash_source(h, src, rows[src], times)
     return h.hexdigest()
 
 
-def _hash_source(h, src: str, frame: pd.DataFrame) -> None:
+def _hash_source(h, src: str, frame: pd.DataFrame, times: tuple[np.ndarray, list[str]]) -> tuple[np.ndarray, list[str]]:
     """Feed one source's lines to ``h``. The text is assembled column by column and joined
-    once (a Python loop over half a million rows took longer than reading them)."""
+    once (a Python loop over half a million rows took longer than reading them). ``times``:
+    the seconds and their texts of the source before, reused when this one's are the same (a
+    device's channels share their readings' times); returns this one's."""
     n = len(frame)
     if not n:
-        return
+        return times
     if not (np.diff(frame["ts"].array.asi8) > 0).all():  # a store's rows are in time order already
         frame = frame.sort_values("ts")
+    secs = frame["ts"].dt.as_unit("us").array.asi8 // 1_000_000
+    if not np.array_equal(secs, times[0]):
+        times = (secs, _int_texts(secs))
     dev, channel = src.split(".", 1)
     tails = ["\t\n"] * n  # the quality column, empty but for flagged readings
     flagged, flags = _flagged(frame)
@@ -141,11 +148,19 @@ def _hash_source(h, src: str, frame: pd.DataFrame) -> None:
         tails[i] = f"\t{q}\n"
     parts: list = [None] * (5 * n)
     parts[0::5] = [f"{dev}\t{channel}\t"] * n
-    parts[1::5] = _int_texts(frame["ts"].dt.as_unit("us").array.asi8 // 1_000_000)
+    parts[1::5] = times[1]
     parts[2::5] = ["\t"] * n
     parts[3::5] = float_texts(frame["value"].to_numpy(dtype=float))
     parts[4::5] = tails
     h.update("".join(parts).encode())
+    return times
+
+
+def _distinct(values: np.ndarray) -> int:
+    """How many distinct values: counted along them when sorted (a store's rows are), else by ``np.unique``."""
+    if len(values) < 2 or (values[1:] >= values[:-1]).all():
+        return int(len(values) > 0) + int(np.count_nonzero(np.diff(values)))
+    return len(np.unique(values))
 
 
 def _int_texts(values: np.ndarray) -> list[str]:
@@ -429,8 +444,8 @@ class PeriodProcessor:
         poll = self.site.device(src.split(".")[0]).poll_interval
         return max(3 * poll, 1.5 * self.site.quality.recording_interval_s)
 
-    def _valid(self, rows: pd.DataFrame, src: str) -> pd.Series:
-        return _usable(rows, self._point(src).kind.value == "counter")
+    def _valid(self, rows: pd.DataFrame, src: str, flagged: tuple[np.ndarray, np.ndarray] | None = None) -> pd.Series:
+        return _usable(rows, self._point(src).kind.value == "counter", flagged)
 
     def _with_counter_neighbours(self, store: ReadingStore, rows: dict[str, pd.DataFrame], start: pd.Timestamp,
                                  end: pd.Timestamp, spans=()) -> dict[str, pd.DataFrame]:
@@ -461,7 +476,8 @@ class PeriodProcessor:
         return rows
 
     def _source_series(self, rows, src, start, end, findings, completeness) -> pd.Series:
-        good = self._valid(rows, src).to_numpy()
+        flagged, flags = _flagged(rows)
+        good = self._valid(rows, src, (flagged, flags)).to_numpy()
         point = self._point(src)
         ts = rows["ts"].array
         at = ts.as_unit("ns").asi8
@@ -469,11 +485,9 @@ class PeriodProcessor:
         # completeness: the share of the monitoring plan's recording intervals holding a valid reading
         slot = pd.Timedelta(seconds=self.site.quality.recording_interval_s)
         slots = max(1, int((end - start) / slot))
-        filled = len(np.unique((at[good & in_period] - start.value) // slot.value))
-        completeness[src] = min(1.0, filled / slots)
-        flagged, flags = _flagged(rows)
+        completeness[src] = min(1.0, _distinct((at[good & in_period] - start.value) // slot.value) / slots)
         flags_here = pd.Series(flags[in_period[flagged]], dtype=object)
-        for flag, n in flags_here[flags_here.isin(BAD)].value_counts().items():
+        for flag, n in flags_here[flags_here.isin(BAD)].value_counts().items() if len(flags_here) else ():
             findings.append(Finding("gateway_flag", src, "info", f"{n} readings flagged {flag}", amount=float(n)))
         if oor := int((flags_here == "out_of_range").sum()):
             findings.append(Finding("out_of_range", src, "review", f"{oor} readings outside the valid range {point.range}",
