@@ -243,6 +243,7 @@ def test_input_hash_of_channels_that_share_their_times():
     def frame(ts):
         quality = np.array([None] * len(ts), dtype=object)
         quality[5::17] = "timeout"
+        quality[-1:] = "stale"  # a flag on a source's last line, which no next line's names follow
         return pd.DataFrame({"ts": ts, "value": rng.normal(1e3, 1e3, len(ts)), "quality": quality})
 
     shared = pd.to_datetime(t0.value // 1000 + np.arange(300) * 60_000_000, unit="us", utc=True)
