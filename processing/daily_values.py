@@ -46,7 +46,7 @@ def _day_numbers(local: pd.DatetimeIndex) -> np.ndarray:
     return local.tz_localize(None).as_unit("ns").asi8 // NS_PER_DAY
 
 
-def _dates(day: np.ndarray) -> np.ndarray:
+def day_dates(day: np.ndarray) -> np.ndarray:
     """The dates of day numbers, each distinct day made once."""
     distinct, which = np.unique(day, return_inverse=True)
     return np.array([EPOCH + dt.timedelta(days=int(d)) for d in distinct], object)[which]
@@ -74,7 +74,7 @@ def interval_day(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
     [first 00:00, last + 1 00:00) gets every interval that ends after its first midnight up
     to and including the midnight that ends it.
     """
-    return _dates(interval_day_numbers(ends, zone))
+    return day_dates(interval_day_numbers(ends, zone))
 
 
 def midnights(days: pd.Index, zone: ZoneInfo) -> pd.DatetimeIndex:
@@ -290,7 +290,7 @@ def integrated_daily(power: pd.Series, zone: ZoneInfo, days: pd.Index, gap_s: fl
     v = s.to_numpy()
     energy = np.where(secs <= gap_s, 0.5 * (v[:-1] + v[1:]) * secs / 3600, 0.0)
     ends = interval_day_numbers(s.index[1:], zone)
-    incomplete = set(_dates(np.unique(ends[secs > gap_s])))
-    covered = set(_dates(np.unique(ends)))
+    incomplete = set(day_dates(np.unique(ends[secs > gap_s])))
+    covered = set(day_dates(np.unique(ends)))
     incomplete |= {d for d in days if d not in covered}
     return by_day(energy, ends, days, "sum"), incomplete

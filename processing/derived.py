@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from processing.daily_values import by_day, counter_increments, interval_day, interval_day_numbers
+from processing.daily_values import by_day, counter_increments, day_dates, interval_day_numbers
 from processing.methodologies.ph_prov_biogas import flare_emissions
 
 
@@ -137,7 +137,7 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
 
     per_interval = pe(volume, w, on)
     day_numbers = interval_day_numbers(t1, zone)
-    local = interval_day(t1, zone)
+    local = day_dates(day_numbers)  # interval_day
 
     def daily(values) -> pd.Series:
         return by_day(values, day_numbers, days, "sum")
@@ -145,6 +145,8 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
     adjustments = []
 
     def rows(mask, kind, source, before, after, reason):
+        if not mask.any():
+            return
         frame = pd.DataFrame({"day": local, "hours": (a1 - a0) / np.timedelta64(1, "h"), "volume": volume,
                               "before": before, "after": after})[mask]
         for day, g in frame.groupby("day", sort=True):
