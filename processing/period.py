@@ -167,7 +167,8 @@ def _distinct(values: np.ndarray) -> int:
 def _int_texts(values: np.ndarray, end: str = "") -> list[str]:
     """``str`` of each of the int64 ``values``, each followed by ``end`` (orjson writes them in C: a
     third of the time)."""
-    text = orjson.dumps(np.ascontiguousarray(values, np.int64), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode("ascii")
+    text = orjson.dumps(np.ascontiguousarray(values, np.int64), option=orjson.OPT_SERIALIZE_NUMPY)
+    text = text[1:-1].decode("ascii")
     return (text.replace(",", f"{end},") + end).split(",") if end else text.split(",")
 
 
@@ -492,8 +493,8 @@ class PeriodProcessor:
         for flag, n in flags_here[flags_here.isin(BAD)].value_counts().items() if len(flags_here) else ():
             findings.append(Finding("gateway_flag", src, "info", f"{n} readings flagged {flag}", amount=float(n)))
         if oor := int((flags_here == "out_of_range").sum()):
-            findings.append(Finding("out_of_range", src, "review", f"{oor} readings outside the valid range {point.range}",
-                                    amount=float(oor)))
+            findings.append(Finding("out_of_range", src, "review",
+                                    f"{oor} readings outside the valid range {point.range}", amount=float(oor)))
         times = pd.DatetimeIndex(ts[good], name="ts")
         for a, b, secs in gaps(times, start, end, self._gap_s(src)):
             findings.append(Finding("gap", src, "info", f"{secs / 3600:.2f} h without a valid reading", str(a), str(b),
