@@ -35,8 +35,34 @@ def local_days(start: dt.date, end: dt.date) -> pd.Index:
     return pd.Index(pd.date_range(start, end, freq="D").date, name="day")
 
 
-def _local_date(index: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
-    return index.tz_convert(zone).date
+#: day 0 of the day numbers (``_day_numbers``)
+EPOCH = dt.date(1970, 1, 1)
+NS_PER_DAY = 86_400 * 10**9
+
+
+def _day_numbers(local: pd.DatetimeIndex) -> np.ndarray:
+    """The calendar day of each of the local times (in a time zone, or naive), as days since
+    ``EPOCH``: what ``DatetimeIndex.date`` tells, without a date object per reading."""
+    return local.tz_localize(None).as_unit("ns").asi8 // NS_PER_DAY
+
+
+def day_dates(day: np.ndarray) -> np.ndarray:
+    """The dates of day numbers, each distinct day made once."""
+    distinct, which = np.unique(day, return_inverse=True)
+    return np.array([EPOCH + dt.timedelta(days=int(d)) for d in distinct], object)[which]
+
+
+def by_day(values: np.ndarray, day: np.ndarray, days: pd.Index, how: str, fill: float = np.nan) -> pd.Series:
+    """``values`` reduced per day number (pandas' compensated groupby ``how``, "sum" or "mean"), on
+    ``days`` (``fill`` where none fell): as grouping by date objects gives it, at a fraction of the cost."""
+    per_day = getattr(pd.Series(values, dtype=float).groupby(day), how)()
+    wanted = np.array([(d - EPOCH).days for d in days], np.int64)
+    return pd.Series(per_day.reindex(wanted, fill_value=fill).to_numpy(), index=days)
+
+
+def interval_day_numbers(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
+    """``interval_day`` as day numbers."""
+    return _day_numbers(ends.tz_convert(zone) - pd.Timedelta(1, "ns"))
 
 
 def interval_day(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
@@ -48,7 +74,7 @@ def interval_day(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
     [first 00:00, last + 1 00:00) gets every interval that ends after its first midnight up
     to and including the midnight that ends it.
     """
-    return (ends.tz_convert(zone) - pd.Timedelta(1, "ns")).date
+    return day_dates(interval_day_numbers(ends, zone))
 
 
 def midnights(days: pd.Index, zone: ZoneInfo) -> pd.DatetimeIndex:
@@ -211,8 +237,7 @@ def mean_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index) -> DailyResult
     s = values.dropna()
     if s.empty:
         return DailyResult(pd.Series(np.nan, index=days, dtype=float), [])
-    per_day = pd.Series(s.to_numpy(dtype=float), index=_local_date(s.index, zone)).groupby(level=0).mean()
-    return DailyResult(per_day.reindex(days), [])
+    return DailyResult(by_day(s.to_numpy(dtype=float), _day_numbers(s.index.tz_convert(zone)), days, "mean"), [])
 
 
 def energised_hours_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, gap_s: float) -> DailyResult:
@@ -232,8 +257,7 @@ def energised_hours_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, gap
     on = (s.to_numpy()[:-1] > 0.5) & (s.to_numpy()[1:] > 0.5)
     secs = (s.index[1:] - s.index[:-1]).total_seconds().to_numpy()
     counted = np.where(on & (secs <= gap_s), secs, 0.0) / 3600
-    per_day = pd.Series(counted, index=interval_day(s.index[1:], zone)).groupby(level=0).sum()
-    return DailyResult(per_day.reindex(days, fill_value=0.0), [])
+    return DailyResult(by_day(counted, interval_day_numbers(s.index[1:], zone), days, "sum", 0.0), [])
 
 
 def gaps(index: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp, gap_s: float) -> list[tuple]:
@@ -265,8 +289,8 @@ def integrated_daily(power: pd.Series, zone: ZoneInfo, days: pd.Index, gap_s: fl
     secs = (s.index[1:] - s.index[:-1]).total_seconds().to_numpy()
     v = s.to_numpy()
     energy = np.where(secs <= gap_s, 0.5 * (v[:-1] + v[1:]) * secs / 3600, 0.0)
-    ends = interval_day(s.index[1:], zone)
-    incomplete = {d for d, gap in zip(ends, secs > gap_s) if gap}
-    covered = set(ends)
+    ends = interval_day_numbers(s.index[1:], zone)
+    incomplete = set(day_dates(np.unique(ends[secs > gap_s])))
+    covered = set(day_dates(np.unique(ends)))
     incomplete |= {d for d in days if d not in covered}
-    return pd.Series(energy, index=ends).groupby(level=0).sum().reindex(days), incomplete
+    return by_day(energy, ends, days, "sum"), incomplete

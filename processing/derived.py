@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from processing.daily_values import counter_increments, interval_day
+from processing.daily_values import by_day, counter_increments, day_dates, interval_day_numbers
 from processing.methodologies.ph_prov_biogas import flare_emissions
 
 
@@ -136,14 +136,17 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
         return flare_emissions(vol, frac, burning, GWP_CH4, CH4_density, eta_flare_burning)
 
     per_interval = pe(volume, w, on)
-    local = interval_day(t1, zone)
+    day_numbers = interval_day_numbers(t1, zone)
+    local = day_dates(day_numbers)  # interval_day
 
     def daily(values) -> pd.Series:
-        return pd.Series(values, index=local).groupby(level=0).sum().reindex(days)
+        return by_day(values, day_numbers, days, "sum")
 
     adjustments = []
 
     def rows(mask, kind, source, before, after, reason):
+        if not mask.any():
+            return
         frame = pd.DataFrame({"day": local, "hours": (a1 - a0) / np.timedelta64(1, "h"), "volume": volume,
                               "before": before, "after": after})[mask]
         for day, g in frame.groupby("day", sort=True):

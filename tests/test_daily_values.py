@@ -6,10 +6,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from contract.config.site import Calibration
 from processing.calibration import correction_factor, uncovered_periods
 from processing.daily_values import counter_daily, energised_hours_daily, gaps, local_days
+from tests.conftest import fuzz_examples
 
 UB = ZoneInfo("Asia/Ulaanbaatar")  # UTC+8
 DAYS = local_days(dt.date(2026, 10, 1), dt.date(2026, 10, 3))
@@ -85,3 +88,49 @@ def test_overdue_and_not_yet_calibrated_runs_to_the_end():
     (u,) = uncovered_periods(cals, dt.date(2026, 10, 31))
     assert (u.start, u.end, u.error_pct) == (dt.date(2026, 9, 30), dt.date(2026, 10, 31), 0.2)
     assert uncovered_periods(cals, dt.date(2026, 9, 29)) == []
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(zone=st.sampled_from(["Asia/Ulaanbaatar", "America/Santiago", "Asia/Tehran", "America/St_Johns", "UTC"]),
+       seconds=st.lists(st.integers(-3 * 86_400, 40 * 86_400), max_size=300),
+       seed=st.integers(0, 2**32 - 1))
+def test_reductions_by_day_number_are_those_by_date(zone, seconds, seed):
+    """The daily sums and means group readings by day number, not by a date object per reading:
+    the same days, the same figures to the bit (pandas' compensated sums, in the same order), and
+    the same sets of dates, in zones whose midnights move (DST at midnight) or are not whole hours."""
+    from processing.daily_values import integrated_daily, interval_day, mean_daily
+
+    zone = ZoneInfo(zone)
+    rng = np.random.default_rng(seed)
+    first = pd.Timestamp("2026-03-01", tz=zone).tz_convert("UTC")
+    index = pd.DatetimeIndex(sorted({first + pd.Timedelta(seconds=s, milliseconds=int(rng.integers(0, 1000)))
+                                     for s in seconds}), dtype="datetime64[ns, UTC]")
+    values = pd.Series(rng.normal(50, 40, len(index)) * 10.0 ** rng.integers(-3, 9), index=index)
+    values[rng.random(len(index)) < 0.1] = np.nan
+    days = local_days(dt.date(2026, 3, 1), dt.date(2026, 3, 31))
+
+    def by_date(v, index, how):  # the definition: grouped by the date of each reading
+        return getattr(pd.Series(v, index=index).groupby(level=0), how)().reindex(days)
+
+    ends = interval_day(index, zone)
+    assert list(ends) == list((index.tz_convert(zone) - pd.Timedelta(1, "ns")).date)
+    assert all(type(d) is dt.date for d in ends)
+    s = values.dropna()
+    pd.testing.assert_series_equal(mean_daily(values, zone, days).values,
+                                   by_date(s.to_numpy(), s.index.tz_convert(zone).date, "mean"), check_exact=True)
+    on = (values > 50).astype(float)
+    if len(on) >= 2:
+        secs = (on.index[1:] - on.index[:-1]).total_seconds().to_numpy()
+        counted = np.where((on.to_numpy()[:-1] > 0.5) & (on.to_numpy()[1:] > 0.5) & (secs <= 900), secs, 0.0) / 3600
+        expected = pd.Series(counted, index=interval_day(on.index[1:], zone)).groupby(level=0).sum()
+        pd.testing.assert_series_equal(energised_hours_daily(on, zone, days, 900).values,
+                                       expected.reindex(days, fill_value=0.0), check_exact=True)
+    energy, incomplete = integrated_daily(values, zone, days, 900)
+    if len(s) >= 2:
+        secs = (s.index[1:] - s.index[:-1]).total_seconds().to_numpy()
+        v = s.to_numpy()
+        ends = (s.index[1:].tz_convert(zone) - pd.Timedelta(1, "ns")).date
+        expected = np.where(secs <= 900, 0.5 * (v[:-1] + v[1:]) * secs / 3600, 0.0)
+        pd.testing.assert_series_equal(energy, by_date(expected, ends, "sum"), check_exact=True)
+        assert incomplete == ({d for d, gap in zip(ends, secs > 900) if gap} | {d for d in days if d not in set(ends)})

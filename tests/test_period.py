@@ -4,12 +4,15 @@ The readings are a simulated month of the reference sites written to a real SQLi
 
 import datetime as dt
 
+import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from processing.methodologies import calculate
 from processing.period import PeriodProcessor
 from store.sqlite_store import SqliteStore, to_ms
-from tests.conftest import fill_history, reference_site, rewrite_channel, store_copy
+from tests.conftest import fill_history, fuzz_examples, reference_site, rewrite_channel, store_copy
 
 OCT = (dt.date(2026, 10, 1), dt.date(2026, 10, 31))
 
@@ -223,6 +226,87 @@ def test_input_hash_is_the_row_by_row_definition():
     frames = {"a.x": frame(60), "a-b.x": frame(50, shuffle=True), "a.x-y": frame(40), "b.z": frame(0),
               "m1.energy": frame(200, shuffle=True)}
     assert input_hash(frames) == _input_hash_by_rows(frames)
+
+
+def test_input_hash_of_channels_that_share_their_times():
+    """A device's channels share their readings' times, whose text is written once and reused:
+    the hash is still the row-by-row definition's when they share them, when another device has
+    the same times, and when a channel of the device has as many readings at other times."""
+    import numpy as np
+    import pandas as pd
+
+    from processing.period import input_hash
+
+    t0 = pd.Timestamp("2026-10-01", tz="UTC")
+    rng = np.random.default_rng(11)
+
+    def frame(ts):
+        quality = np.array([None] * len(ts), dtype=object)
+        quality[5::17] = "timeout"
+        quality[-1:] = "stale"  # a flag on a source's last line, which no next line's names follow
+        return pd.DataFrame({"ts": ts, "value": rng.normal(1e3, 1e3, len(ts)), "quality": quality})
+
+    shared = pd.to_datetime(t0.value // 1000 + np.arange(300) * 60_000_000, unit="us", utc=True)
+    other = pd.to_datetime(t0.value // 1000 + np.arange(300) * 60_000_000 + 7_000_000, unit="us", utc=True)
+    frames = {"m.a": frame(shared), "m.b": frame(shared), "m.c": frame(other), "m.d": frame(shared),
+              "n.a": frame(shared), "n.b": frame(shared[:0]), "n.c": frame(shared)}
+    assert input_hash(frames) == _input_hash_by_rows(frames)
+
+
+def _source_series_by_columns(processor, rows, src, start, end):
+    """What ``PeriodProcessor._source_series`` computed before it read only the flagged readings'
+    qualities (whole object columns compared): the reference the fast one must match."""
+    from processing.daily_values import Finding, gaps
+    from processing.period import BAD
+
+    q = rows["quality"].fillna("")
+    counter = processor._point(src).kind.value == "counter"
+    good = ~q.isin(BAD) & rows["value"].notna()
+    good = good & (q != "out_of_range") if counter else good
+    oor = q == "out_of_range"
+    in_period = (rows["ts"] >= start) & (rows["ts"] < end)
+    slot = pd.Timedelta(seconds=processor.site.quality.recording_interval_s)
+    completeness = min(1.0, ((rows.loc[good & in_period, "ts"] - start) // slot).nunique() / max(1, int((end - start) / slot)))
+    findings = [Finding("gateway_flag", src, "info", f"{n} readings flagged {flag}", amount=float(n))
+                for flag, n in q[in_period & q.isin(BAD)].value_counts().items()]
+    if int((oor & in_period).sum()):
+        findings.append(Finding("out_of_range", src, "review", f"{int((oor & in_period).sum())} readings outside the "
+                                f"valid range {processor._point(src).range}", amount=float((oor & in_period).sum())))
+    for a, b, secs in gaps(pd.DatetimeIndex(rows.loc[good, "ts"]), start, end, processor._gap_s(src)):
+        findings.append(Finding("gap", src, "info", f"{secs / 3600:.2f} h without a valid reading", str(a), str(b),
+                                secs / 3600))
+    values = rows.loc[good, "value"].astype(float)
+    values.index = pd.DatetimeIndex(rows.loc[good, "ts"])
+    return values, findings, completeness
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 400), flagged=st.floats(0, 1), shuffled=st.booleans())
+def test_a_sources_quality_checks_are_those_of_whole_columns(seed, n, flagged, shuffled):
+    """Completeness, flag and range findings, gaps and the usable values of a source, from its
+    flagged readings only, are what comparing its whole quality column gave: with every flag, a
+    missing (NaN or empty) quality, missing values, readings outside the period, out of order."""
+    import numpy as np
+
+    site = reference_site("mn-solar")
+    processor = PeriodProcessor(site)
+    start, end = pd.Timestamp("2026-10-01T00:00Z"), pd.Timestamp("2026-10-01T06:00Z")
+    rng = np.random.default_rng(seed)
+    ts = start - pd.Timedelta(hours=1) + pd.to_timedelta(np.sort(rng.choice(8 * 3600, n, replace=False)), unit="s")
+    flags = np.array([None, np.nan, "", "timeout", "out_of_range", "decode_error", "wrong_clock", "stale"], object)
+    quality = np.where(rng.random(n) < flagged, flags[rng.integers(0, len(flags), n)], None)
+    value = rng.normal(100, 50, n)
+    value[rng.random(n) < 0.05] = np.nan
+    rows = pd.DataFrame({"ts": ts, "value": value, "quality": pd.Series(quality, dtype=object)})
+    if shuffled:
+        rows = rows.sample(frac=1, random_state=1).reset_index(drop=True)
+    for src in ("inv-01.ac_energy", "poc-meter.active_power"):  # a counter and a power
+        findings, completeness = [], {}
+        values = processor._source_series(rows, src, start, end, findings, completeness)
+        want, want_findings, want_completeness = _source_series_by_columns(processor, rows, src, start, end)
+        pd.testing.assert_series_equal(values, want, check_exact=True)
+        assert findings == want_findings and completeness[src] == want_completeness
 
 
 def test_a_gap_with_no_reading_before_it_is_for_review_in_the_period_of_its_end():
