@@ -268,8 +268,8 @@ def check_readers(store: SqliteStore, model: Model, data, full: bool = True) -> 
         inside = [i for i in range(1, len(want)) if want.ts[i] == want.ts[i - 1]]
         cuts = {0, 1, len(want), len(want) + 1, *inside[:1], *inside[len(inside) // 2:][:1], *inside[-1:]}
         for limit in sorted(cuts):
-            assert_same_frame(store.read(site, BEFORE, AFTER, limit=limit), model.read(site, BEFORE, AFTER, limit=limit),
-                              f"read({site}, limit={limit})")
+            assert_same_frame(store.read(site, BEFORE, AFTER, limit=limit),
+                              model.read(site, BEFORE, AFTER, limit=limit), f"read({site}, limit={limit})")
         # windows that start or end at a stored instant (of text too): start inclusive, end exclusive
         for ms in sorted({ms for s, _, _, ms in model.cells if s == site}):
             at = EPOCH + dt.timedelta(milliseconds=ms)
@@ -438,7 +438,7 @@ def test_a_minus_zero_reads_back_as_zero(tmp_path):
     fraction as an integer), and an input hash of the value is that of 0.0."""
     store = SqliteStore(tmp_path / "jcm.db")
     store.write([Reading("s1", "gw1", "m1", T0, {"a": -0.0}, {}, {}, DeviceStatus.ok, 1)])
-    for value in (store.read("s1", BEFORE, AFTER).value[0], store.read_sources("s1", BEFORE, AFTER, ["m1.a"])["m1.a"].value[0],
-                  store.latest("s1").value[0]):
+    for value in (store.read("s1", BEFORE, AFTER).value[0], store.latest("s1").value[0],
+                  store.read_sources("s1", BEFORE, AFTER, ["m1.a"])["m1.a"].value[0]):
         assert value == 0.0 and math.copysign(1.0, value) == 1.0
     store.close()
