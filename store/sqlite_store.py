@@ -407,7 +407,8 @@ class SqliteStore:
         pairs = [src.split(".", 1) for src in sources]
         by_device: dict[str, list[str]] = {}
         for device, channel in pairs:
-            by_device.setdefault(device, []).append(channel)
+            if channel not in by_device.setdefault(device, []):  # a source named twice is read once
+                by_device[device].append(channel)
         with gc_paused():
             got = {device: self._columns(site, device, channels, lo, hi) for device, channels in by_device.items()}
             return {src: _source_frame(*got[device].get(channel, EMPTY)) for src, (device, channel) in
