@@ -23,6 +23,7 @@ full, read-only or damaged is "unavailable" and nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
 import itertools
@@ -313,6 +314,20 @@ class SqliteStore:
             self._db.execute("RELEASE one")
         return refused
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Queries that see one state of the file: another process, or thread, may commit between them."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+            try:
+                yield
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")  # it only read
+
     def _query(self, sql: str, params: tuple) -> list[tuple]:
         with self._lock:
             try:
@@ -350,23 +365,25 @@ class SqliteStore:
         and the gateways after ts if ``gateways``; in ts order. One primary-key range of the device, of
         the rows whose layouts hold a wanted channel: ``limit`` rows of it hold the device's first
         ``limit`` values at least, each row having one or more."""
-        layouts = self._device_layouts(site, device)
-        wanted = {n: [(c, layout[0].index(c)) for c in channels if c in layout[0]] for n, layout in layouts.items()}
-        ids = [n for n, cs in wanted.items() if cs]
-        if not ids:
-            return {}
-        some = len(ids) < len(layouts)  # rows of other layouts are left out, in SQL if they can be named
-        named = some and len(ids) <= LAYOUTS_NAMED
-        # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
-        sql = (f"SELECT ts, numbers, quality{', layout' if len(layouts) > 1 else ''}{', gateway' if gateways else ''} "
-               "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
-               + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
-               + (" LIMIT ?" if limit is not None and named == some else ""))
-        rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
-                                 *((limit,) if limit is not None and named == some else ())))
-        if some and not named:
-            held = set(ids)
-            rows = [row for row in rows if row[3] in held][:limit]
+        with self._snapshot():  # a row committed after the layouts were listed would be decoded as another's
+            layouts = self._device_layouts(site, device)
+            wanted = {n: [(c, layout[0].index(c)) for c in channels if c in layout[0]] for n, layout in layouts.items()}
+            ids = [n for n, cs in wanted.items() if cs]
+            if not ids:
+                return {}
+            some = len(ids) < len(layouts)  # rows of other layouts are left out, in SQL if they can be named
+            named = some and len(ids) <= LAYOUTS_NAMED
+            # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
+            sql = (f"SELECT ts, numbers, quality{', layout' if len(layouts) > 1 else ''}"
+                   f"{', gateway' if gateways else ''} "
+                   "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
+                   + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
+                   + (" LIMIT ?" if limit is not None and named == some else ""))
+            rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
+                                     *((limit,) if limit is not None and named == some else ())))
+            if some and not named:
+                held = set(ids)
+                rows = [row for row in rows if row[3] in held][:limit]
         if not rows:
             return {}
         ts, numbers, quality, *more = zip(*rows)
