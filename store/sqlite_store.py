@@ -39,7 +39,7 @@ import pandas as pd
 
 from contract import topics
 from contract.gc_paused import gc_paused
-from contract.message import Reading
+from contract.message import MAX_CHANNELS, Reading
 from contract.sqlite_file import open_sqlite
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
@@ -283,8 +283,11 @@ class SqliteStore:
                                     "device = ? AND ts = ?", (site, device, ms)).fetchall()
             if held and held[0][0] != n:
                 (m, *old), = held
-                layout, numbers, texts, quality = repacked(merged(unpacked(self._layout(m), *old),
-                                                                  unpacked(self._layout(n), numbers, texts, quality)))
+                channels = merged(unpacked(self._layout(m), *old), unpacked(self._layout(n), numbers, texts, quality))
+                if len(channels) > MAX_CHANNELS:  # each merge keeps a layout: growing ones would fill the disk
+                    raise ValueError(f"{len(channels)} channels at one instant of device {device!r} with those "
+                                     f"stored: at most {MAX_CHANNELS}")
+                layout, numbers, texts, quality = repacked(channels)
                 n = self._layout_id(site, device, layout)
             self._db.execute(REPLACE, (site, device, ms, gateway, seq, n, numbers, texts, quality))
 

@@ -40,3 +40,25 @@ def test_a_read_decodes_no_row_with_a_layout_it_did_not_list(tmp_path):
     finally:
         reader.close()
         writer.close()
+
+
+def test_messages_of_one_instant_cannot_grow_its_row_past_a_messages_channels(tmp_path):
+    """Each merge at an instant makes a layout of the channels so far, kept for good: messages of
+    new channels at one instant would grow the store with the square of their number (200 of
+    512 channels: 216 MB, against 5 MB of values). A merge past MAX_CHANNELS is refused alone."""
+    from contract.message import MAX_CHANNELS
+
+    s = open_store(f"sqlite:///{tmp_path}/jcm.db")
+    try:
+        half = MAX_CHANNELS // 2 + 1
+        first = reading(seq=1, **{f"a{i}": 1.0 for i in range(half)})
+        again = reading(seq=2, **{f"a{i}": 2.0 for i in range(half)}, b=3.0)  # the same instant, one more
+        wider = reading(seq=3, **{f"c{i}": 4.0 for i in range(half)})
+        other = reading("m2", seq=4, x=5.0)
+        assert s.write([first, again]) == []
+        refused = s.write([wider, other])
+        assert [r for r, _ in refused] == [wider] and f"at most {MAX_CHANNELS}" in refused[0][1]
+        df = s.read("s1", T0, T0 + dt.timedelta(minutes=1))
+        assert len(df) == half + 2 and set(df["value"]) == {2.0, 3.0, 5.0} and s.count() == half + 2
+    finally:
+        s.close()
