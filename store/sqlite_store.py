@@ -542,6 +542,8 @@ class SqliteStore:
                 self._new_ids, self._new_used = {}, set()
         try:  # the old rows' pages, most of the file, are free now: give them back
             self._db.execute("VACUUM")
+            # the vacuumed copy went through the write-ahead log, which keeps its size while the file is open
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError as exc:  # another process has the file open
             log.warning("store %s: converted, but its freed space stays inside the file until it is vacuumed "
                         "(sqlite3 %s VACUUM, with nothing else using it): %s", self.path, self.path, exc)
