@@ -425,11 +425,11 @@ class SqliteStore:
     def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
         lo, hi = to_ms(start), to_ms(end)
         pairs = [src.split(".", 1) for src in sources]
-        by_device: dict[str, list[str]] = {}
+        by_device: dict[str, dict[str, None]] = {}  # each channel once: a source named twice is read once
         for device, channel in pairs:
-            by_device.setdefault(device, []).append(channel)
+            by_device.setdefault(device, {})[channel] = None
         with gc_paused():
-            got = {device: self._columns(site, device, channels, lo, hi) for device, channels in by_device.items()}
+            got = {device: self._columns(site, device, list(channels), lo, hi) for device, channels in by_device.items()}
             return {src: _source_frame(*got[device].get(channel, EMPTY)) for src, (device, channel) in
                     zip(sources, pairs)}
 

@@ -106,3 +106,15 @@ def test_an_old_store_converted_reads_as_it_did_and_gives_its_space_back(tmp_pat
         assert s.count() == 4 + 5 * 3000
     finally:
         s.close()
+
+
+def test_a_source_named_twice_is_read_once(tmp_path):
+    """``read_sources`` reads a device's channels in one pass: a source named twice must not give
+    each of its values twice (a sum over it would double)."""
+    s = open_store(f"sqlite:///{tmp_path}/jcm.db")
+    try:
+        s.write([reading(minutes=m, seq=m + 1, a=float(m), b=1.0) for m in range(3)])
+        got = s.read_sources("s1", T0, T0 + dt.timedelta(minutes=5), ["m1.a", "m1.b", "m1.a"])
+        assert list(got["m1.a"]["value"]) == [0.0, 1.0, 2.0] and list(got["m1.b"]["value"]) == [1.0] * 3
+    finally:
+        s.close()
