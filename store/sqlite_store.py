@@ -429,7 +429,8 @@ class SqliteStore:
         for device, channel in pairs:
             by_device.setdefault(device, {})[channel] = None
         with gc_paused():
-            got = {device: self._columns(site, device, list(channels), lo, hi) for device, channels in by_device.items()}
+            got = {device: self._columns(site, device, list(channels), lo, hi)
+                   for device, channels in by_device.items()}
             return {src: _source_frame(*got[device].get(channel, EMPTY)) for src, (device, channel) in
                     zip(sources, pairs)}
 
