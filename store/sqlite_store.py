@@ -4,7 +4,8 @@ A row per message: ``readings`` has one row per (site, device, ts), upserted, so
 redelivered or replayed reading overwrites itself, with the message's values packed
 (store/message_rows.py: numbers as one float64 array in the order of a *layout* kept in
 ``layouts``, texts and qualities as JSON beside it). Two messages of a device at one
-instant merge channel by channel. ``device_layouts`` says which layouts a device has used,
+instant merge channel by channel, to at most ``MAX_CHANNELS`` channels (a message that would
+widen an instant further is refused). ``device_layouts`` says which layouts a device has used,
 so a read knows a site's (device, channel) pairs without scanning its rows. The primary key
 is the only index: every read is a range of it per device. A row per channel value (the
 layout before this one) cost the collector 70 us a message in B-tree upkeep, against ~6
