@@ -398,8 +398,13 @@ class SqliteStore:
         flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
         pieces: dict[str, list[tuple]] = {}
         kinds = set(layout)
-        for n in sorted(kinds):
-            at = np.flatnonzero(np.array(layout) == n) if len(kinds) > 1 else np.arange(len(rows))
+        if len(kinds) == 1:
+            groups = [(layout[0], np.arange(len(rows)))]
+        else:  # the rows of each layout, in ts order: one sort, as a device may have a layout a row
+            marks = np.array(layout)
+            order = np.argsort(marks, kind="stable")
+            groups = [(int(marks[at[0]]), at) for at in np.split(order, np.flatnonzero(np.diff(marks[order])) + 1)]
+        for n, at in groups:
             matrix = np.frombuffer(b"".join(numbers if len(kinds) == 1 else [numbers[i] for i in at]),
                                    np.float64).reshape(len(at), -1)
             for c, j in wanted[n]:
