@@ -4,7 +4,8 @@ A row per message: ``readings`` has one row per (site, device, ts), upserted, so
 redelivered or replayed reading overwrites itself, with the message's values packed
 (store/message_rows.py: numbers as one float64 array in the order of a *layout* kept in
 ``layouts``, texts and qualities as JSON beside it). Two messages of a device at one
-instant merge channel by channel. ``device_layouts`` says which layouts a device has used,
+instant merge channel by channel, to at most ``MAX_CHANNELS`` channels (a message that would
+widen an instant further is refused). ``device_layouts`` says which layouts a device has used,
 so a read knows a site's (device, channel) pairs without scanning its rows. The primary key
 is the only index: every read is a range of it per device. A row per channel value (the
 layout before this one) cost the collector 70 us a message in B-tree upkeep, against ~6
@@ -23,6 +24,7 @@ full, read-only or damaged is "unavailable" and nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
 import itertools
@@ -38,7 +40,7 @@ import pandas as pd
 
 from contract import topics
 from contract.gc_paused import gc_paused
-from contract.message import Reading
+from contract.message import MAX_CHANNELS, Reading
 from contract.sqlite_file import open_sqlite
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
@@ -282,8 +284,11 @@ class SqliteStore:
                                     "device = ? AND ts = ?", (site, device, ms)).fetchall()
             if held and held[0][0] != n:
                 (m, *old), = held
-                layout, numbers, texts, quality = repacked(merged(unpacked(self._layout(m), *old),
-                                                                  unpacked(self._layout(n), numbers, texts, quality)))
+                channels = merged(unpacked(self._layout(m), *old), unpacked(self._layout(n), numbers, texts, quality))
+                if len(channels) > MAX_CHANNELS:  # each merge keeps a layout: growing ones would fill the disk
+                    raise ValueError(f"{len(channels)} channels at one instant of device {device!r} with those "
+                                     f"stored: at most {MAX_CHANNELS}")
+                layout, numbers, texts, quality = repacked(channels)
                 n = self._layout_id(site, device, layout)
             self._db.execute(REPLACE, (site, device, ms, gateway, seq, n, numbers, texts, quality))
 
@@ -312,6 +317,20 @@ class SqliteStore:
                 refused.append((r, f"SQLite cannot store it: {type(exc).__name__}: {exc}"))
             self._db.execute("RELEASE one")
         return refused
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Queries that see one state of the file: another process, or thread, may commit between them."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+            try:
+                yield
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")  # it only read
 
     def _query(self, sql: str, params: tuple) -> list[tuple]:
         with self._lock:
@@ -350,23 +369,25 @@ class SqliteStore:
         and the gateways after ts if ``gateways``; in ts order. One primary-key range of the device, of
         the rows whose layouts hold a wanted channel: ``limit`` rows of it hold the device's first
         ``limit`` values at least, each row having one or more."""
-        layouts = self._device_layouts(site, device)
-        wanted = {n: [(c, layout[0].index(c)) for c in channels if c in layout[0]] for n, layout in layouts.items()}
-        ids = [n for n, cs in wanted.items() if cs]
-        if not ids:
-            return {}
-        some = len(ids) < len(layouts)  # rows of other layouts are left out, in SQL if they can be named
-        named = some and len(ids) <= LAYOUTS_NAMED
-        # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
-        sql = (f"SELECT ts, numbers, quality{', layout' if len(layouts) > 1 else ''}{', gateway' if gateways else ''} "
-               "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
-               + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
-               + (" LIMIT ?" if limit is not None and named == some else ""))
-        rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
-                                 *((limit,) if limit is not None and named == some else ())))
-        if some and not named:
-            held = set(ids)
-            rows = [row for row in rows if row[3] in held][:limit]
+        with self._snapshot():  # a row committed after the layouts were listed would be decoded as another's
+            layouts = self._device_layouts(site, device)
+            wanted = {n: [(c, layout[0].index(c)) for c in channels if c in layout[0]] for n, layout in layouts.items()}
+            ids = [n for n, cs in wanted.items() if cs]
+            if not ids:
+                return {}
+            some = len(ids) < len(layouts)  # rows of other layouts are left out, in SQL if they can be named
+            named = some and len(ids) <= LAYOUTS_NAMED
+            # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
+            sql = (f"SELECT ts, numbers, quality{', layout' if len(layouts) > 1 else ''}"
+                   f"{', gateway' if gateways else ''} "
+                   "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
+                   + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
+                   + (" LIMIT ?" if limit is not None and named == some else ""))
+            rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
+                                     *((limit,) if limit is not None and named == some else ())))
+            if some and not named:
+                held = set(ids)
+                rows = [row for row in rows if row[3] in held][:limit]
         if not rows:
             return {}
         ts, numbers, quality, *more = zip(*rows)
@@ -377,8 +398,13 @@ class SqliteStore:
         flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
         pieces: dict[str, list[tuple]] = {}
         kinds = set(layout)
-        for n in sorted(kinds):
-            at = np.flatnonzero(np.array(layout) == n) if len(kinds) > 1 else np.arange(len(rows))
+        if len(kinds) == 1:
+            groups = [(layout[0], np.arange(len(rows)))]
+        else:  # the rows of each layout, in ts order: one sort, as a device may have a layout a row
+            marks = np.array(layout)
+            order = np.argsort(marks, kind="stable")
+            groups = [(int(marks[at[0]]), at) for at in np.split(order, np.flatnonzero(np.diff(marks[order])) + 1)]
+        for n, at in groups:
             matrix = np.frombuffer(b"".join(numbers if len(kinds) == 1 else [numbers[i] for i in at]),
                                    np.float64).reshape(len(at), -1)
             for c, j in wanted[n]:
@@ -405,12 +431,12 @@ class SqliteStore:
     def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
         lo, hi = to_ms(start), to_ms(end)
         pairs = [src.split(".", 1) for src in sources]
-        by_device: dict[str, list[str]] = {}
+        by_device: dict[str, dict[str, None]] = {}  # each channel once: a source named twice is read once
         for device, channel in pairs:
-            if channel not in by_device.setdefault(device, []):  # a source named twice is read once
-                by_device[device].append(channel)
+            by_device.setdefault(device, {})[channel] = None
         with gc_paused():
-            got = {device: self._columns(site, device, channels, lo, hi) for device, channels in by_device.items()}
+            got = {device: self._columns(site, device, list(channels), lo, hi)
+                   for device, channels in by_device.items()}
             return {src: _source_frame(*got[device].get(channel, EMPTY)) for src, (device, channel) in
                     zip(sources, pairs)}
 
@@ -523,6 +549,8 @@ class SqliteStore:
                 self._new_ids, self._new_used = {}, set()
         try:  # the old rows' pages, most of the file, are free now: give them back
             self._db.execute("VACUUM")
+            # the vacuumed copy went through the write-ahead log, which keeps its size while the file is open
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError as exc:  # another process has the file open
             log.warning("store %s: converted, but its freed space stays inside the file until it is vacuumed "
                         "(sqlite3 %s VACUUM, with nothing else using it): %s", self.path, self.path, exc)
