@@ -11,9 +11,10 @@ fresh ledger, runs in a child process per site, so that its peak RSS is its own.
 
 Each is set against its floor, measured in the same process just before it:
 
-- a month's floor: reading the values the month reads (its local days and ``EDGE`` either
-  side, the monitored sources only) the fastest plain way we know, one primary-key range per
-  device (``SELECT ts, numbers``), its rows' float64 arrays joined and read
+- a month's floor: reading the values the month reads, with their flags (its local days and
+  ``EDGE`` either side, the monitored sources only; processing's quality checks read each
+  value's flag) the fastest plain way we know, one primary-key range per device (``SELECT ts,
+  numbers, quality``), its rows' float64 arrays joined and read
   as one 2-D array, the sources' columns of it and ``pd.to_datetime``: a frame of one column
   per source (before the store kept a row per message, the floor read a row per value and
   pivoted them);
@@ -125,8 +126,9 @@ def read_floor(db: sqlite3.Connection, site: Site, start: dt.datetime, end: dt.d
     return pd.concat(frames, axis=1)
 
 
-def month_floor(db: sqlite3.Connection, site: Site, month: str) -> tuple[float, float]:
-    """Seconds to read a month's rows and pivot them (see the module's docstring): wall, CPU."""
+def month_floor(db: sqlite3.Connection, site: Site, month: str, flags: bool = True) -> tuple[float, float]:
+    """Seconds to read a month's values, with their flags unless not ``flags`` (see the module's
+    docstring): wall, CPU."""
     from processing.monthly import month_bounds
     from processing.period import EDGE
 
@@ -135,7 +137,7 @@ def month_floor(db: sqlite3.Connection, site: Site, month: str) -> tuple[float, 
     end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=site.zone) + EDGE
     t, c = time.monotonic(), time.process_time()
     with gc_paused():
-        read_floor(db, site, start, end, quality=False)  # one column per source already: no pivot
+        read_floor(db, site, start, end, quality=flags)  # one column per source already: no pivot
     return time.monotonic() - t, time.process_time() - c
 
 
@@ -166,11 +168,12 @@ def child(site_name: str, year: int, step: int, repeat: int) -> None:
         months, process_s, process_cpu, floors_cpu = [], 0.0, 0.0, 0.0
         for m in range(1, 13):
             month = f"{year}-{m:02d}"
-            floors, times, cpu_floors = [], [], []
+            floors, times, cpu_floors, bare = [], [], [], []
             for _ in range(repeat):
                 wall, cpu = month_floor(db, site, month)
                 floors.append(wall)
                 cpu_floors.append(cpu)
+                bare.append(month_floor(db, site, month, flags=False)[0])
                 t, c = time.monotonic(), time.process_time()
                 result, revision = process_month(site, store, ledger, month)
                 times.append(time.monotonic() - t)
@@ -180,6 +183,7 @@ def child(site_name: str, year: int, step: int, repeat: int) -> None:
             floors_cpu += min(cpu_floors)
             months.append({"month": month, "s": round(times[0], 3), "best_s": round(min(times), 3),
                            "floor_s": round(min(floors), 3), "ratio": round(min(times) / min(floors), 2),
+                           "values_floor_s": round(min(bare), 3), "values_ratio": round(min(times) / min(bare), 2),
                            "status": result.status, "ER": result.calc.ER if result.calc else None,
                            "input_hash": result.input_hash})
         process_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -241,9 +245,11 @@ def main() -> None:
     total = sum(r["process_s"] + r["export_s"] for r in runs)
     months = sum(m["best_s"] for r in runs for m in r["months"])
     floors = sum(m["floor_s"] for r in runs for m in r["months"])
+    bare = sum(m["values_floor_s"] for r in runs for m in r["months"])
     count = sum(len(r["months"]) for r in runs)
     print(f"\nall sites, 12 months + export each: {total:.0f} s; the {count} months {months:.1f} s against their floors' "
-          f"{floors:.1f} s ({months / floors:.2f}x); largest peak RSS {max(r['peak_rss_mb'] for r in runs)} MB; "
+          f"{floors:.1f} s ({months / floors:.2f}x; against reading their values without flags {bare:.1f} s, "
+          f"{months / bare:.2f}x); largest peak RSS {max(r['peak_rss_mb'] for r in runs)} MB; "
           f"CPU {cpu_model()}, {os.cpu_count()} cores")
     cpu = {k: sum(r["cpu_s"][k] for r in runs) for k in runs[0]["cpu_s"]}
     print(f"CPU seconds (not slowed by other work on the machine; the export's gzip thread included): 12 months "
