@@ -51,6 +51,7 @@ from contract.gc_paused import gc_paused  # noqa: E402
 from contract.message import Quality, Reading  # noqa: E402
 from processing.monthly import month_bounds  # noqa: E402
 from processing.period import EDGE  # noqa: E402
+from store import row_per_value  # noqa: E402
 from store.sqlite_store import SEEN, SqliteStore, from_ms, to_ms  # noqa: E402
 
 BATCH = 500
@@ -60,30 +61,12 @@ BEFORE, AFTER = "row per value (before)", "row per message (now)"
 
 
 class RowPerValue:
-    """The embedded store's layout before the row per message (store/sqlite_store.py up to
-    30 Nov 2026), frozen here to be measured against it: a row per (site, device, channel,
-    ts), the primary key the only index. Opened as the store opened it (WAL,
+    """The embedded store's layout before the row per message (up to 30 Nov 2026; its tables
+    and upsert frozen in store/row_per_value.py, its read here), measured against the store: a
+    row per (site, device, channel, ts), the primary key the only index. Opened as the store opened it (WAL,
     ``synchronous=FULL``, autocommit, a transaction per write); what the bench does not use
     (refusal one by one, signed messages, dead letters, the other reads) is left out."""
 
-    SCHEMA = """
-    CREATE TABLE IF NOT EXISTS readings (
-        site TEXT NOT NULL, device TEXT NOT NULL, channel TEXT NOT NULL, ts INTEGER NOT NULL,
-        gateway TEXT NOT NULL, value REAL, text_value TEXT, quality TEXT, seq INTEGER,
-        PRIMARY KEY (site, device, channel, ts)
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS devices (
-        site TEXT NOT NULL, device TEXT NOT NULL, gateway TEXT NOT NULL, last_seen INTEGER NOT NULL,
-        status TEXT, PRIMARY KEY (site, device)
-    );
-    """
-    UPSERT = """
-    INSERT INTO readings (site, device, channel, ts, gateway, value, text_value, quality, seq)
-    VALUES (?,?,?,?,?,?,?,?,?)
-    ON CONFLICT (site, device, channel, ts) DO UPDATE SET
-        gateway = excluded.gateway, value = excluded.value, text_value = excluded.text_value,
-        quality = excluded.quality, seq = excluded.seq
-    """
     READ = ("SELECT ts, value, quality FROM readings WHERE site = ? AND device = ? AND channel = ? "
             "AND ts >= ? AND ts < ? AND text_value IS NULL")
 
@@ -91,7 +74,7 @@ class RowPerValue:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(self.SCHEMA)
+        self._db.executescript(row_per_value.SCHEMA)
 
     def write(self, readings: list[Reading]) -> None:
         seen: dict[tuple, tuple] = {}
@@ -102,21 +85,13 @@ class RowPerValue:
                 seen[key] = (r.site, r.device, r.gateway, ms, r.status.value)
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany(self.UPSERT, [row for r in readings for row in self._rows(r)])
+            self._db.executemany(row_per_value.UPSERT,
+                                 [row for r in readings for row in row_per_value.value_rows(r, to_ms(r.ts))])
             self._db.executemany(SEEN, list(seen.values()))
             self._db.execute("COMMIT")
         finally:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-
-    @staticmethod
-    def _rows(r: Reading) -> list[tuple]:
-        ms, site, device, gateway, seq, quality = to_ms(r.ts), r.site, r.device, r.gateway, r.seq, r.quality
-        # a float, the usual value, is taken as it is: this runs for every value the collector stores
-        return [(site, device, channel, ms, gateway,
-                 v if type(v) is float else float(v) if isinstance(v, (int, float, bool)) else None,
-                 v if isinstance(v, str) else None, quality[channel].value if channel in quality else None, seq)
-                for channel, v in r.values.items()]
 
     def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
         lo, hi = to_ms(start), to_ms(end)

@@ -518,8 +518,8 @@ class SqliteStore:
             self._db.execute(UPSERT_BLOCK, (*key, m.block, m.bits_bytes(), m.times_bytes()))
 
     def _rows_per_message(self) -> None:
-        """A store in the layout of a row per channel value (``readings`` with a ``channel`` column)
-        gets a row per message, once, in one transaction: each (site, device, ts)'s values make one
+        """A store in the layout of a row per channel value (store/row_per_value.py: ``readings`` with a
+        ``channel`` column) gets a row per message, once, in one transaction: each (site, device, ts)'s values make one
         row, with the gateway and seq of its channel of the highest seq."""
         def by_value():
             return any(row[1] == "channel" for row in self._db.execute("PRAGMA table_info(readings)"))

@@ -36,7 +36,8 @@ from hypothesis import strategies as st
 
 from contract.message import DeviceStatus, Quality, Reading
 from contract.store import READ_COLUMNS, DeviceSeen, to_ms
-from store.sqlite_store import SqliteStore
+from store import row_per_value
+from store.sqlite_store import SEEN, SqliteStore
 from tests.conftest import fuzz_examples
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -329,49 +330,6 @@ def test_readers_agree_with_the_model(batches, data):
             store.close()
 
 
-# The store's layout before the row-per-message one: a row per (site, device, channel, ts)
-# value, upserted, and the devices seen. Frozen here as it was written, so that a store file of
-# that layout can be made without the code that wrote it.
-V1_SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    site TEXT NOT NULL, device TEXT NOT NULL, channel TEXT NOT NULL, ts INTEGER NOT NULL,
-    gateway TEXT NOT NULL, value REAL, text_value TEXT, quality TEXT, seq INTEGER,
-    PRIMARY KEY (site, device, channel, ts)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS devices (
-    site TEXT NOT NULL, device TEXT NOT NULL, gateway TEXT NOT NULL, last_seen INTEGER NOT NULL,
-    status TEXT, PRIMARY KEY (site, device)
-);
-"""
-V1_UPSERT = """
-INSERT INTO readings (site, device, channel, ts, gateway, value, text_value, quality, seq)
-VALUES (?,?,?,?,?,?,?,?,?)
-ON CONFLICT (site, device, channel, ts) DO UPDATE SET
-    gateway = excluded.gateway, value = excluded.value, text_value = excluded.text_value,
-    quality = excluded.quality, seq = excluded.seq
-"""
-V1_SEEN = """
-INSERT INTO devices (site, device, gateway, last_seen, status) VALUES (?,?,?,?,?)
-ON CONFLICT (site, device) DO UPDATE SET gateway = excluded.gateway, last_seen = excluded.last_seen,
-    status = excluded.status WHERE excluded.last_seen >= devices.last_seen
-"""
-
-
-def v1_ms(ts: dt.datetime) -> int:
-    t = ts.timestamp()
-    return int(t * 1000 + (0.5 if t >= 0 else -0.5))
-
-
-def v1_rows(r: Reading) -> list[tuple]:
-    """The rows of a reading in the v1 layout: numbers and booleans as REAL ``value``, text as
-    ``text_value``, a null value neither."""
-    ms = v1_ms(r.ts)
-    return [(r.site, r.device, channel, ms, r.gateway,
-             float(v) if isinstance(v, (int, float, bool)) else None, v if isinstance(v, str) else None,
-             r.quality[channel].value if channel in r.quality else None, r.seq)
-            for channel, v in r.values.items()]
-
-
 def write_v1(path: Path, batches: list[list[Reading]]) -> list[Reading]:
     """A v1 store file of ``batches``, a transaction per batch and a reading SQLite cannot
     hold left out; return those left out."""
@@ -379,14 +337,14 @@ def write_v1(path: Path, batches: list[list[Reading]]) -> list[Reading]:
     refused = []
     try:
         db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(V1_SCHEMA)
+        db.executescript(row_per_value.SCHEMA)
         for batch in batches:
             db.execute("BEGIN IMMEDIATE")
             for r in batch:
                 db.execute("SAVEPOINT one")
                 try:
-                    db.executemany(V1_UPSERT, v1_rows(r))
-                    db.execute(V1_SEEN, (r.site, r.device, r.gateway, v1_ms(r.ts), r.status.value))
+                    db.executemany(row_per_value.UPSERT, row_per_value.value_rows(r, to_ms(r.ts)))
+                    db.execute(SEEN, (r.site, r.device, r.gateway, to_ms(r.ts), r.status.value))
                 except (sqlite3.Error, ValueError, OverflowError):
                     db.execute("ROLLBACK TO one")
                     refused.append(r)

@@ -4,7 +4,7 @@ store/message_rows.py): what another writer, a crash or a hostile message can do
 import datetime as dt
 
 from contract.message import DeviceStatus, Reading
-from store import open_store
+from store import open_store, row_per_value
 
 T0 = dt.datetime(2026, 10, 1, 0, 0, tzinfo=dt.UTC)
 
@@ -71,9 +71,7 @@ def _old_store(path, rows):
 
     old = sqlite3.connect(path)
     old.execute("PRAGMA journal_mode=WAL")
-    old.execute("CREATE TABLE readings (site TEXT NOT NULL, device TEXT NOT NULL, channel TEXT NOT NULL, "
-                "ts INTEGER NOT NULL, gateway TEXT NOT NULL, value REAL, text_value TEXT, quality TEXT, seq INTEGER, "
-                "PRIMARY KEY (site, device, channel, ts)) WITHOUT ROWID")
+    old.executescript(row_per_value.SCHEMA)
     old.executemany("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)", rows)
     old.commit()
     old.close()

@@ -21,7 +21,7 @@ from contract.config.custody import CustodyKey, fingerprint
 from contract.custody import GENESIS, sign, verify
 from contract.message import DeviceStatus, Quality, Reading
 from contract.store import CustodyFinding, DeadLetter, Link, SignedMessage
-from store import open_store
+from store import open_store, row_per_value
 
 T0 = dt.datetime(2026, 10, 1, 0, 0, tzinfo=dt.UTC)
 
@@ -381,9 +381,7 @@ def test_sqlite_keeps_no_index_besides_its_key_and_reads_a_device_by_its_key_ran
 
     path = tmp_path / "jcm.db"
     old = sqlite3.connect(path)
-    old.execute("CREATE TABLE readings (site TEXT NOT NULL, device TEXT NOT NULL, channel TEXT NOT NULL, "
-                "ts INTEGER NOT NULL, gateway TEXT NOT NULL, value REAL, text_value TEXT, quality TEXT, seq INTEGER, "
-                "PRIMARY KEY (site, device, channel, ts)) WITHOUT ROWID")
+    old.executescript(row_per_value.SCHEMA)
     old.execute("CREATE INDEX readings_site_ts ON readings (site, ts)")
     old.close()
     s = open_store(f"sqlite:///{path}")
