@@ -151,3 +151,26 @@ def test_a_confirmed_reset_of_the_totaliser_is_not_reported_as_a_wrap():
                         max_rate_per_h=1000, max_age_s=1350, sources=("gas.flare", "gas.ch4", "gas.flame"))
         assert r.values.iloc[0] == pytest.approx((100 + 250 + 100 + 100) * 0.5 * K)
         assert not [a for a in r.adjustments if a["kind"] == "flare_counter_rollover"]
+
+
+def test_a_ch4_fraction_no_meter_can_read_fails_the_period_and_is_recorded(tmp_path):
+    """A methane fraction of 1e300 (its point's range is 0 - 1: a QA finding) made PE_flare finite but
+    so large that ER had 300 digits: the ledger could not hold it and processing stopped with an
+    OverflowError. Figures beyond 2**53 tCO2 cannot be right: the period fails, named, and is recorded."""
+    from processing.ledger import Ledger
+    from processing.monthly import details, versions
+    from processing.period import PeriodProcessor
+    from store.sqlite_store import SqliteStore
+    from tests.conftest import fill_history, reference_site, rewrite_channel
+
+    s = reference_site("ph-biogas")
+    store = SqliteStore(tmp_path / "jcm.db")
+    fill_history(store, s, dt.date(2026, 10, 1), dt.date(2026, 10, 3))
+    day = dt.datetime(2026, 10, 2, tzinfo=s.zone)
+    assert rewrite_channel(store, s.site, "gas-train", "ch4_fraction", day, day + dt.timedelta(days=1),
+                           lambda v, _: 1e300)
+    r = PeriodProcessor(s).process(store, dt.date(2026, 10, 2), dt.date(2026, 10, 2))
+    assert r.status == "failed" and r.calc is None
+    assert any("cannot compute" in why and "no figure can be right" in why for why in r.reasons), r.reasons
+    rev = Ledger(tmp_path / "ledger.sqlite").record(s.site, "2026-10", r.summary(), details(r), versions(s))
+    assert rev.status == "failed" and rev.ER is None

@@ -17,6 +17,11 @@ from processing.methodologies.spec import MethodologySpec, load_spec
 MODULES: dict[str, ModuleType] = {m.METHODOLOGY: m for m in (mn_am003, mv_am002, vn_am005, ph_prov_biogas, id_prov_biomass)}
 
 
+#: the largest |RE|, |PE| or |ER| computed [tCO2]: 2**53, the last whole number a float holds
+#: exactly (the ledger keeps ER as one); the whole world emits about 4e10 t a year
+LARGEST_FIGURE = 2 ** 53
+
+
 def calculate(methodology: str, period: dict, units: list[dict] | None = None, version: str | None = None,
               spec: MethodologySpec | None = None) -> Calculation:
     """Compute one monitoring period from its monitored values.
@@ -55,8 +60,9 @@ def calculate(methodology: str, period: dict, units: list[dict] | None = None, v
             {k: exact(v) for k, v in period.items()},
             [{k: v if k == "id" else exact(v) for k, v in u.items()} for u in units])
         ER = emission_reductions(exact(RE), exact(PE))
-    if not all(math.isfinite(float(x)) for x in (RE, PE, ER)):
-        raise InputError(f"RE {float(RE)}, PE {float(PE)}: the inputs are too large for any figure to mean something")
+    if not all(math.isfinite(float(x)) and abs(float(x)) < LARGEST_FIGURE for x in (RE, PE, ER)):
+        raise InputError(f"RE {float(RE):g}, PE {float(PE):g} tCO2: beyond {LARGEST_FIGURE:,} t no figure can be "
+                         "right (the readings behind it cannot be), nor be kept as a whole number")
     rounded = round_period_er(ER, spec.rounding)
     lines.append(f"ER = RE − PE = {shown(RE)} − {shown(PE)} = {shown(ER)}")
     lines.append(f"ER (period, rounded {spec.rounding} to whole tCO2) = {rounded}")
