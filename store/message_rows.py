@@ -40,17 +40,14 @@ def layout_of_text(text: str) -> Layout:
 def packed(r: Reading) -> tuple[Layout, bytes, str | None, str | None]:
     """A reading's (layout, numbers as float64 bytes, texts as JSON or None, qualities as JSON
     or None). Raises TypeError or OverflowError for a value a 64-bit float cannot hold."""
-    values = r.values
+    values, flags = r.values, r.quality
     try:  # floats, integers and booleans: the usual message
-        numbers, layout, texts = array("d", values.values()), (tuple(values), ()), None
+        numbers = array("d", values.values())
     except TypeError:  # a null or a text
-        named = {c: v for c, v in values.items() if not isinstance(v, str)}
-        words = {c: v for c, v in values.items() if isinstance(v, str)}
-        numbers = array("d", (NAN if v is None else v for v in named.values()))
-        layout = (tuple(named), tuple(words))
-        texts = json.dumps(list(words.values()), ensure_ascii=False) if words else None
-    quality = json.dumps({c: q.value for c, q in r.quality.items()}, ensure_ascii=False) if r.quality else None
-    return layout, numbers.tobytes(), texts, quality
+        return repacked({c: (NAN if v is None else v, flags[c].value if c in flags else None)
+                         for c, v in values.items()})
+    quality = json.dumps({c: q.value for c, q in flags.items()}, ensure_ascii=False) if flags else None
+    return (tuple(values), ()), numbers.tobytes(), None, quality
 
 
 def unpacked(layout: Layout, numbers: bytes, texts: str | None, quality: str | None) -> Channels:

@@ -44,7 +44,7 @@ from contract.message import MAX_CHANNELS, Reading
 from contract.sqlite_file import open_sqlite
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
-                            pages_by_instant, range_blocks, seq_spans, source_pairs, union_blocks)
+                            pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
 from store.message_rows import NAN, Layout, layout_of_text, layout_text, merged, packed, repacked, unpacked
 
 log = logging.getLogger(__name__)
@@ -170,10 +170,6 @@ def _ms_or_none(ts: dt.datetime | None) -> int | None:
 
 def _ts_or_none(ms: int | None) -> dt.datetime | None:
     return None if ms is None else from_ms(ms)
-
-
-def to_ms(ts: dt.datetime) -> int:
-    return int(ts.timestamp() * 1000 + (0.5 if ts.timestamp() >= 0 else -0.5))
 
 
 def from_ms(ms: int) -> dt.datetime:
@@ -355,8 +351,9 @@ class SqliteStore:
 
     def _pairs(self, site: str) -> list[tuple[str, str]]:
         """The (device, channel) pairs of a site with numbers, sorted: from the layouts its devices used."""
-        return sorted({(d, c) for d, n in self._query("SELECT device, layout FROM device_layouts WHERE site = ?",
-                                                        (site,)) for c in self._layout(n)[0]})
+        rows = self._query("SELECT device, id, channels FROM device_layouts JOIN layouts ON id = layout WHERE site = ?",
+                           (site,))
+        return sorted({(d, c) for d, n, text in rows for c in self._layout(n, text)[0]})
 
     def _device_layouts(self, site: str, device: str) -> dict[int, Layout]:
         rows = self._query("SELECT id, channels FROM device_layouts JOIN layouts ON id = layout WHERE site = ? "
@@ -446,12 +443,12 @@ class SqliteStore:
         for device in devices:
             want = {c for layout in self._device_layouts(site, device).values() for c in (*layout[0], *layout[1])}
             found: dict[str, tuple] = {}
-            before, page = None, 1
+            before, page = LATEST, 1
             while len(found) < len(want):  # back from the newest row until every channel is found
                 page = min(page * 8, 4096)
                 batch = self._query("SELECT ts, gateway, layout, numbers, texts, quality FROM readings WHERE site = ? "
                                     "AND device = ? AND ts < ? ORDER BY ts DESC LIMIT ?",
-                                    (site, device, LATEST if before is None else before, page))
+                                    (site, device, before, page))
                 for ts, gateway, n, numbers, texts, quality in batch:
                     for c, (v, flag) in unpacked(self._layout(n), numbers, texts, quality).items():
                         if c not in found:
@@ -560,7 +557,8 @@ class SqliteStore:
         key ranges read side by side and merged in ts order, so memory stays that of one instant."""
         def values(channel):
             rows = self._db.execute("SELECT ts, gateway, value, text_value, quality, seq FROM readings_by_value "
-                                    "WHERE site = ? AND device = ? AND channel = ? ORDER BY ts", (site, device, channel))
+                                    "WHERE site = ? AND device = ? AND channel = ? ORDER BY ts",
+                                    (site, device, channel))
             return ((ms, channel, *rest) for ms, *rest in rows)
 
         channels = self._next_keys("readings_by_value", ("site", "device", "channel"), (site, device))
@@ -684,8 +682,8 @@ class SqliteStore:
 
     def count(self) -> int:
         """How many channel values are stored (a reading of two channels is two)."""
-        return sum(k * (len(self._layout(n)[0]) + len(self._layout(n)[1]))
-                   for n, k in self._query("SELECT layout, COUNT(*) FROM readings GROUP BY layout", ()))
+        rows = self._query("SELECT layout, COUNT(*) FROM readings GROUP BY layout", ())
+        return sum(k * sum(map(len, self._layout(n))) for n, k in rows)
 
     def close(self) -> None:
         with self._lock:
