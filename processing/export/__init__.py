@@ -14,10 +14,14 @@ export is replaced only when asked to.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import multiprocessing
 import os
 import shutil
+import threading
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from contract.config.site import Site
@@ -70,7 +74,7 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     final = Path(out) / export_name(site, first, last)
     if final.exists() and not force:
         raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
-    steps = 8
+    steps = 7
     tell = progress or (lambda done, total, label: None)
     figures = collect(site, store, ledger, first, last)
     tell(1, steps, "monthly figures")
@@ -97,32 +101,48 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
 
 def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Callable[[int, int, str], None],
            steps: int) -> None:
-    from processing.export import charts  # matplotlib takes 0.35 s to import: only what draws loads it (not verify)
-
     names = {
         "workbook": f"monitoring_{figures.name}.xlsx", "daily_csv": "daily_values.csv",
         "raw_csv": "raw_readings.csv.gz", "daily_chart": "daily_values.png", "completeness_chart": "completeness.png",
     }
     files = []
-    for done, (name, write) in enumerate([
-        ("workbook", lambda: write_workbook(figures, folder / names["workbook"])),
-        ("daily_csv", lambda: write_daily_values(figures, folder / names["daily_csv"])),
-        ("raw_csv", lambda: write_raw_readings(figures, store, folder / names["raw_csv"])),
-        ("daily_chart", lambda: charts.daily_values_chart(figures, folder / names["daily_chart"])),
-        ("completeness_chart", lambda: charts.completeness_chart(figures, folder / names["completeness_chart"])),
-    ], 2):
-        files.append(write())
-        tell(done, steps, names[name])
-    letters, refused = write_dead_letters(figures, store, folder / DEAD_LETTERS)
-    files += [letters, write_site_settings(figures.site, folder / SITE_SETTINGS)]
-    custody_files, custody = write_custody(figures, store, folder)
-    files += custody_files
+    with _apart() as apart:
+        # the workbook and the charts need the figures alone: drawn while the store's readings are written
+        drawn = apart.submit(_from_figures, figures, folder, names) if apart else None
+        files.append(write_daily_values(figures, folder / names["daily_csv"]))
+        tell(2, steps, names["daily_csv"])
+        files.append(write_raw_readings(figures, store, folder / names["raw_csv"]))
+        tell(3, steps, names["raw_csv"])
+        letters, refused = write_dead_letters(figures, store, folder / DEAD_LETTERS)
+        files += [letters, write_site_settings(figures.site, folder / SITE_SETTINGS)]
+        custody_files, custody = write_custody(figures, store, folder)
+        files += custody_files
+        tell(4, steps, "custody/")
+        files += drawn.result() if drawn else _from_figures(figures, folder, names)
+    tell(5, steps, f"{names['workbook']}, charts")
     files += write_summary(figures, names, custody, folder)
-    tell(7, steps, "custody/, summary.html")
+    tell(6, steps, "summary.html")
     files.append(write_manifest(figures, files, folder / "manifest.json", custody, {"file": DEAD_LETTERS,
                                                                                    "count": refused}))
     write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
-    tell(8, steps, "manifest.json")
+    tell(7, steps, "manifest.json")
+
+
+def _apart() -> contextlib.AbstractContextManager[ProcessPoolExecutor | None]:
+    """A process beside this one, forked, when this process runs no other thread (a fork copies
+    every lock, not the threads that would release them); else None (then all is made here)."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    return contextlib.nullcontext()
+
+
+def _from_figures(figures: PeriodFigures, folder: Path, names: dict[str, str]) -> list[Path]:
+    """The workbook and the charts, made from ``figures`` alone."""
+    from processing.export import charts  # matplotlib takes 0.35 s to import: only what draws loads it (not verify)
+
+    return [write_workbook(figures, folder / names["workbook"]),
+            charts.daily_values_chart(figures, folder / names["daily_chart"]),
+            charts.completeness_chart(figures, folder / names["completeness_chart"])]
 
 
 __all__ = ["PeriodFigures", "collect", "export_period"]
