@@ -480,7 +480,7 @@ def test_raw_csv_text_is_what_csv_writer_writes():
     import numpy as np
     import pandas as pd
 
-    from processing.export.csv_files import _raw_text
+    from processing.export.csv_files import _raw_text, _week
 
     t0 = pd.Timestamp("2026-10-01", tz="UTC")
 
@@ -504,8 +504,8 @@ def test_raw_csv_text_is_what_csv_writer_writes():
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(
         [(ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", *rest) for ts, *rest in rows])
-    assert _raw_text(frames) == buf.getvalue()
-    assert _raw_text({"b.y": frames["b.y"]}) == ""
+    assert _raw_text(_week(frames)) == buf.getvalue()
+    assert _raw_text(_week({"b.y": frames["b.y"]})) == ""
 
 
 def test_daily_chart_is_the_png_bar_draws(tmp_path, monkeypatch):

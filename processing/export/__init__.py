@@ -107,11 +107,11 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
     }
     files = []
     with _apart() as apart:
-        # the workbook and the charts need the figures alone: drawn while the store's readings are written
+        # the workbook and the charts need the figures alone: drawn there while the readings are read here
         drawn = apart.submit(_from_figures, figures, folder, names) if apart else None
         files.append(write_daily_values(figures, folder / names["daily_csv"]))
         tell(2, steps, names["daily_csv"])
-        files.append(write_raw_readings(figures, store, folder / names["raw_csv"]))
+        files.append(write_raw_readings(figures, store, folder / names["raw_csv"], apart))
         tell(3, steps, names["raw_csv"])
         letters, refused = write_dead_letters(figures, store, folder / DEAD_LETTERS)
         files += [letters, write_site_settings(figures.site, folder / SITE_SETTINGS)]

@@ -21,7 +21,9 @@ import csv
 import datetime as dt
 import gzip
 import io
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,9 @@ GZIP_LEVEL = 1
 #: wrote as many bytes as zlib's level 1 (9.4 MB) at 1,200 MB/s against zlib's 330 MB/s, where
 #: compressing a year took as long as formatting it; level 0 writes 30 % more, level 3 is 3 x slower
 RAW_GZIP_LEVEL = 1
+#: weeks read ahead of the one being written when another process formats them: it draws the
+#: charts first (~1 s), while this one reads on (a week of ph-biogas is ~2 MB of arrays)
+PENDING_WEEKS = 32
 
 
 #: first line of every text file of a simulated export
@@ -66,28 +71,28 @@ def write_daily_values(figures: PeriodFigures, path: Path) -> Path:
     return _write(path, ["day", "parameter", "unit_id", "unit", "value"], rows, figures.simulated)
 
 
-def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path) -> Path:
+def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path,
+                       apart: Executor | None = None) -> Path:
     """``ts, device, channel, value, quality``: the monitored sources' readings between the
     period's local-day bounds in time order (then device, channel), ``ts`` in UTC ISO 8601
-    with milliseconds; gzip-compressed (``path`` ends in ``.gz``)."""
+    with milliseconds; gzip-compressed (``path`` ends in ``.gz``), a gzip member a week.
+
+    The store is read here; each week's text is written and compressed by ``apart`` (a
+    process beside this one) if given, while the next weeks are read, else here."""
     site = figures.site
-    with (path.open("wb") as f, igzip.IGzipFile(path.name.removesuffix(".gz"), "wb", RAW_GZIP_LEVEL, f, mtime=0) as z,
-          ThreadPoolExecutor(1, thread_name_prefix="raw-gzip") as compressor):
-        if figures.simulated:
-            z.write(SIMULATED_NOTE.encode())
-        z.write(b"ts,device,channel,value,quality\n")
+    with path.open("wb") as f:
+        f.write(igzip.compress((SIMULATED_NOTE * figures.simulated + "ts,device,channel,value,quality\n").encode(),
+                               RAW_GZIP_LEVEL, mtime=0))
         start, end = local_bounds(site, figures.first, figures.last)
-        compressing = None
+        pending: deque = deque()
         while start < end:
-            rows = store.read_sources(site.site, start, min(start + CHUNK, end), site.monitoring_sources)
-            text = _raw_text(rows).encode()
-            if compressing is not None:
-                compressing.result()
-            # ISA-L lets go of the GIL: a week is compressed while the next one is read and formatted
-            compressing = compressor.submit(z.write, text)
+            week = _week(store.read_sources(site.site, start, min(start + CHUNK, end), site.monitoring_sources))
+            pending.append(apart.submit(_member, week) if apart else _member(week))
+            while len(pending) > (PENDING_WEEKS if apart else 0):
+                f.write(_done(pending.popleft()))
             start += CHUNK
-        if compressing is not None:
-            compressing.result()
+        for member in pending:
+            f.write(_done(member))
     return path
 
 
@@ -116,27 +121,66 @@ def write_dead_letters(figures: PeriodFigures, store: ReadingStore, path: Path) 
     return path, count
 
 
-def _raw_text(rows: dict[str, pd.DataFrame]) -> str:
-    """The CSV lines ``csv.writer`` would write for each source's readings merged in time
-    order, assembled column by column (a writer call per row took as long as the read)."""
+@dataclass(frozen=True)
+class Week:
+    """A week of the sources' readings, in plain arrays (sent to another process as they are):
+    ``keys`` the sources (``device.channel``) sorted by (device, channel), ``lengths`` how many
+    readings each has; ``ts`` [ns since the epoch, UTC] and ``value`` of each reading, source
+    after source, each in time order; ``flagged`` where those with a quality are, and
+    ``flags`` their qualities."""
+
+    keys: list[str]
+    lengths: list[int]
+    ts: np.ndarray
+    value: np.ndarray
+    flagged: np.ndarray
+    flags: list[str]
+
+
+def _week(rows: dict[str, pd.DataFrame]) -> Week:
+    """``read_sources``' frames as a ``Week``."""
     keys = sorted(rows, key=lambda src: tuple(src.split(".", 1)))
     frames = [rows[k] for k in keys]
-    n = sum(len(frame) for frame in frames)
+    if not frames:
+        return Week([], [], np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), [])
+    quality = np.concatenate([frame["quality"].to_numpy(dtype=object) for frame in frames])
+    flagged = np.flatnonzero(pd.notna(quality))
+    return Week(keys, [len(frame) for frame in frames],
+                np.concatenate([frame["ts"].to_numpy(dtype="datetime64[ns]") for frame in frames]).view(np.int64),
+                np.concatenate([frame["value"].to_numpy(dtype=float) for frame in frames]),
+                flagged, [str(q) for q in quality[flagged]])
+
+
+def _member(week: Week) -> bytes:
+    """The week's CSV lines as one gzip member (none if it has no readings)."""
+    text = _raw_text(week)
+    return igzip.compress(text.encode(), RAW_GZIP_LEVEL, mtime=0) if text else b""
+
+
+def _done(member: Future | bytes) -> bytes:
+    return member.result() if isinstance(member, Future) else member
+
+
+def _raw_text(week: Week) -> str:
+    """The CSV lines ``csv.writer`` would write for the week's readings merged in time
+    order, assembled column by column (a writer call per row took as long as the read)."""
+    n = len(week.ts)
     if not n:
         return ""
-    ts = np.concatenate([frame["ts"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy() for frame in frames])
-    order = np.argsort(ts, kind="stable")  # ties keep the sources' (device, channel) order
-    source = np.repeat(np.arange(len(frames)), [len(frame) for frame in frames])[order]
-    value = np.concatenate([frame["value"].to_numpy(dtype=float) for frame in frames])[order]
-    quality = np.concatenate([frame["quality"].to_numpy(dtype=object) for frame in frames])[order]
-    middles = np.array([f"Z,{_field(d)},{_field(c)}," for d, c in (k.split(".", 1) for k in keys)], dtype=object)
+    order = np.argsort(week.ts, kind="stable")  # ties keep the sources' (device, channel) order
+    source = np.repeat(np.arange(len(week.keys)), week.lengths)[order]
+    middles = np.array([f"Z,{_field(d)},{_field(c)}," for d, c in (k.split(".", 1) for k in week.keys)],
+                       dtype=object)
     tails = [",\n"] * n  # the quality column, empty but for flagged readings
-    for i in np.flatnonzero(pd.notna(quality)):
-        tails[i] = f",{_field(str(quality[i]))}\n"
+    if len(week.flagged):
+        at = np.empty(n, np.int64)
+        at[order] = np.arange(n)  # where each reading goes in time order
+        for i, flag in zip(at[week.flagged].tolist(), week.flags):
+            tails[i] = f",{_field(flag)}\n"
     parts: list = [None] * (4 * n)
-    parts[0::4] = _ts_texts(ts[order])
+    parts[0::4] = _ts_texts(week.ts[order].view("datetime64[ns]"))
     parts[1::4] = middles[source].tolist()
-    parts[2::4] = float_texts(value)
+    parts[2::4] = float_texts(week.value[order])
     parts[3::4] = tails
     return "".join(parts)
 
