@@ -534,3 +534,48 @@ def test_daily_chart_is_the_png_bar_draws(tmp_path, monkeypatch):
     monkeypatch.setattr(charts, "_bars", lambda ax, days, values: ax.bar(list(days), values, width=0.8,
                                                                           color=charts.BAR))
     assert fast == charts.daily_values_chart(figures, tmp_path / "bar.png").read_bytes()
+
+
+def test_the_export_made_beside_in_forked_processes_is_the_one_made_here(store, tmp_path, monkeypatch):
+    """The workbook, charts and raw readings' text are made in forked processes when the
+    process runs no other thread, else in it: the same bytes either way, however many weeks
+    are in flight; the raw readings are a gzip member a week, read as one text."""
+    import contextlib
+
+    import processing.export as export
+    from processing.export import csv_files
+
+    s = site("ph-biogas")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    monkeypatch.setattr(csv_files, "CHUNK", dt.timedelta(days=1))  # ten members, most in flight at once
+    monkeypatch.setattr(csv_files, "PENDING_WEEKS", 3)
+    monkeypatch.setattr(export.threading, "active_count", lambda: 1)  # pytest's own threads aside
+    here_too = []  # the days formatted in this process
+    monkeypatch.setattr(csv_files, "_raw_text", lambda week, text=csv_files._raw_text: here_too.append(1) or text(week))
+    apart = export_period(s, store, ledger, FIRST, LAST, tmp_path / "apart")
+    assert not here_too
+    monkeypatch.setattr(export, "_apart", contextlib.nullcontext)
+    here = export_period(s, store, ledger, FIRST, LAST, tmp_path / "here")
+    assert len(here_too) == 10
+    names = sorted(p.name for p in apart.iterdir())
+    assert names == sorted(p.name for p in here.iterdir())
+    for n in names:
+        assert (apart / n).read_bytes() == (here / n).read_bytes(), n
+    raw = (apart / "raw_readings.csv.gz").read_bytes()
+    assert raw.count(b"\x1f\x8b\x08\x00\x00\x00\x00\x00") == 11  # a header member, then a day each
+    lines = gzip.decompress(raw).decode().splitlines()
+    assert lines[:2] == [SIMULATED_NOTE, "ts,device,channel,value,quality"] and lines[2] < lines[-1]
+
+
+def test_a_failure_in_a_forked_process_fails_the_export_and_leaves_nothing(store, tmp_path, monkeypatch):
+    import processing.export as export
+    from processing.export import charts
+
+    def broken(figures, path):
+        raise ValueError("no room for the chart")
+
+    monkeypatch.setattr(export.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(charts, "completeness_chart", broken)
+    with pytest.raises(ValueError, match="no room for the chart"):
+        export_period(site("mn-solar"), store, Ledger(tmp_path / "ledger.sqlite"), FIRST, LAST, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -28,7 +28,7 @@ from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.export.custody_folder import write_custody
 from processing.export.csv_files import write_daily_values, write_dead_letters, write_raw_readings
-from processing.export.manifest import write_manifest, write_sha256sums
+from processing.export.manifest import file_entries, file_entry, write_manifest, write_sha256sums
 from processing.export.period_figures import PeriodFigures, collect, export_name
 from processing.export.recompute import SITE_SETTINGS, write_site_settings
 from processing.export.summary_html import write_summary
@@ -36,6 +36,8 @@ from processing.export.workbook import write_workbook
 from processing.ledger import Ledger
 
 
+#: processes beside the export's (``_apart``)
+APART = 2
 #: the messages of the site the collector refused during the period (csv_files.write_dead_letters)
 DEAD_LETTERS = "dead_letters.csv.gz"
 
@@ -122,17 +124,19 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
     tell(5, steps, f"{names['workbook']}, charts")
     files += write_summary(figures, names, custody, folder)
     tell(6, steps, "summary.html")
-    files.append(write_manifest(figures, files, folder / "manifest.json", custody, {"file": DEAD_LETTERS,
-                                                                                   "count": refused}))
-    write_sha256sums(files, folder / "SHA256SUMS", figures.simulated)
+    entries = file_entries(files, folder)
+    manifest = write_manifest(figures, entries, folder / "manifest.json", custody, {"file": DEAD_LETTERS,
+                                                                                   "count": refused})
+    write_sha256sums({**entries, manifest.name: file_entry(manifest)}, folder / "SHA256SUMS", figures.simulated)
     tell(7, steps, "manifest.json")
 
 
 def _apart() -> contextlib.AbstractContextManager[ProcessPoolExecutor | None]:
-    """A process beside this one, forked, when this process runs no other thread (a fork copies
-    every lock, not the threads that would release them); else None (then all is made here)."""
+    """Processes beside this one, forked, when this process runs no other thread (a fork copies
+    every lock, not the threads that would release them); else None (then all is made here).
+    Two: one draws the charts (~1 s) while both format the weeks of readings this one reads."""
     if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        return ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"))
     return contextlib.nullcontext()
 
 

@@ -42,7 +42,7 @@ GZIP_LEVEL = 1
 #: wrote as many bytes as zlib's level 1 (9.4 MB) at 1,200 MB/s against zlib's 330 MB/s, where
 #: compressing a year took as long as formatting it; level 0 writes 30 % more, level 3 is 3 x slower
 RAW_GZIP_LEVEL = 1
-#: weeks read ahead of the one being written when another process formats them: it draws the
+#: weeks read ahead of the one being written when other processes format them: one draws the
 #: charts first (~1 s), while this one reads on (a week of ph-biogas is ~2 MB of arrays)
 PENDING_WEEKS = 32
 

@@ -19,14 +19,21 @@ def file_entry(path: Path) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def write_manifest(figures: PeriodFigures, files: list[Path], path: Path, custody: dict, dead_letters: dict) -> Path:
-    """Write ``manifest.json`` describing ``files`` (all in the export folder).
+def file_entries(files: list[Path], folder: Path) -> dict[str, dict]:
+    """``file_entry`` of each of ``files`` by its path in ``folder``, ``/``-separated
+    (``custody/keys.json``), sorted: each file is read once (a year's raw readings are tens of MB)."""
+    return {name: file_entry(f) for name, f in sorted(_named(files, folder).items())}
+
+
+def write_manifest(figures: PeriodFigures, entries: dict[str, dict], path: Path, custody: dict,
+                   dead_letters: dict) -> Path:
+    """Write ``manifest.json`` describing the export's files.
 
     Parameters
     ----------
     figures : PeriodFigures
-    files : list of Path
-        The export's files, the manifest excepted (in the folder of ``path`` or below it).
+    entries : dict
+        ``file_entries`` of the export's files, the manifest excepted.
     path : Path
         Where to write the manifest.
     custody : dict
@@ -50,17 +57,17 @@ def write_manifest(figures: PeriodFigures, files: list[Path], path: Path, custod
         "revisions": [r.to_dict() for r in figures.revisions],
         "custody": custody,
         "dead_letters": dead_letters,
-        "files": {name: file_entry(f) for name, f in sorted(_named(files, path.parent).items())},
+        "files": entries,
     }
     path.write_bytes((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return path
 
 
-def write_sha256sums(files: list[Path], path: Path, simulated: bool) -> Path:
-    """``<sha256>  <name>`` per file, sorted by name (GNU coreutils text format, which
-    skips the ``#`` line of a simulated export)."""
+def write_sha256sums(entries: dict[str, dict], path: Path, simulated: bool) -> Path:
+    """``<sha256>  <name>`` per file of ``entries`` (``file_entries``), sorted by name (GNU
+    coreutils text format, which skips the ``#`` line of a simulated export)."""
     lines = [SIMULATED_NOTE] * simulated
-    lines += [f"{file_entry(f)['sha256']}  {name}\n" for name, f in sorted(_named(files, path.parent).items())]
+    lines += [f"{entry['sha256']}  {name}\n" for name, entry in sorted(entries.items())]
     path.write_bytes("".join(lines).encode("utf-8"))
     return path
 
