@@ -131,6 +131,21 @@ def run(folder, capsys) -> tuple[int, str]:
     return said[0][0], earlier.out + earlier.err + said[0][1]
 
 
+def test_a_signed_export_made_in_forked_processes_passes(made, tmp_path, signer, capsys, monkeypatch):
+    """The workbook and charts are drawn in forked processes when the export's runs no other
+    thread (under pytest-xdist it does, so the other exports here are made in-process): they
+    are given the figures as they fork, a site with public keys too (those do not pickle)."""
+    import processing.export
+
+    monkeypatch.setattr(processing.export.threading, "active_count", lambda: 1)
+    folder = make_export(tmp_path, signer, DAYS)
+    rc, out = run(folder, capsys)
+    assert rc == 0 and "VERDICT: PASSED" in out
+    for f in made.rglob("*"):  # the same files (the revisions' creation times aside: a new ledger)
+        if f.is_file() and f.suffix != ".xlsx" and f.name not in ("manifest.json", "SHA256SUMS"):
+            assert (folder / f.relative_to(made)).read_bytes() == f.read_bytes(), f.name
+
+
 def rehash(folder):
     """Rewrite the manifest's and SHA256SUMS' hashes, as someone covering a change would."""
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -108,9 +108,9 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
         "raw_csv": "raw_readings.csv.gz", "daily_chart": "daily_values.png", "completeness_chart": "completeness.png",
     }
     files = []
-    with _apart() as apart:
+    with _apart(figures) as apart:
         # the workbook and the charts need the figures alone: drawn there while the readings are read here
-        drawn = apart.submit(_from_figures, figures, folder, names) if apart else None
+        drawn = apart.submit(_drawn, folder, names) if apart else None
         files.append(write_daily_values(figures, folder / names["daily_csv"]))
         tell(2, steps, names["daily_csv"])
         files.append(write_raw_readings(figures, store, folder / names["raw_csv"], apart))
@@ -131,13 +131,24 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
     tell(7, steps, "manifest.json")
 
 
-def _apart() -> contextlib.AbstractContextManager[ProcessPoolExecutor | None]:
+def _apart(figures: PeriodFigures) -> contextlib.AbstractContextManager[ProcessPoolExecutor | None]:
     """Processes beside this one, forked, when this process runs no other thread (a fork copies
     every lock, not the threads that would release them); else None (then all is made here).
-    Two: one draws the charts (~1 s) while both format the weeks of readings this one reads."""
+    Two: one draws the charts (~1 s) while both format the weeks of readings this one reads.
+    They are given ``figures`` as they fork (a site's public keys do not pickle)."""
     if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        return ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"))
+        return ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_HELD.append,
+                                   initargs=(figures,))
     return contextlib.nullcontext()
+
+
+#: in a process beside the export's: the figures it was given (``_apart``)
+_HELD: list[PeriodFigures] = []
+
+
+def _drawn(folder: Path, names: dict[str, str]) -> list[Path]:
+    """``_from_figures`` in a process beside the export's."""
+    return _from_figures(_HELD[0], folder, names)
 
 
 def _from_figures(figures: PeriodFigures, folder: Path, names: dict[str, str]) -> list[Path]:
