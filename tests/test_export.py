@@ -579,3 +579,18 @@ def test_a_failure_in_a_forked_process_fails_the_export_and_leaves_nothing(store
     with pytest.raises(ValueError, match="no room for the chart"):
         export_period(site("mn-solar"), store, Ledger(tmp_path / "ledger.sqlite"), FIRST, LAST, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_forked_process_killed_fails_the_export_with_one_line_and_leaves_nothing(store, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import processing.export as export
+    from processing.export import charts
+
+    monkeypatch.setattr(export.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(charts, "completeness_chart", lambda figures, path: os.kill(os.getpid(), signal.SIGKILL))
+    with pytest.raises(ValueError, match="mn-solar_2026-09-25_2026-10-04: a process making the charts or the raw "
+                                         "readings' text ended before its work was done .killed, or out of memory"):
+        export_period(site("mn-solar"), store, Ledger(tmp_path / "ledger.sqlite"), FIRST, LAST, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -7,7 +7,9 @@ site the collector refused in the period (``dead_letters.csv.gz``), two charts, 
 the site settings the figures were computed with (``site.json``), the signed messages behind them with the keys
 and sequence findings (``custody/``, when the readings were signed), a manifest with every file's SHA-256 and
 ``SHA256SUMS`` for ``sha256sum -c``: ``jcm verify`` recomputes the figures from these alone. The same
-inputs give byte-identical files. The folder is written beside its final place and
+inputs give byte-identical files. The store is read in this process; when it runs no other thread,
+the workbook, the charts and the raw readings' text are made by two forked processes meanwhile
+(a year's export then takes about the time of reading its rows, on two cores), else here. The folder is written beside its final place and
 moved there whole, so a failed export leaves nothing half-written and an earlier
 export is replaced only when asked to.
 """
@@ -22,6 +24,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from contract.config.site import Site
@@ -96,6 +99,9 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
                 old.unlink()
         else:
             folder.rename(final)
+    except BrokenProcessPool:  # one killed from outside (the OOM killer, say): its files are not whole
+        raise ValueError(f"{final.name}: a process making the charts or the raw readings' text ended before its "
+                         "work was done (killed, or out of memory?): nothing was exported; run again") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return final

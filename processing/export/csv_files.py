@@ -7,8 +7,10 @@ Rows are sorted, lines end in LF, and numbers are written with ``repr`` (the
 shortest text that reads back as the same float), so the same inputs give the same
 bytes and a reader recovers the exact values; the gzip header holds no time (mtime 0),
 so a re-export is byte-identical too. The raw readings are compressed with ISA-L's deflate
-(``isal``, level 1), ~3.5 times as fast as zlib's level 1 for as many bytes; any gzip reader
-reads them. The messages of the site the collector refused during the
+(``isal``, level 1), ~3.5 times as fast as zlib's level 1 for as many bytes, a gzip member a
+week (so that each week can be formatted and compressed in another process while the next
+are read; RFC 1952 allows members in a row, and gzip, zcat, Python's ``gzip`` and pandas
+read them as one text). The messages of the site the collector refused during the
 period go beside them (``dead_letters.csv.gz``): what was not counted, and why. A file of simulated readings says so in its first
 line, a ``#`` comment (``pandas.read_csv(..., comment="#")`` skips it and reads the
 ``.gz`` as it is).
