@@ -594,3 +594,46 @@ def test_a_forked_process_killed_fails_the_export_with_one_line_and_leaves_nothi
                                          "readings' text ended before its work was done .killed, or out of memory"):
         export_period(site("mn-solar"), store, Ledger(tmp_path / "ledger.sqlite"), FIRST, LAST, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.fuzz
+def test_raw_csv_text_is_what_csv_writer_writes_for_any_readings():
+    """``_raw_text(_week(...))`` against its definition, ``csv.writer`` on the readings sorted
+    by (ts, device, channel), for sources with odd names, shared and sub-millisecond times,
+    any float and flags that need quoting."""
+    import csv
+    import io
+
+    import numpy as np
+    import pandas as pd
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from processing.export.csv_files import _raw_text, _week
+    from tests.conftest import fuzz_examples
+
+    names = st.sampled_from(["a", "a-b", "b", "m,1", 'q"x', "z"])
+    channels = st.sampled_from(["x", "y.z", "w,1", "energy"])
+    readings = st.lists(st.tuples(st.integers(0, 40), st.sampled_from([0, 1, 999, 1000]),
+                                  st.floats(allow_nan=True, allow_infinity=True),
+                                  st.one_of(st.none(), st.text("ab, \"\n", min_size=1, max_size=5))), max_size=12)
+
+    @settings(max_examples=fuzz_examples(30), deadline=None)
+    @given(st.dictionaries(st.tuples(names, channels).map(".".join), readings, max_size=5))
+    def check(sources):
+        t0 = pd.Timestamp("2026-10-01", tz="UTC").value // 1000  # [us]
+        frames, rows = {}, []
+        for src, got in sources.items():
+            got = sorted({(m, us): (v, q) for m, us, v, q in got}.items())  # a source's times are distinct
+            ts = pd.to_datetime([t0 + m * 1000 + us for (m, us), _ in got], unit="us", utc=True)
+            frames[src] = pd.DataFrame({"ts": ts, "value": np.array([v for _, (v, _) in got], dtype=float),
+                                        "quality": np.array([q for _, (_, q) in got], dtype=object)})
+            dev, ch = src.split(".", 1)
+            rows += [(t, dev, ch, "" if np.isnan(v) else repr(float(v)), q or "") for t, (_, (v, q)) in zip(ts, got)]
+        rows.sort(key=lambda r: r[:3])
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(
+            [(t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", *rest) for t, *rest in rows])
+        assert _raw_text(_week(frames)) == buf.getvalue()
+
+    check()
