@@ -69,6 +69,9 @@ class Progress:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
+            # no monitor thread (it refreshes bars not moved for 10 s; ours move at each item): an
+            # export forks processes to help it only where no other thread runs (processing.export)
+            tqdm.monitor_interval = 0
             # log lines go above the bar instead of through it
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()

@@ -111,3 +111,23 @@ def test_the_processors_catch_up_reports_each_month(tmp_path):
     months = [first.strftime("%Y-%m"), (first + dt.timedelta(days=32)).strftime("%Y-%m")]
     assert seen == [(1, 2, f"mn-solar {months[0]}"), (2, 2, f"mn-solar {months[1]}")]
     store.close()
+
+
+def test_a_bar_starts_no_thread(caplog):
+    """tqdm's monitor thread would keep ``jcm export`` from forking its helpers on a terminal
+    (it forks only where no other thread runs): the bar runs without it."""
+    import io
+    import logging
+    import threading
+
+    from jcm.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    caplog.set_level(logging.INFO, "jcm.progress")
+    with Progress("export mn-solar", unit="step", stream=Terminal()) as progress:
+        progress(1, 7, "monthly figures")
+        assert progress.bar is not None
+        assert "tqdm_monitor" not in [t.name for t in threading.enumerate()]
