@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import multiprocessing
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -137,15 +138,24 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
     tell(7, steps, "manifest.json")
 
 
-def _apart(figures: PeriodFigures) -> contextlib.AbstractContextManager[ProcessPoolExecutor | None]:
+@contextlib.contextmanager
+def _apart(figures: PeriodFigures) -> Iterator[ProcessPoolExecutor | None]:
     """Processes beside this one, forked, when this process runs no other thread (a fork copies
     every lock, not the threads that would release them); else None (then all is made here).
     Two: one draws the charts (~1 s) while both format the weeks of readings this one reads.
     They are given ``figures`` as they fork (a site's public keys do not pickle)."""
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        return ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_HELD.append,
-                                   initargs=(figures,))
-    return contextlib.nullcontext()
+    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+        yield None
+        return
+    # the objects made so far are left alone by the children's garbage collections, which would
+    # otherwise write to every one of them and so copy the whole heap, page by page
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_HELD.append,
+                                 initargs=(figures,)) as pool:
+            yield pool
+    finally:
+        gc.unfreeze()
 
 
 #: in a process beside the export's: the figures it was given (``_apart``)
