@@ -160,6 +160,7 @@ def _member(week: Week) -> bytes:
 
 
 def _done(member: Future | bytes) -> bytes:
+    """A week's gzip member, once made (waited for if made in another process)."""
     return member.result() if isinstance(member, Future) else member
 
 
