@@ -372,31 +372,17 @@ class SqliteStore:
             ids = [n for n, cs in wanted.items() if cs]
             if not ids:
                 return {}
-            some = len(ids) < len(layouts)  # rows of other layouts are left out, in SQL if they can be named
-            named = some and len(ids) <= LAYOUTS_NAMED
-            # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
-            sql = (f"SELECT ts, numbers, quality{', layout' if len(layouts) > 1 else ''}"
-                   f"{', gateway' if gateways else ''} "
-                   "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
-                   + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
-                   + (" LIMIT ?" if limit is not None and named == some else ""))
-            rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
-                                     *((limit,) if limit is not None and named == some else ())))
-            if some and not named:
-                held = set(ids)
-                rows = [row for row in rows if row[3] in held][:limit]
-        if not rows:
+            got = self._one_layout_range(site, device, lo, hi) if len(layouts) == 1 and limit is None and not gateways \
+                else None
+            if got is None:
+                got = self._rows_range(site, device, lo, hi, ids, len(layouts), limit, gateways)
+        if got is None:
             return {}
-        ts, numbers, quality, *more = zip(*rows)
-        layout = more.pop(0) if len(layouts) > 1 else (ids[0],) * len(rows)
-        gateway = more.pop(0) if gateways else None
-        ts = np.array(ts, np.int64)
-        # qualities are on few rows, if any
-        flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
+        ts, numbers, flags, layout, gateway = got
         pieces: dict[str, list[tuple]] = {}
         kinds = set(layout)
         if len(kinds) == 1:
-            groups = [(layout[0], np.arange(len(rows)))]
+            groups = [(layout[0], np.arange(len(ts)))]
         else:  # the rows of each layout, in ts order: one sort, as a device may have a layout a row
             marks = np.array(layout)
             order = np.argsort(marks, kind="stable")
@@ -424,6 +410,52 @@ class SqliteStore:
                     flag[k] = flags[i].get(c)
             out[c] = (ts[at], value, flag) + ((gateway[at],) if gateways else ())
         return out
+
+    def _rows_range(self, site: str, device: str, lo: int, hi: int, ids: list[int], layouts: int,
+                    limit: int | None, gateways: bool) -> tuple | None:
+        """A device's rows with lo <= ts < hi of the layouts ``ids`` (of its ``layouts``), one Python row
+        each: (ts [ms], numbers of each row, {row: flags}, layout of each row (or one for all), gateway
+        of each row or None); None without rows."""
+        some = len(ids) < layouts  # rows of other layouts are left out, in SQL if they can be named
+        named = some and len(ids) <= LAYOUTS_NAMED
+        # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
+        sql = (f"SELECT ts, numbers, quality{', layout' if layouts > 1 else ''}"
+               f"{', gateway' if gateways else ''} "
+               "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
+               + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
+               + (" LIMIT ?" if limit is not None and named == some else ""))
+        rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
+                                 *((limit,) if limit is not None and named == some else ())))
+        if some and not named:
+            held = set(ids)
+            rows = [row for row in rows if row[3] in held][:limit]
+        if not rows:
+            return None
+        ts, numbers, quality, *more = zip(*rows)
+        layout = more.pop(0) if layouts > 1 else (ids[0],)
+        gateway = more.pop(0) if gateways else None
+        # qualities are on few rows, if any
+        flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
+        return np.array(ts, np.int64), numbers, flags, layout, gateway
+
+    def _one_layout_range(self, site: str, device: str, lo: int, hi: int) -> tuple | None:
+        """``_rows_range`` of a device that has one layout, in one row from SQLite: its stamps as text,
+        its numbers concatenated (one array of the layout's width a row) and its flagged rows as JSON.
+        A Python object per row was most of a read's time; this is ~2.5 x faster. None without rows,
+        or if SQLite did not aggregate them in ts order (the order of the primary key it scans, which
+        SQL does not promise; the caller then reads them row by row)."""
+        ((stamps, numbers, flagged, layout),) = self._query(
+            "SELECT group_concat(ts), CAST(group_concat(numbers, '') AS BLOB), json_group_array(json_array(ts, "
+            "quality)) FILTER (WHERE quality <> ''), max(layout) FROM readings WHERE site = ? AND device = ? "
+            "AND ts >= ? AND ts < ?", (site, device, lo, hi))
+        if stamps is None:
+            return None
+        ts = np.fromstring(stamps, np.int64, sep=",")
+        if len(ts) != stamps.count(",") + 1 or (np.diff(ts) <= 0).any():
+            return None
+        at = np.searchsorted(ts, [t for t, _ in json.loads(flagged)]) if flagged != "[]" else ()
+        flags = {int(i): json.loads(q) for i, (_, q) in zip(at, json.loads(flagged))} if len(at) else {}
+        return ts, (numbers,), flags, (layout,), None
 
     def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
         lo, hi = to_ms(start), to_ms(end)

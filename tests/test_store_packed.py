@@ -3,8 +3,15 @@ store/message_rows.py): what another writer, a crash or a hostile message can do
 
 import datetime as dt
 
-from contract.message import DeviceStatus, Reading
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contract.message import DeviceStatus, Quality, Reading
+from contract.store import to_ms
 from store import open_store, row_per_value
+from tests.conftest import fuzz_examples
 
 T0 = dt.datetime(2026, 10, 1, 0, 0, tzinfo=dt.UTC)
 
@@ -144,3 +151,38 @@ def test_a_device_with_a_layout_a_row_reads_in_time_linear_in_its_rows(tmp_path)
         assert many < 15 * one, (one, many)  # 5x with one sort, 32x with a pass per layout
     finally:
         s.close()
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 400),
+                          st.lists(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=True)),
+                                   min_size=3, max_size=3),
+                          st.lists(st.one_of(st.none(), st.sampled_from(list(Quality))), min_size=3, max_size=3)),
+                max_size=40),
+       st.integers(-5, 200), st.integers(0, 450))
+def test_a_device_of_one_layout_reads_in_one_row_as_it_does_row_by_row(tmp_path, messages, a, b):
+    """``read_sources`` of a device with one layout has SQLite concatenate its rows' stamps, numbers
+    and flags (``_one_layout_range``): the same frames as its rows read one by one (``_rows_range``),
+    nulls, -0.0, infinities, flags and an empty range included."""
+    import pandas as pd
+
+    path = tmp_path / f"jcm-{abs(hash((tuple(map(str, messages)), a, b)))}.db"
+    s = open_store(f"sqlite:///{path}")
+    try:
+        s.write([Reading(site="s1", gateway="gw1", device="m1", ts=T0 + dt.timedelta(seconds=t), seq=t + 1,
+                         values=dict(zip("xyz", values)), quality={c: q for c, q in zip("xyz", flags) if q},
+                         units={}, status=DeviceStatus.ok) for t, values, flags in messages])
+        start, end = T0 + dt.timedelta(seconds=a), T0 + dt.timedelta(seconds=b)
+        sources = ["m1.x", "m1.z", "m1.y"]
+        one_row = s.read_sources("s1", start, end, sources)
+        taken = s._one_layout_range("s1", "m1", to_ms(start), to_ms(end)) is not None
+        assert taken == (len(one_row["m1.x"]) > 0)  # not a fall back to the rows
+        s._one_layout_range = lambda *args: None  # every row a Python row, as before
+        by_rows = s.read_sources("s1", start, end, sources)
+        for src in sources:
+            pd.testing.assert_frame_equal(one_row[src], by_rows[src])
+            assert (np.signbit(one_row[src]["value"]) == np.signbit(by_rows[src]["value"])).all()
+    finally:
+        s.close()
+        path.unlink(missing_ok=True)
