@@ -372,8 +372,8 @@ class SqliteStore:
             ids = [n for n, cs in wanted.items() if cs]
             if not ids:
                 return {}
-            got = self._one_layout_range(site, device, lo, hi) if len(layouts) == 1 and limit is None and not gateways \
-                else None
+            got = (self._one_layout_range(site, device, lo, hi, len(layouts[ids[0]][0]))
+                   if len(layouts) == 1 and limit is None and not gateways else None)
             if got is None:
                 got = self._rows_range(site, device, lo, hi, ids, len(layouts), limit, gateways)
         if got is None:
@@ -438,20 +438,26 @@ class SqliteStore:
         flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
         return np.array(ts, np.int64), numbers, flags, layout, gateway
 
-    def _one_layout_range(self, site: str, device: str, lo: int, hi: int) -> tuple | None:
-        """``_rows_range`` of a device that has one layout, in one row from SQLite: its stamps as text,
-        its numbers concatenated (one array of the layout's width a row) and its flagged rows as JSON.
-        A Python object per row was most of a read's time; this is ~2.5 x faster. None without rows,
-        or if SQLite did not aggregate them in ts order (the order of the primary key it scans, which
-        SQL does not promise; the caller then reads them row by row)."""
-        ((stamps, numbers, flagged, layout),) = self._query(
-            "SELECT group_concat(ts), CAST(group_concat(numbers, '') AS BLOB), json_group_array(json_array(ts, "
-            "quality)) FILTER (WHERE quality <> ''), max(layout) FROM readings WHERE site = ? AND device = ? "
-            "AND ts >= ? AND ts < ?", (site, device, lo, hi))
+    def _one_layout_range(self, site: str, device: str, lo: int, hi: int, width: int) -> tuple | None:
+        """``_rows_range`` of a device that has one layout, of ``width`` numbers, in one row from SQLite:
+        its stamps as text, its numbers concatenated and its flagged rows as JSON. A Python object per
+        row was most of a read's time; this is ~2.5 x faster. None without rows, or if SQLite could not
+        aggregate them (a range too long for one SQLite value, ~1 GB; no JSON functions) or did not in
+        ts order (the order of the primary key it scans, which SQL does not promise): the caller then
+        reads them row by row."""
+        try:
+            with self._lock:
+                ((stamps, numbers, flagged, layout),) = self._db.execute(
+                    "SELECT group_concat(ts), CAST(group_concat(numbers, '') AS BLOB), json_group_array(json_array("
+                    "ts, quality)) FILTER (WHERE quality <> ''), max(layout) FROM readings WHERE site = ? AND "
+                    "device = ? AND ts >= ? AND ts < ?", (site, device, lo, hi)).fetchall()
+        except sqlite3.Error:
+            return None
         if stamps is None:
             return None
         ts = np.fromstring(stamps, np.int64, sep=",")
-        if len(ts) != stamps.count(",") + 1 or (np.diff(ts) <= 0).any():
+        if (len(ts) != stamps.count(",") + 1 or len(numbers) != 8 * width * len(ts)
+                or (np.diff(ts) <= 0).any()):
             return None
         at = np.searchsorted(ts, [t for t, _ in json.loads(flagged)]) if flagged != "[]" else ()
         flags = {int(i): json.loads(q) for i, (_, q) in zip(at, json.loads(flagged))} if len(at) else {}

@@ -176,7 +176,7 @@ def test_a_device_of_one_layout_reads_in_one_row_as_it_does_row_by_row(tmp_path,
         start, end = T0 + dt.timedelta(seconds=a), T0 + dt.timedelta(seconds=b)
         sources = ["m1.x", "m1.z", "m1.y"]
         one_row = s.read_sources("s1", start, end, sources)
-        taken = s._one_layout_range("s1", "m1", to_ms(start), to_ms(end)) is not None
+        taken = s._one_layout_range("s1", "m1", to_ms(start), to_ms(end), 3) is not None
         assert taken == (len(one_row["m1.x"]) > 0)  # not a fall back to the rows
         s._one_layout_range = lambda *args: None  # every row a Python row, as before
         by_rows = s.read_sources("s1", start, end, sources)
@@ -186,3 +186,21 @@ def test_a_device_of_one_layout_reads_in_one_row_as_it_does_row_by_row(tmp_path,
     finally:
         s.close()
         path.unlink(missing_ok=True)
+
+
+def test_a_range_too_long_for_one_sqlite_value_is_read_row_by_row(tmp_path):
+    """SQLite's aggregate of a device's range is one value, at most SQLITE_MAX_LENGTH bytes (~1 GB
+    by default; a few years of a wide device): past it the read takes the rows one by one rather
+    than fail."""
+    import sqlite3
+
+    s = open_store(f"sqlite:///{tmp_path}/jcm.db")
+    try:
+        s.write([reading(minutes=m, seq=m + 1, a=float(m), b=-float(m)) for m in range(200)])
+        s._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)  # 200 rows of 16 bytes do not fit
+        assert s._one_layout_range("s1", "m1", 0, 2**62, 2) is None
+        got = s.read_sources("s1", T0, T0 + dt.timedelta(days=1), ["m1.a", "m1.b"])
+        assert list(got["m1.a"]["value"]) == [float(m) for m in range(200)]
+        assert list(got["m1.b"]["value"]) == [-float(m) for m in range(200)]
+    finally:
+        s.close()
