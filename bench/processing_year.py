@@ -131,7 +131,8 @@ def read_floor(db: sqlite3.Connection, site: Site, start: dt.datetime, end: dt.d
                 flags[0][np.searchsorted(ts, t)] = q
         else:
             rows = db.execute(f"SELECT ts, numbers{', quality' if quality else ''} FROM readings WHERE site = ? AND "
-                              "device = ? AND ts >= ? AND ts < ?", (site.site, dev, to_ms(start), to_ms(end))).fetchall()
+                              "device = ? AND ts >= ? AND ts < ?",
+                              (site.site, dev, to_ms(start), to_ms(end))).fetchall()
             ts, numbers, *flags = zip(*rows) if rows else ((),) * (3 if quality else 2)
             matrix = np.frombuffer(b"".join(numbers), np.float64).reshape(len(rows), len(names))
         columns = {f"{dev}.{c}": matrix[:, names.index(c)] for c in channels if c in names}
@@ -249,8 +250,8 @@ def main() -> None:
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     print(f"\n{'site':<17}{'readings':>11}{'rows':>12}{'12 months s':>13}{'s/month':>9}{'month/floor':>13}"
-          f"{'median':>8}{'aggregated':>12}{'export s':>10}{'export/read':>13}{'export MB':>11}{'RSS MB months/all':>19}"
-          "  statuses")
+          f"{'median':>8}{'aggregated':>12}{'export s':>10}{'export/read':>13}{'export MB':>11}"
+          f"{'RSS MB months/all':>19}  statuses")
     print("-" * 170)
     for f, r in zip(fills, runs):
         statuses = {}
@@ -273,7 +274,8 @@ def main() -> None:
     print(f"\nall sites, 12 months + export each: {total:.0f} s; the {count} months {months:.1f} s against their floors' "
           f"{floors:.1f} s ({months / floors:.2f}x; against reading their values without flags {bare:.1f} s, "
           f"{months / bare:.2f}x; against reading them with their flags aggregated by SQLite, as the store now "
-          f"does, {aggregated:.1f} s, {months / aggregated:.2f}x); largest peak RSS {max(r['peak_rss_mb'] for r in runs)} MB; "
+          f"does, {aggregated:.1f} s, {months / aggregated:.2f}x); "
+          f"largest peak RSS {max(r['peak_rss_mb'] for r in runs)} MB; "
           f"CPU {cpu_model()}, {os.cpu_count()} cores")
     cpu = {k: sum(r["cpu_s"][k] for r in runs) for k in runs[0]["cpu_s"]}
     print(f"CPU seconds (not slowed by other work on the machine; the export's gzip thread included): 12 months "
