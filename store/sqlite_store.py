@@ -459,8 +459,8 @@ class SqliteStore:
         if (len(ts) != stamps.count(",") + 1 or len(numbers) != 8 * width * len(ts)
                 or (np.diff(ts) <= 0).any()):
             return None
-        at = np.searchsorted(ts, [t for t, _ in json.loads(flagged)]) if flagged != "[]" else ()
-        flags = {int(i): json.loads(q) for i, (_, q) in zip(at, json.loads(flagged))} if len(at) else {}
+        flagged = json.loads(flagged)
+        flags = {int(i): json.loads(q) for i, (_, q) in zip(np.searchsorted(ts, [t for t, _ in flagged]), flagged)}
         return ts, (numbers,), flags, (layout,), None
 
     def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
