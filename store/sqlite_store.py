@@ -30,6 +30,7 @@ import heapq
 import itertools
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,7 +42,7 @@ import pandas as pd
 from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import MAX_CHANNELS, Reading
-from contract.sqlite_file import open_sqlite
+from contract.sqlite_file import UnusableFile, open_sqlite
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
@@ -153,6 +154,11 @@ LAYOUTS_NAMED = 500
 LATEST = 2 ** 63 - 1
 #: the columns of a source with no numbers in a window
 EMPTY = (np.empty(0, np.int64), np.empty(0, float), np.empty(0, object))
+
+#: the free space a conversion to a row per message needs, as a multiple of the store's size (its file and
+#: write-ahead log): the new rows are written beside the old ones, through the log into the file, and the
+#: vacuum after writes the file once more
+CONVERSION_SPACE = 3.0
 
 #: signed messages read per query by ``signed_messages``
 MESSAGE_PAGE = 1000
@@ -523,12 +529,13 @@ class SqliteStore:
 
         if not by_value():
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin_waiting()
         try:
             if not by_value():
                 return  # another process converted it meanwhile
+            self._check_space()
             log.warning("store %s: converting its readings to a row per message (once; a year of a site takes "
-                        "minutes)", self.path)
+                        "about a minute)", self.path)
             self._db.execute("ALTER TABLE readings RENAME TO readings_by_value")
             for statement in SCHEMA.split(";"):
                 self._db.execute(statement)
@@ -540,6 +547,9 @@ class SqliteStore:
             self._db.execute("DROP TABLE readings_by_value")
             self._db.execute("COMMIT")
             self._committed()
+        except sqlite3.OperationalError as exc:  # a full disk, most likely: rolled back, the old rows stay as they were
+            raise UnusableFile(f"store {self.path}: its conversion to a row per message failed ({exc}): nothing was "
+                               f"changed, it stays as it was; {_free_space(self.path)}") from None
         finally:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -551,6 +561,35 @@ class SqliteStore:
         except sqlite3.OperationalError as exc:  # another process has the file open
             log.warning("store %s: converted, but its freed space stays inside the file until it is vacuumed "
                         "(sqlite3 %s VACUUM, with nothing else using it): %s", self.path, self.path, exc)
+
+    def _begin_waiting(self) -> None:
+        """BEGIN IMMEDIATE, waiting for as long as another process holds the write lock: of a store in
+        the old layout, that is most likely another process converting it, which takes about a minute a
+        year of a site; a stage that gave up instead would stop (the collector) or fail (a report)."""
+        told = False
+        while True:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+                if not told:
+                    log.warning("store %s: another process is converting it to a row per message (or holds its "
+                                "write lock); waiting for it to finish", self.path)
+                    told = True
+
+    def _check_space(self) -> None:
+        """Refuse, before writing anything, a conversion the disk has no room for: it would fill the disk
+        (stopping every other writer there) and roll back, to be tried again at every start."""
+        need = round(CONVERSION_SPACE * sum(Path(f).stat().st_size for f in (self.path, f"{self.path}-wal")
+                                            if Path(f).exists()))
+        free = shutil.disk_usage(Path(self.path).absolute().parent).free
+        if free < need:
+            raise UnusableFile(f"store {self.path} must be converted to a row per message (its layout is that of "
+                               f"before 30 Nov 2026), which needs {need / 1e6:,.1f} MB free on its disk: "
+                               f"{free / 1e6:,.1f} MB are: nothing was changed, it stays as it was; "
+                               f"{_free_space(self.path)}")
 
     def _device_rows(self, site: str, device: str) -> Iterator[tuple]:
         """A device's rows per message from its rows per value (``_rows_per_message``): its channels'
@@ -688,6 +727,11 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _free_space(path: str) -> str:
+    return (f"free space on the disk of {Path(path).absolute().parent}, or move the store to a larger one (and its "
+            "URL with it), then start again")
 
 
 def _message_rows(messages: Sequence[SignedMessage], refused: list[tuple[Reading, str]]) -> list[tuple]:

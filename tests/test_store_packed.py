@@ -2,6 +2,10 @@
 store/message_rows.py): what another writer, a crash or a hostile message can do to it."""
 
 import datetime as dt
+import os
+import shutil
+
+import pytest
 
 from contract.message import DeviceStatus, Reading
 from store import open_store, row_per_value
@@ -142,5 +146,75 @@ def test_a_device_with_a_layout_a_row_reads_in_time_linear_in_its_rows(tmp_path)
 
         one, many = fastest("m2"), fastest("m1")
         assert many < 15 * one, (one, many)  # 5x with one sort, 32x with a pass per layout
+    finally:
+        s.close()
+
+
+def _old_rows(n):
+    ms = int(T0.timestamp() * 1000)
+    return [("s1", "m1", c, ms + 60_000 * i, "gw1", float(i), None, None, i) for i in range(n) for c in "abcde"]
+
+
+def test_an_opener_waits_for_another_process_converting_the_store(tmp_path, caplog):
+    """A conversion holds the store's write lock for as long as it runs (about a minute a year of a
+    site); any other process opening the store meanwhile failed after 5 s with "database is locked"
+    (a collector starting then died). It waits, saying so once, and then finds the store converted."""
+    import logging
+    import sqlite3
+    import threading
+    import time
+
+    path = tmp_path / "jcm.db"
+    _old_store(path, _old_rows(100))
+    converting = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    converting.execute("BEGIN IMMEDIATE")  # what a converting process holds, here for longer than SQLite waits
+    ends = threading.Timer(6.0, lambda: converting.execute("ROLLBACK"))
+    ends.start()
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="store.sqlite_store"):
+            s = open_store(f"sqlite:///{path}", create=False)
+        try:
+            assert time.monotonic() - started >= 5.9 and s.count() == 500
+        finally:
+            s.close()
+    finally:
+        ends.join()
+        converting.close()
+    waits = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert len(waits) == 1 and str(path) in waits[0] and "converting" in waits[0], waits
+
+
+def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_path):
+    """A conversion needs a few times the old file's size free (the new rows are written beside the old,
+    then vacuumed): on a disk without it, it filled the disk (every other writer there with it), rolled
+    back, and tried again at every start. Refused now, on a real size-limited tmpfs, in one line that
+    names the store, what it needs and what is free; the old file is as it was and converts once there
+    is room."""
+    import hashlib
+
+    from contract.sqlite_file import UnusableFile
+    from tests.test_outbox_full_disk import needs_root, tiny_disk
+
+    if needs_root.args[0]:
+        pytest.skip(needs_root.kwargs["reason"])
+    with tiny_disk(tmp_path / "disk", "3m") as disk:
+        path = disk / "jcm.db"
+        _old_store(path, _old_rows(6000))
+        size = os.path.getsize(path)
+        assert 1_000_000 < size < 2_000_000  # the 3 MB disk has room for it, not for converting it
+        before, free = hashlib.sha256(path.read_bytes()).hexdigest(), shutil.disk_usage(disk).free
+        with pytest.raises(UnusableFile) as refused:  # it converted, failed to vacuum and left the disk full
+            open_store(f"sqlite:///{path}")
+        assert shutil.disk_usage(disk).free >= free - 64 * 1024
+        message = str(refused.value)
+        assert str(path) in message and "MB free" in message and "nothing was changed" in message
+        assert "\n" not in message, message
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+        moved = tmp_path / "jcm.db"  # the operator's way out: a larger disk
+        shutil.copyfile(path, moved)
+    s = open_store(f"sqlite:///{moved}")
+    try:
+        assert s.count() == 5 * 6000
     finally:
         s.close()
