@@ -30,6 +30,7 @@ import heapq
 import itertools
 import json
 import logging
+import re
 import shutil
 import sqlite3
 import threading
@@ -42,7 +43,7 @@ import pandas as pd
 from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import MAX_CHANNELS, Reading
-from contract.sqlite_file import UnusableFile, open_sqlite
+from contract.sqlite_file import UnusableFile, open_sqlite, unwritable
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
@@ -93,6 +94,9 @@ CREATE TABLE IF NOT EXISTS custody_findings (
     ts INTEGER NOT NULL, noticed INTEGER NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (site, gateway, epoch, kind, seq)
 );
 """
+
+#: the tables of the store
+CURRENT_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 
 #: columns added to dead_letters after its first release: (name, type)
 DEAD_LETTER_COLUMNS_SINCE = (("size", "INTEGER"), ("sha256", "TEXT"))
@@ -183,18 +187,24 @@ def from_ms(ms: int) -> dt.datetime:
 
 
 class SqliteStore:
-    """``create``: whether a missing file may be created (the collector's first run)."""
+    """``create``: whether a missing file may be created (the collector's first run). A store this
+    user cannot write is opened read-only by an opener that may not create it (a reading command), if
+    it needs no conversion: its writes then fail as ``StoreUnavailable``."""
 
     def __init__(self, path: str | Path, *, create: bool = True):
         self.path = str(path)
         self._lock = threading.RLock()  # re-entered: a write looks layouts up
+        read_only = None if create or not Path(path).is_file() else unwritable(path, "store")
+        if read_only and not all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm")):
+            # SQLite would create them, read-only and this user's, and its owner could write the store no more
+            raise UnusableFile(f"{read_only}, and reading it needs {path}-shm and -wal files, which are there only "
+                               "while a process that can write it has it open (the collector): read it then, or as "
+                               "its owner, or read a copy of it: nothing was changed")
         self._db = open_sqlite(
             path, "store", {"readings"}, create=create, check_same_thread=False, isolation_level=None, timeout=5.0,
             damaged_hint="restore it from a backup, or check the store URL",
             missing_hint="check the store URL (sqlite:///relative/path.db, sqlite:////absolute/path.db); "
-                         "the collector creates the store on its first run")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # acknowledged upstream means on disk
+                         "the collector creates the store on its first run", read_only=read_only is not None)
         # layouts and the devices' use of them, as committed: ids never change once committed
         self._ids: dict[Layout, int] = {}
         self._layouts: dict[int, Layout] = {}
@@ -202,6 +212,11 @@ class SqliteStore:
         # those made by the open transaction, known only once it commits
         self._new_ids: dict[Layout, int] = {}
         self._new_used: set[tuple[str, str, int]] = set()
+        if read_only:
+            self._check_current(read_only)
+            return
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # acknowledged upstream means on disk
         self._rows_per_message()
         self._db.executescript(SCHEMA)
         have = {row[1] for row in self._db.execute("PRAGMA table_info(dead_letters)")}
@@ -209,6 +224,23 @@ class SqliteStore:
             if name not in have:
                 self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
         self._blocks_from_ranges()
+
+    def _check_current(self, why: str) -> None:
+        """A store opened read-only must be in today's layout: what opening it writes otherwise (its
+        conversion, tables and columns added since) cannot be written."""
+        try:
+            columns = {(t, c) for t, in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                       for _, c, *_ in self._db.execute(f"PRAGMA table_info({t})")}
+        except sqlite3.OperationalError as exc:
+            raise UnusableFile(f"{why}, and SQLite cannot read it so ({exc}): read it as its owner, or read a copy of "
+                               "it: nothing was changed") from None
+        tables = {t for t, _ in columns}
+        if (("readings", "channel") in columns or "sequence_ranges" in tables or not set(CURRENT_TABLES) <= tables
+                or not {("dead_letters", c) for c, _ in DEAD_LETTER_COLUMNS_SINCE} <= columns):
+            raise UnusableFile(f"{why}, and it must be brought up to date once (its layout is older than this "
+                               "code's: a store of before 30 Nov 2026 is converted to a row per message), which "
+                               "needs a user who can write it and its directory (the collector's, as it starts): "
+                               "nothing was changed")
 
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
               messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:

@@ -218,3 +218,63 @@ def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_p
         assert s.count() == 5 * 6000
     finally:
         s.close()
+
+
+def _as_nobody(*args):
+    """Run ``jcm args`` as user nobody: root ignores file permissions. It may read any file (the venv's
+    interpreter lives under /root) but writes by permissions alone."""
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("running a command as another user needs root and setpriv")
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+                           sys.executable, "-m", "jcm.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "HOME": "/tmp"})
+
+
+def test_a_store_this_user_cannot_write_is_read_while_its_writer_has_it_open_else_refused():
+    """A reading command of a user who cannot write the store (an auditor, the live view as its own
+    user) was refused even while the collector had the store open, when SQLite can read it through
+    the collector's -shm and -wal files. Without them SQLite would create them, read-only and this
+    user's, and the collector could write the store no more: refused, one line, nothing created. An
+    old-layout store, which only a writer can convert, is refused alike, untouched."""
+    import tempfile
+    from pathlib import Path
+
+    # where nobody can reach it by permissions (tmp_path is in a folder of root's alone)
+    folder = Path(tempfile.mkdtemp(prefix="jcm-read-only-"))
+    folder.chmod(0o755)
+    try:
+        _read_as_nobody(folder, folder / "jcm.db")
+    finally:
+        shutil.rmtree(folder)
+
+
+def _read_as_nobody(folder, path):
+    import hashlib
+
+    url = f"sqlite:///{path}"
+    writer = open_store(url)
+    try:
+        writer.write([reading(a=1.0)], [])
+        folder.chmod(0o555)
+        path.chmod(0o444)
+        done = _as_nobody("deadletters", "--store", url)
+        assert done.returncode == 0 and "0 dead letter(s) shown" in done.stdout, done.stderr
+    finally:
+        writer.close()
+    assert sorted(os.listdir(folder)) == ["jcm.db"]
+    for layout in ("new", "old"):
+        if layout == "old":
+            folder.chmod(0o755)
+            path.unlink()
+            _old_store(path, _old_rows(10))  # closed: SQLite removed its -wal and -shm
+            folder.chmod(0o555)
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+        done = _as_nobody("deadletters", "--store", url)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (layout, done.stderr)
+        assert str(path) in lines[0] and "not writable by this user" in lines[0] and "nothing was changed" in lines[0]
+        assert sorted(os.listdir(folder)) == ["jcm.db"] and hashlib.sha256(path.read_bytes()).hexdigest() == before
