@@ -108,6 +108,10 @@ class PeriodFigures:
         return export_name(self.site, self.first, self.last)
 
 
+#: how the reason a period's figures cannot be computed begins
+CANNOT_COMPUTE = "the period: cannot compute: "
+
+
 def export_name(site: Site, first: dt.date, last: dt.date) -> str:
     """The export folder's name: ``<site>_<first>_<last>``."""
     return f"{site.site}_{first.isoformat()}_{last.isoformat()}"
@@ -270,7 +274,7 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
         calc = processor.calculate_period(totals, fixed)
     except InputError as exc:  # months' totals beyond any figure (or float): failed, named, as such a month is
         calc, status = None, "failed"
-        reasons.append(f"the period: cannot compute: {exc}")
+        reasons.append(f"{CANNOT_COMPUTE}{exc}")
     if calc and calc.provisional and status == "verified":  # a value recorded without its status counts as unconfirmed
         status = "provisional"
         reasons.append("fixed values unconfirmed: " + ", ".join(f"{f.key} ({f.source})" for f in fixed
