@@ -387,6 +387,8 @@ class Collector:
         """Move the signed readings whose seq is stored with other bytes from ``readings`` (and
         ``source``, ``signed``) to ``letters``, and from ``signed`` the covered messages stored
         already (their readings are written again); return their custody findings."""
+        if not signed:  # unsigned readings: nothing to look up (and three passes over the batch saved)
+            return []
         ids = [id(r) for r in readings if id(r) in signed]
         conflicts, kept = self._retrying(lambda: self.custody.conflicts([signed[i] for i in ids]), len(readings))
         for position in kept:
