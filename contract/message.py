@@ -210,9 +210,9 @@ class Reading:
             if len(_CHANNEL_NAMES) + len(names) <= MAX_REMEMBERED:
                 _CHANNEL_NAMES.update(names)
         numbers = values.values()
-        # floats of usual size, the usual reading, told in C: the Euclidean norm is at least each
-        # magnitude, and inf if any value is inf or nan (as hypot takes them; a norm of values below
-        # 2**63 that is not is checked value by value)
+        # floats of usual size, the usual reading, told in C: their Euclidean norm (hypot, within an
+        # ulp) is at least each magnitude, and inf or NaN when one of them is; a norm of values each
+        # below 2**63 that is not is sent to the check value by value
         if not (set(map(type, numbers)) == _FLOAT and math.hypot(*numbers) < _WIDENED):
             for k, v in values.items():
                 if type(v) is not float or not -_WIDENED < v < _WIDENED:
