@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 
 from collector.validation import Rejected
 from contract.config.site import Site
@@ -43,8 +44,8 @@ log = logging.getLogger(__name__)
 
 #: top-level members that make a message a signed one
 SIGNATURE_MEMBERS = ("prev", "key", "sig")
-#: how each is named in a message's text
-_MEMBER_NAMES = tuple(f'"{name}"'.encode() for name in SIGNATURE_MEMBERS)
+#: any of them named in a message's text (one pass: a search per name cost twice as much)
+_MEMBER_NAME = re.compile(b'"(?:' + b"|".join(map(str.encode, SIGNATURE_MEMBERS)) + b')"')
 
 
 class CustodyCheck:
@@ -61,7 +62,7 @@ class CustodyCheck:
             if verdict.ok:
                 return SignedMessage.verified(payload, verdict)
             raise Rejected(f"custody: {verdict.reason}")
-        if not any(map(payload.__contains__, _MEMBER_NAMES)):
+        if not _MEMBER_NAME.search(payload):
             return self._unsigned(reading)
         v = verify(payload, self.keys)
         if v.ok:

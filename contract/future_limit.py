@@ -9,6 +9,7 @@ cannot hide every later reading of that device as "older than the newest".
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 #: default of the collector's ``max_future_s`` and the live view's limit [s]
 MAX_FUTURE_S = 300.0
@@ -26,4 +27,9 @@ def too_far_ahead(ts: dt.datetime, now: dt.datetime, max_future_s: float = MAX_F
     max_future_s : float
         Largest accepted lead of ``ts`` over ``now`` [s].
     """
-    return ts > now + dt.timedelta(seconds=max_future_s)
+    return ts > now + _lead(max_future_s)
+
+
+@functools.lru_cache(maxsize=16)  # a timedelta made from seconds costs as much as the rest of the test
+def _lead(max_future_s: float) -> dt.timedelta:
+    return dt.timedelta(seconds=max_future_s)

@@ -70,7 +70,7 @@ MAX_REMEMBERED = 4096
 #: floats from here on may be integers orjson read beyond 64 bits (it keeps up to 2**64 - 1 exact)
 _WIDENED = 2.0**63
 
-_CHANNEL_NAMES: set[str] = set()
+_CHANNEL_NAMES: set[str] = set()  # none of them reserved: a message of known names alone passes
 _UNITS: set[str] = set()
 _ID = re.compile(ID_PATTERN)
 _CHANNEL = re.compile(CHANNEL_PATTERN)
@@ -103,8 +103,9 @@ class DeviceStatus(str, Enum):
 #: the members by their text (an enum's call costs ten times a dict's lookup)
 _QUALITIES = {q.value: q for q in Quality}
 _STATUSES = {s.value: s for s in DeviceStatus}
-#: (site, gateway, device) found to be ids, remembered as the channel names are
-_IDS: set[tuple[str, str, str]] = set()
+#: (site, gateway, device, epoch) found to be ids and an epoch (or None), remembered as the
+#: channel names are
+_IDS: set[tuple[str, str, str, str | None]] = set()
 _FLOAT = {float}
 
 
@@ -170,7 +171,7 @@ class Reading:
         schema = body.get("schema")
         if type(schema) is not int or schema != SCHEMA_VERSION:
             raise ValueError(f"schema {_short(schema)} is not {SCHEMA_VERSION}")
-        ids = body.get("site"), body.get("gateway"), body.get("device")
+        ids = body.get("site"), body.get("gateway"), body.get("device"), body.get("epoch")
         try:
             known = ids in _IDS
         except TypeError:  # an unhashable id, such as a list
@@ -179,16 +180,17 @@ class Reading:
             for key in ("site", "gateway", "device"):
                 if not isinstance(body.get(key), str) or not _ID.fullmatch(body[key]):
                     raise ValueError(f"'{key}' missing or not an id ({ID_PATTERN}): {_short(body.get(key))}")
-            if len(_IDS) < MAX_REMEMBERED:
-                _IDS.add(ids)
         if not isinstance(body.get("ts"), str):
             raise ValueError("'ts' missing or not a string")
         seq = body.get("seq")
         if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
             raise ValueError(f"'seq' missing or not an integer in 0..{MAX_SEQ}: {_short(seq)}")
-        epoch = body.get("epoch")
-        if epoch is not None and (not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch)):
-            raise ValueError(f"'epoch' is not 16 lower-case hex digits: {_short(epoch)}")
+        epoch = ids[3]
+        if not known:
+            if epoch is not None and (not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch)):
+                raise ValueError(f"'epoch' is not 16 lower-case hex digits: {_short(epoch)}")
+            if len(_IDS) < MAX_REMEMBERED:
+                _IDS.add(ids)
         values, quality, units = body.get("values"), body.get("quality", {}), body.get("units", {})
         if not isinstance(values, dict) or not isinstance(quality, dict) or not isinstance(units, dict):
             raise ValueError("'values', 'quality' and 'units' must be objects")
@@ -196,20 +198,22 @@ class Reading:
             raise ValueError("'values' is empty: a reading carries at least one channel")
         if len(values) > MAX_CHANNELS:
             raise ValueError(f"{len(values)} channels: at most {MAX_CHANNELS}")
-        names = values.keys() | quality.keys() | units.keys()
-        for k in names - _CHANNEL_NAMES:
-            if not _CHANNEL.fullmatch(k):
-                raise ValueError(f"channel name {_short(k)} is not a channel name ({CHANNEL_PATTERN})")
-            if len(_CHANNEL_NAMES) < MAX_REMEMBERED:
-                _CHANNEL_NAMES.add(k)
-        reserved = sorted(names & RESERVED_CHANNELS)
-        if reserved:
-            raise ValueError(f"channel name '{reserved[0]}' is reserved (the stores use it for tags and metadata)")
+        if not (_CHANNEL_NAMES.issuperset(values) and _CHANNEL_NAMES.issuperset(quality)
+                and _CHANNEL_NAMES.issuperset(units)):  # else all well-formed and none reserved
+            names = values.keys() | quality.keys() | units.keys()
+            for k in names - _CHANNEL_NAMES:
+                if not _CHANNEL.fullmatch(k):
+                    raise ValueError(f"channel name {_short(k)} is not a channel name ({CHANNEL_PATTERN})")
+            reserved = sorted(names & RESERVED_CHANNELS)
+            if reserved:
+                raise ValueError(f"channel name '{reserved[0]}' is reserved (the stores use it for tags and metadata)")
+            if len(_CHANNEL_NAMES) + len(names) <= MAX_REMEMBERED:
+                _CHANNEL_NAMES.update(names)
         numbers = values.values()
-        # floats of usual size, the usual reading, told in C: a finite sum proves each finite (inf and
-        # nan propagate), and then min and max are the extremes
-        if not (set(map(type, numbers)) == _FLOAT and math.isfinite(sum(numbers))
-                and -_WIDENED < min(numbers) and max(numbers) < _WIDENED):
+        # floats of usual size, the usual reading, told in C: their Euclidean norm (hypot, within an
+        # ulp) is at least each magnitude, and inf or NaN when one of them is; a norm of values each
+        # below 2**63 that is not is sent to the check value by value
+        if not (set(map(type, numbers)) == _FLOAT and math.hypot(*numbers) < _WIDENED):
             for k, v in values.items():
                 if type(v) is not float or not -_WIDENED < v < _WIDENED:
                     _check_value(k, v)

@@ -29,7 +29,7 @@ class UnusableFile(Exception):
 
 
 def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, damaged_hint: str,
-                missing_hint: str = "", **connect_args) -> sqlite3.Connection:
+                missing_hint: str = "", read_only: bool = False, **connect_args) -> sqlite3.Connection:
     """Check and open one of the pipeline's SQLite files.
 
     Parameters
@@ -40,6 +40,7 @@ def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, 
     create : whether a missing file (and its directories) may be created
     damaged_hint : what to do about a damaged file, appended to the message
     missing_hint : what to do about a missing file when ``create`` is false
+    read_only : open an existing file for reading only (``unwritable`` says why the caller may want to)
     connect_args : passed on to ``sqlite3.connect``
     """
     p = Path(path)
@@ -51,8 +52,8 @@ def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, 
         _check_can_create(p, what)
         p.parent.mkdir(parents=True, exist_ok=True)
         return sqlite3.connect(_uri(p, "rwc"), uri=True, **connect_args)
-    _check_existing(p, what, tables, create, damaged_hint)
-    return sqlite3.connect(_uri(p, "rw"), uri=True, **connect_args)
+    _check_existing(p, what, tables, create, damaged_hint, read_only)
+    return sqlite3.connect(_uri(p, "ro" if read_only else "rw"), uri=True, **connect_args)
 
 
 def _uri(p: Path, mode: str, immutable: bool = False) -> str:
@@ -70,7 +71,7 @@ def _check_can_create(p: Path, what: str) -> None:
                            f"(uid {os.geteuid()}) or is on a read-only filesystem")
 
 
-def _check_existing(p: Path, what: str, tables: set[str], may_be_empty: bool, hint: str) -> None:
+def _check_existing(p: Path, what: str, tables: set[str], may_be_empty: bool, hint: str, read_only: bool) -> None:
     damaged = f"{what} {p} is damaged or not a {what}"
     try:
         size = p.stat().st_size
@@ -110,12 +111,20 @@ def _check_existing(p: Path, what: str, tables: set[str], may_be_empty: bool, hi
                            f"{', '.join(sorted(names))}): nothing was changed; check the path")
     if not names and not may_be_empty:
         raise UnusableFile(f"{what} {p} is an empty SQLite database, not a {what}: nothing was changed; check the path")
-    _check_writable(p, what)
+    if not read_only:
+        _check_writable(p, what)
 
 
 def _check_writable(p: Path, what: str) -> None:
+    if problem := unwritable(p, what):
+        raise UnusableFile(f"{problem}: nothing was changed")
+
+
+def unwritable(p: str | Path, what: str) -> str | None:
+    """Why this user cannot write the existing file ``p`` as SQLite does, if it cannot."""
+    p = Path(p)
     # SQLite writes the file and, in WAL mode, creates -wal and -shm files beside it
     for target, name in ((p, f"{what} {p}"), (p.parent, f"the directory of {what} {p}")):
         if not os.access(target, os.W_OK):
-            raise UnusableFile(f"{name} is not writable by this user (uid {os.geteuid()}) or is on a read-only "
-                               "filesystem: nothing was changed")
+            return f"{name} is not writable by this user (uid {os.geteuid()}) or is on a read-only filesystem"
+    return None

@@ -124,9 +124,10 @@ def _collector_config(args):
 
 
 def cmd_collector(args) -> int:
-    from collector.service import Collector
+    from collector.service import Collector, settle_heap
 
     collector = Collector(_collector_config(args))
+    settle_heap()
     collector.start()
     _wait_for_signal(args.duration, collector.done)  # done: the worker died
     collector.stop()

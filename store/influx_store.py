@@ -48,7 +48,7 @@ from influxdb_client.rest import ApiException
 from contract import topics
 from contract.float_text import joined_float_texts
 from contract.gc_paused import gc_paused
-from contract.message import MAX_SEQ, Reading
+from contract.message import MAX_SEQ, DeviceStatus, Reading
 from contract.sqlite_file import UnusableFile
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported,
                             SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
@@ -171,67 +171,107 @@ def line_protocol(measurement: str, tags: dict[str, str], fields: dict, stamp: i
 _SERIES: dict[tuple[str, str, str], str] = {}
 #: a reading's fields beside its channels
 _META_FIELDS = ("quality", "seq", "status")
-#: per layout of a reading's channels (their names in the message's order): what renders
-#: their values in key order and the template of the field set, the fields above in their
-#: places; bounded: layouts come from senders (a site has one per register map)
-_LAYOUTS: dict[tuple[str, ...], tuple[Callable[[dict], tuple], str]] = {}
+#: per layout of a reading's channels (their names in the message's order): what picks
+#: their values in key order, how many, and the template of the field set with the fields
+#: above in their places; ``None`` for channels named like a tag or one of those fields.
+#: Bounded: layouts come from senders (a site has one per register map)
+_LAYOUTS: dict[tuple[str, ...], tuple[Callable[[dict], tuple], int, str] | None] = {}
 
 
-def _layout(names: tuple[str, ...]) -> tuple[Callable[[dict], tuple], str]:
-    layout = _LAYOUTS.get(names)
-    if layout is None:
+def _layout(names: tuple[str, ...]) -> tuple[Callable[[dict], tuple], int, str] | None:
+    if names in _LAYOUTS:
+        return _LAYOUTS[names]
+    layout = None
+    if names and all(type(k) is str for k in names) and _NOT_CHANNELS.isdisjoint(names):
         keys = sorted(names)
         slot = {k: i for i, k in enumerate(keys)} | {k: len(keys) + i for i, k in enumerate(_META_FIELDS)}
         template = ",".join(f"{_key(k).replace('{', '{{').replace('}', '}}')}={{{slot[k]}}}"
                             for k in sorted(slot))
         getter = operator.itemgetter(*keys) if len(keys) > 1 else (lambda values, k=keys[0]: (values[k],))
-        layout = getter, template
-        if len(_LAYOUTS) < 4096:
-            _LAYOUTS[names] = layout
+        layout = getter, len(keys), template
+    if len(_LAYOUTS) < 4096:
+        _LAYOUTS[names] = layout
     return layout
 
 
-def _float_fields(values: dict, quality: str, seq: str, status: str) -> str | None:
-    """The field set of a reading whose values are all finite floats (the usual reading), as
-    ``line_protocol`` renders it but with the loops in C and the layout of its channels
-    worked out once (~4 against 15 us for 20 channels); ``None`` for any other reading."""
-    getter, template = _layout(tuple(values))
-    floats = getter(values)
+def _all_finite_floats(values: list[float] | tuple[float, ...]) -> bool:
     # a sum of finite floats that is finite proves each finite (inf and nan propagate)
-    if set(map(type, floats)) != {float} or not math.isfinite(sum(floats)):
-        return None
-    # one join, one replace (5.0 as 5, as _float renders it) and one split: a float's text holds no comma
+    return set(map(type, values)) == {float} and math.isfinite(sum(values))
+
+
+def reading_lines(readings: Sequence[Reading]) -> list[bytes | Exception]:
+    """Each reading's line as ``reading_line`` renders it, encoded, or the error that keeps it
+    from having one. The usual readings (every value a finite float) are rendered together: their
+    values picked in key order by their layout's getter, the texts of all of them made in
+    one call and cut apart once (a float's text holds no comma), each line one ``format`` of
+    its layout's template (~2.5 against 5.5 us a 20-channel reading one by one)."""
+    out: list[bytes | Exception | None] = [None] * len(readings)
+    floats: list[float] = []
+    usual = []  # (position, reading, layout, its values' first index in floats)
+    for i, r in enumerate(readings):
+        names = tuple(r.values)
+        layout = _LAYOUTS.get(names) or _layout(names)
+        if layout is not None:
+            usual.append((i, r, layout, len(floats)))
+            floats += layout[0](r.values)
+    if not _all_finite_floats(floats):  # a value of another kind somewhere: those readings alone take the other way
+        kept, floats = usual, []
+        usual = []
+        for i, r, layout, first in kept:
+            values = layout[0](r.values)
+            if _all_finite_floats(values):
+                usual.append((i, r, layout, len(floats)))
+                floats += values
+    # one join, one replace (5.0 as 5, as _float renders it) and one split
     texts = (joined_float_texts(floats) + ",").replace(".0,", ",").split(",")
-    texts[-1:] = quality, seq, status
-    return template.format(*texts)
+    for i, r, (_, n, template), first in usual:
+        ts = r.ts if r.ts.tzinfo is not None else r.ts.replace(tzinfo=dt.UTC)  # naive means UTC, as Point reads it
+        quality = _field_value(json.dumps({k: q.value for k, q in sorted(r.quality.items())}, separators=(",", ":"))
+                               ) if r.quality else '"{}"'
+        # an enum's hash is a Python function: its members are told apart by identity
+        status = '"ok"' if r.status is DeviceStatus.ok else _field_value(r.status.value)
+        fields = template.format(*texts[first:first + n], quality, f"{int(r.seq or 0)}i", status)
+        series = _SERIES.get((r.site, r.gateway, r.device)) or _reading_series(r)
+        try:
+            out[i] = f"{series} {fields} {(ts - _EPOCH) // _ONE_MS}".encode()
+        except UnicodeEncodeError:  # a lone surrogate in a name: refused below, as it is alone
+            pass
+    for i, r in enumerate(readings):
+        if out[i] is None:
+            try:
+                out[i] = reading_line(r).encode()
+            # OverflowError: an int beyond a float; UnicodeEncodeError (a ValueError): a lone surrogate
+            except (ValueError, TypeError, OverflowError) as exc:
+                out[i] = exc
+    return out
+
+
+def _reading_series(r: Reading) -> str:
+    tags = (r.site, r.gateway, r.device)
+    series = _SERIES.get(tags)
+    if series is None:
+        series = _series(MEASUREMENT, dict(zip(("site", "gateway", "device"), tags)))
+        if len(_SERIES) < 4096:  # bounded: ids come from senders
+            _SERIES[tags] = series
+    return series
 
 
 def reading_line(r: Reading) -> str:
     """A reading as one point of ``MEASUREMENT``: numbers and booleans as floats, text as
     strings, with its quality, status and seq; ``ValueError`` for a channel named like a tag
-    or one of those fields."""
+    or one of those fields. (``reading_lines`` renders the usual readings faster, the same.)"""
     if not _NOT_CHANNELS.isdisjoint(r.values):
         channel = min(_NOT_CHANNELS.intersection(r.values))
         raise ValueError(f"channel '{channel}' would overwrite the point's own '{channel}'")
     quality = (json.dumps({k: q.value for k, q in sorted(r.quality.items())}, separators=(",", ":"))
                if r.quality else "{}")
     ts = r.ts if r.ts.tzinfo is not None else r.ts.replace(tzinfo=dt.UTC)  # naive means UTC, as Point reads it
-    stamp = (ts - _EPOCH) // _ONE_MS
-    tags = (r.site, r.gateway, r.device)
-    fields = _float_fields(r.values, _field_value(quality), f"{int(r.seq or 0)}i", _field_value(r.status.value)
-                           ) if r.values else None
-    if fields is None:
-        values: dict[str, float | int | str] = {
-            channel: v if type(v) is float or isinstance(v, str) else float(v)
-            for channel, v in r.values.items() if v is not None}
-        values.update(quality=quality, status=r.status.value, seq=int(r.seq or 0))
-        return line_protocol(MEASUREMENT, dict(zip(("site", "gateway", "device"), tags)), values, stamp)
-    series = _SERIES.get(tags)
-    if series is None:
-        series = _series(MEASUREMENT, dict(zip(("site", "gateway", "device"), tags)))
-        if len(_SERIES) < 4096:  # bounded: ids come from senders
-            _SERIES[tags] = series
-    return f"{series} {fields} {stamp}"
+    values: dict[str, float | int | str] = {
+        channel: v if type(v) is float or isinstance(v, str) else float(v)
+        for channel, v in r.values.items() if v is not None}
+    values.update(quality=quality, status=r.status.value, seq=int(r.seq or 0))
+    return line_protocol(MEASUREMENT, {"site": r.site, "gateway": r.gateway, "device": r.device}, values,
+                         (ts - _EPOCH) // _ONE_MS)
 
 
 def message_line(m: SignedMessage) -> bytes:
@@ -334,12 +374,12 @@ class InfluxStore:
               messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
         refused: list[tuple[Reading, str]] = []
         rendered, lines = [], []
-        for r in readings:
-            try:
-                lines.append(reading_line(r).encode())
+        for r, line in zip(readings, reading_lines(readings)):
+            if isinstance(line, bytes):
+                lines.append(line)
                 rendered.append(r)
-            except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: an int beyond a float
-                refused.append((r, f"not writable as InfluxDB line protocol: {type(exc).__name__}: {exc}"))
+            else:
+                refused.append((r, f"not writable as InfluxDB line protocol: {type(line).__name__}: {line}"))
         if lines:
             refused += self._post_isolating(rendered, lines, WritePrecision.MS)
         if messages:

@@ -30,6 +30,8 @@ import heapq
 import itertools
 import json
 import logging
+import re
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,7 +43,7 @@ import pandas as pd
 from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import MAX_CHANNELS, Reading
-from contract.sqlite_file import open_sqlite
+from contract.sqlite_file import UnusableFile, open_sqlite, unwritable
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
@@ -92,6 +94,9 @@ CREATE TABLE IF NOT EXISTS custody_findings (
     ts INTEGER NOT NULL, noticed INTEGER NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (site, gateway, epoch, kind, seq)
 );
 """
+
+#: the tables of the store
+CURRENT_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 
 #: columns added to dead_letters after its first release: (name, type)
 DEAD_LETTER_COLUMNS_SINCE = (("size", "INTEGER"), ("sha256", "TEXT"))
@@ -154,6 +159,12 @@ LATEST = 2 ** 63 - 1
 #: the columns of a source with no numbers in a window
 EMPTY = (np.empty(0, np.int64), np.empty(0, float), np.empty(0, object))
 
+#: the free space a conversion to a row per message needs, as a multiple of the store's size (its file and
+#: write-ahead log): the new rows are written beside the old ones, through the log into the file, and the
+#: vacuum after writes the file once more (measured at its peak: 1.7 times with five channels a message,
+#: 2.75 with one; the vacuum's copy in TMPDIR besides)
+CONVERSION_SPACE = 3.0
+
 #: signed messages read per query by ``signed_messages``
 MESSAGE_PAGE = 1000
 
@@ -177,18 +188,24 @@ def from_ms(ms: int) -> dt.datetime:
 
 
 class SqliteStore:
-    """``create``: whether a missing file may be created (the collector's first run)."""
+    """``create``: whether a missing file may be created (the collector's first run). A store this
+    user cannot write is opened read-only by an opener that may not create it (a reading command), if
+    it needs no conversion: its writes then fail as ``StoreUnavailable``."""
 
     def __init__(self, path: str | Path, *, create: bool = True):
         self.path = str(path)
         self._lock = threading.RLock()  # re-entered: a write looks layouts up
+        read_only = None if create or not Path(path).is_file() else unwritable(path, "store")
+        if read_only and not all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm")):
+            # SQLite would create them, read-only and this user's, and its owner could write the store no more
+            raise UnusableFile(f"{read_only}, and reading it needs {path}-shm and -wal files, which are there only "
+                               "while a process that can write it has it open (the collector): read it then, or as "
+                               "its owner, or read a copy of it: nothing was changed")
         self._db = open_sqlite(
             path, "store", {"readings"}, create=create, check_same_thread=False, isolation_level=None, timeout=5.0,
             damaged_hint="restore it from a backup, or check the store URL",
             missing_hint="check the store URL (sqlite:///relative/path.db, sqlite:////absolute/path.db); "
-                         "the collector creates the store on its first run")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # acknowledged upstream means on disk
+                         "the collector creates the store on its first run", read_only=read_only is not None)
         # layouts and the devices' use of them, as committed: ids never change once committed
         self._ids: dict[Layout, int] = {}
         self._layouts: dict[int, Layout] = {}
@@ -196,6 +213,11 @@ class SqliteStore:
         # those made by the open transaction, known only once it commits
         self._new_ids: dict[Layout, int] = {}
         self._new_used: set[tuple[str, str, int]] = set()
+        if read_only:
+            self._check_current(read_only)
+            return
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # acknowledged upstream means on disk
         self._rows_per_message()
         self._db.executescript(SCHEMA)
         have = {row[1] for row in self._db.execute("PRAGMA table_info(dead_letters)")}
@@ -203,6 +225,23 @@ class SqliteStore:
             if name not in have:
                 self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
         self._blocks_from_ranges()
+
+    def _check_current(self, why: str) -> None:
+        """A store opened read-only must be in today's layout: what opening it writes otherwise (its
+        conversion, tables and columns added since) cannot be written."""
+        try:
+            columns = {(t, c) for t, in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                       for _, c, *_ in self._db.execute(f"PRAGMA table_info({t})")}
+        except sqlite3.OperationalError as exc:
+            raise UnusableFile(f"{why}, and SQLite cannot read it so ({exc}): read it as its owner, or read a copy of "
+                               "it: nothing was changed") from None
+        tables = {t for t, _ in columns}
+        if (("readings", "channel") in columns or "sequence_ranges" in tables or not set(CURRENT_TABLES) <= tables
+                or not {("dead_letters", c) for c, _ in DEAD_LETTER_COLUMNS_SINCE} <= columns):
+            raise UnusableFile(f"{why}, and it must be brought up to date once (its layout is older than this "
+                               "code's: a store of before 30 Nov 2026 is converted to a row per message), which "
+                               "needs a user who can write it and its directory (the collector's, as it starts): "
+                               "nothing was changed")
 
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
               messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
@@ -372,31 +411,17 @@ class SqliteStore:
             ids = [n for n, cs in wanted.items() if cs]
             if not ids:
                 return {}
-            some = len(ids) < len(layouts)  # rows of other layouts are left out, in SQL if they can be named
-            named = some and len(ids) <= LAYOUTS_NAMED
-            # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
-            sql = (f"SELECT ts, numbers, quality{', layout' if len(layouts) > 1 else ''}"
-                   f"{', gateway' if gateways else ''} "
-                   "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
-                   + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
-                   + (" LIMIT ?" if limit is not None and named == some else ""))
-            rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
-                                     *((limit,) if limit is not None and named == some else ())))
-            if some and not named:
-                held = set(ids)
-                rows = [row for row in rows if row[3] in held][:limit]
-        if not rows:
+            got = (self._one_layout_range(site, device, lo, hi, len(layouts[ids[0]][0]))
+                   if len(layouts) == 1 and limit is None and not gateways else None)
+            if got is None:
+                got = self._rows_range(site, device, lo, hi, ids, len(layouts), limit, gateways)
+        if got is None:
             return {}
-        ts, numbers, quality, *more = zip(*rows)
-        layout = more.pop(0) if len(layouts) > 1 else (ids[0],) * len(rows)
-        gateway = more.pop(0) if gateways else None
-        ts = np.array(ts, np.int64)
-        # qualities are on few rows, if any
-        flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
+        ts, numbers, flags, layout, gateway = got
         pieces: dict[str, list[tuple]] = {}
         kinds = set(layout)
         if len(kinds) == 1:
-            groups = [(layout[0], np.arange(len(rows)))]
+            groups = [(layout[0], np.arange(len(ts)))]
         else:  # the rows of each layout, in ts order: one sort, as a device may have a layout a row
             marks = np.array(layout)
             order = np.argsort(marks, kind="stable")
@@ -424,6 +449,58 @@ class SqliteStore:
                     flag[k] = flags[i].get(c)
             out[c] = (ts[at], value, flag) + ((gateway[at],) if gateways else ())
         return out
+
+    def _rows_range(self, site: str, device: str, lo: int, hi: int, ids: list[int], layouts: int,
+                    limit: int | None, gateways: bool) -> tuple | None:
+        """A device's rows with lo <= ts < hi of the layouts ``ids`` (of its ``layouts``), one Python row
+        each: (ts [ms], numbers of each row, {row: flags}, layout of each row (or one for all), gateway
+        of each row or None); None without rows."""
+        some = len(ids) < layouts  # rows of other layouts are left out, in SQL if they can be named
+        named = some and len(ids) <= LAYOUTS_NAMED
+        # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
+        sql = (f"SELECT ts, numbers, quality{', layout' if layouts > 1 else ''}"
+               f"{', gateway' if gateways else ''} "
+               "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
+               + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
+               + (" LIMIT ?" if limit is not None and named == some else ""))
+        rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
+                                 *((limit,) if limit is not None and named == some else ())))
+        if some and not named:
+            held = set(ids)
+            rows = [row for row in rows if row[3] in held][:limit]
+        if not rows:
+            return None
+        ts, numbers, quality, *more = zip(*rows)
+        layout = more.pop(0) if layouts > 1 else (ids[0],)
+        gateway = more.pop(0) if gateways else None
+        # qualities are on few rows, if any
+        flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
+        return np.array(ts, np.int64), numbers, flags, layout, gateway
+
+    def _one_layout_range(self, site: str, device: str, lo: int, hi: int, width: int) -> tuple | None:
+        """``_rows_range`` of a device that has one layout, of ``width`` numbers, in one row from SQLite:
+        its stamps as text, its numbers concatenated and its flagged rows as JSON. A Python object per
+        row was most of a read's time; this is ~2.5 x faster. None without rows, or if SQLite could not
+        aggregate them (a range too long for one SQLite value, ~1 GB; no JSON functions) or did not in
+        ts order (the order of the primary key it scans, which SQL does not promise): the caller then
+        reads them row by row."""
+        try:
+            with self._lock:
+                ((stamps, numbers, flagged, layout),) = self._db.execute(
+                    "SELECT group_concat(ts), CAST(group_concat(numbers, '') AS BLOB), json_group_array(json_array("
+                    "ts, quality)) FILTER (WHERE quality <> ''), max(layout) FROM readings WHERE site = ? AND "
+                    "device = ? AND ts >= ? AND ts < ?", (site, device, lo, hi)).fetchall()
+        except sqlite3.Error:
+            return None
+        if stamps is None:
+            return None
+        ts = np.fromstring(stamps, np.int64, sep=",")
+        if (len(ts) != stamps.count(",") + 1 or len(numbers) != 8 * width * len(ts)
+                or (np.diff(ts) <= 0).any()):
+            return None
+        flagged = json.loads(flagged)
+        flags = {int(i): json.loads(q) for i, (_, q) in zip(np.searchsorted(ts, [t for t, _ in flagged]), flagged)}
+        return ts, (numbers,), flags, (layout,), None
 
     def read_sources(self, site, start, end, sources) -> dict[str, pd.DataFrame]:
         lo, hi = to_ms(start), to_ms(end)
@@ -523,12 +600,13 @@ class SqliteStore:
 
         if not by_value():
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin_waiting()
         try:
             if not by_value():
                 return  # another process converted it meanwhile
+            self._check_space()
             log.warning("store %s: converting its readings to a row per message (once; a year of a site takes "
-                        "minutes)", self.path)
+                        "about a minute)", self.path)
             self._db.execute("ALTER TABLE readings RENAME TO readings_by_value")
             for statement in SCHEMA.split(";"):
                 self._db.execute(statement)
@@ -540,6 +618,9 @@ class SqliteStore:
             self._db.execute("DROP TABLE readings_by_value")
             self._db.execute("COMMIT")
             self._committed()
+        except sqlite3.OperationalError as exc:  # a full disk, most likely: rolled back, the old rows stay as they were
+            raise UnusableFile(f"store {self.path}: its conversion to a row per message failed ({exc}): nothing was "
+                               f"changed, it stays as it was; {_free_space(self.path)}") from None
         finally:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -551,6 +632,35 @@ class SqliteStore:
         except sqlite3.OperationalError as exc:  # another process has the file open
             log.warning("store %s: converted, but its freed space stays inside the file until it is vacuumed "
                         "(sqlite3 %s VACUUM, with nothing else using it): %s", self.path, self.path, exc)
+
+    def _begin_waiting(self) -> None:
+        """BEGIN IMMEDIATE, waiting for as long as another process holds the write lock: of a store in
+        the old layout, that is most likely another process converting it, which takes about a minute a
+        year of a site; a stage that gave up instead would stop (the collector) or fail (a report)."""
+        told = False
+        while True:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xff != sqlite3.SQLITE_BUSY:  # its extended codes too
+                    raise
+                if not told:
+                    log.warning("store %s: another process is converting it to a row per message (or holds its "
+                                "write lock); waiting for it to finish", self.path)
+                    told = True
+
+    def _check_space(self) -> None:
+        """Refuse, before writing anything, a conversion the disk has no room for: it would fill the disk
+        (stopping every other writer there) and roll back, to be tried again at every start."""
+        need = round(CONVERSION_SPACE * sum(Path(f).stat().st_size for f in (self.path, f"{self.path}-wal")
+                                            if Path(f).exists()))
+        free = shutil.disk_usage(Path(self.path).absolute().parent).free
+        if free < need:
+            raise UnusableFile(f"store {self.path} must be converted to a row per message (its layout is that of "
+                               f"before 30 Nov 2026), which needs {need / 1e6:,.1f} MB free on its disk: "
+                               f"{free / 1e6:,.1f} MB are: nothing was changed, it stays as it was; "
+                               f"{_free_space(self.path)}")
 
     def _device_rows(self, site: str, device: str) -> Iterator[tuple]:
         """A device's rows per message from its rows per value (``_rows_per_message``): its channels'
@@ -688,6 +798,11 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _free_space(path: str) -> str:
+    return (f"free space on the disk of {Path(path).absolute().parent}, or move the store to a larger one (and its "
+            "URL with it), then start again")
 
 
 def _message_rows(messages: Sequence[SignedMessage], refused: list[tuple[Reading, str]]) -> list[tuple]:

@@ -177,3 +177,14 @@ def test_random_yaml_trees_never_give_a_traceback(capsys, tmp_path, case):
 @given(text=st.text(alphabet=st.sampled_from(list("{}[]:-,&*!|>'\"#%@ \n\tabcEeyn01.9+_")), max_size=60))
 def test_random_text_never_gives_a_traceback(capsys, tmp_path, text):
     _no_traceback(capsys, tmp_path, "MN_AM003", text)
+
+
+def test_the_input_model_is_made_once_per_spec():
+    """Each month processed validates its input: the model is made once for a spec object, and
+    another spec object (its file changed, say) gets its own."""
+    from processing.methodologies.calc_input import input_model
+
+    spec = load_spec("MN_AM003")
+    assert input_model(spec) is input_model(spec) and input_model(spec, True) is not input_model(spec)
+    other = spec.model_copy(update={"version": spec.version + "-x"})
+    assert input_model(other) is not input_model(spec) and input_model(other) is input_model(other)

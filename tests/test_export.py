@@ -637,3 +637,33 @@ def test_raw_csv_text_is_what_csv_writer_writes_for_any_readings():
         assert _raw_text(_week(frames)) == buf.getvalue()
 
     check()
+
+
+def test_a_period_whose_months_add_up_beyond_any_float_is_exported_failed_with_its_reason(tmp_path):
+    """Two months each with a huge but finite PE_flare (each month failed: beyond 2**53 t) add up to
+    more than a float holds: the export stopped with "parameters.PE_flare: expected a finite number,
+    got Infinity". The period is failed, exported as such, with its reason, as such a month is."""
+    s = site("ph-biogas")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    for month in ("2026-09", "2026-10"):
+        first, last = month_bounds(month)
+        days = [first + dt.timedelta(days=d) for d in range((last - first).days + 1)]
+        value = seeded(s)
+        daily = [{"day": d.isoformat(), "parameter": k, "unit": "u",
+                  "value": 3e306 if k == "PE_flare" else value(k, d)} for k in methodology_keys(s) for d in days]
+        reason = "cannot compute: PE beyond 9,007,199,254,740,992 t"
+        summary = {"site": s.site, "first": first.isoformat(), "last": last.isoformat(), "methodology": s.methodology,
+                   "version": s.methodology_version, "status": "failed", "reasons": [reason], "RE": None, "PE": None,
+                   "ER_unrounded": None, "ER": None, "provisional": True, "parameters": {},
+                   "input_hash": f"{s.site}-{month}", "completeness": {}, "simulated": False}
+        details = {"reasons": [reason], "calculation": None, "explanation": [], "findings": [], "adjustments": [],
+                   "daily": [], "daily_parameters": daily}
+        ledger.record(s.site, month, summary, details, {"defaults_hash": "d", "config_hash": "c", "code_version": "t"})
+    folder = export_period(s, SqliteStore(tmp_path / "empty.db"), ledger, dt.date(2026, 9, 1), dt.date(2026, 10, 31),
+                           tmp_path / "out")
+    m = manifest_of(folder)
+    assert m["status"] == "failed" and m["figures"]["ER"] is None and m["figures"]["RE"] is None
+    html = (folder / "summary.html").read_text()
+    assert "the period: cannot compute: parameters.PE_flare: expected a finite number" in html
+    report = openpyxl.load_workbook(folder / f"monitoring_{folder.name}.xlsx")["Monitoring report"]
+    assert any("cannot compute" in str(c.value) for row in report.iter_rows() for c in row)

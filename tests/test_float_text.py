@@ -76,6 +76,8 @@ def test_texts_of_a_list_of_finite_floats_are_repr():
     edges = [v for v in _edges().tolist() if math.isfinite(v)]
     rng = np.random.default_rng(7)
     for values in (edges, [0.0, 1e-5, 2.5], [0.0, -0.0, 5.0], [3e-5], [], rng.normal(0, 1e4, 500).tolist(),
+                   [100.00001, 2.5, -1000.000012, 5e-324, -2.2250738585072014e-308, 1e-300, 7.0],
+                   (10 ** rng.uniform(-12, 6, 500)).round(5).tolist(),
                    (np.sign(rng.normal(size=500)) * 10 ** rng.uniform(-8, 20, 500)).tolist()):
         assert joined_float_texts(values) == ",".join(map(repr, values))
         assert joined_float_texts(tuple(values)) == ",".join(map(repr, values))

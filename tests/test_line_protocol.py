@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
 from contract.message import DeviceStatus, Quality, Reading
-from store.influx_store import MEASUREMENT, line_protocol, reading_line
+from store.influx_store import MEASUREMENT, line_protocol, reading_line, reading_lines
 from tests.conftest import fuzz_examples
 
 HOSTILE = ["", " ", ",", "=", '"', "\\", "a\\", "a b", "a,b=c", 'x"y', "\n", "\t", "\r", "#x", "é", "😀", "\\ ",
@@ -101,3 +101,44 @@ def test_a_reading_of_floats_renders_as_point_rendered_it(values, quality, seq):
 def test_non_finite_floats_are_left_out_of_a_reading_of_floats(values):
     r = Reading(site="s", gateway="g", device="d", ts=dt.datetime(2026, 11, 29, tzinfo=dt.UTC), values=values, seq=1)
     assert reading_line(r) == old_point(r)
+
+
+def _rendered(r: Reading) -> str | type:
+    try:
+        return reading_line(r).encode().decode()
+    except (ValueError, TypeError, OverflowError) as exc:
+        return type(exc)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(st.tuples(
+    st.dictionaries(st.sampled_from(["a", "ch0", "ch10", "ch2", "qualityx", "seq0", "zz", "k=v", "x,y", "é", "{0}",
+                                     "a}", "quality", "seq", "site", "a\ud800"]),
+                    st.floats(allow_nan=True, allow_infinity=True) | st.none() | st.integers(-2**53, 2**53)
+                    | st.sampled_from([5.0, -0.0, 1e16, 1e-5, 3.5e-7, 5e-324, 100.00001, 1e22, 10.5, 1.5, "a,b", "1.0,"])
+                    | st.floats(min_value=-1e-3, max_value=1e-3), min_size=1, max_size=6),
+    st.sampled_from([{}, {"a": Quality.timeout}]), st.sampled_from(list(DeviceStatus)),
+    st.sampled_from(["m1", "m{1}", "m\udc00"])), min_size=1, max_size=8))
+def test_a_batch_renders_each_reading_as_it_renders_alone(batch):
+    """``reading_lines`` renders the usual readings of a batch together (their floats' texts in
+    one call, cut apart by commas): a reading of any other kind beside them (text holding a
+    comma, a null, an integer, NaN, a channel named like a field, a value below 1e-4) changes
+    no other reading's line, and each line is the one ``reading_line`` renders alone."""
+    t0 = dt.datetime(2026, 11, 29, 4, 30, 15, 120000, tzinfo=dt.UTC)
+    readings = [Reading(site="s 1", gateway="gw,1", device=device, ts=t0 + dt.timedelta(microseconds=i), values=values,
+                        quality={k: q for k, q in quality.items() if k in values}, status=status, seq=i)
+                for i, (values, quality, status, device) in enumerate(batch)]
+    lines = [line.decode() if isinstance(line, bytes) else type(line) for line in reading_lines(readings)]
+    assert lines == [_rendered(r) for r in readings]
+
+
+def test_the_usual_readings_of_a_batch_are_rendered_as_point_rendered_them():
+    t0 = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
+    readings = [Reading(site="s", gateway="g", device=f"m{i % 3}", ts=t0 + dt.timedelta(seconds=i),
+                        values={f"ch{k}": float(i * k) + 0.25 * (k % 2) for k in range(12)}, seq=i + 1)
+                for i in range(50)]
+    # text holding commas among them: the floats' texts of the readings after it stay theirs
+    readings[7] = Reading(site="s", gateway="g", device="m1", ts=readings[7].ts, values={"ch1": "a,b", "ch2": 1.0},
+                          seq=8)
+    assert reading_lines(readings) == [old_point(r).encode() for r in readings]

@@ -129,6 +129,8 @@ _EDGES = [0.0, -0.0, 2.0**63, -2.0**63, 1e308, -1e308, 2.0**53 + 2, float("nan")
              min_size=1, max_size=25)))
 @example([1.0, float("nan")])  # nan compares false to all: min and max pass it by
 @example([2.5, float("inf"), -float("inf")])
+@example([2.0**62] * 20)  # each below 2**63, their Euclidean norm beyond: checked one by one, and good
+@example([float("nan"), float("inf")])  # hypot is inf, not nan, when one of them is inf
 def test_each_value_is_judged_as_the_contract_says(values):
     """Values are checked all at once in C for the usual reading (finite floats of usual size)
     and one by one otherwise: either way a message is refused exactly when one of its values
@@ -155,6 +157,19 @@ def test_ids_status_and_quality_are_checked_after_a_good_message_was_seen():
                             ("status", None, "unknown quality or status"),
                             ("status", ["ok"], "unknown quality or status"),
                             ("quality", {"ch1": "late"}, "unknown quality or status"),
-                            ("quality", {"ch1": ["timeout"]}, "unknown quality or status")]:
+                            ("quality", {"ch1": ["timeout"]}, "unknown quality or status"),
+                            ("epoch", "0123456789ABCDEF", "'epoch' is not 16 lower-case hex digits"),
+                            ("epoch", 5, "'epoch' is not 16 lower-case hex digits"),
+                            ("epoch", ["0123456789abcdef"], "'epoch' is not 16 lower-case hex digits"),
+                            ("values", {"ch0": 1.0, "site": 2.0}, "channel name 'site' is reserved"),
+                            ("units", {"ch0": "kWh", "seq": "x"}, "channel name 'seq' is reserved")]:
         assert outcome(json.dumps(dict(BASE, **{key: value}))).startswith(f"refused: {why}"), (key, value)
     assert not outcome(json.dumps(BASE)).startswith("refused")
+
+
+def test_a_reserved_channel_name_is_refused_every_time():
+    """Channel names found good are remembered, and a message of remembered names alone is
+    taken without looking at them again: a reserved name, refused, is never remembered."""
+    body = dict(BASE, values={"ch0": 1.0, "status": 2.0}, quality={}, units={})
+    for _ in range(2):
+        assert outcome(json.dumps(body)).startswith("refused: channel name 'status' is reserved")

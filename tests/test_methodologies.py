@@ -175,3 +175,26 @@ def test_the_spec_in_docs_agrees_with_config_methodologies():
                 d = spec.defaults[name]
                 assert d.value in [float(x) for x in re.findall(r"\*\*([\d.]+)\*\*", value)], (name, value)
                 assert ("**unconfirmed**" in value) == (d.status == "unconfirmed"), (name, value)
+
+
+def test_a_spec_is_parsed_once_and_again_when_its_file_changes(tmp_path):
+    """Each month processed asks for its methodology's spec: it is read from its file once, and
+    read again once the file changes (an edited default, even one of the same length, must not be
+    missed)."""
+    import os
+    import shutil
+
+    from processing.methodologies.spec import SPEC_DIR
+
+    shutil.copy(SPEC_DIR / "MN_AM003.yaml", tmp_path / "MN_AM003.yaml")
+    first = load_spec("MN_AM003", tmp_path)
+    assert load_spec("MN_AM003", tmp_path) is first
+    path = tmp_path / "MN_AM003.yaml"
+    text = path.read_text()
+    stat = path.stat()
+    path.write_text(text.replace(f"title: {first.title}", f"title: {first.title[:-1]}X"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a coarse clock could give the same mtime
+    again = load_spec("MN_AM003", tmp_path)
+    assert again is not first and again.title == first.title[:-1] + "X"
+    path.write_text(text + "\n")
+    assert load_spec("MN_AM003", tmp_path).title == first.title

@@ -2,9 +2,18 @@
 store/message_rows.py): what another writer, a crash or a hostile message can do to it."""
 
 import datetime as dt
+import os
+import shutil
 
-from contract.message import DeviceStatus, Reading
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contract.message import DeviceStatus, Quality, Reading
+from contract.store import to_ms
 from store import open_store, row_per_value
+from tests.conftest import fuzz_examples
 
 T0 = dt.datetime(2026, 10, 1, 0, 0, tzinfo=dt.UTC)
 
@@ -144,3 +153,184 @@ def test_a_device_with_a_layout_a_row_reads_in_time_linear_in_its_rows(tmp_path)
         assert many < 15 * one, (one, many)  # 5x with one sort, 32x with a pass per layout
     finally:
         s.close()
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 400),
+                          st.lists(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=True)),
+                                   min_size=3, max_size=3),
+                          st.lists(st.one_of(st.none(), st.sampled_from(list(Quality))), min_size=3, max_size=3)),
+                max_size=40),
+       st.integers(-5, 200), st.integers(0, 450))
+def test_a_device_of_one_layout_reads_in_one_row_as_it_does_row_by_row(tmp_path, messages, a, b):
+    """``read_sources`` of a device with one layout has SQLite concatenate its rows' stamps, numbers
+    and flags (``_one_layout_range``): the same frames as its rows read one by one (``_rows_range``),
+    nulls, -0.0, infinities, flags and an empty range included."""
+    import pandas as pd
+
+    path = tmp_path / f"jcm-{abs(hash((tuple(map(str, messages)), a, b)))}.db"
+    s = open_store(f"sqlite:///{path}")
+    try:
+        s.write([Reading(site="s1", gateway="gw1", device="m1", ts=T0 + dt.timedelta(seconds=t), seq=t + 1,
+                         values=dict(zip("xyz", values)), quality={c: q for c, q in zip("xyz", flags) if q},
+                         units={}, status=DeviceStatus.ok) for t, values, flags in messages])
+        start, end = T0 + dt.timedelta(seconds=a), T0 + dt.timedelta(seconds=b)
+        sources = ["m1.x", "m1.z", "m1.y"]
+        one_row = s.read_sources("s1", start, end, sources)
+        taken = s._one_layout_range("s1", "m1", to_ms(start), to_ms(end), 3) is not None
+        assert taken == (len(one_row["m1.x"]) > 0)  # not a fall back to the rows
+        s._one_layout_range = lambda *args: None  # every row a Python row, as before
+        by_rows = s.read_sources("s1", start, end, sources)
+        for src in sources:
+            pd.testing.assert_frame_equal(one_row[src], by_rows[src])
+            assert (np.signbit(one_row[src]["value"]) == np.signbit(by_rows[src]["value"])).all()
+    finally:
+        s.close()
+        path.unlink(missing_ok=True)
+
+
+def test_a_range_too_long_for_one_sqlite_value_is_read_row_by_row(tmp_path):
+    """SQLite's aggregate of a device's range is one value, at most SQLITE_MAX_LENGTH bytes (~1 GB
+    by default; a few years of a wide device): past it the read takes the rows one by one rather
+    than fail."""
+    import sqlite3
+
+    s = open_store(f"sqlite:///{tmp_path}/jcm.db")
+    try:
+        s.write([reading(minutes=m, seq=m + 1, a=float(m), b=-float(m)) for m in range(200)])
+        s._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)  # 200 rows of 16 bytes do not fit
+        assert s._one_layout_range("s1", "m1", 0, 2**62, 2) is None
+        got = s.read_sources("s1", T0, T0 + dt.timedelta(days=1), ["m1.a", "m1.b"])
+        assert list(got["m1.a"]["value"]) == [float(m) for m in range(200)]
+        assert list(got["m1.b"]["value"]) == [-float(m) for m in range(200)]
+    finally:
+        s.close()
+def _old_rows(n):
+    ms = int(T0.timestamp() * 1000)
+    return [("s1", "m1", c, ms + 60_000 * i, "gw1", float(i), None, None, i) for i in range(n) for c in "abcde"]
+
+
+def test_an_opener_waits_for_another_process_converting_the_store(tmp_path, caplog):
+    """A conversion holds the store's write lock for as long as it runs (about a minute a year of a
+    site); any other process opening the store meanwhile failed after 5 s with "database is locked"
+    (a collector starting then died). It waits, saying so once, and then finds the store converted."""
+    import logging
+    import sqlite3
+    import threading
+    import time
+
+    path = tmp_path / "jcm.db"
+    _old_store(path, _old_rows(100))
+    converting = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    converting.execute("BEGIN IMMEDIATE")  # what a converting process holds, here for longer than SQLite waits
+    ends = threading.Timer(6.0, lambda: converting.execute("ROLLBACK"))
+    ends.start()
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="store.sqlite_store"):
+            s = open_store(f"sqlite:///{path}", create=False)
+        try:
+            assert time.monotonic() - started >= 5.9 and s.count() == 500
+        finally:
+            s.close()
+    finally:
+        ends.join()
+        converting.close()
+    waits = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert len(waits) == 1 and str(path) in waits[0] and "converting" in waits[0], waits
+
+
+def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_path):
+    """A conversion needs a few times the old file's size free (the new rows are written beside the old,
+    then vacuumed): on a disk without it, it filled the disk (every other writer there with it), rolled
+    back, and tried again at every start. Refused now, on a real size-limited tmpfs, in one line that
+    names the store, what it needs and what is free; the old file is as it was and converts once there
+    is room."""
+    import hashlib
+
+    from contract.sqlite_file import UnusableFile
+    from tests.test_outbox_full_disk import needs_root, tiny_disk
+
+    if needs_root.args[0]:
+        pytest.skip(needs_root.kwargs["reason"])
+    with tiny_disk(tmp_path / "disk", "3m") as disk:
+        path = disk / "jcm.db"
+        _old_store(path, _old_rows(6000))
+        size = os.path.getsize(path)
+        assert 1_000_000 < size < 2_000_000  # the 3 MB disk has room for it, not for converting it
+        before, free = hashlib.sha256(path.read_bytes()).hexdigest(), shutil.disk_usage(disk).free
+        with pytest.raises(UnusableFile) as refused:  # it converted, failed to vacuum and left the disk full
+            open_store(f"sqlite:///{path}")
+        assert shutil.disk_usage(disk).free >= free - 64 * 1024
+        message = str(refused.value)
+        assert str(path) in message and "MB free" in message and "nothing was changed" in message
+        assert "\n" not in message, message
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+        moved = tmp_path / "jcm.db"  # the operator's way out: a larger disk
+        shutil.copyfile(path, moved)
+    s = open_store(f"sqlite:///{moved}")
+    try:
+        assert s.count() == 5 * 6000
+    finally:
+        s.close()
+
+
+def _as_nobody(*args):
+    """Run ``jcm args`` as user nobody: root ignores file permissions. It may read any file (the venv's
+    interpreter lives under /root) but writes by permissions alone."""
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("running a command as another user needs root and setpriv")
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+                           sys.executable, "-m", "jcm.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "HOME": "/tmp"})
+
+
+def test_a_store_this_user_cannot_write_is_read_while_its_writer_has_it_open_else_refused():
+    """A reading command of a user who cannot write the store (an auditor, the live view as its own
+    user) was refused even while the collector had the store open, when SQLite can read it through
+    the collector's -shm and -wal files. Without them SQLite would create them, read-only and this
+    user's, and the collector could write the store no more: refused, one line, nothing created. An
+    old-layout store, which only a writer can convert, is refused alike, untouched."""
+    import tempfile
+    from pathlib import Path
+
+    # where nobody can reach it by permissions (tmp_path is in a folder of root's alone)
+    folder = Path(tempfile.mkdtemp(prefix="jcm-read-only-"))
+    folder.chmod(0o755)
+    try:
+        _read_as_nobody(folder, folder / "jcm.db")
+    finally:
+        shutil.rmtree(folder)
+
+
+def _read_as_nobody(folder, path):
+    import hashlib
+
+    url = f"sqlite:///{path}"
+    writer = open_store(url)
+    try:
+        writer.write([reading(a=1.0)], [])
+        folder.chmod(0o555)
+        path.chmod(0o444)
+        done = _as_nobody("deadletters", "--store", url)
+        assert done.returncode == 0 and "0 dead letter(s) shown" in done.stdout, done.stderr
+    finally:
+        writer.close()
+    assert sorted(os.listdir(folder)) == ["jcm.db"]
+    for layout in ("new", "old"):
+        if layout == "old":
+            folder.chmod(0o755)
+            path.unlink()
+            _old_store(path, _old_rows(10))  # closed: SQLite removed its -wal and -shm
+            folder.chmod(0o555)
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+        done = _as_nobody("deadletters", "--store", url)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (layout, done.stderr)
+        assert str(path) in lines[0] and "not writable by this user" in lines[0] and "nothing was changed" in lines[0]
+        assert sorted(os.listdir(folder)) == ["jcm.db"] and hashlib.sha256(path.read_bytes()).hexdigest() == before

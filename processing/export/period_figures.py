@@ -21,7 +21,7 @@ from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.fixed_values import FixedValue, changes, from_calculation, from_config, from_record
 from processing.ledger import Ledger, Revision
-from processing.methodologies import Calculation
+from processing.methodologies import Calculation, InputError
 from processing.methodologies.common import exact_sum
 from processing.methodologies.spec import MethodologySpec
 from processing.monthly import process_month, versions
@@ -87,7 +87,7 @@ class PeriodFigures:
     status: str
     reasons: list[str]
     parameters: dict[str, float]
-    calc: Calculation
+    calc: Calculation | None  # None: the period's figures cannot be computed (failed; ``reasons`` say why)
     revisions: list[UsedRevision]
     daily: pd.DataFrame
     findings: list[dict]
@@ -106,6 +106,10 @@ class PeriodFigures:
     @property
     def name(self) -> str:
         return export_name(self.site, self.first, self.last)
+
+
+#: how the reason a period's figures cannot be computed begins
+CANNOT_COMPUTE = "the period: cannot compute: "
 
 
 def export_name(site: Site, first: dt.date, last: dt.date) -> str:
@@ -263,11 +267,15 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     parameters = {key: float(total) for key, total in totals.items()}
     current = from_config(site, processor.spec)
     fixed = recorded_fixed(revisions, processor.spec, current)
-    calc = processor.calculate_period(totals, fixed)
     signed = {r.month for r, s in picked if s is not None}
     status = max((r.status for r in revisions), key=STATUSES.index)
     reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]
-    if calc.provisional and status == "verified":  # a value recorded without its status counts as unconfirmed
+    try:
+        calc = processor.calculate_period(totals, fixed)
+    except InputError as exc:  # months' totals beyond any figure (or float): failed, named, as such a month is
+        calc, status = None, "failed"
+        reasons.append(f"{CANNOT_COMPUTE}{exc}")
+    if calc and calc.provisional and status == "verified":  # a value recorded without its status counts as unconfirmed
         status = "provisional"
         reasons.append("fixed values unconfirmed: " + ", ".join(f"{f.key} ({f.source})" for f in fixed
                                                                  if f.status != "confirmed"))

@@ -82,12 +82,16 @@ def render(figures: PeriodFigures, files: dict[str, str], custody: dict, lang: s
                                       days=(figures.last - figures.first).days + 1, zone=site.timezone)) + "</h2>",
         "<table>",
         f"<tr><th>{e(m['status'])}</th><td>{status(figures.status)}</td></tr>",
-        f"<tr><th>{e(m['provisional'])}</th><td>{e(m['yes'] if calc.provisional else m['no'])}</td></tr>",
-        f"<tr><th>{e(m['re'])}</th><td class=n>{_num(calc.RE)} tCO2</td></tr>",
-        f"<tr><th>{e(m['pe'])}</th><td class=n>{_num(calc.PE)} tCO2</td></tr>",
-        f"<tr><th>{e(m['er_unrounded'])}</th><td class=n>{_num(calc.ER_unrounded)} tCO2</td></tr>",
-        f"<tr><th>{e(m['er_rounded'].format(rounding=spec.rounding))}</th>"
-        f"<td class=n><b>{calc.ER:,} tCO2</b></td></tr>",
+    ]
+    if calc is not None:  # else failed, its reasons below say why
+        parts += [
+            f"<tr><th>{e(m['provisional'])}</th><td>{e(m['yes'] if calc.provisional else m['no'])}</td></tr>",
+            f"<tr><th>{e(m['re'])}</th><td class=n>{_num(calc.RE)} tCO2</td></tr>",
+            f"<tr><th>{e(m['pe'])}</th><td class=n>{_num(calc.PE)} tCO2</td></tr>",
+            f"<tr><th>{e(m['er_unrounded'])}</th><td class=n>{_num(calc.ER_unrounded)} tCO2</td></tr>",
+            f"<tr><th>{e(m['er_rounded'].format(rounding=spec.rounding))}</th>"
+            f"<td class=n><b>{calc.ER:,} tCO2</b></td></tr>"]
+    parts += [
         "</table>",
         "<p>" + (e(m["custody"].format(n=f"{signed:,}")) if signed else f"<b>{e(m['not_signed'])}</b>") + "</p>",
     ]

@@ -27,7 +27,7 @@ from openpyxl.writer.excel import ExcelWriter
 
 from contract.config.site import MonitoringPoint
 from processing.export.equations import write_calculation
-from processing.export.period_figures import PeriodFigures
+from processing.export.period_figures import CANNOT_COMPUTE, PeriodFigures
 from processing.methodologies.common import exact_sum
 from processing.period import DERIVED_FROM
 
@@ -190,9 +190,14 @@ def _report(ws: Worksheet, figures: PeriodFigures) -> None:
         ("Methodology", f"{spec.methodology} Ver{spec.version}: {spec.title}"), ("Methodology status", spec.status),
         ("Monitoring period start", figures.first), ("Monitoring period end", figures.last),
         ("Days", (figures.last - figures.first).days + 1), ("Status", figures.status),
-        ("Provisional", "yes" if calc.provisional else "no"),
+        ("Provisional", "-" if calc is None else "yes" if calc.provisional else "no"),
         ("Ledger revisions used", ", ".join(f"{r.month} r{r.revision}" for r in figures.revisions)),
     ])
+    if calc is None:  # failed: no figure to show or to make a formula of
+        for line in [r for r in figures.reasons if r.startswith(CANNOT_COMPUTE)]:
+            ws.cell(row=row, column=1, value=line).font = BOLD
+            row += 1
+        return
 
     cells: dict[tuple[str, str | None], str] = {}
     units_by_id = {u["id"]: u for u in calc.units}

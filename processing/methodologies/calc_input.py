@@ -126,8 +126,15 @@ def _version_text(v: Any) -> Any:
     return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
+#: the models made, by spec object (held, so that its id names no other while it is here) and
+#: ``period_required``: building one cost ~2 ms, once per month processed (``load_spec`` gives the
+#: same spec object until its file changes)
+_models: dict[tuple[int, bool], tuple[MethodologySpec, type[BaseModel]]] = {}
+_MODELS_KEPT = 32
+
+
 def input_model(spec: MethodologySpec, period_required: bool = False) -> type[BaseModel]:
-    """The typed model of a calculation's input under ``spec``.
+    """The typed model of a calculation's input under ``spec``, made once per spec object.
 
     Parameters
     ----------
@@ -141,6 +148,17 @@ def input_model(spec: MethodologySpec, period_required: bool = False) -> type[Ba
     type[BaseModel]
         A model with ``methodology``, ``version``, ``period``, ``units`` and ``parameters``.
     """
+    key = (id(spec), period_required)
+    held, model = _models.get(key, (None, None))
+    if held is not spec:
+        if len(_models) >= _MODELS_KEPT:
+            _models.clear()
+        model = _input_model(spec, period_required)
+        _models[key] = (spec, model)
+    return model
+
+
+def _input_model(spec: MethodologySpec, period_required: bool) -> type[BaseModel]:
     per_unit = {n: p for n, p in spec.parameters.items() if p.per_unit}
     per_period = {n: p for n, p in spec.parameters.items() if not p.per_unit}
 

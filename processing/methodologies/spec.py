@@ -123,13 +123,26 @@ class MethodologySpec(_Strict):
         return self.status == "provisional"
 
 
+#: the specs read, by file, with the file's modification time [ns] and size when read: each month
+#: processed asked for its site's, and parsing the YAML again cost 1 - 5 ms
+_read: dict[Path, tuple[int, int, MethodologySpec]] = {}
+
+
 def load_spec(methodology: str, spec_dir: Path = SPEC_DIR) -> MethodologySpec:
+    """The methodology's spec, read from its file again whenever the file changed."""
     path = spec_dir / f"{methodology}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in spec_dir.glob("*.yaml")))
-        raise ConfigError(f"unknown methodology '{methodology}' (known: {known})")
     try:
-        return MethodologySpec.model_validate(yaml.safe_load(path.read_text()))
+        stat = path.stat()
+    except FileNotFoundError:
+        known = ", ".join(sorted(p.stem for p in spec_dir.glob("*.yaml")))
+        raise ConfigError(f"unknown methodology '{methodology}' (known: {known})") from None
+    mtime, size, spec = _read.get(path, (None, None, None))
+    if (mtime, size) == (stat.st_mtime_ns, stat.st_size):
+        return spec
+    try:
+        spec = MethodologySpec.model_validate(yaml.safe_load(path.read_text()))
     except ValidationError as exc:
         lines = [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)]
         raise ConfigError("\n".join(lines)) from None
+    _read[path] = (stat.st_mtime_ns, stat.st_size, spec)
+    return spec
