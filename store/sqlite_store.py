@@ -206,6 +206,10 @@ class SqliteStore:
             damaged_hint="restore it from a backup, or check the store URL",
             missing_hint="check the store URL (sqlite:///relative/path.db, sqlite:////absolute/path.db); "
                          "the collector creates the store on its first run", read_only=read_only is not None)
+        # group_concat, a text function, passes a blob's bytes on unchanged only in a UTF-8 database: in a
+        # UTF-16 one (a file made elsewhere) it converts them, lone surrogates to U+FFFD, at the same length
+        ((encoding,),) = self._db.execute("PRAGMA encoding").fetchall()
+        self._blobs_concatenate = encoding == "UTF-8"
         # layouts and the devices' use of them, as committed: ids never change once committed
         self._ids: dict[Layout, int] = {}
         self._layouts: dict[int, Layout] = {}
@@ -483,7 +487,9 @@ class SqliteStore:
         row was most of a read's time; this is ~2.5 x faster. None without rows, or if SQLite could not
         aggregate them (a range too long for one SQLite value, ~1 GB; no JSON functions) or did not in
         ts order (the order of the primary key it scans, which SQL does not promise): the caller then
-        reads them row by row."""
+        reads them row by row; so too in a database not in UTF-8."""
+        if not self._blobs_concatenate:
+            return None
         try:
             with self._lock:
                 ((stamps, numbers, flagged, layout),) = self._db.execute(

@@ -206,6 +206,33 @@ def test_a_range_too_long_for_one_sqlite_value_is_read_row_by_row(tmp_path):
         assert list(got["m1.b"]["value"]) == [-float(m) for m in range(200)]
     finally:
         s.close()
+@pytest.mark.parametrize("encoding", ["UTF-16le", "UTF-16be"])
+def test_a_utf16_store_reads_its_numbers_bit_for_bit(tmp_path, encoding):
+    """SQLite's group_concat is a text function: in a UTF-16 database (a store file made by another
+    tool) it converted the concatenated numbers' bytes, a lone surrogate to U+FFFD at the same length,
+    so a read of a device of one layout gave other values than were written, and no check saw it."""
+    import sqlite3
+    import struct
+
+    from store.sqlite_store import SCHEMA
+
+    path = tmp_path / "jcm.db"
+    made = sqlite3.connect(path)
+    made.execute(f"PRAGMA encoding = '{encoding}'")
+    made.executescript(SCHEMA)
+    made.close()
+    # float64s whose bytes hold lone UTF-16 surrogates, in either byte order
+    values = [struct.unpack("<d", bytes.fromhex(h))[0] for h in ("00d8000000dc0040", "ffdf00d8ff00f03f",
+                                                                  "d8000000dc000040", "fffec080eda0803f")]
+    s = open_store(f"sqlite:///{path}")
+    try:
+        s.write([reading(minutes=m, seq=m + 1, a=v, b=1.0) for m, v in enumerate(values)])
+        got = s.read_sources("s1", T0, T0 + dt.timedelta(days=1), ["m1.a"])["m1.a"]["value"]
+        assert [struct.pack("<d", v) for v in got] == [struct.pack("<d", v) for v in values]
+    finally:
+        s.close()
+
+
 def _old_rows(n):
     ms = int(T0.timestamp() * 1000)
     return [("s1", "m1", c, ms + 60_000 * i, "gw1", float(i), None, None, i) for i in range(n) for c in "abcde"]
