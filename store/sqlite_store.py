@@ -43,7 +43,7 @@ import pandas as pd
 from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import MAX_CHANNELS, Reading
-from contract.sqlite_file import UnusableFile, open_sqlite, unwritable
+from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
@@ -196,9 +196,9 @@ class SqliteStore:
         self.path = str(path)
         self._lock = threading.RLock()  # re-entered: a write looks layouts up
         read_only = None if create or not Path(path).is_file() else unwritable(path, "store")
-        if read_only and not all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm")):
+        if read_only and not all(beside(path, end).exists() for end in ("-wal", "-shm")):
             # SQLite would create them, read-only and this user's, and its owner could write the store no more
-            raise UnusableFile(f"{read_only}, and reading it needs {path}-shm and -wal files, which are there only "
+            raise UnusableFile(f"{read_only}, and reading it needs {beside(path, '-shm')} and -wal files, which are there only "
                                "while a process that can write it has it open (the collector): read it then, or as "
                                "its owner, or read a copy of it: nothing was changed")
         self._db = open_sqlite(
@@ -659,9 +659,9 @@ class SqliteStore:
     def _check_space(self) -> None:
         """Refuse, before writing anything, a conversion the disk has no room for: it would fill the disk
         (stopping every other writer there) and roll back, to be tried again at every start."""
-        need = round(CONVERSION_SPACE * sum(Path(f).stat().st_size for f in (self.path, f"{self.path}-wal")
-                                            if Path(f).exists()))
-        free = shutil.disk_usage(Path(self.path).absolute().parent).free
+        need = round(CONVERSION_SPACE * sum(f.stat().st_size for f in (Path(self.path), beside(self.path, "-wal"))
+                                            if f.exists()))
+        free = shutil.disk_usage(beside(self.path, "").parent).free
         if free < need:
             raise UnusableFile(f"store {self.path} must be converted to a row per message (its layout is that of "
                                f"before 30 Nov 2026), which needs {need / 1e6:,.1f} MB free on its disk: "
@@ -807,7 +807,7 @@ class SqliteStore:
 
 
 def _free_space(path: str) -> str:
-    return (f"free space on the disk of {Path(path).absolute().parent}, or move the store to a larger one (and its "
+    return (f"free space on the disk of {beside(path, '').parent}, or move the store to a larger one (and its "
             "URL with it), then start again")
 
 

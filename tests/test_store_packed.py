@@ -303,6 +303,45 @@ def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_p
         s.close()
 
 
+def test_a_store_reached_through_a_symlink_is_read_while_its_collector_writes_it(tmp_path):
+    """SQLite keeps a database's -wal and -shm beside the file a symlink leads to. The opening checks
+    looked for the -wal beside the symlink, found none and read the file as immutable, without its
+    log: a reading command on a symlinked store whose collector had not yet checkpointed called it
+    "an empty SQLite database, not a store"."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "jcm.db").symlink_to(tmp_path / "data" / "jcm.db")
+    writer = open_store(f"sqlite:///{tmp_path}/var/jcm.db")
+    try:
+        writer.write([reading(minutes=m, seq=m + 1, a=float(m)) for m in range(10)])
+        assert sorted(os.listdir(tmp_path / "data")) == ["jcm.db", "jcm.db-shm", "jcm.db-wal"]
+        reader = open_store(f"sqlite:///{tmp_path}/var/jcm.db", create=False)
+        try:
+            assert reader.count() == 10
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+
+
+def test_the_space_for_a_conversion_is_that_of_the_disk_a_symlinked_store_is_on(tmp_path):
+    """A store moved to another disk and reached through a symlink (the way out the space check
+    suggests) had the free space of the symlink's disk checked: a conversion went ahead on a small
+    disk without the room it needs, to fill it at worst."""
+    from contract.sqlite_file import UnusableFile
+    from tests.test_outbox_full_disk import needs_root, tiny_disk
+
+    if needs_root.args[0]:
+        pytest.skip(needs_root.kwargs["reason"])
+    with tiny_disk(tmp_path / "disk", "3m") as disk:
+        _old_store(disk / "jcm.db", _old_rows(6000))
+        (tmp_path / "jcm.db").symlink_to(disk / "jcm.db")
+        free = shutil.disk_usage(disk).free
+        with pytest.raises(UnusableFile, match="MB free on its disk") as refused:
+            open_store(f"sqlite:///{tmp_path}/jcm.db")
+        assert str(disk) in str(refused.value) and shutil.disk_usage(disk).free >= free - 64 * 1024
+
+
 def _as_nobody(*args):
     """Run ``jcm args`` as user nobody: root ignores file permissions. It may read any file (the venv's
     interpreter lives under /root) but writes by permissions alone."""
