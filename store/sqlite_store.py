@@ -431,8 +431,8 @@ class SqliteStore:
             order = np.argsort(marks, kind="stable")
             groups = [(int(marks[at[0]]), at) for at in np.split(order, np.flatnonzero(np.diff(marks[order])) + 1)]
         for n, at in groups:
-            matrix = np.frombuffer(b"".join(numbers if len(kinds) == 1 else [numbers[i] for i in at]),
-                                   np.float64).reshape(len(at), -1)
+            matrix = self._numbers(device, ts[at], numbers if len(kinds) == 1 else [numbers[i] for i in at],
+                                   len(layouts[n][0]))
             for c, j in wanted[n]:
                 pieces.setdefault(c, []).append((at, matrix[:, j]))
         gateway = np.array(gateway, object) if gateways else None
@@ -453,6 +453,24 @@ class SqliteStore:
                     flag[k] = flags[i].get(c)
             out[c] = (ts[at], value, flag) + ((gateway[at],) if gateways else ())
         return out
+
+    def _numbers(self, device: str, ts: np.ndarray, rows: Sequence[bytes], width: int) -> np.ndarray:
+        """The numbers of a device's rows of one layout, of ``width`` numbers, a row a line, from each
+        row's numbers (or, from SQLite's aggregate, all rows' in one value, their lengths checked there).
+        Refused, as damage, if a row has not ``width`` numbers: a damaged or forged file, whose numbers
+        would otherwise be read shifted into other rows, or fail with a reshape error."""
+        try:
+            blob = b"".join(rows)
+            fits = len(blob) == 8 * width * len(ts) and (len(rows) != len(ts) or set(map(len, rows)) == {8 * width})
+        except TypeError:  # a value not a blob
+            fits = False
+        if not fits:
+            t, row = next((t, row) for t, row in zip(ts, rows) if not isinstance(row, bytes) or len(row) != 8 * width)
+            held = f"{len(row)} bytes" if isinstance(row, bytes) else "a value not a blob"
+            raise sqlite3.DatabaseError(f"store {self.path} is damaged: device {device}'s row at "
+                                        f"{from_ms(int(t)).isoformat()} holds {held} as its numbers, where its "
+                                        f"layout has {width} numbers of 8 bytes: restore it from a backup")
+        return np.frombuffer(blob, np.float64).reshape(len(ts), width)
 
     def _rows_range(self, site: str, device: str, lo: int, hi: int, ids: list[int], layouts: int,
                     limit: int | None, gateways: bool) -> tuple | None:
@@ -492,17 +510,18 @@ class SqliteStore:
             return None
         try:
             with self._lock:
-                ((stamps, numbers, flagged, layout),) = self._db.execute(
+                ((stamps, numbers, flagged, layout, odd),) = self._db.execute(
                     "SELECT group_concat(ts), CAST(group_concat(numbers, '') AS BLOB), json_group_array(json_array("
-                    "ts, quality)) FILTER (WHERE quality <> ''), max(layout) FROM readings WHERE site = ? AND "
-                    "device = ? AND ts >= ? AND ts < ?", (site, device, lo, hi)).fetchall()
+                    "ts, quality)) FILTER (WHERE quality <> ''), max(layout), sum(length(numbers) IS NOT ?) FROM "
+                    "readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?",
+                    (8 * width, site, device, lo, hi)).fetchall()
         except sqlite3.Error:
             return None
         if stamps is None:
             return None
         ts = np.fromstring(stamps, np.int64, sep=",")
-        if (len(ts) != stamps.count(",") + 1 or len(numbers) != 8 * width * len(ts)
-                or (np.diff(ts) <= 0).any()):
+        if (odd or len(ts) != stamps.count(",") + 1 or len(numbers) != 8 * width * len(ts)
+                or (np.diff(ts) <= 0).any()):  # a row with other numbers than its layout's: ``_numbers`` says
             return None
         flagged = json.loads(flagged)
         flags = {int(i): json.loads(q) for i, (_, q) in zip(np.searchsorted(ts, [t for t, _ in flagged]), flagged)}

@@ -233,6 +233,39 @@ def test_a_utf16_store_reads_its_numbers_bit_for_bit(tmp_path, encoding):
         s.close()
 
 
+@pytest.mark.parametrize("forged", ["CAST(numbers || zeroblob(8) AS BLOB)", "'sixteen letters!'", "NULL"])
+def test_a_row_whose_numbers_do_not_fit_its_layout_is_refused_as_damage(tmp_path, forged):
+    """A row's numbers are 8 bytes for each number of its layout. A damaged or forged store with one
+    row 8 bytes short and the next 8 bytes long (or a text, or nothing, where the numbers should be)
+    was read with the numbers shifted from row to row, silently, by both the aggregated and the row by
+    row read, or failed with a reshape or type error. Refused now as damage, naming the row."""
+    import re
+    import sqlite3
+
+    path = tmp_path / "jcm.db"
+    s = open_store(f"sqlite:///{path}")
+    s.write([reading(minutes=m, seq=m + 1, a=float(m), b=100.0 + m) for m in range(3)])
+    s.close()
+    forger = sqlite3.connect(path)  # a file made by other means: numbers may be NULL
+    forger.executescript("PRAGMA writable_schema = ON; UPDATE sqlite_master SET sql = replace(sql, "
+                         "'numbers BLOB NOT NULL', 'numbers BLOB') WHERE name = 'readings';")
+    forger.close()
+    forger = sqlite3.connect(path)
+    forger.executescript("UPDATE readings SET numbers = substr(numbers, 1, 8) WHERE ts = (SELECT min(ts) FROM readings);"
+                         f"UPDATE readings SET numbers = {forged} WHERE ts = (SELECT min(ts) + 60000 FROM readings);")
+    forger.close()
+    s = open_store(f"sqlite:///{path}", create=False)
+    try:
+        end = T0 + dt.timedelta(days=1)
+        for read in (lambda: s.read_sources("s1", T0, end, ["m1.a", "m1.b"]),  # aggregated by SQLite
+                     lambda: s.read("s1", T0, end, sources=["m1.a", "m1.b"])):  # row by row
+            with pytest.raises(sqlite3.DatabaseError, match=re.escape(f"store {path} is damaged: device m1's row "
+                                                                      f"at {T0.isoformat()} holds 8 bytes")):
+                read()
+    finally:
+        s.close()
+
+
 def _old_rows(n):
     ms = int(T0.timestamp() * 1000)
     return [("s1", "m1", c, ms + 60_000 * i, "gw1", float(i), None, None, i) for i in range(n) for c in "abcde"]
