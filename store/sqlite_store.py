@@ -198,9 +198,9 @@ class SqliteStore:
         read_only = None if create or not Path(path).is_file() else unwritable(path, "store")
         if read_only and not all(beside(path, end).exists() for end in ("-wal", "-shm")):
             # SQLite would create them, read-only and this user's, and its owner could write the store no more
-            raise UnusableFile(f"{read_only}, and reading it needs {beside(path, '-shm')} and -wal files, which are there only "
-                               "while a process that can write it has it open (the collector): read it then, or as "
-                               "its owner, or read a copy of it: nothing was changed")
+            raise UnusableFile(f"{read_only}, and reading it needs {beside(path, '-shm')} and -wal files, which are "
+                               "there only while a process that can write it has it open (the collector): read it "
+                               "then, or as its owner, or read a copy of it: nothing was changed")
         self._db = open_sqlite(
             path, "store", {"readings"}, create=create, check_same_thread=False, isolation_level=None, timeout=5.0,
             damaged_hint="restore it from a backup, or check the store URL",
@@ -457,8 +457,8 @@ class SqliteStore:
     def _numbers(self, device: str, ts: np.ndarray, rows: Sequence[bytes], width: int) -> np.ndarray:
         """The numbers of a device's rows of one layout, of ``width`` numbers, a row a line, from each
         row's numbers (or, from SQLite's aggregate, all rows' in one value, their lengths checked there).
-        Refused, as damage, if a row has not ``width`` numbers: a damaged or forged file, whose numbers
-        would otherwise be read shifted into other rows, or fail with a reshape error."""
+        Refused, as damage, if a row has not ``width`` numbers (a damaged file, or one written by other
+        means): its numbers would otherwise be read shifted into other rows, or fail to reshape."""
         try:
             blob = b"".join(rows)
             fits = len(blob) == 8 * width * len(ts) and (len(rows) != len(ts) or set(map(len, rows)) == {8 * width})

@@ -251,8 +251,9 @@ def test_a_row_whose_numbers_do_not_fit_its_layout_is_refused_as_damage(tmp_path
                          "'numbers BLOB NOT NULL', 'numbers BLOB') WHERE name = 'readings';")
     forger.close()
     forger = sqlite3.connect(path)
-    forger.executescript("UPDATE readings SET numbers = substr(numbers, 1, 8) WHERE ts = (SELECT min(ts) FROM readings);"
-                         f"UPDATE readings SET numbers = {forged} WHERE ts = (SELECT min(ts) + 60000 FROM readings);")
+    forger.executescript("UPDATE readings SET numbers = substr(numbers, 1, 8) "
+                         "WHERE ts = (SELECT min(ts) FROM readings);"
+                         f"UPDATE readings SET numbers = {forged} WHERE ts = (SELECT min(ts) FROM readings) + 60000;")
     forger.close()
     s = open_store(f"sqlite:///{path}", create=False)
     try:
