@@ -91,7 +91,7 @@ def _check_existing(p: Path, what: str, tables: set[str], may_be_empty: bool, hi
         raise UnusableFile(f"{damaged} (truncated: {size} bytes is not a whole number of {page}-byte pages): "
                            f"nothing was changed; {hint}")
     # read-only; immutable when no -wal file exists, so that not even -wal/-shm files appear
-    wal = Path(f"{p}-wal").exists()
+    wal = beside(p, "-wal").exists()
     try:
         db = sqlite3.connect(_uri(p, "ro", immutable=not wal), uri=True)
     except sqlite3.Error as exc:
@@ -122,9 +122,15 @@ def _check_writable(p: Path, what: str) -> None:
 
 def unwritable(p: str | Path, what: str) -> str | None:
     """Why this user cannot write the existing file ``p`` as SQLite does, if it cannot."""
-    p = Path(p)
+    p, real = Path(p), Path(os.path.realpath(p))
     # SQLite writes the file and, in WAL mode, creates -wal and -shm files beside it
-    for target, name in ((p, f"{what} {p}"), (p.parent, f"the directory of {what} {p}")):
+    for target, name in ((p, f"{what} {p}"), (real.parent, f"the directory {real.parent} of {what} {p}")):
         if not os.access(target, os.W_OK):
             return f"{name} is not writable by this user (uid {os.geteuid()}) or is on a read-only filesystem"
     return None
+
+
+def beside(p: str | Path, end: str) -> Path:
+    """The file SQLite keeps beside database ``p`` (``end``: "-wal", "-shm", "-journal"): beside the
+    file a symlink ``p`` leads to, where SQLite puts them, not beside the symlink."""
+    return Path(f"{os.path.realpath(p)}{end}")

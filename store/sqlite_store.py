@@ -43,7 +43,7 @@ import pandas as pd
 from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import MAX_CHANNELS, Reading
-from contract.sqlite_file import UnusableFile, open_sqlite, unwritable
+from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
@@ -196,16 +196,20 @@ class SqliteStore:
         self.path = str(path)
         self._lock = threading.RLock()  # re-entered: a write looks layouts up
         read_only = None if create or not Path(path).is_file() else unwritable(path, "store")
-        if read_only and not all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm")):
+        if read_only and not all(beside(path, end).exists() for end in ("-wal", "-shm")):
             # SQLite would create them, read-only and this user's, and its owner could write the store no more
-            raise UnusableFile(f"{read_only}, and reading it needs {path}-shm and -wal files, which are there only "
-                               "while a process that can write it has it open (the collector): read it then, or as "
-                               "its owner, or read a copy of it: nothing was changed")
+            raise UnusableFile(f"{read_only}, and reading it needs {beside(path, '-shm')} and -wal files, which are "
+                               "there only while a process that can write it has it open (the collector): read it "
+                               "then, or as its owner, or read a copy of it: nothing was changed")
         self._db = open_sqlite(
             path, "store", {"readings"}, create=create, check_same_thread=False, isolation_level=None, timeout=5.0,
             damaged_hint="restore it from a backup, or check the store URL",
             missing_hint="check the store URL (sqlite:///relative/path.db, sqlite:////absolute/path.db); "
                          "the collector creates the store on its first run", read_only=read_only is not None)
+        # group_concat, a text function, passes a blob's bytes on unchanged only in a UTF-8 database: in a
+        # UTF-16 one (a file made elsewhere) it converts them, lone surrogates to U+FFFD, at the same length
+        ((encoding,),) = self._db.execute("PRAGMA encoding").fetchall()
+        self._blobs_concatenate = encoding == "UTF-8"
         # layouts and the devices' use of them, as committed: ids never change once committed
         self._ids: dict[Layout, int] = {}
         self._layouts: dict[int, Layout] = {}
@@ -427,8 +431,8 @@ class SqliteStore:
             order = np.argsort(marks, kind="stable")
             groups = [(int(marks[at[0]]), at) for at in np.split(order, np.flatnonzero(np.diff(marks[order])) + 1)]
         for n, at in groups:
-            matrix = np.frombuffer(b"".join(numbers if len(kinds) == 1 else [numbers[i] for i in at]),
-                                   np.float64).reshape(len(at), -1)
+            matrix = self._numbers(device, ts[at], numbers if len(kinds) == 1 else [numbers[i] for i in at],
+                                   len(layouts[n][0]))
             for c, j in wanted[n]:
                 pieces.setdefault(c, []).append((at, matrix[:, j]))
         gateway = np.array(gateway, object) if gateways else None
@@ -449,6 +453,24 @@ class SqliteStore:
                     flag[k] = flags[i].get(c)
             out[c] = (ts[at], value, flag) + ((gateway[at],) if gateways else ())
         return out
+
+    def _numbers(self, device: str, ts: np.ndarray, rows: Sequence[bytes], width: int) -> np.ndarray:
+        """The numbers of a device's rows of one layout, of ``width`` numbers, a row a line, from each
+        row's numbers (or, from SQLite's aggregate, all rows' in one value, their lengths checked there).
+        Refused, as damage, if a row has not ``width`` numbers (a damaged file, or one written by other
+        means): its numbers would otherwise be read shifted into other rows, or fail to reshape."""
+        try:
+            blob = b"".join(rows)
+            fits = len(blob) == 8 * width * len(ts) and (len(rows) != len(ts) or set(map(len, rows)) == {8 * width})
+        except TypeError:  # a value not a blob
+            fits = False
+        if not fits:
+            t, row = next((t, row) for t, row in zip(ts, rows) if not isinstance(row, bytes) or len(row) != 8 * width)
+            held = f"{len(row)} bytes" if isinstance(row, bytes) else "a value not a blob"
+            raise sqlite3.DatabaseError(f"store {self.path} is damaged: device {device}'s row at "
+                                        f"{from_ms(int(t)).isoformat()} holds {held} as its numbers, where its "
+                                        f"layout has {width} numbers of 8 bytes: restore it from a backup")
+        return np.frombuffer(blob, np.float64).reshape(len(ts), width)
 
     def _rows_range(self, site: str, device: str, lo: int, hi: int, ids: list[int], layouts: int,
                     limit: int | None, gateways: bool) -> tuple | None:
@@ -483,20 +505,23 @@ class SqliteStore:
         row was most of a read's time; this is ~2.5 x faster. None without rows, or if SQLite could not
         aggregate them (a range too long for one SQLite value, ~1 GB; no JSON functions) or did not in
         ts order (the order of the primary key it scans, which SQL does not promise): the caller then
-        reads them row by row."""
+        reads them row by row; so too in a database not in UTF-8."""
+        if not self._blobs_concatenate:
+            return None
         try:
             with self._lock:
-                ((stamps, numbers, flagged, layout),) = self._db.execute(
+                ((stamps, numbers, flagged, layout, odd),) = self._db.execute(
                     "SELECT group_concat(ts), CAST(group_concat(numbers, '') AS BLOB), json_group_array(json_array("
-                    "ts, quality)) FILTER (WHERE quality <> ''), max(layout) FROM readings WHERE site = ? AND "
-                    "device = ? AND ts >= ? AND ts < ?", (site, device, lo, hi)).fetchall()
+                    "ts, quality)) FILTER (WHERE quality <> ''), max(layout), sum(length(numbers) IS NOT ?) FROM "
+                    "readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?",
+                    (8 * width, site, device, lo, hi)).fetchall()
         except sqlite3.Error:
             return None
         if stamps is None:
             return None
         ts = np.fromstring(stamps, np.int64, sep=",")
-        if (len(ts) != stamps.count(",") + 1 or len(numbers) != 8 * width * len(ts)
-                or (np.diff(ts) <= 0).any()):
+        if (odd or len(ts) != stamps.count(",") + 1 or len(numbers) != 8 * width * len(ts)
+                or (np.diff(ts) <= 0).any()):  # a row with other numbers than its layout's: ``_numbers`` says
             return None
         flagged = json.loads(flagged)
         flags = {int(i): json.loads(q) for i, (_, q) in zip(np.searchsorted(ts, [t for t, _ in flagged]), flagged)}
@@ -653,9 +678,9 @@ class SqliteStore:
     def _check_space(self) -> None:
         """Refuse, before writing anything, a conversion the disk has no room for: it would fill the disk
         (stopping every other writer there) and roll back, to be tried again at every start."""
-        need = round(CONVERSION_SPACE * sum(Path(f).stat().st_size for f in (self.path, f"{self.path}-wal")
-                                            if Path(f).exists()))
-        free = shutil.disk_usage(Path(self.path).absolute().parent).free
+        need = round(CONVERSION_SPACE * sum(f.stat().st_size for f in (Path(self.path), beside(self.path, "-wal"))
+                                            if f.exists()))
+        free = shutil.disk_usage(beside(self.path, "").parent).free
         if free < need:
             raise UnusableFile(f"store {self.path} must be converted to a row per message (its layout is that of "
                                f"before 30 Nov 2026), which needs {need / 1e6:,.1f} MB free on its disk: "
@@ -801,7 +826,7 @@ class SqliteStore:
 
 
 def _free_space(path: str) -> str:
-    return (f"free space on the disk of {Path(path).absolute().parent}, or move the store to a larger one (and its "
+    return (f"free space on the disk of {beside(path, '').parent}, or move the store to a larger one (and its "
             "URL with it), then start again")
 
 

@@ -206,6 +206,67 @@ def test_a_range_too_long_for_one_sqlite_value_is_read_row_by_row(tmp_path):
         assert list(got["m1.b"]["value"]) == [-float(m) for m in range(200)]
     finally:
         s.close()
+@pytest.mark.parametrize("encoding", ["UTF-16le", "UTF-16be"])
+def test_a_utf16_store_reads_its_numbers_bit_for_bit(tmp_path, encoding):
+    """SQLite's group_concat is a text function: in a UTF-16 database (a store file made by another
+    tool) it converted the concatenated numbers' bytes, a lone surrogate to U+FFFD at the same length,
+    so a read of a device of one layout gave other values than were written, and no check saw it."""
+    import sqlite3
+    import struct
+
+    from store.sqlite_store import SCHEMA
+
+    path = tmp_path / "jcm.db"
+    made = sqlite3.connect(path)
+    made.execute(f"PRAGMA encoding = '{encoding}'")
+    made.executescript(SCHEMA)
+    made.close()
+    # float64s whose bytes hold lone UTF-16 surrogates, in either byte order
+    values = [struct.unpack("<d", bytes.fromhex(h))[0] for h in ("00d8000000dc0040", "ffdf00d8ff00f03f",
+                                                                  "d8000000dc000040", "fffec080eda0803f")]
+    s = open_store(f"sqlite:///{path}")
+    try:
+        s.write([reading(minutes=m, seq=m + 1, a=v, b=1.0) for m, v in enumerate(values)])
+        got = s.read_sources("s1", T0, T0 + dt.timedelta(days=1), ["m1.a"])["m1.a"]["value"]
+        assert [struct.pack("<d", v) for v in got] == [struct.pack("<d", v) for v in values]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("forged", ["CAST(numbers || zeroblob(8) AS BLOB)", "'sixteen letters!'", "NULL"])
+def test_a_row_whose_numbers_do_not_fit_its_layout_is_refused_as_damage(tmp_path, forged):
+    """A row's numbers are 8 bytes for each number of its layout. A damaged or forged store with one
+    row 8 bytes short and the next 8 bytes long (or a text, or nothing, where the numbers should be)
+    was read with the numbers shifted from row to row, silently, by both the aggregated and the row by
+    row read, or failed with a reshape or type error. Refused now as damage, naming the row."""
+    import re
+    import sqlite3
+
+    path = tmp_path / "jcm.db"
+    s = open_store(f"sqlite:///{path}")
+    s.write([reading(minutes=m, seq=m + 1, a=float(m), b=100.0 + m) for m in range(3)])
+    s.close()
+    forger = sqlite3.connect(path)  # a file made by other means: numbers may be NULL
+    forger.executescript("PRAGMA writable_schema = ON; UPDATE sqlite_master SET sql = replace(sql, "
+                         "'numbers BLOB NOT NULL', 'numbers BLOB') WHERE name = 'readings';")
+    forger.close()
+    forger = sqlite3.connect(path)
+    forger.executescript("UPDATE readings SET numbers = substr(numbers, 1, 8) "
+                         "WHERE ts = (SELECT min(ts) FROM readings);"
+                         f"UPDATE readings SET numbers = {forged} WHERE ts = (SELECT min(ts) FROM readings) + 60000;")
+    forger.close()
+    s = open_store(f"sqlite:///{path}", create=False)
+    try:
+        end = T0 + dt.timedelta(days=1)
+        for read in (lambda: s.read_sources("s1", T0, end, ["m1.a", "m1.b"]),  # aggregated by SQLite
+                     lambda: s.read("s1", T0, end, sources=["m1.a", "m1.b"])):  # row by row
+            with pytest.raises(sqlite3.DatabaseError, match=re.escape(f"store {path} is damaged: device m1's row "
+                                                                      f"at {T0.isoformat()} holds 8 bytes")):
+                read()
+    finally:
+        s.close()
+
+
 def _old_rows(n):
     ms = int(T0.timestamp() * 1000)
     return [("s1", "m1", c, ms + 60_000 * i, "gw1", float(i), None, None, i) for i in range(n) for c in "abcde"]
@@ -274,6 +335,45 @@ def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_p
         assert s.count() == 5 * 6000
     finally:
         s.close()
+
+
+def test_a_store_reached_through_a_symlink_is_read_while_its_collector_writes_it(tmp_path):
+    """SQLite keeps a database's -wal and -shm beside the file a symlink leads to. The opening checks
+    looked for the -wal beside the symlink, found none and read the file as immutable, without its
+    log: a reading command on a symlinked store whose collector had not yet checkpointed called it
+    "an empty SQLite database, not a store"."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "jcm.db").symlink_to(tmp_path / "data" / "jcm.db")
+    writer = open_store(f"sqlite:///{tmp_path}/var/jcm.db")
+    try:
+        writer.write([reading(minutes=m, seq=m + 1, a=float(m)) for m in range(10)])
+        assert sorted(os.listdir(tmp_path / "data")) == ["jcm.db", "jcm.db-shm", "jcm.db-wal"]
+        reader = open_store(f"sqlite:///{tmp_path}/var/jcm.db", create=False)
+        try:
+            assert reader.count() == 10
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+
+
+def test_the_space_for_a_conversion_is_that_of_the_disk_a_symlinked_store_is_on(tmp_path):
+    """A store moved to another disk and reached through a symlink (the way out the space check
+    suggests) had the free space of the symlink's disk checked: a conversion went ahead on a small
+    disk without the room it needs, to fill it at worst."""
+    from contract.sqlite_file import UnusableFile
+    from tests.test_outbox_full_disk import needs_root, tiny_disk
+
+    if needs_root.args[0]:
+        pytest.skip(needs_root.kwargs["reason"])
+    with tiny_disk(tmp_path / "disk", "3m") as disk:
+        _old_store(disk / "jcm.db", _old_rows(6000))
+        (tmp_path / "jcm.db").symlink_to(disk / "jcm.db")
+        free = shutil.disk_usage(disk).free
+        with pytest.raises(UnusableFile, match="MB free on its disk") as refused:
+            open_store(f"sqlite:///{tmp_path}/jcm.db")
+        assert str(disk) in str(refused.value) and shutil.disk_usage(disk).free >= free - 64 * 1024
 
 
 def _as_nobody(*args):
