@@ -191,7 +191,9 @@ def test_a_flood_at_qos_0_while_the_store_is_down_does_not_fill_memory(tmp_path,
             if now != arrived:
                 arrived, last_change = now, time.monotonic()
             time.sleep(0.1)
-        assert c.dropped_qos0 >= 2000, (c._queue.qsize(), c.dropped_qos0)  # the flood came, and was bounded
+        # the flood came (several times the bound: under load the broker drops QoS 0 to a slow
+        # subscriber, so not all 3,000 need arrive), and was bounded
+        assert c.dropped_qos0 >= 500, (c._queue.qsize(), c.dropped_qos0)
         assert c._queue.qsize() <= 100 + 1  # the worker may hold one batch besides
     finally:
         flood.loop_stop()
