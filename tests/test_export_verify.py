@@ -58,7 +58,8 @@ def signer():
 
 
 def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1,
-                new_epoch_from: dt.datetime | None = None, late=None, rotated: tuple | None = None):
+                new_epoch_from: dt.datetime | None = None, late=None, rotated: tuple | None = None,
+                site_name: str = "mn-solar", change=None):
     """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
     ``tamper(store)`` runs on the store before the export. With ``signature_every`` N, the
     store keeps only every Nth message whole, the others covered (their signed bytes), as
@@ -66,8 +67,9 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
     (from seq 1: the chain of EPOCH ends there). Those whose time ``late(ts)`` holds for reach
     the store only after the period's months were processed (a backlog that arrived after
     the ledger's revisions). ``rotated`` (time, key): from then on the gateway signs with
-    ``key`` (k2), k1 retired then."""
-    site = reference_site("mn-solar")
+    ``key`` (k2), k1 retired then. ``change(reading, values)``: the values the gateway reads
+    instead (signed as such), from ``site_name``'s simulated readings."""
+    site = reference_site(site_name)
     listed = [public_key(signer, "k1")] if rotated is None else [
         public_key(signer, "k1", valid_to=rotated[0]), public_key(rotated[1], "k2", valid_from=rotated[0])]
     site = site.model_copy(update={"custody": Custody(keys=listed)})
@@ -85,6 +87,7 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
                 prev, seq, epoch = GENESIS, 0, EPOCH2
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
+            values = change(r, values) if change else values
             r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
                         seq=seq, epoch=epoch)
             message = (sign(r.to_json(), prev, "k1", signer) if rotated is None or r.ts < rotated[0] else
@@ -496,6 +499,7 @@ def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = 
         for r in part:
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
+            values = change(r, values) if change else values
             r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
                         seq=seq, epoch=EPOCH)
             signed.append((r, sign(r.to_json(), "ab" * 32 if seq == wrong_prev_at else prev, "k1", signer)))

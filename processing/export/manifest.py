@@ -6,10 +6,10 @@ revisions they came from. Written after every other file, so it can vouch for th
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from processing.export.csv_files import SIMULATED_NOTE
+from processing.export.json_file import write_json
 from processing.export.period_figures import PeriodFigures
 
 
@@ -20,7 +20,8 @@ def file_entry(path: Path) -> dict:
 
 
 def write_manifest(figures: PeriodFigures, files: list[Path], path: Path, custody: dict, dead_letters: dict) -> Path:
-    """Write ``manifest.json`` describing ``files`` (all in the export folder).
+    """Write ``manifest.json`` describing ``files`` (all in the export folder), strict JSON
+    (``json_file``: a parameter that is NaN is ``null``, an infinite one ``"Infinity"``).
 
     Parameters
     ----------
@@ -52,8 +53,7 @@ def write_manifest(figures: PeriodFigures, files: list[Path], path: Path, custod
         "dead_letters": dead_letters,
         "files": {name: file_entry(f) for name, f in sorted(_named(files, path.parent).items())},
     }
-    path.write_bytes((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    return path
+    return write_json(path, manifest, indent=2)
 
 
 def write_sha256sums(files: list[Path], path: Path, simulated: bool) -> Path:
