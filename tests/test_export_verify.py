@@ -500,7 +500,6 @@ def signed_history(tmp_path, signer, custody: dict, wrong_prev_at: int | None = 
         for r in part:
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
-            values = change(r, values) if change else values
             r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
                         seq=seq, epoch=EPOCH)
             signed.append((r, sign(r.to_json(), "ab" * 32 if seq == wrong_prev_at else prev, "k1", signer)))
