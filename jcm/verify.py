@@ -473,28 +473,28 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
         if exported is None or not _same(float(total), exported):
             wrong.append(f"  manifest.json parameters.{key}: exported {value!r}, recomputed {float(total)!r}")
         value = report.get(key)
-        if value is not None if c is None else value is None or not _same(_in_workbook(float(total)), value):
-            # a failed period's report shows its reason alone: no formula to give the total to
+        if c is None:  # a failed period's report shows its reason alone: no formula to give the total to
+            differs = value is not None
+        else:
+            differs = value is None or not _same(_in_workbook(float(total)), value)
+        if differs:
             wrong.append(f"  workbook Monitoring report {key}: exported {value!r}, recomputed "
                          + (f"{float(total)!r}" if c else f"none ({r.cannot})"))
     if c is None:
         out.append(f"  figures: none: {r.cannot}")
         if manifest.get("status") != "failed":
             wrong.append(f"  manifest.json status: exported {manifest.get('status')!r}, recomputed 'failed': {r.cannot}")
-        held = _cannot_compute(workbook)
-        if held != [r.cannot]:
-            wrong.append(f"  workbook Monitoring report: its reason the period cannot be computed is "
-                         f"{'; '.join(held) or 'missing'}, recomputed: {r.cannot}")
-    elif _cannot_compute(workbook):
-        wrong.append(f"  workbook Monitoring report: says {'; '.join(_cannot_compute(workbook))}, the period's figures "
-                     "are recomputed")
+    given = _cannot_compute(workbook)
+    if given != ([r.cannot] if r.cannot else []):
+        wrong.append(f"  workbook Monitoring report reason: exported {'; '.join(given) or 'none'}, "
+                     f"recomputed {r.cannot or 'none (the figures are computed)'}")
     for name in (*FIGURES, "ER_exact"):
         mine = None if c is None else getattr(c, name)
         out.append(f"  {name}: recomputed {_shown(mine)}, exported {_shown(figures.get(name))}")
         places = [(f"manifest.json figures.{name}", figures.get(name), float)]
         places += [(f"workbook Monitoring report {name}", report.get(name), _in_workbook)] if name in FIGURES else []
         for where, value, held in places:
-            if mine is None:  # none recomputed: the export must claim none either
+            if mine is None:  # none recomputed: the export must claim none either (null: no figure)
                 differs = value is not None
             elif name == "ER_exact":
                 differs = str(value) != mine

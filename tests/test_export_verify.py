@@ -1011,21 +1011,27 @@ def test_a_failed_period_verifies_with_its_reason_and_a_claimed_figure_is_named(
     assert f"manifest.json status: exported 'verified', recomputed 'failed': {reason}" in out, out
     assert f"manifest.json figures.ER: exported 12, recomputed none ({reason}" in out, out
     assert "manifest.json figures.ER_exact: exported '12.5', recomputed none" in out, out
-    assert ("workbook Monitoring report: its reason the period cannot be computed is the period: cannot compute: "
-            f"something else, recomputed: {reason}") in out, out
+    assert ("workbook Monitoring report reason: exported the period: cannot compute: something else, "
+            f"recomputed {reason}") in out, out
     assert "VERDICT: FAILED: 5 difference(s) from the recomputation" in out, out
 
 
 def test_an_export_claiming_no_figures_where_they_are_recomputed_is_named(export, capsys):
-    """The reverse: figures null (as a failed period's) where the recomputation has them."""
+    """The reverse: figures null and a reason (as a failed period's) where the recomputation has them."""
     manifest = json.loads((export / "manifest.json").read_text())
     manifest.update(status="failed")
     manifest["figures"].update(RE=None, ER=None)
     (export / "manifest.json").write_text(json.dumps(manifest))
+    path = next(export.glob("*.xlsx"))
+    wb = openpyxl.load_workbook(path)
+    wb["Monitoring report"].append(["the period: cannot compute: made up"])
+    wb.save(path)
     rehash(export)
     rc, out = run(export, capsys)
     assert rc == 1 and "manifest.json figures.RE: exported None, recomputed " in out, out
-    assert "VERDICT: FAILED: 2 difference(s) from the recomputation" in out, out
+    assert ("workbook Monitoring report reason: exported the period: cannot compute: made up, recomputed none "
+            "(the figures are computed)") in out, out
+    assert "VERDICT: FAILED: 3 difference(s) from the recomputation" in out, out
 
 
 @pytest.mark.parametrize("failed", ["float"], indirect=True)
