@@ -986,10 +986,10 @@ def test_a_failed_period_verifies_with_its_reason_and_a_claimed_figure_is_named(
     (the recomputation raised the reason the export gives). It recomputes that outcome: no
     figures, the same reason; an export claiming figures (or another reason) is a difference."""
     folder = shutil.copytree(failed, tmp_path / failed.name)
-    manifest = strict_json(folder / "manifest.json")
-    assert manifest["status"] == "failed" and set(manifest["figures"].values()) == {None, "tCO2"}
     rc, out = run(folder, capsys)
     assert rc == 0, out
+    manifest = strict_json(folder / "manifest.json")
+    assert manifest["status"] == "failed" and set(manifest["figures"].values()) == {None, "tCO2"}
     reason = "the period: cannot compute: " + (
         "parameters.PE_flare: expected a finite number, got Infinity" if manifest["parameters"]["PE_flare"] == "Infinity"
         else "RE ")
@@ -1061,6 +1061,35 @@ def test_every_json_file_of_an_export_is_strict_json_and_verifies_exactly(failed
     assert "manifest.json parameters.PE_flare: exported None, recomputed inf" in out, out
     assert "manifest.json parameters.EC_aux: exported None, recomputed " in out, out
     assert "VERDICT: FAILED: 2 difference(s) from the recomputation" in out, out
+
+
+def test_a_parameter_without_a_number_is_null_in_the_manifest(tmp_path):
+    """A month's recorded daily value of a monitored parameter that is NaN (a ledger revision of
+    earlier code) made the period's total NaN, written `NaN` in manifest.json: not JSON. It is
+    null; the period cannot be computed (failed, with its reason)."""
+    from processing.monthly import month_bounds
+    from tests.test_export import methodology_keys, seeded
+
+    s = reference_site("ph-biogas")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    first, last = month_bounds("2026-09")
+    value = seeded(s)
+    daily = [{"day": (day := first + dt.timedelta(days=d)).isoformat(), "parameter": k, "unit": "u",
+              "value": math.nan if (k, d) == ("EG_BG", 2) else value(k, day)}
+             for k in methodology_keys(s) for d in range((last - first).days + 1)]
+    summary = {"site": s.site, "first": first.isoformat(), "last": last.isoformat(), "methodology": s.methodology,
+               "version": s.methodology_version, "status": "verified", "reasons": [], "RE": 1.0, "PE": 0.5,
+               "ER_unrounded": 0.5, "ER": 0, "provisional": False, "parameters": {}, "input_hash": "h",
+               "completeness": {}, "simulated": False}
+    details = {"reasons": [], "calculation": None, "explanation": [], "findings": [], "adjustments": [], "daily": [],
+               "daily_parameters": daily}
+    ledger.record(s.site, "2026-09", summary, details, {"defaults_hash": "d", "config_hash": "c", "code_version": "t"})
+    folder = export_period(s, SqliteStore(tmp_path / "empty.db"), ledger, first, last, tmp_path / "out")
+    for path in folder.rglob("*.json"):
+        strict_json(path)
+    manifest = strict_json(folder / "manifest.json")
+    assert manifest["parameters"]["EG_BG"] is None and manifest["status"] == "failed"
+    assert manifest["figures"]["ER"] is None
 
 
 @pytest.mark.parametrize("value, written", [(math.nan, "null"), (math.inf, '"Infinity"'),
