@@ -485,7 +485,8 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
     if c is None:
         out.append(f"  figures: none: {r.cannot}")
         if manifest.get("status") != "failed":
-            wrong.append(f"  manifest.json status: exported {manifest.get('status')!r}, recomputed 'failed': {r.cannot}")
+            wrong.append(f"  manifest.json status: exported {manifest.get('status')!r}, "
+                         f"recomputed 'failed': {r.cannot}")
     given = _cannot_compute(workbook)
     if given != ([r.cannot] if r.cannot else []):
         wrong.append(f"  workbook Monitoring report reason: exported {'; '.join(given) or 'none'}, "
