@@ -19,7 +19,9 @@ and print a verdict a verifier can paste into a report.
    (``site.json``) and fixed values the export recorded, go through the processor's own
    code (``processing.export.recompute``); each day's values, the period's totals, RE,
    PE and ER (its exact decimal too), and each month's input hash and status must equal
-   the exported ones, in the manifest, ``daily_values.csv`` and the workbook.
+   the exported ones, in the manifest, ``daily_values.csv`` and the workbook. Figures that
+   cannot be computed (``period_figures.period_calculation``) must be exported as such: status
+   failed, none in the manifest nor the workbook, the same reason on the workbook's report.
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
 chain's end is not witnessed (NOT WITNESSED: the readings of the window after its last
@@ -54,7 +56,8 @@ from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export import DEAD_LETTERS
 from processing.export.custody_folder import FINDINGS, read_findings, span
-from processing.export.json_file import read_json
+from processing.export.json_file import number, read_json
+from processing.export.period_figures import CANNOT_COMPUTE
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.fixed_values import from_record
 from processing.monthly import versions
@@ -115,6 +118,8 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
     out += lines
     problems += [f"{mismatches} difference(s) from the recomputation"] if mismatches else []
     whole = "files whole, every signature verified, every chain whole"
+    # a failed period's export can be whole and right: its verdict says what it is right about
+    equal = "figures recomputed equal" + (f": none, the period is failed ({result.cannot})" if result.cannot else "")
     if problems:
         code = FAILED
         out.append("VERDICT: FAILED: " + ", ".join(
@@ -122,10 +127,10 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
     elif unwitnessed:
         code = NOT_WITNESSED
         out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the reading window beyond each "
-                   f"cannot be shown complete; otherwise {whole}, figures recomputed equal")
+                   f"cannot be shown complete; otherwise {whole}, {equal}")
     else:
         code = PASSED
-        out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, figures recomputed equal")
+        out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, {equal}")
     return code, [printable(line) for line in out]
 
 
@@ -435,9 +440,16 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
+def _shown(value) -> str:
+    """A figure as a line shows it: ``none`` for no figure."""
+    return "none" if value is None else str(value)
+
+
 def _in_workbook(a: float) -> float:
-    """``a`` as a workbook holds it: 16 significant digits (how openpyxl writes a number)."""
-    return a if math.isnan(a) else float("%.16g" % a)
+    """``a`` as a workbook holds it: 16 significant digits (how openpyxl writes a number);
+    NaN (an empty cell) for NaN or an infinity, which Excel has not (``daily_values.csv``
+    and the manifest hold them exactly)."""
+    return float("%.16g" % a) if math.isfinite(a) else math.nan
 
 
 def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[list[str], int]:
@@ -456,21 +468,45 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
     out = [f"  daily values: {len(recomputed)} recomputed, compared with daily_values.csv and the workbook's "
            f"sheet Daily" + ("" if wrong else ": all equal")]
     report = _report_sheet(workbook)
-    for key, total in sorted(r.totals.items()):
-        for where, value, held in ((f"manifest.json parameters.{key}", _section(manifest, "parameters").get(key), float),
-                                   (f"workbook Monitoring report {key}", report.get(key), _in_workbook)):
-            if not isinstance(value, (int, float)) or not _same(held(float(total)), float(value)):
-                wrong.append(f"  {where}: exported {value!r}, recomputed {float(total)!r}")
     c, figures = r.calc, _section(manifest, "figures")
+    for key, total in sorted(r.totals.items()):
+        value = _section(manifest, "parameters").get(key)
+        exported = number(value)  # null: NaN; "Infinity"; or, written before strict JSON, the literals
+        if exported is None or not _same(float(total), exported):
+            wrong.append(f"  manifest.json parameters.{key}: exported {value!r}, recomputed {float(total)!r}")
+        value = report.get(key)
+        if c is None:  # a failed period's report shows its reason alone: no formula to give the total to
+            differs = value is not None
+        else:
+            differs = value is None or not _same(_in_workbook(float(total)), value)
+        if differs:
+            wrong.append(f"  workbook Monitoring report {key}: exported {value!r}, recomputed "
+                         + (f"{float(total)!r}" if c else f"none ({r.cannot})"))
+    if c is None:
+        out.append(f"  figures: none: {r.cannot}")
+        if manifest.get("status") != "failed":
+            wrong.append(f"  manifest.json status: exported {manifest.get('status')!r}, "
+                         f"recomputed 'failed': {r.cannot}")
+    given = _cannot_compute(workbook)
+    if given != ([r.cannot] if r.cannot else []):
+        wrong.append(f"  workbook Monitoring report reason: exported {'; '.join(given) or 'none'}, "
+                     f"recomputed {r.cannot or 'none (the figures are computed)'}")
     for name in (*FIGURES, "ER_exact"):
-        mine = getattr(c, name)
-        out.append(f"  {name}: recomputed {mine}, exported {figures.get(name)}")
+        mine = None if c is None else getattr(c, name)
+        out.append(f"  {name}: recomputed {_shown(mine)}, exported {_shown(figures.get(name))}")
         places = [(f"manifest.json figures.{name}", figures.get(name), float)]
         places += [(f"workbook Monitoring report {name}", report.get(name), _in_workbook)] if name in FIGURES else []
         for where, value, held in places:
-            if value is None or (str(value) != mine if name == "ER_exact" else
-                                 not isinstance(value, (int, float)) or not _same(held(float(mine)), float(value))):
-                wrong.append(f"  {where}: exported {value!r}, recomputed {mine!r}")
+            if mine is None:  # none recomputed: the export must claim none either (null: no figure)
+                differs = value is not None
+            elif name == "ER_exact":
+                differs = str(value) != mine
+            else:
+                exported = None if value is None else number(value)
+                differs = exported is None or not _same(held(float(mine)), exported)
+            if differs:
+                wrong.append(f"  {where}: exported {value!r}, recomputed "
+                             + (f"{mine!r}" if c else f"none ({r.cannot})"))
     recorded = {rev.get("month"): rev for rev in manifest.get("revisions", []) if isinstance(rev, dict)}
     now = versions(site)
     for month, (input_hash, status) in sorted(r.months.items()):
@@ -548,6 +584,12 @@ def _daily_sheet(workbook) -> dict[tuple[str, str], float | None]:
         for key, value in zip(keys, row[1:]):
             out[(day, key)] = float(value) if isinstance(value, (int, float)) else math.nan if value is None else None
     return out
+
+
+def _cannot_compute(workbook) -> list[str]:
+    """The Monitoring report's lines saying why the period's figures cannot be computed."""
+    return [row[0] for row in _sheet(workbook, "Monitoring report").iter_rows(max_col=1, values_only=True)
+            if row and isinstance(row[0], str) and row[0].startswith(CANNOT_COMPUTE)]
 
 
 def _report_sheet(workbook) -> dict[str, float]:

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -58,7 +59,8 @@ def signer():
 
 
 def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1,
-                new_epoch_from: dt.datetime | None = None, late=None, rotated: tuple | None = None):
+                new_epoch_from: dt.datetime | None = None, late=None, rotated: tuple | None = None,
+                site_name: str = "mn-solar", change=None):
     """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
     ``tamper(store)`` runs on the store before the export. With ``signature_every`` N, the
     store keeps only every Nth message whole, the others covered (their signed bytes), as
@@ -66,8 +68,9 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
     (from seq 1: the chain of EPOCH ends there). Those whose time ``late(ts)`` holds for reach
     the store only after the period's months were processed (a backlog that arrived after
     the ledger's revisions). ``rotated`` (time, key): from then on the gateway signs with
-    ``key`` (k2), k1 retired then."""
-    site = reference_site("mn-solar")
+    ``key`` (k2), k1 retired then. ``change(reading, values)``: the values the gateway reads
+    instead (signed as such), from ``site_name``'s simulated readings."""
+    site = reference_site(site_name)
     listed = [public_key(signer, "k1")] if rotated is None else [
         public_key(signer, "k1", valid_to=rotated[0]), public_key(rotated[1], "k2", valid_from=rotated[0])]
     site = site.model_copy(update={"custody": Custody(keys=listed)})
@@ -85,6 +88,7 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
                 prev, seq, epoch = GENESIS, 0, EPOCH2
             seq += 1
             values = {k: v for k, v in r.values.items() if k != SIMULATED_CHANNEL}
+            values = change(r, values) if change else values
             r = type(r)(site=r.site, gateway=r.gateway, device=r.device, ts=r.ts, values=values, units=r.units,
                         seq=seq, epoch=epoch)
             message = (sign(r.to_json(), prev, "k1", signer) if rotated is None or r.ts < rotated[0] else
@@ -961,3 +965,155 @@ def test_verify_does_not_load_the_chart_library():
     """matplotlib took 0.35 s of every `jcm verify` (half its start-up) and verify draws nothing."""
     code = "import sys, jcm.verify; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
+
+
+# -- a failed period and non-finite numbers ---------------------------------------------
+
+#: the gas train's CH4 fraction on a day of the period, read (and signed) far beyond any meter's range
+HUGE_CH4 = {"float": 1e308, "figure": 1e300}
+
+
+def huge_ch4(value: float):
+    def change(r, values):
+        if r.device == "gas-train" and "ch4_fraction" in values and r.ts.date() == FIRST + dt.timedelta(days=1):
+            return {**values, "ch4_fraction": value}
+        return values
+    return change
+
+
+@pytest.fixture(scope="module", params=list(HUGE_CH4))
+def failed(request, tmp_path_factory, signer):
+    """A signed ph-biogas export whose period's figures cannot be computed: that day's PE_flare is
+    beyond any float (the period's total is infinite) or beyond LARGEST_FIGURE (2**53 t)."""
+    return make_export(tmp_path_factory.mktemp(f"failed-{request.param}"), signer, DAYS, site_name="ph-biogas",
+                       change=huge_ch4(HUGE_CH4[request.param]))
+
+
+def strict_json(path):
+    """``path`` parsed as strict JSON (RFC 8259: no NaN, no Infinity), as jq or JSON.parse would."""
+    def refuse(constant):
+        raise ValueError(f"{path.name}: {constant} is not JSON")
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def test_a_failed_period_verifies_with_its_reason_and_a_claimed_figure_is_named(failed, tmp_path, capsys):
+    """`jcm verify` of an export whose period cannot be computed stopped with one line and exit 2
+    (the recomputation raised the reason the export gives). It recomputes that outcome: no
+    figures, the same reason; an export claiming figures (or another reason) is a difference."""
+    folder = shutil.copytree(failed, tmp_path / failed.name)
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+    manifest = strict_json(folder / "manifest.json")
+    assert manifest["status"] == "failed" and set(manifest["figures"].values()) == {None, "tCO2"}
+    beyond_any_float = manifest["parameters"]["PE_flare"] == "Infinity"
+    reason = "the period: cannot compute: " + (
+        "parameters.PE_flare: expected a finite number, got Infinity" if beyond_any_float else "RE ")
+    assert f"figures: none: {reason}" in out and "ER: recomputed none, exported none" in out, out
+    assert f"figures recomputed equal: none, the period is failed ({reason}" in out, out
+    # the same export claiming figures: a status and figures of its own, and a workbook with another reason
+    manifest.update(status="verified")
+    manifest["figures"].update(RE=12.5, ER=12, ER_exact="12.5")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    path = next(folder.glob("*.xlsx"))
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Monitoring report"]
+    cell = next(c for row in ws.iter_rows() for c in row if str(c.value).startswith("the period: cannot compute"))
+    cell.value = "the period: cannot compute: something else"
+    wb.save(path)
+    rehash(folder)
+    rc, out = run(folder, capsys)
+    assert rc == 1, out
+    assert f"manifest.json status: exported 'verified', recomputed 'failed': {reason}" in out, out
+    assert f"manifest.json figures.ER: exported 12, recomputed none ({reason}" in out, out
+    assert "manifest.json figures.ER_exact: exported '12.5', recomputed none" in out, out
+    assert ("workbook Monitoring report reason: exported the period: cannot compute: something else, "
+            f"recomputed {reason}") in out, out
+    assert "VERDICT: FAILED: 5 difference(s) from the recomputation" in out, out
+
+
+def test_an_export_claiming_no_figures_where_they_are_recomputed_is_named(export, capsys):
+    """The reverse: figures null and a reason (as a failed period's) where the recomputation has them."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest.update(status="failed")
+    manifest["figures"].update(RE=None, ER=None)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    path = next(export.glob("*.xlsx"))
+    wb = openpyxl.load_workbook(path)
+    wb["Monitoring report"].append(["the period: cannot compute: made up"])
+    wb.save(path)
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and "manifest.json figures.RE: exported None, recomputed " in out, out
+    assert ("workbook Monitoring report reason: exported the period: cannot compute: made up, recomputed none "
+            "(the figures are computed)") in out, out
+    assert "VERDICT: FAILED: 3 difference(s) from the recomputation" in out, out
+
+
+@pytest.mark.parametrize("failed", ["float"], indirect=True)
+def test_every_json_file_of_an_export_is_strict_json_and_verifies_exactly(failed, tmp_path, capsys):
+    """manifest.json was written with json.dumps' NaN and Infinity, which are not JSON (jq and
+    JavaScript's JSON.parse refuse them): an infinite parameter total is written "Infinity"
+    (and a NaN null). `jcm verify` compares them exactly, and still reads an export written
+    with the literals before."""
+    folder = shutil.copytree(failed, tmp_path / failed.name)
+    for path in folder.rglob("*.json"):
+        strict_json(path)
+    manifest = strict_json(folder / "manifest.json")
+    assert manifest["parameters"]["PE_flare"] == "Infinity"
+    # written by the code before: the literal Infinity (Python's json reads it)
+    old = {**manifest, "parameters": {**manifest["parameters"], "PE_flare": math.inf}}
+    (folder / "manifest.json").write_text(json.dumps(old, indent=2, sort_keys=True))
+    rehash(folder)
+    assert '"PE_flare": Infinity' in (folder / "manifest.json").read_text()
+    rc, out = run(folder, capsys)
+    assert rc == 0, out
+    # null (NaN, no value) where the recomputation has an infinite total, or a finite one: each a difference
+    changed = {**manifest, "parameters": {**manifest["parameters"], "PE_flare": None, "EC_aux": None}}
+    (folder / "manifest.json").write_text(json.dumps(changed))
+    rehash(folder)
+    rc, out = run(folder, capsys)
+    assert rc == 1, out
+    assert "manifest.json parameters.PE_flare: exported None, recomputed inf" in out, out
+    assert "manifest.json parameters.EC_aux: exported None, recomputed " in out, out
+    assert "VERDICT: FAILED: 2 difference(s) from the recomputation" in out, out
+
+
+def test_a_parameter_without_a_number_is_null_in_the_manifest(tmp_path):
+    """A month's recorded daily value of a monitored parameter that is NaN (a ledger revision of
+    earlier code) made the period's total NaN, written `NaN` in manifest.json: not JSON. It is
+    null; the period cannot be computed (failed, with its reason)."""
+    from processing.monthly import month_bounds
+    from tests.test_export import methodology_keys, seeded
+
+    s = reference_site("ph-biogas")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    first, last = month_bounds("2026-09")
+    value = seeded(s)
+    daily = [{"day": (day := first + dt.timedelta(days=d)).isoformat(), "parameter": k, "unit": "u",
+              "value": math.nan if (k, d) == ("EG_BG", 2) else value(k, day)}
+             for k in methodology_keys(s) for d in range((last - first).days + 1)]
+    summary = {"site": s.site, "first": first.isoformat(), "last": last.isoformat(), "methodology": s.methodology,
+               "version": s.methodology_version, "status": "verified", "reasons": [], "RE": 1.0, "PE": 0.5,
+               "ER_unrounded": 0.5, "ER": 0, "provisional": False, "parameters": {}, "input_hash": "h",
+               "completeness": {}, "simulated": False}
+    details = {"reasons": [], "calculation": None, "explanation": [], "findings": [], "adjustments": [], "daily": [],
+               "daily_parameters": daily}
+    ledger.record(s.site, "2026-09", summary, details, {"defaults_hash": "d", "config_hash": "c", "code_version": "t"})
+    folder = export_period(s, SqliteStore(tmp_path / "empty.db"), ledger, first, last, tmp_path / "out")
+    for path in folder.rglob("*.json"):
+        strict_json(path)
+    manifest = strict_json(folder / "manifest.json")
+    assert manifest["parameters"]["EG_BG"] is None and manifest["status"] == "failed"
+    assert manifest["figures"]["ER"] is None
+
+
+@pytest.mark.parametrize("value, written", [(math.nan, "null"), (math.inf, '"Infinity"'),
+                                            (-math.inf, '"-Infinity"'), (1.5, "1.5"), (-0.0, "-0.0")])
+def test_a_non_finite_number_is_written_as_json_and_read_back_as_itself(tmp_path, value, written):
+    from processing.export.json_file import number, write_json
+
+    text = write_json(tmp_path / "x.json", {"a": [value], "b": {"c": value}}, indent=None).read_text()
+    assert text == f'{{"a": [{written}], "b": {{"c": {written}}}}}\n'
+    back = strict_json(tmp_path / "x.json")["b"]["c"]
+    assert repr(number(back)) == repr(value)
+    assert number(True) is None and number("inf") is None and number(10 ** 400) is None

@@ -41,7 +41,7 @@ from pathlib import Path
 from contract.custody import GENESIS, MAX_COVERED_RUN, is_covered, link, write_folder, write_keys
 from contract.message import Reading
 from contract.store import CustodyFinding, ReadingStore, SequenceFinding
-from processing.export.json_file import read_json
+from processing.export.json_file import read_json, write_json
 from processing.export.period_figures import PeriodFigures
 from processing.export.recompute import message_window
 from processing.period import stamped
@@ -87,8 +87,8 @@ def write_custody(figures: PeriodFigures, store: ReadingStore, folder: Path) -> 
                 if (when := stamped(f))[0] < end and when[1] >= start
                 or f.noticed < end and (f.resolved or f.noticed) >= start]
     custody = [f for f in store.custody_findings(site.site) if start <= f.ts < end]
-    (root / FINDINGS).write_text(json.dumps({"sequence_findings": [_record(f) for f in sequence],
-                                             "custody_findings": [_record(f) for f in custody]}, indent=1) + "\n")
+    write_json(root / FINDINGS, {"sequence_findings": [_record(f) for f in sequence],
+                                 "custody_findings": [_record(f) for f in custody]}, indent=1, sort_keys=False)
     entry.update(signed_messages=count[0], findings=len(sequence) + len(custody),
                  keys=[{"id": k.id, "fingerprint": k.fingerprint} for k in keys], witnesses=found.entry())
     return sorted(f for f in root.rglob("*") if f.is_file()), entry

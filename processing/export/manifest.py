@@ -6,10 +6,10 @@ revisions they came from. Written after every other file, so it can vouch for th
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from processing.export.csv_files import SIMULATED_NOTE
+from processing.export.json_file import write_json
 from processing.export.period_figures import PeriodFigures
 
 
@@ -27,7 +27,8 @@ def file_entries(files: list[Path], folder: Path) -> dict[str, dict]:
 
 def write_manifest(figures: PeriodFigures, entries: dict[str, dict], path: Path, custody: dict,
                    dead_letters: dict) -> Path:
-    """Write ``manifest.json`` describing the export's files.
+    """Write ``manifest.json`` describing the export's files, strict JSON
+    (``json_file``: a parameter that is NaN is ``null``, an infinite one ``"Infinity"``).
 
     Parameters
     ----------
@@ -59,8 +60,7 @@ def write_manifest(figures: PeriodFigures, entries: dict[str, dict], path: Path,
         "dead_letters": dead_letters,
         "files": entries,
     }
-    path.write_bytes((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    return path
+    return write_json(path, manifest, indent=2)
 
 
 def write_sha256sums(entries: dict[str, dict], path: Path, simulated: bool) -> Path:

@@ -239,6 +239,18 @@ def config_changes(site: Site, revisions: list[Revision], used: list[FixedValue]
     return lines
 
 
+def period_calculation(processor: PeriodProcessor, totals: dict[str, Decimal],
+                       fixed: list[FixedValue]) -> tuple[Calculation | None, str | None]:
+    """The period's calculation on its ``totals`` (``period_totals``) with ``fixed``; or, when the
+    totals are beyond any figure (or float: ``InputError``), ``None`` and the reason, starting with
+    ``CANNOT_COMPUTE``: the period is failed, named, as such a month is. ``collect`` and a
+    verifier's recomputation (``recompute``) both come to either through here."""
+    try:
+        return processor.calculate_period(totals, fixed), None
+    except InputError as exc:
+        return None, f"{CANNOT_COMPUTE}{exc}"
+
+
 def _tagged(revision: Revision, rows: list[dict]) -> list[dict]:
     return [{"month": revision.month, "revision": revision.revision, **row} for row in rows]
 
@@ -270,11 +282,10 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     signed = {r.month for r, s in picked if s is not None}
     status = max((r.status for r in revisions), key=STATUSES.index)
     reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]
-    try:
-        calc = processor.calculate_period(totals, fixed)
-    except InputError as exc:  # months' totals beyond any figure (or float): failed, named, as such a month is
-        calc, status = None, "failed"
-        reasons.append(f"{CANNOT_COMPUTE}{exc}")
+    calc, cannot = period_calculation(processor, totals, fixed)
+    if cannot:
+        status = "failed"
+        reasons.append(cannot)
     if calc and calc.provisional and status == "verified":  # a value recorded without its status counts as unconfirmed
         status = "provisional"
         reasons.append("fixed values unconfirmed: " + ", ".join(f"{f.key} ({f.source})" for f in fixed

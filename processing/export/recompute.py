@@ -26,7 +26,9 @@ from pydantic import ValidationError
 
 from contract.config.site import Site
 from contract.store import ReadingStore
-from processing.export.period_figures import PeriodFigures, daily_frame, local_bounds, months_between, period_totals
+from processing.export.json_file import write_json
+from processing.export.period_figures import (PeriodFigures, daily_frame, local_bounds, months_between,
+                                              period_calculation, period_totals)
 from processing.fixed_values import FixedValue
 from processing.methodologies import Calculation
 from processing.monthly import daily_parameters, month_bounds
@@ -59,8 +61,7 @@ def reading_window(site: Site, first: dt.date, last: dt.date,
 def write_site_settings(site: Site, path: Path) -> Path:
     """The site's settings (monitoring plan, devices and register maps, quality bounds,
     nameplate, calibrations, keys) as the processor read them."""
-    path.write_text(json.dumps(site.model_dump(mode="json"), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return write_json(path, site.model_dump(mode="json"), indent=1)
 
 
 def read_site_settings(path: Path) -> Site:
@@ -83,11 +84,13 @@ def read_site_settings(path: Path) -> Site:
 @dataclass
 class Recomputed:
     """A period recomputed: ``daily`` as ``PeriodFigures.daily``, the period's exact
-    ``totals``, the calculation on them, and each whole month's input hash and status."""
+    ``totals``, the calculation on them (``None`` when it cannot be computed, ``cannot``
+    saying why, as the export's reason does), and each whole month's input hash and status."""
 
     daily: pd.DataFrame
     totals: dict[str, Decimal]
-    calc: Calculation
+    calc: Calculation | None
+    cannot: str | None
     months: dict[str, tuple[str, str]]
 
 
@@ -109,5 +112,5 @@ def recompute(site: Site, store: ReadingStore, first: dt.date, last: dt.date, fi
     results = {m: processor.process(store, *month_bounds(m)) for m in months_between(first, last)}
     daily = daily_frame((r for result in results.values() for r in daily_parameters(result)), first, last)
     totals = period_totals(daily, processor.spec)
-    return Recomputed(daily, totals, processor.calculate_period(totals, fixed),
+    return Recomputed(daily, totals, *period_calculation(processor, totals, fixed),
                       {m: (r.input_hash, r.status) for m, r in results.items()})
