@@ -173,3 +173,60 @@ def test_a_reserved_channel_name_is_refused_every_time():
     body = dict(BASE, values={"ch0": 1.0, "status": 2.0}, quality={}, units={})
     for _ in range(2):
         assert outcome(json.dumps(body)).startswith("refused: channel name 'status' is reserved")
+
+
+def _verdict(text: str) -> str:
+    """``outcome``, but of several malformed channel names any may be the one named: which is
+    a matter of set order (the hash seed, what was remembered), not of the message."""
+    got = outcome(text)
+    return "refused: a malformed channel name" if "is not a channel name" in got else got
+
+
+#: each part of a message mostly good (so that later messages find it remembered), sometimes not
+_GOOD_OR_NOT = st.integers(0, 4).map(bool)
+_NAME = _GOOD_OR_NOT.flatmap(lambda good: st.sampled_from(["ch0", "ch1", "ch2", "ch3"] if good else
+                                                         ["seq", "site", "quality", "simulated", "Ch0", "c h", "\u00e9"]))
+
+
+@st.composite
+def _message(draw) -> str:
+    def part(good: list, bad: list):
+        return draw(st.sampled_from(good if draw(_GOOD_OR_NOT) else bad))
+    names = draw(st.lists(_NAME, min_size=1, max_size=3, unique=True))
+    body = {"schema": 1, "site": part(["s1"], ["S1", "", 5, ["s1"]]), "gateway": "gw-1",
+            "device": part(["m1", "m2"], ["m 1", None, {"m1": 1}]), "seq": part([7], [-1, 2**63, "7", 7.0]),
+            "epoch": part([None, "0123456789abcdef", "fedcba9876543210"], ["0123456789ABCDEF", "0123456789abcde", 5]),
+            "ts": "2026-11-01T00:00:00.000Z",
+            "values": {n: part([1.5, -0.0, 2.0**62, None], [2.0**63, 2**60, float("nan"), "x" * 300]) for n in names},
+            "units": {n: part(["kWh", "V"], ["", 5, "\n"]) for n in draw(st.lists(_NAME, max_size=2, unique=True))}}
+    if body["epoch"] is None and draw(st.booleans()):
+        del body["epoch"]
+    return json.dumps(body, ensure_ascii=draw(st.booleans()))  # escapes: json's way, else orjson's
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(40), deadline=None)
+@given(st.lists(_message(), min_size=2, max_size=8), st.sampled_from([message.MAX_REMEMBERED, 2]))
+def test_a_message_is_judged_alike_whatever_came_before(texts, remembered):
+    """Ids with their epoch, channel names and units found good are remembered so that a message
+    of known ones skips their checks: a shortcut, never a verdict. Each message of a sequence
+    (of good and hostile ones, the remembered sets also at their bound) gets the reading or
+    the refusal that a parser which has seen nothing gives it."""
+    sets = message._IDS, message._CHANNEL_NAMES, message._UNITS
+    limit, kept = message.MAX_REMEMBERED, [set(s) for s in sets]
+    try:
+        message.MAX_REMEMBERED = remembered
+        for s in sets:
+            s.clear()
+        seen = [_verdict(t) for t in texts]
+        assert not message._CHANNEL_NAMES & message.RESERVED_CHANNELS
+        assert all(len(s) <= remembered for s in sets)
+        for text, verdict in zip(texts, seen):
+            for s in sets:
+                s.clear()
+            assert _verdict(text) == verdict, text
+    finally:
+        message.MAX_REMEMBERED = limit
+        for s, k in zip(sets, kept):
+            s.clear()
+            s.update(k)
