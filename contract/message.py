@@ -201,7 +201,7 @@ class Reading:
         if not (_CHANNEL_NAMES.issuperset(values) and _CHANNEL_NAMES.issuperset(quality)
                 and _CHANNEL_NAMES.issuperset(units)):  # else all well-formed and none reserved
             names = values.keys() | quality.keys() | units.keys()
-            for k in names - _CHANNEL_NAMES:
+            for k in sorted(names - _CHANNEL_NAMES):  # the least named, as below: not one in hash order
                 if not _CHANNEL.fullmatch(k):
                     raise ValueError(f"channel name {_short(k)} is not a channel name ({CHANNEL_PATTERN})")
             reserved = sorted(names & RESERVED_CHANNELS)

@@ -78,6 +78,10 @@ def test_texts_of_a_list_of_finite_floats_are_repr():
     for values in (edges, [0.0, 1e-5, 2.5], [0.0, -0.0, 5.0], [3e-5], [], rng.normal(0, 1e4, 500).tolist(),
                    [100.00001, 2.5, -1000.000012, 5e-324, -2.2250738585072014e-308, 1e-300, 7.0],
                    (10 ** rng.uniform(-12, 6, 500)).round(5).tolist(),
-                   (np.sign(rng.normal(size=500)) * 10 ** rng.uniform(-8, 20, 500)).tolist()):
+                   (np.sign(rng.normal(size=500)) * 10 ** rng.uniform(-8, 20, 500)).tolist(),
+                   # any bit pattern: an orjson text without a mark of a small value ("e-", "0.0000") is
+                   # repr's at every magnitude (the marks, not magnitudes, choose which take repr)
+                   [v for v in rng.integers(0, 2 ** 64, 20_000, dtype=np.uint64).view(np.float64).tolist()
+                    if math.isfinite(v)]):
         assert joined_float_texts(values) == ",".join(map(repr, values))
         assert joined_float_texts(tuple(values)) == ",".join(map(repr, values))
