@@ -22,10 +22,12 @@ import gc
 import multiprocessing
 import os
 import shutil
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from contract.config.site import Site
@@ -150,16 +152,36 @@ def _apart(figures: PeriodFigures) -> Iterator[ProcessPoolExecutor | None]:
     # the objects made so far are left alone by the children's garbage collections, which would
     # otherwise write to every one of them and so copy the whole heap, page by page
     gc.freeze()
+    before = set(multiprocessing.active_children())
     try:
-        with ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_HELD.append,
+        with ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_beside,
                                  initargs=(figures,)) as pool:
-            yield pool
+            try:
+                yield pool
+            except BaseException:  # Ctrl-C or a failure: what they make would be thrown away, so they end now
+                for helper in set(multiprocessing.active_children()) - before:
+                    helper.kill()
+                raise
     finally:
         gc.unfreeze()
 
 
 #: in a process beside the export's: the figures it was given (``_apart``)
 _HELD: list[PeriodFigures] = []
+
+
+def _beside(figures: PeriodFigures) -> None:
+    """Start of a process beside the export's: it keeps ``figures``, ends when the export's process
+    ends (killed, it would never tell it to: it would wait for work forever, holding a copy of the
+    export's memory and its open files), and leaves Ctrl-C to the export's process, which ends it."""
+    _HELD.append(figures)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_with, args=(multiprocessing.parent_process().sentinel,), daemon=True).start()
+
+
+def _end_with(parent: int) -> None:
+    wait([parent])  # ready once the export's process is gone
+    os._exit(1)
 
 
 def _drawn(folder: Path, names: dict[str, str]) -> list[Path]:

@@ -1,0 +1,101 @@
+"""The processes an export forks beside its own (processing.export._apart) end with it:
+killed (SIGKILL, as the OOM killer or ``timeout -s KILL`` do) or interrupted (Ctrl-C reaches
+the whole process group), the export's process leaves no helper behind, waiting for work
+forever with a copy of its memory and its open store, and no export folder.
+
+Each test runs a real ``export_period`` in its own process (a single thread, so it forks its
+helpers), whose chart drawing is made to wait so that the helpers are busy and idle when it ends."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, wait_until
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+
+EXPORT = """
+import datetime as dt, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever the test runner ignores
+from store.sqlite_store import SqliteStore
+from processing.export import charts, export_period
+from processing.ledger import Ledger
+from tests.conftest import fill_history, reference_site
+
+work = sys.argv[1]
+site, first, last = reference_site("mn-solar"), dt.date(2026, 9, 28), dt.date(2026, 9, 29)
+store = SqliteStore(work + "/jcm.db")
+fill_history(store, site, first, last, step_s=3600)
+
+
+def stuck(figures, path):
+    print("drawing", flush=True)
+    time.sleep(120)
+
+
+charts.completeness_chart = stuck
+export_period(site, store, Ledger(work + "/ledger.sqlite"), first, last, work + "/out")
+"""
+
+
+def _children(pid: int) -> set[int]:
+    """The live (not zombie) processes whose parent is ``pid``."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def drawing(tmp_path):
+    """An export process (its own process group) whose helper is drawing; its two helpers' pids."""
+    proc = subprocess.Popen([sys.executable, "-c", EXPORT, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    helpers: set[int] = set()
+    try:
+        assert proc.stdout.readline() == "drawing\n", proc.stderr.read()
+        assert wait_until(lambda: len(_children(proc.pid)) == 2, 10)
+        helpers = _children(proc.pid)
+        yield proc, helpers
+    finally:
+        for pid in helpers | {proc.pid}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_helpers_end_when_the_export_process_is_killed(drawing, tmp_path):
+    proc, helpers = drawing
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert wait_until(lambda: not any(_alive(pid) for pid in helpers), 10), "helpers left running"
+    # the half-made folder is hidden (a dot name, ``.partial-<pid>``): no export folder appears
+    assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_ctrl_c_ends_the_export_and_its_helpers_at_once_with_one_traceback(drawing, tmp_path):
+    proc, helpers = drawing
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: every process of the foreground group
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert wait_until(lambda: not any(_alive(pid) for pid in helpers), 10), "helpers left running"
+    assert list((tmp_path / "out").iterdir()) == []
