@@ -99,3 +99,35 @@ def test_ctrl_c_ends_the_export_and_its_helpers_at_once_with_one_traceback(drawi
     assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
     assert wait_until(lambda: not any(_alive(pid) for pid in helpers), 10), "helpers left running"
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a size-limited tmpfs needs root")
+def test_a_disk_that_fills_while_a_helper_writes_fails_the_export_in_one_line_leaving_nothing(tmp_path, monkeypatch,
+                                                                                             capsys):
+    import datetime as dt
+
+    import processing.export as export
+    from jcm.cli import main
+    from processing.export import charts
+    from processing.ledger import Ledger
+    from store.sqlite_store import SqliteStore
+    from tests.conftest import fill_history, reference_site
+    from tests.test_outbox_full_disk import fill, tiny_disk
+
+    first, last = dt.date(2026, 9, 28), dt.date(2026, 9, 29)
+    store = SqliteStore(tmp_path / "jcm.db")
+    fill_history(store, reference_site("mn-solar"), first, last, step_s=3600)
+    store.close()
+    Ledger(tmp_path / "ledger.sqlite").close()
+    real = charts.completeness_chart
+    monkeypatch.setattr(export.threading, "active_count", lambda: 1)  # pytest's own threads aside: forked
+    with tiny_disk(tmp_path / "disk", "2M") as disk:
+        monkeypatch.setattr(charts, "completeness_chart", lambda figures, path: fill(disk) and real(figures, path))
+        assert main(["export", "--site", "mn-solar", "--from", first.isoformat(), "--to", last.isoformat(),
+                     "--out", str(disk / "out"), "--store", f"sqlite:///{tmp_path / 'jcm.db'}",
+                     "--ledger", str(tmp_path / "ledger.sqlite")]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, err
+        said = [line for line in err.splitlines() if line.startswith("jcm export:")]
+        assert len(said) == 1 and "No space left on device" in said[0] and "nothing was exported" in said[0], err
+        assert list((disk / "out").iterdir()) == []
