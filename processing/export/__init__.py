@@ -9,7 +9,8 @@ and sequence findings (``custody/``, when the readings were signed), a manifest 
 ``SHA256SUMS`` for ``sha256sum -c``: ``jcm verify`` recomputes the figures from these alone. The same
 inputs give byte-identical files. The store is read in this process; when it runs no other thread,
 the workbook, the charts and the raw readings' text are made by two forked processes meanwhile
-(a year's export then takes about the time of reading its rows, on two cores), else here. The folder is written beside its final place and
+(a year's export then takes about the time of reading its rows, on two cores), else here; they end with it
+(killed, interrupted or failed). The folder is written beside its final place and
 moved there whole, so a failed export leaves nothing half-written and an earlier
 export is replaced only when asked to.
 """
