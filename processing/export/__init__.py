@@ -153,15 +153,14 @@ def _apart(figures: PeriodFigures) -> Iterator[ProcessPoolExecutor | None]:
     # the objects made so far are left alone by the children's garbage collections, which would
     # otherwise write to every one of them and so copy the whole heap, page by page
     gc.freeze()
-    before = set(multiprocessing.active_children())
     try:
         with ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_beside,
                                  initargs=(figures,)) as pool:
             try:
                 yield pool
-            except BaseException:  # Ctrl-C or a failure: what they make would be thrown away, so they end now
-                for helper in set(multiprocessing.active_children()) - before:
-                    helper.kill()
+            except BaseException:  # Ctrl-C or a failure: the work not begun is not done (what is begun ends:
+                # one killed amid sending its result would leave the pool waiting for the rest forever)
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise
     finally:
         gc.unfreeze()
@@ -174,7 +173,8 @@ _HELD: list[PeriodFigures] = []
 def _beside(figures: PeriodFigures) -> None:
     """Start of a process beside the export's: it keeps ``figures``, ends when the export's process
     ends (killed, it would never tell it to: it would wait for work forever, holding a copy of the
-    export's memory and its open files), and leaves Ctrl-C to the export's process, which ends it."""
+    export's memory and its open files), and leaves Ctrl-C to the export's process, which ends it
+    (interrupted, one idle would end with a traceback, one busy amid sending its result)."""
     _HELD.append(figures)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_end_with, args=(multiprocessing.parent_process().sentinel,), daemon=True).start()
