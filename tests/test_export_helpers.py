@@ -132,3 +132,28 @@ def test_a_disk_that_fills_while_a_helper_writes_fails_the_export_in_one_line_le
         said = [line for line in err.splitlines() if line.startswith("jcm export:")]
         assert len(said) == 1 and "No space left on device" in said[0] and "nothing was exported" in said[0], err
         assert list((disk / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("drawing", [120], indirect=True)
+def test_the_next_export_removes_the_half_made_folder_of_one_killed(drawing, tmp_path):
+    """What a killed export left (hidden, never taken for an export) goes with the next export of
+    the period; that of one still running is left to it."""
+    import datetime as dt
+
+    from processing.export import export_period
+    from processing.ledger import Ledger
+    from store.sqlite_store import SqliteStore
+    from tests.conftest import reference_site
+
+    proc, helpers = drawing
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = tmp_path / "out"
+    [killed] = out.iterdir()
+    running = out / killed.name.replace(f"partial-{proc.pid}", f"partial-{os.getppid()}")
+    running.mkdir()
+    store = SqliteStore(tmp_path / "jcm.db")
+    folder = export_period(reference_site("mn-solar"), store, Ledger(tmp_path / "ledger.sqlite"), dt.date(2026, 9, 28),
+                           dt.date(2026, 9, 29), out)
+    store.close()
+    assert sorted(p.name for p in out.iterdir()) == sorted([folder.name, running.name])

@@ -11,7 +11,8 @@ inputs give byte-identical files. The store is read in this process; when it run
 the workbook, the charts and the raw readings' text are made by two forked processes meanwhile
 (a year's export then takes about the time of reading its rows, on two cores), else here; they end with it
 (killed, interrupted or failed). The folder is written beside its final place and
-moved there whole, so a failed export leaves nothing half-written and an earlier
+moved there whole, so a failed export leaves nothing half-written (one killed leaves it hidden,
+``.<name>.partial-<pid>``, for the next export of the period to remove) and an earlier
 export is replaced only when asked to.
 """
 
@@ -88,8 +89,10 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     figures = collect(site, store, ledger, first, last)
     tell(1, steps, "monthly figures")
     Path(out).mkdir(parents=True, exist_ok=True)
+    for stale in Path(out).glob(f".{figures.name}.partial-*"):  # of exports killed (SIGKILL, SIGTERM) before
+        if not _running(stale.name.rsplit("-", 1)[1]):
+            shutil.rmtree(stale, ignore_errors=True)
     folder = Path(out) / f".{figures.name}.partial-{os.getpid()}"
-    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     try:
         _write(figures, store, folder, tell, steps)
@@ -109,6 +112,20 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return final
+
+
+def _running(pid: str) -> bool:
+    """Whether process ``pid`` (the end of a folder's name), not this one, runs on this machine or
+    may (another user's; a name not made here): the folder is then left to it."""
+    if pid == str(os.getpid()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OverflowError, OSError):
+        pass
+    return True
 
 
 def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Callable[[int, int, str], None],
