@@ -22,6 +22,7 @@ EXPORT = """
 import datetime as dt, os, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever the test runner ignores
 from store.sqlite_store import SqliteStore
+import processing.export as export
 from processing.export import charts, export_period
 from processing.ledger import Ledger
 from tests.conftest import fill_history, reference_site
@@ -35,9 +36,11 @@ fill_history(store, site, first, last, step_s=3600)
 def stuck(figures, path):
     print("drawing", flush=True)
     time.sleep(draws_s)
+    open(work + "/drawn", "w").close()
 
 
 charts.completeness_chart = stuck
+export.STUCK_S = 1.0
 export_period(site, store, Ledger(work + "/ledger.sqlite"), first, last, work + "/out")
 """
 
@@ -91,15 +94,18 @@ def test_helpers_end_when_the_export_process_is_killed(drawing, tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == []
 
 
-@pytest.mark.parametrize("drawing", [2], indirect=True)
-def test_ctrl_c_ends_the_export_and_its_helpers_with_one_traceback(drawing, tmp_path):
-    """The helper drawing finishes (2 s here, ~1 s in earnest), the weeks not begun are dropped."""
+@pytest.mark.parametrize("drawing", [0.5, 120], indirect=True)
+def test_ctrl_c_ends_the_export_and_its_helpers_with_one_traceback(drawing, tmp_path, request):
+    """The helper drawing finishes (0.5 s) or, stuck (120 s), is killed once ``STUCK_S`` (1 s here)
+    have passed; the weeks not begun are dropped."""
     proc, helpers = drawing
+    drawing_s = request.node.callspec.params["drawing"]
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: every process of the foreground group
     _, err = proc.communicate(timeout=30)
     assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
     assert wait_until(lambda: not any(_alive(pid) for pid in helpers), 10), "helpers left running"
     assert list((tmp_path / "out").iterdir()) == []
+    assert (tmp_path / "drawn").exists() == (drawing_s < 1)  # the one stuck was killed, not the other
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a size-limited tmpfs needs root")

@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -46,6 +47,9 @@ from processing.ledger import Ledger
 
 #: processes beside the export's (``_apart``)
 APART = 2
+#: when the export fails or is interrupted, how long its processes beside may take to end the work
+#: they began (~1 s of drawing) before they are taken to be stuck and killed [s]
+STUCK_S = 10.0
 #: the messages of the site the collector refused during the period (csv_files.write_dead_letters)
 DEAD_LETTERS = "dead_letters.csv.gz"
 
@@ -170,14 +174,22 @@ def _apart(figures: PeriodFigures) -> Iterator[ProcessPoolExecutor | None]:
     # the objects made so far are left alone by the children's garbage collections, which would
     # otherwise write to every one of them and so copy the whole heap, page by page
     gc.freeze()
+    before = set(multiprocessing.active_children())
     try:
         with ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_beside,
                                  initargs=(figures,)) as pool:
             try:
                 yield pool
-            except BaseException:  # Ctrl-C or a failure: the work not begun is not done (what is begun ends:
-                # one killed amid sending its result would leave the pool waiting for the rest forever)
+            except BaseException:  # Ctrl-C or a failure: the work not begun is dropped, what is begun may
+                # end (one killed amid sending its result would leave the pool waiting for the rest forever)
                 pool.shutdown(wait=False, cancel_futures=True)
+                deadline = time.monotonic() + STUCK_S
+                left = {helper.sentinel: helper for helper in set(multiprocessing.active_children()) - before}
+                while left and (ended := wait(list(left), max(0.0, deadline - time.monotonic()))):
+                    for sentinel in ended:
+                        del left[sentinel]
+                for helper in left.values():  # stuck
+                    helper.kill()
                 raise
     finally:
         gc.unfreeze()
