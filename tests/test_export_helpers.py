@@ -1,9 +1,11 @@
 """The processes an export forks beside its own (processing.export._apart) end with it:
 killed (SIGKILL, as the OOM killer or ``timeout -s KILL`` do) or interrupted (Ctrl-C reaches
 the whole process group), the export's process leaves no helper behind, waiting for work
-forever with a copy of its memory and its open store, and no export folder.
+forever with a copy of its memory and its open store, and no export folder; one stuck is
+killed. A disk that fills under a helper fails ``jcm export`` in one line, and the hidden
+half-made folder of an export killed goes with the next export of the period.
 
-Each test runs a real ``export_period`` in its own process (a single thread, so it forks its
+Most tests run a real ``export_period`` in its own process (a single thread, so it forks its
 helpers), whose chart drawing is made to wait so that the helpers are busy and idle when it ends."""
 
 import os
