@@ -307,9 +307,13 @@ def cmd_export(args) -> int:
     first, last = _date("--from", args.date_from), _date("--to", args.date_to)
     if last < first:
         raise ConfigError(f"--to {last} is before --from {first}")
-    with Progress(f"export {site.site} {first}..{last}", unit="step") as progress:
-        folder = export_period(site, open_store(args.store, create=False), Ledger(args.ledger, create=False), first,
-                               last, Path(args.out), force=args.force, progress=progress)
+    try:
+        with Progress(f"export {site.site} {first}..{last}", unit="step") as progress:
+            folder = export_period(site, open_store(args.store, create=False), Ledger(args.ledger, create=False),
+                                   first, last, Path(args.out), force=args.force, progress=progress)
+    except OSError as exc:  # a full disk, say, here or in a process beside: the export leaves nothing half-written
+        print(f"jcm export: cannot write the export in {args.out}: {exc}: nothing was exported", file=sys.stderr)
+        return 1
     manifest = json.loads((folder / "manifest.json").read_text())
     for line in manifest["config_changes"]:
         print(f"warning: {line}", file=sys.stderr)

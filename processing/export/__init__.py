@@ -9,8 +9,10 @@ and sequence findings (``custody/``, when the readings were signed), a manifest 
 ``SHA256SUMS`` for ``sha256sum -c``: ``jcm verify`` recomputes the figures from these alone. The same
 inputs give byte-identical files. The store is read in this process; when it runs no other thread,
 the workbook, the charts and the raw readings' text are made by two forked processes meanwhile
-(a year's export then takes about the time of reading its rows, on two cores), else here. The folder is written beside its final place and
-moved there whole, so a failed export leaves nothing half-written and an earlier
+(a year's export then takes about the time of reading its rows, on two cores), else here; they end with it
+(killed, interrupted or failed). The folder is written beside its final place and
+moved there whole, so a failed export leaves nothing half-written (one killed leaves it hidden,
+``.<name>.partial-<pid>``, for the next export of the period to remove) and an earlier
 export is replaced only when asked to.
 """
 
@@ -22,10 +24,13 @@ import gc
 import multiprocessing
 import os
 import shutil
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from contract.config.site import Site
@@ -42,6 +47,9 @@ from processing.ledger import Ledger
 
 #: processes beside the export's (``_apart``)
 APART = 2
+#: when the export fails or is interrupted, how long its processes beside may take to end the work
+#: they began (~1 s of drawing) before they are taken to be stuck and killed [s]
+STUCK_S = 10.0
 #: the messages of the site the collector refused during the period (csv_files.write_dead_letters)
 DEAD_LETTERS = "dead_letters.csv.gz"
 
@@ -85,8 +93,10 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     figures = collect(site, store, ledger, first, last)
     tell(1, steps, "monthly figures")
     Path(out).mkdir(parents=True, exist_ok=True)
+    for stale in Path(out).glob(f".{figures.name}.partial-*"):  # of exports killed (SIGKILL, SIGTERM) before
+        if not _running(stale.name.rsplit("-", 1)[1]):
+            shutil.rmtree(stale, ignore_errors=True)
     folder = Path(out) / f".{figures.name}.partial-{os.getpid()}"
-    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     try:
         _write(figures, store, folder, tell, steps)
@@ -106,6 +116,20 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return final
+
+
+def _running(pid: str) -> bool:
+    """Whether process ``pid`` (the end of a folder's name), not this one, runs on this machine or
+    may (another user's; a name not made here): the folder is then left to it."""
+    if pid == str(os.getpid()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OverflowError, OSError):
+        pass
+    return True
 
 
 def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Callable[[int, int, str], None],
@@ -150,16 +174,44 @@ def _apart(figures: PeriodFigures) -> Iterator[ProcessPoolExecutor | None]:
     # the objects made so far are left alone by the children's garbage collections, which would
     # otherwise write to every one of them and so copy the whole heap, page by page
     gc.freeze()
+    before = set(multiprocessing.active_children())
     try:
-        with ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_HELD.append,
+        with ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_beside,
                                  initargs=(figures,)) as pool:
-            yield pool
+            try:
+                yield pool
+            except BaseException:  # Ctrl-C or a failure: the work not begun is dropped, what is begun may
+                # end (one killed amid sending its result would leave the pool waiting for the rest forever)
+                pool.shutdown(wait=False, cancel_futures=True)
+                deadline = time.monotonic() + STUCK_S
+                left = {helper.sentinel: helper for helper in set(multiprocessing.active_children()) - before}
+                while left and (ended := wait(list(left), max(0.0, deadline - time.monotonic()))):
+                    for sentinel in ended:
+                        del left[sentinel]
+                for helper in left.values():  # stuck
+                    helper.kill()
+                raise
     finally:
         gc.unfreeze()
 
 
 #: in a process beside the export's: the figures it was given (``_apart``)
 _HELD: list[PeriodFigures] = []
+
+
+def _beside(figures: PeriodFigures) -> None:
+    """Start of a process beside the export's: it keeps ``figures``, ends when the export's process
+    ends (killed, it would never tell it to: it would wait for work forever, holding a copy of the
+    export's memory and its open files), and leaves Ctrl-C to the export's process, which ends it
+    (interrupted, one idle would end with a traceback, one busy amid sending its result)."""
+    _HELD.append(figures)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_with, args=(multiprocessing.parent_process().sentinel,), daemon=True).start()
+
+
+def _end_with(parent: int) -> None:
+    wait([parent])  # ready once the export's process is gone
+    os._exit(1)
 
 
 def _drawn(folder: Path, names: dict[str, str]) -> list[Path]:
