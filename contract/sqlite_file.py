@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 #: files up to this size get a full integrity check when opened [bytes]
 DEEP_CHECK_MAX = 512 * 1024 * 1024
 MAGIC = b"SQLite format 3\x00"
+#: how long ``use_wal`` tries while other connections are switching the same new file [s]
+WAL_WAIT = 60.0
 
 
 class UnusableFile(Exception):
@@ -54,6 +57,23 @@ def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, 
         return sqlite3.connect(_uri(p, "rwc"), uri=True, **connect_args)
     _check_existing(p, what, tables, create, damaged_hint, read_only)
     return sqlite3.connect(_uri(p, "ro" if read_only else "rw"), uri=True, **connect_args)
+
+
+def use_wal(db: sqlite3.Connection) -> None:
+    """Put the file in write-ahead-log mode (a no-op once it is), trying again while another connection
+    holds it busy. Switching needs the file to itself, and SQLite answers "database is locked" at once,
+    without waiting for its busy timeout, when two connections switch a new file together (each holds
+    the read lock the other waits for): two collectors sharing one store, started together, stopped one
+    in ten such starts. Every failed try releases its locks, so one of them gets through."""
+    deadline = time.monotonic() + WAL_WAIT
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _uri(p: Path, mode: str, immutable: bool = False) -> str:

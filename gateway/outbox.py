@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from contract.custody import GENESIS, chain_hash, sign
-from contract.sqlite_file import open_sqlite
+from contract.sqlite_file import open_sqlite, use_wal
 from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class Outbox:
             path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
             damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
                          f"{Path(path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
-        self._db.execute("PRAGMA journal_mode=WAL")
+        use_wal(self._db)
         # FULL: a committed reading survives a power cut too, not only a killed process
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(SCHEMA)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.config.site import Site
+from contract.sqlite_file import use_wal
 from contract.store import SequenceFinding
 
 SCHEMA = """
@@ -105,7 +106,7 @@ class AlarmBook:
     def __init__(self, path: str | Path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        use_wal(self._db)
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.sqlite_file import open_sqlite
+from contract.sqlite_file import open_sqlite, use_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -104,7 +104,7 @@ class Ledger:
                          "an empty one in its place)",
             missing_hint="check --ledger (`jcm processor` creates the ledger on its first run; "
                          "`jcm process --create-ledger` creates it on purpose)")
-        self._db.execute("PRAGMA journal_mode=WAL")
+        use_wal(self._db)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
 

@@ -43,7 +43,7 @@ import pandas as pd
 from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import MAX_CHANNELS, Reading
-from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable
+from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable, use_wal
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
@@ -220,7 +220,7 @@ class SqliteStore:
         if read_only:
             self._check_current(read_only)
             return
-        self._db.execute("PRAGMA journal_mode=WAL")
+        use_wal(self._db)
         self._db.execute("PRAGMA synchronous=FULL")  # acknowledged upstream means on disk
         self._rows_per_message()
         self._db.executescript(SCHEMA)
