@@ -21,7 +21,8 @@ Each is set against its floor, measured in the same process just before it:
   each device's range into one row (``group_concat``), as the store's ``read_sources`` now
   does, ~2.5 x faster than a Python row per reading;
 - the export's floor: reading the values of the raw-readings file the same way, a week at a
-  time, with the qualities (``SELECT ts, numbers, quality``).
+  time, with the qualities (``SELECT ts, numbers, quality``); also timed aggregated by SQLite,
+  and the exports printed against it.
 
 Both floors run with the garbage collector paused, as the store's reads do. Other
 sessions share this machine, so each month's floor and ``process_month`` are run
@@ -158,14 +159,17 @@ def month_floor(db: sqlite3.Connection, site: Site, month: str, flags: bool = Tr
     return time.monotonic() - t, time.process_time() - c
 
 
-def export_floor(db: sqlite3.Connection, site: Site, first: dt.date, last: dt.date) -> tuple[float, int, float]:
-    """Seconds to read the rows of the period's raw-readings file, a week at a time; the rows; CPU seconds."""
+def export_floor(db: sqlite3.Connection, site: Site, first: dt.date, last: dt.date,
+                 aggregated: bool = False) -> tuple[float, int, float]:
+    """Seconds to read the rows of the period's raw-readings file, a week at a time (aggregated by
+    SQLite if ``aggregated``, as the store's ``read_sources`` does); the rows; CPU seconds."""
     start = dt.datetime.combine(first, dt.time(), tzinfo=site.zone)
     end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=site.zone)
     t, c, n = time.monotonic(), time.process_time(), 0
     with gc_paused():
         while start < end:
-            df = read_floor(db, site, start, min(end, start + dt.timedelta(days=7)), quality=True)
+            df = read_floor(db, site, start, min(end, start + dt.timedelta(days=7)), quality=True,
+                            aggregated=aggregated)
             n += int(df.filter(like=".").count().sum())
             start += dt.timedelta(days=7)
     return time.monotonic() - t, n, time.process_time() - c
@@ -221,9 +225,12 @@ def child(site_name: str, year: int, step: int, repeat: int) -> None:
         export_cpu = time.process_time() - c + beside
         again = export_floor(db, site, dt.date(year, 1, 1), dt.date(year, 12, 31))
         read_s, read_cpu = min(read_s, again[0]), min(read_cpu, again[2])
+        aggregated_s = min(export_floor(db, site, dt.date(year, 1, 1), dt.date(year, 12, 31), True)[0]
+                           for _ in range(2))
         export_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
     print(json.dumps({"site": site.site, "process_s": round(process_s, 1), "export_s": round(export_s, 1),
                       "export_read_floor_s": round(read_s, 1), "export_rows": read_rows,
+                      "export_read_aggregated_s": round(aggregated_s, 2),
                       "cpu_s": {"process": round(process_cpu, 1), "month_floors": round(floors_cpu, 1),
                                 "export": round(export_cpu, 1), "export_beside": round(beside, 1),
                                 "export_read_floor": round(read_cpu, 1)},
@@ -284,6 +291,9 @@ def main() -> None:
           f"{floors:.1f} s ({months / floors:.2f}x; against reading their values without flags {bare:.1f} s, "
           f"{months / bare:.2f}x; against reading them with their flags aggregated by SQLite, as the store now "
           f"does, {aggregated:.1f} s, {months / aggregated:.2f}x); "
+          f"the exports {sum(r['export_s'] for r in runs):.1f} s against reading their rows aggregated by SQLite "
+          f"{sum(r['export_read_aggregated_s'] for r in runs):.1f} s ("
+          + ", ".join(f"{r['site']} {r['export_s'] / r['export_read_aggregated_s']:.2f}x" for r in runs) + "); "
           f"largest peak RSS {max(r['peak_rss_mb'] for r in runs)} MB; "
           f"CPU {cpu_model()}, {os.cpu_count()} cores")
     cpu = {k: sum(r["cpu_s"][k] for r in runs) for k in runs[0]["cpu_s"]}
