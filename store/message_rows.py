@@ -50,11 +50,25 @@ def packed(r: Reading) -> tuple[Layout, bytes, str | None, str | None]:
     return (tuple(values), ()), numbers.tobytes(), None, quality
 
 
+class DamagedRow(Exception):
+    """A stored row that does not fit its layout: a damaged file, or one written by other means."""
+
+
 def unpacked(layout: Layout, numbers: bytes, texts: str | None, quality: str | None) -> Channels:
-    """A row's channels, numbers first."""
-    flags = json.loads(quality) if quality else {}
+    """A row's channels, numbers first. Raises ``DamagedRow`` if the row does not fit its layout
+    (decoded anyway, it would lose channels or give them others' values)."""
+    try:
+        flags = json.loads(quality) if quality else {}
+        words = json.loads(texts) if texts else []
+    except (TypeError, ValueError) as exc:
+        raise DamagedRow(f"its texts or qualities are not JSON ({exc})") from None
+    if not isinstance(numbers, bytes) or len(numbers) != 8 * len(layout[0]):
+        held = f"{len(numbers)} bytes" if isinstance(numbers, bytes) else "a value not a blob"
+        raise DamagedRow(f"it holds {held} as its numbers, where its layout has {len(layout[0])} of 8 bytes")
+    if not isinstance(words, list) or len(words) != len(layout[1]) or not isinstance(flags, dict):
+        raise DamagedRow(f"its texts are not the {len(layout[1])} its layout has, or its qualities not an object")
     out: Channels = {c: (v, flags.get(c)) for c, v in zip(layout[0], array("d", numbers))}
-    out.update((c, (v, flags.get(c))) for c, v in zip(layout[1], json.loads(texts) if texts else ()))
+    out.update((c, (v, flags.get(c))) for c, v in zip(layout[1], words))
     return out
 
 

@@ -47,7 +47,8 @@ from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable, 
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
-from store.message_rows import NAN, Layout, layout_of_text, layout_text, merged, packed, repacked, unpacked
+from store.message_rows import (NAN, Channels, DamagedRow, Layout, layout_of_text, layout_text, merged, packed,
+                                repacked, unpacked)
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,8 @@ class SqliteStore:
                                     "device = ? AND ts = ?", (site, device, ms)).fetchall()
             if held and held[0][0] != n:
                 (m, *old), = held
-                channels = merged(unpacked(self._layout(m), *old), unpacked(self._layout(n), numbers, texts, quality))
+                channels = merged(self._unpacked(device, ms, self._layout(m), *old),
+                                  unpacked(self._layout(n), numbers, texts, quality))
                 if len(channels) > MAX_CHANNELS:  # each merge keeps a layout: growing ones would fill the disk
                     raise ValueError(f"{len(channels)} channels at one instant of device {device!r} with those "
                                      f"stored: at most {MAX_CHANNELS}")
@@ -454,6 +456,17 @@ class SqliteStore:
             out[c] = (ts[at], value, flag) + ((gateway[at],) if gateways else ())
         return out
 
+    def _unpacked(self, device: str, ms: int, layout: Layout, numbers, texts, quality) -> Channels:
+        """``unpacked`` of a stored row; one that does not fit its layout is refused as damage, naming it."""
+        try:
+            return unpacked(layout, numbers, texts, quality)
+        except DamagedRow as exc:
+            raise self._damage(device, ms, str(exc)) from None
+
+    def _damage(self, device: str, ms: int, what: str) -> sqlite3.DatabaseError:
+        return sqlite3.DatabaseError(f"store {self.path} is damaged: device {device}'s row at "
+                                     f"{from_ms(int(ms)).isoformat()}: {what}: restore it from a backup")
+
     def _numbers(self, device: str, ts: np.ndarray, rows: Sequence[bytes], width: int) -> np.ndarray:
         """The numbers of a device's rows of one layout, of ``width`` numbers, a row a line, from each
         row's numbers (or, from SQLite's aggregate, all rows' in one value, their lengths checked there).
@@ -467,9 +480,7 @@ class SqliteStore:
         if not fits:
             t, row = next((t, row) for t, row in zip(ts, rows) if not isinstance(row, bytes) or len(row) != 8 * width)
             held = f"{len(row)} bytes" if isinstance(row, bytes) else "a value not a blob"
-            raise sqlite3.DatabaseError(f"store {self.path} is damaged: device {device}'s row at "
-                                        f"{from_ms(int(t)).isoformat()} holds {held} as its numbers, where its "
-                                        f"layout has {width} numbers of 8 bytes: restore it from a backup")
+            raise self._damage(device, t, f"it holds {held} as its numbers, where its layout has {width} of 8 bytes")
         return np.frombuffer(blob, np.float64).reshape(len(ts), width)
 
     def _rows_range(self, site: str, device: str, lo: int, hi: int, ids: list[int], layouts: int,
@@ -552,7 +563,7 @@ class SqliteStore:
                                     "AND device = ? AND ts < ? ORDER BY ts DESC LIMIT ?",
                                     (site, device, before, page))
                 for ts, gateway, n, numbers, texts, quality in batch:
-                    for c, (v, flag) in unpacked(self._layout(n), numbers, texts, quality).items():
+                    for c, (v, flag) in self._unpacked(device, ts, self._layout(n), numbers, texts, quality).items():
                         if c not in found:
                             found[c] = (ts, site, gateway, device, c,
                                         v if isinstance(v, str) else None if v != v else v + 0.0, flag)

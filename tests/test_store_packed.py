@@ -264,10 +264,41 @@ def test_a_row_whose_numbers_do_not_fit_its_layout_is_refused_as_damage(tmp_path
         for read in (lambda: s.read_sources("s1", T0, end, ["m1.a", "m1.b"]),  # aggregated by SQLite
                      lambda: s.read("s1", T0, end, sources=["m1.a", "m1.b"])):  # row by row
             with pytest.raises(sqlite3.DatabaseError, match=re.escape(f"store {path} is damaged: device m1's row "
-                                                                      f"at {T0.isoformat()} holds 8 bytes")):
+                                                                      f"at {T0.isoformat()}: it holds 8 bytes")):
                 read()
     finally:
         s.close()
+
+
+def test_a_row_that_does_not_fit_its_layout_is_neither_merged_nor_shown_as_latest(tmp_path):
+    """``latest`` and the merge of two messages at one instant decode a single row: one whose numbers
+    were short lost its channels there silently (``latest`` showed channel a alone, and a merge wrote
+    the instant back without b). Refused as damage, naming the row; the row is left as it was."""
+    import re
+    import sqlite3
+
+    from contract.store import StoreUnavailable
+
+    path = tmp_path / "jcm.db"
+    s = open_store(f"sqlite:///{path}")
+    s.write([reading(minutes=0, seq=1, a=1.0, b=2.0)])
+    s.close()
+    forger = sqlite3.connect(path)
+    forger.executescript("UPDATE readings SET numbers = substr(numbers, 1, 8)")
+    forger.close()
+    damage = re.escape(f"store {path} is damaged: device m1's row at {T0.isoformat()}: it holds 8 bytes as its "
+                       "numbers, where its layout has 2 of 8 bytes")
+    s = open_store(f"sqlite:///{path}")
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match=damage):
+            s.latest("s1")
+        with pytest.raises(StoreUnavailable, match=damage):
+            s.write([reading(minutes=0, seq=2, c=3.0)])  # another layout at the instant: a merge
+    finally:
+        s.close()
+    held = sqlite3.connect(path)
+    assert held.execute("SELECT length(numbers), seq FROM readings").fetchall() == [(8, 1)]
+    held.close()
 
 
 def _old_rows(n):
