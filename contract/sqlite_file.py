@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 #: files up to this size get a full integrity check when opened [bytes]
@@ -60,19 +61,29 @@ def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, 
 
 
 def use_wal(db: sqlite3.Connection) -> None:
-    """Put the file in write-ahead-log mode (a no-op once it is), trying again while another connection
-    holds it busy. Switching needs the file to itself, and SQLite answers "database is locked" at once,
-    without waiting for its busy timeout, when two connections switch a new file together (each holds
-    the read lock the other waits for): two collectors sharing one store, started together, stopped one
-    in ten such starts. Every failed try releases its locks, so one of them gets through."""
-    deadline = time.monotonic() + WAL_WAIT
+    """Put the file in write-ahead-log mode (a no-op once it is). Switching needs the file to itself,
+    and SQLite answers "database is locked" at once, without waiting for its busy timeout, when two
+    connections switch a new file together (each holds the read lock the other waits for): two
+    collectors sharing one store, started together, stopped one in ten such starts. Every failed try
+    releases its locks, so one of them gets through."""
+    while_busy(db, "PRAGMA journal_mode=WAL", seconds=WAL_WAIT)
+
+
+def while_busy(db: sqlite3.Connection, sql: str, *, seconds: float | None = None,
+               waiting: Callable[[], None] | None = None) -> sqlite3.Cursor:
+    """``db.execute(sql)``, tried again while another connection holds the file busy (beyond SQLite's
+    own busy timeout, or where SQLite does not wait): for ``seconds``, or for ever if None;
+    ``waiting`` is called once, at the first refusal (to say why the caller waits)."""
+    deadline = None if seconds is None else time.monotonic() + seconds
     while True:
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
+            return db.execute(sql)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or (deadline and time.monotonic() > deadline):
                 raise
+            if waiting:
+                waiting()
+                waiting = None
             time.sleep(0.01)
 
 

@@ -215,9 +215,8 @@ def reading_lines(readings: Sequence[Reading]) -> list[bytes | Exception]:
             usual.append((i, r, layout, len(floats)))
             floats += layout[0](r.values)
     if not _all_finite_floats(floats):  # a value of another kind somewhere: those readings alone take the other way
-        kept, floats = usual, []
-        usual = []
-        for i, r, layout, first in kept:
+        kept, usual, floats = usual, [], []
+        for i, r, layout, _ in kept:
             values = layout[0](r.values)
             if _all_finite_floats(values):
                 usual.append((i, r, layout, len(floats)))
@@ -231,7 +230,7 @@ def reading_lines(readings: Sequence[Reading]) -> list[bytes | Exception]:
         # an enum's hash is a Python function: its members are told apart by identity
         status = '"ok"' if r.status is DeviceStatus.ok else _field_value(r.status.value)
         fields = template.format(*texts[first:first + n], quality, f"{int(r.seq or 0)}i", status)
-        series = _SERIES.get((r.site, r.gateway, r.device)) or _reading_series(r)
+        series = _reading_series(r)
         try:
             out[i] = f"{series} {fields} {(ts - _EPOCH) // _ONE_MS}".encode()
         except UnicodeEncodeError:  # a lone surrogate in a name: refused below, as it is alone

@@ -43,7 +43,7 @@ import pandas as pd
 from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import MAX_CHANNELS, Reading
-from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable, use_wal
+from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable, use_wal, while_busy
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
@@ -673,18 +673,9 @@ class SqliteStore:
         """BEGIN IMMEDIATE, waiting for as long as another process holds the write lock: of a store in
         the old layout, that is most likely another process converting it, which takes about a minute a
         year of a site; a stage that gave up instead would stop (the collector) or fail (a report)."""
-        told = False
-        while True:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xff != sqlite3.SQLITE_BUSY:  # its extended codes too
-                    raise
-                if not told:
-                    log.warning("store %s: another process is converting it to a row per message (or holds its "
-                                "write lock); waiting for it to finish", self.path)
-                    told = True
+        while_busy(self._db, "BEGIN IMMEDIATE", waiting=lambda: log.warning(
+            "store %s: another process is converting it to a row per message (or holds its write lock); waiting "
+            "for it to finish", self.path))
 
     def _check_space(self) -> None:
         """Refuse, before writing anything, a conversion the disk has no room for: it would fill the disk
