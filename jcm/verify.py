@@ -61,6 +61,7 @@ from processing.export.period_figures import CANNOT_COMPUTE
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.fixed_values import from_record
 from processing.monthly import versions
+from processing.period import HASH_VERSIONS
 from store.sqlite_store import SqliteStore
 
 #: refusals, breaks per chain and mismatches listed one by one; beyond it they are counted
@@ -509,7 +510,7 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
                              + (f"{mine!r}" if c else f"none ({r.cannot})"))
     recorded = {rev.get("month"): rev for rev in manifest.get("revisions", []) if isinstance(rev, dict)}
     now = versions(site)
-    for month, (input_hash, status) in sorted(r.months.items()):
+    for month, (hashes, status) in sorted(r.months.items()):
         rev = recorded.get(month, {})
         differ = [what for what, key in (("site settings (site.json)", "config_hash"),
                                          (f"{site.methodology} default values", "defaults_hash"),
@@ -517,13 +518,23 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
         if differ:  # not a mismatch by itself: it explains one
             out.append(f"  {month}: note: revision {rev.get('revision')} was computed with other "
                        f"{' and '.join(differ)} than this recomputation")
-        same = rev.get("input_hash") == input_hash
-        out.append(f"  {month}: input hash {'equal to' if same else 'NOT'} revision {rev.get('revision')}'s, "
-                   f"status {status} (revision: {rev.get('status')})")
-        if not same:
+        # an export made before input hashes had versions names none: its revisions' are version 1
+        version, recorded_hash = rev.get("input_hash_version", 1), rev.get("input_hash")
+        known = type(version) is int and version in hashes
+        same = known and recorded_hash == hashes[version]
+        out.append(f"  {month}: input hash {'equal to' if same else 'NOT'} revision {rev.get('revision')}'s "
+                   f"(version {version!r}), status {status} (revision: {rev.get('status')})")
+        other = [v for v, h in hashes.items() if h == recorded_hash and v != version]
+        if not known:
+            wrong.append(f"  {month}: revision {rev.get('revision')}'s input hash is said to be of version {version!r}, "
+                         f"which this code does not know (it knows {', '.join(map(str, HASH_VERSIONS))})")
+        elif other:
+            wrong.append(f"  {month}: revision {rev.get('revision')}'s input hash is the readings' hash in version "
+                         f"{other[0]}, but the manifest says version {version}")
+        elif not same:
             wrong.append(f"  {month}: the readings of the signed messages are not those revision "
-                         f"{rev.get('revision')} was computed from (input hash {input_hash}, "
-                         f"recorded {rev.get('input_hash')}): readings stored unsigned, or messages or "
+                         f"{rev.get('revision')} was computed from (input hash {hashes[version]}, version {version}, "
+                         f"recorded {recorded_hash}): readings stored unsigned, or messages or "
                          "findings missing, altered or refused")
         elif rev.get("status") != status:
             wrong.append(f"  {month}: status recomputed {status}, revision {rev.get('revision')} says {rev.get('status')}")

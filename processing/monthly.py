@@ -13,7 +13,7 @@ from contract.message import Reading
 from contract.store import ReadingStore
 from processing.ledger import Ledger, Revision, SignedOff, code_version, sha256_text
 from processing.methodologies.spec import SPEC_DIR
-from processing.period import PeriodProcessor, PeriodResult
+from processing.period import HASH_VERSION, HASH_VERSIONS, PeriodProcessor, PeriodResult
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,19 @@ def daily_parameters(result: PeriodResult) -> list[dict]:
 
 def process_month(site: Site, store: ReadingStore, ledger: Ledger, month: str) -> tuple[PeriodResult, Revision | None]:
     """Compute a whole month and record it; returns the result and its ledger revision
-    (``None`` when the month is signed off and the data changed since)."""
+    (``None`` when the month is signed off and the data changed since). The readings are
+    hashed in the version of the month's latest revision, so that unchanged readings keep
+    their recorded hash (a new month: ``HASH_VERSION``)."""
     first, last = month_bounds(month)
     if last >= dt.datetime.now(site.zone).date():
         raise ValueError(f"{site.site} {month} is not over yet: its figures are month-to-date, not a ledger revision")
-    result = PeriodProcessor(site).process(store, first, last)
+    latest = ledger.latest(site.site, month)
+    version = latest.input_hash_version if latest else HASH_VERSION
+    if version not in HASH_VERSIONS:
+        raise ValueError(f"{site.site} {month}: revision {latest.revision} in the ledger has an input hash of version "
+                         f"{version}, which this code does not know (it knows {', '.join(map(str, HASH_VERSIONS))}): "
+                         "the ledger was written by a newer jcm-telemetry")
+    result = PeriodProcessor(site).process(store, first, last, (version,))
     try:
         revision = ledger.record(site.site, month, result.summary(), details(result), versions(site))
     except SignedOff as exc:

@@ -48,6 +48,15 @@ STATUSES = ("verified", "provisional", "needs_review", "failed")
 EDGE = pd.Timedelta(hours=6)
 #: how far out a counter's last reading before a period (first after it) is looked for, widening
 NEIGHBOUR_WINDOWS = tuple(pd.Timedelta(days=n) for n in (2, 14, 62, 400))
+#: the input hash's versions (``input_hash``, docs/input-hash.md): 1, a line of text per reading, as
+#: the ledger's first revisions hashed them; 2, each source's columns in a binary form, ~30 x faster
+HASH_VERSIONS = (1, 2)
+#: the version a month without a ledger revision is hashed in (one with revisions keeps its latest's)
+HASH_VERSION = 2
+#: what version 2's bytes begin with (no text of version 1 does: its devices and checks hold no NUL)
+V2_HEAD = b"jcm input hash\x00v2\x00"
+#: version 2's one encoding of a missing value or NaN: the quiet NaN's bits, as a little-endian uint64
+MISSING = np.uint64(0x7FF8000000000000)
 
 
 @dataclass
@@ -67,6 +76,8 @@ class PeriodResult:
     completeness: dict[str, float]
     input_hash: str
     simulated: bool = False
+    #: the version ``input_hash`` is in (``HASH_VERSIONS``)
+    input_hash_version: int = HASH_VERSION
     figures: dict = field(default_factory=dict)
     #: the fixed values the calculation used, with their origin and status
     fixed: list[FixedValue] = field(default_factory=list)
@@ -79,7 +90,7 @@ class PeriodResult:
             "RE": c.RE if c else None, "PE": c.PE if c else None, "ER_unrounded": c.ER_unrounded if c else None,
             "ER": c.ER if c else None, "provisional": c.provisional if c else None,
             "parameters": self.parameters, "completeness": self.completeness, "input_hash": self.input_hash,
-            "simulated": self.simulated,
+            "input_hash_version": self.input_hash_version, "simulated": self.simulated,
         }
 
 
@@ -106,26 +117,99 @@ def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
     return pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=site.zone)).tz_convert("UTC")
 
 
-def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = ()) -> str:
-    """SHA-256 of the readings used, in a canonical text form: same readings, same hash. The
-    collector's sequence, clock and custody findings are inputs too (one line each, before the
-    readings): a gap recorded (or resolved) after a month was processed changes its hash, so
-    the month is processed again; a month without them keeps the hash it had.
+def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = (), version: int = HASH_VERSION) -> str:
+    """SHA-256 of the readings used, in a canonical form: same readings, same hash. The
+    collector's sequence, clock and custody findings are inputs too (before the readings): a
+    gap recorded (or resolved) after a month was processed changes its hash, so the month is
+    processed again; a month without them keeps the hash it had.
 
-    ``rows``: each source's readings (``ReadingStore.read_sources``). The text is one line per reading,
-    sorted by device, channel and ts: ``device TAB channel TAB time TAB value TAB quality``,
-    time in whole seconds since the epoch (floored: what the first ledger revisions hashed,
-    kept so that unchanged months keep their hash), value as ``repr`` of the float (empty
-    when missing), quality empty when none.
+    ``rows``: each source's readings (``ReadingStore.read_sources``). ``version`` (``HASH_VERSIONS``;
+    docs/input-hash.md): a ledger revision records the version of its hash, and a month is hashed
+    again in its latest revision's version, so that unchanged readings keep their hash.
+
+    Version 1, the text form: one line per finding (its fields' ``str`` joined by tabs), then one
+    line per reading, sorted by device, channel and ts: ``device TAB channel TAB time TAB value TAB
+    quality``, time in whole seconds since the epoch (floored), value as ``repr`` of the float
+    (empty when missing), quality empty when none. Version 2, the binary form: ``_hash_binary``.
     """
+    if type(version) is not int or version not in HASH_VERSIONS:
+        raise ValueError(f"input hash version {version!r}: this code knows versions "
+                         f"{', '.join(map(str, HASH_VERSIONS))}")
     h = hashlib.sha256()
-    for f in sequence:
-        h.update(("\t".join(str(v) for v in f.to_dict().values()) + "\n").encode())
+    lines = ["\t".join(str(v) for v in f.to_dict().values()) for f in sequence]
+    sources = sorted(rows, key=lambda s: tuple(s.split(".", 1)))
+    if version == 2:
+        _hash_binary(h, lines, [(src, rows[src]) for src in sources if len(rows[src])])
+        return h.hexdigest()
+    for line in lines:
+        h.update((line + "\n").encode())
     with gc_paused():
         times = (np.empty(0, np.int64), [])
-        for src in sorted(rows, key=lambda s: tuple(s.split(".", 1))):
+        for src in sources:
             times = _hash_source(h, src, rows[src], times)
     return h.hexdigest()
+
+
+def _hash_binary(h, lines: list[str], sources: list[tuple[str, pd.DataFrame]]) -> None:
+    """Feed version 2 of the input hash to ``h``: ``V2_HEAD``, the number of finding lines and
+    each (version 1's text, without its newline), the number of sources and each (``_hash_columns``),
+    in version 1's order. A count is a uint64, a text its UTF-8 bytes after their length, every
+    number little-endian: the bytes read back one way only. Columns go to SHA-256 as numpy holds
+    them, ~30 times faster than a text per value."""
+    h.update(V2_HEAD + _count(len(lines)) + b"".join(map(_text, lines)) + _count(len(sources)))
+    stamps = None
+    for src, frame in sources:
+        stamps = _hash_columns(h, src, frame, stamps)
+
+
+def _hash_columns(h, src: str, frame: pd.DataFrame, before: np.ndarray | None) -> np.ndarray:
+    """Feed one source's readings to ``h`` in version 2's form and return their stamps: its
+    device and channel (texts), the number of readings n, their stamps (a byte 0, then n int64 [ms
+    since the epoch, UTC, rounded to the nearest ms: the stores keep whole ms], in time order) or
+    a byte 1 when they are the stamps of the source before (``before``: a device's channels share
+    their readings' times), n float64 values in that order (every missing value and NaN as the one
+    NaN ``MISSING``), the number of readings with a quality and, for each in order, its position
+    among the n and its quality (a text)."""
+    ms = _whole_ms(frame["ts"].array)
+    values = frame["value"].to_numpy(dtype="<f8")
+    flagged, flags = _flagged(frame)
+    if not (ms[1:] > ms[:-1]).all():  # a store's rows are in time order already
+        order = np.argsort(ms, kind="stable")
+        ms, values = ms[order], values[order]
+        at = np.empty(len(order), np.int64)
+        at[order] = np.arange(len(order))  # where each reading goes in time order
+        flagged = at[flagged]
+        flags = flags[np.argsort(flagged, kind="stable")]
+        flagged = np.sort(flagged)
+    bits = values.view("<u8").copy()
+    bits[np.isnan(values)] = MISSING
+    device, channel = src.split(".", 1)
+    same = before is not None and np.array_equal(ms, before)
+    h.update(_text(device) + _text(channel) + _count(len(ms)) + (b"\x01" if same else b"\x00"))
+    if not same:
+        h.update(np.ascontiguousarray(ms, "<i8"))
+    h.update(bits)
+    h.update(_count(len(flagged)) + b"".join(_count(i) + _text(str(q)) for i, q in zip(flagged.tolist(), flags)))
+    return ms
+
+
+def _whole_ms(ts: pd.arrays.DatetimeArray) -> np.ndarray:
+    """``ts`` in whole milliseconds since the epoch, rounded to the nearest (half up) [ms]."""
+    if ts.unit == "s":
+        return ts.asi8 * 1000
+    per = {"ms": 1, "us": 1_000, "ns": 1_000_000}[ts.unit]
+    return (ts.asi8 + per // 2) // per
+
+
+def _count(n: int) -> bytes:
+    """A count or position in version 2 of the input hash: uint64, little-endian."""
+    return n.to_bytes(8, "little")
+
+
+def _text(text: str) -> bytes:
+    """A text in version 2 of the input hash: the length of its UTF-8 bytes (``_count``), then them."""
+    data = text.encode()
+    return _count(len(data)) + data
 
 
 def _hash_source(h, src: str, frame: pd.DataFrame,
@@ -297,11 +381,16 @@ class PeriodProcessor:
             raise ConfigError(f"site {site.site}: registered under {site.methodology} {site.methodology_version}, "
                               f"but config/methodologies has version {self.spec.version}")
 
-    def process(self, store: ReadingStore, first: dt.date, last: dt.date) -> PeriodResult:
+    def process(self, store: ReadingStore, first: dt.date, last: dt.date,
+                hash_versions: tuple[int, ...] = (HASH_VERSION,)) -> PeriodResult:
         """The period of whole local days ``first``..``last``: every interval that ends after
         local midnight starting ``first`` up to and including local midnight ending ``last``
         (a reading stamped 00:00:00 closes the previous day; ``daily_values.interval_day``).
-        Readings just outside the period settle the intervals that cross its boundaries."""
+        Readings just outside the period settle the intervals that cross its boundaries.
+
+        ``hash_versions``: the input hash is in the first (a month's latest ledger revision's);
+        ``figures["input_hashes"]`` holds the hash in each, by version (a verifier's check of
+        which version a recorded hash is in)."""
         site, spec = self.site, self.spec
         days = local_days(first, last)
         start, end = _utc_midnight(first, site), _utc_midnight(last + dt.timedelta(days=1), site)
@@ -413,12 +502,15 @@ class PeriodProcessor:
         daily = pd.DataFrame(daily_rows, columns=["day", "parameter", "unit_id", "source", "value", "unit"])
         simulated = not store.read(site.site, start.to_pydatetime(), end.to_pydatetime(), channels=["simulated"],
                                    devices=site.monitoring_devices, limit=1).empty
+        hashes = {v: input_hash(rows, sequence, v) for v in hash_versions}
         return PeriodResult(
             simulated=simulated,
             site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,
             status=status, reasons=reasons, calc=calc, parameters=period_values, daily=daily, findings=findings,
-            adjustments=adjustments, completeness=completeness, input_hash=input_hash(rows, sequence),
-            figures={"daily_totals": totals, "units": units_of, "read": read_span(rows, start, end)}, fixed=fixed,
+            adjustments=adjustments, completeness=completeness, input_hash=hashes[hash_versions[0]],
+            input_hash_version=hash_versions[0], fixed=fixed,
+            figures={"daily_totals": totals, "units": units_of, "read": read_span(rows, start, end),
+                     "input_hashes": hashes},
         )
 
     # -- steps ----------------------------------------------------------------------

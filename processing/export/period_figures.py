@@ -36,6 +36,8 @@ class UsedRevision:
     revision: int
     created: str
     input_hash: str
+    #: the version of the input hash's form (``period.HASH_VERSIONS``)
+    input_hash_version: int
     code_version: str
     #: what ``monthly.versions`` gave: a recomputation with other site settings or defaults says so
     config_hash: str
@@ -153,7 +155,8 @@ def _used(revision: Revision, signed: tuple | None) -> UsedRevision:
     s = revision.result["summary"]
     return UsedRevision(
         site=revision.site, month=revision.month, revision=revision.revision, created=revision.created,
-        input_hash=revision.input_hash, code_version=revision.code_version, config_hash=revision.config_hash,
+        input_hash=revision.input_hash, input_hash_version=revision.input_hash_version,
+        code_version=revision.code_version, config_hash=revision.config_hash,
         defaults_hash=revision.defaults_hash, read_span=revision.result.get("read_span"), status=revision.status,
         RE=s["RE"], PE=s["PE"], ER_unrounded=s["ER_unrounded"], ER=s["ER"], provisional=bool(s["provisional"]),
         signed_off=signed is not None, signed_by=signed[1] if signed else None, signed_at=signed[2] if signed else None,

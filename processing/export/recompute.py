@@ -32,7 +32,7 @@ from processing.export.period_figures import (PeriodFigures, daily_frame, local_
 from processing.fixed_values import FixedValue
 from processing.methodologies import Calculation
 from processing.monthly import daily_parameters, month_bounds
-from processing.period import EDGE, PeriodProcessor
+from processing.period import EDGE, HASH_VERSIONS, PeriodProcessor
 
 #: the site settings the export's figures were computed with, as JSON
 SITE_SETTINGS = "site.json"
@@ -85,13 +85,14 @@ def read_site_settings(path: Path) -> Site:
 class Recomputed:
     """A period recomputed: ``daily`` as ``PeriodFigures.daily``, the period's exact
     ``totals``, the calculation on them (``None`` when it cannot be computed, ``cannot``
-    saying why, as the export's reason does), and each whole month's input hash and status."""
+    saying why, as the export's reason does), and each whole month's input hash in each
+    version (``HASH_VERSIONS``: a revision's may be in any) and status."""
 
     daily: pd.DataFrame
     totals: dict[str, Decimal]
     calc: Calculation | None
     cannot: str | None
-    months: dict[str, tuple[str, str]]
+    months: dict[str, tuple[dict[int, str], str]]
 
 
 def recompute(site: Site, store: ReadingStore, first: dt.date, last: dt.date, fixed: list[FixedValue]) -> Recomputed:
@@ -109,8 +110,8 @@ def recompute(site: Site, store: ReadingStore, first: dt.date, last: dt.date, fi
         The fixed values the export's figures used (its manifest's ``fixed_parameters``).
     """
     processor = PeriodProcessor(site)
-    results = {m: processor.process(store, *month_bounds(m)) for m in months_between(first, last)}
+    results = {m: processor.process(store, *month_bounds(m), HASH_VERSIONS) for m in months_between(first, last)}
     daily = daily_frame((r for result in results.values() for r in daily_parameters(result)), first, last)
     totals = period_totals(daily, processor.spec)
     return Recomputed(daily, totals, *period_calculation(processor, totals, fixed),
-                      {m: (r.input_hash, r.status) for m, r in results.items()})
+                      {m: (r.figures["input_hashes"], r.status) for m, r in results.items()})
