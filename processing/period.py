@@ -170,17 +170,19 @@ def _hash_columns(h, src: str, frame: pd.DataFrame, before: np.ndarray | None) -
     their readings' times), n float64 values in that order (every missing value and NaN as the one
     NaN ``MISSING``), the number of readings with a quality and, for each in order, its position
     among the n and its quality (a text)."""
-    ms = _whole_ms(frame["ts"].array)
+    ts = frame["ts"].array
+    stamps = ts.asi8
     values = frame["value"].to_numpy(dtype="<f8")
     flagged, flags = _flagged(frame)
-    if not (ms[1:] > ms[:-1]).all():  # a store's rows are in time order already
-        order = np.argsort(ms, kind="stable")
-        ms, values = ms[order], values[order]
+    if not (stamps[1:] > stamps[:-1]).all():  # a store's rows are in time order already
+        order = np.argsort(stamps, kind="stable")
+        stamps, values = stamps[order], values[order]
         at = np.empty(len(order), np.int64)
         at[order] = np.arange(len(order))  # where each reading goes in time order
         flagged = at[flagged]
         flags = flags[np.argsort(flagged, kind="stable")]
         flagged = np.sort(flagged)
+    ms = _whole_ms(stamps, ts.unit)
     bits = values.view("<u8").copy()
     bits[np.isnan(values)] = MISSING
     device, channel = src.split(".", 1)
@@ -193,12 +195,13 @@ def _hash_columns(h, src: str, frame: pd.DataFrame, before: np.ndarray | None) -
     return ms
 
 
-def _whole_ms(ts: pd.arrays.DatetimeArray) -> np.ndarray:
-    """``ts`` in whole milliseconds since the epoch, rounded to the nearest (half up) [ms]."""
-    if ts.unit == "s":
-        return ts.asi8 * 1000
-    per = {"ms": 1, "us": 1_000, "ns": 1_000_000}[ts.unit]
-    return (ts.asi8 + per // 2) // per
+def _whole_ms(stamps: np.ndarray, unit: str) -> np.ndarray:
+    """``stamps`` (int64 since the epoch, in ``unit``: s, ms, us or ns) in whole milliseconds,
+    rounded to the nearest (half up) [ms]."""
+    if unit == "s":
+        return stamps * 1000
+    per = {"ms": 1, "us": 1_000, "ns": 1_000_000}[unit]
+    return (stamps + per // 2) // per
 
 
 def _count(n: int) -> bytes:

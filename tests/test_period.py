@@ -253,6 +253,139 @@ def test_input_hash_of_channels_that_share_their_times():
     assert input_hash(frames, version=1) == _input_hash_by_rows(frames)
 
 
+def _documented_input_hash_v2():
+    """The Python of docs/input-hash.md: version 2 written from its description, a reading at a time."""
+    import re
+
+    from tests.conftest import REPO
+
+    code = re.search(r"```python\n(.*?)```", (REPO / "docs" / "input-hash.md").read_text(), re.S).group(1)
+    space: dict = {}
+    exec(code, space)
+    return space["input_hash_v2"]
+
+
+def _input_hash_v2_by_rows(frames: dict, findings=()) -> str:
+    """Version 2 by the documented code, from each source's readings as plain Python tuples."""
+    sources = {}
+    for src, f in frames.items():
+        f = f.iloc[f["ts"].argsort(kind="stable")]
+        ns = f["ts"].dt.as_unit("ns").astype("int64")
+        sources[tuple(src.split(".", 1))] = [
+            ((t + 500_000) // 1_000_000, None if pd.isna(v) else float(v), None if pd.isna(q) else str(q))
+            for t, v, q in zip(ns.tolist(), f["value"].tolist(), f["quality"].tolist())]
+    lines = ["\t".join(str(v) for v in x.to_dict().values()) for x in findings]
+    return _documented_input_hash_v2()(lines, sources)
+
+
+def _odd_frames(seed: int = 7) -> dict:
+    """Sources whose names sort differently as text and as (device, channel), readings out of
+    time order, stamps with microseconds (rounded to ms), missing values, flags, extreme floats,
+    an empty source, and channels sharing their stamps (with another device too)."""
+    import numpy as np
+
+    t0 = pd.Timestamp("2026-10-01", tz="UTC")
+    rng = np.random.default_rng(seed)
+
+    def frame(n, shuffle=False, step_us=60_000_123):
+        ts = pd.to_datetime(t0.value // 1000 + np.arange(n) * step_us, unit="us", utc=True)
+        value = rng.normal(1e3, 1e3, n)
+        value[::7] = np.nan
+        for i, v in zip(range(1, n, 11), [1e-300, -0.0, 1e16, 123.0, float("inf"), 0.1 + 0.2, 0.0, -float("inf")]):
+            value[i] = v
+        quality = np.array([None] * n, dtype=object)
+        quality[::7] = "timeout"
+        quality[3::13] = "out_of_range"
+        f = pd.DataFrame({"ts": ts, "value": value, "quality": quality})
+        return f.sample(frac=1, random_state=1) if shuffle else f
+
+    return {"a.x": frame(60), "a-b.x": frame(50, shuffle=True), "a.x-y": frame(60), "b.z": frame(0),
+            "m1.energy": frame(200, shuffle=True), "m1.power": frame(200, step_us=60_000_000),
+            "m2.power": frame(200, step_us=60_000_000), "m2.ts": frame(200, step_us=60_000_500)}
+
+
+def test_input_hash_version_2_is_the_documented_form():
+    from processing.daily_values import Finding
+    from processing.period import input_hash
+
+    frames = _odd_frames()
+    findings = [Finding("sequence_gap", "gw-1.seq", "review", "3 lost; ünïcode", "2026-10-01", "2026-10-02", 3.0),
+                Finding("wrong_clock", "gw-1.clock", "review", "stepped back")]
+    assert input_hash(frames, findings, version=2) == _input_hash_v2_by_rows(frames, findings)
+    assert input_hash(frames, version=2) == input_hash(frames) == _input_hash_v2_by_rows(frames)
+    assert input_hash(frames, version=1) != input_hash(frames, version=2)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["a.x", "a.y", "b.x", "a-b.x", "a.x-y"]), st.integers(-2_000, 2_000),
+                          st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+                          st.sampled_from([None, None, "timeout", "out_of_range", "wrong_clock", "é"])),
+                max_size=40))
+def test_input_hash_version_2_is_the_documented_form_for_any_readings(readings):
+    """Any stamps (before 1970 too, ms apart or not, repeated across sources, one per source and
+    instant as the stores keep them), values (NaN with any payload the stores may hand back) and
+    flags."""
+    import numpy as np
+
+    from processing.period import input_hash
+
+    frames = {}
+    for src in {r[0] for r in readings}:
+        mine = {t: (v, q) for s, t, v, q in readings if s == src}  # one reading per instant
+        frames[src] = pd.DataFrame({"ts": pd.to_datetime([t * 250 for t in mine], unit="us", utc=True),
+                                    "value": np.array([np.nan if v is None else v for v, _ in mine.values()]),
+                                    "quality": pd.Series([q for _, q in mine.values()], dtype=object)})
+    assert input_hash(frames, version=2) == _input_hash_v2_by_rows(frames)
+
+
+def test_input_hash_version_2_sees_every_change_of_a_reading():
+    """Each change below gives another hash (version 1 misses a stamp moved within its second);
+    a missing value and a NaN are the one missing value."""
+    import numpy as np
+
+    from processing.daily_values import Finding
+    from processing.period import input_hash
+
+    frames = {k: v for k, v in _odd_frames(3).items() if k in ("m1.power", "m2.power", "a.x")}
+    base = input_hash(frames)
+
+    def changed(src, column, i, value):
+        f = frames[src].copy()
+        f[column] = f[column].astype(object) if column == "quality" else f[column]
+        f.iloc[i, f.columns.get_loc(column)] = value
+        return {**frames, src: f}
+
+    v = frames["m1.power"]["value"]
+    t = frames["m1.power"]["ts"]
+    variants = {
+        "value by one ulp": changed("m1.power", "value", 5, np.nextafter(v.iloc[5], np.inf)),
+        "zero's sign": changed("a.x", "value", 12, 0.0),  # -0.0 there
+        "stamp by 1 ms": changed("m1.power", "ts", 5, t.iloc[5] + pd.Timedelta(milliseconds=1)),
+        "flag added": changed("m1.power", "quality", 5, "stale"),
+        "flag changed": changed("a.x", "quality", 7, "device_error"),
+        "flag removed": changed("a.x", "quality", 7, None),
+        "reading removed": {**frames, "m2.power": frames["m2.power"].iloc[:-1]},
+        "source renamed": {**{k: v for k, v in frames.items() if k != "a.x"}, "a.w": frames["a.x"]},
+        "stamps no longer shared": changed("m2.power", "ts", 0, t.iloc[0] - pd.Timedelta(milliseconds=1)),
+    }
+    hashes = {what: input_hash(rows) for what, rows in variants.items()}
+    hashes["finding"] = input_hash(frames, [Finding("sequence_gap", "gw.seq", "info", "1 lost")])
+    assert base not in hashes.values() and len(set(hashes.values())) == len(hashes), hashes
+    assert input_hash(variants["stamp by 1 ms"], version=1) == input_hash(frames, version=1)
+    nan_payload = np.array([0x7FF8000000000001], np.uint64).view(np.float64)[0]
+    assert input_hash(changed("a.x", "value", 0, nan_payload)) == base  # a NaN there already
+    assert input_hash(changed("a.x", "value", 0, None)) == base
+
+
+@pytest.mark.parametrize("version", [0, 3, True, "2", 2.0, None])
+def test_an_unknown_input_hash_version_is_refused_naming_it(version):
+    from processing.period import input_hash
+
+    with pytest.raises(ValueError, match=f"input hash version {version!r}: this code knows versions 1, 2"):
+        input_hash({}, version=version)
+
+
 def _source_series_by_columns(processor, rows, src, start, end):
     """What ``PeriodProcessor._source_series`` computed before it read only the flagged readings'
     qualities (whole object columns compared): the reference the fast one must match."""
