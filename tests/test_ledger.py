@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from processing.monthly import RESULT_DEVICE, process_month
 from processing.scheduler import Processor, months_to_catch_up
 from simulators.history import history
 from store.sqlite_store import SqliteStore
-from tests.conftest import REPO, fill_history
+from tests.conftest import REPO, fill_history, rewrite_channel
 
 SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
 
@@ -120,3 +121,98 @@ def test_a_store_that_cannot_be_read_now_is_one_error_line_not_a_traceback(tmp_p
     assert len(errors) == 2 and all(r.exc_info is None for r in errors), [r.getMessage() for r in errors]
     assert errors[0].getMessage().startswith("mn-solar 2026-10: not processed now: the store cannot be used")
     assert "InfluxDB" in errors[0].getMessage() and ledger.latest(SITE.site, "2026-10") is None
+
+
+def october_readings(site) -> list:
+    """Readings every 15 minutes of the site's monitored channels from 30 September to 1 November 2026
+    (UTC), made by formula rather than by the simulator, so that a ledger file made from them by
+    an earlier version of the code (tests/data/) stays reproducible: counters rising at steady
+    rates (values with 17 significant digits among them), a power reading flagged out of range
+    and one missing."""
+    from contract.message import Quality, Reading
+
+    start = dt.datetime(2026, 9, 30, tzinfo=dt.UTC)
+    out = []
+    for i in range(33 * 96):
+        ts = start + dt.timedelta(minutes=15 * i)
+        sources = {src.split(".")[0]: {} for src in site.monitoring_sources}
+        for src in site.monitoring_sources:
+            device, channel = src.split(".")
+            sources[device][channel] = -1500.0 - (i % 7) / 3 if channel == "active_power" else 375.0 * i + 0.1 + i / 3
+        quality = {}
+        if i == 800:
+            sources["poc-meter"]["active_power"], quality = -9e9, {"active_power": Quality.out_of_range}
+        if i == 1200:
+            sources["poc-meter"]["active_power"], quality = None, {"active_power": Quality.timeout}
+        out += [Reading(site=site.site, gateway="gw-mn-01", device=d, ts=ts, values=v,
+                        quality=quality if d == "poc-meter" else {}) for d, v in sources.items()]
+    return out
+
+
+#: a ledger made by the code before input hashes had versions (main at 89e9e32), holding revision 1
+#: of mn-solar 2026-10 processed from ``october_readings``
+LEDGER_BEFORE_VERSIONS = Path(__file__).parent / "data" / "ledger-before-hash-versions.sqlite"
+
+
+def test_a_ledger_made_before_hash_versions_keeps_its_months_hash_and_gets_no_spurious_revision(tmp_path,
+                                                                                                monkeypatch):
+    """Its revisions are version 1 once opened; processing its month again on the same readings
+    hashes them in version 1 and adds nothing, a changed reading adds a revision (version 1
+    still), a month new to it is version 2. Before: a ledger had no versions, and a new hash form
+    would have given every month a revision of changed inputs."""
+    import shutil
+
+    import processing.monthly
+
+    path = shutil.copy(LEDGER_BEFORE_VERSIONS, tmp_path / "ledger.sqlite")
+    before = sqlite3.connect(path).execute("SELECT * FROM revisions").fetchall()
+    store = SqliteStore(tmp_path / "jcm.db")
+    store.write(october_readings(SITE))
+    ledger = Ledger(path)
+    (r1,) = ledger.revisions(SITE.site)
+    assert r1.input_hash_version == 1 and (r1.revision, r1.input_hash) == (1, before[0][6])
+    assert [row[:19] for row in ledger._db.execute("SELECT * FROM revisions")] == before
+    # a change of the processing code is a revision of its own (its code_version): held as recorded
+    # here, so that the input hash alone decides
+    recorded = {"defaults_hash": r1.defaults_hash, "config_hash": r1.config_hash, "code_version": r1.code_version}
+    monkeypatch.setattr(processing.monthly, "versions", lambda site: recorded)
+    result, again = process_month(SITE, store, ledger, "2026-10")
+    assert not again.new and again.revision == 1
+    assert (result.input_hash, result.input_hash_version) == (r1.input_hash, 1)
+
+    rewrite_channel(store, SITE.site, "poc-meter", "energy_export", dt.datetime(2026, 10, 9, tzinfo=dt.UTC),
+                    dt.datetime(2026, 10, 9, 0, 1, tzinfo=dt.UTC), lambda v, _: v + 1.0)
+    _, r2 = process_month(SITE, store, ledger, "2026-10")
+    assert r2.new and r2.revision == 2 and r2.input_hash_version == 1 and r2.input_hash != r1.input_hash
+    _, september = process_month(SITE, store, ledger, "2026-09")
+    assert september.new and september.input_hash_version == 2
+    assert [(r.month, r.revision, r.input_hash_version) for r in Ledger(path).revisions(SITE.site)] == [
+        ("2026-09", 1, 2), ("2026-10", 1, 1), ("2026-10", 2, 1)]
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        ledger._db.execute("UPDATE revisions SET input_hash_version = 2")
+
+
+def test_a_ledger_made_before_hash_versions_opened_by_several_processes_at_once_gets_one_column(tmp_path):
+    """Three processes open it together (the processor, an export, a sign-off): each adds the
+    column only if no other has (else 'duplicate column name')."""
+    import shutil
+
+    path = shutil.copy(LEDGER_BEFORE_VERSIONS, tmp_path / "ledger.sqlite")
+    code = f"from processing.ledger import Ledger; Ledger({str(path)!r}).latest('mn-solar', '2026-10')"
+    runs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)]
+    assert [(p.wait(), p.stderr.read()) for p in runs] == [(0, "")] * 3
+    columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(revisions)")]
+    assert columns.count("input_hash_version") == 1 and Ledger(path).latest("mn-solar", "2026-10").input_hash_version == 1
+
+
+def test_a_month_whose_latest_revision_is_of_an_unknown_hash_version_is_refused(store, tmp_path):
+    """A ledger written by a later version of the code, whose hash form this one cannot make: one
+    error naming the revision and its version, nothing recorded."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    process_month(SITE, store, ledger, "2026-10")
+    ledger._db.executescript("DROP TRIGGER revisions_no_update; UPDATE revisions SET input_hash_version = 9")
+    with pytest.raises(ValueError, match="revision 1 in the ledger has an input hash of version 9, which this code "
+                                         "does not know"):
+        process_month(SITE, store, ledger, "2026-10")
+    assert len(ledger.revisions(SITE.site)) == 1
