@@ -34,7 +34,10 @@ from contract.custody import GENESIS, chain_hash, sign, signed_bytes, verify
 from contract.store import SignedMessage
 from jcm.cli import main
 from processing.export import custody_folder, export_period
+from processing.export.period_figures import months_between
 from processing.ledger import Ledger
+from processing.monthly import details, month_bounds, versions
+from processing.period import PeriodProcessor
 from simulators.history import SIMULATED_CHANNEL, history
 from store.sqlite_store import SqliteStore
 from tests.conftest import REPO, reference_site, rewrite_channel
@@ -60,7 +63,7 @@ def signer():
 
 def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, signature_every: int = 1,
                 new_epoch_from: dt.datetime | None = None, late=None, rotated: tuple | None = None,
-                site_name: str = "mn-solar", change=None):
+                site_name: str = "mn-solar", change=None, hash_version: int | None = None):
     """An export of FIRST..LAST from readings of ``days`` (first, last), signed in order;
     ``tamper(store)`` runs on the store before the export. With ``signature_every`` N, the
     store keeps only every Nth message whole, the others covered (their signed bytes), as
@@ -69,7 +72,9 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
     the store only after the period's months were processed (a backlog that arrived after
     the ledger's revisions). ``rotated`` (time, key): from then on the gateway signs with
     ``key`` (k2), k1 retired then. ``change(reading, values)``: the values the gateway reads
-    instead (signed as such), from ``site_name``'s simulated readings."""
+    instead (signed as such), from ``site_name``'s simulated readings. ``hash_version``: the
+    months are recorded in the ledger first with their input hash in that version (as a month
+    first processed by an earlier version of the code keeps its hash's)."""
     site = reference_site(site_name)
     listed = [public_key(signer, "k1")] if rotated is None else [
         public_key(signer, "k1", valid_to=rotated[0]), public_key(rotated[1], "k2", valid_from=rotated[0])]
@@ -99,6 +104,10 @@ def make_export(tmp, signer, days: list[tuple[dt.date, dt.date]], tamper=None, s
             now[1].append(SignedMessage.verified(kept, verify(message, keys)))
             now[0].append(r)
         store.write(readings, messages=signed)
+    if hash_version is not None:
+        for month in months_between(FIRST, LAST):
+            result = PeriodProcessor(site).process(store, *month_bounds(month), (hash_version,))
+            ledger.record(site.site, month, result.summary(), details(result), versions(site))
     if late is not None:
         export_period(site, store, ledger, FIRST, LAST, tmp / "before")  # records the months' revisions
         store.write(backlog[0], messages=backlog[1])
@@ -638,6 +647,84 @@ def test_a_gap_with_no_start_noticed_after_the_window_is_in_the_export_findings(
     listed = json.loads((folder / "custody" / "findings.json").read_text())["sequence_findings"]
     # without it, ``jcm verify`` of this untouched export said "2026-09: input hash NOT revision 1's"
     assert [f["gateway"] for f in listed] == ["gw-late"]
+
+
+# -- input hash versions ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def made_v1(tmp_path_factory, signer):
+    """An export of months first processed by the code before input hash version 2 (version 1)."""
+    return make_export(tmp_path_factory.mktemp("verify-v1"), signer, DAYS, hash_version=1)
+
+
+def set_hash_version(folder, version=None, drop: bool = False) -> None:
+    """Name ``version`` as the revisions' input hash version in the manifest (``drop``: name none,
+    as an export made before versions), the hashes rewritten to cover it."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for rev in manifest["revisions"]:
+        rev.pop("input_hash_version") if drop else rev.update(input_hash_version=version)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    rehash(folder)
+
+
+def test_an_export_of_months_hashed_in_version_1_verifies_also_as_made_before_versions(made_v1, tmp_path, capsys):
+    export = shutil.copytree(made_v1, tmp_path / made_v1.name)
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert [r["input_hash_version"] for r in manifest["revisions"]] == [1]
+    rc, out = run(export, capsys)
+    assert rc == 0 and "2026-09: input hash equal to revision 1's (version 1), status" in out, out
+    set_hash_version(export, drop=True)  # the manifest an export made before versions wrote
+    rc, out = run(export, capsys)
+    assert rc == 0 and "2026-09: input hash equal to revision 1's (version 1), status" in out, out
+
+
+@pytest.mark.parametrize("made_in, claimed, expected", [
+    (2, 1, "2026-09: revision 1's input hash is the readings' hash in version 2, but the manifest says version 1"),
+    (2, "none", "2026-09: revision 1's input hash is the readings' hash in version 2, but the manifest says version 1"),
+    (1, 2, "2026-09: revision 1's input hash is the readings' hash in version 1, but the manifest says version 2"),
+    (2, 3, "2026-09: revision 1's input hash is said to be of version 3, which this code does not know (it knows 1, 2)"),
+    (2, "2", "revision 1's input hash is said to be of version '2', which this code does not know"),
+    (2, True, "revision 1's input hash is said to be of version True, which this code does not know"),
+    (1, None, "revision 1's input hash is said to be of version None, which this code does not know"),
+])
+def test_an_input_hash_claimed_in_another_version_is_named(made, made_v1, tmp_path, capsys, made_in, claimed,
+                                                          expected):
+    source = made if made_in == 2 else made_v1
+    export = shutil.copytree(source, tmp_path / source.name)
+    set_hash_version(export, drop=True) if claimed == "none" else set_hash_version(export, claimed)
+    rc, out = run(export, capsys)
+    assert rc == 1 and expected in out and "VERDICT: FAILED: 1 difference(s) from the recomputation" in out, out
+
+
+def _move_a_stamp(store):
+    """An inverter's reading of 11 September 03:00 UTC moved 1 ms later in the store."""
+    at = int(dt.datetime(2026, 9, 11, 3, tzinfo=dt.UTC).timestamp() * 1000)
+    assert store._db.execute("UPDATE readings SET ts = ts + 1 WHERE site = 'mn-solar' AND device = 'inv-01' "
+                             "AND ts = ?", (at,)).rowcount == 1
+    store._db.commit()
+
+
+def _flag_a_reading(store):
+    """An inverter's reading of 11 September 03:00 UTC flagged in the store (its value kept)."""
+    from contract.message import Quality, Reading
+
+    at = dt.datetime(2026, 9, 11, 3, tzinfo=dt.UTC)
+    row = store.read("mn-solar", at, at + dt.timedelta(seconds=1), devices=["inv-01"], channels=["ac_energy"])
+    assert len(row) == 1
+    store.write([Reading(site="mn-solar", gateway=row["gateway"].iloc[0], device="inv-01", ts=at,
+                         values={"ac_energy": float(row["value"].iloc[0])}, quality={"ac_energy": Quality.timeout})])
+
+
+@pytest.mark.parametrize("tamper", [_move_a_stamp, _flag_a_reading], ids=["stamp moved 1 ms", "flag added"])
+def test_a_stamp_or_a_flag_changed_in_the_store_is_found_by_the_input_hash(tmp_path, signer, capsys, tamper):
+    """The export is computed from readings that differ from the signed ones in a stamp by a
+    millisecond (version 1 of the hash, whole seconds, did not see it: the figures are the same)
+    or in a flag: the recomputation's input hash names the month."""
+    folder = make_export(tmp_path, signer, DAYS, tamper=tamper)
+    rc, out = run(folder, capsys)
+    assert rc == 1 and "every signature verified" in out, out
+    assert "2026-09: input hash NOT revision 1's (version 2)" in out
+    assert "2026-09: the readings of the signed messages are not those revision 1 was computed from" in out
 
 
 # -- witnesses: no chain cut short before the reading window's end ------------------------------
