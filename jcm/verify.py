@@ -18,10 +18,12 @@ and print a verdict a verifier can paste into a report.
    after it are not readings of the figures) alone, with the site settings
    (``site.json``) and fixed values the export recorded, go through the processor's own
    code (``processing.export.recompute``); each day's values, the period's totals, RE,
-   PE and ER (its exact decimal too), and each month's input hash and status must equal
-   the exported ones, in the manifest, ``daily_values.csv`` and the workbook. Figures that
-   cannot be computed (``period_figures.period_calculation``) must be exported as such: status
-   failed, none in the manifest nor the workbook, the same reason on the workbook's report.
+   PE and ER (its exact decimal too), and each month's input hash (in the version the
+   manifest names for its revision: a hash that is the readings' in another version is named
+   as such) and status must equal the exported ones, in the manifest, ``daily_values.csv``
+   and the workbook. Figures that cannot be computed (``period_figures.period_calculation``)
+   must be exported as such: status failed, none in the manifest nor the workbook, the same
+   reason on the workbook's report.
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
 chain's end is not witnessed (NOT WITNESSED: the readings of the window after its last
