@@ -49,7 +49,7 @@ EDGE = pd.Timedelta(hours=6)
 #: how far out a counter's last reading before a period (first after it) is looked for, widening
 NEIGHBOUR_WINDOWS = tuple(pd.Timedelta(days=n) for n in (2, 14, 62, 400))
 #: the input hash's versions (``input_hash``, docs/input-hash.md): 1, a line of text per reading, as
-#: the ledger's first revisions hashed them; 2, each source's columns in a binary form, ~30 x faster
+#: the ledger's first revisions hashed them; 2, each source's columns in a binary form, ~10 x faster
 HASH_VERSIONS = (1, 2)
 #: the version a month without a ledger revision is hashed in (one with revisions keeps its latest's)
 HASH_VERSION = 2
@@ -155,7 +155,7 @@ def _hash_binary(h, lines: list[str], sources: list[tuple[str, pd.DataFrame]]) -
     each (version 1's text, without its newline), the number of sources and each (``_hash_columns``),
     in version 1's order. A count is a uint64, a text its UTF-8 bytes after their length, every
     number little-endian: the bytes read back one way only. Columns go to SHA-256 as numpy holds
-    them, ~30 times faster than a text per value."""
+    them, ~10 times faster than a text per value."""
     h.update(V2_HEAD + _count(len(lines)) + b"".join(map(_text, lines)) + _count(len(sources)))
     stamps = None
     for src, frame in sources:

@@ -727,6 +727,34 @@ def test_a_stamp_or_a_flag_changed_in_the_store_is_found_by_the_input_hash(tmp_p
     assert "2026-09: the readings of the signed messages are not those revision 1 was computed from" in out
 
 
+def test_the_raw_readings_file_holds_each_value_and_stamp_exactly(made, tmp_path):
+    """Read back from its text, raw_readings.csv.gz gives the version-2 input hash of the store's
+    readings of the period: every value (``repr``) and stamp (ms) written exactly, as the hash
+    needs to be recomputed from an export."""
+    import csv
+
+    import pandas as pd
+
+    from processing.export.period_figures import local_bounds
+    from processing.period import input_hash
+
+    site = reference_site("mn-solar")
+    store = SqliteStore(shutil.copy(made.parent.parent / "jcm.db", tmp_path / "jcm.db"))  # the export's store
+    stored = store.read_sources(site.site, *local_bounds(site, FIRST, LAST), site.monitoring_sources)
+    store.close()
+    rows: dict[str, list] = {src: [] for src in site.monitoring_sources}
+    with gzip.open(made / "raw_readings.csv.gz", "rt", newline="") as f:
+        for r in csv.DictReader(line for line in f if not line.startswith("#")):
+            rows[f"{r['device']}.{r['channel']}"].append(
+                (r["ts"], float(r["value"]) if r["value"] else math.nan, r["quality"] or None))
+    read_back = {src: pd.DataFrame({"ts": pd.to_datetime([t for t, _, _ in got], utc=True),
+                                    "value": [v for _, v, _ in got],
+                                    "quality": pd.Series([q for _, _, q in got], dtype=object)})
+                 for src, got in rows.items()}
+    assert sum(len(f) for f in read_back.values()) == sum(len(f) for f in stored.values()) > 0
+    assert input_hash(read_back, version=2) == input_hash(stored, version=2)
+
+
 # -- witnesses: no chain cut short before the reading window's end ------------------------------
 
 CHAIN = f"mn-solar/gw-mn-01/{EPOCH}"
