@@ -206,9 +206,11 @@ def test_a_ledger_made_before_hash_versions_opened_by_several_processes_at_once_
     assert columns.count("input_hash_version") == 1 and Ledger(path).latest("mn-solar", "2026-10").input_hash_version == 1
 
 
-def test_a_month_whose_latest_revision_is_of_an_unknown_hash_version_is_refused(store, tmp_path):
+def test_a_month_whose_latest_revision_is_of_an_unknown_hash_version_is_refused(tmp_path):
     """A ledger written by a later version of the code, whose hash form this one cannot make: one
     error naming the revision and its version, nothing recorded."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    store.write(october_readings(SITE))
     ledger = Ledger(tmp_path / "ledger.sqlite")
     process_month(SITE, store, ledger, "2026-10")
     ledger._db.executescript("DROP TRIGGER revisions_no_update; UPDATE revisions SET input_hash_version = 9")
