@@ -365,7 +365,7 @@ def test_a_collector_reads_back_its_own_acknowledgement_only_after_a_restart(tmp
     try:
         again.start()
         assert wait_until(lambda: again._gateways[key].epochs.get(epoch), 10)  # its retained one from before
-        assert again._gateways[key].epochs[epoch] == [(s, s) for s in range(1, 200, 2)]
+        assert list(again._gateways[key].epochs[epoch].runs()) == [(s, s) for s in range(1, 200, 2)]
     finally:
         again.stop()
 
