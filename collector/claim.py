@@ -17,9 +17,10 @@ or a peer sends, and the holes between two collectors' seqs cost a bit each. Its
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import chain, islice
 
 from contract import acknowledgement
 from contract.acknowledgement import MAX_BITS, MAX_RANGES, Ack, Ranges
@@ -86,7 +87,7 @@ class Claim:
             if b >= top:
                 far.append((max(a, top), b))
         if far:
-            self._keep_above(far)
+            self._keep_above(sorted(far))
         self._settle()
 
     def add_bits(self, base: int, mask: int) -> None:
@@ -103,7 +104,7 @@ class Claim:
             mask >>= WINDOW
             base = self.edge + WINDOW
         if mask:
-            self._keep_above(islice(runs_of(mask, base), MAX_KEPT_RANGES + 1))
+            self._keep_above(runs_of(mask, base))
         self._settle()
 
     def prune(self, floor: int) -> None:
@@ -118,11 +119,17 @@ class Claim:
             self._settle()
 
     def runs(self) -> Iterator[tuple[int, int]]:
-        """Inclusive ranges [seq] held, ascending."""
-        if self.edge > self.floor:
-            yield self.floor, self.edge - 1
-        yield from runs_of(self.bits, self.edge)
-        yield from self.above
+        """Inclusive ranges [seq] held, ascending, disjoint and not adjacent."""
+        last = (self.floor, self.edge - 1) if self.edge > self.floor else None
+        for run in chain(runs_of(self.bits, self.edge), self.above):
+            if last is not None and run[0] == last[1] + 1:  # the window's top and the lowest range above it
+                last = (last[0], run[1])
+                continue
+            if last is not None:
+                yield last
+            last = run
+        if last is not None:
+            yield last
 
     def ack(self, epoch: str) -> Ack:
         """The acknowledgement of this claim: the lowest ``MAX_RANGES`` ranges (all a gateway from
@@ -137,10 +144,18 @@ class Claim:
         return Ack.fitted(epoch, listed, base, self.bits >> (base - self.edge))
 
     def _keep_above(self, ranges: Iterable[tuple[int, int]]) -> None:
-        merged = acknowledgement.merge([*self.above, *ranges])
-        if len(merged) > MAX_KEPT_RANGES:
-            del merged[MAX_KEPT_RANGES:]
-            self.full = merged[-1][1]
+        """Fold ``ranges`` (ascending) into those above the window; the highest beyond
+        ``MAX_KEPT_RANGES`` are forgotten, and ``ranges`` not read further."""
+        merged: Ranges = []
+        for a, b in heapq.merge(self.above, ranges):
+            if merged and a <= merged[-1][1] + 1:
+                if b > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], b)
+            elif len(merged) == MAX_KEPT_RANGES:
+                self.full = merged[-1][1]
+                break
+            else:
+                merged.append((a, b))
         self.above = merged
 
     def _settle(self) -> None:

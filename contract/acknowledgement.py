@@ -154,10 +154,11 @@ class Ack:
     def spans(self) -> Ranges:
         """Ascending disjoint ranges [seq] within which every seq claimed lies (each seq of a
         range is claimed; of the bitmap's extent, those whose bit is set: see :meth:`holds`)."""
-        if not self.bits:
+        mask = self.bitmask()
+        if not mask:
             return list(self.ranges)
-        top = self.bits_from + int.from_bytes(self.bits, "little").bit_length() - 1
-        return merge([*self.ranges, (self.bits_from, top)])
+        low = (mask & -mask).bit_length() - 1
+        return merge([*self.ranges, (self.bits_from + low, self.bits_from + mask.bit_length() - 1)])
 
     def holds(self, seq: int) -> bool:
         """Whether the acknowledgement claims ``seq``."""
