@@ -29,8 +29,9 @@ Acknowledgement (:class:`Ack`), one retained QoS 1 message per (gateway, collect
     *bitmap* carries those above: bit ``i`` of ``bits`` (byte ``i // 8``, least
     significant bit first) set means the store holds seq ``bits_from + i``; the two come
     together or not at all, and no set bit lies beyond ``MAX_SEQ``. The claim is the union
-    of both. The whole message stays within ``MAX_ACK_BYTES``, so the bitmap carries about
-    70,000 to 98,000 seqs: the top of a longer claim waits for a later acknowledgement.
+    of both. The whole message stays within ``MAX_ACK_BYTES``, so the bitmap carries up to
+    ``MAX_BITS`` = 98,304 seqs (about 70,000 beside 256 ranges of seven-digit seqs): the top of
+    a longer claim waits for a later acknowledgement.
 
     A collector publishes after each batch it has stored (readings and dead letters: a
     message kept as a dead letter is kept, and sending it again would change nothing).

@@ -301,6 +301,9 @@ CRAFTED = [
                                                  for i in range(300)) + b"]}",  # too many
     b'{"schema": 1, "epoch": "EPOCH\\u0000", "ranges": [[1, 9]]}',
     b'{"schema": 2, "epoch": "EPOCH", "ranges": [[1, 9]]}',
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [], "bits_from": 1, "bits": "//8*"}',  # not base64
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [], "bits": "/w=="}',  # no bits_from
+    b'{"schema": 1, "epoch": "EPOCH", "ranges": [], "bits_from": 9223372036854775801, "bits": "/w=="}',  # > MAX_SEQ
     b'{"schema": 1, "epoch": "0123456789abcdef", "ranges": [[1, 9223372036854775807]]}',  # another epoch
 ]
 
@@ -330,6 +333,9 @@ def test_crafted_acknowledgements_delete_nothing_and_a_true_one_only_what_was_se
         assert outbox.depth == 10 and pub._thread.is_alive()
         ack(b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 3], [5, 5]]}')
         assert wait_until(lambda: outbox.depth == 6)
+        ack(b'{"schema": 1, "epoch": "EPOCH", "ranges": [], "bits_from": 6, "bits": "BQ=="}', "c3")  # 6 and 8
+        assert wait_until(lambda: outbox.depth == 4)
+        assert {s for s, _, _ in outbox.after(0, 10)} == {4, 7, 9, 10}
         # the whole sequence claimed: only what was sent is taken, never a seq polled later
         ack(b'{"schema": 1, "epoch": "EPOCH", "ranges": [[1, 9223372036854775807]]}', "c2")
         assert wait_until(lambda: outbox.depth == 0)
