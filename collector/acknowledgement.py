@@ -21,7 +21,7 @@ import re
 import threading
 from collections.abc import Iterable
 
-from collector.claim import WINDOW, Claim
+from collector.claim import MAX_KEPT_RANGES, WINDOW, Claim
 from contract import topics
 from contract.acknowledgement import Ack
 from contract.config import CollectorConfig
@@ -133,11 +133,11 @@ class Acknowledgements:
     @staticmethod
     def _forgetting(g: _Gateway, epoch: str, claim: Claim) -> None:
         if claim.full is not None and not g.forgetting:
-            log.warning("acknowledgements: gateway %s epoch %s: more seq ranges than are kept %d seqs above its "
-                        "lowest seq not stored, %d (a fast drain on a shared subscription while the gateway's floor "
-                        "lags, a live lane far ahead of its backlog, or a gateway that scatters its seqs); seqs "
-                        "above %d are not acknowledged until the floor rises (the gateway sends them again after "
-                        "its confirm timeout)", g.name, epoch, WINDOW, claim.edge, claim.full)
+            log.warning("acknowledgements: gateway %s epoch %s: more than %d seq ranges stored beyond the %d seqs "
+                        "kept as bits from seq %d (the lowest not stored yet); seqs above %d are not acknowledged "
+                        "until the gateway's floor rises, and it sends them again after its confirm timeout (a live "
+                        "lane far ahead of its backlog, a drain outrunning the floor, or a gateway scattering its "
+                        "seqs)", g.name, epoch, MAX_KEPT_RANGES, WINDOW, claim.edge, claim.full)
         g.forgetting = claim.full is not None  # logged once until there is room again
 
     def _publish(self, key: tuple[str, str], ack: Ack) -> None:
