@@ -65,8 +65,9 @@ Only collectors may publish acknowledgements, and a site may read only its own (
 ``deploy/mosquitto/acl``). A gateway still checks every acknowledgement as untrusted
 input (:meth:`Ack.from_json`): bounded size and ranges count, integers in range, a
 well-formed bitmap, its own epoch, and a seq it has not sent yet is never taken as stored.
-What an acknowledgement costs it is bounded by its size: at most ``MAX_RANGES`` ranges
-and ``8 * MAX_ACK_BYTES * 3 / 4`` bits to look at.
+What an acknowledgement costs it does not grow with the numbers in it: parsing is bounded
+by ``MAX_ACK_BYTES``, and the gateway looks its outbox up in at most ``MAX_RANGES`` + 1
+spans (:meth:`Ack.spans`), one bit per row found.
 """
 
 from __future__ import annotations
