@@ -247,7 +247,7 @@ def test_two_collectors_draining_thousands_of_single_messages_learn_each_others_
     those above (a WARNING calling the gateway broken or hostile): of 5,000 readings, hundreds were
     sent again after the confirm timeout. Now every reading is confirmed once, none sent again."""
     n = 5000
-    site = load_site(e2e_site(tmp_path, confirm_timeout_s=10))
+    site = load_site(e2e_site(tmp_path, confirm_timeout_s=15))  # well beyond a confirmation's lag under load
     outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
     device = site.devices[0]
     shape = Reading(site=site.site, gateway=site.gateway, device=device.id, ts=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
