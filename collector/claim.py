@@ -41,6 +41,8 @@ def runs_of(mask: int, base: int) -> Iterator[tuple[int, int]]:
 
 
 class Claim:
+    """The seqs of one gateway epoch the store holds (as this collector knows): head, window, above."""
+
     __slots__ = ("floor", "edge", "bits", "above", "full")
 
     def __init__(self, floor: int = 1):
