@@ -11,8 +11,14 @@
    its configured poll intervals (payloads shaped like its devices'), replayed by the
    real publisher to the collector, store acknowledgement on: seconds until the outbox is
    empty (goal: 60 s).
+3. **A shared drain** (``--shared-drain N ...``). Two collectors on a shared subscription, N
+   single messages put in the outbox at once while the publisher is connected (the live
+   lane sends each alone, 100 in flight), the gateway's floor at 1 all along (its status
+   comes every 30 s): readings sent again (``outbox.confirm_timeout_s`` 10 s) and the bytes
+   of acknowledgements a gateway receives, per 1,000 readings.
 
     python bench/acknowledgement.py [--seconds 10] [--rounds 2] [--backlog-rate 2000]
+    python bench/acknowledgement.py --skip-steady --skip-backlog --shared-drain 5000 20000
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import resource
@@ -31,6 +38,7 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,12 +65,12 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def site_copy(workdir: Path, confirmed_by: str, backlog_rate: float) -> Path:
+def site_copy(workdir: Path, confirmed_by: str, backlog_rate: float, **outbox) -> Path:
     """mn-solar's site file with the bench's outbox settings, in a sites dir of its own."""
     body = yaml.safe_load(MN_SOLAR.read_text())
     body["mqtt"] = {"url": "mqtt://127.0.0.1:1883"}  # the bench broker: anonymous, its URL given to the publisher
     body["outbox"] = {"path": str(workdir / "outbox.sqlite"), "confirmed_by": confirmed_by,
-                      "backlog_rate": backlog_rate}
+                      "backlog_rate": backlog_rate, **outbox}
     sites = workdir / "sites"
     sites.mkdir(parents=True, exist_ok=True)
     (sites / "mn-solar.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
@@ -75,7 +83,7 @@ def site_copy(workdir: Path, confirmed_by: str, backlog_rate: float) -> Path:
 def templates(site) -> list[Reading]:
     """One reading per device, every channel of its register map filled in."""
     return [Reading(site=site.site, gateway=site.gateway, device=d.id, ts=dt.datetime.now(dt.UTC),
-                    values={p.channel: 1234.5 for p in d.register_map.points},
+                    values={p.channel: "SunS" if p.type == "string" else 1234.5 for p in d.register_map.points},
                     units={p.channel: p.unit for p in d.register_map.points if p.unit})
             for d in site.devices]
 
@@ -198,27 +206,106 @@ def backlog(workdir: Path, backlog_rate: float) -> dict:
         p.close()
 
 
+class _Count(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.n = 0
+
+    def emit(self, record):
+        self.n += 1
+
+
+def shared_drain(workdir: Path, n: int) -> dict:
+    """Two collectors share the stream of ``n`` single messages; what is sent again, what the acks weigh."""
+    broker = Mosquitto(workdir / "mq").start()
+    site = load_site(site_copy(workdir, "store", 2000.0, confirm_timeout_s=10))
+    collectors = [Collector(CollectorConfig(broker={"url": broker.url}, store=f"sqlite:///{workdir}/jcm.db",
+                                            sites_dir=str(workdir / "sites"), batch_timeout=0.05,
+                                            client_id=f"bench-collector-{c}", share_group="bench"))
+                  for c in "ab"]
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows)
+    publisher = Publisher(site, outbox, broker_url=broker.url)
+    acks = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-ack-watcher")
+    watcher.on_message = lambda c, u, m: acks.append(len(m.payload))
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(topics.acks_of(site.site, site.gateway), 1)
+    warnings = _Count()
+    logging.getLogger("collector.acknowledgement").addHandler(warnings)
+    try:
+        watcher.connect("127.0.0.1", broker.port)
+        watcher.loop_start()
+        for c in collectors:
+            c.start()
+        publisher.start()
+        connections = [publisher.connection, *(x for c in collectors for x in (c.connection,
+                                                                                c.acknowledgements.connection))]
+        deadline = time.monotonic() + 10
+        while not all(x.connected.is_set() for x in connections) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # subscriptions in place
+        shapes = templates(site)
+        day = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+        epoch = outbox.epoch
+        cpu0, broker0 = cpu_self(), cpu_of(broker.proc.pid)
+        t0 = time.perf_counter()
+        for k in range(n):
+            r = shapes[k % len(shapes)]
+            ts = day + dt.timedelta(seconds=k)
+            outbox.put(topics.reading(r.site, r.gateway, r.device),
+                       lambda seq, r=r, ts=ts: dataclasses.replace(r, ts=ts, seq=seq, epoch=epoch).to_json())
+        publisher.notify()
+        deadline = time.monotonic() + 600
+        while (outbox.last_seq() < n or outbox.depth) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seconds = time.perf_counter() - t0
+        cpu1, broker1 = cpu_self(), cpu_of(broker.proc.pid)
+        time.sleep(0.3)  # the last acknowledgements reach the watcher
+        return {"messages": n, "seconds_to_empty_outbox": round(seconds, 2), "left": outbox.depth,
+                "stored_by": [c.stored for c in collectors], "dead_letters_by": [c.dead for c in collectors],
+                "published": publisher.published,
+                "resent": publisher.published - n, "resent_per_1000": round((publisher.published - n) * 1000 / n, 1),
+                "acks": len(acks), "ack_bytes": sum(acks), "ack_bytes_per_1000": round(sum(acks) * 1000 / n),
+                "largest_ack_bytes": max(acks, default=0), "ack_warnings": warnings.n,
+                "cpu_process_s_per_1000": round((cpu1 - cpu0) * 1000 / n, 3),
+                "cpu_broker_s_per_1000": round((broker1 - broker0) * 1000 / n, 3)}
+    finally:
+        logging.getLogger("collector.acknowledgement").removeHandler(warnings)
+        publisher.stop(timeout=0)
+        for c in collectors:
+            c.stop()
+        watcher.loop_stop()
+        outbox.close()
+        broker.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--backlog-rate", type=float, default=2000.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-backlog", action="store_true")
+    ap.add_argument("--skip-steady", action="store_true")
+    ap.add_argument("--shared-drain", type=int, nargs="*", default=[], metavar="N",
+                    help="two collectors sharing a drain of N single messages (each N a run)")
     args = ap.parse_args()
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):  # alternated, so that a noisy moment does not hit one mode only
+        for r in range(0 if args.skip_steady else args.rounds):  # alternated: a noisy moment hits both modes
             for mode in ("broker", "store"):
                 result = steady(Path(tmp) / f"{mode}-{r}", mode, args.seconds)
                 results.setdefault(f"steady_{mode}", []).append(result)
                 print(json.dumps(result), flush=True)
-        for key in ("cpu_process_s_per_1000", "cpu_broker_s_per_1000", "drain_after_last_poll_s"):
+        for key in () if args.skip_steady else ("cpu_process_s_per_1000", "cpu_broker_s_per_1000",
+                                                "drain_after_last_poll_s"):
             a, b = (sum(x[key] for x in results[f"steady_{m}"]) for m in ("store", "broker"))
             results[f"ratio_{key}"] = round(a / b, 3)
             print(f"store/broker {key}: {results[f'ratio_{key}']}")
         if not args.skip_backlog:
             results["backlog"] = backlog(Path(tmp) / "backlog", args.backlog_rate)
             print(json.dumps(results["backlog"]), flush=True)
+        for i, n in enumerate(args.shared_drain):
+            results.setdefault("shared_drain", []).append(shared_drain(Path(tmp) / f"shared-{i}", n))
+            print(json.dumps(results["shared_drain"][-1]), flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "acknowledgement.json").write_text(json.dumps(results, indent=2))

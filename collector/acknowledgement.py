@@ -1,11 +1,13 @@
 """Tell each gateway what the store holds of its readings (contract/acknowledgement.py).
 
 After a batch is in the store, the collector publishes, for every gateway in it, the
-seq ranges of the gateway's current epoch that the store holds above the gateway's
-floor, retained, on ``jcm/v1/<site>/<gateway>/ack/<client id>``. It listens to every
+seqs of the gateway's current epoch that the store holds above the gateway's floor,
+retained, on ``jcm/v1/<site>/<gateway>/ack/<client id>``. It listens to every
 acknowledgement (its own retained one from before a restart, and those of the other
 collectors of its share group) and to the gateways' status (epoch and floor), so that
-what it publishes is the union, contiguous and small, pruned below the floor.
+what it publishes is the union, contiguous and small, pruned below the floor. Each
+claim is a :class:`~collector.claim.Claim`: the holes between the collectors' seqs
+cost a bit each, not a range each.
 
 It has its own MQTT connection (a clean session: what it needs is retained), so the
 readings' session, with its manual acknowledgements, is untouched.
@@ -19,8 +21,9 @@ import re
 import threading
 from collections.abc import Iterable
 
-from contract import acknowledgement, topics
-from contract.acknowledgement import Ack, MAX_RANGES, Ranges
+from collector.claim import MAX_KEPT_RANGES, WINDOW, Claim
+from contract import topics
+from contract.acknowledgement import Ack
 from contract.config import CollectorConfig
 from contract.message import EPOCH_PATTERN, MAX_SEQ, Reading
 from contract.mqtt_connection import BrokerConnection
@@ -30,8 +33,6 @@ log = logging.getLogger(__name__)
 _EPOCH = re.compile(EPOCH_PATTERN)
 #: a gateway's status is a few hundred bytes
 MAX_STATUS_BYTES = 4096
-#: ranges kept per gateway and epoch; the lowest MAX_RANGES are published, those above wait for the floor
-MAX_KEPT_RANGES = 4 * MAX_RANGES
 #: epochs kept per gateway until its status says which is current (readings may come before it)
 MAX_EPOCHS = 4
 
@@ -41,10 +42,10 @@ class _Gateway:
 
     def __init__(self, name: str):
         self.name = name
-        self.forgetting = False  # whether it holds more than MAX_KEPT_RANGES ranges (logged once)
+        self.forgetting = False  # whether a claim of it has no room for more ranges (logged once)
         self.current: str | None = None  # the epoch the gateway last announced in its status
         self.floor = 1  # of the current epoch
-        self.epochs: dict[str, Ranges] = {}  # epoch -> seq ranges the store holds
+        self.epochs: dict[str, Claim] = {}  # epoch -> what the store holds of it
 
 
 def sequence_of(payload: bytes, limit: int) -> tuple[str, int] | None:
@@ -105,33 +106,39 @@ class Acknowledgements:
                 if g is None:
                     continue
                 for epoch, numbers in by_epoch.items():
-                    self._add(g, epoch, acknowledgement.from_seqs(numbers))
+                    claim = self._claim(g, epoch)
+                    if claim is not None:
+                        claim.add_seqs(numbers)
+                        self._forgetting(g, epoch, claim)
                 # the epoch the gateway announced; before it has, the one of its latest reading
                 epoch = g.current if g.current in g.epochs else epoch
                 if g.epochs.get(epoch):
-                    acks.append((key, Ack(epoch, tuple(g.epochs[epoch][:MAX_RANGES]))))
+                    acks.append((key, g.epochs[epoch].ack(epoch)))
         # outside the lock, which paho's thread takes for incoming acknowledgements
         for key, ack in acks:
             self._publish(key, ack)
 
     @staticmethod
-    def _add(g: _Gateway, epoch: str, ranges: Ranges) -> None:
-        """Fold ``ranges`` of ``epoch`` in, pruned below the gateway's floor."""
+    def _claim(g: _Gateway, epoch: str) -> Claim | None:
+        """What the store holds of ``epoch`` of the gateway; None for an epoch it has left."""
         if g.current is not None and epoch != g.current:
-            return  # an epoch the gateway has left: no outbox holds its rows any more
-        if epoch not in g.epochs and len(g.epochs) >= MAX_EPOCHS:
-            del g.epochs[next(iter(g.epochs))]
-        merged = acknowledgement.merge([*g.epochs.get(epoch, []), *ranges])
-        floor = g.floor if epoch == g.current else 1
-        if merged and merged[0][0] < floor:  # else nothing to prune (up to a thousand ranges, twice a batch)
-            merged = acknowledgement.clip(merged, floor, MAX_SEQ)
-        if len(merged) > MAX_KEPT_RANGES and not g.forgetting:
-            log.warning("acknowledgements: gateway %s epoch %s holds %d seq ranges above its floor %d; it forgets "
-                        "those above seq %d (the gateway resends them after its confirm timeout: a gateway with "
-                        "that many holes is broken or hostile)", g.name, epoch, len(merged), floor,
-                        merged[MAX_KEPT_RANGES - 1][1])
-        g.forgetting = len(merged) > MAX_KEPT_RANGES  # logged once until it holds few enough again
-        g.epochs[epoch] = merged[:MAX_KEPT_RANGES]
+            return None  # no outbox holds its rows any more
+        claim = g.epochs.get(epoch)
+        if claim is None:
+            if len(g.epochs) >= MAX_EPOCHS:
+                del g.epochs[next(iter(g.epochs))]
+            claim = g.epochs[epoch] = Claim(g.floor if epoch == g.current else 1)
+        return claim
+
+    @staticmethod
+    def _forgetting(g: _Gateway, epoch: str, claim: Claim) -> None:
+        if claim.full is not None and not g.forgetting:
+            log.warning("acknowledgements: gateway %s epoch %s: more than %d seq ranges stored beyond the %d seqs "
+                        "kept as bits from seq %d (the lowest not stored yet); seqs above %d are not acknowledged "
+                        "until the gateway's floor rises, and it sends them again after its confirm timeout (a live "
+                        "lane far ahead of its backlog, a drain outrunning the floor, or a gateway scattering its "
+                        "seqs)", g.name, epoch, MAX_KEPT_RANGES, WINDOW, claim.edge, claim.full)
+        g.forgetting = claim.full is not None  # logged once until there is room again
 
     def _publish(self, key: tuple[str, str], ack: Ack) -> None:
         if not self.connection.connected.is_set():
@@ -154,8 +161,11 @@ class Acknowledgements:
                 ack = Ack.from_json(msg.payload)
                 with self._lock:
                     g = self._gateways.get((site, gateway))
-                    if g is not None:
-                        self._add(g, ack.epoch, list(ack.ranges))
+                    claim = None if g is None else self._claim(g, ack.epoch)
+                    if claim is not None:
+                        claim.add_ranges(ack.ranges)
+                        claim.add_bits(ack.bits_from, ack.bitmask())
+                        self._forgetting(g, ack.epoch, claim)
         except ValueError as exc:
             log.debug("ignored %r: %s", msg._topic[:120], exc)
         except Exception:
@@ -173,4 +183,6 @@ class Acknowledgements:
             if g is None:
                 return
             g.current, g.floor = epoch, floor
-            g.epochs = {epoch: acknowledgement.clip(g.epochs.get(epoch, []), floor, MAX_SEQ)}
+            claim = g.epochs.get(epoch) or Claim(floor)
+            claim.prune(floor)
+            g.epochs = {epoch: claim}

@@ -20,20 +20,37 @@ Acknowledgement (:class:`Ack`), one retained QoS 1 message per (gateway, collect
 
     topic    jcm/v1/<site>/<gateway>/ack/<collector client id>
     payload  {"schema": 1, "epoch": "5f0c9a13e2b4d870", "ranges": [[1042, 1300], [1302, 1310]]}
+    or       {"schema": 1, "epoch": "5f0c9a13e2b4d870", "ranges": [[1042, 1300], ...],
+              "bits_from": 9001, "bits": "<base64>"}
 
-    ``ranges`` are the seqs of that epoch the store holds above the gateway's floor
-    (as the collector last heard it): ascending, disjoint, inclusive, at most
-    ``MAX_RANGES`` of them. A collector publishes after each batch it has stored
-    (readings and dead letters: a message kept as a dead letter is kept, and sending
-    it again would change nothing). It folds in what the other collectors of the
-    share group published (it subscribes to every ack topic), because the claim is
-    "the store has it", not "I stored it": with a shared subscription the broker
-    deals a gateway's messages out in turn, and each collector alone would hold
-    every other seq, one range per message. Merged, the ranges stay contiguous and
-    few. A collector that has more ranges than ``MAX_RANGES`` sends the lowest ones;
-    the rest follow once the floor has risen. Retained, so a collector that restarts
-    takes its own and the others' claims back from the broker, and a gateway that
-    reconnects learns where it stands.
+    ``ranges`` are seqs of that epoch the store holds above the gateway's floor (as the
+    collector last heard it): ascending, disjoint, inclusive, at most ``MAX_RANGES`` of
+    them, the lowest first. When the store holds more ranges than that, the optional
+    *bitmap* carries those above: bit ``i`` of ``bits`` (byte ``i // 8``, least
+    significant bit first) set means the store holds seq ``bits_from + i``; the two come
+    together or not at all, and no set bit lies beyond ``MAX_SEQ``. The claim is the union
+    of both. The whole message stays within ``MAX_ACK_BYTES``, so the bitmap carries up to
+    ``MAX_BITS`` = 98,304 seqs (about 70,000 beside 256 ranges of seven-digit seqs): the top of
+    a longer claim waits for a later acknowledgement.
+
+    A collector publishes after each batch it has stored (readings and dead letters: a
+    message kept as a dead letter is kept, and sending it again would change nothing).
+    It folds in what the other collectors of the share group published (it subscribes
+    to every ack topic), because the claim is "the store has it", not "I stored it":
+    with a shared subscription the broker deals a gateway's messages out in turn, and
+    each collector alone would hold every other seq, one range per message. Merged, the
+    ranges stay contiguous and few, provided each collector learns the others' claims
+    whole: a fast drain (a collector's batch of 500 single messages is 500 ranges until
+    the other's claim is in) would leave all but the lowest ``MAX_RANGES`` unlearnt, the
+    holes between the two collectors' seqs would pile up, and the gateway would send the
+    readings above them again. The bitmap's size does not grow with those holes. Retained,
+    so a collector that restarts takes its own and the others' claims back from the
+    broker, and a gateway that reconnects learns where it stands.
+
+    Upgrades: a gateway or collector from before the bitmap ignores it (unknown members
+    are ignored; schema, size and range bounds are the same), so it takes the ranges
+    alone, a part of the truth; one that knows the bitmap takes a ranges-only message as
+    it always was.
 
 The gateway subscribes to ``jcm/v1/<site>/<gateway>/ack/+``, takes the union of the
 acknowledgements of its current epoch (any other epoch is ignored), ignores seqs it has
@@ -46,12 +63,17 @@ probably holds them.
 
 Only collectors may publish acknowledgements, and a site may read only its own (see
 ``deploy/mosquitto/acl``). A gateway still checks every acknowledgement as untrusted
-input (:meth:`Ack.from_json`): bounded size and ranges count, integers in range, its
-own epoch, and a seq it has not sent yet is never taken as stored.
+input (:meth:`Ack.from_json`): bounded size and ranges count, integers in range, a
+well-formed bitmap, its own epoch, and a seq it has not sent yet is never taken as stored.
+What an acknowledgement costs it does not grow with the numbers in it: parsing is bounded
+by ``MAX_ACK_BYTES``, and the gateway looks its outbox up in at most ``MAX_RANGES`` + 1
+spans (:meth:`Ack.spans`), one bit per row found.
 """
 
 from __future__ import annotations
 
+import base64
+import bisect
 import json
 import re
 from collections.abc import Iterable
@@ -64,6 +86,8 @@ SCHEMA_VERSION = 1
 MAX_RANGES = 256
 #: bytes of an acknowledgement: MAX_RANGES ranges of two 19-digit seqs fit
 MAX_ACK_BYTES = 16 * 1024
+#: seqs one acknowledgement's bitmap can carry at most (base64: 3 bytes in 4 characters)
+MAX_BITS = 8 * (MAX_ACK_BYTES // 4 * 3)
 
 _EPOCH = re.compile(EPOCH_PATTERN)
 
@@ -72,13 +96,34 @@ Ranges = list[tuple[int, int]]
 
 @dataclass(frozen=True)
 class Ack:
-    """What one collector says the store holds of one gateway's epoch."""
+    """What one collector says the store holds of one gateway's epoch: ``ranges``, and the
+    seqs ``bits_from + i`` for each bit ``i`` set in ``bits`` (little-endian)."""
 
     epoch: str
     ranges: tuple[tuple[int, int], ...]
+    bits_from: int = 0
+    bits: bytes = b""
+
+    @classmethod
+    def fitted(cls, epoch: str, ranges: Iterable[tuple[int, int]], bits_from: int = 0, mask: int = 0) -> Ack:
+        """``ranges`` (at most ``MAX_RANGES``) and the seqs of ``mask`` (bit i: seq ``bits_from`` + i),
+        the bitmap cut at the top to what fits in ``MAX_ACK_BYTES``: it claims what it is given, or less."""
+        ack = cls(epoch, tuple(ranges))
+        if mask <= 0:
+            return ack
+        low = (mask & -mask).bit_length() - 1  # from the lowest seq held: bit 0 set
+        bits_from, mask = bits_from + low, mask >> low
+        room = MAX_ACK_BYTES - len(ack.to_json()) - len(f',"bits_from":{bits_from},"bits":""')
+        nbits = max(0, min(8 * (room // 4 * 3), MAX_SEQ - bits_from + 1))
+        mask &= (1 << nbits) - 1
+        if not mask:
+            return ack
+        return cls(epoch, ack.ranges, bits_from, mask.to_bytes((mask.bit_length() + 7) // 8, "little"))
 
     def to_json(self) -> str:
         body = {"schema": SCHEMA_VERSION, "epoch": self.epoch, "ranges": [list(r) for r in self.ranges]}
+        if self.bits:
+            body |= {"bits_from": self.bits_from, "bits": base64.b64encode(self.bits).decode()}
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -105,7 +150,45 @@ class Ack:
                 raise ValueError(f"'ranges' are not ascending disjoint [first, last] pairs in 1..{MAX_SEQ}")
             last = r[1]
             out.append((r[0], last))
-        return cls(epoch, tuple(out))
+        bits_from, bits = _bitmap(body)
+        return cls(epoch, tuple(out), bits_from, bits)
+
+    def spans(self) -> Ranges:
+        """Ascending disjoint ranges [seq] within which every seq claimed lies (each seq of a
+        range is claimed; of the bitmap's extent, those whose bit is set: see :meth:`holds`)."""
+        mask = self.bitmask()
+        if not mask:
+            return list(self.ranges)
+        low = (mask & -mask).bit_length() - 1
+        return merge([*self.ranges, (self.bits_from + low, self.bits_from + mask.bit_length() - 1)])
+
+    def holds(self, seq: int) -> bool:
+        """Whether the acknowledgement claims ``seq``."""
+        i = bisect.bisect_right(self.ranges, (seq, MAX_SEQ)) - 1
+        if i >= 0 and seq <= self.ranges[i][1]:
+            return True
+        i = seq - self.bits_from
+        return 0 <= i < 8 * len(self.bits) and bool(self.bits[i >> 3] >> (i & 7) & 1)
+
+    def bitmask(self) -> int:
+        """The bitmap as an integer: bit i set, seq ``bits_from`` + i claimed."""
+        return int.from_bytes(self.bits, "little")
+
+
+def _bitmap(body: dict) -> tuple[int, bytes]:
+    """(bits_from, bits) of an acknowledgement's optional bitmap, checked."""
+    bits_from, bits = body.get("bits_from"), body.get("bits")
+    if bits_from is None and bits is None:
+        return 0, b""
+    if type(bits_from) is not int or not 1 <= bits_from <= MAX_SEQ or not isinstance(bits, str):
+        raise ValueError(f"'bits_from' (a seq in 1..{MAX_SEQ}) and 'bits' (base64) do not come together")
+    try:
+        raw = base64.b64decode(bits, validate=True)
+    except ValueError:  # binascii.Error too
+        raise ValueError("'bits' is not base64") from None
+    if bits_from + int.from_bytes(raw, "little").bit_length() - 1 > MAX_SEQ:
+        raise ValueError(f"'bits' claim a seq beyond {MAX_SEQ}")
+    return bits_from, raw
 
 
 def merge(ranges: Iterable[tuple[int, int]]) -> Ranges:

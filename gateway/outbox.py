@@ -360,11 +360,13 @@ class Outbox:
             self._awaiting.clear()
         return n
 
-    def confirm(self, ranges: Iterable[tuple[int, int]]) -> int:
-        """Delete the rows in ``ranges`` (inclusive seqs of this epoch): the store has them. How many."""
+    def confirm(self, ranges: Iterable[tuple[int, int]], held: Callable[[int], bool] | None = None) -> int:
+        """Delete the rows in ``ranges`` (inclusive seqs of this epoch), those ``held`` says if given:
+        the store has them. How many."""
         with self._lock:
             found = {s for a, b in ranges
-                     for (s,) in self._db.execute("SELECT seq FROM outbox WHERE seq BETWEEN ? AND ?", (a, b))}
+                     for (s,) in self._db.execute("SELECT seq FROM outbox WHERE seq BETWEEN ? AND ?", (a, b))
+                     if held is None or held(s)}
             found -= self._acked
             if found:
                 for s in found:

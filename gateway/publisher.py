@@ -290,7 +290,9 @@ class Publisher:
                 continue
             if ack.epoch != self.outbox.epoch:
                 continue  # of a sequence this outbox no longer has: nothing to delete
-            self.confirmed += self.outbox.confirm(acknowledgement.clip(ack.ranges, 1, self._live_cursor))
+            # within the spans, a bitmap's unset bits are not claimed: each row found is looked up
+            self.confirmed += self.outbox.confirm(acknowledgement.clip(ack.spans(), 1, self._live_cursor),
+                                                  ack.holds if ack.bits else None)
 
     def _refused(self, topic: bytes, why: str) -> None:
         self._refused_acks += 1
