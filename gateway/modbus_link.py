@@ -2,8 +2,9 @@
 
 pymodbus serialises requests per client, so every device behind one endpoint shares
 its client and its lock, while different endpoints are polled in parallel. Errors
-come back as two exceptions the poller can act on: the device answered with an
-exception code (``DeviceRejected``) or it did not answer at all (``LinkDown``).
+come back as two exceptions the poller can act on: the device answered, but not with
+the values asked for (``DeviceRejected``: an exception code, or an answer that does not
+fit the request), or it did not answer at all (``LinkDown``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from contract.message import Quality
 log = logging.getLogger(__name__)
 
 ILLEGAL_ADDRESS_CODES = {2, 3}  # illegal data address, illegal data value
+FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 
 class DeviceRejected(Exception):
-    """The device answered a request with a Modbus exception response."""
+    """The device answered, but not with the values asked for: an exception response
+    (``code``), or an answer that does not fit the request (``code`` None)."""
 
-    def __init__(self, code: int):
-        super().__init__(f"exception response code {code}")
+    def __init__(self, code: int | None, detail: str = ""):
+        super().__init__(detail or f"exception response code {code}")
         self.code = code
 
     @property
@@ -83,7 +86,17 @@ class ModbusLink:
                 raise LinkDown(Quality.disconnected, f"{self.endpoint} unit {unit_id}: {exc}") from None
             if rr.isError():
                 raise DeviceRejected(getattr(rr, "exception_code", 4))
-            return rr.bits[:count] if table in ("coil", "discrete") else rr.registers
+            bits = table in ("coil", "discrete")
+            got = len(rr.bits) if bits else len(rr.registers)
+            # bits come in whole bytes; registers exactly as asked: pymodbus checks neither
+            expected = -(-count // 8) * 8 if bits else count
+            if rr.function_code != FUNCTION_CODES[table] or got != expected:
+                # not the answer to this request (decoded, it would shift or drop values): start afresh
+                self.client.close()
+                raise DeviceRejected(None, f"an answer that does not fit the request: function {rr.function_code} "
+                                           f"with {got} {'bits' if bits else 'registers'} for function "
+                                           f"{FUNCTION_CODES[table]} of {count} at {address}")
+            return rr.bits[:count] if bits else rr.registers
 
     def close(self) -> None:
         with self.lock:

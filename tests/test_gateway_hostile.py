@@ -1,0 +1,123 @@
+"""The gateway against Modbus servers that break the protocol, over real sockets: each
+answer is scripted byte by byte, so that a test can send what no sane server sends."""
+
+import socket
+import struct
+import threading
+
+import pytest
+
+from contract.message import DeviceStatus, Quality
+from gateway.device_poller import DevicePoller
+from gateway.modbus_link import ModbusLink
+from tests.conftest import load_site, tcp_device, write_site
+
+
+class ScriptedServer:
+    """A Modbus TCP server that answers each read request with ``answer(tid, unit, fc, address,
+    count)``: the bytes to send, or None to stay silent."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.clients: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.clients.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 12:  # MBAP header, function code, address, count
+                    tid, _, _, unit, fc, address, count = struct.unpack(">HHHBBHH", buf[:12])
+                    buf = buf[12:]
+                    self.requests += 1
+                    out = self.answer(tid, unit, fc, address, count)
+                    if out:
+                        conn.sendall(out)
+
+    def close(self):
+        self.sock.close()
+        for c in self.clients:
+            c.close()
+
+
+def frame(tid: int, unit: int, pdu: bytes) -> bytes:
+    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+
+def registers(fc: int, values: list[int]) -> bytes:
+    body = b"".join(struct.pack(">H", v) for v in values)
+    return bytes([fc, len(body)]) + body
+
+
+@pytest.fixture
+def scripted(tmp_path):
+    servers = []
+
+    def start(answer, profile="power_meter_3ph", kind="power_meter"):
+        server = ScriptedServer(answer)
+        servers.append(server)
+        site = load_site(write_site(tmp_path, [tcp_device("m", profile, server.port, kind=kind)]))
+        device = site.device("m")
+        return server, DevicePoller(site, device, ModbusLink(device.connection))
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+# what a broken server sends for a read of ``count`` registers at function ``fc``
+MISFIT_ANSWERS = {
+    "one register short": lambda fc, count: registers(fc, [0x4248] * (count - 1)),
+    "two registers short": lambda fc, count: registers(fc, [0x4248] * (count - 2)),
+    "two registers too many": lambda fc, count: registers(fc, [0x4248] * (count + 2)),
+    "no registers": lambda fc, count: registers(fc, []),
+    "another function's answer": lambda fc, count: registers(4 if fc == 3 else 3, [0x4248] * count),
+}
+
+
+@pytest.mark.parametrize("misfit", MISFIT_ANSWERS)
+def test_an_answer_that_does_not_fit_its_request_is_a_named_device_error(scripted, misfit):
+    """pymodbus takes the registers an answer carries, whatever was asked: a short answer
+    made the decoder raise (the whole poll lost, a traceback a poll) or, two registers short,
+    dropped the last channels of the read from the reading without a word."""
+    server, poller = scripted(lambda tid, unit, fc, address, count: frame(tid, unit, MISFIT_ANSWERS[misfit](fc, count)))
+    reading = poller.poll()
+    channels = {p.channel for p in poller.profile.points}
+    assert set(reading.values) == channels  # every channel is reported, none silently left out
+    assert all(v is None for v in reading.values.values()), reading.values
+    assert reading.quality == dict.fromkeys(channels, Quality.device_error)
+    assert reading.status is DeviceStatus.offline
+    assert server.requests == poller.requests_per_poll  # each request asked once, none split
+
+
+def test_coils_answered_short_are_a_named_device_error(scripted):
+    """A bit read answered with fewer bytes than the bits asked for need."""
+    def answer(tid, unit, fc, address, count):
+        if fc in (1, 2):
+            return frame(tid, unit, bytes([fc, 0]))
+        return frame(tid, unit, registers(fc, [0] * count))
+
+    _, poller = scripted(answer, profile="transformer_monitor", kind="transformer_monitor")
+    reading = poller.poll()
+    bits = {p.channel for p in poller.profile.points if p.table in ("coil", "discrete")}
+    assert bits and {c: reading.quality.get(c) for c in bits} == dict.fromkeys(bits, Quality.device_error)
+    assert reading.status is DeviceStatus.degraded
