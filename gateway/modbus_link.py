@@ -21,6 +21,9 @@ from contract.message import Quality
 log = logging.getLogger(__name__)
 
 ILLEGAL_ADDRESS_CODES = {2, 3}  # illegal data address, illegal data value
+#: a Modbus gateway (TCP to a serial bus) answers these when the device behind it did not:
+#: gateway path unavailable, gateway target device failed to respond
+NO_ANSWER_CODES = {10, 11}
 FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 
@@ -85,7 +88,11 @@ class ModbusLink:
                 self.client.close()
                 raise LinkDown(Quality.disconnected, f"{self.endpoint} unit {unit_id}: {exc}") from None
             if rr.isError():
-                raise DeviceRejected(getattr(rr, "exception_code", 4))
+                code = getattr(rr, "exception_code", 4)
+                if code in NO_ANSWER_CODES:  # no answer, as a timeout: the device is backed off
+                    raise LinkDown(Quality.timeout, f"{self.endpoint} unit {unit_id}: no answer from the device "
+                                                    f"behind this Modbus gateway (exception code {code})")
+                raise DeviceRejected(code)
             bits = table in ("coil", "discrete")
             got = len(rr.bits) if bits else len(rr.registers)
             # bits come in whole bytes; registers exactly as asked: pymodbus checks neither

@@ -121,3 +121,18 @@ def test_coils_answered_short_are_a_named_device_error(scripted):
     bits = {p.channel for p in poller.profile.points if p.table in ("coil", "discrete")}
     assert bits and {c: reading.quality.get(c) for c in bits} == dict.fromkeys(bits, Quality.device_error)
     assert reading.status is DeviceStatus.degraded
+
+
+@pytest.mark.parametrize("code", [10, 11])
+def test_a_device_silent_behind_a_modbus_gateway_is_backed_off_like_a_timeout(scripted, code):
+    """A TCP-to-RS-485 gateway answers exception 10 or 11 for a device that did not answer it,
+    after waiting its own timeout on the bus. Taken as a device error, the dead device was
+    asked every request of every poll, each holding the shared endpoint for that wait."""
+    server, poller = scripted(lambda tid, unit, fc, address, count: frame(tid, unit, bytes([fc | 0x80, code])))
+    assert poller.requests_per_poll > 1
+    reading = poller.poll()
+    assert set(reading.quality.values()) == {Quality.timeout}
+    assert reading.status is DeviceStatus.offline
+    assert server.requests == 1  # the rest of the poll is not asked of a device that does not answer
+    assert poller.poll() is None  # backed off
+    assert server.requests == 1
