@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -48,6 +49,26 @@ class LinkDown(Exception):
         self.quality = quality
 
 
+class SerialClient(ModbusSerialClient):
+    """pymodbus's serial client, its wait for an answer timed on the monotonic clock.
+
+    pymodbus times it on the wall clock: NTP setting the clock back while the gateway waited
+    for a silent device held the bus, and every device behind it, for as long as the step."""
+
+    def _wait_for_data(self) -> int:
+        # pymodbus 3.16.1's loop (pinned), with time.monotonic for time.time
+        size, more_data = 0, False
+        deadline = time.monotonic() + self.comm_params.timeout_connect
+        while time.monotonic() <= deadline:
+            available = self._in_waiting()
+            if more_data and available in (0, size):  # the answer stopped growing
+                break
+            if available and available != size:
+                more_data, size = True, available
+            time.sleep(self._recv_interval)
+        return size
+
+
 class ModbusLink:
     def __init__(self, connection: TcpConnection | RtuConnection):
         self.endpoint = connection.endpoint
@@ -57,7 +78,7 @@ class ModbusLink:
                 connection.host, port=connection.port, timeout=connection.timeout, retries=0
             )
         else:
-            self.client = ModbusSerialClient(
+            self.client = SerialClient(
                 connection.port, baudrate=connection.baudrate, parity=connection.parity,
                 stopbits=connection.stopbits, bytesize=connection.bytesize,
                 timeout=connection.timeout, retries=0,

@@ -6,7 +6,7 @@ import subprocess
 import time
 import pytest
 
-from contract.message import DeviceStatus
+from contract.message import DeviceStatus, Quality
 from gateway.device_poller import DevicePoller
 from gateway.modbus_link import ModbusLink
 from gateway.service import Gateway
@@ -74,3 +74,32 @@ def test_dead_device_on_the_bus_is_backed_off_and_others_keep_their_rate(bus_sit
         if p is not dead:
             assert sim.devices[p.device.id].requests >= 8 * p.requests_per_poll, p.device.id
     assert sim.devices["dead"].requests <= 5
+
+
+def test_a_wall_clock_set_back_while_waiting_on_the_bus_does_not_hold_it(serial_pair, monkeypatch):
+    """pymodbus times its wait for a serial answer on the wall clock: NTP setting the clock
+    back an hour while the gateway waited for a silent device held the bus (its lock, every
+    device behind it) for that hour. The step is made by ``time.time`` alone here: libfaketime
+    cannot be used, as pyserial's writes time out under it."""
+    import threading
+
+    from contract.config.site import RtuConnection
+    from gateway.modbus_link import LinkDown
+
+    _, gw_end = serial_pair  # nothing answers on the other end
+    link = ModbusLink(RtuConnection(type="rtu", port=gw_end, baudrate=19200, timeout=0.5))
+    wall, started = time.time, time.monotonic()
+    monkeypatch.setattr(time, "time", lambda: wall() - (3600 if time.monotonic() - started > 0.2 else 0))
+    outcome = []
+
+    def read():
+        try:
+            link.read("holding", 0, 10, 1)
+        except LinkDown as exc:
+            outcome.append(exc.quality)
+
+    waiting = threading.Thread(target=read, daemon=True)
+    waiting.start()
+    waiting.join(5)
+    assert not waiting.is_alive(), "the read still waits, 5 s after its 0.5 s timeout"
+    assert outcome == [Quality.timeout]
