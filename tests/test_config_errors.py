@@ -101,6 +101,9 @@ ACCEPTED_BUT_WRONG = [
      "devices[m1].overrides.frequency.address: a float32 at 65535 needs registers 65535-65536, past the table's last"),
     ("overlapping registers", device_field(overrides={"frequency": {"address": 3001}}),
      "devices[m1].overrides.frequency.address: holding registers 3001-3002 of 'frequency' overlap 'current_l1' (3000-3001)"),
+    ("scale factor beyond one read", device_field(overrides={"frequency": {"scale_factor": {"address": 3300}}}),
+     "devices[m1].overrides.frequency.scale_factor.address: register 3300 and 'frequency' (3110-3111) span 191 "
+     "registers: a value and its scale factor are read in one request, at most 125"),
     ("rollover of an instantaneous value", device_field(overrides={"frequency": {"rollover": 100}}),
      "devices[m1].overrides.frequency.rollover: only a counter wraps: set kind: counter or remove rollover"),
     ("broker port 0", lambda d: d["mqtt"].update(url="mqtt://broker:0"), "mqtt.url: 'mqtt://broker:0': port 0 is not a port"),
