@@ -6,9 +6,13 @@ for as long as the clock was set back, and set forward it walked every run misse
 one, before the next poll (a year of 5 s polls: 6 million steps, with their memory, per
 device). Here each device is due ``interval`` after its last due time on a clock that only
 counts elapsed time; the wall clock stamps the readings and nothing else. A device has one
-poll at a time: a poll still running when the next is due makes that one skipped, not
-queued (a poll run late would be stamped late anyway), and so are the polls due while the
-whole gateway was held up.
+poll at a time: a poll still running (or waiting) when the next is due makes that one
+skipped, not queued (a poll run late would be stamped late anyway), and so are the polls
+due while the whole gateway was held up.
+
+Each endpoint (lane) has a thread of its own: its polls wait for each other anyway (one
+request at a time on a link), and on a pool shared by every endpoint the polls waiting for
+an overloaded endpoint took every thread, and the other endpoints waited for them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ SKIP_LOG_EVERY_S = 60.0
 @dataclass
 class _Job:
     name: str
+    lane: str
     interval: float  # [s]
     run: Callable[[], None]
     due: float = 0.0  # [s] on the monotonic clock
@@ -40,12 +45,13 @@ class _Job:
 
 
 class PollSchedule:
-    """Run each ``(name, interval [s], run)`` every interval on a pool of ``workers``
-    threads, those of one interval spread evenly over it."""
+    """Run each ``(name, lane, interval [s], run)`` every interval on its lane's thread,
+    those of one interval spread evenly over it."""
 
-    def __init__(self, jobs: list[tuple[str, float, Callable[[], None]]], workers: int):
-        self._jobs = [_Job(name, interval, run) for name, interval, run in jobs]
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll")
+    def __init__(self, jobs: list[tuple[str, str, float, Callable[[], None]]]):
+        self._jobs = [_Job(name, lane, interval, run) for name, lane, interval, run in jobs]
+        self._lanes = {job.lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"poll {job.lane}")
+                       for job in self._jobs}
         self._stop = threading.Event()
         self._paused = False
         self._thread = threading.Thread(target=self._run, name="poll-schedule", daemon=True)
@@ -70,11 +76,12 @@ class PollSchedule:
         self._paused = True
 
     def shutdown(self) -> None:
-        """Stop, and wait for the runs under way."""
+        """Stop, and wait for the runs under way (those waiting for their lane are not made)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        self._pool.shutdown(wait=True)
+        for lane in self._lanes.values():
+            lane.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -83,7 +90,7 @@ class PollSchedule:
                 return
             if not self._paused:
                 if job.running is None or job.running.done():
-                    job.running = self._pool.submit(job.run)
+                    job.running = self._lanes[job.lane].submit(job.run)
                 else:
                     self._skipped(job)
             # the next due time on the job's own grid, after now: runs missed are not made up

@@ -2,9 +2,9 @@
 
 Each device is polled at its own interval, on the monotonic clock (poll_schedule.py: a
 wall clock stepped back or forward moves no poll), devices of one interval spread over
-it so that they do not fire together. Polls run on a thread pool; devices behind one
-endpoint share its client (and wait for each other, as they must on a shared bus),
-devices behind different endpoints run in parallel.
+it so that they do not fire together. Devices behind one endpoint share its client and
+its thread (they wait for each other, as they must on a shared bus); devices behind
+different endpoints run in parallel.
 """
 
 from __future__ import annotations
@@ -45,10 +45,8 @@ class Gateway:
         self.publisher = Publisher(site, self.outbox, broker_url=broker_url)
         self.outbox.on_commit = self.publisher.notify
         self.scheduler = PollSchedule(
-            [(f"{site.site}/{p.device.id}", p.device.poll_interval, lambda p=p: self.poll_device(p))
-             for p in self.pollers],
-            workers=len(self.links) + 2,
-        )
+            [(f"{site.site}/{p.device.id}", p.link.endpoint, p.device.poll_interval, lambda p=p: self.poll_device(p))
+             for p in self.pollers])
         self.polls = 0
         self._count_lock = threading.Lock()
 

@@ -4,13 +4,14 @@ answer is scripted byte by byte, so that a test can send what no sane server sen
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
 from contract.message import DeviceStatus, Quality
 from gateway.device_poller import DevicePoller
 from gateway.modbus_link import ModbusLink
-from tests.conftest import load_site, tcp_device, write_site
+from tests.conftest import free_port, load_site, tcp_device, write_site
 
 
 class ScriptedServer:
@@ -136,3 +137,31 @@ def test_a_device_silent_behind_a_modbus_gateway_is_backed_off_like_a_timeout(sc
     assert server.requests == 1  # the rest of the poll is not asked of a device that does not answer
     assert poller.poll() is None  # backed off
     assert server.requests == 1
+
+
+def test_an_overloaded_endpoint_does_not_starve_another(tmp_path, mosquitto, simulate):
+    """Eight meters behind one slow Modbus gateway (0.1 s an answer) are due faster than it
+    answers. Their polls wait for the endpoint's lock; on the shared pool of threads they took
+    every thread, and the meter on another endpoint was polled a few times instead of ~15."""
+    from gateway.service import Gateway
+
+    def slow(tid, unit, fc, address, count):
+        time.sleep(0.1)
+        return frame(tid, unit, registers(fc, [0] * count))
+
+    server = ScriptedServer(slow)
+    try:
+        path = write_site(tmp_path, [tcp_device(f"slow{u}", "power_meter_3ph", server.port, unit_id=u, interval=0.2)
+                                     for u in range(1, 9)] + [tcp_device("fast", "power_meter_3ph", free_port(), interval=0.2)],
+                          outbox={"confirmed_by": "broker"})
+        site = load_site(path)
+        sim = simulate(site.model_copy(update={"devices": [site.device("fast")]}))  # the slow ones are scripted
+        gw = Gateway(site, broker_url=mosquitto.url, outbox_path=str(tmp_path / "o.sqlite"))
+        gw.start()
+        time.sleep(3)
+        gw.stop()
+    finally:
+        server.close()
+    fast = next(p for p in gw.pollers if p.device.id == "fast")
+    # 3 s at 0.2 s is 15 polls
+    assert sim.devices["fast"].requests >= 12 * fast.requests_per_poll
