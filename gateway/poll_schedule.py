@@ -103,7 +103,7 @@ class PollSchedule:
         job.skipped_unlogged += 1
         now = time.monotonic()
         if now >= job.next_skip_log:
-            log.warning("%s: %d poll(s) skipped: each was due while the one before was still running "
-                        "(%d in all)", job.name, job.skipped_unlogged, job.skipped)
+            log.warning("%s: %d poll(s) skipped: each was due while the one before still ran or waited for "
+                        "its endpoint (%d in all)", job.name, job.skipped_unlogged, job.skipped)
             job.skipped_unlogged = 0
             job.next_skip_log = now + SKIP_LOG_EVERY_S
