@@ -33,6 +33,13 @@ class TcpConnection(Strict):
     unit_id: int = Field(default=1, ge=0, le=255)
     timeout: float = Field(default=1.0, ge=0.05, le=60, description="[s] per request")
 
+    @field_validator("host")
+    @classmethod
+    def _no_port(cls, v: str) -> str:
+        if v.count(":") == 1:  # an IPv6 address has two or more
+            raise ValueError(f"'{v}': a host with a port; put the port in 'port'")
+        return v
+
     @property
     def endpoint(self) -> str:
         return f"tcp://{self.host}:{self.port}"
@@ -42,7 +49,8 @@ class RtuConnection(Strict):
     """A device on an RS-485 bus; several devices may share one port."""
 
     type: Literal["rtu"]
-    port: str
+    #: a serial device (/dev/ttyUSB0, /dev/serial/by-id/...): an empty or spaced one was accepted, then never opened
+    port: str = Field(pattern=r"^\S+$")
     baudrate: int = Field(default=9600, ge=300, le=921600)
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
