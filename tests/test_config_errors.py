@@ -132,6 +132,8 @@ ACCEPTED_BUT_WRONG = [
      "devices[m1].connection.timeout: Input should be greater than or equal to 0.05"),
     ("outbox that could overtake what the collector follows", lambda d: d.update(outbox={"max_rows": 8_388_609}),
      "outbox.max_rows: Input should be less than or equal to 8388608"),
+    ("readings held in memory beyond any edge computer's", lambda d: d.update(outbox={"memory_rows": 10**9}),
+     "outbox.memory_rows: Input should be less than or equal to 1000000"),
     ("backlog rate 1e-9", lambda d: d.update(outbox={"backlog_rate": 1e-9}),
      "outbox.backlog_rate: Input should be greater than or equal to 1"),
     ("fixed parameter twice", lambda d: d.update(fixed_parameters=[

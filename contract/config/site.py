@@ -172,8 +172,10 @@ class Outbox(Strict):
     #: rows kept while the broker is unreachable; beyond it the oldest are dropped, loudly; at most
     #: ``MAX_AHEAD``: a live lane further ahead of its backlog is not followed by the collector
     max_rows: int = Field(default=5_000_000, ge=100, le=MAX_AHEAD)
-    #: readings held in memory while the disk refuses writes (full); beyond it the oldest are dropped, loudly
-    memory_rows: int = Field(default=10_000, ge=10)
+    #: readings held in memory while the disk refuses writes (full); beyond it the oldest are dropped, loudly.
+    #: About 1.6 KB each: the most is 1.6 GB; more, and a long full disk ends in the kernel killing the
+    #: gateway, every held reading lost instead of the oldest counted
+    memory_rows: int = Field(default=10_000, ge=10, le=1_000_000)
     #: backlog delivered at most this fast [messages/s], beside live readings; 2,000 replays a day of
     #: mn-solar (77,760 messages) in 40 s (bench/README.md)
     backlog_rate: float = Field(default=2000.0, ge=1, le=100_000)
