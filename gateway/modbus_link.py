@@ -15,6 +15,7 @@ import time
 
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerRTU
 
 from contract.config.site import RtuConnection, TcpConnection
 from contract.message import Quality
@@ -49,11 +50,40 @@ class LinkDown(Exception):
         self.quality = quality
 
 
+class HuntingFramerRTU(FramerRTU):
+    """pymodbus's RTU framer, hunting for the answer past noise on the line.
+
+    pymodbus takes the first byte that could start a frame for its start and, its CRC
+    wrong, throws away everything read: one glitch byte before an answer (an RS-485 driver
+    turning on) made every read of the device time out. Here each offset is tried in turn,
+    the first whole frame with a right CRC is the answer, and while none is whole the
+    framer waits for more bytes (until the request's timeout)."""
+
+    def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
+        for start in range(len(data) - self.MIN_SIZE + 1):
+            try:
+                pdu_class = self.decoder.lookupPduClass(data[start:])
+                size = pdu_class.calculateRtuFrameSize(data[start:]) if pdu_class else 0
+            except ModbusException:  # a function code whose frames have no known size: not a start
+                continue
+            end = start + size
+            if not size or end > len(data):  # not a frame, or not whole yet: a later start may be
+                continue
+            if self.check_CRC(data[start:end - 2], int.from_bytes(data[end - 2:end], "big")):
+                return len(data), data[start], 0, data[start + 1:end - 2]
+        return 0, 0, 0, self.EMPTY
+
+
 class SerialClient(ModbusSerialClient):
-    """pymodbus's serial client, its wait for an answer timed on the monotonic clock.
+    """pymodbus's serial client, with ``HuntingFramerRTU`` and its wait for an answer timed
+    on the monotonic clock.
 
     pymodbus times it on the wall clock: NTP setting the clock back while the gateway waited
     for a silent device held the bus, and every device behind it, for as long as the step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.framer = self.transaction.framer = HuntingFramerRTU(self.framer.decoder)
 
     def _wait_for_data(self) -> int:
         # pymodbus 3.16.1's loop (pinned), with time.monotonic for time.time
