@@ -138,6 +138,9 @@ class ModbusLink:
             except ModbusException as exc:
                 self.client.close()
                 raise LinkDown(Quality.disconnected, f"{self.endpoint} unit {unit_id}: {exc}") from None
+            except OSError as exc:  # pymodbus lets a reset met while reading the answer out as it is
+                self.client.close()
+                raise LinkDown(Quality.disconnected, f"{self.endpoint} unit {unit_id}: {exc}") from None
             if rr.isError():
                 code = getattr(rr, "exception_code", 4)
                 if code in NO_ANSWER_CODES:  # no answer, as a timeout: the device is backed off

@@ -14,9 +14,13 @@ from gateway.modbus_link import ModbusLink
 from tests.conftest import free_port, load_site, tcp_device, write_site
 
 
+#: what ``answer`` returns to reset the connection (RST) instead of answering
+RESET = b"RST"
+
+
 class ScriptedServer:
     """A Modbus TCP server that answers each read request with ``answer(tid, unit, fc, address,
-    count)``: the bytes to send, or None to stay silent."""
+    count)``: the bytes to send, None to stay silent, or ``RESET``."""
 
     def __init__(self, answer):
         self.answer = answer
@@ -51,6 +55,9 @@ class ScriptedServer:
                     buf = buf[12:]
                     self.requests += 1
                     out = self.answer(tid, unit, fc, address, count)
+                    if out is RESET:
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        return
                     if out:
                         conn.sendall(out)
 
@@ -165,3 +172,18 @@ def test_an_overloaded_endpoint_does_not_starve_another(tmp_path, mosquitto, sim
     fast = next(p for p in gw.pollers if p.device.id == "fast")
     # 3 s at 0.2 s is 15 polls
     assert sim.devices["fast"].requests >= 12 * fast.requests_per_poll
+
+
+def test_a_connection_reset_instead_of_an_answer_is_a_named_disconnection(scripted):
+    """pymodbus lets a reset met while reading the answer out as ConnectionResetError: the poll
+    raised, and the gateway logged a traceback and made no reading of it."""
+    def reset_after_a_moment(tid, unit, fc, address, count):
+        time.sleep(0.05)
+        return RESET
+
+    _, poller = scripted(reset_after_a_moment)
+    for _ in range(3):
+        poller.retry_at = 0.0  # each poll, not the backoff, is what is tested
+        reading = poller.poll()
+        assert set(reading.quality.values()) == {Quality.disconnected}
+        assert reading.status is DeviceStatus.offline
