@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # fonts-ipafont-gothic: Japanese glyphs for the live view's Japanese screenshots
-SYSTEM_PACKAGES := mosquitto mosquitto-clients socat openssl influxdb victoria-metrics chromium chromium-driver fonts-ipafont-gothic
+SYSTEM_PACKAGES := mosquitto mosquitto-clients socat openssl influxdb victoria-metrics chromium chromium-driver fonts-ipafont-gothic faketime
 
 .PHONY: demo test system-packages bench clean
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # otherwise says exactly what to install.
 system-packages:
 	@missing=""; \
-	for cmd in mosquitto mosquitto_sub mosquitto_passwd socat openssl influxd victoria-metrics chromium chromedriver; do \
+	for cmd in mosquitto mosquitto_sub mosquitto_passwd socat openssl influxd victoria-metrics chromium chromedriver faketime; do \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; \
 	done; \
 	fc-list :lang=ja 2>/dev/null | grep -q . || missing="$$missing a-Japanese-font"; \

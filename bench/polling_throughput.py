@@ -19,7 +19,7 @@ CPU time and peak RSS are its own:
                      each reading (a key made for the run): the chain of custody's
                      cost, in the same run; only with ``--only`` (bench/custody_cost.py
                      asks for them).
-* ``gateway-sched``  the real ``gateway.service.Gateway`` (APScheduler jobs), with the
+* ``gateway-sched``  the real ``gateway.service.Gateway`` (its poll schedule), with the
                      poll interval forced to ``--interval`` below the config floor of 0.1 s.
 * ``gateway-0.1s``   the real Gateway as a site file can configure it (0.1 s, the floor).
 * ``thingsboard``    ThingsBoard IoT Gateway in its own virtualenv (bench/.tb-venv),
@@ -276,9 +276,9 @@ def _gateway_counters(gw, points: int):
 
 
 def role_gateway_scheduler(spec: dict) -> None:
-    """The real Gateway: APScheduler jobs, DevicePoller, durable Outbox, Publisher to Mosquitto."""
+    """The real Gateway: its poll schedule, DevicePoller, durable Outbox, Publisher to Mosquitto."""
     logging.basicConfig(level=logging.WARNING)
-    for name in ("pymodbus", "apscheduler"):  # skipped/missed-run warnings at this rate are expected
+    for name in ("pymodbus", "gateway.poll_schedule"):  # skipped-poll warnings at this rate are expected
         logging.getLogger(name).setLevel(logging.CRITICAL)
     gw = _load_gateway(spec)
     _check_first_reading(gw)
@@ -292,7 +292,7 @@ def role_gateway_scheduler(spec: dict) -> None:
 
 
 def role_gateway_loop(spec: dict) -> None:
-    """The gateway's poll path without APScheduler: what the code after the trigger costs.
+    """The gateway's poll path without its schedule: what the code after the trigger costs.
 
     One thread per endpoint (as the gateway's thread pool gives each endpoint one
     client) calls ``Gateway.poll_device`` back to back for the devices behind it: the
@@ -485,7 +485,7 @@ def write_configs(workdir: Path, ports: list[int], points: int, broker_url: str,
         "latitude": 0.0, "longitude": 0.0, "commissioned": "2024-01-01",
         "jcm_project": "bench", "methodology": "bench", "methodology_version": "1",
         "gateway": "gw-bench", "mqtt": {"url": broker_url},
-        "outbox": {"path": str(workdir / "outbox.sqlite"), "max_rows": 10_000_000},
+        "outbox": {"path": str(workdir / "outbox.sqlite"), "max_rows": 8_000_000},
         "devices": [{"id": f"dev-{i:02d}", "kind": "power_meter", "profile": "bench_float32",
                      "poll_interval": poll_interval,
                      "connection": {"type": "tcp", "host": "127.0.0.1", "port": port, "unit_id": 1,

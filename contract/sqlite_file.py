@@ -133,6 +133,8 @@ def _check_existing(p: Path, what: str, tables: set[str], may_be_empty: bool, hi
             problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
             if problems != ["ok"]:
                 raise UnusableFile(f"{damaged} ({'; '.join(problems)}): nothing was changed; {hint}")
+    except sqlite3.OperationalError:
+        raise  # the disk refused (full, I/O error), not damage: a later try may pass
     except sqlite3.DatabaseError as exc:
         raise UnusableFile(f"{damaged} ({exc}): nothing was changed; {hint}") from None
     finally:

@@ -2,17 +2,20 @@
 
 pymodbus serialises requests per client, so every device behind one endpoint shares
 its client and its lock, while different endpoints are polled in parallel. Errors
-come back as two exceptions the poller can act on: the device answered with an
-exception code (``DeviceRejected``) or it did not answer at all (``LinkDown``).
+come back as two exceptions the poller can act on: the device answered, but not with
+the values asked for (``DeviceRejected``: an exception code, or an answer that does not
+fit the request), or it did not answer at all (``LinkDown``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerRTU
 
 from contract.config.site import RtuConnection, TcpConnection
 from contract.message import Quality
@@ -20,13 +23,18 @@ from contract.message import Quality
 log = logging.getLogger(__name__)
 
 ILLEGAL_ADDRESS_CODES = {2, 3}  # illegal data address, illegal data value
+#: a Modbus gateway (TCP to a serial bus) answers these when the device behind it did not:
+#: gateway path unavailable, gateway target device failed to respond
+NO_ANSWER_CODES = {10, 11}
+FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 
 class DeviceRejected(Exception):
-    """The device answered a request with a Modbus exception response."""
+    """The device answered, but not with the values asked for: an exception response
+    (``code``), or an answer that does not fit the request (``code`` None)."""
 
-    def __init__(self, code: int):
-        super().__init__(f"exception response code {code}")
+    def __init__(self, code: int | None, detail: str = ""):
+        super().__init__(detail or f"exception response code {code}")
         self.code = code
 
     @property
@@ -42,6 +50,55 @@ class LinkDown(Exception):
         self.quality = quality
 
 
+class HuntingFramerRTU(FramerRTU):
+    """pymodbus's RTU framer, hunting for the answer past noise on the line.
+
+    pymodbus takes the first byte that could start a frame for its start and, its CRC
+    wrong, throws away everything read: one glitch byte before an answer (an RS-485 driver
+    turning on) made every read of the device time out. Here each offset is tried in turn,
+    the first whole frame with a right CRC is the answer, and while none is whole the
+    framer waits for more bytes (until the request's timeout)."""
+
+    def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
+        for start in range(len(data) - self.MIN_SIZE + 1):
+            try:
+                pdu_class = self.decoder.lookupPduClass(data[start:])
+                size = pdu_class.calculateRtuFrameSize(data[start:]) if pdu_class else 0
+            except ModbusException:  # a function code whose frames have no known size: not a start
+                continue
+            end = start + size
+            if not size or end > len(data):  # not a frame, or not whole yet: a later start may be
+                continue
+            if self.check_CRC(data[start:end - 2], int.from_bytes(data[end - 2:end], "big")):
+                return len(data), data[start], 0, data[start + 1:end - 2]
+        return 0, 0, 0, self.EMPTY
+
+
+class SerialClient(ModbusSerialClient):
+    """pymodbus's serial client, with ``HuntingFramerRTU`` and its wait for an answer timed
+    on the monotonic clock.
+
+    pymodbus times it on the wall clock: NTP setting the clock back while the gateway waited
+    for a silent device held the bus, and every device behind it, for as long as the step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.framer = self.transaction.framer = HuntingFramerRTU(self.framer.decoder)
+
+    def _wait_for_data(self) -> int:
+        # pymodbus 3.16.1's loop (pinned), with time.monotonic for time.time
+        size, more_data = 0, False
+        deadline = time.monotonic() + self.comm_params.timeout_connect
+        while time.monotonic() <= deadline:
+            available = self._in_waiting()
+            if more_data and available in (0, size):  # the answer stopped growing
+                break
+            if available and available != size:
+                more_data, size = True, available
+            time.sleep(self._recv_interval)
+        return size
+
+
 class ModbusLink:
     def __init__(self, connection: TcpConnection | RtuConnection):
         self.endpoint = connection.endpoint
@@ -51,7 +108,7 @@ class ModbusLink:
                 connection.host, port=connection.port, timeout=connection.timeout, retries=0
             )
         else:
-            self.client = ModbusSerialClient(
+            self.client = SerialClient(
                 connection.port, baudrate=connection.baudrate, parity=connection.parity,
                 stopbits=connection.stopbits, bytesize=connection.bytesize,
                 timeout=connection.timeout, retries=0,
@@ -81,9 +138,26 @@ class ModbusLink:
             except ModbusException as exc:
                 self.client.close()
                 raise LinkDown(Quality.disconnected, f"{self.endpoint} unit {unit_id}: {exc}") from None
+            except OSError as exc:  # pymodbus lets a reset met while reading the answer out as it is
+                self.client.close()
+                raise LinkDown(Quality.disconnected, f"{self.endpoint} unit {unit_id}: {exc}") from None
             if rr.isError():
-                raise DeviceRejected(getattr(rr, "exception_code", 4))
-            return rr.bits[:count] if table in ("coil", "discrete") else rr.registers
+                code = getattr(rr, "exception_code", 4)
+                if code in NO_ANSWER_CODES:  # no answer, as a timeout: the device is backed off
+                    raise LinkDown(Quality.timeout, f"{self.endpoint} unit {unit_id}: no answer from the device "
+                                                    f"behind this Modbus gateway (exception code {code})")
+                raise DeviceRejected(code)
+            bits = table in ("coil", "discrete")
+            got = len(rr.bits) if bits else len(rr.registers)
+            # bits come in whole bytes; registers exactly as asked: pymodbus checks neither
+            expected = -(-count // 8) * 8 if bits else count
+            if rr.function_code != FUNCTION_CODES[table] or got != expected:
+                # not the answer to this request (decoded, it would shift or drop values): start afresh
+                self.client.close()
+                raise DeviceRejected(None, f"an answer that does not fit the request: function {rr.function_code} "
+                                           f"with {got} {'bits' if bits else 'registers'} for function "
+                                           f"{FUNCTION_CODES[table]} of {count} at {address}")
+            return rr.bits[:count] if bits else rr.registers
 
     def close(self) -> None:
         with self.lock:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contract.config.profile import Point
+from contract.config.profile import MAX_READ_REGISTERS, Point
 
-MAX_REGISTERS = 125
 MAX_BITS = 2000
 
 
@@ -41,19 +40,15 @@ class Request:
 
 
 def limit(table: str) -> int:
-    return MAX_BITS if table in ("coil", "discrete") else MAX_REGISTERS
+    return MAX_BITS if table in ("coil", "discrete") else MAX_READ_REGISTERS
 
 
 def span_of(point: Point) -> Span:
+    """The registers of ``point`` and its scale factor (the profile keeps them within one read)."""
     start, end = point.address, point.address + point.registers
     if point.scale_factor is not None:
         start = min(start, point.scale_factor.address)
         end = max(end, point.scale_factor.address + 1)
-    if end - start > limit(point.table):
-        raise ValueError(
-            f"point '{point.channel}' and its scale factor span {end - start} registers, "
-            f"more than one read can carry ({limit(point.table)})"
-        )
     return Span(point.table, start, end, (point,))
 
 

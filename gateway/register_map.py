@@ -94,6 +94,8 @@ def _engineering(
         value: float | int = raw + 0.0 if isinstance(raw, float) else raw  # + 0.0: what scaling by 1 gives (-0.0 -> 0.0)
     else:
         value = _scale(_scale(raw, point.gain) + point.offset, 10.0**exponent)
+        if not math.isfinite(value):  # a huge raw number scaled past float64: no value, and say why
+            return None, Quality.decode_error
     if point.range is not None and not point.range[0] <= value <= point.range[1]:
         return value, Quality.out_of_range
     return value, None

@@ -1,27 +1,24 @@
 """The gateway process: schedule every device at its interval and feed the outbox.
 
-One APScheduler job per device, each with its own interval and a staggered first
-run so that devices on one interval do not fire together. Jobs run on a thread
-pool; devices behind one endpoint share its client (and wait for each other, as
-they must on a shared bus), devices behind different endpoints run in parallel.
+Each device is polled at its own interval, on the monotonic clock (poll_schedule.py: a
+wall clock stepped back or forward moves no poll), devices of one interval spread over
+it so that they do not fire together. Devices behind one endpoint share its client and
+its thread (they wait for each other, as they must on a shared bus); devices behind
+different endpoints run in parallel.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 from dataclasses import replace
-
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from contract import topics
 from contract.config.site import Site
 from gateway.device_poller import DevicePoller
 from gateway.modbus_link import ModbusLink
 from gateway.outbox import Outbox, move_aside
+from gateway.poll_schedule import PollSchedule
 from gateway.publisher import Publisher
 from gateway.signing_key import signing_key
 
@@ -47,11 +44,9 @@ class Gateway:
                         else f"there was no outbox at {path}", self.outbox.epoch)
         self.publisher = Publisher(site, self.outbox, broker_url=broker_url)
         self.outbox.on_commit = self.publisher.notify
-        self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=len(self.links) + 2)},
-            job_defaults={"coalesce": True, "max_instances": 1},
-            timezone=dt.UTC,
-        )
+        self.scheduler = PollSchedule(
+            [(f"{site.site}/{p.device.id}", p.link.endpoint, p.device.poll_interval, lambda p=p: self.poll_device(p))
+             for p in self.pollers])
         self.polls = 0
         self._count_lock = threading.Lock()
 
@@ -67,28 +62,17 @@ class Gateway:
             self.outbox.put(topic, lambda seq: replace(reading, seq=seq, epoch=epoch).to_json())
             with self._count_lock:
                 self.polls += 1
-        except Exception:  # a job must never take the scheduler down
+            log.debug("%s/%s: polled, %s", self.site.site, poller.device.id, reading.status.value)
+        except Exception:  # one poll's failure must not stop the next
             log.exception("%s/%s: poll failed", self.site.site, poller.device.id)
 
     def start(self) -> None:
         self.publisher.start()
-        now = dt.datetime.now(dt.UTC)
-        by_interval: dict[float, list[DevicePoller]] = {}
-        for p in self.pollers:
-            by_interval.setdefault(p.device.poll_interval, []).append(p)
-        for interval, group in by_interval.items():
-            for i, poller in enumerate(group):
-                stagger = dt.timedelta(seconds=interval * i / len(group))
-                self.scheduler.add_job(
-                    self.poll_device, IntervalTrigger(seconds=interval, start_date=now + stagger, timezone=dt.UTC),
-                    args=[poller], id=poller.device.id, name=f"poll {poller.device.id}",
-                    misfire_grace_time=max(1, int(interval)), next_run_time=now + stagger,
-                )
         self.scheduler.start()
         log.info("gateway %s: polling %d devices on %d endpoints", self.site.gateway, len(self.pollers), len(self.links))
 
     def stop(self) -> None:
-        self.scheduler.shutdown(wait=True)
+        self.scheduler.shutdown()
         self.outbox.flush()  # the last polls' rows, for the publisher to deliver before it stops
         self.publisher.stop()
         for link in self.links.values():

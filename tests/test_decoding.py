@@ -124,3 +124,14 @@ def test_a_64_bit_integer_beyond_2_53_is_a_float_every_stage_accepts(type_, raw)
                 seq=1)
     assert Reading.from_json(r.to_json()).values["x"] == float(raw)
     assert decode_point(p, _profile(p), 0, raw_to_registers(2**53, type_)) == (2**53, None)  # exact: kept
+
+
+@pytest.mark.parametrize("point,regs", [
+    (Point(channel="e", address=0, type="float64", gain=1000.0), raw_to_registers(1e306, "float64")),
+    (Point(channel="e", address=0, type="float64", gain=1000.0, range=(0, 1e9)), raw_to_registers(1e306, "float64")),
+    (Point(channel="e", address=0, type="float64", scale_factor={"address": 4}), raw_to_registers(1e305, "float64") + [5]),
+])
+def test_a_value_scaled_past_float64_is_a_decode_error_not_a_silent_null(point, regs):
+    """1e306 x 1000 is infinity, which a message carries as null: it went out with no quality
+    (a value missing without a reason) or flagged out_of_range (a null said to be out of range)."""
+    assert decode_point(point, _profile(point), 0, regs) == (None, Quality.decode_error)

@@ -178,3 +178,24 @@ def test_gateway_that_must_drop_counts_it_in_its_retained_status(tmp_path, mosqu
     assert dropped > 20 and delivered <= set(range(1, n + 1))
     assert len(delivered) == n - dropped  # every reading not counted as dropped arrived
     assert [s for s in subscriber.status if s["state"] == "online"][-1]["outbox_dropped"] == dropped
+
+
+@needs_root
+def test_a_full_disk_at_start_is_not_taken_for_a_damaged_outbox(tmp_path):
+    """A gateway restarted while its disk is full cannot open its outbox: its first try left a
+    -wal file, and the next try's check then read the disk's refusal as damage: 'damaged, run
+    --new-outbox' (exit 2, which the unit does not restart). Done, that sets the undelivered
+    backlog aside for good. A refusal of the disk is a failure a restart may cure (exit 1)."""
+    with tiny_disk(tmp_path / "disk", "2m") as disk:
+        outbox = Outbox(disk / "outbox.sqlite", 1000)
+        seqs = [outbox.append("t", lambda seq: f'{{"seq":{seq}}}') for _ in range(50)]
+        epoch = outbox.epoch
+        outbox.close()
+        filler = fill(disk)
+        for _ in range(2):  # a start, and the unit's restart after it
+            with pytest.raises(sqlite3.OperationalError):
+                Outbox(disk / "outbox.sqlite", 1000)
+        filler.unlink()
+        outbox = Outbox(disk / "outbox.sqlite", 1000)
+        assert (outbox.epoch, [s for s, _, _ in outbox.after(0, 100)]) == (epoch, seqs)
+        outbox.close()

@@ -6,7 +6,7 @@ import subprocess
 import time
 import pytest
 
-from contract.message import DeviceStatus
+from contract.message import DeviceStatus, Quality
 from gateway.device_poller import DevicePoller
 from gateway.modbus_link import ModbusLink
 from gateway.service import Gateway
@@ -74,3 +74,77 @@ def test_dead_device_on_the_bus_is_backed_off_and_others_keep_their_rate(bus_sit
         if p is not dead:
             assert sim.devices[p.device.id].requests >= 8 * p.requests_per_poll, p.device.id
     assert sim.devices["dead"].requests <= 5
+
+
+def test_a_wall_clock_set_back_while_waiting_on_the_bus_does_not_hold_it(serial_pair, monkeypatch):
+    """pymodbus times its wait for a serial answer on the wall clock: NTP setting the clock
+    back an hour while the gateway waited for a silent device held the bus (its lock, every
+    device behind it) for that hour. The step is made by ``time.time`` alone here: libfaketime
+    cannot be used, as pyserial's writes time out under it."""
+    import threading
+
+    from contract.config.site import RtuConnection
+    from gateway.modbus_link import LinkDown
+
+    _, gw_end = serial_pair  # nothing answers on the other end
+    link = ModbusLink(RtuConnection(type="rtu", port=gw_end, baudrate=19200, timeout=0.5))
+    wall, started = time.time, time.monotonic()
+    monkeypatch.setattr(time, "time", lambda: wall() - (3600 if time.monotonic() - started > 0.2 else 0))
+    outcome = []
+
+    def read():
+        try:
+            link.read("holding", 0, 10, 1)
+        except LinkDown as exc:
+            outcome.append(exc.quality)
+
+    waiting = threading.Thread(target=read, daemon=True)
+    waiting.start()
+    waiting.join(5)
+    assert not waiting.is_alive(), "the read still waits, 5 s after its 0.5 s timeout"
+    assert outcome == [Quality.timeout]
+
+
+def crc16(frame: bytes) -> bytes:
+    """Modbus RTU's CRC, low byte first."""
+    crc = 0xFFFF
+    for byte in frame:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")
+
+
+@pytest.mark.parametrize("noise", [b"\x00", b"\xff", b"\x00\xff\x00\x13"])
+def test_a_glitch_before_the_answer_on_the_line_is_skipped(serial_pair, noise):
+    """An RS-485 line often carries a byte of noise as the device's driver turns on. pymodbus
+    took the noise for the start of a frame and, its CRC wrong, threw away what it had read,
+    the answer too: every read of the device timed out, and it was backed off as dead."""
+    import serial
+    import struct
+    import threading
+
+    from contract.config.site import RtuConnection
+
+    sim_end, gw_end = serial_pair
+    line = serial.Serial(sim_end, 19200, timeout=0.05)
+    stop = threading.Event()
+
+    def device():
+        while not stop.is_set():
+            request = line.read(8)
+            if len(request) == 8:
+                unit, fc, _, count = struct.unpack(">BBHH", request[:6])
+                answer = bytes([unit, fc, 2 * count]) + b"".join(struct.pack(">H", 1000 + i) for i in range(count))
+                line.write(noise + answer + crc16(answer))
+
+    answering = threading.Thread(target=device, daemon=True)
+    answering.start()
+    link = ModbusLink(RtuConnection(type="rtu", port=gw_end, baudrate=19200, timeout=0.3))
+    try:
+        assert [link.read("holding", 0, 10, 1) for _ in range(3)] == [list(range(1000, 1010))] * 3
+    finally:
+        stop.set()
+        answering.join(5)
+        link.close()
+        line.close()

@@ -38,6 +38,8 @@ SUNSPEC_NOT_IMPLEMENTED: dict[str, int] = {
 
 #: last protocol address of a Modbus table
 LAST_ADDRESS = 65535
+#: registers one Modbus read carries (bits: 2000)
+MAX_READ_REGISTERS = 125
 
 
 class Strict(BaseModel):
@@ -66,7 +68,7 @@ class Point(Strict):
     address: int = Field(ge=0, le=65535)
     type: DataType = "uint16"
     #: registers of a ``string`` point
-    length: int | None = Field(default=None, ge=1, le=125)
+    length: int | None = Field(default=None, ge=1, le=MAX_READ_REGISTERS)
     order: ByteOrder | None = None  # None: the profile's default
     gain: float = 1.0
     offset: float = 0.0
@@ -104,6 +106,13 @@ class Point(Strict):
         if last > LAST_ADDRESS:
             raise_problems([(("address",), f"a {self.type} at {self.address} needs registers {self.address}-{last}, "
                                            f"past the table's last address {LAST_ADDRESS}")])
+        if self.scale_factor is not None:  # a value and its scale factor are read in one request
+            sf = self.scale_factor.address
+            span = max(last, sf) - min(self.address, sf) + 1
+            if span > MAX_READ_REGISTERS:
+                raise_problems([(("scale_factor", "address"),
+                                 f"register {sf} and '{self.channel}' ({self.address}-{last}) span {span} registers: "
+                                 f"a value and its scale factor are read in one request, at most {MAX_READ_REGISTERS}")])
         return self
 
     @property

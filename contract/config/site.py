@@ -33,6 +33,13 @@ class TcpConnection(Strict):
     unit_id: int = Field(default=1, ge=0, le=255)
     timeout: float = Field(default=1.0, ge=0.05, le=60, description="[s] per request")
 
+    @field_validator("host")
+    @classmethod
+    def _no_port(cls, v: str) -> str:
+        if v.count(":") == 1:  # an IPv6 address has two or more
+            raise ValueError(f"'{v}': a host with a port; put the port in 'port'")
+        return v
+
     @property
     def endpoint(self) -> str:
         return f"tcp://{self.host}:{self.port}"
@@ -42,7 +49,8 @@ class RtuConnection(Strict):
     """A device on an RS-485 bus; several devices may share one port."""
 
     type: Literal["rtu"]
-    port: str
+    #: a serial device (/dev/ttyUSB0, /dev/serial/by-id/...): an empty or spaced one was accepted, then never opened
+    port: str = Field(pattern=r"^\S+$")
     baudrate: int = Field(default=9600, ge=300, le=921600)
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
@@ -164,8 +172,10 @@ class Outbox(Strict):
     #: rows kept while the broker is unreachable; beyond it the oldest are dropped, loudly; at most
     #: ``MAX_AHEAD``: a live lane further ahead of its backlog is not followed by the collector
     max_rows: int = Field(default=5_000_000, ge=100, le=MAX_AHEAD)
-    #: readings held in memory while the disk refuses writes (full); beyond it the oldest are dropped, loudly
-    memory_rows: int = Field(default=10_000, ge=10)
+    #: readings held in memory while the disk refuses writes (full); beyond it the oldest are dropped, loudly.
+    #: About 1.6 KB each: the most is 1.6 GB; more, and a long full disk ends in the kernel killing the
+    #: gateway, every held reading lost instead of the oldest counted
+    memory_rows: int = Field(default=10_000, ge=10, le=1_000_000)
     #: backlog delivered at most this fast [messages/s], beside live readings; 2,000 replays a day of
     #: mn-solar (77,760 messages) in 40 s (bench/README.md)
     backlog_rate: float = Field(default=2000.0, ge=1, le=100_000)
