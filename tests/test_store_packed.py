@@ -301,6 +301,44 @@ def test_a_row_that_does_not_fit_its_layout_is_neither_merged_nor_shown_as_lates
     held.close()
 
 
+@pytest.mark.parametrize("forged", [
+    "UPDATE readings SET layout = 99 WHERE ts = {t1} AND device = 'm1'",  # a layout the store does not have
+    "UPDATE readings SET layout = 0 WHERE ts = {t1} AND device = 'm1'",  # one below the device's one layout
+    "UPDATE readings SET layout = 1 WHERE ts = {t1} AND device = 'm2'",  # m1's, in a device of two layouts
+    "DELETE FROM layouts",  # the layouts the devices list are gone
+])
+def test_a_row_of_a_layout_the_device_does_not_list_is_refused_as_damage(tmp_path, forged):
+    """A row is decoded by the layouts the store lists for its device. A damaged or foreign file with a
+    row of another layout failed with a raw KeyError (aggregated read), or its numbers were read under
+    the listed layout's channel names, silently (one as wide), or vanished with their layouts (the read
+    found nothing to read). Refused now as damage, naming the store, device and row, by every read."""
+    import re
+    import sqlite3
+
+    path = tmp_path / "jcm.db"
+    s = open_store(f"sqlite:///{path}")
+    s.write([reading(minutes=m, seq=m + 1, a=float(m), b=100.0 + m) for m in range(3)])
+    s.write([reading(device="m2", minutes=m, seq=m + 10, c=float(m), d=1.0, e=2.0) for m in range(3)])
+    s.write([reading(device="m2", minutes=5, seq=20, c=5.0)])  # a second layout of m2
+    s.close()
+    forger = sqlite3.connect(path)
+    forger.execute(forged.format(t1=to_ms(T0) + 60_000))
+    forger.commit()
+    forger.close()
+    device = "m2" if "m2" in forged else "m1"
+    at = "" if "DELETE" in forged else f"'s row at {(T0 + dt.timedelta(minutes=1)).isoformat()}"
+    damage = f"store {re.escape(str(path))} is damaged: device {device}{re.escape(at)}.*: restore it from a backup$"
+    s = open_store(f"sqlite:///{path}", create=False)
+    try:
+        end = T0 + dt.timedelta(days=1)
+        for read in (lambda: s.read_sources("s1", T0, end, [f"{device}.a", f"{device}.b", f"{device}.c"]),
+                     lambda: s.read("s1", T0, end), lambda: s.latest("s1")):
+            with pytest.raises(sqlite3.DatabaseError, match=damage):
+                read()
+    finally:
+        s.close()
+
+
 def _old_rows(n):
     ms = int(T0.timestamp() * 1000)
     return [("s1", "m1", c, ms + 60_000 * i, "gw1", float(i), None, None, i) for i in range(n) for c in "abcde"]
