@@ -235,8 +235,9 @@ class SqliteStore:
         """A store opened read-only must be in today's layout: what opening it writes otherwise (its
         conversion, tables and columns added since) cannot be written."""
         try:
-            columns = {(t, c) for t, in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                       for _, c, *_ in self._db.execute(f"PRAGMA table_info({t})")}
+            # the names bound, never written into SQL: a foreign file's may hold quotes, spaces or SQL
+            columns = set(self._db.execute("SELECT m.name, c.name FROM sqlite_master AS m, pragma_table_info(m.name) "
+                                           "AS c WHERE m.type = 'table'"))
         except sqlite3.OperationalError as exc:
             raise UnusableFile(f"{why}, and SQLite cannot read it so ({exc}): read it as its owner, or read a copy of "
                                "it: nothing was changed") from None

@@ -506,3 +506,36 @@ def _read_as_nobody(folder, path):
         assert done.returncode == 2 and len(lines) == 1, (layout, done.stderr)
         assert str(path) in lines[0] and "not writable by this user" in lines[0] and "nothing was changed" in lines[0]
         assert sorted(os.listdir(folder)) == ["jcm.db"] and hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("name", ['odd name', 'x); SELECT 1; --', 'a"b', "it's"])
+def test_a_read_only_store_with_odd_table_names_is_checked_without_running_them_as_sql(name):
+    """Opening a store read-only checks its tables' columns: each table's name was put into SQL as it
+    is (``PRAGMA table_info(name)``), so a foreign file's table named with spaces, quotes or SQL failed
+    with a raw error or was refused as unreadable, its name run as SQL. Names are bound now: the store
+    is read."""
+    import sqlite3
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="jcm-read-only-"))
+    folder.chmod(0o755)
+    path = folder / "jcm.db"
+    url = f"sqlite:///{path}"
+    try:
+        writer = open_store(url)
+        other = sqlite3.connect(path)
+        other.execute(f'CREATE TABLE "{name.replace(chr(34), chr(34) * 2)}" (a)')
+        other.commit()
+        other.close()
+        try:
+            writer.write([reading(a=1.0)], [])
+            folder.chmod(0o555)
+            path.chmod(0o444)
+            done = _as_nobody("deadletters", "--store", url)
+            assert done.returncode == 0 and "0 dead letter(s) shown" in done.stdout, done.stderr
+        finally:
+            writer.close()
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
