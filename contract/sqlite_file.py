@@ -69,21 +69,24 @@ def use_wal(db: sqlite3.Connection) -> None:
     while_busy(db, "PRAGMA journal_mode=WAL", seconds=WAL_WAIT)
 
 
-def while_busy(db: sqlite3.Connection, sql: str, *, seconds: float | None = None,
+def while_busy(db: sqlite3.Connection, sql: str, *, seconds: float,
                waiting: Callable[[], None] | None = None) -> sqlite3.Cursor:
     """``db.execute(sql)``, tried again while another connection holds the file busy (beyond SQLite's
-    own busy timeout, or where SQLite does not wait): for ``seconds``, or for ever if None;
-    ``waiting`` is called once, at the first refusal (to say why the caller waits)."""
-    deadline = None if seconds is None else time.monotonic() + seconds
+    own busy timeout, or where SQLite does not wait), for ``seconds`` (a finite wait: a process stuck
+    holding the file would otherwise hold this one for ever, unseen); ``waiting`` is called once, at the
+    first refusal (to say why the caller waits), even one past ``seconds``."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             return db.execute(sql)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or (deadline and time.monotonic() > deadline):
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
             if waiting:
                 waiting()
                 waiting = None
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.01)
 
 

@@ -34,6 +34,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -165,6 +166,10 @@ EMPTY = (np.empty(0, np.int64), np.empty(0, float), np.empty(0, object))
 #: vacuum after writes the file once more (measured at its peak: 1.7 times with five channels a message,
 #: 2.75 with one; the vacuum's copy in TMPDIR besides)
 CONVERSION_SPACE = 3.0
+
+#: how long an opener waits for another process converting the store (or holding its write lock) before it
+#: gives up: a conversion takes about a minute a year of a site [s]
+CONVERSION_WAIT = 3600.0
 
 #: signed messages read per query by ``signed_messages``
 MESSAGE_PAGE = 1000
@@ -696,12 +701,22 @@ class SqliteStore:
                         "(sqlite3 %s VACUUM, with nothing else using it): %s", self.path, self.path, exc)
 
     def _begin_waiting(self) -> None:
-        """BEGIN IMMEDIATE, waiting for as long as another process holds the write lock: of a store in
-        the old layout, that is most likely another process converting it, which takes about a minute a
-        year of a site; a stage that gave up instead would stop (the collector) or fail (a report)."""
-        while_busy(self._db, "BEGIN IMMEDIATE", waiting=lambda: log.warning(
-            "store %s: another process is converting it to a row per message (or holds its write lock); waiting "
-            "for it to finish", self.path))
+        """BEGIN IMMEDIATE, waiting while another process holds the write lock: of a store in the old
+        layout, that is most likely another process converting it, which takes about a minute a year of
+        a site; a stage that gave up at once would stop (the collector) or fail (a report). Not for ever:
+        after ``CONVERSION_WAIT`` it is refused, naming what it waited for (a process stuck holding the
+        lock would hold every opener so, unseen)."""
+        started = time.monotonic()
+        try:
+            while_busy(self._db, "BEGIN IMMEDIATE", seconds=CONVERSION_WAIT, waiting=lambda: log.warning(
+                "store %s: another process is converting it to a row per message (or holds its write lock); "
+                "waiting for it to finish, at most %.0f min", self.path, CONVERSION_WAIT / 60))
+        except sqlite3.OperationalError as exc:
+            waited = time.monotonic() - started
+            raise UnusableFile(f"store {self.path} must be converted to a row per message, and another process has "
+                               f"held its write lock (converting it, most likely) for the {waited:.0f} s this one "
+                               f"waited ({exc}): nothing was changed; let that process finish, or find it (fuser "
+                               f"{self.path}), then start again") from None
 
     def _check_space(self) -> None:
         """Refuse, before writing anything, a conversion the disk has no room for: it would fill the disk

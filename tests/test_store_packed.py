@@ -374,6 +374,47 @@ def test_an_opener_waits_for_another_process_converting_the_store(tmp_path, capl
     assert len(waits) == 1 and str(path) in waits[0] and "converting" in waits[0], waits
 
 
+def test_an_opener_waits_for_a_conversion_for_a_bounded_time(tmp_path, caplog, monkeypatch):
+    """An opener of a store in the old layout waited for the process holding its write lock (converting
+    it) for ever: one stuck holding it (stopped, hung on a disk) held every collector and report so,
+    silently after its first line. It waits ``CONVERSION_WAIT`` at most, then is refused in one line
+    naming the store, what it waited for and how long; the old file is untouched."""
+    import hashlib
+    import logging
+    import sqlite3
+    import threading
+    import time
+
+    from contract.sqlite_file import UnusableFile
+    from store import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CONVERSION_WAIT", 1.0, raising=False)
+    path = tmp_path / "jcm.db"
+    _old_store(path, _old_rows(10))
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    stuck = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    stuck.execute("BEGIN IMMEDIATE")
+    lock = threading.Lock()
+    released = threading.Timer(30.0, lambda: lock.acquire(blocking=False) and stuck.execute("ROLLBACK"))
+    released.start()  # ends an unbounded wait in this test
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="store.sqlite_store"), pytest.raises(UnusableFile) as refused:
+            open_store(f"sqlite:///{path}", create=False).close()
+    finally:
+        released.cancel()
+        if lock.acquire(blocking=False):
+            stuck.execute("ROLLBACK")
+        stuck.close()
+    assert time.monotonic() - started < 15  # SQLite's own busy timeout (5 s) a try, past the bound
+    message = str(refused.value)
+    assert "\n" not in message and str(path) in message and "write lock" in message, message
+    assert " s this one waited" in message and "nothing was changed" in message, message
+    waits = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert len(waits) == 1 and "at most" in waits[0], waits
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
 def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_path):
     """A conversion needs a few times the old file's size free (the new rows are written beside the old,
     then vacuumed): on a disk without it, it filled the disk (every other writer there with it), rolled
