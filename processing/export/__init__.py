@@ -10,7 +10,8 @@ and sequence findings (``custody/``, when the readings were signed), a manifest 
 inputs give byte-identical files. The store is read in this process; when it runs no other thread,
 the workbook, the charts and the raw readings' text are made by two forked processes meanwhile
 (a year's export then takes about the time of reading its rows, on two cores), else here; they end with it
-(killed, interrupted or failed). The folder is written beside its final place and
+(killed, interrupted or failed), and one that gives no result for ``csv_files.HUNG_S`` (stopped, hung)
+fails the export and is killed. The folder is written beside its final place and
 moved there whole, so a failed export leaves nothing half-written (one killed leaves it hidden,
 ``.<name>.partial-<pid>``, for the next export of the period to remove) and an earlier
 export is replaced only when asked to.
@@ -36,7 +37,7 @@ from pathlib import Path
 from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.export.custody_folder import write_custody
-from processing.export.csv_files import write_daily_values, write_dead_letters, write_raw_readings
+from processing.export.csv_files import Hung, made, write_daily_values, write_dead_letters, write_raw_readings
 from processing.export.manifest import file_entries, file_entry, write_manifest, write_sha256sums
 from processing.export.period_figures import PeriodFigures, collect, export_name
 from processing.export.recompute import SITE_SETTINGS, write_site_settings
@@ -113,6 +114,8 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     except BrokenProcessPool:  # one killed from outside (the OOM killer, say): its files are not whole
         raise ValueError(f"{final.name}: a process making the charts or the raw readings' text ended before its "
                          "work was done (killed, or out of memory?): nothing was exported; run again") from None
+    except Hung as exc:  # ``_apart`` killed it
+        raise ValueError(f"{final.name}: {exc}: it was killed and nothing was exported; run again") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return final
@@ -151,7 +154,7 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
         custody_files, custody = write_custody(figures, store, folder)
         files += custody_files
         tell(4, steps, "custody/")
-        files += drawn.result() if drawn else _from_figures(figures, folder, names)
+        files += made(drawn) if drawn else _from_figures(figures, folder, names)
     tell(5, steps, f"{names['workbook']}, charts")
     files += write_summary(figures, names, custody, folder)
     tell(6, steps, "summary.html")
