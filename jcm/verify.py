@@ -54,7 +54,7 @@ from contract.custody import GENESIS, chain_breaks, is_covered, pem_problems, re
 from contract.message import Reading
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
-from processing.export import DEAD_LETTERS
+from processing.export import DEAD_LETTERS, REPLACED
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.period_figures import CANNOT_COMPUTE
@@ -75,6 +75,9 @@ PASSED, FAILED, NOT_WITNESSED = 0, 1, 3
 def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
     """The verdict (``PASSED``, ``FAILED`` or ``NOT_WITNESSED``) and its lines; ``jobs``: the
     processes that check signatures."""
+    if not folder.exists() and (aside := sorted(folder.parent.glob(f".{folder.name}.{REPLACED}-*"))):
+        raise ValueError(f"{folder} does not exist: {aside[-1].name} beside it is the export a 'jcm export --force' "
+                         "killed before it was done was replacing: the next 'jcm export' of the period puts it back")
     manifest = _manifest(folder)
     site = read_site_settings(folder / SITE_SETTINGS)
     period = _section(manifest, "period")

@@ -363,6 +363,66 @@ def test_an_existing_export_is_refused_unless_forced_and_replaced_byte_identical
     assert [p.name for p in (tmp_path / "out").iterdir()] == [folder.name]  # nothing half-written left
 
 
+KILLED_REPLACING = """
+import contextlib, datetime as dt, os, pathlib, signal, sys
+import processing.export as export
+from processing.export import export_period
+from processing.ledger import Ledger
+from store.sqlite_store import SqliteStore
+from tests.conftest import reference_site
+
+work, when, first, last = sys.argv[1], sys.argv[2], *map(dt.date.fromisoformat, sys.argv[3:5])
+rename = pathlib.Path.rename
+
+
+def then_killed(path, target):
+    done = rename(path, target)
+    if (".replaced-" in str(target)) if when == "aside" else (".partial-" in path.name):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return done
+
+
+pathlib.Path.rename = then_killed
+export._apart = lambda figures: contextlib.nullcontext()
+export_period(reference_site("mn-solar"), SqliteStore(work + "/jcm.db"), Ledger(work + "/ledger.sqlite"), first, last,
+              pathlib.Path(work) / "out", force=True)
+"""
+
+
+@pytest.mark.parametrize("when", ["aside", "in place"])
+def test_an_export_killed_while_replacing_one_leaves_the_old_for_the_next_to_put_back_or_remove(store, tmp_path, when):
+    """``--force`` moves the old export aside (``.<name>.replaced-<pid>``), puts the new one in its
+    place and removes the old. Killed after the first rename, the old export was left hidden for good,
+    the only copy, and none in its place; killed after the second, the old one stayed beside the new
+    for good. The next export of the period puts the old one back (then refuses to overwrite it
+    without --force) or removes it; ``jcm verify`` of the missing folder names where it is."""
+    import os
+    import subprocess
+    import sys
+
+    from jcm.verify import verify_export
+    from tests.conftest import REPO
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, out)
+    (folder / "notes.txt").write_text("the old export")
+    killed = subprocess.run([sys.executable, "-c", KILLED_REPLACING, str(tmp_path), when, FIRST.isoformat(),
+                             LAST.isoformat()], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    [aside] = out.glob(f".{folder.name}.replaced-*")
+    assert folder.exists() == (when == "in place") and (aside / "notes.txt").exists()
+    if when == "aside":
+        with pytest.raises(ValueError, match=f"{folder} does not exist: {aside.name} beside it is the export"):
+            verify_export(folder)
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)
+    assert (folder / "notes.txt").exists() == (when == "aside")  # the old one put back, or the new one left
+    assert not aside.exists()
+    export_period(s, store, ledger, FIRST, LAST, out, force=True)
+    assert os.listdir(out) == [folder.name] and not (folder / "notes.txt").exists()
+
+
 def test_period_totals_are_live_sums_of_the_daily_sheet_and_columns_fit(tmp_path):
     s = site("mv-addu")
     ledger = Ledger(tmp_path / "ledger.sqlite")

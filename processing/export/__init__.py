@@ -14,7 +14,8 @@ the workbook, the charts and the raw readings' text are made by two forked proce
 fails the export and is killed. The folder is written beside its final place and
 moved there whole, so a failed export leaves nothing half-written (one killed leaves it hidden,
 ``.<name>.partial-<pid>``, for the next export of the period to remove) and an earlier
-export is replaced only when asked to.
+export is replaced only when asked to (one killed while replacing it leaves it aside,
+``.<name>.replaced-<pid>``, for the next export of the period to put back).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import logging
 import multiprocessing
 import os
 import shutil
@@ -45,12 +47,15 @@ from processing.export.summary_html import write_summary
 from processing.export.workbook import write_workbook
 from processing.ledger import Ledger
 
+log = logging.getLogger(__name__)
 
 #: processes beside the export's (``_apart``)
 APART = 2
 #: when the export fails or is interrupted, how long its processes beside may take to end the work
 #: they began (~1 s of drawing) before they are taken to be stuck and killed [s]
 STUCK_S = 10.0
+#: an export replaced by ``--force`` is moved aside, to ``.<name>.replaced-<pid>``, until it is removed
+REPLACED = "replaced"
 #: the messages of the site the collector refused during the period (csv_files.write_dead_letters)
 DEAD_LETTERS = "dead_letters.csv.gz"
 
@@ -87,6 +92,7 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
         raise ValueError(f"period end {last} is not over yet at {site.site} (today is {today} there): "
                          "a monitoring period is made of whole past days")
     final = Path(out) / export_name(site, first, last)
+    _put_back(final)
     if final.exists() and not force:
         raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
     steps = 7
@@ -94,21 +100,17 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     figures = collect(site, store, ledger, first, last)
     tell(1, steps, "monthly figures")
     Path(out).mkdir(parents=True, exist_ok=True)
-    for stale in Path(out).glob(f".{figures.name}.partial-*"):  # of exports killed (SIGKILL, SIGTERM) before
-        if not _running(stale.name.rsplit("-", 1)[1]):
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in _left(final, "partial"):  # of exports killed (SIGKILL, SIGTERM) before
+        shutil.rmtree(stale, ignore_errors=True)
     folder = Path(out) / f".{figures.name}.partial-{os.getpid()}"
     folder.mkdir()
     try:
         _write(figures, store, folder, tell, steps)
         if final.exists():
-            old = Path(out) / f".{figures.name}.replaced-{os.getpid()}"
-            final.rename(old)
+            old = Path(out) / f".{figures.name}.{REPLACED}-{os.getpid()}"
+            final.rename(old)  # killed from here until it is gone, ``_put_back`` puts it back or removes it
             folder.rename(final)
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:  # --out/<name> was a file
-                old.unlink()
+            _remove(old)
         else:
             folder.rename(final)
     except BrokenProcessPool:  # one killed from outside (the OOM killer, say): its files are not whole
@@ -119,6 +121,32 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return final
+
+
+def _left(final: Path, kind: str) -> list[Path]:
+    """What exports of ``final``'s period killed (SIGKILL, SIGTERM) left beside it: their half-made
+    folders (``kind`` "partial") or the exports they were replacing (``REPLACED``)."""
+    return [p for p in final.parent.glob(f".{final.name}.{kind}-*") if not _running(p.name.rsplit("-", 1)[1])]
+
+
+def _put_back(final: Path) -> None:
+    """The export a ``--force`` killed between its renames was replacing is put back in its place: it
+    is the only copy (the new one is still hidden, half-made to all who look); one whose replacement
+    took its place is removed."""
+    for old in sorted(_left(final, REPLACED), key=lambda p: p.lstat().st_ctime, reverse=True):  # the latest first
+        if final.exists() or final.is_symlink():
+            _remove(old)
+        else:
+            old.rename(final)
+            log.warning("%s: put back: an export of the period replacing it (--force) was killed before the new "
+                        "export took its place", final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:  # --out/<name> was a file
+        path.unlink()
 
 
 def _running(pid: str) -> bool:
