@@ -232,3 +232,23 @@ def test_a_helper_stopped_fails_the_export_in_one_line_within_a_bound(tmp_path):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_the_export_leaves_the_garbage_collector_frozen_as_it_found_it(monkeypatch, frozen):
+    """The export freezes its heap before it forks its helpers, and unfroze it after: a caller that
+    had frozen objects itself (a long-running process embedding the export) had them unfrozen."""
+    import gc
+
+    import processing.export as export
+
+    monkeypatch.setattr(export.threading, "active_count", lambda: 1)  # pytest's own threads aside: forked
+    if frozen:
+        gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with export._apart(None) as apart:
+            assert apart.submit(os.getpid).result() != os.getpid()
+        assert gc.get_freeze_count() == before
+    finally:
+        gc.unfreeze()

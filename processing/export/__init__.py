@@ -203,8 +203,11 @@ def _apart(figures: PeriodFigures) -> Iterator[ProcessPoolExecutor | None]:
         yield None
         return
     # the objects made so far are left alone by the children's garbage collections, which would
-    # otherwise write to every one of them and so copy the whole heap, page by page
-    gc.freeze()
+    # otherwise write to every one of them and so copy the whole heap, page by page; not if the caller
+    # froze objects itself: they could not be told from these afterwards, and would be unfrozen with them
+    freezes = gc.get_freeze_count() == 0
+    if freezes:
+        gc.freeze()
     before = set(multiprocessing.active_children())
     try:
         with ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_beside,
@@ -223,7 +226,8 @@ def _apart(figures: PeriodFigures) -> Iterator[ProcessPoolExecutor | None]:
                     helper.kill()
                 raise
     finally:
-        gc.unfreeze()
+        if freezes:
+            gc.unfreeze()
 
 
 #: in a process beside the export's: the figures it was given (``_apart``)
