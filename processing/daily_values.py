@@ -54,8 +54,11 @@ def day_dates(day: np.ndarray) -> np.ndarray:
 
 def by_day(values: np.ndarray, day: np.ndarray, days: pd.Index, how: str, fill: float = np.nan) -> pd.Series:
     """``values`` reduced per day number (pandas' compensated groupby ``how``, "sum" or "mean"), on
-    ``days`` (``fill`` where none fell): as grouping by date objects gives it, at a fraction of the cost."""
-    per_day = getattr(pd.Series(values, dtype=float).groupby(day), how)()
+    ``days`` (``fill`` where none fell): as grouping by date objects gives it, at a fraction of the cost.
+    A day whose values add up beyond any float is infinite, silently: its period cannot be computed,
+    which the period says (no warning of numpy's for the operator)."""
+    with np.errstate(over="ignore"):
+        per_day = getattr(pd.Series(values, dtype=float).groupby(day), how)()
     wanted = np.array([(d - EPOCH).days for d in days], np.int64)
     return pd.Series(per_day.reindex(wanted, fill_value=fill).to_numpy(), index=days)
 
