@@ -21,7 +21,8 @@ and print a verdict a verifier can paste into a report.
    PE and ER (its exact decimal too), and each month's input hash and status must equal
    the exported ones, in the manifest, ``daily_values.csv`` and the workbook. Figures that
    cannot be computed (``period_figures.period_calculation``) must be exported as such: status
-   failed, none in the manifest nor the workbook, the same reason on the workbook's report.
+   failed, none in the manifest nor the workbook, the same reason on the workbook's report and
+   the same status and reason on the summary pages (``summary.html`` in each language).
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
 chain's end is not witnessed (NOT WITNESSED: the readings of the window after its last
@@ -42,9 +43,11 @@ import gzip
 import hashlib
 import io
 import math
+import re
 import tempfile
 import warnings
 from collections import Counter
+from html import escape, unescape
 from pathlib import Path
 
 import openpyxl
@@ -59,6 +62,7 @@ from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.period_figures import CANNOT_COMPUTE
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
+from processing.export.summary_html import LANGUAGES, messages
 from processing.fixed_values import from_record
 from processing.monthly import versions
 from store.sqlite_store import SqliteStore
@@ -494,6 +498,12 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
     if given != ([r.cannot] if r.cannot else []):
         wrong.append(f"  workbook Monitoring report reason: exported {'; '.join(given) or 'none'}, "
                      f"recomputed {r.cannot or 'none (the figures are computed)'}")
+    for name, (status, given) in _summaries(folder).items():
+        if c is None and status != "failed":
+            wrong.append(f"  {name} status: exported {status!r}, recomputed 'failed': {r.cannot}")
+        if given != ([printable(r.cannot)] if r.cannot else []):
+            wrong.append(f"  {name} reason: exported {'; '.join(given) or 'none'}, "
+                         f"recomputed {r.cannot or 'none (the figures are computed)'}")
     for name in (*FIGURES, "ER_exact"):
         mine = None if c is None else getattr(c, name)
         out.append(f"  {name}: recomputed {_shown(mine)}, exported {_shown(figures.get(name))}")
@@ -593,6 +603,26 @@ def _cannot_compute(workbook) -> list[str]:
     """The Monitoring report's lines saying why the period's figures cannot be computed."""
     return [row[0] for row in _sheet(workbook, "Monitoring report").iter_rows(max_col=1, values_only=True)
             if row and isinstance(row[0], str) and row[0].startswith(CANNOT_COMPUTE)]
+
+
+def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str]]]:
+    """Each summary page's (``summary_html``) status (its code, as the manifest has it; None if it
+    states none) and its reasons saying why the period's figures cannot be computed, by file name;
+    a page missing or unreadable is the files check's to name."""
+    out = {}
+    for lang, name in LANGUAGES.items():
+        try:
+            page = (folder / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        m = messages(lang)
+        codes = {m[k]: k.removeprefix("status.") for k in m if k.startswith("status.")}
+        status = re.search(f"<tr><th>{re.escape(escape(m['status']))}</th><td>(.*?)</td></tr>", page)
+        why = re.search(f"<h3>{re.escape(escape(m['why']))}</h3><ul>(.*?)</ul>", page, re.S)
+        reasons = [unescape(item) for item in re.findall(r"<li>(.*?)</li>", why[1], re.S)] if why else []
+        out[name] = (None if status is None else codes.get(unescape(status[1]), unescape(status[1])),
+                     [why for why in reasons if why.startswith(CANNOT_COMPUTE)])
+    return out
 
 
 def _report_sheet(workbook) -> dict[str, float]:
