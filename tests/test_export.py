@@ -418,7 +418,7 @@ def test_an_export_killed_while_replacing_one_leaves_the_old_for_the_next_to_put
     with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
         export_period(s, store, ledger, FIRST, LAST, out)
     assert (folder / "notes.txt").exists() == (when == "aside")  # the old one put back, or the new one left
-    assert not aside.exists()
+    assert os.listdir(out) == [folder.name]  # the killed export's half-made folder gone too
     export_period(s, store, ledger, FIRST, LAST, out, force=True)
     assert os.listdir(out) == [folder.name] and not (folder / "notes.txt").exists()
 

@@ -93,6 +93,8 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
                          "a monitoring period is made of whole past days")
     final = Path(out) / export_name(site, first, last)
     _put_back(final)
+    for stale in _left(final, "partial"):  # of exports killed (SIGKILL, SIGTERM) before
+        shutil.rmtree(stale, ignore_errors=True)
     if final.exists() and not force:
         raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
     steps = 7
@@ -100,8 +102,6 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     figures = collect(site, store, ledger, first, last)
     tell(1, steps, "monthly figures")
     Path(out).mkdir(parents=True, exist_ok=True)
-    for stale in _left(final, "partial"):  # of exports killed (SIGKILL, SIGTERM) before
-        shutil.rmtree(stale, ignore_errors=True)
     folder = Path(out) / f".{figures.name}.partial-{os.getpid()}"
     folder.mkdir()
     try:
