@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from contract.text import printable
+
 #: files up to this size get a full integrity check when opened [bytes]
 DEEP_CHECK_MAX = 512 * 1024 * 1024
 MAGIC = b"SQLite format 3\x00"
@@ -135,14 +137,15 @@ def _check_existing(p: Path, what: str, tables: set[str], may_be_empty: bool, hi
         if size <= DEEP_CHECK_MAX:
             problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
             if problems != ["ok"]:
-                raise UnusableFile(f"{damaged} ({'; '.join(problems)}): nothing was changed; {hint}")
+                raise UnusableFile(f"{damaged} ({'; '.join(map(printable, problems))}): nothing was changed; {hint}")
     except sqlite3.DatabaseError as exc:
-        raise UnusableFile(f"{damaged} ({exc}): nothing was changed; {hint}") from None
+        raise UnusableFile(f"{damaged} ({printable(str(exc))}): nothing was changed; {hint}") from None
     finally:
         db.close()
     if names and not names & tables:
+        # a foreign file's names: shown escaped, so that none breaks the line or drives the terminal
         raise UnusableFile(f"{what} {p} is a SQLite database but not a {what} (its tables: "
-                           f"{', '.join(sorted(names))}): nothing was changed; check the path")
+                           f"{', '.join(sorted(map(printable, names)))}): nothing was changed; check the path")
     if not names and not may_be_empty:
         raise UnusableFile(f"{what} {p} is an empty SQLite database, not a {what}: nothing was changed; check the path")
     if not read_only:

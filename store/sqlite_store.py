@@ -48,6 +48,7 @@ from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable, 
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
+from contract.text import printable
 from store.message_rows import (NAN, Channels, DamagedRow, Layout, layout_of_text, layout_text, merged, packed,
                                 repacked, unpacked)
 
@@ -486,7 +487,9 @@ class SqliteStore:
             raise self._damage(device, ms, str(exc)) from None
 
     def _damage(self, device: str | None, ms: int | None, what: str) -> sqlite3.DatabaseError:
-        """Damage found in a row of ``device`` at ``ms`` (either None when no row is known)."""
+        """Damage found in a row of ``device`` at ``ms`` (either None when no row is known); the device's
+        name as a damaged or foreign file has it, escaped."""
+        device = None if device is None else printable(str(device))
         where = (f"device {device}'s row at {from_ms(int(ms)).isoformat()}" if ms is not None
                  else f"device {device}" if device is not None else "a row")
         return sqlite3.DatabaseError(f"store {self.path} is damaged: {where}: {what}: restore it from a backup")

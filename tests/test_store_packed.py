@@ -339,6 +339,28 @@ def test_a_row_of_a_layout_the_device_does_not_list_is_refused_as_damage(tmp_pat
         s.close()
 
 
+def test_a_damaged_rows_device_is_named_escaped_in_its_one_line(tmp_path):
+    """The damage message names the device as the file has it: a foreign file's device named with a
+    newline and a terminal escape broke the line in two and coloured the terminal. Shown escaped."""
+    import sqlite3
+
+    path = tmp_path / "jcm.db"
+    s = open_store(f"sqlite:///{path}")
+    s.write([reading(minutes=0, seq=1, a=1.0, b=2.0)])
+    s.close()
+    forger = sqlite3.connect(path)
+    forger.executescript("UPDATE readings SET device = 'x' || char(10) || char(27) || '[31m', layout = 99;"
+                         "UPDATE device_layouts SET device = 'x' || char(10) || char(27) || '[31m';")
+    forger.close()
+    s = open_store(f"sqlite:///{path}", create=False)
+    try:
+        with pytest.raises(sqlite3.DatabaseError) as damage:
+            s.read("s1", T0, T0 + dt.timedelta(days=1))
+    finally:
+        s.close()
+    assert "device x\\x0a\\x1b[31m's row at " in str(damage.value) and "\x1b" not in str(damage.value)
+
+
 def _old_rows(n):
     ms = int(T0.timestamp() * 1000)
     return [("s1", "m1", c, ms + 60_000 * i, "gw1", float(i), None, None, i) for i in range(n) for c in "abcde"]
