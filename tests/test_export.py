@@ -423,6 +423,23 @@ def test_an_export_killed_while_replacing_one_leaves_the_old_for_the_next_to_put
     assert os.listdir(out) == [folder.name] and not (folder / "notes.txt").exists()
 
 
+def test_forcing_an_export_over_a_link_replaces_the_link_and_says_it_succeeded(store, tmp_path):
+    """An export folder that is a symbolic link (to a copy kept elsewhere) replaced by --force: the
+    link moved aside was removed with rmtree, which refuses links, after the new export had taken its
+    place: the export failed ("Cannot call rmtree on a symbolic link") though it was done, and left
+    the link aside. The link goes now; what it leads to stays."""
+    import os
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    kept = export_period(s, store, ledger, FIRST, LAST, tmp_path / "kept")
+    out.mkdir()
+    (out / kept.name).symlink_to(kept)
+    folder = export_period(s, store, ledger, FIRST, LAST, out, force=True)
+    assert os.listdir(out) == [folder.name] and folder.is_dir() and not folder.is_symlink()
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in folder.iterdir())
+
+
 def test_period_totals_are_live_sums_of_the_daily_sheet_and_columns_fit(tmp_path):
     s = site("mv-addu")
     ledger = Ledger(tmp_path / "ledger.sqlite")

@@ -134,7 +134,7 @@ def _put_back(final: Path) -> None:
     is the only copy (the new one is still hidden, half-made to all who look); one whose replacement
     took its place is removed."""
     for old in sorted(_left(final, REPLACED), key=lambda p: p.lstat().st_ctime, reverse=True):  # the latest first
-        if final.exists() or final.is_symlink():
+        if final.exists():
             _remove(old)
         else:
             old.rename(final)
@@ -145,7 +145,7 @@ def _put_back(final: Path) -> None:
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    else:  # --out/<name> was a file
+    else:  # --out/<name> was a file, or a link (what it leads to is not the export's to remove)
         path.unlink()
 
 
