@@ -621,7 +621,7 @@ def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str]]]:
         why = re.search(f"<h3>{re.escape(escape(m['why']))}</h3><ul>(.*?)</ul>", page, re.S)
         reasons = [unescape(item) for item in re.findall(r"<li>(.*?)</li>", why[1], re.S)] if why else []
         out[name] = (None if status is None else codes.get(unescape(status[1]), unescape(status[1])),
-                     [why for why in reasons if why.startswith(CANNOT_COMPUTE)])
+                     [r for r in reasons if r.startswith(CANNOT_COMPUTE)])
     return out
 
 

@@ -131,8 +131,8 @@ def _left(final: Path, kind: str) -> list[Path]:
 
 def _put_back(final: Path) -> None:
     """The export a ``--force`` killed between its renames was replacing is put back in its place: it
-    is the only copy (the new one is still hidden, half-made to all who look); one whose replacement
-    took its place is removed."""
+    is the only copy (the new one, still hidden, goes as a half-made one); one whose replacement took
+    its place is removed."""
     for old in sorted(_left(final, REPLACED), key=lambda p: p.lstat().st_ctime, reverse=True):  # the latest first
         if final.exists():
             _remove(old)
