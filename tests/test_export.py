@@ -674,6 +674,38 @@ def test_a_forked_process_killed_fails_the_export_with_one_line_and_leaves_nothi
 
 
 @pytest.mark.fuzz
+def test_a_total_past_any_meter_is_charted_without_a_layout_warning(tmp_path):
+    """A period total of 3e299 (a failed period's, from readings no meter gives) was written in full in
+    its panel's title: 300 digits, wider than the chart, which matplotlib could not lay out ("axes sizes
+    collapsed to zero", a UserWarning on the operator's terminal). Written in 6 significant digits now."""
+    import warnings
+
+    from processing.export import charts
+    from processing.export.period_figures import collect
+
+    s = site("ph-biogas")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    first, last = month_bounds("2026-09")
+    days = [first + dt.timedelta(days=d) for d in range((last - first).days + 1)]
+    value = seeded(s)
+    daily = [{"day": d.isoformat(), "parameter": k, "unit": "u", "value": 1e298 if k == "PE_flare" else value(k, d)}
+             for k in methodology_keys(s) for d in days]
+    reason = "cannot compute: PE beyond 9,007,199,254,740,992 t"
+    summary = {"site": s.site, "first": first.isoformat(), "last": last.isoformat(), "methodology": s.methodology,
+               "version": s.methodology_version, "status": "failed", "reasons": [reason], "RE": None, "PE": None,
+               "ER_unrounded": None, "ER": None, "provisional": True, "parameters": {},
+               "input_hash": f"{s.site}-2026-09", "completeness": {}, "simulated": False}
+    details = {"reasons": [reason], "calculation": None, "explanation": [], "findings": [], "adjustments": [],
+               "daily": [], "daily_parameters": daily}
+    ledger.record(s.site, "2026-09", summary, details, {"defaults_hash": "d", "config_hash": "c", "code_version": "t"})
+    figures = collect(s, SqliteStore(tmp_path / "empty.db"), ledger, first, last)
+    assert figures.parameters["PE_flare"] > 1e299
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as -W error
+        charts.daily_values_chart(figures, tmp_path / "daily_values.png")
+    assert charts._total(figures.parameters["PE_flare"]) == "3e+299" and charts._total(1234.5) == "1,234.500"
+
+
 def test_raw_csv_text_is_what_csv_writer_writes_for_any_readings():
     """``_raw_text(_week(...))`` against its definition, ``csv.writer`` on the readings sorted
     by (ts, device, channel), for sources with odd names, shared and sub-millisecond times,
