@@ -19,7 +19,8 @@ and print a verdict a verifier can paste into a report.
    (``site.json``) and fixed values the export recorded, go through the processor's own
    code (``processing.export.recompute``); each day's values, the period's totals, RE,
    PE and ER (its exact decimal too), and each month's input hash and status must equal
-   the exported ones, in the manifest, ``daily_values.csv`` and the workbook. Figures that
+   the exported ones, in the manifest, ``daily_values.csv``, the workbook and the summary
+   pages (RE, PE and ER as they show them). Figures that
    cannot be computed (``period_figures.period_calculation``) must be exported as such: status
    failed, none in the manifest nor the workbook, the same reason on the workbook's report and
    the same status and reason on the summary pages (``summary.html`` in each language).
@@ -62,7 +63,7 @@ from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.period_figures import CANNOT_COMPUTE
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
-from processing.export.summary_html import LANGUAGES, messages
+from processing.export.summary_html import LANGUAGES, figure_text, messages
 from processing.fixed_values import from_record
 from processing.monthly import versions
 from store.sqlite_store import SqliteStore
@@ -498,12 +499,17 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
     if given != ([r.cannot] if r.cannot else []):
         wrong.append(f"  workbook Monitoring report reason: exported {'; '.join(given) or 'none'}, "
                      f"recomputed {r.cannot or 'none (the figures are computed)'}")
-    for name, (status, given) in _summaries(folder).items():
+    for page, (status, given, shown) in _summaries(folder).items():
         if c is None and status != "failed":
-            wrong.append(f"  {name} status: exported {status!r}, recomputed 'failed': {r.cannot}")
+            wrong.append(f"  {page} status: exported {status!r}, recomputed 'failed': {r.cannot}")
         if given != ([printable(r.cannot)] if r.cannot else []):
-            wrong.append(f"  {name} reason: exported {'; '.join(given) or 'none'}, "
+            wrong.append(f"  {page} reason: exported {'; '.join(given) or 'none'}, "
                          f"recomputed {r.cannot or 'none (the figures are computed)'}")
+        for name in FIGURES:
+            mine = None if c is None else figure_text(name, getattr(c, name))
+            if shown[name] != mine:
+                wrong.append(f"  {page} {name}: exported {shown[name] or 'none'}, recomputed "
+                             + (f"{mine}" if c else f"none ({r.cannot})"))
     for name in (*FIGURES, "ER_exact"):
         mine = None if c is None else getattr(c, name)
         out.append(f"  {name}: recomputed {_shown(mine)}, exported {_shown(figures.get(name))}")
@@ -605,10 +611,11 @@ def _cannot_compute(workbook) -> list[str]:
             if row and isinstance(row[0], str) and row[0].startswith(CANNOT_COMPUTE)]
 
 
-def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str]]]:
+def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str], dict[str, str | None]]]:
     """Each summary page's (``summary_html``) status (its code, as the manifest has it; None if it
-    states none) and its reasons saying why the period's figures cannot be computed, by file name;
-    a page missing or unreadable is the files check's to name."""
+    states none), its reasons saying why the period's figures cannot be computed, and the text of each
+    of ``FIGURES`` it shows (None if it shows none), by file name; a page missing or unreadable is the
+    files check's to name."""
     out = {}
     for lang, name in LANGUAGES.items():
         try:
@@ -620,8 +627,11 @@ def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str]]]:
         status = re.search(f"<tr><th>{re.escape(escape(m['status']))}</th><td>(.*?)</td></tr>", page)
         why = re.search(f"<h3>{re.escape(escape(m['why']))}</h3><ul>(.*?)</ul>", page, re.S)
         reasons = [unescape(item) for item in re.findall(r"<li>(.*?)</li>", why[1], re.S)] if why else []
+        rows = {key: f"<tr><th>{re.escape(escape(m[key.lower()]))}</th><td class=n>(.*?) tCO2</td></tr>"
+                for key in ("RE", "PE", "ER_unrounded")} | {"ER": r"<td class=n><b>(.*?) tCO2</b></td></tr>"}
+        shown = {key: found[1] if (found := re.search(row, page)) else None for key, row in rows.items()}
         out[name] = (None if status is None else codes.get(unescape(status[1]), unescape(status[1])),
-                     [r for r in reasons if r.startswith(CANNOT_COMPUTE)])
+                     [r for r in reasons if r.startswith(CANNOT_COMPUTE)], shown)
     return out
 
 

@@ -1051,6 +1051,21 @@ def test_a_summary_stating_another_status_or_reason_than_the_recomputation_is_na
     assert "VERDICT: FAILED: 2 difference(s) from the recomputation" in out, out
 
 
+def test_a_summary_showing_other_figures_than_the_recomputation_is_named(export, capsys):
+    """The summary pages' RE, PE and ER were compared with nothing: a summary.ja.html edited to show
+    another ER, and its hash rewritten, passed. Each figure a page shows is compared as it shows it."""
+    import re as regex
+
+    ja = export / "summary.ja.html"
+    page = ja.read_text()
+    er = regex.search(r"<td class=n><b>(.*?) tCO2</b></td>", page)[1]
+    ja.write_text(page.replace(f"<b>{er} tCO2</b>", "<b>999,999 tCO2</b>"))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"summary.ja.html ER: exported 999,999, recomputed {er}" in out, out
+    assert "VERDICT: FAILED: 1 difference(s) from the recomputation" in out, out
+
+
 def test_an_export_claiming_no_figures_where_they_are_recomputed_is_named(export, capsys):
     """The reverse: figures null and a reason (as a failed period's) where the recomputation has them."""
     manifest = json.loads((export / "manifest.json").read_text())
