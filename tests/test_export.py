@@ -419,8 +419,6 @@ def test_an_export_killed_while_replacing_one_leaves_the_old_for_the_next_to_put
         export_period(s, store, ledger, FIRST, LAST, out)
     assert (folder / "notes.txt").exists() == (when == "aside")  # the old one put back, or the new one left
     assert os.listdir(out) == [folder.name]  # the killed export's half-made folder gone too
-    export_period(s, store, ledger, FIRST, LAST, out, force=True)
-    assert os.listdir(out) == [folder.name] and not (folder / "notes.txt").exists()
 
 
 def test_forcing_an_export_over_a_link_replaces_the_link_and_says_it_succeeded(store, tmp_path):
