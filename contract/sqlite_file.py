@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from contract.text import printable
+
 #: files up to this size get a full integrity check when opened [bytes]
 DEEP_CHECK_MAX = 512 * 1024 * 1024
 MAGIC = b"SQLite format 3\x00"
@@ -69,21 +71,24 @@ def use_wal(db: sqlite3.Connection) -> None:
     while_busy(db, "PRAGMA journal_mode=WAL", seconds=WAL_WAIT)
 
 
-def while_busy(db: sqlite3.Connection, sql: str, *, seconds: float | None = None,
+def while_busy(db: sqlite3.Connection, sql: str, *, seconds: float,
                waiting: Callable[[], None] | None = None) -> sqlite3.Cursor:
     """``db.execute(sql)``, tried again while another connection holds the file busy (beyond SQLite's
-    own busy timeout, or where SQLite does not wait): for ``seconds``, or for ever if None;
-    ``waiting`` is called once, at the first refusal (to say why the caller waits)."""
-    deadline = None if seconds is None else time.monotonic() + seconds
+    own busy timeout, or where SQLite does not wait), for ``seconds`` (a finite wait: a process stuck
+    holding the file would otherwise hold this one for ever, unseen); ``waiting`` is called once, at the
+    first refusal (to say why the caller waits), even one past ``seconds``."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             return db.execute(sql)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or (deadline and time.monotonic() > deadline):
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
             if waiting:
                 waiting()
                 waiting = None
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.01)
 
 
@@ -132,16 +137,17 @@ def _check_existing(p: Path, what: str, tables: set[str], may_be_empty: bool, hi
         if size <= DEEP_CHECK_MAX:
             problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
             if problems != ["ok"]:
-                raise UnusableFile(f"{damaged} ({'; '.join(problems)}): nothing was changed; {hint}")
+                raise UnusableFile(f"{damaged} ({'; '.join(map(printable, problems))}): nothing was changed; {hint}")
     except sqlite3.OperationalError:
         raise  # the disk refused (full, I/O error), not damage: a later try may pass
     except sqlite3.DatabaseError as exc:
-        raise UnusableFile(f"{damaged} ({exc}): nothing was changed; {hint}") from None
+        raise UnusableFile(f"{damaged} ({printable(str(exc))}): nothing was changed; {hint}") from None
     finally:
         db.close()
     if names and not names & tables:
+        # a foreign file's names: shown escaped, so that none breaks the line or drives the terminal
         raise UnusableFile(f"{what} {p} is a SQLite database but not a {what} (its tables: "
-                           f"{', '.join(sorted(names))}): nothing was changed; check the path")
+                           f"{', '.join(sorted(map(printable, names)))}): nothing was changed; check the path")
     if not names and not may_be_empty:
         raise UnusableFile(f"{what} {p} is an empty SQLite database, not a {what}: nothing was changed; check the path")
     if not read_only:

@@ -20,10 +20,11 @@ and print a verdict a verifier can paste into a report.
    code (``processing.export.recompute``); each day's values, the period's totals, RE,
    PE and ER (its exact decimal too), and each month's input hash (in the version the
    manifest names for its revision: a hash that is the readings' in another version is named
-   as such) and status must equal the exported ones, in the manifest, ``daily_values.csv``
-   and the workbook. Figures that cannot be computed (``period_figures.period_calculation``)
-   must be exported as such: status failed, none in the manifest nor the workbook, the same
-   reason on the workbook's report.
+   as such) and status must equal the exported ones, in the manifest, ``daily_values.csv``,
+   the workbook and the summary pages (RE, PE and ER as they show them). Figures that
+   cannot be computed (``period_figures.period_calculation``) must be exported as such: status
+   failed, none in the manifest nor the workbook, the same reason on the workbook's report and
+   the same status and reason on the summary pages (``summary.html`` in each language).
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
 chain's end is not witnessed (NOT WITNESSED: the readings of the window after its last
@@ -44,9 +45,11 @@ import gzip
 import hashlib
 import io
 import math
+import re
 import tempfile
 import warnings
 from collections import Counter
+from html import escape, unescape
 from pathlib import Path
 
 import openpyxl
@@ -56,11 +59,12 @@ from contract.custody import GENESIS, chain_breaks, is_covered, pem_problems, re
 from contract.message import Reading
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
-from processing.export import DEAD_LETTERS
+from processing.export import DEAD_LETTERS, REPLACED
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.period_figures import CANNOT_COMPUTE
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
+from processing.export.summary_html import LANGUAGES, figure_text, messages
 from processing.fixed_values import from_record
 from processing.monthly import versions
 from processing.period import HASH_VERSIONS
@@ -78,6 +82,9 @@ PASSED, FAILED, NOT_WITNESSED = 0, 1, 3
 def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
     """The verdict (``PASSED``, ``FAILED`` or ``NOT_WITNESSED``) and its lines; ``jobs``: the
     processes that check signatures."""
+    if not folder.exists() and (aside := sorted(folder.parent.glob(f".{folder.name}.{REPLACED}-*"))):
+        raise ValueError(f"{folder} does not exist: {aside[-1].name} beside it is the export a 'jcm export --force' "
+                         "killed before it was done was replacing: the next 'jcm export' of the period puts it back")
     manifest = _manifest(folder)
     site = read_site_settings(folder / SITE_SETTINGS)
     period = _section(manifest, "period")
@@ -494,6 +501,17 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
     if given != ([r.cannot] if r.cannot else []):
         wrong.append(f"  workbook Monitoring report reason: exported {'; '.join(given) or 'none'}, "
                      f"recomputed {r.cannot or 'none (the figures are computed)'}")
+    for page, (status, given, shown) in _summaries(folder).items():
+        if c is None and status != "failed":
+            wrong.append(f"  {page} status: exported {status!r}, recomputed 'failed': {r.cannot}")
+        if given != ([printable(r.cannot)] if r.cannot else []):
+            wrong.append(f"  {page} reason: exported {'; '.join(given) or 'none'}, "
+                         f"recomputed {r.cannot or 'none (the figures are computed)'}")
+        for name in FIGURES:
+            mine = None if c is None else figure_text(name, getattr(c, name))
+            if shown[name] != mine:
+                wrong.append(f"  {page} {name}: exported {shown[name] or 'none'}, recomputed "
+                             + (f"{mine}" if c else f"none ({r.cannot})"))
     for name in (*FIGURES, "ER_exact"):
         mine = None if c is None else getattr(c, name)
         out.append(f"  {name}: recomputed {_shown(mine)}, exported {_shown(figures.get(name))}")
@@ -603,6 +621,30 @@ def _cannot_compute(workbook) -> list[str]:
     """The Monitoring report's lines saying why the period's figures cannot be computed."""
     return [row[0] for row in _sheet(workbook, "Monitoring report").iter_rows(max_col=1, values_only=True)
             if row and isinstance(row[0], str) and row[0].startswith(CANNOT_COMPUTE)]
+
+
+def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str], dict[str, str | None]]]:
+    """Each summary page's (``summary_html``) status (its code, as the manifest has it; None if it
+    states none), its reasons saying why the period's figures cannot be computed, and the text of each
+    of ``FIGURES`` it shows (None if it shows none), by file name; a page missing or unreadable is the
+    files check's to name."""
+    out = {}
+    for lang, name in LANGUAGES.items():
+        try:
+            page = (folder / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        m = messages(lang)
+        codes = {m[k]: k.removeprefix("status.") for k in m if k.startswith("status.")}
+        status = re.search(f"<tr><th>{re.escape(escape(m['status']))}</th><td>(.*?)</td></tr>", page)
+        why = re.search(f"<h3>{re.escape(escape(m['why']))}</h3><ul>(.*?)</ul>", page, re.S)
+        reasons = [unescape(item) for item in re.findall(r"<li>(.*?)</li>", why[1], re.S)] if why else []
+        rows = {key: f"<tr><th>{re.escape(escape(m[key.lower()]))}</th><td class=n>(.*?) tCO2</td></tr>"
+                for key in ("RE", "PE", "ER_unrounded")} | {"ER": r"<td class=n><b>(.*?) tCO2</b></td></tr>"}
+        shown = {key: found[1] if (found := re.search(row, page)) else None for key, row in rows.items()}
+        out[name] = (None if status is None else codes.get(unescape(status[1]), unescape(status[1])),
+                     [r for r in reasons if r.startswith(CANNOT_COMPUTE)], shown)
+    return out
 
 
 def _report_sheet(workbook) -> dict[str, float]:

@@ -54,8 +54,11 @@ def day_dates(day: np.ndarray) -> np.ndarray:
 
 def by_day(values: np.ndarray, day: np.ndarray, days: pd.Index, how: str, fill: float = np.nan) -> pd.Series:
     """``values`` reduced per day number (pandas' compensated groupby ``how``, "sum" or "mean"), on
-    ``days`` (``fill`` where none fell): as grouping by date objects gives it, at a fraction of the cost."""
-    per_day = getattr(pd.Series(values, dtype=float).groupby(day), how)()
+    ``days`` (``fill`` where none fell): as grouping by date objects gives it, at a fraction of the cost.
+    A day whose values add up beyond any float is infinite, silently: its period cannot be computed,
+    which the period says (no warning of numpy's for the operator)."""
+    with np.errstate(over="ignore"):
+        per_day = getattr(pd.Series(values, dtype=float).groupby(day), how)()
     wanted = np.array([(d - EPOCH).days for d in days], np.int64)
     return pd.Series(per_day.reindex(wanted, fill_value=fill).to_numpy(), index=days)
 
@@ -288,7 +291,8 @@ def integrated_daily(power: pd.Series, zone: ZoneInfo, days: pd.Index, gap_s: fl
         return pd.Series(np.nan, index=days, dtype=float), set(days)
     secs = (s.index[1:] - s.index[:-1]).total_seconds().to_numpy()
     v = s.to_numpy()
-    energy = np.where(secs <= gap_s, 0.5 * (v[:-1] + v[1:]) * secs / 3600, 0.0)
+    with np.errstate(over="ignore"):  # powers no meter reads make infinite energy, which the cross-check names
+        energy = np.where(secs <= gap_s, 0.5 * (v[:-1] + v[1:]) * secs / 3600, 0.0)
     ends = interval_day_numbers(s.index[1:], zone)
     incomplete = set(day_dates(np.unique(ends[secs > gap_s])))
     covered = set(day_dates(np.unique(ends)))

@@ -663,7 +663,10 @@ class PeriodProcessor:
             c, e = counted.get(day), energy.get(day)
             if day in skip or c is None or e is None or np.isnan(c) or np.isnan(e) or max(abs(c), abs(e)) == 0:
                 continue
-            rel = abs(c - e) / max(abs(c), abs(e))
+            with np.errstate(over="ignore", invalid="ignore"):
+                rel = abs(c - e) / max(abs(c), abs(e))
+            if np.isnan(rel):  # one beyond any float (infinite): no agreement can be shown
+                rel = np.inf
             if rel > tol:
                 findings.append(Finding("power_integration", key, "review",
                                         f"{day}: counters {c:.6g} {unit} vs integrated {m.power_source} {e:.6g} {unit} "

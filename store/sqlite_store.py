@@ -34,6 +34,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable, 
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
+from contract.text import printable
 from store.message_rows import (NAN, Channels, DamagedRow, Layout, layout_of_text, layout_text, merged, packed,
                                 repacked, unpacked)
 
@@ -166,6 +168,10 @@ EMPTY = (np.empty(0, np.int64), np.empty(0, float), np.empty(0, object))
 #: 2.75 with one; the vacuum's copy in TMPDIR besides)
 CONVERSION_SPACE = 3.0
 
+#: how long an opener waits for another process converting the store (or holding its write lock) before it
+#: gives up: a conversion takes about a minute a year of a site [s]
+CONVERSION_WAIT = 3600.0
+
 #: signed messages read per query by ``signed_messages``
 MESSAGE_PAGE = 1000
 
@@ -235,8 +241,9 @@ class SqliteStore:
         """A store opened read-only must be in today's layout: what opening it writes otherwise (its
         conversion, tables and columns added since) cannot be written."""
         try:
-            columns = {(t, c) for t, in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                       for _, c, *_ in self._db.execute(f"PRAGMA table_info({t})")}
+            # the names bound, never written into SQL: a foreign file's may hold quotes, spaces or SQL
+            columns = set(self._db.execute("SELECT m.name, c.name FROM sqlite_master AS m, pragma_table_info(m.name) "
+                                           "AS c WHERE m.type = 'table'"))
         except sqlite3.OperationalError as exc:
             raise UnusableFile(f"{why}, and SQLite cannot read it so ({exc}): read it as its owner, or read a copy of "
                                "it: nothing was changed") from None
@@ -324,7 +331,7 @@ class SqliteStore:
                                     "device = ? AND ts = ?", (site, device, ms)).fetchall()
             if held and held[0][0] != n:
                 (m, *old), = held
-                channels = merged(self._unpacked(device, ms, self._layout(m), *old),
+                channels = merged(self._unpacked(device, ms, self._layout(m, row=(device, ms)), *old),
                                   unpacked(self._layout(n), numbers, texts, quality))
                 if len(channels) > MAX_CHANNELS:  # each merge keeps a layout: growing ones would fill the disk
                     raise ValueError(f"{len(channels)} channels at one instant of device {device!r} with those "
@@ -333,12 +340,16 @@ class SqliteStore:
                 n = self._layout_id(site, device, layout)
             self._db.execute(REPLACE, (site, device, ms, gateway, seq, n, numbers, texts, quality))
 
-    def _layout(self, n: int, text: str | None = None) -> Layout:
-        """Layout ``n`` (its JSON ``text`` if the caller has it)."""
+    def _layout(self, n: int, text: str | None = None, row: tuple[str, int] | None = None) -> Layout:
+        """Layout ``n`` (its JSON ``text`` if the caller has it), of the (device, ts [ms]) ``row`` if
+        the caller reads one: a layout the store does not have is damage, named so."""
         if n in self._layouts:
             return self._layouts[n]
         if text is None:
-            [(text,)] = self._query("SELECT channels FROM layouts WHERE id = ?", (n,))
+            found = self._query("SELECT channels FROM layouts WHERE id = ?", (n,))
+            if not found:
+                raise self._damage(*(row or (None, None)), f"its layout {n} is not in the store's layouts")
+            [(text,)] = found
         layout = layout_of_text(text)
         if layout not in self._new_ids:  # one the open transaction made may yet roll back, and its id be reused
             self._remember(n, layout)
@@ -396,14 +407,24 @@ class SqliteStore:
 
     def _pairs(self, site: str) -> list[tuple[str, str]]:
         """The (device, channel) pairs of a site with numbers, sorted: from the layouts its devices used."""
-        rows = self._query("SELECT device, id, channels FROM device_layouts JOIN layouts ON id = layout WHERE site = ?",
-                           (site,))
-        return sorted({(d, c) for d, n, text in rows for c in self._layout(n, text)[0]})
+        rows = self._query("SELECT device, layout, channels FROM device_layouts LEFT JOIN layouts ON id = layout "
+                           "WHERE site = ?", (site,))
+        return sorted({(d, c) for d, n, text in rows for c in self._listed(site, d, n, text)[0]})
 
     def _device_layouts(self, site: str, device: str) -> dict[int, Layout]:
-        rows = self._query("SELECT id, channels FROM device_layouts JOIN layouts ON id = layout WHERE site = ? "
-                           "AND device = ?", (site, device))
-        return {n: self._layout(n, text) for n, text in rows}
+        rows = self._query("SELECT layout, channels FROM device_layouts LEFT JOIN layouts ON id = layout WHERE "
+                           "site = ? AND device = ?", (site, device))
+        return {n: self._listed(site, device, n, text) for n, text in rows}
+
+    def _listed(self, site: str, device: str, n: int, text: str | None) -> Layout:
+        """Layout ``n`` that ``device_layouts`` lists for a device, of JSON ``text``: one the store does not
+        have (``text`` None) is damage, named at the device's first row of it (its rows would be left out)."""
+        if text is None:
+            first = self._query("SELECT min(ts) FROM readings WHERE site = ? AND device = ? AND layout = ?",
+                                (site, device, n))[0][0]
+            raise self._damage(device, first, f"its layout {n} is listed for the device but not in the store's "
+                                              "layouts")
+        return self._layout(n, text)
 
     def _columns(self, site: str, device: str, channels: list[str], lo: int, hi: int, limit: int | None = None,
                  gateways: bool = False) -> dict[str, tuple[np.ndarray, ...]]:
@@ -417,7 +438,7 @@ class SqliteStore:
             ids = [n for n, cs in wanted.items() if cs]
             if not ids:
                 return {}
-            got = (self._one_layout_range(site, device, lo, hi, len(layouts[ids[0]][0]))
+            got = (self._one_layout_range(site, device, lo, hi, ids[0], len(layouts[ids[0]][0]))
                    if len(layouts) == 1 and limit is None and not gateways else None)
             if got is None:
                 got = self._rows_range(site, device, lo, hi, ids, len(layouts), limit, gateways)
@@ -433,6 +454,8 @@ class SqliteStore:
             order = np.argsort(marks, kind="stable")
             groups = [(int(marks[at[0]]), at) for at in np.split(order, np.flatnonzero(np.diff(marks[order])) + 1)]
         for n, at in groups:
+            if n not in layouts:  # decoded as another, its numbers would be given other channels' names
+                raise self._damage(device, ts[at[0]], f"its layout {n} is not one the store lists for the device")
             matrix = self._numbers(device, ts[at], numbers if len(kinds) == 1 else [numbers[i] for i in at],
                                    len(layouts[n][0]))
             for c, j in wanted[n]:
@@ -463,9 +486,13 @@ class SqliteStore:
         except DamagedRow as exc:
             raise self._damage(device, ms, str(exc)) from None
 
-    def _damage(self, device: str, ms: int, what: str) -> sqlite3.DatabaseError:
-        return sqlite3.DatabaseError(f"store {self.path} is damaged: device {device}'s row at "
-                                     f"{from_ms(int(ms)).isoformat()}: {what}: restore it from a backup")
+    def _damage(self, device: str | None, ms: int | None, what: str) -> sqlite3.DatabaseError:
+        """Damage found in a row of ``device`` at ``ms`` (either None when no row is known); the device's
+        name as a damaged or foreign file has it, escaped."""
+        device = None if device is None else printable(str(device))
+        where = (f"device {device}'s row at {from_ms(int(ms)).isoformat()}" if ms is not None
+                 else f"device {device}" if device is not None else "a row")
+        return sqlite3.DatabaseError(f"store {self.path} is damaged: {where}: {what}: restore it from a backup")
 
     def _numbers(self, device: str, ts: np.ndarray, rows: Sequence[bytes], width: int) -> np.ndarray:
         """The numbers of a device's rows of one layout, of ``width`` numbers, a row a line, from each
@@ -479,6 +506,9 @@ class SqliteStore:
             fits = False
         if not fits:
             t, row = next((t, row) for t, row in zip(ts, rows) if not isinstance(row, bytes) or len(row) != 8 * width)
+            if row is None:  # NULL, or, read as of the device's one layout, a row of another
+                raise self._damage(device, t, "it holds no numbers of the device's layout: none, or it is of a "
+                                              "layout the store does not list for the device")
             held = f"{len(row)} bytes" if isinstance(row, bytes) else "a value not a blob"
             raise self._damage(device, t, f"it holds {held} as its numbers, where its layout has {width} of 8 bytes")
         return np.frombuffer(blob, np.float64).reshape(len(ts), width)
@@ -490,13 +520,15 @@ class SqliteStore:
         of each row or None); None without rows."""
         some = len(ids) < layouts  # rows of other layouts are left out, in SQL if they can be named
         named = some and len(ids) <= LAYOUTS_NAMED
-        # only the columns needed: the fetch makes a Python object of each, and is most of a read's time
-        sql = (f"SELECT ts, numbers, quality{', layout' if layouts > 1 else ''}"
+        # only the columns needed: the fetch makes a Python object of each, and is most of a read's time; of
+        # one layout, a row of another (damage) has no numbers, which ``_numbers`` refuses
+        sql = (f"SELECT ts, {'numbers' if layouts > 1 else 'iif(layout = ?, numbers, NULL)'}, quality"
+               f"{', layout' if layouts > 1 else ''}"
                f"{', gateway' if gateways else ''} "
                "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?"
                + (f" AND layout IN ({','.join('?' * len(ids))})" if named else "") + " ORDER BY ts"
                + (" LIMIT ?" if limit is not None and named == some else ""))
-        rows = self._query(sql, (site, device, lo, hi, *(ids if named else ()),
+        rows = self._query(sql, (*ids[:layouts == 1], site, device, lo, hi, *(ids if named else ()),
                                  *((limit,) if limit is not None and named == some else ())))
         if some and not named:
             held = set(ids)
@@ -510,22 +542,23 @@ class SqliteStore:
         flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
         return np.array(ts, np.int64), numbers, flags, layout, gateway
 
-    def _one_layout_range(self, site: str, device: str, lo: int, hi: int, width: int) -> tuple | None:
-        """``_rows_range`` of a device that has one layout, of ``width`` numbers, in one row from SQLite:
-        its stamps as text, its numbers concatenated and its flagged rows as JSON. A Python object per
-        row was most of a read's time; this is ~2.5 x faster. None without rows, or if SQLite could not
+    def _one_layout_range(self, site: str, device: str, lo: int, hi: int, layout: int, width: int) -> tuple | None:
+        """``_rows_range`` of a device whose one layout is ``layout``, of ``width`` numbers, in one row from
+        SQLite: its stamps as text, its numbers concatenated and its flagged rows as JSON. A Python object
+        per row was most of a read's time; this is ~2.5 x faster. None without rows, or if SQLite could not
         aggregate them (a range too long for one SQLite value, ~1 GB; no JSON functions) or did not in
         ts order (the order of the primary key it scans, which SQL does not promise): the caller then
-        reads them row by row; so too in a database not in UTF-8."""
+        reads them row by row; so too in a database not in UTF-8, or with a row of another layout (damage,
+        which the row by row read names)."""
         if not self._blobs_concatenate:
             return None
         try:
             with self._lock:
-                ((stamps, numbers, flagged, layout, odd),) = self._db.execute(
+                ((stamps, numbers, flagged, odd),) = self._db.execute(
                     "SELECT group_concat(ts), CAST(group_concat(numbers, '') AS BLOB), json_group_array(json_array("
-                    "ts, quality)) FILTER (WHERE quality <> ''), max(layout), sum(length(numbers) IS NOT ?) FROM "
-                    "readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?",
-                    (8 * width, site, device, lo, hi)).fetchall()
+                    "ts, quality)) FILTER (WHERE quality <> ''), count(*) FILTER (WHERE length(numbers) IS NOT ? OR "
+                    "layout IS NOT ?) FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?",
+                    (8 * width, layout, site, device, lo, hi)).fetchall()
         except sqlite3.Error:
             return None
         if stamps is None:
@@ -563,7 +596,8 @@ class SqliteStore:
                                     "AND device = ? AND ts < ? ORDER BY ts DESC LIMIT ?",
                                     (site, device, before, page))
                 for ts, gateway, n, numbers, texts, quality in batch:
-                    for c, (v, flag) in self._unpacked(device, ts, self._layout(n), numbers, texts, quality).items():
+                    layout = self._layout(n, row=(device, ts))
+                    for c, (v, flag) in self._unpacked(device, ts, layout, numbers, texts, quality).items():
                         if c not in found:
                             found[c] = (ts, site, gateway, device, c,
                                         v if isinstance(v, str) else None if v != v else v + 0.0, flag)
@@ -670,12 +704,22 @@ class SqliteStore:
                         "(sqlite3 %s VACUUM, with nothing else using it): %s", self.path, self.path, exc)
 
     def _begin_waiting(self) -> None:
-        """BEGIN IMMEDIATE, waiting for as long as another process holds the write lock: of a store in
-        the old layout, that is most likely another process converting it, which takes about a minute a
-        year of a site; a stage that gave up instead would stop (the collector) or fail (a report)."""
-        while_busy(self._db, "BEGIN IMMEDIATE", waiting=lambda: log.warning(
-            "store %s: another process is converting it to a row per message (or holds its write lock); waiting "
-            "for it to finish", self.path))
+        """BEGIN IMMEDIATE, waiting while another process holds the write lock: of a store in the old
+        layout, that is most likely another process converting it, which takes about a minute a year of
+        a site; a stage that gave up at once would stop (the collector) or fail (a report). Not for ever:
+        after ``CONVERSION_WAIT`` it is refused, naming what it waited for (a process stuck holding the
+        lock would hold every opener so, unseen)."""
+        started = time.monotonic()
+        try:
+            while_busy(self._db, "BEGIN IMMEDIATE", seconds=CONVERSION_WAIT, waiting=lambda: log.warning(
+                "store %s: another process is converting it to a row per message (or holds its write lock); "
+                "waiting for it to finish, at most %.0f min", self.path, CONVERSION_WAIT / 60))
+        except sqlite3.OperationalError as exc:
+            waited = time.monotonic() - started
+            raise UnusableFile(f"store {self.path} must be converted to a row per message, and another process has "
+                               f"held its write lock (converting it, most likely) for the {waited:.0f} s this one "
+                               f"waited ({exc}): nothing was changed; let that process finish, or find it (fuser "
+                               f"{self.path}), then start again") from None
 
     def _check_space(self) -> None:
         """Refuse, before writing anything, a conversion the disk has no room for: it would fill the disk

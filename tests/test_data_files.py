@@ -281,3 +281,18 @@ def test_a_new_file_opened_by_several_at_once_opens_for_each(tmp_path, kind):
         for t in threads:
             t.join()
     assert not failed, failed[:3]
+
+
+def test_a_foreign_files_table_names_are_shown_escaped_in_its_one_line(tmp_path):
+    """A SQLite file of another kind is refused naming its tables: a table named with a newline and a
+    terminal escape broke the one-line message in two and coloured the terminal. Shown escaped now."""
+    import sqlite3
+
+    path = tmp_path / "foreign.sqlite"
+    db = sqlite3.connect(path)
+    db.execute('CREATE TABLE "x\n\x1b[31mforged line" (a)')
+    db.commit()
+    db.close()
+    line = one_line_naming(jcm("deadletters", "--store", f"sqlite:///{path}"), str(path), "not a store",
+                           "x\\x0a\\x1b[31mforged line")
+    assert "\x1b" not in line

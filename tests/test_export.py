@@ -363,6 +363,81 @@ def test_an_existing_export_is_refused_unless_forced_and_replaced_byte_identical
     assert [p.name for p in (tmp_path / "out").iterdir()] == [folder.name]  # nothing half-written left
 
 
+KILLED_REPLACING = """
+import contextlib, datetime as dt, os, pathlib, signal, sys
+import processing.export as export
+from processing.export import export_period
+from processing.ledger import Ledger
+from store.sqlite_store import SqliteStore
+from tests.conftest import reference_site
+
+work, when, first, last = sys.argv[1], sys.argv[2], *map(dt.date.fromisoformat, sys.argv[3:5])
+rename = pathlib.Path.rename
+
+
+def then_killed(path, target):
+    done = rename(path, target)
+    if (".replaced-" in str(target)) if when == "aside" else (".partial-" in path.name):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return done
+
+
+pathlib.Path.rename = then_killed
+export._apart = lambda figures: contextlib.nullcontext()
+export_period(reference_site("mn-solar"), SqliteStore(work + "/jcm.db"), Ledger(work + "/ledger.sqlite"), first, last,
+              pathlib.Path(work) / "out", force=True)
+"""
+
+
+@pytest.mark.parametrize("when", ["aside", "in place"])
+def test_an_export_killed_while_replacing_one_leaves_the_old_for_the_next_to_put_back_or_remove(store, tmp_path, when):
+    """``--force`` moves the old export aside (``.<name>.replaced-<pid>``), puts the new one in its
+    place and removes the old. Killed after the first rename, the old export was left hidden for good,
+    the only copy, and none in its place; killed after the second, the old one stayed beside the new
+    for good. The next export of the period puts the old one back (then refuses to overwrite it
+    without --force) or removes it; ``jcm verify`` of the missing folder names where it is."""
+    import os
+    import subprocess
+    import sys
+
+    from jcm.verify import verify_export
+    from tests.conftest import REPO
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, out)
+    (folder / "notes.txt").write_text("the old export")
+    killed = subprocess.run([sys.executable, "-c", KILLED_REPLACING, str(tmp_path), when, FIRST.isoformat(),
+                             LAST.isoformat()], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    [aside] = out.glob(f".{folder.name}.replaced-*")
+    assert folder.exists() == (when == "in place") and (aside / "notes.txt").exists()
+    if when == "aside":
+        with pytest.raises(ValueError, match=f"{folder} does not exist: {aside.name} beside it is the export"):
+            verify_export(folder)
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)
+    assert (folder / "notes.txt").exists() == (when == "aside")  # the old one put back, or the new one left
+    assert os.listdir(out) == [folder.name]  # the killed export's half-made folder gone too
+
+
+def test_forcing_an_export_over_a_link_replaces_the_link_and_says_it_succeeded(store, tmp_path):
+    """An export folder that is a symbolic link (to a copy kept elsewhere) replaced by --force: the
+    link moved aside was removed with rmtree, which refuses links, after the new export had taken its
+    place: the export failed ("Cannot call rmtree on a symbolic link") though it was done, and left
+    the link aside. The link goes now; what it leads to stays."""
+    import os
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    kept = export_period(s, store, ledger, FIRST, LAST, tmp_path / "kept")
+    out.mkdir()
+    (out / kept.name).symlink_to(kept)
+    folder = export_period(s, store, ledger, FIRST, LAST, out, force=True)
+    assert os.listdir(out) == [folder.name] and folder.is_dir() and not folder.is_symlink()
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in folder.iterdir())
+
+
 def test_period_totals_are_live_sums_of_the_daily_sheet_and_columns_fit(tmp_path):
     s = site("mv-addu")
     ledger = Ledger(tmp_path / "ledger.sqlite")
@@ -597,6 +672,38 @@ def test_a_forked_process_killed_fails_the_export_with_one_line_and_leaves_nothi
 
 
 @pytest.mark.fuzz
+def test_a_total_past_any_meter_is_charted_without_a_layout_warning(tmp_path):
+    """A period total of 3e299 (a failed period's, from readings no meter gives) was written in full in
+    its panel's title: 300 digits, wider than the chart, which matplotlib could not lay out ("axes sizes
+    collapsed to zero", a UserWarning on the operator's terminal). Written in 6 significant digits now."""
+    import warnings
+
+    from processing.export import charts
+    from processing.export.period_figures import collect
+
+    s = site("ph-biogas")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    first, last = month_bounds("2026-09")
+    days = [first + dt.timedelta(days=d) for d in range((last - first).days + 1)]
+    value = seeded(s)
+    daily = [{"day": d.isoformat(), "parameter": k, "unit": "u", "value": 1e298 if k == "PE_flare" else value(k, d)}
+             for k in methodology_keys(s) for d in days]
+    reason = "cannot compute: PE beyond 9,007,199,254,740,992 t"
+    summary = {"site": s.site, "first": first.isoformat(), "last": last.isoformat(), "methodology": s.methodology,
+               "version": s.methodology_version, "status": "failed", "reasons": [reason], "RE": None, "PE": None,
+               "ER_unrounded": None, "ER": None, "provisional": True, "parameters": {},
+               "input_hash": f"{s.site}-2026-09", "completeness": {}, "simulated": False}
+    details = {"reasons": [reason], "calculation": None, "explanation": [], "findings": [], "adjustments": [],
+               "daily": [], "daily_parameters": daily}
+    ledger.record(s.site, "2026-09", summary, details, {"defaults_hash": "d", "config_hash": "c", "code_version": "t"})
+    figures = collect(s, SqliteStore(tmp_path / "empty.db"), ledger, first, last)
+    assert figures.parameters["PE_flare"] > 1e299
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as -W error
+        charts.daily_values_chart(figures, tmp_path / "daily_values.png")
+    assert charts._total(figures.parameters["PE_flare"]) == "3e+299" and charts._total(1234.5) == "1,234.500"
+
+
 def test_raw_csv_text_is_what_csv_writer_writes_for_any_readings():
     """``_raw_text(_week(...))`` against its definition, ``csv.writer`` on the readings sorted
     by (ts, device, channel), for sources with odd names, shared and sub-millisecond times,

@@ -165,3 +165,92 @@ def test_the_next_export_removes_the_half_made_folder_of_one_killed(drawing, tmp
                            dt.date(2026, 9, 29), out)
     store.close()
     assert sorted(p.name for p in out.iterdir()) == sorted([folder.name, running.name])
+
+
+STOPPED = """
+import datetime as dt, sys
+from store.sqlite_store import SqliteStore
+import processing.export as export
+from processing.export import charts, csv_files
+from processing.ledger import Ledger
+from jcm.cli import main
+from tests.conftest import fill_history, reference_site
+
+work = sys.argv[1]
+first, last = dt.date(2026, 9, 28), dt.date(2026, 9, 29)
+store = SqliteStore(work + "/jcm.db")
+fill_history(store, reference_site("mn-solar"), first, last, step_s=3600)
+store.close()
+Ledger(work + "/ledger.sqlite").close()
+real = charts.completeness_chart
+
+
+def drawn_after_a_word(figures, path):
+    print("drawing", flush=True)
+    sys.stdin.readline()  # the test stops the helpers meanwhile
+    return real(figures, path)
+
+
+charts.completeness_chart = drawn_after_a_word
+export.STUCK_S, csv_files.HUNG_S = 3.0, 3.0
+sys.exit(main(["export", "--site", "mn-solar", "--from", first.isoformat(), "--to", last.isoformat(), "--out",
+               work + "/out", "--store", f"sqlite:///{work}/jcm.db", "--ledger", work + "/ledger.sqlite"]))
+"""
+
+
+def test_a_helper_stopped_fails_the_export_in_one_line_within_a_bound(tmp_path):
+    """A helper stopped (SIGSTOP), or hung, neither killed nor interrupted, held ``jcm export`` for
+    ever, waiting for its result. The export now waits ``HUNG_S`` (3 s here) for a result at most,
+    then kills its helpers, exits non-zero with one line, and leaves no export, not even a half-made one."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", STOPPED, str(tmp_path)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    helpers: set[int] = set()
+    try:
+        assert proc.stdout.readline() == "drawing\n", proc.stderr.read()
+        assert wait_until(lambda: len(_children(proc.pid)) == 2, 10)
+        helpers = _children(proc.pid)
+        for pid in helpers:
+            os.kill(pid, signal.SIGSTOP)
+        proc.stdin.write("go on\n")
+        proc.stdin.flush()
+        stopped = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            pytest.fail("jcm export waits for its stopped helpers for ever")
+        assert time.monotonic() - stopped < 30
+        lines = [line for line in err.splitlines() if line.startswith("jcm export:")]
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith("jcm export: mn-solar_2026-09-28_2026-09-29: a process making the charts")
+        assert "gave no result for 3 s (stopped or hung)" in lines[0] and "nothing was exported" in lines[0]
+        assert wait_until(lambda: not any(_alive(pid) for pid in helpers), 10), "helpers left stopped"
+        assert list((tmp_path / "out").iterdir()) == []
+    finally:
+        for pid in helpers | {proc.pid}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_the_export_leaves_the_garbage_collector_frozen_as_it_found_it(monkeypatch, frozen):
+    """The export freezes its heap before it forks its helpers, and unfroze it after: a caller that
+    had frozen objects itself (a long-running process embedding the export) had them unfrozen."""
+    import gc
+
+    import processing.export as export
+
+    monkeypatch.setattr(export.threading, "active_count", lambda: 1)  # pytest's own threads aside: forked
+    mine = [["the caller's"]]
+    if frozen:
+        gc.freeze()
+    try:
+        with export._apart(None) as apart:
+            assert apart.submit(os.getpid).result() != os.getpid()
+        # the collector's generations hold every tracked object but the frozen ones
+        assert any(o is mine for o in gc.get_objects()) != frozen
+        assert (gc.get_freeze_count() > 0) == frozen
+    finally:
+        gc.unfreeze()

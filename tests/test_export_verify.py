@@ -1144,6 +1144,41 @@ def test_a_failed_period_verifies_with_its_reason_and_a_claimed_figure_is_named(
     assert "VERDICT: FAILED: 5 difference(s) from the recomputation" in out, out
 
 
+@pytest.mark.parametrize("failed", ["figure"], indirect=True)
+def test_a_summary_stating_another_status_or_reason_than_the_recomputation_is_named(failed, tmp_path, capsys):
+    """`jcm verify` compared a failed period's status and reason in the manifest and the workbook
+    with the recomputation, not those the summary pages state (what a reader sees first): a summary
+    edited to say "verified", or another reason, and its hash rewritten, passed. Each is a difference."""
+    folder = shutil.copytree(failed, tmp_path / failed.name)
+    reason = next(line for line in (folder / "summary.html").read_text().splitlines()
+                  if line.startswith("<li>the period: cannot compute: "))[4:-5]
+    en, ja = folder / "summary.html", folder / "summary.ja.html"
+    en.write_text(en.read_text().replace("<td>failed</td>", "<td>verified</td>", 1))
+    ja.write_text(ja.read_text().replace(f"<li>{reason}</li>", "<li>the period: cannot compute: a typo</li>"))
+    rehash(folder)
+    rc, out = run(folder, capsys)
+    assert rc == 1, out
+    said = html.unescape(reason)
+    assert f"summary.html status: exported 'verified', recomputed 'failed': {said}" in out, out
+    assert (f"summary.ja.html reason: exported the period: cannot compute: a typo, recomputed {said}") in out, out
+    assert "VERDICT: FAILED: 2 difference(s) from the recomputation" in out, out
+
+
+def test_a_summary_showing_other_figures_than_the_recomputation_is_named(export, capsys):
+    """The summary pages' RE, PE and ER were compared with nothing: a summary.ja.html edited to show
+    another ER, and its hash rewritten, passed. Each figure a page shows is compared as it shows it."""
+    import re as regex
+
+    ja = export / "summary.ja.html"
+    page = ja.read_text()
+    er = regex.search(r"<td class=n><b>(.*?) tCO2</b></td>", page)[1]
+    ja.write_text(page.replace(f"<b>{er} tCO2</b>", "<b>999,999 tCO2</b>"))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"summary.ja.html ER: exported 999,999, recomputed {er}" in out, out
+    assert "VERDICT: FAILED: 1 difference(s) from the recomputation" in out, out
+
+
 def test_an_export_claiming_no_figures_where_they_are_recomputed_is_named(export, capsys):
     """The reverse: figures null and a reason (as a failed period's) where the recomputation has them."""
     manifest = json.loads((export / "manifest.json").read_text())

@@ -174,3 +174,28 @@ def test_a_ch4_fraction_no_meter_can_read_fails_the_period_and_is_recorded(tmp_p
     assert any("cannot compute" in why and "no figure can be right" in why for why in r.reasons), r.reasons
     rev = Ledger(tmp_path / "ledger.sqlite").record(s.site, "2026-10", r.summary(), details(r), versions(s))
     assert rev.status == "failed" and rev.ER is None
+
+
+@pytest.mark.parametrize("fraction", [1e308, -1e308])
+def test_a_ch4_fraction_beyond_any_product_fails_the_period_without_numpys_warnings(tmp_path, fraction):
+    """A methane fraction of ±1e308 makes the day's mean and PE_flare overflow to infinity: the
+    period cannot be computed, which it says; numpy's "overflow encountered" RuntimeWarnings leaked
+    to the operator's terminal besides (the daily mean's reduceat, PE_flare's product). None now."""
+    import warnings
+
+    from processing.period import PeriodProcessor
+    from store.sqlite_store import SqliteStore
+    from tests.conftest import fill_history, reference_site, rewrite_channel
+
+    s = reference_site("ph-biogas")
+    store = SqliteStore(tmp_path / "jcm.db")
+    fill_history(store, s, dt.date(2026, 10, 1), dt.date(2026, 10, 3))
+    day = dt.datetime(2026, 10, 2, tzinfo=s.zone)
+    assert rewrite_channel(store, s.site, "gas-train", "ch4_fraction", day, day + dt.timedelta(days=1),
+                           lambda v, _: fraction)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as -W error
+        r = PeriodProcessor(s).process(store, dt.date(2026, 10, 1), dt.date(2026, 10, 3))
+    assert r.status == "failed" and r.calc is None
+    assert r.reasons == [f"cannot compute: parameters.PE_flare: expected a finite number, got "
+                         f"{'-' if fraction < 0 else ''}Infinity"], r.reasons

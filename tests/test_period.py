@@ -181,6 +181,27 @@ def test_integrated_power_cross_checks_the_counter(mn_store):
     assert f.start == "2026-10-20" and f.severity == "review" and 0.4 < f.amount < 0.6
 
 
+@pytest.mark.parametrize("power", [1e308, -1e308])
+def test_a_power_beyond_any_integral_fails_the_cross_check_without_numpys_warnings(mn_store, power):
+    """Power readings of ±1e308 integrate to an infinite energy: the counters against it gave a
+    relative difference of inf / inf, NaN, which no tolerance exceeds, so the cross-check passed and
+    the month stayed verified (a power of 1e300 made it needs_review), with numpy's overflow and
+    invalid-value RuntimeWarnings on the operator's terminal. A finding now, and no warning."""
+    import warnings
+
+    s = site("mn-solar")
+    day = dt.datetime(2026, 10, 20, tzinfo=s.zone)
+    rewrite_channel(mn_store, s.site, "poc-meter", "active_power", day, day + dt.timedelta(hours=6),
+                    lambda v, _: power)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as -W error
+        r = PeriodProcessor(s).process(mn_store, *OCT)
+    found = [f for f in r.findings if f.check == "power_integration"]
+    # the 19th too: its last interval ends at the 20th's midnight, on the first reading of 1e308
+    assert [f.start for f in found] == ["2026-10-19", "2026-10-20"] and r.status == "needs_review", r.reasons
+    assert all(f.severity == "review" and f.amount == float("inf") for f in found)
+
+
 def _input_hash_by_rows(frames: dict) -> str:
     """The input hash as first defined, one reading at a time: the reference the fast
     implementation must match, so that unchanged months keep their ledger hash."""

@@ -181,7 +181,7 @@ def test_a_device_of_one_layout_reads_in_one_row_as_it_does_row_by_row(tmp_path,
         start, end = T0 + dt.timedelta(seconds=a), T0 + dt.timedelta(seconds=b)
         sources = ["m1.x", "m1.z", "m1.y"]
         one_row = s.read_sources("s1", start, end, sources)
-        taken = s._one_layout_range("s1", "m1", to_ms(start), to_ms(end), 3) is not None
+        taken = s._one_layout_range("s1", "m1", to_ms(start), to_ms(end), 1, 3) is not None
         assert taken == (len(one_row["m1.x"]) > 0)  # not a fall back to the rows
         s._one_layout_range = lambda *args: None  # every row a Python row, as before
         by_rows = s.read_sources("s1", start, end, sources)
@@ -203,7 +203,7 @@ def test_a_range_too_long_for_one_sqlite_value_is_read_row_by_row(tmp_path):
     try:
         s.write([reading(minutes=m, seq=m + 1, a=float(m), b=-float(m)) for m in range(200)])
         s._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)  # 200 rows of 16 bytes do not fit
-        assert s._one_layout_range("s1", "m1", 0, 2**62, 2) is None
+        assert s._one_layout_range("s1", "m1", 0, 2**62, 1, 2) is None
         got = s.read_sources("s1", T0, T0 + dt.timedelta(days=1), ["m1.a", "m1.b"])
         assert list(got["m1.a"]["value"]) == [float(m) for m in range(200)]
         assert list(got["m1.b"]["value"]) == [-float(m) for m in range(200)]
@@ -301,6 +301,66 @@ def test_a_row_that_does_not_fit_its_layout_is_neither_merged_nor_shown_as_lates
     held.close()
 
 
+@pytest.mark.parametrize("forged", [
+    "UPDATE readings SET layout = 99 WHERE ts = {t1} AND device = 'm1'",  # a layout the store does not have
+    "UPDATE readings SET layout = 0 WHERE ts = {t1} AND device = 'm1'",  # one below the device's one layout
+    "UPDATE readings SET layout = 1 WHERE ts = {t1} AND device = 'm2'",  # m1's, in a device of two layouts
+    "DELETE FROM layouts",  # the layouts the devices list are gone
+])
+def test_a_row_of_a_layout_the_device_does_not_list_is_refused_as_damage(tmp_path, forged):
+    """A row is decoded by the layouts the store lists for its device. A damaged or foreign file with a
+    row of another layout failed with a raw KeyError (aggregated read), or its numbers were read under
+    the listed layout's channel names, silently (one as wide), or vanished with their layouts (the read
+    found nothing to read). Refused now as damage, naming the store, device and row, by every read."""
+    import re
+    import sqlite3
+
+    path = tmp_path / "jcm.db"
+    s = open_store(f"sqlite:///{path}")
+    s.write([reading(minutes=m, seq=m + 1, a=float(m), b=100.0 + m) for m in range(3)])
+    s.write([reading(device="m2", minutes=m, seq=m + 10, c=float(m), d=1.0, e=2.0) for m in range(3)])
+    s.write([reading(device="m2", minutes=5, seq=20, c=5.0)])  # a second layout of m2
+    s.close()
+    forger = sqlite3.connect(path)
+    forger.execute(forged.format(t1=to_ms(T0) + 60_000))
+    forger.commit()
+    forger.close()
+    device = "m2" if "m2" in forged else "m1"
+    at = "" if "DELETE" in forged else f"'s row at {(T0 + dt.timedelta(minutes=1)).isoformat()}"
+    damage = f"store {re.escape(str(path))} is damaged: device {device}{re.escape(at)}.*: restore it from a backup$"
+    s = open_store(f"sqlite:///{path}", create=False)
+    try:
+        end = T0 + dt.timedelta(days=1)
+        for read in (lambda: s.read_sources("s1", T0, end, [f"{device}.a", f"{device}.b", f"{device}.c"]),
+                     lambda: s.read("s1", T0, end), lambda: s.latest("s1")):
+            with pytest.raises(sqlite3.DatabaseError, match=damage):
+                read()
+    finally:
+        s.close()
+
+
+def test_a_damaged_rows_device_is_named_escaped_in_its_one_line(tmp_path):
+    """The damage message names the device as the file has it: a foreign file's device named with a
+    newline and a terminal escape broke the line in two and coloured the terminal. Shown escaped."""
+    import sqlite3
+
+    path = tmp_path / "jcm.db"
+    s = open_store(f"sqlite:///{path}")
+    s.write([reading(minutes=0, seq=1, a=1.0, b=2.0)])
+    s.close()
+    forger = sqlite3.connect(path)
+    forger.executescript("UPDATE readings SET device = 'x' || char(10) || char(27) || '[31m', layout = 99;"
+                         "UPDATE device_layouts SET device = 'x' || char(10) || char(27) || '[31m';")
+    forger.close()
+    s = open_store(f"sqlite:///{path}", create=False)
+    try:
+        with pytest.raises(sqlite3.DatabaseError) as damage:
+            s.read("s1", T0, T0 + dt.timedelta(days=1))
+    finally:
+        s.close()
+    assert "device x\\x0a\\x1b[31m's row at " in str(damage.value) and "\x1b" not in str(damage.value)
+
+
 def _old_rows(n):
     ms = int(T0.timestamp() * 1000)
     return [("s1", "m1", c, ms + 60_000 * i, "gw1", float(i), None, None, i) for i in range(n) for c in "abcde"]
@@ -334,6 +394,47 @@ def test_an_opener_waits_for_another_process_converting_the_store(tmp_path, capl
         converting.close()
     waits = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
     assert len(waits) == 1 and str(path) in waits[0] and "converting" in waits[0], waits
+
+
+def test_an_opener_waits_for_a_conversion_for_a_bounded_time(tmp_path, caplog, monkeypatch):
+    """An opener of a store in the old layout waited for the process holding its write lock (converting
+    it) for ever: one stuck holding it (stopped, hung on a disk) held every collector and report so,
+    silently after its first line. It waits ``CONVERSION_WAIT`` at most, then is refused in one line
+    naming the store, what it waited for and how long; the old file is untouched."""
+    import hashlib
+    import logging
+    import sqlite3
+    import threading
+    import time
+
+    from contract.sqlite_file import UnusableFile
+    from store import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CONVERSION_WAIT", 1.0, raising=False)
+    path = tmp_path / "jcm.db"
+    _old_store(path, _old_rows(10))
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    stuck = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    stuck.execute("BEGIN IMMEDIATE")
+    lock = threading.Lock()
+    released = threading.Timer(30.0, lambda: lock.acquire(blocking=False) and stuck.execute("ROLLBACK"))
+    released.start()  # ends an unbounded wait in this test
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="store.sqlite_store"), pytest.raises(UnusableFile) as refused:
+            open_store(f"sqlite:///{path}", create=False).close()
+    finally:
+        released.cancel()
+        if lock.acquire(blocking=False):
+            stuck.execute("ROLLBACK")
+        stuck.close()
+    assert time.monotonic() - started < 15  # SQLite's own busy timeout (5 s) a try, past the bound
+    message = str(refused.value)
+    assert "\n" not in message and str(path) in message and "write lock" in message, message
+    assert " s this one waited" in message and "nothing was changed" in message, message
+    waits = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert len(waits) == 1 and "at most" in waits[0], waits
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
 
 def test_a_conversion_the_disk_has_no_room_for_is_refused_before_it_starts(tmp_path):
@@ -468,3 +569,36 @@ def _read_as_nobody(folder, path):
         assert done.returncode == 2 and len(lines) == 1, (layout, done.stderr)
         assert str(path) in lines[0] and "not writable by this user" in lines[0] and "nothing was changed" in lines[0]
         assert sorted(os.listdir(folder)) == ["jcm.db"] and hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("name", ['odd name', 'x); SELECT 1; --', 'a"b', "it's"])
+def test_a_read_only_store_with_odd_table_names_is_checked_without_running_them_as_sql(name):
+    """Opening a store read-only checks its tables' columns: each table's name was put into SQL as it
+    is (``PRAGMA table_info(name)``), so a foreign file's table named with spaces, quotes or SQL failed
+    with a raw error or was refused as unreadable, its name run as SQL. Names are bound now: the store
+    is read."""
+    import sqlite3
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="jcm-read-only-"))
+    folder.chmod(0o755)
+    path = folder / "jcm.db"
+    url = f"sqlite:///{path}"
+    try:
+        writer = open_store(url)
+        other = sqlite3.connect(path)
+        other.execute(f'CREATE TABLE "{name.replace(chr(34), chr(34) * 2)}" (a)')
+        other.commit()
+        other.close()
+        try:
+            writer.write([reading(a=1.0)], [])
+            folder.chmod(0o555)
+            path.chmod(0o444)
+            done = _as_nobody("deadletters", "--store", url)
+            assert done.returncode == 0 and "0 dead letter(s) shown" in done.stdout, done.stderr
+        finally:
+            writer.close()
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)

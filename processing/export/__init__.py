@@ -10,10 +10,12 @@ and sequence findings (``custody/``, when the readings were signed), a manifest 
 inputs give byte-identical files. The store is read in this process; when it runs no other thread,
 the workbook, the charts and the raw readings' text are made by two forked processes meanwhile
 (a year's export then takes about the time of reading its rows, on two cores), else here; they end with it
-(killed, interrupted or failed). The folder is written beside its final place and
+(killed, interrupted or failed), and one that gives no result for ``csv_files.HUNG_S`` (stopped, hung)
+fails the export and is killed. The folder is written beside its final place and
 moved there whole, so a failed export leaves nothing half-written (one killed leaves it hidden,
 ``.<name>.partial-<pid>``, for the next export of the period to remove) and an earlier
-export is replaced only when asked to.
+export is replaced only when asked to (one killed while replacing it leaves it aside,
+``.<name>.replaced-<pid>``, for the next export of the period to put back).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import logging
 import multiprocessing
 import os
 import shutil
@@ -36,7 +39,7 @@ from pathlib import Path
 from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.export.custody_folder import write_custody
-from processing.export.csv_files import write_daily_values, write_dead_letters, write_raw_readings
+from processing.export.csv_files import Hung, made, write_daily_values, write_dead_letters, write_raw_readings
 from processing.export.manifest import file_entries, file_entry, write_manifest, write_sha256sums
 from processing.export.period_figures import PeriodFigures, collect, export_name
 from processing.export.recompute import SITE_SETTINGS, write_site_settings
@@ -44,12 +47,15 @@ from processing.export.summary_html import write_summary
 from processing.export.workbook import write_workbook
 from processing.ledger import Ledger
 
+log = logging.getLogger(__name__)
 
 #: processes beside the export's (``_apart``)
 APART = 2
 #: when the export fails or is interrupted, how long its processes beside may take to end the work
 #: they began (~1 s of drawing) before they are taken to be stuck and killed [s]
 STUCK_S = 10.0
+#: an export replaced by ``--force`` is moved aside, to ``.<name>.replaced-<pid>``, until it is removed
+REPLACED = "replaced"
 #: the messages of the site the collector refused during the period (csv_files.write_dead_letters)
 DEAD_LETTERS = "dead_letters.csv.gz"
 
@@ -86,6 +92,9 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
         raise ValueError(f"period end {last} is not over yet at {site.site} (today is {today} there): "
                          "a monitoring period is made of whole past days")
     final = Path(out) / export_name(site, first, last)
+    _put_back(final)
+    for stale in _left(final, "partial"):  # of exports killed (SIGKILL, SIGTERM) before
+        shutil.rmtree(stale, ignore_errors=True)
     if final.exists() and not force:
         raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
     steps = 7
@@ -93,29 +102,51 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     figures = collect(site, store, ledger, first, last)
     tell(1, steps, "monthly figures")
     Path(out).mkdir(parents=True, exist_ok=True)
-    for stale in Path(out).glob(f".{figures.name}.partial-*"):  # of exports killed (SIGKILL, SIGTERM) before
-        if not _running(stale.name.rsplit("-", 1)[1]):
-            shutil.rmtree(stale, ignore_errors=True)
     folder = Path(out) / f".{figures.name}.partial-{os.getpid()}"
     folder.mkdir()
     try:
         _write(figures, store, folder, tell, steps)
         if final.exists():
-            old = Path(out) / f".{figures.name}.replaced-{os.getpid()}"
-            final.rename(old)
+            old = Path(out) / f".{figures.name}.{REPLACED}-{os.getpid()}"
+            final.rename(old)  # killed from here until it is gone, ``_put_back`` puts it back or removes it
             folder.rename(final)
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:  # --out/<name> was a file
-                old.unlink()
+            _remove(old)
         else:
             folder.rename(final)
     except BrokenProcessPool:  # one killed from outside (the OOM killer, say): its files are not whole
         raise ValueError(f"{final.name}: a process making the charts or the raw readings' text ended before its "
                          "work was done (killed, or out of memory?): nothing was exported; run again") from None
+    except Hung as exc:  # ``_apart`` killed it
+        raise ValueError(f"{final.name}: {exc}: it was killed and nothing was exported; run again") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return final
+
+
+def _left(final: Path, kind: str) -> list[Path]:
+    """What exports of ``final``'s period killed (SIGKILL, SIGTERM) left beside it: their half-made
+    folders (``kind`` "partial") or the exports they were replacing (``REPLACED``)."""
+    return [p for p in final.parent.glob(f".{final.name}.{kind}-*") if not _running(p.name.rsplit("-", 1)[1])]
+
+
+def _put_back(final: Path) -> None:
+    """The export a ``--force`` killed between its renames was replacing is put back in its place: it
+    is the only copy (the new one, still hidden, goes as a half-made one); one whose replacement took
+    its place is removed."""
+    for old in sorted(_left(final, REPLACED), key=lambda p: p.lstat().st_ctime, reverse=True):  # the latest first
+        if final.exists():
+            _remove(old)
+        else:
+            old.rename(final)
+            log.warning("%s: put back: an export of the period replacing it (--force) was killed before the new "
+                        "export took its place", final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:  # --out/<name> was a file, or a link (what it leads to is not the export's to remove)
+        path.unlink()
 
 
 def _running(pid: str) -> bool:
@@ -151,7 +182,7 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
         custody_files, custody = write_custody(figures, store, folder)
         files += custody_files
         tell(4, steps, "custody/")
-        files += drawn.result() if drawn else _from_figures(figures, folder, names)
+        files += made(drawn) if drawn else _from_figures(figures, folder, names)
     tell(5, steps, f"{names['workbook']}, charts")
     files += write_summary(figures, names, custody, folder)
     tell(6, steps, "summary.html")
@@ -172,8 +203,11 @@ def _apart(figures: PeriodFigures) -> Iterator[ProcessPoolExecutor | None]:
         yield None
         return
     # the objects made so far are left alone by the children's garbage collections, which would
-    # otherwise write to every one of them and so copy the whole heap, page by page
-    gc.freeze()
+    # otherwise write to every one of them and so copy the whole heap, page by page; not if the caller
+    # froze objects itself: they could not be told from these afterwards, and would be unfrozen with them
+    freezes = gc.get_freeze_count() == 0
+    if freezes:
+        gc.freeze()
     before = set(multiprocessing.active_children())
     try:
         with ProcessPoolExecutor(APART, mp_context=multiprocessing.get_context("fork"), initializer=_beside,
@@ -192,7 +226,8 @@ def _apart(figures: PeriodFigures) -> Iterator[ProcessPoolExecutor | None]:
                     helper.kill()
                 raise
     finally:
-        gc.unfreeze()
+        if freezes:
+            gc.unfreeze()
 
 
 #: in a process beside the export's: the figures it was given (``_apart``)

@@ -32,6 +32,13 @@ def _title(figures: PeriodFigures, what: str) -> str:
     return f"{figures.site.site}: {what}, {figures.first}..{figures.last}{flag}"
 
 
+def _total(value: float) -> str:
+    """A period total for a title: in full to the thousandth, or, past any meter's figure (the period
+    then cannot be computed), in 6 significant digits: 300 of them made a title wider than the chart,
+    which matplotlib could not lay out (a warning on the operator's terminal)."""
+    return f"{value:,.3f}" if abs(value) < 1e15 else f"{value:.6g}"
+
+
 def _bars(ax, days, values: np.ndarray) -> None:
     """One bar per day, 0.8 of a day wide, as ``ax.bar`` draws them, but as one collection:
     a patch per bar made a year's chart cost more than the rest of the export but the raw
@@ -56,7 +63,7 @@ def daily_values_chart(figures: PeriodFigures, path: Path) -> Path:
     for ax, key in zip(axes, keys):
         rows = daily[daily["key"] == key].sort_values("day")
         _bars(ax, rows["day"], rows["value"].to_numpy(dtype=float))
-        ax.set_title(f"{key}: period total {figures.parameters[key]:,.3f} {rows['unit'].iloc[0]}", loc="left",
+        ax.set_title(f"{key}: period total {_total(figures.parameters[key])} {rows['unit'].iloc[0]}", loc="left",
                      fontsize=9)
         ax.set_ylabel(rows["unit"].iloc[0])
         ax.grid(axis="y", alpha=0.3)

@@ -25,6 +25,7 @@ import gzip
 import io
 from collections import deque
 from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as NotYet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,9 @@ RAW_GZIP_LEVEL = 1
 #: weeks read ahead of the one being written when other processes format them: one draws the
 #: charts first (~1 s), while this one reads on (a week of ph-biogas is ~2 MB of arrays)
 PENDING_WEEKS = 32
+#: how long the export waits for one result of a process beside it (a week's text: ~0.1 s; the workbook
+#: and charts of a year: ~1.2 s) before it takes that process as stopped or hung [s]
+HUNG_S = 120.0
 
 
 #: first line of every text file of a simulated export
@@ -91,10 +95,10 @@ def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path,
             week = _week(store.read_sources(site.site, start, min(start + CHUNK, end), site.monitoring_sources))
             pending.append(apart.submit(_member, week) if apart else _member(week))
             while len(pending) > (PENDING_WEEKS if apart else 0):
-                f.write(_done(pending.popleft()))
+                f.write(made(pending.popleft()))
             start += CHUNK
         for member in pending:
-            f.write(_done(member))
+            f.write(made(member))
     return path
 
 
@@ -159,9 +163,22 @@ def _member(week: Week) -> bytes:
     return igzip.compress(text.encode(), RAW_GZIP_LEVEL, mtime=0) if text else b""
 
 
-def _done(member: Future | bytes) -> bytes:
-    """A week's gzip member, once made (waited for if made in another process)."""
-    return member.result() if isinstance(member, Future) else member
+class Hung(Exception):
+    """A process beside the export's gave no result within ``HUNG_S``."""
+
+
+def made(result):
+    """``result`` (a week's gzip member, the files drawn), once made: waited for if made in another
+    process, ``HUNG_S`` at most (one stopped or hung would hold the export for ever)."""
+    if not isinstance(result, Future):
+        return result
+    try:
+        return result.result(timeout=HUNG_S)
+    except NotYet:
+        if result.done():  # the process's own error, a timeout of its own
+            raise
+        raise Hung(f"a process making the charts or the raw readings' text gave no result for {HUNG_S:.0f} s "
+                   "(stopped or hung)") from None
 
 
 def _raw_text(week: Week) -> str:

@@ -40,6 +40,12 @@ def _num(value, digits: int = 6) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
+def figure_text(name: str, value) -> str:
+    """How the page shows the period's figure ``name`` [tCO2]: "ER" in whole tonnes, "RE", "PE" and
+    "ER_unrounded" to the millionth (``jcm verify`` compares it with its own)."""
+    return f"{value:,}" if name == "ER" else _num(value)
+
+
 def render(figures: PeriodFigures, files: dict[str, str], custody: dict, lang: str = "en") -> str:
     """The page as text.
 
@@ -86,11 +92,10 @@ def render(figures: PeriodFigures, files: dict[str, str], custody: dict, lang: s
     if calc is not None:  # else failed, its reasons below say why
         parts += [
             f"<tr><th>{e(m['provisional'])}</th><td>{e(m['yes'] if calc.provisional else m['no'])}</td></tr>",
-            f"<tr><th>{e(m['re'])}</th><td class=n>{_num(calc.RE)} tCO2</td></tr>",
-            f"<tr><th>{e(m['pe'])}</th><td class=n>{_num(calc.PE)} tCO2</td></tr>",
-            f"<tr><th>{e(m['er_unrounded'])}</th><td class=n>{_num(calc.ER_unrounded)} tCO2</td></tr>",
+            *(f"<tr><th>{e(m[name.lower()])}</th><td class=n>{figure_text(name, getattr(calc, name))} tCO2</td></tr>"
+              for name in ("RE", "PE", "ER_unrounded")),
             f"<tr><th>{e(m['er_rounded'].format(rounding=spec.rounding))}</th>"
-            f"<td class=n><b>{calc.ER:,} tCO2</b></td></tr>"]
+            f"<td class=n><b>{figure_text('ER', calc.ER)} tCO2</b></td></tr>"]
     parts += [
         "</table>",
         "<p>" + (e(m["custody"].format(n=f"{signed:,}")) if signed else f"<b>{e(m['not_signed'])}</b>") + "</p>",

@@ -99,10 +99,12 @@ def flare_emissions(BG_flare, w_CH4, flame_on, GWP_CH4, CH4_density=0.716, eta_f
     Returns
     -------
     float or Series
-        [tCO2e]
+        [tCO2e]; infinite for inputs whose product is beyond any float (no meter reads such: the period
+        cannot be computed, which it says), without numpy's warning.
     """
     eta = np.where(flame_on, eta_flare_burning, 0.0)
-    return BG_flare * w_CH4 * CH4_density * (1 - eta) * GWP_CH4 * 1e-3
+    with np.errstate(over="ignore"):
+        return BG_flare * w_CH4 * CH4_density * (1 - eta) * GWP_CH4 * 1e-3
 
 
 def compute(period: dict, units: list[dict]) -> tuple[float, float, list[str]]:
