@@ -417,7 +417,7 @@ class SqliteStore:
             ids = [n for n, cs in wanted.items() if cs]
             if not ids:
                 return {}
-            got = (self._one_layout_range(site, device, lo, hi, len(layouts[ids[0]][0]))
+            got = (self._one_layout_range(site, device, lo, hi, ids[0], len(layouts[ids[0]][0]))
                    if len(layouts) == 1 and limit is None and not gateways else None)
             if got is None:
                 got = self._rows_range(site, device, lo, hi, ids, len(layouts), limit, gateways)
@@ -510,30 +510,35 @@ class SqliteStore:
         flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
         return np.array(ts, np.int64), numbers, flags, layout, gateway
 
-    def _one_layout_range(self, site: str, device: str, lo: int, hi: int, width: int) -> tuple | None:
-        """``_rows_range`` of a device that has one layout, of ``width`` numbers, in one row from SQLite:
-        its stamps as text, its numbers concatenated and its flagged rows as JSON. A Python object per
-        row was most of a read's time; this is ~2.5 x faster. None without rows, or if SQLite could not
+    def _one_layout_range(self, site: str, device: str, lo: int, hi: int, layout: int, width: int) -> tuple | None:
+        """``_rows_range`` of a device whose one layout is ``layout``, of ``width`` numbers, in one row from
+        SQLite: its stamps as text, its numbers concatenated and its flagged rows as JSON. A Python object
+        per row was most of a read's time; this is ~2.5 x faster. None without rows, or if SQLite could not
         aggregate them (a range too long for one SQLite value, ~1 GB; no JSON functions) or did not in
-        ts order (the order of the primary key it scans, which SQL does not promise): the caller then
-        reads them row by row; so too in a database not in UTF-8."""
+        ts order (the order of the primary key it scans, which SQL does not promise), or a stamp is not a
+        whole number: the caller then reads them row by row; so too in a database not in UTF-8. The rows'
+        layout is the device's one (as row by row): the file's ``device_layouts`` is written with them."""
         if not self._blobs_concatenate:
             return None
         try:
             with self._lock:
-                ((stamps, numbers, flagged, layout, odd),) = self._db.execute(
+                ((stamps, numbers, flagged, odd),) = self._db.execute(
                     "SELECT group_concat(ts), CAST(group_concat(numbers, '') AS BLOB), json_group_array(json_array("
-                    "ts, quality)) FILTER (WHERE quality <> ''), max(layout), sum(length(numbers) IS NOT ?) FROM "
-                    "readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?",
+                    "ts, quality)) FILTER (WHERE quality <> ''), count(*) FILTER (WHERE length(numbers) IS NOT ?) "
+                    "FROM readings WHERE site = ? AND device = ? AND ts >= ? AND ts < ?",
                     (8 * width, site, device, lo, hi)).fetchall()
         except sqlite3.Error:
             return None
         if stamps is None:
             return None
-        ts = np.fromstring(stamps, np.int64, sep=",")
-        if (odd or len(ts) != stamps.count(",") + 1 or len(numbers) != 8 * width * len(ts)
-                or (np.diff(ts) <= 0).any()):  # a row with other numbers than its layout's: ``_numbers`` says
+        try:
+            ts = np.fromstring(stamps, np.int64, sep=",")
+        except ValueError:  # a stamp not an integer (a file written by other means)
             return None
+        # every row holds 8 * width bytes (``odd`` counts those that do not), so the length of all of
+        # them says how many rows there are, and that there is a stamp for each
+        if odd or len(numbers) != 8 * width * len(ts) or (np.diff(ts) <= 0).any():
+            return None  # a row with other numbers than its layout's: ``_numbers`` says which
         flagged = json.loads(flagged)
         flags = {int(i): json.loads(q) for i, (_, q) in zip(np.searchsorted(ts, [t for t, _ in flagged]), flagged)}
         return ts, (numbers,), flags, (layout,), None

@@ -181,7 +181,7 @@ def test_a_device_of_one_layout_reads_in_one_row_as_it_does_row_by_row(tmp_path,
         start, end = T0 + dt.timedelta(seconds=a), T0 + dt.timedelta(seconds=b)
         sources = ["m1.x", "m1.z", "m1.y"]
         one_row = s.read_sources("s1", start, end, sources)
-        taken = s._one_layout_range("s1", "m1", to_ms(start), to_ms(end), 3) is not None
+        taken = s._one_layout_range("s1", "m1", to_ms(start), to_ms(end), 1, 3) is not None
         assert taken == (len(one_row["m1.x"]) > 0)  # not a fall back to the rows
         s._one_layout_range = lambda *args: None  # every row a Python row, as before
         by_rows = s.read_sources("s1", start, end, sources)
@@ -203,7 +203,7 @@ def test_a_range_too_long_for_one_sqlite_value_is_read_row_by_row(tmp_path):
     try:
         s.write([reading(minutes=m, seq=m + 1, a=float(m), b=-float(m)) for m in range(200)])
         s._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)  # 200 rows of 16 bytes do not fit
-        assert s._one_layout_range("s1", "m1", 0, 2**62, 2) is None
+        assert s._one_layout_range("s1", "m1", 0, 2**62, 1, 2) is None
         got = s.read_sources("s1", T0, T0 + dt.timedelta(days=1), ["m1.a", "m1.b"])
         assert list(got["m1.a"]["value"]) == [float(m) for m in range(200)]
         assert list(got["m1.b"]["value"]) == [-float(m) for m in range(200)]
