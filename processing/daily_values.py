@@ -147,17 +147,19 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
                    for a in inc.adjustments if period_start < pd.Timestamp(a["end"]) <= period_end]
     if len(inc.value) == 0:
         return DailyResult(pd.Series(np.nan, index=days, dtype=float), findings, set(), adjustments)
-    hours = (inc.end - inc.start).total_seconds().to_numpy() / 3600
+    # the intervals' ends and starts [ns], compared as numbers rather than Timestamps
+    end_ns, start_ns = inc.end.as_unit("ns").asi8, inc.start.as_unit("ns").asi8
+    hours = (inc.end.array - inc.start.array).total_seconds() / 3600
     # day k holds the intervals ending in (midnight k, midnight k+1]: interval_day, vectorised
-    k = np.searchsorted(bounds.asi8, inc.end.as_unit("ns").asi8, side="left") - 1
+    k = np.searchsorted(bounds.asi8, end_ns, side="left") - 1
     inside = (k >= 0) & (k < len(days))
     k = k[inside]
     counted = np.bincount(k, minlength=len(days)) > 0
     per_day = pd.Series(np.where(counted, np.bincount(k, inc.value[inside], len(days)), np.nan), index=days)
     spanned, spanned_gaps = set(), []
-    overlaps = (inc.end > period_start) & (inc.start < period_end)
+    overlaps = (end_ns > period_start.value) & (start_ns < period_end.value)
     is_gap = inc.longest_h * 3600 > gap_s
-    crosses = (inc.start < period_start) | (inc.end > period_end)
+    crosses = (start_ns < period_start.value) | (end_ns > period_end.value)
     charged_last_day = 0.0  # bounds charged for intervals that end in a later period
     # for a quantity that lowers reductions every interval across a boundary is split conservatively,
     # a gap's or not: readings missing or dropped near the boundary hide where the split would have been
@@ -262,15 +264,17 @@ def energised_hours_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, gap
 
 def gaps(index: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp, gap_s: float) -> list[tuple]:
     """Intervals longer than ``gap_s`` without a reading, within [start, end): (start, end, seconds)."""
-    t = index.sort_values()
-    t = t[(t >= start) & (t < end)]
-    edges = pd.DatetimeIndex([start]).append(t).append(pd.DatetimeIndex([end])).as_unit("ns")
+    t = index.as_unit("ns").asi8
+    if not (t[1:] >= t[:-1]).all():
+        t = np.sort(t)
+    lo, hi = start.as_unit("ns").value, end.as_unit("ns").value
+    edges = np.concatenate([[lo], t[np.searchsorted(t, lo):np.searchsorted(t, hi)], [hi]])
     # find the few long intervals with array arithmetic (a loop over Timestamps cost a
     # second a month), then state each one exactly as Timestamps do, margin included
-    long = np.flatnonzero(np.diff(edges.asi8) > (gap_s - 1) * 1e9)
+    long = np.flatnonzero(np.diff(edges) > (gap_s - 1) * 1e9)
     out = []
     for i in long:
-        a, b = edges[i], edges[i + 1]
+        a, b = (pd.Timestamp(edges[j], tz=start.tz) for j in (i, i + 1))
         secs = (b - a).total_seconds()
         if secs > gap_s:
             out.append((a, b, secs))

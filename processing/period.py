@@ -86,12 +86,23 @@ class PeriodResult:
 def _usable(rows: pd.DataFrame, counter: bool, flagged: tuple[np.ndarray, np.ndarray] | None = None) -> pd.Series:
     """Readings with a usable value; a counter out of its range is not trusted. ``flagged``:
     ``_flagged(rows)``, if known."""
-    good = rows["value"].notna().to_numpy(copy=True)
+    good = pd.notna(rows["value"].to_numpy())
     flagged, flags = _flagged(rows) if flagged is None else flagged
     if len(flagged):
         refused = BAD | {"out_of_range"} if counter else BAD
         good[flagged[[q in refused for q in flags]]] = False
     return pd.Series(good, index=rows.index)
+
+
+def _valid_outside(rows: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> tuple[bool, bool]:
+    """Whether a counter's ``rows`` hold a usable reading before ``start``, and one at or after
+    ``end``: only the readings there are looked at when they are in time order (a store's)."""
+    at = rows["ts"].array.as_unit("ns").asi8
+    if not (at[1:] >= at[:-1]).all():
+        good = _usable(rows, counter=True).to_numpy()
+        return bool((at[good] < start.value).any()), bool((at[good] >= end.value).any())
+    i, j = np.searchsorted(at, [start.value, end.value])
+    return bool(_usable(rows.iloc[:i], counter=True).any()), bool(_usable(rows.iloc[j:], counter=True).any())
 
 
 def _flagged(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -459,10 +470,10 @@ class PeriodProcessor:
         for src in self.site.monitoring_sources:
             if self._point(src).kind.value != "counter":
                 continue
-            valid = rows[src]["ts"].array[_usable(rows[src], counter=True).to_numpy()]
+            held = _valid_outside(rows[src], start, end)
             extra = []
             for before in (True, False):
-                if len(valid) and (valid.min() < start if before else valid.max() >= end):
+                if held[0 if before else 1]:
                     continue
                 near = EDGE
                 for far in NEIGHBOUR_WINDOWS:
@@ -489,12 +500,13 @@ class PeriodProcessor:
         slot = pd.Timedelta(seconds=self.site.quality.recording_interval_s)
         slots = max(1, int((end - start) / slot))
         completeness[src] = min(1.0, _distinct((at[good & in_period] - start.value) // slot.value) / slots)
-        flags_here = pd.Series(flags[in_period[flagged]], dtype=object)
-        for flag, n in flags_here[flags_here.isin(BAD)].value_counts().items() if len(flags_here) else ():
-            findings.append(Finding("gateway_flag", src, "info", f"{n} readings flagged {flag}", amount=float(n)))
-        if oor := int((flags_here == "out_of_range").sum()):
-            findings.append(Finding("out_of_range", src, "review",
-                                    f"{oor} readings outside the valid range {point.range}", amount=float(oor)))
+        if in_period[flagged].any():  # most months have no flagged reading
+            flags_here = pd.Series(flags[in_period[flagged]], dtype=object)
+            for flag, n in flags_here[flags_here.isin(BAD)].value_counts().items():
+                findings.append(Finding("gateway_flag", src, "info", f"{n} readings flagged {flag}", amount=float(n)))
+            if oor := int((flags_here == "out_of_range").sum()):
+                findings.append(Finding("out_of_range", src, "review",
+                                        f"{oor} readings outside the valid range {point.range}", amount=float(oor)))
         times = pd.DatetimeIndex(ts[good], name="ts")
         for a, b, secs in gaps(times, start, end, self._gap_s(src)):
             findings.append(Finding("gap", src, "info", f"{secs / 3600:.2f} h without a valid reading", str(a), str(b),
