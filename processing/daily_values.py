@@ -8,6 +8,7 @@ is changed silently.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -48,7 +49,11 @@ def _day_numbers(local: pd.DatetimeIndex) -> np.ndarray:
 
 def day_dates(day: np.ndarray) -> np.ndarray:
     """The dates of day numbers, each distinct day made once."""
-    distinct, which = np.unique(day, return_inverse=True)
+    if len(day) and (day[1:] >= day[:-1]).all():  # the days of times in order: their runs, without a sort
+        starts = np.flatnonzero(np.diff(day, prepend=day[0] - 1))
+        distinct, which = day[starts], np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(day))))
+    else:
+        distinct, which = np.unique(day, return_inverse=True)
     return np.array([EPOCH + dt.timedelta(days=int(d)) for d in distinct], object)[which]
 
 
@@ -79,6 +84,12 @@ def interval_day(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
 
 def midnights(days: pd.Index, zone: ZoneInfo) -> pd.DatetimeIndex:
     """The local midnights that start each of ``days`` and end the last one, in UTC [ns]."""
+    return _midnights(tuple(days), zone)
+
+
+@functools.lru_cache(maxsize=64)
+def _midnights(days: tuple[dt.date, ...], zone: ZoneInfo) -> pd.DatetimeIndex:
+    # each counter of a period asks for the same ones (an index cannot be changed in place: it is shared)
     edges = [*days, days[-1] + dt.timedelta(days=1)]
     return pd.DatetimeIndex([dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in edges]).tz_convert("UTC").as_unit("ns")
 
