@@ -508,7 +508,11 @@ class SqliteStore:
         gateway = more.pop(0) if gateways else None
         # qualities are on few rows, if any
         flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
-        return np.array(ts, np.int64), numbers, flags, layout, gateway
+        stamps = np.array(ts)
+        if stamps.dtype != np.int64:  # the store writes whole milliseconds: int64 would cut another silently
+            t = next(t for t in ts if type(t) is not int)
+            raise self._damage(device, t, f"its stamp {t!r} is not a whole number of milliseconds")
+        return stamps, numbers, flags, layout, gateway
 
     def _one_layout_range(self, site: str, device: str, lo: int, hi: int, layout: int, width: int) -> tuple | None:
         """``_rows_range`` of a device whose one layout is ``layout``, of ``width`` numbers, in one row from
