@@ -576,6 +576,8 @@ class PeriodProcessor:
         energy = energy * factor(f"{point.unit}h", unit)
         tol = self.site.quality.power_integration_tolerance
         skip = incomplete | spanned.get(key, set())
+        # a dict lookup a day, not Series.get
+        counted, energy = (dict(zip(s.index, s.to_numpy())) for s in (counted, energy))
         for day in days:
             c, e = counted.get(day), energy.get(day)
             if day in skip or c is None or e is None or np.isnan(c) or np.isnan(e) or max(abs(c), abs(e)) == 0:
