@@ -507,11 +507,13 @@ class PeriodProcessor:
             if oor := int((flags_here == "out_of_range").sum()):
                 findings.append(Finding("out_of_range", src, "review",
                                         f"{oor} readings outside the valid range {point.range}", amount=float(oor)))
-        times = pd.DatetimeIndex(ts[good], name="ts")
+        every = good.all()  # most months: no copy of the columns by a mask that keeps them whole
+        times = pd.DatetimeIndex(ts if every else ts[good], name="ts")
         for a, b, secs in gaps(times, start, end, self._gap_s(src)):
             findings.append(Finding("gap", src, "info", f"{secs / 3600:.2f} h without a valid reading", str(a), str(b),
                                     secs / 3600))
-        return pd.Series(rows["value"].to_numpy()[good].astype(float), index=times, name="value")
+        values = rows["value"].to_numpy()
+        return pd.Series((values if every else values[good]).astype(float), index=times, name="value")
 
     def _reduce(self, src, values, days, max_rate, effect) -> DailyResult:
         point = self._point(src)
