@@ -453,8 +453,7 @@ class SqliteStore:
                 mine = at[where] == held
                 for i, k in zip(held[mine], where[mine]):
                     flag[k] = flags[i].get(c)
-            # a channel of every row shares the rows' stamps (``read_sources`` makes their times once)
-            out[c] = (ts if len(at) == len(ts) else ts[at], value, flag) + ((gateway[at],) if gateways else ())
+            out[c] = (ts[at], value, flag) + ((gateway[at],) if gateways else ())
         return out
 
     def _unpacked(self, device: str, ms: int, layout: Layout, numbers, texts, quality) -> Channels:
@@ -557,8 +556,7 @@ class SqliteStore:
         with gc_paused():
             got = {device: self._columns(site, device, list(channels), lo, hi)
                    for device, channels in by_device.items()}
-            times: dict[int, pd.DatetimeIndex] = {}  # by stamps array: those a device's channels share
-            return {src: _source_frame(*got[device].get(channel, EMPTY), times) for src, (device, channel) in
+            return {src: _source_frame(*got[device].get(channel, EMPTY)) for src, (device, channel) in
                     zip(sources, pairs)}
 
     def latest(self, site) -> pd.DataFrame:
@@ -865,15 +863,10 @@ def _pairs_frame(site: str, parts: list[tuple], limit: int | None) -> pd.DataFra
         "quality": quality[order]}, columns=READ_COLUMNS)
 
 
-def _source_frame(ts: np.ndarray, value: np.ndarray, quality: np.ndarray,
-                  times: dict[int, pd.DatetimeIndex]) -> pd.DataFrame:
-    """``SOURCE_COLUMNS`` of one source's columns, in ts order. ``times``: the times of stamps arrays
-    made so far, by the array's id, kept while the arrays are (a frame holds its columns without a
-    copy: pandas copies on write)."""
-    if id(ts) not in times:
-        times[id(ts)] = pd.to_datetime(ts, unit="ms", utc=True)
-    return pd.DataFrame({"ts": times[id(ts)], "value": value, "quality": pd.Series(quality, dtype=object)},
-                        copy=False)
+def _source_frame(ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> pd.DataFrame:
+    """``SOURCE_COLUMNS`` of one source's columns, in ts order."""
+    return pd.DataFrame({"ts": pd.to_datetime(ts, unit="ms", utc=True), "value": value,
+                         "quality": pd.Series(quality, dtype=object)})
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:
