@@ -97,9 +97,7 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
         an adjustment row for every interval that does not count the plain difference,
         and per interval the longest time between consecutive readings, dropped ones included [h].
     """
-    s = values.dropna().sort_index()
-    s = s[~s.index.duplicated(keep="last")]
-    t, v = s.index, s.to_numpy(dtype=float)
+    t, v = _kept(values)
     n = len(v)
     if n < 2:
         return Increments(t[:0], t[:0], np.zeros(0))
@@ -189,4 +187,22 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
     longest = hours.copy()
     for j in np.flatnonzero(first != np.arange(n - 1)):
         longest[j] = hours[first[j]:j + 1].max()
+    if valid.all():  # no outliers dropped: each interval from one reading to the next
+        return Increments(t[:-1], t[1:], credited, findings, adjustments, longest)
     return Increments(t[first[valid]], t[1:][valid], credited[valid], findings, adjustments, longest[valid])
+
+
+def _kept(values: pd.Series) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """The readings with a value, in time order, the last of each instant: their times and values
+    [counter unit]. Readings in time order without repeats (a store's) are taken as they are,
+    without a sort and a hash table of the instants."""
+    v = values.to_numpy(dtype=float)
+    t = values.index
+    if t.is_monotonic_increasing and t.is_unique:
+        missing = np.isnan(v)
+        if missing.any():
+            return t[~missing], v[~missing]
+        return t, v
+    s = values.dropna().sort_index()
+    s = s[~s.index.duplicated(keep="last")]
+    return s.index, s.to_numpy(dtype=float)

@@ -8,6 +8,7 @@ is changed silently.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -48,7 +49,11 @@ def _day_numbers(local: pd.DatetimeIndex) -> np.ndarray:
 
 def day_dates(day: np.ndarray) -> np.ndarray:
     """The dates of day numbers, each distinct day made once."""
-    distinct, which = np.unique(day, return_inverse=True)
+    if len(day) and (day[1:] >= day[:-1]).all():  # the days of times in order: their runs, without a sort
+        starts = np.flatnonzero(np.diff(day, prepend=day[0] - 1))
+        distinct, which = day[starts], np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(day))))
+    else:
+        distinct, which = np.unique(day, return_inverse=True)
     return np.array([EPOCH + dt.timedelta(days=int(d)) for d in distinct], object)[which]
 
 
@@ -82,6 +87,12 @@ def interval_day(ends: pd.DatetimeIndex, zone: ZoneInfo) -> np.ndarray:
 
 def midnights(days: pd.Index, zone: ZoneInfo) -> pd.DatetimeIndex:
     """The local midnights that start each of ``days`` and end the last one, in UTC [ns]."""
+    return _midnights(tuple(days), zone)
+
+
+@functools.lru_cache(maxsize=64)
+def _midnights(days: tuple[dt.date, ...], zone: ZoneInfo) -> pd.DatetimeIndex:
+    # each counter of a period asks for the same ones (an index cannot be changed in place: it is shared)
     edges = [*days, days[-1] + dt.timedelta(days=1)]
     return pd.DatetimeIndex([dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in edges]).tz_convert("UTC").as_unit("ns")
 
@@ -150,17 +161,19 @@ def counter_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, source: str
                    for a in inc.adjustments if period_start < pd.Timestamp(a["end"]) <= period_end]
     if len(inc.value) == 0:
         return DailyResult(pd.Series(np.nan, index=days, dtype=float), findings, set(), adjustments)
-    hours = (inc.end - inc.start).total_seconds().to_numpy() / 3600
+    # the intervals' ends and starts [ns], compared as numbers rather than Timestamps
+    end_ns, start_ns = inc.end.as_unit("ns").asi8, inc.start.as_unit("ns").asi8
+    hours = (inc.end.array - inc.start.array).total_seconds() / 3600
     # day k holds the intervals ending in (midnight k, midnight k+1]: interval_day, vectorised
-    k = np.searchsorted(bounds.asi8, inc.end.as_unit("ns").asi8, side="left") - 1
+    k = np.searchsorted(bounds.asi8, end_ns, side="left") - 1
     inside = (k >= 0) & (k < len(days))
     k = k[inside]
     counted = np.bincount(k, minlength=len(days)) > 0
     per_day = pd.Series(np.where(counted, np.bincount(k, inc.value[inside], len(days)), np.nan), index=days)
     spanned, spanned_gaps = set(), []
-    overlaps = (inc.end > period_start) & (inc.start < period_end)
+    overlaps = (end_ns > period_start.value) & (start_ns < period_end.value)
     is_gap = inc.longest_h * 3600 > gap_s
-    crosses = (inc.start < period_start) | (inc.end > period_end)
+    crosses = (start_ns < period_start.value) | (end_ns > period_end.value)
     charged_last_day = 0.0  # bounds charged for intervals that end in a later period
     # for a quantity that lowers reductions every interval across a boundary is split conservatively,
     # a gap's or not: readings missing or dropped near the boundary hide where the split would have been
@@ -265,15 +278,17 @@ def energised_hours_daily(values: pd.Series, zone: ZoneInfo, days: pd.Index, gap
 
 def gaps(index: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp, gap_s: float) -> list[tuple]:
     """Intervals longer than ``gap_s`` without a reading, within [start, end): (start, end, seconds)."""
-    t = index.sort_values()
-    t = t[(t >= start) & (t < end)]
-    edges = pd.DatetimeIndex([start]).append(t).append(pd.DatetimeIndex([end])).as_unit("ns")
+    t = index.as_unit("ns").asi8
+    if not (t[1:] >= t[:-1]).all():
+        t = np.sort(t)
+    lo, hi = start.as_unit("ns").value, end.as_unit("ns").value
+    edges = np.concatenate([[lo], t[np.searchsorted(t, lo):np.searchsorted(t, hi)], [hi]])
     # find the few long intervals with array arithmetic (a loop over Timestamps cost a
     # second a month), then state each one exactly as Timestamps do, margin included
-    long = np.flatnonzero(np.diff(edges.asi8) > (gap_s - 1) * 1e9)
+    long = np.flatnonzero(np.diff(edges) > (gap_s - 1) * 1e9)
     out = []
     for i in long:
-        a, b = edges[i], edges[i + 1]
+        a, b = (pd.Timestamp(edges[j], tz=start.tz) for j in (i, i + 1))
         secs = (b - a).total_seconds()
         if secs > gap_s:
             out.append((a, b, secs))

@@ -28,7 +28,16 @@ class FlareResult:
 
 def _utc(index: pd.DatetimeIndex) -> np.ndarray:
     """UTC instants as naive ``datetime64[ns]``, for array arithmetic."""
-    return index.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[ns]")
+    return index.tz_convert("UTC").as_unit("ns").asi8.view("datetime64[ns]")
+
+
+def _at(series: pd.Series, times: pd.DatetimeIndex) -> np.ndarray:
+    """``series[times]`` as an array, of a series whose index holds each of ``times`` once: found by
+    a binary search in an index in time order (a counter's readings), not a hash table of it."""
+    index = series.index
+    if not index.is_monotonic_increasing:
+        return series[times].to_numpy()
+    return series.to_numpy()[np.searchsorted(index.as_unit("ns").asi8, times.as_unit("ns").asi8)]
 
 
 def _bracket(times: np.ndarray, a0: np.ndarray, a1: np.ndarray, max_age: np.timedelta64):
@@ -96,7 +105,7 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
     bg = bg_flare.dropna()
     bg = bg[~bg.index.duplicated(keep="last")]
     settled = {(a["start"], a["end"]) for a in inc.adjustments}
-    wrapped = (bg[t1].to_numpy() < bg[t0].to_numpy()) & (volume > 0)
+    wrapped = (_at(bg, t1) < _at(bg, t0)) & (volume > 0)
     for i in np.flatnonzero(wrapped):  # the few falls, not every interval: a str per Timestamp was a quarter of a month
         wrapped[i] = (str(t0[i]), str(t1[i])) not in settled
     max_age = np.timedelta64(int(max_age_s * 1e9), "ns")

@@ -97,12 +97,23 @@ class PeriodResult:
 def _usable(rows: pd.DataFrame, counter: bool, flagged: tuple[np.ndarray, np.ndarray] | None = None) -> pd.Series:
     """Readings with a usable value; a counter out of its range is not trusted. ``flagged``:
     ``_flagged(rows)``, if known."""
-    good = rows["value"].notna().to_numpy(copy=True)
+    good = pd.notna(rows["value"].to_numpy())
     flagged, flags = _flagged(rows) if flagged is None else flagged
     if len(flagged):
         refused = BAD | {"out_of_range"} if counter else BAD
         good[flagged[[q in refused for q in flags]]] = False
     return pd.Series(good, index=rows.index)
+
+
+def _valid_outside(rows: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> tuple[bool, bool]:
+    """Whether a counter's ``rows`` hold a usable reading before ``start``, and one at or after
+    ``end``: only the readings there are looked at when they are in time order (a store's)."""
+    at = rows["ts"].array.as_unit("ns").asi8
+    if not (at[1:] >= at[:-1]).all():
+        good = _usable(rows, counter=True).to_numpy()
+        return bool((at[good] < start.value).any()), bool((at[good] >= end.value).any())
+    i, j = np.searchsorted(at, [start.value, end.value])
+    return bool(_usable(rows.iloc[:i], counter=True).any()), bool(_usable(rows.iloc[j:], counter=True).any())
 
 
 def _flagged(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -554,10 +565,10 @@ class PeriodProcessor:
         for src in self.site.monitoring_sources:
             if self._point(src).kind.value != "counter":
                 continue
-            valid = rows[src]["ts"].array[_usable(rows[src], counter=True).to_numpy()]
+            held = _valid_outside(rows[src], start, end)
             extra = []
             for before in (True, False):
-                if len(valid) and (valid.min() < start if before else valid.max() >= end):
+                if held[0 if before else 1]:
                     continue
                 near = EDGE
                 for far in NEIGHBOUR_WINDOWS:
@@ -584,17 +595,20 @@ class PeriodProcessor:
         slot = pd.Timedelta(seconds=self.site.quality.recording_interval_s)
         slots = max(1, int((end - start) / slot))
         completeness[src] = min(1.0, _distinct((at[good & in_period] - start.value) // slot.value) / slots)
-        flags_here = pd.Series(flags[in_period[flagged]], dtype=object)
-        for flag, n in flags_here[flags_here.isin(BAD)].value_counts().items() if len(flags_here) else ():
-            findings.append(Finding("gateway_flag", src, "info", f"{n} readings flagged {flag}", amount=float(n)))
-        if oor := int((flags_here == "out_of_range").sum()):
-            findings.append(Finding("out_of_range", src, "review",
-                                    f"{oor} readings outside the valid range {point.range}", amount=float(oor)))
-        times = pd.DatetimeIndex(ts[good], name="ts")
+        if in_period[flagged].any():  # most months have no flagged reading
+            flags_here = pd.Series(flags[in_period[flagged]], dtype=object)
+            for flag, n in flags_here[flags_here.isin(BAD)].value_counts().items():
+                findings.append(Finding("gateway_flag", src, "info", f"{n} readings flagged {flag}", amount=float(n)))
+            if oor := int((flags_here == "out_of_range").sum()):
+                findings.append(Finding("out_of_range", src, "review",
+                                        f"{oor} readings outside the valid range {point.range}", amount=float(oor)))
+        every = good.all()  # most months: no copy of the columns by a mask that keeps them whole
+        times = pd.DatetimeIndex(ts if every else ts[good], name="ts")
         for a, b, secs in gaps(times, start, end, self._gap_s(src)):
             findings.append(Finding("gap", src, "info", f"{secs / 3600:.2f} h without a valid reading", str(a), str(b),
                                     secs / 3600))
-        return pd.Series(rows["value"].to_numpy()[good].astype(float), index=times, name="value")
+        values = rows["value"].to_numpy()
+        return pd.Series((values if every else values[good]).astype(float), index=times, name="value")
 
     def _reduce(self, src, values, days, max_rate, effect) -> DailyResult:
         point = self._point(src)
@@ -659,6 +673,8 @@ class PeriodProcessor:
         energy = energy * factor(f"{point.unit}h", unit)
         tol = self.site.quality.power_integration_tolerance
         skip = incomplete | spanned.get(key, set())
+        # a dict lookup a day, not Series.get
+        counted, energy = (dict(zip(s.index, s.to_numpy())) for s in (counted, energy))
         for day in days:
             c, e = counted.get(day), energy.get(day)
             if day in skip or c is None or e is None or np.isnan(c) or np.isnan(e) or max(abs(c), abs(e)) == 0:

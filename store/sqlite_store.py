@@ -540,16 +540,20 @@ class SqliteStore:
         gateway = more.pop(0) if gateways else None
         # qualities are on few rows, if any
         flags = {} if quality.count(None) == len(quality) else {i: json.loads(q) for i, q in enumerate(quality) if q}
-        return np.array(ts, np.int64), numbers, flags, layout, gateway
+        stamps = np.array(ts)
+        if stamps.dtype != np.int64:  # the store writes whole milliseconds: int64 would cut another silently
+            t = next(t for t in ts if type(t) is not int)
+            raise self._damage(device, t, f"its stamp {t!r} is not a whole number of milliseconds")
+        return stamps, numbers, flags, layout, gateway
 
     def _one_layout_range(self, site: str, device: str, lo: int, hi: int, layout: int, width: int) -> tuple | None:
         """``_rows_range`` of a device whose one layout is ``layout``, of ``width`` numbers, in one row from
         SQLite: its stamps as text, its numbers concatenated and its flagged rows as JSON. A Python object
         per row was most of a read's time; this is ~2.5 x faster. None without rows, or if SQLite could not
         aggregate them (a range too long for one SQLite value, ~1 GB; no JSON functions) or did not in
-        ts order (the order of the primary key it scans, which SQL does not promise): the caller then
-        reads them row by row; so too in a database not in UTF-8, or with a row of another layout (damage,
-        which the row by row read names)."""
+        ts order (the order of the primary key it scans, which SQL does not promise), or a stamp is not a
+        whole number: the caller then reads them row by row; so too in a database not in UTF-8, or with a row
+        of another layout (damage, which the row by row read names)."""
         if not self._blobs_concatenate:
             return None
         try:
@@ -563,10 +567,14 @@ class SqliteStore:
             return None
         if stamps is None:
             return None
-        ts = np.fromstring(stamps, np.int64, sep=",")
-        if (odd or len(ts) != stamps.count(",") + 1 or len(numbers) != 8 * width * len(ts)
-                or (np.diff(ts) <= 0).any()):  # a row with other numbers than its layout's: ``_numbers`` says
+        try:
+            ts = np.fromstring(stamps, np.int64, sep=",")
+        except ValueError:  # a stamp not an integer (a file written by other means)
             return None
+        # every row holds 8 * width bytes (``odd`` counts those that do not), so the length of all of
+        # them says how many rows there are, and that there is a stamp for each
+        if odd or len(numbers) != 8 * width * len(ts) or (np.diff(ts) <= 0).any():
+            return None  # a row with other numbers than its layout's: ``_numbers`` says which
         flagged = json.loads(flagged)
         flags = {int(i): json.loads(q) for i, (_, q) in zip(np.searchsorted(ts, [t for t, _ in flagged]), flagged)}
         return ts, (numbers,), flags, (layout,), None

@@ -134,3 +134,33 @@ def test_reductions_by_day_number_are_those_by_date(zone, seconds, seed):
         expected = np.where(secs <= 900, 0.5 * (v[:-1] + v[1:]) * secs / 3600, 0.0)
         pd.testing.assert_series_equal(energy, by_date(expected, ends, "sum"), check_exact=True)
         assert incomplete == ({d for d, gap in zip(ends, secs > 900) if gap} | {d for d in days if d not in set(ends)})
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(st.integers(1, 400), st.one_of(st.just(np.nan), st.floats(-50, 500))), min_size=0,
+                      max_size=60),
+       seed=st.integers(0, 2**16), effect=st.sampled_from(["raises", "lowers"]))
+def test_readings_in_time_order_reduce_as_readings_in_any_order(steps, seed, effect):
+    """A store gives a counter's readings in time order, and the daily values and the gaps take them
+    as they are (no sort, no hash table of the instants); the same readings in another order take
+    the general path. Both give the same figures, findings and rows."""
+    from processing.daily_values import day_dates, interval_day_numbers
+
+    t0 = pd.Timestamp("2026-09-30T14:00Z")
+    times = t0 + pd.to_timedelta(np.cumsum([m for m, _ in steps]).astype(np.int64), unit="min")
+    values = np.cumsum([0.0 if np.isnan(v) else v for _, v in steps])  # mostly rising, with falls
+    values[[i for i, (_, v) in enumerate(steps) if np.isnan(v)]] = np.nan
+    ordered = pd.Series(values, index=pd.DatetimeIndex(times, name="ts"), dtype=float)
+    shuffled = ordered.sample(frac=1, random_state=seed)
+    got = [counter_daily(s, UB, DAYS, "m.e", max_rate_per_h=60.0, gap_s=900, effect=effect, rating_per_h=40.0,
+                         unit="kWh") for s in (ordered, shuffled)]
+    pd.testing.assert_series_equal(got[0].values, got[1].values)
+    assert got[0].findings == got[1].findings
+    assert got[0].adjustments == got[1].adjustments
+    assert got[0].spanned_days == got[1].spanned_days and got[0].spanned_gaps == got[1].spanned_gaps
+    start, end = pd.Timestamp("2026-09-30T16:00Z"), pd.Timestamp("2026-10-03T16:00Z")
+    assert gaps(ordered.index, start, end, 900) == gaps(shuffled.index, start, end, 900)
+    day = interval_day_numbers(ordered.index, UB)
+    order = np.random.default_rng(seed).permutation(len(day))
+    assert list(day_dates(day)[order]) == list(day_dates(day[order]))

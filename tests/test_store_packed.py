@@ -602,3 +602,31 @@ def test_a_read_only_store_with_odd_table_names_is_checked_without_running_them_
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder)
+
+
+def test_a_row_stamped_between_milliseconds_is_refused_as_damage(tmp_path):
+    """The store stamps a row in whole milliseconds. A damaged or forged file with a stamp between
+    two (SQLite keeps 1.5 as a REAL in an INTEGER column) failed the aggregated read with numpy's
+    raw "string or file could not be read to its end", and the row-by-row read cut it to a whole
+    millisecond silently. Refused as damage, naming the row, by both."""
+    import re
+    import sqlite3
+
+    path = tmp_path / "jcm.db"
+    s = open_store(f"sqlite:///{path}")
+    s.write([reading(minutes=m, seq=m + 1, a=float(m), b=100.0 + m) for m in range(3)])
+    s.close()
+    forger = sqlite3.connect(path)
+    forger.executescript("UPDATE readings SET ts = ts + 0.5 WHERE ts = (SELECT min(ts) FROM readings) + 60000;")
+    forger.close()
+    s = open_store(f"sqlite:///{path}", create=False)
+    try:
+        end = T0 + dt.timedelta(days=1)
+        at = T0 + dt.timedelta(minutes=1)
+        for read in (lambda: s.read_sources("s1", T0, end, ["m1.a", "m1.b"]),  # aggregated by SQLite
+                     lambda: s.read("s1", T0, end, sources=["m1.a", "m1.b"])):  # row by row
+            with pytest.raises(sqlite3.DatabaseError, match=re.escape(f"store {path} is damaged: device m1's row "
+                                                                      f"at {at.isoformat()}: its stamp")):
+                read()
+    finally:
+        s.close()
