@@ -390,3 +390,36 @@ def test_a_collector_publishes_only_what_its_store_or_a_peer_holds_of_the_gatewa
 
 
 topics_reading = "jcm/v1/test-site/gw-test/m0/reading"
+
+
+def test_acknowledgements_queued_meanwhile_cost_the_gateway_one_look_up_each_collector(tmp_path):
+    """A bitmap's unset bits leave their rows in the outbox, so each acknowledgement with one looks them
+    up again: a collector publishing after every batch, or anyone publishing on its topic, would keep the
+    gateway's loop (and the outbox lock its commits wait for) busy, and the queue growing. Each
+    acknowledgement is its collector's whole claim: of those queued meanwhile, the latest of each is taken."""
+    outbox = Outbox(tmp_path / "o.sqlite", 100_000, durable=False)
+    try:
+        for _ in range(20_000):
+            outbox.put("jcm/v1/test-site/gw-test/m0/reading", str)
+        outbox.flush()
+        site = load_site(write_site(tmp_path, [tcp_device("m0", "power_meter_3ph", 1)]))
+        pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+        pub._live_cursor = 20_000
+        sparse = base64.b64encode(b"\x01" + bytes(2_498) + b"\x80").decode()  # seqs 1 and 20,000 of 20,000
+
+        def queue(n, last_bits=sparse):
+            for i in range(n):
+                body = {"schema": 1, "epoch": outbox.epoch, "ranges": [], "bits_from": 1,
+                        "bits": last_bits if i == n - 1 else sparse}
+                pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c1", json.dumps(body).encode()))
+            t0 = time.process_time()
+            pub._take_store_acks()
+            return time.process_time() - t0
+
+        one = min(queue(1) for _ in range(3))
+        assert queue(60) < 10 * one + 0.05
+        # the latest claim is the one taken: seq 3 besides 1 and 20,000
+        queue(5, base64.b64encode(b"\x05" + bytes(2_498) + b"\x80").decode())
+        assert [s for s, _, _ in outbox.after(0, 3)] == [2, 4, 5]
+    finally:
+        outbox.close()
