@@ -5,6 +5,7 @@ reads it as no more than the truth; a gateway deletes only rows it has sent that
 acknowledgement, however crafted, claims, at a cost bounded by the message's size."""
 
 import base64
+import datetime as dt
 import json
 import re
 import time
@@ -14,9 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from collector.acknowledgement import Acknowledgements
 from collector.claim import MAX_KEPT_RANGES, WINDOW, Claim, runs_of
 from contract.acknowledgement import MAX_ACK_BYTES, MAX_RANGES, Ack, merge
-from contract.message import EPOCH_PATTERN, MAX_SEQ
+from contract.config import CollectorConfig
+from contract.message import EPOCH_PATTERN, MAX_SEQ, Reading
 from gateway.outbox import Outbox
 from gateway.publisher import Publisher
 from tests.conftest import fuzz_examples, load_site, tcp_device, write_site
@@ -321,6 +324,7 @@ def test_the_largest_acknowledgement_costs_the_gateway_a_bounded_number_of_looku
 # -- the collector: its claims under stores, peers' acknowledgements, floors and epoch changes --------
 
 EPOCHS = ["0000000000000001", "0000000000000002", "0000000000000003"]
+READING_TOPIC = "jcm/v1/test-site/gw-test/m0/reading"
 
 
 def _events():
@@ -337,15 +341,11 @@ def _events():
 @pytest.mark.fuzz
 @settings(max_examples=fuzz_examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(_events())
-def test_a_collector_publishes_only_what_its_store_or_a_peer_holds_of_the_gateways_epoch(tmp_path_factory, events):
+def test_a_collector_publishes_only_what_its_store_or_a_peer_holds_of_the_gateways_epoch(events):
     """Against a set model: every acknowledgement a collector publishes claims, of its epoch, only
     seqs its store took (readings or dead letters) or a peer claimed of that same epoch; once the
     gateway's status names an epoch, it publishes that epoch only, and what it claimed of it is never
     taken back above the floor unless it ran out of room."""
-    from collector.acknowledgement import Acknowledgements
-    from contract.config import CollectorConfig
-    from contract.message import Reading
-    import datetime as dt
     acks = Acknowledgements(CollectorConfig(broker={"url": "mqtt://127.0.0.1:1"}), [("test-site", "gw-test")])
     published = []
     acks._publish = lambda key, ack: published.append(ack)  # never connected: record instead
@@ -357,7 +357,7 @@ def test_a_collector_publishes_only_what_its_store_or_a_peer_holds_of_the_gatewa
         if kind == "stored":
             readings = [Reading("test-site", "gw-test", "m0", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), {"x": 1.0},
                                 seq=s, epoch=epoch) for s in arg[: len(arg) // 2 if extra else len(arg)]]
-            letters = [(topics_reading, json.dumps({"epoch": epoch, "seq": s}).encode())
+            letters = [(READING_TOPIC, json.dumps({"epoch": epoch, "seq": s}).encode())
                        for s in arg[len(arg) // 2:]] if extra else []
             acks.kept(readings, letters)
             told[epoch] = merge([*told[epoch], *((s, s) for s in arg)])
@@ -388,8 +388,6 @@ def test_a_collector_publishes_only_what_its_store_or_a_peer_holds_of_the_gatewa
                     assert within(before, claimed)  # nothing it said the store held is taken back
                 last[current] = claimed
 
-
-topics_reading = "jcm/v1/test-site/gw-test/m0/reading"
 
 
 def test_acknowledgements_queued_meanwhile_cost_the_gateway_one_look_up_each_collector(tmp_path):
