@@ -328,9 +328,10 @@ class Collector:
         letters = self.budget.admit(letters, now)  # what is not kept whole is counted in a summary
         try:
             refused = self._write(readings, letters, signed)
+            refused_letters = [DeadLetter(source[id(r)].received, source[id(r)].topic, source[id(r)].payload,
+                                          f"store refused it: {why}") for r, why in refused]
             if refused:  # the store took the rest; keep these aside with its reason
-                self._write([], [DeadLetter(source[id(r)].received, source[id(r)].topic, source[id(r)].payload,
-                                            f"store refused it: {why}") for r, why in refused])
+                self._write([], refused_letters)
             refused_ids = {id(r) for r, _ in refused}
             written = [signed[id(r)] for r in readings if id(r) in signed and id(r) not in refused_ids]
             # before the acknowledgement: a finding lost in a crash is found again on redelivery
@@ -353,8 +354,10 @@ class Collector:
         self.clocks.received(sorted([(r, source[id(r)].received) for r in kept] + stamped, key=lambda x: x[1]))
         self.stored += len(readings) - len(refused)
         self.dead += refused_count + len(refused)
-        taken = {id(m) for m in source.values()}
-        self.acknowledgements.kept(readings, [(m.topic, m.payload) for m in deliveries if id(m) not in taken])
+        # a dead letter only counted (over the budget) or kept cut (over KEPT_PAYLOAD) is not in the store:
+        # the gateway keeps that reading and sends it again, to be stored once its cause is fixed
+        self.acknowledgements.kept(kept, [(d.topic, d.payload) for d in letters + refused_letters
+                                          if d.size == len(d.payload)])
         # a batch's acknowledgement too comes once every line of it is stored
         self.client.ack_all([m.mid for m in batch if m.generation == self._generation and m.qos == 1])
         for m in batch:

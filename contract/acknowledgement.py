@@ -33,8 +33,9 @@ Acknowledgement (:class:`Ack`), one retained QoS 1 message per (gateway, collect
     ``MAX_BITS`` = 98,304 seqs (about 70,000 beside 256 ranges of seven-digit seqs): the top of
     a longer claim waits for a later acknowledgement.
 
-    A collector publishes after each batch it has stored (readings and dead letters: a
-    message kept as a dead letter is kept, and sending it again would change nothing).
+    A collector publishes after each batch it has stored (readings, and dead letters the
+    store keeps whole: sending one again would change nothing; one only counted over the
+    dead-letter budget or kept cut to its first bytes is not claimed, and is sent again).
     It folds in what the other collectors of the share group published (it subscribes
     to every ack topic), because the claim is "the store has it", not "I stored it":
     with a shared subscription the broker deals a gateway's messages out in turn, and

@@ -37,6 +37,10 @@ ALL_READINGS = f"{ROOT}/+/+/+/reading"
 ALL_BATCHES = f"{ROOT}/+/+/batch"
 ALL_STATUS = f"{ROOT}/+/+/status"
 ALL_ACKS = f"{ROOT}/+/+/ack/+"
+#: the one collector id an acknowledgement may not name: ``.../ack/reading`` is also the reading
+#: topic of a device named "ack", which the broker lets the site write (its ACL grants
+#: ``.../+/reading``), so an acknowledgement there would be a site confirming its own readings
+NOT_A_COLLECTOR = "reading"
 
 
 def parse_reading(topic: str) -> tuple[str, str, str]:
@@ -79,4 +83,6 @@ def parse_ack(topic: str) -> tuple[str, str, str]:
     parts = topic.split("/")
     if len(parts) != 6 or "/".join(parts[:2]) != ROOT or parts[4] != "ack":
         raise ValueError(f"not an acknowledgement topic: '{topic}'")
+    if parts[5] == NOT_A_COLLECTOR:
+        raise ValueError(f"'{topic}' is the reading topic of a device named 'ack', which the site may write")
     return parts[2], parts[3], parts[5]

@@ -274,12 +274,18 @@ class Publisher:
 
     def _take_store_acks(self) -> None:
         """Delete the rows the collectors say the store has: acknowledgements of this epoch only,
-        and never a seq not sent yet (a claim about it cannot be true)."""
+        and never a seq not sent yet (a claim about it cannot be true). Each acknowledgement is its
+        collector's whole claim, so of those queued meanwhile the latest on each topic is taken: an
+        earlier one claims no more (but seqs its collector has since forgotten, sent again after the
+        confirm timeout) and would cost the same look-ups, a bitmap's unset rows being still there."""
+        latest: dict[bytes, bytes] = {}
         while True:
             try:
                 topic, payload = self._store_acks.get_nowait()
             except queue.Empty:
                 break
+            latest[topic] = payload
+        for topic, payload in latest.items():
             try:
                 site, gateway, _ = topics.parse_ack(topic.decode("utf-8", "replace"))
                 if (site, gateway) != (self.site.site, self.site.gateway):

@@ -5,6 +5,7 @@ reads it as no more than the truth; a gateway deletes only rows it has sent that
 acknowledgement, however crafted, claims, at a cost bounded by the message's size."""
 
 import base64
+import datetime as dt
 import json
 import re
 import time
@@ -14,9 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from collector.acknowledgement import Acknowledgements
 from collector.claim import MAX_KEPT_RANGES, WINDOW, Claim, runs_of
 from contract.acknowledgement import MAX_ACK_BYTES, MAX_RANGES, Ack, merge
-from contract.message import EPOCH_PATTERN, MAX_SEQ
+from contract.config import CollectorConfig
+from contract.message import EPOCH_PATTERN, MAX_SEQ, Reading
 from gateway.outbox import Outbox
 from gateway.publisher import Publisher
 from tests.conftest import fuzz_examples, load_site, tcp_device, write_site
@@ -316,3 +319,105 @@ def test_the_largest_acknowledgement_costs_the_gateway_a_bounded_number_of_looku
         deleted = take(pub, payload)
         assert time.process_time() - t0 < 0.5 and len(calls) <= POLLED
         assert deleted == ({1} | set(range(1, SENT + 1, 2)) if bits_from == 1 else {1})
+
+
+# -- the collector: its claims under stores, peers' acknowledgements, floors and epoch changes --------
+
+EPOCHS = ["0000000000000001", "0000000000000002", "0000000000000003"]
+READING_TOPIC = "jcm/v1/test-site/gw-test/m0/reading"
+
+
+def _events():
+    seq = st.one_of(st.integers(1, 400), st.integers(WINDOW - 50, WINDOW + 450), st.integers(MAX_SEQ - 50, MAX_SEQ))
+    epoch = st.sampled_from(EPOCHS)
+    stored = st.tuples(st.just("stored"), epoch, st.lists(seq, max_size=60), st.booleans())
+    run = st.tuples(seq, st.integers(0, 300)).map(lambda t: (t[0], min(MAX_SEQ, t[0] + t[1])))
+    bits = st.tuples(seq, st.integers(1, 2**700)).filter(lambda t: t[0] + t[1].bit_length() - 1 <= MAX_SEQ)
+    peer = st.tuples(st.just("peer"), epoch, st.lists(run, max_size=6).map(merge), bits | st.none())
+    status = st.tuples(st.just("status"), epoch, seq, st.none())
+    return st.lists(st.one_of(stored, peer, status), max_size=25)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(60), deadline=None, suppress_health_check=list(HealthCheck))
+@given(_events())
+def test_a_collector_publishes_only_what_its_store_or_a_peer_holds_of_the_gateways_epoch(events):
+    """Against a set model: every acknowledgement a collector publishes claims, of its epoch, only
+    seqs its store took (readings or dead letters) or a peer claimed of that same epoch; once the
+    gateway's status names an epoch, it publishes that epoch only, and what it claimed of it is never
+    taken back above the floor unless it ran out of room."""
+    acks = Acknowledgements(CollectorConfig(broker={"url": "mqtt://127.0.0.1:1"}), [("test-site", "gw-test")])
+    published = []
+    acks._publish = lambda key, ack: published.append(ack)  # never connected: record instead
+    told: dict[str, list] = {e: [] for e in EPOCHS}  # per epoch: the runs the store or a peer holds
+    current = floor = None
+    last: dict[str, list] = {}
+    for kind, epoch, arg, extra in events:
+        published.clear()
+        if kind == "stored":
+            readings = [Reading("test-site", "gw-test", "m0", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), {"x": 1.0},
+                                seq=s, epoch=epoch) for s in arg[: len(arg) // 2 if extra else len(arg)]]
+            letters = [(READING_TOPIC, json.dumps({"epoch": epoch, "seq": s}).encode())
+                       for s in arg[len(arg) // 2:]] if extra else []
+            acks.kept(readings, letters)
+            told[epoch] = merge([*told[epoch], *((s, s) for s in arg)])
+        elif kind == "peer":
+            body = {"schema": 1, "epoch": epoch, "ranges": [list(r) for r in arg[:MAX_RANGES]]}
+            if extra:
+                body |= {"bits_from": extra[0], "bits": base64.b64encode(
+                    extra[1].to_bytes((extra[1].bit_length() + 7) // 8, "little")).decode()}
+            msg = type("M", (), {"_topic": b"jcm/v1/test-site/gw-test/ack/peer", "payload": json.dumps(body).encode()})
+            acks._on_message(None, None, msg)
+            told[epoch] = merge([*told[epoch], *arg[:MAX_RANGES], *(runs_of(extra[1], extra[0]) if extra else ())])
+        else:
+            msg = type("M", (), {"_topic": b"jcm/v1/test-site/gw-test/status",
+                                 "payload": json.dumps({"epoch": epoch, "floor": arg}).encode()})
+            acks._on_message(None, None, msg)
+            if epoch != current:
+                last = {}
+            current, floor = epoch, arg if epoch != current else max(floor, arg)
+        g = acks._gateways[("test-site", "gw-test")]
+        for ack in published:
+            claimed = claimed_by(ack)
+            assert within(claimed, told[ack.epoch]), (ack, told[ack.epoch])
+            if current is not None:
+                assert ack.epoch == current
+                full = any(c.full is not None for c in g.epochs.values())
+                before = [(max(a, floor), b) for a, b in last.get(current, []) if b >= floor]
+                if not full and len(ack.ranges) < MAX_RANGES and not ack.bits:
+                    assert within(before, claimed)  # nothing it said the store held is taken back
+                last[current] = claimed
+
+
+
+def test_acknowledgements_queued_meanwhile_cost_the_gateway_one_look_up_each_collector(tmp_path):
+    """A bitmap's unset bits leave their rows in the outbox, so each acknowledgement with one looks them
+    up again: a collector publishing after every batch, or anyone publishing on its topic, would keep the
+    gateway's loop (and the outbox lock its commits wait for) busy, and the queue growing. Each
+    acknowledgement is its collector's whole claim: of those queued meanwhile, the latest of each is taken."""
+    outbox = Outbox(tmp_path / "o.sqlite", 100_000, durable=False)
+    try:
+        for _ in range(20_000):
+            outbox.put("jcm/v1/test-site/gw-test/m0/reading", str)
+        outbox.flush()
+        site = load_site(write_site(tmp_path, [tcp_device("m0", "power_meter_3ph", 1)]))
+        pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+        pub._live_cursor = 20_000
+        sparse = base64.b64encode(b"\x01" + bytes(2_498) + b"\x80").decode()  # seqs 1 and 20,000 of 20,000
+
+        def queue(n, last_bits=sparse):
+            for i in range(n):
+                body = {"schema": 1, "epoch": outbox.epoch, "ranges": [], "bits_from": 1,
+                        "bits": last_bits if i == n - 1 else sparse}
+                pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c1", json.dumps(body).encode()))
+            t0 = time.process_time()
+            pub._take_store_acks()
+            return time.process_time() - t0
+
+        one = min(queue(1) for _ in range(3))
+        assert queue(60) < 10 * one + 0.05
+        # the latest claim is the one taken: seq 3 besides 1 and 20,000
+        queue(5, base64.b64encode(b"\x05" + bytes(2_498) + b"\x80").decode())
+        assert [s for s, _, _ in outbox.after(0, 3)] == [2, 4, 5]
+    finally:
+        outbox.close()

@@ -273,3 +273,43 @@ jcm.cli.cmd_collector(types.SimpleNamespace(duration=5))
     frozen, walked, young = map(int, out.stdout.split())
     assert frozen > 10_000 and walked < frozen / 10, (frozen, walked)
     assert young >= 10_000  # the readings in flight do not start a collection of the youngest generation
+
+
+def test_a_dead_letter_is_acknowledged_only_when_the_store_keeps_it_whole(tmp_path, mosquitto, sites_dir):
+    """A gateway deletes what an acknowledgement claims. A refused reading over the site's dead-letter
+    budget is only counted, and one over KEPT_PAYLOAD bytes is kept cut (a signed reading of a big
+    inverter is more): the store holds neither, so neither may be claimed (the gateway sends them again
+    after its confirm timeout; once the cause is fixed, a key or device configured, they are stored)."""
+    epoch = "00112233445566aa"
+
+    def reading(seq, device="m1", channels=2):
+        r = Reading(site="test-site", gateway="gw-test", device=device, ts=T0 + dt.timedelta(seconds=seq),
+                    values={"energy_import": 1000.0 + seq, "active_power": 5.0} if device == "m1" else
+                    {f"c{i}": float(i) for i in range(channels)}, units={}, seq=seq, epoch=epoch)
+        return topics.reading("test-site", "gw-test", device), r.to_json().encode()
+
+    messages = [reading(s) for s in (1, 2, 3)] + [reading(4, "m9", channels=100)]  # refused, cut when kept
+    messages += [reading(s, "m9") for s in (5, 6, 7, 8)] + [reading(9)]  # 5 kept whole; 6-8 over the budget
+    assert len(messages[3][1]) > 1024 >= len(messages[4][1])
+    seen = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
+    watcher.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe("jcm/v1/test-site/gw-test/ack/+", qos=1)
+    watcher.loop_start()
+    c = Collector(config(mosquitto, f"sqlite:///{tmp_path}/jcm.db", sites_dir, dead_letters_per_window=2))
+    c.start()
+    pub = Publisher(mosquitto)
+    try:
+        running(c, pub)
+        dead = c.dead
+        pub.send(messages)
+        assert wait_until(lambda: c.dead - dead == 5 and seen and seen[-1]["ranges"][-1][1] >= 9, 20), (c.dead, seen)
+        time.sleep(0.5)  # a later acknowledgement, if any, has arrived
+        claimed = {s for a, b in seen[-1]["ranges"] for s in range(a, b + 1)}
+        assert claimed == {1, 2, 3, 5, 9}
+    finally:
+        c.stop()
+        pub.close()
+        watcher.loop_stop()
+        watcher.disconnect()

@@ -10,9 +10,14 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from pydantic import ValidationError
 
+from collector.acknowledgement import Acknowledgements
+from contract.config import CollectorConfig
+from gateway.outbox import Outbox
+from gateway.publisher import Publisher
 from jcm.broker import Mosquitto, free_port, wait_for_port
-from tests.conftest import REPO
+from tests.conftest import REPO, load_site, tcp_device, write_site
 
 USERS = {"mn-solar": "pw-mn", "vn-transformers": "pw-vn", "collector": "pw-col", "liveview": "pw-lv"}
 MN_READING = "jcm/v1/mn-solar/gw-mn-01/inv-01/reading"
@@ -194,6 +199,42 @@ def test_only_collectors_acknowledge_and_a_site_reads_only_its_own_acknowledgeme
     for c in (collector, mn, vn, observer, mine, others, everything, peer):
         c.close()
 
+
+
+def test_a_sites_reading_topic_of_a_device_named_ack_is_no_acknowledgement(broker, tmp_path):
+    """A site may write ``.../<device>/reading`` for any device, so ``.../ack/reading`` too: the one
+    acknowledgement topic it can write (retained, even). Neither its gateway nor a collector takes it."""
+    forged = "jcm/v1/mn-solar/gw-mn-01/ack/reading"
+    gateway_view = Client(broker.port, "mn-solar", subscribe="jcm/v1/mn-solar/gw-mn-01/ack/+")
+    collector_view = Client(broker.port, "collector", subscribe="jcm/v1/+/+/ack/+")
+    outbox = Outbox(tmp_path / "outbox.sqlite", 100, durable=False)
+    try:
+        for _ in range(5):
+            outbox.put("jcm/v1/mn-solar/gw-mn-01/m0/reading", str)
+        outbox.flush()
+        body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]]}).encode()
+        mn = Client(broker.port, "mn-solar")
+        assert mn.acks.get(mn.publish(forged, body, retain=True)) == 0  # the ACL lets it through
+        for view in (gateway_view, collector_view):
+            settle(view, forged)
+            assert view.topics() == [forged]
+        site = load_site(write_site(tmp_path, [tcp_device("m0", "power_meter_3ph", 1)], name="mn-solar",
+                                    gateway="gw-mn-01"))
+        pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+        pub._live_cursor = 5
+        msg = gateway_view.received[0]
+        pub._store_acks.put((msg._topic, msg.payload))
+        pub._take_store_acks()
+        assert [s for s, _, _ in outbox.after(0, 10)] == [1, 2, 3, 4, 5]  # nothing deleted
+        acks = Acknowledgements(CollectorConfig(broker={"url": broker.url}), [("mn-solar", "gw-mn-01")])
+        acks._on_message(None, None, collector_view.received[0])
+        assert not acks._gateways[("mn-solar", "gw-mn-01")].epochs.get(outbox.epoch)  # nothing claimed
+    finally:
+        outbox.close()
+        for c in (gateway_view, collector_view, mn):
+            c.close()
+    with pytest.raises(ValidationError, match="reading"):
+        CollectorConfig(broker={"url": broker.url}, client_id="reading")  # its acknowledgements would be on that topic
 
 def test_oversized_messages_are_refused(broker):
     observer = Client(broker.port, "liveview", subscribe="jcm/v1/#")

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from contract import topics
 from contract.config.profile import Strict
 from contract.config.site import Mqtt
 from contract.future_limit import MAX_FUTURE_S
@@ -47,6 +48,14 @@ class CollectorConfig(Strict):
     #: how long a clock must look that far behind before it is judged wrong rather than its readings
     #: late (a backlog drains: its offsets rise) [s]
     clock_window_s: float = Field(default=300, ge=0, le=86400)
+
+    @field_validator("client_id")
+    @classmethod
+    def _not_a_reading_topic(cls, v: str) -> str:
+        if v == topics.NOT_A_COLLECTOR:
+            raise ValueError(f"'{v}' cannot name a collector: its acknowledgements' topic would be a reading "
+                             "topic, which a site may write, so gateways and collectors ignore them")
+        return v
 
     @field_validator("store")
     @classmethod
