@@ -124,8 +124,11 @@ def test_broker_crash_with_no_saved_state_while_the_collector_is_connected(tmp_p
         # issue measured): what it sends before the collector has subscribed again has no subscriber
         c.connection.reconnect_delay = (4, 4)
         sigkill(broker)
+        # until the collector has seen its connection go, ``connected`` still says the old one
+        assert wait_until(lambda: not c.connection.connected.is_set(), 10)
         broker.start()
         assert wait_until(lambda: c.connection.connected.is_set(), 15)
+        assert wait_until(lambda: gw.outbox.last_seq() > 60, 10)
         n = finish(gw)
     finally:
         c.stop()
