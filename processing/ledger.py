@@ -6,6 +6,11 @@ default-value versions, the code version, the site configuration that fed it, th
 findings and every adjustment. Triggers refuse updates and deletes. Re-running on
 unchanged inputs records nothing new; a month signed off by MRV staff takes no further
 revisions.
+
+The hash's version is in the revision's recorded summary, not a column: the ``revisions``
+table keeps the layout that code before versions reads (``SELECT *`` into its columns), so
+a processor of that code still running on the ledger, or a roll-back to it, goes on working,
+and a revision it writes names no version: version 1, which its hash is.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from pathlib import Path
 
 from contract.sqlite_file import open_sqlite, use_wal
 
-#: the version of a revision's input hash; a ledger made before versions gets the column, its
-#: revisions' hashes all version 1 (the default)
-HASH_VERSION_COLUMN = "input_hash_version INTEGER NOT NULL DEFAULT 1"
+#: a revision's columns, named: a ledger written by code that added one to them still reads
+COLUMNS = ("id, site, month, revision, created, fingerprint, input_hash, methodology, methodology_version, "
+           "defaults_hash, config_hash, code_version, status, RE, PE, ER_unrounded, ER, provisional, result_json")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -28,7 +33,7 @@ CREATE TABLE IF NOT EXISTS revisions (
     fingerprint TEXT NOT NULL, input_hash TEXT NOT NULL, methodology TEXT NOT NULL,
     methodology_version TEXT NOT NULL, defaults_hash TEXT NOT NULL, config_hash TEXT NOT NULL,
     code_version TEXT NOT NULL, status TEXT NOT NULL, RE REAL, PE REAL, ER_unrounded REAL, ER INTEGER,
-    provisional INTEGER, result_json TEXT NOT NULL, """ + HASH_VERSION_COLUMN + """,
+    provisional INTEGER, result_json TEXT NOT NULL,
     UNIQUE (site, month, revision)
 );
 CREATE TRIGGER IF NOT EXISTS revisions_no_update BEFORE UPDATE ON revisions
@@ -112,39 +117,24 @@ class Ledger:
         use_wal(self._db)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        self._add_hash_versions()
-
-    def _add_hash_versions(self) -> None:
-        """Give a ledger made before input hashes had versions their column: its revisions'
-        hashes are all version 1 (the column's default). Checked again under the write lock, as
-        another process opening the ledger at the same time may have added it."""
-        if self._has_hash_versions():
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if not self._has_hash_versions():
-                self._db.execute(f"ALTER TABLE revisions ADD COLUMN {HASH_VERSION_COLUMN}")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-
-    def _has_hash_versions(self) -> bool:
-        return any(row[1] == "input_hash_version" for row in self._db.execute("PRAGMA table_info(revisions)"))
 
     def _row(self, row, new=False) -> Revision:
         (id_, site, month, rev, created, _fp, input_hash, _m, _v, defaults_hash, config_hash, code, status, _re, _pe,
-         er_u, er, prov, result, hash_version) = row
+         er_u, er, prov, result) = row
+        result = json.loads(result)
+        # a revision recorded before input hashes had versions names none: its hash is version 1
+        version = result.get("summary", {}).get("input_hash_version", 1)
         return Revision(id_, site, month, rev, created, status, er, er_u, bool(prov), input_hash, code,
-                        json.loads(result), new, defaults_hash, config_hash, hash_version)
+                        result, new, defaults_hash, config_hash, version)
 
     def latest(self, site: str, month: str) -> Revision | None:
-        row = self._db.execute("SELECT * FROM revisions WHERE site=? AND month=? ORDER BY revision DESC LIMIT 1",
+        row = self._db.execute(f"SELECT {COLUMNS} FROM revisions WHERE site=? AND month=? "
+                               "ORDER BY revision DESC LIMIT 1",
                                (site, month)).fetchone()
         return self._row(row) if row else None
 
     def revisions(self, site: str, month: str | None = None) -> list[Revision]:
-        q, args = "SELECT * FROM revisions WHERE site=?", [site]
+        q, args = f"SELECT {COLUMNS} FROM revisions WHERE site=?", [site]
         if month:
             q, args = q + " AND month=?", args + [month]
         return [self._row(r) for r in self._db.execute(q + " ORDER BY month, revision", args)]
@@ -155,7 +145,8 @@ class Ledger:
 
     def record(self, site: str, month: str, summary: dict, details: dict, versions: dict) -> Revision:
         """Append a revision unless the latest has the same fingerprint; refuse a signed-off month.
-        ``summary["input_hash_version"]``: the version of its input hash (1 if absent, as before versions)."""
+        ``summary["input_hash_version"]``: the version of its input hash (1 if absent, as before versions),
+        recorded in the revision's summary."""
         fingerprint = sha256_text(json.dumps([summary["input_hash"], versions], sort_keys=True))
         latest = self.latest(site, month)
         if latest is not None and self._fingerprint(latest.id) == fingerprint:
@@ -171,17 +162,17 @@ class Ledger:
             self._db.execute(
                 "INSERT INTO revisions (site, month, revision, created, fingerprint, input_hash, methodology, "
                 "methodology_version, defaults_hash, config_hash, code_version, status, RE, PE, ER_unrounded, ER, "
-                "provisional, result_json, input_hash_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "provisional, result_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (site, month, rev, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), fingerprint,
                  summary["input_hash"], summary["methodology"], summary["version"], versions["defaults_hash"],
                  versions["config_hash"], versions["code_version"], summary["status"], summary["RE"], summary["PE"],
                  summary["ER_unrounded"], summary["ER"], int(bool(summary["provisional"])),
-                 json.dumps(result, sort_keys=True, default=str), summary.get("input_hash_version", 1)))
+                 json.dumps(result, sort_keys=True, default=str)))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return self._row(self._db.execute("SELECT * FROM revisions WHERE site=? AND month=? AND revision=?",
+        return self._row(self._db.execute(f"SELECT {COLUMNS} FROM revisions WHERE site=? AND month=? AND revision=?",
                                           (site, month, rev)).fetchone(), new=True)
 
     def _fingerprint(self, id_: int) -> str:

@@ -52,7 +52,7 @@ from contract.message import MAX_SEQ, DeviceStatus, Reading
 from contract.sqlite_file import UnusableFile
 from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported,
                             SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
-                            pages_by_instant, range_blocks, seq_spans, source_pairs, union_blocks)
+                            pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -101,8 +101,6 @@ def _lit(text: str) -> str:
 _ESCAPE_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
 _ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
 _ESCAPE_STRING = str.maketrans({'"': r'\"', "\\": r"\\"})
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_ONE_MS = dt.timedelta(milliseconds=1)
 
 
 def _tag_value(value: str) -> str:
@@ -232,7 +230,9 @@ def reading_lines(readings: Sequence[Reading]) -> list[bytes | Exception]:
         fields = template.format(*texts[first:first + n], quality, f"{int(r.seq or 0)}i", status)
         series = _reading_series(r)
         try:
-            out[i] = f"{series} {fields} {(ts - _EPOCH) // _ONE_MS}".encode()
+            # the millisecond the SQLite store gives it (to_ms), so that an input hash computed from
+            # either store, as ``jcm verify`` recomputes it from the signed messages, is the same
+            out[i] = f"{series} {fields} {to_ms(ts)}".encode()
         except UnicodeEncodeError:  # a lone surrogate in a name: refused below, as it is alone
             pass
     for i, r in enumerate(readings):
@@ -270,7 +270,7 @@ def reading_line(r: Reading) -> str:
         for channel, v in r.values.items() if v is not None}
     values.update(quality=quality, status=r.status.value, seq=int(r.seq or 0))
     return line_protocol(MEASUREMENT, {"site": r.site, "gateway": r.gateway, "device": r.device}, values,
-                         (ts - _EPOCH) // _ONE_MS)
+                         to_ms(ts))
 
 
 def message_line(m: SignedMessage) -> bytes:

@@ -189,12 +189,13 @@ def test_a_ledger_made_before_hash_versions_keeps_its_months_hash_and_gets_no_sp
     assert [(r.month, r.revision, r.input_hash_version) for r in Ledger(path).revisions(SITE.site)] == [
         ("2026-09", 1, 2), ("2026-10", 1, 1), ("2026-10", 2, 1)]
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        ledger._db.execute("UPDATE revisions SET input_hash_version = 2")
+        ledger._db.execute("UPDATE revisions SET result_json = json_set(result_json, '$.summary.input_hash_version', "
+                           "2)")
 
 
-def test_a_ledger_made_before_hash_versions_opened_by_several_processes_at_once_gets_one_column(tmp_path):
-    """Three processes open it together (the processor, an export, a sign-off): each adds the
-    column only if no other has (else 'duplicate column name')."""
+def test_a_ledger_made_before_hash_versions_opened_by_several_processes_at_once_is_not_changed(tmp_path):
+    """Three processes open it together (the processor, an export, a sign-off): none changes its
+    layout (an added column had to be added by one of them only, else 'duplicate column name')."""
     import shutil
 
     path = shutil.copy(LEDGER_BEFORE_VERSIONS, tmp_path / "ledger.sqlite")
@@ -203,7 +204,7 @@ def test_a_ledger_made_before_hash_versions_opened_by_several_processes_at_once_
             for _ in range(3)]
     assert [(p.wait(), p.stderr.read()) for p in runs] == [(0, "")] * 3
     columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(revisions)")]
-    assert columns.count("input_hash_version") == 1 and Ledger(path).latest("mn-solar", "2026-10").input_hash_version == 1
+    assert "input_hash_version" not in columns and Ledger(path).latest("mn-solar", "2026-10").input_hash_version == 1
 
 
 def test_a_month_whose_latest_revision_is_of_an_unknown_hash_version_is_refused(tmp_path):
@@ -213,8 +214,45 @@ def test_a_month_whose_latest_revision_is_of_an_unknown_hash_version_is_refused(
     store.write(october_readings(SITE))
     ledger = Ledger(tmp_path / "ledger.sqlite")
     process_month(SITE, store, ledger, "2026-10")
-    ledger._db.executescript("DROP TRIGGER revisions_no_update; UPDATE revisions SET input_hash_version = 9")
+    ledger._db.executescript("DROP TRIGGER revisions_no_update; UPDATE revisions "
+                             "SET result_json = json_set(result_json, '$.summary.input_hash_version', 9)")
     with pytest.raises(ValueError, match="revision 1 in the ledger has an input hash of version 9, which this code "
                                          "does not know"):
         process_month(SITE, store, ledger, "2026-10")
     assert len(ledger.revisions(SITE.site)) == 1
+
+
+def test_a_ledger_used_by_this_code_stays_readable_by_the_code_before_hash_versions(tmp_path):
+    """The code before versions (an older processor still running on the ledger, or a roll-back)
+    reads a revision as ``SELECT *`` unpacked into its 19 columns: a column added to ``revisions``
+    made every read of it fail ("too many values to unpack"), and its own revision, written in
+    version 1, fail as it was read back. The version is in the revision's recorded summary: the
+    table keeps its layout, an old file is not written when opened, and a revision that code writes
+    (no version in its summary) is version 1, which its hash is."""
+    import shutil
+
+    path = shutil.copy(LEDGER_BEFORE_VERSIONS, tmp_path / "ledger.sqlite")
+    layout = [row[1:] for row in sqlite3.connect(path).execute("PRAGMA table_info(revisions)")]
+    store = SqliteStore(tmp_path / "jcm.db")
+    store.write(october_readings(SITE))
+    ledger = Ledger(path)
+    _, september = process_month(SITE, store, ledger, "2026-09")
+    assert september.input_hash_version == 2
+    fresh = Ledger(tmp_path / "fresh.sqlite")
+    fresh.record(SITE.site, "2026-09", {**september.result["summary"], "input_hash": "0" * 64},
+                 {}, {"defaults_hash": "", "config_hash": "", "code_version": ""})
+    for file in (path, tmp_path / "fresh.sqlite"):
+        db = sqlite3.connect(file)
+        assert [row[1:] for row in db.execute("PRAGMA table_info(revisions)")] == layout
+        assert {len(row) for row in db.execute("SELECT * FROM revisions")} == {19}
+    # what the code before versions inserts: its summary names no version
+    old = sqlite3.connect(path)
+    row = list(old.execute("SELECT * FROM revisions WHERE month = '2026-10'").fetchone())
+    old.execute(f"INSERT INTO revisions VALUES (NULL, {', '.join('?' * 18)})", [*row[1:3], 2, *row[4:]])
+    old.commit()
+    assert [(r.month, r.revision, r.input_hash_version) for r in Ledger(path).revisions(SITE.site)] == [
+        ("2026-09", 1, 2), ("2026-10", 1, 1), ("2026-10", 2, 1)]
+    # a ledger to which code of this change's first form added a column of versions reads the same
+    with sqlite3.connect(tmp_path / "fresh.sqlite") as db:
+        db.execute("ALTER TABLE revisions ADD COLUMN input_hash_version INTEGER NOT NULL DEFAULT 1")
+    assert Ledger(tmp_path / "fresh.sqlite").latest(SITE.site, "2026-09").input_hash_version == 2

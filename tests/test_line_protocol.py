@@ -48,8 +48,11 @@ def test_measurement_escapes_as_point_does(measurement):
 
 
 def old_point(r: Reading) -> str:
-    """The store's former rendering through Point, kept here as the reference."""
+    """The store's former rendering through Point, kept here as the reference, at the millisecond
+    the SQLite store gives the stamp (``to_ms``: rounded; Point floored it)."""
     import json
+
+    from contract.store import to_ms
     p = Point(MEASUREMENT).tag("site", r.site).tag("gateway", r.gateway).tag("device", r.device)
     for channel, v in r.values.items():
         if v is not None:
@@ -57,7 +60,7 @@ def old_point(r: Reading) -> str:
     p.field("quality", json.dumps({k: q.value for k, q in sorted(r.quality.items())}, separators=(",", ":")))
     p.field("status", r.status.value)
     p.field("seq", int(r.seq or 0))
-    return p.time(r.ts, WritePrecision.MS).to_line_protocol()
+    return p.time(to_ms(r.ts if r.ts.tzinfo else r.ts.replace(tzinfo=dt.UTC)), WritePrecision.MS).to_line_protocol()
 
 
 @pytest.mark.parametrize("ts", [dt.datetime(2026, 11, 29, 4, 30, 15, 120000, tzinfo=dt.UTC),

@@ -399,6 +399,31 @@ def test_input_hash_version_2_sees_every_change_of_a_reading():
     assert input_hash(changed("a.x", "value", 0, None)) == base
 
 
+def test_a_stamp_between_milliseconds_is_stored_at_one_millisecond_by_every_store(store_url):
+    """Version 2 hashes each stamp's millisecond, and ``jcm verify`` recomputes it from the signed
+    messages in a SQLite store: the processor's store, SQLite or InfluxDB, must give a message's
+    stamp the same millisecond (``to_ms``: rounded half away from zero). Before: InfluxDB floored
+    it, so a message stamped at .0005 s or later within a millisecond (its text may carry
+    microseconds) gave a revision's hash that verify's recomputation did not, and verify named
+    the readings altered."""
+    from contract.message import Quality, Reading
+    from processing.period import input_hash
+    from store import open_store
+
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    stamps = [t0 + dt.timedelta(seconds=i, microseconds=us) for i, us in enumerate((0, 499, 500, 501, 999, 1500))]
+    readings = [Reading("s1", "gw1", "m1", ts, {"a": float(i), "b": None}, {"b": Quality.timeout}, seq=i + 1)
+                for i, ts in enumerate(stamps)]
+    wanted = [to_ms(ts) for ts in stamps]
+    store = open_store(store_url)
+    store.write(readings)
+    rows = store.read_sources("s1", t0, t0 + dt.timedelta(minutes=1), ["m1.a", "m1.b"])
+    assert [list(rows[src]["ts"].array.as_unit("ms").asi8) for src in rows] == [wanted, wanted]
+    reference = {src: pd.DataFrame({"ts": pd.to_datetime(wanted, unit="ms", utc=True), "value": f["value"],
+                                    "quality": f["quality"]}) for src, f in rows.items()}
+    assert input_hash(rows, version=2) == input_hash(reference, version=2)
+
+
 @pytest.mark.parametrize("version", [0, 3, True, "2", 2.0, None])
 def test_an_unknown_input_hash_version_is_refused_naming_it(version):
     from processing.period import input_hash

@@ -47,7 +47,7 @@ def test_a_ledger_made_before_the_guards_gets_them_when_opened(tmp_path):
 
 
 REVISION = ("'mn-solar', '2026-10', 1, '2026-11-09', 'f2', 'h2', 'MN_AM003', '1', 'd', 'c', 'v', 'verified', 0, 0, "
-            "99999, 99999, 0, '{}', 1")
+            "99999, 99999, 0, '{}'")
 REVISION_TAMPERING = [
     f"INSERT OR REPLACE INTO revisions VALUES (1, {REVISION})",  # same id
     f"REPLACE INTO revisions VALUES (7, {REVISION})",  # same (site, month, revision) under a new id
