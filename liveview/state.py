@@ -44,12 +44,13 @@ class DeviceView:
 
 
 class LiveState:
-    def __init__(self, sites: list[Site]):
+    def __init__(self, sites: list[Site], started: dt.datetime | None = None):
         self.sites = {s.site: s for s in sites}
+        started = started or dt.datetime.now(dt.UTC)
         self.lock = threading.Lock()
         self.gateways: dict[str, dict] = {s.site: {s.gateway: {"state": "unknown", "ts": None}} for s in sites}
         self.devices: dict[str, dict[str, DeviceView]] = {
-            s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, DeviceHealth(d.poll_interval)) for d in s.devices}
+            s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, DeviceHealth(d.poll_interval, started)) for d in s.devices}
             for s in sites}
         self.max_rates = {(s.site, src): m.max_rate_per_h for s in sites for m in s.monitoring
                           for src in m.sources if m.max_rate_per_h}

@@ -1,0 +1,40 @@
+"""What the live view claims about a site: no more than it knows. A device heard from
+never, a reading stamped ahead of our clock, a reading the collector would refuse."""
+
+import datetime as dt
+import json
+
+from contract.config import load_site
+from jcm.broker import free_port
+from liveview.app import LiveView
+from store.sqlite_store import SqliteStore
+from tests.conftest import REPO
+
+SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
+
+
+def view_of(tmp_path) -> LiveView:
+    return LiveView([SITE], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "jcm.db"),
+                    str(tmp_path / "alarms.sqlite"))
+
+
+def status(view, state):
+    body = {"schema": 1, "site": SITE.site, "gateway": SITE.gateway, "state": state}
+    view.state.on_message(f"jcm/v1/{SITE.site}/{SITE.gateway}/status", json.dumps(body).encode())
+
+
+def test_devices_never_heard_from_are_not_a_site_that_is_ok(tmp_path):
+    """A gateway that died without its last will (a broker restart) leaves its retained status
+    "online": after a live view restart its devices stayed "unknown" for ever, raised no alarm,
+    and the overview said the site was "ok"."""
+    view = view_of(tmp_path)
+    status(view, "online")
+    now = dt.datetime.now(dt.UTC)
+    assert view.site_summary(SITE.site, now)["attention"] == "ok"  # a moment after start: nothing is late yet
+    later = now + dt.timedelta(seconds=3 * max(d.poll_interval for d in SITE.devices) + 1)
+    row = view.site_summary(SITE.site, later)
+    assert row["devices"]["stale"] == len(SITE.devices) and row["attention"] == "devices_down"
+    (poc,) = [d for d in view.state.snapshot(SITE.site, later)["devices"] if d["id"] == "poc-meter"]
+    assert poc["state"] == "stale" and "no reading since the live view started" in poc["state_reason"]
+    stale = {c.subject for c in view.state.conditions(SITE.site, later, None) if c.kind == "device_stale"}
+    assert stale == {d.id for d in SITE.devices}
