@@ -79,11 +79,12 @@ class LiveState:
             log.warning("live view: ignored reading on %.120r: the payload says site %.80r, gateway %.80r, device %.80r "
                         "(site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
             return None
-        if too_far_ahead(reading.ts, now or dt.datetime.now(dt.UTC)):
+        now = now or dt.datetime.now(dt.UTC)
+        if too_far_ahead(reading.ts, now):
             log.warning("live view: ignored reading on %r stamped %s, ahead of this clock by more than %.0f s",
                         topic, reading.ts.isoformat(), MAX_FUTURE_S)
             return None
-        return self.on_reading(reading)
+        return self.on_reading(reading, now)
 
     def _on_status(self, topic: str, payload: bytes) -> dict | None:
         try:
@@ -115,18 +116,25 @@ class LiveState:
             return None
         return {"type": "gateway", "site": site, "gateway": gateway, "state": state}
 
-    def on_reading(self, r: Reading) -> dict | None:
+    def on_reading(self, r: Reading, received: dt.datetime | None = None) -> dict | None:
+        """Apply a reading that arrived at ``received`` (default: now).
+
+        A reading was taken when its stamp says, at the latest when it arrived: a stamp ahead
+        of our clock (a gateway clock a few minutes fast, within what is accepted) counts as
+        the moment of arrival, so that it neither hides the readings after it as older, nor
+        keeps a device that stops answering "online" until our clock reaches its stamp."""
         site = self.sites.get(r.site)
+        seen = min(r.ts, received or dt.datetime.now(dt.UTC))
         with self.lock:
             view = self.devices.get(r.site, {}).get(r.device)
             if site is None or view is None:
                 return None
-            if view.last_seen is not None and r.ts <= view.last_seen:
+            if view.last_seen is not None and seen <= view.last_seen:
                 return None  # a redelivery or replay: the live view shows the newest only
-            self._counter_checks(site, view, r)
+            self._counter_checks(site, view, r, seen)
             view.status = r.status.value
             view.quality = {k: q.value for k, q in r.quality.items()}
-            view.health.on_reading(r.ts, view.status, view.quality)  # sets last_seen
+            view.health.on_reading(seen, view.status, view.quality)  # sets last_seen
             main = MAIN_CHANNELS.get(view.kind, [])
             view.values = {k: r.values.get(k) for k in main if k in r.values}
             if r.values.get("simulated"):
@@ -139,11 +147,11 @@ class LiveState:
                     view.conditions[(subject, "out_of_range")] = Condition(
                         r.site, subject, "out_of_range", f"{ch} = {r.values.get(ch)} outside its valid range")
             online = self.gateways[r.site].get(site.gateway, {}).get("state") != "offline"
-            return {"type": "reading", "site": r.site, "device": r.device, "ts": r.ts.isoformat(),
-                    "status": r.status.value, "state": view.state(r.ts, online), "values": view.values,
+            return {"type": "reading", "site": r.site, "device": r.device, "ts": seen.isoformat(),
+                    "status": r.status.value, "state": view.state(seen, online), "values": view.values,
                     "quality": view.quality}
 
-    def _counter_checks(self, site: Site, view: DeviceView, r: Reading) -> None:
+    def _counter_checks(self, site: Site, view: DeviceView, r: Reading, seen: dt.datetime) -> None:
         points = {p.channel: p for p in site.device(view.id).register_map.points if p.kind.value == "counter"}
         for ch, p in points.items():
             v = r.values.get(ch)
@@ -164,11 +172,11 @@ class LiveState:
                     view.conditions[(subject, "counter_backwards")] = Condition(
                         site.site, subject, "counter_backwards", f"{ch} went from {v0:g} to {v:g}")
                 rate = self.max_rates.get((site.site, subject))
-                hours = max((r.ts - t0).total_seconds() / 3600, 1 / 3600)
+                hours = max((seen - t0).total_seconds() / 3600, 1 / 3600)
                 if rate and v - v0 > rate * hours:
                     view.conditions[(subject, "counter_jump")] = Condition(
                         site.site, subject, "counter_jump", f"{ch} rose {v - v0:g} in {hours * 3600:.0f} s")
-            view.counters[ch] = (r.ts, v)
+            view.counters[ch] = (seen, v)
 
     # -- evaluation -----------------------------------------------------------------
     def conditions(self, site_id: str, now: dt.datetime, month_to_date: dict | None) -> list[Condition]:

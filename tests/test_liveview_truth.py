@@ -5,6 +5,7 @@ import datetime as dt
 import json
 
 from contract.config import load_site
+from contract.message import Reading
 from jcm.broker import free_port
 from liveview.app import LiveView
 from store.sqlite_store import SqliteStore
@@ -38,3 +39,35 @@ def test_devices_never_heard_from_are_not_a_site_that_is_ok(tmp_path):
     assert poc["state"] == "stale" and "no reading since the live view started" in poc["state_reason"]
     stale = {c.subject for c in view.state.conditions(SITE.site, later, None) if c.kind == "device_stale"}
     assert stale == {d.id for d in SITE.devices}
+
+
+def reading(ts, seq, status="ok", **values):
+    return Reading.from_json(json.dumps({
+        "schema": 1, "site": SITE.site, "gateway": SITE.gateway, "device": "poc-meter", "seq": seq,
+        "ts": ts.isoformat(), "status": status,
+        "values": values or {"active_power": -1500.0, "energy_export": 1000.0 + seq, "energy_import": 5.0}}))
+
+
+def poc_of(state, now):
+    return next(d for d in state.snapshot(SITE.site, now)["devices"] if d["id"] == "poc-meter")
+
+
+def test_a_reading_stamped_ahead_of_our_clock_does_not_hide_the_next_ones(tmp_path):
+    """A gateway clock 290 s fast (within the 300 s accepted), then set right: every later
+    reading was "older than the newest" and ignored for 290 s, so a meter that stopped
+    answering stayed "online" with its old values for 5 minutes (290 s + 3 polls)."""
+    view = view_of(tmp_path)
+    status(view, "online")
+    topic = f"jcm/v1/{SITE.site}/{SITE.gateway}/poc-meter/reading"
+    now = dt.datetime.now(dt.UTC)
+    assert view.state.on_message(topic, reading(now + dt.timedelta(seconds=290), 1).to_json().encode(), now)
+    # nothing more: stale after 3 polls of *our* clock, not 3 polls after the stamp
+    assert poc_of(view.state, now + dt.timedelta(seconds=31))["state"] == "stale"
+    # the clock set right; the meter stops answering
+    later = now + dt.timedelta(seconds=10)
+    gone = reading(later, 2, "offline", active_power=None, energy_export=None, energy_import=None)
+    event = view.state.on_message(topic, gone.to_json().encode(), later)
+    assert event is not None and event["state"] == "offline"
+    assert poc_of(view.state, later)["state"] == "offline"
+    # a redelivered older reading still changes nothing
+    assert view.state.on_message(topic, reading(now, 3).to_json().encode(), later) is None
