@@ -55,6 +55,10 @@ class LiveState:
         self.max_rates = {(s.site, src): m.max_rate_per_h for s in sites for m in s.monitoring
                           for src in m.sources if m.max_rate_per_h}
         self.simulated: dict[str, bool] = {s.site: False for s in sites}
+        #: (site, device) -> (its register map's channels, those of them that are text)
+        self.channels = {(s.site, d.id): (frozenset(p.channel for p in d.register_map.points),
+                                          frozenset(p.channel for p in d.register_map.points if p.type == "string"))
+                         for s in sites for d in s.devices}
 
     # -- MQTT input -----------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, now: dt.datetime | None = None) -> dict | None:
@@ -80,11 +84,29 @@ class LiveState:
                         "(site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
             return None
         now = now or dt.datetime.now(dt.UTC)
+        misfit = self._misfit(reading)
+        if misfit:
+            log.warning("live view: ignored reading on %.120r: %s", topic, misfit)
+            return None
         if too_far_ahead(reading.ts, now):
             log.warning("live view: ignored reading on %r stamped %s, ahead of this clock by more than %.0f s",
                         topic, reading.ts.isoformat(), MAX_FUTURE_S)
             return None
         return self.on_reading(reading, now)
+
+    def _misfit(self, r: Reading) -> str | None:
+        """Why a reading does not fit its device's register map (the collector refuses it), or None."""
+        known = self.channels.get((r.site, r.device))
+        if known is None:
+            return f"site {r.site!r} has no device {r.device!r}"
+        channels, text = known
+        unknown = r.values.keys() - channels
+        if unknown:
+            return f"{len(unknown)} channel(s) not in the register map, such as {min(unknown)!r}"
+        wrong = sorted(k for k, v in r.values.items() if v is not None and isinstance(v, str) != (k in text))
+        if wrong:
+            return f"the value of {wrong[0]!r} is {'text' if wrong[0] not in text else 'a number'}, not its point's type"
+        return None
 
     def _on_status(self, topic: str, payload: bytes) -> dict | None:
         try:

@@ -71,3 +71,25 @@ def test_a_reading_stamped_ahead_of_our_clock_does_not_hide_the_next_ones(tmp_pa
     assert poc_of(view.state, later)["state"] == "offline"
     # a redelivered older reading still changes nothing
     assert view.state.on_message(topic, reading(now, 3).to_json().encode(), later) is None
+
+
+def test_a_reading_the_collector_refuses_is_not_shown_and_raises_no_alarm(tmp_path):
+    """The collector dead-letters a reading with channels outside the device's register map, or
+    text for a number: the live view showed it as live, and a gateway could open an alarm for
+    each of up to 512 invented channels per reading, then end them and open 512 more with the
+    next one, every second, in the alarm book on disk (MRV evidence, kept for ever)."""
+    view = view_of(tmp_path)
+    status(view, "online")
+    topic = f"jcm/v1/{SITE.site}/{SITE.gateway}/poc-meter/reading"
+    now = dt.datetime.now(dt.UTC)
+    for n in range(3):
+        invented = {f"x{n}_{i}": 1.0 for i in range(200)}
+        body = json.loads(reading(now + dt.timedelta(seconds=n), n + 1).to_json())
+        body["values"].update(invented)
+        body["quality"] = {k: "out_of_range" for k in invented}
+        view.state.on_message(topic, json.dumps(body).encode(), now + dt.timedelta(seconds=n))
+        view.evaluate_alarms(now + dt.timedelta(seconds=n))
+    assert [a for a in view.alarms.recent(SITE.site, 10_000) if a["kind"] == "out_of_range"] == []  # before: 600
+    text = reading(now + dt.timedelta(seconds=5), 9, active_power="\u202e0051-", energy_export=1.0, energy_import=1.0)
+    assert view.state.on_message(topic, text.to_json().encode(), now + dt.timedelta(seconds=5)) is None
+    assert poc_of(view.state, now)["last_seen"] is None
