@@ -7,13 +7,14 @@ import http.client
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from contract.config import load_site
-from contract.message import Reading
+from contract.message import Quality, Reading
 from jcm.broker import free_port
 from jcm.demo import Dashboard
 from liveview.app import LiveView, create_app
@@ -204,3 +205,38 @@ def test_a_token_a_browser_cannot_send_is_refused_at_start(tmp_path, token):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "--token-env: the token in JCM_TEST_TOKEN must be visible ASCII" in done.stderr
+
+
+@pytest.mark.slow
+def test_text_from_a_gateway_cannot_reorder_or_mark_up_the_page(tmp_path):
+    """An out-of-range flag on a text channel puts the gateway's text in the alarm's detail:
+    a right-to-left override (U+202E) made the page show it reversed ("0051-" read "-1500"),
+    invisibly. Every such character shows as an escape; markup stays text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    view = LiveView([SOLAR], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "jcm.db"),
+                    str(tmp_path / "alarms.sqlite"))
+    view.state.on_message(status_topic(SOLAR.site, SOLAR.gateway), status(SOLAR.site, SOLAR.gateway, "online"))
+    hostile = "\u202e0051-\u2066<img src=x onerror=window.pwned=1>\x1b[31m\u200b"
+    r = Reading(site=SOLAR.site, gateway=SOLAR.gateway, device="inv-01", ts=dt.datetime.now(dt.UTC),
+                values={"manufacturer": hostile, "ac_power": 1.0}, quality={"manufacturer": Quality.out_of_range}, seq=1)
+    assert on_topic(view.state, r, device="inv-01") is not None
+    view.evaluate_alarms()
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    driver = chrome()
+    try:
+        driver.get(f"http://127.0.0.1:{port}/sites/mn-solar")
+        row = WebDriverWait(driver, 20).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#alarms tr[data-kind='out_of_range']"))[0]
+        detail = row.find_elements(By.TAG_NAME, "td")[-1].get_attribute("textContent")
+        assert not re.search("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]", detail), detail
+        assert "\\u202e0051-\\u2066<img src=x onerror=window.pwned=1>\\x1b[31m\\u200b" in detail
+        assert driver.execute_script("return window.pwned === undefined && !document.querySelector('#alarms img')")
+    finally:
+        driver.quit()
+        dash.stop()

@@ -3,7 +3,16 @@
 // charts are drawn by uPlot 1.6.32 (npm "uplot", MIT licence: uPlot.LICENSE), served from here.
 "use strict";
 const $ = (sel) => document.querySelector(sel);
-const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+// text for HTML: markup escaped, and every character that could reorder or hide what is read (controls,
+// bidirectional overrides and isolates, zero-width and format characters, as contract/text.py) shown as an
+// escape; tabs and line breaks are white space in HTML, and surrogates pair up (a lone one shows as such)
+const UNSAFE = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+const visible = (c) => {
+  const n = c.charCodeAt(0);
+  return n < 0x100 ? "\\x" + n.toString(16).padStart(2, "0") : "\\u" + n.toString(16).padStart(4, "0");
+};
+const esc = (s) => String(s ?? "").replace(UNSAFE, visible)
+  .replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const LANGUAGES = ["en", "ja"];
 let LANG = "en", MSG = {};
 
