@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+from contract import batch, topics
 from contract.config.site import Mqtt
 from contract.message import Reading
 from contract.mqtt_connection import BrokerConnection
@@ -25,6 +26,38 @@ def format_reading(reading: Reading) -> str:
             + " ".join(shown) + (f" (+{more} more)" if more > 0 else ""))
 
 
+#: longest line printed [characters]: a status or acknowledgement holds what its sender wrote
+MAX_LINE = 2000
+
+
+def format_batch(topic: str, payload: bytes) -> str:
+    """One line for a backlog batch (thousands of readings at most): its span, how many, their seqs."""
+    site, gateway = topics.parse_batch(topic)
+    readings, bad = [], 0
+    for line in batch.unpack(payload):
+        try:
+            r = Reading.from_json(line)
+        except (ValueError, RecursionError, OverflowError):
+            bad += 1
+            continue
+        if (r.site, r.gateway) == (site, gateway):
+            readings.append(r)
+        else:  # the topic is the sender's identity (the broker's ACL): another site's name is a forgery
+            bad += 1
+    span = f"{min(r.ts for r in readings):%H:%M:%S}..{max(r.ts for r in readings):%H:%M:%S} " if readings else ""
+    seqs = f", #{min(r.seq for r in readings)}..#{max(r.seq for r in readings)}" if readings else ""
+    return (f"{span}{site}/{gateway} batch of {len(readings)} readings{seqs}"
+            + (f", {bad} malformed or not of this gateway" if bad else ""))
+
+
+def bounded(line: str) -> str:
+    """``line`` cut to ``MAX_LINE`` characters, saying how much was left out."""
+    if len(line) <= MAX_LINE:
+        return line
+    kept = MAX_LINE - 40  # room for the note
+    return f"{line[:kept]}... ({len(line) - kept} more characters)"
+
+
 def watch(broker: Mqtt | str, topic: str, count: int | None = None, duration: float | None = None,
           names: dict[str, str] | None = None, connect_timeout: float = 10.0) -> int:
     """Print until ``count`` messages or ``duration`` seconds; 2 if the broker refuses us or
@@ -38,12 +71,18 @@ def watch(broker: Mqtt | str, topic: str, count: int | None = None, duration: fl
         topic = printable(msg._topic.decode("utf-8", "backslashreplace"))
         try:
             if topic.endswith("/reading"):
-                line = format_reading(Reading.from_json(msg.payload))
+                reading = Reading.from_json(msg.payload)
+                claimed = (reading.site, reading.gateway, reading.device)
+                # the topic is the sender's identity (the broker's ACL), not what its payload says
+                line = (format_reading(reading) if claimed == topics.parse_reading(topic)
+                        else f"{topic}: the payload says {'/'.join(claimed)}: not this topic's reading")
+            elif topic.endswith("/batch"):
+                line = format_batch(topic, msg.payload)
             else:
                 line = f"{topic} {json.loads(msg.payload)}"
         except (ValueError, RecursionError, OverflowError) as exc:
             line = f"{topic}: malformed message: {exc}"
-        print(printable(line), flush=True)
+        print(bounded(printable(line)), flush=True)
         seen += 1
         if count and seen >= count:
             done.set()
