@@ -63,7 +63,7 @@ class LiveView:
         self.simulated = simulated
         #: Host header names accepted without a token (DNS rebinding): loopback and these
         self.allowed_hosts = {*LOOPBACK_HOSTS, *(h.lower().strip("[]") for h in allowed_hosts or [])}
-        self.clients: set[asyncio.Queue] = set()
+        self.clients: set[Subscriber] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.broker = BrokerConnection(broker, f"jcm-liveview-{secrets.token_hex(3)}", "live view: broker",
                                        names=broker_names, reconnect_delay=(1, 10), on_connect=self._on_connect,
@@ -101,10 +101,15 @@ class LiveView:
             self.publish(event)
 
     def publish(self, event: dict) -> None:
-        if self.loop is None:
-            return
-        for q in list(self.clients):
-            self.loop.call_soon_threadsafe(_offer, q, event)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._fan_out, event)
+
+    def _fan_out(self, event: dict) -> None:
+        """Offer ``event`` to the streams of its site only (in the event loop): a flood of one
+        site's readings must not fill the queues of the pages of the others."""
+        for client in list(self.clients):
+            if client.site is None or client.site == event.get("site"):
+                client.offer(event)
 
     def month_to_date(self, site: str) -> dict | None:
         try:
@@ -256,10 +261,30 @@ def _reduction(mtd: dict | None) -> dict | None:
             "rounded_to_zero": mtd.get("ER") == 0 and bool(mtd["ER_unrounded"])}
 
 
-def _offer(q: asyncio.Queue, event: dict) -> None:
-    """Queue an event for one stream; a client too slow to keep up misses it rather than growing the queue."""
-    with contextlib.suppress(asyncio.QueueFull):
-        q.put_nowait(event)
+class Subscriber:
+    """One stream of server-sent events: the site it follows (None: all) and its queue.
+
+    A client too slow to keep up misses events rather than growing the queue; it is then
+    told so (a ``missed`` event) so that it reads the site afresh instead of showing what
+    it last heard as current."""
+
+    def __init__(self, site: str | None, size: int = 1000):
+        self.site = site
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=size)
+        self.missed = 0
+
+    def offer(self, event: dict) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.missed += 1
+
+    async def next_event(self, timeout: float) -> dict:
+        """The next event: ``missed`` (with how many) first if any were dropped; ``TimeoutError`` after ``timeout``."""
+        if self.missed:
+            missed, self.missed = self.missed, 0
+            return {"type": "missed", "site": self.site, "events": missed}
+        return await asyncio.wait_for(self.queue.get(), timeout=timeout)
 
 
 def token_matches(given: str, token: str) -> bool:
@@ -381,22 +406,21 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.get("/api/stream")
     async def api_stream(request: Request, site: str | None = None):
-        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        view.clients.add(q)
+        client = Subscriber(site)
+        view.clients.add(client)
 
         async def events():
             try:
                 yield "retry: 2000\n\n"
                 while not await request.is_disconnected():
                     try:
-                        event = await asyncio.wait_for(q.get(), timeout=15)
+                        event = await client.next_event(timeout=15)
                     except asyncio.TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
-                    if site is None or event.get("site") == site:
-                        yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+                    yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
             finally:
-                view.clients.discard(q)
+                view.clients.discard(client)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -249,6 +249,7 @@ async function sitePage(site) {
   });
   es.addEventListener("alarm", () => loadSite(site));
   es.addEventListener("gateway", () => loadSite(site));
+  es.addEventListener("missed", () => loadSite(site));  // the stream dropped events: what is shown may be old
 }
 
 async function start(page) {

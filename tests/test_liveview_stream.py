@@ -1,0 +1,95 @@
+"""The live view's stream of server-sent events under a flood, through a real Mosquitto and
+the real server: a gateway with a valid password may publish as fast as its link allows,
+on its own site's topics only."""
+
+import contextlib
+import datetime as dt
+import json
+import socket
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from contract.config import load_site
+from contract.message import Reading
+from jcm.broker import free_port
+from jcm.demo import Dashboard
+from liveview.app import LiveView, create_app
+from store.sqlite_store import SqliteStore
+from tests.conftest import REPO, wait_until
+
+SOLAR = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
+BIOGAS = load_site(REPO / "config" / "sites" / "ph-biogas.yaml")
+
+
+class Stream:
+    """A client of /api/stream reading it as fast as it comes: the events, in order."""
+
+    def __init__(self, port: int, query: str):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.sendall(f"GET /api/stream?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        self.events: list[tuple[str, dict]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        buf = b""
+        with contextlib.suppress(OSError):  # closed
+            self._events(buf)
+
+    def _events(self, buf: bytes):
+        while chunk := self.sock.recv(65536):
+            buf += chunk
+            *blocks, buf = buf.split(b"\n\n")
+            for block in blocks:
+                fields = dict(line.split(": ", 1) for line in block.decode().splitlines() if ": " in line)
+                if "event" in fields:
+                    self.events.append((fields["event"], json.loads(fields["data"])))
+
+    def close(self):
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+@pytest.fixture
+def live(tmp_path, mosquitto):
+    view = LiveView([SOLAR, BIOGAS], mosquitto.url, SqliteStore(tmp_path / "jcm.db"), str(tmp_path / "alarms.sqlite"))
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    status = {"schema": 1, "site": BIOGAS.site, "gateway": BIOGAS.gateway, "state": "online"}
+    pub.publish(f"jcm/v1/{BIOGAS.site}/{BIOGAS.gateway}/status", json.dumps(status), qos=1, retain=True)
+    assert wait_until(lambda: view.state.gateways[BIOGAS.site][BIOGAS.gateway]["state"] == "online", 15)
+    yield view, port, pub
+    pub.disconnect()
+    pub.loop_stop()
+    dash.stop()
+
+
+def test_a_flood_on_one_site_does_not_cost_another_sites_page_its_events(live):
+    """Every event was queued for every open page, whichever site it showed: one gateway's
+    flood filled the queue (1000 events) of each page of the other sites, whose own readings
+    were then dropped, silently. A page whose stream cannot keep up is told so."""
+    view, port, pub = live
+    solar, biogas = Stream(port, "site=mn-solar"), Stream(port, "site=ph-biogas")
+    assert wait_until(lambda: len(view.clients) == 2, 10)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60)
+    for i in range(3000):
+        r = Reading(site=BIOGAS.site, gateway=BIOGAS.gateway, device="genset-1", ts=start + dt.timedelta(milliseconds=i),
+                    values={"active_power": float(i)}, seq=i + 1)
+        pub.publish(f"jcm/v1/{BIOGAS.site}/{BIOGAS.gateway}/genset-1/reading", r.to_json(), qos=0)
+    now = dt.datetime.now(dt.UTC)
+    for n, (device, channel) in enumerate([("inv-01", "ac_power"), ("inv-02", "ac_power"), ("poc-meter", "active_power")]):
+        r = Reading(site=SOLAR.site, gateway=SOLAR.gateway, device=device, ts=now, values={channel: 1.0}, seq=n + 1)
+        pub.publish(f"jcm/v1/{SOLAR.site}/{SOLAR.gateway}/{device}/reading", r.to_json(), qos=1)
+    assert wait_until(lambda: next(d for d in view.state.snapshot(SOLAR.site, now)["devices"]
+                                   if d["id"] == "poc-meter")["last_seen"] is not None, 30)
+    assert wait_until(lambda: len([e for e in solar.events if e[0] == "reading"]) >= 3, 5), solar.events[:5]
+    assert [e[1]["device"] for e in solar.events] == ["inv-01", "inv-02", "poc-meter"]
+    # the flooded site's own page: what it missed, it is told it missed (it then reloads the site)
+    assert wait_until(lambda: any(e[0] == "missed" for e in biogas.events)
+                      or len([e for e in biogas.events if e[0] == "reading"]) == 3000, 10)
+    solar.close(), biogas.close()
