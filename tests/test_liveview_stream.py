@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import socket
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -93,3 +94,33 @@ def test_a_flood_on_one_site_does_not_cost_another_sites_page_its_events(live):
     assert wait_until(lambda: any(e[0] == "missed" for e in biogas.events)
                       or len([e for e in biogas.events if e[0] == "reading"]) == 3000, 10)
     solar.close(), biogas.close()
+
+
+@pytest.mark.slow
+def test_a_flood_of_status_changes_does_not_make_each_page_a_flood_of_requests(live):
+    """Each gateway, alarm or missed event has the page read the whole site again (its energy
+    from the store): a gateway flipping its status 400 times had every open page of the site
+    send 400 requests."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    view, port, pub = live
+    reads = []
+    detail = view.site_detail
+    view.site_detail = lambda site: reads.append(site) or detail(site)
+    driver = chrome()
+    try:
+        driver.get(f"http://127.0.0.1:{port}/sites/{BIOGAS.site}")
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements("css selector", "#devices tbody tr"))
+        assert wait_until(lambda: len(view.clients) == 1, 10)
+        before = len(reads)
+        topic = f"jcm/v1/{BIOGAS.site}/{BIOGAS.gateway}/status"
+        for i in range(400):
+            state = ("offline", "online")[i % 2]
+            pub.publish(topic, json.dumps({"schema": 1, "site": BIOGAS.site, "gateway": BIOGAS.gateway,
+                                           "state": state}), qos=1)
+        time.sleep(3)
+        assert len(reads) - before <= 5, len(reads) - before
+    finally:
+        driver.quit()

@@ -247,9 +247,11 @@ async function sitePage(site) {
     row.querySelector(".state-cell").innerHTML = stateBadge(r.state);  // the server's state model, not ours
     row.classList.remove("flash"); void row.offsetWidth; row.classList.add("flash");
   });
-  es.addEventListener("alarm", () => loadSite(site));
-  es.addEventListener("gateway", () => loadSite(site));
-  es.addEventListener("missed", () => loadSite(site));  // the stream dropped events: what is shown may be old
+  // these events have the page read the whole site again; they can come in floods (a gateway flipping its
+  // status): one read a second at most. "missed": the stream dropped events, what is shown may be old
+  let reload = null;
+  const reloadSoon = () => { reload ??= setTimeout(() => { reload = null; loadSite(site); }, 1000); };
+  for (const kind of ["alarm", "gateway", "missed"]) es.addEventListener(kind, reloadSoon);
 }
 
 async function start(page) {
