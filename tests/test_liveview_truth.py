@@ -93,3 +93,19 @@ def test_a_reading_the_collector_refuses_is_not_shown_and_raises_no_alarm(tmp_pa
     text = reading(now + dt.timedelta(seconds=5), 9, active_power="\u202e0051-", energy_export=1.0, energy_import=1.0)
     assert view.state.on_message(topic, text.to_json().encode(), now + dt.timedelta(seconds=5)) is None
     assert poc_of(view.state, now)["last_seen"] is None
+
+
+def test_power_now_leaves_out_a_value_its_gateway_flags(tmp_path):
+    """A meter read out of its valid range is kept with its flag (the gateway's evidence); the
+    overview summed it into the site's power now: 9,900 MW on a plant of 8.3 MW."""
+    view = view_of(tmp_path)
+    status(view, "online")
+    topic = f"jcm/v1/{SITE.site}/{SITE.gateway}/poc-meter/reading"
+    now = dt.datetime.now(dt.UTC)
+    view.state.on_message(topic, reading(now, 1, active_power=-1500.0).to_json().encode(), now)
+    assert view.site_summary(SITE.site, now)["power_kw"] == 1500.0
+    body = json.loads(reading(now + dt.timedelta(seconds=1), 2, active_power=-9.9e6).to_json())
+    body["quality"] = {"active_power": "out_of_range"}
+    view.state.on_message(topic, json.dumps(body).encode(), now + dt.timedelta(seconds=1))
+    assert poc_of(view.state, now)["state"] == "faulted"
+    assert view.site_summary(SITE.site, now + dt.timedelta(seconds=1))["power_kw"] is None
