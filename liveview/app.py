@@ -29,7 +29,7 @@ from contract.store import ReadingStore, StoreUnavailable
 from liveview import fleet
 from liveview.alarms import KINDS, AlarmBook, sequence_conditions
 from liveview.device_state import STATES
-from liveview.energy import CounterTotals
+from liveview.energy import CounterTotals, unflagged
 from liveview.main_channels import POWER_CHANNEL
 from liveview.state import LiveState
 
@@ -233,7 +233,8 @@ class LiveView:
             ch = POWER_CHANNEL.get(d.kind)
             if not ch:
                 continue
-            df = self.store.read(site_id, start, end, channels=[ch], devices=[d.id]).dropna(subset=["value"])
+            df = self.store.read(site_id, start, end, channels=[ch], devices=[d.id])
+            df = df[unflagged(df)]
             if len(df) > CHART_POINTS:  # thin for the browser
                 df = df.iloc[:: len(df) // CHART_POINTS + 1]
             unit = site.device(d.id).register_map.point(ch).unit

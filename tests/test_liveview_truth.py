@@ -109,3 +109,16 @@ def test_power_now_leaves_out_a_value_its_gateway_flags(tmp_path):
     view.state.on_message(topic, json.dumps(body).encode(), now + dt.timedelta(seconds=1))
     assert poc_of(view.state, now)["state"] == "faulted"
     assert view.site_summary(SITE.site, now + dt.timedelta(seconds=1))["power_kw"] is None
+
+
+def test_the_power_chart_leaves_out_values_their_gateway_flags(tmp_path):
+    """One reading out of range (kept in the store with its flag) set the chart's axis to
+    9,900 MW: every real value of the day drew as a flat line at 0."""
+    view = view_of(tmp_path)
+    now = dt.datetime.now(dt.UTC)
+    rows = [reading(now - dt.timedelta(minutes=30 - i), i + 1, active_power=-1500.0 - i) for i in range(3)]
+    flagged = json.loads(reading(now - dt.timedelta(minutes=20), 10, active_power=-9.9e6).to_json())
+    flagged["quality"] = {"active_power": "out_of_range"}
+    view.store.write([*rows, Reading.from_json(json.dumps(flagged))])
+    series = view.history(SITE.site, 1.0)["series"]["poc-meter"]
+    assert series["v"] == [-1500.0, -1501.0, -1502.0] and len(series["t"]) == 3
