@@ -316,8 +316,10 @@ def create_app(view: LiveView) -> FastAPI:
         yield
         await view.stop()
 
-    # docs_url=None: FastAPI's own page loads Swagger UI from a CDN; ours serves it from the package
-    app = FastAPI(title="jcm live view", docs_url=None, openapi_url="/api/openapi.json", lifespan=lifespan)
+    # docs_url=None, redoc_url=None: FastAPI's own pages load Swagger UI and ReDoc from CDNs; ours
+    # serves Swagger UI from the package
+    app = FastAPI(title="jcm live view", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
+                  lifespan=lifespan)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
@@ -407,7 +409,7 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.get("/api/stream")
     async def api_stream(request: Request, site: str | None = None):
-        client = Subscriber(site)
+        client = Subscriber(site if site is None else site_or_404(site))
         view.clients.add(client)
 
         async def events():

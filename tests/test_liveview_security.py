@@ -240,3 +240,25 @@ def test_text_from_a_gateway_cannot_reorder_or_mark_up_the_page(tmp_path):
     finally:
         driver.quit()
         dash.stop()
+
+
+def test_every_page_loads_from_this_server_only(serve, tmp_path):
+    """FastAPI serves ReDoc at /redoc unless told not to, from a CDN (a blank page offline, and
+    scripts from a third party on an operators' page)."""
+    port = serve()
+    view = LiveView([SOLAR], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "routes.db"),
+                    str(tmp_path / "routes.sqlite"))
+    paths = [r.path.replace("{site}", SOLAR.site) for r in create_app(view).routes
+             if "GET" in getattr(r, "methods", ()) and "{" not in r.path.replace("{site}", "") and r.path != "/api/stream"]
+    assert {"/", "/sites/mn-solar", "/api/docs"} <= set(paths)
+    for path in paths + ["/redoc", "/docs"]:
+        resp, body = request(port, path)
+        if resp.status == 200 and resp.getheader("content-type", "").startswith("text/html"):
+            urls = re.findall(r"""(?:src|href)=['"]([^'"]+)""", body.decode()) + re.findall(r"url: *'([^']+)'", body.decode())
+            assert all(u.startswith("/") and not u.startswith("//") for u in urls), (path, urls)
+
+
+def test_a_stream_of_a_site_that_is_not_here_is_a_404(serve):
+    port = serve()
+    resp, body = request(port, "/api/stream?site=nope")
+    assert resp.status == 404 and b"no site 'nope'" in body
