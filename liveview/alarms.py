@@ -44,6 +44,10 @@ KINDS = {
     "sequence_holes": "readings missing at too many places of a gateway's sequence to name one by one",
     "clock_offset": "the gateway's clock is off by more than the collector's bound: its readings are flagged",
 }
+#: the kinds judged from what MQTT brings: while the live view is not connected to the broker,
+#: silence is its own fault, not the devices' (their alarms are neither opened nor ended then)
+FROM_BROKER = frozenset({"device_stale", "device_offline", "device_faulted", "gateway_offline", "counter_backwards",
+                         "counter_jump", "out_of_range"})
 #: how long a new sequence epoch stays an alarm
 EPOCH_ALARM = dt.timedelta(days=7)
 

@@ -27,7 +27,7 @@ from contract.config.site import Mqtt, Site
 from contract.mqtt_connection import BrokerConnection
 from contract.store import ReadingStore, StoreUnavailable
 from liveview import fleet
-from liveview.alarms import KINDS, AlarmBook, sequence_conditions
+from liveview.alarms import FROM_BROKER, KINDS, AlarmBook, sequence_conditions
 from liveview.device_state import STATES
 from liveview.energy import CounterTotals, unflagged
 from liveview.main_channels import POWER_CHANNEL
@@ -129,13 +129,18 @@ class LiveView:
             self._sequence_findings[site] = (time.monotonic(), known)
         return known
 
+    @property
+    def broker_connected(self) -> bool:
+        return self.broker.connected.is_set()
+
     def evaluate_alarms(self, now: dt.datetime | None = None) -> list[dict]:
         now = now or dt.datetime.now(dt.UTC)
+        kinds = set(KINDS) if self.broker_connected else set(KINDS) - FROM_BROKER
         changes = []
         for site in self.sites:
             conditions = self.state.conditions(site, now, self.month_to_date(site))
             conditions += sequence_conditions(self.sequence_findings(site), now)
-            changes += self.alarms.update((site, set(KINDS)), conditions, now)
+            changes += self.alarms.update((site, kinds), [c for c in conditions if c.kind in kinds], now)
         for c in changes:
             self.publish({"type": "alarm", **c})
         return changes
@@ -184,7 +189,7 @@ class LiveView:
                 "energy_main": energy.get(main_key) if main_key else None, "energy_main_key": main_key,
                 "energy_error": energy.get("error"),
                 "month_to_date": _reduction(mtd), "last_verified": verified,
-                "simulated": self.simulated or snap["simulated"]}
+                "simulated": self.simulated or snap["simulated"], "broker_connected": self.broker_connected}
 
     def overview(self) -> list[dict]:
         """Every site's row, the one that needs attention most first."""
@@ -387,7 +392,8 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.get("/api/sites")
     def api_sites():
-        return {"simulated": view.simulated, "sites": view.overview(), "alarm_kinds": KINDS}
+        return {"simulated": view.simulated, "broker_connected": view.broker_connected, "sites": view.overview(),
+                "alarm_kinds": KINDS}
 
     @app.get("/api/sites/{site}")
     def api_site(site: str):

@@ -219,6 +219,7 @@ def test_text_from_a_gateway_cannot_reorder_or_mark_up_the_page(tmp_path):
 
     view = LiveView([SOLAR], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "jcm.db"),
                     str(tmp_path / "alarms.sqlite"))
+    view.broker.connected.set()  # as if connected: alarms of what MQTT brings are judged only then
     view.state.on_message(status_topic(SOLAR.site, SOLAR.gateway), status(SOLAR.site, SOLAR.gateway, "online"))
     hostile = "\u202e0051-\u2066<img src=x onerror=window.pwned=1>\x1b[31m\u200b"
     r = Reading(site=SOLAR.site, gateway=SOLAR.gateway, device="inv-01", ts=dt.datetime.now(dt.UTC),

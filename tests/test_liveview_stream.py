@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -124,3 +125,37 @@ def test_a_flood_of_status_changes_does_not_make_each_page_a_flood_of_requests(l
         assert len(reads) - before <= 5, len(reads) - before
     finally:
         driver.quit()
+
+
+@pytest.mark.slow
+def test_a_live_view_cut_off_from_its_broker_says_so_and_blames_no_device(live, mosquitto):
+    """The live view's own link to the broker down: every device of every site went stale, a
+    device_stale alarm opened for each (stored as evidence), and nothing on the page said that
+    the fault was the live view's own."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    view, port, pub = live
+    now = dt.datetime.now(dt.UTC)
+    r = Reading(site=BIOGAS.site, gateway=BIOGAS.gateway, device="genset-1", ts=now, values={"active_power": 1.0}, seq=1)
+    pub.publish(f"jcm/v1/{BIOGAS.site}/{BIOGAS.gateway}/genset-1/reading", r.to_json(), qos=1)
+    assert wait_until(lambda: view.state.devices[BIOGAS.site]["genset-1"].last_seen is not None, 10)
+    assert get_json(port, "/api/sites")["broker_connected"] is True
+    mosquitto.stop()
+    assert wait_until(lambda: not view.broker.connected.is_set(), 10)
+    assert get_json(port, f"/api/sites/{BIOGAS.site}")["broker_connected"] is False
+    later = now + dt.timedelta(minutes=5)
+    assert [c for c in view.evaluate_alarms(later) if c["kind"].startswith(("device_", "gateway_"))] == []
+    driver = chrome()
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        WebDriverWait(driver, 20).until(lambda d: d.find_element("id", "broker").is_displayed())
+        assert "not connected to the broker" in driver.find_element("id", "broker").text
+    finally:
+        driver.quit()
+
+
+def get_json(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        return json.load(resp)

@@ -15,8 +15,11 @@ SITE = load_site(REPO / "config" / "sites" / "mn-solar.yaml")
 
 
 def view_of(tmp_path) -> LiveView:
-    return LiveView([SITE], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "jcm.db"),
+    """A live view fed by calling it, as if connected to its broker (else it judges no alarm of what MQTT brings)."""
+    view = LiveView([SITE], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "jcm.db"),
                     str(tmp_path / "alarms.sqlite"))
+    view.broker.connected.set()
+    return view
 
 
 def status(view, state):

@@ -105,6 +105,7 @@ function energyMain(s) {
 async function deploymentPage() {
   const data = await api("/api/sites");
   $("#sim").hidden = !data.sites.some((s) => s.simulated);
+  $("#broker").hidden = data.broker_connected;
   $("#fleet tbody").innerHTML = data.sites.map((s) => `<tr data-site="${esc(s.site)}" class="attention-${esc(s.attention)}">
     <td><a href="/sites/${encodeURIComponent(s.site)}">${esc(s.name)}</a><div class="muted">${esc(s.country)} · ${esc(s.methodology)}</div></td>
     <td><span class="attention ${esc(s.attention)}">${esc(label("attention", s.attention))}</span></td>
@@ -169,6 +170,7 @@ async function loadSite(site) {
   $("#meta").textContent = `${d.country} · ${d.methodology} · ${t("times_in", {zone: zoneName(d.timezone)})}`;
   $("#gw").innerHTML = `${esc(t("gateway"))} ${esc(d.gateway)} ${stateBadge(d.gateway_state)}`;
   $("#sim").hidden = !d.simulated;
+  $("#broker").hidden = d.broker_connected;
   renderDevices(d.devices);
   renderAlarms(d.alarms.recent);
   $("#energy").innerHTML = renderEnergy(d.energy);
