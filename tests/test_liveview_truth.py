@@ -125,3 +125,36 @@ def test_the_power_chart_leaves_out_values_their_gateway_flags(tmp_path):
     view.store.write([*rows, Reading.from_json(json.dumps(flagged))])
     series = view.history(SITE.site, 1.0)["series"]["poc-meter"]
     assert series["v"] == [-1500.0, -1501.0, -1502.0] and len(series["t"]) == 3
+
+
+def test_a_flapping_condition_is_one_alarm_not_a_row_a_flip(tmp_path):
+    """A value flagged out of range every other reading (noise around a limit, or a gateway
+    doing it on purpose on every channel) opened and ended an alarm at each flip: a row in the
+    alarm book per 2 s per channel, for ever. Back within 10 minutes, it is the same alarm."""
+    view = view_of(tmp_path)
+    status(view, "online")
+    topic = f"jcm/v1/{SITE.site}/{SITE.gateway}/poc-meter/reading"
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=30)
+    for n in range(200):
+        at = now + dt.timedelta(seconds=n)
+        body = json.loads(reading(at, n + 1, active_power=-1500.0).to_json())
+        if n % 2:
+            body["quality"] = {"active_power": "out_of_range"}
+        view.state.on_message(topic, json.dumps(body).encode(), at)
+        view.evaluate_alarms(at)
+    rows = [a for a in view.alarms.recent(SITE.site, 10_000) if a["kind"] == "out_of_range"]
+    assert len(rows) == 1, len(rows)  # before: 100
+    assert rows[0]["started"] == (now + dt.timedelta(seconds=1)).isoformat(timespec="seconds")
+    assert rows[0]["ended"] is None
+    at = now + dt.timedelta(seconds=200)
+    view.state.on_message(topic, reading(at, 201, active_power=-1500.0).to_json().encode(), at)
+    view.evaluate_alarms(at)
+    (row,) = [a for a in view.alarms.recent(SITE.site, 10_000) if a["kind"] == "out_of_range"]
+    assert row["ended"] == at.isoformat(timespec="seconds")
+    # over 10 minutes later: a new alarm
+    at = now + dt.timedelta(seconds=200 + 601)
+    body = json.loads(reading(at, 999, active_power=-1500.0).to_json())
+    body["quality"] = {"active_power": "out_of_range"}
+    view.state.on_message(topic, json.dumps(body).encode(), at)
+    view.evaluate_alarms(at)
+    assert len([a for a in view.alarms.recent(SITE.site, 10_000) if a["kind"] == "out_of_range"]) == 2
