@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from contract import topics, units
 from contract.config.site import Mqtt, Site
 from contract.mqtt_connection import BrokerConnection
-from contract.store import ReadingStore, StoreUnavailable
+from contract.store import ReadingStore, ReadUnsupported, StoreUnavailable
 from liveview import fleet
 from liveview.alarms import FROM_BROKER, KINDS, AlarmBook, sequence_conditions
 from liveview.device_state import STATES
@@ -46,6 +46,8 @@ MAX_HISTORY_HOURS = 72.0
 RANGES = {"day": 24.0, "week": 168.0, "month": 744.0}
 #: points per chart series at most (a month of 10 s readings is thinned to this)
 CHART_POINTS = 600
+#: after the store failed, how long it is not asked again: requests say "unavailable" at once [s]
+STORE_RETRY_S = 15.0
 
 
 class LiveView:
@@ -72,6 +74,7 @@ class LiveView:
         self.mqtt.on_message = self._on_mqtt
         self._connected_at: float | None = None  # while nothing has arrived on this connection
         self._sequence_findings: dict[str, tuple[float, list]] = {}  # site -> (when read, findings)
+        self._store_failed: tuple[float, str] | None = None  # (when, why) the store last failed
 
     # -- feeds ----------------------------------------------------------------------
     def _on_connect(self, session_present: bool) -> None:
@@ -111,6 +114,28 @@ class LiveView:
             if client.site is None or client.site == event.get("site"):
                 client.offer(event)
 
+    def from_store(self, read):
+        """``read()``, or ``StoreUnavailable`` at once while the store failed less than
+        ``STORE_RETRY_S`` ago: a store that does not answer must not hold every request (and
+        the live part of every page) for its timeout, each time it is asked."""
+        failed = self._store_failed
+        if failed and time.monotonic() - failed[0] < STORE_RETRY_S:
+            raise StoreUnavailable(f"{failed[1]} (store unavailable: asked again {STORE_RETRY_S:.0f} s after)")
+        try:
+            return read()
+        except ReadUnsupported:  # an answer: this kind of read, not the store, is what fails
+            raise
+        except StoreUnavailable as exc:
+            self._store_failed = (time.monotonic(), str(exc))
+            raise
+
+    def energy(self, site: Site, now: dt.datetime) -> dict:
+        """Today's and month-to-date counted figures of a site, or ``{"error": ...}``."""
+        try:
+            return self.from_store(lambda: self.totals.figures(site, now))
+        except StoreUnavailable as exc:
+            return {"error": str(exc)}
+
     def month_to_date(self, site: str) -> dict | None:
         try:
             return self.ledger.month_to_date(site) if self.ledger else None
@@ -123,7 +148,7 @@ class LiveView:
         at, known = self._sequence_findings.get(site, (0.0, []))
         if time.monotonic() - at >= 10.0:
             try:
-                known = self.store.sequence_findings(site)
+                known = self.from_store(lambda: self.store.sequence_findings(site))
             except Exception as exc:  # the page stays live while the store is down
                 log.debug("live view: sequence findings of %s unavailable: %s", site, exc)
             self._sequence_findings[site] = (time.monotonic(), known)
@@ -164,8 +189,8 @@ class LiveView:
         self.broker.stop()
 
     # -- data for the API -------------------------------------------------------------
-    def site_summary(self, site_id: str, now: dt.datetime | None = None) -> dict:
-        """A site's row of the fleet overview."""
+    def site_summary(self, site_id: str, now: dt.datetime | None = None, energy: dict | None = None) -> dict:
+        """A site's row of the fleet overview; ``energy``: its figures when already read."""
         site = self.sites[site_id]
         now = now or dt.datetime.now(dt.UTC)
         snap = self.state.snapshot(site_id, now)
@@ -175,10 +200,7 @@ class LiveView:
         active = len(self.alarms.active(site_id))
         mtd = self.month_to_date(site_id)
         verified, _ = self._months(site_id)
-        try:
-            energy = self.totals.figures(site, now)
-        except StoreUnavailable as exc:
-            energy = {"error": str(exc)}
+        energy = self.energy(site, now) if energy is None else energy
         main = site.monitoring[0] if site.monitoring else None
         main_key = main and (main.parameter if main.unit_id is None else f"{main.parameter}[{main.unit_id}]")
         return {"site": site_id, "name": site.name, "country": site.country, "timezone": site.timezone,
@@ -197,15 +219,12 @@ class LiveView:
         return sorted(rows, key=lambda r: (fleet.ATTENTION.index(r["attention"]), -r["active_alarms"], r["name"]))
 
     def site_detail(self, site_id: str) -> dict:
-        site = self.sites[site_id]
         now = dt.datetime.now(dt.UTC)
-        out = {**self.site_summary(site_id, now), **self.state.snapshot(site_id, now)}
+        energy = self.energy(self.sites[site_id], now)
+        out = {**self.site_summary(site_id, now, energy), **self.state.snapshot(site_id, now)}
         out["simulated"] = self.simulated or out["simulated"]
         out["alarms"] = {"active": self.alarms.active(site_id), "recent": self.alarms.recent(site_id, 30)}
-        try:
-            out["energy"] = self.totals.figures(site, now)
-        except StoreUnavailable as exc:
-            out["energy"] = {"error": str(exc)}
+        out["energy"] = energy
         out["last_verified"], out["months"] = self._months(site_id)
         return out
 
@@ -238,7 +257,7 @@ class LiveView:
             ch = POWER_CHANNEL.get(d.kind)
             if not ch:
                 continue
-            df = self.store.read(site_id, start, end, channels=[ch], devices=[d.id])
+            df = self.from_store(lambda: self.store.read(site_id, start, end, channels=[ch], devices=[d.id]))
             df = df[unflagged(df)]
             if len(df) > CHART_POINTS:  # thin for the browser
                 df = df.iloc[:: len(df) // CHART_POINTS + 1]
