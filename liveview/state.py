@@ -21,6 +21,8 @@ from liveview.main_channels import MAIN_CHANNELS
 log = logging.getLogger(__name__)
 #: what a gateway's retained status message may say
 GATEWAY_STATES = ("online", "offline")
+#: status periods without one after which an "online" gateway is shown stale
+STALE_STATUS_PERIODS = 3
 
 
 @dataclass
@@ -68,7 +70,7 @@ class LiveState:
         under its own site): a message whose payload names another site, gateway or
         device, or is stamped too far ahead of our clock, is ignored and logged."""
         if topic.endswith("/status"):
-            return self._on_status(topic, payload)
+            return self._on_status(topic, payload, now or dt.datetime.now(dt.UTC))
         try:
             site, gateway, device = topics.parse_reading(topic)
             reading = Reading.from_json(payload)
@@ -108,7 +110,7 @@ class LiveState:
             return f"the value of {wrong[0]!r} is {'text' if wrong[0] not in text else 'a number'}, not its point's type"
         return None
 
-    def _on_status(self, topic: str, payload: bytes) -> dict | None:
+    def _on_status(self, topic: str, payload: bytes, now: dt.datetime) -> dict | None:
         try:
             site, gateway = topics.parse_status(topic)
         except ValueError:
@@ -133,7 +135,8 @@ class LiveState:
             before = self.gateways[site][gateway].get("state")
             self.gateways[site][gateway] = {
                 "state": state, "ts": ts if isinstance(ts, str) and len(ts) <= 40 else None,
-                "outbox_depth": depth if isinstance(depth, int) and not isinstance(depth, bool) else None}
+                "outbox_depth": depth if isinstance(depth, int) and not isinstance(depth, bool) else None,
+                "heard": now}
         if state == before:  # each event makes every open page reload the site: a flood must not multiply
             return None
         return {"type": "gateway", "site": site, "gateway": gateway, "state": state}
@@ -222,7 +225,7 @@ class LiveState:
 
     def snapshot(self, site_id: str, now: dt.datetime) -> dict:
         with self.lock:
-            gateways = {k: dict(v) for k, v in self.gateways[site_id].items()}
+            gateways = {k: _gateway_fields(v, now) for k, v in self.gateways[site_id].items()}
             online = gateways.get(self.sites[site_id].gateway, {}).get("state") != "offline"
             devices = [{
                 "id": v.id, "kind": v.kind, "gateway": v.gateway, **_state_fields(v.health.current(now, online)),
@@ -230,6 +233,17 @@ class LiveState:
                 "values": v.values, "quality": v.quality,
             } for v in self.devices[site_id].values()]
         return {"gateways": gateways, "devices": devices, "simulated": self.simulated[site_id]}
+
+
+def _gateway_fields(g: dict, now: dt.datetime) -> dict:
+    """A gateway's status as last heard, ``stale`` when an "online" one has not been refreshed
+    for ``STALE_STATUS_PERIODS`` status periods (of our clock: when we heard it)."""
+    out = {k: v for k, v in g.items() if k != "heard"}
+    heard, silent = g.get("heard"), STALE_STATUS_PERIODS * topics.STATUS_EVERY_S
+    if g["state"] == "online" and heard is not None and (now - heard).total_seconds() > silent:
+        out["state"] = "stale"
+        out["state_reason"] = f"no status since {heard.isoformat(timespec='seconds')}"
+    return out
 
 
 def _state_fields(current: tuple[str, str, dt.datetime | None]) -> dict:

@@ -158,3 +158,20 @@ def test_a_flapping_condition_is_one_alarm_not_a_row_a_flip(tmp_path):
     view.state.on_message(topic, json.dumps(body).encode(), at)
     view.evaluate_alarms(at)
     assert len([a for a in view.alarms.recent(SITE.site, 10_000) if a["kind"] == "out_of_range"]) == 2
+
+
+def test_a_gateway_whose_status_stops_coming_is_not_online(tmp_path):
+    """A connected gateway publishes its status every 30 s. One that died without its last
+    will (a broker restart, a half-open link) left "online", retained, for ever: the overview
+    said the gateway was online, and sent the operator to look at its devices."""
+    view = view_of(tmp_path)
+    now = dt.datetime.now(dt.UTC)
+    body = json.dumps({"schema": 1, "site": SITE.site, "gateway": SITE.gateway, "state": "online"}).encode()
+    view.state.on_message(f"jcm/v1/{SITE.site}/{SITE.gateway}/status", body, now)
+    assert view.site_summary(SITE.site, now + dt.timedelta(seconds=60))["gateway_state"] == "online"
+    view.state.on_message(f"jcm/v1/{SITE.site}/{SITE.gateway}/status", body, now + dt.timedelta(seconds=60))
+    assert view.site_summary(SITE.site, now + dt.timedelta(seconds=149))["gateway_state"] == "online"
+    row = view.site_summary(SITE.site, now + dt.timedelta(seconds=151))
+    assert row["gateway_state"] == "stale" and row["attention"] == "gateway_down"
+    gw = view.state.snapshot(SITE.site, now + dt.timedelta(seconds=151))["gateways"][SITE.gateway]
+    assert "no status since" in gw["state_reason"]
