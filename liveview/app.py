@@ -5,11 +5,14 @@ down). Binds to 127.0.0.1 unless told otherwise; an optional token protects it."
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
+import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from pathlib import Path
@@ -46,6 +49,13 @@ MAX_HISTORY_HOURS = 72.0
 RANGES = {"day": 24.0, "week": 168.0, "month": 744.0}
 #: points per chart series at most (a month of 10 s readings is thinned to this)
 CHART_POINTS = 600
+#: what a page may load and run: this server's scripts only (text from gateways is shown in the
+#: pages, so an injected script must find nothing to run), inline styles (the charts set them),
+#: and no framing by another site
+CSP = ("default-src 'self'; script-src 'self'{scripts}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+#: headers of every answer
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
 #: after the store failed, how long it is not asked again: requests say "unavailable" at once [s]
 STORE_RETRY_S = 15.0
 
@@ -368,6 +378,13 @@ def create_app(view: LiveView) -> FastAPI:
                                 secure=served_over_https(request))
         return response
 
+    @app.middleware("http")
+    async def _headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        response.headers.setdefault("Content-Security-Policy", CSP.format(scripts=""))
+        return response
+
     def site_or_404(site: str) -> str:
         if site not in view.sites:
             raise HTTPException(404, f"no site '{site}'")
@@ -404,10 +421,16 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.get("/api/docs", include_in_schema=False)
     def api_docs():
-        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="jcm live view: API",
+        page = get_swagger_ui_html(openapi_url="/api/openapi.json", title="jcm live view: API",
                                    swagger_js_url="/static/swagger/swagger-ui-bundle.js",
                                    swagger_css_url="/static/swagger/swagger-ui.css",
                                    swagger_favicon_url="/static/swagger/favicon-32x32.png")
+        # Swagger UI starts from an inline script: that one alone is allowed, by its hash
+        inline = re.findall(r"<script>(.*?)</script>", page.body.decode(), re.DOTALL)
+        hashes = "".join(f" 'sha256-{base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()}'"
+                         for js in inline)
+        page.headers["Content-Security-Policy"] = CSP.format(scripts=hashes)
+        return page
 
     @app.get("/api/sites")
     def api_sites():

@@ -263,3 +263,34 @@ def test_a_stream_of_a_site_that_is_not_here_is_a_404(serve):
     port = serve()
     resp, body = request(port, "/api/stream?site=nope")
     assert resp.status == 404 and b"no site 'nope'" in body
+
+
+def test_every_answer_forbids_scripts_from_elsewhere_and_framing(serve):
+    """Text from gateways is shown in the pages: were any of it ever to get past the escaping, an
+    injected script should find nothing it may run. Before: no such header at all."""
+    port = serve(token="s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    for path, headers in (("/", auth), ("/sites/mn-solar", auth), ("/api/sites", auth), ("/static/app.js", {}),
+                          ("/api/sites/nope", auth), ("/api/sites", {}), ("/api/docs", auth)):
+        resp, _ = request(port, path, headers)
+        csp = resp.getheader("content-security-policy") or ""
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp, path
+        assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0], path
+        assert resp.getheader("x-content-type-options") == "nosniff" and resp.getheader("x-frame-options") == "DENY"
+
+
+@pytest.mark.slow
+def test_the_pages_and_the_api_docs_run_under_their_policy(serve, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    port = serve()
+    driver = chrome()
+    try:
+        for path, shown in (("/", "#fleet tbody tr"), ("/sites/mn-solar", "#devices tbody tr"),
+                            ("/api/docs", ".swagger-ui .opblock")):
+            driver.get(f"http://127.0.0.1:{port}{path}")
+            WebDriverWait(driver, 20).until(lambda d: d.find_elements("css selector", shown))
+    finally:
+        driver.quit()

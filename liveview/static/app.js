@@ -261,3 +261,5 @@ async function start(page) {
   if (page === "site") sitePage(location.pathname.split("/").pop());
   else deploymentPage();
 }
+// the page says which it is (no inline script: the pages' Content-Security-Policy allows none)
+start(document.body.dataset.page);
