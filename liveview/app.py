@@ -221,7 +221,7 @@ class LiveView:
                 "energy_main": energy.get(main_key) if main_key else None, "energy_main_key": main_key,
                 "energy_error": energy.get("error"),
                 "month_to_date": _reduction(mtd), "last_verified": verified,
-                "simulated": self.simulated or snap["simulated"], "broker_connected": self.broker_connected}
+                "simulated": self.simulated, "broker_connected": self.broker_connected}
 
     def overview(self) -> list[dict]:
         """Every site's row, the one that needs attention most first."""
@@ -232,7 +232,6 @@ class LiveView:
         now = dt.datetime.now(dt.UTC)
         energy = self.energy(self.sites[site_id], now)
         out = {**self.site_summary(site_id, now, energy), **self.state.snapshot(site_id, now)}
-        out["simulated"] = self.simulated or out["simulated"]
         out["alarms"] = {"active": self.alarms.active(site_id), "recent": self.alarms.recent(site_id, 30)}
         out["energy"] = energy
         out["last_verified"], out["months"] = self._months(site_id)

@@ -56,7 +56,6 @@ class LiveState:
             for s in sites}
         self.max_rates = {(s.site, src): m.max_rate_per_h for s in sites for m in s.monitoring
                           for src in m.sources if m.max_rate_per_h}
-        self.simulated: dict[str, bool] = {s.site: False for s in sites}
         #: (site, device) -> (its register map's channels, those of them that are text)
         self.channels = {(s.site, d.id): (frozenset(p.channel for p in d.register_map.points),
                                           frozenset(p.channel for p in d.register_map.points if p.type == "string"))
@@ -162,8 +161,6 @@ class LiveState:
             view.health.on_reading(seen, view.status, view.quality)  # sets last_seen
             main = MAIN_CHANNELS.get(view.kind, [])
             view.values = {k: r.values.get(k) for k in main if k in r.values}
-            if r.values.get("simulated"):
-                self.simulated[r.site] = True
             for key in [k for k in view.conditions if k[1] == "out_of_range"]:
                 del view.conditions[key]
             for ch, q in r.quality.items():
@@ -232,7 +229,7 @@ class LiveState:
                 "last_seen": v.last_seen.isoformat() if v.last_seen else None, "status": v.status,
                 "values": v.values, "quality": v.quality,
             } for v in self.devices[site_id].values()]
-        return {"gateways": gateways, "devices": devices, "simulated": self.simulated[site_id]}
+        return {"gateways": gateways, "devices": devices}
 
 
 def _gateway_fields(g: dict, now: dt.datetime) -> dict:
