@@ -148,7 +148,8 @@ class LiveState:
         the moment of arrival, so that it neither hides the readings after it as older, nor
         keeps a device that stops answering "online" until our clock reaches its stamp."""
         site = self.sites.get(r.site)
-        seen = min(r.ts, received or dt.datetime.now(dt.UTC))
+        received = received or dt.datetime.now(dt.UTC)
+        seen = min(r.ts, received)
         with self.lock:
             view = self.devices.get(r.site, {}).get(r.device)
             if site is None or view is None:
@@ -170,7 +171,7 @@ class LiveState:
                         r.site, subject, "out_of_range", f"{ch} = {r.values.get(ch)} outside its valid range")
             online = self.gateways[r.site].get(site.gateway, {}).get("state") != "offline"
             return {"type": "reading", "site": r.site, "device": r.device, "ts": seen.isoformat(),
-                    "status": r.status.value, "state": view.state(seen, online), "values": view.values,
+                    "status": r.status.value, "state": view.state(received, online), "values": view.values,
                     "quality": view.quality}
 
     def _counter_checks(self, site: Site, view: DeviceView, r: Reading, seen: dt.datetime) -> None:

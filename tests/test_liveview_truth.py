@@ -175,3 +175,15 @@ def test_a_gateway_whose_status_stops_coming_is_not_online(tmp_path):
     assert row["gateway_state"] == "stale" and row["attention"] == "gateway_down"
     gw = view.state.snapshot(SITE.site, now + dt.timedelta(seconds=151))["gateways"][SITE.gateway]
     assert "no status since" in gw["state_reason"]
+
+
+def test_a_live_event_says_the_state_the_pages_say(tmp_path):
+    """A gateway clock an hour slow: the device is stale by our clock (its newest reading is an
+    hour old) on every page, but each live event said "online" (the state at the reading's own
+    time), so its row flipped between the two every few seconds."""
+    view = view_of(tmp_path)
+    status(view, "online")
+    now = dt.datetime.now(dt.UTC)
+    topic = f"jcm/v1/{SITE.site}/{SITE.gateway}/poc-meter/reading"
+    event = view.state.on_message(topic, reading(now - dt.timedelta(hours=1), 1).to_json().encode(), now)
+    assert event["state"] == poc_of(view.state, now)["state"] == "stale"
