@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 import sys
@@ -15,6 +16,11 @@ from contract.mqtt_connection import BrokerConnection
 from contract.text import printable
 
 
+def _utc(ts: dt.datetime) -> str:
+    """A reading's stamp with its day, in UTC and saying so (a backlog, or a clock a day off, is not now)."""
+    return f"{ts.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z"
+
+
 def format_reading(reading: Reading) -> str:
     shown = []
     for channel, value in list(reading.values.items())[:6]:
@@ -22,7 +28,7 @@ def format_reading(reading: Reading) -> str:
         text = f"{value:.6g}" if isinstance(value, float) else str(value)
         shown.append(f"{channel}={text}{reading.units.get(channel, '')}" + (f"[{q.value}]" if q else ""))
     more = len(reading.values) - len(shown)
-    return (f"{reading.ts:%H:%M:%S} {reading.site}/{reading.device} #{reading.seq} {reading.status.value}: "
+    return (f"{_utc(reading.ts)} {reading.site}/{reading.device} #{reading.seq} {reading.status.value}: "
             + " ".join(shown) + (f" (+{more} more)" if more > 0 else ""))
 
 
@@ -44,7 +50,7 @@ def format_batch(topic: str, payload: bytes) -> str:
             readings.append(r)
         else:  # the topic is the sender's identity (the broker's ACL): another site's name is a forgery
             bad += 1
-    span = f"{min(r.ts for r in readings):%H:%M:%S}..{max(r.ts for r in readings):%H:%M:%S} " if readings else ""
+    span = f"{_utc(min(r.ts for r in readings))}..{_utc(max(r.ts for r in readings))} " if readings else ""
     seqs = f", #{min(r.seq for r in readings)}..#{max(r.seq for r in readings)}" if readings else ""
     return (f"{span}{site}/{gateway} batch of {len(readings)} readings{seqs}"
             + (f", {bad} malformed or not of this gateway" if bad else ""))

@@ -42,7 +42,7 @@ def test_a_batch_is_its_readings_and_a_long_status_is_cut(mosquitto, capsys):
     assert len(lines) == 2 and all(len(line) <= MAX_LINE for line in lines), [line[:200] for line in lines]
     (line,) = [line for line in lines if "batch" in line]
     assert "malformed" not in line
-    assert "03:00:00..03:00:20 mn-solar/gw-mn-solar batch of 3 readings, #101..#103" in line, line
+    assert "2026-11-30 03:00:00Z..2026-11-30 03:00:20Z mn-solar/gw-mn-solar batch of 3 readings, #101..#103" in line, line
     (cut,) = [line for line in lines if "status" in line]
     assert cut.endswith(" more characters)") and "'state': 'online'" in cut
 
@@ -59,3 +59,12 @@ def test_a_reading_is_the_topics_not_the_site_its_payload_names(mosquitto, capsy
     assert "mn-solar/poc-meter #7" not in out, out
     assert "the payload says mn-solar/gw-mn-solar/poc-meter: not this topic's reading" in out
     assert "ph-biogas/gw-ph-biogas batch of 1 readings, #8..#8, 1 malformed or not of this gateway" in out
+
+
+def test_a_reading_from_another_day_shows_its_day(mosquitto, capsys):
+    """Only the time of day was printed (UTC, unsaid): a reading of three days ago, or of a
+    gateway whose clock is a day off, looked like one of now."""
+    old = T0 - dt.timedelta(days=3)
+    publish_retained(mosquitto.port, [("jcm/v1/mn-solar/gw-mn-solar/poc-meter/reading", reading("mn-solar", ts=old))])
+    assert watch(mosquitto.url, "jcm/v1/+/+/+/reading", count=1, duration=20) == 0
+    assert capsys.readouterr().out.startswith("2026-11-27 03:00:00Z mn-solar/poc-meter #1 ")
