@@ -4,10 +4,13 @@ never, a reading stamped ahead of our clock, a reading the collector would refus
 import datetime as dt
 import json
 
+import pytest
+
 from contract.config import load_site
 from contract.message import Reading
 from jcm.broker import free_port
-from liveview.app import LiveView
+from jcm.demo import Dashboard
+from liveview.app import LiveView, create_app
 from store.sqlite_store import SqliteStore
 from tests.conftest import REPO
 
@@ -187,3 +190,39 @@ def test_a_live_event_says_the_state_the_pages_say(tmp_path):
     topic = f"jcm/v1/{SITE.site}/{SITE.gateway}/poc-meter/reading"
     event = view.state.on_message(topic, reading(now - dt.timedelta(hours=1), 1).to_json().encode(), now)
     assert event["state"] == poc_of(view.state, now)["state"] == "stale"
+
+
+@pytest.mark.slow
+def test_the_overview_keeps_updating_after_a_failed_request_and_says_it_failed(tmp_path):
+    """The overview refreshes every 5 s by asking again after each answer: one failed request (the
+    live view restarting, a proxy's 502) ended the chain, and the page kept showing what it last
+    had, looking live, for as long as it stayed open."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    view = view_of(tmp_path)
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    overview, failing = view.overview, [True]
+
+    def flaky():
+        if failing[0]:
+            raise RuntimeError("the live view is restarting")
+        return overview()
+
+    driver = chrome()
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        gateway = "return document.querySelector('#fleet tbody tr td:nth-child(3) [data-state]')?.dataset.state"
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script(gateway) == "unknown")
+        view.overview = flaky
+        WebDriverWait(driver, 20).until(lambda d: d.find_element("id", "error").is_displayed())
+        failing[0] = False
+        status(view, "online")
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script(gateway) == "online")
+        assert not driver.find_element("id", "error").is_displayed()
+    finally:
+        driver.quit()
+        dash.stop()

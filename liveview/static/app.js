@@ -17,6 +17,16 @@ const LANGUAGES = ["en", "ja"];
 let LANG = "en", MSG = {};
 
 async function api(path) { const r = await fetch(path); if (!r.ok) throw new Error(path + ": " + r.status); return r.json(); }
+// a page that could not update says so, and keeps trying: what it shows must not look live when it is not
+async function updating(load) {
+  try {
+    await load();
+    $("#error").hidden = true;
+  } catch (e) {
+    $("#error").textContent = t("update_failed", {error: e.message});
+    $("#error").hidden = false;
+  }
+}
 
 // -- language ------------------------------------------------------------------------
 function chosenLanguage() {
@@ -103,6 +113,11 @@ function energyMain(s) {
 }
 
 async function deploymentPage() {
+  await updating(loadFleet);
+  setTimeout(deploymentPage, 5000);
+}
+
+async function loadFleet() {
   const data = await api("/api/sites");
   $("#sim").hidden = !data.sites.some((s) => s.simulated);
   $("#broker").hidden = data.broker_connected;
@@ -117,7 +132,6 @@ async function deploymentPage() {
   const alarms = await api("/api/alarms?active=true");
   $("#alarms tbody").innerHTML = alarms.map((a) => `<tr><td>${esc(a.site)}</td><td>${esc(a.subject)}</td>
     <td class="alarm-active">${esc(label("alarm", a.kind))}</td><td>${zoned(a.started, zones[a.site] || "UTC")}</td><td>${esc(a.detail)}</td></tr>`).join("");
-  setTimeout(deploymentPage, 5000);
 }
 
 // -- a site -----------------------------------------------------------------------------
@@ -235,10 +249,10 @@ function rangeButtons(site) {
 }
 
 async function sitePage(site) {
-  await loadSite(site);
+  await updating(() => loadSite(site));
   rangeButtons(site);
   loadCharts(site);
-  setInterval(() => loadSite(site), 15000);
+  setInterval(() => updating(() => loadSite(site)), 15000);
   setInterval(() => loadCharts(site), 60000);
   const es = new EventSource(`/api/stream?site=${encodeURIComponent(site)}`);
   es.addEventListener("reading", (ev) => {
@@ -252,7 +266,7 @@ async function sitePage(site) {
   // these events have the page read the whole site again; they can come in floods (a gateway flipping its
   // status): one read a second at most. "missed": the stream dropped events, what is shown may be old
   let reload = null;
-  const reloadSoon = () => { reload ??= setTimeout(() => { reload = null; loadSite(site); }, 1000); };
+  const reloadSoon = () => { reload ??= setTimeout(() => { reload = null; updating(() => loadSite(site)); }, 1000); };
   for (const kind of ["alarm", "gateway", "missed"]) es.addEventListener(kind, reloadSoon);
 }
 
