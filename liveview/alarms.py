@@ -162,8 +162,9 @@ class AlarmBook:
                     self._db.execute("UPDATE alarms SET ended = NULL WHERE id = ?", (id_,))
                 else:
                     started = ts
-                    id_ = self._db.execute("INSERT INTO alarms (site, subject, kind, detail, started) VALUES (?,?,?,?,?)",
-                                           (c.site, c.subject, c.kind, c.detail, ts)).lastrowid
+                    id_ = self._db.execute(
+                        "INSERT INTO alarms (site, subject, kind, detail, started) VALUES (?,?,?,?,?)",
+                        (c.site, c.subject, c.kind, c.detail, ts)).lastrowid
                 changes.append({"id": id_, "site": c.site, "subject": c.subject, "kind": c.kind,
                                 "detail": c.detail, "started": started, "ended": None})
         return changes

@@ -52,7 +52,8 @@ class LiveState:
         self.lock = threading.Lock()
         self.gateways: dict[str, dict] = {s.site: {s.gateway: {"state": "unknown", "ts": None}} for s in sites}
         self.devices: dict[str, dict[str, DeviceView]] = {
-            s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, DeviceHealth(d.poll_interval, started)) for d in s.devices}
+            s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, DeviceHealth(d.poll_interval, started))
+                     for d in s.devices}
             for s in sites}
         self.max_rates = {(s.site, src): m.max_rate_per_h for s in sites for m in s.monitoring
                           for src in m.sources if m.max_rate_per_h}
@@ -106,7 +107,8 @@ class LiveState:
             return f"{len(unknown)} channel(s) not in the register map, such as {min(unknown)!r}"
         wrong = sorted(k for k, v in r.values.items() if v is not None and isinstance(v, str) != (k in text))
         if wrong:
-            return f"the value of {wrong[0]!r} is {'text' if wrong[0] not in text else 'a number'}, not its point's type"
+            kind = "text" if wrong[0] not in text else "a number"
+            return f"the value of {wrong[0]!r} is {kind}, not its point's type"
         return None
 
     def _on_status(self, topic: str, payload: bytes, now: dt.datetime) -> dict | None:

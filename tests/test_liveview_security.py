@@ -223,7 +223,8 @@ def test_text_from_a_gateway_cannot_reorder_or_mark_up_the_page(tmp_path):
     view.state.on_message(status_topic(SOLAR.site, SOLAR.gateway), status(SOLAR.site, SOLAR.gateway, "online"))
     hostile = "\u202e0051-\u2066<img src=x onerror=window.pwned=1>\x1b[31m\u200b"
     r = Reading(site=SOLAR.site, gateway=SOLAR.gateway, device="inv-01", ts=dt.datetime.now(dt.UTC),
-                values={"manufacturer": hostile, "ac_power": 1.0}, quality={"manufacturer": Quality.out_of_range}, seq=1)
+                values={"manufacturer": hostile, "ac_power": 1.0}, quality={"manufacturer": Quality.out_of_range},
+                seq=1)
     assert on_topic(view.state, r, device="inv-01") is not None
     view.evaluate_alarms()
     port = free_port()
@@ -250,12 +251,14 @@ def test_every_page_loads_from_this_server_only(serve, tmp_path):
     view = LiveView([SOLAR], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "routes.db"),
                     str(tmp_path / "routes.sqlite"))
     paths = [r.path.replace("{site}", SOLAR.site) for r in create_app(view).routes
-             if "GET" in getattr(r, "methods", ()) and "{" not in r.path.replace("{site}", "") and r.path != "/api/stream"]
+             if "GET" in getattr(r, "methods", ()) and "{" not in r.path.replace("{site}", "")
+             and r.path != "/api/stream"]
     assert {"/", "/sites/mn-solar", "/api/docs"} <= set(paths)
     for path in paths + ["/redoc", "/docs"]:
         resp, body = request(port, path)
         if resp.status == 200 and resp.getheader("content-type", "").startswith("text/html"):
-            urls = re.findall(r"""(?:src|href)=['"]([^'"]+)""", body.decode()) + re.findall(r"url: *'([^']+)'", body.decode())
+            html = body.decode()
+            urls = re.findall(r"""(?:src|href)=['"]([^'"]+)""", html) + re.findall(r"url: *'([^']+)'", html)
             assert all(u.startswith("/") and not u.startswith("//") for u in urls), (path, urls)
 
 

@@ -80,11 +80,12 @@ def test_a_flood_on_one_site_does_not_cost_another_sites_page_its_events(live):
     assert wait_until(lambda: len(view.clients) == 2, 10)
     start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60)
     for i in range(3000):
-        r = Reading(site=BIOGAS.site, gateway=BIOGAS.gateway, device="genset-1", ts=start + dt.timedelta(milliseconds=i),
-                    values={"active_power": float(i)}, seq=i + 1)
+        r = Reading(site=BIOGAS.site, gateway=BIOGAS.gateway, device="genset-1",
+                    ts=start + dt.timedelta(milliseconds=i), values={"active_power": float(i)}, seq=i + 1)
         pub.publish(f"jcm/v1/{BIOGAS.site}/{BIOGAS.gateway}/genset-1/reading", r.to_json(), qos=0)
     now = dt.datetime.now(dt.UTC)
-    for n, (device, channel) in enumerate([("inv-01", "ac_power"), ("inv-02", "ac_power"), ("poc-meter", "active_power")]):
+    solar_readings = [("inv-01", "ac_power"), ("inv-02", "ac_power"), ("poc-meter", "active_power")]
+    for n, (device, channel) in enumerate(solar_readings):
         r = Reading(site=SOLAR.site, gateway=SOLAR.gateway, device=device, ts=now, values={channel: 1.0}, seq=n + 1)
         pub.publish(f"jcm/v1/{SOLAR.site}/{SOLAR.gateway}/{device}/reading", r.to_json(), qos=1)
     assert wait_until(lambda: next(d for d in view.state.snapshot(SOLAR.site, now)["devices"]
@@ -138,7 +139,8 @@ def test_a_live_view_cut_off_from_its_broker_says_so_and_blames_no_device(live, 
 
     view, port, pub = live
     now = dt.datetime.now(dt.UTC)
-    r = Reading(site=BIOGAS.site, gateway=BIOGAS.gateway, device="genset-1", ts=now, values={"active_power": 1.0}, seq=1)
+    r = Reading(site=BIOGAS.site, gateway=BIOGAS.gateway, device="genset-1", ts=now, values={"active_power": 1.0},
+                seq=1)
     pub.publish(f"jcm/v1/{BIOGAS.site}/{BIOGAS.gateway}/genset-1/reading", r.to_json(), qos=1)
     assert wait_until(lambda: view.state.devices[BIOGAS.site]["genset-1"].last_seen is not None, 10)
     assert get_json(port, "/api/sites")["broker_connected"] is True

@@ -42,7 +42,8 @@ def test_a_batch_is_its_readings_and_a_long_status_is_cut(mosquitto, capsys):
     assert len(lines) == 2 and all(len(line) <= MAX_LINE for line in lines), [line[:200] for line in lines]
     (line,) = [line for line in lines if "batch" in line]
     assert "malformed" not in line
-    assert "2026-11-30 03:00:00Z..2026-11-30 03:00:20Z mn-solar/gw-mn-solar batch of 3 readings, #101..#103" in line, line
+    span = "2026-11-30 03:00:00Z..2026-11-30 03:00:20Z"
+    assert f"{span} mn-solar/gw-mn-solar batch of 3 readings, #101..#103" in line, line
     (cut,) = [line for line in lines if "status" in line]
     assert cut.endswith(" more characters)") and "'state': 'online'" in cut
 
