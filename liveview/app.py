@@ -56,6 +56,9 @@ CSP = ("default-src 'self'; script-src 'self'{scripts}; style-src 'self' 'unsafe
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 #: headers of every answer
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+#: how long stopping the server waits for the responses still open [s]: a page's stream never
+#: ends by itself, and uvicorn would wait for it for ever
+SHUTDOWN_GRACE_S = 2.0
 #: after the store failed, how long it is not asked again: requests say "unavailable" at once [s]
 STORE_RETRY_S = 15.0
 

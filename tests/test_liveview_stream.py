@@ -5,7 +5,10 @@ on its own site's topics only."""
 import contextlib
 import datetime as dt
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -15,9 +18,10 @@ import pytest
 
 from contract.config import load_site
 from contract.message import Reading
-from jcm.broker import free_port
+from jcm.broker import free_port, wait_for_port
 from jcm.demo import Dashboard
 from liveview.app import LiveView, create_app
+from processing.ledger import Ledger
 from store.sqlite_store import SqliteStore
 from tests.conftest import REPO, wait_until
 
@@ -32,7 +36,12 @@ class Stream:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.sock.sendall(f"GET /api/stream?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         self.events: list[tuple[str, dict]] = []
+        self.received = b""
         threading.Thread(target=self._read, daemon=True).start()
+
+    def connected(self) -> bool:
+        """Whether the server has answered (its status line and the stream's first field)."""
+        return b"retry:" in self.received
 
     def _read(self):
         buf = b""
@@ -41,6 +50,8 @@ class Stream:
 
     def _events(self, buf: bytes):
         while chunk := self.sock.recv(65536):
+            if len(self.received) < 4096:
+                self.received += chunk
             buf += chunk
             *blocks, buf = buf.split(b"\n\n")
             for block in blocks:
@@ -161,3 +172,30 @@ def test_a_live_view_cut_off_from_its_broker_says_so_and_blames_no_device(live, 
 def get_json(port: int, path: str) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
         return json.load(resp)
+
+
+def test_the_live_view_stops_while_a_page_is_open(tmp_path):
+    """Uvicorn waits for every response to end before it stops, and a page's stream never ends:
+    with one page open, `jcm dashboard` did not stop on SIGTERM (systemd and docker then kill
+    it, after 90 s and 10 s), nor on its first Ctrl-C."""
+    SqliteStore(tmp_path / "jcm.db").close()
+    Ledger(tmp_path / "ledger.sqlite").close()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "jcm.cli", "dashboard", "--port", str(port),
+                             "--broker", f"mqtt://127.0.0.1:{free_port()}", "--store", f"sqlite:///{tmp_path}/jcm.db",
+                             "--ledger", str(tmp_path / "ledger.sqlite"), "--alarms", str(tmp_path / "alarms.sqlite")],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, timeout=30)
+        page = Stream(port, "site=mn-solar")
+        assert wait_until(page.connected, 10)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        proc.wait(timeout=30)
+        # uvicorn ends by the signal it was stopped with, once stopped (systemd counts that a clean stop)
+        assert time.monotonic() - t0 < 10 and proc.returncode in (0, -signal.SIGTERM), proc.stderr.read()
+        page.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
