@@ -199,3 +199,39 @@ def test_the_live_view_stops_while_a_page_is_open(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_a_page_whose_stream_comes_back_reads_the_site_again(tmp_path):
+    """The browser opens a page's stream again by itself (the live view restarted, the network
+    came back), but what happened meanwhile was not sent: the page showed it only at its next
+    15 s refresh, or never if that refresh failed. It reads the site when its stream is back."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    port = free_port()
+
+    def serve(state):
+        view = LiveView([SOLAR], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "jcm.db"),
+                        str(tmp_path / "alarms.sqlite"))
+        body = {"schema": 1, "site": SOLAR.site, "gateway": SOLAR.gateway, "state": state}
+        view.state.on_message(f"jcm/v1/{SOLAR.site}/{SOLAR.gateway}/status", json.dumps(body).encode())
+        dash = Dashboard(create_app(view), "127.0.0.1", port)
+        dash.start()
+        return dash
+
+    dash = serve("offline")
+    driver = chrome()
+    try:
+        # the page's periodic refresh off: what it shows comes from its stream and what that triggers
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": "window.setInterval = () => 0;"})
+        driver.get(f"http://127.0.0.1:{port}/sites/{SOLAR.site}")
+        gateway = "return document.querySelector('#gw [data-state]')?.dataset.state"
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script(gateway) == "offline")
+        dash.stop()
+        dash = serve("online")  # the live view restarted; the gateway came back meanwhile
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script(gateway) == "online")
+    finally:
+        driver.quit()
+        dash.stop()

@@ -268,6 +268,10 @@ async function sitePage(site) {
   let reload = null;
   const reloadSoon = () => { reload ??= setTimeout(() => { reload = null; updating(() => loadSite(site)); }, 1000); };
   for (const kind of ["alarm", "gateway", "missed"]) es.addEventListener(kind, reloadSoon);
+  // the browser opens the stream again by itself (the live view restarted, the network came back),
+  // but nothing of what came meanwhile is sent again: read the site then
+  let opened = false;
+  es.addEventListener("open", () => { if (opened) reloadSoon(); opened = true; });
 }
 
 async function start(page) {
