@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from contract import topics
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 GATEWAY_STATES = ("online", "offline")
 #: status periods without one after which an "online" gateway is shown stale
 STALE_STATUS_PERIODS = 3
+#: ignored messages of a site logged one by one a minute at most; the rest are counted in one line
+LOGGED_PER_MINUTE = 10
 
 
 @dataclass
@@ -50,6 +53,8 @@ class LiveState:
         self.sites = {s.site: s for s in sites}
         started = started or dt.datetime.now(dt.UTC)
         self.lock = threading.Lock()
+        #: site -> (when its minute began [monotonic s], ignored messages in it)
+        self.log_budget: dict[str, tuple[float, int]] = {}
         self.gateways: dict[str, dict] = {s.site: {s.gateway: {"state": "unknown", "ts": None}} for s in sites}
         self.devices: dict[str, dict[str, DeviceView]] = {
             s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, DeviceHealth(d.poll_interval, started))
@@ -82,19 +87,35 @@ class LiveState:
             return None
         claimed = (reading.site, reading.gateway, reading.device)
         if claimed != (site, gateway, device) or gateway != known.gateway:
-            log.warning("live view: ignored reading on %.120r: the payload says site %.80r, gateway %.80r, device %.80r "
-                        "(site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
+            self._ignored(site, "live view: ignored reading on %.120r: the payload says site %.80r, gateway %.80r, "
+                          "device %.80r (site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
             return None
         now = now or dt.datetime.now(dt.UTC)
         misfit = self._misfit(reading)
         if misfit:
-            log.warning("live view: ignored reading on %.120r: %s", topic, misfit)
+            self._ignored(site, "live view: ignored reading on %.120r: %s", topic, misfit)
             return None
         if too_far_ahead(reading.ts, now):
-            log.warning("live view: ignored reading on %r stamped %s, ahead of this clock by more than %.0f s",
-                        topic, reading.ts.isoformat(), MAX_FUTURE_S)
+            self._ignored(site, "live view: ignored reading on %r stamped %s, ahead of this clock by more than %.0f s",
+                          topic, reading.ts.isoformat(), MAX_FUTURE_S)
             return None
         return self.on_reading(reading, now)
+
+    def _ignored(self, site: str, message: str, *args) -> None:
+        """Log an ignored message of a configured ``site``: ``LOGGED_PER_MINUTE`` a minute one by one, the
+        rest counted in one line when the next minute begins (a gateway sending thousands a second
+        that no stage takes must not fill the log)."""
+        now = time.monotonic()
+        with self.lock:
+            start, n = self.log_budget.get(site, (now, 0))
+            if now - start >= 60:
+                if n > LOGGED_PER_MINUTE:
+                    log.warning("live view: %d more messages of site %r ignored in the last minute (not logged one "
+                                "by one)", n - LOGGED_PER_MINUTE, site)
+                start, n = now, 0
+            self.log_budget[site] = (start, n + 1)
+        if n < LOGGED_PER_MINUTE:
+            log.warning(message, *args)
 
     def _misfit(self, r: Reading) -> str | None:
         """Why a reading does not fit its device's register map (the collector refuses it), or None."""
@@ -122,15 +143,16 @@ class LiveState:
         try:
             body = json.loads(payload)
         except (ValueError, RecursionError) as exc:
-            log.warning("live view: ignored status on %r: not JSON (%s)", topic, exc)
+            self._ignored(site, "live view: ignored status on %r: not JSON (%s)", topic, exc)
             return None
         if not isinstance(body, dict) or body.get("site") != site or body.get("gateway") != gateway:
             named = (body.get("site"), body.get("gateway")) if isinstance(body, dict) else (None, None)
-            log.warning("live view: ignored status on %r: the payload says site %.80r, gateway %.80r", topic, *named)
+            self._ignored(site, "live view: ignored status on %r: the payload says site %.80r, gateway %.80r",
+                          topic, *named)
             return None
         state, ts, depth = body.get("state"), body.get("ts"), body.get("outbox_depth")
         if state not in GATEWAY_STATES:
-            log.warning("live view: ignored status on %r: unknown state %.80r", topic, state)
+            self._ignored(site, "live view: ignored status on %r: unknown state %.80r", topic, state)
             return None
         with self.lock:
             before = self.gateways[site][gateway].get("state")

@@ -297,3 +297,25 @@ def test_the_pages_and_the_api_docs_run_under_their_policy(serve, tmp_path):
             WebDriverWait(driver, 20).until(lambda d: d.find_elements("css selector", shown))
     finally:
         driver.quit()
+
+
+def test_a_flood_of_ignored_messages_is_a_few_log_lines(caplog):
+    """Each reading or status the live view ignores was a WARNING line: a gateway sending 5,000
+    a second that no stage takes filled the live view's log at 1 MB/s."""
+    state = LiveState([SOLAR, BIOGAS])
+    topic = f"jcm/v1/{SOLAR.site}/{SOLAR.gateway}/poc-meter/reading"
+    bad = json.loads(reading().to_json())
+    bad["values"]["invented"] = 1.0
+    with caplog.at_level(logging.WARNING, logger="liveview.state"):
+        for _ in range(1000):
+            assert state.on_message(topic, json.dumps(bad).encode()) is None
+            assert state.on_message(status_topic(SOLAR.site, SOLAR.gateway), b"{") is None
+        on_topic(state, reading(site=BIOGAS, device="genset-1", invented=1.0), BIOGAS, "genset-1")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) <= 11, len(lines)  # ten a minute of mn-solar's, and ph-biogas's own
+    assert "not in the register map" in lines[0] and any("ph-biogas" in line for line in lines)
+    caplog.clear()
+    state.log_budget[SOLAR.site] = (state.log_budget[SOLAR.site][0] - 61, state.log_budget[SOLAR.site][1])
+    with caplog.at_level(logging.WARNING, logger="liveview.state"):
+        state.on_message(topic, json.dumps(bad).encode())
+    assert "1990 more messages of site 'mn-solar' ignored in the last minute" in caplog.text
