@@ -2,13 +2,17 @@
 
 ``.../<device>/reading``  one message per device poll (QoS 1, not retained)
 ``.../batch``             many readings of the backlog in one compressed message (QoS 1; contract/batch.py)
-``.../status``            the gateway's retained online/offline status (birth and last will)
+``.../status``            the gateway's retained online/offline status (birth and last will),
+                          published again every ``STATUS_EVERY_S`` while it is connected
 ``.../ack/<collector>``   what the store holds of the gateway's readings (retained; contract/acknowledgement.py)
 """
 
 from __future__ import annotations
 
 ROOT = "jcm/v1"
+#: a connected gateway publishes its status at least this often [s]: a retained "online" not
+#: refreshed for a few periods is a gateway that died without its last will being sent
+STATUS_EVERY_S = 30.0
 
 
 def reading(site: str, gateway: str, device: str) -> str:

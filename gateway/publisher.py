@@ -51,7 +51,7 @@ def status_payload(site: Site, state: str, **extra) -> str:
 
 class Publisher:
     def __init__(self, site: Site, outbox: Outbox, broker_url: str | None = None,
-                 window: int = 100, status_every: float = 30.0):
+                 window: int = 100, status_every: float = topics.STATUS_EVERY_S):
         self.site, self.outbox, self.window = site, outbox, window
         self.backlog_rate = site.outbox.backlog_rate
         self.status_every = status_every

@@ -416,7 +416,7 @@ def cmd_demo(args) -> int:
 def cmd_dashboard(args) -> int:
     import uvicorn
 
-    from liveview.app import LiveView, create_app
+    from liveview.app import SHUTDOWN_GRACE_S, LiveView, create_app
     from processing.ledger import Ledger
     from store import open_store
 
@@ -433,7 +433,8 @@ def cmd_dashboard(args) -> int:
                     ledger=Ledger(args.ledger, create=False), token=token,
                     simulated=args.simulated, allowed_hosts=[args.host, *(args.allow_host or [])],
                     broker_names=BROKER_OPTIONS)
-    uvicorn.run(create_app(view), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(view), host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     return 0
 
 

@@ -120,7 +120,10 @@ class Dashboard:
     def __init__(self, app, host: str, port: int):
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        from liveview.app import SHUTDOWN_GRACE_S
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="liveview")
 
     def start(self):

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 import sys
 import threading
 import time
 
+from contract import batch, topics
 from contract.config.site import Mqtt
 from contract.message import Reading
 from contract.mqtt_connection import BrokerConnection
 from contract.text import printable
+
+
+def _utc(ts: dt.datetime) -> str:
+    """A reading's stamp with its day, in UTC and saying so (a backlog, or a clock a day off, is not now)."""
+    return f"{ts.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z"
 
 
 def format_reading(reading: Reading) -> str:
@@ -21,8 +28,40 @@ def format_reading(reading: Reading) -> str:
         text = f"{value:.6g}" if isinstance(value, float) else str(value)
         shown.append(f"{channel}={text}{reading.units.get(channel, '')}" + (f"[{q.value}]" if q else ""))
     more = len(reading.values) - len(shown)
-    return (f"{reading.ts:%H:%M:%S} {reading.site}/{reading.device} #{reading.seq} {reading.status.value}: "
+    return (f"{_utc(reading.ts)} {reading.site}/{reading.device} #{reading.seq} {reading.status.value}: "
             + " ".join(shown) + (f" (+{more} more)" if more > 0 else ""))
+
+
+#: longest line printed [characters]: a status or acknowledgement holds what its sender wrote
+MAX_LINE = 2000
+
+
+def format_batch(topic: str, payload: bytes) -> str:
+    """One line for a backlog batch (thousands of readings at most): its span, how many, their seqs."""
+    site, gateway = topics.parse_batch(topic)
+    readings, bad = [], 0
+    for line in batch.unpack(payload):
+        try:
+            r = Reading.from_json(line)
+        except (ValueError, RecursionError, OverflowError):
+            bad += 1
+            continue
+        if (r.site, r.gateway) == (site, gateway):
+            readings.append(r)
+        else:  # the topic is the sender's identity (the broker's ACL): another site's name is a forgery
+            bad += 1
+    span = f"{_utc(min(r.ts for r in readings))}..{_utc(max(r.ts for r in readings))} " if readings else ""
+    seqs = f", #{min(r.seq for r in readings)}..#{max(r.seq for r in readings)}" if readings else ""
+    return (f"{span}{site}/{gateway} batch of {len(readings)} readings{seqs}"
+            + (f", {bad} malformed or not of this gateway" if bad else ""))
+
+
+def bounded(line: str) -> str:
+    """``line`` cut to ``MAX_LINE`` characters, saying how much was left out."""
+    if len(line) <= MAX_LINE:
+        return line
+    kept = MAX_LINE - 40  # room for the note
+    return f"{line[:kept]}... ({len(line) - kept} more characters)"
 
 
 def watch(broker: Mqtt | str, topic: str, count: int | None = None, duration: float | None = None,
@@ -38,12 +77,18 @@ def watch(broker: Mqtt | str, topic: str, count: int | None = None, duration: fl
         topic = printable(msg._topic.decode("utf-8", "backslashreplace"))
         try:
             if topic.endswith("/reading"):
-                line = format_reading(Reading.from_json(msg.payload))
+                reading = Reading.from_json(msg.payload)
+                claimed = (reading.site, reading.gateway, reading.device)
+                # the topic is the sender's identity (the broker's ACL), not what its payload says
+                line = (format_reading(reading) if claimed == topics.parse_reading(topic)
+                        else f"{topic}: the payload says {'/'.join(claimed)}: not this topic's reading")
+            elif topic.endswith("/batch"):
+                line = format_batch(topic, msg.payload)
             else:
                 line = f"{topic} {json.loads(msg.payload)}"
         except (ValueError, RecursionError, OverflowError) as exc:
             line = f"{topic}: malformed message: {exc}"
-        print(printable(line), flush=True)
+        print(bounded(printable(line)), flush=True)
         seen += 1
         if count and seen >= count:
             done.set()

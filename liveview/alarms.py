@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS alarms (
     detail TEXT NOT NULL, started TEXT NOT NULL, ended TEXT
 );
 CREATE INDEX IF NOT EXISTS alarms_open ON alarms (site, ended);
+CREATE INDEX IF NOT EXISTS alarms_subject ON alarms (site, subject, kind, ended);
 """
 
 #: alarm kinds and their meaning, for the page's legend and the API
@@ -44,6 +45,13 @@ KINDS = {
     "sequence_holes": "readings missing at too many places of a gateway's sequence to name one by one",
     "clock_offset": "the gateway's clock is off by more than the collector's bound: its readings are flagged",
 }
+#: the kinds judged from what MQTT brings: while the live view is not connected to the broker,
+#: silence is its own fault, not the devices' (their alarms are neither opened nor ended then)
+FROM_BROKER = frozenset({"device_stale", "device_offline", "device_faulted", "gateway_offline", "counter_backwards",
+                         "counter_jump", "out_of_range"})
+#: an alarm whose condition comes back within this long of its end is the same alarm, on again:
+#: a condition that flaps (a value around its limit) is one alarm, not a row in the book per flip
+REOPEN_WITHIN = dt.timedelta(minutes=10)
 #: how long a new sequence epoch stays an alarm
 EPOCH_ALARM = dt.timedelta(days=7)
 
@@ -142,12 +150,23 @@ class AlarmBook:
                     self._db.execute("UPDATE alarms SET ended = ? WHERE id = ?", (ts, id_))
                     changes.append({"id": id_, "site": site, "subject": key[1], "kind": key[2], "detail": detail,
                                     "started": None, "ended": ts})
+            recent = (now - REOPEN_WITHIN).isoformat(timespec="seconds")
             for key, c in wanted.items():
-                if key not in open_keys:
-                    cur = self._db.execute("INSERT INTO alarms (site, subject, kind, detail, started) VALUES (?,?,?,?,?)",
-                                           (c.site, c.subject, c.kind, c.detail, ts))
-                    changes.append({"id": cur.lastrowid, "site": c.site, "subject": c.subject, "kind": c.kind,
-                                    "detail": c.detail, "started": ts, "ended": None})
+                if key in open_keys:
+                    continue
+                again = self._db.execute(
+                    "SELECT id, started FROM alarms WHERE site = ? AND subject = ? AND kind = ? AND ended >= ? "
+                    "ORDER BY id DESC LIMIT 1", (c.site, c.subject, c.kind, recent)).fetchone()
+                if again:
+                    id_, started = again
+                    self._db.execute("UPDATE alarms SET ended = NULL WHERE id = ?", (id_,))
+                else:
+                    started = ts
+                    id_ = self._db.execute(
+                        "INSERT INTO alarms (site, subject, kind, detail, started) VALUES (?,?,?,?,?)",
+                        (c.site, c.subject, c.kind, c.detail, ts)).lastrowid
+                changes.append({"id": id_, "site": c.site, "subject": c.subject, "kind": c.kind,
+                                "detail": c.detail, "started": started, "ended": None})
         return changes
 
     def close(self) -> None:

@@ -5,11 +5,14 @@ down). Binds to 127.0.0.1 unless told otherwise; an optional token protects it."
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
+import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from pathlib import Path
@@ -25,11 +28,11 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from contract import topics, units
 from contract.config.site import Mqtt, Site
 from contract.mqtt_connection import BrokerConnection
-from contract.store import ReadingStore, StoreUnavailable
+from contract.store import ReadingStore, ReadUnsupported, StoreUnavailable
 from liveview import fleet
-from liveview.alarms import KINDS, AlarmBook, sequence_conditions
+from liveview.alarms import FROM_BROKER, KINDS, AlarmBook, sequence_conditions
 from liveview.device_state import STATES
-from liveview.energy import CounterTotals
+from liveview.energy import CounterTotals, unflagged
 from liveview.main_channels import POWER_CHANNEL
 from liveview.state import LiveState
 
@@ -46,6 +49,18 @@ MAX_HISTORY_HOURS = 72.0
 RANGES = {"day": 24.0, "week": 168.0, "month": 744.0}
 #: points per chart series at most (a month of 10 s readings is thinned to this)
 CHART_POINTS = 600
+#: what a page may load and run: this server's scripts only (text from gateways is shown in the
+#: pages, so an injected script must find nothing to run), inline styles (the charts set them),
+#: and no framing by another site
+CSP = ("default-src 'self'; script-src 'self'{scripts}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+#: headers of every answer
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+#: how long stopping the server waits for the responses still open [s]: a page's stream never
+#: ends by itself, and uvicorn would wait for it for ever
+SHUTDOWN_GRACE_S = 2.0
+#: after the store failed, how long it is not asked again: requests say "unavailable" at once [s]
+STORE_RETRY_S = 15.0
 
 
 class LiveView:
@@ -63,7 +78,7 @@ class LiveView:
         self.simulated = simulated
         #: Host header names accepted without a token (DNS rebinding): loopback and these
         self.allowed_hosts = {*LOOPBACK_HOSTS, *(h.lower().strip("[]") for h in allowed_hosts or [])}
-        self.clients: set[asyncio.Queue] = set()
+        self.clients: set[Subscriber] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.broker = BrokerConnection(broker, f"jcm-liveview-{secrets.token_hex(3)}", "live view: broker",
                                        names=broker_names, reconnect_delay=(1, 10), on_connect=self._on_connect,
@@ -72,6 +87,7 @@ class LiveView:
         self.mqtt.on_message = self._on_mqtt
         self._connected_at: float | None = None  # while nothing has arrived on this connection
         self._sequence_findings: dict[str, tuple[float, list]] = {}  # site -> (when read, findings)
+        self._store_failed: tuple[float, str] | None = None  # (when, why) the store last failed
 
     # -- feeds ----------------------------------------------------------------------
     def _on_connect(self, session_present: bool) -> None:
@@ -101,10 +117,37 @@ class LiveView:
             self.publish(event)
 
     def publish(self, event: dict) -> None:
-        if self.loop is None:
-            return
-        for q in list(self.clients):
-            self.loop.call_soon_threadsafe(_offer, q, event)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._fan_out, event)
+
+    def _fan_out(self, event: dict) -> None:
+        """Offer ``event`` to the streams of its site only (in the event loop): a flood of one
+        site's readings must not fill the queues of the pages of the others."""
+        for client in list(self.clients):
+            if client.site is None or client.site == event.get("site"):
+                client.offer(event)
+
+    def from_store(self, read):
+        """``read()``, or ``StoreUnavailable`` at once while the store failed less than
+        ``STORE_RETRY_S`` ago: a store that does not answer must not hold every request (and
+        the live part of every page) for its timeout, each time it is asked."""
+        failed = self._store_failed
+        if failed and time.monotonic() - failed[0] < STORE_RETRY_S:
+            raise StoreUnavailable(f"{failed[1]} (store unavailable: asked again {STORE_RETRY_S:.0f} s after)")
+        try:
+            return read()
+        except ReadUnsupported:  # an answer: this kind of read, not the store, is what fails
+            raise
+        except StoreUnavailable as exc:
+            self._store_failed = (time.monotonic(), str(exc))
+            raise
+
+    def energy(self, site: Site, now: dt.datetime) -> dict:
+        """Today's and month-to-date counted figures of a site, or ``{"error": ...}``."""
+        try:
+            return self.from_store(lambda: self.totals.figures(site, now))
+        except StoreUnavailable as exc:
+            return {"error": str(exc)}
 
     def month_to_date(self, site: str) -> dict | None:
         try:
@@ -118,19 +161,24 @@ class LiveView:
         at, known = self._sequence_findings.get(site, (0.0, []))
         if time.monotonic() - at >= 10.0:
             try:
-                known = self.store.sequence_findings(site)
+                known = self.from_store(lambda: self.store.sequence_findings(site))
             except Exception as exc:  # the page stays live while the store is down
                 log.debug("live view: sequence findings of %s unavailable: %s", site, exc)
             self._sequence_findings[site] = (time.monotonic(), known)
         return known
 
+    @property
+    def broker_connected(self) -> bool:
+        return self.broker.connected.is_set()
+
     def evaluate_alarms(self, now: dt.datetime | None = None) -> list[dict]:
         now = now or dt.datetime.now(dt.UTC)
+        kinds = set(KINDS) if self.broker_connected else set(KINDS) - FROM_BROKER
         changes = []
         for site in self.sites:
             conditions = self.state.conditions(site, now, self.month_to_date(site))
             conditions += sequence_conditions(self.sequence_findings(site), now)
-            changes += self.alarms.update((site, set(KINDS)), conditions, now)
+            changes += self.alarms.update((site, kinds), [c for c in conditions if c.kind in kinds], now)
         for c in changes:
             self.publish({"type": "alarm", **c})
         return changes
@@ -154,8 +202,8 @@ class LiveView:
         self.broker.stop()
 
     # -- data for the API -------------------------------------------------------------
-    def site_summary(self, site_id: str, now: dt.datetime | None = None) -> dict:
-        """A site's row of the fleet overview."""
+    def site_summary(self, site_id: str, now: dt.datetime | None = None, energy: dict | None = None) -> dict:
+        """A site's row of the fleet overview; ``energy``: its figures when already read."""
         site = self.sites[site_id]
         now = now or dt.datetime.now(dt.UTC)
         snap = self.state.snapshot(site_id, now)
@@ -165,10 +213,7 @@ class LiveView:
         active = len(self.alarms.active(site_id))
         mtd = self.month_to_date(site_id)
         verified, _ = self._months(site_id)
-        try:
-            energy = self.totals.figures(site, now)
-        except StoreUnavailable as exc:
-            energy = {"error": str(exc)}
+        energy = self.energy(site, now) if energy is None else energy
         main = site.monitoring[0] if site.monitoring else None
         main_key = main and (main.parameter if main.unit_id is None else f"{main.parameter}[{main.unit_id}]")
         return {"site": site_id, "name": site.name, "country": site.country, "timezone": site.timezone,
@@ -179,7 +224,7 @@ class LiveView:
                 "energy_main": energy.get(main_key) if main_key else None, "energy_main_key": main_key,
                 "energy_error": energy.get("error"),
                 "month_to_date": _reduction(mtd), "last_verified": verified,
-                "simulated": self.simulated or snap["simulated"]}
+                "simulated": self.simulated, "broker_connected": self.broker_connected}
 
     def overview(self) -> list[dict]:
         """Every site's row, the one that needs attention most first."""
@@ -187,15 +232,11 @@ class LiveView:
         return sorted(rows, key=lambda r: (fleet.ATTENTION.index(r["attention"]), -r["active_alarms"], r["name"]))
 
     def site_detail(self, site_id: str) -> dict:
-        site = self.sites[site_id]
         now = dt.datetime.now(dt.UTC)
-        out = {**self.site_summary(site_id, now), **self.state.snapshot(site_id, now)}
-        out["simulated"] = self.simulated or out["simulated"]
+        energy = self.energy(self.sites[site_id], now)
+        out = {**self.site_summary(site_id, now, energy), **self.state.snapshot(site_id, now)}
         out["alarms"] = {"active": self.alarms.active(site_id), "recent": self.alarms.recent(site_id, 30)}
-        try:
-            out["energy"] = self.totals.figures(site, now)
-        except StoreUnavailable as exc:
-            out["energy"] = {"error": str(exc)}
+        out["energy"] = energy
         out["last_verified"], out["months"] = self._months(site_id)
         return out
 
@@ -228,7 +269,8 @@ class LiveView:
             ch = POWER_CHANNEL.get(d.kind)
             if not ch:
                 continue
-            df = self.store.read(site_id, start, end, channels=[ch], devices=[d.id]).dropna(subset=["value"])
+            df = self.from_store(lambda: self.store.read(site_id, start, end, channels=[ch], devices=[d.id]))
+            df = df[unflagged(df)]
             if len(df) > CHART_POINTS:  # thin for the browser
                 df = df.iloc[:: len(df) // CHART_POINTS + 1]
             unit = site.device(d.id).register_map.point(ch).unit
@@ -256,10 +298,30 @@ def _reduction(mtd: dict | None) -> dict | None:
             "rounded_to_zero": mtd.get("ER") == 0 and bool(mtd["ER_unrounded"])}
 
 
-def _offer(q: asyncio.Queue, event: dict) -> None:
-    """Queue an event for one stream; a client too slow to keep up misses it rather than growing the queue."""
-    with contextlib.suppress(asyncio.QueueFull):
-        q.put_nowait(event)
+class Subscriber:
+    """One stream of server-sent events: the site it follows (None: all) and its queue.
+
+    A client too slow to keep up misses events rather than growing the queue; it is then
+    told so (a ``missed`` event) so that it reads the site afresh instead of showing what
+    it last heard as current."""
+
+    def __init__(self, site: str | None, size: int = 1000):
+        self.site = site
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=size)
+        self.missed = 0
+
+    def offer(self, event: dict) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.missed += 1
+
+    async def next_event(self, timeout: float) -> dict:
+        """The next event: ``missed`` (with how many) first if any were dropped; ``TimeoutError`` after ``timeout``."""
+        if self.missed:
+            missed, self.missed = self.missed, 0
+            return {"type": "missed", "site": self.site, "events": missed}
+        return await asyncio.wait_for(self.queue.get(), timeout=timeout)
 
 
 def token_matches(given: str, token: str) -> bool:
@@ -290,8 +352,10 @@ def create_app(view: LiveView) -> FastAPI:
         yield
         await view.stop()
 
-    # docs_url=None: FastAPI's own page loads Swagger UI from a CDN; ours serves it from the package
-    app = FastAPI(title="jcm live view", docs_url=None, openapi_url="/api/openapi.json", lifespan=lifespan)
+    # docs_url=None, redoc_url=None: FastAPI's own pages load Swagger UI and ReDoc from CDNs; ours
+    # serves Swagger UI from the package
+    app = FastAPI(title="jcm live view", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
+                  lifespan=lifespan)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
@@ -314,6 +378,13 @@ def create_app(view: LiveView) -> FastAPI:
         if request.query_params.get("token"):
             response.set_cookie("jcm_token", view.token, httponly=True, samesite="strict",
                                 secure=served_over_https(request))
+        return response
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        response.headers.setdefault("Content-Security-Policy", CSP.format(scripts=""))
         return response
 
     def site_or_404(site: str) -> str:
@@ -352,14 +423,21 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.get("/api/docs", include_in_schema=False)
     def api_docs():
-        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="jcm live view: API",
+        page = get_swagger_ui_html(openapi_url="/api/openapi.json", title="jcm live view: API",
                                    swagger_js_url="/static/swagger/swagger-ui-bundle.js",
                                    swagger_css_url="/static/swagger/swagger-ui.css",
                                    swagger_favicon_url="/static/swagger/favicon-32x32.png")
+        # Swagger UI starts from an inline script: that one alone is allowed, by its hash
+        inline = re.findall(r"<script>(.*?)</script>", page.body.decode(), re.DOTALL)
+        hashes = "".join(f" 'sha256-{base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()}'"
+                         for js in inline)
+        page.headers["Content-Security-Policy"] = CSP.format(scripts=hashes)
+        return page
 
     @app.get("/api/sites")
     def api_sites():
-        return {"simulated": view.simulated, "sites": view.overview(), "alarm_kinds": KINDS}
+        return {"simulated": view.simulated, "broker_connected": view.broker_connected, "sites": view.overview(),
+                "alarm_kinds": KINDS}
 
     @app.get("/api/sites/{site}")
     def api_site(site: str):
@@ -381,22 +459,21 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.get("/api/stream")
     async def api_stream(request: Request, site: str | None = None):
-        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        view.clients.add(q)
+        client = Subscriber(site if site is None else site_or_404(site))
+        view.clients.add(client)
 
         async def events():
             try:
                 yield "retry: 2000\n\n"
                 while not await request.is_disconnected():
                     try:
-                        event = await asyncio.wait_for(q.get(), timeout=15)
+                        event = await client.next_event(timeout=15)
                     except asyncio.TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
-                    if site is None or event.get("site") == site:
-                        yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+                    yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
             finally:
-                view.clients.discard(q)
+                view.clients.discard(client)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -2,13 +2,17 @@
 
 A device is
 
-- ``unknown``: nothing heard from it yet, or its gateway is offline (nobody can tell);
+- ``unknown``: nothing heard from it yet (for less than ``STALE_POLLS`` poll intervals
+  since we began watching), or its gateway is offline (nobody can tell);
 - ``online``: its last reading had every point, each within its valid range;
 - ``faulted``: the gateway read it, but some points failed or a value is out of its range;
 - ``offline``: the gateway reports that it does not answer (timeout, link down). The
   gateway then backs off and polls it ever less often, so the silence between those
   readings is expected and does not make it ``stale``;
-- ``stale``: it answered last time, but nothing has come for ``STALE_POLLS`` poll intervals.
+- ``stale``: it answered last time, but nothing has come for ``STALE_POLLS`` poll intervals;
+  or nothing has come at all for that long since we began watching (a gateway that died
+  without its last will leaves its retained status "online": its devices must not stay
+  "unknown", which no alarm and no attention level counts, for ever).
 
 Hysteresis: a bad state starts with the first reading that shows it, and the device is
 ``online`` again only after ``RECOVER_READINGS`` good readings in a row. So a device that
@@ -53,6 +57,7 @@ class DeviceHealth:
     """The state machine of one device; ``now`` always comes from the caller."""
 
     poll_interval: float  # [s]
+    watched_since: dt.datetime | None = None  # when the live view began listening for it
     state: str = "unknown"
     reason: str = ""
     since: dt.datetime | None = None  # when the stored state began
@@ -76,9 +81,13 @@ class DeviceHealth:
         """State, reason and since when, at ``now``."""
         if not gateway_online:
             return "unknown", "the gateway is offline", None
-        if self.last_seen is None:
-            return "unknown", "no reading yet", None
         silent = STALE_POLLS * self.poll_interval
+        if self.last_seen is None:
+            start = self.watched_since
+            if start is not None and (now - start).total_seconds() > silent:
+                return "stale", f"no reading since the live view started at {start.isoformat(timespec='seconds')}", \
+                    start + dt.timedelta(seconds=silent)
+            return "unknown", "no reading yet", None
         age = (now - self.last_seen).total_seconds()
         if self.state in ("online", "faulted") and age > silent:
             return "stale", f"no reading since {self.last_seen.isoformat(timespec='seconds')}", \

@@ -55,6 +55,12 @@ def readable_unit(value: float, dimension: str) -> tuple[str, float]:
     return unit, scale
 
 
+def unflagged(rows: pd.DataFrame) -> pd.Series:
+    """Which rows of a store read have a value and no quality flag (``not_implemented`` aside):
+    a value its gateway flags (out of range, say) is evidence, not a figure to count or draw."""
+    return rows["value"].notna() & rows["quality"].fillna("").isin(["", "not_implemented"])
+
+
 def local_midnight(day: dt.date, site: Site) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), tzinfo=site.zone).astimezone(dt.UTC)
 
@@ -67,7 +73,7 @@ def counted(site: Site, store: ReadingStore, source: str, start: dt.datetime, en
     point = site.device(device).register_map.point(channel)
     rows = store.read(site.site, start - LOOKBACK, end + dt.timedelta(milliseconds=1), channels=[channel],
                       devices=[device])
-    good = rows["value"].notna() & rows["quality"].fillna("").isin(["", "not_implemented"])
+    good = unflagged(rows)
     values = pd.Series(rows.loc[good, "value"].astype(float).to_numpy(), index=pd.DatetimeIndex(rows.loc[good, "ts"]))
     if values.index.tz is None:
         values.index = values.index.tz_localize("UTC")

@@ -50,13 +50,15 @@ def capacity_kw(site: Site) -> float | None:
 
 def power_now_kw(site: Site, devices: list[dict]) -> float | None:
     """The site's power now [kW] from the live snapshot's devices; ``None`` when a
-    source has no live value (offline, stale or never heard)."""
+    source has no live value (offline, stale or never heard) or its gateway flags it (out of
+    its valid range: kept as evidence, not a figure)."""
     live = {d["id"]: d for d in devices}
     total, seen = 0.0, False
     for device, channel, sign in power_sources(site):
         d = live.get(device)
         value = (d or {}).get("values", {}).get(channel)
-        if d is None or d["state"] not in ("online", "faulted") or not isinstance(value, (int, float)):
+        if d is None or d["state"] not in ("online", "faulted") or not isinstance(value, (int, float)) \
+                or d.get("quality", {}).get(channel):
             return None
         kw = _kw(value, site.device(device).register_map.point(channel).unit)
         if kw is None:

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from contract import topics
@@ -21,6 +22,10 @@ from liveview.main_channels import MAIN_CHANNELS
 log = logging.getLogger(__name__)
 #: what a gateway's retained status message may say
 GATEWAY_STATES = ("online", "offline")
+#: status periods without one after which an "online" gateway is shown stale
+STALE_STATUS_PERIODS = 3
+#: ignored messages of a site logged one by one a minute at most; the rest are counted in one line
+LOGGED_PER_MINUTE = 10
 
 
 @dataclass
@@ -44,16 +49,23 @@ class DeviceView:
 
 
 class LiveState:
-    def __init__(self, sites: list[Site]):
+    def __init__(self, sites: list[Site], started: dt.datetime | None = None):
         self.sites = {s.site: s for s in sites}
+        started = started or dt.datetime.now(dt.UTC)
         self.lock = threading.Lock()
+        #: site -> (when its minute began [monotonic s], ignored messages in it)
+        self.log_budget: dict[str, tuple[float, int]] = {}
         self.gateways: dict[str, dict] = {s.site: {s.gateway: {"state": "unknown", "ts": None}} for s in sites}
         self.devices: dict[str, dict[str, DeviceView]] = {
-            s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, DeviceHealth(d.poll_interval)) for d in s.devices}
+            s.site: {d.id: DeviceView(d.id, d.kind, s.gateway, DeviceHealth(d.poll_interval, started))
+                     for d in s.devices}
             for s in sites}
         self.max_rates = {(s.site, src): m.max_rate_per_h for s in sites for m in s.monitoring
                           for src in m.sources if m.max_rate_per_h}
-        self.simulated: dict[str, bool] = {s.site: False for s in sites}
+        #: (site, device) -> (its register map's channels, those of them that are text)
+        self.channels = {(s.site, d.id): (frozenset(p.channel for p in d.register_map.points),
+                                          frozenset(p.channel for p in d.register_map.points if p.type == "string"))
+                         for s in sites for d in s.devices}
 
     # -- MQTT input -----------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, now: dt.datetime | None = None) -> dict | None:
@@ -63,7 +75,7 @@ class LiveState:
         under its own site): a message whose payload names another site, gateway or
         device, or is stamped too far ahead of our clock, is ignored and logged."""
         if topic.endswith("/status"):
-            return self._on_status(topic, payload)
+            return self._on_status(topic, payload, now or dt.datetime.now(dt.UTC))
         try:
             site, gateway, device = topics.parse_reading(topic)
             reading = Reading.from_json(payload)
@@ -75,16 +87,52 @@ class LiveState:
             return None
         claimed = (reading.site, reading.gateway, reading.device)
         if claimed != (site, gateway, device) or gateway != known.gateway:
-            log.warning("live view: ignored reading on %.120r: the payload says site %.80r, gateway %.80r, device %.80r "
-                        "(site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
+            self._ignored(site, "live view: ignored reading on %.120r: the payload says site %.80r, gateway %.80r, "
+                          "device %.80r (site %r is served by gateway %r)", topic, *claimed, site, known.gateway)
             return None
-        if too_far_ahead(reading.ts, now or dt.datetime.now(dt.UTC)):
-            log.warning("live view: ignored reading on %r stamped %s, ahead of this clock by more than %.0f s",
-                        topic, reading.ts.isoformat(), MAX_FUTURE_S)
+        now = now or dt.datetime.now(dt.UTC)
+        misfit = self._misfit(reading)
+        if misfit:
+            self._ignored(site, "live view: ignored reading on %.120r: %s", topic, misfit)
             return None
-        return self.on_reading(reading)
+        if too_far_ahead(reading.ts, now):
+            self._ignored(site, "live view: ignored reading on %r stamped %s, ahead of this clock by more than %.0f s",
+                          topic, reading.ts.isoformat(), MAX_FUTURE_S)
+            return None
+        return self.on_reading(reading, now)
 
-    def _on_status(self, topic: str, payload: bytes) -> dict | None:
+    def _ignored(self, site: str, message: str, *args) -> None:
+        """Log an ignored message of a configured ``site``: ``LOGGED_PER_MINUTE`` a minute one by one, the
+        rest counted in one line when the next minute begins (a gateway sending thousands a second
+        that no stage takes must not fill the log)."""
+        now = time.monotonic()
+        with self.lock:
+            start, n = self.log_budget.get(site, (now, 0))
+            if now - start >= 60:
+                if n > LOGGED_PER_MINUTE:
+                    log.warning("live view: %d more messages of site %r ignored in the last minute (not logged one "
+                                "by one)", n - LOGGED_PER_MINUTE, site)
+                start, n = now, 0
+            self.log_budget[site] = (start, n + 1)
+        if n < LOGGED_PER_MINUTE:
+            log.warning(message, *args)
+
+    def _misfit(self, r: Reading) -> str | None:
+        """Why a reading does not fit its device's register map (the collector refuses it), or None."""
+        known = self.channels.get((r.site, r.device))
+        if known is None:
+            return f"site {r.site!r} has no device {r.device!r}"
+        channels, text = known
+        unknown = r.values.keys() - channels
+        if unknown:
+            return f"{len(unknown)} channel(s) not in the register map, such as {min(unknown)!r}"
+        wrong = sorted(k for k, v in r.values.items() if v is not None and isinstance(v, str) != (k in text))
+        if wrong:
+            kind = "text" if wrong[0] not in text else "a number"
+            return f"the value of {wrong[0]!r} is {kind}, not its point's type"
+        return None
+
+    def _on_status(self, topic: str, payload: bytes, now: dt.datetime) -> dict | None:
         try:
             site, gateway = topics.parse_status(topic)
         except ValueError:
@@ -95,41 +143,49 @@ class LiveState:
         try:
             body = json.loads(payload)
         except (ValueError, RecursionError) as exc:
-            log.warning("live view: ignored status on %r: not JSON (%s)", topic, exc)
+            self._ignored(site, "live view: ignored status on %r: not JSON (%s)", topic, exc)
             return None
         if not isinstance(body, dict) or body.get("site") != site or body.get("gateway") != gateway:
             named = (body.get("site"), body.get("gateway")) if isinstance(body, dict) else (None, None)
-            log.warning("live view: ignored status on %r: the payload says site %.80r, gateway %.80r", topic, *named)
+            self._ignored(site, "live view: ignored status on %r: the payload says site %.80r, gateway %.80r",
+                          topic, *named)
             return None
         state, ts, depth = body.get("state"), body.get("ts"), body.get("outbox_depth")
         if state not in GATEWAY_STATES:
-            log.warning("live view: ignored status on %r: unknown state %.80r", topic, state)
+            self._ignored(site, "live view: ignored status on %r: unknown state %.80r", topic, state)
             return None
         with self.lock:
             before = self.gateways[site][gateway].get("state")
             self.gateways[site][gateway] = {
                 "state": state, "ts": ts if isinstance(ts, str) and len(ts) <= 40 else None,
-                "outbox_depth": depth if isinstance(depth, int) and not isinstance(depth, bool) else None}
+                "outbox_depth": depth if isinstance(depth, int) and not isinstance(depth, bool) else None,
+                "heard": now}
         if state == before:  # each event makes every open page reload the site: a flood must not multiply
             return None
         return {"type": "gateway", "site": site, "gateway": gateway, "state": state}
 
-    def on_reading(self, r: Reading) -> dict | None:
+    def on_reading(self, r: Reading, received: dt.datetime | None = None) -> dict | None:
+        """Apply a reading that arrived at ``received`` (default: now).
+
+        A reading was taken when its stamp says, at the latest when it arrived: a stamp ahead
+        of our clock (a gateway clock a few minutes fast, within what is accepted) counts as
+        the moment of arrival, so that it neither hides the readings after it as older, nor
+        keeps a device that stops answering "online" until our clock reaches its stamp."""
         site = self.sites.get(r.site)
+        received = received or dt.datetime.now(dt.UTC)
+        seen = min(r.ts, received)
         with self.lock:
             view = self.devices.get(r.site, {}).get(r.device)
             if site is None or view is None:
                 return None
-            if view.last_seen is not None and r.ts <= view.last_seen:
+            if view.last_seen is not None and seen <= view.last_seen:
                 return None  # a redelivery or replay: the live view shows the newest only
-            self._counter_checks(site, view, r)
+            self._counter_checks(site, view, r, seen)
             view.status = r.status.value
             view.quality = {k: q.value for k, q in r.quality.items()}
-            view.health.on_reading(r.ts, view.status, view.quality)  # sets last_seen
+            view.health.on_reading(seen, view.status, view.quality)  # sets last_seen
             main = MAIN_CHANNELS.get(view.kind, [])
             view.values = {k: r.values.get(k) for k in main if k in r.values}
-            if r.values.get("simulated"):
-                self.simulated[r.site] = True
             for key in [k for k in view.conditions if k[1] == "out_of_range"]:
                 del view.conditions[key]
             for ch, q in r.quality.items():
@@ -138,11 +194,11 @@ class LiveState:
                     view.conditions[(subject, "out_of_range")] = Condition(
                         r.site, subject, "out_of_range", f"{ch} = {r.values.get(ch)} outside its valid range")
             online = self.gateways[r.site].get(site.gateway, {}).get("state") != "offline"
-            return {"type": "reading", "site": r.site, "device": r.device, "ts": r.ts.isoformat(),
-                    "status": r.status.value, "state": view.state(r.ts, online), "values": view.values,
+            return {"type": "reading", "site": r.site, "device": r.device, "ts": seen.isoformat(),
+                    "status": r.status.value, "state": view.state(received, online), "values": view.values,
                     "quality": view.quality}
 
-    def _counter_checks(self, site: Site, view: DeviceView, r: Reading) -> None:
+    def _counter_checks(self, site: Site, view: DeviceView, r: Reading, seen: dt.datetime) -> None:
         points = {p.channel: p for p in site.device(view.id).register_map.points if p.kind.value == "counter"}
         for ch, p in points.items():
             v = r.values.get(ch)
@@ -163,11 +219,11 @@ class LiveState:
                     view.conditions[(subject, "counter_backwards")] = Condition(
                         site.site, subject, "counter_backwards", f"{ch} went from {v0:g} to {v:g}")
                 rate = self.max_rates.get((site.site, subject))
-                hours = max((r.ts - t0).total_seconds() / 3600, 1 / 3600)
+                hours = max((seen - t0).total_seconds() / 3600, 1 / 3600)
                 if rate and v - v0 > rate * hours:
                     view.conditions[(subject, "counter_jump")] = Condition(
                         site.site, subject, "counter_jump", f"{ch} rose {v - v0:g} in {hours * 3600:.0f} s")
-            view.counters[ch] = (r.ts, v)
+            view.counters[ch] = (seen, v)
 
     # -- evaluation -----------------------------------------------------------------
     def conditions(self, site_id: str, now: dt.datetime, month_to_date: dict | None) -> list[Condition]:
@@ -191,14 +247,25 @@ class LiveState:
 
     def snapshot(self, site_id: str, now: dt.datetime) -> dict:
         with self.lock:
-            gateways = {k: dict(v) for k, v in self.gateways[site_id].items()}
+            gateways = {k: _gateway_fields(v, now) for k, v in self.gateways[site_id].items()}
             online = gateways.get(self.sites[site_id].gateway, {}).get("state") != "offline"
             devices = [{
                 "id": v.id, "kind": v.kind, "gateway": v.gateway, **_state_fields(v.health.current(now, online)),
                 "last_seen": v.last_seen.isoformat() if v.last_seen else None, "status": v.status,
                 "values": v.values, "quality": v.quality,
             } for v in self.devices[site_id].values()]
-        return {"gateways": gateways, "devices": devices, "simulated": self.simulated[site_id]}
+        return {"gateways": gateways, "devices": devices}
+
+
+def _gateway_fields(g: dict, now: dt.datetime) -> dict:
+    """A gateway's status as last heard, ``stale`` when an "online" one has not been refreshed
+    for ``STALE_STATUS_PERIODS`` status periods (of our clock: when we heard it)."""
+    out = {k: v for k, v in g.items() if k != "heard"}
+    heard, silent = g.get("heard"), STALE_STATUS_PERIODS * topics.STATUS_EVERY_S
+    if g["state"] == "online" and heard is not None and (now - heard).total_seconds() > silent:
+        out["state"] = "stale"
+        out["state_reason"] = f"no status since {heard.isoformat(timespec='seconds')}"
+    return out
 
 
 def _state_fields(current: tuple[str, str, dt.datetime | None]) -> dict:

@@ -3,6 +3,7 @@ values that keep coming over server-sent events while the database is down."""
 
 import datetime as dt
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -80,3 +81,40 @@ def test_live_values_flow_over_sse_while_the_store_is_down(live):
     with pytest.raises(urllib.error.HTTPError) as exc:
         get(base + "/api/sites/mn-solar/history", token="s3cret")
     assert exc.value.code == 503
+
+
+@pytest.fixture
+def hung_store():
+    """An InfluxDB that accepts connections and never answers (overloaded, or a half-open link)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    yield open_store(f"influxdb://127.0.0.1:{server.getsockname()[1]}?api=v1&timeout=1")
+    server.close()
+
+
+def test_a_store_that_does_not_answer_does_not_freeze_the_pages(tmp_path, hung_store):
+    """Each request waited for the store's timeout, for each site and twice per site page (10 s
+    each by default): the overview of five sites answered after 50 s or more, a site page
+    began to follow its live values only after 20 s, and every 5 s each open page asked again.
+    Once the store has failed, the live view asks it again after a while, not on every request."""
+    view = LiveView([SITE], f"mqtt://127.0.0.1:{free_port()}", hung_store, str(tmp_path / "alarms.sqlite"))
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        t0 = time.monotonic()
+        assert "error" in json.load(get(base + "/api/sites/mn-solar"))["energy"]
+        first = time.monotonic() - t0
+        assert first < 1.9, first  # one wait for the store, not one per figure
+        t0 = time.monotonic()
+        for _ in range(3):
+            row = json.load(get(base + "/api/sites"))["sites"][0]
+            assert row["energy_error"] and "unavailable" in row["energy_error"]
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                get(base + "/api/sites/mn-solar/history")
+            assert exc.value.code == 503
+        assert time.monotonic() - t0 < 1.5, time.monotonic() - t0
+    finally:
+        dash.stop()

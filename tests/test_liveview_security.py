@@ -7,13 +7,14 @@ import http.client
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from contract.config import load_site
-from contract.message import Reading
+from contract.message import Quality, Reading
 from jcm.broker import free_port
 from jcm.demo import Dashboard
 from liveview.app import LiveView, create_app
@@ -204,3 +205,117 @@ def test_a_token_a_browser_cannot_send_is_refused_at_start(tmp_path, token):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "--token-env: the token in JCM_TEST_TOKEN must be visible ASCII" in done.stderr
+
+
+@pytest.mark.slow
+def test_text_from_a_gateway_cannot_reorder_or_mark_up_the_page(tmp_path):
+    """An out-of-range flag on a text channel puts the gateway's text in the alarm's detail:
+    a right-to-left override (U+202E) made the page show it reversed ("0051-" read "-1500"),
+    invisibly. Every such character shows as an escape; markup stays text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    view = LiveView([SOLAR], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "jcm.db"),
+                    str(tmp_path / "alarms.sqlite"))
+    view.broker.connected.set()  # as if connected: alarms of what MQTT brings are judged only then
+    view.state.on_message(status_topic(SOLAR.site, SOLAR.gateway), status(SOLAR.site, SOLAR.gateway, "online"))
+    hostile = "\u202e0051-\u2066<img src=x onerror=window.pwned=1>\x1b[31m\u200b"
+    r = Reading(site=SOLAR.site, gateway=SOLAR.gateway, device="inv-01", ts=dt.datetime.now(dt.UTC),
+                values={"manufacturer": hostile, "ac_power": 1.0}, quality={"manufacturer": Quality.out_of_range},
+                seq=1)
+    assert on_topic(view.state, r, device="inv-01") is not None
+    view.evaluate_alarms()
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    driver = chrome()
+    try:
+        driver.get(f"http://127.0.0.1:{port}/sites/mn-solar")
+        row = WebDriverWait(driver, 20).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#alarms tr[data-kind='out_of_range']"))[0]
+        detail = row.find_elements(By.TAG_NAME, "td")[-1].get_attribute("textContent")
+        assert not re.search("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]", detail), detail
+        assert "\\u202e0051-\\u2066<img src=x onerror=window.pwned=1>\\x1b[31m\\u200b" in detail
+        assert driver.execute_script("return window.pwned === undefined && !document.querySelector('#alarms img')")
+    finally:
+        driver.quit()
+        dash.stop()
+
+
+def test_every_page_loads_from_this_server_only(serve, tmp_path):
+    """FastAPI serves ReDoc at /redoc unless told not to, from a CDN (a blank page offline, and
+    scripts from a third party on an operators' page)."""
+    port = serve()
+    view = LiveView([SOLAR], f"mqtt://127.0.0.1:{free_port()}", SqliteStore(tmp_path / "routes.db"),
+                    str(tmp_path / "routes.sqlite"))
+    paths = [r.path.replace("{site}", SOLAR.site) for r in create_app(view).routes
+             if "GET" in getattr(r, "methods", ()) and "{" not in r.path.replace("{site}", "")
+             and r.path != "/api/stream"]
+    assert {"/", "/sites/mn-solar", "/api/docs"} <= set(paths)
+    for path in paths + ["/redoc", "/docs"]:
+        resp, body = request(port, path)
+        if resp.status == 200 and resp.getheader("content-type", "").startswith("text/html"):
+            html = body.decode()
+            urls = re.findall(r"""(?:src|href)=['"]([^'"]+)""", html) + re.findall(r"url: *'([^']+)'", html)
+            assert all(u.startswith("/") and not u.startswith("//") for u in urls), (path, urls)
+
+
+def test_a_stream_of_a_site_that_is_not_here_is_a_404(serve):
+    port = serve()
+    resp, body = request(port, "/api/stream?site=nope")
+    assert resp.status == 404 and b"no site 'nope'" in body
+
+
+def test_every_answer_forbids_scripts_from_elsewhere_and_framing(serve):
+    """Text from gateways is shown in the pages: were any of it ever to get past the escaping, an
+    injected script should find nothing it may run. Before: no such header at all."""
+    port = serve(token="s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    for path, headers in (("/", auth), ("/sites/mn-solar", auth), ("/api/sites", auth), ("/static/app.js", {}),
+                          ("/api/sites/nope", auth), ("/api/sites", {}), ("/api/docs", auth)):
+        resp, _ = request(port, path, headers)
+        csp = resp.getheader("content-security-policy") or ""
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp, path
+        assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0], path
+        assert resp.getheader("x-content-type-options") == "nosniff" and resp.getheader("x-frame-options") == "DENY"
+
+
+@pytest.mark.slow
+def test_the_pages_and_the_api_docs_run_under_their_policy(serve, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    port = serve()
+    driver = chrome()
+    try:
+        for path, shown in (("/", "#fleet tbody tr"), ("/sites/mn-solar", "#devices tbody tr"),
+                            ("/api/docs", ".swagger-ui .opblock")):
+            driver.get(f"http://127.0.0.1:{port}{path}")
+            WebDriverWait(driver, 20).until(lambda d: d.find_elements("css selector", shown))
+    finally:
+        driver.quit()
+
+
+def test_a_flood_of_ignored_messages_is_a_few_log_lines(caplog):
+    """Each reading or status the live view ignores was a WARNING line: a gateway sending 5,000
+    a second that no stage takes filled the live view's log at 1 MB/s."""
+    state = LiveState([SOLAR, BIOGAS])
+    topic = f"jcm/v1/{SOLAR.site}/{SOLAR.gateway}/poc-meter/reading"
+    bad = json.loads(reading().to_json())
+    bad["values"]["invented"] = 1.0
+    with caplog.at_level(logging.WARNING, logger="liveview.state"):
+        for _ in range(1000):
+            assert state.on_message(topic, json.dumps(bad).encode()) is None
+            assert state.on_message(status_topic(SOLAR.site, SOLAR.gateway), b"{") is None
+        on_topic(state, reading(site=BIOGAS, device="genset-1", invented=1.0), BIOGAS, "genset-1")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) <= 11, len(lines)  # ten a minute of mn-solar's, and ph-biogas's own
+    assert "not in the register map" in lines[0] and any("ph-biogas" in line for line in lines)
+    caplog.clear()
+    state.log_budget[SOLAR.site] = (state.log_budget[SOLAR.site][0] - 61, state.log_budget[SOLAR.site][1])
+    with caplog.at_level(logging.WARNING, logger="liveview.state"):
+        state.on_message(topic, json.dumps(bad).encode())
+    assert "1990 more messages of site 'mn-solar' ignored in the last minute" in caplog.text

@@ -3,11 +3,30 @@
 // charts are drawn by uPlot 1.6.32 (npm "uplot", MIT licence: uPlot.LICENSE), served from here.
 "use strict";
 const $ = (sel) => document.querySelector(sel);
-const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+// text for HTML: markup escaped, and every character that could reorder or hide what is read (controls,
+// bidirectional overrides and isolates, zero-width and format characters, as contract/text.py) shown as an
+// escape; tabs and line breaks are white space in HTML, and surrogates pair up (a lone one shows as such)
+const UNSAFE = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+const visible = (c) => {
+  const n = c.charCodeAt(0);
+  return n < 0x100 ? "\\x" + n.toString(16).padStart(2, "0") : "\\u" + n.toString(16).padStart(4, "0");
+};
+const esc = (s) => String(s ?? "").replace(UNSAFE, visible)
+  .replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const LANGUAGES = ["en", "ja"];
 let LANG = "en", MSG = {};
 
 async function api(path) { const r = await fetch(path); if (!r.ok) throw new Error(path + ": " + r.status); return r.json(); }
+// a page that could not update says so, and keeps trying: what it shows must not look live when it is not
+async function updating(load) {
+  try {
+    await load();
+    $("#error").hidden = true;
+  } catch (e) {
+    $("#error").textContent = t("update_failed", {error: e.message});
+    $("#error").hidden = false;
+  }
+}
 
 // -- language ------------------------------------------------------------------------
 function chosenLanguage() {
@@ -94,8 +113,14 @@ function energyMain(s) {
 }
 
 async function deploymentPage() {
+  await updating(loadFleet);
+  setTimeout(deploymentPage, 5000);
+}
+
+async function loadFleet() {
   const data = await api("/api/sites");
   $("#sim").hidden = !data.sites.some((s) => s.simulated);
+  $("#broker").hidden = data.broker_connected;
   $("#fleet tbody").innerHTML = data.sites.map((s) => `<tr data-site="${esc(s.site)}" class="attention-${esc(s.attention)}">
     <td><a href="/sites/${encodeURIComponent(s.site)}">${esc(s.name)}</a><div class="muted">${esc(s.country)} · ${esc(s.methodology)}</div></td>
     <td><span class="attention ${esc(s.attention)}">${esc(label("attention", s.attention))}</span></td>
@@ -107,7 +132,6 @@ async function deploymentPage() {
   const alarms = await api("/api/alarms?active=true");
   $("#alarms tbody").innerHTML = alarms.map((a) => `<tr><td>${esc(a.site)}</td><td>${esc(a.subject)}</td>
     <td class="alarm-active">${esc(label("alarm", a.kind))}</td><td>${zoned(a.started, zones[a.site] || "UTC")}</td><td>${esc(a.detail)}</td></tr>`).join("");
-  setTimeout(deploymentPage, 5000);
 }
 
 // -- a site -----------------------------------------------------------------------------
@@ -160,6 +184,7 @@ async function loadSite(site) {
   $("#meta").textContent = `${d.country} · ${d.methodology} · ${t("times_in", {zone: zoneName(d.timezone)})}`;
   $("#gw").innerHTML = `${esc(t("gateway"))} ${esc(d.gateway)} ${stateBadge(d.gateway_state)}`;
   $("#sim").hidden = !d.simulated;
+  $("#broker").hidden = d.broker_connected;
   renderDevices(d.devices);
   renderAlarms(d.alarms.recent);
   $("#energy").innerHTML = renderEnergy(d.energy);
@@ -224,10 +249,10 @@ function rangeButtons(site) {
 }
 
 async function sitePage(site) {
-  await loadSite(site);
+  await updating(() => loadSite(site));
   rangeButtons(site);
   loadCharts(site);
-  setInterval(() => loadSite(site), 15000);
+  setInterval(() => updating(() => loadSite(site)), 15000);
   setInterval(() => loadCharts(site), 60000);
   const es = new EventSource(`/api/stream?site=${encodeURIComponent(site)}`);
   es.addEventListener("reading", (ev) => {
@@ -238,8 +263,15 @@ async function sitePage(site) {
     row.querySelector(".state-cell").innerHTML = stateBadge(r.state);  // the server's state model, not ours
     row.classList.remove("flash"); void row.offsetWidth; row.classList.add("flash");
   });
-  es.addEventListener("alarm", () => loadSite(site));
-  es.addEventListener("gateway", () => loadSite(site));
+  // these events have the page read the whole site again; they can come in floods (a gateway flipping its
+  // status): one read a second at most. "missed": the stream dropped events, what is shown may be old
+  let reload = null;
+  const reloadSoon = () => { reload ??= setTimeout(() => { reload = null; updating(() => loadSite(site)); }, 1000); };
+  for (const kind of ["alarm", "gateway", "missed"]) es.addEventListener(kind, reloadSoon);
+  // the browser opens the stream again by itself (the live view restarted, the network came back),
+  // but nothing of what came meanwhile is sent again: read the site then
+  let opened = false;
+  es.addEventListener("open", () => { if (opened) reloadSoon(); opened = true; });
 }
 
 async function start(page) {
@@ -247,3 +279,5 @@ async function start(page) {
   if (page === "site") sitePage(location.pathname.split("/").pop());
   else deploymentPage();
 }
+// the page says which it is (no inline script: the pages' Content-Security-Policy allows none)
+start(document.body.dataset.page);
