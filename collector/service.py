@@ -38,7 +38,7 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -371,7 +371,9 @@ class Collector:
             lines = batch_form.unpack(m.payload)
         except ValueError as exc:
             raise Rejected(str(exc)) from None
-        return [replace(m, payload=line, custody=v) for line, v in self.custody.batch(lines)]
+        # made directly: dataclasses.replace cost 1.5 us a line
+        return [Incoming(m.generation, m.mid, m.qos, m.topic, line, m.received, v)
+                for line, v in self.custody.batch(lines)]
 
     def _authentic(self, m: Incoming, reading: Reading) -> bool:
         """Whether a reading refused for its stamp passes the custody checks: only then is it

@@ -70,10 +70,10 @@ def use_wal(db: sqlite3.Connection) -> None:
 
 
 def while_busy(db: sqlite3.Connection, sql: str, *, seconds: float | None = None,
-               waiting: Callable[[], None] | None = None) -> sqlite3.Cursor:
-    """``db.execute(sql)``, tried again while another connection holds the file busy (beyond SQLite's
-    own busy timeout, or where SQLite does not wait): for ``seconds``, or for ever if None;
-    ``waiting`` is called once, at the first refusal (to say why the caller waits)."""
+               waiting: Callable[[], None] | None = None, pause: float = 0.01) -> sqlite3.Cursor:
+    """``db.execute(sql)``, tried again every ``pause`` seconds while another connection holds the file
+    busy (beyond SQLite's own busy timeout, or where SQLite does not wait): for ``seconds``, or for ever
+    if None; ``waiting`` is called once, at the first refusal (to say why the caller waits)."""
     deadline = None if seconds is None else time.monotonic() + seconds
     while True:
         try:
@@ -84,7 +84,7 @@ def while_busy(db: sqlite3.Connection, sql: str, *, seconds: float | None = None
             if waiting:
                 waiting()
                 waiting = None
-            time.sleep(0.01)
+            time.sleep(pause)
 
 
 def _uri(p: Path, mode: str, immutable: bool = False) -> str:
