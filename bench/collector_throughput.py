@@ -454,8 +454,8 @@ def report(results: list[dict]) -> None:
             print(f"{r['mode']:<6} {r['contender']:<22} µs CPU / msg by process: {each}")
         if r["queued_s_per_process"]:
             each = " / ".join(f"{q:.2f}" for q in r["queued_s_per_process"])
-            print(f"{r['mode']:<6} {r['contender']:<22} s ready but waiting for a core, by process: {each} "
-                  f"(of {r['seconds']} s)")
+            print(f"{r['mode']:<6} {r['contender']:<22} s its threads were ready but waited for a core (summed over "
+                  f"them), by process: {each} (in {r['seconds']} s)")
         if r.get("threads_s"):
             each = ", ".join(f"{k} {v / r['received_or_stored'] * 1e6:.0f}" for k, v in r["threads_s"].items())
             print(f"{r['mode']:<6} {r['contender']:<22} µs CPU / msg by thread: {each}")
