@@ -77,8 +77,10 @@ def _sender(topic: str) -> tuple[str, str, str | None]:
 
 
 def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.datetime,
-             max_bytes: int, max_future: dt.timedelta) -> Reading:
-    """The reading of a message on a reading topic, or of a line of a batch on its batch topic."""
+             max_bytes: int, max_future: dt.timedelta, parsed: Reading | None = None) -> Reading:
+    """The reading of a message on a reading topic, or of a line of a batch on its batch topic.
+    ``parsed``: the reading of ``payload`` when the caller has it already (a signed batch line's,
+    read by its custody check from the same bytes without the signature)."""
     if len(payload) > max_bytes:
         raise Rejected(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
@@ -86,7 +88,7 @@ def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.da
     except ValueError as exc:
         raise Rejected(str(exc)) from None
     try:
-        reading = Reading.from_json(payload)
+        reading = parsed or Reading.from_json(payload)
     except ValueError as exc:
         raise Rejected(f"malformed reading: {exc}") from None
     device = reading.device if device is None else device
