@@ -19,13 +19,20 @@ A drain (``--mode drain``, the default) keeps the publisher's CPU out of the win
 same cores as it would on a one-box site. Rate = messages received or stored ÷ (last
 one's time − the moment all of a contender's processes were told to go).
 
-    python bench/collector_throughput.py [--messages 30000] [--mode drain|live|both] [--only paho ...]
+``--batch N`` sends the same readings as a gateway sends its backlog: in the batch form
+(``contract/batch.py``: one zlib stream of up to N readings, as many as fit in the broker's
+packet, per MQTT message, packed by the gateway's own ``batch.pack``) on the batch topic.
+Rates and CPU are then per reading, and the bare subscribers unpack each batch into its
+lines (``batch.unpack``), the least any subscriber of the batch form does.
+
+    python bench/collector_throughput.py [--messages 30000] [--mode drain|live|both] [--batch N] [--only paho ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -45,7 +52,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 import urllib3  # noqa: E402
 
-from contract import topics  # noqa: E402
+from contract import batch as batch_form, topics  # noqa: E402
 from contract.message import Reading  # noqa: E402
 from jcm.broker import Mosquitto, free_port, stop_process, wait_for_port  # noqa: E402
 from jcm.influxd import influxd_config  # noqa: E402
@@ -68,6 +75,20 @@ def messages(n: int) -> list[tuple[str, bytes]]:
         r = Reading(site=SITE, gateway="gw-bench", device=device, ts=T0 + dt.timedelta(seconds=i // 10),
                     values={f"ch{k}": float(i + k) + 0.25 for k in range(20)}, seq=i + 1, epoch=EPOCH)
         out.append((topics.reading(SITE, "gw-bench", device), r.to_json().encode()))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def batches(n: int, most: int) -> list[tuple[str, bytes, int]]:
+    """The same readings as ``messages(n)`` in the batch form, as a gateway's backlog sends them:
+    each batch the longest run of at most ``most`` readings that fits in one packet (topic,
+    payload, readings)."""
+    bodies = [body for _, body in messages(n)]
+    out, i = [], 0
+    while i < n:
+        payload, count = batch_form.pack(bodies[i:i + most])
+        out.append((topics.batch(SITE, "gw-bench"), payload, count))
+        i += count
     return out
 
 
@@ -121,8 +142,9 @@ def _wait_for_go() -> float:
     return time.time()
 
 
-def child_publish(port: int, n: int) -> None:
-    """Publish the stream QoS 1 and wait until the broker has acknowledged all of it."""
+def child_publish(port: int, n: int, most: int | None) -> None:
+    """Publish the stream QoS 1 (in batches of at most ``most`` readings, if given) and wait
+    until the broker has acknowledged all of it."""
     acked = 0
 
     def on_publish(client, userdata, mid, reason_code, properties):
@@ -135,25 +157,27 @@ def child_publish(port: int, n: int) -> None:
     pub.on_publish = on_publish
     pub.connect("127.0.0.1", port)
     pub.loop_start()
-    msgs = messages(n)
+    msgs = [(topic, body, 1) for topic, body in messages(n)] if most is None else batches(n, most)
     go = _wait_for_go()
-    for topic, body in msgs:
+    for topic, body, _ in msgs:
         pub.publish(topic, body, qos=1)
-    while acked < n:
+    while acked < len(msgs):
         time.sleep(0.005)
-    _report(start=go, last=time.time(), count=acked)
+    _report(start=go, last=time.time(), count=sum(readings for _, _, readings in msgs), packets=acked)
     pub.disconnect()
     pub.loop_stop()
 
 
-def child_paho(port: int, client_id: str, topic: str, prime: bool, mqtt5: bool = False) -> None:
+def child_paho(port: int, client_id: str, topic: str, prime: bool, mqtt5: bool = False,
+               batched: bool = False) -> None:
     """A bare paho subscriber: counts and acknowledges (paho acknowledges on return). ``mqtt5``:
     as the collector connects (MQTT 5, a session that expires in a week, Receive Maximum
-    1000, ``manual_ack``), acknowledging each message in the callback."""
+    1000, ``manual_ack``), acknowledging each message in the callback. ``batched``: each
+    message is a batch, unpacked into its readings' lines, which are counted."""
     state = {"count": 0}
 
     def on_message(client, userdata, msg):
-        state["count"] += 1
+        state["count"] += len(batch_form.unpack(msg.payload)) if batched else 1
         if mqtt5:
             client.ack(msg.mid, msg.qos)
 
@@ -195,28 +219,32 @@ def child_collector(port: int, client_id: str, share: str | None, store: str, si
         time.sleep(1.0)
     else:
         _drain(lambda: collector.stored + collector.dead, marks)
-    threads = _thread_cpu()  # before stop: a stopped thread's time is gone from /proc
+    threads, queued = _thread_cpu()  # before stop: a stopped thread's time is gone from /proc
     collector.stop()
     if collector.failure is not None:
         raise SystemExit(f"collector failed: {collector.failure}")
-    _report(start=go, last=marks["last"], count=collector.stored, dead=collector.dead, threads=threads)
+    _report(start=go, last=marks["last"], count=collector.stored, dead=collector.dead, threads=threads,
+            queued_s=queued)
 
 
-def _thread_cpu() -> dict[str, float]:
+def _thread_cpu() -> tuple[dict[str, float], float]:
     """CPU time [s] of each of the process's threads but the main one (started after go), by name
-    (paho's network threads as ``paho`` and ``paho ack``)."""
+    (paho's network threads as ``paho`` and ``paho ack``); and how long [s] they were ready to run
+    but waited for a core (the kernel's run queue, /proc/<tid>/schedstat): on a shared machine, the
+    time another process's work took from them, as against waiting for each other or a lock."""
     import threading
-    out = {}
+    out, queued = {}, 0.0
     for t in threading.enumerate():
         if t is threading.main_thread():
             continue
         try:
             stat = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            queued += int(Path(f"/proc/self/task/{t.native_id}/schedstat").read_text().split()[1]) / 1e9
         except OSError:
             continue
         name = "paho ack" if t.name.endswith("-ack") else "paho" if t.name.startswith("paho-mqtt") else t.name
         out[name] = out.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+    return out, queued
 
 
 def _drain(count, marks: dict) -> None:
@@ -293,12 +321,14 @@ class Servers:
 
 
 def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, servers: Servers,
-        stores: dict[str, int]) -> dict:
+        stores: dict[str, int], most: int | None = None) -> dict:
+    """One contender's run; ``most``: the stream in batches of at most that many readings."""
     broker = Mosquitto(workdir / f"mq-{name}-{mode}".replace(" ", "_")).start()
     try:
         ids = [f"bench-{i}" for i in range(copies)]
         share = "bench" if copies > 1 else None
-        topic = f"$share/bench/{TOPIC}" if share else TOPIC
+        stream = TOPIC if most is None else topics.ALL_BATCHES
+        topic = f"$share/bench/{stream}" if share else stream
         store_url = ""
         if kind.startswith("collector"):
             backend = kind.split()[1]
@@ -314,7 +344,8 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
         def child_args(i: int, prime: bool) -> list[str]:
             base = ["--port", str(broker.port), "--client-id", ids[i]] + (["--prime"] if prime else [])
             if kind.startswith("paho"):
-                return ["paho", *base, "--topic", topic] + (["--mqtt5"] if kind == "paho5" else [])
+                return ["paho", *base, "--topic", topic] + (["--mqtt5"] if kind == "paho5" else []) + (
+                    ["--batched"] if most else [])
             return ["collector", *base, "--store", store_url, "--sites", str(workdir / "sites")] + (
                 ["--share", share] if share else [])
 
@@ -328,7 +359,9 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
         else:
             for p in [spawn(*child_args(i, True)) for i in range(copies)]:
                 finish(p)
-        publisher = spawn("publish", "--port", str(broker.port), "--messages", str(n))
+        publisher = spawn("publish", "--port", str(broker.port), "--messages", str(n),
+                          *(["--batch", str(most)] if most else []))
+        packets = len(batches(n, most)) if most else n  # what mosquitto_sub counts
         ready([publisher])
         broker_cpu0 = proc_cpu(broker.proc.pid)
         store_cpu0 = {k: proc_cpu(p.pid) for k, p in servers.procs.items()}
@@ -337,7 +370,7 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
             published = finish(publisher)
         if kind == "mosquitto_sub":
             t0 = time.time()
-            sub = subprocess.Popen(sub_cmd(n), stdout=subprocess.DEVNULL)
+            sub = subprocess.Popen(sub_cmd(packets), stdout=subprocess.DEVNULL)
             if mode == "live":
                 go([publisher])
             sub.wait(timeout=600)
@@ -357,12 +390,16 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
     count = sum(r["count"] for r in results)
     seconds = max(r["last"] for r in results) - min(r["start"] for r in results)
     cpu = [r["cpu_s"] for r in results if r["cpu_s"] is not None]
-    return {"contender": name, "mode": mode, "messages": n, "received_or_stored": count, "complete": count == n,
+    return {"contender": name, "mode": mode, "batch": most, "packets": packets, "messages": n,
+            "received_or_stored": count, "complete": count == n,
             "dead": sum(r.get("dead", 0) for r in results), "seconds": round(seconds, 2),
             "msgs_per_s": round(count / seconds), "per_process": [r["count"] for r in results],
-            "cpu_s_contender": round(sum(cpu), 2) if cpu else None, "cpu_s_broker": round(broker_cpu, 2),
+            "cpu_s_contender": round(sum(cpu), 2) if cpu else None,
+            "cpu_s_per_process": [round(c, 2) for c in cpu], "cpu_s_broker": round(broker_cpu, 2),
             "cpu_s_stores": store_cpu, "publisher_s": round(published["last"] - published["start"], 2),
-            "threads_s": _summed([r.get("threads", {}) for r in results]), "loadavg": os.getloadavg()}
+            "threads_s": _summed([r.get("threads", {}) for r in results]),
+            "queued_s_per_process": [round(r["queued_s"], 2) for r in results if "queued_s" in r],
+            "loadavg": os.getloadavg()}
 
 
 def _summed(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -389,6 +426,10 @@ CONTENDERS = {  # name: (kind, processes)
 
 def report(results: list[dict]) -> None:
     print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
+    if results and results[0]["batch"]:
+        r = results[0]
+        print(f"the batch form: {r['messages']} readings in {r['packets']} batches (at most {r['batch']} each); "
+              "msgs/s and µs/msg are per reading")
     print(f"{'mode':<6} {'contender':<22} {'msgs/s':>8} {'÷ paho':>7} {'÷ paho5':>8} {'x2 ÷ x1':>8} {'s':>7} {'CPU s':>6} "
           f"{'µs/msg':>7} "
           f"{'broker':>7} {'stores':>14} {'per process':>14}")
@@ -408,6 +449,13 @@ def report(results: list[dict]) -> None:
               f"{r['seconds']:>7} {cpu:>6} {per_msg:>7} {r['cpu_s_broker']:>7} {stores:>14} {per:>14}"
               + ("" if r["complete"] else f"  INCOMPLETE: {r['received_or_stored']} of {r['messages']}"))
     for r in results:
+        if len(r["cpu_s_per_process"]) > 1:
+            each = " / ".join(f"{c / k * 1e6:.0f}" for c, k in zip(r["cpu_s_per_process"], r["per_process"]) if k)
+            print(f"{r['mode']:<6} {r['contender']:<22} µs CPU / msg by process: {each}")
+        if r["queued_s_per_process"]:
+            each = " / ".join(f"{q:.2f}" for q in r["queued_s_per_process"])
+            print(f"{r['mode']:<6} {r['contender']:<22} s its threads were ready but waited for a core (summed over "
+                  f"them), by process: {each} (in {r['seconds']} s)")
         if r.get("threads_s"):
             each = ", ".join(f"{k} {v / r['received_or_stored'] * 1e6:.0f}" for k, v in r["threads_s"].items())
             print(f"{r['mode']:<6} {r['contender']:<22} µs CPU / msg by thread: {each}")
@@ -418,7 +466,12 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=30000)
     ap.add_argument("--mode", choices=["drain", "live", "both"], default="drain")
     ap.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), help="run these contenders only")
+    ap.add_argument("--batch", type=int, metavar="N",
+                    help="send the readings in the batch form, at most N a batch (a gateway's backlog: 2000 at its "
+                         "default rate; about 1,300 of the bench's readings fill a packet)")
     args = ap.parse_args()
+    if args.batch is not None and not 1 <= args.batch <= batch_form.MAX_MESSAGES:
+        ap.error(f"--batch: {args.batch} readings a batch: 1 to {batch_form.MAX_MESSAGES}")
     names = args.only or list(CONTENDERS)
     modes = ["drain", "live"] if args.mode == "both" else [args.mode]
     results = []
@@ -431,7 +484,7 @@ def main() -> None:
             for mode in modes:
                 for name in names:
                     kind, copies = CONTENDERS[name]
-                    results.append(run(name, kind, copies, args.messages, mode, workdir, servers, stores))
+                    results.append(run(name, kind, copies, args.messages, mode, workdir, servers, stores, args.batch))
                     print(json.dumps(results[-1]), flush=True)
         finally:
             servers.stop()
@@ -455,11 +508,13 @@ def child_main(argv: list[str]) -> None:
     ap.add_argument("--sites")
     ap.add_argument("--prime", action="store_true")
     ap.add_argument("--mqtt5", action="store_true")
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--batched", action="store_true")
     a = ap.parse_args(argv)
     if a.role == "publish":
-        child_publish(a.port, a.messages)
+        child_publish(a.port, a.messages, a.batch)
     elif a.role == "paho":
-        child_paho(a.port, a.client_id, a.topic, a.prime, a.mqtt5)
+        child_paho(a.port, a.client_id, a.topic, a.prime, a.mqtt5, a.batched)
     else:
         child_collector(a.port, a.client_id, a.share, a.store, a.sites, a.prime)
 

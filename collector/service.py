@@ -38,7 +38,7 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -295,8 +295,10 @@ class Collector:
             except Rejected as exc:
                 letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
         for m in deliveries:
+            # a batch line that verified was read by the custody check: not read again (6 us a reading)
+            parsed = m.custody.reading if m.custody is not None and m.custody.ok else None
             try:
-                r = validate(m.topic, m.payload, self.rules, now, self.config.max_payload_bytes, future)
+                r = validate(m.topic, m.payload, self.rules, now, self.config.max_payload_bytes, future, parsed)
                 message = self.custody.signed(m.payload, r, m.custody)
             except Rejected as exc:
                 letters.append(DeadLetter(m.received, m.topic, m.payload, str(exc)))
@@ -374,7 +376,9 @@ class Collector:
             lines = batch_form.unpack(m.payload)
         except ValueError as exc:
             raise Rejected(str(exc)) from None
-        return [replace(m, payload=line, custody=v) for line, v in self.custody.batch(lines)]
+        # made directly: dataclasses.replace cost 1.5 us a line
+        return [Incoming(m.generation, m.mid, m.qos, m.topic, line, m.received, v)
+                for line, v in self.custody.batch(lines)]
 
     def _authentic(self, m: Incoming, reading: Reading) -> bool:
         """Whether a reading refused for its stamp passes the custody checks: only then is it

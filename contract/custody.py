@@ -486,6 +486,10 @@ def open_batch(lines: Sequence[bytes], keys: Mapping[str, Sequence[CustodyKey]])
             raise ValueError(f'line {i}: "prev" left out, but {what}')
         items.append((i, body[:-1] + line[-SIG_SUFFIX_BYTES:] if signed else body, p, None))
         before = p if p.reading is not None else None
+    if all(p is None for _, _, p, _ in items):
+        # no line is signed or covered (an unsigned site's backlog): no chain to check, and
+        # every line is checked as a message sent alone
+        return [(line, None) for line in lines]
     verdicts = {}
     for i, v in _chained(items, keys):
         if v.kind == "not_covered":

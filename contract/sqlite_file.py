@@ -72,11 +72,11 @@ def use_wal(db: sqlite3.Connection) -> None:
 
 
 def while_busy(db: sqlite3.Connection, sql: str, *, seconds: float,
-               waiting: Callable[[], None] | None = None) -> sqlite3.Cursor:
-    """``db.execute(sql)``, tried again while another connection holds the file busy (beyond SQLite's
-    own busy timeout, or where SQLite does not wait), for ``seconds`` (a finite wait: a process stuck
-    holding the file would otherwise hold this one for ever, unseen); ``waiting`` is called once, at the
-    first refusal (to say why the caller waits), even one past ``seconds``."""
+               waiting: Callable[[], None] | None = None, pause: float = 0.01) -> sqlite3.Cursor:
+    """``db.execute(sql)``, tried again every ``pause`` seconds while another connection holds the file
+    busy (beyond SQLite's own busy timeout, or where SQLite does not wait), for ``seconds`` (a finite
+    wait: a process stuck holding the file would otherwise hold this one for ever, unseen); ``waiting``
+    is called once, at the first refusal (to say why the caller waits), even one past ``seconds``."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -89,7 +89,7 @@ def while_busy(db: sqlite3.Connection, sql: str, *, seconds: float,
                 waiting = None
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.01)
+            time.sleep(pause)
 
 
 def _uri(p: Path, mode: str, immutable: bool = False) -> str:

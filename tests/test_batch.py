@@ -137,8 +137,9 @@ def test_a_live_reading_is_not_stored_behind_the_backlog_queued_before_it(tmp_pa
         assert wait_until(lambda: pub.publish(topics.reading("test-site", "gw-test", "m1"), message(1), qos=1)
                           and 1 in stored_at, 10)
         backlog = range(2, 8002)
-        infos = [pub.publish(BATCH_TOPIC, batch.pack([message(s) for s in backlog[i:i + 1000]])[0], qos=1)
-                 for i in range(0, len(backlog), 1000)]
+        # packed first, so that the backlog is queued before the live reading whatever the collector's pace
+        payloads = [batch.pack([message(s) for s in backlog[i:i + 1000]])[0] for i in range(0, len(backlog), 1000)]
+        infos = [pub.publish(BATCH_TOPIC, payload, qos=1) for payload in payloads]
         infos.append(pub.publish(topics.reading("test-site", "gw-test", "m0"), message(live), qos=1))
         for info in infos:
             info.wait_for_publish(5)
