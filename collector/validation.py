@@ -15,15 +15,14 @@ from contract.config import ConfigError
 from contract.config.site import Site
 from contract.future_limit import too_far_ahead
 from contract.message import Reading
+from contract.register_fit import DeviceFit
 
 
 @dataclass(frozen=True)
 class SiteRules:
     gateway: str
-    #: device id -> the channels of its register map (profile with overrides)
-    channels: dict[str, frozenset[str]]
-    #: device id -> those of its channels whose points are text (type string)
-    text: dict[str, frozenset[str]]
+    #: device id -> what its readings may carry (its register map: profile with overrides)
+    devices: dict[str, DeviceFit]
     #: readings before the site's commissioning day (local midnight) are rejected
     earliest: dt.datetime
 
@@ -47,9 +46,7 @@ def rules_for(sites: list[Site]) -> dict[str, SiteRules]:
     out = {}
     for s in sites:
         start = dt.datetime.combine(s.commissioned, dt.time(), tzinfo=s.zone).astimezone(dt.UTC)
-        channels = {d.id: frozenset(p.channel for p in d.register_map.points) for d in s.devices}
-        text = {d.id: frozenset(p.channel for p in d.register_map.points if p.type == "string") for d in s.devices}
-        out[s.site] = SiteRules(s.gateway, channels, text, start)
+        out[s.site] = SiteRules(s.gateway, {d.id: DeviceFit.of(d) for d in s.devices}, start)
     return out
 
 
@@ -102,19 +99,12 @@ def validate(topic: str, payload: bytes, rules: dict[str, SiteRules], now: dt.da
         raise Rejected(f"unknown site '{site}'")
     if gateway != rule.gateway:
         raise Rejected(f"site '{site}' is served by gateway '{rule.gateway}', not '{gateway}'")
-    if device not in rule.channels:
+    fit = rule.devices.get(device)
+    if fit is None:
         raise Rejected(f"site '{site}' has no device '{device}'")
-    if not rule.channels[device].issuperset(reading.values):
-        unknown = sorted(set(reading.values) - rule.channels[device])
-        raise Rejected(f"device '{device}' of site '{site}' has no channel(s) {', '.join(unknown)} in its register map")
-    # InfluxDB types a field by the first value written to each shard, for every site at once:
-    # one text value of a number channel would have all numbers of that channel refused
-    text = rule.text[device]
-    if text or str in set(map(type, reading.values.values())):  # else all numbers (or nulls) of number channels
-        for channel, v in reading.values.items():
-            if v is not None and isinstance(v, str) != (channel in text):
-                raise Rejected(f"value of '{channel}' is {'text' if isinstance(v, str) else 'a number'}, but its "
-                               f"register map point is {'text' if channel in text else 'a number'}")
+    misfit = fit.misfit(reading.values, f"device '{device}' of site '{site}'")
+    if misfit:
+        raise Rejected(misfit)
     if reading.ts < rule.earliest:
         raise WrongStamp(f"timestamp {reading.ts.isoformat()} is before site '{site}' was commissioned", reading)
     if too_far_ahead(reading.ts, now, max_future.total_seconds()):

@@ -15,6 +15,7 @@ from contract import topics
 from contract.config.site import Site
 from contract.future_limit import MAX_FUTURE_S, too_far_ahead
 from contract.message import Quality, Reading
+from contract.register_fit import DeviceFit
 from liveview.alarms import Condition, calibration_conditions, completeness_conditions
 from liveview.device_state import ALARM_OF_STATE, DeviceHealth
 from liveview.main_channels import MAIN_CHANNELS
@@ -62,10 +63,8 @@ class LiveState:
             for s in sites}
         self.max_rates = {(s.site, src): m.max_rate_per_h for s in sites for m in s.monitoring
                           for src in m.sources if m.max_rate_per_h}
-        #: (site, device) -> (its register map's channels, those of them that are text)
-        self.channels = {(s.site, d.id): (frozenset(p.channel for p in d.register_map.points),
-                                          frozenset(p.channel for p in d.register_map.points if p.type == "string"))
-                         for s in sites for d in s.devices}
+        #: (site, device) -> what its readings may carry (the collector refuses the others)
+        self.fits = {(s.site, d.id): DeviceFit.of(d) for s in sites for d in s.devices}
 
     # -- MQTT input -----------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, now: dt.datetime | None = None) -> dict | None:
@@ -119,18 +118,10 @@ class LiveState:
 
     def _misfit(self, r: Reading) -> str | None:
         """Why a reading does not fit its device's register map (the collector refuses it), or None."""
-        known = self.channels.get((r.site, r.device))
-        if known is None:
+        fit = self.fits.get((r.site, r.device))
+        if fit is None:
             return f"site {r.site!r} has no device {r.device!r}"
-        channels, text = known
-        unknown = r.values.keys() - channels
-        if unknown:
-            return f"{len(unknown)} channel(s) not in the register map, such as {min(unknown)!r}"
-        wrong = sorted(k for k, v in r.values.items() if v is not None and isinstance(v, str) != (k in text))
-        if wrong:
-            kind = "text" if wrong[0] not in text else "a number"
-            return f"the value of {wrong[0]!r} is {kind}, not its point's type"
-        return None
+        return fit.misfit(r.values, f"device {r.device!r}")
 
     def _on_status(self, topic: str, payload: bytes, now: dt.datetime) -> dict | None:
         try:
