@@ -81,6 +81,17 @@ class CustodyCheck:
             refused = Verdict("batch_refused", f"batch refused whole: {exc}")
             return [(line, refused) for line in lines]
 
+    def vouches(self, site: str, gateway: str, payload: bytes) -> bool:
+        """Whether a dead letter on ``site``/``gateway``'s topic may be acknowledged: a gateway deletes
+        the row of the seq it names. On a site without keys anyone with its MQTT password could
+        publish any reading anyway; on a site with keys, only a message validly signed by a key of
+        the site, naming that site and gateway, is the gateway's own (a forged ``{"epoch": E, "seq":
+        N}`` would otherwise have the gateway delete its real reading N before it is stored)."""
+        if not self.keys.get(site):
+            return True
+        v = verify(payload, self.keys)
+        return v.ok and (v.reading.site, v.reading.gateway) == (site, gateway)
+
     def _unsigned(self, reading: Reading) -> None:
         if reading.site in self.required:
             raise Rejected(f"custody: site '{reading.site}' requires signed readings; this one is not signed")

@@ -356,15 +356,23 @@ class Collector:
         self.clocks.received(sorted([(r, source[id(r)].received) for r in kept] + stamped, key=lambda x: x[1]))
         self.stored += len(readings) - len(refused)
         self.dead += refused_count + len(refused)
-        # a dead letter only counted (over the budget) or kept cut (over KEPT_PAYLOAD) is not in the store:
-        # the gateway keeps that reading and sends it again, to be stored once its cause is fixed
+        # a dead letter only counted (over the budget) or kept cut (over KEPT_PAYLOAD) is not in the store,
+        # and one its site's keys do not vouch for may be a forgery naming a real reading's seq: the gateway
+        # keeps that reading and sends it again, to be stored once its cause is fixed
         self.acknowledgements.kept(kept, [(d.topic, d.payload) for d in letters + refused_letters
-                                          if d.size == len(d.payload)])
+                                          if d.size == len(d.payload) and self._vouched(d)])
         # a batch's acknowledgement too comes once every line of it is stored
         self.client.ack_all([m.mid for m in batch if m.generation == self._generation and m.qos == 1])
         for m in batch:
             if m.generation == self._generation and m.qos == 2:
                 self.client.ack(m.mid, m.qos)
+
+    def _vouched(self, letter: DeadLetter) -> bool:
+        try:
+            site, gateway = topics.sender(letter.topic)
+        except ValueError:
+            return False  # no gateway's topic: no gateway to acknowledge
+        return self.custody.vouches(site, gateway, letter.payload)
 
     def _lines(self, m: Incoming) -> list[Incoming]:
         """The messages of one delivery: itself, or each line of a batch (contract/batch.py),

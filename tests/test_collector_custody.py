@@ -239,3 +239,38 @@ def test_two_collectors_on_a_shared_subscription_check_the_chain_against_the_sto
         assert list(store.signed_messages("test-site", T0, T0 + dt.timedelta(days=1))) == [a[s][1] for s in a]
     finally:
         store.close()
+
+
+def test_on_a_site_with_keys_only_a_dead_letter_its_keys_vouch_for_is_acknowledged(mosquitto, tmp_path):
+    """A gateway deletes the rows an acknowledgement claims, and a dead letter's seq is claimed
+    (sending it again would change nothing). Anyone with the site's MQTT password, without its
+    signing key, could publish ``{"epoch": E, "seq": N}``, a dead letter, and have the gateway delete
+    its real reading N before the store had it. On a site with keys, a dead letter is claimed only
+    when validly signed by a key of the site (a signed reading of a channel the site does not
+    have, here); a forgery or an unsigned one stays at the gateway, sent again."""
+    import json
+
+    import paho.mqtt.client as mqtt
+
+    good = chain(range(1, 4))
+    bogus = Reading(site="test-site", gateway="gw-test", device="m1", ts=T0 + dt.timedelta(seconds=4),
+                    values={"no_such_channel": 1.0}, seq=4, epoch=E1)
+    signed_letter = signed(bogus, chain_hash(good[3][1]))  # validly signed: the gateway's own
+    topic = topics.reading("test-site", "gw-test", "m1")
+    forged = (topic, json.dumps({"epoch": E1, "seq": 5}).encode())
+    unsigned = (topic, dataclasses.replace(bogus, seq=6).to_json().encode())
+    run(mosquitto, "sqlite:///" + str(tmp_path / "jcm.db"), sites(tmp_path), [good[s] for s in (1, 2, 3)],
+        [signed_letter, forged, unsigned])
+    acks = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
+    watcher.on_message = lambda c, u, m: acks.append(json.loads(m.payload))
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe("jcm/v1/test-site/gw-test/ack/+", qos=1)
+    watcher.loop_start()
+    try:
+        assert wait_until(lambda: acks, 10)  # retained: the collector's last claim
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+    claimed = {s for a, b in acks[-1]["ranges"] for s in range(a, b + 1)}
+    assert claimed == {1, 2, 3, 4}
