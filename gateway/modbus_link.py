@@ -69,12 +69,16 @@ class HuntingFramerRTU(FramerRTU):
     one look, not one per byte read before it."""
 
     _awaited = b""
+    _echo = b""
 
     def awaiting(self, request: ModbusPDU) -> None:
         """The answer to ``request`` is the one to wait for."""
         count = getattr(request, "count", 0)
         byte_count = (count + 7) // 8 if request.function_code in (1, 2) else 2 * count
         self._awaited = bytes([request.dev_id, request.function_code, byte_count & 0xFF])
+        # a two-wire RS-485 adapter may hear the request it sends; some requests (coils at
+        # 0x0300-0x03FF, 17 to 24 of them) read as an answer with a right CRC
+        self._echo = self.buildFrame(request)
 
     def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
         undecided = max(0, len(data) - self.MIN_SIZE + 1)  # the first offset that may still start a frame
@@ -91,6 +95,8 @@ class HuntingFramerRTU(FramerRTU):
                 undecided = min(undecided, start)
                 if data[start:start + 3] == self._awaited:
                     break
+                continue
+            if data[start:end] == self._echo:
                 continue
             if self.check_CRC(data[start:end - 2], int.from_bytes(data[end - 2:end], "big")):
                 return end, data[start], 0, data[start + 1:end - 2]

@@ -201,6 +201,25 @@ def test_a_frame_within_an_answer_still_arriving_is_not_taken_for_it(serial_pair
             link.close()
 
 
+def test_the_echo_of_the_request_is_not_taken_for_its_answer(serial_pair):
+    """A two-wire RS-485 adapter hears the request it sends. Coils read at 0x0300-0x03FF, 17 to
+    24 of them, make a request that reads as an answer of 3 bytes with a right CRC: its own
+    address and count were returned as the coils' values."""
+    sim_end, gw_end = serial_pair
+    link = ModbusLink(RtuConnection(type="rtu", port=gw_end, baudrate=19200, timeout=0.3))
+
+    def echo_then_answer(unit, fc, address, count):
+        request = struct.pack(">BBHH", unit, fc, address, count)
+        answer = bytes([unit, fc, 3, 0b10101010, 0b01010101, 0b00000001])
+        return [request + crc16(request) + answer + crc16(answer)]
+
+    with raw_device(sim_end, echo_then_answer):
+        try:
+            assert link.read("coil", 0x0300, 17, 1) == [False, True] * 4 + [True, False] * 4 + [True]
+        finally:
+            link.close()
+
+
 def test_a_long_burst_of_noise_costs_linear_time():
     """Hunting looked at every offset read so far each time more noise came: 16 KB of noise
     in 16-byte bursts (8 s of a babbling line at 19200 baud) took 10 s of CPU, the bus's lock
