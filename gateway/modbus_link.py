@@ -174,7 +174,7 @@ class ModbusLink:
             except OSError as exc:  # pymodbus lets a reset met while reading the answer out as it is
                 self.client.close()
                 raise LinkDown(Quality.disconnected, f"{self.endpoint} unit {unit_id}: {exc}") from None
-            if rr.isError():
+            if rr.function_code == FUNCTION_CODES[table] | 0x80:  # an exception answer to this request
                 code = getattr(rr, "exception_code", 4)
                 if code in NO_ANSWER_CODES:  # no answer, as a timeout: the device is backed off
                     raise LinkDown(Quality.timeout, f"{self.endpoint} unit {unit_id}: no answer from the device "
