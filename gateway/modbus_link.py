@@ -88,7 +88,7 @@ class HuntingFramerRTU(FramerRTU):
                 size = pdu_class.calculateRtuFrameSize(data[start:]) if pdu_class else None
             except ModbusException:  # a function code whose frames have no known size: not a start
                 continue
-            if size is None or size > self.MAX_SIZE:  # an RTU frame is at most 256 bytes
+            if size is None or size > self.MAX_SIZE:  # longer than any RTU frame (256 bytes): not a start
                 continue
             end = start + size
             if not size or end > len(data):  # not whole yet
