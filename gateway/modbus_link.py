@@ -16,6 +16,7 @@ import time
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerRTU
+from pymodbus.pdu import ModbusPDU
 
 from contract.config.site import RtuConnection, TcpConnection
 from contract.message import Quality
@@ -56,22 +57,50 @@ class HuntingFramerRTU(FramerRTU):
     pymodbus takes the first byte that could start a frame for its start and, its CRC
     wrong, throws away everything read: one glitch byte before an answer (an RS-485 driver
     turning on) made every read of the device time out. Here each offset is tried in turn,
-    the first whole frame with a right CRC is the answer, and while none is whole the
-    framer waits for more bytes (until the request's timeout)."""
+    and the first whole frame with a right CRC is taken; what follows it stays for the next
+    look, so that a frame of another unit (a late answer on a shared bus) does not take the
+    answer after it with it.
+
+    Hunting stops at the start of the answer awaited (``awaiting``: the request's unit,
+    function code and byte count) while it is not whole yet: the values inside an answer
+    still arriving may hold bytes that form a frame with a right CRC (an exception answer,
+    say), and taken for the answer they named a fault the device did not have. Offsets that
+    can no longer start a frame are dropped, so a long burst of noise costs each new byte
+    one look, not one per byte read before it."""
+
+    _awaited = b""
+    _echo = b""
+
+    def awaiting(self, request: ModbusPDU) -> None:
+        """The answer to ``request`` is the one to wait for."""
+        count = getattr(request, "count", 0)
+        byte_count = (count + 7) // 8 if request.function_code in (1, 2) else 2 * count
+        self._awaited = bytes([request.dev_id, request.function_code, byte_count & 0xFF])
+        # a two-wire RS-485 adapter may hear the request it sends; some requests (coils at
+        # 0x0300-0x03FF, 17 to 24 of them) read as an answer with a right CRC
+        self._echo = self.buildFrame(request)
 
     def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
+        undecided = max(0, len(data) - self.MIN_SIZE + 1)  # the first offset that may still start a frame
         for start in range(len(data) - self.MIN_SIZE + 1):
             try:
                 pdu_class = self.decoder.lookupPduClass(data[start:])
-                size = pdu_class.calculateRtuFrameSize(data[start:]) if pdu_class else 0
+                size = pdu_class.calculateRtuFrameSize(data[start:]) if pdu_class else None
             except ModbusException:  # a function code whose frames have no known size: not a start
                 continue
+            if size is None or size > self.MAX_SIZE:  # longer than any RTU frame (256 bytes): not a start
+                continue
             end = start + size
-            if not size or end > len(data):  # not a frame, or not whole yet: a later start may be
+            if not size or end > len(data):  # not whole yet
+                undecided = min(undecided, start)
+                if data[start:start + 3] == self._awaited:
+                    break
+                continue
+            if data[start:end] == self._echo:
                 continue
             if self.check_CRC(data[start:end - 2], int.from_bytes(data[end - 2:end], "big")):
-                return len(data), data[start], 0, data[start + 1:end - 2]
-        return 0, 0, 0, self.EMPTY
+                return end, data[start], 0, data[start + 1:end - 2]
+        return undecided, 0, 0, self.EMPTY
 
 
 class SerialClient(ModbusSerialClient):
@@ -84,6 +113,10 @@ class SerialClient(ModbusSerialClient):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.framer = self.transaction.framer = HuntingFramerRTU(self.framer.decoder)
+
+    def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:
+        self.framer.awaiting(request)
+        return super().execute(no_response_expected, request)
 
     def _wait_for_data(self) -> int:
         # pymodbus 3.16.1's loop (pinned), with time.monotonic for time.time
@@ -141,7 +174,7 @@ class ModbusLink:
             except OSError as exc:  # pymodbus lets a reset met while reading the answer out as it is
                 self.client.close()
                 raise LinkDown(Quality.disconnected, f"{self.endpoint} unit {unit_id}: {exc}") from None
-            if rr.isError():
+            if rr.function_code == FUNCTION_CODES[table] | 0x80:  # an exception answer to this request
                 code = getattr(rr, "exception_code", 4)
                 if code in NO_ANSWER_CODES:  # no answer, as a timeout: the device is backed off
                     raise LinkDown(Quality.timeout, f"{self.endpoint} unit {unit_id}: no answer from the device "

@@ -172,6 +172,22 @@ def test_a_password_in_the_broker_url_is_refused_without_repeating_it(tmp_path):
     assert "hunter2" not in message
 
 
+def test_one_serial_port_named_two_ways_is_refused(tmp_path):
+    """/dev/ttyUSB0 for one meter, its /dev/serial/by-id/ link for another: the gateway opened
+    the port twice, the second open was refused (the port is held exclusively) and the
+    devices named that way stayed disconnected, their meters blamed."""
+    (tmp_path / "ttyUSB0").touch()
+    (tmp_path / "usb-FTDI-port0").symlink_to(tmp_path / "ttyUSB0")
+    path = site_with(tmp_path, lambda d: d["devices"].extend([
+        {"id": "a", "kind": "power_meter", "profile": "power_meter_3ph",
+         "connection": {"type": "rtu", "port": str(tmp_path / "ttyUSB0"), "unit_id": 1}},
+        {"id": "b", "kind": "power_meter", "profile": "power_meter_3ph",
+         "connection": {"type": "rtu", "port": str(tmp_path / "usb-FTDI-port0"), "unit_id": 2}}]))
+    message = error_of(path)
+    assert f"devices[b].connection.port: {tmp_path / 'usb-FTDI-port0'} and {tmp_path / 'ttyUSB0'} (device 'a') " \
+           "are one serial port" in message, message
+
+
 def test_duplicate_yaml_keys_are_refused_with_both_lines(tmp_path):
     path = write_site(tmp_path, [tcp_device("m1", "power_meter_3ph", 15999), tcp_device("m2", "power_meter_3ph", 15998)])
     lines = path.read_text().splitlines()

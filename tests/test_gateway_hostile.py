@@ -99,6 +99,7 @@ MISFIT_ANSWERS = {
     "two registers too many": lambda fc, count: registers(fc, [0x4248] * (count + 2)),
     "no registers": lambda fc, count: registers(fc, []),
     "another function's answer": lambda fc, count: registers(4 if fc == 3 else 3, [0x4248] * count),
+    "another function's exception": lambda fc, count: bytes([(4 if fc == 3 else 3) | 0x80, 2]),
 }
 
 

@@ -7,6 +7,7 @@ file: it names the environment variables that hold them.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -306,6 +307,7 @@ class Site(Strict):
         first_of: dict[str, int] = {}
         addresses: dict[tuple, str] = {}
         buses: dict[str, tuple[str, RtuConnection]] = {}
+        ports: dict[str, tuple[str, str]] = {}  # a serial device as the system resolves it: (its name here, device id)
         for i, d in enumerate(self.devices):
             if d.id in first_of:
                 problems.append((("devices", i, "id"), f"device ids must be unique: {d.id} repeated"))
@@ -318,6 +320,13 @@ class Site(Strict):
                                  f"devices '{addresses[key]}' and '{d.id}' share {c.endpoint} unit {c.unit_id}"))
             addresses.setdefault(key, d.id)
             if isinstance(c, RtuConnection):
+                # two names of one port (/dev/ttyUSB0 and its /dev/serial/by-id/ link) made two links to
+                # it: the one opened second was refused the port, its devices disconnected for good
+                named, other_id = ports.setdefault(os.path.realpath(c.port), (c.port, d.id))
+                if named != c.port:
+                    problems.append((("devices", i, "connection", "port"),
+                                     f"{c.port} and {named} (device '{other_id}') are one serial port: "
+                                     "name it the same way for every device on it"))
                 first_id, first = buses.setdefault(c.port, (d.id, c))
                 line = ("baudrate", "parity", "stopbits", "bytesize")
                 if first is not None and any(getattr(first, k) != getattr(c, k) for k in line):
