@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processing.methodologies import calculate
-from processing.period import PeriodProcessor
+from processing.period import PeriodProcessor, _flagged
 from store.sqlite_store import SqliteStore, to_ms
 from tests.conftest import fill_history, fuzz_examples, reference_site, rewrite_channel, store_copy
 
@@ -457,7 +457,7 @@ def test_a_sources_quality_checks_are_those_of_whole_columns(seed, n, flagged, s
         rows = rows.sample(frac=1, random_state=1).reset_index(drop=True)
     for src in ("inv-01.ac_energy", "poc-meter.active_power"):  # a counter and a power
         findings, completeness = [], {}
-        values = processor._source_series(rows, src, start, end, findings, completeness)
+        values = processor._source_series(rows, src, start, end, findings, completeness, _flagged(rows))
         want, want_findings, want_completeness = _source_series_by_columns(processor, rows, src, start, end)
         pd.testing.assert_series_equal(values, want, check_exact=True)
         assert findings == want_findings and completeness[src] == want_completeness
