@@ -33,6 +33,7 @@ from processing.daily_values import (DailyResult, Finding, counter_daily, energi
                                      integrated_daily, interval_day, local_days, mean_daily)
 from processing.derived import FlareResult, flare_daily
 from processing.fixed_values import DEFAULT, FixedValue, from_config
+from processing.heap import keep_freed_memory
 from contract.float_text import float_texts
 from processing.methodologies import Calculation, calculate, load_spec
 from processing.methodologies.common import exact_sum
@@ -393,6 +394,7 @@ class PeriodProcessor:
     """Holds one site's configuration; ``process(store, first, last)`` does the work."""
 
     def __init__(self, site: Site):
+        keep_freed_memory()
         self.site = site
         self.spec = load_spec(site.methodology)
         if self.spec.version != site.methodology_version:
