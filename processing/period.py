@@ -570,26 +570,26 @@ class PeriodProcessor:
         before the period (or after it), the readings out to the nearest valid one: a counter
         read on both sides of a gap across the period's boundary knows the gap's exact total.
         ``spans``: stamp ranges of clock findings (``wrong_clock_spans``), whose readings are not valid."""
-        for src in self.site.monitoring_sources:
-            if self._point(src).kind.value != "counter":
-                continue
-            held = _valid_outside(rows[src], start, end)
-            extra = []
-            for before in (True, False):
-                if held[0 if before else 1]:
-                    continue
-                near = EDGE
-                for far in NEIGHBOUR_WINDOWS:
-                    a, b = (start - far, start - near) if before else (end + near, end + far)
-                    more = flag_wrong_clock(store.read_sources(self.site.site, a.to_pydatetime(), b.to_pydatetime(),
-                                                               [src])[src], spans)
-                    extra.append(more)
-                    if self._valid(more, src).any():
-                        break
-                    near = far
-            extra = [x for x in extra if not x.empty]
-            if extra:
-                rows[src] = pd.concat([rows[src], *extra], ignore_index=True).sort_values("ts", ignore_index=True)
+        counters = [src for src in self.site.monitoring_sources if self._point(src).kind.value == "counter"]
+        held = {src: _valid_outside(rows[src], start, end) for src in counters}
+        extra: dict[str, list[pd.DataFrame]] = {src: [] for src in counters}
+        for side, before in enumerate((True, False)):
+            # one read a window for all the counters still without a neighbour on this side
+            wanting = [src for src in counters if not held[src][side]]
+            near = EDGE
+            for far in NEIGHBOUR_WINDOWS:
+                if not wanting:
+                    break
+                a, b = (start - far, start - near) if before else (end + near, end + far)
+                read = store.read_sources(self.site.site, a.to_pydatetime(), b.to_pydatetime(), wanting)
+                for src in wanting:
+                    extra[src].append(flag_wrong_clock(read[src], spans))
+                wanting = [src for src in wanting if not self._valid(extra[src][-1], src).any()]
+                near = far
+        for src, frames in extra.items():
+            frames = [x for x in frames if not x.empty]
+            if frames:
+                rows[src] = pd.concat([rows[src], *frames], ignore_index=True).sort_values("ts", ignore_index=True)
         return rows
 
     def _source_series(self, rows, src, start, end, findings, completeness, flagged) -> pd.Series:

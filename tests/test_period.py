@@ -494,3 +494,21 @@ def test_a_gap_stamped_backwards_across_months_is_for_review_in_both():
     for month in (october, november):
         [finding] = sequence_findings([gap], *month)
         assert (finding.check, finding.severity) == ("sequence_gap", "review")
+
+
+def test_the_counters_neighbours_are_read_once_a_window_for_all_of_them(mn_store):
+    """A month at the end of the data: every counter looks for its first reading after the
+    period in each of the widening windows. That was a read per counter and window (mn-solar:
+    5 counters, 20 reads); one read a window for all of them gives each the same readings."""
+    s = site("mn-solar")
+    asked = []
+    read_sources = mn_store.read_sources
+
+    def counted(site_id, start, end, sources):
+        asked.append(list(sources))
+        return read_sources(site_id, start, end, sources)
+
+    mn_store.read_sources = counted
+    PeriodProcessor(s).process(mn_store, dt.date(2026, 11, 1), dt.date(2026, 11, 30))
+    counters = [src for src in s.monitoring_sources if PeriodProcessor(s)._point(src).kind.value == "counter"]
+    assert len(counters) > 1 and asked[1:] == [counters] * 4  # the month's read, then the four windows after it
