@@ -4,8 +4,10 @@ are freed (``munmap``, or trimming the heap's top), and the next ones fault thei
 again: on a month of ph-biogas that was ~6,000 page faults, 10 – 15 ms of system time, a
 tenth of the month. Kept in the heap instead, they are reused: the process keeps up to
 ``TOP_PAD`` of freed memory at the heap's top and allocates below ``MMAP_THRESHOLD`` from
-the heap (the most glibc's own adaptive threshold would reach). No other allocator is
-changed: elsewhere ``keep_freed_memory`` does nothing."""
+the heap (a month's largest arrays, a device's readings, are ~2 MB); larger ones still get
+mappings of their own, returned when freed, so that a year's export does not keep its peak
+(32 MB each: ~40 MB more peak RSS over a year of ph-biogas and its export; these: ~10 MB).
+No other allocator is changed: elsewhere ``keep_freed_memory`` does nothing."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import functools
 
 #: glibc's mallopt parameters (malloc.h)
 M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3
-#: freed memory kept at the heap's top, and the size from which an allocation is a mapping of its own [bytes]
-TOP_PAD = MMAP_THRESHOLD = 32 * 2**20
+#: freed memory kept at the heap's top [bytes]
+TOP_PAD = 16 * 2**20
+#: the size from which an allocation is a mapping of its own [bytes]
+MMAP_THRESHOLD = 4 * 2**20
 
 
 @functools.cache
