@@ -50,6 +50,28 @@ def _bracket(times: np.ndarray, a0: np.ndarray, a1: np.ndarray, max_age: np.time
     return j0, j1, known
 
 
+#: intervals holding up to this many readings take their highest one reading at a time (most hold two)
+FEW = 2
+
+
+def _highest(values: np.ndarray, first: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """The highest of ``values[first:end]`` for each pair (first, end); -inf where it holds none.
+    Up to ``FEW`` readings an interval are compared column by column, any more by ``reduceat`` over
+    their pairs (which took ~3 x as long for all of them)."""
+    if not len(values):
+        return np.full(len(first), -np.inf)
+    n = end - first
+    last = len(values) - 1
+    highest = np.where(n > 0, values[np.minimum(first, last)], -np.inf)
+    for k in range(1, FEW):
+        highest = np.where(n > k, np.maximum(highest, values[np.minimum(first + k, last)]), highest)
+    many = np.flatnonzero(n > FEW)
+    if len(many):
+        pairs = np.column_stack([first[many], end[many]]).ravel()
+        highest[many] = np.maximum.reduceat(np.append(values, -np.inf), pairs)[::2]
+    return highest
+
+
 def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone: ZoneInfo, days: pd.Index,
                 GWP_CH4: float, CH4_density: float, eta_flare_burning: float, rollover: float | None = None,
                 max_age_s: float = 900.0, sources: tuple[str, str, str] = ("BG_flare", "w_CH4", "flame"),
@@ -121,10 +143,7 @@ def flare_daily(bg_flare: pd.Series, ch4_pct: pd.Series, flame: pd.Series, zone:
         first = np.searchsorted(ct, a0, side="left")  # readings first..end-1 lie within the interval
         end = np.searchsorted(ct, a1, side="right")
         measured = first < end
-        # the highest reading of each interval: reduceat over the pairs (first, end) of one index array
-        bounds = np.column_stack([np.minimum(first, len(cv)), end]).ravel()
-        highest = np.maximum.reduceat(np.append(cv, -np.inf), bounds)[::2]
-        w = np.where(measured, highest, w_max)
+        w = np.where(measured, _highest(cv, first, end), w_max)
         carried = np.where(end > 0, cv[np.maximum(end - 1, 0)], np.nan)
     ch4_missing = ~measured & (volume > 0)
 

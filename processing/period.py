@@ -33,6 +33,7 @@ from processing.daily_values import (DailyResult, Finding, counter_daily, energi
                                      integrated_daily, interval_day, local_days, mean_daily)
 from processing.derived import FlareResult, flare_daily
 from processing.fixed_values import DEFAULT, FixedValue, from_config
+from processing.heap import keep_freed_memory
 from contract.float_text import float_texts
 from processing.methodologies import Calculation, calculate, load_spec
 from processing.methodologies.common import exact_sum
@@ -128,7 +129,8 @@ def _utc_midnight(day: dt.date, site: Site) -> pd.Timestamp:
     return pd.Timestamp(dt.datetime.combine(day, dt.time(), tzinfo=site.zone)).tz_convert("UTC")
 
 
-def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = (), version: int = HASH_VERSION) -> str:
+def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = (), version: int = HASH_VERSION,
+               flagged: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> str:
     """SHA-256 of the readings used, in a canonical form: same readings, same hash. The
     collector's sequence, clock and custody findings are inputs too (before the readings): a
     gap recorded (or resolved) after a month was processed changes its hash, so the month is
@@ -142,6 +144,7 @@ def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = (), vers
     line per reading, sorted by device, channel and ts: ``device TAB channel TAB time TAB value TAB
     quality``, time in whole seconds since the epoch (floored), value as ``repr`` of the float
     (empty when missing), quality empty when none. Version 2, the binary form: ``_hash_binary``.
+    ``flagged``: each source's ``_flagged`` readings, where known (version 2).
     """
     if type(version) is not int or version not in HASH_VERSIONS:
         raise ValueError(f"input hash version {version!r}: this code knows versions "
@@ -150,7 +153,7 @@ def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = (), vers
     lines = ["\t".join(str(v) for v in f.to_dict().values()) for f in sequence]
     sources = sorted(rows, key=lambda s: tuple(s.split(".", 1)))
     if version == 2:
-        _hash_binary(h, lines, [(src, rows[src]) for src in sources if len(rows[src])])
+        _hash_binary(h, lines, [(src, rows[src]) for src in sources if len(rows[src])], flagged or {})
         return h.hexdigest()
     for line in lines:
         h.update((line + "\n").encode())
@@ -161,30 +164,32 @@ def input_hash(rows: dict[str, pd.DataFrame], sequence: list[Finding] = (), vers
     return h.hexdigest()
 
 
-def _hash_binary(h, lines: list[str], sources: list[tuple[str, pd.DataFrame]]) -> None:
+def _hash_binary(h, lines: list[str], sources: list[tuple[str, pd.DataFrame]],
+                 flagged: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """Feed version 2 of the input hash to ``h``: ``V2_HEAD``, the number of finding lines and
     each (version 1's text, without its newline), the number of sources and each (``_hash_columns``),
     in version 1's order. A count is a uint64, a text its UTF-8 bytes after their length, every
     number little-endian: the bytes read back one way only. Columns go to SHA-256 as numpy holds
-    them, ~10 times faster than a text per value."""
+    them, ~10 times faster than a text per value. ``flagged``: ``_flagged`` of some sources, if known."""
     h.update(V2_HEAD + _count(len(lines)) + b"".join(map(_text, lines)) + _count(len(sources)))
     stamps = None
     for src, frame in sources:
-        stamps = _hash_columns(h, src, frame, stamps)
+        stamps = _hash_columns(h, src, frame, stamps, flagged.get(src))
 
 
-def _hash_columns(h, src: str, frame: pd.DataFrame, before: np.ndarray | None) -> np.ndarray:
+def _hash_columns(h, src: str, frame: pd.DataFrame, before: np.ndarray | None,
+                  flagged: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Feed one source's readings to ``h`` in version 2's form and return their stamps: its
     device and channel (texts), the number of readings n, their stamps (a byte 0, then n int64 [ms
     since the epoch, UTC, rounded to the nearest ms: the stores keep whole ms], in time order) or
     a byte 1 when they are the stamps of the source before (``before``: a device's channels share
     their readings' times), n float64 values in that order (every missing value and NaN as the one
     NaN ``MISSING``), the number of readings with a quality and, for each in order, its position
-    among the n and its quality (a text)."""
+    among the n and its quality (a text). ``flagged``: ``_flagged(frame)``, if known."""
     ts = frame["ts"].array
     stamps = ts.asi8
     values = frame["value"].to_numpy(dtype="<f8")
-    flagged, flags = _flagged(frame)
+    flagged, flags = _flagged(frame) if flagged is None else flagged
     if not (stamps[1:] > stamps[:-1]).all():  # a store's rows are in time order already
         order = np.argsort(stamps, kind="stable")
         stamps, values = stamps[order], values[order]
@@ -389,6 +394,7 @@ class PeriodProcessor:
     """Holds one site's configuration; ``process(store, first, last)`` does the work."""
 
     def __init__(self, site: Site):
+        keep_freed_memory()
         self.site = site
         self.spec = load_spec(site.methodology)
         if self.spec.version != site.methodology_version:
@@ -418,8 +424,10 @@ class PeriodProcessor:
         adjustments: list[dict] = []
         completeness: dict[str, float] = {}
         series: dict[str, pd.Series] = {}
+        # the QA and the input hash both look at each source's flagged readings: found once
+        flagged = {src: _flagged(frame) for src, frame in rows.items()}
         for src in site.monitoring_sources:
-            series[src] = self._source_series(rows[src], src, start, end, findings, completeness)
+            series[src] = self._source_series(rows[src], src, start, end, findings, completeness, flagged[src])
 
         daily_rows: list[dict] = []
         totals: dict[str, pd.Series] = {}  # key: (parameter, unit_id) as "P" or "P[unit]"
@@ -516,7 +524,7 @@ class PeriodProcessor:
         daily = pd.DataFrame(daily_rows, columns=["day", "parameter", "unit_id", "source", "value", "unit"])
         simulated = not store.read(site.site, start.to_pydatetime(), end.to_pydatetime(), channels=["simulated"],
                                    devices=site.monitoring_devices, limit=1).empty
-        hashes = {v: input_hash(rows, sequence, v) for v in hash_versions}
+        hashes = {v: input_hash(rows, sequence, v, flagged) for v in hash_versions}
         return PeriodResult(
             simulated=simulated,
             site=site.site, first=first, last=last, methodology=spec.methodology, version=spec.version,
@@ -562,30 +570,31 @@ class PeriodProcessor:
         before the period (or after it), the readings out to the nearest valid one: a counter
         read on both sides of a gap across the period's boundary knows the gap's exact total.
         ``spans``: stamp ranges of clock findings (``wrong_clock_spans``), whose readings are not valid."""
-        for src in self.site.monitoring_sources:
-            if self._point(src).kind.value != "counter":
-                continue
-            held = _valid_outside(rows[src], start, end)
-            extra = []
-            for before in (True, False):
-                if held[0 if before else 1]:
-                    continue
-                near = EDGE
-                for far in NEIGHBOUR_WINDOWS:
-                    a, b = (start - far, start - near) if before else (end + near, end + far)
-                    more = flag_wrong_clock(store.read_sources(self.site.site, a.to_pydatetime(), b.to_pydatetime(),
-                                                               [src])[src], spans)
-                    extra.append(more)
-                    if self._valid(more, src).any():
-                        break
-                    near = far
-            extra = [x for x in extra if not x.empty]
-            if extra:
-                rows[src] = pd.concat([rows[src], *extra], ignore_index=True).sort_values("ts", ignore_index=True)
+        counters = [src for src in self.site.monitoring_sources if self._point(src).kind.value == "counter"]
+        held = {src: _valid_outside(rows[src], start, end) for src in counters}
+        extra: dict[str, list[pd.DataFrame]] = {src: [] for src in counters}
+        for side, before in enumerate((True, False)):
+            # one read a window for all the counters still without a neighbour on this side
+            wanting = [src for src in counters if not held[src][side]]
+            near = EDGE
+            for far in NEIGHBOUR_WINDOWS:
+                if not wanting:
+                    break
+                a, b = (start - far, start - near) if before else (end + near, end + far)
+                read = store.read_sources(self.site.site, a.to_pydatetime(), b.to_pydatetime(), wanting)
+                for src in wanting:
+                    extra[src].append(flag_wrong_clock(read[src], spans))
+                wanting = [src for src in wanting if not self._valid(extra[src][-1], src).any()]
+                near = far
+        for src, frames in extra.items():
+            frames = [x for x in frames if not x.empty]
+            if frames:
+                rows[src] = pd.concat([rows[src], *frames], ignore_index=True).sort_values("ts", ignore_index=True)
         return rows
 
-    def _source_series(self, rows, src, start, end, findings, completeness) -> pd.Series:
-        flagged, flags = _flagged(rows)
+    def _source_series(self, rows, src, start, end, findings, completeness, flagged) -> pd.Series:
+        """``flagged``: ``_flagged(rows)``."""
+        flagged, flags = flagged
         good = self._valid(rows, src, (flagged, flags)).to_numpy()
         point = self._point(src)
         ts = rows["ts"].array

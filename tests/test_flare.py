@@ -8,8 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processing.derived import flare_daily
+from tests.conftest import fuzz_examples
 
 UTC = ZoneInfo("UTC")
 DAY = pd.Index([dt.date(2026, 10, 1)], name="day")
@@ -199,3 +202,21 @@ def test_a_ch4_fraction_beyond_any_product_fails_the_period_without_numpys_warni
     assert r.status == "failed" and r.calc is None
     assert r.reasons == [f"cannot compute: parameters.PE_flare: expected a finite number, got "
                          f"{'-' if fraction < 0 else ''}Infinity"], r.reasons
+
+
+@pytest.mark.fuzz
+@settings(max_examples=fuzz_examples(50), deadline=None)
+@given(values=st.lists(st.floats(-1e3, 1e3), max_size=30), spans=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)),
+                                                                          max_size=20))
+def test_the_highest_methane_reading_of_each_interval_is_that_of_its_readings(values, spans):
+    """The intervals' highest readings, taken a few columns at a time (most intervals hold two
+    readings) and by reduceat beyond, are the max of each interval's readings."""
+    import numpy as np
+
+    from processing.derived import _highest
+
+    v = np.array(values, float)
+    first = np.array([min(a, len(v)) for a, _ in spans], np.int64)
+    end = np.minimum(first + np.array([n for _, n in spans], np.int64), len(v))
+    want = [max(values[a:b]) if b > a else -math.inf for a, b in zip(first, end)]
+    assert _highest(v, first, end).tolist() == want

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processing.methodologies import calculate
-from processing.period import PeriodProcessor
+from processing.period import PeriodProcessor, _flagged
 from store.sqlite_store import SqliteStore, to_ms
 from tests.conftest import fill_history, fuzz_examples, reference_site, rewrite_channel, store_copy
 
@@ -482,7 +482,7 @@ def test_a_sources_quality_checks_are_those_of_whole_columns(seed, n, flagged, s
         rows = rows.sample(frac=1, random_state=1).reset_index(drop=True)
     for src in ("inv-01.ac_energy", "poc-meter.active_power"):  # a counter and a power
         findings, completeness = [], {}
-        values = processor._source_series(rows, src, start, end, findings, completeness)
+        values = processor._source_series(rows, src, start, end, findings, completeness, _flagged(rows))
         want, want_findings, want_completeness = _source_series_by_columns(processor, rows, src, start, end)
         pd.testing.assert_series_equal(values, want, check_exact=True)
         assert findings == want_findings and completeness[src] == want_completeness
@@ -519,3 +519,21 @@ def test_a_gap_stamped_backwards_across_months_is_for_review_in_both():
     for month in (october, november):
         [finding] = sequence_findings([gap], *month)
         assert (finding.check, finding.severity) == ("sequence_gap", "review")
+
+
+def test_the_counters_neighbours_are_read_once_a_window_for_all_of_them(mn_store):
+    """A month at the end of the data: every counter looks for its first reading after the
+    period in each of the widening windows. That was a read per counter and window (mn-solar:
+    5 counters, 20 reads); one read a window for all of them gives each the same readings."""
+    s = site("mn-solar")
+    asked = []
+    read_sources = mn_store.read_sources
+
+    def counted(site_id, start, end, sources):
+        asked.append(list(sources))
+        return read_sources(site_id, start, end, sources)
+
+    mn_store.read_sources = counted
+    PeriodProcessor(s).process(mn_store, dt.date(2026, 11, 1), dt.date(2026, 11, 30))
+    counters = [src for src in s.monitoring_sources if PeriodProcessor(s)._point(src).kind.value == "counter"]
+    assert len(counters) > 1 and asked[1:] == [counters] * 4  # the month's read, then the four windows after it
