@@ -421,6 +421,32 @@ def test_an_export_killed_while_replacing_one_leaves_the_old_for_the_next_to_put
     assert os.listdir(out) == [folder.name]  # the killed export's half-made folder gone too
 
 
+def test_an_export_aside_under_a_number_another_process_took_is_not_replaced_unasked(store, tmp_path):
+    """An export --force killed between its renames (a power cut, say) leaves the old export aside,
+    ``.<name>.replaced-<pid>``, the only copy; after a restart another process may run under that
+    number. The aside was then left alone as if its export still ran, and an export of the period
+    without --force, finding no export in place, made a new one: the old one, never asked to be
+    replaced, was removed by the next export once that process ended. Refused now, naming it."""
+    import os
+    import subprocess
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, out)
+    (folder / "notes.txt").write_text("the old export")
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        aside = folder.rename(out / f".{folder.name}.replaced-{unrelated.pid}")
+        with pytest.raises(ValueError, match=f"{folder} is aside, at {aside.name}: process {unrelated.pid}"):
+            export_period(s, store, ledger, FIRST, LAST, out)
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)  # put back, once that process ended
+    assert (folder / "notes.txt").exists() and os.listdir(out) == [folder.name]
+
+
 def test_forcing_an_export_over_a_link_replaces_the_link_and_says_it_succeeded(store, tmp_path):
     """An export folder that is a symbolic link (to a copy kept elsewhere) replaced by --force: the
     link moved aside was removed with rmtree, which refuses links, after the new export had taken its

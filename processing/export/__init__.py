@@ -97,6 +97,12 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
         shutil.rmtree(stale, ignore_errors=True)
     if final.exists() and not force:
         raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
+    # one still aside belongs to a running process: an export --force between its renames, or one that took
+    # the number of such an export killed (after a restart), which would leave the only copy aside for good
+    if not final.exists() and not force and (aside := sorted(final.parent.glob(f".{final.name}.{REPLACED}-*"))):
+        raise ValueError(f"{final} is aside, at {aside[-1].name}: process {aside[-1].name.rsplit('-', 1)[1]} moved "
+                         "it there to replace it (export --force), or took that number once it ended: run again "
+                         f"once it ends, or, if it is not an export, rename {aside[-1].name} back to {final.name}")
     steps = 7
     tell = progress or (lambda done, total, label: None)
     figures = collect(site, store, ledger, first, last)
