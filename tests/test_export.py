@@ -447,6 +447,34 @@ def test_an_export_aside_under_a_number_another_process_took_is_not_replaced_una
     assert (folder / "notes.txt").exists() and os.listdir(out) == [folder.name]
 
 
+@pytest.mark.parametrize("in_place", ["an empty folder", "a copy cut short"])
+def test_an_export_aside_is_removed_only_when_a_whole_export_took_its_place(store, tmp_path, in_place):
+    """The export a killed --force left aside (the only copy) was removed by the next export as soon as
+    anything had its name: an empty folder, or a copy of it cut short (``cp -r`` interrupted while
+    putting it back by hand). It is removed only when an export with every file its manifest lists,
+    of the listed size, holds its place; else it stays aside."""
+    import shutil
+    import subprocess
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, out)
+    ended = subprocess.Popen(["true"])  # a process that ran and ended: its number is no one's
+    ended.wait()
+    aside = folder.rename(out / f".{folder.name}.replaced-{ended.pid}")
+    if in_place == "an empty folder":
+        folder.mkdir()
+    else:
+        shutil.copytree(aside, folder)
+        (folder / "daily_values.csv").write_text("cut short")
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)
+    assert (aside / "manifest.json").exists()
+    export_period(s, store, ledger, FIRST, LAST, out, force=True)  # asked: the new export replaces both
+    export_period(s, store, ledger, FIRST, LAST, out, force=True)
+    assert [p.name for p in out.iterdir()] == [folder.name]
+
+
 def test_forcing_an_export_over_a_link_replaces_the_link_and_says_it_succeeded(store, tmp_path):
     """An export folder that is a symbolic link (to a copy kept elsewhere) replaced by --force: the
     link moved aside was removed with rmtree, which refuses links, after the new export had taken its

@@ -40,6 +40,7 @@ from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.export.custody_folder import write_custody
 from processing.export.csv_files import Hung, made, write_daily_values, write_dead_letters, write_raw_readings
+from processing.export.json_file import read_json
 from processing.export.manifest import file_entries, file_entry, write_manifest, write_sha256sums
 from processing.export.period_figures import PeriodFigures, collect, export_name
 from processing.export.recompute import SITE_SETTINGS, write_site_settings
@@ -138,14 +139,26 @@ def _left(final: Path, kind: str) -> list[Path]:
 def _put_back(final: Path) -> None:
     """The export a ``--force`` killed between its renames was replacing is put back in its place: it
     is the only copy (the new one, still hidden, goes as a half-made one); one whose replacement took
-    its place is removed."""
+    its place is removed, and one whose place holds anything else (an empty folder, a copy of it cut
+    short) stays aside."""
     for old in sorted(_left(final, REPLACED), key=lambda p: p.lstat().st_ctime, reverse=True):  # the latest first
-        if final.exists():
+        if _whole(final):
             _remove(old)
+        elif final.exists() or final.is_symlink():
+            log.warning("%s is not a whole export: the export it was to replace stays aside, at %s", final, old.name)
         else:
             old.rename(final)
             log.warning("%s: put back: an export of the period replacing it (--force) was killed before the new "
                         "export took its place", final)
+
+
+def _whole(folder: Path) -> bool:
+    """Whether ``folder`` holds an export whole: every file its manifest lists, of the listed size."""
+    try:
+        files = read_json(folder / "manifest.json", "manifest.json")["files"]
+        return all((folder / name).stat().st_size == entry["bytes"] for name, entry in files.items())
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # not an export's manifest, or a file gone
+        return False
 
 
 def _remove(path: Path) -> None:
