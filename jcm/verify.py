@@ -634,17 +634,25 @@ def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str], dict[str,
             page = (folder / name).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
+        page = re.sub(r"<!--.*?(?:-->|\Z)", "", page, flags=re.S)  # what no reader sees is not what it shows
         m = messages(lang)
         codes = {m[k]: k.removeprefix("status.") for k in m if k.startswith("status.")}
-        status = re.search(f"<tr><th>{re.escape(escape(m['status']))}</th><td>(.*?)</td></tr>", page)
-        why = re.search(f"<h3>{re.escape(escape(m['why']))}</h3><ul>(.*?)</ul>", page, re.S)
-        reasons = [unescape(item) for item in re.findall(r"<li>(.*?)</li>", why[1], re.S)] if why else []
+        status = _once(re.findall(f"<tr><th>{re.escape(escape(m['status']))}</th><td>(.*?)</td></tr>", page))
+        reasons = [unescape(item) for why in re.findall(f"<h3>{re.escape(escape(m['why']))}</h3><ul>(.*?)</ul>",
+                                                        page, re.S)
+                   for item in re.findall(r"<li>(.*?)</li>", why, re.S)]
         rows = {key: f"<tr><th>{re.escape(escape(m[key.lower()]))}</th><td class=n>(.*?) tCO2</td></tr>"
                 for key in ("RE", "PE", "ER_unrounded")} | {"ER": r"<td class=n><b>(.*?) tCO2</b></td></tr>"}
-        shown = {key: found[1] if (found := re.search(row, page)) else None for key, row in rows.items()}
-        out[name] = (None if status is None else codes.get(unescape(status[1]), unescape(status[1])),
+        shown = {key: _once(re.findall(row, page)) for key, row in rows.items()}
+        out[name] = (None if status is None else codes.get(unescape(status), unescape(status)),
                      [r for r in reasons if r.startswith(CANNOT_COMPUTE)], shown)
     return out
+
+
+def _once(found: list[str]) -> str | None:
+    """What a page shows in one place; all it shows there, joined, when it shows it more than once
+    (a difference whatever the recomputation); None if nowhere."""
+    return "; ".join(found) or None
 
 
 def _report_sheet(workbook) -> dict[str, float]:

@@ -1265,3 +1265,20 @@ def test_a_non_finite_number_is_written_as_json_and_read_back_as_itself(tmp_path
     back = strict_json(tmp_path / "x.json")["b"]["c"]
     assert repr(number(back)) == repr(value)
     assert number(True) is None and number("inf") is None and number(10 ** 400) is None
+
+
+@pytest.mark.parametrize("edit", ["<!--{row}-->{other}", "{row}{other}"])
+def test_a_summary_showing_another_figure_beside_the_right_one_is_named(export, capsys, edit):
+    """Each figure was read from the first row that matched on a summary page: a page edited to show
+    another ER, the right one kept before it in an HTML comment (which no reader sees) or shown too,
+    and its hash rewritten, passed. What comments hold is not read, and a page shows each figure once,
+    or it is a difference."""
+    page = (export / "summary.html").read_text()
+    [row] = [line for line in page.splitlines() if "<td class=n><b>" in line]
+    (export / "summary.html").write_text(page.replace(row, edit.format(row=row, other=row.replace("<b>", "<b>9"))))
+    rehash(export)
+    rc, out = run(export, capsys)
+    er = row.split("<b>")[1].split(" tCO2")[0]
+    shown = f"9{er}" if edit.startswith("<!--") else f"{er}; 9{er}"
+    assert rc == 1 and f"summary.html ER: exported {shown}, recomputed {er}" in out, out
+    assert "VERDICT: FAILED: 1 difference(s) from the recomputation" in out, out
