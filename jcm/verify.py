@@ -62,7 +62,7 @@ from contract.text import printable
 from processing.export import DEAD_LETTERS, REPLACED
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
-from processing.export.period_figures import CANNOT_COMPUTE
+from processing.export.period_figures import CANNOT_COMPUTE, period_status
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.export.summary_html import LANGUAGES, figure_text, messages
 from processing.fixed_values import from_record
@@ -494,16 +494,18 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
                          + (f"{float(total)!r}" if c else f"none ({r.cannot})"))
     if c is None:
         out.append(f"  figures: none: {r.cannot}")
-        if manifest.get("status") != "failed":
-            wrong.append(f"  manifest.json status: exported {manifest.get('status')!r}, "
-                         f"recomputed 'failed': {r.cannot}")
+    # the period's status, what a reader sees first: its months' worst, as recomputed, failed or provisional
+    status = period_status([s for _, s in r.months.values()], c) if r.months else "failed" if c is None else None
+    why = f": {r.cannot}" if c is None else ""
+    if status is not None and manifest.get("status") != status:
+        wrong.append(f"  manifest.json status: exported {manifest.get('status')!r}, recomputed {status!r}{why}")
     given = _cannot_compute(workbook)
     if given != ([r.cannot] if r.cannot else []):
         wrong.append(f"  workbook Monitoring report reason: exported {'; '.join(given) or 'none'}, "
                      f"recomputed {r.cannot or 'none (the figures are computed)'}")
-    for page, (status, given, shown) in _summaries(folder).items():
-        if c is None and status != "failed":
-            wrong.append(f"  {page} status: exported {status!r}, recomputed 'failed': {r.cannot}")
+    for page, (shown_status, given, shown) in _summaries(folder).items():
+        if status is not None and shown_status != status:
+            wrong.append(f"  {page} status: exported {shown_status!r}, recomputed {status!r}{why}")
         if given != ([printable(r.cannot)] if r.cannot else []):
             wrong.append(f"  {page} reason: exported {'; '.join(given) or 'none'}, "
                          f"recomputed {r.cannot or 'none (the figures are computed)'}")

@@ -1194,7 +1194,8 @@ def test_an_export_claiming_no_figures_where_they_are_recomputed_is_named(export
     assert rc == 1 and "manifest.json figures.RE: exported None, recomputed " in out, out
     assert ("workbook Monitoring report reason: exported the period: cannot compute: made up, recomputed none "
             "(the figures are computed)") in out, out
-    assert "VERDICT: FAILED: 3 difference(s) from the recomputation" in out, out
+    assert "manifest.json status: exported 'failed', recomputed 'needs_review'" in out, out
+    assert "VERDICT: FAILED: 4 difference(s) from the recomputation" in out, out
 
 
 @pytest.mark.parametrize("failed", ["float"], indirect=True)
@@ -1282,3 +1283,24 @@ def test_a_summary_showing_another_figure_beside_the_right_one_is_named(export, 
     shown = f"9{er}" if edit.startswith("<!--") else f"{er}; 9{er}"
     assert rc == 1 and f"summary.html ER: exported {shown}, recomputed {er}" in out, out
     assert "VERDICT: FAILED: 1 difference(s) from the recomputation" in out, out
+
+
+def test_an_export_stating_a_better_status_than_its_months_is_named(export, capsys):
+    """A computed period's status (the manifest's, the summary pages') is its months' worst (provisional
+    where a fixed value is unconfirmed): it was compared with nothing. An export whose months need review
+    edited to say 'verified' in the manifest and on the summary pages, its hashes rewritten, passed."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["status"] == "needs_review"
+    manifest["status"] = "verified"
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    for page in ("summary.html", "summary.ja.html"):
+        text = (export / page).read_text()
+        for word in ("needs review", "要確認"):
+            text = text.replace(f"</th><td>{word}</td></tr>", "</th><td>verified</td></tr>", 1)
+        (export / page).write_text(text)
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and "manifest.json status: exported 'verified', recomputed 'needs_review'" in out, out
+    assert "summary.html status: exported 'verified', recomputed 'needs_review'" in out, out
+    assert "summary.ja.html status: exported 'verified', recomputed 'needs_review'" in out, out
+    assert "VERDICT: FAILED: 3 difference(s) from the recomputation" in out, out
