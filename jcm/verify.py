@@ -21,7 +21,9 @@ and print a verdict a verifier can paste into a report.
    PE and ER (its exact decimal too), and each month's input hash (in the version the
    manifest names for its revision: a hash that is the readings' in another version is named
    as such) and status must equal the exported ones, in the manifest, ``daily_values.csv``,
-   the workbook and the summary pages (RE, PE and ER as they show them). Figures that
+   the workbook and the summary pages (RE, PE and ER as they show them, each once), as must
+   the period's status (``period_figures.period_status``: its months' worst) in the manifest
+   and on the summary pages. Figures that
    cannot be computed (``period_figures.period_calculation``) must be exported as such: status
    failed, none in the manifest nor the workbook, the same reason on the workbook's report and
    the same status and reason on the summary pages (``summary.html`` in each language).
