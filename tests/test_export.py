@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 
 import formulas
 import openpyxl
@@ -473,6 +474,27 @@ def test_an_export_aside_is_removed_only_when_a_whole_export_took_its_place(stor
     export_period(s, store, ledger, FIRST, LAST, out, force=True)  # asked: the new export replaces both
     export_period(s, store, ledger, FIRST, LAST, out, force=True)
     assert [p.name for p in out.iterdir()] == [folder.name]
+
+
+def test_an_export_made_meanwhile_by_another_is_not_replaced_unasked(store, tmp_path, monkeypatch):
+    """Two exports of a period at once, neither forced: the one that ended second found the other's in
+    place as it was done and replaced it, though only --force replaces an export. Refused now."""
+    import processing.export as export
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    other = export_period(s, store, ledger, FIRST, LAST, tmp_path / "other")
+    (other / "notes.txt").write_text("the other export")
+    write = export._write
+
+    def meanwhile(figures, store, folder, tell, steps):
+        write(figures, store, folder, tell, steps)
+        shutil.copytree(other, out / other.name)  # the other export ends first
+
+    monkeypatch.setattr(export, "_write", meanwhile)
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)
+    assert (out / other.name / "notes.txt").exists() and [p.name for p in out.iterdir()] == [other.name]
 
 
 def test_forcing_an_export_over_a_link_replaces_the_link_and_says_it_succeeded(store, tmp_path):

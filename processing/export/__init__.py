@@ -96,8 +96,9 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     _put_back(final)
     for stale in _left(final, "partial"):  # of exports killed (SIGKILL, SIGTERM) before
         shutil.rmtree(stale, ignore_errors=True)
+    taken = f"{final} exists: an export is never overwritten silently (use --force to replace it)"
     if final.exists() and not force:
-        raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
+        raise ValueError(taken)
     # one still aside belongs to a running process: an export --force between its renames, or one that took
     # the number of such an export killed (after a restart), which would leave the only copy aside for good
     if not final.exists() and not force and (aside := sorted(final.parent.glob(f".{final.name}.{REPLACED}-*"))):
@@ -113,6 +114,8 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     folder.mkdir()
     try:
         _write(figures, store, folder, tell, steps)
+        if final.exists() and not force:  # made meanwhile, by another export of the period
+            raise ValueError(taken)
         if final.exists():
             old = Path(out) / f".{figures.name}.{REPLACED}-{os.getpid()}"
             final.rename(old)  # killed from here until it is gone, ``_put_back`` puts it back or removes it
