@@ -497,6 +497,30 @@ def test_an_export_made_meanwhile_by_another_is_not_replaced_unasked(store, tmp_
     assert (out / other.name / "notes.txt").exists() and [p.name for p in out.iterdir()] == [other.name]
 
 
+def test_of_two_exports_aside_the_whole_one_is_put_back(store, tmp_path):
+    """Two exports --force of a period at once, one killed while removing the export it replaced (its
+    folder aside half removed, the latest changed), the other between its renames (the only whole copy
+    aside): the latest aside was put back, half removed, and the whole one then removed as replaced.
+    Only a whole export is put back; the half removed one goes once a whole one is in place."""
+    import subprocess
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, out)
+    (folder / "notes.txt").write_text("the whole export")
+    ended = [subprocess.Popen(["true"]) for _ in range(2)]  # processes that ran and ended: their numbers are no one's
+    for proc in ended:
+        proc.wait()
+    whole = folder.rename(out / f".{folder.name}.replaced-{ended[0].pid}")
+    half = shutil.copytree(whole, out / f".{folder.name}.replaced-{ended[1].pid}")
+    (half / "manifest.json").unlink()  # rmtree was removing it
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)
+    assert (folder / "notes.txt").exists() and (folder / "manifest.json").exists()
+    export_period(s, store, ledger, FIRST, LAST, out, force=True)
+    assert [p.name for p in out.iterdir()] == [folder.name]
+
+
 def test_forcing_an_export_over_a_link_replaces_the_link_and_says_it_succeeded(store, tmp_path):
     """An export folder that is a symbolic link (to a copy kept elsewhere) replaced by --force: the
     link moved aside was removed with rmtree, which refuses links, after the new export had taken its

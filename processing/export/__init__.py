@@ -99,12 +99,13 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     taken = f"{final} exists: an export is never overwritten silently (use --force to replace it)"
     if final.exists() and not force:
         raise ValueError(taken)
-    # one still aside belongs to a running process: an export --force between its renames, or one that took
-    # the number of such an export killed (after a restart), which would leave the only copy aside for good
+    # one still aside belongs to a running process (an export --force between its renames, or one that took
+    # the number of such an export killed, after a restart), or is not whole: not replaced unasked
     if not final.exists() and not force and (aside := sorted(final.parent.glob(f".{final.name}.{REPLACED}-*"))):
         raise ValueError(f"{final} is aside, at {aside[-1].name}: process {aside[-1].name.rsplit('-', 1)[1]} moved "
-                         "it there to replace it (export --force), or took that number once it ended: run again "
-                         f"once it ends, or, if it is not an export, rename {aside[-1].name} back to {final.name}")
+                         "it there to replace it (export --force) and runs, or another took that number once it "
+                         "ended, or it is not whole (killed as it was being removed): run again once that process "
+                         f"ends, or check it and rename {aside[-1].name} back to {final.name}")
     steps = 7
     tell = progress or (lambda done, total, label: None)
     figures = collect(site, store, ledger, first, last)
@@ -142,14 +143,15 @@ def _left(final: Path, kind: str) -> list[Path]:
 def _put_back(final: Path) -> None:
     """The export a ``--force`` killed between its renames was replacing is put back in its place: it
     is the only copy (the new one, still hidden, goes as a half-made one); one whose replacement took
-    its place is removed, and one whose place holds anything else (an empty folder, a copy of it cut
-    short) stays aside."""
-    for old in sorted(_left(final, REPLACED), key=lambda p: p.lstat().st_ctime, reverse=True):  # the latest first
+    its place is removed. One whose place holds anything else (an empty folder, a copy of it cut short)
+    stays aside, as does one not whole (killed while it was removed: it goes once a whole one is in place)."""
+    # the whole ones first, the latest first
+    for old in sorted(_left(final, REPLACED), key=lambda p: (_whole(p), p.lstat().st_ctime), reverse=True):
         if _whole(final):
             _remove(old)
         elif final.exists() or final.is_symlink():
             log.warning("%s is not a whole export: the export it was to replace stays aside, at %s", final, old.name)
-        else:
+        elif _whole(old):
             old.rename(final)
             log.warning("%s: put back: an export of the period replacing it (--force) was killed before the new "
                         "export took its place", final)
