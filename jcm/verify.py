@@ -505,6 +505,8 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
     if given != ([r.cannot] if r.cannot else []):
         wrong.append(f"  workbook Monitoring report reason: exported {'; '.join(given) or 'none'}, "
                      f"recomputed {r.cannot or 'none (the figures are computed)'}")
+    for page in sorted(set(LANGUAGES.values()) - set(_section(manifest, "files"))):  # one listed is the files check's
+        wrong.append(f"  {page}: not in the export (it has its summary in each language)")
     for page, (shown_status, given, shown) in _summaries(folder).items():
         if status is not None and shown_status != status:
             wrong.append(f"  {page} status: exported {shown_status!r}, recomputed {status!r}{why}")

@@ -1304,3 +1304,15 @@ def test_an_export_stating_a_better_status_than_its_months_is_named(export, caps
     assert "summary.html status: exported 'verified', recomputed 'needs_review'" in out, out
     assert "summary.ja.html status: exported 'verified', recomputed 'needs_review'" in out, out
     assert "VERDICT: FAILED: 3 difference(s) from the recomputation" in out, out
+
+
+def test_an_export_without_a_summary_page_in_each_language_is_named(export, capsys):
+    """Every export has its summary in each language. One with summary.ja.html removed, and from the
+    manifest and SHA256SUMS, passed: the pages were compared only where found. Each missing is a difference."""
+    (export / "summary.ja.html").unlink()
+    manifest = json.loads((export / "manifest.json").read_text())
+    del manifest["files"]["summary.ja.html"]
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and "summary.ja.html: not in the export (it has its summary in each language)" in out, out
