@@ -21,7 +21,9 @@ and print a verdict a verifier can paste into a report.
    PE and ER (its exact decimal too), and each month's input hash (in the version the
    manifest names for its revision: a hash that is the readings' in another version is named
    as such) and status must equal the exported ones, in the manifest, ``daily_values.csv``,
-   the workbook and the summary pages (RE, PE and ER as they show them). Figures that
+   the workbook and the summary pages (RE, PE and ER as they show them, each once), as must
+   the period's status (``period_figures.period_status``: its months' worst) in the manifest
+   and on the summary pages. Figures that
    cannot be computed (``period_figures.period_calculation``) must be exported as such: status
    failed, none in the manifest nor the workbook, the same reason on the workbook's report and
    the same status and reason on the summary pages (``summary.html`` in each language).
@@ -62,7 +64,7 @@ from contract.text import printable
 from processing.export import DEAD_LETTERS, REPLACED
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
-from processing.export.period_figures import CANNOT_COMPUTE
+from processing.export.period_figures import CANNOT_COMPUTE, period_status
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.export.summary_html import LANGUAGES, figure_text, messages
 from processing.fixed_values import from_record
@@ -494,16 +496,20 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
                          + (f"{float(total)!r}" if c else f"none ({r.cannot})"))
     if c is None:
         out.append(f"  figures: none: {r.cannot}")
-        if manifest.get("status") != "failed":
-            wrong.append(f"  manifest.json status: exported {manifest.get('status')!r}, "
-                         f"recomputed 'failed': {r.cannot}")
+    # the period's status, what a reader sees first: its months' worst, as recomputed, failed or provisional
+    status = period_status([s for _, s in r.months.values()], c) if r.months else "failed" if c is None else None
+    why = f": {r.cannot}" if c is None else ""
+    if status is not None and manifest.get("status") != status:
+        wrong.append(f"  manifest.json status: exported {manifest.get('status')!r}, recomputed {status!r}{why}")
     given = _cannot_compute(workbook)
     if given != ([r.cannot] if r.cannot else []):
         wrong.append(f"  workbook Monitoring report reason: exported {'; '.join(given) or 'none'}, "
                      f"recomputed {r.cannot or 'none (the figures are computed)'}")
-    for page, (status, given, shown) in _summaries(folder).items():
-        if c is None and status != "failed":
-            wrong.append(f"  {page} status: exported {status!r}, recomputed 'failed': {r.cannot}")
+    for page in sorted(set(LANGUAGES.values()) - set(_section(manifest, "files"))):  # one listed is the files check's
+        wrong.append(f"  {page}: not in the export (it has its summary in each language)")
+    for page, (shown_status, given, shown) in _summaries(folder).items():
+        if status is not None and shown_status != status:
+            wrong.append(f"  {page} status: exported {shown_status!r}, recomputed {status!r}{why}")
         if given != ([printable(r.cannot)] if r.cannot else []):
             wrong.append(f"  {page} reason: exported {'; '.join(given) or 'none'}, "
                          f"recomputed {r.cannot or 'none (the figures are computed)'}")
@@ -634,17 +640,25 @@ def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str], dict[str,
             page = (folder / name).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
+        page = re.sub(r"<!--.*?(?:-->|\Z)", "", page, flags=re.S)  # what no reader sees is not what it shows
         m = messages(lang)
         codes = {m[k]: k.removeprefix("status.") for k in m if k.startswith("status.")}
-        status = re.search(f"<tr><th>{re.escape(escape(m['status']))}</th><td>(.*?)</td></tr>", page)
-        why = re.search(f"<h3>{re.escape(escape(m['why']))}</h3><ul>(.*?)</ul>", page, re.S)
-        reasons = [unescape(item) for item in re.findall(r"<li>(.*?)</li>", why[1], re.S)] if why else []
+        status = _once(re.findall(f"<tr><th>{re.escape(escape(m['status']))}</th><td>(.*?)</td></tr>", page))
+        reasons = [unescape(item) for why in re.findall(f"<h3>{re.escape(escape(m['why']))}</h3><ul>(.*?)</ul>",
+                                                        page, re.S)
+                   for item in re.findall(r"<li>(.*?)</li>", why, re.S)]
         rows = {key: f"<tr><th>{re.escape(escape(m[key.lower()]))}</th><td class=n>(.*?) tCO2</td></tr>"
                 for key in ("RE", "PE", "ER_unrounded")} | {"ER": r"<td class=n><b>(.*?) tCO2</b></td></tr>"}
-        shown = {key: found[1] if (found := re.search(row, page)) else None for key, row in rows.items()}
-        out[name] = (None if status is None else codes.get(unescape(status[1]), unescape(status[1])),
+        shown = {key: _once(re.findall(row, page)) for key, row in rows.items()}
+        out[name] = (None if status is None else codes.get(unescape(status), unescape(status)),
                      [r for r in reasons if r.startswith(CANNOT_COMPUTE)], shown)
     return out
+
+
+def _once(found: list[str]) -> str | None:
+    """What a page shows in one place; all it shows there, joined, when it shows it more than once
+    (a difference whatever the recomputation); None if nowhere."""
+    return "; ".join(found) or None
 
 
 def _report_sheet(workbook) -> dict[str, float]:

@@ -229,6 +229,7 @@ class SqliteStore:
         # those made by the open transaction, known only once it commits
         self._new_ids: dict[Layout, int] = {}
         self._new_used: set[tuple[str, str, int]] = set()
+        self._check_layout_ids()
         if read_only:
             self._check_current(read_only)
             return
@@ -241,6 +242,18 @@ class SqliteStore:
             if name not in have:
                 self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
         self._blocks_from_ranges()
+
+    def _check_layout_ids(self) -> None:
+        """A layout's id names the channels of each row of it: a damaged or foreign file whose layouts table
+        does not keep ids unique (its id not the primary key) would have rows read under another layout's
+        channel names, silently. The table holds one row a layout ever written: read whole at opening
+        (before anything is written; a store without one yet, new or of the old layout, has none to check)."""
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'layouts'").fetchall():
+            return
+        for n, count in self._db.execute("SELECT id, count(*) FROM layouts GROUP BY id HAVING count(*) > 1 LIMIT 1"):
+            self._db.close()
+            raise UnusableFile(f"store {self.path} is damaged: its layouts table gives id {printable(str(n))} to "
+                               f"{count} layouts: nothing was changed; restore it from a backup")
 
     def _check_current(self, why: str) -> None:
         """A store opened read-only must be in today's layout: what opening it writes otherwise (its

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 
 import formulas
 import openpyxl
@@ -419,6 +420,105 @@ def test_an_export_killed_while_replacing_one_leaves_the_old_for_the_next_to_put
         export_period(s, store, ledger, FIRST, LAST, out)
     assert (folder / "notes.txt").exists() == (when == "aside")  # the old one put back, or the new one left
     assert os.listdir(out) == [folder.name]  # the killed export's half-made folder gone too
+
+
+def test_an_export_aside_under_a_number_another_process_took_is_not_replaced_unasked(store, tmp_path):
+    """An export --force killed between its renames (a power cut, say) leaves the old export aside,
+    ``.<name>.replaced-<pid>``, the only copy; after a restart another process may run under that
+    number. The aside was then left alone as if its export still ran, and an export of the period
+    without --force, finding no export in place, made a new one: the old one, never asked to be
+    replaced, was removed by the next export once that process ended. Refused now, naming it."""
+    import os
+    import subprocess
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, out)
+    (folder / "notes.txt").write_text("the old export")
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        aside = folder.rename(out / f".{folder.name}.replaced-{unrelated.pid}")
+        with pytest.raises(ValueError, match=f"{folder} is aside, at {aside.name}: process {unrelated.pid}"):
+            export_period(s, store, ledger, FIRST, LAST, out)
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)  # put back, once that process ended
+    assert (folder / "notes.txt").exists() and os.listdir(out) == [folder.name]
+
+
+@pytest.mark.parametrize("in_place", ["an empty folder", "a copy cut short"])
+def test_an_export_aside_is_removed_only_when_a_whole_export_took_its_place(store, tmp_path, in_place):
+    """The export a killed --force left aside (the only copy) was removed by the next export as soon as
+    anything had its name: an empty folder, or a copy of it cut short (``cp -r`` interrupted while
+    putting it back by hand). It is removed only when an export with every file its manifest lists,
+    of the listed size, holds its place; else it stays aside."""
+    import shutil
+    import subprocess
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, out)
+    ended = subprocess.Popen(["true"])  # a process that ran and ended: its number is no one's
+    ended.wait()
+    aside = folder.rename(out / f".{folder.name}.replaced-{ended.pid}")
+    if in_place == "an empty folder":
+        folder.mkdir()
+    else:
+        shutil.copytree(aside, folder)
+        (folder / "daily_values.csv").write_text("cut short")
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)
+    assert (aside / "manifest.json").exists()
+    export_period(s, store, ledger, FIRST, LAST, out, force=True)  # asked: the new export replaces both
+    export_period(s, store, ledger, FIRST, LAST, out, force=True)
+    assert [p.name for p in out.iterdir()] == [folder.name]
+
+
+def test_an_export_made_meanwhile_by_another_is_not_replaced_unasked(store, tmp_path, monkeypatch):
+    """Two exports of a period at once, neither forced: the one that ended second found the other's in
+    place as it was done and replaced it, though only --force replaces an export. Refused now."""
+    import processing.export as export
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    other = export_period(s, store, ledger, FIRST, LAST, tmp_path / "other")
+    (other / "notes.txt").write_text("the other export")
+    write = export._write
+
+    def meanwhile(figures, store, folder, tell, steps):
+        write(figures, store, folder, tell, steps)
+        shutil.copytree(other, out / other.name)  # the other export ends first
+
+    monkeypatch.setattr(export, "_write", meanwhile)
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)
+    assert (out / other.name / "notes.txt").exists() and [p.name for p in out.iterdir()] == [other.name]
+
+
+def test_of_two_exports_aside_the_whole_one_is_put_back(store, tmp_path):
+    """Two exports --force of a period at once, one killed while removing the export it replaced (its
+    folder aside half removed, the latest changed), the other between its renames (the only whole copy
+    aside): the latest aside was put back, half removed, and the whole one then removed as replaced.
+    Only a whole export is put back; the half removed one goes once a whole one is in place."""
+    import subprocess
+
+    s, out = site("mn-solar"), tmp_path / "out"
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    folder = export_period(s, store, ledger, FIRST, LAST, out)
+    (folder / "notes.txt").write_text("the whole export")
+    ended = [subprocess.Popen(["true"]) for _ in range(2)]  # processes that ran and ended: their numbers are no one's
+    for proc in ended:
+        proc.wait()
+    whole = folder.rename(out / f".{folder.name}.replaced-{ended[0].pid}")
+    half = shutil.copytree(whole, out / f".{folder.name}.replaced-{ended[1].pid}")
+    (half / "manifest.json").unlink()  # rmtree was removing it
+    with pytest.raises(ValueError, match="exists: an export is never overwritten silently"):
+        export_period(s, store, ledger, FIRST, LAST, out)
+    assert (folder / "notes.txt").exists() and (folder / "manifest.json").exists()
+    export_period(s, store, ledger, FIRST, LAST, out, force=True)
+    assert [p.name for p in out.iterdir()] == [folder.name]
 
 
 def test_forcing_an_export_over_a_link_replaces_the_link_and_says_it_succeeded(store, tmp_path):

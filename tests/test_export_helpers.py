@@ -254,3 +254,32 @@ def test_the_export_leaves_the_garbage_collector_frozen_as_it_found_it(monkeypat
         assert (gc.get_freeze_count() > 0) == frozen
     finally:
         gc.unfreeze()
+
+
+SLOW = STOPPED.replace("sys.stdin.readline()  # the test stops the helpers meanwhile", "time.sleep(2)").replace(
+    "import datetime as dt, sys", "import datetime as dt, sys, time")
+
+
+def test_an_export_stopped_with_its_helpers_longer_than_the_bound_goes_on_when_continued(tmp_path):
+    """Ctrl-Z stops the whole process group, the export's process and its helpers with it; continued
+    (fg, bg) after more than ``HUNG_S``, the export's wait for a result was past its deadline at once,
+    the helper, just continued, had not given it yet: a healthy export failed as hung. Only the time
+    the export's process runs counts now."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", SLOW, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline() == "drawing\n", proc.stderr.read()
+        time.sleep(0.5)  # the export's process reaches its wait for the drawing (two days' readings)
+        assert proc.poll() is None, proc.stderr.read()
+        os.killpg(proc.pid, signal.SIGSTOP)  # as Ctrl-Z does
+        time.sleep(5)  # past HUNG_S (3 s here)
+        os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["mn-solar_2026-09-28_2026-09-29"]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

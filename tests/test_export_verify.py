@@ -1194,7 +1194,8 @@ def test_an_export_claiming_no_figures_where_they_are_recomputed_is_named(export
     assert rc == 1 and "manifest.json figures.RE: exported None, recomputed " in out, out
     assert ("workbook Monitoring report reason: exported the period: cannot compute: made up, recomputed none "
             "(the figures are computed)") in out, out
-    assert "VERDICT: FAILED: 3 difference(s) from the recomputation" in out, out
+    assert "manifest.json status: exported 'failed', recomputed 'needs_review'" in out, out
+    assert "VERDICT: FAILED: 4 difference(s) from the recomputation" in out, out
 
 
 @pytest.mark.parametrize("failed", ["float"], indirect=True)
@@ -1265,3 +1266,53 @@ def test_a_non_finite_number_is_written_as_json_and_read_back_as_itself(tmp_path
     back = strict_json(tmp_path / "x.json")["b"]["c"]
     assert repr(number(back)) == repr(value)
     assert number(True) is None and number("inf") is None and number(10 ** 400) is None
+
+
+@pytest.mark.parametrize("edit", ["<!--{row}-->{other}", "{row}{other}"])
+def test_a_summary_showing_another_figure_beside_the_right_one_is_named(export, capsys, edit):
+    """Each figure was read from the first row that matched on a summary page: a page edited to show
+    another ER, the right one kept before it in an HTML comment (which no reader sees) or shown too,
+    and its hash rewritten, passed. What comments hold is not read, and a page shows each figure once,
+    or it is a difference."""
+    page = (export / "summary.html").read_text()
+    [row] = [line for line in page.splitlines() if "<td class=n><b>" in line]
+    (export / "summary.html").write_text(page.replace(row, edit.format(row=row, other=row.replace("<b>", "<b>9"))))
+    rehash(export)
+    rc, out = run(export, capsys)
+    er = row.split("<b>")[1].split(" tCO2")[0]
+    shown = f"9{er}" if edit.startswith("<!--") else f"{er}; 9{er}"
+    assert rc == 1 and f"summary.html ER: exported {shown}, recomputed {er}" in out, out
+    assert "VERDICT: FAILED: 1 difference(s) from the recomputation" in out, out
+
+
+def test_an_export_stating_a_better_status_than_its_months_is_named(export, capsys):
+    """A computed period's status (the manifest's, the summary pages') is its months' worst (provisional
+    where a fixed value is unconfirmed): it was compared with nothing. An export whose months need review
+    edited to say 'verified' in the manifest and on the summary pages, its hashes rewritten, passed."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["status"] == "needs_review"
+    manifest["status"] = "verified"
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    for page in ("summary.html", "summary.ja.html"):
+        text = (export / page).read_text()
+        for word in ("needs review", "要確認"):
+            text = text.replace(f"</th><td>{word}</td></tr>", "</th><td>verified</td></tr>", 1)
+        (export / page).write_text(text)
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and "manifest.json status: exported 'verified', recomputed 'needs_review'" in out, out
+    assert "summary.html status: exported 'verified', recomputed 'needs_review'" in out, out
+    assert "summary.ja.html status: exported 'verified', recomputed 'needs_review'" in out, out
+    assert "VERDICT: FAILED: 3 difference(s) from the recomputation" in out, out
+
+
+def test_an_export_without_a_summary_page_in_each_language_is_named(export, capsys):
+    """Every export has its summary in each language. One with summary.ja.html removed, and from the
+    manifest and SHA256SUMS, passed: the pages were compared only where found. Each missing is a difference."""
+    (export / "summary.ja.html").unlink()
+    manifest = json.loads((export / "manifest.json").read_text())
+    del manifest["files"]["summary.ja.html"]
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and "summary.ja.html: not in the export (it has its summary in each language)" in out, out

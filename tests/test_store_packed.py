@@ -630,3 +630,24 @@ def test_a_row_stamped_between_milliseconds_is_refused_as_damage(tmp_path):
                 read()
     finally:
         s.close()
+
+
+def test_a_store_giving_one_layout_id_to_two_layouts_is_refused_as_damage(tmp_path):
+    """A layout's id names the channels of every row of it. A damaged or foreign file whose layouts table
+    does not keep ids unique (its id not the primary key) gave one id two layouts: its rows were read
+    under whichever came first, channel "a"'s numbers as channel "x"'s, silently. Refused at opening."""
+    import sqlite3
+
+    from contract.sqlite_file import UnusableFile
+
+    path = tmp_path / "jcm.db"
+    s = open_store(f"sqlite:///{path}")
+    s.write([reading(minutes=m, seq=m + 1, a=float(m), b=100.0 + m) for m in range(3)])
+    s.close()
+    forger = sqlite3.connect(path)
+    forger.executescript("""CREATE TABLE forged (id INTEGER, channels TEXT NOT NULL);
+        INSERT INTO forged SELECT id, replace(channels, '"a"', '"x"') FROM layouts;
+        INSERT INTO forged SELECT * FROM layouts; DROP TABLE layouts; ALTER TABLE forged RENAME TO layouts;""")
+    forger.close()
+    with pytest.raises(UnusableFile, match=f"store {path} is damaged: its layouts table gives id 1 to 2 layouts"):
+        open_store(f"sqlite:///{path}", create=False).close()

@@ -40,6 +40,7 @@ from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.export.custody_folder import write_custody
 from processing.export.csv_files import Hung, made, write_daily_values, write_dead_letters, write_raw_readings
+from processing.export.json_file import read_json
 from processing.export.manifest import file_entries, file_entry, write_manifest, write_sha256sums
 from processing.export.period_figures import PeriodFigures, collect, export_name
 from processing.export.recompute import SITE_SETTINGS, write_site_settings
@@ -95,8 +96,16 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     _put_back(final)
     for stale in _left(final, "partial"):  # of exports killed (SIGKILL, SIGTERM) before
         shutil.rmtree(stale, ignore_errors=True)
+    taken = f"{final} exists: an export is never overwritten silently (use --force to replace it)"
     if final.exists() and not force:
-        raise ValueError(f"{final} exists: an export is never overwritten silently (use --force to replace it)")
+        raise ValueError(taken)
+    # one still aside belongs to a running process (an export --force between its renames, or one that took
+    # the number of such an export killed, after a restart), or is not whole: not replaced unasked
+    if not final.exists() and not force and (aside := sorted(final.parent.glob(f".{final.name}.{REPLACED}-*"))):
+        raise ValueError(f"{final} is aside, at {aside[-1].name}: process {aside[-1].name.rsplit('-', 1)[1]} moved "
+                         "it there to replace it (export --force) and runs, or another took that number once it "
+                         "ended, or it is not whole (killed as it was being removed): run again once that process "
+                         f"ends, or check it and rename {aside[-1].name} back to {final.name}")
     steps = 7
     tell = progress or (lambda done, total, label: None)
     figures = collect(site, store, ledger, first, last)
@@ -106,6 +115,8 @@ def export_period(site: Site, store: ReadingStore, ledger: Ledger, first: dt.dat
     folder.mkdir()
     try:
         _write(figures, store, folder, tell, steps)
+        if final.exists() and not force:  # made meanwhile, by another export of the period
+            raise ValueError(taken)
         if final.exists():
             old = Path(out) / f".{figures.name}.{REPLACED}-{os.getpid()}"
             final.rename(old)  # killed from here until it is gone, ``_put_back`` puts it back or removes it
@@ -132,14 +143,27 @@ def _left(final: Path, kind: str) -> list[Path]:
 def _put_back(final: Path) -> None:
     """The export a ``--force`` killed between its renames was replacing is put back in its place: it
     is the only copy (the new one, still hidden, goes as a half-made one); one whose replacement took
-    its place is removed."""
-    for old in sorted(_left(final, REPLACED), key=lambda p: p.lstat().st_ctime, reverse=True):  # the latest first
-        if final.exists():
+    its place is removed. One whose place holds anything else (an empty folder, a copy of it cut short)
+    stays aside, as does one not whole (killed while it was removed: it goes once a whole one is in place)."""
+    # the whole ones first, the latest first
+    for old in sorted(_left(final, REPLACED), key=lambda p: (_whole(p), p.lstat().st_ctime), reverse=True):
+        if _whole(final):
             _remove(old)
-        else:
+        elif final.exists() or final.is_symlink():
+            log.warning("%s is not a whole export: the export it was to replace stays aside, at %s", final, old.name)
+        elif _whole(old):
             old.rename(final)
             log.warning("%s: put back: an export of the period replacing it (--force) was killed before the new "
                         "export took its place", final)
+
+
+def _whole(folder: Path) -> bool:
+    """Whether ``folder`` holds an export whole: every file its manifest lists, of the listed size."""
+    try:
+        files = read_json(folder / "manifest.json", "manifest.json")["files"]
+        return all((folder / name).stat().st_size == entry["bytes"] for name, entry in files.items())
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # not an export's manifest, or a file gone
+        return False
 
 
 def _remove(path: Path) -> None:

@@ -23,6 +23,7 @@ import csv
 import datetime as dt
 import gzip
 import io
+import time
 from collections import deque
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as NotYet
@@ -51,6 +52,8 @@ PENDING_WEEKS = 32
 #: how long the export waits for one result of a process beside it (a week's text: ~0.1 s; the workbook
 #: and charts of a year: ~1.2 s) before it takes that process as stopped or hung [s]
 HUNG_S = 120.0
+#: the wait for such a result looks at the clock this often [s] (``made``)
+HUNG_TICK_S = 1.0
 
 
 #: first line of every text file of a simulated export
@@ -169,16 +172,23 @@ class Hung(Exception):
 
 def made(result):
     """``result`` (a week's gzip member, the files drawn), once made: waited for if made in another
-    process, ``HUNG_S`` at most (one stopped or hung would hold the export for ever)."""
+    process, ``HUNG_S`` at most (one stopped or hung would hold the export for ever). Only the time
+    this process runs counts: stopped with its helpers (Ctrl-Z, then fg) or with the machine
+    (suspended), a wait is longer than its tick, which is not the helpers' doing."""
     if not isinstance(result, Future):
         return result
-    try:
-        return result.result(timeout=HUNG_S)
-    except NotYet:
-        if result.done():  # the process's own error, a timeout of its own
-            raise
-        raise Hung(f"a process making the charts or the raw readings' text gave no result for {HUNG_S:.0f} s "
-                   "(stopped or hung)") from None
+    waited = 0.0
+    while True:
+        began = time.monotonic()
+        try:
+            return result.result(timeout=min(HUNG_TICK_S, HUNG_S - waited))
+        except NotYet:
+            if result.done():  # the process's own error, a timeout of its own
+                raise
+        waited += min(time.monotonic() - began, HUNG_TICK_S)
+        if waited >= HUNG_S:
+            raise Hung(f"a process making the charts or the raw readings' text gave no result for {HUNG_S:.0f} s "
+                       "(stopped or hung)")
 
 
 def _raw_text(week: Week) -> str:

@@ -254,6 +254,16 @@ def period_calculation(processor: PeriodProcessor, totals: dict[str, Decimal],
         return None, f"{CANNOT_COMPUTE}{exc}"
 
 
+def period_status(months: Iterable[str], calc: Calculation | None) -> str:
+    """The status of a period whose months have ``months`` statuses and whose figures are ``calc``: the
+    months' worst (``STATUSES``); failed when its figures cannot be computed (None); provisional, not
+    verified, when they use a fixed value not confirmed (one recorded without its status counts so)."""
+    status = max(months, key=STATUSES.index)
+    if calc is None:
+        return "failed"
+    return "provisional" if calc.provisional and status == "verified" else status
+
+
 def _tagged(revision: Revision, rows: list[dict]) -> list[dict]:
     return [{"month": revision.month, "revision": revision.revision, **row} for row in rows]
 
@@ -283,14 +293,12 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     current = from_config(site, processor.spec)
     fixed = recorded_fixed(revisions, processor.spec, current)
     signed = {r.month for r, s in picked if s is not None}
-    status = max((r.status for r in revisions), key=STATUSES.index)
     reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]
     calc, cannot = period_calculation(processor, totals, fixed)
+    status = period_status([r.status for r in revisions], calc)
     if cannot:
-        status = "failed"
         reasons.append(cannot)
-    if calc and calc.provisional and status == "verified":  # a value recorded without its status counts as unconfirmed
-        status = "provisional"
+    if status == "provisional" != max((r.status for r in revisions), key=STATUSES.index):
         reasons.append("fixed values unconfirmed: " + ", ".join(f"{f.key} ({f.source})" for f in fixed
                                                                  if f.status != "confirmed"))
     return PeriodFigures(
