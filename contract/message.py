@@ -85,19 +85,23 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class Quality(str, Enum):
     """Why a channel's value is missing or suspect."""
 
-    not_implemented = "not_implemented"  #: device returned its "not available" sentinel
+    #: device returned its "not available" sentinel (the point's own, or SunSpec's; NaN only in SunSpec)
+    not_implemented = "not_implemented"
     out_of_range = "out_of_range"  #: value kept, but outside the point's valid range
     illegal_address = "illegal_address"  #: device rejected the register (exception 2 or 3)
     device_error = "device_error"  #: any other Modbus exception response
     timeout = "timeout"  #: no answer in time
     disconnected = "disconnected"  #: the link to the device is down
-    decode_error = "decode_error"  #: registers that do not decode (e.g. bad string, NaN scale)
+    #: registers that do not decode (e.g. bad string, NaN scale, a float that is NaN or infinite
+    #: outside SunSpec's not-implemented NaN: a meter that answers without a number)
+    decode_error = "decode_error"
 
 
 class DeviceStatus(str, Enum):
     ok = "ok"  #: every point read
     degraded = "degraded"  #: some points failed
-    offline = "offline"  #: nothing read: timeout, disconnect or exception on every request
+    #: nothing read: timeout, disconnect or exception on every request, or no point gave a value
+    offline = "offline"
 
 
 #: the members by their text (an enum's call costs ten times a dict's lookup)

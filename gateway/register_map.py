@@ -3,6 +3,11 @@
 value = (raw x gain + offset) x 10**sf, where sf comes from the scale-factor register
 of the *same* read. Sentinels ("not implemented") become null; values outside the
 point's valid range are kept and flagged.
+
+NaN is a sentinel only where SunSpec makes it one (its float32 "not implemented" is the
+quiet NaN 0x7FC00000). Elsewhere a NaN is a meter that answers without a number, most
+often a dead measuring board behind a live Modbus interface: null with ``decode_error``,
+a failure, so that such a device is never ``ok``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ Value = float | int | str | bool | None
 
 def _is_sentinel(raw: int | float, point: Point, profile: Profile) -> bool:
     if isinstance(raw, float) and math.isnan(raw):
-        return True
+        return profile.sunspec
     if point.not_implemented is not None:
         return raw in point.not_implemented
     if profile.sunspec:
@@ -79,7 +84,7 @@ def _engineering(
     """A raw number -> its value in engineering units, or null with the reason."""
     if _is_sentinel(raw, point, profile):
         return None, Quality.not_implemented
-    if isinstance(raw, float) and math.isinf(raw):
+    if isinstance(raw, float) and not math.isfinite(raw):  # NaN (not a sentinel here) or infinity
         return None, Quality.decode_error
     exponent = 0
     if point.scale_factor is not None:

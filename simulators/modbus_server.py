@@ -27,7 +27,8 @@ from simulators.plants import Plant, plant_for
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("timeout", "exception", "illegal_address", "drop", "counter_reset", "out_of_range", "not_implemented")
+FAULTS = ("timeout", "exception", "illegal_address", "drop", "counter_reset", "out_of_range", "not_implemented",
+          "nan")
 _TABLE_OF_FC = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 _INT_LIMITS = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
                "uint32": (0, 2**32 - 1), "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1)}
@@ -37,7 +38,7 @@ _INT_LIMITS = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32"
 class Fault:
     kind: str
     until: float = math.inf  # monotonic time
-    channel: str | None = None  # out_of_range / not_implemented / illegal_address
+    channel: str | None = None  # out_of_range / not_implemented / illegal_address / nan (None: all)
     code: int = 4  # exception
 
     def active(self) -> bool:
@@ -190,6 +191,10 @@ class SiteSimulator:
                 values[f.channel] = (p.range[1] * 10 + 100) if p.range else 1e9
             if f.kind == "not_implemented" and f.channel:
                 missing.add(f.channel)
+            if f.kind == "nan":  # a dead measuring board behind a live interface: its floats read NaN
+                for p in sim.device.register_map.points:
+                    if p.type.startswith("float") and f.channel in (None, p.channel):
+                        values[p.channel] = math.nan
         render(sim.device.register_map, table, values, start_address, registers, missing)
         return None
 

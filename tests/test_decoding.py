@@ -66,9 +66,13 @@ def test_sunspec_accumulator_zero_and_sf_sentinel_are_null():
     assert decode_point(w, _profile(w, sunspec=True), 0, [100, 0x8000]) == (None, Quality.not_implemented)
 
 
-def test_float_nan_is_null_even_outside_sunspec():
+def test_float_nan_is_not_implemented_only_in_sunspec():
+    """SunSpec's float32 "not implemented" is NaN; elsewhere NaN is a meter that gave no number."""
     p = Point(channel="x", address=0, type="float32")
-    assert decode_point(p, _profile(p), 0, raw_to_registers(math.nan, "float32")) == (None, Quality.not_implemented)
+    nan = raw_to_registers(math.nan, "float32")
+    assert decode_point(p, _profile(p, sunspec=True), 0, nan) == (None, Quality.not_implemented)
+    assert decode_point(p, _profile(p), 0, nan) == (None, Quality.decode_error)
+    assert decode_point(p, _profile(p), 0, [0xFFFF, 0xFFFF]) == (None, Quality.decode_error)  # another NaN
 
 
 def test_plain_device_keeps_0x8000_as_a_number():
@@ -94,7 +98,7 @@ def test_a_block_decodes_run_by_run_as_each_point_alone():
         (Point(channel="a", address=0, type="float32", unit="kW"), 1.5),
         (Point(channel="b", address=2, type="float32", unit="kW", range=[0, 10]), 12.25),  # out of range
         (Point(channel="c", address=4, type="float32", order="CDAB"), -3.0),  # same type, other order
-        (Point(channel="d", address=6, type="float32", order="CDAB"), math.nan),  # sentinel
+        (Point(channel="d", address=6, type="float32", order="CDAB"), math.nan),  # no number
         (Point(channel="e", address=8, type="uint32", gain=0.1), 123456),
         (Point(channel="f", address=10, type="int16", scale_factor={"address": 12}), -250),
         (Point(channel="sf", address=12, type="int16"), -1),
@@ -109,7 +113,7 @@ def test_a_block_decodes_run_by_run_as_each_point_alone():
     prof = _profile(*points)
     together = decode_points(points, prof, 0, block)
     assert together == [decode_point(p, prof, 0, block) for p in points]
-    assert together == [(1.5, None), (12.25, Quality.out_of_range), (-3.0, None), (None, Quality.not_implemented),
+    assert together == [(1.5, None), (12.25, Quality.out_of_range), (-3.0, None), (None, Quality.decode_error),
                         (12345.6, None), (-25.0, None), (-1, None), ("SunS", None), (7.0, None)]
 
 

@@ -129,6 +129,26 @@ def test_out_of_range_is_kept_and_flagged(site, simulate):
     assert r.values["frequency"] > 65
 
 
+def test_floats_reading_nan_are_a_fault_not_a_healthy_device(tmp_path, simulate):
+    """A dead measuring board behind a live Modbus interface: every float register reads NaN."""
+    site = load_site(write_site(tmp_path, [tcp_device("steam", "steam_fuel_meter", free_port()),
+                                           tcp_device("meter", "power_meter_3ph", free_port())]))
+    sim = simulate(site)
+    sim.inject("steam", "nan")  # every point of this meter is a float
+    steam = poller(site, "steam")
+    r = steam.poll()
+    assert all(v is None for v in r.values.values())
+    assert set(r.quality.values()) == {Quality.decode_error}
+    assert r.status is DeviceStatus.offline
+    assert steam.poll() is not None  # it answers: polled on, not backed off like a silent one
+    sim.inject("meter", "nan")  # its floats die, its int64 energy counters still count
+    r = poller(site, "meter").poll()
+    floats = {p.channel for p in site.device("meter").register_map.points if p.type == "float32"}
+    assert r.quality == dict.fromkeys(floats, Quality.decode_error)
+    assert all(r.values[c] is not None for c in set(r.values) - floats)
+    assert r.status is DeviceStatus.degraded
+
+
 def test_not_implemented_sentinel_is_null(site, simulate):
     sim = simulate(site)
     sim.inject("inv-01", "not_implemented", channel="dc_power")
