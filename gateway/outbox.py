@@ -34,6 +34,9 @@ from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
 
+#: how often the committer checks that the outbox's path still names the open file [s]
+PATH_CHECK_EVERY = 10.0
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -99,14 +102,11 @@ class Outbox:
         self._episode_drops = 0  # dropped from memory since the disk began refusing writes
         self._drops_unlogged = 0  # of which not yet logged: once a minute, not once a reading
         self._next_drop_log = 0.0
-        self._db = open_sqlite(
-            path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
-            damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
-                         f"{Path(path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
-        use_wal(self._db)
-        # FULL: a committed reading survives a power cut too, not only a killed process
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._durable = durable
+        self._next_path_check = 0.0
+        self._db = self._open()
         self._db.executescript(SCHEMA)
+        self._files = self._identities()
         self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         self._seq = row[0] if row else 0
@@ -116,6 +116,91 @@ class Outbox:
         self._prev = self._chain_start()
         self._committer = threading.Thread(target=self._run, name="outbox-committer", daemon=True)
         self._committer.start()
+
+    def _open(self) -> sqlite3.Connection:
+        db = open_sqlite(
+            self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
+            damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
+                         f"{Path(self.path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
+        use_wal(db)
+        # FULL: a committed reading survives a power cut too, not only a killed process
+        db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
+        return db
+
+    def _identities(self) -> dict[str, tuple[int, int]]:
+        """(st_dev, st_ino) of the files at the outbox's path now: the database, its -wal and -shm."""
+        ids = {}
+        for end in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(f"{self.path}{end}")
+                ids[end] = (st.st_dev, st.st_ino)
+        return ids
+
+    def _check_path(self, now: float | None = None) -> None:
+        """Put the open database back at its path if the file there was deleted or replaced
+        (a technician cleaning the directory): a restart would otherwise open an empty outbox,
+        start a new epoch, and lose every row not yet delivered. At most every
+        ``PATH_CHECK_EVERY`` seconds (one stat), unless ``now`` is None. Holds ``_lock``."""
+        if now is not None:
+            if now < self._next_path_check:
+                return
+            self._next_path_check = now + PATH_CHECK_EVERY
+        here = self._identities()
+        if here.get("") == self._files.get(""):
+            return
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        copy = f"{self.path}.restore-{stamp}"
+        closed = False
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            for end in ("", "-journal"):  # a copy left by a restore that failed
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{copy}{end}")
+            dst = sqlite3.connect(copy)
+            try:
+                self._db.backup(dst)  # every committed row, through the open (deleted) file and its WAL
+            finally:
+                dst.close()
+            _fsync(copy)
+            # files at the path that are not this outbox's (another database and its -wal/-shm)
+            # are kept beside it; this outbox's own -wal/-shm go when its connection closes
+            foreign = [end for end in ("", "-wal", "-shm") if end in here and here[end] != self._files.get(end)]
+            aside = None
+            if foreign:
+                aside = Path(f"{self.path}.replaced-{stamp}")
+                for end in foreign:
+                    os.rename(f"{self.path}{end}", f"{aside}{end}")
+            self._db.close()
+            closed = True
+            # SQLite leaves this outbox's -wal when its file has moved; beside the copy it would be
+            # replayed onto it (the copy already holds it), and beside another file it corrupts that one
+            for end in ("-wal", "-shm"):
+                if end in self._files and self._identities().get(end) == self._files[end]:
+                    os.unlink(f"{self.path}{end}")
+            os.rename(copy, self.path)
+            _fsync(os.path.dirname(os.path.abspath(self.path)))
+        except (OSError, sqlite3.Error) as exc:  # a full disk, an unwritable directory: tried again in a minute
+            if closed:  # the copy has every row: go on with it where it is
+                log.critical("outbox %s: the file was deleted or replaced and the copy of the open outbox could not "
+                             "be renamed to it (%s): the outbox is now %s; move it back while the gateway is stopped",
+                             self.path, exc, copy)
+                self.path = copy
+                self._db = self._open()
+                self._files = self._identities()
+                return
+            with contextlib.suppress(OSError):
+                os.unlink(copy)
+            self._next_path_check = time.monotonic() + 60  # said once a minute, not once a check
+            log.error("outbox %s: the file was %s while the gateway runs and could not be put back (%s): "
+                      "its rows live only in the deleted file until the gateway stops; do not restart it "
+                      "before the backlog is delivered", self.path, "replaced" if "" in here else "deleted", exc)
+            return
+        self._db = self._open()
+        self._files = self._identities()
+        log.error("outbox %s: the file was %s while the gateway runs; the open outbox (%d row(s), seq up to "
+                  "%d, epoch %s) is back at its path%s. Nothing may delete or replace the outbox.",
+                  self.path, "replaced by another" if "" in here else "deleted", self._depth, self._seq,
+                  self.epoch, f"; the file found there was moved aside to {aside} (kept)" if aside else "")
 
     def _epoch(self) -> str:
         """The sequence's epoch; a new one when the sequence starts again at 1."""
@@ -187,10 +272,14 @@ class Outbox:
         goes into the next one."""
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._incoming or self._closing)
+                self._wake.wait_for(lambda: self._incoming or self._closing, timeout=PATH_CHECK_EVERY)
                 taken, self._incoming = self._incoming, []
-                if not taken:
+                if not taken and self._closing:
                     return
+            with self._lock:
+                self._check_path(time.monotonic())
+            if not taken:
+                continue
             try:
                 if self._number(taken):
                     with self._lock:
@@ -420,6 +509,7 @@ class Outbox:
             self._wake.notify()
         self._committer.join()
         with self._lock:
+            self._check_path()
             if self._pending or self._acked:
                 self._commit()  # a last try for what the disk refused so far
             if self._pending:
@@ -427,6 +517,14 @@ class Outbox:
                              "(seq %d..%d)", self.path, len(self._pending), self.error, self._pending[0].seq,
                              self._pending[-1].seq)
             self._db.close()
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def move_aside(path: str | Path) -> Path | None:

@@ -1,0 +1,95 @@
+"""The outbox file deleted or replaced while the gateway runs: put back, no row lost, same epoch."""
+
+import logging
+import os
+import sqlite3
+import time
+
+import pytest
+
+from gateway import outbox as outbox_module
+from gateway.outbox import Outbox
+
+
+def _rows_at(path):
+    """What a restart would find at ``path`` (read by another connection, as a new process would)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return ([r[0] for r in db.execute("SELECT seq FROM outbox ORDER BY seq")],
+                db.execute("SELECT epoch FROM sequence_epoch").fetchone()[0])
+    finally:
+        db.close()
+
+
+def _wait_for(cond, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("gone", [("",), ("", "-wal", "-shm")], ids=["file", "file+wal+shm"])
+def test_deleted_outbox_is_put_back_while_running(tmp_path, monkeypatch, caplog, gone):
+    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 0.05)
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, max_rows=1000)
+    epoch = box.epoch
+    for _ in range(5):
+        box.append("t", lambda s: f"m{s}")
+    box.delete([1])
+    with caplog.at_level(logging.ERROR):
+        for end in gone:
+            os.unlink(f"{path}{end}")
+        _wait_for(path.exists)
+        _wait_for(lambda: any("deleted while the gateway runs" in r.message for r in caplog.records))
+    # a SIGKILL now would find every row at the path, in the same epoch
+    assert _rows_at(path) == ([2, 3, 4, 5], epoch)
+    assert box.append("t", lambda s: f"m{s}") == 6  # and it goes on writing there
+    box.delete([2])
+    box.close()
+    box = Outbox(path, max_rows=1000)
+    assert box.epoch == epoch
+    assert [r[0] for r in box.after(0, 10)] == [3, 4, 5, 6]
+    box.close()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and str(path) in errors[0].message
+    assert not list(tmp_path.glob("*.restore-*")) and not list(tmp_path.glob("*.replaced-*"))
+
+
+def test_replaced_outbox_is_moved_aside_and_the_open_one_put_back(tmp_path, caplog):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, max_rows=1000)
+    epoch = box.epoch
+    for _ in range(3):
+        box.append("t", lambda s: f"m{s}")
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, topic TEXT, payload TEXT)")
+    db.execute("INSERT INTO outbox VALUES (99, 'x', 'theirs')")
+    db.commit()
+    db.close()
+    os.rename(other, path)
+    with caplog.at_level(logging.ERROR):
+        box.close()  # stopping checks too: a restart right after the replacement loses nothing
+    assert not os.path.exists(f"{path}-wal")  # closed: no stale -wal of the old file beside the new one
+    assert _rows_at(path) == ([1, 2, 3], epoch)
+    (aside,) = tmp_path.glob("o.sqlite.replaced-*")
+    db = sqlite3.connect(aside)
+    assert db.execute("SELECT payload FROM outbox").fetchall() == [("theirs",)]  # kept, not deleted
+    db.close()
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "replaced by another" in error.message and str(aside) in error.message
+
+
+def test_outbox_deleted_then_gateway_restarted_loses_no_row(tmp_path):
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, max_rows=1000)
+    epoch = box.epoch
+    for _ in range(4):
+        box.append("t", lambda s: f"m{s}")
+    for end in ("", "-wal", "-shm"):
+        os.unlink(f"{path}{end}")
+    box.close()  # stopped before the next check
+    box = Outbox(path, max_rows=1000)
+    assert (box.epoch, [r[0] for r in box.after(0, 10)]) == (epoch, [1, 2, 3, 4])
+    box.close()
