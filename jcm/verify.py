@@ -21,7 +21,8 @@ and print a verdict a verifier can paste into a report.
    PE and ER (its exact decimal too), and each month's input hash (in the version the
    manifest names for its revision: a hash that is the readings' in another version is named
    as such; the hash and version the workbook's sheet Monthly and the summary pages show must
-   be the readings' hash in that version) and status must equal the exported ones, in the manifest, ``daily_values.csv``,
+   be the readings' hash in that version) and status must equal the exported ones, in the
+   manifest, ``daily_values.csv``,
    the workbook and the summary pages (RE, PE and ER as they show them, each once), as must
    the period's status (``period_figures.period_status``: its months' worst) in the manifest
    and on the summary pages. Figures that
@@ -574,8 +575,8 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
                 wrong.append(f"  {where}: {month}: no input hash shown")
             for shown_hash, shown_version in claims:
                 if shown_hash != hashes.get(shown_version):
-                    wrong.append(f"  {where}: {month}: input hash {shown_hash} of version {shown_version!r}, recomputed "
-                                 + (f"{hashes[shown_version]}" if shown_version in hashes else
+                    wrong.append(f"  {where}: {month}: input hash {shown_hash} of version {shown_version!r}, "
+                                 "recomputed " + (f"{hashes[shown_version]}" if shown_version in hashes else
                                     f"none (this code knows versions {', '.join(map(str, HASH_VERSIONS))})"))
     out += wrong[:MAX_LISTED]
     if len(wrong) > MAX_LISTED:
@@ -692,9 +693,9 @@ def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str], dict[str,
                 for key in ("RE", "PE", "ER_unrounded")} | {"ER": r"<td class=n><b>(.*?) tCO2</b></td></tr>"}
         shown = {key: _once(re.findall(row, page)) for key, row in rows.items()}
         hashes: dict[str, list[tuple[str, object]]] = {}
-        for month, shown_hash, version in re.findall(r"^<tr><td>([^<]*)</td><td class=n>[^<]*</td>.*"
-                                                     r"<td><code>([^<]*)</code></td>(?:<td class=n>([^<]*)</td>)?</tr>$",
-                                                     page, re.M):
+        revision_rows = re.findall(r"^<tr><td>([^<]*)</td><td class=n>[^<]*</td>.*"
+                                   r"<td><code>([^<]*)</code></td>(?:<td class=n>([^<]*)</td>)?</tr>$", page, re.M)
+        for month, shown_hash, version in revision_rows:
             hashes.setdefault(unescape(month), []).append((unescape(shown_hash), _hash_version(unescape(version))))
         out[name] = (None if status is None else codes.get(unescape(status), unescape(status)),
                      [r for r in reasons if r.startswith(CANNOT_COMPUTE)], shown, hashes)

@@ -227,7 +227,9 @@ def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export,
     assert f"{MESSAGES}:{i + 1} mn-solar/{body['gateway']}/{EPOCH} seq {seq}: bad signature (key 'k1')" in out
     assert f"seq {seq}: gap: 1 message(s) missing (refused there: bad signature (key 'k1'))" in out
     assert "2026-09: the readings of the signed messages are not those revision 1 was computed from" in out
-    assert "VERDICT: FAILED: 1 message(s) refused, 1 chain break(s), 1 difference(s) from the recomputation" in out
+    # the hash the workbook and both summary pages show is not the readings' either, each a place named
+    assert "workbook sheet Monthly: 2026-09: input hash " in out and "summary.ja.html: 2026-09: input hash " in out
+    assert "VERDICT: FAILED: 1 message(s) refused, 1 chain break(s), 4 difference(s) from the recomputation" in out
 
     other = Ed25519PrivateKey.generate()
     reading = signed_bytes(changed)
