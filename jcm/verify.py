@@ -574,10 +574,11 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
             if not claims:
                 wrong.append(f"  {where}: {month}: no input hash shown")
             for shown_hash, shown_version in claims:
-                if shown_hash != hashes.get(shown_version):
+                known = type(shown_version) is int and shown_version in hashes  # True or 2.0 is no version
+                if not known or shown_hash != hashes[shown_version]:
                     wrong.append(f"  {where}: {month}: input hash {shown_hash} of version {shown_version!r}, "
-                                 "recomputed " + (f"{hashes[shown_version]}" if shown_version in hashes else
-                                    f"none (this code knows versions {', '.join(map(str, HASH_VERSIONS))})"))
+                                 "recomputed " + (hashes[shown_version] if known else "none (this code knows "
+                                                  f"versions {', '.join(map(str, HASH_VERSIONS))})"))
     out += wrong[:MAX_LISTED]
     if len(wrong) > MAX_LISTED:
         out.append(f"  ... and {len(wrong) - MAX_LISTED} more difference(s)")

@@ -721,6 +721,7 @@ def test_the_workbook_and_summary_pages_show_the_input_hash_with_its_version(mad
     ("workbook", "version", "workbook sheet Monthly: 2026-09: input hash {h} of version 1, recomputed "),
     ("workbook", "hash", "workbook sheet Monthly: 2026-09: input hash {e} of version 2, recomputed {h}"),
     ("workbook", "unknown", "workbook sheet Monthly: 2026-09: input hash {h} of version 'two', recomputed none"),
+    ("workbook", True, "workbook sheet Monthly: 2026-09: input hash {h} of version True, recomputed none"),
     ("summary.html", "version", "summary.html: 2026-09: input hash {h} of version 1, recomputed "),
     ("summary.ja.html", "hash", "summary.ja.html: 2026-09: input hash {e} of version 2, recomputed {h}"),
 ])
@@ -734,7 +735,7 @@ def test_an_input_hash_or_version_edited_in_the_workbook_or_a_summary_is_named(m
         if change == "hash":
             hash_cell.value = edited
         else:
-            version_cell.value = 1 if change == "version" else "two"
+            version_cell.value = {"version": 1, "unknown": "two"}.get(change, change)
         wb.save(path)
     else:
         page = (export / where).read_text()
