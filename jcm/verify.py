@@ -20,7 +20,9 @@ and print a verdict a verifier can paste into a report.
    code (``processing.export.recompute``); each day's values, the period's totals, RE,
    PE and ER (its exact decimal too), and each month's input hash (in the version the
    manifest names for its revision: a hash that is the readings' in another version is named
-   as such) and status must equal the exported ones, in the manifest, ``daily_values.csv``,
+   as such; the hash and version the workbook's sheet Monthly and the summary pages show must
+   be the readings' hash in that version) and status must equal the exported ones, in the
+   manifest, ``daily_values.csv``,
    the workbook and the summary pages (RE, PE and ER as they show them, each once), as must
    the period's status (``period_figures.period_status``: its months' worst) in the manifest
    and on the summary pages. Figures that
@@ -507,7 +509,8 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
                      f"recomputed {r.cannot or 'none (the figures are computed)'}")
     for page in sorted(set(LANGUAGES.values()) - set(_section(manifest, "files"))):  # one listed is the files check's
         wrong.append(f"  {page}: not in the export (it has its summary in each language)")
-    for page, (shown_status, given, shown) in _summaries(folder).items():
+    summaries = _summaries(folder)
+    for page, (shown_status, given, shown, _) in summaries.items():
         if status is not None and shown_status != status:
             wrong.append(f"  {page} status: exported {shown_status!r}, recomputed {status!r}{why}")
         if given != ([printable(r.cannot)] if r.cannot else []):
@@ -535,6 +538,7 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
                 wrong.append(f"  {where}: exported {value!r}, recomputed "
                              + (f"{mine!r}" if c else f"none ({r.cannot})"))
     recorded = {rev.get("month"): rev for rev in manifest.get("revisions", []) if isinstance(rev, dict)}
+    monthly = _monthly_sheet(workbook)
     now = versions(site)
     for month, (hashes, status) in sorted(r.months.items()):
         rev = recorded.get(month, {})
@@ -564,6 +568,17 @@ def _compare(folder: Path, manifest: dict, site: Site, r: Recomputed) -> tuple[l
                          "findings missing, altered or refused")
         elif rev.get("status") != status:
             wrong.append(f"  {month}: status recomputed {status}, revision {rev.get('revision')} says {rev.get('status')}")
+        places = [("workbook sheet Monthly", monthly.get(month, []))]
+        places += [(page, claims.get(month, [])) for page, (*_, claims) in summaries.items()]
+        for where, claims in places:
+            if not claims:
+                wrong.append(f"  {where}: {month}: no input hash shown")
+            for shown_hash, shown_version in claims:
+                known = type(shown_version) is int and shown_version in hashes  # True or 2.0 is no version
+                if not known or shown_hash != hashes[shown_version]:
+                    wrong.append(f"  {where}: {month}: input hash {shown_hash} of version {shown_version!r}, "
+                                 "recomputed " + (hashes[shown_version] if known else "none (this code knows "
+                                                  f"versions {', '.join(map(str, HASH_VERSIONS))})"))
     out += wrong[:MAX_LISTED]
     if len(wrong) > MAX_LISTED:
         out.append(f"  ... and {len(wrong) - MAX_LISTED} more difference(s)")
@@ -623,16 +638,44 @@ def _daily_sheet(workbook) -> dict[tuple[str, str], float | None]:
     return out
 
 
+def _hash_version(shown) -> object:
+    """A version as shown: a whole number as an int; none shown (a workbook or page made before
+    versions) is version 1, which its hash is; anything else as it is, a version no code knows."""
+    if shown is None or shown == "":
+        return 1
+    if type(shown) is int or (isinstance(shown, str) and shown.isascii() and shown.isdigit()):
+        return int(shown)
+    return shown
+
+
+def _monthly_sheet(workbook) -> dict[str, list[tuple[str, object]]]:
+    """The input hash and its version (``_hash_version``) that sheet Monthly shows for each month."""
+    rows = list(_sheet(workbook, "Monthly").iter_rows(values_only=True))
+    top = next((i for i, row in enumerate(rows) if row and row[0] == "Month" and "Input hash" in row), None)
+    if top is None:
+        raise ValueError("workbook sheet Monthly: no header row starting 'Month' with a column 'Input hash'")
+    at = rows[top].index("Input hash")
+    version_at = rows[top].index("Input hash version") if "Input hash version" in rows[top] else None
+    out: dict[str, list[tuple[str, object]]] = {}
+    for row in rows[top + 1:]:
+        if row and isinstance(row[0], str) and re.fullmatch(r"\d{4}-\d{2}", row[0]) and len(row) > at:
+            version = row[version_at] if version_at is not None and len(row) > version_at else None
+            out.setdefault(row[0], []).append((row[at], _hash_version(version)))
+    return out
+
+
 def _cannot_compute(workbook) -> list[str]:
     """The Monitoring report's lines saying why the period's figures cannot be computed."""
     return [row[0] for row in _sheet(workbook, "Monitoring report").iter_rows(max_col=1, values_only=True)
             if row and isinstance(row[0], str) and row[0].startswith(CANNOT_COMPUTE)]
 
 
-def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str], dict[str, str | None]]]:
+def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str], dict[str, str | None],
+                                              dict[str, list[tuple[str, object]]]]]:
     """Each summary page's (``summary_html``) status (its code, as the manifest has it; None if it
-    states none), its reasons saying why the period's figures cannot be computed, and the text of each
-    of ``FIGURES`` it shows (None if it shows none), by file name; a page missing or unreadable is the
+    states none), its reasons saying why the period's figures cannot be computed, the text of each
+    of ``FIGURES`` it shows (None if it shows none), and the input hash and version
+    (``_hash_version``) it shows for each month, by file name; a page missing or unreadable is the
     files check's to name."""
     out = {}
     for lang, name in LANGUAGES.items():
@@ -650,8 +693,13 @@ def _summaries(folder: Path) -> dict[str, tuple[str | None, list[str], dict[str,
         rows = {key: f"<tr><th>{re.escape(escape(m[key.lower()]))}</th><td class=n>(.*?) tCO2</td></tr>"
                 for key in ("RE", "PE", "ER_unrounded")} | {"ER": r"<td class=n><b>(.*?) tCO2</b></td></tr>"}
         shown = {key: _once(re.findall(row, page)) for key, row in rows.items()}
+        hashes: dict[str, list[tuple[str, object]]] = {}
+        revision_rows = re.findall(r"^<tr><td>([^<]*)</td><td class=n>[^<]*</td>.*"
+                                   r"<td><code>([^<]*)</code></td>(?:<td class=n>([^<]*)</td>)?</tr>$", page, re.M)
+        for month, shown_hash, version in revision_rows:
+            hashes.setdefault(unescape(month), []).append((unescape(shown_hash), _hash_version(unescape(version))))
         out[name] = (None if status is None else codes.get(unescape(status), unescape(status)),
-                     [r for r in reasons if r.startswith(CANNOT_COMPUTE)], shown)
+                     [r for r in reasons if r.startswith(CANNOT_COMPUTE)], shown, hashes)
     return out
 
 

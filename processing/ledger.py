@@ -16,6 +16,7 @@ and a revision it writes names no version: version 1, which its hash is.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -67,9 +68,12 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.cache
 def code_version() -> str:
     """Hash of the code that computes the figures: a change of any equation changes it
-    (the exporter only presents figures, so it is left out)."""
+    (the exporter only presents figures, so it is left out). Read once per process, at first
+    use: a revision is labelled with the code this process runs, not with what an upgrade has
+    since put on disk (and the files are not read again each month)."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*.py") if "export" not in p.relative_to(root).parts):

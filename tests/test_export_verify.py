@@ -227,7 +227,9 @@ def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export,
     assert f"{MESSAGES}:{i + 1} mn-solar/{body['gateway']}/{EPOCH} seq {seq}: bad signature (key 'k1')" in out
     assert f"seq {seq}: gap: 1 message(s) missing (refused there: bad signature (key 'k1'))" in out
     assert "2026-09: the readings of the signed messages are not those revision 1 was computed from" in out
-    assert "VERDICT: FAILED: 1 message(s) refused, 1 chain break(s), 1 difference(s) from the recomputation" in out
+    # the hash the workbook and both summary pages show is not the readings' either, each a place named
+    assert "workbook sheet Monthly: 2026-09: input hash " in out and "summary.ja.html: 2026-09: input hash " in out
+    assert "VERDICT: FAILED: 1 message(s) refused, 1 chain break(s), 4 difference(s) from the recomputation" in out
 
     other = Ed25519PrivateKey.generate()
     reading = signed_bytes(changed)
@@ -692,6 +694,60 @@ def test_an_input_hash_claimed_in_another_version_is_named(made, made_v1, tmp_pa
     set_hash_version(export, drop=True) if claimed == "none" else set_hash_version(export, claimed)
     rc, out = run(export, capsys)
     assert rc == 1 and expected in out and "VERDICT: FAILED: 1 difference(s) from the recomputation" in out, out
+
+
+def monthly_hash_cells(folder):
+    """The workbook, its sheet Monthly and the 2026-09 row's input hash and version cells."""
+    path = next(folder.glob("*.xlsx"))
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Monthly"]
+    header = next(r for r in ws.iter_rows() if r[0].value == "Month")
+    at = {c.value: c.column for c in header}
+    row = next(r[0].row for r in ws.iter_rows() if r[0].value == "2026-09")
+    return path, wb, ws.cell(row=row, column=at["Input hash"]), ws.cell(row=row, column=at["Input hash version"])
+
+
+def test_the_workbook_and_summary_pages_show_the_input_hash_with_its_version(made):
+    manifest = json.loads((made / "manifest.json").read_text())
+    rev = manifest["revisions"][0]
+    _, _, hash_cell, version_cell = monthly_hash_cells(made)
+    assert (hash_cell.value, version_cell.value) == (rev["input_hash"], rev["input_hash_version"]) == \
+        (rev["input_hash"], 2)
+    for page in ("summary.html", "summary.ja.html"):
+        assert f"<td><code>{rev['input_hash']}</code></td><td class=n>2</td></tr>" in (made / page).read_text()
+
+
+@pytest.mark.parametrize("where, change, expected", [
+    ("workbook", "version", "workbook sheet Monthly: 2026-09: input hash {h} of version 1, recomputed "),
+    ("workbook", "hash", "workbook sheet Monthly: 2026-09: input hash {e} of version 2, recomputed {h}"),
+    ("workbook", "unknown", "workbook sheet Monthly: 2026-09: input hash {h} of version 'two', recomputed none"),
+    ("workbook", True, "workbook sheet Monthly: 2026-09: input hash {h} of version True, recomputed none"),
+    ("summary.html", "version", "summary.html: 2026-09: input hash {h} of version 1, recomputed "),
+    ("summary.ja.html", "hash", "summary.ja.html: 2026-09: input hash {e} of version 2, recomputed {h}"),
+])
+def test_an_input_hash_or_version_edited_in_the_workbook_or_a_summary_is_named(made, tmp_path, capsys, where,
+                                                                                change, expected):
+    export = shutil.copytree(made, tmp_path / made.name)
+    h = json.loads((export / "manifest.json").read_text())["revisions"][0]["input_hash"]
+    edited = h[:-1] + ("0" if h[-1] != "0" else "1")
+    if where == "workbook":
+        path, wb, hash_cell, version_cell = monthly_hash_cells(export)
+        if change == "hash":
+            hash_cell.value = edited
+        else:
+            version_cell.value = {"version": 1, "unknown": "two"}.get(change, change)
+        wb.save(path)
+    else:
+        page = (export / where).read_text()
+        shown = f"<td><code>{h}</code></td><td class=n>2</td>"
+        assert shown in page
+        page = page.replace(shown, f"<td><code>{edited}</code></td><td class=n>2</td>" if change == "hash" else
+                            f"<td><code>{h}</code></td><td class=n>1</td>")
+        (export / where).write_text(page)
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and expected.format(h=h, e=edited) in out, out
+    assert "VERDICT: FAILED: 1 difference(s) from the recomputation" in out, out
 
 
 def _move_a_stamp(store):

@@ -3,6 +3,7 @@ final, rows cannot be edited; the schedule's catch-up; the process command."""
 
 import datetime as dt
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from contract.config import load_site
+from processing import ledger as ledger_code
 from processing.ledger import Ledger, SignedOff
 from processing.monthly import RESULT_DEVICE, process_month
 from processing.scheduler import Processor, months_to_catch_up
@@ -256,3 +258,23 @@ def test_a_ledger_used_by_this_code_stays_readable_by_the_code_before_hash_versi
     with sqlite3.connect(tmp_path / "fresh.sqlite") as db:
         db.execute("ALTER TABLE revisions ADD COLUMN input_hash_version INTEGER NOT NULL DEFAULT 1")
     assert Ledger(tmp_path / "fresh.sqlite").latest(SITE.site, "2026-09").input_hash_version == 2
+
+
+def test_the_code_version_is_the_code_loaded_not_what_is_on_disk_later(tmp_path, monkeypatch):
+    """A long-running processor labels its revisions with the code it runs: an upgrade on disk
+    after its first use does not change the label (and the files are not read each month)."""
+    copy = tmp_path / "processing"
+    shutil.copytree(Path(ledger_code.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    forget = getattr(ledger_code.code_version, "cache_clear", lambda: None)
+    monkeypatch.setattr(ledger_code, "__file__", str(copy / "ledger.py"))
+    forget()
+    try:
+        loaded = ledger_code.code_version()
+        with (copy / "monthly.py").open("a") as f:
+            f.write("# upgraded on disk\n")
+        assert ledger_code.code_version() == loaded
+        forget()  # a process started after the upgrade runs, and names, the new code
+        assert ledger_code.code_version() != loaded
+    finally:
+        monkeypatch.undo()
+        forget()

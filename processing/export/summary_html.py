@@ -116,12 +116,13 @@ def render(figures: PeriodFigures, files: dict[str, str], custody: dict, lang: s
     parts += [f"<tr><td>{e(k)}</td><td class=n>{_num(v)}</td><td>{e(units[k])}</td></tr>"
               for k, v in sorted(figures.parameters.items())]
     parts += ["</table>", f"<h3>{e(m['revisions'])}</h3><table><tr><th>{e(m['month'])}</th><th>{e(m['revision'])}</th>"
-              f"<th>{e(m['status'])}</th><th>{e(m['signed_off'])}</th><th>{e(m['input_hash'])}</th></tr>"]
+              f"<th>{e(m['status'])}</th><th>{e(m['signed_off'])}</th><th>{e(m['input_hash'])}</th>"
+              f"<th>{e(m['input_hash_version'])}</th></tr>"]
     for r in figures.revisions:
         signed = e(m["signed_by"].format(by=r.signed_by, at=r.signed_at)) if r.signed_off else e(m["no"])
         parts.append(f"<tr><td>{e(r.month)}</td><td class=n>{r.revision}</td><td>{status(r.status)}</td>"
                      f"<td>{signed}</td>"
-                     f"<td><code>{e(r.input_hash)}</code></td></tr>")
+                     f"<td><code>{e(r.input_hash)}</code></td><td class=n>{r.input_hash_version}</td></tr>")
     parts += [
         "</table>",
         "<p>" + e(m["qa"].format(findings=len(figures.findings), adjustments=len(figures.adjustments))) + "</p>",

@@ -315,10 +315,12 @@ def _flare_inputs(ws: Worksheet, row: int, figures: PeriodFigures, refs: dict[st
 def _monthly(ws: Worksheet, figures: PeriodFigures) -> None:
     top = _banner(ws, figures)
     rows = [[r.month, r.revision, r.created, r.status, "yes" if r.signed_off else "no", r.signed_by, r.signed_at,
-             r.RE, r.PE, r.ER_unrounded, r.ER, "yes" if r.provisional else "no", r.input_hash, r.code_version]
+             r.RE, r.PE, r.ER_unrounded, r.ER, "yes" if r.provisional else "no", r.input_hash, r.input_hash_version,
+             r.code_version]
             for r in figures.revisions]
     row = _table(ws, top, ["Month", "Revision", "Created", "Status", "Signed off", "Signed by", "Signed at", "RE", "PE",
-                         "ER_unrounded", "ER", "Provisional", "Input hash", "Code version"], rows)
+                         "ER_unrounded", "ER", "Provisional", "Input hash", "Input hash version", "Code version"],
+                 rows)
     ws.cell(row=row, column=1, value="Whole-month figures of each revision used, for reference. The period's ER "
                                      "(sheet Monitoring report) is computed from the period's days, not from these.")
 
