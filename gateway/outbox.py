@@ -167,7 +167,7 @@ class Outbox:
             foreign = [end for end in ("", "-wal", "-shm") if end in here and here[end] != self._files.get(end)]
             aside = None
             if foreign:
-                aside = Path(f"{self.path}.replaced-{stamp}")
+                aside = _unused_name(Path(self.path), "replaced")
                 for end in foreign:
                     os.rename(f"{self.path}{end}", f"{aside}{end}")
             self._db.close()
@@ -527,6 +527,18 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def _unused_name(path: Path, label: str) -> Path:
+    """``<name>.<label>-<UTC time>`` beside ``path``, or ``...-2``, ``-3``... when that name or its
+    -wal, -shm or -journal is taken: a rename onto it would silently replace a file kept there."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.{label}-{stamp}")
+    n = 1
+    while any(os.path.lexists(f"{aside}{s}") for s in ("", "-wal", "-shm", "-journal")):
+        n += 1
+        aside = path.with_name(f"{path.name}.{label}-{stamp}-{n}")
+    return aside
+
+
 def move_aside(path: str | Path) -> Path | None:
     """Rename an outbox that cannot be used (with its -wal and -shm files) to
     ``<name>.corrupt-<UTC time>`` beside it, so that a new one can start; never delete it.
@@ -535,12 +547,7 @@ def move_aside(path: str | Path) -> Path | None:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return None
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm", "-journal")):
-        n += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    aside = _unused_name(path, "corrupt")
     os.rename(path, aside)
     for suffix in ("-wal", "-shm", "-journal"):  # the WAL may hold committed rows: keep it with its file
         if Path(f"{path}{suffix}").exists():

@@ -93,3 +93,38 @@ def test_outbox_deleted_then_gateway_restarted_loses_no_row(tmp_path):
     box = Outbox(path, max_rows=1000)
     assert (box.epoch, [r[0] for r in box.after(0, 10)]) == (epoch, [1, 2, 3, 4])
     box.close()
+
+
+def _foreign(path, marker):
+    """Another SQLite file (a technician's copy of some other outbox) put at ``path`` by a rename."""
+    tmp = f"{path}.incoming"
+    db = sqlite3.connect(tmp)
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, topic TEXT, payload TEXT)")
+    db.execute("INSERT INTO outbox VALUES (99, 'x', ?)", (marker,))
+    db.commit()
+    db.close()
+    os.rename(tmp, path)
+
+
+def test_two_replacements_in_one_second_are_both_kept(tmp_path, monkeypatch, caplog):
+    """The name a replacement is moved aside to is never one already taken: a second file found
+    within the same second (the committer's check, then the one at stop) must not overwrite the first."""
+    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 0.05)
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, max_rows=1000)
+    box.append("t", lambda s: f"m{s}")
+    while time.time() % 1 > 0.3:  # both replacements in one UTC second, as a script replacing files would
+        time.sleep(0.01)
+    with caplog.at_level(logging.ERROR):
+        _foreign(path, "first")
+        _wait_for(lambda: any("moved aside" in r.message for r in caplog.records))
+        _foreign(path, "second")
+        box.close()
+    kept = set()
+    for aside in tmp_path.glob("o.sqlite.replaced-*"):
+        if not aside.name.endswith(("-wal", "-shm", "-journal")):
+            db = sqlite3.connect(aside)
+            kept |= {p for (p,) in db.execute("SELECT payload FROM outbox")}
+            db.close()
+    assert kept == {"first", "second"}
+    assert _rows_at(path)[0] == [1]
