@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from contract.custody import GENESIS, chain_hash, sign
-from contract.sqlite_file import open_sqlite, use_wal
+from contract.sqlite_file import beside, open_sqlite, use_wal
 from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ class Outbox:
         self._committer.start()
 
     def _open(self) -> sqlite3.Connection:
+        # where SQLite keeps this connection's -wal and -shm: beside the file a symlinked path leads to
+        self._beside = {end: str(beside(self.path, end)) for end in ("-wal", "-shm")}
         db = open_sqlite(
             self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
             damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
@@ -130,9 +132,9 @@ class Outbox:
     def _identities(self) -> dict[str, tuple[int, int]]:
         """(st_dev, st_ino) of the files at the outbox's path now: the database, its -wal and -shm."""
         ids = {}
-        for end in ("", "-wal", "-shm"):
+        for end, where in (("", self.path), *self._beside.items()):
             with contextlib.suppress(FileNotFoundError):
-                st = os.stat(f"{self.path}{end}")
+                st = os.stat(where)
                 ids[end] = (st.st_dev, st.st_ino)
         return ids
 
@@ -165,6 +167,8 @@ class Outbox:
             # files at the path that are not this outbox's (another database and its -wal/-shm)
             # are kept beside it; this outbox's own -wal/-shm go when its connection closes
             foreign = [end for end in ("", "-wal", "-shm") if end in here and here[end] != self._files.get(end)]
+            if Path(self.path).is_symlink():  # the link alone: a file it leads to keeps its -wal beside it
+                foreign = [""] if "" in here else []
             aside = None
             if foreign:
                 aside = _unused_name(Path(self.path), "replaced")
@@ -174,9 +178,9 @@ class Outbox:
             closed = True
             # SQLite leaves this outbox's -wal when its file has moved; beside the copy it would be
             # replayed onto it (the copy already holds it), and beside another file it corrupts that one
-            for end in ("-wal", "-shm"):
+            for end, where in self._beside.items():
                 if end in self._files and self._identities().get(end) == self._files[end]:
-                    os.unlink(f"{self.path}{end}")
+                    os.unlink(where)
             os.rename(copy, self.path)
             _fsync(os.path.dirname(os.path.abspath(self.path)))
         except (OSError, sqlite3.Error) as exc:  # a full disk, an unwritable directory: tried again in a minute

@@ -128,3 +128,31 @@ def test_two_replacements_in_one_second_are_both_kept(tmp_path, monkeypatch, cap
             db.close()
     assert kept == {"first", "second"}
     assert _rows_at(path)[0] == [1]
+
+
+@pytest.mark.parametrize("how", ["replaced", "deleted"])
+def test_symlinked_outbox_leaves_no_wal_beside_its_target(tmp_path, caplog, how):
+    """A symlinked outbox path: SQLite keeps -wal and -shm beside the file the link leads to. The
+    open outbox's -wal left there when that file is replaced would be replayed onto the file kept
+    (it would read as this outbox, its own rows gone); left there when it is deleted, onto whatever
+    file is put there next."""
+    (tmp_path / "data").mkdir()
+    target, link = tmp_path / "data" / "o.sqlite", tmp_path / "o.sqlite"
+    link.symlink_to(target)
+    box = Outbox(link, max_rows=1000)
+    epoch = box.epoch
+    for _ in range(3):
+        box.append("t", lambda s: f"m{s}")
+    assert os.path.exists(f"{target}-wal")
+    if how == "replaced":
+        _foreign(target, "theirs")
+    else:
+        os.unlink(target)
+    with caplog.at_level(logging.ERROR):
+        box.close()
+    assert _rows_at(link) == ([1, 2, 3], epoch)
+    assert not os.path.exists(f"{target}-wal")
+    if how == "replaced":
+        db = sqlite3.connect(target)
+        assert db.execute("SELECT payload FROM outbox").fetchall() == [("theirs",)]
+        db.close()
