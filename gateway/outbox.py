@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from contract.custody import GENESIS, chain_hash, sign
-from contract.sqlite_file import beside, open_sqlite, use_wal
+from contract.sqlite_file import UnusableFile, beside, open_sqlite, use_wal
 from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class Outbox:
         self._next_drop_log = 0.0
         self._durable = durable
         self._next_path_check = 0.0
+        self._unopened: str | None = None  # put back at its path, not reopened yet: why
         self._db = self._open()
         self._db.executescript(SCHEMA)
         self._files = self._identities()
@@ -147,6 +148,9 @@ class Outbox:
             if now < self._next_path_check:
                 return
             self._next_path_check = now + PATH_CHECK_EVERY
+        if self._unopened is not None:
+            self._reopen()
+            return
         here = self._identities()
         if here.get("") == self._files.get(""):
             return
@@ -189,8 +193,7 @@ class Outbox:
                              "be renamed to it (%s): the outbox is now %s; move it back while the gateway is stopped",
                              self.path, exc, copy)
                 self.path = copy
-                self._db = self._open()
-                self._files = self._identities()
+                self._reopen()
                 return
             with contextlib.suppress(OSError):
                 os.unlink(copy)
@@ -199,12 +202,28 @@ class Outbox:
                       "its rows live only in the deleted file until the gateway stops; do not restart it "
                       "before the backlog is delivered", self.path, "replaced" if "" in here else "deleted", exc)
             return
-        self._db = self._open()
-        self._files = self._identities()
         log.error("outbox %s: the file was %s while the gateway runs; the open outbox (%d row(s), seq up to "
                   "%d, epoch %s) is back at its path%s. Nothing may delete or replace the outbox.",
                   self.path, "replaced by another" if "" in here else "deleted", self._depth, self._seq,
                   self.epoch, f"; the file found there was moved aside to {aside} (kept)" if aside else "")
+        self._reopen()
+
+    def _reopen(self) -> None:
+        """Open the outbox put back at its path. Refused (a full disk), the file there keeps every
+        committed row, the closed connection makes each commit hold its readings in memory, and
+        the next check tries again. Holds ``_lock``."""
+        try:
+            db = self._open()
+        except (OSError, sqlite3.Error, UnusableFile) as exc:
+            if self._unopened is None:
+                log.error("outbox %s: put back but cannot reopen it (%s): readings are held in memory until it "
+                          "can (tried again every %g s)", self.path, exc, PATH_CHECK_EVERY)
+            self._unopened = str(exc)
+            return
+        self._db, self._files = db, self._identities()
+        if self._unopened is not None:
+            log.warning("outbox %s: reopened (%s is over)", self.path, self._unopened)
+            self._unopened = None
 
     def _epoch(self) -> str:
         """The sequence's epoch; a new one when the sequence starts again at 1."""
@@ -281,7 +300,10 @@ class Outbox:
                 if not taken and self._closing:
                     return
             with self._lock:
-                self._check_path(time.monotonic())
+                try:
+                    self._check_path(time.monotonic())
+                except Exception:  # neither the committer nor the readings it took may go with it
+                    log.exception("outbox %s: checking its path failed", self.path)
             if not taken:
                 continue
             try:
@@ -354,8 +376,9 @@ class Outbox:
             self._db.execute("COMMIT")
         except BaseException as exc:
             # SQLite may have rolled back by itself (a COMMIT that hit a full disk does)
-            if self._db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # a failed rollback must not lose the batch
+            # a failed rollback, or a connection closed (put back, not reopened), must not lose the batch
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
             self._hold(batch, exc)
             if not isinstance(exc, sqlite3.Error):

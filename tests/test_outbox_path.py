@@ -3,6 +3,7 @@
 import logging
 import os
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -156,3 +157,39 @@ def test_symlinked_outbox_leaves_no_wal_beside_its_target(tmp_path, caplog, how)
         db = sqlite3.connect(target)
         assert db.execute("SELECT payload FROM outbox").fetchall() == [("theirs",)]
         db.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a size-limited tmpfs needs root")
+def test_outbox_put_back_but_not_reopened_on_a_full_disk_keeps_its_committer(tmp_path, monkeypatch, caplog):
+    """The copy fits, the connection's -shm does not (the deleted file's space is held by another
+    process): the committer must live on, hold readings in memory, reopen once there is room, and
+    lose none."""
+    from tests.test_outbox_full_disk import fill, tiny_disk
+    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 0.05)
+    with tiny_disk(tmp_path / "disk", "2m") as disk:
+        path = disk / "o.sqlite"
+        box = Outbox(path, max_rows=1000)
+        epoch = box.epoch
+        for _ in range(20):
+            box.append("t", lambda s: f"m{s}" + "x" * 2000)
+        size = box._db.execute("PRAGMA page_count").fetchone()[0] * 4096
+        held = [os.open(f"{path}{end}", os.O_RDONLY) for end in ("", "-wal", "-shm")]  # a backup agent
+        try:
+            with caplog.at_level(logging.WARNING):
+                os.unlink(path)
+                filler = fill(disk)
+                os.truncate(filler, filler.stat().st_size - size - 8192)  # room for the copy alone
+                _wait_for(path.exists)  # put back (the copy renamed onto the path)
+                seq = []
+                writer = threading.Thread(target=lambda: seq.append(box.append("t", lambda s: f"m{s}")))
+                writer.start()
+                writer.join(5)
+                assert seq == [21]  # held in memory: the committer lives on
+                os.unlink(filler)
+                _wait_for(lambda: any("reopened" in r.message for r in caplog.records))
+                assert box.append("t", lambda s: f"m{s}") == 22 and box.error is None and box.unsaved == 0
+        finally:
+            for fd in held:
+                os.close(fd)
+        box.close()
+        assert _rows_at(path) == (list(range(1, 23)), epoch)
