@@ -131,7 +131,7 @@ class Outbox:
         return db
 
     def _identities(self) -> dict[str, tuple[int, int]]:
-        """(st_dev, st_ino) of the files at the outbox's path now: the database, its -wal and -shm."""
+        """(st_dev, st_ino) of the files at the outbox's path now: the database, its -wal and -shm (``_beside``)."""
         ids = {}
         for end, where in (("", self.path), *self._beside.items()):
             with contextlib.suppress(FileNotFoundError):
