@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from contract.custody import GENESIS, chain_hash, sign
-from contract.sqlite_file import open_sqlite, use_wal
+from contract.sqlite_file import UnusableFile, beside, open_sqlite, use_wal
 from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class Outbox:
         self._next_drop_log = 0.0
         self._durable = durable
         self._next_path_check = 0.0
+        self._unopened: str | None = None  # put back at its path, not reopened yet: why
         self._db = self._open()
         self._db.executescript(SCHEMA)
         self._files = self._identities()
@@ -118,6 +119,8 @@ class Outbox:
         self._committer.start()
 
     def _open(self) -> sqlite3.Connection:
+        # where SQLite keeps this connection's -wal and -shm: beside the file a symlinked path leads to
+        self._beside = {end: str(beside(self.path, end)) for end in ("-wal", "-shm")}
         db = open_sqlite(
             self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
             damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
@@ -128,11 +131,11 @@ class Outbox:
         return db
 
     def _identities(self) -> dict[str, tuple[int, int]]:
-        """(st_dev, st_ino) of the files at the outbox's path now: the database, its -wal and -shm."""
+        """(st_dev, st_ino) of the files at the outbox's path now: the database, its -wal and -shm (``_beside``)."""
         ids = {}
-        for end in ("", "-wal", "-shm"):
+        for end, where in (("", self.path), *self._beside.items()):
             with contextlib.suppress(FileNotFoundError):
-                st = os.stat(f"{self.path}{end}")
+                st = os.stat(where)
                 ids[end] = (st.st_dev, st.st_ino)
         return ids
 
@@ -145,6 +148,9 @@ class Outbox:
             if now < self._next_path_check:
                 return
             self._next_path_check = now + PATH_CHECK_EVERY
+        if self._unopened is not None:
+            self._reopen()
+            return
         here = self._identities()
         if here.get("") == self._files.get(""):
             return
@@ -165,18 +171,20 @@ class Outbox:
             # files at the path that are not this outbox's (another database and its -wal/-shm)
             # are kept beside it; this outbox's own -wal/-shm go when its connection closes
             foreign = [end for end in ("", "-wal", "-shm") if end in here and here[end] != self._files.get(end)]
+            if Path(self.path).is_symlink():  # the link alone: a file it leads to keeps its -wal beside it
+                foreign = [""] if "" in here else []
             aside = None
             if foreign:
-                aside = Path(f"{self.path}.replaced-{stamp}")
+                aside = _unused_name(Path(self.path), "replaced")
                 for end in foreign:
                     os.rename(f"{self.path}{end}", f"{aside}{end}")
             self._db.close()
             closed = True
             # SQLite leaves this outbox's -wal when its file has moved; beside the copy it would be
             # replayed onto it (the copy already holds it), and beside another file it corrupts that one
-            for end in ("-wal", "-shm"):
+            for end, where in self._beside.items():
                 if end in self._files and self._identities().get(end) == self._files[end]:
-                    os.unlink(f"{self.path}{end}")
+                    os.unlink(where)
             os.rename(copy, self.path)
             _fsync(os.path.dirname(os.path.abspath(self.path)))
         except (OSError, sqlite3.Error) as exc:  # a full disk, an unwritable directory: tried again in a minute
@@ -185,8 +193,7 @@ class Outbox:
                              "be renamed to it (%s): the outbox is now %s; move it back while the gateway is stopped",
                              self.path, exc, copy)
                 self.path = copy
-                self._db = self._open()
-                self._files = self._identities()
+                self._reopen()
                 return
             with contextlib.suppress(OSError):
                 os.unlink(copy)
@@ -195,12 +202,28 @@ class Outbox:
                       "its rows live only in the deleted file until the gateway stops; do not restart it "
                       "before the backlog is delivered", self.path, "replaced" if "" in here else "deleted", exc)
             return
-        self._db = self._open()
-        self._files = self._identities()
         log.error("outbox %s: the file was %s while the gateway runs; the open outbox (%d row(s), seq up to "
                   "%d, epoch %s) is back at its path%s. Nothing may delete or replace the outbox.",
                   self.path, "replaced by another" if "" in here else "deleted", self._depth, self._seq,
                   self.epoch, f"; the file found there was moved aside to {aside} (kept)" if aside else "")
+        self._reopen()
+
+    def _reopen(self) -> None:
+        """Open the outbox put back at its path. Refused (a full disk), the file there keeps every
+        committed row, the closed connection makes each commit hold its readings in memory, and
+        the next check tries again. Holds ``_lock``."""
+        try:
+            db = self._open()
+        except (OSError, sqlite3.Error, UnusableFile) as exc:
+            if self._unopened is None:
+                log.error("outbox %s: put back but cannot reopen it (%s): readings are held in memory until it "
+                          "can (tried again every %g s)", self.path, exc, PATH_CHECK_EVERY)
+            self._unopened = str(exc)
+            return
+        self._db, self._files = db, self._identities()
+        if self._unopened is not None:
+            log.warning("outbox %s: reopened (%s is over)", self.path, self._unopened)
+            self._unopened = None
 
     def _epoch(self) -> str:
         """The sequence's epoch; a new one when the sequence starts again at 1."""
@@ -277,7 +300,10 @@ class Outbox:
                 if not taken and self._closing:
                     return
             with self._lock:
-                self._check_path(time.monotonic())
+                try:
+                    self._check_path(time.monotonic())
+                except Exception:  # neither the committer nor the readings it took may go with it
+                    log.exception("outbox %s: checking its path failed", self.path)
             if not taken:
                 continue
             try:
@@ -350,8 +376,9 @@ class Outbox:
             self._db.execute("COMMIT")
         except BaseException as exc:
             # SQLite may have rolled back by itself (a COMMIT that hit a full disk does)
-            if self._db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # a failed rollback must not lose the batch
+            # a failed rollback, or a connection closed (put back, not reopened), must not lose the batch
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
             self._hold(batch, exc)
             if not isinstance(exc, sqlite3.Error):
@@ -527,6 +554,18 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def _unused_name(path: Path, label: str) -> Path:
+    """``<name>.<label>-<UTC time>`` beside ``path``, or ``...-2``, ``-3``... when that name or its
+    -wal, -shm or -journal is taken: a rename onto it would silently replace a file kept there."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.{label}-{stamp}")
+    n = 1
+    while any(os.path.lexists(f"{aside}{s}") for s in ("", "-wal", "-shm", "-journal")):
+        n += 1
+        aside = path.with_name(f"{path.name}.{label}-{stamp}-{n}")
+    return aside
+
+
 def move_aside(path: str | Path) -> Path | None:
     """Rename an outbox that cannot be used (with its -wal and -shm files) to
     ``<name>.corrupt-<UTC time>`` beside it, so that a new one can start; never delete it.
@@ -535,12 +574,7 @@ def move_aside(path: str | Path) -> Path | None:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return None
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm", "-journal")):
-        n += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    aside = _unused_name(path, "corrupt")
     os.rename(path, aside)
     for suffix in ("-wal", "-shm", "-journal"):  # the WAL may hold committed rows: keep it with its file
         if Path(f"{path}{suffix}").exists():

@@ -3,6 +3,7 @@
 import logging
 import os
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -93,3 +94,102 @@ def test_outbox_deleted_then_gateway_restarted_loses_no_row(tmp_path):
     box = Outbox(path, max_rows=1000)
     assert (box.epoch, [r[0] for r in box.after(0, 10)]) == (epoch, [1, 2, 3, 4])
     box.close()
+
+
+def _foreign(path, marker):
+    """Another SQLite file (a technician's copy of some other outbox) put at ``path`` by a rename."""
+    tmp = f"{path}.incoming"
+    db = sqlite3.connect(tmp)
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, topic TEXT, payload TEXT)")
+    db.execute("INSERT INTO outbox VALUES (99, 'x', ?)", (marker,))
+    db.commit()
+    db.close()
+    os.rename(tmp, path)
+
+
+def test_two_replacements_in_one_second_are_both_kept(tmp_path, monkeypatch, caplog):
+    """The name a replacement is moved aside to is never one already taken: a second file found
+    within the same second (the committer's check, then the one at stop) must not overwrite the first."""
+    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 0.05)
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, max_rows=1000)
+    box.append("t", lambda s: f"m{s}")
+    while time.time() % 1 > 0.3:  # both replacements in one UTC second, as a script replacing files would
+        time.sleep(0.01)
+    with caplog.at_level(logging.ERROR):
+        _foreign(path, "first")
+        _wait_for(lambda: any("moved aside" in r.message for r in caplog.records))
+        _foreign(path, "second")
+        box.close()
+    kept = set()
+    for aside in tmp_path.glob("o.sqlite.replaced-*"):
+        if not aside.name.endswith(("-wal", "-shm", "-journal")):
+            db = sqlite3.connect(aside)
+            kept |= {p for (p,) in db.execute("SELECT payload FROM outbox")}
+            db.close()
+    assert kept == {"first", "second"}
+    assert _rows_at(path)[0] == [1]
+
+
+@pytest.mark.parametrize("how", ["replaced", "deleted"])
+def test_symlinked_outbox_leaves_no_wal_beside_its_target(tmp_path, caplog, how):
+    """A symlinked outbox path: SQLite keeps -wal and -shm beside the file the link leads to. The
+    open outbox's -wal left there when that file is replaced would be replayed onto the file kept
+    (it would read as this outbox, its own rows gone); left there when it is deleted, onto whatever
+    file is put there next."""
+    (tmp_path / "data").mkdir()
+    target, link = tmp_path / "data" / "o.sqlite", tmp_path / "o.sqlite"
+    link.symlink_to(target)
+    box = Outbox(link, max_rows=1000)
+    epoch = box.epoch
+    for _ in range(3):
+        box.append("t", lambda s: f"m{s}")
+    assert os.path.exists(f"{target}-wal")
+    if how == "replaced":
+        _foreign(target, "theirs")
+    else:
+        os.unlink(target)
+    with caplog.at_level(logging.ERROR):
+        box.close()
+    assert _rows_at(link) == ([1, 2, 3], epoch)
+    assert not os.path.exists(f"{target}-wal")
+    if how == "replaced":
+        db = sqlite3.connect(target)
+        assert db.execute("SELECT payload FROM outbox").fetchall() == [("theirs",)]
+        db.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a size-limited tmpfs needs root")
+def test_outbox_put_back_but_not_reopened_on_a_full_disk_keeps_its_committer(tmp_path, monkeypatch, caplog):
+    """The copy fits, the connection's -shm does not (the deleted file's space is held by another
+    process): the committer must live on, hold readings in memory, reopen once there is room, and
+    lose none."""
+    from tests.test_outbox_full_disk import fill, tiny_disk
+    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 0.05)
+    with tiny_disk(tmp_path / "disk", "2m") as disk:
+        path = disk / "o.sqlite"
+        box = Outbox(path, max_rows=1000)
+        epoch = box.epoch
+        for _ in range(20):
+            box.append("t", lambda s: f"m{s}" + "x" * 2000)
+        size = box._db.execute("PRAGMA page_count").fetchone()[0] * 4096
+        held = [os.open(f"{path}{end}", os.O_RDONLY) for end in ("", "-wal", "-shm")]  # a backup agent
+        try:
+            with caplog.at_level(logging.WARNING):
+                os.unlink(path)
+                filler = fill(disk)
+                os.truncate(filler, filler.stat().st_size - size - 8192)  # room for the copy alone
+                _wait_for(path.exists)  # put back (the copy renamed onto the path)
+                seq = []
+                writer = threading.Thread(target=lambda: seq.append(box.append("t", lambda s: f"m{s}")))
+                writer.start()
+                writer.join(5)
+                assert seq == [21]  # held in memory: the committer lives on
+                os.unlink(filler)
+                _wait_for(lambda: any("reopened" in r.message for r in caplog.records))
+                assert box.append("t", lambda s: f"m{s}") == 22 and box.error is None and box.unsaved == 0
+        finally:
+            for fd in held:
+                os.close(fd)
+        box.close()
+        assert _rows_at(path) == (list(range(1, 23)), epoch)
