@@ -83,6 +83,7 @@ def connection(**fields):
 
 
 ACCEPTED_BUT_WRONG = [
+    ("a device named ack", device_field(id="ack"), "devices[ack].id: 'ack': a device so named would publish on .../<gateway>/ack/reading"),
     ("error found NaN", device_field(calibrations=[dict(CAL, error_found_pct=NAN)]),
      "devices[m1].calibrations[2025-01-01].error_found_pct: Input should be a finite number"),
     ("error found inf", device_field(calibrations=[dict(CAL, error_found_pct=INF)]),

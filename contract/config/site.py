@@ -104,6 +104,14 @@ class Device(Strict):
     #: the resolved register map (profile with overrides applied), filled by the loader
     register_map: Profile
 
+    @field_validator("id")
+    @classmethod
+    def _not_the_ack_level(cls, v: str) -> str:
+        if v == "ack":  # its reading topic .../<gateway>/ack/reading is an acknowledgement topic's shape
+            raise ValueError("'ack': a device so named would publish on .../<gateway>/ack/reading, where "
+                             "acknowledgements go (contract/acknowledgement.py): name it otherwise")
+        return v
+
     @model_validator(mode="after")
     def _calibrations_distinct(self) -> Device:
         dates = [c.date for c in self.calibrations]
