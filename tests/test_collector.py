@@ -3,6 +3,7 @@ after the store has them, bad messages kept aside with a reason, nothing lost wh
 the collector is SIGKILLed or the store goes away, and two collectors sharing one
 stream through a shared subscription."""
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -291,25 +292,39 @@ def test_a_dead_letter_is_acknowledged_only_when_the_store_keeps_it_whole(tmp_pa
     messages = [reading(s) for s in (1, 2, 3)] + [reading(4, "m9", channels=100)]  # refused, cut when kept
     messages += [reading(s, "m9") for s in (5, 6, 7, 8)] + [reading(9)]  # 5 kept whole; 6-8 over the budget
     assert len(messages[3][1]) > 1024 >= len(messages[4][1])
-    seen = []
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
-    watcher.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.subscribe("jcm/v1/test-site/gw-test/ack/+", qos=1)
-    watcher.loop_start()
     c = Collector(config(mosquitto, f"sqlite:///{tmp_path}/jcm.db", sites_dir, dead_letters_per_window=2))
     c.start()
     pub = Publisher(mosquitto)
     try:
-        running(c, pub)
-        dead = c.dead
-        pub.send(messages)
-        assert wait_until(lambda: c.dead - dead == 5 and seen and seen[-1]["ranges"][-1][1] >= 9, 20), (c.dead, seen)
-        time.sleep(0.5)  # a later acknowledgement, if any, has arrived
-        claimed = {s for a, b in seen[-1]["ranges"] for s in range(a, b + 1)}
-        assert claimed == {1, 2, 3, 5, 9}
+        with acknowledgements(mosquitto) as seen:
+            running(c, pub)
+            dead = c.dead
+            pub.send(messages)
+            assert wait_until(lambda: c.dead - dead == 5 and seen and seen[-1]["ranges"][-1][1] >= 9, 20), (c.dead,
+                                                                                                           seen)
+            time.sleep(0.5)  # a later acknowledgement, if any, has arrived
+        assert claimed(seen[-1]) == {1, 2, 3, 5, 9}
     finally:
         c.stop()
         pub.close()
+
+
+@contextlib.contextmanager
+def acknowledgements(broker, site="test-site", gateway="gw-test"):
+    """The acknowledgements published for ``gateway`` (a retained one first), parsed, as they arrive."""
+    seen = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
+    watcher.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe(f"jcm/v1/{site}/{gateway}/ack/+", qos=1)
+    watcher.loop_start()
+    try:
+        yield seen
+    finally:
         watcher.loop_stop()
         watcher.disconnect()
+
+
+def claimed(ack: dict) -> set[int]:
+    """The seqs an acknowledgement's ranges claim."""
+    return {s for a, b in ack["ranges"] for s in range(a, b + 1)}

@@ -28,7 +28,7 @@ from contract.message import MAX_SEQ, Reading
 from contract.store import SignedMessage
 from store import open_store
 from tests.conftest import tcp_device, wait_until, write_site
-from tests.test_collector import Publisher, config
+from tests.test_collector import Publisher, acknowledgements, claimed, config
 
 E1, E2 = "00000000000000e1", "00000000000000e2"
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -250,8 +250,6 @@ def test_on_a_site_with_keys_only_a_dead_letter_its_keys_vouch_for_is_acknowledg
     have, here); a forgery or an unsigned one stays at the gateway, sent again."""
     import json
 
-    import paho.mqtt.client as mqtt
-
     good = chain(range(1, 4))
     bogus = Reading(site="test-site", gateway="gw-test", device="m1", ts=T0 + dt.timedelta(seconds=4),
                     values={"no_such_channel": 1.0}, seq=4, epoch=E1)
@@ -261,16 +259,6 @@ def test_on_a_site_with_keys_only_a_dead_letter_its_keys_vouch_for_is_acknowledg
     unsigned = (topic, dataclasses.replace(bogus, seq=6).to_json().encode())
     run(mosquitto, "sqlite:///" + str(tmp_path / "jcm.db"), sites(tmp_path), [good[s] for s in (1, 2, 3)],
         [signed_letter, forged, unsigned])
-    acks = []
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
-    watcher.on_message = lambda c, u, m: acks.append(json.loads(m.payload))
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.subscribe("jcm/v1/test-site/gw-test/ack/+", qos=1)
-    watcher.loop_start()
-    try:
+    with acknowledgements(mosquitto) as acks:
         assert wait_until(lambda: acks, 10)  # retained: the collector's last claim
-    finally:
-        watcher.loop_stop()
-        watcher.disconnect()
-    claimed = {s for a, b in acks[-1]["ranges"] for s in range(a, b + 1)}
-    assert claimed == {1, 2, 3, 4}
+    assert claimed(acks[-1]) == {1, 2, 3, 4}

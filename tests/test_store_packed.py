@@ -242,7 +242,6 @@ def test_a_row_whose_numbers_do_not_fit_its_layout_is_refused_as_damage(tmp_path
     row 8 bytes short and the next 8 bytes long (or a text, or nothing, where the numbers should be)
     was read with the numbers shifted from row to row, silently, by both the aggregated and the row by
     row read, or failed with a reshape or type error. Refused now as damage, naming the row."""
-    import re
     import sqlite3
 
     path = tmp_path / "jcm.db"
@@ -258,16 +257,7 @@ def test_a_row_whose_numbers_do_not_fit_its_layout_is_refused_as_damage(tmp_path
                          "WHERE ts = (SELECT min(ts) FROM readings);"
                          f"UPDATE readings SET numbers = {forged} WHERE ts = (SELECT min(ts) FROM readings) + 60000;")
     forger.close()
-    s = open_store(f"sqlite:///{path}", create=False)
-    try:
-        end = T0 + dt.timedelta(days=1)
-        for read in (lambda: s.read_sources("s1", T0, end, ["m1.a", "m1.b"]),  # aggregated by SQLite
-                     lambda: s.read("s1", T0, end, sources=["m1.a", "m1.b"])):  # row by row
-            with pytest.raises(sqlite3.DatabaseError, match=re.escape(f"store {path} is damaged: device m1's row "
-                                                                      f"at {T0.isoformat()}: it holds 8 bytes")):
-                read()
-    finally:
-        s.close()
+    _both_reads_refuse(path, f"device m1's row at {T0.isoformat()}: it holds 8 bytes")
 
 
 def test_a_row_that_does_not_fit_its_layout_is_neither_merged_nor_shown_as_latest(tmp_path):
@@ -609,7 +599,6 @@ def test_a_row_stamped_between_milliseconds_is_refused_as_damage(tmp_path):
     two (SQLite keeps 1.5 as a REAL in an INTEGER column) failed the aggregated read with numpy's
     raw "string or file could not be read to its end", and the row-by-row read cut it to a whole
     millisecond silently. Refused as damage, naming the row, by both."""
-    import re
     import sqlite3
 
     path = tmp_path / "jcm.db"
@@ -619,17 +608,7 @@ def test_a_row_stamped_between_milliseconds_is_refused_as_damage(tmp_path):
     forger = sqlite3.connect(path)
     forger.executescript("UPDATE readings SET ts = ts + 0.5 WHERE ts = (SELECT min(ts) FROM readings) + 60000;")
     forger.close()
-    s = open_store(f"sqlite:///{path}", create=False)
-    try:
-        end = T0 + dt.timedelta(days=1)
-        at = T0 + dt.timedelta(minutes=1)
-        for read in (lambda: s.read_sources("s1", T0, end, ["m1.a", "m1.b"]),  # aggregated by SQLite
-                     lambda: s.read("s1", T0, end, sources=["m1.a", "m1.b"])):  # row by row
-            with pytest.raises(sqlite3.DatabaseError, match=re.escape(f"store {path} is damaged: device m1's row "
-                                                                      f"at {at.isoformat()}: its stamp")):
-                read()
-    finally:
-        s.close()
+    _both_reads_refuse(path, f"device m1's row at {(T0 + dt.timedelta(minutes=1)).isoformat()}: its stamp")
 
 
 def test_a_store_giving_one_layout_id_to_two_layouts_is_refused_as_damage(tmp_path):
@@ -651,3 +630,19 @@ def test_a_store_giving_one_layout_id_to_two_layouts_is_refused_as_damage(tmp_pa
     forger.close()
     with pytest.raises(UnusableFile, match=f"store {path} is damaged: its layouts table gives id 1 to 2 layouts"):
         open_store(f"sqlite:///{path}", create=False).close()
+
+
+def _both_reads_refuse(path, damage: str) -> None:
+    """The aggregated read and the row-by-row read of m1's day both refuse the store as damaged, naming ``damage``."""
+    import re
+    import sqlite3
+
+    s = open_store(f"sqlite:///{path}", create=False)
+    try:
+        end = T0 + dt.timedelta(days=1)
+        for read in (lambda: s.read_sources("s1", T0, end, ["m1.a", "m1.b"]),  # aggregated by SQLite
+                     lambda: s.read("s1", T0, end, sources=["m1.a", "m1.b"])):  # row by row
+            with pytest.raises(sqlite3.DatabaseError, match=re.escape(f"store {path} is damaged: {damage}")):
+                read()
+    finally:
+        s.close()
