@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import logging
 import os
 import secrets
@@ -105,16 +106,22 @@ class Outbox:
         self._durable = durable
         self._next_path_check = 0.0
         self._unopened: str | None = None  # put back at its path, not reopened yet: why
+        self._held: int | None = None  # a descriptor of the open file, holding its flock (one gateway per outbox)
         self._db = self._open()
-        self._db.executescript(SCHEMA)
-        self._files = self._identities()
-        self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
-        self._seq = row[0] if row else 0
-        row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
-        self._stored_drops = row[0] if row else 0
-        self.epoch = self._epoch()
-        self._prev = self._chain_start()
+        try:
+            self._db.executescript(SCHEMA)
+            self._files = self._identities()
+            self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+            self._seq = row[0] if row else 0
+            row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
+            self._stored_drops = row[0] if row else 0
+            self.epoch = self._epoch()
+            self._prev = self._chain_start()
+        except BaseException:  # the flock goes with the failed open: a retry in this process is not refused
+            self._db.close()
+            os.close(self._held)
+            raise
         self._committer = threading.Thread(target=self._run, name="outbox-committer", daemon=True)
         self._committer.start()
 
@@ -125,9 +132,19 @@ class Outbox:
             self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
             damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
                          f"{Path(self.path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
-        use_wal(db)
-        # FULL: a committed reading survives a power cut too, not only a killed process
-        db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
+        first = self._held is None  # a file put back at its path was locked before it got there
+        try:
+            if first:
+                self._held = hold(self.path)
+            use_wal(db)  # the first write: a gateway refused above has touched nothing
+            # FULL: a committed reading survives a power cut too, not only a killed process
+            db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
+        except BaseException:
+            db.close()
+            if first and self._held is not None:
+                os.close(self._held)
+                self._held = None
+            raise
         return db
 
     def _identities(self) -> dict[str, tuple[int, int]]:
@@ -157,6 +174,7 @@ class Outbox:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         copy = f"{self.path}.restore-{stamp}"
         closed = False
+        taken = None  # the copy's flock, taken before the copy is renamed into place: it is a new file
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             for end in ("", "-journal"):  # a copy left by a restore that failed
@@ -168,6 +186,14 @@ class Outbox:
             finally:
                 dst.close()
             _fsync(copy)
+            taken = hold(copy)
+            if "" in here:
+                try:  # another gateway's open outbox: moved aside, it would move this one aside in turn
+                    os.close(hold(self.path))
+                except OutboxInUse:
+                    self._db.close()
+                    closed = True
+                    raise
             # files at the path that are not this outbox's (another database and its -wal/-shm)
             # are kept beside it; this outbox's own -wal/-shm go when its connection closes
             foreign = [end for end in ("", "-wal", "-shm") if end in here and here[end] != self._files.get(end)]
@@ -186,15 +212,20 @@ class Outbox:
                 if end in self._files and self._identities().get(end) == self._files[end]:
                     os.unlink(where)
             os.rename(copy, self.path)
+            self._held, taken = self._swap_hold(taken), None
             _fsync(os.path.dirname(os.path.abspath(self.path)))
-        except (OSError, sqlite3.Error) as exc:  # a full disk, an unwritable directory: tried again in a minute
+        except (OSError, sqlite3.Error, OutboxInUse) as exc:  # a full disk, an unwritable directory: tried again
             if closed:  # the copy has every row: go on with it where it is
                 log.critical("outbox %s: the file was deleted or replaced and the copy of the open outbox could not "
                              "be renamed to it (%s): the outbox is now %s; move it back while the gateway is stopped",
                              self.path, exc, copy)
                 self.path = copy
+                if taken is not None:
+                    self._held = self._swap_hold(taken)
                 self._reopen()
                 return
+            if taken is not None:
+                os.close(taken)
             with contextlib.suppress(OSError):
                 os.unlink(copy)
             self._next_path_check = time.monotonic() + 60  # said once a minute, not once a check
@@ -207,6 +238,12 @@ class Outbox:
                   self.path, "replaced by another" if "" in here else "deleted", self._depth, self._seq,
                   self.epoch, f"; the file found there was moved aside to {aside} (kept)" if aside else "")
         self._reopen()
+
+    def _swap_hold(self, taken: int) -> int:
+        """Let go of the old file's flock for ``taken``, the flock of the file now in use."""
+        if self._held is not None:
+            os.close(self._held)
+        return taken
 
     def _reopen(self) -> None:
         """Open the outbox put back at its path. Refused (a full disk), the file there keeps every
@@ -544,6 +581,49 @@ class Outbox:
                              "(seq %d..%d)", self.path, len(self._pending), self.error, self._pending[0].seq,
                              self._pending[-1].seq)
             self._db.close()
+            os.close(self._held)
+            self._held = None
+
+
+class OutboxInUse(UnusableFile):
+    """Another gateway (or another Outbox of this process) has the outbox open."""
+
+
+def hold(path: str | Path) -> int:
+    """A new descriptor of the file at ``path``, holding an exclusive flock on it: one gateway per outbox.
+
+    flock, not a lock file beside it (which a refused command would create) nor fcntl's POSIX
+    locks (SQLite's own, per process, and dropped when any descriptor of the file closes, SQLite's
+    included): a flock belongs to this open file description alone, and goes with the process,
+    however it dies. Raises ``OutboxInUse`` naming the holder's pid when it can be read, having
+    changed nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnusableFile(f"cannot open outbox {path} to lock it: {exc.strerror}: nothing was changed") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _flock_holder(os.fstat(fd))
+        os.close(fd)
+        raise OutboxInUse(f"outbox {path} is in use by another gateway{f' (pid {holder})' if holder else ''}: "
+                          f"nothing was changed; one gateway per outbox: stop that one first") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _flock_holder(st: os.stat_result) -> int | None:
+    """The pid holding a flock on the file ``st`` describes, from /proc/locks (Linux), if it says."""
+    file = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/locks") as locks:
+            for line in locks:
+                f = line.split()
+                if "->" not in f and f[1] == "FLOCK" and f[5] == file:
+                    return int(f[4])
+    return None
 
 
 def _fsync(path: str) -> None:
@@ -570,13 +650,19 @@ def move_aside(path: str | Path) -> Path | None:
     """Rename an outbox that cannot be used (with its -wal and -shm files) to
     ``<name>.corrupt-<UTC time>`` beside it, so that a new one can start; never delete it.
 
-    Returns the new name, or None when there was nothing at ``path``."""
+    Returns the new name, or None when there was nothing at ``path``; raises ``OutboxInUse``
+    when a gateway has it open."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return None
-    aside = _unused_name(path, "corrupt")
-    os.rename(path, aside)
-    for suffix in ("-wal", "-shm", "-journal"):  # the WAL may hold committed rows: keep it with its file
-        if Path(f"{path}{suffix}").exists():
-            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    held = hold(path) if path.exists() else None  # a gateway running on it: refused, nothing moved
+    try:
+        aside = _unused_name(path, "corrupt")
+        os.rename(path, aside)
+        for suffix in ("-wal", "-shm", "-journal"):  # the WAL may hold committed rows: keep it with its file
+            if Path(f"{path}{suffix}").exists():
+                os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    finally:
+        if held is not None:
+            os.close(held)
     return aside

@@ -1,0 +1,132 @@
+"""One gateway per outbox: a second gateway (or ``--new-outbox``) on an outbox another has open
+is refused at start, naming the file and the pid holding it, and touches nothing; the first
+runs on. The lock is a flock on the outbox file itself, so it goes with its process however
+it dies, and it follows the file the committer puts back at its path."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from contract.config import load_site
+from gateway import outbox as outbox_module
+from gateway.outbox import Outbox, OutboxInUse
+from tests.conftest import REPO, free_port, tcp_device, write_site
+from tests.test_data_files import jcm, one_line_naming
+
+
+def _last_seq(path) -> int:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        return row[0] if row else 0
+    finally:
+        db.close()
+
+
+def _wait_for(cond, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _names(where):
+    return sorted(p.name for p in where.iterdir())
+
+
+def test_a_second_gateway_on_one_outbox_is_refused_and_the_first_runs_on(tmp_path, mosquitto, simulate):
+    site = write_site(tmp_path / "cfg", [tcp_device("m1", "power_meter_3ph", free_port(), interval=0.2)])
+    simulate(load_site(site))
+    data = tmp_path / "data"
+    path = data / "outbox.sqlite"
+    args = ["gateway", "--site", site, "--outbox", path, "--broker", mosquitto.url]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    first = subprocess.Popen([sys.executable, "-m", "jcm.cli", *map(str, [*args, "--duration", 60])], cwd=REPO,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: path.exists() and _last_seq(path) >= 2)
+        inode, names = path.stat().st_ino, _names(data)
+        for extra in ([], ["--new-outbox"]):
+            res = jcm(*args, "--duration", 1, *extra)
+            one_line_naming(res, str(path), "in use by another gateway", f"pid {first.pid}")
+            assert (path.stat().st_ino, _names(data)) == (inode, names), "the refused gateway touched the outbox"
+        seq = _last_seq(path)
+        _wait_for(lambda: _last_seq(path) > seq + 2)  # the first gateway polls and commits on
+        assert (path.stat().st_ino, _names(data)) == (inode, names)
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=30)
+    assert first.returncode == 0, err
+    assert "ERROR" not in err, err
+
+
+def test_a_killed_gateways_lock_goes_with_it(tmp_path):
+    """SIGKILL leaves no stale lock: the next gateway (a systemd restart) opens the outbox, rows kept."""
+    path = tmp_path / "outbox.sqlite"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom gateway.outbox import Outbox\n"
+         f"box = Outbox({str(path)!r}, max_rows=100)\nbox.append('t', lambda s: f'm{{s}}')\n"
+         "print('open', flush=True)\ntime.sleep(600)"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(OutboxInUse, match=f"pid {holder.pid}"):
+            Outbox(path, max_rows=100)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    box = Outbox(path, max_rows=100)
+    assert [r[2] for r in box.after(0, 10)] == ["m1"]
+    box.close()
+    Outbox(path, max_rows=100).close()  # and a clean stop lets go of it too
+
+
+def test_the_lock_follows_the_outbox_put_back_at_its_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 0.05)
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, max_rows=100)
+    box.append("t", lambda s: f"m{s}")
+    inode = path.stat().st_ino
+    os.unlink(path)
+    _wait_for(lambda: path.exists() and path.stat().st_ino != inode, 5)
+    box.append("t", lambda s: f"m{s}")  # the committer has reopened it: the restore is complete
+    with pytest.raises(OutboxInUse, match=str(path)):
+        Outbox(path, max_rows=100)
+    box.close()
+
+
+def test_a_gateway_started_while_the_file_was_gone_is_not_moved_aside(tmp_path, monkeypatch, caplog):
+    """A deleted outbox, a second gateway started meanwhile on a new file at the path: the first must
+    not move that live outbox aside (each would move the other's aside at every check, spreading one
+    sequence over files and leaving rows unsent); it goes on in its own copy beside it, CRITICAL."""
+    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 3600)
+    path = tmp_path / "outbox.sqlite"
+    first = Outbox(path, max_rows=100)
+    first.append("t", lambda s: f"a{s}")
+    for end in ("", "-wal", "-shm"):
+        os.unlink(f"{path}{end}")
+    second = Outbox(path, max_rows=100)
+    second.append("t", lambda s: f"b{s}")
+    inode = path.stat().st_ino
+    with first._lock:
+        first._check_path()
+    assert path.stat().st_ino == inode and not list(tmp_path.glob("*.replaced-*"))
+    assert first.path != str(path) and first.path.startswith(f"{path}.restore-")
+    assert "in use by another gateway" in caplog.text
+    first.append("t", lambda s: f"a{s}")
+    assert [r[2] for r in first.after(0, 10)] == ["a1", "a2"]
+    assert [r[2] for r in second.after(0, 10)] == ["b1"]
+    with second._lock:
+        second._check_path()  # the second's file is where it left it: nothing to do
+    assert path.stat().st_ino == inode
+    first.close()
+    second.close()
+    kept = Outbox(first.path, max_rows=100)
+    assert [r[2] for r in kept.after(0, 10)] == ["a1", "a2"]
+    kept.close()
