@@ -110,8 +110,17 @@ class Claim:
         self._settle()
 
     def prune(self, floor: int) -> None:
-        """The gateway confirmed (or dropped) every seq below ``floor``: forget them."""
-        if floor <= self.floor:
+        """The gateway confirmed (or dropped) every seq below ``floor``: forget them. A floor lower
+        than before (its outbox went back to an older copy of itself, which holds again rows this
+        claim had let go): seqs from it on are claimed again as the store takes them, or the gateway
+        would send those rows for ever; what is known held above the old floor is kept."""
+        if floor < self.floor:
+            held = list(self.runs())
+            self.floor = self.edge = floor
+            self.bits, self.above, self.full = 0, [], None
+            self.add_ranges(held)
+            return
+        if floor == self.floor:
             return
         self.floor = floor
         if floor > self.edge:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import logging
 import os
 import secrets
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from contract.custody import GENESIS, chain_hash, sign
+from contract.message import MAX_SEQ
 from contract.sqlite_file import UnusableFile, beside, open_sqlite, use_wal
 from gateway.signing_key import SigningKey
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: how often the committer checks that the outbox's path still names the open file [s]
 PATH_CHECK_EVERY = 10.0
+#: seqs reserved at a time in the sequence file: it is written (fsynced) before a seq beyond
+#: the last reservation is assigned, so an outbox gone back in time skips at most this many unused
+RESERVE = 256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -107,6 +112,11 @@ class Outbox:
         self._next_path_check = 0.0
         self._unopened: str | None = None  # put back at its path, not reopened yet: why
         self._held: int | None = None  # a descriptor of the open file, holding its flock (one gateway per outbox)
+        # beside the outbox: the highest seq committed and reserved, to tell an older copy of the outbox
+        self._sequence_file = Path(f"{self.path}.sequence")
+        self._fresh = False  # the epoch was drawn by this open
+        self._rewound = False  # this open found an older copy of the outbox and skipped its reused seqs
+        self._next_reserve_log = 0.0
         self._db = self._open()
         try:
             self._db.executescript(SCHEMA)
@@ -117,6 +127,7 @@ class Outbox:
             row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
             self._stored_drops = row[0] if row else 0
             self.epoch = self._epoch()
+            self._vouch()
             self._prev = self._chain_start()
         except BaseException:  # the flock goes with the failed open: a retry in this process is not refused
             self._db.close()
@@ -268,6 +279,7 @@ class Outbox:
         if row and self._seq:
             return row[0]
         epoch = secrets.token_hex(8)
+        self._fresh = True
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute("DELETE FROM sequence_epoch")
         self._db.execute("DELETE FROM chain")  # the new epoch's chain starts at GENESIS
@@ -284,12 +296,64 @@ class Outbox:
             log.info("outbox %s: new outbox, sequence epoch %s, seq starts at 1", self.path, epoch)
         return epoch
 
+    def _vouch(self) -> None:
+        """Tell an outbox gone back in time (a backup restored while the gateway was stopped, a VM
+        snapshot rolled back without its disk) from its sequence file, and never reuse its seqs.
+
+        The file beside the outbox holds the epoch, the highest seq committed and the highest
+        reserved (every seq assigned is reserved there, fsynced, first). An outbox of that epoch
+        whose sequence is below the committed one is an older copy of itself: the seqs above it may
+        have been sent and stored, so new readings start after the reservation, and the readings
+        of the seqs skipped that the store does not hold are a gap the collectors name. Its rows,
+        older, are sent again (a collector stores each once). A missing or unreadable file is
+        no rewind: it is said once, and written anew."""
+        known = _read_sequence_file(self._sequence_file)
+        if isinstance(known, str):
+            if self._seq and not self._fresh:
+                log.warning("outbox %s: %s: it cannot be vouched that the outbox (epoch %s, seq up to %d) is not an "
+                            "older copy of itself; from now on it can", self.path, known, self.epoch, self._seq)
+        elif known[0] != self.epoch:
+            if not self._fresh:
+                log.warning("outbox %s: its sequence file %s is of epoch %s, not of this outbox's epoch %s: it "
+                            "cannot be vouched that the outbox is not an older copy of itself; from now on it can",
+                            self.path, self._sequence_file, known[0], self.epoch)
+        elif self._seq < known[1]:
+            went_back, skip_to = self._seq, max(known[2], known[1])
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (skip_to,))
+            self._db.execute("DELETE FROM chain")  # the rows it linked to may never have been sent
+            self._db.execute("COMMIT")
+            self._seq, self._rewound = skip_to, True
+            log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a backup "
+                      "restored, a snapshot rolled back) is at its path. New readings start at seq %d (seqs up to "
+                      "%d were reserved, up to %d committed), so that none reuses a seq a collector may hold; the "
+                      "readings of seqs %d..%d the store does not hold are lost, and the collectors name them as a "
+                      "gap. The %d row(s) of the older copy are sent again%s.", self.path, known[1], went_back,
+                      self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
+                      "; the hash chain starts again at GENESIS" if self.signing is not None else "")
+        self._committed = self._seq
+        self._reserved = self._seq
+        self._reserve(self._seq + RESERVE)
+
+    def _reserve(self, upto: int) -> None:
+        """Write (fsynced) that seqs up to ``upto`` may be assigned; refused (a full disk), said once a
+        minute, and the readings are numbered anyway: they come first."""
+        try:
+            _write_sequence_file(self._sequence_file, self.epoch, self._committed, upto)
+        except OSError as exc:
+            if time.monotonic() >= self._next_reserve_log:
+                self._next_reserve_log = time.monotonic() + 60
+                log.error("outbox %s: cannot write its sequence file %s (%s): an older copy of the outbox put in "
+                          "its place now could reuse seqs up to %d", self.path, self._sequence_file, exc.strerror, upto)
+            return
+        self._reserved = upto
+
     def _chain_start(self) -> str:
         """``prev`` of the next signed row: the stored hash of the last committed seq."""
         row = self._db.execute("SELECT seq, hash FROM chain").fetchone()
         if row and row[0] == self._seq:
             return row[1]
-        if self.signing is not None and self._seq:
+        if self.signing is not None and self._seq and not self._rewound:
             # signing begins (or resumes after rows stored unsigned) mid-epoch: the chain
             # starts here, and a verifier sees seq > 1 with GENESIS, not a forged link
             log.warning("outbox %s: the hash chain of epoch %s starts at seq %d (GENESIS): the rows before it "
@@ -362,6 +426,8 @@ class Outbox:
         """Give each entry its seq, payload and signature, in order; queue them for the commit."""
         ready = []
         seq = self._seq
+        if seq + len(taken) > self._reserved:
+            self._reserve(seq + len(taken) + RESERVE)
         for e in taken:
             try:
                 payload = e.payload_for(seq + 1)
@@ -422,6 +488,8 @@ class Outbox:
                 raise
             return
         self._acked.difference_update(acked)
+        if batch:
+            self._committed = batch[-1].seq
         if capped:
             for v in victims:
                 self._awaiting.pop(v, None)
@@ -580,6 +648,8 @@ class Outbox:
                 log.critical("outbox %s: %d reading(s) held in memory could not be saved (%s) and are lost "
                              "(seq %d..%d)", self.path, len(self._pending), self.error, self._pending[0].seq,
                              self._pending[-1].seq)
+            else:  # nothing beyond it assigned: an older copy restored now skips no unused seq
+                self._reserve(self._committed)
             self._db.close()
             os.close(self._held)
             self._held = None
@@ -624,6 +694,31 @@ def _flock_holder(st: os.stat_result) -> int | None:
                 if "->" not in f and f[1] == "FLOCK" and f[5] == file:
                     return int(f[4])
     return None
+
+
+def _read_sequence_file(path: Path) -> tuple[str, int, int] | str:
+    """(epoch, highest seq committed, highest reserved) from an outbox's sequence file, or why not."""
+    try:
+        body = json.loads(path.read_bytes())
+        known = (body["epoch"], body["committed"], body["reserved"])
+    except FileNotFoundError:
+        return f"it has no sequence file {path} (the first run of a gateway from before it, or the file was deleted)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its sequence file {path} cannot be read ({exc}); it is written anew"
+    if not (isinstance(known[0], str) and all(type(n) is int and 0 <= n <= MAX_SEQ for n in known[1:])):
+        return f"its sequence file {path} is not one (epoch, committed, reserved); it is written anew"
+    return known
+
+
+def _write_sequence_file(path: Path, epoch: str, committed: int, reserved: int) -> None:
+    """Replace the sequence file whole (a new file renamed over it, both fsynced): a power cut leaves the old or the new."""
+    new = Path(f"{path}.new")
+    with open(new, "wb") as f:
+        f.write(json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved}).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(new, path)
+    _fsync(os.path.dirname(os.path.abspath(path)))
 
 
 def _fsync(path: str) -> None:

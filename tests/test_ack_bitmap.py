@@ -121,7 +121,7 @@ def test_a_claim_says_what_it_was_told_or_less_once_full_and_so_does_its_acknowl
             new = list(runs_of(arg[1], arg[0]))
         else:
             c.prune(arg)
-            floor, new = max(floor, arg), []
+            floor, new = arg, []  # a lower floor: an outbox gone back, which holds those rows again
         truth = [(max(a, floor), b) for a, b in merge([*truth, *new]) if b >= floor]
         forgot |= c.full is not None
         check_invariants(c)
@@ -174,6 +174,24 @@ def test_a_claim_stays_bounded_against_scattered_seqs_and_moves_its_window_with_
     c.prune(5 * WINDOW - 10)  # the gateway confirmed all below: the window starts there
     assert c.edge == 5 * WINDOW - 10 and not c.above and list(c.runs()) == [(5 * WINDOW, 5 * WINDOW),
                                                                              (5 * WINDOW + 2, 5 * WINDOW + 2)]
+
+
+def test_a_floor_gone_down_claims_again_the_rows_the_gateway_sends_again():
+    """An outbox restored from an older copy holds again rows below the floor a collector had heard
+    (the gateway's floor goes down): the collector stores them again and must claim them, or the
+    gateway sends them for ever (the floor never went down: they were taken as held already)."""
+    c = Claim()
+    c.add_ranges([(1, 1000)])
+    c.prune(1001)  # the gateway confirmed them all
+    c.add_seqs([1001, 1002, 1005])
+    c.prune(400)  # its outbox went back: rows 400.. are in it again
+    assert list(c.runs()) == [(1001, 1002), (1005, 1005)]  # what is known held is kept
+    c.add_seqs(range(400, 1001))  # sent again, stored again
+    assert list(c.runs()) == [(400, 1002), (1005, 1005)] and c.edge == 1003
+    assert claimed_by(Ack.from_json(c.ack(EPOCH).to_json())) == [(400, 1002), (1005, 1005)]
+    c.prune(1003)
+    assert list(c.runs()) == [(1005, 1005)] and c.floor == 1003
+    check_invariants(c)
 
 
 BAD_BITMAPS = [
