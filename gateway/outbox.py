@@ -117,6 +117,9 @@ class Outbox:
         self._fresh = False  # the epoch was drawn by this open
         self._rewound = False  # this open found an older copy of the outbox and skipped its reused seqs
         self._next_reserve_log = 0.0
+        self._skip_to = 0  # the next seq comes after this one (an acknowledgement showed the outbox went back)
+        self._skipped_by_ack = False  # believed once a run at most
+        self._next_claim_log = 0.0
         self._db = self._open()
         try:
             self._db.executescript(SCHEMA)
@@ -331,7 +334,7 @@ class Outbox:
                       "gap. The %d row(s) of the older copy are sent again%s.", self.path, known[1], went_back,
                       self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
                       "; the hash chain starts again at GENESIS" if self.signing is not None else "")
-        self._committed = self._seq
+        self._committed = self._committed_at_open = self._seq
         self._reserved = self._seq
         self._reserve(self._seq + RESERVE)
 
@@ -425,7 +428,7 @@ class Outbox:
     def _number(self, taken: list[_Entry]) -> int:
         """Give each entry its seq, payload and signature, in order; queue them for the commit."""
         ready = []
-        seq = self._seq
+        seq = max(self._seq, self._skip_to)
         if seq + len(taken) > self._reserved:
             self._reserve(seq + len(taken) + RESERVE)
         for e in taken:
@@ -595,6 +598,31 @@ class Outbox:
                 self._acked |= found
                 self._commit()
         return len(found)
+
+    def claimed(self, top: int) -> None:
+        """A collector's acknowledgement of this epoch claims seqs up to ``top``. Beyond every seq this
+        outbox assigned, that is only true of an older copy of the outbox restored with its sequence
+        file (a VM snapshot rolled back, the whole directory restored), which the file cannot tell:
+        new readings start after ``top``, with one ERROR. Believed once a run, and ``max_rows`` seqs
+        ahead at most (a claim beyond is logged, once a minute, and not believed): such an
+        acknowledgement deletes nothing, and what it can make the gateway skip is bounded, logged,
+        and a gap to the collectors."""
+        assigned = max(self._seq, self._skip_to)
+        if top <= assigned:
+            return
+        if self._skipped_by_ack or top > assigned + self.max_rows:
+            if time.monotonic() >= self._next_claim_log:
+                self._next_claim_log = time.monotonic() + 60
+                log.error("outbox %s: an acknowledgement claims seqs of epoch %s up to %d, beyond the highest this "
+                          "outbox assigned (%d): not believed (%s)", self.path, self.epoch, top, assigned,
+                          "once a run" if self._skipped_by_ack else f"more than outbox.max_rows={self.max_rows} ahead")
+            return
+        self._skipped_by_ack, self._skip_to = True, top
+        log.error("outbox %s: the outbox WENT BACK from seq %d (at least) to seq %d (epoch %s): a collector holds "
+                  "seqs this outbox never assigned, so it is an older copy of itself, restored with its sequence "
+                  "file (a snapshot rolled back). New readings start at seq %d; seqs numbered since this gateway "
+                  "started (after %d) may have been used before, and their earlier readings that the store does "
+                  "not hold are lost", self.path, top, assigned, self.epoch, top + 1, self._committed_at_open)
 
     def floor(self) -> int:
         """The lowest seq not confirmed: every seq below it is confirmed (or dropped, counted) and gone."""

@@ -24,6 +24,8 @@ def _last_seq(path) -> int:
     try:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         return row[0] if row else 0
+    except sqlite3.OperationalError:  # a new file, its tables not made yet
+        return 0
     finally:
         db.close()
 

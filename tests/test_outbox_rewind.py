@@ -166,3 +166,39 @@ def test_a_restored_outbox_end_to_end(tmp_path, mosquitto, simulate, caplog):
     assert min(stored(tmp_path, since=restart)) > went_to  # new readings reuse no seq
     named = set().union(*(range(f.first, f.last + 1) for f in gaps))
     assert lost <= named, f"lost {sorted(lost)[:5]}... not named in {gaps}"
+
+
+def test_an_acknowledgement_beyond_every_seq_assigned_is_a_rewind_once_and_bounded(tmp_path, caplog):
+    """An older copy restored with its sequence file (a VM snapshot rolled back) is known only from
+    the collectors: their acknowledgement of its epoch claims seqs it never assigned. New readings
+    start after them, once a run and at most ``max_rows`` ahead; nothing is deleted for it."""
+    from contract.acknowledgement import Ack
+    from gateway.publisher import Publisher
+
+    site = load_site(e2e_site(tmp_path))
+    box = Outbox(tmp_path / "o.sqlite", max_rows=1000)
+    _append(box, 5)
+    pub = Publisher(site, box, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+
+    def take(*ranges):
+        pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c", Ack(box.epoch, ranges).to_json().encode()))
+        pub._take_store_acks()
+
+    with caplog.at_level(logging.ERROR):
+        take((1, 2), (40, 50))
+    assert [r[0] for r in box.after(0, 10)] == [3, 4, 5]  # only what was sent and claimed is deleted
+    assert "WENT BACK from seq 50 (at least) to seq 5" in caplog.text
+    assert _append(box, 1) == [51]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        take((1, 2), (60, 70))  # a second one in this run is not believed
+    assert _append(box, 1) == [52] and "not believed (once a run)" in caplog.text
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite", max_rows=1000)  # the next run believes one, but not 1000 seqs ahead
+    pub.outbox = box
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        take((1, 2), (52 + 1001, 52 + 1001))
+    assert _append(box, 1) == [53] and "not believed (more than outbox.max_rows=1000 ahead)" in caplog.text
+    box.close()
