@@ -342,7 +342,7 @@ class Outbox:
         """Write (fsynced) that seqs up to ``upto`` may be assigned; refused (a full disk), said once a
         minute, and the readings are numbered anyway: they come first."""
         try:
-            _write_sequence_file(self._sequence_file, self.epoch, self._committed, upto)
+            _write_sequence_file(self._sequence_file, self.epoch, self._committed, upto, self._durable)
         except OSError as exc:
             if time.monotonic() >= self._next_reserve_log:
                 self._next_reserve_log = time.monotonic() + 60
@@ -738,15 +738,18 @@ def _read_sequence_file(path: Path) -> tuple[str, int, int] | str:
     return known
 
 
-def _write_sequence_file(path: Path, epoch: str, committed: int, reserved: int) -> None:
-    """Replace the sequence file whole (a new file renamed over it, both fsynced): a power cut leaves the old or the new."""
+def _write_sequence_file(path: Path, epoch: str, committed: int, reserved: int, durable: bool = True) -> None:
+    """Replace the sequence file whole (a new file renamed over it): a power cut leaves the old or
+    the new; ``durable`` (as the outbox's commits): both fsynced."""
     new = Path(f"{path}.new")
     with open(new, "wb") as f:
         f.write(json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved}).encode())
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.rename(new, path)
-    _fsync(os.path.dirname(os.path.abspath(path)))
+    if durable:
+        _fsync(os.path.dirname(os.path.abspath(path)))
 
 
 def _fsync(path: str) -> None:
