@@ -31,13 +31,14 @@ class Gateway:
         self.site = site
         # first: a key that cannot be used stops the gateway before it touches anything
         signing = signing_key(site.custody)
+        # then the outbox: a second gateway on it is refused before it makes a Modbus client or an MQTT one
+        path = outbox_path or site.outbox.path.format(gateway=site.gateway, site=site.site)
+        aside = move_aside(path) if new_outbox else None
+        self.outbox = Outbox(path, site.outbox.max_rows, memory_rows=site.outbox.memory_rows, signing=signing)
         self.links: dict[str, ModbusLink] = {}
         for d in site.devices:
             self.links.setdefault(d.connection.endpoint, ModbusLink(d.connection))
         self.pollers = [DevicePoller(site, d, self.links[d.connection.endpoint]) for d in site.devices]
-        path = outbox_path or site.outbox.path.format(gateway=site.gateway, site=site.site)
-        aside = move_aside(path) if new_outbox else None
-        self.outbox = Outbox(path, site.outbox.max_rows, memory_rows=site.outbox.memory_rows, signing=signing)
         if new_outbox:
             log.warning("gateway %s: %s; a new outbox starts sequence epoch %s: its sequence starts again at 1",
                         site.gateway, f"moved the outbox {path} aside to {aside} (kept, not deleted)" if aside

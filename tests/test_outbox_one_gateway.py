@@ -3,6 +3,7 @@ is refused at start, naming the file and the pid holding it, and touches nothing
 runs on. The lock is a flock on the outbox file itself, so it goes with its process however
 it dies, and it follows the file the committer puts back at its path."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -15,8 +16,10 @@ import pytest
 from contract.config import load_site
 from gateway import outbox as outbox_module
 from gateway.outbox import Outbox, OutboxInUse
-from tests.conftest import REPO, free_port, tcp_device, write_site
+from gateway.service import Gateway
+from tests.conftest import REPO, free_port, tcp_device, wait_until, write_site
 from tests.test_data_files import jcm, one_line_naming
+from tests.test_rtu import bus_site, serial_pair  # noqa: F401 -- fixtures
 
 
 def _last_seq(path) -> int:
@@ -132,3 +135,23 @@ def test_a_gateway_started_while_the_file_was_gone_is_not_moved_aside(tmp_path, 
     kept = Outbox(first.path, max_rows=100)
     assert [r[2] for r in kept.after(0, 10)] == ["a1", "a2"]
     kept.close()
+
+
+def test_a_second_gateway_on_an_rtu_bus_is_refused_before_it_touches_the_bus(bus_site, simulate, tmp_path):
+    """Two gateways on one RS-485 bus would take each other's answers: the second, refused by the
+    outbox, never opens the serial port, and the first's devices keep answering."""
+    site, ports = bus_site
+    simulate(site, ports)
+    path = str(tmp_path / "outbox.sqlite")
+    first = Gateway(site, broker_url=f"mqtt://127.0.0.1:{free_port()}", outbox_path=path)
+    first.start()
+    try:
+        assert wait_until(lambda: first.polls >= 4, 20)
+        with pytest.raises(OutboxInUse, match=f"pid {os.getpid()}"):
+            Gateway(site, outbox_path=path)
+        polled = first.outbox.last_seq()
+        assert wait_until(lambda: first.outbox.last_seq() >= polled + 6, 20)
+        good = [json.loads(p) for _, _, p in first.outbox.after(polled, 100)]
+        assert all(r["status"] == "ok" for r in good if r["device"] == "meter"), good
+    finally:
+        first.stop()
