@@ -9,6 +9,11 @@ The sequence's epoch, drawn when the sequence starts (a new file, or one whose
 sequence was reset), is stored beside it, so that a restarted sequence is never
 confused with the old one.
 
+One gateway per outbox: each holds a flock on its file (``hold``). The file
+``<outbox>.sequence`` beside it keeps the highest seq committed and reserved, so that an
+older copy of the outbox put at its path (a backup restored) is told at open and reuses
+no seq of its epoch (``Outbox._vouch``).
+
 With a signing key, each row is stored signed (``contract.custody.sign``) as it is
 numbered, so a backlog delivered days later carries the signature made at poll time.
 The chain's last hash is stored with the rows, in the same transaction: it survives
@@ -208,6 +213,8 @@ class Outbox:
                     self._db.close()
                     closed = True
                     raise
+                except UnusableFile:
+                    pass  # a file this user cannot open is no gateway's outbox: moved aside as any other
             # files at the path that are not this outbox's (another database and its -wal/-shm)
             # are kept beside it; this outbox's own -wal/-shm go when its connection closes
             foreign = [end for end in ("", "-wal", "-shm") if end in here and here[end] != self._files.get(end)]
@@ -228,7 +235,7 @@ class Outbox:
             os.rename(copy, self.path)
             self._held, taken = self._swap_hold(taken), None
             _fsync(os.path.dirname(os.path.abspath(self.path)))
-        except (OSError, sqlite3.Error, OutboxInUse) as exc:  # a full disk, an unwritable directory: tried again
+        except (OSError, sqlite3.Error, UnusableFile) as exc:  # a full disk, an unwritable directory: tried again
             if closed:  # the copy has every row: go on with it where it is
                 log.critical("outbox %s: the file was deleted or replaced and the copy of the open outbox could not "
                              "be renamed to it (%s): the outbox is now %s; move it back while the gateway is stopped",
@@ -300,8 +307,9 @@ class Outbox:
         return epoch
 
     def _vouch(self) -> None:
-        """Tell an outbox gone back in time (a backup restored while the gateway was stopped, a VM
-        snapshot rolled back without its disk) from its sequence file, and never reuse its seqs.
+        """Tell an outbox gone back in time (a backup of it restored while the gateway was stopped)
+        from its sequence file, and never reuse its seqs. Restored with the file too (a VM snapshot
+        rolled back), it is told by the collectors' acknowledgements instead (``claimed``).
 
         The file beside the outbox holds the epoch, the highest seq committed and the highest
         reserved (every seq assigned is reserved there, fsynced, first). An outbox of that epoch
