@@ -28,6 +28,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 #: how often the committer checks that the outbox's path still names the open file [s]
 PATH_CHECK_EVERY = 10.0
+_HASH = re.compile("[0-9a-f]{64}")
 #: seqs reserved at a time in the sequence file: it is written (fsynced) before a seq beyond
 #: the last reservation is assigned, so an outbox gone back in time skips at most this many unused
 RESERVE = 256
@@ -332,7 +334,9 @@ class Outbox:
             went_back, skip_to = self._seq, max(known[2], known[1])
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (skip_to,))
-            self._db.execute("DELETE FROM chain")  # the rows it linked to may never have been sent
+            self._db.execute("DELETE FROM chain")
+            if known[3] is not None and skip_to == known[1]:  # stopped cleanly: the chain goes on from its last row
+                self._db.execute("INSERT INTO chain VALUES (?, ?)", (skip_to, known[3]))
             self._db.execute("COMMIT")
             self._seq, self._rewound = skip_to, True
             log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a backup "
@@ -341,8 +345,11 @@ class Outbox:
                       "readings of seqs %d..%d the store does not hold are lost, and the collectors name them as a "
                       "gap. The %d row(s) of the older copy are sent again%s.", self.path, known[1], went_back,
                       self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
-                      "; the hash chain starts again at GENESIS" if self.signing is not None else "")
+                      "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
+                      if known[3] is not None and skip_to == known[1] else "; the hash chain starts again at GENESIS")
         self._committed = self._committed_at_open = self._seq
+        row = self._db.execute("SELECT seq, hash FROM chain").fetchone()
+        self._committed_hash = row[1] if row and row[0] == self._seq else None
         self._reserved = self._seq
         self._reserve(self._seq + RESERVE)
 
@@ -350,7 +357,8 @@ class Outbox:
         """Write (fsynced) that seqs up to ``upto`` may be assigned; refused (a full disk), said once a
         minute, and the readings are numbered anyway: they come first."""
         try:
-            _write_sequence_file(self._sequence_file, self.epoch, self._committed, upto, self._durable)
+            _write_sequence_file(self._sequence_file, self.epoch, self._committed, upto, self._committed_hash,
+                                 self._durable)
         except OSError as exc:
             if time.monotonic() >= self._next_reserve_log:
                 self._next_reserve_log = time.monotonic() + 60
@@ -500,7 +508,7 @@ class Outbox:
             return
         self._acked.difference_update(acked)
         if batch:
-            self._committed = batch[-1].seq
+            self._committed, self._committed_hash = batch[-1].seq, batch[-1].hash
         if capped:
             for v in victims:
                 self._awaiting.pop(v, None)
@@ -732,26 +740,29 @@ def _flock_holder(st: os.stat_result) -> int | None:
     return None
 
 
-def _read_sequence_file(path: Path) -> tuple[str, int, int] | str:
-    """(epoch, highest seq committed, highest reserved) from an outbox's sequence file, or why not."""
+def _read_sequence_file(path: Path) -> tuple[str, int, int, str | None] | str:
+    """(epoch, highest seq committed, highest reserved, the chain hash of the committed seq if it was
+    signed) from an outbox's sequence file, or why not."""
     try:
         body = json.loads(path.read_bytes())
-        known = (body["epoch"], body["committed"], body["reserved"])
+        known = (body["epoch"], body["committed"], body["reserved"], body.get("hash"))
     except FileNotFoundError:
         return f"it has no sequence file {path} (the first run of a gateway from before it, or the file was deleted)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"its sequence file {path} cannot be read ({exc}); it is written anew"
-    if not (isinstance(known[0], str) and all(type(n) is int and 0 <= n <= MAX_SEQ for n in known[1:])):
-        return f"its sequence file {path} is not one (epoch, committed, reserved); it is written anew"
+    if not (isinstance(known[0], str) and all(type(n) is int and 0 <= n <= MAX_SEQ for n in known[1:3])
+            and (known[3] is None or isinstance(known[3], str) and _HASH.fullmatch(known[3]))):
+        return f"its sequence file {path} is not one (epoch, committed, reserved, hash); it is written anew"
     return known
 
 
-def _write_sequence_file(path: Path, epoch: str, committed: int, reserved: int, durable: bool = True) -> None:
+def _write_sequence_file(path: Path, epoch: str, committed: int, reserved: int, chain: str | None,
+                         durable: bool = True) -> None:
     """Replace the sequence file whole (a new file renamed over it): a power cut leaves the old or
     the new; ``durable`` (as the outbox's commits): both fsynced."""
     new = Path(f"{path}.new")
     with open(new, "wb") as f:
-        f.write(json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved}).encode())
+        f.write(json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved, "hash": chain}).encode())
         f.flush()
         if durable:
             os.fsync(f.fileno())

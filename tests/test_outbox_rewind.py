@@ -202,3 +202,29 @@ def test_an_acknowledgement_beyond_every_seq_assigned_is_a_rewind_once_and_bound
         take((1, 2), (52 + 1001, 52 + 1001))
     assert _append(box, 1) == [53] and "not believed (more than outbox.max_rows=1000 ahead)" in caplog.text
     box.close()
+
+
+def test_a_signed_chain_goes_on_across_a_restore_after_a_clean_stop(tmp_path):
+    """Stopped cleanly, the sequence file holds the last row's chain hash: the first new row links
+    to it, so a collector holding that row finds no broken link where the outbox went back."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from contract.custody import chain_hash
+    from gateway.signing_key import SigningKey
+
+    key = SigningKey("gw-a", Ed25519PrivateKey.generate())
+    body = '{"schema":1,"seq":%d}'
+    path, backup = tmp_path / "outbox.sqlite", tmp_path / "backup.sqlite"
+    box = Outbox(path, max_rows=100, signing=key)
+    box.append("t", lambda s: body % s)
+    box.close()
+    shutil.copyfile(path, backup)
+    box = Outbox(path, max_rows=100, signing=key)
+    box.append("t", lambda s: body % s)
+    last = box.after(0, 10)[-1][2].encode()
+    box.close()
+    _restore(backup, path)
+    box = Outbox(path, max_rows=100, signing=key)
+    assert box.append("t", lambda s: body % s) == 3
+    assert f'"prev":"{chain_hash(last)}"' in box.after(2, 10)[0][2]
+    box.close()
