@@ -44,6 +44,7 @@ def _names(where):
     return sorted(p.name for p in where.iterdir())
 
 
+@pytest.mark.slow
 def test_a_second_gateway_on_one_outbox_is_refused_and_the_first_runs_on(tmp_path, mosquitto, simulate):
     site = write_site(tmp_path / "cfg", [tcp_device("m1", "power_meter_3ph", free_port(), interval=0.2)])
     simulate(load_site(site))

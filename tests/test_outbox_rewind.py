@@ -118,6 +118,7 @@ def test_a_missing_sequence_file_is_no_rewind_and_is_said(tmp_path, caplog, lost
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.slow
 def test_a_restored_outbox_end_to_end(tmp_path, mosquitto, simulate, caplog):
     """Collector away, rows pile up; backup; delivered and confirmed (the collectors' floor passes
     the backup's rows); more readings the store never gets; gateway stopped, the backup restored,
@@ -157,7 +158,7 @@ def test_a_restored_outbox_end_to_end(tmp_path, mosquitto, simulate, caplog):
         assert f"WENT BACK from seq {went_to} to seq {backed_up}" in caplog.text
         gw.start()
         assert wait_until(lambda: gw.outbox.last_seq() > went_to + 20)
-        n = finish(gw)  # every row confirmed, the older copy's too
+        finish(gw)  # every row confirmed, the older copy's too
         assert wait_until(lambda: any(f.kind == "gap" for f in c.store.sequence_findings(gateway=GATEWAY)), 10)
         gaps = [f for f in c.store.sequence_findings(gateway=GATEWAY) if f.kind == "gap"]
     finally:
