@@ -33,6 +33,9 @@ WAL_WAIT = 60.0
 class UnusableFile(Exception):
     """A data file cannot be used as it is; the message names it and what to do."""
 
+    #: a command it stops exits with this: 2, which the units do not restart (a file to fix by hand)
+    exit_code = 2
+
 
 def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, damaged_hint: str,
                 missing_hint: str = "", read_only: bool = False, **connect_args) -> sqlite3.Connection:

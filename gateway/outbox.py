@@ -702,6 +702,8 @@ class Outbox:
 class OutboxInUse(UnusableFile):
     """Another gateway (or another Outbox of this process) has the outbox open."""
 
+    exit_code = 1  # it may stop (a gateway started by hand): the unit tries again
+
 
 def hold(path: str | Path) -> int:
     """A new descriptor of the file at ``path``, holding an exclusive flock on it: one gateway per outbox.

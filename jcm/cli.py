@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except UnusableFile as exc:  # names the file and what to do; nothing was changed
         print(f"jcm {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except ValueError as exc:  # bad arguments (a month, a period, a URL) explained by the code that refused them
         print(f"jcm {args.command}: {exc}", file=sys.stderr)
         return 2
