@@ -7,7 +7,10 @@ acknowledgement (its own retained one from before a restart, and those of the ot
 collectors of its share group) and to the gateways' status (epoch and floor), so that
 what it publishes is the union, contiguous and small, pruned below the floor. Each
 claim is a :class:`~collector.claim.Claim`: the holes between the collectors' seqs
-cost a bit each, not a range each.
+cost a bit each, not a range each. Of a gateway whose site file lists the collectors it
+takes acknowledgements from (``outbox.acknowledged_by``), only those collectors' claims are
+merged: a claim of another (a staging collector with a store of its own) published again
+as ours would delete readings our store does not hold.
 
 It has its own MQTT connection (a clean session: what it needs is retained), so the
 readings' session, with its manual acknowledgements, is untouched.
@@ -19,7 +22,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from collector.claim import MAX_KEPT_RANGES, WINDOW, Claim
 from contract import topics
@@ -38,10 +41,11 @@ MAX_EPOCHS = 4
 
 
 class _Gateway:
-    __slots__ = ("name", "current", "floor", "epochs", "forgetting")
+    __slots__ = ("name", "current", "floor", "epochs", "forgetting", "trusted")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, trusted: frozenset[str] | None):
         self.name = name
+        self.trusted = trusted  # the collectors whose claims count for this gateway; None: any
         self.forgetting = False  # whether a claim of it has no room for more ranges (logged once)
         self.current: str | None = None  # the epoch the gateway last announced in its status
         self.floor = 1  # of the current epoch
@@ -65,10 +69,21 @@ def sequence_of(payload: bytes, limit: int) -> tuple[str, int] | None:
 
 
 class Acknowledgements:
-    def __init__(self, config: CollectorConfig, gateways: Iterable[tuple[str, str]]):
+    def __init__(self, config: CollectorConfig, gateways: Iterable[tuple[str, str]],
+                 acknowledged_by: Mapping[tuple[str, str], Collection[str]] | None = None):
+        """``acknowledged_by``: (site, gateway) -> the collectors its site file lists; a gateway not in it
+        takes any collector's acknowledgements."""
         self.collector_id = config.client_id
         self.max_payload_bytes = config.max_payload_bytes
-        self._gateways = {g: _Gateway(g[1]) for g in gateways}  # (site, gateway): only those of the site files
+        listed = {key: frozenset(ids) for key, ids in (acknowledged_by or {}).items()}
+        # (site, gateway): only those of the site files
+        self._gateways = {g: _Gateway(g[1], listed.get(g)) for g in gateways}
+        ignored = sorted(f"{site}/{gateway}" for (site, gateway), ids in listed.items()
+                         if (site, gateway) in self._gateways and self.collector_id not in ids)
+        if ignored:
+            log.warning("acknowledgements: collector %s is not in outbox.acknowledged_by of %s: those gateways "
+                        "delete nothing on its acknowledgements, and send again what only its store holds",
+                        self.collector_id, ", ".join(ignored))
         self._lock = threading.Lock()
         self.connection = BrokerConnection(
             config.broker, f"{config.client_id}-ack", "collector: acknowledgements", mqtt5=config.protocol == "5",
@@ -157,11 +172,14 @@ class Acknowledgements:
             elif self._sent.get(topic) == msg.payload:
                 return  # ours, made from what we hold: nothing to fold in (one a batch)
             else:
-                site, gateway, _ = topics.parse_ack(topic)
+                site, gateway, collector = topics.parse_ack(topic)
+                g = self._gateways.get((site, gateway))
+                if g is None or (g.trusted is not None and collector not in g.trusted
+                                 and collector != self.collector_id):
+                    return  # not a store the gateway's readings may be confirmed by
                 ack = Ack.from_json(msg.payload)
                 with self._lock:
-                    g = self._gateways.get((site, gateway))
-                    claim = None if g is None else self._claim(g, ack.epoch)
+                    claim = self._claim(g, ack.epoch)
                     if claim is not None:
                         claim.add_ranges(ack.ranges)
                         claim.add_bits(ack.bits_from, ack.bitmask())

@@ -33,8 +33,9 @@ def _not_a_reading_topic(v: str) -> str:
     return v
 
 
+COLLECTOR_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 #: a collector's MQTT client id, the last level of its acknowledgements' topic
-CollectorId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$"), AfterValidator(_not_a_reading_topic)]
+CollectorId = Annotated[str, Field(pattern=COLLECTOR_ID_PATTERN), AfterValidator(_not_a_reading_topic)]
 
 
 class TcpConnection(Strict):
