@@ -90,6 +90,8 @@ class Acknowledgements:
             subscriptions=[(topics.ALL_ACKS, 1), (topics.ALL_STATUS, 1)])
         self.client = self.connection.client
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self._refusal_logged = False
         self.published = 0
         #: topic -> the payload last published there: its echo from the broker tells us nothing new
         self._sent: dict[str, bytes] = {}
@@ -164,6 +166,14 @@ class Acknowledgements:
         self.published += 1
 
     # paho's thread: tiny and never raising
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        # an MQTT 5 broker says why it refused; a 3.1.1 one drops the message without a word
+        if reason_code.is_failure and not self._refusal_logged:
+            self._refusal_logged = True  # once: every later acknowledgement would be refused the same way
+            log.error("acknowledgements: the broker refused one of ours (%s): gateways confirm nothing this collector "
+                      "stores and send it all again. Is this collector's MQTT user the one whose ACL section writes "
+                      "jcm/v1/+/+/ack/%s (README \"Per-collector users\")?", reason_code, self.collector_id)
+
     def _on_message(self, client, userdata, msg):
         try:
             topic = msg._topic.decode("utf-8", "replace")

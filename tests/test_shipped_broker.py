@@ -2,6 +2,7 @@
 shipped script: who may publish what, oversized messages, TLS with client certificates."""
 
 import json
+import logging
 import os
 import ssl
 import subprocess
@@ -17,7 +18,7 @@ from contract.config import CollectorConfig
 from gateway.outbox import Outbox
 from gateway.publisher import Publisher
 from jcm.broker import Mosquitto, free_port, wait_for_port
-from tests.conftest import REPO, load_site, tcp_device, write_site
+from tests.conftest import REPO, load_site, tcp_device, wait_until, write_site
 
 COLLECTOR = "jcm-collector-1"  # the shipped collector's client id, and its user
 USERS = {"mn-solar": "pw-mn", "vn-transformers": "pw-vn", COLLECTOR: "pw-col", "liveview": "pw-lv",
@@ -236,6 +237,39 @@ def test_the_shared_collector_user_of_before_works_only_with_the_legacy_section_
             c.close()
     finally:
         old.stop()
+
+
+def test_a_collector_logged_in_as_another_says_its_acknowledgements_are_refused(broker, monkeypatch, caplog):
+    """The real collector publishing under a client id its user may not write: the broker refuses each
+    acknowledgement (gateways send everything again), and the collector says why, once."""
+    import datetime as dt
+
+    from contract.message import Reading
+
+    monkeypatch.setenv("COL_USER", COLLECTOR)
+    monkeypatch.setenv("COL_PASSWORD", USERS[COLLECTOR])
+    observer = Client(broker.port, "liveview", subscribe="jcm/v1/+/+/ack/+")
+    key = ("mn-solar", "gw-mn-01")
+    readings = [Reading(site=key[0], gateway=key[1], device="inv-01", ts=dt.datetime.now(dt.UTC), values={}, seq=s,
+                        epoch="00112233aabbccdd") for s in (1, 2)]
+    for client_id, refused in (("jcm-collector-2", True), (COLLECTOR, False)):
+        caplog.clear()
+        acks = Acknowledgements(CollectorConfig(broker={"url": broker.url, "username_env": "COL_USER",
+                                                        "password_env": "COL_PASSWORD"}, client_id=client_id), [key])
+        try:
+            acks.start()
+            assert wait_until(acks.connection.connected.is_set, 10)
+            with caplog.at_level(logging.ERROR, logger="collector.acknowledgement"):
+                acks.kept(readings, [])
+                acks.kept(readings, [])
+                topic = f"jcm/v1/mn-solar/gw-mn-01/ack/{client_id}"
+                settle(observer, topic, timeout=1 if refused else 5)
+        finally:
+            acks.stop()
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert (topic in observer.topics()) is not refused
+        assert len(said) == refused and all(f"writes jcm/v1/+/+/ack/{client_id}" in m for m in said), said
+    observer.close()
 
 
 def test_a_sites_reading_topic_of_a_device_named_ack_is_no_acknowledgement(broker, tmp_path):
