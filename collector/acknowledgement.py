@@ -7,10 +7,11 @@ acknowledgement (its own retained one from before a restart, and those of the ot
 collectors of its share group) and to the gateways' status (epoch and floor), so that
 what it publishes is the union, contiguous and small, pruned below the floor. Each
 claim is a :class:`~collector.claim.Claim`: the holes between the collectors' seqs
-cost a bit each, not a range each. Of a gateway whose site file lists the collectors it
-takes acknowledgements from (``outbox.acknowledged_by``), only those collectors' claims are
-merged: a claim of another (a staging collector with a store of its own) published again
-as ours would delete readings our store does not hold.
+cost a bit each, not a range each. Of a gateway that lists the collectors it takes
+acknowledgements from (``outbox.acknowledged_by``: in its status, else in our copy of its
+site file), only those collectors' claims are merged: a claim of another (a staging
+collector with a store of its own) published again as ours would delete readings our store
+does not hold.
 
 It has its own MQTT connection (a clean session: what it needs is retained), so the
 readings' session, with its manual acknowledgements, is untouched.
@@ -28,12 +29,14 @@ from collector.claim import MAX_KEPT_RANGES, WINDOW, Claim
 from contract import topics
 from contract.acknowledgement import Ack
 from contract.config import CollectorConfig
+from contract.config.site import COLLECTOR_ID_PATTERN, MAX_ACKNOWLEDGED_BY
 from contract.message import EPOCH_PATTERN, MAX_SEQ, Reading
 from contract.mqtt_connection import BrokerConnection
 
 log = logging.getLogger(__name__)
 
 _EPOCH = re.compile(EPOCH_PATTERN)
+_COLLECTOR_ID = re.compile(COLLECTOR_ID_PATTERN)
 #: a gateway's status is a few hundred bytes
 MAX_STATUS_BYTES = 4096
 #: epochs kept per gateway until its status says which is current (readings may come before it)
@@ -211,6 +214,11 @@ class Acknowledgements:
             if g is None:
                 return
             g.current, g.floor = epoch, floor
+            listed = body.get("acknowledged_by")
+            # what the gateway acts on, even where our copy of its site file is older
+            if (isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY
+                    and all(isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed)):
+                g.trusted = frozenset(listed)
             claim = g.epochs.get(epoch) or Claim(floor)
             claim.prune(floor)
             g.epochs = {epoch: claim}

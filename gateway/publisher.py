@@ -357,5 +357,8 @@ class Publisher:
         unsaved, dropped, error = self._said
         body = status_payload(self.site, "online", epoch=self.outbox.epoch, floor=self.outbox.floor(),
                               outbox_depth=self.outbox.depth, outbox_dropped=dropped, outbox_unsaved=unsaved,
-                              outbox_error=error, **({"acks_ignored": dict(self.unlisted)} if self.unlisted else {}))
+                              outbox_error=error,
+                              # the collectors merge only these collectors' claims, whatever their copy of the site file says
+                              **({"acknowledged_by": sorted(self.acknowledged_by)} if self.acknowledged_by else {}),
+                              **({"acks_ignored": dict(self.unlisted)} if self.unlisted else {}))
         self.client.publish(self.status_topic, body, qos=1, retain=True)

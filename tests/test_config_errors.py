@@ -143,6 +143,8 @@ ACCEPTED_BUT_WRONG = [
      "outbox.acknowledged_by[0]: String should match pattern"),
     ("a site's own reading topic as a collector", lambda d: d.update(outbox={"acknowledged_by": ["reading"]}),
      "outbox.acknowledged_by[0]: 'reading' cannot name a collector"),
+    ("more collectors than a status carries", lambda d: d.update(outbox={"acknowledged_by": [f"c{i}" for i in range(9)]}),
+     "outbox.acknowledged_by: List should have at most 8 items"),
     ("a collector listed twice", lambda d: d.update(outbox={"acknowledged_by": ["c1", "c2", "c1"]}),
      "outbox.acknowledged_by: listed twice: c1"),
     ("acknowledgements with the PUBACK deciding", lambda d: d.update(outbox={"confirmed_by": "broker",

@@ -507,6 +507,7 @@ def test_an_unlisted_collectors_acknowledgements_delete_nothing_and_a_listed_one
         assert outbox.depth == 20 and pub.confirmed == 0
         assert pub.unlisted[STAGING] > 0
         assert wait_until(lambda: any(s.get("acks_ignored", {}).get(STAGING) for s in status.status), 5)
+        assert status.status[-1]["acknowledged_by"] == [PRODUCTION]  # what collectors merge by
         production = collector(mosquitto, tmp_path, client_id=PRODUCTION)
         # sent again after the confirm timeout, now stored where MRV reads, and only then deleted
         assert wait_until(lambda: outbox.depth == 0, 30), outbox.depth
@@ -520,13 +521,17 @@ def test_an_unlisted_collectors_acknowledgements_delete_nothing_and_a_listed_one
     assert_each_stored_once(tmp_path, 20)
 
 
-def test_a_listed_collector_does_not_merge_an_unlisted_ones_claim(tmp_path, mosquitto):
+@pytest.mark.parametrize("told_by", ["site file", "gateway status"])
+def test_a_listed_collector_does_not_merge_an_unlisted_ones_claim(tmp_path, mosquitto, told_by):
     """Collectors publish the union of the claims they hear. Before, a listed collector took the staging
-    collector's claim into its own, and the gateway deleted on it what only the staging store held."""
+    collector's claim into its own, and the gateway deleted on it what only the staging store held. The
+    list comes from the collectors' copy of the site file, or from the gateway's status when that copy
+    is older than the gateway's."""
     e2e_site(tmp_path)
     cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
     key = ("test-site", GATEWAY)
-    listed = {key: [PRODUCTION, "jcm-collector-peer"]}
+    trusted = [PRODUCTION, "jcm-collector-peer"]
+    listed = {key: trusted} if told_by == "site file" else None
     prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key], listed)
     peer = Acknowledgements(CollectorConfig(client_id="jcm-collector-peer", **cfg), [key], listed)
     staging = Acknowledgements(CollectorConfig(client_id=STAGING, **cfg), [key], listed)
@@ -537,6 +542,9 @@ def test_a_listed_collector_does_not_merge_an_unlisted_ones_claim(tmp_path, mosq
     watcher.connect("127.0.0.1", mosquitto.port)
     watcher.loop_start()
     epoch = "00112233aabbccdd"
+    if told_by == "gateway status":
+        status = {"schema": 1, "state": "online", "epoch": epoch, "floor": 1, "acknowledged_by": trusted}
+        watcher.publish(topics.gateway_status(*key), json.dumps(status), qos=1, retain=True).wait_for_publish(5)
 
     def readings(seqs):
         return [Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},

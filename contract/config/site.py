@@ -34,6 +34,9 @@ def _not_a_reading_topic(v: str) -> str:
 
 
 COLLECTOR_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+#: collectors a gateway may list: its status carries the list, and collectors read a status whole
+#: only up to 4 KiB
+MAX_ACKNOWLEDGED_BY = 8
 #: a collector's MQTT client id, the last level of its acknowledgements' topic
 CollectorId = Annotated[str, Field(pattern=COLLECTOR_ID_PATTERN), AfterValidator(_not_a_reading_topic)]
 
@@ -209,7 +212,7 @@ class Outbox(Strict):
     #: the collectors (client ids) whose store is the one MRV reads: only their acknowledgements
     #: delete rows. Unset, any collector's do, as before the list existed: a staging or test
     #: collector on the production broker then deletes readings only its own store holds
-    acknowledged_by: list[CollectorId] | None = Field(default=None, min_length=1)
+    acknowledged_by: list[CollectorId] | None = Field(default=None, min_length=1, max_length=MAX_ACKNOWLEDGED_BY)
 
     @field_validator("acknowledged_by")
     @classmethod
