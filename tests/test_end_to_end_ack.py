@@ -27,7 +27,7 @@ from contract.acknowledgement import MAX_ACK_BYTES, Ack
 from contract.config import CollectorConfig
 from contract.message import Reading
 from gateway.outbox import Outbox
-from gateway.publisher import Publisher
+from gateway.publisher import Publisher, status_payload
 from gateway.service import Gateway
 from jcm.broker import Mosquitto
 from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, wait_until, write_site
@@ -593,3 +593,34 @@ def test_on_a_shared_subscription_what_only_an_unlisted_collector_stored_is_sent
         outbox.close()
     assert_each_stored_once(tmp_path, n)
     assert pub.unlisted.get(STAGING)
+
+
+def test_unlisted_collectors_are_logged_once_each_and_the_status_stays_small(tmp_path, caplog):
+    """Many collector ids (the legacy shared user can publish under any): each is logged once, at
+    most 8 are named in the status, the rest counted under "*"; a listed one's still deletes."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    polled(site, outbox, 5)
+    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]]}).encode()
+    ids = [f"staging-{i}" for i in range(12)] + ["x" * 200, "bad\u202eid"]
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
+            for _ in range(3):
+                for c in ids:
+                    pub._store_acks.put((topics.ack(site.site, site.gateway, c).encode(), body))
+                pub._take_store_acks()
+        assert outbox.depth == 5
+        assert pub.unlisted == {**{f"staging-{i}": 3 for i in range(8)}, "*": 3 * 6}
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 9 and all("not in outbox.acknowledged_by (jcm-collector-prod)" in m for m in said)
+        assert not any("\u202e" in m for m in said)
+        status = json.loads(status_payload(site, "online", acks_ignored=pub.unlisted,
+                                           acknowledged_by=[f"{'c' * 128}{i}"[-128:] for i in range(8)]))
+        assert len(json.dumps(status)) < 4096 - 1024  # room left beside the outbox fields
+        pub._store_acks.put((topics.ack(site.site, site.gateway, PRODUCTION).encode(), body))
+        pub._take_store_acks()
+        assert outbox.depth == 0
+    finally:
+        outbox.close()
