@@ -358,7 +358,7 @@ class Publisher:
         body = status_payload(self.site, "online", epoch=self.outbox.epoch, floor=self.outbox.floor(),
                               outbox_depth=self.outbox.depth, outbox_dropped=dropped, outbox_unsaved=unsaved,
                               outbox_error=error,
-                              # the collectors merge only these collectors' claims, whatever their copy of the site file says
+                              # collectors merge only these collectors' claims, whatever their site file copy says
                               **({"acknowledged_by": sorted(self.acknowledged_by)} if self.acknowledged_by else {}),
                               **({"acks_ignored": dict(self.unlisted)} if self.unlisted else {}))
         self.client.publish(self.status_topic, body, qos=1, retain=True)
