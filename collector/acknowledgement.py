@@ -44,11 +44,12 @@ MAX_EPOCHS = 4
 
 
 class _Gateway:
-    __slots__ = ("name", "current", "floor", "epochs", "forgetting", "trusted")
+    __slots__ = ("name", "current", "floor", "epochs", "forgetting", "listed", "trusted")
 
-    def __init__(self, name: str, trusted: frozenset[str] | None):
+    def __init__(self, name: str, listed: frozenset[str] | None):
         self.name = name
-        self.trusted = trusted  # the collectors whose claims count for this gateway; None: any
+        self.listed = listed  # the collectors our copy of its site file lists; None: any
+        self.trusted = listed  # the collectors whose claims count: those its status lists, else ``listed``
         self.forgetting = False  # whether a claim of it has no room for more ranges (logged once)
         self.current: str | None = None  # the epoch the gateway last announced in its status
         self.floor = 1  # of the current epoch
@@ -216,9 +217,9 @@ class Acknowledgements:
             g.current, g.floor = epoch, floor
             listed = body.get("acknowledged_by")
             # what the gateway acts on, even where our copy of its site file is older
-            if (isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY
-                    and all(isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed)):
-                g.trusted = frozenset(listed)
+            g.trusted = frozenset(listed) if (
+                isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY
+                and all(isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed)) else g.listed
             claim = g.epochs.get(epoch) or Claim(floor)
             claim.prune(floor)
             g.epochs = {epoch: claim}
