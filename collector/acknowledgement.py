@@ -7,7 +7,11 @@ acknowledgement (its own retained one from before a restart, and those of the ot
 collectors of its share group) and to the gateways' status (epoch and floor), so that
 what it publishes is the union, contiguous and small, pruned below the floor. Each
 claim is a :class:`~collector.claim.Claim`: the holes between the collectors' seqs
-cost a bit each, not a range each.
+cost a bit each, not a range each. Of a gateway that lists the collectors it takes
+acknowledgements from (``outbox.acknowledged_by``: in its status, else in our copy of its
+site file), only those collectors' claims are merged: a claim of another (a staging
+collector with a store of its own) published again as ours would delete readings our store
+does not hold.
 
 It has its own MQTT connection (a clean session: what it needs is retained), so the
 readings' session, with its manual acknowledgements, is untouched.
@@ -19,18 +23,20 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from collector.claim import MAX_KEPT_RANGES, WINDOW, Claim
 from contract import topics
 from contract.acknowledgement import Ack
 from contract.config import CollectorConfig
+from contract.config.site import COLLECTOR_ID_PATTERN, MAX_ACKNOWLEDGED_BY
 from contract.message import EPOCH_PATTERN, MAX_SEQ, Reading
 from contract.mqtt_connection import BrokerConnection
 
 log = logging.getLogger(__name__)
 
 _EPOCH = re.compile(EPOCH_PATTERN)
+_COLLECTOR_ID = re.compile(COLLECTOR_ID_PATTERN)
 #: a gateway's status is a few hundred bytes
 MAX_STATUS_BYTES = 4096
 #: epochs kept per gateway until its status says which is current (readings may come before it)
@@ -38,10 +44,12 @@ MAX_EPOCHS = 4
 
 
 class _Gateway:
-    __slots__ = ("name", "current", "floor", "epochs", "forgetting")
+    __slots__ = ("name", "current", "floor", "epochs", "forgetting", "listed", "trusted")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, listed: frozenset[str] | None):
         self.name = name
+        self.listed = listed  # the collectors our copy of its site file lists; None: any
+        self.trusted = listed  # the collectors whose claims count: those its status lists, else ``listed``
         self.forgetting = False  # whether a claim of it has no room for more ranges (logged once)
         self.current: str | None = None  # the epoch the gateway last announced in its status
         self.floor = 1  # of the current epoch
@@ -65,16 +73,29 @@ def sequence_of(payload: bytes, limit: int) -> tuple[str, int] | None:
 
 
 class Acknowledgements:
-    def __init__(self, config: CollectorConfig, gateways: Iterable[tuple[str, str]]):
+    def __init__(self, config: CollectorConfig, gateways: Iterable[tuple[str, str]],
+                 acknowledged_by: Mapping[tuple[str, str], Collection[str]] | None = None):
+        """``acknowledged_by``: (site, gateway) -> the collectors its site file lists; a gateway not in it
+        takes any collector's acknowledgements."""
         self.collector_id = config.client_id
         self.max_payload_bytes = config.max_payload_bytes
-        self._gateways = {g: _Gateway(g[1]) for g in gateways}  # (site, gateway): only those of the site files
+        listed = {key: frozenset(ids) for key, ids in (acknowledged_by or {}).items()}
+        # (site, gateway): only those of the site files
+        self._gateways = {g: _Gateway(g[1], listed.get(g)) for g in gateways}
+        ignored = sorted(f"{site}/{gateway}" for (site, gateway), ids in listed.items()
+                         if (site, gateway) in self._gateways and self.collector_id not in ids)
+        if ignored:
+            log.warning("acknowledgements: collector %s is not in outbox.acknowledged_by of %s: those gateways "
+                        "delete nothing on its acknowledgements, and send again what only its store holds",
+                        self.collector_id, ", ".join(ignored))
         self._lock = threading.Lock()
         self.connection = BrokerConnection(
             config.broker, f"{config.client_id}-ack", "collector: acknowledgements", mqtt5=config.protocol == "5",
             subscriptions=[(topics.ALL_ACKS, 1), (topics.ALL_STATUS, 1)])
         self.client = self.connection.client
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self._refusal_logged = False
         self.published = 0
         #: topic -> the payload last published there: its echo from the broker tells us nothing new
         self._sent: dict[str, bytes] = {}
@@ -149,6 +170,14 @@ class Acknowledgements:
         self.published += 1
 
     # paho's thread: tiny and never raising
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        # an MQTT 5 broker says why it refused; a 3.1.1 one drops the message without a word
+        if reason_code.is_failure and not self._refusal_logged:
+            self._refusal_logged = True  # once: every later acknowledgement would be refused the same way
+            log.error("acknowledgements: the broker refused one of ours (%s): gateways confirm nothing this collector "
+                      "stores and send it all again. Is this collector's MQTT user the one whose ACL section writes "
+                      "jcm/v1/+/+/ack/%s (README \"Per-collector users\")?", reason_code, self.collector_id)
+
     def _on_message(self, client, userdata, msg):
         try:
             topic = msg._topic.decode("utf-8", "replace")
@@ -157,11 +186,14 @@ class Acknowledgements:
             elif self._sent.get(topic) == msg.payload:
                 return  # ours, made from what we hold: nothing to fold in (one a batch)
             else:
-                site, gateway, _ = topics.parse_ack(topic)
+                site, gateway, collector = topics.parse_ack(topic)
+                g = self._gateways.get((site, gateway))
+                if g is None or (g.trusted is not None and collector not in g.trusted
+                                 and collector != self.collector_id):
+                    return  # not a store the gateway's readings may be confirmed by
                 ack = Ack.from_json(msg.payload)
                 with self._lock:
-                    g = self._gateways.get((site, gateway))
-                    claim = None if g is None else self._claim(g, ack.epoch)
+                    claim = self._claim(g, ack.epoch)
                     if claim is not None:
                         claim.add_ranges(ack.ranges)
                         claim.add_bits(ack.bits_from, ack.bitmask())
@@ -183,6 +215,11 @@ class Acknowledgements:
             if g is None:
                 return
             g.current, g.floor = epoch, floor
+            listed = body.get("acknowledged_by")
+            # what the gateway acts on, even where our copy of its site file is older
+            g.trusted = frozenset(listed) if (
+                isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY
+                and all(isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed)) else g.listed
             claim = g.epochs.get(epoch) or Claim(floor)
             claim.prune(floor)
             g.epochs = {epoch: claim}

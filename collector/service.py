@@ -143,7 +143,9 @@ class Collector:
         self.done = threading.Event()
         self.client = self._client()
         #: tells each gateway what the store holds, so that it deletes only that
-        self.acknowledgements = Acknowledgements(config, [(s, r.gateway) for s, r in self.rules.items()])
+        self.acknowledgements = Acknowledgements(
+            config, [(s, r.gateway) for s, r in self.rules.items()],
+            {(s.site, s.gateway): s.outbox.acknowledged_by for s in sites if s.outbox.acknowledged_by is not None})
         #: the batches checked and waiting for the worker: one, so that the checker is at most one ahead
         self._checked: queue.Queue[_Checked] = queue.Queue(maxsize=1)
         self._checker = threading.Thread(target=self._stage, args=(self._check_next,), name="collector-check",

@@ -17,7 +17,10 @@ A PUBACK moves a row from *sending* to *sent, awaiting store*; the collectors'
 acknowledgements (contract/acknowledgement.py) delete it. Rows awaiting the store
 longer than ``outbox.confirm_timeout_s``, and all of them when the connection comes
 back, go round the backlog lane again. With ``outbox.confirmed_by: broker`` the PUBACK
-deletes the row, as before acknowledgements existed.
+deletes the row, as before acknowledgements existed. With ``outbox.acknowledged_by``, only
+the listed collectors' acknowledgements count: another collector's (a staging or test one
+on the production broker, whose store MRV does not read) deletes nothing, and is counted in
+the status and logged, so that an operator sees it.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import datetime as dt
 
 from contract import acknowledgement, batch, topics
-from contract.config.site import Site
+from contract.config.site import COLLECTOR_ID_PATTERN, Site
 from contract.message import format_ts
 from contract.mqtt_connection import BrokerConnection
 from contract.text import printable
@@ -41,6 +45,13 @@ log = logging.getLogger(__name__)
 #: backlog batches unacknowledged at a time: two keep the link busy during a PUBACK's round
 #: trip, and a live reading waits behind at most two (about 1 s at 1 Mbit/s)
 BATCHES_IN_FLIGHT = 2
+#: collectors outside ``outbox.acknowledged_by`` named in the status, each with its count; any
+#: more are counted together under "*": the status stays small (collectors read it whole only
+#: up to 4 KiB)
+MAX_UNLISTED_SHOWN = 8
+#: an unlisted collector's acknowledgements are logged at most this often, per collector [s]
+UNLISTED_LOG_EVERY_S = 3600.0
+_COLLECTOR_ID = re.compile(COLLECTOR_ID_PATTERN)
 
 
 def status_payload(site: Site, state: str, **extra) -> str:
@@ -62,6 +73,11 @@ class Publisher:
             type(mq).model_validate(mq.model_dump())  # same validation as the file
         self.mqtt_config = mq
         self.by_store = site.outbox.confirmed_by == "store"
+        listed = site.outbox.acknowledged_by
+        self.acknowledged_by = None if listed is None else frozenset(listed)
+        if self.by_store:
+            log.info("gateway %s: rows are deleted on acknowledgements of %s", site.gateway,
+                     "any collector (outbox.acknowledged_by is not set)" if listed is None else ", ".join(listed))
         self.confirm_timeout = site.outbox.confirm_timeout_s
         self.ack_topic = topics.acks_of(site.site, site.gateway)
         self.batch_topic = topics.batch(site.site, site.gateway)
@@ -78,6 +94,9 @@ class Publisher:
         self._store_acks: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()  # (topic, payload)
         self._refused_acks = 0  # acknowledgements refused since the last log line about them
         self._next_refusal_log = 0.0
+        #: acknowledgements of collectors not in ``acknowledged_by``, by collector (in the status)
+        self.unlisted: dict[str, int] = {}
+        self._next_unlisted_log: dict[str, float] = {}
         self._inflight: dict[int, list[int]] = {}  # mid -> seqs (one, or a batch's)
         self._batches: set[int] = set()  # mids of the backlog batches in flight
         self._full_batch = 1000  # rows the last batch cut by the packet limit held
@@ -287,9 +306,12 @@ class Publisher:
             latest[topic] = payload
         for topic, payload in latest.items():
             try:
-                site, gateway, _ = topics.parse_ack(topic.decode("utf-8", "replace"))
+                site, gateway, collector = topics.parse_ack(topic.decode("utf-8", "replace"))
                 if (site, gateway) != (self.site.site, self.site.gateway):
                     raise ValueError("not this gateway's acknowledgement topic")
+                if self.acknowledged_by is not None and collector not in self.acknowledged_by:
+                    self._unlisted(collector)
+                    continue
                 ack = acknowledgement.Ack.from_json(payload)
             except ValueError as exc:
                 self._refused(topic, str(exc))
@@ -310,6 +332,20 @@ class Publisher:
             self._refused_acks = 0
             self._next_refusal_log = time.monotonic() + 60
 
+    def _unlisted(self, collector: str) -> None:
+        """An acknowledgement of a collector not in ``outbox.acknowledged_by``: not acted on, counted, and
+        logged at the first and then at most once an hour per collector."""
+        named = _COLLECTOR_ID.fullmatch(collector) is not None  # an id a site file could list
+        key = collector if named and (collector in self.unlisted or len(self.unlisted) < MAX_UNLISTED_SHOWN) else "*"
+        self.unlisted[key] = self.unlisted.get(key, 0) + 1
+        now = time.monotonic()
+        if now >= self._next_unlisted_log.get(key, 0.0):
+            self._next_unlisted_log[key] = now + UNLISTED_LOG_EVERY_S
+            who = f"collector {collector}" if key != "*" else f"collector {printable(collector)[:120]!r} (and others)"
+            log.warning("gateway %s: %s acknowledges readings here but is not in outbox.acknowledged_by (%s): its "
+                        "acknowledgements delete nothing (%d so far; the status counts them in acks_ignored)",
+                        self.site.gateway, who, ", ".join(sorted(self.acknowledged_by)), self.unlisted[key])
+
     def _outbox_health(self) -> tuple[int, int, str | None]:
         return self.outbox.unsaved, self.outbox.dropped, self.outbox.error
 
@@ -323,5 +359,8 @@ class Publisher:
         unsaved, dropped, error = self._said
         body = status_payload(self.site, "online", epoch=self.outbox.epoch, floor=self.outbox.floor(),
                               outbox_depth=self.outbox.depth, outbox_dropped=dropped, outbox_unsaved=unsaved,
-                              outbox_error=error)
+                              outbox_error=error,
+                              # collectors merge only these collectors' claims, whatever their site file copy says
+                              **({"acknowledged_by": sorted(self.acknowledged_by)} if self.acknowledged_by else {}),
+                              **({"acks_ignored": dict(self.unlisted)} if self.unlisted else {}))
         self.client.publish(self.status_topic, body, qos=1, retain=True)

@@ -177,7 +177,7 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
 
     broker_settings = Mqtt(url=broker.url)  # what every client of the demo connects with
     collector = Collector(CollectorConfig(broker=broker_settings, store=store_url, sites_dir=str(sites_dir),
-                                          client_id="jcm-demo-collector",
+                                          client_id=DEMO_COLLECTOR,
                                           protocol="5" if isinstance(broker, Mosquitto) else "3.1.1"))
     collector.start()
     gateways = [Gateway(s, broker_url=broker.url, outbox_path=str(workdir / f"outbox-{s.site}.sqlite")) for s in sites]
@@ -237,10 +237,15 @@ def run_demo(config_dir: Path, duration: float | None, workdir: Path, only: list
     return 0 if flowed and any_verified else 1
 
 
+#: the demo collector's client id, the one collector its sites' gateways take acknowledgements from
+DEMO_COLLECTOR = "jcm-demo-collector"
+
+
 def signing_site_files(config_dir: Path, workdir: Path, now: dt.datetime) -> Path:
     """Copies of the site files in ``<workdir>/sites``, each site's gateway signing with
     its key in ``<workdir>/keys`` (made by ``jcm keygen`` unless there) and its public key
-    listed, signatures required; config/sites is never edited. Returns the folder."""
+    listed, signatures required, and acknowledgements taken from the demo's collector (the
+    reference sites name the production one); config/sites is never edited. Returns the folder."""
     out, keys = workdir / "sites", workdir / "keys"
     out.mkdir(parents=True, exist_ok=True)
     profiles = config_dir / "profiles"
@@ -260,6 +265,8 @@ def signing_site_files(config_dir: Path, workdir: Path, now: dt.datetime) -> Pat
             "keys": [{"id": key_id, "public_key": base64.b64encode(raw).decode(), "fingerprint": fingerprint(raw),
                       "valid_from": (history_start(now.date()) - dt.timedelta(days=1)).isoformat()}],
         }
+        if (data.get("outbox") or {}).get("acknowledged_by") is not None:
+            data["outbox"]["acknowledged_by"] = [DEMO_COLLECTOR]
         (out / f.name).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return out
 

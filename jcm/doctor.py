@@ -296,12 +296,23 @@ def check_signing_key(site: Site) -> Check:
     return Check("signing key", OK, f"{site.custody.private_key_file}: signs as '{key.id}'")
 
 
+def check_acknowledgements(site: Site) -> Check:
+    """Whose acknowledgements delete the outbox's readings (README "Whose acknowledgements count")."""
+    listed = site.outbox.acknowledged_by
+    if listed is None:
+        return Check("acknowledgements", WARN, "any collector's acknowledgement deletes readings from the outbox, "
+                                               "a staging or test one's too: list yours in outbox.acknowledged_by")
+    return Check("acknowledgements", OK, f"readings deleted once the store of {', '.join(listed)} has them")
+
+
 def run_checks(site: Site, site_file: str | Path, broker_url: str | None = None, outbox_path: str | None = None,
                timeout: float = 5.0) -> list[Check]:
     checks = [Check("config", OK, f"{site_file}: site {site.site}, gateway {site.gateway}, "
                                   f"{len(site.devices)} device(s), profiles found")]
     checks += [check_device(site, d) for d in site.devices]
     checks.append(check_broker(site, broker_url, timeout))
+    if site.outbox.confirmed_by == "store":
+        checks.append(check_acknowledgements(site))
     if site.custody.private_key_file is not None:
         checks.append(check_signing_key(site))
     outbox, newest = check_outbox(site, outbox_path or site.outbox.path.format(gateway=site.gateway,

@@ -166,17 +166,23 @@ def acl_sections() -> dict[str, list[str]]:
 
 
 def test_acl_has_a_section_per_reference_site_writing_its_own_gateway_only():
-    from contract.config import load_site
+    from contract.config import load_collector, load_site
 
     sections = acl_sections()
     sites = {s.site: s for s in (load_site(p) for p in sorted((REPO / "config" / "sites").glob("*.yaml")))}
-    assert set(sections) == set(sites) | {"collector", "liveview"}
+    collectors = {load_collector(f).client_id for f in (REPO / "config").glob("collector*.yaml")}
+    assert set(sections) == set(sites) | collectors | {"liveview"}
+    assert all(site.outbox.acknowledged_by and set(site.outbox.acknowledged_by) <= collectors for site in sites.values())
+    # the stack's collector logs in as the user whose section is its own
+    assert COMPOSE["services"]["collector"]["environment"]["JCM_MQTT_USERNAME_COLLECTOR"] == \
+        load_collector(REPO / "config" / "collector.docker.yaml").client_id
     for site_id, site in sites.items():
         assert sections[site_id] == [f"topic write jcm/v1/{site_id}/{site.gateway}/+/reading",
                                      f"topic write jcm/v1/{site_id}/{site.gateway}/batch",
                                      f"topic write jcm/v1/{site_id}/{site.gateway}/status",
                                      f"topic read jcm/v1/{site_id}/{site.gateway}/ack/+"]
-    assert sections["collector"] == ["topic read jcm/v1/+/+/+/reading", "topic read jcm/v1/+/+/batch",
-                                     "topic readwrite jcm/v1/+/+/ack/+",
-                                     "topic read jcm/v1/+/+/status"]
+    for collector in collectors:  # its own acknowledgement topic only: a gateway trusts collectors by it
+        assert sections[collector] == ["topic read jcm/v1/+/+/+/reading", "topic read jcm/v1/+/+/batch",
+                                       "topic read jcm/v1/+/+/ack/+", f"topic write jcm/v1/+/+/ack/{collector}",
+                                       "topic read jcm/v1/+/+/status"]
     assert sections["liveview"] == ["topic read jcm/v1/#"]

@@ -13,7 +13,7 @@ from contract.config import load_site
 from contract.message import Reading
 from gateway.outbox import Outbox
 from jcm.broker import Mosquitto, free_port
-from jcm.doctor import FIX, OK, Check, check_broker, check_clock
+from jcm.doctor import FIX, OK, WARN, Check, check_broker, check_clock
 from tests.conftest import REPO, tcp_device, write_site
 from tests.conftest import openssl
 from tests.test_mqtt_security import tls_broker, tls_site  # noqa: F401 (fixtures)
@@ -62,6 +62,8 @@ def test_doctor_names_the_unreachable_device_and_the_refused_login(tmp_path, bro
     assert rows["outbox directory"][0] == OK and "does not exist yet" in rows["outbox directory"][1]
     assert rows["outbox disk space"][0] == OK
     assert "clock" in rows
+    assert rows["acknowledgements"] == (WARN, "any collector's acknowledgement deletes readings from the outbox, a "
+                                              "staging or test one's too: list yours in outbox.acknowledged_by")
     assert "\n2 to fix, " in res.stdout
 
     # put right, all is fine (the clock of a test machine may be unsynchronized: a warning, not a fault)

@@ -27,7 +27,7 @@ from contract.acknowledgement import MAX_ACK_BYTES, Ack
 from contract.config import CollectorConfig
 from contract.message import Reading
 from gateway.outbox import Outbox
-from gateway.publisher import Publisher
+from gateway.publisher import Publisher, status_payload
 from gateway.service import Gateway
 from jcm.broker import Mosquitto
 from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, wait_until, write_site
@@ -460,3 +460,167 @@ def test_gateway_sigkilled_twice_keeps_what_the_store_has_not_confirmed(tmp_path
         left = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
     assert n > 100 and left == 0
     assert_each_stored_once(tmp_path, n)
+
+
+PRODUCTION, STAGING = "jcm-collector-prod", "jcm-collector-staging"
+
+
+def staging_collector(broker, tmp_path, **extra) -> Collector:
+    """A collector of another environment on the same broker, with a store of its own (not the one MRV reads)."""
+    c = Collector(CollectorConfig(broker={"url": broker.url}, store=f"sqlite:///{tmp_path}/staging.db",
+                                  sites_dir=str(tmp_path / "sites"), client_id=STAGING, batch_timeout=0.1, **extra))
+    c.start()
+    return c
+
+
+def polled(site, outbox: Outbox, n: int) -> None:
+    """``n`` valid readings of the site's first device into the outbox, as if polled."""
+    device = site.devices[0]
+    shape = Reading(site=site.site, gateway=site.gateway, device=device.id, ts=dt.datetime.now(dt.UTC),
+                    values={p.channel: 1.0 for p in device.register_map.points}, epoch=outbox.epoch)
+    topic = topics.reading(site.site, site.gateway, device.id)
+    for _ in range(n):
+        outbox.put(topic, lambda seq: dataclasses.replace(shape, seq=seq, ts=shape.ts - dt.timedelta(seconds=seq))
+                   .to_json())
+    outbox.flush()
+
+
+def test_an_unlisted_collectors_acknowledgements_delete_nothing_and_a_listed_ones_do(tmp_path, mosquitto):
+    """A staging collector pointed at the production broker stores every reading in its own store and
+    acknowledges them. Before, the gateway deleted them all: lost from the production store, silently.
+    Now they stay, counted in the status, until the listed collector's store has them."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    status = Subscriber(mosquitto)
+    staging = staging_collector(mosquitto, tmp_path)
+    pub = Publisher(site, outbox, broker_url=mosquitto.url, status_every=0.5)
+    production = None
+    try:
+        pub.start()
+        assert wait_until(lambda: pub.connection.connected.is_set() and staging.acknowledgements.connection
+                          .connected.is_set(), 10)
+        time.sleep(0.3)  # subscriptions in place
+        polled(site, outbox, 20)
+        pub.notify()
+        assert wait_until(lambda: staging.stored == 20, 10)
+        time.sleep(1)  # its acknowledgement of all 20 has reached the gateway
+        assert outbox.depth == 20 and pub.confirmed == 0
+        assert pub.unlisted[STAGING] > 0
+        assert wait_until(lambda: any(s.get("acks_ignored", {}).get(STAGING) for s in status.status), 5)
+        assert status.status[-1]["acknowledged_by"] == [PRODUCTION]  # what collectors merge by
+        production = collector(mosquitto, tmp_path, client_id=PRODUCTION)
+        # sent again after the confirm timeout, now stored where MRV reads, and only then deleted
+        assert wait_until(lambda: outbox.depth == 0, 30), outbox.depth
+    finally:
+        pub.stop(timeout=0)
+        staging.stop()
+        if production:
+            production.stop()
+        status.close()
+        outbox.close()
+    assert_each_stored_once(tmp_path, 20)
+
+
+@pytest.mark.parametrize("told_by", ["site file", "gateway status"])
+def test_a_listed_collector_does_not_merge_an_unlisted_ones_claim(tmp_path, mosquitto, told_by):
+    """Collectors publish the union of the claims they hear. Before, a listed collector took the staging
+    collector's claim into its own, and the gateway deleted on it what only the staging store held. The
+    list comes from the collectors' copy of the site file, or from the gateway's status when that copy
+    is older than the gateway's."""
+    e2e_site(tmp_path)
+    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
+    key = ("test-site", GATEWAY)
+    trusted = [PRODUCTION, "jcm-collector-peer"]
+    listed = {key: trusted} if told_by == "site file" else None
+    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key], listed)
+    peer = Acknowledgements(CollectorConfig(client_id="jcm-collector-peer", **cfg), [key], listed)
+    staging = Acknowledgements(CollectorConfig(client_id=STAGING, **cfg), [key], listed)
+    seen = {}
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+    epoch = "00112233aabbccdd"
+    if told_by == "gateway status":
+        status = {"schema": 1, "state": "online", "epoch": epoch, "floor": 1, "acknowledged_by": trusted}
+        watcher.publish(topics.gateway_status(*key), json.dumps(status), qos=1, retain=True).wait_for_publish(5)
+
+    def readings(seqs):
+        return [Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                        seq=s, epoch=epoch) for s in seqs]
+    try:
+        for ack in (prod, peer, staging):
+            ack.start()
+        assert wait_until(lambda: all(a.connection.connected.is_set() for a in (prod, peer, staging)), 10)
+        time.sleep(0.3)
+        staging.kept(readings(range(1, 101)), [])
+        peer.kept(readings([101]), [])
+        assert wait_until(lambda: STAGING in seen and "jcm-collector-peer" in seen)
+        time.sleep(0.3)  # prod has heard both
+        prod.kept(readings([102]), [])
+        assert wait_until(lambda: PRODUCTION in seen)
+        assert seen[PRODUCTION] == {"schema": 1, "epoch": epoch, "ranges": [[101, 102]]}  # the peer's, not staging's
+    finally:
+        for ack in (prod, peer, staging):
+            ack.stop()
+        watcher.loop_stop()
+
+
+def test_on_a_shared_subscription_what_only_an_unlisted_collector_stored_is_sent_again(tmp_path, mosquitto):
+    """A staging collector joins the production share group: the broker deals it a share of the
+    readings. Before, the gateway deleted that share on its acknowledgement: missing from the production
+    store. Now those rows stay, are sent again, and are deleted once the listed collector has them."""
+    n = 40
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    production = collector(mosquitto, tmp_path, client_id=PRODUCTION, share_group="collectors")
+    staging = staging_collector(mosquitto, tmp_path, share_group="collectors")
+    pub = Publisher(site, outbox, broker_url=mosquitto.url)
+    try:
+        pub.start()
+        assert wait_until(lambda: all(c.connected.is_set() for c in (
+            pub.connection, production.connection, staging.connection, production.acknowledgements.connection,
+            staging.acknowledgements.connection)), 10)
+        time.sleep(0.3)
+        polled(site, outbox, n)
+        pub.notify()
+        assert wait_until(lambda: staging.stored > 0 and outbox.depth == 0, 40), outbox.depth
+    finally:
+        pub.stop(timeout=0)
+        staging.stop()
+        production.stop()
+        outbox.close()
+    assert_each_stored_once(tmp_path, n)
+    assert pub.unlisted.get(STAGING)
+
+
+def test_unlisted_collectors_are_logged_once_each_and_the_status_stays_small(tmp_path, caplog):
+    """Many collector ids (the legacy shared user can publish under any): each is logged once, at
+    most 8 are named in the status, the rest counted under "*"; a listed one's still deletes."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    polled(site, outbox, 5)
+    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]]}).encode()
+    ids = [f"staging-{i}" for i in range(12)] + ["x" * 200, "bad\u202eid"]
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
+            for _ in range(3):
+                for c in ids:
+                    pub._store_acks.put((topics.ack(site.site, site.gateway, c).encode(), body))
+                pub._take_store_acks()
+        assert outbox.depth == 5
+        assert pub.unlisted == {**{f"staging-{i}": 3 for i in range(8)}, "*": 3 * 6}
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 9 and all("not in outbox.acknowledged_by (jcm-collector-prod)" in m for m in said)
+        assert not any("\u202e" in m for m in said)
+        status = json.loads(status_payload(site, "online", acks_ignored=pub.unlisted,
+                                           acknowledged_by=[f"{'c' * 128}{i}"[-128:] for i in range(8)]))
+        assert len(json.dumps(status)) < 4096 - 1024  # room left beside the outbox fields
+        pub._store_acks.put((topics.ack(site.site, site.gateway, PRODUCTION).encode(), body))
+        pub._take_store_acks()
+        assert outbox.depth == 0
+    finally:
+        outbox.close()

@@ -2,6 +2,7 @@
 shipped script: who may publish what, oversized messages, TLS with client certificates."""
 
 import json
+import logging
 import os
 import ssl
 import subprocess
@@ -17,9 +18,11 @@ from contract.config import CollectorConfig
 from gateway.outbox import Outbox
 from gateway.publisher import Publisher
 from jcm.broker import Mosquitto, free_port, wait_for_port
-from tests.conftest import REPO, load_site, tcp_device, write_site
+from tests.conftest import REPO, load_site, tcp_device, wait_until, write_site
 
-USERS = {"mn-solar": "pw-mn", "vn-transformers": "pw-vn", "collector": "pw-col", "liveview": "pw-lv"}
+COLLECTOR = "jcm-collector-1"  # the shipped collector's client id, and its user
+USERS = {"mn-solar": "pw-mn", "vn-transformers": "pw-vn", COLLECTOR: "pw-col", "liveview": "pw-lv",
+         "collector": "pw-legacy"}
 MN_READING = "jcm/v1/mn-solar/gw-mn-01/inv-01/reading"
 VN_READING = "jcm/v1/vn-transformers/gw-vn-01/tx-01/reading"
 MN_BATCH = "jcm/v1/mn-solar/gw-mn-01/batch"
@@ -38,12 +41,18 @@ def certs(tmp_path_factory):
 @pytest.fixture
 def broker(tmp_path, certs):
     """Mosquitto with the shipped mosquitto.conf and acl, paths and ports moved to the test's."""
+    b = shipped_broker(tmp_path, certs, REPO / "deploy/mosquitto/acl")
+    yield b
+    b.stop()
+
+
+def shipped_broker(tmp_path, certs, acl) -> Mosquitto:
     passwd = tmp_path / "passwd"
     for i, (user, password) in enumerate(USERS.items()):
         subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwd), user, password], check=True)
     plain, tls = free_port(), free_port()
     conf = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
-    for shipped, here in (("/mosquitto/config/passwd", str(passwd)), ("/mosquitto/config/acl", str(REPO / "deploy/mosquitto/acl")),
+    for shipped, here in (("/mosquitto/config/passwd", str(passwd)), ("/mosquitto/config/acl", str(acl)),
                           ("/mosquitto/data/", f"{tmp_path}/"), ("/mosquitto/certs/", f"{certs}/broker/"),
                           ("listener 1883\n", f"listener {plain} 127.0.0.1\n"), ("listener 8883\n", f"listener {tls} 127.0.0.1\n")):
         assert shipped in conf
@@ -53,8 +62,7 @@ def broker(tmp_path, certs):
     b.start()
     wait_for_port(tls)
     b.tls_port = tls
-    yield b
-    b.stop()
+    return b
 
 
 class Client:
@@ -123,7 +131,7 @@ def settle(observer: Client, last_topic: str, timeout: float = 5.0):
 def test_a_site_writes_only_its_own_gateway_topics_and_readers_cannot_publish(broker):
     observer = Client(broker.port, "liveview", subscribe="jcm/v1/#")
     mn, vn = Client(broker.port, "mn-solar"), Client(broker.port, "vn-transformers")
-    collector, liveview = Client(broker.port, "collector"), Client(broker.port, "liveview")
+    collector, liveview = Client(broker.port, COLLECTOR), Client(broker.port, "liveview")
     forbidden = [
         (mn, VN_READING),  # another site's readings
         (mn, "jcm/v1/vn-transformers/gw-vn-01/batch"),  # another site's backlog
@@ -152,10 +160,10 @@ def test_a_site_writes_only_its_own_gateway_topics_and_readers_cannot_publish(br
 def test_the_collector_reads_readings_and_status_also_in_a_share_group(broker):
     """Status too: it carries the gateway's epoch and floor, which the acknowledgements follow,
     and its outbox drop counter, which explains gaps in its sequence. Batches of a backlog too."""
-    plain = Client(broker.port, "collector", subscribe="jcm/v1/+/+/+/reading")
-    shared = Client(broker.port, "collector", subscribe="$share/collectors/jcm/v1/+/+/+/reading")
-    status = Client(broker.port, "collector", subscribe="jcm/v1/+/+/status")
-    batches = Client(broker.port, "collector", subscribe="$share/collectors/jcm/v1/+/+/batch")
+    plain = Client(broker.port, COLLECTOR, subscribe="jcm/v1/+/+/+/reading")
+    shared = Client(broker.port, COLLECTOR, subscribe="$share/collectors/jcm/v1/+/+/+/reading")
+    status = Client(broker.port, COLLECTOR, subscribe="jcm/v1/+/+/status")
+    batches = Client(broker.port, COLLECTOR, subscribe="$share/collectors/jcm/v1/+/+/batch")
     mn = Client(broker.port, "mn-solar")
     mn.publish("jcm/v1/mn-solar/gw-mn-01/status")
     mn.publish(MN_READING)
@@ -173,13 +181,15 @@ def test_the_collector_reads_readings_and_status_also_in_a_share_group(broker):
 
 def test_only_collectors_acknowledge_and_a_site_reads_only_its_own_acknowledgements(broker):
     mn_ack, vn_ack = "jcm/v1/mn-solar/gw-mn-01/ack/jcm-collector-1", "jcm/v1/vn-transformers/gw-vn-01/ack/jcm-collector-1"
-    collector, mn, vn = Client(broker.port, "collector"), Client(broker.port, "mn-solar"), Client(broker.port, "vn-transformers")
+    collector, mn, vn = Client(broker.port, COLLECTOR), Client(broker.port, "mn-solar"), Client(broker.port, "vn-transformers")
     observer = Client(broker.port, "liveview", subscribe="jcm/v1/#")
     refused = {(c.user, t): c.acks.get(c.publish(t, retain=True)) for c, t in [
         (mn, "jcm/v1/mn-solar/gw-mn-01/ack/forged"),  # a site confirming its own readings
         (vn, mn_ack),
         (collector, "jcm/v1/mn-solar/gw-mn-01/status"),  # acknowledgement topics only
         (collector, "jcm/v1/mn-solar/gw-mn-01/ack/x/y"),
+        (collector, "jcm/v1/mn-solar/gw-mn-01/ack/jcm-collector-2"),  # another collector's: a gateway may trust it
+        (collector, "jcm/v1/mn-solar/gw-mn-01/ack/staging"),
     ]}
     assert set(refused.values()) == {0x87}, refused
     for topic in (vn_ack, mn_ack):
@@ -188,7 +198,7 @@ def test_only_collectors_acknowledge_and_a_site_reads_only_its_own_acknowledgeme
     mine = Client(broker.port, "mn-solar", subscribe="jcm/v1/mn-solar/gw-mn-01/ack/+")
     others = Client(broker.port, "mn-solar", subscribe="jcm/v1/vn-transformers/gw-vn-01/ack/+")
     everything = Client(broker.port, "mn-solar", subscribe="jcm/v1/+/+/ack/+")
-    peer = Client(broker.port, "collector", subscribe="jcm/v1/+/+/ack/+")  # collectors read each other's
+    peer = Client(broker.port, COLLECTOR, subscribe="jcm/v1/+/+/ack/+")  # collectors read each other's
     settle(mine, mn_ack)
     settle(peer, mn_ack)
     assert mine.topics() == [mn_ack] and sorted(peer.topics()) == sorted([mn_ack, vn_ack])
@@ -201,12 +211,73 @@ def test_only_collectors_acknowledge_and_a_site_reads_only_its_own_acknowledgeme
 
 
 
+def test_the_shared_collector_user_of_before_works_only_with_the_legacy_section_uncommented(broker, tmp_path, certs):
+    """Shipped, the user every collector shared can do nothing (its password could publish any collector's
+    acknowledgements); a deployment migrating uncomments the legacy section and runs as before."""
+    ack = "jcm/v1/mn-solar/gw-mn-01/ack/anyone"
+    legacy = Client(broker.port, "collector")
+    assert legacy.acks.get(legacy.publish(ack)) == 0x87
+    legacy.close()
+    lines = (REPO / "deploy/mosquitto/acl").read_text().splitlines()
+    start = lines.index("# user collector")
+    uncommented = [line.removeprefix("# ") for line in lines[start:start + 5]]
+    assert uncommented[0] == "user collector" and all(line.startswith("topic ") for line in uncommented[1:])
+    acl = tmp_path / "legacy.acl"
+    acl.write_text("\n".join(lines[:start] + uncommented + lines[start + 5:]) + "\n")
+    (tmp_path / "legacy").mkdir()
+    old = shipped_broker(tmp_path / "legacy", certs, acl)
+    try:
+        reader = Client(old.port, "collector", subscribe="jcm/v1/+/+/+/reading")
+        legacy = Client(old.port, "collector")
+        assert legacy.acks.get(legacy.publish(ack, retain=True)) in (0, 0x10)  # accepted (0x10: no subscriber yet)
+        Client(old.port, "mn-solar").publish(MN_READING)
+        settle(reader, MN_READING)
+        assert reader.topics() == [MN_READING]
+        for c in (reader, legacy):
+            c.close()
+    finally:
+        old.stop()
+
+
+def test_a_collector_logged_in_as_another_says_its_acknowledgements_are_refused(broker, monkeypatch, caplog):
+    """The real collector publishing under a client id its user may not write: the broker refuses each
+    acknowledgement (gateways send everything again), and the collector says why, once."""
+    import datetime as dt
+
+    from contract.message import Reading
+
+    monkeypatch.setenv("COL_USER", COLLECTOR)
+    monkeypatch.setenv("COL_PASSWORD", USERS[COLLECTOR])
+    observer = Client(broker.port, "liveview", subscribe="jcm/v1/+/+/ack/+")
+    key = ("mn-solar", "gw-mn-01")
+    readings = [Reading(site=key[0], gateway=key[1], device="inv-01", ts=dt.datetime.now(dt.UTC), values={}, seq=s,
+                        epoch="00112233aabbccdd") for s in (1, 2)]
+    for client_id, refused in (("jcm-collector-2", True), (COLLECTOR, False)):
+        caplog.clear()
+        acks = Acknowledgements(CollectorConfig(broker={"url": broker.url, "username_env": "COL_USER",
+                                                        "password_env": "COL_PASSWORD"}, client_id=client_id), [key])
+        try:
+            acks.start()
+            assert wait_until(acks.connection.connected.is_set, 10)
+            with caplog.at_level(logging.ERROR, logger="collector.acknowledgement"):
+                acks.kept(readings, [])
+                acks.kept(readings, [])
+                topic = f"jcm/v1/mn-solar/gw-mn-01/ack/{client_id}"
+                settle(observer, topic, timeout=1 if refused else 5)
+        finally:
+            acks.stop()
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert (topic in observer.topics()) is not refused
+        assert len(said) == refused and all(f"writes jcm/v1/+/+/ack/{client_id}" in m for m in said), said
+    observer.close()
+
+
 def test_a_sites_reading_topic_of_a_device_named_ack_is_no_acknowledgement(broker, tmp_path):
     """A site may write ``.../<device>/reading`` for any device, so ``.../ack/reading`` too: the one
     acknowledgement topic it can write (retained, even). Neither its gateway nor a collector takes it."""
     forged = "jcm/v1/mn-solar/gw-mn-01/ack/reading"
     gateway_view = Client(broker.port, "mn-solar", subscribe="jcm/v1/mn-solar/gw-mn-01/ack/+")
-    collector_view = Client(broker.port, "collector", subscribe="jcm/v1/+/+/ack/+")
+    collector_view = Client(broker.port, COLLECTOR, subscribe="jcm/v1/+/+/ack/+")
     outbox = Outbox(tmp_path / "outbox.sqlite", 100, durable=False)
     try:
         for _ in range(5):
@@ -256,8 +327,8 @@ def test_a_retained_reading_arrives_marked_and_mqtt5_subscribers_can_decline_it(
     Retain Handling 2 never receives it (our gateways retain only their status)."""
     mn = Client(broker.port, "mn-solar")
     mn.publish(MN_READING, retain=True)
-    late = Client(broker.port, "collector", subscribe="jcm/v1/+/+/+/reading")
-    declining = Client(broker.port, "collector")
+    late = Client(broker.port, COLLECTOR, subscribe="jcm/v1/+/+/+/reading")
+    declining = Client(broker.port, COLLECTOR)
     declining.c.subscribe("jcm/v1/+/+/+/reading", options=mqtt.SubscribeOptions(qos=1, retainHandling=2))
     settle(late, MN_READING)
     assert [(m.topic, m.retain) for m in late.received] == [(MN_READING, True)]

@@ -8,9 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from contract import topics
 from contract.config.profile import Strict
-from contract.config.site import Mqtt
+from contract.config.site import CollectorId, Mqtt
 from contract.future_limit import MAX_FUTURE_S
 
 
@@ -18,8 +17,9 @@ class CollectorConfig(Strict):
     broker: Mqtt
     #: MQTT protocol: 5 (session expiry, Receive Maximum) or 3.1.1 (clean_session=False) for brokers without 5
     protocol: Literal["5", "3.1.1"] = "5"
-    #: fixed, so that the broker keeps this collector's session (and its unacknowledged messages)
-    client_id: str = Field(default="jcm-collector-1", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    #: fixed, so that the broker keeps this collector's session (and its unacknowledged messages);
+    #: a gateway's ``outbox.acknowledged_by`` names collectors by it
+    client_id: CollectorId = "jcm-collector-1"
     #: several collectors with one group share the stream (``$share/<group>/...``)
     share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
     store: str = "sqlite:///var/jcm.db"
@@ -48,14 +48,6 @@ class CollectorConfig(Strict):
     #: how long a clock must look that far behind before it is judged wrong rather than its readings
     #: late (a backlog drains: its offsets rise) [s]
     clock_window_s: float = Field(default=300, ge=0, le=86400)
-
-    @field_validator("client_id")
-    @classmethod
-    def _not_a_reading_topic(cls, v: str) -> str:
-        if v == topics.NOT_A_COLLECTOR:
-            raise ValueError(f"'{v}' cannot name a collector: its acknowledgements' topic would be a reading "
-                             "topic, which a site may write, so gateways and collectors ignore them")
-        return v
 
     @field_validator("store")
     @classmethod

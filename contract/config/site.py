@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from contract import units
+from contract import topics, units
 from contract.config.custody import Custody
 from contract.config.nameplate import Nameplate
 from contract.config.problems import Loc, raise_problems
@@ -24,6 +24,21 @@ from contract.message import ID_PATTERN, MAX_AHEAD
 Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
 #: the name of an environment variable (a value with other characters is likely the secret itself)
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+
+def _not_a_reading_topic(v: str) -> str:
+    if v == topics.NOT_A_COLLECTOR:
+        raise ValueError(f"'{v}' cannot name a collector: its acknowledgements' topic would be a reading "
+                         "topic, which a site may write, so gateways and collectors ignore them")
+    return v
+
+
+COLLECTOR_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+#: collectors a gateway may list: its status carries the list, and collectors read a status whole
+#: only up to 4 KiB
+MAX_ACKNOWLEDGED_BY = 8
+#: a collector's MQTT client id, the last level of its acknowledgements' topic
+CollectorId = Annotated[str, Field(pattern=COLLECTOR_ID_PATTERN), AfterValidator(_not_a_reading_topic)]
 
 
 class TcpConnection(Strict):
@@ -194,6 +209,25 @@ class Outbox(Strict):
     confirmed_by: Literal["store", "broker"] = "store"
     #: a row sent and not confirmed by the store after this long is sent again [s]
     confirm_timeout_s: float = Field(default=60.0, ge=1, le=86_400)
+    #: the collectors (client ids) whose store is the one MRV reads: only their acknowledgements
+    #: delete rows. Unset, any collector's do, as before the list existed: a staging or test
+    #: collector on the production broker then deletes readings only its own store holds
+    acknowledged_by: list[CollectorId] | None = Field(default=None, min_length=1, max_length=MAX_ACKNOWLEDGED_BY)
+
+    @field_validator("acknowledged_by")
+    @classmethod
+    def _once_each(cls, v: list[str] | None) -> list[str] | None:
+        twice = sorted({c for c in v or () if v.count(c) > 1})
+        if twice:
+            raise ValueError(f"listed twice: {', '.join(twice)}")
+        return v
+
+    @model_validator(mode="after")
+    def _acks_read(self) -> "Outbox":
+        if self.acknowledged_by is not None and self.confirmed_by == "broker":
+            raise ValueError("acknowledged_by is for confirmed_by: store; with confirmed_by: broker the "
+                             "broker's PUBACK deletes rows and no acknowledgement is read")
+        return self
 
 
 class MonitoringPoint(Strict):
