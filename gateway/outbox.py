@@ -695,8 +695,9 @@ class Outbox:
             else:  # nothing beyond it assigned: an older copy restored now skips no unused seq
                 self._reserve(self._committed)
             self._db.close()
-            os.close(self._held)
-            self._held = None
+            if self._held is not None:  # closed twice: the second finds nothing to do, as before
+                os.close(self._held)
+                self._held = None
 
 
 class OutboxInUse(UnusableFile):
