@@ -242,10 +242,14 @@ class Acknowledgements:
                 g.merged = set()  # the claims of another epoch are dropped below
             g.current, g.floor = epoch, floor
             listed = body.get("acknowledged_by")
-            # what the gateway acts on, even where our copy of its site file is older
-            g.trusted = frozenset(listed) if (
-                isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY
-                and all(isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed)) else g.listed
+            if isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY and all(
+                    isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed):
+                # what the gateway acts on, even where our copy of its site file is older; but never more than
+                # that copy lists: the site's password can publish a status naming any collector (merging
+                # less only leaves a listed peer's rows to its own acknowledgement)
+                g.trusted = frozenset(listed) if g.listed is None else g.listed.intersection(listed)
+            else:
+                g.trusted = g.listed
             if g.trusted is not None and (g.merged is None or not g.merged <= g.trusted):
                 log.warning("acknowledgements: gateway %s no longer lists %s, whose claims were merged into ours: "
                             "ours start afresh (the gateway sends again what it has not seen confirmed)", g.name,

@@ -631,14 +631,16 @@ def test_unlisted_collectors_are_logged_once_each_and_the_status_stays_small(tmp
 
 
 
-@pytest.mark.parametrize("when", ["collector restarts", "gateway list narrowed"])
+@pytest.mark.parametrize("when", ["collector restarts", "gateway list narrowed", "status forged"])
 def test_a_collector_never_publishes_a_claim_merged_from_a_collector_the_gateway_does_not_list(
         tmp_path, mosquitto, when):
     """A collector (re)starting gets the retained acknowledgements before the gateway's retained status
     (the broker answers its subscriptions in order); a gateway restarted with a shorter list says so only
     in its next status. Before, a collector whose copy of the site file has no acknowledged_by merged the
     staging collector's (retained) claim meanwhile, kept it once the status named only production, and
-    published it as its own: the gateway deleted what only the staging store held."""
+    published it as its own: the gateway deleted what only the staging store held. A status published with
+    the site's password naming staging (its collector user may publish its own acknowledgements) did the
+    same where the collector's copy of the site file lists production only."""
     e2e_site(tmp_path)
     cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
     key = ("test-site", GATEWAY)
@@ -658,9 +660,16 @@ def test_a_collector_never_publishes_a_claim_merged_from_a_collector_the_gateway
         body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[1, 100]]})
         watcher.publish(topics.ack(*key, STAGING), body, qos=1, retain=True).wait_for_publish(5)
 
-    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key])  # its site file: no list
+    # its copy of the site file: no list, or (status forged) production only
+    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key],
+                            {key: [PRODUCTION]} if when == "status forged" else None)
     try:
-        if when == "collector restarts":
+        if when == "status forged":
+            status(PRODUCTION, STAGING)
+            staging_claims()
+            prod.start()
+            assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
+        elif when == "collector restarts":
             status(PRODUCTION)
             staging_claims()
             prod.start()
