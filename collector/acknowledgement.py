@@ -8,8 +8,8 @@ collectors of its share group) and to the gateways' status (epoch and floor), so
 what it publishes is the union, contiguous and small, pruned below the floor. Each
 claim is a :class:`~collector.claim.Claim`: the holes between the collectors' seqs
 cost a bit each, not a range each. Of a gateway that lists the collectors it takes
-acknowledgements from (``outbox.acknowledged_by``: in its status, else in our copy of its
-site file), only those collectors' claims are merged: a claim of another (a staging
+acknowledgements from (``outbox.acknowledged_by``: in its status, and in our copy of its
+site file when that lists any), only those collectors' claims are merged: a claim of another (a staging
 collector with a store of its own) published again as ours would delete readings our store
 does not hold. Until the gateway's status says whom it lists (retained acknowledgements come
 before it, and our copy of its site file may be older), the other collectors' claims are held
