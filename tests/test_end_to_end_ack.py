@@ -666,9 +666,9 @@ def test_a_collector_never_publishes_a_claim_merged_from_a_collector_the_gateway
     try:
         if when == "status forged":
             status(PRODUCTION, STAGING)
-            staging_claims()
             prod.start()
             assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
+            staging_claims()
         elif when == "collector restarts":
             status(PRODUCTION)
             staging_claims()
