@@ -690,3 +690,15 @@ def test_a_collector_never_publishes_a_claim_merged_from_a_collector_the_gateway
     finally:
         prod.stop()
         watcher.loop_stop()
+
+
+def test_an_unnamed_collector_first_still_leaves_eight_named_in_the_status(tmp_path):
+    """Before, the "*" bucket took one of the 8 places when an id no site file could list came first."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    pub = Publisher(site, Outbox(site.outbox.path, site.outbox.max_rows, durable=False), broker_url="mqtt://127.0.0.1:1")
+    try:
+        for c in ["bad id", *(f"staging-{i}" for i in range(9))]:
+            pub._unlisted(c)
+        assert pub.unlisted == {"*": 2, **{f"staging-{i}": 1 for i in range(8)}}
+    finally:
+        pub.outbox.close()
