@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 _EPOCH = re.compile(EPOCH_PATTERN)
 _COLLECTOR_ID = re.compile(COLLECTOR_ID_PATTERN)
-#: a gateway's status is a few hundred bytes
+#: a gateway's status is under 3 KiB, its collector lists full with ids of 128 characters
 MAX_STATUS_BYTES = 4096
 #: epochs kept per gateway until its status says which is current (readings may come before it)
 MAX_EPOCHS = 4
