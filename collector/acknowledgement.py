@@ -8,10 +8,13 @@ collectors of its share group) and to the gateways' status (epoch and floor), so
 what it publishes is the union, contiguous and small, pruned below the floor. Each
 claim is a :class:`~collector.claim.Claim`: the holes between the collectors' seqs
 cost a bit each, not a range each. Of a gateway that lists the collectors it takes
-acknowledgements from (``outbox.acknowledged_by``: in its status, else in our copy of its
-site file), only those collectors' claims are merged: a claim of another (a staging
+acknowledgements from (``outbox.acknowledged_by``: in its status, and in our copy of its
+site file when that lists any), only those collectors' claims are merged: a claim of another (a staging
 collector with a store of its own) published again as ours would delete readings our store
-does not hold.
+does not hold. Until the gateway's status says whom it lists (retained acknowledgements come
+before it, and our copy of its site file may be older), the other collectors' claims are held
+aside, not merged; a status that no longer lists a collector whose claim was merged starts our
+claims afresh (ours can no longer be told from its), and the gateway sends the rest again.
 
 It has its own MQTT connection (a clean session: what it needs is retained), so the
 readings' session, with its manual acknowledgements, is untouched.
@@ -37,14 +40,17 @@ log = logging.getLogger(__name__)
 
 _EPOCH = re.compile(EPOCH_PATTERN)
 _COLLECTOR_ID = re.compile(COLLECTOR_ID_PATTERN)
-#: a gateway's status is a few hundred bytes
+#: a gateway's status is under 3 KiB, its collector lists full with ids of 128 characters
 MAX_STATUS_BYTES = 4096
 #: epochs kept per gateway until its status says which is current (readings may come before it)
 MAX_EPOCHS = 4
+#: other collectors whose claims are held per gateway until its status, or remembered as merged:
+#: beyond that, the first ones only are held, and any list in a status starts the claims afresh
+MAX_OTHERS = 64
 
 
 class _Gateway:
-    __slots__ = ("name", "current", "floor", "epochs", "forgetting", "listed", "trusted")
+    __slots__ = ("name", "current", "floor", "epochs", "forgetting", "listed", "trusted", "held", "merged")
 
     def __init__(self, name: str, listed: frozenset[str] | None):
         self.name = name
@@ -54,6 +60,9 @@ class _Gateway:
         self.current: str | None = None  # the epoch the gateway last announced in its status
         self.floor = 1  # of the current epoch
         self.epochs: dict[str, Claim] = {}  # epoch -> what the store holds of it
+        self.held: dict[str, Ack] = {}  # collector -> its latest acknowledgement, until the first status
+        #: the other collectors whose claims ``epochs`` holds; None: more than MAX_OTHERS
+        self.merged: set[str] | None = set()
 
 
 def sequence_of(payload: bytes, limit: int) -> tuple[str, int] | None:
@@ -188,20 +197,35 @@ class Acknowledgements:
             else:
                 site, gateway, collector = topics.parse_ack(topic)
                 g = self._gateways.get((site, gateway))
-                if g is None or (g.trusted is not None and collector not in g.trusted
-                                 and collector != self.collector_id):
+                ours = collector == self.collector_id
+                if g is None or (g.current is not None and g.trusted is not None and collector not in g.trusted
+                                 and not ours):
                     return  # not a store the gateway's readings may be confirmed by
                 ack = Ack.from_json(msg.payload)
                 with self._lock:
-                    claim = self._claim(g, ack.epoch)
-                    if claim is not None:
-                        claim.add_ranges(ack.ranges)
-                        claim.add_bits(ack.bits_from, ack.bitmask())
-                        self._forgetting(g, ack.epoch, claim)
+                    if g.current is None and not ours:
+                        # whom the gateway lists is not known before its status: its own list may differ from
+                        # our copy of its site file
+                        if collector in g.held or len(g.held) < MAX_OTHERS:
+                            g.held[collector] = ack
+                        return
+                    self._merge(g, collector, ack)
         except ValueError as exc:
             log.debug("ignored %r: %s", msg._topic[:120], exc)
         except Exception:
             log.exception("acknowledgements: could not take a message in")
+
+    def _merge(self, g: _Gateway, collector: str, ack: Ack) -> None:
+        claim = self._claim(g, ack.epoch)
+        if claim is None:
+            return
+        claim.add_ranges(ack.ranges)
+        claim.add_bits(ack.bits_from, ack.bitmask())
+        self._forgetting(g, ack.epoch, claim)
+        if collector != self.collector_id and g.merged is not None:
+            g.merged.add(collector)
+            if len(g.merged) > MAX_OTHERS:
+                g.merged = None
 
     def _status(self, key: tuple[str, str], payload: bytes) -> None:
         if len(payload) > MAX_STATUS_BYTES:
@@ -214,12 +238,27 @@ class Acknowledgements:
             g = self._gateways.get(key)
             if g is None:
                 return
+            if epoch != g.current:
+                g.merged = set()  # the claims of another epoch are dropped below
             g.current, g.floor = epoch, floor
             listed = body.get("acknowledged_by")
-            # what the gateway acts on, even where our copy of its site file is older
-            g.trusted = frozenset(listed) if (
-                isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY
-                and all(isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed)) else g.listed
+            if isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY and all(
+                    isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed):
+                # what the gateway acts on, even where our copy of its site file is older; but never more than
+                # that copy lists: the site's password can publish a status naming any collector (merging
+                # less only leaves a listed peer's rows to its own acknowledgement)
+                g.trusted = frozenset(listed) if g.listed is None else g.listed.intersection(listed)
+            else:
+                g.trusted = g.listed
+            if g.trusted is not None and (g.merged is None or not g.merged <= g.trusted):
+                log.warning("acknowledgements: gateway %s no longer lists %s, whose claims were merged into ours: "
+                            "ours start afresh (the gateway sends again what it has not seen confirmed)", g.name,
+                            "some of the collectors" if g.merged is None else ", ".join(sorted(g.merged - g.trusted)))
+                g.epochs, g.merged = {}, set()
             claim = g.epochs.get(epoch) or Claim(floor)
             claim.prune(floor)
             g.epochs = {epoch: claim}
+            held, g.held = g.held, {}
+            for collector, ack in held.items():
+                if g.trusted is None or collector in g.trusted:
+                    self._merge(g, collector, ack)

@@ -336,7 +336,8 @@ class Publisher:
         """An acknowledgement of a collector not in ``outbox.acknowledged_by``: not acted on, counted, and
         logged at the first and then at most once an hour per collector."""
         named = _COLLECTOR_ID.fullmatch(collector) is not None  # an id a site file could list
-        key = collector if named and (collector in self.unlisted or len(self.unlisted) < MAX_UNLISTED_SHOWN) else "*"
+        shown = len(self.unlisted) - ("*" in self.unlisted)
+        key = collector if named and (collector in self.unlisted or shown < MAX_UNLISTED_SHOWN) else "*"
         self.unlisted[key] = self.unlisted.get(key, 0) + 1
         now = time.monotonic()
         if now >= self._next_unlisted_log.get(key, 0.0):

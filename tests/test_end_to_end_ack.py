@@ -374,6 +374,9 @@ def test_collectors_sharing_a_stream_publish_one_merged_range(tmp_path, mosquitt
     watcher.connect("127.0.0.1", mosquitto.port)
     watcher.loop_start()
     epoch = "00112233aabbccdd"
+    status = {"schema": 1, "state": "online", "epoch": epoch, "floor": 1}  # until it, no claim but ours is merged
+    watcher.publish(topics.gateway_status("test-site", GATEWAY), json.dumps(status), qos=1,
+                    retain=True).wait_for_publish(5)
 
     def readings(seqs):
         return [Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
@@ -542,9 +545,10 @@ def test_a_listed_collector_does_not_merge_an_unlisted_ones_claim(tmp_path, mosq
     watcher.connect("127.0.0.1", mosquitto.port)
     watcher.loop_start()
     epoch = "00112233aabbccdd"
-    if told_by == "gateway status":
-        status = {"schema": 1, "state": "online", "epoch": epoch, "floor": 1, "acknowledged_by": trusted}
-        watcher.publish(topics.gateway_status(*key), json.dumps(status), qos=1, retain=True).wait_for_publish(5)
+    # a status without the list (a gateway from before it) leaves it to the site file
+    status = {"schema": 1, "state": "online", "epoch": epoch, "floor": 1,
+              **({"acknowledged_by": trusted} if told_by == "gateway status" else {})}
+    watcher.publish(topics.gateway_status(*key), json.dumps(status), qos=1, retain=True).wait_for_publish(5)
 
     def readings(seqs):
         return [Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
@@ -624,3 +628,77 @@ def test_unlisted_collectors_are_logged_once_each_and_the_status_stays_small(tmp
         assert outbox.depth == 0
     finally:
         outbox.close()
+
+
+
+@pytest.mark.parametrize("when", ["collector restarts", "gateway list narrowed", "status forged"])
+def test_a_collector_never_publishes_a_claim_merged_from_a_collector_the_gateway_does_not_list(
+        tmp_path, mosquitto, when):
+    """A collector (re)starting gets the retained acknowledgements before the gateway's retained status
+    (the broker answers its subscriptions in order); a gateway restarted with a shorter list says so only
+    in its next status. Before, a collector whose copy of the site file has no acknowledged_by merged the
+    staging collector's (retained) claim meanwhile, kept it once the status named only production, and
+    published it as its own: the gateway deleted what only the staging store held. A status published with
+    the site's password naming staging (its collector user may publish its own acknowledgements) did the
+    same where the collector's copy of the site file lists production only."""
+    e2e_site(tmp_path)
+    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
+    key = ("test-site", GATEWAY)
+    epoch = "00112233aabbccdd"
+    seen = {}
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+
+    def status(*listed):
+        body = {"schema": 1, "state": "online", "epoch": epoch, "floor": 1, "acknowledged_by": list(listed)}
+        watcher.publish(topics.gateway_status(*key), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+
+    def staging_claims():
+        body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[1, 100]]})
+        watcher.publish(topics.ack(*key, STAGING), body, qos=1, retain=True).wait_for_publish(5)
+
+    # its copy of the site file: no list, or (status forged) production only
+    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key],
+                            {key: [PRODUCTION]} if when == "status forged" else None)
+    try:
+        if when == "status forged":
+            status(PRODUCTION, STAGING)
+            prod.start()
+            assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
+            staging_claims()
+        elif when == "collector restarts":
+            status(PRODUCTION)
+            staging_claims()
+            prod.start()
+            assert wait_until(lambda: prod._gateways[key].current == epoch, 10)  # the status is in
+        else:
+            status(PRODUCTION, STAGING)
+            prod.start()
+            assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
+            staging_claims()
+            assert wait_until(lambda: prod._gateways[key].epochs.get(epoch), 10)  # merged: the gateway lists it
+            status(PRODUCTION)  # restarted with staging taken off its list
+            assert wait_until(lambda: prod._gateways[key].trusted == {PRODUCTION}, 10)
+        time.sleep(0.3)
+        prod.kept([Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                           seq=101, epoch=epoch)], [])
+        assert wait_until(lambda: PRODUCTION in seen)
+        assert seen[PRODUCTION] == {"schema": 1, "epoch": epoch, "ranges": [[101, 101]]}
+    finally:
+        prod.stop()
+        watcher.loop_stop()
+
+
+def test_an_unnamed_collector_first_still_leaves_eight_named_in_the_status(tmp_path):
+    """Before, the "*" bucket took one of the 8 places when an id no site file could list came first."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    pub = Publisher(site, Outbox(site.outbox.path, site.outbox.max_rows, durable=False), broker_url="mqtt://127.0.0.1:1")
+    try:
+        for c in ["bad id", *(f"staging-{i}" for i in range(9))]:
+            pub._unlisted(c)
+        assert pub.unlisted == {"*": 2, **{f"staging-{i}": 1 for i in range(8)}}
+    finally:
+        pub.outbox.close()

@@ -4,12 +4,15 @@ shipped script: who may publish what, oversized messages, TLS with client certif
 import json
 import logging
 import os
+import socket
 import ssl
 import subprocess
 import threading
 import time
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 import pytest
 from pydantic import ValidationError
 
@@ -69,7 +72,7 @@ class Client:
     """A paho MQTT 5 client that records what it receives and the broker's answer to each publish."""
 
     def __init__(self, port: int, user: str | None, tls: dict | None = None, subscribe: str | None = None,
-                 protocol=mqtt.MQTTv5, wait: float = 5.0):
+                 protocol=mqtt.MQTTv5, wait: float = 5.0, will: str | None = None):
         self.user = user
         self.connack: dict = {}
         self.received: list[mqtt.MQTTMessage] = []
@@ -84,6 +87,8 @@ class Client:
             self.c.username_pw_set(user, USERS[user])
         if tls:
             self.c.tls_set(**tls)
+        if will:
+            self.c.will_set(will, BODY, qos=1, retain=True)
         self.c.on_connect = self._on_connect
         self.c.on_message = lambda c, u, m: self.received.append(m)
         self.c.on_disconnect = lambda *args: self.disconnected.set()
@@ -207,6 +212,33 @@ def test_only_collectors_acknowledge_and_a_site_reads_only_its_own_acknowledgeme
     assert others.topics() == [] and everything.topics() == [mn_ack]
     assert sorted(observer.topics()) == sorted([mn_ack, vn_ack])
     for c in (collector, mn, vn, observer, mine, others, everything, peer):
+        c.close()
+
+
+def test_a_collector_user_cannot_speak_for_another_by_will_alias_or_mqtt_3(broker):
+    """The other ways a message reaches a topic: a last will (sent by the broker when the client dies),
+    a topic alias (MQTT 5) set up by a refused publish, an MQTT 3.1.1 session (not told it was refused).
+    A collector's own acknowledgement topic by the same ways arrives: the probe would see a hole."""
+    other, own = "jcm/v1/mn-solar/gw-mn-01/ack/jcm-collector-2", "jcm/v1/mn-solar/gw-mn-01/ack/jcm-collector-1"
+    observer = Client(broker.port, "liveview", subscribe="jcm/v1/+/+/ack/+")
+    for topic in (other, own):
+        dying = Client(broker.port, COLLECTOR, protocol=mqtt.MQTTv311, will=topic)
+        dying.c.socket().shutdown(socket.SHUT_RDWR)  # no DISCONNECT: the broker sends the will
+        dying.c.loop_stop()
+        old = Client(broker.port, COLLECTOR, protocol=mqtt.MQTTv311)
+        old.publish(topic, retain=True)
+        old.close()
+    aliased = Client(broker.port, COLLECTOR)
+    for topic, alias in ((other, 1), ("", 1)):
+        props = Properties(PacketTypes.PUBLISH)
+        props.TopicAlias = alias
+        aliased.c.publish(topic, BODY, qos=1, properties=props).wait_for_publish(5)
+    aliased.close()
+    settle(observer, own)
+    late = Client(broker.port, "liveview", subscribe="jcm/v1/+/+/ack/+")  # what is retained
+    settle(late, own)
+    assert set(observer.topics()) == {own} and late.topics() == [own]
+    for c in (observer, late):
         c.close()
 
 
