@@ -370,7 +370,8 @@ class InfluxStore:
                 + self._post_isolating(items[half:], lines[half:], precision))
 
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
-              messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
+              messages: Sequence[SignedMessage] = (),
+              books: Callable[[list[tuple[Reading, str]]], list[SeqBlock]] | None = None) -> list[tuple[Reading, str]]:
         refused: list[tuple[Reading, str]] = []
         rendered, lines = [], []
         for r, line in zip(readings, reading_lines(readings)):
@@ -399,6 +400,8 @@ class InfluxStore:
             # a dead letter is printable text and base64 by construction: if InfluxDB refuses
             # one, the ValueError goes to the caller, which isolates it
             self._post_lines(lines, WritePrecision.NS)
+        if books is not None:  # no transaction to share: after the readings, as ``record_seq_blocks`` would be
+            self.record_seq_blocks(books(refused))
         return refused
 
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:
