@@ -719,6 +719,42 @@ def test_seqs_are_acknowledged_only_once_the_bookkeeping_has_them(mosquitto, sit
     assert [(f.first, f.last) for f in findings(store_url)] == []
 
 
+def test_a_crash_between_readings_and_their_seq_records_leaves_neither(mosquitto, sites_dir, tmp_path, monkeypatch):
+    """The collector dies as the seqs' records of a batch are written (a crash, a power cut): the
+    store holds neither that batch's readings nor their records (one transaction), so no reading
+    is stored that the books do not know of; the broker redelivers the batch to the next collector,
+    which stores both."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    pub = Publisher(mosquitto)
+    first = collector(mosquitto, store_url, sites_dir)
+    subscribed(first, pub)
+    store = open_store(store_url)
+    assert wait_until(lambda: stored_ranges(store) == [(E1, 1, 1)], 10)
+    store.close()
+
+    class Crash(BaseException):
+        pass
+
+    def crash(self, blocks):
+        raise Crash()
+
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "_merge_blocks", crash)
+        pub.send([message(s) for s in range(2, 5)])
+        assert first.done.wait(10) and isinstance(first.failure, Crash)
+    first.stop()
+    store = open_store(store_url)
+    assert (store.count(), stored_ranges(store)) == (1, [(E1, 1, 1)])  # seq 1's reading and its record only
+    store.close()
+    second = collector(mosquitto, store_url, sites_dir)
+    assert wait_until(lambda: second.stored >= 3, 30), second.stored
+    second.stop()
+    pub.close()
+    store = open_store(store_url)
+    assert (store.count(), stored_ranges(store)) == (4, [(E1, 1, 4)])
+    store.close()
+
+
 def test_a_late_seq_resolves_a_gap_the_other_collector_recorded(tmp_path):
     """Two collectors on a shared subscription: one records a gap, the late seq reaches the
     other, which never looked at that hole: the gap is marked resolved all the same."""
