@@ -469,8 +469,8 @@ def report(results: list[dict]) -> None:
         r = results[0]
         print(f"the batch form: {r['messages']} readings in {r['packets']} batches (at most {r['batch']} each); "
               "msgs/s and µs/msg are per reading")
-    print(f"{'mode':<6} {'contender':<22} {'msgs/s':>8} {'÷ paho':>7} {'÷ paho5':>8} {'x2 ÷ x1':>8} {'paho x2÷x1':>10} "
-          f"{'÷ paho x2÷x1':>12} {'s':>7} {'CPU s':>6} {'µs/msg':>7} "
+    print(f"{'mode':<6} {'contender':<22} {'msgs/s':>8} {'÷ paho':>7} {'÷ paho5':>8} {'x2 ÷ x1':>8} "
+          f"{'paho x2÷x1':>10} {'÷ paho x2÷x1':>12} {'s':>7} {'CPU s':>6} {'µs/msg':>7} "
           f"{'broker':>7} {'stores':>14} {'per process':>14}")
     for r in results:
         same = {x["contender"]: x for x in results if x["mode"] == r["mode"]}
@@ -486,12 +486,14 @@ def report(results: list[dict]) -> None:
         paho_x2 = same.get("paho x2")
         machine = paho_x2["msgs_per_s"] / paho["msgs_per_s"] if one and paho and paho_x2 else None
         # on the batch form bare paho drains in a tenth of a second: a ratio of two such runs is noise
-        of_machine = f"{machine:.2f}" + ("*" if min(paho["seconds"], paho_x2["seconds"]) < 0.5 else "") if machine else ""
+        short = machine and min(paho["seconds"], paho_x2["seconds"]) < 0.5
+        of_machine = f"{machine:.2f}{'*' if short else ''}" if machine else ""
         of_its = f"{r['msgs_per_s'] / one['msgs_per_s'] / machine:.2f}" if machine else ""
         cpu = r["cpu_s_contender"] if r["cpu_s_contender"] is not None else ""
         per = "/".join(map(str, r["per_process"]))
         print(f"{r['mode']:<6} {r['contender']:<22} {r['msgs_per_s']:>8} {of_paho:>7} {of_paho5:>8} {of_one:>8} "
-              f"{of_machine:>10} {of_its:>12} {r['seconds']:>7} {cpu:>6} {per_msg:>7} {r['cpu_s_broker']:>7} {stores:>14} {per:>14}"
+              f"{of_machine:>10} {of_its:>12} {r['seconds']:>7} {cpu:>6} {per_msg:>7} {r['cpu_s_broker']:>7} "
+              f"{stores:>14} {per:>14}"
               + ("" if r["complete"] else f"  INCOMPLETE: {r['received_or_stored']} of {r['messages']}"))
     print("x2 ÷ x1: two processes of a contender against one; paho x2÷x1: bare paho's own in this run (how far two "
           "Python processes scale on this machine at all); ÷ paho x2÷x1: the first ÷ the second (1 = the collector "

@@ -54,7 +54,7 @@ from contract.config import CollectorConfig, ConfigError, load_site
 from contract.custody import Verdict, is_covered
 from contract.message import Reading
 from contract.mqtt_connection import BrokerConnection
-from contract.store import CustodyFinding, DeadLetter, ReadingStore, SignedMessage, StoreUnavailable
+from contract.store import Books, CustodyFinding, DeadLetter, ReadingStore, SeqBlock, SignedMessage, StoreUnavailable
 from contract.text import printable
 from store import open_store
 
@@ -138,6 +138,8 @@ class Collector:
         self.stored = 0
         self.dead = 0
         self.dropped_qos0 = 0
+        #: the seq blocks the last write recorded with its readings (``_books``)
+        self._staged: list[SeqBlock] = []
         #: why the worker died, if it did; ``done`` is set whenever it ends
         self.failure: BaseException | None = None
         self.done = threading.Event()
@@ -446,18 +448,18 @@ class Collector:
         if len(taken) < len(readings):
             readings[:] = [r for r in readings if id(r) in source]
 
-    def _books(self, readings: list[Reading]):
-        """The ``books`` of a write of ``readings`` (``ReadingStore.write``): their seqs followed, but
-        of those the store refused, the blocks to record kept in ``_staged`` for ``settled``."""
-        def books(refused: list[tuple[Reading, str]]) -> list:
+    def _books(self, readings: list[Reading]) -> Books:
+        """The ``books`` of a write of ``readings`` (``ReadingStore.write``): the seqs of those the
+        store did not refuse followed, the blocks to record kept in ``_staged`` for ``settled``."""
+        def books(refused: list[tuple[Reading, str]]) -> list[SeqBlock]:
             gone = {id(r) for r, _ in refused}
             self._staged = self.sequences.staged([r for r in readings if id(r) not in gone])
             return self._staged
-        self._staged: list = []
+        self._staged = []
         return books
 
     def _write(self, readings: list[Reading], letters: list[DeadLetter],
-               signed: dict[int, SignedMessage] | None = None, books=None) -> list[tuple[Reading, str]]:
+               signed: dict[int, SignedMessage] | None = None, books: Books | None = None) -> list[tuple[Reading, str]]:
         """Write (with the signed messages of the readings, by reading id, and ``books``: ``_books``);
         return the readings refused, with why. If the store raises for what is in the batch rather than
         being unavailable, halve the batch until the guilty message is alone, so that the others
@@ -488,7 +490,7 @@ class Collector:
             return []
 
     def _write_retrying(self, readings: list[Reading], letters: list[DeadLetter],
-                        messages: list[SignedMessage] = (), books=None) -> list[tuple[Reading, str]]:
+                        messages: list[SignedMessage] = (), books: Books | None = None) -> list[tuple[Reading, str]]:
         """Write, retrying with backoff while the store is unavailable."""
         return self._retrying(lambda: self.store.write(readings, letters, messages, books),
                               len(readings) + len(letters))

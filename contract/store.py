@@ -449,10 +449,14 @@ class DeviceSeen:
     last_seen: dt.datetime
 
 
+#: what ``ReadingStore.write`` calls with the readings it refused, for the seq blocks to record with the rest
+Books = Callable[[list[tuple[Reading, str]]], list[SeqBlock]]
+
+
 class ReadingStore(Protocol):
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
               messages: Sequence[SignedMessage] = (),
-              books: Callable[[list[tuple[Reading, str]]], list[SeqBlock]] | None = None) -> list[tuple[Reading, str]]:
+              books: Books | None = None) -> list[tuple[Reading, str]]:
         """Store durably before returning (then the caller may acknowledge).
 
         ``books``: called once with the readings refused, when the store holds the rest but

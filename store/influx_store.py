@@ -50,9 +50,10 @@ from contract.float_text import joined_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import MAX_SEQ, DeviceStatus, Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported,
-                            SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
-                            pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
+from contract.store import (LETTER_PAGE, READ_COLUMNS, Books, CustodyFinding, DeadLetter, DeviceSeen, Link,
+                            ReadUnsupported, SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage,
+                            StoreUnavailable, finding_filters, pages_by_instant, range_blocks, seq_spans, source_pairs,
+                            to_ms, union_blocks)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -371,7 +372,7 @@ class InfluxStore:
 
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
               messages: Sequence[SignedMessage] = (),
-              books: Callable[[list[tuple[Reading, str]]], list[SeqBlock]] | None = None) -> list[tuple[Reading, str]]:
+              books: Books | None = None) -> list[tuple[Reading, str]]:
         refused: list[tuple[Reading, str]] = []
         rendered, lines = [], []
         for r, line in zip(readings, reading_lines(readings)):

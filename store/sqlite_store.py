@@ -35,7 +35,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import MAX_CHANNELS, Reading
 from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable, use_wal, while_busy
-from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
+from contract.store import (LETTER_PAGE, READ_COLUMNS, Books, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
 from contract.text import printable
@@ -275,7 +275,7 @@ class SqliteStore:
 
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
               messages: Sequence[SignedMessage] = (),
-              books: Callable[[list[tuple[Reading, str]]], list[SeqBlock]] | None = None) -> list[tuple[Reading, str]]:
+              books: Books | None = None) -> list[tuple[Reading, str]]:
         # everything made before the write lock is taken: the other writers of the file wait while it is held
         letters = [(d.received.isoformat(), d.topic, d.payload, d.reason, d.size, d.sha256) for d in dead_letters]
         rows, unpackable = _prepared(readings)
@@ -309,8 +309,7 @@ class SqliteStore:
                     self._db.execute("ROLLBACK")
         return refused
 
-    def _record_books(self, books: Callable[[list[tuple[Reading, str]]], list[SeqBlock]],
-                      refused: list[tuple[Reading, str]]) -> None:
+    def _record_books(self, books: Books, refused: list[tuple[Reading, str]]) -> None:
         """The seq blocks ``books`` gives, merged in the open transaction: last, as the caller has
         followed the seqs once it is called, so that nothing but the store being unavailable (the same
         write tried again) can fail after it."""
