@@ -211,6 +211,7 @@ def child_collector(port: int, client_id: str, share: str | None, store: str, si
     cfg = CollectorConfig(broker={"url": f"mqtt://127.0.0.1:{port}"}, store=store, sites_dir=sites,
                           client_id=client_id, share_group=share)
     collector = Collector(cfg)
+    lock = _lock_timer(collector.store)
     settle_heap()  # as `jcm collector` does
     marks = {"last": 0.0}
     go = time.time() if prime else _wait_for_go()
@@ -224,7 +225,44 @@ def child_collector(port: int, client_id: str, share: str | None, store: str, si
     if collector.failure is not None:
         raise SystemExit(f"collector failed: {collector.failure}")
     _report(start=go, last=marks["last"], count=collector.stored, dead=collector.dead, threads=threads,
-            queued_s=queued)
+            queued_s=queued, **({"lock": lock} if lock is not None else {}))
+
+
+def _lock_timer(store) -> dict | None:
+    """Of a SQLite store: seconds its worker waited for the write lock (in ``BEGIN IMMEDIATE``)
+    and held it (from getting it to the end of ``COMMIT``), and how many write transactions it
+    made; ``None`` for another store. Wall time, on the worker thread: what two collectors on
+    one file serialise on."""
+    from store.sqlite_store import SqliteStore
+    if not isinstance(store, SqliteStore):
+        return None
+    times = {"wait_s": 0.0, "hold_s": 0.0, "transactions": 0}
+    got = [0.0]
+    begin, db = store._begin_writing, store._db
+
+    def timed_begin():
+        t = time.perf_counter()
+        try:
+            begin()
+        finally:
+            got[0] = time.perf_counter()
+            times["wait_s"] += got[0] - t
+
+    class Timed:  # the connection, noting when a write transaction ends
+        def execute(self, sql, *args):
+            try:
+                return db.execute(sql, *args)
+            finally:
+                if sql in ("COMMIT", "ROLLBACK") and got[0]:
+                    times["hold_s"] += time.perf_counter() - got[0]
+                    times["transactions"] += 1
+                    got[0] = 0.0
+
+        def __getattr__(self, name):
+            return getattr(db, name)
+
+    store._begin_writing, store._db = timed_begin, Timed()
+    return times
 
 
 def _thread_cpu() -> tuple[dict[str, float], float]:
@@ -398,6 +436,7 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
             "cpu_s_per_process": [round(c, 2) for c in cpu], "cpu_s_broker": round(broker_cpu, 2),
             "cpu_s_stores": store_cpu, "publisher_s": round(published["last"] - published["start"], 2),
             "threads_s": _summed([r.get("threads", {}) for r in results]),
+            "lock_per_process": [r["lock"] for r in results if "lock" in r],
             "queued_s_per_process": [round(r["queued_s"], 2) for r in results if "queued_s" in r],
             "loadavg": os.getloadavg()}
 
@@ -430,8 +469,8 @@ def report(results: list[dict]) -> None:
         r = results[0]
         print(f"the batch form: {r['messages']} readings in {r['packets']} batches (at most {r['batch']} each); "
               "msgs/s and µs/msg are per reading")
-    print(f"{'mode':<6} {'contender':<22} {'msgs/s':>8} {'÷ paho':>7} {'÷ paho5':>8} {'x2 ÷ x1':>8} {'s':>7} {'CPU s':>6} "
-          f"{'µs/msg':>7} "
+    print(f"{'mode':<6} {'contender':<22} {'msgs/s':>8} {'÷ paho':>7} {'÷ paho5':>8} {'x2 ÷ x1':>8} "
+          f"{'paho x2÷x1':>10} {'÷ paho x2÷x1':>12} {'s':>7} {'CPU s':>6} {'µs/msg':>7} "
           f"{'broker':>7} {'stores':>14} {'per process':>14}")
     for r in results:
         same = {x["contender"]: x for x in results if x["mode"] == r["mode"]}
@@ -443,11 +482,23 @@ def report(results: list[dict]) -> None:
         of_paho5 = f"{r['msgs_per_s'] / paho5['msgs_per_s']:.2f}" if paho5 else ""
         per_msg = f"{r['cpu_s_contender'] / r['received_or_stored'] * 1e6:.0f}" if r["cpu_s_contender"] else ""
         of_one = f"{r['msgs_per_s'] / one['msgs_per_s']:.2f}" if one else ""
+        # bare paho's own x2 ÷ x1 in the same run: how far two processes scale on this machine at all
+        paho_x2 = same.get("paho x2")
+        machine = paho_x2["msgs_per_s"] / paho["msgs_per_s"] if one and paho and paho_x2 else None
+        # on the batch form bare paho drains in a tenth of a second: a ratio of two such runs is noise
+        short = machine and min(paho["seconds"], paho_x2["seconds"]) < 0.5
+        of_machine = f"{machine:.2f}{'*' if short else ''}" if machine else ""
+        of_its = f"{r['msgs_per_s'] / one['msgs_per_s'] / machine:.2f}" if machine else ""
         cpu = r["cpu_s_contender"] if r["cpu_s_contender"] is not None else ""
         per = "/".join(map(str, r["per_process"]))
         print(f"{r['mode']:<6} {r['contender']:<22} {r['msgs_per_s']:>8} {of_paho:>7} {of_paho5:>8} {of_one:>8} "
-              f"{r['seconds']:>7} {cpu:>6} {per_msg:>7} {r['cpu_s_broker']:>7} {stores:>14} {per:>14}"
+              f"{of_machine:>10} {of_its:>12} {r['seconds']:>7} {cpu:>6} {per_msg:>7} {r['cpu_s_broker']:>7} "
+              f"{stores:>14} {per:>14}"
               + ("" if r["complete"] else f"  INCOMPLETE: {r['received_or_stored']} of {r['messages']}"))
+    print("x2 ÷ x1: two processes of a contender against one; paho x2÷x1: bare paho's own in this run (how far two "
+          "Python processes scale on this machine at all); ÷ paho x2÷x1: the first ÷ the second (1 = the collector "
+          "scales as far as the machine lets a bare subscriber; *: a bare paho run took under 0.5 s, so its ratio is "
+          "noise). The goal is x2 ÷ x1 ≥ 1.7 as it stands.")
     for r in results:
         if len(r["cpu_s_per_process"]) > 1:
             each = " / ".join(f"{c / k * 1e6:.0f}" for c, k in zip(r["cpu_s_per_process"], r["per_process"]) if k)
@@ -456,6 +507,11 @@ def report(results: list[dict]) -> None:
             each = " / ".join(f"{q:.2f}" for q in r["queued_s_per_process"])
             print(f"{r['mode']:<6} {r['contender']:<22} s its threads were ready but waited for a core (summed over "
                   f"them), by process: {each} (in {r['seconds']} s)")
+        if r.get("lock_per_process"):
+            each = " / ".join(f"wait {k['wait_s']:.2f} s, hold {k['hold_s']:.2f} s, {k['transactions']} transactions "
+                              f"({k['wait_s'] / r['seconds']:.0%} / {k['hold_s'] / r['seconds']:.0%} of the run)"
+                              for k in r["lock_per_process"])
+            print(f"{r['mode']:<6} {r['contender']:<22} SQLite write lock (wall time, worker), by process: {each}")
         if r.get("threads_s"):
             each = ", ".join(f"{k} {v / r['received_or_stored'] * 1e6:.0f}" for k, v in r["threads_s"].items())
             print(f"{r['mode']:<6} {r['contender']:<22} µs CPU / msg by thread: {each}")

@@ -54,7 +54,7 @@ from contract.config import CollectorConfig, ConfigError, load_site
 from contract.custody import Verdict, is_covered
 from contract.message import Reading
 from contract.mqtt_connection import BrokerConnection
-from contract.store import CustodyFinding, DeadLetter, ReadingStore, SignedMessage, StoreUnavailable
+from contract.store import Books, CustodyFinding, DeadLetter, ReadingStore, SeqBlock, SignedMessage, StoreUnavailable
 from contract.text import printable
 from store import open_store
 
@@ -138,6 +138,8 @@ class Collector:
         self.stored = 0
         self.dead = 0
         self.dropped_qos0 = 0
+        #: the seq blocks the last write recorded with its readings (``_books``)
+        self._staged: list[SeqBlock] = []
         #: why the worker died, if it did; ``done`` is set whenever it ends
         self.failure: BaseException | None = None
         self.done = threading.Event()
@@ -331,7 +333,8 @@ class Collector:
         refused_count = len(letters)
         letters = self.budget.admit(letters, now)  # what is not kept whole is counted in a summary
         try:
-            refused = self._write(readings, letters, signed)
+            # the seqs' records go in the readings' write (one transaction where the store has them)
+            refused = self._write(readings, letters, signed, self._books(readings))
             refused_letters = [DeadLetter(source[id(r)].received, source[id(r)].topic, source[id(r)].payload,
                                           f"store refused it: {why}") for r, why in refused]
             if refused:  # the store took the rest; keep these aside with its reason
@@ -349,7 +352,7 @@ class Collector:
             log.warning("dead letter from %s: store refused it: %s", printable(source[id(r)].topic), printable(why))
         refused_ids = {id(r) for r, _ in refused}
         kept = [r for r in readings if id(r) not in refused_ids]
-        self.sequences.stored(kept)
+        self.sequences.settled(self._staged)
         try:
             self._retrying(self.sequences.save, len(batch))
         except _Stopping:
@@ -447,24 +450,36 @@ class Collector:
         if len(taken) < len(readings):
             readings[:] = [r for r in readings if id(r) in source]
 
+    def _books(self, readings: list[Reading]) -> Books:
+        """The ``books`` of a write of ``readings`` (``ReadingStore.write``): the seqs of those the
+        store did not refuse followed, the blocks to record kept in ``_staged`` for ``settled``."""
+        def books(refused: list[tuple[Reading, str]]) -> list[SeqBlock]:
+            gone = {id(r) for r, _ in refused}
+            self._staged = self.sequences.staged([r for r in readings if id(r) not in gone])
+            return self._staged
+        self._staged = []
+        return books
+
     def _write(self, readings: list[Reading], letters: list[DeadLetter],
-               signed: dict[int, SignedMessage] | None = None) -> list[tuple[Reading, str]]:
-        """Write (with the signed messages of the readings, by reading id); return the readings
-        refused, with why. If the store raises for what is in the batch rather than being
-        unavailable, halve the batch until the guilty message is alone, so that the others
-        are stored and it is not retried forever."""
+               signed: dict[int, SignedMessage] | None = None, books: Books | None = None) -> list[tuple[Reading, str]]:
+        """Write (with the signed messages of the readings, by reading id, and ``books``: ``_books``);
+        return the readings refused, with why. If the store raises for what is in the batch rather than
+        being unavailable, halve the batch until the guilty message is alone, so that the others
+        are stored and it is not retried forever (each part with the books of its own readings)."""
         signed = signed or {}
         try:
-            return self._write_retrying(readings, letters, [signed[id(r)] for r in readings if id(r) in signed])
+            return self._write_retrying(readings, letters, [signed[id(r)] for r in readings if id(r) in signed],
+                                        books)
         except _Stopping:
             raise
         except Exception as exc:
             items: list[Reading | DeadLetter] = [*readings, *letters]
             if len(items) > 1:
                 half = len(items) // 2
-                return [refused for part in (items[:half], items[half:])
-                        for refused in self._write([i for i in part if isinstance(i, Reading)],
-                                                   [i for i in part if isinstance(i, DeadLetter)], signed)]
+                parts = [([i for i in part if isinstance(i, Reading)], [i for i in part if isinstance(i, DeadLetter)])
+                         for part in (items[:half], items[half:])]
+                return [refused for rs, ds in parts
+                        for refused in self._write(rs, ds, signed, self._books(rs) if books else None)]
             why = f"{type(exc).__name__}: {exc}"
             if readings:
                 return [(readings[0], why)]
@@ -477,9 +492,10 @@ class Collector:
             return []
 
     def _write_retrying(self, readings: list[Reading], letters: list[DeadLetter],
-                        messages: list[SignedMessage] = ()) -> list[tuple[Reading, str]]:
+                        messages: list[SignedMessage] = (), books: Books | None = None) -> list[tuple[Reading, str]]:
         """Write, retrying with backoff while the store is unavailable."""
-        return self._retrying(lambda: self.store.write(readings, letters, messages), len(readings) + len(letters))
+        return self._retrying(lambda: self.store.write(readings, letters, messages, books),
+                              len(readings) + len(letters))
 
     def _retrying(self, call, holding: int):
         """``call()``, retried with backoff while the store is unavailable (``holding`` messages unacknowledged)."""

@@ -449,10 +449,21 @@ class DeviceSeen:
     last_seen: dt.datetime
 
 
+#: what ``ReadingStore.write`` calls with the readings it refused, for the seq blocks to record with the rest
+Books = Callable[[list[tuple[Reading, str]]], list[SeqBlock]]
+
+
 class ReadingStore(Protocol):
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
-              messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
+              messages: Sequence[SignedMessage] = (),
+              books: Books | None = None) -> list[tuple[Reading, str]]:
         """Store durably before returning (then the caller may acknowledge).
+
+        ``books``: called once with the readings refused, when the store holds the rest but
+        before they are durable; the seq blocks it returns are recorded as ``record_seq_blocks``
+        records them, in the same transaction as the readings where the store has transactions
+        (SQLite: both durable or neither, one take of the write lock), else right after them.
+        Called again when the same write is tried again.
 
         ``messages``: the signed messages of some of ``readings`` (matched by site, gateway,
         epoch and seq), kept with them by the same call; that of a refused reading is not

@@ -50,9 +50,10 @@ from contract.float_text import joined_float_texts
 from contract.gc_paused import gc_paused
 from contract.message import MAX_SEQ, DeviceStatus, Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, ReadUnsupported,
-                            SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
-                            pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
+from contract.store import (LETTER_PAGE, READ_COLUMNS, Books, CustodyFinding, DeadLetter, DeviceSeen, Link,
+                            ReadUnsupported, SeqBlock, SeqMark, SeqRange, SequenceFinding, SignedMessage,
+                            StoreUnavailable, finding_filters, pages_by_instant, range_blocks, seq_spans, source_pairs,
+                            to_ms, union_blocks)
 
 MEASUREMENT = "reading"
 DEAD = "dead_letter"
@@ -370,7 +371,8 @@ class InfluxStore:
                 + self._post_isolating(items[half:], lines[half:], precision))
 
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
-              messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
+              messages: Sequence[SignedMessage] = (),
+              books: Books | None = None) -> list[tuple[Reading, str]]:
         refused: list[tuple[Reading, str]] = []
         rendered, lines = [], []
         for r, line in zip(readings, reading_lines(readings)):
@@ -399,6 +401,8 @@ class InfluxStore:
             # a dead letter is printable text and base64 by construction: if InfluxDB refuses
             # one, the ValueError goes to the caller, which isolates it
             self._post_lines(lines, WritePrecision.NS)
+        if books is not None:  # no transaction to share: after the readings, as ``record_seq_blocks`` would be
+            self.record_seq_blocks(books(refused))
         return refused
 
     def record_seq_blocks(self, blocks: list[SeqBlock]) -> None:

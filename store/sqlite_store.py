@@ -45,7 +45,7 @@ from contract import topics
 from contract.gc_paused import gc_paused
 from contract.message import MAX_CHANNELS, Reading
 from contract.sqlite_file import UnusableFile, beside, open_sqlite, unwritable, use_wal, while_busy
-from contract.store import (LETTER_PAGE, READ_COLUMNS, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
+from contract.store import (LETTER_PAGE, READ_COLUMNS, Books, CustodyFinding, DeadLetter, DeviceSeen, Link, SeqBlock,
                             SeqMark, SeqRange, SequenceFinding, SignedMessage, StoreUnavailable, finding_filters,
                             pages_by_instant, range_blocks, seq_spans, source_pairs, to_ms, union_blocks)
 from contract.text import printable
@@ -274,22 +274,30 @@ class SqliteStore:
                                "nothing was changed")
 
     def write(self, readings: list[Reading], dead_letters: list[DeadLetter] = (),
-              messages: Sequence[SignedMessage] = ()) -> list[tuple[Reading, str]]:
+              messages: Sequence[SignedMessage] = (),
+              books: Books | None = None) -> list[tuple[Reading, str]]:
+        # everything made before the write lock is taken: the other writers of the file wait while it is held
         letters = [(d.received.isoformat(), d.topic, d.payload, d.reason, d.size, d.sha256) for d in dead_letters]
+        rows, unpackable = _prepared(readings)
         with self._lock:
             self._new_ids, self._new_used = {}, set()
             try:
                 self._begin_writing()
                 try:
-                    self._upsert(readings)
+                    self._upsert(rows)
                     refused = []
                 except DATA_ERRORS:
                     self._db.execute("ROLLBACK")
                     self._new_ids, self._new_used = {}, set()
                     self._begin_writing()
-                    refused = self._upsert_each(readings)
+                    refused = self._upsert_each(rows)
+                if unpackable:  # in the readings' order, as each was refused
+                    at = {id(r): i for i, r in enumerate(readings)}
+                    refused = sorted(refused + unpackable, key=lambda x: at[id(x[0])])
                 self._db.executemany(INSERT_MESSAGE, _message_rows(messages, refused))
                 self._db.executemany(INSERT_LETTER, letters)
+                if books is not None:
+                    self._record_books(books, refused)
                 self._db.execute("COMMIT")
                 self._committed()
             except DATA_ERRORS:
@@ -301,20 +309,30 @@ class SqliteStore:
                     self._db.execute("ROLLBACK")
         return refused
 
-    def _upsert(self, readings: list[Reading]) -> None:
+    def _record_books(self, books: Books, refused: list[tuple[Reading, str]]) -> None:
+        """The seq blocks ``books`` gives, merged in the open transaction: last, as the caller has
+        followed the seqs once it is called, so that nothing but the store being unavailable (the same
+        write tried again) can fail after it."""
+        try:
+            self._merge_blocks(books(refused))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # a damaged block row: nothing is written, nothing acknowledged
+            raise StoreUnavailable(f"sqlite {self.path}: the sequence records: {type(exc).__name__}: {exc}") from exc
+
+    def _upsert(self, rows: list[tuple[Reading, tuple, tuple]]) -> None:
+        """Upsert ``_prepared`` rows, each layout given its id, and the devices' last readings."""
         seen: dict[tuple, tuple] = {}
-        rows = []
-        for r in readings:
-            site, device, ms = r.site, r.device, to_ms(r.ts)
-            layout, numbers, texts, quality = packed(r)
-            rows.append((site, device, ms, r.gateway, r.seq, self._layout_id(site, device, layout), numbers, texts,
-                         quality))
+        upserts = []
+        for _, (site, device, ms, gateway, seq, layout, numbers, texts, quality), last in rows:
+            upserts.append((site, device, ms, gateway, seq, self._layout_id(site, device, layout), numbers, texts,
+                            quality))
             if (site, device) not in seen or seen[site, device][3] <= ms:
-                seen[site, device] = (site, device, r.gateway, ms, r.status.value)
+                seen[site, device] = last
         self._db.execute("SAVEPOINT rows")
-        if self._db.executemany(UPSERT, rows).rowcount != len(rows):  # an instant's messages of two layouts
+        if self._db.executemany(UPSERT, upserts).rowcount != len(upserts):  # an instant's messages of two layouts
             self._db.execute("ROLLBACK TO rows")
-            self._merge_each(rows)
+            self._merge_each(upserts)
         self._db.execute("RELEASE rows")
         self._db.executemany(SEEN, list(seen.values()))
 
@@ -373,14 +391,15 @@ class SqliteStore:
             self._remember(n, layout)
         return layout
 
-    def _upsert_each(self, readings: list[Reading]) -> list[tuple[Reading, str]]:
-        """Upsert reading by reading, each under a savepoint; return those refused, with why."""
+    def _upsert_each(self, rows: list[tuple[Reading, tuple, tuple]]) -> list[tuple[Reading, str]]:
+        """Upsert ``_prepared`` rows one by one, each under a savepoint; return the readings refused, with why."""
         refused = []
-        for r in readings:
+        for row in rows:
+            r = row[0]
             self._db.execute("SAVEPOINT one")
             made = dict(self._new_ids), set(self._new_used)
             try:
-                self._upsert([r])
+                self._upsert([row])
             except DATA_ERRORS as exc:
                 self._db.execute("ROLLBACK TO one")
                 self._new_ids, self._new_used = made
@@ -913,6 +932,22 @@ class SqliteStore:
 def _free_space(path: str) -> str:
     return (f"free space on the disk of {beside(path, '').parent}, or move the store to a larger one (and its "
             "URL with it), then start again")
+
+
+def _prepared(readings: list[Reading]) -> tuple[list[tuple[Reading, tuple, tuple]], list[tuple[Reading, str]]]:
+    """Each reading with its row (its layout where the row has the layout's id) and its device's
+    ``SEEN`` row; and those refused, with why, whose values a 64-bit float cannot hold."""
+    rows, refused = [], []
+    for r in readings:
+        try:
+            site, device, ms = r.site, r.device, to_ms(r.ts)
+            layout, numbers, texts, quality = packed(r)
+        except DATA_ERRORS as exc:
+            refused.append((r, f"SQLite cannot store it: {type(exc).__name__}: {exc}"))
+            continue
+        rows.append((r, (site, device, ms, r.gateway, r.seq, layout, numbers, texts, quality),
+                     (site, device, r.gateway, ms, r.status.value)))
+    return rows, refused
 
 
 def _message_rows(messages: Sequence[SignedMessage], refused: list[tuple[Reading, str]]) -> list[tuple]:

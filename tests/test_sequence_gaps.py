@@ -10,6 +10,7 @@ from dataclasses import replace
 import json
 import logging
 import random
+import sqlite3
 import time
 
 import paho.mqtt.client as mqtt
@@ -690,9 +691,9 @@ def test_the_times_of_holes_are_those_of_a_full_look_at_every_check(tmp_path, mo
 
 
 def test_seqs_are_acknowledged_only_once_the_bookkeeping_has_them(mosquitto, sites_dir, tmp_path, monkeypatch):
-    """The store takes the readings but not, for a while, their seqs' bookkeeping, and the
-    collector is stopped meanwhile: it acknowledged none of them (the broker redelivers them,
-    the gateway keeps them), so the next collector raises no false gap for seqs the store holds."""
+    """The store refuses, for a while, the seqs' bookkeeping (and so the readings written in the same
+    transaction), and the collector is stopped meanwhile: it acknowledged none of them (the broker
+    redelivers them, the gateway keeps them), so the next collector raises no false gap."""
     store_url = f"sqlite:///{tmp_path}/jcm.db"
     pub = Publisher(mosquitto)
     first = collector(mosquitto, store_url, sites_dir)
@@ -702,14 +703,16 @@ def test_seqs_are_acknowledged_only_once_the_bookkeeping_has_them(mosquitto, sit
     time.sleep(0.3)  # their bookkeeping written too
 
     def down(self, blocks):
-        raise StoreUnavailable("down for the bookkeeping")
+        raise sqlite3.OperationalError("disk I/O error")
 
     with monkeypatch.context() as m:
-        m.setattr(SqliteStore, "record_seq_blocks", down)
+        m.setattr(SqliteStore, "_merge_blocks", down)
         pub.send([message(s) for s in range(4, 7)])
-        assert wait_until(lambda: first.stored >= 6)
-        time.sleep(0.3)
+        time.sleep(1.0)
         first.stop()
+    store = open_store(store_url)
+    assert store.count() == 3  # seqs 1 – 3: those of 4 – 6 went with their bookkeeping
+    store.close()
     second = collector(mosquitto, store_url, sites_dir)
     subscribed(second, pub, probe=7)
     pub.send([message(s) for s in range(8, 11)])
@@ -717,6 +720,42 @@ def test_seqs_are_acknowledged_only_once_the_bookkeeping_has_them(mosquitto, sit
     second.stop()
     pub.close()
     assert [(f.first, f.last) for f in findings(store_url)] == []
+
+
+def test_a_crash_between_readings_and_their_seq_records_leaves_neither(mosquitto, sites_dir, tmp_path, monkeypatch):
+    """The collector dies as the seqs' records of a batch are written (a crash, a power cut): the
+    store holds neither that batch's readings nor their records (one transaction), so no reading
+    is stored that the books do not know of; the broker redelivers the batch to the next collector,
+    which stores both."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    pub = Publisher(mosquitto)
+    first = collector(mosquitto, store_url, sites_dir)
+    subscribed(first, pub)
+    store = open_store(store_url)
+    assert wait_until(lambda: stored_ranges(store) == [(E1, 1, 1)], 10)
+    store.close()
+
+    class Crash(BaseException):
+        pass
+
+    def crash(self, blocks):
+        raise Crash()
+
+    with monkeypatch.context() as m:
+        m.setattr(SqliteStore, "_merge_blocks", crash)
+        pub.send([message(s) for s in range(2, 5)])
+        assert first.done.wait(10) and isinstance(first.failure, Crash)
+    first.stop()
+    store = open_store(store_url)
+    assert (store.count(), stored_ranges(store)) == (1, [(E1, 1, 1)])  # seq 1's reading and its record only
+    store.close()
+    second = collector(mosquitto, store_url, sites_dir)
+    assert wait_until(lambda: second.stored >= 3, 30), second.stored
+    second.stop()
+    pub.close()
+    store = open_store(store_url)
+    assert (store.count(), stored_ranges(store)) == (4, [(E1, 1, 4)])
+    store.close()
 
 
 def test_a_late_seq_resolves_a_gap_the_other_collector_recorded(tmp_path):

@@ -65,3 +65,21 @@ def test_a_writer_still_gives_up_after_the_busy_timeout_and_waits_as_before_for_
     store.write([reading(1)])
     assert store.count() == 1
     store.close()
+
+
+def test_a_batch_is_packed_before_the_write_lock_is_taken(tmp_path, monkeypatch):
+    """Another collector waits while this one holds the write lock: the readings' values are
+    packed (a float64 array and JSON a message) before it is taken, not while it is held."""
+    store = open_store(f"sqlite:///{tmp_path}/jcm.db")
+    held = []
+
+    def packed(r):
+        held.append(store._db.in_transaction)
+        return pack(r)
+
+    pack = sqlite_store.packed
+    monkeypatch.setattr(sqlite_store, "packed", packed)
+    store.write([reading(s) for s in range(1, 4)])
+    assert held == [False] * 3
+    assert len(store.read("s1", T0, T0 + dt.timedelta(minutes=1))) == 3
+    store.close()

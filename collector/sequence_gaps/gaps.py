@@ -111,8 +111,16 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         changed, name the seqs and epochs not followed (``_far``, ``_room``). Never raises: what the store did not take is done again with the next batch
         (at most ``MAX_PENDING`` readings are held for that); a store that cannot be read
         back at all turns the bookkeeping off, with one WARNING."""
+        self._settle(self.staged(readings), written=False)
+
+    def staged(self, readings: list[Reading]) -> list[SeqBlock]:
+        """Readings a store is writing, called inside its write (``ReadingStore.write``'s ``books``):
+        follow their seqs and return the blocks to record with them, so that the readings and their
+        seqs' records are durable together or not at all; ``settled`` once the write returned. Called
+        again for a write tried again (the same blocks, or more), as nothing is marked written before
+        ``settled``. Never raises (as ``stored``)."""
         if self.off:
-            return
+            return []
         readings = self._pending + readings
         self._pending = []
         self._refused = False
@@ -139,8 +147,23 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                     self._follow(r.site, r.gateway, epoch, track, r.seq, r.ts)
                     self._reach(r.site, r.gateway, epoch, track)
                 done += 1
-            if self._unsaved or self._far_blocks:
-                self._write_blocks()
+        except Exception as exc:
+            self._failed(exc, readings[done:])
+        return self._blocks()
+
+    def settled(self, blocks: list[SeqBlock]) -> None:
+        """The blocks ``staged`` returned are durable with their readings: the rest of the books
+        (jump and churn findings, the holes' check). Never raises (as ``stored``)."""
+        self._settle(blocks, written=True)
+
+    def _settle(self, blocks: list[SeqBlock], written: bool) -> None:
+        if self.off:
+            return
+        try:
+            if blocks:
+                if not written:
+                    self.store.record_seq_blocks(blocks)
+                self._blocks_written()
             while self._jumps:
                 self._write_jump(*next(iter(self._jumps)))
             for churn in self._churn.values():
@@ -149,21 +172,27 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
             if self.clock() >= self._next_check:
                 self._next_check = self.clock() + CHECK_EVERY_S
                 self.check()
-        except ReadUnsupported as exc:
+        except Exception as exc:
+            self._failed(exc, [])
+
+    def _failed(self, exc: Exception, left: list[Reading]) -> None:
+        """The books could not be kept: ``left``, the readings whose seqs were not followed, are
+        followed with the next batch; a store that cannot read the books back turns them off."""
+        if isinstance(exc, ReadUnsupported):
             log.warning("sequence gaps are not followed: the store cannot read its bookkeeping back: %s",
                         printable(str(exc)))
             self.off, self._pending = True, []
-        except Exception as exc:  # bookkeeping must never stop ingestion
-            if not isinstance(exc, StoreUnavailable):
-                log.error("sequence bookkeeping failed: %s", printable(repr(exc)), exc_info=True)
-            self._pending = readings[done:]
-            self._refused = isinstance(exc, StoreUnavailable)
-            if len(self._pending) > MAX_PENDING:
-                log.error("sequence bookkeeping: dropping %d readings' seqs held too long; their seqs may "
-                          "show as false gaps", len(self._pending) - MAX_PENDING)
-                del self._pending[:-MAX_PENDING]
-            log.error("sequence bookkeeping: %s; %d readings' seqs held for the next batch",
-                      printable(str(exc)), len(self._pending))
+            return
+        if not isinstance(exc, StoreUnavailable):  # bookkeeping must never stop ingestion
+            log.error("sequence bookkeeping failed: %s", printable(repr(exc)), exc_info=exc)
+        self._pending += left
+        self._refused = isinstance(exc, StoreUnavailable)
+        if len(self._pending) > MAX_PENDING:
+            log.error("sequence bookkeeping: dropping %d readings' seqs held too long; their seqs may "
+                      "show as false gaps", len(self._pending) - MAX_PENDING)
+            del self._pending[:-MAX_PENDING]
+        log.error("sequence bookkeeping: %s; %d readings' seqs held for the next batch",
+                  printable(str(exc)), len(self._pending))
 
     def _follow(self, site: str, gateway: str, epoch: str, track: _Epoch, seq: int, ts: dt.datetime) -> None:
         block = track.add(seq, ts)

@@ -89,14 +89,19 @@ class _OwnEpoch:
 class _OwnBlocks:
     """Of ``SequenceGaps``: writes the blocks changed (``_unsaved``) under this process's writer name."""
 
-    def _write_blocks(self) -> None:
-        """Write the blocks changed: each with every seq of it this process stored."""
+    def _blocks(self) -> list[SeqBlock]:
+        """The blocks changed (``_unsaved``, ``_far_blocks``), each with every seq of it this process
+        stored: what is to be written, kept as unsaved until ``_blocks_written``."""
         blocks = []
         for site, gateway, epoch, block in sorted(self._unsaved):
             own = self._gateways[(site, gateway)][epoch].own[block]
             blocks.append(SeqBlock(site, gateway, epoch, block, int.from_bytes(own.bits, "little"), own.times(),
                                    f"{self._writer}.{own.generation}" if own.generation else self._writer))
-        self.store.record_seq_blocks(blocks + self._far_blocks)
+        return blocks + self._far_blocks
+
+    def _blocks_written(self) -> None:
+        """What ``_blocks`` gave is in the store: no longer unsaved; the own seqs of blocks covered
+        whole, or beyond ``OWN_BLOCKS``, dropped."""
         written = {(site, gateway, epoch) for site, gateway, epoch, _ in self._unsaved}
         self._unsaved.clear()
         self._far_blocks = []
