@@ -52,6 +52,7 @@ import math
 import re
 import tempfile
 import warnings
+import zipfile
 from collections import Counter
 from html import escape, unescape
 from pathlib import Path
@@ -63,15 +64,19 @@ from contract.custody import GENESIS, chain_breaks, is_covered, pem_problems, re
 from contract.message import Reading
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
-from processing.export import DEAD_LETTERS, REPLACED
+from processing.export import DEAD_LETTERS, REPLACED, file_names
+from processing.export.csv_files import write_daily_values
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
-from processing.export.period_figures import CANNOT_COMPUTE, period_status
+from processing.export.manifest import exporter_version
+from processing.export.period_figures import CANNOT_COMPUTE, assemble, period_status
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
-from processing.export.summary_html import LANGUAGES, figure_text, messages
+from processing.export.summary_html import LANGUAGES, figure_text, messages, render
+from processing.export.workbook import write_workbook
 from processing.fixed_values import from_record
+from processing.ledger import Revision, code_version
 from processing.monthly import versions
-from processing.period import HASH_VERSIONS
+from processing.period import HASH_VERSIONS, PeriodProcessor
 from store.sqlite_store import SqliteStore
 
 #: refusals, breaks per chain and mismatches listed one by one; beyond it they are counted
@@ -80,7 +85,14 @@ MAX_LISTED = 50
 BATCH = 5000
 FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 #: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
-PASSED, FAILED, NOT_WITNESSED = 0, 1, 3
+PASSED, FAILED, NOT_WITNESSED, PASSED_IN_PART = 0, 1, 3, 4
+#: the files ``jcm verify`` makes again from its recomputation and compares byte for byte (``_remade``)
+REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv")
+#: the files of an export that ``jcm verify`` checks by their SHA-256 alone (``_unchecked``)
+HASHED_ONLY = {"raw_readings.csv.gz": "the store's readings as text (the figures are recomputed from custody/)",
+               DEAD_LETTERS: "the messages the collector refused, as the store keeps them: only their count is "
+                             "compared with the manifest",
+               "daily_values.png": "a chart of the daily values", "completeness.png": "a chart of completeness"}
 
 
 def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
@@ -131,6 +143,10 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
                f"manifest's {len(fixed)} fixed value(s):")
     out += lines
     problems += [f"{mismatches} difference(s) from the recomputation"] if mismatches else []
+    lines, remade = _remade(folder, manifest, site, result, fixed)
+    out += lines
+    problems += [f"{remade} file(s) not as the recomputation makes them"] if remade else []
+    out += _unchecked(manifest)
     whole = "files whole, every signature verified, every chain whole"
     # a failed period's export can be whole and right: its verdict says what it is right about
     equal = "figures recomputed equal" + (f": none, the period is failed ({result.cannot})" if result.cannot else "")
@@ -142,10 +158,113 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
         code = NOT_WITNESSED
         out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the reading window beyond each "
                    f"cannot be shown complete; otherwise {whole}, {equal}")
+    elif remade is None:
+        code = PASSED_IN_PART
+        out.append(f"VERDICT: PASSED IN PART: {whole} and witnessed across the reading window, {equal}; but "
+                   f"{', '.join(REMADE)} were not made again and compared whole (another version made the export): "
+                   "what they show beyond the figures, statuses, reasons and input hashes compared is not checked")
     else:
         code = PASSED
-        out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, {equal}")
+        out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, {equal}, "
+                   f"{', '.join(REMADE)} made again from it byte for byte")
     return code, [printable(line) for line in out]
+
+
+def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list) -> tuple[list[str], int | None]:
+    """The summary pages, the workbook and ``daily_values.csv`` made again as the export makes them, from the
+    recomputation (``period_figures.assemble`` of its months; of each month's revision only what the manifest
+    alone says: its number, creation, the versions it was computed with and its sign-off; the manifest's fixed
+    values, configuration changes and custody entry), compared byte for byte: whatever they show beyond what
+    ``_compare`` reads (a figure hidden or moved by CSS, a hidden sheet or row, a number format, a comment)
+    then differs. The lines, and how many of them differ; ``None`` when they cannot be made again (made by
+    another exporter, or a revision by other processing code, as the manifest names them): said so."""
+    ours, theirs = exporter_version(), manifest.get("exporter")
+    recorded = {rev.get("month"): rev for rev in manifest.get("revisions", []) if isinstance(rev, dict)}
+    other = [] if theirs == ours else [f"the export names exporter {theirs!r}, this is {ours!r}"]
+    other += [f"{month}: revision {rev.get('revision')} names processing code {rev.get('code_version')!r}, this is "
+              f"{code_version()!r}" for month, rev in sorted(recorded.items(), key=str)
+              if month in result.results and rev.get("code_version") != code_version()]
+    if other:
+        return [f"files made again: NOT DONE: {'; '.join(other)}: {', '.join(REMADE)} are compared only in the "
+                "figures, statuses, reasons and input hashes above"], None
+    try:
+        figures = assemble(PeriodProcessor(site), _revisions(site, result, recorded), *_period(manifest), fixed,
+                           [str(line) for line in manifest["config_changes"]])
+        names = file_names(figures.name)
+        made = {name: render(figures, names, manifest["custody"], lang).encode("utf-8")
+                for lang, name in LANGUAGES.items()}
+        with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
+            made[names["workbook"]] = write_workbook(figures, Path(tmp) / "w.xlsx").read_bytes()
+            made[names["daily_csv"]] = write_daily_values(figures, Path(tmp) / "d.csv").read_bytes()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a manifest edited beyond what an export writes
+        return [f"files made again: cannot: manifest.json: its revisions, config_changes or custody are not as an "
+                f"export writes them ({type(exc).__name__}: {exc})"], 1
+    wrong = []
+    for name, data in made.items():
+        try:
+            exported = (folder / name).read_bytes()
+        except OSError:
+            continue  # the files check names it
+        if exported != data:
+            wrong.append(f"  {_first_difference(name, exported, data)}")
+    return [f"files made again from the recomputation: {', '.join(made)}"
+            + (": each byte for byte as exported" if not wrong else "")] + wrong, len(wrong)
+
+
+def _revisions(site: Site, result: Recomputed, recorded: dict) -> list[tuple[Revision, tuple | None]]:
+    """Each month recomputed as a revision with its sign-off, for ``assemble``: its figures, status and input
+    hash (in the manifest's version) recomputed, the rest as the manifest says (the ledger is not in the export)."""
+    picked = []
+    for month, rec in result.results.items():
+        rev = recorded.get(month)
+        if rev is None:
+            raise ValueError(f"no revision of {month}")
+        version = rev.get("input_hash_version", 1)
+        hashes, status = result.months[month]
+        s = rec["summary"]
+        revision = Revision(0, site.site, month, rev["revision"], rev["created"], status, s["ER"], s["ER_unrounded"],
+                            bool(s["provisional"]), hashes.get(version, rev.get("input_hash")), rev["code_version"],
+                            rec, False, rev["defaults_hash"], rev["config_hash"], version)
+        picked.append((revision, (rev["revision"], rev["signed_by"], rev["signed_at"]) if rev["signed_off"] else None))
+    return picked
+
+
+def _period(manifest: dict) -> tuple[dt.date, dt.date]:
+    period = _section(manifest, "period")
+    return _date(period, "first"), _date(period, "last")
+
+
+def _first_difference(name: str, exported: bytes, made: bytes) -> str:
+    """Where ``name`` as exported first differs from it made again: the zip member of a workbook, the line
+    and the text around the first character that differs."""
+    if name.endswith(".xlsx"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(exported)) as a, zipfile.ZipFile(io.BytesIO(made)) as b:
+                theirs, ours = set(a.namelist()), set(b.namelist())
+                for member in sorted(theirs | ours):
+                    if member not in ours:
+                        return f"{name}: {member}: in the export, not made again (added)"
+                    if member not in theirs:
+                        return f"{name}: {member}: made again, not in the export (removed)"
+                    if a.read(member) != b.read(member):
+                        return _first_difference(f"{name}: {member}", a.read(member), b.read(member))
+                return f"{name}: differs in its zip layout (members equal)"
+        except (zipfile.BadZipFile, OSError, RuntimeError) as exc:
+            return f"{name}: not the workbook made again (not a readable zip: {exc})"
+    theirs, ours = exported.decode("utf-8", "replace").split("\n"), made.decode("utf-8", "replace").split("\n")
+    n = next((i for i, (x, y) in enumerate(zip(theirs, ours)) if x != y), min(len(theirs), len(ours)))
+    x, y = (lines[n] if n < len(lines) else "" for lines in (theirs, ours))
+    at = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+    cut = max(0, at - 40)
+    return (f"{name} line {n + 1}: exported {'…' * bool(cut)}{x[cut:at + 80]!r}, made again from the recomputation "
+            f"{'…' * bool(cut)}{y[cut:at + 80]!r}")
+
+
+def _unchecked(manifest: dict) -> list[str]:
+    """The files checked by their SHA-256 alone: a verifier reading them reads what the exporter wrote."""
+    listed = [name for name in HASHED_ONLY if name in manifest.get("files", {})]
+    return [f"not checked beyond their SHA-256 (what the exporter wrote, not recomputed): "
+            + "; ".join(f"{name} ({HASHED_ONLY[name]})" for name in listed)] if listed else []
 
 
 def _dead_letters(folder: Path, manifest: dict) -> tuple[str, str | None]:

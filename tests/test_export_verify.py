@@ -186,7 +186,7 @@ def energy_line(lines: list[bytes]) -> int:
                 and b"ac_energy" in m)
 
 
-def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, capsys):
+def test_an_untouched_export_passes_and_says_what_was_checked(made, export, signer, capsys):
     manifest = json.loads((export / "manifest.json").read_text())
     assert manifest["custody"]["signed_messages"] == len(messages(export)) > 0
     assert {"custody/keys.json", "custody/keys/k1.pem", MESSAGES, "custody/findings.json",
@@ -211,8 +211,12 @@ def test_an_untouched_export_passes_and_says_what_was_checked(export, signer, ca
     assert "2026-09: input hash equal to revision 1's" in out and "note:" not in out
     assert ("witnesses: 1 of 1 chain(s) witnessed before the reading window's start (2026-08-31T10:00:00+00:00; "
             "or begun in it), 1 after its end (2026-09-30T22:00:00+00:00): ") in out
+    assert ("files made again from the recomputation: summary.html, summary.ja.html, "
+            f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv: each byte for byte as "
+            "exported") in out
     assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
-                                 "witnessed across the reading window, figures recomputed equal")
+                                 "witnessed across the reading window, figures recomputed equal, summary.html, "
+                                 "summary.ja.html, the workbook, daily_values.csv made again from it byte for byte")
 
 
 def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
