@@ -48,8 +48,10 @@ import datetime as dt
 import gzip
 import hashlib
 import io
+import json
 import math
 import re
+import sqlite3
 import tempfile
 import warnings
 import zipfile
@@ -62,6 +64,7 @@ import openpyxl
 from contract.config.site import Site
 from contract.custody import GENESIS, chain_breaks, is_covered, pem_problems, read_folder, verify_chained
 from contract.message import Reading
+from contract.sqlite_file import UnusableFile
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export import DEAD_LETTERS, REPLACED, file_names
@@ -69,12 +72,12 @@ from processing.export.csv_files import write_daily_values
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.manifest import exporter_version
-from processing.export.period_figures import CANNOT_COMPUTE, assemble, period_status
+from processing.export.period_figures import CANNOT_COMPUTE, assemble, period_status, used_revision
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.export.summary_html import LANGUAGES, figure_text, messages, render
 from processing.export.workbook import write_workbook
 from processing.fixed_values import from_record
-from processing.ledger import Revision, code_version
+from processing.ledger import Ledger, Revision, code_version
 from processing.monthly import versions
 from processing.period import HASH_VERSIONS, PeriodProcessor
 from store.sqlite_store import SqliteStore
@@ -95,9 +98,10 @@ HASHED_ONLY = {"raw_readings.csv.gz": "the store's readings as text (the figures
                "daily_values.png": "a chart of the daily values", "completeness.png": "a chart of completeness"}
 
 
-def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
-    """The verdict (``PASSED``, ``FAILED`` or ``NOT_WITNESSED``) and its lines; ``jobs``: the
-    processes that check signatures."""
+def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tuple[int, list[str]]:
+    """The verdict (``PASSED``, ``FAILED``, ``NOT_WITNESSED`` or ``PASSED_IN_PART``) and its lines;
+    ``jobs``: the processes that check signatures; ``ledger``: a ledger file to compare each month's
+    revision with (``against_ledger``), opened read-only."""
     if not folder.exists() and (aside := sorted(folder.parent.glob(f".{folder.name}.{REPLACED}-*"))):
         raise ValueError(f"{folder} does not exist: {aside[-1].name} beside it is the export a 'jcm export --force' "
                          "killed before it was done was replacing: the next 'jcm export' of the period puts it back")
@@ -147,6 +151,10 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
     out += lines
     problems += [f"{remade} file(s) not as the recomputation makes them"] if remade else []
     out += _unchecked(manifest)
+    if ledger is not None:
+        lines, differences = against_ledger(manifest, ledger)
+        out += lines
+        problems += [f"{differences} difference(s) from the ledger"] if differences else []
     whole = "files whole, every signature verified, every chain whole"
     # a failed period's export can be whole and right: its verdict says what it is right about
     equal = "figures recomputed equal" + (f": none, the period is failed ({result.cannot})" if result.cannot else "")
@@ -168,6 +176,44 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
         out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, {equal}, "
                    f"{', '.join(REMADE)} made again from it byte for byte")
     return code, [printable(line) for line in out]
+
+
+def against_ledger(manifest: dict, path: Path) -> tuple[list[str], int]:
+    """Whether each month of the export is the ledger's latest revision of it (a signed-off month takes no
+    later one), as the ledger records it: its number, times, input hash, versions, status, figures and
+    sign-off. The manifest is not signed: its revisions are only the exporter's word until compared with
+    the ledger. The lines and how many differences; ``ValueError`` naming a ledger that cannot be read
+    (opened read-only: never created, nothing written)."""
+    try:
+        ledger = Ledger(path, read_only=True)
+    except (UnusableFile, sqlite3.Error) as exc:
+        raise ValueError(f"--ledger: {exc}") from None
+    site = manifest.get("site")
+    wrong, out = [], [f"ledger {path}:"]
+    try:
+        for i, rev in enumerate(manifest.get("revisions") or []):
+            month = rev.get("month") if isinstance(rev, dict) else None
+            latest = ledger.latest(site, month) if isinstance(month, str) else None
+            if latest is None:
+                wrong.append(f"  manifest.json revisions[{i}]: month {month!r}: the ledger has no revision of it"
+                             f" for site {site!r}")
+                continue
+            recorded = used_revision(latest, ledger.signoff(site, month)).to_dict()
+            recorded["read_span"] = None if recorded["read_span"] is None else list(recorded["read_span"])
+            differ = [f"{key} {rev.get(key, 'none')!r}, the ledger's {value!r}" for key, value in recorded.items()
+                      if rev.get(key) != value or type(rev.get(key)) is not type(value)]
+            if differ:
+                wrong.append(f"  {month}: the export's revision {rev.get('revision')!r} is not the ledger's latest "
+                             f"(revision {latest.revision}) as recorded: " + "; ".join(differ))
+            else:
+                out.append(f"  {month}: revision {latest.revision}, the ledger's latest"
+                           + (" (signed off)" if recorded["signed_off"] else "") + ", equal in every field")
+    except sqlite3.Error as exc:
+        raise ValueError(f"--ledger {path}: cannot read: {exc}") from None
+    finally:
+        ledger.close()
+    return out + wrong[:MAX_LISTED] + ([f"  ... and {len(wrong) - MAX_LISTED} more"] if len(wrong) > MAX_LISTED
+                                       else []), len(wrong)
 
 
 def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list) -> tuple[list[str], int | None]:
@@ -263,7 +309,7 @@ def _first_difference(name: str, exported: bytes, made: bytes) -> str:
 def _unchecked(manifest: dict) -> list[str]:
     """The files checked by their SHA-256 alone: a verifier reading them reads what the exporter wrote."""
     listed = [name for name in HASHED_ONLY if name in manifest.get("files", {})]
-    return [f"not checked beyond their SHA-256 (what the exporter wrote, not recomputed): "
+    return ["not checked beyond their SHA-256 (what the exporter wrote, not recomputed): "
             + "; ".join(f"{name} ({HASHED_ONLY[name]})" for name in listed)] if listed else []
 
 
@@ -391,7 +437,27 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
             problems.append(f"{name}: not in manifest.json")
     for name in sorted(set(present) - set(listed) - set(sums) - {"manifest.json", "SHA256SUMS"}):
         problems.append(f"{name}: not listed in manifest.json nor SHA256SUMS (a file added to the export)")
+    known = _known(folder)
+    for name in sorted((set(present) | set(listed) | set(sums)) - {"manifest.json", "SHA256SUMS"}):
+        if not known(name):
+            problems.append(f"{name}: not a file an export writes: nothing checks what it says (a file added to "
+                            "the export, listed or not)")
     return problems
+
+
+def _known(folder: Path):
+    """Whether a file (by its path in the folder) is one an export writes, each of which this check reads,
+    recomputes or names as checked by its SHA-256 alone (``HASHED_ONLY``); the keys' PEM files those of
+    ``custody/keys.json`` (``pem_problems`` compares them)."""
+    try:
+        keys = json.loads((folder / "custody" / "keys.json").read_text(encoding="utf-8"))
+        ids = {k["id"] for k in keys if isinstance(k, dict) and isinstance(k.get("id"), str)}
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        ids = set()  # the custody check names keys.json
+    fixed = {*LANGUAGES.values(), *HASHED_ONLY, SITE_SETTINGS, "daily_values.csv", "custody/keys.json",
+             f"custody/{FINDINGS}", *(f"custody/keys/{i}.pem" for i in ids)}
+    return lambda name: (name in fixed or re.fullmatch(r"monitoring_[^/]+\.xlsx", name) is not None
+                         or re.fullmatch(r"custody/messages/[^/]+\.jsonl\.gz", name) is not None)
 
 
 def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] | None = None,

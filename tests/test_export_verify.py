@@ -1376,3 +1376,114 @@ def test_an_export_without_a_summary_page_in_each_language_is_named(export, caps
     rehash(export)
     rc, out = run(export, capsys)
     assert rc == 1 and "summary.ja.html: not in the export (it has its summary in each language)" in out, out
+
+
+# -- what a reader of a page, the workbook or another file sees ----------------------------
+
+def _style(page: str) -> str:  # a figure shown by CSS alone: every ER read "…0 tCO2" on screen
+    return page.replace("</style>", "td.n b::after { content: '0' }</style>", 1)
+
+
+def _no_reason(page: str) -> str:  # a QA reason of the month taken off the list, the rest kept
+    return re.sub(r"<li>[^<]*</li>", "", page, count=1)
+
+
+def _added(page: str) -> str:  # a line no field check reads
+    return page.replace("</body>", "<p>Verified by the DOE, no findings</p></body>", 1)
+
+
+@pytest.mark.parametrize("page", ["summary.html", "summary.ja.html"])
+@pytest.mark.parametrize("edit", [_style, _no_reason, _added])
+def test_a_summary_page_showing_what_verify_does_not_read_is_named(export, capsys, page, edit):
+    """verify read chosen parts of the summary pages: a figure shown by CSS, a reason taken off
+    the list or a sentence added, the hashes rewritten, passed. The pages are made again from the
+    recomputation and compared byte for byte."""
+    text = (export / page).read_text()
+    assert edit(text) != text
+    (export / page).write_text(edit(text))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"  {page} line " in out and "made again from the recomputation" in out, out
+    assert out.rstrip().endswith("1 file(s) not as the recomputation makes them"), out
+
+
+def _number_format(ws) -> None:  # the ER cell shows 1,234 whatever it holds
+    row = next(r for r in ws.iter_rows() if r[0].value == "ER")
+    row[4].number_format = '"1,234"'
+
+
+def _hidden_sheet(ws) -> None:  # a sheet a reader of the sheet list does not see
+    ws.parent.create_sheet("Notes").sheet_state = "hidden"
+
+
+def _comment(ws) -> None:
+    ws["A1"].comment = openpyxl.comments.Comment("ER confirmed by the DOE", "x")
+
+
+@pytest.mark.parametrize("edit", [_number_format, _hidden_sheet, _comment])
+def test_a_workbook_showing_what_verify_does_not_read_is_named(export, capsys, edit):
+    """verify read the workbook's cell values: a number format showing another ER, a hidden sheet or a
+    comment, the hashes rewritten, passed. The workbook is made again and compared byte for byte."""
+    path = next(export.glob("*.xlsx"))
+    wb = openpyxl.load_workbook(path)
+    edit(wb["Monitoring report"])
+    wb.save(path)
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"  {path.name}: " in out and "1 file(s) not as the recomputation makes them" in out, out
+
+
+def test_a_comment_line_in_the_daily_values_is_named(export, capsys):
+    """daily_values.csv's '#' lines were skipped, so one added ('# ER 9,999 t, verified') passed."""
+    path = export / "daily_values.csv"
+    path.write_text("# ER 9,999 tCO2, verified by the DOE\n" + path.read_text())
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and "  daily_values.csv line 1: exported '# ER 9,999" in out, out
+
+
+@pytest.mark.parametrize("name", ["statement.txt", "custody/keys/k9.pem", "custody/notes.json"])
+def test_a_file_added_and_listed_in_the_manifest_is_named(export, capsys, name):
+    """A file added by hand and listed in the manifest and SHA256SUMS with its right hash passed, though
+    nothing checks what it says. A file no export writes is named."""
+    (export / name).write_text("The DOE verified this period: ER 9,999 tCO2\n")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["files"][name] = {}
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"  {name}: not a file an export writes: nothing checks what it says" in out, out
+    assert "VERDICT: FAILED: 1 file problem(s)" in out, out
+
+
+def test_an_export_by_another_exporter_passes_in_part_saying_so(export, capsys):
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["exporter"] = "export-0000000000000000 openpyxl-3.0.0"
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 4 and "files made again: NOT DONE: the export names exporter 'export-0000000000000000" in out, out
+    assert "VERDICT: PASSED IN PART: " in out and "were not made again and compared whole" in out, out
+
+
+def test_each_month_is_compared_with_the_ledgers_latest_revision(made, export, capsys):
+    """The manifest is not signed: its revisions (number, hash and version, sign-off) edited together
+    were caught only against the ledger, and no command compared them. --ledger does, read-only."""
+    ledger = made.parent.parent / "ledger.sqlite"
+    before = ledger.read_bytes()
+    rc = main(["verify", str(export), "--ledger", str(ledger)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "  2026-09: revision 1, the ledger's latest, equal in every field" in out, out
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["revisions"][0].update(signed_off=True, signed_by="mrv-lead", signed_at="2026-10-02T00:00:00+00:00")
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc = main(["verify", str(export), "--ledger", str(ledger)])
+    out = capsys.readouterr().out
+    assert rc == 1 and ("2026-09: the export's revision 1 is not the ledger's latest (revision 1) as recorded: "
+                        "signed_off True, the ledger's False; signed_by 'mrv-lead', the ledger's None") in out, out
+    assert "1 difference(s) from the ledger" in out, out
+    assert ledger.read_bytes() == before  # opened read-only (SQLite keeps its -shm and -wal beside it)
+    missing = ledger.parent / "no-ledger.sqlite"
+    assert main(["verify", str(export), "--ledger", str(missing)]) == 2 and not missing.exists()
+    assert "no-ledger.sqlite does not exist" in capsys.readouterr().err

@@ -151,7 +151,8 @@ def _month_revision(site: Site, store: ReadingStore, ledger: Ledger, month: str)
     return revision, signed
 
 
-def _used(revision: Revision, signed: tuple | None) -> UsedRevision:
+def used_revision(revision: Revision, signed: tuple | None) -> UsedRevision:
+    """What an export records of a month's ``revision`` and its sign-off (``Ledger.signoff``)."""
     s = revision.result["summary"]
     return UsedRevision(
         site=revision.site, month=revision.month, revision=revision.revision, created=revision.created,
@@ -314,7 +315,7 @@ def assemble(processor: PeriodProcessor, picked: list[tuple[Revision, tuple | No
                                                                  if f.status != "confirmed"))
     return PeriodFigures(
         site=site, spec=processor.spec, first=first, last=last, status=status, reasons=reasons,
-        parameters=parameters, calc=calc, revisions=[_used(r, s) for r, s in picked], daily=daily,
+        parameters=parameters, calc=calc, revisions=[used_revision(r, s) for r, s in picked], daily=daily,
         findings=[f for r in revisions for f in _tagged(r, r.result["findings"])],
         adjustments=[a for r in revisions for a in _tagged(r, r.result["adjustments"])],
         completeness={r.month: r.result["summary"]["completeness"] for r in revisions},
