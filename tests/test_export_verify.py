@@ -868,13 +868,15 @@ def test_a_chain_cut_short_before_the_periods_end_is_named_not_witnessed(tmp_pat
     manifest["custody"]["witnesses"]["not_witnessed"] = []
     (folder / "manifest.json").write_text(json.dumps(manifest))
     rehash(folder)
-    rc, out = run(folder, capsys)
-    assert rc == 3 and "  the manifest does not list it as not witnessed, as the export would have" in out, out
+    rc, out = run(folder, capsys)  # the pages, made again from that manifest, say witnessed: not what they show
+    assert rc == 1 and "  the manifest does not list it as not witnessed, as the export would have" in out, out
+    assert "  summary.html line 24: exported '<p><b>Witnesses: 1 of 1 chain(s)" in out, out
     manifest["custody"]["witnesses"] = {"not_witnessed": [1, {"end": ["tail"], "gateway": {}}]}  # not a crash
     (folder / "manifest.json").write_text(json.dumps(manifest))
     rehash(folder)
     rc, out = run(folder, capsys)
-    assert rc == 3 and "  the manifest does not list it as not witnessed, as the export would have" in out, out
+    assert rc == 1 and "  the manifest does not list it as not witnessed, as the export would have" in out, out
+    assert "files made again: cannot: manifest.json: its revisions, config_changes or custody are not" in out, out
 
 
 def test_the_last_messages_taken_out_of_an_export_are_named_with_its_other_failures(export, capsys):
@@ -885,7 +887,8 @@ def test_the_last_messages_taken_out_of_an_export_are_named_with_its_other_failu
     seq = json.loads(lines[cut - 4])["seq"]
     assert rc == 1 and f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45" in out, out
     assert "  the manifest does not list it as not witnessed" in out
-    assert out.rstrip().endswith("difference(s) from the recomputation, 1 chain end(s) not witnessed"), out
+    assert out.rstrip().endswith("difference(s) from the recomputation, 4 file(s) not as the recomputation makes "
+                                 "them, 1 chain end(s) not witnessed"), out
 
 
 def test_a_chain_that_ends_in_the_period_is_named_with_what_the_export_knows(tmp_path, signer, capsys):
