@@ -72,11 +72,12 @@ from processing.export.csv_files import write_daily_values
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.manifest import exporter_version
-from processing.export.period_figures import CANNOT_COMPUTE, assemble, period_status, used_revision
+from processing.export.period_figures import (CANNOT_COMPUTE, assemble, period_status, recorded_fixed,
+                                              used_revision)
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.export.summary_html import LANGUAGES, figure_text, messages, render
 from processing.export.workbook import write_workbook
-from processing.fixed_values import from_record
+from processing.fixed_values import FixedValue, from_config, from_record
 from processing.ledger import Ledger, Revision, code_version
 from processing.monthly import versions
 from processing.period import HASH_VERSIONS, PeriodProcessor
@@ -147,12 +148,21 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
                f"manifest's {len(fixed)} fixed value(s):")
     out += lines
     problems += [f"{mismatches} difference(s) from the recomputation"] if mismatches else []
+    lines, wrong = _fixed_check(manifest, site, fixed)
+    out += lines
+    problems += [f"{wrong} fixed value(s) not those of {SITE_SETTINGS} and the methodology's defaults"] if wrong else []
+    in_part = [] if wrong is not None or ledger is not None else [
+        f"the fixed values were not compared with {SITE_SETTINGS} and the methodology's defaults (revisions computed "
+        "with other settings): the ledger can show them (--ledger)"]
     lines, remade = _remade(folder, manifest, site, result, fixed)
     out += lines
     problems += [f"{remade} file(s) not as the recomputation makes them"] if remade else []
+    in_part += [] if remade is not None else [
+        f"{', '.join(REMADE)} were not made again and compared whole (another version made the export): what they "
+        "show beyond the figures, statuses, reasons and input hashes compared is not checked"]
     out += _unchecked(manifest)
     if ledger is not None:
-        lines, differences = against_ledger(manifest, ledger)
+        lines, differences = against_ledger(manifest, site, fixed, ledger)
         out += lines
         problems += [f"{differences} difference(s) from the ledger"] if differences else []
     whole = "files whole, every signature verified, every chain whole"
@@ -166,11 +176,10 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
         code = NOT_WITNESSED
         out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the reading window beyond each "
                    f"cannot be shown complete; otherwise {whole}, {equal}")
-    elif remade is None:
+    elif in_part:
         code = PASSED_IN_PART
         out.append(f"VERDICT: PASSED IN PART: {whole} and witnessed across the reading window, {equal}; but "
-                   f"{', '.join(REMADE)} were not made again and compared whole (another version made the export): "
-                   "what they show beyond the figures, statuses, reasons and input hashes compared is not checked")
+                   + "; and ".join(in_part))
     else:
         code = PASSED
         out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, {equal}, "
@@ -178,27 +187,28 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
     return code, [printable(line) for line in out]
 
 
-def against_ledger(manifest: dict, path: Path) -> tuple[list[str], int]:
+def against_ledger(manifest: dict, site: Site, fixed: list[FixedValue], path: Path) -> tuple[list[str], int]:
     """Whether each month of the export is the ledger's latest revision of it (a signed-off month takes no
     later one), as the ledger records it: its number, times, input hash, versions, status, figures and
-    sign-off. The manifest is not signed: its revisions are only the exporter's word until compared with
-    the ledger. The lines and how many differences; ``ValueError`` naming a ledger that cannot be read
-    (opened read-only: never created, nothing written)."""
+    sign-off; and whether the manifest's ``fixed`` values are those the revisions recorded. The manifest is
+    not signed: its revisions are only the exporter's word until compared with the ledger. The lines and how
+    many differences; ``ValueError`` naming a ledger that cannot be read (opened read-only: never created,
+    nothing written)."""
     try:
         ledger = Ledger(path, read_only=True)
     except (UnusableFile, sqlite3.Error) as exc:
         raise ValueError(f"--ledger: {exc}") from None
-    site = manifest.get("site")
-    wrong, out = [], [f"ledger {path}:"]
+    wrong, out, latests = [], [f"ledger {path}:"], []
     try:
         for i, rev in enumerate(manifest.get("revisions") or []):
             month = rev.get("month") if isinstance(rev, dict) else None
-            latest = ledger.latest(site, month) if isinstance(month, str) else None
+            latest = ledger.latest(site.site, month) if isinstance(month, str) else None
             if latest is None:
                 wrong.append(f"  manifest.json revisions[{i}]: month {month!r}: the ledger has no revision of it"
-                             f" for site {site!r}")
+                             f" for site {site.site!r}")
                 continue
-            recorded = used_revision(latest, ledger.signoff(site, month)).to_dict()
+            latests.append(latest)
+            recorded = used_revision(latest, ledger.signoff(site.site, month)).to_dict()
             recorded["read_span"] = None if recorded["read_span"] is None else list(recorded["read_span"])
             differ = [f"{key} {rev.get(key, 'none')!r}, the ledger's {value!r}" for key, value in recorded.items()
                       if rev.get(key) != value or type(rev.get(key)) is not type(value)]
@@ -212,8 +222,43 @@ def against_ledger(manifest: dict, path: Path) -> tuple[list[str], int]:
         raise ValueError(f"--ledger {path}: cannot read: {exc}") from None
     finally:
         ledger.close()
+    if latests:
+        spec = PeriodProcessor(site).spec
+        try:
+            given = {f.key: f.to_dict() for f in recorded_fixed(latests, spec, from_config(site, spec))}
+        except ValueError as exc:  # the revisions disagree: no export of them could be made
+            given = {"(the ledger's revisions)": str(exc)}
+        exported = {f.key: f.to_dict() for f in fixed}
+        differ = [f"  manifest.json fixed_parameters {key}: exported {exported.get(key, 'none')}, the ledger's "
+                  f"revisions recorded {given.get(key, 'none')}"
+                  for key in sorted(set(given) | set(exported)) if given.get(key) != exported.get(key)]
+        wrong += differ
+        out += [] if differ else [f"  fixed values: the {len(exported)} of the manifest are those the revisions "
+                                  "recorded"]
     return out + wrong[:MAX_LISTED] + ([f"  ... and {len(wrong) - MAX_LISTED} more"] if len(wrong) > MAX_LISTED
                                        else []), len(wrong)
+
+
+def _fixed_check(manifest: dict, site: Site, fixed: list[FixedValue]) -> tuple[list[str], int | None]:
+    """The manifest's fixed values (an emission factor, a default value and its source), which the recomputation
+    takes as given, against what ``site.json`` and this code's methodology defaults give, when every revision
+    says it was computed with both (its ``config_hash`` and ``defaults_hash``); else they can be checked only
+    against the ledger (``--ledger``): said so. The lines and how many differ (``None``: not compared)."""
+    now = versions(site)
+    revisions = [rev for rev in manifest.get("revisions") or [] if isinstance(rev, dict)]
+    other = [str(rev.get("revision")) for rev in revisions
+             if (rev.get("config_hash"), rev.get("defaults_hash")) != (now["config_hash"], now["defaults_hash"])]
+    if other or not revisions:
+        return [f"fixed values: NOT compared with {SITE_SETTINGS} and the methodology's defaults: revision(s) "
+                f"{', '.join(other) or 'none'} of the manifest were computed with other settings or defaults; "
+                "compare them with the ledger (--ledger)"], None
+    given = {f.key: f.to_dict() for f in from_config(site, PeriodProcessor(site).spec)}
+    exported = {f.key: f.to_dict() for f in fixed}
+    wrong = [f"  manifest.json fixed_parameters {key}: exported {exported.get(key, 'none')}, {SITE_SETTINGS} and "
+             f"the methodology's defaults give {given.get(key, 'none')}"
+             for key in sorted(set(given) | set(exported)) if given.get(key) != exported.get(key)]
+    return [f"fixed values: {len(exported)} in the manifest, compared with what {SITE_SETTINGS} and the "
+            "methodology's defaults give" + ("" if wrong else ": all equal")] + wrong[:MAX_LISTED], len(wrong)
 
 
 def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list) -> tuple[list[str], int | None]:

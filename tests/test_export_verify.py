@@ -8,6 +8,7 @@ by a test key, and stored with their signed messages as the collector stores the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
@@ -1490,3 +1491,28 @@ def test_each_month_is_compared_with_the_ledgers_latest_revision(made, export, c
     missing = ledger.parent / "no-ledger.sqlite"
     assert main(["verify", str(export), "--ledger", str(missing)]) == 2 and not missing.exists()
     assert "no-ledger.sqlite does not exist" in capsys.readouterr().err
+
+
+def test_a_default_value_raised_in_the_export_is_named(tmp_path, signer, capsys, monkeypatch):
+    """The recomputation takes the manifest's fixed values as given: an export made with the grid's
+    emission factor raised by half (still called the methodology's default, with its source) verified,
+    every figure consistent with it. They are compared with what site.json and the defaults give."""
+    import processing.export.period_figures
+    import processing.fixed_values
+    import processing.period
+
+    real = processing.fixed_values.from_config
+
+    def raised(site, spec):
+        return [dataclasses.replace(f, value=f.value * 1.5) if f.parameter == "EF_RE" else f for f in real(site, spec)]
+
+    for module in (processing.period, processing.export.period_figures):
+        monkeypatch.setattr(module, "from_config", raised)
+    folder = make_export(tmp_path, signer, DAYS)
+    monkeypatch.undo()
+    [fixed] = json.loads((folder / "manifest.json").read_text())["fixed_parameters"]
+    assert fixed["parameter"] == "EF_RE" and fixed["value"] == pytest.approx(0.797 * 1.5)
+    rc, out = run(folder, capsys)
+    assert rc == 1 and "  manifest.json fixed_parameters EF_RE[PV-1]: exported {" in out, out
+    assert "'value': 1.1955" in out and "site.json and the methodology's defaults give {" in out, out
+    assert "1 fixed value(s) not those of site.json and the methodology's defaults" in out, out
