@@ -71,7 +71,7 @@ from processing.export import DEAD_LETTERS, REPLACED, file_names
 from processing.export.csv_files import write_daily_values
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
-from processing.export.manifest import exporter_version
+from processing.export.manifest import exporter_version, write_manifest
 from processing.export.period_figures import (CANNOT_COMPUTE, assemble, period_status, recorded_fixed,
                                               used_revision)
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
@@ -91,7 +91,7 @@ FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 #: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
 PASSED, FAILED, NOT_WITNESSED, PASSED_IN_PART = 0, 1, 3, 4
 #: the files ``jcm verify`` makes again from its recomputation and compares byte for byte (``_remade``)
-REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv")
+REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "manifest.json")
 #: the files of an export that ``jcm verify`` checks by their SHA-256 alone (``_unchecked``)
 HASHED_ONLY = {"raw_readings.csv.gz": "the store's readings as text (the figures are recomputed from custody/)",
                DEAD_LETTERS: "the messages the collector refused, as the store keeps them: only their count is "
@@ -287,6 +287,9 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
         with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
             made[names["workbook"]] = write_workbook(figures, Path(tmp) / "w.xlsx").read_bytes()
             made[names["daily_csv"]] = write_daily_values(figures, Path(tmp) / "d.csv").read_bytes()
+            # what only the manifest says (its files, custody and dead letters entries) is checked apart
+            made["manifest.json"] = write_manifest(figures, manifest["files"], Path(tmp) / "m.json",
+                                                   manifest["custody"], manifest["dead_letters"]).read_bytes()
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a manifest edited beyond what an export writes
         return [f"files made again: cannot: manifest.json: its revisions, config_changes or custody are not as an "
                 f"export writes them ({type(exc).__name__}: {exc})"], 1
@@ -297,7 +300,8 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
         except OSError:
             continue  # the files check names it
         if exported != data:
-            wrong.append(f"  {_first_difference(name, exported, data)}")
+            differ = _json_difference("manifest.json", manifest, json.loads(data)) if name == "manifest.json" else None
+            wrong.append(f"  {differ or _first_difference(name, exported, data)}")
     return [f"files made again from the recomputation: {', '.join(made)}"
             + (": each byte for byte as exported" if not wrong else "")] + wrong, len(wrong)
 
@@ -323,6 +327,25 @@ def _revisions(site: Site, result: Recomputed, recorded: dict) -> list[tuple[Rev
 def _period(manifest: dict) -> tuple[dt.date, dt.date]:
     period = _section(manifest, "period")
     return _date(period, "first"), _date(period, "last")
+
+
+def _json_difference(where: str, exported: object, made: object) -> str | None:
+    """The first member (``revisions[0].ER``) whose value differs between two parsed JSON values; None
+    when they are equal (then the bytes differ: ``_first_difference``)."""
+    if isinstance(exported, dict) and isinstance(made, dict):
+        for key in sorted(set(exported) | set(made)):
+            if key not in made or key not in exported:
+                return (f"{where}.{key}: exported {exported.get(key, 'none')!r}, made again from the recomputation "
+                        f"{made.get(key, 'none')!r}")
+            if found := _json_difference(f"{where}.{key}", exported[key], made[key]):
+                return found
+        return None
+    if isinstance(exported, list) and isinstance(made, list) and len(exported) == len(made):
+        return next((found for i, (a, b) in enumerate(zip(exported, made))
+                     if (found := _json_difference(f"{where}[{i}]", a, b))), None)
+    if exported == made and type(exported) is type(made):
+        return None
+    return f"{where}: exported {exported!r}, made again from the recomputation {made!r}"
 
 
 def _first_difference(name: str, exported: bytes, made: bytes) -> str:
@@ -483,10 +506,10 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
     for name in sorted(set(present) - set(listed) - set(sums) - {"manifest.json", "SHA256SUMS"}):
         problems.append(f"{name}: not listed in manifest.json nor SHA256SUMS (a file added to the export)")
     known = _known(folder)
-    for name in sorted((set(present) | set(listed) | set(sums)) - {"manifest.json", "SHA256SUMS"}):
+    for name in sorted((set(listed) | set(sums)) - {"manifest.json", "SHA256SUMS"}):  # one unlisted is named above
         if not known(name):
             problems.append(f"{name}: not a file an export writes: nothing checks what it says (a file added to "
-                            "the export, listed or not)")
+                            "the export and listed)")
     return problems
 
 

@@ -213,11 +213,13 @@ def test_an_untouched_export_passes_and_says_what_was_checked(made, export, sign
     assert ("witnesses: 1 of 1 chain(s) witnessed before the reading window's start (2026-08-31T10:00:00+00:00; "
             "or begun in it), 1 after its end (2026-09-30T22:00:00+00:00): ") in out
     assert ("files made again from the recomputation: summary.html, summary.ja.html, "
-            f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv: each byte for byte as "
+            f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv, manifest.json: each byte "
+            "for byte as "
             "exported") in out
     assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
                                  "witnessed across the reading window, figures recomputed equal, summary.html, "
-                                 "summary.ja.html, the workbook, daily_values.csv made again from it byte for byte")
+                                 "summary.ja.html, the workbook, daily_values.csv, manifest.json made again from it "
+                                 "byte for byte")
 
 
 def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
@@ -666,10 +668,12 @@ def made_v1(tmp_path_factory, signer):
 
 def set_hash_version(folder, version=None, drop: bool = False) -> None:
     """Name ``version`` as the revisions' input hash version in the manifest (``drop``: name none,
-    as an export made before versions), the hashes rewritten to cover it."""
+    as an export made before versions, which named no exporter either), the hashes rewritten to cover it."""
     manifest = json.loads((folder / "manifest.json").read_text())
     for rev in manifest["revisions"]:
         rev.pop("input_hash_version") if drop else rev.update(input_hash_version=version)
+    if drop:
+        del manifest["exporter"]
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     rehash(folder)
 
@@ -682,7 +686,8 @@ def test_an_export_of_months_hashed_in_version_1_verifies_also_as_made_before_ve
     assert rc == 0 and "2026-09: input hash equal to revision 1's (version 1), status" in out, out
     set_hash_version(export, drop=True)  # the manifest an export made before versions wrote
     rc, out = run(export, capsys)
-    assert rc == 0 and "2026-09: input hash equal to revision 1's (version 1), status" in out, out
+    assert rc == 4 and "2026-09: input hash equal to revision 1's (version 1), status" in out, out
+    assert "VERDICT: PASSED IN PART: " in out, out  # its files cannot be made again by this exporter
 
 
 @pytest.mark.parametrize("made_in, claimed, expected", [
@@ -888,7 +893,7 @@ def test_the_last_messages_taken_out_of_an_export_are_named_with_its_other_failu
     seq = json.loads(lines[cut - 4])["seq"]
     assert rc == 1 and f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45" in out, out
     assert "  the manifest does not list it as not witnessed" in out
-    assert out.rstrip().endswith("difference(s) from the recomputation, 4 file(s) not as the recomputation makes "
+    assert out.rstrip().endswith("difference(s) from the recomputation, 5 file(s) not as the recomputation makes "
                                  "them, 1 chain end(s) not witnessed"), out
 
 
@@ -1273,13 +1278,14 @@ def test_every_json_file_of_an_export_is_strict_json_and_verifies_exactly(failed
         strict_json(path)
     manifest = strict_json(folder / "manifest.json")
     assert manifest["parameters"]["PE_flare"] == "Infinity"
-    # written by the code before: the literal Infinity (Python's json reads it)
+    # written by the code before (which named no exporter): the literal Infinity (Python's json reads it)
     old = {**manifest, "parameters": {**manifest["parameters"], "PE_flare": math.inf}}
+    del old["exporter"]
     (folder / "manifest.json").write_text(json.dumps(old, indent=2, sort_keys=True))
     rehash(folder)
     assert '"PE_flare": Infinity' in (folder / "manifest.json").read_text()
     rc, out = run(folder, capsys)
-    assert rc == 0, out
+    assert rc == 4 and "VERDICT: PASSED IN PART: " in out, out
     # null (NaN, no value) where the recomputation has an infinite total, or a finite one: each a difference
     changed = {**manifest, "parameters": {**manifest["parameters"], "PE_flare": None, "EC_aux": None}}
     (folder / "manifest.json").write_text(json.dumps(changed))
@@ -1516,3 +1522,34 @@ def test_a_default_value_raised_in_the_export_is_named(tmp_path, signer, capsys,
     assert rc == 1 and "  manifest.json fixed_parameters EF_RE[PV-1]: exported {" in out, out
     assert "'value': 1.1955" in out and "site.json and the methodology's defaults give {" in out, out
     assert "1 fixed value(s) not those of site.json and the methodology's defaults" in out, out
+
+
+def _manifest_text(folder, edit) -> None:
+    """``edit`` the manifest's text, then its line of SHA256SUMS (the manifest lists no hash of itself)."""
+    path = folder / "manifest.json"
+    old = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_text(edit(path.read_text()))
+    sums = folder / "SHA256SUMS"
+    sums.write_text(sums.read_text().replace(old, hashlib.sha256(path.read_bytes()).hexdigest()))
+
+
+def test_a_months_figure_or_a_flag_edited_in_the_manifest_alone_is_named(export, capsys):
+    """A month's revision figures (RE, PE, ER) and flags in the manifest were compared with nothing: edited,
+    with SHA256SUMS, they passed. The manifest is made again from the recomputation and compared."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    er = manifest["revisions"][0]["ER"]
+    manifest["revisions"][0]["ER"] = er + 100
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and (f"  manifest.json.revisions[0].ER: exported {er + 100}, made again from the recomputation "
+                        f"{er}") in out, out
+
+
+def test_a_figure_given_twice_in_the_manifest_is_named(export, capsys):
+    """JSON readers differ on a key given twice (Python's json takes the last): a reader of the text saw
+    the first, another ER, and verify read the last, the right one. The manifest's bytes are compared."""
+    er = json.loads((export / "manifest.json").read_text())["figures"]["ER"]
+    _manifest_text(export, lambda text: text.replace('"figures": {', f'"figures": {{\n    "ER": {er + 900},', 1))
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"  manifest.json line 27: exported '    \"ER\": {er + 900}," in out, out
