@@ -28,9 +28,16 @@ and print a verdict a verifier can paste into a report.
    and on the summary pages. Figures that
    cannot be computed (``period_figures.period_calculation``) must be exported as such: status
    failed, none in the manifest nor the workbook, the same reason on the workbook's report and
-   the same status and reason on the summary pages (``summary.html`` in each language).
+   the same status and reason on the summary pages (``summary.html`` in each language); the
+   manifest's fixed values against ``site.json`` and the defaults (``_fixed_check``);
+4. the files made again: the summary pages, the workbook, ``daily_values.csv`` and the manifest
+   made from the recomputation by the export's own code, compared byte for byte (``_remade``),
+   so that nothing a reader sees in them escapes; for an export of another exporter or
+   processing code, said so: PASSED IN PART. Files checked by their hash alone are named.
+With ``--ledger``, each month's revision against the ledger's latest (``against_ledger``).
 
-Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
+Exit 0 only on PASSED; 1 on any mismatch (FAILED); 4 when everything compared holds but some
+files or the fixed values could not be compared (PASSED IN PART); 3 when everything checked holds but a
 chain's end is not witnessed (NOT WITNESSED: the readings of the window after its last
 message, or before its first, cannot be shown complete; a gateway that stopped, and an
 export made before its later messages arrived, cannot help that, and a forger who cut the
