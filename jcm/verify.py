@@ -143,7 +143,7 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
     with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            custody, lines, readings, unwitnessed = check_custody(
+            custody, lines, readings, unwitnessed, held = check_custody(
                 folder, store, window, _witness_claims(manifest), witnessed=True, jobs=jobs)
             out += lines
             problems += custody
@@ -161,7 +161,7 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
     in_part = [] if wrong is not None or ledger is not None else [
         f"the fixed values were not compared with {SITE_SETTINGS} and the methodology's defaults (revisions computed "
         "with other settings): the ledger can show them (--ledger)"]
-    lines, remade = _remade(folder, manifest, site, result, fixed)
+    lines, remade = _remade(folder, manifest, site, result, fixed, _custody_entry(manifest, window, held))
     out += lines
     problems += [f"{remade} file(s) not as the recomputation makes them"] if remade else []
     in_part += [] if remade is not None else [
@@ -268,11 +268,25 @@ def _fixed_check(manifest: dict, site: Site, fixed: list[FixedValue]) -> tuple[l
             "methodology's defaults give" + ("" if wrong else ": all equal")] + wrong[:MAX_LISTED], len(wrong)
 
 
-def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list) -> tuple[list[str], int | None]:
+def _custody_entry(manifest: dict, window: tuple[dt.datetime, dt.datetime], held: dict) -> dict:
+    """The manifest's ``custody`` entry (``custody_folder.write_custody``) as the folder shows it: its
+    messages, keys, findings and chains counted by ``check_custody`` (``held``), the reading window; of the
+    chain ends not witnessed, the manifest's list (``check_custody`` compares it with those it found)."""
+    start, end = (t.isoformat() for t in window)
+    witnesses = _section(_section(manifest, "custody"), "witnesses")
+    return {"signed_messages": held["signed_messages"], "from": start, "to": end,
+            "keys": held["keys"].get(manifest.get("site"), []), "findings": held["findings"],
+            "witnesses": {"start": start, "end": end, "chains": held["chains"],
+                          "not_witnessed": witnesses.get("not_witnessed", [])}}
+
+
+def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list,
+            custody: dict) -> tuple[list[str], int | None]:
     """The summary pages, the workbook and ``daily_values.csv`` made again as the export makes them, from the
     recomputation (``period_figures.assemble`` of its months; of each month's revision only what the manifest
     alone says: its number, creation, the versions it was computed with and its sign-off; the manifest's fixed
-    values, configuration changes and custody entry), compared byte for byte: whatever they show beyond what
+    values and configuration changes; ``custody``: the custody entry as the folder shows it), compared byte
+    for byte: whatever they show beyond what
     ``_compare`` reads (a figure hidden or moved by CSS, a hidden sheet or row, a number format, a comment)
     then differs. The lines, and how many of them differ; ``None`` when they cannot be made again (made by
     another exporter, or a revision by other processing code, as the manifest names them): said so."""
@@ -289,15 +303,16 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
         figures = assemble(PeriodProcessor(site), _revisions(site, result, recorded), *_period(manifest), fixed,
                            [str(line) for line in manifest["config_changes"]])
         names = file_names(figures.name)
-        made = {name: render(figures, names, manifest["custody"], lang).encode("utf-8")
+        made = {name: render(figures, names, custody, lang).encode("utf-8")
                 for lang, name in LANGUAGES.items()}
         with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
             made[names["workbook"]] = write_workbook(figures, Path(tmp) / "w.xlsx").read_bytes()
             made[names["daily_csv"]] = write_daily_values(figures, Path(tmp) / "d.csv").read_bytes()
-            # what only the manifest says (its files, custody and dead letters entries) is checked apart
+            # what only the manifest says (its files and dead letters entries) is checked apart
             made["manifest.json"] = write_manifest(figures, manifest["files"], Path(tmp) / "m.json",
-                                                   manifest["custody"], manifest["dead_letters"]).read_bytes()
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a manifest edited beyond what an export writes
+                                                   custody, manifest["dead_letters"]).read_bytes()
+    # a manifest edited beyond what an export writes
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
         return [f"files made again: cannot: manifest.json: its revisions, config_changes or custody are not as an "
                 f"export writes them ({type(exc).__name__}: {exc})"], 1
     wrong = []
@@ -480,6 +495,7 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
     """Files missing, altered or unlisted: against the manifest and against SHA256SUMS."""
     listed = {name: entry.get("sha256") if isinstance(entry, dict) else None
               for name, entry in manifest["files"].items()}
+    sizes = {name: entry.get("bytes") if isinstance(entry, dict) else None for name, entry in manifest["files"].items()}
     problems = []
     sums: dict[str, str] = {}
     try:
@@ -504,6 +520,8 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
         actual = _sha256(path)
         if name in listed and listed[name] != actual:
             problems.append(f"{name}: SHA-256 {actual} is not the manifest's {listed[name]}")
+        elif name in listed and (sizes[name] != path.stat().st_size or type(sizes[name]) is not int):
+            problems.append(f"{name}: {path.stat().st_size} bytes, the manifest says {sizes[name]!r}")
         if name not in sums:
             problems.append(f"{name}: not in SHA256SUMS")
         elif sums[name] != actual:
@@ -537,14 +555,15 @@ def _known(folder: Path):
 
 def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] | None = None,
                   claims: dict[tuple, str] | None = None, witnessed: bool = False,
-                  jobs: int = 1) -> tuple[list[str], list[str], int, list[str]]:
+                  jobs: int = 1) -> tuple[list[str], list[str], int, list[str], dict]:
     """Check the custody folder, writing the readings of verified messages (those stamped in
     ``window``, when given), their messages and the findings to ``store``; what is wrong
-    (nothing when it is whole), the lines, how many readings were written, and each chain
-    end not witnessed (``witnessed``, with ``window``: its last verified message stamped
-    before the window's end, or its first at or after its start without beginning its chain;
-    ``claims``: the manifest's reasons, ``_witness_claims``; ``jobs``: the processes that
-    check signatures)."""
+    (nothing when it is whole), the lines, how many readings were written, each chain end
+    not witnessed (``witnessed``, with ``window``: its last verified message stamped before
+    the window's end, or its first at or after its start without beginning its chain;
+    ``claims``: the manifest's reasons, ``_witness_claims``), and what the folder holds as the
+    manifest's ``custody`` entry counts it (its messages, keys by site, findings and chains);
+    ``jobs``: the processes that check signatures."""
     keys, lines = read_folder(folder)
     path = folder / "custody" / FINDINGS
     findings, custody_findings = read_findings(path) if path.exists() else ([], [])
@@ -669,7 +688,9 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
     problems += [f"{len(breaks)} chain break(s)"] if breaks else []
     problems += ["no messages"] if n == 0 else []
     out.append("custody: " + ("every signature verified, every chain whole" if ok else ", ".join(problems)))
-    return problems, out, written, unwitnessed
+    held = {"signed_messages": n, "findings": len(findings) + len(custody_findings), "chains": len(chains),
+            "keys": {site: [{"id": k.id, "fingerprint": k.fingerprint} for k in ks] for site, ks in keys.items()}}
+    return problems, out, written, unwitnessed, held
 
 
 def _claim(end: tuple, claims: dict[tuple, str] | None) -> str:

@@ -1553,3 +1553,37 @@ def test_a_figure_given_twice_in_the_manifest_is_named(export, capsys):
     _manifest_text(export, lambda text: text.replace('"figures": {', f'"figures": {{\n    "ER": {er + 900},', 1))
     rc, out = run(export, capsys)
     assert rc == 1 and f"  manifest.json line 27: exported '    \"ER\": {er + 900}," in out, out
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("signed_messages", 99_999, "Chain of custody: 99,999 messages signed"),
+    ("witnesses", {"chains": 3}, "Witnesses: all 3 chain(s) witnessed"),
+])
+def test_a_custody_count_edited_in_the_manifest_and_the_pages_is_named(export, capsys, key, value, shown):
+    """The manifest's custody entry (how many signed messages, chains) was the pages' source and compared
+    with nothing: edited there and on both pages alike, it passed. It is counted from the folder."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    custody = manifest["custody"]
+    before = custody[key] if key == "signed_messages" else custody[key]["chains"]
+    custody.update({key: value} if key == "signed_messages" else {key: {**custody[key], **value}})
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    page = export / "summary.html"
+    text = html.unescape(page.read_text())
+    old = shown.replace("99,999", f"{before:,}").replace("all 3", f"all {before}")
+    assert old in text
+    page.write_text(text.replace(old, shown))
+    (export / "summary.ja.html").write_text((export / "summary.ja.html").read_text()
+                                            .replace(f" {before:,} ", f" {99_999 if key == 'signed_messages' else 3:,} "))
+    rehash(export)
+    rc, out = run(export, capsys)
+    member = "signed_messages" if key == "signed_messages" else "witnesses.chains"
+    assert rc == 1 and f"  manifest.json.custody.{member}: exported {value if key == 'signed_messages' else 3}, " \
+        f"made again from the recomputation {before}" in out, out
+
+
+def test_a_files_size_edited_in_the_manifest_is_named(export, capsys):
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["files"]["site.json"]["bytes"] += 1
+    _manifest_text(export, lambda text: json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    rc, out = run(export, capsys)
+    assert rc == 1 and "  site.json: " in out and "bytes, the manifest says " in out, out
