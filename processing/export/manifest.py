@@ -17,14 +17,16 @@ from processing.export.period_figures import PeriodFigures
 
 @functools.cache
 def exporter_version() -> str:
-    """What the export's files are made by: a hash of this package's code and labels, and the
-    workbook library's release (its bytes depend on it). ``jcm verify`` makes the summary pages,
-    the workbook and the daily values again, to compare them byte for byte, only when the
-    manifest names this version (and the revisions this processing code)."""
-    root = Path(__file__).resolve().parent
+    """What the export's files are made by: a hash of this package's code and labels and of
+    ``contract/`` (the texts of numbers and strings it writes), and the workbook library's release
+    (its bytes depend on it); the rest of ``processing/`` is the revisions' ``code_version``.
+    ``jcm verify`` makes the summary pages, the workbook, the daily values and the manifest again,
+    to compare them byte for byte, only when the manifest names this version."""
+    here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    for root in (here, here.parents[1] / "contract"):
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")):
+            h.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes())
     return f"export-{h.hexdigest()[:16]} openpyxl-{version('openpyxl')}"
 
 
