@@ -215,6 +215,9 @@ def against_ledger(manifest: dict, site: Site, fixed: list[FixedValue], path: Pa
                              f" for site {site.site!r}")
                 continue
             latests.append(latest)
+            if latest.result["summary"].get("simulated") and manifest.get("simulated") is not True:
+                wrong.append(f"  {month}: the ledger's revision {latest.revision} was computed from simulated "
+                             f"readings, the manifest says simulated {manifest.get('simulated')!r}")
             recorded = used_revision(latest, ledger.signoff(site.site, month)).to_dict()
             recorded["read_span"] = None if recorded["read_span"] is None else list(recorded["read_span"])
             differ = [f"{key} {rev.get(key, 'none')!r}, the ledger's {value!r}" for key, value in recorded.items()
@@ -285,7 +288,8 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
     """The summary pages, the workbook and ``daily_values.csv`` made again as the export makes them, from the
     recomputation (``period_figures.assemble`` of its months; of each month's revision only what the manifest
     alone says: its number, creation, the versions it was computed with and its sign-off; the manifest's fixed
-    values and configuration changes; ``custody``: the custody entry as the folder shows it), compared byte
+    values, configuration changes and simulated flag; ``custody``: the custody entry as the folder shows it),
+    compared byte
     for byte: whatever they show beyond what
     ``_compare`` reads (a figure hidden or moved by CSS, a hidden sheet or row, a number format, a comment)
     then differs. The lines, and how many of them differ; ``None`` when they cannot be made again (made by
@@ -302,6 +306,8 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
     try:
         figures = assemble(PeriodProcessor(site), _revisions(site, result, recorded), *_period(manifest), fixed,
                            [str(line) for line in manifest["config_changes"]])
+        # simulated readings are marked in the store, not signed (a gateway never sends the mark): the manifest's word
+        figures.simulated = manifest.get("simulated") is True
         names = file_names(figures.name)
         made = {name: render(figures, names, custody, lang).encode("utf-8")
                 for lang, name in LANGUAGES.items()}
