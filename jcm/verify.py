@@ -377,21 +377,24 @@ def _json_difference(where: str, exported: object, made: object) -> str | None:
 
 
 def _first_difference(name: str, exported: bytes, made: bytes) -> str:
-    """Where ``name`` as exported first differs from it made again: the zip member of a workbook, the line
-    and the text around the first character that differs."""
+    """Where ``name`` as exported first differs from it made again: the zip member of a workbook (its sheets
+    first, each by its name), the line and the text around the first character that differs."""
     if name.endswith(".xlsx"):
         try:
             with zipfile.ZipFile(io.BytesIO(exported)) as a, zipfile.ZipFile(io.BytesIO(made)) as b:
                 theirs, ours = set(a.namelist()), set(b.namelist())
-                for member in sorted(theirs | ours):
+                # the sheets as written, in order: xl/worksheets/sheet<n>.xml
+                sheets = map(unescape, re.findall(r'<sheet [^>]*name="([^"]*)"', b.read("xl/workbook.xml").decode()))
+                titles = {f"xl/worksheets/sheet{i}.xml": f" (sheet {title})" for i, title in enumerate(sheets, 1)}
+                for member in sorted(theirs | ours, key=lambda m: (not m.startswith("xl/worksheets/"), m)):
                     if member not in ours:
                         return f"{name}: {member}: in the export, not made again (added)"
                     if member not in theirs:
-                        return f"{name}: {member}: made again, not in the export (removed)"
-                    if a.read(member) != b.read(member):
-                        return _first_difference(f"{name}: {member}", a.read(member), b.read(member))
+                        return f"{name}: {member}{titles.get(member, '')}: made again, not in the export (removed)"
+                    if (was := a.read(member)) != (now := b.read(member)):
+                        return _first_difference(f"{name}: {member}{titles.get(member, '')}", was, now)
                 return f"{name}: differs in its zip layout (members equal)"
-        except (zipfile.BadZipFile, OSError, RuntimeError) as exc:
+        except (zipfile.BadZipFile, OSError, RuntimeError, KeyError, UnicodeDecodeError) as exc:
             return f"{name}: not the workbook made again (not a readable zip: {exc})"
     theirs, ours = exported.decode("utf-8", "replace").split("\n"), made.decode("utf-8", "replace").split("\n")
     n = next((i for i, (x, y) in enumerate(zip(theirs, ours)) if x != y), min(len(theirs), len(ours)))

@@ -1426,7 +1426,7 @@ def _hidden_sheet(ws) -> None:  # a sheet a reader of the sheet list does not se
     ws.parent.create_sheet("Notes").sheet_state = "hidden"
 
 
-def _comment(ws) -> None:
+def _comment(ws) -> None:  # openpyxl writes it beside the sheet (its rels and drawing)
     ws["A1"].comment = openpyxl.comments.Comment("ER confirmed by the DOE", "x")
 
 
@@ -1440,7 +1440,8 @@ def test_a_workbook_showing_what_verify_does_not_read_is_named(export, capsys, e
     wb.save(path)
     rehash(export)
     rc, out = run(export, capsys)
-    assert rc == 1 and f"  {path.name}: " in out and "1 file(s) not as the recomputation makes them" in out, out
+    assert rc == 1 and f"  {path.name}: xl/worksheets/" in out and "1 file(s) not as the recomputation makes them" \
+        in out, out
 
 
 def test_a_comment_line_in_the_daily_values_is_named(export, capsys):
@@ -1587,3 +1588,22 @@ def test_a_files_size_edited_in_the_manifest_is_named(export, capsys):
     _manifest_text(export, lambda text: json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     rc, out = run(export, capsys)
     assert rc == 1 and "  site.json: " in out and "bytes, the manifest says " in out, out
+
+
+def test_a_number_format_edited_inside_the_workbooks_zip_is_named(export, capsys):
+    """The workbook's cell values were compared, not their formats: a number format edited inside the zip
+    (the rest byte for byte, as no spreadsheet program would leave it) passed. Named by its member."""
+    import zipfile
+
+    path = next(export.glob("*.xlsx"))
+    with zipfile.ZipFile(path) as z:
+        members = {i: z.read(i) for i in z.infolist()}
+    styles = next(i for i in members if i.filename == "xl/styles.xml")
+    # a number format shown instead of the value, given to every cell of style 0 (the figures' among them)
+    members[styles] = members[styles].replace(b'numFmtId="0"', b'numFmtId="3"', 1)
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in members.items():
+            z.writestr(info, data)
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and f"  {path.name}: xl/styles.xml line " in out, out
