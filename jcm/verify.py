@@ -115,6 +115,7 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
                          "killed before it was done was replacing: the next 'jcm export' of the period puts it back")
     manifest = _manifest(folder)
     site = read_site_settings(folder / SITE_SETTINGS)
+    opened = open_ledger(ledger) if ledger is not None else None  # a mistyped path is named before the long work
     period = _section(manifest, "period")
     out = [f"export {folder}",
            f"site {manifest.get('site')}, period {period.get('first')}..{period.get('last')}, "
@@ -168,8 +169,8 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
         f"{', '.join(REMADE)} were not made again and compared whole (another version made the export): what they "
         "show beyond the figures, statuses, reasons and input hashes compared is not checked"]
     out += _unchecked(manifest)
-    if ledger is not None:
-        lines, differences = against_ledger(manifest, site, fixed, ledger)
+    if opened is not None:
+        lines, differences = against_ledger(manifest, site, fixed, opened)
         out += lines
         problems += [f"{differences} difference(s) from the ledger"] if differences else []
     whole = "files whole, every signature verified, every chain whole"
@@ -182,7 +183,7 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
     elif unwitnessed:
         code = NOT_WITNESSED
         out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the reading window beyond each "
-                   f"cannot be shown complete; otherwise {whole}, {equal}")
+                   f"cannot be shown complete; otherwise {whole}, {equal}" + "".join(f"; but {p}" for p in in_part))
     elif in_part:
         code = PASSED_IN_PART
         out.append(f"VERDICT: PASSED IN PART: {whole} and witnessed across the reading window, {equal}; but "
@@ -194,17 +195,23 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
     return code, [printable(line) for line in out]
 
 
-def against_ledger(manifest: dict, site: Site, fixed: list[FixedValue], path: Path) -> tuple[list[str], int]:
+def open_ledger(path: Path) -> Ledger:
+    """The ledger file ``path`` opened read-only (never created, nothing written); ``ValueError`` naming it
+    when it cannot be."""
+    try:
+        return Ledger(path, read_only=True)
+    except (UnusableFile, sqlite3.Error) as exc:
+        raise ValueError(f"--ledger: {exc}") from None
+
+
+def against_ledger(manifest: dict, site: Site, fixed: list[FixedValue], ledger: Ledger) -> tuple[list[str], int]:
     """Whether each month of the export is the ledger's latest revision of it (a signed-off month takes no
     later one), as the ledger records it: its number, times, input hash, versions, status, figures and
     sign-off; and whether the manifest's ``fixed`` values are those the revisions recorded. The manifest is
     not signed: its revisions are only the exporter's word until compared with the ledger. The lines and how
-    many differences; ``ValueError`` naming a ledger that cannot be read (opened read-only: never created,
-    nothing written)."""
-    try:
-        ledger = Ledger(path, read_only=True)
-    except (UnusableFile, sqlite3.Error) as exc:
-        raise ValueError(f"--ledger: {exc}") from None
+    many differences; ``ValueError`` naming a ledger that cannot be read (``open_ledger``); ``ledger`` is
+    closed."""
+    path = ledger.path
     wrong, out, latests = [], [f"ledger {path}:"], []
     try:
         for i, rev in enumerate(manifest.get("revisions") or []):
