@@ -1607,3 +1607,20 @@ def test_a_number_format_edited_inside_the_workbooks_zip_is_named(export, capsys
     rehash(export)
     rc, out = run(export, capsys)
     assert rc == 1 and f"  {path.name}: xl/styles.xml line " in out, out
+
+
+def test_a_months_hash_and_version_edited_together_are_named_against_the_ledger(made, made_v1, tmp_path, capsys):
+    """A month's input hash and its version edited together (to the same readings' hash in version 1)
+    are consistent with the signed messages: only the ledger, which recorded version 2, can tell."""
+    export = shutil.copytree(made, tmp_path / made.name)
+    v1 = json.loads((made_v1 / "manifest.json").read_text())["revisions"][0]["input_hash"]
+    v2 = json.loads((made / "manifest.json").read_text())["revisions"][0]["input_hash"]
+    set_hash_version(export, 1)
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["revisions"][0]["input_hash"] = v1
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc = main(["verify", str(export), "--ledger", str(made.parent.parent / "ledger.sqlite")])
+    out = capsys.readouterr().out
+    assert "2026-09: input hash equal to revision 1's (version 1)" in out, out  # the readings' hash in version 1
+    assert rc == 1 and (f"input_hash '{v1}', the ledger's '{v2}'; input_hash_version 1, the ledger's 2") in out, out
