@@ -30,8 +30,9 @@ and print a verdict a verifier can paste into a report.
    failed, none in the manifest nor the workbook, the same reason on the workbook's report and
    the same status and reason on the summary pages (``summary.html`` in each language); the
    manifest's fixed values against ``site.json`` and the defaults (``_fixed_check``);
-4. the files made again: the summary pages, the workbook, ``daily_values.csv`` and the manifest
-   made from the recomputation by the export's own code, compared byte for byte (``_remade``),
+4. the files made again: the summary pages, the workbook, ``daily_values.csv``, the raw readings'
+   text and the manifest made from the recomputation by the export's own code, compared byte for
+   byte (``_remade``),
    so that nothing a reader sees in them escapes; for an export of another exporter or
    processing code, said so: PASSED IN PART. Files checked by their hash alone are named.
 With ``--ledger``, each month's revision against the ledger's latest (``against_ledger``).
@@ -62,6 +63,7 @@ import sqlite3
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections import Counter
 from html import escape, unescape
 from pathlib import Path
@@ -75,7 +77,7 @@ from contract.sqlite_file import UnusableFile
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export import DEAD_LETTERS, REPLACED, file_names
-from processing.export.csv_files import write_daily_values
+from processing.export.csv_files import write_daily_values, write_raw_readings
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.manifest import exporter_version, write_manifest
@@ -98,10 +100,9 @@ FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 #: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
 PASSED, FAILED, NOT_WITNESSED, PASSED_IN_PART = 0, 1, 3, 4
 #: the files ``jcm verify`` makes again from its recomputation and compares byte for byte (``_remade``)
-REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "manifest.json")
+REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "raw_readings.csv.gz", "manifest.json")
 #: the files of an export that ``jcm verify`` checks by their SHA-256 alone (``_unchecked``)
-HASHED_ONLY = {"raw_readings.csv.gz": "the store's readings as text (the figures are recomputed from custody/)",
-               DEAD_LETTERS: "the messages the collector refused, as the store keeps them: only their count is "
+HASHED_ONLY = {DEAD_LETTERS: "the messages the collector refused, as the store keeps them: only their count is "
                              "compared with the manifest",
                "daily_values.png": "a chart of the daily values", "completeness.png": "a chart of completeness"}
 
@@ -149,6 +150,8 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
             out += lines
             problems += custody
             result = recompute(site, store, first, last, fixed)
+            remade_lines, remade = _remade(folder, manifest, site, result, fixed,
+                                           _custody_entry(manifest, window, held), store)
         finally:
             store.close()
     lines, mismatches = _compare(folder, manifest, site, result)
@@ -162,8 +165,7 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
     in_part = [] if wrong is not None or ledger is not None else [
         f"the fixed values were not compared with {SITE_SETTINGS} and the methodology's defaults (revisions computed "
         "with other settings): the ledger can show them (--ledger)"]
-    lines, remade = _remade(folder, manifest, site, result, fixed, _custody_entry(manifest, window, held))
-    out += lines
+    out += remade_lines
     problems += [f"{remade} file(s) not as the recomputation makes them"] if remade else []
     in_part += [] if remade is not None else [
         f"{', '.join(REMADE)} were not made again and compared whole (another version made the export): what they "
@@ -290,9 +292,10 @@ def _custody_entry(manifest: dict, window: tuple[dt.datetime, dt.datetime], held
                           "not_witnessed": witnesses.get("not_witnessed", [])}}
 
 
-def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list,
-            custody: dict) -> tuple[list[str], int | None]:
-    """The summary pages, the workbook and ``daily_values.csv`` made again as the export makes them, from the
+def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list, custody: dict,
+            store: SqliteStore) -> tuple[list[str], int | None]:
+    """The summary pages, the workbook, ``daily_values.csv``, the raw readings (their text, from the verified
+    readings in ``store``) and the manifest made again as the export makes them, from the
     recomputation (``period_figures.assemble`` of its months; of each month's revision only what the manifest
     alone says: its number, creation, the versions it was computed with and its sign-off; the manifest's fixed
     values, configuration changes and simulated flag; ``custody``: the custody entry as the folder shows it),
@@ -321,6 +324,9 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
         with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
             made[names["workbook"]] = write_workbook(figures, Path(tmp) / "w.xlsx").read_bytes()
             made[names["daily_csv"]] = write_daily_values(figures, Path(tmp) / "d.csv").read_bytes()
+            # compressed by a library whose release may change its bytes, not its text: the text is compared
+            raw = _gzip_difference(names["raw_csv"], folder / names["raw_csv"],
+                                   write_raw_readings(figures, store, Path(tmp) / "r.csv.gz"))
             # what only the manifest says (its files and dead letters entries) is checked apart
             made["manifest.json"] = write_manifest(figures, manifest["files"], Path(tmp) / "m.json",
                                                    custody, manifest["dead_letters"]).read_bytes()
@@ -328,7 +334,7 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
         return [f"files made again: cannot: manifest.json: its revisions, config_changes or custody are not as an "
                 f"export writes them ({type(exc).__name__}: {exc})"], 1
-    wrong = []
+    wrong = [f"  {raw}"] if raw else []
     for name, data in made.items():
         try:
             exported = (folder / name).read_bytes()
@@ -337,8 +343,9 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
         if exported != data:
             differ = _json_difference("manifest.json", manifest, json.loads(data)) if name == "manifest.json" else None
             wrong.append(f"  {differ or _first_difference(name, exported, data)}")
-    return [f"files made again from the recomputation: {', '.join(made)}"
-            + (": each byte for byte as exported" if not wrong else "")] + wrong, len(wrong)
+    return [f"files made again from the recomputation: {', '.join([*made, names['raw_csv'] + ' (its text)'])}"
+            + (": each byte for byte as exported (the raw readings: their text)" if not wrong else "")
+            ] + wrong, len(wrong)
 
 
 def _revisions(site: Site, result: Recomputed, recorded: dict) -> list[tuple[Revision, tuple | None]]:
@@ -381,6 +388,29 @@ def _json_difference(where: str, exported: object, made: object) -> str | None:
     if exported == made and type(exported) is type(made):
         return None
     return f"{where}: exported {exported!r}, made again from the recomputation {made!r}"
+
+
+def _gzip_difference(name: str, exported: Path, made: Path) -> str | None:
+    """Where the text of ``exported`` (gzip) first differs from ``made``'s, read a MiB at a time (a file
+    that unpacks to much more is read no further than ``made``'s length); None if it does not."""
+    try:
+        with gzip.open(exported) as a, gzip.open(made) as b:
+            line = 1
+            while True:
+                x, y = a.read(1 << 20), b.read(1 << 20)
+                if x != y:
+                    at = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+                    start = x.rfind(b"\n", 0, at) + 1
+                    shown = [t[start:t.find(b"\n", at) if b"\n" in t[at:] else at + 80][:160].decode("utf-8", "replace")
+                             for t in (x, y)]
+                    line += x.count(b"\n", 0, start)
+                    return (f"{name} (its text) line {line}: exported {shown[0]!r}, made again from the "
+                            f"recomputation {shown[1]!r}")
+                if not x:
+                    return None
+                line += x.count(b"\n")
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"{name}: cannot read its text: {exc}"
 
 
 def _first_difference(name: str, exported: bytes, made: bytes) -> str:
@@ -563,7 +593,7 @@ def _known(folder: Path):
         ids = {k["id"] for k in keys if isinstance(k, dict) and isinstance(k.get("id"), str)}
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         ids = set()  # the custody check names keys.json
-    fixed = {*LANGUAGES.values(), *HASHED_ONLY, SITE_SETTINGS, "daily_values.csv", "custody/keys.json",
+    fixed = {*LANGUAGES.values(), *HASHED_ONLY, SITE_SETTINGS, *file_names("").values(), "custody/keys.json",
              f"custody/{FINDINGS}", *(f"custody/keys/{i}.pem" for i in ids)}
     return lambda name: (name in fixed or re.fullmatch(r"monitoring_[^/]+\.xlsx", name) is not None
                          or re.fullmatch(r"custody/messages/[^/]+\.jsonl\.gz", name) is not None)

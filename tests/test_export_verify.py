@@ -213,13 +213,12 @@ def test_an_untouched_export_passes_and_says_what_was_checked(made, export, sign
     assert ("witnesses: 1 of 1 chain(s) witnessed before the reading window's start (2026-08-31T10:00:00+00:00; "
             "or begun in it), 1 after its end (2026-09-30T22:00:00+00:00): ") in out
     assert ("files made again from the recomputation: summary.html, summary.ja.html, "
-            f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv, manifest.json: each byte "
-            "for byte as "
-            "exported") in out
+            f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv, manifest.json, "
+            "raw_readings.csv.gz (its text): each byte for byte as exported (the raw readings: their text)") in out
     assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
                                  "witnessed across the reading window, figures recomputed equal, summary.html, "
-                                 "summary.ja.html, the workbook, daily_values.csv, manifest.json made again from it "
-                                 "byte for byte")
+                                 "summary.ja.html, the workbook, daily_values.csv, raw_readings.csv.gz, manifest.json "
+                                 "made again from it byte for byte")
 
 
 def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
@@ -1624,3 +1623,18 @@ def test_a_months_hash_and_version_edited_together_are_named_against_the_ledger(
     out = capsys.readouterr().out
     assert "2026-09: input hash equal to revision 1's (version 1)" in out, out  # the readings' hash in version 1
     assert rc == 1 and (f"input_hash '{v1}', the ledger's '{v2}'; input_hash_version 1, the ledger's 2") in out, out
+
+
+def test_a_reading_edited_in_the_raw_readings_is_named(export, capsys):
+    """raw_readings.csv.gz was checked by its hash alone: a value edited in it, the hashes rewritten, passed.
+    Its text is made again from the verified readings."""
+    path = export / "raw_readings.csv.gz"
+    lines = gzip.decompress(path.read_bytes()).split(b"\n")
+    i = next(i for i, line in enumerate(lines) if b",inv-01,ac_energy," in line)
+    ts, device, channel, value, quality = lines[i].split(b",")
+    lines[i] = b",".join([ts, device, channel, value + b"9", quality])
+    path.write_bytes(gzip.compress(b"\n".join(lines), mtime=0))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert rc == 1 and (f"  raw_readings.csv.gz (its text) line {i + 1}: exported "
+                        f"{lines[i].decode()!r}") in out, out
