@@ -892,7 +892,7 @@ def test_the_last_messages_taken_out_of_an_export_are_named_with_its_other_failu
     seq = json.loads(lines[cut - 4])["seq"]
     assert rc == 1 and f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45" in out, out
     assert "  the manifest does not list it as not witnessed" in out
-    assert out.rstrip().endswith("difference(s) from the recomputation, 5 file(s) not as the recomputation makes "
+    assert out.rstrip().endswith("difference(s) from the recomputation, 6 file(s) not as the recomputation makes "
                                  "them, 1 chain end(s) not witnessed"), out
 
 
