@@ -1572,8 +1572,9 @@ def test_a_custody_count_edited_in_the_manifest_and_the_pages_is_named(export, c
     old = shown.replace("99,999", f"{before:,}").replace("all 3", f"all {before}")
     assert old in text
     page.write_text(text.replace(old, shown))
+    now = 99_999 if key == "signed_messages" else 3
     (export / "summary.ja.html").write_text((export / "summary.ja.html").read_text()
-                                            .replace(f" {before:,} ", f" {99_999 if key == 'signed_messages' else 3:,} "))
+                                            .replace(f" {before:,} ", f" {now:,} "))
     rehash(export)
     rc, out = run(export, capsys)
     member = "signed_messages" if key == "signed_messages" else "witnesses.chains"
@@ -1638,3 +1639,16 @@ def test_a_reading_edited_in_the_raw_readings_is_named(export, capsys):
     rc, out = run(export, capsys)
     assert rc == 1 and (f"  raw_readings.csv.gz (its text) line {i + 1}: exported "
                         f"{lines[i].decode()!r}") in out, out
+
+
+def test_fixed_values_of_revisions_computed_with_other_settings_pass_in_part(export, capsys):
+    """Where a revision was computed with other settings than site.json's, its fixed values cannot be
+    compared with site.json: not a silent pass, and --ledger compares them with what it recorded."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["revisions"][0]["config_hash"] = "0" * 64
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rehash(export)
+    rc, out = run(export, capsys)
+    assert "fixed values: NOT compared with site.json and the methodology's defaults: revision(s) 1 " in out, out
+    assert rc == 4 and "VERDICT: PASSED IN PART: " in out, out
+    assert "the fixed values were not compared with site.json" in out, out
