@@ -1401,8 +1401,8 @@ def _added(page: str) -> str:  # a line no field check reads
     return page.replace("</body>", "<p>Verified by the DOE, no findings</p></body>", 1)
 
 
-@pytest.mark.parametrize("page", ["summary.html", "summary.ja.html"])
-@pytest.mark.parametrize("edit", [_style, _no_reason, _added])
+@pytest.mark.parametrize("page, edit", [("summary.html", _style), ("summary.ja.html", _no_reason),
+                                        ("summary.html", _added)])
 def test_a_summary_page_showing_what_verify_does_not_read_is_named(export, capsys, page, edit):
     """verify read chosen parts of the summary pages: a figure shown by CSS, a reason taken off
     the list or a sentence added, the hashes rewritten, passed. The pages are made again from the
