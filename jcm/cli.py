@@ -355,7 +355,7 @@ def cmd_verify(args) -> int:
     if not (jobs.isascii() and jobs.isdigit()) or not 1 <= int(jobs) <= MAX_JOBS:
         raise ValueError(f"--jobs {jobs!r}: not a number of processes from 1 to {MAX_JOBS}")
     try:
-        code, report = verify_export(Path(args.folder), int(jobs))
+        code, report = verify_export(Path(args.folder), int(jobs), Path(args.ledger) if args.ledger else None)
     except BrokenProcessPool:  # one killed from outside (the OOM killer, say): its chunk's verdicts are gone
         raise ValueError(f"a process checking signatures ended before its work was done (killed, or out of "
                          f"memory?): nothing was verified; run again, or with --jobs 1 (was {jobs})") from None
@@ -600,8 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("verify", "check an export: its files, the signatures and hash chains of its signed messages, "
                           "that no chain was cut short inside the reading window, and its figures recomputed from "
-                          "them (exit 0 passed, 1 failed, 3 a chain end not witnessed, 2 unusable)")
-    s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read)")
+                          "them (exit 0 passed, 1 failed, 3 a chain end not witnessed, 4 passed in part: made by "
+                          "another version, its pages and workbook not made again, 2 unusable)")
+    s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read, but --ledger)")
+    s.add_argument("--ledger", metavar="FILE", help="also say whether each month of the export is this ledger's "
+                                                    "latest revision of it (opened read-only)")
     s.add_argument("--jobs", default=str(_cores()), metavar="N",
                    help="processes checking signatures, the output the same whatever N; the default is the cores "
                         "this process may use")

@@ -28,9 +28,17 @@ and print a verdict a verifier can paste into a report.
    and on the summary pages. Figures that
    cannot be computed (``period_figures.period_calculation``) must be exported as such: status
    failed, none in the manifest nor the workbook, the same reason on the workbook's report and
-   the same status and reason on the summary pages (``summary.html`` in each language).
+   the same status and reason on the summary pages (``summary.html`` in each language); the
+   manifest's fixed values against ``site.json`` and the defaults (``_fixed_check``);
+4. the files made again: the summary pages, the workbook, ``daily_values.csv``, the raw readings'
+   text and the manifest made from the recomputation by the export's own code, compared byte for
+   byte (``_remade``),
+   so that nothing a reader sees in them escapes; for an export of another exporter or
+   processing code, said so: PASSED IN PART. Files checked by their hash alone are named.
+With ``--ledger``, each month's revision against the ledger's latest (``against_ledger``).
 
-Exit 0 only on PASSED; 1 on any mismatch (FAILED); 3 when everything checked holds but a
+Exit 0 only on PASSED; 1 on any mismatch (FAILED); 4 when everything compared holds but some
+files or the fixed values could not be compared (PASSED IN PART); 3 when everything checked holds but a
 chain's end is not witnessed (NOT WITNESSED: the readings of the window after its last
 message, or before its first, cannot be shown complete; a gateway that stopped, and an
 export made before its later messages arrived, cannot help that, and a forger who cut the
@@ -48,10 +56,14 @@ import datetime as dt
 import gzip
 import hashlib
 import io
+import json
 import math
 import re
+import sqlite3
 import tempfile
 import warnings
+import zipfile
+import zlib
 from collections import Counter
 from html import escape, unescape
 from pathlib import Path
@@ -61,17 +73,23 @@ import openpyxl
 from contract.config.site import Site
 from contract.custody import GENESIS, chain_breaks, is_covered, pem_problems, read_folder, verify_chained
 from contract.message import Reading
+from contract.sqlite_file import UnusableFile
 from contract.store import CustodyFinding, SequenceFinding, SignedMessage
 from contract.text import printable
-from processing.export import DEAD_LETTERS, REPLACED
+from processing.export import DEAD_LETTERS, REPLACED, file_names
+from processing.export.csv_files import write_daily_values, write_raw_readings
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
-from processing.export.period_figures import CANNOT_COMPUTE, period_status
+from processing.export.manifest import exporter_version, write_manifest
+from processing.export.period_figures import (CANNOT_COMPUTE, assemble, period_status, recorded_fixed,
+                                              used_revision)
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
-from processing.export.summary_html import LANGUAGES, figure_text, messages
-from processing.fixed_values import from_record
+from processing.export.summary_html import LANGUAGES, figure_text, messages, render
+from processing.export.workbook import write_workbook
+from processing.fixed_values import FixedValue, from_config, from_record
+from processing.ledger import Ledger, Revision, code_version
 from processing.monthly import versions
-from processing.period import HASH_VERSIONS
+from processing.period import HASH_VERSIONS, PeriodProcessor
 from store.sqlite_store import SqliteStore
 
 #: refusals, breaks per chain and mismatches listed one by one; beyond it they are counted
@@ -80,17 +98,25 @@ MAX_LISTED = 50
 BATCH = 5000
 FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 #: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
-PASSED, FAILED, NOT_WITNESSED = 0, 1, 3
+PASSED, FAILED, NOT_WITNESSED, PASSED_IN_PART = 0, 1, 3, 4
+#: the files ``jcm verify`` makes again from its recomputation and compares byte for byte (``_remade``)
+REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "raw_readings.csv.gz", "manifest.json")
+#: the files of an export that ``jcm verify`` checks by their SHA-256 alone (``_unchecked``)
+HASHED_ONLY = {DEAD_LETTERS: "the messages the collector refused, as the store keeps them: only their count is "
+                             "compared with the manifest",
+               "daily_values.png": "a chart of the daily values", "completeness.png": "a chart of completeness"}
 
 
-def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
-    """The verdict (``PASSED``, ``FAILED`` or ``NOT_WITNESSED``) and its lines; ``jobs``: the
-    processes that check signatures."""
+def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tuple[int, list[str]]:
+    """The verdict (``PASSED``, ``FAILED``, ``NOT_WITNESSED`` or ``PASSED_IN_PART``) and its lines;
+    ``jobs``: the processes that check signatures; ``ledger``: a ledger file to compare each month's
+    revision with (``against_ledger``), opened read-only."""
     if not folder.exists() and (aside := sorted(folder.parent.glob(f".{folder.name}.{REPLACED}-*"))):
         raise ValueError(f"{folder} does not exist: {aside[-1].name} beside it is the export a 'jcm export --force' "
                          "killed before it was done was replacing: the next 'jcm export' of the period puts it back")
     manifest = _manifest(folder)
     site = read_site_settings(folder / SITE_SETTINGS)
+    opened = open_ledger(ledger) if ledger is not None else None  # a mistyped path is named before the long work
     period = _section(manifest, "period")
     out = [f"export {folder}",
            f"site {manifest.get('site')}, period {period.get('first')}..{period.get('last')}, "
@@ -119,11 +145,13 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
     with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            custody, lines, readings, unwitnessed = check_custody(
+            custody, lines, readings, unwitnessed, held = check_custody(
                 folder, store, window, _witness_claims(manifest), witnessed=True, jobs=jobs)
             out += lines
             problems += custody
             result = recompute(site, store, first, last, fixed)
+            remade_lines, remade = _remade(folder, manifest, site, result, fixed,
+                                           _custody_entry(manifest, window, held), store)
         finally:
             store.close()
     lines, mismatches = _compare(folder, manifest, site, result)
@@ -131,6 +159,22 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
                f"manifest's {len(fixed)} fixed value(s):")
     out += lines
     problems += [f"{mismatches} difference(s) from the recomputation"] if mismatches else []
+    lines, wrong = _fixed_check(manifest, site, fixed)
+    out += lines
+    problems += [f"{wrong} fixed value(s) not those of {SITE_SETTINGS} and the methodology's defaults"] if wrong else []
+    in_part = [] if wrong is not None or ledger is not None else [
+        f"the fixed values were not compared with {SITE_SETTINGS} and the methodology's defaults (revisions computed "
+        "with other settings): the ledger can show them (--ledger)"]
+    out += remade_lines
+    problems += [f"{remade} file(s) not as the recomputation makes them"] if remade else []
+    in_part += [] if remade is not None else [
+        f"{', '.join(REMADE)} were not made again and compared whole (another version made the export): what they "
+        "show beyond the figures, statuses, reasons and input hashes compared is not checked"]
+    out += _unchecked(manifest)
+    if opened is not None:
+        lines, differences = against_ledger(manifest, site, fixed, opened)
+        out += lines
+        problems += [f"{differences} difference(s) from the ledger"] if differences else []
     whole = "files whole, every signature verified, every chain whole"
     # a failed period's export can be whole and right: its verdict says what it is right about
     equal = "figures recomputed equal" + (f": none, the period is failed ({result.cannot})" if result.cannot else "")
@@ -141,11 +185,268 @@ def verify_export(folder: Path, jobs: int = 1) -> tuple[int, list[str]]:
     elif unwitnessed:
         code = NOT_WITNESSED
         out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the reading window beyond each "
-                   f"cannot be shown complete; otherwise {whole}, {equal}")
+                   f"cannot be shown complete; otherwise {whole}, {equal}" + "".join(f"; but {p}" for p in in_part))
+    elif in_part:
+        code = PASSED_IN_PART
+        out.append(f"VERDICT: PASSED IN PART: {whole} and witnessed across the reading window, {equal}; but "
+                   + "; and ".join(in_part))
     else:
         code = PASSED
-        out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, {equal}")
+        out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, {equal}, "
+                   f"{', '.join(REMADE)} made again from it byte for byte")
     return code, [printable(line) for line in out]
+
+
+def open_ledger(path: Path) -> Ledger:
+    """The ledger file ``path`` opened read-only (never created, nothing written); ``ValueError`` naming it
+    when it cannot be."""
+    try:
+        return Ledger(path, read_only=True)
+    except (UnusableFile, sqlite3.Error) as exc:
+        raise ValueError(f"--ledger: {exc}") from None
+
+
+def against_ledger(manifest: dict, site: Site, fixed: list[FixedValue], ledger: Ledger) -> tuple[list[str], int]:
+    """Whether each month of the export is the ledger's latest revision of it (a signed-off month takes no
+    later one), as the ledger records it: its number, times, input hash, versions, status, figures and
+    sign-off; and whether the manifest's ``fixed`` values are those the revisions recorded. The manifest is
+    not signed: its revisions are only the exporter's word until compared with the ledger. The lines and how
+    many differences; ``ValueError`` naming a ledger that cannot be read (``open_ledger``); ``ledger`` is
+    closed."""
+    path = ledger.path
+    wrong, out, latests = [], [f"ledger {path}:"], []
+    try:
+        for i, rev in enumerate(manifest.get("revisions") or []):
+            month = rev.get("month") if isinstance(rev, dict) else None
+            latest = ledger.latest(site.site, month) if isinstance(month, str) else None
+            if latest is None:
+                wrong.append(f"  manifest.json revisions[{i}]: month {month!r}: the ledger has no revision of it"
+                             f" for site {site.site!r}")
+                continue
+            latests.append(latest)
+            if latest.result["summary"].get("simulated") and manifest.get("simulated") is not True:
+                wrong.append(f"  {month}: the ledger's revision {latest.revision} was computed from simulated "
+                             f"readings, the manifest says simulated {manifest.get('simulated')!r}")
+            recorded = used_revision(latest, ledger.signoff(site.site, month)).to_dict()
+            recorded["read_span"] = None if recorded["read_span"] is None else list(recorded["read_span"])
+            differ = [f"{key} {rev.get(key, 'none')!r}, the ledger's {value!r}" for key, value in recorded.items()
+                      if rev.get(key) != value or type(rev.get(key)) is not type(value)]
+            if differ:
+                wrong.append(f"  {month}: the export's revision {rev.get('revision')!r} is not the ledger's latest "
+                             f"(revision {latest.revision}) as recorded: " + "; ".join(differ))
+            else:
+                out.append(f"  {month}: revision {latest.revision}, the ledger's latest"
+                           + (" (signed off)" if recorded["signed_off"] else "") + ", equal in every field")
+    except sqlite3.Error as exc:
+        raise ValueError(f"--ledger {path}: cannot read: {exc}") from None
+    finally:
+        ledger.close()
+    if latests:
+        spec = PeriodProcessor(site).spec
+        try:
+            given = {f.key: f.to_dict() for f in recorded_fixed(latests, spec, from_config(site, spec))}
+        except ValueError as exc:  # the revisions disagree: no export of them could be made
+            given = {"(the ledger's revisions)": str(exc)}
+        exported = {f.key: f.to_dict() for f in fixed}
+        differ = [f"  manifest.json fixed_parameters {key}: exported {exported.get(key, 'none')}, the ledger's "
+                  f"revisions recorded {given.get(key, 'none')}"
+                  for key in sorted(set(given) | set(exported)) if given.get(key) != exported.get(key)]
+        wrong += differ
+        out += [] if differ else [f"  fixed values: the {len(exported)} of the manifest are those the revisions "
+                                  "recorded"]
+    return out + wrong[:MAX_LISTED] + ([f"  ... and {len(wrong) - MAX_LISTED} more"] if len(wrong) > MAX_LISTED
+                                       else []), len(wrong)
+
+
+def _fixed_check(manifest: dict, site: Site, fixed: list[FixedValue]) -> tuple[list[str], int | None]:
+    """The manifest's fixed values (an emission factor, a default value and its source), which the recomputation
+    takes as given, against what ``site.json`` and this code's methodology defaults give, when every revision
+    says it was computed with both (its ``config_hash`` and ``defaults_hash``); else they can be checked only
+    against the ledger (``--ledger``): said so. The lines and how many differ (``None``: not compared)."""
+    now = versions(site)
+    revisions = [rev for rev in manifest.get("revisions") or [] if isinstance(rev, dict)]
+    other = [str(rev.get("revision")) for rev in revisions
+             if (rev.get("config_hash"), rev.get("defaults_hash")) != (now["config_hash"], now["defaults_hash"])]
+    if other or not revisions:
+        return [f"fixed values: NOT compared with {SITE_SETTINGS} and the methodology's defaults: revision(s) "
+                f"{', '.join(other) or 'none'} of the manifest were computed with other settings or defaults; "
+                "compare them with the ledger (--ledger)"], None
+    given = {f.key: f.to_dict() for f in from_config(site, PeriodProcessor(site).spec)}
+    exported = {f.key: f.to_dict() for f in fixed}
+    wrong = [f"  manifest.json fixed_parameters {key}: exported {exported.get(key, 'none')}, {SITE_SETTINGS} and "
+             f"the methodology's defaults give {given.get(key, 'none')}"
+             for key in sorted(set(given) | set(exported)) if given.get(key) != exported.get(key)]
+    return [f"fixed values: {len(exported)} in the manifest, compared with what {SITE_SETTINGS} and the "
+            "methodology's defaults give" + ("" if wrong else ": all equal")] + wrong[:MAX_LISTED], len(wrong)
+
+
+def _custody_entry(manifest: dict, window: tuple[dt.datetime, dt.datetime], held: dict) -> dict:
+    """The manifest's ``custody`` entry (``custody_folder.write_custody``) as the folder shows it: its
+    messages, keys, findings and chains counted by ``check_custody`` (``held``), the reading window; of the
+    chain ends not witnessed, the manifest's list (``check_custody`` compares it with those it found)."""
+    start, end = (t.isoformat() for t in window)
+    witnesses = _section(_section(manifest, "custody"), "witnesses")
+    return {"signed_messages": held["signed_messages"], "from": start, "to": end,
+            "keys": held["keys"].get(manifest.get("site"), []), "findings": held["findings"],
+            "witnesses": {"start": start, "end": end, "chains": held["chains"],
+                          "not_witnessed": witnesses.get("not_witnessed", [])}}
+
+
+def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list, custody: dict,
+            store: SqliteStore) -> tuple[list[str], int | None]:
+    """The summary pages, the workbook, ``daily_values.csv``, the raw readings (their text, from the verified
+    readings in ``store``) and the manifest made again as the export makes them, from the
+    recomputation (``period_figures.assemble`` of its months; of each month's revision only what the manifest
+    alone says: its number, creation, the versions it was computed with and its sign-off; the manifest's fixed
+    values, configuration changes and simulated flag; ``custody``: the custody entry as the folder shows it),
+    compared byte
+    for byte: whatever they show beyond what
+    ``_compare`` reads (a figure hidden or moved by CSS, a hidden sheet or row, a number format, a comment)
+    then differs. The lines, and how many of them differ; ``None`` when they cannot be made again (made by
+    another exporter, or a revision by other processing code, as the manifest names them): said so."""
+    ours, theirs = exporter_version(), manifest.get("exporter")
+    recorded = {rev.get("month"): rev for rev in manifest.get("revisions", []) if isinstance(rev, dict)}
+    other = [] if theirs == ours else [f"the export names exporter {theirs!r}, this is {ours!r}"]
+    other += [f"{month}: revision {rev.get('revision')} names processing code {rev.get('code_version')!r}, this is "
+              f"{code_version()!r}" for month, rev in sorted(recorded.items(), key=str)
+              if month in result.results and rev.get("code_version") != code_version()]
+    if other:
+        return [f"files made again: NOT DONE: {'; '.join(other)}: {', '.join(REMADE)} are compared only in the "
+                "figures, statuses, reasons and input hashes above"], None
+    try:
+        figures = assemble(PeriodProcessor(site), _revisions(site, result, recorded), *_period(manifest), fixed,
+                           [str(line) for line in manifest["config_changes"]])
+        # simulated readings are marked in the store, not signed (a gateway never sends the mark): the manifest's word
+        figures.simulated = manifest.get("simulated") is True
+        names = file_names(figures.name)
+        made = {name: render(figures, names, custody, lang).encode("utf-8")
+                for lang, name in LANGUAGES.items()}
+        with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
+            made[names["workbook"]] = write_workbook(figures, Path(tmp) / "w.xlsx").read_bytes()
+            made[names["daily_csv"]] = write_daily_values(figures, Path(tmp) / "d.csv").read_bytes()
+            # compressed by a library whose release may change its bytes, not its text: the text is compared
+            raw = _gzip_difference(names["raw_csv"], folder / names["raw_csv"],
+                                   write_raw_readings(figures, store, Path(tmp) / "r.csv.gz"))
+            # what only the manifest says (its files and dead letters entries) is checked apart
+            made["manifest.json"] = write_manifest(figures, manifest["files"], Path(tmp) / "m.json",
+                                                   custody, manifest["dead_letters"]).read_bytes()
+    # a manifest edited beyond what an export writes
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+        return [f"files made again: cannot: manifest.json: its revisions, config_changes or custody are not as an "
+                f"export writes them ({type(exc).__name__}: {exc})"], 1
+    wrong = [f"  {raw}"] if raw else []
+    for name, data in made.items():
+        try:
+            exported = (folder / name).read_bytes()
+        except OSError:
+            continue  # the files check names it
+        if exported != data:
+            differ = _json_difference("manifest.json", manifest, json.loads(data)) if name == "manifest.json" else None
+            wrong.append(f"  {differ or _first_difference(name, exported, data)}")
+    return [f"files made again from the recomputation: {', '.join([*made, names['raw_csv'] + ' (its text)'])}"
+            + (": each byte for byte as exported (the raw readings: their text)" if not wrong else "")
+            ] + wrong, len(wrong)
+
+
+def _revisions(site: Site, result: Recomputed, recorded: dict) -> list[tuple[Revision, tuple | None]]:
+    """Each month recomputed as a revision with its sign-off, for ``assemble``: its figures, status and input
+    hash (in the manifest's version) recomputed, the rest as the manifest says (the ledger is not in the export)."""
+    picked = []
+    for month, rec in result.results.items():
+        rev = recorded.get(month)
+        if rev is None:
+            raise ValueError(f"no revision of {month}")
+        version = rev.get("input_hash_version", 1)
+        hashes, status = result.months[month]
+        s = rec["summary"]
+        revision = Revision(0, site.site, month, rev["revision"], rev["created"], status, s["ER"], s["ER_unrounded"],
+                            bool(s["provisional"]), hashes.get(version, rev.get("input_hash")), rev["code_version"],
+                            rec, False, rev["defaults_hash"], rev["config_hash"], version)
+        picked.append((revision, (rev["revision"], rev["signed_by"], rev["signed_at"]) if rev["signed_off"] else None))
+    return picked
+
+
+def _period(manifest: dict) -> tuple[dt.date, dt.date]:
+    period = _section(manifest, "period")
+    return _date(period, "first"), _date(period, "last")
+
+
+def _json_difference(where: str, exported: object, made: object) -> str | None:
+    """The first member (``revisions[0].ER``) whose value differs between two parsed JSON values; None
+    when they are equal (then the bytes differ: ``_first_difference``)."""
+    if isinstance(exported, dict) and isinstance(made, dict):
+        for key in sorted(set(exported) | set(made)):
+            if key not in made or key not in exported:
+                return (f"{where}.{key}: exported {exported.get(key, 'none')!r}, made again from the recomputation "
+                        f"{made.get(key, 'none')!r}")
+            if found := _json_difference(f"{where}.{key}", exported[key], made[key]):
+                return found
+        return None
+    if isinstance(exported, list) and isinstance(made, list) and len(exported) == len(made):
+        return next((found for i, (a, b) in enumerate(zip(exported, made))
+                     if (found := _json_difference(f"{where}[{i}]", a, b))), None)
+    if exported == made and type(exported) is type(made):
+        return None
+    return f"{where}: exported {exported!r}, made again from the recomputation {made!r}"
+
+
+def _gzip_difference(name: str, exported: Path, made: Path) -> str | None:
+    """Where the text of ``exported`` (gzip) first differs from ``made``'s, read a MiB at a time (a file
+    that unpacks to much more is read no further than ``made``'s length); None if it does not."""
+    try:
+        with gzip.open(exported) as a, gzip.open(made) as b:
+            line = 1
+            while True:
+                x, y = a.read(1 << 20), b.read(1 << 20)
+                if x != y:
+                    at = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+                    start = x.rfind(b"\n", 0, at) + 1
+                    shown = [t[start:t.find(b"\n", at) if b"\n" in t[at:] else at + 80][:160].decode("utf-8", "replace")
+                             for t in (x, y)]
+                    line += x.count(b"\n", 0, start)
+                    return (f"{name} (its text) line {line}: exported {shown[0]!r}, made again from the "
+                            f"recomputation {shown[1]!r}")
+                if not x:
+                    return None
+                line += x.count(b"\n")
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"{name}: cannot read its text: {exc}"
+
+
+def _first_difference(name: str, exported: bytes, made: bytes) -> str:
+    """Where ``name`` as exported first differs from it made again: the zip member of a workbook (its sheets
+    first, each by its name), the line and the text around the first character that differs."""
+    if name.endswith(".xlsx"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(exported)) as a, zipfile.ZipFile(io.BytesIO(made)) as b:
+                theirs, ours = set(a.namelist()), set(b.namelist())
+                # the sheets as written, in order: xl/worksheets/sheet<n>.xml
+                sheets = map(unescape, re.findall(r'<sheet [^>]*name="([^"]*)"', b.read("xl/workbook.xml").decode()))
+                titles = {f"xl/worksheets/sheet{i}.xml": f" (sheet {title})" for i, title in enumerate(sheets, 1)}
+                for member in sorted(theirs | ours, key=lambda m: (not m.startswith("xl/worksheets/"), m)):
+                    if member not in ours:
+                        return f"{name}: {member}: in the export, not made again (added)"
+                    if member not in theirs:
+                        return f"{name}: {member}{titles.get(member, '')}: made again, not in the export (removed)"
+                    if (was := a.read(member)) != (now := b.read(member)):
+                        return _first_difference(f"{name}: {member}{titles.get(member, '')}", was, now)
+                return f"{name}: differs in its zip layout (members equal)"
+        except (zipfile.BadZipFile, OSError, RuntimeError, KeyError, UnicodeDecodeError) as exc:
+            return f"{name}: not the workbook made again (not a readable zip: {exc})"
+    theirs, ours = exported.decode("utf-8", "replace").split("\n"), made.decode("utf-8", "replace").split("\n")
+    n = next((i for i, (x, y) in enumerate(zip(theirs, ours)) if x != y), min(len(theirs), len(ours)))
+    x, y = (lines[n] if n < len(lines) else "" for lines in (theirs, ours))
+    at = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+    cut = max(0, at - 40)
+    return (f"{name} line {n + 1}: exported {'…' * bool(cut)}{x[cut:at + 80]!r}, made again from the recomputation "
+            f"{'…' * bool(cut)}{y[cut:at + 80]!r}")
+
+
+def _unchecked(manifest: dict) -> list[str]:
+    """The files checked by their SHA-256 alone: a verifier reading them reads what the exporter wrote."""
+    listed = [name for name in HASHED_ONLY if name in manifest.get("files", {})]
+    return ["not checked beyond their SHA-256 (what the exporter wrote, not recomputed): "
+            + "; ".join(f"{name} ({HASHED_ONLY[name]})" for name in listed)] if listed else []
 
 
 def _dead_letters(folder: Path, manifest: dict) -> tuple[str, str | None]:
@@ -240,6 +541,7 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
     """Files missing, altered or unlisted: against the manifest and against SHA256SUMS."""
     listed = {name: entry.get("sha256") if isinstance(entry, dict) else None
               for name, entry in manifest["files"].items()}
+    sizes = {name: entry.get("bytes") if isinstance(entry, dict) else None for name, entry in manifest["files"].items()}
     problems = []
     sums: dict[str, str] = {}
     try:
@@ -264,6 +566,8 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
         actual = _sha256(path)
         if name in listed and listed[name] != actual:
             problems.append(f"{name}: SHA-256 {actual} is not the manifest's {listed[name]}")
+        elif name in listed and (sizes[name] != path.stat().st_size or type(sizes[name]) is not int):
+            problems.append(f"{name}: {path.stat().st_size} bytes, the manifest says {sizes[name]!r}")
         if name not in sums:
             problems.append(f"{name}: not in SHA256SUMS")
         elif sums[name] != actual:
@@ -272,19 +576,40 @@ def _file_problems(folder: Path, manifest: dict) -> list[str]:
             problems.append(f"{name}: not in manifest.json")
     for name in sorted(set(present) - set(listed) - set(sums) - {"manifest.json", "SHA256SUMS"}):
         problems.append(f"{name}: not listed in manifest.json nor SHA256SUMS (a file added to the export)")
+    known = _known(folder)
+    for name in sorted((set(listed) | set(sums)) - {"manifest.json", "SHA256SUMS"}):  # one unlisted is named above
+        if not known(name):
+            problems.append(f"{name}: not a file an export writes: nothing checks what it says (a file added to "
+                            "the export and listed)")
     return problems
+
+
+def _known(folder: Path):
+    """Whether a file (by its path in the folder) is one an export writes, each of which this check reads,
+    recomputes or names as checked by its SHA-256 alone (``HASHED_ONLY``); the keys' PEM files those of
+    ``custody/keys.json`` (``pem_problems`` compares them)."""
+    try:
+        keys = json.loads((folder / "custody" / "keys.json").read_text(encoding="utf-8"))
+        ids = {k["id"] for k in keys if isinstance(k, dict) and isinstance(k.get("id"), str)}
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        ids = set()  # the custody check names keys.json
+    fixed = {*LANGUAGES.values(), *HASHED_ONLY, SITE_SETTINGS, *file_names("").values(), "custody/keys.json",
+             f"custody/{FINDINGS}", *(f"custody/keys/{i}.pem" for i in ids)}
+    return lambda name: (name in fixed or re.fullmatch(r"monitoring_[^/]+\.xlsx", name) is not None
+                         or re.fullmatch(r"custody/messages/[^/]+\.jsonl\.gz", name) is not None)
 
 
 def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] | None = None,
                   claims: dict[tuple, str] | None = None, witnessed: bool = False,
-                  jobs: int = 1) -> tuple[list[str], list[str], int, list[str]]:
+                  jobs: int = 1) -> tuple[list[str], list[str], int, list[str], dict]:
     """Check the custody folder, writing the readings of verified messages (those stamped in
     ``window``, when given), their messages and the findings to ``store``; what is wrong
-    (nothing when it is whole), the lines, how many readings were written, and each chain
-    end not witnessed (``witnessed``, with ``window``: its last verified message stamped
-    before the window's end, or its first at or after its start without beginning its chain;
-    ``claims``: the manifest's reasons, ``_witness_claims``; ``jobs``: the processes that
-    check signatures)."""
+    (nothing when it is whole), the lines, how many readings were written, each chain end
+    not witnessed (``witnessed``, with ``window``: its last verified message stamped before
+    the window's end, or its first at or after its start without beginning its chain;
+    ``claims``: the manifest's reasons, ``_witness_claims``), and what the folder holds as the
+    manifest's ``custody`` entry counts it (its messages, keys by site, findings and chains);
+    ``jobs``: the processes that check signatures."""
     keys, lines = read_folder(folder)
     path = folder / "custody" / FINDINGS
     findings, custody_findings = read_findings(path) if path.exists() else ([], [])
@@ -409,7 +734,9 @@ def check_custody(folder: Path, store, window: tuple[dt.datetime, dt.datetime] |
     problems += [f"{len(breaks)} chain break(s)"] if breaks else []
     problems += ["no messages"] if n == 0 else []
     out.append("custody: " + ("every signature verified, every chain whole" if ok else ", ".join(problems)))
-    return problems, out, written, unwitnessed
+    held = {"signed_messages": n, "findings": len(findings) + len(custody_findings), "chains": len(chains),
+            "keys": {site: [{"id": k.id, "fingerprint": k.fingerprint} for k in ks] for site, ks in keys.items()}}
+    return problems, out, written, unwitnessed, held
 
 
 def _claim(end: tuple, claims: dict[tuple, str] | None) -> str:

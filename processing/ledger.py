@@ -108,16 +108,20 @@ class SignedOff(Exception):
 class Ledger:
     """``create``: whether a missing ledger may be created (the processor's and the demo's
     first run); commands that use an existing ledger refuse a missing one rather than
-    start an empty record beside the real one."""
+    start an empty record beside the real one. ``read_only``: an existing ledger opened
+    for reading only (never created, nothing written)."""
 
-    def __init__(self, path: str | Path, *, create: bool = True):
+    def __init__(self, path: str | Path, *, create: bool = True, read_only: bool = False):
         self.path = str(path)
         self._db = open_sqlite(
-            path, "ledger", {"revisions"}, create=create, isolation_level=None, check_same_thread=False, timeout=10,
+            path, "ledger", {"revisions"}, create=create and not read_only, read_only=read_only,
+            isolation_level=None, check_same_thread=False, timeout=10,
             damaged_hint="restore it from a backup (it is the record of every result and sign-off: never start "
                          "an empty one in its place)",
             missing_hint="check --ledger (`jcm processor` creates the ledger on its first run; "
                          "`jcm process --create-ledger` creates it on purpose)")
+        if read_only:  # a verifier's look at it (jcm verify --ledger): nothing set up, nothing written
+            return
         use_wal(self._db)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)

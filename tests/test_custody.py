@@ -427,7 +427,7 @@ def run_verify(folder, capsys) -> tuple[int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            problems, lines, _, _ = check_custody(Path(folder), store)
+            problems, lines, _, _, _ = check_custody(Path(folder), store)
         except ValueError as exc:
             return 2, f"{exc}\n"
         finally:
@@ -649,7 +649,7 @@ def test_a_chain_cut_short_in_the_reading_window_is_never_witnessed(chains, star
         write_folder(Path(tmp), _KEYS, kept)
         store = SqliteStore(Path(tmp) / "readings.db")
         try:
-            problems, lines, _, unwitnessed = check_custody(Path(tmp), store, (start, end), {}, witnessed=True)
+            problems, lines, _, unwitnessed, _ = check_custody(Path(tmp), store, (start, end), {}, witnessed=True)
         finally:
             store.close()
     assert not problems, lines

@@ -187,12 +187,15 @@ def _running(pid: str) -> bool:
     return True
 
 
+def file_names(name: str) -> dict[str, str]:
+    """The names of the export ``name``'s files by role (``summary_html.render``'s ``files``)."""
+    return {"workbook": f"monitoring_{name}.xlsx", "daily_csv": "daily_values.csv", "raw_csv": "raw_readings.csv.gz",
+            "daily_chart": "daily_values.png", "completeness_chart": "completeness.png"}
+
+
 def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Callable[[int, int, str], None],
            steps: int) -> None:
-    names = {
-        "workbook": f"monitoring_{figures.name}.xlsx", "daily_csv": "daily_values.csv",
-        "raw_csv": "raw_readings.csv.gz", "daily_chart": "daily_values.png", "completeness_chart": "completeness.png",
-    }
+    names = file_names(figures.name)
     files = []
     with _apart(figures) as apart:
         # the workbook and the charts need the figures alone: drawn there while the readings are read here

@@ -5,12 +5,29 @@ revisions they came from. Written after every other file, so it can vouch for th
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from importlib.metadata import version
 from pathlib import Path
 
 from processing.export.csv_files import SIMULATED_NOTE
 from processing.export.json_file import write_json
 from processing.export.period_figures import PeriodFigures
+
+
+@functools.cache
+def exporter_version() -> str:
+    """What the export's files are made by: a hash of this package's code and labels and of
+    ``contract/`` (the texts of numbers and strings it writes), and the workbook library's release
+    (its bytes depend on it); the rest of ``processing/`` is the revisions' ``code_version``.
+    ``jcm verify`` makes the summary pages, the workbook, the daily values and the manifest again,
+    to compare them byte for byte, only when the manifest names this version."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for root in (here, here.parents[1] / "contract"):
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")):
+            h.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"export-{h.hexdigest()[:16]} openpyxl-{version('openpyxl')}"
 
 
 def file_entry(path: Path) -> dict:
@@ -50,6 +67,7 @@ def write_manifest(figures: PeriodFigures, entries: dict[str, dict], path: Path,
         "version": figures.spec.version,
         "status": figures.status,
         "simulated": figures.simulated,
+        "exporter": exporter_version(),
         "figures": {name: getattr(calc, name, None) for name in ("RE", "PE", "ER_unrounded", "ER_exact", "ER",
                                                                   "provisional")} | {"unit": "tCO2"},
         "parameters": figures.parameters,

@@ -151,7 +151,8 @@ def _month_revision(site: Site, store: ReadingStore, ledger: Ledger, month: str)
     return revision, signed
 
 
-def _used(revision: Revision, signed: tuple | None) -> UsedRevision:
+def used_revision(revision: Revision, signed: tuple | None) -> UsedRevision:
+    """What an export records of a month's ``revision`` and its sign-off (``Ledger.signoff``)."""
     s = revision.result["summary"]
     return UsedRevision(
         site=revision.site, month=revision.month, revision=revision.revision, created=revision.created,
@@ -287,12 +288,23 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
     processor = PeriodProcessor(site)
     picked = [_month_revision(site, store, ledger, m) for m in months_between(first, last)]
     revisions = [r for r, _ in picked]
-    daily = daily_frame((r for revision in revisions for r in revision.result["daily_parameters"]), first, last)
-    totals = period_totals(daily, processor.spec)
-    parameters = {key: float(total) for key, total in totals.items()}
     current = from_config(site, processor.spec)
     fixed = recorded_fixed(revisions, processor.spec, current)
     signed = {r.month for r, s in picked if s is not None}
+    return assemble(processor, picked, first, last, fixed, config_changes(site, revisions, fixed, current, signed))
+
+
+def assemble(processor: PeriodProcessor, picked: list[tuple[Revision, tuple | None]], first: dt.date, last: dt.date,
+             fixed: list[FixedValue], changes: list[str]) -> PeriodFigures:
+    """The period ``first..last`` from its months' revisions and their sign-offs (``picked``: each
+    revision with ``(revision, by, at)`` or None), computed with ``fixed``; ``changes``: the
+    ``config_changes`` lines. ``collect`` gives it the ledger's revisions; ``jcm verify`` gives it
+    the revisions it recomputed from an export, to make the export's files again and compare them."""
+    site = processor.site
+    revisions = [r for r, _ in picked]
+    daily = daily_frame((r for revision in revisions for r in revision.result["daily_parameters"]), first, last)
+    totals = period_totals(daily, processor.spec)
+    parameters = {key: float(total) for key, total in totals.items()}
     reasons = [f"{r.month} (revision {r.revision}): {reason}" for r in revisions for reason in r.result["reasons"]]
     calc, cannot = period_calculation(processor, totals, fixed)
     status = period_status([r.status for r in revisions], calc)
@@ -303,10 +315,10 @@ def collect(site: Site, store: ReadingStore, ledger: Ledger, first: dt.date, las
                                                                  if f.status != "confirmed"))
     return PeriodFigures(
         site=site, spec=processor.spec, first=first, last=last, status=status, reasons=reasons,
-        parameters=parameters, calc=calc, revisions=[_used(r, s) for r, s in picked], daily=daily,
+        parameters=parameters, calc=calc, revisions=[used_revision(r, s) for r, s in picked], daily=daily,
         findings=[f for r in revisions for f in _tagged(r, r.result["findings"])],
         adjustments=[a for r in revisions for a in _tagged(r, r.result["adjustments"])],
         completeness={r.month: r.result["summary"]["completeness"] for r in revisions},
         simulated=any(r.result["summary"].get("simulated") for r in revisions),
-        fixed=fixed, config_changes=config_changes(site, revisions, fixed, current, signed),
+        fixed=fixed, config_changes=changes,
     )

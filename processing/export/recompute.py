@@ -31,8 +31,8 @@ from processing.export.period_figures import (PeriodFigures, daily_frame, local_
                                               period_calculation, period_totals)
 from processing.fixed_values import FixedValue
 from processing.methodologies import Calculation
-from processing.monthly import daily_parameters, month_bounds
-from processing.period import EDGE, HASH_VERSIONS, PeriodProcessor
+from processing.monthly import daily_parameters, details, month_bounds
+from processing.period import EDGE, HASH_VERSIONS, PeriodProcessor, PeriodResult
 
 #: the site settings the export's figures were computed with, as JSON
 SITE_SETTINGS = "site.json"
@@ -86,13 +86,15 @@ class Recomputed:
     """A period recomputed: ``daily`` as ``PeriodFigures.daily``, the period's exact
     ``totals``, the calculation on them (``None`` when it cannot be computed, ``cannot``
     saying why, as the export's reason does), and each whole month's input hash in each
-    version (``HASH_VERSIONS``: a revision's may be in any) and status."""
+    version (``HASH_VERSIONS``: a revision's may be in any) and status; ``results``: each whole
+    month's result as a ledger revision records it (``Revision.result``), for ``assemble``."""
 
     daily: pd.DataFrame
     totals: dict[str, Decimal]
     calc: Calculation | None
     cannot: str | None
     months: dict[str, tuple[dict[int, str], str]]
+    results: dict[str, dict]
 
 
 def recompute(site: Site, store: ReadingStore, first: dt.date, last: dt.date, fixed: list[FixedValue]) -> Recomputed:
@@ -114,4 +116,10 @@ def recompute(site: Site, store: ReadingStore, first: dt.date, last: dt.date, fi
     daily = daily_frame((r for result in results.values() for r in daily_parameters(result)), first, last)
     totals = period_totals(daily, processor.spec)
     return Recomputed(daily, totals, *period_calculation(processor, totals, fixed),
-                      {m: (r.figures["input_hashes"], r.status) for m, r in results.items()})
+                      {m: (r.figures["input_hashes"], r.status) for m, r in results.items()},
+                      {m: as_recorded(r) for m, r in results.items()})
+
+
+def as_recorded(result: PeriodResult) -> dict:
+    """A month's result as the ledger records it and reads it back (``Ledger.record``: JSON)."""
+    return json.loads(json.dumps({"summary": result.summary(), **details(result)}, sort_keys=True, default=str))
