@@ -49,6 +49,9 @@ _HASH = re.compile("[0-9a-f]{64}")
 #: seqs reserved at a time in the sequence file: it is written (fsynced) before a seq beyond
 #: the last reservation is assigned, so an outbox gone back in time skips at most this many unused
 RESERVE = 256
+#: the highest seq a sequence file may name: none reaches it (2**62 readings: 146,000 years at a million a second), so
+#: a file beyond it was damaged or edited, and believed it would leave no seq to number readings with
+SEQUENCE_FILE_MAX = (MAX_SEQ + 1) // 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -634,6 +637,12 @@ class Outbox:
                           "once a run" if self._skipped_by_ack else f"more than outbox.max_rows={self.max_rows} ahead")
             return
         self._skipped_by_ack, self._skip_to = True, top
+        with self._lock:  # kept: a gateway stopped (or killed) before its next reading would reuse them next run
+            try:
+                self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox' AND seq < ?", (top, top))
+            except sqlite3.Error as exc:  # a full disk: the next reading's row keeps it
+                log.error("outbox %s: cannot keep the skip to seq %d (%s): if the gateway stops before its next "
+                          "reading is committed, the next run may reuse seqs up to %d", self.path, top, exc, top)
         log.error("outbox %s: the outbox WENT BACK from seq %d (at least) to seq %d (epoch %s): a collector holds "
                   "seqs this outbox never assigned, so it is an older copy of itself, restored with its sequence "
                   "file (a snapshot rolled back). New readings start at seq %d; seqs numbered since this gateway "
@@ -753,9 +762,12 @@ def _read_sequence_file(path: Path) -> tuple[str, int, int, str | None] | str:
         return f"it has no sequence file {path} (the first run of a gateway from before it, or the file was deleted)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"its sequence file {path} cannot be read ({exc}); it is written anew"
-    if not (isinstance(known[0], str) and all(type(n) is int and 0 <= n <= MAX_SEQ for n in known[1:3])
+    if not (isinstance(known[0], str) and all(type(n) is int and n >= 0 for n in known[1:3])
             and (known[3] is None or isinstance(known[3], str) and _HASH.fullmatch(known[3]))):
         return f"its sequence file {path} is not one (epoch, committed, reserved, hash); it is written anew"
+    if max(known[1:3]) > SEQUENCE_FILE_MAX:
+        return (f"its sequence file {path} names seq {max(known[1:3])}, beyond any an outbox reaches "
+                f"({SEQUENCE_FILE_MAX}): damaged or edited, it is not believed and is written anew")
     return known
 
 

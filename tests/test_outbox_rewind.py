@@ -5,6 +5,7 @@ had let go below the floor, end up acknowledged, and the readings lost with the 
 are a gap the collector names."""
 
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.message import MAX_SEQ
 from gateway.outbox import RESERVE, Outbox
 from gateway.service import Gateway
 from tests.conftest import REPO, load_site, wait_until
@@ -95,8 +97,10 @@ def test_after_a_sigkill_the_reserved_seqs_are_skipped(tmp_path, caplog):
     box.close()
 
 
-@pytest.mark.parametrize("lost", ["missing", "garbage"])
+@pytest.mark.parametrize("lost", ["missing", "garbage", "huge"])
 def test_a_missing_sequence_file_is_no_rewind_and_is_said(tmp_path, caplog, lost):
+    """Huge: a file of this epoch edited (or damaged) to a seq near 2**63 is not believed: believed,
+    it left no seq to number readings with (each lost, and the stop failed on an overflow)."""
     path = tmp_path / "outbox.sqlite"
     box = Outbox(path, max_rows=100)
     _append(box, 3)
@@ -105,8 +109,11 @@ def test_a_missing_sequence_file_is_no_rewind_and_is_said(tmp_path, caplog, lost
     assert sequence.exists()
     if lost == "missing":  # the first run after the upgrade, or an operator cleaning up
         sequence.unlink()
-    else:
+    elif lost == "garbage":
         sequence.write_bytes(b"\x00garbage")
+    else:
+        body = json.loads(sequence.read_bytes())
+        sequence.write_text(json.dumps({**body, "committed": MAX_SEQ, "reserved": MAX_SEQ}))
     with caplog.at_level(logging.WARNING):
         box = Outbox(path, max_rows=100)
     assert _append(box, 1) == [4]  # no seq skipped: nothing says one was used
@@ -116,6 +123,21 @@ def test_a_missing_sequence_file_is_no_rewind_and_is_said(tmp_path, caplog, lost
     caplog.clear()
     Outbox(path, max_rows=100).close()  # written anew: said once
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_skip_an_acknowledgement_showed_outlives_a_stop_before_the_next_reading(tmp_path, caplog):
+    """The seqs a collector holds beyond those assigned stay used when the gateway stops (or is
+    killed) before numbering another reading: the next run does not give them again."""
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, max_rows=100)
+    _append(box, 5)
+    with caplog.at_level(logging.ERROR):
+        box.claimed(20)
+    assert "WENT BACK from seq 20 (at least) to seq 5" in caplog.text
+    box.close()
+    box = Outbox(path, max_rows=100)
+    assert _append(box, 1) == [21]
+    box.close()
 
 
 @pytest.mark.slow
