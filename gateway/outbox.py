@@ -52,6 +52,10 @@ RESERVE = 256
 #: the highest seq a sequence file may name: none reaches it (2**62 readings: 146,000 years at a million a second), so
 #: a file beyond it was damaged or edited, and believed it would leave no seq to number readings with
 SEQUENCE_FILE_MAX = (MAX_SEQ + 1) // 2
+#: the sequence file learns the committed seq at least this often while rows are committed [s], so a backup of the
+#: running outbox taken before then is told after a crash, even within one reservation (a site polling once a
+#: minute takes hours to assign RESERVE seqs)
+SEQUENCE_EVERY = 10.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -127,6 +131,7 @@ class Outbox:
         self._fresh = False  # the epoch was drawn by this open
         self._rewound = False  # this open found an older copy of the outbox and skipped its reused seqs
         self._next_reserve_log = 0.0
+        self._next_sequence_write = 0.0
         self._skip_to = 0  # the next seq comes after this one (an acknowledgement showed the outbox went back)
         self._skipped_by_ack = False  # believed once a run at most
         self._next_claim_log = 0.0
@@ -369,6 +374,7 @@ class Outbox:
                           "its place now could reuse seqs up to %d", self.path, self._sequence_file, exc.strerror, upto)
             return
         self._reserved = upto
+        self._next_sequence_write = time.monotonic() + SEQUENCE_EVERY
 
     def _chain_start(self) -> str:
         """``prev`` of the next signed row: the stored hash of the last committed seq."""
@@ -433,6 +439,8 @@ class Outbox:
                 if self._number(taken):
                     with self._lock:
                         self._commit()
+                    if time.monotonic() >= self._next_sequence_write:
+                        self._reserve(self._reserved)
                     if self.on_commit is not None:
                         self.on_commit()
             except Exception:  # the committer must outlive any one batch
