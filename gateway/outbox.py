@@ -439,8 +439,8 @@ class Outbox:
                 if self._number(taken):
                     with self._lock:
                         self._commit()
-                    if time.monotonic() >= self._next_sequence_write:
-                        self._reserve(self._reserved)
+                    if time.monotonic() >= self._next_sequence_write:  # reserving what a full disk refused, too
+                        self._reserve(max(self._reserved, self._seq))
                     if self.on_commit is not None:
                         self.on_commit()
             except Exception:  # the committer must outlive any one batch
