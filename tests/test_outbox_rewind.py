@@ -266,6 +266,30 @@ def test_an_acknowledgement_beyond_every_seq_assigned_is_a_rewind_once_and_bound
     box.close()
 
 
+def test_an_acknowledgement_with_an_empty_bitmap_claims_nothing_and_stops_no_other(tmp_path, caplog):
+    """Well formed, no ranges and a bitmap of zeros claims no seq: it is no rewind, and it neither
+    raises in the ack intake (which dropped the other collectors' acknowledgements taken with it,
+    and the delivery round, every time one came) nor stops another collector's being taken."""
+    import base64
+
+    from contract.acknowledgement import Ack
+    from gateway.publisher import Publisher
+
+    site = load_site(e2e_site(tmp_path))
+    box = Outbox(tmp_path / "o.sqlite", max_rows=1000)
+    _append(box, 5)
+    pub = Publisher(site, box, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    empty = {"schema": 1, "epoch": box.epoch, "ranges": [], "bits_from": 3, "bits": base64.b64encode(b"\0\0").decode()}
+    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/a", json.dumps(empty).encode()))
+    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/b", Ack(box.epoch, ((1, 2),)).to_json().encode()))
+    with caplog.at_level(logging.ERROR):
+        pub._take_store_acks()
+    assert [r[0] for r in box.after(0, 10)] == [3, 4, 5] and "WENT BACK" not in caplog.text
+    assert _append(box, 1) == [6]
+    box.close()
+
+
 def test_a_signed_chain_goes_on_across_a_restore_after_a_clean_stop(tmp_path):
     """Stopped cleanly, the sequence file holds the last row's chain hash: the first new row links
     to it, so a collector holding that row finds no broken link where the outbox went back."""
