@@ -709,8 +709,8 @@ class Outbox:
                 log.critical("outbox %s: %d reading(s) held in memory could not be saved (%s) and are lost "
                              "(seq %d..%d)", self.path, len(self._pending), self.error, self._pending[0].seq,
                              self._pending[-1].seq)
-            else:  # nothing beyond it assigned: an older copy restored now skips no unused seq
-                self._reserve(self._committed)
+            else:  # nothing beyond it assigned (or claimed): an older copy restored now skips no unused seq
+                self._reserve(max(self._committed, self._skip_to))
             self._db.close()
             if self._held is not None:  # closed twice: the second finds nothing to do, as before
                 os.close(self._held)

@@ -179,6 +179,22 @@ def test_a_skip_an_acknowledgement_showed_outlives_a_stop_before_the_next_readin
     box.close()
 
 
+def test_a_backup_restored_after_a_skip_an_acknowledgement_showed_reuses_none_of_its_seqs(tmp_path):
+    path, backup = tmp_path / "outbox.sqlite", tmp_path / "backup.sqlite"
+    box = Outbox(path, max_rows=100)
+    _append(box, 3)
+    box.close()
+    shutil.copyfile(path, backup)
+    box = Outbox(path, max_rows=100)
+    _append(box, 2)
+    box.claimed(20)  # seqs up to 20 are held by a collector
+    box.close()
+    _restore(backup, path)
+    box = Outbox(path, max_rows=100)
+    assert _append(box, 1)[0] > 20
+    box.close()
+
+
 @pytest.mark.slow
 def test_a_restored_outbox_end_to_end(tmp_path, mosquitto, simulate, caplog):
     """Collector away, rows pile up; backup; delivered and confirmed (the collectors' floor passes
