@@ -251,6 +251,7 @@ class Outbox:
                              "be renamed to it (%s): the outbox is now %s; move it back while the gateway is stopped",
                              self.path, exc, copy)
                 self.path = copy
+                self._sequence_file = Path(f"{copy}.sequence")  # the one at the path is the other gateway's
                 if taken is not None:
                     self._held = self._swap_hold(taken)
                 self._reopen()

@@ -139,6 +139,25 @@ def test_a_gateway_started_while_the_file_was_gone_is_not_moved_aside(tmp_path, 
     kept.close()
 
 
+def test_a_gateway_gone_on_in_its_copy_keeps_its_sequence_file_beside_the_copy(tmp_path, monkeypatch):
+    """The sequence file beside the path is the other gateway's, whose outbox is there: written by
+    both, it named the wrong epoch in turn, and neither could tell its outbox restored from a backup."""
+    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 3600)
+    path = tmp_path / "outbox.sqlite"
+    first = Outbox(path, max_rows=100)
+    first.append("t", lambda s: f"a{s}")
+    for end in ("", "-wal", "-shm"):
+        os.unlink(f"{path}{end}")
+    second = Outbox(path, max_rows=100)
+    with first._lock:
+        first._check_path()
+    assert first.path.startswith(f"{path}.restore-")
+    second.close()
+    first.close()
+    epoch_at = {where: json.loads(open(f"{where}.sequence").read())["epoch"] for where in (path, first.path)}
+    assert epoch_at == {path: second.epoch, first.path: first.epoch}
+
+
 def test_a_second_gateway_on_an_rtu_bus_is_refused_before_it_touches_the_bus(bus_site, simulate, tmp_path):
     """Two gateways on one RS-485 bus would take each other's answers: the second, refused by the
     outbox, never opens the serial port, and the first's devices keep answering."""
