@@ -157,13 +157,21 @@ class Outbox:
     def _open(self) -> sqlite3.Connection:
         # where SQLite keeps this connection's -wal and -shm: beside the file a symlinked path leads to
         self._beside = {end: str(beside(self.path, end)) for end in ("-wal", "-shm")}
-        db = open_sqlite(
-            self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
-            damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
-                         f"{Path(self.path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
         first = self._held is None  # a file put back at its path was locked before it got there
+        if first and os.path.exists(self.path):  # locked before SQLite opens it: no --new-outbox moves it meanwhile
+            self._held = hold(self.path)
         try:
-            if first:
+            db = open_sqlite(
+                self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
+                damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
+                             f"{Path(self.path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
+        except BaseException:
+            if first and self._held is not None:
+                os.close(self._held)
+                self._held = None
+            raise
+        try:
+            if self._held is None:  # a new file, made by SQLite just now
                 self._held = hold(self.path)
             use_wal(db)  # the first write: a gateway refused above has touched nothing
             # FULL: a committed reading survives a power cut too, not only a killed process

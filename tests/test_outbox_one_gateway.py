@@ -158,6 +158,36 @@ def test_a_gateway_gone_on_in_its_copy_keeps_its_sequence_file_beside_the_copy(t
     assert epoch_at == {path: second.epoch, first.path: first.epoch}
 
 
+def test_new_outbox_run_while_a_gateway_opens_its_outbox_is_refused(tmp_path, monkeypatch):
+    """`--new-outbox` run at the instant a gateway (restarted by its unit) has opened the file but not
+    yet locked it moved the file aside under it: the gateway then locked whatever was at the path and
+    wrote its readings to the file set aside (or stopped, exit 2). The lock is taken before SQLite
+    opens an existing outbox, so the move is refused."""
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, max_rows=100)
+    box.append("t", lambda s: f"a{s}")
+    box.close()
+    real, refused = outbox_module.open_sqlite, []
+
+    def opening(*args, **kwargs):
+        db = real(*args, **kwargs)
+        try:
+            outbox_module.move_aside(path)  # `jcm gateway --new-outbox`, now
+        except OutboxInUse:
+            refused.append(True)
+        return db
+
+    monkeypatch.setattr(outbox_module, "open_sqlite", opening)
+    box = Outbox(path, max_rows=100)
+    monkeypatch.undo()
+    assert refused and not list(tmp_path.glob("*.corrupt-*"))
+    box.append("t", lambda s: f"a{s}")
+    box.close()
+    box = Outbox(path, max_rows=100)
+    assert [r[2] for r in box.after(0, 10)] == ["a1", "a2"]
+    box.close()
+
+
 def test_a_second_gateway_on_an_rtu_bus_is_refused_before_it_touches_the_bus(bus_site, simulate, tmp_path):
     """Two gateways on one RS-485 bus would take each other's answers: the second, refused by the
     outbox, never opens the serial port, and the first's devices keep answering."""
