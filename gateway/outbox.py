@@ -349,10 +349,14 @@ class Outbox:
                             self.path, self._sequence_file, known[0], self.epoch)
         elif self._seq < known[1]:
             went_back, skip_to = self._seq, max(known[2], known[1])
+            linked = known[3] is not None and skip_to == known[1]  # stopped cleanly: the chain goes on from its row
+            # signed, the first new row must not follow a seq the store may hold and whose hash is not known here
+            # (a wrong link, read as a forgery): one more seq is left unused, a gap as the others
+            skip_to += self.signing is not None and not linked
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (skip_to,))
             self._db.execute("DELETE FROM chain")
-            if known[3] is not None and skip_to == known[1]:  # stopped cleanly: the chain goes on from its last row
+            if linked:
                 self._db.execute("INSERT INTO chain VALUES (?, ?)", (skip_to, known[3]))
             self._db.execute("COMMIT")
             self._seq, self._rewound = skip_to, True
@@ -363,12 +367,13 @@ class Outbox:
                       "gap. The %d row(s) of the older copy are sent again%s.", self.path, known[1], went_back,
                       self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
                       "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
-                      if known[3] is not None and skip_to == known[1] else "; the hash chain starts again at GENESIS")
+                      if linked else "; the hash chain starts again at GENESIS")
         self._committed = self._committed_at_open = self._seq
         row = self._db.execute("SELECT seq, hash FROM chain").fetchone()
         self._committed_hash = row[1] if row and row[0] == self._seq else None
         self._reserved = self._seq
         self._reserve(self._seq + RESERVE)
+        self._next_sequence_write = 0.0  # after the run's first commit: a backup taken at the last stop is then told
 
     def _reserve(self, upto: int) -> None:
         """Write (fsynced) that seqs up to ``upto`` may be assigned; refused (a full disk), said once a
@@ -653,18 +658,22 @@ class Outbox:
                           "outbox assigned (%d): not believed (%s)", self.path, self.epoch, top, assigned,
                           "once a run" if self._skipped_by_ack else f"more than outbox.max_rows={self.max_rows} ahead")
             return
-        self._skipped_by_ack, self._skip_to = True, top
+        self._skipped_by_ack = True
+        # signed, the first new row must not follow seq ``top``, held by a collector with a hash not known here
+        # (a wrong link, read as a forgery): one more seq is left unused, a gap as the others
+        skip = self._skip_to = top + (self.signing is not None)
         with self._lock:  # kept: a gateway stopped (or killed) before its next reading would reuse them next run
             try:
-                self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox' AND seq < ?", (top, top))
+                self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox' AND seq < ?", (skip, skip))
             except sqlite3.Error as exc:  # a full disk: the next reading's row keeps it
                 log.error("outbox %s: cannot keep the skip to seq %d (%s): if the gateway stops before its next "
-                          "reading is committed, the next run may reuse seqs up to %d", self.path, top, exc, top)
+                          "reading is committed, the next run may reuse seqs up to %d", self.path, skip, exc, skip)
         log.error("outbox %s: the outbox WENT BACK from seq %d (at least) to seq %d (epoch %s): a collector holds "
                   "seqs this outbox never assigned, so it is an older copy of itself, restored with its sequence "
                   "file (a snapshot rolled back). New readings start at seq %d; seqs numbered since this gateway "
-                  "started (after %d) may have been used before, and their earlier readings that the store does "
-                  "not hold are lost", self.path, top, assigned, self.epoch, top + 1, self._committed_at_open)
+                  "started (after %d) may have been used before: of each, the reading the store does not hold (the "
+                  "earlier one, or this run's) is lost", self.path, top, assigned, self.epoch, skip + 1,
+                  self._committed_at_open)
 
     def floor(self) -> int:
         """The lowest seq not confirmed: every seq below it is confirmed (or dropped, counted) and gone."""

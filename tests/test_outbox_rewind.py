@@ -306,6 +306,84 @@ def test_an_acknowledgement_with_an_empty_bitmap_claims_nothing_and_stops_no_oth
     box.close()
 
 
+def _signing_key():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gateway.signing_key import SigningKey
+
+    return SigningKey("gw-a", Ed25519PrivateKey.generate())
+
+
+def _append_signed(box, n):
+    return [box.append("t", lambda s: '{"schema":1,"seq":%d}' % s) for _ in range(n)]
+
+
+def _no_wrong_link(held: dict[int, str], first: tuple[int, str]) -> bool:
+    """Whether the first new row (seq, payload) passes the custody check a collector holding
+    ``held`` (seq -> payload) makes: it follows a held seq only carrying that one's hash
+    (``contract.custody.chain_breaks``: ``wrong_prev``)."""
+    from contract.custody import chain_hash
+
+    seq, payload = first
+    return seq - 1 not in held or f'"prev":"{chain_hash(held[seq - 1].encode())}"' in payload
+
+
+def test_a_signed_row_after_a_skip_an_acknowledgement_showed_makes_no_wrong_link(tmp_path):
+    """The collector holds the seq its acknowledgement claims last, signed in the outbox's life this
+    copy does not know: the first new row must not come right after it carrying another hash (a
+    wrong_prev break, read as a forged link), so one seq more is left unused: a gap, as the others."""
+    key = _signing_key()
+    path, snapshot = tmp_path / "outbox.sqlite", tmp_path / "snapshot"
+    box = Outbox(path, max_rows=100, signing=key)
+    _append_signed(box, 2)
+    box.close()
+    snapshot.mkdir()
+    for f in (path, Path(f"{path}.sequence")):  # a VM snapshot: the outbox with its sequence file
+        shutil.copy(f, snapshot)
+    box = Outbox(path, max_rows=100, signing=key)
+    _append_signed(box, 3)
+    held = {s: p for s, _, p in box.after(0, 10)}  # what the collector stored: seqs 1..5
+    box.close()
+    for f in snapshot.iterdir():
+        shutil.copy(f, tmp_path)
+    box = Outbox(path, max_rows=100, signing=key)
+    box.claimed(5)
+    seq = _append_signed(box, 1)[0]
+    assert seq > 5 and _no_wrong_link(held, box.after(seq - 1, 1)[0][::2])
+    box.close()
+
+
+def test_a_signed_row_after_a_restore_follows_no_reserved_seq_the_store_may_hold(tmp_path):
+    """Killed having assigned every seq of its reservation (the store holds the last), the older copy
+    restored skips to the reservation: its first new row, GENESIS, must not come right after it."""
+    key = _signing_key()
+    path, backup = tmp_path / "outbox.sqlite", tmp_path / "backup.sqlite"
+    box = Outbox(path, max_rows=1000, signing=key)
+    _append_signed(box, 2)
+    box.close()
+    shutil.copyfile(path, backup)
+    proc = subprocess.Popen(  # seqs 3..RESERVE + 2, the reservation made at open, all of it; then SIGKILL
+        [sys.executable, "-c", "import time\n"
+         "from tests.test_outbox_rewind import Outbox, _append_signed, _signing_key\n"
+         f"box = Outbox({str(path)!r}, max_rows=1000, signing=_signing_key())\n"
+         f"_append_signed(box, {RESERVE})\nprint(box.last_seq(), flush=True)\ntime.sleep(600)"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert int(proc.stdout.readline()) == RESERVE + 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    db = sqlite3.connect(path)
+    held = dict(db.execute("SELECT seq, payload FROM outbox"))  # what the collector stored
+    db.close()
+    assert max(held) == json.loads(Path(f"{path}.sequence").read_text())["reserved"]
+    _restore(backup, path)
+    box = Outbox(path, max_rows=1000, signing=key)
+    seq = _append_signed(box, 1)[0]
+    assert seq > max(held) and _no_wrong_link(held, box.after(seq - 1, 1)[0][::2])
+    box.close()
+
+
 def test_a_signed_chain_goes_on_across_a_restore_after_a_clean_stop(tmp_path):
     """Stopped cleanly, the sequence file holds the last row's chain hash: the first new row links
     to it, so a collector holding that row finds no broken link where the outbox went back."""
