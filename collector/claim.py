@@ -115,10 +115,7 @@ class Claim:
         claim had let go): seqs from it on are claimed again as the store takes them, or the gateway
         would send those rows for ever; what is known held above the old floor is kept."""
         if floor < self.floor:
-            held = list(self.runs())
-            self.floor = self.edge = floor
-            self.bits, self.above, self.full = 0, [], None
-            self.add_ranges(held)
+            self._rebase(floor)
             return
         if floor == self.floor:
             return
@@ -128,6 +125,33 @@ class Claim:
             self.edge = floor
             self.above = acknowledgement.clip(self.above, floor, MAX_SEQ)
             self._settle()
+
+    def _rebase(self, floor: int) -> None:
+        """Move the window down to ``floor`` (below the floor until now), keeping what is held: the
+        head and the window shifted up as bits, what goes past the window's top as ranges above it
+        (as many as are kept, read no further), so a gateway's floor that goes up and down costs
+        a few shifts, not a range per run of the window."""
+        top = floor + WINDOW
+        old_floor, old_edge, old_bits = self.floor, self.edge, self.bits
+        self.floor = self.edge = floor
+        self.bits, self.full = 0, None
+        far: list[Iterable[tuple[int, int]]] = []
+        if old_edge > old_floor:  # the head [old_floor, old_edge) is held
+            hi = min(old_edge, top) - 1
+            if old_floor <= hi:
+                self.bits = ((1 << (hi - old_floor + 1)) - 1) << (old_floor - floor)
+            if old_edge > top:
+                far.append([(max(old_floor, top), old_edge - 1)])
+        offset = old_edge - floor
+        if offset < WINDOW:
+            self.bits |= (old_bits << offset) & ((1 << WINDOW) - 1)
+            old_bits >>= WINDOW - offset
+            offset = WINDOW
+        if old_bits:
+            far.append(runs_of(old_bits, floor + offset))
+        if far:
+            self._keep_above(chain(*far))
+        self._settle()
 
     def runs(self) -> Iterator[tuple[int, int]]:
         """Inclusive ranges [seq] held, ascending, disjoint and not adjacent."""

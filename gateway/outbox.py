@@ -49,6 +49,13 @@ _HASH = re.compile("[0-9a-f]{64}")
 #: seqs reserved at a time in the sequence file: it is written (fsynced) before a seq beyond
 #: the last reservation is assigned, so an outbox gone back in time skips at most this many unused
 RESERVE = 256
+#: the highest seq a sequence file may name: none reaches it (2**62 readings: 146,000 years at a million a second), so
+#: a file beyond it was damaged or edited, and believed it would leave no seq to number readings with
+SEQUENCE_FILE_MAX = (MAX_SEQ + 1) // 2
+#: the sequence file learns the committed seq at least this often while rows are committed [s], so a backup of the
+#: running outbox taken before then is told after a crash, even within one reservation (a site polling once a
+#: minute takes hours to assign RESERVE seqs)
+SEQUENCE_EVERY = 10.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -124,6 +131,7 @@ class Outbox:
         self._fresh = False  # the epoch was drawn by this open
         self._rewound = False  # this open found an older copy of the outbox and skipped its reused seqs
         self._next_reserve_log = 0.0
+        self._next_sequence_write = 0.0
         self._skip_to = 0  # the next seq comes after this one (an acknowledgement showed the outbox went back)
         self._skipped_by_ack = False  # believed once a run at most
         self._next_claim_log = 0.0
@@ -149,13 +157,21 @@ class Outbox:
     def _open(self) -> sqlite3.Connection:
         # where SQLite keeps this connection's -wal and -shm: beside the file a symlinked path leads to
         self._beside = {end: str(beside(self.path, end)) for end in ("-wal", "-shm")}
-        db = open_sqlite(
-            self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
-            damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
-                         f"{Path(self.path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
         first = self._held is None  # a file put back at its path was locked before it got there
+        if first and os.path.exists(self.path):  # locked before SQLite opens it: no --new-outbox moves it meanwhile
+            self._held = hold(self.path)
         try:
-            if first:
+            db = open_sqlite(
+                self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
+                damaged_hint=f"run `jcm gateway --site <site file> --new-outbox` once: it moves the file aside to "
+                             f"{Path(self.path).name}.corrupt-<UTC time> (never deletes it) and starts a new outbox")
+        except BaseException:
+            if first and self._held is not None:
+                os.close(self._held)
+                self._held = None
+            raise
+        try:
+            if self._held is None:  # a new file, made by SQLite just now
                 self._held = hold(self.path)
             use_wal(db)  # the first write: a gateway refused above has touched nothing
             # FULL: a committed reading survives a power cut too, not only a killed process
@@ -243,6 +259,7 @@ class Outbox:
                              "be renamed to it (%s): the outbox is now %s; move it back while the gateway is stopped",
                              self.path, exc, copy)
                 self.path = copy
+                self._sequence_file = Path(f"{copy}.sequence")  # the one at the path is the other gateway's
                 if taken is not None:
                     self._held = self._swap_hold(taken)
                 self._reopen()
@@ -332,10 +349,14 @@ class Outbox:
                             self.path, self._sequence_file, known[0], self.epoch)
         elif self._seq < known[1]:
             went_back, skip_to = self._seq, max(known[2], known[1])
+            linked = known[3] is not None and skip_to == known[1]  # stopped cleanly: the chain goes on from its row
+            # signed, the first new row must not follow a seq the store may hold and whose hash is not known here
+            # (a wrong link, read as a forgery): one more seq is left unused, a gap as the others
+            skip_to += self.signing is not None and not linked
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (skip_to,))
             self._db.execute("DELETE FROM chain")
-            if known[3] is not None and skip_to == known[1]:  # stopped cleanly: the chain goes on from its last row
+            if linked:
                 self._db.execute("INSERT INTO chain VALUES (?, ?)", (skip_to, known[3]))
             self._db.execute("COMMIT")
             self._seq, self._rewound = skip_to, True
@@ -346,12 +367,13 @@ class Outbox:
                       "gap. The %d row(s) of the older copy are sent again%s.", self.path, known[1], went_back,
                       self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
                       "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
-                      if known[3] is not None and skip_to == known[1] else "; the hash chain starts again at GENESIS")
+                      if linked else "; the hash chain starts again at GENESIS")
         self._committed = self._committed_at_open = self._seq
         row = self._db.execute("SELECT seq, hash FROM chain").fetchone()
         self._committed_hash = row[1] if row and row[0] == self._seq else None
         self._reserved = self._seq
         self._reserve(self._seq + RESERVE)
+        self._next_sequence_write = 0.0  # after the run's first commit: a backup taken at the last stop is then told
 
     def _reserve(self, upto: int) -> None:
         """Write (fsynced) that seqs up to ``upto`` may be assigned; refused (a full disk), said once a
@@ -366,6 +388,7 @@ class Outbox:
                           "its place now could reuse seqs up to %d", self.path, self._sequence_file, exc.strerror, upto)
             return
         self._reserved = upto
+        self._next_sequence_write = time.monotonic() + SEQUENCE_EVERY
 
     def _chain_start(self) -> str:
         """``prev`` of the next signed row: the stored hash of the last committed seq."""
@@ -430,6 +453,8 @@ class Outbox:
                 if self._number(taken):
                     with self._lock:
                         self._commit()
+                    if time.monotonic() >= self._next_sequence_write:  # reserving what a full disk refused, too
+                        self._reserve(max(self._reserved, self._seq))
                     if self.on_commit is not None:
                         self.on_commit()
             except Exception:  # the committer must outlive any one batch
@@ -633,12 +658,22 @@ class Outbox:
                           "outbox assigned (%d): not believed (%s)", self.path, self.epoch, top, assigned,
                           "once a run" if self._skipped_by_ack else f"more than outbox.max_rows={self.max_rows} ahead")
             return
-        self._skipped_by_ack, self._skip_to = True, top
+        self._skipped_by_ack = True
+        # signed, the first new row must not follow seq ``top``, held by a collector with a hash not known here
+        # (a wrong link, read as a forgery): one more seq is left unused, a gap as the others
+        skip = self._skip_to = top + (self.signing is not None)
+        with self._lock:  # kept: a gateway stopped (or killed) before its next reading would reuse them next run
+            try:
+                self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox' AND seq < ?", (skip, skip))
+            except sqlite3.Error as exc:  # a full disk: the next reading's row keeps it
+                log.error("outbox %s: cannot keep the skip to seq %d (%s): if the gateway stops before its next "
+                          "reading is committed, the next run may reuse seqs up to %d", self.path, skip, exc, skip)
         log.error("outbox %s: the outbox WENT BACK from seq %d (at least) to seq %d (epoch %s): a collector holds "
                   "seqs this outbox never assigned, so it is an older copy of itself, restored with its sequence "
                   "file (a snapshot rolled back). New readings start at seq %d; seqs numbered since this gateway "
-                  "started (after %d) may have been used before, and their earlier readings that the store does "
-                  "not hold are lost", self.path, top, assigned, self.epoch, top + 1, self._committed_at_open)
+                  "started (after %d) may have been used before: of each, the reading the store does not hold (the "
+                  "earlier one, or this run's) is lost", self.path, top, assigned, self.epoch, skip + 1,
+                  self._committed_at_open)
 
     def floor(self) -> int:
         """The lowest seq not confirmed: every seq below it is confirmed (or dropped, counted) and gone."""
@@ -692,8 +727,8 @@ class Outbox:
                 log.critical("outbox %s: %d reading(s) held in memory could not be saved (%s) and are lost "
                              "(seq %d..%d)", self.path, len(self._pending), self.error, self._pending[0].seq,
                              self._pending[-1].seq)
-            else:  # nothing beyond it assigned: an older copy restored now skips no unused seq
-                self._reserve(self._committed)
+            else:  # nothing beyond it assigned (or claimed): an older copy restored now skips no unused seq
+                self._reserve(max(self._committed, self._skip_to))
             self._db.close()
             if self._held is not None:  # closed twice: the second finds nothing to do, as before
                 os.close(self._held)
@@ -753,9 +788,12 @@ def _read_sequence_file(path: Path) -> tuple[str, int, int, str | None] | str:
         return f"it has no sequence file {path} (the first run of a gateway from before it, or the file was deleted)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"its sequence file {path} cannot be read ({exc}); it is written anew"
-    if not (isinstance(known[0], str) and all(type(n) is int and 0 <= n <= MAX_SEQ for n in known[1:3])
+    if not (isinstance(known[0], str) and all(type(n) is int and n >= 0 for n in known[1:3])
             and (known[3] is None or isinstance(known[3], str) and _HASH.fullmatch(known[3]))):
         return f"its sequence file {path} is not one (epoch, committed, reserved, hash); it is written anew"
+    if max(known[1:3]) > SEQUENCE_FILE_MAX:
+        return (f"its sequence file {path} names seq {max(known[1:3])}, beyond any an outbox reaches "
+                f"({SEQUENCE_FILE_MAX}): damaged or edited, it is not believed and is written anew")
     return known
 
 

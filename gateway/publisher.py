@@ -318,10 +318,11 @@ class Publisher:
                 continue
             if ack.epoch != self.outbox.epoch:
                 continue  # of a sequence this outbox no longer has: nothing to delete
-            if ack.ranges or ack.bits:  # seqs never assigned: an outbox gone back in time (deletes nothing)
-                self.outbox.claimed(ack.spans()[-1][1])
+            spans = ack.spans()  # none: no ranges, and a bitmap of zeros or none
+            if spans:  # seqs never assigned: an outbox gone back in time (deletes nothing)
+                self.outbox.claimed(spans[-1][1])
             # within the spans, a bitmap's unset bits are not claimed: each row found is looked up
-            self.confirmed += self.outbox.confirm(acknowledgement.clip(ack.spans(), 1, self._live_cursor),
+            self.confirmed += self.outbox.confirm(acknowledgement.clip(spans, 1, self._live_cursor),
                                                   ack.holds if ack.bits else None)
 
     def _refused(self, topic: bytes, why: str) -> None:

@@ -139,6 +139,55 @@ def test_a_gateway_started_while_the_file_was_gone_is_not_moved_aside(tmp_path, 
     kept.close()
 
 
+def test_a_gateway_gone_on_in_its_copy_keeps_its_sequence_file_beside_the_copy(tmp_path, monkeypatch):
+    """The sequence file beside the path is the other gateway's, whose outbox is there: written by
+    both, it named the wrong epoch in turn, and neither could tell its outbox restored from a backup."""
+    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 3600)
+    path = tmp_path / "outbox.sqlite"
+    first = Outbox(path, max_rows=100)
+    first.append("t", lambda s: f"a{s}")
+    for end in ("", "-wal", "-shm"):
+        os.unlink(f"{path}{end}")
+    second = Outbox(path, max_rows=100)
+    with first._lock:
+        first._check_path()
+    assert first.path.startswith(f"{path}.restore-")
+    second.close()
+    first.close()
+    epoch_at = {where: json.loads(open(f"{where}.sequence").read())["epoch"] for where in (path, first.path)}
+    assert epoch_at == {path: second.epoch, first.path: first.epoch}
+
+
+def test_new_outbox_run_while_a_gateway_opens_its_outbox_is_refused(tmp_path, monkeypatch):
+    """`--new-outbox` run at the instant a gateway (restarted by its unit) has opened the file but not
+    yet locked it moved the file aside under it: the gateway then locked whatever was at the path and
+    wrote its readings to the file set aside (or stopped, exit 2). The lock is taken before SQLite
+    opens an existing outbox, so the move is refused."""
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, max_rows=100)
+    box.append("t", lambda s: f"a{s}")
+    box.close()
+    real, refused = outbox_module.open_sqlite, []
+
+    def opening(*args, **kwargs):
+        db = real(*args, **kwargs)
+        try:
+            outbox_module.move_aside(path)  # `jcm gateway --new-outbox`, now
+        except OutboxInUse:
+            refused.append(True)
+        return db
+
+    monkeypatch.setattr(outbox_module, "open_sqlite", opening)
+    box = Outbox(path, max_rows=100)
+    monkeypatch.undo()
+    assert refused and not list(tmp_path.glob("*.corrupt-*"))
+    box.append("t", lambda s: f"a{s}")
+    box.close()
+    box = Outbox(path, max_rows=100)
+    assert [r[2] for r in box.after(0, 10)] == ["a1", "a2"]
+    box.close()
+
+
 def test_a_second_gateway_on_an_rtu_bus_is_refused_before_it_touches_the_bus(bus_site, simulate, tmp_path):
     """Two gateways on one RS-485 bus would take each other's answers: the second, refused by the
     outbox, never opens the serial port, and the first's devices keep answering."""
