@@ -147,3 +147,16 @@ def test_a_revision_recorded_before_fixed_values_were_recorded_keeps_its_values(
     assert m["figures"]["ER"] == revision.ER and m["fixed_parameters"][0]["value"] == 0.6
     assert m["status"] == "provisional" and m["figures"]["provisional"]
     assert any("EF_RE[PV-1]" in line and "0.797" in line for line in m["config_changes"])
+
+
+@pytest.mark.parametrize("site_file", sorted((REPO / "config" / "sites").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_defaults_source_names_its_methodology_once(site_file):
+    """The source shown beside a default (workbook, summary pages) is prefixed with its
+    methodology and version by the code; a defaults file repeating that prefix showed it twice."""
+    from processing.fixed_values import from_config
+    from processing.methodologies import load_spec
+    site = load_site(site_file)
+    spec = load_spec(site.methodology)
+    prefix = f"{spec.methodology} Ver{spec.version}:"
+    for f in from_config(site, spec):
+        assert f.source.count(prefix) <= 1, f"{site_file.name}: {f.name}: {f.source!r}"
