@@ -758,6 +758,76 @@ def test_a_crash_between_readings_and_their_seq_records_leaves_neither(mosquitto
     store.close()
 
 
+def test_the_findings_of_a_write_tried_again_are_written_with_it(mosquitto, sites_dir, tmp_path, monkeypatch):
+    """The store fails a batch's write as its seqs' records are merged (a disk I/O error) and takes
+    it when tried again: what following its seqs the first time wrote in that transaction (a gap its
+    late seqs resolve, a new epoch's finding) went with the rollback, and is written with the retry."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    pub = Publisher(mosquitto)
+    c = collector(mosquitto, store_url, sites_dir)
+    subscribed(c, pub)
+    pub.send([message(s) for s in (2, 3, 7)])
+    assert wait_until(lambda: [(f.first, f.last) for f in findings(store_url)] == [(4, 6)], 20)
+    failing = [0]
+    merge = SqliteStore._merge_blocks
+
+    def flaky(self, blocks):
+        if failing[0]:
+            failing[0] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        merge(self, blocks)
+
+    monkeypatch.setattr(SqliteStore, "_merge_blocks", flaky)
+    for late in ([message(s) for s in (4, 5, 6)], [message(1, E2)]):
+        failing[0], before = 1, c.stored
+        pub.send(late)
+        assert wait_until(lambda: c.stored >= before + len(late), 20), c.stored
+        assert not failing[0]
+    resolved = wait_until(lambda: [f.resolved is not None for f in findings(store_url)] == [True], 10)
+    c.stop()
+    pub.close()
+    assert (resolved, [(f.epoch, f.previous, f.first) for f in findings(store_url, "epoch")]) == (True, [(E2, E1, 7)])
+
+
+def test_a_reading_the_store_refuses_only_when_its_write_is_tried_again_has_no_seq_recorded(tmp_path, monkeypatch):
+    """A write fails as its seqs' records are merged; before it is tried again another collector
+    stores a message at the instant of one of its readings whose channels and those of that
+    reading are too many to merge: the retry refuses that reading, and its seq, followed by the
+    try that rolled back, is not recorded as stored (a gap hidden)."""
+    store, other = SqliteStore(tmp_path / "jcm.db"), SqliteStore(tmp_path / "jcm.db")
+    gaps = SequenceGaps(store, grace_s=0)
+
+    def reading(s, channels=("x",), at=None):
+        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=at or s), dict.fromkeys(channels, 1.0), seq=s,
+                       epoch=E1)
+
+    batch = [reading(1, [f"a{i}" for i in range(300)]), reading(2), reading(3)]
+    failing = [1]
+    merge = SqliteStore._merge_blocks
+
+    def flaky(self, blocks):
+        if failing[0]:
+            failing[0] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        merge(self, blocks)
+
+    monkeypatch.setattr(SqliteStore, "_merge_blocks", flaky)
+    staged: list[SeqBlock] = []
+
+    def books(refused):
+        gone = {id(r) for r, _ in refused}
+        staged[:] = gaps.staged([r for r in batch if id(r) not in gone])
+        return staged
+
+    with pytest.raises(StoreUnavailable):
+        store.write(batch, books=books)
+    other.write([reading(9, [f"b{i}" for i in range(300)], at=1)])  # seq 9, a message at seq 1's instant
+    refused = store.write(batch, books=books)
+    gaps.settled(staged)
+    assert [r.seq for r, _ in refused] == [1]
+    assert stored_ranges(store, "s", "gw") == [(E1, 2, 3)]
+
+
 def test_a_late_seq_resolves_a_gap_the_other_collector_recorded(tmp_path):
     """Two collectors on a shared subscription: one records a gap, the late seq reaches the
     other, which never looked at that hole: the gap is marked resolved all the same."""
