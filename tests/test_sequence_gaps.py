@@ -722,6 +722,35 @@ def test_seqs_are_acknowledged_only_once_the_bookkeeping_has_them(mosquitto, sit
     assert [(f.first, f.last) for f in findings(store_url)] == []
 
 
+def test_a_damaged_seq_record_of_a_gateway_followed_does_not_hold_the_collector_up(mosquitto, sites_dir, tmp_path,
+                                                                                   caplog):
+    """A row of the store's seq records is damaged (another program, a bad sector) while the collector
+    follows that gateway: its seqs' books cannot be kept there, which is logged, but the readings are
+    stored and acknowledged, not held with every later batch as a store unavailable for good."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    pub = Publisher(mosquitto)
+    c = collector(mosquitto, store_url, sites_dir)
+    subscribed(c, pub)
+    pub.send([message(s) for s in (2, 3)])
+    store = open_store(store_url)
+    assert wait_until(lambda: stored_ranges(store) == [(E1, 1, 3)], 10)
+    store.close()
+    db = sqlite3.connect(tmp_path / "jcm.db")
+    with db:
+        db.execute("UPDATE sequence_blocks SET bits = 'damaged'")
+    db.close()
+    before = c.stored
+    pub.send([message(s) for s in (4, 5, 6)])
+    taken = wait_until(lambda: c.stored >= before + 3, 10)
+    c.stop()
+    pub.close()
+    assert taken, c.stored
+    assert "sequence bookkeeping" in caplog.text
+    store = open_store(store_url)
+    assert store.count() == 6
+    store.close()
+
+
 def test_a_crash_between_readings_and_their_seq_records_leaves_neither(mosquitto, sites_dir, tmp_path, monkeypatch):
     """The collector dies as the seqs' records of a batch are written (a crash, a power cut): the
     store holds neither that batch's readings nor their records (one transaction), so no reading
