@@ -186,9 +186,9 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         """Forget all but what the store holds, the gateways' statuses and the readings ``pending``
         (stored before the write rolled back, their seqs not followed): under a new writer name, as
         the seqs this process held for its blocks may have gone with the rollback."""
-        status = self._status
-        self.__init__(self.store, self.grace_s, self.clock)
-        self._status, self._pending = status, pending
+        fresh = vars(SequenceGaps(self.store, self.grace_s, self.clock))
+        del fresh["_status"]  # the same dict kept: ``on_status`` is called from the MQTT thread
+        vars(self).update(fresh, _pending=pending)
 
     def _failed(self, exc: Exception, left: list[Reading]) -> None:
         """The books could not be kept: ``left``, the readings whose seqs were not followed, are
