@@ -184,8 +184,8 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
 
     def _restart(self, pending: list[Reading]) -> None:
         """Forget all but what the store holds, the gateways' statuses and the readings ``pending``
-        (stored before the write rolled back, their seqs not followed): under a new writer name, as
-        the seqs this process held for its blocks may have gone with the rollback."""
+        (stored by an earlier write, their seqs not followed yet): under a new writer name, as the
+        seqs this process held for its blocks may have gone with the rollback."""
         fresh = vars(SequenceGaps(self.store, self.grace_s, self.clock))
         del fresh["_status"]  # the same dict kept: ``on_status`` is called from the MQTT thread
         vars(self).update(fresh, _pending=pending)
