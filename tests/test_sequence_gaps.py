@@ -722,6 +722,35 @@ def test_seqs_are_acknowledged_only_once_the_bookkeeping_has_them(mosquitto, sit
     assert [(f.first, f.last) for f in findings(store_url)] == []
 
 
+def test_a_damaged_seq_record_of_a_gateway_followed_does_not_hold_the_collector_up(mosquitto, sites_dir, tmp_path,
+                                                                                   caplog):
+    """A row of the store's seq records is damaged (another program, a bad sector) while the collector
+    follows that gateway: its seqs' books cannot be kept there, which is logged, but the readings are
+    stored and acknowledged, not held with every later batch as a store unavailable for good."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    pub = Publisher(mosquitto)
+    c = collector(mosquitto, store_url, sites_dir)
+    subscribed(c, pub)
+    pub.send([message(s) for s in (2, 3)])
+    store = open_store(store_url)
+    assert wait_until(lambda: stored_ranges(store) == [(E1, 1, 3)], 10)
+    store.close()
+    db = sqlite3.connect(tmp_path / "jcm.db")
+    with db:
+        db.execute("UPDATE sequence_blocks SET bits = 'damaged'")
+    db.close()
+    before = c.stored
+    pub.send([message(s) for s in (4, 5, 6)])
+    taken = wait_until(lambda: c.stored >= before + 3, 10)
+    c.stop()
+    pub.close()
+    assert taken, c.stored
+    assert "sequence bookkeeping" in caplog.text
+    store = open_store(store_url)
+    assert store.count() == 6
+    store.close()
+
+
 def test_a_crash_between_readings_and_their_seq_records_leaves_neither(mosquitto, sites_dir, tmp_path, monkeypatch):
     """The collector dies as the seqs' records of a batch are written (a crash, a power cut): the
     store holds neither that batch's readings nor their records (one transaction), so no reading
@@ -756,6 +785,180 @@ def test_a_crash_between_readings_and_their_seq_records_leaves_neither(mosquitto
     store = open_store(store_url)
     assert (store.count(), stored_ranges(store)) == (4, [(E1, 1, 4)])
     store.close()
+
+
+def test_the_findings_of_a_write_tried_again_are_written_with_it(mosquitto, sites_dir, tmp_path, monkeypatch):
+    """The store fails a batch's write as its seqs' records are merged (a disk I/O error) and takes
+    it when tried again: what following its seqs the first time wrote in that transaction (a gap its
+    late seqs resolve, a new epoch's finding) went with the rollback, and is written with the retry."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    pub = Publisher(mosquitto)
+    c = collector(mosquitto, store_url, sites_dir)
+    subscribed(c, pub)
+    pub.send([message(s) for s in (2, 3, 7)])
+    assert wait_until(lambda: [(f.first, f.last) for f in findings(store_url)] == [(4, 6)], 20)
+    failing = [0]
+    merge = SqliteStore._merge_blocks
+
+    def flaky(self, blocks):
+        if failing[0]:
+            failing[0] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        merge(self, blocks)
+
+    monkeypatch.setattr(SqliteStore, "_merge_blocks", flaky)
+    for late in ([message(s) for s in (4, 5, 6)], [message(1, E2)]):
+        failing[0], before = 1, c.stored
+        pub.send(late)
+        assert wait_until(lambda: c.stored >= before + len(late), 20), c.stored
+        assert not failing[0]
+    resolved = wait_until(lambda: [f.resolved is not None for f in findings(store_url)] == [True], 10)
+    c.stop()
+    pub.close()
+    assert (resolved, [(f.epoch, f.previous, f.first) for f in findings(store_url, "epoch")]) == (True, [(E2, E1, 7)])
+
+
+def test_a_reading_the_store_refuses_only_when_its_write_is_tried_again_has_no_seq_recorded(tmp_path, monkeypatch):
+    """A write fails as its seqs' records are merged; before it is tried again another collector
+    stores a message at the instant of one of its readings whose channels and those of that
+    reading are too many to merge: the retry refuses that reading, and its seq, followed by the
+    try that rolled back, is not recorded as stored (a gap hidden)."""
+    store, other = SqliteStore(tmp_path / "jcm.db"), SqliteStore(tmp_path / "jcm.db")
+    gaps = SequenceGaps(store, grace_s=0)
+
+    def reading(s, channels=("x",), at=None):
+        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=at or s), dict.fromkeys(channels, 1.0), seq=s,
+                       epoch=E1)
+
+    batch = [reading(1, [f"a{i}" for i in range(300)]), reading(2), reading(3)]
+    failing = [1]
+    merge = SqliteStore._merge_blocks
+
+    def flaky(self, blocks):
+        if failing[0]:
+            failing[0] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        merge(self, blocks)
+
+    monkeypatch.setattr(SqliteStore, "_merge_blocks", flaky)
+    staged: list[SeqBlock] = []
+
+    def books(refused):
+        gone = {id(r) for r, _ in refused}
+        staged[:] = gaps.staged([r for r in batch if id(r) not in gone])
+        return staged
+
+    with pytest.raises(StoreUnavailable):
+        store.write(batch, books=books)
+    other.write([reading(9, [f"b{i}" for i in range(300)], at=1)])  # seq 9, a message at seq 1's instant
+    refused = store.write(batch, books=books)
+    gaps.settled(staged)
+    assert [r.seq for r, _ in refused] == [1]
+    assert stored_ranges(store, "s", "gw") == [(E1, 2, 3)]
+
+
+@pytest.mark.fuzz
+def test_writes_refused_and_tried_again_across_two_collectors_keep_the_books_those_of_the_readings_held(
+        tmp_path, monkeypatch):
+    """Seqs 1..n, some never sent, some whose readings the store refuses (values it cannot hold),
+    the rest shuffled, redelivered and split between two collectors on one SQLite store in
+    batches written with their books (``ReadingStore.write``), whose seqs' records fail at random
+    (a write tried again, the other collector's batch written meanwhile): the seqs recorded are
+    exactly those of the readings held, every seq acknowledged is held, and the gaps are exactly
+    what is not held: those a late batch (after the grace period) brings resolved."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    examples = iter(range(10**9))
+    failing = [None]
+    merge = SqliteStore._merge_blocks
+
+    def flaky(self, blocks):
+        if failing[0] is not None and failing[0].random() < 0.5:
+            raise sqlite3.OperationalError("disk I/O error")
+        merge(self, blocks)
+
+    monkeypatch.setattr(SqliteStore, "_merge_blocks", flaky)
+
+    @settings(max_examples=fuzz_examples(15), deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.integers(2, 40).flatmap(lambda n: st.tuples(
+        st.just(n), st.sets(st.integers(1, n - 1), max_size=n // 3), st.sets(st.integers(1, n - 1), max_size=n // 4),
+        st.sets(st.integers(1, n - 1), max_size=n // 2), st.randoms(use_true_random=False))))
+    def one_example(case):
+        n, missing, refused, late, rnd = case
+        path = tmp_path / f"jcm-{next(examples)}.db"
+        stores = [SqliteStore(path), SqliteStore(path)]
+        clock = [0.0]
+        books = [SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for store in stores]
+
+        def batched(sent: list[int]) -> list[list[Reading]]:
+            sent += rnd.sample(sent, len(sent) // 4)  # redeliveries
+            rnd.shuffle(sent)
+            out = []
+            while sent:
+                k = rnd.randint(1, 5)
+                out.append([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 10**400 if s in refused else 1.0},
+                                    seq=s, epoch=E1) for s in sent[:k]])
+                sent = sent[k:]
+            return out
+
+        batches, acked = [], set()
+
+        def keep(i: int, batch: list[Reading]) -> None:
+            """As the collector keeps a batch: written with its books, tried again (the other collector
+            meanwhile) while the store is unavailable, settled, saved, then acknowledged."""
+            staged = []
+
+            def staging(refused):
+                gone = {id(r) for r, _ in refused}
+                staged[:] = books[i].staged([r for r in batch if id(r) not in gone])
+                return staged
+
+            while True:
+                try:
+                    taken = stores[i].write(batch, books=staging)
+                    break
+                except StoreUnavailable:
+                    if batches and rnd.random() < 0.5:
+                        failing[0], held = None, failing[0]
+                        keep(1 - i, batches.pop(0))
+                        failing[0] = held
+            books[i].settled(staged)
+            failing[0], held = None, failing[0]
+            books[i].save()
+            failing[0] = held
+            acked.update(r.seq for r in batch if all(r is not t for t, _ in taken))
+            clock[0] += rnd.choice((0.0, 1.0))
+            books[i].check()
+
+        expected = None  # the gaps of the first phase: (first, last) -> whether resolved after the second
+        for phase in ([s for s in range(1, n + 1) if s not in missing | late], sorted(late - missing)):
+            batches[:] = batched(phase)
+            failing[0] = rnd
+            while batches:
+                keep(rnd.randrange(2), batches.pop(0))
+            failing[0] = None
+            for clock[0] in (clock[0] + 100, clock[0] + 200):
+                for b in books:
+                    b.check()
+            held = {seq for (seq,) in stores[0]._db.execute("SELECT seq FROM readings WHERE gateway = 'gw'")}
+            assert acked <= held
+            assert {s for _, first, last in stored_ranges(stores[0], "s", "gw") for s in range(first, last + 1)} == held
+            if expected is None:
+                assert held == set(range(1, n + 1)) - missing - refused - late
+                expected, run = {}, None
+                for s in sorted(set(range(1, n + 1)) - held):
+                    run = (run[0], s) if run and run[1] == s - 1 else (s, s)
+                    expected[run[0]] = run
+                expected = {run: False for run in expected.values()}
+        assert held == set(range(1, n + 1)) - missing - refused
+        expected = {(first, last): set(range(first, last + 1)) <= held for first, last in expected}
+        assert {(f.first, f.last): f.resolved is not None
+                for f in stores[0].sequence_findings("s") if f.kind == "gap"} == expected
+        for store in stores:
+            store.close()
+
+    one_example()
 
 
 def test_a_late_seq_resolves_a_gap_the_other_collector_recorded(tmp_path):

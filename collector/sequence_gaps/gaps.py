@@ -94,6 +94,8 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         self.off = False  # the store cannot read the bookkeeping back (see ``stored``)
         self._refused = False  # the store refused the last ``stored`` (not a fault of ours)
         self._pending: list[Reading] = []  # stored, but their seqs not yet followed (the store refused)
+        #: ``_pending`` as the write being staged found it, until it is ``settled`` (see ``staged``)
+        self._staging: list[Reading] | None = None
         #: names this process's blocks in the store: a restarted collector must not replace what it
         #: wrote before (it no longer holds those seqs), nor another collector's
         self._writer = f"{time.time_ns():x}-{secrets.token_hex(4)}"
@@ -117,10 +119,14 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         """Readings a store is writing, called inside its write (``ReadingStore.write``'s ``books``):
         follow their seqs and return the blocks to record with them, so that the readings and their
         seqs' records are durable together or not at all; ``settled`` once the write returned. Called
-        again for a write tried again (the same blocks, or more), as nothing is marked written before
-        ``settled``. Never raises (as ``stored``)."""
+        again for a write tried again: what the try before followed, and the findings it wrote, were
+        rolled back with it, and the store may refuse other readings this time, so the books start
+        again from the store, as a restarted collector's do (``_restart``). Never raises (as ``stored``)."""
         if self.off:
             return []
+        if self._staging is not None:
+            self._restart(self._staging)
+        self._staging = list(self._pending)
         readings = self._pending + readings
         self._pending = []
         self._refused = False
@@ -157,6 +163,7 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         self._settle(blocks, written=True)
 
     def _settle(self, blocks: list[SeqBlock], written: bool) -> None:
+        self._staging = None
         if self.off:
             return
         try:
@@ -174,6 +181,14 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                 self.check()
         except Exception as exc:
             self._failed(exc, [])
+
+    def _restart(self, pending: list[Reading]) -> None:
+        """Forget all but what the store holds, the gateways' statuses and the readings ``pending``
+        (stored by an earlier write, their seqs not followed yet): under a new writer name, as the
+        seqs this process held for its blocks may have gone with the rollback."""
+        fresh = vars(SequenceGaps(self.store, self.grace_s, self.clock))
+        del fresh["_status"]  # the same dict kept: ``on_status`` is called from the MQTT thread
+        vars(self).update(fresh, _pending=pending)
 
     def _failed(self, exc: Exception, left: list[Reading]) -> None:
         """The books could not be kept: ``left``, the readings whose seqs were not followed, are
