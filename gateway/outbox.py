@@ -158,8 +158,8 @@ class Outbox:
         # where SQLite keeps this connection's -wal and -shm: beside the file a symlinked path leads to
         self._beside = {end: str(beside(self.path, end)) for end in ("-wal", "-shm")}
         first = self._held is None  # a file put back at its path was locked before it got there
-        if first and os.path.exists(self.path):  # locked before SQLite opens it: no --new-outbox moves it meanwhile
-            self._held = hold(self.path)
+        if first:  # locked (made if missing) before SQLite opens it: no --new-outbox moves it meanwhile
+            self._held = hold(self.path, create=True)
         try:
             db = open_sqlite(
                 self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
@@ -171,8 +171,6 @@ class Outbox:
                 self._held = None
             raise
         try:
-            if self._held is None:  # a new file, made by SQLite just now
-                self._held = hold(self.path)
             use_wal(db)  # the first write: a gateway refused above has touched nothing
             # FULL: a committed reading survives a power cut too, not only a killed process
             db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
@@ -741,29 +739,58 @@ class OutboxInUse(UnusableFile):
     exit_code = 1  # it may stop (a gateway started by hand): the unit tries again
 
 
-def hold(path: str | Path) -> int:
+def hold(path: str | Path, create: bool = False) -> int:
     """A new descriptor of the file at ``path``, holding an exclusive flock on it: one gateway per outbox.
 
     flock, not a lock file beside it (which a refused command would create) nor fcntl's POSIX
     locks (SQLite's own, per process, and dropped when any descriptor of the file closes, SQLite's
     included): a flock belongs to this open file description alone, and goes with the process,
     however it dies. Raises ``OutboxInUse`` naming the holder's pid when it can be read, having
-    changed nothing."""
+    changed nothing; ``UnusableFile`` when the filesystem has no flock (some NFS and FUSE mounts),
+    where one gateway per outbox cannot be guaranteed.
+
+    ``create``: a missing file is created (empty, with its directories) and locked before anyone
+    else can open it, so that no second gateway nor ``--new-outbox`` slips in between SQLite making
+    it and the lock; refused, the file made here is removed again."""
+    made = False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if create and not os.path.exists(path):
+            real = os.path.realpath(path)  # a symlink to a file not made yet: the file it names
+            Path(real).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                made = True
+            except FileExistsError:  # another gateway made it meanwhile: its lock decides
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise UnusableFile(f"cannot open outbox {path} to lock it: {exc.strerror}: nothing was changed") from None
+        raise UnusableFile(f"cannot {'create' if create else 'open'} outbox {path} to lock it: {exc.strerror}: "
+                           f"nothing was changed") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _flock_holder(os.fstat(fd))
-        os.close(fd)
+        _let_go(fd, path, made)
         raise OutboxInUse(f"outbox {path} is in use by another gateway{f' (pid {holder})' if holder else ''}: "
                           f"nothing was changed; one gateway per outbox: stop that one first") from None
+    except OSError as exc:  # ENOLCK, EOPNOTSUPP: no flock on this filesystem
+        _let_go(fd, path, made)
+        raise UnusableFile(f"outbox {path} cannot be locked ({exc.strerror}): its filesystem does not support "
+                           f"flock, so one gateway per outbox cannot be guaranteed there: nothing was changed; "
+                           f"put the outbox on a local filesystem") from None
     except BaseException:
-        os.close(fd)
+        _let_go(fd, path, made)
         raise
     return fd
+
+
+def _let_go(fd: int, path: str | Path, made: bool) -> None:
+    """Close a descriptor ``hold`` could not lock, and remove the file if ``hold`` made it."""
+    os.close(fd)
+    if made:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.realpath(path))
 
 
 def _flock_holder(st: os.stat_result) -> int | None:
