@@ -38,7 +38,7 @@ from pathlib import Path
 
 from contract.custody import GENESIS, chain_hash, sign
 from contract.message import MAX_SEQ
-from contract.sqlite_file import UnusableFile, beside, open_sqlite, use_wal
+from contract.sqlite_file import UnusableFile, beside, check_can_create, open_sqlite, use_wal
 from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
@@ -756,6 +756,7 @@ def hold(path: str | Path, create: bool = False) -> int:
     try:
         if create and not os.path.exists(path):
             real = os.path.realpath(path)  # a symlink to a file not made yet: the file it names
+            check_can_create(Path(real), "outbox")
             Path(real).parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
