@@ -10,7 +10,7 @@ sequence was reset), is stored beside it, so that a restarted sequence is never
 confused with the old one.
 
 One gateway per outbox: each holds a flock on its file (``hold``). The file
-``<outbox>.sequence`` beside it keeps the highest seq committed and reserved, so that an
+``<outbox>.sequence`` beside it (beside the file a symlinked path leads to) keeps the highest seq committed and reserved, so that an
 older copy of the outbox put at its path (a backup restored) is told at open and reuses
 no seq of its epoch (``Outbox._vouch``).
 
@@ -126,8 +126,9 @@ class Outbox:
         self._next_path_check = 0.0
         self._unopened: str | None = None  # put back at its path, not reopened yet: why
         self._held: int | None = None  # a descriptor of the open file, holding its flock (one gateway per outbox)
-        # beside the outbox: the highest seq committed and reserved, to tell an older copy of the outbox
-        self._sequence_file = Path(f"{self.path}.sequence")
+        # beside the outbox: the highest seq committed and reserved, to tell an older copy of the outbox;
+        # beside the file a symlinked path leads to, so that every link to one outbox finds the same one
+        self._sequence_file = beside(self.path, ".sequence")
         self._fresh = False  # the epoch was drawn by this open
         self._rewound = False  # this open found an older copy of the outbox and skipped its reused seqs
         self._next_reserve_log = 0.0
@@ -251,6 +252,9 @@ class Outbox:
             os.rename(copy, self.path)
             self._held, taken = self._swap_hold(taken), None
             _fsync(os.path.dirname(os.path.abspath(self.path)))
+            if (moved := beside(self.path, ".sequence")) != self._sequence_file:  # the copy replaced a symlink
+                self._sequence_file = moved
+                self._reserve(self._reserved)
         except (OSError, sqlite3.Error, UnusableFile) as exc:  # a full disk, an unwritable directory: tried again
             if closed:  # the copy has every row: go on with it where it is
                 log.critical("outbox %s: the file was deleted or replaced and the copy of the open outbox could not "

@@ -69,6 +69,32 @@ def test_an_older_copy_of_the_outbox_never_reuses_a_seq_and_says_so(tmp_path, ca
     box.close()
 
 
+def test_a_rewind_is_seen_through_another_link_to_the_outbox(tmp_path, caplog):
+    """A symlinked outbox path: the sequence file lives beside the file the link leads to, so a
+    gateway started through another link to the same outbox (a site file edited, a mount moved)
+    reads the same one and sees a backup restored meanwhile."""
+    (tmp_path / "disk").mkdir()
+    target, backup = tmp_path / "disk" / "outbox.sqlite", tmp_path / "backup.sqlite"
+    one, other = tmp_path / "one.sqlite", tmp_path / "other.sqlite"
+    one.symlink_to(target)
+    other.symlink_to(target)
+    box = Outbox(one, max_rows=100)
+    _append(box, 2)
+    box.close()
+    shutil.copyfile(target, backup)
+    box = Outbox(one, max_rows=100)
+    _append(box, 3)
+    box.close()
+    _restore(backup, target)
+    with caplog.at_level(logging.WARNING):
+        box = Outbox(other, max_rows=100)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "WENT BACK from seq 5 to seq 2" in errors[0], errors
+    assert _append(box, 1) == [6]
+    box.close()
+    assert sorted(p.name for p in tmp_path.rglob("*.sequence")) == ["outbox.sqlite.sequence"]
+
+
 def test_after_a_sigkill_the_reserved_seqs_are_skipped(tmp_path, caplog):
     """Killed, its last seqs were never written as committed to the sequence file: the reservation
     written before they were assigned covers them."""
