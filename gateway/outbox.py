@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sequence_epoch (epoch TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chain (seq INTEGER NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS acknowledged_by (collectors TEXT NOT NULL);
 """
 
 
@@ -676,6 +677,27 @@ class Outbox:
                   "started (after %d) may have been used before: of each, the reading the store does not hold (the "
                   "earlier one, or this run's) is lost", self.path, top, assigned, self.epoch, skip + 1,
                   self._committed_at_open)
+
+    def acknowledged_by(self) -> tuple[bool, list[str] | None]:
+        """(whether one was recorded, the collectors whose acknowledgements counted: None for any) as last
+        recorded by ``record_acknowledged_by``; not recorded: an outbox from before the record, or new."""
+        with self._lock:
+            row = self._db.execute("SELECT collectors FROM acknowledged_by").fetchone()
+        return (False, None) if row is None else (True, json.loads(row[0]))
+
+    def record_acknowledged_by(self, collectors: list[str] | None) -> None:
+        """Record whose acknowledgements count (None: any collector's), for the next run to compare its list with."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM acknowledged_by")
+                self._db.execute("INSERT INTO acknowledged_by VALUES (?)", (json.dumps(collectors),))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # a full disk: the next run compares with the older list, the safe side
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                log.error("outbox %s: cannot record outbox.acknowledged_by (%s): the next run distrusts retained "
+                          "acknowledgements again", self.path, exc)
 
     def floor(self) -> int:
         """The lowest seq not confirmed: every seq below it is confirmed (or dropped, counted) and gone."""
