@@ -651,7 +651,7 @@ def test_unlisted_collectors_are_logged_once_each_and_the_status_stays_small(tmp
         with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
             for _ in range(3):
                 for c in ids:
-                    pub._store_acks.put((topics.ack(site.site, site.gateway, c).encode(), body))
+                    pub._store_acks.put((topics.ack(site.site, site.gateway, c).encode(), body, False))
                 pub._take_store_acks()
         assert outbox.depth == 5
         assert pub.unlisted == {**{f"staging-{i}": 3 for i in range(8)}, "*": 3 * 6}
@@ -661,7 +661,7 @@ def test_unlisted_collectors_are_logged_once_each_and_the_status_stays_small(tmp
         status = json.loads(status_payload(site, "online", acks_ignored=pub.unlisted,
                                            acknowledged_by=[f"{'c' * 128}{i}"[-128:] for i in range(8)]))
         assert len(json.dumps(status)) < 4096 - 1024  # room left beside the outbox fields
-        pub._store_acks.put((topics.ack(site.site, site.gateway, PRODUCTION).encode(), body))
+        pub._store_acks.put((topics.ack(site.site, site.gateway, PRODUCTION).encode(), body, False))
         pub._take_store_acks()
         assert outbox.depth == 0
     finally:

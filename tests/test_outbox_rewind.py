@@ -286,7 +286,7 @@ def test_an_acknowledgement_beyond_every_seq_assigned_is_a_rewind_once_and_bound
     pub._live_cursor = 5
 
     def take(*ranges):
-        pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c", Ack(box.epoch, ranges).to_json().encode()))
+        pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c", Ack(box.epoch, ranges).to_json().encode(), False))
         pub._take_store_acks()
 
     with caplog.at_level(logging.ERROR):
@@ -323,8 +323,8 @@ def test_an_acknowledgement_with_an_empty_bitmap_claims_nothing_and_stops_no_oth
     pub = Publisher(site, box, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
     pub._live_cursor = 5
     empty = {"schema": 1, "epoch": box.epoch, "ranges": [], "bits_from": 3, "bits": base64.b64encode(b"\0\0").decode()}
-    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/a", json.dumps(empty).encode()))
-    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/b", Ack(box.epoch, ((1, 2),)).to_json().encode()))
+    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/a", json.dumps(empty).encode(), False))
+    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/b", Ack(box.epoch, ((1, 2),)).to_json().encode(), False))
     with caplog.at_level(logging.ERROR):
         pub._take_store_acks()
     assert [r[0] for r in box.after(0, 10)] == [3, 4, 5] and "WENT BACK" not in caplog.text
