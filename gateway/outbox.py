@@ -11,8 +11,8 @@ confused with the old one.
 
 One gateway per outbox: each holds a flock on its file (``hold``). The file
 ``<outbox>.sequence`` beside it (beside the file a symlinked path leads to) keeps the
-highest seq committed and reserved, so that an older copy of the outbox put at its path (a backup restored) is told at open and reuses
-no seq of its epoch (``Outbox._vouch``).
+highest seq committed and reserved, so that an older copy of the outbox put at its path
+(a backup restored) is told at open and reuses no seq of its epoch (``Outbox._vouch``).
 
 With a signing key, each row is stored signed (``contract.custody.sign``) as it is
 numbered, so a backlog delivered days later carries the signature made at poll time.
