@@ -58,7 +58,7 @@ def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, 
     if not p.exists():
         if not create:
             raise UnusableFile(f"{what} {p} does not exist" + (f": {missing_hint}" if missing_hint else ""))
-        _check_can_create(p, what)
+        check_can_create(p, what)
         p.parent.mkdir(parents=True, exist_ok=True)
         return sqlite3.connect(_uri(p, "rwc"), uri=True, **connect_args)
     _check_existing(p, what, tables, create, damaged_hint, read_only)
@@ -99,7 +99,9 @@ def _uri(p: Path, mode: str, immutable: bool = False) -> str:
     return p.absolute().as_uri() + f"?mode={mode}" + ("&immutable=1" if immutable else "")
 
 
-def _check_can_create(p: Path, what: str) -> None:
+def check_can_create(p: Path, what: str) -> None:
+    """Raise ``UnusableFile`` naming ``p`` when this user cannot create it (a file where a directory
+    should be, a directory not writable or on a read-only filesystem)."""
     existing = p.parent
     while not existing.exists():
         existing = existing.parent

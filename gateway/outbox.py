@@ -10,9 +10,9 @@ sequence was reset), is stored beside it, so that a restarted sequence is never
 confused with the old one.
 
 One gateway per outbox: each holds a flock on its file (``hold``). The file
-``<outbox>.sequence`` beside it keeps the highest seq committed and reserved, so that an
-older copy of the outbox put at its path (a backup restored) is told at open and reuses
-no seq of its epoch (``Outbox._vouch``).
+``<outbox>.sequence`` beside it (beside the file a symlinked path leads to) keeps the
+highest seq committed and reserved, so that an older copy of the outbox put at its path
+(a backup restored) is told at open and reuses no seq of its epoch (``Outbox._vouch``).
 
 With a signing key, each row is stored signed (``contract.custody.sign``) as it is
 numbered, so a backlog delivered days later carries the signature made at poll time.
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from contract.custody import GENESIS, chain_hash, sign
 from contract.message import MAX_SEQ
-from contract.sqlite_file import UnusableFile, beside, open_sqlite, use_wal
+from contract.sqlite_file import UnusableFile, beside, check_can_create, open_sqlite, use_wal
 from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sequence_epoch (epoch TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chain (seq INTEGER NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS acknowledged_by (collectors TEXT NOT NULL);
 """
 
 
@@ -126,8 +127,9 @@ class Outbox:
         self._next_path_check = 0.0
         self._unopened: str | None = None  # put back at its path, not reopened yet: why
         self._held: int | None = None  # a descriptor of the open file, holding its flock (one gateway per outbox)
-        # beside the outbox: the highest seq committed and reserved, to tell an older copy of the outbox
-        self._sequence_file = Path(f"{self.path}.sequence")
+        # beside the outbox: the highest seq committed and reserved, to tell an older copy of the outbox;
+        # beside the file a symlinked path leads to, so that every link to one outbox finds the same one
+        self._sequence_file = beside(self.path, ".sequence")
         self._fresh = False  # the epoch was drawn by this open
         self._rewound = False  # this open found an older copy of the outbox and skipped its reused seqs
         self._next_reserve_log = 0.0
@@ -158,8 +160,8 @@ class Outbox:
         # where SQLite keeps this connection's -wal and -shm: beside the file a symlinked path leads to
         self._beside = {end: str(beside(self.path, end)) for end in ("-wal", "-shm")}
         first = self._held is None  # a file put back at its path was locked before it got there
-        if first and os.path.exists(self.path):  # locked before SQLite opens it: no --new-outbox moves it meanwhile
-            self._held = hold(self.path)
+        if first:  # locked (made if missing) before SQLite opens it: no --new-outbox moves it meanwhile
+            self._held = hold(self.path, create=True)
         try:
             db = open_sqlite(
                 self.path, "outbox", {"outbox"}, create=True, check_same_thread=False, isolation_level=None,
@@ -171,8 +173,6 @@ class Outbox:
                 self._held = None
             raise
         try:
-            if self._held is None:  # a new file, made by SQLite just now
-                self._held = hold(self.path)
             use_wal(db)  # the first write: a gateway refused above has touched nothing
             # FULL: a committed reading survives a power cut too, not only a killed process
             db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
@@ -253,6 +253,9 @@ class Outbox:
             os.rename(copy, self.path)
             self._held, taken = self._swap_hold(taken), None
             _fsync(os.path.dirname(os.path.abspath(self.path)))
+            if (moved := beside(self.path, ".sequence")) != self._sequence_file:  # the copy replaced a symlink
+                self._sequence_file = moved
+                self._reserve(self._reserved)
         except (OSError, sqlite3.Error, UnusableFile) as exc:  # a full disk, an unwritable directory: tried again
             if closed:  # the copy has every row: go on with it where it is
                 log.critical("outbox %s: the file was deleted or replaced and the copy of the open outbox could not "
@@ -675,6 +678,27 @@ class Outbox:
                   "earlier one, or this run's) is lost", self.path, top, assigned, self.epoch, skip + 1,
                   self._committed_at_open)
 
+    def acknowledged_by(self) -> tuple[bool, list[str] | None]:
+        """(whether one was recorded, the collectors whose acknowledgements counted: None for any) as last
+        recorded by ``record_acknowledged_by``; not recorded: an outbox from before the record, or new."""
+        with self._lock:
+            row = self._db.execute("SELECT collectors FROM acknowledged_by").fetchone()
+        return (False, None) if row is None else (True, json.loads(row[0]))
+
+    def record_acknowledged_by(self, collectors: list[str] | None) -> None:
+        """Record whose acknowledgements count (None: any collector's), for the next run to compare its list with."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM acknowledged_by")
+                self._db.execute("INSERT INTO acknowledged_by VALUES (?)", (json.dumps(collectors),))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # a full disk: the next run compares with the older list, the safe side
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                log.error("outbox %s: cannot record outbox.acknowledged_by (%s): the next run distrusts retained "
+                          "acknowledgements again", self.path, exc)
+
     def floor(self) -> int:
         """The lowest seq not confirmed: every seq below it is confirmed (or dropped, counted) and gone."""
         with self._lock:
@@ -741,29 +765,59 @@ class OutboxInUse(UnusableFile):
     exit_code = 1  # it may stop (a gateway started by hand): the unit tries again
 
 
-def hold(path: str | Path) -> int:
+def hold(path: str | Path, create: bool = False) -> int:
     """A new descriptor of the file at ``path``, holding an exclusive flock on it: one gateway per outbox.
 
     flock, not a lock file beside it (which a refused command would create) nor fcntl's POSIX
     locks (SQLite's own, per process, and dropped when any descriptor of the file closes, SQLite's
     included): a flock belongs to this open file description alone, and goes with the process,
     however it dies. Raises ``OutboxInUse`` naming the holder's pid when it can be read, having
-    changed nothing."""
+    changed nothing; ``UnusableFile`` when the filesystem has no flock (some NFS and FUSE mounts),
+    where one gateway per outbox cannot be guaranteed.
+
+    ``create``: a missing file is created (empty, with its directories) and locked before anyone
+    else can open it, so that no second gateway nor ``--new-outbox`` slips in between SQLite making
+    it and the lock; refused, the file made here is removed again."""
+    made = False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if create and not os.path.exists(path):
+            real = os.path.realpath(path)  # a symlink to a file not made yet: the file it names
+            check_can_create(Path(real), "outbox")
+            Path(real).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                made = True
+            except FileExistsError:  # another gateway made it meanwhile: its lock decides
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise UnusableFile(f"cannot open outbox {path} to lock it: {exc.strerror}: nothing was changed") from None
+        raise UnusableFile(f"cannot {'create' if create else 'open'} outbox {path} to lock it: {exc.strerror}: "
+                           f"nothing was changed") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _flock_holder(os.fstat(fd))
-        os.close(fd)
+        _let_go(fd, path, made)
         raise OutboxInUse(f"outbox {path} is in use by another gateway{f' (pid {holder})' if holder else ''}: "
                           f"nothing was changed; one gateway per outbox: stop that one first") from None
+    except OSError as exc:  # ENOLCK, EOPNOTSUPP: no flock on this filesystem
+        _let_go(fd, path, made)
+        raise UnusableFile(f"outbox {path} cannot be locked ({exc.strerror}): its filesystem does not support "
+                           f"flock, so one gateway per outbox cannot be guaranteed there: nothing was changed; "
+                           f"put the outbox on a local filesystem") from None
     except BaseException:
-        os.close(fd)
+        _let_go(fd, path, made)
         raise
     return fd
+
+
+def _let_go(fd: int, path: str | Path, made: bool) -> None:
+    """Close a descriptor ``hold`` could not lock, and remove the file if ``hold`` made it."""
+    os.close(fd)
+    if made:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.realpath(path))
 
 
 def _flock_holder(st: os.stat_result) -> int | None:

@@ -91,7 +91,11 @@ class Publisher:
         self.client.will_set(self.status_topic, status_payload(site, "offline"), qos=1, retain=True)
         self.client.on_publish = self._on_publish
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._store_acks: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()  # (topic, payload)
+        # (topic, payload, retained: delivered from the broker's store at subscription, not as published)
+        self._store_acks: queue.SimpleQueue[tuple[bytes, bytes, bool]] = queue.SimpleQueue()
+        self._lost = ""  # the collectors no longer counted, when ``_distrusted`` is not empty
+        self._distrusted = self._distrusted_at_start() if self.by_store else set()
+        self._said_distrust = False
         self._refused_acks = 0  # acknowledgements refused since the last log line about them
         self._next_refusal_log = 0.0
         #: acknowledgements of collectors not in ``acknowledged_by``, by collector (in the status)
@@ -112,6 +116,23 @@ class Publisher:
         self.confirmed = 0  # rows the store confirmed
         self._said: tuple[int, int, str | None] = (0, 0, None)  # outbox health in the last status
 
+    def _distrusted_at_start(self) -> set[str]:
+        """The listed collectors whose retained acknowledgement may carry claims of a collector this outbox
+        counted before and no longer does: a listed collector merged them while the gateway's status listed
+        that one, and its retained message keeps them until it publishes anew (having heard the shorter list
+        in this run's status). Until a collector acknowledges anew in this run, its retained message deletes
+        nothing; once every listed one has, the list is recorded and the next run trusts them again."""
+        known, before = self.outbox.acknowledged_by()
+        now = None if self.acknowledged_by is None else sorted(self.acknowledged_by)
+        lost = self.acknowledged_by is not None and (before is None or bool(set(before) - self.acknowledged_by))
+        if not lost or (not known and self.outbox.last_seq() == 0):  # nothing was ever acknowledged: no claim
+            if (known, before) != (True, now):
+                self.outbox.record_acknowledged_by(now)
+            return set()
+        self._lost = "unknown collectors (no list recorded in the outbox)" if not known else \
+            "any collector" if before is None else ", ".join(sorted(set(before) - self.acknowledged_by))
+        return set(self.acknowledged_by)
+
     # paho callbacks: tiny and never raising (an exception stops paho's network thread)
     def _on_connect(self, session_present: bool) -> None:
         self._connected.set()
@@ -125,7 +146,7 @@ class Publisher:
         self._wake.set()
 
     def _on_message(self, client, userdata, msg):
-        self._store_acks.put((msg._topic, msg.payload))
+        self._store_acks.put((msg._topic, msg.payload, bool(msg.retain)))
         self._wake.set()
 
     def start(self) -> None:
@@ -297,14 +318,14 @@ class Publisher:
         collector's whole claim, so of those queued meanwhile the latest on each topic is taken: an
         earlier one claims no more (but seqs its collector has since forgotten, sent again after the
         confirm timeout) and would cost the same look-ups, a bitmap's unset rows being still there."""
-        latest: dict[bytes, bytes] = {}
+        latest: dict[bytes, tuple[bytes, bool]] = {}
         while True:
             try:
-                topic, payload = self._store_acks.get_nowait()
+                topic, payload, retained = self._store_acks.get_nowait()
             except queue.Empty:
                 break
-            latest[topic] = payload
-        for topic, payload in latest.items():
+            latest[topic] = payload, retained
+        for topic, (payload, retained) in latest.items():
             try:
                 site, gateway, collector = topics.parse_ack(topic.decode("utf-8", "replace"))
                 if (site, gateway) != (self.site.site, self.site.gateway):
@@ -318,12 +339,27 @@ class Publisher:
                 continue
             if ack.epoch != self.outbox.epoch:
                 continue  # of a sequence this outbox no longer has: nothing to delete
+            if collector in self._distrusted:
+                if retained:
+                    self._distrust(collector)
+                    continue
+                self._distrusted.discard(collector)  # published in this run, by the list in this run's status
+                if not self._distrusted:
+                    self.outbox.record_acknowledged_by(sorted(self.acknowledged_by))
             spans = ack.spans()  # none: no ranges, and a bitmap of zeros or none
             if spans:  # seqs never assigned: an outbox gone back in time (deletes nothing)
                 self.outbox.claimed(spans[-1][1])
             # within the spans, a bitmap's unset bits are not claimed: each row found is looked up
             self.confirmed += self.outbox.confirm(acknowledgement.clip(spans, 1, self._live_cursor),
                                                   ack.holds if ack.bits else None)
+
+    def _distrust(self, collector: str) -> None:
+        if not self._said_distrust:
+            self._said_distrust = True
+            log.warning("gateway %s: outbox.acknowledged_by no longer lists %s, counted when this outbox last ran: "
+                        "the retained acknowledgements of %s may still carry their claims, so they delete nothing "
+                        "until each listed collector acknowledges anew (rows are sent again meanwhile)",
+                        self.site.gateway, self._lost, collector)
 
     def _refused(self, topic: bytes, why: str) -> None:
         self._refused_acks += 1

@@ -284,7 +284,7 @@ def gateway(tmp_path):
 def take(pub, payload) -> set[int]:
     """Hand ``payload`` to the gateway as an acknowledgement; the rows it deleted."""
     before = {s for s, _, _ in pub.outbox.after(0, POLLED)}
-    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c", payload))
+    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c", payload, False))
     pub._take_store_acks()
     return before - {s for s, _, _ in pub.outbox.after(0, POLLED)}
 
@@ -454,7 +454,7 @@ def test_acknowledgements_queued_meanwhile_cost_the_gateway_one_look_up_each_col
             for i in range(n):
                 body = {"schema": 1, "epoch": outbox.epoch, "ranges": [], "bits_from": 1,
                         "bits": last_bits if i == n - 1 else sparse}
-                pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c1", json.dumps(body).encode()))
+                pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c1", json.dumps(body).encode(), False))
             t0 = time.process_time()
             pub._take_store_acks()
             return time.process_time() - t0

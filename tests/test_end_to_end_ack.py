@@ -571,6 +571,44 @@ def test_a_listed_collector_does_not_merge_an_unlisted_ones_claim(tmp_path, mosq
         watcher.loop_stop()
 
 
+def test_a_shortened_list_does_not_act_on_retained_acknowledgements_from_before(tmp_path, mosquitto, caplog):
+    """The site file listed the staging collector too; the production collector merged its claims, and its
+    retained acknowledgement keeps them. Before, the gateway restarted with the shorter list deleted on that
+    message what only the staging store held. Now a retained acknowledgement from before the list lost a
+    member deletes nothing, said once; the collector's next acknowledgement (this run's) does, and the list
+    is then recorded, so the next run trusts retained acknowledgements again."""
+    both = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION, STAGING]))
+    site = both.model_copy(update={"outbox": both.outbox.model_copy(update={"acknowledged_by": [PRODUCTION]})})
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    Publisher(both, outbox, broker_url=mosquitto.url)  # the run with the longer list: it is recorded
+    polled(site, outbox, 20)
+    ack_topic = topics.ack(site.site, site.gateway, PRODUCTION)
+    merged = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 20]]})  # staging's claim, merged
+    other = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="collector-prod-stand-in")
+    other.connect("127.0.0.1", mosquitto.port)
+    other.loop_start()
+    other.publish(ack_topic, merged, qos=1, retain=True).wait_for_publish(5)
+    pub = Publisher(site, outbox, broker_url=mosquitto.url)
+    try:
+        with caplog.at_level(logging.WARNING):
+            pub.start()
+            assert wait_until(lambda: pub.connection.connected.is_set(), 10)
+            time.sleep(1.5)  # the retained acknowledgement has reached the gateway
+        assert outbox.depth == 20 and pub.confirmed == 0
+        said = [r.getMessage() for r in caplog.records if "no longer lists" in r.getMessage()]
+        assert len(said) == 1 and STAGING in said[0], said
+        assert outbox.acknowledged_by() == (True, sorted([PRODUCTION, STAGING]))
+        fresh = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]]})
+        other.publish(ack_topic, fresh, qos=1, retain=True).wait_for_publish(5)  # published in this run
+        assert wait_until(lambda: outbox.depth == 15, 10), outbox.depth
+        assert outbox.acknowledged_by() == (True, [PRODUCTION])
+    finally:
+        pub.stop(timeout=0)
+        other.loop_stop()
+        other.disconnect()
+        outbox.close()
+
+
 def test_on_a_shared_subscription_what_only_an_unlisted_collector_stored_is_sent_again(tmp_path, mosquitto):
     """A staging collector joins the production share group: the broker deals it a share of the
     readings. Before, the gateway deleted that share on its acknowledgement: missing from the production
@@ -613,7 +651,7 @@ def test_unlisted_collectors_are_logged_once_each_and_the_status_stays_small(tmp
         with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
             for _ in range(3):
                 for c in ids:
-                    pub._store_acks.put((topics.ack(site.site, site.gateway, c).encode(), body))
+                    pub._store_acks.put((topics.ack(site.site, site.gateway, c).encode(), body, False))
                 pub._take_store_acks()
         assert outbox.depth == 5
         assert pub.unlisted == {**{f"staging-{i}": 3 for i in range(8)}, "*": 3 * 6}
@@ -623,7 +661,7 @@ def test_unlisted_collectors_are_logged_once_each_and_the_status_stays_small(tmp
         status = json.loads(status_payload(site, "online", acks_ignored=pub.unlisted,
                                            acknowledged_by=[f"{'c' * 128}{i}"[-128:] for i in range(8)]))
         assert len(json.dumps(status)) < 4096 - 1024  # room left beside the outbox fields
-        pub._store_acks.put((topics.ack(site.site, site.gateway, PRODUCTION).encode(), body))
+        pub._store_acks.put((topics.ack(site.site, site.gateway, PRODUCTION).encode(), body, False))
         pub._take_store_acks()
         assert outbox.depth == 0
     finally:

@@ -188,6 +188,65 @@ def test_new_outbox_run_while_a_gateway_opens_its_outbox_is_refused(tmp_path, mo
     box.close()
 
 
+@pytest.mark.parametrize("racer", ["new-outbox", "second gateway"])
+def test_a_missing_outbox_is_made_and_locked_before_sqlite_opens_it(tmp_path, monkeypatch, racer):
+    """A missing outbox was made by SQLite and locked just after: `--new-outbox` or a second gateway
+    run in between moved it aside or opened it too. ``hold`` makes the file and locks it first."""
+    path = tmp_path / "outbox.sqlite"
+    real, refused = outbox_module.open_sqlite, []
+
+    def opening(*args, **kwargs):
+        db = real(*args, **kwargs)
+        monkeypatch.setattr(outbox_module, "open_sqlite", real)  # the racer opens as any gateway does
+        try:
+            if racer == "new-outbox":
+                outbox_module.move_aside(path)
+            else:
+                Outbox(path, max_rows=100).close()
+        except OutboxInUse:
+            refused.append(True)
+        return db
+
+    monkeypatch.setattr(outbox_module, "open_sqlite", opening)
+    box = Outbox(path, max_rows=100)
+    monkeypatch.undo()
+    assert refused and not list(tmp_path.glob("*.corrupt-*"))
+    box.append("t", lambda s: f"a{s}")
+    box.close()
+
+
+_NO_FLOCK = """import errno, fcntl, os
+def flock(fd, op):
+    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+fcntl.flock = flock
+"""
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_an_outbox_on_a_filesystem_without_flock_is_refused_in_one_line(tmp_path, existing):
+    """Some NFS and FUSE mounts have no flock (ENOLCK): one gateway per outbox cannot be guaranteed,
+    so the gateway says so in one line naming the outbox, exits non-zero, and changes nothing."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_NO_FLOCK)  # only the child process loses flock
+    site = write_site(tmp_path / "cfg", [tcp_device("m1", "power_meter_3ph", free_port())])
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "outbox.sqlite"
+    if existing:
+        box = Outbox(path, max_rows=100)
+        box.append("t", lambda s: f"a{s}")
+        box.close()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in data.iterdir()}
+    res = subprocess.run([sys.executable, "-m", "jcm.cli", "gateway", "--site", str(site), "--outbox", str(path),
+                          "--broker", f"mqtt://127.0.0.1:{free_port()}", "--duration", "1"],
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=f"{hook}{os.pathsep}{REPO}"),
+                         capture_output=True, text=True, timeout=60)
+    one_line_naming(res, str(path), "cannot be locked", "one gateway per outbox cannot be guaranteed")
+    assert res.returncode == 2
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in data.iterdir()} == before
+
+
 def test_a_second_gateway_on_an_rtu_bus_is_refused_before_it_touches_the_bus(bus_site, simulate, tmp_path):
     """Two gateways on one RS-485 bus would take each other's answers: the second, refused by the
     outbox, never opens the serial port, and the first's devices keep answering."""

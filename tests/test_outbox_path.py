@@ -1,5 +1,6 @@
 """The outbox file deleted or replaced while the gateway runs: put back, no row lost, same epoch."""
 
+import json
 import logging
 import os
 import sqlite3
@@ -153,6 +154,9 @@ def test_symlinked_outbox_leaves_no_wal_beside_its_target(tmp_path, caplog, how)
         box.close()
     assert _rows_at(link) == ([1, 2, 3], epoch)
     assert not os.path.exists(f"{target}-wal")
+    # the copy put back replaced the link: its sequence file is beside it now, where the next start reads it
+    sequence = json.loads(open(f"{link}.sequence").read())
+    assert (sequence["epoch"], sequence["committed"]) == (epoch, 3)
     if how == "replaced":
         db = sqlite3.connect(target)
         assert db.execute("SELECT payload FROM outbox").fetchall() == [("theirs",)]

@@ -69,6 +69,32 @@ def test_an_older_copy_of_the_outbox_never_reuses_a_seq_and_says_so(tmp_path, ca
     box.close()
 
 
+def test_a_rewind_is_seen_through_another_link_to_the_outbox(tmp_path, caplog):
+    """A symlinked outbox path: the sequence file lives beside the file the link leads to, so a
+    gateway started through another link to the same outbox (a site file edited, a mount moved)
+    reads the same one and sees a backup restored meanwhile."""
+    (tmp_path / "disk").mkdir()
+    target, backup = tmp_path / "disk" / "outbox.sqlite", tmp_path / "backup.sqlite"
+    one, other = tmp_path / "one.sqlite", tmp_path / "other.sqlite"
+    one.symlink_to(target)
+    other.symlink_to(target)
+    box = Outbox(one, max_rows=100)
+    _append(box, 2)
+    box.close()
+    shutil.copyfile(target, backup)
+    box = Outbox(one, max_rows=100)
+    _append(box, 3)
+    box.close()
+    _restore(backup, target)
+    with caplog.at_level(logging.WARNING):
+        box = Outbox(other, max_rows=100)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "WENT BACK from seq 5 to seq 2" in errors[0], errors
+    assert _append(box, 1) == [6]
+    box.close()
+    assert sorted(p.name for p in tmp_path.rglob("*.sequence")) == ["outbox.sqlite.sequence"]
+
+
 def test_after_a_sigkill_the_reserved_seqs_are_skipped(tmp_path, caplog):
     """Killed, its last seqs were never written as committed to the sequence file: the reservation
     written before they were assigned covers them."""
@@ -260,7 +286,7 @@ def test_an_acknowledgement_beyond_every_seq_assigned_is_a_rewind_once_and_bound
     pub._live_cursor = 5
 
     def take(*ranges):
-        pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c", Ack(box.epoch, ranges).to_json().encode()))
+        pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/c", Ack(box.epoch, ranges).to_json().encode(), False))
         pub._take_store_acks()
 
     with caplog.at_level(logging.ERROR):
@@ -297,8 +323,8 @@ def test_an_acknowledgement_with_an_empty_bitmap_claims_nothing_and_stops_no_oth
     pub = Publisher(site, box, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
     pub._live_cursor = 5
     empty = {"schema": 1, "epoch": box.epoch, "ranges": [], "bits_from": 3, "bits": base64.b64encode(b"\0\0").decode()}
-    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/a", json.dumps(empty).encode()))
-    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/b", Ack(box.epoch, ((1, 2),)).to_json().encode()))
+    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/a", json.dumps(empty).encode(), False))
+    pub._store_acks.put((b"jcm/v1/test-site/gw-test/ack/b", Ack(box.epoch, ((1, 2),)).to_json().encode(), False))
     with caplog.at_level(logging.ERROR):
         pub._take_store_acks()
     assert [r[0] for r in box.after(0, 10)] == [3, 4, 5] and "WENT BACK" not in caplog.text

@@ -326,7 +326,7 @@ def test_a_sites_reading_topic_of_a_device_named_ack_is_no_acknowledgement(broke
         pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
         pub._live_cursor = 5
         msg = gateway_view.received[0]
-        pub._store_acks.put((msg._topic, msg.payload))
+        pub._store_acks.put((msg._topic, msg.payload, bool(msg.retain)))
         pub._take_store_acks()
         assert [s for s, _, _ in outbox.after(0, 10)] == [1, 2, 3, 4, 5]  # nothing deleted
         acks = Acknowledgements(CollectorConfig(broker={"url": broker.url}), [("mn-solar", "gw-mn-01")])
