@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from pathlib import Path
 
 from contract.config import ConfigError, load_profile, load_site
@@ -41,7 +42,15 @@ def _wait_for_signal(seconds: float | None = None, stop: threading.Event | None 
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait(timeout=seconds)
+    # wake at least once a second: a handler runs only when this thread runs, and an untimed
+    # wait is not always interrupted by the signal (a gateway under a stepped clock ignored
+    # SIGTERM: tests/test_gateway_clock_jump.py)
+    end = None if seconds is None else time.monotonic() + seconds
+    while not stop.is_set():
+        left = 1.0 if end is None else min(1.0, end - time.monotonic())
+        if left <= 0:
+            break
+        stop.wait(left)
 
 
 def cmd_check_config(args) -> int:
