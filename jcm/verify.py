@@ -35,7 +35,7 @@ and print a verdict a verifier can paste into a report.
    byte (``_remade``),
    so that nothing a reader sees in them escapes; for an export of another exporter or
    processing code, said so: PASSED IN PART. Files checked by their hash alone are named.
-With ``--ledger``, each month's revision against the ledger's latest (``against_ledger``).
+With ``--ledger``, each month's revision against the ledger's signed-off one, else its latest (``against_ledger``).
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 4 when everything compared holds but some
 files or the fixed values could not be compared (PASSED IN PART); 3 when everything checked holds but a
@@ -81,8 +81,8 @@ from processing.export.csv_files import write_daily_values, write_raw_readings
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.manifest import exporter_version, write_manifest
-from processing.export.period_figures import (CANNOT_COMPUTE, assemble, period_status, recorded_fixed,
-                                              used_revision)
+from processing.export.period_figures import (CANNOT_COMPUTE, assemble, ledger_revision, period_status,
+                                              recorded_fixed, used_revision)
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.export.summary_html import LANGUAGES, figure_text, messages, render
 from processing.export.workbook import write_workbook
@@ -207,44 +207,44 @@ def open_ledger(path: Path) -> Ledger:
 
 
 def against_ledger(manifest: dict, site: Site, fixed: list[FixedValue], ledger: Ledger) -> tuple[list[str], int]:
-    """Whether each month of the export is the ledger's latest revision of it (a signed-off month takes no
-    later one), as the ledger records it: its number, times, input hash, versions, status, figures and
-    sign-off; and whether the manifest's ``fixed`` values are those the revisions recorded. The manifest is
+    """Whether each month of the export is the ledger's revision of it that an export holds
+    (``period_figures.ledger_revision``: the signed-off one, else the latest), as the ledger records it:
+    its number, times, input hash, versions, status, figures and sign-off; and whether the manifest's ``fixed`` values are those the revisions recorded. The manifest is
     not signed: its revisions are only the exporter's word until compared with the ledger. The lines and how
     many differences; ``ValueError`` naming a ledger that cannot be read (``open_ledger``); ``ledger`` is
     closed."""
     path = ledger.path
-    wrong, out, latests = [], [f"ledger {path}:"], []
+    wrong, out, kept = [], [f"ledger {path}:"], []
     try:
         for i, rev in enumerate(manifest.get("revisions") or []):
             month = rev.get("month") if isinstance(rev, dict) else None
-            latest = ledger.latest(site.site, month) if isinstance(month, str) else None
-            if latest is None:
+            held, signed = ledger_revision(ledger, site.site, month) if isinstance(month, str) else (None, None)
+            if held is None:
                 wrong.append(f"  manifest.json revisions[{i}]: month {month!r}: the ledger has no revision of it"
                              f" for site {site.site!r}")
                 continue
-            latests.append(latest)
-            if latest.result["summary"].get("simulated") and manifest.get("simulated") is not True:
-                wrong.append(f"  {month}: the ledger's revision {latest.revision} was computed from simulated "
+            kept.append(held)
+            if held.result["summary"].get("simulated") and manifest.get("simulated") is not True:
+                wrong.append(f"  {month}: the ledger's revision {held.revision} was computed from simulated "
                              f"readings, the manifest says simulated {manifest.get('simulated')!r}")
-            recorded = used_revision(latest, ledger.signoff(site.site, month)).to_dict()
+            recorded = used_revision(held, signed).to_dict()
             recorded["read_span"] = None if recorded["read_span"] is None else list(recorded["read_span"])
             differ = [f"{key} {rev.get(key, 'none')!r}, the ledger's {value!r}" for key, value in recorded.items()
                       if rev.get(key) != value or type(rev.get(key)) is not type(value)]
+            which = "signed-off revision" if signed else "latest"
             if differ:
-                wrong.append(f"  {month}: the export's revision {rev.get('revision')!r} is not the ledger's latest "
-                             f"(revision {latest.revision}) as recorded: " + "; ".join(differ))
+                wrong.append(f"  {month}: the export's revision {rev.get('revision')!r} is not the ledger's {which} "
+                             f"(revision {held.revision}) as recorded: " + "; ".join(differ))
             else:
-                out.append(f"  {month}: revision {latest.revision}, the ledger's latest"
-                           + (" (signed off)" if recorded["signed_off"] else "") + ", equal in every field")
+                out.append(f"  {month}: revision {held.revision}, the ledger's {which}, equal in every field")
     except sqlite3.Error as exc:
         raise ValueError(f"--ledger {path}: cannot read: {exc}") from None
     finally:
         ledger.close()
-    if latests:
+    if kept:
         spec = PeriodProcessor(site).spec
         try:
-            given = {f.key: f.to_dict() for f in recorded_fixed(latests, spec, from_config(site, spec))}
+            given = {f.key: f.to_dict() for f in recorded_fixed(kept, spec, from_config(site, spec))}
         except ValueError as exc:  # the revisions disagree: no export of them could be made
             given = {"(the ledger's revisions)": str(exc)}
         exported = {f.key: f.to_dict() for f in fixed}

@@ -1652,3 +1652,23 @@ def test_fixed_values_of_revisions_computed_with_other_settings_pass_in_part(exp
     assert "fixed values: NOT compared with site.json and the methodology's defaults: revision(s) 1 " in out, out
     assert rc == 4 and "VERDICT: PASSED IN PART: " in out, out
     assert "the fixed values were not compared with site.json" in out, out
+
+
+def test_a_month_signed_off_at_an_earlier_revision_is_compared_with_that_revision(tmp_path, signer, capsys):
+    """``jcm signoff --revision N`` signs off a revision before the latest; the export then holds that one
+    (``collect``), and --ledger compared it with the latest: an honest export FAILED against its ledger."""
+    def later_revision_then_signoff(store):
+        site = reference_site("mn-solar")
+        ledger = Ledger(tmp_path / "ledger.sqlite", create=False)
+        for month in months_between(FIRST, LAST):  # revision 2: the same readings hashed in version 2
+            result = PeriodProcessor(site).process(store, *month_bounds(month), (2,))
+            assert ledger.record(site.site, month, result.summary(), details(result), versions(site)).revision == 2
+            ledger.sign_off(site.site, month, "mrv-lead", revision=1)
+        ledger.close()
+
+    folder = make_export(tmp_path, signer, DAYS, hash_version=1, tamper=later_revision_then_signoff)
+    assert [(r["revision"], r["signed_off"]) for r in json.loads((folder / "manifest.json").read_text())["revisions"]
+            ] == [(1, True)]
+    rc = main(["verify", str(folder), "--ledger", str(tmp_path / "ledger.sqlite")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "  2026-09: revision 1, the ledger's signed-off revision, equal in every field" in out, out
