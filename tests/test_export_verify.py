@@ -1672,3 +1672,31 @@ def test_a_month_signed_off_at_an_earlier_revision_is_compared_with_that_revisio
     rc = main(["verify", str(folder), "--ledger", str(tmp_path / "ledger.sqlite")])
     out = capsys.readouterr().out
     assert rc == 0 and "  2026-09: revision 1, the ledger's signed-off revision, equal in every field" in out, out
+
+
+def test_verify_ledger_leaves_nothing_beside_the_ledger_and_reads_a_running_processors_commits(made, export,
+                                                                                              tmp_path, capsys):
+    """Read in place, a ledger in WAL mode got -wal and -shm files of the verifier's user beside it: the
+    processor, another user, then failed to write it ('attempt to write a readonly database'), and a verifier
+    who cannot write its directory could not read it. A ledger nothing holds open is read as a copy in memory;
+    one held open (its commits in the -wal) in place, its files there already."""
+    folder = tmp_path / "ledger"
+    folder.mkdir()
+    ledger = folder / "ledger.sqlite"
+    with contextlib.closing(sqlite3.connect(made.parent.parent / "ledger.sqlite")) as source, \
+            contextlib.closing(sqlite3.connect(ledger)) as copy:
+        source.backup(copy)
+        assert copy.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert main(["verify", str(export), "--ledger", str(ledger)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["ledger.sqlite"], capsys.readouterr().out
+    processor = Ledger(ledger, create=False)  # running: the sign-off is in its -wal until it closes
+    processor.sign_off("mn-solar", "2026-09", "mrv-lead")
+    assert os.path.getsize(f"{ledger}-wal") > 0
+    capsys.readouterr()
+    assert main(["verify", str(export), "--ledger", str(ledger)]) == 1
+    assert "signed_off False, the ledger's True" in capsys.readouterr().out
+    processor.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["ledger.sqlite"]
+    assert main(["verify", str(export), "--ledger", str(ledger)]) == 1
+    assert "signed_off False, the ledger's True" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["ledger.sqlite"]
