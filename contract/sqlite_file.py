@@ -83,7 +83,10 @@ def _snapshot(p: Path) -> bytes | None:
     files beside it, this user's: another user's write to the file (the processor's) then fails, and where
     this user cannot create them, the read fails. A commit meanwhile goes to a -wal; the file itself is
     written only by a checkpoint, which needs a -wal there, or a connection's last one, which needs the lock
-    held here (SQLite's shared lock: ``SHARED_FIRST``), as does a writer of a file in rollback-journal mode."""
+    held here (SQLite's shared lock: ``SHARED_FIRST``), as does a writer of a file in rollback-journal mode.
+    No connection of this process may have the file open: closing ``f`` ends every lock the process holds on it."""
+    if any(beside(p, end).exists() for end in ("-wal", "-journal")):
+        return None
     try:
         with open(p, "rb") as f:
             for _ in range(SNAPSHOT_TRIES):
