@@ -357,6 +357,7 @@ def _revisions(site: Site, result: Recomputed, recorded: dict) -> list[tuple[Rev
         rev = recorded.get(month)
         if rev is None:
             raise ValueError(f"no revision of {month}")
+        _ledger_kind(rev)
         version = rev.get("input_hash_version", 1)
         hashes, status = result.months[month]
         s = rec["summary"]
@@ -365,6 +366,22 @@ def _revisions(site: Site, result: Recomputed, recorded: dict) -> list[tuple[Rev
                             rec, False, rev["defaults_hash"], rev["config_hash"], version)
         picked.append((revision, (rev["revision"], rev["signed_by"], rev["signed_at"]) if rev["signed_off"] else None))
     return picked
+
+
+def _ledger_kind(rev: dict) -> None:
+    """``ValueError`` unless the revision's number and times are of the kinds a ledger records (a whole number
+    from 1, times in ISO 8601 with their zone): the files are made again with them as the manifest gives them,
+    so any text there (markup, which the pages show as it is: a figure hidden, another shown) would be made
+    again alike."""
+    if type(rev["revision"]) is not int or rev["revision"] < 1:
+        raise ValueError(f"the revision of {rev['month']}: revision {rev['revision']!r} is not a revision number")
+    for key in ("created", "signed_at") if rev["signed_off"] else ("created",):
+        try:
+            if dt.datetime.fromisoformat(rev[key]).tzinfo is None:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"the revision of {rev['month']}: {key} {rev[key]!r} is not a time in ISO 8601 with its "
+                             "zone") from None
 
 
 def _period(manifest: dict) -> tuple[dt.date, dt.date]:

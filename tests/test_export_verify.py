@@ -1731,3 +1731,32 @@ def test_a_workbook_compressed_by_another_zlib_passes_and_its_hidden_bytes_are_n
     rehash(folder)
     rc, out = run(folder, capsys)
     assert rc == 1 and f"  {path.name}: differs in its zip layout (members equal)" in out, out
+
+
+#: a revision "number" that, put on the summary pages as it is, hides the ER shown and shows another
+INJECTED = ('1</td></tr></table><style>td.n b{font-size:0}td.n b::before{content:"6,300 tCO2";font-size:1rem}'
+            '</style><table><tr><td>')
+
+
+@pytest.mark.parametrize("key, value", [("revision", INJECTED), ("revision", True), ("revision", "1"),
+                                        ("created", "2026-10-01: ER 6,300 tCO2 confirmed by the Joint Committee")])
+def test_a_revisions_number_or_time_that_is_not_one_is_named(tmp_path, signer, capsys, monkeypatch, key, value):
+    """The files are made again with each revision's number and time as the manifest gives them (the ledger
+    is not in the export): an exporter that wrote markup there, which the pages show as it is, or any text,
+    had it made again alike, and the export PASSED showing another ER. They must be what a ledger records."""
+    import processing.export.period_figures as period_figures
+
+    real = period_figures._month_revision
+
+    def doctored(*args):
+        revision, signed = real(*args)
+        return dataclasses.replace(revision, **{key: value}), signed
+
+    monkeypatch.setattr(period_figures, "_month_revision", doctored)
+    folder = make_export(tmp_path, signer, DAYS)
+    monkeypatch.undo()
+    assert value != INJECTED or "<style>td.n b{font-size:0}" in (folder / "summary.html").read_text()
+    rc, out = run(folder, capsys)
+    assert rc == 1 and ("files made again: cannot: manifest.json: its revisions, config_changes or custody are not "
+                        f"as an export writes them (ValueError: the revision of 2026-09: {key} {value!r} is not a ") \
+        in out, out
