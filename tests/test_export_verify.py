@@ -1760,3 +1760,22 @@ def test_a_revisions_number_or_time_that_is_not_one_is_named(tmp_path, signer, c
     assert rc == 1 and ("files made again: cannot: manifest.json: its revisions, config_changes or custody are not "
                         f"as an export writes them (ValueError: the revision of 2026-09: {key} {value!r} is not a ") \
         in out, out
+
+
+def test_the_exporter_names_lxml_when_the_workbook_library_writes_its_xml_with_it(monkeypatch):
+    """openpyxl writes its XML with lxml when lxml is installed, and other bytes than with the standard library
+    (the members of a workbook differ but docProps/app.xml and the theme): an honest export made where lxml was
+    installed FAILED where it was not, under the same exporter name. The name says so: PASSED IN PART."""
+    from importlib.metadata import version
+
+    import processing.export.manifest as manifest
+
+    names = []
+    for lxml in (False, True):
+        monkeypatch.setattr(manifest, "LXML", lxml)
+        monkeypatch.setattr(manifest, "version", lambda name: "6.1.3" if name == "lxml" else version(name))
+        manifest.exporter_version.cache_clear()
+        names.append(manifest.exporter_version())
+    monkeypatch.undo()
+    manifest.exporter_version.cache_clear()
+    assert names[1] == names[0] + " lxml-6.1.3" and " lxml-" not in names[0]
