@@ -15,6 +15,7 @@ and damage found later surfaces as a ``sqlite3.DatabaseError`` when the page is 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import time
@@ -28,6 +29,11 @@ DEEP_CHECK_MAX = 512 * 1024 * 1024
 MAGIC = b"SQLite format 3\x00"
 #: how long ``use_wal`` tries while other connections are switching the same new file [s]
 WAL_WAIT = 60.0
+#: SQLite's shared lock on a file (its unix VFS: ``SHARED_FIRST``, ``SHARED_SIZE``), which a connection's
+#: exclusive lock needs free
+SHARED_FIRST, SHARED_SIZE = 0x40000002, 510
+#: how often and how far apart ``_snapshot`` tries to take that lock [s]
+SNAPSHOT_TRIES, SNAPSHOT_PAUSE = 50, 0.02
 
 
 class UnusableFile(Exception):
@@ -49,7 +55,8 @@ def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, 
     create : whether a missing file (and its directories) may be created
     damaged_hint : what to do about a damaged file, appended to the message
     missing_hint : what to do about a missing file when ``create`` is false
-    read_only : open an existing file for reading only (``unwritable`` says why the caller may want to)
+    read_only : open an existing file for reading only (``unwritable`` says why the caller may want to): a copy
+        in memory when nothing holds it in write-ahead-log mode (``_snapshot``), so nothing is created beside it
     connect_args : passed on to ``sqlite3.connect``
     """
     p = Path(path)
@@ -62,7 +69,45 @@ def open_sqlite(path: str | Path, what: str, tables: set[str], *, create: bool, 
         p.parent.mkdir(parents=True, exist_ok=True)
         return sqlite3.connect(_uri(p, "rwc"), uri=True, **connect_args)
     _check_existing(p, what, tables, create, damaged_hint, read_only)
+    if read_only and (snapshot := _snapshot(p)) is not None:
+        db = sqlite3.connect(":memory:", **connect_args)
+        db.deserialize(snapshot)
+        db.execute("PRAGMA query_only=ON")
+        return db
     return sqlite3.connect(_uri(p, "ro" if read_only else "rw"), uri=True, **connect_args)
+
+
+def _snapshot(p: Path) -> bytes | None:
+    """The file ``p`` read whole, as of one instant, when nothing holds it in write-ahead-log mode (no -wal
+    beside it: the file alone holds every commit); else None. Read in place, SQLite would leave -wal and -shm
+    files beside it, this user's: another user's write to the file (the processor's) then fails, and where
+    this user cannot create them, the read fails. A commit meanwhile goes to a -wal; the file itself is
+    written only by a checkpoint, which needs a -wal there, or a connection's last one, which needs the lock
+    held here (SQLite's shared lock: ``SHARED_FIRST``), as does a writer of a file in rollback-journal mode.
+    No connection of this process may have the file open: closing ``f`` ends every lock the process holds on it."""
+    if any(beside(p, end).exists() for end in ("-wal", "-journal")):
+        return None
+    try:
+        with open(p, "rb") as f:
+            for _ in range(SNAPSHOT_TRIES):
+                try:
+                    fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB, SHARED_SIZE, SHARED_FIRST)
+                except OSError:  # a writer holds it (a rollback-journal commit, a last checkpoint): a moment
+                    time.sleep(SNAPSHOT_PAUSE)
+                    continue
+                try:
+                    if any(beside(p, end).exists() for end in ("-wal", "-journal")):
+                        return None
+                    data = bytearray(f.read())
+                    if any(beside(p, end).exists() for end in ("-wal", "-journal")):
+                        return None  # a checkpoint may have written the file meanwhile
+                finally:
+                    fcntl.lockf(f, fcntl.LOCK_UN, SHARED_SIZE, SHARED_FIRST)
+                data[18:20] = b"\x01\x01"  # rollback-journal mode: SQLite reads a write-ahead-log file in place only
+                return bytes(data)
+    except OSError:
+        pass
+    return None
 
 
 def use_wal(db: sqlite3.Connection) -> None:

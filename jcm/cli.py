@@ -613,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "another version, its pages and workbook not made again, 2 unusable)")
     s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read, but --ledger)")
     s.add_argument("--ledger", metavar="FILE", help="also say whether each month of the export is this ledger's "
-                                                    "latest revision of it (opened read-only)")
+                                                    "signed-off revision of it, else its latest (opened read-only)")
     s.add_argument("--jobs", default=str(_cores()), metavar="N",
                    help="processes checking signatures, the output the same whatever N; the default is the cores "
                         "this process may use")

@@ -35,7 +35,7 @@ and print a verdict a verifier can paste into a report.
    byte (``_remade``),
    so that nothing a reader sees in them escapes; for an export of another exporter or
    processing code, said so: PASSED IN PART. Files checked by their hash alone are named.
-With ``--ledger``, each month's revision against the ledger's latest (``against_ledger``).
+With ``--ledger``, each month's revision against the ledger's signed-off one, else its latest (``against_ledger``).
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 4 when everything compared holds but some
 files or the fixed values could not be compared (PASSED IN PART); 3 when everything checked holds but a
@@ -81,8 +81,8 @@ from processing.export.csv_files import write_daily_values, write_raw_readings
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.manifest import exporter_version, write_manifest
-from processing.export.period_figures import (CANNOT_COMPUTE, assemble, period_status, recorded_fixed,
-                                              used_revision)
+from processing.export.period_figures import (CANNOT_COMPUTE, assemble, ledger_revision, period_status,
+                                              recorded_fixed, used_revision)
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.export.summary_html import LANGUAGES, figure_text, messages, render
 from processing.export.workbook import write_workbook
@@ -207,44 +207,44 @@ def open_ledger(path: Path) -> Ledger:
 
 
 def against_ledger(manifest: dict, site: Site, fixed: list[FixedValue], ledger: Ledger) -> tuple[list[str], int]:
-    """Whether each month of the export is the ledger's latest revision of it (a signed-off month takes no
-    later one), as the ledger records it: its number, times, input hash, versions, status, figures and
-    sign-off; and whether the manifest's ``fixed`` values are those the revisions recorded. The manifest is
+    """Whether each month of the export is the ledger's revision of it that an export holds
+    (``period_figures.ledger_revision``: the signed-off one, else the latest), as the ledger records it:
+    its number, times, input hash, versions, status, figures and sign-off; and whether the manifest's ``fixed`` values are those the revisions recorded. The manifest is
     not signed: its revisions are only the exporter's word until compared with the ledger. The lines and how
     many differences; ``ValueError`` naming a ledger that cannot be read (``open_ledger``); ``ledger`` is
     closed."""
     path = ledger.path
-    wrong, out, latests = [], [f"ledger {path}:"], []
+    wrong, out, kept = [], [f"ledger {path}:"], []
     try:
         for i, rev in enumerate(manifest.get("revisions") or []):
             month = rev.get("month") if isinstance(rev, dict) else None
-            latest = ledger.latest(site.site, month) if isinstance(month, str) else None
-            if latest is None:
+            held, signed = ledger_revision(ledger, site.site, month) if isinstance(month, str) else (None, None)
+            if held is None:
                 wrong.append(f"  manifest.json revisions[{i}]: month {month!r}: the ledger has no revision of it"
                              f" for site {site.site!r}")
                 continue
-            latests.append(latest)
-            if latest.result["summary"].get("simulated") and manifest.get("simulated") is not True:
-                wrong.append(f"  {month}: the ledger's revision {latest.revision} was computed from simulated "
+            kept.append(held)
+            if held.result["summary"].get("simulated") and manifest.get("simulated") is not True:
+                wrong.append(f"  {month}: the ledger's revision {held.revision} was computed from simulated "
                              f"readings, the manifest says simulated {manifest.get('simulated')!r}")
-            recorded = used_revision(latest, ledger.signoff(site.site, month)).to_dict()
+            recorded = used_revision(held, signed).to_dict()
             recorded["read_span"] = None if recorded["read_span"] is None else list(recorded["read_span"])
             differ = [f"{key} {rev.get(key, 'none')!r}, the ledger's {value!r}" for key, value in recorded.items()
                       if rev.get(key) != value or type(rev.get(key)) is not type(value)]
+            which = "signed-off revision" if signed else "latest"
             if differ:
-                wrong.append(f"  {month}: the export's revision {rev.get('revision')!r} is not the ledger's latest "
-                             f"(revision {latest.revision}) as recorded: " + "; ".join(differ))
+                wrong.append(f"  {month}: the export's revision {rev.get('revision')!r} is not the ledger's {which} "
+                             f"(revision {held.revision}) as recorded: " + "; ".join(differ))
             else:
-                out.append(f"  {month}: revision {latest.revision}, the ledger's latest"
-                           + (" (signed off)" if recorded["signed_off"] else "") + ", equal in every field")
+                out.append(f"  {month}: revision {held.revision}, the ledger's {which}, equal in every field")
     except sqlite3.Error as exc:
         raise ValueError(f"--ledger {path}: cannot read: {exc}") from None
     finally:
         ledger.close()
-    if latests:
+    if kept:
         spec = PeriodProcessor(site).spec
         try:
-            given = {f.key: f.to_dict() for f in recorded_fixed(latests, spec, from_config(site, spec))}
+            given = {f.key: f.to_dict() for f in recorded_fixed(kept, spec, from_config(site, spec))}
         except ValueError as exc:  # the revisions disagree: no export of them could be made
             given = {"(the ledger's revisions)": str(exc)}
         exported = {f.key: f.to_dict() for f in fixed}
@@ -340,11 +340,13 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
             exported = (folder / name).read_bytes()
         except OSError:
             continue  # the files check names it
-        if exported != data:
+        if exported != data and not (name == names["workbook"] and (ours := _zip_entries(data)) is not None
+                                     and _zip_entries(exported, [entry[12] for entry in ours[1]]) == ours):
             differ = _json_difference("manifest.json", manifest, json.loads(data)) if name == "manifest.json" else None
             wrong.append(f"  {differ or _first_difference(name, exported, data)}")
     return [f"files made again from the recomputation: {', '.join([*made, names['raw_csv'] + ' (its text)'])}"
-            + (": each byte for byte as exported (the raw readings: their text)" if not wrong else "")
+            + (": each byte for byte as exported (the raw readings: their text; the workbook: its zip's every "
+               "byte but its members' compressed streams, their contents compared)" if not wrong else "")
             ] + wrong, len(wrong)
 
 
@@ -356,6 +358,7 @@ def _revisions(site: Site, result: Recomputed, recorded: dict) -> list[tuple[Rev
         rev = recorded.get(month)
         if rev is None:
             raise ValueError(f"no revision of {month}")
+        _ledger_kind(rev)
         version = rev.get("input_hash_version", 1)
         hashes, status = result.months[month]
         s = rec["summary"]
@@ -364,6 +367,22 @@ def _revisions(site: Site, result: Recomputed, recorded: dict) -> list[tuple[Rev
                             rec, False, rev["defaults_hash"], rev["config_hash"], version)
         picked.append((revision, (rev["revision"], rev["signed_by"], rev["signed_at"]) if rev["signed_off"] else None))
     return picked
+
+
+def _ledger_kind(rev: dict) -> None:
+    """``ValueError`` unless the revision's number and times are of the kinds a ledger records (a whole number
+    from 1, times in ISO 8601 with their zone): the files are made again with them as the manifest gives them,
+    so any text there (markup, which the pages show as it is: a figure hidden, another shown) would be made
+    again alike."""
+    if type(rev["revision"]) is not int or rev["revision"] < 1:
+        raise ValueError(f"the revision of {rev['month']}: revision {rev['revision']!r} is not a revision number")
+    for key in ("created", "signed_at") if rev["signed_off"] else ("created",):
+        try:
+            if dt.datetime.fromisoformat(rev[key]).tzinfo is None:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"the revision of {rev['month']}: {key} {rev[key]!r} is not a time in ISO 8601 with its "
+                             "zone") from None
 
 
 def _period(manifest: dict) -> tuple[dt.date, dt.date]:
@@ -388,6 +407,38 @@ def _json_difference(where: str, exported: object, made: object) -> str | None:
     if exported == made and type(exported) is type(made):
         return None
     return f"{where}: exported {exported!r}, made again from the recomputation {made!r}"
+
+
+def _zip_entries(data: bytes, sizes: list[int] | None = None) -> tuple | None:
+    """What a zip (the workbook) holds, its members' compressed streams aside (deflate's output depends on
+    the zlib Python is linked with, zlib-ng on some systems, not on what it compresses): each entry of its
+    directory, every field but the compressed size, as its directory and its local header give it, with its
+    content; and its comment. None when it is not a readable zip or holds a byte no entry accounts for
+    (between, before or after them: what a reader of the stream of local entries may take for one), or whose
+    entries are not of ``sizes`` (unpacked: a member of a hostile zip is not unpacked beyond it)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            if sizes is not None and [info.file_size for info in z.infolist()] != sizes:
+                return None
+            at, entries, directory = 0, [], 0
+            for info in z.infolist():
+                head = data[at:at + 30]
+                if info.header_offset != at or len(head) < 30 or head[:4] != b"PK\x03\x04" or info.flag_bits & 8:
+                    return None  # not where the last ended, or sized after its data (not as the exporter writes)
+                n, m = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+                local = data[at:at + 30 + n + m]
+                entries.append((info.filename, info.date_time, info.compress_type, info.create_system,
+                                info.create_version, info.extract_version, info.flag_bits, info.internal_attr,
+                                info.external_attr, info.extra, info.comment, info.CRC, info.file_size,
+                                local[4:18], local[22:], z.read(info)))
+                at += 30 + n + m + info.compress_size
+                directory += 46 + len(info.filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")) \
+                    + len(info.extra) + len(info.comment)
+            if at != z.start_dir or len(data) != at + directory + 22 + len(z.comment):
+                return None
+            return z.comment, entries
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, EOFError, zlib.error, UnicodeError):
+        return None
 
 
 def _gzip_difference(name: str, exported: Path, made: Path) -> str | None:

@@ -120,7 +120,7 @@ class Ledger:
                          "an empty one in its place)",
             missing_hint="check --ledger (`jcm processor` creates the ledger on its first run; "
                          "`jcm process --create-ledger` creates it on purpose)")
-        if read_only:  # a verifier's look at it (jcm verify --ledger): nothing set up, nothing written
+        if read_only:  # a verifier's look at it (jcm verify --ledger): nothing set up, nothing written or created
             return
         use_wal(self._db)
         self._db.execute("PRAGMA synchronous=FULL")

@@ -214,7 +214,8 @@ def test_an_untouched_export_passes_and_says_what_was_checked(made, export, sign
             "or begun in it), 1 after its end (2026-09-30T22:00:00+00:00): ") in out
     assert ("files made again from the recomputation: summary.html, summary.ja.html, "
             f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv, manifest.json, "
-            "raw_readings.csv.gz (its text): each byte for byte as exported (the raw readings: their text)") in out
+            "raw_readings.csv.gz (its text): each byte for byte as exported (the raw readings: their text; the "
+            "workbook: its zip's every byte but its members' compressed streams, their contents compared)") in out
     assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
                                  "witnessed across the reading window, figures recomputed equal, summary.html, "
                                  "summary.ja.html, the workbook, daily_values.csv, raw_readings.csv.gz, manifest.json "
@@ -1652,3 +1653,129 @@ def test_fixed_values_of_revisions_computed_with_other_settings_pass_in_part(exp
     assert "fixed values: NOT compared with site.json and the methodology's defaults: revision(s) 1 " in out, out
     assert rc == 4 and "VERDICT: PASSED IN PART: " in out, out
     assert "the fixed values were not compared with site.json" in out, out
+
+
+def test_a_month_signed_off_at_an_earlier_revision_is_compared_with_that_revision(tmp_path, signer, capsys):
+    """``jcm signoff --revision N`` signs off a revision before the latest; the export then holds that one
+    (``collect``), and --ledger compared it with the latest: an honest export FAILED against its ledger."""
+    def later_revision_then_signoff(store):
+        site = reference_site("mn-solar")
+        ledger = Ledger(tmp_path / "ledger.sqlite", create=False)
+        for month in months_between(FIRST, LAST):  # revision 2: the same readings hashed in version 2
+            result = PeriodProcessor(site).process(store, *month_bounds(month), (2,))
+            assert ledger.record(site.site, month, result.summary(), details(result), versions(site)).revision == 2
+            ledger.sign_off(site.site, month, "mrv-lead", revision=1)
+        ledger.close()
+
+    folder = make_export(tmp_path, signer, DAYS, hash_version=1, tamper=later_revision_then_signoff)
+    assert [(r["revision"], r["signed_off"]) for r in json.loads((folder / "manifest.json").read_text())["revisions"]
+            ] == [(1, True)]
+    rc = main(["verify", str(folder), "--ledger", str(tmp_path / "ledger.sqlite")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "  2026-09: revision 1, the ledger's signed-off revision, equal in every field" in out, out
+
+
+def test_verify_ledger_leaves_nothing_beside_the_ledger_and_reads_a_running_processors_commits(made, export,
+                                                                                              tmp_path, capsys):
+    """Read in place, a ledger in WAL mode got -wal and -shm files of the verifier's user beside it: the
+    processor, another user, then failed to write it ('attempt to write a readonly database'), and a verifier
+    who cannot write its directory could not read it. A ledger nothing holds open is read as a copy in memory;
+    one held open (its commits in the -wal) in place, its files there already."""
+    folder = tmp_path / "ledger"
+    folder.mkdir()
+    ledger = folder / "ledger.sqlite"
+    with contextlib.closing(sqlite3.connect(made.parent.parent / "ledger.sqlite")) as source, \
+            contextlib.closing(sqlite3.connect(ledger)) as copy:
+        source.backup(copy)
+        assert copy.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert main(["verify", str(export), "--ledger", str(ledger)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["ledger.sqlite"], capsys.readouterr().out
+    processor = Ledger(ledger, create=False)  # running: the sign-off is in its -wal until it closes
+    processor.sign_off("mn-solar", "2026-09", "mrv-lead")
+    assert os.path.getsize(f"{ledger}-wal") > 0
+    capsys.readouterr()
+    assert main(["verify", str(export), "--ledger", str(ledger)]) == 1
+    assert "signed_off False, the ledger's True" in capsys.readouterr().out
+    processor.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["ledger.sqlite"]
+    assert main(["verify", str(export), "--ledger", str(ledger)]) == 1
+    assert "signed_off False, the ledger's True" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["ledger.sqlite"]
+
+
+def test_a_workbook_compressed_by_another_zlib_passes_and_its_hidden_bytes_are_named(tmp_path, signer, capsys,
+                                                                                    monkeypatch):
+    """The workbook is a zip: its members' deflate streams depend on the zlib Python is linked with (zlib-ng
+    on some systems), not on what it holds. An honest export made with another one (here: deflate level 1)
+    FAILED ('differs in its zip layout (members equal)'). Its entries are compared, their compression aside;
+    bytes that no entry of its directory accounts for (a second copy of a sheet) are not."""
+    import zipfile
+
+    real = zipfile._get_compressor
+    monkeypatch.setattr(zipfile, "_get_compressor", lambda kind, level=None: real(kind, 1))
+    folder = make_export(tmp_path, signer, DAYS)
+    monkeypatch.undo()
+    rc, out = run(folder, capsys)
+    assert rc == 0 and "VERDICT: PASSED: " in out, out
+    path = next(folder.glob("*.xlsx"))
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        first = z.infolist()[0]
+        contents = [z.read(info) for info in z.infolist()]
+    # its first local entry given again before the rest: a reader of the directory sees the same members,
+    # one of the stream of local entries sees that one twice
+    path.write_bytes(data[:first.header_offset + 30 + len(first.filename) + len(first.extra) + first.compress_size]
+                     + data)
+    with zipfile.ZipFile(path) as z:
+        assert [z.read(info) for info in z.infolist()] == contents
+    rehash(folder)
+    rc, out = run(folder, capsys)
+    assert rc == 1 and f"  {path.name}: differs in its zip layout (members equal)" in out, out
+
+
+#: a revision "number" that, put on the summary pages as it is, hides the ER shown and shows another
+INJECTED = ('1</td></tr></table><style>td.n b{font-size:0}td.n b::before{content:"6,300 tCO2";font-size:1rem}'
+            '</style><table><tr><td>')
+
+
+@pytest.mark.parametrize("key, value", [("revision", INJECTED), ("revision", True), ("revision", "1"),
+                                        ("created", "2026-10-01: ER 6,300 tCO2 confirmed by the Joint Committee")])
+def test_a_revisions_number_or_time_that_is_not_one_is_named(tmp_path, signer, capsys, monkeypatch, key, value):
+    """The files are made again with each revision's number and time as the manifest gives them (the ledger
+    is not in the export): an exporter that wrote markup there, which the pages show as it is, or any text,
+    had it made again alike, and the export PASSED showing another ER. They must be what a ledger records."""
+    import processing.export.period_figures as period_figures
+
+    real = period_figures._month_revision
+
+    def doctored(*args):
+        revision, signed = real(*args)
+        return dataclasses.replace(revision, **{key: value}), signed
+
+    monkeypatch.setattr(period_figures, "_month_revision", doctored)
+    folder = make_export(tmp_path, signer, DAYS)
+    monkeypatch.undo()
+    assert value != INJECTED or "<style>td.n b{font-size:0}" in (folder / "summary.html").read_text()
+    rc, out = run(folder, capsys)
+    assert rc == 1 and ("files made again: cannot: manifest.json: its revisions, config_changes or custody are not "
+                        f"as an export writes them (ValueError: the revision of 2026-09: {key} {value!r} is not a ") \
+        in out, out
+
+
+def test_the_exporter_names_lxml_when_the_workbook_library_writes_its_xml_with_it(monkeypatch):
+    """openpyxl writes its XML with lxml when lxml is installed, and other bytes than with the standard library
+    (the members of a workbook differ but docProps/app.xml and the theme): an honest export made where lxml was
+    installed FAILED where it was not, under the same exporter name. The name says so: PASSED IN PART."""
+    from importlib.metadata import version
+
+    import processing.export.manifest as manifest
+
+    names = []
+    for lxml in (False, True):
+        monkeypatch.setattr(manifest, "LXML", lxml)
+        monkeypatch.setattr(manifest, "version", lambda name: "6.1.3" if name == "lxml" else version(name))
+        manifest.exporter_version.cache_clear()
+        names.append(manifest.exporter_version())
+    monkeypatch.undo()
+    manifest.exporter_version.cache_clear()
+    assert names[1] == names[0] + " lxml-6.1.3" and " lxml-" not in names[0]

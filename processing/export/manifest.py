@@ -10,6 +10,8 @@ import hashlib
 from importlib.metadata import version
 from pathlib import Path
 
+from openpyxl import LXML
+
 from processing.export.csv_files import SIMULATED_NOTE
 from processing.export.json_file import write_json
 from processing.export.period_figures import PeriodFigures
@@ -19,7 +21,8 @@ from processing.export.period_figures import PeriodFigures
 def exporter_version() -> str:
     """What the export's files are made by: a hash of this package's code and labels and of
     ``contract/`` (the texts of numbers and strings it writes), and the workbook library's release
-    (its bytes depend on it); the rest of ``processing/`` is the revisions' ``code_version``.
+    (its bytes depend on it) and, when it writes its XML with lxml (which it takes when installed), lxml's release
+    (its XML differs from the standard library's); the rest of ``processing/`` is the revisions' ``code_version``.
     ``jcm verify`` makes the summary pages, the workbook, the daily values and the manifest again,
     to compare them byte for byte, only when the manifest names this version."""
     here = Path(__file__).resolve().parent
@@ -27,7 +30,7 @@ def exporter_version() -> str:
     for root in (here, here.parents[1] / "contract"):
         for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")):
             h.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"export-{h.hexdigest()[:16]} openpyxl-{version('openpyxl')}"
+    return f"export-{h.hexdigest()[:16]} openpyxl-{version('openpyxl')}" + (f" lxml-{version('lxml')}" if LXML else "")
 
 
 def file_entry(path: Path) -> dict:

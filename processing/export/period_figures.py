@@ -135,14 +135,20 @@ def local_bounds(site: Site, first: dt.date, last: dt.date) -> tuple[dt.datetime
     return start, end
 
 
-def _month_revision(site: Site, store: ReadingStore, ledger: Ledger, month: str) -> tuple[Revision, tuple | None]:
-    """The signed-off revision of a month if MRV staff signed one off, else the latest;
-    a month without any is processed now."""
-    signed = ledger.signoff(site.site, month)
+def ledger_revision(ledger: Ledger, site: str, month: str) -> tuple[Revision | None, tuple | None]:
+    """The revision of a month an export holds, with its sign-off (``Ledger.signoff``): the one MRV staff
+    signed off, which may be before the latest (``jcm signoff --revision``), else the latest (None: none)."""
+    signed = ledger.signoff(site, month)
     if signed is not None:
-        revision = next(r for r in ledger.revisions(site.site, month) if r.revision == signed[0])
-    else:
-        revision = ledger.latest(site.site, month) or process_month(site, store, ledger, month)[1]
+        return next(r for r in ledger.revisions(site, month) if r.revision == signed[0]), signed
+    return ledger.latest(site, month), None
+
+
+def _month_revision(site: Site, store: ReadingStore, ledger: Ledger, month: str) -> tuple[Revision, tuple | None]:
+    """``ledger_revision``; a month without any is processed now."""
+    revision, signed = ledger_revision(ledger, site.site, month)
+    if revision is None:
+        revision = process_month(site, store, ledger, month)[1]
     summary = revision.result["summary"]
     if (summary["methodology"], summary["version"]) != (site.methodology, site.methodology_version):
         raise ConfigError(f"{site.site} {month}: revision {revision.revision} was computed with "
