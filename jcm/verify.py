@@ -34,11 +34,12 @@ and print a verdict a verifier can paste into a report.
    text and the manifest made from the recomputation by the export's own code, compared byte for
    byte (``_remade``),
    so that nothing a reader sees in them escapes; for an export of another exporter or
-   processing code, said so: PASSED IN PART. Files checked by their hash alone are named.
+   processing code, said so: NOT FULLY CHECKED. Files checked by their hash alone are named.
 With ``--ledger``, each month's revision against the ledger's signed-off one, else its latest (``against_ledger``).
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 4 when everything compared holds but some
-files or the fixed values could not be compared (PASSED IN PART); 3 when everything checked holds but a
+files or the fixed values could not be compared (NOT FULLY CHECKED: no pass, and its verdict leads with what
+was not compared, so that neither a hurried reader nor a script looking for "PASSED" takes it for one); 3 when everything checked holds but a
 chain's end is not witnessed (NOT WITNESSED: the readings of the window after its last
 message, or before its first, cannot be shown complete; a gateway that stopped, and an
 export made before its later messages arrived, cannot help that, and a forger who cut the
@@ -98,7 +99,7 @@ MAX_LISTED = 50
 BATCH = 5000
 FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 #: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
-PASSED, FAILED, NOT_WITNESSED, PASSED_IN_PART = 0, 1, 3, 4
+PASSED, FAILED, NOT_WITNESSED, NOT_FULLY_CHECKED = 0, 1, 3, 4
 #: the files ``jcm verify`` makes again from its recomputation and compares byte for byte (``_remade``)
 REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "raw_readings.csv.gz", "manifest.json")
 #: the files of an export that ``jcm verify`` checks by their SHA-256 alone (``_unchecked``)
@@ -108,7 +109,7 @@ HASHED_ONLY = {DEAD_LETTERS: "the messages the collector refused, as the store k
 
 
 def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tuple[int, list[str]]:
-    """The verdict (``PASSED``, ``FAILED``, ``NOT_WITNESSED`` or ``PASSED_IN_PART``) and its lines;
+    """The verdict (``PASSED``, ``FAILED``, ``NOT_WITNESSED`` or ``NOT_FULLY_CHECKED``) and its lines;
     ``jobs``: the processes that check signatures; ``ledger``: a ledger file to compare each month's
     revision with (``against_ledger``), opened read-only."""
     if not folder.exists() and (aside := sorted(folder.parent.glob(f".{folder.name}.{REPLACED}-*"))):
@@ -187,9 +188,9 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
         out.append(f"VERDICT: NOT WITNESSED: {'; '.join(unwitnessed)}: the readings of the reading window beyond each "
                    f"cannot be shown complete; otherwise {whole}, {equal}" + "".join(f"; but {p}" for p in in_part))
     elif in_part:
-        code = PASSED_IN_PART
-        out.append(f"VERDICT: PASSED IN PART: {whole} and witnessed across the reading window, {equal}; but "
-                   + "; and ".join(in_part))
+        code = NOT_FULLY_CHECKED
+        out.append("VERDICT: NOT FULLY CHECKED: " + "; and ".join(in_part) + f"; what was compared holds: {whole} "
+                   f"and witnessed across the reading window, {equal}")
     else:
         code = PASSED
         out.append(f"VERDICT: PASSED: {whole} and witnessed across the reading window, {equal}, "
