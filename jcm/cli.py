@@ -609,8 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("verify", "check an export: its files, the signatures and hash chains of its signed messages, "
                           "that no chain was cut short inside the reading window, and its figures recomputed from "
-                          "them (exit 0 passed, 1 failed, 3 a chain end not witnessed, 4 not fully checked: no pass, made "
-                          "by another version, its pages and workbook not made again, 2 unusable)")
+                          "them (exit 0 passed, 1 failed, 3 a chain end not witnessed, 4 not fully checked: no "
+                          "pass, made by another version, its pages and workbook not made again, 2 unusable)")
     s.add_argument("folder", metavar="EXPORT_DIR", help="the export folder (nothing else is read, but --ledger)")
     s.add_argument("--ledger", metavar="FILE", help="also say whether each month of the export is this ledger's "
                                                     "signed-off revision of it, else its latest (opened read-only)")

@@ -39,9 +39,9 @@ With ``--ledger``, each month's revision against the ledger's signed-off one, el
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 4 when everything compared holds but some
 files or the fixed values could not be compared (NOT FULLY CHECKED: no pass, and its verdict leads with what
-was not compared, so that neither a hurried reader nor a script looking for "PASSED" takes it for one); 3 when everything checked holds but a
-chain's end is not witnessed (NOT WITNESSED: the readings of the window after its last
-message, or before its first, cannot be shown complete; a gateway that stopped, and an
+was not compared, so that neither a hurried reader nor a script looking for "PASSED" takes it for one); 3
+when everything checked holds but a chain's end is not witnessed (NOT WITNESSED: the readings of the window
+after its last message, or before its first, cannot be shown complete; a gateway that stopped, and an
 export made before its later messages arrived, cannot help that, and a forger who cut the
 chain short cannot avoid it: not a pass, for a verifier to judge with the figures shown);
 2 (``ValueError``) when the folder cannot be used at all, naming the file.

@@ -13,6 +13,7 @@ import datetime as dt
 import gzip
 import hashlib
 import html
+import importlib.util
 import json
 import math
 import os
@@ -1776,7 +1777,8 @@ def test_a_revisions_number_or_time_that_is_not_one_is_named(tmp_path, signer, c
 def test_the_exporter_names_lxml_when_the_workbook_library_writes_its_xml_with_it(monkeypatch):
     """openpyxl writes its XML with lxml when lxml is installed, and other bytes than with the standard library
     (the members of a workbook differ but docProps/app.xml and the theme): an honest export made where lxml was
-    installed FAILED where it was not, under the same exporter name. The name says so: NOT FULLY CHECKED."""
+    installed FAILED where it was not, under the same exporter name. The name says so: NOT FULLY CHECKED; and
+    without lxml it names et_xmlfile, which then writes the XML."""
     from importlib.metadata import version
 
     import processing.export.manifest as manifest
@@ -1789,4 +1791,41 @@ def test_the_exporter_names_lxml_when_the_workbook_library_writes_its_xml_with_i
         names.append(manifest.exporter_version())
     monkeypatch.undo()
     manifest.exporter_version.cache_clear()
-    assert names[1] == names[0] + " lxml-6.1.3" and " lxml-" not in names[0]
+    assert names[1] == names[0].replace(f" et_xmlfile-{version('et_xmlfile')}", " lxml-6.1.3"), names
+    assert names[0].endswith(f" et_xmlfile-{version('et_xmlfile')}"), names
+
+
+def exporter_of(tree) -> str:
+    """The exporter version that the code in ``tree`` (a copy of contract/ and processing/) names."""
+    spec = importlib.util.spec_from_file_location(f"manifest_of_{tree.name}_{time.monotonic_ns()}",
+                                                  tree / "processing" / "export" / "manifest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.exporter_version()
+
+
+def test_the_exporter_version_changes_with_the_code_the_exporter_imports_alone(tmp_path):
+    """An edit anywhere in contract/ (the MQTT connection, say) made every earlier export verify only in part:
+    the version covers the modules the exporter imports (directly, inside a function, or through the rest of
+    processing/), found from the code, not a list."""
+    tree = tmp_path / "tree"
+    for package in ("contract", "processing"):
+        shutil.copytree(REPO / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = exporter_of(tree)
+
+    def edit(path: str, text: str = "\n# an edit\n") -> str:
+        with (tree / path).open("a", encoding="utf-8") as f:
+            f.write(text)
+        return exporter_of(tree)
+
+    assert edit("contract/mqtt_connection.py") == before  # no exporter module imports it
+    assert edit("contract/register_codec.py") == before
+    assert edit("processing/ledger.py") == before  # the revisions' code_version
+    after = edit("contract/float_text.py")  # the text of every value in the raw readings
+    assert after != before
+    assert edit("contract/counter.py") != after  # imported through processing/ alone
+    assert edit("processing/export/messages/ja.json", "\n") != after  # the pages' labels
+    after = exporter_of(tree)
+    # a module the exporter comes to import, inside a function, counts from then on
+    imported = edit("processing/export/charts.py", "\n\ndef _f():\n    import contract.mqtt_connection\n")
+    assert imported != after and edit("contract/mqtt_connection.py") != imported

@@ -5,6 +5,7 @@ revisions they came from. Written after every other file, so it can vouch for th
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 from importlib.metadata import version
@@ -17,20 +18,73 @@ from processing.export.json_file import write_json
 from processing.export.period_figures import PeriodFigures
 
 
+#: the packages whose modules the exporter's imports are followed through (the rest is the libraries')
+OWN = ("contract", "processing")
+
+
 @functools.cache
 def exporter_version() -> str:
-    """What the export's files are made by: a hash of this package's code and labels and of
-    ``contract/`` (the texts of numbers and strings it writes), and the workbook library's release
-    (its bytes depend on it) and, when it writes its XML with lxml (which it takes when installed), lxml's release
-    (its XML differs from the standard library's); the rest of ``processing/`` is the revisions' ``code_version``.
-    ``jcm verify`` makes the summary pages, the workbook, the daily values and the manifest again,
-    to compare them byte for byte, only when the manifest names this version."""
-    here = Path(__file__).resolve().parent
+    """What the export's files are made by: a hash of this package's code and labels and of the modules of
+    ``contract/`` it imports (``exporter_files``: the texts of numbers and strings it writes), and the workbook
+    library's release (its bytes depend on it) with that of the library it writes its XML with: lxml when
+    installed (openpyxl then takes it), else et_xmlfile, whose XML differs from lxml's. The rest of
+    ``processing/`` is the revisions' ``code_version``. ``jcm verify`` makes the summary pages, the workbook,
+    the daily values and the manifest again, to compare them byte for byte, only when the manifest names this
+    version: an edit to a module the exporter does not import (the MQTT connection, say) leaves it as it was."""
+    root = Path(__file__).resolve().parents[2]
     h = hashlib.sha256()
-    for root in (here, here.parents[1] / "contract"):
-        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")):
-            h.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"export-{h.hexdigest()[:16]} openpyxl-{version('openpyxl')}" + (f" lxml-{version('lxml')}" if LXML else "")
+    for path in exporter_files(root):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    xml = f"lxml-{version('lxml')}" if LXML else f"et_xmlfile-{version('et_xmlfile')}"
+    return f"export-{h.hexdigest()[:16]} openpyxl-{version('openpyxl')} {xml}"
+
+
+def exporter_files(root: Path) -> list[Path]:
+    """The files under ``root`` the exporter is made of, sorted: the modules and labels of ``processing/export/``
+    and every module of ``contract/`` they import, directly or through the rest of ``processing/``, with the
+    packages an import runs on the way; found from the code's import statements (those inside functions too,
+    whether or not this process has run them yet), so that the list follows the code (no module of theirs
+    imports one by a name it computes, which this cannot see)."""
+    export = root / "processing" / "export"
+    todo = [_module_name(p, root) for p in export.rglob("*.py")]
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        if name in seen or (path := _module_file(name, root)) is None:
+            continue
+        seen[name] = path
+        todo += _imports(path, name)
+    hashed = [p for p in seen.values() if p.is_relative_to(export) or p.is_relative_to(root / "contract")]
+    return sorted({*hashed, *export.rglob("*.json")})
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    """The file of module ``name`` if it is one of ``OWN``'s (a name imported from a module is none)."""
+    if name.split(".")[0] not in OWN:
+        return None
+    base = root.joinpath(*name.split("."))
+    return next((p for p in (base / "__init__.py", base.with_suffix(".py")) if p.is_file()), None)
+
+
+def _imports(path: Path, name: str) -> set[str]:
+    """The modules ``path`` (module ``name``) may import, with each package on the way; ``from m import x``
+    gives ``m`` and ``m.x`` (x may be a module)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from this package, one up for each dot beyond the first
+                base = ".".join([*package.split(".")[:package.count(".") + 2 - node.level], *filter(None, [base])])
+            found.update([base, *(f"{base}.{alias.name}" for alias in node.names)])
+    return {".".join(n.split(".")[:i]) for n in found for i in range(1, n.count(".") + 2)}
 
 
 def file_entry(path: Path) -> dict:
