@@ -74,9 +74,9 @@ def render(figures: PeriodFigures, files: dict[str, str], custody: dict, lang: s
     def link(name: str) -> str:
         return f'<a href="{e(name)}">{e(name)}</a>'
 
-    others = " · ".join(f'<a href="{e(name)}" hreflang="{code}">{e(messages(code)["language"])}</a>'
+    others = " · ".join(f'<a href="{e(name)}" hreflang="{e(code)}">{e(messages(code)["language"])}</a>'
                         for code, name in LANGUAGES.items() if code != lang)
-    parts = ["<!DOCTYPE html>", f'<html lang="{lang}"><head><meta charset="utf-8">',
+    parts = ["<!DOCTYPE html>", f'<html lang="{e(lang)}"><head><meta charset="utf-8">',
              f"<title>{e(figures.name)}</title><style>{STYLE}</style></head><body>", f"<p>{others}</p>"]
     if figures.simulated:
         parts.append(f'<p class="banner">{e(m["simulated"])}</p>')
@@ -92,10 +92,10 @@ def render(figures: PeriodFigures, files: dict[str, str], custody: dict, lang: s
     if calc is not None:  # else failed, its reasons below say why
         parts += [
             f"<tr><th>{e(m['provisional'])}</th><td>{e(m['yes'] if calc.provisional else m['no'])}</td></tr>",
-            *(f"<tr><th>{e(m[name.lower()])}</th><td class=n>{figure_text(name, getattr(calc, name))} tCO2</td></tr>"
+            *(f"<tr><th>{e(m[name.lower()])}</th><td class=n>{e(figure_text(name, getattr(calc, name)))} tCO2</td></tr>"
               for name in ("RE", "PE", "ER_unrounded")),
             f"<tr><th>{e(m['er_rounded'].format(rounding=spec.rounding))}</th>"
-            f"<td class=n><b>{figure_text('ER', calc.ER)} tCO2</b></td></tr>"]
+            f"<td class=n><b>{e(figure_text('ER', calc.ER))} tCO2</b></td></tr>"]
     parts += [
         "</table>",
         "<p>" + (e(m["custody"].format(n=f"{signed:,}")) if signed else f"<b>{e(m['not_signed'])}</b>") + "</p>",
@@ -113,16 +113,16 @@ def render(figures: PeriodFigures, files: dict[str, str], custody: dict, lang: s
     parts += [f"<h3>{e(m['totals'])}</h3><table><tr><th>{e(m['parameter'])}</th><th>{e(m['total'])}</th>"
               f"<th>{e(m['unit'])}</th></tr>"]
     units = figures.daily.drop_duplicates("key").set_index("key")["unit"]
-    parts += [f"<tr><td>{e(k)}</td><td class=n>{_num(v)}</td><td>{e(units[k])}</td></tr>"
+    parts += [f"<tr><td>{e(k)}</td><td class=n>{e(_num(v))}</td><td>{e(units[k])}</td></tr>"
               for k, v in sorted(figures.parameters.items())]
     parts += ["</table>", f"<h3>{e(m['revisions'])}</h3><table><tr><th>{e(m['month'])}</th><th>{e(m['revision'])}</th>"
               f"<th>{e(m['status'])}</th><th>{e(m['signed_off'])}</th><th>{e(m['input_hash'])}</th>"
               f"<th>{e(m['input_hash_version'])}</th></tr>"]
     for r in figures.revisions:
         signed = e(m["signed_by"].format(by=r.signed_by, at=r.signed_at)) if r.signed_off else e(m["no"])
-        parts.append(f"<tr><td>{e(r.month)}</td><td class=n>{r.revision}</td><td>{status(r.status)}</td>"
+        parts.append(f"<tr><td>{e(r.month)}</td><td class=n>{e(str(r.revision))}</td><td>{status(r.status)}</td>"
                      f"<td>{signed}</td>"
-                     f"<td><code>{e(r.input_hash)}</code></td><td class=n>{r.input_hash_version}</td></tr>")
+                     f"<td><code>{e(r.input_hash)}</code></td><td class=n>{e(str(r.input_hash_version))}</td></tr>")
     parts += [
         "</table>",
         "<p>" + e(m["qa"].format(findings=len(figures.findings), adjustments=len(figures.adjustments))) + "</p>",
