@@ -23,6 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import openpyxl
 import pytest
@@ -1834,3 +1835,36 @@ def test_the_exporter_version_changes_with_the_code_the_exporter_imports_alone(t
     # a module the exporter comes to import, inside a function, counts from then on
     imported = edit("processing/export/charts.py", "\n\ndef _f():\n    import contract.mqtt_connection\n")
     assert imported != after and edit("contract/mqtt_connection.py") != imported
+
+
+def test_every_module_an_export_runs_is_in_the_exporter_version(tmp_path, signer, monkeypatch):
+    """The exporter version is found from import statements; this checks it against what runs: every file of
+    contract/ and processing/export/ whose code ran while an export was made (and verified, which makes its files
+    again) is among those it hashes, so that no module shaping the export's bytes is left out of it."""
+    import threading
+
+    from processing.export.manifest import exporter_files
+    ran: set[str] = set()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            ran.add(frame.f_code.co_filename)
+
+    def traced(call):
+        def run(*args, **kwargs):
+            sys.setprofile(profile)
+            threading.setprofile(profile)
+            try:
+                return call(*args, **kwargs)
+            finally:
+                sys.setprofile(None)
+                threading.setprofile(None)
+        return run
+
+    monkeypatch.setattr(sys.modules[__name__], "export_period", traced(export_period))
+    folder = make_export(tmp_path, signer, DAYS[:1])
+    traced(main)(["verify", str(folder)])  # makes the files again (NOT WITNESSED: the window runs on)
+    roots = (REPO / "contract", REPO / "processing" / "export")
+    used = {Path(f) for f in ran if any(Path(f).is_relative_to(r) for r in roots)}
+    assert used, "the profile saw no module of the exporter"
+    assert not used - set(exporter_files(REPO)), sorted(str(p.relative_to(REPO)) for p in used - set(exporter_files(REPO)))
