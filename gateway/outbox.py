@@ -341,6 +341,11 @@ class Outbox:
         older, are sent again (a collector stores each once). A missing or unreadable file is
         no rewind: it is said once, and written anew."""
         known = _read_sequence_file(self._sequence_file)
+        if isinstance(known, str) and (by_link := Path(f"{self.path}.sequence")) != self._sequence_file:
+            # a gateway from before kept it beside the symlink itself; older than the outbox at worst
+            # (its seqs only grew since), so it can tell a rewind and never claims a false one
+            if not isinstance(older := _read_sequence_file(by_link), str):
+                known = older
         if isinstance(known, str):
             if self._seq and not self._fresh:
                 log.warning("outbox %s: %s: it cannot be vouched that the outbox (epoch %s, seq up to %d) is not an "
