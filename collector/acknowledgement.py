@@ -15,6 +15,8 @@ does not hold. Until the gateway's status says whom it lists (retained acknowled
 before it, and our copy of its site file may be older), the other collectors' claims are held
 aside, not merged; a status that no longer lists a collector whose claim was merged starts our
 claims afresh (ours can no longer be told from its), and the gateway sends the rest again.
+Our own retained acknowledgement from before a restart may hold such merged claims too: it is
+taken back only when the status says the gateway lists no collectors.
 
 It has its own MQTT connection (a clean session: what it needs is retained), so the
 readings' session, with its manual acknowledgements, is untouched.
