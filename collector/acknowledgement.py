@@ -15,6 +15,8 @@ does not hold. Until the gateway's status says whom it lists (retained acknowled
 before it, and our copy of its site file may be older), the other collectors' claims are held
 aside, not merged; a status that no longer lists a collector whose claim was merged starts our
 claims afresh (ours can no longer be told from its), and the gateway sends the rest again.
+Our own retained acknowledgement from before a restart may hold such merged claims too: it is
+taken back only when the status says the gateway lists no collectors.
 
 It has its own MQTT connection (a clean session: what it needs is retained), so the
 readings' session, with its manual acknowledgements, is untouched.
@@ -198,12 +200,16 @@ class Acknowledgements:
                 site, gateway, collector = topics.parse_ack(topic)
                 g = self._gateways.get((site, gateway))
                 ours = collector == self.collector_id
+                # ours retained from before (a restart): it may carry the claims of a collector merged then,
+                # which the gateway may list no more; no one can tell them from ours, so with a list it is
+                # not merged (the gateway sends again what it has not seen confirmed)
+                before = ours and msg.retain
                 if g is None or (g.current is not None and g.trusted is not None and collector not in g.trusted
-                                 and not ours):
+                                 and not ours) or (before and g.current is not None and g.trusted is not None):
                     return  # not a store the gateway's readings may be confirmed by
                 ack = Ack.from_json(msg.payload)
                 with self._lock:
-                    if g.current is None and not ours:
+                    if g.current is None and (not ours or before):
                         # whom the gateway lists is not known before its status: its own list may differ from
                         # our copy of its site file
                         if collector in g.held or len(g.held) < MAX_OTHERS:
@@ -260,5 +266,5 @@ class Acknowledgements:
             g.epochs = {epoch: claim}
             held, g.held = g.held, {}
             for collector, ack in held.items():
-                if g.trusted is None or collector in g.trusted:
+                if g.trusted is None or (collector in g.trusted and collector != self.collector_id):
                     self._merge(g, collector, ack)

@@ -341,6 +341,11 @@ class Outbox:
         older, are sent again (a collector stores each once). A missing or unreadable file is
         no rewind: it is said once, and written anew."""
         known = _read_sequence_file(self._sequence_file)
+        if isinstance(known, str) and (by_link := Path(f"{self.path}.sequence")) != self._sequence_file:
+            # a gateway from before kept it beside the symlink itself; older than the outbox at worst
+            # (its seqs only grew since), so it can tell a rewind and never claims a false one
+            if not isinstance(older := _read_sequence_file(by_link), str):
+                known = older
         if isinstance(known, str):
             if self._seq and not self._fresh:
                 log.warning("outbox %s: %s: it cannot be vouched that the outbox (epoch %s, seq up to %d) is not an "
@@ -777,7 +782,8 @@ def hold(path: str | Path, create: bool = False) -> int:
 
     ``create``: a missing file is created (empty, with its directories) and locked before anyone
     else can open it, so that no second gateway nor ``--new-outbox`` slips in between SQLite making
-    it and the lock; refused, the file made here is removed again."""
+    it and the lock; refused for want of flock, the file made here is removed again (refused because
+    another gateway holds it, it is that gateway's outbox now and stays)."""
     made = False
     try:
         if create and not os.path.exists(path):
@@ -798,7 +804,7 @@ def hold(path: str | Path, create: bool = False) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _flock_holder(os.fstat(fd))
-        _let_go(fd, path, made)
+        os.close(fd)  # not removed, though made here: the gateway holding it opened it after, and writes to it
         raise OutboxInUse(f"outbox {path} is in use by another gateway{f' (pid {holder})' if holder else ''}: "
                           f"nothing was changed; one gateway per outbox: stop that one first") from None
     except OSError as exc:  # ENOLCK, EOPNOTSUPP: no flock on this filesystem

@@ -265,3 +265,33 @@ def test_a_second_gateway_on_an_rtu_bus_is_refused_before_it_touches_the_bus(bus
         assert all(r["status"] == "ok" for r in good if r["device"] == "meter"), good
     finally:
         first.stop()
+
+
+def test_a_refused_gateway_does_not_remove_the_new_outbox_the_other_gateway_locked(tmp_path, monkeypatch):
+    """Two gateways started at once on a missing outbox: one makes the file, the other finds it made
+    and locks it before the maker does. The maker, refused, removed the file it had made, though the
+    other held it: that one went on in a file no longer at the path, unlocked there for a third."""
+    path = tmp_path / "outbox.sqlite"
+    real, other = outbox_module.fcntl, []
+
+    class Racing:  # the other gateway locks the file between its making and the maker's flock
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def flock(fd, op):
+            if not other:
+                monkeypatch.setattr(outbox_module, "fcntl", real)
+                other.append(outbox_module.hold(path, create=True))
+            return real.flock(fd, op)
+
+    monkeypatch.setattr(outbox_module, "fcntl", Racing())
+    with pytest.raises(OutboxInUse, match=str(path)):
+        outbox_module.hold(path, create=True)
+    try:
+        assert path.exists() and path.stat().st_ino == os.fstat(other[0]).st_ino, \
+            "the refused gateway removed the outbox the other one holds"
+        with pytest.raises(OutboxInUse, match=str(path)):
+            Outbox(path, max_rows=100)  # a third gateway is refused too
+    finally:
+        os.close(other[0])

@@ -95,6 +95,30 @@ def test_a_rewind_is_seen_through_another_link_to_the_outbox(tmp_path, caplog):
     assert sorted(p.name for p in tmp_path.rglob("*.sequence")) == ["outbox.sqlite.sequence"]
 
 
+def test_a_rewind_is_seen_at_the_first_run_after_the_sequence_file_followed_the_link(tmp_path, caplog):
+    """A gateway from before kept the sequence file beside the symlink itself: the first run of this
+    one, finding none beside the file the link leads to, vouched for nothing, so an older copy of
+    the outbox restored meanwhile reused seqs the collectors hold. It reads the one beside the link."""
+    (tmp_path / "disk").mkdir()
+    target, backup, link = tmp_path / "disk" / "outbox.sqlite", tmp_path / "backup.sqlite", tmp_path / "link.sqlite"
+    link.symlink_to(target)
+    box = Outbox(link, max_rows=100)
+    _append(box, 2)
+    box.close()
+    shutil.copyfile(target, backup)
+    box = Outbox(link, max_rows=100)
+    _append(box, 3)
+    box.close()
+    os.rename(f"{target}.sequence", f"{link}.sequence")  # where the gateway from before kept it
+    _restore(backup, target)
+    with caplog.at_level(logging.WARNING):
+        box = Outbox(link, max_rows=100)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "WENT BACK from seq 5 to seq 2" in errors[0], errors
+    assert _append(box, 1) == [6]
+    box.close()
+
+
 def test_after_a_sigkill_the_reserved_seqs_are_skipped(tmp_path, caplog):
     """Killed, its last seqs were never written as committed to the sequence file: the reservation
     written before they were assigned covers them."""
