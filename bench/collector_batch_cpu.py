@@ -58,7 +58,7 @@ def main() -> None:
         collector = Collector(CollectorConfig(broker={"url": "mqtt://127.0.0.1:1"}, store=f"sqlite:///{tmp}/s.db",
                                               sites_dir=str(sites), client_id="bench"))
         gc.collect()
-        gc.freeze()  # as `jcm collector` does (collector.service.settle_heap)
+        gc.freeze()  # as `jcm collector` does (collector.service.settle_process)
         now = dt.datetime.now(dt.UTC)
         check = keep = 0.0
         for mid, payload in enumerate(payloads, 1):

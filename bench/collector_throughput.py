@@ -205,14 +205,14 @@ def child_paho(port: int, client_id: str, topic: str, prime: bool, mqtt5: bool =
 
 
 def child_collector(port: int, client_id: str, share: str | None, store: str, sites: str, prime: bool) -> None:
-    from collector.service import Collector, settle_heap
+    from collector.service import Collector, settle_process
     from contract.config import CollectorConfig
 
     cfg = CollectorConfig(broker={"url": f"mqtt://127.0.0.1:{port}"}, store=store, sites_dir=sites,
                           client_id=client_id, share_group=share)
     collector = Collector(cfg)
     lock = _lock_timer(collector.store)
-    settle_heap()  # as `jcm collector` does
+    settle_process()  # as `jcm collector` does
     marks = {"last": 0.0}
     go = time.time() if prime else _wait_for_go()
     collector.start()

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -66,20 +67,37 @@ def _traceback(exc: BaseException) -> str:
     return printable("".join(traceback.format_exception(exc)))
 
 
-def settle_heap() -> None:
+#: how long a thread of a collector process may hold the GIL while another waits for it [s]
+#: (Python's default is 0.005); see ``settle_process``
+SWITCH_INTERVAL = 0.0005
+
+
+def settle_process() -> None:
     """For a process that is a collector and nothing else (``jcm collector``), once its
-    ``Collector`` is made: the objects of start-up (modules, sites, the store's client: ~90,000)
+    ``Collector`` is made.
+
+    The heap: the objects of start-up (modules, sites, the store's client: ~90,000)
     live as long as the process, yet Python's cyclic garbage collector walked every one of
     them at each full collection, which the readings passing through bring about every
     ~15,000 messages (~60 ms each: ~3 us a message). Collected once, then frozen
     (``gc.freeze``), so that later collections walk only what came since. And the youngest
     generation is collected after 20,000 more objects than were freed, not 700: the readings
     of the two batches in flight (~5,000 objects) no longer start a collection that walks them
-    (0.5 us a message left, ~0 after). Not for a process shared with other work (tests, the
-    demo): a cycle frozen there would never be freed."""
+    (0.5 us a message left, ~0 after).
+
+    The GIL: the writer lets it go at each SQLite call, and the checker thread (checking the
+    next batch) then kept it up to the switch interval, while the writer held the store's write
+    lock and a second collector on the same store waited for it. With ``SWITCH_INTERVAL`` the
+    writer gets it back ten times sooner: two SQLite collectors on the backlog's batch form
+    waited for the lock 0.14 - 0.27 s of a run instead of 0.41 - 0.59 s (bench/README.md, "Two
+    SQLite collectors on one store").
+
+    Not for a process shared with other work (tests, the demo): a cycle frozen there would
+    never be freed, and the switch interval is the whole process's."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, *gc.get_threshold()[1:])
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 class _Stopping(Exception):

@@ -133,10 +133,10 @@ def _collector_config(args):
 
 
 def cmd_collector(args) -> int:
-    from collector.service import Collector, settle_heap
+    from collector.service import Collector, settle_process
 
     collector = Collector(_collector_config(args))
-    settle_heap()
+    settle_process()
     collector.start()
     _wait_for_signal(args.duration, collector.done)  # done: the worker died
     collector.stop()

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from collector.service import Collector
+from collector.service import SWITCH_INTERVAL, Collector
 from contract import topics
 from contract.config import CollectorConfig
 from contract.message import Reading
@@ -248,19 +248,19 @@ def test_a_checker_that_dies_stops_the_collector_and_is_named(tmp_path, mosquitt
 
 
 def test_a_collector_process_keeps_its_start_up_objects_out_of_the_cyclic_collector():
-    """``jcm collector`` freezes what start-up made (``settle_heap``) before it starts: the
+    """``jcm collector`` settles its process (``settle_process``) before it starts: it freezes what start-up made (the
     cyclic garbage collector walked those ~90,000 objects again at each full collection,
     which the stream of readings brings about every ~15,000 messages (~3 us a message);
-    and the readings of the batches in flight no longer start young collections."""
+    and the readings of the batches in flight no longer start young collections), and it shortens the switch interval."""
     code = """
-import gc, threading, types
+import gc, sys, threading, types
 import collector.service, jcm.cli
 
 class Started:
     def __init__(self, config):
         self.done, self.failure, self.stored, self.dead = threading.Event(), None, 0, 0
     def start(self):
-        print(gc.get_freeze_count(), len(gc.get_objects()), gc.get_threshold()[0])
+        print(gc.get_freeze_count(), len(gc.get_objects()), gc.get_threshold()[0], sys.getswitchinterval())
         self.done.set()
     def stop(self):
         pass
@@ -271,7 +271,10 @@ jcm.cli.cmd_collector(types.SimpleNamespace(duration=5))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    frozen, walked, young = map(int, out.stdout.split())
+    frozen, walked, young, switch = out.stdout.split()
+    frozen, walked, young = int(frozen), int(walked), int(young)
+    # and the writer gets the GIL back soon after each SQLite call (settle_process)
+    assert float(switch) == SWITCH_INTERVAL < sys.getswitchinterval(), switch
     assert frozen > 10_000 and walked < frozen / 10, (frozen, walked)
     assert young >= 10_000  # the readings in flight do not start a collection of the youngest generation
 
