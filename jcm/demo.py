@@ -275,12 +275,13 @@ def export_last_months(sites, store, ledger, out: Path, now: dt.datetime) -> lis
     """A monitoring-period export of each site's last whole month."""
     try:
         from processing.export import export_period
+        from processing.monthly import last_closed_day
     except ImportError:
         log.warning("monitoring-period export not available yet")
         return []
     folders = []
     for site in sites:
-        last = now.astimezone(site.zone).date().replace(day=1) - dt.timedelta(days=1)
+        last = (last_closed_day(site, now) + dt.timedelta(days=1)).replace(day=1) - dt.timedelta(days=1)
         try:
             folders.append(export_period(site, store, ledger, last.replace(day=1), last, out, force=True))
         except Exception:

@@ -13,7 +13,7 @@ from contract.message import Reading
 from contract.store import ReadingStore
 from processing.ledger import Ledger, Revision, SignedOff, code_version, sha256_text
 from processing.methodologies.spec import SPEC_DIR
-from processing.period import HASH_VERSION, HASH_VERSIONS, PeriodProcessor, PeriodResult
+from processing.period import EDGE, HASH_VERSION, HASH_VERSIONS, PeriodProcessor, PeriodResult
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,24 @@ def daily_parameters(result: PeriodResult) -> list[dict]:
             for key, series in sorted(result.figures["daily_totals"].items()) for day, v in series.items()]
 
 
+def last_closed_day(site: Site, now: dt.datetime | None = None) -> dt.date:
+    """The last day (site time) of which every reading a month reads is in: a month is read with ``EDGE``
+    of the next (counters' neighbours), so a revision recorded sooner lacked readings an export made
+    later holds, and ``jcm verify`` of that export found its input hash not the revision's."""
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(site.zone)
+    return (now - EDGE.to_pytimedelta()).date() - dt.timedelta(days=1)
+
+
 def process_month(site: Site, store: ReadingStore, ledger: Ledger, month: str) -> tuple[PeriodResult, Revision | None]:
     """Compute a whole month and record it; returns the result and its ledger revision
     (``None`` when the month is signed off and the data changed since). The readings are
     hashed in the version of the month's latest revision, so that unchanged readings keep
     their recorded hash (a new month: ``HASH_VERSION``)."""
     first, last = month_bounds(month)
-    if last >= dt.datetime.now(site.zone).date():
-        raise ValueError(f"{site.site} {month} is not over yet: its figures are month-to-date, not a ledger revision")
+    if last > last_closed_day(site):
+        raise ValueError(f"{site.site} {month} is not over yet: its readings are read up to "
+                         f"{EDGE.total_seconds() / 3600:g} h into the next month; until then its figures are "
+                         "month-to-date, not a ledger revision")
     latest = ledger.latest(site.site, month)
     version = latest.input_hash_version if latest else HASH_VERSION
     if version not in HASH_VERSIONS:

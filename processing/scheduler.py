@@ -1,6 +1,6 @@
 """The processor's schedule (APScheduler 3.11), per site in its own time zone:
 
-- the previous month on day 1 at 03:00 site time;
+- the previous month on day 1 at 07:00 site time (``MONTH_HOUR``: once its readings are all in);
 - a provisional month-to-date every night at 02:30;
 - at start-up, a catch-up of every past month without a result (not relying on
   misfires, which APScheduler drops after ``misfire_grace_time``).
@@ -20,11 +20,14 @@ from apscheduler.triggers.cron import CronTrigger
 from contract.config.site import Site
 from contract.store import ReadingStore, StoreUnavailable
 from processing.ledger import Ledger
-from processing.monthly import RESULT_DEVICE, process_month, process_month_to_date
+from processing.monthly import RESULT_DEVICE, last_closed_day, process_month, process_month_to_date
 
 log = logging.getLogger(__name__)
 
 MISFIRE_GRACE_S = 3 * 86400
+#: the hour of day 1 (site time) the previous month is processed: after ``processing.period.EDGE``
+#: (6 h) of the new month, which a month's counters read (``last_closed_day``)
+MONTH_HOUR = 7
 
 
 def previous_month(today: dt.date) -> str:
@@ -49,7 +52,8 @@ def months_to_catch_up(site: Site, store: ReadingStore, ledger: Ledger, today: d
 
 
 def _first_reading_month(site: Site, store: ReadingStore) -> dt.date | None:
-    """The earliest of the last 24 months from which readings run without an empty month."""
+    """The earliest of the last 24 months from which readings run without an empty month to the
+    latest month with readings (months without any since are caught up from there, as failed)."""
     today = dt.datetime.now(site.zone).date().replace(day=1)
     first = None
     m = today
@@ -62,6 +66,8 @@ def _first_reading_month(site: Site, store: ReadingStore) -> dt.date | None:
                            channels=[site.monitoring[0].sources[0].split(".")[1]] if site.monitoring else None,
                            limit=1)
         if probe.empty:
+            if first is None:
+                continue  # the latest months without readings (a gateway down since): the run ends before them
             break
         first = m
     return first
@@ -95,7 +101,8 @@ class Processor:
 
     def catch_up(self) -> int:
         todo = [(site, month) for site in self.sites
-                for month in months_to_catch_up(site, self.store, self.ledger, dt.datetime.now(site.zone).date())]
+                for month in months_to_catch_up(site, self.store, self.ledger,
+                                                last_closed_day(site) + dt.timedelta(days=1))]
         for done, (site, month) in enumerate(todo, 1):
             self.run_month(site, month)
             if self.progress is not None:
@@ -106,7 +113,7 @@ class Processor:
 
     def start(self) -> None:
         for site in self.sites:
-            self.scheduler.add_job(self.run_month, CronTrigger(day=1, hour=3, minute=0, timezone=site.zone),
+            self.scheduler.add_job(self.run_month, CronTrigger(day=1, hour=MONTH_HOUR, minute=0, timezone=site.zone),
                                    args=[site], id=f"month-{site.site}", name=f"previous month of {site.site}")
             self.scheduler.add_job(self.run_month_to_date, CronTrigger(hour=2, minute=30, timezone=site.zone),
                                    args=[site], id=f"mtd-{site.site}", name=f"month to date of {site.site}")

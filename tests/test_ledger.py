@@ -14,7 +14,7 @@ import pytest
 from contract.config import load_site
 from processing import ledger as ledger_code
 from processing.ledger import Ledger, SignedOff
-from processing.monthly import RESULT_DEVICE, process_month
+from processing.monthly import RESULT_DEVICE, last_closed_day, process_month
 from processing.scheduler import Processor, months_to_catch_up
 from simulators.history import history
 from store.sqlite_store import SqliteStore
@@ -62,13 +62,33 @@ def test_signed_off_month_is_never_changed(store, tmp_path):
 
 
 def test_catch_up_processes_every_past_month_without_a_result(store, tmp_path):
+    """The readings run from 30 September to 31 October 2026: those months, and every month
+    closed since (today's clock: without readings, caught up as failed)."""
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    today = dt.date(2026, 11, 29)
-    assert months_to_catch_up(SITE, store, ledger, today) == ["2026-09", "2026-10"]
+    assert months_to_catch_up(SITE, store, ledger, dt.date(2026, 11, 29)) == ["2026-09", "2026-10"]
+    today = last_closed_day(SITE) + dt.timedelta(days=1)
+    due = months_to_catch_up(SITE, store, ledger, today)
+    assert due[:2] == ["2026-09", "2026-10"] and len(due) == len(set(due))
     proc = Processor([SITE], store, ledger)
-    assert proc.catch_up() == 2
+    assert proc.catch_up() == len(due)
     assert months_to_catch_up(SITE, store, ledger, today) == []
     assert ledger.latest(SITE.site, "2026-10").status == "verified"
+    assert all(ledger.latest(SITE.site, m).status == "failed" for m in due[2:])
+
+
+def test_a_month_is_recorded_only_once_the_readings_it_reads_of_the_next_are_in(store, tmp_path):
+    """A month is read with EDGE (6 h) of the next: recorded at 03:00 on day 1, its revision lacked
+    readings that an export made later held, and ``jcm verify`` found the export's input hash not
+    the revision's (the demo's export failed so from 16:00 UTC on 30 November)."""
+    zone = SITE.zone
+    assert last_closed_day(SITE, dt.datetime(2026, 11, 1, 5, 59, tzinfo=zone)) == dt.date(2026, 10, 30)
+    assert last_closed_day(SITE, dt.datetime(2026, 11, 1, 6, 0, tzinfo=zone)) == dt.date(2026, 10, 31)
+    # the site's time (UTC+8), whatever the zone of the clock's reading
+    assert last_closed_day(SITE, dt.datetime(2026, 10, 31, 21, 59, tzinfo=dt.UTC)) == dt.date(2026, 10, 30)
+    assert last_closed_day(SITE, dt.datetime(2026, 10, 31, 22, 0, tzinfo=dt.UTC)) == dt.date(2026, 10, 31)
+    this_month = (last_closed_day(SITE) + dt.timedelta(days=1)).replace(day=1)
+    with pytest.raises(ValueError, match="is not over yet: its readings are read up to 6 h into the next month"):
+        process_month(SITE, store, Ledger(tmp_path / "ledger.sqlite"), this_month.strftime("%Y-%m"))
 
 
 def test_schedule_uses_site_time_zone_and_generous_misfire_grace(store, tmp_path):
@@ -78,7 +98,7 @@ def test_schedule_uses_site_time_zone_and_generous_misfire_grace(store, tmp_path
         job = proc.scheduler.get_job("month-mn-solar")
         assert str(job.trigger.timezone) == "Asia/Ulaanbaatar"
         nxt = job.next_run_time
-        assert (nxt.day, nxt.hour, nxt.minute) == (1, 3, 0)
+        assert (nxt.day, nxt.hour, nxt.minute) == (1, 7, 0)  # after EDGE of the new month
         assert job.misfire_grace_time >= 86400 and job.coalesce and job.max_instances == 1
         assert proc.scheduler.get_job("mtd-mn-solar").next_run_time.hour == 2
     finally:
@@ -120,7 +140,9 @@ def test_a_store_that_cannot_be_read_now_is_one_error_line_not_a_traceback(tmp_p
         Processor([SITE], store, ledger).run_month(SITE, "2026-10")
         Processor([SITE], store, ledger).run_month_to_date(SITE)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 2 and all(r.exc_info is None for r in errors), [r.getMessage() for r in errors]
+    # on the 1st there is no month to date (nothing is read)
+    expected = 1 if dt.datetime.now(SITE.zone).day == 1 else 2
+    assert len(errors) == expected and all(r.exc_info is None for r in errors), [r.getMessage() for r in errors]
     assert errors[0].getMessage().startswith("mn-solar 2026-10: not processed now: the store cannot be used")
     assert "InfluxDB" in errors[0].getMessage() and ledger.latest(SITE.site, "2026-10") is None
 

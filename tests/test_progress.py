@@ -97,10 +97,11 @@ def test_history_reports_every_step():
 
 def test_the_processors_catch_up_reports_each_month(tmp_path):
     from processing.ledger import Ledger
+    from processing.monthly import last_closed_day
     from processing.scheduler import Processor
 
     site = reference_site("mn-solar")
-    this_month = dt.datetime.now(site.zone).date().replace(day=1)
+    this_month = (last_closed_day(site) + dt.timedelta(days=1)).replace(day=1)  # the month not yet closed
     first = (this_month - dt.timedelta(days=40)).replace(day=1)  # two whole past months
     store = SqliteStore(tmp_path / "jcm.db")
     fill_history(store, site, first, this_month - dt.timedelta(days=1), step_s=3600)
