@@ -62,7 +62,8 @@ def _first_reading_month(site: Site, store: ReadingStore) -> dt.date | None:
         if m < site.commissioned.replace(day=1):
             break
         start = dt.datetime.combine(m, dt.time(), tzinfo=site.zone)
-        probe = store.read(site.site, start, start + dt.timedelta(days=31),
+        end = dt.datetime.combine((m + dt.timedelta(days=32)).replace(day=1), dt.time(), tzinfo=site.zone)
+        probe = store.read(site.site, start, end,
                            channels=[site.monitoring[0].sources[0].split(".")[1]] if site.monitoring else None,
                            limit=1)
         if probe.empty:
