@@ -158,7 +158,10 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
             resume = ret
             continue
         fell = raw[i] < 0
-        if fell:  # readings before the fall may be the outliers (a spike the missing bound let through)
+        # readings before the fall may be the outliers (a spike the missing bound let through); so may
+        # a reading a wrap led to, when the rise from it is out of bounds (a 0 read just below the
+        # rollover read as a wrap, credited, and the rise back as a jump: more than the counter counted)
+        if fell or (i > 0 and wrapped[i - 1]):
             back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1) if fits(k - 1, i + 1)),
                         None)
             if back is not None:

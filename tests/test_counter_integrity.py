@@ -418,3 +418,14 @@ def test_every_reference_site_rates_its_monitored_counters(name):
     counters = [src for src in s.monitoring_sources
                 if s.device(src.split(".")[0]).register_map.point(src.split(".")[1]).kind.value == "counter"]
     assert s.nameplate.ratings and all(s.rating_per_h(src) for src in counters)
+
+
+@pytest.mark.parametrize("effect", ["raises", "lowers"])
+def test_a_zero_read_just_before_a_wrap_is_an_outlier_not_a_wrap(effect):
+    """A register a few units below its rollover reads 0 once, then goes on: the fall to 0 read as a
+    wrap (credited) and the rise back as a jump (not), so the counter credited more than it counted
+    (hypothesis found it: 10 against 8.33)."""
+    t = pd.date_range("2026-10-01 16:00", periods=6, freq="5min", tz="UTC")
+    s = pd.Series([9_999_990.0, 9_999_994.0, 0.0, 9_999_996.0, 9_999_998.0, 9_999_999.0], index=t)
+    r = counter_increments(s, "m.e", rollover=1e7, max_rate_per_h=RATE * MARGIN, effect=effect)
+    assert float(r.value.sum()) == pytest.approx(9.0)
