@@ -125,6 +125,19 @@ class SharedSubscription:
                 c.check()
 
 
+def failing_merges(m, fail=lambda: True, error: BaseException | None = None) -> None:
+    """Through ``m`` (a monkeypatch), the store's merge of a batch's seq records fails, inside the
+    batch's transaction, while ``fail()`` is true: a disk I/O error, or ``error``."""
+    merge = SqliteStore._merge_blocks
+
+    def merge_or_fail(self, blocks):
+        if fail():
+            raise error or sqlite3.OperationalError("disk I/O error")
+        merge(self, blocks)
+
+    m.setattr(SqliteStore, "_merge_blocks", merge_or_fail)
+
+
 def test_a_missing_range_is_one_gap_with_first_and_last(mosquitto, sites_dir, store_url):
     c = collector(mosquitto, store_url, sites_dir)
     pub = Publisher(mosquitto)
@@ -702,11 +715,8 @@ def test_seqs_are_acknowledged_only_once_the_bookkeeping_has_them(mosquitto, sit
     assert wait_until(lambda: first.stored >= 3)
     time.sleep(0.3)  # their bookkeeping written too
 
-    def down(self, blocks):
-        raise sqlite3.OperationalError("disk I/O error")
-
     with monkeypatch.context() as m:
-        m.setattr(SqliteStore, "_merge_blocks", down)
+        failing_merges(m)
         pub.send([message(s) for s in range(4, 7)])
         time.sleep(1.0)
         first.stop()
@@ -767,11 +777,8 @@ def test_a_crash_between_readings_and_their_seq_records_leaves_neither(mosquitto
     class Crash(BaseException):
         pass
 
-    def crash(self, blocks):
-        raise Crash()
-
     with monkeypatch.context() as m:
-        m.setattr(SqliteStore, "_merge_blocks", crash)
+        failing_merges(m, error=Crash())
         pub.send([message(s) for s in range(2, 5)])
         assert first.done.wait(10) and isinstance(first.failure, Crash)
     first.stop()
@@ -797,21 +804,13 @@ def test_the_findings_of_a_write_tried_again_are_written_with_it(mosquitto, site
     subscribed(c, pub)
     pub.send([message(s) for s in (2, 3, 7)])
     assert wait_until(lambda: [(f.first, f.last) for f in findings(store_url)] == [(4, 6)], 20)
-    failing = [0]
-    merge = SqliteStore._merge_blocks
-
-    def flaky(self, blocks):
-        if failing[0]:
-            failing[0] -= 1
-            raise sqlite3.OperationalError("disk I/O error")
-        merge(self, blocks)
-
-    monkeypatch.setattr(SqliteStore, "_merge_blocks", flaky)
+    failing: list[bool] = []
+    failing_merges(monkeypatch, lambda: bool(failing) and failing.pop())
     for late in ([message(s) for s in (4, 5, 6)], [message(1, E2)]):
-        failing[0], before = 1, c.stored
+        failing[:], before = [True], c.stored
         pub.send(late)
         assert wait_until(lambda: c.stored >= before + len(late), 20), c.stored
-        assert not failing[0]
+        assert not failing
     resolved = wait_until(lambda: [f.resolved is not None for f in findings(store_url)] == [True], 10)
     c.stop()
     pub.close()
@@ -831,16 +830,8 @@ def test_a_reading_the_store_refuses_only_when_its_write_is_tried_again_has_no_s
                        epoch=E1)
 
     batch = [reading(1, [f"a{i}" for i in range(300)]), reading(2), reading(3)]
-    failing = [1]
-    merge = SqliteStore._merge_blocks
-
-    def flaky(self, blocks):
-        if failing[0]:
-            failing[0] -= 1
-            raise sqlite3.OperationalError("disk I/O error")
-        merge(self, blocks)
-
-    monkeypatch.setattr(SqliteStore, "_merge_blocks", flaky)
+    failing = [True]
+    failing_merges(monkeypatch, lambda: bool(failing) and failing.pop())
     staged: list[SeqBlock] = []
 
     def books(refused):
@@ -871,14 +862,7 @@ def test_writes_refused_and_tried_again_across_two_collectors_keep_the_books_tho
 
     examples = iter(range(10**9))
     failing = [None]
-    merge = SqliteStore._merge_blocks
-
-    def flaky(self, blocks):
-        if failing[0] is not None and failing[0].random() < 0.5:
-            raise sqlite3.OperationalError("disk I/O error")
-        merge(self, blocks)
-
-    monkeypatch.setattr(SqliteStore, "_merge_blocks", flaky)
+    failing_merges(monkeypatch, lambda: failing[0] is not None and failing[0].random() < 0.5)
 
     @settings(max_examples=fuzz_examples(15), deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.integers(2, 40).flatmap(lambda n: st.tuples(
