@@ -93,6 +93,8 @@ class Publisher:
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         # (topic, payload, retained: delivered from the broker's store at subscription, not as published)
         self._store_acks: queue.SimpleQueue[tuple[bytes, bytes, bool]] = queue.SimpleQueue()
+        #: this run's id, in every status of it: acknowledgements built under it echo it
+        self.run = acknowledgement.new_run()
         self._lost = ""  # the collectors no longer counted, when ``_distrusted`` is not empty
         self._distrusted = self._distrusted_at_start() if self.by_store else set()
         self._said_distrust = False
@@ -119,9 +121,10 @@ class Publisher:
     def _distrusted_at_start(self) -> set[str]:
         """The listed collectors whose retained acknowledgement may carry claims of a collector this outbox
         counted before and no longer does: a listed collector merged them while the gateway's status listed
-        that one, and its retained message keeps them until it publishes anew (having heard the shorter list
-        in this run's status). Until a collector acknowledges anew in this run, its retained message deletes
-        nothing; once every listed one has, the list is recorded and the next run trusts them again."""
+        that one, and its messages carry them until it builds one having heard the shorter list in this run's
+        status: one that echoes this run's id. Until a collector sends such a one, its others delete nothing
+        (one without a run, of a collector from before runs, counts when published in this run, as before);
+        once every listed one has, the list is recorded and the next run trusts them again."""
         known, before = self.outbox.acknowledged_by()
         now = None if self.acknowledged_by is None else sorted(self.acknowledged_by)
         lost = self.acknowledged_by is not None and (before is None or bool(set(before) - self.acknowledged_by))
@@ -340,10 +343,13 @@ class Publisher:
             if ack.epoch != self.outbox.epoch:
                 continue  # of a sequence this outbox no longer has: nothing to delete
             if collector in self._distrusted:
-                if retained:
+                # another run's: built before the collector heard this run's status, with claims it may have merged
+                # under the longer list; one without a run (a collector from before runs) cannot say: as before, a
+                # retained one is from before this run and a live one is taken as built after this run's status
+                if ack.run != self.run and (ack.run is not None or retained):
                     self._distrust(collector)
                     continue
-                self._distrusted.discard(collector)  # published in this run, by the list in this run's status
+                self._distrusted.discard(collector)  # built under the list in this run's status
                 if not self._distrusted:
                     self.outbox.record_acknowledged_by(sorted(self.acknowledged_by))
             spans = ack.spans()  # none: no ranges, and a bitmap of zeros or none
@@ -357,9 +363,9 @@ class Publisher:
         if not self._said_distrust:
             self._said_distrust = True
             log.warning("gateway %s: outbox.acknowledged_by no longer lists %s, counted when this outbox last ran: "
-                        "the retained acknowledgements of %s may still carry their claims, so they delete nothing "
-                        "until each listed collector acknowledges anew (rows are sent again meanwhile)",
-                        self.site.gateway, self._lost, collector)
+                        "the acknowledgements of %s built before it heard this run's status may still carry their "
+                        "claims, so they delete nothing until each listed collector acknowledges under this run "
+                        "(run %s; rows are sent again meanwhile)", self.site.gateway, self._lost, collector, self.run)
 
     def _refused(self, topic: bytes, why: str) -> None:
         self._refused_acks += 1
@@ -395,7 +401,7 @@ class Publisher:
     def _publish_status(self) -> None:
         self._said = self._outbox_health()
         unsaved, dropped, error = self._said
-        body = status_payload(self.site, "online", epoch=self.outbox.epoch, floor=self.outbox.floor(),
+        body = status_payload(self.site, "online", epoch=self.outbox.epoch, run=self.run, floor=self.outbox.floor(),
                               outbox_depth=self.outbox.depth, outbox_dropped=dropped, outbox_unsaved=unsaved,
                               outbox_error=error,
                               # collectors merge only these collectors' claims, whatever their site file copy says
