@@ -25,6 +25,7 @@ the status and logged, so that an operator sees it.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import queue
@@ -103,6 +104,10 @@ class Publisher:
         #: acknowledgements of collectors not in ``acknowledged_by``, by collector (in the status)
         self.unlisted: dict[str, int] = {}
         self._next_unlisted_log: dict[str, float] = {}
+        self._heard: set[str] = set()  # the listed collectors that acknowledged this epoch in this run
+        self._unlisted_since: float | None = None  # when an unlisted collector first acknowledged live
+        #: listed collectors not heard for ``confirm_timeout_s`` while unlisted ones acknowledge (in the status)
+        self.silent: list[str] = []
         self._inflight: dict[int, list[int]] = {}  # mid -> seqs (one, or a batch's)
         self._batches: set[int] = set()  # mids of the backlog batches in flight
         self._full_batch = 1000  # rows the last batch cut by the packet limit held
@@ -335,6 +340,8 @@ class Publisher:
                     raise ValueError("not this gateway's acknowledgement topic")
                 if self.acknowledged_by is not None and collector not in self.acknowledged_by:
                     self._unlisted(collector)
+                    if not retained and self._unlisted_since is None:
+                        self._unlisted_since = time.monotonic()
                     continue
                 ack = acknowledgement.Ack.from_json(payload)
             except ValueError as exc:
@@ -342,6 +349,7 @@ class Publisher:
                 continue
             if ack.epoch != self.outbox.epoch:
                 continue  # of a sequence this outbox no longer has: nothing to delete
+            self._heard.add(collector)
             if collector in self._distrusted:
                 # another run's: built before the collector heard this run's status, with claims it may have merged
                 # under the longer list; one without a run (a collector from before runs) cannot say: as before, a
@@ -358,6 +366,27 @@ class Publisher:
             # within the spans, a bitmap's unset bits are not claimed: each row found is looked up
             self.confirmed += self.outbox.confirm(acknowledgement.clip(spans, 1, self._live_cursor),
                                                   ack.holds if ack.bits else None)
+        self._check_silent()
+
+    def _check_silent(self) -> None:
+        """A listed collector never heard while unlisted ones acknowledge live is most likely a misspelt
+        ``outbox.acknowledged_by`` entry (or a collector down): the gateway would delete nothing and its outbox
+        would fill up to ``max_rows``. Said once as an ERROR, with the unlisted ids that look alike, and kept
+        in the status (``acks_missing``) while it lasts."""
+        if self._unlisted_since is None or time.monotonic() - self._unlisted_since < self.confirm_timeout:
+            return
+        silent = sorted(self.acknowledged_by - self._heard)
+        if silent and not self.silent:
+            others = [c for c in self.unlisted if c != "*"]
+            hints = [f"{near[0]} for {c}" for c in silent for near in [difflib.get_close_matches(c, others, n=1)]
+                     if near]
+            log.error("gateway %s: no acknowledgement from %s, listed in outbox.acknowledged_by, for %.0f s while "
+                      "%s acknowledge(s) readings here: theirs delete nothing, and what no listed collector "
+                      "confirms fills the outbox up to max_rows. Is the list misspelt%s, or is the listed collector "
+                      "down?", self.site.gateway, ", ".join(silent), self.confirm_timeout,
+                      ", ".join(sorted(others)) or "unlisted collectors",
+                      f" (did you mean {'; '.join(hints)}?)" if hints else "")
+        self.silent = silent
 
     def _distrust(self, collector: str) -> None:
         if not self._said_distrust:
@@ -406,5 +435,6 @@ class Publisher:
                               outbox_error=error,
                               # collectors merge only these collectors' claims, whatever their site file copy says
                               **({"acknowledged_by": sorted(self.acknowledged_by)} if self.acknowledged_by else {}),
-                              **({"acks_ignored": dict(self.unlisted)} if self.unlisted else {}))
+                              **({"acks_ignored": dict(self.unlisted)} if self.unlisted else {}),
+                              **({"acks_missing": self.silent} if self.silent else {}))
         self.client.publish(self.status_topic, body, qos=1, retain=True)

@@ -193,3 +193,55 @@ def test_a_collector_never_carries_a_claim_merged_under_the_old_list_into_the_ne
     finally:
         prod.stop()
         watcher.loop_stop()
+
+
+@pytest.mark.slow
+def test_a_misspelt_acknowledged_by_entry_is_said_once_with_a_hint(tmp_path, mosquitto, caplog):
+    """The site file lists "jcm-colector-prod" for the collector "jcm-collector-prod". Before, the gateway only
+    counted that collector's acknowledgements as ignored (a WARNING, as for a staging collector), deleted
+    nothing, and its outbox grew to max_rows. Now, once no listed collector has acknowledged in
+    confirm_timeout_s while an unlisted one does, it says so in one ERROR with the likely spelling, and its
+    status names the silent listed collector (acks_missing)."""
+    misspelt = "jcm-colector-prod"
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[misspelt]))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    status = Subscriber(mosquitto)
+    production = collector(mosquitto, tmp_path, client_id=PRODUCTION)
+    pub = Publisher(site, outbox, broker_url=mosquitto.url, status_every=0.5)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
+            pub.start()
+            assert wait_until(lambda: pub.connection.connected.is_set(), 10)
+            time.sleep(0.3)
+            polled(site, outbox, 10)
+            pub.notify()
+            assert wait_until(lambda: any(s.get("acks_missing") == [misspelt] for s in status.status), 20)
+            time.sleep(1)
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and f"no acknowledgement from {misspelt}" in errors[0]
+        assert f"(did you mean {PRODUCTION} for {misspelt}?)" in errors[0]
+        assert outbox.depth == 10
+    finally:
+        pub.stop(timeout=0)
+        production.stop()
+        status.close()
+        outbox.close()
+
+
+def test_a_listed_collector_heard_beside_an_unlisted_one_is_not_said_missing(tmp_path, caplog):
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION], confirm_timeout_s=1))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    polled(site, outbox, 5)
+    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 2]]}).encode()
+    try:
+        with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
+            for collector_id in (STAGING, PRODUCTION):
+                pub._store_acks.put((topics.ack(site.site, site.gateway, collector_id).encode(), body, False))
+            pub._take_store_acks()
+            time.sleep(1.1)
+            pub._take_store_acks()
+        assert not caplog.records and pub.silent == [] and outbox.depth == 3
+    finally:
+        outbox.close()
