@@ -245,3 +245,26 @@ def test_a_listed_collector_heard_beside_an_unlisted_one_is_not_said_missing(tmp
         assert not caplog.records and pub.silent == [] and outbox.depth == 3
     finally:
         outbox.close()
+
+
+@pytest.mark.slow
+def test_the_run_is_the_same_after_a_reconnect_and_new_at_each_start(tmp_path, mosquitto):
+    """Its status is published again when the connection comes back: same run, or every collector's
+    acknowledgement built since would stop counting after a shortened list."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    status = Subscriber(mosquitto)
+    pub = Publisher(site, outbox, broker_url=mosquitto.url)
+    try:
+        pub.start()
+        assert wait_until(lambda: any(s["state"] == "online" for s in status.status), 10)
+        mosquitto.stop()
+        mosquitto.start()
+        assert wait_until(lambda: sum(s["state"] == "online" for s in status.status) >= 2, 20)
+        assert {s["run"] for s in status.status if s["state"] == "online"} == {pub.run}
+    finally:
+        pub.stop(timeout=0)
+        status.close()
+    again = Publisher(site, outbox, broker_url=mosquitto.url)
+    assert again.run != pub.run
+    outbox.close()
