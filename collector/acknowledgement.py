@@ -13,10 +13,15 @@ site file when that lists any), only those collectors' claims are merged: a clai
 collector with a store of its own) published again as ours would delete readings our store
 does not hold. Until the gateway's status says whom it lists (retained acknowledgements come
 before it, and our copy of its site file may be older), the other collectors' claims are held
-aside, not merged; a status that no longer lists a collector whose claim was merged starts our
-claims afresh (ours can no longer be told from its), and the gateway sends the rest again.
-Our own retained acknowledgement from before a restart may hold such merged claims too: it is
-taken back only when the status says the gateway lists no collectors.
+aside, not merged; a status whose list lost a member since the last one, or that no longer lists a
+collector whose claim was merged, starts our claims afresh if any other's is merged (ours can no
+longer be told from the dropped collector's, which a listed peer may have merged into its own), and
+the gateway sends the rest again. Our own retained acknowledgement from before a restart may hold
+such merged claims too: it is taken back only when the status says the gateway lists no collectors.
+Each acknowledgement we publish echoes the ``run`` of the gateway's status we built it under; of a
+gateway whose status carries a run, only acknowledgements echoing that run are merged, so a claim
+merged under an older list is not published again under the new run (contract/acknowledgement.py,
+"Shortened list").
 
 It has its own MQTT connection (a clean session: what it needs is retained), so the
 readings' session, with its manual acknowledgements, is untouched.
@@ -32,7 +37,7 @@ from collections.abc import Collection, Iterable, Mapping
 
 from collector.claim import MAX_KEPT_RANGES, WINDOW, Claim
 from contract import topics
-from contract.acknowledgement import Ack
+from contract.acknowledgement import Ack, is_run
 from contract.config import CollectorConfig
 from contract.config.site import COLLECTOR_ID_PATTERN, MAX_ACKNOWLEDGED_BY
 from contract.message import EPOCH_PATTERN, MAX_SEQ, Reading
@@ -52,7 +57,7 @@ MAX_OTHERS = 64
 
 
 class _Gateway:
-    __slots__ = ("name", "current", "floor", "epochs", "forgetting", "listed", "trusted", "held", "merged")
+    __slots__ = ("name", "current", "run", "floor", "epochs", "forgetting", "listed", "trusted", "held", "merged")
 
     def __init__(self, name: str, listed: frozenset[str] | None):
         self.name = name
@@ -60,6 +65,7 @@ class _Gateway:
         self.trusted = listed  # the collectors whose claims count: those its status lists, else ``listed``
         self.forgetting = False  # whether a claim of it has no room for more ranges (logged once)
         self.current: str | None = None  # the epoch the gateway last announced in its status
+        self.run: str | None = None  # the run that status carries (None: a gateway from before runs)
         self.floor = 1  # of the current epoch
         self.epochs: dict[str, Claim] = {}  # epoch -> what the store holds of it
         self.held: dict[str, Ack] = {}  # collector -> its latest acknowledgement, until the first status
@@ -145,7 +151,7 @@ class Acknowledgements:
                 # the epoch the gateway announced; before it has, the one of its latest reading
                 epoch = g.current if g.current in g.epochs else epoch
                 if g.epochs.get(epoch):
-                    acks.append((key, g.epochs[epoch].ack(epoch)))
+                    acks.append((key, g.epochs[epoch].ack(epoch, g.run)))
         # outside the lock, which paho's thread takes for incoming acknowledgements
         for key, ack in acks:
             self._publish(key, ack)
@@ -215,7 +221,8 @@ class Acknowledgements:
                         if collector in g.held or len(g.held) < MAX_OTHERS:
                             g.held[collector] = ack
                         return
-                    self._merge(g, collector, ack)
+                    if g.run is None or ack.run == g.run:
+                        self._merge(g, collector, ack)
         except ValueError as exc:
             log.debug("ignored %r: %s", msg._topic[:120], exc)
         except Exception:
@@ -246,7 +253,9 @@ class Acknowledgements:
                 return
             if epoch != g.current:
                 g.merged = set()  # the claims of another epoch are dropped below
+            heard, before = g.current is not None, g.trusted
             g.current, g.floor = epoch, floor
+            g.run = body.get("run") if is_run(body.get("run")) else None
             listed = body.get("acknowledged_by")
             if isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY and all(
                     isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed):
@@ -256,15 +265,21 @@ class Acknowledgements:
                 g.trusted = frozenset(listed) if g.listed is None else g.listed.intersection(listed)
             else:
                 g.trusted = g.listed
-            if g.trusted is not None and (g.merged is None or not g.merged <= g.trusted):
-                log.warning("acknowledgements: gateway %s no longer lists %s, whose claims were merged into ours: "
+            # a list that lost a member: a listed peer's claim merged into ours may have carried the dropped
+            # one's (merged by the peer under the longer list), so every merged claim goes, not only the dropped
+            # collector's own
+            shortened = heard and g.trusted is not None and (before is None or not before <= g.trusted)
+            if g.trusted is not None and (g.merged is None or not g.merged <= g.trusted or (shortened and g.merged)):
+                gone = None if before is None or g.merged is None else (before | g.merged) - g.trusted
+                log.warning("acknowledgements: gateway %s no longer lists %s, whose claims may be merged into ours: "
                             "ours start afresh (the gateway sends again what it has not seen confirmed)", g.name,
-                            "some of the collectors" if g.merged is None else ", ".join(sorted(g.merged - g.trusted)))
+                            ", ".join(sorted(gone)) if gone else "some of the collectors")
                 g.epochs, g.merged = {}, set()
             claim = g.epochs.get(epoch) or Claim(floor)
             claim.prune(floor)
             g.epochs = {epoch: claim}
             held, g.held = g.held, {}
             for collector, ack in held.items():
-                if g.trusted is None or (collector in g.trusted and collector != self.collector_id):
+                if (g.trusted is None or (collector in g.trusted and collector != self.collector_id)) and (
+                        g.run is None or ack.run == g.run):
                     self._merge(g, collector, ack)

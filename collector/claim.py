@@ -166,17 +166,18 @@ class Claim:
         if last is not None:
             yield last
 
-    def ack(self, epoch: str) -> Ack:
-        """The acknowledgement of this claim: the lowest ``MAX_RANGES`` ranges (all a gateway from
-        before bitmaps reads), then the rest of the window as a bitmap, as much as fits."""
+    def ack(self, epoch: str, run: str | None = None) -> Ack:
+        """The acknowledgement of this claim, built under the gateway's run ``run``: the lowest
+        ``MAX_RANGES`` ranges (all a gateway from before bitmaps reads), then the rest of the window
+        as a bitmap, as much as fits."""
         listed = list(islice(self.runs(), MAX_RANGES + 1))
         if len(listed) <= MAX_RANGES:
-            return Ack(epoch, tuple(listed))
+            return Ack(epoch, tuple(listed), run=run)
         del listed[MAX_RANGES:]
         base = listed[-1][1] + 1
         if base >= self.edge + WINDOW:
-            return Ack(epoch, tuple(listed))  # the window is listed whole; the ranges above it wait
-        return Ack.fitted(epoch, listed, base, self.bits >> (base - self.edge))
+            return Ack(epoch, tuple(listed), run=run)  # the window is listed whole; the ranges above it wait
+        return Ack.fitted(epoch, listed, base, self.bits >> (base - self.edge), run)
 
     def _keep_above(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Fold ``ranges`` (ascending) into those above the window; the highest beyond

@@ -48,10 +48,19 @@ Acknowledgement (:class:`Ack`), one retained QoS 1 message per (gateway, collect
     so a collector that restarts takes its own and the others' claims back from the
     broker, and a gateway that reconnects learns where it stands.
 
+    Run: the gateway's retained status carries ``run``, 16 hex digits drawn at random at each
+    gateway start (the same on every status of that run, re-published on a reconnect). A
+    collector echoes ``"run": "<16 hex>"`` in an acknowledgement: the run of the status it
+    had when it *built* it, the status under whose ``acknowledged_by`` list it merged the
+    others' claims (no ``run`` before it has heard a status that carries one). A present
+    ``run`` that is not exactly 16 lower-case hex digits makes the message refused. The
+    gateway needs it after a start with a shortened list (see "Shortened list" below).
+
     Upgrades: a gateway or collector from before the bitmap ignores it (unknown members
     are ignored; schema, size and range bounds are the same), so it takes the ranges
     alone, a part of the truth; one that knows the bitmap takes a ranges-only message as
-    it always was.
+    it always was. One from before ``run`` ignores it too (in the status and in an
+    acknowledgement); an acknowledgement without it is taken as one from before (below).
 
 The gateway subscribes to ``jcm/v1/<site>/<gateway>/ack/+``, takes the union of the
 acknowledgements of its current epoch (any other epoch is ignored), ignores seqs it has
@@ -69,6 +78,24 @@ well-formed bitmap, its own epoch, and a seq it has not sent yet is never taken 
 What an acknowledgement costs it does not grow with the numbers in it: parsing is bounded
 by ``MAX_ACK_BYTES``, and the gateway looks its outbox up in at most ``MAX_RANGES`` + 1
 spans (:meth:`Ack.spans`), one bit per row found.
+
+Shortened list
+    A gateway's ``outbox.acknowledged_by`` names the collectors whose acknowledgements count,
+    and collectors merge only those collectors' claims. When it loses a member (a staging
+    collector whose store is not production's), a listed collector's acknowledgement built
+    under the longer list may carry the dropped collector's claims, merged then. So a gateway
+    started with a list that lost a member since its outbox last ran takes a listed collector's
+    acknowledgement only when it echoes this run's ``run``, until every listed collector has sent
+    one (the list is then recorded in the outbox). Any other run, retained or live, deletes
+    nothing: it was built before the collector heard this run's status. For its part, a
+    collector that hears a list that lost a member drops every claim it merged (a peer's
+    acknowledgement may have carried the dropped collector's claims into it) and, of a gateway
+    whose status carries a run, merges only acknowledgements that echo that run: a claim merged
+    under the old list is never published again under the new run. An acknowledgement without
+    ``run`` (a collector from before it) counts as it did before: retained, nothing; published in
+    this run, taken, as the collector's anew (it cannot be told from one built before the
+    collector heard the status: with such collectors listed, clear their retained
+    acknowledgements with the gateway stopped when shortening its list, README).
 """
 
 from __future__ import annotations
@@ -77,6 +104,7 @@ import base64
 import bisect
 import json
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -91,6 +119,7 @@ MAX_ACK_BYTES = 16 * 1024
 MAX_BITS = 8 * (MAX_ACK_BYTES // 4 * 3)
 
 _EPOCH = re.compile(EPOCH_PATTERN)
+_RUN = re.compile("[0-9a-f]{16}")
 
 Ranges = list[tuple[int, int]]
 
@@ -104,12 +133,15 @@ class Ack:
     ranges: tuple[tuple[int, int], ...]
     bits_from: int = 0
     bits: bytes = b""
+    #: the gateway run whose status it was built under; None: not known (or a collector from before runs)
+    run: str | None = None
 
     @classmethod
-    def fitted(cls, epoch: str, ranges: Iterable[tuple[int, int]], bits_from: int = 0, mask: int = 0) -> Ack:
+    def fitted(cls, epoch: str, ranges: Iterable[tuple[int, int]], bits_from: int = 0, mask: int = 0,
+               run: str | None = None) -> Ack:
         """``ranges`` (at most ``MAX_RANGES``) and the seqs of ``mask`` (bit i: seq ``bits_from`` + i),
         the bitmap cut at the top to what fits in ``MAX_ACK_BYTES``: it claims what it is given, or less."""
-        ack = cls(epoch, tuple(ranges))
+        ack = cls(epoch, tuple(ranges), run=run)
         if mask <= 0:
             return ack
         low = (mask & -mask).bit_length() - 1  # from the lowest seq held: bit 0 set
@@ -119,12 +151,14 @@ class Ack:
         mask &= (1 << nbits) - 1
         if not mask:
             return ack
-        return cls(epoch, ack.ranges, bits_from, mask.to_bytes((mask.bit_length() + 7) // 8, "little"))
+        return cls(epoch, ack.ranges, bits_from, mask.to_bytes((mask.bit_length() + 7) // 8, "little"), run)
 
     def to_json(self) -> str:
         body = {"schema": SCHEMA_VERSION, "epoch": self.epoch, "ranges": [list(r) for r in self.ranges]}
         if self.bits:
             body |= {"bits_from": self.bits_from, "bits": base64.b64encode(self.bits).decode()}
+        if self.run is not None:
+            body["run"] = self.run
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -152,7 +186,10 @@ class Ack:
             last = r[1]
             out.append((r[0], last))
         bits_from, bits = _bitmap(body)
-        return cls(epoch, tuple(out), bits_from, bits)
+        run = body.get("run")
+        if "run" in body and not is_run(run):
+            raise ValueError("'run' is not 16 lower-case hex digits")
+        return cls(epoch, tuple(out), bits_from, bits, run)
 
     def spans(self) -> Ranges:
         """Ascending disjoint ranges [seq] within which every seq claimed lies (each seq of a
@@ -174,6 +211,16 @@ class Ack:
     def bitmask(self) -> int:
         """The bitmap as an integer: bit i set, seq ``bits_from`` + i claimed."""
         return int.from_bytes(self.bits, "little")
+
+
+def new_run() -> str:
+    """A gateway run's id: 16 hex digits, drawn at random at each start."""
+    return secrets.token_hex(8)
+
+
+def is_run(value: object) -> bool:
+    """Whether ``value`` is a run id (exactly 16 lower-case hex digits)."""
+    return isinstance(value, str) and _RUN.fullmatch(value) is not None
 
 
 def _bitmap(body: dict) -> tuple[int, bytes]:

@@ -25,6 +25,7 @@ the status and logged, so that an operator sees it.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import queue
@@ -93,6 +94,8 @@ class Publisher:
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         # (topic, payload, retained: delivered from the broker's store at subscription, not as published)
         self._store_acks: queue.SimpleQueue[tuple[bytes, bytes, bool]] = queue.SimpleQueue()
+        #: this run's id, in every status of it: acknowledgements built under it echo it
+        self.run = acknowledgement.new_run()
         self._lost = ""  # the collectors no longer counted, when ``_distrusted`` is not empty
         self._distrusted = self._distrusted_at_start() if self.by_store else set()
         self._said_distrust = False
@@ -101,6 +104,10 @@ class Publisher:
         #: acknowledgements of collectors not in ``acknowledged_by``, by collector (in the status)
         self.unlisted: dict[str, int] = {}
         self._next_unlisted_log: dict[str, float] = {}
+        self._heard: set[str] = set()  # the listed collectors that acknowledged this epoch in this run
+        self._unlisted_since: float | None = None  # when an unlisted collector first acknowledged live
+        #: listed collectors not heard for ``confirm_timeout_s`` while unlisted ones acknowledge (in the status)
+        self.silent: list[str] = []
         self._inflight: dict[int, list[int]] = {}  # mid -> seqs (one, or a batch's)
         self._batches: set[int] = set()  # mids of the backlog batches in flight
         self._full_batch = 1000  # rows the last batch cut by the packet limit held
@@ -119,9 +126,10 @@ class Publisher:
     def _distrusted_at_start(self) -> set[str]:
         """The listed collectors whose retained acknowledgement may carry claims of a collector this outbox
         counted before and no longer does: a listed collector merged them while the gateway's status listed
-        that one, and its retained message keeps them until it publishes anew (having heard the shorter list
-        in this run's status). Until a collector acknowledges anew in this run, its retained message deletes
-        nothing; once every listed one has, the list is recorded and the next run trusts them again."""
+        that one, and its messages carry them until it builds one having heard the shorter list in this run's
+        status: one that echoes this run's id. Until a collector sends such a one, its others delete nothing
+        (one without a run, of a collector from before runs, counts when published in this run, as before);
+        once every listed one has, the list is recorded and the next run trusts them again."""
         known, before = self.outbox.acknowledged_by()
         now = None if self.acknowledged_by is None else sorted(self.acknowledged_by)
         lost = self.acknowledged_by is not None and (before is None or bool(set(before) - self.acknowledged_by))
@@ -332,6 +340,8 @@ class Publisher:
                     raise ValueError("not this gateway's acknowledgement topic")
                 if self.acknowledged_by is not None and collector not in self.acknowledged_by:
                     self._unlisted(collector)
+                    if not retained and self._unlisted_since is None:
+                        self._unlisted_since = time.monotonic()
                     continue
                 ack = acknowledgement.Ack.from_json(payload)
             except ValueError as exc:
@@ -339,11 +349,15 @@ class Publisher:
                 continue
             if ack.epoch != self.outbox.epoch:
                 continue  # of a sequence this outbox no longer has: nothing to delete
+            self._heard.add(collector)
             if collector in self._distrusted:
-                if retained:
+                # another run's: built before the collector heard this run's status, with claims it may have merged
+                # under the longer list; one without a run (a collector from before runs) cannot say: as before, a
+                # retained one is from before this run and a live one is taken as built after this run's status
+                if ack.run != self.run and (ack.run is not None or retained):
                     self._distrust(collector)
                     continue
-                self._distrusted.discard(collector)  # published in this run, by the list in this run's status
+                self._distrusted.discard(collector)  # built under the list in this run's status
                 if not self._distrusted:
                     self.outbox.record_acknowledged_by(sorted(self.acknowledged_by))
             spans = ack.spans()  # none: no ranges, and a bitmap of zeros or none
@@ -352,14 +366,35 @@ class Publisher:
             # within the spans, a bitmap's unset bits are not claimed: each row found is looked up
             self.confirmed += self.outbox.confirm(acknowledgement.clip(spans, 1, self._live_cursor),
                                                   ack.holds if ack.bits else None)
+        self._check_silent()
+
+    def _check_silent(self) -> None:
+        """A listed collector never heard while unlisted ones acknowledge live is most likely a misspelt
+        ``outbox.acknowledged_by`` entry (or a collector down): the gateway would delete nothing and its outbox
+        would fill up to ``max_rows``. Said once as an ERROR, with the unlisted ids that look alike, and kept
+        in the status (``acks_missing``) while it lasts."""
+        if self._unlisted_since is None or time.monotonic() - self._unlisted_since < self.confirm_timeout:
+            return
+        silent = sorted(self.acknowledged_by - self._heard)
+        if silent and not self.silent:
+            others = [c for c in self.unlisted if c != "*"]
+            hints = [f"{near[0]} for {c}" for c in silent for near in [difflib.get_close_matches(c, others, n=1)]
+                     if near]
+            log.error("gateway %s: no acknowledgement from %s, listed in outbox.acknowledged_by, for %.0f s while "
+                      "%s acknowledge(s) readings here: theirs delete nothing, and what no listed collector "
+                      "confirms fills the outbox up to max_rows. Is the list misspelt%s, or is the listed collector "
+                      "down?", self.site.gateway, ", ".join(silent), self.confirm_timeout,
+                      ", ".join(sorted(others)) or "unlisted collectors",
+                      f" (did you mean {'; '.join(hints)}?)" if hints else "")
+        self.silent = silent
 
     def _distrust(self, collector: str) -> None:
         if not self._said_distrust:
             self._said_distrust = True
             log.warning("gateway %s: outbox.acknowledged_by no longer lists %s, counted when this outbox last ran: "
-                        "the retained acknowledgements of %s may still carry their claims, so they delete nothing "
-                        "until each listed collector acknowledges anew (rows are sent again meanwhile)",
-                        self.site.gateway, self._lost, collector)
+                        "the acknowledgements of %s built before it heard this run's status may still carry their "
+                        "claims, so they delete nothing until each listed collector acknowledges under this run "
+                        "(run %s; rows are sent again meanwhile)", self.site.gateway, self._lost, collector, self.run)
 
     def _refused(self, topic: bytes, why: str) -> None:
         self._refused_acks += 1
@@ -395,10 +430,11 @@ class Publisher:
     def _publish_status(self) -> None:
         self._said = self._outbox_health()
         unsaved, dropped, error = self._said
-        body = status_payload(self.site, "online", epoch=self.outbox.epoch, floor=self.outbox.floor(),
+        body = status_payload(self.site, "online", epoch=self.outbox.epoch, run=self.run, floor=self.outbox.floor(),
                               outbox_depth=self.outbox.depth, outbox_dropped=dropped, outbox_unsaved=unsaved,
                               outbox_error=error,
                               # collectors merge only these collectors' claims, whatever their site file copy says
                               **({"acknowledged_by": sorted(self.acknowledged_by)} if self.acknowledged_by else {}),
-                              **({"acks_ignored": dict(self.unlisted)} if self.unlisted else {}))
+                              **({"acks_ignored": dict(self.unlisted)} if self.unlisted else {}),
+                              **({"acks_missing": self.silent} if self.silent else {}))
         self.client.publish(self.status_topic, body, qos=1, retain=True)

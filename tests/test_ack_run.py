@@ -1,0 +1,270 @@
+"""The gateway's run id, echoed by acknowledgements (contract/acknowledgement.py, "Run" and
+"Shortened list"): after a start with a shortened ``outbox.acknowledged_by``, an acknowledgement
+built before its collector heard this run's status deletes nothing, even when it arrives live; a
+collector never carries a claim merged under the longer list into an acknowledgement of the new run."""
+
+import datetime as dt
+import json
+import logging
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from collector.acknowledgement import Acknowledgements
+from contract import topics
+from contract.acknowledgement import MAX_ACK_BYTES, MAX_RANGES, Ack
+from contract.config import CollectorConfig
+from contract.message import MAX_SEQ, Reading
+from gateway.outbox import Outbox
+from gateway.publisher import Publisher
+from tests.conftest import Subscriber, load_site, wait_until
+from tests.test_end_to_end_ack import GATEWAY, PRODUCTION, STAGING, collector, e2e_site, polled
+
+OLD_RUN = "0123456789abcdef"  # the run before the restart
+
+
+def shortened(tmp_path):
+    """The site with production and staging listed, and the same with production only."""
+    both = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION, STAGING]))
+    return both, both.model_copy(update={"outbox": both.outbox.model_copy(update={"acknowledged_by": [PRODUCTION]})})
+
+
+@pytest.mark.slow
+def test_an_acknowledgement_built_under_the_old_run_deletes_nothing_even_live(tmp_path, mosquitto, caplog):
+    """The production collector merged staging's claims while the gateway listed staging; the gateway is
+    restarted with production alone, and the collector's acknowledgement built before it heard the new
+    status arrives live just after. Before, the gateway took a live acknowledgement as built under this
+    run's list and deleted what only the staging store held. Now it deletes only on one echoing this run,
+    such as the real collector's once it has heard the status, which then empties the outbox."""
+    both, site = shortened(tmp_path)
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    Publisher(both, outbox, broker_url=mosquitto.url)  # the run with the longer list: it is recorded
+    polled(site, outbox, 20)
+    status = Subscriber(mosquitto)
+    stand_in = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="collector-prod-stand-in")
+    stand_in.connect("127.0.0.1", mosquitto.port)
+    stand_in.loop_start()
+    pub = Publisher(site, outbox, broker_url=mosquitto.url)
+    production = None
+    try:
+        with caplog.at_level(logging.WARNING):
+            pub.start()
+            assert wait_until(lambda: any(s["state"] == "online" for s in status.status), 10)
+            time.sleep(0.3)  # the gateway has subscribed
+            built_before = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 20]], "run": OLD_RUN})
+            stand_in.publish(topics.ack(site.site, site.gateway, PRODUCTION), built_before, qos=1,
+                             retain=True).wait_for_publish(5)
+            time.sleep(1.5)  # it has reached the gateway, live
+        assert outbox.depth == 20 and pub.confirmed == 0
+        said = [r.getMessage() for r in caplog.records if "no longer lists" in r.getMessage()]
+        assert len(said) == 1 and STAGING in said[0], said
+        assert outbox.acknowledged_by() == (True, sorted([PRODUCTION, STAGING]))
+        # the real collector hears the status, stores what is sent again, and echoes this run
+        production = collector(mosquitto, tmp_path, client_id=PRODUCTION)
+        assert wait_until(lambda: outbox.depth == 0, 30), outbox.depth
+        assert outbox.acknowledged_by() == (True, [PRODUCTION])
+        assert {s["run"] for s in status.status if s["state"] == "online"} == {pub.run}
+    finally:
+        pub.stop(timeout=0)
+        if production:
+            production.stop()
+        stand_in.loop_stop()
+        stand_in.disconnect()
+        status.close()
+        outbox.close()
+
+
+@pytest.mark.parametrize("run, retained, deletes", [
+    ("this", False, True), ("this", True, True),  # built under this run's status, retained or not
+    (OLD_RUN, False, False), (OLD_RUN, True, False),  # built under another run's
+    (None, True, False), (None, False, True),  # a collector from before runs: as before the run existed
+])
+def test_while_distrusting_only_this_runs_acknowledgement_deletes(tmp_path, run, retained, deletes):
+    _, site = shortened(tmp_path)
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    polled(site, outbox, 5)
+    outbox.record_acknowledged_by([PRODUCTION, STAGING])
+    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]],
+                       **({} if run is None else {"run": pub.run if run == "this" else run})}).encode()
+    try:
+        assert pub._distrusted == {PRODUCTION}
+        pub._store_acks.put((topics.ack(site.site, site.gateway, PRODUCTION).encode(), body, retained))
+        pub._take_store_acks()
+        assert outbox.depth == (0 if deletes else 5)
+        assert pub._distrusted == (set() if deletes else {PRODUCTION})
+    finally:
+        outbox.close()
+
+
+BAD_RUNS = ["0123456789ABCDEF", "0123456789abcde", "0123456789abcdef0", "0123456789abcdeg", "0123456789abcdef\n",
+            "", 81985529216486895, None, ["0123456789abcdef"]]
+
+
+@pytest.mark.parametrize("run", BAD_RUNS)
+def test_a_malformed_run_is_refused_with_a_reason(run):
+    body = json.dumps({"schema": 1, "epoch": "00112233aabbccdd", "ranges": [[1, 5]], "run": run})
+    with pytest.raises(ValueError, match="'run' is not 16 lower-case hex digits"):
+        Ack.from_json(body)
+
+
+def test_a_gateway_refuses_an_acknowledgement_with_a_malformed_run(tmp_path):
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    polled(site, outbox, 5)
+    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    topic = topics.ack(site.site, site.gateway, PRODUCTION).encode()
+    refused = []
+    pub._refused = lambda topic, why: refused.append(why)
+    try:
+        for run in BAD_RUNS:
+            body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]], "run": run}).encode()
+            pub._store_acks.put((topic, body, False))
+            pub._take_store_acks()
+        assert outbox.depth == 5
+        assert refused == ["'run' is not 16 lower-case hex digits"] * len(BAD_RUNS)
+    finally:
+        outbox.close()
+
+
+def test_the_run_fits_the_size_bound_and_comes_back():
+    """The run takes its room from the bitmap: a full acknowledgement with it stays within MAX_ACK_BYTES."""
+    ranges = [(MAX_SEQ - 10 ** 6 + 4 * i, MAX_SEQ - 10 ** 6 + 4 * i + 1) for i in range(MAX_RANGES)]
+    base = ranges[-1][1] + 2
+    ack = Ack.fitted("00112233aabbccdd", ranges, base, (1 << 200_000) - 1 & ~2, run=OLD_RUN)
+    payload = ack.to_json()
+    assert ack.bits and len(payload) <= MAX_ACK_BYTES
+    assert Ack.from_json(payload) == ack
+
+
+@pytest.mark.slow
+def test_a_collector_never_carries_a_claim_merged_under_the_old_list_into_the_new_run(tmp_path, mosquitto):
+    """Under the longer list the peer merged staging's claim into its own, and production merged the
+    peer's. The gateway restarts listing production and the peer. Before, production kept what it had
+    merged (the peer is still listed) and took the peer's acknowledgement built before the restart, and
+    published staging's claim again under the new list: the gateway deleted what only staging's store held.
+    Now the shortened list starts production's claims afresh, an acknowledgement of the old run is not
+    merged, and production's echoes the new run; the peer's of the new run is merged."""
+    e2e_site(tmp_path)
+    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
+    key = ("test-site", GATEWAY)
+    epoch, new_run, peer = "00112233aabbccdd", "fedcba9876543210", "jcm-collector-peer"
+    seen = {}
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+
+    def status(run, *listed):
+        body = {"schema": 1, "state": "online", "epoch": epoch, "run": run, "floor": 1, "acknowledged_by": listed}
+        watcher.publish(topics.gateway_status(*key), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+
+    def peers_ack(run, first, last):
+        body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[first, last]], "run": run})
+        watcher.publish(topics.ack(*key, peer), body, qos=1, retain=True).wait_for_publish(5)
+
+    def stored(seq):
+        seen.pop(PRODUCTION, None)
+        prod.kept([Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                           seq=seq, epoch=epoch)], [])
+        assert wait_until(lambda: PRODUCTION in seen, 10)
+        return seen[PRODUCTION]
+
+    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key])
+    try:
+        status(OLD_RUN, PRODUCTION, peer, STAGING)
+        prod.start()
+        assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
+        peers_ack(OLD_RUN, 1, 100)  # staging's 1..100, merged by the peer
+        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
+        assert stored(101) == {"schema": 1, "epoch": epoch, "ranges": [[1, 101]], "run": OLD_RUN}
+        status(new_run, PRODUCTION, peer)  # restarted with staging taken off its list
+        assert wait_until(lambda: prod._gateways[key].run == new_run, 10)
+        peers_ack(OLD_RUN, 1, 100)  # the peer's, built before it heard the new status, arrives now
+        time.sleep(0.5)
+        assert stored(102) == {"schema": 1, "epoch": epoch, "ranges": [[102, 102]], "run": new_run}
+        peers_ack(new_run, 103, 103)  # built under the new list
+        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
+        assert stored(104) == {"schema": 1, "epoch": epoch, "ranges": [[102, 104]], "run": new_run}
+    finally:
+        prod.stop()
+        watcher.loop_stop()
+
+
+@pytest.mark.slow
+def test_a_misspelt_acknowledged_by_entry_is_said_once_with_a_hint(tmp_path, mosquitto, caplog):
+    """The site file lists "jcm-colector-prod" for the collector "jcm-collector-prod". Before, the gateway only
+    counted that collector's acknowledgements as ignored (a WARNING, as for a staging collector), deleted
+    nothing, and its outbox grew to max_rows. Now, once no listed collector has acknowledged in
+    confirm_timeout_s while an unlisted one does, it says so in one ERROR with the likely spelling, and its
+    status names the silent listed collector (acks_missing)."""
+    misspelt = "jcm-colector-prod"
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[misspelt]))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    status = Subscriber(mosquitto)
+    production = collector(mosquitto, tmp_path, client_id=PRODUCTION)
+    pub = Publisher(site, outbox, broker_url=mosquitto.url, status_every=0.5)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
+            pub.start()
+            assert wait_until(lambda: pub.connection.connected.is_set(), 10)
+            time.sleep(0.3)
+            polled(site, outbox, 10)
+            pub.notify()
+            assert wait_until(lambda: any(s.get("acks_missing") == [misspelt] for s in status.status), 20)
+            time.sleep(1)
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and f"no acknowledgement from {misspelt}" in errors[0]
+        assert f"(did you mean {PRODUCTION} for {misspelt}?)" in errors[0]
+        assert outbox.depth == 10
+    finally:
+        pub.stop(timeout=0)
+        production.stop()
+        status.close()
+        outbox.close()
+
+
+def test_a_listed_collector_heard_beside_an_unlisted_one_is_not_said_missing(tmp_path, caplog):
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION], confirm_timeout_s=1))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    polled(site, outbox, 5)
+    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 2]]}).encode()
+    try:
+        with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
+            for collector_id in (STAGING, PRODUCTION):
+                pub._store_acks.put((topics.ack(site.site, site.gateway, collector_id).encode(), body, False))
+            pub._take_store_acks()
+            time.sleep(1.1)
+            pub._take_store_acks()
+        assert not caplog.records and pub.silent == [] and outbox.depth == 3
+    finally:
+        outbox.close()
+
+
+@pytest.mark.slow
+def test_the_run_is_the_same_after_a_reconnect_and_new_at_each_start(tmp_path, mosquitto):
+    """Its status is published again when the connection comes back: same run, or every collector's
+    acknowledgement built since would stop counting after a shortened list."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    status = Subscriber(mosquitto)
+    pub = Publisher(site, outbox, broker_url=mosquitto.url)
+    try:
+        pub.start()
+        assert wait_until(lambda: any(s["state"] == "online" for s in status.status), 10)
+        mosquitto.stop()
+        mosquitto.start()
+        assert wait_until(lambda: sum(s["state"] == "online" for s in status.status) >= 2, 20)
+        assert {s["run"] for s in status.status if s["state"] == "online"} == {pub.run}
+    finally:
+        pub.stop(timeout=0)
+        status.close()
+    again = Publisher(site, outbox, broker_url=mosquitto.url)
+    assert again.run != pub.run
+    outbox.close()
