@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -52,10 +53,12 @@ RESERVE = 256
 #: the highest seq a sequence file may name: none reaches it (2**62 readings: 146,000 years at a million a second), so
 #: a file beyond it was damaged or edited, and believed it would leave no seq to number readings with
 SEQUENCE_FILE_MAX = (MAX_SEQ + 1) // 2
-#: the sequence file learns the committed seq at least this often while rows are committed [s], so a backup of the
-#: running outbox taken before then is told after a crash, even within one reservation (a site polling once a
-#: minute takes hours to assign RESERVE seqs)
+#: the sequence file is fsynced at least this often while rows are committed [s]; it learns each commit's seqs
+#: before the commit (written, not fsynced): a machine that did not restart since keeps that write, a power cut may
+#: not (see ``Outbox._vouch``)
 SEQUENCE_EVERY = 10.0
+#: this boot of the machine (Linux): a sequence file written in it holds every write, fsynced or not
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -355,7 +358,10 @@ class Outbox:
                 log.warning("outbox %s: its sequence file %s is of epoch %s, not of this outbox's epoch %s: it "
                             "cannot be vouched that the outbox is not an older copy of itself; from now on it can",
                             self.path, self._sequence_file, known[0], self.epoch)
-        elif self._seq < known[1]:
+        elif self._seq < known[1] or (known[2] > self._seq and known[4] != _boot()):
+            # behind its committed seq: an older copy. Or not stopped cleanly (a clean stop leaves nothing reserved
+            # beyond the committed seq) before the machine restarted: the writes since the last fsync may be lost,
+            # so a backup taken in the last SEQUENCE_EVERY s before the stop looks like the outbox itself
             went_back, skip_to = self._seq, max(known[2], known[1])
             linked = known[3] is not None and skip_to == known[1]  # stopped cleanly: the chain goes on from its row
             # signed, the first new row must not follow a seq the store may hold and whose hash is not known here
@@ -368,14 +374,22 @@ class Outbox:
                 self._db.execute("INSERT INTO chain VALUES (?, ?)", (skip_to, known[3]))
             self._db.execute("COMMIT")
             self._seq, self._rewound = skip_to, True
-            log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a backup "
-                      "restored, a snapshot rolled back) is at its path. New readings start at seq %d (seqs up to "
-                      "%d were reserved, up to %d committed), so that none reuses a seq a collector may hold; the "
-                      "readings of seqs %d..%d the store does not hold are lost, and the collectors name them as a "
-                      "gap. The %d row(s) of the older copy are sent again%s.", self.path, known[1], went_back,
-                      self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
-                      "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
-                      if linked else "; the hash chain starts again at GENESIS")
+            if went_back >= known[1]:
+                log.warning("outbox %s: the gateway did not stop cleanly before the machine restarted (a power cut?): "
+                            "its sequence file (epoch %s) cannot tell the outbox (seq up to %d) from a backup of it "
+                            "taken in the last %g s before the stop, which may have reused seqs up to %d. New readings "
+                            "start at seq %d: seqs %d..%d are left unused (none was given to a reading unless the "
+                            "outbox is such a backup), and the collectors name them as a gap", self.path, self.epoch,
+                            went_back, SEQUENCE_EVERY, known[2], skip_to + 1, went_back + 1, skip_to)
+            else:
+                log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a backup "
+                          "restored, a snapshot rolled back) is at its path. New readings start at seq %d (seqs up to "
+                          "%d were reserved, up to %d committed), so that none reuses a seq a collector may hold; the "
+                          "readings of seqs %d..%d the store does not hold are lost, and the collectors name them as a "
+                          "gap. The %d row(s) of the older copy are sent again%s.", self.path, known[1], went_back,
+                          self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
+                          "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
+                          if linked else "; the hash chain starts again at GENESIS")
         self._committed = self._committed_at_open = self._seq
         row = self._db.execute("SELECT seq, hash FROM chain").fetchone()
         self._committed_hash = row[1] if row and row[0] == self._seq else None
@@ -383,12 +397,18 @@ class Outbox:
         self._reserve(self._seq + RESERVE)
         self._next_sequence_write = 0.0  # after the run's first commit: a backup taken at the last stop is then told
 
-    def _reserve(self, upto: int) -> None:
+    def _reserve(self, upto: int, committing: _Entry | None = None) -> None:
         """Write (fsynced) that seqs up to ``upto`` may be assigned; refused (a full disk), said once a
-        minute, and the readings are numbered anyway: they come first."""
+        minute, and the readings are numbered anyway: they come first. ``committing``: the last entry
+        of a commit about to be made, written as committed, fsynced only when ``SEQUENCE_EVERY`` is due
+        (or a new reservation is): a process killed after the commit leaves the file as far as the
+        outbox, a backup older than the commit is told by it."""
+        durable = self._durable and (committing is None or upto > self._reserved
+                                     or time.monotonic() >= self._next_sequence_write)
+        committed, chain = (self._committed, self._committed_hash) if committing is None else \
+            (committing.seq, committing.hash)
         try:
-            _write_sequence_file(self._sequence_file, self.epoch, self._committed, upto, self._committed_hash,
-                                 self._durable)
+            _write_sequence_file(self._sequence_file, self.epoch, committed, upto, chain, durable)
         except OSError as exc:
             if time.monotonic() >= self._next_reserve_log:
                 self._next_reserve_log = time.monotonic() + 60
@@ -396,7 +416,8 @@ class Outbox:
                           "its place now could reuse seqs up to %d", self.path, self._sequence_file, exc.strerror, upto)
             return
         self._reserved = upto
-        self._next_sequence_write = time.monotonic() + SEQUENCE_EVERY
+        if durable or not self._durable:
+            self._next_sequence_write = time.monotonic() + SEQUENCE_EVERY
 
     def _chain_start(self) -> str:
         """``prev`` of the next signed row: the stored hash of the last committed seq."""
@@ -461,8 +482,6 @@ class Outbox:
                 if self._number(taken):
                     with self._lock:
                         self._commit()
-                    if time.monotonic() >= self._next_sequence_write:  # reserving what a full disk refused, too
-                        self._reserve(max(self._reserved, self._seq))
                     if self.on_commit is not None:
                         self.on_commit()
             except Exception:  # the committer must outlive any one batch
@@ -498,6 +517,8 @@ class Outbox:
             if e.hash is not None:
                 self._prev = e.hash
             ready.append(e)
+        if ready:  # before any commit can take them (a confirmation's too); reserving what a full disk refused
+            self._reserve(max(self._reserved, seq), ready[-1])
         with self._pending_lock:  # together: floor() must never see a seq neither pending nor stored
             self._pending.extend(ready)
             self._seq = seq
@@ -756,6 +777,7 @@ class Outbox:
                 log.critical("outbox %s: %d reading(s) held in memory could not be saved (%s) and are lost "
                              "(seq %d..%d)", self.path, len(self._pending), self.error, self._pending[0].seq,
                              self._pending[-1].seq)
+                self._reserve(self._reserved)  # committed as it is: the lost readings' seqs were never sent
             else:  # nothing beyond it assigned (or claimed): an older copy restored now skips no unused seq
                 self._reserve(max(self._committed, self._skip_to))
             self._db.close()
@@ -838,18 +860,19 @@ def _flock_holder(st: os.stat_result) -> int | None:
     return None
 
 
-def _read_sequence_file(path: Path) -> tuple[str, int, int, str | None] | str:
+def _read_sequence_file(path: Path) -> tuple[str, int, int, str | None, str | None] | str:
     """(epoch, highest seq committed, highest reserved, the chain hash of the committed seq if it was
-    signed) from an outbox's sequence file, or why not."""
+    signed, the boot of the machine it was written in if known) from an outbox's sequence file, or why not."""
     try:
         body = json.loads(path.read_bytes())
-        known = (body["epoch"], body["committed"], body["reserved"], body.get("hash"))
+        known = (body["epoch"], body["committed"], body["reserved"], body.get("hash"), body.get("boot"))
     except FileNotFoundError:
         return f"it has no sequence file {path} (the first run of a gateway from before it, or the file was deleted)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"its sequence file {path} cannot be read ({exc}); it is written anew"
     if not (isinstance(known[0], str) and all(type(n) is int and n >= 0 for n in known[1:3])
-            and (known[3] is None or isinstance(known[3], str) and _HASH.fullmatch(known[3]))):
+            and (known[3] is None or isinstance(known[3], str) and _HASH.fullmatch(known[3]))
+            and (known[4] is None or isinstance(known[4], str))):
         return f"its sequence file {path} is not one (epoch, committed, reserved, hash); it is written anew"
     if max(known[1:3]) > SEQUENCE_FILE_MAX:
         return (f"its sequence file {path} names seq {max(known[1:3])}, beyond any an outbox reaches "
@@ -863,13 +886,24 @@ def _write_sequence_file(path: Path, epoch: str, committed: int, reserved: int, 
     the new; ``durable`` (as the outbox's commits): both fsynced."""
     new = Path(f"{path}.new")
     with open(new, "wb") as f:
-        f.write(json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved, "hash": chain}).encode())
+        f.write(json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved, "hash": chain,
+                            "boot": _boot()}).encode())
         f.flush()
         if durable:
             os.fsync(f.fileno())
     os.rename(new, path)
     if durable:
         _fsync(os.path.dirname(os.path.abspath(path)))
+
+
+@functools.cache
+def _boot() -> str | None:
+    """This boot of the machine's id (Linux), None where it cannot be read: then every unclean stop is taken
+    for one the machine restarted after."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return None
 
 
 def _fsync(path: str) -> None:
