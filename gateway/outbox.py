@@ -344,7 +344,8 @@ class Outbox:
         older, are sent again (a collector stores each once). A missing or unreadable file is
         no rewind: it is said once, and written anew."""
         known = _read_sequence_file(self._sequence_file)
-        if isinstance(known, str) and (by_link := Path(f"{self.path}.sequence")) != self._sequence_file:
+        by_link = Path(f"{self.path}.sequence")
+        if isinstance(known, str) and by_link != self._sequence_file:
             # a gateway from before kept it beside the symlink itself; older than the outbox at worst
             # (its seqs only grew since), so it can tell a rewind and never claims a false one
             if not isinstance(older := _read_sequence_file(by_link), str):
@@ -396,6 +397,18 @@ class Outbox:
         self._reserved = self._seq
         self._reserve(self._seq + RESERVE)
         self._next_sequence_write = 0.0  # after the run's first commit: a backup taken at the last stop is then told
+        if by_link != self._sequence_file and self._reserved > self._seq:
+            # the one beside the real file is written: a file left beside the link would be read again by nothing
+            # but a gateway from before, and would mislead whoever looks for the outbox's sequence file
+            try:
+                by_link.unlink()
+                log.info("outbox %s: removed %s, the sequence file a gateway from before kept beside the link; "
+                         "it is %s now", self.path, by_link, self._sequence_file)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # not the gateway's to remove, or not a file: left, and said
+                log.warning("outbox %s: cannot remove %s, the sequence file a gateway from before kept beside the "
+                            "link (%s); it is %s now", self.path, by_link, exc.strerror, self._sequence_file)
 
     def _reserve(self, upto: int, committing: _Entry | None = None) -> None:
         """Write (fsynced) that seqs up to ``upto`` may be assigned; refused (a full disk), said once a

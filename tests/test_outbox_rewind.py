@@ -117,6 +117,26 @@ def test_a_rewind_is_seen_at_the_first_run_after_the_sequence_file_followed_the_
     assert len(errors) == 1 and "WENT BACK from seq 5 to seq 2" in errors[0], errors
     assert _append(box, 1) == [6]
     box.close()
+    # read once and superseded by the one beside the file: removed, so that no one takes it for the outbox's
+    assert sorted(p.name for p in tmp_path.rglob("*.sequence")) == ["outbox.sqlite.sequence"]
+    assert json.loads((tmp_path / "disk" / "outbox.sqlite.sequence").read_bytes())["committed"] == 6
+
+
+def test_a_sequence_file_beside_the_link_is_removed_once_the_one_beside_the_file_is_written(tmp_path, caplog):
+    """No rewind: the one beside the link is read (the one beside the file is missing), then superseded."""
+    (tmp_path / "disk").mkdir()
+    target, link = tmp_path / "disk" / "outbox.sqlite", tmp_path / "link.sqlite"
+    link.symlink_to(target)
+    box = Outbox(link, max_rows=100)
+    _append(box, 2)
+    box.close()
+    os.rename(f"{target}.sequence", f"{link}.sequence")
+    with caplog.at_level(logging.WARNING):
+        box = Outbox(link, max_rows=100)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # vouched for by the one beside the link
+    assert not Path(f"{link}.sequence").exists() and Path(f"{target}.sequence").exists()
+    assert _append(box, 1) == [3]
+    box.close()
 
 
 def test_after_a_sigkill_the_reserved_seqs_are_skipped(tmp_path, caplog):
