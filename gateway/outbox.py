@@ -343,12 +343,12 @@ class Outbox:
         of the seqs skipped that the store does not hold are a gap the collectors name. Its rows,
         older, are sent again (a collector stores each once). A missing or unreadable file is
         no rewind: it is said once, and written anew."""
-        known = _read_sequence_file(self._sequence_file)
+        known = read_sequence_file(self._sequence_file)
         by_link = Path(f"{self.path}.sequence")
         if isinstance(known, str) and by_link != self._sequence_file:
             # a gateway from before kept it beside the symlink itself; older than the outbox at worst
             # (its seqs only grew since), so it can tell a rewind and never claims a false one
-            if not isinstance(older := _read_sequence_file(by_link), str):
+            if not isinstance(older := read_sequence_file(by_link), str):
                 known = older
         if isinstance(known, str):
             if self._seq and not self._fresh:
@@ -383,11 +383,12 @@ class Outbox:
                             "outbox is such a backup), and the collectors name them as a gap", self.path, self.epoch,
                             went_back, SEQUENCE_EVERY, known[2], skip_to + 1, went_back + 1, skip_to)
             else:
-                log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a backup "
-                          "restored, a snapshot rolled back) is at its path. New readings start at seq %d (seqs up to "
-                          "%d were reserved, up to %d committed), so that none reuses a seq a collector may hold; the "
-                          "readings of seqs %d..%d the store does not hold are lost, and the collectors name them as a "
-                          "gap. The %d row(s) of the older copy are sent again%s.", self.path, known[1], went_back,
+                log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a "
+                          "backup restored, a snapshot rolled back) is at its path. New readings start at seq %d "
+                          "(seqs up to %d were reserved, up to %d committed), so that none reuses a seq a collector "
+                          "may hold; the readings of seqs %d..%d the store does not hold are lost, and the collectors "
+                          "name them as a gap. The %d row(s) of the older copy are sent again%s.", self.path,
+                          known[1], went_back,
                           self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
                           "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
                           if linked else "; the hash chain starts again at GENESIS")
@@ -873,7 +874,7 @@ def _flock_holder(st: os.stat_result) -> int | None:
     return None
 
 
-def _read_sequence_file(path: Path) -> tuple[str, int, int, str | None, str | None] | str:
+def read_sequence_file(path: Path) -> tuple[str, int, int, str | None, str | None] | str:
     """(epoch, highest seq committed, highest reserved, the chain hash of the committed seq if it was
     signed, the boot of the machine it was written in if known) from an outbox's sequence file, or why not."""
     try:
