@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import functools
 import json
@@ -54,9 +55,12 @@ RESERVE = 256
 #: a file beyond it was damaged or edited, and believed it would leave no seq to number readings with
 SEQUENCE_FILE_MAX = (MAX_SEQ + 1) // 2
 #: the sequence file is fsynced at least this often while rows are committed [s]; it learns each commit's seqs
-#: before the commit (written, not fsynced): a machine that did not restart since keeps that write, a power cut may
-#: not (see ``Outbox._vouch``)
+#: right after the commit (written, not fsynced): a machine that did not restart since keeps that write, a power
+#: cut may not (see ``Outbox._vouch``)
 SEQUENCE_EVERY = 10.0
+#: the sequence file's size [bytes]: its text padded with spaces, so that the write after each commit overwrites it
+#: in place, within one page and one disk sector, rather than renaming a new file over it (which costs a writeback)
+SEQUENCE_FILE_SIZE = 512
 #: this boot of the machine (Linux): a sequence file written in it holds every write, fsynced or not
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -133,6 +137,7 @@ class Outbox:
         # beside the outbox: the highest seq committed and reserved, to tell an older copy of the outbox;
         # beside the file a symlinked path leads to, so that every link to one outbox finds the same one
         self._sequence_file = beside(self.path, ".sequence")
+        self._noted: tuple[Path, int] | None = None  # the sequence file last written whole, and a descriptor of it
         self._fresh = False  # the epoch was drawn by this open
         self._rewound = False  # this open found an older copy of the outbox and skipped its reused seqs
         self._next_reserve_log = 0.0
@@ -155,6 +160,7 @@ class Outbox:
         except BaseException:  # the flock goes with the failed open: a retry in this process is not refused
             self._db.close()
             os.close(self._held)
+            self._let_go_of_sequence_file()
             raise
         self._committer = threading.Thread(target=self._run, name="outbox-committer", daemon=True)
         self._committer.start()
@@ -359,7 +365,7 @@ class Outbox:
                 log.warning("outbox %s: its sequence file %s is of epoch %s, not of this outbox's epoch %s: it "
                             "cannot be vouched that the outbox is not an older copy of itself; from now on it can",
                             self.path, self._sequence_file, known[0], self.epoch)
-        elif self._seq < known[1] or (known[2] > self._seq and known[4] != _boot()):
+        elif self._seq < known[1] or (known[2] > self._seq and (known[4] is None or known[4] != _boot())):
             # behind its committed seq: an older copy. Or not stopped cleanly (a clean stop leaves nothing reserved
             # beyond the committed seq) before the machine restarted: the writes since the last fsync may be lost,
             # so a backup taken in the last SEQUENCE_EVERY s before the stop looks like the outbox itself
@@ -411,18 +417,23 @@ class Outbox:
                 log.warning("outbox %s: cannot remove %s, the sequence file a gateway from before kept beside the "
                             "link (%s); it is %s now", self.path, by_link, exc.strerror, self._sequence_file)
 
-    def _reserve(self, upto: int, committing: _Entry | None = None) -> None:
+    def _reserve(self, upto: int, committed: bool = False) -> None:
         """Write (fsynced) that seqs up to ``upto`` may be assigned; refused (a full disk), said once a
-        minute, and the readings are numbered anyway: they come first. ``committing``: the last entry
-        of a commit about to be made, written as committed, fsynced only when ``SEQUENCE_EVERY`` is due
-        (or a new reservation is): a process killed after the commit leaves the file as far as the
-        outbox, a backup older than the commit is told by it."""
-        durable = self._durable and (committing is None or upto > self._reserved
+        minute, and the readings are numbered anyway: they come first. ``committed``: right after a
+        commit of rows, fsynced only when ``SEQUENCE_EVERY`` is due (or a new reservation is), so that a
+        process killed after it leaves the file as far as the outbox and a backup older than the commit
+        is told by it. Holds ``_lock`` then: no row of the commit is read (to be sent) before the file has it."""
+        durable = self._durable and (not committed or upto > self._reserved
                                      or time.monotonic() >= self._next_sequence_write)
-        committed, chain = (self._committed, self._committed_hash) if committing is None else \
-            (committing.seq, committing.hash)
+        text = _sequence_text(self.epoch, self._committed, upto, self._committed_hash)
         try:
-            _write_sequence_file(self._sequence_file, self.epoch, committed, upto, chain, durable)
+            if committed and not durable and self._noted and self._noted[0] == self._sequence_file \
+                    and len(text) == SEQUENCE_FILE_SIZE:
+                os.pwrite(self._noted[1], text, 0)
+            else:
+                fd = _write_sequence_file(self._sequence_file, text, durable)
+                self._let_go_of_sequence_file()
+                self._noted = (self._sequence_file, fd)
         except OSError as exc:
             if time.monotonic() >= self._next_reserve_log:
                 self._next_reserve_log = time.monotonic() + 60
@@ -432,6 +443,11 @@ class Outbox:
         self._reserved = upto
         if durable or not self._durable:
             self._next_sequence_write = time.monotonic() + SEQUENCE_EVERY
+
+    def _let_go_of_sequence_file(self) -> None:
+        if self._noted is not None:
+            os.close(self._noted[1])
+            self._noted = None
 
     def _chain_start(self) -> str:
         """``prev`` of the next signed row: the stored hash of the last committed seq."""
@@ -531,8 +547,6 @@ class Outbox:
             if e.hash is not None:
                 self._prev = e.hash
             ready.append(e)
-        if ready:  # before any commit can take them (a confirmation's too); reserving what a full disk refused
-            self._reserve(max(self._reserved, seq), ready[-1])
         with self._pending_lock:  # together: floor() must never see a seq neither pending nor stored
             self._pending.extend(ready)
             self._seq = seq
@@ -593,6 +607,8 @@ class Outbox:
             log.critical("OUTBOX FULL (%d rows): dropped the %d oldest reading(s); %d dropped in all. "
                          "Raise outbox.max_rows or restore the link to the broker.", self.max_rows, capped,
                          self._stored_drops)
+        if batch:
+            self._reserve(max(self._reserved, self._committed), committed=True)  # reserving what a full disk refused
 
     def _victims(self, n: int) -> list[int]:
         """The ``n`` rows the cap drops: the oldest, those awaiting the store last."""
@@ -791,9 +807,9 @@ class Outbox:
                 log.critical("outbox %s: %d reading(s) held in memory could not be saved (%s) and are lost "
                              "(seq %d..%d)", self.path, len(self._pending), self.error, self._pending[0].seq,
                              self._pending[-1].seq)
-                self._reserve(self._reserved)  # committed as it is: the lost readings' seqs were never sent
             else:  # nothing beyond it assigned (or claimed): an older copy restored now skips no unused seq
                 self._reserve(max(self._committed, self._skip_to))
+            self._let_go_of_sequence_file()
             self._db.close()
             if self._held is not None:  # closed twice: the second finds nothing to do, as before
                 os.close(self._held)
@@ -894,20 +910,30 @@ def read_sequence_file(path: Path) -> tuple[str, int, int, str | None, str | Non
     return known
 
 
-def _write_sequence_file(path: Path, epoch: str, committed: int, reserved: int, chain: str | None,
-                         durable: bool = True) -> None:
+def _sequence_text(epoch: str, committed: int, reserved: int, chain: str | None) -> bytes:
+    """The sequence file's text, padded to ``SEQUENCE_FILE_SIZE``."""
+    return json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved, "hash": chain,
+                       "boot": _boot()}).encode().ljust(SEQUENCE_FILE_SIZE)
+
+
+def _write_sequence_file(path: Path, text: bytes, durable: bool = True) -> int:
     """Replace the sequence file whole (a new file renamed over it): a power cut leaves the old or
-    the new; ``durable`` (as the outbox's commits): both fsynced."""
+    the new; ``durable`` (as the outbox's commits): both fsynced. A descriptor of the new file, to
+    write it in place after."""
     new = Path(f"{path}.new")
-    with open(new, "wb") as f:
-        f.write(json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved, "hash": chain,
-                            "boot": _boot()}).encode())
-        f.flush()
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        if os.write(fd, text) != len(text):  # a disk filling up as it was written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if durable:
-            os.fsync(f.fileno())
-    os.rename(new, path)
-    if durable:
-        _fsync(os.path.dirname(os.path.abspath(path)))
+            os.fsync(fd)
+        os.rename(new, path)
+        if durable:
+            _fsync(os.path.dirname(os.path.abspath(path)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @functools.cache
