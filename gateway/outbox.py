@@ -347,8 +347,12 @@ class Outbox:
         whose sequence is below the committed one is an older copy of itself: the seqs above it may
         have been sent and stored, so new readings start after the reservation, and the readings
         of the seqs skipped that the store does not hold are a gap the collectors name. Its rows,
-        older, are sent again (a collector stores each once). A missing or unreadable file is
-        no rewind: it is said once, and written anew."""
+        older, are sent again (a collector stores each once). The file learns each commit right after
+        it (fsynced only every ``SEQUENCE_EVERY`` s), so when the machine restarted after a stop that
+        was not clean (seqs reserved beyond the committed one, the boot id another), a backup of the
+        last seconds looks like the outbox: new readings start after the reservation too, and the seqs
+        left unused are a gap as well. A missing or unreadable file is no rewind: it is said once, and
+        written anew."""
         known = read_sequence_file(self._sequence_file)
         by_link = Path(f"{self.path}.sequence")
         if isinstance(known, str) and by_link != self._sequence_file:
