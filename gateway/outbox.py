@@ -40,6 +40,7 @@ from pathlib import Path
 
 from contract.custody import GENESIS, chain_hash, sign
 from contract.message import MAX_SEQ
+from contract.topics import MAX_UNUSED_RANGES
 from contract.sqlite_file import UnusableFile, beside, check_can_create, open_sqlite, use_wal
 from gateway.signing_key import SigningKey
 
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS sequence_epoch (epoch TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chain (seq INTEGER NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS acknowledged_by (collectors TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS unused (first INTEGER NOT NULL, last INTEGER NOT NULL);
 """
 
 
@@ -324,6 +326,7 @@ class Outbox:
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute("DELETE FROM sequence_epoch")
         self._db.execute("DELETE FROM chain")  # the new epoch's chain starts at GENESIS
+        self._db.execute("DELETE FROM unused")
         self._db.execute("INSERT INTO sequence_epoch VALUES (?)", (epoch,))
         if self._seq:  # rows of an outbox from before epochs: they carry it from now on
             self._db.execute("UPDATE outbox SET payload = json_set(payload, '$.epoch', ?) WHERE json_valid(payload)",
@@ -378,19 +381,25 @@ class Outbox:
             # signed, the first new row must not follow a seq the store may hold and whose hash is not known here
             # (a wrong link, read as a forgery): one more seq is left unused, a gap as the others
             skip_to += self.signing is not None and not linked
+            restarted = went_back >= known[1]  # not behind the file: only the machine restarted since
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (skip_to,))
             self._db.execute("DELETE FROM chain")
             if linked:
                 self._db.execute("INSERT INTO chain VALUES (?, ?)", (skip_to, known[3]))
+            if restarted:
+                self._db.execute("INSERT INTO unused VALUES (?, ?)", (went_back + 1, skip_to))
+                self._db.execute("DELETE FROM unused WHERE rowid NOT IN (SELECT rowid FROM unused ORDER BY rowid DESC "
+                                 "LIMIT ?)", (MAX_UNUSED_RANGES,))
             self._db.execute("COMMIT")
             self._seq, self._rewound = skip_to, True
-            if went_back >= known[1]:
+            if restarted:
                 log.warning("outbox %s: the gateway did not stop cleanly before the machine restarted (a power cut?): "
                             "its sequence file (epoch %s) cannot tell the outbox (seq up to %d) from a backup of it "
                             "taken in the last %g s before the stop, which may have reused seqs up to %d. New readings "
                             "start at seq %d: seqs %d..%d are left unused (none was given to a reading unless the "
-                            "outbox is such a backup), and the collectors name them as a gap", self.path, self.epoch,
+                            "outbox is such a backup); the status names them, and the collectors' gap over them "
+                            "says so", self.path, self.epoch,
                             went_back, SEQUENCE_EVERY, known[2], skip_to + 1, went_back + 1, skip_to)
             else:
                 log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a "
@@ -402,6 +411,9 @@ class Outbox:
                           self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
                           "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
                           if linked else "; the hash chain starts again at GENESIS")
+        #: [first, last] ranges of this epoch's seqs left unused after unclean stops, the latest ``MAX_UNUSED_RANGES``:
+        #: the status names them, so that the collectors' gap over them is not taken for readings lost
+        self.unused = [list(r) for r in self._db.execute("SELECT first, last FROM unused ORDER BY first")]
         self._committed = self._committed_at_open = self._seq
         row = self._db.execute("SELECT seq, hash FROM chain").fetchone()
         self._committed_hash = row[1] if row and row[0] == self._seq else None

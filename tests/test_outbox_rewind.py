@@ -557,4 +557,8 @@ def test_an_unclean_stop_skips_the_reservation_only_when_the_machine_restarted_s
     assert _append(box, 1) == [reserved + 1]
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1 and "did not stop cleanly" in lines[0] and f"seqs 10..{reserved} are left unused" in lines[0]
+    assert box.unused == [[10, reserved]]  # for the status to name
+    box.close()
+    box = Outbox(path, max_rows=1000)
+    assert box.unused == [[10, reserved]]  # named as long as the epoch lasts
     box.close()
