@@ -40,8 +40,8 @@ from pathlib import Path
 
 from contract.custody import GENESIS, chain_hash, sign
 from contract.message import MAX_SEQ
-from contract.topics import MAX_UNUSED_RANGES
 from contract.sqlite_file import UnusableFile, beside, check_can_create, open_sqlite, use_wal
+from contract.topics import MAX_UNUSED_RANGES
 from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
@@ -399,16 +399,16 @@ class Outbox:
                             "taken in the last %g s before the stop, which may have reused seqs up to %d. New readings "
                             "start at seq %d: seqs %d..%d are left unused (none was given to a reading unless the "
                             "outbox is such a backup); the status names them, and the collectors' gap over them "
-                            "says so", self.path, self.epoch,
-                            went_back, SEQUENCE_EVERY, known[2], skip_to + 1, went_back + 1, skip_to)
+                            "says so", self.path, self.epoch, went_back, SEQUENCE_EVERY, known[2], skip_to + 1,
+                            went_back + 1, skip_to)
             else:
                 log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a "
                           "backup restored, a snapshot rolled back) is at its path. New readings start at seq %d "
                           "(seqs up to %d were reserved, up to %d committed), so that none reuses a seq a collector "
                           "may hold; the readings of seqs %d..%d the store does not hold are lost, and the collectors "
                           "name them as a gap. The %d row(s) of the older copy are sent again%s.", self.path,
-                          known[1], went_back,
-                          self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
+                          known[1], went_back, self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to,
+                          self._depth,
                           "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
                           if linked else "; the hash chain starts again at GENESIS")
         #: [first, last] ranges of this epoch's seqs left unused after unclean stops, the latest ``MAX_UNUSED_RANGES``:
