@@ -13,6 +13,9 @@ ROOT = "jcm/v1"
 #: a connected gateway publishes its status at least this often [s]: a retained "online" not
 #: refreshed for a few periods is a gateway that died without its last will being sent
 STATUS_EVERY_S = 30.0
+#: at most this many ``outbox_unused`` ranges in a status (the latest): [first, last] seqs of its epoch the
+#: gateway left unused after unclean stops, which explain a gap over them
+MAX_UNUSED_RANGES = 16
 
 
 def reading(site: str, gateway: str, device: str) -> str:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -39,6 +41,7 @@ from pathlib import Path
 from contract.custody import GENESIS, chain_hash, sign
 from contract.message import MAX_SEQ
 from contract.sqlite_file import UnusableFile, beside, check_can_create, open_sqlite, use_wal
+from contract.topics import MAX_UNUSED_RANGES
 from gateway.signing_key import SigningKey
 
 log = logging.getLogger(__name__)
@@ -52,10 +55,15 @@ RESERVE = 256
 #: the highest seq a sequence file may name: none reaches it (2**62 readings: 146,000 years at a million a second), so
 #: a file beyond it was damaged or edited, and believed it would leave no seq to number readings with
 SEQUENCE_FILE_MAX = (MAX_SEQ + 1) // 2
-#: the sequence file learns the committed seq at least this often while rows are committed [s], so a backup of the
-#: running outbox taken before then is told after a crash, even within one reservation (a site polling once a
-#: minute takes hours to assign RESERVE seqs)
+#: the sequence file is fsynced at least this often while rows are committed [s]; it learns each commit's seqs
+#: right after the commit (written, not fsynced): a machine that did not restart since keeps that write, a power
+#: cut may not (see ``Outbox._vouch``)
 SEQUENCE_EVERY = 10.0
+#: the sequence file's size [bytes]: its text padded with spaces, so that the write after each commit overwrites it
+#: in place, within one page and one disk sector, rather than renaming a new file over it (which costs a writeback)
+SEQUENCE_FILE_SIZE = 512
+#: this boot of the machine (Linux): a sequence file written in it holds every write, fsynced or not
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -67,6 +75,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS sequence_epoch (epoch TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chain (seq INTEGER NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS acknowledged_by (collectors TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS unused (first INTEGER NOT NULL, last INTEGER NOT NULL);
 """
 
 
@@ -130,6 +139,7 @@ class Outbox:
         # beside the outbox: the highest seq committed and reserved, to tell an older copy of the outbox;
         # beside the file a symlinked path leads to, so that every link to one outbox finds the same one
         self._sequence_file = beside(self.path, ".sequence")
+        self._noted: tuple[Path, int] | None = None  # the sequence file last written whole, and a descriptor of it
         self._fresh = False  # the epoch was drawn by this open
         self._rewound = False  # this open found an older copy of the outbox and skipped its reused seqs
         self._next_reserve_log = 0.0
@@ -152,6 +162,7 @@ class Outbox:
         except BaseException:  # the flock goes with the failed open: a retry in this process is not refused
             self._db.close()
             os.close(self._held)
+            self._let_go_of_sequence_file()
             raise
         self._committer = threading.Thread(target=self._run, name="outbox-committer", daemon=True)
         self._committer.start()
@@ -315,6 +326,7 @@ class Outbox:
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute("DELETE FROM sequence_epoch")
         self._db.execute("DELETE FROM chain")  # the new epoch's chain starts at GENESIS
+        self._db.execute("DELETE FROM unused")
         self._db.execute("INSERT INTO sequence_epoch VALUES (?)", (epoch,))
         if self._seq:  # rows of an outbox from before epochs: they carry it from now on
             self._db.execute("UPDATE outbox SET payload = json_set(payload, '$.epoch', ?) WHERE json_valid(payload)",
@@ -338,13 +350,18 @@ class Outbox:
         whose sequence is below the committed one is an older copy of itself: the seqs above it may
         have been sent and stored, so new readings start after the reservation, and the readings
         of the seqs skipped that the store does not hold are a gap the collectors name. Its rows,
-        older, are sent again (a collector stores each once). A missing or unreadable file is
-        no rewind: it is said once, and written anew."""
-        known = _read_sequence_file(self._sequence_file)
-        if isinstance(known, str) and (by_link := Path(f"{self.path}.sequence")) != self._sequence_file:
+        older, are sent again (a collector stores each once). The file learns each commit right after
+        it (fsynced only every ``SEQUENCE_EVERY`` s), so when the machine restarted after a stop that
+        was not clean (seqs reserved beyond the committed one, the boot id another), a backup of the
+        last seconds looks like the outbox: new readings start after the reservation too, and the seqs
+        left unused are a gap as well. A missing or unreadable file is no rewind: it is said once, and
+        written anew."""
+        known = read_sequence_file(self._sequence_file)
+        by_link = Path(f"{self.path}.sequence")
+        if isinstance(known, str) and by_link != self._sequence_file:
             # a gateway from before kept it beside the symlink itself; older than the outbox at worst
             # (its seqs only grew since), so it can tell a rewind and never claims a false one
-            if not isinstance(older := _read_sequence_file(by_link), str):
+            if not isinstance(older := read_sequence_file(by_link), str):
                 known = older
         if isinstance(known, str):
             if self._seq and not self._fresh:
@@ -355,40 +372,84 @@ class Outbox:
                 log.warning("outbox %s: its sequence file %s is of epoch %s, not of this outbox's epoch %s: it "
                             "cannot be vouched that the outbox is not an older copy of itself; from now on it can",
                             self.path, self._sequence_file, known[0], self.epoch)
-        elif self._seq < known[1]:
+        elif self._seq < known[1] or (known[2] > self._seq and (known[4] is None or known[4] != _boot())):
+            # behind its committed seq: an older copy. Or not stopped cleanly (a clean stop leaves nothing reserved
+            # beyond the committed seq) before the machine restarted: the writes since the last fsync may be lost,
+            # so a backup taken in the last SEQUENCE_EVERY s before the stop looks like the outbox itself
             went_back, skip_to = self._seq, max(known[2], known[1])
             linked = known[3] is not None and skip_to == known[1]  # stopped cleanly: the chain goes on from its row
             # signed, the first new row must not follow a seq the store may hold and whose hash is not known here
             # (a wrong link, read as a forgery): one more seq is left unused, a gap as the others
             skip_to += self.signing is not None and not linked
+            restarted = went_back >= known[1]  # not behind the file: only the machine restarted since
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (skip_to,))
             self._db.execute("DELETE FROM chain")
             if linked:
                 self._db.execute("INSERT INTO chain VALUES (?, ?)", (skip_to, known[3]))
+            if restarted:
+                self._db.execute("INSERT INTO unused VALUES (?, ?)", (went_back + 1, skip_to))
+                self._db.execute("DELETE FROM unused WHERE rowid NOT IN (SELECT rowid FROM unused ORDER BY rowid DESC "
+                                 "LIMIT ?)", (MAX_UNUSED_RANGES,))
             self._db.execute("COMMIT")
             self._seq, self._rewound = skip_to, True
-            log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a backup "
-                      "restored, a snapshot rolled back) is at its path. New readings start at seq %d (seqs up to "
-                      "%d were reserved, up to %d committed), so that none reuses a seq a collector may hold; the "
-                      "readings of seqs %d..%d the store does not hold are lost, and the collectors name them as a "
-                      "gap. The %d row(s) of the older copy are sent again%s.", self.path, known[1], went_back,
-                      self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to, self._depth,
-                      "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
-                      if linked else "; the hash chain starts again at GENESIS")
+            if restarted:
+                log.warning("outbox %s: the gateway did not stop cleanly before the machine restarted (a power cut?): "
+                            "its sequence file (epoch %s) cannot tell the outbox (seq up to %d) from a backup of it "
+                            "taken in the last %g s before the stop, which may have reused seqs up to %d. New readings "
+                            "start at seq %d: seqs %d..%d are left unused (none was given to a reading unless the "
+                            "outbox is such a backup); the status names them, and the collectors' gap over them "
+                            "says so", self.path, self.epoch, went_back, SEQUENCE_EVERY, known[2], skip_to + 1,
+                            went_back + 1, skip_to)
+            else:
+                log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a "
+                          "backup restored, a snapshot rolled back) is at its path. New readings start at seq %d "
+                          "(seqs up to %d were reserved, up to %d committed), so that none reuses a seq a collector "
+                          "may hold; the readings of seqs %d..%d the store does not hold are lost, and the collectors "
+                          "name them as a gap. The %d row(s) of the older copy are sent again%s.", self.path,
+                          known[1], went_back, self.epoch, skip_to + 1, known[2], known[1], went_back + 1, skip_to,
+                          self._depth,
+                          "" if self.signing is None else f"; the hash chain goes on from seq {skip_to}'s hash"
+                          if linked else "; the hash chain starts again at GENESIS")
+        #: [first, last] ranges of this epoch's seqs left unused after unclean stops, the latest ``MAX_UNUSED_RANGES``:
+        #: the status names them, so that the collectors' gap over them is not taken for readings lost
+        self.unused = [list(r) for r in self._db.execute("SELECT first, last FROM unused ORDER BY first")]
         self._committed = self._committed_at_open = self._seq
         row = self._db.execute("SELECT seq, hash FROM chain").fetchone()
         self._committed_hash = row[1] if row and row[0] == self._seq else None
         self._reserved = self._seq
         self._reserve(self._seq + RESERVE)
         self._next_sequence_write = 0.0  # after the run's first commit: a backup taken at the last stop is then told
+        if by_link != self._sequence_file and self._reserved > self._seq:
+            # the one beside the real file is written: a file left beside the link would be read again by nothing
+            # but a gateway from before, and would mislead whoever looks for the outbox's sequence file
+            try:
+                by_link.unlink()
+                log.info("outbox %s: removed %s, the sequence file a gateway from before kept beside the link; "
+                         "it is %s now", self.path, by_link, self._sequence_file)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # not the gateway's to remove, or not a file: left, and said
+                log.warning("outbox %s: cannot remove %s, the sequence file a gateway from before kept beside the "
+                            "link (%s); it is %s now", self.path, by_link, exc.strerror, self._sequence_file)
 
-    def _reserve(self, upto: int) -> None:
+    def _reserve(self, upto: int, committed: bool = False) -> None:
         """Write (fsynced) that seqs up to ``upto`` may be assigned; refused (a full disk), said once a
-        minute, and the readings are numbered anyway: they come first."""
+        minute, and the readings are numbered anyway: they come first. ``committed``: right after a
+        commit of rows, fsynced only when ``SEQUENCE_EVERY`` is due (or a new reservation is), so that a
+        process killed after it leaves the file as far as the outbox and a backup older than the commit
+        is told by it. Holds ``_lock`` then: no row of the commit is read (to be sent) before the file has it."""
+        durable = self._durable and (not committed or upto > self._reserved
+                                     or time.monotonic() >= self._next_sequence_write)
+        text = _sequence_text(self.epoch, self._committed, upto, self._committed_hash)
         try:
-            _write_sequence_file(self._sequence_file, self.epoch, self._committed, upto, self._committed_hash,
-                                 self._durable)
+            if committed and not durable and self._noted and self._noted[0] == self._sequence_file \
+                    and len(text) == SEQUENCE_FILE_SIZE:
+                os.pwrite(self._noted[1], text, 0)
+            else:
+                fd = _write_sequence_file(self._sequence_file, text, durable)
+                self._let_go_of_sequence_file()
+                self._noted = (self._sequence_file, fd)
         except OSError as exc:
             if time.monotonic() >= self._next_reserve_log:
                 self._next_reserve_log = time.monotonic() + 60
@@ -396,7 +457,13 @@ class Outbox:
                           "its place now could reuse seqs up to %d", self.path, self._sequence_file, exc.strerror, upto)
             return
         self._reserved = upto
-        self._next_sequence_write = time.monotonic() + SEQUENCE_EVERY
+        if durable or not self._durable:
+            self._next_sequence_write = time.monotonic() + SEQUENCE_EVERY
+
+    def _let_go_of_sequence_file(self) -> None:
+        if self._noted is not None:
+            os.close(self._noted[1])
+            self._noted = None
 
     def _chain_start(self) -> str:
         """``prev`` of the next signed row: the stored hash of the last committed seq."""
@@ -461,8 +528,6 @@ class Outbox:
                 if self._number(taken):
                     with self._lock:
                         self._commit()
-                    if time.monotonic() >= self._next_sequence_write:  # reserving what a full disk refused, too
-                        self._reserve(max(self._reserved, self._seq))
                     if self.on_commit is not None:
                         self.on_commit()
             except Exception:  # the committer must outlive any one batch
@@ -558,6 +623,8 @@ class Outbox:
             log.critical("OUTBOX FULL (%d rows): dropped the %d oldest reading(s); %d dropped in all. "
                          "Raise outbox.max_rows or restore the link to the broker.", self.max_rows, capped,
                          self._stored_drops)
+        if batch:
+            self._reserve(max(self._reserved, self._committed), committed=True)  # reserving what a full disk refused
 
     def _victims(self, n: int) -> list[int]:
         """The ``n`` rows the cap drops: the oldest, those awaiting the store last."""
@@ -758,6 +825,7 @@ class Outbox:
                              self._pending[-1].seq)
             else:  # nothing beyond it assigned (or claimed): an older copy restored now skips no unused seq
                 self._reserve(max(self._committed, self._skip_to))
+            self._let_go_of_sequence_file()
             self._db.close()
             if self._held is not None:  # closed twice: the second finds nothing to do, as before
                 os.close(self._held)
@@ -838,18 +906,19 @@ def _flock_holder(st: os.stat_result) -> int | None:
     return None
 
 
-def _read_sequence_file(path: Path) -> tuple[str, int, int, str | None] | str:
+def read_sequence_file(path: Path) -> tuple[str, int, int, str | None, str | None] | str:
     """(epoch, highest seq committed, highest reserved, the chain hash of the committed seq if it was
-    signed) from an outbox's sequence file, or why not."""
+    signed, the boot of the machine it was written in if known) from an outbox's sequence file, or why not."""
     try:
         body = json.loads(path.read_bytes())
-        known = (body["epoch"], body["committed"], body["reserved"], body.get("hash"))
+        known = (body["epoch"], body["committed"], body["reserved"], body.get("hash"), body.get("boot"))
     except FileNotFoundError:
         return f"it has no sequence file {path} (the first run of a gateway from before it, or the file was deleted)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"its sequence file {path} cannot be read ({exc}); it is written anew"
     if not (isinstance(known[0], str) and all(type(n) is int and n >= 0 for n in known[1:3])
-            and (known[3] is None or isinstance(known[3], str) and _HASH.fullmatch(known[3]))):
+            and (known[3] is None or isinstance(known[3], str) and _HASH.fullmatch(known[3]))
+            and (known[4] is None or isinstance(known[4], str))):
         return f"its sequence file {path} is not one (epoch, committed, reserved, hash); it is written anew"
     if max(known[1:3]) > SEQUENCE_FILE_MAX:
         return (f"its sequence file {path} names seq {max(known[1:3])}, beyond any an outbox reaches "
@@ -857,19 +926,40 @@ def _read_sequence_file(path: Path) -> tuple[str, int, int, str | None] | str:
     return known
 
 
-def _write_sequence_file(path: Path, epoch: str, committed: int, reserved: int, chain: str | None,
-                         durable: bool = True) -> None:
+def _sequence_text(epoch: str, committed: int, reserved: int, chain: str | None) -> bytes:
+    """The sequence file's text, padded to ``SEQUENCE_FILE_SIZE``."""
+    return json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved, "hash": chain,
+                       "boot": _boot()}).encode().ljust(SEQUENCE_FILE_SIZE)
+
+
+def _write_sequence_file(path: Path, text: bytes, durable: bool = True) -> int:
     """Replace the sequence file whole (a new file renamed over it): a power cut leaves the old or
-    the new; ``durable`` (as the outbox's commits): both fsynced."""
+    the new; ``durable`` (as the outbox's commits): both fsynced. A descriptor of the new file, to
+    write it in place after."""
     new = Path(f"{path}.new")
-    with open(new, "wb") as f:
-        f.write(json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved, "hash": chain}).encode())
-        f.flush()
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        if os.write(fd, text) != len(text):  # a disk filling up as it was written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if durable:
-            os.fsync(f.fileno())
-    os.rename(new, path)
-    if durable:
-        _fsync(os.path.dirname(os.path.abspath(path)))
+            os.fsync(fd)
+        os.rename(new, path)
+        if durable:
+            _fsync(os.path.dirname(os.path.abspath(path)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@functools.cache
+def _boot() -> str | None:
+    """This boot of the machine's id (Linux), None where it cannot be read: then every unclean stop is taken
+    for one the machine restarted after."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return None
 
 
 def _fsync(path: str) -> None:

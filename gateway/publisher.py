@@ -433,6 +433,7 @@ class Publisher:
         body = status_payload(self.site, "online", epoch=self.outbox.epoch, run=self.run, floor=self.outbox.floor(),
                               outbox_depth=self.outbox.depth, outbox_dropped=dropped, outbox_unsaved=unsaved,
                               outbox_error=error,
+                              **({"outbox_unused": self.outbox.unused} if self.outbox.unused else {}),
                               # collectors merge only these collectors' claims, whatever their site file copy says
                               **({"acknowledged_by": sorted(self.acknowledged_by)} if self.acknowledged_by else {}),
                               **({"acks_ignored": dict(self.unlisted)} if self.unlisted else {}),

@@ -6,8 +6,9 @@ what is missing, each checked the way the gateway itself does it.
   poller: every read of its register map, once);
 - the broker: a real login with the site's credentials and TLS settings, under a client
   id of its own so that a running gateway is not disconnected; nothing is published;
-- the outbox: its directory can be written, the file (if any) is a usable outbox, and
-  the disk has room for it;
+- the outbox: its directory can be written and its filesystem has flock (the gateway
+  refuses an outbox it cannot lock), the file (if any) is a usable outbox, its sequence
+  file's state, and the disk has room for it;
 - the signing key (when the site file names one): loaded as the gateway loads it;
 - the clock: readings are stamped with this computer's clock, so it must be right. The
   broker does not tell its time over MQTT and a site is often offline, so what is
@@ -23,9 +24,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime as dt
+import fcntl
 import os
 import shutil
 import socket
+import sqlite3
 import ssl
 import sys
 import tempfile
@@ -38,7 +41,8 @@ from contract import topics
 from contract.config import ConfigError
 from contract.config.site import Device, RtuConnection, Site
 from contract.message import Quality, Reading
-from contract.sqlite_file import UnusableFile, open_sqlite
+from contract.sqlite_file import UnusableFile, beside, open_sqlite
+from gateway.outbox import read_sequence_file
 
 OK, WARN, FIX = "ok", "warn", "FIX"
 #: SQLite's own cost of an outbox row beyond its topic and payload (row header, index) [bytes]
@@ -177,10 +181,10 @@ def reading_size(site: Site) -> int:
 
 
 def check_outbox(site: Site, path: str | Path) -> tuple[list[Check], dt.datetime | None]:
-    """Writable directory, a usable outbox file if there is one, and room on the disk;
-    also the time stamp of the newest reading waiting in it."""
+    """Writable directory with flock, a usable outbox file if there is one, its sequence file,
+    and room on the disk; also the time stamp of the newest reading waiting in it."""
     path = Path(path)
-    directory = path.parent
+    directory = Path(os.path.realpath(path)).parent  # where the gateway keeps it, its -wal and its sequence file
     existing = directory
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -191,13 +195,20 @@ def check_outbox(site: Site, path: str | Path) -> tuple[list[Check], dt.datetime
             probe.write(b"x")
             probe.flush()
             os.fsync(probe.fileno())
+            locked = _can_flock(probe.fileno())
         where = f"{directory} can be written" if directory.exists() else \
             f"{directory} does not exist yet; the gateway will create it in {existing}, which can be written"
         checks.append(Check("outbox directory", OK, where))
+        checks.append(Check("outbox lock", OK, f"the filesystem of {existing} has flock (one gateway per outbox)")
+                      if locked is None else
+                      Check("outbox lock", FIX, f"the filesystem of {existing} does not support flock ({locked}): the "
+                                                "gateway refuses an outbox there, since one gateway per outbox cannot "
+                                                "be guaranteed; put the outbox on a local filesystem"))
     except OSError as exc:
         checks.append(Check("outbox directory", FIX, f"cannot write in {existing}: {exc.strerror} (the gateway's "
                                                      "user must own it; the systemd unit uses /var/lib/jcm)"))
     newest = None
+    state = None  # (epoch, highest seq) of the outbox, when it could be read
     if path.exists():
         try:
             db = open_sqlite(path, "outbox", {"outbox"}, create=False,
@@ -205,6 +216,7 @@ def check_outbox(site: Site, path: str | Path) -> tuple[list[Check], dt.datetime
             try:
                 depth, payload = db.execute("SELECT COUNT(*), (SELECT payload FROM outbox ORDER BY seq DESC LIMIT 1) "
                                             "FROM outbox").fetchone()
+                state = _outbox_sequence(db)
             finally:
                 db.close()
             newest = Reading.from_json(payload).ts if payload else None
@@ -213,6 +225,7 @@ def check_outbox(site: Site, path: str | Path) -> tuple[list[Check], dt.datetime
             checks.append(Check("outbox file", FIX, str(exc)))
     else:
         checks.append(Check("outbox file", OK, f"{path}: none yet; the gateway creates it"))
+    checks.append(check_sequence_file(path, state))
     row = reading_size(site)
     per_day = sum(86400 / d.poll_interval for d in site.devices) * row
     full = site.outbox.max_rows * row
@@ -227,6 +240,55 @@ def check_outbox(site: Site, path: str | Path) -> tuple[list[Check], dt.datetime
     else:
         checks.append(Check("outbox disk space", OK, sizes))
     return checks, newest
+
+
+def _can_flock(fd: int) -> str | None:
+    """None if an exclusive flock can be taken on ``fd`` as the gateway takes one on its outbox, else why not."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:  # ENOLCK, EOPNOTSUPP: some NFS and FUSE mounts
+        return exc.strerror
+    return None
+
+
+def _outbox_sequence(db) -> tuple[str | None, int]:
+    """(epoch, highest seq assigned) of an open outbox; no epoch in an outbox from before epochs."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+    try:
+        epoch = db.execute("SELECT epoch FROM sequence_epoch").fetchone()
+    except sqlite3.Error:
+        epoch = None
+    return (epoch[0] if epoch else None), (row[0] if row else 0)
+
+
+def check_sequence_file(path: Path, state: tuple[str | None, int] | None) -> Check:
+    """The outbox's sequence file in one line: present (epoch, committed, reserved), missing or unreadable,
+    and what the gateway's next start makes of it with the outbox (``state``: its epoch and highest seq)."""
+    where = beside(path, ".sequence")
+    known = read_sequence_file(where)
+    if isinstance(known, str):
+        if not where.exists() and not where.is_symlink():
+            if not path.exists():
+                return Check("outbox sequence file", OK, f"{where}: missing, none yet; the gateway writes it")
+            return Check("outbox sequence file", WARN, f"{where}: missing; the gateway's next start cannot vouch that "
+                                                       "the outbox is not an older copy of itself (said once) and "
+                                                       "writes it anew")
+        return Check("outbox sequence file", WARN, f"{where}: garbage: {known}")
+    epoch, committed, reserved = known[:3]
+    said = f"{where}: epoch {epoch}, committed {committed}, reserved {reserved}"
+    if state is not None and state[0] is not None and state[0] != epoch:
+        return Check("outbox sequence file", WARN, f"{said}: of another epoch than the outbox's ({state[0]}): the "
+                                                   "gateway's next start cannot vouch that the outbox is not an older "
+                                                   "copy of itself (said once) and writes it anew")
+    if state is not None and state[1] < committed:
+        return Check("outbox sequence file", WARN, f"{said}: the outbox (seq up to {state[1]}) is behind it, an older "
+                                                   "copy of itself (a backup restored?): the gateway's next start "
+                                                   "says so in one ERROR and gives new readings seqs after "
+                                                   f"{max(committed, reserved)}")
+    return Check("outbox sequence file", OK, f"{said}: " + (
+        "stopped cleanly" if reserved <= committed else
+        f"{reserved - committed} seq(s) reserved beyond the committed: the gateway is running or did not stop cleanly "
+        "(after a restart of the machine, its next start leaves them unused)"))
 
 
 def _size(n: float) -> str:

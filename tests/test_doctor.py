@@ -4,16 +4,18 @@ what to fix, and the exit status."""
 import datetime as dt
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from contract.config import load_site
 from contract.message import Reading
-from gateway.outbox import Outbox
+from gateway.outbox import RESERVE, Outbox
 from jcm.broker import Mosquitto, free_port
-from jcm.doctor import FIX, OK, WARN, Check, check_broker, check_clock
+from jcm.doctor import FIX, OK, WARN, Check, check_broker, check_clock, check_outbox
 from tests.conftest import REPO, tcp_device, write_site
 from tests.conftest import openssl
 from tests.test_mqtt_security import tls_broker, tls_site  # noqa: F401 (fixtures)
@@ -92,6 +94,49 @@ def test_readings_stamped_after_now_mean_the_clock_was_set_back(tmp_path):
     status, detail = rows["clock"]
     assert status == FIX and f"stamped up to {later:%Y-%m-%d %H:%M:%S} UTC" in detail, detail
     assert check_clock(None).status in ("ok", "warn")
+
+
+def test_doctor_reports_the_outbox_lock_and_its_sequence_file_in_one_line_each(tmp_path):
+    """Each state of a real sequence file beside a real outbox, as the gateway's next start takes it.
+    The outbox's filesystem here has flock; one without it (ENOLCK, some NFS mounts) cannot be made
+    on this machine, so the FIX of ``outbox lock`` is not exercised."""
+    site = load_site(write_site(tmp_path, [tcp_device("m", "power_meter_3ph", free_port())]))
+    path, backup = tmp_path / "var" / "outbox.sqlite", tmp_path / "backup.sqlite"
+    sequence = Path(f"{path}.sequence")
+
+    def rows():
+        checks = {c.what: c for c in check_outbox(site, path)[0]}
+        assert checks["outbox lock"].status == OK and "has flock" in checks["outbox lock"].detail
+        return checks["outbox sequence file"]
+
+    assert (rows().status, rows().detail) == (OK, f"{sequence}: missing, none yet; the gateway writes it")
+    assert not path.parent.exists()  # the doctor only looks
+    box = Outbox(path, 1000)
+    box.append("t", lambda s: f"m{s}")
+    box.close()
+    shutil.copyfile(path, backup)
+    epoch = box.epoch
+    check = rows()
+    assert (check.status, check.detail) == (OK, f"{sequence}: epoch {epoch}, committed 1, reserved 1: stopped cleanly")
+    box = Outbox(path, 1000)
+    box.append("t", lambda s: f"m{s}")
+    check = rows()  # running
+    assert check.status == OK and f"epoch {epoch}, committed 2, reserved {1 + RESERVE}: {RESERVE - 1} seq(s) " \
+        "reserved beyond the committed: the gateway is running or did not stop cleanly" in check.detail, check.detail
+    box.close()
+    shutil.copyfile(backup, path)  # an older copy put back
+    check = rows()
+    assert check.status == WARN and "the outbox (seq up to 1) is behind it" in check.detail and \
+        "seqs after 2" in check.detail, check.detail
+    sequence.write_bytes(b"\x00garbage")
+    check = rows()
+    assert check.status == WARN and check.detail.startswith(f"{sequence}: garbage: ")
+    assert "cannot be read" in check.detail
+    sequence.unlink()
+    check = rows()
+    assert check.status == WARN and check.detail.startswith(f"{sequence}: missing; ")
+    for c in (check_outbox(site, path)[0]):  # one line each
+        assert "\n" not in c.detail
 
 
 def test_doctor_checks_tls_as_the_gateway_connects(tmp_path, pki, tls_broker, monkeypatch):

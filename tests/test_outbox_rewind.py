@@ -16,11 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from contract.message import MAX_SEQ
 from gateway.outbox import RESERVE, Outbox
 from gateway.service import Gateway
+from processing.period import sequence_findings
 from tests.conftest import REPO, load_site, wait_until
 from tests.test_end_to_end_ack import GATEWAY, collector, e2e_site, finish, stored
 
@@ -116,6 +118,26 @@ def test_a_rewind_is_seen_at_the_first_run_after_the_sequence_file_followed_the_
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "WENT BACK from seq 5 to seq 2" in errors[0], errors
     assert _append(box, 1) == [6]
+    box.close()
+    # read once and superseded by the one beside the file: removed, so that no one takes it for the outbox's
+    assert sorted(p.name for p in tmp_path.rglob("*.sequence")) == ["outbox.sqlite.sequence"]
+    assert json.loads((tmp_path / "disk" / "outbox.sqlite.sequence").read_bytes())["committed"] == 6
+
+
+def test_a_sequence_file_beside_the_link_is_removed_once_the_one_beside_the_file_is_written(tmp_path, caplog):
+    """No rewind: the one beside the link is read (the one beside the file is missing), then superseded."""
+    (tmp_path / "disk").mkdir()
+    target, link = tmp_path / "disk" / "outbox.sqlite", tmp_path / "link.sqlite"
+    link.symlink_to(target)
+    box = Outbox(link, max_rows=100)
+    _append(box, 2)
+    box.close()
+    os.rename(f"{target}.sequence", f"{link}.sequence")
+    with caplog.at_level(logging.WARNING):
+        box = Outbox(link, max_rows=100)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # vouched for by the one beside the link
+    assert not Path(f"{link}.sequence").exists() and Path(f"{target}.sequence").exists()
+    assert _append(box, 1) == [3]
     box.close()
 
 
@@ -458,3 +480,121 @@ def test_a_signed_chain_goes_on_across_a_restore_after_a_clean_stop(tmp_path):
     assert box.append("t", lambda s: body % s) == 3
     assert f'"prev":"{chain_hash(last)}"' in box.after(2, 10)[0][2]
     box.close()
+
+
+def _killed_after(path: Path, first: int, then: int, backup: Path | None = None) -> int:
+    """Run an outbox at ``path`` in a child with the real ``SEQUENCE_EVERY``: ``first`` appends, a backup
+    of the running outbox to ``backup`` (if given), ``then`` appends more, SIGKILL. Its last seq."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom gateway.outbox import Outbox\n"
+         f"box = Outbox({str(path)!r}, max_rows=1000)\n"
+         f"for _ in range({first}): box.append('t', lambda s: f'm{{s}}')\n"
+         "print(box.last_seq(), flush=True)\nsys.stdin.readline()\n"
+         f"for _ in range({then}): box.append('t', lambda s: f'm{{s}}')\n"
+         "print(box.last_seq(), flush=True)\ntime.sleep(600)"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        proc.stdout.readline()
+        if backup is not None:
+            live, dst = sqlite3.connect(f"file:{path}?mode=ro", uri=True), sqlite3.connect(backup)
+            live.backup(dst)
+            live.close()
+            dst.close()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return int(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_a_backup_taken_seconds_before_a_crash_reuses_no_seq(tmp_path, caplog):
+    """The backup is taken within ``SEQUENCE_EVERY`` of the crash (no fsynced write of the sequence file
+    since): each commit's seqs are written to the file before the commit, so the file still knows them."""
+    path, backup = tmp_path / "outbox.sqlite", tmp_path / "backup.sqlite"
+    box = Outbox(path, max_rows=1000)
+    _append(box, 3)
+    box.close()
+    last = _killed_after(path, 2, 5, backup)
+    assert last == 10 and _last_seq(backup) == 5
+    _restore(backup, path)
+    with caplog.at_level(logging.ERROR):
+        box = Outbox(path, max_rows=1000)
+    assert "WENT BACK from seq 10 to seq 5" in caplog.text
+    assert _append(box, 1)[0] > last
+    box.close()
+
+
+def _other_boot(path: Path) -> None:
+    """The sequence file as written before the machine restarted."""
+    sequence = Path(f"{path}.sequence")
+    sequence.write_text(json.dumps({**json.loads(sequence.read_bytes()), "boot": "an-earlier-boot"}))
+
+
+def test_an_unclean_stop_skips_the_reservation_only_when_the_machine_restarted_since(tmp_path, caplog):
+    """Killed, the machine running on: the sequence file holds every commit's seqs (written, if not
+    fsynced), so the next run goes on at the next seq, no gap. Killed and the machine restarted (a
+    power cut): the writes since the last fsync may be gone, and a backup of the last seconds looks like
+    the outbox, so the next run starts after the reservation, one WARNING naming the seqs left unused.
+    A clean stop reserves nothing beyond its last seq: no skip after a restart."""
+    path = tmp_path / "outbox.sqlite"
+    assert _killed_after(path, 2, 3) == 5
+    with caplog.at_level(logging.WARNING):
+        box = Outbox(path, max_rows=1000)
+    assert _append(box, 1) == [6] and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    box.close()
+    _other_boot(path)
+    box = Outbox(path, max_rows=1000)
+    assert _append(box, 1) == [7]  # stopped cleanly
+    box.close()
+    last = _killed_after(path, 1, 1)
+    assert last == 9
+    reserved = json.loads(Path(f"{path}.sequence").read_bytes())["reserved"]
+    assert reserved == 7 + RESERVE
+    _other_boot(path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        box = Outbox(path, max_rows=1000)
+    assert _append(box, 1) == [reserved + 1]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "did not stop cleanly" in lines[0] and f"seqs 10..{reserved} are left unused" in lines[0]
+    assert box.unused == [[10, reserved]]  # for the status to name
+    box.close()
+    box = Outbox(path, max_rows=1000)
+    assert box.unused == [[10, reserved]]  # named as long as the epoch lasts
+    box.close()
+
+
+@pytest.mark.slow
+def test_seqs_left_unused_after_a_power_cut_are_a_gap_the_collector_names_as_unused(tmp_path, mosquitto, simulate):
+    """End to end: the gateway killed (its outbox opened, nothing committed since), the machine restarted;
+    the next run skips the reservation, its status names the range, and the collector's gap over it is
+    explained by it (for information, not review), not taken for readings lost on the way."""
+    site = load_site(e2e_site(tmp_path))
+    simulate(site)
+    path = Path(site.outbox.path)
+    c = collector(mosquitto, tmp_path, gap_grace_s=0.5)
+    try:
+        gw = Gateway(site, broker_url=mosquitto.url)
+        gw.start()
+        assert wait_until(lambda: c.stored >= 20)
+        last = finish(gw)
+        assert _killed_after(path, 0, 0) == last
+        _other_boot(path)
+        gw = Gateway(site, broker_url=mosquitto.url)
+        skipped = [last + 1, last + RESERVE]
+        assert gw.outbox.unused == [skipped]
+        gw.start()
+        assert wait_until(lambda: gw.outbox.last_seq() > last + RESERVE + 20)
+        finish(gw)
+        assert wait_until(lambda: any(f.kind == "gap" for f in c.store.sequence_findings(gateway=GATEWAY)), 10)
+        [gap] = [f for f in c.store.sequence_findings(gateway=GATEWAY) if f.kind == "gap"]
+    finally:
+        c.stop()
+    assert [gap.first, gap.last] == skipped and gap.explained == RESERVE
+    assert "left unused by the gateway" in gap.cause and "lost" not in gap.cause, gap.cause
+    assert set(stored(tmp_path).values()) == {1}
+    noticed = pd.Timestamp(gap.noticed)
+    [qa] = sequence_findings([gap], noticed - pd.Timedelta(days=1), noticed + pd.Timedelta(days=1))
+    assert qa.severity == "info"  # the month is not sent for review over seqs no reading had

@@ -247,6 +247,36 @@ def test_a_gap_the_outbox_cap_explains_says_so(mosquitto, sites_dir, tmp_path):
     assert "explained by the gateway's outbox cap: 5 readings dropped" in gap.cause
 
 
+def test_a_gap_over_seqs_the_gateway_left_unused_says_so_and_leaves_the_cap_for_the_rest(mosquitto, sites_dir,
+                                                                                           tmp_path):
+    """A gateway started after an unclean stop and a power cut skips the seqs it had reserved and names
+    them in its status (``outbox_unused``): a gap over them is explained by them, not taken for readings
+    lost, and does not use up the outbox cap's count, which explains a gap elsewhere."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    status = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-status")
+    status.connect("127.0.0.1", mosquitto.port)
+    status.loop_start()
+    body = {"schema": 1, "site": "test-site", "gateway": "gw-test", "state": "online", "epoch": E1, "floor": 1,
+            "outbox_depth": 0, "outbox_dropped": 2, "outbox_unsaved": 0, "outbox_error": None,
+            "outbox_unused": [[6, 10]]}
+    status.publish(topics.gateway_status("test-site", "gw-test"), json.dumps(body), qos=1,
+                   retain=True).wait_for_publish(10)
+    status.disconnect()
+    status.loop_stop()
+    c = collector(mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    subscribed(c, pub)
+    pub.send([message(s) for s in range(1, 31) if not 6 <= s <= 10 and s not in (21, 22)])
+    assert wait_until(lambda: len(findings(store_url)) >= 2, 20)
+    c.stop()
+    pub.close()
+    unused, capped = sorted(findings(store_url), key=lambda f: f.first)
+    assert (unused.first, unused.last, unused.explained) == (6, 10, 5)
+    assert "left unused by the gateway" in unused.cause and "lost" not in unused.cause, unused.cause
+    assert (capped.first, capped.last, capped.explained) == (21, 22, 2)
+    assert "explained by the gateway's outbox cap: 2 readings dropped" in capped.cause
+
+
 def test_a_new_epoch_is_reported_loudly_and_raises_a_live_view_alarm(mosquitto, sites_dir, tmp_path, caplog):
     store_url = f"sqlite:///{tmp_path}/jcm.db"
     c = collector(mosquitto, store_url, sites_dir)

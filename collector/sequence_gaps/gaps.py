@@ -7,7 +7,8 @@ redelivers), so a missing seq is only suspected at first. A hole still open afte
 ``grace_s`` is checked against the store, which holds, per block of ``BLOCK_SEQS`` seqs,
 a bitmap of the seqs each collector stored (``ReadingStore.record_seq_blocks``): what no
 collector stored is recorded as a gap finding, with the gateway's ``outbox_dropped``
-counter as its cause when that accounts for it. The store is the source of truth, so a
+counter as its cause when that accounts for it, and its ``outbox_unused`` ranges (seqs it
+left unused after an unclean stop) for the seqs they hold. The store is the source of truth, so a
 restarted collector, or a second one on the shared subscription, neither raises a false
 gap nor forgets a real one.
 
@@ -43,10 +44,35 @@ from collector.sequence_gaps.holes_cap import _HolesCap
 from collector.sequence_gaps.marks import _Marks
 from collector.sequence_gaps.own_blocks import _OwnBlocks
 from collector.sequence_gaps.runs import _first, _Run
+from contract import topics
 from contract.message import MAX_SEQ, Reading
 from contract.store import (BLOCK_SEQS, ReadingStore, ReadUnsupported, SeqBlock, SeqRange, SequenceFinding,
                             StoreUnavailable)
 from contract.text import printable
+
+def _unused(ranges: object) -> tuple[tuple[int, int], ...]:
+    """A status's ``outbox_unused``: [first, last] seq ranges, at most ``MAX_UNUSED_RANGES``; anything
+    else explains nothing."""
+    if not isinstance(ranges, list) or len(ranges) > topics.MAX_UNUSED_RANGES:
+        return ()
+    if not all(isinstance(r, list) and len(r) == 2 and all(type(n) is int for n in r) and 1 <= r[0] <= r[1] <= MAX_SEQ
+               for r in ranges):
+        return ()
+    return tuple((a, b) for a, b in ranges)
+
+
+def _overlap(first: int, last: int, ranges: tuple[tuple[int, int], ...]) -> int:
+    """How many seqs of ``first``..``last`` the ranges hold (the gateway's ranges do not overlap; counted
+    at most once each anyway)."""
+    held = sorted((max(first, a), min(last, b)) for a, b in ranges if a <= last and b >= first)
+    n, upto = 0, first - 1
+    for a, b in held:
+        a = max(a, upto + 1)
+        if a <= b:
+            n += b - a + 1
+            upto = b
+    return n
+
 
 #: every module of the package logs as ``collector.sequence_gaps``: one name for operators to filter on
 log = logging.getLogger(__package__)
@@ -106,7 +132,8 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         dropped = body.get("outbox_dropped")
         if type(dropped) is int and dropped >= 0:
             epoch = body.get("epoch")
-            self._status[(site, gateway)] = {"dropped": dropped, "epoch": epoch if isinstance(epoch, str) else None}
+            self._status[(site, gateway)] = {"dropped": dropped, "epoch": epoch if isinstance(epoch, str) else None,
+                                             "unused": _unused(body.get("outbox_unused"))}
 
     def stored(self, readings: list[Reading]) -> None:
         """Readings the store now has: follow their seqs, report new epochs, write the runs
@@ -422,15 +449,31 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                 self._record_holes(site, gateway, epoch, track, swamped, now)
 
     def _explain(self, f: SequenceFinding, track: _Epoch) -> SequenceFinding:
-        """Say what the gap is, and how much of it the gateway's outbox cap accounts for."""
+        """Say what the gap is, and how much of it the gateway's outbox cap and the seqs it left unused
+        account for."""
         n = f.last - f.first + 1
         what = (f"seqs {f.first}..{f.last} of epoch {f.epoch or '(none)'} missing ({n} reading(s)), not received "
                 f"within {self.grace_s:g} s and not in the store")
         status = self._status.get((f.site, f.gateway))
         dropped = 0
+        unused = status["unused"] if status and status["epoch"] == f.epoch else ()
+        skipped = _overlap(f.first, f.last, unused)
         if status and status["epoch"] in (None, f.epoch):
-            accounted = sum(g.explained for g in track.recorded.values())
-            dropped = max(0, min(n, status["dropped"] - accounted))
+            accounted = sum(max(0, g.explained - _overlap(g.first, g.last, unused)) for g in track.recorded.values())
+            dropped = max(0, min(n - skipped, status["dropped"] - accounted))
+        if skipped:
+            said = ("left unused by the gateway, which skips the seqs it had reserved when it starts again after a "
+                    "stop that was not clean followed by a restart of its machine (a power cut): no reading was given "
+                    "them, unless its outbox was then replaced by a backup of its last seconds")
+            rest = n - skipped
+            cause = (f"{what}: {said}" if not rest else
+                     f"{what}: {skipped} of them {said}; the other {rest} " + (
+                         f"explained by the gateway's outbox cap ({status['dropped']} readings dropped)"
+                         if dropped == rest else
+                         f"{dropped} explained by the gateway's outbox cap ({status['dropped']} readings dropped), "
+                         "the rest lost on the way (broker or network)" if dropped else
+                         "not explained by the gateway's outbox counters, so lost on the way"))
+            return replace(f, cause=cause, explained=skipped + dropped)
         if dropped == n:
             cause = f"{what}: explained by the gateway's outbox cap: {status['dropped']} readings dropped"
         elif dropped:
