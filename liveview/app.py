@@ -23,7 +23,7 @@ from typing import Literal
 import swagger_ui_bundle
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from contract import topics, units
 from contract.config.site import Mqtt, Site
@@ -33,6 +33,7 @@ from liveview import fleet
 from liveview.alarms import FROM_BROKER, KINDS, AlarmBook, sequence_conditions
 from liveview.device_state import STATES
 from liveview.energy import CounterTotals, unflagged
+from liveview.limits import MAX_STREAMS, MAX_STREAMS_PER_ADDRESS
 from liveview.main_channels import POWER_CHANNEL
 from liveview.state import LiveState
 
@@ -69,7 +70,8 @@ class LiveView:
 
     def __init__(self, sites: list[Site], broker: Mqtt | str, store: ReadingStore, alarms_path: str,
                  ledger=None, token: str | None = None, simulated: bool = False,
-                 allowed_hosts: list[str] | None = None, broker_names: dict[str, str] | None = None):
+                 allowed_hosts: list[str] | None = None, broker_names: dict[str, str] | None = None,
+                 max_streams: int = MAX_STREAMS, max_streams_per_address: int = MAX_STREAMS_PER_ADDRESS):
         self.sites = {s.site: s for s in sites}
         self.state = LiveState(sites)
         self.store, self.ledger, self.token = store, ledger, token
@@ -79,6 +81,7 @@ class LiveView:
         #: Host header names accepted without a token (DNS rebinding): loopback and these
         self.allowed_hosts = {*LOOPBACK_HOSTS, *(h.lower().strip("[]") for h in allowed_hosts or [])}
         self.clients: set[Subscriber] = set()
+        self.max_streams, self.max_streams_per_address = max_streams, max_streams_per_address
         self.loop: asyncio.AbstractEventLoop | None = None
         self.broker = BrokerConnection(broker, f"jcm-liveview-{secrets.token_hex(3)}", "live view: broker",
                                        names=broker_names, reconnect_delay=(1, 10), on_connect=self._on_connect,
@@ -119,6 +122,18 @@ class LiveView:
     def publish(self, event: dict) -> None:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._fan_out, event)
+
+    def admit(self, client: Subscriber) -> dict | None:
+        """Count ``client`` among the open streams, or say which limit refuses it (JSON of a 503)."""
+        if len(self.clients) >= self.max_streams:
+            return {"error": f"too many open streams: {self.max_streams} at most (dashboard --max-streams)",
+                    "limit": "max_streams", "value": self.max_streams}
+        if sum(c.address == client.address for c in self.clients) >= self.max_streams_per_address:
+            return {"error": f"too many open streams from {client.address}: {self.max_streams_per_address} at most "
+                             "a client address (dashboard --max-streams-per-address)",
+                    "limit": "max_streams_per_address", "value": self.max_streams_per_address}
+        self.clients.add(client)
+        return None
 
     def _fan_out(self, event: dict) -> None:
         """Offer ``event`` to the streams of its site only (in the event loop): a flood of one
@@ -299,14 +314,15 @@ def _reduction(mtd: dict | None) -> dict | None:
 
 
 class Subscriber:
-    """One stream of server-sent events: the site it follows (None: all) and its queue.
+    """One stream of server-sent events: the site it follows (None: all), the client address
+    it serves and its queue.
 
     A client too slow to keep up misses events rather than growing the queue; it is then
     told so (a ``missed`` event) so that it reads the site afresh instead of showing what
     it last heard as current."""
 
-    def __init__(self, site: str | None, size: int = 1000):
-        self.site = site
+    def __init__(self, site: str | None, address: str, size: int = 1000):
+        self.site, self.address = site, address
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=size)
         self.missed = 0
 
@@ -322,6 +338,39 @@ class Subscriber:
             missed, self.missed = self.missed, 0
             return {"type": "missed", "site": self.site, "events": missed}
         return await asyncio.wait_for(self.queue.get(), timeout=timeout)
+
+
+class EventStream(Response):
+    """The answer to a stream request: its events, or a 503 naming the limit it exceeds.
+
+    The slot is taken and given back here, around the whole response, rather than in the
+    events' generator: a generator cancelled before its first step (the client gone as the
+    answer starts) never runs its ``finally``, and its slot would stay taken for ever."""
+
+    def __init__(self, view: LiveView, client: Subscriber, request: Request):
+        super().__init__()
+        self.view, self.client, self.request = view, client, request
+
+    async def __call__(self, scope, receive, send) -> None:
+        refused = self.view.admit(self.client)
+        if refused:
+            await JSONResponse(refused, status_code=503, headers={"Retry-After": "30"})(scope, receive, send)
+            return
+        try:
+            await StreamingResponse(self._events(), media_type="text/event-stream",
+                                    headers={"Cache-Control": "no-cache"})(scope, receive, send)
+        finally:
+            self.view.clients.discard(self.client)
+
+    async def _events(self):
+        yield "retry: 2000\n\n"
+        while not await self.request.is_disconnected():
+            try:
+                event = await self.client.next_event(timeout=15)
+            except asyncio.TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
 
 
 def token_matches(given: str, token: str) -> bool:
@@ -459,22 +508,7 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.get("/api/stream")
     async def api_stream(request: Request, site: str | None = None):
-        client = Subscriber(site if site is None else site_or_404(site))
-        view.clients.add(client)
-
-        async def events():
-            try:
-                yield "retry: 2000\n\n"
-                while not await request.is_disconnected():
-                    try:
-                        event = await client.next_event(timeout=15)
-                    except asyncio.TimeoutError:
-                        yield ": keep-alive\n\n"
-                        continue
-                    yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
-            finally:
-                view.clients.discard(client)
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        client = Subscriber(site if site is None else site_or_404(site), request.client.host if request.client else "")
+        return EventStream(view, client, request)
 
     return app
