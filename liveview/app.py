@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import html
 import json
 import logging
 import re
@@ -23,7 +24,7 @@ from typing import Literal
 import swagger_ui_bundle
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from contract import topics, units
 from contract.config.site import Mqtt, Site
@@ -55,6 +56,8 @@ CHART_POINTS = 600
 #: and no framing by another site
 CSP = ("default-src 'self'; script-src 'self'{scripts}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+#: the addresses of the pages (HTML a browser opens, not the API it then reads)
+PAGE = re.compile(r"/(sites/[^/]+|api/docs)?")
 #: headers of every answer
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
 #: how long stopping the server waits for the responses still open [s]: a page's stream never
@@ -394,6 +397,20 @@ def served_over_https(request: Request) -> bool:
     return request.url.scheme == "https" or forwarded == "https"
 
 
+def without_token(request: Request) -> Response:
+    """The answer to a page opened with a valid ``?token=``: the same address without it (the
+    cookie set with this answer carries the token), so that the token leaves the address bar, the
+    history and any address copied from it. A link followed from another site gets a page that
+    goes there by itself instead of a redirect: the browser would not send a SameSite=Strict
+    cookie on the redirected request, and the page would be refused."""
+    rest = request.url.remove_query_params("token")
+    location = rest.path + (f"?{rest.query}" if rest.query else "")
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        url = html.escape(location.replace("'", "%27"))
+        return HTMLResponse(f"<!doctype html><meta http-equiv=\"refresh\" content=\"0; url='{url}'\">")
+    return RedirectResponse(location, status_code=303)
+
+
 def create_app(view: LiveView) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -423,7 +440,10 @@ def create_app(view: LiveView) -> FastAPI:
         if not given or not token_matches(given, view.token):
             return JSONResponse({"error": "a valid token is required (Authorization: Bearer ... or ?token=)"},
                                 status_code=401)
-        response = await call_next(request)
+        if request.query_params.get("token") and request.method in ("GET", "HEAD") and PAGE.fullmatch(request.url.path):
+            response = without_token(request)  # API and stream clients keep ?token=: they may have no other way
+        else:
+            response = await call_next(request)
         if request.query_params.get("token"):
             response.set_cookie("jcm_token", view.token, httponly=True, samesite="strict",
                                 secure=served_over_https(request))
