@@ -461,11 +461,14 @@ def create_app(view: LiveView) -> FastAPI:
             raise HTTPException(404, f"no site '{site}'")
         return site
 
+    # the pages answer HEAD as GET, without the body: monitoring probes ask so
     @app.get("/")
+    @app.head("/", include_in_schema=False)
     def deployment_page():
         return FileResponse(STATIC / "deployment.html")
 
     @app.get("/sites/{site}")
+    @app.head("/sites/{site}", include_in_schema=False)
     def site_page(site: str):
         site_or_404(site)
         return FileResponse(STATIC / "site.html")
@@ -491,6 +494,7 @@ def create_app(view: LiveView) -> FastAPI:
         return file_in(MESSAGES, f"{lang}.json")
 
     @app.get("/api/docs", include_in_schema=False)
+    @app.head("/api/docs", include_in_schema=False)
     def api_docs():
         page = get_swagger_ui_html(openapi_url="/api/openapi.json", title="jcm live view: API",
                                    swagger_js_url="/static/swagger/swagger-ui-bundle.js",

@@ -140,9 +140,9 @@ def serve(tmp_path):
         dash.stop()
 
 
-def request(port, path, headers=None):
+def request(port, path, headers=None, method="GET"):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path, headers=headers or {})
+    conn.request(method, path, headers=headers or {})
     resp = conn.getresponse()
     body = resp.read()
     conn.close()
@@ -229,6 +229,22 @@ def test_a_browser_opening_a_page_with_its_token_keeps_it_nowhere_but_in_the_coo
         assert driver.current_url.startswith("data:"), driver.current_url
     finally:
         driver.quit()
+
+
+def test_the_pages_answer_head_as_get_without_the_body(serve):
+    """A monitoring probe asks HEAD /: the live view answered 405."""
+    port = serve(token="s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    for path in ("/", "/sites/mn-solar", "/api/docs"):
+        got, body = request(port, path, auth)
+        head, nothing = request(port, path, auth, method="HEAD")
+        assert (head.status, nothing) == (200, b""), (path, head.status)
+        assert head.getheader("content-type") == got.getheader("content-type") == "text/html; charset=utf-8", path
+        assert int(head.getheader("content-length")) == len(body), path
+    assert request(port, "/sites/nope", auth, method="HEAD")[0].status == 404
+    assert request(port, "/", method="HEAD")[0].status == 401
+    head, _ = request(port, "/sites/mn-solar?token=s3cret", method="HEAD")
+    assert (head.status, head.getheader("location")) == (303, "/sites/mn-solar")
 
 
 def test_without_a_token_only_the_bound_and_allowed_host_names_are_served(serve):
