@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -65,6 +66,11 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DEN
 SHUTDOWN_GRACE_S = 2.0
 #: after the store failed, how long it is not asked again: requests say "unavailable" at once [s]
 STORE_RETRY_S = 15.0
+#: how long a site's energy figures are served as read [s]: every open overview asks for every
+#: site's every 5 s, and each read counts a day of each counter's readings (tens of ms of CPU);
+#: a reading is in the store only once the collector has written it, so a new one arriving here
+#: is no sign that the figures changed
+ENERGY_CACHE_S = 10.0
 
 
 class LiveView:
@@ -94,6 +100,9 @@ class LiveView:
         self._connected_at: float | None = None  # while nothing has arrived on this connection
         self._sequence_findings: dict[str, tuple[float, list]] = {}  # site -> (when read, findings)
         self._store_failed: tuple[float, str] | None = None  # (when, why) the store last failed
+        # site -> (when read, the site's local day, figures); one read at a time a site
+        self._energy: dict[str, tuple[float, dt.date, dict]] = {}
+        self._energy_locks = {s: threading.Lock() for s in self.sites}
 
     # -- feeds ----------------------------------------------------------------------
     def _on_connect(self, session_present: bool) -> None:
@@ -161,11 +170,21 @@ class LiveView:
             raise
 
     def energy(self, site: Site, now: dt.datetime) -> dict:
-        """Today's and month-to-date counted figures of a site, or ``{"error": ...}``."""
-        try:
-            return self.from_store(lambda: self.totals.figures(site, now))
-        except StoreUnavailable as exc:
-            return {"error": str(exc)}
+        """Today's and month-to-date counted figures of a site, or ``{"error": ...}``: as read
+        less than ``ENERGY_CACHE_S`` ago on the same local day, else read now (requests for the
+        site meanwhile wait for that read and take its figures)."""
+        day = now.astimezone(site.zone).date()
+        with self._energy_locks[site.site]:
+            kept = self._energy.get(site.site)
+            if kept and kept[1] == day and time.monotonic() - kept[0] < ENERGY_CACHE_S:
+                return kept[2]
+            at = time.monotonic()
+            try:
+                figures = self.from_store(lambda: self.totals.figures(site, now))
+            except StoreUnavailable as exc:  # not kept: the store is asked again as from_store allows
+                return {"error": str(exc)}
+            self._energy[site.site] = (at, day, figures)
+            return figures
 
     def month_to_date(self, site: str) -> dict | None:
         try:
