@@ -157,6 +157,34 @@ def test_open_streams_are_capped_in_all_and_per_client_address(live):
 
 
 @pytest.mark.slow
+def test_a_page_refused_its_stream_says_so_and_follows_once_a_slot_is_free(live):
+    """The browser gives up on a stream answered 503 for good: the page would have gone on
+    looking live without its live values."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    view, port, pub = live
+    view.max_streams_per_address = 1
+    script = Stream(port, "")
+    assert wait_until(script.connected, 10)
+    driver = chrome()
+    try:
+        # the page asks again after 30 s: here after 0.3 s
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+            "const later = window.setTimeout.bind(window);"
+            "window.setTimeout = (f, ms, ...a) => later(f, ms >= 30000 ? 300 : ms, ...a);")})
+        driver.get(f"http://127.0.0.1:{port}/sites/{BIOGAS.site}")
+        banner = "return !document.querySelector('#stream').hidden && document.querySelector('#stream').textContent"
+        assert "refused this page its live values" in WebDriverWait(driver, 20).until(lambda d: d.execute_script(banner))
+        script.close()
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.querySelector('#stream').hidden"))
+        assert wait_until(lambda: len(view.clients) == 1, 10)
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
 def test_a_flood_of_status_changes_does_not_make_each_page_a_flood_of_requests(live):
     """Each gateway, alarm or missed event has the page read the whole site again (its energy
     from the store): a gateway flipping its status 400 times had every open page of the site
