@@ -661,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-streams", type=_at_least_one, default=MAX_STREAMS,
                    help="open live streams (one a site page) at most; more are refused with 503")
     s.add_argument("--max-streams-per-address", type=_at_least_one, default=MAX_STREAMS_PER_ADDRESS,
-                   help="open live streams from one client address at most (behind a proxy: the proxy's)")
+                   help="open live streams from one client address at most (a proxy on this host: the address "
+                        "it forwards)")
     s.set_defaults(func=cmd_dashboard)
     return p
 
