@@ -157,8 +157,9 @@ def test_the_overview_reads_a_sites_energy_at_most_every_few_seconds(tmp_path, m
     monkeypatch.setattr(app, "ENERGY_CACHE_S", 60.0)  # however slow this machine: the requests below are within it
     store = SqliteStore(tmp_path / "jcm.db")
     start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    counter = [Reading(site=SITE.site, gateway=SITE.gateway, device="poc-meter", ts=start + dt.timedelta(seconds=10 * i),
-                       values={"energy_export": 1000.0 + i}, seq=i + 1) for i in range(31)]
+    counter = [Reading(site=SITE.site, gateway=SITE.gateway, device="poc-meter",
+                       ts=start + dt.timedelta(seconds=10 * i), values={"energy_export": 1000.0 + i}, seq=i + 1)
+               for i in range(31)]
     store.write(counter[:25])
     view = LiveView([SITE], f"mqtt://127.0.0.1:{free_port()}", store, str(tmp_path / "alarms.sqlite"))
     reads = []

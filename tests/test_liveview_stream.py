@@ -176,7 +176,8 @@ def test_a_page_refused_its_stream_says_so_and_follows_once_a_slot_is_free(live)
             "window.setTimeout = (f, ms, ...a) => later(f, ms >= 30000 ? 300 : ms, ...a);")})
         driver.get(f"http://127.0.0.1:{port}/sites/{BIOGAS.site}")
         banner = "return !document.querySelector('#stream').hidden && document.querySelector('#stream').textContent"
-        assert "refused this page its live values" in WebDriverWait(driver, 20).until(lambda d: d.execute_script(banner))
+        shown = WebDriverWait(driver, 20).until(lambda d: d.execute_script(banner))
+        assert "refused this page its live values" in shown
         script.close()
         WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.querySelector('#stream').hidden"))
         assert wait_until(lambda: len(view.clients) == 1, 10)
