@@ -17,6 +17,7 @@ from contract.config import ConfigError, load_profile, load_site
 from contract.sqlite_file import UnusableFile
 from contract.store import StoreUnavailable
 from contract.text import printable
+from liveview.limits import MAX_STREAMS, MAX_STREAMS_PER_ADDRESS
 
 log = logging.getLogger("jcm")
 
@@ -295,6 +296,13 @@ def cmd_processor(args) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """A count of 1 or more (an argparse type)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 def _date(option: str, text: str):
     import datetime as dt
 
@@ -441,7 +449,8 @@ def cmd_dashboard(args) -> int:
     view = LiveView(sites, _broker_settings(args), open_store(args.store, create=False), args.alarms,
                     ledger=Ledger(args.ledger, create=False), token=token,
                     simulated=args.simulated, allowed_hosts=[args.host, *(args.allow_host or [])],
-                    broker_names=BROKER_OPTIONS)
+                    broker_names=BROKER_OPTIONS, max_streams=args.max_streams,
+                    max_streams_per_address=args.max_streams_per_address)
     uvicorn.run(create_app(view), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     return 0
@@ -649,6 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-host", action="append", metavar="NAME",
                    help="a host name the pages are reached by without a token, besides --host and loopback")
     s.add_argument("--simulated", action="store_true", help="label every page as simulated data")
+    s.add_argument("--max-streams", type=_at_least_one, default=MAX_STREAMS,
+                   help="open live streams (one a site page) at most; more are refused with 503")
+    s.add_argument("--max-streams-per-address", type=_at_least_one, default=MAX_STREAMS_PER_ADDRESS,
+                   help="open live streams from one client address at most (a proxy on this host: the address "
+                        "it forwards)")
     s.set_defaults(func=cmd_dashboard)
     return p
 

@@ -10,10 +10,12 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import html
 import json
 import logging
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,7 +25,7 @@ from typing import Literal
 import swagger_ui_bundle
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from contract import topics, units
 from contract.config.site import Mqtt, Site
@@ -33,6 +35,7 @@ from liveview import fleet
 from liveview.alarms import FROM_BROKER, KINDS, AlarmBook, sequence_conditions
 from liveview.device_state import STATES
 from liveview.energy import CounterTotals, unflagged
+from liveview.limits import MAX_STREAMS, MAX_STREAMS_PER_ADDRESS
 from liveview.main_channels import POWER_CHANNEL
 from liveview.state import LiveState
 
@@ -54,6 +57,8 @@ CHART_POINTS = 600
 #: and no framing by another site
 CSP = ("default-src 'self'; script-src 'self'{scripts}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+#: the addresses of the pages (HTML a browser opens, not the API it then reads)
+PAGE = re.compile(r"/(sites/[^/]+|api/docs)?")
 #: headers of every answer
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
 #: how long stopping the server waits for the responses still open [s]: a page's stream never
@@ -61,6 +66,11 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DEN
 SHUTDOWN_GRACE_S = 2.0
 #: after the store failed, how long it is not asked again: requests say "unavailable" at once [s]
 STORE_RETRY_S = 15.0
+#: how long a site's energy figures are served as read [s]: every open overview asks for every
+#: site's every 5 s, and each read counts a day of each counter's readings (tens of ms of CPU);
+#: a reading is in the store only once the collector has written it, so a new one arriving here
+#: is no sign that the figures changed
+ENERGY_CACHE_S = 10.0
 
 
 class LiveView:
@@ -69,7 +79,8 @@ class LiveView:
 
     def __init__(self, sites: list[Site], broker: Mqtt | str, store: ReadingStore, alarms_path: str,
                  ledger=None, token: str | None = None, simulated: bool = False,
-                 allowed_hosts: list[str] | None = None, broker_names: dict[str, str] | None = None):
+                 allowed_hosts: list[str] | None = None, broker_names: dict[str, str] | None = None,
+                 max_streams: int = MAX_STREAMS, max_streams_per_address: int = MAX_STREAMS_PER_ADDRESS):
         self.sites = {s.site: s for s in sites}
         self.state = LiveState(sites)
         self.store, self.ledger, self.token = store, ledger, token
@@ -79,6 +90,7 @@ class LiveView:
         #: Host header names accepted without a token (DNS rebinding): loopback and these
         self.allowed_hosts = {*LOOPBACK_HOSTS, *(h.lower().strip("[]") for h in allowed_hosts or [])}
         self.clients: set[Subscriber] = set()
+        self.max_streams, self.max_streams_per_address = max_streams, max_streams_per_address
         self.loop: asyncio.AbstractEventLoop | None = None
         self.broker = BrokerConnection(broker, f"jcm-liveview-{secrets.token_hex(3)}", "live view: broker",
                                        names=broker_names, reconnect_delay=(1, 10), on_connect=self._on_connect,
@@ -88,6 +100,9 @@ class LiveView:
         self._connected_at: float | None = None  # while nothing has arrived on this connection
         self._sequence_findings: dict[str, tuple[float, list]] = {}  # site -> (when read, findings)
         self._store_failed: tuple[float, str] | None = None  # (when, why) the store last failed
+        # site -> (when read, the site's local day, figures); one read at a time a site
+        self._energy: dict[str, tuple[float, dt.date, dict]] = {}
+        self._energy_locks = {s: threading.Lock() for s in self.sites}
 
     # -- feeds ----------------------------------------------------------------------
     def _on_connect(self, session_present: bool) -> None:
@@ -120,6 +135,18 @@ class LiveView:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._fan_out, event)
 
+    def admit(self, client: Subscriber) -> dict | None:
+        """Count ``client`` among the open streams, or say which limit refuses it (JSON of a 503)."""
+        if len(self.clients) >= self.max_streams:
+            return {"error": f"too many open streams: {self.max_streams} at most (dashboard --max-streams)",
+                    "limit": "max_streams", "value": self.max_streams}
+        if sum(c.address == client.address for c in self.clients) >= self.max_streams_per_address:
+            return {"error": f"too many open streams from {client.address}: {self.max_streams_per_address} at most "
+                             "a client address (dashboard --max-streams-per-address)",
+                    "limit": "max_streams_per_address", "value": self.max_streams_per_address}
+        self.clients.add(client)
+        return None
+
     def _fan_out(self, event: dict) -> None:
         """Offer ``event`` to the streams of its site only (in the event loop): a flood of one
         site's readings must not fill the queues of the pages of the others."""
@@ -143,11 +170,21 @@ class LiveView:
             raise
 
     def energy(self, site: Site, now: dt.datetime) -> dict:
-        """Today's and month-to-date counted figures of a site, or ``{"error": ...}``."""
-        try:
-            return self.from_store(lambda: self.totals.figures(site, now))
-        except StoreUnavailable as exc:
-            return {"error": str(exc)}
+        """Today's and month-to-date counted figures of a site, or ``{"error": ...}``: as read
+        less than ``ENERGY_CACHE_S`` ago on the same local day, else read now (requests for the
+        site meanwhile wait for that read and take its figures)."""
+        day = now.astimezone(site.zone).date()
+        with self._energy_locks[site.site]:
+            kept = self._energy.get(site.site)
+            if kept and kept[1] == day and time.monotonic() - kept[0] < ENERGY_CACHE_S:
+                return kept[2]
+            at = time.monotonic()
+            try:
+                figures = self.from_store(lambda: self.totals.figures(site, now))
+            except StoreUnavailable as exc:  # not kept: the store is asked again as from_store allows
+                return {"error": str(exc)}
+            self._energy[site.site] = (at, day, figures)
+            return figures
 
     def month_to_date(self, site: str) -> dict | None:
         try:
@@ -299,14 +336,15 @@ def _reduction(mtd: dict | None) -> dict | None:
 
 
 class Subscriber:
-    """One stream of server-sent events: the site it follows (None: all) and its queue.
+    """One stream of server-sent events: the site it follows (None: all), the client address
+    it serves and its queue.
 
     A client too slow to keep up misses events rather than growing the queue; it is then
     told so (a ``missed`` event) so that it reads the site afresh instead of showing what
     it last heard as current."""
 
-    def __init__(self, site: str | None, size: int = 1000):
-        self.site = site
+    def __init__(self, site: str | None, address: str, size: int = 1000):
+        self.site, self.address = site, address
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=size)
         self.missed = 0
 
@@ -322,6 +360,39 @@ class Subscriber:
             missed, self.missed = self.missed, 0
             return {"type": "missed", "site": self.site, "events": missed}
         return await asyncio.wait_for(self.queue.get(), timeout=timeout)
+
+
+class EventStream(Response):
+    """The answer to a stream request: its events, or a 503 naming the limit it exceeds.
+
+    The slot is taken and given back here, around the whole response, rather than in the
+    events' generator: a generator cancelled before its first step (the client gone as the
+    answer starts) never runs its ``finally``, and its slot would stay taken for ever."""
+
+    def __init__(self, view: LiveView, client: Subscriber, request: Request):
+        super().__init__()
+        self.view, self.client, self.request = view, client, request
+
+    async def __call__(self, scope, receive, send) -> None:
+        refused = self.view.admit(self.client)
+        if refused:
+            await JSONResponse(refused, status_code=503, headers={"Retry-After": "30"})(scope, receive, send)
+            return
+        try:
+            await StreamingResponse(self._events(), media_type="text/event-stream",
+                                    headers={"Cache-Control": "no-cache"})(scope, receive, send)
+        finally:
+            self.view.clients.discard(self.client)
+
+    async def _events(self):
+        yield "retry: 2000\n\n"
+        while not await self.request.is_disconnected():
+            try:
+                event = await self.client.next_event(timeout=15)
+            except asyncio.TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
 
 
 def token_matches(given: str, token: str) -> bool:
@@ -343,6 +414,20 @@ def served_over_https(request: Request) -> bool:
     Believing a forged X-Forwarded-Proto only makes the cookie stricter (Secure)."""
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     return request.url.scheme == "https" or forwarded == "https"
+
+
+def without_token(request: Request) -> Response:
+    """The answer to a page opened with a valid ``?token=``: the same address without it (the
+    cookie set with this answer carries the token), so that the token leaves the address bar, the
+    history and any address copied from it. A link followed from another site gets a page that
+    goes there by itself instead of a redirect: the browser would not send a SameSite=Strict
+    cookie on the redirected request, and the page would be refused."""
+    rest = request.url.remove_query_params("token")
+    location = rest.path + (f"?{rest.query}" if rest.query else "")
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        url = html.escape(location.replace("'", "%27"))
+        return HTMLResponse(f"<!doctype html><meta http-equiv=\"refresh\" content=\"0; url='{url}'\">")
+    return RedirectResponse(location, status_code=303)
 
 
 def create_app(view: LiveView) -> FastAPI:
@@ -374,7 +459,10 @@ def create_app(view: LiveView) -> FastAPI:
         if not given or not token_matches(given, view.token):
             return JSONResponse({"error": "a valid token is required (Authorization: Bearer ... or ?token=)"},
                                 status_code=401)
-        response = await call_next(request)
+        if request.query_params.get("token") and request.method in ("GET", "HEAD") and PAGE.fullmatch(request.url.path):
+            response = without_token(request)  # API and stream clients keep ?token=: they may have no other way
+        else:
+            response = await call_next(request)
         if request.query_params.get("token"):
             response.set_cookie("jcm_token", view.token, httponly=True, samesite="strict",
                                 secure=served_over_https(request))
@@ -392,11 +480,14 @@ def create_app(view: LiveView) -> FastAPI:
             raise HTTPException(404, f"no site '{site}'")
         return site
 
+    # the pages answer HEAD as GET, without the body: monitoring probes ask so
     @app.get("/")
+    @app.head("/", include_in_schema=False)
     def deployment_page():
         return FileResponse(STATIC / "deployment.html")
 
     @app.get("/sites/{site}")
+    @app.head("/sites/{site}", include_in_schema=False)
     def site_page(site: str):
         site_or_404(site)
         return FileResponse(STATIC / "site.html")
@@ -422,6 +513,7 @@ def create_app(view: LiveView) -> FastAPI:
         return file_in(MESSAGES, f"{lang}.json")
 
     @app.get("/api/docs", include_in_schema=False)
+    @app.head("/api/docs", include_in_schema=False)
     def api_docs():
         page = get_swagger_ui_html(openapi_url="/api/openapi.json", title="jcm live view: API",
                                    swagger_js_url="/static/swagger/swagger-ui-bundle.js",
@@ -459,22 +551,7 @@ def create_app(view: LiveView) -> FastAPI:
 
     @app.get("/api/stream")
     async def api_stream(request: Request, site: str | None = None):
-        client = Subscriber(site if site is None else site_or_404(site))
-        view.clients.add(client)
-
-        async def events():
-            try:
-                yield "retry: 2000\n\n"
-                while not await request.is_disconnected():
-                    try:
-                        event = await client.next_event(timeout=15)
-                    except asyncio.TimeoutError:
-                        yield ": keep-alive\n\n"
-                        continue
-                    yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
-            finally:
-                view.clients.discard(client)
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        client = Subscriber(site if site is None else site_or_404(site), request.client.host if request.client else "")
+        return EventStream(view, client, request)
 
     return app

@@ -5,6 +5,7 @@ Swagger UI from the package, the message catalogues, and the simulator's fault p
 import datetime as dt
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -15,6 +16,7 @@ from contract.config import load_site
 from contract.message import Reading
 from jcm.broker import free_port
 from jcm.demo import Dashboard
+from liveview import app
 from liveview.app import STATIC, LiveView, create_app
 from liveview.energy import CounterTotals, readable_unit
 from liveview.fleet import attention, capacity_kw, power_now_kw
@@ -146,6 +148,43 @@ def test_api_docs_need_no_internet(served):
     assert urls and all(u.startswith("/") for u in urls), urls
     for u in urls:
         assert urllib.request.urlopen(served + u, timeout=10).status == 200
+
+
+def test_the_overview_reads_a_sites_energy_at_most_every_few_seconds(tmp_path, monkeypatch):
+    """Every open overview asks for every site's row every 5 s, and each row counted a day of
+    each of the site's counters again (tens of ms of CPU a site, a request). The figures are
+    now kept a few seconds, and never served older than that, nor across the site's midnight."""
+    monkeypatch.setattr(app, "ENERGY_CACHE_S", 60.0)  # however slow this machine: the requests below are within it
+    store = SqliteStore(tmp_path / "jcm.db")
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    counter = [Reading(site=SITE.site, gateway=SITE.gateway, device="poc-meter",
+                       ts=start + dt.timedelta(seconds=10 * i), values={"energy_export": 1000.0 + i}, seq=i + 1)
+               for i in range(31)]
+    store.write(counter[:25])
+    view = LiveView([SITE], f"mqtt://127.0.0.1:{free_port()}", store, str(tmp_path / "alarms.sqlite"))
+    reads = []
+    figures = view.totals.figures
+    view.totals.figures = lambda site, now: reads.append(now) or figures(site, now)
+    port = free_port()
+    dash = Dashboard(create_app(view), "127.0.0.1", port)
+    dash.start()
+    try:
+        def energy():
+            return json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sites", timeout=10))["sites"][0][
+                "energy_main"]["today"]
+
+        first = energy()
+        store.write(counter[25:])  # 6 kWh more
+        assert [energy() for _ in range(3)] == [first] * 3 and len(reads) == 1
+        monkeypatch.setattr(app, "ENERGY_CACHE_S", 0.5)
+        time.sleep(0.5)
+        assert energy() == pytest.approx(first + 6.0) and len(reads) == 2
+        # the site's next day is read afresh, however soon
+        view.energy(SITE, reads[-1] + dt.timedelta(days=1))
+        assert len(reads) == 3
+    finally:
+        dash.stop()
+        store.close()
 
 
 def test_overview_rows_carry_every_figure(served):

@@ -140,9 +140,9 @@ def serve(tmp_path):
         dash.stop()
 
 
-def request(port, path, headers=None):
+def request(port, path, headers=None, method="GET"):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path, headers=headers or {})
+    conn.request(method, path, headers=headers or {})
     resp = conn.getresponse()
     body = resp.read()
     conn.close()
@@ -178,9 +178,73 @@ def test_the_token_cookie_is_httponly_strict_and_secure_over_https(serve):
     port = serve(token="s3cret")
     resp, _ = request(port, "/?token=s3cret", {"X-Forwarded-Proto": "https"})
     flags = {p.strip() for p in resp.getheader("set-cookie").lower().split(";")}
-    assert resp.status == 200 and {"jcm_token=s3cret", "httponly", "samesite=strict", "secure"} <= flags
+    assert resp.status == 303 and {"jcm_token=s3cret", "httponly", "samesite=strict", "secure"} <= flags
     plain = {p.strip() for p in request(port, "/?token=s3cret")[0].getheader("set-cookie").lower().split(";")}
     assert {"httponly", "samesite=strict"} <= plain and "secure" not in plain  # a browser on http would drop it
+
+
+def test_a_page_opened_with_its_token_in_the_address_goes_to_the_address_without_it(serve):
+    """The page was served at its ?token= address: the token stayed in the address bar, the
+    history and any address copied from it. The cookie now carries it; API clients keep ?token=."""
+    port = serve(token="s3cret")
+    for path, location in (("/?token=s3cret", "/"), ("/sites/mn-solar?lang=ja&token=s3cret", "/sites/mn-solar?lang=ja"),
+                           ("/api/docs?token=s3cret&token=s3cret", "/api/docs")):
+        resp, _ = request(port, path)
+        assert (resp.status, resp.getheader("location")) == (303, location), path
+        assert resp.getheader("set-cookie").startswith("jcm_token=s3cret;"), path
+    assert request(port, "/?token=wrong")[0].status == 401
+    resp, body = request(port, "/api/sites?token=s3cret")
+    assert resp.status == 200 and json.loads(body)["sites"][0]["site"] == "mn-solar"
+    # a link followed from another site: a page that goes on by itself (no quote of the address breaks out)
+    resp, body = request(port, "/sites/mn-solar?x='%22%3E%3Cb%3E&token=s3cret", {"Sec-Fetch-Site": "cross-site"})
+    assert resp.status == 200 and resp.getheader("set-cookie").startswith("jcm_token=s3cret;")
+    assert body.decode() == ("<!doctype html><meta http-equiv=\"refresh\" "
+                             "content=\"0; url='/sites/mn-solar?x=%27%22%3E%3Cb%3E'\">")
+
+
+@pytest.mark.slow
+def test_a_browser_opening_a_page_with_its_token_keeps_it_nowhere_but_in_the_cookie(serve):
+    """Typed or bookmarked, or followed from a link on another site (where a redirect would lose
+    the SameSite=Strict cookie and the page answer 401): the page loads at its address without
+    the token, and the token is in no entry of the history."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    port = serve(token="s3cret")
+    page = f"http://127.0.0.1:{port}/sites/mn-solar"
+    driver = chrome()
+    try:
+        driver.get(page + "?token=s3cret")
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements("css selector", "#devices tbody tr"))
+        assert driver.current_url == page
+        cookie = driver.get_cookie("jcm_token")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] == "s3cret"
+        driver.delete_all_cookies()
+        driver.get(f"data:text/html,<a id=go href='{page}?token=s3cret'>the live view</a>")
+        driver.find_element("id", "go").click()
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements("css selector", "#devices tbody tr"))
+        assert driver.current_url == page
+        driver.back()
+        assert driver.current_url.startswith("data:"), driver.current_url
+    finally:
+        driver.quit()
+
+
+def test_the_pages_answer_head_as_get_without_the_body(serve):
+    """A monitoring probe asks HEAD /: the live view answered 405."""
+    port = serve(token="s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    for path in ("/", "/sites/mn-solar", "/api/docs"):
+        got, body = request(port, path, auth)
+        head, nothing = request(port, path, auth, method="HEAD")
+        assert (head.status, nothing) == (200, b""), (path, head.status)
+        assert head.getheader("content-type") == got.getheader("content-type") == "text/html; charset=utf-8", path
+        assert int(head.getheader("content-length")) == len(body), path
+    assert request(port, "/sites/nope", auth, method="HEAD")[0].status == 404
+    assert request(port, "/", method="HEAD")[0].status == 401
+    head, _ = request(port, "/sites/mn-solar?token=s3cret", method="HEAD")
+    assert (head.status, head.getheader("location")) == (303, "/sites/mn-solar")
 
 
 def test_without_a_token_only_the_bound_and_allowed_host_names_are_served(serve):

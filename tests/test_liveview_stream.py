@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -32,8 +33,8 @@ BIOGAS = load_site(REPO / "config" / "sites" / "ph-biogas.yaml")
 class Stream:
     """A client of /api/stream reading it as fast as it comes: the events, in order."""
 
-    def __init__(self, port: int, query: str):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def __init__(self, port: int, query: str, source: str = "127.0.0.1"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
         self.sock.sendall(f"GET /api/stream?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         self.events: list[tuple[str, dict]] = []
         self.received = b""
@@ -42,6 +43,13 @@ class Stream:
     def connected(self) -> bool:
         """Whether the server has answered (its status line and the stream's first field)."""
         return b"retry:" in self.received
+
+    def refusal(self) -> dict | None:
+        """The JSON of a 503 answer once it is in; None while none (or another answer) came."""
+        head, _, body = self.received.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 503 ") or not body.rstrip().endswith(b"}"):
+            return None
+        return json.loads(body[body.index(b"{"):body.rindex(b"}") + 1])
 
     def _read(self):
         buf = b""
@@ -61,6 +69,12 @@ class Stream:
 
     def close(self):
         self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+    def vanish(self):
+        """Gone without closing: a reset, as when the client's machine drops the connection."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.shutdown(socket.SHUT_RD)  # wakes the reading thread, which holds the socket open
         self.sock.close()
 
 
@@ -107,6 +121,68 @@ def test_a_flood_on_one_site_does_not_cost_another_sites_page_its_events(live):
     assert wait_until(lambda: any(e[0] == "missed" for e in biogas.events)
                       or len([e for e in biogas.events if e[0] == "reading"]) == 3000, 10)
     solar.close(), biogas.close()
+
+
+def test_open_streams_are_capped_in_all_and_per_client_address(live):
+    """Each stream holds a queue of up to 1,000 events: any client (with the token, or on
+    loopback without one) could open streams without end and grow the server's memory and CPU.
+    The next one is refused with a 503 naming its limit; a stream closed or reset gives its slot back."""
+    view, port, pub = live
+    view.max_streams = 10  # 8 a client address: the default
+
+    def opened(streams):
+        assert wait_until(lambda: all(s.connected() or s.refusal() for s in streams), 10)
+        return [s for s in streams if s.connected()]
+
+    first = opened([Stream(port, "site=mn-solar") for _ in range(8)])
+    assert len(first) == 8 and len(view.clients) == 8
+    ninth = Stream(port, "site=mn-solar")
+    assert wait_until(ninth.refusal, 10), ninth.received
+    assert ninth.refusal()["limit"] == "max_streams_per_address" and "127.0.0.1" in ninth.refusal()["error"]
+    other = opened([Stream(port, "site=ph-biogas", source="127.0.0.2") for _ in range(2)])
+    assert len(other) == 2 and len(view.clients) == 10
+    third = Stream(port, "", source="127.0.0.3")
+    assert wait_until(third.refusal, 10) and third.refusal() == {
+        "error": "too many open streams: 10 at most (dashboard --max-streams)", "limit": "max_streams", "value": 10}
+    assert len(view.clients) == 10  # the refused hold nothing
+    first.pop().vanish()
+    assert wait_until(lambda: len(view.clients) == 9, 10)
+    assert opened([Stream(port, "", source="127.0.0.3")])
+    first.pop().close()
+    assert wait_until(lambda: len(view.clients) == 9, 10)
+    assert opened([Stream(port, "site=mn-solar")])
+    for s in first + other:
+        s.close()
+    assert wait_until(lambda: len(view.clients) == 2, 10)
+
+
+@pytest.mark.slow
+def test_a_page_refused_its_stream_says_so_and_follows_once_a_slot_is_free(live):
+    """The browser gives up on a stream answered 503 for good: the page would have gone on
+    looking live without its live values."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_liveview import chrome
+
+    view, port, pub = live
+    view.max_streams_per_address = 1
+    script = Stream(port, "")
+    assert wait_until(script.connected, 10)
+    driver = chrome()
+    try:
+        # the page asks again after 30 s: here after 0.3 s
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+            "const later = window.setTimeout.bind(window);"
+            "window.setTimeout = (f, ms, ...a) => later(f, ms >= 30000 ? 300 : ms, ...a);")})
+        driver.get(f"http://127.0.0.1:{port}/sites/{BIOGAS.site}")
+        banner = "return !document.querySelector('#stream').hidden && document.querySelector('#stream').textContent"
+        shown = WebDriverWait(driver, 20).until(lambda d: d.execute_script(banner))
+        assert "refused this page its live values" in shown
+        script.close()
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.querySelector('#stream').hidden"))
+        assert wait_until(lambda: len(view.clients) == 1, 10)
+    finally:
+        driver.quit()
 
 
 @pytest.mark.slow
@@ -199,6 +275,28 @@ def test_the_live_view_stops_while_a_page_is_open(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_jcm_dashboard_takes_its_stream_limits_from_its_options(tmp_path):
+    SqliteStore(tmp_path / "jcm.db").close()
+    Ledger(tmp_path / "ledger.sqlite").close()
+    args = [sys.executable, "-m", "jcm.cli", "dashboard", "--broker", f"mqtt://127.0.0.1:{free_port()}",
+            "--store", f"sqlite:///{tmp_path}/jcm.db", "--ledger", str(tmp_path / "ledger.sqlite"),
+            "--alarms", str(tmp_path / "alarms.sqlite")]
+    wrong = subprocess.run([*args, "--max-streams", "0"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 2 and "--max-streams: must be a whole number of at least 1, not '0'" in wrong.stderr
+    port = free_port()
+    proc = subprocess.Popen([*args, "--port", str(port), "--max-streams", "3", "--max-streams-per-address", "1"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=30)
+        one, two, three = Stream(port, ""), Stream(port, ""), Stream(port, "", source="127.0.0.2")
+        assert wait_until(lambda: one.connected() and two.refusal() and three.connected(), 10)
+        assert two.refusal()["limit"] == "max_streams_per_address" and two.refusal()["value"] == 1
+        one.close(), three.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -254,7 +254,18 @@ async function sitePage(site) {
   loadCharts(site);
   setInterval(() => updating(() => loadSite(site)), 15000);
   setInterval(() => loadCharts(site), 60000);
+  follow(site);
+}
+
+// the live values of a site's devices, over its stream. A stream the server refuses (too many open, the
+// token gone) is closed for good by the browser: the page says so and asks again every 30 s
+function follow(site, first = true) {
   const es = new EventSource(`/api/stream?site=${encodeURIComponent(site)}`);
+  es.addEventListener("error", () => {
+    if (es.readyState !== EventSource.CLOSED) return;  // the browser is opening it again by itself
+    $("#stream").hidden = false;
+    setTimeout(() => follow(site, false), 30000);
+  });
   es.addEventListener("reading", (ev) => {
     const r = JSON.parse(ev.data), row = document.getElementById(`dev-${r.device}`);
     if (!row) return;
@@ -268,10 +279,13 @@ async function sitePage(site) {
   let reload = null;
   const reloadSoon = () => { reload ??= setTimeout(() => { reload = null; updating(() => loadSite(site)); }, 1000); };
   for (const kind of ["alarm", "gateway", "missed"]) es.addEventListener(kind, reloadSoon);
-  // the browser opens the stream again by itself (the live view restarted, the network came back),
-  // but nothing of what came meanwhile is sent again: read the site then
-  let opened = false;
-  es.addEventListener("open", () => { if (opened) reloadSoon(); opened = true; });
+  // the browser opens the stream again by itself (the live view restarted, the network came back), or
+  // the page did after a refusal, but nothing of what came meanwhile is sent again: read the site then
+  es.addEventListener("open", () => {
+    $("#stream").hidden = true;
+    if (!first) reloadSoon();
+    first = false;
+  });
 }
 
 async function start(page) {
