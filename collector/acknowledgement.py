@@ -57,11 +57,13 @@ MAX_OTHERS = 64
 
 
 class _Gateway:
-    __slots__ = ("name", "current", "run", "floor", "epochs", "forgetting", "listed", "trusted", "held", "merged")
+    __slots__ = ("name", "current", "run", "floor", "epochs", "forgetting", "listed", "said", "trusted", "held",
+                 "merged")
 
     def __init__(self, name: str, listed: frozenset[str] | None):
         self.name = name
         self.listed = listed  # the collectors our copy of its site file lists; None: any
+        self.said: frozenset[str] | None = None  # the collectors its last status listed; None: any (or no list)
         self.trusted = listed  # the collectors whose claims count: those its status lists, else ``listed``
         self.forgetting = False  # whether a claim of it has no room for more ranges (logged once)
         self.current: str | None = None  # the epoch the gateway last announced in its status
@@ -253,24 +255,26 @@ class Acknowledgements:
                 return
             if epoch != g.current:
                 g.merged = set()  # the claims of another epoch are dropped below
-            heard, before = g.current is not None, g.trusted
+            heard, before = g.current is not None, g.said
             g.current, g.floor = epoch, floor
             g.run = body.get("run") if is_run(body.get("run")) else None
             listed = body.get("acknowledged_by")
             if isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY and all(
                     isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed):
+                g.said = frozenset(listed)
                 # what the gateway acts on, even where our copy of its site file is older; but never more than
                 # that copy lists: the site's password can publish a status naming any collector (merging
                 # less only leaves a listed peer's rows to its own acknowledgement)
-                g.trusted = frozenset(listed) if g.listed is None else g.listed.intersection(listed)
+                g.trusted = g.said if g.listed is None else g.listed.intersection(g.said)
             else:
-                g.trusted = g.listed
+                g.said, g.trusted = None, g.listed
             # a list that lost a member: a listed peer's claim merged into ours may have carried the dropped
             # one's (merged by the peer under the longer list), so every merged claim goes, not only the dropped
-            # collector's own
-            shortened = heard and g.trusted is not None and (before is None or not before <= g.trusted)
+            # collector's own. The gateway's list is compared, not the collectors we trust: a member our copy of
+            # its site file never listed may have been in a peer's copy, and so in the peer's claim
+            shortened = heard and g.said is not None and (before is None or not before <= g.said)
             if g.trusted is not None and (g.merged is None or not g.merged <= g.trusted or (shortened and g.merged)):
-                gone = None if before is None or g.merged is None else (before | g.merged) - g.trusted
+                gone = None if before is None or g.merged is None else (before | g.merged) - (g.said or g.trusted)
                 log.warning("acknowledgements: gateway %s no longer lists %s, whose claims may be merged into ours: "
                             "ours start afresh (the gateway sends again what it has not seen confirmed)", g.name,
                             ", ".join(sorted(gone)) if gone else "some of the collectors")

@@ -268,3 +268,51 @@ def test_the_run_is_the_same_after_a_reconnect_and_new_at_each_start(tmp_path, m
     again = Publisher(site, outbox, broker_url=mosquitto.url)
     assert again.run != pub.run
     outbox.close()
+
+
+@pytest.mark.slow
+def test_a_list_shortened_outside_our_copy_of_the_site_file_still_drops_merged_claims(tmp_path, mosquitto):
+    """Our copy of the gateway's site file lists production and the peer; the gateway's own list had
+    staging too, and the peer (whose copy lists staging) merged staging's claim under it, which production
+    merged in turn. The gateway restarts listing production and the peer. Before, production compared the
+    collectors it trusts (our copy and the status, both times production and the peer): nothing lost, its
+    merged claims kept, and its acknowledgement of the new run carried staging's seqs, which the gateway,
+    trusting that run, deleted. Now the list the status carries is compared: it lost staging, ours start
+    afresh."""
+    e2e_site(tmp_path)
+    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
+    key = ("test-site", GATEWAY)
+    epoch, new_run, peer = "00112233aabbccdd", "fedcba9876543210", "jcm-collector-peer"
+    seen = {}
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+
+    def status(run, *listed):
+        body = {"schema": 1, "state": "online", "epoch": epoch, "run": run, "floor": 1, "acknowledged_by": listed}
+        watcher.publish(topics.gateway_status(*key), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+
+    def stored(seq):
+        seen.pop(PRODUCTION, None)
+        prod.kept([Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                           seq=seq, epoch=epoch)], [])
+        assert wait_until(lambda: PRODUCTION in seen, 10)
+        return seen[PRODUCTION]
+
+    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key], {key: [PRODUCTION, peer]})
+    try:
+        status(OLD_RUN, PRODUCTION, peer, STAGING)
+        prod.start()
+        assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
+        body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[1, 100]], "run": OLD_RUN})  # staging's, via the peer
+        watcher.publish(topics.ack(*key, peer), body, qos=1, retain=True).wait_for_publish(5)
+        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
+        assert stored(101)["ranges"] == [[1, 101]]
+        status(new_run, PRODUCTION, peer)  # restarted with staging taken off its list
+        assert wait_until(lambda: prod._gateways[key].run == new_run, 10)
+        assert stored(102) == {"schema": 1, "epoch": epoch, "ranges": [[102, 102]], "run": new_run}
+    finally:
+        prod.stop()
+        watcher.loop_stop()
