@@ -52,6 +52,10 @@ BATCHES_IN_FLIGHT = 2
 MAX_UNLISTED_SHOWN = 8
 #: an unlisted collector's acknowledgements are logged at most this often, per collector [s]
 UNLISTED_LOG_EVERY_S = 3600.0
+#: how alike (difflib ratio) an unlisted collector id must be to a silent listed one to be offered as its
+#: spelling: a slip of a character or two, not a sibling sharing a prefix (jcm-collector-staging for
+#: jcm-collector-1 is 0.78), whose listing would make the gateway delete what only a staging store holds
+TYPO_RATIO = 0.85
 _COLLECTOR_ID = re.compile(COLLECTOR_ID_PATTERN)
 
 
@@ -378,8 +382,8 @@ class Publisher:
         silent = sorted(self.acknowledged_by - self._heard)
         if silent and not self.silent:
             others = [c for c in self.unlisted if c != "*"]
-            hints = [f"{near[0]} for {c}" for c in silent for near in [difflib.get_close_matches(c, others, n=1)]
-                     if near]
+            hints = [f"{near[0]} for {c}" for c in silent
+                     for near in [difflib.get_close_matches(c, others, 1, TYPO_RATIO)] if near]
             log.error("gateway %s: no acknowledgement from %s, listed in outbox.acknowledged_by, for %.0f s while "
                       "%s acknowledge(s) readings here: theirs delete nothing, and what no listed collector "
                       "confirms fills the outbox up to max_rows. Is the list misspelt%s, or is the listed collector "

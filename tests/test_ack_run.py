@@ -306,7 +306,8 @@ def test_a_list_shortened_outside_our_copy_of_the_site_file_still_drops_merged_c
         status(OLD_RUN, PRODUCTION, peer, STAGING)
         prod.start()
         assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
-        body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[1, 100]], "run": OLD_RUN})  # staging's, via the peer
+        # staging's seqs, which the peer merged under the longer list
+        body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[1, 100]], "run": OLD_RUN})
         watcher.publish(topics.ack(*key, peer), body, qos=1, retain=True).wait_for_publish(5)
         assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
         assert stored(101)["ranges"] == [[1, 101]]
@@ -316,3 +317,28 @@ def test_a_list_shortened_outside_our_copy_of_the_site_file_still_drops_merged_c
     finally:
         prod.stop()
         watcher.loop_stop()
+
+
+def test_a_silent_listed_collector_is_not_told_to_be_an_unlisted_one_that_merely_looks_alike(tmp_path, caplog):
+    """Production is listed and down; the staging collector acknowledges live. Before, the ERROR asked "did you
+    mean jcm-collector-staging for jcm-collector-prod?" (difflib's default cutoff takes any shared prefix such
+    as "jcm-collector-"): an operator following it lists staging, and the gateway then deletes what only
+    staging's store holds. Now only an id a slip of a character or two away is offered."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION], confirm_timeout_s=1))
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    polled(site, outbox, 5)
+    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]]}).encode()
+    try:
+        with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
+            pub._store_acks.put((topics.ack(site.site, site.gateway, STAGING).encode(), body, False))
+            pub._take_store_acks()
+            time.sleep(1.1)
+            pub._take_store_acks()
+        errors = [r.getMessage() for r in caplog.records]
+        assert len(errors) == 1 and f"no acknowledgement from {PRODUCTION}" in errors[0], errors
+        assert "did you mean" not in errors[0], errors[0]
+        assert pub.silent == [PRODUCTION] and outbox.depth == 5
+    finally:
+        outbox.close()
