@@ -342,3 +342,48 @@ def test_a_silent_listed_collector_is_not_told_to_be_an_unlisted_one_that_merely
         assert pub.silent == [PRODUCTION] and outbox.depth == 5
     finally:
         outbox.close()
+
+
+@pytest.mark.slow
+def test_a_gateway_keeps_what_only_staging_holds_when_our_copy_never_listed_staging(tmp_path, mosquitto):
+    """End to end with the real gateway: it listed production, the peer and staging, and the peer's
+    acknowledgement of that run carried staging's seqs 1..19, which production (whose copy of the site file
+    lists production and the peer) merged. The gateway restarts without staging and distrusts both until
+    they echo its new run. Before, production then stored seq 20 and acknowledged 1..20 under the new run:
+    the gateway deleted 1..19, which no production store holds. Now it deletes seq 20 alone."""
+    peer = "jcm-collector-peer"
+    site3 = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION, peer, STAGING]))
+    site = site3.model_copy(update={"outbox": site3.outbox.model_copy(update={"acknowledged_by": [PRODUCTION, peer]})})
+    key = (site.site, site.gateway)
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    Publisher(site3, outbox, broker_url=mosquitto.url)  # the run with the longer list: it is recorded
+    polled(site, outbox, 20)
+    stand_in = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stand-in")
+    stand_in.connect("127.0.0.1", mosquitto.port)
+    stand_in.loop_start()
+    old = {"schema": 1, "state": "online", "epoch": outbox.epoch, "run": OLD_RUN, "floor": 1,
+           "acknowledged_by": sorted([PRODUCTION, peer, STAGING])}
+    stand_in.publish(topics.gateway_status(*key), json.dumps(old), qos=1, retain=True).wait_for_publish(5)
+    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
+    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key], {key: [PRODUCTION, peer]})
+    pub = Publisher(site, outbox, broker_url=mosquitto.url)
+    try:
+        prod.start()
+        assert wait_until(lambda: prod._gateways[key].run == OLD_RUN, 10)
+        staging_via_peer = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 19]], "run": OLD_RUN})
+        stand_in.publish(topics.ack(*key, peer), staging_via_peer, qos=1, retain=True).wait_for_publish(5)
+        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
+        assert pub._distrusted == {PRODUCTION, peer}
+        pub.start()
+        assert wait_until(lambda: prod._gateways[key].run == pub.run, 10)
+        prod.kept([Reading(site=site.site, gateway=site.gateway, device=site.devices[0].id, ts=dt.datetime.now(dt.UTC),
+                           values={}, seq=20, epoch=outbox.epoch)], [])
+        assert wait_until(lambda: pub.confirmed, 10)
+        time.sleep(0.5)
+        assert (pub.confirmed, outbox.depth) == (1, 19)
+    finally:
+        pub.stop(timeout=0)
+        prod.stop()
+        stand_in.loop_stop()
+        stand_in.disconnect()
+        outbox.close()
