@@ -223,14 +223,15 @@ class Acknowledgements:
                         if collector in g.held or len(g.held) < MAX_OTHERS:
                             g.held[collector] = ack
                         return
-                    if g.run is None or ack.run == g.run:
-                        self._merge(g, collector, ack)
+                    self._merge(g, collector, ack)
         except ValueError as exc:
             log.debug("ignored %r: %s", msg._topic[:120], exc)
         except Exception:
             log.exception("acknowledgements: could not take a message in")
 
     def _merge(self, g: _Gateway, collector: str, ack: Ack) -> None:
+        if g.run is not None and ack.run != g.run:
+            return  # built under another run's status, maybe with claims merged under a longer list
         claim = self._claim(g, ack.epoch)
         if claim is None:
             return
@@ -284,6 +285,5 @@ class Acknowledgements:
             g.epochs = {epoch: claim}
             held, g.held = g.held, {}
             for collector, ack in held.items():
-                if (g.trusted is None or (collector in g.trusted and collector != self.collector_id)) and (
-                        g.run is None or ack.run == g.run):
+                if g.trusted is None or (collector in g.trusted and collector != self.collector_id):
                     self._merge(g, collector, ack)
