@@ -17,7 +17,8 @@ aside, not merged; a status whose list lost a member since the last one, or that
 collector whose claim was merged, starts our claims afresh if any other's is merged (ours can no
 longer be told from the dropped collector's, which a listed peer may have merged into its own), and
 the gateway sends the rest again. Our own retained acknowledgement from before a restart may hold
-such merged claims too: it is taken back only when the status says the gateway lists no collectors.
+such merged claims too: it is taken back only when the status says the gateway lists no collectors,
+and then counts as carrying any collector's claim (a list in a later status starts ours afresh).
 Each acknowledgement we publish echoes the ``run`` of the gateway's status we built it under; of a
 gateway whose status carries a run, only acknowledgements echoing that run are merged, so a claim
 merged under an older list is not published again under the new run (contract/acknowledgement.py,
@@ -71,7 +72,8 @@ class _Gateway:
         self.floor = 1  # of the current epoch
         self.epochs: dict[str, Claim] = {}  # epoch -> what the store holds of it
         self.held: dict[str, Ack] = {}  # collector -> its latest acknowledgement, until the first status
-        #: the other collectors whose claims ``epochs`` holds; None: more than MAX_OTHERS
+        #: the other collectors whose claims ``epochs`` holds; None: not known (more than MAX_OTHERS, or our own
+        #: acknowledgement from before a restart is merged)
         self.merged: set[str] | None = set()
 
 
@@ -223,13 +225,14 @@ class Acknowledgements:
                         if collector in g.held or len(g.held) < MAX_OTHERS:
                             g.held[collector] = ack
                         return
-                    self._merge(g, collector, ack)
+                    self._merge(g, collector, ack, before)
         except ValueError as exc:
             log.debug("ignored %r: %s", msg._topic[:120], exc)
         except Exception:
             log.exception("acknowledgements: could not take a message in")
 
-    def _merge(self, g: _Gateway, collector: str, ack: Ack) -> None:
+    def _merge(self, g: _Gateway, collector: str, ack: Ack, before: bool) -> None:
+        """Fold ``collector``'s claim into ours; ``before``: it is our own retained one from before a restart."""
         if g.run is not None and ack.run != g.run:
             return  # built under another run's status, maybe with claims merged under a longer list
         claim = self._claim(g, ack.epoch)
@@ -238,7 +241,9 @@ class Acknowledgements:
         claim.add_ranges(ack.ranges)
         claim.add_bits(ack.bits_from, ack.bitmask())
         self._forgetting(g, ack.epoch, claim)
-        if collector != self.collector_id and g.merged is not None:
+        if before:
+            g.merged = None  # ours from before a restart, taken back under no list: it may carry anyone's claims
+        elif collector != self.collector_id and g.merged is not None:
             g.merged.add(collector)
             if len(g.merged) > MAX_OTHERS:
                 g.merged = None
@@ -286,4 +291,4 @@ class Acknowledgements:
             held, g.held = g.held, {}
             for collector, ack in held.items():
                 if g.trusted is None or (collector in g.trusted and collector != self.collector_id):
-                    self._merge(g, collector, ack)
+                    self._merge(g, collector, ack, collector == self.collector_id)  # ours is held only if retained

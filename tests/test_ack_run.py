@@ -387,3 +387,52 @@ def test_a_gateway_keeps_what_only_staging_holds_when_our_copy_never_listed_stag
         stand_in.loop_stop()
         stand_in.disconnect()
         outbox.close()
+
+
+@pytest.mark.slow
+def test_our_own_acknowledgement_taken_back_under_no_list_is_dropped_when_a_list_comes(tmp_path, mosquitto):
+    """The gateway listed no collector, and production merged staging's claims then; its retained
+    acknowledgement carries them. Production restarts and takes it back (the status lists no one: any claim
+    counts), while staging's own is not merged (of an older run). The gateway then restarts listing production
+    alone, distrusting it until it echoes the new run. Before, production had merged no other collector's
+    claim as far as it knew, so its claims were kept, and its acknowledgement of the new run carried staging's
+    seqs. Now its own taken back counts as carrying anyone's: the list starts its claims afresh."""
+    e2e_site(tmp_path)
+    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
+    key = ("test-site", GATEWAY)
+    epoch, run, new_run = "00112233aabbccdd", "1111111111111111", "fedcba9876543210"
+    seen = {}
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+
+    def publish(topic, body):
+        watcher.publish(topic, json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+
+    publish(topics.gateway_status(*key), {"schema": 1, "state": "online", "epoch": epoch, "run": run, "floor": 1})
+    # staging's 1..100, merged before the restart; staging's own is of the run before
+    publish(topics.ack(*key, PRODUCTION), {"schema": 1, "epoch": epoch, "ranges": [[1, 100]], "run": run})
+    publish(topics.ack(*key, STAGING), {"schema": 1, "epoch": epoch, "ranges": [[1, 100]], "run": OLD_RUN})
+    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key])
+    try:
+        prod.start()
+        assert wait_until(lambda: prod._gateways[key].epochs.get(epoch) and prod._gateways[key].epochs[epoch].ack(
+            epoch).ranges == ((1, 100),), 10)
+        publish(topics.gateway_status(*key), {"schema": 1, "state": "online", "epoch": epoch, "run": new_run,
+                                              "floor": 1, "acknowledged_by": [PRODUCTION]})
+        assert wait_until(lambda: prod._gateways[key].run == new_run, 10)
+        seen.pop(PRODUCTION, None)
+        prod.kept([Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                           seq=101, epoch=epoch)], [])
+        assert wait_until(lambda: PRODUCTION in seen, 10)
+        assert seen[PRODUCTION] == {"schema": 1, "epoch": epoch, "ranges": [[101, 101]], "run": new_run}
+        # the broker's echo of one of ours published live, older than the last: no one else's claim in it
+        watcher.publish(topics.ack(*key, PRODUCTION), json.dumps(
+            {"schema": 1, "epoch": epoch, "ranges": [[101, 101]], "run": new_run}), qos=1).wait_for_publish(5)
+        time.sleep(0.5)
+        assert prod._gateways[key].merged == set()
+    finally:
+        prod.stop()
+        watcher.loop_stop()
