@@ -30,6 +30,49 @@ def shortened(tmp_path):
     return both, both.model_copy(update={"outbox": both.outbox.model_copy(update={"acknowledged_by": [PRODUCTION]})})
 
 
+class Broker:
+    """Statuses and acknowledgements of the test gateway published by hand (retained), and the last
+    acknowledgement seen on each collector's topic; ``stored`` has a collector store one seq."""
+
+    KEY, EPOCH = ("test-site", GATEWAY), "00112233aabbccdd"
+
+    def __init__(self, mosquitto, tmp_path):
+        self.cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db",
+                        sites_dir=str(tmp_path / "sites"))
+        self.seen = {}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
+        self.client.on_message = lambda c, u, m: self.seen.__setitem__(m.topic.rsplit("/", 1)[1],
+                                                                       json.loads(m.payload))
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
+        self.client.connect("127.0.0.1", mosquitto.port)
+        self.client.loop_start()
+
+    def collector(self, client_id, listed=None) -> Acknowledgements:
+        return Acknowledgements(CollectorConfig(client_id=client_id, **self.cfg), [self.KEY],
+                                None if listed is None else {self.KEY: listed})
+
+    def status(self, run, *listed):
+        body = {"schema": 1, "state": "online", "epoch": self.EPOCH, "run": run, "floor": 1,
+                **({"acknowledged_by": listed} if listed else {})}
+        self.client.publish(topics.gateway_status(*self.KEY), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+
+    def ack(self, collector, run, first, last, retain=True):
+        body = json.dumps({"schema": 1, "epoch": self.EPOCH, "ranges": [[first, last]], "run": run})
+        self.client.publish(topics.ack(*self.KEY, collector), body, qos=1, retain=retain).wait_for_publish(5)
+
+    def stored(self, acks: Acknowledgements, seq: int) -> dict:
+        """What ``acks``' collector publishes once its store has ``seq``."""
+        self.seen.pop(acks.collector_id, None)
+        acks.kept([Reading(site=self.KEY[0], gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                           seq=seq, epoch=self.EPOCH)], [])
+        assert wait_until(lambda: acks.collector_id in self.seen, 10)
+        return self.seen[acks.collector_id]
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 @pytest.mark.slow
 def test_an_acknowledgement_built_under_the_old_run_deletes_nothing_even_live(tmp_path, mosquitto, caplog):
     """The production collector merged staging's claims while the gateway listed staging; the gateway is
@@ -149,50 +192,28 @@ def test_a_collector_never_carries_a_claim_merged_under_the_old_list_into_the_ne
     Now the shortened list starts production's claims afresh, an acknowledgement of the old run is not
     merged, and production's echoes the new run; the peer's of the new run is merged."""
     e2e_site(tmp_path)
-    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
-    key = ("test-site", GATEWAY)
-    epoch, new_run, peer = "00112233aabbccdd", "fedcba9876543210", "jcm-collector-peer"
-    seen = {}
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
-    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.loop_start()
-
-    def status(run, *listed):
-        body = {"schema": 1, "state": "online", "epoch": epoch, "run": run, "floor": 1, "acknowledged_by": listed}
-        watcher.publish(topics.gateway_status(*key), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
-
-    def peers_ack(run, first, last):
-        body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[first, last]], "run": run})
-        watcher.publish(topics.ack(*key, peer), body, qos=1, retain=True).wait_for_publish(5)
-
-    def stored(seq):
-        seen.pop(PRODUCTION, None)
-        prod.kept([Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
-                           seq=seq, epoch=epoch)], [])
-        assert wait_until(lambda: PRODUCTION in seen, 10)
-        return seen[PRODUCTION]
-
-    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key])
+    broker, peer, new_run = Broker(mosquitto, tmp_path), "jcm-collector-peer", "fedcba9876543210"
+    g = (prod := broker.collector(PRODUCTION))._gateways[Broker.KEY]
     try:
-        status(OLD_RUN, PRODUCTION, peer, STAGING)
+        broker.status(OLD_RUN, PRODUCTION, peer, STAGING)
         prod.start()
-        assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
-        peers_ack(OLD_RUN, 1, 100)  # staging's 1..100, merged by the peer
-        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
-        assert stored(101) == {"schema": 1, "epoch": epoch, "ranges": [[1, 101]], "run": OLD_RUN}
-        status(new_run, PRODUCTION, peer)  # restarted with staging taken off its list
-        assert wait_until(lambda: prod._gateways[key].run == new_run, 10)
-        peers_ack(OLD_RUN, 1, 100)  # the peer's, built before it heard the new status, arrives now
+        assert wait_until(lambda: g.current == Broker.EPOCH, 10)
+        broker.ack(peer, OLD_RUN, 1, 100)  # staging's 1..100, merged by the peer
+        assert wait_until(lambda: g.merged == {peer}, 10)
+        assert broker.stored(prod, 101) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[1, 101]], "run": OLD_RUN}
+        broker.status(new_run, PRODUCTION, peer)  # restarted with staging taken off its list
+        assert wait_until(lambda: g.run == new_run, 10)
+        broker.ack(peer, OLD_RUN, 1, 100)  # the peer's, built before it heard the new status, arrives now
         time.sleep(0.5)
-        assert stored(102) == {"schema": 1, "epoch": epoch, "ranges": [[102, 102]], "run": new_run}
-        peers_ack(new_run, 103, 103)  # built under the new list
-        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
-        assert stored(104) == {"schema": 1, "epoch": epoch, "ranges": [[102, 104]], "run": new_run}
+        assert broker.stored(prod, 102) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[102, 102]],
+                                            "run": new_run}
+        broker.ack(peer, new_run, 103, 103)  # built under the new list
+        assert wait_until(lambda: g.merged == {peer}, 10)
+        assert broker.stored(prod, 104) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[102, 104]],
+                                            "run": new_run}
     finally:
         prod.stop()
-        watcher.loop_stop()
+        broker.close()
 
 
 @pytest.mark.slow
@@ -280,43 +301,22 @@ def test_a_list_shortened_outside_our_copy_of_the_site_file_still_drops_merged_c
     trusting that run, deleted. Now the list the status carries is compared: it lost staging, ours start
     afresh."""
     e2e_site(tmp_path)
-    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
-    key = ("test-site", GATEWAY)
-    epoch, new_run, peer = "00112233aabbccdd", "fedcba9876543210", "jcm-collector-peer"
-    seen = {}
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
-    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.loop_start()
-
-    def status(run, *listed):
-        body = {"schema": 1, "state": "online", "epoch": epoch, "run": run, "floor": 1, "acknowledged_by": listed}
-        watcher.publish(topics.gateway_status(*key), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
-
-    def stored(seq):
-        seen.pop(PRODUCTION, None)
-        prod.kept([Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
-                           seq=seq, epoch=epoch)], [])
-        assert wait_until(lambda: PRODUCTION in seen, 10)
-        return seen[PRODUCTION]
-
-    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key], {key: [PRODUCTION, peer]})
+    broker, peer, new_run = Broker(mosquitto, tmp_path), "jcm-collector-peer", "fedcba9876543210"
+    g = (prod := broker.collector(PRODUCTION, [PRODUCTION, peer]))._gateways[Broker.KEY]
     try:
-        status(OLD_RUN, PRODUCTION, peer, STAGING)
+        broker.status(OLD_RUN, PRODUCTION, peer, STAGING)
         prod.start()
-        assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
-        # staging's seqs, which the peer merged under the longer list
-        body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[1, 100]], "run": OLD_RUN})
-        watcher.publish(topics.ack(*key, peer), body, qos=1, retain=True).wait_for_publish(5)
-        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
-        assert stored(101)["ranges"] == [[1, 101]]
-        status(new_run, PRODUCTION, peer)  # restarted with staging taken off its list
-        assert wait_until(lambda: prod._gateways[key].run == new_run, 10)
-        assert stored(102) == {"schema": 1, "epoch": epoch, "ranges": [[102, 102]], "run": new_run}
+        assert wait_until(lambda: g.current == Broker.EPOCH, 10)
+        broker.ack(peer, OLD_RUN, 1, 100)  # staging's seqs, which the peer merged under the longer list
+        assert wait_until(lambda: g.merged == {peer}, 10)
+        assert broker.stored(prod, 101)["ranges"] == [[1, 101]]
+        broker.status(new_run, PRODUCTION, peer)  # restarted with staging taken off its list
+        assert wait_until(lambda: g.run == new_run, 10)
+        assert broker.stored(prod, 102) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[102, 102]],
+                                            "run": new_run}
     finally:
         prod.stop()
-        watcher.loop_stop()
+        broker.close()
 
 
 def test_a_silent_listed_collector_is_not_told_to_be_an_unlisted_one_that_merely_looks_alike(tmp_path, caplog):
@@ -398,41 +398,23 @@ def test_our_own_acknowledgement_taken_back_under_no_list_is_dropped_when_a_list
     claim as far as it knew, so its claims were kept, and its acknowledgement of the new run carried staging's
     seqs. Now its own taken back counts as carrying anyone's: the list starts its claims afresh."""
     e2e_site(tmp_path)
-    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
-    key = ("test-site", GATEWAY)
-    epoch, run, new_run = "00112233aabbccdd", "1111111111111111", "fedcba9876543210"
-    seen = {}
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
-    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.loop_start()
-
-    def publish(topic, body):
-        watcher.publish(topic, json.dumps(body), qos=1, retain=True).wait_for_publish(5)
-
-    publish(topics.gateway_status(*key), {"schema": 1, "state": "online", "epoch": epoch, "run": run, "floor": 1})
-    # staging's 1..100, merged before the restart; staging's own is of the run before
-    publish(topics.ack(*key, PRODUCTION), {"schema": 1, "epoch": epoch, "ranges": [[1, 100]], "run": run})
-    publish(topics.ack(*key, STAGING), {"schema": 1, "epoch": epoch, "ranges": [[1, 100]], "run": OLD_RUN})
-    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key])
+    broker, run, new_run = Broker(mosquitto, tmp_path), "1111111111111111", "fedcba9876543210"
+    broker.status(run)  # no list
+    broker.ack(PRODUCTION, run, 1, 100)  # staging's 1..100, merged before the restart
+    broker.ack(STAGING, OLD_RUN, 1, 100)  # staging's own, of the run before
+    g = (prod := broker.collector(PRODUCTION))._gateways[Broker.KEY]
     try:
         prod.start()
-        assert wait_until(lambda: prod._gateways[key].epochs.get(epoch) and prod._gateways[key].epochs[epoch].ack(
-            epoch).ranges == ((1, 100),), 10)
-        publish(topics.gateway_status(*key), {"schema": 1, "state": "online", "epoch": epoch, "run": new_run,
-                                              "floor": 1, "acknowledged_by": [PRODUCTION]})
-        assert wait_until(lambda: prod._gateways[key].run == new_run, 10)
-        seen.pop(PRODUCTION, None)
-        prod.kept([Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
-                           seq=101, epoch=epoch)], [])
-        assert wait_until(lambda: PRODUCTION in seen, 10)
-        assert seen[PRODUCTION] == {"schema": 1, "epoch": epoch, "ranges": [[101, 101]], "run": new_run}
+        assert wait_until(lambda: Broker.EPOCH in g.epochs and g.epochs[Broker.EPOCH].ack(Broker.EPOCH).ranges
+                          == ((1, 100),), 10)
+        broker.status(new_run, PRODUCTION)
+        assert wait_until(lambda: g.run == new_run, 10)
+        assert broker.stored(prod, 101) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[101, 101]],
+                                            "run": new_run}
         # the broker's echo of one of ours published live, older than the last: no one else's claim in it
-        watcher.publish(topics.ack(*key, PRODUCTION), json.dumps(
-            {"schema": 1, "epoch": epoch, "ranges": [[101, 101]], "run": new_run}), qos=1).wait_for_publish(5)
+        broker.ack(PRODUCTION, new_run, 101, 101, retain=False)
         time.sleep(0.5)
-        assert prod._gateways[key].merged == set()
+        assert g.merged == set()
     finally:
         prod.stop()
-        watcher.loop_stop()
+        broker.close()
