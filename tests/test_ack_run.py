@@ -249,23 +249,41 @@ def test_a_misspelt_acknowledged_by_entry_is_said_once_with_a_hint(tmp_path, mos
         outbox.close()
 
 
-def test_a_listed_collector_heard_beside_an_unlisted_one_is_not_said_missing(tmp_path, caplog):
-    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION], confirm_timeout_s=1))
+def acknowledged_for_a_while(tmp_path, listed, *collectors) -> tuple[Publisher, Outbox]:
+    """A gateway listing ``listed`` (confirm timeout 1 s, five rows; never started: fed by hand) to which
+    ``collectors`` acknowledge seqs 1..2 live, then once more 1.1 s later."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=listed, confirm_timeout_s=1))
     outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
     polled(site, outbox, 5)
-    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")
     pub._live_cursor = 5
     body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 2]]}).encode()
-    try:
-        with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
-            for collector_id in (STAGING, PRODUCTION):
-                pub._store_acks.put((topics.ack(site.site, site.gateway, collector_id).encode(), body, False))
-            pub._take_store_acks()
-            time.sleep(1.1)
-            pub._take_store_acks()
-        assert not caplog.records and pub.silent == [] and outbox.depth == 3
-    finally:
-        outbox.close()
+    for collector_id in collectors:
+        pub._store_acks.put((topics.ack(site.site, site.gateway, collector_id).encode(), body, False))
+    pub._take_store_acks()
+    time.sleep(1.1)
+    pub._take_store_acks()
+    return pub, outbox
+
+
+def test_a_listed_collector_heard_beside_an_unlisted_one_is_not_said_missing(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
+        pub, outbox = acknowledged_for_a_while(tmp_path, [PRODUCTION], STAGING, PRODUCTION)
+    outbox.close()
+    assert not caplog.records and pub.silent == [] and outbox.depth == 3
+
+
+def test_a_silent_listed_collector_beside_a_heard_one_is_a_warning(tmp_path, caplog):
+    """Two production collectors are listed, one is down, staging acknowledges. Before, an ERROR said the outbox
+    fills up to max_rows; the heard one confirms what it stores, and what only the silent one stored is sent
+    again to it. Now a WARNING, the same words; the status names the silent one all the same."""
+    peer = "jcm-collector-peer"
+    with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
+        pub, outbox = acknowledged_for_a_while(tmp_path, [PRODUCTION, peer], STAGING, PRODUCTION)
+    outbox.close()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "no acknowledgement from" in r.getMessage()]
+    assert len(said) == 1 and said[0][0] == logging.WARNING and f"no acknowledgement from {peer}," in said[0][1]
+    assert pub.silent == [peer] and outbox.depth == 3
 
 
 @pytest.mark.slow
@@ -324,24 +342,13 @@ def test_a_silent_listed_collector_is_not_told_to_be_an_unlisted_one_that_merely
     mean jcm-collector-staging for jcm-collector-prod?" (difflib's default cutoff takes any shared prefix such
     as "jcm-collector-"): an operator following it lists staging, and the gateway then deletes what only
     staging's store holds. Now only an id a slip of a character or two away is offered."""
-    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION], confirm_timeout_s=1))
-    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
-    polled(site, outbox, 5)
-    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
-    pub._live_cursor = 5
-    body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]]}).encode()
-    try:
-        with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
-            pub._store_acks.put((topics.ack(site.site, site.gateway, STAGING).encode(), body, False))
-            pub._take_store_acks()
-            time.sleep(1.1)
-            pub._take_store_acks()
-        errors = [r.getMessage() for r in caplog.records]
-        assert len(errors) == 1 and f"no acknowledgement from {PRODUCTION}" in errors[0], errors
-        assert "did you mean" not in errors[0], errors[0]
-        assert pub.silent == [PRODUCTION] and outbox.depth == 5
-    finally:
-        outbox.close()
+    with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
+        pub, outbox = acknowledged_for_a_while(tmp_path, [PRODUCTION], STAGING)
+    outbox.close()
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 1 and f"no acknowledgement from {PRODUCTION}" in errors[0], errors
+    assert "did you mean" not in errors[0], errors[0]
+    assert pub.silent == [PRODUCTION]
 
 
 @pytest.mark.slow
