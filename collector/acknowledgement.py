@@ -17,7 +17,8 @@ aside, not merged; a status whose list lost a member since the last one, or that
 collector whose claim was merged, starts our claims afresh if any other's is merged (ours can no
 longer be told from the dropped collector's, which a listed peer may have merged into its own), and
 the gateway sends the rest again. Our own retained acknowledgement from before a restart may hold
-such merged claims too: it is taken back only when the status says the gateway lists no collectors.
+such merged claims too: it is taken back only when the status says the gateway lists no collectors,
+and then counts as carrying any collector's claim (a list in a later status starts ours afresh).
 Each acknowledgement we publish echoes the ``run`` of the gateway's status we built it under; of a
 gateway whose status carries a run, only acknowledgements echoing that run are merged, so a claim
 merged under an older list is not published again under the new run (contract/acknowledgement.py,
@@ -57,11 +58,13 @@ MAX_OTHERS = 64
 
 
 class _Gateway:
-    __slots__ = ("name", "current", "run", "floor", "epochs", "forgetting", "listed", "trusted", "held", "merged")
+    __slots__ = ("name", "current", "run", "floor", "epochs", "forgetting", "listed", "said", "trusted", "held",
+                 "merged")
 
     def __init__(self, name: str, listed: frozenset[str] | None):
         self.name = name
         self.listed = listed  # the collectors our copy of its site file lists; None: any
+        self.said: frozenset[str] | None = None  # the collectors its last status listed; None: any (or no list)
         self.trusted = listed  # the collectors whose claims count: those its status lists, else ``listed``
         self.forgetting = False  # whether a claim of it has no room for more ranges (logged once)
         self.current: str | None = None  # the epoch the gateway last announced in its status
@@ -69,7 +72,8 @@ class _Gateway:
         self.floor = 1  # of the current epoch
         self.epochs: dict[str, Claim] = {}  # epoch -> what the store holds of it
         self.held: dict[str, Ack] = {}  # collector -> its latest acknowledgement, until the first status
-        #: the other collectors whose claims ``epochs`` holds; None: more than MAX_OTHERS
+        #: the other collectors whose claims ``epochs`` holds; None: not known (more than MAX_OTHERS, or our own
+        #: acknowledgement from before a restart is merged)
         self.merged: set[str] | None = set()
 
 
@@ -221,21 +225,25 @@ class Acknowledgements:
                         if collector in g.held or len(g.held) < MAX_OTHERS:
                             g.held[collector] = ack
                         return
-                    if g.run is None or ack.run == g.run:
-                        self._merge(g, collector, ack)
+                    self._merge(g, collector, ack, before)
         except ValueError as exc:
             log.debug("ignored %r: %s", msg._topic[:120], exc)
         except Exception:
             log.exception("acknowledgements: could not take a message in")
 
-    def _merge(self, g: _Gateway, collector: str, ack: Ack) -> None:
+    def _merge(self, g: _Gateway, collector: str, ack: Ack, before: bool) -> None:
+        """Fold ``collector``'s claim into ours; ``before``: it is our own retained one from before a restart."""
+        if g.run is not None and ack.run != g.run:
+            return  # built under another run's status, maybe with claims merged under a longer list
         claim = self._claim(g, ack.epoch)
         if claim is None:
             return
         claim.add_ranges(ack.ranges)
         claim.add_bits(ack.bits_from, ack.bitmask())
         self._forgetting(g, ack.epoch, claim)
-        if collector != self.collector_id and g.merged is not None:
+        if before:
+            g.merged = None  # ours from before a restart, taken back under no list: it may carry anyone's claims
+        elif collector != self.collector_id and g.merged is not None:
             g.merged.add(collector)
             if len(g.merged) > MAX_OTHERS:
                 g.merged = None
@@ -253,24 +261,26 @@ class Acknowledgements:
                 return
             if epoch != g.current:
                 g.merged = set()  # the claims of another epoch are dropped below
-            heard, before = g.current is not None, g.trusted
+            heard, before = g.current is not None, g.said
             g.current, g.floor = epoch, floor
             g.run = body.get("run") if is_run(body.get("run")) else None
             listed = body.get("acknowledged_by")
             if isinstance(listed, list) and 0 < len(listed) <= MAX_ACKNOWLEDGED_BY and all(
                     isinstance(c, str) and _COLLECTOR_ID.fullmatch(c) for c in listed):
+                g.said = frozenset(listed)
                 # what the gateway acts on, even where our copy of its site file is older; but never more than
                 # that copy lists: the site's password can publish a status naming any collector (merging
                 # less only leaves a listed peer's rows to its own acknowledgement)
-                g.trusted = frozenset(listed) if g.listed is None else g.listed.intersection(listed)
+                g.trusted = g.said if g.listed is None else g.listed.intersection(g.said)
             else:
-                g.trusted = g.listed
+                g.said, g.trusted = None, g.listed
             # a list that lost a member: a listed peer's claim merged into ours may have carried the dropped
             # one's (merged by the peer under the longer list), so every merged claim goes, not only the dropped
-            # collector's own
-            shortened = heard and g.trusted is not None and (before is None or not before <= g.trusted)
+            # collector's own. The gateway's list is compared, not the collectors we trust: a member our copy of
+            # its site file never listed may have been in a peer's copy, and so in the peer's claim
+            shortened = heard and g.said is not None and (before is None or not before <= g.said)
             if g.trusted is not None and (g.merged is None or not g.merged <= g.trusted or (shortened and g.merged)):
-                gone = None if before is None or g.merged is None else (before | g.merged) - g.trusted
+                gone = None if before is None or g.merged is None else (before | g.merged) - (g.said or g.trusted)
                 log.warning("acknowledgements: gateway %s no longer lists %s, whose claims may be merged into ours: "
                             "ours start afresh (the gateway sends again what it has not seen confirmed)", g.name,
                             ", ".join(sorted(gone)) if gone else "some of the collectors")
@@ -280,6 +290,5 @@ class Acknowledgements:
             g.epochs = {epoch: claim}
             held, g.held = g.held, {}
             for collector, ack in held.items():
-                if (g.trusted is None or (collector in g.trusted and collector != self.collector_id)) and (
-                        g.run is None or ack.run == g.run):
-                    self._merge(g, collector, ack)
+                if g.trusted is None or (collector in g.trusted and collector != self.collector_id):
+                    self._merge(g, collector, ack, collector == self.collector_id)  # ours is held only if retained

@@ -52,6 +52,10 @@ BATCHES_IN_FLIGHT = 2
 MAX_UNLISTED_SHOWN = 8
 #: an unlisted collector's acknowledgements are logged at most this often, per collector [s]
 UNLISTED_LOG_EVERY_S = 3600.0
+#: how alike (difflib ratio) an unlisted collector id must be to a silent listed one to be offered as its
+#: spelling: a slip of a character or two, not a sibling sharing a prefix (jcm-collector-staging for
+#: jcm-collector-1 is 0.78), whose listing would make the gateway delete what only a staging store holds
+TYPO_RATIO = 0.85
 _COLLECTOR_ID = re.compile(COLLECTOR_ID_PATTERN)
 
 
@@ -370,22 +374,24 @@ class Publisher:
 
     def _check_silent(self) -> None:
         """A listed collector never heard while unlisted ones acknowledge live is most likely a misspelt
-        ``outbox.acknowledged_by`` entry (or a collector down): the gateway would delete nothing and its outbox
-        would fill up to ``max_rows``. Said once as an ERROR, with the unlisted ids that look alike, and kept
+        ``outbox.acknowledged_by`` entry (or a collector down): with no listed collector heard the gateway deletes
+        nothing and its outbox fills up to ``max_rows`` (an ERROR); beside one heard, what the silent one stores
+        is sent again until a heard one has it (a WARNING). Said once, with the unlisted ids a slip away, and kept
         in the status (``acks_missing``) while it lasts."""
         if self._unlisted_since is None or time.monotonic() - self._unlisted_since < self.confirm_timeout:
             return
         silent = sorted(self.acknowledged_by - self._heard)
         if silent and not self.silent:
             others = [c for c in self.unlisted if c != "*"]
-            hints = [f"{near[0]} for {c}" for c in silent for near in [difflib.get_close_matches(c, others, n=1)]
-                     if near]
-            log.error("gateway %s: no acknowledgement from %s, listed in outbox.acknowledged_by, for %.0f s while "
-                      "%s acknowledge(s) readings here: theirs delete nothing, and what no listed collector "
-                      "confirms fills the outbox up to max_rows. Is the list misspelt%s, or is the listed collector "
-                      "down?", self.site.gateway, ", ".join(silent), self.confirm_timeout,
-                      ", ".join(sorted(others)) or "unlisted collectors",
-                      f" (did you mean {'; '.join(hints)}?)" if hints else "")
+            hints = [f"{near[0]} for {c}" for c in silent
+                     for near in [difflib.get_close_matches(c, others, 1, TYPO_RATIO)] if near]
+            log.log(logging.ERROR if len(silent) == len(self.acknowledged_by) else logging.WARNING,
+                    "gateway %s: no acknowledgement from %s, listed in outbox.acknowledged_by, for %.0f s while "
+                    "%s acknowledge(s) readings here: theirs delete nothing, and what no listed collector "
+                    "confirms fills the outbox up to max_rows. Is the list misspelt%s, or is the listed collector "
+                    "down?", self.site.gateway, ", ".join(silent), self.confirm_timeout,
+                    ", ".join(sorted(others)) or "unlisted collectors",
+                    f" (did you mean {'; '.join(hints)}?)" if hints else "")
         self.silent = silent
 
     def _distrust(self, collector: str) -> None:

@@ -30,6 +30,49 @@ def shortened(tmp_path):
     return both, both.model_copy(update={"outbox": both.outbox.model_copy(update={"acknowledged_by": [PRODUCTION]})})
 
 
+class Broker:
+    """Statuses and acknowledgements of the test gateway published by hand (retained), and the last
+    acknowledgement seen on each collector's topic; ``stored`` has a collector store one seq."""
+
+    KEY, EPOCH = ("test-site", GATEWAY), "00112233aabbccdd"
+
+    def __init__(self, mosquitto, tmp_path):
+        self.cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db",
+                        sites_dir=str(tmp_path / "sites"))
+        self.seen = {}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
+        self.client.on_message = lambda c, u, m: self.seen.__setitem__(m.topic.rsplit("/", 1)[1],
+                                                                       json.loads(m.payload))
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
+        self.client.connect("127.0.0.1", mosquitto.port)
+        self.client.loop_start()
+
+    def collector(self, client_id, listed=None) -> Acknowledgements:
+        return Acknowledgements(CollectorConfig(client_id=client_id, **self.cfg), [self.KEY],
+                                None if listed is None else {self.KEY: listed})
+
+    def status(self, run, *listed):
+        body = {"schema": 1, "state": "online", "epoch": self.EPOCH, "run": run, "floor": 1,
+                **({"acknowledged_by": listed} if listed else {})}
+        self.client.publish(topics.gateway_status(*self.KEY), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+
+    def ack(self, collector, run, first, last, retain=True):
+        body = json.dumps({"schema": 1, "epoch": self.EPOCH, "ranges": [[first, last]], "run": run})
+        self.client.publish(topics.ack(*self.KEY, collector), body, qos=1, retain=retain).wait_for_publish(5)
+
+    def stored(self, acks: Acknowledgements, seq: int) -> dict:
+        """What ``acks``' collector publishes once its store has ``seq``."""
+        self.seen.pop(acks.collector_id, None)
+        acks.kept([Reading(site=self.KEY[0], gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
+                           seq=seq, epoch=self.EPOCH)], [])
+        assert wait_until(lambda: acks.collector_id in self.seen, 10)
+        return self.seen[acks.collector_id]
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 @pytest.mark.slow
 def test_an_acknowledgement_built_under_the_old_run_deletes_nothing_even_live(tmp_path, mosquitto, caplog):
     """The production collector merged staging's claims while the gateway listed staging; the gateway is
@@ -149,50 +192,28 @@ def test_a_collector_never_carries_a_claim_merged_under_the_old_list_into_the_ne
     Now the shortened list starts production's claims afresh, an acknowledgement of the old run is not
     merged, and production's echoes the new run; the peer's of the new run is merged."""
     e2e_site(tmp_path)
-    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
-    key = ("test-site", GATEWAY)
-    epoch, new_run, peer = "00112233aabbccdd", "fedcba9876543210", "jcm-collector-peer"
-    seen = {}
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
-    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.loop_start()
-
-    def status(run, *listed):
-        body = {"schema": 1, "state": "online", "epoch": epoch, "run": run, "floor": 1, "acknowledged_by": listed}
-        watcher.publish(topics.gateway_status(*key), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
-
-    def peers_ack(run, first, last):
-        body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[first, last]], "run": run})
-        watcher.publish(topics.ack(*key, peer), body, qos=1, retain=True).wait_for_publish(5)
-
-    def stored(seq):
-        seen.pop(PRODUCTION, None)
-        prod.kept([Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
-                           seq=seq, epoch=epoch)], [])
-        assert wait_until(lambda: PRODUCTION in seen, 10)
-        return seen[PRODUCTION]
-
-    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key])
+    broker, peer, new_run = Broker(mosquitto, tmp_path), "jcm-collector-peer", "fedcba9876543210"
+    g = (prod := broker.collector(PRODUCTION))._gateways[Broker.KEY]
     try:
-        status(OLD_RUN, PRODUCTION, peer, STAGING)
+        broker.status(OLD_RUN, PRODUCTION, peer, STAGING)
         prod.start()
-        assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
-        peers_ack(OLD_RUN, 1, 100)  # staging's 1..100, merged by the peer
-        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
-        assert stored(101) == {"schema": 1, "epoch": epoch, "ranges": [[1, 101]], "run": OLD_RUN}
-        status(new_run, PRODUCTION, peer)  # restarted with staging taken off its list
-        assert wait_until(lambda: prod._gateways[key].run == new_run, 10)
-        peers_ack(OLD_RUN, 1, 100)  # the peer's, built before it heard the new status, arrives now
+        assert wait_until(lambda: g.current == Broker.EPOCH, 10)
+        broker.ack(peer, OLD_RUN, 1, 100)  # staging's 1..100, merged by the peer
+        assert wait_until(lambda: g.merged == {peer}, 10)
+        assert broker.stored(prod, 101) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[1, 101]], "run": OLD_RUN}
+        broker.status(new_run, PRODUCTION, peer)  # restarted with staging taken off its list
+        assert wait_until(lambda: g.run == new_run, 10)
+        broker.ack(peer, OLD_RUN, 1, 100)  # the peer's, built before it heard the new status, arrives now
         time.sleep(0.5)
-        assert stored(102) == {"schema": 1, "epoch": epoch, "ranges": [[102, 102]], "run": new_run}
-        peers_ack(new_run, 103, 103)  # built under the new list
-        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
-        assert stored(104) == {"schema": 1, "epoch": epoch, "ranges": [[102, 104]], "run": new_run}
+        assert broker.stored(prod, 102) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[102, 102]],
+                                            "run": new_run}
+        broker.ack(peer, new_run, 103, 103)  # built under the new list
+        assert wait_until(lambda: g.merged == {peer}, 10)
+        assert broker.stored(prod, 104) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[102, 104]],
+                                            "run": new_run}
     finally:
         prod.stop()
-        watcher.loop_stop()
+        broker.close()
 
 
 @pytest.mark.slow
@@ -228,23 +249,41 @@ def test_a_misspelt_acknowledged_by_entry_is_said_once_with_a_hint(tmp_path, mos
         outbox.close()
 
 
-def test_a_listed_collector_heard_beside_an_unlisted_one_is_not_said_missing(tmp_path, caplog):
-    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION], confirm_timeout_s=1))
+def acknowledged_for_a_while(tmp_path, listed, *collectors) -> tuple[Publisher, Outbox]:
+    """A gateway listing ``listed`` (confirm timeout 1 s, five rows; never started: fed by hand) to which
+    ``collectors`` acknowledge seqs 1..2 live, then once more 1.1 s later."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=listed, confirm_timeout_s=1))
     outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
     polled(site, outbox, 5)
-    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub = Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")
     pub._live_cursor = 5
     body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 2]]}).encode()
-    try:
-        with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
-            for collector_id in (STAGING, PRODUCTION):
-                pub._store_acks.put((topics.ack(site.site, site.gateway, collector_id).encode(), body, False))
-            pub._take_store_acks()
-            time.sleep(1.1)
-            pub._take_store_acks()
-        assert not caplog.records and pub.silent == [] and outbox.depth == 3
-    finally:
-        outbox.close()
+    for collector_id in collectors:
+        pub._store_acks.put((topics.ack(site.site, site.gateway, collector_id).encode(), body, False))
+    pub._take_store_acks()
+    time.sleep(1.1)
+    pub._take_store_acks()
+    return pub, outbox
+
+
+def test_a_listed_collector_heard_beside_an_unlisted_one_is_not_said_missing(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
+        pub, outbox = acknowledged_for_a_while(tmp_path, [PRODUCTION], STAGING, PRODUCTION)
+    outbox.close()
+    assert not caplog.records and pub.silent == [] and outbox.depth == 3
+
+
+def test_a_silent_listed_collector_beside_a_heard_one_is_a_warning(tmp_path, caplog):
+    """Two production collectors are listed, one is down, staging acknowledges. Before, an ERROR said the outbox
+    fills up to max_rows; the heard one confirms what it stores, and what only the silent one stored is sent
+    again to it. Now a WARNING, the same words; the status names the silent one all the same."""
+    peer = "jcm-collector-peer"
+    with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
+        pub, outbox = acknowledged_for_a_while(tmp_path, [PRODUCTION, peer], STAGING, PRODUCTION)
+    outbox.close()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "no acknowledgement from" in r.getMessage()]
+    assert len(said) == 1 and said[0][0] == logging.WARNING and f"no acknowledgement from {peer}," in said[0][1]
+    assert pub.silent == [peer] and outbox.depth == 3
 
 
 @pytest.mark.slow
@@ -268,3 +307,121 @@ def test_the_run_is_the_same_after_a_reconnect_and_new_at_each_start(tmp_path, m
     again = Publisher(site, outbox, broker_url=mosquitto.url)
     assert again.run != pub.run
     outbox.close()
+
+
+@pytest.mark.slow
+def test_a_list_shortened_outside_our_copy_of_the_site_file_still_drops_merged_claims(tmp_path, mosquitto):
+    """Our copy of the gateway's site file lists production and the peer; the gateway's own list had
+    staging too, and the peer (whose copy lists staging) merged staging's claim under it, which production
+    merged in turn. The gateway restarts listing production and the peer. Before, production compared the
+    collectors it trusts (our copy and the status, both times production and the peer): nothing lost, its
+    merged claims kept, and its acknowledgement of the new run carried staging's seqs, which the gateway,
+    trusting that run, deleted. Now the list the status carries is compared: it lost staging, ours start
+    afresh."""
+    e2e_site(tmp_path)
+    broker, peer, new_run = Broker(mosquitto, tmp_path), "jcm-collector-peer", "fedcba9876543210"
+    g = (prod := broker.collector(PRODUCTION, [PRODUCTION, peer]))._gateways[Broker.KEY]
+    try:
+        broker.status(OLD_RUN, PRODUCTION, peer, STAGING)
+        prod.start()
+        assert wait_until(lambda: g.current == Broker.EPOCH, 10)
+        broker.ack(peer, OLD_RUN, 1, 100)  # staging's seqs, which the peer merged under the longer list
+        assert wait_until(lambda: g.merged == {peer}, 10)
+        assert broker.stored(prod, 101)["ranges"] == [[1, 101]]
+        broker.status(new_run, PRODUCTION, peer)  # restarted with staging taken off its list
+        assert wait_until(lambda: g.run == new_run, 10)
+        assert broker.stored(prod, 102) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[102, 102]],
+                                            "run": new_run}
+    finally:
+        prod.stop()
+        broker.close()
+
+
+def test_a_silent_listed_collector_is_not_told_to_be_an_unlisted_one_that_merely_looks_alike(tmp_path, caplog):
+    """Production is listed and down; the staging collector acknowledges live. Before, the ERROR asked "did you
+    mean jcm-collector-staging for jcm-collector-prod?" (difflib's default cutoff takes any shared prefix such
+    as "jcm-collector-"): an operator following it lists staging, and the gateway then deletes what only
+    staging's store holds. Now only an id a slip of a character or two away is offered."""
+    with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
+        pub, outbox = acknowledged_for_a_while(tmp_path, [PRODUCTION], STAGING)
+    outbox.close()
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 1 and f"no acknowledgement from {PRODUCTION}" in errors[0], errors
+    assert "did you mean" not in errors[0], errors[0]
+    assert pub.silent == [PRODUCTION]
+
+
+@pytest.mark.slow
+def test_a_gateway_keeps_what_only_staging_holds_when_our_copy_never_listed_staging(tmp_path, mosquitto):
+    """End to end with the real gateway: it listed production, the peer and staging, and the peer's
+    acknowledgement of that run carried staging's seqs 1..19, which production (whose copy of the site file
+    lists production and the peer) merged. The gateway restarts without staging and distrusts both until
+    they echo its new run. Before, production then stored seq 20 and acknowledged 1..20 under the new run:
+    the gateway deleted 1..19, which no production store holds. Now it deletes seq 20 alone."""
+    peer = "jcm-collector-peer"
+    site3 = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION, peer, STAGING]))
+    site = site3.model_copy(update={"outbox": site3.outbox.model_copy(update={"acknowledged_by": [PRODUCTION, peer]})})
+    key = (site.site, site.gateway)
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    Publisher(site3, outbox, broker_url=mosquitto.url)  # the run with the longer list: it is recorded
+    polled(site, outbox, 20)
+    stand_in = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stand-in")
+    stand_in.connect("127.0.0.1", mosquitto.port)
+    stand_in.loop_start()
+    old = {"schema": 1, "state": "online", "epoch": outbox.epoch, "run": OLD_RUN, "floor": 1,
+           "acknowledged_by": sorted([PRODUCTION, peer, STAGING])}
+    stand_in.publish(topics.gateway_status(*key), json.dumps(old), qos=1, retain=True).wait_for_publish(5)
+    cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
+    prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key], {key: [PRODUCTION, peer]})
+    pub = Publisher(site, outbox, broker_url=mosquitto.url)
+    try:
+        prod.start()
+        assert wait_until(lambda: prod._gateways[key].run == OLD_RUN, 10)
+        staging_via_peer = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 19]], "run": OLD_RUN})
+        stand_in.publish(topics.ack(*key, peer), staging_via_peer, qos=1, retain=True).wait_for_publish(5)
+        assert wait_until(lambda: prod._gateways[key].merged == {peer}, 10)
+        assert pub._distrusted == {PRODUCTION, peer}
+        pub.start()
+        assert wait_until(lambda: prod._gateways[key].run == pub.run, 10)
+        prod.kept([Reading(site=site.site, gateway=site.gateway, device=site.devices[0].id, ts=dt.datetime.now(dt.UTC),
+                           values={}, seq=20, epoch=outbox.epoch)], [])
+        assert wait_until(lambda: pub.confirmed, 10)
+        time.sleep(0.5)
+        assert (pub.confirmed, outbox.depth) == (1, 19)
+    finally:
+        pub.stop(timeout=0)
+        prod.stop()
+        stand_in.loop_stop()
+        stand_in.disconnect()
+        outbox.close()
+
+
+@pytest.mark.slow
+def test_our_own_acknowledgement_taken_back_under_no_list_is_dropped_when_a_list_comes(tmp_path, mosquitto):
+    """The gateway listed no collector, and production merged staging's claims then; its retained
+    acknowledgement carries them. Production restarts and takes it back (the status lists no one: any claim
+    counts), while staging's own is not merged (of an older run). The gateway then restarts listing production
+    alone, distrusting it until it echoes the new run. Before, production had merged no other collector's
+    claim as far as it knew, so its claims were kept, and its acknowledgement of the new run carried staging's
+    seqs. Now its own taken back counts as carrying anyone's: the list starts its claims afresh."""
+    e2e_site(tmp_path)
+    broker, run, new_run = Broker(mosquitto, tmp_path), "1111111111111111", "fedcba9876543210"
+    broker.status(run)  # no list
+    broker.ack(PRODUCTION, run, 1, 100)  # staging's 1..100, merged before the restart
+    broker.ack(STAGING, OLD_RUN, 1, 100)  # staging's own, of the run before
+    g = (prod := broker.collector(PRODUCTION))._gateways[Broker.KEY]
+    try:
+        prod.start()
+        assert wait_until(lambda: Broker.EPOCH in g.epochs and g.epochs[Broker.EPOCH].ack(Broker.EPOCH).ranges
+                          == ((1, 100),), 10)
+        broker.status(new_run, PRODUCTION)
+        assert wait_until(lambda: g.run == new_run, 10)
+        assert broker.stored(prod, 101) == {"schema": 1, "epoch": Broker.EPOCH, "ranges": [[101, 101]],
+                                            "run": new_run}
+        # the broker's echo of one of ours published live, older than the last: no one else's claim in it
+        broker.ack(PRODUCTION, new_run, 101, 101, retain=False)
+        time.sleep(0.5)
+        assert g.merged == set()
+    finally:
+        prod.stop()
+        broker.close()
