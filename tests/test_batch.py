@@ -4,8 +4,10 @@ batches under the broker's packet limit and live readings alone, and the gateway
 within 2 s of the broker's return."""
 
 import datetime as dt
+import os
 import random
 import re
+import signal
 import time
 import zlib
 
@@ -211,6 +213,34 @@ def test_backlog_goes_in_batches_under_the_packet_limit_and_live_readings_alone(
     assert sends.count("d0") == len(live) and len(readings) == len(sends), (sends, readings)
     wire = sum(len(p) for p in batches) / len(backlog)
     assert wire < 0.5 * sum(map(len, backlog)) / len(backlog)  # compressed, not merely packed
+
+
+def test_a_live_reading_unacknowledged_at_a_reconnect_is_sent_again_by_paho_alone(tmp_path):
+    """The broker dies holding a live reading it never acknowledged: paho sends it again after the
+    reconnect (d1), and the gateway does not hand it over a second time (no other first send, no batch)."""
+    debug = "log_type debug\n"
+    broker = Mosquitto(tmp_path / "mq", extra_config=debug).start()
+    site, outbox = gateway_site(tmp_path)
+    pub = Publisher(site, outbox, broker_url=broker.url)
+    try:
+        pub.start()
+        assert wait_until(lambda: pub.connection.connected.is_set(), 10)
+        os.kill(broker.proc.pid, signal.SIGSTOP)  # takes the reading into its socket and never answers
+        try:
+            outbox.append(topics.reading("test-site", "gw-test", "m1"), lambda seq: message(seq, outbox.epoch).decode())
+            pub.notify()
+            assert wait_until(lambda: pub.published == 1, 5)
+        finally:
+            broker.proc.kill()  # a stopped process dies of SIGKILL too
+            broker.proc.wait()
+        broker = Mosquitto(tmp_path / "mq", port=broker.port, extra_config=debug).start()
+        assert wait_until(lambda: outbox.depth == 0, 10), outbox.depth
+    finally:
+        pub.stop(timeout=0)
+        outbox.close()
+        broker.stop()
+    assert publishes_received(broker, "jcm-gw-test", "/reading") == ["d1"]
+    assert publishes_received(broker, "jcm-gw-test", "/batch") == []
 
 
 def test_gateway_is_back_within_2_s_of_the_broker_returning(tmp_path):
