@@ -10,6 +10,7 @@ import re
 import signal
 import time
 import zlib
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -193,7 +194,8 @@ def test_backlog_goes_in_batches_under_the_packet_limit_and_live_readings_alone(
     pub = Publisher(site, outbox, broker_url=broker.url)
     try:
         pub.start()
-        assert wait_until(lambda: pub.connection.connected.is_set(), 10)
+        # its status out, the gateway has taken the connection as its own: what is stored from now on is live
+        assert wait_until(lambda: publishes_received(broker, "jcm-gw-test", "/status"), 10)
         live = [message(seq, outbox.epoch) for seq in range(3001, 3006)]
         for m in live:
             outbox.append(topics.reading("test-site", "gw-test", "m1"), lambda seq, m=m: m.decode())
@@ -232,8 +234,11 @@ def test_a_live_reading_unacknowledged_at_a_reconnect_is_sent_again_by_paho_alon
     pub = Publisher(site, outbox, broker_url=broker.url)
     try:
         pub.start()
-        assert wait_until(lambda: pub.connection.connected.is_set(), 10)
+        # its status out, the gateway has taken the connection as its own: what is stored from now on is live
+        assert wait_until(lambda: publishes_received(broker, "jcm-gw-test", "/status"), 10)
         os.kill(broker.proc.pid, signal.SIGSTOP)  # takes the reading into its socket and never answers
+        stat = f"/proc/{broker.proc.pid}/stat"
+        assert wait_until(lambda: Path(stat).read_text().rsplit(")", 1)[1].split()[0] == "T", 5)
         try:
             outbox.append(topics.reading("test-site", "gw-test", "m1"), lambda seq: message(seq, outbox.epoch).decode())
             pub.notify()
