@@ -32,6 +32,21 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
 
 
+def listens(proc: subprocess.Popen, port: int) -> bool | None:
+    """Whether ``proc`` itself holds the socket listening on 127.0.0.1:``port`` (Linux's /proc);
+    None where that cannot be told (no /proc, or another user's process)."""
+    if proc.poll() is not None:
+        return False
+    try:
+        wanted = f"0100007F:{port:04X}"
+        inodes = {f"socket:[{fields[9]}]" for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                  if (fields := line.split())[1] == wanted and fields[3] == "0A"}  # 0A: LISTEN
+        fds = Path(f"/proc/{proc.pid}/fd")
+        return any(os.readlink(fd) in inodes for fd in fds.iterdir())
+    except OSError:
+        return None
+
+
 def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
     """Terminate a server we started, and kill it if it does not go in ``timeout`` seconds."""
     if proc is None or proc.poll() is not None:
@@ -52,9 +67,15 @@ class Mosquitto:
         self.exe = exe
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.chosen = port is None  # a port we chose may be taken by another before Mosquitto binds it
+        self.extra_config = extra_config
         self.conf = self.workdir / "mosquitto.conf"
+        self._configure(port or free_port())
+        self.proc: subprocess.Popen | None = None
+
+    def _configure(self, port: int) -> None:
+        self.port = port
+        self.url = f"mqtt://127.0.0.1:{self.port}"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
@@ -67,15 +88,26 @@ class Mosquitto:
             "log_type error\nlog_type warning\n"
             # as root Mosquitto drops to user 'mosquitto', who cannot read our private temp files
             + ("user root\n" if os.geteuid() == 0 else "")
-            + extra_config
+            + self.extra_config
         )
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> Mosquitto:
+        """Start Mosquitto and return once *it* listens on the port. Something else answering there
+        (another process took the port between ``free_port`` and Mosquitto's bind, and ours exited)
+        would have a test talk to another test's broker: a port we chose is then chosen again, a
+        port we were given is an error."""
         self.log = open(self.workdir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
-        wait_for_port(self.port)
-        return self
+        for _ in range(5):
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
+            wait_for_port(self.port)
+            if listens(self.proc, self.port) is not False:
+                return self
+            stop_process(self.proc)
+            if not self.chosen:
+                break
+            self._configure(free_port())
+        raise RuntimeError(f"mosquitto could not listen on 127.0.0.1:{self.port}: another process has the port "
+                           f"(see {self.workdir / 'mosquitto.log'})")
 
     def stop(self) -> None:
         stop_process(self.proc)
