@@ -29,7 +29,8 @@ lines (``batch.unpack``), the least any subscriber of the batch form does.
 CPU quota of F of one core, in a cgroup (v1 CPU controller) of its own: a deployment's
 collectors on cores of their own, modelled on a machine whose two cores the broker, the
 store server and the publisher share with them. x2 ÷ x1 is then what a second collector
-adds when it has its own CPU; the bench prints what the broker, the store servers, the
+adds when it has its own CPU (the groups, and one of the broker and store servers, are
+weighted so that other work on the machine takes CPU from none of them first); the bench prints what the broker, the store servers, the
 publisher and the machine used in each run's window, and flags a run whose non-collector
 processes came near filling what the quotas leave (its ratio is then the machine's, not the
 collectors').
