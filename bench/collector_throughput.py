@@ -25,7 +25,18 @@ packet, per MQTT message, packed by the gateway's own ``batch.pack``) on the bat
 Rates and CPU are then per reading, and the bare subscribers unpack each batch into its
 lines (``batch.unpack``), the least any subscriber of the batch form does.
 
+``--collector-cpu F`` gives each contender process (a collector, a bare paho subscriber) a
+CPU quota of F of one core, in a cgroup (v1 CPU controller) of its own: a deployment's
+collectors on cores of their own, modelled on a machine whose two cores the broker, the
+store server and the publisher share with them. x2 ÷ x1 is then what a second collector
+adds when it has its own CPU (the groups, and one of the broker and store servers, are
+weighted so that other work on the machine takes CPU from none of them first); the bench prints what the broker, the store servers, the
+publisher and the machine used in each run's window, and flags a run whose non-collector
+processes came near filling what the quotas leave (its ratio is then the machine's, not the
+collectors').
+
     python bench/collector_throughput.py [--messages 30000] [--mode drain|live|both] [--batch N] [--only paho ...]
+                                         [--collector-cpu F]
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -119,6 +131,120 @@ def proc_cpu(pid: int) -> float:
     """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds all the machine's cores have spent busy so far (/proc/stat; not idle, I/O wait or
+    time the hypervisor took)."""
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, Path("/proc/stat").read_text().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_waited(pid: int) -> float:
+    """Seconds a process's threads have so far been ready to run but waited for a core
+    (/proc/<pid>/task/<tid>/schedstat, summed over its threads)."""
+    return sum(int((task / "schedstat").read_text().split()[1]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+
+
+class Sampler:
+    """CPU seconds of some processes and of the whole machine, and how long the processes waited
+    for a core (``<name> waited``), sampled on a thread every ``INTERVAL`` s: what each used
+    between two moments of a run (interpolated between samples), so that a run's window is
+    measured without the publishing before it or the idle wait after. A process that has ended
+    keeps its last figures."""
+
+    INTERVAL = 0.05
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids, self.samples, self._stop = pids, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._sample()
+        self._thread.start()
+
+    def _sample(self) -> None:
+        row = {"t": time.time(), "machine": machine_busy()}
+        for name, pid in self.pids.items():
+            try:
+                row[name], row[f"{name} waited"] = proc_cpu(pid), proc_waited(pid)
+            except (OSError, IndexError):  # ended (a zombie's stat is empty of threads)
+                row[name], row[f"{name} waited"] = self.samples[-1][name], self.samples[-1][f"{name} waited"]
+        self.samples.append(row)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            self._sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _at(self, key: str, t: float) -> float:
+        before = [s for s in self.samples if s["t"] <= t] or self.samples[:1]
+        after = [s for s in self.samples if s["t"] >= t] or self.samples[-1:]
+        a, b = before[-1], after[0]
+        if b["t"] == a["t"]:
+            return a[key]
+        return a[key] + (b[key] - a[key]) * (t - a["t"]) / (b["t"] - a["t"])
+
+    def cores(self, t0: float, t1: float) -> dict[str, float]:
+        """Each process's and the machine's mean CPU use from ``t0`` to ``t1`` [cores], and the
+        processes' mean wait for a core then [threads waiting]."""
+        return {key: round((self._at(key, t1) - self._at(key, t0)) / (t1 - t0), 2)
+                for key in self.samples[0] if key != "t"}
+
+
+#: the CPU controller's hierarchy (cgroup v1)
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+#: the quota's period [µs]: short, so that a run of a few seconds is hundreds of periods and a
+#: process that spent its quota stalls for milliseconds (the default period is 100 ms)
+QUOTA_PERIOD_US = 10_000
+#: the weight of the bench's groups against the root group's 1024 a process: other work on the
+#: machine (other sessions' tests) then takes no CPU from a confined contender below its quota, or
+#: from the broker and store servers, so that a run measures them and not that work
+SHARES = 16 * 1024
+
+
+class Cgroup:
+    """A group of the CPU controller (cgroup v1) of weight ``SHARES``; with ``cores``, capped at
+    that much of one core: its processes on a core (or part of one) of their own."""
+
+    def __init__(self, name: str, cores: float | None = None):
+        if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
+            raise SystemExit(f"--collector-cpu: no cgroup v1 CPU controller at {CGROUP_CPU}")
+        self.path = CGROUP_CPU / f"jcm-bench-{os.getpid()}-{name}"
+        self.path.mkdir()
+        (self.path / "cpu.shares").write_text(str(SHARES))
+        if cores:
+            (self.path / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(round(cores * QUOTA_PERIOD_US)))
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))  # the whole process: threads it starts stay in
+
+    def throttling(self) -> dict:
+        """So far: the share of the group's active periods in which it spent its quota and was
+        stopped, and how long it was stopped [s] (cpu.stat)."""
+        stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
+        periods = int(stat["nr_periods"])
+        return {"throttled": round(int(stat["nr_throttled"]) / periods, 2) if periods else 0.0,
+                "throttled_s": round(int(stat["throttled_time"]) / 1e9, 2)}
+
+    def remove(self) -> None:
+        """Remove the group; a process still in it (all are the bench's: a child that failed half-way)
+        is killed first."""
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+        for _ in range(100):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:  # busy until a killed process is gone
+                time.sleep(0.05)
+        raise RuntimeError(f"could not remove the cgroup {self.path}")
 
 
 # -- the children (one process each) ---------------------------------------------------
@@ -359,9 +485,15 @@ class Servers:
 
 
 def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, servers: Servers,
-        stores: dict[str, int], most: int | None = None) -> dict:
-    """One contender's run; ``most``: the stream in batches of at most that many readings."""
+        stores: dict[str, int], most: int | None = None, quota_cores: float | None = None,
+        servers_group: Cgroup | None = None) -> dict:
+    """One contender's run; ``most``: the stream in batches of at most that many readings;
+    ``quota_cores``: each of the contender's processes confined to that much of one core, in a
+    group of its own, and the broker put in ``servers_group``."""
     broker = Mosquitto(workdir / f"mq-{name}-{mode}".replace(" ", "_")).start()
+    if servers_group:
+        servers_group.add(broker.proc.pid)
+    groups, throttling, contenders = [], [], []
     try:
         ids = [f"bench-{i}" for i in range(copies)]
         share = "bench" if copies > 1 else None
@@ -401,12 +533,14 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
                           *(["--batch", str(most)] if most else []))
         packets = len(batches(n, most)) if most else n  # what mosquitto_sub counts
         ready([publisher])
+        watched = {"broker": broker.proc.pid, **{k: p.pid for k, p in servers.procs.items()}}
         broker_cpu0 = proc_cpu(broker.proc.pid)
         store_cpu0 = {k: proc_cpu(p.pid) for k, p in servers.procs.items()}
         if mode == "drain":
             go([publisher])
             published = finish(publisher)
         if kind == "mosquitto_sub":
+            sampler = Sampler(watched)
             t0 = time.time()
             sub = subprocess.Popen(sub_cmd(packets), stdout=subprocess.DEVNULL)
             if mode == "live":
@@ -416,18 +550,35 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
             results = [{"start": t0, "last": t1, "count": n, "cpu_s": None}]
         else:
             procs = [spawn(*child_args(i, False)) for i in range(copies)]
+            for p in procs if quota_cores else []:
+                groups.append(Cgroup(f"contender-{p.pid}", quota_cores))
+                groups[-1].add(p.pid)
             ready(procs)
+            contenders = [f"contender {i}" for i in range(copies)]
+            sampler = Sampler({**watched, **{c: p.pid for c, p in zip(contenders, procs)}})
             go(procs + ([publisher] if mode == "live" else []))
             results = [finish(p) for p in procs]
+            throttling = [g.throttling() for g in groups]
         if mode == "live":
             published = finish(publisher)
         broker_cpu = proc_cpu(broker.proc.pid) - broker_cpu0
         store_cpu = {k: round(proc_cpu(p.pid) - store_cpu0[k], 2) for k, p in servers.procs.items()}
+        sampler.stop()
     finally:
         broker.stop()
+        for g in groups:
+            g.remove()
     count = sum(r["count"] for r in results)
-    seconds = max(r["last"] for r in results) - min(r["start"] for r in results)
+    start, last = min(r["start"] for r in results), max(r["last"] for r in results)
+    seconds = last - start
     cpu = [r["cpu_s"] for r in results if r["cpu_s"] is not None]
+    # each process's mean use of the window go → last message [cores]: the publisher's own CPU
+    # while it published, if it did so in the window (live)
+    used = sampler.cores(start, last)
+    window = {"broker": used["broker"], "stores": {k: used[k] for k in servers.procs}, "machine": used["machine"],
+              "publisher": round(published["cpu_s"] / seconds, 2) if mode == "live" else 0.0,
+              "contender": [used[c] for c in contenders],
+              "waited": {k: used[f"{k} waited"] for k in ["broker", *servers.procs, *contenders]}}
     return {"contender": name, "mode": mode, "batch": most, "packets": packets, "messages": n,
             "received_or_stored": count, "complete": count == n,
             "dead": sum(r.get("dead", 0) for r in results), "seconds": round(seconds, 2),
@@ -438,7 +589,9 @@ def run(name: str, kind: str, copies: int, n: int, mode: str, workdir: Path, ser
             "threads_s": _summed([r.get("threads", {}) for r in results]),
             "lock_per_process": [r["lock"] for r in results if "lock" in r],
             "queued_s_per_process": [round(r["queued_s"], 2) for r in results if "queued_s" in r],
-            "loadavg": os.getloadavg()}
+            "window_cores": window, "quota_cores": quota_cores,
+            "quota_use_per_process": [round(c / quota_cores, 2) for c in window["contender"]] if quota_cores else [],
+            "throttling_per_process": throttling, "loadavg": os.getloadavg()}
 
 
 def _summed(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -461,6 +614,30 @@ CONTENDERS = {  # name: (kind, processes)
     "collector vm": ("collector vm", 1),
     "collector vm x2": ("collector vm", 2),
 }
+
+
+#: a non-collector process (or all of them together) using this much of what it has is near its
+#: limit, and so may be what held a run back
+NEAR_FULL = 0.8
+#: the broker ready to run but without a core for this share of a run: it was short of CPU
+BROKER_WAITED = 0.1
+
+
+def saturation(r: dict) -> list[str]:
+    """What, in a run's window, came near its limit other than the contender: the broker or the
+    publisher near one core (each is one thread's work), the broker waiting for a core, and the
+    broker, publisher and store servers together near what the contender's quotas leave of the
+    machine. (The machine's own use is not one: other sessions' work fills it, and a confined
+    run's groups are weighted to take their CPU before that work.)"""
+    w, cores = r["window_cores"], os.cpu_count()
+    others = w["broker"] + w["publisher"] + sum(w["stores"].values())
+    room = cores - len(r["per_process"]) * r["quota_cores"] if r["quota_cores"] else None
+    out = [f"{k} {w[k]:.2f} of a core" for k in ("broker", "publisher") if w[k] >= NEAR_FULL]
+    if room is not None and others >= NEAR_FULL * room:
+        out.append(f"broker + publisher + store servers {others:.2f} of the {room:.2f} cores the quotas leave")
+    if w["waited"]["broker"] >= BROKER_WAITED:
+        out.append(f"the broker waited for a core {w['waited']['broker']:.0%} of the time")
+    return out
 
 
 def report(results: list[dict]) -> None:
@@ -515,6 +692,34 @@ def report(results: list[dict]) -> None:
         if r.get("threads_s"):
             each = ", ".join(f"{k} {v / r['received_or_stored'] * 1e6:.0f}" for k, v in r["threads_s"].items())
             print(f"{r['mode']:<6} {r['contender']:<22} µs CPU / msg by thread: {each}")
+    quota = results[0]["quota_cores"] if results else None
+    print("\nCores used in each run's window (go → last message), mean"
+          + (f"; each contender process confined to {quota} of a core (cgroup CPU quota, period "
+             f"{QUOTA_PERIOD_US // 1000} ms)" if quota else "") + ":")
+    print(f"{'mode':<6} {'contender':<22} {'x2 ÷ x1':>8} {'broker':>7} {'stores':>7} {'publ.':>6} {'machine':>8} "
+          f"{'contender':>10} {'quota use':>11} {'throttled':>11} {'waited':>9}  near a limit")
+    for r in results:
+        same = {x["contender"]: x for x in results if x["mode"] == r["mode"]}
+        one = same.get(r["contender"].removesuffix(" x2")) if r["contender"].endswith(" x2") else None
+        w = r["window_cores"]
+        stores = sum(w["stores"].values())
+        full = saturation(r)
+        # a ratio is the collectors' only if neither of its runs had something else near its limit
+        of_one = f"{r['msgs_per_s'] / one['msgs_per_s']:.2f}{'!' if full or saturation(one) else ''}" if one else ""
+        mine = f"{sum(w['contender']):.2f}" if w["contender"] else "-"
+        waited = f"{w['waited']['broker']:.2f}/{sum(w['waited'][k] for k in w['stores']):.2f}"
+        use = "/".join(f"{u:.2f}" for u in r["quota_use_per_process"])
+        throttled = "/".join(f"{t['throttled']:.2f}" for t in r["throttling_per_process"])
+        print(f"{r['mode']:<6} {r['contender']:<22} {of_one:>8} {w['broker']:>7.2f} {stores:>7.2f} "
+              f"{w['publisher']:>6.2f} {w['machine']:>8.2f} {mine:>10} {use:>11} {throttled:>11} {waited:>9}  "
+              + ("; ".join(full) or "-"))
+    print(f"contender: its processes' CPU ÷ the window [cores]; quota use: each process's CPU ÷ (its quota × the "
+          f"window) (under about 0.9: something other than its quota held it back); throttled: the share of its "
+          f"active periods in which it spent its quota and was stopped; waited: the broker's / store servers' threads "
+          f"ready to run but waiting for a core, on average over the window. near a limit: the broker or publisher "
+          f"≥ {NEAR_FULL} of a core, the broker waiting for a core ≥ {BROKER_WAITED:.0%} of the window, the three "
+          f"together ≥ {NEAR_FULL} of what the quotas leave; !: a ratio one of whose runs had such a limit near, so it measures the "
+          f"machine as much as the contender.")
 
 
 def main() -> None:
@@ -525,25 +730,38 @@ def main() -> None:
     ap.add_argument("--batch", type=int, metavar="N",
                     help="send the readings in the batch form, at most N a batch (a gateway's backlog: 2000 at its "
                          "default rate; about 1,300 of the bench's readings fill a packet)")
+    ap.add_argument("--collector-cpu", type=float, metavar="F",
+                    help="confine each collector / bare paho process to F of one core (a cgroup CPU quota of its "
+                         "own): a deployment's collectors on cores of their own; mosquitto_sub is left out unless "
+                         "named (it is not confined)")
     args = ap.parse_args()
+    if args.collector_cpu is not None and not 0.05 <= args.collector_cpu <= os.cpu_count():
+        ap.error(f"--collector-cpu: {args.collector_cpu} of a core: 0.05 to {os.cpu_count()}")
     if args.batch is not None and not 1 <= args.batch <= batch_form.MAX_MESSAGES:
         ap.error(f"--batch: {args.batch} readings a batch: 1 to {batch_form.MAX_MESSAGES}")
-    names = args.only or list(CONTENDERS)
+    names = args.only or [n for n in CONTENDERS if not (args.collector_cpu and n == "mosquitto_sub")]
     modes = ["drain", "live"] if args.mode == "both" else [args.mode]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         write_site(workdir)
-        servers = Servers(workdir)
+        servers, servers_group = Servers(workdir), None
         try:
             stores = {"influx1": servers.influx(), "vm": servers.vm()}
+            if args.collector_cpu:  # weighted as the contenders are, so that other work takes from none of them
+                servers_group = Cgroup("servers")
+                for p in servers.procs.values():
+                    servers_group.add(p.pid)
             for mode in modes:
                 for name in names:
                     kind, copies = CONTENDERS[name]
-                    results.append(run(name, kind, copies, args.messages, mode, workdir, servers, stores, args.batch))
+                    results.append(run(name, kind, copies, args.messages, mode, workdir, servers, stores, args.batch,
+                                       args.collector_cpu, servers_group))
                     print(json.dumps(results[-1]), flush=True)
         finally:
             servers.stop()
+            if servers_group:
+                servers_group.remove()
     report(results)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
