@@ -52,6 +52,8 @@ The Ed25519 checks, most of the time on a long period, are spread over ``jobs`` 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import datetime as dt
 import gzip
@@ -66,6 +68,7 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter
+from itertools import chain
 from html import escape, unescape
 from pathlib import Path
 
@@ -75,14 +78,16 @@ from contract.config.site import Site
 from contract.custody import GENESIS, chain_breaks, is_covered, pem_problems, read_folder, verify_chained
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import CustodyFinding, SequenceFinding, SignedMessage
+from contract import topics
+from contract.store import KEPT_PAYLOAD, CustodyFinding, DeadLetter, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export import DEAD_LETTERS, REPLACED, file_names
-from processing.export.csv_files import write_daily_values, write_raw_readings
+from processing.export.csv_files import (DEAD_LETTER_COLUMNS, SIMULATED_NOTE, dead_letter_row, write_daily_values,
+                                         write_raw_readings)
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.manifest import exporter_version, write_manifest
-from processing.export.period_figures import (CANNOT_COMPUTE, assemble, ledger_revision, period_status,
+from processing.export.period_figures import (CANNOT_COMPUTE, assemble, ledger_revision, local_bounds, period_status,
                                               recorded_fixed, used_revision)
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.export.summary_html import LANGUAGES, figure_text, messages, render
@@ -103,9 +108,7 @@ PASSED, FAILED, NOT_WITNESSED, NOT_FULLY_CHECKED = 0, 1, 3, 4
 #: the files ``jcm verify`` makes again from its recomputation and compares byte for byte (``_remade``)
 REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "raw_readings.csv.gz", "manifest.json")
 #: the files of an export that ``jcm verify`` checks by their SHA-256 alone (``_unchecked``)
-HASHED_ONLY = {DEAD_LETTERS: "the messages the collector refused, as the store keeps them: only their count is "
-                             "compared with the manifest",
-               "daily_values.png": "a chart of the daily values", "completeness.png": "a chart of completeness"}
+HASHED_ONLY = {"daily_values.png": "a chart of the daily values", "completeness.png": "a chart of completeness"}
 
 
 def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tuple[int, list[str]]:
@@ -128,11 +131,11 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
                + (", each present with its SHA-256, none unlisted" if not files else ""))
     out += [f"  {p}" for p in files]
     problems += [f"{len(files)} file problem(s)"] if files else []
-    letters, problem = _dead_letters(folder, manifest)
-    out.append(letters)
-    problems += [problem] if problem else []
     if site.site != manifest.get("site"):
         raise ValueError(f"{SITE_SETTINGS}: settings of site {site.site}, the manifest's are of {manifest.get('site')}")
+    letters, problem = _dead_letters(folder, manifest, site)
+    out += letters
+    problems += [problem] if problem else []
     if not (folder / "custody").exists():
         out.append("custody: NOT SIGNED: the export holds no signed messages (custody/ is absent), "
                    "so nothing can be checked back to the meters")
@@ -501,25 +504,94 @@ def _unchecked(manifest: dict) -> list[str]:
             + "; ".join(f"{name} ({HASHED_ONLY[name]})" for name in listed)] if listed else []
 
 
-def _dead_letters(folder: Path, manifest: dict) -> tuple[str, str | None]:
-    """The line on the refused messages of the period, and a problem if their file does not
-    hold as many as the manifest says (the file's bytes are checked with the others)."""
+def _dead_letters(folder: Path, manifest: dict, site: Site) -> tuple[list[str], str | None]:
+    """The lines on the messages the collector refused in the period (``dead_letters.csv.gz``), and a problem
+    unless the file is as the export writes the period's letters: its first line saying SIMULATED DATA as the
+    manifest says simulated, its header, each row read back into a letter (``contract.store.DeadLetter``) and
+    written as the export writes one (``csv_files.dead_letter_row``), received within the period's bounds on
+    a topic of the site, oldest first (then by SHA-256), with the first KiB of a payload of its size and,
+    when that is the whole payload, of its SHA-256; as many as the manifest says. Each wrong row is named by
+    its line. The reasons are the collector's word: a letter's payload and the state it was refused in are
+    not in the export (the file's bytes are checked with the others)."""
     entry = manifest.get("dead_letters")
     if not isinstance(entry, dict):
-        return "dead letters: not in this export (made before exports listed them)", None
+        return ["dead letters: not in this export (made before exports listed them)"], None
     name, count = entry.get("file"), entry.get("count")
     if name != DEAD_LETTERS:  # the export writes that name: any other could lead outside the folder
-        return f"dead letters: the manifest names {name!r}, not {DEAD_LETTERS}", f"dead letters file {name!r}"
+        return [f"dead letters: the manifest names {name!r}, not {DEAD_LETTERS}"], f"dead letters file {name!r}"
+    start, end = local_bounds(site, *_period(manifest))
+    prefix = f"{topics.ROOT}/{site.site}/"
+    wrong: list[str] = []
+    rows = whole = 0
     try:
         with gzip.open(folder / name, "rt", encoding="utf-8", newline="") as f:
-            rows = sum(1 for row in csv.reader(line for line in f if not line.startswith("#"))) - 1
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error, TypeError) as exc:
-        return f"dead letters: {name}: cannot read: {exc}", f"{name} unreadable"
-    line = (f"dead letters: {rows} message(s) on the site's topics refused by the collector in the period, "
-            f"each with why in {name}")
+            lines = iter(f)
+            first = next(lines, "")
+            noted = first == SIMULATED_NOTE  # the note a simulated export's text files begin with
+            if noted != (manifest.get("simulated") is True):
+                wrong.append(f"{name} line 1: {'says' if noted else 'does not say'} SIMULATED DATA, the manifest's "
+                             f"simulated is {manifest.get('simulated')!r}")
+            reader = csv.reader(lines if noted else chain([first], lines))
+            header = next(reader, None)
+            if header != DEAD_LETTER_COLUMNS:
+                wrong.append(f"{name} line {1 + noted}: header {header!r}, the export writes {DEAD_LETTER_COLUMNS!r}")
+            after = None
+            for row in reader:
+                rows += 1
+                letter, why = _dead_letter(row, start, end, prefix, after)
+                if letter is not None:
+                    after = (letter.received, letter.sha256)
+                    whole += letter.size <= KEPT_PAYLOAD
+                if why:
+                    wrong.append(f"{name} line {reader.line_num + noted}: {why}")
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as exc:
+        return [f"dead letters: {name}: cannot read: {exc}"], f"{name} unreadable"
+    out = [f"dead letters: {rows} message(s) on the site's topics refused by the collector in the period, each with "
+           f"why in {name}" + ("" if wrong else
+                               ": each row as the export writes it, received in the period on a topic of the site, "
+                               f"oldest first, its payload's start of its size ({whole} whole, of their SHA-256); "
+                               "why each was refused is the collector's word")]
+    out += [f"  {line}" for line in wrong[:MAX_LISTED]]
+    out += [f"  ... and {len(wrong) - MAX_LISTED} more"] if len(wrong) > MAX_LISTED else []
+    problems = [f"{len(wrong)} dead letter problem(s)"] if wrong else []
     if rows != count:
-        return line + f"; the manifest says {count}", f"{name} lists {rows} dead letter(s), the manifest {count}"
-    return line, None
+        out.append(f"  {name} lists {rows} dead letter(s), the manifest says {count!r}")
+        problems.append(f"{name} lists {rows} dead letter(s), the manifest {count!r}")
+    return out, ", ".join(problems) or None
+
+
+def _dead_letter(row: list[str], start: dt.datetime, end: dt.datetime, prefix: str,
+                 after: tuple | None) -> tuple[DeadLetter | None, str | None]:
+    """A row of ``dead_letters.csv.gz`` as a letter (None if it is not one), and what is wrong with it (None:
+    nothing): a row the export would not write so, a letter received outside ``start``..``end`` or on a topic
+    not under ``prefix``, a payload start not of its size and SHA-256, one before the row above (``after``:
+    its time and SHA-256)."""
+    if len(row) != len(DEAD_LETTER_COLUMNS):
+        return None, f"{len(row)} field(s), not the {len(DEAD_LETTER_COLUMNS)} of {', '.join(DEAD_LETTER_COLUMNS)}"
+    received, topic, size, sha256, reason, payload = row
+    try:
+        at = dt.datetime.fromisoformat(received)
+        if at.tzinfo is None:
+            raise ValueError(f"received {received!r} has no zone")
+        letter = DeadLetter(at, topic, base64.b64decode(payload, validate=True), reason, int(size), sha256)
+    except (ValueError, binascii.Error) as exc:
+        return None, f"not a dead letter: {exc}"
+    why = [f"{column} {given!r}, the export writes that letter's {made!r}"
+           for column, given, made in zip(DEAD_LETTER_COLUMNS, row, dead_letter_row(letter)) if given != made]
+    if not start <= letter.received < end:
+        why.append(f"received {received}, outside the period ({start.isoformat()} to {end.isoformat()}, exclusive)")
+    if not letter.topic.startswith(prefix):
+        why.append(f"topic {letter.topic!r}, not one of the site's ({prefix}...)")
+    if re.fullmatch("[0-9a-f]{64}", letter.sha256) is None or letter.size < 0:
+        why.append(f"size {size!r} and sha256 {sha256!r}: not a size and a SHA-256")
+    elif len(letter.payload) != min(letter.size, KEPT_PAYLOAD):
+        why.append(f"payload_start_base64 holds {len(letter.payload)} byte(s): the store keeps the first "
+                   f"{min(letter.size, KEPT_PAYLOAD)} of a payload of {letter.size}")
+    elif letter.size <= KEPT_PAYLOAD and hashlib.sha256(letter.payload).hexdigest() != letter.sha256:
+        why.append(f"the payload's SHA-256 is {hashlib.sha256(letter.payload).hexdigest()}, the row says {sha256}")
+    if after is not None and (letter.received, letter.sha256) < after:
+        why.append("not in order: before the row above (by time, then SHA-256)")
+    return letter, "; ".join(why) or None
 
 
 def _manifest(folder: Path) -> dict:
@@ -645,7 +717,7 @@ def _known(folder: Path):
         ids = {k["id"] for k in keys if isinstance(k, dict) and isinstance(k.get("id"), str)}
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         ids = set()  # the custody check names keys.json
-    fixed = {*LANGUAGES.values(), *HASHED_ONLY, SITE_SETTINGS, *file_names("").values(), "custody/keys.json",
+    fixed = {*LANGUAGES.values(), *HASHED_ONLY, DEAD_LETTERS, SITE_SETTINGS, *file_names("").values(), "custody/keys.json",
              f"custody/{FINDINGS}", *(f"custody/keys/{i}.pem" for i in ids)}
     return lambda name: (name in fixed or re.fullmatch(r"monitoring_[^/]+\.xlsx", name) is not None
                          or re.fullmatch(r"custody/messages/[^/]+\.jsonl\.gz", name) is not None)
