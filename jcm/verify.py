@@ -84,6 +84,7 @@ from contract.text import printable
 from processing.export import DEAD_LETTERS, REPLACED, file_names
 from processing.export.csv_files import (DEAD_LETTER_COLUMNS, SIMULATED_NOTE, dead_letter_row, write_daily_values,
                                          write_raw_readings)
+from processing.export.chart_sizes import completeness_inches, daily_values_inches, pixels
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.manifest import exporter_version, write_manifest
@@ -108,7 +109,14 @@ PASSED, FAILED, NOT_WITNESSED, NOT_FULLY_CHECKED = 0, 1, 3, 4
 #: the files ``jcm verify`` makes again from its recomputation and compares byte for byte (``_remade``)
 REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "raw_readings.csv.gz", "manifest.json")
 #: the files of an export that ``jcm verify`` checks by their SHA-256 alone (``_unchecked``)
-HASHED_ONLY = {"daily_values.png": "a chart of the daily values", "completeness.png": "a chart of completeness"}
+HASHED_ONLY = {"daily_values.png": "a chart of the daily values: what it shows", "completeness.png":
+               "a chart of completeness: what it shows"}
+#: the export's charts by their role in ``file_names``, with their size [in] from what the recomputation holds
+CHARTS = {"daily_chart": lambda r: daily_values_inches(len(r.totals)),
+          "completeness_chart": lambda r: completeness_inches(
+              len({s for rec in r.results.values() for s in rec["summary"]["completeness"]}), len(r.results))}
+#: what a PNG's IHDR says after its size as matplotlib's Agg writes a chart: 8-bit RGBA, not interlaced
+PNG_KIND = bytes([8, 6, 0, 0, 0])
 
 
 def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tuple[int, list[str]]:
@@ -171,6 +179,9 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
         "with other settings): the ledger can show them (--ledger)"]
     out += remade_lines
     problems += [f"{remade} file(s) not as the recomputation makes them"] if remade else []
+    lines, wrong_charts = _charts(folder, manifest, result)
+    out += lines
+    problems += [f"{wrong_charts} chart(s) not as the export draws them"] if wrong_charts else []
     in_part += [] if remade is not None else [
         f"{', '.join(REMADE)} were not made again and compared whole (another version made the export): what they "
         "show beyond the figures, statuses, reasons and input hashes compared is not checked"]
@@ -495,6 +506,66 @@ def _first_difference(name: str, exported: bytes, made: bytes) -> str:
     cut = max(0, at - 40)
     return (f"{name} line {n + 1}: exported {'…' * bool(cut)}{x[cut:at + 80]!r}, made again from the recomputation "
             f"{'…' * bool(cut)}{y[cut:at + 80]!r}")
+
+
+def _charts(folder: Path, manifest: dict, result: Recomputed) -> tuple[list[str], int]:
+    """Whether the manifest lists each chart the export draws (``CHARTS``), and each is a whole PNG
+    (``_png_problem``) of the size the export draws it for the recomputed period (``chart_sizes``): what it
+    shows is checked by its SHA-256 alone (drawn by matplotlib, whose bytes depend on its release and the
+    fonts, which verify does not load). The lines and how many charts are not so."""
+    names = file_names("")
+    wrong, sizes = [], []
+    for role, inches in CHARTS.items():
+        name, size = names[role], pixels(inches(result))
+        sizes.append(f"{name} {size[0]} x {size[1]}")
+        if name not in manifest["files"]:
+            wrong.append(f"  {name}: a chart the export draws, not listed in manifest.json")
+            continue
+        try:
+            data = (folder / name).read_bytes()
+        except OSError:
+            continue  # the files check names it
+        if problem := _png_problem(data, size):
+            wrong.append(f"  {name}: {problem}")
+    return [f"charts: {', '.join(names[role] for role in CHARTS)}" + ("" if wrong else
+            f": each listed, a whole PNG of the size the export draws it ({'; '.join(sizes)} pixels)")] + wrong, \
+        len(wrong)
+
+
+def _png_problem(data: bytes, size: tuple[int, int]) -> str | None:
+    """What keeps ``data`` from being a chart's PNG of ``size`` (width, height) [px] (None: nothing): its
+    signature, each chunk whole (its CRC), IHDR first with that size and ``PNG_KIND``, IEND last with no
+    byte after it, and its image data inflating to exactly its rows (each a filter byte, 4 bytes a pixel)."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return "not a PNG (no PNG signature)"
+    at, kinds, header, image = 8, [], b"", []
+    while at < len(data) and (not kinds or kinds[-1] != b"IEND"):
+        n = int.from_bytes(data[at:at + 4], "big")
+        kind, body, crc = data[at + 4:at + 8], data[at + 8:at + 8 + n], data[at + 8 + n:at + 12 + n]
+        if len(crc) != 4 or zlib.crc32(kind + body) != int.from_bytes(crc, "big"):
+            return f"not a whole PNG: its chunk {kind!r} at byte {at} is cut short or damaged (CRC)"
+        kinds.append(kind)
+        header = body if kind == b"IHDR" else header
+        image += [body] if kind == b"IDAT" else []
+        at += 12 + n
+    if kinds[:1] != [b"IHDR"] or kinds[-1:] != [b"IEND"] or len(header) != 13:
+        return "not a whole PNG: no IHDR first or no IEND last"
+    if at != len(data):
+        return f"{len(data) - at} byte(s) after the PNG's end"
+    width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
+    if (width, height) != size:
+        return f"{width} x {height} pixels, the export draws it {size[0]} x {size[1]}"
+    if header[8:] != PNG_KIND:
+        return f"not an 8-bit RGBA PNG as the export draws (IHDR {header[8:].hex()})"
+    rows = height * (1 + 4 * width)
+    inflate = zlib.decompressobj()
+    try:
+        pixels_data = inflate.decompress(b"".join(image), rows + 1)  # no more than its rows are unpacked
+    except zlib.error as exc:
+        return f"its image data cannot be unpacked: {exc}"
+    if len(pixels_data) != rows or not inflate.eof or inflate.unused_data or max(pixels_data[::1 + 4 * width]) > 4:
+        return f"its image data are not the {height} rows of {width} pixels its IHDR says"
+    return None
 
 
 def _unchecked(manifest: dict) -> list[str]:

@@ -1956,3 +1956,36 @@ def test_dead_letters_are_checked_row_by_row_and_an_edited_one_is_named(letters_
         rc, out = verify_once(folder, capsys)
         assert rc == 1 and f"  dead_letters.csv.gz {said}" in out, out
         assert "VERDICT: FAILED: 1 dead letter problem(s)" in out, out
+
+
+def test_the_charts_are_each_a_whole_png_of_the_size_the_export_draws(made, tmp_path, capsys):
+    """The charts are not drawn again (their bytes depend on matplotlib's release and the fonts), but the
+    manifest must list each the export draws, and each must be a whole PNG of the size it draws it."""
+    rc, out = verify_once(made, capsys)
+    assert rc == 0, out
+    assert ("charts: daily_values.png, completeness.png: each listed, a whole PNG of the size the export draws it "
+            "(daily_values.png 1000 x 290; completeness.png 1000 x 430 pixels)") in out
+    assert ("not checked beyond their SHA-256 (what the exporter wrote, not recomputed): daily_values.png (a chart of "
+            "the daily values: what it shows)") in out
+
+    def changed(name, change):
+        folder = shutil.copytree(made, tmp_path / name)
+        change(folder)
+        rehash(folder)
+        return verify_once(folder, capsys)
+
+    def unlisted(folder):
+        (folder / "completeness.png").unlink()
+        manifest = json.loads((folder / "manifest.json").read_text())
+        del manifest["files"]["completeness.png"]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    rc, out = changed("unlisted", unlisted)
+    assert rc == 1 and "  completeness.png: a chart the export draws, not listed in manifest.json" in out, out
+    assert "VERDICT: FAILED: 1 chart(s) not as the export draws them" in out
+    rc, out = changed("other", lambda f: shutil.copy(f / "completeness.png", f / "daily_values.png"))
+    assert rc == 1 and "  daily_values.png: 1000 x 430 pixels, the export draws it 1000 x 290" in out, out
+    rc, out = changed("cut", lambda f: (f / "daily_values.png").write_bytes((f / "daily_values.png").read_bytes()[:-20]))
+    assert rc == 1 and "  daily_values.png: not a whole PNG: its chunk b'IDAT' at byte " in out, out
+    rc, out = changed("text", lambda f: (f / "completeness.png").write_text("<svg/>"))
+    assert rc == 1 and "  completeness.png: not a PNG (no PNG signature)" in out, out
