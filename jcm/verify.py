@@ -186,6 +186,7 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
         f"{', '.join(REMADE)} were not made again and compared whole (another version made the export): what they "
         "show beyond the figures, statuses, reasons and input hashes compared is not checked"]
     out += _unchecked(manifest)
+    out.append(_exporters_word(ledger is not None))
     if opened is not None:
         lines, differences = against_ledger(manifest, site, fixed, opened)
         out += lines
@@ -257,6 +258,15 @@ def against_ledger(manifest: dict, site: Site, fixed: list[FixedValue], ledger: 
     finally:
         ledger.close()
     if kept:
+        # an export is marked simulated when any of its months was (``assemble``): real readings marked so are not
+        # for verification, and a verifier is told to set them aside, so the mark is compared both ways
+        simulated = [f"{r.month} (revision {r.revision})" for r in kept if r.result["summary"].get("simulated")]
+        if manifest.get("simulated") is True and not simulated:
+            wrong.append("  manifest.json simulated True: no revision of its months in the ledger was computed from "
+                         "simulated readings")
+        else:
+            out.append(f"  simulated {manifest.get('simulated')!r}: as the ledger's revisions"
+                       + (f" ({', '.join(simulated)} computed from simulated readings)" if simulated else ""))
         spec = PeriodProcessor(site).spec
         try:
             given = {f.key: f.to_dict() for f in recorded_fixed(kept, spec, from_config(site, spec))}
@@ -573,6 +583,18 @@ def _unchecked(manifest: dict) -> list[str]:
     listed = [name for name in HASHED_ONLY if name in manifest.get("files", {})]
     return ["not checked beyond their SHA-256 (what the exporter wrote, not recomputed): "
             + "; ".join(f"{name} ({HASHED_ONLY[name]})" for name in listed)] if listed else []
+
+
+def _exporters_word(ledger: bool) -> str:
+    """The line naming what the export says that verify cannot check from the folder (``ledger``: what
+    ``--ledger`` compares is left out of it)."""
+    return ("not checked (the exporter's word: in no signed message, not recomputed): the settings of "
+            f"{SITE_SETTINGS} that no figure depends on, which the pages and the workbook show (the site's name, "
+            "project, country, location, commissioning date, gateway, MQTT and outbox settings, the devices' "
+            "connections); config_changes (the settings, default values and code of the day of the export "
+            "against each revision's: that day's are not in the export)"
+            + ("" if ledger else "; the simulated flag (simulated readings are marked in the store, not signed: "
+                                 "--ledger compares it with the revisions')"))
 
 
 def _dead_letters(folder: Path, manifest: dict, site: Site) -> tuple[list[str], str | None]:

@@ -1989,3 +1989,35 @@ def test_the_charts_are_each_a_whole_png_of_the_size_the_export_draws(made, tmp_
     assert rc == 1 and "  daily_values.png: not a whole PNG: its chunk b'IDAT' at byte " in out, out
     rc, out = changed("text", lambda f: (f / "completeness.png").write_text("<svg/>"))
     assert rc == 1 and "  completeness.png: not a PNG (no PNG signature)" in out, out
+
+
+def test_the_simulated_flag_is_the_exporters_word_but_compared_with_the_ledger(made, tmp_path, signer, capsys,
+                                                                                 monkeypatch):
+    """Simulated readings are marked in the store, not signed: without the ledger the manifest's flag is the
+    exporter's word, and the verdict names it so with the other things it says that nothing checks; with
+    --ledger, an export of real readings marked simulated (set aside by a verifier) is a difference, as is
+    one of simulated readings not marked."""
+    import processing.export
+
+    rc, out = verify_once(made, capsys)
+    assert rc == 0, out
+    assert ("not checked (the exporter's word: in no signed message, not recomputed): the settings of site.json that "
+            "no figure depends on") in out
+    assert ("config_changes (the settings, default values and code of the day of the export against each "
+            "revision's: that day's are not in the export); the simulated flag (simulated readings are marked in "
+            "the store, not signed: --ledger compares it with the revisions')") in out
+    rc, out = verify_once(made, capsys, "--ledger", str(made.parent.parent / "ledger.sqlite"))
+    assert rc == 0 and "  simulated False: as the ledger's revisions" in out, out
+    assert "; the simulated flag" not in out
+
+    collect = processing.export.collect
+    monkeypatch.setattr(processing.export, "collect", lambda *a: dataclasses.replace(collect(*a), simulated=True))
+    folder = make_export(tmp_path, signer, DAYS)
+    monkeypatch.undo()
+    assert json.loads((folder / "manifest.json").read_text())["simulated"] is True
+    rc, out = verify_once(folder, capsys)
+    assert rc == 0, out  # every file as the flag makes it
+    rc, out = verify_once(folder, capsys, "--ledger", str(tmp_path / "ledger.sqlite"))
+    assert rc == 1 and ("  manifest.json simulated True: no revision of its months in the ledger was computed from "
+                        "simulated readings") in out, out
+    assert "VERDICT: FAILED: 1 difference(s) from the ledger" in out
