@@ -3,7 +3,9 @@ and print a verdict a verifier can paste into a report.
 
 1. the files: every file of ``manifest.json`` and ``SHA256SUMS`` present with its
    SHA-256, and no file that neither lists; the messages the collector refused in the
-   period (``dead_letters.csv.gz``) as many as the manifest says;
+   period (``dead_letters.csv.gz``) as many as the manifest says, each row as the export writes
+   it, in the period, of the site, in order, its payload's start of its size and SHA-256
+   (``_dead_letters``);
 2. the custody folder (``contract.custody``): every message's signature (a covered one's
    by the later message that covers it), every chain,
    each gap with its cause (the collector's sequence findings, refused messages), and
@@ -34,7 +36,9 @@ and print a verdict a verifier can paste into a report.
    text and the manifest made from the recomputation by the export's own code, compared byte for
    byte (``_remade``),
    so that nothing a reader sees in them escapes; for an export of another exporter or
-   processing code, said so: NOT FULLY CHECKED. Files checked by their hash alone are named.
+   processing code, said so: NOT FULLY CHECKED; the charts each a whole PNG of the size the export
+   draws it (``_charts``). Files checked by their hash alone are named, and what the export says
+   that nothing checks (``_exporters_word``).
 With ``--ledger``, each month's revision against the ledger's signed-off one, else its latest (``against_ledger``).
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 4 when everything compared holds but some
