@@ -814,8 +814,8 @@ def _known(folder: Path):
         ids = {k["id"] for k in keys if isinstance(k, dict) and isinstance(k.get("id"), str)}
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         ids = set()  # the custody check names keys.json
-    fixed = {*LANGUAGES.values(), *HASHED_ONLY, DEAD_LETTERS, SITE_SETTINGS, *file_names("").values(), "custody/keys.json",
-             f"custody/{FINDINGS}", *(f"custody/keys/{i}.pem" for i in ids)}
+    fixed = {*LANGUAGES.values(), *HASHED_ONLY, DEAD_LETTERS, SITE_SETTINGS, *file_names("").values(),
+             "custody/keys.json", f"custody/{FINDINGS}", *(f"custody/keys/{i}.pem" for i in ids)}
     return lambda name: (name in fixed or re.fullmatch(r"monitoring_[^/]+\.xlsx", name) is not None
                          or re.fullmatch(r"custody/messages/[^/]+\.jsonl\.gz", name) is not None)
 

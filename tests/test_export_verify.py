@@ -1932,8 +1932,8 @@ def test_dead_letters_are_checked_row_by_row_and_an_edited_one_is_named(letters_
     payload = base64.b64decode(rows[1][5])
     big = base64.b64decode(rows[2][5])
     wrong = {  # line 2 is the first letter's, 3 the second's (the header is line 1)
-        "line 2: the payload's SHA-256 is ": edited(rows, 1, "payload_start_base64",
-                                                     base64.b64encode(payload.replace(b"mn-solar", b"mn-sola_")).decode()),
+        "line 2: the payload's SHA-256 is ": edited(
+            rows, 1, "payload_start_base64", base64.b64encode(payload.replace(b"mn-solar", b"mn-sola_")).decode()),
         "line 3: payload_start_base64 holds 1000 byte(s): the store keeps the first 1024 of a payload of 2048":
             edited(rows, 2, "payload_start_base64", base64.b64encode(big[:1000]).decode()),
         "line 2: received 2026-09-09T15:00:00.000000Z, outside the period (2026-09-09T16:00:00+00:00 to "
@@ -1985,7 +1985,8 @@ def test_the_charts_are_each_a_whole_png_of_the_size_the_export_draws(made, tmp_
     assert "VERDICT: FAILED: 1 chart(s) not as the export draws them" in out
     rc, out = changed("other", lambda f: shutil.copy(f / "completeness.png", f / "daily_values.png"))
     assert rc == 1 and "  daily_values.png: 1000 x 430 pixels, the export draws it 1000 x 290" in out, out
-    rc, out = changed("cut", lambda f: (f / "daily_values.png").write_bytes((f / "daily_values.png").read_bytes()[:-20]))
+    cut = (made / "daily_values.png").read_bytes()[:-20]
+    rc, out = changed("cut", lambda f: (f / "daily_values.png").write_bytes(cut))
     assert rc == 1 and "  daily_values.png: not a whole PNG: its chunk b'IDAT' at byte " in out, out
     rc, out = changed("text", lambda f: (f / "completeness.png").write_text("<svg/>"))
     assert rc == 1 and "  completeness.png: not a PNG (no PNG signature)" in out, out
