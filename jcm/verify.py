@@ -32,8 +32,8 @@ and print a verdict a verifier can paste into a report.
    failed, none in the manifest nor the workbook, the same reason on the workbook's report and
    the same status and reason on the summary pages (``summary.html`` in each language); the
    manifest's fixed values against ``site.json`` and the defaults (``_fixed_check``);
-4. the files made again: the summary pages, the workbook, ``daily_values.csv``, the raw readings'
-   text and the manifest made from the recomputation by the export's own code, compared byte for
+4. the files made again: the summary pages, the workbook, ``daily_values.csv``, ``completeness.csv``, the raw
+   readings' text and the manifest made from the recomputation by the export's own code, compared byte for
    byte (``_remade``),
    so that nothing a reader sees in them escapes; for an export of another exporter or
    processing code, said so: NOT FULLY CHECKED; the charts each a whole PNG of the size the export
@@ -86,8 +86,8 @@ from contract import topics
 from contract.store import KEPT_PAYLOAD, CustodyFinding, DeadLetter, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export import DEAD_LETTERS, REPLACED, file_names
-from processing.export.csv_files import (DEAD_LETTER_COLUMNS, SIMULATED_NOTE, dead_letter_row, write_daily_values,
-                                         write_raw_readings)
+from processing.export.csv_files import (DEAD_LETTER_COLUMNS, SIMULATED_NOTE, dead_letter_row, write_completeness,
+                                         write_daily_values, write_raw_readings)
 from processing.export.chart_sizes import completeness_inches, daily_values_inches, pixels
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
@@ -111,7 +111,8 @@ FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 #: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
 PASSED, FAILED, NOT_WITNESSED, NOT_FULLY_CHECKED = 0, 1, 3, 4
 #: the files ``jcm verify`` makes again from its recomputation and compares byte for byte (``_remade``)
-REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "raw_readings.csv.gz", "manifest.json")
+REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "completeness.csv", "raw_readings.csv.gz",
+          "manifest.json")
 #: the files of an export that ``jcm verify`` checks by their SHA-256 alone (``_unchecked``)
 HASHED_ONLY = {"daily_values.png": "a chart of the daily values: what it shows", "completeness.png":
                "a chart of completeness: what it shows"}
@@ -323,8 +324,8 @@ def _custody_entry(manifest: dict, window: tuple[dt.datetime, dt.datetime], held
 
 def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list, custody: dict,
             store: SqliteStore) -> tuple[list[str], int | None]:
-    """The summary pages, the workbook, ``daily_values.csv``, the raw readings (their text, from the verified
-    readings in ``store``) and the manifest made again as the export makes them, from the
+    """The summary pages, the workbook, ``daily_values.csv``, ``completeness.csv``, the raw readings (their text,
+    from the verified readings in ``store``) and the manifest made again as the export makes them, from the
     recomputation (``period_figures.assemble`` of its months; of each month's revision only what the manifest
     alone says: its number, creation, the versions it was computed with and its sign-off; the manifest's fixed
     values, configuration changes and simulated flag; ``custody``: the custody entry as the folder shows it),
@@ -353,6 +354,7 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
         with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
             made[names["workbook"]] = write_workbook(figures, Path(tmp) / "w.xlsx").read_bytes()
             made[names["daily_csv"]] = write_daily_values(figures, Path(tmp) / "d.csv").read_bytes()
+            made[names["completeness_csv"]] = write_completeness(figures, Path(tmp) / "c.csv").read_bytes()
             # compressed by a library whose release may change its bytes, not its text: the text is compared
             raw = _gzip_difference(names["raw_csv"], folder / names["raw_csv"],
                                    write_raw_readings(figures, store, Path(tmp) / "r.csv.gz"))

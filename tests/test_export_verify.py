@@ -226,13 +226,13 @@ def test_an_untouched_export_passes_and_says_what_was_checked(made, export, sign
     assert ("witnesses: 1 of 1 chain(s) witnessed before the reading window's start (2026-08-31T10:00:00+00:00; "
             "or begun in it), 1 after its end (2026-09-30T22:00:00+00:00): ") in out
     assert ("files made again from the recomputation: summary.html, summary.ja.html, "
-            f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv, manifest.json, "
-            "raw_readings.csv.gz (its text): each byte for byte as exported (the raw readings: their text; the "
-            "workbook: its zip's every byte but its members' compressed streams, their contents compared)") in out
+            f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv, completeness.csv, "
+            "manifest.json, raw_readings.csv.gz (its text): each byte for byte as exported (the raw readings: their "
+            "text; the workbook: its zip's every byte but its members' compressed streams, their contents compared)") in out
     assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
                                  "witnessed across the reading window, figures recomputed equal, summary.html, "
-                                 "summary.ja.html, the workbook, daily_values.csv, raw_readings.csv.gz, manifest.json "
-                                 "made again from it byte for byte")
+                                 "summary.ja.html, the workbook, daily_values.csv, completeness.csv, "
+                                 "raw_readings.csv.gz, manifest.json made again from it byte for byte")
 
 
 def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
@@ -906,7 +906,7 @@ def test_the_last_messages_taken_out_of_an_export_are_named_with_its_other_failu
     seq = json.loads(lines[cut - 4])["seq"]
     assert rc == 1 and f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45" in out, out
     assert "  the manifest does not list it as not witnessed" in out
-    assert out.rstrip().endswith("difference(s) from the recomputation, 6 file(s) not as the recomputation makes "
+    assert out.rstrip().endswith("difference(s) from the recomputation, 7 file(s) not as the recomputation makes "
                                  "them, 1 chain end(s) not witnessed"), out
 
 
@@ -2022,3 +2022,17 @@ def test_the_simulated_flag_is_the_exporters_word_but_compared_with_the_ledger(m
     assert rc == 1 and ("  manifest.json simulated True: no revision of its months in the ledger was computed from "
                         "simulated readings") in out, out
     assert "VERDICT: FAILED: 1 difference(s) from the ledger" in out
+
+
+def test_the_completeness_charted_is_written_beside_and_made_again(made, tmp_path, capsys):
+    """What the completeness chart draws, each source channel's completeness in each month, is in no other
+    file: it is written beside it (``completeness.csv``), and verify makes it again from its recomputation."""
+    text = (made / "completeness.csv").read_text().splitlines()
+    assert text[0] == "month,source,completeness" and len(text) == 7 and all(r.startswith("2026-09,") for r in text[1:])
+    month, source, value = text[1].split(",")
+    text[1] = f"{month},{source},{float(value) + 0.01!r}"
+    folder = shutil.copytree(made, tmp_path / made.name)
+    (folder / "completeness.csv").write_text("\n".join(text) + "\n")
+    rehash(folder)
+    rc, out = verify_once(folder, capsys)
+    assert rc == 1 and f"  completeness.csv line 2: exported '{month},{source},{float(value) + 0.01!r}'" in out, out

@@ -80,6 +80,16 @@ def write_daily_values(figures: PeriodFigures, path: Path) -> Path:
     return _write(path, ["day", "parameter", "unit_id", "unit", "value"], rows, figures.simulated)
 
 
+def write_completeness(figures: PeriodFigures, path: Path) -> Path:
+    """``month, source, completeness``: how complete each source channel's readings were in each month
+    (its readings present over the recording intervals of the whole month [1]), what the completeness
+    chart draws, sorted by month and source (``jcm verify`` makes it again from its recomputation)."""
+    rows = [(month, source) for month in sorted(figures.completeness) for source in sorted(figures.completeness[month])]
+    values = float_texts(np.array([figures.completeness[m][s] for m, s in rows], dtype=float))
+    return _write(path, ["month", "source", "completeness"], ([m, s, v] for (m, s), v in zip(rows, values)),
+                  figures.simulated)
+
+
 def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path,
                        apart: Executor | None = None) -> Path:
     """``ts, device, channel, value, quality``: the monitored sources' readings between the
