@@ -480,8 +480,8 @@ From a site to the files a verifier receives (site: an id in --sites-dir or a si
        recorded in the ledger; no later revision changes a signed-off month.
   4. export the period:   jcm export --site mn-solar --from 2026-09-01 --to 2026-10-31 --out exports/
        writes exports/mn-solar_2026-09-01_2026-10-31/: monitoring_<same>.xlsx (the JCM
-       monitoring spreadsheet with live formulas), daily_values.csv, raw_readings.csv.gz,
-       daily_values.png, completeness.png, summary.html and manifest.json (SHA-256 of
+       monitoring spreadsheet with live formulas), daily_values.csv, completeness.csv,
+       raw_readings.csv.gz, daily_values.png, completeness.png, summary.html and manifest.json (SHA-256 of
        every file, ledger revisions used, who signed off).
   5. hand over that folder unchanged (e.g. zipped); the verifier checks it against
        manifest.json. The same inputs give byte-identical files.

@@ -3,7 +3,9 @@ and print a verdict a verifier can paste into a report.
 
 1. the files: every file of ``manifest.json`` and ``SHA256SUMS`` present with its
    SHA-256, and no file that neither lists; the messages the collector refused in the
-   period (``dead_letters.csv.gz``) as many as the manifest says;
+   period (``dead_letters.csv.gz``) as many as the manifest says, each row as the export writes
+   it, in the period, of the site, in order, its payload's start of its size and SHA-256
+   (``_dead_letters``);
 2. the custody folder (``contract.custody``): every message's signature (a covered one's
    by the later message that covers it), every chain,
    each gap with its cause (the collector's sequence findings, refused messages), and
@@ -30,11 +32,13 @@ and print a verdict a verifier can paste into a report.
    failed, none in the manifest nor the workbook, the same reason on the workbook's report and
    the same status and reason on the summary pages (``summary.html`` in each language); the
    manifest's fixed values against ``site.json`` and the defaults (``_fixed_check``);
-4. the files made again: the summary pages, the workbook, ``daily_values.csv``, the raw readings'
-   text and the manifest made from the recomputation by the export's own code, compared byte for
+4. the files made again: the summary pages, the workbook, ``daily_values.csv``, ``completeness.csv``, the raw
+   readings' text and the manifest made from the recomputation by the export's own code, compared byte for
    byte (``_remade``),
    so that nothing a reader sees in them escapes; for an export of another exporter or
-   processing code, said so: NOT FULLY CHECKED. Files checked by their hash alone are named.
+   processing code, said so: NOT FULLY CHECKED; the charts each a whole PNG of the size the export
+   draws it (``_charts``). Files checked by their hash alone are named, and what the export says
+   that nothing checks (``_exporters_word``).
 With ``--ledger``, each month's revision against the ledger's signed-off one, else its latest (``against_ledger``).
 
 Exit 0 only on PASSED; 1 on any mismatch (FAILED); 4 when everything compared holds but some
@@ -52,6 +56,8 @@ The Ed25519 checks, most of the time on a long period, are spread over ``jobs`` 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import datetime as dt
 import gzip
@@ -66,6 +72,7 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter
+from itertools import chain
 from html import escape, unescape
 from pathlib import Path
 
@@ -75,14 +82,17 @@ from contract.config.site import Site
 from contract.custody import GENESIS, chain_breaks, is_covered, pem_problems, read_folder, verify_chained
 from contract.message import Reading
 from contract.sqlite_file import UnusableFile
-from contract.store import CustodyFinding, SequenceFinding, SignedMessage
+from contract import topics
+from contract.store import KEPT_PAYLOAD, CustodyFinding, DeadLetter, SequenceFinding, SignedMessage
 from contract.text import printable
 from processing.export import DEAD_LETTERS, REPLACED, file_names
-from processing.export.csv_files import write_daily_values, write_raw_readings
+from processing.export.csv_files import (DEAD_LETTER_COLUMNS, SIMULATED_NOTE, dead_letter_row, write_completeness,
+                                         write_daily_values, write_raw_readings)
+from processing.export.chart_sizes import completeness_inches, daily_values_inches, pixels
 from processing.export.custody_folder import FINDINGS, read_findings, span
 from processing.export.json_file import number, read_json
 from processing.export.manifest import exporter_version, write_manifest
-from processing.export.period_figures import (CANNOT_COMPUTE, assemble, ledger_revision, period_status,
+from processing.export.period_figures import (CANNOT_COMPUTE, assemble, ledger_revision, local_bounds, period_status,
                                               recorded_fixed, used_revision)
 from processing.export.recompute import SITE_SETTINGS, Recomputed, read_site_settings, reading_window, recompute
 from processing.export.summary_html import LANGUAGES, figure_text, messages, render
@@ -101,11 +111,17 @@ FIGURES = ("RE", "PE", "ER_unrounded", "ER")
 #: the verdicts, as exit codes (2: the folder cannot be used, a ``ValueError``)
 PASSED, FAILED, NOT_WITNESSED, NOT_FULLY_CHECKED = 0, 1, 3, 4
 #: the files ``jcm verify`` makes again from its recomputation and compares byte for byte (``_remade``)
-REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "raw_readings.csv.gz", "manifest.json")
+REMADE = (*LANGUAGES.values(), "the workbook", "daily_values.csv", "completeness.csv", "raw_readings.csv.gz",
+          "manifest.json")
 #: the files of an export that ``jcm verify`` checks by their SHA-256 alone (``_unchecked``)
-HASHED_ONLY = {DEAD_LETTERS: "the messages the collector refused, as the store keeps them: only their count is "
-                             "compared with the manifest",
-               "daily_values.png": "a chart of the daily values", "completeness.png": "a chart of completeness"}
+HASHED_ONLY = {"daily_values.png": "a chart of the daily values: what it shows", "completeness.png":
+               "a chart of completeness: what it shows"}
+#: the export's charts by their role in ``file_names``, with their size [in] from what the recomputation holds
+CHARTS = {"daily_chart": lambda r: daily_values_inches(len(r.totals)),
+          "completeness_chart": lambda r: completeness_inches(
+              len({s for rec in r.results.values() for s in rec["summary"]["completeness"]}), len(r.results))}
+#: what a PNG's IHDR says after its size as matplotlib's Agg writes a chart: 8-bit RGBA, not interlaced
+PNG_KIND = bytes([8, 6, 0, 0, 0])
 
 
 def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tuple[int, list[str]]:
@@ -128,11 +144,11 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
                + (", each present with its SHA-256, none unlisted" if not files else ""))
     out += [f"  {p}" for p in files]
     problems += [f"{len(files)} file problem(s)"] if files else []
-    letters, problem = _dead_letters(folder, manifest)
-    out.append(letters)
-    problems += [problem] if problem else []
     if site.site != manifest.get("site"):
         raise ValueError(f"{SITE_SETTINGS}: settings of site {site.site}, the manifest's are of {manifest.get('site')}")
+    letters, problem = _dead_letters(folder, manifest, site)
+    out += letters
+    problems += [problem] if problem else []
     if not (folder / "custody").exists():
         out.append("custody: NOT SIGNED: the export holds no signed messages (custody/ is absent), "
                    "so nothing can be checked back to the meters")
@@ -168,10 +184,14 @@ def verify_export(folder: Path, jobs: int = 1, ledger: Path | None = None) -> tu
         "with other settings): the ledger can show them (--ledger)"]
     out += remade_lines
     problems += [f"{remade} file(s) not as the recomputation makes them"] if remade else []
+    lines, wrong_charts = _charts(folder, manifest, result)
+    out += lines
+    problems += [f"{wrong_charts} chart(s) not as the export draws them"] if wrong_charts else []
     in_part += [] if remade is not None else [
         f"{', '.join(REMADE)} were not made again and compared whole (another version made the export): what they "
         "show beyond the figures, statuses, reasons and input hashes compared is not checked"]
     out += _unchecked(manifest)
+    out.append(_exporters_word(ledger is not None))
     if opened is not None:
         lines, differences = against_ledger(manifest, site, fixed, opened)
         out += lines
@@ -243,6 +263,15 @@ def against_ledger(manifest: dict, site: Site, fixed: list[FixedValue], ledger: 
     finally:
         ledger.close()
     if kept:
+        # an export is marked simulated when any of its months was (``assemble``): real readings marked so are not
+        # for verification, and a verifier is told to set them aside, so the mark is compared both ways
+        simulated = [f"{r.month} (revision {r.revision})" for r in kept if r.result["summary"].get("simulated")]
+        if manifest.get("simulated") is True and not simulated:
+            wrong.append("  manifest.json simulated True: no revision of its months in the ledger was computed from "
+                         "simulated readings")
+        else:
+            out.append(f"  simulated {manifest.get('simulated')!r}: as the ledger's revisions"
+                       + (f" ({', '.join(simulated)} computed from simulated readings)" if simulated else ""))
         spec = PeriodProcessor(site).spec
         try:
             given = {f.key: f.to_dict() for f in recorded_fixed(kept, spec, from_config(site, spec))}
@@ -295,8 +324,8 @@ def _custody_entry(manifest: dict, window: tuple[dt.datetime, dt.datetime], held
 
 def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed: list, custody: dict,
             store: SqliteStore) -> tuple[list[str], int | None]:
-    """The summary pages, the workbook, ``daily_values.csv``, the raw readings (their text, from the verified
-    readings in ``store``) and the manifest made again as the export makes them, from the
+    """The summary pages, the workbook, ``daily_values.csv``, ``completeness.csv``, the raw readings (their text,
+    from the verified readings in ``store``) and the manifest made again as the export makes them, from the
     recomputation (``period_figures.assemble`` of its months; of each month's revision only what the manifest
     alone says: its number, creation, the versions it was computed with and its sign-off; the manifest's fixed
     values, configuration changes and simulated flag; ``custody``: the custody entry as the folder shows it),
@@ -325,6 +354,7 @@ def _remade(folder: Path, manifest: dict, site: Site, result: Recomputed, fixed:
         with tempfile.TemporaryDirectory(prefix="jcm-verify-") as tmp:
             made[names["workbook"]] = write_workbook(figures, Path(tmp) / "w.xlsx").read_bytes()
             made[names["daily_csv"]] = write_daily_values(figures, Path(tmp) / "d.csv").read_bytes()
+            made[names["completeness_csv"]] = write_completeness(figures, Path(tmp) / "c.csv").read_bytes()
             # compressed by a library whose release may change its bytes, not its text: the text is compared
             raw = _gzip_difference(names["raw_csv"], folder / names["raw_csv"],
                                    write_raw_readings(figures, store, Path(tmp) / "r.csv.gz"))
@@ -494,6 +524,66 @@ def _first_difference(name: str, exported: bytes, made: bytes) -> str:
             f"{'…' * bool(cut)}{y[cut:at + 80]!r}")
 
 
+def _charts(folder: Path, manifest: dict, result: Recomputed) -> tuple[list[str], int]:
+    """Whether the manifest lists each chart the export draws (``CHARTS``), and each is a whole PNG
+    (``_png_problem``) of the size the export draws it for the recomputed period (``chart_sizes``): what it
+    shows is checked by its SHA-256 alone (drawn by matplotlib, whose bytes depend on its release and the
+    fonts, which verify does not load). The lines and how many charts are not so."""
+    names = file_names("")
+    wrong, sizes = [], []
+    for role, inches in CHARTS.items():
+        name, size = names[role], pixels(inches(result))
+        sizes.append(f"{name} {size[0]} x {size[1]}")
+        if name not in manifest["files"]:
+            wrong.append(f"  {name}: a chart the export draws, not listed in manifest.json")
+            continue
+        try:
+            data = (folder / name).read_bytes()
+        except OSError:
+            continue  # the files check names it
+        if problem := _png_problem(data, size):
+            wrong.append(f"  {name}: {problem}")
+    return [f"charts: {', '.join(names[role] for role in CHARTS)}" + ("" if wrong else
+            f": each listed, a whole PNG of the size the export draws it ({'; '.join(sizes)} pixels)")] + wrong, \
+        len(wrong)
+
+
+def _png_problem(data: bytes, size: tuple[int, int]) -> str | None:
+    """What keeps ``data`` from being a chart's PNG of ``size`` (width, height) [px] (None: nothing): its
+    signature, each chunk whole (its CRC), IHDR first with that size and ``PNG_KIND``, IEND last with no
+    byte after it, and its image data inflating to exactly its rows (each a filter byte, 4 bytes a pixel)."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return "not a PNG (no PNG signature)"
+    at, kinds, header, image = 8, [], b"", []
+    while at < len(data) and (not kinds or kinds[-1] != b"IEND"):
+        n = int.from_bytes(data[at:at + 4], "big")
+        kind, body, crc = data[at + 4:at + 8], data[at + 8:at + 8 + n], data[at + 8 + n:at + 12 + n]
+        if len(crc) != 4 or zlib.crc32(kind + body) != int.from_bytes(crc, "big"):
+            return f"not a whole PNG: its chunk {kind!r} at byte {at} is cut short or damaged (CRC)"
+        kinds.append(kind)
+        header = body if kind == b"IHDR" else header
+        image += [body] if kind == b"IDAT" else []
+        at += 12 + n
+    if kinds[:1] != [b"IHDR"] or kinds[-1:] != [b"IEND"] or len(header) != 13:
+        return "not a whole PNG: no IHDR first or no IEND last"
+    if at != len(data):
+        return f"{len(data) - at} byte(s) after the PNG's end"
+    width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
+    if (width, height) != size:
+        return f"{width} x {height} pixels, the export draws it {size[0]} x {size[1]}"
+    if header[8:] != PNG_KIND:
+        return f"not an 8-bit RGBA PNG as the export draws (IHDR {header[8:].hex()})"
+    rows = height * (1 + 4 * width)
+    inflate = zlib.decompressobj()
+    try:
+        pixels_data = inflate.decompress(b"".join(image), rows + 1)  # no more than its rows are unpacked
+    except zlib.error as exc:
+        return f"its image data cannot be unpacked: {exc}"
+    if len(pixels_data) != rows or not inflate.eof or inflate.unused_data or max(pixels_data[::1 + 4 * width]) > 4:
+        return f"its image data are not the {height} rows of {width} pixels its IHDR says"
+    return None
+
+
 def _unchecked(manifest: dict) -> list[str]:
     """The files checked by their SHA-256 alone: a verifier reading them reads what the exporter wrote."""
     listed = [name for name in HASHED_ONLY if name in manifest.get("files", {})]
@@ -501,25 +591,106 @@ def _unchecked(manifest: dict) -> list[str]:
             + "; ".join(f"{name} ({HASHED_ONLY[name]})" for name in listed)] if listed else []
 
 
-def _dead_letters(folder: Path, manifest: dict) -> tuple[str, str | None]:
-    """The line on the refused messages of the period, and a problem if their file does not
-    hold as many as the manifest says (the file's bytes are checked with the others)."""
+def _exporters_word(ledger: bool) -> str:
+    """The line naming what the export says that verify cannot check from the folder (``ledger``: what
+    ``--ledger`` compares is left out of it)."""
+    return ("not checked (the exporter's word: in no signed message, not recomputed): the settings of "
+            f"{SITE_SETTINGS} that no figure depends on, which the pages and the workbook show (the site's name, "
+            "project, country, location, commissioning date, gateway, MQTT and outbox settings, the devices' "
+            "connections); config_changes (the settings, default values and code of the day of the export "
+            "against each revision's: that day's are not in the export)"
+            + ("" if ledger else "; the simulated flag (simulated readings are marked in the store, not signed: "
+                                 "--ledger compares it with the revisions')"))
+
+
+def _dead_letters(folder: Path, manifest: dict, site: Site) -> tuple[list[str], str | None]:
+    """The lines on the messages the collector refused in the period (``dead_letters.csv.gz``), and a problem
+    unless the file is as the export writes the period's letters: its first line saying SIMULATED DATA as the
+    manifest says simulated, its header, each row read back into a letter (``contract.store.DeadLetter``) and
+    written as the export writes one (``csv_files.dead_letter_row``), received within the period's bounds on
+    a topic of the site, oldest first (then by SHA-256), with the first KiB of a payload of its size and,
+    when that is the whole payload, of its SHA-256; as many as the manifest says. Each wrong row is named by
+    its line. The reasons are the collector's word: a letter's payload and the state it was refused in are
+    not in the export (the file's bytes are checked with the others)."""
     entry = manifest.get("dead_letters")
     if not isinstance(entry, dict):
-        return "dead letters: not in this export (made before exports listed them)", None
+        return ["dead letters: not in this export (made before exports listed them)"], None
     name, count = entry.get("file"), entry.get("count")
     if name != DEAD_LETTERS:  # the export writes that name: any other could lead outside the folder
-        return f"dead letters: the manifest names {name!r}, not {DEAD_LETTERS}", f"dead letters file {name!r}"
+        return [f"dead letters: the manifest names {name!r}, not {DEAD_LETTERS}"], f"dead letters file {name!r}"
+    start, end = local_bounds(site, *_period(manifest))
+    prefix = f"{topics.ROOT}/{site.site}/"
+    wrong: list[str] = []
+    rows = whole = 0
     try:
         with gzip.open(folder / name, "rt", encoding="utf-8", newline="") as f:
-            rows = sum(1 for row in csv.reader(line for line in f if not line.startswith("#"))) - 1
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error, TypeError) as exc:
-        return f"dead letters: {name}: cannot read: {exc}", f"{name} unreadable"
-    line = (f"dead letters: {rows} message(s) on the site's topics refused by the collector in the period, "
-            f"each with why in {name}")
+            lines = iter(f)
+            first = next(lines, "")
+            noted = first == SIMULATED_NOTE  # the note a simulated export's text files begin with
+            if noted != (manifest.get("simulated") is True):
+                wrong.append(f"{name} line 1: {'says' if noted else 'does not say'} SIMULATED DATA, the manifest's "
+                             f"simulated is {manifest.get('simulated')!r}")
+            reader = csv.reader(lines if noted else chain([first], lines))
+            header = next(reader, None)
+            if header != DEAD_LETTER_COLUMNS:
+                wrong.append(f"{name} line {1 + noted}: header {header!r}, the export writes {DEAD_LETTER_COLUMNS!r}")
+            after = None
+            for row in reader:
+                rows += 1
+                letter, why = _dead_letter(row, start, end, prefix, after)
+                if letter is not None:
+                    after = (letter.received, letter.sha256)
+                    whole += letter.size <= KEPT_PAYLOAD
+                if why:
+                    wrong.append(f"{name} line {reader.line_num + noted}: {why}")
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as exc:
+        return [f"dead letters: {name}: cannot read: {exc}"], f"{name} unreadable"
+    out = [f"dead letters: {rows} message(s) on the site's topics refused by the collector in the period, each with "
+           f"why in {name}" + ("" if wrong else
+                               ": each row as the export writes it, received in the period on a topic of the site, "
+                               f"oldest first, its payload's start of its size ({whole} whole, of their SHA-256); "
+                               "why each was refused is the collector's word")]
+    out += [f"  {line}" for line in wrong[:MAX_LISTED]]
+    out += [f"  ... and {len(wrong) - MAX_LISTED} more"] if len(wrong) > MAX_LISTED else []
+    problems = [f"{len(wrong)} dead letter problem(s)"] if wrong else []
     if rows != count:
-        return line + f"; the manifest says {count}", f"{name} lists {rows} dead letter(s), the manifest {count}"
-    return line, None
+        out.append(f"  {name} lists {rows} dead letter(s), the manifest says {count!r}")
+        problems.append(f"{name} lists {rows} dead letter(s), the manifest {count!r}")
+    return out, ", ".join(problems) or None
+
+
+def _dead_letter(row: list[str], start: dt.datetime, end: dt.datetime, prefix: str,
+                 after: tuple | None) -> tuple[DeadLetter | None, str | None]:
+    """A row of ``dead_letters.csv.gz`` as a letter (None if it is not one), and what is wrong with it (None:
+    nothing): a row the export would not write so, a letter received outside ``start``..``end`` or on a topic
+    not under ``prefix``, a payload start not of its size and SHA-256, one before the row above (``after``:
+    its time and SHA-256)."""
+    if len(row) != len(DEAD_LETTER_COLUMNS):
+        return None, f"{len(row)} field(s), not the {len(DEAD_LETTER_COLUMNS)} of {', '.join(DEAD_LETTER_COLUMNS)}"
+    received, topic, size, sha256, reason, payload = row
+    try:
+        at = dt.datetime.fromisoformat(received)
+        if at.tzinfo is None:
+            raise ValueError(f"received {received!r} has no zone")
+        letter = DeadLetter(at, topic, base64.b64decode(payload, validate=True), reason, int(size), sha256)
+    except (ValueError, binascii.Error) as exc:
+        return None, f"not a dead letter: {exc}"
+    why = [f"{column} {given!r}, the export writes that letter's {made!r}"
+           for column, given, made in zip(DEAD_LETTER_COLUMNS, row, dead_letter_row(letter)) if given != made]
+    if not start <= letter.received < end:
+        why.append(f"received {received}, outside the period ({start.isoformat()} to {end.isoformat()}, exclusive)")
+    if not letter.topic.startswith(prefix):
+        why.append(f"topic {letter.topic!r}, not one of the site's ({prefix}...)")
+    if re.fullmatch("[0-9a-f]{64}", letter.sha256) is None or letter.size < 0:
+        why.append(f"size {size!r} and sha256 {sha256!r}: not a size and a SHA-256")
+    elif len(letter.payload) != min(letter.size, KEPT_PAYLOAD):
+        why.append(f"payload_start_base64 holds {len(letter.payload)} byte(s): the store keeps the first "
+                   f"{min(letter.size, KEPT_PAYLOAD)} of a payload of {letter.size}")
+    elif letter.size <= KEPT_PAYLOAD and hashlib.sha256(letter.payload).hexdigest() != letter.sha256:
+        why.append(f"the payload's SHA-256 is {hashlib.sha256(letter.payload).hexdigest()}, the row says {sha256}")
+    if after is not None and (letter.received, letter.sha256) < after:
+        why.append("not in order: before the row above (by time, then SHA-256)")
+    return letter, "; ".join(why) or None
 
 
 def _manifest(folder: Path) -> dict:
@@ -645,8 +816,8 @@ def _known(folder: Path):
         ids = {k["id"] for k in keys if isinstance(k, dict) and isinstance(k.get("id"), str)}
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         ids = set()  # the custody check names keys.json
-    fixed = {*LANGUAGES.values(), *HASHED_ONLY, SITE_SETTINGS, *file_names("").values(), "custody/keys.json",
-             f"custody/{FINDINGS}", *(f"custody/keys/{i}.pem" for i in ids)}
+    fixed = {*LANGUAGES.values(), *HASHED_ONLY, DEAD_LETTERS, SITE_SETTINGS, *file_names("").values(),
+             "custody/keys.json", f"custody/{FINDINGS}", *(f"custody/keys/{i}.pem" for i in ids)}
     return lambda name: (name in fixed or re.fullmatch(r"monitoring_[^/]+\.xlsx", name) is not None
                          or re.fullmatch(r"custody/messages/[^/]+\.jsonl\.gz", name) is not None)
 

@@ -30,7 +30,7 @@ from tests.conftest import fill_history, reference_site, store_copy
 
 FIRST, LAST = dt.date(2026, 9, 25), dt.date(2026, 10, 4)
 SITES = ["mn-solar", "mv-addu", "vn-transformers", "ph-biogas", "id-aceh-biomass"]
-FILES = {"daily_values.csv", "raw_readings.csv.gz", "dead_letters.csv.gz", "daily_values.png", "completeness.png", "summary.html", "site.json",
+FILES = {"daily_values.csv", "completeness.csv", "raw_readings.csv.gz", "dead_letters.csv.gz", "daily_values.png", "completeness.png", "summary.html", "site.json",
          "summary.ja.html", "manifest.json", "SHA256SUMS"}
 SIMULATED_NOTE = "# SIMULATED DATA: readings from the simulator, not from the plant's meters; not for verification"
 

@@ -7,13 +7,16 @@ by a test key, and stored with their signed messages as the collector stores the
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import csv as csv_module
 import dataclasses
 import datetime as dt
 import gzip
 import hashlib
 import html
 import importlib.util
+import io
 import json
 import math
 import os
@@ -34,7 +37,7 @@ import contract.custody
 from contract.config import load_site
 from contract.config.custody import Custody
 from contract.custody import GENESIS, chain_hash, sign, signed_bytes, verify
-from contract.store import SignedMessage
+from contract.store import DeadLetter, SignedMessage
 from jcm.cli import main
 from processing.export import custody_folder, export_period
 from processing.export.period_figures import months_between
@@ -223,13 +226,13 @@ def test_an_untouched_export_passes_and_says_what_was_checked(made, export, sign
     assert ("witnesses: 1 of 1 chain(s) witnessed before the reading window's start (2026-08-31T10:00:00+00:00; "
             "or begun in it), 1 after its end (2026-09-30T22:00:00+00:00): ") in out
     assert ("files made again from the recomputation: summary.html, summary.ja.html, "
-            f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv, manifest.json, "
-            "raw_readings.csv.gz (its text): each byte for byte as exported (the raw readings: their text; the "
-            "workbook: its zip's every byte but its members' compressed streams, their contents compared)") in out
+            f"{made.name.replace('mn-solar', 'monitoring_mn-solar')}.xlsx, daily_values.csv, completeness.csv, "
+            "manifest.json, raw_readings.csv.gz (its text): each byte for byte as exported (the raw readings: their "
+            "text; the workbook: its zip's every byte but its members' compressed streams, their contents compared)") in out
     assert out.rstrip().endswith("VERDICT: PASSED: files whole, every signature verified, every chain whole and "
                                  "witnessed across the reading window, figures recomputed equal, summary.html, "
-                                 "summary.ja.html, the workbook, daily_values.csv, raw_readings.csv.gz, manifest.json "
-                                 "made again from it byte for byte")
+                                 "summary.ja.html, the workbook, daily_values.csv, completeness.csv, "
+                                 "raw_readings.csv.gz, manifest.json made again from it byte for byte")
 
 
 def test_a_changed_value_is_named_by_its_reading_and_resigned_by_its_key(export, capsys):
@@ -903,7 +906,7 @@ def test_the_last_messages_taken_out_of_an_export_are_named_with_its_other_failu
     seq = json.loads(lines[cut - 4])["seq"]
     assert rc == 1 and f"  tail not witnessed: its last message, seq {seq}, is stamped 2026-09-11T23:45" in out, out
     assert "  the manifest does not list it as not witnessed" in out
-    assert out.rstrip().endswith("difference(s) from the recomputation, 6 file(s) not as the recomputation makes "
+    assert out.rstrip().endswith("difference(s) from the recomputation, 7 file(s) not as the recomputation makes "
                                  "them, 1 chain end(s) not witnessed"), out
 
 
@@ -1868,3 +1871,168 @@ def test_every_module_an_export_runs_is_in_the_exporter_version(tmp_path, signer
     used = {Path(f) for f in ran if any(Path(f).is_relative_to(r) for r in roots)}
     assert used, "the profile saw no module of the exporter"
     assert not used - set(exporter_files(REPO)), sorted(str(p.relative_to(REPO)) for p in used - set(exporter_files(REPO)))
+
+
+#: the dead letters of ``letters_made``'s store: three of the period (a payload kept whole, one of which the
+#: store keeps the first KiB, a budget's summary with none) and two the export leaves out (after the period's
+#: end, and of another site)
+LETTERS = [DeadLetter(PERIOD_START + dt.timedelta(hours=5), "jcm/v1/mn-solar/gw-mn-01/inv-01/reading",
+                      b'{"site": "mn-solar", "ts": ', "not JSON: Expecting value: line 1 column 28 (char 27)"),
+           DeadLetter(PERIOD_START + dt.timedelta(days=1), "jcm/v1/mn-solar/gw-mn-01/batch", bytes(range(256)) * 8,
+                      "batch: not a gzip stream"),
+           DeadLetter(PERIOD_END - dt.timedelta(seconds=1), "jcm/v1/mn-solar/", b"",
+                      "7 more dead letter(s) of site 'mn-solar' were counted, not kept one by one"),
+           DeadLetter(PERIOD_END, "jcm/v1/mn-solar/gw-mn-01/batch", b"late", "batch: not a gzip stream"),
+           DeadLetter(PERIOD_START + dt.timedelta(hours=6), "jcm/v1/mn-wind/gw-w-01/batch", b"x", "another site's")]
+
+
+@pytest.fixture(scope="module")
+def letters_made(tmp_path_factory, signer):
+    return make_export(tmp_path_factory.mktemp("letters"), signer, DAYS,
+                       tamper=lambda store: store.write([], dead_letters=LETTERS))
+
+
+def verify_once(folder, capsys, *args) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = main(["verify", str(folder), *args])
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+def letter_rows(folder) -> list[list[str]]:
+    return list(csv_module.reader(gzip.decompress((folder / "dead_letters.csv.gz").read_bytes()).decode().splitlines()))
+
+
+def put_letter_rows(folder, rows: list[list[str]]) -> None:
+    """Write the dead letters' rows back and cover the change (the manifest's count kept)."""
+    text = io.StringIO()
+    csv_module.writer(text, lineterminator="\n").writerows(rows)
+    (folder / "dead_letters.csv.gz").write_bytes(gzip.compress(text.getvalue().encode(), mtime=0))
+    rehash(folder)
+
+
+def edited(rows, i, column, value):
+    at = rows[0].index(column)
+    return [row if n != i else [*row[:at], value, *row[at + 1:]] for n, row in enumerate(rows)]
+
+
+def test_dead_letters_are_checked_row_by_row_and_an_edited_one_is_named(letters_made, tmp_path, capsys):
+    """Each dead letter is read back and checked as far as the export holds it: written as the export writes
+    it, received in the period on a topic of the site, in order, its payload's start of its size and SHA-256;
+    an edit covered by new hashes (the manifest's count kept) is named by its file and line."""
+    rc, out = verify_once(letters_made, capsys)
+    assert rc == 0, out
+    assert ("dead letters: 3 message(s) on the site's topics refused by the collector in the period, each with why in "
+            "dead_letters.csv.gz: each row as the export writes it, received in the period on a topic of the site, "
+            "oldest first, its payload's start of its size (2 whole, of their SHA-256); why each was refused is the "
+            "collector's word") in out
+    assert "dead_letters.csv.gz (" not in out  # no longer named as checked by its hash alone
+    rows = letter_rows(letters_made)
+    assert [row[4] for row in rows[1:]] == [d.reason for d in LETTERS[:3]]
+    payload = base64.b64decode(rows[1][5])
+    big = base64.b64decode(rows[2][5])
+    wrong = {  # line 2 is the first letter's, 3 the second's (the header is line 1)
+        "line 2: the payload's SHA-256 is ": edited(
+            rows, 1, "payload_start_base64", base64.b64encode(payload.replace(b"mn-solar", b"mn-sola_")).decode()),
+        "line 3: payload_start_base64 holds 1000 byte(s): the store keeps the first 1024 of a payload of 2048":
+            edited(rows, 2, "payload_start_base64", base64.b64encode(big[:1000]).decode()),
+        "line 2: received 2026-09-09T15:00:00.000000Z, outside the period (2026-09-09T16:00:00+00:00 to "
+        "2026-09-12T16:00:00+00:00, exclusive)": edited(rows, 1, "received", "2026-09-09T15:00:00.000000Z"),
+        "line 3: topic 'jcm/v1/mn-wind/gw-mn-01/batch', not one of the site's (jcm/v1/mn-solar/...)":
+            edited(rows, 2, "topic", "jcm/v1/mn-wind/gw-mn-01/batch"),
+        "line 3: not in order: before the row above": [rows[0], rows[2], rows[1], rows[3]],
+        "line 2: received '2026-09-10T05:00:00.000000+08:00', the export writes that letter's "
+        "'2026-09-09T21:00:00.000000Z'": edited(rows, 1, "received", "2026-09-10T05:00:00.000000+08:00"),
+        "line 4: size '-1' and sha256": edited(rows, 3, "size", "-1"),
+        "line 4: payload_start_base64 holds 0 byte(s): the store keeps the first 1 of a payload of 1":
+            edited(rows, 3, "size", "1"),
+        "line 2: not a dead letter: ": edited(rows, 1, "payload_start_base64", "not base64!"),
+        "line 1: header ": [["received", "topic"], *rows[1:]],
+    }
+    for said, changed in wrong.items():
+        folder = tmp_path / str(len(said))
+        shutil.copytree(letters_made, folder)
+        put_letter_rows(folder, changed)
+        rc, out = verify_once(folder, capsys)
+        assert rc == 1 and f"  dead_letters.csv.gz {said}" in out, out
+        assert "VERDICT: FAILED: 1 dead letter problem(s)" in out, out
+
+
+def test_the_charts_are_each_a_whole_png_of_the_size_the_export_draws(made, tmp_path, capsys):
+    """The charts are not drawn again (their bytes depend on matplotlib's release and the fonts), but the
+    manifest must list each the export draws, and each must be a whole PNG of the size it draws it."""
+    rc, out = verify_once(made, capsys)
+    assert rc == 0, out
+    assert ("charts: daily_values.png, completeness.png: each listed, a whole PNG of the size the export draws it "
+            "(daily_values.png 1000 x 290; completeness.png 1000 x 430 pixels)") in out
+    assert ("not checked beyond their SHA-256 (what the exporter wrote, not recomputed): daily_values.png (a chart of "
+            "the daily values: what it shows)") in out
+
+    def changed(name, change):
+        folder = shutil.copytree(made, tmp_path / name)
+        change(folder)
+        rehash(folder)
+        return verify_once(folder, capsys)
+
+    def unlisted(folder):
+        (folder / "completeness.png").unlink()
+        manifest = json.loads((folder / "manifest.json").read_text())
+        del manifest["files"]["completeness.png"]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    rc, out = changed("unlisted", unlisted)
+    assert rc == 1 and "  completeness.png: a chart the export draws, not listed in manifest.json" in out, out
+    assert "VERDICT: FAILED: 1 chart(s) not as the export draws them" in out
+    rc, out = changed("other", lambda f: shutil.copy(f / "completeness.png", f / "daily_values.png"))
+    assert rc == 1 and "  daily_values.png: 1000 x 430 pixels, the export draws it 1000 x 290" in out, out
+    cut = (made / "daily_values.png").read_bytes()[:-20]
+    rc, out = changed("cut", lambda f: (f / "daily_values.png").write_bytes(cut))
+    assert rc == 1 and "  daily_values.png: not a whole PNG: its chunk b'IDAT' at byte " in out, out
+    rc, out = changed("text", lambda f: (f / "completeness.png").write_text("<svg/>"))
+    assert rc == 1 and "  completeness.png: not a PNG (no PNG signature)" in out, out
+
+
+def test_the_simulated_flag_is_the_exporters_word_but_compared_with_the_ledger(made, tmp_path, signer, capsys,
+                                                                                 monkeypatch):
+    """Simulated readings are marked in the store, not signed: without the ledger the manifest's flag is the
+    exporter's word, and the verdict names it so with the other things it says that nothing checks; with
+    --ledger, an export of real readings marked simulated (set aside by a verifier) is a difference, as is
+    one of simulated readings not marked."""
+    import processing.export
+
+    rc, out = verify_once(made, capsys)
+    assert rc == 0, out
+    assert ("not checked (the exporter's word: in no signed message, not recomputed): the settings of site.json that "
+            "no figure depends on") in out
+    assert ("config_changes (the settings, default values and code of the day of the export against each "
+            "revision's: that day's are not in the export); the simulated flag (simulated readings are marked in "
+            "the store, not signed: --ledger compares it with the revisions')") in out
+    rc, out = verify_once(made, capsys, "--ledger", str(made.parent.parent / "ledger.sqlite"))
+    assert rc == 0 and "  simulated False: as the ledger's revisions" in out, out
+    assert "; the simulated flag" not in out
+
+    collect = processing.export.collect
+    monkeypatch.setattr(processing.export, "collect", lambda *a: dataclasses.replace(collect(*a), simulated=True))
+    folder = make_export(tmp_path, signer, DAYS)
+    monkeypatch.undo()
+    assert json.loads((folder / "manifest.json").read_text())["simulated"] is True
+    rc, out = verify_once(folder, capsys)
+    assert rc == 0, out  # every file as the flag makes it
+    rc, out = verify_once(folder, capsys, "--ledger", str(tmp_path / "ledger.sqlite"))
+    assert rc == 1 and ("  manifest.json simulated True: no revision of its months in the ledger was computed from "
+                        "simulated readings") in out, out
+    assert "VERDICT: FAILED: 1 difference(s) from the ledger" in out
+
+
+def test_the_completeness_charted_is_written_beside_and_made_again(made, tmp_path, capsys):
+    """What the completeness chart draws, each source channel's completeness in each month, is in no other
+    file: it is written beside it (``completeness.csv``), and verify makes it again from its recomputation."""
+    text = (made / "completeness.csv").read_text().splitlines()
+    assert text[0] == "month,source,completeness" and len(text) == 7 and all(r.startswith("2026-09,") for r in text[1:])
+    month, source, value = text[1].split(",")
+    text[1] = f"{month},{source},{float(value) + 0.01!r}"
+    folder = shutil.copytree(made, tmp_path / made.name)
+    (folder / "completeness.csv").write_text("\n".join(text) + "\n")
+    rehash(folder)
+    rc, out = verify_once(folder, capsys)
+    assert rc == 1 and f"  completeness.csv line 2: exported '{month},{source},{float(value) + 0.01!r}'" in out, out

@@ -2,8 +2,9 @@
 
 ``export_period`` writes ``<out>/<site>_<first>_<last>/``: the monitoring workbook
 (plan, report with live formulas, monthly revisions, daily values, QA findings,
-adjustments), the daily values and raw readings as CSV (the raw readings gzip-compressed), the messages of the
-site the collector refused in the period (``dead_letters.csv.gz``), two charts, an HTML summary,
+adjustments), the daily values, each source channel's completeness in each month (the chart's data) and the raw
+readings as CSV (the raw readings gzip-compressed), the messages of the site the collector refused in the period
+(``dead_letters.csv.gz``), two charts, an HTML summary,
 the site settings the figures were computed with (``site.json``), the signed messages behind them with the keys
 and sequence findings (``custody/``, when the readings were signed), a manifest with every file's SHA-256 and
 ``SHA256SUMS`` for ``sha256sum -c``: ``jcm verify`` recomputes the figures from these alone. The same
@@ -39,7 +40,8 @@ from pathlib import Path
 from contract.config.site import Site
 from contract.store import ReadingStore
 from processing.export.custody_folder import write_custody
-from processing.export.csv_files import Hung, made, write_daily_values, write_dead_letters, write_raw_readings
+from processing.export.csv_files import (Hung, made, write_completeness, write_daily_values, write_dead_letters,
+                                         write_raw_readings)
 from processing.export.json_file import read_json
 from processing.export.manifest import file_entries, file_entry, write_manifest, write_sha256sums
 from processing.export.period_figures import PeriodFigures, collect, export_name
@@ -190,7 +192,8 @@ def _running(pid: str) -> bool:
 def file_names(name: str) -> dict[str, str]:
     """The names of the export ``name``'s files by role (``summary_html.render``'s ``files``)."""
     return {"workbook": f"monitoring_{name}.xlsx", "daily_csv": "daily_values.csv", "raw_csv": "raw_readings.csv.gz",
-            "daily_chart": "daily_values.png", "completeness_chart": "completeness.png"}
+            "daily_chart": "daily_values.png", "completeness_chart": "completeness.png",
+            "completeness_csv": "completeness.csv"}
 
 
 def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Callable[[int, int, str], None],
@@ -201,6 +204,7 @@ def _write(figures: PeriodFigures, store: ReadingStore, folder: Path, tell: Call
         # the workbook and the charts need the figures alone: drawn there while the readings are read here
         drawn = apart.submit(_drawn, folder, names) if apart else None
         files.append(write_daily_values(figures, folder / names["daily_csv"]))
+        files.append(write_completeness(figures, folder / names["completeness_csv"]))  # the chart's data, as text
         tell(2, steps, names["daily_csv"])
         files.append(write_raw_readings(figures, store, folder / names["raw_csv"], apart))
         tell(3, steps, names["raw_csv"])

@@ -15,10 +15,9 @@ from matplotlib.collections import PolyCollection
 from matplotlib.dates import DateFormatter, date2num
 from matplotlib.figure import Figure
 
+from processing.export.chart_sizes import DPI, completeness_inches, daily_values_inches
 from processing.export.period_figures import PeriodFigures
 
-DPI = 100
-WIDTH_IN = 10.0
 BAR = "#2f6f9f"
 
 
@@ -58,7 +57,7 @@ def daily_values_chart(figures: PeriodFigures, path: Path) -> Path:
     """One bar panel per monitored methodology parameter (per unit), one bar per day."""
     keys = sorted(figures.parameters)
     daily = figures.daily[figures.daily["key"].isin(keys)]
-    fig = Figure(figsize=(WIDTH_IN, 1.0 + 1.9 * len(keys)), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=daily_values_inches(len(keys)), dpi=DPI, layout="constrained")
     axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
     for ax, key in zip(axes, keys):
         rows = daily[daily["key"] == key].sort_values("day")
@@ -78,8 +77,7 @@ def completeness_chart(figures: PeriodFigures, path: Path) -> Path:
     months = sorted(figures.completeness)
     sources = sorted({s for by_source in figures.completeness.values() for s in by_source})
     height = 0.8 / max(1, len(months))
-    fig = Figure(figsize=(WIDTH_IN, 1.6 + 0.45 * len(sources) * max(1, len(months)) ** 0.5), dpi=DPI,
-                 layout="constrained")
+    fig = Figure(figsize=completeness_inches(len(sources), len(months)), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     for i, month in enumerate(months):
         values = [100 * figures.completeness[month].get(s, 0.0) for s in sources]

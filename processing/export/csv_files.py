@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from isal import igzip
 
-from contract.store import ReadingStore
+from contract.store import DeadLetter, ReadingStore
 from processing.export.period_figures import PeriodFigures, local_bounds
 from contract.float_text import float_texts
 
@@ -78,6 +78,16 @@ def write_daily_values(figures: PeriodFigures, path: Path) -> Path:
     rows = ([d.isoformat(), p, u or "", unit, v] for (d, p, u, unit), v in
             zip(daily[["day", "parameter", "unit_id", "unit"]].itertuples(index=False), values))
     return _write(path, ["day", "parameter", "unit_id", "unit", "value"], rows, figures.simulated)
+
+
+def write_completeness(figures: PeriodFigures, path: Path) -> Path:
+    """``month, source, completeness``: how complete each source channel's readings were in each month
+    (its readings present over the recording intervals of the whole month [1]), what the completeness
+    chart draws, sorted by month and source (``jcm verify`` makes it again from its recomputation)."""
+    rows = [(month, source) for month in sorted(figures.completeness) for source in sorted(figures.completeness[month])]
+    values = float_texts(np.array([figures.completeness[m][s] for m, s in rows], dtype=float))
+    return _write(path, ["month", "source", "completeness"], ([m, s, v] for (m, s), v in zip(rows, values)),
+                  figures.simulated)
 
 
 def write_raw_readings(figures: PeriodFigures, store: ReadingStore, path: Path,
@@ -124,10 +134,16 @@ def write_dead_letters(figures: PeriodFigures, store: ReadingStore, path: Path) 
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(DEAD_LETTER_COLUMNS)
         for d in store.site_dead_letters(site.site, *local_bounds(site, figures.first, figures.last)):
-            writer.writerow([d.received.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-                             d.topic, d.size, d.sha256, d.reason, base64.b64encode(d.payload).decode()])
+            writer.writerow(dead_letter_row(d))
             count += 1
     return path, count
+
+
+def dead_letter_row(d: DeadLetter) -> list[str]:
+    """A dead letter as its row of ``dead_letters.csv.gz`` (``DEAD_LETTER_COLUMNS``), as text (``jcm verify``
+    reads each row back into a letter and compares it with this)."""
+    return [d.received.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            d.topic, str(d.size), d.sha256, d.reason, base64.b64encode(d.payload).decode()]
 
 
 @dataclass(frozen=True)
