@@ -16,6 +16,13 @@ STATUS_EVERY_S = 30.0
 #: at most this many ``outbox_unused`` ranges in a status (the latest): [first, last] seqs of its epoch the
 #: gateway left unused after unclean stops, which explain a gap over them
 MAX_UNUSED_RANGES = 16
+#: a status longer than this is ignored by the collectors [bytes]. A gateway's stays under it by construction
+#: (its lists are bounded, ``outbox_error`` cut to ``MAX_STATUS_ERROR_CHARS``): under 8 KiB with every list full
+#: of the longest ids, which 4 KiB did not hold
+MAX_STATUS_BYTES = 8192
+#: ``outbox_error`` (why the outbox's disk refused a write) is cut to this many characters in a status: an OS
+#: error names a path, up to 4,096 bytes long
+MAX_STATUS_ERROR_CHARS = 300
 
 
 def reading(site: str, gateway: str, device: str) -> str:
