@@ -52,13 +52,13 @@ from contract.text import printable
 
 def _unused(ranges: object) -> tuple[tuple[int, int], ...]:
     """A status's ``outbox_unused``: [first, last] seq ranges, at most ``MAX_UNUSED_RANGES``; anything
-    else explains nothing."""
+    else explains nothing, nor does a range longer than ``MAX_UNUSED_SEQS``."""
     if not isinstance(ranges, list) or len(ranges) > topics.MAX_UNUSED_RANGES:
         return ()
     if not all(isinstance(r, list) and len(r) == 2 and all(type(n) is int for n in r) and 1 <= r[0] <= r[1] <= MAX_SEQ
                for r in ranges):
         return ()
-    return tuple((a, b) for a, b in ranges)
+    return tuple((a, b) for a, b in ranges if b - a < topics.MAX_UNUSED_SEQS)
 
 
 def _overlap(first: int, last: int, ranges: tuple[tuple[int, int], ...]) -> int:
