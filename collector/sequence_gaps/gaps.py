@@ -62,9 +62,11 @@ def _unused(ranges: object) -> tuple[tuple[int, int], ...]:
 
 
 def _overlap(first: int, last: int, ranges: tuple[tuple[int, int], ...]) -> int:
-    """How many seqs of ``first``..``last`` the ranges hold (the gateway's ranges do not overlap; counted
-    at most once each anyway)."""
-    held = sorted((max(first, a), min(last, b)) for a, b in ranges if a <= last and b >= first)
+    """How many seqs of the gap ``first``..``last`` the ranges left unused hold, of those wholly within it
+    (the gateway's ranges do not overlap; counted at most once each anyway). A range the gap covers only
+    in part had a seq received or stored beside the gap: the range was given to readings (the outbox was a
+    backup of its last seconds), so it explains nothing."""
+    held = sorted((a, b) for a, b in ranges if first <= a and b <= last)
     n, upto = 0, first - 1
     for a, b in held:
         a = max(a, upto + 1)
