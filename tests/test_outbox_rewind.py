@@ -22,6 +22,7 @@ import pytest
 from contract.message import MAX_SEQ
 from gateway.outbox import RESERVE, Outbox
 from gateway.service import Gateway
+from jcm.doctor import check_sequence_file
 from processing.period import sequence_findings
 from tests.conftest import REPO, load_site, wait_until
 from tests.test_outbox_full_disk import fill, needs_root, tiny_disk
@@ -597,6 +598,7 @@ def test_readings_held_unsaved_at_a_power_cut_are_not_said_left_unused(tmp_path,
             proc.wait(10)
         filler.unlink()
         reserved = json.loads(Path(f"{path}.sequence").read_bytes())["reserved"]
+        assert "seqs 4..8 were held in memory unsaved" in check_sequence_file(path, None).detail  # jcm doctor
         _other_boot(path)
         with caplog.at_level(logging.WARNING):
             box = Outbox(path, max_rows=1000)
