@@ -568,6 +568,32 @@ def test_an_unclean_stop_skips_the_reservation_only_when_the_machine_restarted_s
     box.close()
 
 
+def _killed_holding(path: Path, disk: Path, committed: int, held: int) -> None:
+    """Run an outbox at ``path`` on the size-limited ``disk`` in a child: ``committed`` rows, the disk
+    filled, ``held`` rows it holds in memory unsaved, SIGKILL; the disk freed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom gateway.outbox import Outbox\n"
+         f"box = Outbox({str(path)!r}, max_rows=1000)\n"
+         f"for _ in range({committed}): box.append('t', lambda s: f'm{{s}}')\n"
+         "print(box.last_seq(), flush=True)\nsys.stdin.readline()\n"
+         f"for _ in range({held}): box.append('t', lambda s: f'm{{s}}' + 'x' * 8000)\n"
+         "print(box.unsaved, flush=True)\ntime.sleep(600)"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    filler = None
+    try:
+        proc.stdout.readline()
+        filler = fill(disk)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert int(proc.stdout.readline()) == held
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        if filler is not None:
+            filler.unlink()
+
+
 @needs_root
 def test_readings_held_unsaved_at_a_power_cut_are_not_said_left_unused(tmp_path, caplog):
     """The disk refused commits and the gateway held readings in memory (seqs given, not saved) when
@@ -578,25 +604,10 @@ def test_readings_held_unsaved_at_a_power_cut_are_not_said_left_unused(tmp_path,
     ERROR; only the others of the reservation are left unused."""
     with tiny_disk(tmp_path / "disk", "2m") as disk:
         path = disk / "outbox.sqlite"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys, time\nfrom gateway.outbox import Outbox\n"
-             f"box = Outbox({str(path)!r}, max_rows=1000)\n"
-             "for _ in range(3): box.append('t', lambda s: f'm{s}')\n"
-             "print(box.last_seq(), flush=True)\nsys.stdin.readline()\n"
-             "for _ in range(5): box.append('t', lambda s: f'm{s}' + 'x' * 8000)\n"
-             "print(box.unsaved, flush=True)\ntime.sleep(600)"],
-            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True)
-        try:
-            assert int(proc.stdout.readline()) == 3
-            filler = fill(disk)
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-            assert int(proc.stdout.readline()) == 5  # seqs 4..8 held in memory
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-        filler.unlink()
+        box = Outbox(path, max_rows=1000)
+        _append(box, 2)
+        box.close()
+        _killed_holding(path, disk, 1, 5)  # seqs 4..8 held
         reserved = json.loads(Path(f"{path}.sequence").read_bytes())["reserved"]
         assert "seqs 4..8 were held in memory unsaved" in check_sequence_file(path, None).detail  # jcm doctor
         _other_boot(path)
@@ -609,6 +620,41 @@ def test_readings_held_unsaved_at_a_power_cut_are_not_said_left_unused(tmp_path,
         assert f"seqs 9..{reserved} are left unused" in said[0][1]
         assert "seqs 4..8, held in memory unsaved, are lost" in said[1][1]
         box.close()
+
+
+@needs_root
+@pytest.mark.slow
+def test_readings_held_unsaved_at_a_power_cut_are_a_gap_for_review_end_to_end(tmp_path, mosquitto, simulate):
+    """End to end: the gateway's readings confirmed; then its disk full, 5 readings held in memory, the power
+    cut. The next run's gap over the reservation says the 5 lost and the rest left unused, and the month's
+    QA sends it for review (before: all "left unused", for information only)."""
+    with tiny_disk(tmp_path / "disk", "4m") as disk:
+        site = load_site(e2e_site(tmp_path, path=str(disk / "outbox.sqlite")))
+        simulate(site)
+        path = Path(site.outbox.path)
+        c = collector(mosquitto, tmp_path, gap_grace_s=0.5)
+        try:
+            gw = Gateway(site, broker_url=mosquitto.url)
+            gw.start()
+            assert wait_until(lambda: c.stored >= 20)
+            last = finish(gw)
+            _killed_holding(path, disk, 0, 5)  # seqs last+1..last+5 held
+            reserved = json.loads(Path(f"{path}.sequence").read_bytes())["reserved"]
+            _other_boot(path)
+            gw = Gateway(site, broker_url=mosquitto.url)
+            assert gw.outbox.unused == [[last + 6, reserved]]
+            gw.start()
+            assert wait_until(lambda: gw.outbox.last_seq() > reserved + 20)
+            finish(gw)
+            assert wait_until(lambda: any(f.kind == "gap" for f in c.store.sequence_findings(gateway=GATEWAY)), 10)
+            [gap] = [f for f in c.store.sequence_findings(gateway=GATEWAY) if f.kind == "gap"]
+        finally:
+            c.stop()
+    assert [gap.first, gap.last, gap.explained] == [last + 1, reserved, reserved - last - 5], gap
+    assert "left unused by the gateway" in gap.cause and "lost" in gap.cause, gap.cause
+    noticed = pd.Timestamp(gap.noticed)
+    [qa] = sequence_findings([gap], noticed - pd.Timedelta(days=1), noticed + pd.Timedelta(days=1))
+    assert qa.severity == "review"
 
 
 @pytest.mark.slow
