@@ -375,16 +375,18 @@ class Outbox:
                 log.warning("outbox %s: its sequence file %s is of epoch %s, not of this outbox's epoch %s: it "
                             "cannot be vouched that the outbox is not an older copy of itself; from now on it can",
                             self.path, self._sequence_file, known[0], self.epoch)
-        elif self._seq < known[1] or (known[2] > self._seq and (known[4] is None or known[4] != _boot())):
+        elif self._seq < known[1] or _rebooted(known, self._seq) or (known[5] and known[5][1] > self._seq):
             # behind its committed seq: an older copy. Or not stopped cleanly (a clean stop leaves nothing reserved
             # beyond the committed seq) before the machine restarted: the writes since the last fsync may be lost,
-            # so a backup taken in the last SEQUENCE_EVERY s before the stop looks like the outbox itself
-            went_back, skip_to = self._seq, max(known[2], known[1])
+            # so a backup taken in the last SEQUENCE_EVERY s before the stop looks like the outbox itself. Or it
+            # stopped holding readings in memory, unsaved: lost, their seqs are a gap, not given to new readings
+            went_back, rebooted = self._seq, _rebooted(known, self._seq)
+            restarted = went_back >= known[1]  # not behind the file: not an older copy
+            skip_to = max(known[2], known[1]) if not restarted or rebooted else known[5][1]
             linked = known[3] is not None and skip_to == known[1]  # stopped cleanly: the chain goes on from its row
             # signed, the first new row must not follow a seq the store may hold and whose hash is not known here
             # (a wrong link, read as a forgery): one more seq is left unused, a gap as the others
             skip_to += self.signing is not None and not linked
-            restarted = went_back >= known[1]  # not behind the file: only the machine restarted since
             # rows held in memory while the disk refused commits: their seqs were given to readings, now lost
             lost = (max(known[5][0], went_back + 1), min(known[5][1], skip_to)) if known[5] else (skip_to + 1, skip_to)
             unused = [r for r in ((went_back + 1, lost[0] - 1), (lost[1] + 1, skip_to)) if r[0] <= r[1]] \
@@ -400,7 +402,7 @@ class Outbox:
                                  "LIMIT ?)", (MAX_UNUSED_RANGES,))
             self._db.execute("COMMIT")
             self._seq, self._rewound = skip_to, True
-            if restarted and unused:
+            if restarted and unused and rebooted:
                 log.warning("outbox %s: the gateway did not stop cleanly before the machine restarted (a power cut?): "
                             "its sequence file (epoch %s) cannot tell the outbox (seq up to %d) from a backup of it "
                             "taken in the last %g s before the stop, which may have reused seqs up to %d. New readings "
@@ -409,10 +411,11 @@ class Outbox:
                             "says so", self.path, self.epoch, went_back, SEQUENCE_EVERY, known[2], skip_to + 1,
                             " and ".join(f"{a}..{b}" for a, b in unused))
             if restarted and lost[0] <= lost[1]:
-                log.error("outbox %s: the gateway did not stop cleanly before the machine restarted (a power cut?) "
-                          "while its disk refused commits: the readings of seqs %d..%d, held in memory unsaved, are "
-                          "lost (not left unused), and the collectors name them as a gap. New readings start at seq "
-                          "%d", self.path, *lost, skip_to + 1)
+                log.error("outbox %s: the gateway stopped (%s) while its disk refused commits: the readings of seqs "
+                          "%d..%d, held in memory unsaved, are lost (not left unused), and the collectors name them as "
+                          "a gap. New readings start at seq %d", self.path,
+                          "not cleanly, and the machine restarted since: a power cut?" if rebooted else
+                          "killed, or stopped before the disk took them", *lost, skip_to + 1)
             if not restarted:
                 log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a "
                           "backup restored, a snapshot rolled back) is at its path. New readings start at seq %d "
@@ -989,6 +992,12 @@ def _write_sequence_file(path: Path, text: bytes, durable: bool = True) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _rebooted(known: tuple, seq: int) -> bool:
+    """Whether the sequence file ``known`` says the gateway did not stop cleanly (seqs reserved beyond the
+    outbox's ``seq``) before the machine restarted (another boot id, or none known)."""
+    return known[2] > seq and (known[4] is None or known[4] != _boot())
 
 
 @functools.cache

@@ -623,6 +623,31 @@ def test_readings_held_unsaved_at_a_power_cut_are_not_said_left_unused(tmp_path,
 
 
 @needs_root
+def test_the_seqs_of_readings_held_unsaved_when_the_gateway_stopped_are_not_given_again(tmp_path, caplog):
+    """Killed (the machine running on), or stopped while the disk still refused commits, the gateway lost
+    the readings it held in memory. Before, the next run gave their seqs to new readings: the loss left no
+    gap, only a log line. Now they are a gap (one ERROR), and no seq is named left unused."""
+    with tiny_disk(tmp_path / "disk", "2m") as disk:
+        path = disk / "outbox.sqlite"
+        _killed_holding(path, disk, 2, 3)  # seqs 3..5 held
+        with caplog.at_level(logging.WARNING):
+            box = Outbox(path, max_rows=1000)
+        assert _append(box, 1) == [6]
+        assert box.unused == []
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(said) == 1 and said[0][0] == logging.ERROR and "killed" in said[0][1]
+        assert "seqs 3..5, held in memory unsaved, are lost" in said[0][1]
+        filler = fill(disk)
+        for _ in range(2):
+            box.append("t", lambda s: f"m{s}" + "x" * 8000)  # 7..8 held
+        box.close()  # the disk still full: they are lost
+        filler.unlink()
+        box = Outbox(path, max_rows=1000)
+        assert _append(box, 1) == [9] and box.unused == []
+        box.close()
+
+
+@needs_root
 @pytest.mark.slow
 def test_readings_held_unsaved_at_a_power_cut_are_a_gap_for_review_end_to_end(tmp_path, mosquitto, simulate):
     """End to end: the gateway's readings confirmed; then its disk full, 5 readings held in memory, the power
