@@ -289,8 +289,8 @@ def check_sequence_file(path: Path, state: tuple[str | None, int] | None) -> Che
         "stopped cleanly" if reserved <= committed else
         f"{reserved - committed} seq(s) reserved beyond the committed: the gateway is running or did not stop cleanly "
         "(after a restart of the machine, its next start leaves them unused)") + (
-        f"; seqs {known[5][0]}..{known[5][1]} were held in memory unsaved (the disk refused commits): lost, if the "
-        "gateway did not stop cleanly" if known[5] else ""))
+        f"; seqs {known[5][0]}..{known[5][1]} were held in memory unsaved (the disk refused commits): lost unless the "
+        "gateway is running" if known[5] else ""))
 
 
 def _size(n: float) -> str:
