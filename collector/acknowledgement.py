@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 
 _EPOCH = re.compile(EPOCH_PATTERN)
 _COLLECTOR_ID = re.compile(COLLECTOR_ID_PATTERN)
-#: a gateway's status is under 3 KiB, its collector lists full with ids of 128 characters
-MAX_STATUS_BYTES = 4096
 #: epochs kept per gateway until its status says which is current (readings may come before it)
 MAX_EPOCHS = 4
 #: other collectors whose claims are held per gateway until its status, or remembered as merged:
@@ -249,7 +247,7 @@ class Acknowledgements:
                 g.merged = None
 
     def _status(self, key: tuple[str, str], payload: bytes) -> None:
-        if len(payload) > MAX_STATUS_BYTES:
+        if len(payload) > topics.MAX_STATUS_BYTES:
             raise ValueError("status too large")
         body = json.loads(payload)
         epoch, floor = (body.get("epoch"), body.get("floor")) if isinstance(body, dict) else (None, None)

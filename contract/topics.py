@@ -16,6 +16,17 @@ STATUS_EVERY_S = 30.0
 #: at most this many ``outbox_unused`` ranges in a status (the latest): [first, last] seqs of its epoch the
 #: gateway left unused after unclean stops, which explain a gap over them
 MAX_UNUSED_RANGES = 16
+#: at most this many seqs in one ``outbox_unused`` range: a power cut leaves one reservation unused (256 seqs and
+#: the batch being numbered). The status is not signed: a longer range (a damaged or forged status) explains
+#: nothing, its gap is taken for readings lost (a false alarm at worst, never a loss hidden by one range)
+MAX_UNUSED_SEQS = 1024
+#: a status longer than this is ignored by the collectors [bytes]. A gateway's stays under it by construction
+#: (its lists are bounded, ``outbox_error`` cut to ``MAX_STATUS_ERROR_CHARS``): under 8 KiB with every list full
+#: of the longest ids, which 4 KiB did not hold
+MAX_STATUS_BYTES = 8192
+#: ``outbox_error`` (why the outbox's disk refused a write) is cut to this many characters in a status: an OS
+#: error names a path, up to 4,096 bytes long
+MAX_STATUS_ERROR_CHARS = 300
 
 
 def reading(site: str, gateway: str, device: str) -> str:

@@ -140,6 +140,9 @@ class Outbox:
         # beside the file a symlinked path leads to, so that every link to one outbox finds the same one
         self._sequence_file = beside(self.path, ".sequence")
         self._noted: tuple[Path, int] | None = None  # the sequence file last written whole, and a descriptor of it
+        #: [first, last] seqs of the rows held in memory since the disk began refusing commits, in the sequence
+        #: file too
+        self._unsaved: list[int] | None = None
         self._fresh = False  # the epoch was drawn by this open
         self._rewound = False  # this open found an older copy of the outbox and skipped its reused seqs
         self._next_reserve_log = 0.0
@@ -372,36 +375,48 @@ class Outbox:
                 log.warning("outbox %s: its sequence file %s is of epoch %s, not of this outbox's epoch %s: it "
                             "cannot be vouched that the outbox is not an older copy of itself; from now on it can",
                             self.path, self._sequence_file, known[0], self.epoch)
-        elif self._seq < known[1] or (known[2] > self._seq and (known[4] is None or known[4] != _boot())):
+        elif self._seq < known[1] or _rebooted(known, self._seq) or (known[5] and known[5][1] > self._seq):
             # behind its committed seq: an older copy. Or not stopped cleanly (a clean stop leaves nothing reserved
             # beyond the committed seq) before the machine restarted: the writes since the last fsync may be lost,
-            # so a backup taken in the last SEQUENCE_EVERY s before the stop looks like the outbox itself
-            went_back, skip_to = self._seq, max(known[2], known[1])
+            # so a backup taken in the last SEQUENCE_EVERY s before the stop looks like the outbox itself. Or it
+            # stopped holding readings in memory, unsaved: lost, their seqs are a gap, not given to new readings
+            went_back, rebooted = self._seq, _rebooted(known, self._seq)
+            restarted = went_back >= known[1]  # not behind the file: not an older copy
+            skip_to = max(known[2], known[1]) if not restarted or rebooted else known[5][1]
             linked = known[3] is not None and skip_to == known[1]  # stopped cleanly: the chain goes on from its row
             # signed, the first new row must not follow a seq the store may hold and whose hash is not known here
             # (a wrong link, read as a forgery): one more seq is left unused, a gap as the others
             skip_to += self.signing is not None and not linked
-            restarted = went_back >= known[1]  # not behind the file: only the machine restarted since
+            # rows held in memory while the disk refused commits: their seqs were given to readings, now lost
+            lost = (max(known[5][0], went_back + 1), min(known[5][1], skip_to)) if known[5] else (skip_to + 1, skip_to)
+            unused = [r for r in ((went_back + 1, lost[0] - 1), (lost[1] + 1, skip_to)) if r[0] <= r[1]] \
+                if lost[0] <= lost[1] else [(went_back + 1, skip_to)]
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (skip_to,))
             self._db.execute("DELETE FROM chain")
             if linked:
                 self._db.execute("INSERT INTO chain VALUES (?, ?)", (skip_to, known[3]))
-            if restarted:
-                self._db.execute("INSERT INTO unused VALUES (?, ?)", (went_back + 1, skip_to))
+            if restarted and unused:
+                self._db.executemany("INSERT INTO unused VALUES (?, ?)", unused)
                 self._db.execute("DELETE FROM unused WHERE rowid NOT IN (SELECT rowid FROM unused ORDER BY rowid DESC "
                                  "LIMIT ?)", (MAX_UNUSED_RANGES,))
             self._db.execute("COMMIT")
             self._seq, self._rewound = skip_to, True
-            if restarted:
+            if restarted and unused and rebooted:
                 log.warning("outbox %s: the gateway did not stop cleanly before the machine restarted (a power cut?): "
                             "its sequence file (epoch %s) cannot tell the outbox (seq up to %d) from a backup of it "
                             "taken in the last %g s before the stop, which may have reused seqs up to %d. New readings "
-                            "start at seq %d: seqs %d..%d are left unused (none was given to a reading unless the "
+                            "start at seq %d: seqs %s are left unused (none was given to a reading unless the "
                             "outbox is such a backup); the status names them, and the collectors' gap over them "
                             "says so", self.path, self.epoch, went_back, SEQUENCE_EVERY, known[2], skip_to + 1,
-                            went_back + 1, skip_to)
-            else:
+                            " and ".join(f"{a}..{b}" for a, b in unused))
+            if restarted and lost[0] <= lost[1]:
+                log.error("outbox %s: the gateway stopped (%s) while its disk refused commits: the readings of seqs "
+                          "%d..%d, held in memory unsaved, are lost (not left unused), and the collectors name them as "
+                          "a gap. New readings start at seq %d", self.path,
+                          "not cleanly, and the machine restarted since: a power cut?" if rebooted else
+                          "killed, or stopped before the disk took them", *lost, skip_to + 1)
+            if not restarted:
                 log.error("outbox %s: the outbox WENT BACK from seq %d to seq %d (epoch %s): an older copy of it (a "
                           "backup restored, a snapshot rolled back) is at its path. New readings start at seq %d "
                           "(seqs up to %d were reserved, up to %d committed), so that none reuses a seq a collector "
@@ -441,12 +456,9 @@ class Outbox:
         is told by it. Holds ``_lock`` then: no row of the commit is read (to be sent) before the file has it."""
         durable = self._durable and (not committed or upto > self._reserved
                                      or time.monotonic() >= self._next_sequence_write)
-        text = _sequence_text(self.epoch, self._committed, upto, self._committed_hash)
+        text = _sequence_text(self.epoch, self._committed, upto, self._committed_hash, self._unsaved)
         try:
-            if committed and not durable and self._noted and self._noted[0] == self._sequence_file \
-                    and len(text) == SEQUENCE_FILE_SIZE:
-                os.pwrite(self._noted[1], text, 0)
-            else:
+            if not (committed and not durable and self._in_place(text)):
                 fd = _write_sequence_file(self._sequence_file, text, durable)
                 self._let_go_of_sequence_file()
                 self._noted = (self._sequence_file, fd)
@@ -459,6 +471,26 @@ class Outbox:
         self._reserved = upto
         if durable or not self._durable:
             self._next_sequence_write = time.monotonic() + SEQUENCE_EVERY
+
+    def _in_place(self, text: bytes) -> bool:
+        """Overwrite the sequence file in place with ``text``, when it can be (a descriptor of the file at its
+        path, ``text`` of its size); whether it was."""
+        if not (self._noted and self._noted[0] == self._sequence_file and len(text) == SEQUENCE_FILE_SIZE):
+            return False
+        if os.pwrite(self._noted[1], text, 0) != len(text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return True
+
+    def _note_unsaved(self) -> None:
+        """Write (fsynced) in the sequence file the seqs of the rows held in memory, unsaved (``_unsaved``):
+        after a power cut, they are readings lost, not seqs left unused. In place, the one write a full
+        disk allows (a new file needs a block); refused, their seqs are said to be left unused, as before."""
+        text = _sequence_text(self.epoch, self._committed, self._reserved, self._committed_hash, self._unsaved)
+        try:
+            if self._in_place(text):
+                os.fsync(self._noted[1])
+        except OSError:
+            pass  # the outbox's own refusal is said already, once a minute
 
     def _let_go_of_sequence_file(self) -> None:
         if self._noted is not None:
@@ -607,6 +639,7 @@ class Outbox:
         self._acked.difference_update(acked)
         if batch:
             self._committed, self._committed_hash = batch[-1].seq, batch[-1].hash
+            self._unsaved = None  # every row held is in this commit (the file learns it below)
         if capped:
             for v in victims:
                 self._awaiting.pop(v, None)
@@ -637,6 +670,8 @@ class Outbox:
         """Keep the rows of a failed commit in memory, in sequence order, for the next commit."""
         with self._pending_lock:
             self._pending[:0] = batch
+            held = [self._unsaved[0] if self._unsaved else self._pending[0].seq, self._pending[-1].seq] \
+                if self._pending else self._unsaved
             over = len(self._pending) - self.memory_rows
             if over > 0:
                 lost, self._pending = self._pending[:over], self._pending[over:]
@@ -651,6 +686,9 @@ class Outbox:
                              self._episode_drops)
                 self._drops_unlogged = 0
                 self._next_drop_log = time.monotonic() + 60
+        if held != self._unsaved:
+            self._unsaved = held
+            self._note_unsaved()
         if self.error is None:
             log.error("outbox %s: cannot write (%s): readings are held in memory, not saved, until it can "
                       "(at most %d)", self.path, exc, self.memory_rows)
@@ -906,19 +944,23 @@ def _flock_holder(st: os.stat_result) -> int | None:
     return None
 
 
-def read_sequence_file(path: Path) -> tuple[str, int, int, str | None, str | None] | str:
+def read_sequence_file(path: Path) -> tuple[str, int, int, str | None, str | None, list[int] | None] | str:
     """(epoch, highest seq committed, highest reserved, the chain hash of the committed seq if it was
-    signed, the boot of the machine it was written in if known) from an outbox's sequence file, or why not."""
+    signed, the boot of the machine it was written in if known, [first, last] seqs of the rows then held
+    in memory unsaved if any) from an outbox's sequence file, or why not."""
     try:
         body = json.loads(path.read_bytes())
-        known = (body["epoch"], body["committed"], body["reserved"], body.get("hash"), body.get("boot"))
+        known = (body["epoch"], body["committed"], body["reserved"], body.get("hash"), body.get("boot"),
+                 body.get("unsaved"))
     except FileNotFoundError:
         return f"it has no sequence file {path} (the first run of a gateway from before it, or the file was deleted)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"its sequence file {path} cannot be read ({exc}); it is written anew"
     if not (isinstance(known[0], str) and all(type(n) is int and n >= 0 for n in known[1:3])
             and (known[3] is None or isinstance(known[3], str) and _HASH.fullmatch(known[3]))
-            and (known[4] is None or isinstance(known[4], str))):
+            and (known[4] is None or isinstance(known[4], str))
+            and (known[5] is None or isinstance(known[5], list) and len(known[5]) == 2
+                 and all(type(n) is int and n >= 1 for n in known[5]) and known[5][0] <= known[5][1])):
         return f"its sequence file {path} is not one (epoch, committed, reserved, hash); it is written anew"
     if max(known[1:3]) > SEQUENCE_FILE_MAX:
         return (f"its sequence file {path} names seq {max(known[1:3])}, beyond any an outbox reaches "
@@ -926,10 +968,10 @@ def read_sequence_file(path: Path) -> tuple[str, int, int, str | None, str | Non
     return known
 
 
-def _sequence_text(epoch: str, committed: int, reserved: int, chain: str | None) -> bytes:
+def _sequence_text(epoch: str, committed: int, reserved: int, chain: str | None, unsaved: list[int] | None) -> bytes:
     """The sequence file's text, padded to ``SEQUENCE_FILE_SIZE``."""
     return json.dumps({"epoch": epoch, "committed": committed, "reserved": reserved, "hash": chain,
-                       "boot": _boot()}).encode().ljust(SEQUENCE_FILE_SIZE)
+                       "boot": _boot(), "unsaved": unsaved}).encode().ljust(SEQUENCE_FILE_SIZE)
 
 
 def _write_sequence_file(path: Path, text: bytes, durable: bool = True) -> int:
@@ -950,6 +992,12 @@ def _write_sequence_file(path: Path, text: bytes, durable: bool = True) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _rebooted(known: tuple, seq: int) -> bool:
+    """Whether the sequence file ``known`` says the gateway did not stop cleanly (seqs reserved beyond the
+    outbox's ``seq``) before the machine restarted (another boot id, or none known)."""
+    return known[2] > seq and (known[4] is None or known[4] != _boot())
 
 
 @functools.cache

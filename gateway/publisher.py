@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 BATCHES_IN_FLIGHT = 2
 #: collectors outside ``outbox.acknowledged_by`` named in the status, each with its count; any
 #: more are counted together under "*": the status stays small (collectors read it whole only
-#: up to 4 KiB)
+#: up to ``topics.MAX_STATUS_BYTES``)
 MAX_UNLISTED_SHOWN = 8
 #: an unlisted collector's acknowledgements are logged at most this often, per collector [s]
 UNLISTED_LOG_EVERY_S = 3600.0
@@ -438,7 +438,8 @@ class Publisher:
         unsaved, dropped, error = self._said
         body = status_payload(self.site, "online", epoch=self.outbox.epoch, run=self.run, floor=self.outbox.floor(),
                               outbox_depth=self.outbox.depth, outbox_dropped=dropped, outbox_unsaved=unsaved,
-                              outbox_error=error,
+                              outbox_error=error if error is None or len(error) <= topics.MAX_STATUS_ERROR_CHARS
+                              else error[:topics.MAX_STATUS_ERROR_CHARS - 1] + "…",
                               **({"outbox_unused": self.outbox.unused} if self.outbox.unused else {}),
                               # collectors merge only these collectors' claims, whatever their site file copy says
                               **({"acknowledged_by": sorted(self.acknowledged_by)} if self.acknowledged_by else {}),

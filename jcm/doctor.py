@@ -288,7 +288,9 @@ def check_sequence_file(path: Path, state: tuple[str | None, int] | None) -> Che
     return Check("outbox sequence file", OK, f"{said}: " + (
         "stopped cleanly" if reserved <= committed else
         f"{reserved - committed} seq(s) reserved beyond the committed: the gateway is running or did not stop cleanly "
-        "(after a restart of the machine, its next start leaves them unused)"))
+        "(after a restart of the machine, its next start leaves them unused)") + (
+        f"; seqs {known[5][0]}..{known[5][1]} were held in memory unsaved (the disk refused commits): lost unless the "
+        "gateway is running" if known[5] else ""))
 
 
 def _size(n: float) -> str:

@@ -22,8 +22,10 @@ import pytest
 from contract.message import MAX_SEQ
 from gateway.outbox import RESERVE, Outbox
 from gateway.service import Gateway
+from jcm.doctor import check_sequence_file
 from processing.period import sequence_findings
 from tests.conftest import REPO, load_site, wait_until
+from tests.test_outbox_full_disk import fill, needs_root, tiny_disk
 from tests.test_end_to_end_ack import GATEWAY, collector, e2e_site, finish, stored
 
 
@@ -564,6 +566,120 @@ def test_an_unclean_stop_skips_the_reservation_only_when_the_machine_restarted_s
     box = Outbox(path, max_rows=1000)
     assert box.unused == [[10, reserved]]  # named as long as the epoch lasts
     box.close()
+
+
+def _killed_holding(path: Path, disk: Path, committed: int, held: int) -> None:
+    """Run an outbox at ``path`` on the size-limited ``disk`` in a child: ``committed`` rows, the disk
+    filled, ``held`` rows it holds in memory unsaved, SIGKILL; the disk freed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom gateway.outbox import Outbox\n"
+         f"box = Outbox({str(path)!r}, max_rows=1000)\n"
+         f"for _ in range({committed}): box.append('t', lambda s: f'm{{s}}')\n"
+         "print(box.last_seq(), flush=True)\nsys.stdin.readline()\n"
+         f"for _ in range({held}): box.append('t', lambda s: f'm{{s}}' + 'x' * 8000)\n"
+         "print(box.unsaved, flush=True)\ntime.sleep(600)"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    filler = None
+    try:
+        proc.stdout.readline()
+        filler = fill(disk)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert int(proc.stdout.readline()) == held
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        if filler is not None:
+            filler.unlink()
+
+
+@needs_root
+def test_readings_held_unsaved_at_a_power_cut_are_not_said_left_unused(tmp_path, caplog):
+    """The disk refused commits and the gateway held readings in memory (seqs given, not saved) when
+    the power was cut (modelled: SIGKILL, then the boot id the sequence file records changed). Before,
+    their seqs were named left unused (no reading given them: info in the month's QA) with the rest of
+    the reservation: a loss explained away. Now the sequence file knows (fsynced, in place: the one write
+    a full disk allows) which seqs rows held have, and those are a gap of readings lost, said once as an
+    ERROR; only the others of the reservation are left unused."""
+    with tiny_disk(tmp_path / "disk", "2m") as disk:
+        path = disk / "outbox.sqlite"
+        box = Outbox(path, max_rows=1000)
+        _append(box, 2)
+        box.close()
+        _killed_holding(path, disk, 1, 5)  # seqs 4..8 held
+        reserved = json.loads(Path(f"{path}.sequence").read_bytes())["reserved"]
+        assert "seqs 4..8 were held in memory unsaved" in check_sequence_file(path, None).detail  # jcm doctor
+        _other_boot(path)
+        with caplog.at_level(logging.WARNING):
+            box = Outbox(path, max_rows=1000)
+        assert _append(box, 1) == [reserved + 1]
+        assert box.unused == [[9, reserved]]  # the status does not name 4..8: the collectors' gap says lost
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+        assert [level for level, _ in said] == [logging.WARNING, logging.ERROR], said
+        assert f"seqs 9..{reserved} are left unused" in said[0][1]
+        assert "seqs 4..8, held in memory unsaved, are lost" in said[1][1]
+        box.close()
+
+
+@needs_root
+def test_the_seqs_of_readings_held_unsaved_when_the_gateway_stopped_are_not_given_again(tmp_path, caplog):
+    """Killed (the machine running on), or stopped while the disk still refused commits, the gateway lost
+    the readings it held in memory. Before, the next run gave their seqs to new readings: the loss left no
+    gap, only a log line. Now they are a gap (one ERROR), and no seq is named left unused."""
+    with tiny_disk(tmp_path / "disk", "2m") as disk:
+        path = disk / "outbox.sqlite"
+        _killed_holding(path, disk, 2, 3)  # seqs 3..5 held
+        with caplog.at_level(logging.WARNING):
+            box = Outbox(path, max_rows=1000)
+        assert _append(box, 1) == [6]
+        assert box.unused == []
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(said) == 1 and said[0][0] == logging.ERROR and "killed" in said[0][1]
+        assert "seqs 3..5, held in memory unsaved, are lost" in said[0][1]
+        filler = fill(disk)
+        for _ in range(2):
+            box.append("t", lambda s: f"m{s}" + "x" * 8000)  # 7..8 held
+        box.close()  # the disk still full: they are lost
+        filler.unlink()
+        box = Outbox(path, max_rows=1000)
+        assert _append(box, 1) == [9] and box.unused == []
+        box.close()
+
+
+@needs_root
+@pytest.mark.slow
+def test_readings_held_unsaved_at_a_power_cut_are_a_gap_for_review_end_to_end(tmp_path, mosquitto, simulate):
+    """End to end: the gateway's readings confirmed; then its disk full, 5 readings held in memory, the power
+    cut. The next run's gap over the reservation says the 5 lost and the rest left unused, and the month's
+    QA sends it for review (before: all "left unused", for information only)."""
+    with tiny_disk(tmp_path / "disk", "4m") as disk:
+        site = load_site(e2e_site(tmp_path, path=str(disk / "outbox.sqlite")))
+        simulate(site)
+        path = Path(site.outbox.path)
+        c = collector(mosquitto, tmp_path, gap_grace_s=0.5)
+        try:
+            gw = Gateway(site, broker_url=mosquitto.url)
+            gw.start()
+            assert wait_until(lambda: c.stored >= 20)
+            last = finish(gw)
+            _killed_holding(path, disk, 0, 5)  # seqs last+1..last+5 held
+            reserved = json.loads(Path(f"{path}.sequence").read_bytes())["reserved"]
+            _other_boot(path)
+            gw = Gateway(site, broker_url=mosquitto.url)
+            assert gw.outbox.unused == [[last + 6, reserved]]
+            gw.start()
+            assert wait_until(lambda: gw.outbox.last_seq() > reserved + 20)
+            finish(gw)
+            assert wait_until(lambda: any(f.kind == "gap" for f in c.store.sequence_findings(gateway=GATEWAY)), 10)
+            [gap] = [f for f in c.store.sequence_findings(gateway=GATEWAY) if f.kind == "gap"]
+        finally:
+            c.stop()
+    assert [gap.first, gap.last, gap.explained] == [last + 1, reserved, reserved - last - 5], gap
+    assert "left unused by the gateway" in gap.cause and "lost" in gap.cause, gap.cause
+    noticed = pd.Timestamp(gap.noticed)
+    [qa] = sequence_findings([gap], noticed - pd.Timedelta(days=1), noticed + pd.Timedelta(days=1))
+    assert qa.severity == "review"
 
 
 @pytest.mark.slow

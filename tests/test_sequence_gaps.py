@@ -277,6 +277,63 @@ def test_a_gap_over_seqs_the_gateway_left_unused_says_so_and_leaves_the_cap_for_
     assert "explained by the gateway's outbox cap: 2 readings dropped" in capped.cause
 
 
+def test_an_unused_range_longer_than_a_power_cut_leaves_explains_nothing(mosquitto, sites_dir, tmp_path):
+    """The status is not signed: one naming a range longer than a gateway leaves unused after a power cut
+    (``MAX_UNUSED_SEQS``; damaged, or forged to hide a loss) explains nothing, and the gap over it is said
+    lost; before, any range up to MAX_SEQ explained its gap (for information only)."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    last = 5 + topics.MAX_UNUSED_SEQS + 1  # the range 6..last is one seq too long
+    status = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-status")
+    status.connect("127.0.0.1", mosquitto.port)
+    status.loop_start()
+    body = {"schema": 1, "site": "test-site", "gateway": "gw-test", "state": "online", "epoch": E1, "floor": 1,
+            "outbox_depth": 0, "outbox_dropped": 0, "outbox_unsaved": 0, "outbox_error": None,
+            "outbox_unused": [[6, last], [last + 5, last + 5 + topics.MAX_UNUSED_SEQS - 1]]}
+    status.publish(topics.gateway_status("test-site", "gw-test"), json.dumps(body), qos=1,
+                   retain=True).wait_for_publish(10)
+    status.disconnect()
+    status.loop_stop()
+    c = collector(mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    subscribed(c, pub)
+    top = last + 5 + topics.MAX_UNUSED_SEQS
+    pub.send([message(s) for s in [*range(1, 6), *range(last + 1, last + 5), top, top + 1]])
+    assert wait_until(lambda: len(findings(store_url)) >= 2, 20)
+    c.stop()
+    pub.close()
+    lost, unused = sorted(findings(store_url), key=lambda f: f.first)
+    assert (lost.first, lost.last, lost.explained) == (6, last, 0)
+    assert "left unused" not in lost.cause and "lost" in lost.cause, lost.cause
+    assert (unused.first, unused.last, unused.explained) == (last + 5, top - 1, topics.MAX_UNUSED_SEQS)
+
+
+def test_an_unused_range_the_store_holds_a_seq_of_explains_nothing(mosquitto, sites_dir, tmp_path):
+    """The status names 6..15 left unused, but seq 9 came: the range was given to readings (the outbox
+    was a backup of its last seconds at the power cut), so the gaps 6..8 and 10..15 are readings lost, not
+    seqs left unused (before: both said "left unused", for information only)."""
+    store_url = f"sqlite:///{tmp_path}/jcm.db"
+    status = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-status")
+    status.connect("127.0.0.1", mosquitto.port)
+    status.loop_start()
+    body = {"schema": 1, "site": "test-site", "gateway": "gw-test", "state": "online", "epoch": E1, "floor": 1,
+            "outbox_depth": 0, "outbox_dropped": 0, "outbox_unsaved": 0, "outbox_error": None,
+            "outbox_unused": [[6, 15]]}
+    status.publish(topics.gateway_status("test-site", "gw-test"), json.dumps(body), qos=1,
+                   retain=True).wait_for_publish(10)
+    status.disconnect()
+    status.loop_stop()
+    c = collector(mosquitto, store_url, sites_dir)
+    pub = Publisher(mosquitto)
+    subscribed(c, pub)
+    pub.send([message(s) for s in [*range(1, 6), 9, *range(16, 21)]])
+    assert wait_until(lambda: len(findings(store_url)) >= 2, 20)
+    c.stop()
+    pub.close()
+    gaps = sorted(findings(store_url), key=lambda f: f.first)
+    assert [(f.first, f.last, f.explained) for f in gaps] == [(6, 8, 0), (10, 15, 0)]
+    assert not [f.cause for f in gaps if "left unused" in f.cause]
+
+
 def test_a_new_epoch_is_reported_loudly_and_raises_a_live_view_alarm(mosquitto, sites_dir, tmp_path, caplog):
     store_url = f"sqlite:///{tmp_path}/jcm.db"
     c = collector(mosquitto, store_url, sites_dir)

@@ -52,19 +52,21 @@ from contract.text import printable
 
 def _unused(ranges: object) -> tuple[tuple[int, int], ...]:
     """A status's ``outbox_unused``: [first, last] seq ranges, at most ``MAX_UNUSED_RANGES``; anything
-    else explains nothing."""
+    else explains nothing, nor does a range longer than ``MAX_UNUSED_SEQS``."""
     if not isinstance(ranges, list) or len(ranges) > topics.MAX_UNUSED_RANGES:
         return ()
     if not all(isinstance(r, list) and len(r) == 2 and all(type(n) is int for n in r) and 1 <= r[0] <= r[1] <= MAX_SEQ
                for r in ranges):
         return ()
-    return tuple((a, b) for a, b in ranges)
+    return tuple((a, b) for a, b in ranges if b - a < topics.MAX_UNUSED_SEQS)
 
 
 def _overlap(first: int, last: int, ranges: tuple[tuple[int, int], ...]) -> int:
-    """How many seqs of ``first``..``last`` the ranges hold (the gateway's ranges do not overlap; counted
-    at most once each anyway)."""
-    held = sorted((max(first, a), min(last, b)) for a, b in ranges if a <= last and b >= first)
+    """How many seqs of the gap ``first``..``last`` the ranges left unused hold, of those wholly within it
+    (the gateway's ranges do not overlap; counted at most once each anyway). A range the gap covers only
+    in part had a seq received or stored beside the gap: the range was given to readings (the outbox was a
+    backup of its last seconds), so it explains nothing."""
+    held = sorted((a, b) for a, b in ranges if first <= a and b <= last)
     n, upto = 0, first - 1
     for a, b in held:
         a = max(a, upto + 1)
