@@ -148,12 +148,19 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
         adjustments.append({"kind": kind, "source": source, "start": str(t[i]), "end": str(t[i + 1]),
                             "before": before, "factor": None, "after": float(after), "reason": detail})
 
+    def outliers(a: int, b: int) -> bool:
+        """Readings a+1..b-1 are taken as outliers. For a quantity that lowers reductions only when
+        the counter cannot have registered them (a rise beyond the physical bound into, between or
+        out of them): readings it could have registered (a fall may be a reset) may be its real
+        course, and the exact difference across them is the lower count of the two."""
+        return effect != "lowers" or not max_rate_per_h or bool((credited[a:b] > limit[a:b]).any())
+
     resume = 0  # intervals before this one are settled
     for i in np.flatnonzero((credited < 0) | (credited > limit)):
         if i < resume:
             continue
         ret = next((j for j in range(i + 2, min(n, i + 2 + OUTLIER_READINGS)) if fits(i, j)), None)
-        if ret is not None:
+        if ret is not None and outliers(i, ret):
             drop(i, ret)
             resume = ret
             continue
@@ -164,7 +171,7 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
         if fell or (i > 0 and wrapped[i - 1]):
             back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1) if fits(k - 1, i + 1)),
                         None)
-            if back is not None:
+            if back is not None and outliers(back - 1, i + 1):
                 drop(back - 1, i + 1)
                 resume = i + 1
                 continue

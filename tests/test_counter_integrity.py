@@ -429,3 +429,24 @@ def test_a_zero_read_just_before_a_wrap_is_an_outlier_not_a_wrap(effect):
     s = pd.Series([9_999_990.0, 9_999_994.0, 0.0, 9_999_996.0, 9_999_998.0, 9_999_999.0], index=t)
     r = counter_increments(s, "m.e", rollover=1e7, max_rate_per_h=RATE * MARGIN, effect=effect)
     assert float(r.value.sum()) == pytest.approx(9.0)
+
+
+@pytest.mark.parametrize("readings, clean", [
+    # the counter has just been reset: it counts 3 kWh, is reset again to 0 and stays there; the 1.5 and 3
+    # read like a spike that the fall back to 0 ends (hypothesis found it: 1.83 against 3.33)
+    ([10_000.0, 0.0, 0.0, 1.5, 3.0, 0.0, 0.0], 3.0),
+    # the same second reset, after which the counter rises back past 3 within four readings: those read
+    # like outliers the 3.5 ends
+    ([10_000.0, 0.0, 1.5, 3.0, 0.0, 1.0, 2.0, 3.5], 6.5),
+])
+def test_readings_that_may_be_the_counters_real_course_are_not_outliers_for_what_lowers_reductions(readings, clean):
+    """Readings off the counter's course that it could have registered (every rise within the physical
+    bound; a fall is a reset) are outliers or the real course: the exact difference across them is the
+    lower count, so it is kept for what raises reductions, and the course is counted for what lowers them."""
+    s = series("2026-10-01T16:00Z", readings, step_min=1.0)
+    lowers = counter_increments(s, "m.e", max_rate_per_h=RATE * MARGIN, effect="lowers")
+    assert float(lowers.value.sum()) >= clean
+    assert "counter_outlier" not in [f.check for f in lowers.findings]
+    assert [a["kind"] for a in lowers.adjustments] == ["counter_reset", "counter_reset"]
+    raises = counter_increments(s, "m.e", max_rate_per_h=RATE * MARGIN, effect="raises")
+    assert float(raises.value.sum()) <= clean and "counter_outlier" in [f.check for f in raises.findings]
