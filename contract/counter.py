@@ -129,6 +129,14 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
         d = rise(a, b)
         return 0 <= d <= max_rate_per_h * max((ns[b] - ns[a]) / 3.6e12, MIN_BOUND_H)
 
+    def returns(a: int, b: int) -> bool:
+        """Reading b continues the course of reading a, the readings between them off it; across a wrap
+        only when the reading after b continues from b too: outliers of 0 just below the rollover read
+        as a wrap to 0, which the first of them would continue."""
+        if not fits(a, b):
+            return False
+        return not (rollover and v[b] < v[a]) or (b + 1 < n and fits(b, b + 1))
+
     def drop(a: int, b: int) -> None:
         """Readings a+1..b-1 are outliers: one interval from a to b."""
         valid[a:b - 1] = False
@@ -159,18 +167,18 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
     for i in np.flatnonzero((credited < 0) | (credited > limit)):
         if i < resume:
             continue
-        ret = next((j for j in range(i + 2, min(n, i + 2 + OUTLIER_READINGS)) if fits(i, j)), None)
+        ret = next((j for j in range(i + 2, min(n, i + 2 + OUTLIER_READINGS)) if returns(i, j)), None)
         if ret is not None and outliers(i, ret):
             drop(i, ret)
             resume = ret
             continue
         fell = raw[i] < 0
         # readings before the fall may be the outliers (a spike the missing bound let through); so may
-        # a reading a wrap led to, when the rise from it is out of bounds (a 0 read just below the
+        # readings a wrap led to, when the rise from them is out of bounds (0s read just below the
         # rollover read as a wrap, credited, and the rise back as a jump: more than the counter counted)
-        if fell or (i > 0 and wrapped[i - 1]):
-            back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1) if fits(k - 1, i + 1)),
-                        None)
+        if fell or wrapped[max(resume, i - OUTLIER_READINGS):i].any():
+            back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1)
+                         if returns(k - 1, i + 1)), None)
             if back is not None and outliers(back - 1, i + 1):
                 drop(back - 1, i + 1)
                 resume = i + 1

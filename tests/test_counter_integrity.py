@@ -450,3 +450,18 @@ def test_readings_that_may_be_the_counters_real_course_are_not_outliers_for_what
     assert [a["kind"] for a in lowers.adjustments] == ["counter_reset", "counter_reset"]
     raises = counter_increments(s, "m.e", max_rate_per_h=RATE * MARGIN, effect="raises")
     assert float(raises.value.sum()) <= clean and "counter_outlier" in [f.check for f in raises.findings]
+
+
+@pytest.mark.parametrize("effect", ["raises", "lowers"])
+@pytest.mark.parametrize("step_min, readings, clean", [
+    # the first 0 too soon after the register to be a wrap, the last late enough: the 0s read as a wrap to
+    # the last of them, then the rise back as a jump (hypothesis found it: 10 against 3.33)
+    (1.0, [9_999_990.0, 9_999_990.0, 9_999_991.5, 9_999_993.0, 0.0, 0.0, 0.0, 0.0, 9_999_993.0, 9_999_993.0], 3.0),
+    # two 0s, the first a wrap within the bound: the rise back comes after the second
+    (5.0, [9_999_990.0, 9_999_994.0, 0.0, 0.0, 9_999_996.0, 9_999_998.0, 9_999_999.0], 9.0),
+])
+def test_zeros_read_just_before_a_wrap_are_outliers_not_a_wrap(effect, step_min, readings, clean):
+    s = series("2026-10-01T16:00Z", readings, step_min=step_min)
+    r = counter_increments(s, "m.e", rollover=1e7, max_rate_per_h=RATE * MARGIN, effect=effect)
+    assert float(r.value.sum()) == pytest.approx(clean) and not r.adjustments
+    assert [f.check for f in r.findings] == ["counter_outlier"]
