@@ -186,11 +186,8 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
                          if returns(k - 1, i + 1)), None)
             back = back if back is not None and outliers(back - 1, i + 1) else None
         # where the readings after the step and those before it could both be the outliers, the fewer
-        # are (a 0 read at a wrap and the readings after it on course to the wrap read as both); as
-        # many, those after a fall, and before a jump those a wrap led to: a 0 read at the rollover,
-        # not a wrap that would credit the day before what the counter registered after it
-        fewer = ret is not None and (back is None or ret - i - 1 < i + 1 - back)
-        if fewer or (ret is not None and ret - i - 1 == i + 1 - back and fell):
+        # are (a 0 read at a wrap and the readings after it on course to the wrap read as both)
+        if ret is not None and (back is None or ret - i - 1 <= i + 1 - back):
             drop(i, ret)
             resume = ret
             continue
