@@ -175,26 +175,21 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
         if i < resume:
             continue
         ret = next((j for j in range(i + 2, min(n, i + 2 + OUTLIER_READINGS)) if returns(i, j)), None)
-        ret = ret if ret is not None and outliers(i, ret) else None
+        if ret is not None and outliers(i, ret):
+            drop(i, ret)
+            resume = ret
+            continue
         fell = raw[i] < 0
         # readings before the fall may be the outliers (a spike the missing bound let through); so may
         # readings a wrap led to, when the rise from them is out of bounds (0s read just below the
         # rollover read as a wrap, credited, and the rise back as a jump: more than the counter counted)
-        back = None
         if fell or wrapped[max(resume, i - OUTLIER_READINGS):i].any():
             back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1)
                          if returns(k - 1, i + 1)), None)
-            back = back if back is not None and outliers(back - 1, i + 1) else None
-        # where the readings after the step and those before it could both be the outliers, the fewer
-        # are (a 0 read at a wrap and the readings after it on course to the wrap read as both)
-        if ret is not None and (back is None or ret - i - 1 <= i + 1 - back):
-            drop(i, ret)
-            resume = ret
-            continue
-        if back is not None:
-            drop(back - 1, i + 1)
-            resume = i + 1
-            continue
+            if back is not None and outliers(back - 1, i + 1):
+                drop(back - 1, i + 1)
+                resume = i + 1
+                continue
         resume = i + 1
         bound = float(limit[i]) if max_rate_per_h else None
         fallback = bound if effect == "lowers" and bound is not None else 0.0
