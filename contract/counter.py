@@ -63,9 +63,8 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
     1. an outlier: one to ``OUTLIER_READINGS`` readings off the counter's course, after
        (or before) which it continues where it was; those readings are dropped and the
        interval across them counts the exact difference of the readings around them.
-       Where the readings after the step and those before it could both be the outliers,
-       the fewer are. A return across a wrap must be continued by the next reading (0s
-       read just below the rollover look like a wrap). For a quantity that lowers
+       A return across a wrap must be continued by the next reading (0s read just below
+       the rollover look like a wrap). For a quantity that lowers
        reductions, readings the counter could have registered (no rise into, between or
        out of them beyond the physical bound; a fall may be a reset) are not outliers when
        a bound is known: they may be its real course, which counts more than the
