@@ -64,11 +64,10 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
        (or before) which it continues where it was; those readings are dropped and the
        interval across them counts the exact difference of the readings around them.
        A return across a wrap must be continued by the next reading (0s read just below
-       the rollover look like a wrap). For a quantity that lowers
-       reductions, readings the counter could have registered (no rise into, between or
-       out of them beyond the physical bound; a fall may be a reset) are not outliers when
-       a bound is known: they may be its real course, which counts more than the
-       difference across them;
+       the rollover look like a wrap). For a quantity that lowers reductions, readings the
+       counter could have registered (no rise into, between or out of them beyond the
+       physical bound; a fall may be a reset) are not outliers when a bound is known: they
+       may be its real course, which counts more than the difference across them;
     2. a reset: the counter fell to near zero (no more than the interval can physically
        register, or below 1 % of its last value when no bound is known) and the next
        reading continues from there; the interval counts what was registered since the
