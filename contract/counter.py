@@ -62,7 +62,12 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
 
     1. an outlier: one to ``OUTLIER_READINGS`` readings off the counter's course, after
        (or before) which it continues where it was; those readings are dropped and the
-       interval across them counts the exact difference of the readings around them;
+       interval across them counts the exact difference of the readings around them.
+       A return across a wrap must be continued by the next reading (0s read just below
+       the rollover look like a wrap). For a quantity that lowers reductions, readings the
+       counter could have registered (no rise into, between or out of them beyond the
+       physical bound; a fall may be a reset) are not outliers when a bound is known: they
+       may be its real course, which counts more than the difference across them;
     2. a reset: the counter fell to near zero (no more than the interval can physically
        register, or below 1 % of its last value when no bound is known) and the next
        reading continues from there; the interval counts what was registered since the
@@ -129,6 +134,14 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
         d = rise(a, b)
         return 0 <= d <= max_rate_per_h * max((ns[b] - ns[a]) / 3.6e12, MIN_BOUND_H)
 
+    def returns(a: int, b: int) -> bool:
+        """Reading b continues the course of reading a, the readings between them off it; across a wrap
+        only when the reading after b continues from b too: outliers of 0 just below the rollover read
+        as a wrap to 0, which the first of them would continue."""
+        if not fits(a, b):
+            return False
+        return not (rollover and v[b] < v[a]) or (b + 1 < n and fits(b, b + 1))
+
     def drop(a: int, b: int) -> None:
         """Readings a+1..b-1 are outliers: one interval from a to b."""
         valid[a:b - 1] = False
@@ -148,23 +161,30 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
         adjustments.append({"kind": kind, "source": source, "start": str(t[i]), "end": str(t[i + 1]),
                             "before": before, "factor": None, "after": float(after), "reason": detail})
 
+    def outliers(a: int, b: int) -> bool:
+        """Readings a+1..b-1 are taken as outliers. For a quantity that lowers reductions only when
+        the counter cannot have registered them (a rise beyond the physical bound into, between or
+        out of them): readings it could have registered (a fall may be a reset) may be its real
+        course, and the exact difference across them is the lower count of the two."""
+        return effect != "lowers" or not max_rate_per_h or bool((credited[a:b] > limit[a:b]).any())
+
     resume = 0  # intervals before this one are settled
     for i in np.flatnonzero((credited < 0) | (credited > limit)):
         if i < resume:
             continue
-        ret = next((j for j in range(i + 2, min(n, i + 2 + OUTLIER_READINGS)) if fits(i, j)), None)
-        if ret is not None:
+        ret = next((j for j in range(i + 2, min(n, i + 2 + OUTLIER_READINGS)) if returns(i, j)), None)
+        if ret is not None and outliers(i, ret):
             drop(i, ret)
             resume = ret
             continue
         fell = raw[i] < 0
         # readings before the fall may be the outliers (a spike the missing bound let through); so may
-        # a reading a wrap led to, when the rise from it is out of bounds (a 0 read just below the
+        # readings a wrap led to, when the rise from them is out of bounds (0s read just below the
         # rollover read as a wrap, credited, and the rise back as a jump: more than the counter counted)
-        if fell or (i > 0 and wrapped[i - 1]):
-            back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1) if fits(k - 1, i + 1)),
-                        None)
-            if back is not None:
+        if fell or wrapped[max(resume, i - OUTLIER_READINGS):i].any():
+            back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1)
+                         if returns(k - 1, i + 1)), None)
+            if back is not None and outliers(back - 1, i + 1):
                 drop(back - 1, i + 1)
                 resume = i + 1
                 continue
