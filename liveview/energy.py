@@ -131,6 +131,7 @@ class CounterTotals:
                 return self._before_today[key]
         value = counted(site, self.store, source, first, midnight, max_rate_per_h) if first < midnight else 0.0
         with self._lock:
-            self._before_today = {k: v for k, v in self._before_today.items() if k[2] == today}
+            # only this site's earlier days go: another site's today may be another date (its time zone)
+            self._before_today = {k: v for k, v in self._before_today.items() if k[0] != site.site or k[2] == today}
             self._before_today[key] = value
         return value

@@ -256,3 +256,21 @@ def test_site_page_lists_why_a_month_needs_review_and_a_zero_month_in_a_browser(
     finally:
         driver.quit()
         dash.stop()
+
+
+def test_sites_on_different_local_days_keep_each_others_month_before_today(store):
+    """The part of the month before today is read once a day a site. Between the midnights of
+    two sites' time zones (16:00 to 19:00 UTC for Ulaanbaatar and the Maldives) each site's
+    figures threw the other's away: each read of either counted its whole month again."""
+    west = SITE.model_copy(update={"site": "mv-solar", "timezone": "Indian/Maldives"})
+    now = dt.datetime(2026, 11, 29, 17, 0, tzinfo=dt.UTC)  # 30 Nov 01:00 in Ulaanbaatar, 29 Nov 22:00 in Malé
+    starts = []
+    read = store.read
+    store.read = lambda site, start, *a, **k: starts.append((site, start, *map(tuple, k.values()))) or read(
+        site, start, *a, **k)
+    totals = CounterTotals(store)
+    for _ in range(3):
+        for site in (SITE, west):
+            totals.figures(site, now)
+    months = [s for s in starts if s[1] < now - dt.timedelta(days=1, hours=1)]  # not today's own read
+    assert len(months) == len(set(months)) > 0, months
