@@ -597,8 +597,10 @@ def _exporters_word(ledger: bool) -> str:
     return ("not checked (the exporter's word: in no signed message, not recomputed): the settings of "
             f"{SITE_SETTINGS} that no figure depends on, which the pages and the workbook show (the site's name, "
             "project, country, location, commissioning date, gateway, MQTT and outbox settings, the devices' "
-            "connections); config_changes (the settings, default values and code of the day of the export "
-            "against each revision's: that day's are not in the export)"
+            f"connections); which messages the collector refused, and how many (the rows of {DEAD_LETTERS} and the "
+            "manifest's count: no key signs the list, so a letter taken out with the count lowered is not seen); "
+            "config_changes (the settings, default values and code of the day of the export against each revision's: "
+            "that day's are not in the export)"
             + ("" if ledger else "; the simulated flag (simulated readings are marked in the store, not signed: "
                                  "--ledger compares it with the revisions')"))
 

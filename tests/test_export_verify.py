@@ -1958,6 +1958,20 @@ def test_dead_letters_are_checked_row_by_row_and_an_edited_one_is_named(letters_
         assert "VERDICT: FAILED: 1 dead letter problem(s)" in out, out
 
 
+def test_which_messages_were_refused_is_named_the_exporters_word(letters_made, tmp_path, capsys):
+    """No key signs the list of dead letters: one taken out of the file with the manifest's count lowered (the
+    hashes covered) leaves every check whole, so the verdict names the list and its count as the exporter's
+    word (it said only why each was refused was the collector's, and "as many as the manifest says")."""
+    folder = shutil.copytree(letters_made, tmp_path / letters_made.name)
+    put_letter_rows(folder, [row for n, row in enumerate(letter_rows(folder)) if n != 2])
+    _manifest_text(folder, lambda text: text.replace('"count": 3', '"count": 2'))
+    rc, out = verify_once(folder, capsys)
+    assert rc == 0 and "dead letters: 2 message(s) on the site's topics" in out, out
+    assert ("the devices' connections); which messages the collector refused, and how many (the rows of "
+            "dead_letters.csv.gz and the manifest's count: no key signs the list, so a letter taken out with the "
+            "count lowered is not seen); config_changes") in out, out
+
+
 def test_the_charts_are_each_a_whole_png_of_the_size_the_export_draws(made, tmp_path, capsys):
     """The charts are not drawn again (their bytes depend on matplotlib's release and the fonts), but the
     manifest must list each the export draws, and each must be a whole PNG of the size it draws it."""
