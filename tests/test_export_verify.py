@@ -2006,6 +2006,28 @@ def test_the_charts_are_each_a_whole_png_of_the_size_the_export_draws(made, tmp_
     assert rc == 1 and "  completeness.png: not a PNG (no PNG signature)" in out, out
 
 
+def test_a_chart_whose_height_is_a_float_tick_below_a_whole_pixel_passes_as_either_matplotlib_draws_it(
+        tmp_path, signer, capsys):
+    """mv-addu's daily chart has 3 panels: 1.0 + 1.9 * 3 [in] at 100 dpi is 669.9999999999999 px, which
+    matplotlib before 3.11 truncates to 669 and 3.11 on rounds up to 670. verify expected 669 alone: an honest
+    export of two of the five reference sites (mv-addu, id-aceh-biomass) drawn here FAILED. Either is its size
+    now, and no other."""
+    from matplotlib.figure import Figure
+
+    made_here = make_export(tmp_path, signer, DAYS, site_name="mv-addu")
+    rc, out = verify_once(made_here, capsys)
+    assert rc == 0 and "charts: daily_values.png, completeness.png: each listed, a whole PNG of the size the export " \
+                       "draws it (daily_values.png 1000 x 669 or 1000 x 670; " in out, out
+    for height, passes in ((669, True), (671, False)):  # as the older release draws it; a pixel too many
+        folder = shutil.copytree(made_here, tmp_path / str(height))
+        Figure(figsize=(10, (height + 0.5) / 100), dpi=100).savefig(folder / "daily_values.png", format="png", dpi=100)
+        rehash(folder)
+        rc, out = verify_once(folder, capsys)
+        assert (rc == 0) if passes else (
+            rc == 1 and f"  daily_values.png: 1000 x {height} pixels, the export draws it 1000 x 669 or 1000 x 670"
+            in out), out
+
+
 def test_the_simulated_flag_is_the_exporters_word_but_compared_with_the_ledger(made, tmp_path, signer, capsys,
                                                                                  monkeypatch):
     """Simulated readings are marked in the store, not signed: without the ledger the manifest's flag is the
