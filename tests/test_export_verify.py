@@ -2028,6 +2028,20 @@ def test_a_chart_whose_height_is_a_float_tick_below_a_whole_pixel_passes_as_eith
             in out), out
 
 
+def test_charts_drawn_under_a_matplotlibrc_cropping_them_are_of_the_size_verify_checks(tmp_path, signer, capsys,
+                                                                                        monkeypatch):
+    """An operator's matplotlibrc saying ``savefig.bbox: tight`` cropped the charts to what is drawn (1011 x 301
+    pixels here: a size that depends on the fonts), and verify FAILED the honest export; the export draws the
+    whole figure whatever it says."""
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "savefig.bbox", "tight")  # as a matplotlibrc sets it
+    folder = make_export(tmp_path, signer, DAYS)
+    assert matplotlib.rcParams["savefig.bbox"] == "tight"  # the operator's setting left as it was
+    rc, out = verify_once(folder, capsys)
+    assert rc == 0 and "(daily_values.png 1000 x 290; completeness.png 1000 x 430 pixels)" in out, out
+
+
 def test_the_simulated_flag_is_the_exporters_word_but_compared_with_the_ledger(made, tmp_path, signer, capsys,
                                                                                  monkeypatch):
     """Simulated readings are marked in the store, not signed: without the ledger the manifest's flag is the
