@@ -526,14 +526,15 @@ def _first_difference(name: str, exported: bytes, made: bytes) -> str:
 
 def _charts(folder: Path, manifest: dict, result: Recomputed) -> tuple[list[str], int]:
     """Whether the manifest lists each chart the export draws (``CHARTS``), and each is a whole PNG
-    (``_png_problem``) of the size the export draws it for the recomputed period (``chart_sizes``): what it
-    shows is checked by its SHA-256 alone (drawn by matplotlib, whose bytes depend on its release and the
-    fonts, which verify does not load). The lines and how many charts are not so."""
+    (``_png_problem``) of the size the export draws it for the recomputed period (``chart_sizes.pixels``: either
+    of two a pixel apart where matplotlib's releases make it so): what it shows is checked by its SHA-256 alone
+    (drawn by matplotlib, whose bytes depend on its release and the fonts, which verify does not load). The
+    lines and how many charts are not so."""
     names = file_names("")
     wrong, sizes = [], []
     for role, inches in CHARTS.items():
-        name, size = names[role], pixels(inches(result))
-        sizes.append(f"{name} {size[0]} x {size[1]}")
+        name, drawn = names[role], pixels(inches(result))
+        sizes.append(f"{name} {_sizes(drawn)}")
         if name not in manifest["files"]:
             wrong.append(f"  {name}: a chart the export draws, not listed in manifest.json")
             continue
@@ -541,16 +542,20 @@ def _charts(folder: Path, manifest: dict, result: Recomputed) -> tuple[list[str]
             data = (folder / name).read_bytes()
         except OSError:
             continue  # the files check names it
-        if problem := _png_problem(data, size):
+        if problem := _png_problem(data, drawn):
             wrong.append(f"  {name}: {problem}")
     return [f"charts: {', '.join(names[role] for role in CHARTS)}" + ("" if wrong else
             f": each listed, a whole PNG of the size the export draws it ({'; '.join(sizes)} pixels)")] + wrong, \
         len(wrong)
 
 
-def _png_problem(data: bytes, size: tuple[int, int]) -> str | None:
-    """What keeps ``data`` from being a chart's PNG of ``size`` (width, height) [px] (None: nothing): its
-    signature, each chunk whole (its CRC), IHDR first with that size and ``PNG_KIND``, IEND last with no
+def _sizes(sizes: list[tuple[int, int]]) -> str:
+    return " or ".join(f"{width} x {height}" for width, height in sizes)
+
+
+def _png_problem(data: bytes, sizes: list[tuple[int, int]]) -> str | None:
+    """What keeps ``data`` from being a chart's PNG of one of ``sizes`` (width, height) [px] (None: nothing): its
+    signature, each chunk whole (its CRC), IHDR first with such a size and ``PNG_KIND``, IEND last with no
     byte after it, and its image data inflating to exactly its rows (each a filter byte, 4 bytes a pixel)."""
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         return "not a PNG (no PNG signature)"
@@ -569,8 +574,8 @@ def _png_problem(data: bytes, size: tuple[int, int]) -> str | None:
     if at != len(data):
         return f"{len(data) - at} byte(s) after the PNG's end"
     width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
-    if (width, height) != size:
-        return f"{width} x {height} pixels, the export draws it {size[0]} x {size[1]}"
+    if (width, height) not in sizes:
+        return f"{width} x {height} pixels, the export draws it {_sizes(sizes)}"
     if header[8:] != PNG_KIND:
         return f"not an 8-bit RGBA PNG as the export draws (IHDR {header[8:].hex()})"
     rows = height * (1 + 4 * width)
@@ -597,8 +602,10 @@ def _exporters_word(ledger: bool) -> str:
     return ("not checked (the exporter's word: in no signed message, not recomputed): the settings of "
             f"{SITE_SETTINGS} that no figure depends on, which the pages and the workbook show (the site's name, "
             "project, country, location, commissioning date, gateway, MQTT and outbox settings, the devices' "
-            "connections); config_changes (the settings, default values and code of the day of the export "
-            "against each revision's: that day's are not in the export)"
+            f"connections); which messages the collector refused, and how many (the rows of {DEAD_LETTERS} and the "
+            "manifest's count: no key signs the list, so a letter taken out with the count lowered is not seen); "
+            "config_changes (the settings, default values and code of the day of the export against each revision's: "
+            "that day's are not in the export)"
             + ("" if ledger else "; the simulated flag (simulated readings are marked in the store, not signed: "
                                  "--ledger compares it with the revisions')"))
 

@@ -1958,6 +1958,20 @@ def test_dead_letters_are_checked_row_by_row_and_an_edited_one_is_named(letters_
         assert "VERDICT: FAILED: 1 dead letter problem(s)" in out, out
 
 
+def test_which_messages_were_refused_is_named_the_exporters_word(letters_made, tmp_path, capsys):
+    """No key signs the list of dead letters: one taken out of the file with the manifest's count lowered (the
+    hashes covered) leaves every check whole, so the verdict names the list and its count as the exporter's
+    word (it said only why each was refused was the collector's, and "as many as the manifest says")."""
+    folder = shutil.copytree(letters_made, tmp_path / letters_made.name)
+    put_letter_rows(folder, [row for n, row in enumerate(letter_rows(folder)) if n != 2])
+    _manifest_text(folder, lambda text: text.replace('"count": 3', '"count": 2'))
+    rc, out = verify_once(folder, capsys)
+    assert rc == 0 and "dead letters: 2 message(s) on the site's topics" in out, out
+    assert ("the devices' connections); which messages the collector refused, and how many (the rows of "
+            "dead_letters.csv.gz and the manifest's count: no key signs the list, so a letter taken out with the "
+            "count lowered is not seen); config_changes") in out, out
+
+
 def test_the_charts_are_each_a_whole_png_of_the_size_the_export_draws(made, tmp_path, capsys):
     """The charts are not drawn again (their bytes depend on matplotlib's release and the fonts), but the
     manifest must list each the export draws, and each must be a whole PNG of the size it draws it."""
@@ -1990,6 +2004,42 @@ def test_the_charts_are_each_a_whole_png_of_the_size_the_export_draws(made, tmp_
     assert rc == 1 and "  daily_values.png: not a whole PNG: its chunk b'IDAT' at byte " in out, out
     rc, out = changed("text", lambda f: (f / "completeness.png").write_text("<svg/>"))
     assert rc == 1 and "  completeness.png: not a PNG (no PNG signature)" in out, out
+
+
+def test_a_chart_whose_height_is_a_float_tick_below_a_whole_pixel_passes_as_either_matplotlib_draws_it(
+        tmp_path, signer, capsys):
+    """mv-addu's daily chart has 3 panels: 1.0 + 1.9 * 3 [in] at 100 dpi is 669.9999999999999 px, which
+    matplotlib before 3.11 truncates to 669 and 3.11 on rounds up to 670. verify expected 669 alone: an honest
+    export of two of the five reference sites (mv-addu, id-aceh-biomass) drawn here FAILED. Either is its size
+    now, and no other."""
+    from matplotlib.figure import Figure
+
+    made_here = make_export(tmp_path, signer, DAYS, site_name="mv-addu")
+    rc, out = verify_once(made_here, capsys)
+    assert rc == 0 and "charts: daily_values.png, completeness.png: each listed, a whole PNG of the size the export " \
+                       "draws it (daily_values.png 1000 x 669 or 1000 x 670; " in out, out
+    for height, passes in ((669, True), (671, False)):  # as the older release draws it; a pixel too many
+        folder = shutil.copytree(made_here, tmp_path / str(height))
+        Figure(figsize=(10, (height + 0.5) / 100), dpi=100).savefig(folder / "daily_values.png", format="png", dpi=100)
+        rehash(folder)
+        rc, out = verify_once(folder, capsys)
+        assert (rc == 0) if passes else (
+            rc == 1 and f"  daily_values.png: 1000 x {height} pixels, the export draws it 1000 x 669 or 1000 x 670"
+            in out), out
+
+
+def test_charts_drawn_under_a_matplotlibrc_cropping_them_are_of_the_size_verify_checks(tmp_path, signer, capsys,
+                                                                                        monkeypatch):
+    """An operator's matplotlibrc saying ``savefig.bbox: tight`` cropped the charts to what is drawn (1011 x 301
+    pixels here: a size that depends on the fonts), and verify FAILED the honest export; the export draws the
+    whole figure whatever it says."""
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "savefig.bbox", "tight")  # as a matplotlibrc sets it
+    folder = make_export(tmp_path, signer, DAYS)
+    assert matplotlib.rcParams["savefig.bbox"] == "tight"  # the operator's setting left as it was
+    rc, out = verify_once(folder, capsys)
+    assert rc == 0 and "(daily_values.png 1000 x 290; completeness.png 1000 x 430 pixels)" in out, out
 
 
 def test_the_simulated_flag_is_the_exporters_word_but_compared_with_the_ledger(made, tmp_path, signer, capsys,

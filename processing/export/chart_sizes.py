@@ -19,7 +19,9 @@ def completeness_inches(sources: int, months: int) -> tuple[float, float]:
     return WIDTH_IN, 1.6 + 0.45 * sources * max(1, months) ** 0.5
 
 
-def pixels(inches: tuple[float, float]) -> tuple[int, int]:
-    """The width and height [px] of the PNG of a chart ``inches`` [in] in size, at ``DPI``: each truncated,
-    as matplotlib's Agg renderer makes its canvas."""
-    return int(inches[0] * DPI), int(inches[1] * DPI)
+def pixels(inches: tuple[float, float]) -> list[tuple[int, int]]:
+    """The widths and heights [px] the PNG of a chart ``inches`` [in] in size may have at ``DPI``, as
+    matplotlib's Agg renderer makes its canvas: releases before 3.11 truncate each, later ones first round
+    up what is within 1e-8 of the next whole pixel (1.0 + 1.9 * 3 [in] is 669.9999999999999 px: 669 or
+    670). The export may be drawn by either, so either is its size (one, mostly)."""
+    return sorted({(int(inches[0] * DPI + e), int(inches[1] * DPI + e)) for e in (0.0, 1e-8)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.collections import PolyCollection
 from matplotlib.dates import DateFormatter, date2num
 from matplotlib.figure import Figure
@@ -22,7 +23,10 @@ BAR = "#2f6f9f"
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    # the whole figure, whatever a matplotlibrc says: its ``savefig.bbox: tight`` crops the PNG to what is
+    # drawn, a size that depends on the fonts, and ``jcm verify`` checks the size ``chart_sizes`` gives
+    with rc_context({"savefig.bbox": None}):
+        fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
     return path
 
 
