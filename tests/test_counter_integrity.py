@@ -470,3 +470,22 @@ def test_zeros_read_just_before_a_wrap_are_outliers_not_a_wrap(effect, step_min,
     r = counter_increments(s, "m.e", rollover=1e7, max_rate_per_h=RATE * MARGIN, effect=effect)
     assert float(r.value.sum()) == pytest.approx(clean) and not r.adjustments
     assert [f.check for f in r.findings] == ["counter_outlier"]
+
+
+@pytest.mark.parametrize("readings, clean", [
+    # the register held 101 for four polls, then caught up: 5 kWh in 5 min is within the bound
+    # (1.83 kWh/min), 5 in the last minute alone is not (was 3.83 for lowers: a jump counted at its bound)
+    ([100.0, 101.0, 101.0, 101.0, 101.0, 101.0, 106.0, 107.0], 7.0),
+    # the same after a register update lagging by two polls
+    ([100.0, 101.0, 102.0, 102.0, 102.0, 105.5, 106.0], 6.0),
+])
+def test_a_register_that_catches_up_counts_its_whole_rise_for_what_lowers_reductions(readings, clean):
+    """A register that held still and then caught up may have counted the whole rise over the readings
+    it held for: for what lowers reductions that is the higher count, so it is counted, not the one
+    interval's bound; for what raises them the rise beyond the bound stays a jump counted 0."""
+    s = series("2026-10-01T16:00Z", readings, step_min=1.0)
+    lowers = counter_increments(s, "m.e", max_rate_per_h=RATE * MARGIN, effect="lowers")
+    assert float(lowers.value.sum()) >= clean
+    assert [f.check for f in lowers.findings] == ["counter_outlier"] and not lowers.adjustments
+    raises = counter_increments(s, "m.e", max_rate_per_h=RATE * MARGIN, effect="raises")
+    assert float(raises.value.sum()) <= clean and [a["kind"] for a in raises.adjustments] == ["counter_jump"]
