@@ -67,7 +67,9 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
        the rollover look like a wrap). For a quantity that lowers reductions, readings the
        counter could have registered (no rise into, between or out of them beyond the
        physical bound; a fall may be a reset) are not outliers when a bound is known: they
-       may be its real course, which counts more than the difference across them;
+       may be its real course, which counts more than the difference across them; and
+       the readings before a rise beyond the bound may be outliers (a register that held
+       still and then caught up counted the whole rise across them, more than the bound);
     2. a reset: the counter fell to near zero (no more than the interval can physically
        register, or below 1 % of its last value when no bound is known) and the next
        reading continues from there; the interval counts what was registered since the
@@ -180,8 +182,10 @@ def counter_increments(values: pd.Series, source: str, rollover: float | None = 
         fell = raw[i] < 0
         # readings before the fall may be the outliers (a spike the missing bound let through); so may
         # readings a wrap led to, when the rise from them is out of bounds (0s read just below the
-        # rollover read as a wrap, credited, and the rise back as a jump: more than the counter counted)
-        if fell or wrapped[max(resume, i - OUTLIER_READINGS):i].any():
+        # rollover read as a wrap, credited, and the rise back as a jump: more than the counter counted);
+        # for what lowers reductions, so may readings before a jump: a register that held still and then
+        # caught up counted the whole rise across them, more than the jump's bound
+        if fell or effect == "lowers" or wrapped[max(resume, i - OUTLIER_READINGS):i].any():
             back = next((k for k in range(i, max(resume + 1, i + 1 - OUTLIER_READINGS, 1) - 1, -1)
                          if returns(k - 1, i + 1)), None)
             if back is not None and outliers(back - 1, i + 1):

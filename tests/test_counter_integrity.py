@@ -190,15 +190,20 @@ def faulty_counter(draw):
     keep = np.ones(n, dtype=bool)
     spots = sorted(set(draw(st.lists(st.integers(2, n - 10), max_size=3))))
     spots = [i for k, i in enumerate(spots) if k == 0 or i - spots[k - 1] >= 8]
+    held = []  # the readings of a register holding still
     for i in spots:
         # a register about to wrap that resets instead reads exactly like the wrap: no resets there
-        kind = draw(st.sampled_from(["outlier", "outliers", "gap", "jump"] + (["reset"] if rollover is None else [])))
+        kind = draw(st.sampled_from(["outlier", "outliers", "gap", "jump", "stuck"]
+                                    + (["reset"] if rollover is None else [])))
         if kind == "outlier":
             reading[i] = draw(st.sampled_from([0.0, 1e12, float(reading[i] / 2)]))
         elif kind == "outliers":
             reading[i:i + draw(st.integers(2, 4))] = 0.0
         elif kind == "reset":  # the register restarts from 0 somewhere in the interval before reading i
             reading[i:] = true[i:] - (true[i - 1] + draw(st.floats(0.0, 1.0)) * (true[i] - true[i - 1]))
+        elif kind == "stuck":  # the register holds its value for a few polls, then catches up
+            held.append(range(i, i + draw(st.integers(1, 4))))
+            reading[held[-1]] = reading[i - 1]
         elif kind == "gap":
             keep[i:i + draw(st.integers(1, 7))] = False
         else:  # a register preset: the counter continues from a much higher level
@@ -214,7 +219,11 @@ def faulty_counter(draw):
     first_part = float(true[at] - true[0])  # the clean meter's share of the first period
     dupes = s.iloc[draw(st.lists(st.integers(0, len(s) - 1), max_size=3))]
     s = pd.concat([s, dupes]).sample(frac=1.0, random_state=0)  # unordered, with repeated deliveries
-    return s, clean, rollover, float(hours.sum()), (first_part, clean - first_part)
+    # a register holding still up to midnight reads like no load, and its catch-up at midnight like an
+    # outlier (a rise beyond the bound into it) that the held readings continue from: its share of
+    # each period is not seen, only its total
+    seen = not any(h.start <= at <= h.stop for h in held)
+    return s, clean, rollover, float(hours.sum()), (first_part, clean - first_part, seen)
 
 
 @pytest.mark.fuzz
@@ -247,7 +256,7 @@ def test_faulty_counters_never_credit_more_than_possible_and_every_change_is_a_r
     if effect == "raises":  # counted once, in the period its interval ends in
         assert sum(parts) == pytest.approx(total, rel=1e-9, abs=1e-6)
         assert rollover is not None or parts[0] <= clean_parts[0] + tol
-    elif rollover is None:  # each period charged at least its own share
+    elif rollover is None and clean_parts[2]:  # each period charged at least its own share
         assert parts[0] >= clean_parts[0] - tol and parts[1] >= clean_parts[1] - tol and sum(parts) >= total - tol
 
 
@@ -470,3 +479,22 @@ def test_zeros_read_just_before_a_wrap_are_outliers_not_a_wrap(effect, step_min,
     r = counter_increments(s, "m.e", rollover=1e7, max_rate_per_h=RATE * MARGIN, effect=effect)
     assert float(r.value.sum()) == pytest.approx(clean) and not r.adjustments
     assert [f.check for f in r.findings] == ["counter_outlier"]
+
+
+@pytest.mark.parametrize("readings, clean", [
+    # the register held 101 for four polls, then caught up: 5 kWh in 5 min is within the bound
+    # (1.83 kWh/min), 5 in the last minute alone is not (was 3.83 for lowers: a jump counted at its bound)
+    ([100.0, 101.0, 101.0, 101.0, 101.0, 101.0, 106.0, 107.0], 7.0),
+    # the same after a register update lagging by two polls
+    ([100.0, 101.0, 102.0, 102.0, 102.0, 105.5, 106.0], 6.0),
+])
+def test_a_register_that_catches_up_counts_its_whole_rise_for_what_lowers_reductions(readings, clean):
+    """A register that held still and then caught up may have counted the whole rise over the readings
+    it held for: for what lowers reductions that is the higher count, so it is counted, not the one
+    interval's bound; for what raises them the rise beyond the bound stays a jump counted 0."""
+    s = series("2026-10-01T16:00Z", readings, step_min=1.0)
+    lowers = counter_increments(s, "m.e", max_rate_per_h=RATE * MARGIN, effect="lowers")
+    assert float(lowers.value.sum()) >= clean
+    assert [f.check for f in lowers.findings] == ["counter_outlier"] and not lowers.adjustments
+    raises = counter_increments(s, "m.e", max_rate_per_h=RATE * MARGIN, effect="raises")
+    assert float(raises.value.sum()) <= clean and [a["kind"] for a in raises.adjustments] == ["counter_jump"]
