@@ -143,7 +143,7 @@ class Publisher:
                 self.outbox.record_acknowledged_by(now)
             return set()
         lost = set() if before is None else set(before) - self.acknowledged_by
-        added = set() if before is None else self.acknowledged_by - set(before)
+        added = set() if before is None else set(self.acknowledged_by).difference(before)
         shortened, reasons = not known or before is None or bool(lost), []
         if shortened:
             reasons.append("outbox.acknowledged_by no longer lists " + (
