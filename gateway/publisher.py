@@ -143,7 +143,13 @@ class Publisher:
                 self.outbox.record_acknowledged_by(now)
             return set()
         lost = set() if before is None else set(before) - self.acknowledged_by
-        added = set() if before is None else set(self.acknowledged_by).difference(before)
+        # the recorded ones still trusted: a start that drops some narrows this at once, the list being recorded
+        # only once every listed collector echoes the run, so that one dropped and listed again before is added
+        _, narrowed = self.outbox.trusted_by()
+        trusted = set(before or ()) if narrowed is None else set(before or ()) & set(narrowed)
+        if trusted - self.acknowledged_by:
+            self.outbox.record_trusted_by(sorted(trusted & self.acknowledged_by))
+        added = set() if before is None else set(self.acknowledged_by) - trusted
         shortened, reasons = not known or before is None or bool(lost), []
         if shortened:
             reasons.append("outbox.acknowledged_by no longer lists " + (

@@ -496,3 +496,29 @@ def test_a_collector_added_since_the_outbox_last_ran_is_distrusted_until_it_echo
                                                              else [PRODUCTION, STAGING]))
     finally:
         outbox.close()
+
+
+def test_a_collector_dropped_then_listed_again_before_the_list_is_recorded_is_distrusted(tmp_path):
+    """Staging is dropped from the list (its store no longer counts) and the gateway runs so, but production
+    never echoes that run (down), so the longer list stays recorded; staging acknowledges meanwhile, unlisted.
+    Then staging is listed again. Before, the list was the one recorded: unchanged, and staging's retained
+    claim, built while it did not count, deleted the rows at once. Now the start that dropped it narrowed whom
+    the outbox trusts: staging is added, and only its acknowledgement of this run deletes."""
+    both, site = shortened(tmp_path)
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    polled(site, outbox, 5)
+    outbox.record_acknowledged_by([PRODUCTION, STAGING])
+    Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # the run without staging: no one echoes it
+    pub = Publisher(both, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    topic = topics.ack(site.site, site.gateway, STAGING).encode()
+    try:
+        for run, deletes in ((OLD_RUN, False), (pub.run, True)):
+            body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]], "run": run}).encode()
+            pub._store_acks.put((topic, body, True))
+            pub._take_store_acks()
+            assert outbox.depth == (0 if deletes else 5)
+            assert pub._distrusted == (set() if deletes else {STAGING})
+        assert outbox.acknowledged_by() == outbox.trusted_by() == (True, sorted([PRODUCTION, STAGING]))
+    finally:
+        outbox.close()
