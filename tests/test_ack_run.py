@@ -1,6 +1,7 @@
 """The gateway's run id, echoed by acknowledgements (contract/acknowledgement.py, "Run" and
 "Shortened list"): after a start with a shortened ``outbox.acknowledged_by``, an acknowledgement
-built before its collector heard this run's status deletes nothing, even when it arrives live; a
+built before its collector heard this run's status deletes nothing, even when it arrives live (and so
+does one of a collector added to the list, built while it did not count); a
 collector never carries a claim merged under the longer list into an acknowledgement of the new run."""
 
 import datetime as dt
