@@ -87,7 +87,9 @@ Shortened list
     started with a list that lost a member since its outbox last ran takes a listed collector's
     acknowledgement only when it echoes this run's ``run``, until every listed collector has sent
     one (the list is then recorded in the outbox). Any other run, retained or live, deletes
-    nothing: it was built before the collector heard this run's status. For its part, a
+    nothing: it was built before the collector heard this run's status. A collector added to the
+    list since the outbox last ran is held to the same, alone: its acknowledgements before this
+    run were built while its store did not count. For its part, a
     collector that hears a list that lost a member drops every claim it merged (a peer's
     acknowledgement may have carried the dropped collector's claims into it) and, of a gateway
     whose status carries a run, merges only acknowledgements that echo that run: a claim merged

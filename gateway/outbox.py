@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS sequence_epoch (epoch TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chain (seq INTEGER NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS acknowledged_by (collectors TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trusted_by (collectors TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS unused (first INTEGER NOT NULL, last INTEGER NOT NULL);
 """
 
@@ -791,23 +792,41 @@ class Outbox:
     def acknowledged_by(self) -> tuple[bool, list[str] | None]:
         """(whether one was recorded, the collectors whose acknowledgements counted: None for any) as last
         recorded by ``record_acknowledged_by``; not recorded: an outbox from before the record, or new."""
+        return self._collectors("acknowledged_by")
+
+    def trusted_by(self) -> tuple[bool, list[str] | None]:
+        """As ``acknowledged_by``, of the listed collectors whose retained acknowledgements count: narrowed at a
+        start whose list lost some (``record_trusted_by``) before ``acknowledged_by`` catches up."""
+        return self._collectors("trusted_by")
+
+    def _collectors(self, table: str) -> tuple[bool, list[str] | None]:
         with self._lock:
-            row = self._db.execute("SELECT collectors FROM acknowledged_by").fetchone()
+            row = self._db.execute(f"SELECT collectors FROM {table}").fetchone()
         return (False, None) if row is None else (True, json.loads(row[0]))
 
     def record_acknowledged_by(self, collectors: list[str] | None) -> None:
-        """Record whose acknowledgements count (None: any collector's), for the next run to compare its list with."""
+        """Record whose acknowledgements count (None: any collector's), for the next run to compare its list with;
+        they are trusted again."""
+        self._record(collectors, "acknowledged_by", "trusted_by")
+
+    def record_trusted_by(self, collectors: list[str]) -> None:
+        """Record that only ``collectors`` are trusted until ``record_acknowledged_by``: a collector dropped then
+        listed again before it is recorded has no retained acknowledgement of a time it counted."""
+        self._record(collectors, "trusted_by")
+
+    def _record(self, collectors: list[str] | None, *tables: str) -> None:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("DELETE FROM acknowledged_by")
-                self._db.execute("INSERT INTO acknowledged_by VALUES (?)", (json.dumps(collectors),))
+                for table in tables:
+                    self._db.execute(f"DELETE FROM {table}")
+                    self._db.execute(f"INSERT INTO {table} VALUES (?)", (json.dumps(collectors),))
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:  # a full disk: the next run compares with the older list, the safe side
+            except sqlite3.Error as exc:  # a full disk
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                log.error("outbox %s: cannot record outbox.acknowledged_by (%s): the next run distrusts retained "
-                          "acknowledgements again", self.path, exc)
+                log.error("outbox %s: cannot record %s (%s): the next run compares its outbox.acknowledged_by with "
+                          "the record before", self.path, " and ".join(tables), exc)
 
     def floor(self) -> int:
         """The lowest seq not confirmed: every seq below it is confirmed (or dropped, counted) and gone."""

@@ -100,7 +100,7 @@ class Publisher:
         self._store_acks: queue.SimpleQueue[tuple[bytes, bytes, bool]] = queue.SimpleQueue()
         #: this run's id, in every status of it: acknowledgements built under it echo it
         self.run = acknowledgement.new_run()
-        self._lost = ""  # the collectors no longer counted, when ``_distrusted`` is not empty
+        self._lost = ""  # why ``_distrusted`` is not empty: the collectors lost and added since the outbox last ran
         self._distrusted = self._distrusted_at_start() if self.by_store else set()
         self._said_distrust = False
         self._refused_acks = 0  # acknowledgements refused since the last log line about them
@@ -128,22 +128,38 @@ class Publisher:
         self._said: tuple[int, int, str | None] = (0, 0, None)  # outbox health in the last status
 
     def _distrusted_at_start(self) -> set[str]:
-        """The listed collectors whose retained acknowledgement may carry claims of a collector this outbox
-        counted before and no longer does: a listed collector merged them while the gateway's status listed
-        that one, and its messages carry them until it builds one having heard the shorter list in this run's
-        status: one that echoes this run's id. Until a collector sends such a one, its others delete nothing
-        (one without a run, of a collector from before runs, counts when published in this run, as before);
-        once every listed one has, the list is recorded and the next run trusts them again."""
+        """The listed collectors whose retained acknowledgement may claim what the store MRV reads lacks. Every
+        listed one when the list lost a collector this outbox counted before: a listed collector merged its claims
+        while the gateway's status listed it, and its messages carry them until it builds one having heard the
+        shorter list in this run's status: one that echoes this run's id. And each one added since the outbox
+        last ran: its acknowledgements were built while it did not count (a staging collector promoted, one
+        re-listed, one that merged others' claims under no list). Until a collector sends one echoing this run,
+        its others delete nothing (one without a run, of a collector from before runs, counts when published in
+        this run, as before); once every distrusted one has, the list is recorded and the next run trusts them."""
         known, before = self.outbox.acknowledged_by()
         now = None if self.acknowledged_by is None else sorted(self.acknowledged_by)
-        lost = self.acknowledged_by is not None and (before is None or bool(set(before) - self.acknowledged_by))
-        if not lost or (not known and self.outbox.last_seq() == 0):  # nothing was ever acknowledged: no claim
+        if self.acknowledged_by is None or (not known and self.outbox.last_seq() == 0):  # no claim can cost a row
             if (known, before) != (True, now):
                 self.outbox.record_acknowledged_by(now)
             return set()
-        self._lost = "unknown collectors (no list recorded in the outbox)" if not known else \
-            "any collector" if before is None else ", ".join(sorted(set(before) - self.acknowledged_by))
-        return set(self.acknowledged_by)
+        lost = set() if before is None else set(before) - self.acknowledged_by
+        # the recorded ones still trusted: a start that drops some narrows this at once, the list being recorded
+        # only once every listed collector echoes the run, so that one dropped and listed again before is added
+        _, narrowed = self.outbox.trusted_by()
+        trusted = set(before or ()) if narrowed is None else set(before or ()) & set(narrowed)
+        if trusted - self.acknowledged_by:
+            self.outbox.record_trusted_by(sorted(trusted & self.acknowledged_by))
+        added = set() if before is None else set(self.acknowledged_by) - trusted
+        shortened, reasons = not known or before is None or bool(lost), []
+        if shortened:
+            reasons.append("outbox.acknowledged_by no longer lists " + (
+                "unknown collectors (no list recorded in the outbox)" if not known else
+                "any collector" if before is None else ", ".join(sorted(lost))) + ", counted when this outbox last ran")
+        if added:
+            reasons.append(f"outbox.acknowledged_by now lists {', '.join(sorted(added))}, not counted when this "
+                           "outbox last ran")
+        self._lost = "; ".join(reasons)
+        return set(self.acknowledged_by) if shortened else added
 
     # paho callbacks: tiny and never raising (an exception stops paho's network thread)
     def _on_connect(self, session_present: bool) -> None:
@@ -397,10 +413,10 @@ class Publisher:
     def _distrust(self, collector: str) -> None:
         if not self._said_distrust:
             self._said_distrust = True
-            log.warning("gateway %s: outbox.acknowledged_by no longer lists %s, counted when this outbox last ran: "
-                        "the acknowledgements of %s built before it heard this run's status may still carry their "
-                        "claims, so they delete nothing until each listed collector acknowledges under this run "
-                        "(run %s; rows are sent again meanwhile)", self.site.gateway, self._lost, collector, self.run)
+            log.warning("gateway %s: %s: the acknowledgements of %s built before it heard this run's status may "
+                        "claim what the store does not hold, so they delete nothing until each of %s acknowledges "
+                        "under this run (run %s; rows are sent again meanwhile)", self.site.gateway, self._lost,
+                        collector, ", ".join(sorted(self._distrusted)), self.run)
 
     def _refused(self, topic: bytes, why: str) -> None:
         self._refused_acks += 1

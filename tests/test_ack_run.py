@@ -1,6 +1,7 @@
 """The gateway's run id, echoed by acknowledgements (contract/acknowledgement.py, "Run" and
 "Shortened list"): after a start with a shortened ``outbox.acknowledged_by``, an acknowledgement
-built before its collector heard this run's status deletes nothing, even when it arrives live; a
+built before its collector heard this run's status deletes nothing, even when it arrives live (and so
+does one of a collector added to the list, built while it did not count); a
 collector never carries a claim merged under the longer list into an acknowledgement of the new run."""
 
 import datetime as dt
@@ -425,3 +426,101 @@ def test_our_own_acknowledgement_taken_back_under_no_list_is_dropped_when_a_list
     finally:
         prod.stop()
         broker.close()
+
+
+@pytest.mark.slow
+def test_a_collector_added_to_the_list_counts_only_once_it_acknowledges_under_this_run(tmp_path, mosquitto, caplog):
+    """The outbox ran listing production alone; staging, whose store is not the one MRV reads, acknowledged
+    every row then (its retained acknowledgement claims them all). It is promoted: the gateway restarts
+    listing both. Before, only a list that lost a member was distrusted: staging's retained claim deleted
+    the 20 rows at once, though the production store holds none of them. Now it deletes nothing, with one
+    WARNING naming staging as added, until staging acknowledges under this run what it stores from now on."""
+    site = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION]))
+    both = site.model_copy(update={"outbox": site.outbox.model_copy(update={"acknowledged_by": [PRODUCTION,
+                                                                                                 STAGING]})})
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    Publisher(site, outbox, broker_url=mosquitto.url)  # the run listing production alone: it is recorded
+    polled(site, outbox, 20)
+    broker = Broker(mosquitto, tmp_path)
+    pub = Publisher(both, outbox, broker_url=mosquitto.url)
+    promoted = None
+    try:
+        body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 20]], "run": OLD_RUN})
+        broker.client.publish(topics.ack(site.site, site.gateway, STAGING), body, qos=1,
+                              retain=True).wait_for_publish(5)
+        with caplog.at_level(logging.WARNING):
+            pub.start()
+            assert wait_until(lambda: STAGING in pub._heard, 10)  # its retained claim has been read
+        assert outbox.depth == 20 and pub.confirmed == 0
+        said = [r.getMessage() for r in caplog.records if "acknowledged_by" in r.getMessage()]
+        assert len(said) == 1 and f"now lists {STAGING}, not counted when this outbox last ran" in said[0], said
+        assert outbox.acknowledged_by() == (True, [PRODUCTION])
+        # promoted for good: it hears this run's status, stores what is sent again, and echoes this run
+        promoted = collector(mosquitto, tmp_path, client_id=STAGING)
+        assert wait_until(lambda: outbox.depth == 0, 30), outbox.depth
+        assert outbox.acknowledged_by() == (True, sorted([PRODUCTION, STAGING]))
+    finally:
+        pub.stop(timeout=0)
+        if promoted:
+            promoted.stop()
+        broker.close()
+        outbox.close()
+
+
+@pytest.mark.parametrize("recorded, collector_id, run, retained, deletes", [
+    ([PRODUCTION], STAGING, OLD_RUN, True, False),  # added: its retained claim of another run
+    ([PRODUCTION], STAGING, OLD_RUN, False, False),  # added: built before it heard this run's status
+    ([PRODUCTION], STAGING, None, True, False),  # added, from before runs: retained, from before this run
+    ([PRODUCTION], STAGING, None, False, True),  # added, from before runs: live, as for a shortened list
+    ([PRODUCTION], STAGING, "this", True, True),  # added, and built under this run's status
+    ([PRODUCTION], PRODUCTION, OLD_RUN, True, True),  # listed before too: trusted as before
+    ([PRODUCTION, STAGING], STAGING, OLD_RUN, True, True),  # the list unchanged: no one distrusted
+    (None, STAGING, OLD_RUN, True, False),  # no list before: everyone is added
+])
+def test_a_collector_added_since_the_outbox_last_ran_is_distrusted_until_it_echoes_this_run(
+        tmp_path, recorded, collector_id, run, retained, deletes):
+    """Production and staging listed; the outbox last ran with ``recorded``. Before, only a list that lost a
+    member was distrusted: the added staging's retained claim of another run deleted the rows."""
+    both = load_site(e2e_site(tmp_path, acknowledged_by=[PRODUCTION, STAGING]))
+    outbox = Outbox(both.outbox.path, both.outbox.max_rows, durable=False)
+    polled(both, outbox, 5)
+    outbox.record_acknowledged_by(recorded)
+    pub = Publisher(both, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]],
+                       **({} if run is None else {"run": pub.run if run == "this" else run})}).encode()
+    try:
+        pub._store_acks.put((topics.ack(both.site, both.gateway, collector_id).encode(), body, retained))
+        pub._take_store_acks()
+        assert outbox.depth == (0 if deletes else 5)
+        assert (collector_id in pub._distrusted) == (not deletes)
+        # the longer list is recorded once no listed collector is distrusted any more
+        assert outbox.acknowledged_by() == (True, sorted([PRODUCTION, STAGING]) if not pub._distrusted else recorded)
+    finally:
+        outbox.close()
+
+
+def test_a_collector_dropped_then_listed_again_before_the_list_is_recorded_is_distrusted(tmp_path):
+    """Staging is dropped from the list (its store no longer counts) and the gateway runs so, but production
+    never echoes that run (down), so the longer list stays recorded; staging acknowledges meanwhile, unlisted.
+    Then staging is listed again. Before, the list was the one recorded: unchanged, and staging's retained
+    claim, built while it did not count, deleted the rows at once. Now the start that dropped it narrowed whom
+    the outbox trusts: staging is added, and only its acknowledgement of this run deletes."""
+    both, site = shortened(tmp_path)
+    outbox = Outbox(site.outbox.path, site.outbox.max_rows, durable=False)
+    polled(site, outbox, 5)
+    outbox.record_acknowledged_by([PRODUCTION, STAGING])
+    Publisher(site, outbox, broker_url="mqtt://127.0.0.1:1")  # the run without staging: no one echoes it
+    pub = Publisher(both, outbox, broker_url="mqtt://127.0.0.1:1")  # never started: fed by hand
+    pub._live_cursor = 5
+    topic = topics.ack(site.site, site.gateway, STAGING).encode()
+    try:
+        for run, deletes in ((OLD_RUN, False), (pub.run, True)):
+            body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 5]], "run": run}).encode()
+            pub._store_acks.put((topic, body, True))
+            pub._take_store_acks()
+            assert outbox.depth == (0 if deletes else 5)
+            assert pub._distrusted == (set() if deletes else {STAGING})
+        assert outbox.acknowledged_by() == outbox.trusted_by() == (True, sorted([PRODUCTION, STAGING]))
+    finally:
+        outbox.close()
