@@ -329,12 +329,12 @@ class AckWatcher:
         assert subscribed.wait(10), "the acknowledgement watcher never subscribed"
 
     def _on_message(self, client, userdata, msg):
+        self.sizes.append(len(msg.payload))
         ack = json.loads(msg.payload)
         self.seen.append(ack)
         self.last[msg.topic.rsplit("/", 1)[1]] = ack
-        self.sizes.append(len(msg.payload))
 
-    def publish(self, topic: str, body: dict, retain=True) -> None:
+    def publish(self, topic: str, body: dict, retain: bool = True) -> None:
         """``body`` published at QoS 1 (retained unless told), once the broker has it."""
         self.client.publish(topic, json.dumps(body), qos=1, retain=retain).wait_for_publish(5)
 
