@@ -89,13 +89,19 @@ def assert_each_stored_once(tmp_path, n, since=None):
     assert set(counts) == set(range(1, n + 1)) and set(counts.values()) == {1}, "a seq stored twice"
 
 
-def test_broker_crash_after_acking_with_the_collector_away_loses_nothing(tmp_path, simulate):
-    broker = broker_without_saves(tmp_path)
+def polling(tmp_path, simulate, broker) -> tuple[Collector, Gateway]:
+    """The site's meters simulated, a collector, and the gateway started polling them."""
     site = load_site(e2e_site(tmp_path))
     simulate(site)
     c = collector(broker, tmp_path)
     gw = Gateway(site, broker_url=broker.url)
     gw.start()
+    return c, gw
+
+
+def test_broker_crash_after_acking_with_the_collector_away_loses_nothing(tmp_path, simulate):
+    broker = broker_without_saves(tmp_path)
+    c, gw = polling(tmp_path, simulate, broker)
     try:
         assert wait_until(lambda: c.stored >= 20)
         c.stop()  # away: the broker queues for its session, acknowledging every reading to the gateway
@@ -114,11 +120,7 @@ def test_broker_crash_after_acking_with_the_collector_away_loses_nothing(tmp_pat
 
 def test_broker_crash_with_no_saved_state_while_the_collector_is_connected(tmp_path, simulate):
     broker = broker_without_saves(tmp_path)
-    site = load_site(e2e_site(tmp_path))
-    simulate(site)
-    c = collector(broker, tmp_path)
-    gw = Gateway(site, broker_url=broker.url)
-    gw.start()
+    c, gw = polling(tmp_path, simulate, broker)
     try:
         assert wait_until(lambda: c.stored >= 40)
         # the collector's session dies with the broker, and the gateway comes back first (the race the
