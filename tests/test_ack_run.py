@@ -20,6 +20,7 @@ from contract.message import MAX_SEQ, Reading
 from gateway.outbox import Outbox
 from gateway.publisher import Publisher
 from tests.conftest import Subscriber, load_site, wait_until
+from tests.test_collector import AckWatcher
 from tests.test_end_to_end_ack import GATEWAY, PRODUCTION, STAGING, collector, e2e_site, polled
 
 OLD_RUN = "0123456789abcdef"  # the run before the restart
@@ -40,13 +41,8 @@ class Broker:
     def __init__(self, mosquitto, tmp_path):
         self.cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db",
                         sites_dir=str(tmp_path / "sites"))
-        self.seen = {}
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
-        self.client.on_message = lambda c, u, m: self.seen.__setitem__(m.topic.rsplit("/", 1)[1],
-                                                                       json.loads(m.payload))
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
-        self.client.connect("127.0.0.1", mosquitto.port)
-        self.client.loop_start()
+        self.watcher = AckWatcher(mosquitto, "+", "+")
+        self.seen = self.watcher.last
 
     def collector(self, client_id, listed=None) -> Acknowledgements:
         return Acknowledgements(CollectorConfig(client_id=client_id, **self.cfg), [self.KEY],
@@ -55,11 +51,11 @@ class Broker:
     def status(self, run, *listed):
         body = {"schema": 1, "state": "online", "epoch": self.EPOCH, "run": run, "floor": 1,
                 **({"acknowledged_by": listed} if listed else {})}
-        self.client.publish(topics.gateway_status(*self.KEY), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+        self.watcher.publish(topics.gateway_status(*self.KEY), body)
 
     def ack(self, collector, run, first, last, retain=True):
-        body = json.dumps({"schema": 1, "epoch": self.EPOCH, "ranges": [[first, last]], "run": run})
-        self.client.publish(topics.ack(*self.KEY, collector), body, qos=1, retain=retain).wait_for_publish(5)
+        body = {"schema": 1, "epoch": self.EPOCH, "ranges": [[first, last]], "run": run}
+        self.watcher.publish(topics.ack(*self.KEY, collector), body, retain=retain)
 
     def stored(self, acks: Acknowledgements, seq: int) -> dict:
         """What ``acks``' collector publishes once its store has ``seq``."""
@@ -70,8 +66,7 @@ class Broker:
         return self.seen[acks.collector_id]
 
     def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.watcher.close()
 
 
 @pytest.mark.slow

@@ -312,20 +312,45 @@ def test_a_dead_letter_is_acknowledged_only_when_the_store_keeps_it_whole(tmp_pa
         pub.close()
 
 
+class AckWatcher:
+    """The acknowledgements published for ``gateway`` of ``site`` (``+`` for any), parsed, as they arrive
+    (retained ones first): ``seen`` in order, ``last`` the latest on each collector's topic, ``sizes`` their
+    lengths [bytes]. Subscribed once made; its client also publishes statuses and acknowledgements by hand."""
+
+    def __init__(self, broker, site="test-site", gateway="gw-test"):
+        self.seen, self.last, self.sizes = [], {}, []
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe(topics.acks_of(site, gateway), qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the acknowledgement watcher never subscribed"
+
+    def _on_message(self, client, userdata, msg):
+        self.sizes.append(len(msg.payload))
+        ack = json.loads(msg.payload)
+        self.seen.append(ack)
+        self.last[msg.topic.rsplit("/", 1)[1]] = ack
+
+    def publish(self, topic: str, body: dict, retain: bool = True) -> None:
+        """``body`` published at QoS 1 (retained unless told), once the broker has it."""
+        self.client.publish(topic, json.dumps(body), qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 @contextlib.contextmanager
 def acknowledgements(broker, site="test-site", gateway="gw-test"):
     """The acknowledgements published for ``gateway`` (a retained one first), parsed, as they arrive."""
-    seen = []
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{time.monotonic_ns()}")
-    watcher.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
-    watcher.connect("127.0.0.1", broker.port)
-    watcher.subscribe(f"jcm/v1/{site}/{gateway}/ack/+", qos=1)
-    watcher.loop_start()
+    watcher = AckWatcher(broker, site, gateway)
     try:
-        yield seen
+        yield watcher.seen
     finally:
-        watcher.loop_stop()
-        watcher.disconnect()
+        watcher.close()
 
 
 def claimed(ack: dict) -> set[int]:

@@ -31,6 +31,7 @@ from gateway.publisher import Publisher, status_payload
 from gateway.service import Gateway
 from jcm.broker import Mosquitto
 from tests.conftest import REPO, Subscriber, free_port, load_site, tcp_device, wait_until, write_site
+from tests.test_collector import AckWatcher
 
 pytestmark = pytest.mark.slow
 
@@ -88,13 +89,19 @@ def assert_each_stored_once(tmp_path, n, since=None):
     assert set(counts) == set(range(1, n + 1)) and set(counts.values()) == {1}, "a seq stored twice"
 
 
-def test_broker_crash_after_acking_with_the_collector_away_loses_nothing(tmp_path, simulate):
-    broker = broker_without_saves(tmp_path)
+def polling(tmp_path, simulate, broker) -> tuple[Collector, Gateway]:
+    """The site's meters simulated, a collector, and the gateway started polling them."""
     site = load_site(e2e_site(tmp_path))
     simulate(site)
     c = collector(broker, tmp_path)
     gw = Gateway(site, broker_url=broker.url)
     gw.start()
+    return c, gw
+
+
+def test_broker_crash_after_acking_with_the_collector_away_loses_nothing(tmp_path, simulate):
+    broker = broker_without_saves(tmp_path)
+    c, gw = polling(tmp_path, simulate, broker)
     try:
         assert wait_until(lambda: c.stored >= 20)
         c.stop()  # away: the broker queues for its session, acknowledging every reading to the gateway
@@ -113,11 +120,7 @@ def test_broker_crash_after_acking_with_the_collector_away_loses_nothing(tmp_pat
 
 def test_broker_crash_with_no_saved_state_while_the_collector_is_connected(tmp_path, simulate):
     broker = broker_without_saves(tmp_path)
-    site = load_site(e2e_site(tmp_path))
-    simulate(site)
-    c = collector(broker, tmp_path)
-    gw = Gateway(site, broker_url=broker.url)
-    gw.start()
+    c, gw = polling(tmp_path, simulate, broker)
     try:
         assert wait_until(lambda: c.stored >= 40)
         # the collector's session dies with the broker, and the gateway comes back first (the race the
@@ -255,12 +258,7 @@ def test_two_collectors_draining_thousands_of_single_messages_learn_each_others_
     device = site.devices[0]
     shape = Reading(site=site.site, gateway=site.gateway, device=device.id, ts=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
                     values={p.channel: 1.0 for p in device.register_map.points}, epoch=outbox.epoch)
-    sizes = []
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: sizes.append(len(m.payload))
-    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(topics.acks_of(site.site, site.gateway), 1)
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.loop_start()
+    watcher = AckWatcher(mosquitto, site.site, site.gateway)
     a = collector(mosquitto, tmp_path, client_id="jcm-collector-a", share_group="collectors")
     b = collector(mosquitto, tmp_path, client_id="jcm-collector-b", share_group="collectors")
     pub = Publisher(site, outbox, broker_url=mosquitto.url)
@@ -281,13 +279,13 @@ def test_two_collectors_draining_thousands_of_single_messages_learn_each_others_
         pub.stop(timeout=0)
         a.stop()
         b.stop()
-        watcher.loop_stop()
+        watcher.close()
         outbox.close()
     assert min(a.stored, b.stored) > n // 4  # the broker dealt both a share
     assert pub.published == n, f"{pub.published - n} reading(s) sent again"
     assert pub.confirmed == n
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert sizes and max(sizes) <= MAX_ACK_BYTES
+    assert watcher.sizes and max(watcher.sizes) <= MAX_ACK_BYTES
     assert_each_stored_once(tmp_path, n)
 
 
@@ -367,16 +365,11 @@ def test_collectors_sharing_a_stream_publish_one_merged_range(tmp_path, mosquitt
     cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
     a = Acknowledgements(CollectorConfig(client_id="col-a", **cfg), [("test-site", GATEWAY)])
     b = Acknowledgements(CollectorConfig(client_id="col-b", **cfg), [("test-site", GATEWAY)])
-    seen = {}
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
-    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.loop_start()
+    watcher = AckWatcher(mosquitto, "+", "+")
+    seen = watcher.last
     epoch = "00112233aabbccdd"
     status = {"schema": 1, "state": "online", "epoch": epoch, "floor": 1}  # until it, no claim but ours is merged
-    watcher.publish(topics.gateway_status("test-site", GATEWAY), json.dumps(status), qos=1,
-                    retain=True).wait_for_publish(5)
+    watcher.publish(topics.gateway_status("test-site", GATEWAY), status)
 
     def readings(seqs):
         return [Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
@@ -397,7 +390,7 @@ def test_collectors_sharing_a_stream_publish_one_merged_range(tmp_path, mosquitt
     finally:
         for ack in (a, b):
             ack.stop()
-        watcher.loop_stop()
+        watcher.close()
 
 
 def test_a_collector_reads_back_its_own_acknowledgement_only_after_a_restart(tmp_path, mosquitto, monkeypatch):
@@ -548,17 +541,13 @@ def test_a_listed_collector_does_not_merge_an_unlisted_ones_claim(tmp_path, mosq
     prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key], listed)
     peer = Acknowledgements(CollectorConfig(client_id="jcm-collector-peer", **cfg), [key], listed)
     staging = Acknowledgements(CollectorConfig(client_id=STAGING, **cfg), [key], listed)
-    seen = {}
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
-    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.loop_start()
+    watcher = AckWatcher(mosquitto, "+", "+")
+    seen = watcher.last
     epoch = "00112233aabbccdd"
     # a status without the list (a gateway from before it) leaves it to the site file
     status = {"schema": 1, "state": "online", "epoch": epoch, "floor": 1,
               **({"acknowledged_by": trusted} if told_by == "gateway status" else {})}
-    watcher.publish(topics.gateway_status(*key), json.dumps(status), qos=1, retain=True).wait_for_publish(5)
+    watcher.publish(topics.gateway_status(*key), status)
 
     def readings(seqs):
         return [Reading(site="test-site", gateway=GATEWAY, device="m0", ts=dt.datetime.now(dt.UTC), values={},
@@ -578,7 +567,7 @@ def test_a_listed_collector_does_not_merge_an_unlisted_ones_claim(tmp_path, mosq
     finally:
         for ack in (prod, peer, staging):
             ack.stop()
-        watcher.loop_stop()
+        watcher.close()
 
 
 def test_a_shortened_list_does_not_act_on_retained_acknowledgements_from_before(tmp_path, mosquitto, caplog):
@@ -696,20 +685,15 @@ def test_a_collector_never_publishes_a_claim_merged_from_a_collector_the_gateway
     cfg = dict(broker={"url": mosquitto.url}, store=f"sqlite:///{tmp_path}/jcm.db", sites_dir=str(tmp_path / "sites"))
     key = ("test-site", GATEWAY)
     epoch = "00112233aabbccdd"
-    seen = {}
-    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic.rsplit("/", 1)[1], json.loads(m.payload))
-    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe("jcm/v1/+/+/ack/+", 1)
-    watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.loop_start()
+    watcher = AckWatcher(mosquitto, "+", "+")
+    seen = watcher.last
 
     def status(*listed):
         body = {"schema": 1, "state": "online", "epoch": epoch, "floor": 1, "acknowledged_by": list(listed)}
-        watcher.publish(topics.gateway_status(*key), json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+        watcher.publish(topics.gateway_status(*key), body)
 
     def staging_claims():
-        body = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[1, 100]]})
-        watcher.publish(topics.ack(*key, STAGING), body, qos=1, retain=True).wait_for_publish(5)
+        watcher.publish(topics.ack(*key, STAGING), {"schema": 1, "epoch": epoch, "ranges": [[1, 100]]})
 
     # its copy of the site file: no list, or (status forged) production only
     prod = Acknowledgements(CollectorConfig(client_id=PRODUCTION, **cfg), [key],
@@ -727,8 +711,8 @@ def test_a_collector_never_publishes_a_claim_merged_from_a_collector_the_gateway
             assert wait_until(lambda: prod._gateways[key].current == epoch, 10)  # the status is in
         elif when == "own claim from before":
             status(PRODUCTION)
-            merged = json.dumps({"schema": 1, "epoch": epoch, "ranges": [[1, 100]]})  # staging's, merged then
-            watcher.publish(topics.ack(*key, PRODUCTION), merged, qos=1, retain=True).wait_for_publish(5)
+            merged = {"schema": 1, "epoch": epoch, "ranges": [[1, 100]]}  # staging's, merged then
+            watcher.publish(topics.ack(*key, PRODUCTION), merged)
             prod.start()
             assert wait_until(lambda: prod._gateways[key].current == epoch, 10)
         else:
@@ -747,7 +731,7 @@ def test_a_collector_never_publishes_a_claim_merged_from_a_collector_the_gateway
         assert seen[PRODUCTION] == {"schema": 1, "epoch": epoch, "ranges": [[101, 101]]}
     finally:
         prod.stop()
-        watcher.loop_stop()
+        watcher.close()
 
 
 def test_an_unnamed_collector_first_still_leaves_eight_named_in_the_status(tmp_path):

@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
@@ -33,13 +33,6 @@ def _last_seq(path) -> int:
         db.close()
 
 
-def _wait_for(cond, seconds=20.0):
-    deadline = time.monotonic() + seconds
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _names(where):
     return sorted(p.name for p in where.iterdir())
 
@@ -55,7 +48,7 @@ def test_a_second_gateway_on_one_outbox_is_refused_and_the_first_runs_on(tmp_pat
     first = subprocess.Popen([sys.executable, "-m", "jcm.cli", *map(str, [*args, "--duration", 60])], cwd=REPO,
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: path.exists() and _last_seq(path) >= 2)
+        assert wait_until(lambda: path.exists() and _last_seq(path) >= 2, 20)
         inode, names = path.stat().st_ino, _names(data)
         for extra in ([], ["--new-outbox"]):
             res = jcm(*args, "--duration", 1, *extra)
@@ -63,7 +56,7 @@ def test_a_second_gateway_on_one_outbox_is_refused_and_the_first_runs_on(tmp_pat
             assert res.returncode == 1  # the unit tries again: the other may be one started by hand
             assert (path.stat().st_ino, _names(data)) == (inode, names), "the refused gateway touched the outbox"
         seq = _last_seq(path)
-        _wait_for(lambda: _last_seq(path) > seq + 2)  # the first gateway polls and commits on
+        assert wait_until(lambda: _last_seq(path) > seq + 2, 20)  # the first gateway polls and commits on
         assert (path.stat().st_ino, _names(data)) == (inode, names)
         assert first.poll() is None
     finally:
@@ -101,24 +94,30 @@ def test_the_lock_follows_the_outbox_put_back_at_its_path(tmp_path, monkeypatch)
     box.append("t", lambda s: f"m{s}")
     inode = path.stat().st_ino
     os.unlink(path)
-    _wait_for(lambda: path.exists() and path.stat().st_ino != inode, 5)
+    assert wait_until(lambda: path.exists() and path.stat().st_ino != inode, 5)
     box.append("t", lambda s: f"m{s}")  # the committer has reopened it: the restore is complete
     with pytest.raises(OutboxInUse, match=str(path)):
         Outbox(path, max_rows=100)
     box.close()
 
 
-def test_a_gateway_started_while_the_file_was_gone_is_not_moved_aside(tmp_path, monkeypatch, caplog):
-    """A deleted outbox, a second gateway started meanwhile on a new file at the path: the first must
-    not move that live outbox aside (each would move the other's aside at every check, spreading one
-    sequence over files and leaving rows unsent); it goes on in its own copy beside it, CRITICAL."""
+def _gone_and_made_again(tmp_path, monkeypatch) -> tuple[Path, Outbox, Outbox]:
+    """An open outbox holding "a1" deleted, and a second gateway's new outbox at its path; the first
+    checks its path only when told."""
     monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 3600)
     path = tmp_path / "outbox.sqlite"
     first = Outbox(path, max_rows=100)
     first.append("t", lambda s: f"a{s}")
     for end in ("", "-wal", "-shm"):
         os.unlink(f"{path}{end}")
-    second = Outbox(path, max_rows=100)
+    return path, first, Outbox(path, max_rows=100)
+
+
+def test_a_gateway_started_while_the_file_was_gone_is_not_moved_aside(tmp_path, monkeypatch, caplog):
+    """A deleted outbox, a second gateway started meanwhile on a new file at the path: the first must
+    not move that live outbox aside (each would move the other's aside at every check, spreading one
+    sequence over files and leaving rows unsent); it goes on in its own copy beside it, CRITICAL."""
+    path, first, second = _gone_and_made_again(tmp_path, monkeypatch)
     second.append("t", lambda s: f"b{s}")
     inode = path.stat().st_ino
     with first._lock:
@@ -142,13 +141,7 @@ def test_a_gateway_started_while_the_file_was_gone_is_not_moved_aside(tmp_path, 
 def test_a_gateway_gone_on_in_its_copy_keeps_its_sequence_file_beside_the_copy(tmp_path, monkeypatch):
     """The sequence file beside the path is the other gateway's, whose outbox is there: written by
     both, it named the wrong epoch in turn, and neither could tell its outbox restored from a backup."""
-    monkeypatch.setattr(outbox_module, "PATH_CHECK_EVERY", 3600)
-    path = tmp_path / "outbox.sqlite"
-    first = Outbox(path, max_rows=100)
-    first.append("t", lambda s: f"a{s}")
-    for end in ("", "-wal", "-shm"):
-        os.unlink(f"{path}{end}")
-    second = Outbox(path, max_rows=100)
+    path, first, second = _gone_and_made_again(tmp_path, monkeypatch)
     with first._lock:
         first._check_path()
     assert first.path.startswith(f"{path}.restore-")
@@ -158,41 +151,19 @@ def test_a_gateway_gone_on_in_its_copy_keeps_its_sequence_file_beside_the_copy(t
     assert epoch_at == {path: second.epoch, first.path: first.epoch}
 
 
-def test_new_outbox_run_while_a_gateway_opens_its_outbox_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("existing, racer", [(True, "new-outbox"), (False, "new-outbox"), (False, "second gateway")])
+def test_an_outbox_is_locked_before_sqlite_opens_it(tmp_path, monkeypatch, existing, racer):
     """`--new-outbox` run at the instant a gateway (restarted by its unit) has opened the file but not
     yet locked it moved the file aside under it: the gateway then locked whatever was at the path and
-    wrote its readings to the file set aside (or stopped, exit 2). The lock is taken before SQLite
-    opens an existing outbox, so the move is refused."""
+    wrote its readings to the file set aside (or stopped, exit 2). A missing outbox was made by SQLite
+    and locked just after: `--new-outbox` or a second gateway run in between moved it aside or opened it
+    too. The lock is taken before SQLite opens an existing outbox, and ``hold`` makes a missing one and
+    locks it first, so the racer is refused."""
     path = tmp_path / "outbox.sqlite"
-    box = Outbox(path, max_rows=100)
-    box.append("t", lambda s: f"a{s}")
-    box.close()
-    real, refused = outbox_module.open_sqlite, []
-
-    def opening(*args, **kwargs):
-        db = real(*args, **kwargs)
-        try:
-            outbox_module.move_aside(path)  # `jcm gateway --new-outbox`, now
-        except OutboxInUse:
-            refused.append(True)
-        return db
-
-    monkeypatch.setattr(outbox_module, "open_sqlite", opening)
-    box = Outbox(path, max_rows=100)
-    monkeypatch.undo()
-    assert refused and not list(tmp_path.glob("*.corrupt-*"))
-    box.append("t", lambda s: f"a{s}")
-    box.close()
-    box = Outbox(path, max_rows=100)
-    assert [r[2] for r in box.after(0, 10)] == ["a1", "a2"]
-    box.close()
-
-
-@pytest.mark.parametrize("racer", ["new-outbox", "second gateway"])
-def test_a_missing_outbox_is_made_and_locked_before_sqlite_opens_it(tmp_path, monkeypatch, racer):
-    """A missing outbox was made by SQLite and locked just after: `--new-outbox` or a second gateway
-    run in between moved it aside or opened it too. ``hold`` makes the file and locks it first."""
-    path = tmp_path / "outbox.sqlite"
+    if existing:
+        box = Outbox(path, max_rows=100)
+        box.append("t", lambda s: f"a{s}")
+        box.close()
     real, refused = outbox_module.open_sqlite, []
 
     def opening(*args, **kwargs):
@@ -200,7 +171,7 @@ def test_a_missing_outbox_is_made_and_locked_before_sqlite_opens_it(tmp_path, mo
         monkeypatch.setattr(outbox_module, "open_sqlite", real)  # the racer opens as any gateway does
         try:
             if racer == "new-outbox":
-                outbox_module.move_aside(path)
+                outbox_module.move_aside(path)  # `jcm gateway --new-outbox`, now
             else:
                 Outbox(path, max_rows=100).close()
         except OutboxInUse:
@@ -213,6 +184,10 @@ def test_a_missing_outbox_is_made_and_locked_before_sqlite_opens_it(tmp_path, mo
     assert refused and not list(tmp_path.glob("*.corrupt-*"))
     box.append("t", lambda s: f"a{s}")
     box.close()
+    if existing:
+        box = Outbox(path, max_rows=100)
+        assert [r[2] for r in box.after(0, 10)] == ["a1", "a2"]
+        box.close()
 
 
 _NO_FLOCK = """import errno, fcntl, os
