@@ -440,9 +440,8 @@ def test_a_collector_added_to_the_list_counts_only_once_it_acknowledges_under_th
     pub = Publisher(both, outbox, broker_url=mosquitto.url)
     promoted = None
     try:
-        body = json.dumps({"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 20]], "run": OLD_RUN})
-        broker.client.publish(topics.ack(site.site, site.gateway, STAGING), body, qos=1,
-                              retain=True).wait_for_publish(5)
+        broker.watcher.publish(topics.ack(site.site, site.gateway, STAGING),
+                               {"schema": 1, "epoch": outbox.epoch, "ranges": [[1, 20]], "run": OLD_RUN})
         with caplog.at_level(logging.WARNING):
             pub.start()
             assert wait_until(lambda: STAGING in pub._heard, 10)  # its retained claim has been read
