@@ -1078,6 +1078,31 @@ def test_a_recorded_gap_whose_late_seqs_are_split_across_collectors_is_resolved(
     assert f.resolved is not None
 
 
+def test_a_hole_inside_a_gap_another_collector_recorded_is_not_recorded_again(tmp_path):
+    """Two collectors on a shared subscription: the one that met the gateway first does not know the gaps
+    the other recorded since, and a late seq splits one of them: before, what it still missed of that gap
+    (seq 7 of 6..7) was recorded as a gap of its own, its seqs counted missing twice."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+
+    def reading(s):
+        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+
+    a.stored([reading(s) for s in (1, 2)])
+    b.stored([reading(s) for s in (5, 8)])
+    clock[0] = 20.0
+    for c in (a, b):
+        c.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(3, 4), (6, 7)]
+    a.stored([reading(s) for s in (3, 4, 6)])
+    for clock[0] in (40.0, 60.0, 80.0):
+        for c in (a, b):
+            c.check()
+    assert {(f.first, f.last): f.resolved is not None for f in store.sequence_findings("s")} == {
+        (3, 4): True, (6, 7): False}
+
+
 def _restart_within_grace(tmp_path, blocks: int) -> list[tuple[int, int]]:
     """A gateway replays a backlog of ``blocks`` blocks within the grace period (as batches do),
     seqs 11..20 lost near its start, and the collector restarts before the grace period is

@@ -145,6 +145,18 @@ class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
         i = bisect.bisect_right(self._recorded_spans, (seq, MAX_SEQ + 1))
         return self._recorded_spans[i - 1][0] if i > 0 and self._recorded_spans[i - 1][1] >= seq else None
 
+    def overlaps(self, first: int, last: int) -> bool:
+        """Whether any seq of first..last lies inside a recorded gap."""
+        i = bisect.bisect_right(self._recorded_spans, (last, MAX_SEQ + 1))
+        return i > 0 and self._recorded_spans[i - 1][1] >= first
+
+    def look_for(self, first: int, last: int, most: int) -> None:
+        """Look for the recorded gap first..last in the store until it has arrived: the ``most``
+        newest gaps so looked for are kept."""
+        self.open[first] = last
+        if len(self.open) > most:
+            del self.open[min(self.open)]
+
     def is_recorded(self, first: int, last: int) -> bool:
         """Whether first..last lies inside one recorded gap."""
         at = self.recorded_first(first)

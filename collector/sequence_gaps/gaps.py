@@ -299,9 +299,7 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
             elif track.floor is not None and f.first < track.floor and f.first not in track.open:
                 # a gap below the mark this process met the gateway at: the seqs of it that
                 # arrived before are in the store, not in our runs (read from the mark up)
-                track.open[f.first] = f.last
-                if len(track.open) > OPEN_GAPS:
-                    del track.open[min(track.open)]
+                track.look_for(f.first, f.last, OPEN_GAPS)
 
     # -- holes ------------------------------------------------------------------------
     def check(self) -> None:
@@ -429,10 +427,16 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
             self._refresh(site, gateway, epochs)
         for epoch, track in epochs.items():
             swamped: list[tuple[int, int, _Run | None, _Run]] = []  # holes due beyond ``MAX_GAPS``
+            learnt = False
             for first, last, before, after in track.holes():
                 noticed = track.suspected.get(first, (0, None))[1]
                 if noticed is None or now - noticed < self.grace_s or track.covered(first, last):
                     continue
+                if not learnt:
+                    learnt = True
+                    self._learn_gaps(site, gateway, epoch, track)
+                    if track.covered(first, last):
+                        continue
                 if len(track.recorded) >= holes_cap.MAX_GAPS:
                     swamped.append((first, last, before, after))
                     continue
@@ -441,14 +445,24 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                 f = self._explain(f, track)
                 self.store.record_finding(f)
                 track.record(f)
-                track.open[first] = last
-                if len(track.open) > OPEN_GAPS:
-                    del track.open[min(track.open)]
+                track.look_for(first, last, OPEN_GAPS)
                 track.reshaped = True
                 del track.suspected[first]
                 self._log_gap(site, gateway, track, f.cause, now)
             if swamped:
                 self._record_holes(site, gateway, epoch, track, swamped, now)
+
+    def _learn_gaps(self, site: str, gateway: str, epoch: str, track: _Epoch) -> None:
+        """Take the gaps of the epoch that other collectors (or this one before its books started
+        again) recorded since this one met the gateway: a hole inside one is not a gap of its own
+        (its seqs would be counted missing twice), and the late seqs of one still open may reach
+        both collectors, neither holding them all, so it is looked for in the store as our own are."""
+        for f in self.store.sequence_findings(site, gateway=gateway, epoch=epoch, kind="gap"):
+            if not track.overlaps(f.first, f.last):
+                track.record(f)
+                track.reshaped = True
+                if f.resolved is None:
+                    track.look_for(f.first, f.last, OPEN_GAPS)
 
     def _explain(self, f: SequenceFinding, track: _Epoch) -> SequenceFinding:
         """Say what the gap is, and how much of it the gateway's outbox cap and the seqs it left unused
