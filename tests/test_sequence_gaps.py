@@ -1103,6 +1103,34 @@ def test_a_hole_inside_a_gap_another_collector_recorded_is_not_recorded_again(tm
         (3, 4): True, (6, 7): False}
 
 
+def test_a_gap_whose_late_seqs_split_across_collectors_before_their_books_started_again_is_resolved(tmp_path):
+    """The books of a collector start again when a write is tried again (or the collector restarts): the
+    gaps it looked for in the store are forgotten. Before, a gap recorded by one collector, whose late seqs
+    then reached both (each holding a part), was never resolved once their books started again: neither
+    looked for it, and the monthly QA called a complete period incomplete."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+
+    def reading(s):
+        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+
+    a.stored([reading(s) for s in (1, 2, 3, 13, 14)])
+    clock[0] = 20.0
+    a.check()
+    b.stored([reading(15)])
+    assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(4, 12)]
+    a.stored([reading(s) for s in (4, 6, 8, 10, 12)])
+    b.stored([reading(s) for s in (5, 7, 9, 11)])
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))  # books started again
+    b.stored([reading(16)])
+    for clock[0] in (40.0, 60.0):
+        for c in (a, b):
+            c.check()
+    [f] = store.sequence_findings("s")
+    assert f.resolved is not None
+
+
 def _restart_within_grace(tmp_path, blocks: int) -> list[tuple[int, int]]:
     """A gateway replays a backlog of ``blocks`` blocks within the grace period (as batches do),
     seqs 11..20 lost near its start, and the collector restarts before the grace period is

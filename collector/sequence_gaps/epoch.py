@@ -20,6 +20,11 @@ from collector.sequence_gaps.runs import _first, _Run
 from contract.message import MAX_SEQ
 from contract.store import SequenceFinding
 
+#: gaps recorded that a collector looks for in the store until they arrive (the newest of each
+#: epoch): on a shared subscription their late seqs may reach the other collector only, or be split
+#: between both
+OPEN_GAPS = 16
+
 
 @dataclass
 class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
@@ -150,11 +155,11 @@ class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
         i = bisect.bisect_right(self._recorded_spans, (last, MAX_SEQ + 1))
         return i > 0 and self._recorded_spans[i - 1][1] >= first
 
-    def look_for(self, first: int, last: int, most: int) -> None:
-        """Look for the recorded gap first..last in the store until it has arrived: the ``most``
-        newest gaps so looked for are kept."""
+    def look_for(self, first: int, last: int) -> None:
+        """Look for the recorded gap first..last in the store until it has arrived (at most
+        ``OPEN_GAPS``: the newest)."""
         self.open[first] = last
-        if len(self.open) > most:
+        if len(self.open) > OPEN_GAPS:
             del self.open[min(self.open)]
 
     def is_recorded(self, first: int, last: int) -> bool:

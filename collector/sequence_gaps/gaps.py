@@ -86,9 +86,6 @@ CHECK_EVERY_S = 1.0
 #: how often a gateway with holes learns from the store what other collectors stored [s]: on a
 #: shared subscription each collector sees part of the stream, and its own runs would pile up
 REFRESH_S = 5.0
-#: gaps this process recorded that it looks for in the store until they arrive (the newest of
-#: each epoch): on a shared subscription their late seqs may reach the other collector only
-OPEN_GAPS = 16
 
 
 def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, now: float) -> float:
@@ -290,16 +287,20 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         if f.resolved is None:
             i = bisect.bisect_right(track.runs, seq, key=_first) - 1
             if i >= 0 and track.runs[i].first <= f.first and f.last <= track.runs[i].last:
-                done = replace(f, resolved=dt.datetime.now(dt.UTC))
-                self.store.record_finding(done)
-                track.record(done)
-                track.open.pop(f.first, None)
-                log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
-                         site, gateway, f.first, f.last, epoch or "(none)")
+                self._arrived(site, gateway, epoch, track, f)
             elif track.floor is not None and f.first < track.floor and f.first not in track.open:
                 # a gap below the mark this process met the gateway at: the seqs of it that
                 # arrived before are in the store, not in our runs (read from the mark up)
-                track.look_for(f.first, f.last, OPEN_GAPS)
+                track.look_for(f.first, f.last)
+
+    def _arrived(self, site: str, gateway: str, epoch: str, track: _Epoch, f: SequenceFinding) -> None:
+        """Every seq of the recorded gap ``f`` is in the store now: say so."""
+        done = replace(f, resolved=dt.datetime.now(dt.UTC))
+        self.store.record_finding(done)
+        track.record(done)
+        track.open.pop(f.first, None)
+        log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
+                 site, gateway, f.first, f.last, epoch or "(none)")
 
     # -- holes ------------------------------------------------------------------------
     def check(self) -> None:
@@ -445,7 +446,7 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                 f = self._explain(f, track)
                 self.store.record_finding(f)
                 track.record(f)
-                track.look_for(first, last, OPEN_GAPS)
+                track.look_for(first, last)
                 track.reshaped = True
                 del track.suspected[first]
                 self._log_gap(site, gateway, track, f.cause, now)
@@ -462,7 +463,7 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                 track.record(f)
                 track.reshaped = True
                 if f.resolved is None:
-                    track.look_for(f.first, f.last, OPEN_GAPS)
+                    track.look_for(f.first, f.last)
 
     def _explain(self, f: SequenceFinding, track: _Epoch) -> SequenceFinding:
         """Say what the gap is, and how much of it the gateway's outbox cap and the seqs it left unused
