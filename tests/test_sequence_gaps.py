@@ -1131,6 +1131,20 @@ def test_a_gap_whose_late_seqs_split_across_collectors_before_their_books_starte
     assert f.resolved is not None
 
 
+def test_a_hole_not_yet_judged_when_the_books_start_again_is_judged_though_its_gateway_sends_no_more(tmp_path):
+    """A write tried again starts the books again from the store: before, a gateway that sent nothing
+    more was not met again, and its hole (seqs 2..3, not yet judged) was never recorded: a silent loss."""
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    books = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    books.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in (1, 4)])
+    books.staged([])  # a write of readings the store refused whole, tried again
+    books.settled(books.staged([]))
+    for clock[0] in (20.0, 40.0):
+        books.check()
+    assert [(f.first, f.last) for f in store.sequence_findings("s")] == [(2, 3)]
+
+
 def _restart_within_grace(tmp_path, blocks: int) -> list[tuple[int, int]]:
     """A gateway replays a backlog of ``blocks`` blocks within the grace period (as batches do),
     seqs 11..20 lost near its start, and the collector restarts before the grace period is

@@ -108,6 +108,9 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         self.grace_s = grace_s
         self.clock = clock
         self._gateways: dict[tuple[str, str], dict[str, _Epoch]] = {}
+        #: gateways the books knew before they started again (``_restart``), met again at the next check:
+        #: one that sends nothing more would keep its holes not yet judged unjudged
+        self._unmet: list[tuple[str, str]] = []
         self._unsaved: set[tuple[str, str, str, int]] = set()  # (site, gateway, epoch, block) to write
         self._jumps: set[tuple[str, str, str]] = set()  # (site, gateway, epoch) whose jump finding to write
         self._far_blocks: list[SeqBlock] = []  # of the seqs held since the blocks were last written
@@ -214,7 +217,7 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         seqs this process held for its blocks may have gone with the rollback."""
         fresh = vars(SequenceGaps(self.store, self.grace_s, self.clock))
         del fresh["_status"]  # the same dict kept: ``on_status`` is called from the MQTT thread
-        vars(self).update(fresh, _pending=pending)
+        vars(self).update(fresh, _pending=pending, _unmet=list(self._gateways) + self._unmet)
 
     def _failed(self, exc: Exception, left: list[Reading]) -> None:
         """The books could not be kept: ``left``, the readings whose seqs were not followed, are
@@ -307,6 +310,10 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         """Record as gaps the holes missing for longer than the grace period and absent
         from the store, and move the marks over what is judged. Raises ``StoreUnavailable``."""
         now = self.clock()
+        while self._unmet:
+            if self._unmet[-1] not in self._gateways:
+                self._load(*self._unmet[-1], now)
+            self._unmet.pop()
         marks = []
         for (site, gateway), epochs in self._gateways.items():
             oldest = self._suspect(epochs, now)
