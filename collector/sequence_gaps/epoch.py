@@ -38,8 +38,9 @@ class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
     suspected: dict[int, tuple[int, float]] = field(default_factory=dict)
     recorded: dict[int, SequenceFinding] = field(default_factory=dict)  # gap's first seq -> finding
     _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
-    #: first -> last seq of the gaps this process recorded, or met below its floor as late seqs arrived,
-    #: not yet resolved (at most ``OPEN_GAPS``)
+    #: first -> last seq of the gaps not yet resolved this process looks for in the store: those it recorded,
+    #: found there when it met the gateway or before recording its own, or met below its floor as late seqs
+    #: arrived (at most ``OPEN_GAPS``)
     open: dict[int, int] = field(default_factory=dict)
     #: the lowest seq looked at: epochs count from 1, or from above the epoch's mark in the store
     #: (seqs up to it were judged before); a sender without epochs is followed from where we meet
