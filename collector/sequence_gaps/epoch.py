@@ -20,6 +20,11 @@ from collector.sequence_gaps.runs import _first, _Run
 from contract.message import MAX_SEQ
 from contract.store import SequenceFinding
 
+#: gaps recorded that a collector looks for in the store until they arrive (the newest of each
+#: epoch): on a shared subscription their late seqs may reach the other collector only, or be split
+#: between both
+OPEN_GAPS = 16
+
 
 @dataclass
 class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
@@ -33,8 +38,9 @@ class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
     suspected: dict[int, tuple[int, float]] = field(default_factory=dict)
     recorded: dict[int, SequenceFinding] = field(default_factory=dict)  # gap's first seq -> finding
     _recorded_spans: list[tuple[int, int]] = field(default_factory=list)  # (first, last) of those, sorted
-    #: first -> last seq of the gaps this process recorded, or met below its floor as late seqs arrived,
-    #: not yet resolved (at most ``OPEN_GAPS``)
+    #: first -> last seq of the gaps not yet resolved this process looks for in the store: those it recorded,
+    #: found there when it met the gateway or before recording its own, or met below its floor as late seqs
+    #: arrived (at most ``OPEN_GAPS``)
     open: dict[int, int] = field(default_factory=dict)
     #: the lowest seq looked at: epochs count from 1, or from above the epoch's mark in the store
     #: (seqs up to it were judged before); a sender without epochs is followed from where we meet
@@ -144,6 +150,18 @@ class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
         """The first seq of the recorded gap that holds ``seq`` (recorded gaps do not overlap)."""
         i = bisect.bisect_right(self._recorded_spans, (seq, MAX_SEQ + 1))
         return self._recorded_spans[i - 1][0] if i > 0 and self._recorded_spans[i - 1][1] >= seq else None
+
+    def overlaps(self, first: int, last: int) -> bool:
+        """Whether any seq of first..last lies inside a recorded gap."""
+        i = bisect.bisect_right(self._recorded_spans, (last, MAX_SEQ + 1))
+        return i > 0 and self._recorded_spans[i - 1][1] >= first
+
+    def look_for(self, first: int, last: int) -> None:
+        """Look for the recorded gap first..last in the store until it has arrived (at most
+        ``OPEN_GAPS``: the newest)."""
+        self.open[first] = last
+        if len(self.open) > OPEN_GAPS:
+            del self.open[min(self.open)]
 
     def is_recorded(self, first: int, last: int) -> bool:
         """Whether first..last lies inside one recorded gap."""

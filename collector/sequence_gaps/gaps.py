@@ -86,9 +86,6 @@ CHECK_EVERY_S = 1.0
 #: how often a gateway with holes learns from the store what other collectors stored [s]: on a
 #: shared subscription each collector sees part of the stream, and its own runs would pile up
 REFRESH_S = 5.0
-#: gaps this process recorded that it looks for in the store until they arrive (the newest of
-#: each epoch): on a shared subscription their late seqs may reach the other collector only
-OPEN_GAPS = 16
 
 
 def _missing_since(before: list[tuple[int, int, float]], first: int, last: int, now: float) -> float:
@@ -111,6 +108,9 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         self.grace_s = grace_s
         self.clock = clock
         self._gateways: dict[tuple[str, str], dict[str, _Epoch]] = {}
+        #: gateways the books knew before they started again (``_restart``), met again at the next check:
+        #: one that sends nothing more would keep its holes not yet judged unjudged
+        self._unmet: list[tuple[str, str]] = []
         self._unsaved: set[tuple[str, str, str, int]] = set()  # (site, gateway, epoch, block) to write
         self._jumps: set[tuple[str, str, str]] = set()  # (site, gateway, epoch) whose jump finding to write
         self._far_blocks: list[SeqBlock] = []  # of the seqs held since the blocks were last written
@@ -217,7 +217,7 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         seqs this process held for its blocks may have gone with the rollback."""
         fresh = vars(SequenceGaps(self.store, self.grace_s, self.clock))
         del fresh["_status"]  # the same dict kept: ``on_status`` is called from the MQTT thread
-        vars(self).update(fresh, _pending=pending)
+        vars(self).update(fresh, _pending=pending, _unmet=list(self._gateways) + self._unmet)
 
     def _failed(self, exc: Exception, left: list[Reading]) -> None:
         """The books could not be kept: ``left``, the readings whose seqs were not followed, are
@@ -290,24 +290,30 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         if f.resolved is None:
             i = bisect.bisect_right(track.runs, seq, key=_first) - 1
             if i >= 0 and track.runs[i].first <= f.first and f.last <= track.runs[i].last:
-                done = replace(f, resolved=dt.datetime.now(dt.UTC))
-                self.store.record_finding(done)
-                track.record(done)
-                track.open.pop(f.first, None)
-                log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
-                         site, gateway, f.first, f.last, epoch or "(none)")
+                self._arrived(site, gateway, epoch, track, f)
             elif track.floor is not None and f.first < track.floor and f.first not in track.open:
                 # a gap below the mark this process met the gateway at: the seqs of it that
                 # arrived before are in the store, not in our runs (read from the mark up)
-                track.open[f.first] = f.last
-                if len(track.open) > OPEN_GAPS:
-                    del track.open[min(track.open)]
+                track.look_for(f.first, f.last)
+
+    def _arrived(self, site: str, gateway: str, epoch: str, track: _Epoch, f: SequenceFinding) -> None:
+        """Every seq of the recorded gap ``f`` is in the store now: say so."""
+        done = replace(f, resolved=dt.datetime.now(dt.UTC))
+        self.store.record_finding(done)
+        track.record(done)
+        track.open.pop(f.first, None)
+        log.info("site %s: gateway %s: seqs %d..%d of epoch %s arrived after all",
+                 site, gateway, f.first, f.last, epoch or "(none)")
 
     # -- holes ------------------------------------------------------------------------
     def check(self) -> None:
         """Record as gaps the holes missing for longer than the grace period and absent
         from the store, and move the marks over what is judged. Raises ``StoreUnavailable``."""
         now = self.clock()
+        while self._unmet:
+            if self._unmet[-1] not in self._gateways:
+                self._load(*self._unmet[-1], now)
+            self._unmet.pop()
         marks = []
         for (site, gateway), epochs in self._gateways.items():
             oldest = self._suspect(epochs, now)
@@ -429,10 +435,16 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
             self._refresh(site, gateway, epochs)
         for epoch, track in epochs.items():
             swamped: list[tuple[int, int, _Run | None, _Run]] = []  # holes due beyond ``MAX_GAPS``
+            learnt = False
             for first, last, before, after in track.holes():
                 noticed = track.suspected.get(first, (0, None))[1]
                 if noticed is None or now - noticed < self.grace_s or track.covered(first, last):
                     continue
+                if not learnt:
+                    learnt = True
+                    self._learn_gaps(site, gateway, epoch, track)
+                    if track.covered(first, last):
+                        continue
                 if len(track.recorded) >= holes_cap.MAX_GAPS:
                     swamped.append((first, last, before, after))
                     continue
@@ -441,14 +453,24 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
                 f = self._explain(f, track)
                 self.store.record_finding(f)
                 track.record(f)
-                track.open[first] = last
-                if len(track.open) > OPEN_GAPS:
-                    del track.open[min(track.open)]
+                track.look_for(first, last)
                 track.reshaped = True
                 del track.suspected[first]
                 self._log_gap(site, gateway, track, f.cause, now)
             if swamped:
                 self._record_holes(site, gateway, epoch, track, swamped, now)
+
+    def _learn_gaps(self, site: str, gateway: str, epoch: str, track: _Epoch) -> None:
+        """Take the gaps of the epoch that other collectors (or this one before its books started
+        again) recorded since this one met the gateway: a hole inside one is not a gap of its own
+        (its seqs would be counted missing twice), and the late seqs of one still open may reach
+        both collectors, neither holding them all, so it is looked for in the store as our own are."""
+        for f in self.store.sequence_findings(site, gateway=gateway, epoch=epoch, kind="gap"):
+            if not track.overlaps(f.first, f.last):
+                track.record(f)
+                track.reshaped = True
+                if f.resolved is None:
+                    track.look_for(f.first, f.last)
 
     def _explain(self, f: SequenceFinding, track: _Epoch) -> SequenceFinding:
         """Say what the gap is, and how much of it the gateway's outbox cap and the seqs it left unused

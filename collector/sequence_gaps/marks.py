@@ -34,12 +34,18 @@ class _Marks:
         self._learn(site, gateway, epochs)
         for f in self.store.sequence_findings(site, gateway=gateway):
             if f.kind == "gap":
-                epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).record(f)
+                track = epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None))
+                track.record(f)
+                if f.resolved is None:
+                    # the collector that looked for it may have started its books again since, and its
+                    # late seqs may be split between collectors, neither holding them all
+                    track.look_for(f.first, f.last)
             elif f.kind == "holes":
                 epochs.setdefault(f.epoch, _Epoch(floor=1 if f.epoch else None)).swallow(f.first, f.last)
             elif f.epoch in epochs and other_jump(f, gateway, f.epoch, epochs[f.epoch]):
                 epochs[f.epoch].others[f.first] = f.last  # not continued (``_hold_beyond``)
-        for track in epochs.values():
+        for epoch, track in epochs.items():
+            self._arrived_below(site, gateway, epoch, track)
             # not met by this process yet: as idle as an epoch given up (``_room``) once its holes had two
             # grace periods to be judged; one in use is met again with its next reading. (Seen now, a gateway
             # with ``MAX_EPOCHS`` epochs in the store had its next new epoch taken for churn for an hour.)
@@ -47,6 +53,16 @@ class _Marks:
                           + (2 * self.grace_s if track.holes() else 0))
         self._gateways[(site, gateway)] = epochs
         return epochs
+
+    def _arrived_below(self, site: str, gateway: str, epoch: str, track: _Epoch) -> None:
+        """Of the open gaps below the floor (our runs do not reach there), resolve those the store
+        holds whole now, and look no further for the others: a late seq of one that arrives here
+        makes it looked for again (``_resolve``)."""
+        for first, last in [(a, b) for a, b in track.open.items() if track.floor is not None and b < track.floor]:
+            del track.open[first]
+            held = self._read_ranges(site, gateway, epoch, first // BLOCK_SEQS, last // BLOCK_SEQS)
+            if any(r.first <= first and last <= r.last for r in held):
+                self._arrived(site, gateway, epoch, track, track.recorded[first])
 
     def _learn(self, site: str, gateway: str, epochs: dict[str, _Epoch], only: set[str | None] | None = None) -> None:
         """Learn the blocks of each epoch of the gateway (or of those ``only``) above what is
