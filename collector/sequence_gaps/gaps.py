@@ -379,11 +379,15 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
     def _suspect_new(track: _Epoch, now: float) -> None:
         """The holes above those looked at, while no hole changed: new, below the runs
         appended above the highest."""
-        runs, new = track.runs, []
+        # a hole a seq on a shared subscription (every other one): the loop is kept to a few look-ups
+        runs, new, looked, floor = track.runs, [], track.looked, track.floor or 0
+        covered = track.covered if track.recorded or track.swamps else None  # else nothing covers a hole
         i = len(runs) - 1
-        while i > 0 and runs[i - 1].last + 1 > track.looked:
-            first, last = max(runs[i - 1].last + 1, track.floor or 0), runs[i].first - 1
-            if first <= last and not track.covered(first, last):
+        while i > 0 and (first := runs[i - 1].last + 1) > looked:
+            last = runs[i].first - 1
+            if first < floor:
+                first = floor
+            if first <= last and not (covered and covered(first, last)):
                 new.append((first, last))
             i -= 1
         for first, last in reversed(new):

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(slots=True)  # one a message on a shared subscription (every other seq): made and read per seq
 class _Run:
     first: int
     last: int
