@@ -125,6 +125,21 @@ class SharedSubscription:
                 c.check()
 
 
+def gateway_status(broker, dropped: int = 0, unused: list | None = None) -> None:
+    """The test gateway's retained status, published by hand: ``dropped`` readings the outbox cap
+    dropped, the ``unused`` seq ranges it left after an unclean stop."""
+    status = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-status")
+    status.connect("127.0.0.1", broker.port)
+    status.loop_start()
+    body = {"schema": 1, "site": "test-site", "gateway": "gw-test", "state": "online", "epoch": E1, "floor": 1,
+            "outbox_depth": 0, "outbox_dropped": dropped, "outbox_unsaved": 0, "outbox_error": None,
+            "outbox_unused": unused or []}
+    status.publish(topics.gateway_status("test-site", "gw-test"), json.dumps(body), qos=1,
+                   retain=True).wait_for_publish(10)
+    status.disconnect()
+    status.loop_stop()
+
+
 def failing_merges(m, fail=lambda: True, error: BaseException | None = None) -> None:
     """Through ``m`` (a monkeypatch), the store's merge of a batch's seq records fails, inside the
     batch's transaction, while ``fail()`` is true: a disk I/O error, or ``error``."""
@@ -226,15 +241,7 @@ def test_two_collectors_on_a_shared_subscription_raise_no_false_gap_and_write_a_
 
 def test_a_gap_the_outbox_cap_explains_says_so(mosquitto, sites_dir, tmp_path):
     store_url = f"sqlite:///{tmp_path}/jcm.db"
-    status = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-status")
-    status.connect("127.0.0.1", mosquitto.port)
-    status.loop_start()
-    body = {"schema": 1, "site": "test-site", "gateway": "gw-test", "state": "online", "outbox_depth": 0,
-            "outbox_dropped": 5, "outbox_unsaved": 0, "outbox_error": None}
-    status.publish(topics.gateway_status("test-site", "gw-test"), json.dumps(body), qos=1,
-                   retain=True).wait_for_publish(10)
-    status.disconnect()
-    status.loop_stop()
+    gateway_status(mosquitto, dropped=5)
     c = collector(mosquitto, store_url, sites_dir)
     pub = Publisher(mosquitto)
     subscribed(c, pub)
@@ -253,16 +260,7 @@ def test_a_gap_over_seqs_the_gateway_left_unused_says_so_and_leaves_the_cap_for_
     them in its status (``outbox_unused``): a gap over them is explained by them, not taken for readings
     lost, and does not use up the outbox cap's count, which explains a gap elsewhere."""
     store_url = f"sqlite:///{tmp_path}/jcm.db"
-    status = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-status")
-    status.connect("127.0.0.1", mosquitto.port)
-    status.loop_start()
-    body = {"schema": 1, "site": "test-site", "gateway": "gw-test", "state": "online", "epoch": E1, "floor": 1,
-            "outbox_depth": 0, "outbox_dropped": 2, "outbox_unsaved": 0, "outbox_error": None,
-            "outbox_unused": [[6, 10]]}
-    status.publish(topics.gateway_status("test-site", "gw-test"), json.dumps(body), qos=1,
-                   retain=True).wait_for_publish(10)
-    status.disconnect()
-    status.loop_stop()
+    gateway_status(mosquitto, dropped=2, unused=[[6, 10]])
     c = collector(mosquitto, store_url, sites_dir)
     pub = Publisher(mosquitto)
     subscribed(c, pub)
@@ -283,16 +281,7 @@ def test_an_unused_range_longer_than_a_power_cut_leaves_explains_nothing(mosquit
     lost; before, any range up to MAX_SEQ explained its gap (for information only)."""
     store_url = f"sqlite:///{tmp_path}/jcm.db"
     last = 5 + topics.MAX_UNUSED_SEQS + 1  # the range 6..last is one seq too long
-    status = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-status")
-    status.connect("127.0.0.1", mosquitto.port)
-    status.loop_start()
-    body = {"schema": 1, "site": "test-site", "gateway": "gw-test", "state": "online", "epoch": E1, "floor": 1,
-            "outbox_depth": 0, "outbox_dropped": 0, "outbox_unsaved": 0, "outbox_error": None,
-            "outbox_unused": [[6, last], [last + 5, last + 5 + topics.MAX_UNUSED_SEQS - 1]]}
-    status.publish(topics.gateway_status("test-site", "gw-test"), json.dumps(body), qos=1,
-                   retain=True).wait_for_publish(10)
-    status.disconnect()
-    status.loop_stop()
+    gateway_status(mosquitto, unused=[[6, last], [last + 5, last + 5 + topics.MAX_UNUSED_SEQS - 1]])
     c = collector(mosquitto, store_url, sites_dir)
     pub = Publisher(mosquitto)
     subscribed(c, pub)
@@ -312,16 +301,7 @@ def test_an_unused_range_the_store_holds_a_seq_of_explains_nothing(mosquitto, si
     was a backup of its last seconds at the power cut), so the gaps 6..8 and 10..15 are readings lost, not
     seqs left unused (before: both said "left unused", for information only)."""
     store_url = f"sqlite:///{tmp_path}/jcm.db"
-    status = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-status")
-    status.connect("127.0.0.1", mosquitto.port)
-    status.loop_start()
-    body = {"schema": 1, "site": "test-site", "gateway": "gw-test", "state": "online", "epoch": E1, "floor": 1,
-            "outbox_depth": 0, "outbox_dropped": 0, "outbox_unsaved": 0, "outbox_error": None,
-            "outbox_unused": [[6, 15]]}
-    status.publish(topics.gateway_status("test-site", "gw-test"), json.dumps(body), qos=1,
-                   retain=True).wait_for_publish(10)
-    status.disconnect()
-    status.loop_stop()
+    gateway_status(mosquitto, unused=[[6, 15]])
     c = collector(mosquitto, store_url, sites_dir)
     pub = Publisher(mosquitto)
     subscribed(c, pub)
