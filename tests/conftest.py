@@ -20,7 +20,7 @@ import yaml
 from contract import batch
 from contract.config import load_site
 from contract.message import Reading
-from jcm.broker import Mosquitto, free_port, stop_process, wait_for_port
+from jcm.broker import Mosquitto, free_port, listens, stop_process, wait_for_port
 from jcm.influxd import influxd_config
 from simulators.modbus_server import SiteSimulator
 
@@ -173,6 +173,10 @@ class ServerProcess:
         log = open(self.workdir / "server.log", "ab")
         self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log)
         wait_for_port(self.port, timeout=30)
+        if listens(self.proc, self.port) is False:  # the port was taken after free_port: not our server answers
+            stop_process(self.proc)
+            raise RuntimeError(f"{Path(self.argv[0]).name} could not listen on 127.0.0.1:{self.port}: another "
+                               f"process has the port (see {self.workdir / 'server.log'})")
         return self
 
     def stop(self) -> None:
