@@ -1417,3 +1417,29 @@ def test_a_late_seq_of_a_gap_below_the_floor_is_looked_for_though_newer_gaps_are
         for c in (a, b):
             c.check()
     assert {(f.first, f.last): f.resolved is not None for f in store.sequence_findings("s")}[(4, 5)]
+
+
+def test_a_late_seq_of_an_old_gap_above_the_floor_is_looked_for_though_newer_gaps_are_open(tmp_path):
+    """More gaps than ``OPEN_GAPS`` recorded, then the late seqs of the oldest (2..3) split between two
+    collectors: each must read the other's seq from the store to find the gap whole."""
+    from collector.sequence_gaps.epoch import OPEN_GAPS
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+
+    def reading(s):
+        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+
+    held = range(1, 3 * (OPEN_GAPS + 2), 3)  # two lost seqs between each two held
+    a.stored([reading(s) for s in held])
+    b.stored([reading(held[-1] + 1)])
+    for clock[0] in (20.0, 40.0):
+        for c in (a, b):
+            c.check()
+    assert len([f for f in store.sequence_findings("s") if f.resolved is None]) == OPEN_GAPS + 1
+    a.stored([reading(2)])
+    b.stored([reading(3)])
+    for clock[0] in (60.0, 80.0):
+        for c in (a, b):
+            c.check()
+    assert {(f.first, f.last): f.resolved is not None for f in store.sequence_findings("s")}[(2, 3)]
