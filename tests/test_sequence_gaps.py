@@ -1384,3 +1384,62 @@ def test_a_gap_below_the_mark_whose_late_seqs_straddle_a_restart_is_resolved(tmp
         second.check()
     [f] = store.sequence_findings("s")
     assert f.resolved is not None
+
+
+def test_a_late_seq_of_a_gap_below_the_floor_is_looked_for_though_newer_gaps_are_open(tmp_path):
+    """Gap 4..5 recorded, the books started again past it, then more gaps than ``OPEN_GAPS`` recorded above:
+    its late seqs split between two collectors (4 to one, 5 to the other). Before, the late seq put the gap
+    among those looked for only to evict it at once (the oldest), so neither read the other's seq from the
+    store and the gap, whole in the store, stayed open: a complete period called incomplete."""
+    from collector.sequence_gaps.epoch import OPEN_GAPS
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+
+    def reading(s):
+        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+
+    a = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
+    a.stored([reading(s) for s in (1, 2, 3, 6, 7, 8)])
+    for clock[0] in (20.0, 40.0):
+        a.check()
+    assert store.seq_marks("s", "gw")[E1] >= 8
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))  # books started again
+    above = range(9, 9 + 2 * (OPEN_GAPS + 2), 2)  # from the floor up, a lost seq between each two held
+    a.stored([reading(s) for s in above])
+    b.stored([reading(above[-1] + 1)])
+    for clock[0] in (60.0, 80.0):
+        for c in (a, b):
+            c.check()
+    assert len([f for f in store.sequence_findings("s") if f.resolved is None]) == OPEN_GAPS + 2
+    a.stored([reading(4)])
+    b.stored([reading(5)])
+    for clock[0] in (100.0, 120.0):
+        for c in (a, b):
+            c.check()
+    assert {(f.first, f.last): f.resolved is not None for f in store.sequence_findings("s")}[(4, 5)]
+
+
+def test_a_late_seq_of_an_old_gap_above_the_floor_is_looked_for_though_newer_gaps_are_open(tmp_path):
+    """More gaps than ``OPEN_GAPS`` recorded, then the late seqs of the oldest (2..3) split between two
+    collectors: each must read the other's seq from the store to find the gap whole."""
+    from collector.sequence_gaps.epoch import OPEN_GAPS
+    store = SqliteStore(tmp_path / "jcm.db")
+    clock = [0.0]
+    a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
+
+    def reading(s):
+        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+
+    held = range(1, 3 * (OPEN_GAPS + 2), 3)  # two lost seqs between each two held
+    a.stored([reading(s) for s in held])
+    b.stored([reading(held[-1] + 1)])
+    for clock[0] in (20.0, 40.0):
+        for c in (a, b):
+            c.check()
+    assert len([f for f in store.sequence_findings("s") if f.resolved is None]) == OPEN_GAPS + 1
+    a.stored([reading(2)])
+    b.stored([reading(3)])
+    for clock[0] in (60.0, 80.0):
+        for c in (a, b):
+            c.check()
+    assert {(f.first, f.last): f.resolved is not None for f in store.sequence_findings("s")}[(2, 3)]

@@ -158,10 +158,11 @@ class _Epoch(_FarEpoch, _HolesEpoch, _OwnEpoch):
 
     def look_for(self, first: int, last: int) -> None:
         """Look for the recorded gap first..last in the store until it has arrived (at most
-        ``OPEN_GAPS``: the newest)."""
+        ``OPEN_GAPS``: the newest, and the one asked for now)."""
         self.open[first] = last
         if len(self.open) > OPEN_GAPS:
-            del self.open[min(self.open)]
+            # never the one asked for: a late seq of an old gap puts it back, to be read from the store
+            del self.open[min(k for k in self.open if k != first)]
 
     def is_recorded(self, first: int, last: int) -> bool:
         """Whether first..last lies inside one recorded gap."""

@@ -291,9 +291,10 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
             i = bisect.bisect_right(track.runs, seq, key=_first) - 1
             if i >= 0 and track.runs[i].first <= f.first and f.last <= track.runs[i].last:
                 self._arrived(site, gateway, epoch, track, f)
-            elif track.floor is not None and f.first < track.floor and f.first not in track.open:
-                # a gap below the mark this process met the gateway at: the seqs of it that
-                # arrived before are in the store, not in our runs (read from the mark up)
+            elif f.first not in track.open:
+                # a gap not looked for (below the mark this process met the gateway at, or one of more
+                # than ``OPEN_GAPS``): the seqs of it that arrived before, or at another collector, are
+                # in the store, not in our runs
                 track.look_for(f.first, f.last)
 
     def _arrived(self, site: str, gateway: str, epoch: str, track: _Epoch, f: SequenceFinding) -> None:
