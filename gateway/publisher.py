@@ -369,7 +369,8 @@ class Publisher:
                 continue
             if ack.epoch != self.outbox.epoch:
                 continue  # of a sequence this outbox no longer has: nothing to delete
-            self._heard.add(collector)
+            if self.acknowledged_by is not None:  # only a list can miss a collector (``_check_silent``)
+                self._heard.add(collector)
             if collector in self._distrusted:
                 # another run's: built before the collector heard this run's status, with claims it may have merged
                 # under the longer list; one without a run (a collector from before runs) cannot say: as before, a

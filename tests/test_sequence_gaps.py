@@ -140,6 +140,15 @@ def gateway_status(broker, dropped: int = 0, unused: list | None = None) -> None
     status.loop_stop()
 
 
+def reading(s: int) -> Reading:
+    """Seq ``s`` of the test gateway's epoch E1, a reading at T0 + ``s`` seconds."""
+    return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+
+
+def readings(seqs) -> list[Reading]:
+    return [reading(s) for s in seqs]
+
+
 def failing_merges(m, fail=lambda: True, error: BaseException | None = None) -> None:
     """Through ``m`` (a monkeypatch), the store's merge of a batch's seq records fails, inside the
     batch's transaction, while ``fail()`` is true: a disk I/O error, or ``error``."""
@@ -349,7 +358,7 @@ def test_an_open_gap_is_a_live_view_alarm_with_its_figures_until_it_arrives():
 def test_a_gap_that_arrives_after_all_is_marked_resolved(tmp_path):
     store = SqliteStore(tmp_path / "jcm.db")
     gaps = SequenceGaps(store, grace_s=0)
-    readings = {s: Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+    readings = {s: reading(s)
                 for s in range(1, 9)}
     gaps.stored([readings[s] for s in (1, 2, 3, 7, 8)])
     gaps.check()
@@ -459,7 +468,7 @@ def test_a_store_that_refuses_the_bookkeeping_for_a_while_costs_no_false_gap_nor
     store = Flaky(tmp_path / "jcm.db")
     store.down = False
     gaps = SequenceGaps(store, grace_s=0)
-    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+    gaps.stored([reading(s)
                  for s in range(1, 4)])
     store.down = True
     gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E2)
@@ -522,9 +531,6 @@ def test_a_refresh_reads_the_blocks_of_the_holes_not_the_history(tmp_path):
     gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
     n = 3 * BLOCK_SEQS
 
-    def readings(seqs):
-        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
-
     sent = [s for s in range(1, n + 1) if s % 50]  # 245 old gaps
     for i in range(0, len(sent), 500):
         gaps.stored(readings(sent[i:i + 500]))
@@ -573,7 +579,7 @@ def test_a_store_written_before_blocks_keeps_what_it_knew(backend, tmp_path, req
         url = f"influxdb://127.0.0.1:{port}?api=v1&db=jcm"
     store = open_store(url)
     gaps = SequenceGaps(store, grace_s=0)
-    gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+    gaps.stored([reading(s)
                  for s in range(21, 26)])
     gaps.check()
     [gap] = store.sequence_findings("s")
@@ -641,7 +647,7 @@ def test_a_store_that_takes_writes_but_no_influxql_turns_the_bookkeeping_off_wit
     gaps = SequenceGaps(store, grace_s=0)
     with caplog.at_level(logging.INFO, logger="collector.sequence_gaps"):
         for first in range(1, 40, 10):
-            gaps.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
+            gaps.stored([reading(s)
                          for s in range(first, first + 5)])
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and said[0][0] == "WARNING" and "list of databases" in said[0][1], said
@@ -655,9 +661,6 @@ def test_a_collector_restarted_blocks_after_an_open_hole_still_records_it(tmp_pa
     one, meeting the gateway thousands of seqs (several blocks) later, records it."""
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
-
-    def readings(seqs):
-        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
 
     first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
     sent = [s for s in range(1, 3 * BLOCK_SEQS) if s != 100]
@@ -704,9 +707,6 @@ def test_a_check_looks_only_at_new_holes_while_none_changed(tmp_path, monkeypatc
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
     a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
-
-    def readings(seqs):
-        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
 
     lost = 777
     for i in range(1, 4001, 200):  # the broker deals the seqs out in turn
@@ -1017,9 +1017,6 @@ def test_a_late_seq_resolves_a_gap_the_other_collector_recorded(tmp_path):
     clock = [0.0]
     a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
 
-    def reading(s):
-        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
-
     a.stored([reading(s) for s in (1, 2, 3)])
     b.stored([reading(5)])  # learns 1..3 from the store: 4 is missing
     clock[0] = 20.0
@@ -1037,9 +1034,6 @@ def test_a_recorded_gap_whose_late_seqs_are_split_across_collectors_is_resolved(
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
     a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
-
-    def reading(s):
-        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
 
     a.stored([reading(s) for s in (1, 2, 3, 10)])
     b.stored([reading(s) for s in (11, 12)])
@@ -1064,9 +1058,6 @@ def test_a_hole_inside_a_gap_another_collector_recorded_is_not_recorded_again(tm
     clock = [0.0]
     a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
 
-    def reading(s):
-        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
-
     a.stored([reading(s) for s in (1, 2)])
     b.stored([reading(s) for s in (5, 8)])
     clock[0] = 20.0
@@ -1090,9 +1081,6 @@ def test_a_gap_whose_late_seqs_split_across_collectors_before_their_books_starte
     clock = [0.0]
     a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
 
-    def reading(s):
-        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
-
     a.stored([reading(s) for s in (1, 2, 3, 13, 14)])
     clock[0] = 20.0
     a.check()
@@ -1115,7 +1103,7 @@ def test_a_hole_not_yet_judged_when_the_books_start_again_is_judged_though_its_g
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
     books = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
-    books.stored([Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in (1, 4)])
+    books.stored([reading(s) for s in (1, 4)])
     books.staged([])  # a write of readings the store refused whole, tried again
     books.settled(books.staged([]))
     for clock[0] in (20.0, 40.0):
@@ -1286,9 +1274,6 @@ def test_the_mark_never_passes_seqs_whose_blocks_the_store_refused(tmp_path):
     clock = [0.0]
     gaps = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
 
-    def readings(seqs):
-        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
-
     gaps.stored(readings(range(1, BLOCK_SEQS + 10)))
     assert store.seq_marks("s", "gw") == {E1: BLOCK_SEQS + 9}
 
@@ -1316,9 +1301,6 @@ def test_the_mark_never_passes_a_hole_whose_gap_the_store_refused(backend, tmp_p
     monkeypatch.setattr("collector.sequence_gaps.marks.LOAD_BLOCKS", 1)
     store = open_backend(backend, tmp_path, request)
     clock = [0.0]
-
-    def readings(seqs):
-        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
 
     def refuse(f):
         if f.first == 11:
@@ -1368,9 +1350,6 @@ def test_a_gap_below_the_mark_whose_late_seqs_straddle_a_restart_is_resolved(tmp
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
 
-    def readings(seqs):
-        return [Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1) for s in seqs]
-
     first = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
     first.stored(readings([s for s in range(1, 3 * BLOCK_SEQS) if not 4 <= s <= 9]))
     for clock[0] in (20.0, 40.0):
@@ -1394,9 +1373,6 @@ def test_a_late_seq_of_a_gap_below_the_floor_is_looked_for_though_newer_gaps_are
     from collector.sequence_gaps.epoch import OPEN_GAPS
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
-
-    def reading(s):
-        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
 
     a = SequenceGaps(store, grace_s=10, clock=lambda: clock[0])
     a.stored([reading(s) for s in (1, 2, 3, 6, 7, 8)])
@@ -1426,9 +1402,6 @@ def test_a_late_seq_of_an_old_gap_above_the_floor_is_looked_for_though_newer_gap
     store = SqliteStore(tmp_path / "jcm.db")
     clock = [0.0]
     a, b = (SequenceGaps(store, grace_s=10, clock=lambda: clock[0]) for _ in range(2))
-
-    def reading(s):
-        return Reading("s", "gw", "d", T0 + dt.timedelta(seconds=s), {"x": 1.0}, seq=s, epoch=E1)
 
     held = range(1, 3 * (OPEN_GAPS + 2), 3)  # two lost seqs between each two held
     a.stored([reading(s) for s in held])
