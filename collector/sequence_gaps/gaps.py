@@ -217,8 +217,8 @@ class SequenceGaps(_Marks, _EpochChurn, _FarSeqs, _HolesCap, _OwnBlocks):
         seqs this process held for its blocks may have gone with the rollback."""
         fresh = vars(SequenceGaps(self.store, self.grace_s, self.clock))
         del fresh["_status"]  # the same dict kept: ``on_status`` is called from the MQTT thread
-        vars(self).update(fresh, _pending=pending,
-                          _unmet=list(dict.fromkeys([*self._unmet, *self._gateways])))  # once each, however many retries
+        # each gateway once in ``_unmet``, however many retries before a check succeeds
+        vars(self).update(fresh, _pending=pending, _unmet=list(dict.fromkeys([*self._unmet, *self._gateways])))
 
     def _failed(self, exc: Exception, left: list[Reading]) -> None:
         """The books could not be kept: ``left``, the readings whose seqs were not followed, are
